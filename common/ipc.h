@@ -1,0 +1,118 @@
+/*
+ * ipc.h - the one internal message format, and channels that carry it
+ *
+ * All workers talk to each other and to pmtad over Unix-domain stream sockets
+ * using frames of this shape (all integers big-endian):
+ *
+ *     u32 length   whole frame including this 12-byte header
+ *     u16 type     enum ipc_type
+ *     u16 flags    reserved, must be 0
+ *     u32 id       request/session id chosen by the sender (0 if unused)
+ *     payload      a sequence of fields: u8 kind, u32 len, LEN bytes
+ *
+ * Field kinds are IPC_F_U32 (len 4), IPC_F_U64 (len 8), IPC_F_STR (no NUL
+ * inside, not NUL-terminated on the wire) and IPC_F_BYTES. A reader states
+ * what it expects field by field; a wrong kind, a short field, a frame shorter
+ * than its header, longer than IPC_FRAME_MAX, or trailing bytes after the last
+ * expected field is -EPROTO. A worker that receives a malformed frame from a
+ * peer drops that connection (never the mail: the sender still owns it).
+ *
+ * This format is internal and may change between versions; pmtactl, the status
+ * socket and the HTTP monitor speak JSON instead.
+ *
+ * SECURITY: every length is checked before the bytes it covers are touched.
+ * Strings handed out by ipc_get_str() point into the frame (borrowed until the
+ * frame is consumed) and are guaranteed NUL-free; copy them to keep them.
+ */
+#ifndef PMTA_IPC_H
+#define PMTA_IPC_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "buf.h"
+
+#define IPC_HEADER_SIZE 12
+#define IPC_FRAME_MAX (1024 * 1024)
+
+enum ipc_field_kind { IPC_F_U32 = 1, IPC_F_U64 = 2, IPC_F_STR = 3, IPC_F_BYTES = 4 };
+
+/* Message types. Numbers are part of the wire format between our own processes. */
+enum ipc_type {
+    IPC_HELLO = 1,        /* worker -> pmtad: str role, u32 pid, u64 config generation */
+    IPC_CONFIG = 2,       /* pmtad -> worker: str snapshot path, u64 generation */
+    IPC_CONFIG_ACK = 3,   /* worker -> pmtad: u64 generation now in use */
+    IPC_SHUTDOWN = 4,     /* pmtad -> worker: u32 drain seconds */
+    IPC_LOG_REOPEN = 5,   /* pmtad -> worker: the log descriptor follows by SCM_RIGHTS (later) */
+    IPC_STATUS = 6,       /* worker -> pmtad: str json (status for pmtactl) */
+    IPC_TYPE_USER = 100   /* first number free for the mail path (smtpd/cleanup/qmgr) */
+};
+
+/* A parsed frame. PAYLOAD points into the reader's buffer. */
+struct ipc_msg {
+    uint16_t type;
+    uint16_t flags;
+    uint32_t id;
+    const uint8_t *payload;
+    size_t len;
+    size_t pos;
+};
+
+/* --- encoding ---------------------------------------------------------- */
+/* ipc_begin - start a frame at the end of OUT; returns the frame's offset */
+size_t ipc_begin(struct buf *out, uint16_t type, uint32_t id);
+void ipc_add_u32(struct buf *out, uint32_t v);
+void ipc_add_u64(struct buf *out, uint64_t v);
+/* ipc_add_str - S must not contain NUL; LEN bytes are sent */
+void ipc_add_str(struct buf *out, const char *s, size_t len);
+void ipc_add_cstr(struct buf *out, const char *s);
+void ipc_add_bytes(struct buf *out, const void *p, size_t len);
+/* ipc_end - patch the length of the frame begun at OFFSET; -EMSGSIZE if too big */
+int ipc_end(struct buf *out, size_t offset);
+
+/* --- decoding ---------------------------------------------------------- */
+/*
+ * ipc_frame_next - look for one complete frame at the start of DATA/LEN.
+ * @return 1 and fills *M and *USED when a frame is complete, 0 when more bytes
+ *         are needed, -EPROTO when the header is malformed.
+ */
+int ipc_frame_next(const uint8_t *data, size_t len, struct ipc_msg *m, size_t *used);
+int ipc_get_u32(struct ipc_msg *m, uint32_t *v);
+int ipc_get_u64(struct ipc_msg *m, uint64_t *v);
+/* ipc_get_str - borrowed pointer, not NUL-terminated; use ipc_get_strdup to copy */
+int ipc_get_str(struct ipc_msg *m, const char **s, size_t *len);
+/* ipc_get_strdup - fresh NUL-terminated copy (caller frees) */
+int ipc_get_strdup(struct ipc_msg *m, char **s);
+int ipc_get_bytes(struct ipc_msg *m, const uint8_t **p, size_t *len);
+/* ipc_get_end - -EPROTO if fields remain */
+int ipc_get_end(struct ipc_msg *m);
+
+/* --- channels over libuv ------------------------------------------------ */
+struct ipc_chan;
+/* on_msg - one frame arrived; return non-zero to close the channel */
+typedef int (*ipc_msg_cb)(struct ipc_chan *ch, struct ipc_msg *m);
+/* on_close - the channel is closed (peer gone, error or ipc_chan_close); it is freed after */
+typedef void (*ipc_close_cb)(struct ipc_chan *ch, int reason);
+
+struct ipc_chan {
+    uv_pipe_t pipe;
+    struct buf in;
+    ipc_msg_cb on_msg;
+    ipc_close_cb on_close;
+    void *data;        /* the owner's */
+    int closing;
+    size_t pending_writes;
+};
+
+/* ipc_chan_open_fd - wrap an open socket descriptor; 0 or -errno */
+int ipc_chan_open_fd(uv_loop_t *loop, int fd, ipc_msg_cb on_msg, ipc_close_cb on_close,
+                     void *data, struct ipc_chan **chp);
+/* ipc_chan_connect_path - blocking connect to a Unix socket path, then wrap */
+int ipc_chan_connect_path(uv_loop_t *loop, const char *path, ipc_msg_cb on_msg,
+                          ipc_close_cb on_close, void *data, struct ipc_chan **chp);
+/* ipc_chan_send - queue the frames in OUT (which is reset); 0 or -errno */
+int ipc_chan_send(struct ipc_chan *ch, struct buf *out);
+void ipc_chan_close(struct ipc_chan *ch);
+
+#endif

@@ -1,0 +1,258 @@
+/*
+ * cfg.h - the parsed PowerMTA-style configuration, shared by every program
+ *
+ * pmtad parses and validates the configuration file once (cfg_load). The result
+ * is a set of flat arrays -- scopes, values, an integer pool and a string pool --
+ * that refer to each other by index and offset, never by pointer. That makes the
+ * parsed configuration its own serialization: pmtad writes it to a snapshot file
+ * (cfg_snapshot_write) and each worker maps that file read-only
+ * (cfg_snapshot_map) instead of re-reading and re-validating the text.
+ *
+ * Model
+ *   scope   one block of the file: the global level, <domain>, <source>,
+ *           <virtual-mta>, <virtual-mta-pool>, <smtp-pattern-list>, ... Each
+ *           scope has a kind, a name (the tag argument, macro-expanded), a
+ *           parent scope (for <domain> nested in <virtual-mta>) and a run of
+ *           values. A <domain a, b> or a macro-expanded <domain x.$M> becomes
+ *           one scope per domain.
+ *   value   one directive line that took effect: directive id, origin
+ *           (file:line), the raw text, and the typed decoding (see cfg_value).
+ *   resolve a queue (domain/vmta) or an inbound connection (source) gets its
+ *           effective settings by layering every matching scope from least to
+ *           most specific over the built-in defaults (cfg_resolve_*). Each
+ *           effective value still carries where it came from, which is what
+ *           `pmtad --show-settings` prints.
+ *
+ * Directives are declared once, in cfg_directives.def (name, type, scopes,
+ * default, implementation status); this header turns that list into
+ * enum cfg_directive.
+ *
+ * Errors: cfg_load() reports every problem it finds as "file:line: message"
+ * through the diagnostics callback and fails if any was an error; warnings
+ * (known but not yet implemented directives) do not fail the load.
+ */
+#ifndef PMTA_CFG_H
+#define PMTA_CFG_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include <sys/socket.h>
+
+/* --- directives ---------------------------------------------------------- */
+
+enum cfg_type {
+    CFG_T_BOOL,          /* yes|no|true|false|on|off -> num 0/1 */
+    CFG_T_INT,           /* decimal integer -> num */
+    CFG_T_SIZE,          /* N[bkmgt] or unlimited(-1) -> num bytes */
+    CFG_T_INTERVAL,      /* 1w2d3h4m5s | never(-1) -> num seconds */
+    CFG_T_INTERVAL_LIST, /* 10m,1h,4h -> ints pool (seconds) */
+    CFG_T_RATE,          /* unlimited | N/[M]unit -> num count, num2 period seconds; 0 = unlimited */
+    CFG_T_STRING,        /* one word or a "quoted string" -> str */
+    CFG_T_WORDS,         /* the rest of the line, kept as text -> str (checked by the directive's own parser) */
+    CFG_T_ENUM           /* one word out of the directive's list -> num index, str text */
+};
+
+/* Scopes a directive may appear in (bit mask). */
+enum cfg_scope_kind {
+    CFG_S_GLOBAL = 0,
+    CFG_S_DOMAIN,
+    CFG_S_SOURCE,
+    CFG_S_VMTA,
+    CFG_S_POOL,
+    CFG_S_SMTP_PATTERN_LIST,
+    CFG_S_PATTERN_LIST,
+    CFG_S_BOUNCE_CATEGORY_PATTERNS,
+    CFG_S_ACCT_FILE,
+    CFG_S_SMTP_USER,
+    CFG_S_SENDER,
+    CFG_S_SPOOL,
+    CFG_S_LISTENER,
+    CFG_S_SOURCE_GROUP,
+    CFG_S_DOMAIN_KEY_LIST,
+    CFG_S_MX_ROLLUP_LIST,
+    CFG_S_COUNT
+};
+#define CFG_IN(kind) (1u << (kind))
+/* added: scope-mask bit of a directive that may appear several times in one block */
+#define CFG_REPEATABLE (1u << 31)
+
+enum cfg_status {
+    CFG_IMPLEMENTED,     /* takes effect */
+    CFG_NOT_IMPLEMENTED  /* accepted with a warning naming it; no effect yet */
+};
+
+#define CFG_DIRECTIVE(id, name, type, scopes, dflt, status) CFG_D_##id,
+enum cfg_directive {
+#include "cfg_directives.def"
+    CFG_D_COUNT
+};
+#undef CFG_DIRECTIVE
+
+struct cfg_directive_info {
+    const char *name;
+    enum cfg_type type;
+    uint32_t scopes;          /* CFG_IN() mask */
+    const char *default_text; /* NULL: no default (unset) */
+    enum cfg_status status;
+};
+
+/* cfg_directive_info - static description of directive D */
+const struct cfg_directive_info *cfg_directive_info(enum cfg_directive d);
+/* cfg_directive_lookup - id of NAME valid in scope KIND, or -1 */
+int cfg_directive_lookup(const char *name, enum cfg_scope_kind kind);
+/* cfg_directive_suggest - nearest known directive name to NAME, or NULL */
+const char *cfg_directive_suggest(const char *name);
+
+/* --- values and scopes (the snapshot's records) ---------------------------- */
+
+#define CFG_NEVER   (-1)   /* interval 'never', size 'unlimited' */
+#define CFG_NONE    UINT32_MAX
+
+/* cfg_value.flags (added) */
+#define CFG_VALUE_UNSET     0x1  /* built-in slot of a directive without a default */
+#define CFG_VALUE_CLEAR     0x2  /* written as "": clears an inherited value back to the default */
+#define CFG_VALUE_FROM_BLOCK 0x4 /* synthesized from a block form (<smtp-listener>, <spool>, dkim-key-file) */
+
+struct cfg_value {
+    uint16_t directive;   /* enum cfg_directive */
+    uint8_t type;         /* enum cfg_type */
+    uint8_t flags;
+    uint32_t file;        /* string offset of the file name (0 for built-in default) */
+    uint32_t line;
+    uint32_t text;        /* string offset of the raw argument text */
+    uint32_t list;        /* ints-pool index of the first list element */
+    uint32_t list_len;
+    int64_t num;          /* bool/int/size/interval/rate count/enum index */
+    int64_t num2;         /* rate period in seconds */
+};
+
+/* Domain pattern kinds for CFG_S_DOMAIN scopes. */
+enum cfg_pattern {
+    CFG_PAT_ALL,          /* *                 */
+    CFG_PAT_EXACT,        /* example.com       */
+    CFG_PAT_SUBDOMAINS,   /* *.example.com     */
+    CFG_PAT_DOMAIN_AND_SUB, /* [*.]example.com */
+    CFG_PAT_CIDR,         /* [10.0.0.0/8] (IP literal domains), or a <source> CIDR */
+    CFG_PAT_NAME          /* a named <source S1>, {pickup}, {auth} */
+};
+
+#define CFG_SCOPE_FROM_MACRO 0x1  /* came from a domain-macro expansion */
+
+struct cfg_scope {
+    uint16_t kind;        /* enum cfg_scope_kind */
+    uint8_t pattern;      /* enum cfg_pattern (domain and source scopes) */
+    uint8_t flags;        /* CFG_SCOPE_* */
+    uint32_t name;        /* string offset: pattern text without [ ]/ *. decoration, or block name */
+    uint32_t parent;      /* scope index of the enclosing block; 0 is the global scope */
+    uint32_t first;       /* index of its first value */
+    uint32_t count;       /* number of values */
+    uint32_t file;
+    uint32_t line;
+    uint8_t family;       /* AF_INET/AF_INET6 for CFG_PAT_CIDR */
+    uint8_t prefix;       /* CIDR prefix length */
+    uint8_t addr[16];     /* CIDR network address */
+    uint16_t reserved;
+};
+
+/* The whole configuration. When mapped from a snapshot the arrays point into the map. */
+struct cfg {
+    uint64_t generation;
+    const struct cfg_scope *scopes;  /* scopes[0] is the global scope */
+    uint32_t nscopes;
+    const struct cfg_value *values;
+    uint32_t nvalues;
+    const int64_t *ints;
+    uint32_t nints;
+    const char *strings;             /* offset 0 is "" */
+    uint32_t strings_len;
+    void *owner;                     /* private: allocation or mapping */
+};
+
+/* cfg_str - the string at offset OFF */
+const char *cfg_str(const struct cfg *c, uint32_t off);
+/* cfg_list - the list of value V (interval lists) */
+const int64_t *cfg_list(const struct cfg *c, const struct cfg_value *v);
+
+/* --- loading --------------------------------------------------------------- */
+
+enum cfg_diag_level { CFG_DIAG_WARNING, CFG_DIAG_ERROR };
+typedef void (*cfg_diag_fn)(void *ctx, enum cfg_diag_level level, const char *file,
+                            unsigned line, const char *message);
+
+/*
+ * cfg_load - parse and validate PATH (with its includes).
+ * Every diagnostic goes to DIAG (NULL: stderr). Returns the configuration, or
+ * NULL when any error was reported. *NERRORS (if not NULL) gets the count.
+ */
+struct cfg *cfg_load(const char *path, cfg_diag_fn diag, void *ctx, unsigned *nerrors);
+/* cfg_load_string - the same for text held in memory; NAME is used in messages */
+struct cfg *cfg_load_string(const char *name, const char *text, cfg_diag_fn diag, void *ctx,
+                            unsigned *nerrors);
+void cfg_free(struct cfg *c);
+
+/* cfg_snapshot_write - write C atomically (tmp + rename) to PATH; 0 or -errno */
+int cfg_snapshot_write(const struct cfg *c, const char *path);
+/* cfg_snapshot_map - map a snapshot read-only; NULL and *ERR = -errno/-EPROTO on failure */
+struct cfg *cfg_snapshot_map(const char *path, int *err);
+
+/* --- lookup ---------------------------------------------------------------- */
+
+/* cfg_scope_values - first value of directive D directly in scope S, or NULL */
+const struct cfg_value *cfg_scope_get(const struct cfg *c, uint32_t scope, enum cfg_directive d);
+/*
+ * cfg_scope_next - iterate every value of directive D in scope S (repeatable
+ * directives such as smtp-listener or smtp-source-host). Start with *IT = 0.
+ */
+const struct cfg_value *cfg_scope_next(const struct cfg *c, uint32_t scope, enum cfg_directive d,
+                                       uint32_t *it);
+/* cfg_global - effective global value of D (the file's, else the default); never NULL if D has a default */
+const struct cfg_value *cfg_global(const struct cfg *c, enum cfg_directive d);
+/* cfg_find_scope - index of the block of KIND named NAME (vmta, pool, pattern list, ...), or CFG_NONE */
+uint32_t cfg_find_scope(const struct cfg *c, enum cfg_scope_kind kind, const char *name);
+/* cfg_next_scope - iterate the scopes of KIND; start with *IT = 0 */
+uint32_t cfg_next_scope(const struct cfg *c, enum cfg_scope_kind kind, uint32_t *it);
+
+/* --- resolution -------------------------------------------------------------- */
+
+/* Effective settings: one pointer per directive; NULL when unset with no default. */
+struct cfg_resolved {
+    const struct cfg_value *v[CFG_D_COUNT];
+};
+
+/*
+ * cfg_resolve_queue - effective <domain> settings for queue DOMAIN/VMTA (VMTA
+ * may be NULL or "{default}"). Layers, each overriding the one before:
+ * built-in defaults; top-level <domain> blocks that match, least specific
+ * first (*, then *.parent / [*.]parent by suffix length, then the exact
+ * domain; an explicit block beats a macro-expanded one of equal specificity);
+ * then the same for <domain> blocks nested in VMTA's pools; then those nested
+ * in VMTA itself. Returns 0, or -ENOENT if VMTA names no virtual-mta.
+ */
+int cfg_resolve_queue(const struct cfg *c, const char *domain, const char *vmta,
+                      struct cfg_resolved *out);
+/*
+ * cfg_resolve_source - effective <source> settings for a connection from ADDR
+ * (may be NULL) arriving on a listener whose source= is NAME (may be NULL):
+ * defaults, then every matching CIDR block by increasing prefix length (0/0
+ * first), then the named source when NAME is given. 0 or -ENOENT (unknown NAME).
+ */
+int cfg_resolve_source(const struct cfg *c, const struct sockaddr *addr, const char *name,
+                       struct cfg_resolved *out);
+/* cfg_resolve_vmta - settings of a <virtual-mta> block over the global ones (smtp-source-host, host-name, ...) */
+int cfg_resolve_vmta(const struct cfg *c, const char *vmta, struct cfg_resolved *out);
+
+/* cfg_domain_match - does domain pattern scope S match DOMAIN? returns specificity+1, or 0 */
+int cfg_domain_match(const struct cfg *c, const struct cfg_scope *s, const char *domain);
+
+/* --- value parsers (exposed for tests and for the command line tools) ------- */
+int cfg_parse_bool(const char *s, int64_t *out);
+int cfg_parse_int(const char *s, int64_t *out);
+int cfg_parse_size(const char *s, int64_t *out);
+int cfg_parse_interval(const char *s, int64_t *out);
+/* cfg_parse_interval_list - up to MAX intervals; returns the count or -EINVAL */
+int cfg_parse_interval_list(const char *s, int64_t *out, int max);
+int cfg_parse_rate(const char *s, int64_t *count, int64_t *period);
+/* cfg_format_value - human text of V for --show-settings; returns OUT */
+char *cfg_format_value(const struct cfg *c, const struct cfg_value *v, char *out, size_t outsize);
+
+#endif

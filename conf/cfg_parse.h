@@ -1,0 +1,53 @@
+/*
+ * cfg_parse.h - internals shared by the conf/ modules (not a public API)
+ *
+ * Owns nothing; declares the helpers cfg_directive.c, cfg_value.c,
+ * cfg_parse.c, cfg_resolve.c and cfg_snapshot.c call in each other. Names
+ * with a double underscore are private to conf/.
+ */
+#ifndef PMTA_CFG_PARSE_H
+#define PMTA_CFG_PARSE_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+#include "cfg.h"
+
+#define CFG_LINE_MAX      65536   /* bytes per logical line */
+#define CFG_MAX_ERRORS    100     /* stop reporting (and parsing) after this many */
+#define CFG_INCLUDE_DEPTH 16
+#define CFG_LIST_MAX      64      /* elements of an interval list */
+
+/* cfg__scope_kind_name - "global level", "<domain>", ... for messages */
+const char *cfg__scope_kind_name(enum cfg_scope_kind kind);
+/* cfg__scope_tag - tag word of KIND ("domain"), NULL for the global scope */
+const char *cfg__scope_tag(enum cfg_scope_kind kind);
+/* cfg__scopes_text - "<domain>, <source>" list of the scopes in MASK into OUT */
+char *cfg__scopes_text(uint32_t mask, char *out, size_t outsize);
+/* cfg__enum_words - '|'-separated words of an ENUM directive, NULL otherwise */
+const char *cfg__enum_words(enum cfg_directive d);
+/* cfg__enum_index - index of WORD in D's enum list, or -1 */
+int cfg__enum_index(enum cfg_directive d, const char *word);
+/* cfg__enum_word - the INDEXth word of D's list copied into OUT */
+char *cfg__enum_word(enum cfg_directive d, int64_t index, char *out, size_t outsize);
+/* cfg__range - numeric bounds of an INT directive; 0 if it has none */
+int cfg__range(enum cfg_directive d, int64_t *min, int64_t *max);
+/* cfg__directive_known - is NAME a directive (or alias) in any scope? mask of its scopes */
+uint32_t cfg__directive_scopes(const char *name);
+
+/* cfg__parse_addr - IPv4/IPv6 address or CIDR ("0/0", "10.0.0.0/8", "::1");
+ * fills family, prefix and the network address (host bits cleared). 0 or -EINVAL */
+int cfg__parse_cidr(const char *s, uint8_t *family, uint8_t *prefix, uint8_t addr[16]);
+/* cfg__cidr_contains - does the network contain address ADDR of FAMILY? */
+int cfg__cidr_contains(uint8_t family, uint8_t prefix, const uint8_t net[16],
+                       int addr_family, const uint8_t *addr);
+
+/* heap-allocated configuration: what struct cfg.owner points to after cfg_load */
+struct cfg_heap {
+    struct cfg_scope *scopes;
+    struct cfg_value *values;
+    int64_t *ints;
+    char *strings;
+};
+
+#endif

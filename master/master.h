@@ -1,0 +1,168 @@
+/*
+ * master.h - pmtad, the supervisor: shared state of its modules
+ *
+ * pmtad starts as root, validates the configuration, prepares the spool and
+ * run directories, binds every socket (smtp-listener TCP sockets and the
+ * internal Unix sockets under the run directory), writes the configuration
+ * snapshot the workers map, and then runs the workers (smtpd, cleanup, qmgr,
+ * smtp-out) as separate programs under the unprivileged run-as-user. It
+ * restarts dead workers with a rate limit, reloads on SIGHUP and drains on
+ * SIGTERM/SIGINT.
+ *
+ * Modules:
+ *   master.c         main(), command line, daemonizing, signals, start/stop
+ *   master_config.c  loading + diagnostics, --check-config, --show-settings,
+ *                    settings extraction, snapshots, reload
+ *   master_files.c   spool/run directories, spool lock, pid file
+ *   master_listen.c  smtp-listener sockets and internal Unix sockets
+ *   master_spawn.c   worker processes: spawn, IPC, death, throttling
+ *
+ * SECURITY: pmtad is the only process that keeps root. Everything it hands a
+ * worker (descriptors, environment, files under the run directory) is decided
+ * here; workers get only the sockets of their own role.
+ */
+#ifndef PMTA_MASTER_H
+#define PMTA_MASTER_H
+
+#include <stdint.h>
+#include <sys/types.h>
+#include <uv.h>
+
+#include "cfg.h"
+#include "ipc.h"
+
+enum master_role_id { ROLE_SMTPD, ROLE_CLEANUP, ROLE_QMGR, ROLE_SMTPOUT, ROLE_COUNT };
+
+/* Restart-rate limit: more than this many deaths of one role in the window throttle it. */
+#define MASTER_DEATHS_MAX 5
+#define MASTER_DEATH_WINDOW_MS 60000
+#define MASTER_BACKOFF_MAX_S 60
+/* How long workers get to finish in-flight work on SIGTERM before SIGKILL. */
+#define MASTER_DRAIN_SECONDS 10
+
+/* Settings pmtad itself needs, with relative paths already made absolute. */
+struct master_settings {
+    char *config_path;      /* absolute */
+    char *spool;
+    char *run_dir;
+    char *log_file;         /* NULL when logging to syslog */
+    char *user;             /* run-as-user */
+    int drop_privileges;    /* run workers as USER */
+    uid_t uid;              /* worker credentials (our own when not dropping) */
+    gid_t gid;
+    unsigned nprocs[ROLE_COUNT];
+};
+
+struct master_listener {
+    char *address;          /* "IP:PORT" as written */
+    char *source;           /* source=NAME, or "" */
+    int fd;
+};
+
+/* An internal Unix socket bound by pmtad and served by one role. */
+struct master_socket {
+    const char *name;       /* "cleanup", "qmgr", "control" */
+    char *path;
+    int fd;
+    enum master_role_id server;
+};
+#define MASTER_NSOCKETS 3
+
+struct master_role;
+
+/* One running (or exiting) worker process. Freed when its handle and channel are both closed. */
+struct master_proc {
+    struct master_role *role;
+    unsigned slot;
+    uv_process_t process;
+    struct ipc_chan *chan;
+    int pid;
+    int exited;
+    int process_closed;
+    int said_hello;
+    uint64_t spawn_generation;  /* snapshot named in its environment */
+    uint64_t acked_generation;  /* last generation it said it uses */
+};
+
+struct master_slot {
+    struct master_proc *proc;   /* NULL while waiting for a restart */
+    uv_timer_t restart_timer;
+    struct master_role *role;
+    unsigned index;
+};
+
+struct master_role {
+    enum master_role_id id;
+    const char *name;           /* smtpd, cleanup, qmgr, smtp-out */
+    char *program;              /* absolute path of the binary */
+    unsigned nslots;
+    struct master_slot *slots;
+    uint64_t deaths[MASTER_DEATHS_MAX + 1]; /* ring of recent death times (ms) */
+    unsigned ndeaths;
+    unsigned startup_failures;  /* consecutive deaths before HELLO */
+    unsigned backoff_s;         /* current throttled delay, 0 when not throttled */
+};
+
+struct master {
+    uv_loop_t loop;
+    int foreground;
+    int verbose;
+    struct master_settings set;
+    struct cfg *cfg;                 /* the configuration in force */
+    uint64_t generation;             /* its snapshot generation */
+    uint64_t oldest_snapshot;        /* lowest generation whose file may still exist */
+    struct master_listener *listeners;
+    size_t nlisteners;
+    struct master_socket sockets[MASTER_NSOCKETS];
+    struct master_role roles[ROLE_COUNT];
+    int lock_fd;
+    int pid_fd;
+    int stopping;
+    uv_signal_t sig_hup, sig_term, sig_int;
+    uv_timer_t drain_timer;
+};
+
+/* master_config.c */
+void master_print_diag(void *ctx, enum cfg_diag_level level, const char *file, unsigned line,
+                       const char *message);
+int master_check_config(const char *path);
+int master_show_settings(const char *path, const char *queue);
+struct cfg *master_load_config(const char *path, int to_log);
+void master_settings_from_cfg(const struct cfg *c, const char *config_path,
+                              struct master_settings *set);
+void master_settings_free(struct master_settings *set);
+char *master_snapshot_path(const struct master *m, uint64_t generation);
+int master_snapshot_write(struct master *m, struct cfg *c, uint64_t generation);
+void master_snapshots_prune(struct master *m);
+void master_reload(struct master *m);
+char *master_absolute_path(const char *path);
+
+/* master_files.c */
+void master_prepare_directories(struct master *m);
+void master_lock_spool(struct master *m);
+void master_write_pid_file(struct master *m);
+void master_remove_pid_file(struct master *m);
+void master_open_log(struct master *m);
+
+/* master_listen.c */
+void master_bind_listeners(struct master *m, const struct cfg *c);
+int master_listeners_differ(const struct master *m, const struct cfg *c);
+void master_bind_sockets(struct master *m);
+void master_close_sockets(struct master *m);
+
+/* master_spawn.c */
+void master_roles_init(struct master *m);
+void master_roles_start(struct master *m);
+void master_roles_free(struct master *m);
+void master_broadcast_config(struct master *m);
+void master_broadcast_shutdown(struct master *m);
+void master_kill_all(struct master *m);
+int master_live_workers(const struct master *m);
+uint64_t master_min_generation_in_use(const struct master *m);
+const char *master_signal_name(int sig);
+
+/* master.c */
+/* master_maybe_finished - stop the loop when draining and no worker is left */
+void master_maybe_finished(struct master *m);
+
+#endif

@@ -1,0 +1,294 @@
+/*
+ * test_common.c - unit tests for common/: buffers, the IPC frame codec and
+ * channels, log-line safety.
+ */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <uv.h>
+
+#include "buf.h"
+#include "ipc.h"
+#include "msg.h"
+
+static void
+test_buf_limit_refuses_growth(void **state)
+{
+    struct buf b;
+
+    (void)state;
+    buf_init(&b, 8);
+    assert_int_equal(buf_append(&b, "12345678", 8), 0);
+    assert_int_equal(buf_append(&b, "9", 1), -EMSGSIZE);
+    assert_int_equal(b.len, 8);
+    assert_string_equal(b.data, "12345678");
+    buf_consume(&b, 3);
+    assert_string_equal(b.data, "45678");
+    assert_int_equal(buf_append(&b, "abc", 3), 0);
+    assert_string_equal(b.data, "45678abc");
+    buf_free(&b);
+}
+
+static void
+test_buf_overflow_checked(void **state)
+{
+    struct buf b;
+
+    (void)state;
+    buf_init(&b, 0);
+    assert_int_equal(buf_append(&b, "x", 1), 0);
+    assert_int_equal(buf_reserve(&b, SIZE_MAX - 1), -EMSGSIZE);
+    assert_int_equal(buf_printf(&b, "%d-%s", 42, "y"), 0);
+    assert_string_equal(b.data, "x42-y");
+    buf_free(&b);
+}
+
+static void
+test_buf_integers_big_endian(void **state)
+{
+    struct buf b;
+    const uint8_t want[] = { 1, 0, 2, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 4 };
+
+    (void)state;
+    buf_init(&b, 0);
+    buf_append_u8(&b, 1);
+    buf_append_u16(&b, 2);
+    buf_append_u32(&b, 3);
+    buf_append_u64(&b, 4);
+    assert_int_equal(b.len, sizeof(want));
+    assert_memory_equal(b.data, want, sizeof(want));
+    buf_free(&b);
+}
+
+static void
+build_sample(struct buf *b)
+{
+    size_t off = ipc_begin(b, IPC_HELLO, 77);
+
+    ipc_add_cstr(b, "smtpd");
+    ipc_add_u32(b, 1234);
+    ipc_add_u64(b, 0x0102030405060708ULL);
+    ipc_add_bytes(b, "\0\1\2", 3);
+    assert_int_equal(ipc_end(b, off), 0);
+}
+
+static void
+test_ipc_round_trip(void **state)
+{
+    struct buf b;
+    struct ipc_msg m;
+    size_t used, len;
+    const char *s;
+    const uint8_t *p;
+    uint32_t u32;
+    uint64_t u64;
+
+    (void)state;
+    buf_init(&b, 0);
+    build_sample(&b);
+    assert_int_equal(ipc_frame_next((uint8_t *)b.data, b.len, &m, &used), 1);
+    assert_int_equal(used, b.len);
+    assert_int_equal(m.type, IPC_HELLO);
+    assert_int_equal(m.id, 77);
+    assert_int_equal(ipc_get_str(&m, &s, &len), 0);
+    assert_int_equal(len, 5);
+    assert_memory_equal(s, "smtpd", 5);
+    assert_int_equal(ipc_get_u32(&m, &u32), 0);
+    assert_int_equal(u32, 1234);
+    assert_int_equal(ipc_get_u64(&m, &u64), 0);
+    assert_true(u64 == 0x0102030405060708ULL);
+    assert_int_equal(ipc_get_bytes(&m, &p, &len), 0);
+    assert_int_equal(len, 3);
+    assert_int_equal(ipc_get_end(&m), 0);
+    buf_free(&b);
+}
+
+static void
+test_ipc_partial_frame_waits(void **state)
+{
+    struct buf b;
+    struct ipc_msg m;
+    size_t used;
+
+    (void)state;
+    buf_init(&b, 0);
+    build_sample(&b);
+    for (size_t n = 0; n < b.len; n++)
+        assert_int_equal(ipc_frame_next((uint8_t *)b.data, n, &m, &used), 0);
+    buf_free(&b);
+}
+
+static void
+test_ipc_rejects_bad_headers(void **state)
+{
+    uint8_t tiny[12] = { 0, 0, 0, 5 };           /* shorter than its own header */
+    uint8_t huge[12] = { 0x7f, 0xff, 0xff, 0xff }; /* past IPC_FRAME_MAX */
+    uint8_t flags[12] = { 0, 0, 0, 12, 0, 1, 0, 1 };
+    struct ipc_msg m;
+    size_t used;
+
+    (void)state;
+    assert_int_equal(ipc_frame_next(tiny, sizeof(tiny), &m, &used), -EPROTO);
+    assert_int_equal(ipc_frame_next(huge, sizeof(huge), &m, &used), -EPROTO);
+    assert_int_equal(ipc_frame_next(flags, sizeof(flags), &m, &used), -EPROTO);
+}
+
+static void
+test_ipc_rejects_bad_fields(void **state)
+{
+    struct buf b;
+    struct ipc_msg m;
+    size_t used, len;
+    uint32_t u32;
+    uint64_t u64;
+    const char *s;
+
+    (void)state;
+    buf_init(&b, 0);
+    build_sample(&b);
+    assert_int_equal(ipc_frame_next((uint8_t *)b.data, b.len, &m, &used), 1);
+    /* wrong kind: a string is not a u32 */
+    assert_int_equal(ipc_get_u32(&m, &u32), -EPROTO);
+    /* a field length pointing past the frame */
+    m.pos = 0;
+    ((uint8_t *)b.data)[IPC_HEADER_SIZE + 4] = 0xff;
+    assert_int_equal(ipc_get_str(&m, &s, &len), -EPROTO);
+    ((uint8_t *)b.data)[IPC_HEADER_SIZE + 4] = 5;
+    /* trailing fields the reader did not expect */
+    m.pos = 0;
+    assert_int_equal(ipc_get_str(&m, &s, &len), 0);
+    assert_int_equal(ipc_get_end(&m), -EPROTO);
+    /* running off the end */
+    assert_int_equal(ipc_get_u32(&m, &u32), 0);
+    assert_int_equal(ipc_get_u64(&m, &u64), 0);
+    assert_int_equal(ipc_get_bytes(&m, (const uint8_t **)&s, &len), 0);
+    assert_int_equal(ipc_get_u32(&m, &u32), -EPROTO);
+    buf_free(&b);
+}
+
+static void
+test_ipc_string_with_nul_rejected(void **state)
+{
+    struct buf b;
+    struct ipc_msg m;
+    size_t used, len, off;
+    const char *s;
+
+    (void)state;
+    buf_init(&b, 0);
+    off = ipc_begin(&b, IPC_STATUS, 1);
+    ipc_add_bytes(&b, "a\0b", 3);
+    ipc_end(&b, off);
+    /* forge the kind byte from BYTES to STR */
+    ((uint8_t *)b.data)[IPC_HEADER_SIZE] = IPC_F_STR;
+    assert_int_equal(ipc_frame_next((uint8_t *)b.data, b.len, &m, &used), 1);
+    assert_int_equal(ipc_get_str(&m, &s, &len), -EPROTO);
+    buf_free(&b);
+}
+
+/* --- channels over a socketpair ---------------------------------------------- */
+
+struct chan_probe {
+    int frames;
+    uint32_t last_id;
+    int closed;
+    int close_reason;
+};
+
+static int
+probe_msg(struct ipc_chan *ch, struct ipc_msg *m)
+{
+    struct chan_probe *p = ch->data;
+
+    p->frames++;
+    p->last_id = m->id;
+    return 0;
+}
+
+static void
+probe_close(struct ipc_chan *ch, int reason)
+{
+    struct chan_probe *p = ch->data;
+
+    p->closed = 1;
+    p->close_reason = reason;
+}
+
+static void
+test_ipc_channel_delivers_frames_and_drops_garbage(void **state)
+{
+    uv_loop_t loop;
+    int sv[2];
+    struct ipc_chan *ch;
+    struct chan_probe probe = { 0 };
+    struct buf b;
+    const uint8_t garbage[12] = { 0, 0, 0, 3 };
+
+    (void)state;
+    assert_int_equal(uv_loop_init(&loop), 0);
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    assert_int_equal(ipc_chan_open_fd(&loop, sv[0], probe_msg, probe_close, &probe, &ch), 0);
+    buf_init(&b, 0);
+    for (uint32_t i = 1; i <= 3; i++) {
+        size_t off = ipc_begin(&b, IPC_STATUS, i);
+        ipc_add_cstr(&b, "{}");
+        ipc_end(&b, off);
+    }
+    /* written one byte short, then the rest: frames must reassemble */
+    assert_int_equal(write(sv[1], b.data, b.len - 1), (ssize_t)b.len - 1);
+    uv_run(&loop, UV_RUN_NOWAIT);
+    assert_int_equal(write(sv[1], b.data + b.len - 1, 1), 1);
+    while (probe.frames < 3)
+        uv_run(&loop, UV_RUN_ONCE);
+    assert_int_equal(probe.last_id, 3);
+    assert_false(probe.closed);
+    assert_int_equal(write(sv[1], garbage, sizeof(garbage)), (ssize_t)sizeof(garbage));
+    while (!probe.closed)
+        uv_run(&loop, UV_RUN_ONCE);
+    assert_int_equal(probe.close_reason, -EPROTO);
+    assert_int_equal(probe.frames, 3);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&loop), 0);
+    close(sv[1]);
+    buf_free(&b);
+}
+
+static void
+test_msg_printable_neutralises_control_bytes(void **state)
+{
+    char out[16];
+
+    (void)state;
+    msg_printable(out, sizeof(out), "a\r\nb\x01\xff" "c", 7);
+    assert_string_equal(out, "a??b??c");
+    msg_printable(out, 4, "abcdef", 6);
+    assert_string_equal(out, "abc");
+}
+
+int
+main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_buf_limit_refuses_growth),
+        cmocka_unit_test(test_buf_overflow_checked),
+        cmocka_unit_test(test_buf_integers_big_endian),
+        cmocka_unit_test(test_ipc_round_trip),
+        cmocka_unit_test(test_ipc_partial_frame_waits),
+        cmocka_unit_test(test_ipc_rejects_bad_headers),
+        cmocka_unit_test(test_ipc_rejects_bad_fields),
+        cmocka_unit_test(test_ipc_string_with_nul_rejected),
+        cmocka_unit_test(test_ipc_channel_delivers_frames_and_drops_garbage),
+        cmocka_unit_test(test_msg_printable_neutralises_control_bytes),
+    };
+
+    msg_init("test_common");
+    msg_also_stderr(0);
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
