@@ -1,0 +1,358 @@
+/*
+ * qstore.h - the durable queue store (LMDB): schema, record formats, API
+ *
+ * This is THE document of the on-disk queue. Every process on the mail path
+ * uses it: cleanup writes new messages, qmgr rebuilds its schedule from it and
+ * records outcomes, smtp-out reads message content. Nothing else touches the
+ * LMDB environment.
+ *
+ * SECURITY: records hold peer-controlled text (addresses, HELO names, reply
+ * text). They are binary, versioned and length-prefixed, never "field: value"
+ * text, so no byte a peer sends can forge a field (the CVE-2020-8794 lesson).
+ * Every decoder checks every length against the record's end and returns
+ * -EPROTO on any inconsistency; it never reads past the value LMDB gave it.
+ *
+ * ENVIRONMENT
+ *   One LMDB environment, a directory (normally SPOOL/queue), opened with
+ *   MDB_NOTLS so that a write transaction can run in a libuv thread-pool thread
+ *   while the loop thread runs read transactions. The map size comes from the
+ *   config (`queue-map-size`). Open it after fork(), in the process that uses
+ *   it (LMDB rule); qstore checks the pid and panics on misuse. Stale reader
+ *   slots left by killed processes are cleared at open (mdb_reader_check).
+ *
+ * NAMED DATABASES (all integers big-endian, so keys sort numerically)
+ *   meta  "schema"      -> u32 schema version (QSTORE_SCHEMA_VERSION)
+ *         "next-msgid"  -> u64 next message id to hand out (starts at 1)
+ *   msg   msgid u64                 -> envelope record      (one per message)
+ *   body  msgid u64 | chunk u32     -> raw content bytes, <= QSTORE_CHUNK_MAX
+ *                                      each; chunks 0..nchunks-1, no gaps
+ *   rcpt  msgid u64 | index u32     -> recipient record    (one per pending
+ *                                      recipient; index = position at
+ *                                      submission, 0..nrcpt-1)
+ *   A message is stored once, with N recipient records.
+ *
+ * MESSAGE IDS
+ *   Allocated inside the write transaction that stores the message, from
+ *   meta/next-msgid. LMDB serialises writers across processes, so several
+ *   cleanup processes can share the environment and ids stay unique and
+ *   monotonic. Ids are never reused (msg/body/rcpt puts use MDB_APPEND, which
+ *   also refuses to overwrite anything if meta were ever rolled back).
+ *
+ * STRING ENCODING (str)
+ *   u16 len, then len bytes, the last of which is NUL and no other is NUL
+ *   (so len >= 1; "" is encoded as len 1). Decoded strings therefore point
+ *   straight into the record (zero copy) and are valid C strings for as long
+ *   as the record's memory is. Limits: QSTORE_STR_MAX bytes of text per field
+ *   (QSTORE_ERR_MAX for last_error, which is truncated on write, not refused).
+ *
+ * ENVELOPE RECORD (msg), version 1
+ *   off  0 u8  version (1)
+ *        1 u8  flags   QSTORE_F_8BITMIME | QSTORE_F_SMTPUTF8; other bits -> corrupt
+ *        2 u8  ret     QSTORE_RET_{NONE,FULL,HDRS}
+ *        3 u8  reserved, 0
+ *        4 u32 nrcpt   recipients at submission (records may be fewer later)
+ *        8 u64 queued_at   (unix seconds)
+ *       16 u64 size        body bytes
+ *       24 u32 nchunks     body chunks
+ *       28 str sender (no <>; "" = null sender), envid, job_id, vmta (virtual
+ *          MTA or pool name, "" = default), source (<source> name), client_ip,
+ *          client_helo, auth_user, bounce_sender (return path of our DSNs)
+ *       record length must end exactly after the last string.
+ *
+ * RECIPIENT RECORD (rcpt), version 1 -- the schedule fields come first so the
+ * start-up scan decodes a fixed header plus one string
+ *   off  0 u8  version (1)
+ *        1 u8  state   QSTORE_RCPT_QUEUED | QSTORE_RCPT_DEFERRED
+ *        2 u8  notify  QSTORE_NOTIFY_* bits
+ *        3 u8  reserved, 0
+ *        4 u32 attempts
+ *        8 u64 queued_at       (copy of the envelope's, for bounce-after)
+ *       16 u64 first_attempt   (0 = never tried)
+ *       24 u64 next_attempt    (0 = as soon as possible)
+ *       32 str queue  ("domain/vmta"), address, orcpt (as received, "" if
+ *          none), domain (lower case), last_error
+ *
+ * STATE MACHINE OF A RECIPIENT (durable states only)
+ *
+ *     submit ──> QUEUED ──attempt──> DEFERRED ──attempt──┐
+ *                  │                    ^  │             │
+ *                  │                    └──┼─────────────┘
+ *                  └── delivered / bounced / expired / deleted ──> (record
+ *                      removed; when the message's last rcpt record goes, its
+ *                      msg and body records go in the same transaction)
+ *
+ *   "In flight" is qmgr memory only: after a crash an in-flight recipient is
+ *   QUEUED/DEFERRED again and is tried again (the only duplicate we allow).
+ *
+ * WHO WRITES WHAT
+ *   cleanup  puts msg + all rcpt + all body records of a new message
+ *            (qstore_group_submit), allocates the id.
+ *   qmgr     deletes rcpt records (delivered/bounced, qstore_group_finish),
+ *            rewrites them (deferred, qstore_group_defer), deletes messages
+ *            (pmtactl delete, qstore_delete_msg). It alone changes recipients.
+ *   smtp-out reads only (qstore_read_msg).
+ *
+ * DURABILITY AND GROUPING
+ *   - A message is written in ONE transaction: after a crash at any moment it
+ *     is either entirely present (msg, every rcpt, every body chunk) or absent.
+ *   - A submission's callback reports success only after mdb_txn_commit()
+ *     returned 0 with sync on (the default): only then may cleanup let smtpd
+ *     send 250. With QSTORE_NOSYNC (`sync-msg-create no`) the commit is not
+ *     fsynced and a power cut may lose acknowledged mail; a process crash
+ *     cannot, because the pages are in the kernel.
+ *   - qstore_group batches submissions and outcomes that arrive within a
+ *     window (default 2 ms) or up to a batch size into one write transaction
+ *     and one sync, run on the libuv thread pool. One commit at a time per
+ *     group; what arrives during a commit forms the next batch.
+ *   - MDB_MAP_FULL (and a full disk) is -ENOSPC: the transaction is aborted,
+ *     nothing committed is harmed, and the environment stays usable. A batch
+ *     that fills the map is retried one operation per transaction, so only
+ *     the operations that do not fit fail.
+ *
+ * ERRORS: functions return 0 or a negative errno: -ENOSPC (map or disk full),
+ * -EPROTO (corrupt record or schema mismatch), -ENOENT (no such message or
+ * recipient), -EMSGSIZE (a field over its limit), -EINVAL (bad argument),
+ * -EEXIST (id collision: meta is damaged), -EAGAIN (reader table full),
+ * -EIO (LMDB reports corruption or another LMDB failure).
+ */
+#ifndef PMTA_QSTORE_H
+#define PMTA_QSTORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "buf.h"
+
+#define QSTORE_SCHEMA_VERSION 1u
+#define QSTORE_ENV_VERSION 1u      /* envelope record version */
+#define QSTORE_RCPT_VERSION 1u     /* recipient record version */
+#define QSTORE_CHUNK_MAX (256u * 1024u)
+#define QSTORE_STR_MAX 1024u       /* text bytes per string field */
+#define QSTORE_ERR_MAX 512u        /* text bytes of last_error (truncated) */
+
+/* envelope flags */
+#define QSTORE_F_8BITMIME 0x01u
+#define QSTORE_F_SMTPUTF8 0x02u
+#define QSTORE_F_ALL (QSTORE_F_8BITMIME | QSTORE_F_SMTPUTF8)
+
+/* RET= of MAIL FROM (RFC 3461) */
+enum { QSTORE_RET_NONE = 0, QSTORE_RET_FULL = 1, QSTORE_RET_HDRS = 2 };
+
+/* NOTIFY= of RCPT TO (RFC 3461); 0 = not given (default: FAILURE) */
+#define QSTORE_NOTIFY_NEVER 0x01u
+#define QSTORE_NOTIFY_SUCCESS 0x02u
+#define QSTORE_NOTIFY_FAILURE 0x04u
+#define QSTORE_NOTIFY_DELAY 0x08u
+#define QSTORE_NOTIFY_ALL 0x0fu
+
+enum { QSTORE_RCPT_QUEUED = 0, QSTORE_RCPT_DEFERRED = 1 };
+
+/*
+ * The envelope. Strings are never NULL once decoded; on input NULL means "".
+ * On decode they point into the record (see the lifetime of the call used).
+ */
+struct qstore_envelope {
+    uint8_t flags;          /* QSTORE_F_* */
+    uint8_t ret;            /* QSTORE_RET_* */
+    uint32_t nrcpt;         /* filled in on submit */
+    uint64_t queued_at;     /* unix seconds; 0 on submit = now */
+    uint64_t size;          /* filled in on submit */
+    uint32_t nchunks;       /* filled in on submit */
+    const char *sender;
+    const char *envid;
+    const char *job_id;
+    const char *vmta;
+    const char *source;
+    const char *client_ip;
+    const char *client_helo;
+    const char *auth_user;
+    const char *bounce_sender;
+};
+
+struct qstore_rcpt {
+    uint32_t index;         /* position in the message (from the key) */
+    uint8_t state;          /* QSTORE_RCPT_* */
+    uint8_t notify;         /* QSTORE_NOTIFY_* */
+    uint32_t attempts;
+    uint64_t queued_at;
+    uint64_t first_attempt;
+    uint64_t next_attempt;
+    const char *queue;      /* "domain/vmta" */
+    const char *address;
+    const char *orcpt;
+    const char *domain;
+    const char *last_error;
+};
+
+/* ---- record codecs (pure functions; exposed for tests and tools) ---------- */
+
+/*
+ * qstore_envelope_encode - append the v1 record to OUT; 0, -EMSGSIZE, -EINVAL
+ * (bad flags/ret, or nchunks not matching size; qstore_newmsg_create fills
+ * those in itself).
+ */
+int qstore_envelope_encode(struct buf *out, const struct qstore_envelope *env);
+/*
+ * qstore_envelope_decode - parse REC (LEN bytes) into ENV; strings point into
+ * REC. 0 or -EPROTO. Never reads outside REC.
+ */
+int qstore_envelope_decode(const void *rec, size_t len, struct qstore_envelope *env);
+/* qstore_rcpt_encode - append the v1 record; last_error truncated; 0, -EMSGSIZE, -EINVAL */
+int qstore_rcpt_encode(struct buf *out, const struct qstore_rcpt *rcpt);
+/* qstore_rcpt_decode - as qstore_envelope_decode; RCPT->index is left alone */
+int qstore_rcpt_decode(const void *rec, size_t len, struct qstore_rcpt *rcpt);
+
+/* ---- environment ---------------------------------------------------------- */
+
+struct qstore;
+
+#define QSTORE_NOSYNC 0x01u        /* `sync-msg-create no`: commits not fsynced */
+#define QSTORE_RDONLY 0x02u        /* open read-only (tools); writes -> -EACCES */
+
+struct qstore_opts {
+    size_t map_size;        /* bytes; 0 = 1 GiB */
+    unsigned max_readers;   /* 0 = 512 */
+    unsigned flags;         /* QSTORE_NOSYNC, QSTORE_RDONLY */
+};
+
+/*
+ * qstore_open - open (creating if needed, mode 0700) the environment in DIR.
+ * Creates the named databases and meta on first use; checks the schema
+ * version. @return 0, -EPROTO (other schema), -errno from the system or LMDB.
+ */
+int qstore_open(struct qstore **qsp, const char *dir, const struct qstore_opts *opts);
+/* qstore_close - close the environment; no transaction may be active */
+void qstore_close(struct qstore *qs);
+/* qstore_sync - force a sync (for QSTORE_NOSYNC users, e.g. at shutdown) */
+int qstore_sync(struct qstore *qs);
+
+struct qstore_info {
+    uint64_t messages, recipients, chunks;
+    uint64_t next_msgid;
+    size_t map_size, map_used;  /* bytes */
+};
+/* qstore_info - counts and map usage for status output */
+int qstore_info(struct qstore *qs, struct qstore_info *info);
+
+/* ---- new messages (cleanup) ------------------------------------------------ */
+
+/*
+ * A new message, encoded and validated once on the caller's thread so that the
+ * caller's strings need not outlive the call and the commit thread only copies
+ * bytes. qstore_newmsg_create() takes over BODY's data (the buf is left empty)
+ * and copies everything else. ENV->nrcpt/size/nchunks are computed; each
+ * recipient's queued_at is set to the envelope's. N must be >= 1.
+ * @return 0, -EINVAL, -EMSGSIZE.
+ */
+struct qstore_newmsg;
+int qstore_newmsg_create(struct qstore_newmsg **nmp, const struct qstore_envelope *env,
+                         const struct qstore_rcpt *rcpts, size_t n, struct buf *body);
+void qstore_newmsg_free(struct qstore_newmsg *nm);
+/* qstore_newmsg_size - bytes the message will occupy (records + body) */
+size_t qstore_newmsg_size(const struct qstore_newmsg *nm);
+
+/* ---- write transactions (what qstore_group batches; usable directly) ------ */
+
+/*
+ * One write transaction. Operations return a per-operation result; if
+ * qstore_wtxn_failed() then becomes nonzero the transaction is dead (e.g.
+ * map full) and must be aborted: none of its operations happened.
+ * Begin and commit/abort must happen on the same thread.
+ */
+struct qstore_wtxn;
+int qstore_wtxn_begin(struct qstore *qs, struct qstore_wtxn **wp);
+/* qstore_wtxn_put - store NM; its id goes to *IDP. 0 or -errno */
+int qstore_wtxn_put(struct qstore_wtxn *w, const struct qstore_newmsg *nm, uint64_t *idp);
+/*
+ * qstore_wtxn_finish - the recipient is done (delivered, bounced, expired):
+ * delete its record, and the message's msg and body records when it was the
+ * last one. 0, -ENOENT (no such recipient), -errno.
+ */
+int qstore_wtxn_finish(struct qstore_wtxn *w, uint64_t msgid, uint32_t index);
+
+struct qstore_defer {
+    uint32_t attempts;       /* new attempt count */
+    uint64_t next_attempt;   /* unix seconds */
+    uint64_t first_attempt;  /* 0 = keep what is stored */
+    const char *last_error;  /* reply text; truncated to QSTORE_ERR_MAX */
+};
+/* qstore_wtxn_defer - mark DEFERRED with D's fields. 0, -ENOENT, -EPROTO, -errno */
+int qstore_wtxn_defer(struct qstore_wtxn *w, uint64_t msgid, uint32_t index,
+                      const struct qstore_defer *d);
+/* qstore_wtxn_delete_msg - remove a message and all its records. 0, -ENOENT, -errno */
+int qstore_wtxn_delete_msg(struct qstore_wtxn *w, uint64_t msgid);
+/* qstore_wtxn_failed - nonzero (-errno) once the transaction must be aborted */
+int qstore_wtxn_failed(const struct qstore_wtxn *w);
+/* qstore_wtxn_commit - commit (and sync unless QSTORE_NOSYNC); frees W. 0 or -errno */
+int qstore_wtxn_commit(struct qstore_wtxn *w);
+/* qstore_wtxn_abort - drop everything W did; frees W */
+void qstore_wtxn_abort(struct qstore_wtxn *w);
+
+/*
+ * One-operation-per-transaction conveniences (tools, tests, pmtactl delete).
+ * They block for the writer lock and the sync: not for an event-loop thread.
+ */
+int qstore_put(struct qstore *qs, const struct qstore_newmsg *nm, uint64_t *idp);
+int qstore_delete_msg(struct qstore *qs, uint64_t msgid);
+
+/* ---- reading (qmgr rebuild, smtp-out) -------------------------------------- */
+
+/*
+ * What the scheduler needs of one recipient. QUEUE points into the LMDB map
+ * and is valid during the callback only: intern it, do not keep it.
+ */
+struct qstore_sched {
+    uint64_t msgid;
+    uint32_t index;
+    uint8_t state;
+    uint32_t attempts;
+    uint64_t queued_at;
+    uint64_t next_attempt;
+    const char *queue;
+    size_t queue_len;
+};
+
+/* A callback returning nonzero stops the scan; the scan then returns that value. */
+typedef int (*qstore_sched_fn)(const struct qstore_sched *s, void *arg);
+
+struct qstore_scan_stats {
+    uint64_t seen;       /* records passed to the callback */
+    uint64_t corrupt;    /* records skipped as corrupt (each logged) */
+};
+
+/*
+ * qstore_scan - call FN for every pending recipient, in (msgid, index) order,
+ * in one read transaction; no allocation per recipient. A corrupt record is
+ * logged, counted and skipped so that one bad record cannot stop a rebuild.
+ * qstore_scan_msg does the same for one message (a new message joining the
+ * schedule). @return 0, FN's nonzero value, or -errno.
+ */
+int qstore_scan(struct qstore *qs, qstore_sched_fn fn, void *arg, struct qstore_scan_stats *st);
+int qstore_scan_msg(struct qstore *qs, uint64_t msgid, qstore_sched_fn fn, void *arg,
+                    struct qstore_scan_stats *st);
+
+/*
+ * A message copied out of LMDB: owned by the caller, strings point into its
+ * own copy of the records. RCPT holds the recipients still pending (RCPT[i].
+ * index gives each one's position). BODY is NULL unless QSTORE_READ_BODY.
+ */
+struct qstore_msg {
+    uint64_t msgid;
+    struct qstore_envelope env;
+    struct qstore_rcpt *rcpt;
+    size_t nrcpt;
+    char *body;
+    size_t body_len;
+    struct buf recs_;        /* private: the copied records */
+};
+
+#define QSTORE_READ_BODY 0x01u
+
+/* qstore_read_msg - copy message MSGID out. 0, -ENOENT, -EPROTO, -errno */
+int qstore_read_msg(struct qstore *qs, uint64_t msgid, unsigned what, struct qstore_msg **mp);
+void qstore_msg_free(struct qstore_msg *m);
+
+/* qstore_strerror - text for a qstore error code (for logs) */
+const char *qstore_strerror(int err);
+
+#endif

@@ -1,0 +1,372 @@
+/*
+ * qstore_group.c - the group committer: many queue writes, one transaction, one sync
+ *
+ * Owns the pending-operation list, the window timer and the one uv_work_t of a
+ * group. Threading: a batch is detached from the pending list on the loop
+ * thread, handed whole to a thread-pool thread (which alone touches it while
+ * the transaction runs, begin to commit on that same thread as LMDB requires),
+ * and handed back to the loop thread in the after-work callback. Nothing else
+ * is shared, so no locks.
+ *
+ * SECURITY: not exposed to peers; it moves records encoded by qstore.c.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "msg.h"
+#include "qstore_group.h"
+#include "xalloc.h"
+
+enum op_kind { OP_PUT, OP_FINISH, OP_DEFER };
+
+struct group_op {
+    struct group_op *next;
+    enum op_kind kind;
+    struct qstore_newmsg *nm;       /* OP_PUT, owned */
+    uint64_t msgid;
+    uint32_t index;
+    struct qstore_defer defer;      /* OP_DEFER; last_error owned */
+    int status;
+    qstore_group_cb cb;
+    void *arg;
+};
+
+struct batch {
+    struct group_op *ops;
+    size_t nops;
+    /* filled in by the pool thread, read on the loop thread afterwards */
+    unsigned commits, failed, fallback;
+    double ms;
+};
+
+struct qstore_group {
+    uv_loop_t *loop;
+    struct qstore *qs;
+    uv_timer_t timer;
+    uv_work_t work;
+    struct group_op *pend_head, **pend_tail;
+    size_t npend;
+    struct batch batch;             /* valid while busy */
+    int busy, timer_armed, closing;
+    unsigned window_ms, max_batch, flags;
+    size_t max_bytes;
+    struct qstore_group_stats st;
+    qstore_group_close_cb close_cb;
+    void *close_arg;
+};
+
+/* ---- the pool-thread side ----------------------------------------------------- */
+
+/* apply_op - run one operation inside W */
+static int apply_op(struct qstore_wtxn *w, struct group_op *op)
+{
+    switch (op->kind) {
+    case OP_PUT:
+        return qstore_wtxn_put(w, op->nm, &op->msgid);
+    case OP_FINISH:
+        return qstore_wtxn_finish(w, op->msgid, op->index);
+    case OP_DEFER:
+        return qstore_wtxn_defer(w, op->msgid, op->index, &op->defer);
+    }
+    return -EINVAL;
+}
+
+/*
+ * run_txn - apply OPS[0..N) in one transaction and commit. Per-op results go
+ * to each op's status; the return is the transaction's fate (0 committed).
+ */
+static int run_txn(struct qstore *qs, struct group_op *ops, size_t n, struct batch *b)
+{
+    struct qstore_wtxn *w;
+    struct group_op *op = ops;
+    int rc;
+
+    if ((rc = qstore_wtxn_begin(qs, &w)) < 0)
+        return rc;
+    for (size_t i = 0; i < n; i++, op = op->next) {
+        op->status = apply_op(w, op);
+        if (qstore_wtxn_failed(w))
+            break;
+    }
+    rc = qstore_wtxn_commit(w);    /* aborts by itself when poisoned */
+    if (rc == 0)
+        b->commits++;
+    else
+        b->failed++;
+    return rc;
+}
+
+/* mark_all - the transaction failed: every op of it failed with RC */
+static void mark_all(struct group_op *ops, size_t n, int rc)
+{
+    for (size_t i = 0; i < n; i++, ops = ops->next) {
+        ops->status = rc;
+        if (ops->kind == OP_PUT)
+            ops->msgid = 0;
+    }
+}
+
+/*
+ * work_cb - commit the batch. If the whole batch cannot commit (typically a
+ * full map), retry one op per transaction so that what fits still succeeds
+ * and only the ops that do not fit report the error.
+ */
+static void work_cb(uv_work_t *req)
+{
+    struct qstore_group *g = req->data;
+    struct batch *b = &g->batch;
+    uint64_t t0 = uv_hrtime();
+    int rc = run_txn(g->qs, b->ops, b->nops, b);
+
+    if (rc < 0 && b->nops > 1) {
+        b->fallback = 1;
+        for (struct group_op *op = b->ops; op; op = op->next)
+            if ((rc = run_txn(g->qs, op, 1, b)) < 0)
+                mark_all(op, 1, rc);
+    } else if (rc < 0) {
+        mark_all(b->ops, b->nops, rc);
+    }
+    b->ms = (double)(uv_hrtime() - t0) / 1e6;
+}
+
+/* ---- the loop-thread side ----------------------------------------------------- */
+
+static void start_commit(struct qstore_group *g);
+
+/* take_batch - detach up to max_batch ops / max_bytes of messages from pending */
+static void take_batch(struct qstore_group *g)
+{
+    struct group_op **link = &g->pend_head;
+    size_t bytes = 0, n = 0;
+
+    while (*link && n < g->max_batch) {
+        size_t sz = (*link)->kind == OP_PUT ? qstore_newmsg_size((*link)->nm) : 0;
+
+        if (n > 0 && bytes + sz > g->max_bytes)
+            break;
+        bytes += sz;
+        n++;
+        link = &(*link)->next;
+    }
+    memset(&g->batch, 0, sizeof g->batch);
+    g->batch.ops = g->pend_head;
+    g->batch.nops = n;
+    g->pend_head = *link;
+    *link = NULL;
+    if (g->pend_head == NULL)
+        g->pend_tail = &g->pend_head;
+    g->npend -= n;
+}
+
+/* free_op - release what an op owns */
+static void free_op(struct group_op *op)
+{
+    qstore_newmsg_free(op->nm);
+    free((char *)op->defer.last_error);
+    free(op);
+}
+
+/* account - fold a finished batch into the group's counters */
+static void account(struct qstore_group *g, const struct batch *b)
+{
+    g->st.commits += b->commits;
+    g->st.failed += b->failed;
+    g->st.fallbacks += b->fallback;
+    g->st.ops += b->nops;
+    g->st.commit_ms += b->ms;
+    if (b->nops > g->st.max_batch)
+        g->st.max_batch = b->nops;
+}
+
+static void on_closed(uv_handle_t *h)
+{
+    struct qstore_group *g = h->data;
+    qstore_group_close_cb cb = g->close_cb;
+    void *arg = g->close_arg;
+
+    free(g);
+    if (cb)
+        cb(arg);
+}
+
+/* maybe_finish_close - once nothing is pending or running, close the timer */
+static void maybe_finish_close(struct qstore_group *g)
+{
+    if (g->closing == 1 && !g->busy && g->npend == 0) {
+        g->closing = 2;
+        uv_close((uv_handle_t *)&g->timer, on_closed);
+    }
+}
+
+/* after_work_cb - back on the loop: report, then start the next batch */
+static void after_work_cb(uv_work_t *req, int status)
+{
+    struct qstore_group *g = req->data;
+    struct batch b = g->batch;      /* callbacks may start the next batch */
+
+    if (status != 0)                /* UV_ECANCELED: the work never ran */
+        mark_all(b.ops, b.nops, -ECANCELED);
+    g->busy = 0;
+    account(g, &b);
+    for (struct group_op *op = b.ops, *next; op; op = next) {
+        next = op->next;
+        if (op->kind == OP_PUT && op->status == 0)
+            g->st.msgs++;
+        if (op->cb)
+            op->cb(op->arg, op->status, op->status == 0 || op->kind != OP_PUT ? op->msgid : 0);
+        free_op(op);
+    }
+    /* what arrived during the commit has waited long enough */
+    if (!g->busy && g->npend > 0)
+        start_commit(g);
+    maybe_finish_close(g);
+}
+
+static void start_commit(struct qstore_group *g)
+{
+    int rc;
+
+    if (g->timer_armed) {
+        uv_timer_stop(&g->timer);
+        g->timer_armed = 0;
+    }
+    take_batch(g);
+    g->busy = 1;
+    if ((rc = uv_queue_work(g->loop, &g->work, work_cb, after_work_cb)) != 0)
+        msg_panic("qstore_group: uv_queue_work: %s", uv_strerror(rc));
+}
+
+static void on_window(uv_timer_t *t)
+{
+    struct qstore_group *g = t->data;
+
+    g->timer_armed = 0;
+    if (!g->busy && g->npend > 0)
+        start_commit(g);
+}
+
+/* enqueue - add OP; commit now if the batch is full, else open the window */
+static void enqueue(struct qstore_group *g, struct group_op *op)
+{
+    *g->pend_tail = op;
+    g->pend_tail = &op->next;
+    g->npend++;
+    if (g->busy)
+        return;             /* after_work_cb starts the next batch */
+    if (g->npend >= g->max_batch || g->closing) {
+        start_commit(g);
+    } else if (!g->timer_armed) {
+        g->timer_armed = 1;
+        uv_timer_start(&g->timer, on_window, g->flags & QSTORE_GROUP_NOWAIT ? 0 : g->window_ms,
+                       0);
+    }
+}
+
+static struct group_op *new_op(enum op_kind kind, qstore_group_cb cb, void *arg)
+{
+    struct group_op *op = xcalloc(1, sizeof *op);
+
+    op->kind = kind;
+    op->cb = cb;
+    op->arg = arg;
+    return op;
+}
+
+/* ---- API ------------------------------------------------------------------------ */
+
+int qstore_group_new(struct qstore_group **gp, uv_loop_t *loop, struct qstore *qs,
+                     const struct qstore_group_opts *opts)
+{
+    struct qstore_group *g = xcalloc(1, sizeof *g);
+    int rc;
+
+    if ((rc = uv_timer_init(loop, &g->timer)) != 0) {
+        free(g);
+        return rc;          /* libuv errors are already -errno */
+    }
+    g->loop = loop;
+    g->qs = qs;
+    g->timer.data = g;
+    g->work.data = g;
+    g->pend_tail = &g->pend_head;
+    g->window_ms = opts && opts->window_ms ? opts->window_ms : QSTORE_GROUP_WINDOW_MS;
+    g->max_batch = opts && opts->max_batch ? opts->max_batch : QSTORE_GROUP_MAX_BATCH;
+    g->max_bytes = opts && opts->max_bytes ? opts->max_bytes : QSTORE_GROUP_MAX_BYTES;
+    g->flags = opts ? opts->flags : 0;
+    *gp = g;
+    return 0;
+}
+
+int qstore_group_submit(struct qstore_group *g, struct qstore_newmsg *nm,
+                        qstore_group_cb cb, void *arg)
+{
+    struct group_op *op;
+
+    if (g->closing)
+        return -ESHUTDOWN;
+    op = new_op(OP_PUT, cb, arg);
+    op->nm = nm;
+    enqueue(g, op);
+    return 0;
+}
+
+int qstore_group_finish(struct qstore_group *g, uint64_t msgid, uint32_t index,
+                        qstore_group_cb cb, void *arg)
+{
+    struct group_op *op;
+
+    if (g->closing)
+        return -ESHUTDOWN;
+    op = new_op(OP_FINISH, cb, arg);
+    op->msgid = msgid;
+    op->index = index;
+    enqueue(g, op);
+    return 0;
+}
+
+int qstore_group_defer(struct qstore_group *g, uint64_t msgid, uint32_t index,
+                       const struct qstore_defer *d, qstore_group_cb cb, void *arg)
+{
+    struct group_op *op;
+
+    if (g->closing)
+        return -ESHUTDOWN;
+    op = new_op(OP_DEFER, cb, arg);
+    op->msgid = msgid;
+    op->index = index;
+    op->defer = *d;
+    /* the commit runs later, on another thread: keep our own bounded copy */
+    op->defer.last_error = xstrndup(d->last_error ? d->last_error : "", QSTORE_ERR_MAX);
+    enqueue(g, op);
+    return 0;
+}
+
+void qstore_group_flush(struct qstore_group *g)
+{
+    if (!g->busy && g->npend > 0)
+        start_commit(g);
+}
+
+size_t qstore_group_pending(const struct qstore_group *g)
+{
+    return g->npend + (g->busy ? g->batch.nops : 0);
+}
+
+void qstore_group_stats(const struct qstore_group *g, struct qstore_group_stats *st)
+{
+    *st = g->st;
+}
+
+void qstore_group_close(struct qstore_group *g, qstore_group_close_cb cb, void *arg)
+{
+    if (g->closing)
+        return;
+    g->closing = 1;
+    g->close_cb = cb;
+    g->close_arg = arg;
+    qstore_group_flush(g);
+    maybe_finish_close(g);
+}
