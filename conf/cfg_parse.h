@@ -42,12 +42,22 @@ int cfg__parse_cidr(const char *s, uint8_t *family, uint8_t *prefix, uint8_t add
 int cfg__cidr_contains(uint8_t family, uint8_t prefix, const uint8_t net[16],
                        int addr_family, const uint8_t *addr);
 
-/* heap-allocated configuration: what struct cfg.owner points to after cfg_load */
+/* struct cfg.owner: heap arrays after cfg_load, or a mapping after cfg_snapshot_map */
+#define CFG_OWNER_HEAP 0x50414548u
+#define CFG_OWNER_MAP  0x2050414du
+
 struct cfg_heap {
+    uint32_t owner_kind;     /* CFG_OWNER_HEAP */
     struct cfg_scope *scopes;
     struct cfg_value *values;
     int64_t *ints;
     char *strings;
+};
+
+struct cfg_map {
+    uint32_t owner_kind;     /* CFG_OWNER_MAP */
+    void *base;
+    size_t len;
 };
 
 #endif

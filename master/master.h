@@ -118,6 +118,8 @@ struct master {
     int lock_fd;
     int pid_fd;
     int stopping;
+    unsigned procs_allocated;        /* struct master_proc not yet freed */
+    uint64_t announced_generation;   /* last generation every worker acked */
     uv_signal_t sig_hup, sig_term, sig_int;
     uv_timer_t drain_timer;
 };
@@ -138,6 +140,7 @@ void master_reload(struct master *m);
 char *master_absolute_path(const char *path);
 
 /* master_files.c */
+void master_resolve_user(struct master *m);
 void master_prepare_directories(struct master *m);
 void master_lock_spool(struct master *m);
 void master_write_pid_file(struct master *m);
@@ -145,6 +148,7 @@ void master_remove_pid_file(struct master *m);
 void master_open_log(struct master *m);
 
 /* master_listen.c */
+int master_check_listeners(const struct cfg *c, cfg_diag_fn diag, void *ctx);
 void master_bind_listeners(struct master *m, const struct cfg *c);
 int master_listeners_differ(const struct master *m, const struct cfg *c);
 void master_bind_sockets(struct master *m);
@@ -153,6 +157,7 @@ void master_close_sockets(struct master *m);
 /* master_spawn.c */
 void master_roles_init(struct master *m);
 void master_roles_start(struct master *m);
+void master_roles_close(struct master *m);
 void master_roles_free(struct master *m);
 void master_broadcast_config(struct master *m);
 void master_broadcast_shutdown(struct master *m);

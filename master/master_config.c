@@ -62,18 +62,34 @@ master_print_diag(void *ctx, enum cfg_diag_level level, const char *file, unsign
     }
 }
 
+/* load_checked - cfg_load plus the checks only pmtad knows (listener syntax) */
+static struct cfg *
+load_checked(const char *path, struct diag_counts *dc)
+{
+    unsigned nerrors = 0;
+    struct cfg *c = cfg_load(path, master_print_diag, dc, &nerrors);
+
+    if (c == NULL && dc->errors == 0) {
+        /* The library failed without saying why; never stay silent. */
+        master_print_diag(dc, CFG_DIAG_ERROR, path, 0, "cannot load configuration");
+    }
+    if (c && master_check_listeners(c, master_print_diag, dc) > 0) {
+        cfg_free(c);
+        c = NULL;
+    }
+    return c;
+}
+
 /* master_load_config - parse and validate PATH; NULL (diagnostics reported) on errors */
 struct cfg *
 master_load_config(const char *path, int to_log)
 {
     struct diag_counts dc = { to_log, 0, 0 };
-    unsigned nerrors = 0;
-    struct cfg *c = cfg_load(path, master_print_diag, &dc, &nerrors);
+    struct cfg *c = load_checked(path, &dc);
 
-    if (c == NULL && nerrors == 0 && dc.errors == 0) {
-        /* The library failed without saying why; never stay silent. */
-        master_print_diag(&dc, CFG_DIAG_ERROR, path, 0, "cannot load configuration");
-    }
+    if (c == NULL && !to_log)
+        fprintf(stderr, "%s: %u error%s; not starting\n", path, dc.errors,
+                dc.errors == 1 ? "" : "s");
     return c;
 }
 
@@ -82,13 +98,11 @@ int
 master_check_config(const char *path)
 {
     struct diag_counts dc = { 0, 0, 0 };
-    unsigned nerrors = 0;
-    struct cfg *c = cfg_load(path, master_print_diag, &dc, &nerrors);
+    struct cfg *c = load_checked(path, &dc);
 
     if (c == NULL) {
-        unsigned n = nerrors > dc.errors ? nerrors : dc.errors;
-        fprintf(stderr, "%s: config has %u error%s, %u warning%s\n", path, n ? n : 1,
-                n == 1 ? "" : "s", dc.warnings, dc.warnings == 1 ? "" : "s");
+        fprintf(stderr, "%s: config has %u error%s, %u warning%s\n", path, dc.errors,
+                dc.errors == 1 ? "" : "s", dc.warnings, dc.warnings == 1 ? "" : "s");
         return 1;
     }
     printf("config OK: %u warning%s\n", dc.warnings, dc.warnings == 1 ? "" : "s");
@@ -121,7 +135,7 @@ master_show_settings(const char *path, const char *queue)
 
     if (vmta)
         *vmta++ = '\0';
-    if ((c = cfg_load(path, master_print_diag, &dc, NULL)) == NULL) {
+    if ((c = load_checked(path, &dc)) == NULL) {
         fprintf(stderr, "%s: configuration has errors\n", path);
         free(domain);
         return 1;

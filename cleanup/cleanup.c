@@ -1,0 +1,21 @@
+/*
+ * cleanup.c - message cleanup: headers, DKIM signing and the durable commit into the queue (minimal placeholder)
+ *
+ * Runs under pmtad: starts, logs, idles on its libuv loop with the sockets
+ * pmtad gave its role, follows configuration reloads and exits cleanly on
+ * shutdown. The real work arrives with its own issue.
+ *
+ * Owns: nothing beyond the worker runtime's state (common/worker.c).
+ *
+ * SECURITY: reads no external input yet.
+ */
+#include "config.h"
+
+#include "worker.h"
+
+int
+main(int argc, char **argv)
+{
+    worker_init(&argc, &argv, "cleanup");
+    return worker_run();
+}

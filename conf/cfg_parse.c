@@ -1,0 +1,1712 @@
+/*
+ * cfg_parse.c - reads a PowerMTA-style configuration file into struct cfg
+ *
+ * Text -> logical lines (comments removed) -> tags and directives -> per-block
+ * value lists -> flat arrays (struct cfg). Owns the builder state while a load
+ * runs, and the heap copy of the result (freed by cfg_free).
+ *
+ * Layers:
+ *   lexer      '#' comments to end of line, <!-- --> comments anywhere (also
+ *              spanning lines), "quoted strings" with \" and \\ escapes, a
+ *              64 KiB bound per logical line.
+ *   blocks     <tag arg> ... </tag> with a stack; <domain> may nest in
+ *              <virtual-mta> and <virtual-mta-pool>; unimplemented PowerMTA
+ *              blocks are skipped with one warning.
+ *   include    glob patterns, relative to the including file, loop detection.
+ *   directives looked up in cfg_directives.def, typed values, per-directive
+ *              checks (regexes compiled with PCRE2, DKIM key files readable,
+ *              cross references resolved once the whole file has been read).
+ *
+ * Every problem is reported as file:line through the diagnostics callback and
+ * parsing goes on, so one run lists all errors (up to CFG_MAX_ERRORS).
+ *
+ * SECURITY: the file is trusted operator input, but it is still bounded: line
+ * length, include depth, error count, macro expansion size. Paths named in the
+ * file (includes, key files) are opened with the privileges of the caller
+ * (pmtad, as root) -- only readability is checked, nothing is parsed here.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <glob.h>
+#include <libgen.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
+
+#include "buf.h"
+#include "xalloc.h"
+#include "msg.h"
+#include "cfg.h"
+#include "cfg_parse.h"
+
+#define MAX_NESTING      8
+#define MAX_EXPANSIONS   4096    /* domains one <domain> tag may expand to */
+#define MAX_FILE_SIZE    (64u << 20)
+
+/* A block (scope) being filled. */
+struct pscope {
+    struct cfg_scope s;
+    struct cfg_value *vals;
+    uint32_t nvals, cap;
+};
+
+/* An open tag. A <domain a, b> frame fills several scopes at once. */
+struct frame {
+    int kind;                /* enum cfg_scope_kind, or -1 for a skipped block */
+    char tag[48];
+    uint32_t *scopes;
+    uint32_t nscopes;
+    uint32_t file;           /* string offset of the file name */
+    unsigned line;
+    int file_level;          /* include depth that opened it */
+};
+
+/* A name that must denote an existing block once the whole file is read. */
+struct xref {
+    uint32_t kinds;          /* CFG_IN() mask of acceptable block kinds */
+    char *name;
+    char *what;              /* the directive text, for the message */
+    uint32_t file;
+    unsigned line;
+};
+
+struct macro {
+    char *name;
+    char **vals;
+    int nvals;
+};
+
+struct strlist {
+    char **v;
+    int n, cap;
+};
+
+struct builder {
+    struct pscope *scopes;
+    uint32_t nscopes, scap;
+    int64_t *ints;
+    uint32_t nints, icap;
+    struct buf strings;
+    struct cfg_value defaults[CFG_D_COUNT];
+    struct frame stack[MAX_NESTING + 1];
+    int depth;
+    struct xref *xrefs;
+    int nxrefs, xcap;
+    struct macro *macros;
+    int nmacros, mcap;
+    char *files[CFG_INCLUDE_DEPTH + 1];   /* real paths of the files being read */
+    int nfiles;
+    unsigned errors;
+    int gave_up;
+    unsigned char warned[CFG_D_COUNT];
+    struct strlist warned_tags;
+    cfg_diag_fn diag;
+    void *ctx;
+    /* where the current line came from */
+    uint32_t cur_file;       /* string offset of the file name (0: none) */
+    const char *cur_dir;
+    unsigned cur_line;
+};
+
+static void parse_text(struct builder *b, const char *name, const char *text, size_t len);
+
+/* --- diagnostics ----------------------------------------------------------------- */
+
+static void default_diag(void *ctx, enum cfg_diag_level level, const char *file, unsigned line,
+                         const char *message)
+{
+    (void)ctx;
+    if (file && line)
+        fprintf(stderr, "%s:%u: %s: %s\n", file, line,
+                level == CFG_DIAG_ERROR ? "error" : "warning", message);
+    else
+        fprintf(stderr, "%s%s%s: %s\n", file ? file : "", file ? ": " : "",
+                level == CFG_DIAG_ERROR ? "error" : "warning", message);
+}
+
+static void report(struct builder *b, enum cfg_diag_level level, const char *file, unsigned line,
+                   const char *fmt, va_list ap)
+{
+    char message[1024];
+
+    if (b->gave_up)
+        return;
+    vsnprintf(message, sizeof message, fmt, ap);
+    b->diag(b->ctx, level, file, line, message);
+    if (level == CFG_DIAG_ERROR && ++b->errors >= CFG_MAX_ERRORS) {
+        b->diag(b->ctx, CFG_DIAG_ERROR, file, line, "too many errors; giving up");
+        b->gave_up = 1;
+    }
+}
+
+/* current_file - name of the file being read (the pool may move, so never cache it) */
+static const char *current_file(struct builder *b)
+{
+    return b->cur_file ? b->strings.data + b->cur_file : NULL;
+}
+
+__attribute__((format(printf, 2, 3)))
+static void error(struct builder *b, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    report(b, CFG_DIAG_ERROR, current_file(b), b->cur_line, fmt, ap);
+    va_end(ap);
+}
+
+__attribute__((format(printf, 4, 5)))
+static void error_at(struct builder *b, uint32_t file, unsigned line, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    report(b, CFG_DIAG_ERROR, b->strings.data + file, line, fmt, ap);
+    va_end(ap);
+}
+
+__attribute__((format(printf, 2, 3)))
+static void warning(struct builder *b, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    report(b, CFG_DIAG_WARNING, current_file(b), b->cur_line, fmt, ap);
+    va_end(ap);
+}
+
+/* clip - printable copy of (possibly long) offending text for a message */
+static const char *clip(const char *s, char *out, size_t outsize)
+{
+    size_t i = 0;
+
+    for (; *s && i + 4 < outsize; s++)
+        out[i++] = (*s >= 0x20 && *s != 0x7f) || (*s & 0x80) ? *s : '?';
+    if (*s)
+        memcpy(out + i, "...", 3), i += 3;
+    out[i] = 0;
+    return out;
+}
+
+/* --- builder storage ------------------------------------------------------------- */
+
+/* intern - copy S into the string pool; its offset */
+static uint32_t intern(struct builder *b, const char *s)
+{
+    size_t off = b->strings.len;
+
+    if (off + strlen(s) + 1 > UINT32_MAX || buf_append(&b->strings, s, strlen(s) + 1) != 0)
+        msg_fatal("configuration string pool overflow");
+    return (uint32_t)off;
+}
+
+static uint32_t add_ints(struct builder *b, const int64_t *v, int n)
+{
+    uint32_t first = b->nints;
+
+    if (b->nints + (uint32_t)n > b->icap) {
+        b->icap = (b->nints + (uint32_t)n) * 2 + 16;
+        b->ints = xreallocarray(b->ints, b->icap, sizeof *b->ints);
+    }
+    memcpy(b->ints + b->nints, v, (size_t)n * sizeof *v);
+    b->nints += (uint32_t)n;
+    return first;
+}
+
+static uint32_t new_scope(struct builder *b, enum cfg_scope_kind kind, const char *name,
+                          uint32_t parent)
+{
+    struct pscope *ps;
+
+    if (b->nscopes == b->scap) {
+        b->scap = b->scap * 2 + 16;
+        b->scopes = xreallocarray(b->scopes, b->scap, sizeof *b->scopes);
+    }
+    ps = &b->scopes[b->nscopes];
+    memset(ps, 0, sizeof *ps);
+    ps->s.kind = (uint16_t)kind;
+    ps->s.name = intern(b, name);
+    ps->s.parent = parent;
+    ps->s.file = b->cur_file;
+    ps->s.line = b->cur_line;
+    return b->nscopes++;
+}
+
+/* scope_put - add V to scope S; a non-repeatable directive replaces its earlier line */
+static void scope_put(struct builder *b, uint32_t s, const struct cfg_value *v)
+{
+    struct pscope *ps = &b->scopes[s];
+    const struct cfg_directive_info *info = cfg_directive_info((enum cfg_directive)v->directive);
+
+    if (!(info->scopes & CFG_REPEATABLE))
+        for (uint32_t i = 0; i < ps->nvals; i++)
+            if (ps->vals[i].directive == v->directive) {
+                ps->vals[i] = *v;
+                return;
+            }
+    if (ps->nvals == ps->cap) {
+        ps->cap = ps->cap * 2 + 8;
+        ps->vals = xreallocarray(ps->vals, ps->cap, sizeof *ps->vals);
+    }
+    ps->vals[ps->nvals++] = *v;
+}
+
+static const struct cfg_value *scope_find(struct builder *b, uint32_t s, enum cfg_directive d)
+{
+    for (uint32_t i = 0; i < b->scopes[s].nvals; i++)
+        if (b->scopes[s].vals[i].directive == d)
+            return &b->scopes[s].vals[i];
+    return NULL;
+}
+
+static int find_named(struct builder *b, uint32_t kinds, const char *name)
+{
+    for (uint32_t i = 1; i < b->nscopes; i++)
+        if ((kinds & CFG_IN(b->scopes[i].s.kind))
+            && strcasecmp(b->strings.data + b->scopes[i].s.name, name) == 0)
+            return (int)i;
+    return -1;
+}
+
+static void add_xref(struct builder *b, uint32_t kinds, const char *name, const char *what)
+{
+    struct xref *x;
+
+    if (b->nxrefs == b->xcap) {
+        b->xcap = b->xcap * 2 + 8;
+        b->xrefs = xreallocarray(b->xrefs, (size_t)b->xcap, sizeof *b->xrefs);
+    }
+    x = &b->xrefs[b->nxrefs++];
+    x->kinds = kinds;
+    x->name = xstrdup(name);
+    x->what = xstrdup(what);
+    x->file = b->cur_file;
+    x->line = b->cur_line;
+}
+
+static void strlist_add(struct strlist *l, const char *s)
+{
+    if (l->n == l->cap) {
+        l->cap = l->cap * 2 + 8;
+        l->v = xreallocarray(l->v, (size_t)l->cap, sizeof *l->v);
+    }
+    l->v[l->n++] = xstrdup(s);
+}
+
+static void strlist_free(struct strlist *l)
+{
+    for (int i = 0; i < l->n; i++)
+        free(l->v[i]);
+    free(l->v);
+    l->v = NULL;
+    l->n = l->cap = 0;
+}
+
+/* --- small text helpers ---------------------------------------------------------- */
+
+static char *trim(char *s)
+{
+    char *end;
+
+    while (isspace((unsigned char)*s))
+        s++;
+    end = s + strlen(s);
+    while (end > s && isspace((unsigned char)end[-1]))
+        *--end = 0;
+    return s;
+}
+
+static void lowercase(char *s)
+{
+    for (; *s; s++)
+        *s = (char)tolower((unsigned char)*s);
+}
+
+/*
+ * unquote - decode ARG as a single value: either one bare word or one
+ * "quoted string" (\" and \\ escapes). Writes into OUT (same size as ARG).
+ * Returns 0, -EINVAL (unterminated quote / junk after it) or -E2BIG (several words).
+ */
+static int unquote(const char *arg, char *out)
+{
+    if (*arg != '"') {
+        for (const char *p = arg; *p; p++)
+            if (isspace((unsigned char)*p))
+                return -E2BIG;
+        strcpy(out, arg);
+        return 0;
+    }
+    for (arg++; *arg && *arg != '"'; arg++) {
+        if (*arg == '\\' && (arg[1] == '"' || arg[1] == '\\'))
+            arg++;
+        *out++ = *arg;
+    }
+    *out = 0;
+    if (*arg != '"')
+        return -EINVAL;
+    return arg[1] == 0 ? 0 : -E2BIG;
+}
+
+/* next_word - split off the first whitespace-separated word of *P (NUL-terminates it) */
+static char *next_word(char **p)
+{
+    char *s = *p, *w;
+
+    while (isspace((unsigned char)*s))
+        s++;
+    if (*s == 0)
+        return NULL;
+    w = s;
+    while (*s && !isspace((unsigned char)*s))
+        s++;
+    if (*s)
+        *s++ = 0;
+    *p = s;
+    return w;
+}
+
+/* split_regex - ARG starts with /re/; copy re into RE, return what follows it (or NULL) */
+static char *split_regex(char *arg, char **re)
+{
+    char *p;
+
+    if (*arg != '/')
+        return NULL;
+    for (p = arg + 1; *p && *p != '/'; p++)
+        if (*p == '\\' && p[1])
+            p++;
+    if (*p != '/')
+        return NULL;
+    *p = 0;
+    *re = arg + 1;
+    return p + 1;
+}
+
+/* check_regex - compile RE with PCRE2 (case-insensitive) to report errors at load */
+static int check_regex(struct builder *b, const char *re)
+{
+    int code;
+    PCRE2_SIZE offset;
+    pcre2_code *compiled = pcre2_compile((PCRE2_SPTR)re, PCRE2_ZERO_TERMINATED, PCRE2_CASELESS,
+                                         &code, &offset, NULL);
+    char text[200], why[256];
+
+    if (compiled) {
+        pcre2_code_free(compiled);
+        return 0;
+    }
+    pcre2_get_error_message(code, (PCRE2_UCHAR *)why, sizeof why);
+    error(b, "bad regular expression /%s/: %s at offset %zu", clip(re, text, sizeof text), why,
+          (size_t)offset);
+    return -1;
+}
+
+/* --- per-directive checks of structured values --------------------------------------- */
+
+static int check_readable(struct builder *b, const char *what, const char *path)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+    if (fd < 0) {
+        error(b, "cannot read %s '%s': %s", what, path, strerror(errno));
+        return -1;
+    }
+    close(fd);
+    return 0;
+}
+
+/* check_hostport - "ADDR:PORT" with ADDR an address, a CIDR like 0/0, or [IPv6] */
+static int check_hostport(struct builder *b, const char *what, const char *text, int need_port)
+{
+    char host[128], bad[200];
+    const char *colon = strrchr(text, ':');
+    uint8_t fam, pre, addr[16];
+    int64_t port = 0;
+    size_t hlen;
+
+    if (*text == '[') {
+        const char *close = strchr(text, ']');
+        if (!close || (close[1] != 0 && close[1] != ':'))
+            goto bad;
+        hlen = (size_t)(close - text - 1);
+        if (hlen >= sizeof host)
+            goto bad;
+        memcpy(host, text + 1, hlen);
+        host[hlen] = 0;
+        colon = close[1] == ':' ? close + 1 : NULL;
+    } else if (colon && strchr(text, ':') != colon) {
+        colon = NULL;    /* bare IPv6 address without a port */
+        snprintf(host, sizeof host, "%s", text);
+    } else {
+        hlen = colon ? (size_t)(colon - text) : strlen(text);
+        if (hlen >= sizeof host)
+            goto bad;
+        memcpy(host, text, hlen);
+        host[hlen] = 0;
+    }
+    if (cfg__parse_cidr(host, &fam, &pre, addr) != 0)
+        goto bad;
+    if (colon && (cfg_parse_int(colon + 1, &port) != 0 || port < 1 || port > 65535))
+        goto bad;
+    if (need_port && !colon)
+        goto bad;
+    return 0;
+bad:
+    error(b, "bad %s '%s' (expected %s)", what, clip(text, bad, sizeof bad),
+          need_port ? "IP:PORT" : "IP or IP:PORT");
+    return -1;
+}
+
+static const char *const vmta_kinds_text = "<virtual-mta> or <virtual-mta-pool>";
+#define VMTA_KINDS (CFG_IN(CFG_S_VMTA) | CFG_IN(CFG_S_POOL))
+
+static int check_listener(struct builder *b, char *arg)
+{
+    char *p = arg, *w = next_word(&p);
+    int rc = check_hostport(b, "smtp-listener address", w, 1);
+
+    while (rc == 0 && (w = next_word(&p)) != NULL) {
+        if (strncasecmp(w, "source=", 7) == 0 && w[7]) {
+            add_xref(b, CFG_IN(CFG_S_SOURCE), w + 7, "smtp-listener source=");
+        } else {
+            error(b, "unknown smtp-listener option '%s' (expected source=NAME)", w);
+            rc = -1;
+        }
+    }
+    return rc;
+}
+
+static int check_source_host(struct builder *b, char *arg)
+{
+    char *p = arg, *ip = next_word(&p), *host = next_word(&p);
+    uint8_t fam, pre, addr[16];
+
+    if (!ip || !host || next_word(&p)) {
+        error(b, "smtp-source-host needs an IP address and a host name");
+        return -1;
+    }
+    if (cfg__parse_cidr(ip, &fam, &pre, addr) != 0) {
+        error(b, "bad IP address '%s' in smtp-source-host", ip);
+        return -1;
+    }
+    return 0;
+}
+
+/* check_domain_key - "SELECTOR,DOMAIN|*,PEMFILE"; the key file must be readable */
+static int check_domain_key(struct builder *b, const char *arg)
+{
+    char copy[PATH_MAX + 512], *parts[3], *save = NULL;
+    int n = 0;
+
+    snprintf(copy, sizeof copy, "%s", arg);
+    for (char *t = strtok_r(copy, ",", &save); t && n < 3; t = strtok_r(NULL, ",", &save))
+        parts[n++] = trim(t);
+    if (n != 3 || strtok_r(NULL, ",", &save) || !*parts[0] || !*parts[1] || !*parts[2]) {
+        error(b, "bad domain-key '%s' (expected SELECTOR,DOMAIN,KEYFILE)", arg);
+        return -1;
+    }
+    return check_readable(b, "DKIM key file", parts[2]);
+}
+
+static int check_http_access(struct builder *b, char *arg)
+{
+    static const char *const levels[] = { "monitor", "operator", "admin", "none", "deny-logs" };
+    char *p = arg, *cidr = next_word(&p), *level = next_word(&p), *save = NULL;
+    uint8_t fam, pre, addr[16];
+
+    if (!cidr || !level || next_word(&p) || cfg__parse_cidr(cidr, &fam, &pre, addr) != 0) {
+        error(b, "bad http-access (expected CIDR monitor|operator|admin|none)");
+        return -1;
+    }
+    for (char *t = strtok_r(level, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        size_t i = 0;
+        while (i < 5 && strcasecmp(t, levels[i]) != 0)
+            i++;
+        if (i == 5) {
+            error(b, "unknown http-access level '%s' (expected monitor, operator, admin or none)", t);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* check_reply - "/REGEX/ ACTION[,ACTION...]" and the rejected action combinations */
+static int check_reply(struct builder *b, char *arg)
+{
+    char *re, *rest = split_regex(arg, &re), *save = NULL;
+    int backoff = 0, normal = 0, skip_mx = 0, bounce_queue = 0, disable = 0, reenable = 0;
+
+    if (!rest) {
+        error(b, "reply needs /REGEX/ followed by actions");
+        return -1;
+    }
+    if (check_regex(b, re) != 0)
+        return -1;
+    if (!*trim(rest)) {
+        error(b, "reply /%s/ has no action", re);
+        return -1;
+    }
+    for (char *t = strtok_r(rest, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        int64_t secs;
+        t = trim(t);
+        if (strcasecmp(t, "mode=backoff") == 0) backoff = 1;
+        else if (strcasecmp(t, "mode=normal") == 0) normal = 1;
+        else if (strcasecmp(t, "skip-mx") == 0) skip_mx = 1;
+        else if (strcasecmp(t, "bounce-queue") == 0) bounce_queue = 1;
+        else if (strcasecmp(t, "disable-source-ip") == 0) disable = 1;
+        else if (strcasecmp(t, "bounce-rcpt") == 0 || strcasecmp(t, "defer-queue") == 0) ;
+        else if (strncasecmp(t, "reenable-after=", 15) == 0 && cfg_parse_interval(t + 15, &secs) == 0)
+            reenable++;
+        else if (strncasecmp(t, "backoff-to-normal-after=", 24) == 0
+                 && cfg_parse_interval(t + 24, &secs) == 0) ;
+        else {
+            error(b, "unknown reply action '%s'", t);
+            return -1;
+        }
+    }
+    if (backoff && normal)
+        error(b, "reply action mode=backoff cannot be combined with mode=normal");
+    else if (skip_mx && bounce_queue)
+        error(b, "reply action skip-mx cannot be combined with bounce-queue");
+    else if (reenable > 1)
+        error(b, "reply action reenable-after given more than once");
+    else if (reenable && !disable)
+        error(b, "reply action reenable-after needs disable-source-ip");
+    else
+        return 0;
+    return -1;
+}
+
+/* check_pattern_entry - "[NAME] /re/ RESULT" of a <pattern-list> */
+static int check_pattern_entry(struct builder *b, enum cfg_directive d, char *arg)
+{
+    char *p = arg, *re, *rest, *result;
+    int64_t prio;
+
+    if (d == CFG_D_HEADER && !next_word(&p)) {
+        error(b, "header needs a header name, /REGEX/ and a result");
+        return -1;
+    }
+    while (isspace((unsigned char)*p))
+        p++;
+    if (!(rest = split_regex(p, &re)) || !(result = next_word(&rest)) || next_word(&rest)) {
+        error(b, "pattern needs /REGEX/ and one result (virtual-mta=NAME, "
+                 "recipient-priority=N or call-to:LIST)");
+        return -1;
+    }
+    if (check_regex(b, re) != 0)
+        return -1;
+    if (strncasecmp(result, "virtual-mta=", 12) == 0 && result[12])
+        add_xref(b, VMTA_KINDS, result + 12, "virtual-mta=");
+    else if (strncasecmp(result, "call-to:", 8) == 0 && result[8])
+        add_xref(b, CFG_IN(CFG_S_PATTERN_LIST), result + 8, "call-to:");
+    else if (strncasecmp(result, "recipient-priority=", 19) == 0
+             && cfg_parse_int(result + 19, &prio) == 0 && prio <= 100) ;
+    else {
+        error(b, "unknown pattern result '%s'", result);
+        return -1;
+    }
+    return 0;
+}
+
+static int check_bounce_pattern(struct builder *b, char *arg)
+{
+    char *re, *rest = split_regex(arg, &re), *category;
+
+    if (!rest || !(category = next_word(&rest)) || next_word(&rest)) {
+        error(b, "bounce category pattern needs /REGEX/ and one category name");
+        return -1;
+    }
+    return check_regex(b, re);
+}
+
+static int check_records(struct builder *b, char *arg)
+{
+    static const char *const types[] = {
+        "d", "b", "t", "tq", "r", "f", "rb", "rs", "delivery", "bounce", "transient",
+        "transient-queue", "receipt", "feedback-loop", "remote-bounce", "remote-status",
+    };
+    char *save = NULL;
+
+    for (char *t = strtok_r(arg, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        size_t i = 0;
+        t = trim(t);
+        while (i < sizeof types / sizeof types[0] && strcasecmp(t, types[i]) != 0)
+            i++;
+        if (i == sizeof types / sizeof types[0]) {
+            error(b, "unknown accounting record type '%s' (expected d, b, t, tq, r, f, rb, rs)", t);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* define_macro - "domain-macro NAME a, b, c" */
+static int define_macro(struct builder *b, char *arg)
+{
+    char *p = arg, *name = next_word(&p), *save = NULL;
+    struct macro *m;
+
+    if (!name || !*trim(p)) {
+        error(b, "domain-macro needs a name and a list of values");
+        return -1;
+    }
+    for (int i = 0; i < b->nmacros; i++)
+        if (strcmp(b->macros[i].name, name) == 0) {
+            error(b, "domain-macro '%s' defined twice", name);
+            return -1;
+        }
+    if (b->nmacros == b->mcap) {
+        b->mcap = b->mcap * 2 + 4;
+        b->macros = xreallocarray(b->macros, (size_t)b->mcap, sizeof *b->macros);
+    }
+    m = &b->macros[b->nmacros++];
+    m->name = xstrdup(name);
+    m->vals = NULL;
+    m->nvals = 0;
+    for (char *t = strtok_r(p, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        t = trim(t);
+        if (!*t)
+            continue;
+        m->vals = xreallocarray(m->vals, (size_t)m->nvals + 1, sizeof *m->vals);
+        m->vals[m->nvals++] = xstrdup(t);
+    }
+    return 0;
+}
+
+/*
+ * check_structured - the directive's own parser for WORDS values and the
+ * checks a type alone cannot express (cross references, readable files).
+ * ARG is scratch (may be modified); TEXT the stored value.
+ */
+static int check_structured(struct builder *b, enum cfg_directive d, char *arg, const char *text)
+{
+    int64_t n;
+
+    switch (d) {
+    case CFG_D_SMTP_LISTENER: return check_listener(b, arg);
+    case CFG_D_SMTP_SOURCE_HOST: return check_source_host(b, arg);
+    case CFG_D_DOMAIN_KEY: return check_domain_key(b, text);
+    case CFG_D_DKIM_KEY_FILE: return check_readable(b, "DKIM key file", text);
+    case CFG_D_HTTP_ACCESS: return check_http_access(b, arg);
+    case CFG_D_NAME_SERVER: return check_hostport(b, "name-server", text, 0);
+    case CFG_D_REPLY: return check_reply(b, arg);
+    case CFG_D_MAIL_FROM:
+    case CFG_D_RCPT_TO:
+    case CFG_D_HEADER: return check_pattern_entry(b, d, arg);
+    case CFG_D_BOUNCE_CATEGORY_PATTERN: return check_bounce_pattern(b, arg);
+    case CFG_D_RECORDS: return check_records(b, arg);
+    case CFG_D_DOMAIN_MACRO: return define_macro(b, arg);
+    case CFG_D_MAX_SIZE:
+        if (cfg_parse_size(text, &n) == 0 && n >= 0 && n < (1 << 20)) {
+            error(b, "max-size %s is below the minimum of 1M", text);
+            return -1;
+        }
+        return 0;
+    case CFG_D_SMTP_PATTERN_LIST:
+        add_xref(b, CFG_IN(CFG_S_SMTP_PATTERN_LIST), text, "smtp-pattern-list");
+        return 0;
+    case CFG_D_SOURCE_PATTERN_LIST:
+        add_xref(b, CFG_IN(CFG_S_PATTERN_LIST), text, "pattern-list");
+        return 0;
+    case CFG_D_VIRTUAL_MTA:
+        add_xref(b, CFG_IN(CFG_S_VMTA), text, "virtual-mta");
+        return 0;
+    case CFG_D_SENDER_VMTA:
+    case CFG_D_INVALID_VIRTUAL_MTA_FALLBACK:
+    case CFG_D_BACKOFF_REROUTE_TO_VIRTUAL_MTA:
+    case CFG_D_REROUTE_TO_VIRTUAL_MTA:
+        add_xref(b, VMTA_KINDS, text, cfg_directive_info(d)->name);
+        return 0;
+    case CFG_D_DEFAULT_VIRTUAL_MTA:
+        if (strcasecmp(text, "by-smtp-source-ip") != 0)
+            add_xref(b, VMTA_KINDS, text, "default-virtual-mta");
+        return 0;
+    case CFG_D_SOURCE_NAME:
+        add_xref(b, CFG_IN(CFG_S_SOURCE), text, "source");
+        return 0;
+    default:
+        return 0;
+    }
+}
+
+/* --- typed values ------------------------------------------------------------------ */
+
+static const char *type_hint(enum cfg_type t)
+{
+    switch (t) {
+    case CFG_T_BOOL: return "yes or no";
+    case CFG_T_INT: return "a whole number";
+    case CFG_T_SIZE: return "a size such as 50M, 250m or unlimited";
+    case CFG_T_INTERVAL: return "a time interval such as 10m, 4d12h or never";
+    case CFG_T_INTERVAL_LIST: return "a list of time intervals such as 10m,1h,4h";
+    case CFG_T_RATE: return "a rate such as 100/h, 83/5s or unlimited";
+    default: return "a value";
+    }
+}
+
+/*
+ * decode_typed - fill V's typed fields from TEXT for directive D.
+ * Returns 0, -EINVAL (syntax) or -ERANGE (too large / outside the directive's range).
+ */
+static int decode_typed(struct builder *b, enum cfg_directive d, const char *text,
+                        struct cfg_value *v)
+{
+    const struct cfg_directive_info *info = cfg_directive_info(d);
+    int64_t list[CFG_LIST_MAX], lo, hi;
+    int rc = 0;
+
+    switch (info->type) {
+    case CFG_T_BOOL: rc = cfg_parse_bool(text, &v->num); break;
+    case CFG_T_INT:
+        rc = cfg_parse_int(text, &v->num);
+        if (rc == 0 && cfg__range(d, &lo, &hi) && (v->num < lo || v->num > hi))
+            rc = -ERANGE;
+        break;
+    case CFG_T_SIZE: rc = cfg_parse_size(text, &v->num); break;
+    case CFG_T_INTERVAL: rc = cfg_parse_interval(text, &v->num); break;
+    case CFG_T_RATE: rc = cfg_parse_rate(text, &v->num, &v->num2); break;
+    case CFG_T_INTERVAL_LIST:
+        rc = cfg_parse_interval_list(text, list, CFG_LIST_MAX);
+        if (rc > 0) {
+            v->list = add_ints(b, list, rc);
+            v->list_len = (uint32_t)rc;
+            rc = 0;
+        }
+        break;
+    case CFG_T_ENUM:
+        v->num = cfg__enum_index(d, text);
+        if (v->num < 0 && strncmp(cfg__enum_words(d), "no|yes|", 7) == 0)
+            rc = cfg_parse_bool(text, &v->num);   /* yes/no/true/false... for no|yes|X lists */
+        else if (v->num < 0)
+            rc = -EINVAL;
+        break;
+    default: break;
+    }
+    return rc;
+}
+
+static void bad_value(struct builder *b, enum cfg_directive d, const char *text, int rc)
+{
+    const struct cfg_directive_info *info = cfg_directive_info(d);
+    char shown[200], words[160];
+    int64_t lo, hi;
+
+    clip(text, shown, sizeof shown);
+    if (rc == -ERANGE && info->type == CFG_T_INT && cfg__range(d, &lo, &hi))
+        error(b, "value '%s' for '%s' is out of range (%lld..%lld)", shown, info->name,
+              (long long)lo, (long long)hi);
+    else if (rc == -ERANGE)
+        error(b, "value '%s' for '%s' is too large", shown, info->name);
+    else if (info->type == CFG_T_ENUM) {
+        snprintf(words, sizeof words, "%s", cfg__enum_words(d));
+        for (char *p = words; *p; p++)
+            if (*p == '|')
+                *p = ',';
+        error(b, "bad value '%s' for '%s' (expected one of %s)", shown, info->name, words);
+    } else
+        error(b, "bad value '%s' for '%s' (expected %s)", shown, info->name, type_hint(info->type));
+}
+
+static void warn_not_implemented(struct builder *b, enum cfg_directive d)
+{
+    const char *name = cfg_directive_info(d)->name;
+
+    for (int i = 0; i < CFG_D_COUNT; i++)
+        if (b->warned[i] && strcmp(cfg_directive_info((enum cfg_directive)i)->name, name) == 0)
+            return;
+    b->warned[d] = 1;
+    warning(b, "directive '%s' is not implemented yet; ignored", name);
+}
+
+/* store_value - validate ARG for D and add it to every scope of the current block */
+static void store_value(struct builder *b, enum cfg_directive d, char *arg)
+{
+    const struct cfg_directive_info *info = cfg_directive_info(d);
+    struct frame *f = &b->stack[b->depth];
+    struct cfg_value v;
+    char *text = xmalloc(strlen(arg) + 1), *scratch = NULL, shown[200];
+    int rc;
+
+    memset(&v, 0, sizeof v);
+    v.directive = (uint16_t)d;
+    v.type = (uint8_t)info->type;
+    v.file = b->cur_file;
+    v.line = b->cur_line;
+    if (info->type == CFG_T_WORDS) {
+        strcpy(text, arg);
+        rc = *text ? 0 : -EINVAL;
+    } else {
+        rc = unquote(arg, text);
+    }
+    if (rc == -E2BIG) {
+        error(b, "too many values for '%s': '%s'", info->name, clip(arg, shown, sizeof shown));
+        goto done;
+    }
+    if (rc != 0 || (*text == 0 && *arg != '"')) {
+        error(b, rc ? "unterminated quoted string for '%s'" : "missing value for '%s'", info->name);
+        goto done;
+    }
+    if (*text == 0) {
+        v.flags |= CFG_VALUE_CLEAR;       /* "" clears an inherited value */
+    } else {
+        if ((rc = decode_typed(b, d, text, &v)) != 0) {
+            bad_value(b, d, text, rc);
+            goto done;
+        }
+        scratch = xstrdup(text);
+        if (check_structured(b, d, scratch, text) != 0)
+            goto done;
+    }
+    if (info->status == CFG_NOT_IMPLEMENTED)
+        warn_not_implemented(b, d);
+    v.text = intern(b, text);
+    for (uint32_t i = 0; i < f->nscopes; i++)
+        scope_put(b, f->scopes[i], &v);
+done:
+    free(scratch);
+    free(text);
+}
+
+/* --- includes ----------------------------------------------------------------------- */
+
+static int read_file(const char *path, char **text, size_t *len)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    ssize_t n;
+    size_t got = 0;
+
+    if (fd < 0)
+        return -errno;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || (uint64_t)st.st_size > MAX_FILE_SIZE) {
+        int err = S_ISDIR(st.st_mode) ? -EISDIR : -EFBIG;
+        close(fd);
+        return err;
+    }
+    *text = xmalloc((size_t)st.st_size + 1);
+    while (got < (size_t)st.st_size && (n = read(fd, *text + got, (size_t)st.st_size - got)) > 0)
+        got += (size_t)n;
+    close(fd);
+    (*text)[got] = 0;
+    *len = got;
+    return 0;
+}
+
+/* load_file - parse PATH in the current block context; detects include loops */
+static void load_file(struct builder *b, const char *path)
+{
+    char *real = realpath(path, NULL), *text = NULL;
+    size_t len = 0;
+    int err;
+
+    for (int i = 0; real && i < b->nfiles; i++)
+        if (strcmp(b->files[i], real) == 0) {
+            error(b, "include loop: '%s' is already being read", path);
+            free(real);
+            return;
+        }
+    if (b->nfiles > CFG_INCLUDE_DEPTH) {
+        error(b, "includes nested too deeply (more than %d levels) at '%s'", CFG_INCLUDE_DEPTH, path);
+        free(real);
+        return;
+    }
+    if ((err = read_file(path, &text, &len)) != 0) {
+        error(b, "cannot read %s '%s': %s", b->nfiles ? "include file" : "configuration file",
+              path, strerror(-err));
+        free(real);
+        return;
+    }
+    b->files[b->nfiles++] = real ? real : xstrdup(path);
+    parse_text(b, path, text, len);
+    free(b->files[--b->nfiles]);
+    free(text);
+}
+
+static void do_include_path(struct builder *b, const char *buf, char *pattern);
+
+static void do_include(struct builder *b, char *arg)
+{
+    char pattern[PATH_MAX], *buf;
+
+    if (strlen(arg) >= PATH_MAX) {
+        error(b, "include path too long");
+        return;
+    }
+    buf = xmalloc(strlen(arg) + 1);
+    if (unquote(arg, buf) != 0 || !*buf) {
+        error(b, "include needs one file name");
+        free(buf);
+        return;
+    }
+    do_include_path(b, buf, pattern);
+    free(buf);
+}
+
+/* do_include_path - include FILE (a name or glob pattern); PATTERN is scratch of PATH_MAX */
+static void do_include_path(struct builder *b, const char *buf, char *pattern)
+{
+    glob_t g;
+    int rc;
+
+    if (strncasecmp(buf, "http://", 7) == 0 || strncasecmp(buf, "https://", 8) == 0) {
+        error(b, "include from a URL is not supported: '%s'", buf);
+        return;
+    }
+    if (buf[0] == '/' || !b->cur_dir)
+        strcpy(pattern, buf);
+    else if (snprintf(pattern, PATH_MAX, "%s/%s", b->cur_dir, buf) >= PATH_MAX) {
+        error(b, "include path too long");
+        return;
+    }
+    if (!strpbrk(buf, "*?[")) {
+        load_file(b, pattern);
+        return;
+    }
+    rc = glob(pattern, GLOB_ERR, NULL, &g);
+    if (rc == GLOB_NOMATCH)
+        warning(b, "include '%s' matches no file", buf);
+    else if (rc != 0)
+        error(b, "cannot read include pattern '%s'", buf);
+    for (size_t i = 0; rc == 0 && i < g.gl_pathc && !b->gave_up; i++)
+        load_file(b, g.gl_pathv[i]);
+    if (rc == 0 || rc == GLOB_NOMATCH)
+        globfree(&g);
+}
+
+/* --- blocks ---------------------------------------------------------------------------- */
+
+/* PowerMTA blocks we know of but do not implement: skipped with one warning. */
+static const char *const skipped_blocks[] = {
+    "rewrite-list", "address-list", "bounce-processor", "feedback-loop-processor",
+    "email-patterns", "dns", "transmissions-api", "transmissions-api-listener",
+};
+
+static int tag_kind(const char *tag)
+{
+    for (int k = 1; k < CFG_S_COUNT; k++)
+        if (strcmp(cfg__scope_tag((enum cfg_scope_kind)k), tag) == 0)
+            return k;
+    return -1;
+}
+
+/* expansion: macro names being expanded (for loop detection) and the output */
+struct expansion {
+    const char *stack[16];
+    int depth;
+    int failed;
+};
+
+static const struct macro *find_macro(struct builder *b, const char *name, size_t len)
+{
+    for (int i = 0; i < b->nmacros; i++)
+        if (strlen(b->macros[i].name) == len && strncmp(b->macros[i].name, name, len) == 0)
+            return &b->macros[i];
+    return NULL;
+}
+
+static void expand_string(struct builder *b, struct expansion *x, const char *prefix,
+                          const char *s, struct strlist *out);
+
+/* expand_macro - every (fully expanded) value of macro NAME appended to OUT */
+static void expand_macro(struct builder *b, struct expansion *x, const char *name, size_t len,
+                         struct strlist *out)
+{
+    const struct macro *m = find_macro(b, name, len);
+
+    if (!m) {
+        error(b, "unknown domain-macro '$%.*s'", (int)len, name);
+        x->failed = 1;
+        return;
+    }
+    for (int i = 0; i < x->depth; i++)
+        if (strcmp(x->stack[i], m->name) == 0 || x->depth >= 15) {
+            error(b, "domain-macro loop: '$%s' refers to itself", m->name);
+            x->failed = 1;
+            return;
+        }
+    x->stack[x->depth++] = m->name;
+    for (int i = 0; i < m->nvals && !x->failed; i++)
+        expand_string(b, x, "", m->vals[i], out);
+    x->depth--;
+}
+
+/* expand_string - PREFIX + S with every $NAME replaced by each of its values */
+static void expand_string(struct builder *b, struct expansion *x, const char *prefix,
+                          const char *s, struct strlist *out)
+{
+    const char *dollar = strchr(s, '$'), *end;
+    struct strlist values = { 0 };
+
+    if (!dollar) {
+        char *whole = xasprintf("%s%s", prefix, s);
+        if (out->n >= MAX_EXPANSIONS) {
+            if (!x->failed)
+                error(b, "domain-macro expansion too large (over %d domains)", MAX_EXPANSIONS);
+            x->failed = 1;
+        } else {
+            strlist_add(out, whole);
+        }
+        free(whole);
+        return;
+    }
+    for (end = dollar + 1; isalnum((unsigned char)*end) || *end == '_' || *end == '-'; end++)
+        ;
+    expand_macro(b, x, dollar + 1, (size_t)(end - dollar - 1), &values);
+    for (int i = 0; i < values.n && !x->failed; i++) {
+        char *head = xasprintf("%s%.*s%s", prefix, (int)(dollar - s), s, values.v[i]);
+        expand_string(b, x, head, end, out);
+        free(head);
+    }
+    strlist_free(&values);
+}
+
+static int valid_domain_chars(const char *s)
+{
+    if (!*s)
+        return 0;
+    for (; *s; s++)
+        if (!(isalnum((unsigned char)*s) || *s == '-' || *s == '.' || *s == '_' || (*s & 0x80)))
+            return 0;
+    return 1;
+}
+
+/* add_domain_scope - one <domain PATTERN> scope; PATTERN is expanded and lowercased */
+static void add_domain_scope(struct builder *b, struct frame *f, char *pat, uint32_t parent,
+                             int from_macro)
+{
+    size_t len = strlen(pat);
+    uint8_t pattern, fam = 0, pre = 0, addr[16] = { 0 };
+    const char *name = pat;
+    uint32_t s;
+
+    lowercase(pat);
+    if (len > 1 && pat[len - 1] == '.')
+        pat[--len] = 0;                         /* a trailing dot is ignored */
+    if (strcmp(pat, "*") == 0) {
+        pattern = CFG_PAT_ALL;
+        name = "";
+    } else if (strncmp(pat, "[*.]", 4) == 0 && valid_domain_chars(pat + 4)) {
+        pattern = CFG_PAT_DOMAIN_AND_SUB;
+        name = pat + 4;
+    } else if (strncmp(pat, "*.", 2) == 0 && valid_domain_chars(pat + 2)) {
+        pattern = CFG_PAT_SUBDOMAINS;
+        name = pat + 2;
+    } else if (pat[0] == '[' && pat[len - 1] == ']') {
+        pat[len - 1] = 0;
+        name = pat + 1;
+        if (cfg__parse_cidr(name, &fam, &pre, addr) != 0) {
+            error(b, "bad CIDR '[%s]' in <domain>", name);
+            return;
+        }
+        pattern = CFG_PAT_CIDR;
+    } else if (valid_domain_chars(pat)) {
+        pattern = CFG_PAT_EXACT;
+    } else {
+        error(b, "bad domain pattern '%s' (expected *, example.com, *.example.com, "
+                 "[*.]example.com or [CIDR])", pat);
+        return;
+    }
+    s = new_scope(b, CFG_S_DOMAIN, name, parent);
+    b->scopes[s].s.pattern = pattern;
+    b->scopes[s].s.flags = from_macro ? CFG_SCOPE_FROM_MACRO : 0;
+    b->scopes[s].s.family = fam;
+    b->scopes[s].s.prefix = pre;
+    memcpy(b->scopes[s].s.addr, addr, 16);
+    f->scopes = xreallocarray(f->scopes, f->nscopes + 1, sizeof *f->scopes);
+    f->scopes[f->nscopes++] = s;
+}
+
+/* open_domain - "<domain a.com, *.b.com, yahoo.$TLDS>" -> one scope per domain */
+static void open_domain(struct builder *b, struct frame *f, char *arg, uint32_t parent)
+{
+    char *t, *rest = arg;
+
+    while ((t = strsep(&rest, ",")) != NULL) {
+        struct strlist out = { 0 };
+        struct expansion x = { .depth = 0, .failed = 0 };
+        t = trim(t);
+        if (!*t) {
+            error(b, "empty domain pattern in <domain>");
+            continue;
+        }
+        expand_string(b, &x, "", t, &out);
+        for (int i = 0; i < out.n && !x.failed; i++)
+            add_domain_scope(b, f, out.v[i], parent, strchr(t, '$') != NULL);
+        strlist_free(&out);
+    }
+}
+
+static void open_source(struct builder *b, struct frame *f, const char *arg)
+{
+    uint8_t fam = 0, pre = 0, addr[16] = { 0 };
+    int is_cidr = isdigit((unsigned char)arg[0]) || strchr(arg, ':') || strchr(arg, '/');
+    uint32_t s;
+
+    if (is_cidr && cfg__parse_cidr(arg, &fam, &pre, addr) != 0) {
+        error(b, "bad CIDR '%s' in <source>", arg);
+        return;
+    }
+    if (!is_cidr && arg[0] == '{' && strcmp(arg, "{pickup}") != 0 && strcmp(arg, "{auth}") != 0
+        && strcmp(arg, "{transmissions-api}") != 0) {
+        error(b, "unknown reserved source name '%s' (expected {pickup}, {auth} or "
+                 "{transmissions-api})", arg);
+        return;
+    }
+    s = new_scope(b, CFG_S_SOURCE, arg, 0);
+    b->scopes[s].s.pattern = is_cidr ? CFG_PAT_CIDR : CFG_PAT_NAME;
+    b->scopes[s].s.family = fam;
+    b->scopes[s].s.prefix = pre;
+    memcpy(b->scopes[s].s.addr, addr, 16);
+    f->scopes = xmalloc(sizeof *f->scopes);
+    f->scopes[f->nscopes++] = s;
+}
+
+/* kinds whose block names must be unique (pools share the virtual-mta namespace) */
+static uint32_t unique_namespace(int kind)
+{
+    switch (kind) {
+    case CFG_S_VMTA:
+    case CFG_S_POOL: return VMTA_KINDS;
+    case CFG_S_SMTP_PATTERN_LIST:
+    case CFG_S_PATTERN_LIST:
+    case CFG_S_SMTP_USER:
+    case CFG_S_SENDER:
+    case CFG_S_LISTENER:
+    case CFG_S_SOURCE_GROUP:
+    case CFG_S_DOMAIN_KEY_LIST:
+    case CFG_S_ACCT_FILE: return CFG_IN(kind);
+    default: return 0;
+    }
+}
+
+static void open_named(struct builder *b, struct frame *f, int kind, char *arg)
+{
+    char *name = xmalloc(strlen(arg) + 1);
+    uint32_t ns = unique_namespace(kind), s;
+    int prev;
+
+    if (unquote(arg, name) != 0 && kind != CFG_S_MX_ROLLUP_LIST) {
+        error(b, "<%s> takes one name, not '%s'", f->tag, arg);
+        goto out;
+    }
+    if (ns && (prev = find_named(b, ns, name)) >= 0) {
+        error(b, "<%s %s> is already defined at %s:%u", f->tag, name,
+              b->strings.data + b->scopes[prev].s.file, b->scopes[prev].s.line);
+        goto out;
+    }
+    if (kind == CFG_S_LISTENER && check_hostport(b, "smtp-listener address", name, 1) != 0)
+        goto out;
+    s = new_scope(b, (enum cfg_scope_kind)kind, name, 0);
+    f->scopes = xmalloc(sizeof *f->scopes);
+    f->scopes[f->nscopes++] = s;
+    if (kind == CFG_S_SPOOL && !scope_find(b, 0, CFG_D_SPOOL)) {
+        /* the block form names the spool directory too (the first one wins) */
+        struct cfg_value v = { .directive = CFG_D_SPOOL, .type = CFG_T_STRING,
+                               .flags = CFG_VALUE_FROM_BLOCK, .file = b->cur_file,
+                               .line = b->cur_line, .text = b->scopes[s].s.name };
+        scope_put(b, 0, &v);
+    }
+out:
+    free(name);
+}
+
+static int nesting_allowed(int kind, int parent_kind)
+{
+    if (parent_kind == CFG_S_GLOBAL)
+        return 1;
+    return kind == CFG_S_DOMAIN && (parent_kind == CFG_S_VMTA || parent_kind == CFG_S_POOL);
+}
+
+static int needs_argument(int kind)
+{
+    return kind != CFG_S_BOUNCE_CATEGORY_PATTERNS && kind != CFG_S_MX_ROLLUP_LIST;
+}
+
+static void push_frame(struct builder *b, int kind, const char *tag)
+{
+    struct frame *f = &b->stack[++b->depth];
+
+    memset(f, 0, sizeof *f);
+    f->kind = kind;
+    snprintf(f->tag, sizeof f->tag, "%s", tag);
+    f->file = b->cur_file;
+    f->line = b->cur_line;
+    f->file_level = b->nfiles;
+}
+
+static void warn_skipped_block(struct builder *b, const char *tag)
+{
+    for (int i = 0; i < b->warned_tags.n; i++)
+        if (strcmp(b->warned_tags.v[i], tag) == 0)
+            return;
+    strlist_add(&b->warned_tags, tag);
+    warning(b, "block <%s> is not implemented yet; ignored", tag);
+}
+
+/* open_tag - "<tag arg>" (LINE without the angle brackets) */
+static void open_tag(struct builder *b, char *line)
+{
+    char *arg = line, *tag = next_word(&arg);
+    struct frame *parent = &b->stack[b->depth];
+    int kind;
+
+    arg = trim(arg);
+    lowercase(tag);
+    if (b->depth >= MAX_NESTING) {
+        error(b, "blocks nested too deeply at <%s>", tag);
+        return;
+    }
+    kind = tag_kind(tag);
+    push_frame(b, -1, tag);
+    if (parent->kind < 0)
+        return;                                   /* inside a skipped block */
+    if (kind < 0) {
+        size_t i = 0;
+        while (i < sizeof skipped_blocks / sizeof skipped_blocks[0]
+               && strcmp(skipped_blocks[i], tag) != 0)
+            i++;
+        if (i < sizeof skipped_blocks / sizeof skipped_blocks[0])
+            warn_skipped_block(b, tag);
+        else
+            error(b, "unknown block <%s>", tag);
+        return;
+    }
+    if (!nesting_allowed(kind, parent->kind)) {
+        error(b, "<%s> is not allowed inside <%s>", tag, parent->tag);
+        return;
+    }
+    if (needs_argument(kind) && !*arg) {
+        error(b, "<%s> needs an argument", tag);
+        return;
+    }
+    b->stack[b->depth].kind = kind;
+    if (kind == CFG_S_MX_ROLLUP_LIST)
+        warn_skipped_block(b, tag);
+    if (kind == CFG_S_DOMAIN)
+        open_domain(b, &b->stack[b->depth], arg, parent->nscopes ? parent->scopes[0] : 0);
+    else if (kind == CFG_S_SOURCE)
+        open_source(b, &b->stack[b->depth], arg);
+    else
+        open_named(b, &b->stack[b->depth], kind, arg);
+}
+
+/* finish_listener - a <smtp-listener ADDR> block also lists itself as a global smtp-listener */
+static void finish_listener(struct builder *b, struct frame *f)
+{
+    uint32_t s = f->scopes[0];
+    const struct cfg_value *src = scope_find(b, s, CFG_D_SOURCE_NAME);
+    char *text = xasprintf("%s%s%s", b->strings.data + b->scopes[s].s.name,
+                           src ? " source=" : "", src ? b->strings.data + src->text : "");
+    struct cfg_value v = { .directive = CFG_D_SMTP_LISTENER, .type = CFG_T_WORDS,
+                           .flags = CFG_VALUE_FROM_BLOCK, .file = b->scopes[s].s.file,
+                           .line = b->scopes[s].s.line };
+
+    v.text = intern(b, text);
+    scope_put(b, 0, &v);
+    free(text);
+}
+
+static void pop_frame(struct builder *b)
+{
+    struct frame *f = &b->stack[b->depth];
+
+    if (f->kind == CFG_S_LISTENER && f->nscopes)
+        finish_listener(b, f);
+    free(f->scopes);
+    f->scopes = NULL;
+    f->nscopes = 0;
+    b->depth--;
+}
+
+static void close_tag(struct builder *b, char *tag)
+{
+    int match;
+
+    lowercase(tag);
+    for (match = b->depth; match > 0 && strcmp(b->stack[match].tag, tag) != 0; match--)
+        ;
+    if (match == 0 || b->stack[match].file_level != b->nfiles) {
+        error(b, "</%s> without an open <%s>", tag, tag);
+        return;
+    }
+    while (b->depth > match) {
+        struct frame *f = &b->stack[b->depth];
+        error(b, "mismatched </%s>: <%s> opened at %s:%u is not closed", tag, f->tag,
+              b->strings.data + f->file, f->line);
+        pop_frame(b);
+    }
+    pop_frame(b);
+}
+
+/* --- lines ------------------------------------------------------------------------------ */
+
+static int include_allowed(int kind)
+{
+    return kind == CFG_S_GLOBAL || kind == CFG_S_SOURCE || kind == CFG_S_DOMAIN
+           || kind == CFG_S_VMTA || kind == CFG_S_SMTP_PATTERN_LIST;
+}
+
+static void unknown_directive(struct builder *b, const char *name, int kind)
+{
+    uint32_t scopes = cfg__directive_scopes(name);
+    char where[256], shown[128];
+    const char *near;
+
+    if (scopes) {
+        error(b, "directive '%s' is not allowed %s%s; it belongs in %s", name,
+              kind == CFG_S_GLOBAL ? "at " : "in ", cfg__scope_kind_name((enum cfg_scope_kind)kind),
+              cfg__scopes_text(scopes, where, sizeof where));
+        return;
+    }
+    clip(name, shown, sizeof shown);
+    near = cfg_directive_suggest(name);
+    if (near)
+        error(b, "unknown directive '%s' (did you mean '%s'?)", shown, near);
+    else
+        error(b, "unknown directive '%s'", shown);
+}
+
+/* directive_line - "name value...", "name = value" or, in <bounce-category-patterns>, "/re/ cat" */
+static void directive_line(struct builder *b, char *line)
+{
+    int kind = b->stack[b->depth].kind;
+    char *arg = line, *name, *eq;
+    int d;
+
+    if (kind < 0)
+        return;                                    /* inside a skipped block */
+    if (kind == CFG_S_BOUNCE_CATEGORY_PATTERNS && line[0] == '/') {
+        store_value(b, CFG_D_BOUNCE_CATEGORY_PATTERN, line);
+        return;
+    }
+    while (*arg && !isspace((unsigned char)*arg) && *arg != '=')
+        arg++;
+    eq = arg;
+    while (isspace((unsigned char)*eq))
+        eq++;
+    if (*eq == '=')                                 /* the seed's "key = value" */
+        *eq++ = ' ';
+    if (*arg)
+        *arg++ = 0;
+    name = line;
+    arg = trim(arg);
+    lowercase(name);
+    if (strcmp(name, "include") == 0) {
+        if (include_allowed(kind))
+            do_include(b, arg);
+        else
+            error(b, "include is not allowed in %s", cfg__scope_kind_name((enum cfg_scope_kind)kind));
+        return;
+    }
+    if ((d = cfg_directive_lookup(name, (enum cfg_scope_kind)kind)) < 0) {
+        unknown_directive(b, name, kind);
+        return;
+    }
+    if (kind == CFG_S_DOMAIN && b->stack[b->depth].nscopes == 0)
+        return;                                    /* its tag was bad; already reported */
+    store_value(b, (enum cfg_directive)d, arg);
+}
+
+static void handle_line(struct builder *b, char *line)
+{
+    size_t len;
+
+    line = trim(line);
+    len = strlen(line);
+    if (len == 0)
+        return;
+    if (line[0] == '<') {
+        if (line[len - 1] != '>') {
+            error(b, "tag '%.60s' is missing its closing '>'", line);
+            return;
+        }
+        line[len - 1] = 0;
+        if (line[1] == '/')
+            close_tag(b, trim(line + 2));
+        else
+            open_tag(b, line + 1);
+        return;
+    }
+    directive_line(b, line);
+}
+
+/* line assembly state of the lexer */
+struct lexer {
+    struct buf line;
+    unsigned start;       /* physical line the logical line began on */
+    int too_long;
+};
+
+static void emit_line(struct builder *b, struct lexer *lx)
+{
+    b->cur_line = lx->start;
+    if (lx->too_long)
+        error(b, "line too long (more than %d bytes)", CFG_LINE_MAX);
+    else if (lx->line.len)
+        handle_line(b, lx->line.data);
+    buf_reset(&lx->line);
+    lx->too_long = 0;
+}
+
+static void put_char(struct lexer *lx, char c)
+{
+    if (lx->line.len >= CFG_LINE_MAX)
+        lx->too_long = 1;
+    else
+        buf_append(&lx->line, &c, 1);
+}
+
+/*
+ * parse_text - split TEXT into logical lines: '#' to end of line is a comment,
+ * <!-- ... --> is replaced by a space wherever it is (text after a multi-line
+ * comment's "-->" continues the line the comment started on), and neither
+ * counts inside a "quoted string".
+ */
+static void parse_text(struct builder *b, const char *name, const char *text, size_t len)
+{
+    const char *saved_dir = b->cur_dir;
+    uint32_t saved_file = b->cur_file;
+    unsigned saved_line = b->cur_line, phys = 1, comment_line = 0;
+    char *dir_copy = xstrdup(name);
+    int quoted = 0, depth_at_start = b->depth;
+    struct lexer lx = { .start = 1 };
+
+    buf_init(&lx.line, 0);
+    b->cur_file = intern(b, name);
+    b->cur_dir = dirname(dir_copy);
+    for (size_t i = 0; i < len && !b->gave_up; i++) {
+        char c = text[i];
+        if (comment_line) {                          /* inside <!-- --> */
+            if (c == '\n')
+                phys++;
+            else if (c == '-' && i + 2 < len && text[i + 1] == '-' && text[i + 2] == '>') {
+                comment_line = 0;
+                i += 2;
+            }
+            continue;
+        }
+        if (c == '\n') {
+            if (quoted) {
+                b->cur_line = lx.start;
+                error(b, "unterminated quoted string");
+                quoted = 0;
+            }
+            emit_line(b, &lx);
+            lx.start = ++phys;
+            continue;
+        }
+        if (c == '\r' && (i + 1 == len || text[i + 1] == '\n'))
+            continue;
+        if (c == 0) {
+            b->cur_line = phys;
+            error(b, "NUL byte in configuration text");
+            c = ' ';
+        }
+        if (!quoted && c == '#') {
+            while (i + 1 < len && text[i + 1] != '\n')
+                i++;
+            continue;
+        }
+        if (!quoted && c == '<' && i + 3 < len && memcmp(text + i, "<!--", 4) == 0) {
+            comment_line = phys;
+            put_char(&lx, ' ');
+            i += 3;
+            continue;
+        }
+        if (c == '\\' && i + 1 < len && text[i + 1] != '\n') {
+            put_char(&lx, c);
+            c = text[++i];
+        } else if (c == '"') {
+            quoted = !quoted;
+        }
+        put_char(&lx, c);
+    }
+    if (comment_line) {
+        b->cur_line = comment_line;
+        error(b, "unterminated <!-- comment");
+    }
+    emit_line(b, &lx);
+    b->cur_line = phys;
+    while (b->depth > depth_at_start) {
+        struct frame *f = &b->stack[b->depth];
+        error_at(b, f->file, f->line, "<%s> is not closed by the end of %s", f->tag, name);
+        pop_frame(b);
+    }
+    buf_free(&lx.line);
+    free(dir_copy);
+    b->cur_file = saved_file;
+    b->cur_dir = saved_dir;
+    b->cur_line = saved_line;
+}
+
+/* --- after the whole file ------------------------------------------------------------------ */
+
+static void kinds_text(uint32_t kinds, char *out, size_t outsize)
+{
+    if (kinds == VMTA_KINDS)
+        snprintf(out, outsize, "%s", vmta_kinds_text);
+    else
+        cfg__scopes_text(kinds, out, outsize);
+}
+
+static void check_xrefs(struct builder *b)
+{
+    for (int i = 0; i < b->nxrefs; i++) {
+        struct xref *x = &b->xrefs[i];
+        char kinds[128];
+        if (find_named(b, x->kinds, x->name) >= 0)
+            continue;
+        kinds_text(x->kinds, kinds, sizeof kinds);
+        error_at(b, x->file, x->line, "%s '%s': no %s named '%s' is defined", x->what, x->name,
+                 kinds, x->name);
+    }
+}
+
+/* make_defaults - the built-in value of every directive (slot d of the values array) */
+static void make_defaults(struct builder *b)
+{
+    for (int d = 0; d < CFG_D_COUNT; d++) {
+        const struct cfg_directive_info *info = cfg_directive_info((enum cfg_directive)d);
+        struct cfg_value *v = &b->defaults[d];
+        memset(v, 0, sizeof *v);
+        v->directive = (uint16_t)d;
+        v->type = (uint8_t)info->type;
+        if (!info->default_text) {
+            v->flags = CFG_VALUE_UNSET;
+            continue;
+        }
+        v->text = intern(b, info->default_text);
+        if (decode_typed(b, (enum cfg_directive)d, info->default_text, v) != 0)
+            msg_panic("bad built-in default '%s' for '%s'", info->default_text, info->name);
+    }
+}
+
+/* finish - lay the per-scope value lists out as one array and hand back a struct cfg */
+static struct cfg *finish(struct builder *b)
+{
+    struct cfg_heap *h = xcalloc(1, sizeof *h);
+    struct cfg *c = xcalloc(1, sizeof *c);
+
+    h->owner_kind = CFG_OWNER_HEAP;
+    uint32_t nvalues = CFG_D_COUNT;
+    struct timespec ts;
+
+    for (uint32_t s = 0; s < b->nscopes; s++)
+        nvalues += b->scopes[s].nvals;
+    h->values = xreallocarray(NULL, nvalues, sizeof *h->values);
+    h->scopes = xreallocarray(NULL, b->nscopes, sizeof *h->scopes);
+    memcpy(h->values, b->defaults, sizeof b->defaults);
+    nvalues = CFG_D_COUNT;
+    for (uint32_t s = 0; s < b->nscopes; s++) {
+        h->scopes[s] = b->scopes[s].s;
+        h->scopes[s].first = nvalues;
+        h->scopes[s].count = b->scopes[s].nvals;
+        if (b->scopes[s].nvals)
+            memcpy(h->values + nvalues, b->scopes[s].vals, b->scopes[s].nvals * sizeof *h->values);
+        nvalues += b->scopes[s].nvals;
+    }
+    h->ints = b->ints;
+    b->ints = NULL;
+    c->strings_len = (uint32_t)b->strings.len;
+    h->strings = buf_detach(&b->strings, NULL);
+    clock_gettime(CLOCK_REALTIME, &ts);
+    c->generation = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    c->scopes = h->scopes;
+    c->nscopes = b->nscopes;
+    c->values = h->values;
+    c->nvalues = nvalues;
+    c->ints = h->ints;
+    c->nints = b->nints;
+    c->strings = h->strings;
+    c->owner = h;
+    return c;
+}
+
+static void builder_init(struct builder *b, cfg_diag_fn diag, void *ctx)
+{
+    memset(b, 0, sizeof *b);
+    b->diag = diag ? diag : default_diag;
+    b->ctx = ctx;
+    buf_init(&b->strings, 0);
+    intern(b, "");                          /* offset 0 is "" */
+    make_defaults(b);
+    b->cur_file = 0;
+    new_scope(b, CFG_S_GLOBAL, "", 0);
+    b->stack[0].kind = CFG_S_GLOBAL;
+    snprintf(b->stack[0].tag, sizeof b->stack[0].tag, "global");
+    b->stack[0].scopes = xmalloc(sizeof(uint32_t));
+    b->stack[0].scopes[0] = 0;
+    b->stack[0].nscopes = 1;
+}
+
+static void builder_free(struct builder *b)
+{
+    for (uint32_t s = 0; s < b->nscopes; s++)
+        free(b->scopes[s].vals);
+    free(b->scopes);
+    free(b->ints);
+    buf_free(&b->strings);
+    while (b->depth > 0)
+        pop_frame(b);
+    free(b->stack[0].scopes);
+    for (int i = 0; i < b->nxrefs; i++) {
+        free(b->xrefs[i].name);
+        free(b->xrefs[i].what);
+    }
+    free(b->xrefs);
+    for (int i = 0; i < b->nmacros; i++) {
+        for (int j = 0; j < b->macros[i].nvals; j++)
+            free(b->macros[i].vals[j]);
+        free(b->macros[i].vals);
+        free(b->macros[i].name);
+    }
+    free(b->macros);
+    strlist_free(&b->warned_tags);
+}
+
+static struct cfg *complete(struct builder *b, unsigned *nerrors)
+{
+    struct cfg *c = NULL;
+
+    if (!b->gave_up)
+        check_xrefs(b);
+    if (nerrors)
+        *nerrors = b->errors;
+    if (b->errors == 0)
+        c = finish(b);
+    builder_free(b);
+    return c;
+}
+
+/* cfg_load - parse and validate PATH with its includes */
+struct cfg *cfg_load(const char *path, cfg_diag_fn diag, void *ctx, unsigned *nerrors)
+{
+    struct builder b;
+
+    builder_init(&b, diag, ctx);
+    load_file(&b, path);
+    return complete(&b, nerrors);
+}
+
+/* cfg_load_string - the same for TEXT in memory; includes are relative to NAME's directory */
+struct cfg *cfg_load_string(const char *name, const char *text, cfg_diag_fn diag, void *ctx,
+                            unsigned *nerrors)
+{
+    struct builder b;
+
+    builder_init(&b, diag, ctx);
+    parse_text(&b, name, text, strlen(text));
+    return complete(&b, nerrors);
+}

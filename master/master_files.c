@@ -1,0 +1,217 @@
+/*
+ * master_files.c - pmtad's files: worker user, directories, spool lock, pid file, log
+ *
+ * Resolves the run-as-user, creates the spool directory (owned by the worker
+ * user, 0750) and the run directory (root:worker-group, 0755, with private/
+ * at 0750), takes the spool lock SPOOL/.pmtad.lock for pmtad's lifetime, and
+ * writes RUNDIR/pmtad.pid (also locked, so two instances cannot share a run
+ * directory either). Opens the main log.
+ *
+ * Owns: the lock and pid-file descriptors (m->lock_fd, m->pid_fd).
+ *
+ * SECURITY: runs as root. The run directory stays root-owned so that no
+ * worker can plant a symlink where pmtad writes (snapshots, pid file, socket
+ * nodes). The lock file lives in the worker-owned spool, so it is opened with
+ * O_NOFOLLOW and refused unless it is a plain single-link file that we own.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pwd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "msg.h"
+#include "xalloc.h"
+#include "master.h"
+
+/* master_resolve_user - worker credentials; fatal when run-as-user does not exist */
+void
+master_resolve_user(struct master *m)
+{
+    struct passwd *pw;
+
+    if (!m->set.drop_privileges) {
+        msg_info("run-as-root yes: workers keep pmtad's credentials");
+        return;
+    }
+    if (geteuid() != 0) {
+        msg_info("not running as root: workers run as uid %ld without a privilege change",
+                 (long)geteuid());
+        m->set.drop_privileges = 0;
+        return;
+    }
+    errno = 0;
+    if ((pw = getpwnam(m->set.user)) == NULL)
+        msg_fatal("run-as-user: unknown user '%s'%s%s", m->set.user, errno ? ": " : "",
+                  errno ? strerror(errno) : "");
+    if (pw->pw_uid == 0)
+        msg_fatal("run-as-user '%s' is root; use run-as-root yes to mean that", m->set.user);
+    m->set.uid = pw->pw_uid;
+    m->set.gid = pw->pw_gid;
+}
+
+/* make_parents - mkdir -p of PATH's parents (root-owned, 0755) */
+static void
+make_parents(const char *path)
+{
+    char *copy = xstrdup(path);
+
+    for (char *p = copy + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(copy, 0755) < 0 && errno != EEXIST)
+            msg_fatal("cannot create directory %s: %s", copy, strerror(errno));
+        *p = '/';
+    }
+    free(copy);
+}
+
+/* make_dir - create PATH if needed and force its owner and mode */
+static void
+make_dir(const char *path, uid_t uid, gid_t gid, mode_t mode)
+{
+    int fd;
+
+    make_parents(path);
+    if (mkdir(path, mode) < 0 && errno != EEXIST)
+        msg_fatal("cannot create directory %s: %s", path, strerror(errno));
+    /* Through a descriptor, so a swapped-in symlink cannot redirect the chown. */
+    if ((fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)) < 0)
+        msg_fatal("cannot open directory %s: %s", path, strerror(errno));
+    if (geteuid() == 0 && fchown(fd, uid, gid) < 0)
+        msg_fatal("cannot chown %s: %s", path, strerror(errno));
+    if (fchmod(fd, mode) < 0)
+        msg_fatal("cannot chmod %s: %s", path, strerror(errno));
+    close(fd);
+}
+
+/* master_prepare_directories - spool (worker-owned) and run directory (root-owned) */
+void
+master_prepare_directories(struct master *m)
+{
+    char *private_dir = xasprintf("%s/private", m->set.run_dir);
+
+    make_dir(m->set.spool, m->set.uid, m->set.gid, 0750);
+    make_dir(m->set.run_dir, geteuid(), m->set.gid, 0755);
+    make_dir(private_dir, geteuid(), m->set.gid, 0750);
+    free(private_dir);
+}
+
+/* read_pid - the pid recorded in FD, or 0 */
+static long
+read_pid(int fd)
+{
+    char text[32];
+    ssize_t n = pread(fd, text, sizeof(text) - 1, 0);
+
+    if (n <= 0)
+        return 0;
+    text[n] = '\0';
+    return strtol(text, NULL, 10);
+}
+
+/* write_pid - replace FD's content with our pid */
+static void
+write_pid(int fd, const char *path)
+{
+    char text[32];
+    int len = snprintf(text, sizeof(text), "%ld\n", (long)getpid());
+
+    if (ftruncate(fd, 0) < 0 || pwrite(fd, text, (size_t)len, 0) != len)
+        msg_fatal("cannot write %s: %s", path, strerror(errno));
+}
+
+/* open_locked - open PATH and take an exclusive lock; -1 with *HOLDER when someone has it */
+static int
+open_locked(const char *path, long *holder)
+{
+    struct stat st;
+    int fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
+
+    if (fd < 0)
+        msg_fatal("cannot open %s: %s", path, strerror(errno));
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_nlink != 1
+        || st.st_uid != geteuid())
+        msg_fatal("refusing to use %s: not a plain file owned by us", path);
+    if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+        if (errno != EWOULDBLOCK)
+            msg_fatal("cannot lock %s: %s", path, strerror(errno));
+        *holder = read_pid(fd);
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* master_lock_spool - one pmtad per spool, for the whole life of this process */
+void
+master_lock_spool(struct master *m)
+{
+    char *path = xasprintf("%s/.pmtad.lock", m->set.spool);
+    long holder = 0;
+
+    if ((m->lock_fd = open_locked(path, &holder)) < 0)
+        msg_fatal("another pmtad is running on spool %s (pid %ld)", m->set.spool, holder);
+    write_pid(m->lock_fd, path);
+    free(path);
+}
+
+/* master_write_pid_file - RUNDIR/pmtad.pid, locked so a second instance sees the owner */
+void
+master_write_pid_file(struct master *m)
+{
+    char *path = xasprintf("%s/pmtad.pid", m->set.run_dir);
+    long holder = 0;
+
+    if ((m->pid_fd = open_locked(path, &holder)) < 0)
+        msg_fatal("another pmtad is using run directory %s (pid %ld)", m->set.run_dir, holder);
+    write_pid(m->pid_fd, path);
+    free(path);
+}
+
+/* master_remove_pid_file - at clean exit; the lock goes with the descriptor */
+void
+master_remove_pid_file(struct master *m)
+{
+    char *path = xasprintf("%s/pmtad.pid", m->set.run_dir);
+
+    if (m->pid_fd >= 0) {
+        if (unlink(path) < 0)
+            msg_warn("cannot remove %s: %s", path, strerror(errno));
+        close(m->pid_fd);
+        m->pid_fd = -1;
+    }
+    if (m->lock_fd >= 0) {
+        close(m->lock_fd);
+        m->lock_fd = -1;
+    }
+    free(path);
+}
+
+/* master_open_log - log-file PATH (appended) or syslog; stderr too in the foreground */
+void
+master_open_log(struct master *m)
+{
+    int err, fd;
+
+    if (m->set.log_file == NULL) {
+        msg_use_syslog();
+    } else {
+        make_parents(m->set.log_file);
+        if ((err = msg_open_path(m->set.log_file)) < 0)
+            msg_fatal("cannot open log file %s: %s", m->set.log_file, strerror(-err));
+        /* Workers get it explicitly; it must not leak into anything else we exec. */
+        if ((fd = msg_log_fd()) >= 0)
+            fcntl(fd, F_SETFD, FD_CLOEXEC);
+    }
+    msg_also_stderr(m->foreground);
+    msg_set_verbose(m->verbose);
+}

@@ -1,0 +1,330 @@
+"""pmtatest - a small harness for openpmta integration tests (stdlib only).
+
+    from pmtatest import Tap, Pmta
+
+    tap = Tap(3)
+    with Pmta() as p:                 # temp dir with spool/, run/, log
+        p.write_config()              # listener on 127.0.0.1:<free port>
+        p.start()                     # pmtad -f; waits for "started (pid"
+        tap.ok(p.worker_pids("qmgr"), "qmgr runs")
+        ...
+    sys.exit(tap.done())
+
+Tap prints TAP ("1..N", "ok N - name", "not ok N - name", "# diagnostics").
+Pmta runs one pmtad in the foreground inside a temporary directory and knows
+where its files are; it finds worker processes through /proc (children of
+the pmtad pid, by role name) and always stops what it started.
+
+Environment: PMTA_BUILDDIR (set by `make check`) locates the build tree;
+otherwise the tree this file lives in is used.
+"""
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROLES = ("smtpd", "cleanup", "qmgr", "smtp-out")
+
+
+def build_dir():
+    env = os.environ.get("PMTA_BUILDDIR")
+    if env:
+        return env
+    return os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+
+
+def pmtad_path():
+    return os.path.join(build_dir(), "master", "pmtad")
+
+
+def worker_path(role):
+    return os.path.join(build_dir(), role, role)
+
+
+def free_port(host="127.0.0.1"):
+    """A TCP port nobody listens on right now (the kernel's pick)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def port_is_listening(port, host="127.0.0.1"):
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for(predicate, timeout=10.0, interval=0.05):
+    """Poll PREDICATE until it returns something true; return that, or None on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(interval)
+
+
+class Tap:
+    """TAP producer. ok() returns the condition so tests can branch on it."""
+
+    def __init__(self, planned=None):
+        self.n = 0
+        self.failed = 0
+        self.planned = planned
+        if planned is not None:
+            print("1..%d" % planned, flush=True)
+
+    def ok(self, cond, name, diag=None):
+        self.n += 1
+        print("%s %d - %s" % ("ok" if cond else "not ok", self.n, name), flush=True)
+        if not cond:
+            self.failed += 1
+            if diag:
+                self.diag(diag)
+        return bool(cond)
+
+    def diag(self, text):
+        for line in str(text).splitlines() or [""]:
+            print("# " + line, flush=True)
+
+    def skip(self, name, reason):
+        self.n += 1
+        print("ok %d - %s # SKIP %s" % (self.n, name, reason), flush=True)
+
+    def done(self):
+        if self.planned is None:
+            print("1..%d" % self.n, flush=True)
+        elif self.n != self.planned:
+            self.diag("planned %d tests but ran %d" % (self.planned, self.n))
+            return 1
+        return 1 if self.failed else 0
+
+
+def proc_status(pid):
+    """/proc/PID/status as a dict of strings, or {} when the process is gone."""
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+    except OSError:
+        return {}
+
+
+def proc_ppid(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # The command name may hold spaces and parentheses: split after the last ')'.
+    return int(stat[stat.rindex(")") + 2:].split()[1])
+
+
+def proc_names(pid):
+    """The names a process is known by: comm and the base name of argv[0]."""
+    names = set()
+    try:
+        with open("/proc/%d/comm" % pid) as f:
+            names.add(f.read().strip())
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            argv = f.read().split(b"\0")
+        if argv and argv[0]:
+            names.add(os.path.basename(argv[0].decode(errors="replace")))
+    except OSError:
+        pass
+    return names
+
+
+def children(ppid):
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and proc_ppid(int(entry)) == ppid:
+            out.append(int(entry))
+    return out
+
+
+def pid_alive(pid):
+    st = proc_status(pid)
+    return bool(st) and not st.get("State", "").startswith("Z")
+
+
+class Pmta:
+    """One pmtad instance in a temporary directory."""
+
+    def __init__(self, keep=False, name="pmtatest"):
+        self.dir = tempfile.mkdtemp(prefix=name + ".")
+        # Workers run as the unprivileged user: they must reach the run directory.
+        os.chmod(self.dir, 0o755)
+        self.spool = os.path.join(self.dir, "spool")
+        self.run_dir = os.path.join(self.dir, "run")
+        self.log_path = os.path.join(self.dir, "log")
+        self.config_path = os.path.join(self.dir, "config")
+        self.port = free_port()
+        self.proc = None
+        self.keep = keep or bool(os.environ.get("PMTA_KEEP"))
+        self.stdout_path = os.path.join(self.dir, "pmtad.out")
+        self._out = None
+
+    # --- configuration -----------------------------------------------------
+    def config_text(self, extra="", listener=True, processes=None):
+        procs = {"smtpd": 2, "cleanup": 1, "smtp-out": 2}
+        procs.update(processes or {})
+        lines = [
+            "# generated by pmtatest",
+            "host-name mta.test.example",
+            "run-directory %s" % self.run_dir,
+            "spool %s" % self.spool,
+            "log-file %s" % self.log_path,
+            "smtpd-processes %d" % procs["smtpd"],
+            "cleanup-processes %d" % procs["cleanup"],
+            "smtp-out-processes %d" % procs["smtp-out"],
+        ]
+        if listener:
+            lines.append("smtp-listener 127.0.0.1:%d" % self.port)
+        return "\n".join(lines) + "\n" + extra
+
+    def write_config(self, extra="", text=None, path=None, **kw):
+        """Write the config (generated unless TEXT is given); returns its path."""
+        path = path or self.config_path
+        with open(path, "w") as f:
+            f.write(text if text is not None else self.config_text(extra, **kw))
+        return path
+
+    # --- running -----------------------------------------------------------
+    def command(self, *args):
+        return [pmtad_path()] + list(args)
+
+    def run(self, *args, env=None, timeout=30):
+        """Run pmtad ARGS to completion: CompletedProcess with text stdout/stderr."""
+        return subprocess.run(self.command(*args), capture_output=True, text=True,
+                              env=self.env(env), timeout=timeout, cwd=self.dir)
+
+    def env(self, extra=None):
+        env = dict(os.environ)
+        env.pop("PMTA_LIBEXEC_DIR", None)
+        env.update(extra or {})
+        return env
+
+    def start(self, args=(), env=None, wait=True, timeout=15):
+        """Start pmtad -f -c CONFIG; unless WAIT is false, wait until it says it started."""
+        self._out = open(self.stdout_path, "ab")
+        self.proc = subprocess.Popen(self.command("-f", "-c", self.config_path, *args),
+                                     stdout=self._out, stderr=subprocess.STDOUT,
+                                     env=self.env(env), cwd=self.dir)
+        if wait and not self.wait_log(r"pmtad\[%d\]: info: started" % self.proc.pid,
+                                      timeout=timeout):
+            raise RuntimeError("pmtad did not start:\n" + self.output() + self.log())
+        return self.proc
+
+    @property
+    def pid(self):
+        return self.proc.pid if self.proc else None
+
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def send_signal(self, sig):
+        self.proc.send_signal(sig)
+
+    def stop(self, sig=signal.SIGTERM, timeout=15):
+        """Signal pmtad and wait; returns its exit status (None if it had to be killed)."""
+        if not self.running():
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill_everything()
+            return None
+
+    def kill_everything(self):
+        """Last resort: SIGKILL pmtad and every worker it had."""
+        if self.proc is None:
+            return
+        for pid in children(self.proc.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    # --- observing ---------------------------------------------------------
+    def log(self):
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def output(self):
+        try:
+            with open(self.stdout_path, errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def log_mark(self):
+        """An offset into the log: pass it to wait_log/log_since to see only newer lines."""
+        return len(self.log())
+
+    def log_since(self, mark):
+        return self.log()[mark:]
+
+    def wait_log(self, pattern, timeout=10, since=0, count=1):
+        """Wait until PATTERN (a regex) matched COUNT lines after offset SINCE; the matches or None."""
+        rx = re.compile(pattern)
+
+        def found():
+            hits = [m for m in (rx.search(l) for l in self.log()[since:].splitlines()) if m]
+            return hits if len(hits) >= count else None
+        return wait_for(found, timeout)
+
+    def worker_pids(self, role=None):
+        """Pids of live workers (of ROLE, or all) that are children of this pmtad."""
+        if not self.running():
+            return []
+        pids = [p for p in children(self.proc.pid) if pid_alive(p)]
+        if role is None:
+            return sorted(pids)
+        return sorted(p for p in pids if role in proc_names(p))
+
+    def wait_workers(self, counts, timeout=10):
+        """Wait until each role in COUNTS ({role: n}) has n live workers."""
+        return wait_for(lambda: all(len(self.worker_pids(r)) == n for r, n in counts.items()),
+                        timeout)
+
+    # --- cleanup -----------------------------------------------------------
+    def close(self):
+        if self.running():
+            self.stop()
+        if self._out:
+            self._out.close()
+            self._out = None
+        if not self.keep:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+def require_root(tap, count):
+    """Skip COUNT tests (and exit) unless we are root: the privilege model needs it."""
+    if os.geteuid() != 0:
+        for _ in range(count):
+            tap.skip("needs root", "integration tests run as root in CI")
+        sys.exit(tap.done())

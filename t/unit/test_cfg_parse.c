@@ -1,0 +1,607 @@
+/*
+ * test_cfg_parse.c - the configuration parser: lexing, blocks, includes,
+ * every error path (each with its file:line and message), warnings
+ *
+ * Owns a temporary directory (created in the group setup, removed in the
+ * teardown) holding include files and a DKIM key generated with OpenSSL.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/rsa.h>
+
+#include "cfg.h"
+
+static char tmpdir[] = "/tmp/test_cfg_parse.XXXXXX";
+static char keyfile[256];
+static char diags[1 << 17];
+static unsigned nwarnings;
+
+static void collect(void *ctx, enum cfg_diag_level level, const char *file, unsigned line,
+                    const char *message)
+{
+    size_t used = strlen(diags);
+    (void)ctx;
+    if (level == CFG_DIAG_WARNING)
+        nwarnings++;
+    snprintf(diags + used, sizeof diags - used, "%s:%u: %s: %s\n", file ? file : "-", line,
+             level == CFG_DIAG_ERROR ? "error" : "warning", message);
+}
+
+static struct cfg *load_text(const char *text, unsigned *nerrors)
+{
+    diags[0] = 0;
+    nwarnings = 0;
+    return cfg_load_string("t.conf", text, collect, NULL, nerrors);
+}
+
+static void assert_diag(const char *want)
+{
+    if (!strstr(diags, want))
+        fail_msg("expected \"%s\" among the diagnostics:\n%s", want, diags);
+}
+
+/* expect_error - TEXT fails to load and the diagnostics contain WANT */
+static void expect_error(const char *text, const char *want)
+{
+    unsigned n = 0;
+    struct cfg *c = load_text(text, &n);
+    if (c) {
+        cfg_free(c);
+        fail_msg("loaded without error, expected \"%s\"", want);
+    }
+    assert_true(n >= 1);
+    assert_diag(want);
+}
+
+static struct cfg *expect_ok(const char *text)
+{
+    unsigned n = 99;
+    struct cfg *c = load_text(text, &n);
+    if (!c)
+        fail_msg("load failed:\n%s", diags);
+    assert_int_equal(n, 0);
+    return c;
+}
+
+static void write_file(const char *name, const char *text)
+{
+    char path[512];
+    FILE *f;
+    snprintf(path, sizeof path, "%s/%s", tmpdir, name);
+    f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+static void make_key(const char *path)
+{
+    EVP_PKEY *key = EVP_RSA_gen(1024);
+    FILE *f = fopen(path, "w");
+    assert_non_null(key);
+    assert_non_null(f);
+    assert_int_equal(PEM_write_PrivateKey(f, key, NULL, NULL, 0, NULL, NULL), 1);
+    fclose(f);
+    EVP_PKEY_free(key);
+}
+
+static int group_setup(void **state)
+{
+    (void)state;
+    if (!mkdtemp(tmpdir))
+        return -1;
+    snprintf(keyfile, sizeof keyfile, "%s/dkim.key", tmpdir);
+    make_key(keyfile);
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    char cmd[300];
+    (void)state;
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+static const struct cfg_value *domain_value(struct cfg *c, const char *domain, enum cfg_directive d)
+{
+    static struct cfg_resolved r;
+    assert_int_equal(cfg_resolve_queue(c, domain, NULL, &r), 0);
+    return r.v[d];
+}
+
+/* --- lexing --------------------------------------------------------------------------- */
+
+static void test_comments(void **state)
+{
+    struct cfg *c;
+    (void)state;
+    c = expect_ok("# a comment line\n"
+                  "<!-- Handling the Giants: Gmail -->\n"
+                  "<domain gmail.com>   # tag with a comment\n"
+                  "  max-msg-rate 100/s <!-- Don't flood Google -->\n"
+                  "  max-rcpt-per-transaction 100<!--no space-->\n"
+                  "  <!-- a comment\n"
+                  "       over three\n"
+                  "       lines --> max-smtp-out 7\n"
+                  "  retry-after 10m # trailing\n"
+                  "</domain>\n");
+    assert_int_equal(domain_value(c, "gmail.com", CFG_D_MAX_MSG_RATE)->num, 100);
+    assert_int_equal(domain_value(c, "gmail.com", CFG_D_MAX_MSG_RATE)->line, 4);
+    assert_int_equal(domain_value(c, "gmail.com", CFG_D_MAX_RCPT_PER_TRANSACTION)->num, 100);
+    /* text after a multi-line comment continues the line the comment began on */
+    assert_int_equal(domain_value(c, "gmail.com", CFG_D_MAX_SMTP_OUT)->num, 7);
+    assert_int_equal(domain_value(c, "gmail.com", CFG_D_MAX_SMTP_OUT)->line, 6);
+    assert_int_equal(domain_value(c, "gmail.com", CFG_D_RETRY_AFTER)->line, 9);
+    cfg_free(c);
+}
+
+static void test_unterminated_comment(void **state)
+{
+    (void)state;
+    expect_error("host-name a.example\n<!-- never closed\nspool /x\n",
+                 "t.conf:2: error: unterminated <!-- comment");
+}
+
+static void test_quoted_strings(void **state)
+{
+    struct cfg *c;
+    uint32_t u;
+    const struct cfg_value *v;
+    (void)state;
+    c = expect_ok("<smtp-user bob>\n"
+                  "  password \"p#ss \\\"word\\\\ <!-- x -->\"\n"
+                  "</smtp-user>\n"
+                  "host-name \"mta.example.com\"\n");
+    u = cfg_find_scope(c, CFG_S_SMTP_USER, "bob");
+    assert_int_not_equal(u, CFG_NONE);
+    v = cfg_scope_get(c, u, CFG_D_PASSWORD);
+    assert_non_null(v);
+    assert_string_equal(cfg_str(c, v->text), "p#ss \"word\\ <!-- x -->");
+    assert_string_equal(cfg_str(c, cfg_global(c, CFG_D_HOST_NAME)->text), "mta.example.com");
+    cfg_free(c);
+    expect_error("host-name \"unterminated\n", "t.conf:1: error: unterminated quoted string");
+    expect_error("host-name \"a\" b\n", "t.conf:1: error: too many values for 'host-name'");
+}
+
+static void test_key_equals_value(void **state)
+{
+    struct cfg *c;
+    (void)state;
+    c = expect_ok("# Authentication settings\n"
+                  "auth_type = \"auth_file\"\n"
+                  "auth_file=\"/etc/powermta/auth_file\"\n");
+    assert_string_equal(cfg_str(c, cfg_global(c, CFG_D_AUTH_TYPE)->text), "auth_file");
+    assert_string_equal(cfg_str(c, cfg_global(c, CFG_D_AUTH_FILE)->text), "/etc/powermta/auth_file");
+    assert_int_equal(cfg_global(c, CFG_D_AUTH_FILE)->line, 3);
+    /* both are known but not implemented: one warning each */
+    assert_int_equal(nwarnings, 2);
+    assert_diag("t.conf:2: warning: directive 'auth_type' is not implemented yet; ignored");
+    cfg_free(c);
+}
+
+static void test_line_too_long(void **state)
+{
+    size_t n = 70000;
+    char *text = malloc(n + 64);
+    (void)state;
+    assert_non_null(text);
+    strcpy(text, "host-name a\nhost-name ");
+    memset(text + strlen(text), 'x', n);
+    strcpy(text + 22 + n, "\n");
+    expect_error(text, "t.conf:2: error: line too long (more than 65536 bytes)");
+    free(text);
+}
+
+/* --- directives and values ------------------------------------------------------------------ */
+
+static void test_unknown_directive(void **state)
+{
+    (void)state;
+    expect_error("<domain *>\n  max-smpt-out 20\n</domain>\n",
+                 "t.conf:2: error: unknown directive 'max-smpt-out' (did you mean 'max-smtp-out'?)");
+    expect_error("\n\nfrobnicate-widgets yes\n", "t.conf:3: error: unknown directive 'frobnicate-widgets'\n");
+}
+
+static void test_wrong_scope(void **state)
+{
+    (void)state;
+    expect_error("max-smtp-out 20\n",
+                 "t.conf:1: error: directive 'max-smtp-out' is not allowed at global level; "
+                 "it belongs in <domain>, <virtual-mta>");
+    expect_error("<source 0/0>\n  bounce-after 1d\n</source>\n",
+                 "t.conf:2: error: directive 'bounce-after' is not allowed in <source>; it belongs in <domain>");
+}
+
+static void test_bad_values(void **state)
+{
+    (void)state;
+    expect_error("<domain *>\nuse-starttls maybe\n</domain>\n",
+                 "t.conf:2: error: bad value 'maybe' for 'use-starttls' (expected yes or no)");
+    expect_error("<domain *>\nmax-smtp-out twenty\n</domain>\n",
+                 "t.conf:2: error: bad value 'twenty' for 'max-smtp-out' (expected a whole number)");
+    expect_error("<domain *>\nqueue-priority 101\n</domain>\n",
+                 "t.conf:2: error: value '101' for 'queue-priority' is out of range (0..100)");
+    expect_error("<domain *>\nbounce-after 99999999999999999999d\n</domain>\n",
+                 "t.conf:2: error: value '99999999999999999999d' for 'bounce-after' is too large");
+    expect_error("<domain *>\nbounce-after 4x\n</domain>\n",
+                 "t.conf:2: error: bad value '4x' for 'bounce-after' (expected a time interval");
+    expect_error("<domain *>\nretry-after 10m,,1h\n</domain>\n",
+                 "t.conf:2: error: bad value '10m,,1h' for 'retry-after' (expected a list");
+    expect_error("<domain *>\nmax-msg-rate 0/h\n</domain>\n",
+                 "t.conf:2: error: bad value '0/h' for 'max-msg-rate' (expected a rate");
+    expect_error("<source 0/0>\nmax-message-size 10q\n</source>\n",
+                 "t.conf:2: error: bad value '10q' for 'max-message-size' (expected a size");
+    expect_error("<domain *>\ndkim-body-canon loose\n</domain>\n",
+                 "t.conf:2: error: bad value 'loose' for 'dkim-body-canon' (expected one of relaxed,simple)");
+    expect_error("<domain *>\nmax-smtp-out\n</domain>\n",
+                 "t.conf:2: error: missing value for 'max-smtp-out'");
+    expect_error("<domain *>\nmax-smtp-out 20 30\n</domain>\n",
+                 "t.conf:2: error: too many values for 'max-smtp-out': '20 30'");
+    expect_error("<acct-file /x.csv>\nmax-size 100k\n</acct-file>\n",
+                 "t.conf:2: error: max-size 100k is below the minimum of 1M");
+    expect_error("<acct-file /x.csv>\nrecords d,zz\n</acct-file>\n",
+                 "t.conf:2: error: unknown accounting record type 'zz'");
+    expect_error("smtp-listener 127.0.0.1\n",
+                 "t.conf:1: error: bad smtp-listener address '127.0.0.1' (expected IP:PORT)");
+    expect_error("smtp-listener 127.0.0.1:99999\n", "t.conf:1: error: bad smtp-listener address");
+    expect_error("smtp-source-host 300.1.1.1 a.example\n",
+                 "t.conf:1: error: bad IP address '300.1.1.1' in smtp-source-host");
+    expect_error("http-access 127.0.0.1 superuser\n",
+                 "t.conf:1: error: unknown http-access level 'superuser'");
+    expect_error("name-server 1.2.3\n", "t.conf:1: error: bad name-server '1.2.3'");
+}
+
+static void test_values_decoded(void **state)
+{
+    struct cfg *c;
+    const struct cfg_value *v;
+    uint32_t it = 0, n = 0;
+    (void)state;
+    c = expect_ok("name-server 127.0.0.1:5353\n"
+                  "name-server [::1]:53\n"
+                  "name-server 192.0.2.53\n"
+                  "smtp-listener 0/0:25\n"
+                  "smtp-listener [::1]:2525\n"
+                  "<domain *>\n"
+                  "  retry-after 10m,1h,4h\n"
+                  "  max-msg-rate 3000/hour\n"
+                  "  dkim-sign if-x-dkim-options-present\n"
+                  "  route [192.0.2.1]:25\n"
+                  "  max-rcpt-per-message 250\n"
+                  "</domain>\n");
+    while (cfg_scope_next(c, 0, CFG_D_NAME_SERVER, &it))
+        n++;
+    assert_int_equal(n, 3);                       /* repeatable: every line kept */
+    v = domain_value(c, "x.org", CFG_D_RETRY_AFTER);
+    assert_int_equal(v->list_len, 3);
+    assert_int_equal(cfg_list(c, v)[2], 4 * 3600);
+    v = domain_value(c, "x.org", CFG_D_MAX_MSG_RATE);
+    assert_int_equal(v->num, 3000);
+    assert_int_equal(v->num2, 3600);
+    assert_string_equal(cfg_str(c, v->text), "3000/hour");
+    assert_int_equal(domain_value(c, "x.org", CFG_D_DKIM_SIGN)->num, 2);
+    assert_string_equal(cfg_str(c, domain_value(c, "x.org", CFG_D_SMTP_HOSTS)->text), "[192.0.2.1]:25");
+    assert_int_equal(domain_value(c, "x.org", CFG_D_MAX_RCPT_PER_TRANSACTION)->num, 250);
+    cfg_free(c);
+}
+
+static void test_later_line_replaces(void **state)
+{
+    struct cfg *c;
+    (void)state;
+    c = expect_ok("<domain *>\nmax-smtp-out 5\nmax-smtp-out 9\n</domain>\n");
+    assert_int_equal(domain_value(c, "a.com", CFG_D_MAX_SMTP_OUT)->num, 9);
+    assert_int_equal(domain_value(c, "a.com", CFG_D_MAX_SMTP_OUT)->line, 3);
+    cfg_free(c);
+}
+
+static void test_not_implemented_warns_once(void **state)
+{
+    struct cfg *c;
+    (void)state;
+    c = expect_ok("<domain a.com>\nuse-dane no\n</domain>\n<domain b.com>\nuse-dane yes\n</domain>\n");
+    assert_int_equal(nwarnings, 1);
+    assert_diag("t.conf:2: warning: directive 'use-dane' is not implemented yet; ignored");
+    cfg_free(c);
+    c = expect_ok("<feedback-loop-processor>\n  anything goes here\n</feedback-loop-processor>\n");
+    assert_int_equal(nwarnings, 1);
+    assert_diag("t.conf:1: warning: block <feedback-loop-processor> is not implemented yet; ignored");
+    cfg_free(c);
+}
+
+/* --- blocks -------------------------------------------------------------------------------- */
+
+static void test_block_errors(void **state)
+{
+    (void)state;
+    expect_error("host-name a\n<domain x.com>\nmax-smtp-out 3\n",
+                 "t.conf:2: error: <domain> is not closed by the end of t.conf");
+    expect_error("<virtual-mta v>\n<domain a.com>\n</virtual-mta>\n",
+                 "t.conf:3: error: mismatched </virtual-mta>: <domain> opened at t.conf:2 is not closed");
+    expect_error("\n</domain>\n", "t.conf:2: error: </domain> without an open <domain>");
+    expect_error("<domian x.com>\n</domian>\n", "t.conf:1: error: unknown block <domian>");
+    expect_error("<domain x.com>\n<source 0/0>\n</source>\n</domain>\n",
+                 "t.conf:2: error: <source> is not allowed inside <domain>");
+    expect_error("<virtual-mta>\n</virtual-mta>\n", "t.conf:1: error: <virtual-mta> needs an argument");
+    expect_error("<domain x.com\n", "t.conf:1: error: tag '<domain x.com' is missing its closing '>'");
+    expect_error("<virtual-mta v1>\n</virtual-mta>\n<virtual-mta-pool v1>\n</virtual-mta-pool>\n",
+                 "t.conf:3: error: <virtual-mta-pool v1> is already defined at t.conf:1");
+}
+
+static void test_patterns_and_cidrs(void **state)
+{
+    (void)state;
+    expect_error("<source 10.0.0.0/33>\n</source>\n", "t.conf:1: error: bad CIDR '10.0.0.0/33' in <source>");
+    expect_error("<source 10.0.0.256>\n</source>\n", "t.conf:1: error: bad CIDR '10.0.0.256' in <source>");
+    expect_error("<source {nobody}>\n</source>\n", "t.conf:1: error: unknown reserved source name '{nobody}'");
+    expect_error("<domain [10.0.0.0/40]>\n</domain>\n", "t.conf:1: error: bad CIDR '[10.0.0.0/40]' in <domain>");
+    expect_error("<domain a*b.com>\n</domain>\n", "t.conf:1: error: bad domain pattern 'a*b.com'");
+    expect_error("<domain a.com,,b.com>\n</domain>\n", "t.conf:1: error: empty domain pattern in <domain>");
+}
+
+static void test_macros(void **state)
+{
+    struct cfg *c;
+    uint32_t it = 0, n = 0;
+    (void)state;
+    c = expect_ok("domain-macro tlds com, fr\n"
+                  "domain-macro brands hotmail, $more\n"
+                  "domain-macro more live, msn\n"
+                  "<domain $brands.$tlds>\n  max-smtp-out 4\n</domain>\n");
+    while (cfg_next_scope(c, CFG_S_DOMAIN, &it) != CFG_NONE)
+        n++;
+    assert_int_equal(n, 6);                       /* 3 brands x 2 tlds, nested macro */
+    assert_int_not_equal(cfg_find_scope(c, CFG_S_DOMAIN, "msn.fr"), CFG_NONE);
+    assert_true(c->scopes[cfg_find_scope(c, CFG_S_DOMAIN, "live.com")].flags & CFG_SCOPE_FROM_MACRO);
+    cfg_free(c);
+    expect_error("<domain yahoo.$nope>\n</domain>\n", "t.conf:1: error: unknown domain-macro '$nope'");
+    expect_error("domain-macro a x, $b\ndomain-macro b $a\n<domain $a.com>\n</domain>\n",
+                 "t.conf:3: error: domain-macro loop: '$a' refers to itself");
+    expect_error("domain-macro a x\ndomain-macro a y\n", "t.conf:2: error: domain-macro 'a' defined twice");
+}
+
+/* --- pattern lists ---------------------------------------------------------------------------- */
+
+static void test_reply_patterns(void **state)
+{
+    struct cfg *c;
+    (void)state;
+    c = expect_ok("<smtp-pattern-list l>\n"
+                  "  reply /^421 .* too many errors/ mode=backoff\n"
+                  "  reply /\\[TS03\\] All messages from/ mode=backoff, disable-source-ip, reenable-after=1h\n"
+                  "  reply /a\\/b/ skip-mx,defer-queue\n"
+                  "  reply /x/ mode=backoff,backoff-to-normal-after=30m\n"
+                  "</smtp-pattern-list>\n");
+    cfg_free(c);
+    expect_error("<smtp-pattern-list l>\n\n  reply /(unclosed/ mode=backoff\n</smtp-pattern-list>\n",
+                 "t.conf:3: error: bad regular expression /(unclosed/: missing closing parenthesis");
+    expect_error("<smtp-pattern-list l>\nreply /x/ mode=backoff,mode=normal\n</smtp-pattern-list>\n",
+                 "t.conf:2: error: reply action mode=backoff cannot be combined with mode=normal");
+    expect_error("<smtp-pattern-list l>\nreply /x/ skip-mx,bounce-queue\n</smtp-pattern-list>\n",
+                 "t.conf:2: error: reply action skip-mx cannot be combined with bounce-queue");
+    expect_error("<smtp-pattern-list l>\nreply /x/ reenable-after=1h\n</smtp-pattern-list>\n",
+                 "t.conf:2: error: reply action reenable-after needs disable-source-ip");
+    expect_error("<smtp-pattern-list l>\nreply /x/ disable-source-ip,reenable-after=1h,reenable-after=2h\n"
+                 "</smtp-pattern-list>\n",
+                 "t.conf:2: error: reply action reenable-after given more than once");
+    expect_error("<smtp-pattern-list l>\nreply /x/ explode\n</smtp-pattern-list>\n",
+                 "t.conf:2: error: unknown reply action 'explode'");
+    expect_error("<smtp-pattern-list l>\nreply /x/\n</smtp-pattern-list>\n",
+                 "t.conf:2: error: reply /x/ has no action");
+    expect_error("<smtp-pattern-list l>\nreply x mode=backoff\n</smtp-pattern-list>\n",
+                 "t.conf:2: error: reply needs /REGEX/ followed by actions");
+}
+
+static void test_other_pattern_lists(void **state)
+{
+    struct cfg *c;
+    (void)state;
+    c = expect_ok("<virtual-mta v>\n</virtual-mta>\n"
+                  "<pattern-list p>\n"
+                  "  mail-from /@billing\\./ virtual-mta=v\n"
+                  "  rcpt-to /@gmail\\.com$/ call-to:q\n"
+                  "  header X-Prio /^1/ recipient-priority=90\n"
+                  "</pattern-list>\n<pattern-list q>\n</pattern-list>\n"
+                  "<bounce-category-patterns>\n  /mailbox full/ quota-issues\n  // other\n"
+                  "</bounce-category-patterns>\n");
+    cfg_free(c);
+    expect_error("<pattern-list p>\nmail-from /x/ virtual-mta=ghost\n</pattern-list>\n",
+                 "t.conf:2: error: virtual-mta= 'ghost': no <virtual-mta> or <virtual-mta-pool> named 'ghost'");
+    expect_error("<pattern-list p>\nrcpt-to /x[/ virtual-mta=v\n</pattern-list>\n",
+                 "t.conf:2: error: bad regular expression /x[/");
+    expect_error("<pattern-list p>\nrcpt-to /x/ launch=now\n</pattern-list>\n",
+                 "t.conf:2: error: unknown pattern result 'launch=now'");
+    expect_error("<bounce-category-patterns>\n/spam/\n</bounce-category-patterns>\n",
+                 "t.conf:2: error: bounce category pattern needs /REGEX/ and one category name");
+    expect_error("<bounce-category-patterns>\n/sp(am/ spam-related\n</bounce-category-patterns>\n",
+                 "t.conf:2: error: bad regular expression /sp(am/");
+}
+
+/* --- cross references, checked after the whole file -------------------------------------------------- */
+
+static void test_cross_references(void **state)
+{
+    struct cfg *c;
+    (void)state;
+    /* a use before the definition is fine */
+    c = expect_ok("<domain a.com>\n smtp-pattern-list later\n</domain>\n"
+                  "<smtp-pattern-list later>\n reply /x/ mode=backoff\n</smtp-pattern-list>\n");
+    cfg_free(c);
+    expect_error("<virtual-mta-pool p>\n  virtual-mta ghost\n</virtual-mta-pool>\n",
+                 "t.conf:2: error: virtual-mta 'ghost': no <virtual-mta> named 'ghost' is defined");
+    expect_error("<domain a.com>\n\n  smtp-pattern-list nope\n</domain>\n",
+                 "t.conf:3: error: smtp-pattern-list 'nope': no <smtp-pattern-list> named 'nope' is defined");
+    expect_error("<sender s@example.com>\n  vmta txn-vmtx\n</sender>\n",
+                 "t.conf:2: error: vmta 'txn-vmtx': no <virtual-mta> or <virtual-mta-pool> named 'txn-vmtx'");
+    expect_error("<source 0/0>\n  pattern-list pl\n</source>\n",
+                 "t.conf:2: error: pattern-list 'pl': no <pattern-list> named 'pl' is defined");
+    expect_error("smtp-listener 127.0.0.1:25 source=feeders\n",
+                 "t.conf:1: error: smtp-listener source= 'feeders': no <source> named 'feeders' is defined");
+    expect_error("<smtp-listener 127.0.0.1:465>\n  source nope\n</smtp-listener>\n",
+                 "t.conf:2: error: source 'nope': no <source> named 'nope' is defined");
+    expect_error("<smtp-user u>\n  source nope\n</smtp-user>\n",
+                 "t.conf:2: error: source 'nope': no <source> named 'nope' is defined");
+    expect_error("invalid-virtual-mta-fallback nowhere\n",
+                 "t.conf:1: error: invalid-virtual-mta-fallback 'nowhere': no <virtual-mta> or");
+    expect_error("<domain a.com>\n  backoff-reroute-to-virtual-mta v9\n</domain>\n",
+                 "t.conf:2: error: backoff-reroute-to-virtual-mta 'v9': no <virtual-mta>");
+}
+
+static void test_dkim_key_files(void **state)
+{
+    char text[1024];
+    struct cfg *c;
+    (void)state;
+    snprintf(text, sizeof text, "domain-key s1,example.com,%s\n<domain a.com>\n dkim-selector s\n"
+             " dkim-key-file %s\n</domain>\n", keyfile, keyfile);
+    c = expect_ok(text);
+    cfg_free(c);
+    expect_error("domain-key s1,example.com,/nonexistent/key.pem\n",
+                 "t.conf:1: error: cannot read DKIM key file '/nonexistent/key.pem': No such file or directory");
+    expect_error("<domain a.com>\n dkim-key-file /nonexistent/k.pem\n</domain>\n",
+                 "t.conf:2: error: cannot read DKIM key file '/nonexistent/k.pem'");
+    expect_error("domain-key s1,example.com\n",
+                 "t.conf:1: error: bad domain-key 's1,example.com' (expected SELECTOR,DOMAIN,KEYFILE)");
+}
+
+/* --- includes ------------------------------------------------------------------------------------- */
+
+static void test_includes(void **state)
+{
+    char path[512];
+    unsigned n = 9;
+    struct cfg *c;
+    (void)state;
+    write_file("main.conf", "include sub/*.conf\n"
+                            "<domain a.com>\n  include dom.inc\n</domain>\n");
+    snprintf(path, sizeof path, "mkdir -p %s/sub", tmpdir);
+    assert_int_equal(system(path), 0);
+    write_file("sub/10-first.conf", "host-name first.example\n");
+    write_file("sub/20-second.conf", "postmaster pm@example.com\n");
+    write_file("dom.inc", "max-smtp-out 3\n");
+    snprintf(path, sizeof path, "%s/main.conf", tmpdir);
+    diags[0] = 0;
+    c = cfg_load(path, collect, NULL, &n);
+    if (!c)
+        fail_msg("%s", diags);
+    assert_int_equal(n, 0);
+    assert_string_equal(cfg_str(c, cfg_global(c, CFG_D_HOST_NAME)->text), "first.example");
+    assert_non_null(strstr(cfg_str(c, cfg_global(c, CFG_D_HOST_NAME)->file), "sub/10-first.conf"));
+    assert_non_null(cfg_global(c, CFG_D_POSTMASTER));
+    assert_int_equal(domain_value(c, "a.com", CFG_D_MAX_SMTP_OUT)->num, 3);
+    assert_non_null(strstr(cfg_str(c, domain_value(c, "a.com", CFG_D_MAX_SMTP_OUT)->file), "dom.inc"));
+    cfg_free(c);
+}
+
+static void test_include_errors(void **state)
+{
+    char path[512], want[600];
+    unsigned n = 0;
+    struct cfg *c;
+    (void)state;
+    write_file("loop-a.conf", "host-name a\ninclude loop-b.conf\n");
+    write_file("loop-b.conf", "\ninclude loop-a.conf\n");
+    snprintf(path, sizeof path, "%s/loop-a.conf", tmpdir);
+    diags[0] = 0;
+    c = cfg_load(path, collect, NULL, &n);
+    assert_null(c);
+    snprintf(want, sizeof want, "%s/loop-b.conf:2: error: include loop", tmpdir);
+    assert_diag(want);
+
+    write_file("missing.conf", "host-name a\n\ninclude does-not-exist.conf\n");
+    snprintf(path, sizeof path, "%s/missing.conf", tmpdir);
+    diags[0] = 0;
+    assert_null(cfg_load(path, collect, NULL, &n));
+    snprintf(want, sizeof want, "%s/missing.conf:3: error: cannot read include file '%s/does-not-exist.conf'",
+             tmpdir, tmpdir);
+    assert_diag(want);
+
+    write_file("unbalanced.inc", "<domain x.com>\n");
+    write_file("unbalanced.conf", "include unbalanced.inc\n");
+    snprintf(path, sizeof path, "%s/unbalanced.conf", tmpdir);
+    diags[0] = 0;
+    assert_null(cfg_load(path, collect, NULL, &n));
+    snprintf(want, sizeof want, "%s/unbalanced.inc:1: error: <domain> is not closed by the end of", tmpdir);
+    assert_diag(want);
+
+    expect_error("<acct-file /x.csv>\n include foo.conf\n</acct-file>\n",
+                 "t.conf:2: error: include is not allowed in <acct-file>");
+    expect_error("include http://example.com/pmta.conf\n",
+                 "t.conf:1: error: include from a URL is not supported");
+    diags[0] = 0;
+    assert_null(cfg_load("/nonexistent/pmta/config", collect, NULL, &n));
+    assert_diag("cannot read configuration file '/nonexistent/pmta/config'");
+}
+
+/* --- error recovery ---------------------------------------------------------------------------------- */
+
+static void test_reports_every_error(void **state)
+{
+    unsigned n = 0;
+    (void)state;
+    assert_null(load_text("max-smpt-out 1\n<domain *>\n max-smtp-out x\n</domain>\nbogus 1\n", &n));
+    assert_int_equal(n, 3);
+    assert_diag("t.conf:1: error: unknown directive 'max-smpt-out'");
+    assert_diag("t.conf:3: error: bad value 'x' for 'max-smtp-out'");
+    assert_diag("t.conf:5: error: unknown directive 'bogus'");
+}
+
+static void test_error_cap(void **state)
+{
+    struct { char *p; size_t len; } t = { NULL, 0 };
+    FILE *f = open_memstream(&t.p, &t.len);
+    unsigned n = 0;
+    (void)state;
+    for (int i = 0; i < 300; i++)
+        fprintf(f, "bogus-%d yes\n", i);
+    fclose(f);
+    assert_null(load_text(t.p, &n));
+    assert_int_equal(n, 100);
+    assert_diag("t.conf:100: error: too many errors; giving up");
+    assert_null(strstr(diags, "bogus-150"));
+    free(t.p);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_comments),
+        cmocka_unit_test(test_unterminated_comment),
+        cmocka_unit_test(test_quoted_strings),
+        cmocka_unit_test(test_key_equals_value),
+        cmocka_unit_test(test_line_too_long),
+        cmocka_unit_test(test_unknown_directive),
+        cmocka_unit_test(test_wrong_scope),
+        cmocka_unit_test(test_bad_values),
+        cmocka_unit_test(test_values_decoded),
+        cmocka_unit_test(test_later_line_replaces),
+        cmocka_unit_test(test_not_implemented_warns_once),
+        cmocka_unit_test(test_block_errors),
+        cmocka_unit_test(test_patterns_and_cidrs),
+        cmocka_unit_test(test_macros),
+        cmocka_unit_test(test_reply_patterns),
+        cmocka_unit_test(test_other_pattern_lists),
+        cmocka_unit_test(test_cross_references),
+        cmocka_unit_test(test_dkim_key_files),
+        cmocka_unit_test(test_includes),
+        cmocka_unit_test(test_include_errors),
+        cmocka_unit_test(test_reports_every_error),
+        cmocka_unit_test(test_error_cap),
+    };
+    return cmocka_run_group_tests_name("cfg_parse", tests, group_setup, group_teardown);
+}
