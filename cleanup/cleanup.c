@@ -1,21 +1,209 @@
 /*
- * cleanup.c - message cleanup: headers, DKIM signing and the durable commit into the queue (minimal placeholder)
+ * cleanup.c - the cleanup worker: header work, DKIM signing and the durable
+ * commit of every message smtpd accepts, before smtpd may say 250
  *
- * Runs under pmtad: starts, logs, idles on its libuv loop with the sockets
- * pmtad gave its role, follows configuration reloads and exits cleanly on
- * shutdown. The real work arrives with its own issue.
+ * This file: main(), the process state, configuration (re)loads, the queue
+ * store and its group committer, a stats line, and the shutdown sequence:
  *
- * Owns: nothing beyond the worker runtime's state (common/worker.c).
+ *   1. stop accepting smtpd connections; keep serving the open ones for the
+ *      drain time pmtad grants (smtpd is draining too and needs our answers);
+ *   2. then forget transactions that have not ended (nothing of them is
+ *      stored), close the group committer: every pending commit finishes and
+ *      is answered;
+ *   3. close the connections once those answers are written, the qmgr hint
+ *      channel, the queue, and stop.
  *
- * SECURITY: reads no external input yet.
+ * Owns: struct cleanup_state (the OpenDKIM handle, the current
+ * cleanup_conf, the qstore and its group), the stats and drain timers.
+ *
+ * DKIM and several recipient domains: a message is signed once. Each
+ * distinct recipient domain's queue settings are resolved (domain/vmta);
+ * when any says dkim-sign yes, the message is signed with the key settings of
+ * the FIRST such domain (in recipient order), and every recipient gets that
+ * same signed copy. Details in cleanup_commit.c.
+ *
+ * SECURITY: private keys are loaded here (through the key cache at each
+ * configuration load, so a bad key is logged at once) and never logged.
+ * The queue is opened after pmtad dropped our privileges, so its files
+ * belong to the worker user.
  */
 #include "config.h"
 
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cleanup.h"
+#include "msg.h"
 #include "worker.h"
+#include "xalloc.h"
+
+#define STATS_INTERVAL_MS 1000
+#define QUEUE_SUBDIR "queue"
+
+struct cleanup_state cleanup;
+
+static uv_timer_t stats_timer;
+static uv_timer_t drain_timer;
+static int finishing;
+static uint64_t last_logged_msgs;
+
+/* --- the queue ------------------------------------------------------------- */
+
+/* open_queue - SPOOL/queue with the map size and sync mode of CFG; fatal on failure */
+static void
+open_queue(const struct cfg *cfg)
+{
+    const struct cfg_value *map = cfg_global(cfg, CFG_D_QUEUE_MAP_SIZE);
+    const struct cfg_value *sync = cfg_global(cfg, CFG_D_SYNC_MSG_CREATE);
+    struct qstore_opts o = { 0 };
+    char *dir = xasprintf("%s/%s", worker_spool(), QUEUE_SUBDIR);
+    int err;
+
+    o.map_size = map && map->num > 0 ? (size_t)map->num : 0;
+    if (sync && sync->num == 0)
+        o.flags |= QSTORE_NOSYNC;
+    if ((err = qstore_open(&cleanup.qs, dir, &o)) < 0)
+        msg_fatal("cannot open the queue %s: %s", dir, qstore_strerror(err));
+    if ((err = qstore_group_new(&cleanup.group, worker_loop(), cleanup.qs, NULL)) < 0)
+        msg_fatal("cannot start the group committer: %s", uv_strerror(err));
+    msg_info("queue %s open (map %zu bytes%s)", dir, o.map_size ? o.map_size : (size_t)1 << 30,
+             (o.flags & QSTORE_NOSYNC) ? ", sync-msg-create no" : "");
+    free(dir);
+}
+
+/* log_stats - one line when messages were stored since the last one */
+static void
+log_stats(int force)
+{
+    struct qstore_group_stats st;
+
+    if (cleanup.group == NULL)
+        return;
+    qstore_group_stats(cleanup.group, &st);
+    if (!force && st.msgs == last_logged_msgs)
+        return;
+    last_logged_msgs = st.msgs;
+    msg_info("stats: messages=%" PRIu64 " commits=%" PRIu64 " max_batch=%" PRIu64
+             " failed=%" PRIu64 " refused=%" PRIu64, st.msgs, st.commits, st.max_batch,
+             st.failed, cleanup.refused);
+}
+
+static void
+on_stats_timer(uv_timer_t *t)
+{
+    log_stats(0);
+}
+
+/* --- configuration ---------------------------------------------------------- */
+
+/* on_config - a new generation is current: new transactions use it */
+static void
+on_config(const struct cfg *cfg, void *ctx)
+{
+    struct cleanup_conf *old = cleanup.conf;
+
+    cleanup.conf = cleanup_conf_new(cfg);
+    if (old)
+        cleanup_conf_unref(old);
+    if (cfg_global(cfg, CFG_D_QUEUE_MAP_SIZE) && cleanup.qs)
+        msg_debug("queue-map-size and sync-msg-create changes take effect at restart");
+}
+
+/* --- shutdown ------------------------------------------------------------------ */
+
+static void
+all_closed(void)
+{
+    cleanup_notify_close();
+    qstore_close(cleanup.qs);
+    cleanup.qs = NULL;
+    cleanup_conf_unref(cleanup.conf);
+    cleanup.conf = NULL;
+    cleanup_dkim_free(cleanup.dk);
+    cleanup.dk = NULL;
+    uv_close((uv_handle_t *)&stats_timer, NULL);
+    uv_close((uv_handle_t *)&drain_timer, NULL);
+    worker_stop(0);
+}
+
+/* group_closed - every commit is done and answered: close the connections */
+static void
+group_closed(void *arg)
+{
+    cleanup.group = NULL;
+    cleanup_server_close_all(all_closed);
+}
+
+/* finish - step 2 of the shutdown (see the file header) */
+static void
+finish(void)
+{
+    if (finishing)
+        return;
+    finishing = 1;
+    uv_timer_stop(&drain_timer);
+    cleanup_server_drop_unfinished();
+    log_stats(1);
+    qstore_group_close(cleanup.group, group_closed, NULL);
+}
+
+void
+cleanup_check_finished(void)
+{
+    if (cleanup.stopping && cleanup_server_idle())
+        finish();
+}
+
+static void
+on_drain_timer(uv_timer_t *t)
+{
+    msg_info("drain time over; dropping unfinished transactions");
+    finish();
+}
+
+/* on_shutdown - stop accepting, serve open connections for the drain time */
+static void
+on_shutdown(unsigned drain_seconds, void *ctx)
+{
+    if (cleanup.stopping)
+        return;
+    cleanup.stopping = 1;
+    cleanup_server_stop_accepting();
+    if (drain_seconds == 0 || cleanup_server_idle()) {
+        finish();
+        return;
+    }
+    /* leave smtpd a second of pmtad's drain time to pass our last answers on */
+    uv_timer_start(&drain_timer, on_drain_timer,
+                   drain_seconds > 1 ? (uint64_t)(drain_seconds - 1) * 1000 : 500, 0);
+}
+
+/* --- start ---------------------------------------------------------------------- */
+
+static void
+start(void)
+{
+    static const struct worker_ops ops = { on_config, on_shutdown, NULL };
+    char err[CLEANUP_ERRLEN];
+
+    if ((cleanup.dk = cleanup_dkim_create(err, sizeof(err))) == NULL)
+        msg_fatal("cannot initialise DKIM: %s", err);
+    cleanup.conf = cleanup_conf_new(worker_config());
+    open_queue(worker_config());
+    worker_set_ops(&ops);
+    uv_timer_init(worker_loop(), &stats_timer);
+    uv_timer_start(&stats_timer, on_stats_timer, STATS_INTERVAL_MS, STATS_INTERVAL_MS);
+    uv_unref((uv_handle_t *)&stats_timer);
+    uv_timer_init(worker_loop(), &drain_timer);
+    cleanup_server_start();
+}
 
 int
 main(int argc, char **argv)
 {
     worker_init(&argc, &argv, "cleanup");
+    start();
     return worker_run();
 }

@@ -50,6 +50,7 @@ struct qstore_newmsg {
     char *body;
     size_t body_len;
     uint32_t nchunks;
+    size_t qid_off;         /* body offset of the queue-id patch, or SIZE_MAX */
 };
 
 #define META_SCHEMA "schema"
@@ -594,6 +595,7 @@ int qstore_newmsg_create(struct qstore_newmsg **nmp, const struct qstore_envelop
     buf_init(&nm->env, 0);
     buf_init(&nm->rcpts, 0);
     nm->nrcpt = (uint32_t)n;
+    nm->qid_off = SIZE_MAX;
     if (body && body->len > 0)
         nm->body = buf_detach(body, &nm->body_len);
     if ((uint64_t)nm->body_len / QSTORE_CHUNK_MAX >= UINT32_MAX) {
@@ -626,6 +628,23 @@ void qstore_newmsg_free(struct qstore_newmsg *nm)
     free(nm->rcpt_off);
     free(nm->body);
     free(nm);
+}
+
+int qstore_newmsg_patch_qid(struct qstore_newmsg *nm, size_t offset)
+{
+    if (offset > nm->body_len || nm->body_len - offset < QSTORE_QID_LEN)
+        return -EINVAL;
+    nm->qid_off = offset;
+    return 0;
+}
+
+void qstore_qid_format(char out[QSTORE_QID_LEN + 1], uint64_t msgid)
+{
+    static const char hex[] = "0123456789ABCDEF";
+
+    for (int i = QSTORE_QID_LEN - 1; i >= 0; i--, msgid >>= 4)
+        out[i] = hex[msgid & 0xf];
+    out[QSTORE_QID_LEN] = '\0';
 }
 
 size_t qstore_newmsg_size(const struct qstore_newmsg *nm)
@@ -688,6 +707,33 @@ static int put_append(struct qstore_wtxn *w, MDB_dbi dbi, MDB_val *k, const void
     return qs_err(mdb_put(w->txn, dbi, k, &v, MDB_APPEND));
 }
 
+/*
+ * put_chunk - body chunk C (N bytes at OFF of NM's body) under id ID. A chunk
+ * that overlaps the queue-id patch is reserved in the map and written there
+ * with the id's text over the placeholder bytes: NM itself is never changed,
+ * so a retried batch patches its new id the same way.
+ */
+static int put_chunk(struct qstore_wtxn *w, const struct qstore_newmsg *nm, uint64_t id,
+                     uint32_t c, size_t off, size_t n)
+{
+    uint8_t kb[KEY_SUB_LEN];
+    MDB_val k = key_sub(kb, id, c), v = { n, NULL };
+    char qid[QSTORE_QID_LEN + 1];
+    size_t from, to;
+    int rc;
+
+    if (nm->qid_off == SIZE_MAX || nm->qid_off >= off + n || nm->qid_off + QSTORE_QID_LEN <= off)
+        return put_append(w, w->qs->body, &k, nm->body + off, n);
+    if ((rc = qs_err(mdb_put(w->txn, w->qs->body, &k, &v, MDB_APPEND | MDB_RESERVE))) < 0)
+        return rc;
+    memcpy(v.mv_data, nm->body + off, n);
+    qstore_qid_format(qid, id);
+    from = nm->qid_off > off ? nm->qid_off : off;
+    to = nm->qid_off + QSTORE_QID_LEN < off + n ? nm->qid_off + QSTORE_QID_LEN : off + n;
+    memcpy((char *)v.mv_data + (from - off), qid + (from - nm->qid_off), to - from);
+    return 0;
+}
+
 /* put_records - all records of NM under id ID */
 static int put_records(struct qstore_wtxn *w, const struct qstore_newmsg *nm, uint64_t id)
 {
@@ -709,8 +755,7 @@ static int put_records(struct qstore_wtxn *w, const struct qstore_newmsg *nm, ui
         size_t off = (size_t)c * QSTORE_CHUNK_MAX;
         size_t n = nm->body_len - off < QSTORE_CHUNK_MAX ? nm->body_len - off : QSTORE_CHUNK_MAX;
 
-        k = key_sub(kb, id, c);
-        if ((rc = put_append(w, qs->body, &k, nm->body + off, n)) < 0)
+        if ((rc = put_chunk(w, nm, id, c, off, n)) < 0)
             return rc;
     }
     return 0;

@@ -33,7 +33,12 @@
  *
  * MESSAGE IDS
  *   Allocated inside the write transaction that stores the message, from
- *   meta/next-msgid. LMDB serialises writers across processes, so several
+ *   meta/next-msgid. Their text form, the "queue id" that replies, logs and
+ *   Received headers show, is QSTORE_QID_LEN upper-case hex digits,
+ *   zero-padded (qstore_qid_format). Because the id is known only inside the
+ *   transaction, a new message may carry a patch point
+ *   (qstore_newmsg_patch_qid): the put writes the id's text over those
+ *   QSTORE_QID_LEN body bytes as it stores the body (cleanup's Received). LMDB serialises writers across processes, so several
  *   cleanup processes can share the environment and ids stay unique and
  *   monotonic. Ids are never reused (msg/body/rcpt puts use MDB_APPEND, which
  *   also refuses to overwrite anything if meta were ever rolled back).
@@ -129,6 +134,7 @@
 #define QSTORE_CHUNK_MAX (256u * 1024u)
 #define QSTORE_STR_MAX 1024u       /* text bytes per string field */
 #define QSTORE_ERR_MAX 512u        /* text bytes of last_error (truncated) */
+#define QSTORE_QID_LEN 20          /* hex digits of a queue id's text form */
 
 /* envelope flags */
 #define QSTORE_F_8BITMIME 0x01u
@@ -248,6 +254,14 @@ struct qstore_newmsg;
 int qstore_newmsg_create(struct qstore_newmsg **nmp, const struct qstore_envelope *env,
                          const struct qstore_rcpt *rcpts, size_t n, struct buf *body);
 void qstore_newmsg_free(struct qstore_newmsg *nm);
+/*
+ * qstore_newmsg_patch_qid - when NM is stored, body bytes [OFFSET, OFFSET +
+ * QSTORE_QID_LEN) are replaced by the text of its new id (qstore_qid_format).
+ * Only the stored copy changes. 0, or -EINVAL when the range is outside the body.
+ */
+int qstore_newmsg_patch_qid(struct qstore_newmsg *nm, size_t offset);
+/* qstore_qid_format - MSGID as QSTORE_QID_LEN upper-case hex digits and a NUL */
+void qstore_qid_format(char out[QSTORE_QID_LEN + 1], uint64_t msgid);
 /* qstore_newmsg_size - bytes the message will occupy (records + body) */
 size_t qstore_newmsg_size(const struct qstore_newmsg *nm);
 

@@ -430,7 +430,9 @@ static void test_seed_sender(void **state)
     assert_int_equal(cfg_scope_get(c, s, CFG_D_SENDER_MAX_CONN)->num, 80);
     assert_string_equal(cfg_str(c, cfg_scope_get(c, s, CFG_D_SENDER_BOUNCE_SENDER)->text),
                         "bounces+service@example.com");
-    assert_non_null(strstr(diags, "seed-sender.conf:10: warning: directive 'vmta' is not implemented yet"));
+    /* vmta and bounce-sender are used by cleanup; the rate and connection caps are not yet */
+    assert_null(strstr(diags, "directive 'vmta' is not implemented"));
+    assert_non_null(strstr(diags, "seed-sender.conf:11: warning: directive 'max-msg-rate' is not implemented yet"));
     cfg_free(c);
     free(text);
 }

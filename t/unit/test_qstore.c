@@ -474,6 +474,50 @@ static void test_put_read_roundtrip(void **state)
     tdir_remove(&d);
 }
 
+/* check_patched - stored body of ID: the id's text at AT, every other byte as written */
+static void check_patched(struct qstore *qs, uint64_t id, uint64_t seq, size_t len, size_t at)
+{
+    struct qstore_msg *m;
+    char qid[QSTORE_QID_LEN + 1];
+
+    qstore_qid_format(qid, id);
+    assert_int_equal(qstore_read_msg(qs, id, QSTORE_READ_BODY, &m), 0);
+    assert_true(m->body_len == len);
+    assert_memory_equal(m->body + at, qid, QSTORE_QID_LEN);
+    for (size_t i = 0; i < len; i++)
+        if ((i < at || i >= at + QSTORE_QID_LEN) && m->body[i] != body_byte(seq, i))
+            fail_msg("body byte %zu differs", i);
+    qstore_msg_free(m);
+}
+
+/* the queue-id patch: at the start, across a chunk boundary, at the very end */
+static void test_qid_patch(void **state)
+{
+    const size_t len = QSTORE_CHUNK_MAX + 100;
+    const size_t at[] = { 0, QSTORE_CHUNK_MAX - 7, len - QSTORE_QID_LEN };
+    char qid[QSTORE_QID_LEN + 1];
+    struct tdir d;
+    struct qstore *qs;
+    uint64_t id;
+
+    (void)state;
+    qstore_qid_format(qid, 0x1A2BULL);
+    assert_string_equal(qid, "00000000000000001A2B");
+    tdir_make(&d);
+    qs = open_store(d.env, 64 << 20, 0);
+    for (unsigned i = 0; i < 3; i++) {
+        struct qstore_newmsg *nm = make_msg(40 + i, 2, len);
+
+        assert_int_equal(qstore_newmsg_patch_qid(nm, len - QSTORE_QID_LEN + 1), -EINVAL);
+        assert_int_equal(qstore_newmsg_patch_qid(nm, at[i]), 0);
+        assert_int_equal(qstore_put(qs, nm, &id), 0);
+        check_patched(qs, id, 40 + i, len, at[i]);
+        qstore_newmsg_free(nm);
+    }
+    qstore_close(qs);
+    tdir_remove(&d);
+}
+
 /* ---- the group committer ------------------------------------------------------------ */
 
 struct acks {
@@ -992,6 +1036,7 @@ int main(void)
         cmocka_unit_test(test_codec_corrupt),
         cmocka_unit_test(test_corrupt_in_store),
         cmocka_unit_test(test_put_read_roundtrip),
+        cmocka_unit_test(test_qid_patch),
         cmocka_unit_test(test_group_groups),
         cmocka_unit_test(test_outcomes),
         cmocka_unit_test(test_map_full),

@@ -1,0 +1,418 @@
+#!/usr/bin/python3
+"""test_cleanup.py - the cleanup worker, driven over its internal socket.
+
+Starts pmtad (t/lib/pmtatest.py), connects to RUNDIR/private/cleanup as smtpd
+would, speaks the mailproto frames (t/lib/pmtaipc.py) and looks into the
+queue with tools/pmta-qdump. Covers: a 3-recipient message stored once with 3
+recipient records and the right queue names; Received with the queue id;
+Message-ID/Date per the source's flags; X-Virtual-MTA (selection, removal,
+pools in turn, unknown -> 550 5.7.1); the seed's <sender> block; DKIM signed
+and verified by dkimpy (domain-key and the seed's dkim-selector/dkim-key-file);
+ABORT; a malformed frame closing only its connection; a full map (452 4.3.1)
+that keeps serving; 200 concurrent messages on 4 connections grouped into
+fewer commits; a reload with a transaction in flight.
+
+Prints TAP. Needs root (pmtad drops privileges to the worker user).
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import dkim
+
+from pmtatest import Pmta, Tap, require_root, wait_for
+from pmtaipc import CleanupConn, frame, MP_TXN_RCPT, F_U32, F_STR
+
+BUILDDIR = os.environ.get("PMTA_BUILDDIR", os.getcwd())
+SRCDIR = os.environ.get("PMTA_SRCDIR", BUILDDIR)
+QDUMP = os.path.join(BUILDDIR, "tools", "pmta-qdump")
+DATA = os.path.join(SRCDIR, "t", "data")
+
+with open(os.path.join(DATA, "dkim", "test.txt"), "rb") as f:
+    TXT_RECORD = f.read().strip()
+with open(os.path.join(SRCDIR, "conf", "seed", "seed-sender.conf")) as f:
+    SEED_SENDER = f.read()
+
+PLAN = 44
+
+
+def config_extra(key):
+    return """
+<virtual-mta mta1>
+    smtp-source-host 127.0.0.11 mta1.test
+</virtual-mta>
+<virtual-mta mta2>
+    smtp-source-host 127.0.0.12 mta2.test
+</virtual-mta>
+<virtual-mta-pool pool1>
+    virtual-mta mta1
+    virtual-mta mta2
+</virtual-mta-pool>
+<source 127.0.0.1>
+    always-allow-relaying yes
+    process-x-virtual-mta yes
+    process-x-job yes
+    add-message-id-header yes
+    add-date-header yes
+</source>
+<source bare>
+    add-received-header no
+    add-message-id-header no
+    add-date-header no
+</source>
+domain-key s1,example.com,%(key)s
+<domain signed.test>
+    dkim-sign yes
+</domain>
+<domain seed.test>
+    dkim-sign yes
+    dkim-identity @brand.example
+    dkim-selector wild
+    dkim-key-file %(key)s
+</domain>
+""" % {"key": key} + SEED_SENDER
+
+
+def dnsfunc(name, timeout=5):
+    want = name.decode().rstrip(".")
+    return TXT_RECORD if want in ("s1._domainkey.example.com",
+                                  "wild._domainkey.brand.example") else None
+
+
+def qdump(p, body=False):
+    args = [QDUMP] + (["-b"] if body else []) + [p.spool]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    return [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+
+
+def find(msgs, msgid):
+    return next((m for m in msgs if m["msgid"] == msgid), None)
+
+
+def body_of(p, msgid):
+    r = subprocess.run([QDUMP, "-b", "-m", str(msgid), p.spool], capture_output=True,
+                       text=True, timeout=60)
+    lines = [json.loads(l) for l in r.stdout.splitlines() if l.strip()]
+    return lines[0]["body"] if lines else ""
+
+
+def headers(body):
+    return body.split("\r\n\r\n", 1)[0]
+
+
+class Sender:
+    """Transaction ids and one-shot sends over one connection."""
+
+    def __init__(self, path):
+        self.path = path
+        self.conn = CleanupConn(path)
+        self.next_id = 1
+
+    def send(self, sender, rcpts, content, **kw):
+        tid = self.next_id
+        self.next_id += 1
+        self.conn.message(tid, sender, rcpts, content, **kw)
+        return self.conn.result(tid)
+
+
+def simple(subject, extra=b"", sender=b"a@example.com"):
+    return (b"From: <" + sender + b">\r\nTo: <r@y.test>\r\nSubject: " + subject + b"\r\n"
+            + extra + b"\r\nHello.\r\n")
+
+
+# --- the checks ------------------------------------------------------------------
+
+def check_basic(tap, p, s):
+    r = s.send("a@example.com", ["one@y.test", "two@Y.TEST", "three@z.test"], simple(b"basic"))
+    tap.ok(r and r.code == 250 and r.enhanced == "2.0.0" and r.msgid > 0,
+           "3 recipients: 250 2.0.0 with a message id", r)
+    qid = "%020X" % r.msgid
+    tap.ok(r and r.text == "Ok: queued as " + qid, "reply names the queue id", r)
+    msgs = [m for m in qdump(p) if m["msgid"] == r.msgid]
+    tap.ok(len(msgs) == 1 and len(msgs[0]["recipients"]) == 3,
+           "stored once, with 3 recipient records", msgs)
+    queues = [x["queue"] for x in msgs[0]["recipients"]] if msgs else []
+    tap.ok(queues == ["y.test/{default}", "y.test/{default}", "z.test/{default}"],
+           "queue names are domain/vmta with lower-cased domains", queues)
+    body = body_of(p, r.msgid)
+    tap.ok(re.search(r"^Received: .*\r\n\tby mta\.test\.example \(openpmta\) with ESMTP id "
+                     + qid + ";", body, re.M | re.S) is not None,
+           "Received carries the queue id", headers(body))
+    h = headers(body)
+    tap.ok(re.search(r"^Message-ID: <[^>]+@mta\.test\.example>", h, re.M | re.I) and
+           re.search(r"^Date: ", h, re.M), "Message-ID and Date added (source flags)", h)
+    tap.ok(p.wait_log(r"cleanup\[\d+\]: info: queued %s from=<a@example.com> nrcpt=3 "
+                      r"size=\d+ vmta=\{default\} dkim=unsigned" % qid),
+           "one log line per message")
+
+
+def check_bare_source(tap, p, s):
+    r = s.send("a@example.com", ["x@y.test"], simple(b"bare"), listener_source="bare")
+    h = headers(body_of(p, r.msgid)) if r and r.code == 250 else ""
+    tap.ok(r and r.code == 250 and "Received:" not in h and "Message-ID:" not in h
+           and "\nDate:" not in h, "named source without Received/Message-ID/Date", h)
+
+
+def check_vmta(tap, p, s):
+    r = s.send("a@example.com", ["x@y.test"], simple(b"vmta", b"X-Virtual-MTA: mta2\r\n"))
+    m = find(qdump(p), r.msgid) if r else None
+    body = body_of(p, r.msgid) if r and r.code == 250 else ""
+    tap.ok(m and m["recipients"][0]["queue"] == "y.test/mta2" and m["vmta"] == "mta2",
+           "X-Virtual-MTA selects the virtual MTA", m)
+    tap.ok(body and "X-Virtual-MTA" not in body, "X-Virtual-MTA is removed")
+    got = set()
+    for i in range(2):
+        r = s.send("a@example.com", ["x@y.test"], simple(b"pool", b"X-Virtual-MTA: pool1\r\n"))
+        m = find(qdump(p), r.msgid) if r and r.code == 250 else None
+        if m:
+            got.add(m["recipients"][0]["queue"])
+    tap.ok(got == {"y.test/mta1", "y.test/mta2"}, "a pool gives its members in turn", got)
+    r = s.send("a@example.com", ["x@y.test"], simple(b"bad", b"X-Virtual-MTA: nosuch\r\n"))
+    tap.ok(r and r.code == 550 and r.enhanced == "5.7.1" and r.msgid == 0,
+           "unknown virtual MTA: 550 5.7.1", r)
+    r = s.send("transactional@service.example.com", ["x@y.test"], simple(b"sender"))
+    m = find(qdump(p), r.msgid) if r and r.code == 250 else None
+    tap.ok(m and m["recipients"][0]["queue"] == "y.test/txn-vmta"
+           and m["bounce_sender"] == "bounces+service@example.com",
+           "<sender> block selects txn-vmta and records bounce-sender", m)
+    r = s.send("transactional@service.example.com", ["x@y.test"],
+               simple(b"both", b"X-Virtual-MTA: mta1\r\n"))
+    m = find(qdump(p), r.msgid) if r and r.code == 250 else None
+    tap.ok(m and m["recipients"][0]["queue"] == "y.test/mta1",
+           "X-Virtual-MTA wins over the <sender> block", m)
+
+
+def check_job(tap, p, s):
+    r = s.send("a@example.com", ["x@y.test"], simple(b"job", b"X-Job: campaign-7\r\n"),
+               envid="ENV1")
+    m = find(qdump(p), r.msgid) if r else None
+    tap.ok(m and m["job"] == "campaign-7" and m["envid"] == "ENV1"
+           and m["client_ip"] == "127.0.0.1" and m["helo"] == "client.test",
+           "envelope records job id, envid, client ip and helo", m)
+
+
+def check_dkim(tap, p, s):
+    r = s.send("a@example.com", ["x@signed.test"], simple(b"dkim"))
+    body = body_of(p, r.msgid).encode() if r and r.code == 250 else b""
+    tap.ok(body.startswith(b"DKIM-Signature:") and b"d=example.com" in body,
+           "dkim-sign yes: DKIM-Signature on top", body[:300])
+    ok = False
+    try:
+        ok = dkim.verify(body, dnsfunc=dnsfunc)
+    except Exception as e:
+        tap.diag(repr(e))
+    tap.ok(ok, "dkimpy verifies the domain-key signature")
+    tap.ok(p.wait_log(r"queued %020X .* dkim=signed" % (r.msgid if r else 0)),
+           "log says dkim=signed")
+    r = s.send("someone@other.example", ["x@seed.test"], simple(b"seed", sender=b"someone@other.example"))
+    body = body_of(p, r.msgid).encode() if r and r.code == 250 else b""
+    ok = False
+    try:
+        ok = dkim.verify(body, dnsfunc=dnsfunc)
+    except Exception as e:
+        tap.diag(repr(e))
+    tap.ok(ok and b"d=brand.example" in body and b"s=wild" in body,
+           "seed dkim-selector/dkim-key-file/dkim-identity sign and verify", body[:300])
+    r = s.send("a@example.com", ["x@y.test"], simple(b"nodkim"))
+    body = body_of(p, r.msgid) if r and r.code == 250 else "x"
+    tap.ok("DKIM-Signature" not in body, "no dkim-sign: unsigned")
+
+
+def check_abort(tap, p, path):
+    before = len(qdump(p))
+    c = CleanupConn(path)
+    c.begin(1, sender="a@example.com")
+    c.rcpt(1, "x@y.test")
+    c.data(1, simple(b"aborted"))
+    c.abort(1)
+    c.message(2, "a@example.com", ["x@y.test"], simple(b"after abort"))
+    r = c.result(2)
+    tap.ok(r and r.code == 250 and 1 not in c.results, "ABORT: no answer, later txn fine", r)
+    tap.ok(len(qdump(p)) == before + 1, "ABORT stores nothing")
+    c.begin(3, sender="a@example.com")
+    c.rcpt(3, "x@y.test")
+    c.data(3, simple(b"dropped with the connection"))
+    c.close()
+    time.sleep(0.3)
+    tap.ok(len(qdump(p)) == before + 1, "a closed connection's open transaction is not stored")
+
+
+def check_malformed(tap, p, path):
+    before = len(qdump(p))
+    good, bad = CleanupConn(path), CleanupConn(path)
+    good.begin(7, sender="a@example.com")
+    good.rcpt(7, "x@y.test")
+    bad.begin(7, sender="a@example.com")
+    bad.rcpt(7, "x@y.test")
+    bad.data(7, simple(b"never stored"))
+    # RCPT with its fields in the wrong kinds
+    bad.send(frame(MP_TXN_RCPT, 7, [(F_U32, 5), (F_STR, "x")]))
+    tap.ok(bad.wait_closed(), "a malformed frame closes its connection")
+    content = simple(b"parallel")
+    good.data(7, content)
+    good.end(7, len(content))
+    r = good.result(7)
+    tap.ok(r and r.code == 250, "a parallel transaction on another connection gets 250", r)
+    tap.ok(len(qdump(p)) == before + 1, "nothing of the malformed connection is stored")
+    tap.ok(p.wait_log(r"cleanup\[\d+\]: warning: connection \d+: malformed frame"),
+           "the malformed frame is logged")
+    good.close()
+    bad.close()
+
+
+def check_size_limit(tap, p, s):
+    r = s.send("a@example.com", ["x@y.test"], simple(b"big", b"X-Pad: " + b"p" * 200 + b"\r\n"),
+               listener_source="small")
+    tap.ok(r and r.code == 552 and r.enhanced == "5.3.4",
+           "past the source's max-message-size: 552 5.3.4", r)
+    r = s.send("a@example.com", ["x@y.test"], simple(b"fits"), listener_source="small")
+    tap.ok(r and r.code == 250, "the same connection goes on", r)
+
+
+def check_load(tap, p, path):
+    """200 messages, 4 connections, concurrently."""
+    accepted = len(qdump(p))          # nothing is delivered yet: stored = accepted
+    mark = wait_for(lambda: stats_line(p, accepted), timeout=5)
+    results = []
+    lock = threading.Lock()
+
+    def worker(n):
+        c = CleanupConn(path)
+        for i in range(50):
+            c.message(i + 1, "load%d@example.com" % n, ["r%d@load%d.test" % (i, i % 5)],
+                      simple(b"load %d %d" % (n, i)))
+        rs = [c.result(i + 1, timeout=60) for i in range(50)]
+        c.close()
+        with lock:
+            results.extend(rs)
+
+    before = len(qdump(p))
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - t0
+    ok = [r for r in results if r and r.code == 250]
+    tap.ok(len(ok) == 200 and len({r.msgid for r in ok}) == 200,
+           "200 concurrent messages on 4 connections: all 250, distinct ids",
+           "%d ok" % len(ok))
+    tap.ok(len(qdump(p)) == before + 200, "qdump counts 200 more messages")
+    after = wait_for(lambda: stats_line(p, accepted + 200), timeout=5)
+    if mark and after:
+        dm, dc = after[0] - mark[0], after[1] - mark[1]
+        tap.diag("200 messages in %.2fs: %d commits (%.1f messages per commit)"
+                 % (elapsed, dc, dm / max(dc, 1)))
+        tap.ok(dm == 200 and dc < dm, "fewer commits than messages (grouped)", (dm, dc))
+    else:
+        tap.ok(False, "fewer commits than messages (grouped)", (mark, after))
+
+
+def stats_line(p, messages):
+    """(messages, commits) of the last stats line when it counts MESSAGES."""
+    hits = re.findall(r"cleanup\[\d+\]: info: stats: messages=(\d+) commits=(\d+)", p.log())
+    if hits and int(hits[-1][0]) == messages:
+        return int(hits[-1][0]), int(hits[-1][1])
+    return None
+
+
+def check_reload(tap, p, path, key):
+    c = CleanupConn(path)
+    c.begin(1, sender="a@example.com")
+    c.rcpt(1, "x@y.test")
+    p.write_config(config_extra(key) + SMALL_SOURCE
+                   + "<virtual-mta mta3>\n  smtp-source-host 127.0.0.13 mta3.test\n</virtual-mta>\n")
+    mark = p.log_mark()
+    p.send_signal(signal.SIGHUP)
+    tap.ok(p.wait_log(r"cleanup\[\d+\]: info: using configuration generation 2", since=mark),
+           "cleanup takes the reloaded configuration")
+    content = simple(b"inflight", b"X-Virtual-MTA: mta3\r\n")
+    c.data(1, content)
+    c.end(1, len(content))
+    r = c.result(1)
+    tap.ok(r and r.code == 550, "a transaction begun before the reload finishes on the old one", r)
+    c.message(2, "a@example.com", ["x@y.test"], content)
+    r = c.result(2)
+    m = find(qdump(p), r.msgid) if r and r.code == 250 else None
+    tap.ok(m and m["recipients"][0]["queue"] == "y.test/mta3",
+           "a new transaction uses the new configuration", r)
+    c.close()
+
+
+SMALL_SOURCE = """
+<source small>
+    max-message-size 200
+</source>
+"""
+
+
+def stopped_cleanly(p):
+    """cleanup logged "stopped", closed every handle, and no sanitizer spoke."""
+    text = p.log() + p.output()
+    return (re.search(r"cleanup\[\d+\]: info: stopped", text)
+            and not re.search(r"cleanup\[\d+\]: warning: (event loop closed with handles open"
+                              r"|handles still open)", text)
+            and not re.search(r"AddressSanitizer|runtime error|LeakSanitizer", text))
+
+
+def check_map_full(tap):
+    with Pmta(name="pmtacleanupfull") as p:
+        p.write_config("queue-map-size 1m\n<source 127.0.0.1>\n always-allow-relaying yes\n"
+                       "</source>\n")
+        p.start()
+        tap.ok(p.wait_log(r"cleanup\[\d+\]: info: queue .* open"), "small map: cleanup up")
+        s = Sender(os.path.join(p.run_dir, "private", "cleanup"))
+        big = simple(b"big", b"X-Big: " + b"b" * 60 + b"\r\n") + (b"z" * 998 + b"\r\n") * 3000
+        r = s.send("a@example.com", ["x@y.test"], big)
+        tap.ok(r and r.code == 452 and r.enhanced == "4.3.1" and r.text ==
+               "Insufficient system storage", "a message larger than the map: 452 4.3.1", r)
+        r = s.send("a@example.com", ["x@y.test"], simple(b"small"))
+        tap.ok(r and r.code == 250, "a later small message still gets 250", r)
+        tap.ok(len(qdump(p)) == 1, "only the small one is stored")
+        s.conn.close()
+        tap.ok(p.stop() == 0, "pmtad stops cleanly")
+        tap.ok(stopped_cleanly(p), "cleanup stopped cleanly (no sanitizer reports)",
+               p.output()[-2000:])
+
+
+def main():
+    tap = Tap(PLAN)
+    require_root(tap, PLAN)
+    with Pmta(name="pmtacleanup") as p:
+        key = os.path.join(p.dir, "dkim.key")
+        shutil.copy(os.path.join(DATA, "dkim", "test.key"), key)
+        os.chmod(key, 0o644)
+        p.write_config(config_extra(key) + SMALL_SOURCE)
+        p.start()
+        path = os.path.join(p.run_dir, "private", "cleanup")
+        tap.ok(wait_for(lambda: os.path.exists(path)) and
+               p.wait_log(r"cleanup\[\d+\]: info: queue .* open"), "cleanup runs, queue open")
+        s = Sender(path)
+        check_basic(tap, p, s)
+        check_bare_source(tap, p, s)
+        check_vmta(tap, p, s)
+        check_job(tap, p, s)
+        check_dkim(tap, p, s)
+        check_size_limit(tap, p, s)
+        check_abort(tap, p, path)
+        check_malformed(tap, p, path)
+        check_load(tap, p, path)
+        check_reload(tap, p, path, key)
+        s.conn.close()
+        tap.ok(p.stop() == 0, "pmtad stops")
+        tap.ok(stopped_cleanly(p), "cleanup stopped cleanly (no sanitizer reports)",
+               p.output()[-2000:])
+    check_map_full(tap)
+    sys.exit(tap.done())
+
+
+if __name__ == "__main__":
+    main()
