@@ -1,0 +1,156 @@
+/*
+ * qmgr_acct.h - PowerMTA-compatible accounting files (<acct-file>)
+ *
+ * One writer per <acct-file PATH> block. Each record is one CSV line (RFC
+ * 4180, UTF-8, CRLF). A file starts with a header line: "type" and then the
+ * union of the columns of every record type the file takes, in the column
+ * order below; a record leaves the columns its type does not have empty.
+ *
+ * Column order (stable; header_X columns after the standard ones, in the
+ * order record-fields names them; userString last):
+ *   type timeLogged timeQueued orig rcpt orcpt dsnAction dsnStatus dsnDiag
+ *   dsnMta bounceCat srcType srcMta dlvType dlvSourceIp dlvDestinationIp
+ *   dlvEsmtpAvailable dlvSize vmta jobId envId queue vmtaPool
+ *   totalSecondsQueued dlvTlsProtocol dlvTlsCipher rcvSourceIp
+ *   rcvDestinationIp rcvSmtpUser header_X... userString
+ * The first 22 are the order of PowerMTA's sample d record.
+ *
+ * Fields of each type ("*" in record-fields):
+ *   d, b, t  timeLogged timeQueued orig rcpt orcpt dsnAction dsnStatus dsnDiag
+ *            dsnMta bounceCat srcType srcMta dlvType dlvSourceIp
+ *            dlvDestinationIp dlvEsmtpAvailable dlvSize vmta jobId envId queue
+ *            vmtaPool totalSecondsQueued dlvTlsProtocol dlvTlsCipher
+ *            rcvSmtpUser userString
+ *   tq       timeLogged dsnStatus dsnDiag dsnMta dlvType dlvSourceIp
+ *            dlvDestinationIp vmta queue userString
+ *   r        timeLogged orig rcpt orcpt srcType srcMta rcvSourceIp
+ *            rcvDestinationIp vmta jobId envId vmtaPool rcvSmtpUser userString
+ * `records` picks the types (default d,b; long names delivery, bounce,
+ * transient, transient-queue, receipt accepted). `record-fields TYPE LIST`
+ * (LIST: "*", names, "!name" removes, "header_X" adds header X of the
+ * message; d,b,t,r only) chooses the fields of TYPE; one that only removes
+ * starts from "*". Unknown names are warned about and ignored.
+ *
+ * Values: timestamps "YYYY-MM-DD HH:MM:SS+0000" (UTC) with iso-times yes
+ * (default), else Unix seconds. totalSecondsQueued = timeLogged - timeQueued.
+ *
+ * Rotation (needs move-to; PowerMTA does not move files without it): when
+ * the file passes max-size, or at each move-interval boundary aligned to UTC
+ * wall-clock time (1d: midnight, 1h: the full hour), the file is renamed to
+ * MOVE-TO/NAME-YYYY-MM-DD-HHMM.EXT (rotation time, UTC; "-N" is appended on
+ * a name clash) and a new file with a header line is started. Rotated files
+ * in move-to older than delete-after (by mtime) are removed after each
+ * rotation and at open. At open, an existing file from an earlier interval,
+ * or whose header line differs from the current columns, is rotated first
+ * (into its own directory when move-to is unset, so columns never mix).
+ * qmgr_acct_rotate() rotates now (into the own directory without move-to).
+ *
+ * Buffering: records are buffered in memory and written when 64 KB are
+ * pending, at the first write or tick one second after the last flush, by
+ * qmgr_acct_flush() and on close. qmgr must call qmgr_acct_tick() about
+ * once a second (a libuv timer) so data never waits longer than that and
+ * interval rotation happens on time. With `sync yes` each flush is fsync'd.
+ *
+ * Not done: `|command` pipes (skipped with a warning), queue-filter,
+ * map-header-to-field, privacy-policy, count-moved-records.
+ *
+ * SECURITY: dsnDiag, dsnMta, addresses, header values and ids are peer
+ * controlled. Every value has CR, LF, NUL and other control bytes replaced by
+ * spaces (one record is always one line, for the line-oriented tools people
+ * run on these files), invalid UTF-8 replaced by '?', is bounded to
+ * QMGR_ACCT_VALUE_MAX bytes, and is quoted per RFC 4180 when it holds a comma
+ * or a double quote (quotes doubled). No value can add a column or a record.
+ */
+#ifndef PMTA_QMGR_ACCT_H
+#define PMTA_QMGR_ACCT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+struct cfg;
+struct qmgr_acct;
+
+enum qmgr_acct_type {
+    QMGR_ACCT_D,      /* delivered */
+    QMGR_ACCT_B,      /* bounced (including expiry) */
+    QMGR_ACCT_T,      /* transient failure of one recipient */
+    QMGR_ACCT_TQ,     /* transient queue-level failure */
+    QMGR_ACCT_R,      /* received (one per accepted recipient) */
+    QMGR_ACCT_NTYPES
+};
+
+#define QMGR_ACCT_VALUE_MAX 2048   /* bytes of one value written (longer ones are cut) */
+
+/*
+ * One record. Strings may be NULL (written empty). Times are Unix seconds;
+ * time_logged 0 means "now", time_queued 0 leaves timeQueued and
+ * totalSecondsQueued empty. HEADERS is the message's raw header section
+ * (CRLF or LF, folded lines allowed) for header_X fields; NULL: none.
+ */
+struct qmgr_acct_record {
+    enum qmgr_acct_type type;
+    time_t time_logged;
+    time_t time_queued;
+    const char *orig;                 /* MAIL FROM */
+    const char *rcpt;
+    const char *orcpt;
+    const char *dsn_action;           /* relayed / delivered / failed / delayed */
+    const char *dsn_status;           /* "2.0.0 (success)" */
+    const char *dsn_diag;             /* "smtp;250 DATA ok" */
+    const char *dsn_mta;              /* "mx.host (1.2.3.4)" */
+    const char *bounce_cat;
+    const char *src_type;             /* smtp | api */
+    const char *src_mta;              /* "helo (ip)" */
+    const char *rcv_source_ip;
+    const char *rcv_destination_ip;
+    const char *dlv_type;             /* smtp */
+    const char *dlv_source_ip;
+    const char *dlv_destination_ip;
+    const char *dlv_esmtp_available;  /* "ENHANCEDSTATUSCODES,8BITMIME,..." */
+    int64_t dlv_size;                 /* < 0: empty */
+    const char *vmta;
+    const char *job_id;
+    const char *env_id;
+    const char *queue;                /* "domain/vmta" */
+    const char *vmta_pool;
+    const char *dlv_tls_protocol;
+    const char *dlv_tls_cipher;
+    const char *rcv_smtp_user;
+    const char *headers;
+    size_t headers_len;
+};
+
+/* Options for tests and tools; NULL means the defaults. */
+struct qmgr_acct_opts {
+    time_t (*clock)(void *ctx);       /* NULL: time() */
+    void *clock_ctx;
+};
+
+/*
+ * qmgr_acct_open - open a writer for every <acct-file> of C (none is fine:
+ * writes then go nowhere). Returns 0 and *OUT, or -errno when a file or its
+ * move-to directory cannot be used (message logged). The caller keeps C
+ * alive while the writer lives (column names are read from it only at open).
+ */
+int qmgr_acct_open(struct qmgr_acct **out, const struct cfg *c, const struct qmgr_acct_opts *opts);
+/* qmgr_acct_close - flush, close and free (NULL is fine) */
+void qmgr_acct_close(struct qmgr_acct *acct);
+
+/* qmgr_acct_write - append R to every file that takes its type; 0 or the first -errno */
+int qmgr_acct_write(struct qmgr_acct *acct, const struct qmgr_acct_record *r);
+/* qmgr_acct_flush - write every buffered record now (fsync with `sync yes`); 0 or -errno */
+int qmgr_acct_flush(struct qmgr_acct *acct);
+/* qmgr_acct_tick - call about once a second: flushes and does interval rotation when due */
+int qmgr_acct_tick(struct qmgr_acct *acct);
+/* qmgr_acct_rotate - rotate every file now (`pmtactl rotate acct`); 0 or -errno */
+int qmgr_acct_rotate(struct qmgr_acct *acct);
+
+/* qmgr_acct_nfiles - how many files are open (pipes are not counted) */
+size_t qmgr_acct_nfiles(const struct qmgr_acct *acct);
+/* qmgr_acct_path - path of file I (for logs and tests) */
+const char *qmgr_acct_path(const struct qmgr_acct *acct, size_t i);
+/* qmgr_acct_type_name - "d", "b", "t", "tq", "r" */
+const char *qmgr_acct_type_name(enum qmgr_acct_type type);
+
+#endif
