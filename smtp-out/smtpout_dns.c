@@ -1,0 +1,867 @@
+/*
+ * smtpout_dns.c - asynchronous DNS for smtp-out (c-ares driven by libuv)
+ *
+ * What it does: MX and A/AAAA lookups through one c-ares channel whose
+ * sockets are watched by uv_poll_t handles and whose retransmission timeouts
+ * run on one uv_timer_t; classification of outcomes into permanent and
+ * temporary; a small TTL cache. See smtpout_dns.h for the contract.
+ *
+ * What it owns: the c-ares channel, one uv_poll_t per c-ares socket, the
+ * timer, the cache, and one heap request per lookup in flight. The resolver
+ * memory is freed when its last handle has closed (libuv rule: free only in
+ * the close callback).
+ *
+ * SECURITY: answers come from the network. c-ares parses records; the TTL
+ * walker below reads the answer section itself and checks every length
+ * before reading. Names longer than SMTPOUT_DNS_NAME_MAX are dropped, MX and
+ * address counts are capped, so a hostile server cannot make us hold more
+ * than a fixed amount per lookup.
+ */
+#include "config.h"
+
+#include <arpa/inet.h>
+#include <arpa/nameser.h>
+#include <ctype.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <ares.h>
+
+#include "msg.h"
+#include "xalloc.h"
+#include "smtpout_dns.h"
+
+/* One raw answer: MX records or addresses, already classified. */
+struct dns_answer {
+    enum smtpout_dns_status status;
+    char why[160];
+    unsigned ttl;               /* seconds the answer may be cached; 0 = don't */
+    size_t n;
+    union {
+        struct { unsigned pref; char name[SMTPOUT_DNS_NAME_MAX + 1]; } mx[SMTPOUT_DNS_MAX_MX];
+        struct sockaddr_storage addr[SMTPOUT_DNS_MAX_ADDRS];
+    } u;
+};
+
+typedef void (*dns_raw_cb)(void *arg, const struct dns_answer *ans);
+
+struct dns_cache_entry {
+    struct dns_cache_entry *next;
+    int type;
+    uint64_t expires_ms;
+    char name[SMTPOUT_DNS_NAME_MAX + 1];
+    struct dns_answer answer;
+};
+
+struct dns_poll {
+    struct dns_poll *next;
+    struct smtpout_dns *dns;
+    ares_socket_t fd;
+    uv_poll_t handle;
+};
+
+struct smtpout_dns {
+    uv_loop_t *loop;
+    ares_channel channel;
+    uv_timer_t timer;
+    struct dns_poll *polls;
+    unsigned open_handles;      /* timer + polls not yet closed */
+    int destroying;
+    uint64_t rng;
+    unsigned cache_max_ttl;
+    unsigned cache_negative_ttl;
+    size_t cache_max_entries;
+    size_t cache_count;
+    struct dns_cache_entry *cache;
+};
+
+/* One ares_query in flight. */
+struct dns_raw_req {
+    struct smtpout_dns *dns;
+    int type;
+    char name[SMTPOUT_DNS_NAME_MAX + 1];
+    dns_raw_cb cb;
+    void *arg;
+};
+
+static void dns_update_timer(struct smtpout_dns *dns);
+
+/* --- classification --------------------------------------------------------------- */
+
+int
+smtpout_dns_permanent(enum smtpout_dns_status status)
+{
+    switch (status) {
+    case SMTPOUT_DNS_NODATA:
+    case SMTPOUT_DNS_NXDOMAIN:
+    case SMTPOUT_DNS_NULLMX:
+    case SMTPOUT_DNS_NOMX:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+const char *
+smtpout_dns_status_name(enum smtpout_dns_status status)
+{
+    switch (status) {
+    case SMTPOUT_DNS_OK: return "ok";
+    case SMTPOUT_DNS_NODATA: return "nodata";
+    case SMTPOUT_DNS_NXDOMAIN: return "nxdomain";
+    case SMTPOUT_DNS_NULLMX: return "nullmx";
+    case SMTPOUT_DNS_NOMX: return "nomx";
+    case SMTPOUT_DNS_TEMPFAIL: return "tempfail";
+    case SMTPOUT_DNS_CANCELLED: return "cancelled";
+    }
+    return "?";
+}
+
+/* dns_status_from_ares - map a c-ares result to our two-way split */
+static enum smtpout_dns_status
+dns_status_from_ares(int status)
+{
+    switch (status) {
+    case ARES_SUCCESS: return SMTPOUT_DNS_OK;
+    case ARES_ENODATA: return SMTPOUT_DNS_NODATA;
+    case ARES_ENOTFOUND: return SMTPOUT_DNS_NXDOMAIN;
+    case ARES_EDESTRUCTION:
+    case ARES_ECANCELLED: return SMTPOUT_DNS_CANCELLED;
+    default: return SMTPOUT_DNS_TEMPFAIL;   /* SERVFAIL, REFUSED, timeout, ... */
+    }
+}
+
+static const char *
+dns_type_name(int type)
+{
+    return type == ns_t_mx ? "MX" : type == ns_t_a ? "A" : type == ns_t_aaaa ? "AAAA" : "?";
+}
+
+static void
+dns_answer_fail(struct dns_answer *ans, enum smtpout_dns_status status,
+                const char *name, int type, const char *detail)
+{
+    ans->status = status;
+    ans->n = 0;
+    /* Truncation is acceptable: the text is for humans. */
+    if (snprintf(ans->why, sizeof ans->why, "DNS %s lookup for %s: %s",
+                 dns_type_name(type), name, detail) >= (int) sizeof ans->why)
+        ans->why[sizeof ans->why - 1] = 0;
+}
+
+/* --- libuv glue: sockets and the retransmission timer ----------------------------- */
+
+static void
+dns_handle_closed(uv_handle_t *handle)
+{
+    struct smtpout_dns *dns;
+
+    if (handle->type == UV_POLL) {
+        struct dns_poll *p = handle->data;
+        dns = p->dns;
+        free(p);
+    } else {
+        dns = handle->data;
+    }
+    if (--dns->open_handles == 0 && dns->destroying)
+        free(dns);
+}
+
+static void
+dns_poll_cb(uv_poll_t *handle, int status, int events)
+{
+    struct dns_poll *p = handle->data;
+    struct smtpout_dns *dns = p->dns;
+    ares_socket_t rfd = ARES_SOCKET_BAD, wfd = ARES_SOCKET_BAD;
+
+    /* On a poll error let c-ares read: it will see the error and retry. */
+    if (status < 0 || (events & UV_READABLE))
+        rfd = p->fd;
+    if (events & UV_WRITABLE)
+        wfd = p->fd;
+    ares_process_fd(dns->channel, rfd, wfd);
+    dns_update_timer(dns);
+}
+
+static struct dns_poll **
+dns_poll_find(struct smtpout_dns *dns, ares_socket_t fd)
+{
+    struct dns_poll **pp;
+
+    for (pp = &dns->polls; *pp; pp = &(*pp)->next)
+        if ((*pp)->fd == fd)
+            return pp;
+    return pp;
+}
+
+/* dns_sock_state - c-ares tells us which sockets to watch, and how */
+static void
+dns_sock_state(void *data, ares_socket_t fd, int readable, int writable)
+{
+    struct smtpout_dns *dns = data;
+    struct dns_poll **pp = dns_poll_find(dns, fd);
+    struct dns_poll *p = *pp;
+    int events = (readable ? UV_READABLE : 0) | (writable ? UV_WRITABLE : 0);
+
+    if (events == 0) {
+        if (p) {
+            *pp = p->next;
+            uv_poll_stop(&p->handle);
+            uv_close((uv_handle_t *) &p->handle, dns_handle_closed);
+        }
+        return;
+    }
+    if (p == NULL) {
+        p = xcalloc(1, sizeof *p);
+        p->dns = dns;
+        p->fd = fd;
+        if (uv_poll_init_socket(dns->loop, &p->handle, fd) != 0) {
+            msg_warn("smtpout_dns: cannot watch resolver socket %d", fd);
+            free(p);
+            return;
+        }
+        p->handle.data = p;
+        p->next = dns->polls;
+        dns->polls = p;
+        dns->open_handles++;
+    }
+    uv_poll_start(&p->handle, events, dns_poll_cb);
+}
+
+static void
+dns_timer_cb(uv_timer_t *timer)
+{
+    struct smtpout_dns *dns = timer->data;
+
+    ares_process_fd(dns->channel, ARES_SOCKET_BAD, ARES_SOCKET_BAD);
+    dns_update_timer(dns);
+}
+
+/* dns_update_timer - arm the timer for c-ares' next retransmission, if any */
+static void
+dns_update_timer(struct smtpout_dns *dns)
+{
+    struct timeval tv, *next;
+    uint64_t ms;
+
+    if (dns->destroying)
+        return;
+    next = ares_timeout(dns->channel, NULL, &tv);
+    if (next == NULL) {
+        uv_timer_stop(&dns->timer);
+        return;
+    }
+    /* +1 ms so that we never spin on a timeout that rounds down to zero. */
+    ms = (uint64_t) next->tv_sec * 1000 + (uint64_t) next->tv_usec / 1000 + 1;
+    uv_timer_start(&dns->timer, dns_timer_cb, ms, 0);
+}
+
+/* --- cache ------------------------------------------------------------------------ */
+
+static void
+dns_lowercase(char *dst, const char *src, size_t size)
+{
+    size_t i;
+
+    for (i = 0; i + 1 < size && src[i]; i++)
+        dst[i] = (char) tolower((unsigned char) src[i]);
+    dst[i] = 0;
+}
+
+static const struct dns_answer *
+dns_cache_get(struct smtpout_dns *dns, const char *name, int type)
+{
+    struct dns_cache_entry **pp = &dns->cache, *e;
+    uint64_t now = uv_now(dns->loop);
+
+    while ((e = *pp) != NULL) {
+        if (e->expires_ms <= now) {
+            *pp = e->next;
+            free(e);
+            dns->cache_count--;
+            continue;
+        }
+        if (e->type == type && strcmp(e->name, name) == 0)
+            return &e->answer;
+        pp = &e->next;
+    }
+    return NULL;
+}
+
+/* dns_cache_evict_one - drop the entry that expires first */
+static void
+dns_cache_evict_one(struct smtpout_dns *dns)
+{
+    struct dns_cache_entry **pp, **victim = NULL, *e;
+
+    for (pp = &dns->cache; *pp; pp = &(*pp)->next)
+        if (victim == NULL || (*pp)->expires_ms < (*victim)->expires_ms)
+            victim = pp;
+    if (victim) {
+        e = *victim;
+        *victim = e->next;
+        free(e);
+        dns->cache_count--;
+    }
+}
+
+static void
+dns_cache_put(struct smtpout_dns *dns, const char *name, int type,
+              const struct dns_answer *ans)
+{
+    struct dns_cache_entry *e;
+    unsigned ttl;
+
+    if (dns->cache_max_ttl == 0 || !(ans->status == SMTPOUT_DNS_OK
+                                     || smtpout_dns_permanent(ans->status)))
+        return;
+    ttl = ans->status == SMTPOUT_DNS_OK ? ans->ttl : dns->cache_negative_ttl;
+    if (ttl > dns->cache_max_ttl)
+        ttl = dns->cache_max_ttl;
+    if (ttl == 0)
+        return;
+    if (dns->cache_count >= dns->cache_max_entries)
+        dns_cache_evict_one(dns);
+    e = xcalloc(1, sizeof *e);
+    e->type = type;
+    e->expires_ms = uv_now(dns->loop) + (uint64_t) ttl * 1000;
+    snprintf(e->name, sizeof e->name, "%s", name);
+    e->answer = *ans;
+    e->next = dns->cache;
+    dns->cache = e;
+    dns->cache_count++;
+}
+
+/* --- answer parsing --------------------------------------------------------------- */
+
+static unsigned
+dns_get16(const unsigned char *p)
+{
+    return (unsigned) p[0] << 8 | p[1];
+}
+
+/* dns_skip_name - advance *P past one (possibly compressed) name; 0 or -1 */
+static int
+dns_skip_name(const unsigned char **p, const unsigned char *abuf, int alen)
+{
+    char *name;
+    long enclen;
+
+    if (ares_expand_name(*p, abuf, alen, &name, &enclen) != ARES_SUCCESS)
+        return -1;
+    ares_free_string(name);
+    *p += enclen;
+    return 0;
+}
+
+/*
+ * dns_answer_min_ttl - the smallest TTL in the answer section, capped at CAP;
+ * 0 when the message does not parse (then nothing is cached).
+ */
+static unsigned
+dns_answer_min_ttl(const unsigned char *abuf, int alen, unsigned cap)
+{
+    const unsigned char *p = abuf + 12, *end = abuf + alen;
+    unsigned qd, an, i, min = cap;
+
+    if (alen < 12)
+        return 0;
+    qd = dns_get16(abuf + 4);
+    an = dns_get16(abuf + 6);
+    for (i = 0; i < qd; i++) {
+        if (dns_skip_name(&p, abuf, alen) < 0 || end - p < 4)
+            return 0;
+        p += 4;
+    }
+    for (i = 0; i < an; i++) {
+        unsigned long ttl;
+        unsigned rdlen;
+
+        if (dns_skip_name(&p, abuf, alen) < 0 || end - p < 10)
+            return 0;
+        ttl = (unsigned long) p[4] << 24 | (unsigned long) p[5] << 16
+            | (unsigned long) p[6] << 8 | p[7];
+        rdlen = dns_get16(p + 8);
+        p += 10;
+        if ((size_t) (end - p) < rdlen)
+            return 0;
+        p += rdlen;
+        if (ttl < min)
+            min = (unsigned) ttl;
+    }
+    return min;
+}
+
+/* dns_parse_mx - MX records into ANS; a lone "MX 0 ." is a null MX */
+static void
+dns_parse_mx(struct dns_answer *ans, const char *name,
+             const unsigned char *abuf, int alen)
+{
+    struct ares_mx_reply *mx = NULL, *r;
+    int status = ares_parse_mx_reply(abuf, alen, &mx);
+    size_t nullmx = 0;
+
+    if (status != ARES_SUCCESS) {
+        dns_answer_fail(ans, dns_status_from_ares(status), name, ns_t_mx,
+                        status == ARES_ENODATA ? "no MX records" : ares_strerror(status));
+        if (mx)
+            ares_free_data(mx);
+        return;
+    }
+    ans->status = SMTPOUT_DNS_OK;
+    for (r = mx; r; r = r->next) {
+        size_t len = strlen(r->host);
+
+        if (len == 0 || strcmp(r->host, ".") == 0) {
+            nullmx++;       /* RFC 7505: "." as exchange */
+            continue;
+        }
+        if (len > SMTPOUT_DNS_NAME_MAX || ans->n >= SMTPOUT_DNS_MAX_MX)
+            continue;
+        ans->u.mx[ans->n].pref = r->priority;
+        memcpy(ans->u.mx[ans->n].name, r->host, len + 1);
+        ans->n++;
+    }
+    ares_free_data(mx);
+    /* A null MX must stand alone (RFC 7505 section 3); if other MX records
+     * came with it, the domain is misconfigured and we use the real ones. */
+    if (ans->n == 0 && nullmx > 0)
+        dns_answer_fail(ans, SMTPOUT_DNS_NULLMX, name, ns_t_mx,
+                        "null MX: domain does not accept mail");
+    else if (ans->n == 0)
+        dns_answer_fail(ans, SMTPOUT_DNS_NODATA, name, ns_t_mx, "no MX records");
+    ans->ttl = dns_answer_min_ttl(abuf, alen, UINT32_MAX);
+}
+
+static void
+dns_parse_a(struct dns_answer *ans, const char *name, int type,
+            const unsigned char *abuf, int alen)
+{
+    struct ares_addrttl v4[SMTPOUT_DNS_MAX_ADDRS];
+    struct ares_addr6ttl v6[SMTPOUT_DNS_MAX_ADDRS];
+    int n = SMTPOUT_DNS_MAX_ADDRS, status, i;
+    unsigned ttl = UINT32_MAX;
+
+    if (type == ns_t_a)
+        status = ares_parse_a_reply(abuf, alen, NULL, v4, &n);
+    else
+        status = ares_parse_aaaa_reply(abuf, alen, NULL, v6, &n);
+    if (status != ARES_SUCCESS || n <= 0) {
+        dns_answer_fail(ans, status == ARES_SUCCESS ? SMTPOUT_DNS_NODATA
+                        : dns_status_from_ares(status), name, type,
+                        status == ARES_SUCCESS || status == ARES_ENODATA
+                        ? "no address records" : ares_strerror(status));
+        return;
+    }
+    ans->status = SMTPOUT_DNS_OK;
+    for (i = 0; i < n && ans->n < SMTPOUT_DNS_MAX_ADDRS; i++) {
+        struct sockaddr_storage *ss = &ans->u.addr[ans->n++];
+
+        memset(ss, 0, sizeof *ss);
+        if (type == ns_t_a) {
+            struct sockaddr_in *sin = (struct sockaddr_in *) ss;
+            sin->sin_family = AF_INET;
+            sin->sin_addr = v4[i].ipaddr;
+            if ((unsigned) v4[i].ttl < ttl)
+                ttl = (unsigned) v4[i].ttl;
+        } else {
+            struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *) ss;
+            sin6->sin6_family = AF_INET6;
+            memcpy(&sin6->sin6_addr, &v6[i].ip6addr, sizeof sin6->sin6_addr);
+            if ((unsigned) v6[i].ttl < ttl)
+                ttl = (unsigned) v6[i].ttl;
+        }
+    }
+    ans->ttl = ttl;
+}
+
+/* --- raw queries ------------------------------------------------------------------ */
+
+static void
+dns_raw_done(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
+{
+    struct dns_raw_req *req = arg;
+    struct dns_answer *ans = xcalloc(1, sizeof *ans);
+
+    (void) timeouts;
+    if (status != ARES_SUCCESS || abuf == NULL) {
+        dns_answer_fail(ans, dns_status_from_ares(status), req->name, req->type,
+                        status == ARES_ENOTFOUND ? "domain not found (NXDOMAIN)"
+                        : ares_strerror(status));
+    } else if (req->type == ns_t_mx) {
+        dns_parse_mx(ans, req->name, abuf, alen);
+    } else {
+        dns_parse_a(ans, req->name, req->type, abuf, alen);
+    }
+    if (!req->dns->destroying)
+        dns_cache_put(req->dns, req->name, req->type, ans);
+    req->cb(req->arg, ans);
+    free(ans);
+    free(req);
+}
+
+/* dns_raw_query - one query of TYPE for NAME, from the cache if possible */
+static void
+dns_raw_query(struct smtpout_dns *dns, const char *name, int type,
+              dns_raw_cb cb, void *arg)
+{
+    struct dns_raw_req *req;
+    const struct dns_answer *cached;
+    char key[SMTPOUT_DNS_NAME_MAX + 1];
+    size_t len = strlen(name);
+
+    if (len > 0 && name[len - 1] == '.')
+        len--;      /* "example.com." and "example.com" are one name */
+    if (dns->destroying || len == 0 || len > SMTPOUT_DNS_NAME_MAX) {
+        struct dns_answer *ans = xcalloc(1, sizeof *ans);
+        dns_answer_fail(ans, dns->destroying ? SMTPOUT_DNS_CANCELLED : SMTPOUT_DNS_NXDOMAIN,
+                        "(invalid name)", type, dns->destroying ? "resolver shut down"
+                        : "invalid domain name");
+        cb(arg, ans);
+        free(ans);
+        return;
+    }
+    memcpy(key, name, len);
+    key[len] = 0;
+    dns_lowercase(key, key, sizeof key);
+    if ((cached = dns_cache_get(dns, key, type)) != NULL) {
+        cb(arg, cached);
+        return;
+    }
+    req = xcalloc(1, sizeof *req);
+    req->dns = dns;
+    req->type = type;
+    memcpy(req->name, key, len + 1);
+    req->cb = cb;
+    req->arg = arg;
+    /* ares_query, not ares_search: no search list, the name is absolute. */
+    ares_query(dns->channel, req->name, ns_c_in, type, dns_raw_done, req);
+    dns_update_timer(dns);
+}
+
+/* --- address lookups: A and AAAA combined ----------------------------------------- */
+
+struct dns_addr_req {
+    struct smtpout_dns *dns;
+    smtpout_dns_addr_cb cb;
+    void *arg;
+    int pending;
+    int want_a, want_aaaa;
+    struct dns_answer a, aaaa;
+};
+
+static void
+dns_addr_finish(struct dns_addr_req *req)
+{
+    struct sockaddr_storage addrs[SMTPOUT_DNS_MAX_ADDRS];
+    const struct dns_answer *first = req->want_a ? &req->a : &req->aaaa;
+    const struct dns_answer *worst;
+    size_t n = 0, i;
+    enum smtpout_dns_status status;
+
+    for (i = 0; req->want_a && i < req->a.n && n < SMTPOUT_DNS_MAX_ADDRS; i++)
+        addrs[n++] = req->a.u.addr[i];
+    for (i = 0; req->want_aaaa && i < req->aaaa.n && n < SMTPOUT_DNS_MAX_ADDRS; i++)
+        addrs[n++] = req->aaaa.u.addr[i];
+    if (n > 0) {
+        req->cb(req->arg, SMTPOUT_DNS_OK, "", addrs, n);
+    } else {
+        /* No address: report the most hopeful failure (temporary beats
+         * permanent: a SERVFAIL on AAAA must not turn NODATA on A into a bounce). */
+        worst = first;
+        if (req->want_a && req->want_aaaa && !smtpout_dns_permanent(req->aaaa.status))
+            worst = &req->aaaa;
+        if (req->want_a && !smtpout_dns_permanent(req->a.status))
+            worst = &req->a;
+        status = worst->status;
+        req->cb(req->arg, status, worst->why, NULL, 0);
+    }
+    free(req);
+}
+
+static void
+dns_addr_a_done(void *arg, const struct dns_answer *ans)
+{
+    struct dns_addr_req *req = arg;
+
+    req->a = *ans;
+    if (--req->pending == 0)
+        dns_addr_finish(req);
+}
+
+static void
+dns_addr_aaaa_done(void *arg, const struct dns_answer *ans)
+{
+    struct dns_addr_req *req = arg;
+
+    req->aaaa = *ans;
+    if (--req->pending == 0)
+        dns_addr_finish(req);
+}
+
+void
+smtpout_dns_addr(struct smtpout_dns *dns, const char *name, int family,
+                 smtpout_dns_addr_cb cb, void *arg)
+{
+    struct dns_addr_req *req = xcalloc(1, sizeof *req);
+
+    req->dns = dns;
+    req->cb = cb;
+    req->arg = arg;
+    req->want_a = family != AF_INET6;
+    req->want_aaaa = family != AF_INET;
+    /* Count both first: either answer may arrive synchronously. */
+    req->pending = req->want_a + req->want_aaaa;
+    if (req->want_a)
+        dns_raw_query(dns, name, ns_t_a, dns_addr_a_done, req);
+    if (req->want_aaaa)
+        dns_raw_query(dns, name, ns_t_aaaa, dns_addr_aaaa_done, req);
+}
+
+/* --- MX hosts with addresses ------------------------------------------------------ */
+
+struct dns_mx_req;
+
+struct dns_mx_host_req {
+    struct dns_mx_req *mx;
+    size_t index;
+};
+
+struct dns_mx_req {
+    struct smtpout_dns *dns;
+    smtpout_dns_mx_hosts_cb cb;
+    void *arg;
+    int family;
+    int allow_implicit;
+    char domain[SMTPOUT_DNS_NAME_MAX + 1];
+    size_t nhosts;
+    size_t pending;
+    struct smtpout_mx_host hosts[SMTPOUT_DNS_MAX_MX];
+    struct dns_mx_host_req sub[SMTPOUT_DNS_MAX_MX];
+};
+
+static uint64_t
+dns_random(struct smtpout_dns *dns)
+{
+    /* xorshift64*: only for shuffling equal-preference MX hosts */
+    dns->rng ^= dns->rng >> 12;
+    dns->rng ^= dns->rng << 25;
+    dns->rng ^= dns->rng >> 27;
+    return dns->rng * 2685821657736338717ULL;
+}
+
+/* dns_mx_sort - by preference; Fisher-Yates shuffle first makes ties random */
+static void
+dns_mx_sort(struct smtpout_dns *dns, struct smtpout_mx_host *h, size_t n)
+{
+    size_t i, j;
+    struct smtpout_mx_host tmp;
+
+    for (i = n; i > 1; i--) {
+        j = (size_t) (dns_random(dns) % i);
+        tmp = h[i - 1]; h[i - 1] = h[j]; h[j] = tmp;
+    }
+    /* Stable insertion sort keeps the shuffled order among equals. */
+    for (i = 1; i < n; i++) {
+        tmp = h[i];
+        for (j = i; j > 0 && h[j - 1].pref > tmp.pref; j--)
+            h[j] = h[j - 1];
+        h[j] = tmp;
+    }
+}
+
+static void
+dns_mx_finish(struct dns_mx_req *req)
+{
+    req->cb(req->arg, SMTPOUT_DNS_OK, "", req->hosts, req->nhosts);
+    free(req);
+}
+
+static void
+dns_mx_host_addr_done(void *arg, enum smtpout_dns_status status, const char *why,
+                      const struct sockaddr_storage *addrs, size_t naddrs)
+{
+    struct dns_mx_host_req *sub = arg;
+    struct dns_mx_req *req = sub->mx;
+    struct smtpout_mx_host *h = &req->hosts[sub->index];
+
+    (void) why;
+    h->addr_status = status;
+    h->naddrs = naddrs;
+    if (naddrs)
+        memcpy(h->addrs, addrs, naddrs * sizeof *addrs);
+    if (--req->pending == 0)
+        dns_mx_finish(req);
+}
+
+/* dns_mx_implicit_done - the domain's own addresses, as its implicit MX */
+static void
+dns_mx_implicit_done(void *arg, enum smtpout_dns_status status, const char *why,
+                     const struct sockaddr_storage *addrs, size_t naddrs)
+{
+    struct dns_mx_req *req = arg;
+    struct smtpout_mx_host *h = &req->hosts[0];
+
+    if (status != SMTPOUT_DNS_OK) {
+        req->cb(req->arg, status, why, NULL, 0);
+        free(req);
+        return;
+    }
+    req->nhosts = 1;
+    h->implicit = 1;
+    h->pref = 0;
+    snprintf(h->name, sizeof h->name, "%s", req->domain);
+    h->addr_status = SMTPOUT_DNS_OK;
+    h->naddrs = naddrs;
+    memcpy(h->addrs, addrs, naddrs * sizeof *addrs);
+    dns_mx_finish(req);
+}
+
+static void
+dns_mx_records_done(void *arg, const struct dns_answer *ans)
+{
+    struct dns_mx_req *req = arg;
+    size_t i;
+
+    if (ans->status == SMTPOUT_DNS_NODATA) {
+        if (!req->allow_implicit) {
+            req->cb(req->arg, SMTPOUT_DNS_NOMX, ans->why, NULL, 0);
+            free(req);
+            return;
+        }
+        smtpout_dns_addr(req->dns, req->domain, req->family, dns_mx_implicit_done, req);
+        return;
+    }
+    if (ans->status != SMTPOUT_DNS_OK) {
+        req->cb(req->arg, ans->status, ans->why, NULL, 0);
+        free(req);
+        return;
+    }
+    req->nhosts = ans->n;
+    for (i = 0; i < ans->n; i++) {
+        req->hosts[i].pref = ans->u.mx[i].pref;
+        memcpy(req->hosts[i].name, ans->u.mx[i].name, sizeof req->hosts[i].name);
+        req->hosts[i].addr_status = SMTPOUT_DNS_TEMPFAIL;
+    }
+    dns_mx_sort(req->dns, req->hosts, req->nhosts);
+    /* Count all lookups before starting any: answers may come synchronously. */
+    req->pending = req->nhosts;
+    for (i = 0; i < req->nhosts; i++) {
+        req->sub[i].mx = req;
+        req->sub[i].index = i;
+    }
+    for (i = 0; i < req->nhosts; i++)
+        smtpout_dns_addr(req->dns, req->hosts[i].name, req->family,
+                         dns_mx_host_addr_done, &req->sub[i]);
+}
+
+void
+smtpout_dns_mx_hosts(struct smtpout_dns *dns, const char *domain, int family,
+                     int allow_implicit, smtpout_dns_mx_hosts_cb cb, void *arg)
+{
+    struct dns_mx_req *req = xcalloc(1, sizeof *req);
+    size_t len = strlen(domain);
+
+    req->dns = dns;
+    req->cb = cb;
+    req->arg = arg;
+    req->family = family;
+    req->allow_implicit = allow_implicit;
+    if (len > SMTPOUT_DNS_NAME_MAX)
+        len = SMTPOUT_DNS_NAME_MAX;
+    memcpy(req->domain, domain, len);
+    req->domain[len] = 0;
+    dns_raw_query(dns, req->domain, ns_t_mx, dns_mx_records_done, req);
+}
+
+/* --- life cycle ------------------------------------------------------------------- */
+
+int
+smtpout_dns_create(uv_loop_t *loop, const struct smtpout_dns_options *opts,
+                   struct smtpout_dns **out)
+{
+    struct smtpout_dns *dns = xcalloc(1, sizeof *dns);
+    struct ares_options ao;
+    int optmask, status;
+    char lookups[] = "b";   /* DNS only: never /etc/hosts */
+
+    status = ares_library_init(ARES_LIB_INIT_ALL);
+    if (status != ARES_SUCCESS) {
+        free(dns);
+        return -EIO;
+    }
+    dns->loop = loop;
+    dns->rng = uv_hrtime() ^ ((uint64_t) getpid() << 32) ^ (uintptr_t) dns;
+    if (dns->rng == 0)
+        dns->rng = 0x9e3779b97f4a7c15ULL;
+    dns->cache_max_ttl = opts->cache_max_ttl;
+    dns->cache_negative_ttl = opts->cache_negative_ttl ? opts->cache_negative_ttl : 60;
+    dns->cache_max_entries = opts->cache_max_entries ? opts->cache_max_entries : 256;
+
+    memset(&ao, 0, sizeof ao);
+    ao.sock_state_cb = dns_sock_state;
+    ao.sock_state_cb_data = dns;
+    ao.timeout = opts->timeout_ms ? (int) opts->timeout_ms : 3000;
+    ao.tries = opts->tries ? (int) opts->tries : 2;
+    ao.lookups = lookups;
+    ao.domains = NULL;
+    ao.ndomains = 0;
+    optmask = ARES_OPT_SOCK_STATE_CB | ARES_OPT_TIMEOUTMS | ARES_OPT_TRIES
+        | ARES_OPT_LOOKUPS | ARES_OPT_DOMAINS;
+    status = ares_init_options(&dns->channel, &ao, optmask);
+    if (status != ARES_SUCCESS) {
+        msg_warn("smtpout_dns: c-ares init: %s", ares_strerror(status));
+        goto fail_library;
+    }
+    if (opts->name_servers && *opts->name_servers) {
+        status = ares_set_servers_ports_csv(dns->channel, opts->name_servers);
+        if (status != ARES_SUCCESS) {
+            msg_warn("smtpout_dns: bad name server list \"%s\": %s",
+                     opts->name_servers, ares_strerror(status));
+            ares_destroy(dns->channel);
+            ares_library_cleanup();
+            free(dns);
+            return -EINVAL;
+        }
+    }
+    uv_timer_init(loop, &dns->timer);
+    dns->timer.data = dns;
+    dns->open_handles = 1;
+    *out = dns;
+    return 0;
+
+fail_library:
+    ares_library_cleanup();
+    free(dns);
+    return -EIO;
+}
+
+void
+smtpout_dns_destroy(struct smtpout_dns *dns)
+{
+    struct dns_cache_entry *e;
+    struct dns_poll *p;
+
+    if (dns == NULL)
+        return;
+    dns->destroying = 1;
+    /* Pending callbacks run now with ARES_EDESTRUCTION (-> CANCELLED). */
+    ares_destroy(dns->channel);
+    ares_library_cleanup();
+    while ((p = dns->polls) != NULL) {     /* normally emptied by ares_destroy */
+        dns->polls = p->next;
+        uv_poll_stop(&p->handle);
+        uv_close((uv_handle_t *) &p->handle, dns_handle_closed);
+    }
+    while ((e = dns->cache) != NULL) {
+        dns->cache = e->next;
+        free(e);
+    }
+    uv_timer_stop(&dns->timer);
+    uv_close((uv_handle_t *) &dns->timer, dns_handle_closed);
+}

@@ -1,0 +1,118 @@
+/*
+ * smtpout_route.h - where to deliver a domain's mail: smtp-hosts / route
+ *
+ * NAME
+ *   smtpout_route - parse routing overrides, resolve destination lists
+ *
+ * DESCRIPTION
+ *   A route is PowerMTA's `smtp-hosts` (or deprecated `route`) value:
+ *       mx1.example.com:2525, [192.0.2.1]; lookup-mx:backup.example.com
+ *   `;` separates preference levels (tried in order), `,` separates hosts of
+ *   equal preference (used in random order, i.e. spread round-robin).
+ *   An entry is `host[:port]` (A/AAAA of host), `[ip]:port` or `[ip]` (an
+ *   address literal, IPv6 allowed inside the brackets) or
+ *   `lookup-mx:domain[:port]` (that domain's MX hosts, in MX order).
+ *   A port left out means the queue's default-smtp-port.
+ *
+ *   smtpout_route_resolve() turns a domain plus an optional route into the
+ *   ordered list of (MX name, address, port) destinations a delivery attempt
+ *   walks. Without a route it is the domain's MX list, with the implicit MX
+ *   and bounce-upon-no-mx handled by smtpout_dns.
+ *
+ * SECURITY
+ *   The route text comes from the configuration (trusted but maybe wrong):
+ *   the parser rejects malformed entries with a message rather than guessing.
+ *   Destination names come from DNS and are bounded by smtpout_dns.
+ */
+#ifndef PMTA_SMTPOUT_ROUTE_H
+#define PMTA_SMTPOUT_ROUTE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "smtpout_dns.h"
+
+enum smtpout_route_kind {
+    SMTPOUT_ROUTE_HOST,         /* host[:port]: A/AAAA of host */
+    SMTPOUT_ROUTE_ADDR,         /* [ip][:port]: that address */
+    SMTPOUT_ROUTE_LOOKUP_MX,    /* lookup-mx:domain[:port]: its MX hosts */
+};
+
+struct smtpout_route_entry {
+    enum smtpout_route_kind kind;
+    char *name;                 /* host, domain, or the IP literal without [] */
+    uint16_t port;              /* 0 = default-smtp-port */
+};
+
+struct smtpout_route_level {
+    size_t nentries;
+    struct smtpout_route_entry *entries;
+};
+
+struct smtpout_route {
+    size_t nlevels;
+    struct smtpout_route_level *levels;
+};
+
+/*
+ * smtpout_route_parse - parse TEXT into *OUT (caller frees with
+ * smtpout_route_free). 0, or -EINVAL with a reason in ERR.
+ */
+int smtpout_route_parse(const char *text, struct smtpout_route **out,
+                        char *err, size_t errlen);
+void smtpout_route_free(struct smtpout_route *route);
+
+/* One place to try, in order. */
+struct smtpout_dest {
+    char mx_name[SMTPOUT_DNS_NAME_MAX + 1];  /* MX/host name, or the IP literal */
+    struct sockaddr_storage addr;            /* port set */
+    unsigned level;                          /* route level (0 without a route) */
+    unsigned pref;                           /* MX preference within the level */
+};
+
+enum smtpout_route_status {
+    SMTPOUT_ROUTE_OK = 0,       /* at least one destination */
+    SMTPOUT_ROUTE_TEMPFAIL,     /* nothing usable now; try again later */
+    SMTPOUT_ROUTE_PERMFAIL,     /* the domain cannot receive mail: bounce */
+    SMTPOUT_ROUTE_CANCELLED,
+};
+
+struct smtpout_dest_list {
+    enum smtpout_route_status status;
+    char status_code[8];        /* enhanced status for failures, e.g. "5.1.2" */
+    char why[200];              /* for failures: what went wrong (printable) */
+    size_t ndests;
+    struct smtpout_dest *dests;
+};
+
+struct smtpout_resolve_options {
+    const struct smtpout_route *route;  /* NULL: the domain's MX hosts */
+    uint16_t default_port;              /* 0 = 25 */
+    int family;                         /* AF_INET, AF_INET6, AF_UNSPEC */
+    int bounce_upon_no_mx;              /* no MX -> permanent (no implicit MX) */
+    size_t max_dests;                   /* 0 = no cap */
+};
+
+typedef void (*smtpout_resolve_cb)(void *arg, const struct smtpout_dest_list *list);
+
+struct smtpout_resolve;
+
+/*
+ * smtpout_route_resolve - build the destination list for DOMAIN. CB runs
+ * exactly once (possibly before this returns, then NULL is returned), unless
+ * smtpout_route_cancel() is called first. LIST is borrowed for the call.
+ */
+struct smtpout_resolve *smtpout_route_resolve(struct smtpout_dns *dns,
+                                              const char *domain,
+                                              const struct smtpout_resolve_options *opts,
+                                              smtpout_resolve_cb cb, void *arg);
+/* smtpout_route_cancel - CB will not run; memory is reclaimed when lookups end */
+void smtpout_route_cancel(struct smtpout_resolve *req);
+
+/* smtpout_sockaddr_str - "ip" text of ADDR into OUT (INET6_ADDRSTRLEN+) */
+const char *smtpout_sockaddr_str(const struct sockaddr *addr, char *out, size_t outlen);
+/* smtpout_sockaddr_port - port of ADDR (host order) */
+unsigned smtpout_sockaddr_port(const struct sockaddr *addr);
+
+#endif

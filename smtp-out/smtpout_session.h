@@ -1,0 +1,180 @@
+/*
+ * smtpout_session.h - one outbound SMTP client connection on libuv
+ *
+ * NAME
+ *   smtpout_session - connect, greet, EHLO, STARTTLS, transactions, QUIT
+ *
+ * DESCRIPTION
+ *   A session is one TCP connection from a chosen source address to one
+ *   destination address. It greets, sends EHLO (HELO after a 5xx), upgrades
+ *   with STARTTLS as the policy asks, then reports `ready`; the owner runs
+ *   transactions one at a time with smtpout_session_send() (MAIL, RCPT...,
+ *   DATA, pipelined when the peer offers PIPELINING) and gets one
+ *   `rcpt_result` per recipient and one `transaction_done` per transaction.
+ *   A later transaction on the same connection is preceded by RSET.
+ *   smtpout_session_quit() ends politely; smtpout_session_abort() at once.
+ *   Every session ends with exactly one `closed` callback, after which the
+ *   session is freed (do not touch it again).
+ *
+ *   Failures are classified where they happen: 2xx = delivered, 4xx and
+ *   every local trouble (timeouts, lost connection, protocol errors, TLS
+ *   required but unavailable) = temporary, 5xx = permanent. Results that
+ *   we make up carry code 0 and an enhanced status we chose.
+ *
+ * OWNERSHIP
+ *   The configuration strings and the SSL_CTX are borrowed for the life of
+ *   the session. A message (and its data) is borrowed until its
+ *   `transaction_done` (or `closed`). Replies passed to callbacks are
+ *   borrowed for the call.
+ *
+ * SECURITY
+ *   The peer is hostile. Reply lines are bounded (SMTPOUT_LINE_MAX including
+ *   CRLF, also while incomplete), replies to SMTPOUT_REPLY_LINES_MAX lines,
+ *   each line is checked for length before any fixed offset is read
+ *   (CVE-2020-8794), continuation lines must repeat the code, and text passed
+ *   up is bounded and stripped of CR, LF, NUL and other control bytes.
+ *   Plaintext received after the STARTTLS 220 and before the handshake is
+ *   refused (response injection). With SMTPOUT_TLS_REQUIRED nothing is sent
+ *   in clear after EHLO.
+ */
+#ifndef PMTA_SMTPOUT_SESSION_H
+#define PMTA_SMTPOUT_SESSION_H
+
+#include <stddef.h>
+#include <sys/socket.h>
+#include <openssl/ssl.h>
+#include <uv.h>
+
+#define SMTPOUT_LINE_MAX 2048           /* one reply line including CRLF */
+#define SMTPOUT_REPLY_LINES_MAX 100     /* lines in one multi-line reply */
+#define SMTPOUT_REPLY_TEXT_MAX 512      /* text passed up, without the NUL */
+
+enum smtpout_class { SMTPOUT_OK = 0, SMTPOUT_TEMP, SMTPOUT_PERM };
+
+enum smtpout_stage {
+    SMTPOUT_STAGE_CONNECT, SMTPOUT_STAGE_GREETING, SMTPOUT_STAGE_EHLO,
+    SMTPOUT_STAGE_HELO, SMTPOUT_STAGE_STARTTLS, SMTPOUT_STAGE_TLS,
+    SMTPOUT_STAGE_RSET, SMTPOUT_STAGE_MAIL, SMTPOUT_STAGE_RCPT,
+    SMTPOUT_STAGE_DATA, SMTPOUT_STAGE_BODY, SMTPOUT_STAGE_DOT,
+    SMTPOUT_STAGE_QUIT, SMTPOUT_STAGE_LOCAL,   /* checks before sending */
+};
+
+const char *smtpout_stage_name(enum smtpout_stage stage);
+const char *smtpout_class_name(enum smtpout_class cls);
+
+struct smtpout_reply {
+    int code;                   /* SMTP code, or 0 when made up locally */
+    char status[12];            /* enhanced status code, e.g. "5.1.1" */
+    char text[SMTPOUT_REPLY_TEXT_MAX + 1];  /* sanitized; "550 5.1.1 ..." */
+    enum smtpout_class cls;
+    enum smtpout_stage stage;
+};
+
+/* Peer capabilities from EHLO. */
+#define SMTPOUT_CAP_PIPELINING   0x001u
+#define SMTPOUT_CAP_SIZE         0x002u
+#define SMTPOUT_CAP_8BITMIME     0x004u
+#define SMTPOUT_CAP_SMTPUTF8     0x008u
+#define SMTPOUT_CAP_STARTTLS     0x010u
+#define SMTPOUT_CAP_ENHANCED     0x020u
+#define SMTPOUT_CAP_CHUNKING     0x040u
+#define SMTPOUT_CAP_DSN          0x080u
+
+enum smtpout_tls_policy {
+    SMTPOUT_TLS_OFF,            /* use-starttls no */
+    SMTPOUT_TLS_OPPORTUNISTIC,  /* use-starttls yes: use when offered */
+    SMTPOUT_TLS_REQUIRED,       /* require-starttls yes: never send in clear */
+};
+
+struct smtpout_session_config {
+    const struct sockaddr *source;      /* bind before connect; NULL = any */
+    const struct sockaddr *dest;        /* address and port */
+    const char *mx_name;                /* for events and TLS SNI */
+    const char *helo_name;
+    enum smtpout_tls_policy tls;
+    SSL_CTX *ssl_ctx;                   /* needed unless tls is OFF */
+    unsigned connect_timeout_ms;        /* connect-timeout */
+    unsigned greeting_timeout_ms;       /* smtp-greeting-timeout */
+    unsigned command_timeout_ms;        /* each command reply, TLS handshake */
+    unsigned data_send_timeout_ms;      /* data-send-timeout: per body write */
+    unsigned data_term_timeout_ms;      /* smtp-data-termination-timeout */
+    int ignore_pipelining;
+    int ignore_8bitmime;                /* don't announce BODY=8BITMIME nor refuse */
+    int ignore_dsn;
+};
+
+/* DSN NOTIFY bits for smtpout_rcpt.notify (0 = leave NOTIFY out). */
+#define SMTPOUT_NOTIFY_NEVER   0x1u
+#define SMTPOUT_NOTIFY_SUCCESS 0x2u
+#define SMTPOUT_NOTIFY_FAILURE 0x4u
+#define SMTPOUT_NOTIFY_DELAY   0x8u
+
+enum smtpout_ret { SMTPOUT_RET_NONE, SMTPOUT_RET_FULL, SMTPOUT_RET_HDRS };
+
+struct smtpout_rcpt {
+    const char *addr;           /* without <> */
+    const char *orcpt;          /* original recipient (xtext-encoded here) or NULL */
+    unsigned notify;
+};
+
+struct smtpout_message {
+    const char *sender;         /* without <>; "" for the null sender */
+    const struct smtpout_rcpt *rcpts;
+    size_t nrcpts;
+    const char *envid;          /* or NULL */
+    enum smtpout_ret ret;
+    const char *data;           /* the message, LF or CRLF line ends */
+    size_t len;
+    int eight_bit;              /* body has 8-bit bytes (BODY=8BITMIME) */
+    int smtputf8;               /* envelope/headers need SMTPUTF8 */
+};
+
+struct smtpout_session_callbacks {
+    void (*connected)(void *arg, const char *source_ip, const char *dest_ip,
+                      const char *mx_name);
+    void (*tls)(void *arg, const char *protocol, const char *cipher);
+    /* greeting, EHLO and STARTTLS are done: the session is idle */
+    void (*ready)(void *arg, unsigned caps);
+    void (*rcpt_result)(void *arg, size_t index, const struct smtpout_reply *r);
+    /* the transaction is over; R is its overall outcome (DATA's reply, or
+     * why it stopped). The session is idle again unless it is closing. */
+    void (*transaction_done)(void *arg, const struct smtpout_reply *r);
+    /* last callback; the session is freed after it returns */
+    void (*closed)(void *arg, const struct smtpout_reply *reason);
+};
+
+struct smtpout_session;
+
+/*
+ * smtpout_session_start - begin connecting. Never fails synchronously:
+ * every problem arrives through `closed`.
+ */
+struct smtpout_session *smtpout_session_start(uv_loop_t *loop,
+                                              const struct smtpout_session_config *cfg,
+                                              const struct smtpout_session_callbacks *cb,
+                                              void *arg);
+/*
+ * smtpout_session_send - run one transaction; only when idle (after
+ * `ready` or `transaction_done`). 0, or -EBUSY when not idle.
+ */
+int smtpout_session_send(struct smtpout_session *s, const struct smtpout_message *m);
+/* smtpout_session_quit - QUIT (when idle; otherwise abort) and close */
+void smtpout_session_quit(struct smtpout_session *s);
+/* smtpout_session_abort - close now; a transaction in progress fails temporarily */
+void smtpout_session_abort(struct smtpout_session *s);
+/* smtpout_session_caps - capabilities seen in the last EHLO */
+unsigned smtpout_session_caps(const struct smtpout_session *s);
+/* smtpout_session_is_idle - may smtpout_session_send be called now? */
+int smtpout_session_is_idle(const struct smtpout_session *s);
+/* smtpout_session_transactions - transactions started on this connection */
+unsigned smtpout_session_transactions(const struct smtpout_session *s);
+
+/*
+ * smtpout_tls_client_ctx - an SSL_CTX for opportunistic STARTTLS: OpenSSL's
+ * default protocol versions,
+ * no certificate verification (an invalid certificate must not stop mail).
+ * NULL on failure. Free with SSL_CTX_free.
+ */
+SSL_CTX *smtpout_tls_client_ctx(void);
+
+#endif
