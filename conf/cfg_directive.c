@@ -50,7 +50,7 @@ static const struct {
 } ranges[] = {
     { CFG_D_SMTPD_PROCESSES, 1, 256 },
     { CFG_D_CLEANUP_PROCESSES, 1, 256 },
-    { CFG_D_SMTP_OUT_PROCESSES, 1, 256 },
+    { CFG_D_SMTP_OUT_PROCESSES, 0, 256 },   /* 0: delivery paused (tests, queue benchmarks) */
     { CFG_D_TOTAL_MAX_SMTP_OUT, 1, 100000 },
     { CFG_D_TOTAL_MAX_SMTP_IN, 1, 100000 },
     { CFG_D_HTTP_MGMT_PORT, 0, 65535 },

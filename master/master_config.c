@@ -201,18 +201,22 @@ global_str(const struct cfg *c, enum cfg_directive d)
     return v ? cfg_str(c, v->text) : "";
 }
 
-/* process_count - a *-processes setting, checked for sanity */
+/*
+ * process_count - a *-processes setting, checked for sanity. MIN is 0 only
+ * for smtp-out: without smtp-out processes delivery is paused (queue
+ * benchmarks, tests that stand in for smtp-out).
+ */
 static unsigned
-process_count(const struct cfg *c, enum cfg_directive d)
+process_count(const struct cfg *c, enum cfg_directive d, int min)
 {
     const struct cfg_value *v = cfg_global(c, d);
     int64_t n = v ? v->num : 1;
 
     /* Clamped, not fatal: a reload must never take pmtad down. */
-    if (n < 1 || n > 256) {
-        msg_warn("%s %" PRId64 ": out of range 1..256; using %d", cfg_directive_info(d)->name,
-                 n, n < 1 ? 1 : 256);
-        n = n < 1 ? 1 : 256;
+    if (n < min || n > 256) {
+        msg_warn("%s %" PRId64 ": out of range %d..256; using %d", cfg_directive_info(d)->name,
+                 n, min, n < min ? min : 256);
+        n = n < min ? min : 256;
     }
     return (unsigned)n;
 }
@@ -239,10 +243,10 @@ master_settings_from_cfg(const struct cfg *c, const char *config_path, struct ma
     set->drop_privileges = !(root && root->num);
     set->uid = getuid();
     set->gid = getgid();
-    set->nprocs[ROLE_SMTPD] = process_count(c, CFG_D_SMTPD_PROCESSES);
-    set->nprocs[ROLE_CLEANUP] = process_count(c, CFG_D_CLEANUP_PROCESSES);
+    set->nprocs[ROLE_SMTPD] = process_count(c, CFG_D_SMTPD_PROCESSES, 1);
+    set->nprocs[ROLE_CLEANUP] = process_count(c, CFG_D_CLEANUP_PROCESSES, 1);
     set->nprocs[ROLE_QMGR] = 1;     /* the scheduler owns the queue: exactly one */
-    set->nprocs[ROLE_SMTPOUT] = process_count(c, CFG_D_SMTP_OUT_PROCESSES);
+    set->nprocs[ROLE_SMTPOUT] = process_count(c, CFG_D_SMTP_OUT_PROCESSES, 0);
 }
 
 void

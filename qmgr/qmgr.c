@@ -1,22 +1,214 @@
 /*
- * qmgr.c - the queue manager (minimal placeholder): scheduling, shaping,
- *          retries, bounces, the control socket
+ * qmgr.c - the queue manager: start-up, configuration, shutdown
  *
- * Runs under pmtad: starts, logs, idles on its libuv loop with the sockets
- * pmtad gave its role, follows configuration reloads and exits cleanly on
- * shutdown. The real work arrives with its own issue.
+ * qmgr is the only process that changes recipients in the queue store. At
+ * start it opens SPOOL/queue, rebuilds the schedule from it
+ * (qmgr_sched.c), and serves RUNDIR/private/qmgr, where cleanup sends
+ * new-message hints and the smtp-out processes take connections and
+ * transactions (qmgr_conn.c). Outcomes are recorded through one group
+ * committer (qmgr_outcome.c).
  *
- * Owns: nothing beyond the worker runtime's state (common/worker.c).
+ * Configuration: qmgr holds the current configuration generation (queue
+ * settings point into it) and switches on reload; running connections keep
+ * the limits they were opened with (pinned in struct qconn), new ones use
+ * the new settings.
  *
- * SECURITY: reads no external input yet.
+ * Shutdown: stop opening connections, close idle ones, give busy ones the
+ * drain time to report, close every peer (in-flight recipients simply stay
+ * in the store and are tried after restart), flush the group committer,
+ * close the store, exit.
+ *
+ * Owns: S (the shared state, qmgr.h), the queue store handles, the drain
+ * timer, the time base.
+ * SECURITY: no external input here; see qmgr_conn.c for peer frames.
  */
 #include "config.h"
 
+#include <inttypes.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "msg.h"
+#include "qmgr.h"
 #include "worker.h"
+#include "xalloc.h"
+
+#define QUEUE_SUBDIR "queue"
+#define DRAIN_POLL_MS 50
+
+struct qmgr_state S;
+
+static uv_timer_t drain_timer;
+static uint64_t drain_deadline_ms;
+static int drain_stage;
+
+/* --- time --------------------------------------------------------------------------------- */
+
+uint64_t
+qmgr_now_ns(void)
+{
+    return uv_hrtime();
+}
+
+uint64_t
+qmgr_now_ms(void)
+{
+    return uv_hrtime() / 1000000u;
+}
+
+uint64_t
+qmgr_wall(void)
+{
+    return (uint64_t)time(NULL);
+}
+
+uint32_t
+qmgr_tick_now(void)
+{
+    return (uint32_t)((qmgr_now_ms() - S.start_ms) / QMGR_TICK_MS);
+}
+
+/* qmgr_tick_from_wall - the tick of a unix time (the past is tick 0, the far future saturates) */
+uint32_t
+qmgr_tick_from_wall(uint64_t unix_seconds)
+{
+    uint64_t now_wall = qmgr_wall(), now_tick = qmgr_tick_now(), t;
+
+    if (unix_seconds <= now_wall)
+        return 0;       /* already due */
+    t = now_tick + (unix_seconds - now_wall) * (1000 / QMGR_TICK_MS);
+    return t >= UINT32_MAX - 1 ? UINT32_MAX - 1 : (uint32_t)t;
+}
+
+uint64_t
+qmgr_wall_from_tick(uint32_t tick)
+{
+    uint64_t now_tick = qmgr_tick_now(), now_wall = qmgr_wall();
+
+    if (tick <= now_tick)
+        return now_wall;
+    return now_wall + ((uint64_t)tick - now_tick) * QMGR_TICK_MS / 1000;
+}
+
+/* qmgr_jitter - DELAY_MS scaled by a factor in [0.9, 1.1] derived from SEED */
+uint64_t
+qmgr_jitter(uint64_t delay_ms, uint64_t seed)
+{
+    uint64_t h = seed * 0x9E3779B97F4A7C15ull;
+
+    h ^= h >> 29;
+    h *= 0xBF58476D1CE4E5B9ull;
+    h ^= h >> 32;
+    /* h % 2001 is 0..2000 -> -1000..+1000 per mille of 10 % */
+    return delay_ms * (10000 + (h % 2001) - 1000) / 10000;
+}
+
+/* --- the queue store ---------------------------------------------------------------------- */
+
+static void
+open_queue(void)
+{
+    const struct cfg_value *map = cfg_global(S.cfg, CFG_D_QUEUE_MAP_SIZE);
+    const struct cfg_value *sync = cfg_global(S.cfg, CFG_D_SYNC_MSG_CREATE);
+    struct qstore_opts o = { 0 };
+    char *dir = xasprintf("%s/%s", worker_spool(), QUEUE_SUBDIR);
+    int err;
+
+    o.map_size = map && map->num > 0 ? (size_t)map->num : 0;
+    if (sync && sync->num == 0)
+        o.flags |= QSTORE_NOSYNC;
+    if ((err = qstore_open(&S.qs, dir, &o)) < 0)
+        msg_fatal("cannot open the queue %s: %s", dir, qstore_strerror(err));
+    if ((err = qstore_group_new(&S.group, worker_loop(), S.qs, NULL)) < 0)
+        msg_fatal("cannot start the group committer: %s", uv_strerror(err));
+    free(dir);
+}
+
+/* --- configuration ----------------------------------------------------------------------- */
+
+static void
+on_config(const struct cfg *cfg, void *ctx)
+{
+    const struct cfg *old = S.cfg;
+
+    (void)cfg;
+    (void)ctx;
+    S.cfg = worker_config_hold();
+    qmgr_queue_invalidate_settings();
+    qmgr_outcome_config();
+    if (old)
+        worker_config_release(old);
+    qmgr_dispatch_soon();
+}
+
+/* --- shutdown ------------------------------------------------------------------------------ */
+
+static void
+on_group_closed(void *arg)
+{
+    (void)arg;
+    S.group = NULL;
+    qstore_close(S.qs);
+    S.qs = NULL;
+    qmgr_queues_free();
+    qmgr_heap_free();
+    free(S.conn_by_id);
+    S.conn_by_id = NULL;
+    worker_config_release(S.cfg);
+    S.cfg = NULL;
+    worker_stop(0);
+}
+
+static void
+on_drain_timer(uv_timer_t *t)
+{
+    if (drain_stage == 1 && (qmgr_conn_busy() == 0 || qmgr_now_ms() >= drain_deadline_ms)) {
+        drain_stage = 2;
+        qmgr_conn_close_all();
+    }
+    if (drain_stage == 2 && S.peers == NULL) {
+        drain_stage = 3;
+        uv_close((uv_handle_t *)t, NULL);
+        qmgr_sched_stop();
+        qmgr_outcome_close();
+        qstore_group_close(S.group, on_group_closed, NULL);
+    }
+}
+
+static void
+on_shutdown(unsigned drain_seconds, void *ctx)
+{
+    (void)ctx;
+    if (S.stopping)
+        return;
+    S.stopping = 1;
+    msg_info("stopping: %u connections, %u recipients in memory", S.nconn_total, S.nrcpt_live);
+    qmgr_conn_stop_listening();
+    qmgr_conn_close_idle_all();
+    drain_deadline_ms = qmgr_now_ms() + (uint64_t)drain_seconds * 1000;
+    drain_stage = 1;
+    uv_timer_init(worker_loop(), &drain_timer);
+    uv_timer_start(&drain_timer, on_drain_timer, 0, DRAIN_POLL_MS);
+}
 
 int
 main(int argc, char **argv)
 {
+    struct worker_ops ops = { on_config, on_shutdown, NULL };
+    int err;
+
     worker_init(&argc, &argv, "qmgr");
+    worker_set_ops(&ops);
+    S.rcpt_free = QNIL;
+    S.start_ms = qmgr_now_ms();
+    S.start_wall = qmgr_wall();
+    S.cfg = worker_config_hold();
+    S.cfg_serial = 1;
+    open_queue();
+    qmgr_outcome_config();
+    qmgr_sched_start();
+    if ((err = qmgr_sched_rebuild()) < 0)
+        msg_fatal("cannot rebuild the schedule: %s", qstore_strerror(err));
+    qmgr_conn_listen();
     return worker_run();
 }

@@ -1,0 +1,267 @@
+/*
+ * qmgr.h - the queue manager's shared state: recipients, messages, queues,
+ *          smtp-out processes and their connections
+ *
+ * Modules (each owns the state named next to it):
+ *   qmgr.c          main: start-up, configuration, shutdown; the global S
+ *   qmgr_queue.c    queue objects (interned by name), settings, ready lists,
+ *                   the recipient and message tables, the deferred heap
+ *   qmgr_sched.c    start-up rebuild, new-message catch-up scans, the wake
+ *                   timers and the dispatch pass (who gets a connection)
+ *   qmgr_conn.c     the qmgr socket: cleanup hints and smtp-out processes,
+ *                   connections and transactions (common/mailproto.h)
+ *   qmgr_rate.c     smooth rate limiters (GCRA) for max-msg-rate and
+ *                   max-connect-rate
+ *   qmgr_outcome.c  what a result does: durable finish/defer, bounces
+ *                   (DSN), expiry, the per-attempt log line, accounting
+ *
+ * Memory model: a queued recipient costs one struct qrcpt (24 bytes) in one
+ * table plus a share of its struct qmsg; everything else (addresses, sender,
+ * last error) stays in LMDB and is read when a transaction is built or an
+ * outcome is recorded. Recipients and messages are named by their index in
+ * those tables (QNIL = none), which keeps links 4 bytes wide.
+ *
+ * SECURITY: smtp-out and cleanup are our own processes but their frames are
+ * parsed defensively (mailproto.h); text that reaches the log passes
+ * msg_printable().
+ */
+#ifndef PMTA_QMGR_H
+#define PMTA_QMGR_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+#include <uv.h>
+
+#include "cfg.h"
+#include "ipc.h"
+#include "qstore.h"
+#include "qstore_group.h"
+
+#define QNIL UINT32_MAX
+#define QMGR_TICK_MS 10u           /* resolution of in-memory due times */
+#define QMGR_PRIO_LEVELS 101       /* queue-priority 0..100 */
+
+enum qrcpt_state { QR_FREE = 0, QR_READY, QR_DEFERRED, QR_INFLIGHT };
+
+/* One pending recipient (24 bytes). */
+struct qrcpt {
+    uint32_t next;          /* ready list / free list link */
+    uint32_t msg;           /* index in the message table */
+    uint32_t index;         /* recipient index inside the message */
+    uint32_t queue;         /* queue id */
+    uint32_t due;           /* next attempt, in ticks since start (deferred) */
+    uint16_t attempts;      /* saturates at 65535 */
+    uint8_t state;          /* enum qrcpt_state */
+    uint8_t flags;
+};
+
+/* One message with pending recipients (16 bytes). */
+struct qmsg {
+    uint64_t msgid;
+    uint32_t queued_at;     /* unix seconds */
+    uint32_t live;          /* recipients still in memory; 0 = slot free */
+};
+
+/* Smooth rate limiter (qmgr_rate.c). */
+struct qrate {
+    uint64_t tat_ns;        /* theoretical arrival time of the next unit */
+};
+
+enum qqueue_mode { QMODE_NORMAL = 0, QMODE_BACKOFF = 1 };
+
+struct qconn;
+
+struct qqueue {
+    uint32_t id;
+    char *name;             /* "domain/vmta" */
+    char *domain;
+    char *vmta;             /* "{default}" when none */
+    /* recipients */
+    uint32_t ready_head, ready_tail;
+    uint32_t nready, ndeferred, ninflight;
+    /* connections */
+    struct qconn *conns;    /* every connection of this queue */
+    uint32_t nconn;
+    /* shaping */
+    struct qrate msg_rate, connect_rate;
+    uint32_t fail_count;    /* consecutive connection failures (retry mode) */
+    uint64_t retry_until_ms;/* no new connection before this (monotonic ms) */
+    int mode;               /* enum qqueue_mode; backoff arrives later */
+    /* settings cache: resolved for S.cfg_serial */
+    struct cfg_resolved *res;
+    uint64_t res_serial;
+    int priority;
+    /* dispatch: run lists by priority (queues with ready recipients) */
+    struct qqueue *run_next, *run_prev;
+    int run_prio;           /* -1 when not on a run list */
+    uv_timer_t *wake;       /* retry end / rate wait; allocated on first use */
+    uint64_t wake_at_ms;
+    /* counters (for the status socket later) */
+    uint64_t delivered, bounced, deferred_n, conn_failures;
+    char *last_error;
+};
+
+/* An smtp-out process, or a cleanup connection, or one not yet known. */
+enum qpeer_kind { QPEER_UNKNOWN = 0, QPEER_CLEANUP, QPEER_OUT };
+
+struct qpeer {
+    struct ipc_chan *ch;
+    enum qpeer_kind kind;
+    uint32_t pid;
+    uint32_t max_conns;
+    uint32_t nconns;
+    struct qconn *conns;    /* its connections (onext) */
+    struct qpeer *next;
+};
+
+enum qconn_state { QC_OPENING, QC_BUSY, QC_IDLE, QC_CLOSING };
+
+struct qconn {
+    uint32_t id;
+    enum qconn_state state;
+    struct qpeer *out;
+    struct qqueue *q;
+    struct qconn *qnext, *onext;
+    int up;                 /* MP_CONN_UP seen */
+    unsigned ntxn;          /* transactions sent */
+    /* pinned at open (a reload does not change a running connection) */
+    unsigned max_msg;       /* 0 = no limit */
+    unsigned max_rcpt;
+    uint64_t idle_timeout_ms;
+    /* the current transaction */
+    struct qstore_msg *txn_msg;  /* envelope + recipient records, copied at send */
+    uint32_t txn_msgidx;
+    uint32_t *txn;          /* recipient table indexes; QNIL once answered */
+    uint32_t txn_n, txn_left, txn_cap;
+    /* peer facts */
+    char *mx, *dest_ip, *source_ip, *helo;
+    uv_timer_t idle_timer;
+    int idle_timer_on;
+};
+
+/* Everything about one outcome the log line and accounting need. */
+struct qresult {
+    uint32_t result;        /* MP_RESULT_* */
+    uint32_t code;
+    const char *enhanced;
+    const char *text;
+    const char *mx, *dest_ip, *source_ip;
+};
+
+struct qmgr_state {
+    /* recipients and messages */
+    struct qrcpt *rcpt;
+    uint32_t nrcpt_cap, rcpt_free, nrcpt_live;
+    struct qmsg *msg;
+    uint32_t nmsg_cap, nmsg_used, *msg_free, nmsg_free, nmsg_free_cap;
+    /* deferred heap of recipient indexes ordered by (due, msg, index) */
+    uint32_t *heap;
+    uint32_t nheap, heap_cap;
+    /* queues */
+    struct qqueue **queues;
+    uint32_t nqueues, queues_cap;
+    uint32_t *qhash;          /* open addressing: queue id or QNIL */
+    uint32_t qhash_cap;
+    struct qqueue *run[QMGR_PRIO_LEVELS];
+    /* processes and connections */
+    struct qpeer *peers;
+    struct qconn **conn_by_id;  /* id - 1 -> connection */
+    uint32_t conn_cap;
+    uint32_t nconn_total, nconn_up;
+    uint32_t vmta_rr_cap;
+    /* queue store */
+    struct qstore *qs;
+    struct qstore_group *group;
+    uint64_t scanned_below;     /* every msgid below this has been scanned */
+    /* configuration */
+    const struct cfg *cfg;
+    uint64_t cfg_serial;
+    /* time */
+    uint64_t start_ms;          /* monotonic ms at start */
+    uint64_t start_wall;        /* unix seconds at start */
+    int stopping;
+};
+
+extern struct qmgr_state S;
+
+/* --- time (qmgr.c) ------------------------------------------------------------ */
+uint64_t qmgr_now_ms(void);           /* monotonic milliseconds */
+uint64_t qmgr_now_ns(void);
+uint64_t qmgr_wall(void);             /* unix seconds */
+uint32_t qmgr_tick_now(void);
+uint32_t qmgr_tick_from_wall(uint64_t unix_seconds);
+uint64_t qmgr_wall_from_tick(uint32_t tick);
+/* qmgr_jitter - DELAY_MS +-10 %, stable for one SEED (recipients of a message stay together) */
+uint64_t qmgr_jitter(uint64_t delay_ms, uint64_t seed);
+
+/* --- queues, recipients, messages (qmgr_queue.c) -------------------------------- */
+struct qqueue *qmgr_queue_get(const char *name, size_t len);
+void qmgr_queues_free(void);
+/* qmgr_queue_setting - effective value of D for Q (the backoff-X twin in backoff mode later) */
+const struct cfg_value *qmgr_queue_setting(struct qqueue *q, enum cfg_directive d);
+int64_t qmgr_queue_num(struct qqueue *q, enum cfg_directive d, int64_t dflt);
+/* qmgr_queue_retry_delay_ms - the retry-after list's entry for the Nth (1-based) failure */
+uint64_t qmgr_queue_retry_delay_ms(struct qqueue *q, uint32_t n);
+void qmgr_queue_invalidate_settings(void);
+void qmgr_queue_set_error(struct qqueue *q, const char *text);
+
+uint32_t qmgr_msg_add(uint64_t msgid, uint32_t queued_at);
+void qmgr_msg_unref(uint32_t m);
+uint32_t qmgr_rcpt_new(uint32_t msg, uint32_t index, struct qqueue *q, uint16_t attempts);
+void qmgr_rcpt_free(uint32_t r);
+void qmgr_rcpt_reserve(uint64_t n);
+void qmgr_ready_push(struct qqueue *q, uint32_t r);
+void qmgr_ready_push_front(struct qqueue *q, uint32_t r);
+uint32_t qmgr_ready_peek(struct qqueue *q);
+uint32_t qmgr_ready_pop(struct qqueue *q);
+void qmgr_defer_push(uint32_t r, uint32_t due_tick);
+uint32_t qmgr_defer_pop_due(uint32_t now_tick);
+uint32_t qmgr_defer_next_due(void);  /* tick of the earliest, or UINT32_MAX */
+void qmgr_heap_free(void);
+int qmgr_rcpt_expired(uint32_t r, uint64_t now_wall);
+
+/* --- scheduling (qmgr_sched.c) ---------------------------------------------------- */
+int qmgr_sched_rebuild(void);
+void qmgr_sched_start(void);
+void qmgr_sched_stop(void);
+void qmgr_sched_catch_up_soon(void);   /* a hint or our own DSN: scan new ids */
+void qmgr_dispatch_soon(void);
+void qmgr_defer_timer_update(void);
+void qmgr_run_update(struct qqueue *q);  /* put on / take off the run list */
+void qmgr_queue_wake_at(struct qqueue *q, uint64_t at_ms);
+/* qmgr_take_txn - up to MAX recipients of one message from Q's ready list (expired ones bounce) */
+uint32_t qmgr_take_txn(struct qqueue *q, uint32_t max, uint32_t *out);
+
+/* --- connections (qmgr_conn.c) ----------------------------------------------------- */
+void qmgr_conn_listen(void);
+void qmgr_conn_stop_listening(void);
+int qmgr_conn_open(struct qqueue *q);     /* 1 opened, 0 no room */
+void qmgr_conn_feed_idle(struct qqueue *q);
+void qmgr_conn_close_idle_all(void);
+unsigned qmgr_conn_busy(void);
+void qmgr_conn_close_all(void);
+struct qpeer *qmgr_conn_least_loaded(void);
+
+/* --- rates (qmgr_rate.c) ------------------------------------------------------------ */
+/* qrate_allowed - units conformant now under COUNT per PERIOD_S (UINT32_MAX when unlimited) */
+uint32_t qrate_allowed(const struct qrate *r, const struct cfg_value *rate, uint64_t now_ns);
+void qrate_take(struct qrate *r, const struct cfg_value *rate, uint32_t n, uint64_t now_ns);
+/* qrate_wait_ns - how long until one unit is conformant (0 = now) */
+uint64_t qrate_wait_ns(const struct qrate *r, const struct cfg_value *rate, uint64_t now_ns);
+
+/* --- outcomes (qmgr_outcome.c) -------------------------------------------------------- */
+/* qmgr_outcome - record RES for recipient R; M is its message read from the queue (may be NULL) */
+void qmgr_outcome(uint32_t r, const struct qstore_msg *m, struct qqueue *q,
+                  const struct qresult *res);
+/* qmgr_outcome_expire - bounce R as expired (4.4.7) outside any connection */
+void qmgr_outcome_expire(uint32_t r, struct qqueue *q);
+/* qmgr_outcome_queue_failure - a connection-level failure of Q (tq record, retry mode) */
+void qmgr_outcome_queue_failure(struct qqueue *q, const struct qresult *res);
+/* qmgr_outcome_config - (re)open accounting and bounce patterns for S.cfg */
+void qmgr_outcome_config(void);
+void qmgr_outcome_close(void);
+const struct qstore_rcpt *qmgr_msg_find_rcpt(const struct qstore_msg *m, uint32_t index);
+const char *qmgr_qid(char buf[QSTORE_QID_LEN + 1], uint64_t msgid);
+
+#endif

@@ -1,0 +1,917 @@
+/*
+ * qmgr_conn.c - the qmgr socket: cleanup's hints and the smtp-out processes,
+ *               one smtp-out connection at a time (common/mailproto.h)
+ *
+ * Every process that connects to RUNDIR/private/qmgr is a peer; its first
+ * frame says what it is: MP_OUT_HELLO (an smtp-out process) or MP_QUEUE_NEW
+ * (cleanup). qmgr owns every decision about outbound connections: it opens
+ * one for a queue on the least-loaded smtp-out process (MP_CONN_OPEN plus the
+ * first MP_CONN_TXN), feeds it one transaction at a time while the queue has
+ * ready recipients, its limits allow and max-msg-per-connection is not
+ * reached, keeps it idle up to connection-idle-timeout when more work is
+ * expected soon, and closes it. A connection counts against max-smtp-out
+ * from MP_CONN_OPEN until its MP_CONN_DOWN.
+ *
+ * In flight: a recipient in a transaction is in exactly one connection's
+ * txn[] and nowhere else, so it is never handed out twice. When an smtp-out
+ * process goes away, its in-flight recipients go back to the front of their
+ * queue (they may have been delivered: that is the one duplicate allowed).
+ *
+ * Owns: S.peers, S.conn_by_id, every struct qconn and struct qpeer, the
+ * listening poll handle, the per-vmta source-host round-robin counters.
+ * SECURITY: frames from peers are parsed field by field with ipc_get_*; a
+ * malformed or unexpected frame closes that peer (its in-flight recipients
+ * return to the queue). Strings from peers are bounded before being kept.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "mailproto.h"
+#include "msg.h"
+#include "qmgr.h"
+#include "worker.h"
+#include "xalloc.h"
+
+#define PEER_STR_MAX 1024u          /* longest string field we keep from a peer */
+#define DEFAULT_IDLE_TIMEOUT_MS 5000u
+
+static uv_poll_t listen_poll;
+static int listening;
+static uint32_t conn_cursor;
+
+/* --- source hosts (round-robin per virtual MTA) ------------------------------------------ */
+
+struct vmta_rr {
+    char *name;
+    uint32_t next;
+    struct vmta_rr *link;
+};
+static struct vmta_rr *rr_list;
+
+static uint32_t
+vmta_rr_next(const char *vmta)
+{
+    struct vmta_rr *v;
+
+    for (v = rr_list; v; v = v->link)
+        if (strcmp(v->name, vmta) == 0)
+            return v->next++;
+    v = xcalloc(1, sizeof(*v));
+    v->name = xstrdup(vmta);
+    v->link = rr_list;
+    rr_list = v;
+    return v->next++;
+}
+
+/* source_host_scope - the scope whose smtp-source-host lines apply to VMTA */
+static uint32_t
+source_host_scope(const char *vmta)
+{
+    uint32_t s = strcmp(vmta, "{default}") == 0 ? CFG_NONE : cfg_find_scope(S.cfg, CFG_S_VMTA, vmta);
+    uint32_t it = 0;
+
+    if (s != CFG_NONE && cfg_scope_next(S.cfg, s, CFG_D_SMTP_SOURCE_HOST, &it))
+        return s;
+    return 0;
+}
+
+/* pick_source - the next "IP HOSTNAME" of VMTA (round-robin), else "" and its host-name */
+static void
+pick_source(struct qconn *c)
+{
+    static struct cfg_resolved res;
+    uint32_t scope = source_host_scope(c->q->vmta), it = 0, n = 0, want;
+    const struct cfg_value *v;
+
+    while (cfg_scope_next(S.cfg, scope, CFG_D_SMTP_SOURCE_HOST, &it))
+        n++;
+    if (n > 0) {
+        want = vmta_rr_next(c->q->vmta) % n;
+        it = 0;
+        for (uint32_t i = 0; (v = cfg_scope_next(S.cfg, scope, CFG_D_SMTP_SOURCE_HOST, &it)); i++) {
+            if (i == want) {
+                const char *text = cfg_str(S.cfg, v->text);
+                size_t iplen = strcspn(text, " \t");
+                const char *host = text + iplen + strspn(text + iplen, " \t");
+                c->source_ip = xstrndup(text, iplen);
+                c->helo = xstrndup(host, strcspn(host, " \t"));
+                return;
+            }
+        }
+    }
+    c->source_ip = xstrdup("");
+    if (cfg_resolve_vmta(S.cfg, c->q->vmta, &res) < 0)
+        cfg_resolve_vmta(S.cfg, NULL, &res);
+    v = res.v[CFG_D_HOST_NAME];
+    c->helo = xstrdup(v && !(v->flags & CFG_VALUE_UNSET) ? cfg_str(S.cfg, v->text) : "");
+}
+
+/* --- connection table -------------------------------------------------------------------- */
+
+static struct qconn *
+conn_new(struct qqueue *q, struct qpeer *out)
+{
+    struct qconn *c = xcalloc(1, sizeof(*c));
+    uint32_t slot;
+
+    if (S.nconn_total + 1 >= S.conn_cap) {
+        uint32_t cap = S.conn_cap ? S.conn_cap * 2 : 256;
+        S.conn_by_id = xreallocarray(S.conn_by_id, cap, sizeof(*S.conn_by_id));
+        memset(S.conn_by_id + S.conn_cap, 0, (cap - S.conn_cap) * sizeof(*S.conn_by_id));
+        S.conn_cap = cap;
+    }
+    /* A rotating cursor: an id is not reused right after its connection ended. */
+    for (slot = conn_cursor % S.conn_cap; S.conn_by_id[slot]; slot = (slot + 1) % S.conn_cap)
+        ;
+    conn_cursor = slot + 1;
+    S.conn_by_id[slot] = c;
+    c->id = slot + 1;
+    c->q = q;
+    c->out = out;
+    c->state = QC_OPENING;
+    c->qnext = q->conns;
+    q->conns = c;
+    q->nconn++;
+    c->onext = out->conns;
+    out->conns = c;
+    out->nconns++;
+    S.nconn_total++;
+    uv_timer_init(worker_loop(), &c->idle_timer);
+    c->idle_timer.data = c;
+    return c;
+}
+
+static void
+idle_timer_closed(uv_handle_t *h)
+{
+    struct qconn *c = h->data;
+
+    free(c->txn);
+    free(c->mx);
+    free(c->dest_ip);
+    free(c->source_ip);
+    free(c->helo);
+    free(c);
+}
+
+static void
+unlink_conn(struct qconn **list, struct qconn *c, int by_queue)
+{
+    for (struct qconn **p = list; *p; p = by_queue ? &(*p)->qnext : &(*p)->onext)
+        if (*p == c) {
+            *p = by_queue ? c->qnext : c->onext;
+            return;
+        }
+}
+
+/* conn_free - forget C (its transaction must be settled already) */
+static void
+conn_free(struct qconn *c)
+{
+    unlink_conn(&c->q->conns, c, 1);
+    c->q->nconn--;
+    unlink_conn(&c->out->conns, c, 0);
+    c->out->nconns--;
+    S.nconn_total--;
+    if (c->up)
+        S.nconn_up--;
+    S.conn_by_id[c->id - 1] = NULL;
+    if (c->txn_msg)
+        qstore_msg_free(c->txn_msg);
+    c->txn_msg = NULL;
+    uv_close((uv_handle_t *)&c->idle_timer, idle_timer_closed);
+}
+
+static struct qconn *
+conn_lookup(struct qpeer *p, uint32_t id)
+{
+    struct qconn *c;
+
+    if (id == 0 || id > S.conn_cap || (c = S.conn_by_id[id - 1]) == NULL || c->out != p)
+        return NULL;
+    return c;
+}
+
+/* --- sending ------------------------------------------------------------------------------ */
+
+static int
+send_frames(struct qpeer *p, struct buf *out)
+{
+    int err = ipc_chan_send(p->ch, out);
+
+    if (err < 0)
+        msg_warn("smtp-out %u: cannot send: %s", p->pid, uv_strerror(err));
+    buf_free(out);
+    return err;
+}
+
+static void
+add_open(struct buf *out, struct qconn *c)
+{
+    size_t off = ipc_begin(out, MP_CONN_OPEN, c->id);
+
+    ipc_add_cstr(out, c->q->name);
+    ipc_add_cstr(out, c->q->domain);
+    ipc_add_cstr(out, c->q->vmta);
+    ipc_add_cstr(out, c->source_ip);
+    ipc_add_cstr(out, c->helo);
+    ipc_add_u64(out, S.cfg->generation);
+    ipc_end(out, off);
+}
+
+static void
+add_txn(struct buf *out, struct qconn *c)
+{
+    size_t off = ipc_begin(out, MP_CONN_TXN, c->id);
+    uint8_t *idx = xmalloc((size_t)c->txn_n * 4);
+
+    for (uint32_t i = 0; i < c->txn_n; i++) {
+        uint32_t v = S.rcpt[c->txn[i]].index;
+        idx[4 * i] = (uint8_t)(v >> 24);
+        idx[4 * i + 1] = (uint8_t)(v >> 16);
+        idx[4 * i + 2] = (uint8_t)(v >> 8);
+        idx[4 * i + 3] = (uint8_t)v;
+    }
+    ipc_add_u64(out, S.msg[c->txn_msgidx].msgid);
+    ipc_add_bytes(out, idx, (size_t)c->txn_n * 4);
+    ipc_end(out, off);
+    free(idx);
+}
+
+/* drop_gone - recipients the store no longer has (deleted meanwhile) leave the schedule */
+static void
+drop_gone(struct qconn *c)
+{
+    uint32_t keep = 0;
+
+    for (uint32_t i = 0; i < c->txn_n; i++) {
+        uint32_t r = c->txn[i];
+        if (c->txn_msg && qmgr_msg_find_rcpt(c->txn_msg, S.rcpt[r].index)) {
+            c->txn[keep++] = r;
+            continue;
+        }
+        msg_warn("recipient %" PRIu64 "/%u is no longer in the queue; forgetting it",
+                 S.msg[S.rcpt[r].msg].msgid, S.rcpt[r].index);
+        c->q->ninflight--;
+        qmgr_rcpt_free(r);
+    }
+    c->txn_n = keep;
+}
+
+/* build_txn - the next transaction of C's queue into c->txn; its recipient count */
+static uint32_t
+build_txn(struct qconn *c, uint32_t max)
+{
+    struct qqueue *q = c->q;
+    int err;
+
+    while (q->nready > 0) {
+        c->txn_n = qmgr_take_txn(q, max, c->txn);
+        if (c->txn_n == 0)
+            return 0;
+        c->txn_msgidx = S.rcpt[c->txn[0]].msg;
+        if (c->txn_msg)
+            qstore_msg_free(c->txn_msg);
+        c->txn_msg = NULL;
+        err = qstore_read_msg(S.qs, S.msg[c->txn_msgidx].msgid, 0, &c->txn_msg);
+        if (err < 0 && err != -ENOENT)
+            msg_warn("cannot read message %" PRIu64 ": %s", S.msg[c->txn_msgidx].msgid,
+                     qstore_strerror(err));
+        if (err < 0)
+            c->txn_msg = NULL;
+        drop_gone(c);
+        if (c->txn_n > 0) {
+            c->txn_left = c->txn_n;
+            return c->txn_n;
+        }
+    }
+    return 0;
+}
+
+/* msg_rate_room - recipients the queue's max-msg-rate allows now (0: arms the wake timer) */
+static uint32_t
+msg_rate_room(struct qqueue *q)
+{
+    const struct cfg_value *rate = qmgr_queue_setting(q, CFG_D_MAX_MSG_RATE);
+    uint64_t now = qmgr_now_ns();
+    uint32_t n = qrate_allowed(&q->msg_rate, rate, now);
+
+    if (n == 0)
+        qmgr_queue_wake_at(q, qmgr_now_ms() + qrate_wait_ns(&q->msg_rate, rate, now) / 1000000 + 1);
+    return n;
+}
+
+static void
+take_msg_rate(struct qqueue *q, uint32_t n)
+{
+    qrate_take(&q->msg_rate, qmgr_queue_setting(q, CFG_D_MAX_MSG_RATE), n, qmgr_now_ns());
+}
+
+/* --- closing and idling ---------------------------------------------------------------------- */
+
+static void
+conn_close(struct qconn *c)
+{
+    struct buf out = BUF_INIT;
+
+    if (c->state == QC_CLOSING)
+        return;
+    c->state = QC_CLOSING;
+    if (c->idle_timer_on) {
+        uv_timer_stop(&c->idle_timer);
+        c->idle_timer_on = 0;
+    }
+    ipc_end(&out, ipc_begin(&out, MP_CONN_CLOSE, c->id));
+    send_frames(c->out, &out);
+}
+
+static void
+on_idle_timeout(uv_timer_t *t)
+{
+    struct qconn *c = t->data;
+
+    c->idle_timer_on = 0;
+    if (c->state == QC_IDLE)
+        conn_close(c);
+}
+
+/* work_expected - will C's queue have something for it soon? */
+static int
+work_expected(struct qconn *c)
+{
+    struct qqueue *q = c->q;
+
+    /* Ready work waiting for the rate limit, or answers pending on other
+     * connections (temp failures come back as deferred, not ready). */
+    return q->nready > 0 || (q->ndeferred > 0 && q->ninflight > 0);
+}
+
+static void
+conn_rest(struct qconn *c)
+{
+    if (c->idle_timeout_ms == 0 || !work_expected(c) || S.stopping) {
+        conn_close(c);
+        return;
+    }
+    if (!c->idle_timer_on) {
+        uv_timer_start(&c->idle_timer, on_idle_timeout, c->idle_timeout_ms, 0);
+        c->idle_timer_on = 1;
+    }
+}
+
+/* conn_feed - give idle connection C its next transaction, or let it rest or close */
+static void
+conn_feed(struct qconn *c)
+{
+    struct qqueue *q = c->q;
+    uint32_t room, n;
+    struct buf out = BUF_INIT;
+
+    if (S.stopping || (c->max_msg && c->ntxn >= c->max_msg)) {
+        conn_close(c);
+        return;
+    }
+    if (q->nready == 0 || (room = msg_rate_room(q)) == 0) {
+        conn_rest(c);
+        return;
+    }
+    if ((n = build_txn(c, room < c->max_rcpt ? room : c->max_rcpt)) == 0) {
+        conn_rest(c);
+        return;
+    }
+    take_msg_rate(q, n);
+    if (c->idle_timer_on) {
+        uv_timer_stop(&c->idle_timer);
+        c->idle_timer_on = 0;
+    }
+    c->state = QC_BUSY;
+    c->ntxn++;
+    add_txn(&out, c);
+    send_frames(c->out, &out);
+}
+
+void
+qmgr_conn_feed_idle(struct qqueue *q)
+{
+    struct qconn *c, *next;
+
+    for (c = q->conns; c && q->nready > 0; c = next) {
+        next = c->qnext;
+        if (c->state == QC_IDLE)
+            conn_feed(c);
+    }
+}
+
+/* --- opening ---------------------------------------------------------------------------------- */
+
+struct qpeer *
+qmgr_conn_least_loaded(void)
+{
+    struct qpeer *best = NULL;
+
+    for (struct qpeer *p = S.peers; p; p = p->next) {
+        if (p->kind != QPEER_OUT || (p->max_conns && p->nconns >= p->max_conns))
+            continue;
+        if (!best || p->nconns < best->nconns)
+            best = p;
+    }
+    return best;
+}
+
+/* open_allowed - may Q open one more connection now? (arms its wake timer when time will tell) */
+static int
+open_allowed(struct qqueue *q)
+{
+    const struct cfg_value *total = cfg_global(S.cfg, CFG_D_TOTAL_MAX_SMTP_OUT);
+    const struct cfg_value *crate = qmgr_queue_setting(q, CFG_D_MAX_CONNECT_RATE);
+    int64_t max_out = qmgr_queue_num(q, CFG_D_MAX_SMTP_OUT, 20);
+    uint64_t now_ms = qmgr_now_ms(), now_ns = qmgr_now_ns();
+
+    if (S.stopping || q->nconn >= (uint64_t)(max_out > 0 ? max_out : 1))
+        return 0;
+    if (total && total->num > 0 && S.nconn_total >= (uint64_t)total->num)
+        return 0;
+    if (now_ms < q->retry_until_ms) {
+        qmgr_queue_wake_at(q, q->retry_until_ms);
+        return 0;
+    }
+    if (qrate_allowed(&q->connect_rate, crate, now_ns) == 0) {
+        qmgr_queue_wake_at(q, now_ms + qrate_wait_ns(&q->connect_rate, crate, now_ns) / 1000000 + 1);
+        return 0;
+    }
+    return 1;
+}
+
+/* pin_settings - what the connection keeps for its lifetime (a reload does not change it) */
+static void
+pin_settings(struct qconn *c)
+{
+    int64_t max_msg = qmgr_queue_num(c->q, CFG_D_MAX_MSG_PER_CONNECTION, 0);
+    int64_t max_rcpt = qmgr_queue_num(c->q, CFG_D_MAX_RCPT_PER_TRANSACTION, 1000);
+    int64_t idle = qmgr_queue_num(c->q, CFG_D_CONNECTION_IDLE_TIMEOUT, 5);
+
+    c->max_msg = max_msg > 0 ? (unsigned)max_msg : 0;
+    c->max_rcpt = max_rcpt > 0 ? (unsigned)(max_rcpt > 100000 ? 100000 : max_rcpt) : 1000;
+    c->idle_timeout_ms = idle > 0 ? (uint64_t)(idle > 600 ? 600 : idle) * 1000 : 0;
+    c->txn_cap = c->max_rcpt;
+    c->txn = xreallocarray(NULL, c->txn_cap, sizeof(*c->txn));
+}
+
+/* qmgr_conn_open - one more connection for Q with its first transaction; 1 if opened */
+int
+qmgr_conn_open(struct qqueue *q)
+{
+    struct qpeer *out;
+    struct qconn *c;
+    struct buf buf = BUF_INIT;
+    uint32_t room;
+
+    if (!open_allowed(q) || (out = qmgr_conn_least_loaded()) == NULL)
+        return 0;
+    if ((room = msg_rate_room(q)) == 0)
+        return 0;
+    c = conn_new(q, out);
+    pin_settings(c);
+    if (build_txn(c, room < c->max_rcpt ? room : c->max_rcpt) == 0) {
+        conn_free(c);
+        return 0;
+    }
+    take_msg_rate(q, c->txn_n);
+    qrate_take(&q->connect_rate, qmgr_queue_setting(q, CFG_D_MAX_CONNECT_RATE), 1, qmgr_now_ns());
+    pick_source(c);
+    c->state = QC_BUSY;
+    c->ntxn = 1;
+    add_open(&buf, c);
+    add_txn(&buf, c);
+    msg_debug("connection %u for %s on smtp-out %u (source %s)", c->id, q->name, out->pid,
+              *c->source_ip ? c->source_ip : "any");
+    send_frames(out, &buf);
+    return 1;
+}
+
+/* --- results ----------------------------------------------------------------------------------- */
+
+static void
+fill_result(struct qresult *res, struct qconn *c)
+{
+    res->mx = c->mx ? c->mx : "";
+    res->dest_ip = c->dest_ip ? c->dest_ip : "";
+    res->source_ip = c->source_ip ? c->source_ip : "";
+}
+
+/* settle - recipient slot I of C's transaction gets RES */
+static void
+settle(struct qconn *c, uint32_t i, const struct qresult *res)
+{
+    uint32_t r = c->txn[i];
+
+    c->txn[i] = QNIL;
+    c->txn_left--;
+    c->q->ninflight--;
+    qmgr_outcome(r, c->txn_msg, c->q, res);
+}
+
+/* settle_rest - every unanswered recipient of C's transaction gets RES */
+static void
+settle_rest(struct qconn *c, const struct qresult *res)
+{
+    for (uint32_t i = 0; i < c->txn_n && c->txn_left > 0; i++)
+        if (c->txn[i] != QNIL)
+            settle(c, i, res);
+    c->txn_n = 0;
+}
+
+static char *
+dup_bounded(const char *s, size_t len)
+{
+    return xstrndup(s, len > PEER_STR_MAX ? PEER_STR_MAX : len);
+}
+
+static int
+get_str_bounded(struct ipc_msg *m, char **out)
+{
+    const char *s;
+    size_t len;
+
+    if (ipc_get_str(m, &s, &len) < 0)
+        return -EPROTO;
+    *out = dup_bounded(s, len);
+    return 0;
+}
+
+static int
+on_conn_up(struct qconn *c, struct ipc_msg *m)
+{
+    char *mx = NULL, *dest = NULL, *src = NULL, *tls = NULL, *esmtp = NULL;
+    int rc = -EPROTO;
+
+    if (get_str_bounded(m, &mx) == 0 && get_str_bounded(m, &dest) == 0
+        && get_str_bounded(m, &src) == 0 && get_str_bounded(m, &tls) == 0
+        && get_str_bounded(m, &esmtp) == 0 && ipc_get_end(m) == 0) {
+        free(c->mx);
+        free(c->dest_ip);
+        c->mx = mx;
+        c->dest_ip = dest;
+        if (*src) {
+            free(c->source_ip);
+            c->source_ip = src;
+            src = NULL;
+        }
+        mx = dest = NULL;
+        if (!c->up)
+            S.nconn_up++;
+        c->up = 1;
+        /* The queue reaches its destination again: retry mode ends. */
+        c->q->fail_count = 0;
+        c->q->retry_until_ms = 0;
+        rc = 0;
+    }
+    free(mx);
+    free(dest);
+    free(src);
+    free(tls);
+    free(esmtp);
+    return rc;
+}
+
+static int
+on_rcpt_result(struct qconn *c, struct ipc_msg *m)
+{
+    uint64_t msgid;
+    uint32_t index, result, code;
+    const char *enh, *text;
+    size_t enh_len, text_len;
+    char enhanced[64], reply[QSTORE_ERR_MAX + 1];
+    struct qresult res = { 0 };
+
+    if (ipc_get_u64(m, &msgid) || ipc_get_u32(m, &index) || ipc_get_u32(m, &result)
+        || ipc_get_u32(m, &code) || ipc_get_str(m, &enh, &enh_len)
+        || ipc_get_str(m, &text, &text_len) || ipc_get_end(m) || result > MP_RESULT_PERMFAIL)
+        return -EPROTO;
+    snprintf(enhanced, sizeof(enhanced), "%.*s", (int)(enh_len > 63 ? 63 : enh_len), enh);
+    snprintf(reply, sizeof(reply), "%.*s", (int)(text_len > QSTORE_ERR_MAX ? QSTORE_ERR_MAX : text_len),
+             text);
+    if (c->txn_n == 0 || msgid != S.msg[c->txn_msgidx].msgid)
+        return -EPROTO;
+    for (uint32_t i = 0; i < c->txn_n; i++) {
+        if (c->txn[i] != QNIL && S.rcpt[c->txn[i]].index == index) {
+            res.result = result;
+            res.code = code;
+            res.enhanced = enhanced;
+            res.text = reply;
+            fill_result(&res, c);
+            settle(c, i, &res);
+            return 0;
+        }
+    }
+    msg_warn("smtp-out %u: result for %" PRIu64 "/%u which connection %u does not carry",
+             c->out->pid, msgid, index, c->id);
+    return 0;
+}
+
+static int
+on_txn_done(struct qconn *c, struct ipc_msg *m)
+{
+    uint64_t msgid;
+    struct qresult res = { MP_RESULT_TEMPFAIL, 451, "4.3.0", "no result from smtp-out", NULL,
+                           NULL, NULL };
+
+    if (ipc_get_u64(m, &msgid) || ipc_get_end(m))
+        return -EPROTO;
+    fill_result(&res, c);
+    settle_rest(c, &res);
+    if (c->txn_msg)
+        qstore_msg_free(c->txn_msg);
+    c->txn_msg = NULL;
+    return 0;
+}
+
+static int
+on_conn_idle(struct qconn *c, struct ipc_msg *m)
+{
+    if (ipc_get_end(m))
+        return -EPROTO;
+    if (c->txn_n > 0) {
+        struct qresult res = { MP_RESULT_TEMPFAIL, 451, "4.3.0", "no result from smtp-out",
+                               NULL, NULL, NULL };
+        fill_result(&res, c);
+        settle_rest(c, &res);
+    }
+    if (c->state == QC_CLOSING)
+        return 0;
+    c->state = QC_IDLE;
+    conn_feed(c);
+    return 0;
+}
+
+/* conn_failed_early - the connection never came up: the queue's problem, not a recipient's */
+static void
+conn_failed_early(struct qconn *c, struct qresult *res)
+{
+    struct qqueue *q = c->q;
+    int bounce = res->result == MP_RESULT_PERMFAIL
+                 && qmgr_queue_num(q, CFG_D_BOUNCE_UPON_5XX_GREETING, 1) != 0;
+
+    if (res->result == MP_RESULT_PERMFAIL && !bounce)
+        res->result = MP_RESULT_TEMPFAIL;
+    qmgr_outcome_queue_failure(q, res);
+    settle_rest(c, res);
+    if (!bounce)
+        return;
+    /* 5xx greeting, no such domain, null MX: every ready recipient of the queue bounces. */
+    for (uint32_t r; (r = qmgr_ready_pop(q)) != QNIL;) {
+        struct qstore_msg *m = NULL;
+        if (qstore_read_msg(S.qs, S.msg[S.rcpt[r].msg].msgid, 0, &m) < 0)
+            m = NULL;
+        qmgr_outcome(r, m, q, res);
+        if (m)
+            qstore_msg_free(m);
+    }
+}
+
+static int
+on_conn_down(struct qconn *c, struct ipc_msg *m)
+{
+    uint32_t result, code;
+    char *enh = NULL, *text = NULL, *mx = NULL, *dest = NULL;
+    struct qresult res = { 0 };
+
+    if (ipc_get_u32(m, &result) || ipc_get_u32(m, &code) || get_str_bounded(m, &enh)
+        || get_str_bounded(m, &text) || get_str_bounded(m, &mx) || get_str_bounded(m, &dest)
+        || ipc_get_end(m) || result > MP_RESULT_PERMFAIL) {
+        free(enh);
+        free(text);
+        free(mx);
+        free(dest);
+        return -EPROTO;
+    }
+    res = (struct qresult){ result, code, enh, text, *mx ? mx : (c->mx ? c->mx : ""),
+                            *dest ? dest : (c->dest_ip ? c->dest_ip : ""),
+                            c->source_ip ? c->source_ip : "" };
+    if (!c->up && result != MP_RESULT_OK) {
+        conn_failed_early(c, &res);
+    } else {
+        if (res.result == MP_RESULT_OK) {
+            res = (struct qresult){ MP_RESULT_TEMPFAIL, 451, "4.4.2",
+                                    "connection closed before a result", res.mx, res.dest_ip,
+                                    res.source_ip };
+        }
+        settle_rest(c, &res);
+    }
+    msg_debug("connection %u for %s down", c->id, c->q->name);
+    conn_free(c);
+    free(enh);
+    free(text);
+    free(mx);
+    free(dest);
+    qmgr_dispatch_soon();
+    return 0;
+}
+
+/* --- peers ------------------------------------------------------------------------------------ */
+
+static int
+on_out_frame(struct qpeer *p, struct ipc_msg *m)
+{
+    struct qconn *c = conn_lookup(p, m->id);
+
+    if (!c) {
+        /* Not fatal for the process: its other connections carry mail. */
+        msg_warn("smtp-out %u: frame %u for unknown connection %u; ignored", p->pid, m->type,
+                 m->id);
+        return 0;
+    }
+    switch (m->type) {
+    case MP_CONN_UP: return on_conn_up(c, m);
+    case MP_RCPT_RESULT: return on_rcpt_result(c, m);
+    case MP_TXN_DONE: return on_txn_done(c, m);
+    case MP_CONN_IDLE: return on_conn_idle(c, m);
+    case MP_CONN_DOWN: return on_conn_down(c, m);
+    default:
+        msg_warn("smtp-out %u: unexpected frame type %u", p->pid, m->type);
+        return -EPROTO;
+    }
+}
+
+static int
+on_hint(struct qpeer *p, struct ipc_msg *m)
+{
+    uint64_t msgid;
+
+    (void)p;
+    if (m->type != MP_QUEUE_NEW || ipc_get_u64(m, &msgid) || ipc_get_end(m))
+        return -EPROTO;
+    qmgr_sched_catch_up_soon();
+    return 0;
+}
+
+static int
+on_hello(struct qpeer *p, struct ipc_msg *m)
+{
+    if (ipc_get_u32(m, &p->pid) || ipc_get_u32(m, &p->max_conns) || ipc_get_end(m))
+        return -EPROTO;
+    p->kind = QPEER_OUT;
+    msg_info("smtp-out process %u connected (up to %u connections)", p->pid, p->max_conns);
+    qmgr_dispatch_soon();
+    return 0;
+}
+
+static int
+on_peer_frame(struct ipc_chan *ch, struct ipc_msg *m)
+{
+    struct qpeer *p = ch->data;
+    int rc;
+
+    switch (p->kind) {
+    case QPEER_OUT: rc = on_out_frame(p, m); break;
+    case QPEER_CLEANUP: rc = on_hint(p, m); break;
+    default:
+        if (m->type == MP_OUT_HELLO) {
+            rc = on_hello(p, m);
+        } else {
+            p->kind = QPEER_CLEANUP;
+            rc = on_hint(p, m);
+        }
+    }
+    if (rc < 0)
+        msg_warn("malformed or unexpected frame (type %u) from a %s peer; closing it", m->type,
+                 p->kind == QPEER_OUT ? "smtp-out" : "cleanup");
+    return rc < 0 ? 1 : 0;
+}
+
+/* return_in_flight - a dead process's recipients go back to the front of their queues */
+static void
+return_in_flight(struct qconn *c)
+{
+    for (uint32_t i = c->txn_n; i-- > 0;) {
+        uint32_t r = c->txn[i];
+        if (r == QNIL)
+            continue;
+        c->q->ninflight--;
+        qmgr_ready_push_front(c->q, r);
+    }
+    c->txn_n = 0;
+}
+
+static void
+on_peer_closed(struct ipc_chan *ch, int reason)
+{
+    struct qpeer *p = ch->data, **pp;
+
+    if (p->kind == QPEER_OUT)
+        msg_info("smtp-out process %u went away (%s); %u connections lost", p->pid,
+                 reason ? uv_strerror(reason) : "eof", p->nconns);
+    while (p->conns) {
+        struct qconn *c = p->conns;
+        return_in_flight(c);
+        conn_free(c);
+    }
+    for (pp = &S.peers; *pp; pp = &(*pp)->next)
+        if (*pp == p) {
+            *pp = p->next;
+            break;
+        }
+    free(p);
+    qmgr_dispatch_soon();
+}
+
+static void
+accept_one(int fd)
+{
+    struct qpeer *p = xcalloc(1, sizeof(*p));
+    int err;
+
+    if ((err = ipc_chan_open_fd(worker_loop(), fd, on_peer_frame, on_peer_closed, p, &p->ch)) < 0) {
+        msg_warn("cannot serve a qmgr connection: %s", uv_strerror(err));
+        free(p);
+        return;
+    }
+    p->next = S.peers;
+    S.peers = p;
+}
+
+static void
+on_listen_ready(uv_poll_t *h, int status, int events)
+{
+    int fd;
+
+    (void)h;
+    (void)events;
+    if (status < 0) {
+        msg_warn("qmgr socket: %s", uv_strerror(status));
+        return;
+    }
+    while ((fd = accept4(worker_socket_fd("qmgr"), NULL, NULL, SOCK_CLOEXEC)) >= 0)
+        accept_one(fd);
+    if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED)
+        msg_warn("accept on the qmgr socket: %s", strerror(errno));
+}
+
+void
+qmgr_conn_listen(void)
+{
+    int fd = worker_socket_fd("qmgr"), err;
+
+    if (fd < 0)
+        msg_fatal("pmtad gave us no qmgr socket");
+    if ((err = uv_poll_init(worker_loop(), &listen_poll, fd)) < 0
+        || (err = uv_poll_start(&listen_poll, UV_READABLE, on_listen_ready)) < 0)
+        msg_fatal("cannot watch the qmgr socket: %s", uv_strerror(err));
+    listening = 1;
+}
+
+void
+qmgr_conn_stop_listening(void)
+{
+    if (!listening)
+        return;
+    listening = 0;
+    uv_close((uv_handle_t *)&listen_poll, NULL);
+}
+
+/* --- shutdown --------------------------------------------------------------------------------- */
+
+void
+qmgr_conn_close_idle_all(void)
+{
+    for (struct qpeer *p = S.peers; p; p = p->next)
+        for (struct qconn *c = p->conns; c; c = c->onext)
+            if (c->state == QC_IDLE || c->state == QC_OPENING)
+                conn_close(c);
+}
+
+/* qmgr_conn_busy - connections still carrying a transaction */
+unsigned
+qmgr_conn_busy(void)
+{
+    unsigned n = 0;
+
+    for (struct qpeer *p = S.peers; p; p = p->next)
+        for (struct qconn *c = p->conns; c; c = c->onext)
+            n += c->txn_n > 0;
+    return n;
+}
+
+void
+qmgr_conn_close_all(void)
+{
+    struct qpeer *p, *next;
+
+    qmgr_conn_stop_listening();
+    for (p = S.peers; p; p = next) {
+        next = p->next;
+        ipc_chan_close(p->ch);
+    }
+    while (rr_list) {
+        struct vmta_rr *v = rr_list;
+        rr_list = v->link;
+        free(v->name);
+        free(v);
+    }
+}

@@ -1,0 +1,478 @@
+/*
+ * qmgr_outcome.c - what happens to a recipient after an attempt
+ *
+ * delivered  -> qstore_group_finish, accounting d
+ * bounced    -> DSN to the envelope sender (qmgr_dsn), submitted through the
+ *               group committer BEFORE the recipient's finish, so a crash can
+ *               never lose both; accounting b with a bounce category
+ * deferred   -> next attempt from retry-after by attempt count (the last
+ *               entry repeats) with +-10 % jitter, at least
+ *               retry-recipients-after, never later than the recipient's
+ *               expiry; qstore_group_defer; accounting t
+ * expired    -> bounce with 4.4.7 "message expired" and the last error
+ * Queue-level failures (the connection never came up) put the queue in retry
+ * mode and write a tq record.
+ *
+ * Every attempt logs one line:
+ *   delivered|deferred|bounced QID/INDEX to=RCPT queue=Q mx=MX ip=DEST
+ *       src=SOURCE status=ENHANCED reply=TEXT
+ *
+ * Owns: the accounting writer and the bounce classifier (rebuilt on reload).
+ * SECURITY: reply text, addresses and host names are peer-controlled; they
+ * reach the log only through msg_printable() and the DSN / accounting file
+ * only through their writers, which sanitise every field.
+ */
+#include "config.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "mailproto.h"
+#include "msg.h"
+#include "qmgr.h"
+#include "qmgr_acct.h"
+#include "qmgr_bouncecat.h"
+#include "qmgr_dsn.h"
+#include "worker.h"
+#include "xalloc.h"
+
+static struct qmgr_acct *acct_w;
+static struct qmgr_bouncecat *bouncecat;
+static uv_timer_t acct_timer;
+static int acct_timer_on;
+
+/* --- small helpers ------------------------------------------------------------------------ */
+
+const char *
+qmgr_qid(char buf[QSTORE_QID_LEN + 1], uint64_t msgid)
+{
+    qstore_qid_format(buf, msgid);
+    return buf;
+}
+
+const struct qstore_rcpt *
+qmgr_msg_find_rcpt(const struct qstore_msg *m, uint32_t index)
+{
+    size_t lo = 0, hi = m ? m->nrcpt : 0;
+
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (m->rcpt[mid].index == index)
+            return &m->rcpt[mid];
+        if (m->rcpt[mid].index < index)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return NULL;
+}
+
+static const char *
+host_name(void)
+{
+    static char buf[256];
+    const struct cfg_value *v = cfg_global(S.cfg, CFG_D_HOST_NAME);
+
+    if (v && !(v->flags & CFG_VALUE_UNSET) && *cfg_str(S.cfg, v->text))
+        return cfg_str(S.cfg, v->text);
+    if (gethostname(buf, sizeof(buf) - 1) < 0)
+        snprintf(buf, sizeof(buf), "localhost");
+    return buf;
+}
+
+/* log_attempt - the one main-log line of an attempt */
+static void
+log_attempt(const char *what, uint32_t r, const struct qstore_rcpt *rr, struct qqueue *q,
+            const struct qresult *res)
+{
+    char qid[QSTORE_QID_LEN + 1], to[256], mx[256], reply[600];
+    const char *addr = rr ? rr->address : "?";
+
+    msg_info("%s %s/%u to=%s queue=%s mx=%s ip=%s src=%s status=%s reply=%s", what,
+             qmgr_qid(qid, S.msg[S.rcpt[r].msg].msgid), S.rcpt[r].index,
+             msg_printable(to, sizeof(to), addr, strlen(addr)), q->name,
+             res->mx && *res->mx ? msg_printable(mx, sizeof(mx), res->mx, strlen(res->mx)) : "-",
+             res->dest_ip && *res->dest_ip ? res->dest_ip : "-",
+             res->source_ip && *res->source_ip ? res->source_ip : "-",
+             res->enhanced && *res->enhanced ? res->enhanced : "-",
+             msg_printable(reply, sizeof(reply), res->text ? res->text : "",
+                           res->text ? strlen(res->text) : 0));
+}
+
+/* --- accounting --------------------------------------------------------------------------- */
+
+static void
+acct_rcpt(enum qmgr_acct_type type, const struct qstore_msg *m, const struct qstore_rcpt *rr,
+          struct qqueue *q, const struct qresult *res, const char *action, const char *cat)
+{
+    struct qmgr_acct_record a = { 0 };
+    char status[96], diag[QSTORE_ERR_MAX + 32], mta[600], srcmta[600];
+
+    if (!acct_w)
+        return;
+    snprintf(status, sizeof(status), "%s (%s)", res->enhanced && *res->enhanced ? res->enhanced
+             : (res->result == MP_RESULT_OK ? "2.0.0" : "4.0.0"),
+             type == QMGR_ACCT_D ? "success" : cat ? cat : "transient failure");
+    snprintf(diag, sizeof(diag), "smtp;%u %s", res->code, res->text ? res->text : "");
+    snprintf(mta, sizeof(mta), "%s (%s)", res->mx ? res->mx : "", res->dest_ip ? res->dest_ip : "");
+    a.type = type;
+    a.dsn_action = action;
+    a.dsn_status = status;
+    a.dsn_diag = diag;
+    a.dsn_mta = mta;
+    a.bounce_cat = cat;
+    a.dlv_type = "smtp";
+    a.dlv_source_ip = res->source_ip;
+    a.dlv_destination_ip = res->dest_ip;
+    a.vmta = q->vmta;
+    a.queue = q->name;
+    a.dlv_size = -1;
+    if (m) {
+        snprintf(srcmta, sizeof(srcmta), "%s (%s)", m->env.client_helo, m->env.client_ip);
+        a.time_queued = (time_t)m->env.queued_at;
+        a.orig = m->env.sender;
+        a.src_type = "smtp";
+        a.src_mta = srcmta;
+        a.dlv_size = (int64_t)m->env.size;
+        a.job_id = m->env.job_id;
+        a.env_id = m->env.envid;
+        a.rcv_smtp_user = m->env.auth_user;
+    }
+    if (rr) {
+        a.rcpt = rr->address;
+        a.orcpt = rr->orcpt;
+    }
+    if (qmgr_acct_write(acct_w, &a) < 0)
+        msg_warn("cannot write an accounting record");
+}
+
+static void
+on_acct_tick(uv_timer_t *t)
+{
+    (void)t;
+    qmgr_acct_tick(acct_w);
+}
+
+/* qmgr_outcome_config - (re)open accounting files and bounce patterns for the current config */
+void
+qmgr_outcome_config(void)
+{
+    if (acct_w)
+        qmgr_acct_close(acct_w);
+    acct_w = NULL;
+    if (qmgr_acct_open(&acct_w, S.cfg, NULL) < 0)
+        acct_w = NULL;
+    if (bouncecat)
+        qmgr_bouncecat_free(bouncecat);
+    bouncecat = qmgr_bouncecat_new(S.cfg);
+    if (!acct_timer_on) {
+        uv_timer_init(worker_loop(), &acct_timer);
+        uv_timer_start(&acct_timer, on_acct_tick, 1000, 1000);
+        acct_timer_on = 1;
+    }
+}
+
+void
+qmgr_outcome_close(void)
+{
+    if (acct_timer_on)
+        uv_close((uv_handle_t *)&acct_timer, NULL);
+    acct_timer_on = 0;
+    qmgr_acct_close(acct_w);
+    acct_w = NULL;
+    if (bouncecat)
+        qmgr_bouncecat_free(bouncecat);
+    bouncecat = NULL;
+}
+
+/* --- durable records ------------------------------------------------------------------------ */
+
+static void
+on_committed(void *arg, int status, uint64_t msgid)
+{
+    const char *what = arg;
+
+    if (status < 0 && status != -ENOENT)
+        msg_error("cannot record the %s of a recipient of message %" PRIu64 ": %s", what, msgid,
+                  qstore_strerror(status));
+}
+
+static void
+finish(uint32_t r, const char *what)
+{
+    int err = qstore_group_finish(S.group, S.msg[S.rcpt[r].msg].msgid, S.rcpt[r].index,
+                                  on_committed, (void *)what);
+    if (err < 0)
+        msg_error("cannot queue the %s record: %s", what, qstore_strerror(err));
+}
+
+static void
+on_dsn_committed(void *arg, int status, uint64_t msgid)
+{
+    (void)arg;
+    if (status < 0) {
+        msg_error("cannot queue a bounce message: %s", qstore_strerror(status));
+        return;
+    }
+    msg_debug("bounce message %" PRIu64 " queued", msgid);
+    qmgr_sched_catch_up_soon();
+}
+
+/* --- bounces ---------------------------------------------------------------------------------- */
+
+/* lower_domain - the lower-cased domain of ADDR into OUT ("" when it has none) */
+static void
+lower_domain(char *out, size_t outsize, const char *addr)
+{
+    const char *at = strrchr(addr, '@');
+    size_t i = 0;
+
+    for (at = at ? at + 1 : ""; *at && i + 1 < outsize; at++)
+        out[i++] = (char)(*at >= 'A' && *at <= 'Z' ? *at - 'A' + 'a' : *at);
+    out[i] = '\0';
+}
+
+/* queue_dsn - store DSN (a message body) from <> to RETURN_PATH */
+static void
+queue_dsn(const char *return_path, struct buf *dsn, int eightbit)
+{
+    char domain[256], queue[300];
+    struct qstore_envelope env = { 0 };
+    struct qstore_rcpt rc = { 0 };
+    struct qstore_newmsg *nm;
+    int err;
+
+    lower_domain(domain, sizeof(domain), return_path);
+    if (!*domain) {
+        msg_warn("no domain in return path; bounce not sent");
+        return;
+    }
+    snprintf(queue, sizeof(queue), "%s/{default}", domain);
+    env.flags = eightbit ? QSTORE_F_8BITMIME : 0;
+    env.sender = "";
+    env.source = "{bounce}";
+    rc.queue = queue;
+    rc.address = return_path;
+    rc.domain = domain;
+    rc.notify = QSTORE_NOTIFY_NEVER;
+    if ((err = qstore_newmsg_create(&nm, &env, &rc, 1, dsn)) < 0) {
+        msg_warn("cannot build the bounce message: %s", qstore_strerror(err));
+        return;
+    }
+    if ((err = qstore_group_submit(S.group, nm, on_dsn_committed, NULL)) < 0) {
+        msg_warn("cannot queue the bounce message: %s", qstore_strerror(err));
+        qstore_newmsg_free(nm);
+    }
+}
+
+/* send_dsn - build and queue the DSN for RR of message M (M read without body) */
+static void
+send_dsn(const struct qstore_msg *m, const struct qstore_rcpt *rr, struct qqueue *q,
+         const struct qresult *res)
+{
+    struct qstore_msg *full = NULL;
+    struct qmgr_dsn_rcpt dr = { 0 };
+    struct qmgr_dsn_input in = { 0 };
+    const char *rp = *m->env.bounce_sender ? m->env.bounce_sender : m->env.sender;
+    char qid[QSTORE_QID_LEN + 1], diag[QSTORE_ERR_MAX + 16];
+    struct buf out = BUF_INIT;
+    int rc;
+
+    if (!qmgr_dsn_should_send(m->env.sender, rr->notify, QMGR_DSN_FAILED, false))
+        return;
+    if (qstore_read_msg(S.qs, m->msgid, QSTORE_READ_BODY, &full) < 0)
+        full = NULL;
+    snprintf(diag, sizeof(diag), "%u %s", res->code, res->text ? res->text : "");
+    dr.final_rcpt = rr->address;
+    dr.orcpt = rr->orcpt;
+    dr.action = QMGR_DSN_FAILED;
+    dr.status = res->enhanced && *res->enhanced ? res->enhanced : NULL;
+    dr.remote_mta = res->mx && *res->mx ? res->mx : NULL;
+    dr.diag = diag;
+    dr.last_attempt = (time_t)qmgr_wall();
+    in.reporting_mta = host_name();
+    in.sender = rp;
+    in.envid = m->env.envid;
+    in.ret = m->env.ret;
+    in.arrival = (time_t)m->env.queued_at;
+    in.queue_id = qmgr_qid(qid, m->msgid);
+    in.message = full ? full->body : "";
+    in.message_len = full ? full->body_len : 0;
+    in.rcpts = &dr;
+    in.nrcpts = 1;
+    (void)q;
+    if ((rc = qmgr_dsn_build(&in, &out)) < 0)
+        msg_warn("cannot build the bounce for %s: %s", qid, strerror(-rc));
+    else
+        queue_dsn(rp, &out, rc & QMGR_DSN_8BIT);
+    buf_free(&out);
+    if (full)
+        qstore_msg_free(full);
+}
+
+/* bounce - final failure of R: DSN first, then the finish, then the records */
+static void
+bounce(uint32_t r, const struct qstore_msg *m, struct qqueue *q, const struct qresult *res)
+{
+    const struct qstore_rcpt *rr = qmgr_msg_find_rcpt(m, S.rcpt[r].index);
+    const char *cat = qmgr_bouncecat_classify_reply(bouncecat, res->enhanced, res->text);
+
+    log_attempt("bounced", r, rr, q, res);
+    if (rr)
+        send_dsn(m, rr, q, res);
+    finish(r, "bounce");
+    acct_rcpt(QMGR_ACCT_B, m, rr, q, res, "failed", cat);
+    q->bounced++;
+    qmgr_rcpt_free(r);
+}
+
+/* expire - R is older than bounce-after: 4.4.7 with the last error as the reason */
+static void
+expire(uint32_t r, const struct qstore_msg *m, struct qqueue *q, const struct qresult *last)
+{
+    const struct qstore_rcpt *rr = qmgr_msg_find_rcpt(m, S.rcpt[r].index);
+    char text[QSTORE_ERR_MAX + 32];
+    const char *reason = last && last->text && *last->text ? last->text
+                         : rr && *rr->last_error ? rr->last_error : "no delivery attempt succeeded";
+    struct qresult res = { MP_RESULT_PERMFAIL, 0, "4.4.7", text, NULL, NULL, NULL };
+
+    snprintf(text, sizeof(text), "message expired: %s", reason);
+    if (last) {
+        res.code = last->code;
+        res.mx = last->mx;
+        res.dest_ip = last->dest_ip;
+        res.source_ip = last->source_ip;
+    }
+    bounce(r, m, q, &res);
+}
+
+void
+qmgr_outcome_expire(uint32_t r, struct qqueue *q)
+{
+    struct qstore_msg *m = NULL;
+
+    if (qstore_read_msg(S.qs, S.msg[S.rcpt[r].msg].msgid, 0, &m) < 0)
+        m = NULL;
+    expire(r, m, q, NULL);
+    if (m)
+        qstore_msg_free(m);
+}
+
+/* --- deferral ---------------------------------------------------------------------------------- */
+
+/* next_delay_ms - how long R waits after its ATTEMPTS-th failure */
+static uint64_t
+next_delay_ms(uint32_t r, struct qqueue *q, uint32_t attempts)
+{
+    uint64_t d = qmgr_jitter(qmgr_queue_retry_delay_ms(q, attempts),
+                             S.msg[S.rcpt[r].msg].msgid * 31 + attempts);
+    int64_t min_s = qmgr_queue_num(q, CFG_D_RETRY_RECIPIENTS_AFTER, 600);
+
+    if (min_s > 0 && d < (uint64_t)min_s * 1000)
+        d = (uint64_t)min_s * 1000;
+    return d;
+}
+
+static void
+defer(uint32_t r, const struct qstore_msg *m, struct qqueue *q, const struct qresult *res)
+{
+    const struct qstore_rcpt *rr = qmgr_msg_find_rcpt(m, S.rcpt[r].index);
+    uint32_t attempts = S.rcpt[r].attempts < 65535 ? S.rcpt[r].attempts + 1u : 65535u;
+    uint64_t now_ms = qmgr_now_ms(), delay = next_delay_ms(r, q, attempts);
+    int64_t after = qmgr_queue_num(q, CFG_D_BOUNCE_AFTER, 4 * 86400 + 12 * 3600);
+    uint64_t due_ms = now_ms + delay, expiry_ms;
+    struct qstore_defer d = { 0 };
+    int err;
+
+    /* Never sleep past the expiry: bounce-after holds in every state. */
+    if (after >= 0) {
+        uint64_t exp_wall = (uint64_t)S.msg[S.rcpt[r].msg].queued_at + (uint64_t)after;
+        uint64_t wall = qmgr_wall();
+        expiry_ms = now_ms + (exp_wall > wall ? (exp_wall - wall) * 1000 : 0);
+        if (due_ms > expiry_ms)
+            due_ms = expiry_ms;
+    }
+    S.rcpt[r].attempts = (uint16_t)attempts;
+    d.attempts = attempts;
+    d.next_attempt = qmgr_wall() + (due_ms - now_ms + 999) / 1000;
+    d.first_attempt = attempts == 1 ? qmgr_wall() : 0;
+    d.last_error = res->text;
+    if ((err = qstore_group_defer(S.group, S.msg[S.rcpt[r].msg].msgid, S.rcpt[r].index, &d,
+                                  on_committed, (void *)"deferral")) < 0)
+        msg_error("cannot queue a deferral: %s", qstore_strerror(err));
+    log_attempt("deferred", r, rr, q, res);
+    acct_rcpt(QMGR_ACCT_T, m, rr, q, res, "delayed",
+              qmgr_bouncecat_classify_reply(bouncecat, res->enhanced, res->text));
+    q->deferred_n++;
+    qmgr_queue_set_error(q, res->text);
+    qmgr_defer_push(r, qmgr_tick_now() + (uint32_t)((due_ms - now_ms + QMGR_TICK_MS - 1) / QMGR_TICK_MS));
+    qmgr_defer_timer_update();
+}
+
+/* --- the entry points ------------------------------------------------------------------------- */
+
+void
+qmgr_outcome(uint32_t r, const struct qstore_msg *m, struct qqueue *q, const struct qresult *res)
+{
+    const struct qstore_rcpt *rr;
+
+    switch (res->result) {
+    case MP_RESULT_OK:
+        rr = qmgr_msg_find_rcpt(m, S.rcpt[r].index);
+        log_attempt("delivered", r, rr, q, res);
+        finish(r, "delivery");
+        acct_rcpt(QMGR_ACCT_D, m, rr, q, res, "relayed", NULL);
+        q->delivered++;
+        q->fail_count = 0;      /* a success resets the retry schedule */
+        q->retry_until_ms = 0;
+        qmgr_rcpt_free(r);
+        break;
+    case MP_RESULT_PERMFAIL:
+        bounce(r, m, q, res);
+        break;
+    default:
+        if (qmgr_rcpt_expired(r, qmgr_wall()))
+            expire(r, m, q, res);
+        else
+            defer(r, m, q, res);
+    }
+}
+
+void
+qmgr_outcome_queue_failure(struct qqueue *q, const struct qresult *res)
+{
+    struct qmgr_acct_record a = { 0 };
+    char status[96], diag[QSTORE_ERR_MAX + 32], mta[600], text[600];
+    uint64_t delay;
+
+    q->conn_failures++;
+    qmgr_queue_set_error(q, res->text);
+    if (res->result != MP_RESULT_PERMFAIL) {
+        q->fail_count++;
+        delay = qmgr_jitter(qmgr_queue_retry_delay_ms(q, q->fail_count), q->id * 7919u + q->fail_count);
+        q->retry_until_ms = qmgr_now_ms() + delay;
+        msg_info("queue %s in retry mode for %.1f s after %u failed connection(s): %s", q->name,
+                 (double)delay / 1000, q->fail_count,
+                 msg_printable(text, sizeof(text), res->text, strlen(res->text)));
+    }
+    if (!acct_w)
+        return;
+    snprintf(status, sizeof(status), "%s (%s)", *res->enhanced ? res->enhanced : "4.0.0",
+             res->result == MP_RESULT_PERMFAIL ? "permanent failure" : "transient failure");
+    snprintf(diag, sizeof(diag), "smtp;%u %s", res->code, res->text);
+    snprintf(mta, sizeof(mta), "%s (%s)", res->mx, res->dest_ip);
+    a.type = QMGR_ACCT_TQ;
+    a.dsn_status = status;
+    a.dsn_diag = diag;
+    a.dsn_mta = mta;
+    a.dlv_type = "smtp";
+    a.dlv_source_ip = res->source_ip;
+    a.dlv_destination_ip = res->dest_ip;
+    a.vmta = q->vmta;
+    a.queue = q->name;
+    a.dlv_size = -1;
+    qmgr_acct_write(acct_w, &a);
+}

@@ -1,0 +1,460 @@
+/*
+ * qmgr_queue.c - queues (domain/vmta), their settings, the recipient and
+ *                message tables, ready lists and the deferred heap
+ *
+ * Owns: S.rcpt, S.msg (and its free list), S.heap, S.queues and S.qhash.
+ * A queue is created on first sight of its name and lives until exit (queue
+ * names are few next to recipients; they are interned once). Recipients live
+ * in one table, linked by index: a queue's ready list is FIFO, so recipients
+ * of one message that were queued together stay adjacent and can share a
+ * transaction. Deferred recipients sit in one binary heap keyed by
+ * (due tick, message, index), which also keeps a message's recipients
+ * together when they come due at the same time.
+ *
+ * Settings: qmgr_queue_setting() is the only way a per-queue limit is read.
+ * It resolves the queue against the current configuration once per reload
+ * and is where backoff mode will pick the backoff-X twin of X.
+ *
+ * SECURITY: queue names come from the queue store (written by cleanup from
+ * peer input, already validated there); they are only hashed and copied.
+ */
+#include "config.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "msg.h"
+#include "qmgr.h"
+#include "xalloc.h"
+
+/* --- queues ------------------------------------------------------------------------- */
+
+static uint32_t
+hash_name(const char *s, size_t len)
+{
+    uint32_t h = 2166136261u;
+
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (uint8_t)s[i]) * 16777619u;
+    return h;
+}
+
+static void
+qhash_insert(struct qqueue *q)
+{
+    uint32_t mask = S.qhash_cap - 1, i = hash_name(q->name, strlen(q->name)) & mask;
+
+    while (S.qhash[i] != QNIL)
+        i = (i + 1) & mask;
+    S.qhash[i] = q->id;
+}
+
+static void
+qhash_grow(void)
+{
+    uint32_t cap = S.qhash_cap ? S.qhash_cap * 2 : 1024;
+
+    free(S.qhash);
+    S.qhash = xreallocarray(NULL, cap, sizeof(*S.qhash));
+    memset(S.qhash, 0xff, cap * sizeof(*S.qhash));
+    S.qhash_cap = cap;
+    for (uint32_t i = 0; i < S.nqueues; i++)
+        qhash_insert(S.queues[i]);
+}
+
+static struct qqueue *
+queue_create(const char *name, size_t len)
+{
+    struct qqueue *q = xcalloc(1, sizeof(*q));
+    const char *slash = memrchr(name, '/', len);
+
+    q->id = S.nqueues;
+    q->name = xstrndup(name, len);
+    q->domain = xstrndup(name, slash ? (size_t)(slash - name) : len);
+    q->vmta = slash && slash + 1 < name + len ? xstrndup(slash + 1, len - (size_t)(slash + 1 - name))
+                                              : xstrdup("{default}");
+    q->ready_head = q->ready_tail = QNIL;
+    q->run_prio = -1;
+    if (S.nqueues == S.queues_cap) {
+        S.queues_cap = S.queues_cap ? S.queues_cap * 2 : 256;
+        S.queues = xreallocarray(S.queues, S.queues_cap, sizeof(*S.queues));
+    }
+    S.queues[S.nqueues++] = q;
+    if (S.nqueues * 2 > S.qhash_cap)
+        qhash_grow();
+    else
+        qhash_insert(q);
+    return q;
+}
+
+/* qmgr_queue_get - the queue named NAME (LEN bytes), created on first use */
+struct qqueue *
+qmgr_queue_get(const char *name, size_t len)
+{
+    uint32_t mask, i;
+
+    if (S.qhash_cap) {
+        mask = S.qhash_cap - 1;
+        for (i = hash_name(name, len) & mask; S.qhash[i] != QNIL; i = (i + 1) & mask) {
+            struct qqueue *q = S.queues[S.qhash[i]];
+            if (strncmp(q->name, name, len) == 0 && q->name[len] == '\0')
+                return q;
+        }
+    }
+    return queue_create(name, len);
+}
+
+static void
+wake_closed(uv_handle_t *h)
+{
+    free(h);
+}
+
+void
+qmgr_queues_free(void)
+{
+    for (uint32_t i = 0; i < S.nqueues; i++) {
+        struct qqueue *q = S.queues[i];
+        if (q->wake)
+            uv_close((uv_handle_t *)q->wake, wake_closed);
+        free(q->name);
+        free(q->domain);
+        free(q->vmta);
+        free(q->res);
+        free(q->last_error);
+        free(q);
+    }
+    free(S.queues);
+    free(S.qhash);
+    S.queues = NULL;
+    S.qhash = NULL;
+    S.nqueues = S.queues_cap = S.qhash_cap = 0;
+}
+
+void
+qmgr_queue_set_error(struct qqueue *q, const char *text)
+{
+    free(q->last_error);
+    q->last_error = xstrdup(text ? text : "");
+}
+
+/* --- settings --------------------------------------------------------------------- */
+
+/* refresh_settings - resolve Q against the current configuration if it changed */
+static void
+refresh_settings(struct qqueue *q)
+{
+    if (q->res && q->res_serial == S.cfg_serial)
+        return;
+    if (!q->res)
+        q->res = xmalloc(sizeof(*q->res));
+    if (cfg_resolve_queue(S.cfg, q->domain, q->vmta, q->res) < 0) {
+        /* The vmta is gone from the configuration: its mail still goes out,
+         * under the settings of the default virtual MTA. */
+        cfg_resolve_queue(S.cfg, q->domain, NULL, q->res);
+    }
+    q->res_serial = S.cfg_serial;
+    q->priority = (int)qmgr_queue_num(q, CFG_D_QUEUE_PRIORITY, 50);
+    if (q->priority < 0)
+        q->priority = 0;
+    if (q->priority > 100)
+        q->priority = 100;
+}
+
+void
+qmgr_queue_invalidate_settings(void)
+{
+    S.cfg_serial++;
+    for (uint32_t i = 0; i < S.nqueues; i++) {
+        refresh_settings(S.queues[i]);
+        qmgr_run_update(S.queues[i]);
+    }
+}
+
+/* backoff_twin - the backoff-X directive that replaces X in backoff mode, or -1 */
+static int
+backoff_twin(enum cfg_directive d)
+{
+    switch (d) {
+    case CFG_D_MAX_MSG_RATE: return CFG_D_BACKOFF_MAX_MSG_RATE;
+    case CFG_D_MAX_CONNECT_RATE: return CFG_D_BACKOFF_MAX_CONNECT_RATE;
+    case CFG_D_MAX_SMTP_OUT: return CFG_D_BACKOFF_MAX_SMTP_OUT;
+    case CFG_D_RETRY_AFTER: return CFG_D_BACKOFF_RETRY_AFTER;
+    default: return -1;
+    }
+}
+
+const struct cfg_value *
+qmgr_queue_setting(struct qqueue *q, enum cfg_directive d)
+{
+    int twin;
+
+    refresh_settings(q);
+    if (q->mode == QMODE_BACKOFF && (twin = backoff_twin(d)) >= 0
+        && q->res->v[twin] && !(q->res->v[twin]->flags & CFG_VALUE_UNSET))
+        return q->res->v[twin];
+    if (q->res->v[d] && (q->res->v[d]->flags & CFG_VALUE_UNSET))
+        return NULL;
+    return q->res->v[d];
+}
+
+int64_t
+qmgr_queue_num(struct qqueue *q, enum cfg_directive d, int64_t dflt)
+{
+    const struct cfg_value *v = qmgr_queue_setting(q, d);
+
+    return v ? v->num : dflt;
+}
+
+uint64_t
+qmgr_queue_retry_delay_ms(struct qqueue *q, uint32_t n)
+{
+    const struct cfg_value *v = qmgr_queue_setting(q, CFG_D_RETRY_AFTER);
+    const int64_t *list;
+    int64_t s;
+
+    if (!v || v->list_len == 0)
+        return 600000;      /* PowerMTA's 10m */
+    list = cfg_list(S.cfg, v);
+    s = list[n == 0 ? 0 : (n - 1 < v->list_len ? n - 1 : v->list_len - 1)];
+    return s > 0 ? (uint64_t)s * 1000 : 1000;
+}
+
+/* --- messages ---------------------------------------------------------------------- */
+
+uint32_t
+qmgr_msg_add(uint64_t msgid, uint32_t queued_at)
+{
+    uint32_t m;
+
+    if (S.nmsg_free) {
+        m = S.msg_free[--S.nmsg_free];
+    } else {
+        if (S.nmsg_used == S.nmsg_cap) {
+            S.nmsg_cap = S.nmsg_cap ? S.nmsg_cap + S.nmsg_cap / 2 : 4096;
+            S.msg = xreallocarray(S.msg, S.nmsg_cap, sizeof(*S.msg));
+        }
+        m = S.nmsg_used++;
+    }
+    S.msg[m].msgid = msgid;
+    S.msg[m].queued_at = queued_at;
+    S.msg[m].live = 0;
+    return m;
+}
+
+void
+qmgr_msg_unref(uint32_t m)
+{
+    if (--S.msg[m].live > 0)
+        return;
+    S.msg[m].msgid = 0;
+    if (S.nmsg_free == S.nmsg_free_cap) {
+        S.nmsg_free_cap = S.nmsg_free_cap ? S.nmsg_free_cap * 2 : 1024;
+        S.msg_free = xreallocarray(S.msg_free, S.nmsg_free_cap, sizeof(*S.msg_free));
+    }
+    S.msg_free[S.nmsg_free++] = m;
+}
+
+/* --- recipients -------------------------------------------------------------------- */
+
+/* qmgr_rcpt_reserve - make room for N recipients in one step (start-up knows the count) */
+void
+qmgr_rcpt_reserve(uint64_t n)
+{
+    uint32_t old = S.nrcpt_cap, cap;
+
+    if (n <= old)
+        return;
+    if (n >= QNIL)
+        msg_fatal("too many queued recipients (%llu)", (unsigned long long)n);
+    cap = (uint32_t)n;
+    S.rcpt = xreallocarray(S.rcpt, cap, sizeof(*S.rcpt));
+    /* Thread the new slots onto the free list, lowest index first. */
+    for (uint32_t i = cap; i-- > old;) {
+        S.rcpt[i].state = QR_FREE;
+        S.rcpt[i].next = S.rcpt_free;
+        S.rcpt_free = i;
+    }
+    S.nrcpt_cap = cap;
+}
+
+uint32_t
+qmgr_rcpt_new(uint32_t msg, uint32_t index, struct qqueue *q, uint16_t attempts)
+{
+    uint32_t r;
+
+    if (S.rcpt_free == QNIL || S.nrcpt_cap == 0)
+        qmgr_rcpt_reserve(S.nrcpt_cap < 4096 ? 4096 : (uint64_t)S.nrcpt_cap + S.nrcpt_cap / 2);
+    r = S.rcpt_free;
+    S.rcpt_free = S.rcpt[r].next;
+    S.rcpt[r] = (struct qrcpt){ .next = QNIL, .msg = msg, .index = index, .queue = q->id,
+                                .attempts = attempts, .state = QR_FREE };
+    S.msg[msg].live++;
+    S.nrcpt_live++;
+    return r;
+}
+
+void
+qmgr_rcpt_free(uint32_t r)
+{
+    qmgr_msg_unref(S.rcpt[r].msg);
+    S.rcpt[r].state = QR_FREE;
+    S.rcpt[r].next = S.rcpt_free;
+    S.rcpt_free = r;
+    S.nrcpt_live--;
+}
+
+int
+qmgr_rcpt_expired(uint32_t r, uint64_t now_wall)
+{
+    struct qqueue *q = S.queues[S.rcpt[r].queue];
+    int64_t after = qmgr_queue_num(q, CFG_D_BOUNCE_AFTER, 4 * 86400 + 12 * 3600);
+
+    return after >= 0 && now_wall >= (uint64_t)S.msg[S.rcpt[r].msg].queued_at + (uint64_t)after;
+}
+
+/* --- ready lists -------------------------------------------------------------------- */
+
+void
+qmgr_ready_push(struct qqueue *q, uint32_t r)
+{
+    S.rcpt[r].state = QR_READY;
+    S.rcpt[r].next = QNIL;
+    if (q->ready_tail == QNIL)
+        q->ready_head = r;
+    else
+        S.rcpt[q->ready_tail].next = r;
+    q->ready_tail = r;
+    if (q->nready++ == 0)
+        qmgr_run_update(q);
+}
+
+/* qmgr_ready_push_front - a recipient that comes back from a dead process goes first */
+void
+qmgr_ready_push_front(struct qqueue *q, uint32_t r)
+{
+    S.rcpt[r].state = QR_READY;
+    S.rcpt[r].next = q->ready_head;
+    q->ready_head = r;
+    if (q->ready_tail == QNIL)
+        q->ready_tail = r;
+    if (q->nready++ == 0)
+        qmgr_run_update(q);
+}
+
+uint32_t
+qmgr_ready_peek(struct qqueue *q)
+{
+    return q->ready_head;
+}
+
+uint32_t
+qmgr_ready_pop(struct qqueue *q)
+{
+    uint32_t r = q->ready_head;
+
+    if (r == QNIL)
+        return QNIL;
+    q->ready_head = S.rcpt[r].next;
+    if (q->ready_head == QNIL)
+        q->ready_tail = QNIL;
+    S.rcpt[r].next = QNIL;
+    if (--q->nready == 0)
+        qmgr_run_update(q);
+    return r;
+}
+
+/* --- the deferred heap ----------------------------------------------------------------- */
+
+static int
+heap_less(uint32_t a, uint32_t b)
+{
+    const struct qrcpt *x = &S.rcpt[a], *y = &S.rcpt[b];
+
+    if (x->due != y->due)
+        return x->due < y->due;
+    if (x->msg != y->msg)
+        return x->msg < y->msg;
+    return x->index < y->index;
+}
+
+static void
+heap_swap(uint32_t i, uint32_t j)
+{
+    uint32_t t = S.heap[i];
+
+    S.heap[i] = S.heap[j];
+    S.heap[j] = t;
+}
+
+void
+qmgr_defer_push(uint32_t r, uint32_t due_tick)
+{
+    uint32_t i;
+
+    S.rcpt[r].state = QR_DEFERRED;
+    S.rcpt[r].due = due_tick;
+    S.queues[S.rcpt[r].queue]->ndeferred++;
+    if (S.nheap == S.heap_cap) {
+        S.heap_cap = S.heap_cap ? S.heap_cap * 2 : 1024;
+        S.heap = xreallocarray(S.heap, S.heap_cap, sizeof(*S.heap));
+    }
+    i = S.nheap++;
+    S.heap[i] = r;
+    while (i > 0 && heap_less(S.heap[i], S.heap[(i - 1) / 2])) {
+        heap_swap(i, (i - 1) / 2);
+        i = (i - 1) / 2;
+    }
+}
+
+static void
+heap_pop_top(void)
+{
+    uint32_t i = 0;
+
+    S.heap[0] = S.heap[--S.nheap];
+    for (;;) {
+        uint32_t l = 2 * i + 1, rr = l + 1, m = i;
+        if (l < S.nheap && heap_less(S.heap[l], S.heap[m]))
+            m = l;
+        if (rr < S.nheap && heap_less(S.heap[rr], S.heap[m]))
+            m = rr;
+        if (m == i)
+            break;
+        heap_swap(i, m);
+        i = m;
+    }
+}
+
+/* qmgr_defer_pop_due - the earliest deferred recipient if it is due at NOW_TICK, else QNIL */
+uint32_t
+qmgr_defer_pop_due(uint32_t now_tick)
+{
+    uint32_t r;
+
+    if (S.nheap == 0 || S.rcpt[S.heap[0]].due > now_tick)
+        return QNIL;
+    r = S.heap[0];
+    heap_pop_top();
+    S.queues[S.rcpt[r].queue]->ndeferred--;
+    return r;
+}
+
+uint32_t
+qmgr_defer_next_due(void)
+{
+    return S.nheap ? S.rcpt[S.heap[0]].due : UINT32_MAX;
+}
+
+void
+qmgr_heap_free(void)
+{
+    free(S.heap);
+    free(S.rcpt);
+    free(S.msg);
+    free(S.msg_free);
+    S.heap = NULL;
+    S.rcpt = NULL;
+    S.msg = NULL;
+    S.msg_free = NULL;
+}

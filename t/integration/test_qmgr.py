@@ -1,0 +1,343 @@
+#!/usr/bin/env python3
+"""test_qmgr - the queue manager against a fake smtp-out (t/lib/fakeout.py).
+
+The queue is filled before pmtad starts (t/unit/qstore_fill), pmtad runs with
+`smtp-out-processes 0`, and a Python FakeOut connects to RUNDIR/private/qmgr
+in place of smtp-out. Each limit is checked from the fake's side:
+
+run 1 (one pmtad, one queue per property, all at once):
+  conc.test   max-smtp-out 2: 50 recipients never see 3 connections
+  rate.test   max-msg-rate 10/s: no 1 s window above 10, >= 8/s on average
+  split.test  max-rcpt-per-transaction 3: 10 recipients -> 3+3+3+1
+  mpc.test    max-msg-per-connection 2: a new connection after 2 transactions
+  retry.test  retry-after 2s,4s: temp failures retried after 2 s, 4 s, 4 s (+-10 %)
+  qfail.test  connection failures: queue retry mode 2 s, 4 s, reset by a success
+              (the message after the reset arrives without a hint: periodic scan)
+  bounce.test bounce-after 3s: a recipient that keeps failing bounces; the DSN
+              is queued to the sender (checked with tools/pmta-qdump)
+  src.test/rr two smtp-source-host lines used round-robin
+run 2:
+  restart with 1,005 queued recipients rebuilds them all (twice)
+  an smtp-out that dies returns its in-flight recipients; they are handed out
+  again once, and every recipient is delivered exactly once otherwise
+"""
+
+import csv
+import json
+import os
+import pwd
+import re
+import subprocess
+import sys
+import time
+
+from fakeout import FakeOut, OK, TEMPFAIL
+from pmtatest import Pmta, Tap, build_dir, require_root, wait_for
+
+PLAN = 25
+FILL = os.path.join(build_dir(), "t", "unit", "qstore_fill")
+QDUMP = os.path.join(build_dir(), "tools", "pmta-qdump")
+
+CONFIG = """
+smtp-out-processes 0
+smtpd-processes 1
+<virtual-mta rr>
+  smtp-source-host 127.0.0.10 a.src.test
+  smtp-source-host 127.0.0.11 b.src.test
+</virtual-mta>
+<domain conc.test>
+  max-smtp-out 2
+</domain>
+<domain rate.test>
+  max-msg-rate 10/s
+</domain>
+<domain split.test>
+  max-rcpt-per-transaction 3
+  max-smtp-out 1
+</domain>
+<domain mpc.test>
+  max-msg-per-connection 2
+  max-smtp-out 1
+</domain>
+<domain retry.test>
+  retry-after 2s,4s
+  retry-recipients-after 1s
+</domain>
+<domain qfail.test>
+  retry-after 2s,4s
+  retry-recipients-after 1s
+  max-smtp-out 1
+</domain>
+<domain bounce.test>
+  bounce-after 3s
+  retry-after 1s
+  retry-recipients-after 1s
+</domain>
+<domain origin.test>
+  bounce-after 1h
+</domain>
+<domain src.test>
+  max-msg-per-connection 1
+  max-smtp-out 1
+</domain>
+"""
+
+
+def fill(p, *args):
+    qdir = os.path.join(p.spool, "queue")
+    os.makedirs(qdir, exist_ok=True)
+    r = subprocess.run([FILL] + list(args) + [qdir], capture_output=True, text=True, timeout=600)
+    if r.returncode != 0:
+        raise RuntimeError("qstore_fill failed: " + r.stderr)
+    chown_spool(p)
+    return [int(x) for x in r.stdout.split()]
+
+
+def chown_spool(p):
+    pw = pwd.getpwnam("pmta")
+    for root, dirs, files in os.walk(p.spool):
+        for n in [root] + [os.path.join(root, f) for f in files]:
+            os.chown(n, pw.pw_uid, pw.pw_gid)
+
+
+def qdump(p, body=False):
+    r = subprocess.run([QDUMP] + (["-b"] if body else []) + [p.spool], capture_output=True,
+                       text=True, timeout=60)
+    return [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+
+
+def qmgr_socket(p):
+    return os.path.join(p.run_dir, "private", "qmgr")
+
+
+def max_in_window(times, width=1.0):
+    times = sorted(times)
+    best, j = 0, 0
+    for i, t in enumerate(times):
+        while times[j] <= t - width:
+            j += 1
+        best = max(best, i - j + 1)
+    return best
+
+
+def near(value, want, tol):
+    return want * (1 - tol) - 0.15 <= value <= want * (1 + tol) + 0.3
+
+
+# --- run 1 ----------------------------------------------------------------------------
+
+def answer_run1(q, msgid, index, attempt):
+    if q.startswith(("retry.test", "bounce.test", "origin.test")):
+        return (TEMPFAIL, 451, "4.3.0", "try later (%s)" % q.split("/")[0])
+    return (OK, 250, "2.0.0", "ok")
+
+
+RUN1_QUEUE = {}
+QFAIL_OPENS = {"failing": {1, 2, 4}}
+
+
+def open_fail_run1(queue, n):
+    if queue.startswith("qfail.test") and n in QFAIL_OPENS["failing"]:
+        return (TEMPFAIL, 0, "4.4.1", "no answer from host")
+    return None
+
+
+def run1(tap):
+    with Pmta(name="qmgr1") as p:
+        acct_path = os.path.join(p.spool, "acct.csv")
+        p.write_config(CONFIG + "<acct-file %s>\n  records d,b,t,tq\n</acct-file>\n" % acct_path)
+        ids = {}
+        for name, n, r, extra in (("conc", 50, 1, []), ("rate", 60, 1, []), ("split", 1, 10, []),
+                                  ("mpc", 6, 1, []), ("retry", 1, 1, []), ("qfail", 1, 1, []),
+                                  ("bounce", 1, 1, []), ("src", 4, 1, ["-v", "rr"])):
+            first, last = fill(p, "-n", str(n), "-r", str(r), "-d", name, *extra)
+            queue = "%s.test/%s" % (name, "rr" if extra else "{default}")
+            for m in range(first, last + 1):
+                RUN1_QUEUE[m] = queue
+            ids[name] = (first, last)
+        p.start()
+        fake = FakeOut(qmgr_socket(p), answer=answer_run1, open_fail=open_fail_run1,
+                       txn_delay=0.05)
+        # The DSN of bounce.test goes to origin.test and is answered with 4xx:
+        # learn its id when it appears (it is created by qmgr).
+        fake.start()
+        t0 = time.monotonic()
+
+        # qfail: after the success (3rd open) a new message arrives without a hint.
+        wait_for(lambda: len(fake.opens_for("qfail.test/{default}")) >= 3, timeout=12)
+        time.sleep(0.5)
+        first, last = fill(p, "-n", "1", "-r", "1", "-d", "qfail")
+        RUN1_QUEUE[first] = "qfail.test/{default}"
+        wait_for(lambda: len(fake.opens_for("qfail.test/{default}")) >= 5, timeout=10)
+        wait_for(lambda: len(fake.txns_for("retry.test/{default}")) >= 4, timeout=15)
+        # the DSN: a new message appears for origin.test
+        wait_for(lambda: [m for m in qdump(p) if m.get("sender") == ""], timeout=5)
+        dumped = qdump(p, body=True)
+        elapsed = time.monotonic() - t0
+        p.stop()
+        log = p.log()
+        try:
+            with open(acct_path, newline="") as f:
+                acct_rows = list(csv.reader(f))
+        except OSError:
+            acct_rows = []
+    tap.diag("run 1 took %.1f s" % elapsed)
+
+    # max-smtp-out 2
+    conc = fake.results_for("conc.test/{default}")
+    tap.ok(fake.max_concurrent.get("conc.test/{default}") == 2 and len(conc) == 50,
+           "max-smtp-out 2: 50 recipients delivered over at most 2 (and at least 2) connections",
+           "max %s, %d results" % (fake.max_concurrent.get("conc.test/{default}"), len(conc)))
+
+    # max-msg-rate 10/s
+    rate = fake.txns_for("rate.test/{default}")
+    times = [t for (t, _, _, _, idx) in rate for _ in idx]
+    worst = max_in_window(times)
+    span = times[-1] - times[0] if len(times) > 1 else 0
+    avg = (len(times) - 1) / span if span else 0
+    tap.ok(len(times) == 60 and worst <= 10,
+           "max-msg-rate 10/s: never more than 10 recipients in any 1 s window (worst %d)" % worst,
+           "%d recipients" % len(times))
+    tap.ok(avg >= 8.0, "max-msg-rate 10/s: %.2f recipients/s on average over %.1f s" % (avg, span))
+
+    # max-rcpt-per-transaction 3
+    split = [len(idx) for (_, _, _, _, idx) in fake.txns_for("split.test/{default}")]
+    tap.ok(split == [3, 3, 3, 1], "max-rcpt-per-transaction 3 splits 10 recipients 3+3+3+1",
+           "got %s" % split)
+    tap.ok(all(len(set(m for (_, _, _, m, _) in fake.txns_for("split.test/{default}"))) == 1
+               for _ in [0]), "the split transactions carry one message")
+
+    # max-msg-per-connection 2
+    mpc = fake.txns_for("mpc.test/{default}")
+    per_conn = {}
+    for (_, cid, _, _, _) in mpc:
+        per_conn[cid] = per_conn.get(cid, 0) + 1
+    tap.ok(len(mpc) == 6 and sorted(per_conn.values()) == [2, 2, 2],
+           "max-msg-per-connection 2: 6 messages over 3 connections of 2 transactions",
+           "per connection: %s" % per_conn)
+
+    # retry-after 2s,4s for recipients
+    rt = [t for (t, _, _, _, _) in fake.txns_for("retry.test/{default}")]
+    gaps = [b - a for a, b in zip(rt, rt[1:])]
+    tap.ok(len(gaps) >= 3 and near(gaps[0], 2, 0.1) and near(gaps[1], 4, 0.1)
+           and near(gaps[2], 4, 0.1),
+           "retry-after 2s,4s: a deferred recipient is retried after 2 s, 4 s, 4 s",
+           "gaps %s" % ["%.2f" % g for g in gaps])
+    tap.ok(re.search(r"deferred \w+/0 to=u0\.0@retry\.test queue=retry\.test/\{default\} "
+                     r"mx=mx\.retry\.test ip=127\.0\.0\.2 src=127\.0\.0\.1 status=4\.3\.0 "
+                     r"reply=try later", log),
+           "a deferral logs one line with recipient, queue, mx, ip, status and reply")
+
+    # queue retry mode from connection failures, reset by a success
+    qo = [t for (t, _, _, _, _, _, _) in fake.opens_for("qfail.test/{default}")]
+    qg = [b - a for a, b in zip(qo, qo[1:])]
+    tap.ok(len(qg) >= 4 and near(qg[0], 2, 0.1) and near(qg[1], 4, 0.1),
+           "connection failures put the queue in retry mode: next tries after 2 s, then 4 s",
+           "open gaps %s" % ["%.2f" % g for g in qg])
+    tap.ok(len(qg) >= 4 and near(qg[3], 2, 0.1),
+           "a success resets the retry schedule (2 s again after the next failure)",
+           "open gaps %s" % ["%.2f" % g for g in qg])
+    qfail_ok = [r for r in fake.results_for("qfail.test/{default}") if r[5] == OK]
+    tap.ok(len(qfail_ok) == 2,
+           "a message added without a hint is found by the periodic scan and delivered")
+    tap.ok(re.search(r"queue qfail\.test/\{default\} in retry mode", log),
+           "retry mode is logged")
+
+    # bounce-after 3s
+    bt = fake.txns_for("bounce.test/{default}")
+    bounced = re.search(r"bounced \w+/0 to=u0\.0@bounce\.test queue=bounce\.test/\{default\} "
+                        r".*status=4\.4\.7 reply=message expired: try later", log)
+    tap.ok(bounced and len(bt) >= 1, "bounce-after 3s: the failing recipient bounces as expired "
+           "(4.4.7, with the last error)", "%d attempts" % len(bt))
+    dsn = [m for m in dumped if m.get("sender") == ""]
+    dsn_ok = False
+    if dsn:
+        m = dsn[0]
+        text = json.dumps(m)
+        dsn_ok = ("sender@origin.test" in text and "origin.test/{default}" in text
+                  and "multipart/report" in text and "4.4.7" in text)
+    tap.ok(dsn_ok, "the DSN is queued from <> to the sender, in origin.test/{default}",
+           json.dumps(dsn)[:2000])
+    tap.ok(not [m for m in dumped if m.get("msgid") in range(ids["bounce"][0], ids["bounce"][1] + 1)],
+           "the bounced message is gone from the queue")
+
+    # source IPs round-robin
+    srcs = [(o[5], o[6]) for o in fake.opens_for("src.test/rr")]
+    tap.ok(len(srcs) == 4 and srcs[0] != srcs[1] and srcs[0] == srcs[2] and srcs[1] == srcs[3]
+           and {s[0] for s in srcs} == {"127.0.0.10", "127.0.0.11"},
+           "two smtp-source-host lines are used round-robin per connection (IP and HELO)",
+           "sources %s" % srcs)
+
+    # nothing delivered twice, delivery log lines
+    d = fake.delivered()
+    tap.ok(len(d) == len(set(d)), "no recipient was delivered twice", "%d vs %d" % (len(d), len(set(d))))
+    tap.ok(len(re.findall(r" delivered \w+/\d+ to=", log)) == len(d),
+           "one 'delivered' log line per delivery")
+    tap.ok(re.search(r"qmgr\[\d+\]: info: stopped", log), "qmgr stops cleanly")
+    kinds = [r[0] for r in acct_rows[1:]]
+    tap.ok(kinds.count("d") == len(d) and "b" in kinds and "t" in kinds and "tq" in kinds,
+           "accounting: one d row per delivery, and b, t and tq rows",
+           "rows by type: %s" % {k: kinds.count(k) for k in set(kinds)})
+
+
+# --- run 2 ----------------------------------------------------------------------------
+
+def run2(tap):
+    with Pmta(name="qmgr2") as p:
+        p.write_config("smtp-out-processes 0\nsmtpd-processes 1\n")
+        fill(p, "-n", "100", "-r", "10", "-q", "10", "-d", "rs")
+        hold_first, hold_last = fill(p, "-n", "5", "-r", "1", "-d", "hold")
+        p.start()
+        m = p.wait_log(r"qmgr\[\d+\]: info: schedule rebuilt: (\d+) recipients in (\d+) queues",
+                       timeout=15)
+        tap.ok(m and m[0].group(1) == "1005" and m[0].group(2) == "11",
+               "start-up rebuilds 1,005 queued recipients in 11 queues",
+               m[0].group(0) if m else p.log()[-2000:])
+        p.stop()
+        mark = p.log_mark()
+        p.start()
+        m = p.wait_log(r"qmgr\[\d+\]: info: schedule rebuilt: (\d+) recipients in (\d+) queues",
+                       timeout=15, since=mark)
+        tap.ok(m and m[0].group(1) == "1005", "after a restart all 1,005 are rebuilt again")
+
+        hold = set(range(hold_first, hold_last + 1))
+
+        def answer1(queue, msgid, index, attempt):
+            return None if msgid in hold else (OK, 250, "2.0.0", "ok")
+
+        f1 = FakeOut(qmgr_socket(p), answer=answer1).start()
+        wait_for(lambda: len(f1.delivered()) >= 1000 and len(f1.txns_for("hold.test/{default}")) >= 5,
+                 timeout=20)
+        f1_d = f1.delivered()
+        f1_hold = [m for (_, _, _, m, _) in f1.txns_for("hold.test/{default}")]
+        f1.stop()
+        f2 = FakeOut(qmgr_socket(p)).start()
+        wait_for(lambda: len(f2.delivered()) >= 5, timeout=10)
+        time.sleep(0.5)
+        f2_d = f2.delivered()
+        f2.stop()
+        p.stop()
+    tap.ok(sorted(f1_hold) == sorted(hold) and len(f1_d) == 1000,
+           "the first smtp-out delivered 1,000 and held the 5 in flight",
+           "delivered %d, held %s" % (len(f1_d), f1_hold))
+    tap.ok(sorted(m for (m, _) in f2_d) == sorted(hold),
+           "after it died its 5 in-flight recipients were handed out again, once each",
+           "second: %s" % f2_d)
+    tap.ok(len(set(f1_d) | set(f2_d)) == 1005 and not set(f1_d) & set(f2_d),
+           "every recipient was delivered exactly once")
+
+
+def main():
+    tap = Tap(PLAN)
+    require_root(tap, PLAN)
+    t0 = time.monotonic()
+    try:
+        run1(tap)
+        run2(tap)
+    finally:
+        tap.diag("wall time %.1f s" % (time.monotonic() - t0))
+    sys.exit(tap.done())
+
+
+if __name__ == "__main__":
+    main()
