@@ -23,7 +23,8 @@
  * cleanup -> smtpd:
  *   MP_TXN_RESULT  id=txn   code:u32 enhanced:str text:str msgid:u64
  *     Sent once per transaction after MP_TXN_END (or earlier, to refuse it:
- *     smtpd then discards the rest of the data and, after END, replies with it).
+ *     smtpd then stops sending DATA, still sends END (or ABORT), which
+ *     cleanup needs to forget the transaction, and replies with it).
  *     code 250 means the message is in a committed, synced LMDB transaction;
  *     msgid is its queue id (0 otherwise).
  *

@@ -65,6 +65,7 @@ static struct {
     char *run_dir;
     int stopping;
     int status;
+    int lost_master;              /* pmtad's channel closed under us */
 } W;
 
 /* env_int - a descriptor-like number from the environment, or -1 */
@@ -340,7 +341,9 @@ on_master_closed(struct ipc_chan *ch, int reason)
     W.master = NULL;
     if (!W.stopping) {
         msg_warn("lost the channel to pmtad; exiting");
-        worker_stop(1);
+        /* Let the worker close its own handles (no drain time), but exit 1. */
+        W.lost_master = 1;
+        begin_shutdown(0);
     }
 }
 
@@ -409,7 +412,7 @@ worker_stop(int status)
     if (W.stopping)
         return;
     W.stopping = 1;
-    W.status = status;
+    W.status = W.lost_master ? 1 : status;
     if (W.master)
         ipc_chan_close(W.master);
     uv_close((uv_handle_t *)&W.sig_term, NULL);

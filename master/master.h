@@ -61,12 +61,12 @@ struct master_listener {
 
 /* An internal Unix socket bound by pmtad and served by one role. */
 struct master_socket {
-    const char *name;       /* "cleanup", "qmgr", "control" */
+    const char *name;       /* "cleanup", "qmgr", "control", "pickup" */
     char *path;
     int fd;
     enum master_role_id server;
 };
-#define MASTER_NSOCKETS 3
+#define MASTER_NSOCKETS 4
 
 struct master_role;
 

@@ -8,13 +8,15 @@
  *
  * Internal Unix sockets under the run directory (private/cleanup,
  * private/qmgr, control) are bound here too, so they exist before any worker
- * starts; each is inherited only by the role that serves it.
+ * starts; each is inherited only by the role that serves it. So is `pickup`
+ * (mode 0666, served by smtpd): the sendmail command's way in, open to every
+ * local user like Postfix's maildrop; smtpd treats it as <source {pickup}>.
  *
  * Owns: m->listeners and m->sockets (descriptors, socket nodes).
  *
  * SECURITY: parses operator text (addresses); every field is checked. Socket
  * nodes under private/ are reachable only by root and the worker user;
- * `control` only by root.
+ * `control` only by root; `pickup` by everyone (local submission).
  */
 #include "config.h"
 
@@ -296,11 +298,14 @@ bind_unix(const char *path, uid_t uid, gid_t gid, mode_t mode)
 void
 master_bind_sockets(struct master *m)
 {
-    static const struct { const char *name, *rel; enum master_role_id server; int root_only; }
+    enum access { WORKERS, ROOT_ONLY, EVERYONE };
+    static const struct { const char *name, *rel; enum master_role_id server; enum access access; }
     table[MASTER_NSOCKETS] = {
-        { "cleanup", "private/cleanup", ROLE_CLEANUP, 0 },
-        { "qmgr", "private/qmgr", ROLE_QMGR, 0 },
-        { "control", "control", ROLE_QMGR, 1 },     /* pmtactl: root only */
+        { "cleanup", "private/cleanup", ROLE_CLEANUP, WORKERS },
+        { "qmgr", "private/qmgr", ROLE_QMGR, WORKERS },
+        { "control", "control", ROLE_QMGR, ROOT_ONLY },     /* pmtactl: root only */
+        /* sendmail submits here as any local user; smtpd applies <source {pickup}> */
+        { "pickup", "pickup", ROLE_SMTPD, EVERYONE },
     };
 
     for (int i = 0; i < MASTER_NSOCKETS; i++) {
@@ -309,9 +314,11 @@ master_bind_sockets(struct master *m)
         s->name = table[i].name;
         s->server = table[i].server;
         s->path = xasprintf("%s/%s", m->set.run_dir, table[i].rel);
-        s->fd = table[i].root_only
-            ? bind_unix(s->path, geteuid(), getegid(), 0600)
-            : bind_unix(s->path, m->set.uid, m->set.gid, 0660);
+        if (table[i].access == ROOT_ONLY)
+            s->fd = bind_unix(s->path, geteuid(), getegid(), 0600);
+        else
+            s->fd = bind_unix(s->path, m->set.uid, m->set.gid,
+                              table[i].access == EVERYONE ? 0666 : 0660);
     }
 }
 

@@ -569,3 +569,12 @@ smtpd_proto_discarded(const struct smtpd_proto *s)
 {
     return s->discarded;
 }
+
+/* smtpd_proto_set_limits - new size and recipient limits (after AUTH) */
+void
+smtpd_proto_set_limits(struct smtpd_proto *s, uint64_t max_message_size,
+                       unsigned max_rcpt)
+{
+    s->cfg.max_message_size = max_message_size;
+    s->cfg.max_rcpt = max_rcpt;
+}

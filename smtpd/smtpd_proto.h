@@ -261,6 +261,10 @@ bool smtpd_proto_want_input(const struct smtpd_proto *s);
 /* smtpd_proto_is_tls, smtpd_proto_auth_user - session facts for logging */
 bool smtpd_proto_is_tls(const struct smtpd_proto *s);
 const char *smtpd_proto_auth_user(const struct smtpd_proto *s);
+/* smtpd_proto_set_limits - replace max_message_size and max_rcpt (the
+   host re-resolved its policy after AUTH); applies to the next MAIL */
+void smtpd_proto_set_limits(struct smtpd_proto *s, uint64_t max_message_size,
+                            unsigned max_rcpt);
 /* smtpd_proto_discarded - bytes dropped after STARTTLS (for logging) */
 uint64_t smtpd_proto_discarded(const struct smtpd_proto *s);
 

@@ -247,17 +247,20 @@ class Pmta:
             return None
 
     def kill_everything(self):
-        """Last resort: SIGKILL pmtad and every worker it had."""
+        """SIGKILL pmtad and every worker it had (pmtad first, so nothing is
+        respawned in between), and wait until they are all gone."""
         if self.proc is None:
             return
-        for pid in children(self.proc.pid):
+        pids = children(self.proc.pid)
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        wait_for(lambda: not any(pid_alive(pid) for pid in pids), timeout=10)
 
     # --- observing ---------------------------------------------------------
     def log(self):
@@ -328,3 +331,134 @@ def require_root(tap, count):
         for _ in range(count):
             tap.skip("needs root", "integration tests run as root in CI")
         sys.exit(tap.done())
+
+
+# --- inbound helpers (smtpd, sendmail, the queue) ---------------------------------
+
+def tool_path(name):
+    """A program built under tools/ (pmta-qdump, sendmail)."""
+    return os.path.join(build_dir(), "tools", name)
+
+
+def qdump(spool, body=False):
+    """Every queued message as a dict (tools/pmta-qdump); [] when the queue is empty."""
+    import json
+    args = [tool_path("pmta-qdump")] + (["-b"] if body else []) + [spool]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    if r.returncode != 0:
+        raise RuntimeError("pmta-qdump failed: " + r.stderr)
+    return [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+
+
+def message_ids(messages):
+    """The Message-ID header values found in qdump -b output (one per message, or None)."""
+    out = []
+    for m in messages:
+        body = m.get("body")
+        if body is None and m.get("body_base64"):
+            import base64
+            body = base64.b64decode(m["body_base64"]).decode("latin-1")
+        mid = None
+        for line in (body or "").split("\r\n"):
+            if line == "":
+                break
+            if line.lower().startswith("message-id:"):
+                mid = line.split(":", 1)[1].strip()
+        out.append(mid)
+    return out
+
+
+def make_cert(directory, name="server.pem", owner="pmta", cn="mta.test.example"):
+    """A self-signed certificate and its key in one PEM (as smtp-server-tls-certificate
+    wants), readable by OWNER only (the workers' run-as-user)."""
+    key = os.path.join(directory, name + ".key")
+    crt = os.path.join(directory, name + ".crt")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=" + cn, "-keyout", key, "-out", crt],
+                   check=True, capture_output=True)
+    pem = os.path.join(directory, name)
+    with open(pem, "w") as out:
+        for part in (crt, key):
+            with open(part) as f:
+                out.write(f.read())
+    os.unlink(key)
+    os.unlink(crt)
+    os.chmod(pem, 0o600)
+    try:
+        import pwd
+        pw = pwd.getpwnam(owner)
+        os.chown(pem, pw.pw_uid, pw.pw_gid)
+    except (KeyError, PermissionError):
+        os.chmod(pem, 0o644)
+    return pem
+
+
+def sha512_crypt(password):
+    """A $6$ hash from the openssl CLI (what an auth_file line holds)."""
+    return subprocess.run(["openssl", "passwd", "-6", password], check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+class SmtpRaw:
+    """A raw SMTP client socket for hostile sessions: send bytes, read replies."""
+
+    def __init__(self, port, host="127.0.0.1", source=None, timeout=10):
+        self.sock = socket.create_connection((host, port), timeout=timeout,
+                                             source_address=(source, 0) if source else None)
+        self.buf = b""
+
+    def send(self, data):
+        if isinstance(data, str):
+            data = data.encode()
+        self.sock.sendall(data)
+
+    def line(self):
+        """One reply line (bytes without CRLF); b'' when the peer closed."""
+        while b"\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                rest, self.buf = self.buf, b""
+                return rest
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return line.rstrip(b"\r")
+
+    def reply(self):
+        """One whole reply: (code, [lines]); (None, []) when the peer closed."""
+        lines = []
+        while True:
+            l = self.line()
+            if not l:
+                return (None, lines)
+            lines.append(l.decode("latin-1"))
+            if len(l) < 4 or l[3:4] != b"-":
+                try:
+                    return (int(l[:3]), lines)
+                except ValueError:
+                    return (None, lines)
+
+    def code(self):
+        return self.reply()[0]
+
+    def cmd(self, text):
+        self.send(text + "\r\n")
+        return self.code()
+
+    def closed(self, timeout=5):
+        """Does the peer close the connection (after any remaining replies)?"""
+        self.sock.settimeout(timeout)
+        try:
+            while True:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    return True
+        except socket.timeout:
+            return False
+        except OSError:
+            return True
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass

@@ -833,6 +833,28 @@ test_rcpt_max(void **state)
     host_close(&h);
 }
 
+/* smtpd_proto_set_limits - the host re-resolved its policy (after AUTH) */
+static void
+test_set_limits(void **state)
+{
+    struct smtpd_proto_config cfg;
+    struct host h;
+
+    (void)state;
+    test_config(&cfg);
+    cfg.max_rcpt = 1;
+    host_open(&h, &cfg);
+    expect(&h, GREETING);
+    say(&h, ENVELOPE, ENVELOPE_REPLIES);
+    say(&h, "RCPT TO:<c@dst.test>\r\n", "452 4.5.3 Too many recipients\r\n");
+    say(&h, "RSET\r\n", "250 2.0.0 Ok\r\n");
+    smtpd_proto_set_limits(h.s, 0, 2);
+    say(&h, "MAIL FROM:<a@b.test>\r\nRCPT TO:<d@dst.test>\r\nRCPT TO:<e@dst.test>\r\n",
+        MAIL_OK RCPT_OK RCPT_OK);
+    say(&h, "RCPT TO:<f@dst.test>\r\n", "452 4.5.3 Too many recipients\r\n");
+    host_close(&h);
+}
+
 static void
 test_ten_thousand_rcpts(void **state)
 {
@@ -2145,6 +2167,7 @@ main(void)
         cmocka_unit_test(test_rcpt_relay_denied_not_counted),
         cmocka_unit_test(test_rcpt_host_verdict_sanitised),
         cmocka_unit_test(test_rcpt_max),
+        cmocka_unit_test(test_set_limits),
         cmocka_unit_test(test_ten_thousand_rcpts),
         cmocka_unit_test(test_data_sequence_errors),
         cmocka_unit_test(test_data_dot_unstuffing),

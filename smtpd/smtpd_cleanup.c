@@ -1,0 +1,265 @@
+/*
+ * smtpd_cleanup.c - smtpd's side of the smtpd -> cleanup protocol (mailproto.h)
+ *
+ * Each smtpd process keeps one connection to RUNDIR/private/cleanup and
+ * multiplexes every transaction on it by frame id. Sessions build their
+ * frames (BEGIN, RCPT..., DATA..., END or ABORT); this module sends them,
+ * remembers which session waits for which id, and routes MP_TXN_RESULT back.
+ *
+ * If the connection drops, every transaction on it is lost to cleanup: each
+ * waiting session is told (it answers 451 4.3.0, never 250), and we reconnect
+ * with back-off (100 ms doubling to 5 s). A frame for an unknown id (its
+ * session has gone) is ignored; a malformed frame closes the connection.
+ *
+ * Owns: the channel, the reconnect timer, the id -> session table.
+ *
+ * SECURITY: cleanup is trusted but its frames are still length-checked by
+ * ipc.c and field by field here.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ipc.h"
+#include "mailproto.h"
+#include "msg.h"
+#include "worker.h"
+#include "xalloc.h"
+#include "smtpd.h"
+
+#define TABLE_SIZE 4096u        /* power of two */
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 5000
+
+struct waiting {
+    uint32_t id;
+    struct smtpd_session *session;
+    struct waiting *next;
+};
+
+static struct {
+    uv_loop_t *loop;
+    struct ipc_chan *chan;
+    uv_timer_t retry;
+    uint64_t backoff_ms;
+    uint32_t last_id;
+    unsigned pending;
+    bool closing;
+    bool warned;
+    struct waiting *table[TABLE_SIZE];
+} C;
+
+static void connect_now(void);
+
+static struct waiting **
+slot(uint32_t id)
+{
+    return &C.table[id & (TABLE_SIZE - 1)];
+}
+
+/* take - remove ID from the table; the session that waited, or NULL */
+static struct smtpd_session *
+take(uint32_t id)
+{
+    for (struct waiting **w = slot(id); *w; w = &(*w)->next) {
+        if ((*w)->id == id) {
+            struct waiting *dead = *w;
+            struct smtpd_session *s = dead->session;
+
+            *w = dead->next;
+            free(dead);
+            C.pending--;
+            return s;
+        }
+    }
+    return NULL;
+}
+
+/* fail_all - the connection is gone: tell every waiting session */
+static void
+fail_all(void)
+{
+    for (unsigned i = 0; i < TABLE_SIZE; i++) {
+        while (C.table[i]) {
+            struct waiting *w = C.table[i];
+
+            C.table[i] = w->next;
+            C.pending--;
+            smtpd_session_txn_lost(w->session, w->id);
+            free(w);
+        }
+    }
+}
+
+/* on_result - MP_TXN_RESULT id  code:u32 enhanced:str text:str msgid:u64 */
+static int
+on_msg(struct ipc_chan *ch, struct ipc_msg *m)
+{
+    uint32_t code;
+    uint64_t msgid;
+    char *enhanced = NULL, *text = NULL;
+    struct smtpd_session *s;
+    int bad;
+
+    (void)ch;
+    if (m->type != MP_TXN_RESULT) {
+        msg_warn("cleanup sent unexpected frame type %u; reconnecting", m->type);
+        return -1;
+    }
+    bad = ipc_get_u32(m, &code) || ipc_get_strdup(m, &enhanced)
+        || ipc_get_strdup(m, &text) || ipc_get_u64(m, &msgid) || ipc_get_end(m)
+        || code < 200 || code > 599;
+    if (!bad && (s = take(m->id)) != NULL)
+        smtpd_session_txn_result(s, m->id, (int)code, enhanced, text, msgid);
+    else if (!bad)
+        msg_debug("cleanup result for transaction %u nobody waits for", m->id);
+    else
+        msg_warn("malformed result from cleanup; reconnecting");
+    free(enhanced);
+    free(text);
+    return bad ? -1 : 0;
+}
+
+static void
+schedule_retry(void)
+{
+    if (C.closing || uv_is_active((uv_handle_t *)&C.retry))
+        return;
+    C.backoff_ms = C.backoff_ms ? C.backoff_ms * 2 : BACKOFF_MIN_MS;
+    if (C.backoff_ms > BACKOFF_MAX_MS)
+        C.backoff_ms = BACKOFF_MAX_MS;
+    uv_timer_start(&C.retry, (uv_timer_cb)connect_now, C.backoff_ms, 0);
+}
+
+static void
+on_close(struct ipc_chan *ch, int reason)
+{
+    (void)ch;
+    C.chan = NULL;
+    if (!C.closing)
+        msg_warn("connection to cleanup lost (%s); %u transaction(s) fail with 451",
+                 reason ? uv_strerror(reason) : "closed", C.pending);
+    fail_all();
+    schedule_retry();
+    /* Sessions paused on the backlog must see that it is gone. */
+    smtpd_session_resume_paused();
+}
+
+/* connect_now - one connection attempt (a local socket: connect() does not block long) */
+static void
+connect_now(void)
+{
+    char *path;
+    int err;
+
+    if (C.chan || C.closing)
+        return;
+    path = worker_socket_path("cleanup");
+    err = ipc_chan_connect_path(C.loop, path, on_msg, on_close, NULL, &C.chan);
+    if (err == 0) {
+        if (C.warned)
+            msg_info("connected to cleanup at %s", path);
+        C.warned = false;
+        C.backoff_ms = 0;
+    } else {
+        C.chan = NULL;
+        if (!C.warned)
+            msg_warn("cannot connect to cleanup at %s: %s; retrying", path, strerror(-err));
+        C.warned = true;
+        schedule_retry();
+    }
+    free(path);
+}
+
+/* smtpd_cleanup_init - see smtpd.h */
+void
+smtpd_cleanup_init(uv_loop_t *loop)
+{
+    C.loop = loop;
+    uv_timer_init(loop, &C.retry);
+    connect_now();
+}
+
+bool
+smtpd_cleanup_connected(void)
+{
+    if (C.chan == NULL && !C.closing && !uv_is_active((uv_handle_t *)&C.retry))
+        connect_now();
+    return C.chan != NULL && !C.chan->closing;
+}
+
+uint32_t
+smtpd_cleanup_next_id(void)
+{
+    if (++C.last_id == 0)       /* 0 means "no id" in frames */
+        C.last_id = 1;
+    return C.last_id;
+}
+
+/* smtpd_cleanup_open - see smtpd.h */
+int
+smtpd_cleanup_open(uint32_t id, struct smtpd_session *s, struct buf *frames)
+{
+    struct waiting *w;
+    int err;
+
+    if (!smtpd_cleanup_connected()) {
+        buf_reset(frames);
+        return -EPIPE;
+    }
+    if ((err = ipc_chan_send(C.chan, frames)) != 0)
+        return err;
+    w = xcalloc(1, sizeof(*w));
+    w->id = id;
+    w->session = s;
+    w->next = *slot(id);
+    *slot(id) = w;
+    C.pending++;
+    return 0;
+}
+
+/* smtpd_cleanup_send - see smtpd.h */
+int
+smtpd_cleanup_send(struct buf *frames)
+{
+    if (C.chan == NULL) {
+        buf_reset(frames);
+        return -EPIPE;
+    }
+    return ipc_chan_send(C.chan, frames);
+}
+
+/* smtpd_cleanup_forget - see smtpd.h */
+void
+smtpd_cleanup_forget(uint32_t id)
+{
+    (void)take(id);
+}
+
+size_t
+smtpd_cleanup_backlog(void)
+{
+    if (C.chan == NULL)
+        return 0;
+    return uv_stream_get_write_queue_size((uv_stream_t *)&C.chan->pipe);
+}
+
+unsigned
+smtpd_cleanup_pending(void)
+{
+    return C.pending;
+}
+
+/* smtpd_cleanup_close - at the end of the drain */
+void
+smtpd_cleanup_close(void)
+{
+    C.closing = true;
+    uv_timer_stop(&C.retry);
+    uv_close((uv_handle_t *)&C.retry, NULL);
+    if (C.chan)
+        ipc_chan_close(C.chan);
+    fail_all();
+}

@@ -1,0 +1,170 @@
+/*
+ * smtpd_policy.c - the <source> settings that govern one inbound session
+ *
+ * A TCP connection gets cfg_resolve_source(client address, listener's
+ * source=): defaults, matching CIDR blocks by prefix length, then the named
+ * source. The pickup socket (local sendmail) resolves as "{pickup}": no
+ * address, relaying allowed unless a <source {pickup}> block says otherwise.
+ * After AUTH, <source {auth}> and then the smtp-user's `source NAME` are
+ * layered on top (each value of those blocks replaces the one before).
+ *
+ * Owns: nothing; every string points into the session's pinned cfg.
+ *
+ * SECURITY: decides who may relay. The relay decision itself is in
+ * smtpd_session.c (authenticated, always-allow-relaying or relay-domain).
+ */
+#include "config.h"
+
+#include <strings.h>
+#include <string.h>
+
+#include "msg.h"
+#include "smtpd.h"
+
+#define SECONDS_MS(v) ((v) < 0 ? UINT64_C(0) : (uint64_t)(v) * 1000)
+
+static bool
+flag(const struct cfg_resolved *r, enum cfg_directive d, bool dflt)
+{
+    return r->v[d] ? r->v[d]->num != 0 : dflt;
+}
+
+static int64_t
+number(const struct cfg_resolved *r, enum cfg_directive d, int64_t dflt)
+{
+    return r->v[d] ? r->v[d]->num : dflt;
+}
+
+/* overlay_scope - every value written in SCOPE replaces the resolved one */
+static void
+overlay_scope(const struct cfg *c, uint32_t scope, struct cfg_resolved *r)
+{
+    const struct cfg_scope *s = &c->scopes[scope];
+
+    for (uint32_t i = 0; i < s->count; i++) {
+        const struct cfg_value *v = &c->values[s->first + i];
+
+        if (v->directive < CFG_D_COUNT && !(v->flags & CFG_VALUE_UNSET))
+            r->v[v->directive] = v;
+    }
+}
+
+/* auth_file - the seed's `auth_type = "auth_file"` + `auth_file = PATH`, source over global */
+static const char *
+auth_file(const struct cfg *c, const struct cfg_resolved *r)
+{
+    const struct cfg_value *type = r->v[CFG_D_AUTH_TYPE], *file = r->v[CFG_D_AUTH_FILE];
+
+    if (type == NULL || (type->flags & CFG_VALUE_UNSET))
+        type = cfg_global(c, CFG_D_AUTH_TYPE);
+    if (file == NULL || (file->flags & CFG_VALUE_UNSET))
+        file = cfg_global(c, CFG_D_AUTH_FILE);
+    if (file == NULL || (file->flags & (CFG_VALUE_UNSET | CFG_VALUE_CLEAR)))
+        return NULL;
+    /* auth_type names the method; a file given without one is still meant. */
+    if (type && !(type->flags & CFG_VALUE_UNSET) && *cfg_str(c, type->text)
+        && strcasecmp(cfg_str(c, type->text), "auth_file") != 0)
+        return NULL;
+    return *cfg_str(c, file->text) ? cfg_str(c, file->text) : NULL;
+}
+
+/* fill - turn resolved values into the session's policy */
+static void
+fill(const struct cfg *c, const struct cfg_resolved *r, struct smtpd_policy *pol)
+{
+    int64_t size = number(r, CFG_D_MAX_MESSAGE_SIZE, CFG_NEVER);
+    int64_t rcpt = number(r, CFG_D_SOURCE_MAX_RCPT_PER_MESSAGE, 0);
+
+    pol->smtp_service = flag(r, CFG_D_SMTP_SERVICE, true);
+    pol->always_allow_relaying = flag(r, CFG_D_ALWAYS_ALLOW_RELAYING, false);
+    pol->require_auth = flag(r, CFG_D_REQUIRE_AUTH, false);
+    pol->allow_auth = flag(r, CFG_D_ALLOW_AUTH, true);
+    pol->allow_plaintext_auth = flag(r, CFG_D_ALLOW_UNENCRYPTED_PLAIN_AUTH, false)
+        && !flag(r, CFG_D_REQUIRE_STARTTLS_BEFORE_AUTH, false);
+    pol->allow_starttls = flag(r, CFG_D_ALLOW_STARTTLS, false);
+    pol->allow_chunking = flag(r, CFG_D_ALLOW_CHUNKING, true);
+    pol->allow_smtputf8 = flag(r, CFG_D_ALLOW_SMTPUTF8, true);
+    pol->log_connections = flag(r, CFG_D_LOG_CONNECTIONS, false);
+    pol->log_commands = flag(r, CFG_D_LOG_COMMANDS, false);
+    pol->max_message_size = size <= 0 ? 0 : (uint64_t)size;
+    pol->max_rcpt = rcpt <= 0 ? 0 : (rcpt > UINT32_MAX ? UINT32_MAX : (unsigned)rcpt);
+    pol->command_timeout_ms = SECONDS_MS(number(r, CFG_D_SMTP_COMMAND_TIMEOUT, 600));
+    pol->data_timeout_ms = SECONDS_MS(number(r, CFG_D_SMTP_DATA_TIMEOUT, 600));
+    pol->auth_file = auth_file(c, r);
+}
+
+/* resolve - the layers a session starts with */
+static void
+resolve(const struct cfg *c, const struct sockaddr *addr, const char *name,
+        struct cfg_resolved *r)
+{
+    bool named = name && *name && strcmp(name, "{pickup}") != 0;
+
+    if (cfg_resolve_source(c, addr, named ? name : NULL, r) != 0) {
+        /* pmtad validated source= names; a reload may still race us. */
+        msg_warn("unknown source '%s'; using the address's settings", name);
+        cfg_resolve_source(c, addr, NULL, r);
+    }
+}
+
+/* smtpd_policy_resolve - see smtpd.h */
+void
+smtpd_policy_resolve(const struct cfg *c, const struct sockaddr *addr, const char *name,
+                     struct smtpd_policy *pol)
+{
+    struct cfg_resolved r;
+    uint32_t pickup;
+
+    resolve(c, addr, name, &r);
+    if (name && strcmp(name, "{pickup}") == 0) {
+        /* Local submission: relaying is the point, unless {pickup} says no. */
+        pickup = cfg_find_scope(c, CFG_S_SOURCE, "{pickup}");
+        if (pickup != CFG_NONE)
+            overlay_scope(c, pickup, &r);
+        fill(c, &r, pol);
+        if (pickup == CFG_NONE || cfg_scope_get(c, pickup, CFG_D_ALWAYS_ALLOW_RELAYING) == NULL)
+            pol->always_allow_relaying = true;
+        return;
+    }
+    fill(c, &r, pol);
+}
+
+/* smtpd_policy_layer_auth - see smtpd.h */
+void
+smtpd_policy_layer_auth(const struct cfg *c, const struct sockaddr *addr,
+                        const char *listener_source, const char *user_source,
+                        struct smtpd_policy *pol)
+{
+    struct cfg_resolved r;
+    uint32_t s;
+    bool pickup_relay = pol->always_allow_relaying;
+
+    resolve(c, addr, listener_source, &r);
+    if (listener_source && strcmp(listener_source, "{pickup}") == 0
+        && (s = cfg_find_scope(c, CFG_S_SOURCE, "{pickup}")) != CFG_NONE)
+        overlay_scope(c, s, &r);
+    if ((s = cfg_find_scope(c, CFG_S_SOURCE, "{auth}")) != CFG_NONE)
+        overlay_scope(c, s, &r);
+    if (user_source && *user_source
+        && (s = cfg_find_scope(c, CFG_S_SOURCE, user_source)) != CFG_NONE)
+        overlay_scope(c, s, &r);
+    fill(c, &r, pol);
+    if (listener_source && strcmp(listener_source, "{pickup}") == 0)
+        pol->always_allow_relaying = pol->always_allow_relaying || pickup_relay;
+}
+
+/* smtpd_policy_relay_domain - see smtpd.h; case-insensitive exact match */
+bool
+smtpd_policy_relay_domain(const struct cfg *c, const char *domain)
+{
+    const struct cfg_value *v;
+    uint32_t it = 0;
+
+    while ((v = cfg_scope_next(c, 0, CFG_D_RELAY_DOMAIN, &it)) != NULL) {
+        if (v->flags & (CFG_VALUE_UNSET | CFG_VALUE_CLEAR))
+            continue;
+        if (strcasecmp(cfg_str(c, v->text), domain) == 0)
+            return true;
+    }
+    return false;
+}

@@ -1,0 +1,1166 @@
+/*
+ * smtpd_session.c - one inbound SMTP connection: engine + socket + TLS + transaction
+ *
+ * A session couples the I/O-free protocol engine (smtpd_proto.h) to a libuv
+ * stream (TCP, or a Unix pipe for the pickup socket):
+ *   bytes read  -> (TLS decrypt) -> smtpd_proto_input()
+ *   engine out  -> (TLS encrypt) -> uv_write()
+ *   engine events -> <source> policy decisions and frames for cleanup
+ * The configuration is pinned for the session's life (worker_config_hold).
+ *
+ * Transaction: MAIL assigns an id and encodes MP_TXN_BEGIN; each accepted
+ * RCPT adds MP_TXN_RCPT; at DATA/BDAT the frames go to cleanup, content is
+ * streamed as MP_TXN_DATA (at most MP_CHUNK_MAX per frame, sent as it
+ * arrives), then MP_TXN_END. The 250 is only cleanup's MP_TXN_RESULT; if
+ * the cleanup connection dies first the client gets 451 4.3.0. A result
+ * that arrives before END (an early refusal) stops the DATA frames; END (or
+ * ABORT) still follows, because cleanup keeps the transaction until then,
+ * and the client gets that result when its DATA ends.
+ *
+ * Timeouts: smtp-command-timeout runs from the last reply (a client that
+ * drips a command byte by byte still times out); smtp-data-timeout runs from
+ * the last byte of content, and bounds the wait for cleanup's answer.
+ * Expiry: 421 4.4.2 (engine) and close.
+ *
+ * Backpressure: reading stops while the engine holds too much pipelined
+ * input, while our output to the client is over SESSION_WRITE_HIGH, or while
+ * the cleanup connection's write queue is over SMTPD_CLEANUP_BACKLOG_MAX.
+ *
+ * Owns: struct smtpd_session, its stream and timer handles, the engine, the
+ * TLS state, the transaction's frame buffers. A session is freed when both
+ * handles are closed and no AUTH check is in flight (refs).
+ *
+ * SECURITY: this is the network boundary. Peer bytes go to the engine or
+ * OpenSSL only; peer text is logged through msg_printable(); the relay
+ * decision (authenticated, always-allow-relaying, relay-domain) is here.
+ */
+#include "config.h"
+
+#include <arpa/inet.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "ipc.h"
+#include "mailproto.h"
+#include "msg.h"
+#include "worker.h"
+#include "xalloc.h"
+#include "smtpd.h"
+#include "smtpd_proto.h"
+
+#define SESSION_WRITE_HIGH (256 * 1024)
+#define SESSION_CLOSE_GRACE_MS 5000
+#define READ_BUFFER_SIZE (64 * 1024)
+#define LOG_TEXT_MAX 300
+
+enum tls_state { TLS_OFF, TLS_HANDSHAKE, TLS_ON };
+enum txn_state {
+    TXN_NONE,       /* no MAIL yet */
+    TXN_BUILDING,   /* MAIL accepted: frames kept locally */
+    TXN_STREAMING,  /* cleanup knows the id; content flows */
+    TXN_WAITING     /* END sent; waiting for MP_TXN_RESULT */
+};
+
+struct smtpd_session {
+    union {
+        uv_handle_t handle;
+        uv_stream_t stream;
+        uv_tcp_t tcp;
+        uv_pipe_t pipe;
+    } io;
+    uv_timer_t timer;
+    uv_shutdown_t shutdown_req;
+    unsigned refs;                  /* open handles + AUTH checks in flight */
+    struct smtpd_session *prev, *next;
+    uint64_t serial;
+
+    const struct cfg *cfg;          /* pinned */
+    struct smtpd_policy pol;
+    struct smtpd_origin origin;
+    struct smtpd_proto *proto;
+    struct sockaddr_storage peer;
+    bool have_peer;
+    char client_ip[INET6_ADDRSTRLEN];
+    unsigned client_port;
+    char local_ip[INET6_ADDRSTRLEN];
+    unsigned local_port;
+    char helo[SMTPD_DOMAIN_MAX + 1];
+    char auth_try[64];              /* printable user name of the AUTH in flight */
+    bool authenticated;
+
+    struct smtpd_tls *tls;
+    enum tls_state tls_state;
+    bool starttls_requested;
+
+    enum txn_state txn;
+    uint32_t txn_id;
+    bool txn_lost;                  /* cleanup connection died: answer 451 */
+    bool txn_early;                 /* cleanup refused before END */
+    int early_code;
+    char early_enhanced[16];
+    char early_text[SMTPD_TEXT_MAX + 1];
+    unsigned txn_rcpts;
+    struct buf frames;              /* BEGIN + RCPTs, then outgoing DATA frames */
+    struct buf chunk;               /* content not yet framed */
+
+    bool reading;
+    bool peer_eof;                  /* the client half-closed; finish what it sent */
+    bool closing;
+    bool handles_closing;
+    bool paused_backlog;
+    bool drain_after_result;
+    enum smtpd_state last_state;
+    uint64_t messages;
+};
+
+struct session_write {
+    uv_write_t req;
+    struct smtpd_session *s;
+    size_t len;
+    char data[];
+};
+
+static struct {
+    struct smtpd_session *head;
+    unsigned count;
+    unsigned limit;
+    uint64_t serial;
+    bool draining;
+    void (*idle_cb)(void);
+    uv_check_t backlog_check;
+    bool check_ready;
+    unsigned paused;
+} S;
+
+static char read_buffer[READ_BUFFER_SIZE];
+
+static void after_engine(struct smtpd_session *s);
+static void begin_close(struct smtpd_session *s);
+static void update_reading(struct smtpd_session *s);
+static void tls_pump(struct smtpd_session *s);
+static void on_timer(uv_timer_t *t);
+static void close_handles(struct smtpd_session *s);
+
+/* --- logging -------------------------------------------------------------------- */
+
+static const char *
+printable(char *out, size_t size, const char *text)
+{
+    return msg_printable(out, size, text, strlen(text));
+}
+
+static const char *
+peer_name(const struct smtpd_session *s)
+{
+    return s->origin.pickup ? "pickup" : s->client_ip;
+}
+
+/* log_command - one line per client command when log-commands is on */
+static void
+log_command(const struct smtpd_session *s, const char *what, const char *arg)
+{
+    char text[LOG_TEXT_MAX];
+
+    if (s->pol.log_commands)
+        msg_info("%s[%" PRIu64 "]: %s%s%s", peer_name(s), s->serial, what, arg ? " " : "",
+                 printable(text, sizeof(text), arg ? arg : ""));
+}
+
+/* log_replies - the engine's replies, line by line, when log-commands is on */
+static void
+log_replies(const struct smtpd_session *s, const struct buf *out)
+{
+    char text[LOG_TEXT_MAX];
+    const char *p = out->data, *end = out->data + out->len;
+
+    while (s->pol.log_commands && p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        size_t n = nl ? (size_t)(nl - p) : (size_t)(end - p);
+
+        if (n && p[n - 1] == '\r')
+            n--;
+        msg_info("%s[%" PRIu64 "]: > %s", peer_name(s), s->serial,
+                 msg_printable(text, sizeof(text), p, n));
+        p = nl ? nl + 1 : end;
+    }
+}
+
+/* --- output ----------------------------------------------------------------------- */
+
+static void
+on_written(uv_write_t *req, int status)
+{
+    struct session_write *w = (struct session_write *)req;
+    struct smtpd_session *s = w->s;
+
+    free(w);
+    if (status < 0 && !s->closing) {
+        if (s->proto)
+            smtpd_proto_disconnected(s->proto);
+        begin_close(s);
+        return;
+    }
+    update_reading(s);
+}
+
+/* send_raw - queue N bytes to the peer (copied) */
+static void
+send_raw(struct smtpd_session *s, const char *p, size_t n)
+{
+    struct session_write *w;
+    uv_buf_t b;
+
+    if (n == 0 || s->handles_closing)
+        return;
+    w = xmalloc(sizeof(*w) + n);
+    w->s = s;
+    w->len = n;
+    memcpy(w->data, p, n);
+    b = uv_buf_init(w->data, (unsigned)n);
+    if (uv_write(&w->req, &s->io.stream, &b, 1, on_written) != 0)
+        free(w);
+}
+
+/* send_tls_output - whatever OpenSSL produced goes to the socket */
+static void
+send_tls_output(struct smtpd_session *s)
+{
+    struct buf out = BUF_INIT;
+
+    smtpd_tls_take_output(s->tls, &out);
+    send_raw(s, out.data, out.len);
+    buf_free(&out);
+}
+
+/* flush_output - the engine's replies to the client */
+static void
+flush_output(struct smtpd_session *s)
+{
+    struct buf *out = smtpd_proto_output(s->proto);
+
+    if (out->len == 0)
+        return;
+    log_replies(s, out);
+    if (s->tls_state == TLS_ON) {
+        if (smtpd_tls_write(s->tls, out->data, out->len) != 0)
+            msg_warn("%s: TLS write failed: %s", peer_name(s), smtpd_tls_error());
+        send_tls_output(s);
+    } else {
+        send_raw(s, out->data, out->len);
+    }
+    buf_reset(out);
+}
+
+/* --- timers ------------------------------------------------------------------------- */
+
+static void
+arm_timer(struct smtpd_session *s)
+{
+    enum smtpd_state st = smtpd_proto_state(s->proto);
+    bool data = st == SMTPD_STATE_DATA || st == SMTPD_STATE_BDAT || s->txn == TXN_WAITING;
+    uint64_t ms = data ? s->pol.data_timeout_ms : s->pol.command_timeout_ms;
+
+    if (s->closing)
+        return;
+    if (ms == 0)
+        uv_timer_stop(&s->timer);
+    else
+        uv_timer_start(&s->timer, on_timer, ms, 0);
+}
+
+/* --- the transaction ------------------------------------------------------------------ */
+
+static void
+txn_reset(struct smtpd_session *s)
+{
+    s->txn = TXN_NONE;
+    s->txn_id = 0;
+    s->txn_lost = false;
+    s->txn_early = false;
+    s->txn_rcpts = 0;
+    buf_reset(&s->frames);
+    buf_reset(&s->chunk);
+}
+
+/* frame_end - finish a frame begun at OFF; frames are small, so failure is a bug */
+static void
+frame_end(struct buf *b, size_t off)
+{
+    if (ipc_end(b, off) != 0)
+        msg_panic("smtpd: internal frame too large");
+}
+
+/* encode_begin - MP_TXN_BEGIN for SENDER */
+static void
+encode_begin(struct smtpd_session *s, const char *sender, const struct smtpd_mail_params *p)
+{
+    uint32_t flags = 0;
+    size_t off = ipc_begin(&s->frames, MP_TXN_BEGIN, s->txn_id);
+    const char *user = smtpd_proto_auth_user(s->proto);
+
+    flags |= p->body == SMTPD_BODY_8BITMIME ? MP_MAIL_8BITMIME : 0;
+    flags |= p->smtputf8 ? MP_MAIL_SMTPUTF8 : 0;
+    flags |= p->ret == SMTPD_RET_FULL ? MP_MAIL_RET_FULL : 0;
+    flags |= p->ret == SMTPD_RET_HDRS ? MP_MAIL_RET_HDRS : 0;
+    ipc_add_cstr(&s->frames, s->client_ip);
+    ipc_add_u32(&s->frames, s->client_port);
+    ipc_add_cstr(&s->frames, s->local_ip);
+    ipc_add_u32(&s->frames, s->local_port);
+    ipc_add_cstr(&s->frames, s->helo);
+    ipc_add_cstr(&s->frames, s->origin.listener_source);
+    ipc_add_cstr(&s->frames, user ? user : "");
+    ipc_add_cstr(&s->frames, s->tls_state == TLS_ON ? smtpd_tls_protocol(s->tls) : "");
+    ipc_add_cstr(&s->frames, s->tls_state == TLS_ON ? smtpd_tls_cipher(s->tls) : "");
+    ipc_add_cstr(&s->frames, sender);
+    ipc_add_u32(&s->frames, flags);
+    ipc_add_cstr(&s->frames, p->envid);
+    ipc_add_u64(&s->frames, p->size_given ? p->size : 0);
+    frame_end(&s->frames, off);
+}
+
+/* encode_rcpt - MP_TXN_RCPT; ORCPT travels as "type;address" */
+static void
+encode_rcpt(struct smtpd_session *s, const char *rcpt, const struct smtpd_rcpt_params *p)
+{
+    size_t off = ipc_begin(&s->frames, MP_TXN_RCPT, s->txn_id);
+    char *orcpt = *p->orcpt ? xasprintf("%s;%s", p->orcpt_type, p->orcpt) : xstrdup("");
+
+    ipc_add_cstr(&s->frames, rcpt);
+    ipc_add_cstr(&s->frames, orcpt);
+    ipc_add_u32(&s->frames, p->notify);
+    frame_end(&s->frames, off);
+    free(orcpt);
+}
+
+/* send_frames - frames of a streaming transaction; a dead connection is noted */
+static void
+send_frames(struct smtpd_session *s)
+{
+    if (s->frames.len && smtpd_cleanup_send(&s->frames) != 0) {
+        buf_reset(&s->frames);
+        s->txn_lost = true;
+    }
+}
+
+/* frame_chunk - turn the pending content into one MP_TXN_DATA frame */
+static void
+frame_chunk(struct smtpd_session *s)
+{
+    size_t off;
+
+    if (s->chunk.len == 0)
+        return;
+    off = ipc_begin(&s->frames, MP_TXN_DATA, s->txn_id);
+    ipc_add_bytes(&s->frames, s->chunk.data, s->chunk.len);
+    frame_end(&s->frames, off);
+    buf_reset(&s->chunk);
+}
+
+/* stream_pending - send the content gathered from the last read */
+static void
+stream_pending(struct smtpd_session *s)
+{
+    if (s->txn != TXN_STREAMING || s->txn_lost || s->txn_early)
+        return;
+    frame_chunk(s);
+    send_frames(s);
+}
+
+/* --- engine events --------------------------------------------------------------------- */
+
+static void
+ev_helo(void *ctx, const char *name, bool esmtp)
+{
+    struct smtpd_session *s = ctx;
+
+    snprintf(s->helo, sizeof(s->helo), "%s", name);
+    log_command(s, esmtp ? "EHLO" : "HELO", name);
+}
+
+static enum smtpd_decision
+ev_mail(void *ctx, const char *sender, const struct smtpd_mail_params *p,
+        struct smtpd_proto_verdict *v)
+{
+    struct smtpd_session *s = ctx;
+
+    (void)v;
+    log_command(s, "MAIL FROM", sender);
+    txn_reset(s);
+    s->txn = TXN_BUILDING;
+    s->txn_id = smtpd_cleanup_next_id();
+    encode_begin(s, sender, p);
+    return SMTPD_ACCEPT;
+}
+
+/* may_relay - authenticated, a relaying source, or a relay-domain recipient */
+static bool
+may_relay(const struct smtpd_session *s, const char *rcpt)
+{
+    const char *at = strrchr(rcpt, '@');
+
+    if (s->authenticated || s->pol.always_allow_relaying)
+        return true;
+    return at != NULL && smtpd_policy_relay_domain(s->cfg, at + 1);
+}
+
+static enum smtpd_decision
+ev_rcpt(void *ctx, const char *rcpt, const struct smtpd_rcpt_params *p,
+        struct smtpd_proto_verdict *v)
+{
+    struct smtpd_session *s = ctx;
+
+    (void)v;
+    log_command(s, "RCPT TO", rcpt);
+    if (!may_relay(s, rcpt))
+        return SMTPD_REJECT;        /* engine default: 550 5.7.1 Relaying denied */
+    encode_rcpt(s, rcpt, p);
+    s->txn_rcpts++;
+    return SMTPD_ACCEPT;
+}
+
+static enum smtpd_decision
+ev_data_begin(void *ctx, struct smtpd_proto_verdict *v)
+{
+    struct smtpd_session *s = ctx;
+
+    log_command(s, "DATA", NULL);
+    if (s->txn != TXN_BUILDING || smtpd_cleanup_open(s->txn_id, s, &s->frames) != 0) {
+        *v = (struct smtpd_proto_verdict){ 451, "4.3.0", "Queue temporarily unavailable" };
+        return SMTPD_REJECT;
+    }
+    s->txn = TXN_STREAMING;
+    return SMTPD_ACCEPT;
+}
+
+static void
+ev_data_chunk(void *ctx, const char *bytes, size_t len)
+{
+    struct smtpd_session *s = ctx;
+
+    if (s->txn != TXN_STREAMING || s->txn_lost || s->txn_early)
+        return;
+    while (len > 0) {
+        size_t room = MP_CHUNK_MAX - s->chunk.len;
+        size_t n = len < room ? len : room;
+
+        if (buf_append(&s->chunk, bytes, n) != 0)
+            msg_fatal("smtpd: out of memory for message content");
+        bytes += n;
+        len -= n;
+        if (s->chunk.len == MP_CHUNK_MAX)
+            frame_chunk(s);
+    }
+}
+
+/* answer_now - reply to the client without cleanup's commit */
+static void
+answer_now(struct smtpd_session *s, int code, const char *enhanced, const char *text)
+{
+    txn_reset(s);
+    smtpd_proto_data_result(s->proto, code, enhanced, text);
+}
+
+static void
+ev_data_end(void *ctx, const struct smtpd_data_info *info)
+{
+    struct smtpd_session *s = ctx;
+    size_t off;
+
+    if (s->txn_early) {
+        /* cleanup answered already but keeps the transaction until END */
+        off = ipc_begin(&s->frames, MP_TXN_END, s->txn_id);
+        ipc_add_u64(&s->frames, info->size);
+        frame_end(&s->frames, off);
+        send_frames(s);
+        answer_now(s, s->early_code, s->early_enhanced, s->early_text);
+        return;
+    }
+    if (s->txn != TXN_STREAMING || s->txn_lost) {
+        smtpd_cleanup_forget(s->txn_id);
+        answer_now(s, 451, "4.3.0", "Queue temporarily unavailable, try again later");
+        return;
+    }
+    frame_chunk(s);
+    off = ipc_begin(&s->frames, MP_TXN_END, s->txn_id);
+    ipc_add_u64(&s->frames, info->size);
+    frame_end(&s->frames, off);
+    send_frames(s);
+    if (s->txn_lost) {
+        smtpd_cleanup_forget(s->txn_id);
+        answer_now(s, 451, "4.3.0", "Queue temporarily unavailable, try again later");
+        return;
+    }
+    s->txn = TXN_WAITING;
+}
+
+static void
+ev_data_abort(void *ctx)
+{
+    struct smtpd_session *s = ctx;
+    size_t off;
+
+    /* Only a transaction cleanup has heard of needs telling (even one it refused early). */
+    if (s->txn == TXN_STREAMING && !s->txn_lost) {
+        buf_reset(&s->chunk);
+        buf_reset(&s->frames);
+        off = ipc_begin(&s->frames, MP_TXN_ABORT, s->txn_id);
+        frame_end(&s->frames, off);
+        send_frames(s);
+    }
+    if (s->txn == TXN_STREAMING)
+        smtpd_cleanup_forget(s->txn_id);
+    txn_reset(s);
+}
+
+static void
+auth_done(void *ctx, bool ok, const char *source)
+{
+    struct smtpd_session *s = ctx;
+
+    if (!s->closing && ok) {
+        msg_info("%s[%" PRIu64 "]: authenticated as %s", peer_name(s), s->serial, s->auth_try);
+        s->authenticated = true;
+        smtpd_policy_layer_auth(s->cfg, s->have_peer ? (struct sockaddr *)&s->peer : NULL,
+                                s->origin.listener_source, source, &s->pol);
+        smtpd_proto_set_limits(s->proto, s->pol.max_message_size, s->pol.max_rcpt);
+        smtpd_proto_result(s->proto, 0, NULL, NULL);
+        after_engine(s);
+    } else if (!s->closing) {
+        msg_warn("%s[%" PRIu64 "]: authentication failed for %s", peer_name(s), s->serial,
+                 s->auth_try);
+        smtpd_proto_result(s->proto, 535, "5.7.8", "Authentication credentials invalid");
+        after_engine(s);
+    }
+    s->refs--;
+    if (s->refs == 0)
+        begin_close(s);     /* only reached when the handles are already gone */
+}
+
+static enum smtpd_decision
+ev_auth(void *ctx, const char *mech, const char *user, const char *pass,
+        struct smtpd_proto_verdict *v)
+{
+    struct smtpd_session *s = ctx;
+
+    printable(s->auth_try, sizeof(s->auth_try), user);
+    log_command(s, "AUTH", mech);
+    if (!s->pol.allow_auth) {
+        *v = (struct smtpd_proto_verdict){ 535, "5.7.8", "Authentication not available" };
+        return SMTPD_REJECT;
+    }
+    s->refs++;
+    smtpd_auth_check(worker_loop(), s->cfg, s->pol.auth_file, user, pass, auth_done, s);
+    return SMTPD_PENDING;
+}
+
+static void
+ev_starttls(void *ctx)
+{
+    struct smtpd_session *s = ctx;
+
+    log_command(s, "STARTTLS", NULL);
+    s->starttls_requested = true;
+}
+
+static void
+ev_quit(void *ctx)
+{
+    log_command(ctx, "QUIT", NULL);
+}
+
+static const struct smtpd_proto_events session_events = {
+    .helo = ev_helo,
+    .mail = ev_mail,
+    .rcpt = ev_rcpt,
+    .data_begin = ev_data_begin,
+    .data_chunk = ev_data_chunk,
+    .data_end = ev_data_end,
+    .data_abort = ev_data_abort,
+    .auth = ev_auth,
+    .starttls = ev_starttls,
+    .quit = ev_quit,
+};
+
+/* --- cleanup's answers ------------------------------------------------------------------ */
+
+/* smtpd_session_txn_result - see smtpd.h */
+void
+smtpd_session_txn_result(struct smtpd_session *s, uint32_t id, int code, const char *enhanced,
+                         const char *text, uint64_t msgid)
+{
+    if (s->txn_id != id || s->closing)
+        return;
+    if (s->txn == TXN_STREAMING) {
+        /* Refused before the end: swallow the rest, answer after END. */
+        s->txn_early = true;
+        s->early_code = code;
+        snprintf(s->early_enhanced, sizeof(s->early_enhanced), "%s", enhanced);
+        snprintf(s->early_text, sizeof(s->early_text), "%s", text);
+        buf_reset(&s->chunk);
+        return;
+    }
+    if (s->txn != TXN_WAITING)
+        return;
+    if (code == 250) {
+        s->messages++;
+        msg_info("%s[%" PRIu64 "]: queued as %020" PRIu64 " (%u recipient%s)", peer_name(s),
+                 s->serial, msgid, s->txn_rcpts, s->txn_rcpts == 1 ? "" : "s");
+    }
+    answer_now(s, code, enhanced, text);
+    if (s->drain_after_result)
+        smtpd_proto_shutdown(s->proto);
+    after_engine(s);
+}
+
+/* smtpd_session_txn_lost - see smtpd.h */
+void
+smtpd_session_txn_lost(struct smtpd_session *s, uint32_t id)
+{
+    if (s->txn_id != id || s->closing)
+        return;
+    if (s->txn == TXN_STREAMING) {
+        s->txn_lost = true;
+        buf_reset(&s->chunk);
+        return;
+    }
+    if (s->txn != TXN_WAITING)
+        return;
+    answer_now(s, 451, "4.3.0", "Queue temporarily unavailable, try again later");
+    if (s->drain_after_result)
+        smtpd_proto_shutdown(s->proto);
+    after_engine(s);
+}
+
+/* --- reading ---------------------------------------------------------------------------- */
+
+static void
+on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
+{
+    (void)h;
+    (void)suggested;
+    /* One loop thread: each read is consumed before the next allocation. */
+    b->base = read_buffer;
+    b->len = sizeof(read_buffer);
+}
+
+/* backpressure - why reading must pause, or NULL */
+static const char *
+backpressure(struct smtpd_session *s)
+{
+    if (uv_stream_get_write_queue_size(&s->io.stream) > SESSION_WRITE_HIGH)
+        return "client output";
+    if (s->tls_state != TLS_HANDSHAKE && !smtpd_proto_want_input(s->proto))
+        return "engine";
+    if (smtpd_cleanup_backlog() > SMTPD_CLEANUP_BACKLOG_MAX)
+        return "cleanup";
+    return NULL;
+}
+
+static void on_read(uv_stream_t *stream, ssize_t n, const uv_buf_t *b);
+
+static void
+on_backlog_check(uv_check_t *h)
+{
+    (void)h;
+    if (smtpd_cleanup_backlog() <= SMTPD_CLEANUP_BACKLOG_MAX / 2)
+        smtpd_session_resume_paused();
+}
+
+/* update_reading - start or stop reading the client as backpressure says */
+static void
+update_reading(struct smtpd_session *s)
+{
+    const char *why = s->closing ? "closing" : s->peer_eof ? "eof" : backpressure(s);
+
+    if (why == NULL && !s->reading) {
+        s->reading = uv_read_start(&s->io.stream, on_alloc, on_read) == 0;
+        /* TLS may hold decrypted input that arrived while we paused. */
+        if (s->reading && s->tls_state == TLS_ON)
+            tls_pump(s);
+    } else if (why != NULL && s->reading) {
+        uv_read_stop(&s->io.stream);
+        s->reading = false;
+    }
+    if (why && strcmp(why, "cleanup") == 0 && !s->paused_backlog) {
+        s->paused_backlog = true;
+        S.paused++;
+        uv_check_start(&S.backlog_check, on_backlog_check);
+    }
+}
+
+/* smtpd_session_resume_paused - see smtpd.h */
+void
+smtpd_session_resume_paused(void)
+{
+    for (struct smtpd_session *s = S.head; s && S.paused; s = s->next) {
+        if (!s->paused_backlog)
+            continue;
+        s->paused_backlog = false;
+        S.paused--;
+        update_reading(s);
+    }
+    if (S.paused == 0 && S.check_ready)
+        uv_check_stop(&S.backlog_check);
+}
+
+/* after_engine - write replies, stream content, follow the engine's state */
+static void
+after_engine(struct smtpd_session *s)
+{
+    enum smtpd_state st;
+
+    if (s->closing)
+        return;
+    flush_output(s);
+    stream_pending(s);
+    st = smtpd_proto_state(s->proto);
+    if (s->starttls_requested && st == SMTPD_STATE_TLS_HANDSHAKE) {
+        s->starttls_requested = false;
+        s->tls = smtpd_tls_new(s->origin.tls);
+        s->tls_state = TLS_HANDSHAKE;
+    }
+    if (s->peer_eof && st != SMTPD_STATE_WAIT_HOST)
+        smtpd_proto_disconnected(s->proto);     /* nothing more will come */
+    if (smtpd_proto_is_closed(s->proto)) {
+        begin_close(s);
+        return;
+    }
+    if (st != s->last_state || st == SMTPD_STATE_DATA || st == SMTPD_STATE_BDAT)
+        arm_timer(s);
+    s->last_state = st;
+    update_reading(s);
+}
+
+/* feed - plaintext from the client into the engine */
+static void
+feed(struct smtpd_session *s, const char *p, size_t n)
+{
+    size_t before = smtpd_proto_output(s->proto)->len;
+
+    smtpd_proto_input(s->proto, p, n);
+    /* A reply means a command completed: the command timer starts over. */
+    if (smtpd_proto_output(s->proto)->len > before)
+        arm_timer(s);
+    after_engine(s);
+}
+
+/* handshake_done - TLS is up: STARTTLS resets the session, implicit TLS greets */
+static void
+handshake_done(struct smtpd_session *s)
+{
+    s->tls_state = TLS_ON;
+    if (s->pol.log_connections)
+        msg_info("%s[%" PRIu64 "]: TLS %s %s", peer_name(s), s->serial,
+                 smtpd_tls_protocol(s->tls), smtpd_tls_cipher(s->tls));
+    if (s->origin.implicit_tls && smtpd_proto_state(s->proto) == SMTPD_STATE_INIT)
+        smtpd_proto_start(s->proto);
+    else
+        smtpd_proto_tls_started(s->proto);
+    arm_timer(s);
+    after_engine(s);
+}
+
+/* tls_pump - drive the handshake, then decrypt into the engine while it wants input */
+static void
+tls_pump(struct smtpd_session *s)
+{
+    char plain[16384];
+    int rc;
+
+    if (s->tls_state == TLS_HANDSHAKE) {
+        rc = smtpd_tls_handshake(s->tls);
+        send_tls_output(s);
+        if (rc < 0) {
+            msg_info("%s[%" PRIu64 "]: TLS handshake failed: %s", peer_name(s), s->serial,
+                     smtpd_tls_error());
+            smtpd_proto_disconnected(s->proto);
+            begin_close(s);
+            return;
+        }
+        if (rc == 0)
+            return;
+        handshake_done(s);
+    }
+    while (!s->closing && s->tls_state == TLS_ON && smtpd_proto_want_input(s->proto)) {
+        rc = smtpd_tls_read(s->tls, plain, sizeof(plain));
+        if (rc == 0)
+            break;
+        if (rc < 0) {           /* close_notify or a bad record */
+            smtpd_proto_disconnected(s->proto);
+            begin_close(s);
+            return;
+        }
+        feed(s, plain, (size_t)rc);
+    }
+    if (!s->closing)
+        send_tls_output(s);     /* alerts, session tickets */
+}
+
+static void
+on_read(uv_stream_t *stream, ssize_t n, const uv_buf_t *b)
+{
+    struct smtpd_session *s = stream->data;
+
+    if (n == 0)
+        return;
+    if (n == UV_EOF && s->tls_state != TLS_HANDSHAKE) {
+        /* A client may pipeline "... QUIT" and half-close: answer what it sent
+           (the engine may be holding it while cleanup commits). */
+        s->peer_eof = true;
+        after_engine(s);
+        return;
+    }
+    if (n < 0) {
+        smtpd_proto_disconnected(s->proto);
+        begin_close(s);
+        return;
+    }
+    if (smtpd_proto_state(s->proto) == SMTPD_STATE_DATA
+        || smtpd_proto_state(s->proto) == SMTPD_STATE_BDAT)
+        arm_timer(s);           /* the data timeout runs from the last byte */
+    if (s->tls_state == TLS_OFF) {
+        feed(s, b->base, (size_t)n);
+        return;
+    }
+    if (smtpd_tls_feed(s->tls, b->base, (size_t)n) != 0) {
+        smtpd_proto_disconnected(s->proto);
+        begin_close(s);
+        return;
+    }
+    tls_pump(s);
+}
+
+static void
+on_timer(uv_timer_t *t)
+{
+    struct smtpd_session *s = t->data;
+
+    if (s->closing) {               /* the grace period of a close ran out */
+        close_handles(s);           /* cancels the shutdown request too */
+        return;
+    }
+    if (s->txn == TXN_WAITING) {
+        /* cleanup never answered: the client must not believe it was queued */
+        msg_warn("%s[%" PRIu64 "]: no answer from cleanup in time", peer_name(s), s->serial);
+        smtpd_cleanup_forget(s->txn_id);
+        answer_now(s, 451, "4.3.0", "Queue temporarily unavailable, try again later");
+        after_engine(s);
+        return;
+    }
+    log_command(s, "timeout", NULL);
+    if (s->tls_state == TLS_HANDSHAKE) {
+        smtpd_proto_disconnected(s->proto);
+        begin_close(s);
+        return;
+    }
+    smtpd_proto_timeout(s->proto);
+    after_engine(s);
+}
+
+/* --- life cycle --------------------------------------------------------------------------- */
+
+static void
+session_free(struct smtpd_session *s)
+{
+    if (s->paused_backlog)
+        S.paused--;
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        S.head = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    S.count--;
+    if (s->pol.log_connections)
+        msg_info("%s[%" PRIu64 "]: disconnected, %" PRIu64 " message%s", peer_name(s),
+                 s->serial, s->messages, s->messages == 1 ? "" : "s");
+    smtpd_proto_free(s->proto);
+    smtpd_tls_free(s->tls);
+    buf_free(&s->frames);
+    buf_free(&s->chunk);
+    worker_config_release(s->cfg);
+    free(s);
+    if (S.count == 0 && S.idle_cb)
+        S.idle_cb();
+}
+
+static void
+on_handle_closed(uv_handle_t *h)
+{
+    struct smtpd_session *s = h->data;
+
+    if (--s->refs == 0)
+        session_free(s);
+}
+
+static void
+close_handles(struct smtpd_session *s)
+{
+    if (s->handles_closing)
+        return;
+    s->handles_closing = true;
+    uv_close(&s->io.handle, on_handle_closed);
+    uv_close((uv_handle_t *)&s->timer, on_handle_closed);
+}
+
+static void
+on_shutdown(uv_shutdown_t *req, int status)
+{
+    (void)status;
+    close_handles(req->data);
+}
+
+/* begin_close - stop reading, forget the transaction, flush, then close */
+static void
+begin_close(struct smtpd_session *s)
+{
+    if (s->refs == 0) {             /* from auth_done after the handles closed */
+        session_free(s);
+        return;
+    }
+    if (s->closing)
+        return;
+    flush_output(s);
+    s->closing = true;
+    if (s->reading)
+        uv_read_stop(&s->io.stream);
+    s->reading = false;
+    if (s->txn == TXN_WAITING || s->txn == TXN_STREAMING)
+        smtpd_cleanup_forget(s->txn_id);
+    if (s->tls_state == TLS_ON) {
+        smtpd_tls_close_notify(s->tls);
+        send_tls_output(s);
+    }
+    /* A client that never reads must not keep us: close after a grace period. */
+    uv_timer_start(&s->timer, on_timer, SESSION_CLOSE_GRACE_MS, 0);
+    s->shutdown_req.data = s;
+    if (uv_shutdown(&s->shutdown_req, &s->io.stream, on_shutdown) != 0)
+        close_handles(s);
+}
+
+/* fill_addresses - peer and local address text (TCP only) */
+static void
+fill_addresses(struct smtpd_session *s)
+{
+    struct sockaddr_storage local;
+    int len = sizeof(s->peer);
+
+    if (s->origin.pickup)
+        return;
+    if (uv_tcp_getpeername(&s->io.tcp, (struct sockaddr *)&s->peer, &len) == 0) {
+        s->have_peer = true;
+        if (s->peer.ss_family == AF_INET6) {
+            struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&s->peer;
+            uv_ip6_name(in6, s->client_ip, sizeof(s->client_ip));
+            s->client_port = ntohs(in6->sin6_port);
+        } else {
+            struct sockaddr_in *in = (struct sockaddr_in *)&s->peer;
+            uv_ip4_name(in, s->client_ip, sizeof(s->client_ip));
+            s->client_port = ntohs(in->sin_port);
+        }
+    }
+    len = sizeof(local);
+    if (uv_tcp_getsockname(&s->io.tcp, (struct sockaddr *)&local, &len) == 0) {
+        if (local.ss_family == AF_INET6) {
+            uv_ip6_name((struct sockaddr_in6 *)&local, s->local_ip, sizeof(s->local_ip));
+            s->local_port = ntohs(((struct sockaddr_in6 *)&local)->sin6_port);
+        } else {
+            uv_ip4_name((struct sockaddr_in *)&local, s->local_ip, sizeof(s->local_ip));
+            s->local_port = ntohs(((struct sockaddr_in *)&local)->sin_port);
+        }
+    }
+}
+
+/* host_name - the first host-name, else the system's name */
+static const char *
+host_name(const struct cfg *c)
+{
+    static char sys[256];
+    const struct cfg_value *v = cfg_global(c, CFG_D_HOST_NAME);
+
+    if (v && !(v->flags & (CFG_VALUE_UNSET | CFG_VALUE_CLEAR)) && *cfg_str(c, v->text))
+        return cfg_str(c, v->text);
+    if (sys[0] == '\0' && gethostname(sys, sizeof(sys) - 1) != 0)
+        strcpy(sys, "localhost");
+    return sys;
+}
+
+/* has_auth_backend - is there anyone to authenticate against? */
+static bool
+has_auth_backend(const struct smtpd_session *s)
+{
+    uint32_t it = 0;
+
+    return s->pol.auth_file != NULL || cfg_next_scope(s->cfg, CFG_S_SMTP_USER, &it) != CFG_NONE;
+}
+
+/* make_engine - the engine configured from the session's policy */
+static void
+make_engine(struct smtpd_session *s)
+{
+    struct smtpd_proto_config pc;
+
+    smtpd_proto_config_init(&pc);
+    pc.host_name = host_name(s->cfg);
+    pc.max_message_size = s->pol.max_message_size;
+    pc.max_rcpt = s->pol.max_rcpt;
+    pc.refuse_service = !s->pol.smtp_service;
+    pc.offer_starttls = s->pol.allow_starttls && s->origin.tls && !s->origin.implicit_tls;
+    pc.tls_active = s->origin.implicit_tls;
+    pc.allow_auth = s->pol.allow_auth && has_auth_backend(s);
+    pc.allow_plaintext_auth = s->pol.allow_plaintext_auth || s->origin.pickup;
+    pc.require_auth = s->pol.require_auth;
+    pc.allow_chunking = s->pol.allow_chunking;
+    pc.allow_smtputf8 = s->pol.allow_smtputf8;
+    s->proto = smtpd_proto_new(&pc, &session_events, s);
+}
+
+static void
+free_refused(uv_handle_t *h)
+{
+    free(h);
+}
+
+/* refuse - over the connection cap: one 421 line (best effort), then close */
+static void
+refuse(uv_stream_t *stream)
+{
+    static const char line[] = "421 4.7.0 Too many connections, try again later\r\n";
+    uv_buf_t b = uv_buf_init((char *)line, sizeof(line) - 1);
+
+    (void)uv_try_write(stream, &b, 1);
+    uv_close((uv_handle_t *)stream, free_refused);
+}
+
+void
+smtpd_session_set_limit(unsigned limit)
+{
+    S.limit = limit;
+}
+
+/* smtpd_session_start - see smtpd.h */
+void
+smtpd_session_start(uv_stream_t *stream, const struct smtpd_origin *origin)
+{
+    struct smtpd_session *s;
+
+    if (S.limit && S.count >= S.limit) {
+        msg_warn("connection refused: %u sessions in this process (total-max-smtp-in)", S.count);
+        refuse(stream);
+        return;
+    }
+    /* The stream was allocated as the first member of a zeroed session-sized block. */
+    s = (struct smtpd_session *)stream;
+    s->io.handle.data = s;
+    s->serial = ++S.serial;
+    s->origin = *origin;
+    s->refs = 2;
+    s->cfg = worker_config_hold();
+    uv_timer_init(worker_loop(), &s->timer);
+    s->timer.data = s;
+    s->next = S.head;
+    if (S.head)
+        S.head->prev = s;
+    S.head = s;
+    S.count++;
+    fill_addresses(s);
+    smtpd_policy_resolve(s->cfg, s->have_peer ? (struct sockaddr *)&s->peer : NULL,
+                         origin->pickup ? "{pickup}" : origin->listener_source, &s->pol);
+    make_engine(s);
+    if (s->pol.log_connections)
+        msg_info("%s[%" PRIu64 "]: connect from %s:%u to %s%s%s", peer_name(s), s->serial,
+                 s->origin.pickup ? "local" : s->client_ip, s->client_port,
+                 origin->listener_address, *origin->listener_source ? " source=" : "",
+                 origin->listener_source);
+    s->last_state = SMTPD_STATE_INIT;
+    if (origin->implicit_tls) {
+        s->tls = smtpd_tls_new(origin->tls);
+        s->tls_state = TLS_HANDSHAKE;
+        arm_timer(s);
+        update_reading(s);
+        return;
+    }
+    smtpd_proto_start(s->proto);
+    arm_timer(s);
+    after_engine(s);
+}
+
+/* smtpd_session_alloc - memory for a stream that may become a session */
+void *
+smtpd_session_alloc(void)
+{
+    return xcalloc(1, sizeof(struct smtpd_session));
+}
+
+/* smtpd_session_shutdown_all - see smtpd.h */
+void
+smtpd_session_shutdown_all(void)
+{
+    struct smtpd_session *s, *next;
+
+    S.draining = true;
+    for (s = S.head; s; s = next) {
+        next = s->next;
+        if (s->closing)
+            continue;
+        if (s->txn == TXN_WAITING) {
+            s->drain_after_result = true;   /* answer the message first */
+            continue;
+        }
+        if (s->tls_state == TLS_HANDSHAKE) {
+            smtpd_proto_disconnected(s->proto);
+            begin_close(s);
+            continue;
+        }
+        smtpd_proto_shutdown(s->proto);
+        after_engine(s);
+    }
+}
+
+/* smtpd_session_close_all - see smtpd.h */
+void
+smtpd_session_close_all(void)
+{
+    struct smtpd_session *s, *next;
+
+    for (s = S.head; s; s = next) {
+        next = s->next;
+        if (!s->closing)
+            smtpd_proto_disconnected(s->proto);
+        begin_close(s);
+        close_handles(s);
+    }
+}
+
+unsigned
+smtpd_session_count(void)
+{
+    return S.count;
+}
+
+void
+smtpd_session_set_idle_cb(void (*cb)(void))
+{
+    S.idle_cb = cb;
+}
+
+/* smtpd_session_init - the shared backlog check handle */
+void
+smtpd_session_init(uv_loop_t *loop)
+{
+    uv_check_init(loop, &S.backlog_check);
+    uv_unref((uv_handle_t *)&S.backlog_check);
+    S.check_ready = true;
+}
+
+void
+smtpd_session_fini(void)
+{
+    if (S.check_ready)
+        uv_close((uv_handle_t *)&S.backlog_check, NULL);
+    S.check_ready = false;
+}
