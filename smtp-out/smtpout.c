@@ -1,21 +1,166 @@
 /*
- * smtpout.c - outbound SMTP client pool (minimal placeholder)
+ * smtpout.c - the smtp-out worker: outbound SMTP connections ordered by qmgr
  *
- * Runs under pmtad: starts, logs, idles on its libuv loop with the sockets
- * pmtad gave its role, follows configuration reloads and exits cleanly on
- * shutdown. The real work arrives with its own issue.
+ * What it does: sets up what every connection of this process shares -- one
+ * DNS resolver (c-ares on the worker's libuv loop, talking only to the
+ * configured `name-server`s, read at start: a reload does not change them),
+ * one TLS client context, the LMDB queue opened read-only for message
+ * content on first use -- then connects to qmgr (smtpout_worker.c) and runs
+ * the connections it orders (smtpout_conn.c).
  *
- * Owns: nothing beyond the worker runtime's state (common/worker.c).
+ * Shutdown (pmtad's IPC_SHUTDOWN or SIGTERM): idle connections QUIT at once,
+ * running transactions may finish within the drain time, then whatever is
+ * left is aborted. When no connection is left the channel, the resolver,
+ * the TLS context and the queue are closed and the loop ends.
  *
- * SECURITY: reads no external input yet.
+ * Owns: the resolver, the SSL_CTX, the queue handle, the drain timer.
+ *
+ * SECURITY: runs unprivileged (the worker runtime checks); talks to hostile
+ * SMTP servers through smtpout_session, which bounds and sanitizes replies.
+ * Certificates are not verified (opportunistic TLS must not stop mail).
  */
 #include "config.h"
 
+#include <stdlib.h>
+#include <string.h>
+
+#include "msg.h"
+#include "smtpout.h"
 #include "worker.h"
+#include "xalloc.h"
+
+#define QUEUE_SUBDIR "queue"
+#define DNS_CACHE_MAX_TTL 300
+#define NAME_SERVERS_MAX 1024
+
+static struct {
+    struct smtpout_dns *dns;
+    SSL_CTX *ssl_ctx;
+    struct qstore *qs;
+    uv_timer_t drain;
+    int draining;
+    int finished;
+} G;
+
+struct smtpout_dns *
+out_dns(void)
+{
+    return G.dns;
+}
+
+SSL_CTX *
+out_ssl_ctx(void)
+{
+    return G.ssl_ctx;
+}
+
+/* name_servers - every `name-server IP[:port]` line, comma-separated ("" = none) */
+static void
+name_servers(const struct cfg *cfg, char *out, size_t outlen)
+{
+    const struct cfg_value *v;
+    uint32_t it = 0;
+    size_t used = 0;
+
+    out[0] = '\0';
+    while ((v = cfg_scope_next(cfg, 0, CFG_D_NAME_SERVER, &it)) != NULL && used < outlen)
+        used += (size_t) snprintf(out + used, outlen - used, "%s%s", used ? "," : "",
+                                  cfg_str(cfg, v->text));
+}
+
+static void
+open_resolver(const struct cfg *cfg)
+{
+    char servers[NAME_SERVERS_MAX];
+    struct smtpout_dns_options o = { .cache_max_ttl = DNS_CACHE_MAX_TTL };
+    int err;
+
+    name_servers(cfg, servers, sizeof servers);
+    o.name_servers = servers[0] ? servers : NULL;
+    if ((err = smtpout_dns_create(worker_loop(), &o, &G.dns)) < 0)
+        msg_fatal("cannot start the DNS resolver (name-server %s): %s",
+                  servers[0] ? servers : "system", strerror(-err));
+    msg_info("resolver uses %s", servers[0] ? servers : "the system's name servers");
+}
+
+/*
+ * out_queue - the queue, opened read-only on first use: at our start cleanup
+ * or qmgr may not have created it yet. NULL (logged) while it cannot be opened.
+ */
+struct qstore *
+out_queue(void)
+{
+    const struct cfg *cfg = worker_config();
+    const struct cfg_value *map = cfg_global(cfg, CFG_D_QUEUE_MAP_SIZE);
+    struct qstore_opts o = { .flags = QSTORE_RDONLY };
+    char *dir;
+    int err;
+
+    if (G.qs != NULL || G.draining)
+        return G.qs;
+    dir = xasprintf("%s/%s", worker_spool(), QUEUE_SUBDIR);
+    o.map_size = map && map->num > 0 ? (size_t) map->num : 0;
+    if ((err = qstore_open(&G.qs, dir, &o)) < 0) {
+        msg_warn("cannot open the queue %s: %s", dir, qstore_strerror(err));
+        G.qs = NULL;
+    }
+    free(dir);
+    return G.qs;
+}
+
+/* --- shutdown ----------------------------------------------------------------------- */
+
+void
+out_check_stopped(void)
+{
+    if (!G.draining || G.finished || oconn_count() > 0)
+        return;
+    G.finished = 1;
+    uv_timer_stop(&G.drain);
+    uv_close((uv_handle_t *) &G.drain, NULL);
+    out_chan_close();
+    smtpout_dns_destroy(G.dns);
+    G.dns = NULL;
+    SSL_CTX_free(G.ssl_ctx);
+    G.ssl_ctx = NULL;
+    if (G.qs)
+        qstore_close(G.qs);
+    G.qs = NULL;
+    worker_stop(0);
+}
+
+static void
+on_drain_timeout(uv_timer_t *t)
+{
+    if (oconn_count() > 0)
+        msg_info("drain time over; aborting %zu connections", oconn_count());
+    oconn_abort_running();
+}
+
+static void
+on_shutdown(unsigned drain_seconds, void *ctx)
+{
+    if (G.draining)
+        return;
+    G.draining = 1;
+    uv_timer_init(worker_loop(), &G.drain);
+    uv_timer_start(&G.drain, on_drain_timeout, (uint64_t) drain_seconds * 1000, 0);
+    if (oconn_count() > 0)
+        msg_info("shutting down: %zu connections to finish", oconn_count());
+    oconn_shutdown();
+    out_check_stopped();
+}
 
 int
 main(int argc, char **argv)
 {
+    static const struct worker_ops ops = { NULL, on_shutdown, NULL };
+
     worker_init(&argc, &argv, "smtp-out");
+    worker_set_ops(&ops);
+    open_resolver(worker_config());
+    if ((G.ssl_ctx = smtpout_tls_client_ctx()) == NULL)
+        msg_warn("no TLS client context: STARTTLS disabled");
+    out_chan_start();
     return worker_run();
 }

@@ -44,7 +44,9 @@ PLAN = 44
 
 
 def config_extra(key):
+    # queue only: these tests inspect what cleanup stored, so nothing may be delivered
     return """
+smtp-out-processes 0
 <virtual-mta mta1>
     smtp-source-host 127.0.0.11 mta1.test
 </virtual-mta>
@@ -365,7 +367,8 @@ def stopped_cleanly(p):
 
 def check_map_full(tap):
     with Pmta(name="pmtacleanupfull") as p:
-        p.write_config("queue-map-size 1m\n<source 127.0.0.1>\n always-allow-relaying yes\n"
+        p.write_config("smtp-out-processes 0\nqueue-map-size 1m\n"
+                       "<source 127.0.0.1>\n always-allow-relaying yes\n"
                        "</source>\n")
         p.start()
         tap.ok(p.wait_log(r"cleanup\[\d+\]: info: queue .* open"), "small map: cleanup up")

@@ -1,0 +1,315 @@
+/*
+ * smtpout_worker.c - the channel between this smtp-out process and qmgr
+ *
+ * What it does: connects to RUNDIR/private/qmgr, says MP_OUT_HELLO, turns
+ * qmgr's MP_CONN_OPEN / MP_CONN_TXN / MP_CONN_CLOSE frames into calls on the
+ * connection table (smtpout_conn.c), and encodes the reports going back
+ * (MP_CONN_UP, MP_RCPT_RESULT, MP_TXN_DONE, MP_CONN_IDLE, MP_CONN_DOWN).
+ *
+ * When the channel drops (qmgr restarted, or sent something malformed) every
+ * connection is aborted without a report: qmgr puts their in-flight
+ * recipients back in the queue itself. We then reconnect with back-off
+ * (RETRY_MIN_MS doubling up to RETRY_MAX_MS) unless we are shutting down.
+ *
+ * Owns: the channel, the reconnect timer.
+ *
+ * SECURITY: qmgr is trusted but its frames are still parsed field by field;
+ * a malformed frame closes the channel (the mail stays qmgr's). Strings are
+ * bounded to STR_MAX before they are used.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "mailproto.h"
+#include "msg.h"
+#include "smtpout.h"
+#include "worker.h"
+#include "xalloc.h"
+
+#define RETRY_MIN_MS 100
+#define RETRY_MAX_MS 5000
+#define STR_MAX 1024u
+#define MAX_CONNECTIONS 0u      /* advertised in HELLO; 0 = no limit of ours */
+
+static struct {
+    struct ipc_chan *ch;
+    uv_timer_t retry;
+    int retry_init;
+    unsigned retry_ms;
+    int closed_for_good;
+    int warned;
+} W;
+
+static void chan_schedule_retry(void);
+
+uint32_t
+out_result_of(enum smtpout_class cls)
+{
+    return cls == SMTPOUT_OK ? MP_RESULT_OK
+         : cls == SMTPOUT_PERM ? MP_RESULT_PERMFAIL : MP_RESULT_TEMPFAIL;
+}
+
+/* --- sending ---------------------------------------------------------------------- */
+
+static void
+chan_send(struct buf *out)
+{
+    int err;
+
+    if (W.ch == NULL) {
+        buf_free(out);
+        return;
+    }
+    if ((err = ipc_chan_send(W.ch, out)) < 0)
+        msg_warn("cannot send to qmgr: %s", uv_strerror(err));
+    buf_free(out);
+}
+
+void
+out_report_up(uint32_t conn, const char *mx, const char *dest_ip, const char *source_ip,
+              const char *tls, const char *esmtp)
+{
+    struct buf out = BUF_INIT;
+    size_t off = ipc_begin(&out, MP_CONN_UP, conn);
+
+    ipc_add_cstr(&out, mx);
+    ipc_add_cstr(&out, dest_ip);
+    ipc_add_cstr(&out, source_ip);
+    ipc_add_cstr(&out, tls);
+    ipc_add_cstr(&out, esmtp);
+    ipc_end(&out, off);
+    chan_send(&out);
+}
+
+void
+out_report_rcpt(uint32_t conn, uint64_t msgid, uint32_t index, uint32_t result,
+                const struct smtpout_reply *r)
+{
+    struct buf out = BUF_INIT;
+    size_t off = ipc_begin(&out, MP_RCPT_RESULT, conn);
+
+    ipc_add_u64(&out, msgid);
+    ipc_add_u32(&out, index);
+    ipc_add_u32(&out, result);
+    ipc_add_u32(&out, r->code > 0 ? (uint32_t) r->code : 0);
+    ipc_add_cstr(&out, r->status);
+    ipc_add_cstr(&out, r->text);
+    ipc_end(&out, off);
+    chan_send(&out);
+}
+
+void
+out_report_txn_done(uint32_t conn, uint64_t msgid)
+{
+    struct buf out = BUF_INIT;
+    size_t off = ipc_begin(&out, MP_TXN_DONE, conn);
+
+    ipc_add_u64(&out, msgid);
+    ipc_end(&out, off);
+    chan_send(&out);
+}
+
+void
+out_report_idle(uint32_t conn)
+{
+    struct buf out = BUF_INIT;
+
+    ipc_end(&out, ipc_begin(&out, MP_CONN_IDLE, conn));
+    chan_send(&out);
+}
+
+void
+out_report_down(uint32_t conn, uint32_t result, const struct smtpout_reply *r,
+                const char *mx, const char *dest_ip)
+{
+    struct buf out = BUF_INIT;
+    size_t off = ipc_begin(&out, MP_CONN_DOWN, conn);
+
+    ipc_add_u32(&out, result);
+    ipc_add_u32(&out, r->code > 0 ? (uint32_t) r->code : 0);
+    ipc_add_cstr(&out, r->status);
+    ipc_add_cstr(&out, r->text);
+    ipc_add_cstr(&out, mx);
+    ipc_add_cstr(&out, dest_ip);
+    ipc_end(&out, off);
+    chan_send(&out);
+}
+
+/* --- receiving ---------------------------------------------------------------------- */
+
+/* get_bounded - a string field copied into OUT (at most STR_MAX bytes) */
+static int
+get_bounded(struct ipc_msg *m, char out[STR_MAX + 1])
+{
+    const char *s;
+    size_t len;
+
+    if (ipc_get_str(m, &s, &len) < 0 || len > STR_MAX)
+        return -EPROTO;
+    memcpy(out, s, len);
+    out[len] = '\0';
+    return 0;
+}
+
+static int
+on_conn_open(struct ipc_msg *m)
+{
+    static char queue[STR_MAX + 1], domain[STR_MAX + 1], vmta[STR_MAX + 1],
+        source_ip[STR_MAX + 1], helo[STR_MAX + 1];
+    struct oconn_order o = { .id = m->id, .queue = queue, .domain = domain, .vmta = vmta,
+                             .source_ip = source_ip, .helo = helo };
+
+    if (get_bounded(m, queue) || get_bounded(m, domain) || get_bounded(m, vmta)
+        || get_bounded(m, source_ip) || get_bounded(m, helo)
+        || ipc_get_u64(m, &o.config_generation) || ipc_get_end(m) || m->id == 0)
+        return -EPROTO;
+    if (oconn_open(&o) == -EEXIST) {
+        msg_warn("qmgr opened connection %u twice", m->id);
+        return -EPROTO;
+    }
+    return 0;
+}
+
+static int
+on_conn_txn(struct ipc_msg *m)
+{
+    uint64_t msgid;
+    const uint8_t *p;
+    size_t len, n;
+    uint32_t *idx;
+    int err;
+
+    if (ipc_get_u64(m, &msgid) || ipc_get_bytes(m, &p, &len) || ipc_get_end(m)
+        || len == 0 || len % 4 != 0)
+        return -EPROTO;
+    n = len / 4;
+    idx = xreallocarray(NULL, n, sizeof *idx);
+    for (size_t i = 0; i < n; i++)
+        idx[i] = (uint32_t) p[4 * i] << 24 | (uint32_t) p[4 * i + 1] << 16
+                 | (uint32_t) p[4 * i + 2] << 8 | p[4 * i + 3];
+    err = oconn_txn(m->id, msgid, idx, n);
+    free(idx);
+    if (err == -ENOENT)     /* it went down meanwhile; qmgr learns from MP_CONN_DOWN */
+        msg_debug("transaction for connection %u which is gone", m->id);
+    return 0;
+}
+
+static int
+on_qmgr_msg(struct ipc_chan *ch, struct ipc_msg *m)
+{
+    int err;
+
+    switch (m->type) {
+    case MP_CONN_OPEN: err = on_conn_open(m); break;
+    case MP_CONN_TXN: err = on_conn_txn(m); break;
+    case MP_CONN_CLOSE:
+        if ((err = ipc_get_end(m)) == 0 && oconn_close(m->id) == -ENOENT)
+            msg_debug("close for connection %u which is gone", m->id);
+        break;
+    default:
+        err = -EPROTO;
+    }
+    if (err < 0)
+        msg_warn("malformed or unexpected frame (type %u) from qmgr; reconnecting", m->type);
+    return err < 0;
+}
+
+static void
+on_qmgr_closed(struct ipc_chan *ch, int reason)
+{
+    W.ch = NULL;
+    if (oconn_count() > 0)
+        msg_warn("qmgr channel closed; aborting %zu connections", oconn_count());
+    oconn_abort_all();
+    if (W.closed_for_good || worker_stopping()) {
+        out_check_stopped();
+        return;
+    }
+    W.retry_ms = RETRY_MIN_MS;
+    chan_schedule_retry();
+}
+
+/* --- connecting ---------------------------------------------------------------------- */
+
+static void
+chan_hello(void)
+{
+    struct buf out = BUF_INIT;
+    size_t off = ipc_begin(&out, MP_OUT_HELLO, 0);
+
+    ipc_add_u32(&out, (uint32_t) getpid());
+    ipc_add_u32(&out, MAX_CONNECTIONS);
+    ipc_end(&out, off);
+    chan_send(&out);
+}
+
+static int
+chan_connect(void)
+{
+    char *path = worker_socket_path("qmgr");
+    int err = ipc_chan_connect_path(worker_loop(), path, on_qmgr_msg, on_qmgr_closed, NULL,
+                                    &W.ch);
+
+    if (err < 0) {
+        W.ch = NULL;
+        if (!W.warned)
+            msg_info("qmgr not reachable at %s (%s); trying again", path, strerror(-err));
+        W.warned = 1;
+    } else {
+        msg_info("connected to qmgr");
+        W.warned = 0;
+        chan_hello();
+    }
+    free(path);
+    return err;
+}
+
+static void
+on_retry(uv_timer_t *t)
+{
+    if (W.closed_for_good || worker_stopping())
+        return;
+    if (chan_connect() == 0)
+        return;
+    W.retry_ms = W.retry_ms * 2 > RETRY_MAX_MS ? RETRY_MAX_MS : W.retry_ms * 2;
+    chan_schedule_retry();
+}
+
+static void
+chan_schedule_retry(void)
+{
+    uv_timer_start(&W.retry, on_retry, W.retry_ms, 0);
+}
+
+void
+out_chan_start(void)
+{
+    uv_timer_init(worker_loop(), &W.retry);
+    W.retry_init = 1;
+    W.retry_ms = RETRY_MIN_MS;
+    if (chan_connect() < 0)
+        chan_schedule_retry();
+}
+
+int
+out_chan_is_open(void)
+{
+    return W.ch != NULL;
+}
+
+void
+out_chan_close(void)
+{
+    W.closed_for_good = 1;
+    if (W.retry_init) {
+        uv_timer_stop(&W.retry);
+        uv_close((uv_handle_t *) &W.retry, NULL);
+        W.retry_init = 0;
+    }
+    if (W.ch)
+        ipc_chan_close(W.ch);
+}
