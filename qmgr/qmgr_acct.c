@@ -820,7 +820,7 @@ int qmgr_acct_open(struct qmgr_acct **out, const struct cfg *c, const struct qmg
 {
     struct qmgr_acct *a = xcalloc(1, sizeof *a);
     uint32_t it = 0, s;
-    int rc = 0;
+    int rc;
 
     if (opts) {
         a->clock = opts->clock;
@@ -839,12 +839,17 @@ int qmgr_acct_open(struct qmgr_acct **out, const struct cfg *c, const struct qmg
         f->fd = -1;
         f->path = xstrdup(name);
         load_file_config(f, c, s);
-        if ((rc = open_file(f, now_of(a))) != 0)
-            break;
-    }
-    if (rc != 0) {
-        qmgr_acct_close(a);
-        return rc;
+        /*
+         * A file that cannot be opened now (a directory the run-as-user cannot
+         * write, a full disk) must not stop qmgr or the other files: it is
+         * kept closed and qmgr_acct_tick() retries it every RETRY_SECONDS.
+         */
+        if ((rc = open_file(f, now_of(a))) != 0) {
+            msg_warn("acct-file %s: not writable now (%s); records for it are dropped until it opens",
+                     f->path, strerror(-rc));
+            f->fd = -1;
+            f->retry_rotate_at = now_of(a) + RETRY_SECONDS;
+        }
     }
     *out = a;
     return 0;

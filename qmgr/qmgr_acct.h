@@ -129,8 +129,10 @@ struct qmgr_acct_opts {
 
 /*
  * qmgr_acct_open - open a writer for every <acct-file> of C (none is fine:
- * writes then go nowhere). Returns 0 and *OUT, or -errno when a file or its
- * move-to directory cannot be used (message logged). The caller keeps C
+ * writes then go nowhere). Returns 0 and *OUT. A file that cannot be opened
+ * (or whose move-to is not a directory) is logged and kept closed; records for
+ * it are dropped and qmgr_acct_tick() retries it every minute, so a bad path
+ * never stops qmgr. The caller keeps C
  * alive while the writer lives (column names are read from it only at open).
  */
 int qmgr_acct_open(struct qmgr_acct **out, const struct cfg *c, const struct qmgr_acct_opts *opts);

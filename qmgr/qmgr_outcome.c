@@ -104,6 +104,24 @@ log_attempt(const char *what, uint32_t r, const struct qstore_rcpt *rr, struct q
 
 /* --- accounting --------------------------------------------------------------------------- */
 
+/*
+ * format_diag - "PREFIX250 2.0.0 Ok" for a result. smtp-out passes the
+ * remote reply line verbatim, code included; qmgr's own reasons (expiry, a
+ * lost smtp-out) carry no code. Prefix the code only when the text lacks it.
+ */
+static void
+format_diag(char *out, size_t size, const char *prefix, const struct qresult *res)
+{
+    const char *text = res->text ? res->text : "";
+    char code[8];
+    size_t n = (size_t)snprintf(code, sizeof(code), "%u", res->code);
+
+    if (strncmp(text, code, n) == 0 && (text[n] == ' ' || text[n] == '-' || text[n] == '\0'))
+        snprintf(out, size, "%s%s", prefix, text);
+    else
+        snprintf(out, size, "%s%u %s", prefix, res->code, text);
+}
+
 static void
 acct_rcpt(enum qmgr_acct_type type, const struct qstore_msg *m, const struct qstore_rcpt *rr,
           struct qqueue *q, const struct qresult *res, const char *action, const char *cat)
@@ -116,7 +134,7 @@ acct_rcpt(enum qmgr_acct_type type, const struct qstore_msg *m, const struct qst
     snprintf(status, sizeof(status), "%s (%s)", res->enhanced && *res->enhanced ? res->enhanced
              : (res->result == MP_RESULT_OK ? "2.0.0" : "4.0.0"),
              type == QMGR_ACCT_D ? "success" : cat ? cat : "transient failure");
-    snprintf(diag, sizeof(diag), "smtp;%u %s", res->code, res->text ? res->text : "");
+    format_diag(diag, sizeof(diag), "smtp;", res);
     snprintf(mta, sizeof(mta), "%s (%s)", res->mx ? res->mx : "", res->dest_ip ? res->dest_ip : "");
     a.type = type;
     a.dsn_action = action;
@@ -145,7 +163,7 @@ acct_rcpt(enum qmgr_acct_type type, const struct qstore_msg *m, const struct qst
         a.rcpt = rr->address;
         a.orcpt = rr->orcpt;
     }
-    if (qmgr_acct_write(acct_w, &a) < 0)
+    if (acct_w && qmgr_acct_write(acct_w, &a) < 0)
         msg_warn("cannot write an accounting record");
 }
 
@@ -153,7 +171,8 @@ static void
 on_acct_tick(uv_timer_t *t)
 {
     (void)t;
-    qmgr_acct_tick(acct_w);
+    if (acct_w)
+        qmgr_acct_tick(acct_w);
 }
 
 /* qmgr_outcome_config - (re)open accounting files and bounce patterns for the current config */
@@ -285,7 +304,7 @@ send_dsn(const struct qstore_msg *m, const struct qstore_rcpt *rr, struct qqueue
         return;
     if (qstore_read_msg(S.qs, m->msgid, QSTORE_READ_BODY, &full) < 0)
         full = NULL;
-    snprintf(diag, sizeof(diag), "%u %s", res->code, res->text ? res->text : "");
+    format_diag(diag, sizeof(diag), "", res);
     dr.final_rcpt = rr->address;
     dr.orcpt = rr->orcpt;
     dr.action = QMGR_DSN_FAILED;
@@ -462,7 +481,7 @@ qmgr_outcome_queue_failure(struct qqueue *q, const struct qresult *res)
         return;
     snprintf(status, sizeof(status), "%s (%s)", *res->enhanced ? res->enhanced : "4.0.0",
              res->result == MP_RESULT_PERMFAIL ? "permanent failure" : "transient failure");
-    snprintf(diag, sizeof(diag), "smtp;%u %s", res->code, res->text);
+    format_diag(diag, sizeof(diag), "smtp;", res);
     snprintf(mta, sizeof(mta), "%s (%s)", res->mx, res->dest_ip);
     a.type = QMGR_ACCT_TQ;
     a.dsn_status = status;
@@ -474,5 +493,6 @@ qmgr_outcome_queue_failure(struct qqueue *q, const struct qresult *res)
     a.vmta = q->vmta;
     a.queue = q->name;
     a.dlv_size = -1;
-    qmgr_acct_write(acct_w, &a);
+    if (acct_w)
+        qmgr_acct_write(acct_w, &a);
 }

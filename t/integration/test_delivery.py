@@ -52,7 +52,7 @@ from testsmtpd import TestSmtpd  # noqa: E402
 
 import dkim  # noqa: E402
 
-PLAN = 25
+PLAN = 26
 SRCDIR = os.environ.get("PMTA_SRCDIR", os.path.join(os.path.dirname(__file__), "..", ".."))
 DATA = os.path.join(SRCDIR, "t", "data")
 DKIM_KEY = os.path.join(DATA, "dkim", "test.key")
@@ -430,6 +430,10 @@ def check_accounting(tap, run):
     tap.ok(rows and b_rows == bounced,
            "accounting: one b row per bounced recipient (%d)" % len(bounced),
            "b rows %r, DSNs for %r" % (b_rows, bounced))
+    diags = [r.get("dsnDiag", "") for r in rows if r.get("type") == "d"]
+    tap.ok(diags and all(d.startswith("smtp;250 ") and "250 250" not in d for d in diags),
+           "accounting: dsnDiag is 'smtp;' and the receiver's reply, its code once",
+           repr(diags[:3]))
     src = {r["rcpt"]: r.get("dlvSourceIp") for r in rows if r.get("type") == "d"}
     tap.ok(src.get("ok-v1@basic.test") == "127.0.0.10" and src.get("ok-v2@basic.test") == "127.0.0.11",
            "accounting: the d rows name the virtual MTAs' source IPs",

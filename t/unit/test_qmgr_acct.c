@@ -597,19 +597,40 @@ static void test_world_readable_and_pipe_skipped(void **state)
     qmgr_acct_close(a);
 }
 
-static void test_bad_move_to_fails_open(void **state)
+static void test_unwritable_file_is_retried_not_fatal(void **state)
 {
-    char text[1024];
+    char text[1024], *sub = path_in("later"), *csv = path_in("later/acct.csv");
     unsigned nerr = 0;
     struct cfg *c;
     struct qmgr_acct *a = NULL;
+    struct qmgr_acct_record r = delivery();
+    struct stat st;
+    char *data;
 
-    snprintf(text, sizeof text, "<acct-file %s/acct.csv>\n move-to %s/missing\n</acct-file>\n", dir, dir);
+    /* The directory does not exist yet: qmgr must keep running and retry. */
+    snprintf(text, sizeof text, "<acct-file %s>\n records d\n</acct-file>\n", csv);
     c = cfg_load_string("t.conf", text, quiet, NULL, &nerr);
     assert_non_null(c);
-    assert_int_equal(qmgr_acct_open(&a, c, &opts), -ENOTDIR);
-    assert_null(a);
+    assert_int_equal(qmgr_acct_open(&a, c, &opts), 0);
+    assert_non_null(a);
+    assert_int_equal(qmgr_acct_write(a, &r), 0);
+    assert_int_equal(qmgr_acct_tick(a), 0);
+    assert_int_not_equal(stat(csv, &st), 0);
+    assert_int_equal(mkdir(sub, 0700), 0);
+    fake_now += 61;
+    assert_int_equal(qmgr_acct_tick(a), 0);
+    assert_int_equal(qmgr_acct_write(a, &r), 0);
+    assert_int_equal(qmgr_acct_flush(a), 0);
+    data = slurp(csv, NULL);
+    assert_true(strncmp(data, "type,", 5) == 0);
+    assert_non_null(strstr(data, "\r\nd,"));
+    free(data);
+    qmgr_acct_close(a);
     cfg_free(c);
+    unlink(csv);
+    rmdir(sub);
+    free(csv);
+    free(sub);
 }
 
 #define T(f) cmocka_unit_test_setup_teardown(f, make_dir, remove_dir)
@@ -626,7 +647,7 @@ int main(void)
         T(test_rotation_by_interval_and_delete_after),
         T(test_buffering_flush_and_reopen),
         T(test_world_readable_and_pipe_skipped),
-        T(test_bad_move_to_fails_open),
+        T(test_unwritable_file_is_retried_not_fatal),
     };
 
     msg_init("test_qmgr_acct");
