@@ -186,6 +186,7 @@ master_start(struct master *m)
     master_open_log(m);
     msg_info("starting %s %s (config %s, spool %s)", PACKAGE_NAME, PACKAGE_VERSION,
              m->set.config_path, m->set.spool);
+    master_prepare_acct_dirs(m, m->cfg);
     if (uv_loop_init(&m->loop) != 0)
         msg_fatal("cannot initialize the event loop");
     m->loop.data = m;

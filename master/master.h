@@ -135,6 +135,7 @@ void master_settings_from_cfg(const struct cfg *c, const char *config_path,
 void master_settings_free(struct master_settings *set);
 char *master_snapshot_path(const struct master *m, uint64_t generation);
 int master_snapshot_write(struct master *m, struct cfg *c, uint64_t generation);
+void master_prepare_acct_dirs(const struct master *m, const struct cfg *c);
 void master_snapshots_prune(struct master *m);
 void master_reload(struct master *m);
 char *master_absolute_path(const char *path);

@@ -340,6 +340,7 @@ master_reload(struct master *m)
         return;
     }
     warn_restart_needed(m, c);
+    master_prepare_acct_dirs(m, c);
     if (master_snapshot_write(m, c, m->generation + 1) < 0) {
         msg_error("reload refused; keeping configuration generation %" PRIu64, m->generation);
         cfg_free(c);

@@ -105,6 +105,65 @@ master_prepare_directories(struct master *m)
     free(private_dir);
 }
 
+/* worker_can_write - may the worker user create files in directory PATH? */
+static int
+worker_can_write(const struct master *m, const char *path)
+{
+    struct stat st;
+
+    if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode))
+        return 0;
+    if (!m->set.drop_privileges || st.st_uid == m->set.uid)
+        return 1;
+    if (st.st_gid == m->set.gid)
+        return (st.st_mode & 020) != 0;
+    return (st.st_mode & 002) != 0;
+}
+
+/* prepare_worker_dir - create DIR for the worker user if missing; warn if it cannot write there */
+static void
+prepare_worker_dir(const struct master *m, const char *dir, const char *what)
+{
+    struct stat st;
+
+    if (stat(dir, &st) != 0 && errno == ENOENT)
+        make_dir(dir, m->set.uid, m->set.gid, 0750);
+    if (!worker_can_write(m, dir))
+        msg_warn("%s: directory %s is not writable by %s; accounting records will be lost "
+                 "until it is", what, dir, m->set.user);
+}
+
+/*
+ * master_prepare_acct_dirs - qmgr writes the <acct-file>s as the worker user:
+ * create a missing directory for each file (and its move-to) owned by that
+ * user, and say at start-up, not at the first record, when one is unusable.
+ */
+void
+master_prepare_acct_dirs(const struct master *m, const struct cfg *c)
+{
+    uint32_t it = 0, s;
+
+    while ((s = cfg_next_scope(c, CFG_S_ACCT_FILE, &it)) != CFG_NONE) {
+        const char *name = cfg_str(c, c->scopes[s].name);
+        const struct cfg_value *move_to = cfg_scope_get(c, s, CFG_D_MOVE_TO);
+        char *path, *slash;
+
+        if (name[0] == '|')
+            continue;
+        path = master_absolute_path(name);
+        if ((slash = strrchr(path, '/')) != NULL && slash != path) {
+            *slash = '\0';
+            prepare_worker_dir(m, path, name);
+        }
+        free(path);
+        if (move_to && *cfg_str(c, move_to->text)) {
+            path = master_absolute_path(cfg_str(c, move_to->text));
+            prepare_worker_dir(m, path, name);
+            free(path);
+        }
+    }
+}
+
 /* read_pid - the pid recorded in FD, or 0 */
 static long
 read_pid(int fd)
