@@ -151,6 +151,7 @@ on_group_closed(void *arg)
     qstore_close(S.qs);
     S.qs = NULL;
     qmgr_queues_free();
+    qmgr_vmta_free();
     qmgr_heap_free();
     free(S.conn_by_id);
     S.conn_by_id = NULL;

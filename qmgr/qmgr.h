@@ -12,6 +12,7 @@
  *                   connections and transactions (common/mailproto.h)
  *   qmgr_rate.c     smooth rate limiters (GCRA) for max-msg-rate and
  *                   max-connect-rate
+ *   qmgr_vmta.c     limits across all queues of one virtual MTA
  *   qmgr_outcome.c  what a result does: durable finish/defer, bounces
  *                   (DSN), expiry, the per-attempt log line, accounting
  *
@@ -71,6 +72,7 @@ struct qrate {
 enum qqueue_mode { QMODE_NORMAL = 0, QMODE_BACKOFF = 1 };
 
 struct qconn;
+struct qvmta;
 
 struct qqueue {
     uint32_t id;
@@ -88,6 +90,7 @@ struct qqueue {
     uint32_t fail_count;    /* consecutive connection failures (retry mode) */
     uint64_t retry_until_ms;/* no new connection before this (monotonic ms) */
     int mode;               /* enum qqueue_mode; backoff arrives later */
+    struct qvmta *vg;       /* limits across the virtual MTA's queues (qmgr_vmta.c) */
     /* settings cache: resolved for S.cfg_serial */
     struct cfg_resolved *res;
     uint64_t res_serial;
@@ -244,6 +247,14 @@ void qmgr_conn_close_all(void);
 struct qpeer *qmgr_conn_least_loaded(void);
 
 /* --- rates (qmgr_rate.c) ------------------------------------------------------------ */
+/* qmgr_vmta.c: <virtual-mta> max-smtp-out and <sender> max-conn / max-msg-rate */
+int qmgr_vmta_conn_room(struct qqueue *q);
+void qmgr_vmta_conn_opened(struct qqueue *q);
+void qmgr_vmta_conn_closed(struct qqueue *q);
+uint32_t qmgr_vmta_rate_room(struct qqueue *q, uint64_t now_ns, uint64_t *wait_ns);
+void qmgr_vmta_rate_take(struct qqueue *q, uint32_t n, uint64_t now_ns);
+void qmgr_vmta_free(void);
+
 /* qrate_allowed - units conformant now under COUNT per PERIOD_S (UINT32_MAX when unlimited) */
 uint32_t qrate_allowed(const struct qrate *r, const struct cfg_value *rate, uint64_t now_ns);
 void qrate_take(struct qrate *r, const struct cfg_value *rate, uint32_t n, uint64_t now_ns);

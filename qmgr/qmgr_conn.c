@@ -138,6 +138,7 @@ conn_new(struct qqueue *q, struct qpeer *out)
     c->qnext = q->conns;
     q->conns = c;
     q->nconn++;
+    qmgr_vmta_conn_opened(q);
     c->onext = out->conns;
     out->conns = c;
     out->nconns++;
@@ -176,6 +177,7 @@ conn_free(struct qconn *c)
 {
     unlink_conn(&c->q->conns, c, 1);
     c->q->nconn--;
+    qmgr_vmta_conn_closed(c->q);
     unlink_conn(&c->out->conns, c, 0);
     c->out->nconns--;
     S.nconn_total--;
@@ -299,18 +301,24 @@ static uint32_t
 msg_rate_room(struct qqueue *q)
 {
     const struct cfg_value *rate = qmgr_queue_setting(q, CFG_D_MAX_MSG_RATE);
-    uint64_t now = qmgr_now_ns();
+    uint64_t now = qmgr_now_ns(), vmta_wait;
     uint32_t n = qrate_allowed(&q->msg_rate, rate, now);
+    uint32_t vmta_n = qmgr_vmta_rate_room(q, now, &vmta_wait);
 
     if (n == 0)
         qmgr_queue_wake_at(q, qmgr_now_ms() + qrate_wait_ns(&q->msg_rate, rate, now) / 1000000 + 1);
-    return n;
+    else if (vmta_n == 0)
+        qmgr_queue_wake_at(q, qmgr_now_ms() + vmta_wait / 1000000 + 1);
+    return n < vmta_n ? n : vmta_n;
 }
 
 static void
 take_msg_rate(struct qqueue *q, uint32_t n)
 {
-    qrate_take(&q->msg_rate, qmgr_queue_setting(q, CFG_D_MAX_MSG_RATE), n, qmgr_now_ns());
+    uint64_t now = qmgr_now_ns();
+
+    qrate_take(&q->msg_rate, qmgr_queue_setting(q, CFG_D_MAX_MSG_RATE), n, now);
+    qmgr_vmta_rate_take(q, n, now);
 }
 
 /* --- closing and idling ---------------------------------------------------------------------- */
@@ -437,6 +445,8 @@ open_allowed(struct qqueue *q)
         return 0;
     if (total && total->num > 0 && S.nconn_total >= (uint64_t)total->num)
         return 0;
+    if (!qmgr_vmta_conn_room(q))
+        return 0;       /* a connection of this VMTA closing calls qmgr_dispatch_soon() */
     if (now_ms < q->retry_until_ms) {
         qmgr_queue_wake_at(q, q->retry_until_ms);
         return 0;

@@ -16,6 +16,11 @@ run 1 (one pmtad, one queue per property, all at once):
   bounce.test bounce-after 3s: a recipient that keeps failing bounces; the DSN
               is queued to the sender (checked with tools/pmta-qdump)
   src.test/rr two smtp-source-host lines used round-robin
+  vga/vgb.test on <virtual-mta vg> max-smtp-out 2: never 3 connections over both queues
+  sna/snb.test on the <sender> block's vmta sv (max-conn 1): one connection at a
+              time over both queues
+  sra/srb.test on another <sender> block's vmta sr (max-msg-rate 5/s): no 1 s
+              window above 5 over both queues
 run 2:
   restart with 1,005 queued recipients rebuilds them all (twice)
   an smtp-out that dies returns its in-flight recipients; they are handed out
@@ -34,7 +39,7 @@ import time
 from fakeout import FakeOut, OK, TEMPFAIL
 from pmtatest import Pmta, Tap, build_dir, require_root, wait_for
 
-PLAN = 25
+PLAN = 28
 FILL = os.path.join(build_dir(), "t", "unit", "qstore_fill")
 QDUMP = os.path.join(build_dir(), "tools", "pmta-qdump")
 
@@ -80,6 +85,21 @@ smtpd-processes 1
   max-msg-per-connection 1
   max-smtp-out 1
 </domain>
+<virtual-mta vg>
+  max-smtp-out 2
+</virtual-mta>
+<virtual-mta sv>
+</virtual-mta>
+<virtual-mta sr>
+</virtual-mta>
+<sender news@sender.test>
+  vmta sv
+  max-conn 1
+</sender>
+<sender promo@sender.test>
+  vmta sr
+  max-msg-rate 5/s
+</sender>
 """
 
 
@@ -149,9 +169,14 @@ def run1(tap):
         ids = {}
         for name, n, r, extra in (("conc", 50, 1, []), ("rate", 60, 1, []), ("split", 1, 10, []),
                                   ("mpc", 6, 1, []), ("retry", 1, 1, []), ("qfail", 1, 1, []),
-                                  ("bounce", 1, 1, []), ("src", 4, 1, ["-v", "rr"])):
+                                  ("bounce", 1, 1, []), ("src", 4, 1, ["-v", "rr"]),
+                                  ("vga", 20, 1, ["-v", "vg"]), ("vgb", 20, 1, ["-v", "vg"]),
+                                  ("sna", 15, 1, ["-v", "sv", "-s", "news@sender.test"]),
+                                  ("snb", 15, 1, ["-v", "sv", "-s", "news@sender.test"]),
+                                  ("sra", 10, 1, ["-v", "sr", "-s", "promo@sender.test"]),
+                                  ("srb", 10, 1, ["-v", "sr", "-s", "promo@sender.test"])):
             first, last = fill(p, "-n", str(n), "-r", str(r), "-d", name, *extra)
-            queue = "%s.test/%s" % (name, "rr" if extra else "{default}")
+            queue = "%s.test/%s" % (name, extra[1] if extra else "{default}")
             for m in range(first, last + 1):
                 RUN1_QUEUE[m] = queue
             ids[name] = (first, last)
@@ -170,6 +195,10 @@ def run1(tap):
         RUN1_QUEUE[first] = "qfail.test/{default}"
         wait_for(lambda: len(fake.opens_for("qfail.test/{default}")) >= 5, timeout=10)
         wait_for(lambda: len(fake.txns_for("retry.test/{default}")) >= 4, timeout=15)
+        wait_for(lambda: len(fake.results_for("sna.test/sv")) + len(fake.results_for("snb.test/sv"))
+                 >= 30, timeout=15)
+        wait_for(lambda: len(fake.results_for("sra.test/sr")) + len(fake.results_for("srb.test/sr"))
+                 >= 20, timeout=15)
         # the DSN: a new message appears for origin.test
         wait_for(lambda: [m for m in qdump(p) if m.get("sender") == ""], timeout=5)
         dumped = qdump(p, body=True)
@@ -188,6 +217,21 @@ def run1(tap):
     tap.ok(fake.max_concurrent.get("conc.test/{default}") == 2 and len(conc) == 50,
            "max-smtp-out 2: 50 recipients delivered over at most 2 (and at least 2) connections",
            "max %s, %d results" % (fake.max_concurrent.get("conc.test/{default}"), len(conc)))
+
+    # limits across every queue of one virtual MTA
+    vg = len(fake.results_for("vga.test/vg")) + len(fake.results_for("vgb.test/vg"))
+    tap.ok(vg == 40 and fake.max_concurrent_vmta.get("vg") == 2,
+           "<virtual-mta> max-smtp-out 2: 40 recipients in 2 queues, never 3 connections in all",
+           "%d results, max %s" % (vg, fake.max_concurrent_vmta.get("vg")))
+    sv = len(fake.results_for("sna.test/sv")) + len(fake.results_for("snb.test/sv"))
+    tap.ok(sv == 30 and fake.max_concurrent_vmta.get("sv") == 1,
+           "<sender> max-conn 1: 30 recipients in 2 queues, one connection at a time",
+           "%d results, max conns %s" % (sv, fake.max_concurrent_vmta.get("sv")))
+    sr = fake.txns_for("sra.test/sr") + fake.txns_for("srb.test/sr")
+    sr_times = [t for (t, _, _, _, idx) in sr for _ in idx]
+    tap.ok(len(sr_times) == 20 and max_in_window(sr_times) <= 5,
+           "<sender> max-msg-rate 5/s: no 1 s window above 5 over both of its queues",
+           "%d recipients, busiest window %d" % (len(sr_times), max_in_window(sr_times)))
 
     # max-msg-rate 10/s
     rate = fake.txns_for("rate.test/{default}")

@@ -17,6 +17,7 @@ time.monotonic() stamps:
     results [(t, conn, queue, msgid, index, result)]
     closes  [(t, conn, queue)]
     max_concurrent[queue]   most connections open at once
+    max_concurrent_vmta[v]  most connections open at once over all queues of virtual MTA v
 
 ANSWER(queue, msgid, index, attempt) -> (result, code, enhanced, text), where
 ATTEMPT counts how often this (msgid, index) was seen (1 first); return None
@@ -66,6 +67,8 @@ class FakeOut:
         self.opens, self.txns, self.results, self.closes = [], [], [], []
         self.max_concurrent = {}
         self.open_now = {}
+        self.max_concurrent_vmta = {}
+        self.open_now_vmta = {}
         self.conns = {}            # conn id -> queue
         self.seen = {}             # (msgid, index) -> attempts
         self.opens_per_queue = {}
@@ -172,6 +175,9 @@ class FakeOut:
                 self.open_now[queue] = self.open_now.get(queue, 0) + 1
                 self.max_concurrent[queue] = max(self.max_concurrent.get(queue, 0),
                                                  self.open_now[queue])
+                self.open_now_vmta[vmta] = self.open_now_vmta.get(vmta, 0) + 1
+                self.max_concurrent_vmta[vmta] = max(self.max_concurrent_vmta.get(vmta, 0),
+                                                     self.open_now_vmta[vmta])
                 n = self.opens_per_queue[queue] = self.opens_per_queue.get(queue, 0) + 1
             fail = self.open_fail(queue, n)
             if fail:
@@ -224,5 +230,7 @@ class FakeOut:
             queue = self.conns.pop(cid, None)
             if queue is not None:
                 self.open_now[queue] -= 1
+                vmta = queue.rsplit("/", 1)[-1]
+                self.open_now_vmta[vmta] = self.open_now_vmta.get(vmta, 1) - 1
         self._send(frame(MP_CONN_DOWN, cid, [(F_U32, result), (F_U32, code), (F_STR, enh),
                                              (F_STR, text), (F_STR, ""), (F_STR, "")]))

@@ -1,0 +1,160 @@
+/*
+ * qmgr_vmta.c - limits that span every queue of one virtual MTA
+ *
+ * Some limits are not per queue (domain/vmta) but per virtual MTA, across all
+ * its destination domains:
+ *   - `max-smtp-out N` inside <virtual-mta NAME> (PowerMTA: connections of
+ *     all of this VMTA's queues together);
+ *   - the seed's <sender ADDR> block: `max-conn N` and `max-msg-rate RATE`
+ *     apply to that sender's mail. cleanup routes the sender's mail to the
+ *     block's `vmta`, so qmgr enforces them on that virtual MTA. Give such a
+ *     sender a virtual MTA of its own (as the seed does): every message on the
+ *     VMTA counts. When several <sender> blocks name one VMTA, the strictest
+ *     limit wins.
+ * Queues find their group through qmgr_vmta_of(); groups live as long as qmgr
+ * and are re-read from each configuration generation.
+ *
+ * Owns: the group table and each group's counters and rate state.
+ * SECURITY: none (numbers from the configuration only).
+ */
+#include "config.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "msg.h"
+#include "xalloc.h"
+#include "qmgr.h"
+
+struct qvmta {
+    char *name;
+    uint64_t serial;                 /* S.cfg_serial the limits were read for */
+    int64_t max_conn;                /* 0 = no limit */
+    const struct cfg_value *rate;    /* NULL = no limit (borrowed from S.cfg) */
+    uint32_t nconn;
+    struct qrate msg_rate;
+};
+
+static struct qvmta **groups;
+static uint32_t ngroups;
+
+/* stricter_rate - the smaller of two rates (count per period), NULL meaning unlimited */
+static const struct cfg_value *
+stricter_rate(const struct cfg_value *a, const struct cfg_value *b)
+{
+    if (!a || a->num <= 0)
+        return b && b->num > 0 ? b : NULL;
+    if (!b || b->num <= 0)
+        return a;
+    /* a->num / a->num2 < b->num / b->num2, in integers */
+    return a->num * b->num2 <= b->num * a->num2 ? a : b;
+}
+
+static int64_t
+stricter_count(int64_t a, int64_t b)
+{
+    if (a <= 0)
+        return b > 0 ? b : 0;
+    return b > 0 && b < a ? b : a;
+}
+
+/* read_limits - the group's limits in S.cfg */
+static void
+read_limits(struct qvmta *g)
+{
+    const struct cfg *c = S.cfg;
+    uint32_t it = 0, s = cfg_find_scope(c, CFG_S_VMTA, g->name);
+    const struct cfg_value *v;
+
+    g->max_conn = 0;
+    g->rate = NULL;
+    if (s != CFG_NONE && (v = cfg_scope_get(c, s, CFG_D_VMTA_MAX_SMTP_OUT)) != NULL)
+        g->max_conn = v->num;
+    while ((s = cfg_next_scope(c, CFG_S_SENDER, &it)) != CFG_NONE) {
+        v = cfg_scope_get(c, s, CFG_D_SENDER_VMTA);
+        if (!v || strcmp(cfg_str(c, v->text), g->name) != 0)
+            continue;
+        if ((v = cfg_scope_get(c, s, CFG_D_SENDER_MAX_CONN)) != NULL)
+            g->max_conn = stricter_count(g->max_conn, v->num);
+        g->rate = stricter_rate(g->rate, cfg_scope_get(c, s, CFG_D_SENDER_MAX_MSG_RATE));
+    }
+    g->serial = S.cfg_serial;
+}
+
+/* group - the group of queue Q, created on first use, limits current */
+static struct qvmta *
+group(struct qqueue *q)
+{
+    struct qvmta *g = q->vg;
+
+    if (g == NULL) {
+        for (uint32_t i = 0; i < ngroups && !g; i++)
+            if (strcmp(groups[i]->name, q->vmta) == 0)
+                g = groups[i];
+        if (g == NULL) {
+            g = xcalloc(1, sizeof(*g));
+            g->name = xstrdup(q->vmta);
+            groups = xreallocarray(groups, ngroups + 1, sizeof(*groups));
+            groups[ngroups++] = g;
+        }
+        q->vg = g;
+    }
+    if (g->serial != S.cfg_serial)
+        read_limits(g);
+    return g;
+}
+
+/* qmgr_vmta_conn_room - may Q's virtual MTA open one more connection? */
+int
+qmgr_vmta_conn_room(struct qqueue *q)
+{
+    struct qvmta *g = group(q);
+
+    return g->max_conn <= 0 || g->nconn < (uint64_t)g->max_conn;
+}
+
+void
+qmgr_vmta_conn_opened(struct qqueue *q)
+{
+    group(q)->nconn++;
+}
+
+void
+qmgr_vmta_conn_closed(struct qqueue *q)
+{
+    struct qvmta *g = group(q);
+
+    if (g->nconn > 0)
+        g->nconn--;
+}
+
+/* qmgr_vmta_rate_room - recipients the VMTA-wide rate allows now; *WAIT_NS when 0 */
+uint32_t
+qmgr_vmta_rate_room(struct qqueue *q, uint64_t now_ns, uint64_t *wait_ns)
+{
+    struct qvmta *g = group(q);
+    uint32_t n = qrate_allowed(&g->msg_rate, g->rate, now_ns);
+
+    *wait_ns = n ? 0 : qrate_wait_ns(&g->msg_rate, g->rate, now_ns);
+    return n;
+}
+
+void
+qmgr_vmta_rate_take(struct qqueue *q, uint32_t n, uint64_t now_ns)
+{
+    struct qvmta *g = group(q);
+
+    qrate_take(&g->msg_rate, g->rate, n, now_ns);
+}
+
+void
+qmgr_vmta_free(void)
+{
+    for (uint32_t i = 0; i < ngroups; i++) {
+        free(groups[i]->name);
+        free(groups[i]);
+    }
+    free(groups);
+    groups = NULL;
+    ngroups = 0;
+}
