@@ -89,7 +89,8 @@ build_message(struct otxn *t)
 {
     const struct qstore_envelope *env = &t->qm->env;
 
-    t->msg.sender = env->sender;
+    /* A <sender> block's bounce-sender is the return path of that sender's mail. */
+    t->msg.sender = *env->bounce_sender ? env->bounce_sender : env->sender;
     t->msg.rcpts = t->rcpts;
     t->msg.nrcpts = t->nrcpts;
     t->msg.envid = env->envid[0] ? env->envid : NULL;

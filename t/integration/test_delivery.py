@@ -52,7 +52,7 @@ from testsmtpd import TestSmtpd  # noqa: E402
 
 import dkim  # noqa: E402
 
-PLAN = 26
+PLAN = 27
 SRCDIR = os.environ.get("PMTA_SRCDIR", os.path.join(os.path.dirname(__file__), "..", ".."))
 DATA = os.path.join(SRCDIR, "t", "data")
 DKIM_KEY = os.path.join(DATA, "dkim", "test.key")
@@ -83,6 +83,10 @@ name-server %(dns)s
   smtp-source-host 127.0.0.11 v2.src.test
 </virtual-mta>
 domain-key s1,sender.test,%(key)s
+<sender bulk@sender.test>
+  vmta v2
+  bounce-sender bounces@sender.test
+</sender>
 <acct-file %(acct)s>
   records d,b
 </acct-file>
@@ -288,6 +292,8 @@ def inject(run):
         run.send(["ok%d@sink.test" % i], message("ok%d@sink.test" % i, "sink %d" % i))
     for i in range(50):
         run.send(["ok%d@rate.test" % i], message("ok%d@rate.test" % i, "rate %d" % i))
+    with smtplib.SMTP("127.0.0.1", run.pmta.port, timeout=10) as s:
+        s.sendmail("bulk@sender.test", ["ok-bs@basic.test"], message("ok-bs@basic.test", "bulk"))
 
 
 def check_basic(tap, run):
@@ -310,6 +316,18 @@ def check_basic(tap, run):
                and ehlos.get(conn) == "%s.src.test" % vmta,
                "virtual MTA %s: the receiver sees source %s and EHLO %s.src.test" % (vmta, ip, vmta),
                "conn %r: %r %r" % (conn, conns.get(conn), ehlos.get(conn)))
+
+
+def check_sender_block(tap, run):
+    """The seed's <sender> block: its vmta carries the mail, bounce-sender is the return path."""
+    wait_for(lambda: [a for a in run.accepted("basic") if a[0] == "ok-bs@basic.test"], timeout=15)
+    hits = [a for a in run.accepted("basic") if a[0] == "ok-bs@basic.test"]
+    conn = hits[0][1] if hits else None
+    mails = [e for e in run.rx["basic"].events("mail") if e["conn"] == conn]
+    peer = {e["conn"]: e["peer"] for e in run.rx["basic"].events("connect")}.get(conn)
+    tap.ok(mails and mails[-1]["from"] == "bounces@sender.test" and peer == "127.0.0.11",
+           "<sender bulk@sender.test>: delivered through its vmta v2 (source 127.0.0.11) "
+           "with MAIL FROM bounces@sender.test", (mails[-1:] if mails else None, peer))
 
 
 def rcpt_counts(run, domain):
@@ -502,6 +520,7 @@ def main():
         inject(run)
         tap.ok(True, "injected 108 messages through smtpd")
         check_basic(tap, run)
+        check_sender_block(tap, run)
         check_split(tap, run)
         check_tls(tap, run)
         check_sink(tap, run)
