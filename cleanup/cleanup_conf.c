@@ -165,24 +165,6 @@ cleanup_conf_vmta_keys(const struct cleanup_conf *cc, const char *name)
 
 /* --- <pattern-list> ------------------------------------------------------------ */
 
-/* split_regex - "/re/ rest": NUL-terminate the regex in place; the rest, or NULL */
-static char *
-split_regex(char *arg, char **re)
-{
-    char *p;
-
-    if (*arg != '/')
-        return NULL;
-    for (p = arg + 1; *p && *p != '/'; p++)
-        if (*p == '\\' && p[1])
-            p++;
-    if (*p != '/')
-        return NULL;
-    *p = '\0';
-    *re = arg + 1;
-    return p + 1;
-}
-
 /* parse_result - "virtual-mta=X", "call-to:L" or anything else */
 static void
 parse_result(struct cleanup_pattern *p, const char *result)
@@ -211,7 +193,7 @@ compile_entry(struct cleanup_pattern *p, const char *text)
         p->header = xstrndup(s, n);
         s = trim(s + n);
     }
-    if ((rest = split_regex(s, &re)) == NULL
+    if ((rest = cfg_split_regex(s, &re)) == NULL
         || (p->re = pcre2_compile((PCRE2_SPTR)re, PCRE2_ZERO_TERMINATED, PCRE2_CASELESS, &code,
                                   &off, NULL)) == NULL) {
         msg_error("pattern-list entry '%s' cannot be compiled; ignored", text);

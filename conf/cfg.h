@@ -252,6 +252,13 @@ int cfg_parse_interval(const char *s, int64_t *out);
 /* cfg_parse_interval_list - up to MAX intervals; returns the count or -EINVAL */
 int cfg_parse_interval_list(const char *s, int64_t *out, int max);
 int cfg_parse_rate(const char *s, int64_t *count, int64_t *period);
+/*
+ * cfg_split_regex - ARG starts with "/RE/" (a '\/' inside RE does not end it):
+ * NUL-terminate RE in place, point *RE at it and return what follows the
+ * closing slash; NULL when ARG is not of that form. Used for pattern lines
+ * (reply, mail-from, rcpt-to, header, bounce-category-patterns).
+ */
+char *cfg_split_regex(char *arg, char **re);
 /* cfg_format_value - human text of V for --show-settings; returns OUT */
 char *cfg_format_value(const struct cfg *c, const struct cfg_value *v, char *out, size_t outsize);
 

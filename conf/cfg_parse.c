@@ -376,8 +376,8 @@ static char *next_word(char **p)
     return w;
 }
 
-/* split_regex - ARG starts with /re/; copy re into RE, return what follows it (or NULL) */
-static char *split_regex(char *arg, char **re)
+/* cfg_split_regex - see cfg.h */
+char *cfg_split_regex(char *arg, char **re)
 {
     char *p;
 
@@ -544,7 +544,7 @@ static int check_http_access(struct builder *b, char *arg)
 /* check_reply - "/REGEX/ ACTION[,ACTION...]" and the rejected action combinations */
 static int check_reply(struct builder *b, char *arg)
 {
-    char *re, *rest = split_regex(arg, &re), *save = NULL;
+    char *re, *rest = cfg_split_regex(arg, &re), *save = NULL;
     int backoff = 0, normal = 0, skip_mx = 0, bounce_queue = 0, disable = 0, reenable = 0;
 
     if (!rest) {
@@ -600,7 +600,7 @@ static int check_pattern_entry(struct builder *b, enum cfg_directive d, char *ar
     }
     while (isspace((unsigned char)*p))
         p++;
-    if (!(rest = split_regex(p, &re)) || !(result = next_word(&rest)) || next_word(&rest)) {
+    if (!(rest = cfg_split_regex(p, &re)) || !(result = next_word(&rest)) || next_word(&rest)) {
         error(b, "pattern needs /REGEX/ and one result (virtual-mta=NAME, "
                  "recipient-priority=N or call-to:LIST)");
         return -1;
@@ -622,7 +622,7 @@ static int check_pattern_entry(struct builder *b, enum cfg_directive d, char *ar
 
 static int check_bounce_pattern(struct builder *b, char *arg)
 {
-    char *re, *rest = split_regex(arg, &re), *category;
+    char *re, *rest = cfg_split_regex(arg, &re), *category;
 
     if (!rest || !(category = next_word(&rest)) || next_word(&rest)) {
         error(b, "bounce category pattern needs /REGEX/ and one category name");
