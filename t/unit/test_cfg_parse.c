@@ -19,11 +19,9 @@
 #include <unistd.h>
 #include <cmocka.h>
 
-#include <openssl/evp.h>
-#include <openssl/pem.h>
-#include <openssl/rsa.h>
 
 #include "cfg.h"
+#include "test_keys.h"
 
 static char tmpdir[] = "/tmp/test_cfg_parse.XXXXXX";
 static char keyfile[256];
@@ -88,24 +86,13 @@ static void write_file(const char *name, const char *text)
     fclose(f);
 }
 
-static void make_key(const char *path)
-{
-    EVP_PKEY *key = EVP_RSA_gen(1024);
-    FILE *f = fopen(path, "w");
-    assert_non_null(key);
-    assert_non_null(f);
-    assert_int_equal(PEM_write_PrivateKey(f, key, NULL, NULL, 0, NULL, NULL), 1);
-    fclose(f);
-    EVP_PKEY_free(key);
-}
-
 static int group_setup(void **state)
 {
     (void)state;
     if (!mkdtemp(tmpdir))
         return -1;
     snprintf(keyfile, sizeof keyfile, "%s/dkim.key", tmpdir);
-    make_key(keyfile);
+    test_make_key(keyfile);
     return 0;
 }
 

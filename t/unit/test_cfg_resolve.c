@@ -28,10 +28,9 @@
 #include <sys/stat.h>
 #include <cmocka.h>
 
-#include <openssl/evp.h>
-#include <openssl/pem.h>
 
 #include "cfg.h"
+#include "test_keys.h"
 
 #ifndef PMTA_SRCDIR
 #define PMTA_SRCDIR "."
@@ -67,17 +66,6 @@ static struct cfg *load(const char *text)
     return load_named("t.conf", text);
 }
 
-static void make_key(const char *path)
-{
-    EVP_PKEY *key = EVP_RSA_gen(1024);
-    FILE *f = fopen(path, "w");
-    assert_non_null(key);
-    assert_non_null(f);
-    assert_int_equal(PEM_write_PrivateKey(f, key, NULL, NULL, 0, NULL, NULL), 1);
-    fclose(f);
-    EVP_PKEY_free(key);
-}
-
 static int group_setup(void **state)
 {
     static const char *const keys[] = { "dkim.key", "dkim/example.com.pem", "dkim/default.pem",
@@ -90,7 +78,7 @@ static int group_setup(void **state)
     mkdir(path, 0700);
     for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
         snprintf(path, sizeof path, "%s/%s", tmpdir, keys[i]);
-        make_key(path);
+        test_make_key(path);
     }
     return 0;
 }
