@@ -30,6 +30,8 @@ import time
 
 import dkim
 
+from pmtatest import Tap
+
 BUILDDIR = os.environ.get("PMTA_BUILDDIR", os.getcwd())
 SRCDIR = os.environ.get("PMTA_SRCDIR", BUILDDIR)
 TOOL = os.path.join(BUILDDIR, "t", "unit", "dkim_sign_tool")
@@ -52,29 +54,6 @@ DNS_NAMES = [
 
 
 # --- TAP ---------------------------------------------------------------------
-
-class Tap:
-    def __init__(self):
-        self.n = 0
-        self.failed = 0
-
-    def ok(self, cond, name, diag=None):
-        self.n += 1
-        print("%s %d - %s" % ("ok" if cond else "not ok", self.n, name), flush=True)
-        if not cond:
-            self.failed += 1
-            for line in str(diag or "").splitlines()[:40]:
-                print("#   " + line)
-        return cond
-
-    def skip(self, name, why):
-        self.n += 1
-        print("ok %d - %s # SKIP %s" % (self.n, name, why), flush=True)
-
-    def done(self):
-        print("1..%d" % self.n, flush=True)
-        return 1 if self.failed else 0
-
 
 T = Tap()
 

@@ -17,6 +17,8 @@ import os
 import subprocess
 import sys
 
+from pmtatest import Tap
+
 BUILDDIR = os.environ.get("PMTA_BUILDDIR", os.getcwd())
 TOOL = os.path.join(BUILDDIR, "t", "unit", "dsn_tool")
 
@@ -33,27 +35,6 @@ ORIGINAL_8BIT = (b"From: j@sender.example\r\n"
                  b"Content-Transfer-Encoding: 8bit\r\n"
                  b"\r\n"
                  b"Gr\xc3\xbc\xc3\x9fe\r\n")
-
-
-class Tap:
-    def __init__(self):
-        self.n = 0
-        self.failed = 0
-
-    def ok(self, cond, name, detail=""):
-        self.n += 1
-        if cond:
-            print("ok %d - %s" % (self.n, name))
-        else:
-            self.failed += 1
-            print("not ok %d - %s" % (self.n, name))
-            if detail:
-                for line in str(detail).splitlines():
-                    print("#   " + line)
-
-    def done(self):
-        print("1..%d" % self.n)
-        return 1 if self.failed else 0
 
 
 def run(scenario, original=ORIGINAL):

@@ -21,36 +21,13 @@ import time
 from dnsmasq import Dnsmasq, DnsStub, dnsmasq_path
 from testsmtpd import TestSmtpd
 
+from pmtatest import Tap
+
 BUILD = os.environ.get("PMTA_BUILDDIR") or os.path.abspath(
     os.path.join(os.path.dirname(__file__), "..", ".."))
 TOOL = os.path.join(BUILD, "t", "unit", "smtpout_tool")
 SOURCE_IP = "127.0.0.10"
 HELO = "mta1.sender.test"
-
-
-class Tap:
-    def __init__(self):
-        self.n = 0
-        self.failed = 0
-        self.lines = []
-
-    def ok(self, cond, name, diag=None):
-        self.n += 1
-        print("%s %d - %s" % ("ok" if cond else "not ok", self.n, name), flush=True)
-        if not cond:
-            self.failed += 1
-            if diag is not None:
-                for line in str(diag).splitlines()[:40]:
-                    print("# " + line, flush=True)
-        return cond
-
-    def skip(self, name, why):
-        self.n += 1
-        print("ok %d - %s # SKIP %s" % (self.n, name, why), flush=True)
-
-    def done(self):
-        print("1..%d" % self.n, flush=True)
-        return 1 if self.failed else 0
 
 
 def free_port_on_all(addrs):
