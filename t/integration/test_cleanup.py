@@ -6,7 +6,10 @@ would, speaks the mailproto frames (t/lib/pmtaipc.py) and looks into the
 queue with tools/pmta-qdump. Covers: a 3-recipient message stored once with 3
 recipient records and the right queue names; Received with the queue id;
 Message-ID/Date per the source's flags; X-Virtual-MTA (selection, removal,
-pools in turn, unknown -> 550 5.7.1); the seed's <sender> block; DKIM signed
+pools in turn, unknown -> 550 5.7.1); the source's <pattern-list> (mail-from,
+rcpt-to and header Subject entries, first match in file order, only through
+the <source> that names it, below X-Virtual-MTA), the listener's source= and
+its default-virtual-mta over the client address's; the seed's <sender> block; DKIM signed
 and verified by dkimpy (domain-key and the seed's dkim-selector/dkim-key-file);
 ABORT; a malformed frame closing only its connection; a full map (452 4.3.1)
 that keeps serving; 200 concurrent messages on 4 connections grouped into
@@ -40,7 +43,7 @@ with open(os.path.join(DATA, "dkim", "test.txt"), "rb") as f:
 with open(os.path.join(SRCDIR, "conf", "seed", "seed-sender.conf")) as f:
     SEED_SENDER = f.read()
 
-PLAN = 44
+PLAN = 54
 
 
 def config_extra(key):
@@ -68,6 +71,37 @@ smtp-out-processes 0
     add-received-header no
     add-message-id-header no
     add-date-header no
+</source>
+<virtual-mta pl-from>
+    smtp-source-host 127.0.0.21 pl-from.test
+</virtual-mta>
+<virtual-mta pl-rcpt>
+    smtp-source-host 127.0.0.22 pl-rcpt.test
+</virtual-mta>
+<virtual-mta pl-subj>
+    smtp-source-host 127.0.0.23 pl-subj.test
+</virtual-mta>
+<virtual-mta listen-vmta>
+    smtp-source-host 127.0.0.24 listen.test
+</virtual-mta>
+<virtual-mta ip-vmta>
+    smtp-source-host 127.0.0.25 ip.test
+</virtual-mta>
+# file order: header, then rcpt-to, then mail-from
+<pattern-list routes>
+    header Subject /^Routed\\b/ virtual-mta=pl-subj
+    rcpt-to /@rcpt-route\\.test$/ virtual-mta=pl-rcpt
+    mail-from /^bulk@/ virtual-mta=pl-from
+</pattern-list>
+<source routed>
+    pattern-list routes
+    default-virtual-mta listen-vmta
+</source>
+<source listen>
+    default-virtual-mta listen-vmta
+</source>
+<source 127.0.0.2>
+    default-virtual-mta ip-vmta
 </source>
 domain-key s1,example.com,%(key)s
 <domain signed.test>
@@ -189,6 +223,49 @@ def check_vmta(tap, p, s):
     m = find(qdump(p), r.msgid) if r and r.code == 250 else None
     tap.ok(m and m["recipients"][0]["queue"] == "y.test/mta1",
            "X-Virtual-MTA wins over the <sender> block", m)
+
+
+def queues_of(p, r):
+    """The queue of each recipient of the message of result R, in order (None if not stored)."""
+    m = find(qdump(p), r.msgid) if r and r.code == 250 else None
+    return [x["queue"] for x in m["recipients"]] if m else None
+
+
+def check_pattern_list(tap, p, s):
+    """<pattern-list routes> through <source routed>; listener source= and default-virtual-mta."""
+    def send(sender, rcpts, subject, extra=b"", **kw):
+        return queues_of(p, s.send(sender, rcpts, simple(subject, extra, sender.encode()), **kw))
+
+    q = send("bulk@example.com", ["x@y.test"], b"plain", listener_source="routed")
+    tap.ok(q == ["y.test/pl-from"], "pattern-list mail-from /^bulk@/ selects pl-from", q)
+    q = send("a@example.com", ["a@y.test", "b@rcpt-route.test"], b"plain",
+             listener_source="routed")
+    tap.ok(q == ["y.test/pl-rcpt", "rcpt-route.test/pl-rcpt"],
+           "pattern-list rcpt-to: one matching recipient routes the whole message", q)
+    q = send("a@example.com", ["x@y.test"], b"Routed news", listener_source="routed")
+    tap.ok(q == ["y.test/pl-subj"], "pattern-list header Subject selects pl-subj", q)
+    q = send("bulk@example.com", ["x@rcpt-route.test"], b"Routed news",
+             listener_source="routed")
+    tap.ok(q == ["rcpt-route.test/pl-subj"],
+           "all three entries match: the first in file order (header) wins", q)
+    q = send("bulk@example.com", ["x@rcpt-route.test"], b"plain", listener_source="routed")
+    tap.ok(q == ["rcpt-route.test/pl-rcpt"],
+           "rcpt-to and mail-from match: rcpt-to, earlier in the file, wins", q)
+    q = send("a@example.com", ["x@y.test"], b"plain", listener_source="routed")
+    tap.ok(q == ["y.test/listen-vmta"],
+           "no entry matches: the listener source's default-virtual-mta", q)
+    q = send("bulk@example.com", ["x@rcpt-route.test"], b"Routed news",
+             b"X-Virtual-MTA: mta2\r\n", listener_source="routed")
+    tap.ok(q == ["rcpt-route.test/mta2"], "X-Virtual-MTA wins over the pattern-list", q)
+    q = send("bulk@example.com", ["x@rcpt-route.test"], b"Routed news")
+    tap.ok(q == ["rcpt-route.test/{default}"],
+           "a source that does not name the pattern-list ignores it", q)
+    q = send("a@example.com", ["x@y.test"], b"plain", client_ip="127.0.0.2")
+    tap.ok(q == ["y.test/ip-vmta"], "the client address's <source> default-virtual-mta", q)
+    q = send("a@example.com", ["x@y.test"], b"plain", client_ip="127.0.0.2",
+             listener_source="listen")
+    tap.ok(q == ["y.test/listen-vmta"],
+           "the listener's source= wins over the client address's default-virtual-mta", q)
 
 
 def check_job(tap, p, s):
@@ -402,6 +479,7 @@ def main():
         check_basic(tap, p, s)
         check_bare_source(tap, p, s)
         check_vmta(tap, p, s)
+        check_pattern_list(tap, p, s)
         check_job(tap, p, s)
         check_dkim(tap, p, s)
         check_size_limit(tap, p, s)

@@ -21,6 +21,15 @@ run 1 (one pmtad, one queue per property, all at once):
               time over both queues
   sra/srb.test on another <sender> block's vmta sr (max-msg-rate 5/s): no 1 s
               window above 5 over both queues
+  crate.test  max-connect-rate 2/s with max-msg-per-connection 1: 8 messages,
+              never more than 2 connections opened in any 1 s window, >= 1.5/s
+run 3 (total-max-smtp-out 3, max-msg-per-connection 1 everywhere):
+  hi.test (queue-priority 90, 12 messages), tot0/1/2.test (default 50, 8 each),
+  lo.test (queue-priority 10, 8): never more than 3 connections open in all,
+  and the cap binds (3 at some point); every queue is served; dispatch walks
+  the priorities down and stops while the cap binds, so hi.test's last
+  transaction goes out before any of the priority-50 queues' first, and
+  lo.test's first only after every other queue's last
 run 2:
   restart with 1,005 queued recipients rebuilds them all (twice)
   an smtp-out that dies returns its in-flight recipients; they are handed out
@@ -39,7 +48,7 @@ import time
 from fakeout import FakeOut, OK, TEMPFAIL
 from pmtatest import Pmta, Tap, build_dir, require_root, wait_for
 
-PLAN = 28
+PLAN = 35
 FILL = os.path.join(build_dir(), "t", "unit", "qstore_fill")
 QDUMP = os.path.join(build_dir(), "tools", "pmta-qdump")
 
@@ -84,6 +93,10 @@ smtpd-processes 1
 <domain src.test>
   max-msg-per-connection 1
   max-smtp-out 1
+</domain>
+<domain crate.test>
+  max-connect-rate 2/s
+  max-msg-per-connection 1
 </domain>
 <virtual-mta vg>
   max-smtp-out 2
@@ -174,7 +187,8 @@ def run1(tap):
                                   ("sna", 15, 1, ["-v", "sv", "-s", "news@sender.test"]),
                                   ("snb", 15, 1, ["-v", "sv", "-s", "news@sender.test"]),
                                   ("sra", 10, 1, ["-v", "sr", "-s", "promo@sender.test"]),
-                                  ("srb", 10, 1, ["-v", "sr", "-s", "promo@sender.test"])):
+                                  ("srb", 10, 1, ["-v", "sr", "-s", "promo@sender.test"]),
+                                  ("crate", 8, 1, [])):
             first, last = fill(p, "-n", str(n), "-r", str(r), "-d", name, *extra)
             queue = "%s.test/%s" % (name, extra[1] if extra else "{default}")
             for m in range(first, last + 1):
@@ -199,6 +213,7 @@ def run1(tap):
                  >= 30, timeout=15)
         wait_for(lambda: len(fake.results_for("sra.test/sr")) + len(fake.results_for("srb.test/sr"))
                  >= 20, timeout=15)
+        wait_for(lambda: len(fake.results_for("crate.test/{default}")) >= 8, timeout=10)
         # the DSN: a new message appears for origin.test
         wait_for(lambda: [m for m in qdump(p) if m.get("sender") == ""], timeout=5)
         dumped = qdump(p, body=True)
@@ -243,6 +258,16 @@ def run1(tap):
            "max-msg-rate 10/s: never more than 10 recipients in any 1 s window (worst %d)" % worst,
            "%d recipients" % len(times))
     tap.ok(avg >= 8.0, "max-msg-rate 10/s: %.2f recipients/s on average over %.1f s" % (avg, span))
+
+    # max-connect-rate 2/s
+    co = [t for (t, _, _, _, _, _, _) in fake.opens_for("crate.test/{default}")]
+    cspan = co[-1] - co[0] if len(co) > 1 else 0
+    crate = (len(co) - 1) / cspan if cspan else 0
+    tap.ok(len(co) == 8 and max_in_window(co) <= 2,
+           "max-connect-rate 2/s: 8 connections, never more than 2 opened in any 1 s window",
+           "%d opens, busiest window %d" % (len(co), max_in_window(co)))
+    tap.ok(len(fake.results_for("crate.test/{default}")) == 8 and crate >= 1.5,
+           "max-connect-rate 2/s: all 8 delivered at %.2f connections/s" % crate)
 
     # max-rcpt-per-transaction 3
     split = [len(idx) for (_, _, _, _, idx) in fake.txns_for("split.test/{default}")]
@@ -324,6 +349,68 @@ def run1(tap):
            "rows by type: %s" % {k: kinds.count(k) for k in set(kinds)})
 
 
+# --- run 3 ----------------------------------------------------------------------------
+
+RUN3_CONFIG = """
+smtp-out-processes 0
+smtpd-processes 1
+total-max-smtp-out 3
+<domain hi.test>
+  queue-priority 90
+  max-msg-per-connection 1
+</domain>
+<domain lo.test>
+  queue-priority 10
+  max-msg-per-connection 1
+</domain>
+<domain tot0.test>
+  max-msg-per-connection 1
+</domain>
+<domain tot1.test>
+  max-msg-per-connection 1
+</domain>
+<domain tot2.test>
+  max-msg-per-connection 1
+</domain>
+"""
+
+
+def run3(tap):
+    with Pmta(name="qmgr3") as p:
+        p.write_config(RUN3_CONFIG)
+        # lo first and hi last: store order must not decide who goes first
+        fill(p, "-n", "8", "-r", "1", "-d", "lo")
+        fill(p, "-n", "24", "-r", "1", "-q", "3", "-d", "tot")
+        fill(p, "-n", "12", "-r", "1", "-d", "hi")
+        p.start()
+        fake = FakeOut(qmgr_socket(p), txn_delay=0.03).start()
+        wait_for(lambda: len(fake.delivered()) >= 44, timeout=20)
+        p.stop()
+    fake.stop()
+    queues = ["hi.test/{default}", "tot0.test/{default}", "tot1.test/{default}",
+              "tot2.test/{default}", "lo.test/{default}"]
+    txns = {q: [t for (t, _, _, _, _) in fake.txns_for(q)] for q in queues}
+    served = {q: len(fake.results_for(q)) for q in queues}
+    tap.ok(fake.max_concurrent_total == 3,
+           "total-max-smtp-out 3: never more than 3 connections open over 5 queues (and 3 at once)",
+           "max total %d" % fake.max_concurrent_total)
+    tap.ok(served == {"hi.test/{default}": 12, "tot0.test/{default}": 8,
+                      "tot1.test/{default}": 8, "tot2.test/{default}": 8, "lo.test/{default}": 8},
+           "total-max-smtp-out 3: every queue is served in full", served)
+    hi_last = max(txns["hi.test/{default}"] or [0])
+    mid = txns["tot0.test/{default}"] + txns["tot1.test/{default}"] + txns["tot2.test/{default}"]
+    lo_first = min(txns["lo.test/{default}"] or [0])
+    tap.ok(mid and hi_last < min(mid),
+           "queue-priority 90 gets every connection before the priority-50 queues get one",
+           "hi last %.3f, first of the 50s %.3f" % (hi_last, min(mid or [0])))
+    tap.ok(mid and lo_first > max(mid + [hi_last]),
+           "queue-priority 10 gets its first connection only after every other queue's last",
+           "lo first %.3f, last of the others %.3f" % (lo_first, max(mid + [hi_last])))
+    opens = [o[2] for o in sorted(fake.opens)]
+    tap.ok(opens[:3] == ["hi.test/{default}"] * 3,
+           "the first 3 connections all go to the priority-90 queue", opens[:6])
+
+
 # --- run 2 ----------------------------------------------------------------------------
 
 def run2(tap):
@@ -378,6 +465,7 @@ def main():
     try:
         run1(tap)
         run2(tap)
+        run3(tap)
     finally:
         tap.diag("wall time %.1f s" % (time.monotonic() - t0))
     sys.exit(tap.done())

@@ -18,6 +18,7 @@ time.monotonic() stamps:
     closes  [(t, conn, queue)]
     max_concurrent[queue]   most connections open at once
     max_concurrent_vmta[v]  most connections open at once over all queues of virtual MTA v
+    max_concurrent_total    most connections open at once over every queue
 
 ANSWER(queue, msgid, index, attempt) -> (result, code, enhanced, text), where
 ATTEMPT counts how often this (msgid, index) was seen (1 first); return None
@@ -69,6 +70,8 @@ class FakeOut:
         self.open_now = {}
         self.max_concurrent_vmta = {}
         self.open_now_vmta = {}
+        self.max_concurrent_total = 0
+        self.open_now_total = 0
         self.conns = {}            # conn id -> queue
         self.seen = {}             # (msgid, index) -> attempts
         self.opens_per_queue = {}
@@ -178,6 +181,8 @@ class FakeOut:
                 self.open_now_vmta[vmta] = self.open_now_vmta.get(vmta, 0) + 1
                 self.max_concurrent_vmta[vmta] = max(self.max_concurrent_vmta.get(vmta, 0),
                                                      self.open_now_vmta[vmta])
+                self.open_now_total += 1
+                self.max_concurrent_total = max(self.max_concurrent_total, self.open_now_total)
                 n = self.opens_per_queue[queue] = self.opens_per_queue.get(queue, 0) + 1
             fail = self.open_fail(queue, n)
             if fail:
@@ -232,5 +237,6 @@ class FakeOut:
                 self.open_now[queue] -= 1
                 vmta = queue.rsplit("/", 1)[-1]
                 self.open_now_vmta[vmta] = self.open_now_vmta.get(vmta, 1) - 1
+                self.open_now_total -= 1
         self._send(frame(MP_CONN_DOWN, cid, [(F_U32, result), (F_U32, code), (F_STR, enh),
                                              (F_STR, text), (F_STR, ""), (F_STR, "")]))
