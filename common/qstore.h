@@ -105,10 +105,10 @@
  *     send 250. With QSTORE_NOSYNC (`sync-msg-create no`) the commit is not
  *     fsynced and a power cut may lose acknowledged mail; a process crash
  *     cannot, because the pages are in the kernel.
- *   - qstore_group batches submissions and outcomes that arrive within a
- *     window (default 2 ms) or up to a batch size into one write transaction
- *     and one sync, run on the libuv thread pool. One commit at a time per
- *     group; what arrives during a commit forms the next batch.
+ *   - qstore_group batches submissions and outcomes (up to a batch size)
+ *     into one write transaction and one sync, run on the libuv thread pool.
+ *     One commit at a time per group; what arrives during a commit forms the
+ *     next batch; an idle group commits on its next loop turn.
  *   - MDB_MAP_FULL (and a full disk) is -ENOSPC: the transaction is aborted,
  *     nothing committed is harmed, and the environment stays usable. A batch
  *     that fills the map is retried one operation per transaction, so only

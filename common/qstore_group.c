@@ -1,8 +1,9 @@
 /*
  * qstore_group.c - the group committer: many queue writes, one transaction, one sync
  *
- * Owns the pending-operation list, the window timer and the one uv_work_t of a
- * group. Threading: a batch is detached from the pending list on the loop
+ * Owns the pending-operation list, the window timer (0 ms by default: it only
+ * defers an idle group's commit to the next loop turn) and the one uv_work_t
+ * of a group. Threading: a batch is detached from the pending list on the loop
  * thread, handed whole to a thread-pool thread (which alone touches it while
  * the transaction runs, begin to commit on that same thread as LMDB requires),
  * and handed back to the loop thread in the after-work callback. Nothing else
@@ -51,7 +52,7 @@ struct qstore_group {
     size_t npend;
     struct batch batch;             /* valid while busy */
     int busy, timer_armed, closing;
-    unsigned window_ms, max_batch, flags;
+    unsigned window_ms, max_batch;
     size_t max_bytes;
     struct qstore_group_stats st;
     qstore_group_close_cb close_cb;
@@ -248,7 +249,13 @@ static void on_window(uv_timer_t *t)
         start_commit(g);
 }
 
-/* enqueue - add OP; commit now if the batch is full, else open the window */
+/*
+ * enqueue - add OP. While a commit runs, ops only accumulate: after_work_cb
+ * commits them all at once (natural batching: under load a batch is whatever
+ * arrived during one sync). When idle, the commit starts on the next loop turn
+ * (window 0, the default) rather than at once, so that the ops submitted by
+ * the same turn's callbacks share it; or right now if the batch is full.
+ */
 static void enqueue(struct qstore_group *g, struct group_op *op)
 {
     *g->pend_tail = op;
@@ -260,8 +267,7 @@ static void enqueue(struct qstore_group *g, struct group_op *op)
         start_commit(g);
     } else if (!g->timer_armed) {
         g->timer_armed = 1;
-        uv_timer_start(&g->timer, on_window, g->flags & QSTORE_GROUP_NOWAIT ? 0 : g->window_ms,
-                       0);
+        uv_timer_start(&g->timer, on_window, g->window_ms, 0);
     }
 }
 
@@ -292,10 +298,9 @@ int qstore_group_new(struct qstore_group **gp, uv_loop_t *loop, struct qstore *q
     g->timer.data = g;
     g->work.data = g;
     g->pend_tail = &g->pend_head;
-    g->window_ms = opts && opts->window_ms ? opts->window_ms : QSTORE_GROUP_WINDOW_MS;
+    g->window_ms = opts ? opts->window_ms : QSTORE_GROUP_WINDOW_MS;
     g->max_batch = opts && opts->max_batch ? opts->max_batch : QSTORE_GROUP_MAX_BATCH;
     g->max_bytes = opts && opts->max_bytes ? opts->max_bytes : QSTORE_GROUP_MAX_BYTES;
-    g->flags = opts ? opts->flags : 0;
     *gp = g;
     return 0;
 }

@@ -1,12 +1,14 @@
 /*
  * qstore_group.h - grouped, asynchronous commits to the queue store
  *
- * The group committer gathers the write operations that arrive within a short
- * window (default 2 ms) or up to a batch size and writes them in ONE LMDB
- * write transaction with ONE sync, on the libuv thread pool (uv_queue_work),
- * so the event loop keeps serving while the disk syncs. One commit runs at a
- * time per group; what arrives meanwhile forms the next batch and is committed
- * as soon as the running one finishes. Every operation's callback runs on the
+ * The group committer writes many write operations in ONE LMDB write
+ * transaction with ONE sync, on the libuv thread pool (uv_queue_work), so the
+ * event loop keeps serving while the disk syncs. One commit runs at a time per
+ * group; what arrives meanwhile forms the next batch (up to a batch size) and
+ * is committed as soon as the running one finishes. An idle group does not
+ * wait for company: it commits on the next loop turn (or after an optional
+ * window), so a lone message costs about one sync of latency and batches
+ * grow by themselves with the load. Every operation's callback runs on the
  * loop thread after its transaction is durable (or failed).
  *
  * cleanup uses qstore_group_submit() and answers 250 from its callback only
@@ -28,19 +30,17 @@
 
 #include "qstore.h"
 
-#define QSTORE_GROUP_WINDOW_MS 2u
+#define QSTORE_GROUP_WINDOW_MS 0u
 #define QSTORE_GROUP_MAX_BATCH 256u
 #define QSTORE_GROUP_MAX_BYTES ((size_t)64 << 20)
 
 struct qstore_group_opts {
-    unsigned window_ms;     /* wait this long after the first op; 0 = default.
-                             * (Set QSTORE_GROUP_NOWAIT to flush on the next
-                             * loop iteration instead.) */
+    unsigned window_ms;     /* an idle group waits this long after the first
+                             * op before committing; 0 (default) = commit on
+                             * the next loop turn */
     unsigned max_batch;     /* ops per transaction; 0 = default */
     size_t max_bytes;       /* new-message bytes per transaction; 0 = default */
-    unsigned flags;
 };
-#define QSTORE_GROUP_NOWAIT 0x01u
 
 /*
  * Operation result. STATUS is 0 or -errno (-ENOSPC: queue full, answer

@@ -82,6 +82,7 @@ struct qqueue {
     /* recipients */
     uint32_t ready_head, ready_tail;
     uint32_t nready, ndeferred, ninflight;
+    uint64_t last_arrival_ms; /* last qmgr_ready_arrive() (keeps connections idle) */
     /* connections */
     struct qconn *conns;    /* every connection of this queue */
     uint32_t nconn;
@@ -215,6 +216,7 @@ uint32_t qmgr_rcpt_new(uint32_t msg, uint32_t index, struct qqueue *q, uint16_t 
 void qmgr_rcpt_free(uint32_t r);
 void qmgr_rcpt_reserve(uint64_t n);
 void qmgr_ready_push(struct qqueue *q, uint32_t r);
+void qmgr_ready_arrive(struct qqueue *q, uint32_t r);
 void qmgr_ready_push_front(struct qqueue *q, uint32_t r);
 uint32_t qmgr_ready_peek(struct qqueue *q);
 uint32_t qmgr_ready_pop(struct qqueue *q);

@@ -9,7 +9,10 @@
  * first MP_CONN_TXN), feeds it one transaction at a time while the queue has
  * ready recipients, its limits allow and max-msg-per-connection is not
  * reached, keeps it idle up to connection-idle-timeout when more work is
- * expected soon, and closes it. A connection counts against max-smtp-out
+ * expected soon (which includes a queue that got new work within the last
+ * second: a steady stream reuses its connections), and closes it. An idle connection
+ * that holds a shared cap (total-max-smtp-out, the virtual MTA's) another
+ * queue needs is closed for it. A connection counts against max-smtp-out
  * from MP_CONN_OPEN until its MP_CONN_DOWN.
  *
  * In flight: a recipient in a transaction is in exactly one connection's
@@ -40,10 +43,14 @@
 
 #define PEER_STR_MAX 1024u          /* longest string field we keep from a peer */
 #define DEFAULT_IDLE_TIMEOUT_MS 5000u
+#define STREAM_MS 1000u             /* new work this recent makes a queue a stream */
 
 static uv_poll_t listen_poll;
 static int listening;
 static uint32_t conn_cursor;
+static uint32_t nresting;           /* idle connections whose idle timer runs */
+
+static void rest_end(struct qconn *c);
 
 /* --- source hosts (round-robin per virtual MTA) ------------------------------------------ */
 
@@ -184,6 +191,7 @@ conn_free(struct qconn *c)
     if (c->up)
         S.nconn_up--;
     S.conn_by_id[c->id - 1] = NULL;
+    rest_end(c);
     if (c->txn_msg)
         qstore_msg_free(c->txn_msg);
     c->txn_msg = NULL;
@@ -323,6 +331,17 @@ take_msg_rate(struct qqueue *q, uint32_t n)
 
 /* --- closing and idling ---------------------------------------------------------------------- */
 
+/* rest_end - C is no longer resting: stop its idle timer */
+static void
+rest_end(struct qconn *c)
+{
+    if (c->idle_timer_on) {
+        uv_timer_stop(&c->idle_timer);
+        c->idle_timer_on = 0;
+        nresting--;
+    }
+}
+
 static void
 conn_close(struct qconn *c)
 {
@@ -331,10 +350,7 @@ conn_close(struct qconn *c)
     if (c->state == QC_CLOSING)
         return;
     c->state = QC_CLOSING;
-    if (c->idle_timer_on) {
-        uv_timer_stop(&c->idle_timer);
-        c->idle_timer_on = 0;
-    }
+    rest_end(c);
     ipc_end(&out, ipc_begin(&out, MP_CONN_CLOSE, c->id));
     send_frames(c->out, &out);
 }
@@ -344,20 +360,48 @@ on_idle_timeout(uv_timer_t *t)
 {
     struct qconn *c = t->data;
 
-    c->idle_timer_on = 0;
+    rest_end(c);
     if (c->state == QC_IDLE)
         conn_close(c);
 }
 
-/* work_expected - will C's queue have something for it soon? */
+/*
+ * work_expected - will C's queue have something for it soon? Ready work
+ * waiting for the rate limit; answers pending on other connections (temp
+ * failures come back as deferred, not ready); or a stream: new work arrived
+ * (qmgr_ready_arrive) within STREAM_MS. Under a steady stream the queue is empty for
+ * moments between messages (new ones come in batches, one per cleanup
+ * commit), and closing then would cost a connection (TCP, greeting, EHLO,
+ * QUIT) per message or two. STREAM_MS is short so that a queue whose work
+ * dried up does not hold its connections for long.
+ */
 static int
 work_expected(struct qconn *c)
 {
     struct qqueue *q = c->q;
 
-    /* Ready work waiting for the rate limit, or answers pending on other
-     * connections (temp failures come back as deferred, not ready). */
-    return q->nready > 0 || (q->ndeferred > 0 && q->ninflight > 0);
+    return q->nready > 0 || (q->ndeferred > 0 && q->ninflight > 0)
+        || qmgr_now_ms() - q->last_arrival_ms < STREAM_MS;
+}
+
+/*
+ * reclaim_idle - Q may not open a connection because of a shared cap (all
+ * queues', or its virtual MTA's when VG is set): close one resting connection
+ * of another queue under that cap, so that idle connections never starve a
+ * queue with work. Its MP_CONN_DOWN brings the next dispatch pass.
+ */
+static void
+reclaim_idle(const struct qqueue *q, const struct qvmta *vg)
+{
+    for (uint32_t i = 0; nresting > 0 && i < S.conn_cap; i++) {
+        struct qconn *c = S.conn_by_id[i];
+
+        if (c && c->idle_timer_on && c->state == QC_IDLE && c->q != q
+            && (vg == NULL || c->q->vg == vg)) {
+            conn_close(c);
+            return;
+        }
+    }
 }
 
 static void
@@ -370,6 +414,7 @@ conn_rest(struct qconn *c)
     if (!c->idle_timer_on) {
         uv_timer_start(&c->idle_timer, on_idle_timeout, c->idle_timeout_ms, 0);
         c->idle_timer_on = 1;
+        nresting++;
     }
 }
 
@@ -394,10 +439,7 @@ conn_feed(struct qconn *c)
         return;
     }
     take_msg_rate(q, n);
-    if (c->idle_timer_on) {
-        uv_timer_stop(&c->idle_timer);
-        c->idle_timer_on = 0;
-    }
+    rest_end(c);
     c->state = QC_BUSY;
     c->ntxn++;
     add_txn(&out, c);
@@ -443,10 +485,14 @@ open_allowed(struct qqueue *q)
 
     if (S.stopping || q->nconn >= (uint64_t)(max_out > 0 ? max_out : 1))
         return 0;
-    if (total && total->num > 0 && S.nconn_total >= (uint64_t)total->num)
+    if (total && total->num > 0 && S.nconn_total >= (uint64_t)total->num) {
+        reclaim_idle(q, NULL);
         return 0;
-    if (!qmgr_vmta_conn_room(q))
+    }
+    if (!qmgr_vmta_conn_room(q)) {
+        reclaim_idle(q, q->vg);
         return 0;       /* a connection of this VMTA closing calls qmgr_dispatch_soon() */
+    }
     if (now_ms < q->retry_until_ms) {
         qmgr_queue_wake_at(q, q->retry_until_ms);
         return 0;

@@ -329,6 +329,14 @@ qmgr_ready_push(struct qqueue *q, uint32_t r)
         qmgr_run_update(q);
 }
 
+/* qmgr_ready_arrive - a recipient of a newly scanned message: push it, and mark the queue live */
+void
+qmgr_ready_arrive(struct qqueue *q, uint32_t r)
+{
+    q->last_arrival_ms = qmgr_now_ms();
+    qmgr_ready_push(q, r);
+}
+
 /* qmgr_ready_push_front - a recipient that comes back from a dead process goes first */
 void
 qmgr_ready_push_front(struct qqueue *q, uint32_t r)

@@ -71,7 +71,7 @@ add_sched(const struct qstore_sched *s, void *arg)
     if (due > c->now_tick)
         qmgr_defer_push(r, due);
     else
-        qmgr_ready_push(q, r);
+        qmgr_ready_arrive(q, r);
     c->added++;
     return 0;
 }
