@@ -308,14 +308,30 @@ class Pmta:
                         timeout)
 
     # --- cleanup -----------------------------------------------------------
+    SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
+
+    def sanitizer_reports(self):
+        """Lines where a sanitizer (ASan, LSan, UBSan build) reported on pmtad or a worker."""
+        text = self.output() + self.log()
+        return [line for line in text.splitlines()
+                if any(mark in line for mark in self.SANITIZER_MARKS)]
+
     def close(self):
         if self.running():
             self.stop()
         if self._out:
             self._out.close()
             self._out = None
-        if not self.keep:
+        # Workers write sanitizer reports to pmtad's output, which a test does
+        # not otherwise read: fail loudly rather than let a report go unseen.
+        reports = self.sanitizer_reports()
+        if not self.keep and not reports:
             shutil.rmtree(self.dir, ignore_errors=True)
+        if reports:
+            print("not ok - sanitizer report from pmtad or a worker (kept %s)" % self.dir)
+            for line in reports[:20]:
+                print("# " + line)
+            raise RuntimeError("sanitizer report: " + reports[0])
 
     def __enter__(self):
         return self
