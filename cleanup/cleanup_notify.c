@@ -71,6 +71,8 @@ try_connect(void)
             close(fd);
         } else {
             err = ipc_chan_open_fd(worker_loop(), fd, on_qmgr_msg, on_qmgr_closed, NULL, &N.ch);
+            if (err == 0)
+                ipc_chan_cork(N.ch);    /* one write for a group commit's hints */
         }
     }
     free(path);

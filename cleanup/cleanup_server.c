@@ -468,6 +468,7 @@ accept_one(int fd)
         free(c);
         return;
     }
+    ipc_chan_cork(c->ch);   /* one write for the results of a group commit */
     c->next = S.conns;
     S.conns = c;
     S.nconns++;
@@ -531,7 +532,7 @@ static int
 writes_pending(void)
 {
     for (struct cleanup_conn *c = S.conns; c; c = c->next)
-        if (c->ch && c->ch->pending_writes > 0)
+        if (c->ch && ipc_chan_busy(c->ch))
             return 1;
     return 0;
 }

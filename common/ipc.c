@@ -1,8 +1,9 @@
 /*
  * ipc.c - encoder, decoder and libuv channels for the internal frame format
  *
- * Owns each ipc_chan it creates (freed after its close callback) and the
- * channel's input buffer. Frame layout and rules are in ipc.h.
+ * Owns each ipc_chan it creates (freed after its close callback, once its
+ * pipe, prepare and check handles are all closed), the channel's input
+ * buffer and its corked output. Frame layout and rules are in ipc.h.
  *
  * SECURITY: this is the boundary between processes that may be compromised
  * independently. Every read checks that the bytes exist before touching them,
@@ -296,12 +297,17 @@ ipc_chan_open_fd(uv_loop_t *loop, int fd, ipc_msg_cb on_msg, ipc_close_cb on_clo
     int err;
 
     buf_init(&ch->in, IPC_FRAME_MAX + IPC_HEADER_SIZE + 1);
+    buf_init(&ch->corked, 0);
     ch->on_msg = on_msg;
     ch->on_close = on_close;
     ch->data = data;
     if ((err = uv_pipe_init(loop, &ch->pipe, 0)) != 0)
         goto fail_init;
     ch->pipe.data = ch;
+    uv_prepare_init(loop, &ch->prepare);
+    uv_check_init(loop, &ch->check);
+    ch->prepare.data = ch->check.data = ch;
+    ch->open_handles = 3;
     if ((err = uv_pipe_open(&ch->pipe, fd)) != 0)
         goto fail_open;
     if ((err = uv_read_start((uv_stream_t *)&ch->pipe, chan_alloc, chan_read)) != 0)
@@ -315,6 +321,7 @@ fail_open:
     chan_close(ch, err);
     return err;
 fail_init:
+    buf_free(&ch->in);
     free(ch);
     return err;
 }
@@ -354,22 +361,30 @@ chan_written(uv_write_t *req, int status)
         chan_close(ch, status);
 }
 
-int
-ipc_chan_send(struct ipc_chan *ch, struct buf *out)
+/*
+ * write_out - write LEN bytes now as far as the socket takes them, queue the
+ * rest. uv_try_write() refuses (EAGAIN) while earlier writes are queued, so
+ * frames never overtake each other. A completed uv_write() costs libuv (1.44)
+ * an epoll_ctl(MOD) when it stops polling for POLLOUT; the direct write does
+ * not, and on a local socket with room it is the common case. 0 or -errno.
+ */
+static int
+write_out(struct ipc_chan *ch, const char *data, size_t len)
 {
     struct ipc_write *w;
-    uv_buf_t b;
-    size_t len;
-    int err;
+    uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
+    int n, err;
 
-    if (ch->closing) {
-        buf_reset(out);
-        return -EPIPE;
-    }
+    n = uv_try_write((uv_stream_t *)&ch->pipe, &b, 1);
+    if (n < 0)      /* EAGAIN, or an error uv_write() reports through chan_written */
+        n = 0;
+    if ((size_t)n == len)
+        return 0;
     w = xcalloc(1, sizeof(*w));
     w->ch = ch;
-    w->data = buf_detach(out, &len);
-    b = uv_buf_init(w->data, (unsigned)len);
+    w->data = xmalloc(len - (size_t)n);
+    memcpy(w->data, data + n, len - (size_t)n);
+    b = uv_buf_init(w->data, (unsigned)(len - (size_t)n));
     if ((err = uv_write(&w->req, (uv_stream_t *)&ch->pipe, &b, 1, chan_written)) != 0) {
         free(w->data);
         free(w);
@@ -379,12 +394,89 @@ ipc_chan_send(struct ipc_chan *ch, struct buf *out)
     return 0;
 }
 
+/* flush_corked - write what this loop turn gathered; a failure closes the channel */
+static void
+flush_corked(struct ipc_chan *ch)
+{
+    int err;
+
+    uv_prepare_stop(&ch->prepare);
+    uv_check_stop(&ch->check);
+    if (ch->corked.len == 0)
+        return;
+    err = write_out(ch, ch->corked.data, ch->corked.len);
+    buf_reset(&ch->corked);
+    if (err != 0 && !ch->closing)
+        chan_close(ch, err);
+}
+
+static void
+on_prepare(uv_prepare_t *h)
+{
+    flush_corked(h->data);
+}
+
+static void
+on_check(uv_check_t *h)
+{
+    flush_corked(h->data);
+}
+
+void
+ipc_chan_cork(struct ipc_chan *ch)
+{
+    ch->cork = 1;
+}
+
+size_t
+ipc_chan_backlog(const struct ipc_chan *ch)
+{
+    return uv_stream_get_write_queue_size((const uv_stream_t *)&ch->pipe) + ch->corked.len;
+}
+
+int
+ipc_chan_busy(const struct ipc_chan *ch)
+{
+    return ch->pending_writes > 0 || ch->corked.len > 0;
+}
+
+/* ipc_chan_send - see ipc.h; a corked channel's frames wait for flush_corked */
+int
+ipc_chan_send(struct ipc_chan *ch, struct buf *out)
+{
+    int err;
+
+    if (ch->closing) {
+        buf_reset(out);
+        return -EPIPE;
+    }
+    if (!ch->cork) {
+        err = write_out(ch, out->data, out->len);
+        buf_reset(out);
+        return err;
+    }
+    if (buf_append(&ch->corked, out->data, out->len) != 0)
+        msg_fatal("ipc: out of memory for outgoing frames");
+    buf_reset(out);
+    /* A big batch goes at once: the socket buffer, not ours, should hold it. */
+    if (ch->corked.len >= IPC_FRAME_MAX) {
+        flush_corked(ch);
+        return ch->closing ? -EPIPE : 0;
+    }
+    uv_prepare_start(&ch->prepare, on_prepare);
+    uv_check_start(&ch->check, on_check);
+    return 0;
+}
+
 static void
 chan_freed(uv_handle_t *h)
 {
     struct ipc_chan *ch = h->data;
 
+    if (--ch->open_handles > 0)
+        return;
     buf_free(&ch->in);
+    buf_free(&ch->corked);
     free(ch);
 }
 
@@ -393,10 +485,16 @@ chan_close(struct ipc_chan *ch, int reason)
 {
     if (ch->closing)
         return;
+    /* Frames corked this turn still go (a peer that went away makes this a no-op). */
+    if (reason == 0 && ch->corked.len > 0)
+        (void)write_out(ch, ch->corked.data, ch->corked.len);
+    buf_reset(&ch->corked);
     ch->closing = 1;
     if (ch->on_close)
         ch->on_close(ch, reason);
     uv_close((uv_handle_t *)&ch->pipe, chan_freed);
+    uv_close((uv_handle_t *)&ch->prepare, chan_freed);
+    uv_close((uv_handle_t *)&ch->check, chan_freed);
 }
 
 void

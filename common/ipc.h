@@ -97,7 +97,12 @@ typedef void (*ipc_close_cb)(struct ipc_chan *ch, int reason);
 
 struct ipc_chan {
     uv_pipe_t pipe;
+    uv_prepare_t prepare;  /* flush corked frames before the loop polls */
+    uv_check_t check;      /* ... and after the callbacks of a poll */
+    int open_handles;      /* freed when all three are closed */
     struct buf in;
+    struct buf corked;     /* frames sent this loop turn, not yet written */
+    int cork;              /* see ipc_chan_cork */
     ipc_msg_cb on_msg;
     ipc_close_cb on_close;
     void *data;        /* the owner's */
@@ -111,8 +116,23 @@ int ipc_chan_open_fd(uv_loop_t *loop, int fd, ipc_msg_cb on_msg, ipc_close_cb on
 /* ipc_chan_connect_path - blocking connect to a Unix socket path, then wrap */
 int ipc_chan_connect_path(uv_loop_t *loop, const char *path, ipc_msg_cb on_msg,
                           ipc_close_cb on_close, void *data, struct ipc_chan **chp);
-/* ipc_chan_send - queue the frames in OUT (which is reset); 0 or -errno */
+/* ipc_chan_send - send the frames in OUT (which is reset): written at once if
+   the socket takes them, the rest queued in order; 0 or -errno */
 int ipc_chan_send(struct ipc_chan *ch, struct buf *out);
+/*
+ * ipc_chan_cork - gather what ipc_chan_send() gets during one loop turn and
+ * write it once, before the loop next polls (or when the channel closes):
+ * a process answering many transactions per turn (cleanup after a group
+ * commit, qmgr feeding connections, smtp-out reporting a transaction) makes
+ * one write(2), and its peer one read, instead of one per frame. Only for
+ * owners that keep running their loop after sending (not for a process that
+ * sends and exits at once).
+ */
+void ipc_chan_cork(struct ipc_chan *ch);
+/* ipc_chan_backlog - bytes sent but not yet taken by the socket */
+size_t ipc_chan_backlog(const struct ipc_chan *ch);
+/* ipc_chan_busy - is anything still to be written (queued or corked)? */
+int ipc_chan_busy(const struct ipc_chan *ch);
 void ipc_chan_close(struct ipc_chan *ch);
 
 #endif

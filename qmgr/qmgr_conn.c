@@ -49,6 +49,7 @@ static uv_poll_t listen_poll;
 static int listening;
 static uint32_t conn_cursor;
 static uint32_t nresting;           /* idle connections whose idle timer runs */
+static int reclaim_wanted;          /* a cap bound and no connection was resting */
 
 static void rest_end(struct qconn *c);
 
@@ -388,7 +389,10 @@ work_expected(struct qconn *c)
  * reclaim_idle - Q may not open a connection because of a shared cap (all
  * queues', or its virtual MTA's when VG is set): close one resting connection
  * of another queue under that cap, so that idle connections never starve a
- * queue with work. Its MP_CONN_DOWN brings the next dispatch pass.
+ * queue with work. Its MP_CONN_DOWN brings the next dispatch pass. If none
+ * rests yet (the connections were busy), the next one to start resting asks
+ * for a dispatch pass (conn_rest): nothing else would, and Q would wait for
+ * that connection's idle timeout.
  */
 static void
 reclaim_idle(const struct qqueue *q, const struct qvmta *vg)
@@ -402,6 +406,7 @@ reclaim_idle(const struct qqueue *q, const struct qvmta *vg)
             return;
         }
     }
+    reclaim_wanted = 1;
 }
 
 static void
@@ -415,6 +420,10 @@ conn_rest(struct qconn *c)
         uv_timer_start(&c->idle_timer, on_idle_timeout, c->idle_timeout_ms, 0);
         c->idle_timer_on = 1;
         nresting++;
+        if (reclaim_wanted) {       /* a queue waits for a cap: offer this one */
+            reclaim_wanted = 0;
+            qmgr_dispatch_soon();
+        }
     }
 }
 
@@ -888,6 +897,7 @@ accept_one(int fd)
         free(p);
         return;
     }
+    ipc_chan_cork(p->ch);   /* one write per loop turn to each smtp-out */
     p->next = S.peers;
     S.peers = p;
 }

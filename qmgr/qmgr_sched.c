@@ -324,12 +324,16 @@ dispatch_all(void)
         return;
     for (int prio = QMGR_PRIO_LEVELS - 1; prio >= 0; prio--) {
         struct qqueue *q = S.run[prio], *next;
+        int had_work = q != NULL;
+
         for (; q; q = next) {
             next = q->run_next;
             dispatch_queue(q);
         }
-        /* The global cap binds: lower priorities wait for a free slot. */
-        if (S.nconn_total >= cap)
+        /* The global cap binds: lower priorities wait for a free slot. Only a
+           level with work stops the walk: empty ones above it must not, or
+           with the cap bound no queue would ever reach reclaim_idle(). */
+        if (had_work && S.nconn_total >= cap)
             break;
     }
 }

@@ -369,18 +369,71 @@ session_written(uv_write_t *req, int status)
         session_body_pump(s);
 }
 
-/* session_write - queue BUFS; HEAP (owned, may be NULL) is freed after */
-static void
-session_write(struct smtpout_session *s, const uv_buf_t *bufs, unsigned nbufs,
-              char *heap, int body)
+/*
+ * write_now - write what the socket takes of BUFS at once; the unsent rest
+ * goes to REST (at most NBUFS entries, pointing into BUFS' memory) and its
+ * count is returned. uv_try_write() refuses while earlier writes are queued,
+ * so the order holds; an error leaves everything to uv_write() to report.
+ */
+static unsigned
+write_now(struct smtpout_session *s, const uv_buf_t *bufs, unsigned nbufs, uv_buf_t *rest)
 {
-    struct session_write *w = xcalloc(1, sizeof *w);
+    int done = uv_try_write((uv_stream_t *) &s->tcp, bufs, nbufs);
+    size_t skip = done > 0 ? (size_t) done : 0;
+    unsigned i, n = 0;
+
+    for (i = 0; i < nbufs; i++) {
+        if (skip >= bufs[i].len) {
+            skip -= bufs[i].len;
+            continue;
+        }
+        rest[n++] = uv_buf_init(bufs[i].base + skip, (unsigned) (bufs[i].len - skip));
+        skip = 0;
+    }
+    return n;
+}
+
+/*
+ * session_write - send BUFS: written now if the socket takes them (no request,
+ * no completion callback, no epoll_ctl when libuv stops polling for POLLOUT),
+ * else the rest is queued. HEAP (owned, may be NULL) backs BUFS and is freed
+ * once they are out; with COPY the unsent rest is copied first (BUFS are the
+ * caller's). 1: all written now; 0: queued (session_written follows); -1: failed.
+ */
+static int
+session_write(struct smtpout_session *s, const uv_buf_t *bufs, unsigned nbufs,
+              char *heap, int body, int copy)
+{
+    uv_buf_t small[8];
+    uv_buf_t *rest = nbufs <= 8 ? small : xmalloc(sizeof(*rest) * nbufs);
+    unsigned n = write_now(s, bufs, nbufs, rest);
+    struct session_write *w;
     int rc;
 
+    if (n == 0) {
+        if (rest != small)
+            free(rest);
+        free(heap);
+        return 1;
+    }
+    if (copy) {
+        struct buf b;
+
+        buf_init(&b, 0);
+        for (unsigned i = 0; i < n; i++)
+            buf_append(&b, rest[i].base, rest[i].len);
+        free(heap);
+        rest[0] = uv_buf_init(b.data, (unsigned) b.len);
+        heap = buf_detach(&b, NULL);
+        n = 1;
+    }
+    w = xcalloc(1, sizeof *w);
     w->s = s;
     w->heap = heap;
     w->body = body;
-    rc = uv_write(&w->req, (uv_stream_t *) &s->tcp, bufs, nbufs, session_written);
+    rc = uv_write(&w->req, (uv_stream_t *) &s->tcp, rest, n, session_written);
+    if (rest != small)
+        free(rest);
     if (rc < 0) {
         free(heap);
         free(w);
@@ -389,11 +442,14 @@ session_write(struct smtpout_session *s, const uv_buf_t *bufs, unsigned nbufs,
             snprintf(what, sizeof what, "cannot write: %s", uv_strerror(rc));
             session_fail_local(s, SMTPOUT_TEMP, "4.4.2", what);
         }
+        return -1;
     }
+    return 0;
 }
 
-/* tls_flush - send whatever OpenSSL wrote into the outgoing memory BIO */
-static void
+/* tls_flush - send whatever OpenSSL wrote into the outgoing memory BIO;
+   as session_write (1 also when there was nothing to send) */
+static int
 tls_flush(struct smtpout_session *s, int body)
 {
     size_t pending = BIO_ctrl_pending(s->wbio);
@@ -401,19 +457,16 @@ tls_flush(struct smtpout_session *s, int body)
     int n;
     uv_buf_t b;
 
-    if (pending == 0) {
-        if (body && s->state == S_BODY)
-            session_body_pump(s);   /* nothing to wait for */
-        return;
-    }
+    if (pending == 0)
+        return 1;
     heap = xmalloc(pending);
     n = BIO_read(s->wbio, heap, (int) pending);
     if (n <= 0) {
         free(heap);
-        return;
+        return 1;
     }
     b = uv_buf_init(heap, (unsigned) n);
-    session_write(s, &b, 1, heap, body);
+    return session_write(s, &b, 1, heap, body, 0);
 }
 
 /* tls_write - encrypt LEN bytes (memory BIO: SSL_write takes them all) */
@@ -436,17 +489,14 @@ static void
 session_send_cmd(struct smtpout_session *s, const char *text, size_t len)
 {
     uv_buf_t b;
-    char *heap;
 
     if (s->tls_active) {
         if (tls_write(s, text, len) == 0)
-            tls_flush(s, 0);
+            (void) tls_flush(s, 0);
         return;
     }
-    heap = xmalloc(len);
-    memcpy(heap, text, len);
-    b = uv_buf_init(heap, (unsigned) len);
-    session_write(s, &b, 1, heap, 0);
+    b = uv_buf_init((char *) text, (unsigned) len);
+    (void) session_write(s, &b, 1, NULL, 0, 1);
 }
 
 static void
@@ -521,8 +571,9 @@ body_fill(struct smtpout_session *s, uv_buf_t *bufs, unsigned maxbufs)
     return n;
 }
 
-/* body_write_tls - TLS needs a copy anyway: stage plaintext, one SSL_write */
-static void
+/* body_write_tls - TLS needs a copy anyway: stage plaintext, one SSL_write;
+   as session_write */
+static int
 body_write_tls(struct smtpout_session *s, const uv_buf_t *bufs, unsigned n)
 {
     struct buf stage;
@@ -538,30 +589,36 @@ body_write_tls(struct smtpout_session *s, const uv_buf_t *bufs, unsigned n)
         }
     }
     buf_free(&stage);
-    if (rc == 0)
-        tls_flush(s, 1);
+    return rc == 0 ? tls_flush(s, 1) : -1;
 }
 
-/* session_body_pump - queue the next batch; after the last, wait for the reply */
+/*
+ * session_body_pump - send the body batch by batch; after the last, wait for
+ * the reply. A batch the socket took at once is followed by the next one here
+ * (a loop, not recursion); a queued one continues from session_written.
+ */
 static void
 session_body_pump(struct smtpout_session *s)
 {
     uv_buf_t bufs[BODY_BATCH_BUFS];
     unsigned n;
+    int sent_now;
 
-    if (s->body_queued_all)
-        return;
-    n = body_fill(s, bufs, BODY_BATCH_BUFS);
-    if (s->body_queued_all) {
-        s->state = S_DOT;
-        session_arm_timer(s, s->cfg.data_term_timeout_ms, SMTPOUT_STAGE_DOT);
-    } else {
-        session_arm_timer(s, s->cfg.data_send_timeout_ms, SMTPOUT_STAGE_BODY);
-    }
-    if (s->tls_active)
-        body_write_tls(s, bufs, n);
-    else
-        session_write(s, bufs, n, NULL, 1);
+    do {
+        if (s->body_queued_all)
+            return;
+        n = body_fill(s, bufs, BODY_BATCH_BUFS);
+        if (s->body_queued_all) {
+            s->state = S_DOT;
+            session_arm_timer(s, s->cfg.data_term_timeout_ms, SMTPOUT_STAGE_DOT);
+        } else {
+            session_arm_timer(s, s->cfg.data_send_timeout_ms, SMTPOUT_STAGE_BODY);
+        }
+        if (s->tls_active)
+            sent_now = body_write_tls(s, bufs, n);
+        else
+            sent_now = session_write(s, bufs, n, NULL, 1, 0);
+    } while (sent_now == 1 && s->state == S_BODY);
 }
 
 /* --- transactions ----------------------------------------------------------------- */

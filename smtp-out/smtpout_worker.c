@@ -254,6 +254,8 @@ chan_connect(void)
     int err = ipc_chan_connect_path(worker_loop(), path, on_qmgr_msg, on_qmgr_closed, NULL,
                                     &W.ch);
 
+    if (err == 0)
+        ipc_chan_cork(W.ch);    /* a transaction's results, DONE and IDLE: one write */
     if (err < 0) {
         W.ch = NULL;
         if (!W.warned)

@@ -117,8 +117,9 @@ void smtpd_cleanup_init(uv_loop_t *loop);
 bool smtpd_cleanup_connected(void);
 /* smtpd_cleanup_next_id - a transaction id unique on this process's connection */
 uint32_t smtpd_cleanup_next_id(void);
-/* smtpd_cleanup_open - register ID for S and send its first frames (reset); 0 or -EPIPE */
-int smtpd_cleanup_open(uint32_t id, struct smtpd_session *s, struct buf *frames);
+/* smtpd_cleanup_open - register ID for S (its result or loss is routed to S);
+   the frames follow with smtpd_cleanup_send; 0 or -EPIPE if not connected */
+int smtpd_cleanup_open(uint32_t id, struct smtpd_session *s);
 /* smtpd_cleanup_send - more frames of an open transaction; 0 or -EPIPE */
 int smtpd_cleanup_send(struct buf *frames);
 /* smtpd_cleanup_forget - S no longer wants the answer for ID */

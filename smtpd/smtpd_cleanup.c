@@ -3,8 +3,10 @@
  *
  * Each smtpd process keeps one connection to RUNDIR/private/cleanup and
  * multiplexes every transaction on it by frame id. Sessions build their
- * frames (BEGIN, RCPT..., DATA..., END or ABORT); this module sends them,
- * remembers which session waits for which id, and routes MP_TXN_RESULT back.
+ * frames (BEGIN, RCPT..., DATA..., END or ABORT) and hand them over in as few
+ * sends as they can; this module sends them, remembers which session waits
+ * for which id (from DATA on, whether or not a frame went yet), and routes
+ * MP_TXN_RESULT back.
  *
  * If the connection drops, every transaction on it is lost to cleanup: each
  * waiting session is told (it answers 451 4.3.0, never 250), and we reconnect
@@ -159,6 +161,7 @@ connect_now(void)
     path = worker_socket_path("cleanup");
     err = ipc_chan_connect_path(C.loop, path, on_msg, on_close, NULL, &C.chan);
     if (err == 0) {
+        ipc_chan_cork(C.chan);  /* the transactions ended in one read: one write */
         if (C.warned)
             msg_info("connected to cleanup at %s", path);
         C.warned = false;
@@ -200,17 +203,12 @@ smtpd_cleanup_next_id(void)
 
 /* smtpd_cleanup_open - see smtpd.h */
 int
-smtpd_cleanup_open(uint32_t id, struct smtpd_session *s, struct buf *frames)
+smtpd_cleanup_open(uint32_t id, struct smtpd_session *s)
 {
     struct waiting *w;
-    int err;
 
-    if (!smtpd_cleanup_connected()) {
-        buf_reset(frames);
+    if (!smtpd_cleanup_connected())
         return -EPIPE;
-    }
-    if ((err = ipc_chan_send(C.chan, frames)) != 0)
-        return err;
     w = xcalloc(1, sizeof(*w));
     w->id = id;
     w->session = s;
@@ -243,7 +241,7 @@ smtpd_cleanup_backlog(void)
 {
     if (C.chan == NULL)
         return 0;
-    return uv_stream_get_write_queue_size((uv_stream_t *)&C.chan->pipe);
+    return ipc_chan_backlog(C.chan);
 }
 
 unsigned

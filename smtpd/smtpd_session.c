@@ -9,9 +9,11 @@
  * The configuration is pinned for the session's life (worker_config_hold).
  *
  * Transaction: MAIL assigns an id and encodes MP_TXN_BEGIN; each accepted
- * RCPT adds MP_TXN_RCPT; at DATA/BDAT the frames go to cleanup, content is
- * streamed as MP_TXN_DATA (at most MP_CHUNK_MAX per frame, sent as it
- * arrives), then MP_TXN_END. The 250 is only cleanup's MP_TXN_RESULT; if
+ * RCPT adds MP_TXN_RCPT; at DATA/BDAT the transaction is registered with
+ * cleanup's connection, content is framed as MP_TXN_DATA (at most
+ * MP_CHUNK_MAX per frame), then MP_TXN_END. Frames are sent once a chunk's
+ * worth has gathered, and at END: a small message goes out in one write
+ * (one system call here, one wake-up in cleanup). The 250 is only cleanup's MP_TXN_RESULT; if
  * the cleanup connection dies first the client gets 451 4.3.0. A result
  * that arrives before END (an early refusal) stops the DATA frames; END (or
  * ABORT) still follows, because cleanup keeps the transaction until then,
@@ -104,7 +106,8 @@ struct smtpd_session {
     char early_enhanced[16];
     char early_text[SMTPD_TEXT_MAX + 1];
     unsigned txn_rcpts;
-    struct buf frames;              /* BEGIN + RCPTs, then outgoing DATA frames */
+    bool txn_told;                  /* some of its frames went to cleanup */
+    struct buf frames;              /* frames not yet sent (see stream_pending) */
     struct buf chunk;               /* content not yet framed */
 
     bool reading;
@@ -207,14 +210,28 @@ on_written(uv_write_t *req, int status)
     update_reading(s);
 }
 
-/* send_raw - queue N bytes to the peer (copied) */
+/*
+ * send_raw - N bytes to the peer: written now if the socket takes them (no
+ * request, no completion callback, no epoll_ctl when libuv stops polling for
+ * POLLOUT), the rest copied and queued. uv_try_write() refuses while earlier
+ * bytes are queued, so the order holds.
+ */
 static void
 send_raw(struct smtpd_session *s, const char *p, size_t n)
 {
     struct session_write *w;
     uv_buf_t b;
+    int done;
 
     if (n == 0 || s->handles_closing)
+        return;
+    b = uv_buf_init((char *)p, (unsigned)n);
+    done = uv_try_write(&s->io.stream, &b, 1);
+    if (done > 0) {             /* an error is left to uv_write() to report */
+        p += done;
+        n -= (size_t)done;
+    }
+    if (n == 0)
         return;
     w = xmalloc(sizeof(*w) + n);
     w->s = s;
@@ -282,6 +299,7 @@ txn_reset(struct smtpd_session *s)
     s->txn_lost = false;
     s->txn_early = false;
     s->txn_rcpts = 0;
+    s->txn_told = false;
     buf_reset(&s->frames);
     buf_reset(&s->chunk);
 }
@@ -340,7 +358,10 @@ encode_rcpt(struct smtpd_session *s, const char *rcpt, const struct smtpd_rcpt_p
 static void
 send_frames(struct smtpd_session *s)
 {
-    if (s->frames.len && smtpd_cleanup_send(&s->frames) != 0) {
+    if (s->frames.len == 0)
+        return;
+    s->txn_told = true;
+    if (smtpd_cleanup_send(&s->frames) != 0) {
         buf_reset(&s->frames);
         s->txn_lost = true;
     }
@@ -360,14 +381,21 @@ frame_chunk(struct smtpd_session *s)
     buf_reset(&s->chunk);
 }
 
-/* stream_pending - send the content gathered from the last read */
+/*
+ * stream_pending - send the frames gathered so far once they fill a chunk.
+ * Smaller amounts wait for more content or for END: a typical message then
+ * reaches cleanup in one write (BEGIN, RCPTs, DATA, END) instead of one per
+ * client read, and cleanup wakes once for it. Nothing is lost by waiting:
+ * cleanup commits only at END, and the buffer is bounded by one chunk plus
+ * the envelope.
+ */
 static void
 stream_pending(struct smtpd_session *s)
 {
     if (s->txn != TXN_STREAMING || s->txn_lost || s->txn_early)
         return;
-    frame_chunk(s);
-    send_frames(s);
+    if (s->frames.len >= MP_CHUNK_MAX)
+        send_frames(s);
 }
 
 /* --- engine events --------------------------------------------------------------------- */
@@ -428,7 +456,7 @@ ev_data_begin(void *ctx, struct smtpd_proto_verdict *v)
     struct smtpd_session *s = ctx;
 
     log_command(s, "DATA", NULL);
-    if (s->txn != TXN_BUILDING || smtpd_cleanup_open(s->txn_id, s, &s->frames) != 0) {
+    if (s->txn != TXN_BUILDING || smtpd_cleanup_open(s->txn_id, s) != 0) {
         *v = (struct smtpd_proto_verdict){ 451, "4.3.0", "Queue temporarily unavailable" };
         return SMTPD_REJECT;
     }
@@ -504,7 +532,7 @@ ev_data_abort(void *ctx)
     size_t off;
 
     /* Only a transaction cleanup has heard of needs telling (even one it refused early). */
-    if (s->txn == TXN_STREAMING && !s->txn_lost) {
+    if (s->txn == TXN_STREAMING && !s->txn_lost && s->txn_told) {
         buf_reset(&s->chunk);
         buf_reset(&s->frames);
         off = ipc_begin(&s->frames, MP_TXN_ABORT, s->txn_id);

@@ -30,6 +30,15 @@ run 3 (total-max-smtp-out 3, max-msg-per-connection 1 everywhere):
   the priorities down and stops while the cap binds, so hi.test's last
   transaction goes out before any of the priority-50 queues' first, and
   lo.test's first only after every other queue's last
+run 4 (reclaim_idle, twice: under total-max-smtp-out 1, then under a
+  <virtual-mta vr> with max-smtp-out 1 for both queues):
+  rest.test (max-msg-rate 1/h, connection-idle-timeout 10m, 2 messages) takes
+  the only connection, delivers one message and rests on it (its second waits
+  for the rate); need.test (3 messages: over SMTP once rest.test rests under
+  the total cap, queued beside a priority-90 rest.test under the VMTA's) cannot
+  open one, so
+  qmgr closes rest.test's resting connection at once and need.test is served
+  in seconds, not after the 10-minute idle timeout
 run 2:
   restart with 1,005 queued recipients rebuilds them all (twice)
   an smtp-out that dies returns its in-flight recipients; they are handed out
@@ -41,6 +50,7 @@ import json
 import os
 import pwd
 import re
+import smtplib
 import subprocess
 import sys
 import time
@@ -48,7 +58,7 @@ import time
 from fakeout import FakeOut, OK, TEMPFAIL
 from pmtatest import Pmta, Tap, build_dir, require_root, wait_for
 
-PLAN = 35
+PLAN = 41
 FILL = os.path.join(build_dir(), "t", "unit", "qstore_fill")
 QDUMP = os.path.join(build_dir(), "tools", "pmta-qdump")
 
@@ -411,6 +421,77 @@ def run3(tap):
            "the first 3 connections all go to the priority-90 queue", opens[:6])
 
 
+# --- run 4 ----------------------------------------------------------------------------
+
+RUN4_QUEUES = """
+<source 127.0.0.1>
+  always-allow-relaying yes
+</source>
+<domain rest.test>
+  max-msg-rate 1/h
+  connection-idle-timeout 10m
+</domain>
+"""
+# (what, config, qstore_fill options, virtual MTA, rest.test's priority, need.test over SMTP)
+RUN4_CONFIGS = (
+    ("total-max-smtp-out 1", "total-max-smtp-out 1\n", [], "{default}", 50, True),
+    ("a virtual MTA's max-smtp-out 1",
+     "<virtual-mta vr>\n  max-smtp-out 1\n</virtual-mta>\n<domain rest.test>\n"
+     "  queue-priority 90\n</domain>\n", ["-v", "vr"], "vr", 90, False),
+)
+
+
+def run4_inject(p, n):
+    with smtplib.SMTP("127.0.0.1", p.port, timeout=10) as c:
+        for i in range(n):
+            c.sendmail("s@origin.test", ["x%d@need.test" % i], "Subject: %d\r\n\r\nbody\r\n" % i)
+
+
+def run4_one(tap, what, cap, extra, vmta, prio, smtp):
+    """REST takes the only connection and rests on it; NEED must get it at once.
+    Under total-max-smtp-out a pass stops at the priority level where the cap
+    binds, so both queues share one priority and NEED's mail arrives (over
+    SMTP) once REST rests; under the VMTA cap REST's priority 90 orders them."""
+    rest, need = "rest.test/" + vmta, "need.test/" + vmta
+    with Pmta(name="qmgr4") as p:
+        p.write_config("smtp-out-processes 0\nsmtpd-processes 1\n" + cap + RUN4_QUEUES)
+        fill(p, "-n", "2", "-r", "1", "-d", "rest", *extra)
+        if not smtp:
+            fill(p, "-n", "3", "-r", "1", "-d", "need", *extra)
+        p.start()
+        fake = FakeOut(qmgr_socket(p), txn_delay=0.05).start()
+        t0 = time.monotonic()
+        if smtp:
+            wait_for(lambda: len(fake.results_for(rest)) >= 1, timeout=10)
+            time.sleep(0.3)     # the connection rests
+            t0 = time.monotonic()
+            run4_inject(p, 3)
+        wait_for(lambda: len(fake.results_for(need)) >= 3, timeout=10)
+        took = time.monotonic() - t0
+        p.stop()
+    fake.stop()
+    rest_opens, need_opens = fake.opens_for(rest), fake.opens_for(need)
+    rest_closes = [t for (t, _, q) in fake.closes if q == rest]
+    tap.ok(len(fake.results_for(rest)) == 1 and len(rest_opens) >= 1 and len(need_opens) >= 1
+           and rest_opens[0][0] < need_opens[0][0],
+           "%s: the rate-limited queue opens first and delivers one message" % what,
+           "rest results %d, opens %s / %s" % (len(fake.results_for(rest)), rest_opens,
+                                               need_opens))
+    tap.ok(len(fake.results_for(need)) == 3 and took < 5,
+           "%s: a queue that cannot open a connection gets one in seconds" % what,
+           "need.test served %d in %.1f s" % (len(fake.results_for(need)), took))
+    tap.ok(rest_closes and need_opens and rest_closes[0] <= need_opens[0][0]
+           and fake.max_concurrent_total == 1,
+           "%s: qmgr closed the other queue's resting connection to make room" % what,
+           "closes of rest %s, first open of need %s, max %s" % (
+               rest_closes, need_opens[0][0] if need_opens else None, fake.max_concurrent_total))
+
+
+def run4(tap):
+    for args in RUN4_CONFIGS:
+        run4_one(tap, *args)
+
+
 # --- run 2 ----------------------------------------------------------------------------
 
 def run2(tap):
@@ -466,6 +547,7 @@ def main():
         run1(tap)
         run2(tap)
         run3(tap)
+        run4(tap)
     finally:
         tap.diag("wall time %.1f s" % (time.monotonic() - t0))
     sys.exit(tap.done())
