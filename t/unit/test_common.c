@@ -261,6 +261,47 @@ test_ipc_channel_delivers_frames_and_drops_garbage(void **state)
 }
 
 static void
+test_ipc_cork_gathers_one_turn(void **state)
+{
+    uv_loop_t loop;
+    int sv[2];
+    struct ipc_chan *ch;
+    struct chan_probe probe = { 0 };
+    struct buf b;
+    char got[4096];
+    size_t want = 0;
+    ssize_t n;
+
+    (void)state;
+    assert_int_equal(uv_loop_init(&loop), 0);
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    assert_int_equal(ipc_chan_open_fd(&loop, sv[0], probe_msg, probe_close, &probe, &ch), 0);
+    ipc_chan_cork(ch);
+    buf_init(&b, 0);
+    for (uint32_t i = 1; i <= 3; i++) {
+        size_t off = ipc_begin(&b, IPC_STATUS, i);
+        ipc_add_cstr(&b, "{}");
+        ipc_end(&b, off);
+        want += b.len;
+        assert_int_equal(ipc_chan_send(ch, &b), 0);
+        assert_true(ipc_chan_busy(ch));
+    }
+    /* nothing is written until the loop turns ... */
+    assert_int_equal(recv(sv[1], got, sizeof(got), MSG_DONTWAIT), -1);
+    uv_run(&loop, UV_RUN_NOWAIT);
+    /* ... then all three frames arrive together, in order */
+    n = recv(sv[1], got, sizeof(got), MSG_DONTWAIT);
+    assert_int_equal(n, (ssize_t)want);
+    assert_int_equal(got[IPC_HEADER_SIZE - 1], 1);
+    assert_false(ipc_chan_busy(ch));
+    ipc_chan_close(ch);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&loop), 0);
+    close(sv[1]);
+    buf_free(&b);
+}
+
+static void
 test_msg_printable_neutralises_control_bytes(void **state)
 {
     char out[16];
@@ -285,6 +326,7 @@ main(void)
         cmocka_unit_test(test_ipc_rejects_bad_fields),
         cmocka_unit_test(test_ipc_string_with_nul_rejected),
         cmocka_unit_test(test_ipc_channel_delivers_frames_and_drops_garbage),
+        cmocka_unit_test(test_ipc_cork_gathers_one_turn),
         cmocka_unit_test(test_msg_printable_neutralises_control_bytes),
     };
 
