@@ -40,7 +40,6 @@
 #include "xalloc.h"
 
 #define STATS_INTERVAL_MS 1000
-#define QUEUE_SUBDIR "queue"
 
 struct cleanup_state cleanup;
 
@@ -55,21 +54,14 @@ static uint64_t last_logged_msgs;
 static void
 open_queue(const struct cfg *cfg)
 {
-    const struct cfg_value *map = cfg_global(cfg, CFG_D_QUEUE_MAP_SIZE);
-    const struct cfg_value *sync = cfg_global(cfg, CFG_D_SYNC_MSG_CREATE);
-    struct qstore_opts o = { 0 };
-    char *dir = xasprintf("%s/%s", worker_spool(), QUEUE_SUBDIR);
+    char *dir;
     int err;
 
-    o.map_size = map && map->num > 0 ? (size_t)map->num : 0;
-    if (sync && sync->num == 0)
-        o.flags |= QSTORE_NOSYNC;
-    if ((err = qstore_open(&cleanup.qs, dir, &o)) < 0)
+    if ((err = qstore_open_spool(&cleanup.qs, cfg, worker_spool(), 0, &dir)) < 0)
         msg_fatal("cannot open the queue %s: %s", dir, qstore_strerror(err));
     if ((err = qstore_group_new(&cleanup.group, worker_loop(), cleanup.qs, NULL)) < 0)
         msg_fatal("cannot start the group committer: %s", uv_strerror(err));
-    msg_info("queue %s open (map %zu bytes%s)", dir, o.map_size ? o.map_size : (size_t)1 << 30,
-             (o.flags & QSTORE_NOSYNC) ? ", sync-msg-create no" : "");
+    msg_info("queue %s open", dir);
     free(dir);
 }
 

@@ -227,6 +227,18 @@ struct qstore_opts {
  * version. @return 0, -EPROTO (other schema), -errno from the system or LMDB.
  */
 int qstore_open(struct qstore **qsp, const char *dir, const struct qstore_opts *opts);
+
+/* The queue store lives in this subdirectory of the spool. */
+#define QSTORE_SPOOL_SUBDIR "queue"
+struct cfg;
+/*
+ * qstore_open_spool - qstore_open() of SPOOL/queue with the map size of
+ * `queue-map-size` and QSTORE_NOSYNC when `sync-msg-create no`, plus FLAGS
+ * (e.g. QSTORE_RDONLY). The directory's path goes to *DIRP (caller frees)
+ * when DIRP is not NULL, for messages. Returns what qstore_open() returns.
+ */
+int qstore_open_spool(struct qstore **qs, const struct cfg *c, const char *spool, unsigned flags,
+                      char **dirp);
 /* qstore_close - close the environment; no transaction may be active */
 void qstore_close(struct qstore *qs);
 /* qstore_sync - force a sync (for QSTORE_NOSYNC users, e.g. at shutdown) */

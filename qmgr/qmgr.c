@@ -33,7 +33,6 @@
 #include "worker.h"
 #include "xalloc.h"
 
-#define QUEUE_SUBDIR "queue"
 #define DRAIN_POLL_MS 50
 
 struct qmgr_state S;
@@ -108,16 +107,10 @@ qmgr_jitter(uint64_t delay_ms, uint64_t seed)
 static void
 open_queue(void)
 {
-    const struct cfg_value *map = cfg_global(S.cfg, CFG_D_QUEUE_MAP_SIZE);
-    const struct cfg_value *sync = cfg_global(S.cfg, CFG_D_SYNC_MSG_CREATE);
-    struct qstore_opts o = { 0 };
-    char *dir = xasprintf("%s/%s", worker_spool(), QUEUE_SUBDIR);
+    char *dir;
     int err;
 
-    o.map_size = map && map->num > 0 ? (size_t)map->num : 0;
-    if (sync && sync->num == 0)
-        o.flags |= QSTORE_NOSYNC;
-    if ((err = qstore_open(&S.qs, dir, &o)) < 0)
+    if ((err = qstore_open_spool(&S.qs, S.cfg, worker_spool(), 0, &dir)) < 0)
         msg_fatal("cannot open the queue %s: %s", dir, qstore_strerror(err));
     if ((err = qstore_group_new(&S.group, worker_loop(), S.qs, NULL)) < 0)
         msg_fatal("cannot start the group committer: %s", uv_strerror(err));

@@ -29,7 +29,6 @@
 #include "worker.h"
 #include "xalloc.h"
 
-#define QUEUE_SUBDIR "queue"
 #define DNS_CACHE_MAX_TTL 300
 #define NAME_SERVERS_MAX 1024
 
@@ -90,17 +89,12 @@ open_resolver(const struct cfg *cfg)
 struct qstore *
 out_queue(void)
 {
-    const struct cfg *cfg = worker_config();
-    const struct cfg_value *map = cfg_global(cfg, CFG_D_QUEUE_MAP_SIZE);
-    struct qstore_opts o = { .flags = QSTORE_RDONLY };
     char *dir;
     int err;
 
     if (G.qs != NULL || G.draining)
         return G.qs;
-    dir = xasprintf("%s/%s", worker_spool(), QUEUE_SUBDIR);
-    o.map_size = map && map->num > 0 ? (size_t) map->num : 0;
-    if ((err = qstore_open(&G.qs, dir, &o)) < 0) {
+    if ((err = qstore_open_spool(&G.qs, worker_config(), worker_spool(), QSTORE_RDONLY, &dir)) < 0) {
         msg_warn("cannot open the queue %s: %s", dir, qstore_strerror(err));
         G.qs = NULL;
     }
