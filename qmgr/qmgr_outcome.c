@@ -122,32 +122,52 @@ format_diag(char *out, size_t size, const char *prefix, const struct qresult *re
         snprintf(out, size, "%s%u %s", prefix, res->code, text);
 }
 
+/* Text an accounting record points into while it is written. */
+struct acct_text {
+    char status[96], diag[QSTORE_ERR_MAX + 32], mta[600];
+};
+
+/*
+ * acct_fill_attempt - what every record of a delivery attempt carries (d, b,
+ * t, tq): status "ENHANCED (WORD)" (DEFAULT_STATUS when the reply had no
+ * enhanced code), the diagnostic, the remote MTA and the delivery addresses.
+ */
+static void
+acct_fill_attempt(struct qmgr_acct_record *a, struct acct_text *t, enum qmgr_acct_type type,
+                  struct qqueue *q, const struct qresult *res, const char *default_status,
+                  const char *word)
+{
+    snprintf(t->status, sizeof(t->status), "%s (%s)",
+             res->enhanced && *res->enhanced ? res->enhanced : default_status, word);
+    format_diag(t->diag, sizeof(t->diag), "smtp;", res);
+    snprintf(t->mta, sizeof(t->mta), "%s (%s)", res->mx ? res->mx : "",
+             res->dest_ip ? res->dest_ip : "");
+    a->type = type;
+    a->dsn_status = t->status;
+    a->dsn_diag = t->diag;
+    a->dsn_mta = t->mta;
+    a->dlv_type = "smtp";
+    a->dlv_source_ip = res->source_ip;
+    a->dlv_destination_ip = res->dest_ip;
+    a->vmta = q->vmta;
+    a->queue = q->name;
+    a->dlv_size = -1;
+}
+
 static void
 acct_rcpt(enum qmgr_acct_type type, const struct qstore_msg *m, const struct qstore_rcpt *rr,
           struct qqueue *q, const struct qresult *res, const char *action, const char *cat)
 {
     struct qmgr_acct_record a = { 0 };
-    char status[96], diag[QSTORE_ERR_MAX + 32], mta[600], srcmta[600];
+    struct acct_text t;
+    char srcmta[600];
 
     if (!acct_w)
         return;
-    snprintf(status, sizeof(status), "%s (%s)", res->enhanced && *res->enhanced ? res->enhanced
-             : (res->result == MP_RESULT_OK ? "2.0.0" : "4.0.0"),
-             type == QMGR_ACCT_D ? "success" : cat ? cat : "transient failure");
-    format_diag(diag, sizeof(diag), "smtp;", res);
-    snprintf(mta, sizeof(mta), "%s (%s)", res->mx ? res->mx : "", res->dest_ip ? res->dest_ip : "");
-    a.type = type;
+    acct_fill_attempt(&a, &t, type, q, res, res->result == MP_RESULT_OK ? "2.0.0" : "4.0.0",
+                      type == QMGR_ACCT_D ? "success" : cat ? cat : "transient failure");
     a.dsn_action = action;
-    a.dsn_status = status;
-    a.dsn_diag = diag;
-    a.dsn_mta = mta;
     a.bounce_cat = cat;
-    a.dlv_type = "smtp";
-    a.dlv_source_ip = res->source_ip;
-    a.dlv_destination_ip = res->dest_ip;
-    a.vmta = q->vmta;
-    a.queue = q->name;
-    a.dlv_size = -1;
     if (m) {
         snprintf(srcmta, sizeof(srcmta), "%s (%s)", m->env.client_helo, m->env.client_ip);
         a.time_queued = (time_t)m->env.queued_at;
@@ -464,7 +484,8 @@ void
 qmgr_outcome_queue_failure(struct qqueue *q, const struct qresult *res)
 {
     struct qmgr_acct_record a = { 0 };
-    char status[96], diag[QSTORE_ERR_MAX + 32], mta[600], text[600];
+    struct acct_text t;
+    char text[600];
     uint64_t delay;
 
     q->conn_failures++;
@@ -479,20 +500,7 @@ qmgr_outcome_queue_failure(struct qqueue *q, const struct qresult *res)
     }
     if (!acct_w)
         return;
-    snprintf(status, sizeof(status), "%s (%s)", *res->enhanced ? res->enhanced : "4.0.0",
-             res->result == MP_RESULT_PERMFAIL ? "permanent failure" : "transient failure");
-    format_diag(diag, sizeof(diag), "smtp;", res);
-    snprintf(mta, sizeof(mta), "%s (%s)", res->mx, res->dest_ip);
-    a.type = QMGR_ACCT_TQ;
-    a.dsn_status = status;
-    a.dsn_diag = diag;
-    a.dsn_mta = mta;
-    a.dlv_type = "smtp";
-    a.dlv_source_ip = res->source_ip;
-    a.dlv_destination_ip = res->dest_ip;
-    a.vmta = q->vmta;
-    a.queue = q->name;
-    a.dlv_size = -1;
-    if (acct_w)
-        qmgr_acct_write(acct_w, &a);
+    acct_fill_attempt(&a, &t, QMGR_ACCT_TQ, q, res, "4.0.0",
+                      res->result == MP_RESULT_PERMFAIL ? "permanent failure" : "transient failure");
+    qmgr_acct_write(acct_w, &a);
 }
