@@ -267,6 +267,24 @@ static int rd_done(const struct rd *r)
     return r->bad || r->p != r->end ? -EPROTO : 0;
 }
 
+/* chunks_for - how many body chunks hold SIZE bytes (no chunk is empty) */
+static uint64_t chunks_for(uint64_t size)
+{
+    return size / QSTORE_CHUNK_MAX + (size % QSTORE_CHUNK_MAX != 0);
+}
+
+/* wr_strs - the N string fields of a record; on overflow OUT goes back to START */
+static int wr_strs(struct buf *out, const char *const *strs, size_t n, size_t start)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (wr_str(out, strs[i], QSTORE_STR_MAX, 0) < 0) {
+            out->len = start;   /* leave OUT as it was */
+            return -EMSGSIZE;
+        }
+    }
+    return 0;
+}
+
 /* ---- envelope codec ---------------------------------------------------------- */
 
 int qstore_envelope_encode(struct buf *out, const struct qstore_envelope *e)
@@ -276,7 +294,7 @@ int qstore_envelope_encode(struct buf *out, const struct qstore_envelope *e)
     size_t start = out->len;
 
     if (e->flags & ~QSTORE_F_ALL || e->ret > QSTORE_RET_HDRS
-        || e->size / QSTORE_CHUNK_MAX + (e->size % QSTORE_CHUNK_MAX != 0) != e->nchunks)
+        || chunks_for(e->size) != e->nchunks)
         return -EINVAL;     /* the decoder would refuse it */
     wr_u8(out, QSTORE_ENV_VERSION);
     wr_u8(out, e->flags);
@@ -286,13 +304,7 @@ int qstore_envelope_encode(struct buf *out, const struct qstore_envelope *e)
     wr_u64(out, e->queued_at);
     wr_u64(out, e->size);
     wr_u32(out, e->nchunks);
-    for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++) {
-        if (wr_str(out, strs[i], QSTORE_STR_MAX, 0) < 0) {
-            out->len = start;   /* leave OUT as it was */
-            return -EMSGSIZE;
-        }
-    }
-    return 0;
+    return wr_strs(out, strs, sizeof strs / sizeof strs[0], start);
 }
 
 int qstore_envelope_decode(const void *rec, size_t len, struct qstore_envelope *e)
@@ -319,7 +331,7 @@ int qstore_envelope_decode(const void *rec, size_t len, struct qstore_envelope *
     e->auth_user = rd_str(&r, QSTORE_STR_MAX, NULL);
     e->bounce_sender = rd_str(&r, QSTORE_STR_MAX, NULL);
     /* a body needs chunks and no chunk is empty */
-    if (!r.bad && e->size / QSTORE_CHUNK_MAX + (e->size % QSTORE_CHUNK_MAX != 0) != e->nchunks)
+    if (!r.bad && chunks_for(e->size) != e->nchunks)
         return -EPROTO;
     return rd_done(&r);
 }
@@ -341,12 +353,8 @@ int qstore_rcpt_encode(struct buf *out, const struct qstore_rcpt *rc)
     wr_u64(out, rc->queued_at);
     wr_u64(out, rc->first_attempt);
     wr_u64(out, rc->next_attempt);
-    for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++) {
-        if (wr_str(out, strs[i], QSTORE_STR_MAX, 0) < 0) {
-            out->len = start;
-            return -EMSGSIZE;
-        }
-    }
+    if (wr_strs(out, strs, sizeof strs / sizeof strs[0], start) < 0)
+        return -EMSGSIZE;
     wr_str(out, rc->last_error, QSTORE_ERR_MAX, 1);
     return 0;
 }
@@ -602,7 +610,7 @@ int qstore_newmsg_create(struct qstore_newmsg **nmp, const struct qstore_envelop
         rc = -EMSGSIZE;
         goto fail;
     }
-    nm->nchunks = (uint32_t)((nm->body_len + QSTORE_CHUNK_MAX - 1) / QSTORE_CHUNK_MAX);
+    nm->nchunks = (uint32_t)chunks_for(nm->body_len);
     e.nrcpt = nm->nrcpt;
     e.size = nm->body_len;
     e.nchunks = nm->nchunks;
