@@ -46,6 +46,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 
+from childproc import stop_child  # noqa: E402
 from pmtatest import Pmta, Tap, qdump, require_root, wait_for  # noqa: E402
 from dnsmasq import Dnsmasq, dnsmasq_path  # noqa: E402
 from testsmtpd import TestSmtpd  # noqa: E402
@@ -196,9 +197,7 @@ class Run:
     def stop(self):
         if self.pmta:
             self.pmta.close()
-        if self.sink:
-            self.sink.terminate()
-            self.sink.wait(5)
+        stop_child(self.sink)
         for rx in self.rx.values():
             rx.stop()
         self.dns.stop()

@@ -32,6 +32,8 @@ import subprocess
 import threading
 import time
 
+from childproc import stop_child
+
 
 def _free_udp_tcp_port(host="127.0.0.1"):
     """A port free for both UDP and TCP on HOST (dnsmasq binds both)."""
@@ -114,13 +116,7 @@ class Dnsmasq:
 
     def stop(self):
         if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
+            stop_child(self.proc)
             if self.proc.stderr:
                 self.proc.stderr.close()
             self.proc = None

@@ -60,6 +60,8 @@ import sys
 import tempfile
 import time
 
+from childproc import stop_child
+
 DEFAULT_RCPT_RULES = [
     ["ok", "250 2.1.5 Ok"],
     ["tmp", "450 4.2.0 Mailbox temporarily unavailable"],
@@ -396,13 +398,7 @@ class TestSmtpd:
 
     def stop(self):
         if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
+            stop_child(self.proc)
             self.proc.stdout.close()
             self.proc = None
 
