@@ -3,8 +3,9 @@
 
 Drives t/unit/smtpout_tool (one delivery job per run, JSON lines out) against
 dnsmasq on 127.0.0.1, our scriptable receiver (t/lib/testsmtpd.py) on
-127.0.0.2-127.0.0.8 and Postfix's smtp-sink, with source address 127.0.0.10.
-Only loopback addresses are used. Prints TAP.
+127.0.0.2-127.0.0.8 and Postfix's smtp-sink, with source address 127.0.0.10;
+127.0.0.9 is a listener that never completes a TCP handshake. Only loopback
+addresses are used. Prints TAP.
 """
 
 import hashlib
@@ -161,6 +162,57 @@ def main():
 def one_off(env, script, name):
     """A receiver with a special behaviour on 127.0.0.7."""
     return TestSmtpd("127.0.0.7:%d" % env.port, script, env.work, name).start()
+
+
+class Blackhole:
+    """A TCP peer on ADDR:PORT that never completes a handshake.
+
+    A listener with backlog 0 that never calls accept(), its accept queue filled
+    by connections we hold open: Linux then drops further SYNs (unless
+    net.ipv4.tcp_abort_on_overflow is 1), so a connect neither succeeds nor is
+    refused; it hangs until the client's own timeout. Loopback only.
+    """
+
+    def __init__(self, addr, port):
+        self.addr = (addr, port)
+        self.socks = []
+
+    def start(self):
+        """Return None when connects to it hang, else why they do not."""
+        try:
+            with open("/proc/sys/net/ipv4/tcp_abort_on_overflow") as f:
+                if f.read().strip() != "0":
+                    return "net.ipv4.tcp_abort_on_overflow is not 0: a full queue resets"
+        except OSError as err:
+            return "cannot read net.ipv4.tcp_abort_on_overflow: %s" % err
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.socks.append(listener)
+        try:
+            listener.bind(self.addr)
+        except OSError as err:
+            return "cannot bind %s:%d: %s" % (self.addr[0], self.addr[1], err)
+        listener.listen(0)
+        for _ in range(2):          # one fills the queue, the next one hangs already
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.socks.append(s)
+            s.setblocking(False)
+            try:
+                s.connect(self.addr)
+            except BlockingIOError:
+                pass
+        time.sleep(0.1)
+        try:
+            socket.create_connection(self.addr, timeout=0.5).close()
+            return "a connect to the full listener completed: SYNs are not dropped here"
+        except socket.timeout:
+            return None
+        except OSError as err:
+            return "a connect to the full listener failed at once (%s)" % err
+
+    def stop(self):
+        for s in self.socks:
+            s.close()
+        self.socks = []
 
 
 def run_tests(tap, env, rx_a, rx_b, rx_tls, rx_plain):
@@ -402,6 +454,43 @@ def run_tests(tap, env, rx_a, rx_b, rx_tls, rx_plain):
     r = results(e).get((0, "ok@x.test"), {})
     tap.ok(r.get("class") == "temp" and "timeout" in r.get("text", "") and took < 3.5,
            "slow receiver past the command timeout: temporary", (e, took))
+    hole = Blackhole("127.0.0.9", port)
+    try:
+        why = hole.start()
+        if why is None:
+            t0 = time.monotonic()
+            e = env.deliver(["ok1@x.test", "ok2@x.test"], simple,
+                            ["--smtp-hosts", "[127.0.0.9]:%d" % port,
+                             "--connect-timeout-ms", "2000"])
+            took = time.monotonic() - t0
+            t1 = time.monotonic()
+            e2 = env.deliver(["ok@x.test"], simple,
+                             ["--smtp-hosts", "[127.0.0.9]:%d; [127.0.0.3]:%d" % (port, port),
+                              "--connect-timeout-ms", "1000"])
+            took2 = time.monotonic() - t1
+    finally:
+        hole.stop()
+    if why is None:
+        r = results(e).get((0, "ok1@x.test"), {})
+        closed = ev(e, "closed")
+        tap.ok(r.get("stage") == "connect" and r.get("status", "").startswith("4.")
+               and "timeout connecting to" in r.get("text", "")
+               and closed and closed[-1].get("stage") == "connect"
+               and not ev(e, "connected") and 1.5 <= took < 10,
+               "peer never completes the handshake: connect-timeout 2 s fails the attempt"
+               " at the connect stage after %.1f s" % took, (e, took))
+        tap.ok(classes(e) == {"ok1@x.test": "temp", "ok2@x.test": "temp"}
+               and all(x.get("status", "").startswith("4.") for x in ev(e, "rcpt")),
+               "connect timeout: every recipient temporary (4.x.x), none bounced", e)
+        connecting = [x["ip"] for x in ev(e2, "connecting")]
+        tap.ok(classes(e2) == {"ok@x.test": "ok"} and connecting == ["127.0.0.9", "127.0.0.3"]
+               and 0.75 <= took2 < 10,
+               "connect timeout on the first smtp-hosts level: delivered through the next"
+               " (%.1f s)" % took2, (e2, took2))
+    else:
+        tap.skip("connect-timeout against a peer that never completes the handshake", why)
+        tap.skip("connect timeout: every recipient temporary", why)
+        tap.skip("connect timeout on the first smtp-hosts level: next level", why)
     rx = one_off(env, {"rcpt": [["busy", "421 4.7.0 Too busy, closing"]]}, "rx_busy")
     two_levels = ["--smtp-hosts", "[127.0.0.7]:%d; [127.0.0.3]:%d" % (port, port)]
     e = env.deliver(["ok@x.test", "busy@x.test"], simple, two_levels)
