@@ -1,14 +1,20 @@
 /*
  * msg.c - one-line-per-event logging for every openpmta program
  *
- * Owns the process's log destination: a descriptor opened O_APPEND (each line
- * is written with a single write(2) so lines from several processes sharing the
- * file never interleave), or syslog. Lines are built in a fixed buffer and cut
- * at MSG_LINE_MAX; newlines inside a message are replaced so one event is one
- * line whatever the caller passed.
+ * Owns the process's log destination: a descriptor opened O_APPEND (whole
+ * lines are written with a single write(2) so lines from several processes
+ * sharing the file never interleave), or syslog. Lines are built in a fixed
+ * buffer and cut at MSG_LINE_MAX; newlines inside a message are replaced so one
+ * event is one line whatever the caller passed.
+ *
+ * Event-loop programs may batch: with msg_set_batched(1), info and debug lines
+ * collect in a buffer that msg_flush() writes in one write(2) (the workers call
+ * it once per loop turn, before the loop sleeps); a warning or worse flushes
+ * the buffer and itself at once, so nothing serious waits and order is kept.
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,16 +32,33 @@ static int msg_fd = -1;
 static int msg_syslog;
 static int msg_stderr = 1;
 static int msg_verbose;
+static long msg_pid;            /* cached: glibc no longer caches getpid() */
+static int msg_batched;
+static char msg_batch[3 * (MSG_LINE_MAX + 128)];
+static size_t msg_batch_len;
 
 static const char *const level_names[] = {
     [MSG_DEBUG] = "debug", [MSG_INFO] = "info", [MSG_WARN] = "warning",
     [MSG_ERROR] = "error", [MSG_FATAL] = "fatal", [MSG_PANIC] = "panic",
 };
 
+/* forget_batch - a forked child must not write the parent's pending lines twice */
+static void
+forget_batch(void)
+{
+    msg_pid = getpid();
+    msg_batch_len = 0;
+}
+
 void
 msg_init(const char *progname)
 {
+    static int registered;
+
     msg_progname = progname;
+    msg_pid = getpid();
+    if (!registered++)
+        pthread_atfork(NULL, NULL, forget_batch);
 }
 
 void
@@ -78,6 +101,18 @@ void
 msg_set_verbose(int on)
 {
     msg_verbose = on;
+}
+
+void
+msg_set_batched(int on)
+{
+    static int registered;
+
+    if (!on)
+        msg_flush();
+    else if (!registered++)
+        atexit(msg_flush);
+    msg_batched = on;
 }
 
 int
@@ -138,6 +173,46 @@ flatten(char *s)
 }
 
 void
+msg_flush(void)
+{
+    if (msg_batch_len > 0 && msg_fd >= 0)
+        write_all(msg_fd, msg_batch, msg_batch_len);
+    msg_batch_len = 0;
+}
+
+/* emit - LINE to the log descriptor, now or with the next msg_flush() */
+static void
+emit(enum msg_level level, const char *line, size_t n)
+{
+    if (msg_fd < 0)
+        return;
+    if (msg_batched && level <= MSG_INFO) {
+        if (msg_batch_len + n > sizeof(msg_batch))
+            msg_flush();
+        memcpy(msg_batch + msg_batch_len, line, n);
+        msg_batch_len += n;
+        return;
+    }
+    msg_flush();
+    write_all(msg_fd, line, n);
+}
+
+/* copy_to_stderr - in the foreground: warnings always, every line on a terminal */
+static int
+copy_to_stderr(enum msg_level level)
+{
+    static int tty = -1;
+
+    if (!msg_stderr || msg_fd == STDERR_FILENO)
+        return 0;
+    if (msg_fd < 0 && !msg_syslog)
+        return 1;               /* stderr is the only place the line can go */
+    if (tty < 0)
+        tty = isatty(STDERR_FILENO);
+    return tty || level >= MSG_WARN;
+}
+
+void
 msg_vlog(enum msg_level level, const char *fmt, va_list ap)
 {
     char text[MSG_LINE_MAX], line[MSG_LINE_MAX + 128];
@@ -152,12 +227,11 @@ msg_vlog(enum msg_level level, const char *fmt, va_list ap)
         syslog(level_to_syslog(level), "%s: %s", level_names[level], text);
     n = format_stamp(line, sizeof(line));
     n += (size_t)snprintf(line + n, sizeof(line) - n, " %s[%ld]: %s: %s\n", msg_progname,
-                          (long)getpid(), level_names[level], text);
+                          msg_pid ? msg_pid : (long)getpid(), level_names[level], text);
     if (n >= sizeof(line))
         n = sizeof(line) - 1, line[n - 1] = '\n';
-    if (msg_fd >= 0)
-        write_all(msg_fd, line, n);
-    if (msg_stderr && (msg_fd != STDERR_FILENO))
+    emit(level, line, n);
+    if (copy_to_stderr(level))
         write_all(STDERR_FILENO, line, n);
     errno = saved_errno;
 }
@@ -184,6 +258,7 @@ msg_fatal(const char *fmt, ...)
     va_start(ap, fmt);
     msg_vlog(MSG_FATAL, fmt, ap);
     va_end(ap);
+    msg_flush();
     exit(1);
 }
 

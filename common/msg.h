@@ -4,7 +4,8 @@
  * Every program logs through these calls. A line goes to the log file named by
  * the `log-file` directive (opened once by pmtad and inherited by the workers as
  * an O_APPEND descriptor), to syslog when `log-file` is `syslog`, and to stderr
- * when running in the foreground before the log is open.
+ * when there is no log yet. In the foreground (pmtad -f) warnings and errors
+ * are copied to stderr too, and every line when stderr is a terminal.
  *
  * Line format (one event per line, never split):
  *     2026-11-27 17:56:43.123+0000 smtpd[1234]: warning: text
@@ -38,10 +39,18 @@ void msg_use_fd(int fd);
 int msg_open_path(const char *path);
 /* msg_use_syslog - log to syslog(3) under facility LOG_MAIL */
 void msg_use_syslog(void);
-/* msg_also_stderr - copy every line to stderr too (foreground mode) */
+/* msg_also_stderr - foreground mode: copy warnings (every line on a terminal) to stderr */
 void msg_also_stderr(int on);
 /* msg_set_verbose - log MSG_DEBUG lines too */
 void msg_set_verbose(int on);
+/*
+ * msg_set_batched - collect info/debug lines and write them with msg_flush()
+ * (event-loop programs, once per loop turn); warnings and worse still go out
+ * at once. Off by default.
+ */
+void msg_set_batched(int on);
+/* msg_flush - write the collected lines now */
+void msg_flush(void);
 /* msg_log_fd - the descriptor lines go to, or -1 (for passing to children) */
 int msg_log_fd(void);
 

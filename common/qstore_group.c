@@ -52,7 +52,8 @@ struct qstore_group {
     size_t npend;
     struct batch batch;             /* valid while busy */
     int busy, timer_armed, closing;
-    unsigned window_ms, max_batch;
+    unsigned window_ms, pace_ms, max_batch;
+    uint64_t last_start;            /* uv_now() when the last commit began */
     size_t max_bytes;
     struct qstore_group_stats st;
     qstore_group_close_cb close_cb;
@@ -136,6 +137,7 @@ static void work_cb(uv_work_t *req)
 /* ---- the loop-thread side ----------------------------------------------------- */
 
 static void start_commit(struct qstore_group *g);
+static void on_window(uv_timer_t *t);
 
 /* take_batch - detach up to max_batch ops / max_bytes of messages from pending */
 static void take_batch(struct qstore_group *g)
@@ -202,6 +204,25 @@ static void maybe_finish_close(struct qstore_group *g)
     }
 }
 
+/* pace_wait - ms until the pace allows the next commit (0: now) */
+static uint64_t pace_wait(struct qstore_group *g)
+{
+    uint64_t next = g->last_start + g->pace_ms, now = uv_now(g->loop);
+
+    return g->pace_ms == 0 || g->last_start == 0 || next <= now ? 0 : next - now;
+}
+
+/* commit_after - commit the pending ops in DELAY ms; a full batch or a close cannot wait */
+static void commit_after(struct qstore_group *g, uint64_t delay)
+{
+    if (delay == 0 || g->npend >= g->max_batch || g->closing) {
+        start_commit(g);
+    } else if (!g->timer_armed) {
+        g->timer_armed = 1;
+        uv_timer_start(&g->timer, on_window, delay, 0);
+    }
+}
+
 /* after_work_cb - back on the loop: report, then start the next batch */
 static void after_work_cb(uv_work_t *req, int status)
 {
@@ -220,9 +241,9 @@ static void after_work_cb(uv_work_t *req, int status)
             op->cb(op->arg, op->status, op->status == 0 || op->kind != OP_PUT ? op->msgid : 0);
         free_op(op);
     }
-    /* what arrived during the commit has waited long enough */
+    /* what arrived during the commit has waited long enough, unless paced */
     if (!g->busy && g->npend > 0)
-        start_commit(g);
+        commit_after(g, pace_wait(g));
     maybe_finish_close(g);
 }
 
@@ -236,6 +257,7 @@ static void start_commit(struct qstore_group *g)
     }
     take_batch(g);
     g->busy = 1;
+    g->last_start = uv_now(g->loop);
     if ((rc = uv_queue_work(g->loop, &g->work, work_cb, after_work_cb)) != 0)
         msg_panic("qstore_group: uv_queue_work: %s", uv_strerror(rc));
 }
@@ -266,8 +288,10 @@ static void enqueue(struct qstore_group *g, struct group_op *op)
     if (g->npend >= g->max_batch || g->closing) {
         start_commit(g);
     } else if (!g->timer_armed) {
+        uint64_t pace = pace_wait(g);
+
         g->timer_armed = 1;
-        uv_timer_start(&g->timer, on_window, g->window_ms, 0);
+        uv_timer_start(&g->timer, on_window, pace > g->window_ms ? pace : g->window_ms, 0);
     }
 }
 
@@ -299,6 +323,7 @@ int qstore_group_new(struct qstore_group **gp, uv_loop_t *loop, struct qstore *q
     g->work.data = g;
     g->pend_tail = &g->pend_head;
     g->window_ms = opts ? opts->window_ms : QSTORE_GROUP_WINDOW_MS;
+    g->pace_ms = opts ? opts->pace_ms : 0;
     g->max_batch = opts && opts->max_batch ? opts->max_batch : QSTORE_GROUP_MAX_BATCH;
     g->max_bytes = opts && opts->max_bytes ? opts->max_bytes : QSTORE_GROUP_MAX_BYTES;
     *gp = g;

@@ -8,7 +8,8 @@
  * is committed as soon as the running one finishes. An idle group does not
  * wait for company: it commits on the next loop turn (or after an optional
  * window), so a lone message costs about one sync of latency and batches
- * grow by themselves with the load. Every operation's callback runs on the
+ * grow by themselves with the load. A paced group (qmgr's outcomes, which
+ * nobody waits on) also keeps commits a minimum interval apart. Every operation's callback runs on the
  * loop thread after its transaction is durable (or failed).
  *
  * cleanup uses qstore_group_submit() and answers 250 from its callback only
@@ -38,6 +39,9 @@ struct qstore_group_opts {
     unsigned window_ms;     /* an idle group waits this long after the first
                              * op before committing; 0 (default) = commit on
                              * the next loop turn */
+    unsigned pace_ms;       /* at least this long between the starts of two
+                             * commits (fewer, larger transactions when the
+                             * callers can wait); 0 (default) = no pacing */
     unsigned max_batch;     /* ops per transaction; 0 = default */
     size_t max_bytes;       /* new-message bytes per transaction; 0 = default */
 };

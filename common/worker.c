@@ -55,6 +55,7 @@ static struct {
     struct ipc_chan *master;
     uv_signal_t sig_term;
     uv_timer_t force_timer;
+    uv_prepare_t log_flush;       /* writes the turn's log lines before the loop sleeps */
     struct held_cfg *current;
     struct held_cfg *held;        /* every mapped generation, current included */
     struct inherited *listeners;
@@ -354,6 +355,13 @@ on_sigterm(uv_signal_t *h, int sig)
 }
 
 static void
+on_log_flush(uv_prepare_t *h)
+{
+    (void)h;
+    msg_flush();
+}
+
+static void
 on_force_stop(uv_timer_t *t)
 {
     msg_warn("handles still open %d ms after stopping; exiting anyway", FORCE_STOP_MS);
@@ -394,6 +402,11 @@ worker_init(int *argc, char ***argv, const char *role)
     uv_signal_init(&W.loop, &W.sig_term);
     uv_signal_start(&W.sig_term, on_sigterm, SIGTERM);
     uv_timer_init(&W.loop, &W.force_timer);
+    /* One write(2) per loop turn for all its lines: busy workers log per message. */
+    uv_prepare_init(&W.loop, &W.log_flush);
+    uv_prepare_start(&W.log_flush, on_log_flush);
+    uv_unref((uv_handle_t *)&W.log_flush);
+    msg_set_batched(1);
     send_hello();
     msg_info("started (pid %ld, config generation %" PRIu64 ")", (long)getpid(),
              worker_config_generation());

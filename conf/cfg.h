@@ -205,6 +205,16 @@ const struct cfg_value *cfg_scope_get(const struct cfg *c, uint32_t scope, enum 
  */
 const struct cfg_value *cfg_scope_next(const struct cfg *c, uint32_t scope, enum cfg_directive d,
                                        uint32_t *it);
+/*
+ * CFG_PROCESSES_AUTO - the stored value of `smtpd-processes auto` and
+ * `smtp-out-processes auto` (their default); cfg_process_count() resolves it.
+ */
+#define CFG_PROCESSES_AUTO (-1)
+/* cfg_allows_auto - whether directive D takes the word `auto` */
+int cfg_allows_auto(enum cfg_directive d);
+/* cfg_process_count - the global *-processes D: its number, or for auto half the online CPUs (at least 1) */
+int64_t cfg_process_count(const struct cfg *c, enum cfg_directive d);
+
 /* cfg_global - effective global value of D (the file's, else the default); never NULL if D has a default */
 const struct cfg_value *cfg_global(const struct cfg *c, enum cfg_directive d);
 /* cfg_find_scope - index of the block of KIND named NAME (vmta, pool, pattern list, ...), or CFG_NONE */

@@ -770,6 +770,10 @@ static int decode_typed(struct builder *b, enum cfg_directive d, const char *tex
     switch (info->type) {
     case CFG_T_BOOL: rc = cfg_parse_bool(text, &v->num); break;
     case CFG_T_INT:
+        if (cfg_allows_auto(d) && strcmp(text, "auto") == 0) {
+            v->num = CFG_PROCESSES_AUTO;
+            break;
+        }
         rc = cfg_parse_int(text, &v->num);
         if (rc == 0 && cfg__range(d, &lo, &hi) && (v->num < lo || v->num > hi))
             rc = -ERANGE;

@@ -375,7 +375,11 @@ char *cfg_format_value(const struct cfg *c, const struct cfg_value *v, char *out
         snprintf(out, outsize, "%s", v->num ? "yes" : "no");
         break;
     case CFG_T_INT:
-        snprintf(out, outsize, "%lld", (long long)v->num);
+        if (v->num == CFG_PROCESSES_AUTO && cfg_allows_auto(v->directive))
+            snprintf(out, outsize, "auto (%lld)",
+                     (long long)cfg_process_count(c, v->directive));
+        else
+            snprintf(out, outsize, "%lld", (long long)v->num);
         break;
     case CFG_T_SIZE:
         format_size(v->num, out, outsize);

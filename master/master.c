@@ -50,7 +50,7 @@ usage(FILE *out)
             "       pmtad --version | --help\n"
             "\n"
             "  -c, --config FILE     configuration file (default " DEFAULT_CONFIG ")\n"
-            "  -f, --foreground      stay in the foreground and log to stderr too\n"
+            "  -f, --foreground      stay in the foreground; warnings to stderr too\n"
             "  -v, --verbose         log debug lines\n"
             "      --check-config    validate the configuration and exit 0 or 1\n"
             "      --show-settings Q print the effective settings of queue DOMAIN[/VMTA]\n");

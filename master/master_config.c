@@ -209,8 +209,7 @@ global_str(const struct cfg *c, enum cfg_directive d)
 static unsigned
 process_count(const struct cfg *c, enum cfg_directive d, int min)
 {
-    const struct cfg_value *v = cfg_global(c, d);
-    int64_t n = v ? v->num : 1;
+    int64_t n = cfg_process_count(c, d);
 
     /* Clamped, not fatal: a reload must never take pmtad down. */
     if (n < min || n > 256) {

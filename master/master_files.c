@@ -255,7 +255,7 @@ master_remove_pid_file(struct master *m)
     free(path);
 }
 
-/* master_open_log - log-file PATH (appended) or syslog; stderr too in the foreground */
+/* master_open_log - log-file PATH (appended) or syslog; warnings to stderr too in the foreground */
 void
 master_open_log(struct master *m)
 {

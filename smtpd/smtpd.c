@@ -134,8 +134,8 @@ static void
 set_limit(const struct cfg *c)
 {
     const struct cfg_value *total = cfg_global(c, CFG_D_TOTAL_MAX_SMTP_IN);
-    const struct cfg_value *procs = cfg_global(c, CFG_D_SMTPD_PROCESSES);
-    int64_t t = total ? total->num : 100, p = procs && procs->num > 0 ? procs->num : 1;
+    int64_t procs = cfg_process_count(c, CFG_D_SMTPD_PROCESSES);
+    int64_t t = total ? total->num : 100, p = procs > 0 ? procs : 1;
 
     smtpd_session_set_limit(t <= 0 ? 0 : (unsigned)((t + p - 1) / p));
 }

@@ -176,6 +176,7 @@ class Pmta:
 
     # --- configuration -----------------------------------------------------
     def config_text(self, extra="", listener=True, processes=None):
+        """PROCESSES overrides the per-role counts; a count of None leaves pmtad's default."""
         procs = {"smtpd": 2, "cleanup": 1, "smtp-out": 2}
         procs.update(processes or {})
         lines = [
@@ -184,10 +185,8 @@ class Pmta:
             "run-directory %s" % self.run_dir,
             "spool %s" % self.spool,
             "log-file %s" % self.log_path,
-            "smtpd-processes %d" % procs["smtpd"],
-            "cleanup-processes %d" % procs["cleanup"],
-            "smtp-out-processes %d" % procs["smtp-out"],
         ]
+        lines += ["%s-processes %d" % (role, n) for role, n in procs.items() if n is not None]
         if listener:
             lines.append("smtp-listener 127.0.0.1:%d" % self.port)
         return "\n".join(lines) + "\n" + extra

@@ -563,6 +563,33 @@ static void test_error_cap(void **state)
     free(t.p);
 }
 
+/* the process counts take `auto` (their default): half the CPUs, at least one */
+static void test_process_counts_auto(void **state)
+{
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    int64_t want = ncpu >= 4 ? ncpu / 2 : 1;
+    unsigned nerr = 0;
+    struct cfg *c = load_text("smtp-out-processes 3\n", &nerr);
+    char shown[64], expect[64];
+
+    (void)state;
+    assert_non_null(c);
+    assert_int_equal(nerr, 0);
+    assert_int_equal(cfg_process_count(c, CFG_D_SMTPD_PROCESSES), want);
+    assert_int_equal(cfg_process_count(c, CFG_D_SMTP_OUT_PROCESSES), 3);
+    snprintf(expect, sizeof expect, "auto (%lld)", (long long)want);
+    assert_string_equal(cfg_format_value(c, cfg_global(c, CFG_D_SMTPD_PROCESSES), shown,
+                                         sizeof shown), expect);
+    cfg_free(c);
+    c = load_text("smtpd-processes auto\nsmtp-out-processes 0\n", &nerr);
+    assert_int_equal(nerr, 0);
+    assert_int_equal(cfg_process_count(c, CFG_D_SMTPD_PROCESSES), want);
+    assert_int_equal(cfg_process_count(c, CFG_D_SMTP_OUT_PROCESSES), 0);
+    cfg_free(c);
+    expect_error("cleanup-processes auto\n", "bad value 'auto' for 'cleanup-processes'");
+    expect_error("smtpd-processes 0\n", "out of range (1..256)");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -588,6 +615,7 @@ int main(void)
         cmocka_unit_test(test_include_errors),
         cmocka_unit_test(test_reports_every_error),
         cmocka_unit_test(test_error_cap),
+        cmocka_unit_test(test_process_counts_auto),
     };
     return cmocka_run_group_tests_name("cfg_parse", tests, group_setup, group_teardown);
 }

@@ -7,6 +7,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -313,6 +314,47 @@ test_msg_printable_neutralises_control_bytes(void **state)
     assert_string_equal(out, "abc");
 }
 
+/* file_text - what the log file at FD holds so far */
+static const char *
+file_text(int fd)
+{
+    static char text[4096];
+    ssize_t n = pread(fd, text, sizeof(text) - 1, 0);
+
+    text[n > 0 ? n : 0] = '\0';
+    return text;
+}
+
+static void
+test_msg_batched_lines_wait_for_flush_but_warnings_do_not(void **state)
+{
+    char path[] = "/tmp/test_common.logXXXXXX";
+    int fd = mkstemp(path);
+
+    (void)state;
+    assert_true(fd >= 0);
+    unlink(path);
+    msg_use_fd(dup(fd));
+    msg_set_batched(1);
+    msg_info("first %d", 1);
+    msg_info("second");
+    assert_string_equal(file_text(fd), "");
+    msg_warn("trouble");
+    /* a warning goes out at once, after what was collected before it */
+    assert_non_null(strstr(file_text(fd), "info: first 1\n"));
+    assert_non_null(strstr(file_text(fd), "info: second\n"));
+    assert_true(strstr(file_text(fd), "second") < strstr(file_text(fd), "warning: trouble"));
+    msg_info("third");
+    assert_null(strstr(file_text(fd), "third"));
+    msg_flush();
+    assert_non_null(strstr(file_text(fd), "info: third\n"));
+    msg_set_batched(0);
+    msg_info("fourth");
+    assert_non_null(strstr(file_text(fd), "info: fourth\n"));
+    msg_use_fd(-1);
+    close(fd);
+}
+
 int
 main(void)
 {
@@ -328,6 +370,7 @@ main(void)
         cmocka_unit_test(test_ipc_channel_delivers_frames_and_drops_garbage),
         cmocka_unit_test(test_ipc_cork_gathers_one_turn),
         cmocka_unit_test(test_msg_printable_neutralises_control_bytes),
+        cmocka_unit_test(test_msg_batched_lines_wait_for_flush_but_warnings_do_not),
     };
 
     msg_init("test_common");
