@@ -607,6 +607,46 @@ static void test_group_groups(void **state)
     tdir_remove(&d);
 }
 
+/* a paced group keeps commits apart, except when a batch is full */
+static void test_group_paced(void **state)
+{
+    static const struct qstore_group_opts paced = {.pace_ms = 200, .max_batch = 8};
+    struct tdir d;
+    struct qstore *qs;
+    struct qstore_group *g;
+    struct acks a = { 0 };
+    uv_loop_t loop;
+    double t0, t1, t2;
+
+    (void)state;
+    tdir_make(&d);
+    qs = open_store(d.env, 256 << 20, QSTORE_NOSYNC);
+    assert_int_equal(uv_loop_init(&loop), 0);
+    assert_int_equal(qstore_group_new(&g, &loop, qs, &paced), 0);
+    t0 = now_ms();
+    qstore_group_submit(g, make_msg(1, 1, 100), ack_cb, &a);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    t1 = now_ms();
+    assert_int_equal(a.ok, 1);
+    assert_true(t1 - t0 < 150);                 /* the first commit does not wait */
+    qstore_group_submit(g, make_msg(2, 1, 100), ack_cb, &a);
+    qstore_group_submit(g, make_msg(3, 1, 100), ack_cb, &a);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    t2 = now_ms();
+    assert_int_equal(a.ok, 3);
+    print_message("# paced: second commit %.0f ms after the first\n", t2 - t0);
+    assert_true(t2 - t0 >= 190);
+    for (uint64_t seq = 10; seq < 18; seq++)    /* a full batch goes at once */
+        qstore_group_submit(g, make_msg(seq, 1, 100), ack_cb, &a);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_true(now_ms() - t2 < 150);
+    close_group(&loop, g);
+    assert_int_equal(a.ok, 11);
+    assert_int_equal(uv_loop_close(&loop), 0);
+    qstore_close(qs);
+    tdir_remove(&d);
+}
+
 static void test_outcomes(void **state)
 {
     struct tdir d;
@@ -1038,6 +1078,7 @@ int main(void)
         cmocka_unit_test(test_put_read_roundtrip),
         cmocka_unit_test(test_qid_patch),
         cmocka_unit_test(test_group_groups),
+        cmocka_unit_test(test_group_paced),
         cmocka_unit_test(test_outcomes),
         cmocka_unit_test(test_map_full),
         cmocka_unit_test(test_scan_100k),
