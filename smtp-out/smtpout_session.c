@@ -99,6 +99,7 @@ struct smtpout_session {
 
     enum session_state state;
     enum smtpout_stage timer_stage;
+    unsigned timer_ms;          /* the armed timer's timeout, for the reason text */
     unsigned caps;
     unsigned long size_max;
     struct reply_reader rd;
@@ -223,6 +224,7 @@ session_timeout(uv_timer_t *timer)
 {
     struct smtpout_session *s = timer->data;
     struct smtpout_reply r;
+    size_t len;
 
     if (s->state == S_QUIT) {       /* the peer never said 221: close anyway */
         reply_local(&r, SMTPOUT_OK, SMTPOUT_STAGE_QUIT, "2.0.0", "closed after QUIT (no reply)");
@@ -235,10 +237,15 @@ session_timeout(uv_timer_t *timer)
                 s->timer_stage == SMTPOUT_STAGE_CONNECT ? "connecting to"
                 : s->timer_stage == SMTPOUT_STAGE_BODY ? "sending message to"
                 : "waiting for reply from", s->mx_name, s->dest_ip);
+    len = strlen(r.text);
     if (s->timer_stage != SMTPOUT_STAGE_CONNECT && s->timer_stage != SMTPOUT_STAGE_BODY) {
-        size_t len = strlen(r.text);
         snprintf(r.text + len, sizeof r.text - len, " to %s", smtpout_stage_name(s->timer_stage));
+        len = strlen(r.text);
     }
+    if (s->timer_ms % 1000 == 0)
+        snprintf(r.text + len, sizeof r.text - len, " after %u s", s->timer_ms / 1000);
+    else
+        snprintf(r.text + len, sizeof r.text - len, " after %u ms", s->timer_ms);
     session_fail(s, &r);
 }
 
@@ -246,7 +253,8 @@ static void
 session_arm_timer(struct smtpout_session *s, unsigned ms, enum smtpout_stage stage)
 {
     s->timer_stage = stage;
-    uv_timer_start(&s->timer, session_timeout, ms ? ms : 300000, 0);
+    s->timer_ms = ms ? ms : 300000;
+    uv_timer_start(&s->timer, session_timeout, s->timer_ms, 0);
 }
 
 /* --- closing ---------------------------------------------------------------------- */

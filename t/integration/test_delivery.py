@@ -22,6 +22,10 @@ Everything is injected at once and checked as it arrives, so the slow cases
   notls.test   127.0.0.8:2526  require-starttls yes, peer without STARTTLS:
                            nothing arrives, the recipient stays queued
   sink.test    127.0.0.9   smtp-sink receives 20 messages
+  hole.test    127.0.0.9:2527  a peer that never completes the TCP handshake
+                           (t/lib/blackhole.py), connect-timeout 2s: one
+                           attempt, deferred about 2 s after queueing with
+                           "... after 2 s", the recipient stays queued
   accounting   d rows <-> recipients the receivers accepted; b rows <->
                recipients of the failure DSNs
   qmgr restart smtp-out reconnects to a new qmgr and delivers again
@@ -32,6 +36,7 @@ smtp-sink, python3-dkim. Only 127.0.0.0/8 is used.
 """
 
 import csv
+import datetime
 import email
 import email.policy
 import os
@@ -46,6 +51,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 
+from blackhole import Blackhole  # noqa: E402
 from childproc import stop_child  # noqa: E402
 from pmtatest import Pmta, Tap, qdump, require_root, wait_for  # noqa: E402
 from dnsmasq import Dnsmasq, dnsmasq_path  # noqa: E402
@@ -53,7 +59,7 @@ from testsmtpd import TestSmtpd  # noqa: E402
 
 import dkim  # noqa: E402
 
-PLAN = 27
+PLAN = 30
 SRCDIR = os.environ.get("PMTA_SRCDIR", os.path.join(os.path.dirname(__file__), "..", ".."))
 DATA = os.path.join(SRCDIR, "t", "data")
 DKIM_KEY = os.path.join(DATA, "dkim", "test.key")
@@ -62,12 +68,13 @@ with open(os.path.join(DATA, "dkim", "test.txt"), "rb") as _f:
 
 SENDER = "sender@sender.test"
 PORT = 2525
+HOLE_PORT = 2527    # the blackhole on 127.0.0.9 (smtp-sink has 2525, slow.test 2526)
 
 DOMAINS = {  # domain -> receiver IP
     "basic.test": "127.0.0.2", "split.test": "127.0.0.2", "rate.test": "127.0.0.3",
     "conc.test": "127.0.0.4", "retry.test": "127.0.0.5", "sender.test": "127.0.0.6",
     "expire.test": "127.0.0.7", "tls.test": "127.0.0.8", "notls.test": "127.0.0.8",
-    "sink.test": "127.0.0.9", "slow.test": "127.0.0.9",
+    "sink.test": "127.0.0.9", "slow.test": "127.0.0.9", "hole.test": "127.0.0.9",
 }
 ALL_450 = {"rcpt": [["", "450 4.2.0 Mailbox busy, try later"]]}
 
@@ -125,6 +132,12 @@ domain-key s1,sender.test,%(key)s
   require-starttls yes
   default-smtp-port 2526
 </domain>
+<domain hole.test>
+  default-smtp-port %(hole_port)d
+  connect-timeout 2s
+  retry-after 10m
+  retry-recipients-after 10m
+</domain>
 """
 
 ORIGINAL = (b"From: Sender <sender@sender.test>\r\n"
@@ -172,12 +185,16 @@ class Run:
         self.sink_dir = os.path.join(work, "sink")
         self.sink = None
         self.pmta = None
+        self.hole = Blackhole("127.0.0.9", HOLE_PORT)
+        self.hole_why = None        # why connects to the blackhole do not hang, if they do not
+        self.hole_queued = None     # time.time() when pmtad had queued the hole.test message
 
     def start(self):
         self.dns.start()
         for name, rx in self.rx.items():
             if name != "retry2":
                 rx.start()
+        self.hole_why = self.hole.start()
         os.makedirs(self.sink_dir)
         shutil.chown(self.sink_dir, "nobody")
         self.sink = subprocess.Popen(
@@ -191,13 +208,15 @@ class Run:
         shutil.chown(key, "pmta", "pmta")
         os.chmod(key, 0o600)
         self.pmta.write_config(CONFIG % {"dns": self.dns.server, "key": key,
-                                         "acct": self.acct, "port": PORT})
+                                         "acct": self.acct, "port": PORT,
+                                         "hole_port": HOLE_PORT})
         self.pmta.start()
 
     def stop(self):
         if self.pmta:
             self.pmta.close()
         stop_child(self.sink)
+        self.hole.stop()
         for rx in self.rx.values():
             rx.stop()
         self.dns.stop()
@@ -273,6 +292,13 @@ def acct_rows(path):
             return list(csv.DictReader(f))
     except FileNotFoundError:
         return []
+
+
+def inject_hole(run):
+    """The hole.test message, first and alone, so its one attempt starts at once."""
+    if run.hole_why is None:
+        run.send(["later@hole.test"], message("later@hole.test", "connect timeout"))
+        run.hole_queued = time.time()       # smtpd's 250: the message is queued
 
 
 def inject(run):
@@ -428,6 +454,53 @@ def check_require_tls(tap, run):
     tap.ok(queued, "... and the recipient stays queued", repr(qdump(run.pmta.spool))[:500])
 
 
+LOG_STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}[+-]\d{4}) ")
+
+
+def log_time(line):
+    """The wall-clock time (epoch seconds) of a main-log line, or None."""
+    m = LOG_STAMP.match(line)
+    return (datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S.%f%z").timestamp()
+            if m else None)
+
+
+def check_connect_timeout(tap, run):
+    """connect-timeout 2s in <domain hole.test> reaches smtp-out: the attempt gives up at 2 s."""
+    names = ("connect-timeout 2s against a peer that never completes the handshake:"
+             " one attempt, deferred with 'timeout connecting to ... after 2 s'",
+             "... about 2 s after the message was queued",
+             "... and the recipient stays queued (deferred, not bounced)")
+    if run.hole_why is not None:
+        for name in names:
+            tap.skip(name, run.hole_why)
+        return
+    rx = r"\bdeferred \S+ to=later@hole\.test .*\bstatus=(\S+) reply=(.*)$"
+    wait_for(lambda: re.search(rx, run.pmta.log(), re.M),
+             timeout=max(1.0, run.hole_queued + 15 - time.time()))
+    lines = [line for line in run.pmta.log().splitlines() if re.search(rx, line)]
+    m = re.search(rx, lines[0]) if lines else None
+    tap.ok(len(lines) == 1 and m.group(1) == "4.4.1"
+           and m.group(2).startswith("timeout connecting to mx.hole.test[127.0.0.9]")
+           and m.group(2).endswith(" after 2 s"), names[0], "\n".join(lines) or "no such line")
+    took = log_time(lines[0]) - run.hole_queued if lines and log_time(lines[0]) else None
+    tap.ok(took is not None and 1.5 <= took < 15,
+           names[1] + (" (%.2f s)" % took if took is not None else ""),
+           "deferred %r s after the 250" % took)
+    hole_rcpts = lambda: [r for msg in qdump(run.pmta.spool)  # noqa: E731
+                          for r in msg.get("recipients", [])
+                          if r.get("address") == "later@hole.test"]
+    wait_for(lambda: [r for r in hole_rcpts() if r.get("attempts")], timeout=5)
+    queued = hole_rcpts()
+    bounced = ([r for r in acct_rows(run.acct)
+                if r.get("rcpt") == "later@hole.test" and r.get("type") in ("b", "d")]
+               + [f for _m, f, _s in dsns(run) if "later@hole.test" in f]
+               + re.findall(r"\bbounced \S+ to=later@hole\.test .*", run.pmta.log()))
+    tap.ok(len(queued) == 1 and queued[0].get("state") == "deferred"
+           and queued[0].get("attempts") == 1
+           and queued[0].get("last_error", "").endswith(" after 2 s") and not bounced,
+           names[2], "queue %r; bounce traces %r" % (queued, bounced))
+
+
 def check_accounting(tap, run):
     received = sorted(a[0] for name in ("basic", "rate", "conc", "retry2", "sender", "tls")
                       for a in run.accepted(name))
@@ -516,6 +589,7 @@ def main():
     t0 = time.monotonic()
     try:
         run.start()
+        inject_hole(run)
         inject(run)
         tap.ok(True, "injected 108 messages through smtpd")
         check_basic(tap, run)
@@ -528,6 +602,7 @@ def main():
         check_rate(tap, run)
         check_bounces(tap, run)
         check_require_tls(tap, run)
+        check_connect_timeout(tap, run)
         check_accounting(tap, run)
         check_qmgr_restart(tap, run)
         check_log(tap, run)

@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 
+from blackhole import Blackhole
 from dnsmasq import Dnsmasq, DnsStub, dnsmasq_path
 from testsmtpd import TestSmtpd
 
@@ -162,57 +163,6 @@ def main():
 def one_off(env, script, name):
     """A receiver with a special behaviour on 127.0.0.7."""
     return TestSmtpd("127.0.0.7:%d" % env.port, script, env.work, name).start()
-
-
-class Blackhole:
-    """A TCP peer on ADDR:PORT that never completes a handshake.
-
-    A listener with backlog 0 that never calls accept(), its accept queue filled
-    by connections we hold open: Linux then drops further SYNs (unless
-    net.ipv4.tcp_abort_on_overflow is 1), so a connect neither succeeds nor is
-    refused; it hangs until the client's own timeout. Loopback only.
-    """
-
-    def __init__(self, addr, port):
-        self.addr = (addr, port)
-        self.socks = []
-
-    def start(self):
-        """Return None when connects to it hang, else why they do not."""
-        try:
-            with open("/proc/sys/net/ipv4/tcp_abort_on_overflow") as f:
-                if f.read().strip() != "0":
-                    return "net.ipv4.tcp_abort_on_overflow is not 0: a full queue resets"
-        except OSError as err:
-            return "cannot read net.ipv4.tcp_abort_on_overflow: %s" % err
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.socks.append(listener)
-        try:
-            listener.bind(self.addr)
-        except OSError as err:
-            return "cannot bind %s:%d: %s" % (self.addr[0], self.addr[1], err)
-        listener.listen(0)
-        for _ in range(2):          # one fills the queue, the next one hangs already
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            self.socks.append(s)
-            s.setblocking(False)
-            try:
-                s.connect(self.addr)
-            except BlockingIOError:
-                pass
-        time.sleep(0.1)
-        try:
-            socket.create_connection(self.addr, timeout=0.5).close()
-            return "a connect to the full listener completed: SYNs are not dropped here"
-        except socket.timeout:
-            return None
-        except OSError as err:
-            return "a connect to the full listener failed at once (%s)" % err
-
-    def stop(self):
-        for s in self.socks:
-            s.close()
-        self.socks = []
 
 
 def run_tests(tap, env, rx_a, rx_b, rx_tls, rx_plain):
@@ -475,6 +425,7 @@ def run_tests(tap, env, rx_a, rx_b, rx_tls, rx_plain):
         closed = ev(e, "closed")
         tap.ok(r.get("stage") == "connect" and r.get("status", "").startswith("4.")
                and "timeout connecting to" in r.get("text", "")
+               and r.get("text", "").endswith(" after 2 s")
                and closed and closed[-1].get("stage") == "connect"
                and not ev(e, "connected") and 1.5 <= took < 10,
                "peer never completes the handshake: connect-timeout 2 s fails the attempt"
