@@ -13,6 +13,7 @@
  *   qmgr_rate.c     smooth rate limiters (GCRA) for max-msg-rate and
  *                   max-connect-rate
  *   qmgr_vmta.c     limits across all queues of one virtual MTA
+ *   qmgr_backoff.c  backoff mode and the smtp-pattern-list reply actions
  *   qmgr_outcome.c  what a result does: durable finish/defer, bounces
  *                   (DSN), expiry, the per-attempt log line, accounting
  *
@@ -90,7 +91,12 @@ struct qqueue {
     struct qrate msg_rate, connect_rate;
     uint32_t fail_count;    /* consecutive connection failures (retry mode) */
     uint64_t retry_until_ms;/* no new connection before this (monotonic ms) */
-    int mode;               /* enum qqueue_mode; backoff arrives later */
+    int mode;               /* enum qqueue_mode (qmgr_backoff.c) */
+    uint64_t backoff_until_ms;  /* back to normal at this monotonic ms; 0 = not by time */
+    uint32_t mode_changes;
+    int32_t plist;          /* index of its smtp-pattern-list, -1 none (qmgr_backoff.c) */
+    uint64_t plist_gen;     /* pattern generation plist was looked up for */
+    int feed_held;          /* defer-queue: no new transactions until retry_until_ms */
     struct qvmta *vg;       /* limits across the virtual MTA's queues (qmgr_vmta.c) */
     /* settings cache: resolved for S.cfg_serial */
     struct cfg_resolved *res;
@@ -202,7 +208,7 @@ uint64_t qmgr_jitter(uint64_t delay_ms, uint64_t seed);
 /* --- queues, recipients, messages (qmgr_queue.c) -------------------------------- */
 struct qqueue *qmgr_queue_get(const char *name, size_t len);
 void qmgr_queues_free(void);
-/* qmgr_queue_setting - effective value of D for Q (the backoff-X twin in backoff mode later) */
+/* qmgr_queue_setting - effective value of D for Q (its backoff-X twin in backoff mode) */
 const struct cfg_value *qmgr_queue_setting(struct qqueue *q, enum cfg_directive d);
 int64_t qmgr_queue_num(struct qqueue *q, enum cfg_directive d, int64_t dflt);
 /* qmgr_queue_retry_delay_ms - the retry-after list's entry for the Nth (1-based) failure */

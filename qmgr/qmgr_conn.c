@@ -427,6 +427,20 @@ conn_rest(struct qconn *c)
     }
 }
 
+/*
+ * over_limit - Q has more connections than it may now (backoff lowered
+ * max-smtp-out) or a defer-queue action holds it: close rather than feed.
+ */
+static int
+over_limit(struct qqueue *q)
+{
+    int64_t max_out = qmgr_queue_num(q, CFG_D_MAX_SMTP_OUT, 20);
+
+    if (q->feed_held && qmgr_now_ms() >= q->retry_until_ms)
+        q->feed_held = 0;
+    return q->feed_held || q->nconn > (uint64_t)(max_out > 0 ? max_out : 1);
+}
+
 /* conn_feed - give idle connection C its next transaction, or let it rest or close */
 static void
 conn_feed(struct qconn *c)
@@ -435,7 +449,7 @@ conn_feed(struct qconn *c)
     uint32_t room, n;
     struct buf out = BUF_INIT;
 
-    if (S.stopping || (c->max_msg && c->ntxn >= c->max_msg)) {
+    if (S.stopping || (c->max_msg && c->ntxn >= c->max_msg) || over_limit(q)) {
         conn_close(c);
         return;
     }

@@ -11,7 +11,9 @@
  *               expiry; qstore_group_defer; accounting t
  * expired    -> bounce with 4.4.7 "message expired" and the last error
  * Queue-level failures (the connection never came up) put the queue in retry
- * mode and write a tq record.
+ * mode and write a tq record. Every reply first meets the queue's
+ * smtp-pattern-list (qmgr_backoff.c): mode changes, defer-queue, bounce-rcpt,
+ * skip-mx.
  *
  * Every attempt logs one line:
  *   delivered|deferred|bounced QID/INDEX to=RCPT queue=Q mx=MX ip=DEST
@@ -34,6 +36,7 @@
 #include "msg.h"
 #include "qmgr.h"
 #include "qmgr_acct.h"
+#include "qmgr_backoff.h"
 #include "qmgr_bouncecat.h"
 #include "qmgr_dsn.h"
 #include "worker.h"
@@ -207,6 +210,7 @@ qmgr_outcome_config(void)
     if (bouncecat)
         qmgr_bouncecat_free(bouncecat);
     bouncecat = qmgr_bouncecat_new(S.cfg);
+    qmgr_backoff_config();
     if (!acct_timer_on) {
         uv_timer_init(worker_loop(), &acct_timer);
         uv_timer_start(&acct_timer, on_acct_tick, 1000, 1000);
@@ -225,6 +229,7 @@ qmgr_outcome_close(void)
     if (bouncecat)
         qmgr_bouncecat_free(bouncecat);
     bouncecat = NULL;
+    qmgr_backoff_close();
 }
 
 /* --- durable records ------------------------------------------------------------------------ */
@@ -451,13 +456,55 @@ defer(uint32_t r, const struct qstore_msg *m, struct qqueue *q, const struct qre
     qmgr_defer_timer_update();
 }
 
+/* --- retry mode ---------------------------------------------------------------------------------- */
+
+/* enter_retry_mode - no new connection for Q before its retry-after delay (a failure) */
+static void
+enter_retry_mode(struct qqueue *q, const char *why, const char *text)
+{
+    char shown[600];
+    uint64_t delay;
+
+    q->fail_count++;
+    delay = qmgr_jitter(qmgr_queue_retry_delay_ms(q, q->fail_count), q->id * 7919u + q->fail_count);
+    q->retry_until_ms = qmgr_now_ms() + delay;
+    msg_info("queue %s in retry mode for %.1f s after %u %s: %s", q->name, (double)delay / 1000,
+             q->fail_count, why, msg_printable(shown, sizeof(shown), text, strlen(text)));
+}
+
+/*
+ * apply_reply_actions - what Q's smtp-pattern-list makes of RES (the mode
+ * switch is done by qmgr_reply_actions): the result as it is to be
+ * recorded, RES itself or a changed copy in *CHANGED.
+ */
+static const struct qresult *
+apply_reply_actions(struct qqueue *q, const struct qresult *res, struct qresult *changed)
+{
+    unsigned act = qmgr_reply_actions(q, res);
+
+    if ((act & QMGR_REPLY_DEFER_QUEUE) && !(q->feed_held && qmgr_now_ms() < q->retry_until_ms)) {
+        enter_retry_mode(q, "defer-queue reply(s)", res->text ? res->text : "");
+        q->feed_held = 1;
+    }
+    *changed = *res;
+    if ((act & QMGR_REPLY_BOUNCE_RCPT) && res->result == MP_RESULT_TEMPFAIL)
+        changed->result = MP_RESULT_PERMFAIL;
+    else if ((act & QMGR_REPLY_SKIP_MX) && res->result == MP_RESULT_PERMFAIL)
+        changed->result = MP_RESULT_TEMPFAIL;
+    else
+        return res;
+    return changed;
+}
+
 /* --- the entry points ------------------------------------------------------------------------- */
 
 void
 qmgr_outcome(uint32_t r, const struct qstore_msg *m, struct qqueue *q, const struct qresult *res)
 {
     const struct qstore_rcpt *rr;
+    struct qresult changed;
 
+    res = apply_reply_actions(q, res, &changed);
     switch (res->result) {
     case MP_RESULT_OK:
         rr = qmgr_msg_find_rcpt(m, S.rcpt[r].index);
@@ -467,6 +514,7 @@ qmgr_outcome(uint32_t r, const struct qstore_msg *m, struct qqueue *q, const str
         q->delivered++;
         q->fail_count = 0;      /* a success resets the retry schedule */
         q->retry_until_ms = 0;
+        qmgr_backoff_delivered(q);
         qmgr_rcpt_free(r);
         break;
     case MP_RESULT_PERMFAIL:
@@ -485,19 +533,12 @@ qmgr_outcome_queue_failure(struct qqueue *q, const struct qresult *res)
 {
     struct qmgr_acct_record a = { 0 };
     struct acct_text t;
-    char text[600];
-    uint64_t delay;
 
     q->conn_failures++;
     qmgr_queue_set_error(q, res->text);
-    if (res->result != MP_RESULT_PERMFAIL) {
-        q->fail_count++;
-        delay = qmgr_jitter(qmgr_queue_retry_delay_ms(q, q->fail_count), q->id * 7919u + q->fail_count);
-        q->retry_until_ms = qmgr_now_ms() + delay;
-        msg_info("queue %s in retry mode for %.1f s after %u failed connection(s): %s", q->name,
-                 (double)delay / 1000, q->fail_count,
-                 msg_printable(text, sizeof(text), res->text, strlen(res->text)));
-    }
+    qmgr_reply_actions(q, res);     /* a 421 greeting may put the queue in backoff */
+    if (res->result != MP_RESULT_PERMFAIL)
+        enter_retry_mode(q, "failed connection(s)", res->text);
     if (!acct_w)
         return;
     acct_fill_attempt(&a, &t, QMGR_ACCT_TQ, q, res, "4.0.0",

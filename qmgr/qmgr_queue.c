@@ -75,6 +75,7 @@ queue_create(const char *name, size_t len)
                                               : xstrdup("{default}");
     q->ready_head = q->ready_tail = QNIL;
     q->run_prio = -1;
+    q->plist = -1;
     if (S.nqueues == S.queues_cap) {
         S.queues_cap = S.queues_cap ? S.queues_cap * 2 : 256;
         S.queues = xreallocarray(S.queues, S.queues_cap, sizeof(*S.queues));
@@ -191,8 +192,12 @@ qmgr_queue_setting(struct qqueue *q, enum cfg_directive d)
 
     refresh_settings(q);
     if (q->mode == QMODE_BACKOFF && (twin = backoff_twin(d)) >= 0
-        && q->res->v[twin] && !(q->res->v[twin]->flags & CFG_VALUE_UNSET))
+        && q->res->v[twin] && !(q->res->v[twin]->flags & CFG_VALUE_UNSET)) {
+        /* backoff-max-smtp-out (20 by default) must not raise a smaller max-smtp-out */
+        if (d == CFG_D_MAX_SMTP_OUT && q->res->v[d] && q->res->v[d]->num < q->res->v[twin]->num)
+            return q->res->v[d];
         return q->res->v[twin];
+    }
     if (q->res->v[d] && (q->res->v[d]->flags & CFG_VALUE_UNSET))
         return NULL;
     return q->res->v[d];

@@ -563,6 +563,25 @@ static void test_error_cap(void **state)
     free(t.p);
 }
 
+/* reply actions that do nothing yet load with a warning, not silently */
+static void test_reply_actions_not_implemented_warn(void **state)
+{
+    unsigned nerr = 0;
+    struct cfg *c = load_text("<smtp-pattern-list l>\n"
+                              "  reply /blocked/ bounce-queue\n"
+                              "  reply /too many/ disable-source-ip,reenable-after=1h\n"
+                              "  reply /rate limit/ mode=backoff,defer-queue\n"
+                              "</smtp-pattern-list>\n", &nerr);
+
+    (void)state;
+    assert_non_null(c);
+    assert_int_equal(nerr, 0);
+    assert_int_equal(nwarnings, 2);
+    assert_diag("t.conf:2: warning: reply action 'bounce-queue' is not implemented yet");
+    assert_diag("t.conf:3: warning: reply action 'disable-source-ip' is not implemented yet");
+    cfg_free(c);
+}
+
 /* the process counts take `auto` (their default): half the CPUs, at least one */
 static void test_process_counts_auto(void **state)
 {
@@ -616,6 +635,7 @@ int main(void)
         cmocka_unit_test(test_reports_every_error),
         cmocka_unit_test(test_error_cap),
         cmocka_unit_test(test_process_counts_auto),
+        cmocka_unit_test(test_reply_actions_not_implemented_warn),
     };
     return cmocka_run_group_tests_name("cfg_parse", tests, group_setup, group_teardown);
 }

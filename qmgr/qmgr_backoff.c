@@ -1,0 +1,351 @@
+/*
+ * qmgr_backoff.c - backoff mode and the <smtp-pattern-list> reply actions
+ *
+ * A queue (domain/vmta) is in normal or backoff mode. In backoff each
+ * backoff-X setting replaces X (qmgr_queue_setting() picks the twin; a
+ * backoff-max-smtp-out never raises the normal max-smtp-out), so a receiver
+ * that answers "421 rate limit exceeded" gets fewer connections and a slower
+ * message rate from this queue alone, while everything else keeps its pace.
+ *
+ * What changes a mode: a remote reply that matches a `reply /re/ mode=...`
+ * line of the queue's smtp-pattern-list (the first matching line wins; every
+ * reply of a delivery attempt is matched as "CODE TEXT", the enhanced status
+ * included when the server sent one); backoff-to-normal-after (or the
+ * pattern's backoff-to-normal-after=) since the last reply that asked for
+ * backoff;
+ * backoff-to-normal-after-delivery after one delivery in backoff. Modes live
+ * in memory only: a restart starts every queue in normal mode, as PowerMTA.
+ * Every change logs one line:
+ *     queue DOMAIN/VMTA mode normal -> backoff: reply matched /RE/ (TEXT)
+ *
+ * Other actions are returned to the caller (qmgr_outcome.c): bounce-rcpt,
+ * skip-mx (keep the recipient queued even after a 5xx), defer-queue.
+ *
+ * Owns: the compiled pattern lists of the current configuration, the list of
+ * queues in backoff and the one-second timer that returns them to normal.
+ * SECURITY: reply text is peer-controlled: matched under a PCRE2 match limit,
+ * logged only through msg_printable().
+ */
+#include "config.h"
+
+#define PCRE2_CODE_UNIT_WIDTH 8
+
+#include <inttypes.h>
+#include <pcre2.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "msg.h"
+#include "qmgr.h"
+#include "qmgr_backoff.h"
+#include "worker.h"
+#include "xalloc.h"
+
+#define MATCH_LIMIT 100000u     /* hostile replies must not stall the scheduler */
+#define REPLY_TEXT_MAX 1024
+#define TO_NORMAL_TICK_MS 1000u
+
+struct reply_pattern {
+    pcre2_code *re;
+    char *source;               /* the regex as written, for the log */
+    unsigned actions;           /* QMGR_REPLY_* */
+    int64_t to_normal_s;        /* backoff-to-normal-after=, or -1 */
+};
+
+struct pattern_list {
+    char *name;
+    struct reply_pattern *pats;
+    size_t npats;
+};
+
+static struct {
+    struct pattern_list *lists;
+    size_t nlists;
+    uint64_t generation;        /* bumped on every rebuild; queues cache a list index */
+    pcre2_match_data *md;
+    pcre2_match_context *mctx;
+    struct qqueue **backoff;    /* queues in backoff with a time to return */
+    size_t nbackoff, backoff_cap;
+    uv_timer_t timer;
+    int timer_on;
+} B;
+
+/* --- compiling ------------------------------------------------------------------------------ */
+
+/* parse_actions - the comma list after the regex (the config parser has vetted it) */
+static unsigned
+parse_actions(char *text, int64_t *to_normal_s)
+{
+    unsigned actions = 0;
+    char *save = NULL;
+
+    *to_normal_s = -1;
+    for (char *t = strtok_r(text, ", \t", &save); t; t = strtok_r(NULL, ", \t", &save)) {
+        if (strcasecmp(t, "mode=backoff") == 0)
+            actions |= QMGR_REPLY_BACKOFF;
+        else if (strcasecmp(t, "mode=normal") == 0)
+            actions |= QMGR_REPLY_NORMAL;
+        else if (strcasecmp(t, "defer-queue") == 0)
+            actions |= QMGR_REPLY_DEFER_QUEUE;
+        else if (strcasecmp(t, "bounce-rcpt") == 0)
+            actions |= QMGR_REPLY_BOUNCE_RCPT;
+        else if (strcasecmp(t, "skip-mx") == 0)
+            actions |= QMGR_REPLY_SKIP_MX;
+        else if (strncasecmp(t, "backoff-to-normal-after=", 24) == 0
+                 && cfg_parse_interval(t + 24, to_normal_s) != 0)
+            *to_normal_s = -1;
+    }
+    return actions;
+}
+
+/* add_reply - one "/RE/ ACTIONS" value to LIST; a regex that does not compile is skipped */
+static void
+add_reply(struct pattern_list *list, const char *value)
+{
+    char *copy = xstrdup(value), *re, *rest = cfg_split_regex(copy, &re);
+    struct reply_pattern p = { 0 };
+    PCRE2_SIZE offset;
+    int code;
+
+    if (rest == NULL)
+        goto out;
+    p.re = pcre2_compile((PCRE2_SPTR)re, PCRE2_ZERO_TERMINATED, PCRE2_CASELESS, &code, &offset,
+                         NULL);
+    if (p.re == NULL) {
+        PCRE2_UCHAR why[160];
+
+        pcre2_get_error_message(code, why, sizeof why);
+        msg_warn("smtp-pattern-list %s: /%s/ skipped: %s", list->name, re, (const char *)why);
+        goto out;
+    }
+    p.source = xstrdup(re);
+    p.actions = parse_actions(rest, &p.to_normal_s);
+    list->pats = xreallocarray(list->pats, list->npats + 1, sizeof *list->pats);
+    list->pats[list->npats++] = p;
+out:
+    free(copy);
+}
+
+static void
+free_lists(void)
+{
+    for (size_t i = 0; i < B.nlists; i++) {
+        for (size_t j = 0; j < B.lists[i].npats; j++) {
+            pcre2_code_free(B.lists[i].pats[j].re);
+            free(B.lists[i].pats[j].source);
+        }
+        free(B.lists[i].pats);
+        free(B.lists[i].name);
+    }
+    free(B.lists);
+    B.lists = NULL;
+    B.nlists = 0;
+}
+
+/* qmgr_backoff_config - compile every <smtp-pattern-list> of S.cfg */
+void
+qmgr_backoff_config(void)
+{
+    uint32_t it = 0, s;
+
+    free_lists();
+    B.generation++;
+    while ((s = cfg_next_scope(S.cfg, CFG_S_SMTP_PATTERN_LIST, &it)) != CFG_NONE) {
+        struct pattern_list list = { xstrdup(cfg_str(S.cfg, S.cfg->scopes[s].name)), NULL, 0 };
+        const struct cfg_value *v;
+        uint32_t vit = 0;
+
+        while ((v = cfg_scope_next(S.cfg, s, CFG_D_REPLY, &vit)) != NULL)
+            add_reply(&list, cfg_str(S.cfg, v->text));
+        B.lists = xreallocarray(B.lists, B.nlists + 1, sizeof *B.lists);
+        B.lists[B.nlists++] = list;
+    }
+    if (B.md == NULL) {
+        B.md = pcre2_match_data_create(1, NULL);
+        B.mctx = pcre2_match_context_create(NULL);
+        if (B.md == NULL || B.mctx == NULL)
+            msg_fatal("out of memory for PCRE2 match data");
+        pcre2_set_match_limit(B.mctx, MATCH_LIMIT);
+    }
+}
+
+/* --- matching ------------------------------------------------------------------------------- */
+
+/* list_of - Q's smtp-pattern-list, or NULL (cached per configuration) */
+static const struct pattern_list *
+list_of(struct qqueue *q)
+{
+    const struct cfg_value *v;
+
+    if (q->plist_gen != B.generation) {
+        q->plist_gen = B.generation;
+        q->plist = -1;
+        if ((v = qmgr_queue_setting(q, CFG_D_SMTP_PATTERN_LIST)) != NULL)
+            for (size_t i = 0; i < B.nlists; i++)
+                if (strcmp(B.lists[i].name, cfg_str(S.cfg, v->text)) == 0)
+                    q->plist = (int32_t)i;
+    }
+    return q->plist >= 0 ? &B.lists[q->plist] : NULL;
+}
+
+/* reply_text - "CODE TEXT" as the server sent it (smtp-out passes the line verbatim) */
+static size_t
+reply_text(char *out, size_t size, const struct qresult *res)
+{
+    const char *text = res->text ? res->text : "";
+    char code[12];
+    int n = snprintf(code, sizeof code, "%u", res->code);
+    int len;
+
+    if (res->code == 0 || strncmp(text, code, (size_t)n) == 0)
+        len = snprintf(out, size, "%s", text);
+    else
+        len = snprintf(out, size, "%s %s", code, text);
+    return len < 0 ? 0 : (size_t)len >= size ? size - 1 : (size_t)len;
+}
+
+/* first_match - the first pattern of LIST that TEXT matches, or NULL */
+static const struct reply_pattern *
+first_match(const struct pattern_list *list, const char *text, size_t len)
+{
+    for (size_t i = 0; i < list->npats; i++)
+        if (pcre2_match(list->pats[i].re, (PCRE2_SPTR)text, len, 0, 0, B.md, B.mctx) >= 0)
+            return &list->pats[i];
+    return NULL;
+}
+
+/* qmgr_reply_actions - see qmgr_backoff.h */
+unsigned
+qmgr_reply_actions(struct qqueue *q, const struct qresult *res)
+{
+    const struct pattern_list *list = list_of(q);
+    const struct reply_pattern *p;
+    char text[REPLY_TEXT_MAX], why[REPLY_TEXT_MAX + 64], shown[REPLY_TEXT_MAX];
+    size_t len;
+
+    if (list == NULL)
+        return 0;
+    len = reply_text(text, sizeof text, res);
+    if ((p = first_match(list, text, len)) == NULL)
+        return 0;
+    if (p->actions & (QMGR_REPLY_BACKOFF | QMGR_REPLY_NORMAL)) {
+        snprintf(why, sizeof why, "reply matched /%s/ (%s)", p->source,
+                 msg_printable(shown, sizeof shown, text, len));
+        qmgr_backoff_set_mode(q, p->actions & QMGR_REPLY_BACKOFF ? QMODE_BACKOFF : QMODE_NORMAL,
+                              why, p->to_normal_s);
+    }
+    return p->actions;
+}
+
+/* --- modes ----------------------------------------------------------------------------------- */
+
+static void on_tick(uv_timer_t *t);
+
+static void
+track(struct qqueue *q)
+{
+    for (size_t i = 0; i < B.nbackoff; i++)
+        if (B.backoff[i] == q)
+            return;
+    if (B.nbackoff == B.backoff_cap) {
+        B.backoff_cap = B.backoff_cap ? 2 * B.backoff_cap : 16;
+        B.backoff = xreallocarray(B.backoff, B.backoff_cap, sizeof *B.backoff);
+    }
+    B.backoff[B.nbackoff++] = q;
+    if (!B.timer_on) {
+        uv_timer_init(worker_loop(), &B.timer);
+        uv_unref((uv_handle_t *)&B.timer);
+        B.timer_on = 1;
+    }
+    if (!uv_is_active((uv_handle_t *)&B.timer))
+        uv_timer_start(&B.timer, on_tick, TO_NORMAL_TICK_MS, TO_NORMAL_TICK_MS);
+}
+
+static void
+untrack(struct qqueue *q)
+{
+    for (size_t i = 0; i < B.nbackoff; i++)
+        if (B.backoff[i] == q) {
+            B.backoff[i] = B.backoff[--B.nbackoff];
+            break;
+        }
+    if (B.nbackoff == 0 && B.timer_on)
+        uv_timer_stop(&B.timer);
+}
+
+/* to_normal_at - when Q (entering backoff now) returns to normal by itself; 0 = never */
+static uint64_t
+to_normal_at(struct qqueue *q, int64_t pattern_s)
+{
+    int64_t s = pattern_s >= 0 ? pattern_s : qmgr_queue_num(q, CFG_D_BACKOFF_TO_NORMAL_AFTER, -1);
+
+    return s >= 0 && s != CFG_NEVER ? qmgr_now_ms() + (uint64_t)s * 1000 : 0;
+}
+
+/* qmgr_backoff_set_mode - see qmgr_backoff.h */
+void
+qmgr_backoff_set_mode(struct qqueue *q, int mode, const char *why, int64_t to_normal_s)
+{
+    static const char *const names[] = { "normal", "backoff" };
+
+    /* Each reply that asks for backoff restarts the way back: still being told off. */
+    if (mode == QMODE_BACKOFF)
+        q->backoff_until_ms = to_normal_at(q, to_normal_s);
+    if (q->mode == mode)
+        return;
+    msg_info("queue %s mode %s -> %s: %s", q->name, names[q->mode], names[mode], why);
+    q->mode = mode;
+    q->mode_changes++;
+    if (mode == QMODE_BACKOFF) {
+        track(q);
+    } else {
+        untrack(q);
+        q->backoff_until_ms = 0;
+    }
+    /* new limits: a smaller max-smtp-out closes connections as they finish (qmgr_conn.c) */
+    qmgr_run_update(q);
+    qmgr_dispatch_soon();
+}
+
+/* qmgr_backoff_delivered - a delivery on Q: backoff-to-normal-after-delivery */
+void
+qmgr_backoff_delivered(struct qqueue *q)
+{
+    if (q->mode == QMODE_BACKOFF && qmgr_queue_num(q, CFG_D_BACKOFF_TO_NORMAL_AFTER_DELIVERY, 0))
+        qmgr_backoff_set_mode(q, QMODE_NORMAL, "delivered (backoff-to-normal-after-delivery)", -1);
+}
+
+static void
+on_tick(uv_timer_t *t)
+{
+    uint64_t now = qmgr_now_ms();
+
+    (void)t;
+    for (size_t i = 0; i < B.nbackoff;) {
+        struct qqueue *q = B.backoff[i];
+
+        if (q->backoff_until_ms && now >= q->backoff_until_ms)
+            qmgr_backoff_set_mode(q, QMODE_NORMAL, "backoff-to-normal-after elapsed", -1);
+        else
+            i++;
+    }
+}
+
+/* qmgr_backoff_close - free the patterns and the timer (shutdown) */
+void
+qmgr_backoff_close(void)
+{
+    free_lists();
+    pcre2_match_data_free(B.md);
+    pcre2_match_context_free(B.mctx);
+    B.md = NULL;
+    B.mctx = NULL;
+    free(B.backoff);
+    B.backoff = NULL;
+    B.nbackoff = B.backoff_cap = 0;
+    if (B.timer_on)
+        uv_close((uv_handle_t *)&B.timer, NULL);
+    B.timer_on = 0;
+}

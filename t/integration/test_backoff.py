@@ -1,0 +1,241 @@
+#!/usr/bin/env python3
+"""test_backoff - backoff mode and <smtp-pattern-list> reply actions, seen from a fake smtp-out.
+
+The queue is filled before pmtad starts (t/unit/qstore_fill), pmtad runs with
+`smtp-out-processes 0`, and t/lib/fakeout.py answers qmgr's transactions in
+place of smtp-out, with the replies each case needs:
+
+  bo.test   max-msg-rate 100/s, backoff-max-msg-rate 4/s. Its first 3
+            recipients get "421 4.7.28 ... rate limit exceeded": the queue
+            goes into backoff (one log line naming the pattern) and from then
+            on the fake never sees more than 4 recipients in any 1 s window
+  bs.test   max-smtp-out 4, backoff-max-smtp-out 1, the same replies: several
+            connections at once before, never 2 after
+  none.test the same replies, no pattern list: no mode change
+  tn.test   backoff-to-normal-after 2s: back to normal 2-4 s later by itself
+  td.test   backoff-to-normal-after-delivery: back to normal after one delivery
+  nm.test   a reply matching a mode=normal line ends backoff
+  br.test   bounce-rcpt: a 4xx "try again" reply bounces the recipient (DSN queued)
+  dq.test   defer-queue: the queue waits its retry-after (3 s) before the next
+            transaction, and that connection takes no more work meanwhile
+"""
+
+import os
+import re
+import sys
+import time
+
+from fakeout import FakeOut, OK, TEMPFAIL
+from pmtatest import Pmta, Tap, build_dir, require_root, wait_for
+from test_qmgr import fill, max_in_window, qmgr_socket
+
+PLAN = 14
+
+CONFIG = """
+smtp-out-processes 0
+smtpd-processes 1
+<smtp-pattern-list isp>
+  reply /rate limit exceeded/ mode=backoff
+  reply /^250 .*welcome back/ mode=normal
+  reply /user unknown, try again/ bounce-rcpt
+  reply /mailbox temporarily disabled/ defer-queue
+</smtp-pattern-list>
+<domain bo.test>
+  smtp-pattern-list isp
+  max-smtp-out 4
+  max-msg-rate 100/s
+  backoff-max-smtp-out 1
+  backoff-max-msg-rate 4/s
+  retry-after 1s
+  backoff-retry-after 1s
+  retry-recipients-after 1s
+</domain>
+<domain bs.test>
+  smtp-pattern-list isp
+  max-smtp-out 4
+  backoff-max-smtp-out 1
+  retry-after 1s
+  backoff-retry-after 1s
+  retry-recipients-after 1s
+</domain>
+<domain none.test>
+  max-smtp-out 4
+  retry-after 1s
+  retry-recipients-after 1s
+</domain>
+<domain tn.test>
+  smtp-pattern-list isp
+  backoff-to-normal-after 2s
+  retry-after 1s
+  retry-recipients-after 1s
+</domain>
+<domain td.test>
+  smtp-pattern-list isp
+  backoff-to-normal-after-delivery yes
+  retry-after 1s
+  backoff-retry-after 1s
+  retry-recipients-after 1s
+</domain>
+<domain nm.test>
+  smtp-pattern-list isp
+  retry-after 1s
+  backoff-retry-after 1s
+  retry-recipients-after 1s
+</domain>
+<domain br.test>
+  smtp-pattern-list isp
+</domain>
+<domain dq.test>
+  smtp-pattern-list isp
+  max-smtp-out 1
+  retry-after 3s
+  retry-recipients-after 1s
+</domain>
+"""
+
+RATE_LIMIT = (TEMPFAIL, 421, "4.7.28", "421 4.7.28 Our system has detected an unusual rate "
+              "of mail; rate limit exceeded")
+
+
+class Answers:
+    """What the fake receiver says, per queue; counts what it said."""
+
+    def __init__(self):
+        self.seen = {}
+        self.first_backoff_reply = {}
+
+    def __call__(self, queue, msgid, index, attempt):
+        domain = queue.split("/")[0]
+        n = self.seen[domain] = self.seen.get(domain, 0) + 1
+        if domain in ("bo.test", "bs.test", "none.test") and n <= 3:
+            self.first_backoff_reply.setdefault(domain, time.monotonic())
+            return RATE_LIMIT
+        if domain in ("tn.test", "td.test", "nm.test") and n == 1:
+            return RATE_LIMIT
+        if domain == "nm.test":
+            return (OK, 250, "2.0.0", "250 2.0.0 ok, welcome back")
+        if domain == "br.test":
+            return (TEMPFAIL, 450, "4.2.1", "450 4.2.1 user unknown, try again later")
+        if domain == "dq.test" and n == 1:
+            return (TEMPFAIL, 451, "4.2.1", "451 4.2.1 mailbox temporarily disabled")
+        return (OK, 250, "2.0.0", "250 2.0.0 ok")
+
+
+def concurrency_after(fake, queue, since):
+    """Most connections of QUEUE open at once at or after SINCE (from opens and closes)."""
+    events = [(t, 1) for (t, _, q, *_rest) in fake.opens if q == queue]
+    events += [(t, -1) for (t, _, q) in fake.closes if q == queue]
+    now, best = 0, None
+    for t, d in sorted(events):
+        if t >= since and best is None:
+            best = now                  # what was open when SINCE came
+        now += d
+        if t >= since:
+            best = max(best, now)
+    return now if best is None else best
+
+
+def mode_lines(log, queue):
+    return re.findall(r"queue %s mode (\w+) -> (\w+): (.*)" % re.escape(queue), log)
+
+
+def main():
+    tap = Tap(PLAN)
+    require_root(tap, PLAN)
+    answers = Answers()
+    with Pmta(name="backoff") as p:
+        p.write_config(CONFIG)
+        for domain, n in (("bo", 40), ("bs", 60), ("none", 10), ("tn", 3), ("td", 3), ("nm", 3), ("br", 1),
+                          ("dq", 3)):
+            fill(p, "-n", str(n), "-r", "1", "-d", domain)
+        p.start()
+        fake = FakeOut(qmgr_socket(p), answer=answers, txn_delay=0.05).start()
+        t0 = time.monotonic()
+        wait_for(lambda: len([r for r in fake.results_for("bo.test/{default}") if r[5] == OK])
+                 >= 40, timeout=30)
+        wait_for(lambda: len([r for r in fake.results_for("bs.test/{default}") if r[5] == OK])
+                 >= 60, timeout=30)
+        wait_for(lambda: len(fake.results_for("dq.test/{default}")) >= 3, timeout=15)
+        wait_for(lambda: "backoff -> normal: backoff-to-normal-after" in p.log(), timeout=10)
+        wait_for(lambda: fake.results_for("origin.test/{default}"), timeout=5)
+        elapsed = time.monotonic() - t0
+        fake.stop()
+        p.stop()
+        log = p.log()
+    tap.diag("took %.1f s" % elapsed)
+
+    # --- bo.test: the rate limit reply puts the queue in backoff; the backoff limits hold
+    bo = "bo.test/{default}"
+    modes = mode_lines(log, bo)
+    tap.ok(len(modes) == 1 and modes[0][:2] == ("normal", "backoff")
+           and "reply matched /rate limit exceeded/" in modes[0][2] and "421 4.7.28" in modes[0][2],
+           "a 421 'rate limit exceeded' reply puts the queue in backoff once, naming the pattern "
+           "and the reply", modes)
+    t_switch = answers.first_backoff_reply.get("bo.test", t0)
+    bs = "bs.test/{default}"
+    bs_switch = answers.first_backoff_reply.get("bs.test", t0)
+    before = fake.max_concurrent.get(bs, 0)
+    after = concurrency_after(fake, bs, bs_switch + 0.3)
+    bs_ok = len([r for r in fake.results_for(bs) if r[5] == OK])
+    tap.ok(before >= 3 and after == 1 and bs_ok == 60 and mode_lines(log, bs),
+           "backoff-max-smtp-out 1 replaces max-smtp-out 4: one connection after the switch",
+           "at most %d at once before, %d after; %d delivered" % (before, after, bs_ok))
+    times = [t for (t, _, _, _, idx) in fake.txns_for(bo) if t >= t_switch + 0.3 for _ in idx]
+    busiest = max_in_window(times)
+    tap.ok(len(times) >= 20 and busiest <= 4,
+           "backoff-max-msg-rate 4/s replaces max-msg-rate 100/s: no 1 s window above 4",
+           "%d recipients after the switch, busiest 1 s window %d" % (len(times), busiest))
+    delivered = len([r for r in fake.results_for(bo) if r[5] == OK])
+    tap.ok(delivered == 40, "in backoff the queue still delivers everything (40 of 40)", delivered)
+    tap.ok(not mode_lines(log, "none.test/{default}"),
+           "a queue without an smtp-pattern-list ignores the same reply")
+
+    # --- the ways back to normal
+    tn = mode_lines(log, "tn.test/{default}")
+    tap.ok([m[:2] for m in tn] == [("normal", "backoff"), ("backoff", "normal")]
+           and "backoff-to-normal-after" in tn[-1][2],
+           "backoff-to-normal-after 2s returns the queue to normal by itself", tn)
+    stamps = [l[:23] for l in log.splitlines() if "queue tn.test/{default} mode" in l]
+    if len(stamps) == 2:
+        gap = (time.mktime(time.strptime(stamps[1][:19], "%Y-%m-%d %H:%M:%S"))
+               + float(stamps[1][19:23]) - time.mktime(time.strptime(stamps[0][:19],
+                                                                      "%Y-%m-%d %H:%M:%S"))
+               - float(stamps[0][19:23]))
+    else:
+        gap = -1
+    tap.ok(1.9 <= gap <= 4.5, "... after 2 s (the check runs every second)", "%.2f s" % gap)
+    td = mode_lines(log, "td.test/{default}")
+    tap.ok([m[:2] for m in td] == [("normal", "backoff"), ("backoff", "normal")]
+           and "backoff-to-normal-after-delivery" in td[-1][2],
+           "backoff-to-normal-after-delivery: one delivery ends backoff", td)
+    nm = mode_lines(log, "nm.test/{default}")
+    tap.ok([m[:2] for m in nm] == [("normal", "backoff"), ("backoff", "normal")]
+           and "welcome back" in nm[-1][2],
+           "a reply matching a mode=normal line ends backoff", nm)
+
+    # --- bounce-rcpt and defer-queue
+    br = fake.results_for("br.test/{default}")
+    tap.ok(len(br) == 1 and re.search(r"bounced \S+ to=\S+ queue=br\.test/\{default\}.*"
+                                      r"user unknown, try again", log),
+           "bounce-rcpt: a 4xx reply matching the line bounces the recipient at once",
+           "%d attempts" % len(br))
+    dsn = fake.results_for("origin.test/{default}")
+    tap.ok(len(dsn) == 1, "... and a DSN goes to its sender (sender@origin.test)", len(dsn))
+    dq = sorted(fake.txns_for("dq.test/{default}"))
+    gap = dq[1][0] - dq[0][0] if len(dq) >= 2 else 0
+    tap.ok(re.search(r"queue dq\.test/\{default\} in retry mode for [\d.]+ s after 1 defer-queue",
+                     log) and 2.4 <= gap <= 6,
+           "defer-queue: the queue goes into retry mode; next transaction after retry-after 3s",
+           "%.2f s" % gap)
+    dq_conns = {c for (_, c, _, _, _) in dq}
+    tap.ok(len(dq) >= 2 and dq[1][1] != dq[0][1] and len(dq_conns) >= 2,
+           "... on a new connection: the held one took no more work",
+           [(round(t - t0, 2), c) for (t, c, *_r) in dq])
+    tap.ok(not re.search(r"(warning|error|panic|fatal):", log.replace("warning: directive", "")),
+           "no warnings or errors in the log",
+           "\n".join(l for l in log.splitlines() if re.search(r"(warning|error|panic):", l))[:600])
+    sys.exit(tap.done())
+
+
+if __name__ == "__main__":
+    main()
