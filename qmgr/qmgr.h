@@ -14,6 +14,7 @@
  *                   max-connect-rate
  *   qmgr_vmta.c     limits across all queues of one virtual MTA
  *   qmgr_backoff.c  backoff mode and the smtp-pattern-list reply actions
+ *   qmgr_ctl.c      the control socket pmtactl talks to (JSON lines)
  *   qmgr_outcome.c  what a result does: durable finish/defer, bounces
  *                   (DSN), expiry, the per-attempt log line, accounting
  *
@@ -75,6 +76,14 @@ enum qqueue_mode { QMODE_NORMAL = 0, QMODE_BACKOFF = 1 };
 struct qconn;
 struct qvmta;
 
+/* The last mode changes of a queue, for pmtactl (qmgr_backoff.c). */
+#define QMGR_MODE_EVENTS 10
+struct qmode_event {
+    uint64_t wall;          /* unix seconds */
+    uint8_t from, to;       /* enum qqueue_mode */
+    char why[160];
+};
+
 struct qqueue {
     uint32_t id;
     char *name;             /* "domain/vmta" */
@@ -97,6 +106,9 @@ struct qqueue {
     int32_t plist;          /* index of its smtp-pattern-list, -1 none (qmgr_backoff.c) */
     uint64_t plist_gen;     /* pattern generation plist was looked up for */
     int feed_held;          /* defer-queue: no new transactions until retry_until_ms */
+    int paused;             /* pmtactl pause queue: no new connections or transactions */
+    struct qmode_event *mode_events;    /* ring of QMGR_MODE_EVENTS, allocated on first change */
+    uint8_t nmode_events, mode_event_next;
     struct qvmta *vg;       /* limits across the virtual MTA's queues (qmgr_vmta.c) */
     /* settings cache: resolved for S.cfg_serial */
     struct cfg_resolved *res;
@@ -227,6 +239,8 @@ void qmgr_ready_push_front(struct qqueue *q, uint32_t r);
 uint32_t qmgr_ready_peek(struct qqueue *q);
 uint32_t qmgr_ready_pop(struct qqueue *q);
 void qmgr_defer_push(uint32_t r, uint32_t due_tick);
+/* qmgr_defer_due_now - every deferred recipient of Q becomes due at NOW_TICK; how many */
+uint32_t qmgr_defer_due_now(struct qqueue *q, uint32_t now_tick);
 uint32_t qmgr_defer_pop_due(uint32_t now_tick);
 uint32_t qmgr_defer_next_due(void);  /* tick of the earliest, or UINT32_MAX */
 void qmgr_heap_free(void);
@@ -253,6 +267,10 @@ void qmgr_conn_close_idle_all(void);
 unsigned qmgr_conn_busy(void);
 void qmgr_conn_close_all(void);
 struct qpeer *qmgr_conn_least_loaded(void);
+
+/* --- control socket (qmgr_ctl.c) ------------------------------------------------------ */
+void qmgr_ctl_listen(void);
+void qmgr_ctl_stop(void);
 
 /* --- rates (qmgr_rate.c) ------------------------------------------------------------ */
 /* qmgr_vmta.c: <virtual-mta> max-smtp-out and <sender> max-conn / max-msg-rate */

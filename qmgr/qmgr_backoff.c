@@ -284,6 +284,24 @@ to_normal_at(struct qqueue *q, int64_t pattern_s)
     return s >= 0 && s != CFG_NEVER ? qmgr_now_ms() + (uint64_t)s * 1000 : 0;
 }
 
+/* remember - the change to MODE in Q's ring of recent mode events */
+static void
+remember(struct qqueue *q, int mode, const char *why)
+{
+    struct qmode_event *e;
+
+    if (q->mode_events == NULL)
+        q->mode_events = xcalloc(QMGR_MODE_EVENTS, sizeof *q->mode_events);
+    e = &q->mode_events[q->mode_event_next];
+    q->mode_event_next = (uint8_t)((q->mode_event_next + 1) % QMGR_MODE_EVENTS);
+    if (q->nmode_events < QMGR_MODE_EVENTS)
+        q->nmode_events++;
+    e->wall = qmgr_wall();
+    e->from = (uint8_t)q->mode;
+    e->to = (uint8_t)mode;
+    snprintf(e->why, sizeof e->why, "%s", why);
+}
+
 /* qmgr_backoff_set_mode - see qmgr_backoff.h */
 void
 qmgr_backoff_set_mode(struct qqueue *q, int mode, const char *why, int64_t to_normal_s)
@@ -296,6 +314,7 @@ qmgr_backoff_set_mode(struct qqueue *q, int mode, const char *why, int64_t to_no
     if (q->mode == mode)
         return;
     msg_info("queue %s mode %s -> %s: %s", q->name, names[q->mode], names[mode], why);
+    remember(q, mode, why);
     q->mode = mode;
     q->mode_changes++;
     if (mode == QMODE_BACKOFF) {

@@ -429,7 +429,8 @@ conn_rest(struct qconn *c)
 
 /*
  * over_limit - Q has more connections than it may now (backoff lowered
- * max-smtp-out) or a defer-queue action holds it: close rather than feed.
+ * max-smtp-out), or a defer-queue action or a pause holds it: close rather
+ * than feed.
  */
 static int
 over_limit(struct qqueue *q)
@@ -438,7 +439,7 @@ over_limit(struct qqueue *q)
 
     if (q->feed_held && qmgr_now_ms() >= q->retry_until_ms)
         q->feed_held = 0;
-    return q->feed_held || q->nconn > (uint64_t)(max_out > 0 ? max_out : 1);
+    return q->feed_held || q->paused || q->nconn > (uint64_t)(max_out > 0 ? max_out : 1);
 }
 
 /* conn_feed - give idle connection C its next transaction, or let it rest or close */
@@ -506,7 +507,7 @@ open_allowed(struct qqueue *q)
     int64_t max_out = qmgr_queue_num(q, CFG_D_MAX_SMTP_OUT, 20);
     uint64_t now_ms = qmgr_now_ms(), now_ns = qmgr_now_ns();
 
-    if (S.stopping || q->nconn >= (uint64_t)(max_out > 0 ? max_out : 1))
+    if (S.stopping || q->paused || q->nconn >= (uint64_t)(max_out > 0 ? max_out : 1))
         return 0;
     if (total && total->num > 0 && S.nconn_total >= (uint64_t)total->num) {
         reclaim_idle(q, NULL);

@@ -123,6 +123,7 @@ qmgr_queues_free(void)
         free(q->vmta);
         free(q->res);
         free(q->last_error);
+        free(q->mode_events);
         free(q);
     }
     free(S.queues);
@@ -421,11 +422,8 @@ qmgr_defer_push(uint32_t r, uint32_t due_tick)
 }
 
 static void
-heap_pop_top(void)
+heap_sift_down(uint32_t i)
 {
-    uint32_t i = 0;
-
-    S.heap[0] = S.heap[--S.nheap];
     for (;;) {
         uint32_t l = 2 * i + 1, rr = l + 1, m = i;
         if (l < S.nheap && heap_less(S.heap[l], S.heap[m]))
@@ -437,6 +435,32 @@ heap_pop_top(void)
         heap_swap(i, m);
         i = m;
     }
+}
+
+static void
+heap_pop_top(void)
+{
+    S.heap[0] = S.heap[--S.nheap];
+    heap_sift_down(0);
+}
+
+/* qmgr_defer_due_now - see qmgr.h (pmtactl schedule); O(deferred recipients) */
+uint32_t
+qmgr_defer_due_now(struct qqueue *q, uint32_t now_tick)
+{
+    uint32_t n = 0;
+
+    for (uint32_t i = 0; i < S.nheap; i++) {
+        struct qrcpt *r = &S.rcpt[S.heap[i]];
+
+        if (r->queue == q->id && r->due > now_tick) {
+            r->due = now_tick;
+            n++;
+        }
+    }
+    for (uint32_t i = S.nheap / 2; n > 0 && i-- > 0;)
+        heap_sift_down(i);
+    return n;
 }
 
 /* qmgr_defer_pop_due - the earliest deferred recipient if it is due at NOW_TICK, else QNIL */

@@ -1,0 +1,552 @@
+/*
+ * qmgr_ctl.c - the control socket: what pmtactl asks of the running scheduler
+ *
+ * RUNDIR/control is bound by pmtad (root only) and served here. A client
+ * sends one JSON object per line and gets one JSON object per line back:
+ *     {"cmd":"status"}                                  -> {"ok":true,"status":{...}}
+ *     {"cmd":"show-queues","mode":"backoff","paused":true,"queue":"PATTERN",
+ *      "maxitems":20,"sort":"rcpt"|"name"}              -> {"ok":true,"total":N,"queues":[...]}
+ *     {"cmd":"set-queue-mode","queue":"PATTERN","mode":"normal"|"backoff"}
+ *     {"cmd":"pause-queue"|"resume-queue","queue":"PATTERN"}
+ *                                                       -> {"ok":true,"changed":N,"queues":[...]}
+ *     {"cmd":"schedule","queue":"PATTERN"}              -> {"ok":true,"queues":N,"recipients":N}
+ * and {"ok":false,"error":"..."} for anything it cannot do. PATTERN is
+ * domain[/vmta] with shell wildcards; without "/vmta" every virtual MTA of
+ * the domain matches. doc/pmtactl.8 is the user-facing description.
+ *
+ * Owns: the listening watcher and the client connections (each with its
+ * bounded input buffer). JSON is built and parsed with jansson only.
+ * SECURITY: only root can connect (socket mode 0600, set by pmtad), but the
+ * input is still parsed defensively: a request line is at most
+ * CTL_LINE_MAX bytes (checked on partial input too), must be a JSON object
+ * with a string "cmd", and every argument is type-checked.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <fnmatch.h>
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "buf.h"
+#include "msg.h"
+#include "qmgr.h"
+#include "qmgr_backoff.h"
+#include "worker.h"
+#include "xalloc.h"
+
+#define CTL_LINE_MAX 65536u
+#define CTL_CLIENTS_MAX 64u
+
+struct ctl_client {
+    uv_pipe_t pipe;
+    struct buf in;
+    struct ctl_client *next;
+    int closing;
+};
+
+struct ctl_write {
+    uv_write_t req;
+    char *text;
+};
+
+static uv_poll_t listen_poll;
+static int listening;
+static struct ctl_client *clients;
+static unsigned nclients;
+
+static const char *const mode_names[] = { "normal", "backoff" };
+
+/* --- queue patterns ---------------------------------------------------------------------- */
+
+/* queue_matches - Q against "domain[/vmta]" with shell wildcards (no "/vmta": any) */
+static int
+queue_matches(const struct qqueue *q, const char *pattern)
+{
+    const char *slash = strchr(pattern, '/');
+    char domain[512];
+
+    if (slash == NULL)
+        return fnmatch(pattern, q->domain, FNM_CASEFOLD) == 0;
+    if ((size_t)(slash - pattern) >= sizeof domain)
+        return 0;
+    memcpy(domain, pattern, (size_t)(slash - pattern));
+    domain[slash - pattern] = '\0';
+    return fnmatch(domain, q->domain, FNM_CASEFOLD) == 0
+           && fnmatch(slash + 1, q->vmta, FNM_CASEFOLD) == 0;
+}
+
+/* --- replies ----------------------------------------------------------------------------- */
+
+static json_t *
+error_reply(const char *text)
+{
+    return json_pack("{s:b, s:s}", "ok", 0, "error", text);
+}
+
+static const char *
+stamp(char out[32], uint64_t wall)
+{
+    time_t t = (time_t)wall;
+    struct tm tm;
+
+    gmtime_r(&t, &tm);
+    strftime(out, 32, "%Y-%m-%d %H:%M:%S+0000", &tm);
+    return out;
+}
+
+static json_t *
+mode_events_json(const struct qqueue *q)
+{
+    json_t *list = json_array();
+    char when[32];
+
+    for (unsigned i = 0; i < q->nmode_events; i++) {
+        /* oldest first: the ring's next slot is the oldest once it is full */
+        unsigned at = (q->mode_event_next + QMGR_MODE_EVENTS - q->nmode_events + i)
+                      % QMGR_MODE_EVENTS;
+        const struct qmode_event *e = &q->mode_events[at];
+
+        json_array_append_new(list, json_pack("{s:s, s:s, s:s, s:s}", "time",
+                                              stamp(when, e->wall), "from", mode_names[e->from],
+                                              "to", mode_names[e->to], "why", e->why));
+    }
+    return list;
+}
+
+static json_t *
+queue_json(const struct qqueue *q)
+{
+    uint64_t now = qmgr_now_ms();
+    uint64_t retry_in = q->retry_until_ms > now ? (q->retry_until_ms - now + 999) / 1000 : 0;
+
+    return json_pack("{s:s, s:s, s:s, s:s, s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I,"
+                     " s:s, s:o}",
+                     "name", q->name, "domain", q->domain, "vmta", q->vmta,
+                     "mode", mode_names[q->mode], "paused", q->paused,
+                     "recipients", (json_int_t)(q->nready + q->ndeferred + q->ninflight),
+                     "ready", (json_int_t)q->nready, "deferred", (json_int_t)q->ndeferred,
+                     "inflight", (json_int_t)q->ninflight, "connections", (json_int_t)q->nconn,
+                     "retry_in_s", (json_int_t)retry_in, "delivered", (json_int_t)q->delivered,
+                     "bounced", (json_int_t)q->bounced, "deferred_count",
+                     (json_int_t)q->deferred_n, "last_error", q->last_error ? q->last_error : "",
+                     "mode_events", mode_events_json(q));
+}
+
+/* --- commands ---------------------------------------------------------------------------- */
+
+static json_t *
+cmd_status(json_t *req)
+{
+    uint64_t ready = 0, deferred = 0, inflight = 0, delivered = 0, bounced = 0, deferrals = 0;
+    unsigned backoff = 0, paused = 0, outs = 0;
+
+    (void)req;
+    for (uint32_t i = 0; i < S.nqueues; i++) {
+        const struct qqueue *q = S.queues[i];
+
+        ready += q->nready, deferred += q->ndeferred, inflight += q->ninflight;
+        delivered += q->delivered, bounced += q->bounced, deferrals += q->deferred_n;
+        backoff += q->mode == QMODE_BACKOFF;
+        paused += q->paused != 0;
+    }
+    for (const struct qpeer *p = S.peers; p; p = p->next)
+        outs += p->kind == QPEER_OUT;
+    return json_pack("{s:b, s:{s:I, s:I, s:{s:I, s:I, s:I, s:I}, s:I, s:I, s:I, s:I, s:I, s:I,"
+                     " s:I, s:I, s:I}}", "ok", 1, "status",
+                     "pid", (json_int_t)getpid(),
+                     "uptime_s", (json_int_t)((qmgr_now_ms() - S.start_ms) / 1000),
+                     "recipients", "queued", (json_int_t)S.nrcpt_live, "ready", (json_int_t)ready,
+                     "deferred", (json_int_t)deferred, "inflight", (json_int_t)inflight,
+                     "messages", (json_int_t)(S.nmsg_used - S.nmsg_free),
+                     "queues", (json_int_t)S.nqueues, "queues_backoff", (json_int_t)backoff,
+                     "queues_paused", (json_int_t)paused,
+                     "connections_out", (json_int_t)S.nconn_total,
+                     "smtp_out_processes", (json_int_t)outs, "delivered", (json_int_t)delivered,
+                     "bounced", (json_int_t)bounced, "deferred", (json_int_t)deferrals);
+}
+
+static int
+by_recipients(const void *a, const void *b)
+{
+    const struct qqueue *x = *(struct qqueue *const *)a, *y = *(struct qqueue *const *)b;
+    uint64_t nx = x->nready + x->ndeferred + x->ninflight;
+    uint64_t ny = y->nready + y->ndeferred + y->ninflight;
+
+    return nx != ny ? (nx < ny ? 1 : -1) : strcmp(x->name, y->name);
+}
+
+static int
+by_name(const void *a, const void *b)
+{
+    return strcmp((*(struct qqueue *const *)a)->name, (*(struct qqueue *const *)b)->name);
+}
+
+/* shown - does Q pass show-queues' filters? */
+static int
+shown(const struct qqueue *q, const char *pattern, int mode, int paused)
+{
+    return (!pattern || queue_matches(q, pattern)) && (mode < 0 || q->mode == mode)
+           && (paused < 0 || (q->paused != 0) == paused);
+}
+
+/* optional_mode - "mode" of REQ: -1 absent, 0/1, -2 invalid */
+static int
+optional_mode(json_t *req)
+{
+    json_t *v = json_object_get(req, "mode");
+
+    if (v == NULL)
+        return -1;
+    if (!json_is_string(v))
+        return -2;
+    for (int m = 0; m < 2; m++)
+        if (strcmp(json_string_value(v), mode_names[m]) == 0)
+            return m;
+    return -2;
+}
+
+static json_t *
+cmd_show_queues(json_t *req)
+{
+    json_t *pat = json_object_get(req, "queue"), *pz = json_object_get(req, "paused");
+    json_t *mi = json_object_get(req, "maxitems"), *so = json_object_get(req, "sort");
+    int mode = optional_mode(req), paused = pz ? json_is_true(pz) : -1;
+    json_int_t max = mi ? json_integer_value(mi) : 20;
+    const char *pattern = pat ? json_string_value(pat) : NULL, *sort = so ? json_string_value(so) : "rcpt";
+    struct qqueue **hits = xreallocarray(NULL, S.nqueues + 1, sizeof *hits);
+    json_t *list = json_array();
+    uint32_t n = 0;
+
+    if (mode == -2 || (pat && !pattern) || (pz && !json_is_boolean(pz)) || (mi && !json_is_integer(mi))
+        || max < 0 || !sort || (strcmp(sort, "rcpt") != 0 && strcmp(sort, "name") != 0)) {
+        free(hits);
+        json_decref(list);
+        return error_reply("show-queues: bad argument (mode normal|backoff, paused true|false, "
+                           "maxitems >= 0, sort rcpt|name, queue PATTERN)");
+    }
+    for (uint32_t i = 0; i < S.nqueues; i++)
+        if (shown(S.queues[i], pattern, mode, paused))
+            hits[n++] = S.queues[i];
+    qsort(hits, n, sizeof *hits, strcmp(sort, "name") == 0 ? by_name : by_recipients);
+    for (uint32_t i = 0; i < n && (max == 0 || i < (uint32_t)max); i++)
+        json_array_append_new(list, queue_json(hits[i]));
+    free(hits);
+    return json_pack("{s:b, s:I, s:o}", "ok", 1, "total", (json_int_t)n, "queues", list);
+}
+
+/* required_pattern - the "queue" argument, or NULL */
+static const char *
+required_pattern(json_t *req)
+{
+    const char *p = json_string_value(json_object_get(req, "queue"));
+
+    return p && *p && strlen(p) < 512 ? p : NULL;
+}
+
+typedef int (*queue_action)(struct qqueue *q, int arg);
+
+static int
+set_mode(struct qqueue *q, int mode)
+{
+    if (q->mode == mode)
+        return 0;
+    qmgr_backoff_set_mode(q, mode, mode == QMODE_BACKOFF ? "pmtactl set queue --mode=backoff"
+                                                         : "pmtactl set queue --mode=normal", -1);
+    return 1;
+}
+
+static int
+set_paused(struct qqueue *q, int paused)
+{
+    if ((q->paused != 0) == paused)
+        return 0;
+    q->paused = paused;
+    msg_info("queue %s %s by pmtactl", q->name, paused ? "paused" : "resumed");
+    qmgr_run_update(q);
+    if (paused)
+        qmgr_conn_feed_idle(q);     /* idle connections close instead of resting */
+    else
+        qmgr_dispatch_soon();
+    return 1;
+}
+
+/* for_matching - ACT(q, ARG) on every queue PATTERN matches; the reply lists the changed ones */
+static json_t *
+for_matching(const char *pattern, queue_action act, int arg)
+{
+    json_t *names = json_array();
+    uint32_t matched = 0, changed = 0;
+
+    for (uint32_t i = 0; i < S.nqueues; i++) {
+        if (!queue_matches(S.queues[i], pattern))
+            continue;
+        matched++;
+        if (act(S.queues[i], arg)) {
+            changed++;
+            json_array_append_new(names, json_string(S.queues[i]->name));
+        }
+    }
+    if (matched == 0) {
+        json_decref(names);
+        return error_reply("no queue matches that pattern");
+    }
+    return json_pack("{s:b, s:I, s:I, s:o}", "ok", 1, "matched", (json_int_t)matched,
+                     "changed", (json_int_t)changed, "queues", names);
+}
+
+static json_t *
+cmd_set_queue_mode(json_t *req)
+{
+    const char *pattern = required_pattern(req);
+    int mode = optional_mode(req);
+
+    if (!pattern || mode < 0)
+        return error_reply("set-queue-mode needs \"queue\" (domain[/vmta]) and \"mode\" "
+                           "(normal or backoff)");
+    return for_matching(pattern, set_mode, mode);
+}
+
+static json_t *
+cmd_pause(json_t *req, int paused)
+{
+    const char *pattern = required_pattern(req);
+
+    if (!pattern)
+        return error_reply("pause-queue/resume-queue need \"queue\" (domain[/vmta])");
+    return for_matching(pattern, set_paused, paused);
+}
+
+static json_t *
+cmd_schedule(json_t *req)
+{
+    const char *pattern = required_pattern(req);
+    uint32_t nq = 0, nr = 0, now = qmgr_tick_now();
+
+    if (!pattern)
+        return error_reply("schedule needs \"queue\" (domain[/vmta])");
+    for (uint32_t i = 0; i < S.nqueues; i++) {
+        struct qqueue *q = S.queues[i];
+
+        if (!queue_matches(q, pattern))
+            continue;
+        nq++;
+        q->retry_until_ms = 0;
+        q->fail_count = 0;
+        q->feed_held = 0;
+        nr += qmgr_defer_due_now(q, now);
+        qmgr_run_update(q);
+    }
+    if (nq == 0)
+        return error_reply("no queue matches that pattern");
+    msg_info("pmtactl schedule %s: %u queue(s), %u deferred recipient(s) due now", pattern, nq, nr);
+    qmgr_defer_timer_update();
+    qmgr_dispatch_soon();
+    return json_pack("{s:b, s:I, s:I}", "ok", 1, "queues", (json_int_t)nq, "recipients",
+                     (json_int_t)nr);
+}
+
+/* dispatch - one parsed request to its command */
+static json_t *
+dispatch(json_t *req)
+{
+    const char *cmd = json_string_value(json_object_get(req, "cmd"));
+
+    if (cmd == NULL)
+        return error_reply("request needs a string \"cmd\"");
+    if (strcmp(cmd, "status") == 0)
+        return cmd_status(req);
+    if (strcmp(cmd, "show-queues") == 0)
+        return cmd_show_queues(req);
+    if (strcmp(cmd, "set-queue-mode") == 0)
+        return cmd_set_queue_mode(req);
+    if (strcmp(cmd, "pause-queue") == 0 || strcmp(cmd, "resume-queue") == 0)
+        return cmd_pause(req, cmd[0] == 'p');
+    if (strcmp(cmd, "schedule") == 0)
+        return cmd_schedule(req);
+    return error_reply("unknown command (status, show-queues, set-queue-mode, pause-queue, "
+                       "resume-queue, schedule)");
+}
+
+/* --- clients ----------------------------------------------------------------------------- */
+
+static void
+on_client_closed(uv_handle_t *h)
+{
+    struct ctl_client *c = h->data;
+
+    buf_free(&c->in);
+    free(c);
+}
+
+static void
+client_close(struct ctl_client *c)
+{
+    struct ctl_client **pp;
+
+    if (c->closing)
+        return;
+    c->closing = 1;
+    for (pp = &clients; *pp && *pp != c; pp = &(*pp)->next)
+        ;
+    if (*pp)
+        *pp = c->next;
+    nclients--;
+    uv_close((uv_handle_t *)&c->pipe, on_client_closed);
+}
+
+static void
+on_written(uv_write_t *req, int status)
+{
+    struct ctl_write *w = (struct ctl_write *)req;
+
+    (void)status;
+    free(w->text);
+    free(w);
+}
+
+/* send_reply - REPLY (consumed) as one line */
+static void
+send_reply(struct ctl_client *c, json_t *reply)
+{
+    struct ctl_write *w = xcalloc(1, sizeof *w);
+    char *text = json_dumps(reply, JSON_COMPACT);
+    size_t len = text ? strlen(text) : 0;
+    uv_buf_t b;
+
+    json_decref(reply);
+    if (text == NULL)
+        msg_fatal("out of memory for a control reply");
+    w->text = xrealloc(text, len + 2);
+    w->text[len] = '\n';
+    w->text[len + 1] = '\0';
+    b = uv_buf_init(w->text, (unsigned)len + 1);
+    if (uv_write(&w->req, (uv_stream_t *)&c->pipe, &b, 1, on_written) < 0) {
+        free(w->text);
+        free(w);
+        client_close(c);
+    }
+}
+
+/* serve_line - one request of LEN bytes at LINE */
+static void
+serve_line(struct ctl_client *c, const char *line, size_t len)
+{
+    json_error_t err;
+    json_t *req = json_loadb(line, len, JSON_REJECT_DUPLICATES, &err);
+
+    if (req == NULL || !json_is_object(req)) {
+        json_decref(req);
+        send_reply(c, error_reply("request is not a JSON object"));
+        return;
+    }
+    send_reply(c, dispatch(req));
+    json_decref(req);
+}
+
+static void
+on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
+{
+    static char chunk[16384];
+
+    (void)h;
+    (void)suggested;
+    *b = uv_buf_init(chunk, sizeof chunk);
+}
+
+static void
+on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
+{
+    struct ctl_client *c = s->data;
+    char *nl;
+
+    if (n < 0) {
+        client_close(c);
+        return;
+    }
+    if (buf_append(&c->in, b->base, (size_t)n) < 0 || c->in.len > CTL_LINE_MAX + 1) {
+        send_reply(c, error_reply("request line too long"));
+        client_close(c);
+        return;
+    }
+    while (!c->closing && (nl = memchr(c->in.data, '\n', c->in.len)) != NULL) {
+        size_t len = (size_t)(nl - c->in.data);
+
+        serve_line(c, c->in.data, len);
+        buf_consume(&c->in, len + 1);
+    }
+    if (c->in.len > CTL_LINE_MAX) {
+        send_reply(c, error_reply("request line too long"));
+        client_close(c);
+    }
+}
+
+static void
+accept_client(int fd)
+{
+    struct ctl_client *c;
+
+    if (nclients >= CTL_CLIENTS_MAX) {
+        close(fd);
+        msg_warn("control socket: %u clients already; refusing another", CTL_CLIENTS_MAX);
+        return;
+    }
+    c = xcalloc(1, sizeof *c);
+    buf_init(&c->in, CTL_LINE_MAX + 16384);
+    if (uv_pipe_init(worker_loop(), &c->pipe, 0) < 0 || uv_pipe_open(&c->pipe, fd) < 0) {
+        close(fd);
+        buf_free(&c->in);
+        free(c);
+        return;
+    }
+    c->pipe.data = c;
+    c->next = clients;
+    clients = c;
+    nclients++;
+    uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read);
+}
+
+static void
+on_listen_ready(uv_poll_t *h, int status, int events)
+{
+    int fd;
+
+    (void)h;
+    (void)events;
+    if (status < 0)
+        return;
+    while ((fd = accept4(worker_socket_fd("control"), NULL, NULL,
+                         SOCK_CLOEXEC | SOCK_NONBLOCK)) >= 0)
+        accept_client(fd);
+}
+
+/* qmgr_ctl_listen - serve RUNDIR/control if pmtad gave us the socket */
+void
+qmgr_ctl_listen(void)
+{
+    int fd = worker_socket_fd("control"), err;
+
+    if (fd < 0) {
+        msg_warn("pmtad gave us no control socket; pmtactl will not work");
+        return;
+    }
+    if ((err = uv_poll_init(worker_loop(), &listen_poll, fd)) < 0
+        || (err = uv_poll_start(&listen_poll, UV_READABLE, on_listen_ready)) < 0)
+        msg_fatal("cannot watch the control socket: %s", uv_strerror(err));
+    listening = 1;
+}
+
+/* qmgr_ctl_stop - stop listening and drop every client (shutdown) */
+void
+qmgr_ctl_stop(void)
+{
+    if (listening)
+        uv_close((uv_handle_t *)&listen_poll, NULL);
+    listening = 0;
+    while (clients)
+        client_close(clients);
+}
