@@ -215,6 +215,15 @@ int cfg_allows_auto(enum cfg_directive d);
 /* cfg_process_count - the global *-processes D: its number, or for auto half the online CPUs (at least 1) */
 int64_t cfg_process_count(const struct cfg *c, enum cfg_directive d);
 
+/* What an http-access line grants (PowerMTA's web monitor levels). */
+enum cfg_http_level { CFG_HTTP_NONE = 0, CFG_HTTP_MONITOR, CFG_HTTP_OPERATOR, CFG_HTTP_ADMIN };
+/*
+ * cfg_http_access - the level the first http-access line whose CIDR holds
+ * ADDR (4 bytes for AF_INET, 16 for AF_INET6 in FAMILY) grants; NONE when
+ * no line matches.
+ */
+enum cfg_http_level cfg_http_access(const struct cfg *c, int family, const uint8_t *addr);
+
 /* cfg_global - effective global value of D (the file's, else the default); never NULL if D has a default */
 const struct cfg_value *cfg_global(const struct cfg *c, enum cfg_directive d);
 /* cfg_find_scope - index of the block of KIND named NAME (vmta, pool, pattern list, ...), or CFG_NONE */

@@ -15,6 +15,7 @@
  * comes before (is overridden by) an explicit one, then file order.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -348,4 +349,34 @@ int cfg_resolve_vmta(const struct cfg *c, const char *vmta, struct cfg_resolved 
     if (vs != CFG_NONE)
         apply_scope(c, vs, out);
     return 0;
+}
+
+/*
+ * cfg_http_access - see cfg.h. The first http-access line whose CIDR holds
+ * the address decides (PowerMTA's top-down rule); no line: no access.
+ */
+enum cfg_http_level cfg_http_access(const struct cfg *c, int family, const uint8_t *addr)
+{
+    static const char *const names[] = { "none", "monitor", "operator", "admin" };
+    const struct cfg_value *v;
+    uint32_t it = 0;
+
+    while ((v = cfg_scope_next(c, 0, CFG_D_HTTP_ACCESS, &it)) != NULL) {
+        char line[256], *p = line, *cidr, *levels, *save = NULL;
+        uint8_t fam, pre, net[16];
+        int level = CFG_HTTP_NONE;
+
+        snprintf(line, sizeof line, "%s", cfg_str(c, v->text));
+        cidr = strtok_r(p, " \t", &save);
+        levels = strtok_r(NULL, " \t", &save);
+        if (!cidr || !levels || cfg__parse_cidr(cidr, &fam, &pre, net) != 0
+            || !cfg__cidr_contains(fam, pre, net, family, addr))
+            continue;
+        for (char *t = strtok_r(levels, ",", &save); t; t = strtok_r(NULL, ",", &save))
+            for (int i = 0; i < 4; i++)
+                if (strcasecmp(t, names[i]) == 0 && i > level)
+                    level = i;
+        return (enum cfg_http_level)level;
+    }
+    return CFG_HTTP_NONE;
 }

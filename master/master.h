@@ -51,6 +51,7 @@ struct master_settings {
     uid_t uid;              /* worker credentials (our own when not dropping) */
     gid_t gid;
     unsigned nprocs[ROLE_COUNT];
+    int http_port;          /* http-mgmt-port; 0: no monitor */
 };
 
 struct master_listener {
@@ -61,12 +62,12 @@ struct master_listener {
 
 /* An internal Unix socket bound by pmtad and served by one role. */
 struct master_socket {
-    const char *name;       /* "cleanup", "qmgr", "control", "pickup" */
-    char *path;
+    const char *name;       /* "cleanup", "qmgr", "control", "pickup", "http" */
+    char *path;             /* NULL for the TCP one (http) */
     int fd;
     enum master_role_id server;
 };
-#define MASTER_NSOCKETS 4
+#define MASTER_NSOCKETS 5
 
 struct master_role;
 

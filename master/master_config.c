@@ -246,6 +246,7 @@ master_settings_from_cfg(const struct cfg *c, const char *config_path, struct ma
     set->nprocs[ROLE_CLEANUP] = process_count(c, CFG_D_CLEANUP_PROCESSES, 1);
     set->nprocs[ROLE_QMGR] = 1;     /* the scheduler owns the queue: exactly one */
     set->nprocs[ROLE_SMTPOUT] = process_count(c, CFG_D_SMTP_OUT_PROCESSES, 0);
+    set->http_port = (int)cfg_global(c, CFG_D_HTTP_MGMT_PORT)->num;
 }
 
 void
@@ -322,6 +323,8 @@ warn_restart_needed(struct master *m, const struct cfg *c)
         msg_warn("run-as-user and run-as-root changes need a restart of pmtad to take effect");
     if (memcmp(now.nprocs, m->set.nprocs, sizeof(now.nprocs)))
         msg_warn("*-processes changes need a restart of pmtad to take effect");
+    if (now.http_port != m->set.http_port)
+        msg_warn("http-mgmt-port changes need a restart of pmtad to take effect");
     master_settings_free(&now);
 }
 

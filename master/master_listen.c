@@ -6,6 +6,9 @@
  * as root (port 25 needs it) and inherited by every smtpd process. With no
  * listener configured, 0.0.0.0:25 is implied, as in PowerMTA.
  *
+ * The HTTP monitor's TCP socket (http-mgmt-port, served by qmgr) is bound
+ * here as well; unlike a listener, failing to bind it only costs the monitor.
+ *
  * Internal Unix sockets under the run directory (private/cleanup,
  * private/qmgr, control) are bound here too, so they exist before any worker
  * starts; each is inherited only by the role that serves it. So is `pickup`
@@ -197,27 +200,57 @@ collect_one(void *ctx, const char *address, const char *source, const char *file
     listener_add(ctx, address, source);
 }
 
-/* bind_tcp - one listening socket for ADDRESS */
+/* try_bind_tcp - one listening socket for ADDRESS, or -errno */
 static int
-bind_tcp(const char *address)
+try_bind_tcp(const char *address)
 {
     struct sockaddr_storage ss;
     socklen_t len;
-    int fd, on = 1;
+    int fd, on = 1, err;
 
     if (parse_address(address, &ss, &len) < 0)
-        msg_fatal("smtp-listener '%s': bad address or port", address);
+        return -EINVAL;
     if ((fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0)) < 0)
-        msg_fatal("smtp-listener %s: socket: %s", address, strerror(errno));
+        return -errno;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on));
     /* [::]:25 and 0.0.0.0:25 may both be configured; keep them apart. */
     if (ss.ss_family == AF_INET6)
         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &on, sizeof(on));
-    if (bind(fd, (struct sockaddr *)&ss, len) < 0)
-        msg_fatal("cannot bind smtp-listener %s: %s", address, strerror(errno));
-    if (listen(fd, LISTEN_BACKLOG) < 0)
-        msg_fatal("cannot listen on smtp-listener %s: %s", address, strerror(errno));
+    if (bind(fd, (struct sockaddr *)&ss, len) < 0 || listen(fd, LISTEN_BACKLOG) < 0) {
+        err = -errno;
+        close(fd);
+        return err;
+    }
     return fd;
+}
+
+/* bind_tcp - an smtp-listener's socket; pmtad cannot run without it */
+static int
+bind_tcp(const char *address)
+{
+    int fd = try_bind_tcp(address);
+
+    if (fd == -EINVAL)
+        msg_fatal("smtp-listener '%s': bad address or port", address);
+    if (fd < 0)
+        msg_fatal("cannot bind smtp-listener %s: %s", address, strerror(-fd));
+    return fd;
+}
+
+/* bind_http - the monitor's socket on every address; without it mail still flows */
+static int
+bind_http(int port)
+{
+    char address[32];
+    int fd;
+
+    if (port <= 0)
+        return -1;
+    snprintf(address, sizeof address, "0.0.0.0:%d", port);
+    if ((fd = try_bind_tcp(address)) < 0)
+        msg_warn("http-mgmt-port %d: cannot listen (%s); the HTTP monitor is off", port,
+                 strerror(-fd));
+    return fd < 0 ? -1 : fd;
 }
 
 /* master_bind_listeners - bind every smtp-listener of C (0.0.0.0:25 when none) */
@@ -306,6 +339,8 @@ master_bind_sockets(struct master *m)
         { "control", "control", ROLE_QMGR, ROOT_ONLY },     /* pmtactl: root only */
         /* sendmail submits here as any local user; smtpd applies <source {pickup}> */
         { "pickup", "pickup", ROLE_SMTPD, EVERYONE },
+        /* the HTTP monitor (TCP, http-mgmt-port); qmgr applies http-access */
+        { "http", NULL, ROLE_QMGR, EVERYONE },
     };
 
     for (int i = 0; i < MASTER_NSOCKETS; i++) {
@@ -313,6 +348,11 @@ master_bind_sockets(struct master *m)
 
         s->name = table[i].name;
         s->server = table[i].server;
+        if (table[i].rel == NULL) {
+            s->path = NULL;
+            s->fd = bind_http(m->set.http_port);
+            continue;
+        }
         s->path = xasprintf("%s/%s", m->set.run_dir, table[i].rel);
         if (table[i].access == ROOT_ONLY)
             s->fd = bind_unix(s->path, geteuid(), getegid(), 0600);
@@ -340,7 +380,8 @@ master_close_sockets(struct master *m)
 
         if (s->fd >= 0) {
             close(s->fd);
-            unlink(s->path);
+            if (s->path)
+                unlink(s->path);
         }
         free(s->path);
         s->path = NULL;

@@ -181,6 +181,7 @@ on_shutdown(unsigned drain_seconds, void *ctx)
     msg_info("stopping: %u connections, %u recipients in memory", S.nconn_total, S.nrcpt_live);
     qmgr_conn_stop_listening();
     qmgr_ctl_stop();
+    qmgr_http_stop();
     qmgr_conn_close_idle_all();
     drain_deadline_ms = qmgr_now_ms() + (uint64_t)drain_seconds * 1000;
     drain_stage = 1;
@@ -208,5 +209,6 @@ main(int argc, char **argv)
         msg_fatal("cannot rebuild the schedule: %s", qstore_strerror(err));
     qmgr_conn_listen();
     qmgr_ctl_listen();
+    qmgr_http_start();
     return worker_run();
 }

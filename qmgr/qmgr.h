@@ -15,6 +15,7 @@
  *   qmgr_vmta.c     limits across all queues of one virtual MTA
  *   qmgr_backoff.c  backoff mode and the smtp-pattern-list reply actions
  *   qmgr_ctl.c      the control socket pmtactl talks to (JSON lines)
+ *   qmgr_http.c     the HTTP monitor (status and queues as JSON, /metrics)
  *   qmgr_outcome.c  what a result does: durable finish/defer, bounces
  *                   (DSN), expiry, the per-attempt log line, accounting
  *
@@ -271,6 +272,9 @@ struct qpeer *qmgr_conn_least_loaded(void);
 /* --- control socket (qmgr_ctl.c) ------------------------------------------------------ */
 void qmgr_ctl_listen(void);
 void qmgr_ctl_stop(void);
+/* --- HTTP monitor (qmgr_http.c) -------------------------------------------------------- */
+void qmgr_http_start(void);
+void qmgr_http_stop(void);
 
 /* --- rates (qmgr_rate.c) ------------------------------------------------------------ */
 /* qmgr_vmta.c: <virtual-mta> max-smtp-out and <sender> max-conn / max-msg-rate */

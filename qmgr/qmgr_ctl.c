@@ -36,6 +36,7 @@
 #include "msg.h"
 #include "qmgr.h"
 #include "qmgr_backoff.h"
+#include "qmgr_ctl.h"
 #include "worker.h"
 #include "xalloc.h"
 
@@ -118,8 +119,9 @@ mode_events_json(const struct qqueue *q)
     return list;
 }
 
-static json_t *
-queue_json(const struct qqueue *q)
+/* qmgr_ctl_queue_json - see qmgr_ctl.h */
+json_t *
+qmgr_ctl_queue_json(const struct qqueue *q)
 {
     uint64_t now = qmgr_now_ms();
     uint64_t retry_in = q->retry_until_ms > now ? (q->retry_until_ms - now + 999) / 1000 : 0;
@@ -139,13 +141,13 @@ queue_json(const struct qqueue *q)
 
 /* --- commands ---------------------------------------------------------------------------- */
 
-static json_t *
-cmd_status(json_t *req)
+/* qmgr_ctl_status_json - see qmgr_ctl.h */
+json_t *
+qmgr_ctl_status_json(void)
 {
     uint64_t ready = 0, deferred = 0, inflight = 0, delivered = 0, bounced = 0, deferrals = 0;
     unsigned backoff = 0, paused = 0, outs = 0;
 
-    (void)req;
     for (uint32_t i = 0; i < S.nqueues; i++) {
         const struct qqueue *q = S.queues[i];
 
@@ -156,8 +158,8 @@ cmd_status(json_t *req)
     }
     for (const struct qpeer *p = S.peers; p; p = p->next)
         outs += p->kind == QPEER_OUT;
-    return json_pack("{s:b, s:{s:I, s:I, s:{s:I, s:I, s:I, s:I}, s:I, s:I, s:I, s:I, s:I, s:I,"
-                     " s:I, s:I, s:I}}", "ok", 1, "status",
+    return json_pack("{s:I, s:I, s:{s:I, s:I, s:I, s:I}, s:I, s:I, s:I, s:I, s:I, s:I,"
+                     " s:I, s:I, s:I}",
                      "pid", (json_int_t)getpid(),
                      "uptime_s", (json_int_t)((qmgr_now_ms() - S.start_ms) / 1000),
                      "recipients", "queued", (json_int_t)S.nrcpt_live, "ready", (json_int_t)ready,
@@ -168,6 +170,13 @@ cmd_status(json_t *req)
                      "connections_out", (json_int_t)S.nconn_total,
                      "smtp_out_processes", (json_int_t)outs, "delivered", (json_int_t)delivered,
                      "bounced", (json_int_t)bounced, "deferred", (json_int_t)deferrals);
+}
+
+static json_t *
+cmd_status(json_t *req)
+{
+    (void)req;
+    return json_pack("{s:b, s:o}", "ok", 1, "status", qmgr_ctl_status_json());
 }
 
 static int
@@ -234,7 +243,7 @@ cmd_show_queues(json_t *req)
             hits[n++] = S.queues[i];
     qsort(hits, n, sizeof *hits, strcmp(sort, "name") == 0 ? by_name : by_recipients);
     for (uint32_t i = 0; i < n && (max == 0 || i < (uint32_t)max); i++)
-        json_array_append_new(list, queue_json(hits[i]));
+        json_array_append_new(list, qmgr_ctl_queue_json(hits[i]));
     free(hits);
     return json_pack("{s:b, s:I, s:o}", "ok", 1, "total", (json_int_t)n, "queues", list);
 }

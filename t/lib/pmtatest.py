@@ -185,6 +185,7 @@ class Pmta:
             "run-directory %s" % self.run_dir,
             "spool %s" % self.spool,
             "log-file %s" % self.log_path,
+            "http-mgmt-port 0",     # tests run side by side: no shared monitor port
         ]
         lines += ["%s-processes %d" % (role, n) for role, n in procs.items() if n is not None]
         if listener:

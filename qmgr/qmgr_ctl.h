@@ -1,0 +1,17 @@
+/*
+ * qmgr_ctl.h - the JSON views of qmgr's state that the control socket
+ *              (qmgr_ctl.c) and the HTTP monitor (qmgr_http.c) both serve
+ */
+#ifndef PMTA_QMGR_CTL_H
+#define PMTA_QMGR_CTL_H
+
+#include <jansson.h>
+
+#include "qmgr.h"
+
+/* qmgr_ctl_status_json - totals: recipients, messages, queues, connections, outcomes */
+json_t *qmgr_ctl_status_json(void);
+/* qmgr_ctl_queue_json - one queue: mode, pause, counts, retry, last error, mode events */
+json_t *qmgr_ctl_queue_json(const struct qqueue *q);
+
+#endif

@@ -1,0 +1,212 @@
+#!/usr/bin/env python3
+"""test_control - qmgr's control socket (what pmtactl speaks) and the HTTP monitor.
+
+pmtad runs with `smtp-out-processes 0`; t/lib/fakeout.py stands in for smtp-out,
+so what a command changes is seen in what qmgr hands out:
+
+  control socket (RUNDIR/control, JSON lines)
+    status counts the queued recipients; show-queues filters by mode and pattern
+    set-queue-mode: backoff and back, logged, listed with its mode events
+    pause-queue: the fake sees no connection for the queue while it is paused;
+      resume-queue: its mail goes out
+    schedule: a recipient deferred for an hour is retried at once
+    bad requests (not JSON, unknown command, no match, over-long line) get
+      {"ok":false,...} with a reason, and the socket keeps serving
+  HTTP monitor (http-mgmt-port, libmicrohttpd inside qmgr)
+    /status, /queues?mode=backoff, /queueDetail, /metrics (Prometheus text)
+    http-access: 127.0.0.1 monitor is served; a client from 127.0.0.2 gets 403
+    POST -> 405, unknown page -> 404, format=xml -> 406
+    the port already taken: pmtad still starts and accepts mail, with a warning
+"""
+
+import json
+import os
+import re
+import smtplib
+import socket
+import sys
+import time
+import urllib.error
+import urllib.request
+
+from fakeout import FakeOut, OK, TEMPFAIL
+from pmtatest import Pmta, Tap, free_port, require_root, wait_for
+from test_qmgr import fill, qmgr_socket
+
+PLAN = 20
+
+
+def ask(p, request=None, raw=None):
+    """One request on RUNDIR/control; the parsed reply."""
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(10)
+    s.connect(os.path.join(p.run_dir, "control"))
+    s.sendall(raw if raw is not None else (json.dumps(request) + "\n").encode())
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    s.close()
+    return json.loads(data) if data else None
+
+
+def http(port, path, method="GET", source=None):
+    """(status, body text) of one request to the monitor, from SOURCE if given."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10,
+                                 source_address=(source, 0) if source else None)
+    s.sendall(("%s %s HTTP/1.0\r\nHost: x\r\n\r\n" % (method, path)).encode())
+    data = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    s.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split()[1]) if head else 0
+    return status, body.decode(errors="replace")
+
+
+def answer(queue, msgid, index, attempt):
+    if queue.startswith("later.test") and attempt == 1:
+        return (TEMPFAIL, 451, "4.3.0", "451 4.3.0 try later")
+    return (OK, 250, "2.0.0", "250 ok")
+
+
+def control_tests(tap, p, fake, t0):
+    st = ask(p, {"cmd": "status"})
+    tap.ok(st and st.get("ok") and st["status"]["recipients"]["queued"] >= 8,
+           "status: the queued recipients are counted", st)
+    # --- modes
+    r = ask(p, {"cmd": "set-queue-mode", "queue": "held.test", "mode": "backoff"})
+    lst = ask(p, {"cmd": "show-queues", "mode": "backoff"})
+    names = [q["name"] for q in lst.get("queues", [])]
+    events = lst["queues"][0]["mode_events"] if names else []
+    tap.ok(r.get("ok") and r.get("changed") == 1 and names == ["held.test/{default}"]
+           and events and events[-1]["to"] == "backoff" and "pmtactl" in events[-1]["why"],
+           "set-queue-mode backoff: show-queues --mode=backoff lists the queue with its mode event",
+           (r, lst))
+    tap.ok(p.wait_log(r"queue held\.test/\{default\} mode normal -> backoff: pmtactl", timeout=5),
+           "... and the change is logged")
+    r = ask(p, {"cmd": "set-queue-mode", "queue": "held.test/*", "mode": "normal"})
+    tap.ok(r.get("ok") and r.get("changed") == 1
+           and ask(p, {"cmd": "show-queues", "mode": "backoff"}).get("total") == 0,
+           "set-queue-mode normal (pattern with /*) ends it", r)
+    # --- pause / resume
+    opens_before = len(fake.opens_for("held.test/{default}"))
+    time.sleep(1.5)
+    opens_paused = len(fake.opens_for("held.test/{default}"))
+    q = ask(p, {"cmd": "show-queues", "queue": "held.test"})["queues"][0]
+    tap.ok(opens_before == 0 and opens_paused == 0 and q["paused"] and q["recipients"] == 3,
+           "a paused queue gets no connection while its mail waits", (opens_paused, q))
+    r = ask(p, {"cmd": "resume-queue", "queue": "held.test"})
+    ok = wait_for(lambda: len([x for x in fake.results_for("held.test/{default}") if x[5] == OK])
+                  == 3, timeout=10)
+    tap.ok(r.get("ok") and r.get("changed") == 1 and ok,
+           "resume-queue: its 3 messages are delivered", r)
+    # --- schedule
+    wait_for(lambda: fake.results_for("later.test/{default}"), timeout=10)
+    time.sleep(0.3)
+    q = ask(p, {"cmd": "show-queues", "queue": "later.test"})["queues"][0]
+    r = ask(p, {"cmd": "schedule", "queue": "later.test"})
+    ok = wait_for(lambda: len(fake.results_for("later.test/{default}")) >= 2, timeout=5)
+    tap.ok(q["deferred"] == 1 and r.get("ok") and r.get("recipients") == 1 and ok,
+           "schedule: a recipient deferred for an hour is retried at once", (q, r))
+    # --- bad requests
+    bad = [ask(p, raw=b"this is not json\n"), ask(p, {"cmd": "launch-missiles"}),
+           ask(p, {"cmd": "pause-queue", "queue": "nosuch.test"}),
+           ask(p, {"cmd": "set-queue-mode", "queue": "held.test", "mode": "turbo"}),
+           ask(p, {"cmd": "show-queues", "maxitems": "ten"}), ask(p, raw=b"x" * 70000)]
+    tap.ok(all(b and b.get("ok") is False and b.get("error") for b in bad),
+           "bad requests get ok=false with a reason (not JSON, unknown command, no match, "
+           "bad mode, bad argument type, over-long line)", bad)
+    tap.ok(ask(p, {"cmd": "status"}).get("ok"), "... and the socket keeps serving")
+
+
+def http_tests(tap, p, port):
+    status, body = http(port, "/status")
+    doc = json.loads(body) if status == 200 else {}
+    tap.ok(status == 200 and doc["data"]["status"]["recipients"]["queued"] >= 0
+           and doc["data"]["mta"]["product"].startswith("openpmta"),
+           "GET /status: JSON with the totals", body[:300])
+    ask(p, {"cmd": "set-queue-mode", "queue": "idle.test", "mode": "backoff"})
+    status, body = http(port, "/queues?mode=backoff")
+    names = [q["name"] for q in json.loads(body)["data"]["queue"]] if status == 200 else []
+    tap.ok(names == ["idle.test/{default}"], "GET /queues?mode=backoff lists the queue", body[:300])
+    status, body = http(port, "/queueDetail?queue=idle.test/%7Bdefault%7D")
+    tap.ok(status == 200 and json.loads(body)["data"]["queue"]["mode"] == "backoff",
+           "GET /queueDetail?queue=idle.test/{default}", body[:300])
+    status, body = http(port, "/metrics")
+    tap.ok(status == 200 and re.search(r"(?m)^openpmta_recipients_queued \d+$", body)
+           and 'openpmta_queue_backoff{queue="idle.test/{default}"} 1' in body
+           and "# TYPE openpmta_delivered_total counter" in body,
+           "GET /metrics: Prometheus text with totals and per-queue series", body[:400])
+    denied = http(port, "/status", source="127.0.0.2")
+    tap.ok(denied[0] == 403 and "http-access" in denied[1],
+           "a client that http-access does not allow gets 403", denied)
+    tap.ok(http(port, "/status", method="POST")[0] == 405, "POST -> 405")
+    tap.ok(http(port, "/nope")[0] == 404, "an unknown page -> 404")
+    tap.ok(http(port, "/status?format=xml")[0] == 406, "format=xml -> 406 (JSON only)")
+
+
+def port_taken_test(tap):
+    with Pmta(name="ctl-busy") as p:
+        busy = socket.socket()
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        busy.bind(("0.0.0.0", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        try:
+            p.write_config("http-mgmt-port %d\n<source 127.0.0.1>\n  always-allow-relaying yes\n"
+                           "</source>\n" % port)
+            p.start()
+            c = smtplib.SMTP("127.0.0.1", p.port, timeout=10)
+            code = c.sendmail("a@b.test", ["u@c.test"], "Subject: x\r\n\r\nx\r\n")
+            c.quit()
+            tap.ok(code == {} and p.wait_log(r"http-mgmt-port %d: cannot listen" % port, timeout=5),
+                   "http-mgmt-port already taken: a warning, and mail is still accepted")
+        finally:
+            busy.close()
+
+
+def main():
+    tap = Tap(PLAN)
+    require_root(tap, PLAN)
+    port = free_port("127.0.0.1")
+    with Pmta(name="control") as p:
+        p.write_config("""
+smtp-out-processes 0
+smtpd-processes 1
+http-mgmt-port %d
+http-access 127.0.0.1 monitor
+http-access 127.0.0.0/8 none
+<domain later.test>
+  retry-after 1h
+  retry-recipients-after 1h
+</domain>
+""" % port)
+        for domain, n in (("held", 3), ("later", 1), ("idle", 4)):
+            fill(p, "-n", str(n), "-r", "1", "-d", domain)
+        p.start()
+        # held.test is paused before any smtp-out exists, so nothing can have gone out
+        r = ask(p, {"cmd": "pause-queue", "queue": "held.test"})
+        ask(p, {"cmd": "pause-queue", "queue": "idle.test"})
+        tap.ok(r and r.get("ok") and r.get("queues") == ["held.test/{default}"],
+               "pause-queue answers with the queues it paused", r)
+        fake = FakeOut(qmgr_socket(p), answer=answer, txn_delay=0.02).start()
+        t0 = time.monotonic()
+        control_tests(tap, p, fake, t0)
+        http_tests(tap, p, port)
+        fake.stop()
+        p.stop()
+        log = p.log()
+    tap.ok(not re.search(r"(error|panic|fatal):", log), "no errors in the log",
+           "\n".join(l for l in log.splitlines() if re.search(r"(error|panic):", l))[:500])
+    port_taken_test(tap)
+    sys.exit(tap.done())
+
+
+if __name__ == "__main__":
+    main()
