@@ -62,6 +62,13 @@ static unsigned nclients;
 
 static const char *const mode_names[] = { "normal", "backoff" };
 
+/* qmgr_ctl_mode_name - see qmgr_ctl.h */
+const char *
+qmgr_ctl_mode_name(int mode)
+{
+    return mode_names[mode == QMODE_BACKOFF];
+}
+
 /* --- queue patterns ---------------------------------------------------------------------- */
 
 /* queue_matches - Q against "domain[/vmta]" with shell wildcards (no "/vmta": any) */
@@ -89,8 +96,9 @@ error_reply(const char *text)
     return json_pack("{s:b, s:s}", "ok", 0, "error", text);
 }
 
-static const char *
-stamp(char out[32], uint64_t wall)
+/* qmgr_ctl_stamp - see qmgr_ctl.h */
+const char *
+qmgr_ctl_stamp(char out[32], uint64_t wall)
 {
     time_t t = (time_t)wall;
     struct tm tm;
@@ -113,7 +121,7 @@ mode_events_json(const struct qqueue *q)
         const struct qmode_event *e = &q->mode_events[at];
 
         json_array_append_new(list, json_pack("{s:s, s:s, s:s, s:s}", "time",
-                                              stamp(when, e->wall), "from", mode_names[e->from],
+                                              qmgr_ctl_stamp(when, e->wall), "from", mode_names[e->from],
                                               "to", mode_names[e->to], "why", e->why));
     }
     return list;

@@ -52,8 +52,6 @@ static struct MHD_Daemon *mhd;
 static uv_poll_t mhd_poll;
 static uv_timer_t mhd_timer;
 
-static const char *const mode_names[] = { "normal", "backoff" };
-
 /* --- responses -------------------------------------------------------------------------- */
 
 static enum MHD_Result
@@ -102,16 +100,6 @@ arg(struct MHD_Connection *conn, const char *name)
 
 /* --- endpoints --------------------------------------------------------------------------- */
 
-static const char *
-stamp(char out[32], time_t t)
-{
-    struct tm tm;
-
-    gmtime_r(&t, &tm);
-    strftime(out, 32, "%Y-%m-%d %H:%M:%S+0000", &tm);
-    return out;
-}
-
 static enum MHD_Result
 get_status(struct MHD_Connection *conn)
 {
@@ -119,8 +107,8 @@ get_status(struct MHD_Connection *conn)
     json_t *status = qmgr_ctl_status_json();
 
     gethostname(host, sizeof host - 1);
-    json_object_set_new(status, "timeNow", json_string(stamp(now, time(NULL))));
-    json_object_set_new(status, "startupTime", json_string(stamp(started, (time_t)S.start_wall)));
+    json_object_set_new(status, "timeNow", json_string(qmgr_ctl_stamp(now, (uint64_t)time(NULL))));
+    json_object_set_new(status, "startupTime", json_string(qmgr_ctl_stamp(started, S.start_wall)));
     json_object_set_new(status, "shuttingDown", json_boolean(S.stopping));
     return respond_json(conn, MHD_HTTP_OK,
                         json_pack("{s:{s:{s:s, s:s}, s:o}}", "data", "mta", "product",
@@ -135,7 +123,7 @@ listed(const struct qqueue *q, const char *pattern, const char *mode)
     const char *slash = pattern ? strchr(pattern, '/') : NULL;
     size_t dlen = slash ? (size_t)(slash - pattern) : pattern ? strlen(pattern) : 0;
 
-    if (mode && strcmp(mode, mode_names[q->mode]) != 0)
+    if (mode && strcmp(mode, qmgr_ctl_mode_name(q->mode)) != 0)
         return 0;
     if (pattern == NULL)
         return 1;
