@@ -3,7 +3,7 @@
 
 One pmtad (smtpd -> cleanup -> qmgr -> smtp-out) in a temporary directory,
 dnsmasq on 127.0.0.1 serving MX/A records for the test domains, and real
-receivers on 127.0.0.2-9: t/lib/testsmtpd.py (scriptable, logs JSON) and
+receivers on 127.0.0.2-9, .12, .13: t/lib/testsmtpd.py (scriptable, logs JSON) and
 Postfix's smtp-sink. Mail is injected over SMTP (smtplib) to pmtad's listener.
 Everything is injected at once and checked as it arrives, so the slow cases
 (rate, retries, expiry) run side by side.
@@ -26,6 +26,15 @@ Everything is injected at once and checked as it arrives, so the slow cases
                            (t/lib/blackhole.py), connect-timeout 2s: one
                            attempt, deferred about 2 s after queueing with
                            "... after 2 s", the recipient stays queued
+  throttle.test 127.0.0.12 a Gmail-style throttle: the first 2 RCPTs get
+                           "421 4.7.28 ... rate limit exceeded", then 250.
+                           max-msg-rate 50/s, max-smtp-out 5; its
+                           smtp-pattern-list puts the queue in backoff
+                           (backoff-max-msg-rate 2/s, backoff-max-smtp-out 1):
+                           one mode line, then never 3 messages in 1 s nor 2
+                           connections at once, all 14 accepted
+  nothrottle.test 127.0.0.13  the control: same settings and replies, no
+                           pattern list: more than 2 messages in 1 s
   accounting   d rows <-> recipients the receivers accepted; b rows <->
                recipients of the failure DSNs
   qmgr restart smtp-out reconnects to a new qmgr and delivers again
@@ -59,7 +68,7 @@ from testsmtpd import TestSmtpd  # noqa: E402
 
 import dkim  # noqa: E402
 
-PLAN = 30
+PLAN = 34
 SRCDIR = os.environ.get("PMTA_SRCDIR", os.path.join(os.path.dirname(__file__), "..", ".."))
 DATA = os.path.join(SRCDIR, "t", "data")
 DKIM_KEY = os.path.join(DATA, "dkim", "test.key")
@@ -75,8 +84,14 @@ DOMAINS = {  # domain -> receiver IP
     "conc.test": "127.0.0.4", "retry.test": "127.0.0.5", "sender.test": "127.0.0.6",
     "expire.test": "127.0.0.7", "tls.test": "127.0.0.8", "notls.test": "127.0.0.8",
     "sink.test": "127.0.0.9", "slow.test": "127.0.0.9", "hole.test": "127.0.0.9",
+    "throttle.test": "127.0.0.12", "nothrottle.test": "127.0.0.13",
 }
 ALL_450 = {"rcpt": [["", "450 4.2.0 Mailbox busy, try later"]]}
+RATE_LIMIT = ("421 4.7.28 Our system has detected an unusual rate of unsolicited mail, "
+              "rate limit exceeded. Try again later.")
+THROTTLE = {"rcpt": [["", RATE_LIMIT, 2]],  # the first 2 RCPTs, then the defaults (250)
+            "delay": {"dot": 0.3}}          # slow enough that mail queues up: several connections
+THROTTLED = 14                              # messages to each of throttle.test, nothrottle.test
 
 CONFIG = """
 name-server %(dns)s
@@ -138,6 +153,28 @@ domain-key s1,sender.test,%(key)s
   retry-after 10m
   retry-recipients-after 10m
 </domain>
+<smtp-pattern-list gmail>
+  reply /rate limit exceeded/ mode=backoff
+</smtp-pattern-list>
+<domain throttle.test>
+  smtp-pattern-list gmail
+  max-msg-rate 50/s
+  max-smtp-out 5
+  backoff-max-msg-rate 2/s
+  backoff-max-smtp-out 1
+  retry-after 1s
+  backoff-retry-after 1s
+  retry-recipients-after 1s
+</domain>
+<domain nothrottle.test>
+  max-msg-rate 50/s
+  max-smtp-out 5
+  backoff-max-msg-rate 2/s
+  backoff-max-smtp-out 1
+  retry-after 1s
+  backoff-retry-after 1s
+  retry-recipients-after 1s
+</domain>
 """
 
 ORIGINAL = (b"From: Sender <sender@sender.test>\r\n"
@@ -174,7 +211,9 @@ class Run:
                                  ("conc", "127.0.0.4", {"delay": {"dot": 0.3}}),
                                  ("retry1", "127.0.0.5", ALL_450), ("sender", "127.0.0.6", {}),
                                  ("expire", "127.0.0.7", ALL_450),
-                                 ("tls", "127.0.0.8", {"starttls": True})):
+                                 ("tls", "127.0.0.8", {"starttls": True}),
+                                 ("throttle", "127.0.0.12", THROTTLE),
+                                 ("nothrottle", "127.0.0.13", THROTTLE)):
             self.rx[name] = TestSmtpd(["%s:%d" % (ip, PORT)], script, work, name)
         self.rx["notls"] = TestSmtpd(["127.0.0.8:2526"], {"starttls": False}, work, "notls")
         self.rx["slow"] = TestSmtpd(["127.0.0.9:2526"], {"delay": {"dot": 2}}, work, "slow")
@@ -302,6 +341,9 @@ def inject_hole(run):
 
 
 def inject(run):
+    for i in range(THROTTLED):     # first: the throttle needs the most time
+        for d in ("throttle.test", "nothrottle.test"):
+            run.send(["ok%d@%s" % (i, d)], message("ok%d@%s" % (i, d), "%s %d" % (d, i)))
     run.send(["ok-plain@basic.test"], ORIGINAL)
     run.send(["ok-v1@basic.test"], message("ok-v1@basic.test", "via v1", "v1"))
     run.send(["ok-v2@basic.test"], message("ok-v2@basic.test", "via v2", "v2"))
@@ -427,6 +469,87 @@ def check_retry(tap, run):
            "delivered %r, %.1f s after the second attempt" % (got, gap))
 
 
+def open_at(events, t):
+    """Connections open on a receiver at time T, from its connect/disconnect events."""
+    live = set()
+    for ev in events:
+        if ev["t"] > t:
+            break
+        if ev["event"] == "connect":
+            live.add(ev["conn"])
+        elif ev["event"] == "disconnect":
+            live.discard(ev["conn"])
+    return live
+
+
+def peak_from(events, t):
+    """Most connections open at once at or after time T."""
+    live = open_at(events, t)
+    peak = len(live)
+    for ev in events:
+        if ev["t"] <= t:
+            continue
+        if ev["event"] == "connect":
+            live.add(ev["conn"])
+        elif ev["event"] == "disconnect":
+            live.discard(ev["conn"])
+        peak = max(peak, len(live))
+    return peak
+
+
+def check_backoff(tap, run):
+    """The receiver throttles (421 rate limit exceeded); the queue slows down by itself.
+
+    The boundary is qmgr's switch (its log line). Transactions it had already
+    handed to connections opened before it are not its doing: those that began
+    (MAIL) within SETTLE of the switch are left out of the rate count, and the
+    connections that carried them have SETTLE to finish and go.
+    """
+    settle = 1.0
+    wait_for(lambda: len(run.accepted("throttle")) >= THROTTLED
+             and len(run.accepted("nothrottle")) >= THROTTLED, timeout=15)
+    rx = run.rx["throttle"]
+    events = rx.events()
+    limited = [e["t"] for e in events if e["event"] == "rcpt" and e["reply"] == 421]
+    rx_mode = (r"queue throttle\.test/\S+ mode normal -> backoff: "
+               r"reply matched /rate limit exceeded/ \((.*)\)$")
+    modes = [line for line in run.pmta.log().splitlines() if re.search(rx_mode, line)]
+    control = [line for line in run.pmta.log().splitlines()
+               if re.search(r"queue nothrottle\.test/\S+ mode ", line)]
+    tap.ok(len(modes) == 1 and "(421 4.7.28 " in modes[0] and not control,
+           "throttle.test: the receiver's '421 4.7.28 ... rate limit exceeded' puts the queue"
+           " in backoff, one log line naming the pattern (none for nothrottle.test)",
+           "\n".join(modes + control) or "no mode line")
+    switched = log_time(modes[0]) if modes else (limited[0] if limited else 0)
+    before = open_at(events, switched)      # connections qmgr had opened in normal mode
+    mail, after = {}, []                    # conn -> its transaction's MAIL time
+    for ev in events:
+        if ev["event"] == "mail":
+            mail[ev["conn"]] = ev["t"]
+        elif ev["event"] == "data" and ev["t"] >= switched and not (
+                ev["conn"] in before and mail[ev["conn"]] < switched + settle):
+            after.append(ev["t"])
+    ctl = [a[2] for a in run.accepted("nothrottle")]
+    tap.ok(len(limited) == 2 and len(after) >= THROTTLED - 4
+           and windows_max(after) <= 2 and windows_max(ctl) > 2,
+           "... then at most 2 messages in any 1 s window (backoff-max-msg-rate 2/s: %d;"
+           " the control, same replies and no pattern list: %d)"
+           % (windows_max(after), windows_max(ctl)),
+           "%d x 421, %d messages counted after the switch, %d connection(s) open at it"
+           % (len(limited), len(after), len(before)))
+    crowded = [e for e in events if e["event"] == "connect" and e["t"] > switched
+               and e["concurrent"] > 1]
+    peak = peak_from(events, switched + settle)
+    ctl_peak = max([e["concurrent"] for e in run.rx["nothrottle"].events("connect")] or [0])
+    tap.ok(not crowded and peak <= 1 and ctl_peak > 1,
+           "... and never 2 connections at once (backoff-max-smtp-out 1; the control: %d)"
+           % ctl_peak, "connects after the switch with others open %r; peak from %.0f s"
+           " after it %d" % (crowded, settle, peak))
+    n, m = len(run.accepted("throttle")), len(run.accepted("nothrottle"))
+    tap.ok(n == THROTTLED and m == THROTTLED,
+           "... and every message is accepted in the end (%d + %d)" % (n, m))
+
+
 def check_bounces(tap, run):
     wait_for(lambda: {"bad-user@basic.test", "later@expire.test"}
              <= {r for _m, f, _s in dsns(run) for r in f}, timeout=20)
@@ -502,7 +625,8 @@ def check_connect_timeout(tap, run):
 
 
 def check_accounting(tap, run):
-    received = sorted(a[0] for name in ("basic", "rate", "conc", "retry2", "sender", "tls")
+    received = sorted(a[0] for name in ("basic", "rate", "conc", "retry2", "sender", "tls",
+                                        "throttle", "nothrottle")
                       for a in run.accepted(name))
     received += sorted("ok%d@sink.test" % i for i in range(len(os.listdir(run.sink_dir))))
     received.sort()
@@ -591,7 +715,7 @@ def main():
         run.start()
         inject_hole(run)
         inject(run)
-        tap.ok(True, "injected 108 messages through smtpd")
+        tap.ok(True, "injected %d messages through smtpd" % (108 + 2 * THROTTLED))
         check_basic(tap, run)
         check_sender_block(tap, run)
         check_split(tap, run)
@@ -600,6 +724,7 @@ def main():
         check_conc(tap, run)
         check_retry(tap, run)
         check_rate(tap, run)
+        check_backoff(tap, run)
         check_bounces(tap, run)
         check_require_tls(tap, run)
         check_connect_timeout(tap, run)

@@ -33,7 +33,10 @@ The script (a JSON object; every key optional):
     mail_reply    "250 2.1.0 Ok"
     rcpt          [[prefix, reply], ...] matched on the local part, first hit wins,
                   before the defaults ok* 250, tmp* 450 4.2.0, bad* 550 5.1.1,
-                  anything else 250
+                  anything else 250. [prefix, reply, n] answers only the first n
+                  RCPTs it matches (counted over all connections), then is
+                  skipped: e.g. [["", "421 4.7.28 ... rate limit exceeded", 2]]
+                  throttles the first 2 RCPTs and accepts the rest
     data_reply    "354 End data with <CR><LF>.<CR><LF>"
     dot_reply     "250 2.0.0 Ok: queued"
     delay         {"greeting"|"ehlo"|"mail"|"rcpt"|"data"|"dot"|"rset"|"quit": seconds}
@@ -77,6 +80,7 @@ class Server:
         self.next_conn = 0
         self.concurrent = 0
         self.max_concurrent = 0
+        self.rule_hits = {}     # rcpt rule index -> RCPTs it answered (rules with a count)
         self.sslctx = None
         self.tmpdir = None
         if script.get("starttls"):
@@ -187,8 +191,12 @@ class Conn(asyncio.Protocol):
 
     def rcpt_reply(self, addr):
         local = addr.split("@")[0].lower()
-        for prefix, reply in self.script.get("rcpt", []) + DEFAULT_RCPT_RULES:
+        for i, rule in enumerate(self.script.get("rcpt", []) + DEFAULT_RCPT_RULES):
+            prefix, reply, limit = (list(rule) + [None])[:3]
+            if limit is not None and self.srv.rule_hits.get(i, 0) >= limit:
+                continue
             if local.startswith(prefix.lower()):
+                self.srv.rule_hits[i] = self.srv.rule_hits.get(i, 0) + 1
                 return reply
         return "250 2.1.5 Ok"
 
