@@ -12,6 +12,12 @@ so what a command changes is seen in what qmgr hands out:
     schedule: a recipient deferred for an hour is retried at once
     bad requests (not JSON, unknown command, no match, over-long line) get
       {"ok":false,...} with a reason, and the socket keeps serving
+  pmtactl (tools/pmtactl, the operator's client of that socket)
+    show status / show queues --mode=backoff / set queue --mode / pause and
+    resume queue / schedule print what changed; --json is the server's JSON;
+    reload makes pmtad publish configuration generation 2; an unknown command
+    exits 2 with usage, a pattern that matches nothing exits 1 saying so, and a
+    non-root user is told the socket is root-only
   HTTP monitor (http-mgmt-port, libmicrohttpd inside qmgr)
     /status, /queues?mode=backoff, /queueDetail, /metrics (Prometheus text)
     http-access: 127.0.0.1 monitor is served; a client from 127.0.0.2 gets 403
@@ -21,6 +27,7 @@ so what a command changes is seen in what qmgr hands out:
 
 import json
 import os
+import subprocess
 import re
 import smtplib
 import socket
@@ -30,10 +37,20 @@ import urllib.error
 import urllib.request
 
 from fakeout import FakeOut, OK, TEMPFAIL
-from pmtatest import Pmta, Tap, free_port, require_root, wait_for
+from pmtatest import Pmta, Tap, build_dir, free_port, require_root, wait_for
 from test_qmgr import fill, qmgr_socket
 
-PLAN = 20
+PLAN = 28
+PMTACTL = os.path.join(build_dir(), "tools", "pmtactl")
+
+
+def pmtactl(p, *args, user=None):
+    """Run pmtactl against P's config: (exit status, stdout, stderr)."""
+    cmd = [PMTACTL, "-c", p.config_path] + list(args)
+    if user:
+        cmd = ["runuser", "-u", user, "--"] + cmd
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    return r.returncode, r.stdout, r.stderr
 
 
 def ask(p, request=None, raw=None):
@@ -125,6 +142,40 @@ def control_tests(tap, p, fake, t0):
     tap.ok(ask(p, {"cmd": "status"}).get("ok"), "... and the socket keeps serving")
 
 
+def cli_tests(tap, p):
+    rc, out, _ = pmtactl(p, "show", "status")
+    tap.ok(rc == 0 and re.search(r"recipients queued:\s+\d+", out),
+           "pmtactl show status prints the totals", out)
+    rc, out, _ = pmtactl(p, "set", "queue", "--mode=backoff", "idle.test")
+    rc2, table, _ = pmtactl(p, "show", "queues", "--mode=backoff")
+    tap.ok(rc == 0 and "queue idle.test/{default}: mode set to backoff" in out and rc2 == 0
+           and re.search(r"(?m)^idle\.test/\{default\}\s+backoff\s+yes\s+4\b", table),
+           "pmtactl set queue --mode=backoff, then show queues --mode=backoff lists it "
+           "(paused, 4 recipients)", out + table)
+    rc, out, _ = pmtactl(p, "--json", "show", "queues", "idle.test")
+    doc = json.loads(out) if rc == 0 else {}
+    tap.ok(doc.get("ok") and doc["queues"][0]["mode"] == "backoff",
+           "pmtactl --json prints the server's JSON", out[:300])
+    rc, out, _ = pmtactl(p, "set", "queue", "--mode=normal", "idle.test")
+    rc2, out2, _ = pmtactl(p, "schedule", "idle.test")
+    tap.ok(rc == 0 and "mode set to normal" in out and rc2 == 0 and "1 queue" in out2,
+           "pmtactl set queue --mode=normal and schedule", out + out2)
+    rc, out, err = pmtactl(p, "pause", "queue", "nosuch.test")
+    tap.ok(rc == 1 and "no queue matches" in (out + err),
+           "a pattern that matches nothing: exit 1, said so", (rc, out, err))
+    rc, out, err = pmtactl(p, "frobnicate")
+    tap.ok(rc == 2 and "usage" in err, "an unknown command: usage, exit 2", (rc, err))
+    rc, out, err = pmtactl(p, "--socket", os.path.join(p.run_dir, "control"), "show", "status",
+                           user="nobody")
+    tap.ok(rc == 1 and "root" in err, "a non-root user is told the control socket is root-only",
+           (rc, err))
+    mark = p.log_mark()
+    rc, out, _ = pmtactl(p, "reload")
+    tap.ok(rc == 0 and "reload requested" in out
+           and p.wait_log(r"configuration generation 2 published", since=mark, timeout=10),
+           "pmtactl reload: pmtad publishes configuration generation 2", out)
+
+
 def http_tests(tap, p, port):
     status, body = http(port, "/status")
     doc = json.loads(body) if status == 200 else {}
@@ -198,6 +249,7 @@ http-access 127.0.0.0/8 none
         fake = FakeOut(qmgr_socket(p), answer=answer, txn_delay=0.02).start()
         t0 = time.monotonic()
         control_tests(tap, p, fake, t0)
+        cli_tests(tap, p)
         http_tests(tap, p, port)
         fake.stop()
         p.stop()

@@ -3,7 +3,8 @@
 
 Every directive in conf/cfg_directives.def is documented in doc/pmta-config.5,
 and the page says "not implemented" exactly for the directives the parser
-accepts with a warning. Every option pmtad's --help prints is in doc/pmtad.8.
+accepts with a warning. Every option pmtad's --help prints is in doc/pmtad.8,
+and every option pmtactl's --help prints is in doc/pmtactl.8.
 """
 import os
 import re
@@ -50,6 +51,18 @@ def man_entries():
     return entries
 
 
+def check_help_options(program, page_name):
+    """Every --option that PROGRAM --help prints appears in doc/PAGE_NAME."""
+    helptext = subprocess.run([os.path.join(BUILD, program), "--help"], capture_output=True,
+                              text=True).stdout
+    opts = sorted(set(re.findall(r"(--[a-z][a-z-]+)", helptext)))
+    page = open(os.path.join(SRC, "doc", page_name)).read().replace("\\-", "-")
+    undocumented = [o for o in opts if o not in page]
+    name = os.path.basename(program)
+    check(opts and not undocumented, f"every {name} --help option is in {page_name}"
+          + (f" (missing: {', '.join(undocumented)})" if undocumented else ""))
+
+
 def main():
     defs = directives()
     man = man_entries()
@@ -67,13 +80,8 @@ def main():
             wrong.append(name)
     check(not wrong, "pmta-config.5 says 'not implemented' exactly where the parser does"
           + (f" (differs: {', '.join(sorted(set(wrong)))})" if wrong else ""))
-    pmtad = os.path.join(BUILD, "master", "pmtad")
-    helptext = subprocess.run([pmtad, "--help"], capture_output=True, text=True).stdout
-    opts = sorted(set(re.findall(r"(--[a-z][a-z-]+)", helptext)))
-    page = open(os.path.join(SRC, "doc", "pmtad.8")).read().replace("\\-", "-")
-    undocumented = [o for o in opts if o not in page]
-    check(opts and not undocumented, "every pmtad --help option is in pmtad.8"
-          + (f" (missing: {', '.join(undocumented)})" if undocumented else ""))
+    for program, page_name in (("master/pmtad", "pmtad.8"), ("tools/pmtactl", "pmtactl.8")):
+        check_help_options(program, page_name)
     print(f"1..{len(results)}")
     for i, (ok, name) in enumerate(results, 1):
         print(f"{'ok' if ok else 'not ok'} {i} - {name}")
