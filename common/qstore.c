@@ -13,6 +13,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
@@ -142,10 +143,32 @@ const char *qstore_strerror(int err)
     }
 }
 
+static pid_t self_pid_cached;
+
+static void refresh_self_pid(void)
+{
+    self_pid_cached = getpid();
+}
+
+static void init_self_pid(void)
+{
+    refresh_self_pid();
+    pthread_atfork(NULL, NULL, refresh_self_pid);
+}
+
+/* self_pid - getpid() without a system call per queue operation */
+static pid_t self_pid(void)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+
+    pthread_once(&once, init_self_pid);
+    return self_pid_cached;
+}
+
 /* check_owner - LMDB forbids using an env across fork(); catch it loudly */
 static void check_owner(const struct qstore *qs)
 {
-    if (qs->pid != getpid())
+    if (qs->pid != self_pid())
         msg_panic("qstore: environment used in pid %ld but opened in pid %ld",
                   (long)getpid(), (long)qs->pid);
 }
@@ -485,7 +508,7 @@ int qstore_open(struct qstore **qsp, const char *dir, const struct qstore_opts *
     MDB_txn *txn = NULL;
     int rc, dead = 0;
 
-    qs->pid = getpid();
+    qs->pid = self_pid();
     qs->flags = o->flags;
     if (o->flags & QSTORE_NOSYNC)
         envfl |= MDB_NOSYNC;

@@ -112,6 +112,7 @@ struct smtpd_session {
 
     bool reading;
     bool peer_eof;                  /* the client half-closed; finish what it sent */
+    bool quit_seen;                 /* the client said QUIT: nothing more will come */
     bool closing;
     bool handles_closing;
     bool paused_backlog;
@@ -597,7 +598,10 @@ ev_starttls(void *ctx)
 static void
 ev_quit(void *ctx)
 {
-    log_command(ctx, "QUIT", NULL);
+    struct smtpd_session *s = ctx;
+
+    log_command(s, "QUIT", NULL);
+    s->quit_seen = true;
 }
 
 static const struct smtpd_proto_events session_events = {
@@ -962,6 +966,17 @@ begin_close(struct smtpd_session *s)
     if (s->tls_state == TLS_ON) {
         smtpd_tls_close_notify(s->tls);
         send_tls_output(s);
+    }
+    /*
+     * After QUIT (or the client's own EOF), with the reply in the kernel, a
+     * plain close loses nothing: it skips a shutdown(2) and two loop turns
+     * per message. Otherwise half-close first, so that a client still
+     * sending does not get a reset that could swallow our last reply.
+     */
+    if ((s->quit_seen || s->peer_eof) && s->tls_state != TLS_ON
+        && uv_stream_get_write_queue_size(&s->io.stream) == 0) {
+        close_handles(s);
+        return;
     }
     /* A client that never reads must not keep us: close after a grace period. */
     uv_timer_start(&s->timer, on_timer, SESSION_CLOSE_GRACE_MS, 0);
