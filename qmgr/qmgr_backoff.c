@@ -8,7 +8,8 @@
  * message rate from this queue alone, while everything else keeps its pace.
  *
  * What changes a mode: a remote reply that matches a `reply /re/ mode=...`
- * line of the queue's smtp-pattern-list (the first matching line wins; every
+ * line of the queue's smtp-pattern-list, or of the built-in list below when
+ * the domain names none (the first matching line wins; every
  * reply of a delivery attempt is matched as "CODE TEXT", the enhanced status
  * included when the server sent one); backoff-to-normal-after (or the
  * pattern's backoff-to-normal-after=) since the last reply that asked for
@@ -44,6 +45,21 @@
 #include "xalloc.h"
 
 #define MATCH_LIMIT 100000u     /* hostile replies must not stall the scheduler */
+#define BUILTIN_LIST_NAME "(built-in)"
+
+/*
+ * The list a domain without `smtp-pattern-list` gets: what Gmail, Yahoo and
+ * Outlook answer when they throttle, so that "421 Rate Limit Exceeded" slows
+ * the queue down as PowerMTA's default rules do. Setting smtp-pattern-list
+ * (even to an empty list) replaces it.
+ */
+static const char *const builtin_replies[] = {
+    "/rate limit|rate-limit/ mode=backoff",
+    "/unusual rate of/ mode=backoff",                       /* Gmail 4.7.28 */
+    "/\\[TS0[1-4]\\]|temporarily deferred due to/ mode=backoff", /* Yahoo */
+    "/4\\.7\\.500 Server busy|\\(S3150\\)|\\(S3114\\)/ mode=backoff", /* Outlook */
+    "/too many (concurrent )?(smtp )?(connections|messages)/ mode=backoff",
+};
 #define REPLY_TEXT_MAX 1024
 #define TO_NORMAL_TICK_MS 1000u
 
@@ -144,6 +160,18 @@ free_lists(void)
     B.nlists = 0;
 }
 
+/* add_builtin_list - the list of domains without smtp-pattern-list (always the first) */
+static void
+add_builtin_list(void)
+{
+    struct pattern_list list = { xstrdup(BUILTIN_LIST_NAME), NULL, 0 };
+
+    for (size_t i = 0; i < sizeof builtin_replies / sizeof builtin_replies[0]; i++)
+        add_reply(&list, builtin_replies[i]);
+    B.lists = xreallocarray(B.lists, B.nlists + 1, sizeof *B.lists);
+    B.lists[B.nlists++] = list;
+}
+
 /* qmgr_backoff_config - compile every <smtp-pattern-list> of S.cfg */
 void
 qmgr_backoff_config(void)
@@ -152,6 +180,7 @@ qmgr_backoff_config(void)
 
     free_lists();
     B.generation++;
+    add_builtin_list();
     while ((s = cfg_next_scope(S.cfg, CFG_S_SMTP_PATTERN_LIST, &it)) != CFG_NONE) {
         struct pattern_list list = { xstrdup(cfg_str(S.cfg, S.cfg->scopes[s].name)), NULL, 0 };
         const struct cfg_value *v;
@@ -181,9 +210,9 @@ list_of(struct qqueue *q)
 
     if (q->plist_gen != B.generation) {
         q->plist_gen = B.generation;
-        q->plist = -1;
+        q->plist = 0;                   /* the built-in list */
         if ((v = qmgr_queue_setting(q, CFG_D_SMTP_PATTERN_LIST)) != NULL)
-            for (size_t i = 0; i < B.nlists; i++)
+            for (size_t i = 1; i < B.nlists; i++)
                 if (strcmp(B.lists[i].name, cfg_str(S.cfg, v->text)) == 0)
                     q->plist = (int32_t)i;
     }

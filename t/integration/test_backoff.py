@@ -11,7 +11,10 @@ place of smtp-out, with the replies each case needs:
             on the fake never sees more than 4 recipients in any 1 s window
   bs.test   max-smtp-out 4, backoff-max-smtp-out 1, the same replies: several
             connections at once before, never 2 after
-  none.test the same replies, no pattern list: no mode change
+  none.test the same replies, an empty pattern list: no mode change
+  seed.test no smtp-pattern-list at all, the seed's settings (backoff-retry-after,
+            backoff-to-normal-after): "421 Rate Limit Exceeded" puts it in backoff
+            through the built-in list, and it returns to normal by itself
   tn.test   backoff-to-normal-after 2s: back to normal 2-4 s later by itself
   td.test   backoff-to-normal-after-delivery: back to normal after one delivery
   nm.test   a reply matching a mode=normal line ends backoff
@@ -29,7 +32,7 @@ from fakeout import FakeOut, OK, TEMPFAIL
 from pmtatest import Pmta, Tap, build_dir, require_root, wait_for
 from test_qmgr import fill, max_in_window, qmgr_socket
 
-PLAN = 14
+PLAN = 15
 
 CONFIG = """
 smtp-out-processes 0
@@ -58,7 +61,16 @@ smtpd-processes 1
   backoff-retry-after 1s
   retry-recipients-after 1s
 </domain>
+<smtp-pattern-list empty>
+</smtp-pattern-list>
+<domain seed.test>
+  backoff-retry-after 1s
+  backoff-to-normal-after 2s
+  retry-after 1s
+  retry-recipients-after 1s
+</domain>
 <domain none.test>
+  smtp-pattern-list empty
   max-smtp-out 4
   retry-after 1s
   retry-recipients-after 1s
@@ -112,6 +124,8 @@ class Answers:
             return RATE_LIMIT
         if domain in ("tn.test", "td.test", "nm.test") and n == 1:
             return RATE_LIMIT
+        if domain == "seed.test" and n == 1:
+            return (TEMPFAIL, 421, "", "421 Rate Limit Exceeded")
         if domain == "nm.test":
             return (OK, 250, "2.0.0", "250 2.0.0 ok, welcome back")
         if domain == "br.test":
@@ -145,7 +159,7 @@ def main():
     answers = Answers()
     with Pmta(name="backoff") as p:
         p.write_config(CONFIG)
-        for domain, n in (("bo", 40), ("bs", 60), ("none", 10), ("tn", 3), ("td", 3), ("nm", 3), ("br", 1),
+        for domain, n in (("bo", 40), ("bs", 60), ("none", 10), ("seed", 3), ("tn", 3), ("td", 3), ("nm", 3), ("br", 1),
                           ("dq", 3)):
             fill(p, "-n", str(n), "-r", "1", "-d", domain)
         p.start()
@@ -188,7 +202,13 @@ def main():
     delivered = len([r for r in fake.results_for(bo) if r[5] == OK])
     tap.ok(delivered == 40, "in backoff the queue still delivers everything (40 of 40)", delivered)
     tap.ok(not mode_lines(log, "none.test/{default}"),
-           "a queue without an smtp-pattern-list ignores the same reply")
+           "a queue whose smtp-pattern-list has no matching line ignores the same reply")
+    seed = mode_lines(log, "seed.test/{default}")
+    tap.ok([m[:2] for m in seed] == [("normal", "backoff"), ("backoff", "normal")]
+           and "421 Rate Limit Exceeded" in seed[0][2] and "backoff-to-normal-after" in seed[1][2]
+           and len([r for r in fake.results_for("seed.test/{default}") if r[5] == OK]) == 3,
+           "the seed's case, no smtp-pattern-list: '421 Rate Limit Exceeded' puts the queue in "
+           "backoff (built-in list), backoff-to-normal-after brings it back", seed)
 
     # --- the ways back to normal
     tn = mode_lines(log, "tn.test/{default}")

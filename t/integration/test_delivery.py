@@ -33,8 +33,9 @@ Everything is injected at once and checked as it arrives, so the slow cases
                            (backoff-max-msg-rate 2/s, backoff-max-smtp-out 1):
                            one mode line, then never 3 messages in 1 s nor 2
                            connections at once, all 14 accepted
-  nothrottle.test 127.0.0.13  the control: same settings and replies, no
-                           pattern list: more than 2 messages in 1 s
+  nothrottle.test 127.0.0.13  the control: same settings and replies, an
+                           empty pattern list (which replaces the built-in
+                           one): more than 2 messages in 1 s
   accounting   d rows <-> recipients the receivers accepted; b rows <->
                recipients of the failure DSNs
   qmgr restart smtp-out reconnects to a new qmgr and delivers again
@@ -166,7 +167,10 @@ domain-key s1,sender.test,%(key)s
   backoff-retry-after 1s
   retry-recipients-after 1s
 </domain>
+<smtp-pattern-list quiet>
+</smtp-pattern-list>
 <domain nothrottle.test>
+  smtp-pattern-list quiet
   max-msg-rate 50/s
   max-smtp-out 5
   backoff-max-msg-rate 2/s
