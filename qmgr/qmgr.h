@@ -303,6 +303,11 @@ void qmgr_outcome_queue_failure(struct qqueue *q, const struct qresult *res);
 void qmgr_outcome_config(void);
 void qmgr_outcome_close(void);
 const struct qstore_rcpt *qmgr_msg_find_rcpt(const struct qstore_msg *m, uint32_t index);
+/* qmgr_host_name - host-name, else the system's name */
+const char *qmgr_host_name(void);
+/* qmgr_queue_local_mail - queue BODY (a whole message) from <> to TO; warns on failure */
+struct buf;
+void qmgr_queue_local_mail(const char *to, struct buf *body, int eightbit);
 const char *qmgr_qid(char buf[QSTORE_QID_LEN + 1], uint64_t msgid);
 
 #endif

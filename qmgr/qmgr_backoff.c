@@ -37,10 +37,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
+#include <unistd.h>
 
+#include "buf.h"
 #include "msg.h"
 #include "qmgr.h"
 #include "qmgr_backoff.h"
+#include "qmgr_dsn.h"
 #include "worker.h"
 #include "xalloc.h"
 
@@ -331,6 +335,77 @@ remember(struct qqueue *q, int mode, const char *why)
     snprintf(e->why, sizeof e->why, "%s", why);
 }
 
+/* notice_scope - the <domain> block that holds V, a backoff-notify value (all its lines count) */
+static uint32_t
+notice_scope(const struct cfg_value *v)
+{
+    uint32_t it = 0, s;
+
+    while ((s = cfg_next_scope(S.cfg, CFG_S_DOMAIN, &it)) != CFG_NONE) {
+        const struct cfg_value *w;
+        uint32_t vit = 0;
+
+        while ((w = cfg_scope_next(S.cfg, s, CFG_D_BACKOFF_NOTIFY, &vit)) != NULL)
+            if (w == v)
+                return s;
+    }
+    return CFG_NONE;
+}
+
+/* build_notice - the text of a mode-change notice for Q to TO */
+static void
+build_notice(struct buf *b, struct qqueue *q, int mode, const char *why, const char *to)
+{
+    static unsigned serial;
+    char date[64], clean[600];
+    time_t now = time(NULL);
+    struct tm tm;
+
+    gmtime_r(&now, &tm);
+    strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S +0000", &tm);
+    qmgr_dsn_sanitize(clean, sizeof clean, why, sizeof clean - 1);
+    buf_printf(b, "From: Mail Delivery System <postmaster@%s>\r\nTo: <%s>\r\n"
+                  "Subject: queue %s %s backoff mode\r\nDate: %s\r\n"
+                  "Message-ID: <%ld.%ld.%u.backoff@%s>\r\nAuto-Submitted: auto-generated\r\n"
+                  "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n"
+                  "Queue %s on %s is now in %s mode.\r\nReason: %s\r\n",
+               qmgr_host_name(), to, q->name, mode == QMODE_BACKOFF ? "entered" : "left", date,
+               (long)now, (long)getpid(), ++serial, qmgr_host_name(), q->name, qmgr_host_name(),
+               mode == QMODE_BACKOFF ? "backoff" : "normal", clean);
+}
+
+/* send_notice - one mode-change notice for Q to TO */
+static void
+send_notice(struct qqueue *q, int mode, const char *why, const char *to)
+{
+    struct buf b = BUF_INIT;
+
+    if (strchr(to, '@') == NULL || strpbrk(to, "<>\r\n\"") != NULL) {
+        msg_warn("backoff-notify %s: not an address; no notice sent", to);
+        return;
+    }
+    build_notice(&b, q, mode, why, to);
+    qmgr_queue_local_mail(to, &b, 0);
+    buf_free(&b);
+}
+
+/* notify - backoff-notify: every address line of the block that sets it for Q's domain */
+static void
+notify(struct qqueue *q, int mode, const char *why)
+{
+    const struct cfg_value *v = qmgr_queue_setting(q, CFG_D_BACKOFF_NOTIFY), *w;
+    uint32_t s, vit = 0;
+
+    if (v == NULL)
+        return;
+    if ((s = notice_scope(v)) == CFG_NONE) {
+        send_notice(q, mode, why, cfg_str(S.cfg, v->text));
+        return;
+    }
+    while ((w = cfg_scope_next(S.cfg, s, CFG_D_BACKOFF_NOTIFY, &vit)) != NULL)
+        send_notice(q, mode, why, cfg_str(S.cfg, w->text));
+}
+
 /* qmgr_backoff_set_mode - see qmgr_backoff.h */
 void
 qmgr_backoff_set_mode(struct qqueue *q, int mode, const char *why, int64_t to_normal_s)
@@ -344,6 +419,7 @@ qmgr_backoff_set_mode(struct qqueue *q, int mode, const char *why, int64_t to_no
         return;
     msg_info("queue %s mode %s -> %s: %s", q->name, names[q->mode], names[mode], why);
     remember(q, mode, why);
+    notify(q, mode, why);
     q->mode = mode;
     q->mode_changes++;
     if (mode == QMODE_BACKOFF) {

@@ -73,8 +73,9 @@ qmgr_msg_find_rcpt(const struct qstore_msg *m, uint32_t index)
     return NULL;
 }
 
-static const char *
-host_name(void)
+/* qmgr_host_name - see qmgr.h */
+const char *
+qmgr_host_name(void)
 {
     static char buf[256];
     const struct cfg_value *v = cfg_global(S.cfg, CFG_D_HOST_NAME);
@@ -279,9 +280,9 @@ lower_domain(char *out, size_t outsize, const char *addr)
     out[i] = '\0';
 }
 
-/* queue_dsn - store DSN (a message body) from <> to RETURN_PATH */
-static void
-queue_dsn(const char *return_path, struct buf *dsn, int eightbit)
+/* qmgr_queue_local_mail - see qmgr.h (DSNs, backoff notices) */
+void
+qmgr_queue_local_mail(const char *return_path, struct buf *dsn, int eightbit)
 {
     char domain[256], queue[300];
     struct qstore_envelope env = { 0 };
@@ -337,7 +338,7 @@ send_dsn(const struct qstore_msg *m, const struct qstore_rcpt *rr, struct qqueue
     dr.remote_mta = res->mx && *res->mx ? res->mx : NULL;
     dr.diag = diag;
     dr.last_attempt = (time_t)qmgr_wall();
-    in.reporting_mta = host_name();
+    in.reporting_mta = qmgr_host_name();
     in.sender = rp;
     in.envid = m->env.envid;
     in.ret = m->env.ret;
@@ -351,7 +352,7 @@ send_dsn(const struct qstore_msg *m, const struct qstore_rcpt *rr, struct qqueue
     if ((rc = qmgr_dsn_build(&in, &out)) < 0)
         msg_warn("cannot build the bounce for %s: %s", qid, strerror(-rc));
     else
-        queue_dsn(rp, &out, rc & QMGR_DSN_8BIT);
+        qmgr_queue_local_mail(rp, &out, rc & QMGR_DSN_8BIT);
     buf_free(&out);
     if (full)
         qstore_msg_free(full);

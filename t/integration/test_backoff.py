@@ -19,6 +19,8 @@ place of smtp-out, with the replies each case needs:
   td.test   backoff-to-normal-after-delivery: back to normal after one delivery
   nm.test   a reply matching a mode=normal line ends backoff
   br.test   bounce-rcpt: a 4xx "try again" reply bounces the recipient (DSN queued)
+  nt.test   backoff-notify (two lines): each address gets a notice on entering
+            (naming the reply) and one on leaving backoff
   dq.test   defer-queue: the queue waits its retry-after (3 s) before the next
             transaction, and that connection takes no more work meanwhile
 """
@@ -30,9 +32,9 @@ import time
 
 from fakeout import FakeOut, OK, TEMPFAIL
 from pmtatest import Pmta, Tap, build_dir, require_root, wait_for
-from test_qmgr import fill, max_in_window, qmgr_socket
+from test_qmgr import fill, max_in_window, qdump, qmgr_socket
 
-PLAN = 15
+PLAN = 16
 
 CONFIG = """
 smtp-out-processes 0
@@ -68,6 +70,18 @@ smtpd-processes 1
   backoff-to-normal-after 2s
   retry-after 1s
   retry-recipients-after 1s
+</domain>
+<domain nt.test>
+  smtp-pattern-list isp
+  backoff-notify ops@notice.test
+  backoff-notify noc@notice.test
+  backoff-to-normal-after 2s
+  retry-after 1s
+  retry-recipients-after 1s
+</domain>
+<domain notice.test>
+  retry-after 1h
+  retry-recipients-after 1h
 </domain>
 <domain none.test>
   smtp-pattern-list empty
@@ -122,7 +136,9 @@ class Answers:
         if domain in ("bo.test", "bs.test", "none.test") and n <= 3:
             self.first_backoff_reply.setdefault(domain, time.monotonic())
             return RATE_LIMIT
-        if domain in ("tn.test", "td.test", "nm.test") and n == 1:
+        if domain == "notice.test":
+            return (TEMPFAIL, 451, "4.3.0", "451 4.3.0 keep it queued for the test")
+        if domain in ("tn.test", "td.test", "nm.test", "nt.test") and n == 1:
             return RATE_LIMIT
         if domain == "seed.test" and n == 1:
             return (TEMPFAIL, 421, "", "421 Rate Limit Exceeded")
@@ -149,6 +165,17 @@ def concurrency_after(fake, queue, since):
     return now if best is None else best
 
 
+def notices(p):
+    """The backoff notices queued for notice.test: (recipient, message text)."""
+    out = []
+    for m in qdump(p, body=True):
+        for r in m.get("recipients", m.get("rcpts", [])):
+            addr = r.get("address", "") if isinstance(r, dict) else str(r)
+            if addr.endswith("@notice.test"):
+                out.append((addr, m.get("body", "")))
+    return out
+
+
 def mode_lines(log, queue):
     return re.findall(r"queue %s mode (\w+) -> (\w+): (.*)" % re.escape(queue), log)
 
@@ -159,7 +186,7 @@ def main():
     answers = Answers()
     with Pmta(name="backoff") as p:
         p.write_config(CONFIG)
-        for domain, n in (("bo", 40), ("bs", 60), ("none", 10), ("seed", 3), ("tn", 3), ("td", 3), ("nm", 3), ("br", 1),
+        for domain, n in (("bo", 40), ("bs", 60), ("none", 10), ("seed", 3), ("nt", 2), ("tn", 3), ("td", 3), ("nm", 3), ("br", 1),
                           ("dq", 3)):
             fill(p, "-n", str(n), "-r", "1", "-d", domain)
         p.start()
@@ -172,6 +199,8 @@ def main():
         wait_for(lambda: len(fake.results_for("dq.test/{default}")) >= 3, timeout=15)
         wait_for(lambda: "backoff -> normal: backoff-to-normal-after" in p.log(), timeout=10)
         wait_for(lambda: fake.results_for("origin.test/{default}"), timeout=5)
+        wait_for(lambda: len(notices(p)) >= 4, timeout=10)
+        notes = notices(p)
         elapsed = time.monotonic() - t0
         fake.stop()
         p.stop()
@@ -232,6 +261,15 @@ def main():
     tap.ok([m[:2] for m in nm] == [("normal", "backoff"), ("backoff", "normal")]
            and "welcome back" in nm[-1][2],
            "a reply matching a mode=normal line ends backoff", nm)
+
+    # --- backoff-notify
+    entered = [a for a, body in notes if "Subject: queue nt.test/{default} entered backoff mode"
+               in body and "rate limit exceeded" in body and "Auto-Submitted: auto-generated" in body]
+    left = [a for a, body in notes if "Subject: queue nt.test/{default} left backoff mode" in body]
+    tap.ok(sorted(entered) == ["noc@notice.test", "ops@notice.test"]
+           and sorted(left) == ["noc@notice.test", "ops@notice.test"],
+           "backoff-notify: both addresses are mailed on entering (with the reply) and on "
+           "leaving backoff", [(a, b[:200]) for a, b in notes])
 
     # --- bounce-rcpt and defer-queue
     br = fake.results_for("br.test/{default}")
