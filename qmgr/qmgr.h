@@ -240,6 +240,8 @@ void qmgr_ready_push_front(struct qqueue *q, uint32_t r);
 uint32_t qmgr_ready_peek(struct qqueue *q);
 uint32_t qmgr_ready_pop(struct qqueue *q);
 void qmgr_defer_push(uint32_t r, uint32_t due_tick);
+/* qmgr_defer_take_queue - remove Q's deferred recipients from the heap into *OUT (free it); how many */
+uint32_t qmgr_defer_take_queue(struct qqueue *q, uint32_t **out);
 /* qmgr_defer_due_now - every deferred recipient of Q becomes due at NOW_TICK; how many */
 uint32_t qmgr_defer_due_now(struct qqueue *q, uint32_t now_tick);
 uint32_t qmgr_defer_pop_due(uint32_t now_tick);
@@ -295,6 +297,8 @@ uint64_t qrate_wait_ns(const struct qrate *r, const struct cfg_value *rate, uint
 /* qmgr_outcome - record RES for recipient R; M is its message read from the queue (may be NULL) */
 void qmgr_outcome(uint32_t r, const struct qstore_msg *m, struct qqueue *q,
                   const struct qresult *res);
+/* qmgr_outcome_delete - the operator deletes R (pmtactl delete): b record, a DSN only if DSN */
+void qmgr_outcome_delete(uint32_t r, struct qqueue *q, int dsn);
 /* qmgr_outcome_expire - bounce R as expired (4.4.7) outside any connection */
 void qmgr_outcome_expire(uint32_t r, struct qqueue *q);
 /* qmgr_outcome_queue_failure - a connection-level failure of Q (tq record, retry mode) */

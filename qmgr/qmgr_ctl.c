@@ -10,6 +10,8 @@
  *     {"cmd":"pause-queue"|"resume-queue","queue":"PATTERN"}
  *                                                       -> {"ok":true,"changed":N,"queues":[...]}
  *     {"cmd":"schedule","queue":"PATTERN"}              -> {"ok":true,"queues":N,"recipients":N}
+ *     {"cmd":"delete","queue":"PATTERN","dsn":false}    -> {"ok":true,"queues":N,"recipients":N,
+ *                                                           "inflight":N}
  * and {"ok":false,"error":"..."} for anything it cannot do. PATTERN is
  * domain[/vmta] with shell wildcards; without "/vmta" every virtual MTA of
  * the domain matches. doc/pmtactl.8 is the user-facing description.
@@ -367,6 +369,46 @@ cmd_schedule(json_t *req)
                      (json_int_t)nr);
 }
 
+/* delete_queue - every recipient of Q not in flight; counts into *DELETED, *INFLIGHT */
+static void
+delete_queue(struct qqueue *q, int dsn, uint32_t *deleted, uint32_t *inflight)
+{
+    uint32_t *deferred, n = qmgr_defer_take_queue(q, &deferred);
+
+    for (uint32_t i = 0; i < n; i++)
+        qmgr_outcome_delete(deferred[i], q, dsn);
+    free(deferred);
+    *deleted += n;
+    for (uint32_t r; (r = qmgr_ready_pop(q)) != QNIL; (*deleted)++)
+        qmgr_outcome_delete(r, q, dsn);
+    *inflight += q->ninflight;
+    qmgr_run_update(q);
+}
+
+static json_t *
+cmd_delete(json_t *req)
+{
+    const char *pattern = required_pattern(req);
+    json_t *dsn = json_object_get(req, "dsn");
+    uint32_t nq = 0, deleted = 0, inflight = 0;
+
+    if (!pattern || (dsn && !json_is_boolean(dsn)))
+        return error_reply("delete needs \"queue\" (domain[/vmta]) and optionally \"dsn\" (true to "
+                           "send bounces)");
+    for (uint32_t i = 0; i < S.nqueues; i++)
+        if (queue_matches(S.queues[i], pattern)) {
+            nq++;
+            delete_queue(S.queues[i], json_is_true(dsn), &deleted, &inflight);
+        }
+    if (nq == 0)
+        return error_reply("no queue matches that pattern");
+    msg_info("pmtactl delete %s: %u recipient(s) deleted in %u queue(s), %u in flight left",
+             pattern, deleted, nq, inflight);
+    qmgr_defer_timer_update();
+    return json_pack("{s:b, s:I, s:I, s:I}", "ok", 1, "queues", (json_int_t)nq, "recipients",
+                     (json_int_t)deleted, "inflight", (json_int_t)inflight);
+}
+
 /* dispatch - one parsed request to its command */
 static json_t *
 dispatch(json_t *req)
@@ -385,8 +427,10 @@ dispatch(json_t *req)
         return cmd_pause(req, cmd[0] == 'p');
     if (strcmp(cmd, "schedule") == 0)
         return cmd_schedule(req);
+    if (strcmp(cmd, "delete") == 0)
+        return cmd_delete(req);
     return error_reply("unknown command (status, show-queues, set-queue-mode, pause-queue, "
-                       "resume-queue, schedule)");
+                       "resume-queue, schedule, delete)");
 }
 
 /* --- clients ----------------------------------------------------------------------------- */

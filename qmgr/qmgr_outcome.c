@@ -395,6 +395,29 @@ expire(uint32_t r, const struct qstore_msg *m, struct qqueue *q, const struct qr
 }
 
 void
+qmgr_outcome_delete(uint32_t r, struct qqueue *q, int dsn)
+{
+    static const struct qresult deleted = { MP_RESULT_PERMFAIL, 0, "5.0.0",
+                                            "deleted by the operator (pmtactl delete)", NULL, NULL,
+                                            NULL };
+    struct qstore_msg *m = NULL;
+    const struct qstore_rcpt *rr;
+
+    if (qstore_read_msg(S.qs, S.msg[S.rcpt[r].msg].msgid, 0, &m) < 0)
+        m = NULL;
+    rr = qmgr_msg_find_rcpt(m, S.rcpt[r].index);
+    log_attempt("deleted", r, rr, q, &deleted);
+    if (dsn && rr)
+        send_dsn(m, rr, q, &deleted);
+    finish(r, "deletion");
+    acct_rcpt(QMGR_ACCT_B, m, rr, q, &deleted, "failed", "other");
+    q->bounced++;
+    qmgr_rcpt_free(r);
+    if (m)
+        qstore_msg_free(m);
+}
+
+void
 qmgr_outcome_expire(uint32_t r, struct qqueue *q)
 {
     struct qstore_msg *m = NULL;

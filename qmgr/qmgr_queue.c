@@ -444,6 +444,30 @@ heap_pop_top(void)
     heap_sift_down(0);
 }
 
+/* qmgr_defer_take_queue - see qmgr.h (pmtactl delete); O(deferred recipients) */
+uint32_t
+qmgr_defer_take_queue(struct qqueue *q, uint32_t **out)
+{
+    uint32_t kept = 0, n = 0;
+
+    *out = NULL;
+    for (uint32_t i = 0; i < S.nheap; i++) {
+        uint32_t r = S.heap[i];
+
+        if (S.rcpt[r].queue == q->id) {
+            *out = xreallocarray(*out, n + 1, sizeof **out);
+            (*out)[n++] = r;
+        } else {
+            S.heap[kept++] = r;
+        }
+    }
+    S.nheap = kept;
+    q->ndeferred -= n;
+    for (uint32_t i = S.nheap / 2; n > 0 && i-- > 0;)
+        heap_sift_down(i);
+    return n;
+}
+
 /* qmgr_defer_due_now - see qmgr.h (pmtactl schedule); O(deferred recipients) */
 uint32_t
 qmgr_defer_due_now(struct qqueue *q, uint32_t now_tick)

@@ -14,6 +14,7 @@
  *   pause queue PATTERN
  *   resume queue PATTERN
  *   schedule PATTERN
+ *   delete [--dsn] PATTERN | delete --queue=PATTERN [--dsn]
  *   reload
  *
  * DESCRIPTION
@@ -86,6 +87,8 @@ enum option_bit {
     OPT_MAXITEMS = 1u << 2,
     OPT_SORT = 1u << 3,
     OPT_MODE_EVENTS = 1u << 4,
+    OPT_DSN = 1u << 5,
+    OPT_QUEUE = 1u << 6,
 };
 
 #define MAX_WORDS 8
@@ -101,6 +104,7 @@ struct options {
     bool paused;              /* --paused=yes|no */
     long long maxitems;       /* --maxitems=N */
     const char *sort;         /* --sort=name|rcpt */
+    const char *queue;        /* --queue=PATTERN (delete, PowerMTA's spelling) */
     const char *words[MAX_WORDS];
     int nwords;
 };
@@ -160,6 +164,9 @@ usage(FILE *out)
             "  pause queue PATTERN                  stop delivering from queues\n"
             "  resume queue PATTERN                 deliver from paused queues again\n"
             "  schedule PATTERN                     retry deferred recipients now\n"
+            "  delete [--dsn] PATTERN | --queue=PATTERN\n"
+            "                                       drop the queues' recipients (not those\n"
+            "                                       in delivery); --dsn bounces them\n"
             "  reload                               make pmtad re-read its configuration\n"
             "\n"
             "PATTERN is DOMAIN[/VMTA] with shell wildcards (*.example.com/*); without\n"
@@ -173,6 +180,8 @@ usage(FILE *out)
             "      --maxitems=N      show queues: at most N queues (default 20, 0 = all)\n"
             "      --sort=name|rcpt  show queues: order (default rcpt)\n"
             "      --mode-events     show queues: also list each queue's mode changes\n"
+            "      --dsn             delete: send a bounce (DSN) for each deleted recipient\n"
+            "      --queue=PATTERN   delete: the queues (PowerMTA's spelling of PATTERN)\n"
             "  -h, --help            this text\n"
             "      --version         print the version\n");
 }
@@ -236,6 +245,9 @@ set_command_option(struct options *o, const char *name, const char *value)
         if (!parse_yes_no(value, &o->paused))
             return usage_error("--paused must be yes or no, not '%s'", value);
         o->given |= OPT_PAUSED;
+    } else if (strcmp(name, "queue") == 0) {
+        o->queue = value;
+        o->given |= OPT_QUEUE;
     } else if (strcmp(name, "maxitems") == 0) {
         if (!parse_maxitems(value, &o->maxitems))
             return usage_error("--maxitems must be a number (0 = all), not '%s'", value);
@@ -257,7 +269,7 @@ static int
 parse_long_option(struct options *o, int argc, char **argv, int *i)
 {
     static const char *const with_value[] = { "config", "socket", "mode", "paused",
-                                              "maxitems", "sort" };
+                                              "maxitems", "sort", "queue" };
     const char *arg = argv[*i] + 2, *eq = strchr(arg, '=');
     size_t namelen = eq ? (size_t)(eq - arg) : strlen(arg);
     char name[32];
@@ -281,6 +293,8 @@ parse_long_option(struct options *o, int argc, char **argv, int *i)
             o->version = true;
         else if (strcmp(name, "mode-events") == 0)
             o->given |= OPT_MODE_EVENTS;
+        else if (strcmp(name, "dsn") == 0)
+            o->given |= OPT_DSN;
         else
             return usage_error("unknown option '%s'", argv[*i]);
         return 0;
@@ -890,6 +904,29 @@ print_schedule(const struct options *o, json_t *response)
     return 0;
 }
 
+static void
+add_delete_args(json_t *req, const struct options *o, const char *pattern)
+{
+    add_pattern_arg(req, o, pattern);
+    json_object_set_new(req, "dsn", json_boolean(o->given & OPT_DSN));
+}
+
+static int
+print_delete(const struct options *o, json_t *response)
+{
+    char nrcpts[32], nqueues[32], inflight[32];
+
+    (void)o;
+    format_count(response, "recipients", nrcpts, sizeof(nrcpts));
+    format_count(response, "queues", nqueues, sizeof(nqueues));
+    format_count(response, "inflight", inflight, sizeof(inflight));
+    printf("%s recipient(s) deleted from %s queue(s)", nrcpts, nqueues);
+    if (strcmp(inflight, "0") != 0 && strcmp(inflight, "-") != 0)
+        printf("; %s in delivery now were left alone", inflight);
+    printf("\n");
+    return 0;
+}
+
 /* --- reload -------------------------------------------------------------------- */
 
 /*
@@ -981,6 +1018,8 @@ static const struct command commands[] = {
       changed_anything, print_resume_queue },
     { "schedule", NULL, 0, 0, PATTERN_REQUIRED, "schedule", add_pattern_arg,
       scheduled_anything, print_schedule },
+    { "delete", NULL, OPT_DSN | OPT_QUEUE, 0, PATTERN_REQUIRED, "delete", add_delete_args,
+      scheduled_anything, print_delete },
     { "reload", NULL, 0, 0, PATTERN_NONE, NULL, NULL, NULL, NULL },
 };
 
@@ -1018,6 +1057,8 @@ option_name(unsigned bit)
     case OPT_PAUSED: return "--paused";
     case OPT_MAXITEMS: return "--maxitems";
     case OPT_SORT: return "--sort";
+    case OPT_DSN: return "--dsn";
+    case OPT_QUEUE: return "--queue";
     default: return "--mode-events";
     }
 }
@@ -1031,11 +1072,15 @@ check_command_args(const struct command *cmd, const struct options *o, const cha
     char name[32];
 
     command_name(cmd, name, sizeof(name));
-    for (unsigned bit = 1; bit <= OPT_MODE_EVENTS; bit <<= 1) {
+    for (unsigned bit = 1; bit <= OPT_QUEUE; bit <<= 1) {
         if (extra & bit)
             return usage_error("option %s does not apply to '%s'", option_name(bit), name);
         if (missing & bit)
             return usage_error("'%s' needs %s", name, option_name(bit));
+    }
+    if ((o->given & OPT_QUEUE) && nargs == 0) {
+        *pattern = o->queue;        /* delete --queue=PATTERN */
+        return 0;
     }
     if (nargs > 1 || (nargs == 1 && cmd->pattern == PATTERN_NONE))
         return usage_error("'%s' takes %s", name,

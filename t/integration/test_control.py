@@ -15,6 +15,7 @@ so what a command changes is seen in what qmgr hands out:
   pmtactl (tools/pmtactl, the operator's client of that socket)
     show status / show queues --mode=backoff / set queue --mode / pause and
     resume queue / schedule print what changed; --json is the server's JSON;
+    delete --queue= drops a paused queue's recipients with b records (never delivered);
     reload makes pmtad publish configuration generation 2; an unknown command
     exits 2 with usage, a pattern that matches nothing exits 1 saying so, and a
     non-root user is told the socket is root-only
@@ -25,6 +26,7 @@ so what a command changes is seen in what qmgr hands out:
     the port already taken: pmtad still starts and accepts mail, with a warning
 """
 
+import csv
 import json
 import os
 import subprocess
@@ -40,7 +42,7 @@ from fakeout import FakeOut, OK, TEMPFAIL
 from pmtatest import Pmta, Tap, build_dir, free_port, require_root, wait_for
 from test_qmgr import fill, qmgr_socket
 
-PLAN = 28
+PLAN = 29
 PMTACTL = os.path.join(build_dir(), "tools", "pmtactl")
 
 
@@ -142,7 +144,15 @@ def control_tests(tap, p, fake, t0):
     tap.ok(ask(p, {"cmd": "status"}).get("ok"), "... and the socket keeps serving")
 
 
-def cli_tests(tap, p):
+def acct_rows(p):
+    try:
+        with open(os.path.join(p.spool, "acct.csv"), newline="") as f:
+            return list(csv.reader(f))
+    except OSError:
+        return []
+
+
+def cli_tests(tap, p, fake):
     rc, out, _ = pmtactl(p, "show", "status")
     tap.ok(rc == 0 and re.search(r"recipients queued:\s+\d+", out),
            "pmtactl show status prints the totals", out)
@@ -169,6 +179,20 @@ def cli_tests(tap, p):
                            user="nobody")
     tap.ok(rc == 1 and "root" in err, "a non-root user is told the control socket is root-only",
            (rc, err))
+    # delete: gone.test is paused, so none of its 5 recipients is in delivery
+    acct_before = acct_rows(p)
+    rc, out, _ = pmtactl(p, "delete", "--queue=gone.test")
+    gone = ask(p, {"cmd": "show-queues", "queue": "gone.test"})["queues"][0]
+    def deleted_rows():
+        return [r for r in acct_rows(p)[len(acct_before):] if r[:1] == ["b"]
+                and any("gone.test" in c for c in r)
+                and any("deleted by the operator" in c for c in r)]
+    wait_for(lambda: len(deleted_rows()) >= 5, timeout=5)
+    tap.ok(rc == 0 and "5 recipient(s) deleted from 1 queue(s)" in out and gone["recipients"] == 0
+           and len(deleted_rows()) == 5 and len(fake.opens_for("gone.test/{default}")) == 0
+           and len(p.log().split("deleted ")) > 5,
+           "pmtactl delete --queue=gone.test: 5 recipients gone, 5 b records, never delivered",
+           (out, gone, len(deleted_rows())))
     mark = p.log_mark()
     rc, out, _ = pmtactl(p, "reload")
     tap.ok(rc == 0 and "reload requested" in out
@@ -233,23 +257,27 @@ smtpd-processes 1
 http-mgmt-port %d
 http-access 127.0.0.1 monitor
 http-access 127.0.0.0/8 none
+<acct-file %s/acct.csv>
+  records d,b
+</acct-file>
 <domain later.test>
   retry-after 1h
   retry-recipients-after 1h
 </domain>
-""" % port)
-        for domain, n in (("held", 3), ("later", 1), ("idle", 4)):
+""" % (port, p.spool))
+        for domain, n in (("held", 3), ("later", 1), ("idle", 4), ("gone", 5)):
             fill(p, "-n", str(n), "-r", "1", "-d", domain)
         p.start()
         # held.test is paused before any smtp-out exists, so nothing can have gone out
         r = ask(p, {"cmd": "pause-queue", "queue": "held.test"})
         ask(p, {"cmd": "pause-queue", "queue": "idle.test"})
+        ask(p, {"cmd": "pause-queue", "queue": "gone.test"})
         tap.ok(r and r.get("ok") and r.get("queues") == ["held.test/{default}"],
                "pause-queue answers with the queues it paused", r)
         fake = FakeOut(qmgr_socket(p), answer=answer, txn_delay=0.02).start()
         t0 = time.monotonic()
         control_tests(tap, p, fake, t0)
-        cli_tests(tap, p)
+        cli_tests(tap, p, fake)
         http_tests(tap, p, port)
         fake.stop()
         p.stop()
