@@ -837,7 +837,10 @@ on_hello(struct qpeer *p, struct ipc_msg *m)
     if (ipc_get_u32(m, &p->pid) || ipc_get_u32(m, &p->max_conns) || ipc_get_end(m))
         return -EPROTO;
     p->kind = QPEER_OUT;
-    msg_info("smtp-out process %u connected (up to %u connections)", p->pid, p->max_conns);
+    if (p->max_conns)
+        msg_info("smtp-out process %u connected (up to %u connections)", p->pid, p->max_conns);
+    else
+        msg_info("smtp-out process %u connected (no connection limit of its own)", p->pid);
     qmgr_dispatch_soon();
     return 0;
 }
