@@ -371,7 +371,7 @@ int qstore_rcpt_encode(struct buf *out, const struct qstore_rcpt *rc)
     wr_u8(out, QSTORE_RCPT_VERSION);
     wr_u8(out, rc->state);
     wr_u8(out, rc->notify);
-    wr_u8(out, 0);
+    wr_u8(out, rc->delay_notices);
     wr_u32(out, rc->attempts);
     wr_u64(out, rc->queued_at);
     wr_u64(out, rc->first_attempt);
@@ -389,7 +389,8 @@ static int rd_rcpt_head(struct rd *r, struct qstore_rcpt *rc)
         return -EPROTO;
     rc->state = rd_u8(r);
     rc->notify = rd_u8(r);
-    if (rd_u8(r) != 0 || rc->state > QSTORE_RCPT_DEFERRED || rc->notify & ~QSTORE_NOTIFY_ALL)
+    rc->delay_notices = rd_u8(r);
+    if (rc->state > QSTORE_RCPT_DEFERRED || rc->notify & ~QSTORE_NOTIFY_ALL)
         return -EPROTO;
     rc->attempts = rd_u32(r);
     rc->queued_at = rd_u64(r);
@@ -907,6 +908,8 @@ int qstore_wtxn_defer(struct qstore_wtxn *w, uint64_t msgid, uint32_t index,
     r.next_attempt = d->next_attempt;
     if (d->first_attempt)
         r.first_attempt = d->first_attempt;
+    if (d->set_delay_notices)
+        r.delay_notices = d->delay_notices;
     r.last_error = d->last_error;
     /* encode into our own memory first: R's strings point into the map */
     buf_init(&rec, 0);

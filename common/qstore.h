@@ -54,7 +54,7 @@
  *   off  0 u8  version (1)
  *        1 u8  flags   QSTORE_F_8BITMIME | QSTORE_F_SMTPUTF8; other bits -> corrupt
  *        2 u8  ret     QSTORE_RET_{NONE,FULL,HDRS}
- *        3 u8  reserved, 0
+ *        3 u8  delay_notices   delay DSNs sent so far (0 in older records)
  *        4 u32 nrcpt   recipients at submission (records may be fewer later)
  *        8 u64 queued_at   (unix seconds)
  *       16 u64 size        body bytes
@@ -179,6 +179,7 @@ struct qstore_rcpt {
     uint32_t index;         /* position in the message (from the key) */
     uint8_t state;          /* QSTORE_RCPT_* */
     uint8_t notify;         /* QSTORE_NOTIFY_* */
+    uint8_t delay_notices;  /* delay DSNs sent (notify-of-delay-every) */
     uint32_t attempts;
     uint64_t queued_at;
     uint64_t first_attempt;
@@ -301,6 +302,8 @@ struct qstore_defer {
     uint64_t next_attempt;   /* unix seconds */
     uint64_t first_attempt;  /* 0 = keep what is stored */
     const char *last_error;  /* reply text; truncated to QSTORE_ERR_MAX */
+    int set_delay_notices;   /* nonzero: store delay_notices (else keep) */
+    uint8_t delay_notices;
 };
 /* qstore_wtxn_defer - mark DEFERRED with D's fields. 0, -ENOENT, -EPROTO, -errno */
 int qstore_wtxn_defer(struct qstore_wtxn *w, uint64_t msgid, uint32_t index,

@@ -313,10 +313,14 @@ qmgr_queue_local_mail(const char *return_path, struct buf *dsn, int eightbit)
     }
 }
 
-/* send_dsn - build and queue the DSN for RR of message M (M read without body) */
+/*
+ * send_report - build and queue the DSN of ACTION (failed or delayed) for RR
+ * of message M (M read without body). A delay notice returns the header
+ * section only, unless the sender asked for RET=FULL.
+ */
 static void
-send_dsn(const struct qstore_msg *m, const struct qstore_rcpt *rr, struct qqueue *q,
-         const struct qresult *res)
+send_report(const struct qstore_msg *m, const struct qstore_rcpt *rr, const struct qresult *res,
+            enum qmgr_dsn_action action, time_t retry_until)
 {
     struct qstore_msg *full = NULL;
     struct qmgr_dsn_rcpt dr = { 0 };
@@ -326,36 +330,47 @@ send_dsn(const struct qstore_msg *m, const struct qstore_rcpt *rr, struct qqueue
     struct buf out = BUF_INIT;
     int rc;
 
-    if (!qmgr_dsn_should_send(m->env.sender, rr->notify, QMGR_DSN_FAILED, false))
+    if (!qmgr_dsn_should_send(m->env.sender, rr->notify, action, action == QMGR_DSN_DELAYED))
         return;
     if (qstore_read_msg(S.qs, m->msgid, QSTORE_READ_BODY, &full) < 0)
         full = NULL;
     format_diag(diag, sizeof(diag), "", res);
     dr.final_rcpt = rr->address;
     dr.orcpt = rr->orcpt;
-    dr.action = QMGR_DSN_FAILED;
+    dr.action = action;
     dr.status = res->enhanced && *res->enhanced ? res->enhanced : NULL;
     dr.remote_mta = res->mx && *res->mx ? res->mx : NULL;
     dr.diag = diag;
     dr.last_attempt = (time_t)qmgr_wall();
+    dr.will_retry_until = retry_until;
     in.reporting_mta = qmgr_host_name();
     in.sender = rp;
     in.envid = m->env.envid;
-    in.ret = m->env.ret;
+    in.ret = action == QMGR_DSN_DELAYED && m->env.ret != QMGR_DSN_RET_FULL ? QMGR_DSN_RET_HDRS
+                                                                           : m->env.ret;
     in.arrival = (time_t)m->env.queued_at;
     in.queue_id = qmgr_qid(qid, m->msgid);
     in.message = full ? full->body : "";
     in.message_len = full ? full->body_len : 0;
     in.rcpts = &dr;
     in.nrcpts = 1;
-    (void)q;
     if ((rc = qmgr_dsn_build(&in, &out)) < 0)
-        msg_warn("cannot build the bounce for %s: %s", qid, strerror(-rc));
+        msg_warn("cannot build the %s report for %s: %s", qmgr_dsn_action_name(action), qid,
+                 strerror(-rc));
     else
         qmgr_queue_local_mail(rp, &out, rc & QMGR_DSN_8BIT);
     buf_free(&out);
     if (full)
         qstore_msg_free(full);
+}
+
+/* send_dsn - the failure DSN for RR */
+static void
+send_dsn(const struct qstore_msg *m, const struct qstore_rcpt *rr, struct qqueue *q,
+         const struct qresult *res)
+{
+    (void)q;
+    send_report(m, rr, res, QMGR_DSN_FAILED, 0);
 }
 
 /* bounce - final failure of R: DSN first, then the finish, then the records */
@@ -444,6 +459,31 @@ next_delay_ms(uint32_t r, struct qqueue *q, uint32_t attempts)
     return d;
 }
 
+/*
+ * maybe_delay_notice - notify-of-delay-every: at the first deferral after
+ * each full interval in the queue, one "delayed" DSN (as NOTIFY allows; a
+ * recipient without NOTIFY gets them). The count sent is kept with the
+ * recipient (D), so a restart sends none twice.
+ */
+static void
+maybe_delay_notice(uint32_t r, const struct qstore_msg *m, const struct qstore_rcpt *rr,
+                   struct qqueue *q, const struct qresult *res, struct qstore_defer *d)
+{
+    int64_t every = qmgr_queue_num(q, CFG_D_NOTIFY_OF_DELAY_EVERY, 4 * 3600);
+    int64_t after = qmgr_queue_num(q, CFG_D_BOUNCE_AFTER, 4 * 86400 + 12 * 3600);
+    uint64_t queued = S.msg[S.rcpt[r].msg].queued_at, now = qmgr_wall();
+    uint64_t due = every > 0 && now > queued ? (now - queued) / (uint64_t)every : 0;
+    char qid[QSTORE_QID_LEN + 1];
+
+    if (m == NULL || rr == NULL || due == 0 || due <= rr->delay_notices)
+        return;
+    d->set_delay_notices = 1;
+    d->delay_notices = (uint8_t)(due > 255 ? 255 : due);
+    send_report(m, rr, res, QMGR_DSN_DELAYED, after >= 0 ? (time_t)(queued + (uint64_t)after) : 0);
+    msg_info("delay notice %u for %s/%u (queued %" PRIu64 " s ago)", (unsigned)d->delay_notices,
+             qmgr_qid(qid, m->msgid), S.rcpt[r].index, now - queued);
+}
+
 static void
 defer(uint32_t r, const struct qstore_msg *m, struct qqueue *q, const struct qresult *res)
 {
@@ -464,6 +504,7 @@ defer(uint32_t r, const struct qstore_msg *m, struct qqueue *q, const struct qre
             due_ms = expiry_ms;
     }
     S.rcpt[r].attempts = (uint16_t)attempts;
+    maybe_delay_notice(r, m, rr, q, res, &d);
     d.attempts = attempts;
     d.next_attempt = qmgr_wall() + (due_ms - now_ms + 999) / 1000;
     d.first_attempt = attempts == 1 ? qmgr_wall() : 0;

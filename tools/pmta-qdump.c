@@ -102,13 +102,14 @@ jstr(const char *s)
 static json_t *
 rcpt_json(const struct qstore_rcpt *r)
 {
-    return json_pack("{s:I, s:o, s:o, s:o, s:o, s:i, s:s, s:I, s:I, s:o}",
+    return json_pack("{s:I, s:o, s:o, s:o, s:o, s:i, s:s, s:I, s:I, s:i, s:o}",
                      "index", (json_int_t)r->index, "address", jstr(r->address),
                      "queue", jstr(r->queue), "domain", jstr(r->domain),
                      "orcpt", jstr(r->orcpt), "notify", (int)r->notify,
                      "state", r->state == QSTORE_RCPT_DEFERRED ? "deferred" : "queued",
                      "attempts", (json_int_t)r->attempts,
                      "next_attempt", (json_int_t)r->next_attempt,
+                     "delay_notices", (int)r->delay_notices,
                      "last_error", jstr(r->last_error));
 }
 
