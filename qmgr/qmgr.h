@@ -234,6 +234,14 @@ void qmgr_msg_unref(uint32_t m);
 uint32_t qmgr_rcpt_new(uint32_t msg, uint32_t index, struct qqueue *q, uint16_t attempts);
 void qmgr_rcpt_free(uint32_t r);
 void qmgr_rcpt_reserve(uint64_t n);
+/*
+ * qmgr_queue_route - where recipients of Q go now: Q itself, or while Q is in
+ * backoff with backoff-reroute-to-virtual-mta V, the queue domain/V
+ * (qmgr_ready_push* follow it)
+ */
+struct qqueue *qmgr_queue_route(struct qqueue *q);
+/* qmgr_queue_reroute - move Q's ready and deferred recipients to its route; how many */
+uint32_t qmgr_queue_reroute(struct qqueue *q);
 void qmgr_ready_push(struct qqueue *q, uint32_t r);
 void qmgr_ready_arrive(struct qqueue *q, uint32_t r);
 void qmgr_ready_push_front(struct qqueue *q, uint32_t r);

@@ -423,7 +423,12 @@ qmgr_backoff_set_mode(struct qqueue *q, int mode, const char *why, int64_t to_no
     q->mode = mode;
     q->mode_changes++;
     if (mode == QMODE_BACKOFF) {
+        uint32_t moved;
+
         track(q);
+        if ((moved = qmgr_queue_reroute(q)) > 0)
+            msg_info("queue %s rerouted to %s (backoff-reroute-to-virtual-mta): %u recipient(s)",
+                     q->name, qmgr_queue_route(q)->name, moved);
     } else {
         untrack(q);
         q->backoff_until_ms = 0;

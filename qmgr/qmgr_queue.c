@@ -20,6 +20,7 @@
  */
 #include "config.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -321,9 +322,54 @@ qmgr_rcpt_expired(uint32_t r, uint64_t now_wall)
 
 /* --- ready lists -------------------------------------------------------------------- */
 
+/*
+ * qmgr_queue_route - see qmgr.h. A chain vmta -> vmta1 -> vmta2 is followed
+ * while each queue on it is in backoff; a loop stops after a few hops.
+ */
+struct qqueue *
+qmgr_queue_route(struct qqueue *q)
+{
+    for (int hops = 0; hops < 8 && q->mode == QMODE_BACKOFF; hops++) {
+        const struct cfg_value *v = qmgr_queue_setting(q, CFG_D_BACKOFF_REROUTE_TO_VIRTUAL_MTA);
+        char name[600];
+        int n;
+
+        if (v == NULL || strcmp(cfg_str(S.cfg, v->text), q->vmta) == 0)
+            break;
+        n = snprintf(name, sizeof name, "%s/%s", q->domain, cfg_str(S.cfg, v->text));
+        if (n < 0 || (size_t)n >= sizeof name)
+            break;
+        q = qmgr_queue_get(name, (size_t)n);
+    }
+    return q;
+}
+
+/* qmgr_queue_reroute - Q entered backoff: its ready and deferred recipients move on */
+uint32_t
+qmgr_queue_reroute(struct qqueue *q)
+{
+    struct qqueue *to = qmgr_queue_route(q);
+    uint32_t moved = 0;
+
+    if (to == q)
+        return 0;
+    for (uint32_t r; (r = qmgr_ready_pop(q)) != QNIL; moved++)
+        qmgr_ready_push(to, r);
+    for (uint32_t i = 0; i < S.nheap; i++)
+        if (S.rcpt[S.heap[i]].queue == q->id) {
+            S.rcpt[S.heap[i]].queue = to->id;
+            q->ndeferred--;
+            to->ndeferred++;
+            moved++;
+        }
+    return moved;
+}
+
 void
 qmgr_ready_push(struct qqueue *q, uint32_t r)
 {
+    q = qmgr_queue_route(q);
+    S.rcpt[r].queue = q->id;
     S.rcpt[r].state = QR_READY;
     S.rcpt[r].next = QNIL;
     if (q->ready_tail == QNIL)
@@ -347,6 +393,8 @@ qmgr_ready_arrive(struct qqueue *q, uint32_t r)
 void
 qmgr_ready_push_front(struct qqueue *q, uint32_t r)
 {
+    q = qmgr_queue_route(q);
+    S.rcpt[r].queue = q->id;
     S.rcpt[r].state = QR_READY;
     S.rcpt[r].next = q->ready_head;
     q->ready_head = r;

@@ -21,6 +21,9 @@ place of smtp-out, with the replies each case needs:
   br.test   bounce-rcpt: a 4xx "try again" reply bounces the recipient (DSN queued)
   nt.test   backoff-notify (two lines): each address gets a notice on entering
             (naming the reply) and one on leaving backoff
+  rr.test   backoff-reroute-to-virtual-mta slow-ip: after the 421 every
+            recipient (the deferred one included) goes out through
+            rr.test/slow-ip, from that virtual MTA's source address
   dq.test   defer-queue: the queue waits its retry-after (3 s) before the next
             transaction, and that connection takes no more work meanwhile
 """
@@ -34,7 +37,7 @@ from fakeout import FakeOut, OK, TEMPFAIL
 from pmtatest import Pmta, Tap, build_dir, require_root, wait_for
 from test_qmgr import fill, max_in_window, qdump, qmgr_socket
 
-PLAN = 16
+PLAN = 17
 
 CONFIG = """
 smtp-out-processes 0
@@ -82,6 +85,17 @@ smtpd-processes 1
 <domain notice.test>
   retry-after 1h
   retry-recipients-after 1h
+</domain>
+<virtual-mta slow-ip>
+  smtp-source-host 127.0.0.40 slow.example.test
+</virtual-mta>
+<domain rr.test>
+  smtp-pattern-list isp
+  backoff-reroute-to-virtual-mta slow-ip
+  retry-after 1s
+  backoff-retry-after 1s
+  retry-recipients-after 1s
+  max-smtp-out 1
 </domain>
 <domain none.test>
   smtp-pattern-list empty
@@ -138,7 +152,7 @@ class Answers:
             return RATE_LIMIT
         if domain == "notice.test":
             return (TEMPFAIL, 451, "4.3.0", "451 4.3.0 keep it queued for the test")
-        if domain in ("tn.test", "td.test", "nm.test", "nt.test") and n == 1:
+        if domain in ("tn.test", "td.test", "nm.test", "nt.test", "rr.test") and n == 1:
             return RATE_LIMIT
         if domain == "seed.test" and n == 1:
             return (TEMPFAIL, 421, "", "421 Rate Limit Exceeded")
@@ -186,7 +200,7 @@ def main():
     answers = Answers()
     with Pmta(name="backoff") as p:
         p.write_config(CONFIG)
-        for domain, n in (("bo", 40), ("bs", 60), ("none", 10), ("seed", 3), ("nt", 2), ("tn", 3), ("td", 3), ("nm", 3), ("br", 1),
+        for domain, n in (("bo", 40), ("bs", 60), ("none", 10), ("seed", 3), ("nt", 2), ("rr", 6), ("tn", 3), ("td", 3), ("nm", 3), ("br", 1),
                           ("dq", 3)):
             fill(p, "-n", str(n), "-r", "1", "-d", domain)
         p.start()
@@ -270,6 +284,16 @@ def main():
            and sorted(left) == ["noc@notice.test", "ops@notice.test"],
            "backoff-notify: both addresses are mailed on entering (with the reply) and on "
            "leaving backoff", [(a, b[:200]) for a, b in notes])
+
+    # --- backoff-reroute-to-virtual-mta
+    moved = [t for t in fake.txns_for("rr.test/slow-ip")]
+    opens = fake.opens_for("rr.test/slow-ip")
+    rr_ok = len([r for r in fake.results_for("rr.test/slow-ip") if r[5] == OK])
+    tap.ok(re.search(r"queue rr\.test/\{default\} rerouted to rr\.test/slow-ip", log)
+           and rr_ok == 6 and opens and all(o[4] == "slow-ip" and o[5] == "127.0.0.40" for o in opens)
+           and not [r for r in fake.results_for("rr.test/{default}") if r[5] == OK],
+           "backoff-reroute-to-virtual-mta: the queue's mail (6, the deferred one too) goes out "
+           "through rr.test/slow-ip from 127.0.0.40", (rr_ok, opens[:2], len(moved)))
 
     # --- bounce-rcpt and defer-queue
     br = fake.results_for("br.test/{default}")
