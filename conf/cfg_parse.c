@@ -585,7 +585,7 @@ static int check_reply(struct builder *b, char *arg)
     else if (reenable && !disable)
         error(b, "reply action reenable-after needs disable-source-ip");
     else {
-        unimplemented = bounce_queue ? "bounce-queue" : disable ? "disable-source-ip" : NULL;
+        unimplemented = bounce_queue ? "bounce-queue" : NULL;
         if (unimplemented)
             warning(b, "reply action '%s' is not implemented yet; ignored", unimplemented);
         return 0;

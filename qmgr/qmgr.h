@@ -77,6 +77,12 @@ enum qqueue_mode { QMODE_NORMAL = 0, QMODE_BACKOFF = 1 };
 struct qconn;
 struct qvmta;
 
+/* A source address a reply told us to stop using for a queue (disable-source-ip). */
+struct qdisabled_ip {
+    char ip[48];
+    uint64_t until_ms;      /* monotonic; 0 = until a restart */
+};
+
 /* The last mode changes of a queue, for pmtactl (qmgr_backoff.c). */
 #define QMGR_MODE_EVENTS 10
 struct qmode_event {
@@ -108,6 +114,8 @@ struct qqueue {
     uint64_t plist_gen;     /* pattern generation plist was looked up for */
     int feed_held;          /* defer-queue: no new transactions until retry_until_ms */
     int paused;             /* pmtactl pause queue: no new connections or transactions */
+    struct qdisabled_ip *disabled;      /* disable-source-ip (qmgr_queue.c) */
+    uint32_t ndisabled;
     struct qmode_event *mode_events;    /* ring of QMGR_MODE_EVENTS, allocated on first change */
     uint8_t nmode_events, mode_event_next;
     struct qvmta *vg;       /* limits across the virtual MTA's queues (qmgr_vmta.c) */
@@ -240,6 +248,12 @@ void qmgr_rcpt_reserve(uint64_t n);
  * (qmgr_ready_push* follow it)
  */
 struct qqueue *qmgr_queue_route(struct qqueue *q);
+/* qmgr_source_disable - stop using source IP for Q, for SECONDS (< 0: until a restart) */
+void qmgr_source_disable(struct qqueue *q, const char *ip, int64_t seconds);
+/* qmgr_source_disabled - is IP disabled for Q now? (expired entries are dropped) */
+int qmgr_source_disabled(struct qqueue *q, const char *ip);
+/* qmgr_source_any_disabled - does Q have a disabled address at all? */
+int qmgr_source_any_disabled(struct qqueue *q);
 /* qmgr_queue_reroute - move Q's ready and deferred recipients to its route; how many */
 uint32_t qmgr_queue_reroute(struct qqueue *q);
 void qmgr_ready_push(struct qqueue *q, uint32_t r);

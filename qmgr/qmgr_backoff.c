@@ -72,6 +72,7 @@ struct reply_pattern {
     char *source;               /* the regex as written, for the log */
     unsigned actions;           /* QMGR_REPLY_* */
     int64_t to_normal_s;        /* backoff-to-normal-after=, or -1 */
+    int64_t reenable_s;         /* reenable-after=, or -1 */
 };
 
 struct pattern_list {
@@ -96,12 +97,12 @@ static struct {
 
 /* parse_actions - the comma list after the regex (the config parser has vetted it) */
 static unsigned
-parse_actions(char *text, int64_t *to_normal_s)
+parse_actions(char *text, int64_t *to_normal_s, int64_t *reenable_s)
 {
     unsigned actions = 0;
     char *save = NULL;
 
-    *to_normal_s = -1;
+    *to_normal_s = *reenable_s = -1;
     for (char *t = strtok_r(text, ", \t", &save); t; t = strtok_r(NULL, ", \t", &save)) {
         if (strcasecmp(t, "mode=backoff") == 0)
             actions |= QMGR_REPLY_BACKOFF;
@@ -113,6 +114,11 @@ parse_actions(char *text, int64_t *to_normal_s)
             actions |= QMGR_REPLY_BOUNCE_RCPT;
         else if (strcasecmp(t, "skip-mx") == 0)
             actions |= QMGR_REPLY_SKIP_MX;
+        else if (strcasecmp(t, "disable-source-ip") == 0)
+            actions |= QMGR_REPLY_DISABLE_SOURCE;
+        else if (strncasecmp(t, "reenable-after=", 15) == 0
+                 && cfg_parse_interval(t + 15, reenable_s) != 0)
+            *reenable_s = -1;
         else if (strncasecmp(t, "backoff-to-normal-after=", 24) == 0
                  && cfg_parse_interval(t + 24, to_normal_s) != 0)
             *to_normal_s = -1;
@@ -141,7 +147,7 @@ add_reply(struct pattern_list *list, const char *value)
         goto out;
     }
     p.source = xstrdup(re);
-    p.actions = parse_actions(rest, &p.to_normal_s);
+    p.actions = parse_actions(rest, &p.to_normal_s, &p.reenable_s);
     list->pats = xreallocarray(list->pats, list->npats + 1, sizeof *list->pats);
     list->pats[list->npats++] = p;
 out:
@@ -249,6 +255,22 @@ first_match(const struct pattern_list *list, const char *text, size_t len)
     return NULL;
 }
 
+/* disable_source - disable-source-ip: stop using IP for Q (reenable-after= or the domain's) */
+static void
+disable_source(struct qqueue *q, const struct reply_pattern *p, const char *ip, const char *shown)
+{
+    int64_t s = p->reenable_s >= 0 ? p->reenable_s
+                                   : qmgr_queue_num(q, CFG_D_REENABLE_SOURCE_IP_AFTER, -1);
+
+    if (s < 0)
+        msg_info("queue %s: source %s disabled until a restart: reply matched /%s/ (%s)",
+                 q->name, ip, p->source, shown);
+    else
+        msg_info("queue %s: source %s disabled for %lld s: reply matched /%s/ (%s)", q->name, ip,
+                 (long long)s, p->source, shown);
+    qmgr_source_disable(q, ip, s);
+}
+
 /* qmgr_reply_actions - see qmgr_backoff.h */
 unsigned
 qmgr_reply_actions(struct qqueue *q, const struct qresult *res)
@@ -263,6 +285,8 @@ qmgr_reply_actions(struct qqueue *q, const struct qresult *res)
     len = reply_text(text, sizeof text, res);
     if ((p = first_match(list, text, len)) == NULL)
         return 0;
+    if ((p->actions & QMGR_REPLY_DISABLE_SOURCE) && res->source_ip && *res->source_ip)
+        disable_source(q, p, res->source_ip, msg_printable(shown, sizeof shown, text, len));
     if (p->actions & (QMGR_REPLY_BACKOFF | QMGR_REPLY_NORMAL)) {
         snprintf(why, sizeof why, "reply matched /%s/ (%s)", p->source,
                  msg_printable(shown, sizeof shown, text, len));

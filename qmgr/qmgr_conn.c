@@ -38,6 +38,7 @@
 #include "mailproto.h"
 #include "msg.h"
 #include "qmgr.h"
+#include "qmgr_backoff.h"
 #include "worker.h"
 #include "xalloc.h"
 
@@ -89,29 +90,67 @@ source_host_scope(const char *vmta)
     return 0;
 }
 
-/* pick_source - the next "IP HOSTNAME" of VMTA (round-robin), else "" and its host-name */
+/* source_host - the Ith smtp-source-host value of SCOPE, or NULL */
+static const struct cfg_value *
+source_host(uint32_t scope, uint32_t i)
+{
+    const struct cfg_value *v;
+    uint32_t it = 0;
+
+    while ((v = cfg_scope_next(S.cfg, scope, CFG_D_SMTP_SOURCE_HOST, &it)) != NULL && i-- > 0)
+        ;
+    return v;
+}
+
+/* source_ip_of - the IP of an "IP HOSTNAME" value, into OUT */
+static const char *
+source_ip_of(const struct cfg_value *v, char *out, size_t size)
+{
+    const char *text = cfg_str(S.cfg, v->text);
+    size_t len = strcspn(text, " \t");
+
+    snprintf(out, size, "%.*s", (int)(len < size ? len : size - 1), text);
+    return out;
+}
+
+/* usable_source - index of the first source of Q's VMTA from START (round-robin) that
+ * disable-source-ip has not disabled; -1 if none; N gets how many there are */
+static int
+usable_source(struct qqueue *q, uint32_t start, uint32_t *n)
+{
+    uint32_t scope = source_host_scope(q->vmta), it = 0;
+    char ip[64];
+
+    *n = 0;
+    while (cfg_scope_next(S.cfg, scope, CFG_D_SMTP_SOURCE_HOST, &it))
+        (*n)++;
+    if (*n == 0)                    /* the implicit source: disabled as a whole */
+        return qmgr_source_any_disabled(q) ? -1 : 0;
+    for (uint32_t k = 0; k < *n; k++) {
+        uint32_t i = (start + k) % *n;
+        if (!qmgr_source_disabled(q, source_ip_of(source_host(scope, i), ip, sizeof ip)))
+            return (int)i;
+    }
+    return -1;
+}
+
+/* pick_source - the next usable "IP HOSTNAME" of VMTA (round-robin), else "" and its host-name */
 static void
 pick_source(struct qconn *c)
 {
     static struct cfg_resolved res;
-    uint32_t scope = source_host_scope(c->q->vmta), it = 0, n = 0, want;
+    uint32_t n;
+    int i = usable_source(c->q, vmta_rr_next(c->q->vmta), &n);
     const struct cfg_value *v;
 
-    while (cfg_scope_next(S.cfg, scope, CFG_D_SMTP_SOURCE_HOST, &it))
-        n++;
-    if (n > 0) {
-        want = vmta_rr_next(c->q->vmta) % n;
-        it = 0;
-        for (uint32_t i = 0; (v = cfg_scope_next(S.cfg, scope, CFG_D_SMTP_SOURCE_HOST, &it)); i++) {
-            if (i == want) {
-                const char *text = cfg_str(S.cfg, v->text);
-                size_t iplen = strcspn(text, " \t");
-                const char *host = text + iplen + strspn(text + iplen, " \t");
-                c->source_ip = xstrndup(text, iplen);
-                c->helo = xstrndup(host, strcspn(host, " \t"));
-                return;
-            }
-        }
+    if (n > 0 && i >= 0) {
+        const char *text = cfg_str(S.cfg, source_host(source_host_scope(c->q->vmta), (uint32_t)i)->text);
+        size_t iplen = strcspn(text, " \t");
+        const char *host = text + iplen + strspn(text + iplen, " \t");
+
+        c->source_ip = xstrndup(text, iplen);
+        c->helo = xstrndup(host, strcspn(host, " \t"));
+        return;
     }
     c->source_ip = xstrdup("");
     if (cfg_resolve_vmta(S.cfg, c->q->vmta, &res) < 0)
@@ -450,7 +489,8 @@ conn_feed(struct qconn *c)
     uint32_t room, n;
     struct buf out = BUF_INIT;
 
-    if (S.stopping || (c->max_msg && c->ntxn >= c->max_msg) || over_limit(q)) {
+    if (S.stopping || (c->max_msg && c->ntxn >= c->max_msg) || over_limit(q)
+        || (c->source_ip && *c->source_ip && qmgr_source_disabled(q, c->source_ip))) {
         conn_close(c);
         return;
     }
@@ -498,6 +538,23 @@ qmgr_conn_least_loaded(void)
     return best;
 }
 
+/*
+ * sources_usable - has Q a source address disable-source-ip left it? When
+ * not, backoff-upon-all-sources-disabled puts the queue in backoff.
+ */
+static int
+sources_usable(struct qqueue *q)
+{
+    uint32_t n;
+
+    if (usable_source(q, 0, &n) >= 0)
+        return 1;
+    if (q->mode == QMODE_NORMAL && qmgr_queue_num(q, CFG_D_BACKOFF_UPON_ALL_SOURCES_DISABLED, 0))
+        qmgr_backoff_set_mode(q, QMODE_BACKOFF, "every source address disabled "
+                                                "(backoff-upon-all-sources-disabled)", -1);
+    return 0;
+}
+
 /* open_allowed - may Q open one more connection now? (arms its wake timer when time will tell) */
 static int
 open_allowed(struct qqueue *q)
@@ -521,6 +578,8 @@ open_allowed(struct qqueue *q)
         qmgr_queue_wake_at(q, q->retry_until_ms);
         return 0;
     }
+    if (!sources_usable(q))
+        return 0;
     if (qrate_allowed(&q->connect_rate, crate, now_ns) == 0) {
         qmgr_queue_wake_at(q, now_ms + qrate_wait_ns(&q->connect_rate, crate, now_ns) / 1000000 + 1);
         return 0;

@@ -125,6 +125,7 @@ qmgr_queues_free(void)
         free(q->res);
         free(q->last_error);
         free(q->mode_events);
+        free(q->disabled);
         free(q);
     }
     free(S.queues);
@@ -321,6 +322,58 @@ qmgr_rcpt_expired(uint32_t r, uint64_t now_wall)
 }
 
 /* --- ready lists -------------------------------------------------------------------- */
+
+/* --- disabled source addresses (disable-source-ip) ------------------------------------- */
+
+/* drop_expired - forget Q's disabled addresses whose time is over */
+static void
+drop_expired(struct qqueue *q)
+{
+    uint64_t now = qmgr_now_ms();
+
+    for (uint32_t i = 0; i < q->ndisabled;) {
+        if (q->disabled[i].until_ms && now >= q->disabled[i].until_ms) {
+            msg_info("queue %s: source %s enabled again", q->name, q->disabled[i].ip);
+            q->disabled[i] = q->disabled[--q->ndisabled];
+        } else {
+            i++;
+        }
+    }
+}
+
+void
+qmgr_source_disable(struct qqueue *q, const char *ip, int64_t seconds)
+{
+    uint64_t until = seconds >= 0 ? qmgr_now_ms() + (uint64_t)seconds * 1000 : 0;
+    uint32_t i;
+
+    for (i = 0; i < q->ndisabled && strcmp(q->disabled[i].ip, ip) != 0; i++)
+        ;
+    if (i == q->ndisabled) {
+        q->disabled = xreallocarray(q->disabled, q->ndisabled + 1, sizeof *q->disabled);
+        snprintf(q->disabled[q->ndisabled++].ip, sizeof q->disabled->ip, "%s", ip);
+    }
+    q->disabled[i].until_ms = until;
+    if (until)
+        qmgr_queue_wake_at(q, until);   /* the queue may have nothing else to wake it */
+}
+
+int
+qmgr_source_disabled(struct qqueue *q, const char *ip)
+{
+    drop_expired(q);
+    for (uint32_t i = 0; i < q->ndisabled; i++)
+        if (strcmp(q->disabled[i].ip, ip) == 0)
+            return 1;
+    return 0;
+}
+
+int
+qmgr_source_any_disabled(struct qqueue *q)
+{
+    drop_expired(q);
+    return q->ndisabled > 0;
+}
 
 /*
  * qmgr_queue_route - see qmgr.h. A chain vmta -> vmta1 -> vmta2 is followed

@@ -24,6 +24,10 @@ place of smtp-out, with the replies each case needs:
   rr.test   backoff-reroute-to-virtual-mta slow-ip: after the 421 every
             recipient (the deferred one included) goes out through
             rr.test/slow-ip, from that virtual MTA's source address
+  ds.test   disable-source-ip,reenable-after=2s: after "blocked from your
+            IP" the other source address of its virtual MTA carries the mail
+  all.test  backoff-upon-all-sources-disabled: its only address disabled puts
+            it in backoff; re-enabled after 2 s, the mail goes out
   dq.test   defer-queue: the queue waits its retry-after (3 s) before the next
             transaction, and that connection takes no more work meanwhile
 """
@@ -37,7 +41,7 @@ from fakeout import FakeOut, OK, TEMPFAIL
 from pmtatest import Pmta, Tap, build_dir, require_root, wait_for
 from test_qmgr import fill, max_in_window, qdump, qmgr_socket
 
-PLAN = 17
+PLAN = 19
 
 CONFIG = """
 smtp-out-processes 0
@@ -47,6 +51,7 @@ smtpd-processes 1
   reply /^250 .*welcome back/ mode=normal
   reply /user unknown, try again/ bounce-rcpt
   reply /mailbox temporarily disabled/ defer-queue
+  reply /blocked from your IP/ disable-source-ip,reenable-after=2s
 </smtp-pattern-list>
 <domain bo.test>
   smtp-pattern-list isp
@@ -96,6 +101,27 @@ smtpd-processes 1
   backoff-retry-after 1s
   retry-recipients-after 1s
   max-smtp-out 1
+</domain>
+<virtual-mta two-ips>
+  smtp-source-host 127.0.0.41 a.example.test
+  smtp-source-host 127.0.0.42 b.example.test
+</virtual-mta>
+<virtual-mta one-ip>
+  smtp-source-host 127.0.0.43 c.example.test
+</virtual-mta>
+<domain ds.test>
+  smtp-pattern-list isp
+  max-smtp-out 1
+  max-msg-per-connection 1
+  retry-after 1s
+  retry-recipients-after 1s
+</domain>
+<domain all.test>
+  smtp-pattern-list isp
+  backoff-upon-all-sources-disabled yes
+  backoff-retry-after 1s
+  retry-after 1s
+  retry-recipients-after 1s
 </domain>
 <domain none.test>
   smtp-pattern-list empty
@@ -150,6 +176,8 @@ class Answers:
         if domain in ("bo.test", "bs.test", "none.test") and n <= 3:
             self.first_backoff_reply.setdefault(domain, time.monotonic())
             return RATE_LIMIT
+        if domain in ("ds.test", "all.test") and n == 1:
+            return (TEMPFAIL, 421, "4.7.0", "421 4.7.0 blocked from your IP for now")
         if domain == "notice.test":
             return (TEMPFAIL, 451, "4.3.0", "451 4.3.0 keep it queued for the test")
         if domain in ("tn.test", "td.test", "nm.test", "nt.test", "rr.test") and n == 1:
@@ -203,6 +231,8 @@ def main():
         for domain, n in (("bo", 40), ("bs", 60), ("none", 10), ("seed", 3), ("nt", 2), ("rr", 6), ("tn", 3), ("td", 3), ("nm", 3), ("br", 1),
                           ("dq", 3)):
             fill(p, "-n", str(n), "-r", "1", "-d", domain)
+        fill(p, "-n", "8", "-r", "1", "-d", "ds", "-v", "two-ips")
+        fill(p, "-n", "2", "-r", "1", "-d", "all", "-v", "one-ip")
         p.start()
         fake = FakeOut(qmgr_socket(p), answer=answers, txn_delay=0.05).start()
         t0 = time.monotonic()
@@ -213,6 +243,8 @@ def main():
         wait_for(lambda: len(fake.results_for("dq.test/{default}")) >= 3, timeout=15)
         wait_for(lambda: "backoff -> normal: backoff-to-normal-after" in p.log(), timeout=10)
         wait_for(lambda: fake.results_for("origin.test/{default}"), timeout=5)
+        wait_for(lambda: len([r for r in fake.results_for("all.test/one-ip") if r[5] == OK]) >= 2,
+                 timeout=10)
         wait_for(lambda: len(notices(p)) >= 4, timeout=10)
         notes = notices(p)
         elapsed = time.monotonic() - t0
@@ -294,6 +326,24 @@ def main():
            and not [r for r in fake.results_for("rr.test/{default}") if r[5] == OK],
            "backoff-reroute-to-virtual-mta: the queue's mail (6, the deferred one too) goes out "
            "through rr.test/slow-ip from 127.0.0.40", (rr_ok, opens[:2], len(moved)))
+
+    # --- disable-source-ip
+    ds = sorted(fake.opens_for("ds.test/two-ips"))
+    first_src = ds[0][5] if ds else None
+    later = [o[5] for o in ds[1:]]
+    ds_ok = len([r for r in fake.results_for("ds.test/two-ips") if r[5] == OK])
+    tap.ok(ds and re.search(r"queue ds\.test/two-ips: source %s disabled for 2 s: reply matched "
+                            r"/blocked from your IP/" % re.escape(first_src), log)
+           and later and first_src not in later and ds_ok == 8,
+           "disable-source-ip,reenable-after=2s: after 'blocked from your IP' the queue's next "
+           "connections all use its other address; all 8 delivered", (first_src, later))
+    al = mode_lines(log, "all.test/one-ip")
+    al_ok = len([r for r in fake.results_for("all.test/one-ip") if r[5] == OK])
+    tap.ok(al and al[0][:2] == ("normal", "backoff") and "every source address disabled" in al[0][2]
+           and re.search(r"queue all\.test/one-ip: source 127\.0\.0\.43 enabled again", log)
+           and al_ok == 2,
+           "backoff-upon-all-sources-disabled: its only address disabled puts the queue in backoff; "
+           "re-enabled after 2 s, its mail goes out", (al, al_ok))
 
     # --- bounce-rcpt and defer-queue
     br = fake.results_for("br.test/{default}")
