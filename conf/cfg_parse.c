@@ -546,7 +546,6 @@ static int check_reply(struct builder *b, char *arg)
 {
     char *re, *rest = cfg_split_regex(arg, &re), *save = NULL;
     int backoff = 0, normal = 0, skip_mx = 0, bounce_queue = 0, disable = 0, reenable = 0;
-    const char *unimplemented = NULL;
 
     if (!rest) {
         error(b, "reply needs /REGEX/ followed by actions");
@@ -584,12 +583,8 @@ static int check_reply(struct builder *b, char *arg)
         error(b, "reply action reenable-after given more than once");
     else if (reenable && !disable)
         error(b, "reply action reenable-after needs disable-source-ip");
-    else {
-        unimplemented = bounce_queue ? "bounce-queue" : NULL;
-        if (unimplemented)
-            warning(b, "reply action '%s' is not implemented yet; ignored", unimplemented);
+    else
         return 0;
-    }
     return -1;
 }
 

@@ -19,7 +19,8 @@
  * Every change logs one line:
  *     queue DOMAIN/VMTA mode normal -> backoff: reply matched /RE/ (TEXT)
  *
- * Other actions are returned to the caller (qmgr_outcome.c): bounce-rcpt,
+ * disable-source-ip is done here too (qmgr_source_disable). Other actions
+ * are returned to the caller (qmgr_outcome.c): bounce-rcpt, bounce-queue,
  * skip-mx (keep the recipient queued even after a 5xx), defer-queue.
  *
  * Owns: the compiled pattern lists of the current configuration, the list of
@@ -114,6 +115,8 @@ parse_actions(char *text, int64_t *to_normal_s, int64_t *reenable_s)
             actions |= QMGR_REPLY_BOUNCE_RCPT;
         else if (strcasecmp(t, "skip-mx") == 0)
             actions |= QMGR_REPLY_SKIP_MX;
+        else if (strcasecmp(t, "bounce-queue") == 0)
+            actions |= QMGR_REPLY_BOUNCE_QUEUE;
         else if (strcasecmp(t, "disable-source-ip") == 0)
             actions |= QMGR_REPLY_DISABLE_SOURCE;
         else if (strncasecmp(t, "reenable-after=", 15) == 0

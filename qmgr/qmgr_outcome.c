@@ -543,22 +543,60 @@ enter_retry_mode(struct qqueue *q, const char *why, const char *text)
  * recorded, RES itself or a changed copy in *CHANGED.
  */
 static const struct qresult *
-apply_reply_actions(struct qqueue *q, const struct qresult *res, struct qresult *changed)
+apply_reply_actions(struct qqueue *q, const struct qresult *res, struct qresult *changed,
+                    unsigned *actions)
 {
-    unsigned act = qmgr_reply_actions(q, res);
+    unsigned act = *actions = qmgr_reply_actions(q, res);
 
     if ((act & QMGR_REPLY_DEFER_QUEUE) && !(q->feed_held && qmgr_now_ms() < q->retry_until_ms)) {
         enter_retry_mode(q, "defer-queue reply(s)", res->text ? res->text : "");
         q->feed_held = 1;
     }
     *changed = *res;
-    if ((act & QMGR_REPLY_BOUNCE_RCPT) && res->result == MP_RESULT_TEMPFAIL)
+    if (act & QMGR_REPLY_BOUNCE_QUEUE)
+        changed->result = MP_RESULT_PERMFAIL;
+    else if ((act & QMGR_REPLY_BOUNCE_RCPT) && res->result == MP_RESULT_TEMPFAIL)
         changed->result = MP_RESULT_PERMFAIL;
     else if ((act & QMGR_REPLY_SKIP_MX) && res->result == MP_RESULT_PERMFAIL)
         changed->result = MP_RESULT_TEMPFAIL;
     else
         return res;
     return changed;
+}
+
+/* bounce_one - R bounces with RES outside any connection */
+static void
+bounce_one(uint32_t r, struct qqueue *q, const struct qresult *res)
+{
+    struct qstore_msg *m = NULL;
+
+    if (qstore_read_msg(S.qs, S.msg[S.rcpt[r].msg].msgid, 0, &m) < 0)
+        m = NULL;
+    bounce(r, m, q, res);
+    if (m)
+        qstore_msg_free(m);
+}
+
+/* bounce_queue - bounce-queue: every ready and deferred recipient of Q bounces with RES */
+static void
+bounce_queue(struct qqueue *q, const struct qresult *res)
+{
+    char text[QSTORE_ERR_MAX + 64];
+    struct qresult why = *res;
+    uint32_t *deferred, n = qmgr_defer_take_queue(q, &deferred), total = n;
+
+    snprintf(text, sizeof text, "%s (the whole queue bounced: bounce-queue)",
+             res->text ? res->text : "");
+    why.text = text;
+    why.result = MP_RESULT_PERMFAIL;
+    for (uint32_t i = 0; i < n; i++)
+        bounce_one(deferred[i], q, &why);
+    free(deferred);
+    for (uint32_t r; (r = qmgr_ready_pop(q)) != QNIL; total++)
+        bounce_one(r, q, &why);
+    qmgr_run_update(q);
+    qmgr_defer_timer_update();
+    msg_info("queue %s: bounce-queue: %u more recipient(s) bounced", q->name, total);
 }
 
 /* --- the entry points ------------------------------------------------------------------------- */
@@ -568,8 +606,11 @@ qmgr_outcome(uint32_t r, const struct qstore_msg *m, struct qqueue *q, const str
 {
     const struct qstore_rcpt *rr;
     struct qresult changed;
+    unsigned actions;
 
-    res = apply_reply_actions(q, res, &changed);
+    res = apply_reply_actions(q, res, &changed, &actions);
+    if (actions & QMGR_REPLY_BOUNCE_QUEUE)
+        bounce_queue(q, res);
     switch (res->result) {
     case MP_RESULT_OK:
         rr = qmgr_msg_find_rcpt(m, S.rcpt[r].index);
@@ -601,7 +642,9 @@ qmgr_outcome_queue_failure(struct qqueue *q, const struct qresult *res)
 
     q->conn_failures++;
     qmgr_queue_set_error(q, res->text);
-    qmgr_reply_actions(q, res);     /* a 421 greeting may put the queue in backoff */
+    /* a 421 greeting may put the queue in backoff, a 554 one bounce it */
+    if (qmgr_reply_actions(q, res) & QMGR_REPLY_BOUNCE_QUEUE)
+        bounce_queue(q, res);
     if (res->result != MP_RESULT_PERMFAIL)
         enter_retry_mode(q, "failed connection(s)", res->text);
     if (!acct_w)

@@ -28,6 +28,8 @@ place of smtp-out, with the replies each case needs:
             IP" the other source address of its virtual MTA carries the mail
   all.test  backoff-upon-all-sources-disabled: its only address disabled puts
             it in backoff; re-enabled after 2 s, the mail goes out
+  bq.test   bounce-queue: one "550 5.7.1 ... blacklisted" bounces all 5 (4 never
+            tried), each with a DSN to its sender
   dq.test   defer-queue: the queue waits its retry-after (3 s) before the next
             transaction, and that connection takes no more work meanwhile
 """
@@ -41,7 +43,7 @@ from fakeout import FakeOut, OK, TEMPFAIL
 from pmtatest import Pmta, Tap, build_dir, require_root, wait_for
 from test_qmgr import fill, max_in_window, qdump, qmgr_socket
 
-PLAN = 19
+PLAN = 20
 
 CONFIG = """
 smtp-out-processes 0
@@ -52,6 +54,7 @@ smtpd-processes 1
   reply /user unknown, try again/ bounce-rcpt
   reply /mailbox temporarily disabled/ defer-queue
   reply /blocked from your IP/ disable-source-ip,reenable-after=2s
+  reply /^550 5\.7\.1 .*blacklisted/ bounce-queue
 </smtp-pattern-list>
 <domain bo.test>
   smtp-pattern-list isp
@@ -123,6 +126,10 @@ smtpd-processes 1
   retry-after 1s
   retry-recipients-after 1s
 </domain>
+<domain bq.test>
+  smtp-pattern-list isp
+  max-smtp-out 1
+</domain>
 <domain none.test>
   smtp-pattern-list empty
   max-smtp-out 4
@@ -178,6 +185,8 @@ class Answers:
             return RATE_LIMIT
         if domain in ("ds.test", "all.test") and n == 1:
             return (TEMPFAIL, 421, "4.7.0", "421 4.7.0 blocked from your IP for now")
+        if domain == "bq.test":
+            return (2, 550, "5.7.1", "550 5.7.1 your IP is blacklisted here")
         if domain == "notice.test":
             return (TEMPFAIL, 451, "4.3.0", "451 4.3.0 keep it queued for the test")
         if domain in ("tn.test", "td.test", "nm.test", "nt.test", "rr.test") and n == 1:
@@ -233,6 +242,7 @@ def main():
             fill(p, "-n", str(n), "-r", "1", "-d", domain)
         fill(p, "-n", "8", "-r", "1", "-d", "ds", "-v", "two-ips")
         fill(p, "-n", "2", "-r", "1", "-d", "all", "-v", "one-ip")
+        fill(p, "-n", "5", "-r", "1", "-d", "bq", "-s", "sender@bqorigin.test")
         p.start()
         fake = FakeOut(qmgr_socket(p), answer=answers, txn_delay=0.05).start()
         t0 = time.monotonic()
@@ -243,6 +253,7 @@ def main():
         wait_for(lambda: len(fake.results_for("dq.test/{default}")) >= 3, timeout=15)
         wait_for(lambda: "backoff -> normal: backoff-to-normal-after" in p.log(), timeout=10)
         wait_for(lambda: fake.results_for("origin.test/{default}"), timeout=5)
+        wait_for(lambda: len(fake.results_for("bqorigin.test/{default}")) >= 5, timeout=10)
         wait_for(lambda: len([r for r in fake.results_for("all.test/one-ip") if r[5] == OK]) >= 2,
                  timeout=10)
         wait_for(lambda: len(notices(p)) >= 4, timeout=10)
@@ -344,6 +355,15 @@ def main():
            and al_ok == 2,
            "backoff-upon-all-sources-disabled: its only address disabled puts the queue in backoff; "
            "re-enabled after 2 s, its mail goes out", (al, al_ok))
+
+    # --- bounce-queue
+    bq_tried = fake.results_for("bq.test/{default}")
+    bq_bounced = re.findall(r"bounced \S+ to=\S+ queue=bq\.test/\{default\}", log)
+    tap.ok(len(bq_tried) == 1 and len(bq_bounced) == 5
+           and "queue bq.test/{default}: bounce-queue: 4 more recipient(s) bounced" in log
+           and len(fake.results_for("bqorigin.test/{default}")) == 5,
+           "bounce-queue: one '550 5.7.1 ... blacklisted' bounces the 4 untried recipients too, "
+           "each with a DSN", (len(bq_tried), len(bq_bounced)))
 
     # --- bounce-rcpt and defer-queue
     br = fake.results_for("br.test/{default}")
