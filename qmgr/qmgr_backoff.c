@@ -42,6 +42,7 @@
 #include <unistd.h>
 
 #include "buf.h"
+#include "mailproto.h"
 #include "msg.h"
 #include "qmgr.h"
 #include "qmgr_backoff.h"
@@ -149,6 +150,7 @@ add_reply(struct pattern_list *list, const char *value)
         msg_warn("smtp-pattern-list %s: /%s/ skipped: %s", list->name, re, (const char *)why);
         goto out;
     }
+    pcre2_jit_compile(p.re, PCRE2_JIT_COMPLETE);   /* faster where JIT exists; optional */
     p.source = xstrdup(re);
     p.actions = parse_actions(rest, &p.to_normal_s, &p.reenable_s);
     list->pats = xreallocarray(list->pats, list->npats + 1, sizeof *list->pats);
@@ -283,7 +285,8 @@ qmgr_reply_actions(struct qqueue *q, const struct qresult *res)
     char text[REPLY_TEXT_MAX], why[REPLY_TEXT_MAX + 64], shown[REPLY_TEXT_MAX];
     size_t len;
 
-    if (list == NULL)
+    /* The built-in list only knows throttling replies: never a success. */
+    if (list == NULL || (q->plist == 0 && res->result == MP_RESULT_OK))
         return 0;
     len = reply_text(text, sizeof text, res);
     if ((p = first_match(list, text, len)) == NULL)
