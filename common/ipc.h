@@ -44,7 +44,7 @@ enum ipc_type {
     IPC_CONFIG = 2,       /* pmtad -> worker: str snapshot path, u64 generation */
     IPC_CONFIG_ACK = 3,   /* worker -> pmtad: u64 generation now in use */
     IPC_SHUTDOWN = 4,     /* pmtad -> worker: u32 drain seconds */
-    IPC_LOG_REOPEN = 5,   /* pmtad -> worker: the log descriptor follows by SCM_RIGHTS (later) */
+    IPC_LOG_REOPEN = 5,   /* pmtad -> worker: the log-file was rotated; open it again */
     IPC_STATUS = 6,       /* worker -> pmtad: str json (status for pmtactl) */
     IPC_TYPE_USER = 100   /* first number free for the mail path (smtpd/cleanup/qmgr) */
 };

@@ -64,6 +64,7 @@ msg_init(const char *progname)
 void
 msg_use_fd(int fd)
 {
+    msg_flush();                    /* what was collected belongs to the old file */
     if (msg_fd >= 0 && msg_fd != fd)
         close(msg_fd);
     msg_fd = fd;

@@ -315,6 +315,22 @@ begin_shutdown(unsigned drain_seconds)
         worker_stop(0);
 }
 
+/* reopen_log - IPC_LOG_REOPEN: pmtad rotated the log-file; append to the new one */
+static void
+reopen_log(void)
+{
+    const char *path = getenv("PMTA_LOG_PATH");
+    int fd;
+
+    if (path == NULL)
+        return;                     /* syslog, or an older pmtad: nothing to reopen */
+    if ((fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC)) < 0) {
+        msg_warn("cannot reopen the log file %s after its rotation: %s", path, strerror(errno));
+        return;
+    }
+    msg_use_fd(fd);
+}
+
 /* on_master_msg - a frame from pmtad; non-zero closes the channel */
 static int
 on_master_msg(struct ipc_chan *ch, struct ipc_msg *m)
@@ -330,6 +346,11 @@ on_master_msg(struct ipc_chan *ch, struct ipc_msg *m)
         if (ipc_get_u32(m, &drain) < 0 || ipc_get_end(m) < 0)
             break;
         begin_shutdown(drain);
+        return 0;
+    case IPC_LOG_REOPEN:
+        if (ipc_get_end(m) < 0)
+            break;
+        reopen_log();
         return 0;
     default:
         break;

@@ -12,7 +12,7 @@
  * before the first worker starts. Without -f the parent waits until the
  * daemon is up and exits with its verdict, so `pmtad && echo ok` means it runs.
  *
- * Signals: SIGHUP reloads; SIGTERM and SIGINT drain the workers
+ * Signals: SIGHUP reloads; SIGUSR1 rotates the log; SIGTERM and SIGINT drain the workers
  * (IPC_SHUTDOWN, SIGKILL after the drain time) and exit 0.
  *
  * SECURITY: runs as root for its whole life (it must bind, chown and spawn
@@ -112,6 +112,7 @@ master_maybe_finished(struct master *m)
     uv_close((uv_handle_t *)&m->sig_hup, NULL);
     uv_close((uv_handle_t *)&m->sig_term, NULL);
     uv_close((uv_handle_t *)&m->sig_int, NULL);
+    uv_close((uv_handle_t *)&m->sig_usr1, NULL);
     uv_close((uv_handle_t *)&m->drain_timer, NULL);
     master_roles_close(m);
 }
@@ -147,6 +148,12 @@ on_reload_signal(uv_signal_t *h, int sig)
     master_reload(h->data);
 }
 
+static void
+on_rotate_signal(uv_signal_t *h, int sig)
+{
+    master_rotate_log(h->data);
+}
+
 /* start_signals - libuv signal handles; SIGPIPE is an error return, not a death */
 static void
 start_signals(struct master *m)
@@ -155,7 +162,9 @@ start_signals(struct master *m)
     uv_signal_init(&m->loop, &m->sig_hup);
     uv_signal_init(&m->loop, &m->sig_term);
     uv_signal_init(&m->loop, &m->sig_int);
-    m->sig_hup.data = m->sig_term.data = m->sig_int.data = m;
+    uv_signal_init(&m->loop, &m->sig_usr1);
+    m->sig_hup.data = m->sig_term.data = m->sig_int.data = m->sig_usr1.data = m;
+    uv_signal_start(&m->sig_usr1, on_rotate_signal, SIGUSR1);
     uv_signal_start(&m->sig_hup, on_reload_signal, SIGHUP);
     uv_signal_start(&m->sig_term, on_stop_signal, SIGTERM);
     uv_signal_start(&m->sig_int, on_stop_signal, SIGINT);

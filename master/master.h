@@ -52,6 +52,7 @@ struct master_settings {
     gid_t gid;
     unsigned nprocs[ROLE_COUNT];
     int http_port;          /* http-mgmt-port; 0: no monitor */
+    int log_rotate;         /* log-rotate: old log files kept */
 };
 
 struct master_listener {
@@ -121,7 +122,7 @@ struct master {
     int stopping;
     unsigned procs_allocated;        /* struct master_proc not yet freed */
     uint64_t announced_generation;   /* last generation every worker acked */
-    uv_signal_t sig_hup, sig_term, sig_int;
+    uv_signal_t sig_hup, sig_term, sig_int, sig_usr1;
     uv_timer_t drain_timer;
 };
 
@@ -162,6 +163,10 @@ void master_roles_start(struct master *m);
 void master_roles_close(struct master *m);
 void master_roles_free(struct master *m);
 void master_broadcast_config(struct master *m);
+/* master_rotate_log - SIGUSR1: log-file -> log-file.1 ... and every worker reopens it */
+void master_rotate_log(struct master *m);
+/* master_broadcast_log_reopen - IPC_LOG_REOPEN to every live worker */
+void master_broadcast_log_reopen(struct master *m);
 void master_broadcast_shutdown(struct master *m);
 void master_kill_all(struct master *m);
 int master_live_workers(const struct master *m);

@@ -247,6 +247,7 @@ master_settings_from_cfg(const struct cfg *c, const char *config_path, struct ma
     set->nprocs[ROLE_QMGR] = 1;     /* the scheduler owns the queue: exactly one */
     set->nprocs[ROLE_SMTPOUT] = process_count(c, CFG_D_SMTP_OUT_PROCESSES, 0);
     set->http_port = (int)cfg_global(c, CFG_D_HTTP_MGMT_PORT)->num;
+    set->log_rotate = (int)cfg_global(c, CFG_D_LOG_ROTATE)->num;
 }
 
 void

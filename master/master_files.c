@@ -255,6 +255,61 @@ master_remove_pid_file(struct master *m)
     free(path);
 }
 
+/* share_log - the workers reopen the log after a rotation as the worker user: let them write */
+static void
+share_log(struct master *m, int fd)
+{
+    if (fd >= 0 && m->set.drop_privileges && geteuid() == 0
+        && (fchown(fd, (uid_t)-1, m->set.gid) < 0 || fchmod(fd, 0660) < 0))
+        msg_warn("cannot give log file %s to group %ld: %s", m->set.log_file, (long)m->set.gid,
+                 strerror(errno));
+}
+
+/* rotated_name - "PATH.N" */
+static char *
+rotated_name(const char *path, int n)
+{
+    return xasprintf("%s.%d", path, n);
+}
+
+/*
+ * master_rotate_log - see master.h. Keeps log-rotate old files (PATH.1 the
+ * newest); 0 keeps none. The new file is created before the workers are
+ * told, so none of their lines is lost: until they reopen they append to
+ * the renamed file, which is where those lines belong anyway.
+ */
+void
+master_rotate_log(struct master *m)
+{
+    const char *path = m->set.log_file;
+    char *from, *to;
+    int err;
+
+    if (path == NULL) {
+        msg_info("log rotation asked for, but the log goes to syslog; nothing to do");
+        return;
+    }
+    for (int n = m->set.log_rotate; n >= 1; n--) {
+        from = n == 1 ? xstrdup(path) : rotated_name(path, n - 1);
+        to = rotated_name(path, n);
+        if (rename(from, to) < 0 && errno != ENOENT)
+            msg_warn("log rotation: cannot rename %s to %s: %s", from, to, strerror(errno));
+        free(from);
+        free(to);
+    }
+    if (m->set.log_rotate <= 0 && unlink(path) < 0 && errno != ENOENT)
+        msg_warn("log rotation: cannot remove %s: %s", path, strerror(errno));
+    if ((err = msg_open_path(path)) < 0) {
+        msg_error("log rotation: cannot open %s: %s", path, strerror(-err));
+        return;
+    }
+    fcntl(msg_log_fd(), F_SETFD, FD_CLOEXEC);
+    share_log(m, msg_log_fd());
+    msg_info("log rotated (%d old file%s kept)", m->set.log_rotate,
+             m->set.log_rotate == 1 ? "" : "s");
+    master_broadcast_log_reopen(m);
+}
+
 /* master_open_log - log-file PATH (appended) or syslog; warnings to stderr too in the foreground */
 void
 master_open_log(struct master *m)
@@ -270,6 +325,7 @@ master_open_log(struct master *m)
         /* Workers get it explicitly; it must not leak into anything else we exec. */
         if ((fd = msg_log_fd()) >= 0)
             fcntl(fd, F_SETFD, FD_CLOEXEC);
+        share_log(m, fd);
     }
     msg_also_stderr(m->foreground);
     msg_set_verbose(m->verbose);

@@ -414,9 +414,11 @@ child_setup_build(struct master *m, struct master_role *role, unsigned slot, int
     add_fd(cs, STDOUT_FILENO);
     add_fd(cs, STDERR_FILENO);
     add_env(cs, xasprintf("PMTA_MASTER_FD=%d", add_fd(cs, master_fd)));
-    if (msg_log_fd() >= 0)
+    if (msg_log_fd() >= 0) {
         add_env(cs, xasprintf("PMTA_LOG_FD=%d", add_fd(cs, msg_log_fd())));
-    else
+        if (m->set.log_file)     /* IPC_LOG_REOPEN opens it again after a rotation */
+            add_env(cs, xasprintf("PMTA_LOG_PATH=%s", m->set.log_file));
+    } else
         add_env(cs, xstrdup("PMTA_LOG=syslog"));
     add_role_sockets(m, role, cs);
     if (role->id == ROLE_SMTPD)
@@ -576,6 +578,26 @@ master_broadcast_shutdown(struct master *m)
             ipc_add_u32(&out, MASTER_DRAIN_SECONDS);
             if (p->chan == NULL || ipc_end(&out, off) < 0 || ipc_chan_send(p->chan, &out) < 0)
                 uv_process_kill(&p->process, SIGTERM);
+            buf_free(&out);
+        }
+}
+
+/* master_broadcast_log_reopen - see master.h */
+void
+master_broadcast_log_reopen(struct master *m)
+{
+    for (int r = 0; r < ROLE_COUNT; r++)
+        for (unsigned i = 0; i < m->roles[r].nslots; i++) {
+            struct master_proc *p = m->roles[r].slots[i].proc;
+            struct buf out = BUF_INIT;
+            size_t off;
+
+            if (p == NULL || p->exited || p->chan == NULL)
+                continue;
+            off = ipc_begin(&out, IPC_LOG_REOPEN, 0);
+            if (ipc_end(&out, off) < 0 || ipc_chan_send(p->chan, &out) < 0)
+                msg_warn("%s (pid %d): cannot ask it to reopen the log", m->roles[r].name,
+                         (int)p->process.pid);
             buf_free(&out);
         }
 }

@@ -16,6 +16,7 @@
  *   schedule PATTERN
  *   delete [--dsn] PATTERN | delete --queue=PATTERN [--dsn]
  *   reload
+ *   rotate log
  *
  * DESCRIPTION
  *   Every command but reload is one request on RUNDIR/control (RUNDIR is the
@@ -168,6 +169,7 @@ usage(FILE *out)
             "                                       drop the queues' recipients (not those\n"
             "                                       in delivery); --dsn bounces them\n"
             "  reload                               make pmtad re-read its configuration\n"
+            "  rotate log                           log-file -> log-file.1 ... (log-rotate kept)\n"
             "\n"
             "PATTERN is DOMAIN[/VMTA] with shell wildcards (*.example.com/*); without\n"
             "/VMTA it means every virtual MTA of the domain.\n"
@@ -962,32 +964,37 @@ read_pid_file(const char *path)
     return (pid_t)pid;
 }
 
-/* signal_reload - SIGHUP to PID after checking it is alive; 0 or EXIT_FAILED (reported) */
+/* signal_pmtad - SIG to PID after checking it is alive; 0 or EXIT_FAILED (reported) */
 static int
-signal_reload(pid_t pid, const char *pid_path)
+signal_pmtad(pid_t pid, const char *pid_path, int sig)
 {
     if (kill(pid, 0) < 0 && errno == ESRCH)
         return fail("pmtad is not running (pid %ld from %s is gone)", (long)pid, pid_path);
-    if (kill(pid, SIGHUP) == 0)
+    if (kill(pid, sig) == 0)
         return 0;
     if (errno == EPERM)
-        return fail("cannot signal pmtad (pid %ld): %s (reload needs root)", (long)pid,
+        return fail("cannot signal pmtad (pid %ld): %s (this needs root)", (long)pid,
                     strerror(errno));
     return fail("cannot signal pmtad (pid %ld): %s", (long)pid, strerror(errno));
 }
 
-/* run_reload - `pmtactl reload`: the configuration loads here, then SIGHUP to pmtad */
+/*
+ * run_signal_command - `pmtactl reload` (SIGHUP; the configuration is loaded
+ * here first) and `pmtactl rotate log` (SIGUSR1): commands pmtad takes as signals
+ */
 static int
-run_reload(const struct options *o)
+run_signal_command(const struct command *cmd, const struct options *o)
 {
     char *run_dir = load_run_directory(o->config_path), *pid_path;
+    bool reload = strcmp(cmd->verb, "reload") == 0;
     pid_t pid;
     int rc = EXIT_FAILED;
 
     if (run_dir == NULL)
-        return fail("not reloading: pmtad would refuse this configuration");
+        return fail("cannot read the configuration%s", reload ? "; pmtad would refuse it" : "");
     pid_path = xasprintf("%s/%s", run_dir, PID_FILE_NAME);
-    if ((pid = read_pid_file(pid_path)) > 0 && (rc = signal_reload(pid, pid_path)) == 0) {
+    if ((pid = read_pid_file(pid_path)) > 0
+        && (rc = signal_pmtad(pid, pid_path, reload ? SIGHUP : SIGUSR1)) == 0) {
         if (o->json) {
             json_t *out = json_pack("{s:b, s:I}", "ok", 1, "pid", (json_int_t)pid);
             char *text = json_dumps(out, JSON_COMPACT);
@@ -996,7 +1003,8 @@ run_reload(const struct options *o)
             free(text);
             json_decref(out);
         } else {
-            printf("reload requested (pmtad pid %ld)\n", (long)pid);
+            printf("%s requested (pmtad pid %ld)\n", reload ? "reload" : "log rotation",
+                   (long)pid);
         }
     }
     free(pid_path);
@@ -1021,6 +1029,7 @@ static const struct command commands[] = {
     { "delete", NULL, OPT_DSN | OPT_QUEUE, 0, PATTERN_REQUIRED, "delete", add_delete_args,
       scheduled_anything, print_delete },
     { "reload", NULL, 0, 0, PATTERN_NONE, NULL, NULL, NULL, NULL },
+    { "rotate", "log", 0, 0, PATTERN_NONE, NULL, NULL, NULL, NULL },
 };
 
 /* command_name - "show queues" for messages */
@@ -1220,6 +1229,6 @@ main(int argc, char **argv)
     if ((rc = check_command_args(cmd, &o, &pattern)) != 0)
         return rc;
     if (cmd->wire_name == NULL)
-        return run_reload(&o);
+        return run_signal_command(cmd, &o);
     return run_socket_command(cmd, &o, pattern);
 }

@@ -24,6 +24,8 @@ so what a command changes is seen in what qmgr hands out:
     http-access: 127.0.0.1 monitor is served; a client from 127.0.0.2 gets 403
     POST -> 405, unknown page -> 404, format=xml -> 406
     the port already taken: pmtad still starts and accepts mail, with a warning
+  log rotation: pmtactl rotate log (SIGUSR1) three times with log-rotate 2
+    keeps log.1 and log.2; the workers reopen the new file
 """
 
 import csv
@@ -42,7 +44,7 @@ from fakeout import FakeOut, OK, TEMPFAIL
 from pmtatest import Pmta, Tap, build_dir, free_port, require_root, wait_for
 from test_qmgr import fill, qmgr_socket
 
-PLAN = 29
+PLAN = 31
 PMTACTL = os.path.join(build_dir(), "tools", "pmtactl")
 
 
@@ -226,6 +228,37 @@ def http_tests(tap, p, port):
     tap.ok(http(port, "/status?format=xml")[0] == 406, "format=xml -> 406 (JSON only)")
 
 
+def rotate_test(tap):
+    """pmtactl rotate log, three times with log-rotate 2."""
+    with Pmta(name="ctl-rotate") as p:
+        p.write_config("log-rotate 2\n<source 127.0.0.1>\n  always-allow-relaying yes\n"
+                       "  log-connections yes\n  log-commands yes\n</source>\n")
+        p.start()
+        outs = []
+        for i in range(3):
+            mark = os.path.getsize(p.log_path)
+            outs.append(pmtactl(p, "rotate", "log"))
+            wait_for(lambda: os.path.exists(p.log_path) and "log rotated" in p.log(), timeout=5)
+            c = smtplib.SMTP("127.0.0.1", p.port, timeout=10)
+            c.ehlo("rotation-%d.test" % i)
+            c.quit()
+            wait_for(lambda: "rotation-%d.test" % i in p.log(), timeout=5)
+        current = p.log()
+        with open(p.log_path + ".1", errors="replace") as f:
+            newest_old = f.read()
+        exists = [os.path.exists("%s.%d" % (p.log_path, n)) for n in (1, 2, 3)]
+        mode = os.stat(p.log_path).st_mode & 0o777
+        p.stop()
+    tap.ok(all(rc == 0 and "log rotation requested" in out for rc, out, _ in outs)
+           and exists == [True, True, False],
+           "pmtactl rotate log with log-rotate 2: log, log.1 and log.2, no log.3",
+           (outs, exists))
+    tap.ok("rotation-2.test" in current and "rotation-2.test" not in newest_old
+           and "rotation-1.test" in newest_old and "smtpd[" in current and mode == 0o660,
+           "after a rotation the workers write to the new file (smtpd's lines), mode 0660",
+           (current[-600:], oct(mode)))
+
+
 def port_taken_test(tap):
     with Pmta(name="ctl-busy") as p:
         busy = socket.socket()
@@ -285,6 +318,7 @@ http-access 127.0.0.0/8 none
     tap.ok(not re.search(r"(error|panic|fatal):", log), "no errors in the log",
            "\n".join(l for l in log.splitlines() if re.search(r"(error|panic):", l))[:500])
     port_taken_test(tap)
+    rotate_test(tap)
     sys.exit(tap.done())
 
 
