@@ -5,11 +5,17 @@
  * types it takes, which columns each type fills, its header line, and its
  * rotation settings. Records are formatted into a per-file memory buffer and
  * written out by flush (size, age, tick, close); rotation renames the file
- * into move-to and starts a new one with a header line. The file format and
- * the rules are described in qmgr_acct.h.
+ * into move-to and starts a new one with a header line. An <acct-file
+ * |command> block is the same struct with is_pipe set: the "file" is the
+ * non-blocking write end of a pipe to a program we start, it never rotates,
+ * and a program that fails is stopped, reaped and started again after
+ * retry-interval (the pipe section below). The file format and the rules are
+ * described in qmgr_acct.h.
  *
- * Owns: the open descriptors, the pending buffers, the column tables, the
- * compiled regex that recognises our rotated files for delete-after.
+ * Owns: the open descriptors (files and pipe write ends), the pending
+ * buffers, the column tables, the compiled regex that recognises our rotated
+ * files for delete-after, and the pipe programs' processes: every child is
+ * reaped (by qmgr_acct_tick() or at close), never left a zombie.
  *
  * SECURITY: values are peer-controlled (reply texts, addresses, headers);
  * append_value() is the single place that turns a value into CSV and it
@@ -21,6 +27,9 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -30,6 +39,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
@@ -47,6 +57,10 @@
 #define MAX_HEADERS 32                     /* header_X columns per file */
 #define NAME_CLASH_MAX 1000                /* -1 .. -999 suffixes tried on rotation */
 #define RETRY_SECONDS 60                   /* after a failed rotation or reopen */
+#define CLOSE_GRACE_MS 100                 /* at close: time for a pipe program to drain and exit */
+#define CLOSE_TERM_MS 50                   /* ... and to exit after SIGTERM, before SIGKILL */
+
+extern char **environ;
 
 /* --- the field table --------------------------------------------------------------------- */
 
@@ -157,6 +171,18 @@ struct acct_file {
     time_t next_move;          /* next interval boundary; 0 none */
     time_t retry_rotate_at;    /* after a failed move: no new attempt before this */
     pcre2_code *rotated_re;    /* NAME-YYYY-MM-DD-HHMM[-N].EXT */
+
+    /* <acct-file |command>: fd is the pipe's write end, -1 while the program is down */
+    bool is_pipe;
+    char **argv;               /* the words after '|', NULL-terminated */
+    pid_t pid;                 /* the program until it is reaped; 0 none */
+    int64_t retry_interval;    /* seconds from a failure to the next start */
+    int64_t write_timeout;     /* seconds the program may accept nothing */
+    time_t blocked_since;      /* when the pipe began refusing data; 0 while it takes it */
+    time_t restart_at;         /* while down: when to start the program again */
+    size_t header_left;        /* bytes of the header line still at the front of pending */
+    bool mid_line;             /* the program got part of a line (drops keep its rest) */
+    uint64_t dropped;          /* records that never reached a program since it went down */
 };
 
 struct qmgr_acct {
@@ -378,6 +404,21 @@ static void compile_rotated_re(struct acct_file *f)
     buf_free(&re);
 }
 
+/* split_command - the blank-separated words of CMD as a NULL-terminated argv (no shell) */
+static char **split_command(const char *cmd)
+{
+    char **argv = xcalloc(1, sizeof *argv);
+    size_t n = 0, len;
+
+    for (cmd += strspn(cmd, " \t"); *cmd; cmd += len + strspn(cmd + len, " \t")) {
+        len = strcspn(cmd, " \t");
+        argv = xreallocarray(argv, n + 2, sizeof *argv);
+        argv[n++] = xstrndup(cmd, len);
+        argv[n] = NULL;
+    }
+    return argv;
+}
+
 static void load_file_config(struct acct_file *f, const struct cfg *c, uint32_t s)
 {
     const char *move_to = scope_text(c, s, CFG_D_MOVE_TO), *us = scope_text(c, s, CFG_D_USER_STRING);
@@ -398,6 +439,15 @@ static void load_file_config(struct acct_file *f, const struct cfg *c, uint32_t 
     while ((v = cfg_scope_next(c, s, CFG_D_RECORD_FIELDS, &it)) != NULL)
         apply_record_fields(f, cfg_str(c, v->text));
     build_columns(f);
+    f->is_pipe = f->path[0] == '|';
+    if (f->is_pipe) {                  /* a pipe has no rotation: move-to & co. do not apply */
+        free(f->move_to);
+        f->move_to = NULL;
+        f->argv = split_command(f->path + 1);
+        f->retry_interval = scope_num(c, s, CFG_D_RETRY_INTERVAL, 300);
+        f->write_timeout = scope_num(c, s, CFG_D_WRITE_TIMEOUT, 60);
+        return;
+    }
     split_path(f);
     compile_rotated_re(f);
 }
@@ -782,14 +832,348 @@ static int open_file(struct acct_file *f, time_t now)
     return open_fd(f, now);
 }
 
-static void free_file(struct acct_file *f)
+/* --- |command pipes ---------------------------------------------------------------------- */
+
+/*
+ * ignore_sigpipe - a pipe program that dies must give us EPIPE, not kill the
+ * process. qmgr's worker already ignores SIGPIPE (common/worker.c); this
+ * covers other users of the library (tests, tools) that left it at default.
+ */
+static void ignore_sigpipe(void)
 {
+    struct sigaction sa;
+
+    if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL)
+        signal(SIGPIPE, SIG_IGN);
+}
+
+/*
+ * spawn_program - start ARGV[0] (found by PATH) with stdin the read end of a
+ * new pipe and stdout/stderr /dev/null. *WFD gets the write end, non-blocking
+ * and close-on-exec (so a second program never holds the first one's pipe
+ * open and hides its EOF). Signals qmgr ignores or blocks are reset for the
+ * program. 0 or -errno (posix_spawnp reports a program that cannot be run).
+ */
+static int spawn_program(char *const argv[], int *wfd, pid_t *pid)
+{
+    int fds[2], rc;
+    posix_spawn_file_actions_t fa;
+    posix_spawnattr_t attr;
+    sigset_t none, dflt;
+
+    if (pipe2(fds, O_CLOEXEC) != 0)
+        return -errno;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, fds[0], STDIN_FILENO);
+    posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
+    posix_spawn_file_actions_adddup2(&fa, STDOUT_FILENO, STDERR_FILENO);
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 34))
+    /* qmgr marks its descriptors close-on-exec; this also covers any that slipped through */
+    posix_spawn_file_actions_addclosefrom_np(&fa, STDERR_FILENO + 1);
+#endif
+    posix_spawnattr_init(&attr);
+    sigemptyset(&none);
+    sigemptyset(&dflt);
+    for (int sig = 1; sig < NSIG; sig++)
+        if (sig != SIGKILL && sig != SIGSTOP)
+            sigaddset(&dflt, sig);
+    posix_spawnattr_setsigmask(&attr, &none);
+    posix_spawnattr_setsigdefault(&attr, &dflt);
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+    rc = posix_spawnp(pid, argv[0], &fa, &attr, argv, environ);
+    posix_spawnattr_destroy(&attr);
+    posix_spawn_file_actions_destroy(&fa);
+    close(fds[0]);
+    if (rc != 0) {
+        close(fds[1]);
+        return -rc;
+    }
+    fcntl(fds[1], F_SETFL, fcntl(fds[1], F_GETFL) | O_NONBLOCK);
+    *wfd = fds[1];
+    return 0;
+}
+
+/* start_pipe - start the program; it gets a header line first, like a new file */
+static int start_pipe(struct acct_file *f, time_t now)
+{
+    int rc;
+
+    ignore_sigpipe();
+    if ((rc = spawn_program(f->argv, &f->fd, &f->pid)) != 0) {
+        f->fd = -1;
+        f->pid = 0;
+        f->restart_at = now + f->retry_interval;
+        msg_warn("acct-file %s: cannot start %s: %s; retrying in %lld s", f->path, f->argv[0],
+                 strerror(-rc), (long long)f->retry_interval);
+        return rc;
+    }
+    buf_reset(&f->pending);
+    buf_append_str(&f->pending, f->header_line);
+    f->header_left = strlen(f->header_line);
+    f->pending_since = now;
+    f->blocked_since = 0;
+    f->mid_line = false;
+    if (f->dropped)
+        msg_warn("acct-file %s: started again (pid %ld); %llu records were dropped while it was down",
+                 f->path, (long)f->pid, (unsigned long long)f->dropped);
+    else
+        msg_info("acct-file %s: started (pid %ld)", f->path, (long)f->pid);
+    f->dropped = 0;
+    return 0;
+}
+
+/* lines_in - how many records (line ends) the N bytes at P hold */
+static uint64_t lines_in(const char *p, size_t n)
+{
+    uint64_t lines = 0;
+
+    for (const char *end = p + n; (p = memchr(p, '\n', (size_t)(end - p))) != NULL; p++)
+        lines++;
+    return lines;
+}
+
+/* pending_records - records pending for the program (the header line is not one) */
+static uint64_t pending_records(const struct acct_file *f)
+{
+    return lines_in(f->pending.data + f->header_left, f->pending.len - f->header_left);
+}
+
+/* consume_pending - the program took the first N pending bytes */
+static void consume_pending(struct acct_file *f, size_t n)
+{
+    f->mid_line = f->pending.data[n - 1] != '\n';
+    f->header_left -= n < f->header_left ? n : f->header_left;
+    buf_consume(&f->pending, n);
+}
+
+/* reap_child - collect the program if it has ended (status in *STATUS, -1 unknown); true once gone */
+static bool reap_child(struct acct_file *f, int *status)
+{
+    int st = -1;
+    pid_t r;
+
+    if (f->pid <= 0)
+        return true;
+    do
+        r = waitpid(f->pid, &st, WNOHANG);
+    while (r < 0 && errno == EINTR);
+    if (r == 0)
+        return false;
+    f->pid = 0;                        /* r < 0 (ECHILD): someone else reaped it */
+    if (status)
+        *status = r > 0 ? st : -1;
+    return true;
+}
+
+/*
+ * pipe_down - give up on the program until retry-interval has passed: close
+ * the pipe, SIGTERM the program if it still runs (reaped now or by a later
+ * tick), and warn once. Records meant for it are counted as dropped.
+ */
+static void pipe_down(struct acct_file *f, time_t now, const char *why)
+{
+    uint64_t lost = pending_records(f);
+    char lost_note[64] = "";
+
+    close(f->fd);
+    f->fd = -1;
+    buf_reset(&f->pending);
+    f->header_left = 0;
+    f->blocked_since = 0;
+    if (f->pid > 0 && !reap_child(f, NULL)) {
+        kill(f->pid, SIGTERM);
+        reap_child(f, NULL);
+    }
+    f->dropped += lost;
+    f->restart_at = now + f->retry_interval;
+    if (lost)
+        snprintf(lost_note, sizeof lost_note, " (%llu pending records lost)",
+                 (unsigned long long)lost);
+    msg_warn("acct-file %s: %s; records for it are dropped until it is started again in %lld s%s",
+             f->path, why, (long long)f->retry_interval, lost_note);
+}
+
+/*
+ * drop_excess - the program is too slow and PENDING_MAX is passed: drop the
+ * pending records loudly, but keep the header line or the rest of a line the
+ * program has begun, so that what it reads stays whole lines.
+ */
+static void drop_excess(struct acct_file *f)
+{
+    const char *nl = memchr(f->pending.data, '\n', f->pending.len);
+    size_t keep = (f->header_left || f->mid_line) && nl ? (size_t)(nl - f->pending.data) + 1 : 0;
+
+    msg_error("acct-file %s: the program is not keeping up; %llu records (%zu bytes) dropped",
+              f->path, (unsigned long long)lines_in(f->pending.data + keep, f->pending.len - keep),
+              f->pending.len - keep);
+    f->pending.len = keep;
+    f->pending.data[keep] = 0;
+}
+
+/*
+ * flush_pipe - write what the pipe takes now and keep the rest pending; never
+ * blocks. A failed write takes the program down (pipe_down warns once, so
+ * the caller has nothing to report).
+ */
+static void flush_pipe(struct acct_file *f, time_t now)
+{
+    size_t sent = 0;
+    int err = 0;
+
+    while (sent < f->pending.len) {
+        ssize_t w = write(f->fd, f->pending.data + sent, f->pending.len - sent);
+        if (w > 0) {
+            sent += (size_t)w;
+            continue;
+        }
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0 && errno != EAGAIN)
+            err = errno;
+        break;
+    }
+    if (sent) {
+        consume_pending(f, sent);
+        f->blocked_since = 0;          /* write-timeout counts from the last progress */
+    }
+    if (err) {
+        char why[128];
+        snprintf(why, sizeof why, "write: %s", strerror(err));
+        pipe_down(f, now, why);
+        return;
+    }
+    if (f->pending.len == 0)
+        return;
+    if (!f->blocked_since)
+        f->blocked_since = now;
+    if (f->pending.len > PENDING_MAX)
+        drop_excess(f);
+}
+
+static void describe_exit(int status, char *out, size_t size)
+{
+    if (status >= 0 && WIFEXITED(status))
+        snprintf(out, size, "exited with status %d", WEXITSTATUS(status));
+    else if (status >= 0 && WIFSIGNALED(status))
+        snprintf(out, size, "killed by signal %d", WTERMSIG(status));
+    else
+        snprintf(out, size, "ended");
+}
+
+/* kill_and_reap - SIGKILL and wait: only for a program that outlived SIGTERM */
+static void kill_and_reap(struct acct_file *f)
+{
+    kill(f->pid, SIGKILL);
+    while (waitpid(f->pid, NULL, 0) < 0 && errno == EINTR)
+        ;
+    f->pid = 0;
+}
+
+/* tick_pipe - once a second: notice an exited or stuck program, flush, restart when due */
+static void tick_pipe(struct acct_file *f, time_t now)
+{
+    int status;
+    char why[64];
+
+    if (f->fd < 0) {
+        reap_child(f, NULL);           /* the SIGTERM of pipe_down() has had time to work */
+        if (now < f->restart_at)
+            return;
+        if (f->pid > 0)
+            kill_and_reap(f);
+        start_pipe(f, now);
+        return;
+    }
+    if (reap_child(f, &status)) {
+        describe_exit(status, why, sizeof why);
+        pipe_down(f, now, why);
+        return;
+    }
+    if (f->pending.len && now - f->pending_since >= FLUSH_SECONDS)
+        flush_pipe(f, now);
+    if (f->fd >= 0 && f->blocked_since && now - f->blocked_since >= f->write_timeout) {
+        snprintf(why, sizeof why, "accepted no data for %lld s", (long long)(now - f->blocked_since));
+        pipe_down(f, now, why);
+    }
+}
+
+static int64_t monotonic_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* wait_exit_until - reap the program, polling until monotonic time DEADLINE (ms); true if gone */
+static bool wait_exit_until(struct acct_file *f, int64_t deadline)
+{
+    const struct timespec step = { 0, 5 * 1000000 };
+
+    while (!reap_child(f, NULL)) {
+        if (monotonic_ms() >= deadline)
+            return false;
+        nanosleep(&step, NULL);
+    }
+    return true;
+}
+
+/* drain_pipe - write pending data until DEADLINE (ms), waiting for the pipe to take it */
+static void drain_pipe(struct acct_file *f, time_t now, int64_t deadline)
+{
+    for (;;) {
+        struct pollfd p = { .fd = f->fd, .events = POLLOUT };
+        int64_t left;
+        flush_pipe(f, now);
+        if (f->fd < 0 || f->pending.len == 0 || (left = deadline - monotonic_ms()) <= 0)
+            return;
+        poll(&p, 1, (int)left);
+    }
+}
+
+/*
+ * stop_pipe - at close (a reload or shutdown): hand over what is pending,
+ * close the write end so the program sees EOF, and reap it. qmgr is blocked
+ * meanwhile, so the program gets CLOSE_GRACE_MS for both, then SIGTERM and
+ * CLOSE_TERM_MS, then SIGKILL; it is never left a zombie.
+ */
+static void stop_pipe(struct acct_file *f, time_t now)
+{
+    int64_t deadline = monotonic_ms() + CLOSE_GRACE_MS;
+
     if (f->fd >= 0) {
+        drain_pipe(f, now, deadline);
+        if (f->fd >= 0) {
+            uint64_t lost = pending_records(f);
+            if (lost)
+                msg_warn("acct-file %s: %llu records not taken by the program before close",
+                         f->path, (unsigned long long)lost);
+            close(f->fd);
+            f->fd = -1;
+        }
+    }
+    if (f->pid > 0 && !wait_exit_until(f, deadline)) {
+        msg_warn("acct-file %s: pid %ld did not exit at end of input; terminating it", f->path,
+                 (long)f->pid);
+        kill(f->pid, SIGTERM);
+        if (!wait_exit_until(f, monotonic_ms() + CLOSE_TERM_MS))
+            kill_and_reap(f);
+    }
+}
+
+static void free_file(struct acct_file *f, time_t now)
+{
+    if (f->is_pipe) {
+        stop_pipe(f, now);
+    } else if (f->fd >= 0) {
         flush_file(f);
         if (f->sync)
             fsync(f->fd);
         close(f->fd);
     }
+    for (char **w = f->argv; w && *w; w++)
+        free(*w);
+    free(f->argv);
     buf_free(&f->pending);
     for (size_t i = 0; i < f->nheaders; i++)
         free(f->headers[i]);
@@ -814,6 +1198,33 @@ static int maybe_rotate(struct acct_file *f, time_t now)
     return 0;
 }
 
+/* flush_out - write pending data of a file or a pipe; 0 or the file's -errno */
+static int flush_out(struct acct_file *f, time_t now)
+{
+    if (!f->is_pipe)
+        return flush_file(f);
+    flush_pipe(f, now);                /* trouble takes the program down and is logged there */
+    return 0;
+}
+
+/* nth_output - the Ith file (WANT_PIPE false) or pipe (true), or NULL */
+static struct acct_file *nth_output(const struct qmgr_acct *acct, size_t i, bool want_pipe)
+{
+    for (size_t k = 0; k < acct->nfiles; k++)
+        if (acct->files[k].is_pipe == want_pipe && i-- == 0)
+            return &acct->files[k];
+    return NULL;
+}
+
+static size_t count_outputs(const struct qmgr_acct *acct, bool want_pipe)
+{
+    size_t n = 0;
+
+    for (size_t k = 0; k < acct->nfiles; k++)
+        n += acct->files[k].is_pipe == want_pipe;
+    return n;
+}
+
 /* --- the API ---------------------------------------------------------------------------- */
 
 int qmgr_acct_open(struct qmgr_acct **out, const struct cfg *c, const struct qmgr_acct_opts *opts)
@@ -829,8 +1240,8 @@ int qmgr_acct_open(struct qmgr_acct **out, const struct cfg *c, const struct qmg
     while (c && (s = cfg_next_scope(c, CFG_S_ACCT_FILE, &it)) != CFG_NONE) {
         const char *name = cfg_str(c, c->scopes[s].name);
         struct acct_file *f;
-        if (name[0] == '|') {
-            msg_warn("acct-file \"%s\": writing to a pipe is not implemented; skipped", name);
+        if (name[0] == '|' && name[1 + strspn(name + 1, " \t")] == 0) {
+            msg_warn("acct-file \"%s\": no command after the '|'; skipped", name);
             continue;
         }
         a->files = xreallocarray(a->files, a->nfiles + 1, sizeof *a->files);
@@ -839,6 +1250,10 @@ int qmgr_acct_open(struct qmgr_acct **out, const struct cfg *c, const struct qmg
         f->fd = -1;
         f->path = xstrdup(name);
         load_file_config(f, c, s);
+        if (f->is_pipe) {
+            start_pipe(f, now_of(a));  /* a failure is logged; qmgr_acct_tick() retries */
+            continue;
+        }
         /*
          * A file that cannot be opened now (a directory the run-as-user cannot
          * write, a full disk) must not stop qmgr or the other files: it is
@@ -860,7 +1275,7 @@ void qmgr_acct_close(struct qmgr_acct *acct)
     if (!acct)
         return;
     for (size_t i = 0; i < acct->nfiles; i++)
-        free_file(&acct->files[i]);
+        free_file(&acct->files[i], now_of(acct));
     free(acct->files);
     free(acct);
 }
@@ -875,15 +1290,19 @@ int qmgr_acct_write(struct qmgr_acct *acct, const struct qmgr_acct_record *r)
     for (size_t i = 0; i < acct->nfiles; i++) {
         struct acct_file *f = &acct->files[i];
         size_t before = f->pending.len;
-        if (!(f->types & TB(r->type)) || f->fd < 0)
+        if (!(f->types & TB(r->type)))
             continue;
+        if (f->fd < 0) {
+            f->dropped += f->is_pipe;  /* reported when the program is started again */
+            continue;
+        }
         if (before == 0)
             f->pending_since = now;
         format_record(f, &f->pending, r, logged);
         f->size += (int64_t)(f->pending.len - before);
         frc = 0;
         if (f->pending.len >= FLUSH_BYTES || now - f->pending_since >= FLUSH_SECONDS)
-            frc = flush_file(f);
+            frc = flush_out(f, now);
         if (frc == 0)
             frc = maybe_rotate(f, now);
         if (rc == 0)
@@ -894,10 +1313,11 @@ int qmgr_acct_write(struct qmgr_acct *acct, const struct qmgr_acct_record *r)
 
 int qmgr_acct_flush(struct qmgr_acct *acct)
 {
+    time_t now = now_of(acct);
     int rc = 0, frc;
 
     for (size_t i = 0; i < acct->nfiles; i++)
-        if (acct->files[i].fd >= 0 && (frc = flush_file(&acct->files[i])) != 0 && rc == 0)
+        if (acct->files[i].fd >= 0 && (frc = flush_out(&acct->files[i], now)) != 0 && rc == 0)
             rc = frc;
     return rc;
 }
@@ -909,6 +1329,10 @@ int qmgr_acct_tick(struct qmgr_acct *acct)
 
     for (size_t i = 0; i < acct->nfiles; i++) {
         struct acct_file *f = &acct->files[i];
+        if (f->is_pipe) {
+            tick_pipe(f, now);
+            continue;
+        }
         frc = 0;
         if (f->fd < 0 && now >= f->retry_rotate_at && open_fd(f, now) != 0)
             f->retry_rotate_at = now + RETRY_SECONDS;   /* reopen after an earlier failure */
@@ -929,6 +1353,8 @@ int qmgr_acct_rotate(struct qmgr_acct *acct)
 
     for (size_t i = 0; i < acct->nfiles; i++) {
         struct acct_file *f = &acct->files[i];
+        if (f->is_pipe)
+            continue;                  /* a pipe has nothing to rotate */
         if ((frc = rotate_file(f, f->move_to ? f->move_to : f->own_dir, now)) != 0 && rc == 0)
             rc = frc;
     }
@@ -937,10 +1363,38 @@ int qmgr_acct_rotate(struct qmgr_acct *acct)
 
 size_t qmgr_acct_nfiles(const struct qmgr_acct *acct)
 {
-    return acct->nfiles;
+    return count_outputs(acct, false);
 }
 
 const char *qmgr_acct_path(const struct qmgr_acct *acct, size_t i)
 {
-    return i < acct->nfiles ? acct->files[i].path : NULL;
+    const struct acct_file *f = nth_output(acct, i, false);
+
+    return f ? f->path : NULL;
+}
+
+size_t qmgr_acct_npipes(const struct qmgr_acct *acct)
+{
+    return count_outputs(acct, true);
+}
+
+const char *qmgr_acct_pipe_name(const struct qmgr_acct *acct, size_t i)
+{
+    const struct acct_file *f = nth_output(acct, i, true);
+
+    return f ? f->path : NULL;
+}
+
+pid_t qmgr_acct_pipe_pid(const struct qmgr_acct *acct, size_t i)
+{
+    const struct acct_file *f = nth_output(acct, i, true);
+
+    return f && f->fd >= 0 ? f->pid : 0;
+}
+
+uint64_t qmgr_acct_pipe_dropped(const struct qmgr_acct *acct, size_t i)
+{
+    const struct acct_file *f = nth_output(acct, i, true);
+
+    return f ? f->dropped : 0;
 }

@@ -1,10 +1,11 @@
 /*
  * qmgr_acct.h - PowerMTA-compatible accounting files (<acct-file>)
  *
- * One writer per <acct-file PATH> block. Each record is one CSV line (RFC
- * 4180, UTF-8, CRLF). A file starts with a header line: "type" and then the
- * union of the columns of every record type the file takes, in the column
- * order below; a record leaves the columns its type does not have empty.
+ * One writer per <acct-file PATH> or <acct-file "|command"> block. Each
+ * record is one CSV line (RFC 4180, UTF-8, CRLF). A file starts with a
+ * header line: "type" and then the union of the columns of every record
+ * type the file takes, in the column order below; a record leaves the
+ * columns its type does not have empty.
  *
  * Column order (stable; header_X columns after the standard ones, in the
  * order record-fields names them; userString last):
@@ -51,8 +52,24 @@
  * once a second (a libuv timer) so data never waits longer than that and
  * interval rotation happens on time. With `sync yes` each flush is fsync'd.
  *
- * Not done: `|command` pipes (skipped with a warning), queue-filter,
- * map-header-to-field, privacy-policy, count-moved-records.
+ * Pipes: <acct-file "|/path/prog arg1 arg2"> starts the program (the words
+ * after '|', split on blanks, no shell, looked up in PATH) with its stdin a
+ * pipe and its stdout/stderr /dev/null. It gets the header line first and
+ * then the records, buffered and flushed exactly as for a file; it has no
+ * rotation (move-interval, max-size, move-to, delete-after are ignored).
+ * Writes never block: what the pipe does not take stays pending (bounded by
+ * the same 16 MB as a file, then dropped loudly). If the program exits, a
+ * write fails, or it accepts nothing for write-timeout (1m), the pipe is
+ * closed, the program SIGTERM'd and reaped, one warning logged, records
+ * for it dropped and counted, and after retry-interval (5m) the program is
+ * started again (with a new header line) and the count logged.
+ * qmgr_acct_close() closes the write end so the program sees EOF and reaps it,
+ * SIGTERM/SIGKILL'ing it if it has not exited after about 100 ms. The process
+ * must not die of SIGPIPE: qmgr's worker ignores it, and the first pipe
+ * started ignores it if it is still at its default.
+ *
+ * Not done: queue-filter, map-header-to-field, privacy-policy,
+ * count-moved-records.
  *
  * SECURITY: dsnDiag, dsnMta, addresses, header values and ids are peer
  * controlled. Every value has CR, LF, NUL and other control bytes replaced by
@@ -67,6 +84,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <time.h>
+#include <sys/types.h>
 
 struct cfg;
 struct qmgr_acct;
@@ -132,26 +150,38 @@ struct qmgr_acct_opts {
  * writes then go nowhere). Returns 0 and *OUT. A file that cannot be opened
  * (or whose move-to is not a directory) is logged and kept closed; records for
  * it are dropped and qmgr_acct_tick() retries it every minute, so a bad path
- * never stops qmgr. The caller keeps C
+ * never stops qmgr. A pipe program that cannot be started is retried after
+ * retry-interval in the same way. The caller keeps C
  * alive while the writer lives (column names are read from it only at open).
  */
 int qmgr_acct_open(struct qmgr_acct **out, const struct cfg *c, const struct qmgr_acct_opts *opts);
-/* qmgr_acct_close - flush, close and free (NULL is fine) */
+/* qmgr_acct_close - flush, close, stop and reap pipe programs, free (NULL is fine) */
 void qmgr_acct_close(struct qmgr_acct *acct);
 
 /* qmgr_acct_write - append R to every file that takes its type; 0 or the first -errno */
 int qmgr_acct_write(struct qmgr_acct *acct, const struct qmgr_acct_record *r);
 /* qmgr_acct_flush - write every buffered record now (fsync with `sync yes`); 0 or -errno */
 int qmgr_acct_flush(struct qmgr_acct *acct);
-/* qmgr_acct_tick - call about once a second: flushes and does interval rotation when due */
+/*
+ * qmgr_acct_tick - call about once a second: flushes, does interval rotation
+ * when due, reaps pipe programs, notices failed ones and restarts them
+ */
 int qmgr_acct_tick(struct qmgr_acct *acct);
-/* qmgr_acct_rotate - rotate every file now (`pmtactl rotate acct`); 0 or -errno */
+/* qmgr_acct_rotate - rotate every file (not pipes) now (`pmtactl rotate acct`); 0 or -errno */
 int qmgr_acct_rotate(struct qmgr_acct *acct);
 
 /* qmgr_acct_nfiles - how many files are open (pipes are not counted) */
 size_t qmgr_acct_nfiles(const struct qmgr_acct *acct);
 /* qmgr_acct_path - path of file I (for logs and tests) */
 const char *qmgr_acct_path(const struct qmgr_acct *acct, size_t i);
+/* qmgr_acct_npipes - how many <acct-file |command> pipes there are, running or not */
+size_t qmgr_acct_npipes(const struct qmgr_acct *acct);
+/* qmgr_acct_pipe_name - "|command args" of pipe I (for logs and tests) */
+const char *qmgr_acct_pipe_name(const struct qmgr_acct *acct, size_t i);
+/* qmgr_acct_pipe_pid - the running program of pipe I, or 0 while it is down */
+pid_t qmgr_acct_pipe_pid(const struct qmgr_acct *acct, size_t i);
+/* qmgr_acct_pipe_dropped - records for pipe I dropped since its program last went down */
+uint64_t qmgr_acct_pipe_dropped(const struct qmgr_acct *acct, size_t i);
 /* qmgr_acct_type_name - "d", "b", "t", "tq", "r" */
 const char *qmgr_acct_type_name(enum qmgr_acct_type type);
 

@@ -37,7 +37,8 @@ Everything is injected at once and checked as it arrives, so the slow cases
                            empty pattern list (which replaces the built-in
                            one): more than 2 messages in 1 s
   accounting   d rows <-> recipients the receivers accepted; b rows <->
-               recipients of the failure DSNs
+               recipients of the failure DSNs; an <acct-file "|tee FILE"> pipe with
+               records d gets a header and the same d rows as the file
   qmgr restart smtp-out reconnects to a new qmgr and delivers again
   shutdown     a transaction running at SIGTERM finishes (slow.test, 127.0.0.9:2526)
 
@@ -69,7 +70,7 @@ from testsmtpd import TestSmtpd  # noqa: E402
 
 import dkim  # noqa: E402
 
-PLAN = 34
+PLAN = 35
 SRCDIR = os.environ.get("PMTA_SRCDIR", os.path.join(os.path.dirname(__file__), "..", ".."))
 DATA = os.path.join(SRCDIR, "t", "data")
 DKIM_KEY = os.path.join(DATA, "dkim", "test.key")
@@ -113,6 +114,9 @@ domain-key s1,sender.test,%(key)s
 </sender>
 <acct-file %(acct)s>
   records d,b
+</acct-file>
+<acct-file "|/usr/bin/tee %(acct_pipe)s">
+  records d
 </acct-file>
 <domain *>
   default-smtp-port %(port)d
@@ -246,12 +250,14 @@ class Run:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.pmta = Pmta(name="delivery")
         self.acct = os.path.join(self.pmta.spool, "acct.csv")  # the pmta user writes there
+        self.acct_pipe = os.path.join(self.pmta.spool, "acct-piped.csv")  # tee runs as pmta too
         key = os.path.join(self.pmta.dir, "dkim.key")   # readable by the pmta user only
         shutil.copy(DKIM_KEY, key)
         shutil.chown(key, "pmta", "pmta")
         os.chmod(key, 0o600)
         self.pmta.write_config(CONFIG % {"dns": self.dns.server, "key": key,
-                                         "acct": self.acct, "port": PORT,
+                                         "acct": self.acct, "acct_pipe": self.acct_pipe,
+                                         "port": PORT,
                                          "hole_port": HOLE_PORT})
         self.pmta.start()
 
@@ -656,6 +662,21 @@ def check_accounting(tap, run):
     tap.ok(src.get("ok-v1@basic.test") == "127.0.0.10" and src.get("ok-v2@basic.test") == "127.0.0.11",
            "accounting: the d rows name the virtual MTAs' source IPs",
            repr({k: v for k, v in src.items() if "-v" in k}))
+    # the pipe (tee into a file) gets a header line, then the same d rows as the file
+    wait_for(lambda: d_of(acct_rows(run.acct_pipe)) == d_rows, timeout=5)
+    try:
+        with open(run.acct_pipe, newline="") as f:
+            piped_text = f.read()
+    except FileNotFoundError:
+        piped_text = ""
+    piped = acct_rows(run.acct_pipe)
+    file_d = [r for r in rows if r.get("type") == "d"]
+    tap.ok(piped_text.startswith("type,timeLogged,") and piped_text.count("type,timeLogged,") == 1
+           and all(r.get("type") == "d" for r in piped)
+           and len(piped) == len(file_d) and d_of(piped) == d_rows,
+           "accounting pipe: |tee gets one header line and the file's d rows (%d)" % len(file_d),
+           "%d piped rows, %d d rows in the file; first line %r"
+           % (len(piped), len(file_d), piped_text.split("\r\n", 1)[0][:60]))
 
 
 def check_qmgr_restart(tap, run):

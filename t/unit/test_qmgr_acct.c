@@ -5,8 +5,13 @@
  * "*", "!field" and header_X, the records filter, iso-times no, rotation by
  * max-size and by move-interval into move-to with PowerMTA-style names,
  * delete-after, manual rotation, buffering and flush, reopening an existing
- * file, and pipes being skipped. Files are read back with a small RFC 4180
- * parser (every line must be CRLF-terminated).
+ * file, and |command pipes: header then records (compared byte for byte with
+ * a file), a program that exits at once (detected, warned about, records
+ * dropped and counted, restarted after retry-interval), one that cannot be
+ * started, one that never reads (write-timeout, qmgr never blocks) and one
+ * that ignores EOF at close (terminated); no child is ever left a zombie
+ * (checked in /proc without reaping it ourselves). Files are read back with
+ * a small RFC 4180 parser (every line must be CRLF-terminated).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -22,6 +27,7 @@
 #include <unistd.h>
 #include <utime.h>
 #include <sys/stat.h>
+#include <sys/types.h>
 
 #include <cmocka.h>
 
@@ -573,19 +579,72 @@ static void test_buffering_flush_and_reopen(void **state)
     free(path);
 }
 
-static void test_world_readable_and_pipe_skipped(void **state)
+/* --- pipes ------------------------------------------------------------------------------- */
+
+/* process_gone - PID has been reaped (a zombie still has its /proc entry) */
+static int process_gone(pid_t pid)
+{
+    char path[64];
+
+    snprintf(path, sizeof path, "/proc/%ld", (long)pid);
+    return access(path, F_OK) != 0;
+}
+
+/* tick_until_down - drive the tick (the clock stands still) until pipe I's program is down */
+static void tick_until_down(struct qmgr_acct *a, size_t i)
+{
+    for (int n = 0; qmgr_acct_pipe_pid(a, i) != 0; n++) {
+        assert_true(n < 500);                              /* 5 s */
+        qmgr_acct_tick(a);
+        usleep(10000);
+    }
+}
+
+/* log capture: warnings go to a file in the test directory while a test looks at them */
+static void capture_log(void)
+{
+    char *path = path_in("log");
+    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+
+    assert_true(fd >= 0);
+    msg_use_fd(fd);
+    free(path);
+}
+
+static char *captured_log(void)
+{
+    char *path = path_in("log"), *text = slurp(path, NULL);
+
+    free(path);
+    return text;
+}
+
+static void end_capture(void)
+{
+    msg_use_fd(-1);                                        /* back to stderr */
+}
+
+static void test_world_readable_and_pipe_not_a_file(void **state)
 {
     struct cfg *c;
     struct qmgr_acct *a = open_acct(&c, "<acct-file %s/acct.csv>\n world-readable yes\n</acct-file>\n"
-                                        "<acct-file \"|/bin/cat -u\">\n</acct-file>\n");
+                                        "<acct-file \"|/bin/cat -u\">\n move-to /nonexistent\n"
+                                        "</acct-file>\n");
     char *path = path_in("acct.csv");
     struct stat st;
+    pid_t pid;
 
-    assert_int_equal(qmgr_acct_nfiles(a), 1);
+    assert_int_equal(qmgr_acct_nfiles(a), 1);              /* the pipe is not a file ... */
     assert_string_equal(qmgr_acct_path(a, 0), path);
+    assert_null(qmgr_acct_path(a, 1));
+    assert_int_equal(qmgr_acct_npipes(a), 1);              /* ... but a running pipe */
+    assert_string_equal(qmgr_acct_pipe_name(a, 0), "|/bin/cat -u");
+    assert_true((pid = qmgr_acct_pipe_pid(a, 0)) > 0);
+    assert_int_equal(qmgr_acct_rotate(a), 0);              /* move-to does not apply to it */
     assert_int_equal(stat(path, &st), 0);
     assert_int_equal(st.st_mode & 0777, 0644);
     qmgr_acct_close(a);
+    assert_true(process_gone(pid));                        /* cat saw EOF and was reaped */
     cfg_free(c);
     free(path);
 
@@ -594,7 +653,175 @@ static void test_world_readable_and_pipe_skipped(void **state)
     struct qmgr_acct_record r = delivery();
     assert_int_equal(qmgr_acct_write(a, &r), 0);
     assert_int_equal(qmgr_acct_nfiles(a), 0);
+    assert_int_equal(qmgr_acct_npipes(a), 0);
     qmgr_acct_close(a);
+}
+
+static void test_pipe_gets_header_then_records(void **state)
+{
+    struct cfg *c;
+    struct qmgr_acct *a = open_acct(&c,
+        "<acct-file %s/file.csv>\n records d\n</acct-file>\n"
+        "<acct-file \"|/usr/bin/tee %s/piped.csv\">\n records d\n</acct-file>\n");
+    struct qmgr_acct_record r = delivery();
+    char *file = path_in("file.csv"), *piped = path_in("piped.csv"), *ftext, *ptext;
+    struct csv csv;
+    pid_t pid = qmgr_acct_pipe_pid(a, 0);
+
+    assert_true(pid > 0);
+    assert_int_equal(qmgr_acct_write(a, &r), 0);
+    r.type = QMGR_ACCT_B;                                   /* not selected by records d */
+    assert_int_equal(qmgr_acct_write(a, &r), 0);
+    r.type = QMGR_ACCT_D;
+    r.rcpt = "carol@rcpt.example";
+    assert_int_equal(qmgr_acct_write(a, &r), 0);
+    assert_int_equal(qmgr_acct_flush(a), 0);
+    qmgr_acct_close(a);                                    /* tee gets EOF, exits, is reaped */
+    assert_true(process_gone(pid));
+
+    ftext = slurp(file, NULL);
+    ptext = slurp(piped, NULL);
+    assert_string_equal(ptext, ftext);                     /* exactly what a file gets */
+    read_csv("piped.csv", &csv);
+    assert_int_equal(csv.nrows, 3);
+    assert_string_equal(csv.f[0][0], "type");
+    assert_string_equal(cell(&csv, 1, "rcpt"), "bob@rcpt.example");
+    assert_string_equal(cell(&csv, 2, "rcpt"), "carol@rcpt.example");
+    free_csv(&csv);
+    free(ftext);
+    free(ptext);
+    free(file);
+    free(piped);
+    cfg_free(c);
+}
+
+static void test_pipe_exit_detected_dropped_and_restarted(void **state)
+{
+    struct cfg *c;
+    struct qmgr_acct *a;
+    struct qmgr_acct_record r = delivery();
+    pid_t first, second;
+    char *log;
+
+    capture_log();
+    a = open_acct(&c, "<acct-file \"|/bin/true\">\n records d\n retry-interval 1s\n</acct-file>\n");
+    assert_true((first = qmgr_acct_pipe_pid(a, 0)) > 0);
+    tick_until_down(a, 0);                                 /* true exits at once */
+    assert_true(process_gone(first));                      /* reaped by the tick */
+
+    for (int i = 0; i < 3; i++)                            /* while it is down: dropped, no error */
+        assert_int_equal(qmgr_acct_write(a, &r), 0);
+    r.type = QMGR_ACCT_B;                                  /* not for this pipe: not counted */
+    assert_int_equal(qmgr_acct_write(a, &r), 0);
+    assert_int_equal(qmgr_acct_pipe_dropped(a, 0), 3);
+    assert_int_equal(qmgr_acct_tick(a), 0);
+    assert_int_equal(qmgr_acct_pipe_pid(a, 0), 0);         /* retry-interval not over yet */
+
+    fake_now += 1;
+    assert_int_equal(qmgr_acct_tick(a), 0);
+    assert_true((second = qmgr_acct_pipe_pid(a, 0)) > 0);  /* started again */
+    assert_int_not_equal(second, first);
+    assert_int_equal(qmgr_acct_pipe_dropped(a, 0), 0);
+    qmgr_acct_close(a);
+    assert_true(process_gone(second));
+    cfg_free(c);
+
+    log = captured_log();
+    end_capture();
+    assert_non_null(strstr(log, "warning: acct-file |/bin/true: exited with status 0;"));
+    assert_non_null(strstr(log, "acct-file |/bin/true: started again (pid "));
+    assert_non_null(strstr(log, "3 records were dropped while it was down"));
+    free(log);
+}
+
+static void test_pipe_program_missing_is_retried(void **state)
+{
+    struct cfg *c;
+    struct qmgr_acct *a;
+    struct qmgr_acct_record r = delivery();
+    char *log;
+
+    capture_log();
+    a = open_acct(&c, "<acct-file \"|/nonexistent/acct-prog -x\">\n</acct-file>\n");
+    assert_int_equal(qmgr_acct_npipes(a), 1);
+    /*
+     * glibc's posix_spawnp reports the failed exec at once; under valgrind
+     * (a plain fork) the child exits 127 instead and a tick notices.
+     */
+    tick_until_down(a, 0);
+    assert_int_equal(qmgr_acct_write(a, &r), 0);
+    assert_int_equal(qmgr_acct_pipe_dropped(a, 0), 1);
+    fake_now += 300;                                       /* the default retry-interval */
+    tick_until_down(a, 0);
+    qmgr_acct_close(a);
+    cfg_free(c);
+    log = captured_log();
+    end_capture();
+    assert_true(strstr(log, "cannot start /nonexistent/acct-prog: No such file or directory; "
+                            "retrying in 300 s")
+                || strstr(log, "acct-prog -x: exited with status 127; records for it are dropped "
+                               "until it is started again in 300 s"));
+    free(log);
+}
+
+static void test_pipe_write_timeout_never_blocks(void **state)
+{
+    struct cfg *c;
+    struct qmgr_acct *a;
+    struct qmgr_acct_record r = delivery();
+    pid_t pid;
+    char *log;
+    struct timespec t0, t1;
+
+    capture_log();
+    a = open_acct(&c, "<acct-file \"|/bin/sleep 60\">\n write-timeout 5s\n</acct-file>\n");
+    assert_true((pid = qmgr_acct_pipe_pid(a, 0)) > 0);
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (int i = 0; i < 2000; i++)                         /* ~800 KB: far more than a pipe holds */
+        assert_int_equal(qmgr_acct_write(a, &r), 0);
+    assert_int_equal(qmgr_acct_flush(a), 0);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    assert_true(t1.tv_sec - t0.tv_sec < 3);                /* nothing waited for the reader */
+
+    fake_now += 4;
+    assert_int_equal(qmgr_acct_tick(a), 0);
+    assert_int_equal(qmgr_acct_pipe_pid(a, 0), pid);       /* still within write-timeout */
+    fake_now += 2;
+    assert_int_equal(qmgr_acct_tick(a), 0);
+    assert_int_equal(qmgr_acct_pipe_pid(a, 0), 0);         /* given up on */
+    assert_true(qmgr_acct_pipe_dropped(a, 0) > 1000);      /* what it never took */
+    for (int n = 0; !process_gone(pid); n++) {             /* SIGTERM'd, reaped by a tick */
+        assert_true(n < 500);
+        usleep(10000);
+        qmgr_acct_tick(a);
+    }
+    qmgr_acct_close(a);
+    cfg_free(c);
+    log = captured_log();
+    end_capture();
+    assert_non_null(strstr(log, "acct-file |/bin/sleep 60: accepted no data for 6 s;"));
+    free(log);
+}
+
+static void test_pipe_close_terminates_program_ignoring_eof(void **state)
+{
+    struct cfg *c;
+    struct qmgr_acct *a;
+    pid_t pid;
+    struct timespec t0, t1;
+    long ms;
+
+    capture_log();
+    a = open_acct(&c, "<acct-file \"|/bin/sleep 60\">\n</acct-file>\n");
+    assert_true((pid = qmgr_acct_pipe_pid(a, 0)) > 0);
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    qmgr_acct_close(a);                                    /* like a reload */
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    end_capture();
+    ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
+    assert_true(ms >= 90 && ms < 1000);                    /* the grace time, then SIGTERM */
+    assert_true(process_gone(pid));
+    cfg_free(c);
 }
 
 static void test_unwritable_file_is_retried_not_fatal(void **state)
@@ -646,8 +873,13 @@ int main(void)
         T(test_rotation_by_max_size),
         T(test_rotation_by_interval_and_delete_after),
         T(test_buffering_flush_and_reopen),
-        T(test_world_readable_and_pipe_skipped),
+        T(test_world_readable_and_pipe_not_a_file),
         T(test_unwritable_file_is_retried_not_fatal),
+        T(test_pipe_gets_header_then_records),
+        T(test_pipe_exit_detected_dropped_and_restarted),
+        T(test_pipe_program_missing_is_retried),
+        T(test_pipe_write_timeout_never_blocks),
+        T(test_pipe_close_terminates_program_ignoring_eof),
     };
 
     msg_init("test_qmgr_acct");
