@@ -329,6 +329,8 @@ void qmgr_outcome_queue_failure(struct qqueue *q, const struct qresult *res);
 void qmgr_outcome_config(void);
 void qmgr_outcome_close(void);
 const struct qstore_rcpt *qmgr_msg_find_rcpt(const struct qstore_msg *m, uint32_t index);
+/* qmgr_read_envelope - R's message without its body, or NULL (qstore_msg_free it) */
+struct qstore_msg *qmgr_read_envelope(uint32_t r);
 /* qmgr_host_name - host-name, else the system's name */
 const char *qmgr_host_name(void);
 /* qmgr_queue_local_mail - queue BODY (a whole message) from <> to TO; warns on failure */

@@ -805,9 +805,8 @@ conn_failed_early(struct qconn *c, struct qresult *res)
         return;
     /* 5xx greeting, no such domain, null MX: every ready recipient of the queue bounces. */
     for (uint32_t r; (r = qmgr_ready_pop(q)) != QNIL;) {
-        struct qstore_msg *m = NULL;
-        if (qstore_read_msg(S.qs, S.msg[S.rcpt[r].msg].msgid, 0, &m) < 0)
-            m = NULL;
+        struct qstore_msg *m = qmgr_read_envelope(r);
+
         qmgr_outcome(r, m, q, res);
         if (m)
             qstore_msg_free(m);

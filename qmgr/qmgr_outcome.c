@@ -415,12 +415,9 @@ qmgr_outcome_delete(uint32_t r, struct qqueue *q, int dsn)
     static const struct qresult deleted = { MP_RESULT_PERMFAIL, 0, "5.0.0",
                                             "deleted by the operator (pmtactl delete)", NULL, NULL,
                                             NULL };
-    struct qstore_msg *m = NULL;
-    const struct qstore_rcpt *rr;
+    struct qstore_msg *m = qmgr_read_envelope(r);
+    const struct qstore_rcpt *rr = qmgr_msg_find_rcpt(m, S.rcpt[r].index);
 
-    if (qstore_read_msg(S.qs, S.msg[S.rcpt[r].msg].msgid, 0, &m) < 0)
-        m = NULL;
-    rr = qmgr_msg_find_rcpt(m, S.rcpt[r].index);
     log_attempt("deleted", r, rr, q, &deleted);
     if (dsn && rr)
         send_dsn(m, rr, q, &deleted);
@@ -432,13 +429,22 @@ qmgr_outcome_delete(uint32_t r, struct qqueue *q, int dsn)
         qstore_msg_free(m);
 }
 
-void
-qmgr_outcome_expire(uint32_t r, struct qqueue *q)
+/* qmgr_read_envelope - see qmgr.h */
+struct qstore_msg *
+qmgr_read_envelope(uint32_t r)
 {
     struct qstore_msg *m = NULL;
 
     if (qstore_read_msg(S.qs, S.msg[S.rcpt[r].msg].msgid, 0, &m) < 0)
-        m = NULL;
+        return NULL;
+    return m;
+}
+
+void
+qmgr_outcome_expire(uint32_t r, struct qqueue *q)
+{
+    struct qstore_msg *m = qmgr_read_envelope(r);
+
     expire(r, m, q, NULL);
     if (m)
         qstore_msg_free(m);
@@ -568,10 +574,8 @@ apply_reply_actions(struct qqueue *q, const struct qresult *res, struct qresult 
 static void
 bounce_one(uint32_t r, struct qqueue *q, const struct qresult *res)
 {
-    struct qstore_msg *m = NULL;
+    struct qstore_msg *m = qmgr_read_envelope(r);
 
-    if (qstore_read_msg(S.qs, S.msg[S.rcpt[r].msg].msgid, 0, &m) < 0)
-        m = NULL;
     bounce(r, m, q, res);
     if (m)
         qstore_msg_free(m);
