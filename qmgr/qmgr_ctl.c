@@ -6,6 +6,10 @@
  *     {"cmd":"status"}                                  -> {"ok":true,"status":{...}}
  *     {"cmd":"show-queues","mode":"backoff","paused":true,"queue":"PATTERN",
  *      "maxitems":20,"sort":"rcpt"|"name"}              -> {"ok":true,"total":N,"queues":[...]}
+ *     {"cmd":"show-domains"|"show-vmtas","queue":"PATTERN","maxitems":20}
+ *                                                       -> {"ok":true,"total":N,"domains"|"vmtas":
+ *                                                           [{name,queues,recipients,connections,
+ *                                                             backoff,paused,last_error}]}
  *     {"cmd":"set-queue-mode","queue":"PATTERN","mode":"normal"|"backoff"}
  *     {"cmd":"pause-queue"|"resume-queue","queue":"PATTERN"}
  *                                                       -> {"ok":true,"changed":N,"queues":[...]}
@@ -258,6 +262,101 @@ cmd_show_queues(json_t *req)
     return json_pack("{s:b, s:I, s:o}", "ok", 1, "total", (json_int_t)n, "queues", list);
 }
 
+/* --- show domains / show vmtas: queues summed by domain or by virtual MTA ---------------- */
+
+static int by_vmta_key;
+
+static const char *
+group_key(const struct qqueue *q)
+{
+    return by_vmta_key ? q->vmta : q->domain;
+}
+
+static int
+by_group(const void *a, const void *b)
+{
+    return strcmp(group_key(*(struct qqueue *const *)a), group_key(*(struct qqueue *const *)b));
+}
+
+static int
+by_group_recipients(const void *a, const void *b)
+{
+    json_int_t x = json_integer_value(json_object_get(*(json_t *const *)a, "recipients"));
+    json_int_t y = json_integer_value(json_object_get(*(json_t *const *)b, "recipients"));
+
+    return x != y ? (x < y ? 1 : -1)
+                  : strcmp(json_string_value(json_object_get(*(json_t *const *)a, "name")),
+                           json_string_value(json_object_get(*(json_t *const *)b, "name")));
+}
+
+/* group_json - the sums over QS[0..N) (one domain or one virtual MTA) */
+static json_t *
+group_json(struct qqueue **qs, uint32_t n)
+{
+    uint64_t rcpts = 0, conns = 0, backoff = 0, paused = 0;
+    const char *last_error = "";
+
+    for (uint32_t i = 0; i < n; i++) {
+        rcpts += qs[i]->nready + qs[i]->ndeferred + qs[i]->ninflight;
+        conns += qs[i]->nconn;
+        backoff += qs[i]->mode == QMODE_BACKOFF;
+        paused += qs[i]->paused != 0;
+        if (qs[i]->last_error && *qs[i]->last_error)
+            last_error = qs[i]->last_error;
+    }
+    return json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:s}", "name", group_key(qs[0]),
+                     "queues", (json_int_t)n, "recipients", (json_int_t)rcpts,
+                     "connections", (json_int_t)conns, "backoff", (json_int_t)backoff,
+                     "paused", (json_int_t)paused, "last_error", last_error);
+}
+
+/* cmd_show_groups - show-domains (BY_VMTA 0) or show-vmtas: most recipients first */
+static json_t *
+cmd_show_groups(json_t *req, int by_vmta)
+{
+    json_t *pat = json_object_get(req, "queue"), *mi = json_object_get(req, "maxitems");
+    const char *pattern = pat ? json_string_value(pat) : NULL;
+    json_int_t max = mi ? json_integer_value(mi) : 20;
+    struct qqueue **qs = xreallocarray(NULL, S.nqueues + 1, sizeof *qs);
+    json_t *groups = json_array(), *list = json_array(), *g;
+    uint32_t n = 0;
+    size_t i;
+
+    if ((pat && !pattern) || (mi && !json_is_integer(mi)) || max < 0) {
+        free(qs);
+        json_decref(groups);
+        json_decref(list);
+        return error_reply("show-domains/show-vmtas: bad argument (maxitems >= 0, queue PATTERN)");
+    }
+    for (uint32_t k = 0; k < S.nqueues; k++)
+        if (!pattern || queue_matches(S.queues[k], pattern))
+            qs[n++] = S.queues[k];
+    by_vmta_key = by_vmta;
+    qsort(qs, n, sizeof *qs, by_group);
+    for (uint32_t start = 0, end; start < n; start = end) {
+        for (end = start + 1; end < n && strcmp(group_key(qs[end]), group_key(qs[start])) == 0;)
+            end++;
+        json_array_append_new(groups, group_json(qs + start, end - start));
+    }
+    free(qs);
+    /* jansson has no sort: order a C array of the group objects, then fill the reply */
+    {
+        size_t ng = json_array_size(groups);
+        json_t **arr = xreallocarray(NULL, ng + 1, sizeof *arr);
+
+        json_array_foreach(groups, i, g)
+            arr[i] = g;
+        qsort(arr, ng, sizeof *arr, by_group_recipients);
+        for (i = 0; i < ng && (max == 0 || i < (size_t)max); i++)
+            json_array_append(list, arr[i]);
+        free(arr);
+    }
+    g = json_pack("{s:b, s:I, s:o}", "ok", 1, "total", (json_int_t)json_array_size(groups),
+                  by_vmta ? "vmtas" : "domains", list);
+    json_decref(groups);
+    return g;
+}
+
 /* required_pattern - the "queue" argument, or NULL */
 static const char *
 required_pattern(json_t *req)
@@ -421,6 +520,8 @@ dispatch(json_t *req)
         return cmd_status(req);
     if (strcmp(cmd, "show-queues") == 0)
         return cmd_show_queues(req);
+    if (strcmp(cmd, "show-domains") == 0 || strcmp(cmd, "show-vmtas") == 0)
+        return cmd_show_groups(req, cmd[5] == 'v');
     if (strcmp(cmd, "set-queue-mode") == 0)
         return cmd_set_queue_mode(req);
     if (strcmp(cmd, "pause-queue") == 0 || strcmp(cmd, "resume-queue") == 0)
@@ -429,8 +530,8 @@ dispatch(json_t *req)
         return cmd_schedule(req);
     if (strcmp(cmd, "delete") == 0)
         return cmd_delete(req);
-    return error_reply("unknown command (status, show-queues, set-queue-mode, pause-queue, "
-                       "resume-queue, schedule, delete)");
+    return error_reply("unknown command (status, show-queues, show-domains, show-vmtas, "
+                       "set-queue-mode, pause-queue, resume-queue, schedule, delete)");
 }
 
 /* --- clients ----------------------------------------------------------------------------- */

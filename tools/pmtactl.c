@@ -10,6 +10,8 @@
  *   show status
  *   show queues [--mode=normal|backoff] [--paused=yes|no] [--maxitems=N]
  *               [--sort=name|rcpt] [--mode-events] [PATTERN]
+ *   show domains [--maxitems=N] [PATTERN]
+ *   show vmtas [--maxitems=N] [PATTERN]
  *   set queue --mode=normal|backoff PATTERN
  *   pause queue PATTERN
  *   resume queue PATTERN
@@ -160,6 +162,9 @@ usage(FILE *out)
             "  show queues [--mode=normal|backoff] [--paused=yes|no] [--maxitems=N]\n"
             "              [--sort=name|rcpt] [--mode-events] [PATTERN]\n"
             "                                       the queues, most recipients first\n"
+            "  show domains [--maxitems=N] [PATTERN]\n"
+            "                                       queues summed by domain\n"
+            "  show vmtas [--maxitems=N] [PATTERN]  queues summed by virtual MTA\n"
             "  set queue --mode=normal|backoff PATTERN\n"
             "                                       put queues into (or out of) backoff mode\n"
             "  pause queue PATTERN                  stop delivering from queues\n"
@@ -807,6 +812,65 @@ print_queues(const struct options *o, json_t *response)
     return 0;
 }
 
+/* --- show domains, show vmtas --------------------------------------------------- */
+
+static void
+add_show_groups_args(json_t *req, const struct options *o, const char *pattern)
+{
+    if (pattern)
+        json_object_set_new(req, "queue", json_string(pattern));
+    if (o->given & OPT_MAXITEMS)
+        json_object_set_new(req, "maxitems", json_integer(o->maxitems));
+}
+
+/* print_groups - the table of show domains (KEY "domains") or show vmtas ("vmtas") */
+static int
+print_groups(json_t *response, const char *key, const char *title, const char *noun)
+{
+    json_t *groups = json_object_get(response, key), *g;
+    json_int_t sum = 0;
+    size_t i;
+
+    if (!json_is_array(groups))
+        return fail("malformed response from pmtad (no \"%s\" array)", key);
+    json_array_foreach(groups, i, g)
+        sum += json_integer_value(json_object_get(g, "recipients"));
+    printf("%-36s %6s %8s %6s %5s %7s %6s %s\n", title, "queues", "rcpts", "%rcpts", "conns",
+           "backoff", "paused", "last error");
+    json_array_foreach(groups, i, g) {
+        char nq[32], nr[32], nc[32], nb[32], np[32];
+        json_int_t r = json_integer_value(json_object_get(g, "recipients"));
+        char *name = printable(get_text(g, "name"), SIZE_MAX);
+        char *error = printable(get_text(g, "last_error"), ERROR_COLUMN_MIN + 10);
+
+        printf("%-36s %6s %8s %5.1f%% %5s %7s %6s %s\n", name,
+               format_count(g, "queues", nq, sizeof(nq)), format_count(g, "recipients", nr, sizeof(nr)),
+               sum ? 100.0 * (double)r / (double)sum : 0.0,
+               format_count(g, "connections", nc, sizeof(nc)),
+               format_count(g, "backoff", nb, sizeof(nb)), format_count(g, "paused", np, sizeof(np)),
+               error);
+        free(name);
+        free(error);
+    }
+    printf("%zu of %" JSON_INTEGER_FORMAT " %s\n", json_array_size(groups),
+           json_integer_value(json_object_get(response, "total")), noun);
+    return 0;
+}
+
+static int
+print_domains(const struct options *o, json_t *response)
+{
+    (void)o;
+    return print_groups(response, "domains", "domain", "domains");
+}
+
+static int
+print_vmtas(const struct options *o, json_t *response)
+{
+    (void)o;
+    return print_groups(response, "vmtas", "virtual mta", "virtual MTAs");
+}
+
 /* --- set queue, pause queue, resume queue, schedule ---------------------------- */
 
 /* add_pattern_arg - "queue": PATTERN */
@@ -1018,6 +1082,10 @@ static const struct command commands[] = {
     { "show", "status", 0, 0, PATTERN_NONE, "status", NULL, NULL, print_status },
     { "show", "queues", OPT_MODE | OPT_PAUSED | OPT_MAXITEMS | OPT_SORT | OPT_MODE_EVENTS, 0,
       PATTERN_OPTIONAL, "show-queues", add_show_queues_args, NULL, print_queues },
+    { "show", "domains", OPT_MAXITEMS, 0, PATTERN_OPTIONAL, "show-domains", add_show_groups_args,
+      NULL, print_domains },
+    { "show", "vmtas", OPT_MAXITEMS, 0, PATTERN_OPTIONAL, "show-vmtas", add_show_groups_args,
+      NULL, print_vmtas },
     { "set", "queue", OPT_MODE, OPT_MODE, PATTERN_REQUIRED, "set-queue-mode",
       add_set_mode_args, changed_anything, print_set_queue_mode },
     { "pause", "queue", 0, 0, PATTERN_REQUIRED, "pause-queue", add_pattern_arg,

@@ -44,7 +44,7 @@ from fakeout import FakeOut, OK, TEMPFAIL
 from pmtatest import Pmta, Tap, build_dir, free_port, require_root, wait_for
 from test_qmgr import fill, qmgr_socket
 
-PLAN = 31
+PLAN = 32
 PMTACTL = os.path.join(build_dir(), "tools", "pmtactl")
 
 
@@ -158,6 +158,14 @@ def cli_tests(tap, p, fake):
     rc, out, _ = pmtactl(p, "show", "status")
     tap.ok(rc == 0 and re.search(r"recipients queued:\s+\d+", out),
            "pmtactl show status prints the totals", out)
+    rc, out, _ = pmtactl(p, "show", "domains")
+    rc2, vm, _ = pmtactl(p, "--json", "show", "vmtas")
+    vdoc = json.loads(vm) if rc2 == 0 else {}
+    tap.ok(rc == 0 and re.search(r"(?m)^idle\.test\s+1\s+4\s+[\d.]+%", out)
+           and re.search(r"(?m)^\d+ of \d+ domains$", out)
+           and vdoc.get("ok") and vdoc["vmtas"][0]["name"] == "{default}",
+           "pmtactl show domains / show vmtas: queues summed by domain and by virtual MTA",
+           (out, vm[:300]))
     rc, out, _ = pmtactl(p, "set", "queue", "--mode=backoff", "idle.test")
     rc2, table, _ = pmtactl(p, "show", "queues", "--mode=backoff")
     tap.ok(rc == 0 and "queue idle.test/{default}: mode set to backoff" in out and rc2 == 0

@@ -60,15 +60,15 @@ def main():
     require_root(tap, PLAN)
     with Pmta(name="delay-dsn") as p:
         p.write_config(CONFIG)
+        t_queued = time.monotonic()     # the recipients' queued_at: the clock starts here
         fill(p, "-n", "1", "-r", "1", "-d", "slow")
         fill(p, "-n", "1", "-r", "1", "-d", "never")
         p.start()
         fake = FakeOut(qmgr_socket(p), answer=always_451, txn_delay=0.01).start()
-        t0 = time.monotonic()
         first = wait_for(lambda: len(reports(p)) >= 1, timeout=8)
-        t_first = time.monotonic() - t0
+        t_first = time.monotonic() - t_queued
         wait_for(lambda: len(reports(p)) >= 2, timeout=8)
-        t_second = time.monotonic() - t0
+        t_second = time.monotonic() - t_queued
         time.sleep(max(0, 5.0 - t_second))
         n5 = len(reports(p))
         bodies = reports(p)
@@ -84,8 +84,10 @@ def main():
         p.stop()
         log = p.log()
     body = bodies[0] if bodies else ""
-    tap.ok(first and 1.5 <= t_first <= 5,
-           "a recipient failing for 2 s gets its first delay report (%.1f s)" % t_first)
+    # queue times are whole seconds: "2 s in the queue" can come up to 1 s early
+    tap.ok(first and 1.0 <= t_first <= 6,
+           "a recipient failing for 2 s gets its first delay report (%.1f s after queueing)"
+           % t_first)
     tap.ok(re.search(r"Action: delayed", body) and re.search(r"Status: 4\.3\.0", body)
            and "Will-Retry-Until:" in body and "mailbox busy" in body
            and "Final-Recipient: rfc822; u" in body,
@@ -94,7 +96,7 @@ def main():
     tap.ok("text/rfc822-headers" in body and "body 0" not in body,
            "... returning the header section only", body[-400:])
     tap.ok(n5 <= 3 and len(re.findall(r"delay notice \d+ for", log_before)) == n5 and n5 >= 2,
-           "one report per full 2 s interval: %d in 5 s" % n5)
+           "one report per full 2 s interval: %d in the first 5 s" % n5)
     tap.ok(not [b for b in bodies if "never.test" in b],
            "notify-of-delay-every never: no report")
     ks = [int(k) for k in re.findall(r"delay notice (\d+) for", log)]
