@@ -35,6 +35,7 @@
 #define PMTA_CFG_H
 
 #include <stdint.h>
+#include <stdio.h>
 #include <stddef.h>
 #include <sys/socket.h>
 
@@ -223,6 +224,14 @@ enum cfg_http_level { CFG_HTTP_NONE = 0, CFG_HTTP_MONITOR, CFG_HTTP_OPERATOR, CF
  * no line matches.
  */
 enum cfg_http_level cfg_http_access(const struct cfg *c, int family, const uint8_t *addr);
+
+/*
+ * cfg_show_settings - the effective settings of queue QUEUE ("DOMAIN[/VMTA]")
+ * to OUT, one aligned "name value origin" line each; 0, or -1 with the
+ * reason in ERR
+ */
+int cfg_show_settings(const struct cfg *c, const char *queue, FILE *out, char *err,
+                      size_t errsize);
 
 /* cfg_global - effective global value of D (the file's, else the default); never NULL if D has a default */
 const struct cfg_value *cfg_global(const struct cfg *c, enum cfg_directive d);

@@ -110,73 +110,23 @@ master_check_config(const char *path)
     return 0;
 }
 
-/* origin_text - "file:line", or "default" for a built-in value */
-static void
-origin_text(const struct cfg *c, const struct cfg_value *v, char *out, size_t outsize)
-{
-    if (v == NULL || v->file == 0)
-        snprintf(out, outsize, "default");
-    else
-        snprintf(out, outsize, "%s:%" PRIu32, cfg_str(c, v->file), v->line);
-}
-
 /* master_show_settings - --show-settings DOMAIN[/VMTA]: one aligned line per setting */
 int
 master_show_settings(const char *path, const char *queue)
 {
     struct diag_counts dc = { 0, 0, 0 };
-    struct cfg *c;
-    struct cfg_resolved *r;
-    char *domain = xstrdup(queue);
-    char *vmta = strchr(domain, '/');
-    char value[512], origin[PATH_MAX + 32];
-    size_t namew = 0, valuew = 0;
-    int status = 1;
+    struct cfg *c = load_checked(path, &dc);
+    char err[300];
+    int rc;
 
-    if (vmta)
-        *vmta++ = '\0';
-    if ((c = load_checked(path, &dc)) == NULL) {
+    if (c == NULL) {
         fprintf(stderr, "%s: configuration has errors\n", path);
-        free(domain);
         return 1;
     }
-    r = xcalloc(1, sizeof(*r));
-    if (*domain == '\0' || cfg_resolve_queue(c, domain, vmta && *vmta ? vmta : NULL, r) != 0) {
-        if (*domain == '\0')
-            fprintf(stderr, "pmtad: --show-settings needs DOMAIN[/VMTA]\n");
-        else
-            fprintf(stderr, "pmtad: unknown virtual-mta '%s'\n", vmta ? vmta : "");
-        goto out;
-    }
-    /* Two passes: measure the columns, then print them aligned. */
-    for (int pass = 0; pass < 2; pass++) {
-        for (int d = 0; d < CFG_D_COUNT; d++) {
-            const struct cfg_directive_info *info = cfg_directive_info((enum cfg_directive)d);
-            const struct cfg_value *v = r->v[d];
-
-            if (info == NULL || !(info->scopes & CFG_IN(CFG_S_DOMAIN)))
-                continue;
-            if (v)
-                cfg_format_value(c, v, value, sizeof(value));
-            else
-                snprintf(value, sizeof(value), "(unset)");
-            origin_text(c, v, origin, sizeof(origin));
-            if (pass == 0) {
-                namew = strlen(info->name) > namew ? strlen(info->name) : namew;
-                valuew = strlen(value) > valuew ? strlen(value) : valuew;
-            } else {
-                printf("%-*s  %-*s  %s\n", (int)namew, info->name, (int)valuew, value, origin);
-            }
-        }
-        if (valuew > 40)
-            valuew = 40;        /* one long value must not push every origin off screen */
-    }
-    status = 0;
-out:
-    free(r);
+    if ((rc = cfg_show_settings(c, queue, stdout, err, sizeof err)) < 0)
+        fprintf(stderr, "pmtad: --show-settings: %s\n", err);
     cfg_free(c);
-    free(domain);
-    return status;
+    return rc < 0 ? 1 : 0;
 }
 
 /* master_absolute_path - PATH made absolute against the current directory; caller frees */

@@ -12,6 +12,7 @@
  *               [--sort=name|rcpt] [--mode-events] [PATTERN]
  *   show domains [--maxitems=N] [PATTERN]
  *   show vmtas [--maxitems=N] [PATTERN]
+ *   show settings DOMAIN[/VMTA]
  *   set queue --mode=normal|backoff PATTERN
  *   pause queue PATTERN
  *   resume queue PATTERN
@@ -165,6 +166,7 @@ usage(FILE *out)
             "  show domains [--maxitems=N] [PATTERN]\n"
             "                                       queues summed by domain\n"
             "  show vmtas [--maxitems=N] [PATTERN]  queues summed by virtual MTA\n"
+            "  show settings DOMAIN[/VMTA]          the effective settings of that queue\n"
             "  set queue --mode=normal|backoff PATTERN\n"
             "                                       put queues into (or out of) backoff mode\n"
             "  pause queue PATTERN                  stop delivering from queues\n"
@@ -426,6 +428,27 @@ load_run_directory(const char *config_path)
     run_dir = absolute_path(v && *cfg_str(c, v->text) ? cfg_str(c, v->text) : DEFAULT_RUN_DIR);
     cfg_free(c);
     return run_dir;
+}
+
+/*
+ * run_show_settings - `pmtactl show settings DOMAIN[/VMTA]`: read from the
+ * configuration file itself (what pmtad runs is that file once reloaded),
+ * the same lines as pmtad --show-settings
+ */
+static int
+run_show_settings(const struct options *o, const char *queue)
+{
+    unsigned nerrors = 0;
+    struct cfg *c = cfg_load(o->config_path, print_config_error, (void *)o->config_path, &nerrors);
+    char err[300];
+    int rc;
+
+    if (c == NULL)
+        return fail("%s: cannot load the configuration (%u error%s)", o->config_path, nerrors,
+                    nerrors == 1 ? "" : "s");
+    rc = cfg_show_settings(c, queue, stdout, err, sizeof err);
+    cfg_free(c);
+    return rc < 0 ? fail("show settings %s: %s", queue, err) : 0;
 }
 
 /* --- the control socket ------------------------------------------------------ */
@@ -1096,6 +1119,7 @@ static const struct command commands[] = {
       scheduled_anything, print_schedule },
     { "delete", NULL, OPT_DSN | OPT_QUEUE, 0, PATTERN_REQUIRED, "delete", add_delete_args,
       scheduled_anything, print_delete },
+    { "show", "settings", 0, 0, PATTERN_REQUIRED, NULL, NULL, NULL, NULL },
     { "reload", NULL, 0, 0, PATTERN_NONE, NULL, NULL, NULL, NULL },
     { "rotate", "log", 0, 0, PATTERN_NONE, NULL, NULL, NULL, NULL },
 };
@@ -1296,6 +1320,8 @@ main(int argc, char **argv)
                            o.nwords > 1 ? o.words[1] : "");
     if ((rc = check_command_args(cmd, &o, &pattern)) != 0)
         return rc;
+    if (cmd->wire_name == NULL && cmd->object && strcmp(cmd->object, "settings") == 0)
+        return run_show_settings(&o, pattern);
     if (cmd->wire_name == NULL)
         return run_signal_command(cmd, &o);
     return run_socket_command(cmd, &o, pattern);

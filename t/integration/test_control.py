@@ -44,7 +44,7 @@ from fakeout import FakeOut, OK, TEMPFAIL
 from pmtatest import Pmta, Tap, build_dir, free_port, require_root, wait_for
 from test_qmgr import fill, qmgr_socket
 
-PLAN = 32
+PLAN = 33
 PMTACTL = os.path.join(build_dir(), "tools", "pmtactl")
 
 
@@ -166,6 +166,13 @@ def cli_tests(tap, p, fake):
            and vdoc.get("ok") and vdoc["vmtas"][0]["name"] == "{default}",
            "pmtactl show domains / show vmtas: queues summed by domain and by virtual MTA",
            (out, vm[:300]))
+    rc, out, _ = pmtactl(p, "show", "settings", "later.test")
+    direct = subprocess.run([os.path.join(build_dir(), "master", "pmtad"), "--show-settings",
+                             "later.test", "-c", p.config_path], capture_output=True, text=True)
+    tap.ok(rc == 0 and re.search(r"(?m)^retry-after\s+1h\s+\S+:\d+$", out)
+           and out == direct.stdout,
+           "pmtactl show settings later.test: retry-after 1h from its file:line, the same lines "
+           "as pmtad --show-settings", out[:300])
     rc, out, _ = pmtactl(p, "set", "queue", "--mode=backoff", "idle.test")
     rc2, table, _ = pmtactl(p, "show", "queues", "--mode=backoff")
     tap.ok(rc == 0 and "queue idle.test/{default}: mode set to backoff" in out and rc2 == 0
