@@ -161,20 +161,10 @@ domain-key s1,sender.test,%(key)s
 <smtp-pattern-list gmail>
   reply /rate limit exceeded/ mode=backoff
 </smtp-pattern-list>
-<domain throttle.test>
-  smtp-pattern-list gmail
-  max-msg-rate 50/s
-  max-smtp-out 5
-  backoff-max-msg-rate 2/s
-  backoff-max-smtp-out 1
-  retry-after 1s
-  backoff-retry-after 1s
-  retry-recipients-after 1s
-</domain>
 <smtp-pattern-list quiet>
 </smtp-pattern-list>
-<domain nothrottle.test>
-  smtp-pattern-list quiet
+""" + "".join("""<domain %s>
+  smtp-pattern-list %s
   max-msg-rate 50/s
   max-smtp-out 5
   backoff-max-msg-rate 2/s
@@ -183,7 +173,7 @@ domain-key s1,sender.test,%(key)s
   backoff-retry-after 1s
   retry-recipients-after 1s
 </domain>
-"""
+""" % pair for pair in (("throttle.test", "gmail"), ("nothrottle.test", "quiet")))
 
 ORIGINAL = (b"From: Sender <sender@sender.test>\r\n"
             b"To: Bob <ok-plain@basic.test>\r\n"
