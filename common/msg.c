@@ -23,6 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fdio.h"
 #include "msg.h"
 
 #define MSG_LINE_MAX 4096
@@ -149,21 +150,6 @@ level_to_syslog(enum msg_level level)
     }
 }
 
-static void
-write_all(int fd, const char *p, size_t n)
-{
-    while (n > 0) {
-        ssize_t w = write(fd, p, n);
-
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return;
-        p += w;
-        n -= (size_t)w;
-    }
-}
-
 /* flatten - one event, one line: no CR/LF inside the text */
 static void
 flatten(char *s)
@@ -177,7 +163,7 @@ void
 msg_flush(void)
 {
     if (msg_batch_len > 0 && msg_fd >= 0)
-        write_all(msg_fd, msg_batch, msg_batch_len);
+        (void)fd_write_all(msg_fd, msg_batch, msg_batch_len);   /* a failing log has nobody to tell */
     msg_batch_len = 0;
 }
 
@@ -195,7 +181,7 @@ emit(enum msg_level level, const char *line, size_t n)
         return;
     }
     msg_flush();
-    write_all(msg_fd, line, n);
+    (void)fd_write_all(msg_fd, line, n);
 }
 
 /* copy_to_stderr - in the foreground: warnings always, every line on a terminal */
@@ -233,7 +219,7 @@ msg_vlog(enum msg_level level, const char *fmt, va_list ap)
         n = sizeof(line) - 1, line[n - 1] = '\n';
     emit(level, line, n);
     if (copy_to_stderr(level))
-        write_all(STDERR_FILENO, line, n);
+        (void)fd_write_all(STDERR_FILENO, line, n);
     errno = saved_errno;
 }
 

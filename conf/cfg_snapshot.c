@@ -35,6 +35,7 @@
 #include "buf.h"
 #include "xalloc.h"
 #include "cfg.h"
+#include "fdio.h"
 #include "cfg_parse.h"
 
 #define SNAP_MAGIC   "PMTACFG1"
@@ -87,21 +88,6 @@ static uint64_t append_aligned(struct buf *body, const void *p, size_t n)
     return off;
 }
 
-static int write_all(int fd, const void *p, size_t n)
-{
-    const char *s = p;
-
-    while (n) {
-        ssize_t w = write(fd, s, n);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0)
-            return -errno;
-        s += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
 
 static void fsync_dir(const char *path)
 {
@@ -148,7 +134,7 @@ int cfg_snapshot_write(const struct cfg *c, const char *path)
         rc = -errno;
         goto out;
     }
-    if ((rc = write_all(fd, &h, sizeof h)) == 0 && (rc = write_all(fd, body.data, body.len)) == 0
+    if ((rc = fd_write_all(fd, &h, sizeof h)) == 0 && (rc = fd_write_all(fd, body.data, body.len)) == 0
         && fsync(fd) != 0)
         rc = -errno;
     if (close(fd) != 0 && rc == 0)

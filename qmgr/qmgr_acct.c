@@ -46,6 +46,7 @@
 
 #include "buf.h"
 #include "cfg.h"
+#include "fdio.h"
 #include "msg.h"
 #include "xalloc.h"
 
@@ -635,19 +636,6 @@ static void format_record(const struct acct_file *f, struct buf *b, const struct
 
 /* --- file handling ---------------------------------------------------------------------- */
 
-static int write_all(int fd, const char *p, size_t n)
-{
-    while (n > 0) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0)
-            return -errno;
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
 
 static int flush_file(struct acct_file *f)
 {
@@ -655,7 +643,7 @@ static int flush_file(struct acct_file *f)
 
     if (f->pending.len == 0)
         return 0;
-    rc = write_all(f->fd, f->pending.data, f->pending.len);
+    rc = fd_write_all(f->fd, f->pending.data, f->pending.len);
     if (rc == 0) {
         buf_reset(&f->pending);
         if (f->sync && fsync(f->fd) != 0)
