@@ -113,25 +113,36 @@ source_ip_of(const struct cfg_value *v, char *out, size_t size)
     return out;
 }
 
-/* usable_source - index of the first source of Q's VMTA from START (round-robin) that
- * disable-source-ip has not disabled; -1 if none; N gets how many there are */
+/*
+ * usable_source - index of the first source of Q's VMTA from START (mod
+ * their number, round-robin) that disable-source-ip has not disabled, -1
+ * if none; N gets how many there are. O(sources), and just a count while
+ * nothing is disabled.
+ */
 static int
 usable_source(struct qqueue *q, uint32_t start, uint32_t *n)
 {
-    uint32_t scope = source_host_scope(q->vmta), it = 0;
+    uint32_t scope = source_host_scope(q->vmta), it = 0, i;
+    int first = -1;
+    const struct cfg_value *v;
     char ip[64];
 
-    *n = 0;
-    while (cfg_scope_next(S.cfg, scope, CFG_D_SMTP_SOURCE_HOST, &it))
+    for (*n = 0; cfg_scope_next(S.cfg, scope, CFG_D_SMTP_SOURCE_HOST, &it);)
         (*n)++;
+    if (!qmgr_source_any_disabled(q))
+        return *n ? (int)(start % *n) : 0;
     if (*n == 0)                    /* the implicit source: disabled as a whole */
-        return qmgr_source_any_disabled(q) ? -1 : 0;
-    for (uint32_t k = 0; k < *n; k++) {
-        uint32_t i = (start + k) % *n;
-        if (!qmgr_source_disabled(q, source_ip_of(source_host(scope, i), ip, sizeof ip)))
-            return (int)i;
+        return -1;
+    start %= *n;
+    for (it = 0, i = 0; (v = cfg_scope_next(S.cfg, scope, CFG_D_SMTP_SOURCE_HOST, &it)); i++) {
+        if (qmgr_source_disabled(q, source_ip_of(v, ip, sizeof ip)))
+            continue;
+        if (i >= start)
+            return (int)i;          /* the first usable one from START on */
+        if (first < 0)
+            first = (int)i;         /* else wrap around to the first usable one */
     }
-    return -1;
+    return first;
 }
 
 /* pick_source - the next usable "IP HOSTNAME" of VMTA (round-robin), else "" and its host-name */
