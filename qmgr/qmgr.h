@@ -248,6 +248,10 @@ void qmgr_rcpt_reserve(uint64_t n);
  * (qmgr_ready_push* follow it)
  */
 struct qqueue *qmgr_queue_route(struct qqueue *q);
+/* qmgr_mode_name - "normal" or "backoff" */
+const char *qmgr_mode_name(int mode);
+/* qmgr_queue_matches - Q against "domain[/vmta]" with shell wildcards (no "/vmta": any vmta) */
+int qmgr_queue_matches(const struct qqueue *q, const char *pattern);
 /* qmgr_source_disable - stop using source IP for Q, for SECONDS (< 0: until a restart) */
 void qmgr_source_disable(struct qqueue *q, const char *ip, int64_t seconds);
 /* qmgr_source_disabled - is IP disabled for Q now? (expired entries are dropped) */

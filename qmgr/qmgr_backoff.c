@@ -440,14 +440,13 @@ notify(struct qqueue *q, int mode, const char *why)
 void
 qmgr_backoff_set_mode(struct qqueue *q, int mode, const char *why, int64_t to_normal_s)
 {
-    static const char *const names[] = { "normal", "backoff" };
-
     /* Each reply that asks for backoff restarts the way back: still being told off. */
     if (mode == QMODE_BACKOFF)
         q->backoff_until_ms = to_normal_at(q, to_normal_s);
     if (q->mode == mode)
         return;
-    msg_info("queue %s mode %s -> %s: %s", q->name, names[q->mode], names[mode], why);
+    msg_info("queue %s mode %s -> %s: %s", q->name, qmgr_mode_name(q->mode), qmgr_mode_name(mode),
+             why);
     remember(q, mode, why);
     notify(q, mode, why);
     q->mode = mode;

@@ -30,7 +30,6 @@
 #include "config.h"
 
 #include <errno.h>
-#include <fnmatch.h>
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
@@ -66,33 +65,6 @@ static int listening;
 static struct ctl_client *clients;
 static unsigned nclients;
 
-static const char *const mode_names[] = { "normal", "backoff" };
-
-/* qmgr_ctl_mode_name - see qmgr_ctl.h */
-const char *
-qmgr_ctl_mode_name(int mode)
-{
-    return mode_names[mode == QMODE_BACKOFF];
-}
-
-/* --- queue patterns ---------------------------------------------------------------------- */
-
-/* queue_matches - Q against "domain[/vmta]" with shell wildcards (no "/vmta": any) */
-static int
-queue_matches(const struct qqueue *q, const char *pattern)
-{
-    const char *slash = strchr(pattern, '/');
-    char domain[512];
-
-    if (slash == NULL)
-        return fnmatch(pattern, q->domain, FNM_CASEFOLD) == 0;
-    if ((size_t)(slash - pattern) >= sizeof domain)
-        return 0;
-    memcpy(domain, pattern, (size_t)(slash - pattern));
-    domain[slash - pattern] = '\0';
-    return fnmatch(domain, q->domain, FNM_CASEFOLD) == 0
-           && fnmatch(slash + 1, q->vmta, FNM_CASEFOLD) == 0;
-}
 
 /* --- replies ----------------------------------------------------------------------------- */
 
@@ -127,8 +99,8 @@ mode_events_json(const struct qqueue *q)
         const struct qmode_event *e = &q->mode_events[at];
 
         json_array_append_new(list, json_pack("{s:s, s:s, s:s, s:s}", "time",
-                                              qmgr_ctl_stamp(when, e->wall), "from", mode_names[e->from],
-                                              "to", mode_names[e->to], "why", e->why));
+                                              qmgr_ctl_stamp(when, e->wall), "from", qmgr_mode_name(e->from),
+                                              "to", qmgr_mode_name(e->to), "why", e->why));
     }
     return list;
 }
@@ -143,7 +115,7 @@ qmgr_ctl_queue_json(const struct qqueue *q)
     return json_pack("{s:s, s:s, s:s, s:s, s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I,"
                      " s:s, s:o}",
                      "name", q->name, "domain", q->domain, "vmta", q->vmta,
-                     "mode", mode_names[q->mode], "paused", q->paused,
+                     "mode", qmgr_mode_name(q->mode), "paused", q->paused,
                      "recipients", (json_int_t)(q->nready + q->ndeferred + q->ninflight),
                      "ready", (json_int_t)q->nready, "deferred", (json_int_t)q->ndeferred,
                      "inflight", (json_int_t)q->ninflight, "connections", (json_int_t)q->nconn,
@@ -213,7 +185,7 @@ by_name(const void *a, const void *b)
 static int
 shown(const struct qqueue *q, const char *pattern, int mode, int paused)
 {
-    return (!pattern || queue_matches(q, pattern)) && (mode < 0 || q->mode == mode)
+    return (!pattern || qmgr_queue_matches(q, pattern)) && (mode < 0 || q->mode == mode)
            && (paused < 0 || (q->paused != 0) == paused);
 }
 
@@ -228,7 +200,7 @@ optional_mode(json_t *req)
     if (!json_is_string(v))
         return -2;
     for (int m = 0; m < 2; m++)
-        if (strcmp(json_string_value(v), mode_names[m]) == 0)
+        if (strcmp(json_string_value(v), qmgr_mode_name(m)) == 0)
             return m;
     return -2;
 }
@@ -329,7 +301,7 @@ cmd_show_groups(json_t *req, int by_vmta)
         return error_reply("show-domains/show-vmtas: bad argument (maxitems >= 0, queue PATTERN)");
     }
     for (uint32_t k = 0; k < S.nqueues; k++)
-        if (!pattern || queue_matches(S.queues[k], pattern))
+        if (!pattern || qmgr_queue_matches(S.queues[k], pattern))
             qs[n++] = S.queues[k];
     by_vmta_key = by_vmta;
     qsort(qs, n, sizeof *qs, by_group);
@@ -401,7 +373,7 @@ for_matching(const char *pattern, queue_action act, int arg)
     uint32_t matched = 0, changed = 0;
 
     for (uint32_t i = 0; i < S.nqueues; i++) {
-        if (!queue_matches(S.queues[i], pattern))
+        if (!qmgr_queue_matches(S.queues[i], pattern))
             continue;
         matched++;
         if (act(S.queues[i], arg)) {
@@ -450,7 +422,7 @@ cmd_schedule(json_t *req)
     for (uint32_t i = 0; i < S.nqueues; i++) {
         struct qqueue *q = S.queues[i];
 
-        if (!queue_matches(q, pattern))
+        if (!qmgr_queue_matches(q, pattern))
             continue;
         nq++;
         q->retry_until_ms = 0;
@@ -495,7 +467,7 @@ cmd_delete(json_t *req)
         return error_reply("delete needs \"queue\" (domain[/vmta]) and optionally \"dsn\" (true to "
                            "send bounces)");
     for (uint32_t i = 0; i < S.nqueues; i++)
-        if (queue_matches(S.queues[i], pattern)) {
+        if (qmgr_queue_matches(S.queues[i], pattern)) {
             nq++;
             delete_queue(S.queues[i], json_is_true(dsn), &deleted, &inflight);
         }

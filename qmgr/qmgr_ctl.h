@@ -11,8 +11,6 @@
 
 /* qmgr_ctl_stamp - "2026-11-27 20:41:05+0000" for unix seconds WALL, into OUT */
 const char *qmgr_ctl_stamp(char out[32], uint64_t wall);
-/* qmgr_ctl_mode_name - "normal" or "backoff" */
-const char *qmgr_ctl_mode_name(int mode);
 /* qmgr_ctl_status_json - totals: recipients, messages, queues, connections, outcomes */
 json_t *qmgr_ctl_status_json(void);
 /* qmgr_ctl_queue_json - one queue: mode, pause, counts, retry, last error, mode events */

@@ -116,19 +116,12 @@ get_status(struct MHD_Connection *conn)
                                   "status", status));
 }
 
-/* listed - does queue Q pass /queues' filters (exact domain[/vmta], mode)? */
+/* listed - does queue Q pass /queues' filters (domain[/vmta] as pmtactl takes it, mode)? */
 static int
 listed(const struct qqueue *q, const char *pattern, const char *mode)
 {
-    const char *slash = pattern ? strchr(pattern, '/') : NULL;
-    size_t dlen = slash ? (size_t)(slash - pattern) : pattern ? strlen(pattern) : 0;
-
-    if (mode && strcmp(mode, qmgr_ctl_mode_name(q->mode)) != 0)
-        return 0;
-    if (pattern == NULL)
-        return 1;
-    return strncmp(q->domain, pattern, dlen) == 0 && q->domain[dlen] == '\0'
-           && (!slash || strcmp(q->vmta, slash + 1) == 0);
+    return (!mode || strcmp(mode, qmgr_mode_name(q->mode)) == 0)
+           && (!pattern || qmgr_queue_matches(q, pattern));
 }
 
 static enum MHD_Result

@@ -20,6 +20,7 @@
  */
 #include "config.h"
 
+#include <fnmatch.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -322,6 +323,30 @@ qmgr_rcpt_expired(uint32_t r, uint64_t now_wall)
 }
 
 /* --- ready lists -------------------------------------------------------------------- */
+
+/* qmgr_mode_name - see qmgr.h */
+const char *
+qmgr_mode_name(int mode)
+{
+    return mode == QMODE_BACKOFF ? "backoff" : "normal";
+}
+
+/* qmgr_queue_matches - see qmgr.h */
+int
+qmgr_queue_matches(const struct qqueue *q, const char *pattern)
+{
+    const char *slash = strchr(pattern, '/');
+    char domain[512];
+
+    if (slash == NULL)
+        return fnmatch(pattern, q->domain, FNM_CASEFOLD) == 0;
+    if ((size_t)(slash - pattern) >= sizeof domain)
+        return 0;
+    memcpy(domain, pattern, (size_t)(slash - pattern));
+    domain[slash - pattern] = '\0';
+    return fnmatch(domain, q->domain, FNM_CASEFOLD) == 0
+           && fnmatch(slash + 1, q->vmta, FNM_CASEFOLD) == 0;
+}
 
 /* --- disabled source addresses (disable-source-ip) ------------------------------------- */
 
