@@ -43,12 +43,7 @@
 #include "smtpd.h"
 
 struct listener {
-    union {
-        uv_handle_t handle;
-        uv_stream_t stream;
-        uv_tcp_t tcp;
-        uv_pipe_t pipe;
-    } io;
+    union smtpd_stream io;
     struct smtpd_origin origin;
     char *cert_file;            /* the listener's own tls-certificate, or NULL */
 };

@@ -73,6 +73,14 @@ bool smtpd_policy_relay_domain(const struct cfg *c, const char *domain);
 /* --- smtpd_session.c --------------------------------------------------------- */
 
 /* How a connection arrived. */
+/* A TCP or Unix-socket stream (listeners and sessions serve both: SMTP and pickup). */
+union smtpd_stream {
+    uv_handle_t handle;
+    uv_stream_t stream;
+    uv_tcp_t tcp;
+    uv_pipe_t pipe;
+};
+
 struct smtpd_origin {
     const char *listener_source;    /* "" / "{pickup}" */
     const char *listener_address;   /* for logs */

@@ -68,12 +68,7 @@ enum txn_state {
 };
 
 struct smtpd_session {
-    union {
-        uv_handle_t handle;
-        uv_stream_t stream;
-        uv_tcp_t tcp;
-        uv_pipe_t pipe;
-    } io;
+    union smtpd_stream io;
     uv_timer_t timer;
     uv_shutdown_t shutdown_req;
     unsigned refs;                  /* open handles + AUTH checks in flight */
