@@ -19,7 +19,7 @@
  *     unknown type, a frame for a transaction that does not exist) is logged
  *     and closes that connection; committed messages are untouched.
  *
- * Owns: the listening poll handle, every connection (freed when its channel
+ * Owns: the listener, every connection (freed when its channel
  * is closed and its last transaction is done) and every transaction.
  *
  * SECURITY: this is where peer-derived bytes enter the worker. Every string
@@ -56,8 +56,7 @@ struct cleanup_conn {
 };
 
 static struct {
-    uv_poll_t poll;
-    int polling;
+    struct worker_listener *listener;  /* the cleanup socket (worker runtime) */
     struct cleanup_conn *conns;        /* open connections */
     unsigned nconns, serial;
     uv_timer_t close_timer;
@@ -475,32 +474,14 @@ accept_one(int fd)
     msg_debug("connection %u from smtpd", c->serial);
 }
 
-static void
-on_listen_ready(uv_poll_t *p, int status, int events)
-{
-    int fd;
-
-    if (status < 0) {
-        msg_warn("cleanup socket: %s", uv_strerror(status));
-        return;
-    }
-    while ((fd = accept4(worker_socket_fd("cleanup"), NULL, NULL, SOCK_CLOEXEC)) >= 0)
-        accept_one(fd);
-    if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED)
-        msg_warn("accept on the cleanup socket: %s", strerror(errno));
-}
-
 void
 cleanup_server_start(void)
 {
-    int fd = worker_socket_fd("cleanup"), err;
+    int err = worker_listen("cleanup", accept_one, &S.listener);
 
-    if (fd < 0)
-        msg_fatal("pmtad gave us no cleanup socket");
-    if ((err = uv_poll_init(worker_loop(), &S.poll, fd)) < 0
-        || (err = uv_poll_start(&S.poll, UV_READABLE, on_listen_ready)) < 0)
-        msg_fatal("cannot watch the cleanup socket: %s", uv_strerror(err));
-    S.polling = 1;
+    if (err < 0)
+        msg_fatal("cannot serve the cleanup socket: %s", err == -ENOENT ? "pmtad gave us none"
+                                                                       : uv_strerror(err));
     uv_timer_init(worker_loop(), &S.close_timer);
     S.close_timer_open = 1;
 }
@@ -508,10 +489,8 @@ cleanup_server_start(void)
 void
 cleanup_server_stop_accepting(void)
 {
-    if (!S.polling)
-        return;
-    S.polling = 0;
-    uv_close((uv_handle_t *)&S.poll, NULL);
+    worker_listen_stop(S.listener);
+    S.listener = NULL;
 }
 
 int

@@ -26,6 +26,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "buf.h"
@@ -597,6 +598,72 @@ worker_listen_address(int i)
     return i >= 0 && i < W.nlisteners ? W.listeners[i].address : "";
 }
 
+/* --- listening on an internal socket ------------------------------------------------------ */
+
+struct worker_listener {
+    uv_poll_t poll;
+    const char *name;
+    int fd;
+    void (*accepted)(int fd);
+};
+
+static void
+on_listener_ready(uv_poll_t *h, int status, int events)
+{
+    struct worker_listener *l = h->data;
+    int fd;
+
+    (void)events;
+    if (status < 0) {
+        msg_warn("%s socket: %s", l->name, uv_strerror(status));
+        return;
+    }
+    while ((fd = accept4(l->fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK)) >= 0)
+        l->accepted(fd);
+    if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED)
+        msg_warn("accept on the %s socket: %s", l->name, strerror(errno));
+}
+
+static void
+free_listener(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+/* worker_listen - see worker.h */
+int
+worker_listen(const char *name, void (*accepted)(int fd), struct worker_listener **out)
+{
+    struct worker_listener *l;
+    int fd = worker_socket_fd(name), err;
+
+    if (fd < 0)
+        return -ENOENT;
+    l = xcalloc(1, sizeof *l);
+    l->name = name;
+    l->fd = fd;
+    l->accepted = accepted;
+    if ((err = uv_poll_init(&W.loop, &l->poll, fd)) < 0) {
+        free(l);
+        return err;
+    }
+    l->poll.data = l;
+    if ((err = uv_poll_start(&l->poll, UV_READABLE, on_listener_ready)) < 0) {
+        worker_listen_stop(l);
+        return err;
+    }
+    *out = l;
+    return 0;
+}
+
+void
+worker_listen_stop(struct worker_listener *l)
+{
+    if (l)
+        uv_close((uv_handle_t *)&l->poll, free_listener);
+}
+
+/* worker_socket_fd - see worker.h */
 int
 worker_socket_fd(const char *name)
 {

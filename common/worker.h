@@ -78,6 +78,16 @@ const char *worker_listen_source(int i);   /* "" when the listener names no sour
 const char *worker_listen_address(int i);  /* "IP:PORT" as configured */
 /* worker_socket_fd - the internal socket NAME ("cleanup", "qmgr", "control") this role serves, or -1 */
 int worker_socket_fd(const char *name);
+
+/*
+ * worker_listen - accept connections on the internal socket NAME; ACCEPTED
+ * gets each new descriptor (close-on-exec, non-blocking) and owns it.
+ * 0 and *OUT set, -ENOENT when pmtad gave this role no such socket, or a
+ * libuv error. worker_listen_stop() closes the watcher (not the socket).
+ */
+struct worker_listener;
+int worker_listen(const char *name, void (*accepted)(int fd), struct worker_listener **out);
+void worker_listen_stop(struct worker_listener *l);
 /* worker_socket_path - where clients reach internal socket NAME (RUNDIR/private/NAME); caller frees */
 char *worker_socket_path(const char *name);
 

@@ -21,7 +21,7 @@
  * queue (they may have been delivered: that is the one duplicate allowed).
  *
  * Owns: S.peers, S.conn_by_id, every struct qconn and struct qpeer, the
- * listening poll handle, the per-vmta source-host round-robin counters.
+ * listener (worker runtime), the per-vmta source-host round-robin counters.
  * SECURITY: frames from peers are parsed field by field with ipc_get_*; a
  * malformed or unexpected frame closes that peer (its in-flight recipients
  * return to the queue). Strings from peers are bounded before being kept.
@@ -46,8 +46,7 @@
 #define DEFAULT_IDLE_TIMEOUT_MS 5000u
 #define STREAM_MS 1000u             /* new work this recent makes a queue a stream */
 
-static uv_poll_t listen_poll;
-static int listening;
+static struct worker_listener *listener;
 static uint32_t conn_cursor;
 static uint32_t nresting;           /* idle connections whose idle timer runs */
 static int reclaim_wanted;          /* a cap bound and no connection was resting */
@@ -989,43 +988,21 @@ accept_one(int fd)
     S.peers = p;
 }
 
-static void
-on_listen_ready(uv_poll_t *h, int status, int events)
-{
-    int fd;
-
-    (void)h;
-    (void)events;
-    if (status < 0) {
-        msg_warn("qmgr socket: %s", uv_strerror(status));
-        return;
-    }
-    while ((fd = accept4(worker_socket_fd("qmgr"), NULL, NULL, SOCK_CLOEXEC)) >= 0)
-        accept_one(fd);
-    if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED)
-        msg_warn("accept on the qmgr socket: %s", strerror(errno));
-}
-
 void
 qmgr_conn_listen(void)
 {
-    int fd = worker_socket_fd("qmgr"), err;
+    int err = worker_listen("qmgr", accept_one, &listener);
 
-    if (fd < 0)
-        msg_fatal("pmtad gave us no qmgr socket");
-    if ((err = uv_poll_init(worker_loop(), &listen_poll, fd)) < 0
-        || (err = uv_poll_start(&listen_poll, UV_READABLE, on_listen_ready)) < 0)
-        msg_fatal("cannot watch the qmgr socket: %s", uv_strerror(err));
-    listening = 1;
+    if (err < 0)
+        msg_fatal("cannot serve the qmgr socket: %s", err == -ENOENT ? "pmtad gave us none"
+                                                                    : uv_strerror(err));
 }
 
 void
 qmgr_conn_stop_listening(void)
 {
-    if (!listening)
-        return;
-    listening = 0;
-    uv_close((uv_handle_t *)&listen_poll, NULL);
+    worker_listen_stop(listener);
+    listener = NULL;
 }
 
 /* --- shutdown --------------------------------------------------------------------------------- */

@@ -60,8 +60,7 @@ struct ctl_write {
     char *text;
 };
 
-static uv_poll_t listen_poll;
-static int listening;
+static struct worker_listener *listener;
 static struct ctl_client *clients;
 static unsigned nclients;
 
@@ -644,43 +643,24 @@ accept_client(int fd)
     uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read);
 }
 
-static void
-on_listen_ready(uv_poll_t *h, int status, int events)
-{
-    int fd;
-
-    (void)h;
-    (void)events;
-    if (status < 0)
-        return;
-    while ((fd = accept4(worker_socket_fd("control"), NULL, NULL,
-                         SOCK_CLOEXEC | SOCK_NONBLOCK)) >= 0)
-        accept_client(fd);
-}
-
 /* qmgr_ctl_listen - serve RUNDIR/control if pmtad gave us the socket */
 void
 qmgr_ctl_listen(void)
 {
-    int fd = worker_socket_fd("control"), err;
+    int err = worker_listen("control", accept_client, &listener);
 
-    if (fd < 0) {
+    if (err == -ENOENT)
         msg_warn("pmtad gave us no control socket; pmtactl will not work");
-        return;
-    }
-    if ((err = uv_poll_init(worker_loop(), &listen_poll, fd)) < 0
-        || (err = uv_poll_start(&listen_poll, UV_READABLE, on_listen_ready)) < 0)
+    else if (err < 0)
         msg_fatal("cannot watch the control socket: %s", uv_strerror(err));
-    listening = 1;
 }
 
 /* qmgr_ctl_stop - stop listening and drop every client (shutdown) */
 void
 qmgr_ctl_stop(void)
 {
-    if (listening)
-        uv_close((uv_handle_t *)&listen_poll, NULL);
-    listening = 0;
+    worker_listen_stop(listener);
+    listener = NULL;
     while (clients)
         client_close(clients);
 }
