@@ -34,7 +34,8 @@ struct run {
     size_t body;
 };
 
-static struct qstore_newmsg *bench_msg(unsigned nrcpt, size_t body_len)
+static struct qstore_newmsg *
+bench_msg(unsigned nrcpt, size_t body_len)
 {
     struct qstore_envelope e = { .sender = "bench@example.org", .vmta = "pool" };
     struct qstore_rcpt *r = xcalloc(nrcpt, sizeof *r);
@@ -59,7 +60,8 @@ static struct qstore_newmsg *bench_msg(unsigned nrcpt, size_t body_len)
 
 static void submit_more(struct run *r);
 
-static void on_ack(void *arg, int status, uint64_t msgid)
+static void
+on_ack(void *arg, int status, uint64_t msgid)
 {
     struct run *r = arg;
 
@@ -73,7 +75,8 @@ static void on_ack(void *arg, int status, uint64_t msgid)
     submit_more(r);
 }
 
-static void submit_more(struct run *r)
+static void
+submit_more(struct run *r)
 {
     while (r->inflight < r->conc && r->submitted < r->total) {
         qstore_group_submit(r->g, bench_msg(r->nrcpt, r->body), on_ack, r);
@@ -82,14 +85,16 @@ static void submit_more(struct run *r)
     }
 }
 
-static void closed(void *arg)
+static void
+closed(void *arg)
 {
     (void)arg;
 }
 
 /* run_group - N messages with C outstanding through a group of MAX_BATCH */
-static void run_group(const char *dir, unsigned n, unsigned c, unsigned nrcpt, size_t body,
-                      unsigned max_batch, unsigned flags, const char *label)
+static void
+run_group(const char *dir, unsigned n, unsigned c, unsigned nrcpt, size_t body, unsigned max_batch,
+          unsigned flags, const char *label)
 {
     struct qstore_opts o = { .map_size = (size_t)8 << 30, .flags = flags };
     struct qstore_group_opts go = { .max_batch = max_batch };
@@ -112,8 +117,9 @@ static void run_group(const char *dir, unsigned n, unsigned c, unsigned nrcpt, s
     uv_run(&r.loop, UV_RUN_DEFAULT);
     uv_loop_close(&r.loop);
     printf("%-22s %6u msgs  %8.0f msgs/s  %6" PRIu64 " commits  %7.1f commits/s  "
-           "%6.1f msgs/sync  %.2f ms/commit\n", label, n, n / secs, st.commits,
-           (double)st.commits / secs, st.commits ? (double)st.msgs / (double)st.commits : 0,
+           "%6.1f msgs/sync  %.2f ms/commit\n",
+           label, n, n / secs, st.commits, (double)st.commits / secs,
+           st.commits ? (double)st.msgs / (double)st.commits : 0,
            st.commits ? st.commit_ms / (double)st.commits : 0);
     qstore_close(qs);
 }
@@ -135,9 +141,10 @@ struct scan_ctx {
     unsigned nqueues;
 };
 
-static uint32_t intern(struct scan_ctx *c, const char *q, size_t len)
+static uint32_t
+intern(struct scan_ctx *c, const char *q, size_t len)
 {
-    for (unsigned i = 0; i < c->nqueues; i++)      /* a handful of queues here */
+    for (unsigned i = 0; i < c->nqueues; i++) /* a handful of queues here */
         if (strncmp(c->queues[i], q, len) == 0 && c->queues[i][len] == '\0')
             return i;
     c->queues = xreallocarray(c->queues, c->nqueues + 1, sizeof *c->queues);
@@ -145,7 +152,8 @@ static uint32_t intern(struct scan_ctx *c, const char *q, size_t len)
     return c->nqueues++;
 }
 
-static int scan_cb(const struct qstore_sched *s, void *arg)
+static int
+scan_cb(const struct qstore_sched *s, void *arg)
 {
     struct scan_ctx *c = arg;
 
@@ -158,7 +166,8 @@ static int scan_cb(const struct qstore_sched *s, void *arg)
     return 0;
 }
 
-static void run_scan(const char *dir, unsigned nrcpt_total)
+static void
+run_scan(const char *dir, unsigned nrcpt_total)
 {
     struct qstore_opts o = { .map_size = (size_t)8 << 30, .flags = QSTORE_NOSYNC };
     struct scan_ctx c = { 0 };
@@ -195,8 +204,8 @@ static void run_scan(const char *dir, unsigned nrcpt_total)
     qstore_scan(qs, scan_cb, &c, &st);
     scan_ms = (double)(uv_hrtime() - t0) / 1e6;
     printf("scan: %" PRIu64 " recipients in %.1f ms (%.0f ns each), %zu bytes/rcpt in the "
-           "compact table; fill took %.0f ms\n", st.seen, scan_ms,
-           scan_ms * 1e6 / (double)st.seen, sizeof(struct sched_rec), fill_ms);
+           "compact table; fill took %.0f ms\n",
+           st.seen, scan_ms, scan_ms * 1e6 / (double)st.seen, sizeof(struct sched_rec), fill_ms);
     for (unsigned i = 0; i < c.nqueues; i++)
         free(c.queues[i]);
     free(c.queues);
@@ -204,7 +213,8 @@ static void run_scan(const char *dir, unsigned nrcpt_total)
     qstore_close(qs);
 }
 
-static void cleanup_dir(const char *root, const char *env)
+static void
+cleanup_dir(const char *root, const char *env)
 {
     char p[256];
 
@@ -216,7 +226,8 @@ static void cleanup_dir(const char *root, const char *env)
     rmdir(root);
 }
 
-int main(int argc, char **argv)
+int
+main(int argc, char **argv)
 {
     unsigned n = 5000, c = 64, nrcpt = 2, scan_n = 1000000, flags = 0;
     size_t body = 4000;
@@ -225,12 +236,24 @@ int main(int argc, char **argv)
 
     while ((ch = getopt(argc, argv, "n:c:s:r:R:N")) != -1) {
         switch (ch) {
-        case 'n': n = (unsigned)atoi(optarg); break;
-        case 'c': c = (unsigned)atoi(optarg); break;
-        case 's': body = (size_t)atol(optarg); break;
-        case 'r': nrcpt = (unsigned)atoi(optarg); break;
-        case 'R': scan_n = (unsigned)atoi(optarg); break;
-        case 'N': flags |= QSTORE_NOSYNC; break;
+        case 'n':
+            n = (unsigned)atoi(optarg);
+            break;
+        case 'c':
+            c = (unsigned)atoi(optarg);
+            break;
+        case 's':
+            body = (size_t)atol(optarg);
+            break;
+        case 'r':
+            nrcpt = (unsigned)atoi(optarg);
+            break;
+        case 'R':
+            scan_n = (unsigned)atoi(optarg);
+            break;
+        case 'N':
+            flags |= QSTORE_NOSYNC;
+            break;
         default:
             fprintf(stderr, "usage: %s [-n msgs] [-c conc] [-s body] [-r rcpts] [-R scan] [-N]\n",
                     argv[0]);

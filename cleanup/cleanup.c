@@ -77,9 +77,9 @@ log_stats(int force)
     if (!force && st.msgs == last_logged_msgs)
         return;
     last_logged_msgs = st.msgs;
-    msg_info("stats: messages=%" PRIu64 " commits=%" PRIu64 " max_batch=%" PRIu64
-             " failed=%" PRIu64 " refused=%" PRIu64 " commit_ms_avg=%.2f", st.msgs, st.commits,
-             st.max_batch, st.failed, cleanup.refused,
+    msg_info("stats: messages=%" PRIu64 " commits=%" PRIu64 " max_batch=%" PRIu64 " failed=%" PRIu64
+             " refused=%" PRIu64 " commit_ms_avg=%.2f",
+             st.msgs, st.commits, st.max_batch, st.failed, cleanup.refused,
              st.commits ? st.commit_ms / (double)st.commits : 0.0);
 }
 

@@ -42,34 +42,34 @@
 
 /* Internal ceilings (a source's max-message-size may be lower). */
 #define CLEANUP_MAX_MESSAGE ((size_t)100 << 20)
-#define CLEANUP_MAX_RCPT 100000u
-#define CLEANUP_MAX_FIELD QSTORE_STR_MAX      /* bytes of one envelope string */
+#define CLEANUP_MAX_RCPT    100000u
+#define CLEANUP_MAX_FIELD   QSTORE_STR_MAX /* bytes of one envelope string */
 
 /* --- one configuration generation, as cleanup uses it (cleanup_conf.c) ---- */
 
-struct cleanup_pattern;                /* one compiled <pattern-list> entry */
+struct cleanup_pattern; /* one compiled <pattern-list> entry */
 
-struct cleanup_vmta_keys {             /* domain-key lines of one <virtual-mta> */
+struct cleanup_vmta_keys { /* domain-key lines of one <virtual-mta> */
     uint32_t scope;
     struct cleanup_dkim_keylist *keys;
 };
 
-struct cleanup_seed_key {              /* dkim-selector + dkim-key-file of <domain> */
+struct cleanup_seed_key { /* dkim-selector + dkim-key-file of <domain> */
     char *selector, *path;
     struct cleanup_dkim_keylist *keys; /* NULL: the key could not be loaded */
 };
 
 struct cleanup_conf {
-    const struct cfg *cfg;             /* held (worker_config_hold) */
+    const struct cfg *cfg; /* held (worker_config_hold) */
     unsigned refs;
     struct cleanup_dkim_keylist *global_keys;
     struct cleanup_vmta_keys *vmta_keys;
     size_t nvmta_keys;
     struct cleanup_seed_key *seed_keys;
     size_t nseed_keys;
-    struct cleanup_pattern *patterns;  /* every <pattern-list> entry, in file order */
+    struct cleanup_pattern *patterns; /* every <pattern-list> entry, in file order */
     size_t npatterns;
-    unsigned *pool_turn;               /* per scope index: next pool member */
+    unsigned *pool_turn; /* per scope index: next pool member */
     const char *host_name;
 };
 
@@ -97,28 +97,28 @@ const char *cleanup_conf_pattern_vmta(const struct cleanup_conf *cc, const char 
 struct cleanup_rcpt {
     char *address;
     char *orcpt;
-    uint32_t notify;                   /* MP_NOTIFY_* */
+    uint32_t notify; /* MP_NOTIFY_* */
 };
 
 struct cleanup_conn;
 
 struct cleanup_txn {
-    struct cleanup_txn *next;          /* on its connection */
+    struct cleanup_txn *next; /* on its connection */
     struct cleanup_conn *conn;
     uint32_t id;
-    struct cleanup_conf *conf;         /* pinned */
-    struct cfg_resolved src;           /* the client's <source> settings (point into conf->cfg) */
-    char *source_name;                 /* the listener's source= ("" none) */
+    struct cleanup_conf *conf; /* pinned */
+    struct cfg_resolved src;   /* the client's <source> settings (point into conf->cfg) */
+    char *source_name;         /* the listener's source= ("" none) */
     char *client_ip, *local_ip, *helo, *auth_user, *tls_protocol, *tls_cipher;
     char *sender, *envid;
     uint32_t client_port, local_port, mail_flags;
     uint64_t declared_size;
     struct cleanup_rcpt *rcpts;
     size_t nrcpt, rcpt_cap;
-    struct buf data;                   /* the message; limit = max size */
-    uint64_t received;                 /* DATA bytes seen (also after a refusal) */
-    int answered;                      /* MP_TXN_RESULT already sent */
-    int ended;                         /* END seen: processing or committing */
+    struct buf data;   /* the message; limit = max size */
+    uint64_t received; /* DATA bytes seen (also after a refusal) */
+    int answered;      /* MP_TXN_RESULT already sent */
+    int ended;         /* END seen: processing or committing */
     uint64_t started_ns;
 };
 
@@ -144,9 +144,9 @@ void cleanup_txn_done(struct cleanup_txn *t);
 /* --- routing (cleanup_route.c) -------------------------------------------- */
 
 struct cleanup_route {
-    char *selected;                    /* vmta or pool name as chosen, "{default}" */
-    char *vmta;                        /* the virtual MTA the queues use */
-    const char *why;                   /* which rule chose it (for debug logs) */
+    char *selected;  /* vmta or pool name as chosen, "{default}" */
+    char *vmta;      /* the virtual MTA the queues use */
+    const char *why; /* which rule chose it (for debug logs) */
 };
 
 /*
@@ -174,12 +174,12 @@ void cleanup_notify_close(void);
 /* --- process state (cleanup.c) ------------------------------------------------ */
 
 struct cleanup_state {
-    struct cleanup_dkim *dk;           /* OpenDKIM handle + key cache (all generations) */
-    struct cleanup_conf *conf;         /* the current generation */
+    struct cleanup_dkim *dk;   /* OpenDKIM handle + key cache (all generations) */
+    struct cleanup_conf *conf; /* the current generation */
     struct qstore *qs;
     struct qstore_group *group;
     int stopping;
-    uint64_t accepted, refused;        /* transactions answered 250 / otherwise */
+    uint64_t accepted, refused; /* transactions answered 250 / otherwise */
 };
 
 extern struct cleanup_state cleanup;

@@ -62,10 +62,10 @@ struct work {
     struct cleanup_txn *t;
     struct cleanup_message *msg;
     struct cleanup_route route;
-    char **domains, **queues;          /* per recipient */
+    char **domains, **queues; /* per recipient */
     int dkim_signed;
-    size_t size;                       /* bytes of the rendered message */
-    struct buf out;                    /* the rendered message */
+    size_t size;    /* bytes of the rendered message */
+    struct buf out; /* the rendered message */
     struct qstore_newmsg *nm;
 };
 
@@ -91,9 +91,10 @@ source_opts(const struct cleanup_txn *t, struct cleanup_opts *o)
     o->add_received = opt_bool(t, CFG_D_ADD_RECEIVED_HEADER);
     o->hide_source = opt_bool(t, CFG_D_HIDE_MESSAGE_SOURCE);
     o->add_message_id = opt_bool(t, CFG_D_ADD_MESSAGE_ID_HEADER);
-    o->add_date = date == NULL ? CLEANUP_DATE_NO
-                : date->num == 2 ? CLEANUP_DATE_OVERRIDE
-                : date->num == 1 ? CLEANUP_DATE_YES : CLEANUP_DATE_NO;
+    o->add_date = date == NULL     ? CLEANUP_DATE_NO
+                  : date->num == 2 ? CLEANUP_DATE_OVERRIDE
+                  : date->num == 1 ? CLEANUP_DATE_YES
+                                   : CLEANUP_DATE_NO;
     o->process_x_virtual_mta = opt_bool(t, CFG_D_PROCESS_X_VIRTUAL_MTA);
     o->retain_x_virtual_mta = opt_bool(t, CFG_D_RETAIN_X_VIRTUAL_MTA);
     o->process_x_job = opt_bool(t, CFG_D_PROCESS_X_JOB);
@@ -197,8 +198,8 @@ dkim_domain(struct work *w, struct cfg_resolved *res)
         if (last && strcmp(last, w->domains[i]) == 0)
             continue;
         last = w->domains[i];
-        if (cfg_resolve_queue(w->t->conf->cfg, last, w->route.vmta, res) == 0
-            && res->v[CFG_D_DKIM_SIGN] && res->v[CFG_D_DKIM_SIGN]->num == 1)
+        if (cfg_resolve_queue(w->t->conf->cfg, last, w->route.vmta, res) == 0 &&
+            res->v[CFG_D_DKIM_SIGN] && res->v[CFG_D_DKIM_SIGN]->num == 1)
             return 1;
     }
     return 0;
@@ -221,9 +222,11 @@ dkim_opts(const struct cfg *c, const struct cfg_resolved *res, struct cleanup_dk
     memset(o, 0, sizeof(*o));
     o->headers = res_str(c, res, CFG_D_DKIM_HEADERS);
     o->header_canon = res->v[CFG_D_DKIM_HEADERS_CANON] && res->v[CFG_D_DKIM_HEADERS_CANON]->num
-                    ? CLEANUP_DKIM_SIMPLE : CLEANUP_DKIM_RELAXED;
+                          ? CLEANUP_DKIM_SIMPLE
+                          : CLEANUP_DKIM_RELAXED;
     o->body_canon = res->v[CFG_D_DKIM_BODY_CANON] && res->v[CFG_D_DKIM_BODY_CANON]->num
-                  ? CLEANUP_DKIM_SIMPLE : CLEANUP_DKIM_RELAXED;
+                        ? CLEANUP_DKIM_SIMPLE
+                        : CLEANUP_DKIM_RELAXED;
     if (id && strcasecmp(id, "sender-or-from") != 0)
         o->identity = id;
 }
@@ -289,8 +292,8 @@ env_flags(const struct cleanup_txn *t, const struct cleanup_message *msg)
     uint8_t f = 0;
 
     /* 8-bit content needs 8BITMIME downstream, whatever the client declared */
-    if ((t->mail_flags & (MP_MAIL_8BITMIME | MP_MAIL_BINARYMIME)) || msg->body_8bit
-        || msg->head_8bit)
+    if ((t->mail_flags & (MP_MAIL_8BITMIME | MP_MAIL_BINARYMIME)) || msg->body_8bit ||
+        msg->head_8bit)
         f |= QSTORE_F_8BITMIME;
     if (t->mail_flags & MP_MAIL_SMTPUTF8)
         f |= QSTORE_F_SMTPUTF8;
@@ -305,12 +308,13 @@ fill_envelope(struct work *w, struct qstore_envelope *e)
     const struct cfg *c = t->conf->cfg;
     uint32_t sb = cleanup_sender_block(c, t->sender);
     const struct cfg_value *bs = sb == CFG_NONE ? NULL
-                               : cfg_scope_get(c, sb, CFG_D_SENDER_BOUNCE_SENDER);
+                                                : cfg_scope_get(c, sb, CFG_D_SENDER_BOUNCE_SENDER);
 
     memset(e, 0, sizeof(*e));
     e->flags = env_flags(t, w->msg);
-    e->ret = (t->mail_flags & MP_MAIL_RET_FULL) ? QSTORE_RET_FULL
-           : (t->mail_flags & MP_MAIL_RET_HDRS) ? QSTORE_RET_HDRS : QSTORE_RET_NONE;
+    e->ret = (t->mail_flags & MP_MAIL_RET_FULL)   ? QSTORE_RET_FULL
+             : (t->mail_flags & MP_MAIL_RET_HDRS) ? QSTORE_RET_HDRS
+                                                  : QSTORE_RET_NONE;
     e->sender = t->sender;
     e->envid = w->msg->envid ? w->msg->envid : t->envid;
     e->job_id = w->msg->job_id ? w->msg->job_id : "";
@@ -384,8 +388,8 @@ log_queued(const struct pending *p, const char *qid)
     char sender[256];
 
     msg_printable(sender, sizeof(sender), p->t->sender, strlen(p->t->sender));
-    msg_info("queued %s from=<%s> nrcpt=%zu size=%zu vmta=%s dkim=%s", qid, sender,
-             p->t->nrcpt, p->size, p->vmta, p->dkim_signed ? "signed" : "unsigned");
+    msg_info("queued %s from=<%s> nrcpt=%zu size=%zu vmta=%s dkim=%s", qid, sender, p->t->nrcpt,
+             p->size, p->vmta, p->dkim_signed ? "signed" : "unsigned");
 }
 
 /* on_committed - the group committer's verdict on one message */
@@ -423,14 +427,14 @@ submit(struct work *w, struct reply *r)
     p->vmta = xstrdup(w->route.vmta);
     p->size = w->size;
     p->dkim_signed = w->dkim_signed;
-    if (cleanup.group == NULL
-        || (err = qstore_group_submit(cleanup.group, w->nm, on_committed, p)) < 0) {
+    if (cleanup.group == NULL ||
+        (err = qstore_group_submit(cleanup.group, w->nm, on_committed, p)) < 0) {
         free(p->vmta);
         free(p);
         *r = (struct reply){ 451, "4.3.2", "System shutting down; try again later" };
         return -1;
     }
-    w->nm = NULL;                      /* the group owns it now */
+    w->nm = NULL; /* the group owns it now */
     return 0;
 }
 

@@ -40,12 +40,12 @@
 enum pattern_result { PR_VMTA, PR_CALL, PR_OTHER };
 
 struct cleanup_pattern {
-    uint32_t scope;                    /* the <pattern-list> it belongs to */
-    enum cfg_directive what;           /* MAIL_FROM, RCPT_TO, HEADER */
-    char *header;                      /* HEADER: the field name */
+    uint32_t scope;          /* the <pattern-list> it belongs to */
+    enum cfg_directive what; /* MAIL_FROM, RCPT_TO, HEADER */
+    char *header;            /* HEADER: the field name */
     pcre2_code *re;
     enum pattern_result result;
-    char *arg;                         /* vmta name or called list */
+    char *arg; /* vmta name or called list */
 };
 
 /* --- domain-key lines ------------------------------------------------------- */
@@ -134,8 +134,8 @@ cleanup_conf_seed_keys(struct cleanup_conf *cc, const char *selector, const char
     char err[CLEANUP_ERRLEN];
 
     for (size_t i = 0; i < cc->nseed_keys; i++)
-        if (strcmp(cc->seed_keys[i].selector, selector) == 0
-            && strcmp(cc->seed_keys[i].path, path) == 0)
+        if (strcmp(cc->seed_keys[i].selector, selector) == 0 &&
+            strcmp(cc->seed_keys[i].path, path) == 0)
             return cc->seed_keys[i].keys;
     cc->seed_keys = xreallocarray(cc->seed_keys, cc->nseed_keys + 1, sizeof(*cc->seed_keys));
     k = &cc->seed_keys[cc->nseed_keys++];
@@ -143,8 +143,7 @@ cleanup_conf_seed_keys(struct cleanup_conf *cc, const char *selector, const char
     k->path = xstrdup(path);
     k->keys = cleanup_dkim_keylist_create();
     /* "*": the key signs whatever identity the <domain> block's settings choose */
-    if (cleanup_dkim_keylist_add(cleanup.dk, k->keys, selector, "*", path, err,
-                                 sizeof(err)) < 0) {
+    if (cleanup_dkim_keylist_add(cleanup.dk, k->keys, selector, "*", path, err, sizeof(err)) < 0) {
         msg_error("dkim-key-file %s: %s", path, err);
         cleanup_dkim_keylist_free(k->keys);
         k->keys = NULL;
@@ -193,9 +192,9 @@ compile_entry(struct cleanup_pattern *p, const char *text)
         p->header = xstrndup(s, n);
         s = trim(s + n);
     }
-    if ((rest = cfg_split_regex(s, &re)) == NULL
-        || (p->re = pcre2_compile((PCRE2_SPTR)re, PCRE2_ZERO_TERMINATED, PCRE2_CASELESS, &code,
-                                  &off, NULL)) == NULL) {
+    if ((rest = cfg_split_regex(s, &re)) == NULL ||
+        (p->re = pcre2_compile((PCRE2_SPTR)re, PCRE2_ZERO_TERMINATED, PCRE2_CASELESS, &code, &off,
+                               NULL)) == NULL) {
         msg_error("pattern-list entry '%s' cannot be compiled; ignored", text);
         free(copy);
         return -1;
@@ -259,8 +258,8 @@ entry_matches(const struct cleanup_pattern *p, const struct cleanup_txn *t,
         return 0;
     default:
         for (size_t i = 0; i < msg->nhdrs; i++)
-            if (!msg->hdrs[i].deleted && strcasecmp(msg->hdrs[i].name, p->header) == 0
-                && re_match(p->re, msg->hdrs[i].value))
+            if (!msg->hdrs[i].deleted && strcasecmp(msg->hdrs[i].name, p->header) == 0 &&
+                re_match(p->re, msg->hdrs[i].value))
                 return 1;
         return 0;
     }
@@ -282,8 +281,8 @@ run_list(const struct cleanup_conf *cc, uint32_t s, const struct cleanup_txn *t,
         if (p->result == PR_VMTA)
             return p->arg;
         called = cfg_find_scope(cc->cfg, CFG_S_PATTERN_LIST, p->arg);
-        if (depth < CALL_DEPTH_MAX && called != CFG_NONE
-            && (r = run_list(cc, called, t, msg, depth + 1)) != NULL)
+        if (depth < CALL_DEPTH_MAX && called != CFG_NONE &&
+            (r = run_list(cc, called, t, msg, depth + 1)) != NULL)
             return r;
     }
     return NULL;

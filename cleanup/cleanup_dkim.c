@@ -35,10 +35,10 @@
 
 #include "cleanup_dkim.h"
 
-#define KEY_FILE_MAX   (64 * 1024)   /* a 16384-bit RSA PEM is ~12 KB */
-#define KEY_MIN_BITS   1024          /* RFC 8301: verifiers may refuse less */
-#define DOMAIN_MAX     253
-#define SIGHDR_NAME    "DKIM-Signature"
+#define KEY_FILE_MAX (64 * 1024) /* a 16384-bit RSA PEM is ~12 KB */
+#define KEY_MIN_BITS 1024        /* RFC 8301: verifiers may refuse less */
+#define DOMAIN_MAX   253
+#define SIGHDR_NAME  "DKIM-Signature"
 
 struct cleanup_dkim_key {
     char *path;
@@ -46,7 +46,7 @@ struct cleanup_dkim_key {
     ino_t ino;
     off_t size;
     struct timespec mtime;
-    char *pem;                       /* NUL-terminated PEM text for dkim_sign() */
+    char *pem; /* NUL-terminated PEM text for dkim_sign() */
     struct cleanup_dkim_key *next;
 };
 
@@ -60,7 +60,7 @@ struct cleanup_dkim {
 
 struct keylist_entry {
     char *selector;
-    char *domain;                    /* lower-case, no trailing dot; "*" = any */
+    char *domain; /* lower-case, no trailing dot; "*" = any */
     const struct cleanup_dkim_key *key;
 };
 
@@ -85,8 +85,8 @@ cleanup_dkim_create(char *err, size_t errlen)
         return NULL;
     }
     /* Input is CRLF already; FIXCRLF makes OpenDKIM tolerate any stray LF. */
-    if (dkim_options(dk->lib, DKIM_OP_SETOPT, DKIM_OPTS_FLAGS, &flags, sizeof(flags))
-        != DKIM_STAT_OK) {
+    if (dkim_options(dk->lib, DKIM_OP_SETOPT, DKIM_OPTS_FLAGS, &flags, sizeof(flags)) !=
+        DKIM_STAT_OK) {
         snprintf(err, errlen, "dkim_options(FLAGS) failed");
         cleanup_dkim_free(dk);
         return NULL;
@@ -165,8 +165,7 @@ read_key_file(const char *path, struct stat *st, char **pemp, char *err, size_t 
         goto out;
     }
     if (!S_ISREG(st->st_mode) || st->st_size > KEY_FILE_MAX || st->st_size == 0) {
-        snprintf(err, errlen, "DKIM key %s: not a regular file of 1..%d bytes", path,
-                 KEY_FILE_MAX);
+        snprintf(err, errlen, "DKIM key %s: not a regular file of 1..%d bytes", path, KEY_FILE_MAX);
         r = -EINVAL;
         goto out;
     }
@@ -189,8 +188,8 @@ out:
 static int
 same_file(const struct cleanup_dkim_key *k, const struct stat *st)
 {
-    return k->dev == st->st_dev && k->ino == st->st_ino && k->size == st->st_size
-           && k->mtime.tv_sec == st->st_mtim.tv_sec && k->mtime.tv_nsec == st->st_mtim.tv_nsec;
+    return k->dev == st->st_dev && k->ino == st->st_ino && k->size == st->st_size &&
+           k->mtime.tv_sec == st->st_mtim.tv_sec && k->mtime.tv_nsec == st->st_mtim.tv_nsec;
 }
 
 static struct cleanup_dkim_key *
@@ -200,14 +199,14 @@ cached_key(struct cleanup_dkim *dk, const char *path, const struct stat *st)
 
     for (k = dk->keys; k; k = k->next)
         if (strcmp(k->path, path) == 0)
-            return same_file(k, st) ? k : NULL;   /* newest entry decides */
+            return same_file(k, st) ? k : NULL; /* newest entry decides */
     return NULL;
 }
 
 /* cleanup_dkim_key_load - see cleanup_dkim.h */
 const struct cleanup_dkim_key *
-cleanup_dkim_key_load(struct cleanup_dkim *dk, const char *path, int *errnop,
-                      char *err, size_t errlen)
+cleanup_dkim_key_load(struct cleanup_dkim *dk, const char *path, int *errnop, char *err,
+                      size_t errlen)
 {
     struct cleanup_dkim_key *k;
     struct stat st;
@@ -306,8 +305,8 @@ selector_ok(const char *s)
 /* cleanup_dkim_keylist_add - see cleanup_dkim.h */
 int
 cleanup_dkim_keylist_add(struct cleanup_dkim *dk, struct cleanup_dkim_keylist *list,
-                         const char *selector, const char *domain, const char *path,
-                         char *err, size_t errlen)
+                         const char *selector, const char *domain, const char *path, char *err,
+                         size_t errlen)
 {
     const struct cleanup_dkim_key *key;
     struct keylist_entry *e;
@@ -383,9 +382,9 @@ cleanup_dkim_choose(const struct cleanup_dkim_keylist *const *lists, size_t nlis
  * themselves hold '@', '<', ',' or ':'.
  */
 struct addr_scan {
-    char *out;          /* collected addr-spec characters */
+    char *out; /* collected addr-spec characters */
     size_t len;
-    size_t at;          /* index of the last '@' outside quotes, or SIZE_MAX */
+    size_t at; /* index of the last '@' outside quotes, or SIZE_MAX */
     int in_angle;
     int done;
 };
@@ -443,7 +442,7 @@ scan_special(struct addr_scan *s, char c)
 {
     switch (c) {
     case '<':
-        scan_reset(s);              /* what came before was a display name */
+        scan_reset(s); /* what came before was a display name */
         s->in_angle = 1;
         break;
     case '>':
@@ -451,12 +450,12 @@ scan_special(struct addr_scan *s, char c)
             s->done = 1;
         break;
     case ':':
-        scan_reset(s);              /* group name, or an obsolete route */
+        scan_reset(s); /* group name, or an obsolete route */
         break;
     case ',':
     case ';':
         if (!s->in_angle && s->at != SIZE_MAX)
-            s->done = 1;            /* end of the first mailbox */
+            s->done = 1; /* end of the first mailbox */
         else if (!s->in_angle)
             scan_reset(s);
         break;
@@ -537,14 +536,14 @@ cleanup_dkim_identity_domain(const struct cleanup_message *msg,
     if (opts && opts->identity)
         return identity_domain_of(opts->identity, out, outsize) == 0 ? 0 : -ENOENT;
     /* An unparsable Sender does not hide a good From: fall through to it. */
-    if ((h = cleanup_message_find(msg, "Sender")) != NULL
-        && cleanup_address_domain(h->value, out, outsize) == 0)
+    if ((h = cleanup_message_find(msg, "Sender")) != NULL &&
+        cleanup_address_domain(h->value, out, outsize) == 0)
         return 0;
-    if ((h = cleanup_message_find(msg, "From")) != NULL
-        && cleanup_address_domain(h->value, out, outsize) == 0)
+    if ((h = cleanup_message_find(msg, "From")) != NULL &&
+        cleanup_address_domain(h->value, out, outsize) == 0)
         return 0;
-    if (opts && opts->fallback_identity
-        && identity_domain_of(opts->fallback_identity, out, outsize) == 0)
+    if (opts && opts->fallback_identity &&
+        identity_domain_of(opts->fallback_identity, out, outsize) == 0)
         return 0;
     return -ENOENT;
 }
@@ -561,7 +560,7 @@ header_list(const char *spec)
     int have_from = 0;
 
     for (tok = strtok_r(copy, ":, \t", &save); tok; tok = strtok_r(NULL, ":, \t", &save)) {
-        for (i = 0; tok[i]; i++)   /* OpenDKIM compiles the list into a regex */
+        for (i = 0; tok[i]; i++) /* OpenDKIM compiles the list into a regex */
             if (!isalnum((unsigned char)tok[i]) && tok[i] != '-' && tok[i] != '_')
                 break;
         if (tok[i] != '\0')
@@ -569,7 +568,7 @@ header_list(const char *spec)
         have_from |= strcasecmp(tok, "from") == 0;
         v[n++] = xstrdup(tok);
     }
-    if (!have_from)   /* RFC 6376 5.4: From MUST be signed */
+    if (!have_from) /* RFC 6376 5.4: From MUST be signed */
         v[n++] = xstrdup("from");
     free(copy);
     return v;
@@ -624,8 +623,8 @@ sighdr_crlf(const u_char *val, size_t len)
 
 /* run_signer - feed MSG to D and produce the header; -EIO with ERR */
 static int
-run_signer(DKIM *d, const struct cleanup_message *msg, const char **hdrs, char **sighdrp,
-           char *err, size_t errlen)
+run_signer(DKIM *d, const struct cleanup_message *msg, const char **hdrs, char **sighdrp, char *err,
+           size_t errlen)
 {
     u_char *val = NULL;
     size_t vlen = 0;
@@ -637,14 +636,14 @@ run_signer(DKIM *d, const struct cleanup_message *msg, const char **hdrs, char *
         st = DKIM_STAT_INTERNAL;
         goto fail;
     }
-    if (msg->body.len
-        && (st = dkim_body(d, (u_char *)msg->body.data, msg->body.len)) != DKIM_STAT_OK)
+    if (msg->body.len &&
+        (st = dkim_body(d, (u_char *)msg->body.data, msg->body.len)) != DKIM_STAT_OK)
         goto fail;
     if ((st = dkim_eom(d, NULL)) != DKIM_STAT_OK)
         goto fail;
     if ((st = dkim_getsighdr_d(d, strlen(SIGHDR_NAME ": "), &val, &vlen)) != DKIM_STAT_OK)
         goto fail;
-    *sighdrp = sighdr_crlf(val, vlen);   /* VAL belongs to the handle */
+    *sighdrp = sighdr_crlf(val, vlen); /* VAL belongs to the handle */
     return 0;
 fail:
     snprintf(err, errlen, "DKIM signing failed: %s%s%s", dkim_getresultstr(st),
@@ -670,9 +669,9 @@ cleanup_dkim_sign(struct cleanup_dkim *dk, const struct cleanup_message *msg,
     if (opts == NULL)
         opts = &defaults;
     /* RFC 6376 5.4: a signature must cover From; without one there is none. */
-    if (cleanup_message_find(msg, "From") == NULL
-        || cleanup_dkim_identity_domain(msg, opts, iddom, sizeof(iddom)) < 0
-        || !cleanup_dkim_choose(lists, nlists, iddom, &ch))
+    if (cleanup_message_find(msg, "From") == NULL ||
+        cleanup_dkim_identity_domain(msg, opts, iddom, sizeof(iddom)) < 0 ||
+        !cleanup_dkim_choose(lists, nlists, iddom, &ch))
         return CLEANUP_DKIM_UNSIGNED;
     d = dkim_sign(dk->lib, (const u_char *)(opts->id ? opts->id : "cleanup"), NULL,
                   (dkim_sigkey_t)ch.key->pem, (const u_char *)ch.selector,

@@ -59,34 +59,34 @@
 
 #define CLEANUP_DKIM_UNSIGNED 1
 
-#define CLEANUP_DKIM_DEFAULT_HEADERS \
-    "from:sender:reply-to:subject:date:message-id:to:cc:mime-version:" \
+#define CLEANUP_DKIM_DEFAULT_HEADERS                                         \
+    "from:sender:reply-to:subject:date:message-id:to:cc:mime-version:"       \
     "content-type:content-transfer-encoding:content-id:content-description:" \
-    "in-reply-to:references:list-id:list-help:list-unsubscribe:" \
+    "in-reply-to:references:list-id:list-help:list-unsubscribe:"             \
     "list-unsubscribe-post:list-subscribe:list-post:list-owner:list-archive:feedback-id"
 
 enum cleanup_dkim_canon {
-    CLEANUP_DKIM_RELAXED = 0,   /* the default, as PowerMTA's */
+    CLEANUP_DKIM_RELAXED = 0, /* the default, as PowerMTA's */
     CLEANUP_DKIM_SIMPLE,
 };
 
-struct cleanup_dkim;                 /* OpenDKIM library handle + key cache */
-struct cleanup_dkim_key;             /* one loaded key (owned by the cache) */
-struct cleanup_dkim_keylist;         /* an ordered domain-key list */
+struct cleanup_dkim;         /* OpenDKIM library handle + key cache */
+struct cleanup_dkim_key;     /* one loaded key (owned by the cache) */
+struct cleanup_dkim_keylist; /* an ordered domain-key list */
 
 struct cleanup_dkim_opts {
-    const char *headers;             /* dkim-headers; NULL = default list */
+    const char *headers; /* dkim-headers; NULL = default list */
     enum cleanup_dkim_canon header_canon;
     enum cleanup_dkim_canon body_canon;
-    const char *identity;            /* dkim-identity ADDR|DOMAIN: forced */
-    const char *fallback_identity;   /* dkim-identity-fallback: no Sender/From */
-    const char *id;                  /* for OpenDKIM's log text (queue id); may be NULL */
+    const char *identity;          /* dkim-identity ADDR|DOMAIN: forced */
+    const char *fallback_identity; /* dkim-identity-fallback: no Sender/From */
+    const char *id;                /* for OpenDKIM's log text (queue id); may be NULL */
 };
 
 /* What cleanup_dkim_choose() found. Strings are borrowed from the keylist. */
 struct cleanup_dkim_choice {
     const char *selector;
-    const char *domain;              /* d=: the key's domain, or the identity's for `*` */
+    const char *domain; /* d=: the key's domain, or the identity's for `*` */
     const struct cleanup_dkim_key *key;
 };
 
@@ -111,8 +111,8 @@ void cleanup_dkim_keylist_free(struct cleanup_dkim_keylist *list);
  * @return 0, or -errno (-ENOENT, -EACCES, -EINVAL ...) with ERR.
  */
 int cleanup_dkim_keylist_add(struct cleanup_dkim *dk, struct cleanup_dkim_keylist *list,
-                             const char *selector, const char *domain, const char *path,
-                             char *err, size_t errlen);
+                             const char *selector, const char *domain, const char *path, char *err,
+                             size_t errlen);
 
 /*
  * cleanup_dkim_choose - first key over LISTS[0..N) for IDENTITY_DOMAIN
@@ -126,8 +126,7 @@ int cleanup_dkim_choose(const struct cleanup_dkim_keylist *const *lists, size_t 
  * OPTS, lower-cased, into OUT. @return 0, or -ENOENT when there is none.
  */
 int cleanup_dkim_identity_domain(const struct cleanup_message *msg,
-                                 const struct cleanup_dkim_opts *opts,
-                                 char *out, size_t outsize);
+                                 const struct cleanup_dkim_opts *opts, char *out, size_t outsize);
 
 /*
  * cleanup_address_domain - domain of the first address in header VALUE
@@ -147,7 +146,7 @@ int cleanup_address_domain(const char *value, char *out, size_t outsize);
  */
 int cleanup_dkim_sign(struct cleanup_dkim *dk, const struct cleanup_message *msg,
                       const struct cleanup_dkim_keylist *const *lists, size_t nlists,
-                      const struct cleanup_dkim_opts *opts, char **sighdrp,
-                      char *err, size_t errlen);
+                      const struct cleanup_dkim_opts *opts, char **sighdrp, char *err,
+                      size_t errlen);
 
 #endif

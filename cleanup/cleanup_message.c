@@ -212,11 +212,11 @@ parse_headers(struct parser *p)
         line_start = p->pos;
         if (!next_line(p, &ln))
             break;
-        if (ln.len == 0)            /* the empty separator line */
+        if (ln.len == 0) /* the empty separator line */
             break;
         if ((r = parse_header_line(p, &ln, &cur)) < 0)
             return r;
-        if (r == 0) {               /* not a field: the body starts here */
+        if (r == 0) { /* not a field: the body starts here */
             p->pos = line_start;
             break;
         }
@@ -236,7 +236,7 @@ parse_body(struct parser *p)
     if (buf_reserve(&msg->body, p->len - p->pos + 64) < 0)
         msg_fatal("cleanup: message body too large");
     while (next_line(p, &ln))
-        append_line(&msg->body, &ln);   /* a last line without EOL gets one too */
+        append_line(&msg->body, &ln); /* a last line without EOL gets one too */
     msg->body_8bit = has_8bit(msg->body.data, msg->body.len);
     msg->body_nul = msg->body.len && memchr(msg->body.data, '\0', msg->body.len) != NULL;
 }
@@ -332,7 +332,7 @@ const char *
 cleanup_message_field(const struct cleanup_message *msg, const struct cleanup_header *h,
                       size_t *lenp)
 {
-    *lenp = h->raw_len - 2;     /* every stored field ends in CRLF */
+    *lenp = h->raw_len - 2; /* every stored field ends in CRLF */
     return msg->head.data + h->raw_off;
 }
 
@@ -380,9 +380,9 @@ cleanup_format_date(char *out, size_t outsize, time_t when)
     localtime_r(&when, &tm);
     off = tm.tm_gmtoff / 60;
     absoff = off < 0 ? -off : off;
-    snprintf(out, outsize, "%s, %d %s %d %02d:%02d:%02d %c%02ld%02ld",
-             days[tm.tm_wday % 7], tm.tm_mday, months[tm.tm_mon % 12], tm.tm_year + 1900,
-             tm.tm_hour, tm.tm_min, tm.tm_sec, off < 0 ? '-' : '+', absoff / 60, absoff % 60);
+    snprintf(out, outsize, "%s, %d %s %d %02d:%02d:%02d %c%02ld%02ld", days[tm.tm_wday % 7],
+             tm.tm_mday, months[tm.tm_mon % 12], tm.tm_year + 1900, tm.tm_hour, tm.tm_min,
+             tm.tm_sec, off < 0 ? '-' : '+', absoff / 60, absoff % 60);
 }
 
 /* delete_fields - mark every live field named NAME deleted */
@@ -432,9 +432,9 @@ apply_message_id(struct cleanup_message *msg, const struct cleanup_client *clien
     if (cleanup_message_find(msg, "Message-ID"))
         return;
     gmtime_r(&now, &tm);
-    snprintf(id, sizeof(id), "<%04d%02d%02d%02d%02d%02d.%016llx@%.255s>",
-             tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-             tm.tm_sec, (unsigned long long)random_u64(), host);
+    snprintf(id, sizeof(id), "<%04d%02d%02d%02d%02d%02d.%016llx@%.255s>", tm.tm_year + 1900,
+             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+             (unsigned long long)random_u64(), host);
     add_field(msg, "Message-ID", id);
 }
 
@@ -444,8 +444,8 @@ apply_message_id(struct cleanup_message *msg, const struct cleanup_client *clien
  * value through (X-Virtual-MTA: "" means {default} to allow-empty-...).
  */
 static void
-take_token(struct cleanup_message *msg, const char *name, size_t maxlen, int empty_ok,
-           char **out, int *bad)
+take_token(struct cleanup_message *msg, const char *name, size_t maxlen, int empty_ok, char **out,
+           int *bad)
 {
     const struct cleanup_header *h = cleanup_message_find(msg, name);
 
@@ -536,8 +536,8 @@ received_from(struct buf *b, const struct cleanup_client *c, int hide)
 
 /* build_received - the whole Received field; records where the queue id is */
 static void
-build_received(struct cleanup_message *msg, const struct cleanup_client *c, int hide,
-               time_t now, struct buf *b)
+build_received(struct cleanup_message *msg, const struct cleanup_client *c, int hide, time_t now,
+               struct buf *b)
 {
     char date[64];
     size_t qid_at;
@@ -604,7 +604,7 @@ cleanup_message_apply(struct cleanup_message *msg, const struct cleanup_opts *op
 
         msg->received_qid_off = SIZE_MAX;
         cleanup_message_prepend(msg, rcvd.data);
-        if (qid != SIZE_MAX)    /* Received is on top now: its offset is absolute */
+        if (qid != SIZE_MAX) /* Received is on top now: its offset is absolute */
             msg->received_qid_off = qid;
         buf_free(&rcvd);
     }

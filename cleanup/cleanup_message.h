@@ -87,61 +87,61 @@ struct cleanup_limits {
 };
 
 struct cleanup_header {
-    char *name;       /* field name as written, without the colon */
-    size_t raw_off;   /* original bytes in msg->head: "Name: value\r\n..." */
-    size_t raw_len;   /* up to and including the final CRLF */
-    char *value;      /* unfolded, outer whitespace trimmed, NUL-terminated */
-    int deleted;      /* removed by apply(); not rendered, not signed */
+    char *name;     /* field name as written, without the colon */
+    size_t raw_off; /* original bytes in msg->head: "Name: value\r\n..." */
+    size_t raw_len; /* up to and including the final CRLF */
+    char *value;    /* unfolded, outer whitespace trimmed, NUL-terminated */
+    int deleted;    /* removed by apply(); not rendered, not signed */
 };
 
 enum cleanup_date_mode {
-    CLEANUP_DATE_NO = 0,     /* add-date-header no */
-    CLEANUP_DATE_YES,        /* add one when missing */
-    CLEANUP_DATE_OVERRIDE,   /* replace whatever the message has */
+    CLEANUP_DATE_NO = 0,   /* add-date-header no */
+    CLEANUP_DATE_YES,      /* add one when missing */
+    CLEANUP_DATE_OVERRIDE, /* replace whatever the message has */
 };
 
 /* What a <source> block asks of cleanup (see powermta.md 1.4). */
 struct cleanup_opts {
-    int add_received;            /* add-received-header (default yes) */
-    int hide_source;             /* hide-message-source */
-    int add_message_id;          /* add-message-id-header */
+    int add_received;   /* add-received-header (default yes) */
+    int hide_source;    /* hide-message-source */
+    int add_message_id; /* add-message-id-header */
     enum cleanup_date_mode add_date;
     int process_x_virtual_mta, retain_x_virtual_mta;
     int process_x_job, retain_x_job;
-    const char *jobid_header;    /* jobid-header; NULL means X-Job */
+    const char *jobid_header; /* jobid-header; NULL means X-Job */
     int process_x_envid, retain_x_envid;
 };
 
 /* Who handed us the message; NULL members are left out of Received. */
 struct cleanup_client {
-    const char *helo;        /* HELO/EHLO argument (peer input) */
-    const char *rdns;        /* verified reverse name, or NULL */
-    const char *addr;        /* client IP address */
-    const char *protocol;    /* "ESMTP", "ESMTPSA", "SMTP", "local" */
-    const char *auth_user;   /* authenticated user (peer input) */
-    const char *tls;         /* e.g. "TLSv1.3 with cipher TLS_AES_256_GCM_SHA384" */
-    const char *host_name;   /* our host-name */
-    const char *queue_id;    /* NULL: CLEANUP_QID_PLACEHOLDER */
-    const char *rcpt;        /* "for <rcpt>" when exactly one recipient */
+    const char *helo;      /* HELO/EHLO argument (peer input) */
+    const char *rdns;      /* verified reverse name, or NULL */
+    const char *addr;      /* client IP address */
+    const char *protocol;  /* "ESMTP", "ESMTPSA", "SMTP", "local" */
+    const char *auth_user; /* authenticated user (peer input) */
+    const char *tls;       /* e.g. "TLSv1.3 with cipher TLS_AES_256_GCM_SHA384" */
+    const char *host_name; /* our host-name */
+    const char *queue_id;  /* NULL: CLEANUP_QID_PLACEHOLDER */
+    const char *rcpt;      /* "for <rcpt>" when exactly one recipient */
 };
 
 struct cleanup_message {
-    struct buf head;               /* normalised header section bytes */
-    struct buf body;               /* normalised body (CRLF lines) */
+    struct buf head; /* normalised header section bytes */
+    struct buf body; /* normalised body (CRLF lines) */
     struct cleanup_header *hdrs;
     size_t nhdrs, hdrs_cap;
-    struct buf prepend;            /* fields rendered before the original ones */
-    size_t received_qid_off;       /* offset of the queue id inside prepend, or SIZE_MAX */
-    size_t qid_offset;             /* in the last render() output, or SIZE_MAX */
-    int head_8bit;                 /* a byte >= 0x80 in the header section */
-    int body_8bit;                 /* a byte >= 0x80 in the body */
-    int body_nul;                  /* a NUL byte in the body */
-    char *virtual_mta;             /* X-Virtual-MTA value, or NULL */
-    char *job_id;                  /* X-Job (or jobid-header) value, or NULL */
-    char *envid;                   /* X-EnvID value, or NULL */
-    int bad_job_id;                /* present but refused (whitespace/control) */
-    int bad_envid;                 /* present but refused */
-    int bad_virtual_mta;           /* present but refused */
+    struct buf prepend;      /* fields rendered before the original ones */
+    size_t received_qid_off; /* offset of the queue id inside prepend, or SIZE_MAX */
+    size_t qid_offset;       /* in the last render() output, or SIZE_MAX */
+    int head_8bit;           /* a byte >= 0x80 in the header section */
+    int body_8bit;           /* a byte >= 0x80 in the body */
+    int body_nul;            /* a NUL byte in the body */
+    char *virtual_mta;       /* X-Virtual-MTA value, or NULL */
+    char *job_id;            /* X-Job (or jobid-header) value, or NULL */
+    char *envid;             /* X-EnvID value, or NULL */
+    int bad_job_id;          /* present but refused (whitespace/control) */
+    int bad_envid;           /* present but refused */
+    int bad_virtual_mta;     /* present but refused */
 };
 
 /* cleanup_opts_default - PowerMTA's <source> defaults (Received yes, rest no) */
@@ -152,17 +152,14 @@ void cleanup_opts_default(struct cleanup_opts *opts);
  * @return 0 and *MSGP (free with cleanup_message_free()); -E2BIG when the
  *	header section passes LIMITS (NULL = defaults); -EINVAL. ERR explains.
  */
-int cleanup_message_parse(const char *data, size_t len,
-                          const struct cleanup_limits *limits,
-                          struct cleanup_message **msgp,
-                          char *err, size_t errlen);
+int cleanup_message_parse(const char *data, size_t len, const struct cleanup_limits *limits,
+                          struct cleanup_message **msgp, char *err, size_t errlen);
 
 /* cleanup_message_free - release MSG and everything it owns; NULL is fine */
 void cleanup_message_free(struct cleanup_message *msg);
 
 /* cleanup_message_apply - Received, Message-ID, Date, X-* per OPTS at NOW */
-void cleanup_message_apply(struct cleanup_message *msg,
-                           const struct cleanup_opts *opts,
+void cleanup_message_apply(struct cleanup_message *msg, const struct cleanup_opts *opts,
                            const struct cleanup_client *client, time_t now);
 
 /* cleanup_message_find - first live field named NAME (case-insensitive), or NULL */
@@ -170,8 +167,8 @@ const struct cleanup_header *cleanup_message_find(const struct cleanup_message *
                                                   const char *name);
 
 /* cleanup_message_field - a live field's original bytes (without the final CRLF) */
-const char *cleanup_message_field(const struct cleanup_message *msg,
-                                  const struct cleanup_header *h, size_t *lenp);
+const char *cleanup_message_field(const struct cleanup_message *msg, const struct cleanup_header *h,
+                                  size_t *lenp);
 
 /* cleanup_message_prepend - put FIELD ("Name: value", CRLF optional) on top */
 void cleanup_message_prepend(struct cleanup_message *msg, const char *field);
@@ -190,8 +187,7 @@ int cleanup_message_render(struct cleanup_message *msg, struct buf *out);
  * non-zero FN result, or 0.
  */
 typedef int (*cleanup_field_fn)(void *ctx, const char *field, size_t len);
-int cleanup_message_walk(const struct cleanup_message *msg,
-                         cleanup_field_fn fn, void *ctx);
+int cleanup_message_walk(const struct cleanup_message *msg, cleanup_field_fn fn, void *ctx);
 
 /* cleanup_format_date - RFC 5322 date of WHEN in local time into OUT (>= 40 bytes) */
 void cleanup_format_date(char *out, size_t outsize, time_t when);

@@ -28,7 +28,7 @@
 #include "worker.h"
 #include "xalloc.h"
 
-#define RETRY_MS 1000
+#define RETRY_MS    1000
 #define MAX_PENDING 4096
 
 static struct {
@@ -72,7 +72,7 @@ try_connect(void)
         } else {
             err = ipc_chan_open_fd(worker_loop(), fd, on_qmgr_msg, on_qmgr_closed, NULL, &N.ch);
             if (err == 0)
-                ipc_chan_cork(N.ch);    /* one write for a group commit's hints */
+                ipc_chan_cork(N.ch); /* one write for a group commit's hints */
         }
     }
     free(path);

@@ -107,14 +107,14 @@ requested(const struct cleanup_txn *t, const struct cleanup_message *msg, const 
     if (src_bool(t, CFG_D_PROCESS_X_VIRTUAL_MTA) && (msg->virtual_mta || msg->bad_virtual_mta)) {
         *why = "x-virtual-mta";
         if (msg->bad_virtual_mta)
-            return "";                 /* not a valid name: never found */
+            return ""; /* not a valid name: never found */
         if (*msg->virtual_mta == '\0')
             return src_bool(t, CFG_D_ALLOW_EMPTY_X_VIRTUAL_MTA) ? DEFAULT_VMTA : "";
         return msg->virtual_mta;
     }
     *why = "pattern-list";
-    if ((list = src_str(t, CFG_D_SOURCE_PATTERN_LIST)) != NULL
-        && (name = cleanup_conf_pattern_vmta(t->conf, list, t, msg)) != NULL)
+    if ((list = src_str(t, CFG_D_SOURCE_PATTERN_LIST)) != NULL &&
+        (name = cleanup_conf_pattern_vmta(t->conf, list, t, msg)) != NULL)
         return name;
     *why = "sender";
     if ((name = sender_vmta(t)) != NULL)
@@ -185,7 +185,7 @@ cleanup_route_choose(struct cleanup_txn *t, const struct cleanup_message *msg,
         const char *fb = fallback(t);
 
         if (fb == NULL || (vmta = resolve_name(t->conf, fb)) == NULL) {
-            r->selected = xstrdup(name);   /* for the caller's log line */
+            r->selected = xstrdup(name); /* for the caller's log line */
             r->vmta = NULL;
             return -ENOENT;
         }

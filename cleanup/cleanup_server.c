@@ -44,20 +44,20 @@
 #include "xalloc.h"
 
 #define MAX_CONNECTIONS 1024
-#define CLOSE_POLL_MS 10
-#define CLOSE_WAIT_MS 2000
-#define RESERVE_MAX ((uint64_t)1 << 20)
+#define CLOSE_POLL_MS   10
+#define CLOSE_WAIT_MS   2000
+#define RESERVE_MAX     ((uint64_t)1 << 20)
 
 struct cleanup_conn {
-    struct cleanup_conn *next;         /* on the open list (while ch != NULL) */
-    struct ipc_chan *ch;               /* NULL once the channel closed */
+    struct cleanup_conn *next; /* on the open list (while ch != NULL) */
+    struct ipc_chan *ch;       /* NULL once the channel closed */
     struct cleanup_txn *txns;
     unsigned serial;
 };
 
 static struct {
-    struct worker_listener *listener;  /* the cleanup socket (worker runtime) */
-    struct cleanup_conn *conns;        /* open connections */
+    struct worker_listener *listener; /* the cleanup socket (worker runtime) */
+    struct cleanup_conn *conns;       /* open connections */
     unsigned nconns, serial;
     uv_timer_t close_timer;
     int close_timer_open;
@@ -120,8 +120,8 @@ cleanup_txn_done(struct cleanup_txn *t)
 }
 
 void
-cleanup_txn_result(struct cleanup_txn *t, unsigned code, const char *enhanced,
-                   const char *text, uint64_t msgid)
+cleanup_txn_result(struct cleanup_txn *t, unsigned code, const char *enhanced, const char *text,
+                   uint64_t msgid)
 {
     struct buf out = BUF_INIT;
     size_t off;
@@ -155,8 +155,8 @@ get_str(struct ipc_msg *m, char **out)
     const char *s;
     size_t len;
 
-    if (ipc_get_str(m, &s, &len) < 0 || len > CLEANUP_MAX_FIELD || memchr(s, '\r', len)
-        || memchr(s, '\n', len))
+    if (ipc_get_str(m, &s, &len) < 0 || len > CLEANUP_MAX_FIELD || memchr(s, '\r', len) ||
+        memchr(s, '\n', len))
         return -EPROTO;
     *out = xstrndup(s, len);
     return 0;
@@ -213,8 +213,8 @@ auth_layers(const struct cfg *c, const char *user, struct cfg_resolved *out)
 
     if (s != CFG_NONE)
         layer_scope(c, s, out);
-    if ((u = cfg_find_scope(c, CFG_S_SMTP_USER, user)) == CFG_NONE
-        || (v = cfg_scope_get(c, u, CFG_D_SOURCE_NAME)) == NULL)
+    if ((u = cfg_find_scope(c, CFG_S_SMTP_USER, user)) == CFG_NONE ||
+        (v = cfg_scope_get(c, u, CFG_D_SOURCE_NAME)) == NULL)
         return;
     if ((s = cfg_find_scope(c, CFG_S_SOURCE, cfg_str(c, v->text))) != CFG_NONE)
         layer_scope(c, s, out);
@@ -253,12 +253,11 @@ txn_max_size(const struct cleanup_txn *t)
 static int
 decode_begin(struct ipc_msg *m, struct cleanup_txn *t)
 {
-    if (get_str(m, &t->client_ip) || ipc_get_u32(m, &t->client_port)
-        || get_str(m, &t->local_ip) || ipc_get_u32(m, &t->local_port) || get_str(m, &t->helo)
-        || get_str(m, &t->source_name) || get_str(m, &t->auth_user)
-        || get_str(m, &t->tls_protocol) || get_str(m, &t->tls_cipher)
-        || get_str(m, &t->sender) || ipc_get_u32(m, &t->mail_flags) || get_str(m, &t->envid)
-        || ipc_get_u64(m, &t->declared_size) || ipc_get_end(m))
+    if (get_str(m, &t->client_ip) || ipc_get_u32(m, &t->client_port) || get_str(m, &t->local_ip) ||
+        ipc_get_u32(m, &t->local_port) || get_str(m, &t->helo) || get_str(m, &t->source_name) ||
+        get_str(m, &t->auth_user) || get_str(m, &t->tls_protocol) || get_str(m, &t->tls_cipher) ||
+        get_str(m, &t->sender) || ipc_get_u32(m, &t->mail_flags) || get_str(m, &t->envid) ||
+        ipc_get_u64(m, &t->declared_size) || ipc_get_end(m))
         return -EPROTO;
     return 0;
 }
@@ -282,13 +281,13 @@ on_begin(struct cleanup_conn *c, struct ipc_msg *m)
     t->next = c->txns;
     c->txns = t;
     if (decode_begin(m, t) < 0)
-        return -EPROTO;    /* freed with the connection */
+        return -EPROTO; /* freed with the connection */
     resolve_source(t);
     if (t->declared_size > txn_max_size(t))
         cleanup_txn_result(t, 552, "5.3.4", "Message size exceeds fixed limit", 0);
-    else if (t->declared_size > 0)     /* SIZE= is a client's claim: reserve modestly */
-        buf_reserve(&t->data, (size_t)(t->declared_size < RESERVE_MAX ? t->declared_size
-                                                                       : RESERVE_MAX));
+    else if (t->declared_size > 0) /* SIZE= is a client's claim: reserve modestly */
+        buf_reserve(&t->data,
+                    (size_t)(t->declared_size < RESERVE_MAX ? t->declared_size : RESERVE_MAX));
     return 0;
 }
 
@@ -314,8 +313,8 @@ on_rcpt(struct cleanup_conn *c, struct ipc_msg *m)
 
     if (t == NULL)
         return -EPROTO;
-    if (get_str(m, &r.address) || get_str(m, &r.orcpt) || ipc_get_u32(m, &r.notify)
-        || ipc_get_end(m)) {
+    if (get_str(m, &r.address) || get_str(m, &r.orcpt) || ipc_get_u32(m, &r.notify) ||
+        ipc_get_end(m)) {
         free(r.address);
         free(r.orcpt);
         return -EPROTO;
@@ -345,7 +344,7 @@ on_data(struct cleanup_conn *c, struct ipc_msg *m)
         return -EPROTO;
     t->received += len;
     if (t->answered)
-        return 0;                      /* refused already: swallow the rest */
+        return 0; /* refused already: swallow the rest */
     if (t->received > txn_max_size(t)) {
         buf_free(&t->data);
         cleanup_txn_result(t, 552, "5.3.4", "Message size exceeds fixed limit", 0);
@@ -385,7 +384,7 @@ on_abort(struct cleanup_conn *c, struct ipc_msg *m)
 
     if (ipc_get_end(m))
         return -EPROTO;
-    if (t != NULL && !t->ended)        /* an ended one is committing: let it finish */
+    if (t != NULL && !t->ended) /* an ended one is committing: let it finish */
         cleanup_txn_done(t);
     return 0;
 }
@@ -398,16 +397,28 @@ on_frame(struct ipc_chan *ch, struct ipc_msg *m)
     int rc;
 
     switch (m->type) {
-    case MP_TXN_BEGIN: rc = on_begin(c, m); break;
-    case MP_TXN_RCPT: rc = on_rcpt(c, m); break;
-    case MP_TXN_DATA: rc = on_data(c, m); break;
-    case MP_TXN_END: rc = on_end(c, m); break;
-    case MP_TXN_ABORT: rc = on_abort(c, m); break;
-    default: rc = -EPROTO; break;
+    case MP_TXN_BEGIN:
+        rc = on_begin(c, m);
+        break;
+    case MP_TXN_RCPT:
+        rc = on_rcpt(c, m);
+        break;
+    case MP_TXN_DATA:
+        rc = on_data(c, m);
+        break;
+    case MP_TXN_END:
+        rc = on_end(c, m);
+        break;
+    case MP_TXN_ABORT:
+        rc = on_abort(c, m);
+        break;
+    default:
+        rc = -EPROTO;
+        break;
     }
     if (rc < 0)
-        msg_warn("connection %u: malformed frame (type %u, transaction %u); closing it",
-                 c->serial, m->type, m->id);
+        msg_warn("connection %u: malformed frame (type %u, transaction %u); closing it", c->serial,
+                 m->type, m->id);
     return rc < 0;
 }
 
@@ -467,7 +478,7 @@ accept_one(int fd)
         free(c);
         return;
     }
-    ipc_chan_cork(c->ch);   /* one write for the results of a group commit */
+    ipc_chan_cork(c->ch); /* one write for the results of a group commit */
     c->next = S.conns;
     S.conns = c;
     S.nconns++;
@@ -480,8 +491,8 @@ cleanup_server_start(void)
     int err = worker_listen("cleanup", accept_one, &S.listener);
 
     if (err < 0)
-        msg_fatal("cannot serve the cleanup socket: %s", err == -ENOENT ? "pmtad gave us none"
-                                                                       : uv_strerror(err));
+        msg_fatal("cannot serve the cleanup socket: %s",
+                  err == -ENOENT ? "pmtad gave us none" : uv_strerror(err));
     uv_timer_init(worker_loop(), &S.close_timer);
     S.close_timer_open = 1;
 }
@@ -523,7 +534,7 @@ close_now(void)
     void (*cb)(void) = S.closed_cb;
 
     while (S.conns)
-        ipc_chan_close(S.conns->ch);   /* on_conn_closed unlinks it */
+        ipc_chan_close(S.conns->ch); /* on_conn_closed unlinks it */
     if (S.close_timer_open) {
         S.close_timer_open = 0;
         uv_close((uv_handle_t *)&S.close_timer, NULL);

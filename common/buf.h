@@ -22,7 +22,10 @@ struct buf {
     size_t limit;
 };
 
-#define BUF_INIT { NULL, 0, 0, 0 }
+#define BUF_INIT      \
+    {                 \
+        NULL, 0, 0, 0 \
+    }
 
 void buf_init(struct buf *b, size_t limit);
 void buf_free(struct buf *b);

@@ -376,7 +376,7 @@ write_out(struct ipc_chan *ch, const char *data, size_t len)
     int n, err;
 
     n = uv_try_write((uv_stream_t *)&ch->pipe, &b, 1);
-    if (n < 0)      /* EAGAIN, or an error uv_write() reports through chan_written */
+    if (n < 0) /* EAGAIN, or an error uv_write() reports through chan_written */
         n = 0;
     if ((size_t)n == len)
         return 0;

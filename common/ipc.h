@@ -34,19 +34,19 @@
 #include "buf.h"
 
 #define IPC_HEADER_SIZE 12
-#define IPC_FRAME_MAX (1024 * 1024)
+#define IPC_FRAME_MAX   (1024 * 1024)
 
 enum ipc_field_kind { IPC_F_U32 = 1, IPC_F_U64 = 2, IPC_F_STR = 3, IPC_F_BYTES = 4 };
 
 /* Message types. Numbers are part of the wire format between our own processes. */
 enum ipc_type {
-    IPC_HELLO = 1,        /* worker -> pmtad: str role, u32 pid, u64 config generation */
-    IPC_CONFIG = 2,       /* pmtad -> worker: str snapshot path, u64 generation */
-    IPC_CONFIG_ACK = 3,   /* worker -> pmtad: u64 generation now in use */
-    IPC_SHUTDOWN = 4,     /* pmtad -> worker: u32 drain seconds */
-    IPC_LOG_REOPEN = 5,   /* pmtad -> worker: the log-file was rotated; open it again */
-    IPC_STATUS = 6,       /* worker -> pmtad: str json (status for pmtactl) */
-    IPC_TYPE_USER = 100   /* first number free for the mail path (smtpd/cleanup/qmgr) */
+    IPC_HELLO = 1,      /* worker -> pmtad: str role, u32 pid, u64 config generation */
+    IPC_CONFIG = 2,     /* pmtad -> worker: str snapshot path, u64 generation */
+    IPC_CONFIG_ACK = 3, /* worker -> pmtad: u64 generation now in use */
+    IPC_SHUTDOWN = 4,   /* pmtad -> worker: u32 drain seconds */
+    IPC_LOG_REOPEN = 5, /* pmtad -> worker: the log-file was rotated; open it again */
+    IPC_STATUS = 6,     /* worker -> pmtad: str json (status for pmtactl) */
+    IPC_TYPE_USER = 100 /* first number free for the mail path (smtpd/cleanup/qmgr) */
 };
 
 /* A parsed frame. PAYLOAD points into the reader's buffer. */
@@ -97,22 +97,22 @@ typedef void (*ipc_close_cb)(struct ipc_chan *ch, int reason);
 
 struct ipc_chan {
     uv_pipe_t pipe;
-    uv_prepare_t prepare;  /* flush corked frames before the loop polls */
-    uv_check_t check;      /* ... and after the callbacks of a poll */
-    int open_handles;      /* freed when all three are closed */
+    uv_prepare_t prepare; /* flush corked frames before the loop polls */
+    uv_check_t check;     /* ... and after the callbacks of a poll */
+    int open_handles;     /* freed when all three are closed */
     struct buf in;
-    struct buf corked;     /* frames sent this loop turn, not yet written */
-    int cork;              /* see ipc_chan_cork */
+    struct buf corked; /* frames sent this loop turn, not yet written */
+    int cork;          /* see ipc_chan_cork */
     ipc_msg_cb on_msg;
     ipc_close_cb on_close;
-    void *data;        /* the owner's */
+    void *data; /* the owner's */
     int closing;
     size_t pending_writes;
 };
 
 /* ipc_chan_open_fd - wrap an open socket descriptor; 0 or -errno */
-int ipc_chan_open_fd(uv_loop_t *loop, int fd, ipc_msg_cb on_msg, ipc_close_cb on_close,
-                     void *data, struct ipc_chan **chp);
+int ipc_chan_open_fd(uv_loop_t *loop, int fd, ipc_msg_cb on_msg, ipc_close_cb on_close, void *data,
+                     struct ipc_chan **chp);
 /* ipc_chan_connect_path - blocking connect to a Unix socket path, then wrap */
 int ipc_chan_connect_path(uv_loop_t *loop, const char *path, ipc_msg_cb on_msg,
                           ipc_close_cb on_close, void *data, struct ipc_chan **chp);

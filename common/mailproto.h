@@ -93,15 +93,15 @@ enum mp_type {
 };
 
 /* delivery results */
-#define MP_RESULT_OK        0u  /* delivered (2xx) */
-#define MP_RESULT_TEMPFAIL  1u  /* try again later (4xx, timeouts, connection trouble) */
-#define MP_RESULT_PERMFAIL  2u  /* bounce (5xx, no such domain, 8-bit refused) */
+#define MP_RESULT_OK       0u /* delivered (2xx) */
+#define MP_RESULT_TEMPFAIL 1u /* try again later (4xx, timeouts, connection trouble) */
+#define MP_RESULT_PERMFAIL 2u /* bounce (5xx, no such domain, 8-bit refused) */
 
 /* mail_flags */
-#define MP_MAIL_8BITMIME  0x01u
-#define MP_MAIL_SMTPUTF8  0x02u
-#define MP_MAIL_RET_FULL  0x04u
-#define MP_MAIL_RET_HDRS  0x08u
+#define MP_MAIL_8BITMIME   0x01u
+#define MP_MAIL_SMTPUTF8   0x02u
+#define MP_MAIL_RET_FULL   0x04u
+#define MP_MAIL_RET_HDRS   0x08u
 #define MP_MAIL_BINARYMIME 0x10u
 
 /* notify (RFC 3461); 0 means the client gave no NOTIFY */

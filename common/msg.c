@@ -33,13 +33,13 @@ static int msg_fd = -1;
 static int msg_syslog;
 static int msg_stderr = 1;
 static int msg_verbose;
-static long msg_pid;            /* cached: glibc no longer caches getpid() */
+static long msg_pid; /* cached: glibc no longer caches getpid() */
 static int msg_batched;
 static char msg_batch[3 * (MSG_LINE_MAX + 128)];
 static size_t msg_batch_len;
 
 static const char *const level_names[] = {
-    [MSG_DEBUG] = "debug", [MSG_INFO] = "info", [MSG_WARN] = "warning",
+    [MSG_DEBUG] = "debug", [MSG_INFO] = "info",   [MSG_WARN] = "warning",
     [MSG_ERROR] = "error", [MSG_FATAL] = "fatal", [MSG_PANIC] = "panic",
 };
 
@@ -65,7 +65,7 @@ msg_init(const char *progname)
 void
 msg_use_fd(int fd)
 {
-    msg_flush();                    /* what was collected belongs to the old file */
+    msg_flush(); /* what was collected belongs to the old file */
     if (msg_fd >= 0 && msg_fd != fd)
         close(msg_fd);
     msg_fd = fd;
@@ -142,11 +142,16 @@ static int
 level_to_syslog(enum msg_level level)
 {
     switch (level) {
-    case MSG_DEBUG: return LOG_DEBUG;
-    case MSG_INFO: return LOG_INFO;
-    case MSG_WARN: return LOG_WARNING;
-    case MSG_ERROR: return LOG_ERR;
-    default: return LOG_CRIT;
+    case MSG_DEBUG:
+        return LOG_DEBUG;
+    case MSG_INFO:
+        return LOG_INFO;
+    case MSG_WARN:
+        return LOG_WARNING;
+    case MSG_ERROR:
+        return LOG_ERR;
+    default:
+        return LOG_CRIT;
     }
 }
 
@@ -163,7 +168,7 @@ void
 msg_flush(void)
 {
     if (msg_batch_len > 0 && msg_fd >= 0)
-        (void)fd_write_all(msg_fd, msg_batch, msg_batch_len);   /* a failing log has nobody to tell */
+        (void)fd_write_all(msg_fd, msg_batch, msg_batch_len); /* a failing log has nobody to tell */
     msg_batch_len = 0;
 }
 
@@ -193,7 +198,7 @@ copy_to_stderr(enum msg_level level)
     if (!msg_stderr || msg_fd == STDERR_FILENO)
         return 0;
     if (msg_fd < 0 && !msg_syslog)
-        return 1;               /* stderr is the only place the line can go */
+        return 1; /* stderr is the only place the line can go */
     if (tty < 0)
         tty = isatty(STDERR_FILENO);
     return tty || level >= MSG_WARN;
@@ -223,13 +228,13 @@ msg_vlog(enum msg_level level, const char *fmt, va_list ap)
     errno = saved_errno;
 }
 
-#define MSG_FUNC(name, level)                 \
-    void name(const char *fmt, ...)           \
-    {                                         \
-        va_list ap;                           \
-        va_start(ap, fmt);                    \
-        msg_vlog(level, fmt, ap);             \
-        va_end(ap);                           \
+#define MSG_FUNC(name, level)       \
+    void name(const char *fmt, ...) \
+    {                               \
+        va_list ap;                 \
+        va_start(ap, fmt);          \
+        msg_vlog(level, fmt, ap);   \
+        va_end(ap);                 \
     }
 MSG_FUNC(msg_debug, MSG_DEBUG)
 MSG_FUNC(msg_info, MSG_INFO)

@@ -31,39 +31,40 @@
 struct qstore {
     MDB_env *env;
     MDB_dbi meta, msg, body, rcpt;
-    pid_t pid;              /* the process that opened the env (LMDB rule) */
+    pid_t pid; /* the process that opened the env (LMDB rule) */
     unsigned flags;
 };
 
 struct qstore_wtxn {
     struct qstore *qs;
     MDB_txn *txn;
-    int failed;             /* first error that poisoned the txn, or 0 */
-    int have_id;            /* next_id was read from meta */
+    int failed;  /* first error that poisoned the txn, or 0 */
+    int have_id; /* next_id was read from meta */
     uint64_t next_id;
 };
 
 struct qstore_newmsg {
-    struct buf env;         /* encoded envelope record */
-    struct buf rcpts;       /* encoded recipient records, back to back */
-    size_t *rcpt_off;       /* nrcpt + 1 offsets into rcpts */
+    struct buf env;   /* encoded envelope record */
+    struct buf rcpts; /* encoded recipient records, back to back */
+    size_t *rcpt_off; /* nrcpt + 1 offsets into rcpts */
     uint32_t nrcpt;
     char *body;
     size_t body_len;
     uint32_t nchunks;
-    size_t qid_off;         /* body offset of the queue-id patch, or SIZE_MAX */
+    size_t qid_off; /* body offset of the queue-id patch, or SIZE_MAX */
 };
 
-#define META_SCHEMA "schema"
-#define META_NEXT_ID "next-msgid"
-#define KEY_MSG_LEN 8
-#define KEY_SUB_LEN 12
-#define ENV_FIXED_LEN 28
+#define META_SCHEMA    "schema"
+#define META_NEXT_ID   "next-msgid"
+#define KEY_MSG_LEN    8
+#define KEY_SUB_LEN    12
+#define ENV_FIXED_LEN  28
 #define RCPT_FIXED_LEN 32
 
 /* ---- big-endian helpers ----------------------------------------------------- */
 
-static void put_be32(uint8_t *p, uint32_t v)
+static void
+put_be32(uint8_t *p, uint32_t v)
 {
     p[0] = (uint8_t)(v >> 24);
     p[1] = (uint8_t)(v >> 16);
@@ -71,30 +72,35 @@ static void put_be32(uint8_t *p, uint32_t v)
     p[3] = (uint8_t)v;
 }
 
-static void put_be64(uint8_t *p, uint64_t v)
+static void
+put_be64(uint8_t *p, uint64_t v)
 {
     put_be32(p, (uint32_t)(v >> 32));
     put_be32(p + 4, (uint32_t)v);
 }
 
-static uint32_t get_be32(const uint8_t *p)
+static uint32_t
+get_be32(const uint8_t *p)
 {
     return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
 
-static uint64_t get_be64(const uint8_t *p)
+static uint64_t
+get_be64(const uint8_t *p)
 {
     return (uint64_t)get_be32(p) << 32 | get_be32(p + 4);
 }
 
 /* key_msg / key_sub - the msg key and the body/rcpt key of MSGID (and N) */
-static MDB_val key_msg(uint8_t k[KEY_MSG_LEN], uint64_t msgid)
+static MDB_val
+key_msg(uint8_t k[KEY_MSG_LEN], uint64_t msgid)
 {
     put_be64(k, msgid);
     return (MDB_val){ .mv_size = KEY_MSG_LEN, .mv_data = k };
 }
 
-static MDB_val key_sub(uint8_t k[KEY_SUB_LEN], uint64_t msgid, uint32_t n)
+static MDB_val
+key_sub(uint8_t k[KEY_SUB_LEN], uint64_t msgid, uint32_t n)
 {
     put_be64(k, msgid);
     put_be32(k + 8, n);
@@ -104,7 +110,8 @@ static MDB_val key_sub(uint8_t k[KEY_SUB_LEN], uint64_t msgid, uint32_t n)
 /* ---- errors ----------------------------------------------------------------- */
 
 /* qs_err - LMDB or errno result to the -errno convention */
-static int qs_err(int rc)
+static int
+qs_err(int rc)
 {
     switch (rc) {
     case MDB_SUCCESS:
@@ -118,7 +125,7 @@ static int qs_err(int rc)
     case MDB_READERS_FULL:
         return -EAGAIN;
     case MDB_TXN_FULL:
-        return -E2BIG;      /* too many dirty pages: the batch is too big */
+        return -E2BIG; /* too many dirty pages: the batch is too big */
     case MDB_VERSION_MISMATCH:
     case MDB_INVALID:
         return -EPROTO;
@@ -127,7 +134,8 @@ static int qs_err(int rc)
     }
 }
 
-const char *qstore_strerror(int err)
+const char *
+qstore_strerror(int err)
 {
     switch (err) {
     case -ENOSPC:
@@ -145,19 +153,22 @@ const char *qstore_strerror(int err)
 
 static pid_t self_pid_cached;
 
-static void refresh_self_pid(void)
+static void
+refresh_self_pid(void)
 {
     self_pid_cached = getpid();
 }
 
-static void init_self_pid(void)
+static void
+init_self_pid(void)
 {
     refresh_self_pid();
     pthread_atfork(NULL, NULL, refresh_self_pid);
 }
 
 /* self_pid - getpid() without a system call per queue operation */
-static pid_t self_pid(void)
+static pid_t
+self_pid(void)
 {
     static pthread_once_t once = PTHREAD_ONCE_INIT;
 
@@ -166,21 +177,24 @@ static pid_t self_pid(void)
 }
 
 /* check_owner - LMDB forbids using an env across fork(); catch it loudly */
-static void check_owner(const struct qstore *qs)
+static void
+check_owner(const struct qstore *qs)
 {
     if (qs->pid != self_pid())
-        msg_panic("qstore: environment used in pid %ld but opened in pid %ld",
-                  (long)getpid(), (long)qs->pid);
+        msg_panic("qstore: environment used in pid %ld but opened in pid %ld", (long)getpid(),
+                  (long)qs->pid);
 }
 
 /* ---- record writer ------------------------------------------------------------ */
 
-static void wr_u8(struct buf *b, uint8_t v)
+static void
+wr_u8(struct buf *b, uint8_t v)
 {
     buf_append(b, &v, 1);
 }
 
-static void wr_u32(struct buf *b, uint32_t v)
+static void
+wr_u32(struct buf *b, uint32_t v)
 {
     uint8_t p[4];
 
@@ -188,7 +202,8 @@ static void wr_u32(struct buf *b, uint32_t v)
     buf_append(b, p, sizeof p);
 }
 
-static void wr_u64(struct buf *b, uint64_t v)
+static void
+wr_u64(struct buf *b, uint64_t v)
 {
     uint8_t p[8];
 
@@ -200,7 +215,8 @@ static void wr_u64(struct buf *b, uint64_t v)
  * wr_str - u16 length (text + NUL), text, NUL. Text over MAX is refused, or
  * cut to MAX when TRUNCATE (reply text is informative, never a reason to fail).
  */
-static int wr_str(struct buf *b, const char *s, size_t max, int truncate)
+static int
+wr_str(struct buf *b, const char *s, size_t max, int truncate)
 {
     size_t len = s ? strnlen(s, max + 1) : 0;
     uint8_t p[2];
@@ -226,7 +242,8 @@ struct rd {
     int bad;
 };
 
-static int rd_have(struct rd *r, size_t n)
+static int
+rd_have(struct rd *r, size_t n)
 {
     if (r->bad || (size_t)(r->end - r->p) < n) {
         r->bad = 1;
@@ -235,12 +252,14 @@ static int rd_have(struct rd *r, size_t n)
     return 1;
 }
 
-static uint8_t rd_u8(struct rd *r)
+static uint8_t
+rd_u8(struct rd *r)
 {
     return rd_have(r, 1) ? *r->p++ : 0;
 }
 
-static uint32_t rd_u32(struct rd *r)
+static uint32_t
+rd_u32(struct rd *r)
 {
     uint32_t v;
 
@@ -251,7 +270,8 @@ static uint32_t rd_u32(struct rd *r)
     return v;
 }
 
-static uint64_t rd_u64(struct rd *r)
+static uint64_t
+rd_u64(struct rd *r)
 {
     uint64_t v;
 
@@ -263,7 +283,8 @@ static uint64_t rd_u64(struct rd *r)
 }
 
 /* rd_str - a NUL-terminated string of at most MAX text bytes, in place */
-static const char *rd_str(struct rd *r, size_t max, size_t *lenp)
+static const char *
+rd_str(struct rd *r, size_t max, size_t *lenp)
 {
     const char *s;
     size_t len;
@@ -272,8 +293,8 @@ static const char *rd_str(struct rd *r, size_t max, size_t *lenp)
         return "";
     len = (size_t)r->p[0] << 8 | r->p[1];
     r->p += 2;
-    if (len < 1 || len > max + 1 || !rd_have(r, len)
-        || r->p[len - 1] != 0 || memchr(r->p, 0, len - 1) != NULL) {
+    if (len < 1 || len > max + 1 || !rd_have(r, len) || r->p[len - 1] != 0 ||
+        memchr(r->p, 0, len - 1) != NULL) {
         r->bad = 1;
         return "";
     }
@@ -285,23 +306,26 @@ static const char *rd_str(struct rd *r, size_t max, size_t *lenp)
 }
 
 /* rd_done - 0 when everything parsed and nothing is left over */
-static int rd_done(const struct rd *r)
+static int
+rd_done(const struct rd *r)
 {
     return r->bad || r->p != r->end ? -EPROTO : 0;
 }
 
 /* chunks_for - how many body chunks hold SIZE bytes (no chunk is empty) */
-static uint64_t chunks_for(uint64_t size)
+static uint64_t
+chunks_for(uint64_t size)
 {
     return size / QSTORE_CHUNK_MAX + (size % QSTORE_CHUNK_MAX != 0);
 }
 
 /* wr_strs - the N string fields of a record; on overflow OUT goes back to START */
-static int wr_strs(struct buf *out, const char *const *strs, size_t n, size_t start)
+static int
+wr_strs(struct buf *out, const char *const *strs, size_t n, size_t start)
 {
     for (size_t i = 0; i < n; i++) {
         if (wr_str(out, strs[i], QSTORE_STR_MAX, 0) < 0) {
-            out->len = start;   /* leave OUT as it was */
+            out->len = start; /* leave OUT as it was */
             return -EMSGSIZE;
         }
     }
@@ -310,15 +334,15 @@ static int wr_strs(struct buf *out, const char *const *strs, size_t n, size_t st
 
 /* ---- envelope codec ---------------------------------------------------------- */
 
-int qstore_envelope_encode(struct buf *out, const struct qstore_envelope *e)
+int
+qstore_envelope_encode(struct buf *out, const struct qstore_envelope *e)
 {
-    const char *strs[] = { e->sender, e->envid, e->job_id, e->vmta, e->source,
+    const char *strs[] = { e->sender,    e->envid,       e->job_id,    e->vmta,         e->source,
                            e->client_ip, e->client_helo, e->auth_user, e->bounce_sender };
     size_t start = out->len;
 
-    if (e->flags & ~QSTORE_F_ALL || e->ret > QSTORE_RET_HDRS
-        || chunks_for(e->size) != e->nchunks)
-        return -EINVAL;     /* the decoder would refuse it */
+    if (e->flags & ~QSTORE_F_ALL || e->ret > QSTORE_RET_HDRS || chunks_for(e->size) != e->nchunks)
+        return -EINVAL; /* the decoder would refuse it */
     wr_u8(out, QSTORE_ENV_VERSION);
     wr_u8(out, e->flags);
     wr_u8(out, e->ret);
@@ -330,7 +354,8 @@ int qstore_envelope_encode(struct buf *out, const struct qstore_envelope *e)
     return wr_strs(out, strs, sizeof strs / sizeof strs[0], start);
 }
 
-int qstore_envelope_decode(const void *rec, size_t len, struct qstore_envelope *e)
+int
+qstore_envelope_decode(const void *rec, size_t len, struct qstore_envelope *e)
 {
     struct rd r = { rec, (const uint8_t *)rec + len, 0 };
 
@@ -361,7 +386,8 @@ int qstore_envelope_decode(const void *rec, size_t len, struct qstore_envelope *
 
 /* ---- recipient codec ---------------------------------------------------------- */
 
-int qstore_rcpt_encode(struct buf *out, const struct qstore_rcpt *rc)
+int
+qstore_rcpt_encode(struct buf *out, const struct qstore_rcpt *rc)
 {
     const char *strs[] = { rc->queue, rc->address, rc->orcpt, rc->domain };
     size_t start = out->len;
@@ -383,7 +409,8 @@ int qstore_rcpt_encode(struct buf *out, const struct qstore_rcpt *rc)
 }
 
 /* rd_rcpt_head - the fixed part of a recipient record */
-static int rd_rcpt_head(struct rd *r, struct qstore_rcpt *rc)
+static int
+rd_rcpt_head(struct rd *r, struct qstore_rcpt *rc)
 {
     if (rd_u8(r) != QSTORE_RCPT_VERSION)
         return -EPROTO;
@@ -399,7 +426,8 @@ static int rd_rcpt_head(struct rd *r, struct qstore_rcpt *rc)
     return r->bad ? -EPROTO : 0;
 }
 
-int qstore_rcpt_decode(const void *rec, size_t len, struct qstore_rcpt *rc)
+int
+qstore_rcpt_decode(const void *rec, size_t len, struct qstore_rcpt *rc)
 {
     struct rd r = { rec, (const uint8_t *)rec + len, 0 };
 
@@ -417,7 +445,8 @@ int qstore_rcpt_decode(const void *rec, size_t len, struct qstore_rcpt *rc)
  * sched_decode - the scheduler's view: fixed header and queue name only.
  * The rest of the record is checked when smtp-out reads it.
  */
-static int sched_decode(const MDB_val *k, const MDB_val *v, struct qstore_sched *s)
+static int
+sched_decode(const MDB_val *k, const MDB_val *v, struct qstore_sched *s)
 {
     struct rd r = { v->mv_data, (const uint8_t *)v->mv_data + v->mv_size, 0 };
     struct qstore_rcpt rc;
@@ -439,21 +468,23 @@ static int sched_decode(const MDB_val *k, const MDB_val *v, struct qstore_sched 
 /* ---- environment ---------------------------------------------------------------- */
 
 /* open_dbis - open (creating) the named databases in TXN */
-static int open_dbis(struct qstore *qs, MDB_txn *txn)
+static int
+open_dbis(struct qstore *qs, MDB_txn *txn)
 {
     unsigned fl = qs->flags & QSTORE_RDONLY ? 0 : MDB_CREATE;
     int rc;
 
-    if ((rc = mdb_dbi_open(txn, "meta", fl, &qs->meta)) != 0
-        || (rc = mdb_dbi_open(txn, "msg", fl, &qs->msg)) != 0
-        || (rc = mdb_dbi_open(txn, "body", fl, &qs->body)) != 0
-        || (rc = mdb_dbi_open(txn, "rcpt", fl, &qs->rcpt)) != 0)
+    if ((rc = mdb_dbi_open(txn, "meta", fl, &qs->meta)) != 0 ||
+        (rc = mdb_dbi_open(txn, "msg", fl, &qs->msg)) != 0 ||
+        (rc = mdb_dbi_open(txn, "body", fl, &qs->body)) != 0 ||
+        (rc = mdb_dbi_open(txn, "rcpt", fl, &qs->rcpt)) != 0)
         return qs_err(rc);
     return 0;
 }
 
 /* init_meta - write the schema version and first id into a fresh env */
-static int init_meta(struct qstore *qs, MDB_txn *txn)
+static int
+init_meta(struct qstore *qs, MDB_txn *txn)
 {
     uint8_t ver[4], next[8];
     MDB_val k = { strlen(META_SCHEMA), META_SCHEMA }, v = { sizeof ver, ver };
@@ -469,7 +500,8 @@ static int init_meta(struct qstore *qs, MDB_txn *txn)
 }
 
 /* check_meta - initialise a fresh env or verify an existing one's schema */
-static int check_meta(struct qstore *qs, MDB_txn *txn, const char *dir)
+static int
+check_meta(struct qstore *qs, MDB_txn *txn, const char *dir)
 {
     MDB_val k = { strlen(META_SCHEMA), META_SCHEMA }, v;
     int rc = mdb_get(txn, qs->meta, &k, &v);
@@ -487,20 +519,22 @@ static int check_meta(struct qstore *qs, MDB_txn *txn, const char *dir)
 }
 
 /* env_setup - create the env handle with size, readers and db count set */
-static int env_setup(struct qstore *qs, const struct qstore_opts *o)
+static int
+env_setup(struct qstore *qs, const struct qstore_opts *o)
 {
     int rc;
 
     if ((rc = mdb_env_create(&qs->env)) != 0)
         return qs_err(rc);
-    if ((rc = mdb_env_set_mapsize(qs->env, o->map_size ? o->map_size : (size_t)1 << 30)) != 0
-        || (rc = mdb_env_set_maxreaders(qs->env, o->max_readers ? o->max_readers : 512)) != 0
-        || (rc = mdb_env_set_maxdbs(qs->env, 8)) != 0)
+    if ((rc = mdb_env_set_mapsize(qs->env, o->map_size ? o->map_size : (size_t)1 << 30)) != 0 ||
+        (rc = mdb_env_set_maxreaders(qs->env, o->max_readers ? o->max_readers : 512)) != 0 ||
+        (rc = mdb_env_set_maxdbs(qs->env, 8)) != 0)
         return qs_err(rc);
     return 0;
 }
 
-int qstore_open(struct qstore **qsp, const char *dir, const struct qstore_opts *opts)
+int
+qstore_open(struct qstore **qsp, const char *dir, const struct qstore_opts *opts)
 {
     static const struct qstore_opts defaults;
     const struct qstore_opts *o = opts ? opts : &defaults;
@@ -526,8 +560,8 @@ int qstore_open(struct qstore **qsp, const char *dir, const struct qstore_opts *
     /* slots of killed processes would pin old pages and fill the map */
     if (mdb_reader_check(qs->env, &dead) == 0 && dead > 0)
         msg_info("qstore: %s: cleared %d stale reader slot(s)", dir, dead);
-    if ((rc = qs_err(mdb_txn_begin(qs->env, NULL, o->flags & QSTORE_RDONLY ? MDB_RDONLY : 0,
-                                   &txn))) < 0)
+    if ((rc = qs_err(
+             mdb_txn_begin(qs->env, NULL, o->flags & QSTORE_RDONLY ? MDB_RDONLY : 0, &txn))) < 0)
         goto fail_env;
     if ((rc = open_dbis(qs, txn)) < 0 || (rc = check_meta(qs, txn, dir)) < 0)
         goto fail_txn;
@@ -546,7 +580,8 @@ fail_free:
     return rc;
 }
 
-void qstore_close(struct qstore *qs)
+void
+qstore_close(struct qstore *qs)
 {
     if (qs == NULL)
         return;
@@ -555,21 +590,24 @@ void qstore_close(struct qstore *qs)
     free(qs);
 }
 
-int qstore_sync(struct qstore *qs)
+int
+qstore_sync(struct qstore *qs)
 {
     check_owner(qs);
     return qs_err(mdb_env_sync(qs->env, 1));
 }
 
 /* db_entries - number of records in DBI */
-static uint64_t db_entries(MDB_txn *txn, MDB_dbi dbi)
+static uint64_t
+db_entries(MDB_txn *txn, MDB_dbi dbi)
 {
     MDB_stat st;
 
     return mdb_stat(txn, dbi, &st) == 0 ? st.ms_entries : 0;
 }
 
-int qstore_info(struct qstore *qs, struct qstore_info *info)
+int
+qstore_info(struct qstore *qs, struct qstore_info *info)
 {
     MDB_envinfo ei;
     MDB_stat es;
@@ -597,8 +635,8 @@ int qstore_info(struct qstore *qs, struct qstore_info *info)
 /* ---- new messages ----------------------------------------------------------------- */
 
 /* encode_rcpts - append every recipient record of a new message to NM */
-static int encode_rcpts(struct qstore_newmsg *nm, const struct qstore_rcpt *rcpts,
-                        uint64_t queued_at)
+static int
+encode_rcpts(struct qstore_newmsg *nm, const struct qstore_rcpt *rcpts, uint64_t queued_at)
 {
     nm->rcpt_off = xreallocarray(NULL, (size_t)nm->nrcpt + 1, sizeof *nm->rcpt_off);
     for (uint32_t i = 0; i < nm->nrcpt; i++) {
@@ -614,8 +652,9 @@ static int encode_rcpts(struct qstore_newmsg *nm, const struct qstore_rcpt *rcpt
     return 0;
 }
 
-int qstore_newmsg_create(struct qstore_newmsg **nmp, const struct qstore_envelope *env,
-                         const struct qstore_rcpt *rcpts, size_t n, struct buf *body)
+int
+qstore_newmsg_create(struct qstore_newmsg **nmp, const struct qstore_envelope *env,
+                     const struct qstore_rcpt *rcpts, size_t n, struct buf *body)
 {
     struct qstore_newmsg *nm;
     struct qstore_envelope e = *env;
@@ -640,8 +679,8 @@ int qstore_newmsg_create(struct qstore_newmsg **nmp, const struct qstore_envelop
     e.nchunks = nm->nchunks;
     if (e.queued_at == 0)
         e.queued_at = (uint64_t)time(NULL);
-    if ((rc = qstore_envelope_encode(&nm->env, &e)) < 0
-        || (rc = encode_rcpts(nm, rcpts, e.queued_at)) < 0)
+    if ((rc = qstore_envelope_encode(&nm->env, &e)) < 0 ||
+        (rc = encode_rcpts(nm, rcpts, e.queued_at)) < 0)
         goto fail;
     *nmp = nm;
     return 0;
@@ -651,7 +690,8 @@ fail:
     return rc;
 }
 
-void qstore_newmsg_free(struct qstore_newmsg *nm)
+void
+qstore_newmsg_free(struct qstore_newmsg *nm)
 {
     if (nm == NULL)
         return;
@@ -662,7 +702,8 @@ void qstore_newmsg_free(struct qstore_newmsg *nm)
     free(nm);
 }
 
-int qstore_newmsg_patch_qid(struct qstore_newmsg *nm, size_t offset)
+int
+qstore_newmsg_patch_qid(struct qstore_newmsg *nm, size_t offset)
 {
     if (offset > nm->body_len || nm->body_len - offset < QSTORE_QID_LEN)
         return -EINVAL;
@@ -670,7 +711,8 @@ int qstore_newmsg_patch_qid(struct qstore_newmsg *nm, size_t offset)
     return 0;
 }
 
-void qstore_qid_format(char out[QSTORE_QID_LEN + 1], uint64_t msgid)
+void
+qstore_qid_format(char out[QSTORE_QID_LEN + 1], uint64_t msgid)
 {
     static const char hex[] = "0123456789ABCDEF";
 
@@ -679,15 +721,17 @@ void qstore_qid_format(char out[QSTORE_QID_LEN + 1], uint64_t msgid)
     out[QSTORE_QID_LEN] = '\0';
 }
 
-size_t qstore_newmsg_size(const struct qstore_newmsg *nm)
+size_t
+qstore_newmsg_size(const struct qstore_newmsg *nm)
 {
-    return nm->env.len + nm->rcpts.len + nm->body_len
-           + ((size_t)nm->nrcpt + nm->nchunks + 1) * KEY_SUB_LEN;
+    return nm->env.len + nm->rcpts.len + nm->body_len +
+           ((size_t)nm->nrcpt + nm->nchunks + 1) * KEY_SUB_LEN;
 }
 
 /* ---- write transactions --------------------------------------------------------------- */
 
-int qstore_wtxn_begin(struct qstore *qs, struct qstore_wtxn **wp)
+int
+qstore_wtxn_begin(struct qstore *qs, struct qstore_wtxn **wp)
 {
     struct qstore_wtxn *w;
     int rc;
@@ -706,7 +750,8 @@ int qstore_wtxn_begin(struct qstore *qs, struct qstore_wtxn **wp)
 }
 
 /* poison - record that W can no longer commit; returns RC for chaining */
-static int poison(struct qstore_wtxn *w, int rc)
+static int
+poison(struct qstore_wtxn *w, int rc)
 {
     if (w->failed == 0)
         w->failed = rc;
@@ -714,7 +759,8 @@ static int poison(struct qstore_wtxn *w, int rc)
 }
 
 /* next_id - hand out the next message id; meta is written back at commit */
-static int next_id(struct qstore_wtxn *w, uint64_t *idp)
+static int
+next_id(struct qstore_wtxn *w, uint64_t *idp)
 {
     MDB_val k = { strlen(META_NEXT_ID), META_NEXT_ID }, v;
     int rc;
@@ -732,7 +778,8 @@ static int next_id(struct qstore_wtxn *w, uint64_t *idp)
 }
 
 /* put_append - append one record; ids only grow, so MDB_APPEND refuses overwrites */
-static int put_append(struct qstore_wtxn *w, MDB_dbi dbi, MDB_val *k, const void *p, size_t n)
+static int
+put_append(struct qstore_wtxn *w, MDB_dbi dbi, MDB_val *k, const void *p, size_t n)
 {
     MDB_val v = { n, (void *)p };
 
@@ -745,8 +792,9 @@ static int put_append(struct qstore_wtxn *w, MDB_dbi dbi, MDB_val *k, const void
  * with the id's text over the placeholder bytes: NM itself is never changed,
  * so a retried batch patches its new id the same way.
  */
-static int put_chunk(struct qstore_wtxn *w, const struct qstore_newmsg *nm, uint64_t id,
-                     uint32_t c, size_t off, size_t n)
+static int
+put_chunk(struct qstore_wtxn *w, const struct qstore_newmsg *nm, uint64_t id, uint32_t c,
+          size_t off, size_t n)
 {
     uint8_t kb[KEY_SUB_LEN];
     MDB_val k = key_sub(kb, id, c), v = { n, NULL };
@@ -767,7 +815,8 @@ static int put_chunk(struct qstore_wtxn *w, const struct qstore_newmsg *nm, uint
 }
 
 /* put_records - all records of NM under id ID */
-static int put_records(struct qstore_wtxn *w, const struct qstore_newmsg *nm, uint64_t id)
+static int
+put_records(struct qstore_wtxn *w, const struct qstore_newmsg *nm, uint64_t id)
 {
     struct qstore *qs = w->qs;
     uint8_t kb[KEY_SUB_LEN];
@@ -793,7 +842,8 @@ static int put_records(struct qstore_wtxn *w, const struct qstore_newmsg *nm, ui
     return 0;
 }
 
-int qstore_wtxn_put(struct qstore_wtxn *w, const struct qstore_newmsg *nm, uint64_t *idp)
+int
+qstore_wtxn_put(struct qstore_wtxn *w, const struct qstore_newmsg *nm, uint64_t *idp)
 {
     uint64_t id = 0;
     int rc;
@@ -808,7 +858,8 @@ int qstore_wtxn_put(struct qstore_wtxn *w, const struct qstore_newmsg *nm, uint6
 }
 
 /* first_with_prefix - position C at the first record of MSGID; 1 found, 0 none, <0 error */
-static int first_with_prefix(MDB_cursor *c, uint64_t msgid, MDB_val *k, MDB_val *v)
+static int
+first_with_prefix(MDB_cursor *c, uint64_t msgid, MDB_val *k, MDB_val *v)
 {
     uint8_t kb[KEY_SUB_LEN];
     int rc;
@@ -823,7 +874,8 @@ static int first_with_prefix(MDB_cursor *c, uint64_t msgid, MDB_val *k, MDB_val 
 }
 
 /* delete_prefix - delete every body/rcpt record of MSGID from DBI */
-static int delete_prefix(struct qstore_wtxn *w, MDB_dbi dbi, uint64_t msgid)
+static int
+delete_prefix(struct qstore_wtxn *w, MDB_dbi dbi, uint64_t msgid)
 {
     MDB_cursor *c;
     MDB_val k, v;
@@ -841,7 +893,8 @@ static int delete_prefix(struct qstore_wtxn *w, MDB_dbi dbi, uint64_t msgid)
 }
 
 /* has_rcpts - 1 if MSGID still has recipient records, 0 if not, <0 error */
-static int has_rcpts(struct qstore_wtxn *w, uint64_t msgid)
+static int
+has_rcpts(struct qstore_wtxn *w, uint64_t msgid)
 {
     MDB_cursor *c;
     MDB_val k, v;
@@ -855,7 +908,8 @@ static int has_rcpts(struct qstore_wtxn *w, uint64_t msgid)
 }
 
 /* delete_msg_records - msg, body and any rcpt records of MSGID */
-static int delete_msg_records(struct qstore_wtxn *w, uint64_t msgid)
+static int
+delete_msg_records(struct qstore_wtxn *w, uint64_t msgid)
 {
     uint8_t kb[KEY_MSG_LEN];
     MDB_val k = key_msg(kb, msgid);
@@ -868,7 +922,8 @@ static int delete_msg_records(struct qstore_wtxn *w, uint64_t msgid)
     return delete_prefix(w, w->qs->rcpt, msgid);
 }
 
-int qstore_wtxn_finish(struct qstore_wtxn *w, uint64_t msgid, uint32_t index)
+int
+qstore_wtxn_finish(struct qstore_wtxn *w, uint64_t msgid, uint32_t index)
 {
     uint8_t kb[KEY_SUB_LEN];
     MDB_val k = key_sub(kb, msgid, index);
@@ -878,7 +933,7 @@ int qstore_wtxn_finish(struct qstore_wtxn *w, uint64_t msgid, uint32_t index)
         return w->failed;
     rc = mdb_del(w->txn, w->qs->rcpt, &k, NULL);
     if (rc == MDB_NOTFOUND)
-        return -ENOENT;     /* nothing written yet: the txn is still good */
+        return -ENOENT; /* nothing written yet: the txn is still good */
     if (rc != 0)
         return poison(w, qs_err(rc));
     if ((rc = has_rcpts(w, msgid)) < 0)
@@ -888,8 +943,9 @@ int qstore_wtxn_finish(struct qstore_wtxn *w, uint64_t msgid, uint32_t index)
     return 0;
 }
 
-int qstore_wtxn_defer(struct qstore_wtxn *w, uint64_t msgid, uint32_t index,
-                      const struct qstore_defer *d)
+int
+qstore_wtxn_defer(struct qstore_wtxn *w, uint64_t msgid, uint32_t index,
+                  const struct qstore_defer *d)
 {
     uint8_t kb[KEY_SUB_LEN];
     MDB_val k = key_sub(kb, msgid, index), v;
@@ -922,7 +978,8 @@ int qstore_wtxn_defer(struct qstore_wtxn *w, uint64_t msgid, uint32_t index,
     return rc;
 }
 
-int qstore_wtxn_delete_msg(struct qstore_wtxn *w, uint64_t msgid)
+int
+qstore_wtxn_delete_msg(struct qstore_wtxn *w, uint64_t msgid)
 {
     uint8_t kb[KEY_MSG_LEN];
     MDB_val k = key_msg(kb, msgid), v;
@@ -937,12 +994,14 @@ int qstore_wtxn_delete_msg(struct qstore_wtxn *w, uint64_t msgid)
     return 0;
 }
 
-int qstore_wtxn_failed(const struct qstore_wtxn *w)
+int
+qstore_wtxn_failed(const struct qstore_wtxn *w)
 {
     return w->failed;
 }
 
-int qstore_wtxn_commit(struct qstore_wtxn *w)
+int
+qstore_wtxn_commit(struct qstore_wtxn *w)
 {
     uint8_t next[8];
     MDB_val k = { strlen(META_NEXT_ID), META_NEXT_ID }, v = { sizeof next, next };
@@ -967,7 +1026,8 @@ int qstore_wtxn_commit(struct qstore_wtxn *w)
     return rc;
 }
 
-void qstore_wtxn_abort(struct qstore_wtxn *w)
+void
+qstore_wtxn_abort(struct qstore_wtxn *w)
 {
     if (w == NULL)
         return;
@@ -975,7 +1035,8 @@ void qstore_wtxn_abort(struct qstore_wtxn *w)
     free(w);
 }
 
-int qstore_put(struct qstore *qs, const struct qstore_newmsg *nm, uint64_t *idp)
+int
+qstore_put(struct qstore *qs, const struct qstore_newmsg *nm, uint64_t *idp)
 {
     struct qstore_wtxn *w;
     uint64_t id = 0;
@@ -992,7 +1053,8 @@ int qstore_put(struct qstore *qs, const struct qstore_newmsg *nm, uint64_t *idp)
     return rc;
 }
 
-int qstore_delete_msg(struct qstore *qs, uint64_t msgid)
+int
+qstore_delete_msg(struct qstore *qs, uint64_t msgid)
 {
     struct qstore_wtxn *w;
     int rc;
@@ -1009,8 +1071,9 @@ int qstore_delete_msg(struct qstore *qs, uint64_t msgid)
 /* ---- scanning --------------------------------------------------------------------------- */
 
 /* scan_one - decode and hand one record to FN; corrupt ones are logged and skipped */
-static int scan_one(const MDB_val *k, const MDB_val *v, qstore_sched_fn fn, void *arg,
-                    struct qstore_scan_stats *st)
+static int
+scan_one(const MDB_val *k, const MDB_val *v, qstore_sched_fn fn, void *arg,
+         struct qstore_scan_stats *st)
 {
     struct qstore_sched s;
 
@@ -1028,8 +1091,9 @@ static int scan_one(const MDB_val *k, const MDB_val *v, qstore_sched_fn fn, void
 }
 
 /* scan_range - the cursor loop; ONE_MSG limits it to MSGID's records */
-static int scan_range(struct qstore *qs, int one_msg, uint64_t msgid, qstore_sched_fn fn,
-                      void *arg, struct qstore_scan_stats *stp)
+static int
+scan_range(struct qstore *qs, int one_msg, uint64_t msgid, qstore_sched_fn fn, void *arg,
+           struct qstore_scan_stats *stp)
 {
     struct qstore_scan_stats local = { 0, 0 };
     struct qstore_scan_stats *st = stp ? stp : &local;
@@ -1059,13 +1123,15 @@ out:
     return rc;
 }
 
-int qstore_scan(struct qstore *qs, qstore_sched_fn fn, void *arg, struct qstore_scan_stats *st)
+int
+qstore_scan(struct qstore *qs, qstore_sched_fn fn, void *arg, struct qstore_scan_stats *st)
 {
     return scan_range(qs, 0, 0, fn, arg, st);
 }
 
-int qstore_scan_msg(struct qstore *qs, uint64_t msgid, qstore_sched_fn fn, void *arg,
-                    struct qstore_scan_stats *st)
+int
+qstore_scan_msg(struct qstore *qs, uint64_t msgid, qstore_sched_fn fn, void *arg,
+                struct qstore_scan_stats *st)
 {
     return scan_range(qs, 1, msgid, fn, arg, st);
 }
@@ -1078,8 +1144,9 @@ struct rec_ref {
 };
 
 /* copy_rcpts - copy MSGID's recipient records into M's arena; refs to *REFSP */
-static int copy_rcpts(struct qstore *qs, MDB_txn *txn, uint64_t msgid, struct qstore_msg *m,
-                      struct rec_ref **refsp)
+static int
+copy_rcpts(struct qstore *qs, MDB_txn *txn, uint64_t msgid, struct qstore_msg *m,
+           struct rec_ref **refsp)
 {
     MDB_cursor *c;
     MDB_val k, v;
@@ -1097,8 +1164,8 @@ static int copy_rcpts(struct qstore *qs, MDB_txn *txn, uint64_t msgid, struct qs
             cap = cap ? cap * 2 : 8;
             *refsp = xreallocarray(*refsp, cap, sizeof **refsp);
         }
-        (*refsp)[m->nrcpt++] = (struct rec_ref){ get_be32((uint8_t *)k.mv_data + 8),
-                                                  m->recs_.len, v.mv_size };
+        (*refsp)[m->nrcpt++] = (struct rec_ref){ get_be32((uint8_t *)k.mv_data + 8), m->recs_.len,
+                                                 v.mv_size };
         buf_append(&m->recs_, v.mv_data, v.mv_size);
         if ((rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) != 0)
             rc = rc == MDB_NOTFOUND ? 0 : qs_err(rc);
@@ -1110,8 +1177,9 @@ static int copy_rcpts(struct qstore *qs, MDB_txn *txn, uint64_t msgid, struct qs
 }
 
 /* copy_body - the chunks of a message of SIZE bytes in NCHUNKS, checked */
-static int copy_body(struct qstore *qs, MDB_txn *txn, uint64_t msgid,
-                     const struct qstore_envelope *e, struct qstore_msg *m)
+static int
+copy_body(struct qstore *qs, MDB_txn *txn, uint64_t msgid, const struct qstore_envelope *e,
+          struct qstore_msg *m)
 {
     uint8_t kb[KEY_SUB_LEN];
     MDB_val k, v;
@@ -1134,8 +1202,9 @@ static int copy_body(struct qstore *qs, MDB_txn *txn, uint64_t msgid,
 }
 
 /* copy_msg - everything of MSGID into M (in one read txn) */
-static int copy_msg(struct qstore *qs, MDB_txn *txn, uint64_t msgid, unsigned what,
-                    struct qstore_msg *m, struct rec_ref **refsp)
+static int
+copy_msg(struct qstore *qs, MDB_txn *txn, uint64_t msgid, unsigned what, struct qstore_msg *m,
+         struct rec_ref **refsp)
 {
     uint8_t kb[KEY_MSG_LEN];
     MDB_val k = key_msg(kb, msgid), v;
@@ -1155,7 +1224,8 @@ static int copy_msg(struct qstore *qs, MDB_txn *txn, uint64_t msgid, unsigned wh
 }
 
 /* decode_copy - decode M's copied records; the arena no longer moves */
-static int decode_copy(struct qstore_msg *m, const struct rec_ref *refs)
+static int
+decode_copy(struct qstore_msg *m, const struct rec_ref *refs)
 {
     size_t env_len = m->nrcpt ? refs[0].off : m->recs_.len;
 
@@ -1170,7 +1240,8 @@ static int decode_copy(struct qstore_msg *m, const struct rec_ref *refs)
     return 0;
 }
 
-int qstore_read_msg(struct qstore *qs, uint64_t msgid, unsigned what, struct qstore_msg **mp)
+int
+qstore_read_msg(struct qstore *qs, uint64_t msgid, unsigned what, struct qstore_msg **mp)
 {
     struct qstore_msg *m = xcalloc(1, sizeof *m);
     struct rec_ref *refs = NULL;
@@ -1183,7 +1254,7 @@ int qstore_read_msg(struct qstore *qs, uint64_t msgid, unsigned what, struct qst
     if ((rc = qs_err(mdb_txn_begin(qs->env, NULL, MDB_RDONLY, &txn))) < 0)
         goto fail;
     rc = copy_msg(qs, txn, msgid, what, m, &refs);
-    mdb_txn_abort(txn);     /* all values are copied out by now */
+    mdb_txn_abort(txn); /* all values are copied out by now */
     if (rc < 0 || (rc = decode_copy(m, refs)) < 0)
         goto fail;
     free(refs);
@@ -1196,7 +1267,8 @@ fail:
     return rc;
 }
 
-void qstore_msg_free(struct qstore_msg *m)
+void
+qstore_msg_free(struct qstore_msg *m)
 {
     if (m == NULL)
         return;

@@ -38,8 +38,8 @@
  *   zero-padded (qstore_qid_format). Because the id is known only inside the
  *   transaction, a new message may carry a patch point
  *   (qstore_newmsg_patch_qid): the put writes the id's text over those
- *   QSTORE_QID_LEN body bytes as it stores the body (cleanup's Received). LMDB serialises writers across processes, so several
- *   cleanup processes can share the environment and ids stay unique and
+ *   QSTORE_QID_LEN body bytes as it stores the body (cleanup's Received). LMDB serialises writers
+ * across processes, so several cleanup processes can share the environment and ids stay unique and
  *   monotonic. Ids are never reused (msg/body/rcpt puts use MDB_APPEND, which
  *   also refuses to overwrite anything if meta were ever rolled back).
  *
@@ -129,27 +129,27 @@
 #include "buf.h"
 
 #define QSTORE_SCHEMA_VERSION 1u
-#define QSTORE_ENV_VERSION 1u      /* envelope record version */
-#define QSTORE_RCPT_VERSION 1u     /* recipient record version */
-#define QSTORE_CHUNK_MAX (256u * 1024u)
-#define QSTORE_STR_MAX 1024u       /* text bytes per string field */
-#define QSTORE_ERR_MAX 512u        /* text bytes of last_error (truncated) */
-#define QSTORE_QID_LEN 20          /* hex digits of a queue id's text form */
+#define QSTORE_ENV_VERSION    1u /* envelope record version */
+#define QSTORE_RCPT_VERSION   1u /* recipient record version */
+#define QSTORE_CHUNK_MAX      (256u * 1024u)
+#define QSTORE_STR_MAX        1024u /* text bytes per string field */
+#define QSTORE_ERR_MAX        512u  /* text bytes of last_error (truncated) */
+#define QSTORE_QID_LEN        20    /* hex digits of a queue id's text form */
 
 /* envelope flags */
 #define QSTORE_F_8BITMIME 0x01u
 #define QSTORE_F_SMTPUTF8 0x02u
-#define QSTORE_F_ALL (QSTORE_F_8BITMIME | QSTORE_F_SMTPUTF8)
+#define QSTORE_F_ALL      (QSTORE_F_8BITMIME | QSTORE_F_SMTPUTF8)
 
 /* RET= of MAIL FROM (RFC 3461) */
 enum { QSTORE_RET_NONE = 0, QSTORE_RET_FULL = 1, QSTORE_RET_HDRS = 2 };
 
 /* NOTIFY= of RCPT TO (RFC 3461); 0 = not given (default: FAILURE) */
-#define QSTORE_NOTIFY_NEVER 0x01u
+#define QSTORE_NOTIFY_NEVER   0x01u
 #define QSTORE_NOTIFY_SUCCESS 0x02u
 #define QSTORE_NOTIFY_FAILURE 0x04u
-#define QSTORE_NOTIFY_DELAY 0x08u
-#define QSTORE_NOTIFY_ALL 0x0fu
+#define QSTORE_NOTIFY_DELAY   0x08u
+#define QSTORE_NOTIFY_ALL     0x0fu
 
 enum { QSTORE_RCPT_QUEUED = 0, QSTORE_RCPT_DEFERRED = 1 };
 
@@ -158,12 +158,12 @@ enum { QSTORE_RCPT_QUEUED = 0, QSTORE_RCPT_DEFERRED = 1 };
  * On decode they point into the record (see the lifetime of the call used).
  */
 struct qstore_envelope {
-    uint8_t flags;          /* QSTORE_F_* */
-    uint8_t ret;            /* QSTORE_RET_* */
-    uint32_t nrcpt;         /* filled in on submit */
-    uint64_t queued_at;     /* unix seconds; 0 on submit = now */
-    uint64_t size;          /* filled in on submit */
-    uint32_t nchunks;       /* filled in on submit */
+    uint8_t flags;      /* QSTORE_F_* */
+    uint8_t ret;        /* QSTORE_RET_* */
+    uint32_t nrcpt;     /* filled in on submit */
+    uint64_t queued_at; /* unix seconds; 0 on submit = now */
+    uint64_t size;      /* filled in on submit */
+    uint32_t nchunks;   /* filled in on submit */
     const char *sender;
     const char *envid;
     const char *job_id;
@@ -176,15 +176,15 @@ struct qstore_envelope {
 };
 
 struct qstore_rcpt {
-    uint32_t index;         /* position in the message (from the key) */
-    uint8_t state;          /* QSTORE_RCPT_* */
-    uint8_t notify;         /* QSTORE_NOTIFY_* */
-    uint8_t delay_notices;  /* delay DSNs sent (notify-of-delay-every) */
+    uint32_t index;        /* position in the message (from the key) */
+    uint8_t state;         /* QSTORE_RCPT_* */
+    uint8_t notify;        /* QSTORE_NOTIFY_* */
+    uint8_t delay_notices; /* delay DSNs sent (notify-of-delay-every) */
     uint32_t attempts;
     uint64_t queued_at;
     uint64_t first_attempt;
     uint64_t next_attempt;
-    const char *queue;      /* "domain/vmta" */
+    const char *queue; /* "domain/vmta" */
     const char *address;
     const char *orcpt;
     const char *domain;
@@ -213,13 +213,13 @@ int qstore_rcpt_decode(const void *rec, size_t len, struct qstore_rcpt *rcpt);
 
 struct qstore;
 
-#define QSTORE_NOSYNC 0x01u        /* `sync-msg-create no`: commits not fsynced */
-#define QSTORE_RDONLY 0x02u        /* open read-only (tools); writes -> -EACCES */
+#define QSTORE_NOSYNC 0x01u /* `sync-msg-create no`: commits not fsynced */
+#define QSTORE_RDONLY 0x02u /* open read-only (tools); writes -> -EACCES */
 
 struct qstore_opts {
-    size_t map_size;        /* bytes; 0 = 1 GiB */
-    unsigned max_readers;   /* 0 = 512 */
-    unsigned flags;         /* QSTORE_NOSYNC, QSTORE_RDONLY */
+    size_t map_size;      /* bytes; 0 = 1 GiB */
+    unsigned max_readers; /* 0 = 512 */
+    unsigned flags;       /* QSTORE_NOSYNC, QSTORE_RDONLY */
 };
 
 /*
@@ -248,7 +248,7 @@ int qstore_sync(struct qstore *qs);
 struct qstore_info {
     uint64_t messages, recipients, chunks;
     uint64_t next_msgid;
-    size_t map_size, map_used;  /* bytes */
+    size_t map_size, map_used; /* bytes */
 };
 /* qstore_info - counts and map usage for status output */
 int qstore_info(struct qstore *qs, struct qstore_info *info);
@@ -298,11 +298,11 @@ int qstore_wtxn_put(struct qstore_wtxn *w, const struct qstore_newmsg *nm, uint6
 int qstore_wtxn_finish(struct qstore_wtxn *w, uint64_t msgid, uint32_t index);
 
 struct qstore_defer {
-    uint32_t attempts;       /* new attempt count */
-    uint64_t next_attempt;   /* unix seconds */
-    uint64_t first_attempt;  /* 0 = keep what is stored */
-    const char *last_error;  /* reply text; truncated to QSTORE_ERR_MAX */
-    int set_delay_notices;   /* nonzero: store delay_notices (else keep) */
+    uint32_t attempts;      /* new attempt count */
+    uint64_t next_attempt;  /* unix seconds */
+    uint64_t first_attempt; /* 0 = keep what is stored */
+    const char *last_error; /* reply text; truncated to QSTORE_ERR_MAX */
+    int set_delay_notices;  /* nonzero: store delay_notices (else keep) */
     uint8_t delay_notices;
 };
 /* qstore_wtxn_defer - mark DEFERRED with D's fields. 0, -ENOENT, -EPROTO, -errno */
@@ -345,8 +345,8 @@ struct qstore_sched {
 typedef int (*qstore_sched_fn)(const struct qstore_sched *s, void *arg);
 
 struct qstore_scan_stats {
-    uint64_t seen;       /* records passed to the callback */
-    uint64_t corrupt;    /* records skipped as corrupt (each logged) */
+    uint64_t seen;    /* records passed to the callback */
+    uint64_t corrupt; /* records skipped as corrupt (each logged) */
 };
 
 /*
@@ -372,7 +372,7 @@ struct qstore_msg {
     size_t nrcpt;
     char *body;
     size_t body_len;
-    struct buf recs_;        /* private: the copied records */
+    struct buf recs_; /* private: the copied records */
 };
 
 #define QSTORE_READ_BODY 0x01u

@@ -26,10 +26,10 @@ enum op_kind { OP_PUT, OP_FINISH, OP_DEFER };
 struct group_op {
     struct group_op *next;
     enum op_kind kind;
-    struct qstore_newmsg *nm;       /* OP_PUT, owned */
+    struct qstore_newmsg *nm; /* OP_PUT, owned */
     uint64_t msgid;
     uint32_t index;
-    struct qstore_defer defer;      /* OP_DEFER; last_error owned */
+    struct qstore_defer defer; /* OP_DEFER; last_error owned */
     int status;
     qstore_group_cb cb;
     void *arg;
@@ -50,10 +50,10 @@ struct qstore_group {
     uv_work_t work;
     struct group_op *pend_head, **pend_tail;
     size_t npend;
-    struct batch batch;             /* valid while busy */
+    struct batch batch; /* valid while busy */
     int busy, timer_armed, closing;
     unsigned window_ms, pace_ms, max_batch;
-    uint64_t last_start;            /* uv_now() when the last commit began */
+    uint64_t last_start; /* uv_now() when the last commit began */
     size_t max_bytes;
     struct qstore_group_stats st;
     qstore_group_close_cb close_cb;
@@ -63,7 +63,8 @@ struct qstore_group {
 /* ---- the pool-thread side ----------------------------------------------------- */
 
 /* apply_op - run one operation inside W */
-static int apply_op(struct qstore_wtxn *w, struct group_op *op)
+static int
+apply_op(struct qstore_wtxn *w, struct group_op *op)
 {
     switch (op->kind) {
     case OP_PUT:
@@ -80,7 +81,8 @@ static int apply_op(struct qstore_wtxn *w, struct group_op *op)
  * run_txn - apply OPS[0..N) in one transaction and commit. Per-op results go
  * to each op's status; the return is the transaction's fate (0 committed).
  */
-static int run_txn(struct qstore *qs, struct group_op *ops, size_t n, struct batch *b)
+static int
+run_txn(struct qstore *qs, struct group_op *ops, size_t n, struct batch *b)
 {
     struct qstore_wtxn *w;
     struct group_op *op = ops;
@@ -93,7 +95,7 @@ static int run_txn(struct qstore *qs, struct group_op *ops, size_t n, struct bat
         if (qstore_wtxn_failed(w))
             break;
     }
-    rc = qstore_wtxn_commit(w);    /* aborts by itself when poisoned */
+    rc = qstore_wtxn_commit(w); /* aborts by itself when poisoned */
     if (rc == 0)
         b->commits++;
     else
@@ -102,7 +104,8 @@ static int run_txn(struct qstore *qs, struct group_op *ops, size_t n, struct bat
 }
 
 /* mark_all - the transaction failed: every op of it failed with RC */
-static void mark_all(struct group_op *ops, size_t n, int rc)
+static void
+mark_all(struct group_op *ops, size_t n, int rc)
 {
     for (size_t i = 0; i < n; i++, ops = ops->next) {
         ops->status = rc;
@@ -116,7 +119,8 @@ static void mark_all(struct group_op *ops, size_t n, int rc)
  * full map), retry one op per transaction so that what fits still succeeds
  * and only the ops that do not fit report the error.
  */
-static void work_cb(uv_work_t *req)
+static void
+work_cb(uv_work_t *req)
 {
     struct qstore_group *g = req->data;
     struct batch *b = &g->batch;
@@ -140,7 +144,8 @@ static void start_commit(struct qstore_group *g);
 static void on_window(uv_timer_t *t);
 
 /* take_batch - detach up to max_batch ops / max_bytes of messages from pending */
-static void take_batch(struct qstore_group *g)
+static void
+take_batch(struct qstore_group *g)
 {
     struct group_op **link = &g->pend_head;
     size_t bytes = 0, n = 0;
@@ -165,7 +170,8 @@ static void take_batch(struct qstore_group *g)
 }
 
 /* free_op - release what an op owns */
-static void free_op(struct group_op *op)
+static void
+free_op(struct group_op *op)
 {
     qstore_newmsg_free(op->nm);
     free((char *)op->defer.last_error);
@@ -173,7 +179,8 @@ static void free_op(struct group_op *op)
 }
 
 /* account - fold a finished batch into the group's counters */
-static void account(struct qstore_group *g, const struct batch *b)
+static void
+account(struct qstore_group *g, const struct batch *b)
 {
     g->st.commits += b->commits;
     g->st.failed += b->failed;
@@ -184,7 +191,8 @@ static void account(struct qstore_group *g, const struct batch *b)
         g->st.max_batch = b->nops;
 }
 
-static void on_closed(uv_handle_t *h)
+static void
+on_closed(uv_handle_t *h)
 {
     struct qstore_group *g = h->data;
     qstore_group_close_cb cb = g->close_cb;
@@ -196,7 +204,8 @@ static void on_closed(uv_handle_t *h)
 }
 
 /* maybe_finish_close - once nothing is pending or running, close the timer */
-static void maybe_finish_close(struct qstore_group *g)
+static void
+maybe_finish_close(struct qstore_group *g)
 {
     if (g->closing == 1 && !g->busy && g->npend == 0) {
         g->closing = 2;
@@ -205,7 +214,8 @@ static void maybe_finish_close(struct qstore_group *g)
 }
 
 /* pace_wait - ms until the pace allows the next commit (0: now) */
-static uint64_t pace_wait(struct qstore_group *g)
+static uint64_t
+pace_wait(struct qstore_group *g)
 {
     uint64_t next = g->last_start + g->pace_ms, now = uv_now(g->loop);
 
@@ -213,7 +223,8 @@ static uint64_t pace_wait(struct qstore_group *g)
 }
 
 /* commit_after - commit the pending ops in DELAY ms; a full batch or a close cannot wait */
-static void commit_after(struct qstore_group *g, uint64_t delay)
+static void
+commit_after(struct qstore_group *g, uint64_t delay)
 {
     if (delay == 0 || g->npend >= g->max_batch || g->closing) {
         start_commit(g);
@@ -224,12 +235,13 @@ static void commit_after(struct qstore_group *g, uint64_t delay)
 }
 
 /* after_work_cb - back on the loop: report, then start the next batch */
-static void after_work_cb(uv_work_t *req, int status)
+static void
+after_work_cb(uv_work_t *req, int status)
 {
     struct qstore_group *g = req->data;
-    struct batch b = g->batch;      /* callbacks may start the next batch */
+    struct batch b = g->batch; /* callbacks may start the next batch */
 
-    if (status != 0)                /* UV_ECANCELED: the work never ran */
+    if (status != 0) /* UV_ECANCELED: the work never ran */
         mark_all(b.ops, b.nops, -ECANCELED);
     g->busy = 0;
     account(g, &b);
@@ -247,7 +259,8 @@ static void after_work_cb(uv_work_t *req, int status)
     maybe_finish_close(g);
 }
 
-static void start_commit(struct qstore_group *g)
+static void
+start_commit(struct qstore_group *g)
 {
     int rc;
 
@@ -262,7 +275,8 @@ static void start_commit(struct qstore_group *g)
         msg_panic("qstore_group: uv_queue_work: %s", uv_strerror(rc));
 }
 
-static void on_window(uv_timer_t *t)
+static void
+on_window(uv_timer_t *t)
 {
     struct qstore_group *g = t->data;
 
@@ -278,13 +292,14 @@ static void on_window(uv_timer_t *t)
  * (window 0, the default) rather than at once, so that the ops submitted by
  * the same turn's callbacks share it; or right now if the batch is full.
  */
-static void enqueue(struct qstore_group *g, struct group_op *op)
+static void
+enqueue(struct qstore_group *g, struct group_op *op)
 {
     *g->pend_tail = op;
     g->pend_tail = &op->next;
     g->npend++;
     if (g->busy)
-        return;             /* after_work_cb starts the next batch */
+        return; /* after_work_cb starts the next batch */
     if (g->npend >= g->max_batch || g->closing) {
         start_commit(g);
     } else if (!g->timer_armed) {
@@ -295,7 +310,8 @@ static void enqueue(struct qstore_group *g, struct group_op *op)
     }
 }
 
-static struct group_op *new_op(enum op_kind kind, qstore_group_cb cb, void *arg)
+static struct group_op *
+new_op(enum op_kind kind, qstore_group_cb cb, void *arg)
 {
     struct group_op *op = xcalloc(1, sizeof *op);
 
@@ -307,15 +323,16 @@ static struct group_op *new_op(enum op_kind kind, qstore_group_cb cb, void *arg)
 
 /* ---- API ------------------------------------------------------------------------ */
 
-int qstore_group_new(struct qstore_group **gp, uv_loop_t *loop, struct qstore *qs,
-                     const struct qstore_group_opts *opts)
+int
+qstore_group_new(struct qstore_group **gp, uv_loop_t *loop, struct qstore *qs,
+                 const struct qstore_group_opts *opts)
 {
     struct qstore_group *g = xcalloc(1, sizeof *g);
     int rc;
 
     if ((rc = uv_timer_init(loop, &g->timer)) != 0) {
         free(g);
-        return rc;          /* libuv errors are already -errno */
+        return rc; /* libuv errors are already -errno */
     }
     g->loop = loop;
     g->qs = qs;
@@ -330,8 +347,8 @@ int qstore_group_new(struct qstore_group **gp, uv_loop_t *loop, struct qstore *q
     return 0;
 }
 
-int qstore_group_submit(struct qstore_group *g, struct qstore_newmsg *nm,
-                        qstore_group_cb cb, void *arg)
+int
+qstore_group_submit(struct qstore_group *g, struct qstore_newmsg *nm, qstore_group_cb cb, void *arg)
 {
     struct group_op *op;
 
@@ -343,8 +360,9 @@ int qstore_group_submit(struct qstore_group *g, struct qstore_newmsg *nm,
     return 0;
 }
 
-int qstore_group_finish(struct qstore_group *g, uint64_t msgid, uint32_t index,
-                        qstore_group_cb cb, void *arg)
+int
+qstore_group_finish(struct qstore_group *g, uint64_t msgid, uint32_t index, qstore_group_cb cb,
+                    void *arg)
 {
     struct group_op *op;
 
@@ -357,8 +375,9 @@ int qstore_group_finish(struct qstore_group *g, uint64_t msgid, uint32_t index,
     return 0;
 }
 
-int qstore_group_defer(struct qstore_group *g, uint64_t msgid, uint32_t index,
-                       const struct qstore_defer *d, qstore_group_cb cb, void *arg)
+int
+qstore_group_defer(struct qstore_group *g, uint64_t msgid, uint32_t index,
+                   const struct qstore_defer *d, qstore_group_cb cb, void *arg)
 {
     struct group_op *op;
 
@@ -374,23 +393,27 @@ int qstore_group_defer(struct qstore_group *g, uint64_t msgid, uint32_t index,
     return 0;
 }
 
-void qstore_group_flush(struct qstore_group *g)
+void
+qstore_group_flush(struct qstore_group *g)
 {
     if (!g->busy && g->npend > 0)
         start_commit(g);
 }
 
-size_t qstore_group_pending(const struct qstore_group *g)
+size_t
+qstore_group_pending(const struct qstore_group *g)
 {
     return g->npend + (g->busy ? g->batch.nops : 0);
 }
 
-void qstore_group_stats(const struct qstore_group *g, struct qstore_group_stats *st)
+void
+qstore_group_stats(const struct qstore_group *g, struct qstore_group_stats *st)
 {
     *st = g->st;
 }
 
-void qstore_group_close(struct qstore_group *g, qstore_group_close_cb cb, void *arg)
+void
+qstore_group_close(struct qstore_group *g, qstore_group_close_cb cb, void *arg)
 {
     if (g->closing)
         return;

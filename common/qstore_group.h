@@ -9,8 +9,8 @@
  * wait for company: it commits on the next loop turn (or after an optional
  * window), so a lone message costs about one sync of latency and batches
  * grow by themselves with the load. A paced group (qmgr's outcomes, which
- * nobody waits on) also keeps commits a minimum interval apart. Every operation's callback runs on the
- * loop thread after its transaction is durable (or failed).
+ * nobody waits on) also keeps commits a minimum interval apart. Every operation's callback runs on
+ * the loop thread after its transaction is durable (or failed).
  *
  * cleanup uses qstore_group_submit() and answers 250 from its callback only
  * when STATUS is 0; -ENOSPC means "452 4.3.1". qmgr uses finish/defer to
@@ -36,14 +36,14 @@
 #define QSTORE_GROUP_MAX_BYTES ((size_t)64 << 20)
 
 struct qstore_group_opts {
-    unsigned window_ms;     /* an idle group waits this long after the first
-                             * op before committing; 0 (default) = commit on
-                             * the next loop turn */
-    unsigned pace_ms;       /* at least this long between the starts of two
-                             * commits (fewer, larger transactions when the
-                             * callers can wait); 0 (default) = no pacing */
-    unsigned max_batch;     /* ops per transaction; 0 = default */
-    size_t max_bytes;       /* new-message bytes per transaction; 0 = default */
+    unsigned window_ms; /* an idle group waits this long after the first
+                         * op before committing; 0 (default) = commit on
+                         * the next loop turn */
+    unsigned pace_ms;   /* at least this long between the starts of two
+                         * commits (fewer, larger transactions when the
+                         * callers can wait); 0 (default) = no pacing */
+    unsigned max_batch; /* ops per transaction; 0 = default */
+    size_t max_bytes;   /* new-message bytes per transaction; 0 = default */
 };
 
 /*
@@ -57,13 +57,13 @@ typedef void (*qstore_group_cb)(void *arg, int status, uint64_t msgid);
 typedef void (*qstore_group_close_cb)(void *arg);
 
 struct qstore_group_stats {
-    uint64_t commits;       /* transactions committed (= syncs unless nosync) */
-    uint64_t failed;        /* transactions that failed or were aborted */
-    uint64_t ops;           /* operations completed (any status) */
-    uint64_t msgs;          /* messages stored */
-    uint64_t max_batch;     /* largest batch seen */
-    uint64_t fallbacks;     /* batches retried one op per transaction */
-    double commit_ms;       /* total time spent in transactions (pool thread) */
+    uint64_t commits;   /* transactions committed (= syncs unless nosync) */
+    uint64_t failed;    /* transactions that failed or were aborted */
+    uint64_t ops;       /* operations completed (any status) */
+    uint64_t msgs;      /* messages stored */
+    uint64_t max_batch; /* largest batch seen */
+    uint64_t fallbacks; /* batches retried one op per transaction */
+    double commit_ms;   /* total time spent in transactions (pool thread) */
 };
 
 struct qstore_group;
@@ -77,11 +77,11 @@ int qstore_group_new(struct qstore_group **gp, uv_loop_t *loop, struct qstore *q
  * CB will run exactly once; on error (-ESHUTDOWN after close) the caller still
  * owns NM and CB will not run.
  */
-int qstore_group_submit(struct qstore_group *g, struct qstore_newmsg *nm,
-                        qstore_group_cb cb, void *arg);
+int qstore_group_submit(struct qstore_group *g, struct qstore_newmsg *nm, qstore_group_cb cb,
+                        void *arg);
 /* qstore_group_finish - recipient delivered/bounced: delete it (and the message if last) */
-int qstore_group_finish(struct qstore_group *g, uint64_t msgid, uint32_t index,
-                        qstore_group_cb cb, void *arg);
+int qstore_group_finish(struct qstore_group *g, uint64_t msgid, uint32_t index, qstore_group_cb cb,
+                        void *arg);
 /* qstore_group_defer - recipient deferred; D (and its string) is copied */
 int qstore_group_defer(struct qstore_group *g, uint64_t msgid, uint32_t index,
                        const struct qstore_defer *d, qstore_group_cb cb, void *arg);

@@ -46,8 +46,8 @@ struct held_cfg {
 
 struct inherited {
     int fd;
-    char *name;       /* socket name, or listener source */
-    char *address;    /* listeners: "IP:PORT" */
+    char *name;    /* socket name, or listener source */
+    char *address; /* listeners: "IP:PORT" */
 };
 
 #define WORKER_TRIM_THRESHOLD (4 << 20)
@@ -59,9 +59,9 @@ static struct {
     struct ipc_chan *master;
     uv_signal_t sig_term;
     uv_timer_t force_timer;
-    uv_prepare_t log_flush;       /* writes the turn's log lines before the loop sleeps */
+    uv_prepare_t log_flush; /* writes the turn's log lines before the loop sleeps */
     struct held_cfg *current;
-    struct held_cfg *held;        /* every mapped generation, current included */
+    struct held_cfg *held; /* every mapped generation, current included */
     struct inherited *listeners;
     int nlisteners;
     struct inherited *sockets;
@@ -70,7 +70,7 @@ static struct {
     char *run_dir;
     int stopping;
     int status;
-    int lost_master;              /* pmtad's channel closed under us */
+    int lost_master; /* pmtad's channel closed under us */
 } W;
 
 /* env_int - a descriptor-like number from the environment, or -1 */
@@ -240,7 +240,7 @@ map_generation(const char *path, uint64_t generation)
         c->generation = generation;
     h = xcalloc(1, sizeof(*h));
     h->cfg = c;
-    h->refs = 1;                 /* the runtime's own reference while it is current */
+    h->refs = 1; /* the runtime's own reference while it is current */
     h->next = W.held;
     W.held = h;
     if (W.current)
@@ -287,8 +287,8 @@ handle_config(struct ipc_msg *m)
     }
     if ((err = map_generation(path, generation)) < 0) {
         msg_error("cannot map configuration generation %" PRIu64 " (%s): %s; keeping "
-                  "generation %" PRIu64, generation, path, strerror(-err),
-                  worker_config_generation());
+                  "generation %" PRIu64,
+                  generation, path, strerror(-err), worker_config_generation());
         free(path);
         return 0;
     }
@@ -324,7 +324,7 @@ reopen_log(void)
     int fd;
 
     if (path == NULL)
-        return;                     /* syslog, or an older pmtad: nothing to reopen */
+        return; /* syslog, or an older pmtad: nothing to reopen */
     if ((fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC)) < 0) {
         msg_warn("cannot reopen the log file %s after its rotation: %s", path, strerror(errno));
         return;
@@ -414,8 +414,8 @@ worker_init(int *argc, char ***argv, const char *role)
     check_privileges();
     setup_log();
     signal(SIGPIPE, SIG_IGN);
-    signal(SIGINT, SIG_IGN);     /* ^C in pmtad -f reaches us too; pmtad drains us */
-    signal(SIGHUP, SIG_IGN);     /* reloads come over the channel */
+    signal(SIGINT, SIG_IGN); /* ^C in pmtad -f reaches us too; pmtad drains us */
+    signal(SIGHUP, SIG_IGN); /* reloads come over the channel */
     if ((master_fd = env_int("PMTA_MASTER_FD")) < 0 || snapshot == NULL)
         msg_fatal("%s is started by pmtad, not by hand", role);
     set_cloexec(master_fd);
@@ -562,8 +562,7 @@ worker_config_release(const struct cfg *c)
         if (h->cfg != c)
             continue;
         if (h->refs == 0)
-            msg_panic("configuration generation %" PRIu64 " released too often",
-                      c->generation);
+            msg_panic("configuration generation %" PRIu64 " released too often", c->generation);
         if (--h->refs == 0 && h != W.current) {
             *hp = h->next;
             cfg_free(h->cfg);

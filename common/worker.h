@@ -74,9 +74,10 @@ void worker_config_release(const struct cfg *c);
 /* Inherited smtp-listener sockets (smtpd only). Descriptors stay owned by the runtime. */
 int worker_listen_count(void);
 int worker_listen_fd(int i);
-const char *worker_listen_source(int i);   /* "" when the listener names no source */
-const char *worker_listen_address(int i);  /* "IP:PORT" as configured */
-/* worker_socket_fd - the internal socket NAME ("cleanup", "qmgr", "control") this role serves, or -1 */
+const char *worker_listen_source(int i);  /* "" when the listener names no source */
+const char *worker_listen_address(int i); /* "IP:PORT" as configured */
+/* worker_socket_fd - the internal socket NAME ("cleanup", "qmgr", "control") this role serves, or
+ * -1 */
 int worker_socket_fd(const char *name);
 
 /*
@@ -88,7 +89,8 @@ int worker_socket_fd(const char *name);
 struct worker_listener;
 int worker_listen(const char *name, void (*accepted)(int fd), struct worker_listener **out);
 void worker_listen_stop(struct worker_listener *l);
-/* worker_socket_path - where clients reach internal socket NAME (RUNDIR/private/NAME); caller frees */
+/* worker_socket_path - where clients reach internal socket NAME (RUNDIR/private/NAME); caller frees
+ */
 char *worker_socket_path(const char *name);
 
 const char *worker_spool(void);

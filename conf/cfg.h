@@ -47,10 +47,11 @@ enum cfg_type {
     CFG_T_SIZE,          /* N[bkmgt] or unlimited(-1) -> num bytes */
     CFG_T_INTERVAL,      /* 1w2d3h4m5s | never(-1) -> num seconds */
     CFG_T_INTERVAL_LIST, /* 10m,1h,4h -> ints pool (seconds) */
-    CFG_T_RATE,          /* unlimited | N/[M]unit -> num count, num2 period seconds; 0 = unlimited */
-    CFG_T_STRING,        /* one word or a "quoted string" -> str */
-    CFG_T_WORDS,         /* the rest of the line, kept as text -> str (checked by the directive's own parser) */
-    CFG_T_ENUM           /* one word out of the directive's list -> num index, str text */
+    CFG_T_RATE,   /* unlimited | N/[M]unit -> num count, num2 period seconds; 0 = unlimited */
+    CFG_T_STRING, /* one word or a "quoted string" -> str */
+    CFG_T_WORDS,  /* the rest of the line, kept as text -> str (checked by the directive's own
+                     parser) */
+    CFG_T_ENUM    /* one word out of the directive's list -> num index, str text */
 };
 
 /* Scopes a directive may appear in (bit mask). */
@@ -73,13 +74,13 @@ enum cfg_scope_kind {
     CFG_S_MX_ROLLUP_LIST,
     CFG_S_COUNT
 };
-#define CFG_IN(kind) (1u << (kind))
+#define CFG_IN(kind)   (1u << (kind))
 /* added: scope-mask bit of a directive that may appear several times in one block */
 #define CFG_REPEATABLE (1u << 31)
 
 enum cfg_status {
-    CFG_IMPLEMENTED,     /* takes effect */
-    CFG_NOT_IMPLEMENTED  /* accepted with a warning naming it; no effect yet */
+    CFG_IMPLEMENTED,    /* takes effect */
+    CFG_NOT_IMPLEMENTED /* accepted with a warning naming it; no effect yet */
 };
 
 #define CFG_DIRECTIVE(id, name, type, scopes, dflt, status) CFG_D_##id,
@@ -106,67 +107,68 @@ const char *cfg_directive_suggest(const char *name);
 
 /* --- values and scopes (the snapshot's records) ---------------------------- */
 
-#define CFG_NEVER   (-1)   /* interval 'never', size 'unlimited' */
-#define CFG_NONE    UINT32_MAX
+#define CFG_NEVER (-1) /* interval 'never', size 'unlimited' */
+#define CFG_NONE  UINT32_MAX
 
 /* cfg_value.flags (added) */
-#define CFG_VALUE_UNSET     0x1  /* built-in slot of a directive without a default */
-#define CFG_VALUE_CLEAR     0x2  /* written as "": clears an inherited value back to the default */
-#define CFG_VALUE_FROM_BLOCK 0x4 /* synthesized from a block form (<smtp-listener>, <spool>, dkim-key-file) */
+#define CFG_VALUE_UNSET 0x1 /* built-in slot of a directive without a default */
+#define CFG_VALUE_CLEAR 0x2 /* written as "": clears an inherited value back to the default */
+#define CFG_VALUE_FROM_BLOCK \
+    0x4 /* synthesized from a block form (<smtp-listener>, <spool>, dkim-key-file) */
 
 struct cfg_value {
-    uint16_t directive;   /* enum cfg_directive */
-    uint8_t type;         /* enum cfg_type */
+    uint16_t directive; /* enum cfg_directive */
+    uint8_t type;       /* enum cfg_type */
     uint8_t flags;
-    uint32_t file;        /* string offset of the file name (0 for built-in default) */
+    uint32_t file; /* string offset of the file name (0 for built-in default) */
     uint32_t line;
-    uint32_t text;        /* string offset of the raw argument text */
-    uint32_t list;        /* ints-pool index of the first list element */
+    uint32_t text; /* string offset of the raw argument text */
+    uint32_t list; /* ints-pool index of the first list element */
     uint32_t list_len;
-    int64_t num;          /* bool/int/size/interval/rate count/enum index */
-    int64_t num2;         /* rate period in seconds */
+    int64_t num;  /* bool/int/size/interval/rate count/enum index */
+    int64_t num2; /* rate period in seconds */
 };
 
 /* Domain pattern kinds for CFG_S_DOMAIN scopes. */
 enum cfg_pattern {
-    CFG_PAT_ALL,          /* *                 */
-    CFG_PAT_EXACT,        /* example.com       */
-    CFG_PAT_SUBDOMAINS,   /* *.example.com     */
+    CFG_PAT_ALL,            /* *                 */
+    CFG_PAT_EXACT,          /* example.com       */
+    CFG_PAT_SUBDOMAINS,     /* *.example.com     */
     CFG_PAT_DOMAIN_AND_SUB, /* [*.]example.com */
-    CFG_PAT_CIDR,         /* [10.0.0.0/8] (IP literal domains), or a <source> CIDR */
-    CFG_PAT_NAME          /* a named <source S1>, {pickup}, {auth} */
+    CFG_PAT_CIDR,           /* [10.0.0.0/8] (IP literal domains), or a <source> CIDR */
+    CFG_PAT_NAME            /* a named <source S1>, {pickup}, {auth} */
 };
 
-#define CFG_SCOPE_FROM_MACRO 0x1  /* came from a domain-macro expansion */
+#define CFG_SCOPE_FROM_MACRO 0x1 /* came from a domain-macro expansion */
 
 struct cfg_scope {
-    uint16_t kind;        /* enum cfg_scope_kind */
-    uint8_t pattern;      /* enum cfg_pattern (domain and source scopes) */
-    uint8_t flags;        /* CFG_SCOPE_* */
-    uint32_t name;        /* string offset: pattern text without [ ]/ *. decoration, or block name */
-    uint32_t parent;      /* scope index of the enclosing block; 0 is the global scope */
-    uint32_t first;       /* index of its first value */
-    uint32_t count;       /* number of values */
+    uint16_t kind;   /* enum cfg_scope_kind */
+    uint8_t pattern; /* enum cfg_pattern (domain and source scopes) */
+    uint8_t flags;   /* CFG_SCOPE_* */
+    uint32_t name;   /* string offset: pattern text without [ ]/ *. decoration, or block name */
+    uint32_t parent; /* scope index of the enclosing block; 0 is the global scope */
+    uint32_t first;  /* index of its first value */
+    uint32_t count;  /* number of values */
     uint32_t file;
     uint32_t line;
-    uint8_t family;       /* AF_INET/AF_INET6 for CFG_PAT_CIDR */
-    uint8_t prefix;       /* CIDR prefix length */
-    uint8_t addr[16];     /* CIDR network address */
+    uint8_t family;   /* AF_INET/AF_INET6 for CFG_PAT_CIDR */
+    uint8_t prefix;   /* CIDR prefix length */
+    uint8_t addr[16]; /* CIDR network address */
     uint16_t reserved;
 };
 
 /* The whole configuration. When mapped from a snapshot the arrays point into the map. */
 struct cfg {
     uint64_t generation;
-    const struct cfg_scope *scopes;  /* scopes[0] is the global scope */
+    const struct cfg_scope *scopes; /* scopes[0] is the global scope */
     uint32_t nscopes;
     const struct cfg_value *values;
     uint32_t nvalues;
     const int64_t *ints;
     uint32_t nints;
-    const char *strings;             /* offset 0 is "" */
+    const char *strings; /* offset 0 is "" */
     uint32_t strings_len;
-    void *owner;                     /* private: allocation or mapping */
+    void *owner; /* private: allocation or mapping */
 };
 
 /* cfg_str - the string at offset OFF */
@@ -177,8 +179,8 @@ const int64_t *cfg_list(const struct cfg *c, const struct cfg_value *v);
 /* --- loading --------------------------------------------------------------- */
 
 enum cfg_diag_level { CFG_DIAG_WARNING, CFG_DIAG_ERROR };
-typedef void (*cfg_diag_fn)(void *ctx, enum cfg_diag_level level, const char *file,
-                            unsigned line, const char *message);
+typedef void (*cfg_diag_fn)(void *ctx, enum cfg_diag_level level, const char *file, unsigned line,
+                            const char *message);
 
 /*
  * cfg_load - parse and validate PATH (with its includes).
@@ -213,7 +215,8 @@ const struct cfg_value *cfg_scope_next(const struct cfg *c, uint32_t scope, enum
 #define CFG_PROCESSES_AUTO (-1)
 /* cfg_allows_auto - whether directive D takes the word `auto` */
 int cfg_allows_auto(enum cfg_directive d);
-/* cfg_process_count - the global *-processes D: its number, or for auto half the online CPUs (at least 1) */
+/* cfg_process_count - the global *-processes D: its number, or for auto half the online CPUs (at
+ * least 1) */
 int64_t cfg_process_count(const struct cfg *c, enum cfg_directive d);
 
 /* What an http-access line grants (PowerMTA's web monitor levels). */
@@ -230,12 +233,13 @@ enum cfg_http_level cfg_http_access(const struct cfg *c, int family, const uint8
  * to OUT, one aligned "name value origin" line each; 0, or -1 with the
  * reason in ERR
  */
-int cfg_show_settings(const struct cfg *c, const char *queue, FILE *out, char *err,
-                      size_t errsize);
+int cfg_show_settings(const struct cfg *c, const char *queue, FILE *out, char *err, size_t errsize);
 
-/* cfg_global - effective global value of D (the file's, else the default); never NULL if D has a default */
+/* cfg_global - effective global value of D (the file's, else the default); never NULL if D has a
+ * default */
 const struct cfg_value *cfg_global(const struct cfg *c, enum cfg_directive d);
-/* cfg_find_scope - index of the block of KIND named NAME (vmta, pool, pattern list, ...), or CFG_NONE */
+/* cfg_find_scope - index of the block of KIND named NAME (vmta, pool, pattern list, ...), or
+ * CFG_NONE */
 uint32_t cfg_find_scope(const struct cfg *c, enum cfg_scope_kind kind, const char *name);
 /* cfg_next_scope - iterate the scopes of KIND; start with *IT = 0 */
 uint32_t cfg_next_scope(const struct cfg *c, enum cfg_scope_kind kind, uint32_t *it);
@@ -266,7 +270,8 @@ int cfg_resolve_queue(const struct cfg *c, const char *domain, const char *vmta,
  */
 int cfg_resolve_source(const struct cfg *c, const struct sockaddr *addr, const char *name,
                        struct cfg_resolved *out);
-/* cfg_resolve_vmta - settings of a <virtual-mta> block over the global ones (smtp-source-host, host-name, ...) */
+/* cfg_resolve_vmta - settings of a <virtual-mta> block over the global ones (smtp-source-host,
+ * host-name, ...) */
 int cfg_resolve_vmta(const struct cfg *c, const char *vmta, struct cfg_resolved *out);
 
 /* cfg_domain_match - does domain pattern scope S match DOMAIN? returns specificity+1, or 0 */

@@ -51,7 +51,7 @@ static const struct {
 } ranges[] = {
     { CFG_D_SMTPD_PROCESSES, 1, 256 },
     { CFG_D_CLEANUP_PROCESSES, 1, 256 },
-    { CFG_D_SMTP_OUT_PROCESSES, 0, 256 },   /* 0: delivery paused (tests, queue benchmarks) */
+    { CFG_D_SMTP_OUT_PROCESSES, 0, 256 }, /* 0: delivery paused (tests, queue benchmarks) */
     { CFG_D_TOTAL_MAX_SMTP_OUT, 1, 100000 },
     { CFG_D_TOTAL_MAX_SMTP_IN, 1, 100000 },
     { CFG_D_HTTP_MGMT_PORT, 0, 65535 },
@@ -90,7 +90,8 @@ static const char *const kind_names[CFG_S_COUNT] = {
 };
 
 /* cfg_directive_info - static description of directive D */
-const struct cfg_directive_info *cfg_directive_info(enum cfg_directive d)
+const struct cfg_directive_info *
+cfg_directive_info(enum cfg_directive d)
 {
     if ((unsigned)d >= CFG_D_COUNT)
         return NULL;
@@ -98,7 +99,8 @@ const struct cfg_directive_info *cfg_directive_info(enum cfg_directive d)
 }
 
 /* cfg_directive_lookup - id of NAME valid in scope KIND, or -1 */
-int cfg_directive_lookup(const char *name, enum cfg_scope_kind kind)
+int
+cfg_directive_lookup(const char *name, enum cfg_scope_kind kind)
 {
     uint32_t bit = CFG_IN(kind);
 
@@ -112,7 +114,8 @@ int cfg_directive_lookup(const char *name, enum cfg_scope_kind kind)
 }
 
 /* cfg__directive_scopes - every scope NAME is valid in (0: unknown name) */
-uint32_t cfg__directive_scopes(const char *name)
+uint32_t
+cfg__directive_scopes(const char *name)
 {
     uint32_t mask = 0;
 
@@ -130,7 +133,8 @@ uint32_t cfg__directive_scopes(const char *name)
  * transpositions) between A and B, giving up above LIMIT. Names are short, so
  * three rows on the stack suffice.
  */
-static int distance(const char *a, const char *b, int limit)
+static int
+distance(const char *a, const char *b, int limit)
 {
     enum { MAXLEN = 64 };
     int la = (int)strlen(a), lb = (int)strlen(b);
@@ -150,8 +154,8 @@ static int distance(const char *a, const char *b, int limit)
                 best = cur[j - 1] + 1;
             if (prev[j - 1] + cost < best)
                 best = prev[j - 1] + cost;
-            if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1]
-                && prev2[j - 2] + 1 < best)
+            if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] &&
+                prev2[j - 2] + 1 < best)
                 best = prev2[j - 2] + 1;
             cur[j] = best;
         }
@@ -160,7 +164,8 @@ static int distance(const char *a, const char *b, int limit)
 }
 
 /* cfg_directive_suggest - nearest known directive name to NAME (distance <= 2), or NULL */
-const char *cfg_directive_suggest(const char *name)
+const char *
+cfg_directive_suggest(const char *name)
 {
     const char *best = NULL;
     int best_dist = 3;
@@ -182,23 +187,30 @@ const char *cfg_directive_suggest(const char *name)
     return best_dist > 0 ? best : NULL;
 }
 
-const char *cfg__scope_tag(enum cfg_scope_kind kind)
+const char *
+cfg__scope_tag(enum cfg_scope_kind kind)
 {
     return (unsigned)kind < CFG_S_COUNT ? kind_names[kind] : NULL;
 }
 
-const char *cfg__scope_kind_name(enum cfg_scope_kind kind)
+const char *
+cfg__scope_kind_name(enum cfg_scope_kind kind)
 {
     static const char *const tags[CFG_S_COUNT] = {
-        "global level", "<domain>", "<source>", "<virtual-mta>", "<virtual-mta-pool>",
-        "<smtp-pattern-list>", "<pattern-list>", "<bounce-category-patterns>", "<acct-file>",
-        "<smtp-user>", "<sender>", "<spool>", "<smtp-listener>", "<source-group>",
-        "<domain-key-list>", "<mx-rollup-list>",
+        "global level",       "<domain>",
+        "<source>",           "<virtual-mta>",
+        "<virtual-mta-pool>", "<smtp-pattern-list>",
+        "<pattern-list>",     "<bounce-category-patterns>",
+        "<acct-file>",        "<smtp-user>",
+        "<sender>",           "<spool>",
+        "<smtp-listener>",    "<source-group>",
+        "<domain-key-list>",  "<mx-rollup-list>",
     };
     return (unsigned)kind < CFG_S_COUNT ? tags[kind] : "?";
 }
 
-char *cfg__scopes_text(uint32_t mask, char *out, size_t outsize)
+char *
+cfg__scopes_text(uint32_t mask, char *out, size_t outsize)
 {
     size_t used = 0;
 
@@ -215,7 +227,8 @@ char *cfg__scopes_text(uint32_t mask, char *out, size_t outsize)
     return out;
 }
 
-const char *cfg__enum_words(enum cfg_directive d)
+const char *
+cfg__enum_words(enum cfg_directive d)
 {
     for (size_t i = 0; i < sizeof enum_lists / sizeof enum_lists[0]; i++)
         if (enum_lists[i].d == d)
@@ -224,7 +237,8 @@ const char *cfg__enum_words(enum cfg_directive d)
 }
 
 /* cfg__enum_index - position of WORD (case-insensitive) in D's list, or -1 */
-int cfg__enum_index(enum cfg_directive d, const char *word)
+int
+cfg__enum_index(enum cfg_directive d, const char *word)
 {
     const char *p = cfg__enum_words(d);
     size_t wl = strlen(word);
@@ -239,7 +253,8 @@ int cfg__enum_index(enum cfg_directive d, const char *word)
     return -1;
 }
 
-char *cfg__enum_word(enum cfg_directive d, int64_t index, char *out, size_t outsize)
+char *
+cfg__enum_word(enum cfg_directive d, int64_t index, char *out, size_t outsize)
 {
     const char *p = cfg__enum_words(d);
 
@@ -256,7 +271,8 @@ char *cfg__enum_word(enum cfg_directive d, int64_t index, char *out, size_t outs
     return out;
 }
 
-int cfg_allows_auto(enum cfg_directive d)
+int
+cfg_allows_auto(enum cfg_directive d)
 {
     return d == CFG_D_SMTPD_PROCESSES || d == CFG_D_SMTP_OUT_PROCESSES;
 }
@@ -267,7 +283,8 @@ int cfg_allows_auto(enum cfg_directive d)
  * than cores only adds wake-ups (measured: bench/relay on 2 cores does ~10 %
  * more mail per second with one of each than with two).
  */
-int64_t cfg_process_count(const struct cfg *c, enum cfg_directive d)
+int64_t
+cfg_process_count(const struct cfg *c, enum cfg_directive d)
 {
     const struct cfg_value *v = cfg_global(c, d);
     long ncpu;
@@ -278,7 +295,8 @@ int64_t cfg_process_count(const struct cfg *c, enum cfg_directive d)
     return ncpu >= 4 ? ncpu / 2 : 1;
 }
 
-int cfg__range(enum cfg_directive d, int64_t *min, int64_t *max)
+int
+cfg__range(enum cfg_directive d, int64_t *min, int64_t *max)
 {
     for (size_t i = 0; i < sizeof ranges / sizeof ranges[0]; i++)
         if (ranges[i].d == d) {

@@ -53,9 +53,9 @@
 #include "cfg.h"
 #include "cfg_parse.h"
 
-#define MAX_NESTING      8
-#define MAX_EXPANSIONS   4096    /* domains one <domain> tag may expand to */
-#define MAX_FILE_SIZE    (64u << 20)
+#define MAX_NESTING    8
+#define MAX_EXPANSIONS 4096 /* domains one <domain> tag may expand to */
+#define MAX_FILE_SIZE  (64u << 20)
 
 /* A block (scope) being filled. */
 struct pscope {
@@ -66,20 +66,20 @@ struct pscope {
 
 /* An open tag. A <domain a, b> frame fills several scopes at once. */
 struct frame {
-    int kind;                /* enum cfg_scope_kind, or -1 for a skipped block */
+    int kind; /* enum cfg_scope_kind, or -1 for a skipped block */
     char tag[48];
     uint32_t *scopes;
     uint32_t nscopes;
-    uint32_t file;           /* string offset of the file name */
+    uint32_t file; /* string offset of the file name */
     unsigned line;
-    int file_level;          /* include depth that opened it */
+    int file_level; /* include depth that opened it */
 };
 
 /* A name that must denote an existing block once the whole file is read. */
 struct xref {
-    uint32_t kinds;          /* CFG_IN() mask of acceptable block kinds */
+    uint32_t kinds; /* CFG_IN() mask of acceptable block kinds */
     char *name;
-    char *what;              /* the directive text, for the message */
+    char *what; /* the directive text, for the message */
     uint32_t file;
     unsigned line;
 };
@@ -108,7 +108,7 @@ struct builder {
     int nxrefs, xcap;
     struct macro *macros;
     int nmacros, mcap;
-    char *files[CFG_INCLUDE_DEPTH + 1];   /* real paths of the files being read */
+    char *files[CFG_INCLUDE_DEPTH + 1]; /* real paths of the files being read */
     int nfiles;
     unsigned errors;
     int gave_up;
@@ -117,7 +117,7 @@ struct builder {
     cfg_diag_fn diag;
     void *ctx;
     /* where the current line came from */
-    uint32_t cur_file;       /* string offset of the file name (0: none) */
+    uint32_t cur_file; /* string offset of the file name (0: none) */
     const char *cur_dir;
     unsigned cur_line;
 };
@@ -126,8 +126,9 @@ static void parse_text(struct builder *b, const char *name, const char *text, si
 
 /* --- diagnostics ----------------------------------------------------------------- */
 
-static void default_diag(void *ctx, enum cfg_diag_level level, const char *file, unsigned line,
-                         const char *message)
+static void
+default_diag(void *ctx, enum cfg_diag_level level, const char *file, unsigned line,
+             const char *message)
 {
     (void)ctx;
     if (file && line)
@@ -138,8 +139,9 @@ static void default_diag(void *ctx, enum cfg_diag_level level, const char *file,
                 level == CFG_DIAG_ERROR ? "error" : "warning", message);
 }
 
-static void report(struct builder *b, enum cfg_diag_level level, const char *file, unsigned line,
-                   const char *fmt, va_list ap)
+static void
+report(struct builder *b, enum cfg_diag_level level, const char *file, unsigned line,
+       const char *fmt, va_list ap)
 {
     char message[1024];
 
@@ -154,13 +156,14 @@ static void report(struct builder *b, enum cfg_diag_level level, const char *fil
 }
 
 /* current_file - name of the file being read (the pool may move, so never cache it) */
-static const char *current_file(struct builder *b)
+static const char *
+current_file(struct builder *b)
 {
     return b->cur_file ? b->strings.data + b->cur_file : NULL;
 }
 
-__attribute__((format(printf, 2, 3)))
-static void error(struct builder *b, const char *fmt, ...)
+__attribute__((format(printf, 2, 3))) static void
+error(struct builder *b, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -168,8 +171,8 @@ static void error(struct builder *b, const char *fmt, ...)
     va_end(ap);
 }
 
-__attribute__((format(printf, 4, 5)))
-static void error_at(struct builder *b, uint32_t file, unsigned line, const char *fmt, ...)
+__attribute__((format(printf, 4, 5))) static void
+error_at(struct builder *b, uint32_t file, unsigned line, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -177,8 +180,8 @@ static void error_at(struct builder *b, uint32_t file, unsigned line, const char
     va_end(ap);
 }
 
-__attribute__((format(printf, 2, 3)))
-static void warning(struct builder *b, const char *fmt, ...)
+__attribute__((format(printf, 2, 3))) static void
+warning(struct builder *b, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -187,7 +190,8 @@ static void warning(struct builder *b, const char *fmt, ...)
 }
 
 /* clip - printable copy of (possibly long) offending text for a message */
-static const char *clip(const char *s, char *out, size_t outsize)
+static const char *
+clip(const char *s, char *out, size_t outsize)
 {
     size_t i = 0;
 
@@ -202,7 +206,8 @@ static const char *clip(const char *s, char *out, size_t outsize)
 /* --- builder storage ------------------------------------------------------------- */
 
 /* intern - copy S into the string pool; its offset */
-static uint32_t intern(struct builder *b, const char *s)
+static uint32_t
+intern(struct builder *b, const char *s)
 {
     size_t off = b->strings.len;
 
@@ -211,7 +216,8 @@ static uint32_t intern(struct builder *b, const char *s)
     return (uint32_t)off;
 }
 
-static uint32_t add_ints(struct builder *b, const int64_t *v, int n)
+static uint32_t
+add_ints(struct builder *b, const int64_t *v, int n)
 {
     uint32_t first = b->nints;
 
@@ -224,8 +230,8 @@ static uint32_t add_ints(struct builder *b, const int64_t *v, int n)
     return first;
 }
 
-static uint32_t new_scope(struct builder *b, enum cfg_scope_kind kind, const char *name,
-                          uint32_t parent)
+static uint32_t
+new_scope(struct builder *b, enum cfg_scope_kind kind, const char *name, uint32_t parent)
 {
     struct pscope *ps;
 
@@ -244,7 +250,8 @@ static uint32_t new_scope(struct builder *b, enum cfg_scope_kind kind, const cha
 }
 
 /* scope_put - add V to scope S; a non-repeatable directive replaces its earlier line */
-static void scope_put(struct builder *b, uint32_t s, const struct cfg_value *v)
+static void
+scope_put(struct builder *b, uint32_t s, const struct cfg_value *v)
 {
     struct pscope *ps = &b->scopes[s];
     const struct cfg_directive_info *info = cfg_directive_info((enum cfg_directive)v->directive);
@@ -262,7 +269,8 @@ static void scope_put(struct builder *b, uint32_t s, const struct cfg_value *v)
     ps->vals[ps->nvals++] = *v;
 }
 
-static const struct cfg_value *scope_find(struct builder *b, uint32_t s, enum cfg_directive d)
+static const struct cfg_value *
+scope_find(struct builder *b, uint32_t s, enum cfg_directive d)
 {
     for (uint32_t i = 0; i < b->scopes[s].nvals; i++)
         if (b->scopes[s].vals[i].directive == d)
@@ -270,16 +278,18 @@ static const struct cfg_value *scope_find(struct builder *b, uint32_t s, enum cf
     return NULL;
 }
 
-static int find_named(struct builder *b, uint32_t kinds, const char *name)
+static int
+find_named(struct builder *b, uint32_t kinds, const char *name)
 {
     for (uint32_t i = 1; i < b->nscopes; i++)
-        if ((kinds & CFG_IN(b->scopes[i].s.kind))
-            && strcasecmp(b->strings.data + b->scopes[i].s.name, name) == 0)
+        if ((kinds & CFG_IN(b->scopes[i].s.kind)) &&
+            strcasecmp(b->strings.data + b->scopes[i].s.name, name) == 0)
             return (int)i;
     return -1;
 }
 
-static void add_xref(struct builder *b, uint32_t kinds, const char *name, const char *what)
+static void
+add_xref(struct builder *b, uint32_t kinds, const char *name, const char *what)
 {
     struct xref *x;
 
@@ -295,7 +305,8 @@ static void add_xref(struct builder *b, uint32_t kinds, const char *name, const 
     x->line = b->cur_line;
 }
 
-static void strlist_add(struct strlist *l, const char *s)
+static void
+strlist_add(struct strlist *l, const char *s)
 {
     if (l->n == l->cap) {
         l->cap = l->cap * 2 + 8;
@@ -304,7 +315,8 @@ static void strlist_add(struct strlist *l, const char *s)
     l->v[l->n++] = xstrdup(s);
 }
 
-static void strlist_free(struct strlist *l)
+static void
+strlist_free(struct strlist *l)
 {
     for (int i = 0; i < l->n; i++)
         free(l->v[i]);
@@ -315,7 +327,8 @@ static void strlist_free(struct strlist *l)
 
 /* --- small text helpers ---------------------------------------------------------- */
 
-static char *trim(char *s)
+static char *
+trim(char *s)
 {
     char *end;
 
@@ -327,7 +340,8 @@ static char *trim(char *s)
     return s;
 }
 
-static void lowercase(char *s)
+static void
+lowercase(char *s)
 {
     for (; *s; s++)
         *s = (char)tolower((unsigned char)*s);
@@ -338,7 +352,8 @@ static void lowercase(char *s)
  * "quoted string" (\" and \\ escapes). Writes into OUT (same size as ARG).
  * Returns 0, -EINVAL (unterminated quote / junk after it) or -E2BIG (several words).
  */
-static int unquote(const char *arg, char *out)
+static int
+unquote(const char *arg, char *out)
 {
     if (*arg != '"') {
         for (const char *p = arg; *p; p++)
@@ -359,7 +374,8 @@ static int unquote(const char *arg, char *out)
 }
 
 /* next_word - split off the first whitespace-separated word of *P (NUL-terminates it) */
-static char *next_word(char **p)
+static char *
+next_word(char **p)
 {
     char *s = *p, *w;
 
@@ -377,7 +393,8 @@ static char *next_word(char **p)
 }
 
 /* cfg_split_regex - see cfg.h */
-char *cfg_split_regex(char *arg, char **re)
+char *
+cfg_split_regex(char *arg, char **re)
 {
     char *p;
 
@@ -394,7 +411,8 @@ char *cfg_split_regex(char *arg, char **re)
 }
 
 /* check_regex - compile RE with PCRE2 (case-insensitive) to report errors at load */
-static int check_regex(struct builder *b, const char *re)
+static int
+check_regex(struct builder *b, const char *re)
 {
     int code;
     PCRE2_SIZE offset;
@@ -414,7 +432,8 @@ static int check_regex(struct builder *b, const char *re)
 
 /* --- per-directive checks of structured values --------------------------------------- */
 
-static int check_readable(struct builder *b, const char *what, const char *path)
+static int
+check_readable(struct builder *b, const char *what, const char *path)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
 
@@ -427,7 +446,8 @@ static int check_readable(struct builder *b, const char *what, const char *path)
 }
 
 /* check_hostport - "ADDR:PORT" with ADDR an address, a CIDR like 0/0, or [IPv6] */
-static int check_hostport(struct builder *b, const char *what, const char *text, int need_port)
+static int
+check_hostport(struct builder *b, const char *what, const char *text, int need_port)
 {
     char host[128], bad[200];
     const char *colon = strrchr(text, ':');
@@ -446,7 +466,7 @@ static int check_hostport(struct builder *b, const char *what, const char *text,
         host[hlen] = 0;
         colon = close[1] == ':' ? close + 1 : NULL;
     } else if (colon && strchr(text, ':') != colon) {
-        colon = NULL;    /* bare IPv6 address without a port */
+        colon = NULL; /* bare IPv6 address without a port */
         snprintf(host, sizeof host, "%s", text);
     } else {
         hlen = colon ? (size_t)(colon - text) : strlen(text);
@@ -471,7 +491,8 @@ bad:
 static const char *const vmta_kinds_text = "<virtual-mta> or <virtual-mta-pool>";
 #define VMTA_KINDS (CFG_IN(CFG_S_VMTA) | CFG_IN(CFG_S_POOL))
 
-static int check_listener(struct builder *b, char *arg)
+static int
+check_listener(struct builder *b, char *arg)
 {
     char *p = arg, *w = next_word(&p);
     int rc = check_hostport(b, "smtp-listener address", w, 1);
@@ -487,7 +508,8 @@ static int check_listener(struct builder *b, char *arg)
     return rc;
 }
 
-static int check_source_host(struct builder *b, char *arg)
+static int
+check_source_host(struct builder *b, char *arg)
 {
     char *p = arg, *ip = next_word(&p), *host = next_word(&p);
     uint8_t fam, pre, addr[16];
@@ -504,7 +526,8 @@ static int check_source_host(struct builder *b, char *arg)
 }
 
 /* check_domain_key - "SELECTOR,DOMAIN|*,PEMFILE"; the key file must be readable */
-static int check_domain_key(struct builder *b, const char *arg)
+static int
+check_domain_key(struct builder *b, const char *arg)
 {
     char copy[PATH_MAX + 512], *parts[3], *save = NULL;
     int n = 0;
@@ -519,7 +542,8 @@ static int check_domain_key(struct builder *b, const char *arg)
     return check_readable(b, "DKIM key file", parts[2]);
 }
 
-static int check_http_access(struct builder *b, char *arg)
+static int
+check_http_access(struct builder *b, char *arg)
 {
     static const char *const levels[] = { "monitor", "operator", "admin", "none", "deny-logs" };
     char *p = arg, *cidr = next_word(&p), *level = next_word(&p), *save = NULL;
@@ -534,7 +558,8 @@ static int check_http_access(struct builder *b, char *arg)
         while (i < 5 && strcasecmp(t, levels[i]) != 0)
             i++;
         if (i == 5) {
-            error(b, "unknown http-access level '%s' (expected monitor, operator, admin or none)", t);
+            error(b, "unknown http-access level '%s' (expected monitor, operator, admin or none)",
+                  t);
             return -1;
         }
     }
@@ -542,7 +567,8 @@ static int check_http_access(struct builder *b, char *arg)
 }
 
 /* check_reply - "/REGEX/ ACTION[,ACTION...]" and the rejected action combinations */
-static int check_reply(struct builder *b, char *arg)
+static int
+check_reply(struct builder *b, char *arg)
 {
     char *re, *rest = cfg_split_regex(arg, &re), *save = NULL;
     int backoff = 0, normal = 0, skip_mx = 0, bounce_queue = 0, disable = 0, reenable = 0;
@@ -560,16 +586,24 @@ static int check_reply(struct builder *b, char *arg)
     for (char *t = strtok_r(rest, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
         int64_t secs;
         t = trim(t);
-        if (strcasecmp(t, "mode=backoff") == 0) backoff = 1;
-        else if (strcasecmp(t, "mode=normal") == 0) normal = 1;
-        else if (strcasecmp(t, "skip-mx") == 0) skip_mx = 1;
-        else if (strcasecmp(t, "bounce-queue") == 0) bounce_queue = 1;
-        else if (strcasecmp(t, "disable-source-ip") == 0) disable = 1;
-        else if (strcasecmp(t, "bounce-rcpt") == 0 || strcasecmp(t, "defer-queue") == 0) ;
-        else if (strncasecmp(t, "reenable-after=", 15) == 0 && cfg_parse_interval(t + 15, &secs) == 0)
+        if (strcasecmp(t, "mode=backoff") == 0)
+            backoff = 1;
+        else if (strcasecmp(t, "mode=normal") == 0)
+            normal = 1;
+        else if (strcasecmp(t, "skip-mx") == 0)
+            skip_mx = 1;
+        else if (strcasecmp(t, "bounce-queue") == 0)
+            bounce_queue = 1;
+        else if (strcasecmp(t, "disable-source-ip") == 0)
+            disable = 1;
+        else if (strcasecmp(t, "bounce-rcpt") == 0 || strcasecmp(t, "defer-queue") == 0)
+            ;
+        else if (strncasecmp(t, "reenable-after=", 15) == 0 &&
+                 cfg_parse_interval(t + 15, &secs) == 0)
             reenable++;
-        else if (strncasecmp(t, "backoff-to-normal-after=", 24) == 0
-                 && cfg_parse_interval(t + 24, &secs) == 0) ;
+        else if (strncasecmp(t, "backoff-to-normal-after=", 24) == 0 &&
+                 cfg_parse_interval(t + 24, &secs) == 0)
+            ;
         else {
             error(b, "unknown reply action '%s'", t);
             return -1;
@@ -589,7 +623,8 @@ static int check_reply(struct builder *b, char *arg)
 }
 
 /* check_pattern_entry - "[NAME] /re/ RESULT" of a <pattern-list> */
-static int check_pattern_entry(struct builder *b, enum cfg_directive d, char *arg)
+static int
+check_pattern_entry(struct builder *b, enum cfg_directive d, char *arg)
 {
     char *p = arg, *re, *rest, *result;
     int64_t prio;
@@ -611,8 +646,9 @@ static int check_pattern_entry(struct builder *b, enum cfg_directive d, char *ar
         add_xref(b, VMTA_KINDS, result + 12, "virtual-mta=");
     else if (strncasecmp(result, "call-to:", 8) == 0 && result[8])
         add_xref(b, CFG_IN(CFG_S_PATTERN_LIST), result + 8, "call-to:");
-    else if (strncasecmp(result, "recipient-priority=", 19) == 0
-             && cfg_parse_int(result + 19, &prio) == 0 && prio <= 100) ;
+    else if (strncasecmp(result, "recipient-priority=", 19) == 0 &&
+             cfg_parse_int(result + 19, &prio) == 0 && prio <= 100)
+        ;
     else {
         error(b, "unknown pattern result '%s'", result);
         return -1;
@@ -620,7 +656,8 @@ static int check_pattern_entry(struct builder *b, enum cfg_directive d, char *ar
     return 0;
 }
 
-static int check_bounce_pattern(struct builder *b, char *arg)
+static int
+check_bounce_pattern(struct builder *b, char *arg)
 {
     char *re, *rest = cfg_split_regex(arg, &re), *category;
 
@@ -631,11 +668,26 @@ static int check_bounce_pattern(struct builder *b, char *arg)
     return check_regex(b, re);
 }
 
-static int check_records(struct builder *b, char *arg)
+static int
+check_records(struct builder *b, char *arg)
 {
     static const char *const types[] = {
-        "d", "b", "t", "tq", "r", "f", "rb", "rs", "delivery", "bounce", "transient",
-        "transient-queue", "receipt", "feedback-loop", "remote-bounce", "remote-status",
+        "d",
+        "b",
+        "t",
+        "tq",
+        "r",
+        "f",
+        "rb",
+        "rs",
+        "delivery",
+        "bounce",
+        "transient",
+        "transient-queue",
+        "receipt",
+        "feedback-loop",
+        "remote-bounce",
+        "remote-status",
     };
     char *save = NULL;
 
@@ -653,7 +705,8 @@ static int check_records(struct builder *b, char *arg)
 }
 
 /* define_macro - "domain-macro NAME a, b, c" */
-static int define_macro(struct builder *b, char *arg)
+static int
+define_macro(struct builder *b, char *arg)
 {
     char *p = arg, *name = next_word(&p), *save = NULL;
     struct macro *m;
@@ -690,24 +743,36 @@ static int define_macro(struct builder *b, char *arg)
  * checks a type alone cannot express (cross references, readable files).
  * ARG is scratch (may be modified); TEXT the stored value.
  */
-static int check_structured(struct builder *b, enum cfg_directive d, char *arg, const char *text)
+static int
+check_structured(struct builder *b, enum cfg_directive d, char *arg, const char *text)
 {
     int64_t n;
 
     switch (d) {
-    case CFG_D_SMTP_LISTENER: return check_listener(b, arg);
-    case CFG_D_SMTP_SOURCE_HOST: return check_source_host(b, arg);
-    case CFG_D_DOMAIN_KEY: return check_domain_key(b, text);
-    case CFG_D_DKIM_KEY_FILE: return check_readable(b, "DKIM key file", text);
-    case CFG_D_HTTP_ACCESS: return check_http_access(b, arg);
-    case CFG_D_NAME_SERVER: return check_hostport(b, "name-server", text, 0);
-    case CFG_D_REPLY: return check_reply(b, arg);
+    case CFG_D_SMTP_LISTENER:
+        return check_listener(b, arg);
+    case CFG_D_SMTP_SOURCE_HOST:
+        return check_source_host(b, arg);
+    case CFG_D_DOMAIN_KEY:
+        return check_domain_key(b, text);
+    case CFG_D_DKIM_KEY_FILE:
+        return check_readable(b, "DKIM key file", text);
+    case CFG_D_HTTP_ACCESS:
+        return check_http_access(b, arg);
+    case CFG_D_NAME_SERVER:
+        return check_hostport(b, "name-server", text, 0);
+    case CFG_D_REPLY:
+        return check_reply(b, arg);
     case CFG_D_MAIL_FROM:
     case CFG_D_RCPT_TO:
-    case CFG_D_HEADER: return check_pattern_entry(b, d, arg);
-    case CFG_D_BOUNCE_CATEGORY_PATTERN: return check_bounce_pattern(b, arg);
-    case CFG_D_RECORDS: return check_records(b, arg);
-    case CFG_D_DOMAIN_MACRO: return define_macro(b, arg);
+    case CFG_D_HEADER:
+        return check_pattern_entry(b, d, arg);
+    case CFG_D_BOUNCE_CATEGORY_PATTERN:
+        return check_bounce_pattern(b, arg);
+    case CFG_D_RECORDS:
+        return check_records(b, arg);
+    case CFG_D_DOMAIN_MACRO:
+        return define_macro(b, arg);
     case CFG_D_MAX_SIZE:
         if (cfg_parse_size(text, &n) == 0 && n >= 0 && n < (1 << 20)) {
             error(b, "max-size %s is below the minimum of 1M", text);
@@ -743,16 +808,24 @@ static int check_structured(struct builder *b, enum cfg_directive d, char *arg, 
 
 /* --- typed values ------------------------------------------------------------------ */
 
-static const char *type_hint(enum cfg_type t)
+static const char *
+type_hint(enum cfg_type t)
 {
     switch (t) {
-    case CFG_T_BOOL: return "yes or no";
-    case CFG_T_INT: return "a whole number";
-    case CFG_T_SIZE: return "a size such as 50M, 250m or unlimited";
-    case CFG_T_INTERVAL: return "a time interval such as 10m, 4d12h or never";
-    case CFG_T_INTERVAL_LIST: return "a list of time intervals such as 10m,1h,4h";
-    case CFG_T_RATE: return "a rate such as 100/h, 83/5s or unlimited";
-    default: return "a value";
+    case CFG_T_BOOL:
+        return "yes or no";
+    case CFG_T_INT:
+        return "a whole number";
+    case CFG_T_SIZE:
+        return "a size such as 50M, 250m or unlimited";
+    case CFG_T_INTERVAL:
+        return "a time interval such as 10m, 4d12h or never";
+    case CFG_T_INTERVAL_LIST:
+        return "a list of time intervals such as 10m,1h,4h";
+    case CFG_T_RATE:
+        return "a rate such as 100/h, 83/5s or unlimited";
+    default:
+        return "a value";
     }
 }
 
@@ -760,15 +833,17 @@ static const char *type_hint(enum cfg_type t)
  * decode_typed - fill V's typed fields from TEXT for directive D.
  * Returns 0, -EINVAL (syntax) or -ERANGE (too large / outside the directive's range).
  */
-static int decode_typed(struct builder *b, enum cfg_directive d, const char *text,
-                        struct cfg_value *v)
+static int
+decode_typed(struct builder *b, enum cfg_directive d, const char *text, struct cfg_value *v)
 {
     const struct cfg_directive_info *info = cfg_directive_info(d);
     int64_t list[CFG_LIST_MAX], lo, hi;
     int rc = 0;
 
     switch (info->type) {
-    case CFG_T_BOOL: rc = cfg_parse_bool(text, &v->num); break;
+    case CFG_T_BOOL:
+        rc = cfg_parse_bool(text, &v->num);
+        break;
     case CFG_T_INT:
         if (cfg_allows_auto(d) && strcmp(text, "auto") == 0) {
             v->num = CFG_PROCESSES_AUTO;
@@ -778,9 +853,15 @@ static int decode_typed(struct builder *b, enum cfg_directive d, const char *tex
         if (rc == 0 && cfg__range(d, &lo, &hi) && (v->num < lo || v->num > hi))
             rc = -ERANGE;
         break;
-    case CFG_T_SIZE: rc = cfg_parse_size(text, &v->num); break;
-    case CFG_T_INTERVAL: rc = cfg_parse_interval(text, &v->num); break;
-    case CFG_T_RATE: rc = cfg_parse_rate(text, &v->num, &v->num2); break;
+    case CFG_T_SIZE:
+        rc = cfg_parse_size(text, &v->num);
+        break;
+    case CFG_T_INTERVAL:
+        rc = cfg_parse_interval(text, &v->num);
+        break;
+    case CFG_T_RATE:
+        rc = cfg_parse_rate(text, &v->num, &v->num2);
+        break;
     case CFG_T_INTERVAL_LIST:
         rc = cfg_parse_interval_list(text, list, CFG_LIST_MAX);
         if (rc > 0) {
@@ -792,16 +873,18 @@ static int decode_typed(struct builder *b, enum cfg_directive d, const char *tex
     case CFG_T_ENUM:
         v->num = cfg__enum_index(d, text);
         if (v->num < 0 && strncmp(cfg__enum_words(d), "no|yes|", 7) == 0)
-            rc = cfg_parse_bool(text, &v->num);   /* yes/no/true/false... for no|yes|X lists */
+            rc = cfg_parse_bool(text, &v->num); /* yes/no/true/false... for no|yes|X lists */
         else if (v->num < 0)
             rc = -EINVAL;
         break;
-    default: break;
+    default:
+        break;
     }
     return rc;
 }
 
-static void bad_value(struct builder *b, enum cfg_directive d, const char *text, int rc)
+static void
+bad_value(struct builder *b, enum cfg_directive d, const char *text, int rc)
 {
     const struct cfg_directive_info *info = cfg_directive_info(d);
     char shown[200], words[160];
@@ -823,7 +906,8 @@ static void bad_value(struct builder *b, enum cfg_directive d, const char *text,
         error(b, "bad value '%s' for '%s' (expected %s)", shown, info->name, type_hint(info->type));
 }
 
-static void warn_not_implemented(struct builder *b, enum cfg_directive d)
+static void
+warn_not_implemented(struct builder *b, enum cfg_directive d)
 {
     const char *name = cfg_directive_info(d)->name;
 
@@ -835,7 +919,8 @@ static void warn_not_implemented(struct builder *b, enum cfg_directive d)
 }
 
 /* store_value - validate ARG for D and add it to every scope of the current block */
-static void store_value(struct builder *b, enum cfg_directive d, char *arg)
+static void
+store_value(struct builder *b, enum cfg_directive d, char *arg)
 {
     const struct cfg_directive_info *info = cfg_directive_info(d);
     struct frame *f = &b->stack[b->depth];
@@ -863,7 +948,7 @@ static void store_value(struct builder *b, enum cfg_directive d, char *arg)
         goto done;
     }
     if (*text == 0) {
-        v.flags |= CFG_VALUE_CLEAR;       /* "" clears an inherited value */
+        v.flags |= CFG_VALUE_CLEAR; /* "" clears an inherited value */
     } else {
         if ((rc = decode_typed(b, d, text, &v)) != 0) {
             bad_value(b, d, text, rc);
@@ -885,7 +970,8 @@ done:
 
 /* --- includes ----------------------------------------------------------------------- */
 
-static int read_file(const char *path, char **text, size_t *len)
+static int
+read_file(const char *path, char **text, size_t *len)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     struct stat st;
@@ -909,7 +995,8 @@ static int read_file(const char *path, char **text, size_t *len)
 }
 
 /* load_file - parse PATH in the current block context; detects include loops */
-static void load_file(struct builder *b, const char *path)
+static void
+load_file(struct builder *b, const char *path)
 {
     char *real = realpath(path, NULL), *text = NULL;
     size_t len = 0;
@@ -922,13 +1009,14 @@ static void load_file(struct builder *b, const char *path)
             return;
         }
     if (b->nfiles > CFG_INCLUDE_DEPTH) {
-        error(b, "includes nested too deeply (more than %d levels) at '%s'", CFG_INCLUDE_DEPTH, path);
+        error(b, "includes nested too deeply (more than %d levels) at '%s'", CFG_INCLUDE_DEPTH,
+              path);
         free(real);
         return;
     }
     if ((err = read_file(path, &text, &len)) != 0) {
-        error(b, "cannot read %s '%s': %s", b->nfiles ? "include file" : "configuration file",
-              path, strerror(-err));
+        error(b, "cannot read %s '%s': %s", b->nfiles ? "include file" : "configuration file", path,
+              strerror(-err));
         free(real);
         return;
     }
@@ -940,7 +1028,8 @@ static void load_file(struct builder *b, const char *path)
 
 static void do_include_path(struct builder *b, const char *buf, char *pattern);
 
-static void do_include(struct builder *b, char *arg)
+static void
+do_include(struct builder *b, char *arg)
 {
     char pattern[PATH_MAX], *buf;
 
@@ -959,7 +1048,8 @@ static void do_include(struct builder *b, char *arg)
 }
 
 /* do_include_path - include FILE (a name or glob pattern); PATTERN is scratch of PATH_MAX */
-static void do_include_path(struct builder *b, const char *buf, char *pattern)
+static void
+do_include_path(struct builder *b, const char *buf, char *pattern)
 {
     glob_t g;
     int rc;
@@ -993,11 +1083,12 @@ static void do_include_path(struct builder *b, const char *buf, char *pattern)
 
 /* PowerMTA blocks we know of but do not implement: skipped with one warning. */
 static const char *const skipped_blocks[] = {
-    "rewrite-list", "address-list", "bounce-processor", "feedback-loop-processor",
-    "email-patterns", "dns", "transmissions-api", "transmissions-api-listener",
+    "rewrite-list",   "address-list", "bounce-processor",  "feedback-loop-processor",
+    "email-patterns", "dns",          "transmissions-api", "transmissions-api-listener",
 };
 
-static int tag_kind(const char *tag)
+static int
+tag_kind(const char *tag)
 {
     for (int k = 1; k < CFG_S_COUNT; k++)
         if (strcmp(cfg__scope_tag((enum cfg_scope_kind)k), tag) == 0)
@@ -1012,7 +1103,8 @@ struct expansion {
     int failed;
 };
 
-static const struct macro *find_macro(struct builder *b, const char *name, size_t len)
+static const struct macro *
+find_macro(struct builder *b, const char *name, size_t len)
 {
     for (int i = 0; i < b->nmacros; i++)
         if (strlen(b->macros[i].name) == len && strncmp(b->macros[i].name, name, len) == 0)
@@ -1020,12 +1112,13 @@ static const struct macro *find_macro(struct builder *b, const char *name, size_
     return NULL;
 }
 
-static void expand_string(struct builder *b, struct expansion *x, const char *prefix,
-                          const char *s, struct strlist *out);
+static void expand_string(struct builder *b, struct expansion *x, const char *prefix, const char *s,
+                          struct strlist *out);
 
 /* expand_macro - every (fully expanded) value of macro NAME appended to OUT */
-static void expand_macro(struct builder *b, struct expansion *x, const char *name, size_t len,
-                         struct strlist *out)
+static void
+expand_macro(struct builder *b, struct expansion *x, const char *name, size_t len,
+             struct strlist *out)
 {
     const struct macro *m = find_macro(b, name, len);
 
@@ -1047,8 +1140,9 @@ static void expand_macro(struct builder *b, struct expansion *x, const char *nam
 }
 
 /* expand_string - PREFIX + S with every $NAME replaced by each of its values */
-static void expand_string(struct builder *b, struct expansion *x, const char *prefix,
-                          const char *s, struct strlist *out)
+static void
+expand_string(struct builder *b, struct expansion *x, const char *prefix, const char *s,
+              struct strlist *out)
 {
     const char *dollar = strchr(s, '$'), *end;
     struct strlist values = { 0 };
@@ -1076,7 +1170,8 @@ static void expand_string(struct builder *b, struct expansion *x, const char *pr
     strlist_free(&values);
 }
 
-static int valid_domain_chars(const char *s)
+static int
+valid_domain_chars(const char *s)
 {
     if (!*s)
         return 0;
@@ -1087,8 +1182,8 @@ static int valid_domain_chars(const char *s)
 }
 
 /* add_domain_scope - one <domain PATTERN> scope; PATTERN is expanded and lowercased */
-static void add_domain_scope(struct builder *b, struct frame *f, char *pat, uint32_t parent,
-                             int from_macro)
+static void
+add_domain_scope(struct builder *b, struct frame *f, char *pat, uint32_t parent, int from_macro)
 {
     size_t len = strlen(pat);
     uint8_t pattern, fam = 0, pre = 0, addr[16] = { 0 };
@@ -1097,7 +1192,7 @@ static void add_domain_scope(struct builder *b, struct frame *f, char *pat, uint
 
     lowercase(pat);
     if (len > 1 && pat[len - 1] == '.')
-        pat[--len] = 0;                         /* a trailing dot is ignored */
+        pat[--len] = 0; /* a trailing dot is ignored */
     if (strcmp(pat, "*") == 0) {
         pattern = CFG_PAT_ALL;
         name = "";
@@ -1118,8 +1213,10 @@ static void add_domain_scope(struct builder *b, struct frame *f, char *pat, uint
     } else if (valid_domain_chars(pat)) {
         pattern = CFG_PAT_EXACT;
     } else {
-        error(b, "bad domain pattern '%s' (expected *, example.com, *.example.com, "
-                 "[*.]example.com or [CIDR])", pat);
+        error(b,
+              "bad domain pattern '%s' (expected *, example.com, *.example.com, "
+              "[*.]example.com or [CIDR])",
+              pat);
         return;
     }
     s = new_scope(b, CFG_S_DOMAIN, name, parent);
@@ -1133,7 +1230,8 @@ static void add_domain_scope(struct builder *b, struct frame *f, char *pat, uint
 }
 
 /* open_domain - "<domain a.com, *.b.com, yahoo.$TLDS>" -> one scope per domain */
-static void open_domain(struct builder *b, struct frame *f, char *arg, uint32_t parent)
+static void
+open_domain(struct builder *b, struct frame *f, char *arg, uint32_t parent)
 {
     char *t, *rest = arg;
 
@@ -1152,7 +1250,8 @@ static void open_domain(struct builder *b, struct frame *f, char *arg, uint32_t 
     }
 }
 
-static void open_source(struct builder *b, struct frame *f, const char *arg)
+static void
+open_source(struct builder *b, struct frame *f, const char *arg)
 {
     uint8_t fam = 0, pre = 0, addr[16] = { 0 };
     int is_cidr = isdigit((unsigned char)arg[0]) || strchr(arg, ':') || strchr(arg, '/');
@@ -1162,10 +1261,12 @@ static void open_source(struct builder *b, struct frame *f, const char *arg)
         error(b, "bad CIDR '%s' in <source>", arg);
         return;
     }
-    if (!is_cidr && arg[0] == '{' && strcmp(arg, "{pickup}") != 0 && strcmp(arg, "{auth}") != 0
-        && strcmp(arg, "{transmissions-api}") != 0) {
-        error(b, "unknown reserved source name '%s' (expected {pickup}, {auth} or "
-                 "{transmissions-api})", arg);
+    if (!is_cidr && arg[0] == '{' && strcmp(arg, "{pickup}") != 0 && strcmp(arg, "{auth}") != 0 &&
+        strcmp(arg, "{transmissions-api}") != 0) {
+        error(b,
+              "unknown reserved source name '%s' (expected {pickup}, {auth} or "
+              "{transmissions-api})",
+              arg);
         return;
     }
     s = new_scope(b, CFG_S_SOURCE, arg, 0);
@@ -1178,11 +1279,13 @@ static void open_source(struct builder *b, struct frame *f, const char *arg)
 }
 
 /* kinds whose block names must be unique (pools share the virtual-mta namespace) */
-static uint32_t unique_namespace(int kind)
+static uint32_t
+unique_namespace(int kind)
 {
     switch (kind) {
     case CFG_S_VMTA:
-    case CFG_S_POOL: return VMTA_KINDS;
+    case CFG_S_POOL:
+        return VMTA_KINDS;
     case CFG_S_SMTP_PATTERN_LIST:
     case CFG_S_PATTERN_LIST:
     case CFG_S_SMTP_USER:
@@ -1190,12 +1293,15 @@ static uint32_t unique_namespace(int kind)
     case CFG_S_LISTENER:
     case CFG_S_SOURCE_GROUP:
     case CFG_S_DOMAIN_KEY_LIST:
-    case CFG_S_ACCT_FILE: return CFG_IN(kind);
-    default: return 0;
+    case CFG_S_ACCT_FILE:
+        return CFG_IN(kind);
+    default:
+        return 0;
     }
 }
 
-static void open_named(struct builder *b, struct frame *f, int kind, char *arg)
+static void
+open_named(struct builder *b, struct frame *f, int kind, char *arg)
 {
     char *name = xmalloc(strlen(arg) + 1);
     uint32_t ns = unique_namespace(kind), s;
@@ -1217,28 +1323,34 @@ static void open_named(struct builder *b, struct frame *f, int kind, char *arg)
     f->scopes[f->nscopes++] = s;
     if (kind == CFG_S_SPOOL && !scope_find(b, 0, CFG_D_SPOOL)) {
         /* the block form names the spool directory too (the first one wins) */
-        struct cfg_value v = { .directive = CFG_D_SPOOL, .type = CFG_T_STRING,
-                               .flags = CFG_VALUE_FROM_BLOCK, .file = b->cur_file,
-                               .line = b->cur_line, .text = b->scopes[s].s.name };
+        struct cfg_value v = { .directive = CFG_D_SPOOL,
+                               .type = CFG_T_STRING,
+                               .flags = CFG_VALUE_FROM_BLOCK,
+                               .file = b->cur_file,
+                               .line = b->cur_line,
+                               .text = b->scopes[s].s.name };
         scope_put(b, 0, &v);
     }
 out:
     free(name);
 }
 
-static int nesting_allowed(int kind, int parent_kind)
+static int
+nesting_allowed(int kind, int parent_kind)
 {
     if (parent_kind == CFG_S_GLOBAL)
         return 1;
     return kind == CFG_S_DOMAIN && (parent_kind == CFG_S_VMTA || parent_kind == CFG_S_POOL);
 }
 
-static int needs_argument(int kind)
+static int
+needs_argument(int kind)
 {
     return kind != CFG_S_BOUNCE_CATEGORY_PATTERNS && kind != CFG_S_MX_ROLLUP_LIST;
 }
 
-static void push_frame(struct builder *b, int kind, const char *tag)
+static void
+push_frame(struct builder *b, int kind, const char *tag)
 {
     struct frame *f = &b->stack[++b->depth];
 
@@ -1250,7 +1362,8 @@ static void push_frame(struct builder *b, int kind, const char *tag)
     f->file_level = b->nfiles;
 }
 
-static void warn_skipped_block(struct builder *b, const char *tag)
+static void
+warn_skipped_block(struct builder *b, const char *tag)
 {
     for (int i = 0; i < b->warned_tags.n; i++)
         if (strcmp(b->warned_tags.v[i], tag) == 0)
@@ -1260,7 +1373,8 @@ static void warn_skipped_block(struct builder *b, const char *tag)
 }
 
 /* open_tag - "<tag arg>" (LINE without the angle brackets) */
-static void open_tag(struct builder *b, char *line)
+static void
+open_tag(struct builder *b, char *line)
 {
     char *arg = line, *tag = next_word(&arg);
     struct frame *parent = &b->stack[b->depth];
@@ -1275,11 +1389,11 @@ static void open_tag(struct builder *b, char *line)
     kind = tag_kind(tag);
     push_frame(b, -1, tag);
     if (parent->kind < 0)
-        return;                                   /* inside a skipped block */
+        return; /* inside a skipped block */
     if (kind < 0) {
         size_t i = 0;
-        while (i < sizeof skipped_blocks / sizeof skipped_blocks[0]
-               && strcmp(skipped_blocks[i], tag) != 0)
+        while (i < sizeof skipped_blocks / sizeof skipped_blocks[0] &&
+               strcmp(skipped_blocks[i], tag) != 0)
             i++;
         if (i < sizeof skipped_blocks / sizeof skipped_blocks[0])
             warn_skipped_block(b, tag);
@@ -1307,14 +1421,17 @@ static void open_tag(struct builder *b, char *line)
 }
 
 /* finish_listener - a <smtp-listener ADDR> block also lists itself as a global smtp-listener */
-static void finish_listener(struct builder *b, struct frame *f)
+static void
+finish_listener(struct builder *b, struct frame *f)
 {
     uint32_t s = f->scopes[0];
     const struct cfg_value *src = scope_find(b, s, CFG_D_SOURCE_NAME);
-    char *text = xasprintf("%s%s%s", b->strings.data + b->scopes[s].s.name,
-                           src ? " source=" : "", src ? b->strings.data + src->text : "");
-    struct cfg_value v = { .directive = CFG_D_SMTP_LISTENER, .type = CFG_T_WORDS,
-                           .flags = CFG_VALUE_FROM_BLOCK, .file = b->scopes[s].s.file,
+    char *text = xasprintf("%s%s%s", b->strings.data + b->scopes[s].s.name, src ? " source=" : "",
+                           src ? b->strings.data + src->text : "");
+    struct cfg_value v = { .directive = CFG_D_SMTP_LISTENER,
+                           .type = CFG_T_WORDS,
+                           .flags = CFG_VALUE_FROM_BLOCK,
+                           .file = b->scopes[s].s.file,
                            .line = b->scopes[s].s.line };
 
     v.text = intern(b, text);
@@ -1322,7 +1439,8 @@ static void finish_listener(struct builder *b, struct frame *f)
     free(text);
 }
 
-static void pop_frame(struct builder *b)
+static void
+pop_frame(struct builder *b)
 {
     struct frame *f = &b->stack[b->depth];
 
@@ -1334,7 +1452,8 @@ static void pop_frame(struct builder *b)
     b->depth--;
 }
 
-static void close_tag(struct builder *b, char *tag)
+static void
+close_tag(struct builder *b, char *tag)
 {
     int match;
 
@@ -1356,13 +1475,15 @@ static void close_tag(struct builder *b, char *tag)
 
 /* --- lines ------------------------------------------------------------------------------ */
 
-static int include_allowed(int kind)
+static int
+include_allowed(int kind)
 {
-    return kind == CFG_S_GLOBAL || kind == CFG_S_SOURCE || kind == CFG_S_DOMAIN
-           || kind == CFG_S_VMTA || kind == CFG_S_SMTP_PATTERN_LIST;
+    return kind == CFG_S_GLOBAL || kind == CFG_S_SOURCE || kind == CFG_S_DOMAIN ||
+           kind == CFG_S_VMTA || kind == CFG_S_SMTP_PATTERN_LIST;
 }
 
-static void unknown_directive(struct builder *b, const char *name, int kind)
+static void
+unknown_directive(struct builder *b, const char *name, int kind)
 {
     uint32_t scopes = cfg__directive_scopes(name);
     char where[256], shown[128];
@@ -1383,14 +1504,15 @@ static void unknown_directive(struct builder *b, const char *name, int kind)
 }
 
 /* directive_line - "name value...", "name = value" or, in <bounce-category-patterns>, "/re/ cat" */
-static void directive_line(struct builder *b, char *line)
+static void
+directive_line(struct builder *b, char *line)
 {
     int kind = b->stack[b->depth].kind;
     char *arg = line, *name, *eq;
     int d;
 
     if (kind < 0)
-        return;                                    /* inside a skipped block */
+        return; /* inside a skipped block */
     if (kind == CFG_S_BOUNCE_CATEGORY_PATTERNS && line[0] == '/') {
         store_value(b, CFG_D_BOUNCE_CATEGORY_PATTERN, line);
         return;
@@ -1400,7 +1522,7 @@ static void directive_line(struct builder *b, char *line)
     eq = arg;
     while (isspace((unsigned char)*eq))
         eq++;
-    if (*eq == '=')                                 /* the seed's "key = value" */
+    if (*eq == '=') /* the seed's "key = value" */
         *eq++ = ' ';
     if (*arg)
         *arg++ = 0;
@@ -1411,7 +1533,8 @@ static void directive_line(struct builder *b, char *line)
         if (include_allowed(kind))
             do_include(b, arg);
         else
-            error(b, "include is not allowed in %s", cfg__scope_kind_name((enum cfg_scope_kind)kind));
+            error(b, "include is not allowed in %s",
+                  cfg__scope_kind_name((enum cfg_scope_kind)kind));
         return;
     }
     if ((d = cfg_directive_lookup(name, (enum cfg_scope_kind)kind)) < 0) {
@@ -1419,11 +1542,12 @@ static void directive_line(struct builder *b, char *line)
         return;
     }
     if (kind == CFG_S_DOMAIN && b->stack[b->depth].nscopes == 0)
-        return;                                    /* its tag was bad; already reported */
+        return; /* its tag was bad; already reported */
     store_value(b, (enum cfg_directive)d, arg);
 }
 
-static void handle_line(struct builder *b, char *line)
+static void
+handle_line(struct builder *b, char *line)
 {
     size_t len;
 
@@ -1449,11 +1573,12 @@ static void handle_line(struct builder *b, char *line)
 /* line assembly state of the lexer */
 struct lexer {
     struct buf line;
-    unsigned start;       /* physical line the logical line began on */
+    unsigned start; /* physical line the logical line began on */
     int too_long;
 };
 
-static void emit_line(struct builder *b, struct lexer *lx)
+static void
+emit_line(struct builder *b, struct lexer *lx)
 {
     b->cur_line = lx->start;
     if (lx->too_long)
@@ -1464,7 +1589,8 @@ static void emit_line(struct builder *b, struct lexer *lx)
     lx->too_long = 0;
 }
 
-static void put_char(struct lexer *lx, char c)
+static void
+put_char(struct lexer *lx, char c)
 {
     if (lx->line.len >= CFG_LINE_MAX)
         lx->too_long = 1;
@@ -1478,7 +1604,8 @@ static void put_char(struct lexer *lx, char c)
  * comment's "-->" continues the line the comment started on), and neither
  * counts inside a "quoted string".
  */
-static void parse_text(struct builder *b, const char *name, const char *text, size_t len)
+static void
+parse_text(struct builder *b, const char *name, const char *text, size_t len)
 {
     const char *saved_dir = b->cur_dir;
     uint32_t saved_file = b->cur_file;
@@ -1492,7 +1619,7 @@ static void parse_text(struct builder *b, const char *name, const char *text, si
     b->cur_dir = dirname(dir_copy);
     for (size_t i = 0; i < len && !b->gave_up; i++) {
         char c = text[i];
-        if (comment_line) {                          /* inside <!-- --> */
+        if (comment_line) { /* inside <!-- --> */
             if (c == '\n')
                 phys++;
             else if (c == '-' && i + 2 < len && text[i + 1] == '-' && text[i + 2] == '>') {
@@ -1557,7 +1684,8 @@ static void parse_text(struct builder *b, const char *name, const char *text, si
 
 /* --- after the whole file ------------------------------------------------------------------ */
 
-static void kinds_text(uint32_t kinds, char *out, size_t outsize)
+static void
+kinds_text(uint32_t kinds, char *out, size_t outsize)
 {
     if (kinds == VMTA_KINDS)
         snprintf(out, outsize, "%s", vmta_kinds_text);
@@ -1565,7 +1693,8 @@ static void kinds_text(uint32_t kinds, char *out, size_t outsize)
         cfg__scopes_text(kinds, out, outsize);
 }
 
-static void check_xrefs(struct builder *b)
+static void
+check_xrefs(struct builder *b)
 {
     for (int i = 0; i < b->nxrefs; i++) {
         struct xref *x = &b->xrefs[i];
@@ -1579,7 +1708,8 @@ static void check_xrefs(struct builder *b)
 }
 
 /* make_defaults - the built-in value of every directive (slot d of the values array) */
-static void make_defaults(struct builder *b)
+static void
+make_defaults(struct builder *b)
 {
     for (int d = 0; d < CFG_D_COUNT; d++) {
         const struct cfg_directive_info *info = cfg_directive_info((enum cfg_directive)d);
@@ -1598,7 +1728,8 @@ static void make_defaults(struct builder *b)
 }
 
 /* finish - lay the per-scope value lists out as one array and hand back a struct cfg */
-static struct cfg *finish(struct builder *b)
+static struct cfg *
+finish(struct builder *b)
 {
     struct cfg_heap *h = xcalloc(1, sizeof *h);
     struct cfg *c = xcalloc(1, sizeof *c);
@@ -1638,13 +1769,14 @@ static struct cfg *finish(struct builder *b)
     return c;
 }
 
-static void builder_init(struct builder *b, cfg_diag_fn diag, void *ctx)
+static void
+builder_init(struct builder *b, cfg_diag_fn diag, void *ctx)
 {
     memset(b, 0, sizeof *b);
     b->diag = diag ? diag : default_diag;
     b->ctx = ctx;
     buf_init(&b->strings, 0);
-    intern(b, "");                          /* offset 0 is "" */
+    intern(b, ""); /* offset 0 is "" */
     make_defaults(b);
     b->cur_file = 0;
     new_scope(b, CFG_S_GLOBAL, "", 0);
@@ -1655,7 +1787,8 @@ static void builder_init(struct builder *b, cfg_diag_fn diag, void *ctx)
     b->stack[0].nscopes = 1;
 }
 
-static void builder_free(struct builder *b)
+static void
+builder_free(struct builder *b)
 {
     for (uint32_t s = 0; s < b->nscopes; s++)
         free(b->scopes[s].vals);
@@ -1680,7 +1813,8 @@ static void builder_free(struct builder *b)
     strlist_free(&b->warned_tags);
 }
 
-static struct cfg *complete(struct builder *b, unsigned *nerrors)
+static struct cfg *
+complete(struct builder *b, unsigned *nerrors)
 {
     struct cfg *c = NULL;
 
@@ -1695,7 +1829,8 @@ static struct cfg *complete(struct builder *b, unsigned *nerrors)
 }
 
 /* cfg_load - parse and validate PATH with its includes */
-struct cfg *cfg_load(const char *path, cfg_diag_fn diag, void *ctx, unsigned *nerrors)
+struct cfg *
+cfg_load(const char *path, cfg_diag_fn diag, void *ctx, unsigned *nerrors)
 {
     struct builder b;
 
@@ -1705,8 +1840,8 @@ struct cfg *cfg_load(const char *path, cfg_diag_fn diag, void *ctx, unsigned *ne
 }
 
 /* cfg_load_string - the same for TEXT in memory; includes are relative to NAME's directory */
-struct cfg *cfg_load_string(const char *name, const char *text, cfg_diag_fn diag, void *ctx,
-                            unsigned *nerrors)
+struct cfg *
+cfg_load_string(const char *name, const char *text, cfg_diag_fn diag, void *ctx, unsigned *nerrors)
 {
     struct builder b;
 

@@ -13,10 +13,10 @@
 
 #include "cfg.h"
 
-#define CFG_LINE_MAX      65536   /* bytes per logical line */
-#define CFG_MAX_ERRORS    100     /* stop reporting (and parsing) after this many */
+#define CFG_LINE_MAX      65536 /* bytes per logical line */
+#define CFG_MAX_ERRORS    100   /* stop reporting (and parsing) after this many */
 #define CFG_INCLUDE_DEPTH 16
-#define CFG_LIST_MAX      64      /* elements of an interval list */
+#define CFG_LIST_MAX      64 /* elements of an interval list */
 
 /* cfg__scope_kind_name - "global level", "<domain>", ... for messages */
 const char *cfg__scope_kind_name(enum cfg_scope_kind kind);
@@ -39,15 +39,15 @@ uint32_t cfg__directive_scopes(const char *name);
  * fills family, prefix and the network address (host bits cleared). 0 or -EINVAL */
 int cfg__parse_cidr(const char *s, uint8_t *family, uint8_t *prefix, uint8_t addr[16]);
 /* cfg__cidr_contains - does the network contain address ADDR of FAMILY? */
-int cfg__cidr_contains(uint8_t family, uint8_t prefix, const uint8_t net[16],
-                       int addr_family, const uint8_t *addr);
+int cfg__cidr_contains(uint8_t family, uint8_t prefix, const uint8_t net[16], int addr_family,
+                       const uint8_t *addr);
 
 /* struct cfg.owner: heap arrays after cfg_load, or a mapping after cfg_snapshot_map */
 #define CFG_OWNER_HEAP 0x50414548u
 #define CFG_OWNER_MAP  0x2050414du
 
 struct cfg_heap {
-    uint32_t owner_kind;     /* CFG_OWNER_HEAP */
+    uint32_t owner_kind; /* CFG_OWNER_HEAP */
     struct cfg_scope *scopes;
     struct cfg_value *values;
     int64_t *ints;
@@ -55,7 +55,7 @@ struct cfg_heap {
 };
 
 struct cfg_map {
-    uint32_t owner_kind;     /* CFG_OWNER_MAP */
+    uint32_t owner_kind; /* CFG_OWNER_MAP */
     void *base;
     size_t len;
 };

@@ -27,24 +27,27 @@
 #include "cfg.h"
 #include "cfg_parse.h"
 
-#define SPEC_EXACT (1 << 20)     /* above any suffix length */
+#define SPEC_EXACT (1 << 20) /* above any suffix length */
 #define DOMAIN_MAX 512
 
 /* cfg_str - the string at OFF ("" when out of range) */
-const char *cfg_str(const struct cfg *c, uint32_t off)
+const char *
+cfg_str(const struct cfg *c, uint32_t off)
 {
     return off < c->strings_len ? c->strings + off : "";
 }
 
 /* cfg_list - the interval list of V, NULL if it has none or it is out of range */
-const int64_t *cfg_list(const struct cfg *c, const struct cfg_value *v)
+const int64_t *
+cfg_list(const struct cfg *c, const struct cfg_value *v)
 {
     if (v->list_len == 0 || v->list > c->nints || v->list_len > c->nints - v->list)
         return NULL;
     return c->ints + v->list;
 }
 
-static const struct cfg_scope *scope_at(const struct cfg *c, uint32_t s)
+static const struct cfg_scope *
+scope_at(const struct cfg *c, uint32_t s)
 {
     const struct cfg_scope *sc;
 
@@ -57,14 +60,15 @@ static const struct cfg_scope *scope_at(const struct cfg *c, uint32_t s)
 }
 
 /* cfg_scope_get - first value of D directly in scope S, or NULL */
-const struct cfg_value *cfg_scope_get(const struct cfg *c, uint32_t scope, enum cfg_directive d)
+const struct cfg_value *
+cfg_scope_get(const struct cfg *c, uint32_t scope, enum cfg_directive d)
 {
     uint32_t it = 0;
     return cfg_scope_next(c, scope, d, &it);
 }
 
-const struct cfg_value *cfg_scope_next(const struct cfg *c, uint32_t scope, enum cfg_directive d,
-                                       uint32_t *it)
+const struct cfg_value *
+cfg_scope_next(const struct cfg *c, uint32_t scope, enum cfg_directive d, uint32_t *it)
 {
     const struct cfg_scope *sc = scope_at(c, scope);
 
@@ -79,14 +83,16 @@ const struct cfg_value *cfg_scope_next(const struct cfg *c, uint32_t scope, enum
 }
 
 /* default_of - built-in value slot of D, NULL when D has no default */
-static const struct cfg_value *default_of(const struct cfg *c, int d)
+static const struct cfg_value *
+default_of(const struct cfg *c, int d)
 {
     if ((uint32_t)d >= c->nvalues || (c->values[d].flags & CFG_VALUE_UNSET))
         return NULL;
     return &c->values[d];
 }
 
-const struct cfg_value *cfg_global(const struct cfg *c, enum cfg_directive d)
+const struct cfg_value *
+cfg_global(const struct cfg *c, enum cfg_directive d)
 {
     const struct cfg_value *v = cfg_scope_get(c, 0, d);
 
@@ -95,7 +101,8 @@ const struct cfg_value *cfg_global(const struct cfg *c, enum cfg_directive d)
     return default_of(c, d);
 }
 
-uint32_t cfg_find_scope(const struct cfg *c, enum cfg_scope_kind kind, const char *name)
+uint32_t
+cfg_find_scope(const struct cfg *c, enum cfg_scope_kind kind, const char *name)
 {
     for (uint32_t i = 1; i < c->nscopes; i++)
         if (c->scopes[i].kind == kind && strcasecmp(cfg_str(c, c->scopes[i].name), name) == 0)
@@ -103,7 +110,8 @@ uint32_t cfg_find_scope(const struct cfg *c, enum cfg_scope_kind kind, const cha
     return CFG_NONE;
 }
 
-uint32_t cfg_next_scope(const struct cfg *c, enum cfg_scope_kind kind, uint32_t *it)
+uint32_t
+cfg_next_scope(const struct cfg *c, enum cfg_scope_kind kind, uint32_t *it)
 {
     for (; *it < c->nscopes; (*it)++)
         if (c->scopes[*it].kind == kind)
@@ -112,7 +120,8 @@ uint32_t cfg_next_scope(const struct cfg *c, enum cfg_scope_kind kind, uint32_t 
 }
 
 /* normalize_domain - lowercase copy without a trailing dot; 0 if it does not fit */
-static int normalize_domain(const char *domain, char *out)
+static int
+normalize_domain(const char *domain, char *out)
 {
     size_t len = strlen(domain);
 
@@ -126,7 +135,8 @@ static int normalize_domain(const char *domain, char *out)
 }
 
 /* ip_literal - "[192.0.2.1]" or "[IPv6:2001:db8::1]" -> family and address */
-static int ip_literal(const char *domain, int *family, uint8_t addr[16])
+static int
+ip_literal(const char *domain, int *family, uint8_t addr[16])
 {
     char inner[DOMAIN_MAX];
     size_t len = strlen(domain);
@@ -142,7 +152,8 @@ static int ip_literal(const char *domain, int *family, uint8_t addr[16])
     return 0;
 }
 
-static int suffix_match(const char *domain, const char *name, int include_self)
+static int
+suffix_match(const char *domain, const char *name, int include_self)
 {
     size_t dl = strlen(domain), nl = strlen(name);
 
@@ -152,7 +163,8 @@ static int suffix_match(const char *domain, const char *name, int include_self)
 }
 
 /* cfg_domain_match - specificity+1 of pattern scope S for DOMAIN, 0 if it does not match */
-int cfg_domain_match(const struct cfg *c, const struct cfg_scope *s, const char *domain)
+int
+cfg_domain_match(const struct cfg *c, const struct cfg_scope *s, const char *domain)
 {
     char d[DOMAIN_MAX];
     const char *name = cfg_str(c, s->name);
@@ -181,7 +193,8 @@ int cfg_domain_match(const struct cfg *c, const struct cfg_scope *s, const char 
 }
 
 /* apply_scope - layer scope S over OUT; the first line of a repeatable directive wins */
-static void apply_scope(const struct cfg *c, uint32_t s, struct cfg_resolved *out)
+static void
+apply_scope(const struct cfg *c, uint32_t s, struct cfg_resolved *out)
 {
     const struct cfg_scope *sc = scope_at(c, s);
 
@@ -193,7 +206,8 @@ static void apply_scope(const struct cfg *c, uint32_t s, struct cfg_resolved *ou
     }
 }
 
-static void apply_defaults(const struct cfg *c, struct cfg_resolved *out)
+static void
+apply_defaults(const struct cfg *c, struct cfg_resolved *out)
 {
     for (int d = 0; d < CFG_D_COUNT; d++)
         out->v[d] = default_of(c, d);
@@ -205,7 +219,8 @@ struct match {
     uint32_t scope;
 };
 
-static int match_cmp(const void *a, const void *b)
+static int
+match_cmp(const void *a, const void *b)
 {
     const struct match *x = a, *y = b;
 
@@ -217,8 +232,8 @@ static int match_cmp(const void *a, const void *b)
 }
 
 /* apply_domains - every <domain> directly under PARENT that matches DOMAIN, least specific first */
-static void apply_domains(const struct cfg *c, uint32_t parent, const char *domain,
-                          struct cfg_resolved *out)
+static void
+apply_domains(const struct cfg *c, uint32_t parent, const char *domain, struct cfg_resolved *out)
 {
     struct match *m = NULL;
     size_t n = 0;
@@ -226,8 +241,8 @@ static void apply_domains(const struct cfg *c, uint32_t parent, const char *doma
     for (uint32_t s = 1; s < c->nscopes; s++) {
         const struct cfg_scope *sc = &c->scopes[s];
         int spec;
-        if (sc->kind != CFG_S_DOMAIN || sc->parent != parent
-            || (spec = cfg_domain_match(c, sc, domain)) == 0)
+        if (sc->kind != CFG_S_DOMAIN || sc->parent != parent ||
+            (spec = cfg_domain_match(c, sc, domain)) == 0)
             continue;
         m = xreallocarray(m, n + 1, sizeof *m);
         m[n].spec = spec;
@@ -243,7 +258,8 @@ static void apply_domains(const struct cfg *c, uint32_t parent, const char *doma
 }
 
 /* pool_has_member - does pool scope P list virtual MTA NAME? */
-static int pool_has_member(const struct cfg *c, uint32_t p, const char *name)
+static int
+pool_has_member(const struct cfg *c, uint32_t p, const char *name)
 {
     uint32_t it = 0;
     const struct cfg_value *v;
@@ -255,7 +271,8 @@ static int pool_has_member(const struct cfg *c, uint32_t p, const char *name)
 }
 
 /* backoff_fallbacks - backoff-max-*-rate default to their normal twin when that is set */
-static void backoff_fallbacks(struct cfg_resolved *out)
+static void
+backoff_fallbacks(struct cfg_resolved *out)
 {
     static const enum cfg_directive pairs[][2] = {
         { CFG_D_BACKOFF_MAX_MSG_RATE, CFG_D_MAX_MSG_RATE },
@@ -267,8 +284,9 @@ static void backoff_fallbacks(struct cfg_resolved *out)
             out->v[pairs[i][0]] = out->v[pairs[i][1]];
 }
 
-int cfg_resolve_queue(const struct cfg *c, const char *domain, const char *vmta,
-                      struct cfg_resolved *out)
+int
+cfg_resolve_queue(const struct cfg *c, const char *domain, const char *vmta,
+                  struct cfg_resolved *out)
 {
     uint32_t vs = CFG_NONE, it = 0, p;
 
@@ -292,7 +310,8 @@ int cfg_resolve_queue(const struct cfg *c, const char *domain, const char *vmta,
 }
 
 /* sockaddr_bytes - family and address bytes of SA (IPv4-mapped IPv6 counts as IPv4) */
-static int sockaddr_bytes(const struct sockaddr *sa, uint8_t addr[16])
+static int
+sockaddr_bytes(const struct sockaddr *sa, uint8_t addr[16])
 {
     if (sa->sa_family == AF_INET) {
         memcpy(addr, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, 4);
@@ -310,8 +329,9 @@ static int sockaddr_bytes(const struct sockaddr *sa, uint8_t addr[16])
     return 0;
 }
 
-int cfg_resolve_source(const struct cfg *c, const struct sockaddr *addr, const char *name,
-                       struct cfg_resolved *out)
+int
+cfg_resolve_source(const struct cfg *c, const struct sockaddr *addr, const char *name,
+                   struct cfg_resolved *out)
 {
     uint32_t named = CFG_NONE;
 
@@ -327,8 +347,9 @@ int cfg_resolve_source(const struct cfg *c, const struct sockaddr *addr, const c
         for (int prefix = 0; family && prefix <= 128; prefix++)
             for (uint32_t s = 1; s < c->nscopes; s++) {
                 const struct cfg_scope *sc = &c->scopes[s];
-                if (sc->kind == CFG_S_SOURCE && sc->pattern == CFG_PAT_CIDR && sc->prefix == prefix
-                    && cfg__cidr_contains(sc->family, sc->prefix, sc->addr, family, bytes))
+                if (sc->kind == CFG_S_SOURCE && sc->pattern == CFG_PAT_CIDR &&
+                    sc->prefix == prefix &&
+                    cfg__cidr_contains(sc->family, sc->prefix, sc->addr, family, bytes))
                     apply_scope(c, s, out);
             }
     }
@@ -337,12 +358,13 @@ int cfg_resolve_source(const struct cfg *c, const struct sockaddr *addr, const c
     return 0;
 }
 
-int cfg_resolve_vmta(const struct cfg *c, const char *vmta, struct cfg_resolved *out)
+int
+cfg_resolve_vmta(const struct cfg *c, const char *vmta, struct cfg_resolved *out)
 {
     uint32_t vs = CFG_NONE;
 
-    if (vmta && *vmta && strcmp(vmta, "{default}") != 0
-        && (vs = cfg_find_scope(c, CFG_S_VMTA, vmta)) == CFG_NONE)
+    if (vmta && *vmta && strcmp(vmta, "{default}") != 0 &&
+        (vs = cfg_find_scope(c, CFG_S_VMTA, vmta)) == CFG_NONE)
         return -ENOENT;
     apply_defaults(c, out);
     apply_scope(c, 0, out);
@@ -355,7 +377,8 @@ int cfg_resolve_vmta(const struct cfg *c, const char *vmta, struct cfg_resolved 
  * cfg_http_access - see cfg.h. The first http-access line whose CIDR holds
  * the address decides (PowerMTA's top-down rule); no line: no access.
  */
-enum cfg_http_level cfg_http_access(const struct cfg *c, int family, const uint8_t *addr)
+enum cfg_http_level
+cfg_http_access(const struct cfg *c, int family, const uint8_t *addr)
 {
     static const char *const names[] = { "none", "monitor", "operator", "admin" };
     const struct cfg_value *v;
@@ -369,8 +392,8 @@ enum cfg_http_level cfg_http_access(const struct cfg *c, int family, const uint8
         snprintf(line, sizeof line, "%s", cfg_str(c, v->text));
         cidr = strtok_r(p, " \t", &save);
         levels = strtok_r(NULL, " \t", &save);
-        if (!cidr || !levels || cfg__parse_cidr(cidr, &fam, &pre, net) != 0
-            || !cfg__cidr_contains(fam, pre, net, family, addr))
+        if (!cidr || !levels || cfg__parse_cidr(cidr, &fam, &pre, net) != 0 ||
+            !cfg__cidr_contains(fam, pre, net, family, addr))
             continue;
         for (char *t = strtok_r(levels, ",", &save); t; t = strtok_r(NULL, ",", &save))
             for (int i = 0; i < 4; i++)

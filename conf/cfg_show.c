@@ -52,7 +52,7 @@ print_settings(const struct cfg *c, const struct cfg_resolved *r, FILE *out)
             }
         }
         if (valuew > 40)
-            valuew = 40;        /* one long value must not push every origin off screen */
+            valuew = 40; /* one long value must not push every origin off screen */
     }
 }
 

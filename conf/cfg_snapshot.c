@@ -63,7 +63,8 @@ struct snap_header {
     uint64_t checksum;
 };
 
-static uint64_t fnv1a64(const unsigned char *p, size_t n)
+static uint64_t
+fnv1a64(const unsigned char *p, size_t n)
 {
     uint64_t h = 0xcbf29ce484222325ull;
 
@@ -75,7 +76,8 @@ static uint64_t fnv1a64(const unsigned char *p, size_t n)
 }
 
 /* append_aligned - pad BODY to 8 bytes, append N bytes of P; the offset (from file start) */
-static uint64_t append_aligned(struct buf *body, const void *p, size_t n)
+static uint64_t
+append_aligned(struct buf *body, const void *p, size_t n)
 {
     static const char zeros[8];
     uint64_t off;
@@ -89,7 +91,8 @@ static uint64_t append_aligned(struct buf *body, const void *p, size_t n)
 }
 
 
-static void fsync_dir(const char *path)
+static void
+fsync_dir(const char *path)
 {
     char *copy = xstrdup(path);
     int fd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -102,7 +105,8 @@ static void fsync_dir(const char *path)
 }
 
 /* cfg_snapshot_write - write C atomically to PATH; 0 or -errno */
-int cfg_snapshot_write(const struct cfg *c, const char *path)
+int
+cfg_snapshot_write(const struct cfg *c, const char *path)
 {
     struct snap_header h;
     struct buf body;
@@ -134,8 +138,8 @@ int cfg_snapshot_write(const struct cfg *c, const char *path)
         rc = -errno;
         goto out;
     }
-    if ((rc = fd_write_all(fd, &h, sizeof h)) == 0 && (rc = fd_write_all(fd, body.data, body.len)) == 0
-        && fsync(fd) != 0)
+    if ((rc = fd_write_all(fd, &h, sizeof h)) == 0 &&
+        (rc = fd_write_all(fd, body.data, body.len)) == 0 && fsync(fd) != 0)
         rc = -errno;
     if (close(fd) != 0 && rc == 0)
         rc = -errno;
@@ -152,47 +156,52 @@ out:
 }
 
 /* region_ok - COUNT elements of SIZE at OFF lie inside the file after the header */
-static int region_ok(uint64_t off, uint64_t count, uint64_t size, uint64_t file_len)
+static int
+region_ok(uint64_t off, uint64_t count, uint64_t size, uint64_t file_len)
 {
-    uint64_t bytes = count * size;   /* counts are 32-bit and sizes small: no overflow */
+    uint64_t bytes = count * size; /* counts are 32-bit and sizes small: no overflow */
 
-    return off % 8 == 0 && off >= sizeof(struct snap_header) && off <= file_len
-           && bytes <= file_len - off;
+    return off % 8 == 0 && off >= sizeof(struct snap_header) && off <= file_len &&
+           bytes <= file_len - off;
 }
 
-static int header_ok(const struct snap_header *h, size_t len)
+static int
+header_ok(const struct snap_header *h, size_t len)
 {
-    return memcmp(h->magic, SNAP_MAGIC, 8) == 0 && h->version == SNAP_VERSION
-           && h->header_size == sizeof *h && h->ndirectives == CFG_D_COUNT
-           && h->scope_size == sizeof(struct cfg_scope) && h->value_size == sizeof(struct cfg_value)
-           && h->body_len == len - sizeof *h
-           && region_ok(h->off_scopes, h->nscopes, sizeof(struct cfg_scope), len)
-           && region_ok(h->off_values, h->nvalues, sizeof(struct cfg_value), len)
-           && region_ok(h->off_ints, h->nints, sizeof(int64_t), len)
-           && region_ok(h->off_strings, h->strings_len, 1, len)
-           && h->nscopes >= 1 && h->nvalues >= CFG_D_COUNT && h->strings_len >= 1;
+    return memcmp(h->magic, SNAP_MAGIC, 8) == 0 && h->version == SNAP_VERSION &&
+           h->header_size == sizeof *h && h->ndirectives == CFG_D_COUNT &&
+           h->scope_size == sizeof(struct cfg_scope) && h->value_size == sizeof(struct cfg_value) &&
+           h->body_len == len - sizeof *h &&
+           region_ok(h->off_scopes, h->nscopes, sizeof(struct cfg_scope), len) &&
+           region_ok(h->off_values, h->nvalues, sizeof(struct cfg_value), len) &&
+           region_ok(h->off_ints, h->nints, sizeof(int64_t), len) &&
+           region_ok(h->off_strings, h->strings_len, 1, len) && h->nscopes >= 1 &&
+           h->nvalues >= CFG_D_COUNT && h->strings_len >= 1;
 }
 
-static int scope_ok(const struct cfg *c, const struct cfg_scope *s)
+static int
+scope_ok(const struct cfg *c, const struct cfg_scope *s)
 {
-    return s->kind < CFG_S_COUNT && s->pattern <= CFG_PAT_NAME && s->name < c->strings_len
-           && s->file < c->strings_len && s->parent < c->nscopes && s->prefix <= 128
-           && s->first <= c->nvalues && s->count <= c->nvalues - s->first;
+    return s->kind < CFG_S_COUNT && s->pattern <= CFG_PAT_NAME && s->name < c->strings_len &&
+           s->file < c->strings_len && s->parent < c->nscopes && s->prefix <= 128 &&
+           s->first <= c->nvalues && s->count <= c->nvalues - s->first;
 }
 
-static int value_ok(const struct cfg *c, const struct cfg_value *v)
+static int
+value_ok(const struct cfg *c, const struct cfg_value *v)
 {
     const struct cfg_directive_info *info = cfg_directive_info((enum cfg_directive)v->directive);
 
-    return info && v->type == info->type && v->file < c->strings_len && v->text < c->strings_len
-           && v->list <= c->nints && v->list_len <= c->nints - v->list;
+    return info && v->type == info->type && v->file < c->strings_len && v->text < c->strings_len &&
+           v->list <= c->nints && v->list_len <= c->nints - v->list;
 }
 
 /* contents_ok - every index and string offset stays inside the arrays */
-static int contents_ok(const struct cfg *c)
+static int
+contents_ok(const struct cfg *c)
 {
-    if (c->strings[0] != 0 || c->strings[c->strings_len - 1] != 0
-        || c->scopes[0].kind != CFG_S_GLOBAL)
+    if (c->strings[0] != 0 || c->strings[c->strings_len - 1] != 0 ||
+        c->scopes[0].kind != CFG_S_GLOBAL)
         return 0;
     for (uint32_t i = 0; i < c->nscopes; i++)
         if (!scope_ok(c, &c->scopes[i]))
@@ -204,7 +213,8 @@ static int contents_ok(const struct cfg *c)
 }
 
 /* cfg_snapshot_map - map PATH read-only and validate it; NULL and *ERR on failure */
-struct cfg *cfg_snapshot_map(const char *path, int *err)
+struct cfg *
+cfg_snapshot_map(const char *path, int *err)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC), rc = -EPROTO;
     struct stat st;
@@ -229,8 +239,8 @@ struct cfg *cfg_snapshot_map(const char *path, int *err)
         goto fail;
     }
     h = base;
-    if (!header_ok(h, (size_t)st.st_size)
-        || fnv1a64((const unsigned char *)base + sizeof *h, h->body_len) != h->checksum)
+    if (!header_ok(h, (size_t)st.st_size) ||
+        fnv1a64((const unsigned char *)base + sizeof *h, h->body_len) != h->checksum)
         goto fail;
     c = xcalloc(1, sizeof *c);
     c->generation = h->generation;
@@ -263,7 +273,8 @@ fail:
 }
 
 /* cfg_free - release a configuration from cfg_load or cfg_snapshot_map (NULL is fine) */
-void cfg_free(struct cfg *c)
+void
+cfg_free(struct cfg *c)
 {
     if (c == NULL)
         return;

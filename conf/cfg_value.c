@@ -20,7 +20,8 @@
 #include "cfg_parse.h"
 
 /* read_uint - decimal digits at *P into *OUT; advances *P. 0, -EINVAL or -ERANGE */
-static int read_uint(const char **p, int64_t *out)
+static int
+read_uint(const char **p, int64_t *out)
 {
     const char *s = *p;
     int64_t v = 0;
@@ -38,7 +39,8 @@ static int read_uint(const char **p, int64_t *out)
     return 0;
 }
 
-static int mul_checked(int64_t a, int64_t b, int64_t *out)
+static int
+mul_checked(int64_t a, int64_t b, int64_t *out)
 {
     if (a != 0 && b > INT64_MAX / a)
         return -ERANGE;
@@ -47,7 +49,8 @@ static int mul_checked(int64_t a, int64_t b, int64_t *out)
 }
 
 /* cfg_parse_bool - yes|no|true|false|on|off, any case */
-int cfg_parse_bool(const char *s, int64_t *out)
+int
+cfg_parse_bool(const char *s, int64_t *out)
 {
     static const char *const yes[] = { "yes", "true", "on" };
     static const char *const no[] = { "no", "false", "off" };
@@ -66,7 +69,8 @@ int cfg_parse_bool(const char *s, int64_t *out)
 }
 
 /* cfg_parse_int - non-negative decimal integer */
-int cfg_parse_int(const char *s, int64_t *out)
+int
+cfg_parse_int(const char *s, int64_t *out)
 {
     int64_t v;
     int err = read_uint(&s, &v);
@@ -80,7 +84,8 @@ int cfg_parse_int(const char *s, int64_t *out)
 }
 
 /* cfg_parse_size - N[b|k|m|g|t] (1024-based, either case) or unlimited (-1) */
-int cfg_parse_size(const char *s, int64_t *out)
+int
+cfg_parse_size(const char *s, int64_t *out)
 {
     int64_t v, mult = 1;
     int err;
@@ -102,20 +107,29 @@ int cfg_parse_size(const char *s, int64_t *out)
     return mul_checked(v, mult, out);
 }
 
-static int64_t unit_seconds(char c)
+static int64_t
+unit_seconds(char c)
 {
     switch (tolower((unsigned char)c)) {
-    case 'w': return 7 * 86400;
-    case 'd': return 86400;
-    case 'h': return 3600;
-    case 'm': return 60;
-    case 's': return 1;
-    default: return 0;
+    case 'w':
+        return 7 * 86400;
+    case 'd':
+        return 86400;
+    case 'h':
+        return 3600;
+    case 'm':
+        return 60;
+    case 's':
+        return 1;
+    default:
+        return 0;
     }
 }
 
-/* cfg_parse_interval - 1w2d3h4m5s (any subset, each a number and a unit), N (seconds), never (-1) */
-int cfg_parse_interval(const char *s, int64_t *out)
+/* cfg_parse_interval - 1w2d3h4m5s (any subset, each a number and a unit), N (seconds), never (-1)
+ */
+int
+cfg_parse_interval(const char *s, int64_t *out)
 {
     int64_t total = 0;
 
@@ -131,7 +145,7 @@ int cfg_parse_interval(const char *s, int64_t *out)
         if (err)
             return err;
         if (*s == 0) {
-            unit = 1;    /* a bare trailing number counts seconds */
+            unit = 1; /* a bare trailing number counts seconds */
         } else if ((unit = unit_seconds(*s)) == 0) {
             return -EINVAL;
         } else {
@@ -148,7 +162,8 @@ int cfg_parse_interval(const char *s, int64_t *out)
 }
 
 /* cfg_parse_interval_list - comma-separated intervals, no empty elements */
-int cfg_parse_interval_list(const char *s, int64_t *out, int max)
+int
+cfg_parse_interval_list(const char *s, int64_t *out, int max)
 {
     char item[64];
     int count = 0;
@@ -171,13 +186,16 @@ int cfg_parse_interval_list(const char *s, int64_t *out, int max)
 }
 
 /* rate_unit - seconds of a rate's unit word (the documented ones plus long spellings) */
-static int64_t rate_unit(const char *u)
+static int64_t
+rate_unit(const char *u)
 {
-    static const struct { const char *word; int64_t secs; } units[] = {
-        { "s", 1 }, { "sec", 1 }, { "second", 1 }, { "seconds", 1 },
-        { "m", 60 }, { "min", 60 }, { "minute", 60 }, { "minutes", 60 },
-        { "h", 3600 }, { "hr", 3600 }, { "hour", 3600 }, { "hours", 3600 },
-        { "d", 86400 }, { "day", 86400 }, { "days", 86400 },
+    static const struct {
+        const char *word;
+        int64_t secs;
+    } units[] = {
+        { "s", 1 },       { "sec", 1 },      { "second", 1 },   { "seconds", 1 }, { "m", 60 },
+        { "min", 60 },    { "minute", 60 },  { "minutes", 60 }, { "h", 3600 },    { "hr", 3600 },
+        { "hour", 3600 }, { "hours", 3600 }, { "d", 86400 },    { "day", 86400 }, { "days", 86400 },
     };
     for (size_t i = 0; i < sizeof units / sizeof units[0]; i++)
         if (strcasecmp(u, units[i].word) == 0)
@@ -189,7 +207,8 @@ static int64_t rate_unit(const char *u)
  * cfg_parse_rate - unlimited | 0 (both: count 0 = no limit) | N/[M]unit with
  * N >= 1 and M >= 1; PERIOD gets M * unit in seconds.
  */
-int cfg_parse_rate(const char *s, int64_t *count, int64_t *period)
+int
+cfg_parse_rate(const char *s, int64_t *count, int64_t *period)
 {
     int64_t n, m = 1, unit;
     int err;
@@ -218,7 +237,8 @@ int cfg_parse_rate(const char *s, int64_t *count, int64_t *period)
 }
 
 /* parse_short_ipv4 - 1 to 4 dotted octets ("0", "10.1"); missing ones are zero */
-static int parse_short_ipv4(const char *s, uint8_t addr[4])
+static int
+parse_short_ipv4(const char *s, uint8_t addr[4])
 {
     int octets = 0;
 
@@ -236,7 +256,8 @@ static int parse_short_ipv4(const char *s, uint8_t addr[4])
 }
 
 /* cfg__parse_cidr - "0/0", "10.0.0.0/8", "127.0.0.1" (= /32), "2001:db8::/32", "::1" */
-int cfg__parse_cidr(const char *s, uint8_t *family, uint8_t *prefix, uint8_t addr[16])
+int
+cfg__parse_cidr(const char *s, uint8_t *family, uint8_t *prefix, uint8_t addr[16])
 {
     char host[INET6_ADDRSTRLEN + 1];
     const char *slash = strchr(s, '/');
@@ -269,14 +290,15 @@ int cfg__parse_cidr(const char *s, uint8_t *family, uint8_t *prefix, uint8_t add
     if (plen > max)
         return -EINVAL;
     *prefix = (uint8_t)(plen < 0 ? max : plen);
-    for (int bit = *prefix; bit < max; bit++)   /* clear host bits */
-        addr[bit / 8] &= (uint8_t)~(0x80u >> (bit % 8));
+    for (int bit = *prefix; bit < max; bit++) /* clear host bits */
+        addr[bit / 8] &= (uint8_t) ~(0x80u >> (bit % 8));
     return 0;
 }
 
 /* cfg__cidr_contains - is ADDR (4 or 16 bytes of ADDR_FAMILY) inside the network? */
-int cfg__cidr_contains(uint8_t family, uint8_t prefix, const uint8_t net[16],
-                       int addr_family, const uint8_t *addr)
+int
+cfg__cidr_contains(uint8_t family, uint8_t prefix, const uint8_t net[16], int addr_family,
+                   const uint8_t *addr)
 {
     if (family != addr_family)
         return 0;
@@ -289,9 +311,13 @@ int cfg__cidr_contains(uint8_t family, uint8_t prefix, const uint8_t net[16],
 }
 
 /* format_interval - "never", "0s" or the compact w/d/h/m/s form ("4d12h") */
-static char *format_interval(int64_t secs, char *out, size_t outsize)
+static char *
+format_interval(int64_t secs, char *out, size_t outsize)
 {
-    static const struct { char unit; int64_t secs; } units[] = {
+    static const struct {
+        char unit;
+        int64_t secs;
+    } units[] = {
         { 'w', 604800 }, { 'd', 86400 }, { 'h', 3600 }, { 'm', 60 }, { 's', 1 },
     };
     size_t used = 0;
@@ -314,7 +340,8 @@ static char *format_interval(int64_t secs, char *out, size_t outsize)
     return out;
 }
 
-static char *format_size(int64_t bytes, char *out, size_t outsize)
+static char *
+format_size(int64_t bytes, char *out, size_t outsize)
 {
     static const char units[] = "bKMGT";
     int u = 0;
@@ -330,22 +357,27 @@ static char *format_size(int64_t bytes, char *out, size_t outsize)
 }
 
 /* format_rate - "unlimited", "100/s", "3000/h", "83/5s", "100/15m" */
-static char *format_rate(int64_t count, int64_t period, char *out, size_t outsize)
+static char *
+format_rate(int64_t count, int64_t period, char *out, size_t outsize)
 {
     char per[32];
 
     if (count == 0)
         return snprintf(out, outsize, "unlimited"), out;
     if (period == 1 || period == 60 || period == 3600 || period == 86400)
-        snprintf(per, sizeof per, "%s", period == 1 ? "s" : period == 60 ? "m"
-                 : period == 3600 ? "h" : "d");
+        snprintf(per, sizeof per, "%s",
+                 period == 1      ? "s"
+                 : period == 60   ? "m"
+                 : period == 3600 ? "h"
+                                  : "d");
     else
         format_interval(period, per, sizeof per);
     snprintf(out, outsize, "%lld/%s", (long long)count, per);
     return out;
 }
 
-static char *format_list(const struct cfg *c, const struct cfg_value *v, char *out, size_t outsize)
+static char *
+format_list(const struct cfg *c, const struct cfg_value *v, char *out, size_t outsize)
 {
     const int64_t *list = cfg_list(c, v);
     size_t used = 0;
@@ -363,7 +395,8 @@ static char *format_list(const struct cfg *c, const struct cfg_value *v, char *o
 }
 
 /* cfg_format_value - canonical text of V (units normalised, strings as stored) */
-char *cfg_format_value(const struct cfg *c, const struct cfg_value *v, char *out, size_t outsize)
+char *
+cfg_format_value(const struct cfg *c, const struct cfg_value *v, char *out, size_t outsize)
 {
     if (outsize == 0)
         return out;
@@ -376,8 +409,7 @@ char *cfg_format_value(const struct cfg *c, const struct cfg_value *v, char *out
         break;
     case CFG_T_INT:
         if (v->num == CFG_PROCESSES_AUTO && cfg_allows_auto(v->directive))
-            snprintf(out, outsize, "auto (%lld)",
-                     (long long)cfg_process_count(c, v->directive));
+            snprintf(out, outsize, "auto (%lld)", (long long)cfg_process_count(c, v->directive));
         else
             snprintf(out, outsize, "%lld", (long long)v->num);
         break;

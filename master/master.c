@@ -43,17 +43,16 @@ enum mode { MODE_RUN, MODE_CHECK, MODE_SHOW, MODE_VERSION, MODE_HELP };
 static void
 usage(FILE *out)
 {
-    fprintf(out,
-            "usage: pmtad [-f] [-v] [-c FILE]\n"
-            "       pmtad --check-config [-c FILE]\n"
-            "       pmtad --show-settings DOMAIN[/VMTA] [-c FILE]\n"
-            "       pmtad --version | --help\n"
-            "\n"
-            "  -c, --config FILE     configuration file (default " DEFAULT_CONFIG ")\n"
-            "  -f, --foreground      stay in the foreground; warnings to stderr too\n"
-            "  -v, --verbose         log debug lines\n"
-            "      --check-config    validate the configuration and exit 0 or 1\n"
-            "      --show-settings Q print the effective settings of queue DOMAIN[/VMTA]\n");
+    fprintf(out, "usage: pmtad [-f] [-v] [-c FILE]\n"
+                 "       pmtad --check-config [-c FILE]\n"
+                 "       pmtad --show-settings DOMAIN[/VMTA] [-c FILE]\n"
+                 "       pmtad --version | --help\n"
+                 "\n"
+                 "  -c, --config FILE     configuration file (default " DEFAULT_CONFIG ")\n"
+                 "  -f, --foreground      stay in the foreground; warnings to stderr too\n"
+                 "  -v, --verbose         log debug lines\n"
+                 "      --check-config    validate the configuration and exit 0 or 1\n"
+                 "      --show-settings Q print the effective settings of queue DOMAIN[/VMTA]\n");
 }
 
 /* daemonize_begin - detach; returns the pipe on which the daemon reports readiness */
@@ -71,7 +70,7 @@ daemonize_begin(void)
         close(pfd[1]);
         waitpid(pid, NULL, 0);
         if (read(pfd[0], &verdict, 1) != 1)
-            verdict = 1;    /* the daemon died before it was ready */
+            verdict = 1; /* the daemon died before it was ready */
         _exit(verdict == '0' ? 0 : 1);
     }
     close(pfd[0]);
@@ -80,7 +79,7 @@ daemonize_begin(void)
     if ((pid = fork()) < 0)
         msg_fatal("cannot daemonize: %s", strerror(errno));
     if (pid > 0)
-        _exit(0);           /* never a session leader: no controlling terminal again */
+        _exit(0); /* never a session leader: no controlling terminal again */
     return pfd[1];
 }
 
@@ -135,8 +134,7 @@ on_stop_signal(uv_signal_t *h, int sig)
         return;
     }
     m->stopping = 1;
-    msg_info("%s received: stopping %d workers", master_signal_name(sig),
-             master_live_workers(m));
+    msg_info("%s received: stopping %d workers", master_signal_name(sig), master_live_workers(m));
     master_broadcast_shutdown(m);
     uv_timer_start(&m->drain_timer, on_drain_timeout, (MASTER_DRAIN_SECONDS + 2) * 1000, 0);
     master_maybe_finished(m);
@@ -231,7 +229,7 @@ master_finish(struct master *m)
 static int
 master_run(const char *config_path, int foreground, int verbose)
 {
-    static struct master master;    /* static: signal and libuv callbacks reach it via data */
+    static struct master master; /* static: signal and libuv callbacks reach it via data */
     struct master *m = &master;
     int ready_fd = -1;
 
@@ -274,14 +272,31 @@ main(int argc, char **argv)
     msg_init("pmtad");
     while ((ch = getopt_long(argc, argv, "c:fvh", options, NULL)) != -1) {
         switch (ch) {
-        case 'c': config_path = optarg; break;
-        case 'f': foreground = 1; break;
-        case 'v': verbose = 1; break;
-        case 'C': mode = MODE_CHECK; break;
-        case 'S': mode = MODE_SHOW; queue = optarg; break;
-        case 'V': mode = MODE_VERSION; break;
-        case 'h': mode = MODE_HELP; break;
-        default: usage(stderr); return 1;
+        case 'c':
+            config_path = optarg;
+            break;
+        case 'f':
+            foreground = 1;
+            break;
+        case 'v':
+            verbose = 1;
+            break;
+        case 'C':
+            mode = MODE_CHECK;
+            break;
+        case 'S':
+            mode = MODE_SHOW;
+            queue = optarg;
+            break;
+        case 'V':
+            mode = MODE_VERSION;
+            break;
+        case 'h':
+            mode = MODE_HELP;
+            break;
+        default:
+            usage(stderr);
+            return 1;
         }
     }
     if (optind != argc) {
@@ -289,11 +304,18 @@ main(int argc, char **argv)
         return 1;
     }
     switch (mode) {
-    case MODE_CHECK: return master_check_config(config_path);
-    case MODE_SHOW: return master_show_settings(config_path, queue);
-    case MODE_VERSION: printf("pmtad (%s) %s\n", PACKAGE_NAME, PACKAGE_VERSION); return 0;
-    case MODE_HELP: usage(stdout); return 0;
-    case MODE_RUN: break;
+    case MODE_CHECK:
+        return master_check_config(config_path);
+    case MODE_SHOW:
+        return master_show_settings(config_path, queue);
+    case MODE_VERSION:
+        printf("pmtad (%s) %s\n", PACKAGE_NAME, PACKAGE_VERSION);
+        return 0;
+    case MODE_HELP:
+        usage(stdout);
+        return 0;
+    case MODE_RUN:
+        break;
     }
     return master_run(config_path, foreground, verbose);
 }

@@ -34,37 +34,37 @@
 enum master_role_id { ROLE_SMTPD, ROLE_CLEANUP, ROLE_QMGR, ROLE_SMTPOUT, ROLE_COUNT };
 
 /* Restart-rate limit: more than this many deaths of one role in the window throttle it. */
-#define MASTER_DEATHS_MAX 5
+#define MASTER_DEATHS_MAX      5
 #define MASTER_DEATH_WINDOW_MS 60000
-#define MASTER_BACKOFF_MAX_S 60
+#define MASTER_BACKOFF_MAX_S   60
 /* How long workers get to finish in-flight work on SIGTERM before SIGKILL. */
-#define MASTER_DRAIN_SECONDS 10
+#define MASTER_DRAIN_SECONDS   10
 
 /* Settings pmtad itself needs, with relative paths already made absolute. */
 struct master_settings {
-    char *config_path;      /* absolute */
+    char *config_path; /* absolute */
     char *spool;
     char *run_dir;
-    char *log_file;         /* NULL when logging to syslog */
-    char *user;             /* run-as-user */
-    int drop_privileges;    /* run workers as USER */
-    uid_t uid;              /* worker credentials (our own when not dropping) */
+    char *log_file;      /* NULL when logging to syslog */
+    char *user;          /* run-as-user */
+    int drop_privileges; /* run workers as USER */
+    uid_t uid;           /* worker credentials (our own when not dropping) */
     gid_t gid;
     unsigned nprocs[ROLE_COUNT];
-    int http_port;          /* http-mgmt-port; 0: no monitor */
-    int log_rotate;         /* log-rotate: old log files kept */
+    int http_port;  /* http-mgmt-port; 0: no monitor */
+    int log_rotate; /* log-rotate: old log files kept */
 };
 
 struct master_listener {
-    char *address;          /* "IP:PORT" as written */
-    char *source;           /* source=NAME, or "" */
+    char *address; /* "IP:PORT" as written */
+    char *source;  /* source=NAME, or "" */
     int fd;
 };
 
 /* An internal Unix socket bound by pmtad and served by one role. */
 struct master_socket {
-    const char *name;       /* "cleanup", "qmgr", "control", "pickup", "http" */
-    char *path;             /* NULL for the TCP one (http) */
+    const char *name; /* "cleanup", "qmgr", "control", "pickup", "http" */
+    char *path;       /* NULL for the TCP one (http) */
     int fd;
     enum master_role_id server;
 };
@@ -82,12 +82,12 @@ struct master_proc {
     int exited;
     int process_closed;
     int said_hello;
-    uint64_t spawn_generation;  /* snapshot named in its environment */
-    uint64_t acked_generation;  /* last generation it said it uses */
+    uint64_t spawn_generation; /* snapshot named in its environment */
+    uint64_t acked_generation; /* last generation it said it uses */
 };
 
 struct master_slot {
-    struct master_proc *proc;   /* NULL while waiting for a restart */
+    struct master_proc *proc; /* NULL while waiting for a restart */
     uv_timer_t restart_timer;
     struct master_role *role;
     unsigned index;
@@ -95,14 +95,14 @@ struct master_slot {
 
 struct master_role {
     enum master_role_id id;
-    const char *name;           /* smtpd, cleanup, qmgr, smtp-out */
-    char *program;              /* absolute path of the binary */
+    const char *name; /* smtpd, cleanup, qmgr, smtp-out */
+    char *program;    /* absolute path of the binary */
     unsigned nslots;
     struct master_slot *slots;
     uint64_t deaths[MASTER_DEATHS_MAX + 1]; /* ring of recent death times (ms) */
     unsigned ndeaths;
-    unsigned startup_failures;  /* consecutive deaths before HELLO */
-    unsigned backoff_s;         /* current throttled delay, 0 when not throttled */
+    unsigned startup_failures; /* consecutive deaths before HELLO */
+    unsigned backoff_s;        /* current throttled delay, 0 when not throttled */
 };
 
 struct master {
@@ -110,9 +110,9 @@ struct master {
     int foreground;
     int verbose;
     struct master_settings set;
-    struct cfg *cfg;                 /* the configuration in force */
-    uint64_t generation;             /* its snapshot generation */
-    uint64_t oldest_snapshot;        /* lowest generation whose file may still exist */
+    struct cfg *cfg;          /* the configuration in force */
+    uint64_t generation;      /* its snapshot generation */
+    uint64_t oldest_snapshot; /* lowest generation whose file may still exist */
     struct master_listener *listeners;
     size_t nlisteners;
     struct master_socket sockets[MASTER_NSOCKETS];
@@ -120,8 +120,8 @@ struct master {
     int lock_fd;
     int pid_fd;
     int stopping;
-    unsigned procs_allocated;        /* struct master_proc not yet freed */
-    uint64_t announced_generation;   /* last generation every worker acked */
+    unsigned procs_allocated;      /* struct master_proc not yet freed */
+    uint64_t announced_generation; /* last generation every worker acked */
     uv_signal_t sig_hup, sig_term, sig_int, sig_usr1;
     uv_timer_t drain_timer;
 };

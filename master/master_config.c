@@ -30,7 +30,7 @@
 #include "master.h"
 
 struct diag_counts {
-    int to_log;          /* log the diagnostics instead of printing them */
+    int to_log; /* log the diagnostics instead of printing them */
     unsigned errors;
     unsigned warnings;
 };
@@ -163,8 +163,8 @@ process_count(const struct cfg *c, enum cfg_directive d, int min)
 
     /* Clamped, not fatal: a reload must never take pmtad down. */
     if (n < min || n > 256) {
-        msg_warn("%s %" PRId64 ": out of range %d..256; using %d", cfg_directive_info(d)->name,
-                 n, min, n < min ? min : 256);
+        msg_warn("%s %" PRId64 ": out of range %d..256; using %d", cfg_directive_info(d)->name, n,
+                 min, n < min ? min : 256);
         n = n < min ? min : 256;
     }
     return (unsigned)n;
@@ -194,7 +194,7 @@ master_settings_from_cfg(const struct cfg *c, const char *config_path, struct ma
     set->gid = getgid();
     set->nprocs[ROLE_SMTPD] = process_count(c, CFG_D_SMTPD_PROCESSES, 1);
     set->nprocs[ROLE_CLEANUP] = process_count(c, CFG_D_CLEANUP_PROCESSES, 1);
-    set->nprocs[ROLE_QMGR] = 1;     /* the scheduler owns the queue: exactly one */
+    set->nprocs[ROLE_QMGR] = 1; /* the scheduler owns the queue: exactly one */
     set->nprocs[ROLE_SMTPOUT] = process_count(c, CFG_D_SMTP_OUT_PROCESSES, 0);
     set->http_port = (int)cfg_global(c, CFG_D_HTTP_MGMT_PORT)->num;
     set->log_rotate = (int)cfg_global(c, CFG_D_LOG_ROTATE)->num;
@@ -267,8 +267,8 @@ warn_restart_needed(struct master *m, const struct cfg *c)
         msg_warn("smtp-listener changes need a restart of pmtad to take effect");
     if (strcmp(now.spool, m->set.spool) || strcmp(now.run_dir, m->set.run_dir))
         msg_warn("spool and run-directory changes need a restart of pmtad to take effect");
-    if ((now.log_file == NULL) != (m->set.log_file == NULL)
-        || (now.log_file && strcmp(now.log_file, m->set.log_file)))
+    if ((now.log_file == NULL) != (m->set.log_file == NULL) ||
+        (now.log_file && strcmp(now.log_file, m->set.log_file)))
         msg_warn("log-file changes need a restart of pmtad to take effect");
     if (strcmp(now.user, m->set.user) || now.drop_privileges != m->set.drop_privileges)
         msg_warn("run-as-user and run-as-root changes need a restart of pmtad to take effect");

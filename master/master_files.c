@@ -130,7 +130,8 @@ prepare_worker_dir(const struct master *m, const char *dir, const char *what)
         make_dir(dir, m->set.uid, m->set.gid, 0750);
     if (!worker_can_write(m, dir))
         msg_warn("%s: directory %s is not writable by %s; accounting records will be lost "
-                 "until it is", what, dir, m->set.user);
+                 "until it is",
+                 what, dir, m->set.user);
 }
 
 /*
@@ -197,8 +198,7 @@ open_locked(const char *path, long *holder)
 
     if (fd < 0)
         msg_fatal("cannot open %s: %s", path, strerror(errno));
-    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_nlink != 1
-        || st.st_uid != geteuid())
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_nlink != 1 || st.st_uid != geteuid())
         msg_fatal("refusing to use %s: not a plain file owned by us", path);
     if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
         if (errno != EWOULDBLOCK)
@@ -259,8 +259,8 @@ master_remove_pid_file(struct master *m)
 static void
 share_log(struct master *m, int fd)
 {
-    if (fd >= 0 && m->set.drop_privileges && geteuid() == 0
-        && (fchown(fd, (uid_t)-1, m->set.gid) < 0 || fchmod(fd, 0660) < 0))
+    if (fd >= 0 && m->set.drop_privileges && geteuid() == 0 &&
+        (fchown(fd, (uid_t)-1, m->set.gid) < 0 || fchmod(fd, 0660) < 0))
         msg_warn("cannot give log file %s to group %ld: %s", m->set.log_file, (long)m->set.gid,
                  strerror(errno));
 }

@@ -136,8 +136,7 @@ walk_listeners(const struct cfg *c, listener_fn fn, void *ctx)
         if (v->flags & (CFG_VALUE_UNSET | CFG_VALUE_CLEAR))
             continue;
         if (split_listener(text, &address, &source) < 0)
-            fn(ctx, text, "", cfg_str(c, v->file), v->line,
-               "expected IP:PORT [source=NAME]");
+            fn(ctx, text, "", cfg_str(c, v->file), v->line, "expected IP:PORT [source=NAME]");
         else if (parse_address(address, &ss, &len) < 0)
             fn(ctx, address, source, cfg_str(c, v->file), v->line, "bad address or port");
         else
@@ -296,7 +295,7 @@ master_listeners_differ(const struct master *m, const struct cfg *c)
     struct differ_ctx dc = { m, 0, 0 };
 
     walk_listeners(c, differ_one, &dc);
-    if (dc.seen == 0)       /* the implied default */
+    if (dc.seen == 0) /* the implied default */
         return m->nlisteners != 1 || strcmp(m->listeners[0].address, "0.0.0.0:25") != 0;
     return dc.differ || dc.seen < m->nlisteners;
 }
@@ -332,11 +331,14 @@ void
 master_bind_sockets(struct master *m)
 {
     enum access { WORKERS, ROOT_ONLY, EVERYONE };
-    static const struct { const char *name, *rel; enum master_role_id server; enum access access; }
-    table[MASTER_NSOCKETS] = {
+    static const struct {
+        const char *name, *rel;
+        enum master_role_id server;
+        enum access access;
+    } table[MASTER_NSOCKETS] = {
         { "cleanup", "private/cleanup", ROLE_CLEANUP, WORKERS },
         { "qmgr", "private/qmgr", ROLE_QMGR, WORKERS },
-        { "control", "control", ROLE_QMGR, ROOT_ONLY },     /* pmtactl: root only */
+        { "control", "control", ROLE_QMGR, ROOT_ONLY }, /* pmtactl: root only */
         /* sendmail submits here as any local user; smtpd applies <source {pickup}> */
         { "pickup", "pickup", ROLE_SMTPD, EVERYONE },
         /* the HTTP monitor (TCP, http-mgmt-port); qmgr applies http-access */

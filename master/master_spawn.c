@@ -46,7 +46,9 @@
 #define MAX_CHILD_FDS 64
 #define MAX_CHILD_ENV 32
 
-static const struct { const char *name, *dir, *binary; } role_table[ROLE_COUNT] = {
+static const struct {
+    const char *name, *dir, *binary;
+} role_table[ROLE_COUNT] = {
     [ROLE_SMTPD] = { "smtpd", "smtpd", "smtpd" },
     [ROLE_CLEANUP] = { "cleanup", "cleanup", "cleanup" },
     [ROLE_QMGR] = { "qmgr", "qmgr", "qmgr" },
@@ -59,10 +61,13 @@ static void restart_slot(uv_timer_t *timer);
 const char *
 master_signal_name(int sig)
 {
-    static const struct { int sig; const char *name; } names[] = {
-        { SIGHUP, "SIGHUP" }, { SIGINT, "SIGINT" }, { SIGQUIT, "SIGQUIT" },
-        { SIGILL, "SIGILL" }, { SIGTRAP, "SIGTRAP" }, { SIGABRT, "SIGABRT" },
-        { SIGBUS, "SIGBUS" }, { SIGFPE, "SIGFPE" }, { SIGKILL, "SIGKILL" },
+    static const struct {
+        int sig;
+        const char *name;
+    } names[] = {
+        { SIGHUP, "SIGHUP" },   { SIGINT, "SIGINT" },   { SIGQUIT, "SIGQUIT" },
+        { SIGILL, "SIGILL" },   { SIGTRAP, "SIGTRAP" }, { SIGABRT, "SIGABRT" },
+        { SIGBUS, "SIGBUS" },   { SIGFPE, "SIGFPE" },   { SIGKILL, "SIGKILL" },
         { SIGUSR1, "SIGUSR1" }, { SIGSEGV, "SIGSEGV" }, { SIGUSR2, "SIGUSR2" },
         { SIGPIPE, "SIGPIPE" }, { SIGALRM, "SIGALRM" }, { SIGTERM, "SIGTERM" },
         { SIGXCPU, "SIGXCPU" }, { SIGXFSZ, "SIGXFSZ" }, { SIGSYS, "SIGSYS" },
@@ -116,8 +121,8 @@ master_roles_init(struct master *m)
         role->id = (enum master_role_id)r;
         role->name = role_table[r].name;
         role->program = build_tree
-            ? xasprintf("%s/%s/%s", dir, role_table[r].dir, role_table[r].binary)
-            : xasprintf("%s/%s", dir, role_table[r].binary);
+                            ? xasprintf("%s/%s/%s", dir, role_table[r].dir, role_table[r].binary)
+                            : xasprintf("%s/%s", dir, role_table[r].binary);
         if (access(role->program, X_OK) < 0)
             msg_fatal("cannot run the %s program %s: %s", role->name, role->program,
                       strerror(errno));
@@ -180,8 +185,7 @@ throttle_delay(struct master *m, struct master_role *role, int startup_failure)
         role->backoff_s = MASTER_BACKOFF_MAX_S;
     msg_warn("%s: throttling: %u deaths within %d s%s; next restart in %u s", role->name, recent,
              MASTER_DEATH_WINDOW_MS / 1000,
-             role->startup_failures > MASTER_DEATHS_MAX ? " (bad startup)" : "",
-             role->backoff_s);
+             role->startup_failures > MASTER_DEATHS_MAX ? " (bad startup)" : "", role->backoff_s);
     return role->backoff_s;
 }
 
@@ -270,11 +274,11 @@ handle_hello(struct master *m, struct master_proc *p, struct ipc_msg *msg)
     uint32_t pid;
     uint64_t generation;
 
-    if (ipc_get_str(msg, &role, &len) < 0 || ipc_get_u32(msg, &pid) < 0
-        || ipc_get_u64(msg, &generation) < 0 || ipc_get_end(msg) < 0)
+    if (ipc_get_str(msg, &role, &len) < 0 || ipc_get_u32(msg, &pid) < 0 ||
+        ipc_get_u64(msg, &generation) < 0 || ipc_get_end(msg) < 0)
         return -EPROTO;
-    if (len != strlen(p->role->name) || memcmp(role, p->role->name, len) != 0
-        || (int)pid != p->pid || p->said_hello)
+    if (len != strlen(p->role->name) || memcmp(role, p->role->name, len) != 0 ||
+        (int)pid != p->pid || p->said_hello)
         return -EPROTO;
     p->said_hello = 1;
     p->role->startup_failures = 0;
@@ -298,8 +302,8 @@ on_worker_msg(struct ipc_chan *ch, struct ipc_msg *msg)
         err = handle_hello(m, p, msg);
         break;
     case IPC_CONFIG_ACK:
-        if (ipc_get_u64(msg, &generation) == 0 && ipc_get_end(msg) == 0
-            && generation <= m->generation) {
+        if (ipc_get_u64(msg, &generation) == 0 && ipc_get_end(msg) == 0 &&
+            generation <= m->generation) {
             note_generation(m, p, generation);
             err = 0;
         }
@@ -309,8 +313,8 @@ on_worker_msg(struct ipc_chan *ch, struct ipc_msg *msg)
     }
     if (err < 0 && !p->exited) {
         /* A worker that breaks the protocol is broken: replace it. */
-        msg_warn("%s (pid %d): malformed or unexpected message type %u; killing it",
-                 p->role->name, p->pid, msg->type);
+        msg_warn("%s (pid %d): malformed or unexpected message type %u; killing it", p->role->name,
+                 p->pid, msg->type);
         uv_process_kill(&p->process, SIGKILL);
     }
     return err < 0;
@@ -410,13 +414,13 @@ child_setup_build(struct master *m, struct master_role *role, unsigned slot, int
     char *snapshot = master_snapshot_path(m, m->generation);
 
     memset(cs, 0, sizeof(*cs));
-    cs->stdio[cs->nfds++].flags = UV_IGNORE;   /* stdin: /dev/null */
+    cs->stdio[cs->nfds++].flags = UV_IGNORE; /* stdin: /dev/null */
     add_fd(cs, STDOUT_FILENO);
     add_fd(cs, STDERR_FILENO);
     add_env(cs, xasprintf("PMTA_MASTER_FD=%d", add_fd(cs, master_fd)));
     if (msg_log_fd() >= 0) {
         add_env(cs, xasprintf("PMTA_LOG_FD=%d", add_fd(cs, msg_log_fd())));
-        if (m->set.log_file)     /* IPC_LOG_REOPEN opens it again after a rotation */
+        if (m->set.log_file) /* IPC_LOG_REOPEN opens it again after a rotation */
             add_env(cs, xasprintf("PMTA_LOG_PATH=%s", m->set.log_file));
     } else
         add_env(cs, xstrdup("PMTA_LOG=syslog"));
@@ -500,9 +504,8 @@ spawn_slot(struct master *m, struct master_slot *slot)
     slot->proc = p;
     if ((err = ipc_chan_open_fd(&m->loop, sv[0], on_worker_msg, on_worker_chan_closed, p,
                                 &p->chan)) < 0) {
-        msg_error("%s (pid %d): cannot open its channel: %s", role->name, p->pid,
-                  strerror(-err));
-        p->chan = NULL;     /* sv[0] now belongs to the closed handle */
+        msg_error("%s (pid %d): cannot open its channel: %s", role->name, p->pid, strerror(-err));
+        p->chan = NULL; /* sv[0] now belongs to the closed handle */
         uv_process_kill(&p->process, SIGKILL);
     }
     msg_debug("started %s (pid %d) as uid %ld", role->name, p->pid,
@@ -514,8 +517,8 @@ static void
 restart_slot(uv_timer_t *timer)
 {
     struct master *m = timer->data;
-    struct master_slot *slot = (struct master_slot *)((char *)timer
-                                                      - offsetof(struct master_slot, restart_timer));
+    struct master_slot *slot = (struct master_slot *)((char *)timer -
+                                                      offsetof(struct master_slot, restart_timer));
 
     if (!m->stopping && slot->proc == NULL)
         spawn_slot(m, slot);

@@ -74,7 +74,7 @@ qmgr_tick_from_wall(uint64_t unix_seconds)
     uint64_t now_wall = qmgr_wall(), now_tick = qmgr_tick_now(), t;
 
     if (unix_seconds <= now_wall)
-        return 0;       /* already due */
+        return 0; /* already due */
     t = now_tick + (unix_seconds - now_wall) * (1000 / QMGR_TICK_MS);
     return t >= UINT32_MAX - 1 ? UINT32_MAX - 1 : (uint32_t)t;
 }
@@ -108,7 +108,7 @@ static void
 open_queue(void)
 {
     /* Outcomes gate no reply: commit them at most every 20 ms, in bigger batches. */
-    static const struct qstore_group_opts paced = {.pace_ms = 20};
+    static const struct qstore_group_opts paced = { .pace_ms = 20 };
     char *dir;
     int err;
 

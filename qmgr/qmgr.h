@@ -42,34 +42,34 @@
 #include "qstore.h"
 #include "qstore_group.h"
 
-#define QNIL UINT32_MAX
-#define QMGR_TICK_MS 10u           /* resolution of in-memory due times */
-#define QMGR_PRIO_LEVELS 101       /* queue-priority 0..100 */
+#define QNIL             UINT32_MAX
+#define QMGR_TICK_MS     10u /* resolution of in-memory due times */
+#define QMGR_PRIO_LEVELS 101 /* queue-priority 0..100 */
 
 enum qrcpt_state { QR_FREE = 0, QR_READY, QR_DEFERRED, QR_INFLIGHT };
 
 /* One pending recipient (24 bytes). */
 struct qrcpt {
-    uint32_t next;          /* ready list / free list link */
-    uint32_t msg;           /* index in the message table */
-    uint32_t index;         /* recipient index inside the message */
-    uint32_t queue;         /* queue id */
-    uint32_t due;           /* next attempt, in ticks since start (deferred) */
-    uint16_t attempts;      /* saturates at 65535 */
-    uint8_t state;          /* enum qrcpt_state */
+    uint32_t next;     /* ready list / free list link */
+    uint32_t msg;      /* index in the message table */
+    uint32_t index;    /* recipient index inside the message */
+    uint32_t queue;    /* queue id */
+    uint32_t due;      /* next attempt, in ticks since start (deferred) */
+    uint16_t attempts; /* saturates at 65535 */
+    uint8_t state;     /* enum qrcpt_state */
     uint8_t flags;
 };
 
 /* One message with pending recipients (16 bytes). */
 struct qmsg {
     uint64_t msgid;
-    uint32_t queued_at;     /* unix seconds */
-    uint32_t live;          /* recipients still in memory; 0 = slot free */
+    uint32_t queued_at; /* unix seconds */
+    uint32_t live;      /* recipients still in memory; 0 = slot free */
 };
 
 /* Smooth rate limiter (qmgr_rate.c). */
 struct qrate {
-    uint64_t tat_ns;        /* theoretical arrival time of the next unit */
+    uint64_t tat_ns; /* theoretical arrival time of the next unit */
 };
 
 enum qqueue_mode { QMODE_NORMAL = 0, QMODE_BACKOFF = 1 };
@@ -80,53 +80,53 @@ struct qvmta;
 /* A source address a reply told us to stop using for a queue (disable-source-ip). */
 struct qdisabled_ip {
     char ip[48];
-    uint64_t until_ms;      /* monotonic; 0 = until a restart */
+    uint64_t until_ms; /* monotonic; 0 = until a restart */
 };
 
 /* The last mode changes of a queue, for pmtactl (qmgr_backoff.c). */
 #define QMGR_MODE_EVENTS 10
 struct qmode_event {
-    uint64_t wall;          /* unix seconds */
-    uint8_t from, to;       /* enum qqueue_mode */
+    uint64_t wall;    /* unix seconds */
+    uint8_t from, to; /* enum qqueue_mode */
     char why[160];
 };
 
 struct qqueue {
     uint32_t id;
-    char *name;             /* "domain/vmta" */
+    char *name; /* "domain/vmta" */
     char *domain;
-    char *vmta;             /* "{default}" when none */
+    char *vmta; /* "{default}" when none */
     /* recipients */
     uint32_t ready_head, ready_tail;
     uint32_t nready, ndeferred, ninflight;
     uint64_t last_arrival_ms; /* last qmgr_ready_arrive() (keeps connections idle) */
     /* connections */
-    struct qconn *conns;    /* every connection of this queue */
+    struct qconn *conns; /* every connection of this queue */
     uint32_t nconn;
     /* shaping */
     struct qrate msg_rate, connect_rate;
-    uint32_t fail_count;    /* consecutive connection failures (retry mode) */
-    uint64_t retry_until_ms;/* no new connection before this (monotonic ms) */
-    int mode;               /* enum qqueue_mode (qmgr_backoff.c) */
-    uint64_t backoff_until_ms;  /* back to normal at this monotonic ms; 0 = not by time */
+    uint32_t fail_count;       /* consecutive connection failures (retry mode) */
+    uint64_t retry_until_ms;   /* no new connection before this (monotonic ms) */
+    int mode;                  /* enum qqueue_mode (qmgr_backoff.c) */
+    uint64_t backoff_until_ms; /* back to normal at this monotonic ms; 0 = not by time */
     uint32_t mode_changes;
-    int32_t plist;          /* index of its smtp-pattern-list, -1 none (qmgr_backoff.c) */
-    uint64_t plist_gen;     /* pattern generation plist was looked up for */
-    int feed_held;          /* defer-queue: no new transactions until retry_until_ms */
-    int paused;             /* pmtactl pause queue: no new connections or transactions */
-    struct qdisabled_ip *disabled;      /* disable-source-ip (qmgr_queue.c) */
+    int32_t plist;                 /* index of its smtp-pattern-list, -1 none (qmgr_backoff.c) */
+    uint64_t plist_gen;            /* pattern generation plist was looked up for */
+    int feed_held;                 /* defer-queue: no new transactions until retry_until_ms */
+    int paused;                    /* pmtactl pause queue: no new connections or transactions */
+    struct qdisabled_ip *disabled; /* disable-source-ip (qmgr_queue.c) */
     uint32_t ndisabled;
-    struct qmode_event *mode_events;    /* ring of QMGR_MODE_EVENTS, allocated on first change */
+    struct qmode_event *mode_events; /* ring of QMGR_MODE_EVENTS, allocated on first change */
     uint8_t nmode_events, mode_event_next;
-    struct qvmta *vg;       /* limits across the virtual MTA's queues (qmgr_vmta.c) */
+    struct qvmta *vg; /* limits across the virtual MTA's queues (qmgr_vmta.c) */
     /* settings cache: resolved for S.cfg_serial */
     struct cfg_resolved *res;
     uint64_t res_serial;
     int priority;
     /* dispatch: run lists by priority (queues with ready recipients) */
     struct qqueue *run_next, *run_prev;
-    int run_prio;           /* -1 when not on a run list */
-    uv_timer_t *wake;       /* retry end / rate wait; allocated on first use */
+    int run_prio;     /* -1 when not on a run list */
+    uv_timer_t *wake; /* retry end / rate wait; allocated on first use */
     uint64_t wake_at_ms;
     /* counters (for the status socket later) */
     uint64_t delivered, bounced, deferred_n, conn_failures;
@@ -142,7 +142,7 @@ struct qpeer {
     uint32_t pid;
     uint32_t max_conns;
     uint32_t nconns;
-    struct qconn *conns;    /* its connections (onext) */
+    struct qconn *conns; /* its connections (onext) */
     struct qpeer *next;
 };
 
@@ -154,16 +154,16 @@ struct qconn {
     struct qpeer *out;
     struct qqueue *q;
     struct qconn *qnext, *onext;
-    int up;                 /* MP_CONN_UP seen */
-    unsigned ntxn;          /* transactions sent */
+    int up;        /* MP_CONN_UP seen */
+    unsigned ntxn; /* transactions sent */
     /* pinned at open (a reload does not change a running connection) */
-    unsigned max_msg;       /* 0 = no limit */
+    unsigned max_msg; /* 0 = no limit */
     unsigned max_rcpt;
     uint64_t idle_timeout_ms;
     /* the current transaction */
-    struct qstore_msg *txn_msg;  /* envelope + recipient records, copied at send */
+    struct qstore_msg *txn_msg; /* envelope + recipient records, copied at send */
     uint32_t txn_msgidx;
-    uint32_t *txn;          /* recipient table indexes; QNIL once answered */
+    uint32_t *txn; /* recipient table indexes; QNIL once answered */
     uint32_t txn_n, txn_left, txn_cap;
     /* peer facts */
     char *mx, *dest_ip, *source_ip, *helo;
@@ -173,7 +173,7 @@ struct qconn {
 
 /* Everything about one outcome the log line and accounting need. */
 struct qresult {
-    uint32_t result;        /* MP_RESULT_* */
+    uint32_t result; /* MP_RESULT_* */
     uint32_t code;
     const char *enhanced;
     const char *text;
@@ -192,34 +192,34 @@ struct qmgr_state {
     /* queues */
     struct qqueue **queues;
     uint32_t nqueues, queues_cap;
-    uint32_t *qhash;          /* open addressing: queue id or QNIL */
+    uint32_t *qhash; /* open addressing: queue id or QNIL */
     uint32_t qhash_cap;
     struct qqueue *run[QMGR_PRIO_LEVELS];
     /* processes and connections */
     struct qpeer *peers;
-    struct qconn **conn_by_id;  /* id - 1 -> connection */
+    struct qconn **conn_by_id; /* id - 1 -> connection */
     uint32_t conn_cap;
     uint32_t nconn_total, nconn_up;
     uint32_t vmta_rr_cap;
     /* queue store */
     struct qstore *qs;
     struct qstore_group *group;
-    uint64_t scanned_below;     /* every msgid below this has been scanned */
+    uint64_t scanned_below; /* every msgid below this has been scanned */
     /* configuration */
     const struct cfg *cfg;
     uint64_t cfg_serial;
     /* time */
-    uint64_t start_ms;          /* monotonic ms at start */
-    uint64_t start_wall;        /* unix seconds at start */
+    uint64_t start_ms;   /* monotonic ms at start */
+    uint64_t start_wall; /* unix seconds at start */
     int stopping;
 };
 
 extern struct qmgr_state S;
 
 /* --- time (qmgr.c) ------------------------------------------------------------ */
-uint64_t qmgr_now_ms(void);           /* monotonic milliseconds */
+uint64_t qmgr_now_ms(void); /* monotonic milliseconds */
 uint64_t qmgr_now_ns(void);
-uint64_t qmgr_wall(void);             /* unix seconds */
+uint64_t qmgr_wall(void); /* unix seconds */
 uint32_t qmgr_tick_now(void);
 uint32_t qmgr_tick_from_wall(uint64_t unix_seconds);
 uint64_t qmgr_wall_from_tick(uint32_t tick);
@@ -266,12 +266,13 @@ void qmgr_ready_push_front(struct qqueue *q, uint32_t r);
 uint32_t qmgr_ready_peek(struct qqueue *q);
 uint32_t qmgr_ready_pop(struct qqueue *q);
 void qmgr_defer_push(uint32_t r, uint32_t due_tick);
-/* qmgr_defer_take_queue - remove Q's deferred recipients from the heap into *OUT (free it); how many */
+/* qmgr_defer_take_queue - remove Q's deferred recipients from the heap into *OUT (free it); how
+ * many */
 uint32_t qmgr_defer_take_queue(struct qqueue *q, uint32_t **out);
 /* qmgr_defer_due_now - every deferred recipient of Q becomes due at NOW_TICK; how many */
 uint32_t qmgr_defer_due_now(struct qqueue *q, uint32_t now_tick);
 uint32_t qmgr_defer_pop_due(uint32_t now_tick);
-uint32_t qmgr_defer_next_due(void);  /* tick of the earliest, or UINT32_MAX */
+uint32_t qmgr_defer_next_due(void); /* tick of the earliest, or UINT32_MAX */
 void qmgr_heap_free(void);
 int qmgr_rcpt_expired(uint32_t r, uint64_t now_wall);
 
@@ -279,10 +280,10 @@ int qmgr_rcpt_expired(uint32_t r, uint64_t now_wall);
 int qmgr_sched_rebuild(void);
 void qmgr_sched_start(void);
 void qmgr_sched_stop(void);
-void qmgr_sched_catch_up_soon(void);   /* a hint or our own DSN: scan new ids */
+void qmgr_sched_catch_up_soon(void); /* a hint or our own DSN: scan new ids */
 void qmgr_dispatch_soon(void);
 void qmgr_defer_timer_update(void);
-void qmgr_run_update(struct qqueue *q);  /* put on / take off the run list */
+void qmgr_run_update(struct qqueue *q); /* put on / take off the run list */
 void qmgr_queue_wake_at(struct qqueue *q, uint64_t at_ms);
 /* qmgr_take_txn - up to MAX recipients of one message from Q's ready list (expired ones bounce) */
 uint32_t qmgr_take_txn(struct qqueue *q, uint32_t max, uint32_t *out);
@@ -290,7 +291,7 @@ uint32_t qmgr_take_txn(struct qqueue *q, uint32_t max, uint32_t *out);
 /* --- connections (qmgr_conn.c) ----------------------------------------------------- */
 void qmgr_conn_listen(void);
 void qmgr_conn_stop_listening(void);
-int qmgr_conn_open(struct qqueue *q);     /* 1 opened, 0 no room */
+int qmgr_conn_open(struct qqueue *q); /* 1 opened, 0 no room */
 void qmgr_conn_feed_idle(struct qqueue *q);
 void qmgr_conn_close_idle_all(void);
 unsigned qmgr_conn_busy(void);

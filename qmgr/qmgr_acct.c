@@ -52,43 +52,46 @@
 
 #include "qmgr_acct.h"
 
-#define FLUSH_BYTES (64u * 1024)           /* write out once this much is pending */
-#define FLUSH_SECONDS 1                    /* ... or once the oldest pending byte is this old */
-#define PENDING_MAX (16u * 1024 * 1024)    /* drop (loudly) rather than grow without end */
-#define MAX_HEADERS 32                     /* header_X columns per file */
+#define FLUSH_BYTES    (64u * 1024)        /* write out once this much is pending */
+#define FLUSH_SECONDS  1                   /* ... or once the oldest pending byte is this old */
+#define PENDING_MAX    (16u * 1024 * 1024) /* drop (loudly) rather than grow without end */
+#define MAX_HEADERS    32                  /* header_X columns per file */
 #define NAME_CLASH_MAX 1000                /* -1 .. -999 suffixes tried on rotation */
-#define RETRY_SECONDS 60                   /* after a failed rotation or reopen */
+#define RETRY_SECONDS  60                  /* after a failed rotation or reopen */
 #define CLOSE_GRACE_MS 100                 /* at close: time for a pipe program to drain and exit */
-#define CLOSE_TERM_MS 50                   /* ... and to exit after SIGTERM, before SIGKILL */
+#define CLOSE_TERM_MS  50                  /* ... and to exit after SIGTERM, before SIGKILL */
 
 extern char **environ;
 
 /* --- the field table --------------------------------------------------------------------- */
 
 enum field_kind {
-    FK_STR,            /* const char * member of the record */
+    FK_STR, /* const char * member of the record */
     FK_TIME_LOGGED,
     FK_TIME_QUEUED,
     FK_SIZE,
     FK_TOTAL_SECONDS,
-    FK_USER_STRING     /* from the acct-file's user-string directive */
+    FK_USER_STRING /* from the acct-file's user-string directive */
 };
 
 #define TB(t) (1u << (t))
 #define T_DBT (TB(QMGR_ACCT_D) | TB(QMGR_ACCT_B) | TB(QMGR_ACCT_T))
-#define T_TQ TB(QMGR_ACCT_TQ)
-#define T_R TB(QMGR_ACCT_R)
+#define T_TQ  TB(QMGR_ACCT_TQ)
+#define T_R   TB(QMGR_ACCT_R)
 #define T_ALL (T_DBT | T_TQ | T_R)
-#define T_MSG (T_DBT | T_R)                /* types that concern a message (header_X) */
+#define T_MSG (T_DBT | T_R) /* types that concern a message (header_X) */
 
 struct field_def {
     const char *name;
     enum field_kind kind;
-    size_t off;                /* offsetof the member for FK_STR */
-    unsigned types;            /* types whose "*" includes it */
+    size_t off;     /* offsetof the member for FK_STR */
+    unsigned types; /* types whose "*" includes it */
 };
 
-#define STR(name, member, types) { name, FK_STR, offsetof(struct qmgr_acct_record, member), types }
+#define STR(name, member, types)                                       \
+    {                                                                  \
+        name, FK_STR, offsetof(struct qmgr_acct_record, member), types \
+    }
 
 /* Table order is the column order (see qmgr_acct.h); userString must stay last. */
 static const struct field_def fields[] = {
@@ -123,15 +126,15 @@ static const struct field_def fields[] = {
     { "userString", FK_USER_STRING, 0, T_ALL },
 };
 
-#define NFIELDS (sizeof fields / sizeof fields[0])
+#define NFIELDS           (sizeof fields / sizeof fields[0])
 #define USER_STRING_FIELD (NFIELDS - 1)
 
 static const char *const type_names[QMGR_ACCT_NTYPES] = { "d", "b", "t", "tq", "r" };
-static const char *const type_long_names[QMGR_ACCT_NTYPES] = {
-    "delivery", "bounce", "transient", "transient-queue", "receipt"
-};
+static const char *const type_long_names[QMGR_ACCT_NTYPES] = { "delivery", "bounce", "transient",
+                                                               "transient-queue", "receipt" };
 
-const char *qmgr_acct_type_name(enum qmgr_acct_type type)
+const char *
+qmgr_acct_type_name(enum qmgr_acct_type type)
 {
     return (unsigned)type < QMGR_ACCT_NTYPES ? type_names[type] : "?";
 }
@@ -140,50 +143,50 @@ const char *qmgr_acct_type_name(enum qmgr_acct_type type)
 
 /* One column after "type": a standard field, or header HEADER of the message. */
 struct column {
-    int field;                 /* index into fields[], or -1 for a header */
-    int header;                /* index into acct_file.headers */
+    int field;  /* index into fields[], or -1 for a header */
+    int header; /* index into acct_file.headers */
 };
 
 struct acct_file {
     char *path;
-    char *own_dir;             /* directory of PATH */
-    char *stem;                /* base name without the extension */
-    char *ext;                 /* ".csv" or "" */
-    char *move_to;             /* NULL: no automatic rotation */
+    char *own_dir; /* directory of PATH */
+    char *stem;    /* base name without the extension */
+    char *ext;     /* ".csv" or "" */
+    char *move_to; /* NULL: no automatic rotation */
     char *user_string;
-    int64_t max_size;          /* bytes; < 0 unlimited */
-    int64_t move_interval;     /* seconds; <= 0 never */
-    int64_t delete_after;      /* seconds; < 0 never */
+    int64_t max_size;      /* bytes; < 0 unlimited */
+    int64_t move_interval; /* seconds; <= 0 never */
+    int64_t delete_after;  /* seconds; < 0 never */
     bool iso_times, sync, world_readable;
 
-    unsigned types;            /* TB() of the types this file takes */
+    unsigned types; /* TB() of the types this file takes */
     bool field_on[QMGR_ACCT_NTYPES][NFIELDS];
-    char *headers[MAX_HEADERS];/* header names of header_X columns */
+    char *headers[MAX_HEADERS]; /* header names of header_X columns */
     size_t nheaders;
     bool header_on[QMGR_ACCT_NTYPES][MAX_HEADERS];
     struct column *columns;
     size_t ncolumns;
-    char *header_line;         /* "type,...\r\n" */
+    char *header_line; /* "type,...\r\n" */
 
     int fd;
-    int64_t size;              /* bytes on disk + pending */
+    int64_t size; /* bytes on disk + pending */
     struct buf pending;
-    time_t pending_since;      /* when the oldest pending byte was added */
-    time_t next_move;          /* next interval boundary; 0 none */
-    time_t retry_rotate_at;    /* after a failed move: no new attempt before this */
-    pcre2_code *rotated_re;    /* NAME-YYYY-MM-DD-HHMM[-N].EXT */
+    time_t pending_since;   /* when the oldest pending byte was added */
+    time_t next_move;       /* next interval boundary; 0 none */
+    time_t retry_rotate_at; /* after a failed move: no new attempt before this */
+    pcre2_code *rotated_re; /* NAME-YYYY-MM-DD-HHMM[-N].EXT */
 
     /* <acct-file |command>: fd is the pipe's write end, -1 while the program is down */
     bool is_pipe;
-    char **argv;               /* the words after '|', NULL-terminated */
-    pid_t pid;                 /* the program until it is reaped; 0 none */
-    int64_t retry_interval;    /* seconds from a failure to the next start */
-    int64_t write_timeout;     /* seconds the program may accept nothing */
-    time_t blocked_since;      /* when the pipe began refusing data; 0 while it takes it */
-    time_t restart_at;         /* while down: when to start the program again */
-    size_t header_left;        /* bytes of the header line still at the front of pending */
-    bool mid_line;             /* the program got part of a line (drops keep its rest) */
-    uint64_t dropped;          /* records that never reached a program since it went down */
+    char **argv;            /* the words after '|', NULL-terminated */
+    pid_t pid;              /* the program until it is reaped; 0 none */
+    int64_t retry_interval; /* seconds from a failure to the next start */
+    int64_t write_timeout;  /* seconds the program may accept nothing */
+    time_t blocked_since;   /* when the pipe began refusing data; 0 while it takes it */
+    time_t restart_at;      /* while down: when to start the program again */
+    size_t header_left;     /* bytes of the header line still at the front of pending */
+    bool mid_line;          /* the program got part of a line (drops keep its rest) */
+    uint64_t dropped;       /* records that never reached a program since it went down */
 };
 
 struct qmgr_acct {
@@ -193,7 +196,8 @@ struct qmgr_acct {
     void *clock_ctx;
 };
 
-static time_t now_of(const struct qmgr_acct *a)
+static time_t
+now_of(const struct qmgr_acct *a)
 {
     return a->clock ? a->clock(a->clock_ctx) : time(NULL);
 }
@@ -201,7 +205,8 @@ static time_t now_of(const struct qmgr_acct *a)
 /* --- configuration ----------------------------------------------------------------------- */
 
 /* scope_value - D in acct-file scope S, else its built-in default (NULL if none) */
-static const struct cfg_value *scope_value(const struct cfg *c, uint32_t s, enum cfg_directive d)
+static const struct cfg_value *
+scope_value(const struct cfg *c, uint32_t s, enum cfg_directive d)
 {
     const struct cfg_value *v = cfg_scope_get(c, s, d);
 
@@ -210,14 +215,16 @@ static const struct cfg_value *scope_value(const struct cfg *c, uint32_t s, enum
     return cfg_global(c, d);
 }
 
-static int64_t scope_num(const struct cfg *c, uint32_t s, enum cfg_directive d, int64_t dflt)
+static int64_t
+scope_num(const struct cfg *c, uint32_t s, enum cfg_directive d, int64_t dflt)
 {
     const struct cfg_value *v = scope_value(c, s, d);
 
     return v ? v->num : dflt;
 }
 
-static const char *scope_text(const struct cfg *c, uint32_t s, enum cfg_directive d)
+static const char *
+scope_text(const struct cfg *c, uint32_t s, enum cfg_directive d)
 {
     const struct cfg_value *v = scope_value(c, s, d);
 
@@ -225,7 +232,8 @@ static const char *scope_text(const struct cfg *c, uint32_t s, enum cfg_directiv
 }
 
 /* type_by_name - "d" or "delivery" -> type, or -1 */
-static int type_by_name(const char *name)
+static int
+type_by_name(const char *name)
 {
     for (int t = 0; t < QMGR_ACCT_NTYPES; t++)
         if (strcasecmp(name, type_names[t]) == 0 || strcasecmp(name, type_long_names[t]) == 0)
@@ -233,7 +241,8 @@ static int type_by_name(const char *name)
     return -1;
 }
 
-static int field_by_name(const char *name)
+static int
+field_by_name(const char *name)
 {
     for (size_t i = 0; i < NFIELDS; i++)
         if (strcasecmp(name, fields[i].name) == 0)
@@ -241,8 +250,10 @@ static int field_by_name(const char *name)
     return -1;
 }
 
-/* parse_records - "d,b" / "delivery, bounce" -> type mask; types we do not write are warned about */
-static unsigned parse_records(const char *path, const char *text)
+/* parse_records - "d,b" / "delivery, bounce" -> type mask; types we do not write are warned about
+ */
+static unsigned
+parse_records(const char *path, const char *text)
 {
     char *copy = xstrdup(text ? text : "d,b"), *save = NULL;
     unsigned mask = 0;
@@ -258,7 +269,8 @@ static unsigned parse_records(const char *path, const char *text)
     return mask;
 }
 
-static int header_index(struct acct_file *f, const char *name)
+static int
+header_index(struct acct_file *f, const char *name)
 {
     for (size_t i = 0; i < f->nheaders; i++)
         if (strcasecmp(f->headers[i], name) == 0)
@@ -272,14 +284,16 @@ static int header_index(struct acct_file *f, const char *name)
     return (int)f->nheaders++;
 }
 
-static void select_default_fields(struct acct_file *f, int t)
+static void
+select_default_fields(struct acct_file *f, int t)
 {
     for (size_t i = 0; i < NFIELDS; i++)
         f->field_on[t][i] = (fields[i].types & TB(t)) != 0;
 }
 
 /* apply_field_word - one item of a record-fields list for type T */
-static void apply_field_word(struct acct_file *f, int t, const char *w)
+static void
+apply_field_word(struct acct_file *f, int t, const char *w)
 {
     bool off = *w == '!';
     const char *name = off ? w + 1 : w;
@@ -301,7 +315,8 @@ static void apply_field_word(struct acct_file *f, int t, const char *w)
 }
 
 /* apply_record_fields - "TYPE LIST"; a list that only removes ("!x,!y") starts from "*" */
-static void apply_record_fields(struct acct_file *f, const char *text)
+static void
+apply_record_fields(struct acct_file *f, const char *text)
 {
     char *copy = xstrdup(text), *save = NULL, *type = strtok_r(copy, " \t", &save);
     char *words[NFIELDS + MAX_HEADERS + 8];
@@ -326,15 +341,17 @@ out:
     free(copy);
 }
 
-/* build_columns - the union of the enabled types' fields, in table order, headers before userString */
-static void build_columns(struct acct_file *f)
+/* build_columns - the union of the enabled types' fields, in table order, headers before userString
+ */
+static void
+build_columns(struct acct_file *f)
 {
     struct buf line = BUF_INIT;
 
     f->columns = xcalloc(NFIELDS + MAX_HEADERS, sizeof *f->columns);
     buf_append_str(&line, "type");
     for (size_t i = 0; i <= NFIELDS; i++) {
-        if (i == USER_STRING_FIELD) {           /* header_X columns go just before userString */
+        if (i == USER_STRING_FIELD) { /* header_X columns go just before userString */
             for (size_t h = 0; h < f->nheaders; h++) {
                 bool used = false;
                 for (int t = 0; t < QMGR_ACCT_NTYPES; t++)
@@ -360,7 +377,8 @@ static void build_columns(struct acct_file *f)
 }
 
 /* split_path - own directory, stem and extension of PATH */
-static void split_path(struct acct_file *f)
+static void
+split_path(struct acct_file *f)
 {
     const char *slash = strrchr(f->path, '/'), *base = slash ? slash + 1 : f->path;
     const char *dot = strrchr(base, '.');
@@ -374,7 +392,8 @@ static void split_path(struct acct_file *f)
 }
 
 /* quote_literal - append S to B as a PCRE2 literal (\Q...\E, with any "\E" inside escaped) */
-static void quote_literal(struct buf *b, const char *s)
+static void
+quote_literal(struct buf *b, const char *s)
 {
     buf_append_str(b, "\\Q");
     for (; *s; s++) {
@@ -388,7 +407,8 @@ static void quote_literal(struct buf *b, const char *s)
     buf_append_str(b, "\\E");
 }
 
-static void compile_rotated_re(struct acct_file *f)
+static void
+compile_rotated_re(struct acct_file *f)
 {
     struct buf re = BUF_INIT;
     int code;
@@ -406,7 +426,8 @@ static void compile_rotated_re(struct acct_file *f)
 }
 
 /* split_command - the blank-separated words of CMD as a NULL-terminated argv (no shell) */
-static char **split_command(const char *cmd)
+static char **
+split_command(const char *cmd)
 {
     char **argv = xcalloc(1, sizeof *argv);
     size_t n = 0, len;
@@ -420,9 +441,11 @@ static char **split_command(const char *cmd)
     return argv;
 }
 
-static void load_file_config(struct acct_file *f, const struct cfg *c, uint32_t s)
+static void
+load_file_config(struct acct_file *f, const struct cfg *c, uint32_t s)
 {
-    const char *move_to = scope_text(c, s, CFG_D_MOVE_TO), *us = scope_text(c, s, CFG_D_USER_STRING);
+    const char *move_to = scope_text(c, s, CFG_D_MOVE_TO),
+               *us = scope_text(c, s, CFG_D_USER_STRING);
     uint32_t it = 0;
     const struct cfg_value *v;
 
@@ -441,7 +464,7 @@ static void load_file_config(struct acct_file *f, const struct cfg *c, uint32_t 
         apply_record_fields(f, cfg_str(c, v->text));
     build_columns(f);
     f->is_pipe = f->path[0] == '|';
-    if (f->is_pipe) {                  /* a pipe has no rotation: move-to & co. do not apply */
+    if (f->is_pipe) { /* a pipe has no rotation: move-to & co. do not apply */
         free(f->move_to);
         f->move_to = NULL;
         f->argv = split_command(f->path + 1);
@@ -456,7 +479,8 @@ static void load_file_config(struct acct_file *f, const struct cfg *c, uint32_t 
 /* --- values ----------------------------------------------------------------------------- */
 
 /* utf8_len - length of the valid UTF-8 sequence at P (N bytes left), 0 if invalid */
-static size_t utf8_len(const unsigned char *p, size_t n)
+static size_t
+utf8_len(const unsigned char *p, size_t n)
 {
     size_t len;
     unsigned cp;
@@ -478,9 +502,9 @@ static size_t utf8_len(const unsigned char *p, size_t n)
             return 0;
         cp = (cp << 6) | (p[i] & 0x3f);
     }
-    if ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10ffff))
-        || (cp >= 0xd800 && cp <= 0xdfff))
-        return 0;                               /* overlong, out of range, or a surrogate */
+    if ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
+        (cp >= 0xd800 && cp <= 0xdfff))
+        return 0; /* overlong, out of range, or a surrogate */
     return len;
 }
 
@@ -489,7 +513,8 @@ static size_t utf8_len(const unsigned char *p, size_t n)
  * space (a run of them one space), invalid UTF-8 '?', at most
  * QMGR_ACCT_VALUE_MAX bytes; quoted when it holds ',' or '"'.
  */
-static void append_value(struct buf *b, const char *value, size_t len)
+static void
+append_value(struct buf *b, const char *value, size_t len)
 {
     const unsigned char *p = (const unsigned char *)value;
     struct buf clean = BUF_INIT;
@@ -515,7 +540,7 @@ static void append_value(struct buf *b, const char *value, size_t len)
         quote = quote || p[i] == ',' || p[i] == '"';
         buf_append(&clean, p + i, n);
         if (p[i] == '"')
-            buf_append_str(&clean, "\"");     /* RFC 4180: a quote inside is doubled */
+            buf_append_str(&clean, "\""); /* RFC 4180: a quote inside is doubled */
         i += n;
     }
     if (quote)
@@ -527,13 +552,15 @@ static void append_value(struct buf *b, const char *value, size_t len)
     buf_free(&clean);
 }
 
-static void append_str(struct buf *b, const char *s)
+static void
+append_str(struct buf *b, const char *s)
 {
     if (s)
         append_value(b, s, strlen(s));
 }
 
-static void append_time(const struct acct_file *f, struct buf *b, time_t t)
+static void
+append_time(const struct acct_file *f, struct buf *b, time_t t)
 {
     struct tm tm;
     char text[40];
@@ -552,7 +579,8 @@ static void append_time(const struct acct_file *f, struct buf *b, time_t t)
  * header section HDRS (LEN bytes), unfolded: each line break with the blanks
  * around it becomes one space. Returns false if there is no such field.
  */
-static bool header_value(const char *hdrs, size_t len, const char *name, struct buf *out)
+static bool
+header_value(const char *hdrs, size_t len, const char *name, struct buf *out)
 {
     size_t nlen = strlen(name), i = 0;
 
@@ -560,11 +588,11 @@ static bool header_value(const char *hdrs, size_t len, const char *name, struct 
         const char *line = hdrs + i, *eol = memchr(line, '\n', len - i);
         size_t end = eol ? (size_t)(eol - hdrs) + 1 : len;
         if (end - i > nlen && strncasecmp(line, name, nlen) == 0 && line[nlen] == ':') {
-            bool blank = true;                  /* skips the blanks after the colon */
+            bool blank = true; /* skips the blanks after the colon */
             for (size_t k = i + nlen + 1; k < len; k++) {
                 char ch = hdrs[k];
                 if (ch == '\n' && !(k + 1 < len && (hdrs[k + 1] == ' ' || hdrs[k + 1] == '\t')))
-                    break;                          /* end of the field */
+                    break; /* end of the field */
                 if (ch == ' ' || ch == '\t' || ch == '\r' || ch == '\n') {
                     blank = blank || out->len == 0;
                     if (!blank) {
@@ -585,8 +613,9 @@ static bool header_value(const char *hdrs, size_t len, const char *name, struct 
     return false;
 }
 
-static void append_field(const struct acct_file *f, struct buf *b, const struct field_def *fd,
-                         const struct qmgr_acct_record *r, time_t logged)
+static void
+append_field(const struct acct_file *f, struct buf *b, const struct field_def *fd,
+             const struct qmgr_acct_record *r, time_t logged)
 {
     switch (fd->kind) {
     case FK_STR:
@@ -605,7 +634,8 @@ static void append_field(const struct acct_file *f, struct buf *b, const struct 
         break;
     case FK_TOTAL_SECONDS:
         if (r->time_queued)
-            buf_printf(b, "%lld", (long long)(logged > r->time_queued ? logged - r->time_queued : 0));
+            buf_printf(b, "%lld",
+                       (long long)(logged > r->time_queued ? logged - r->time_queued : 0));
         break;
     case FK_USER_STRING:
         append_str(b, f->user_string);
@@ -614,8 +644,9 @@ static void append_field(const struct acct_file *f, struct buf *b, const struct 
 }
 
 /* format_record - the CSV line of R for file F into B */
-static void format_record(const struct acct_file *f, struct buf *b, const struct qmgr_acct_record *r,
-                          time_t logged)
+static void
+format_record(const struct acct_file *f, struct buf *b, const struct qmgr_acct_record *r,
+              time_t logged)
 {
     buf_append_str(b, type_names[r->type]);
     for (size_t i = 0; i < f->ncolumns; i++) {
@@ -637,7 +668,8 @@ static void format_record(const struct acct_file *f, struct buf *b, const struct
 /* --- file handling ---------------------------------------------------------------------- */
 
 
-static int flush_file(struct acct_file *f)
+static int
+flush_file(struct acct_file *f)
 {
     int rc;
 
@@ -661,7 +693,8 @@ static int flush_file(struct acct_file *f)
 }
 
 /* open_fd - open (create) PATH for appending; new files get the header line and their mode */
-static int open_fd(struct acct_file *f, time_t now)
+static int
+open_fd(struct acct_file *f, time_t now)
 {
     struct stat st;
 
@@ -686,7 +719,8 @@ static int open_fd(struct acct_file *f, time_t now)
 }
 
 /* rotated_name - DIR/STEM-YYYY-MM-DD-HHMM[-N]EXT for time NOW and clash number N */
-static char *rotated_name(const struct acct_file *f, const char *dir, time_t now, int n)
+static char *
+rotated_name(const struct acct_file *f, const char *dir, time_t now, int n)
 {
     struct tm tm;
     char stamp[32], suffix[16] = "";
@@ -699,19 +733,21 @@ static char *rotated_name(const struct acct_file *f, const char *dir, time_t now
 }
 
 /* move_no_replace - rename FROM to TO unless TO exists (-EEXIST) */
-static int move_no_replace(const char *from, const char *to)
+static int
+move_no_replace(const char *from, const char *to)
 {
     if (renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE) == 0)
         return 0;
     if (errno != EINVAL && errno != ENOSYS)
         return -errno;
-    if (link(from, to) != 0)                   /* file systems without RENAME_NOREPLACE */
+    if (link(from, to) != 0) /* file systems without RENAME_NOREPLACE */
         return -errno;
     return unlink(from) == 0 ? 0 : -errno;
 }
 
 /* delete_old - remove our rotated files in DIR last modified more than delete-after ago */
-static void delete_old(struct acct_file *f, const char *dir, time_t now)
+static void
+delete_old(struct acct_file *f, const char *dir, time_t now)
 {
     DIR *d;
     struct dirent *e;
@@ -735,7 +771,8 @@ static void delete_old(struct acct_file *f, const char *dir, time_t now)
     closedir(d);
 }
 
-static time_t next_boundary(const struct acct_file *f, time_t now)
+static time_t
+next_boundary(const struct acct_file *f, time_t now)
 {
     if (f->move_interval <= 0)
         return 0;
@@ -743,7 +780,8 @@ static time_t next_boundary(const struct acct_file *f, time_t now)
 }
 
 /* rotate_file - move the current file into DIR under its dated name and start a new one */
-static int rotate_file(struct acct_file *f, const char *dir, time_t now)
+static int
+rotate_file(struct acct_file *f, const char *dir, time_t now)
 {
     int rc = 0, n;
     char *target = NULL;
@@ -764,21 +802,22 @@ static int rotate_file(struct acct_file *f, const char *dir, time_t now)
     }
     if (rc != 0) {
         msg_warn("acct-file %s: cannot move to %s: %s", f->path, target, strerror(-rc));
-        f->retry_rotate_at = now + RETRY_SECONDS;   /* keep appending; no warning per record */
+        f->retry_rotate_at = now + RETRY_SECONDS; /* keep appending; no warning per record */
     } else
         msg_info("acct-file %s moved to %s", f->path, target);
     free(target);
     f->next_move = next_boundary(f, now);
     delete_old(f, dir, now);
     if (open_fd(f, now) != 0) {
-        f->retry_rotate_at = now + RETRY_SECONDS;       /* qmgr_acct_tick() tries again */
+        f->retry_rotate_at = now + RETRY_SECONDS; /* qmgr_acct_tick() tries again */
         return -EIO;
     }
     return rc;
 }
 
 /* existing_file_stale - does the file at open belong to an earlier interval, or other columns? */
-static bool existing_file_stale(struct acct_file *f, time_t now)
+static bool
+existing_file_stale(struct acct_file *f, time_t now)
 {
     struct stat st;
     size_t hlen = strlen(f->header_line);
@@ -795,7 +834,8 @@ static bool existing_file_stale(struct acct_file *f, time_t now)
     first = xmalloc(hlen + 1);
     stale = pread(fd, first, hlen, 0) != (ssize_t)hlen || memcmp(first, f->header_line, hlen) != 0;
     if (stale)
-        msg_info("acct-file %s: columns differ from the existing file's; starting a new file", f->path);
+        msg_info("acct-file %s: columns differ from the existing file's; starting a new file",
+                 f->path);
     if (!stale && f->move_to && f->move_interval > 0)
         stale = st.st_mtime / f->move_interval < now / f->move_interval;
     free(first);
@@ -803,7 +843,8 @@ static bool existing_file_stale(struct acct_file *f, time_t now)
     return stale;
 }
 
-static int open_file(struct acct_file *f, time_t now)
+static int
+open_file(struct acct_file *f, time_t now)
 {
     struct stat st;
 
@@ -827,7 +868,8 @@ static int open_file(struct acct_file *f, time_t now)
  * process. qmgr's worker already ignores SIGPIPE (common/worker.c); this
  * covers other users of the library (tests, tools) that left it at default.
  */
-static void ignore_sigpipe(void)
+static void
+ignore_sigpipe(void)
 {
     struct sigaction sa;
 
@@ -842,7 +884,8 @@ static void ignore_sigpipe(void)
  * open and hides its EOF). Signals qmgr ignores or blocks are reset for the
  * program. 0 or -errno (posix_spawnp reports a program that cannot be run).
  */
-static int spawn_program(char *const argv[], int *wfd, pid_t *pid)
+static int
+spawn_program(char *const argv[], int *wfd, pid_t *pid)
 {
     int fds[2], rc;
     posix_spawn_file_actions_t fa;
@@ -882,7 +925,8 @@ static int spawn_program(char *const argv[], int *wfd, pid_t *pid)
 }
 
 /* start_pipe - start the program; it gets a header line first, like a new file */
-static int start_pipe(struct acct_file *f, time_t now)
+static int
+start_pipe(struct acct_file *f, time_t now)
 {
     int rc;
 
@@ -902,8 +946,9 @@ static int start_pipe(struct acct_file *f, time_t now)
     f->blocked_since = 0;
     f->mid_line = false;
     if (f->dropped)
-        msg_warn("acct-file %s: started again (pid %ld); %llu records were dropped while it was down",
-                 f->path, (long)f->pid, (unsigned long long)f->dropped);
+        msg_warn(
+            "acct-file %s: started again (pid %ld); %llu records were dropped while it was down",
+            f->path, (long)f->pid, (unsigned long long)f->dropped);
     else
         msg_info("acct-file %s: started (pid %ld)", f->path, (long)f->pid);
     f->dropped = 0;
@@ -911,7 +956,8 @@ static int start_pipe(struct acct_file *f, time_t now)
 }
 
 /* lines_in - how many records (line ends) the N bytes at P hold */
-static uint64_t lines_in(const char *p, size_t n)
+static uint64_t
+lines_in(const char *p, size_t n)
 {
     uint64_t lines = 0;
 
@@ -921,21 +967,25 @@ static uint64_t lines_in(const char *p, size_t n)
 }
 
 /* pending_records - records pending for the program (the header line is not one) */
-static uint64_t pending_records(const struct acct_file *f)
+static uint64_t
+pending_records(const struct acct_file *f)
 {
     return lines_in(f->pending.data + f->header_left, f->pending.len - f->header_left);
 }
 
 /* consume_pending - the program took the first N pending bytes */
-static void consume_pending(struct acct_file *f, size_t n)
+static void
+consume_pending(struct acct_file *f, size_t n)
 {
     f->mid_line = f->pending.data[n - 1] != '\n';
     f->header_left -= n < f->header_left ? n : f->header_left;
     buf_consume(&f->pending, n);
 }
 
-/* reap_child - collect the program if it has ended (status in *STATUS, -1 unknown); true once gone */
-static bool reap_child(struct acct_file *f, int *status)
+/* reap_child - collect the program if it has ended (status in *STATUS, -1 unknown); true once gone
+ */
+static bool
+reap_child(struct acct_file *f, int *status)
 {
     int st = -1;
     pid_t r;
@@ -947,7 +997,7 @@ static bool reap_child(struct acct_file *f, int *status)
     while (r < 0 && errno == EINTR);
     if (r == 0)
         return false;
-    f->pid = 0;                        /* r < 0 (ECHILD): someone else reaped it */
+    f->pid = 0; /* r < 0 (ECHILD): someone else reaped it */
     if (status)
         *status = r > 0 ? st : -1;
     return true;
@@ -958,7 +1008,8 @@ static bool reap_child(struct acct_file *f, int *status)
  * the pipe, SIGTERM the program if it still runs (reaped now or by a later
  * tick), and warn once. Records meant for it are counted as dropped.
  */
-static void pipe_down(struct acct_file *f, time_t now, const char *why)
+static void
+pipe_down(struct acct_file *f, time_t now, const char *why)
 {
     uint64_t lost = pending_records(f);
     char lost_note[64] = "";
@@ -986,7 +1037,8 @@ static void pipe_down(struct acct_file *f, time_t now, const char *why)
  * pending records loudly, but keep the header line or the rest of a line the
  * program has begun, so that what it reads stays whole lines.
  */
-static void drop_excess(struct acct_file *f)
+static void
+drop_excess(struct acct_file *f)
 {
     const char *nl = memchr(f->pending.data, '\n', f->pending.len);
     size_t keep = (f->header_left || f->mid_line) && nl ? (size_t)(nl - f->pending.data) + 1 : 0;
@@ -1003,7 +1055,8 @@ static void drop_excess(struct acct_file *f)
  * blocks. A failed write takes the program down (pipe_down warns once, so
  * the caller has nothing to report).
  */
-static void flush_pipe(struct acct_file *f, time_t now)
+static void
+flush_pipe(struct acct_file *f, time_t now)
 {
     size_t sent = 0;
     int err = 0;
@@ -1022,7 +1075,7 @@ static void flush_pipe(struct acct_file *f, time_t now)
     }
     if (sent) {
         consume_pending(f, sent);
-        f->blocked_since = 0;          /* write-timeout counts from the last progress */
+        f->blocked_since = 0; /* write-timeout counts from the last progress */
     }
     if (err) {
         char why[128];
@@ -1038,7 +1091,8 @@ static void flush_pipe(struct acct_file *f, time_t now)
         drop_excess(f);
 }
 
-static void describe_exit(int status, char *out, size_t size)
+static void
+describe_exit(int status, char *out, size_t size)
 {
     if (status >= 0 && WIFEXITED(status))
         snprintf(out, size, "exited with status %d", WEXITSTATUS(status));
@@ -1049,7 +1103,8 @@ static void describe_exit(int status, char *out, size_t size)
 }
 
 /* kill_and_reap - SIGKILL and wait: only for a program that outlived SIGTERM */
-static void kill_and_reap(struct acct_file *f)
+static void
+kill_and_reap(struct acct_file *f)
 {
     kill(f->pid, SIGKILL);
     while (waitpid(f->pid, NULL, 0) < 0 && errno == EINTR)
@@ -1058,13 +1113,14 @@ static void kill_and_reap(struct acct_file *f)
 }
 
 /* tick_pipe - once a second: notice an exited or stuck program, flush, restart when due */
-static void tick_pipe(struct acct_file *f, time_t now)
+static void
+tick_pipe(struct acct_file *f, time_t now)
 {
     int status;
     char why[64];
 
     if (f->fd < 0) {
-        reap_child(f, NULL);           /* the SIGTERM of pipe_down() has had time to work */
+        reap_child(f, NULL); /* the SIGTERM of pipe_down() has had time to work */
         if (now < f->restart_at)
             return;
         if (f->pid > 0)
@@ -1080,12 +1136,14 @@ static void tick_pipe(struct acct_file *f, time_t now)
     if (f->pending.len && now - f->pending_since >= FLUSH_SECONDS)
         flush_pipe(f, now);
     if (f->fd >= 0 && f->blocked_since && now - f->blocked_since >= f->write_timeout) {
-        snprintf(why, sizeof why, "accepted no data for %lld s", (long long)(now - f->blocked_since));
+        snprintf(why, sizeof why, "accepted no data for %lld s",
+                 (long long)(now - f->blocked_since));
         pipe_down(f, now, why);
     }
 }
 
-static int64_t monotonic_ms(void)
+static int64_t
+monotonic_ms(void)
 {
     struct timespec ts;
 
@@ -1094,7 +1152,8 @@ static int64_t monotonic_ms(void)
 }
 
 /* wait_exit_until - reap the program, polling until monotonic time DEADLINE (ms); true if gone */
-static bool wait_exit_until(struct acct_file *f, int64_t deadline)
+static bool
+wait_exit_until(struct acct_file *f, int64_t deadline)
 {
     const struct timespec step = { 0, 5 * 1000000 };
 
@@ -1107,7 +1166,8 @@ static bool wait_exit_until(struct acct_file *f, int64_t deadline)
 }
 
 /* drain_pipe - write pending data until DEADLINE (ms), waiting for the pipe to take it */
-static void drain_pipe(struct acct_file *f, time_t now, int64_t deadline)
+static void
+drain_pipe(struct acct_file *f, time_t now, int64_t deadline)
 {
     for (;;) {
         struct pollfd p = { .fd = f->fd, .events = POLLOUT };
@@ -1125,7 +1185,8 @@ static void drain_pipe(struct acct_file *f, time_t now, int64_t deadline)
  * meanwhile, so the program gets CLOSE_GRACE_MS for both, then SIGTERM and
  * CLOSE_TERM_MS, then SIGKILL; it is never left a zombie.
  */
-static void stop_pipe(struct acct_file *f, time_t now)
+static void
+stop_pipe(struct acct_file *f, time_t now)
 {
     int64_t deadline = monotonic_ms() + CLOSE_GRACE_MS;
 
@@ -1149,7 +1210,8 @@ static void stop_pipe(struct acct_file *f, time_t now)
     }
 }
 
-static void free_file(struct acct_file *f, time_t now)
+static void
+free_file(struct acct_file *f, time_t now)
 {
     if (f->is_pipe) {
         stop_pipe(f, now);
@@ -1177,7 +1239,8 @@ static void free_file(struct acct_file *f, time_t now)
 }
 
 /* maybe_rotate - rotation by size or interval when it is due (needs move-to) */
-static int maybe_rotate(struct acct_file *f, time_t now)
+static int
+maybe_rotate(struct acct_file *f, time_t now)
 {
     if (!f->move_to || now < f->retry_rotate_at)
         return 0;
@@ -1187,16 +1250,18 @@ static int maybe_rotate(struct acct_file *f, time_t now)
 }
 
 /* flush_out - write pending data of a file or a pipe; 0 or the file's -errno */
-static int flush_out(struct acct_file *f, time_t now)
+static int
+flush_out(struct acct_file *f, time_t now)
 {
     if (!f->is_pipe)
         return flush_file(f);
-    flush_pipe(f, now);                /* trouble takes the program down and is logged there */
+    flush_pipe(f, now); /* trouble takes the program down and is logged there */
     return 0;
 }
 
 /* nth_output - the Ith file (WANT_PIPE false) or pipe (true), or NULL */
-static struct acct_file *nth_output(const struct qmgr_acct *acct, size_t i, bool want_pipe)
+static struct acct_file *
+nth_output(const struct qmgr_acct *acct, size_t i, bool want_pipe)
 {
     for (size_t k = 0; k < acct->nfiles; k++)
         if (acct->files[k].is_pipe == want_pipe && i-- == 0)
@@ -1204,7 +1269,8 @@ static struct acct_file *nth_output(const struct qmgr_acct *acct, size_t i, bool
     return NULL;
 }
 
-static size_t count_outputs(const struct qmgr_acct *acct, bool want_pipe)
+static size_t
+count_outputs(const struct qmgr_acct *acct, bool want_pipe)
 {
     size_t n = 0;
 
@@ -1215,7 +1281,8 @@ static size_t count_outputs(const struct qmgr_acct *acct, bool want_pipe)
 
 /* --- the API ---------------------------------------------------------------------------- */
 
-int qmgr_acct_open(struct qmgr_acct **out, const struct cfg *c, const struct qmgr_acct_opts *opts)
+int
+qmgr_acct_open(struct qmgr_acct **out, const struct cfg *c, const struct qmgr_acct_opts *opts)
 {
     struct qmgr_acct *a = xcalloc(1, sizeof *a);
     uint32_t it = 0, s;
@@ -1239,7 +1306,7 @@ int qmgr_acct_open(struct qmgr_acct **out, const struct cfg *c, const struct qmg
         f->path = xstrdup(name);
         load_file_config(f, c, s);
         if (f->is_pipe) {
-            start_pipe(f, now_of(a));  /* a failure is logged; qmgr_acct_tick() retries */
+            start_pipe(f, now_of(a)); /* a failure is logged; qmgr_acct_tick() retries */
             continue;
         }
         /*
@@ -1248,8 +1315,9 @@ int qmgr_acct_open(struct qmgr_acct **out, const struct cfg *c, const struct qmg
          * kept closed and qmgr_acct_tick() retries it every RETRY_SECONDS.
          */
         if ((rc = open_file(f, now_of(a))) != 0) {
-            msg_warn("acct-file %s: not writable now (%s); records for it are dropped until it opens",
-                     f->path, strerror(-rc));
+            msg_warn(
+                "acct-file %s: not writable now (%s); records for it are dropped until it opens",
+                f->path, strerror(-rc));
             f->fd = -1;
             f->retry_rotate_at = now_of(a) + RETRY_SECONDS;
         }
@@ -1258,7 +1326,8 @@ int qmgr_acct_open(struct qmgr_acct **out, const struct cfg *c, const struct qmg
     return 0;
 }
 
-void qmgr_acct_close(struct qmgr_acct *acct)
+void
+qmgr_acct_close(struct qmgr_acct *acct)
 {
     if (!acct)
         return;
@@ -1268,7 +1337,8 @@ void qmgr_acct_close(struct qmgr_acct *acct)
     free(acct);
 }
 
-int qmgr_acct_write(struct qmgr_acct *acct, const struct qmgr_acct_record *r)
+int
+qmgr_acct_write(struct qmgr_acct *acct, const struct qmgr_acct_record *r)
 {
     time_t now = now_of(acct), logged = r->time_logged ? r->time_logged : now;
     int rc = 0, frc;
@@ -1281,7 +1351,7 @@ int qmgr_acct_write(struct qmgr_acct *acct, const struct qmgr_acct_record *r)
         if (!(f->types & TB(r->type)))
             continue;
         if (f->fd < 0) {
-            f->dropped += f->is_pipe;  /* reported when the program is started again */
+            f->dropped += f->is_pipe; /* reported when the program is started again */
             continue;
         }
         if (before == 0)
@@ -1299,7 +1369,8 @@ int qmgr_acct_write(struct qmgr_acct *acct, const struct qmgr_acct_record *r)
     return rc;
 }
 
-int qmgr_acct_flush(struct qmgr_acct *acct)
+int
+qmgr_acct_flush(struct qmgr_acct *acct)
 {
     time_t now = now_of(acct);
     int rc = 0, frc;
@@ -1310,7 +1381,8 @@ int qmgr_acct_flush(struct qmgr_acct *acct)
     return rc;
 }
 
-int qmgr_acct_tick(struct qmgr_acct *acct)
+int
+qmgr_acct_tick(struct qmgr_acct *acct)
 {
     time_t now = now_of(acct);
     int rc = 0, frc;
@@ -1323,7 +1395,7 @@ int qmgr_acct_tick(struct qmgr_acct *acct)
         }
         frc = 0;
         if (f->fd < 0 && now >= f->retry_rotate_at && open_fd(f, now) != 0)
-            f->retry_rotate_at = now + RETRY_SECONDS;   /* reopen after an earlier failure */
+            f->retry_rotate_at = now + RETRY_SECONDS; /* reopen after an earlier failure */
         if (f->fd >= 0 && f->pending.len && now - f->pending_since >= FLUSH_SECONDS)
             frc = flush_file(f);
         if (frc == 0)
@@ -1334,7 +1406,8 @@ int qmgr_acct_tick(struct qmgr_acct *acct)
     return rc;
 }
 
-int qmgr_acct_rotate(struct qmgr_acct *acct)
+int
+qmgr_acct_rotate(struct qmgr_acct *acct)
 {
     time_t now = now_of(acct);
     int rc = 0, frc;
@@ -1342,45 +1415,51 @@ int qmgr_acct_rotate(struct qmgr_acct *acct)
     for (size_t i = 0; i < acct->nfiles; i++) {
         struct acct_file *f = &acct->files[i];
         if (f->is_pipe)
-            continue;                  /* a pipe has nothing to rotate */
+            continue; /* a pipe has nothing to rotate */
         if ((frc = rotate_file(f, f->move_to ? f->move_to : f->own_dir, now)) != 0 && rc == 0)
             rc = frc;
     }
     return rc;
 }
 
-size_t qmgr_acct_nfiles(const struct qmgr_acct *acct)
+size_t
+qmgr_acct_nfiles(const struct qmgr_acct *acct)
 {
     return count_outputs(acct, false);
 }
 
-const char *qmgr_acct_path(const struct qmgr_acct *acct, size_t i)
+const char *
+qmgr_acct_path(const struct qmgr_acct *acct, size_t i)
 {
     const struct acct_file *f = nth_output(acct, i, false);
 
     return f ? f->path : NULL;
 }
 
-size_t qmgr_acct_npipes(const struct qmgr_acct *acct)
+size_t
+qmgr_acct_npipes(const struct qmgr_acct *acct)
 {
     return count_outputs(acct, true);
 }
 
-const char *qmgr_acct_pipe_name(const struct qmgr_acct *acct, size_t i)
+const char *
+qmgr_acct_pipe_name(const struct qmgr_acct *acct, size_t i)
 {
     const struct acct_file *f = nth_output(acct, i, true);
 
     return f ? f->path : NULL;
 }
 
-pid_t qmgr_acct_pipe_pid(const struct qmgr_acct *acct, size_t i)
+pid_t
+qmgr_acct_pipe_pid(const struct qmgr_acct *acct, size_t i)
 {
     const struct acct_file *f = nth_output(acct, i, true);
 
     return f && f->fd >= 0 ? f->pid : 0;
 }
 
-uint64_t qmgr_acct_pipe_dropped(const struct qmgr_acct *acct, size_t i)
+uint64_t
+qmgr_acct_pipe_dropped(const struct qmgr_acct *acct, size_t i)
 {
     const struct acct_file *f = nth_output(acct, i, true);
 

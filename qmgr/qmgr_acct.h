@@ -90,15 +90,15 @@ struct cfg;
 struct qmgr_acct;
 
 enum qmgr_acct_type {
-    QMGR_ACCT_D,      /* delivered */
-    QMGR_ACCT_B,      /* bounced (including expiry) */
-    QMGR_ACCT_T,      /* transient failure of one recipient */
-    QMGR_ACCT_TQ,     /* transient queue-level failure */
-    QMGR_ACCT_R,      /* received (one per accepted recipient) */
+    QMGR_ACCT_D,  /* delivered */
+    QMGR_ACCT_B,  /* bounced (including expiry) */
+    QMGR_ACCT_T,  /* transient failure of one recipient */
+    QMGR_ACCT_TQ, /* transient queue-level failure */
+    QMGR_ACCT_R,  /* received (one per accepted recipient) */
     QMGR_ACCT_NTYPES
 };
 
-#define QMGR_ACCT_VALUE_MAX 2048   /* bytes of one value written (longer ones are cut) */
+#define QMGR_ACCT_VALUE_MAX 2048 /* bytes of one value written (longer ones are cut) */
 
 /*
  * One record. Strings may be NULL (written empty). Times are Unix seconds;
@@ -110,27 +110,27 @@ struct qmgr_acct_record {
     enum qmgr_acct_type type;
     time_t time_logged;
     time_t time_queued;
-    const char *orig;                 /* MAIL FROM */
+    const char *orig; /* MAIL FROM */
     const char *rcpt;
     const char *orcpt;
-    const char *dsn_action;           /* relayed / delivered / failed / delayed */
-    const char *dsn_status;           /* "2.0.0 (success)" */
-    const char *dsn_diag;             /* "smtp;250 DATA ok" */
-    const char *dsn_mta;              /* "mx.host (1.2.3.4)" */
+    const char *dsn_action; /* relayed / delivered / failed / delayed */
+    const char *dsn_status; /* "2.0.0 (success)" */
+    const char *dsn_diag;   /* "smtp;250 DATA ok" */
+    const char *dsn_mta;    /* "mx.host (1.2.3.4)" */
     const char *bounce_cat;
-    const char *src_type;             /* smtp | api */
-    const char *src_mta;              /* "helo (ip)" */
+    const char *src_type; /* smtp | api */
+    const char *src_mta;  /* "helo (ip)" */
     const char *rcv_source_ip;
     const char *rcv_destination_ip;
-    const char *dlv_type;             /* smtp */
+    const char *dlv_type; /* smtp */
     const char *dlv_source_ip;
     const char *dlv_destination_ip;
-    const char *dlv_esmtp_available;  /* "ENHANCEDSTATUSCODES,8BITMIME,..." */
-    int64_t dlv_size;                 /* < 0: empty */
+    const char *dlv_esmtp_available; /* "ENHANCEDSTATUSCODES,8BITMIME,..." */
+    int64_t dlv_size;                /* < 0: empty */
     const char *vmta;
     const char *job_id;
     const char *env_id;
-    const char *queue;                /* "domain/vmta" */
+    const char *queue; /* "domain/vmta" */
     const char *vmta_pool;
     const char *dlv_tls_protocol;
     const char *dlv_tls_cipher;
@@ -141,7 +141,7 @@ struct qmgr_acct_record {
 
 /* Options for tests and tools; NULL means the defaults. */
 struct qmgr_acct_opts {
-    time_t (*clock)(void *ctx);       /* NULL: time() */
+    time_t (*clock)(void *ctx); /* NULL: time() */
     void *clock_ctx;
 };
 

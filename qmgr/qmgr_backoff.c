@@ -50,7 +50,7 @@
 #include "worker.h"
 #include "xalloc.h"
 
-#define MATCH_LIMIT 100000u     /* hostile replies must not stall the scheduler */
+#define MATCH_LIMIT       100000u /* hostile replies must not stall the scheduler */
 #define BUILTIN_LIST_NAME "(built-in)"
 
 /*
@@ -61,20 +61,20 @@
  */
 static const char *const builtin_replies[] = {
     "/rate limit|rate-limit/ mode=backoff",
-    "/unusual rate of/ mode=backoff",                       /* Gmail 4.7.28 */
-    "/\\[TS0[1-4]\\]|temporarily deferred due to/ mode=backoff", /* Yahoo */
+    "/unusual rate of/ mode=backoff",                                 /* Gmail 4.7.28 */
+    "/\\[TS0[1-4]\\]|temporarily deferred due to/ mode=backoff",      /* Yahoo */
     "/4\\.7\\.500 Server busy|\\(S3150\\)|\\(S3114\\)/ mode=backoff", /* Outlook */
     "/too many (concurrent )?(smtp )?(connections|messages)/ mode=backoff",
 };
-#define REPLY_TEXT_MAX 1024
+#define REPLY_TEXT_MAX    1024
 #define TO_NORMAL_TICK_MS 1000u
 
 struct reply_pattern {
     pcre2_code *re;
-    char *source;               /* the regex as written, for the log */
-    unsigned actions;           /* QMGR_REPLY_* */
-    int64_t to_normal_s;        /* backoff-to-normal-after=, or -1 */
-    int64_t reenable_s;         /* reenable-after=, or -1 */
+    char *source;        /* the regex as written, for the log */
+    unsigned actions;    /* QMGR_REPLY_* */
+    int64_t to_normal_s; /* backoff-to-normal-after=, or -1 */
+    int64_t reenable_s;  /* reenable-after=, or -1 */
 };
 
 struct pattern_list {
@@ -86,10 +86,10 @@ struct pattern_list {
 static struct {
     struct pattern_list *lists;
     size_t nlists;
-    uint64_t generation;        /* bumped on every rebuild; queues cache a list index */
+    uint64_t generation; /* bumped on every rebuild; queues cache a list index */
     pcre2_match_data *md;
     pcre2_match_context *mctx;
-    struct qqueue **backoff;    /* queues in backoff with a time to return */
+    struct qqueue **backoff; /* queues in backoff with a time to return */
     size_t nbackoff, backoff_cap;
     uv_timer_t timer;
     int timer_on;
@@ -120,11 +120,11 @@ parse_actions(char *text, int64_t *to_normal_s, int64_t *reenable_s)
             actions |= QMGR_REPLY_BOUNCE_QUEUE;
         else if (strcasecmp(t, "disable-source-ip") == 0)
             actions |= QMGR_REPLY_DISABLE_SOURCE;
-        else if (strncasecmp(t, "reenable-after=", 15) == 0
-                 && cfg_parse_interval(t + 15, reenable_s) != 0)
+        else if (strncasecmp(t, "reenable-after=", 15) == 0 &&
+                 cfg_parse_interval(t + 15, reenable_s) != 0)
             *reenable_s = -1;
-        else if (strncasecmp(t, "backoff-to-normal-after=", 24) == 0
-                 && cfg_parse_interval(t + 24, to_normal_s) != 0)
+        else if (strncasecmp(t, "backoff-to-normal-after=", 24) == 0 &&
+                 cfg_parse_interval(t + 24, to_normal_s) != 0)
             *to_normal_s = -1;
     }
     return actions;
@@ -150,7 +150,7 @@ add_reply(struct pattern_list *list, const char *value)
         msg_warn("smtp-pattern-list %s: /%s/ skipped: %s", list->name, re, (const char *)why);
         goto out;
     }
-    pcre2_jit_compile(p.re, PCRE2_JIT_COMPLETE);   /* faster where JIT exists; optional */
+    pcre2_jit_compile(p.re, PCRE2_JIT_COMPLETE); /* faster where JIT exists; optional */
     p.source = xstrdup(re);
     p.actions = parse_actions(rest, &p.to_normal_s, &p.reenable_s);
     list->pats = xreallocarray(list->pats, list->npats + 1, sizeof *list->pats);
@@ -225,7 +225,7 @@ list_of(struct qqueue *q)
 
     if (q->plist_gen != B.generation) {
         q->plist_gen = B.generation;
-        q->plist = 0;                   /* the built-in list */
+        q->plist = 0; /* the built-in list */
         if ((v = qmgr_queue_setting(q, CFG_D_SMTP_PATTERN_LIST)) != NULL)
             for (size_t i = 1; i < B.nlists; i++)
                 if (strcmp(B.lists[i].name, cfg_str(S.cfg, v->text)) == 0)
@@ -268,8 +268,8 @@ disable_source(struct qqueue *q, const struct reply_pattern *p, const char *ip, 
                                    : qmgr_queue_num(q, CFG_D_REENABLE_SOURCE_IP_AFTER, -1);
 
     if (s < 0)
-        msg_info("queue %s: source %s disabled until a restart: reply matched /%s/ (%s)",
-                 q->name, ip, p->source, shown);
+        msg_info("queue %s: source %s disabled until a restart: reply matched /%s/ (%s)", q->name,
+                 ip, p->source, shown);
     else
         msg_info("queue %s: source %s disabled for %lld s: reply matched /%s/ (%s)", q->name, ip,
                  (long long)s, p->source, shown);
@@ -394,11 +394,12 @@ build_notice(struct buf *b, struct qqueue *q, int mode, const char *why, const c
     gmtime_r(&now, &tm);
     strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S +0000", &tm);
     qmgr_dsn_sanitize(clean, sizeof clean, why, sizeof clean - 1);
-    buf_printf(b, "From: Mail Delivery System <postmaster@%s>\r\nTo: <%s>\r\n"
-                  "Subject: queue %s %s backoff mode\r\nDate: %s\r\n"
-                  "Message-ID: <%ld.%ld.%u.backoff@%s>\r\nAuto-Submitted: auto-generated\r\n"
-                  "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n"
-                  "Queue %s on %s is now in %s mode.\r\nReason: %s\r\n",
+    buf_printf(b,
+               "From: Mail Delivery System <postmaster@%s>\r\nTo: <%s>\r\n"
+               "Subject: queue %s %s backoff mode\r\nDate: %s\r\n"
+               "Message-ID: <%ld.%ld.%u.backoff@%s>\r\nAuto-Submitted: auto-generated\r\n"
+               "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n"
+               "Queue %s on %s is now in %s mode.\r\nReason: %s\r\n",
                qmgr_host_name(), to, q->name, mode == QMODE_BACKOFF ? "entered" : "left", date,
                (long)now, (long)getpid(), ++serial, qmgr_host_name(), q->name, qmgr_host_name(),
                mode == QMODE_BACKOFF ? "backoff" : "normal", clean);

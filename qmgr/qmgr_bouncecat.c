@@ -79,8 +79,7 @@ static const char *const default_patterns[][2] = {
     { "\\S+@\\S+ +(is +)?(not (a +)?valid|not known|not here|not found|does not exist|"
       "bad|invalid|unknown|illegal|unavailable)",
       "bad-mailbox" },
-    { "(user|mailbox|recipient|address|account)\\b.{0,40}\\bdoes(n't| not) exist",
-      "bad-mailbox" },
+    { "(user|mailbox|recipient|address|account)\\b.{0,40}\\bdoes(n't| not) exist", "bad-mailbox" },
     { "no mailbox here by that name", "bad-mailbox" },
     { "not our customer", "bad-mailbox" },
     { "no longer (valid|available)", "bad-mailbox" },
@@ -142,7 +141,8 @@ struct qmgr_bouncecat {
 };
 
 /* add_pattern - compile RE (LEN bytes) for CATEGORY; 0, or -1 with a warning */
-static int add_pattern(struct qmgr_bouncecat *bc, const char *re, size_t len, const char *category)
+static int
+add_pattern(struct qmgr_bouncecat *bc, const char *re, size_t len, const char *category)
 {
     int code;
     PCRE2_SIZE offset;
@@ -167,7 +167,8 @@ static int add_pattern(struct qmgr_bouncecat *bc, const char *re, size_t len, co
  * it. The regex ends at the first '/' not escaped by a backslash, the same
  * rule the parser's own check uses, so both see the same regex.
  */
-static void add_config_line(struct qmgr_bouncecat *bc, const char *line)
+static void
+add_config_line(struct qmgr_bouncecat *bc, const char *line)
 {
     const char *p, *cat, *end;
     char *category;
@@ -192,7 +193,8 @@ static void add_config_line(struct qmgr_bouncecat *bc, const char *line)
 }
 
 /* add_configured - every line of every <bounce-category-patterns> block, in file order */
-static void add_configured(struct qmgr_bouncecat *bc, const struct cfg *c)
+static void
+add_configured(struct qmgr_bouncecat *bc, const struct cfg *c)
 {
     uint32_t it = 0, s;
 
@@ -204,7 +206,8 @@ static void add_configured(struct qmgr_bouncecat *bc, const struct cfg *c)
     }
 }
 
-struct qmgr_bouncecat *qmgr_bouncecat_new(const struct cfg *c)
+struct qmgr_bouncecat *
+qmgr_bouncecat_new(const struct cfg *c)
 {
     struct qmgr_bouncecat *bc = xcalloc(1, sizeof *bc);
 
@@ -222,7 +225,8 @@ struct qmgr_bouncecat *qmgr_bouncecat_new(const struct cfg *c)
     return bc;
 }
 
-void qmgr_bouncecat_free(struct qmgr_bouncecat *bc)
+void
+qmgr_bouncecat_free(struct qmgr_bouncecat *bc)
 {
     if (!bc)
         return;
@@ -236,7 +240,8 @@ void qmgr_bouncecat_free(struct qmgr_bouncecat *bc)
     free(bc);
 }
 
-const char *qmgr_bouncecat_classify(struct qmgr_bouncecat *bc, const char *status_text)
+const char *
+qmgr_bouncecat_classify(struct qmgr_bouncecat *bc, const char *status_text)
 {
     const char *text = status_text ? status_text : "";
     size_t len = strnlen(text, QMGR_BOUNCECAT_TEXT_MAX);
@@ -250,7 +255,8 @@ const char *qmgr_bouncecat_classify(struct qmgr_bouncecat *bc, const char *statu
     return QMGR_BOUNCECAT_OTHER;
 }
 
-char *qmgr_bouncecat_status_text(char *out, size_t outsize, const char *status, const char *reply)
+char *
+qmgr_bouncecat_status_text(char *out, size_t outsize, const char *status, const char *reply)
 {
     const char *st = status ? status : "", *rp = reply ? reply : "";
 
@@ -258,21 +264,23 @@ char *qmgr_bouncecat_status_text(char *out, size_t outsize, const char *status, 
     return out;
 }
 
-const char *qmgr_bouncecat_classify_reply(struct qmgr_bouncecat *bc, const char *status,
-                                          const char *reply)
+const char *
+qmgr_bouncecat_classify_reply(struct qmgr_bouncecat *bc, const char *status, const char *reply)
 {
     char text[QMGR_BOUNCECAT_TEXT_MAX + 1];
 
-    return qmgr_bouncecat_classify(bc, qmgr_bouncecat_status_text(text, sizeof text, status,
-                                                                   reply));
+    return qmgr_bouncecat_classify(bc,
+                                   qmgr_bouncecat_status_text(text, sizeof text, status, reply));
 }
 
-size_t qmgr_bouncecat_count(const struct qmgr_bouncecat *bc)
+size_t
+qmgr_bouncecat_count(const struct qmgr_bouncecat *bc)
 {
     return bc->npats;
 }
 
-size_t qmgr_bouncecat_configured(const struct qmgr_bouncecat *bc)
+size_t
+qmgr_bouncecat_configured(const struct qmgr_bouncecat *bc)
 {
     return bc->nconfigured;
 }

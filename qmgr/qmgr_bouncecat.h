@@ -35,8 +35,8 @@
 struct cfg;
 struct qmgr_bouncecat;
 
-#define QMGR_BOUNCECAT_TEXT_MAX 2048   /* bytes of status text looked at */
-#define QMGR_BOUNCECAT_OTHER "other"   /* what nothing matched gives */
+#define QMGR_BOUNCECAT_TEXT_MAX 2048    /* bytes of status text looked at */
+#define QMGR_BOUNCECAT_OTHER    "other" /* what nothing matched gives */
 
 /*
  * qmgr_bouncecat_new - compile C's <bounce-category-patterns> lines (C may be

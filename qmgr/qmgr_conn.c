@@ -42,14 +42,14 @@
 #include "worker.h"
 #include "xalloc.h"
 
-#define PEER_STR_MAX 1024u          /* longest string field we keep from a peer */
+#define PEER_STR_MAX            1024u /* longest string field we keep from a peer */
 #define DEFAULT_IDLE_TIMEOUT_MS 5000u
-#define STREAM_MS 1000u             /* new work this recent makes a queue a stream */
+#define STREAM_MS               1000u /* new work this recent makes a queue a stream */
 
 static struct worker_listener *listener;
 static uint32_t conn_cursor;
-static uint32_t nresting;           /* idle connections whose idle timer runs */
-static int reclaim_wanted;          /* a cap bound and no connection was resting */
+static uint32_t nresting;  /* idle connections whose idle timer runs */
+static int reclaim_wanted; /* a cap bound and no connection was resting */
 
 static void rest_end(struct qconn *c);
 
@@ -81,7 +81,8 @@ vmta_rr_next(const char *vmta)
 static uint32_t
 source_host_scope(const char *vmta)
 {
-    uint32_t s = strcmp(vmta, "{default}") == 0 ? CFG_NONE : cfg_find_scope(S.cfg, CFG_S_VMTA, vmta);
+    uint32_t s = strcmp(vmta, "{default}") == 0 ? CFG_NONE
+                                                : cfg_find_scope(S.cfg, CFG_S_VMTA, vmta);
     uint32_t it = 0;
 
     if (s != CFG_NONE && cfg_scope_next(S.cfg, s, CFG_D_SMTP_SOURCE_HOST, &it))
@@ -130,16 +131,16 @@ usable_source(struct qqueue *q, uint32_t start, uint32_t *n)
         (*n)++;
     if (!qmgr_source_any_disabled(q))
         return *n ? (int)(start % *n) : 0;
-    if (*n == 0)                    /* the implicit source: disabled as a whole */
+    if (*n == 0) /* the implicit source: disabled as a whole */
         return -1;
     start %= *n;
     for (it = 0, i = 0; (v = cfg_scope_next(S.cfg, scope, CFG_D_SMTP_SOURCE_HOST, &it)); i++) {
         if (qmgr_source_disabled(q, source_ip_of(v, ip, sizeof ip)))
             continue;
         if (i >= start)
-            return (int)i;          /* the first usable one from START on */
+            return (int)i; /* the first usable one from START on */
         if (first < 0)
-            first = (int)i;         /* else wrap around to the first usable one */
+            first = (int)i; /* else wrap around to the first usable one */
     }
     return first;
 }
@@ -154,7 +155,8 @@ pick_source(struct qconn *c)
     const struct cfg_value *v;
 
     if (n > 0 && i >= 0) {
-        const char *text = cfg_str(S.cfg, source_host(source_host_scope(c->q->vmta), (uint32_t)i)->text);
+        const char *text = cfg_str(S.cfg,
+                                   source_host(source_host_scope(c->q->vmta), (uint32_t)i)->text);
         size_t iplen = strcspn(text, " \t");
         const char *host = text + iplen + strspn(text + iplen, " \t");
 
@@ -430,8 +432,8 @@ work_expected(struct qconn *c)
 {
     struct qqueue *q = c->q;
 
-    return q->nready > 0 || (q->ndeferred > 0 && q->ninflight > 0)
-        || qmgr_now_ms() - q->last_arrival_ms < STREAM_MS;
+    return q->nready > 0 || (q->ndeferred > 0 && q->ninflight > 0) ||
+           qmgr_now_ms() - q->last_arrival_ms < STREAM_MS;
 }
 
 /*
@@ -449,8 +451,8 @@ reclaim_idle(const struct qqueue *q, const struct qvmta *vg)
     for (uint32_t i = 0; nresting > 0 && i < S.conn_cap; i++) {
         struct qconn *c = S.conn_by_id[i];
 
-        if (c && c->idle_timer_on && c->state == QC_IDLE && c->q != q
-            && (vg == NULL || c->q->vg == vg)) {
+        if (c && c->idle_timer_on && c->state == QC_IDLE && c->q != q &&
+            (vg == NULL || c->q->vg == vg)) {
             conn_close(c);
             return;
         }
@@ -469,7 +471,7 @@ conn_rest(struct qconn *c)
         uv_timer_start(&c->idle_timer, on_idle_timeout, c->idle_timeout_ms, 0);
         c->idle_timer_on = 1;
         nresting++;
-        if (reclaim_wanted) {       /* a queue waits for a cap: offer this one */
+        if (reclaim_wanted) { /* a queue waits for a cap: offer this one */
             reclaim_wanted = 0;
             qmgr_dispatch_soon();
         }
@@ -499,8 +501,8 @@ conn_feed(struct qconn *c)
     uint32_t room, n;
     struct buf out = BUF_INIT;
 
-    if (S.stopping || (c->max_msg && c->ntxn >= c->max_msg) || over_limit(q)
-        || (c->source_ip && *c->source_ip && qmgr_source_disabled(q, c->source_ip))) {
+    if (S.stopping || (c->max_msg && c->ntxn >= c->max_msg) || over_limit(q) ||
+        (c->source_ip && *c->source_ip && qmgr_source_disabled(q, c->source_ip))) {
         conn_close(c);
         return;
     }
@@ -560,8 +562,10 @@ sources_usable(struct qqueue *q)
     if (usable_source(q, 0, &n) >= 0)
         return 1;
     if (q->mode == QMODE_NORMAL && qmgr_queue_num(q, CFG_D_BACKOFF_UPON_ALL_SOURCES_DISABLED, 0))
-        qmgr_backoff_set_mode(q, QMODE_BACKOFF, "every source address disabled "
-                                                "(backoff-upon-all-sources-disabled)", -1);
+        qmgr_backoff_set_mode(q, QMODE_BACKOFF,
+                              "every source address disabled "
+                              "(backoff-upon-all-sources-disabled)",
+                              -1);
     return 0;
 }
 
@@ -582,7 +586,7 @@ open_allowed(struct qqueue *q)
     }
     if (!qmgr_vmta_conn_room(q)) {
         reclaim_idle(q, q->vg);
-        return 0;       /* a connection of this VMTA closing calls qmgr_dispatch_soon() */
+        return 0; /* a connection of this VMTA closing calls qmgr_dispatch_soon() */
     }
     if (now_ms < q->retry_until_ms) {
         qmgr_queue_wake_at(q, q->retry_until_ms);
@@ -591,7 +595,8 @@ open_allowed(struct qqueue *q)
     if (!sources_usable(q))
         return 0;
     if (qrate_allowed(&q->connect_rate, crate, now_ns) == 0) {
-        qmgr_queue_wake_at(q, now_ms + qrate_wait_ns(&q->connect_rate, crate, now_ns) / 1000000 + 1);
+        qmgr_queue_wake_at(q,
+                           now_ms + qrate_wait_ns(&q->connect_rate, crate, now_ns) / 1000000 + 1);
         return 0;
     }
     return 1;
@@ -644,7 +649,8 @@ qmgr_conn_open(struct qqueue *q)
     return 1;
 }
 
-/* --- results ----------------------------------------------------------------------------------- */
+/* --- results -----------------------------------------------------------------------------------
+ */
 
 static void
 fill_result(struct qresult *res, struct qconn *c)
@@ -700,9 +706,9 @@ on_conn_up(struct qconn *c, struct ipc_msg *m)
     char *mx = NULL, *dest = NULL, *src = NULL, *tls = NULL, *esmtp = NULL;
     int rc = -EPROTO;
 
-    if (get_str_bounded(m, &mx) == 0 && get_str_bounded(m, &dest) == 0
-        && get_str_bounded(m, &src) == 0 && get_str_bounded(m, &tls) == 0
-        && get_str_bounded(m, &esmtp) == 0 && ipc_get_end(m) == 0) {
+    if (get_str_bounded(m, &mx) == 0 && get_str_bounded(m, &dest) == 0 &&
+        get_str_bounded(m, &src) == 0 && get_str_bounded(m, &tls) == 0 &&
+        get_str_bounded(m, &esmtp) == 0 && ipc_get_end(m) == 0) {
         free(c->mx);
         free(c->dest_ip);
         c->mx = mx;
@@ -739,13 +745,13 @@ on_rcpt_result(struct qconn *c, struct ipc_msg *m)
     char enhanced[64], reply[QSTORE_ERR_MAX + 1];
     struct qresult res = { 0 };
 
-    if (ipc_get_u64(m, &msgid) || ipc_get_u32(m, &index) || ipc_get_u32(m, &result)
-        || ipc_get_u32(m, &code) || ipc_get_str(m, &enh, &enh_len)
-        || ipc_get_str(m, &text, &text_len) || ipc_get_end(m) || result > MP_RESULT_PERMFAIL)
+    if (ipc_get_u64(m, &msgid) || ipc_get_u32(m, &index) || ipc_get_u32(m, &result) ||
+        ipc_get_u32(m, &code) || ipc_get_str(m, &enh, &enh_len) ||
+        ipc_get_str(m, &text, &text_len) || ipc_get_end(m) || result > MP_RESULT_PERMFAIL)
         return -EPROTO;
     snprintf(enhanced, sizeof(enhanced), "%.*s", (int)(enh_len > 63 ? 63 : enh_len), enh);
-    snprintf(reply, sizeof(reply), "%.*s", (int)(text_len > QSTORE_ERR_MAX ? QSTORE_ERR_MAX : text_len),
-             text);
+    snprintf(reply, sizeof(reply), "%.*s",
+             (int)(text_len > QSTORE_ERR_MAX ? QSTORE_ERR_MAX : text_len), text);
     if (c->txn_n == 0 || msgid != S.msg[c->txn_msgidx].msgid)
         return -EPROTO;
     for (uint32_t i = 0; i < c->txn_n; i++) {
@@ -768,8 +774,9 @@ static int
 on_txn_done(struct qconn *c, struct ipc_msg *m)
 {
     uint64_t msgid;
-    struct qresult res = { MP_RESULT_TEMPFAIL, 451, "4.3.0", "no result from smtp-out", NULL,
-                           NULL, NULL };
+    struct qresult res = {
+        MP_RESULT_TEMPFAIL, 451, "4.3.0", "no result from smtp-out", NULL, NULL, NULL
+    };
 
     if (ipc_get_u64(m, &msgid) || ipc_get_end(m))
         return -EPROTO;
@@ -787,8 +794,9 @@ on_conn_idle(struct qconn *c, struct ipc_msg *m)
     if (ipc_get_end(m))
         return -EPROTO;
     if (c->txn_n > 0) {
-        struct qresult res = { MP_RESULT_TEMPFAIL, 451, "4.3.0", "no result from smtp-out",
-                               NULL, NULL, NULL };
+        struct qresult res = {
+            MP_RESULT_TEMPFAIL, 451, "4.3.0", "no result from smtp-out", NULL, NULL, NULL
+        };
         fill_result(&res, c);
         settle_rest(c, &res);
     }
@@ -804,8 +812,8 @@ static void
 conn_failed_early(struct qconn *c, struct qresult *res)
 {
     struct qqueue *q = c->q;
-    int bounce = res->result == MP_RESULT_PERMFAIL
-                 && qmgr_queue_num(q, CFG_D_BOUNCE_UPON_5XX_GREETING, 1) != 0;
+    int bounce = res->result == MP_RESULT_PERMFAIL &&
+                 qmgr_queue_num(q, CFG_D_BOUNCE_UPON_5XX_GREETING, 1) != 0;
 
     if (res->result == MP_RESULT_PERMFAIL && !bounce)
         res->result = MP_RESULT_TEMPFAIL;
@@ -830,24 +838,32 @@ on_conn_down(struct qconn *c, struct ipc_msg *m)
     char *enh = NULL, *text = NULL, *mx = NULL, *dest = NULL;
     struct qresult res = { 0 };
 
-    if (ipc_get_u32(m, &result) || ipc_get_u32(m, &code) || get_str_bounded(m, &enh)
-        || get_str_bounded(m, &text) || get_str_bounded(m, &mx) || get_str_bounded(m, &dest)
-        || ipc_get_end(m) || result > MP_RESULT_PERMFAIL) {
+    if (ipc_get_u32(m, &result) || ipc_get_u32(m, &code) || get_str_bounded(m, &enh) ||
+        get_str_bounded(m, &text) || get_str_bounded(m, &mx) || get_str_bounded(m, &dest) ||
+        ipc_get_end(m) || result > MP_RESULT_PERMFAIL) {
         free(enh);
         free(text);
         free(mx);
         free(dest);
         return -EPROTO;
     }
-    res = (struct qresult){ result, code, enh, text, *mx ? mx : (c->mx ? c->mx : ""),
+    res = (struct qresult){ result,
+                            code,
+                            enh,
+                            text,
+                            *mx ? mx : (c->mx ? c->mx : ""),
                             *dest ? dest : (c->dest_ip ? c->dest_ip : ""),
                             c->source_ip ? c->source_ip : "" };
     if (!c->up && result != MP_RESULT_OK) {
         conn_failed_early(c, &res);
     } else {
         if (res.result == MP_RESULT_OK) {
-            res = (struct qresult){ MP_RESULT_TEMPFAIL, 451, "4.4.2",
-                                    "connection closed before a result", res.mx, res.dest_ip,
+            res = (struct qresult){ MP_RESULT_TEMPFAIL,
+                                    451,
+                                    "4.4.2",
+                                    "connection closed before a result",
+                                    res.mx,
+                                    res.dest_ip,
                                     res.source_ip };
         }
         settle_rest(c, &res);
@@ -876,11 +892,16 @@ on_out_frame(struct qpeer *p, struct ipc_msg *m)
         return 0;
     }
     switch (m->type) {
-    case MP_CONN_UP: return on_conn_up(c, m);
-    case MP_RCPT_RESULT: return on_rcpt_result(c, m);
-    case MP_TXN_DONE: return on_txn_done(c, m);
-    case MP_CONN_IDLE: return on_conn_idle(c, m);
-    case MP_CONN_DOWN: return on_conn_down(c, m);
+    case MP_CONN_UP:
+        return on_conn_up(c, m);
+    case MP_RCPT_RESULT:
+        return on_rcpt_result(c, m);
+    case MP_TXN_DONE:
+        return on_txn_done(c, m);
+    case MP_CONN_IDLE:
+        return on_conn_idle(c, m);
+    case MP_CONN_DOWN:
+        return on_conn_down(c, m);
     default:
         msg_warn("smtp-out %u: unexpected frame type %u", p->pid, m->type);
         return -EPROTO;
@@ -920,8 +941,12 @@ on_peer_frame(struct ipc_chan *ch, struct ipc_msg *m)
     int rc;
 
     switch (p->kind) {
-    case QPEER_OUT: rc = on_out_frame(p, m); break;
-    case QPEER_CLEANUP: rc = on_hint(p, m); break;
+    case QPEER_OUT:
+        rc = on_out_frame(p, m);
+        break;
+    case QPEER_CLEANUP:
+        rc = on_hint(p, m);
+        break;
     default:
         if (m->type == MP_OUT_HELLO) {
             rc = on_hello(p, m);
@@ -983,7 +1008,7 @@ accept_one(int fd)
         free(p);
         return;
     }
-    ipc_chan_cork(p->ch);   /* one write per loop turn to each smtp-out */
+    ipc_chan_cork(p->ch); /* one write per loop turn to each smtp-out */
     p->next = S.peers;
     S.peers = p;
 }
@@ -994,8 +1019,8 @@ qmgr_conn_listen(void)
     int err = worker_listen("qmgr", accept_one, &listener);
 
     if (err < 0)
-        msg_fatal("cannot serve the qmgr socket: %s", err == -ENOENT ? "pmtad gave us none"
-                                                                    : uv_strerror(err));
+        msg_fatal("cannot serve the qmgr socket: %s",
+                  err == -ENOENT ? "pmtad gave us none" : uv_strerror(err));
 }
 
 void

@@ -45,7 +45,7 @@
 #include "worker.h"
 #include "xalloc.h"
 
-#define CTL_LINE_MAX 65536u
+#define CTL_LINE_MAX    65536u
 #define CTL_CLIENTS_MAX 64u
 
 struct ctl_client {
@@ -93,13 +93,13 @@ mode_events_json(const struct qqueue *q)
 
     for (unsigned i = 0; i < q->nmode_events; i++) {
         /* oldest first: the ring's next slot is the oldest once it is full */
-        unsigned at = (q->mode_event_next + QMGR_MODE_EVENTS - q->nmode_events + i)
-                      % QMGR_MODE_EVENTS;
+        unsigned at = (q->mode_event_next + QMGR_MODE_EVENTS - q->nmode_events + i) %
+                      QMGR_MODE_EVENTS;
         const struct qmode_event *e = &q->mode_events[at];
 
-        json_array_append_new(list, json_pack("{s:s, s:s, s:s, s:s}", "time",
-                                              qmgr_ctl_stamp(when, e->wall), "from", qmgr_mode_name(e->from),
-                                              "to", qmgr_mode_name(e->to), "why", e->why));
+        json_array_append_new(
+            list, json_pack("{s:s, s:s, s:s, s:s}", "time", qmgr_ctl_stamp(when, e->wall), "from",
+                            qmgr_mode_name(e->from), "to", qmgr_mode_name(e->to), "why", e->why));
     }
     return list;
 }
@@ -111,17 +111,16 @@ qmgr_ctl_queue_json(const struct qqueue *q)
     uint64_t now = qmgr_now_ms();
     uint64_t retry_in = q->retry_until_ms > now ? (q->retry_until_ms - now + 999) / 1000 : 0;
 
-    return json_pack("{s:s, s:s, s:s, s:s, s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I,"
-                     " s:s, s:o}",
-                     "name", q->name, "domain", q->domain, "vmta", q->vmta,
-                     "mode", qmgr_mode_name(q->mode), "paused", q->paused,
-                     "recipients", (json_int_t)(q->nready + q->ndeferred + q->ninflight),
-                     "ready", (json_int_t)q->nready, "deferred", (json_int_t)q->ndeferred,
-                     "inflight", (json_int_t)q->ninflight, "connections", (json_int_t)q->nconn,
-                     "retry_in_s", (json_int_t)retry_in, "delivered", (json_int_t)q->delivered,
-                     "bounced", (json_int_t)q->bounced, "deferred_count",
-                     (json_int_t)q->deferred_n, "last_error", q->last_error ? q->last_error : "",
-                     "mode_events", mode_events_json(q));
+    return json_pack(
+        "{s:s, s:s, s:s, s:s, s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I,"
+        " s:s, s:o}",
+        "name", q->name, "domain", q->domain, "vmta", q->vmta, "mode", qmgr_mode_name(q->mode),
+        "paused", q->paused, "recipients", (json_int_t)(q->nready + q->ndeferred + q->ninflight),
+        "ready", (json_int_t)q->nready, "deferred", (json_int_t)q->ndeferred, "inflight",
+        (json_int_t)q->ninflight, "connections", (json_int_t)q->nconn, "retry_in_s",
+        (json_int_t)retry_in, "delivered", (json_int_t)q->delivered, "bounced",
+        (json_int_t)q->bounced, "deferred_count", (json_int_t)q->deferred_n, "last_error",
+        q->last_error ? q->last_error : "", "mode_events", mode_events_json(q));
 }
 
 /* --- commands ---------------------------------------------------------------------------- */
@@ -143,18 +142,16 @@ qmgr_ctl_status_json(void)
     }
     for (const struct qpeer *p = S.peers; p; p = p->next)
         outs += p->kind == QPEER_OUT;
-    return json_pack("{s:I, s:I, s:{s:I, s:I, s:I, s:I}, s:I, s:I, s:I, s:I, s:I, s:I,"
-                     " s:I, s:I, s:I}",
-                     "pid", (json_int_t)getpid(),
-                     "uptime_s", (json_int_t)((qmgr_now_ms() - S.start_ms) / 1000),
-                     "recipients", "queued", (json_int_t)S.nrcpt_live, "ready", (json_int_t)ready,
-                     "deferred", (json_int_t)deferred, "inflight", (json_int_t)inflight,
-                     "messages", (json_int_t)(S.nmsg_used - S.nmsg_free),
-                     "queues", (json_int_t)S.nqueues, "queues_backoff", (json_int_t)backoff,
-                     "queues_paused", (json_int_t)paused,
-                     "connections_out", (json_int_t)S.nconn_total,
-                     "smtp_out_processes", (json_int_t)outs, "delivered", (json_int_t)delivered,
-                     "bounced", (json_int_t)bounced, "deferred", (json_int_t)deferrals);
+    return json_pack(
+        "{s:I, s:I, s:{s:I, s:I, s:I, s:I}, s:I, s:I, s:I, s:I, s:I, s:I,"
+        " s:I, s:I, s:I}",
+        "pid", (json_int_t)getpid(), "uptime_s", (json_int_t)((qmgr_now_ms() - S.start_ms) / 1000),
+        "recipients", "queued", (json_int_t)S.nrcpt_live, "ready", (json_int_t)ready, "deferred",
+        (json_int_t)deferred, "inflight", (json_int_t)inflight, "messages",
+        (json_int_t)(S.nmsg_used - S.nmsg_free), "queues", (json_int_t)S.nqueues, "queues_backoff",
+        (json_int_t)backoff, "queues_paused", (json_int_t)paused, "connections_out",
+        (json_int_t)S.nconn_total, "smtp_out_processes", (json_int_t)outs, "delivered",
+        (json_int_t)delivered, "bounced", (json_int_t)bounced, "deferred", (json_int_t)deferrals);
 }
 
 static json_t *
@@ -184,8 +181,8 @@ by_name(const void *a, const void *b)
 static int
 shown(const struct qqueue *q, const char *pattern, int mode, int paused)
 {
-    return (!pattern || qmgr_queue_matches(q, pattern)) && (mode < 0 || q->mode == mode)
-           && (paused < 0 || (q->paused != 0) == paused);
+    return (!pattern || qmgr_queue_matches(q, pattern)) && (mode < 0 || q->mode == mode) &&
+           (paused < 0 || (q->paused != 0) == paused);
 }
 
 /* optional_mode - "mode" of REQ: -1 absent, 0/1, -2 invalid */
@@ -211,13 +208,15 @@ cmd_show_queues(json_t *req)
     json_t *mi = json_object_get(req, "maxitems"), *so = json_object_get(req, "sort");
     int mode = optional_mode(req), paused = pz ? json_is_true(pz) : -1;
     json_int_t max = mi ? json_integer_value(mi) : 20;
-    const char *pattern = pat ? json_string_value(pat) : NULL, *sort = so ? json_string_value(so) : "rcpt";
+    const char *pattern = pat ? json_string_value(pat) : NULL,
+               *sort = so ? json_string_value(so) : "rcpt";
     struct qqueue **hits = xreallocarray(NULL, S.nqueues + 1, sizeof *hits);
     json_t *list = json_array();
     uint32_t n = 0;
 
-    if (mode == -2 || (pat && !pattern) || (pz && !json_is_boolean(pz)) || (mi && !json_is_integer(mi))
-        || max < 0 || !sort || (strcmp(sort, "rcpt") != 0 && strcmp(sort, "name") != 0)) {
+    if (mode == -2 || (pat && !pattern) || (pz && !json_is_boolean(pz)) ||
+        (mi && !json_is_integer(mi)) || max < 0 || !sort ||
+        (strcmp(sort, "rcpt") != 0 && strcmp(sort, "name") != 0)) {
         free(hits);
         json_decref(list);
         return error_reply("show-queues: bad argument (mode normal|backoff, paused true|false, "
@@ -275,10 +274,10 @@ group_json(struct qqueue **qs, uint32_t n)
         if (qs[i]->last_error && *qs[i]->last_error)
             last_error = qs[i]->last_error;
     }
-    return json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:s}", "name", group_key(qs[0]),
-                     "queues", (json_int_t)n, "recipients", (json_int_t)rcpts,
-                     "connections", (json_int_t)conns, "backoff", (json_int_t)backoff,
-                     "paused", (json_int_t)paused, "last_error", last_error);
+    return json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:s}", "name", group_key(qs[0]), "queues",
+                     (json_int_t)n, "recipients", (json_int_t)rcpts, "connections",
+                     (json_int_t)conns, "backoff", (json_int_t)backoff, "paused",
+                     (json_int_t)paused, "last_error", last_error);
 }
 
 /* cmd_show_groups - show-domains (BY_VMTA 0) or show-vmtas: most recipients first */
@@ -315,8 +314,7 @@ cmd_show_groups(json_t *req, int by_vmta)
         size_t ng = json_array_size(groups);
         json_t **arr = xreallocarray(NULL, ng + 1, sizeof *arr);
 
-        json_array_foreach(groups, i, g)
-            arr[i] = g;
+        json_array_foreach(groups, i, g) arr[i] = g;
         qsort(arr, ng, sizeof *arr, by_group_recipients);
         for (i = 0; i < ng && (max == 0 || i < (size_t)max); i++)
             json_array_append(list, arr[i]);
@@ -344,8 +342,10 @@ set_mode(struct qqueue *q, int mode)
 {
     if (q->mode == mode)
         return 0;
-    qmgr_backoff_set_mode(q, mode, mode == QMODE_BACKOFF ? "pmtactl set queue --mode=backoff"
-                                                         : "pmtactl set queue --mode=normal", -1);
+    qmgr_backoff_set_mode(q, mode,
+                          mode == QMODE_BACKOFF ? "pmtactl set queue --mode=backoff"
+                                                : "pmtactl set queue --mode=normal",
+                          -1);
     return 1;
 }
 
@@ -358,7 +358,7 @@ set_paused(struct qqueue *q, int paused)
     msg_info("queue %s %s by pmtactl", q->name, paused ? "paused" : "resumed");
     qmgr_run_update(q);
     if (paused)
-        qmgr_conn_feed_idle(q);     /* idle connections close instead of resting */
+        qmgr_conn_feed_idle(q); /* idle connections close instead of resting */
     else
         qmgr_dispatch_soon();
     return 1;
@@ -384,8 +384,8 @@ for_matching(const char *pattern, queue_action act, int arg)
         json_decref(names);
         return error_reply("no queue matches that pattern");
     }
-    return json_pack("{s:b, s:I, s:I, s:o}", "ok", 1, "matched", (json_int_t)matched,
-                     "changed", (json_int_t)changed, "queues", names);
+    return json_pack("{s:b, s:I, s:I, s:o}", "ok", 1, "matched", (json_int_t)matched, "changed",
+                     (json_int_t)changed, "queues", names);
 }
 
 static json_t *

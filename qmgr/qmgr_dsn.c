@@ -31,62 +31,78 @@
 
 #include "qmgr_dsn.h"
 
-_Static_assert(QMGR_DSN_NOTIFY_NEVER == QSTORE_NOTIFY_NEVER && QMGR_DSN_NOTIFY_NEVER == MP_NOTIFY_NEVER,
+_Static_assert(QMGR_DSN_NOTIFY_NEVER == QSTORE_NOTIFY_NEVER &&
+                   QMGR_DSN_NOTIFY_NEVER == MP_NOTIFY_NEVER,
                "NOTIFY bits differ");
-_Static_assert(QMGR_DSN_NOTIFY_SUCCESS == QSTORE_NOTIFY_SUCCESS && QMGR_DSN_NOTIFY_SUCCESS == MP_NOTIFY_SUCCESS,
+_Static_assert(QMGR_DSN_NOTIFY_SUCCESS == QSTORE_NOTIFY_SUCCESS &&
+                   QMGR_DSN_NOTIFY_SUCCESS == MP_NOTIFY_SUCCESS,
                "NOTIFY bits differ");
-_Static_assert(QMGR_DSN_NOTIFY_FAILURE == QSTORE_NOTIFY_FAILURE && QMGR_DSN_NOTIFY_FAILURE == MP_NOTIFY_FAILURE,
+_Static_assert(QMGR_DSN_NOTIFY_FAILURE == QSTORE_NOTIFY_FAILURE &&
+                   QMGR_DSN_NOTIFY_FAILURE == MP_NOTIFY_FAILURE,
                "NOTIFY bits differ");
-_Static_assert(QMGR_DSN_NOTIFY_DELAY == QSTORE_NOTIFY_DELAY && QMGR_DSN_NOTIFY_DELAY == MP_NOTIFY_DELAY,
+_Static_assert(QMGR_DSN_NOTIFY_DELAY == QSTORE_NOTIFY_DELAY &&
+                   QMGR_DSN_NOTIFY_DELAY == MP_NOTIFY_DELAY,
                "NOTIFY bits differ");
-_Static_assert((int)QMGR_DSN_RET_FULL == (int)QSTORE_RET_FULL && (int)QMGR_DSN_RET_HDRS == (int)QSTORE_RET_HDRS,
+_Static_assert((int)QMGR_DSN_RET_FULL == (int)QSTORE_RET_FULL &&
+                   (int)QMGR_DSN_RET_HDRS == (int)QSTORE_RET_HDRS,
                "RET values differ");
 
-#define FOLD_AT 76          /* soft line length for folded fields and wrapped text */
-#define BOUNDARY_TRIES 8    /* random boundaries tried before giving up (never happens) */
+#define FOLD_AT        76 /* soft line length for folded fields and wrapped text */
+#define BOUNDARY_TRIES 8  /* random boundaries tried before giving up (never happens) */
 
 /* --- decisions --------------------------------------------------------------------------- */
 
-bool qmgr_dsn_wanted(unsigned notify, enum qmgr_dsn_action action, bool delay_by_default)
+bool
+qmgr_dsn_wanted(unsigned notify, enum qmgr_dsn_action action, bool delay_by_default)
 {
     if (notify & QMGR_DSN_NOTIFY_NEVER)
         return false;
-    if (notify == 0) {                       /* no NOTIFY: RFC 3461 default is FAILURE */
+    if (notify == 0) { /* no NOTIFY: RFC 3461 default is FAILURE */
         if (action == QMGR_DSN_FAILED)
             return true;
         return action == QMGR_DSN_DELAYED && delay_by_default;
     }
     switch (action) {
-    case QMGR_DSN_FAILED: return (notify & QMGR_DSN_NOTIFY_FAILURE) != 0;
-    case QMGR_DSN_DELAYED: return (notify & QMGR_DSN_NOTIFY_DELAY) != 0;
+    case QMGR_DSN_FAILED:
+        return (notify & QMGR_DSN_NOTIFY_FAILURE) != 0;
+    case QMGR_DSN_DELAYED:
+        return (notify & QMGR_DSN_NOTIFY_DELAY) != 0;
     case QMGR_DSN_DELIVERED:
-    case QMGR_DSN_RELAYED: return (notify & QMGR_DSN_NOTIFY_SUCCESS) != 0;
+    case QMGR_DSN_RELAYED:
+        return (notify & QMGR_DSN_NOTIFY_SUCCESS) != 0;
     }
     return false;
 }
 
-bool qmgr_dsn_should_send(const char *sender, unsigned notify, enum qmgr_dsn_action action,
-                          bool delay_by_default)
+bool
+qmgr_dsn_should_send(const char *sender, unsigned notify, enum qmgr_dsn_action action,
+                     bool delay_by_default)
 {
     if (!sender || !*sender || strcmp(sender, "<>") == 0)
-        return false;                        /* a bounce is never bounced */
+        return false; /* a bounce is never bounced */
     return qmgr_dsn_wanted(notify, action, delay_by_default);
 }
 
-const char *qmgr_dsn_action_name(enum qmgr_dsn_action action)
+const char *
+qmgr_dsn_action_name(enum qmgr_dsn_action action)
 {
     switch (action) {
-    case QMGR_DSN_FAILED: return "failed";
-    case QMGR_DSN_DELAYED: return "delayed";
-    case QMGR_DSN_DELIVERED: return "delivered";
-    case QMGR_DSN_RELAYED: return "relayed";
+    case QMGR_DSN_FAILED:
+        return "failed";
+    case QMGR_DSN_DELAYED:
+        return "delayed";
+    case QMGR_DSN_DELIVERED:
+        return "delivered";
+    case QMGR_DSN_RELAYED:
+        return "relayed";
     }
     return "failed";
 }
 
 /* --- text hygiene ----------------------------------------------------------------------- */
 
-char *qmgr_dsn_sanitize(char *out, size_t outsize, const char *text, size_t max)
+char *
+qmgr_dsn_sanitize(char *out, size_t outsize, const char *text, size_t max)
 {
     size_t n = 0, limit = outsize ? outsize - 1 : 0;
     bool pending_space = false;
@@ -95,7 +111,7 @@ char *qmgr_dsn_sanitize(char *out, size_t outsize, const char *text, size_t max)
         limit = max;
     for (const unsigned char *p = (const unsigned char *)(text ? text : ""); *p && n < limit; p++) {
         if (*p < 0x20 || *p == 0x7f || *p == ' ') {
-            pending_space = n > 0;           /* runs of blanks/controls become one space */
+            pending_space = n > 0; /* runs of blanks/controls become one space */
             continue;
         }
         if (pending_space) {
@@ -112,11 +128,12 @@ char *qmgr_dsn_sanitize(char *out, size_t outsize, const char *text, size_t max)
 }
 
 /* rfc5322_date - "Tue, 14 Nov 2023 22:13:20 +0000" (UTC; no locale involved) */
-static char *rfc5322_date(time_t t, char *out, size_t outsize)
+static char *
+rfc5322_date(time_t t, char *out, size_t outsize)
 {
     static const char days[7][4] = { "Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat" };
     static const char months[12][4] = { "Jan", "Feb", "Mar", "Apr", "May", "Jun",
-                                         "Jul", "Aug", "Sep", "Oct", "Nov", "Dec" };
+                                        "Jul", "Aug", "Sep", "Oct", "Nov", "Dec" };
     struct tm tm;
 
     gmtime_r(&t, &tm);
@@ -126,7 +143,8 @@ static char *rfc5322_date(time_t t, char *out, size_t outsize)
 }
 
 /* random_hex - 2*N hex digits of kernel randomness into OUT (size >= 2N+1) */
-static void random_hex(char *out, size_t n)
+static void
+random_hex(char *out, size_t n)
 {
     unsigned char bytes[32];
 
@@ -143,7 +161,8 @@ static void random_hex(char *out, size_t n)
  * LF or control bytes). Folds at spaces so lines stay near FOLD_AT; a single
  * word longer than that stays whole (values are bounded well below 998).
  */
-static void put_folded(struct buf *b, const char *name, const char *value)
+static void
+put_folded(struct buf *b, const char *name, const char *value)
 {
     size_t col = strlen(name) + 1;
     const char *p = value;
@@ -168,7 +187,8 @@ static void put_folded(struct buf *b, const char *name, const char *value)
 }
 
 /* put_field - sanitise untrusted VALUE (at most MAX bytes) and append it folded */
-static void put_field(struct buf *b, const char *name, const char *value, size_t max)
+static void
+put_field(struct buf *b, const char *name, const char *value, size_t max)
 {
     char clean[QMGR_DSN_DIAG_MAX + QMGR_DSN_FIELD_MAX + 64];
 
@@ -176,8 +196,8 @@ static void put_field(struct buf *b, const char *name, const char *value, size_t
 }
 
 /* put_typed - "NAME: TYPE; VALUE" with both halves sanitised */
-static void put_typed(struct buf *b, const char *name, const char *type, const char *value,
-                      size_t max)
+static void
+put_typed(struct buf *b, const char *name, const char *type, const char *value, size_t max)
 {
     char t[64], v[QMGR_DSN_DIAG_MAX + 1], joined[sizeof t + sizeof v + 4];
 
@@ -188,7 +208,8 @@ static void put_typed(struct buf *b, const char *name, const char *type, const c
 }
 
 /* put_wrapped - append sanitised TEXT as body lines wrapped at spaces, continuation indented */
-static void put_wrapped(struct buf *b, const char *text)
+static void
+put_wrapped(struct buf *b, const char *text)
 {
     char clean[QMGR_DSN_DIAG_MAX + QMGR_DSN_FIELD_MAX + 64];
     size_t col = 0;
@@ -216,13 +237,14 @@ static void put_wrapped(struct buf *b, const char *text)
 /* --- input checks ----------------------------------------------------------------------- */
 
 /* valid_status - "C.SSS.DDD" of RFC 3463 with class 2, 4 or 5 */
-static bool valid_status(const char *s)
+static bool
+valid_status(const char *s)
 {
     int parts = 0, digits = 0;
 
     if (!s || (s[0] != '2' && s[0] != '4' && s[0] != '5') || s[1] != '.')
         return false;
-    for (s += 2; ; s++) {
+    for (s += 2;; s++) {
         if (*s >= '0' && *s <= '9') {
             if (++digits > 3)
                 return false;
@@ -238,20 +260,25 @@ static bool valid_status(const char *s)
     return parts == 2;
 }
 
-static const char *status_or_default(const struct qmgr_dsn_rcpt *r)
+static const char *
+status_or_default(const struct qmgr_dsn_rcpt *r)
 {
     if (valid_status(r->status))
         return r->status;
     switch (r->action) {
-    case QMGR_DSN_DELAYED: return "4.0.0";
+    case QMGR_DSN_DELAYED:
+        return "4.0.0";
     case QMGR_DSN_DELIVERED:
-    case QMGR_DSN_RELAYED: return "2.0.0";
-    case QMGR_DSN_FAILED: break;
+    case QMGR_DSN_RELAYED:
+        return "2.0.0";
+    case QMGR_DSN_FAILED:
+        break;
     }
     return "5.0.0";
 }
 
-static bool any_action(const struct qmgr_dsn_input *in, enum qmgr_dsn_action action)
+static bool
+any_action(const struct qmgr_dsn_input *in, enum qmgr_dsn_action action)
 {
     for (size_t i = 0; i < in->nrcpts; i++)
         if (in->rcpts[i].action == action)
@@ -259,10 +286,11 @@ static bool any_action(const struct qmgr_dsn_input *in, enum qmgr_dsn_action act
     return false;
 }
 
-static int check_input(const struct qmgr_dsn_input *in)
+static int
+check_input(const struct qmgr_dsn_input *in)
 {
-    if (!in || !in->reporting_mta || !*in->reporting_mta || !in->sender || !*in->sender
-        || strcmp(in->sender, "<>") == 0 || !in->rcpts || in->nrcpts == 0)
+    if (!in || !in->reporting_mta || !*in->reporting_mta || !in->sender || !*in->sender ||
+        strcmp(in->sender, "<>") == 0 || !in->rcpts || in->nrcpts == 0)
         return -EINVAL;
     if (!in->message && in->message_len)
         return -EINVAL;
@@ -271,7 +299,8 @@ static int check_input(const struct qmgr_dsn_input *in)
 
 /* --- part 1: the human-readable explanation ------------------------------------------------ */
 
-static const char *subject_of(const struct qmgr_dsn_input *in)
+static const char *
+subject_of(const struct qmgr_dsn_input *in)
 {
     if (any_action(in, QMGR_DSN_FAILED))
         return "Undelivered Mail Returned to Sender";
@@ -280,7 +309,8 @@ static const char *subject_of(const struct qmgr_dsn_input *in)
     return "Successful Mail Delivery Report";
 }
 
-static void build_text_part(const struct qmgr_dsn_input *in, struct buf *b)
+static void
+build_text_part(const struct qmgr_dsn_input *in, struct buf *b)
 {
     char host[QMGR_DSN_FIELD_MAX + 1], line[2 * QMGR_DSN_FIELD_MAX + QMGR_DSN_DIAG_MAX + 64];
 
@@ -313,7 +343,8 @@ static void build_text_part(const struct qmgr_dsn_input *in, struct buf *b)
 
 /* --- part 2: message/delivery-status ---------------------------------------------------- */
 
-static void put_date(struct buf *b, const char *name, time_t t)
+static void
+put_date(struct buf *b, const char *name, time_t t)
 {
     char date[64];
 
@@ -322,7 +353,8 @@ static void put_date(struct buf *b, const char *name, time_t t)
 }
 
 /* put_orcpt - "Original-Recipient: type;address" (ORCPT as given; rfc822 when untyped) */
-static void put_orcpt(struct buf *b, const char *orcpt)
+static void
+put_orcpt(struct buf *b, const char *orcpt)
 {
     char clean[QMGR_DSN_FIELD_MAX + 1], typed[QMGR_DSN_FIELD_MAX + 16];
 
@@ -333,7 +365,8 @@ static void put_orcpt(struct buf *b, const char *orcpt)
     put_folded(b, "Original-Recipient", typed);
 }
 
-static void build_status_rcpt(struct buf *b, const struct qmgr_dsn_rcpt *r)
+static void
+build_status_rcpt(struct buf *b, const struct qmgr_dsn_rcpt *r)
 {
     buf_append_str(b, "\r\n");
     if (r->orcpt && *r->orcpt)
@@ -351,7 +384,8 @@ static void build_status_rcpt(struct buf *b, const struct qmgr_dsn_rcpt *r)
         put_date(b, "Will-Retry-Until", r->will_retry_until);
 }
 
-static void build_status_part(const struct qmgr_dsn_input *in, struct buf *b)
+static void
+build_status_part(const struct qmgr_dsn_input *in, struct buf *b)
 {
     put_typed(b, "Reporting-MTA", "dns", in->reporting_mta, QMGR_DSN_FIELD_MAX);
     if (in->envid && *in->envid)
@@ -364,7 +398,8 @@ static void build_status_part(const struct qmgr_dsn_input *in, struct buf *b)
 /* --- part 3: the returned original ------------------------------------------------------ */
 
 /* header_section_len - bytes of MSG up to and including the empty line (all if none) */
-static size_t header_section_len(const char *msg, size_t len)
+static size_t
+header_section_len(const char *msg, size_t len)
 {
     for (size_t i = 0; i < len; i++) {
         if (msg[i] != '\n')
@@ -378,7 +413,8 @@ static size_t header_section_len(const char *msg, size_t len)
 }
 
 /* append_crlf - copy LEN bytes of MSG normalising bare CR and bare LF to CRLF; ends with CRLF */
-static void append_crlf(struct buf *b, const char *msg, size_t len)
+static void
+append_crlf(struct buf *b, const char *msg, size_t len)
 {
     size_t start = 0;
 
@@ -398,7 +434,8 @@ static void append_crlf(struct buf *b, const char *msg, size_t len)
         buf_append_str(b, "\r\n");
 }
 
-static bool has_8bit(const struct buf *b)
+static bool
+has_8bit(const struct buf *b)
 {
     for (size_t i = 0; i < b->len; i++)
         if ((unsigned char)b->data[i] >= 0x80)
@@ -407,7 +444,8 @@ static bool has_8bit(const struct buf *b)
 }
 
 /* build_returned_part - fill B with the original or its headers; returns QMGR_DSN_HDRS_ONLY or 0 */
-static int build_returned_part(const struct qmgr_dsn_input *in, struct buf *b)
+static int
+build_returned_part(const struct qmgr_dsn_input *in, struct buf *b)
 {
     size_t cap = in->max_return_size ? in->max_return_size : QMGR_DSN_RETURN_MAX_DEFAULT;
     size_t len = in->message ? in->message_len : 0;
@@ -422,13 +460,15 @@ static int build_returned_part(const struct qmgr_dsn_input *in, struct buf *b)
 
 /* --- assembly --------------------------------------------------------------------------- */
 
-static bool contains(const struct buf *b, const char *needle)
+static bool
+contains(const struct buf *b, const char *needle)
 {
     return b->len && memmem(b->data, b->len, needle, strlen(needle)) != NULL;
 }
 
 /* choose_boundary - random boundary found in none of the parts; 0 or -EAGAIN */
-static int choose_boundary(char *out, size_t outsize, struct buf *const parts[], size_t nparts)
+static int
+choose_boundary(char *out, size_t outsize, struct buf *const parts[], size_t nparts)
 {
     for (int tries = 0; tries < BOUNDARY_TRIES; tries++) {
         char hex[33];
@@ -444,8 +484,9 @@ static int choose_boundary(char *out, size_t outsize, struct buf *const parts[],
     return -EAGAIN;
 }
 
-static void put_message_header(const struct qmgr_dsn_input *in, struct buf *out,
-                               const char *boundary, bool eight_bit)
+static void
+put_message_header(const struct qmgr_dsn_input *in, struct buf *out, const char *boundary,
+                   bool eight_bit)
 {
     char date[64], from[QMGR_DSN_FIELD_MAX + 80], host[QMGR_DSN_FIELD_MAX + 1],
         to[QMGR_DSN_FIELD_MAX + 1], id[33], msgid[QMGR_DSN_FIELD_MAX + 80];
@@ -470,14 +511,17 @@ static void put_message_header(const struct qmgr_dsn_input *in, struct buf *out,
     put_folded(out, "Message-ID", msgid);
     put_folded(out, "Auto-Submitted", "auto-replied");
     put_folded(out, "MIME-Version", "1.0");
-    buf_printf(out, "Content-Type: multipart/report; report-type=delivery-status;\r\n"
-                    "\tboundary=\"%s\"\r\n", boundary);
+    buf_printf(out,
+               "Content-Type: multipart/report; report-type=delivery-status;\r\n"
+               "\tboundary=\"%s\"\r\n",
+               boundary);
     buf_printf(out, "Content-Transfer-Encoding: %s\r\n", eight_bit ? "8bit" : "7bit");
     buf_append_str(out, "\r\nThis is a MIME-encapsulated message.\r\n");
 }
 
-static void put_parts(struct buf *out, const char *boundary, const struct buf *text,
-                      const struct buf *status, const struct buf *orig, int flags)
+static void
+put_parts(struct buf *out, const char *boundary, const struct buf *text, const struct buf *status,
+          const struct buf *orig, int flags)
 {
     bool hdrs = (flags & QMGR_DSN_HDRS_ONLY) != 0, eight = (flags & QMGR_DSN_8BIT) != 0;
 
@@ -502,7 +546,8 @@ static void put_parts(struct buf *out, const char *boundary, const struct buf *t
     buf_printf(out, "\r\n--%s--\r\n", boundary);
 }
 
-int qmgr_dsn_build(const struct qmgr_dsn_input *in, struct buf *out)
+int
+qmgr_dsn_build(const struct qmgr_dsn_input *in, struct buf *out)
 {
     /* scratch buffers have no ceiling, so appends to them cannot fail (xalloc or exit) */
     struct buf text = BUF_INIT, status = BUF_INIT, orig = BUF_INIT, msg = BUF_INIT;

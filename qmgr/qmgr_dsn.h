@@ -35,12 +35,7 @@
 struct buf;
 
 /* RFC 3464 Action values the engine reports (expanded is not used) */
-enum qmgr_dsn_action {
-    QMGR_DSN_FAILED,
-    QMGR_DSN_DELAYED,
-    QMGR_DSN_DELIVERED,
-    QMGR_DSN_RELAYED
-};
+enum qmgr_dsn_action { QMGR_DSN_FAILED, QMGR_DSN_DELAYED, QMGR_DSN_DELIVERED, QMGR_DSN_RELAYED };
 
 /* RET= values; equal to QSTORE_RET_* (checked in qmgr_dsn.c) */
 enum { QMGR_DSN_RET_NONE = 0, QMGR_DSN_RET_FULL = 1, QMGR_DSN_RET_HDRS = 2 };
@@ -51,42 +46,43 @@ enum { QMGR_DSN_RET_NONE = 0, QMGR_DSN_RET_FULL = 1, QMGR_DSN_RET_HDRS = 2 };
 #define QMGR_DSN_NOTIFY_FAILURE 0x04u
 #define QMGR_DSN_NOTIFY_DELAY   0x08u
 
-#define QMGR_DSN_DIAG_MAX 900                          /* bytes of Diagnostic-Code text kept */
-#define QMGR_DSN_FIELD_MAX 500                         /* bytes of any other field value */
-#define QMGR_DSN_RETURN_MAX_DEFAULT (10u * 1024 * 1024)  /* cap of a returned original */
+#define QMGR_DSN_DIAG_MAX           900                 /* bytes of Diagnostic-Code text kept */
+#define QMGR_DSN_FIELD_MAX          500                 /* bytes of any other field value */
+#define QMGR_DSN_RETURN_MAX_DEFAULT (10u * 1024 * 1024) /* cap of a returned original */
 
 /* One reported recipient. Strings may be NULL or "" when unknown. */
 struct qmgr_dsn_rcpt {
-    const char *final_rcpt;     /* the address we tried: "user@example.com" */
-    const char *orcpt;          /* ORCPT as given: "rfc822;user@example.com" (no ';': rfc822 assumed) */
+    const char *final_rcpt; /* the address we tried: "user@example.com" */
+    const char *orcpt;      /* ORCPT as given: "rfc822;user@example.com" (no ';': rfc822 assumed) */
     enum qmgr_dsn_action action;
-    const char *status;         /* enhanced code "5.1.1"; "4.4.7" for expiry; NULL: 5.0.0/4.0.0 */
-    const char *remote_mta;     /* "mx.example.com" -> Remote-MTA: dns; mx.example.com */
-    const char *diag_type;      /* Diagnostic-Code type; NULL: "smtp" */
-    const char *diag;           /* remote reply as received: "550 5.1.1 user unknown" */
-    time_t last_attempt;        /* 0: no Last-Attempt-Date */
-    time_t will_retry_until;    /* delayed only; 0: none */
+    const char *status;      /* enhanced code "5.1.1"; "4.4.7" for expiry; NULL: 5.0.0/4.0.0 */
+    const char *remote_mta;  /* "mx.example.com" -> Remote-MTA: dns; mx.example.com */
+    const char *diag_type;   /* Diagnostic-Code type; NULL: "smtp" */
+    const char *diag;        /* remote reply as received: "550 5.1.1 user unknown" */
+    time_t last_attempt;     /* 0: no Last-Attempt-Date */
+    time_t will_retry_until; /* delayed only; 0: none */
 };
 
 struct qmgr_dsn_input {
-    const char *reporting_mta;  /* host-name; required */
-    const char *from;           /* From: address; NULL: MAILER-DAEMON@reporting_mta */
-    const char *sender;         /* original envelope sender = To: of the DSN; required, not "" */
-    const char *envid;          /* ENVID (decoded); NULL/"": no Original-Envelope-Id */
-    int ret;                    /* QMGR_DSN_RET_*; NONE returns the full message */
-    time_t arrival;             /* Arrival-Date; 0: omitted */
-    time_t now;                 /* Date:; 0: time(NULL) */
-    const char *queue_id;       /* shown in the text part; may be NULL */
-    const char *message;        /* the original message (header + body), CRLF or LF */
+    const char *reporting_mta; /* host-name; required */
+    const char *from;          /* From: address; NULL: MAILER-DAEMON@reporting_mta */
+    const char *sender;        /* original envelope sender = To: of the DSN; required, not "" */
+    const char *envid;         /* ENVID (decoded); NULL/"": no Original-Envelope-Id */
+    int ret;                   /* QMGR_DSN_RET_*; NONE returns the full message */
+    time_t arrival;            /* Arrival-Date; 0: omitted */
+    time_t now;                /* Date:; 0: time(NULL) */
+    const char *queue_id;      /* shown in the text part; may be NULL */
+    const char *message;       /* the original message (header + body), CRLF or LF */
     size_t message_len;
-    size_t max_return_size;     /* 0: QMGR_DSN_RETURN_MAX_DEFAULT */
+    size_t max_return_size; /* 0: QMGR_DSN_RETURN_MAX_DEFAULT */
     const struct qmgr_dsn_rcpt *rcpts;
-    size_t nrcpts;              /* >= 1 */
+    size_t nrcpts; /* >= 1 */
 };
 
 /* Bits of qmgr_dsn_build()'s non-negative result */
-#define QMGR_DSN_8BIT      0x1  /* the DSN holds 8-bit bytes (in the returned original): send with BODY=8BITMIME */
-#define QMGR_DSN_HDRS_ONLY 0x2  /* only the original's header section was returned */
+#define QMGR_DSN_8BIT \
+    0x1 /* the DSN holds 8-bit bytes (in the returned original): send with BODY=8BITMIME */
+#define QMGR_DSN_HDRS_ONLY 0x2 /* only the original's header section was returned */
 
 /*
  * qmgr_dsn_build - append the DSN for IN to OUT.

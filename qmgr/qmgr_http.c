@@ -45,8 +45,8 @@
 #include "xalloc.h"
 
 #define HTTP_CONNECTIONS_MAX 64u
-#define HTTP_TIMEOUT_S 15u
-#define HTTP_ARG_MAX 512u
+#define HTTP_TIMEOUT_S       15u
+#define HTTP_ARG_MAX         512u
 
 static struct MHD_Daemon *mhd;
 static uv_poll_t mhd_poll;
@@ -112,22 +112,23 @@ get_status(struct MHD_Connection *conn)
     json_object_set_new(status, "shuttingDown", json_boolean(S.stopping));
     return respond_json(conn, MHD_HTTP_OK,
                         json_pack("{s:{s:{s:s, s:s}, s:o}}", "data", "mta", "product",
-                                  PACKAGE_NAME " " PACKAGE_VERSION, "fullHostName", host,
-                                  "status", status));
+                                  PACKAGE_NAME " " PACKAGE_VERSION, "fullHostName", host, "status",
+                                  status));
 }
 
 /* listed - does queue Q pass /queues' filters (domain[/vmta] as pmtactl takes it, mode)? */
 static int
 listed(const struct qqueue *q, const char *pattern, const char *mode)
 {
-    return (!mode || strcmp(mode, qmgr_mode_name(q->mode)) == 0)
-           && (!pattern || qmgr_queue_matches(q, pattern));
+    return (!mode || strcmp(mode, qmgr_mode_name(q->mode)) == 0) &&
+           (!pattern || qmgr_queue_matches(q, pattern));
 }
 
 static enum MHD_Result
 get_queues(struct MHD_Connection *conn)
 {
-    const char *pattern = arg(conn, "queue"), *mode = arg(conn, "mode"), *mi = arg(conn, "maxitems");
+    const char *pattern = arg(conn, "queue"), *mode = arg(conn, "mode"),
+               *mi = arg(conn, "maxitems");
     long max = mi ? strtol(mi, NULL, 10) : 100;
     json_t *list = json_array();
     uint32_t total = 0;
@@ -143,8 +144,9 @@ get_queues(struct MHD_Connection *conn)
             json_array_append_new(list, qmgr_ctl_queue_json(S.queues[i]));
         total++;
     }
-    return respond_json(conn, MHD_HTTP_OK, json_pack("{s:{s:I, s:o}}", "data", "total",
-                                                     (json_int_t)total, "queue", list));
+    return respond_json(
+        conn, MHD_HTTP_OK,
+        json_pack("{s:{s:I, s:o}}", "data", "total", (json_int_t)total, "queue", list));
 }
 
 static enum MHD_Result
@@ -158,8 +160,8 @@ get_queue_detail(struct MHD_Connection *conn)
     for (uint32_t i = 0; i < S.nqueues; i++)
         if (strcmp(S.queues[i]->name, name) == 0) {
             q = S.queues[i];
-            return respond_json(conn, MHD_HTTP_OK, json_pack("{s:{s:o}}", "data", "queue",
-                                                             qmgr_ctl_queue_json(q)));
+            return respond_json(conn, MHD_HTTP_OK,
+                                json_pack("{s:{s:o}}", "data", "queue", qmgr_ctl_queue_json(q)));
         }
     return respond_error(conn, MHD_HTTP_NOT_FOUND, "no such queue");
 }
@@ -207,8 +209,10 @@ queue_metrics(struct buf *b)
         buf_printf(b, "# HELP %s %s\n# TYPE %s gauge\n", names[k], helps[k], names[k]);
         for (uint32_t i = 0; i < S.nqueues; i++) {
             const struct qqueue *q = S.queues[i];
-            uint64_t v = k == 0 ? (uint64_t)q->nready + q->ndeferred + q->ninflight
-                         : k == 1 ? q->nconn : k == 2 ? q->mode == QMODE_BACKOFF : q->paused != 0;
+            uint64_t v = k == 0   ? (uint64_t)q->nready + q->ndeferred + q->ninflight
+                         : k == 1 ? q->nconn
+                         : k == 2 ? q->mode == QMODE_BACKOFF
+                                  : q->paused != 0;
 
             buf_printf(b, "%s{queue=\"", names[k]);
             label(b, q->name);
@@ -223,14 +227,17 @@ get_metrics(struct MHD_Connection *conn)
     json_t *st = qmgr_ctl_status_json(), *rc = json_object_get(st, "recipients");
     struct buf b = BUF_INIT;
 
-    metric(&b, "openpmta_recipients_queued", "gauge", "Recipients in the queue.", num(rc, "queued"));
+    metric(&b, "openpmta_recipients_queued", "gauge", "Recipients in the queue.",
+           num(rc, "queued"));
     buf_printf(&b, "# HELP openpmta_recipients Recipients in the queue by state.\n"
                    "# TYPE openpmta_recipients gauge\n");
-    for (const char *const *s = (const char *const[]){ "ready", "deferred", "inflight", NULL }; *s; s++)
+    for (const char *const *s = (const char *const[]){ "ready", "deferred", "inflight", NULL }; *s;
+         s++)
         buf_printf(&b, "openpmta_recipients{state=\"%s\"} %lld\n", *s, (long long)num(rc, *s));
     metric(&b, "openpmta_messages_queued", "gauge", "Messages in the queue.", num(st, "messages"));
     metric(&b, "openpmta_queues", "gauge", "Queues (domain/vmta) known.", num(st, "queues"));
-    metric(&b, "openpmta_queues_backoff", "gauge", "Queues in backoff mode.", num(st, "queues_backoff"));
+    metric(&b, "openpmta_queues_backoff", "gauge", "Queues in backoff mode.",
+           num(st, "queues_backoff"));
     metric(&b, "openpmta_queues_paused", "gauge", "Paused queues.", num(st, "queues_paused"));
     metric(&b, "openpmta_connections_out", "gauge", "Open outbound connections.",
            num(st, "connections_out"));
@@ -253,8 +260,8 @@ get_metrics(struct MHD_Connection *conn)
 static enum cfg_http_level
 access_level(struct MHD_Connection *conn)
 {
-    const union MHD_ConnectionInfo *ci =
-        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(
+        conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
     const struct sockaddr *sa = ci ? ci->client_addr : NULL;
 
     if (sa && sa->sa_family == AF_INET)
@@ -274,7 +281,7 @@ on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *
 
     (void)cls, (void)version, (void)upload, (void)state;
     if (*upload_size != 0)
-        return MHD_NO;                  /* no bodies here: drop the connection */
+        return MHD_NO; /* no bodies here: drop the connection */
     if (access_level(conn) < CFG_HTTP_MONITOR)
         return respond_error(conn, MHD_HTTP_FORBIDDEN, "access denied by http-access");
     if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
@@ -290,11 +297,13 @@ on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *
         return get_queue_detail(conn);
     if (strcmp(url, "/metrics") == 0)
         return get_metrics(conn);
-    return respond_error(conn, MHD_HTTP_NOT_FOUND, "no such page (/status, /queues, "
-                                                   "/queueDetail, /metrics)");
+    return respond_error(conn, MHD_HTTP_NOT_FOUND,
+                         "no such page (/status, /queues, "
+                         "/queueDetail, /metrics)");
 }
 
-/* --- the loop ---------------------------------------------------------------------------------- */
+/* --- the loop ----------------------------------------------------------------------------------
+ */
 
 static void on_mhd_timer(uv_timer_t *t);
 
@@ -346,18 +355,17 @@ qmgr_http_start(void)
         return;
     mhd = MHD_start_daemon(MHD_USE_EPOLL | MHD_USE_ITC | MHD_USE_ERROR_LOG, 0, NULL, NULL,
                            on_request, NULL, MHD_OPTION_EXTERNAL_LOGGER, log_mhd, NULL,
-                           MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd,
-                           MHD_OPTION_CONNECTION_LIMIT, (unsigned)HTTP_CONNECTIONS_MAX,
-                           MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)HTTP_TIMEOUT_S,
-                           MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024),
-                           MHD_OPTION_END);
+                           MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd, MHD_OPTION_CONNECTION_LIMIT,
+                           (unsigned)HTTP_CONNECTIONS_MAX, MHD_OPTION_CONNECTION_TIMEOUT,
+                           (unsigned)HTTP_TIMEOUT_S, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+                           (size_t)(64 * 1024), MHD_OPTION_END);
     if (mhd == NULL || (info = MHD_get_daemon_info(mhd, MHD_DAEMON_INFO_EPOLL_FD)) == NULL) {
         msg_warn("http monitor: cannot start libmicrohttpd; the monitor is off");
         return;
     }
     uv_timer_init(worker_loop(), &mhd_timer);
-    if ((err = uv_poll_init(worker_loop(), &mhd_poll, info->epoll_fd)) < 0
-        || (err = uv_poll_start(&mhd_poll, UV_READABLE, on_mhd_ready)) < 0)
+    if ((err = uv_poll_init(worker_loop(), &mhd_poll, info->epoll_fd)) < 0 ||
+        (err = uv_poll_start(&mhd_poll, UV_READABLE, on_mhd_ready)) < 0)
         msg_fatal("http monitor: cannot watch its descriptor: %s", uv_strerror(err));
     msg_info("http monitor listening on port %lld",
              (long long)cfg_global(S.cfg, CFG_D_HTTP_MGMT_PORT)->num);
@@ -371,7 +379,7 @@ qmgr_http_stop(void)
         return;
     uv_close((uv_handle_t *)&mhd_poll, NULL);
     uv_close((uv_handle_t *)&mhd_timer, NULL);
-    MHD_quiesce_daemon(mhd);        /* hands the listening socket back: the worker closes it */
+    MHD_quiesce_daemon(mhd); /* hands the listening socket back: the worker closes it */
     MHD_stop_daemon(mhd);
     mhd = NULL;
 }

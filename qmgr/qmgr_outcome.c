@@ -169,7 +169,9 @@ acct_rcpt(enum qmgr_acct_type type, const struct qstore_msg *m, const struct qst
     if (!acct_w)
         return;
     acct_fill_attempt(&a, &t, type, q, res, res->result == MP_RESULT_OK ? "2.0.0" : "4.0.0",
-                      type == QMGR_ACCT_D ? "success" : cat ? cat : "transient failure");
+                      type == QMGR_ACCT_D ? "success"
+                      : cat               ? cat
+                                          : "transient failure");
     a.dsn_action = action;
     a.bounce_cat = cat;
     if (m) {
@@ -396,7 +398,8 @@ expire(uint32_t r, const struct qstore_msg *m, struct qqueue *q, const struct qr
     const struct qstore_rcpt *rr = qmgr_msg_find_rcpt(m, S.rcpt[r].index);
     char text[QSTORE_ERR_MAX + 32];
     const char *reason = last && last->text && *last->text ? last->text
-                         : rr && *rr->last_error ? rr->last_error : "no delivery attempt succeeded";
+                         : rr && *rr->last_error           ? rr->last_error
+                                                           : "no delivery attempt succeeded";
     struct qresult res = { MP_RESULT_PERMFAIL, 0, "4.4.7", text, NULL, NULL, NULL };
 
     snprintf(text, sizeof(text), "message expired: %s", reason);
@@ -412,9 +415,9 @@ expire(uint32_t r, const struct qstore_msg *m, struct qqueue *q, const struct qr
 void
 qmgr_outcome_delete(uint32_t r, struct qqueue *q, int dsn)
 {
-    static const struct qresult deleted = { MP_RESULT_PERMFAIL, 0, "5.0.0",
-                                            "deleted by the operator (pmtactl delete)", NULL, NULL,
-                                            NULL };
+    static const struct qresult deleted = {
+        MP_RESULT_PERMFAIL, 0, "5.0.0", "deleted by the operator (pmtactl delete)", NULL, NULL, NULL
+    };
     struct qstore_msg *m = qmgr_read_envelope(r);
     const struct qstore_rcpt *rr = qmgr_msg_find_rcpt(m, S.rcpt[r].index);
 
@@ -450,7 +453,8 @@ qmgr_outcome_expire(uint32_t r, struct qqueue *q)
         qstore_msg_free(m);
 }
 
-/* --- deferral ---------------------------------------------------------------------------------- */
+/* --- deferral ----------------------------------------------------------------------------------
+ */
 
 /* next_delay_ms - how long R waits after its ATTEMPTS-th failure */
 static uint64_t
@@ -523,11 +527,13 @@ defer(uint32_t r, const struct qstore_msg *m, struct qqueue *q, const struct qre
               qmgr_bouncecat_classify_reply(bouncecat, res->enhanced, res->text));
     q->deferred_n++;
     qmgr_queue_set_error(q, res->text);
-    qmgr_defer_push(r, qmgr_tick_now() + (uint32_t)((due_ms - now_ms + QMGR_TICK_MS - 1) / QMGR_TICK_MS));
+    qmgr_defer_push(r, qmgr_tick_now() +
+                           (uint32_t)((due_ms - now_ms + QMGR_TICK_MS - 1) / QMGR_TICK_MS));
     qmgr_defer_timer_update();
 }
 
-/* --- retry mode ---------------------------------------------------------------------------------- */
+/* --- retry mode ----------------------------------------------------------------------------------
+ */
 
 /* enter_retry_mode - no new connection for Q before its retry-after delay (a failure) */
 static void
@@ -622,7 +628,7 @@ qmgr_outcome(uint32_t r, const struct qstore_msg *m, struct qqueue *q, const str
         finish(r, "delivery");
         acct_rcpt(QMGR_ACCT_D, m, rr, q, res, "relayed", NULL);
         q->delivered++;
-        q->fail_count = 0;      /* a success resets the retry schedule */
+        q->fail_count = 0; /* a success resets the retry schedule */
         q->retry_until_ms = 0;
         qmgr_backoff_delivered(q);
         qmgr_rcpt_free(r);
@@ -654,6 +660,7 @@ qmgr_outcome_queue_failure(struct qqueue *q, const struct qresult *res)
     if (!acct_w)
         return;
     acct_fill_attempt(&a, &t, QMGR_ACCT_TQ, q, res, "4.0.0",
-                      res->result == MP_RESULT_PERMFAIL ? "permanent failure" : "transient failure");
+                      res->result == MP_RESULT_PERMFAIL ? "permanent failure"
+                                                        : "transient failure");
     qmgr_acct_write(acct_w, &a);
 }

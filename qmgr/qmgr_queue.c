@@ -73,8 +73,9 @@ queue_create(const char *name, size_t len)
     q->id = S.nqueues;
     q->name = xstrndup(name, len);
     q->domain = xstrndup(name, slash ? (size_t)(slash - name) : len);
-    q->vmta = slash && slash + 1 < name + len ? xstrndup(slash + 1, len - (size_t)(slash + 1 - name))
-                                              : xstrdup("{default}");
+    q->vmta = slash && slash + 1 < name + len
+                  ? xstrndup(slash + 1, len - (size_t)(slash + 1 - name))
+                  : xstrdup("{default}");
     q->ready_head = q->ready_tail = QNIL;
     q->run_prio = -1;
     q->plist = -1;
@@ -181,11 +182,16 @@ static int
 backoff_twin(enum cfg_directive d)
 {
     switch (d) {
-    case CFG_D_MAX_MSG_RATE: return CFG_D_BACKOFF_MAX_MSG_RATE;
-    case CFG_D_MAX_CONNECT_RATE: return CFG_D_BACKOFF_MAX_CONNECT_RATE;
-    case CFG_D_MAX_SMTP_OUT: return CFG_D_BACKOFF_MAX_SMTP_OUT;
-    case CFG_D_RETRY_AFTER: return CFG_D_BACKOFF_RETRY_AFTER;
-    default: return -1;
+    case CFG_D_MAX_MSG_RATE:
+        return CFG_D_BACKOFF_MAX_MSG_RATE;
+    case CFG_D_MAX_CONNECT_RATE:
+        return CFG_D_BACKOFF_MAX_CONNECT_RATE;
+    case CFG_D_MAX_SMTP_OUT:
+        return CFG_D_BACKOFF_MAX_SMTP_OUT;
+    case CFG_D_RETRY_AFTER:
+        return CFG_D_BACKOFF_RETRY_AFTER;
+    default:
+        return -1;
     }
 }
 
@@ -195,8 +201,8 @@ qmgr_queue_setting(struct qqueue *q, enum cfg_directive d)
     int twin;
 
     refresh_settings(q);
-    if (q->mode == QMODE_BACKOFF && (twin = backoff_twin(d)) >= 0
-        && q->res->v[twin] && !(q->res->v[twin]->flags & CFG_VALUE_UNSET)) {
+    if (q->mode == QMODE_BACKOFF && (twin = backoff_twin(d)) >= 0 && q->res->v[twin] &&
+        !(q->res->v[twin]->flags & CFG_VALUE_UNSET)) {
         /* backoff-max-smtp-out (20 by default) must not raise a smaller max-smtp-out */
         if (d == CFG_D_MAX_SMTP_OUT && q->res->v[d] && q->res->v[d]->num < q->res->v[twin]->num)
             return q->res->v[d];
@@ -223,7 +229,7 @@ qmgr_queue_retry_delay_ms(struct qqueue *q, uint32_t n)
     int64_t s;
 
     if (!v || v->list_len == 0)
-        return 600000;      /* PowerMTA's 10m */
+        return 600000; /* PowerMTA's 10m */
     list = cfg_list(S.cfg, v);
     s = list[n == 0 ? 0 : (n - 1 < v->list_len ? n - 1 : v->list_len - 1)];
     return s > 0 ? (uint64_t)s * 1000 : 1000;
@@ -296,8 +302,12 @@ qmgr_rcpt_new(uint32_t msg, uint32_t index, struct qqueue *q, uint16_t attempts)
         qmgr_rcpt_reserve(S.nrcpt_cap < 4096 ? 4096 : (uint64_t)S.nrcpt_cap + S.nrcpt_cap / 2);
     r = S.rcpt_free;
     S.rcpt_free = S.rcpt[r].next;
-    S.rcpt[r] = (struct qrcpt){ .next = QNIL, .msg = msg, .index = index, .queue = q->id,
-                                .attempts = attempts, .state = QR_FREE };
+    S.rcpt[r] = (struct qrcpt){ .next = QNIL,
+                                .msg = msg,
+                                .index = index,
+                                .queue = q->id,
+                                .attempts = attempts,
+                                .state = QR_FREE };
     S.msg[msg].live++;
     S.nrcpt_live++;
     return r;
@@ -344,8 +354,8 @@ qmgr_queue_matches(const struct qqueue *q, const char *pattern)
         return 0;
     memcpy(domain, pattern, (size_t)(slash - pattern));
     domain[slash - pattern] = '\0';
-    return fnmatch(domain, q->domain, FNM_CASEFOLD) == 0
-           && fnmatch(slash + 1, q->vmta, FNM_CASEFOLD) == 0;
+    return fnmatch(domain, q->domain, FNM_CASEFOLD) == 0 &&
+           fnmatch(slash + 1, q->vmta, FNM_CASEFOLD) == 0;
 }
 
 /* --- disabled source addresses (disable-source-ip) ------------------------------------- */
@@ -380,7 +390,7 @@ qmgr_source_disable(struct qqueue *q, const char *ip, int64_t seconds)
     }
     q->disabled[i].until_ms = until;
     if (until)
-        qmgr_queue_wake_at(q, until);   /* the queue may have nothing else to wake it */
+        qmgr_queue_wake_at(q, until); /* the queue may have nothing else to wake it */
 }
 
 int

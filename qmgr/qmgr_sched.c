@@ -34,7 +34,7 @@
 #include "xalloc.h"
 
 #define CATCH_UP_INTERVAL_MS 2000
-#define SWEEP_INTERVAL_MS 1000
+#define SWEEP_INTERVAL_MS    1000
 
 static uv_timer_t catch_up_timer, defer_timer, sweep_timer;
 static uv_idle_t dispatch_idle, catch_up_idle;
@@ -66,7 +66,8 @@ add_sched(const struct qstore_sched *s, void *arg)
     /* Consecutive recipients mostly share a queue: skip the hash then. */
     if (!q || strncmp(q->name, s->queue, s->queue_len) != 0 || q->name[s->queue_len] != '\0')
         q = c->last_queue = qmgr_queue_get(s->queue, s->queue_len);
-    r = qmgr_rcpt_new(c->last_msg, s->index, q, s->attempts > 65535 ? 65535 : (uint16_t)s->attempts);
+    r = qmgr_rcpt_new(c->last_msg, s->index, q,
+                      s->attempts > 65535 ? 65535 : (uint16_t)s->attempts);
     due = s->next_attempt ? qmgr_tick_from_wall(s->next_attempt) : 0;
     if (due > c->now_tick)
         qmgr_defer_push(r, due);
@@ -234,7 +235,7 @@ qmgr_run_update(struct qqueue *q)
         run_remove(q);
         return;
     }
-    (void)qmgr_queue_setting(q, CFG_D_QUEUE_PRIORITY);   /* refreshes q->priority */
+    (void)qmgr_queue_setting(q, CFG_D_QUEUE_PRIORITY); /* refreshes q->priority */
     prio = q->priority;
     if (q->run_prio == prio)
         return;

@@ -28,9 +28,9 @@
 
 struct qvmta {
     char *name;
-    uint64_t serial;                 /* S.cfg_serial the limits were read for */
-    int64_t max_conn;                /* 0 = no limit */
-    const struct cfg_value *rate;    /* NULL = no limit (borrowed from S.cfg) */
+    uint64_t serial;              /* S.cfg_serial the limits were read for */
+    int64_t max_conn;             /* 0 = no limit */
+    const struct cfg_value *rate; /* NULL = no limit (borrowed from S.cfg) */
     uint32_t nconn;
     struct qrate msg_rate;
 };

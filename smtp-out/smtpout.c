@@ -30,7 +30,7 @@
 #include "xalloc.h"
 
 #define DNS_CACHE_MAX_TTL 300
-#define NAME_SERVERS_MAX 1024
+#define NAME_SERVERS_MAX  1024
 
 static struct {
     struct smtpout_dns *dns;
@@ -63,8 +63,8 @@ name_servers(const struct cfg *cfg, char *out, size_t outlen)
 
     out[0] = '\0';
     while ((v = cfg_scope_next(cfg, 0, CFG_D_NAME_SERVER, &it)) != NULL && used < outlen)
-        used += (size_t) snprintf(out + used, outlen - used, "%s%s", used ? "," : "",
-                                  cfg_str(cfg, v->text));
+        used += (size_t)snprintf(out + used, outlen - used, "%s%s", used ? "," : "",
+                                 cfg_str(cfg, v->text));
 }
 
 static void
@@ -94,7 +94,8 @@ out_queue(void)
 
     if (G.qs != NULL || G.draining)
         return G.qs;
-    if ((err = qstore_open_spool(&G.qs, worker_config(), worker_spool(), QSTORE_RDONLY, &dir)) < 0) {
+    if ((err = qstore_open_spool(&G.qs, worker_config(), worker_spool(), QSTORE_RDONLY, &dir)) <
+        0) {
         msg_warn("cannot open the queue %s: %s", dir, qstore_strerror(err));
         G.qs = NULL;
     }
@@ -111,7 +112,7 @@ out_check_stopped(void)
         return;
     G.finished = 1;
     uv_timer_stop(&G.drain);
-    uv_close((uv_handle_t *) &G.drain, NULL);
+    uv_close((uv_handle_t *)&G.drain, NULL);
     out_chan_close();
     smtpout_dns_destroy(G.dns);
     G.dns = NULL;
@@ -138,7 +139,7 @@ on_shutdown(unsigned drain_seconds, void *ctx)
         return;
     G.draining = 1;
     uv_timer_init(worker_loop(), &G.drain);
-    uv_timer_start(&G.drain, on_drain_timeout, (uint64_t) drain_seconds * 1000, 0);
+    uv_timer_start(&G.drain, on_drain_timeout, (uint64_t)drain_seconds * 1000, 0);
     if (oconn_count() > 0)
         msg_info("shutting down: %zu connections to finish", oconn_count());
     oconn_shutdown();

@@ -48,13 +48,13 @@ void out_report_rcpt(uint32_t conn, uint64_t msgid, uint32_t index, uint32_t res
                      const struct smtpout_reply *r);
 void out_report_txn_done(uint32_t conn, uint64_t msgid);
 void out_report_idle(uint32_t conn);
-void out_report_down(uint32_t conn, uint32_t result, const struct smtpout_reply *r,
-                     const char *mx, const char *dest_ip);
+void out_report_down(uint32_t conn, uint32_t result, const struct smtpout_reply *r, const char *mx,
+                     const char *dest_ip);
 /* out_result_of - MP_RESULT_* of a reply class */
 uint32_t out_result_of(enum smtpout_class cls);
 
 /* --- smtpout_conn.c: connections ----------------------------------------------- */
-struct oconn_order {                /* MP_CONN_OPEN's fields (borrowed) */
+struct oconn_order { /* MP_CONN_OPEN's fields (borrowed) */
     uint32_t id;
     const char *queue, *domain, *vmta, *source_ip, *helo;
     uint64_t config_generation;
@@ -77,7 +77,7 @@ size_t oconn_count(void);
 struct otxn {
     struct otxn *next;
     uint64_t msgid;
-    uint32_t *indexes;          /* as qmgr sent them */
+    uint32_t *indexes; /* as qmgr sent them */
     size_t nindexes;
     struct qstore_msg *qm;      /* the message copied out of the queue */
     struct smtpout_rcpt *rcpts; /* the recipients still queued, in order */
@@ -94,8 +94,7 @@ struct otxn *otxn_new(uint64_t msgid, const uint32_t *indexes, size_t n);
  * the message could not be read (then every recipient is "gone").
  */
 int otxn_load(struct otxn *t, struct qstore *qs,
-              void (*gone)(void *arg, uint32_t index, const struct smtpout_reply *why),
-              void *arg);
+              void (*gone)(void *arg, uint32_t index, const struct smtpout_reply *why), void *arg);
 void otxn_free(struct otxn *t);
 
 #endif

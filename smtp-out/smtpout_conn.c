@@ -43,17 +43,17 @@
 #include "worker.h"
 #include "xalloc.h"
 
-#define TABLE_SIZE 256u
-#define COMMAND_TIMEOUT_MS (5u * 60u * 1000u)   /* MAIL, RCPT, DATA, RSET, QUIT, EHLO */
-#define NEVER_MS (24u * 3600u * 1000u)          /* an interval of "never" */
+#define TABLE_SIZE         256u
+#define COMMAND_TIMEOUT_MS (5u * 60u * 1000u)    /* MAIL, RCPT, DATA, RSET, QUIT, EHLO */
+#define NEVER_MS           (24u * 3600u * 1000u) /* an interval of "never" */
 
 struct oconn {
-    struct oconn *hnext;                /* table chain */
+    struct oconn *hnext; /* table chain */
     uint32_t id;
-    int in_table;                       /* 0 once detached (qmgr channel gone) */
+    int in_table; /* 0 once detached (qmgr channel gone) */
     char *queue, *domain, *vmta, *helo;
     char source_ip[INET6_ADDRSTRLEN];
-    const struct cfg *cfg;              /* pinned until the connection is freed */
+    const struct cfg *cfg; /* pinned until the connection is freed */
 
     struct smtpout_session_config scfg; /* dest/mx_name set per attempt */
     struct sockaddr_storage source;
@@ -62,7 +62,7 @@ struct oconn {
     unsigned max_attempts;
 
     struct smtpout_resolve *resolving;
-    int resolve_in_call;                /* the resolve callback ran synchronously */
+    int resolve_in_call; /* the resolve callback ran synchronously */
     struct smtpout_dest *dests;
     size_t ndests, dest_index;
     unsigned attempts;
@@ -71,11 +71,11 @@ struct oconn {
     int have_error;
 
     struct smtpout_session *session;
-    int up;                             /* MP_CONN_UP sent */
+    int up; /* MP_CONN_UP sent */
     int close_requested;
     int aborting;
     unsigned ntxns;
-    struct otxn *current;               /* being sent */
+    struct otxn *current; /* being sent */
     struct otxn *pending, *pending_tail;
 
     char mx[SMTPOUT_DNS_NAME_MAX + 1];
@@ -84,8 +84,8 @@ struct oconn {
 };
 
 static struct oconn *table[TABLE_SIZE];
-static size_t nconns;                   /* every live struct oconn, detached too */
-static int shutting_down;               /* no new transactions; QUIT when idle */
+static size_t nconns;     /* every live struct oconn, detached too */
+static int shutting_down; /* no new transactions; QUIT when idle */
 
 static void conn_try_next(struct oconn *c);
 static void conn_run_next(struct oconn *c);
@@ -153,7 +153,7 @@ setting_ms(const struct cfg_resolved *set, enum cfg_directive d, unsigned dflt_m
         return dflt_ms;
     if (s < 0 || s > NEVER_MS / 1000)
         return NEVER_MS;
-    return (unsigned) s * 1000u;
+    return (unsigned)s * 1000u;
 }
 
 /* setting_bool_text - a yes/no setting stored as text (bounce-upon-no-mx) */
@@ -178,8 +178,7 @@ tls_policy(const struct cfg_resolved *set)
 
 /* local_failure - a reply we make up (code 0 and an enhanced status we chose) */
 static void
-local_failure(struct smtpout_reply *r, enum smtpout_class cls, const char *status,
-              const char *text)
+local_failure(struct smtpout_reply *r, enum smtpout_class cls, const char *status, const char *text)
 {
     memset(r, 0, sizeof *r);
     r->cls = cls;
@@ -210,15 +209,15 @@ conn_configure(struct oconn *c, struct smtpout_reply *r)
     c->scfg.command_timeout_ms = COMMAND_TIMEOUT_MS;
     c->scfg.data_send_timeout_ms = setting_ms(&set, CFG_D_DATA_SEND_TIMEOUT, 180000);
     c->scfg.data_term_timeout_ms = setting_ms(&set, CFG_D_SMTP_DATA_TERMINATION_TIMEOUT, 600000);
-    c->scfg.ignore_pipelining = (int) setting_num(&set, CFG_D_IGNORE_PIPELINING, 0);
-    c->scfg.ignore_8bitmime = (int) setting_num(&set, CFG_D_IGNORE_8BITMIME, 0);
-    c->scfg.ignore_dsn = (int) setting_num(&set, CFG_D_IGNORE_DSN, 0);
-    c->bounce_upon_5xx_greeting = (int) setting_num(&set, CFG_D_BOUNCE_UPON_5XX_GREETING, 1);
-    c->max_attempts = (unsigned) setting_num(&set, CFG_D_MX_CONNECTION_ATTEMPTS, 10);
+    c->scfg.ignore_pipelining = (int)setting_num(&set, CFG_D_IGNORE_PIPELINING, 0);
+    c->scfg.ignore_8bitmime = (int)setting_num(&set, CFG_D_IGNORE_8BITMIME, 0);
+    c->scfg.ignore_dsn = (int)setting_num(&set, CFG_D_IGNORE_DSN, 0);
+    c->bounce_upon_5xx_greeting = (int)setting_num(&set, CFG_D_BOUNCE_UPON_5XX_GREETING, 1);
+    c->max_attempts = (unsigned)setting_num(&set, CFG_D_MX_CONNECTION_ATTEMPTS, 10);
     if (c->max_attempts == 0)
         c->max_attempts = 10;
-    if ((hosts = setting(&set, CFG_D_SMTP_HOSTS)) != NULL
-        && smtpout_route_parse(cfg_str(c->cfg, hosts->text), &c->route, err, sizeof err) < 0) {
+    if ((hosts = setting(&set, CFG_D_SMTP_HOSTS)) != NULL &&
+        smtpout_route_parse(cfg_str(c->cfg, hosts->text), &c->route, err, sizeof err) < 0) {
         snprintf(why, sizeof why, "bad smtp-hosts for %s: %s", c->domain, err);
         local_failure(r, SMTPOUT_TEMP, "4.3.5", why);
         return -1;
@@ -230,13 +229,13 @@ conn_configure(struct oconn *c, struct smtpout_reply *r)
 static int
 conn_source(struct oconn *c, struct smtpout_reply *r)
 {
-    struct sockaddr_in *in4 = (struct sockaddr_in *) &c->source;
-    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *) &c->source;
+    struct sockaddr_in *in4 = (struct sockaddr_in *)&c->source;
+    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&c->source;
 
     if (c->source_ip[0] == '\0')
         return 0;
     if (uv_ip4_addr(c->source_ip, 0, in4) == 0 || uv_ip6_addr(c->source_ip, 0, in6) == 0) {
-        c->scfg.source = (const struct sockaddr *) &c->source;
+        c->scfg.source = (const struct sockaddr *)&c->source;
         return 0;
     }
     local_failure(r, SMTPOUT_TEMP, "4.3.5", "bad source address from qmgr");
@@ -278,8 +277,8 @@ result_name(uint32_t result)
 static void
 conn_down(struct oconn *c, uint32_t result, const struct smtpout_reply *r)
 {
-    msg_info("connection %u %s down (%s): mx=%s ip=%s source=%s tls=%s transactions=%u: %s",
-             c->id, c->queue, result_name(result), c->mx[0] ? c->mx : "-",
+    msg_info("connection %u %s down (%s): mx=%s ip=%s source=%s tls=%s transactions=%u: %s", c->id,
+             c->queue, result_name(result), c->mx[0] ? c->mx : "-",
              c->dest_ip[0] ? c->dest_ip : "-", c->source_ip[0] ? c->source_ip : "-",
              c->tls[0] ? c->tls : "none", c->ntxns, r->text);
     if (c->in_table)
@@ -315,7 +314,7 @@ static void
 conn_after_txn(struct oconn *c)
 {
     if (c->session == NULL || !smtpout_session_is_idle(c->session))
-        return;                     /* closing: `closed` follows */
+        return; /* closing: `closed` follows */
     if (c->close_requested || c->aborting || shutting_down) {
         smtpout_session_quit(c->session);
         return;
@@ -362,8 +361,8 @@ oconn_txn(uint32_t id, uint64_t msgid, const uint32_t *indexes, size_t n)
     else
         c->pending = t;
     c->pending_tail = t;
-    if (c->up && c->current == NULL && c->session && smtpout_session_is_idle(c->session)
-        && !c->close_requested)
+    if (c->up && c->current == NULL && c->session && smtpout_session_is_idle(c->session) &&
+        !c->close_requested)
         conn_run_next(c);
     return 0;
 }
@@ -391,19 +390,22 @@ on_tls(void *arg, const char *protocol, const char *cipher)
 static void
 esmtp_text(unsigned caps, char *out, size_t outlen)
 {
-    static const struct { unsigned bit; const char *name; } names[] = {
+    static const struct {
+        unsigned bit;
+        const char *name;
+    } names[] = {
         { SMTPOUT_CAP_PIPELINING, "PIPELINING" }, { SMTPOUT_CAP_SIZE, "SIZE" },
-        { SMTPOUT_CAP_8BITMIME, "8BITMIME" }, { SMTPOUT_CAP_SMTPUTF8, "SMTPUTF8" },
-        { SMTPOUT_CAP_STARTTLS, "STARTTLS" }, { SMTPOUT_CAP_ENHANCED, "ENHANCEDSTATUSCODES" },
-        { SMTPOUT_CAP_CHUNKING, "CHUNKING" }, { SMTPOUT_CAP_DSN, "DSN" },
+        { SMTPOUT_CAP_8BITMIME, "8BITMIME" },     { SMTPOUT_CAP_SMTPUTF8, "SMTPUTF8" },
+        { SMTPOUT_CAP_STARTTLS, "STARTTLS" },     { SMTPOUT_CAP_ENHANCED, "ENHANCEDSTATUSCODES" },
+        { SMTPOUT_CAP_CHUNKING, "CHUNKING" },     { SMTPOUT_CAP_DSN, "DSN" },
     };
     size_t used = 0;
 
     out[0] = '\0';
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if ((caps & names[i].bit) && used < outlen)
-            used += (size_t) snprintf(out + used, outlen - used, "%s%s", used ? "," : "",
-                                      names[i].name);
+            used += (size_t)snprintf(out + used, outlen - used, "%s%s", used ? "," : "",
+                                     names[i].name);
 }
 
 static void
@@ -442,7 +444,7 @@ on_transaction_done(void *arg, const struct smtpout_reply *r)
 
     if (t == NULL)
         return;
-    for (size_t i = 0; i < t->nrcpts; i++)     /* the session promises one each; be sure */
+    for (size_t i = 0; i < t->nrcpts; i++) /* the session promises one each; be sure */
         on_rcpt_result(c, i, r);
     txn_finish(c);
     conn_after_txn(c);
@@ -452,8 +454,8 @@ on_transaction_done(void *arg, const struct smtpout_reply *r)
 static int
 is_final_greeting(const struct oconn *c, const struct smtpout_reply *reason)
 {
-    return reason->stage == SMTPOUT_STAGE_GREETING && reason->cls == SMTPOUT_PERM
-           && c->bounce_upon_5xx_greeting;
+    return reason->stage == SMTPOUT_STAGE_GREETING && reason->cls == SMTPOUT_PERM &&
+           c->bounce_upon_5xx_greeting;
 }
 
 static void conn_give_up(struct oconn *c);
@@ -473,8 +475,8 @@ closed_before_up(struct oconn *c, const struct smtpout_reply *reason)
     c->last_error = *reason;
     c->have_error = 1;
     /* A failed opportunistic handshake: the same host again, in clear. */
-    if (reason->stage == SMTPOUT_STAGE_TLS && !c->tls_downgraded
-        && c->scfg.tls == SMTPOUT_TLS_OPPORTUNISTIC) {
+    if (reason->stage == SMTPOUT_STAGE_TLS && !c->tls_downgraded &&
+        c->scfg.tls == SMTPOUT_TLS_OPPORTUNISTIC) {
         c->tls_downgraded = 1;
     } else {
         c->tls_downgraded = 0;
@@ -512,7 +514,7 @@ conn_give_up(struct oconn *c)
     if (c->have_error) {
         r = c->last_error;
         if (r.status[0] == '5')
-            r.status[0] = '4';  /* other hosts, or this one later, may work */
+            r.status[0] = '4'; /* other hosts, or this one later, may work */
     } else {
         local_failure(&r, SMTPOUT_TEMP, "4.4.1",
                       c->aborting ? "connection aborted" : "no destination could be reached");
@@ -536,9 +538,9 @@ conn_try_next(struct oconn *c)
     dest = &c->dests[c->dest_index];
     c->attempts++;
     snprintf(c->mx, sizeof c->mx, "%s", dest->mx_name);
-    smtpout_sockaddr_str((const struct sockaddr *) &dest->addr, c->dest_ip, sizeof c->dest_ip);
+    smtpout_sockaddr_str((const struct sockaddr *)&dest->addr, c->dest_ip, sizeof c->dest_ip);
     c->tls[0] = '\0';
-    scfg.dest = (const struct sockaddr *) &dest->addr;
+    scfg.dest = (const struct sockaddr *)&dest->addr;
     scfg.mx_name = dest->mx_name;
     if (c->tls_downgraded)
         scfg.tls = SMTPOUT_TLS_OFF;
@@ -554,11 +556,14 @@ on_resolved(void *arg, const struct smtpout_dest_list *list)
     c->resolving = NULL;
     if (list->status != SMTPOUT_ROUTE_OK) {
         enum smtpout_class cls = list->status == SMTPOUT_ROUTE_PERMFAIL ? SMTPOUT_PERM
-                                                                         : SMTPOUT_TEMP;
-        local_failure(&r, cls, list->status_code[0] ? list->status_code
-                                : cls == SMTPOUT_PERM ? "5.4.4" : "4.4.3", list->why);
+                                                                        : SMTPOUT_TEMP;
+        local_failure(&r, cls,
+                      list->status_code[0]  ? list->status_code
+                      : cls == SMTPOUT_PERM ? "5.4.4"
+                                            : "4.4.3",
+                      list->why);
         c->last_error = r;
-        c->have_error = -1;     /* conn_resolve finishes it when we ran inside the call */
+        c->have_error = -1; /* conn_resolve finishes it when we ran inside the call */
         if (!c->resolve_in_call)
             conn_down(c, out_result_of(cls), &r);
         return;
@@ -566,7 +571,7 @@ on_resolved(void *arg, const struct smtpout_dest_list *list)
     c->dests = xreallocarray(NULL, list->ndests, sizeof *c->dests);
     memcpy(c->dests, list->dests, list->ndests * sizeof *c->dests);
     c->ndests = list->ndests;
-    conn_try_next(c);           /* never calls back synchronously */
+    conn_try_next(c); /* never calls back synchronously */
 }
 
 static void
@@ -576,7 +581,7 @@ conn_start(struct oconn *c)
     struct smtpout_resolve_options ro = { .route = c->route, .family = AF_UNSPEC };
 
     if (cfg_resolve_queue(c->cfg, c->domain, c->vmta, &set) == 0) {
-        ro.default_port = (uint16_t) setting_num(&set, CFG_D_DEFAULT_SMTP_PORT, 25);
+        ro.default_port = (uint16_t)setting_num(&set, CFG_D_DEFAULT_SMTP_PORT, 25);
         ro.bounce_upon_no_mx = setting_bool_text(c->cfg, &set, CFG_D_BOUNCE_UPON_NO_MX);
     }
     if (c->scfg.source)
@@ -584,7 +589,7 @@ conn_start(struct oconn *c)
     c->resolve_in_call = 1;
     c->resolving = smtpout_route_resolve(out_dns(), c->domain, &ro, on_resolved, c);
     c->resolve_in_call = 0;
-    if (c->have_error == -1) {  /* failed before the call returned */
+    if (c->have_error == -1) { /* failed before the call returned */
         struct smtpout_reply r = c->last_error;
         conn_down(c, out_result_of(r.cls), &r);
     }
@@ -608,8 +613,7 @@ oconn_open(const struct oconn_order *o)
     c->cfg = worker_config_hold();
     if (o->config_generation != c->cfg->generation)
         msg_debug("connection %u: qmgr named configuration %llu, using %llu", c->id,
-                  (unsigned long long) o->config_generation,
-                  (unsigned long long) c->cfg->generation);
+                  (unsigned long long)o->config_generation, (unsigned long long)c->cfg->generation);
     c->hnext = table[c->id % TABLE_SIZE];
     table[c->id % TABLE_SIZE] = c;
     c->in_table = 1;
@@ -653,7 +657,7 @@ conn_abort(struct oconn *c)
         return;
     c->aborting = 1;
     if (c->session) {
-        smtpout_session_abort(c->session);     /* on_closed finishes it */
+        smtpout_session_abort(c->session); /* on_closed finishes it */
     } else if (c->resolving) {
         smtpout_route_cancel(c->resolving);
         c->resolving = NULL;

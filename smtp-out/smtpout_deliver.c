@@ -29,19 +29,19 @@ struct smtpout_delivery {
     const struct smtpout_job *job;
     struct smtpout_job_callbacks cb;
     void *arg;
-    uv_timer_t timer;               /* deferred start; closed at the end */
+    uv_timer_t timer; /* deferred start; closed at the end */
     struct smtpout_resolve *resolving;
 
     struct smtpout_dest *dests;
     size_t ndests;
-    size_t dest_index;              /* current / next destination */
+    size_t dest_index; /* current / next destination */
     unsigned attempts;
-    int tls_downgraded;             /* retrying this destination without TLS */
+    int tls_downgraded; /* retrying this destination without TLS */
 
     struct smtpout_session *session;
     int session_ready;
-    size_t msg_index;               /* message being (or next to be) sent */
-    unsigned char **has_result;     /* [msg][rcpt] */
+    size_t msg_index;           /* message being (or next to be) sent */
+    unsigned char **has_result; /* [msg][rcpt] */
     struct smtpout_reply last_error;
     int have_error;
     int aborted;
@@ -107,7 +107,7 @@ deliver_finish(struct smtpout_delivery *d)
         return;
     d->finishing = 1;
     uv_timer_stop(&d->timer);
-    uv_close((uv_handle_t *) &d->timer, deliver_freed);
+    uv_close((uv_handle_t *)&d->timer, deliver_freed);
 }
 
 /* deliver_next_message - index of the next message with open recipients */
@@ -140,17 +140,19 @@ static void
 on_connected(void *arg, const char *source_ip, const char *dest_ip, const char *mx_name)
 {
     struct smtpout_delivery *d = arg;
-    struct smtpout_event ev = { .type = SMTPOUT_EV_CONNECTED, .source_ip = source_ip,
-                                .dest_ip = dest_ip, .mx_name = mx_name };
+    struct smtpout_event ev = {
+        .type = SMTPOUT_EV_CONNECTED, .source_ip = source_ip, .dest_ip = dest_ip, .mx_name = mx_name
+    };
 
-    ev.port = smtpout_sockaddr_port((struct sockaddr *) &d->dests[d->dest_index].addr);
+    ev.port = smtpout_sockaddr_port((struct sockaddr *)&d->dests[d->dest_index].addr);
     deliver_event(d, &ev);
 }
 
 static void
 on_tls(void *arg, const char *protocol, const char *cipher)
 {
-    struct smtpout_event ev = { .type = SMTPOUT_EV_TLS, .tls_protocol = protocol,
+    struct smtpout_event ev = { .type = SMTPOUT_EV_TLS,
+                                .tls_protocol = protocol,
                                 .tls_cipher = cipher };
     deliver_event(arg, &ev);
 }
@@ -185,7 +187,8 @@ static void
 on_transaction_done(void *arg, const struct smtpout_reply *r)
 {
     struct smtpout_delivery *d = arg;
-    struct smtpout_event ev = { .type = SMTPOUT_EV_TRANSACTION, .reply = r,
+    struct smtpout_event ev = { .type = SMTPOUT_EV_TRANSACTION,
+                                .reply = r,
                                 .msg_index = d->msg_index };
 
     deliver_event(d, &ev);
@@ -198,8 +201,8 @@ on_transaction_done(void *arg, const struct smtpout_reply *r)
 static int
 deliver_is_final(const struct smtpout_delivery *d, const struct smtpout_reply *reason)
 {
-    return !d->session_ready && reason->stage == SMTPOUT_STAGE_GREETING
-        && reason->cls == SMTPOUT_PERM && d->job->bounce_upon_5xx_greeting;
+    return !d->session_ready && reason->stage == SMTPOUT_STAGE_GREETING &&
+           reason->cls == SMTPOUT_PERM && d->job->bounce_upon_5xx_greeting;
 }
 
 static void
@@ -212,7 +215,7 @@ on_closed(void *arg, const struct smtpout_reply *reason)
     deliver_event(d, &ev);
     d->session = NULL;
     d->session_ready = 0;
-    d->msg_index = 0;       /* rescan: a 421 may have left earlier ones open */
+    d->msg_index = 0; /* rescan: a 421 may have left earlier ones open */
     if (!deliver_next_message(d)) {
         deliver_finish(d);
         return;
@@ -227,8 +230,8 @@ on_closed(void *arg, const struct smtpout_reply *reason)
         d->have_error = 1;
     }
     /* A failed opportunistic handshake: same host again, in clear. */
-    if (!was_ready && reason->stage == SMTPOUT_STAGE_TLS && !d->tls_downgraded
-        && d->job->session.tls == SMTPOUT_TLS_OPPORTUNISTIC) {
+    if (!was_ready && reason->stage == SMTPOUT_STAGE_TLS && !d->tls_downgraded &&
+        d->job->session.tls == SMTPOUT_TLS_OPPORTUNISTIC) {
         d->tls_downgraded = 1;
     } else {
         d->tls_downgraded = 0;
@@ -254,7 +257,7 @@ deliver_try_next(struct smtpout_delivery *d)
     if (d->aborted || d->dest_index >= d->ndests || d->attempts >= max_attempts) {
         if (d->have_error) {
             r = d->last_error;
-            r.cls = SMTPOUT_TEMP;       /* other hosts may work later */
+            r.cls = SMTPOUT_TEMP; /* other hosts may work later */
             if (r.status[0] == '5')
                 r.status[0] = '4';
         } else {
@@ -262,8 +265,8 @@ deliver_try_next(struct smtpout_delivery *d)
             r.cls = SMTPOUT_TEMP;
             r.stage = SMTPOUT_STAGE_CONNECT;
             snprintf(r.status, sizeof r.status, "4.4.1");
-            snprintf(r.text, sizeof r.text, d->aborted ? "delivery aborted"
-                     : "no destination could be reached");
+            snprintf(r.text, sizeof r.text,
+                     d->aborted ? "delivery aborted" : "no destination could be reached");
         }
         deliver_fail_rest(d, &r);
         deliver_finish(d);
@@ -272,10 +275,10 @@ deliver_try_next(struct smtpout_delivery *d)
     dest = &d->dests[d->dest_index];
     d->attempts++;
     snprintf(d->mx_name, sizeof d->mx_name, "%s", dest->mx_name);
-    smtpout_sockaddr_str((const struct sockaddr *) &dest->addr, d->dest_ip, sizeof d->dest_ip);
-    ev.port = smtpout_sockaddr_port((const struct sockaddr *) &dest->addr);
+    smtpout_sockaddr_str((const struct sockaddr *)&dest->addr, d->dest_ip, sizeof d->dest_ip);
+    ev.port = smtpout_sockaddr_port((const struct sockaddr *)&dest->addr);
     deliver_event(d, &ev);
-    cfg.dest = (const struct sockaddr *) &dest->addr;
+    cfg.dest = (const struct sockaddr *)&dest->addr;
     cfg.mx_name = dest->mx_name;
     if (d->tls_downgraded)
         cfg.tls = SMTPOUT_TLS_OFF;
@@ -295,8 +298,10 @@ deliver_resolved(void *arg, const struct smtpout_dest_list *list)
         memset(&r, 0, sizeof r);
         r.cls = list->status == SMTPOUT_ROUTE_PERMFAIL ? SMTPOUT_PERM : SMTPOUT_TEMP;
         r.stage = SMTPOUT_STAGE_CONNECT;
-        snprintf(r.status, sizeof r.status, "%s", list->status_code[0] ? list->status_code
-                 : r.cls == SMTPOUT_PERM ? "5.4.4" : "4.4.3");
+        snprintf(r.status, sizeof r.status, "%s",
+                 list->status_code[0]    ? list->status_code
+                 : r.cls == SMTPOUT_PERM ? "5.4.4"
+                                         : "4.4.3");
         snprintf(r.text, sizeof r.text, "%s %s", r.status, list->why);
         ev.reply = &r;
         deliver_event(d, &ev);
@@ -358,11 +363,11 @@ smtpout_job_abort(struct smtpout_delivery *d)
         return;
     d->aborted = 1;
     if (d->session) {
-        smtpout_session_abort(d->session);      /* on_closed does the rest */
+        smtpout_session_abort(d->session); /* on_closed does the rest */
     } else if (d->resolving) {
         smtpout_route_cancel(d->resolving);
         d->resolving = NULL;
-        deliver_try_next(d);                    /* fails the rest: aborted */
+        deliver_try_next(d); /* fails the rest: aborted */
     }
     /* otherwise the start timer has not fired yet and will see `aborted` */
 }

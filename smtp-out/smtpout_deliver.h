@@ -51,26 +51,26 @@
 #include "smtpout_session.h"
 
 struct smtpout_job {
-    struct smtpout_session_config session;  /* dest and mx_name set per attempt */
+    struct smtpout_session_config session; /* dest and mx_name set per attempt */
     const char *domain;
-    const struct smtpout_route *route;      /* smtp-hosts; NULL = MX lookup */
-    uint16_t default_port;                  /* default-smtp-port (0 = 25) */
+    const struct smtpout_route *route; /* smtp-hosts; NULL = MX lookup */
+    uint16_t default_port;             /* default-smtp-port (0 = 25) */
     int bounce_upon_no_mx;
     int bounce_upon_5xx_greeting;
-    int smtp_421_means_mx_unavailable;      /* 421 in a transaction: next MX */
-    unsigned mx_connection_attempts;        /* 0 = 10 */
+    int smtp_421_means_mx_unavailable; /* 421 in a transaction: next MX */
+    unsigned mx_connection_attempts;   /* 0 = 10 */
     const struct smtpout_message *msgs;
     size_t nmsgs;
 };
 
 enum smtpout_event_type {
-    SMTPOUT_EV_RESOLVED,        /* ndests destinations (or reply: why none) */
-    SMTPOUT_EV_CONNECTING,      /* mx_name, dest_ip, port */
-    SMTPOUT_EV_CONNECTED,       /* + source_ip */
-    SMTPOUT_EV_TLS,             /* tls_protocol, tls_cipher */
-    SMTPOUT_EV_READY,           /* caps */
-    SMTPOUT_EV_TRANSACTION,     /* msg_index, reply */
-    SMTPOUT_EV_CLOSED,          /* reply: why */
+    SMTPOUT_EV_RESOLVED,    /* ndests destinations (or reply: why none) */
+    SMTPOUT_EV_CONNECTING,  /* mx_name, dest_ip, port */
+    SMTPOUT_EV_CONNECTED,   /* + source_ip */
+    SMTPOUT_EV_TLS,         /* tls_protocol, tls_cipher */
+    SMTPOUT_EV_READY,       /* caps */
+    SMTPOUT_EV_TRANSACTION, /* msg_index, reply */
+    SMTPOUT_EV_CLOSED,      /* reply: why */
 };
 
 struct smtpout_event {
@@ -91,8 +91,7 @@ struct smtpout_job_callbacks {
     void (*event)(void *arg, const struct smtpout_event *ev);
     /* MX_NAME / DEST_IP: where it happened ("" when no connection was made) */
     void (*rcpt_result)(void *arg, size_t msg_index, size_t rcpt_index,
-                        const struct smtpout_reply *r, const char *mx_name,
-                        const char *dest_ip);
+                        const struct smtpout_reply *r, const char *mx_name, const char *dest_ip);
     void (*done)(void *arg);
 };
 
@@ -101,8 +100,7 @@ struct smtpout_delivery;
 /* smtpout_job_start - run JOB; never fails synchronously (results say why) */
 struct smtpout_delivery *smtpout_job_start(uv_loop_t *loop, struct smtpout_dns *dns,
                                            const struct smtpout_job *job,
-                                           const struct smtpout_job_callbacks *cb,
-                                           void *arg);
+                                           const struct smtpout_job_callbacks *cb, void *arg);
 /* smtpout_job_abort - stop; recipients without a result get a temporary one */
 void smtpout_job_abort(struct smtpout_delivery *d);
 

@@ -40,10 +40,13 @@
 struct dns_answer {
     enum smtpout_dns_status status;
     char why[160];
-    unsigned ttl;               /* seconds the answer may be cached; 0 = don't */
+    unsigned ttl; /* seconds the answer may be cached; 0 = don't */
     size_t n;
     union {
-        struct { unsigned pref; char name[SMTPOUT_DNS_NAME_MAX + 1]; } mx[SMTPOUT_DNS_MAX_MX];
+        struct {
+            unsigned pref;
+            char name[SMTPOUT_DNS_NAME_MAX + 1];
+        } mx[SMTPOUT_DNS_MAX_MX];
         struct sockaddr_storage addr[SMTPOUT_DNS_MAX_ADDRS];
     } u;
 };
@@ -70,7 +73,7 @@ struct smtpout_dns {
     ares_channel channel;
     uv_timer_t timer;
     struct dns_poll *polls;
-    unsigned open_handles;      /* timer + polls not yet closed */
+    unsigned open_handles; /* timer + polls not yet closed */
     int destroying;
     uint64_t rng;
     unsigned cache_max_ttl;
@@ -111,13 +114,20 @@ const char *
 smtpout_dns_status_name(enum smtpout_dns_status status)
 {
     switch (status) {
-    case SMTPOUT_DNS_OK: return "ok";
-    case SMTPOUT_DNS_NODATA: return "nodata";
-    case SMTPOUT_DNS_NXDOMAIN: return "nxdomain";
-    case SMTPOUT_DNS_NULLMX: return "nullmx";
-    case SMTPOUT_DNS_NOMX: return "nomx";
-    case SMTPOUT_DNS_TEMPFAIL: return "tempfail";
-    case SMTPOUT_DNS_CANCELLED: return "cancelled";
+    case SMTPOUT_DNS_OK:
+        return "ok";
+    case SMTPOUT_DNS_NODATA:
+        return "nodata";
+    case SMTPOUT_DNS_NXDOMAIN:
+        return "nxdomain";
+    case SMTPOUT_DNS_NULLMX:
+        return "nullmx";
+    case SMTPOUT_DNS_NOMX:
+        return "nomx";
+    case SMTPOUT_DNS_TEMPFAIL:
+        return "tempfail";
+    case SMTPOUT_DNS_CANCELLED:
+        return "cancelled";
     }
     return "?";
 }
@@ -127,12 +137,17 @@ static enum smtpout_dns_status
 dns_status_from_ares(int status)
 {
     switch (status) {
-    case ARES_SUCCESS: return SMTPOUT_DNS_OK;
-    case ARES_ENODATA: return SMTPOUT_DNS_NODATA;
-    case ARES_ENOTFOUND: return SMTPOUT_DNS_NXDOMAIN;
+    case ARES_SUCCESS:
+        return SMTPOUT_DNS_OK;
+    case ARES_ENODATA:
+        return SMTPOUT_DNS_NODATA;
+    case ARES_ENOTFOUND:
+        return SMTPOUT_DNS_NXDOMAIN;
     case ARES_EDESTRUCTION:
-    case ARES_ECANCELLED: return SMTPOUT_DNS_CANCELLED;
-    default: return SMTPOUT_DNS_TEMPFAIL;   /* SERVFAIL, REFUSED, timeout, ... */
+    case ARES_ECANCELLED:
+        return SMTPOUT_DNS_CANCELLED;
+    default:
+        return SMTPOUT_DNS_TEMPFAIL; /* SERVFAIL, REFUSED, timeout, ... */
     }
 }
 
@@ -143,14 +158,14 @@ dns_type_name(int type)
 }
 
 static void
-dns_answer_fail(struct dns_answer *ans, enum smtpout_dns_status status,
-                const char *name, int type, const char *detail)
+dns_answer_fail(struct dns_answer *ans, enum smtpout_dns_status status, const char *name, int type,
+                const char *detail)
 {
     ans->status = status;
     ans->n = 0;
     /* Truncation is acceptable: the text is for humans. */
-    if (snprintf(ans->why, sizeof ans->why, "DNS %s lookup for %s: %s",
-                 dns_type_name(type), name, detail) >= (int) sizeof ans->why)
+    if (snprintf(ans->why, sizeof ans->why, "DNS %s lookup for %s: %s", dns_type_name(type), name,
+                 detail) >= (int)sizeof ans->why)
         ans->why[sizeof ans->why - 1] = 0;
 }
 
@@ -212,7 +227,7 @@ dns_sock_state(void *data, ares_socket_t fd, int readable, int writable)
         if (p) {
             *pp = p->next;
             uv_poll_stop(&p->handle);
-            uv_close((uv_handle_t *) &p->handle, dns_handle_closed);
+            uv_close((uv_handle_t *)&p->handle, dns_handle_closed);
         }
         return;
     }
@@ -257,7 +272,7 @@ dns_update_timer(struct smtpout_dns *dns)
         return;
     }
     /* +1 ms so that we never spin on a timeout that rounds down to zero. */
-    ms = (uint64_t) next->tv_sec * 1000 + (uint64_t) next->tv_usec / 1000 + 1;
+    ms = (uint64_t)next->tv_sec * 1000 + (uint64_t)next->tv_usec / 1000 + 1;
     uv_timer_start(&dns->timer, dns_timer_cb, ms, 0);
 }
 
@@ -269,7 +284,7 @@ dns_lowercase(char *dst, const char *src, size_t size)
     size_t i;
 
     for (i = 0; i + 1 < size && src[i]; i++)
-        dst[i] = (char) tolower((unsigned char) src[i]);
+        dst[i] = (char)tolower((unsigned char)src[i]);
     dst[i] = 0;
 }
 
@@ -311,14 +326,13 @@ dns_cache_evict_one(struct smtpout_dns *dns)
 }
 
 static void
-dns_cache_put(struct smtpout_dns *dns, const char *name, int type,
-              const struct dns_answer *ans)
+dns_cache_put(struct smtpout_dns *dns, const char *name, int type, const struct dns_answer *ans)
 {
     struct dns_cache_entry *e;
     unsigned ttl;
 
-    if (dns->cache_max_ttl == 0 || !(ans->status == SMTPOUT_DNS_OK
-                                     || smtpout_dns_permanent(ans->status)))
+    if (dns->cache_max_ttl == 0 ||
+        !(ans->status == SMTPOUT_DNS_OK || smtpout_dns_permanent(ans->status)))
         return;
     ttl = ans->status == SMTPOUT_DNS_OK ? ans->ttl : dns->cache_negative_ttl;
     if (ttl > dns->cache_max_ttl)
@@ -329,7 +343,7 @@ dns_cache_put(struct smtpout_dns *dns, const char *name, int type,
         dns_cache_evict_one(dns);
     e = xcalloc(1, sizeof *e);
     e->type = type;
-    e->expires_ms = uv_now(dns->loop) + (uint64_t) ttl * 1000;
+    e->expires_ms = uv_now(dns->loop) + (uint64_t)ttl * 1000;
     snprintf(e->name, sizeof e->name, "%s", name);
     e->answer = *ans;
     e->next = dns->cache;
@@ -342,7 +356,7 @@ dns_cache_put(struct smtpout_dns *dns, const char *name, int type,
 static unsigned
 dns_get16(const unsigned char *p)
 {
-    return (unsigned) p[0] << 8 | p[1];
+    return (unsigned)p[0] << 8 | p[1];
 }
 
 /* dns_skip_name - advance *P past one (possibly compressed) name; 0 or -1 */
@@ -384,23 +398,22 @@ dns_answer_min_ttl(const unsigned char *abuf, int alen, unsigned cap)
 
         if (dns_skip_name(&p, abuf, alen) < 0 || end - p < 10)
             return 0;
-        ttl = (unsigned long) p[4] << 24 | (unsigned long) p[5] << 16
-            | (unsigned long) p[6] << 8 | p[7];
+        ttl = (unsigned long)p[4] << 24 | (unsigned long)p[5] << 16 | (unsigned long)p[6] << 8 |
+              p[7];
         rdlen = dns_get16(p + 8);
         p += 10;
-        if ((size_t) (end - p) < rdlen)
+        if ((size_t)(end - p) < rdlen)
             return 0;
         p += rdlen;
         if (ttl < min)
-            min = (unsigned) ttl;
+            min = (unsigned)ttl;
     }
     return min;
 }
 
 /* dns_parse_mx - MX records into ANS; a lone "MX 0 ." is a null MX */
 static void
-dns_parse_mx(struct dns_answer *ans, const char *name,
-             const unsigned char *abuf, int alen)
+dns_parse_mx(struct dns_answer *ans, const char *name, const unsigned char *abuf, int alen)
 {
     struct ares_mx_reply *mx = NULL, *r;
     int status = ares_parse_mx_reply(abuf, alen, &mx);
@@ -418,7 +431,7 @@ dns_parse_mx(struct dns_answer *ans, const char *name,
         size_t len = strlen(r->host);
 
         if (len == 0 || strcmp(r->host, ".") == 0) {
-            nullmx++;       /* RFC 7505: "." as exchange */
+            nullmx++; /* RFC 7505: "." as exchange */
             continue;
         }
         if (len > SMTPOUT_DNS_NAME_MAX || ans->n >= SMTPOUT_DNS_MAX_MX)
@@ -439,8 +452,7 @@ dns_parse_mx(struct dns_answer *ans, const char *name,
 }
 
 static void
-dns_parse_a(struct dns_answer *ans, const char *name, int type,
-            const unsigned char *abuf, int alen)
+dns_parse_a(struct dns_answer *ans, const char *name, int type, const unsigned char *abuf, int alen)
 {
     struct ares_addrttl v4[SMTPOUT_DNS_MAX_ADDRS];
     struct ares_addr6ttl v6[SMTPOUT_DNS_MAX_ADDRS];
@@ -452,10 +464,11 @@ dns_parse_a(struct dns_answer *ans, const char *name, int type,
     else
         status = ares_parse_aaaa_reply(abuf, alen, NULL, v6, &n);
     if (status != ARES_SUCCESS || n <= 0) {
-        dns_answer_fail(ans, status == ARES_SUCCESS ? SMTPOUT_DNS_NODATA
-                        : dns_status_from_ares(status), name, type,
-                        status == ARES_SUCCESS || status == ARES_ENODATA
-                        ? "no address records" : ares_strerror(status));
+        dns_answer_fail(ans,
+                        status == ARES_SUCCESS ? SMTPOUT_DNS_NODATA : dns_status_from_ares(status),
+                        name, type,
+                        status == ARES_SUCCESS || status == ARES_ENODATA ? "no address records"
+                                                                         : ares_strerror(status));
         return;
     }
     ans->status = SMTPOUT_DNS_OK;
@@ -464,17 +477,17 @@ dns_parse_a(struct dns_answer *ans, const char *name, int type,
 
         memset(ss, 0, sizeof *ss);
         if (type == ns_t_a) {
-            struct sockaddr_in *sin = (struct sockaddr_in *) ss;
+            struct sockaddr_in *sin = (struct sockaddr_in *)ss;
             sin->sin_family = AF_INET;
             sin->sin_addr = v4[i].ipaddr;
-            if ((unsigned) v4[i].ttl < ttl)
-                ttl = (unsigned) v4[i].ttl;
+            if ((unsigned)v4[i].ttl < ttl)
+                ttl = (unsigned)v4[i].ttl;
         } else {
-            struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *) ss;
+            struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)ss;
             sin6->sin6_family = AF_INET6;
             memcpy(&sin6->sin6_addr, &v6[i].ip6addr, sizeof sin6->sin6_addr);
-            if ((unsigned) v6[i].ttl < ttl)
-                ttl = (unsigned) v6[i].ttl;
+            if ((unsigned)v6[i].ttl < ttl)
+                ttl = (unsigned)v6[i].ttl;
         }
     }
     ans->ttl = ttl;
@@ -488,11 +501,11 @@ dns_raw_done(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
     struct dns_raw_req *req = arg;
     struct dns_answer *ans = xcalloc(1, sizeof *ans);
 
-    (void) timeouts;
+    (void)timeouts;
     if (status != ARES_SUCCESS || abuf == NULL) {
         dns_answer_fail(ans, dns_status_from_ares(status), req->name, req->type,
                         status == ARES_ENOTFOUND ? "domain not found (NXDOMAIN)"
-                        : ares_strerror(status));
+                                                 : ares_strerror(status));
     } else if (req->type == ns_t_mx) {
         dns_parse_mx(ans, req->name, abuf, alen);
     } else {
@@ -507,8 +520,7 @@ dns_raw_done(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
 
 /* dns_raw_query - one query of TYPE for NAME, from the cache if possible */
 static void
-dns_raw_query(struct smtpout_dns *dns, const char *name, int type,
-              dns_raw_cb cb, void *arg)
+dns_raw_query(struct smtpout_dns *dns, const char *name, int type, dns_raw_cb cb, void *arg)
 {
     struct dns_raw_req *req;
     const struct dns_answer *cached;
@@ -516,12 +528,12 @@ dns_raw_query(struct smtpout_dns *dns, const char *name, int type,
     size_t len = strlen(name);
 
     if (len > 0 && name[len - 1] == '.')
-        len--;      /* "example.com." and "example.com" are one name */
+        len--; /* "example.com." and "example.com" are one name */
     if (dns->destroying || len == 0 || len > SMTPOUT_DNS_NAME_MAX) {
         struct dns_answer *ans = xcalloc(1, sizeof *ans);
         dns_answer_fail(ans, dns->destroying ? SMTPOUT_DNS_CANCELLED : SMTPOUT_DNS_NXDOMAIN,
-                        "(invalid name)", type, dns->destroying ? "resolver shut down"
-                        : "invalid domain name");
+                        "(invalid name)", type,
+                        dns->destroying ? "resolver shut down" : "invalid domain name");
         cb(arg, ans);
         free(ans);
         return;
@@ -605,8 +617,8 @@ dns_addr_aaaa_done(void *arg, const struct dns_answer *ans)
 }
 
 void
-smtpout_dns_addr(struct smtpout_dns *dns, const char *name, int family,
-                 smtpout_dns_addr_cb cb, void *arg)
+smtpout_dns_addr(struct smtpout_dns *dns, const char *name, int family, smtpout_dns_addr_cb cb,
+                 void *arg)
 {
     struct dns_addr_req *req = xcalloc(1, sizeof *req);
 
@@ -663,8 +675,10 @@ dns_mx_sort(struct smtpout_dns *dns, struct smtpout_mx_host *h, size_t n)
     struct smtpout_mx_host tmp;
 
     for (i = n; i > 1; i--) {
-        j = (size_t) (dns_random(dns) % i);
-        tmp = h[i - 1]; h[i - 1] = h[j]; h[j] = tmp;
+        j = (size_t)(dns_random(dns) % i);
+        tmp = h[i - 1];
+        h[i - 1] = h[j];
+        h[j] = tmp;
     }
     /* Stable insertion sort keeps the shuffled order among equals. */
     for (i = 1; i < n; i++) {
@@ -690,7 +704,7 @@ dns_mx_host_addr_done(void *arg, enum smtpout_dns_status status, const char *why
     struct dns_mx_req *req = sub->mx;
     struct smtpout_mx_host *h = &req->hosts[sub->index];
 
-    (void) why;
+    (void)why;
     h->addr_status = status;
     h->naddrs = naddrs;
     if (naddrs)
@@ -756,13 +770,13 @@ dns_mx_records_done(void *arg, const struct dns_answer *ans)
         req->sub[i].index = i;
     }
     for (i = 0; i < req->nhosts; i++)
-        smtpout_dns_addr(req->dns, req->hosts[i].name, req->family,
-                         dns_mx_host_addr_done, &req->sub[i]);
+        smtpout_dns_addr(req->dns, req->hosts[i].name, req->family, dns_mx_host_addr_done,
+                         &req->sub[i]);
 }
 
 void
-smtpout_dns_mx_hosts(struct smtpout_dns *dns, const char *domain, int family,
-                     int allow_implicit, smtpout_dns_mx_hosts_cb cb, void *arg)
+smtpout_dns_mx_hosts(struct smtpout_dns *dns, const char *domain, int family, int allow_implicit,
+                     smtpout_dns_mx_hosts_cb cb, void *arg)
 {
     struct dns_mx_req *req = xcalloc(1, sizeof *req);
     size_t len = strlen(domain);
@@ -788,7 +802,7 @@ smtpout_dns_create(uv_loop_t *loop, const struct smtpout_dns_options *opts,
     struct smtpout_dns *dns = xcalloc(1, sizeof *dns);
     struct ares_options ao;
     int optmask, status;
-    char lookups[] = "b";   /* DNS only: never /etc/hosts */
+    char lookups[] = "b"; /* DNS only: never /etc/hosts */
 
     status = ares_library_init(ARES_LIB_INIT_ALL);
     if (status != ARES_SUCCESS) {
@@ -796,7 +810,7 @@ smtpout_dns_create(uv_loop_t *loop, const struct smtpout_dns_options *opts,
         return -EIO;
     }
     dns->loop = loop;
-    dns->rng = uv_hrtime() ^ ((uint64_t) getpid() << 32) ^ (uintptr_t) dns;
+    dns->rng = uv_hrtime() ^ ((uint64_t)getpid() << 32) ^ (uintptr_t)dns;
     if (dns->rng == 0)
         dns->rng = 0x9e3779b97f4a7c15ULL;
     dns->cache_max_ttl = opts->cache_max_ttl;
@@ -806,13 +820,13 @@ smtpout_dns_create(uv_loop_t *loop, const struct smtpout_dns_options *opts,
     memset(&ao, 0, sizeof ao);
     ao.sock_state_cb = dns_sock_state;
     ao.sock_state_cb_data = dns;
-    ao.timeout = opts->timeout_ms ? (int) opts->timeout_ms : 3000;
-    ao.tries = opts->tries ? (int) opts->tries : 2;
+    ao.timeout = opts->timeout_ms ? (int)opts->timeout_ms : 3000;
+    ao.tries = opts->tries ? (int)opts->tries : 2;
     ao.lookups = lookups;
     ao.domains = NULL;
     ao.ndomains = 0;
-    optmask = ARES_OPT_SOCK_STATE_CB | ARES_OPT_TIMEOUTMS | ARES_OPT_TRIES
-        | ARES_OPT_LOOKUPS | ARES_OPT_DOMAINS;
+    optmask = ARES_OPT_SOCK_STATE_CB | ARES_OPT_TIMEOUTMS | ARES_OPT_TRIES | ARES_OPT_LOOKUPS |
+              ARES_OPT_DOMAINS;
     status = ares_init_options(&dns->channel, &ao, optmask);
     if (status != ARES_SUCCESS) {
         msg_warn("smtpout_dns: c-ares init: %s", ares_strerror(status));
@@ -821,8 +835,8 @@ smtpout_dns_create(uv_loop_t *loop, const struct smtpout_dns_options *opts,
     if (opts->name_servers && *opts->name_servers) {
         status = ares_set_servers_ports_csv(dns->channel, opts->name_servers);
         if (status != ARES_SUCCESS) {
-            msg_warn("smtpout_dns: bad name server list \"%s\": %s",
-                     opts->name_servers, ares_strerror(status));
+            msg_warn("smtpout_dns: bad name server list \"%s\": %s", opts->name_servers,
+                     ares_strerror(status));
             ares_destroy(dns->channel);
             ares_library_cleanup();
             free(dns);
@@ -853,15 +867,15 @@ smtpout_dns_destroy(struct smtpout_dns *dns)
     /* Pending callbacks run now with ARES_EDESTRUCTION (-> CANCELLED). */
     ares_destroy(dns->channel);
     ares_library_cleanup();
-    while ((p = dns->polls) != NULL) {     /* normally emptied by ares_destroy */
+    while ((p = dns->polls) != NULL) { /* normally emptied by ares_destroy */
         dns->polls = p->next;
         uv_poll_stop(&p->handle);
-        uv_close((uv_handle_t *) &p->handle, dns_handle_closed);
+        uv_close((uv_handle_t *)&p->handle, dns_handle_closed);
     }
     while ((e = dns->cache) != NULL) {
         dns->cache = e->next;
         free(e);
     }
     uv_timer_stop(&dns->timer);
-    uv_close((uv_handle_t *) &dns->timer, dns_handle_closed);
+    uv_close((uv_handle_t *)&dns->timer, dns_handle_closed);
 }

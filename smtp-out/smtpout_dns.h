@@ -42,18 +42,18 @@
 #include <sys/socket.h>
 #include <uv.h>
 
-#define SMTPOUT_DNS_NAME_MAX 255   /* presentation form, without the NUL */
-#define SMTPOUT_DNS_MAX_MX 16      /* MX hosts kept per domain */
-#define SMTPOUT_DNS_MAX_ADDRS 16   /* addresses kept per host */
+#define SMTPOUT_DNS_NAME_MAX  255 /* presentation form, without the NUL */
+#define SMTPOUT_DNS_MAX_MX    16  /* MX hosts kept per domain */
+#define SMTPOUT_DNS_MAX_ADDRS 16  /* addresses kept per host */
 
 enum smtpout_dns_status {
     SMTPOUT_DNS_OK = 0,
-    SMTPOUT_DNS_NODATA,     /* the name exists but has no record of this type */
-    SMTPOUT_DNS_NXDOMAIN,   /* permanent: no such domain */
-    SMTPOUT_DNS_NULLMX,     /* permanent: RFC 7505 null MX */
-    SMTPOUT_DNS_NOMX,       /* permanent: no MX and implicit MX not allowed */
-    SMTPOUT_DNS_TEMPFAIL,   /* SERVFAIL, REFUSED, timeout, network trouble */
-    SMTPOUT_DNS_CANCELLED,  /* the resolver was destroyed */
+    SMTPOUT_DNS_NODATA,    /* the name exists but has no record of this type */
+    SMTPOUT_DNS_NXDOMAIN,  /* permanent: no such domain */
+    SMTPOUT_DNS_NULLMX,    /* permanent: RFC 7505 null MX */
+    SMTPOUT_DNS_NOMX,      /* permanent: no MX and implicit MX not allowed */
+    SMTPOUT_DNS_TEMPFAIL,  /* SERVFAIL, REFUSED, timeout, network trouble */
+    SMTPOUT_DNS_CANCELLED, /* the resolver was destroyed */
 };
 
 /* smtpout_dns_permanent - does STATUS mean "give up on this destination"? */
@@ -61,12 +61,12 @@ int smtpout_dns_permanent(enum smtpout_dns_status status);
 const char *smtpout_dns_status_name(enum smtpout_dns_status status);
 
 struct smtpout_dns_options {
-    const char *name_servers;   /* "IP[:port],..." (IPv6 as [ip]:port); NULL = system */
-    unsigned timeout_ms;        /* per try; 0 = 3000 */
-    unsigned tries;             /* 0 = 2 */
-    unsigned cache_max_ttl;     /* seconds; 0 = no cache */
-    unsigned cache_negative_ttl;/* seconds for NXDOMAIN/NODATA; 0 = 60 */
-    size_t cache_max_entries;   /* 0 = 256 */
+    const char *name_servers;    /* "IP[:port],..." (IPv6 as [ip]:port); NULL = system */
+    unsigned timeout_ms;         /* per try; 0 = 3000 */
+    unsigned tries;              /* 0 = 2 */
+    unsigned cache_max_ttl;      /* seconds; 0 = no cache */
+    unsigned cache_negative_ttl; /* seconds for NXDOMAIN/NODATA; 0 = 60 */
+    size_t cache_max_entries;    /* 0 = 256 */
 };
 
 struct smtpout_dns;
@@ -74,21 +74,17 @@ struct smtpout_dns;
 /* One MX host with its addresses (port left 0; the route layer sets it). */
 struct smtpout_mx_host {
     unsigned pref;
-    int implicit;                       /* 1: the domain's own A/AAAA (no MX) */
+    int implicit; /* 1: the domain's own A/AAAA (no MX) */
     char name[SMTPOUT_DNS_NAME_MAX + 1];
-    enum smtpout_dns_status addr_status;/* outcome of this host's A/AAAA lookup */
+    enum smtpout_dns_status addr_status; /* outcome of this host's A/AAAA lookup */
     size_t naddrs;
     struct sockaddr_storage addrs[SMTPOUT_DNS_MAX_ADDRS];
 };
 
-typedef void (*smtpout_dns_addr_cb)(void *arg, enum smtpout_dns_status status,
-                                    const char *why,
-                                    const struct sockaddr_storage *addrs,
-                                    size_t naddrs);
-typedef void (*smtpout_dns_mx_hosts_cb)(void *arg, enum smtpout_dns_status status,
-                                        const char *why,
-                                        const struct smtpout_mx_host *hosts,
-                                        size_t nhosts);
+typedef void (*smtpout_dns_addr_cb)(void *arg, enum smtpout_dns_status status, const char *why,
+                                    const struct sockaddr_storage *addrs, size_t naddrs);
+typedef void (*smtpout_dns_mx_hosts_cb)(void *arg, enum smtpout_dns_status status, const char *why,
+                                        const struct smtpout_mx_host *hosts, size_t nhosts);
 
 /*
  * smtpout_dns_create - a resolver on LOOP. 0, or -EINVAL (bad name server
@@ -105,8 +101,8 @@ void smtpout_dns_destroy(struct smtpout_dns *dns);
  * AF_INET6 or AF_UNSPEC (both; IPv4 addresses first, because our source
  * addresses usually are IPv4). NODATA from both families is permanent.
  */
-void smtpout_dns_addr(struct smtpout_dns *dns, const char *name, int family,
-                      smtpout_dns_addr_cb cb, void *arg);
+void smtpout_dns_addr(struct smtpout_dns *dns, const char *name, int family, smtpout_dns_addr_cb cb,
+                      void *arg);
 
 /*
  * smtpout_dns_mx_hosts - MX hosts of DOMAIN with their addresses, sorted by
@@ -115,8 +111,7 @@ void smtpout_dns_addr(struct smtpout_dns *dns, const char *name, int family,
  * Hosts whose address lookup failed are still listed (addr_status says why)
  * so the caller can tell "all MX hosts unresolvable" apart.
  */
-void smtpout_dns_mx_hosts(struct smtpout_dns *dns, const char *domain,
-                          int family, int allow_implicit,
-                          smtpout_dns_mx_hosts_cb cb, void *arg);
+void smtpout_dns_mx_hosts(struct smtpout_dns *dns, const char *domain, int family,
+                          int allow_implicit, smtpout_dns_mx_hosts_cb cb, void *arg);
 
 #endif

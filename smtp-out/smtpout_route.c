@@ -34,10 +34,10 @@ const char *
 smtpout_sockaddr_str(const struct sockaddr *addr, char *out, size_t outlen)
 {
     const void *src = addr->sa_family == AF_INET6
-        ? (const void *) &((const struct sockaddr_in6 *) addr)->sin6_addr
-        : (const void *) &((const struct sockaddr_in *) addr)->sin_addr;
+                          ? (const void *)&((const struct sockaddr_in6 *)addr)->sin6_addr
+                          : (const void *)&((const struct sockaddr_in *)addr)->sin_addr;
 
-    if (inet_ntop(addr->sa_family, src, out, (socklen_t) outlen) == NULL)
+    if (inet_ntop(addr->sa_family, src, out, (socklen_t)outlen) == NULL)
         snprintf(out, outlen, "?");
     return out;
 }
@@ -46,17 +46,17 @@ unsigned
 smtpout_sockaddr_port(const struct sockaddr *addr)
 {
     if (addr->sa_family == AF_INET6)
-        return ntohs(((const struct sockaddr_in6 *) addr)->sin6_port);
-    return ntohs(((const struct sockaddr_in *) addr)->sin_port);
+        return ntohs(((const struct sockaddr_in6 *)addr)->sin6_port);
+    return ntohs(((const struct sockaddr_in *)addr)->sin_port);
 }
 
 static void
 route_set_port(struct sockaddr_storage *ss, uint16_t port)
 {
     if (ss->ss_family == AF_INET6)
-        ((struct sockaddr_in6 *) ss)->sin6_port = htons(port);
+        ((struct sockaddr_in6 *)ss)->sin6_port = htons(port);
     else
-        ((struct sockaddr_in *) ss)->sin_port = htons(port);
+        ((struct sockaddr_in *)ss)->sin_port = htons(port);
 }
 
 /* route_parse_ip - IPv4 or IPv6 literal into SS; 0 or -1 */
@@ -64,11 +64,11 @@ static int
 route_parse_ip(const char *text, struct sockaddr_storage *ss)
 {
     memset(ss, 0, sizeof *ss);
-    if (inet_pton(AF_INET, text, &((struct sockaddr_in *) ss)->sin_addr) == 1) {
+    if (inet_pton(AF_INET, text, &((struct sockaddr_in *)ss)->sin_addr) == 1) {
         ss->ss_family = AF_INET;
         return 0;
     }
-    if (inet_pton(AF_INET6, text, &((struct sockaddr_in6 *) ss)->sin6_addr) == 1) {
+    if (inet_pton(AF_INET6, text, &((struct sockaddr_in6 *)ss)->sin6_addr) == 1) {
         ss->ss_family = AF_INET6;
         return 0;
     }
@@ -78,9 +78,9 @@ route_parse_ip(const char *text, struct sockaddr_storage *ss)
 static void
 route_trim(char **start, char **end)
 {
-    while (*start < *end && isspace((unsigned char) **start))
+    while (*start < *end && isspace((unsigned char)**start))
         (*start)++;
-    while (*end > *start && isspace((unsigned char) (*end)[-1]))
+    while (*end > *start && isspace((unsigned char)(*end)[-1]))
         (*end)--;
 }
 
@@ -92,7 +92,7 @@ route_valid_hostname(const char *s)
     if (len == 0 || len > SMTPOUT_DNS_NAME_MAX)
         return 0;
     for (i = 0; i < len; i++)
-        if (!(isalnum((unsigned char) s[i]) || s[i] == '-' || s[i] == '.' || s[i] == '_'))
+        if (!(isalnum((unsigned char)s[i]) || s[i] == '-' || s[i] == '.' || s[i] == '_'))
             return 0;
     return 1;
 }
@@ -106,15 +106,15 @@ route_parse_port(const char *s, uint16_t *port)
     if (*s == 0)
         return -1;
     for (; *s; s++) {
-        if (!isdigit((unsigned char) *s))
+        if (!isdigit((unsigned char)*s))
             return -1;
-        v = v * 10 + (unsigned long) (*s - '0');
+        v = v * 10 + (unsigned long)(*s - '0');
         if (v > 65535)
             return -1;
     }
     if (v == 0)
         return -1;
-    *port = (uint16_t) v;
+    *port = (uint16_t)v;
     return 0;
 }
 
@@ -159,7 +159,7 @@ route_parse_entry(char *text, struct smtpout_route_entry *e, char *err, size_t e
         }
     }
     if (e->kind == SMTPOUT_ROUTE_HOST && route_parse_ip(text, &ss) == 0)
-        e->kind = SMTPOUT_ROUTE_ADDR;   /* a bare IPv4 address needs no lookup */
+        e->kind = SMTPOUT_ROUTE_ADDR; /* a bare IPv4 address needs no lookup */
     else if (!route_valid_hostname(text)) {
         snprintf(err, errlen, "bad host name \"%s\"", text);
         return -EINVAL;
@@ -170,14 +170,14 @@ route_parse_entry(char *text, struct smtpout_route_entry *e, char *err, size_t e
 
 /* route_parse_level - entries separated by ',' in [START, END) */
 static int
-route_parse_level(char *start, char *end, struct smtpout_route_level *level,
-                  char *err, size_t errlen)
+route_parse_level(char *start, char *end, struct smtpout_route_level *level, char *err,
+                  size_t errlen)
 {
     char *p = start, *comma, *s, *e;
     int rc;
 
     while (p <= end) {
-        comma = memchr(p, ',', (size_t) (end - p));
+        comma = memchr(p, ',', (size_t)(end - p));
         if (comma == NULL)
             comma = end;
         s = p;
@@ -188,8 +188,7 @@ route_parse_level(char *start, char *end, struct smtpout_route_level *level,
             return -EINVAL;
         }
         *e = 0;
-        level->entries = xreallocarray(level->entries, level->nentries + 1,
-                                       sizeof *level->entries);
+        level->entries = xreallocarray(level->entries, level->nentries + 1, sizeof *level->entries);
         rc = route_parse_entry(s, &level->entries[level->nentries], err, errlen);
         if (rc < 0)
             return rc;
@@ -208,7 +207,7 @@ smtpout_route_parse(const char *text, struct smtpout_route **out, char *err, siz
 
     snprintf(err, errlen, "ok");
     while (p <= end) {
-        semi = memchr(p, ';', (size_t) (end - p));
+        semi = memchr(p, ';', (size_t)(end - p));
         if (semi == NULL)
             semi = end;
         *semi = 0;
@@ -255,27 +254,27 @@ struct route_item {
     enum smtpout_dns_status status;
     char why[160];
     size_t nhosts;
-    struct smtpout_mx_host *hosts;      /* heap: nhosts */
+    struct smtpout_mx_host *hosts; /* heap: nhosts */
 };
 
 struct smtpout_resolve {
     smtpout_resolve_cb cb;
     void *arg;
     int cancelled;
-    int returned;               /* smtpout_route_resolve has returned */
+    int returned; /* smtpout_route_resolve has returned */
     size_t pending;
     size_t max_dests;
     uint16_t default_port;
     int family;
-    int no_route;               /* plain MX delivery (affects failure codes) */
+    int no_route; /* plain MX delivery (affects failure codes) */
     uint64_t rng;
     size_t nitems;
     struct route_item *items;
 };
 
 static void
-route_item_store(struct route_item *item, enum smtpout_dns_status status,
-                 const char *why, const struct smtpout_mx_host *hosts, size_t n)
+route_item_store(struct route_item *item, enum smtpout_dns_status status, const char *why,
+                 const struct smtpout_mx_host *hosts, size_t n)
 {
     item->status = status;
     snprintf(item->why, sizeof item->why, "%s", why ? why : "");
@@ -304,7 +303,7 @@ route_host_done(void *arg, enum smtpout_dns_status status, const char *why,
                 const struct sockaddr_storage *addrs, size_t n)
 {
     struct route_item *item = arg;
-    struct smtpout_mx_host *h = item->hosts;     /* preallocated, name set */
+    struct smtpout_mx_host *h = item->hosts; /* preallocated, name set */
 
     item->status = status;
     snprintf(item->why, sizeof item->why, "%s", why ? why : "");
@@ -360,8 +359,8 @@ route_classify_failure(struct smtpout_resolve *req, struct smtpout_dest_list *li
         const struct route_item *item = &req->items[i];
         if (item->status == SMTPOUT_DNS_OK) {
             for (j = 0; j < item->nhosts; j++)
-                if (!smtpout_dns_permanent(item->hosts[j].addr_status)
-                    && item->hosts[j].addr_status != SMTPOUT_DNS_OK)
+                if (!smtpout_dns_permanent(item->hosts[j].addr_status) &&
+                    item->hosts[j].addr_status != SMTPOUT_DNS_OK)
                     temporary = 1;
         } else if (!smtpout_dns_permanent(item->status)) {
             temporary = 1;
@@ -401,7 +400,7 @@ route_finish(struct smtpout_resolve *req)
         while (start + n < req->nitems && req->items[start + n].level == req->items[start].level)
             n++;
         for (i = n; i > 1; i--) {
-            size_t k = (size_t) (route_random(req) % i), tmp = order[start + i - 1];
+            size_t k = (size_t)(route_random(req) % i), tmp = order[start + i - 1];
             order[start + i - 1] = order[start + k];
             order[start + k] = tmp;
         }
@@ -438,9 +437,8 @@ route_item_done(struct route_item *item)
 
 /* route_start_item - launch the lookup for one entry */
 static void
-route_start_item(struct smtpout_dns *dns, struct smtpout_resolve *req,
-                 struct route_item *item, const struct smtpout_route_entry *e,
-                 int allow_implicit)
+route_start_item(struct smtpout_dns *dns, struct smtpout_resolve *req, struct route_item *item,
+                 const struct smtpout_route_entry *e, int allow_implicit)
 {
     struct smtpout_mx_host *h;
 
@@ -467,12 +465,11 @@ route_start_item(struct smtpout_dns *dns, struct smtpout_resolve *req,
 
 struct smtpout_resolve *
 smtpout_route_resolve(struct smtpout_dns *dns, const char *domain,
-                      const struct smtpout_resolve_options *opts,
-                      smtpout_resolve_cb cb, void *arg)
+                      const struct smtpout_resolve_options *opts, smtpout_resolve_cb cb, void *arg)
 {
     struct smtpout_resolve *req = xcalloc(1, sizeof *req);
     const struct smtpout_route *route = opts->route;
-    struct smtpout_route_entry self = { SMTPOUT_ROUTE_LOOKUP_MX, (char *) domain, 0 };
+    struct smtpout_route_entry self = { SMTPOUT_ROUTE_LOOKUP_MX, (char *)domain, 0 };
     size_t i, j, k;
 
     req->cb = cb;
@@ -480,7 +477,7 @@ smtpout_route_resolve(struct smtpout_dns *dns, const char *domain,
     req->max_dests = opts->max_dests;
     req->default_port = opts->default_port ? opts->default_port : 25;
     req->family = opts->family;
-    req->rng = uv_hrtime() ^ (uintptr_t) req;
+    req->rng = uv_hrtime() ^ (uintptr_t)req;
     if (req->rng == 0)
         req->rng = 1;
     req->no_route = route == NULL || route->nlevels == 0;
@@ -500,7 +497,7 @@ smtpout_route_resolve(struct smtpout_dns *dns, const char *domain,
         for (i = 0, k = 0; i < route->nlevels; i++) {
             for (j = 0; j < route->levels[i].nentries; j++, k++) {
                 req->items[k].req = req;
-                req->items[k].level = (unsigned) i;
+                req->items[k].level = (unsigned)i;
                 req->items[k].port = route->levels[i].entries[j].port;
                 route_start_item(dns, req, &req->items[k], &route->levels[i].entries[j], 1);
             }

@@ -34,15 +34,15 @@
 #include "smtpout_dns.h"
 
 enum smtpout_route_kind {
-    SMTPOUT_ROUTE_HOST,         /* host[:port]: A/AAAA of host */
-    SMTPOUT_ROUTE_ADDR,         /* [ip][:port]: that address */
-    SMTPOUT_ROUTE_LOOKUP_MX,    /* lookup-mx:domain[:port]: its MX hosts */
+    SMTPOUT_ROUTE_HOST,      /* host[:port]: A/AAAA of host */
+    SMTPOUT_ROUTE_ADDR,      /* [ip][:port]: that address */
+    SMTPOUT_ROUTE_LOOKUP_MX, /* lookup-mx:domain[:port]: its MX hosts */
 };
 
 struct smtpout_route_entry {
     enum smtpout_route_kind kind;
-    char *name;                 /* host, domain, or the IP literal without [] */
-    uint16_t port;              /* 0 = default-smtp-port */
+    char *name;    /* host, domain, or the IP literal without [] */
+    uint16_t port; /* 0 = default-smtp-port */
 };
 
 struct smtpout_route_level {
@@ -59,39 +59,38 @@ struct smtpout_route {
  * smtpout_route_parse - parse TEXT into *OUT (caller frees with
  * smtpout_route_free). 0, or -EINVAL with a reason in ERR.
  */
-int smtpout_route_parse(const char *text, struct smtpout_route **out,
-                        char *err, size_t errlen);
+int smtpout_route_parse(const char *text, struct smtpout_route **out, char *err, size_t errlen);
 void smtpout_route_free(struct smtpout_route *route);
 
 /* One place to try, in order. */
 struct smtpout_dest {
-    char mx_name[SMTPOUT_DNS_NAME_MAX + 1];  /* MX/host name, or the IP literal */
-    struct sockaddr_storage addr;            /* port set */
-    unsigned level;                          /* route level (0 without a route) */
-    unsigned pref;                           /* MX preference within the level */
+    char mx_name[SMTPOUT_DNS_NAME_MAX + 1]; /* MX/host name, or the IP literal */
+    struct sockaddr_storage addr;           /* port set */
+    unsigned level;                         /* route level (0 without a route) */
+    unsigned pref;                          /* MX preference within the level */
 };
 
 enum smtpout_route_status {
-    SMTPOUT_ROUTE_OK = 0,       /* at least one destination */
-    SMTPOUT_ROUTE_TEMPFAIL,     /* nothing usable now; try again later */
-    SMTPOUT_ROUTE_PERMFAIL,     /* the domain cannot receive mail: bounce */
+    SMTPOUT_ROUTE_OK = 0,   /* at least one destination */
+    SMTPOUT_ROUTE_TEMPFAIL, /* nothing usable now; try again later */
+    SMTPOUT_ROUTE_PERMFAIL, /* the domain cannot receive mail: bounce */
     SMTPOUT_ROUTE_CANCELLED,
 };
 
 struct smtpout_dest_list {
     enum smtpout_route_status status;
-    char status_code[8];        /* enhanced status for failures, e.g. "5.1.2" */
-    char why[200];              /* for failures: what went wrong (printable) */
+    char status_code[8]; /* enhanced status for failures, e.g. "5.1.2" */
+    char why[200];       /* for failures: what went wrong (printable) */
     size_t ndests;
     struct smtpout_dest *dests;
 };
 
 struct smtpout_resolve_options {
-    const struct smtpout_route *route;  /* NULL: the domain's MX hosts */
-    uint16_t default_port;              /* 0 = 25 */
-    int family;                         /* AF_INET, AF_INET6, AF_UNSPEC */
-    int bounce_upon_no_mx;              /* no MX -> permanent (no implicit MX) */
-    size_t max_dests;                   /* 0 = no cap */
+    const struct smtpout_route *route; /* NULL: the domain's MX hosts */
+    uint16_t default_port;             /* 0 = 25 */
+    int family;                        /* AF_INET, AF_INET6, AF_UNSPEC */
+    int bounce_upon_no_mx;             /* no MX -> permanent (no implicit MX) */
+    size_t max_dests;                  /* 0 = no cap */
 };
 
 typedef void (*smtpout_resolve_cb)(void *arg, const struct smtpout_dest_list *list);
@@ -103,8 +102,7 @@ struct smtpout_resolve;
  * exactly once (possibly before this returns, then NULL is returned), unless
  * smtpout_route_cancel() is called first. LIST is borrowed for the call.
  */
-struct smtpout_resolve *smtpout_route_resolve(struct smtpout_dns *dns,
-                                              const char *domain,
+struct smtpout_resolve *smtpout_route_resolve(struct smtpout_dns *dns, const char *domain,
                                               const struct smtpout_resolve_options *opts,
                                               smtpout_resolve_cb cb, void *arg);
 /* smtpout_route_cancel - CB will not run; memory is reclaimed when lookups end */

@@ -41,25 +41,25 @@
 #include "xalloc.h"
 #include "smtpout_session.h"
 
-#define BODY_BATCH_BYTES (256 * 1024)   /* message bytes per body write */
-#define BODY_BATCH_BUFS 1024            /* iovecs per body write */
-#define TLS_STAGE_BYTES (64 * 1024)     /* plaintext per SSL_write of the body */
-#define ADDR_MAX 1000                   /* longest envelope address we send */
+#define BODY_BATCH_BYTES (256 * 1024) /* message bytes per body write */
+#define BODY_BATCH_BUFS  1024         /* iovecs per body write */
+#define TLS_STAGE_BYTES  (64 * 1024)  /* plaintext per SSL_write of the body */
+#define ADDR_MAX         1000         /* longest envelope address we send */
 
 enum session_state {
-    S_CONNECTING,       /* TCP connect in progress */
-    S_GREETING,         /* waiting for the 220 banner */
-    S_EHLO,             /* EHLO sent */
-    S_HELO,             /* HELO sent after EHLO got a 5xx */
-    S_STARTTLS,         /* STARTTLS sent */
-    S_TLS_HANDSHAKE,    /* TLS handshake in progress */
-    S_READY,            /* idle, between transactions */
-    S_RSET,             /* RSET sent before a new transaction */
-    S_TRANSACTION,      /* MAIL / RCPT / DATA replies outstanding */
-    S_BODY,             /* sending the message body */
-    S_DOT,              /* final "." sent, waiting for its reply */
-    S_QUIT,             /* QUIT sent */
-    S_CLOSING,          /* handles closing; `closed` comes next */
+    S_CONNECTING,    /* TCP connect in progress */
+    S_GREETING,      /* waiting for the 220 banner */
+    S_EHLO,          /* EHLO sent */
+    S_HELO,          /* HELO sent after EHLO got a 5xx */
+    S_STARTTLS,      /* STARTTLS sent */
+    S_TLS_HANDSHAKE, /* TLS handshake in progress */
+    S_READY,         /* idle, between transactions */
+    S_RSET,          /* RSET sent before a new transaction */
+    S_TRANSACTION,   /* MAIL / RCPT / DATA replies outstanding */
+    S_BODY,          /* sending the message body */
+    S_DOT,           /* final "." sent, waiting for its reply */
+    S_QUIT,          /* QUIT sent */
+    S_CLOSING,       /* handles closing; `closed` comes next */
 };
 
 enum rcpt_state { RCPT_PENDING, RCPT_ACCEPTED, RCPT_DONE };
@@ -77,8 +77,8 @@ struct reply_reader {
 struct session_write {
     uv_write_t req;
     struct smtpout_session *s;
-    char *heap;                 /* owned copy (commands, TLS records) or NULL */
-    int body;                   /* part of the message body */
+    char *heap; /* owned copy (commands, TLS records) or NULL */
+    int body;   /* part of the message body */
 };
 
 struct smtpout_session {
@@ -99,7 +99,7 @@ struct smtpout_session {
 
     enum session_state state;
     enum smtpout_stage timer_stage;
-    unsigned timer_ms;          /* the armed timer's timeout, for the reason text */
+    unsigned timer_ms; /* the armed timer's timeout, for the reason text */
     unsigned caps;
     unsigned long size_max;
     struct reply_reader rd;
@@ -107,16 +107,16 @@ struct smtpout_session {
 
     /* TLS */
     SSL *ssl;
-    BIO *rbio, *wbio;           /* owned by ssl */
+    BIO *rbio, *wbio; /* owned by ssl */
     int tls_active;
 
     /* the current transaction */
     const struct smtpout_message *msg;
-    unsigned char *rcpt_state;  /* enum rcpt_state per recipient */
-    size_t *sent;               /* recipient index per RCPT sent, in order */
+    unsigned char *rcpt_state; /* enum rcpt_state per recipient */
+    size_t *sent;              /* recipient index per RCPT sent, in order */
     size_t nsent;
     size_t naccepted;
-    size_t reply_index;         /* next reply: 0 MAIL, 1..nsent RCPT, nsent+1 DATA */
+    size_t reply_index; /* next reply: 0 MAIL, 1..nsent RCPT, nsent+1 DATA */
     int pipelined;
     int mail_failed;
     struct smtpout_reply mail_reply;
@@ -141,10 +141,10 @@ const char *
 smtpout_stage_name(enum smtpout_stage stage)
 {
     static const char *const names[] = {
-        "connect", "greeting", "ehlo", "helo", "starttls", "tls", "rset",
-        "mail", "rcpt", "data", "body", "dot", "quit", "local",
+        "connect", "greeting", "ehlo", "helo", "starttls", "tls",  "rset",
+        "mail",    "rcpt",     "data", "body", "dot",      "quit", "local",
     };
-    return (size_t) stage < sizeof names / sizeof names[0] ? names[stage] : "?";
+    return (size_t)stage < sizeof names / sizeof names[0] ? names[stage] : "?";
 }
 
 const char *
@@ -174,9 +174,9 @@ smtpout_session_transactions(const struct smtpout_session *s)
 /* --- replies we make up ----------------------------------------------------------- */
 
 /* reply_local - a result without a peer reply (timeouts, policy, local checks) */
-static void
-reply_local(struct smtpout_reply *r, enum smtpout_class cls, enum smtpout_stage stage,
-            const char *status, const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+static void reply_local(struct smtpout_reply *r, enum smtpout_class cls, enum smtpout_stage stage,
+                        const char *status, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
 
 static void
 reply_local(struct smtpout_reply *r, enum smtpout_class cls, enum smtpout_stage stage,
@@ -200,20 +200,32 @@ static enum smtpout_stage
 session_current_stage(const struct smtpout_session *s)
 {
     switch (s->state) {
-    case S_CONNECTING: return SMTPOUT_STAGE_CONNECT;
-    case S_GREETING: return SMTPOUT_STAGE_GREETING;
-    case S_EHLO: return SMTPOUT_STAGE_EHLO;
-    case S_HELO: return SMTPOUT_STAGE_HELO;
-    case S_STARTTLS: return SMTPOUT_STAGE_STARTTLS;
-    case S_TLS_HANDSHAKE: return SMTPOUT_STAGE_TLS;
-    case S_RSET: return SMTPOUT_STAGE_RSET;
+    case S_CONNECTING:
+        return SMTPOUT_STAGE_CONNECT;
+    case S_GREETING:
+        return SMTPOUT_STAGE_GREETING;
+    case S_EHLO:
+        return SMTPOUT_STAGE_EHLO;
+    case S_HELO:
+        return SMTPOUT_STAGE_HELO;
+    case S_STARTTLS:
+        return SMTPOUT_STAGE_STARTTLS;
+    case S_TLS_HANDSHAKE:
+        return SMTPOUT_STAGE_TLS;
+    case S_RSET:
+        return SMTPOUT_STAGE_RSET;
     case S_TRANSACTION:
-        return s->reply_index == 0 ? SMTPOUT_STAGE_MAIL
-            : s->reply_index <= s->nsent ? SMTPOUT_STAGE_RCPT : SMTPOUT_STAGE_DATA;
-    case S_BODY: return SMTPOUT_STAGE_BODY;
-    case S_DOT: return SMTPOUT_STAGE_DOT;
-    case S_QUIT: return SMTPOUT_STAGE_QUIT;
-    default: return SMTPOUT_STAGE_LOCAL;
+        return s->reply_index == 0          ? SMTPOUT_STAGE_MAIL
+               : s->reply_index <= s->nsent ? SMTPOUT_STAGE_RCPT
+                                            : SMTPOUT_STAGE_DATA;
+    case S_BODY:
+        return SMTPOUT_STAGE_BODY;
+    case S_DOT:
+        return SMTPOUT_STAGE_DOT;
+    case S_QUIT:
+        return SMTPOUT_STAGE_QUIT;
+    default:
+        return SMTPOUT_STAGE_LOCAL;
     }
 }
 
@@ -226,17 +238,17 @@ session_timeout(uv_timer_t *timer)
     struct smtpout_reply r;
     size_t len;
 
-    if (s->state == S_QUIT) {       /* the peer never said 221: close anyway */
+    if (s->state == S_QUIT) { /* the peer never said 221: close anyway */
         reply_local(&r, SMTPOUT_OK, SMTPOUT_STAGE_QUIT, "2.0.0", "closed after QUIT (no reply)");
         session_fail(s, &r);
         return;
     }
     reply_local(&r, SMTPOUT_TEMP, s->timer_stage,
-                s->timer_stage == SMTPOUT_STAGE_CONNECT ? "4.4.1" : "4.4.2",
-                "timeout %s %s[%s]",
+                s->timer_stage == SMTPOUT_STAGE_CONNECT ? "4.4.1" : "4.4.2", "timeout %s %s[%s]",
                 s->timer_stage == SMTPOUT_STAGE_CONNECT ? "connecting to"
-                : s->timer_stage == SMTPOUT_STAGE_BODY ? "sending message to"
-                : "waiting for reply from", s->mx_name, s->dest_ip);
+                : s->timer_stage == SMTPOUT_STAGE_BODY  ? "sending message to"
+                                                        : "waiting for reply from",
+                s->mx_name, s->dest_ip);
     len = strlen(r.text);
     if (s->timer_stage != SMTPOUT_STAGE_CONNECT && s->timer_stage != SMTPOUT_STAGE_BODY) {
         snprintf(r.text + len, sizeof r.text - len, " to %s", smtpout_stage_name(s->timer_stage));
@@ -284,8 +296,8 @@ session_close(struct smtpout_session *s, const struct smtpout_reply *reason)
     s->state = S_CLOSING;
     s->close_reason = *reason;
     uv_timer_stop(&s->timer);
-    uv_close((uv_handle_t *) &s->tcp, session_handle_closed);
-    uv_close((uv_handle_t *) &s->timer, session_handle_closed);
+    uv_close((uv_handle_t *)&s->tcp, session_handle_closed);
+    uv_close((uv_handle_t *)&s->timer, session_handle_closed);
 }
 
 /* session_end_transaction - back to idle; report the transaction's outcome */
@@ -308,14 +320,13 @@ session_end_transaction(struct smtpout_session *s, const struct smtpout_reply *r
 
 /* session_report_open - give R to every recipient without a result yet */
 static void
-session_report_open(struct smtpout_session *s, const struct smtpout_reply *r,
-                    int include_accepted)
+session_report_open(struct smtpout_session *s, const struct smtpout_reply *r, int include_accepted)
 {
     size_t i;
 
     for (i = 0; s->msg && i < s->msg->nrcpts; i++) {
-        if (s->rcpt_state[i] == RCPT_DONE
-            || (s->rcpt_state[i] == RCPT_ACCEPTED && !include_accepted))
+        if (s->rcpt_state[i] == RCPT_DONE ||
+            (s->rcpt_state[i] == RCPT_ACCEPTED && !include_accepted))
             continue;
         s->rcpt_state[i] = RCPT_DONE;
         if (s->cb.rcpt_result)
@@ -344,13 +355,13 @@ session_fail(struct smtpout_session *s, const struct smtpout_reply *r)
 }
 
 static void
-session_fail_local(struct smtpout_session *s, enum smtpout_class cls,
-                   const char *status, const char *what)
+session_fail_local(struct smtpout_session *s, enum smtpout_class cls, const char *status,
+                   const char *what)
 {
     struct smtpout_reply r;
 
-    reply_local(&r, cls, session_current_stage(s), status, "%s (%s[%s])",
-                what, s->mx_name, s->dest_ip);
+    reply_local(&r, cls, session_current_stage(s), status, "%s (%s[%s])", what, s->mx_name,
+                s->dest_ip);
     session_fail(s, &r);
 }
 
@@ -359,7 +370,7 @@ session_fail_local(struct smtpout_session *s, enum smtpout_class cls,
 static void
 session_written(uv_write_t *req, int status)
 {
-    struct session_write *w = (struct session_write *) req;
+    struct session_write *w = (struct session_write *)req;
     struct smtpout_session *s = w->s;
     int body = w->body;
 
@@ -386,8 +397,8 @@ session_written(uv_write_t *req, int status)
 static unsigned
 write_now(struct smtpout_session *s, const uv_buf_t *bufs, unsigned nbufs, uv_buf_t *rest)
 {
-    int done = uv_try_write((uv_stream_t *) &s->tcp, bufs, nbufs);
-    size_t skip = done > 0 ? (size_t) done : 0;
+    int done = uv_try_write((uv_stream_t *)&s->tcp, bufs, nbufs);
+    size_t skip = done > 0 ? (size_t)done : 0;
     unsigned i, n = 0;
 
     for (i = 0; i < nbufs; i++) {
@@ -395,7 +406,7 @@ write_now(struct smtpout_session *s, const uv_buf_t *bufs, unsigned nbufs, uv_bu
             skip -= bufs[i].len;
             continue;
         }
-        rest[n++] = uv_buf_init(bufs[i].base + skip, (unsigned) (bufs[i].len - skip));
+        rest[n++] = uv_buf_init(bufs[i].base + skip, (unsigned)(bufs[i].len - skip));
         skip = 0;
     }
     return n;
@@ -409,8 +420,8 @@ write_now(struct smtpout_session *s, const uv_buf_t *bufs, unsigned nbufs, uv_bu
  * caller's). 1: all written now; 0: queued (session_written follows); -1: failed.
  */
 static int
-session_write(struct smtpout_session *s, const uv_buf_t *bufs, unsigned nbufs,
-              char *heap, int body, int copy)
+session_write(struct smtpout_session *s, const uv_buf_t *bufs, unsigned nbufs, char *heap, int body,
+              int copy)
 {
     uv_buf_t small[8];
     uv_buf_t *rest = nbufs <= 8 ? small : xmalloc(sizeof(*rest) * nbufs);
@@ -431,7 +442,7 @@ session_write(struct smtpout_session *s, const uv_buf_t *bufs, unsigned nbufs,
         for (unsigned i = 0; i < n; i++)
             buf_append(&b, rest[i].base, rest[i].len);
         free(heap);
-        rest[0] = uv_buf_init(b.data, (unsigned) b.len);
+        rest[0] = uv_buf_init(b.data, (unsigned)b.len);
         heap = buf_detach(&b, NULL);
         n = 1;
     }
@@ -439,7 +450,7 @@ session_write(struct smtpout_session *s, const uv_buf_t *bufs, unsigned nbufs,
     w->s = s;
     w->heap = heap;
     w->body = body;
-    rc = uv_write(&w->req, (uv_stream_t *) &s->tcp, rest, n, session_written);
+    rc = uv_write(&w->req, (uv_stream_t *)&s->tcp, rest, n, session_written);
     if (rest != small)
         free(rest);
     if (rc < 0) {
@@ -468,12 +479,12 @@ tls_flush(struct smtpout_session *s, int body)
     if (pending == 0)
         return 1;
     heap = xmalloc(pending);
-    n = BIO_read(s->wbio, heap, (int) pending);
+    n = BIO_read(s->wbio, heap, (int)pending);
     if (n <= 0) {
         free(heap);
         return 1;
     }
-    b = uv_buf_init(heap, (unsigned) n);
+    b = uv_buf_init(heap, (unsigned)n);
     return session_write(s, &b, 1, heap, body, 0);
 }
 
@@ -484,8 +495,8 @@ tls_write(struct smtpout_session *s, const char *data, size_t len)
     int n;
 
     ERR_clear_error();
-    n = SSL_write(s->ssl, data, (int) len);
-    if (n != (int) len) {
+    n = SSL_write(s->ssl, data, (int)len);
+    if (n != (int)len) {
         session_fail_local(s, SMTPOUT_TEMP, "4.7.5", "TLS write failed");
         return -1;
     }
@@ -500,11 +511,11 @@ session_send_cmd(struct smtpout_session *s, const char *text, size_t len)
 
     if (s->tls_active) {
         if (tls_write(s, text, len) == 0)
-            (void) tls_flush(s, 0);
+            (void)tls_flush(s, 0);
         return;
     }
-    b = uv_buf_init((char *) text, (unsigned) len);
-    (void) session_write(s, &b, 1, NULL, 0, 1);
+    b = uv_buf_init((char *)text, (unsigned)len);
+    (void)session_write(s, &b, 1, NULL, 0, 1);
 }
 
 static void
@@ -513,7 +524,7 @@ session_command(struct smtpout_session *s, const char *cmd)
     char line[600];
     int n = snprintf(line, sizeof line, "%s\r\n", cmd);
 
-    session_send_cmd(s, line, (size_t) n < sizeof line ? (size_t) n : sizeof line - 1);
+    session_send_cmd(s, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
 }
 
 /* --- the message body ------------------------------------------------------------- */
@@ -535,34 +546,35 @@ body_fill(struct smtpout_session *s, uv_buf_t *bufs, unsigned maxbufs)
     size_t len = s->msg->len, off = s->body_off, seg = off, bytes = 0;
     unsigned n = 0;
 
-#define FLUSH_SEGMENT(upto) do { \
-        if ((upto) > seg) { \
-            bufs[n++] = uv_buf_init((char *) d + seg, (unsigned) ((upto) - seg)); \
-            bytes += (upto) - seg; \
-        } \
-        seg = (upto); \
+#define FLUSH_SEGMENT(upto)                                                   \
+    do {                                                                      \
+        if ((upto) > seg) {                                                   \
+            bufs[n++] = uv_buf_init((char *)d + seg, (unsigned)((upto)-seg)); \
+            bytes += (upto)-seg;                                              \
+        }                                                                     \
+        seg = (upto);                                                         \
     } while (0)
 
     while (off < len && n + 4 <= maxbufs && bytes + (off - seg) < BODY_BATCH_BYTES) {
         const char *nl;
         size_t eol;
 
-        if (d[off] == '.') {                    /* dot-stuffing (RFC 5321 4.5.2) */
+        if (d[off] == '.') { /* dot-stuffing (RFC 5321 4.5.2) */
             FLUSH_SEGMENT(off);
             bufs[n++] = uv_buf_init(DOT, 1);
             bytes++;
         }
         nl = memchr(d + off, '\n', len - off);
-        if (nl == NULL) {                       /* last line without a line end */
+        if (nl == NULL) { /* last line without a line end */
             off = len;
             break;
         }
-        eol = (size_t) (nl - d);
-        if (eol > off && d[eol - 1] == '\r') {  /* already CRLF: extend the run */
+        eol = (size_t)(nl - d);
+        if (eol > off && d[eol - 1] == '\r') { /* already CRLF: extend the run */
             off = eol + 1;
             continue;
         }
-        FLUSH_SEGMENT(eol);                     /* bare LF becomes CRLF */
+        FLUSH_SEGMENT(eol); /* bare LF becomes CRLF */
         bufs[n++] = uv_buf_init(CRLF, 2);
         bytes += 2;
         off = seg = eol + 1;
@@ -640,7 +652,7 @@ addr_ok(const char *a)
     if (len > ADDR_MAX)
         return 0;
     for (i = 0; i < len; i++)
-        if ((unsigned char) a[i] < 0x20 || a[i] == 0x7f)
+        if ((unsigned char)a[i] < 0x20 || a[i] == 0x7f)
             return 0;
     return 1;
 }
@@ -650,7 +662,7 @@ static void
 xtext_append(struct buf *b, const char *s)
 {
     for (; *s; s++) {
-        unsigned char c = (unsigned char) *s;
+        unsigned char c = (unsigned char)*s;
         if (c < 33 || c > 126 || c == '+' || c == '=')
             buf_printf(b, "+%02X", c);
         else
@@ -698,9 +710,16 @@ build_rcpt(struct smtpout_session *s, struct buf *b, size_t idx)
             buf_append_str(b, " NOTIFY=NEVER");
         } else if (r->notify) {
             const char *sep = " NOTIFY=";
-            if (r->notify & SMTPOUT_NOTIFY_SUCCESS) { buf_printf(b, "%sSUCCESS", sep); sep = ","; }
-            if (r->notify & SMTPOUT_NOTIFY_FAILURE) { buf_printf(b, "%sFAILURE", sep); sep = ","; }
-            if (r->notify & SMTPOUT_NOTIFY_DELAY) buf_printf(b, "%sDELAY", sep);
+            if (r->notify & SMTPOUT_NOTIFY_SUCCESS) {
+                buf_printf(b, "%sSUCCESS", sep);
+                sep = ",";
+            }
+            if (r->notify & SMTPOUT_NOTIFY_FAILURE) {
+                buf_printf(b, "%sFAILURE", sep);
+                sep = ",";
+            }
+            if (r->notify & SMTPOUT_NOTIFY_DELAY)
+                buf_printf(b, "%sDELAY", sep);
         }
         if (r->orcpt && *r->orcpt) {
             buf_append_str(b, " ORCPT=rfc822;");
@@ -749,15 +768,16 @@ session_local_checks(struct smtpout_session *s)
     else if (m->eight_bit && !(s->caps & SMTPOUT_CAP_8BITMIME) && !s->cfg.ignore_8bitmime)
         reply_local(&r, SMTPOUT_PERM, SMTPOUT_STAGE_LOCAL, "5.6.3",
                     "5.6.3 message has 8-bit content but 8-bit data not accepted by peer %s[%s]"
-                    " (no 8BITMIME)", s->mx_name, s->dest_ip);
+                    " (no 8BITMIME)",
+                    s->mx_name, s->dest_ip);
     else if (m->smtputf8 && !(s->caps & SMTPOUT_CAP_SMTPUTF8))
         reply_local(&r, SMTPOUT_PERM, SMTPOUT_STAGE_LOCAL, "5.6.7",
-                    "5.6.7 message needs SMTPUTF8 but peer %s[%s] does not support it",
-                    s->mx_name, s->dest_ip);
+                    "5.6.7 message needs SMTPUTF8 but peer %s[%s] does not support it", s->mx_name,
+                    s->dest_ip);
     else if ((s->caps & SMTPOUT_CAP_SIZE) && s->size_max && m->len > s->size_max)
         reply_local(&r, SMTPOUT_PERM, SMTPOUT_STAGE_LOCAL, "5.3.4",
-                    "5.3.4 message size %zu exceeds the limit %lu of peer %s[%s]",
-                    m->len, s->size_max, s->mx_name, s->dest_ip);
+                    "5.3.4 message size %zu exceeds the limit %lu of peer %s[%s]", m->len,
+                    s->size_max, s->mx_name, s->dest_ip);
     else
         return 0;
     session_report_open(s, &r, 1);
@@ -852,7 +872,7 @@ on_rcpt_reply(struct smtpout_session *s, size_t idx, struct smtpout_reply *r)
         return;
     s->last_rcpt_reply = *r;
     if (r->code / 100 == 2) {
-        s->rcpt_state[idx] = RCPT_ACCEPTED;     /* result comes with the final "." */
+        s->rcpt_state[idx] = RCPT_ACCEPTED; /* result comes with the final "." */
         s->naccepted++;
         return;
     }
@@ -921,7 +941,7 @@ static void
 on_dot_reply(struct smtpout_session *s, struct smtpout_reply *r)
 {
     r->stage = SMTPOUT_STAGE_DOT;
-    if (s->naccepted == 0) {        /* the empty body after a pipelined failure */
+    if (s->naccepted == 0) { /* the empty body after a pipelined failure */
         session_end_transaction(s, s->mail_failed ? &s->mail_reply : &s->last_rcpt_reply);
         return;
     }
@@ -958,8 +978,8 @@ session_become_ready(struct smtpout_session *s)
 static void
 after_ehlo(struct smtpout_session *s)
 {
-    if (!s->tls_active && s->cfg.tls != SMTPOUT_TLS_OFF && s->cfg.ssl_ctx
-        && (s->caps & SMTPOUT_CAP_STARTTLS)) {
+    if (!s->tls_active && s->cfg.tls != SMTPOUT_TLS_OFF && s->cfg.ssl_ctx &&
+        (s->caps & SMTPOUT_CAP_STARTTLS)) {
         s->state = S_STARTTLS;
         session_arm_timer(s, s->cfg.command_timeout_ms, SMTPOUT_STAGE_STARTTLS);
         session_command(s, "STARTTLS");
@@ -977,11 +997,14 @@ after_ehlo(struct smtpout_session *s)
 static void
 parse_capability(struct smtpout_session *s, const char *text)
 {
-    static const struct { const char *name; unsigned bit; } caps[] = {
+    static const struct {
+        const char *name;
+        unsigned bit;
+    } caps[] = {
         { "PIPELINING", SMTPOUT_CAP_PIPELINING }, { "SIZE", SMTPOUT_CAP_SIZE },
-        { "8BITMIME", SMTPOUT_CAP_8BITMIME }, { "SMTPUTF8", SMTPOUT_CAP_SMTPUTF8 },
-        { "STARTTLS", SMTPOUT_CAP_STARTTLS }, { "ENHANCEDSTATUSCODES", SMTPOUT_CAP_ENHANCED },
-        { "CHUNKING", SMTPOUT_CAP_CHUNKING }, { "DSN", SMTPOUT_CAP_DSN },
+        { "8BITMIME", SMTPOUT_CAP_8BITMIME },     { "SMTPUTF8", SMTPOUT_CAP_SMTPUTF8 },
+        { "STARTTLS", SMTPOUT_CAP_STARTTLS },     { "ENHANCEDSTATUSCODES", SMTPOUT_CAP_ENHANCED },
+        { "CHUNKING", SMTPOUT_CAP_CHUNKING },     { "DSN", SMTPOUT_CAP_DSN },
     };
     size_t klen = strcspn(text, " =");
     size_t i;
@@ -1059,7 +1082,7 @@ on_greeting(struct smtpout_session *s, struct smtpout_reply *r)
         session_send_ehlo(s, "EHLO", S_EHLO);
         return;
     }
-    session_fail(s, r);     /* 4xx temporary, 5xx permanent (cls already set) */
+    session_fail(s, r); /* 4xx temporary, 5xx permanent (cls already set) */
 }
 
 static void
@@ -1070,7 +1093,7 @@ on_ehlo(struct smtpout_session *s, struct smtpout_reply *r)
         return;
     }
     if (r->code / 100 == 5 && s->state == S_EHLO) {
-        session_send_ehlo(s, "HELO", S_HELO);   /* an RFC 821 server */
+        session_send_ehlo(s, "HELO", S_HELO); /* an RFC 821 server */
         return;
     }
     r->stage = s->state == S_EHLO ? SMTPOUT_STAGE_EHLO : SMTPOUT_STAGE_HELO;
@@ -1093,7 +1116,7 @@ on_starttls(struct smtpout_session *s, struct smtpout_reply *r)
         session_fail(s, r);
         return;
     }
-    session_become_ready(s);    /* opportunistic: carry on in clear */
+    session_become_ready(s); /* opportunistic: carry on in clear */
 }
 
 /* session_dispatch - a complete reply, handled by the state we are in */
@@ -1107,22 +1130,32 @@ session_dispatch(struct smtpout_session *s, struct smtpout_reply *r)
         return;
     }
     switch (s->state) {
-    case S_GREETING: on_greeting(s, r); break;
+    case S_GREETING:
+        on_greeting(s, r);
+        break;
     case S_EHLO:
-    case S_HELO: on_ehlo(s, r); break;
-    case S_STARTTLS: on_starttls(s, r); break;
+    case S_HELO:
+        on_ehlo(s, r);
+        break;
+    case S_STARTTLS:
+        on_starttls(s, r);
+        break;
     case S_RSET:
         if (r->code / 100 == 2) {
             s->need_rset = 0;
             session_start_mail(s);
         } else {
             r->stage = SMTPOUT_STAGE_RSET;
-            r->cls = SMTPOUT_TEMP;  /* the connection is bad, not the mail */
+            r->cls = SMTPOUT_TEMP; /* the connection is bad, not the mail */
             session_fail(s, r);
         }
         break;
-    case S_TRANSACTION: on_transaction_reply(s, r); break;
-    case S_DOT: on_dot_reply(s, r); break;
+    case S_TRANSACTION:
+        on_transaction_reply(s, r);
+        break;
+    case S_DOT:
+        on_dot_reply(s, r);
+        break;
     case S_QUIT: {
         struct smtpout_reply ok = *r;
         ok.cls = SMTPOUT_OK;
@@ -1149,8 +1182,8 @@ reply_append_text(struct reply_reader *rd, const char *p, size_t len)
     size_t i;
 
     for (i = 0; i < len && rd->text_len < SMTPOUT_REPLY_TEXT_MAX; i++) {
-        unsigned char c = (unsigned char) p[i];
-        rd->reply.text[rd->text_len++] = (c < 0x20 || c >= 0x7f) ? '?' : (char) c;
+        unsigned char c = (unsigned char)p[i];
+        rd->reply.text[rd->text_len++] = (c < 0x20 || c >= 0x7f) ? '?' : (char)c;
     }
     rd->reply.text[rd->text_len] = 0;
 }
@@ -1169,7 +1202,7 @@ reply_enhanced_status(const char *text, size_t len, int code, char *out, size_t 
                 return 0;
             i++;
         }
-        for (digits = 0; i < len && isdigit((unsigned char) text[i]) && digits < 4; i++)
+        for (digits = 0; i < len && isdigit((unsigned char)text[i]) && digits < 4; i++)
             digits++;
         if (digits == 0 || digits > (part == 0 ? 1u : 3u))
             return 0;
@@ -1191,7 +1224,7 @@ reply_finish(struct reply_reader *rd)
 
     r->cls = cls == 4 ? SMTPOUT_TEMP : cls == 5 ? SMTPOUT_PERM : SMTPOUT_OK;
     if (!rd->have_status)
-        snprintf(r->status, sizeof r->status, "%c.0.0", cls == 3 ? '2' : (char) ('0' + cls));
+        snprintf(r->status, sizeof r->status, "%c.0.0", cls == 3 ? '2' : (char)('0' + cls));
 }
 
 static void
@@ -1216,8 +1249,8 @@ on_reply_line(struct smtpout_session *s, const char *line, size_t len)
     const char *text;
     size_t tlen;
 
-    if (len < 3 || !isdigit((unsigned char) line[0]) || !isdigit((unsigned char) line[1])
-        || !isdigit((unsigned char) line[2]) || (len > 3 && line[3] != ' ' && line[3] != '-')) {
+    if (len < 3 || !isdigit((unsigned char)line[0]) || !isdigit((unsigned char)line[1]) ||
+        !isdigit((unsigned char)line[2]) || (len > 3 && line[3] != ' ' && line[3] != '-')) {
         char what[160];
         msg_printable(shown, sizeof shown, line, len);
         snprintf(what, sizeof what, "malformed reply: \"%s\"", shown);
@@ -1273,7 +1306,7 @@ session_feed(struct smtpout_session *s, const char *data, size_t len)
 
     while (len > 0 && s->state != S_CLOSING) {
         const char *nl = memchr(data, '\n', len);
-        size_t chunk = nl ? (size_t) (nl - data) + 1 : len;
+        size_t chunk = nl ? (size_t)(nl - data) + 1 : len;
         size_t linelen;
 
         if (rd->line_len + chunk > SMTPOUT_LINE_MAX) {
@@ -1313,12 +1346,12 @@ tls_read_loop(struct smtpout_session *s)
         n = SSL_read(s->ssl, plain, sizeof plain);
         if (n <= 0)
             break;
-        session_feed(s, plain, (size_t) n);
+        session_feed(s, plain, (size_t)n);
         if (s->state == S_CLOSING)
             return;
     }
     err = SSL_get_error(s->ssl, n);
-    tls_flush(s, 0);            /* post-handshake messages may want an answer */
+    tls_flush(s, 0); /* post-handshake messages may want an answer */
     if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE || s->state == S_CLOSING)
         return;
     if (s->state == S_QUIT) {
@@ -1329,7 +1362,7 @@ tls_read_loop(struct smtpout_session *s)
     }
     session_fail_local(s, SMTPOUT_TEMP, "4.4.2",
                        err == SSL_ERROR_ZERO_RETURN ? "peer closed the TLS session"
-                       : "TLS read error");
+                                                    : "TLS read error");
 }
 
 static void
@@ -1337,7 +1370,7 @@ session_alloc(uv_handle_t *handle, size_t suggested, uv_buf_t *buf)
 {
     struct smtpout_session *s = handle->data;
 
-    (void) suggested;
+    (void)suggested;
     *buf = uv_buf_init(s->rbuf, sizeof s->rbuf);
 }
 
@@ -1358,15 +1391,15 @@ session_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
         reply_local(&r, SMTPOUT_TEMP, session_current_stage(s), "4.4.2",
                     "lost connection with %s[%s] while in %s: %s", s->mx_name, s->dest_ip,
                     smtpout_stage_name(session_current_stage(s)),
-                    nread == UV_EOF ? "connection closed by peer" : uv_strerror((int) nread));
+                    nread == UV_EOF ? "connection closed by peer" : uv_strerror((int)nread));
         session_fail(s, &r);
         return;
     }
     if (s->ssl == NULL) {
-        session_feed(s, buf->base, (size_t) nread);
+        session_feed(s, buf->base, (size_t)nread);
         return;
     }
-    if (BIO_write(s->rbio, buf->base, (int) nread) != (int) nread) {
+    if (BIO_write(s->rbio, buf->base, (int)nread) != (int)nread) {
         session_fail_local(s, SMTPOUT_TEMP, "4.7.5", "TLS buffer error");
         return;
     }
@@ -1392,24 +1425,24 @@ session_connected(uv_connect_t *req, int status)
     if (status == UV_ECANCELED || s->state == S_CLOSING)
         return;
     if (status < 0) {
-        reply_local(&r, SMTPOUT_TEMP, SMTPOUT_STAGE_CONNECT, "4.4.1",
-                    "connect to %s[%s]:%u: %s", s->mx_name, s->dest_ip,
+        reply_local(&r, SMTPOUT_TEMP, SMTPOUT_STAGE_CONNECT, "4.4.1", "connect to %s[%s]:%u: %s",
+                    s->mx_name, s->dest_ip,
                     ntohs(s->dest.ss_family == AF_INET6
-                          ? ((struct sockaddr_in6 *) &s->dest)->sin6_port
-                          : ((struct sockaddr_in *) &s->dest)->sin_port),
+                              ? ((struct sockaddr_in6 *)&s->dest)->sin6_port
+                              : ((struct sockaddr_in *)&s->dest)->sin_port),
                     uv_strerror(status));
         session_fail(s, &r);
         return;
     }
-    if (uv_tcp_getsockname(&s->tcp, (struct sockaddr *) &local, &len) == 0)
-        inet_ntop(local.ss_family, local.ss_family == AF_INET6
-                  ? (void *) &((struct sockaddr_in6 *) &local)->sin6_addr
-                  : (void *) &((struct sockaddr_in *) &local)->sin_addr,
+    if (uv_tcp_getsockname(&s->tcp, (struct sockaddr *)&local, &len) == 0)
+        inet_ntop(local.ss_family,
+                  local.ss_family == AF_INET6 ? (void *)&((struct sockaddr_in6 *)&local)->sin6_addr
+                                              : (void *)&((struct sockaddr_in *)&local)->sin_addr,
                   source_ip, sizeof source_ip);
     uv_tcp_nodelay(&s->tcp, 1);
     s->state = S_GREETING;
     session_arm_timer(s, s->cfg.greeting_timeout_ms, SMTPOUT_STAGE_GREETING);
-    uv_read_start((uv_stream_t *) &s->tcp, session_alloc, session_read);
+    uv_read_start((uv_stream_t *)&s->tcp, session_alloc, session_read);
     if (s->cb.connected)
         s->cb.connected(s->arg, source_ip, s->dest_ip, s->mx_name);
 }
@@ -1438,13 +1471,13 @@ smtpout_session_start(uv_loop_t *loop, const struct smtpout_session_config *cfg,
     snprintf(s->mx_name, sizeof s->mx_name, "%s", cfg->mx_name ? cfg->mx_name : "");
     snprintf(s->helo_name, sizeof s->helo_name, "%s",
              cfg->helo_name ? cfg->helo_name : "localhost");
-    s->cfg.source = cfg->source ? (struct sockaddr *) &s->source : NULL;
-    s->cfg.dest = (struct sockaddr *) &s->dest;
+    s->cfg.source = cfg->source ? (struct sockaddr *)&s->source : NULL;
+    s->cfg.dest = (struct sockaddr *)&s->dest;
     s->cfg.mx_name = s->mx_name;
     s->cfg.helo_name = s->helo_name;
-    inet_ntop(s->dest.ss_family, s->dest.ss_family == AF_INET6
-              ? (void *) &((struct sockaddr_in6 *) &s->dest)->sin6_addr
-              : (void *) &((struct sockaddr_in *) &s->dest)->sin_addr,
+    inet_ntop(s->dest.ss_family,
+              s->dest.ss_family == AF_INET6 ? (void *)&((struct sockaddr_in6 *)&s->dest)->sin6_addr
+                                            : (void *)&((struct sockaddr_in *)&s->dest)->sin_addr,
               s->dest_ip, sizeof s->dest_ip);
     if (s->mx_name[0] == 0)
         snprintf(s->mx_name, sizeof s->mx_name, "%s", s->dest_ip);
@@ -1461,8 +1494,8 @@ smtpout_session_start(uv_loop_t *loop, const struct smtpout_session_config *cfg,
     if (rc == 0)
         rc = uv_tcp_connect(&s->connect_req, &s->tcp, s->cfg.dest, session_connected);
     if (rc < 0) {
-        reply_local(&r, SMTPOUT_TEMP, SMTPOUT_STAGE_CONNECT, "4.4.1",
-                    "connect to %s[%s]: %s", s->mx_name, s->dest_ip, uv_strerror(rc));
+        reply_local(&r, SMTPOUT_TEMP, SMTPOUT_STAGE_CONNECT, "4.4.1", "connect to %s[%s]: %s",
+                    s->mx_name, s->dest_ip, uv_strerror(rc));
         session_close(s, &r);
         return s;
     }

@@ -45,61 +45,70 @@
 #include <openssl/ssl.h>
 #include <uv.h>
 
-#define SMTPOUT_LINE_MAX 2048           /* one reply line including CRLF */
-#define SMTPOUT_REPLY_LINES_MAX 100     /* lines in one multi-line reply */
-#define SMTPOUT_REPLY_TEXT_MAX 512      /* text passed up, without the NUL */
+#define SMTPOUT_LINE_MAX        2048 /* one reply line including CRLF */
+#define SMTPOUT_REPLY_LINES_MAX 100  /* lines in one multi-line reply */
+#define SMTPOUT_REPLY_TEXT_MAX  512  /* text passed up, without the NUL */
 
 enum smtpout_class { SMTPOUT_OK = 0, SMTPOUT_TEMP, SMTPOUT_PERM };
 
 enum smtpout_stage {
-    SMTPOUT_STAGE_CONNECT, SMTPOUT_STAGE_GREETING, SMTPOUT_STAGE_EHLO,
-    SMTPOUT_STAGE_HELO, SMTPOUT_STAGE_STARTTLS, SMTPOUT_STAGE_TLS,
-    SMTPOUT_STAGE_RSET, SMTPOUT_STAGE_MAIL, SMTPOUT_STAGE_RCPT,
-    SMTPOUT_STAGE_DATA, SMTPOUT_STAGE_BODY, SMTPOUT_STAGE_DOT,
-    SMTPOUT_STAGE_QUIT, SMTPOUT_STAGE_LOCAL,   /* checks before sending */
+    SMTPOUT_STAGE_CONNECT,
+    SMTPOUT_STAGE_GREETING,
+    SMTPOUT_STAGE_EHLO,
+    SMTPOUT_STAGE_HELO,
+    SMTPOUT_STAGE_STARTTLS,
+    SMTPOUT_STAGE_TLS,
+    SMTPOUT_STAGE_RSET,
+    SMTPOUT_STAGE_MAIL,
+    SMTPOUT_STAGE_RCPT,
+    SMTPOUT_STAGE_DATA,
+    SMTPOUT_STAGE_BODY,
+    SMTPOUT_STAGE_DOT,
+    SMTPOUT_STAGE_QUIT,
+    SMTPOUT_STAGE_LOCAL, /* checks before sending */
 };
 
 const char *smtpout_stage_name(enum smtpout_stage stage);
 const char *smtpout_class_name(enum smtpout_class cls);
 
 struct smtpout_reply {
-    int code;                   /* SMTP code, or 0 when made up locally */
-    char status[12];            /* enhanced status code, e.g. "5.1.1" */
-    char text[SMTPOUT_REPLY_TEXT_MAX + 1];  /* sanitized; "550 5.1.1 ..." */
+    int code;                              /* SMTP code, or 0 when made up locally */
+    char status[12];                       /* enhanced status code, e.g. "5.1.1" */
+    char text[SMTPOUT_REPLY_TEXT_MAX + 1]; /* sanitized; "550 5.1.1 ..." */
     enum smtpout_class cls;
     enum smtpout_stage stage;
 };
 
 /* Peer capabilities from EHLO. */
-#define SMTPOUT_CAP_PIPELINING   0x001u
-#define SMTPOUT_CAP_SIZE         0x002u
-#define SMTPOUT_CAP_8BITMIME     0x004u
-#define SMTPOUT_CAP_SMTPUTF8     0x008u
-#define SMTPOUT_CAP_STARTTLS     0x010u
-#define SMTPOUT_CAP_ENHANCED     0x020u
-#define SMTPOUT_CAP_CHUNKING     0x040u
-#define SMTPOUT_CAP_DSN          0x080u
+#define SMTPOUT_CAP_PIPELINING 0x001u
+#define SMTPOUT_CAP_SIZE       0x002u
+#define SMTPOUT_CAP_8BITMIME   0x004u
+#define SMTPOUT_CAP_SMTPUTF8   0x008u
+#define SMTPOUT_CAP_STARTTLS   0x010u
+#define SMTPOUT_CAP_ENHANCED   0x020u
+#define SMTPOUT_CAP_CHUNKING   0x040u
+#define SMTPOUT_CAP_DSN        0x080u
 
 enum smtpout_tls_policy {
-    SMTPOUT_TLS_OFF,            /* use-starttls no */
-    SMTPOUT_TLS_OPPORTUNISTIC,  /* use-starttls yes: use when offered */
-    SMTPOUT_TLS_REQUIRED,       /* require-starttls yes: never send in clear */
+    SMTPOUT_TLS_OFF,           /* use-starttls no */
+    SMTPOUT_TLS_OPPORTUNISTIC, /* use-starttls yes: use when offered */
+    SMTPOUT_TLS_REQUIRED,      /* require-starttls yes: never send in clear */
 };
 
 struct smtpout_session_config {
-    const struct sockaddr *source;      /* bind before connect; NULL = any */
-    const struct sockaddr *dest;        /* address and port */
-    const char *mx_name;                /* for events and TLS SNI */
+    const struct sockaddr *source; /* bind before connect; NULL = any */
+    const struct sockaddr *dest;   /* address and port */
+    const char *mx_name;           /* for events and TLS SNI */
     const char *helo_name;
     enum smtpout_tls_policy tls;
-    SSL_CTX *ssl_ctx;                   /* needed unless tls is OFF */
-    unsigned connect_timeout_ms;        /* connect-timeout */
-    unsigned greeting_timeout_ms;       /* smtp-greeting-timeout */
-    unsigned command_timeout_ms;        /* each command reply, TLS handshake */
-    unsigned data_send_timeout_ms;      /* data-send-timeout: per body write */
-    unsigned data_term_timeout_ms;      /* smtp-data-termination-timeout */
+    SSL_CTX *ssl_ctx;              /* needed unless tls is OFF */
+    unsigned connect_timeout_ms;   /* connect-timeout */
+    unsigned greeting_timeout_ms;  /* smtp-greeting-timeout */
+    unsigned command_timeout_ms;   /* each command reply, TLS handshake */
+    unsigned data_send_timeout_ms; /* data-send-timeout: per body write */
+    unsigned data_term_timeout_ms; /* smtp-data-termination-timeout */
     int ignore_pipelining;
-    int ignore_8bitmime;                /* don't announce BODY=8BITMIME nor refuse */
+    int ignore_8bitmime; /* don't announce BODY=8BITMIME nor refuse */
     int ignore_dsn;
 };
 
@@ -112,26 +121,25 @@ struct smtpout_session_config {
 enum smtpout_ret { SMTPOUT_RET_NONE, SMTPOUT_RET_FULL, SMTPOUT_RET_HDRS };
 
 struct smtpout_rcpt {
-    const char *addr;           /* without <> */
-    const char *orcpt;          /* original recipient (xtext-encoded here) or NULL */
+    const char *addr;  /* without <> */
+    const char *orcpt; /* original recipient (xtext-encoded here) or NULL */
     unsigned notify;
 };
 
 struct smtpout_message {
-    const char *sender;         /* without <>; "" for the null sender */
+    const char *sender; /* without <>; "" for the null sender */
     const struct smtpout_rcpt *rcpts;
     size_t nrcpts;
-    const char *envid;          /* or NULL */
+    const char *envid; /* or NULL */
     enum smtpout_ret ret;
-    const char *data;           /* the message, LF or CRLF line ends */
+    const char *data; /* the message, LF or CRLF line ends */
     size_t len;
-    int eight_bit;              /* body has 8-bit bytes (BODY=8BITMIME) */
-    int smtputf8;               /* envelope/headers need SMTPUTF8 */
+    int eight_bit; /* body has 8-bit bytes (BODY=8BITMIME) */
+    int smtputf8;  /* envelope/headers need SMTPUTF8 */
 };
 
 struct smtpout_session_callbacks {
-    void (*connected)(void *arg, const char *source_ip, const char *dest_ip,
-                      const char *mx_name);
+    void (*connected)(void *arg, const char *source_ip, const char *dest_ip, const char *mx_name);
     void (*tls)(void *arg, const char *protocol, const char *cipher);
     /* greeting, EHLO and STARTTLS are done: the session is idle */
     void (*ready)(void *arg, unsigned caps);

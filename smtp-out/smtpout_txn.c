@@ -79,8 +79,9 @@ find_rcpt(const struct qstore_msg *m, uint32_t index)
 static enum smtpout_ret
 ret_of(uint8_t ret)
 {
-    return ret == QSTORE_RET_FULL ? SMTPOUT_RET_FULL
-         : ret == QSTORE_RET_HDRS ? SMTPOUT_RET_HDRS : SMTPOUT_RET_NONE;
+    return ret == QSTORE_RET_FULL   ? SMTPOUT_RET_FULL
+           : ret == QSTORE_RET_HDRS ? SMTPOUT_RET_HDRS
+                                    : SMTPOUT_RET_NONE;
 }
 
 /* build_message - the envelope and body of T->qm as the session wants them */
@@ -127,8 +128,9 @@ otxn_load(struct otxn *t, struct qstore *qs,
             continue;
         }
         /* QSTORE_NOTIFY_* and SMTPOUT_NOTIFY_* are both RFC 3461's bits */
-        t->rcpts[t->nrcpts] = (struct smtpout_rcpt){
-            .addr = r->address, .orcpt = r->orcpt[0] ? r->orcpt : NULL, .notify = r->notify };
+        t->rcpts[t->nrcpts] = (struct smtpout_rcpt){ .addr = r->address,
+                                                     .orcpt = r->orcpt[0] ? r->orcpt : NULL,
+                                                     .notify = r->notify };
         t->rcpt_index[t->nrcpts++] = r->index;
     }
     build_message(t);

@@ -30,10 +30,10 @@
 #include "worker.h"
 #include "xalloc.h"
 
-#define RETRY_MIN_MS 100
-#define RETRY_MAX_MS 5000
-#define STR_MAX 1024u
-#define MAX_CONNECTIONS 0u      /* advertised in HELLO; 0 = no limit of ours */
+#define RETRY_MIN_MS    100
+#define RETRY_MAX_MS    5000
+#define STR_MAX         1024u
+#define MAX_CONNECTIONS 0u /* advertised in HELLO; 0 = no limit of ours */
 
 static struct {
     struct ipc_chan *ch;
@@ -49,8 +49,9 @@ static void chan_schedule_retry(void);
 uint32_t
 out_result_of(enum smtpout_class cls)
 {
-    return cls == SMTPOUT_OK ? MP_RESULT_OK
-         : cls == SMTPOUT_PERM ? MP_RESULT_PERMFAIL : MP_RESULT_TEMPFAIL;
+    return cls == SMTPOUT_OK     ? MP_RESULT_OK
+           : cls == SMTPOUT_PERM ? MP_RESULT_PERMFAIL
+                                 : MP_RESULT_TEMPFAIL;
 }
 
 /* --- sending ---------------------------------------------------------------------- */
@@ -95,7 +96,7 @@ out_report_rcpt(uint32_t conn, uint64_t msgid, uint32_t index, uint32_t result,
     ipc_add_u64(&out, msgid);
     ipc_add_u32(&out, index);
     ipc_add_u32(&out, result);
-    ipc_add_u32(&out, r->code > 0 ? (uint32_t) r->code : 0);
+    ipc_add_u32(&out, r->code > 0 ? (uint32_t)r->code : 0);
     ipc_add_cstr(&out, r->status);
     ipc_add_cstr(&out, r->text);
     ipc_end(&out, off);
@@ -123,14 +124,14 @@ out_report_idle(uint32_t conn)
 }
 
 void
-out_report_down(uint32_t conn, uint32_t result, const struct smtpout_reply *r,
-                const char *mx, const char *dest_ip)
+out_report_down(uint32_t conn, uint32_t result, const struct smtpout_reply *r, const char *mx,
+                const char *dest_ip)
 {
     struct buf out = BUF_INIT;
     size_t off = ipc_begin(&out, MP_CONN_DOWN, conn);
 
     ipc_add_u32(&out, result);
-    ipc_add_u32(&out, r->code > 0 ? (uint32_t) r->code : 0);
+    ipc_add_u32(&out, r->code > 0 ? (uint32_t)r->code : 0);
     ipc_add_cstr(&out, r->status);
     ipc_add_cstr(&out, r->text);
     ipc_add_cstr(&out, mx);
@@ -158,14 +159,18 @@ get_bounded(struct ipc_msg *m, char out[STR_MAX + 1])
 static int
 on_conn_open(struct ipc_msg *m)
 {
-    static char queue[STR_MAX + 1], domain[STR_MAX + 1], vmta[STR_MAX + 1],
-        source_ip[STR_MAX + 1], helo[STR_MAX + 1];
-    struct oconn_order o = { .id = m->id, .queue = queue, .domain = domain, .vmta = vmta,
-                             .source_ip = source_ip, .helo = helo };
+    static char queue[STR_MAX + 1], domain[STR_MAX + 1], vmta[STR_MAX + 1], source_ip[STR_MAX + 1],
+        helo[STR_MAX + 1];
+    struct oconn_order o = { .id = m->id,
+                             .queue = queue,
+                             .domain = domain,
+                             .vmta = vmta,
+                             .source_ip = source_ip,
+                             .helo = helo };
 
-    if (get_bounded(m, queue) || get_bounded(m, domain) || get_bounded(m, vmta)
-        || get_bounded(m, source_ip) || get_bounded(m, helo)
-        || ipc_get_u64(m, &o.config_generation) || ipc_get_end(m) || m->id == 0)
+    if (get_bounded(m, queue) || get_bounded(m, domain) || get_bounded(m, vmta) ||
+        get_bounded(m, source_ip) || get_bounded(m, helo) || ipc_get_u64(m, &o.config_generation) ||
+        ipc_get_end(m) || m->id == 0)
         return -EPROTO;
     if (oconn_open(&o) == -EEXIST) {
         msg_warn("qmgr opened connection %u twice", m->id);
@@ -183,17 +188,17 @@ on_conn_txn(struct ipc_msg *m)
     uint32_t *idx;
     int err;
 
-    if (ipc_get_u64(m, &msgid) || ipc_get_bytes(m, &p, &len) || ipc_get_end(m)
-        || len == 0 || len % 4 != 0)
+    if (ipc_get_u64(m, &msgid) || ipc_get_bytes(m, &p, &len) || ipc_get_end(m) || len == 0 ||
+        len % 4 != 0)
         return -EPROTO;
     n = len / 4;
     idx = xreallocarray(NULL, n, sizeof *idx);
     for (size_t i = 0; i < n; i++)
-        idx[i] = (uint32_t) p[4 * i] << 24 | (uint32_t) p[4 * i + 1] << 16
-                 | (uint32_t) p[4 * i + 2] << 8 | p[4 * i + 3];
+        idx[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 |
+                 (uint32_t)p[4 * i + 2] << 8 | p[4 * i + 3];
     err = oconn_txn(m->id, msgid, idx, n);
     free(idx);
-    if (err == -ENOENT)     /* it went down meanwhile; qmgr learns from MP_CONN_DOWN */
+    if (err == -ENOENT) /* it went down meanwhile; qmgr learns from MP_CONN_DOWN */
         msg_debug("transaction for connection %u which is gone", m->id);
     return 0;
 }
@@ -204,8 +209,12 @@ on_qmgr_msg(struct ipc_chan *ch, struct ipc_msg *m)
     int err;
 
     switch (m->type) {
-    case MP_CONN_OPEN: err = on_conn_open(m); break;
-    case MP_CONN_TXN: err = on_conn_txn(m); break;
+    case MP_CONN_OPEN:
+        err = on_conn_open(m);
+        break;
+    case MP_CONN_TXN:
+        err = on_conn_txn(m);
+        break;
     case MP_CONN_CLOSE:
         if ((err = ipc_get_end(m)) == 0 && oconn_close(m->id) == -ENOENT)
             msg_debug("close for connection %u which is gone", m->id);
@@ -241,7 +250,7 @@ chan_hello(void)
     struct buf out = BUF_INIT;
     size_t off = ipc_begin(&out, MP_OUT_HELLO, 0);
 
-    ipc_add_u32(&out, (uint32_t) getpid());
+    ipc_add_u32(&out, (uint32_t)getpid());
     ipc_add_u32(&out, MAX_CONNECTIONS);
     ipc_end(&out, off);
     chan_send(&out);
@@ -251,11 +260,10 @@ static int
 chan_connect(void)
 {
     char *path = worker_socket_path("qmgr");
-    int err = ipc_chan_connect_path(worker_loop(), path, on_qmgr_msg, on_qmgr_closed, NULL,
-                                    &W.ch);
+    int err = ipc_chan_connect_path(worker_loop(), path, on_qmgr_msg, on_qmgr_closed, NULL, &W.ch);
 
     if (err == 0)
-        ipc_chan_cork(W.ch);    /* a transaction's results, DONE and IDLE: one write */
+        ipc_chan_cork(W.ch); /* a transaction's results, DONE and IDLE: one write */
     if (err < 0) {
         W.ch = NULL;
         if (!W.warned)
@@ -309,7 +317,7 @@ out_chan_close(void)
     W.closed_for_good = 1;
     if (W.retry_init) {
         uv_timer_stop(&W.retry);
-        uv_close((uv_handle_t *) &W.retry, NULL);
+        uv_close((uv_handle_t *)&W.retry, NULL);
         W.retry_init = 0;
     }
     if (W.ch)

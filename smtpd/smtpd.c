@@ -45,7 +45,7 @@
 struct listener {
     union smtpd_stream io;
     struct smtpd_origin origin;
-    char *cert_file;            /* the listener's own tls-certificate, or NULL */
+    char *cert_file; /* the listener's own tls-certificate, or NULL */
 };
 
 struct retired_ctx {
@@ -55,7 +55,7 @@ struct retired_ctx {
 
 static struct {
     struct listener *listeners;
-    int nlisteners;             /* TCP listeners + the pickup socket */
+    int nlisteners; /* TCP listeners + the pickup socket */
     struct smtpd_tls_ctx *global_tls;
     struct retired_ctx *retired;
     uv_timer_t drain_timer;
@@ -159,7 +159,7 @@ on_connection(uv_stream_t *server, int status)
         return;
     }
     if (!l->origin.pickup)
-        uv_tcp_nodelay((uv_tcp_t *)client, 1);      /* replies are small and latency-bound */
+        uv_tcp_nodelay((uv_tcp_t *)client, 1); /* replies are small and latency-bound */
     if (l->origin.implicit_tls && l->origin.tls == NULL) {
         msg_warn("%s: immediate-tls without a usable certificate; closing connection",
                  l->origin.listener_address);

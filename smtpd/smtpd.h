@@ -52,11 +52,11 @@ struct smtpd_policy {
     bool allow_smtputf8;
     bool log_connections;
     bool log_commands;
-    uint64_t max_message_size;      /* 0 = unlimited */
-    unsigned max_rcpt;              /* 0 = unlimited */
+    uint64_t max_message_size; /* 0 = unlimited */
+    unsigned max_rcpt;         /* 0 = unlimited */
     uint64_t command_timeout_ms;
     uint64_t data_timeout_ms;
-    const char *auth_file;          /* NULL: none */
+    const char *auth_file; /* NULL: none */
 };
 
 /* smtpd_policy_resolve - settings for a client at ADDR (NULL for pickup) on a
@@ -82,11 +82,11 @@ union smtpd_stream {
 };
 
 struct smtpd_origin {
-    const char *listener_source;    /* "" / "{pickup}" */
-    const char *listener_address;   /* for logs */
-    bool pickup;                    /* the local sendmail socket */
+    const char *listener_source;  /* "" / "{pickup}" */
+    const char *listener_address; /* for logs */
+    bool pickup;                  /* the local sendmail socket */
     bool implicit_tls;
-    struct smtpd_tls_ctx *tls;      /* NULL: no certificate, no TLS */
+    struct smtpd_tls_ctx *tls; /* NULL: no certificate, no TLS */
 };
 
 /* smtpd_session_init, _fini - module state on LOOP (call once each) */
@@ -112,8 +112,8 @@ void smtpd_session_set_idle_cb(void (*cb)(void));
 void smtpd_session_resume_paused(void);
 
 /* Called by smtpd_cleanup.c */
-void smtpd_session_txn_result(struct smtpd_session *s, uint32_t id, int code,
-                              const char *enhanced, const char *text, uint64_t msgid);
+void smtpd_session_txn_result(struct smtpd_session *s, uint32_t id, int code, const char *enhanced,
+                              const char *text, uint64_t msgid);
 void smtpd_session_txn_lost(struct smtpd_session *s, uint32_t id);
 
 /* --- smtpd_cleanup.c --------------------------------------------------------- */
@@ -143,8 +143,8 @@ void smtpd_cleanup_close(void);
 typedef void (*smtpd_auth_done_fn)(void *ctx, bool ok, const char *source);
 /* smtpd_auth_check - verify USER/PASS against C's <smtp-user> blocks and AUTH_FILE
    on the thread pool; DONE runs on the loop. C must stay pinned until then. */
-void smtpd_auth_check(uv_loop_t *loop, const struct cfg *c, const char *auth_file,
-                      const char *user, const char *pass, smtpd_auth_done_fn done, void *ctx);
+void smtpd_auth_check(uv_loop_t *loop, const struct cfg *c, const char *auth_file, const char *user,
+                      const char *pass, smtpd_auth_done_fn done, void *ctx);
 /* smtpd_auth_verify - the same, synchronously (the work function; exposed for tests) */
 bool smtpd_auth_verify(const struct cfg *c, const char *auth_file, const char *user,
                        const char *pass, const char **source);
@@ -156,7 +156,7 @@ bool smtpd_auth_verify(const struct cfg *c, const char *auth_file, const char *u
 struct smtpd_tls_ctx *smtpd_tls_ctx_new(const char *cert_file, const char *ca_file);
 void smtpd_tls_ctx_free(struct smtpd_tls_ctx *t);
 
-struct smtpd_tls;     /* one connection's TLS state (SSL + memory BIOs) */
+struct smtpd_tls; /* one connection's TLS state (SSL + memory BIOs) */
 struct smtpd_tls *smtpd_tls_new(struct smtpd_tls_ctx *t);
 void smtpd_tls_free(struct smtpd_tls *tls);
 /* smtpd_tls_feed - ciphertext from the peer; 0 or -1 */

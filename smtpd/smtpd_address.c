@@ -20,8 +20,8 @@
 
 #include "smtpd_address.h"
 
-#define IS_ALPHA(c) (((c) >= 'a' && (c) <= 'z') || ((c) >= 'A' && (c) <= 'Z'))
-#define IS_DIGIT(c) ((c) >= '0' && (c) <= '9')
+#define IS_ALPHA(c)  (((c) >= 'a' && (c) <= 'z') || ((c) >= 'A' && (c) <= 'Z'))
+#define IS_DIGIT(c)  ((c) >= '0' && (c) <= '9')
 #define IS_LETDIG(c) (IS_ALPHA(c) || IS_DIGIT(c))
 
 /* smtpd_utf8_seq_len - well-formed UTF-8 (RFC 3629 table) or 0 */
@@ -75,8 +75,7 @@ is_atext(unsigned char c)
  * and well-formed; 0 and *err set otherwise.
  */
 static size_t
-utf8_at(const char *in, size_t len, size_t i, unsigned flags,
-        enum smtpd_path_err *err)
+utf8_at(const char *in, size_t len, size_t i, unsigned flags, enum smtpd_path_err *err)
 {
     size_t n;
 
@@ -96,7 +95,7 @@ parse_dot_string(const char *in, size_t len, size_t *ip, unsigned flags)
 {
     enum smtpd_path_err err = SMTPD_PATH_SYNTAX;
     size_t i = *ip, n;
-    bool need_atom = true;      /* at start and after each '.' */
+    bool need_atom = true; /* at start and after each '.' */
 
     while (i < len) {
         unsigned char c = (unsigned char)in[i];
@@ -179,7 +178,7 @@ parse_address_literal(const char *in, size_t len, size_t *ip)
         p = lit + 5;
     }
     if (inet_pton(af, p, addr) != 1)
-        return SMTPD_PATH_SYNTAX;   /* includes General-address-literal */
+        return SMTPD_PATH_SYNTAX; /* includes General-address-literal */
     *ip = i + 1;
     return SMTPD_PATH_OK;
 }
@@ -249,11 +248,10 @@ skip_source_route(const char *in, size_t len, size_t *ip)
 
 /* smtpd_parse_path - see smtpd_address.h */
 enum smtpd_path_err
-smtpd_parse_path(const char *in, size_t len, unsigned flags, char *out,
-                 size_t *consumed)
+smtpd_parse_path(const char *in, size_t len, unsigned flags, char *out, size_t *consumed)
 {
     enum smtpd_path_err err;
-    size_t i = 1, local, at, end;   /* at: index of the closing '>' */
+    size_t i = 1, local, at, end; /* at: index of the closing '>' */
 
     out[0] = '\0';
     if (len < 2 || in[0] != '<')
@@ -279,8 +277,8 @@ smtpd_parse_path(const char *in, size_t len, unsigned flags, char *out,
         return SMTPD_PATH_TOO_LONG;
 
     /* RFC 5321 §4.5.1: "<Postmaster>" without a domain must be accepted. */
-    if (i < len && in[i] == '>' && (flags & SMTPD_PATH_POSTMASTER_OK)
-        && i - local == 10 && strncasecmp(in + local, "postmaster", 10) == 0) {
+    if (i < len && in[i] == '>' && (flags & SMTPD_PATH_POSTMASTER_OK) && i - local == 10 &&
+        strncasecmp(in + local, "postmaster", 10) == 0) {
         at = i;
         goto done;
     }
@@ -289,7 +287,7 @@ smtpd_parse_path(const char *in, size_t len, unsigned flags, char *out,
     i++;
     if ((err = parse_domain(in, len, &i, flags)) != SMTPD_PATH_OK)
         return err;
-    at = i;                     /* now: where the '>' must be */
+    at = i; /* now: where the '>' must be */
 done:
     if (at >= len || in[at] != '>')
         return SMTPD_PATH_SYNTAX;
@@ -310,7 +308,7 @@ hexval(char c)
         return c - '0';
     if (c >= 'A' && c <= 'F')
         return c - 'A' + 10;
-    if (c >= 'a' && c <= 'f')       /* lenient: RFC says upper case */
+    if (c >= 'a' && c <= 'f') /* lenient: RFC says upper case */
         return c - 'a' + 10;
     return -1;
 }
@@ -327,8 +325,7 @@ smtpd_xtext_decode(const char *in, size_t len, char *out, size_t outsize)
         if (c == '+') {
             int hi, lo;
 
-            if (len - i < 3 || (hi = hexval(in[i + 1])) < 0
-                || (lo = hexval(in[i + 2])) < 0)
+            if (len - i < 3 || (hi = hexval(in[i + 1])) < 0 || (lo = hexval(in[i + 2])) < 0)
                 return -1;
             c = hi << 4 | lo;
             i += 3;
@@ -354,7 +351,7 @@ smtpd_xtext_decode(const char *in, size_t len, char *out, size_t outsize)
 struct param {
     const char *key;
     size_t keylen;
-    const char *val;            /* NULL when there is no "=" */
+    const char *val; /* NULL when there is no "=" */
     size_t vallen;
 };
 
@@ -429,8 +426,8 @@ parse_size(const struct param *p, uint64_t *size)
 
 /* mail_param - apply one MAIL parameter; SEEN tracks repeats */
 static enum smtpd_param_err
-mail_param(const struct param *t, bool utf8_offered, bool auth_offered,
-           struct smtpd_mail_params *p, unsigned *seen)
+mail_param(const struct param *t, bool utf8_offered, bool auth_offered, struct smtpd_mail_params *p,
+           unsigned *seen)
 {
     unsigned bit;
 
@@ -476,13 +473,12 @@ mail_param(const struct param *t, bool utf8_offered, bool auth_offered,
             return SMTPD_PARAM_SYNTAX;
         return SMTPD_PARAM_OK;
     case 16:
-        if (t->val == NULL
-            || smtpd_xtext_decode(t->val, t->vallen, p->envid, sizeof(p->envid)) <= 0)
+        if (t->val == NULL ||
+            smtpd_xtext_decode(t->val, t->vallen, p->envid, sizeof(p->envid)) <= 0)
             return SMTPD_PARAM_SYNTAX;
         return SMTPD_PARAM_OK;
-    default:    /* AUTH=xtext mailbox or "<>" */
-        if (t->val == NULL
-            || smtpd_xtext_decode(t->val, t->vallen, p->auth, sizeof(p->auth)) <= 0)
+    default: /* AUTH=xtext mailbox or "<>" */
+        if (t->val == NULL || smtpd_xtext_decode(t->val, t->vallen, p->auth, sizeof(p->auth)) <= 0)
             return SMTPD_PARAM_SYNTAX;
         return SMTPD_PARAM_OK;
     }
@@ -490,8 +486,8 @@ mail_param(const struct param *t, bool utf8_offered, bool auth_offered,
 
 /* smtpd_parse_mail_params - see smtpd_address.h */
 enum smtpd_param_err
-smtpd_parse_mail_params(const char *in, size_t len, bool smtputf8_offered,
-                        bool auth_offered, struct smtpd_mail_params *p)
+smtpd_parse_mail_params(const char *in, size_t len, bool smtputf8_offered, bool auth_offered,
+                        struct smtpd_mail_params *p)
 {
     struct param t;
     enum smtpd_param_err err;
@@ -532,7 +528,7 @@ parse_notify(const char *v, size_t n, unsigned *notify)
         if (*notify & bit)
             return false;
         *notify |= bit;
-        i++;                    /* past the ',' (or the end) */
+        i++; /* past the ',' (or the end) */
     }
     return !((*notify & SMTPD_NOTIFY_NEVER) && *notify != SMTPD_NOTIFY_NEVER);
 }

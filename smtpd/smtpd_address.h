@@ -18,15 +18,15 @@
 #include "smtpd_proto.h"
 
 /* smtpd_parse_path flags */
-#define SMTPD_PATH_NULL_OK       0x01u  /* "<>" allowed (MAIL) */
-#define SMTPD_PATH_POSTMASTER_OK 0x02u  /* "<Postmaster>" allowed (RCPT) */
-#define SMTPD_PATH_UTF8_OK       0x04u  /* SMTPUTF8 was given */
+#define SMTPD_PATH_NULL_OK       0x01u /* "<>" allowed (MAIL) */
+#define SMTPD_PATH_POSTMASTER_OK 0x02u /* "<Postmaster>" allowed (RCPT) */
+#define SMTPD_PATH_UTF8_OK       0x04u /* SMTPUTF8 was given */
 
 enum smtpd_path_err {
     SMTPD_PATH_OK,
-    SMTPD_PATH_SYNTAX,          /* not an RFC 5321 Path */
-    SMTPD_PATH_TOO_LONG,        /* local > 64, domain > 255 or path > 256 */
-    SMTPD_PATH_NEED_UTF8        /* non-ASCII without SMTPUTF8 */
+    SMTPD_PATH_SYNTAX,   /* not an RFC 5321 Path */
+    SMTPD_PATH_TOO_LONG, /* local > 64, domain > 255 or path > 256 */
+    SMTPD_PATH_NEED_UTF8 /* non-ASCII without SMTPUTF8 */
 };
 
 /*
@@ -34,8 +34,7 @@ enum smtpd_path_err {
  * On success OUT (SMTPD_ADDR_MAX + 1 bytes) holds "local@domain" ("" for
  * the null path, "Postmaster" as given), *CONSUMED the path's length.
  */
-enum smtpd_path_err smtpd_parse_path(const char *in, size_t len,
-                                     unsigned flags, char *out,
+enum smtpd_path_err smtpd_parse_path(const char *in, size_t len, unsigned flags, char *out,
                                      size_t *consumed);
 
 /*
@@ -47,8 +46,8 @@ int smtpd_xtext_decode(const char *in, size_t len, char *out, size_t outsize);
 
 enum smtpd_param_err {
     SMTPD_PARAM_OK,
-    SMTPD_PARAM_SYNTAX,         /* 501 5.5.4: malformed, bad value, repeated */
-    SMTPD_PARAM_UNKNOWN         /* 555 5.5.4: not a parameter we offer */
+    SMTPD_PARAM_SYNTAX, /* 501 5.5.4: malformed, bad value, repeated */
+    SMTPD_PARAM_UNKNOWN /* 555 5.5.4: not a parameter we offer */
 };
 
 /*
@@ -56,10 +55,8 @@ enum smtpd_param_err {
  * IN[0..LEN) is what follows the path (empty, or SP-separated keywords).
  * SMTPUTF8 and AUTH= are known only when offered (the booleans).
  */
-enum smtpd_param_err smtpd_parse_mail_params(const char *in, size_t len,
-                                             bool smtputf8_offered,
-                                             bool auth_offered,
-                                             struct smtpd_mail_params *p);
+enum smtpd_param_err smtpd_parse_mail_params(const char *in, size_t len, bool smtputf8_offered,
+                                             bool auth_offered, struct smtpd_mail_params *p);
 
 /* smtpd_parse_rcpt_params - likewise for RCPT: NOTIFY, ORCPT */
 enum smtpd_param_err smtpd_parse_rcpt_params(const char *in, size_t len,

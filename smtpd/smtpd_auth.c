@@ -39,7 +39,7 @@ struct auth_work {
     char *pass;
     bool ok;
     int file_errno;
-    const char *source;     /* in cfg */
+    const char *source; /* in cfg */
     smtpd_auth_done_fn done;
     void *ctx;
 };
@@ -68,7 +68,7 @@ check_smtp_users(const struct cfg *c, const char *user, const char *pass, const 
             continue;
         method = cfg_scope_get(c, s, CFG_D_AUTHENTICATION_METHOD);
         if (method && strcmp(cfg_str(c, method->text), "password") != 0)
-            return false;       /* system/certificate: not supported here */
+            return false; /* system/certificate: not supported here */
         pw = cfg_scope_get(c, s, CFG_D_PASSWORD);
         if (pw == NULL || !same_secret(cfg_str(c, pw->text), pass))
             return false;
@@ -103,7 +103,7 @@ check_auth_file(const char *path, const char *user, const char *pass, int *file_
     FILE *f = fopen(path, "re");
 
     if (f == NULL) {
-        *file_errno = errno;    /* logged on the loop thread: msg_* is not thread-safe */
+        *file_errno = errno; /* logged on the loop thread: msg_* is not thread-safe */
         return false;
     }
     while (!ok && fgets(line, sizeof(line), f)) {
@@ -111,7 +111,7 @@ check_auth_file(const char *path, const char *user, const char *pass, int *file_
         if (line[0] == '#' || strncmp(line, user, ulen) != 0 || line[ulen] != ':')
             continue;
         ok = check_hash(line + ulen + 1, pass);
-        break;                  /* first entry for the user decides */
+        break; /* first entry for the user decides */
     }
     OPENSSL_cleanse(line, sizeof(line));
     fclose(f);
@@ -133,8 +133,8 @@ verify(const struct cfg *c, const char *auth_file, const char *user, const char 
 
 /* smtpd_auth_verify - see smtpd.h */
 bool
-smtpd_auth_verify(const struct cfg *c, const char *auth_file, const char *user,
-                  const char *pass, const char **source)
+smtpd_auth_verify(const struct cfg *c, const char *auth_file, const char *user, const char *pass,
+                  const char **source)
 {
     int file_errno = 0;
     bool ok = verify(c, auth_file, user, pass, source, &file_errno);
@@ -177,8 +177,8 @@ auth_work_done(uv_work_t *req, int status)
 
 /* smtpd_auth_check - see smtpd.h */
 void
-smtpd_auth_check(uv_loop_t *loop, const struct cfg *c, const char *auth_file,
-                 const char *user, const char *pass, smtpd_auth_done_fn done, void *ctx)
+smtpd_auth_check(uv_loop_t *loop, const struct cfg *c, const char *auth_file, const char *user,
+                 const char *pass, smtpd_auth_done_fn done, void *ctx)
 {
     struct auth_work *w = xcalloc(1, sizeof(*w));
 

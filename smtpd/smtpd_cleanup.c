@@ -31,7 +31,7 @@
 #include "xalloc.h"
 #include "smtpd.h"
 
-#define TABLE_SIZE 4096u        /* power of two */
+#define TABLE_SIZE     4096u /* power of two */
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
 
@@ -110,9 +110,8 @@ on_msg(struct ipc_chan *ch, struct ipc_msg *m)
         msg_warn("cleanup sent unexpected frame type %u; reconnecting", m->type);
         return -1;
     }
-    bad = ipc_get_u32(m, &code) || ipc_get_strdup(m, &enhanced)
-        || ipc_get_strdup(m, &text) || ipc_get_u64(m, &msgid) || ipc_get_end(m)
-        || code < 200 || code > 599;
+    bad = ipc_get_u32(m, &code) || ipc_get_strdup(m, &enhanced) || ipc_get_strdup(m, &text) ||
+          ipc_get_u64(m, &msgid) || ipc_get_end(m) || code < 200 || code > 599;
     if (!bad && (s = take(m->id)) != NULL)
         smtpd_session_txn_result(s, m->id, (int)code, enhanced, text, msgid);
     else if (!bad)
@@ -161,7 +160,7 @@ connect_now(void)
     path = worker_socket_path("cleanup");
     err = ipc_chan_connect_path(C.loop, path, on_msg, on_close, NULL, &C.chan);
     if (err == 0) {
-        ipc_chan_cork(C.chan);  /* the transactions ended in one read: one write */
+        ipc_chan_cork(C.chan); /* the transactions ended in one read: one write */
         if (C.warned)
             msg_info("connected to cleanup at %s", path);
         C.warned = false;
@@ -196,7 +195,7 @@ smtpd_cleanup_connected(void)
 uint32_t
 smtpd_cleanup_next_id(void)
 {
-    if (++C.last_id == 0)       /* 0 means "no id" in frames */
+    if (++C.last_id == 0) /* 0 means "no id" in frames */
         C.last_id = 1;
     return C.last_id;
 }

@@ -21,7 +21,7 @@
 #include "msg.h"
 #include "smtpd.h"
 
-#define SECONDS_MS(v) ((v) < 0 ? UINT64_C(0) : (uint64_t)(v) * 1000)
+#define SECONDS_MS(v) ((v) < 0 ? UINT64_C(0) : (uint64_t)(v)*1000)
 
 static bool
 flag(const struct cfg_resolved *r, enum cfg_directive d, bool dflt)
@@ -62,8 +62,8 @@ auth_file(const struct cfg *c, const struct cfg_resolved *r)
     if (file == NULL || (file->flags & (CFG_VALUE_UNSET | CFG_VALUE_CLEAR)))
         return NULL;
     /* auth_type names the method; a file given without one is still meant. */
-    if (type && !(type->flags & CFG_VALUE_UNSET) && *cfg_str(c, type->text)
-        && strcasecmp(cfg_str(c, type->text), "auth_file") != 0)
+    if (type && !(type->flags & CFG_VALUE_UNSET) && *cfg_str(c, type->text) &&
+        strcasecmp(cfg_str(c, type->text), "auth_file") != 0)
         return NULL;
     return *cfg_str(c, file->text) ? cfg_str(c, file->text) : NULL;
 }
@@ -79,8 +79,8 @@ fill(const struct cfg *c, const struct cfg_resolved *r, struct smtpd_policy *pol
     pol->always_allow_relaying = flag(r, CFG_D_ALWAYS_ALLOW_RELAYING, false);
     pol->require_auth = flag(r, CFG_D_REQUIRE_AUTH, false);
     pol->allow_auth = flag(r, CFG_D_ALLOW_AUTH, true);
-    pol->allow_plaintext_auth = flag(r, CFG_D_ALLOW_UNENCRYPTED_PLAIN_AUTH, false)
-        && !flag(r, CFG_D_REQUIRE_STARTTLS_BEFORE_AUTH, false);
+    pol->allow_plaintext_auth = flag(r, CFG_D_ALLOW_UNENCRYPTED_PLAIN_AUTH, false) &&
+                                !flag(r, CFG_D_REQUIRE_STARTTLS_BEFORE_AUTH, false);
     pol->allow_starttls = flag(r, CFG_D_ALLOW_STARTTLS, false);
     pol->allow_chunking = flag(r, CFG_D_ALLOW_CHUNKING, true);
     pol->allow_smtputf8 = flag(r, CFG_D_ALLOW_SMTPUTF8, true);
@@ -95,8 +95,7 @@ fill(const struct cfg *c, const struct cfg_resolved *r, struct smtpd_policy *pol
 
 /* resolve - the layers a session starts with */
 static void
-resolve(const struct cfg *c, const struct sockaddr *addr, const char *name,
-        struct cfg_resolved *r)
+resolve(const struct cfg *c, const struct sockaddr *addr, const char *name, struct cfg_resolved *r)
 {
     bool named = name && *name && strcmp(name, "{pickup}") != 0;
 
@@ -140,13 +139,13 @@ smtpd_policy_layer_auth(const struct cfg *c, const struct sockaddr *addr,
     bool pickup_relay = pol->always_allow_relaying;
 
     resolve(c, addr, listener_source, &r);
-    if (listener_source && strcmp(listener_source, "{pickup}") == 0
-        && (s = cfg_find_scope(c, CFG_S_SOURCE, "{pickup}")) != CFG_NONE)
+    if (listener_source && strcmp(listener_source, "{pickup}") == 0 &&
+        (s = cfg_find_scope(c, CFG_S_SOURCE, "{pickup}")) != CFG_NONE)
         overlay_scope(c, s, &r);
     if ((s = cfg_find_scope(c, CFG_S_SOURCE, "{auth}")) != CFG_NONE)
         overlay_scope(c, s, &r);
-    if (user_source && *user_source
-        && (s = cfg_find_scope(c, CFG_S_SOURCE, user_source)) != CFG_NONE)
+    if (user_source && *user_source &&
+        (s = cfg_find_scope(c, CFG_S_SOURCE, user_source)) != CFG_NONE)
         overlay_scope(c, s, &r);
     fill(c, &r, pol);
     if (listener_source && strcmp(listener_source, "{pickup}") == 0)

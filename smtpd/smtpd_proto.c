@@ -41,8 +41,8 @@ smtpd_proto_config_init(struct smtpd_proto_config *cfg)
 
 /* smtpd_proto_new - see smtpd_proto.h */
 struct smtpd_proto *
-smtpd_proto_new(const struct smtpd_proto_config *cfg,
-                const struct smtpd_proto_events *events, void *ctx)
+smtpd_proto_new(const struct smtpd_proto_config *cfg, const struct smtpd_proto_events *events,
+                void *ctx)
 {
     static const struct smtpd_proto_events no_events;
     struct smtpd_proto *s = xcalloc(1, sizeof(*s));
@@ -52,7 +52,7 @@ smtpd_proto_new(const struct smtpd_proto_config *cfg,
     s->cfg.host_name = s->host_name;
     if (s->cfg.max_line == 0)
         s->cfg.max_line = SMTPD_DEFAULT_MAX_LINE;
-    if (s->cfg.max_line < 64)               /* room for "AUTH " detection */
+    if (s->cfg.max_line < 64) /* room for "AUTH " detection */
         s->cfg.max_line = 64;
     if (s->cfg.max_held == 0)
         s->cfg.max_held = SMTPD_DEFAULT_MAX_HELD;
@@ -61,8 +61,8 @@ smtpd_proto_new(const struct smtpd_proto_config *cfg,
     s->tls = cfg->tls_active;
     s->state = SMTPD_STATE_INIT;
     buf_init(&s->out, 0);
-    buf_init(&s->line, (s->cfg.max_line > SMTPD_AUTH_LINE_MAX
-                        ? s->cfg.max_line : SMTPD_AUTH_LINE_MAX) + 1);
+    buf_init(&s->line,
+             (s->cfg.max_line > SMTPD_AUTH_LINE_MAX ? s->cfg.max_line : SMTPD_AUTH_LINE_MAX) + 1);
     buf_init(&s->held, s->cfg.max_held);
     return s;
 }
@@ -99,16 +99,14 @@ smtpd_proto_start(struct smtpd_proto *s)
         msg_panic("smtpd_proto_start: session already started");
     s->state = SMTPD_STATE_GREETING;
     if (s->cfg.refuse_service)
-        buf_printf(&s->out, "554 5.7.1 %s does not accept mail from you\r\n",
-                   s->host_name);
+        buf_printf(&s->out, "554 5.7.1 %s does not accept mail from you\r\n", s->host_name);
     else
         buf_printf(&s->out, "220 %s ESMTP service ready\r\n", s->host_name);
 }
 
 /* smtpd_proto__reply - append one reply line; TEXT is trusted */
 void
-smtpd_proto__reply(struct smtpd_proto *s, int code, const char *enhanced,
-                   const char *text)
+smtpd_proto__reply(struct smtpd_proto *s, int code, const char *enhanced, const char *text)
 {
     if (s->state == SMTPD_STATE_CLOSED)
         return;
@@ -123,8 +121,7 @@ smtpd_proto__reply(struct smtpd_proto *s, int code, const char *enhanced,
  * max_errors; at the limit the client has made enough noise: 421 and close.
  */
 void
-smtpd_proto__error(struct smtpd_proto *s, int code, const char *enhanced,
-                   const char *text)
+smtpd_proto__error(struct smtpd_proto *s, int code, const char *enhanced, const char *text)
 {
     smtpd_proto__reply(s, code, enhanced, text);
     smtpd_proto__count_error(s);
@@ -183,16 +180,15 @@ sanitise_text(char *out, size_t outsize, const char *text)
  * the class: 2 for acceptance, 4 or 5 for refusal.
  */
 void
-smtpd_proto__verdict(struct smtpd_proto *s, const struct smtpd_proto_verdict *v,
-                     int dflt_code, const char *dflt_enhanced,
-                     const char *dflt_text)
+smtpd_proto__verdict(struct smtpd_proto *s, const struct smtpd_proto_verdict *v, int dflt_code,
+                     const char *dflt_enhanced, const char *dflt_text)
 {
     char text[SMTPD_TEXT_MAX + 1], enh[16];
     bool want_ok = dflt_code / 100 == 2;
     int code, cls;
 
-    if (v == NULL || v->code < 200 || v->code > 599
-        || (v->code / 100 == 2) != want_ok || v->code / 100 == 3) {
+    if (v == NULL || v->code < 200 || v->code > 599 || (v->code / 100 == 2) != want_ok ||
+        v->code / 100 == 3) {
         smtpd_proto__reply(s, dflt_code, dflt_enhanced, dflt_text);
         return;
     }
@@ -297,11 +293,11 @@ replay_held(struct smtpd_proto *s)
  * engine waiting (unless the host already answered from inside the call).
  */
 void
-smtpd_proto__decided(struct smtpd_proto *s, enum smtpd_pending what,
-                     enum smtpd_decision d, const struct smtpd_proto_verdict *v)
+smtpd_proto__decided(struct smtpd_proto *s, enum smtpd_pending what, enum smtpd_decision d,
+                     const struct smtpd_proto_verdict *v)
 {
     if (d == SMTPD_PENDING || s->state == SMTPD_STATE_CLOSED)
-        return;                 /* later, or the host closed us meanwhile */
+        return; /* later, or the host closed us meanwhile */
     if (!finish_wait(s, what))
         msg_panic("smtpd_proto: host answered twice");
     smtpd_proto__complete(s, what, d == SMTPD_ACCEPT, v);
@@ -309,14 +305,13 @@ smtpd_proto__decided(struct smtpd_proto *s, enum smtpd_pending what,
 
 /* smtpd_proto_result - see smtpd_proto.h */
 void
-smtpd_proto_result(struct smtpd_proto *s, int code, const char *enhanced,
-                   const char *text)
+smtpd_proto_result(struct smtpd_proto *s, int code, const char *enhanced, const char *text)
 {
     struct smtpd_proto_verdict v = { code, enhanced, text };
     enum smtpd_pending what = s->pending;
 
     if (s->state == SMTPD_STATE_CLOSED)
-        return;                 /* timed out or vanished meanwhile */
+        return; /* timed out or vanished meanwhile */
     if (!finish_wait(s, what) || what == SMTPD_PENDING_NONE)
         msg_panic("smtpd_proto_result: nothing is pending");
     smtpd_proto__complete(s, what, code == 0 || code / 100 == 2, &v);
@@ -325,8 +320,7 @@ smtpd_proto_result(struct smtpd_proto *s, int code, const char *enhanced,
 
 /* smtpd_proto_data_result - see smtpd_proto.h */
 void
-smtpd_proto_data_result(struct smtpd_proto *s, int code, const char *enhanced,
-                        const char *text)
+smtpd_proto_data_result(struct smtpd_proto *s, int code, const char *enhanced, const char *text)
 {
     if (s->state != SMTPD_STATE_CLOSED && s->pending != SMTPD_PENDING_DATA)
         msg_panic("smtpd_proto_data_result: no message is pending");
@@ -358,8 +352,8 @@ line_limit(const struct smtpd_proto *s, const char *p, size_t n)
         head[h++] = s->line.data[i];
     for (i = 0; i < n && h < sizeof(head); i++)
         head[h++] = p[i];
-    if (h == sizeof(head) && strncasecmp(head, "AUTH ", 5) == 0
-        && s->cfg.max_line < SMTPD_AUTH_LINE_MAX)
+    if (h == sizeof(head) && strncasecmp(head, "AUTH ", 5) == 0 &&
+        s->cfg.max_line < SMTPD_AUTH_LINE_MAX)
         return SMTPD_AUTH_LINE_MAX;
     return s->cfg.max_line;
 }
@@ -572,8 +566,7 @@ smtpd_proto_discarded(const struct smtpd_proto *s)
 
 /* smtpd_proto_set_limits - new size and recipient limits (after AUTH) */
 void
-smtpd_proto_set_limits(struct smtpd_proto *s, uint64_t max_message_size,
-                       unsigned max_rcpt)
+smtpd_proto_set_limits(struct smtpd_proto *s, uint64_t max_message_size, unsigned max_rcpt)
 {
     s->cfg.max_message_size = max_message_size;
     s->cfg.max_rcpt = max_rcpt;

@@ -84,36 +84,36 @@
 #include "buf.h"
 
 /* RFC 5321 §4.5.3.1 sizes; RFC 4954 §4 AUTH line; RFC 3461 §4.4, §4.2 */
-#define SMTPD_LOCAL_MAX 64
-#define SMTPD_DOMAIN_MAX 255
-#define SMTPD_PATH_MAX 256          /* including the angle brackets */
-#define SMTPD_ADDR_MAX (SMTPD_PATH_MAX - 2)
-#define SMTPD_AUTH_LINE_MAX 12288
-#define SMTPD_ENVID_MAX 100
-#define SMTPD_ORCPT_MAX 500
+#define SMTPD_LOCAL_MAX      64
+#define SMTPD_DOMAIN_MAX     255
+#define SMTPD_PATH_MAX       256 /* including the angle brackets */
+#define SMTPD_ADDR_MAX       (SMTPD_PATH_MAX - 2)
+#define SMTPD_AUTH_LINE_MAX  12288
+#define SMTPD_ENVID_MAX      100
+#define SMTPD_ORCPT_MAX      500
 #define SMTPD_ORCPT_TYPE_MAX 32
-#define SMTPD_TEXT_MAX 200          /* host-supplied reply text */
-#define SMTPD_CRED_MAX 512          /* decoded AUTH user name or password */
+#define SMTPD_TEXT_MAX       200 /* host-supplied reply text */
+#define SMTPD_CRED_MAX       512 /* decoded AUTH user name or password */
 
 /* Session configuration, copied at smtpd_proto_new(). */
 struct smtpd_proto_config {
-    const char *host_name;      /* greeting and EHLO name (copied) */
-    size_t max_line;            /* command line incl. CRLF; 0 = 2048 */
-    uint64_t max_message_size;  /* 0 = unlimited; advertised in SIZE */
-    unsigned max_rcpt;          /* per transaction; 0 = unlimited */
-    unsigned max_errors;        /* per session; 0 = unlimited */
-    size_t max_held;            /* pipelined bytes held while waiting for the
-                                   host; 0 = 256 KiB. Beyond half of it
-                                   smtpd_proto_want_input() says stop. */
-    bool refuse_service;        /* smtp-service no: 554 greeting */
-    bool offer_starttls;        /* allow-starttls */
-    bool tls_active;            /* implicit TLS listener (port 465 style) */
-    bool allow_auth;            /* allow-auth */
-    bool allow_plaintext_auth;  /* allow-unencrypted-plain-auth */
-    bool require_auth;          /* require-auth: MAIL needs AUTH first */
-    bool require_tls;           /* MAIL needs TLS first */
-    bool allow_chunking;        /* allow-chunking: BDAT */
-    bool allow_smtputf8;        /* allow-smtputf8 */
+    const char *host_name;     /* greeting and EHLO name (copied) */
+    size_t max_line;           /* command line incl. CRLF; 0 = 2048 */
+    uint64_t max_message_size; /* 0 = unlimited; advertised in SIZE */
+    unsigned max_rcpt;         /* per transaction; 0 = unlimited */
+    unsigned max_errors;       /* per session; 0 = unlimited */
+    size_t max_held;           /* pipelined bytes held while waiting for the
+                                  host; 0 = 256 KiB. Beyond half of it
+                                  smtpd_proto_want_input() says stop. */
+    bool refuse_service;       /* smtp-service no: 554 greeting */
+    bool offer_starttls;       /* allow-starttls */
+    bool tls_active;           /* implicit TLS listener (port 465 style) */
+    bool allow_auth;           /* allow-auth */
+    bool allow_plaintext_auth; /* allow-unencrypted-plain-auth */
+    bool require_auth;         /* require-auth: MAIL needs AUTH first */
+    bool require_tls;          /* MAIL needs TLS first */
+    bool allow_chunking;       /* allow-chunking: BDAT */
+    bool allow_smtputf8;       /* allow-smtputf8 */
 };
 
 /* smtpd_proto_config_init - the defaults: PowerMTA's for a <source> */
@@ -129,8 +129,8 @@ struct smtpd_mail_params {
     enum smtpd_body body;
     bool smtputf8;
     enum smtpd_ret ret;
-    char envid[SMTPD_ENVID_MAX + 1];        /* xtext-decoded, printable */
-    char auth[SMTPD_ADDR_MAX + 3];          /* RFC 4954 AUTH=, decoded */
+    char envid[SMTPD_ENVID_MAX + 1]; /* xtext-decoded, printable */
+    char auth[SMTPD_ADDR_MAX + 3];   /* RFC 4954 AUTH=, decoded */
 };
 
 #define SMTPD_NOTIFY_NEVER   0x01u
@@ -141,16 +141,16 @@ struct smtpd_mail_params {
 /* RCPT TO parameters, decoded. notify 0 = not given. */
 struct smtpd_rcpt_params {
     unsigned notify;
-    char orcpt_type[SMTPD_ORCPT_TYPE_MAX + 1];  /* e.g. "rfc822"; "" = none */
-    char orcpt[SMTPD_ORCPT_MAX + 1];            /* xtext-decoded address */
+    char orcpt_type[SMTPD_ORCPT_TYPE_MAX + 1]; /* e.g. "rfc822"; "" = none */
+    char orcpt[SMTPD_ORCPT_MAX + 1];           /* xtext-decoded address */
 };
 
 /* What the engine knows about a finished message body. */
 struct smtpd_data_info {
-    uint64_t size;              /* octets handed to data_chunk */
-    uint64_t long_lines;        /* lines over 998 octets (DATA only) */
-    bool eight_bit;             /* some octet >= 0x80 was seen */
-    bool chunked;               /* came by BDAT */
+    uint64_t size;       /* octets handed to data_chunk */
+    uint64_t long_lines; /* lines over 998 octets (DATA only) */
+    bool eight_bit;      /* some octet >= 0x80 was seen */
+    bool chunked;        /* came by BDAT */
 };
 
 /*
@@ -167,9 +167,9 @@ struct smtpd_proto_verdict {
 
 /* What an event callback that decides returns. */
 enum smtpd_decision {
-    SMTPD_ACCEPT,       /* go on; verdict may carry a custom 2xx */
-    SMTPD_REJECT,       /* verdict carries the 4xx/5xx (0 = default) */
-    SMTPD_PENDING       /* host answers later with smtpd_proto_result() */
+    SMTPD_ACCEPT, /* go on; verdict may carry a custom 2xx */
+    SMTPD_REJECT, /* verdict carries the 4xx/5xx (0 = default) */
+    SMTPD_PENDING /* host answers later with smtpd_proto_result() */
 };
 
 /*
@@ -193,8 +193,7 @@ struct smtpd_proto_events {
                                 struct smtpd_proto_verdict *verdict);
     /* before 354 / the first BDAT chunk; must decide at once (no PENDING);
        default reject: 451 4.3.0 */
-    enum smtpd_decision (*data_begin)(void *ctx,
-                                      struct smtpd_proto_verdict *verdict);
+    enum smtpd_decision (*data_begin)(void *ctx, struct smtpd_proto_verdict *verdict);
     void (*data_chunk)(void *ctx, const char *bytes, size_t len);
     /* the body is complete; the engine now waits for
        smtpd_proto_data_result(), to be called after the durable commit */
@@ -204,8 +203,7 @@ struct smtpd_proto_events {
        after data_end */
     void (*data_abort)(void *ctx);
     /* mech "PLAIN" or "LOGIN"; pass is wiped after the call returns */
-    enum smtpd_decision (*auth)(void *ctx, const char *mech, const char *user,
-                                const char *pass,
+    enum smtpd_decision (*auth)(void *ctx, const char *mech, const char *user, const char *pass,
                                 struct smtpd_proto_verdict *verdict);
     /* 220 is queued: flush it, then start the TLS handshake */
     void (*starttls)(void *ctx);
@@ -213,23 +211,22 @@ struct smtpd_proto_events {
 };
 
 enum smtpd_state {
-    SMTPD_STATE_INIT,           /* created, greeting not sent */
-    SMTPD_STATE_GREETING,       /* greeting sent, HELO/EHLO expected */
-    SMTPD_STATE_COMMAND,        /* after HELO/EHLO */
-    SMTPD_STATE_AUTH,           /* inside an AUTH exchange (334 sent) */
-    SMTPD_STATE_DATA,           /* reading DATA content */
-    SMTPD_STATE_BDAT,           /* reading a BDAT chunk */
-    SMTPD_STATE_WAIT_HOST,      /* a decision or the commit is pending */
-    SMTPD_STATE_TLS_HANDSHAKE,  /* 220 to STARTTLS sent; host is switching */
-    SMTPD_STATE_CLOSED          /* flush the output, then close */
+    SMTPD_STATE_INIT,          /* created, greeting not sent */
+    SMTPD_STATE_GREETING,      /* greeting sent, HELO/EHLO expected */
+    SMTPD_STATE_COMMAND,       /* after HELO/EHLO */
+    SMTPD_STATE_AUTH,          /* inside an AUTH exchange (334 sent) */
+    SMTPD_STATE_DATA,          /* reading DATA content */
+    SMTPD_STATE_BDAT,          /* reading a BDAT chunk */
+    SMTPD_STATE_WAIT_HOST,     /* a decision or the commit is pending */
+    SMTPD_STATE_TLS_HANDSHAKE, /* 220 to STARTTLS sent; host is switching */
+    SMTPD_STATE_CLOSED         /* flush the output, then close */
 };
 
 struct smtpd_proto;
 
 /* smtpd_proto_new - a session; copies CFG; EVENTS must outlive it */
 struct smtpd_proto *smtpd_proto_new(const struct smtpd_proto_config *cfg,
-                                    const struct smtpd_proto_events *events,
-                                    void *ctx);
+                                    const struct smtpd_proto_events *events, void *ctx);
 /* smtpd_proto_free - release; fires no events (disconnect first) */
 void smtpd_proto_free(struct smtpd_proto *s);
 /* smtpd_proto_start - queue the greeting (220, or 554 when refusing) */
@@ -239,11 +236,10 @@ void smtpd_proto_input(struct smtpd_proto *s, const void *bytes, size_t len);
 /* smtpd_proto_output - replies to write; consume what was written */
 struct buf *smtpd_proto_output(struct smtpd_proto *s);
 /* smtpd_proto_result - answer the PENDING mail/rcpt/auth/data decision */
-void smtpd_proto_result(struct smtpd_proto *s, int code,
-                        const char *enhanced, const char *text);
+void smtpd_proto_result(struct smtpd_proto *s, int code, const char *enhanced, const char *text);
 /* smtpd_proto_data_result - the commit outcome after data_end */
-void smtpd_proto_data_result(struct smtpd_proto *s, int code,
-                             const char *enhanced, const char *text);
+void smtpd_proto_data_result(struct smtpd_proto *s, int code, const char *enhanced,
+                             const char *text);
 /* smtpd_proto_tls_started - handshake done; the session starts over */
 void smtpd_proto_tls_started(struct smtpd_proto *s);
 /* smtpd_proto_timeout - idle timer fired: 421 4.4.2 and close */
@@ -263,8 +259,7 @@ bool smtpd_proto_is_tls(const struct smtpd_proto *s);
 const char *smtpd_proto_auth_user(const struct smtpd_proto *s);
 /* smtpd_proto_set_limits - replace max_message_size and max_rcpt (the
    host re-resolved its policy after AUTH); applies to the next MAIL */
-void smtpd_proto_set_limits(struct smtpd_proto *s, uint64_t max_message_size,
-                            unsigned max_rcpt);
+void smtpd_proto_set_limits(struct smtpd_proto *s, uint64_t max_message_size, unsigned max_rcpt);
 /* smtpd_proto_discarded - bytes dropped after STARTTLS (for logging) */
 uint64_t smtpd_proto_discarded(const struct smtpd_proto *s);
 

@@ -24,8 +24,8 @@
 #include "xalloc.h"
 #include "smtpd_proto_int.h"
 
-#define PROMPT_USERNAME "VXNlcm5hbWU6"     /* base64("Username:") */
-#define PROMPT_PASSWORD "UGFzc3dvcmQ6"     /* base64("Password:") */
+#define PROMPT_USERNAME "VXNlcm5hbWU6" /* base64("Username:") */
+#define PROMPT_PASSWORD "UGFzc3dvcmQ6" /* base64("Password:") */
 
 /* smtpd_proto__auth_offered - AUTH is offered (EHLO) and allowed */
 bool
@@ -67,8 +67,8 @@ auth_error(struct smtpd_proto *s, int code, const char *enhanced, const char *te
 static bool
 is_b64_char(unsigned char c)
 {
-    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z')
-        || (c >= '0' && c <= '9') || c == '+' || c == '/';
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '+' ||
+           c == '/';
 }
 
 /*
@@ -95,7 +95,7 @@ b64_decode(const char *in, size_t len, size_t *outlen)
         free(out);
         return NULL;
     }
-    *outlen = (size_t)n - pad;      /* EVP_DecodeBlock counts padding */
+    *outlen = (size_t)n - pad; /* EVP_DecodeBlock counts padding */
     out[*outlen] = '\0';
     return out;
 }
@@ -146,10 +146,10 @@ plain_response(struct smtpd_proto *s, const char *b64, size_t len)
     end = dec + n;
     user = memchr(dec, '\0', n);
     pass = user ? memchr(user + 1, '\0', (size_t)(end - user - 1)) : NULL;
-    if (pass == NULL || memchr(pass + 1, '\0', (size_t)(end - pass - 1))
-        || !cred_ok(dec, (size_t)(user - dec), true)
-        || !cred_ok(user + 1, (size_t)(pass - user - 1), false)
-        || !cred_ok(pass + 1, (size_t)(end - pass - 1), true)) {
+    if (pass == NULL || memchr(pass + 1, '\0', (size_t)(end - pass - 1)) ||
+        !cred_ok(dec, (size_t)(user - dec), true) ||
+        !cred_ok(user + 1, (size_t)(pass - user - 1), false) ||
+        !cred_ok(pass + 1, (size_t)(end - pass - 1), true)) {
         auth_error(s, 501, "5.5.2", "Invalid PLAIN response");
     } else if (user != dec && strcmp((char *)dec, (char *)user + 1) != 0) {
         /* Acting for another identity (authzid) is not supported. */
@@ -211,8 +211,9 @@ smtpd_proto__auth_start(struct smtpd_proto *s, char *arg, size_t len)
     size_t mech = 0, ilen = 0;
 
     if (!smtpd_proto__auth_offered(s) || s->state == SMTPD_STATE_GREETING) {
-        smtpd_proto__error(s, 503, "5.5.1", s->state == SMTPD_STATE_GREETING
-                           ? "Send EHLO first" : "AUTH not available");
+        smtpd_proto__error(s, 503, "5.5.1",
+                           s->state == SMTPD_STATE_GREETING ? "Send EHLO first"
+                                                            : "AUTH not available");
         return;
     }
     if (s->auth_user) {
@@ -277,8 +278,7 @@ smtpd_proto__auth_line(struct smtpd_proto *s, char *line, size_t len)
 
 /* smtpd_proto__auth_done - the host's verdict on the credentials */
 void
-smtpd_proto__auth_done(struct smtpd_proto *s, bool accepted,
-                       const struct smtpd_proto_verdict *v)
+smtpd_proto__auth_done(struct smtpd_proto *s, bool accepted, const struct smtpd_proto_verdict *v)
 {
     if (accepted) {
         s->auth_user = s->pending_user;

@@ -139,7 +139,7 @@ smtpd_proto__data_input(struct smtpd_proto *s, const char *p, size_t len)
                 s->scan = SMTPD_SCAN_DOT_CR;
                 continue;
             }
-            break;              /* the "." was stuffing: dropped */
+            break; /* the "." was stuffing: dropped */
         case SMTPD_SCAN_DOT_CR:
             if (c == '\n') {
                 body_done(s);
@@ -166,8 +166,7 @@ smtpd_proto__data_input(struct smtpd_proto *s, const char *p, size_t len)
 
 /* smtpd_proto__bdat_start - read SIZE octets; DISCARD: the reply is sent */
 void
-smtpd_proto__bdat_start(struct smtpd_proto *s, uint64_t size, bool last,
-                        bool discard)
+smtpd_proto__bdat_start(struct smtpd_proto *s, uint64_t size, bool last, bool discard)
 {
     if (s->state == SMTPD_STATE_CLOSED)
         return;
@@ -195,8 +194,7 @@ bdat_chunk_done(struct smtpd_proto *s)
         body_done(s);
         return;
     }
-    snprintf(text, sizeof(text), "%llu octets received",
-             (unsigned long long)s->bdat_size);
+    snprintf(text, sizeof(text), "%llu octets received", (unsigned long long)s->bdat_size);
     smtpd_proto__reply(s, 250, "2.0.0", text);
 }
 

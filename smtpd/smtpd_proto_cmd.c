@@ -24,7 +24,7 @@
 
 /* The parsed arguments of one command. */
 struct cmd_args {
-    char *arg;                  /* after the verb and its spaces */
+    char *arg; /* after the verb and its spaces */
     size_t len;
     char addr[SMTPD_ADDR_MAX + 1];
     struct smtpd_mail_params mail;
@@ -130,8 +130,7 @@ proceed_ehlo(struct smtpd_proto *s, struct cmd_args *a)
     greet(s, a, true);
     ext[n++] = "PIPELINING";
     if (s->cfg.max_message_size)
-        snprintf(size, sizeof(size), "SIZE %llu",
-                 (unsigned long long)s->cfg.max_message_size);
+        snprintf(size, sizeof(size), "SIZE %llu", (unsigned long long)s->cfg.max_message_size);
     else
         snprintf(size, sizeof(size), "SIZE");
     ext[n++] = size;
@@ -230,12 +229,12 @@ check_mail(struct smtpd_proto *s, struct cmd_args *a)
        SMTPUTF8 parameter below, which comes after the path. */
     perr = path_then_params(a, SMTPD_PATH_NULL_OK | SMTPD_PATH_UTF8_OK, &params);
     if (perr != SMTPD_PATH_OK) {
-        smtpd_proto__error(s, 501, "5.1.7", perr == SMTPD_PATH_TOO_LONG
-                           ? "Sender address too long" : "Bad sender address syntax");
+        smtpd_proto__error(s, 501, "5.1.7",
+                           perr == SMTPD_PATH_TOO_LONG ? "Sender address too long"
+                                                       : "Bad sender address syntax");
         return false;
     }
-    err = smtpd_parse_mail_params(a->arg + params, a->len - params,
-                                  s->cfg.allow_smtputf8,
+    err = smtpd_parse_mail_params(a->arg + params, a->len - params, s->cfg.allow_smtputf8,
                                   smtpd_proto__auth_offered(s), &a->mail);
     if (err != SMTPD_PARAM_OK)
         return param_error(s, err);
@@ -243,8 +242,7 @@ check_mail(struct smtpd_proto *s, struct cmd_args *a)
         smtpd_proto__error(s, 553, "5.6.7", "Non-ASCII address needs SMTPUTF8");
         return false;
     }
-    if (a->mail.size_given && s->cfg.max_message_size
-        && a->mail.size > s->cfg.max_message_size) {
+    if (a->mail.size_given && s->cfg.max_message_size && a->mail.size > s->cfg.max_message_size) {
         smtpd_proto__reply(s, 552, "5.3.4", "Message size exceeds fixed maximum message size");
         return false;
     }
@@ -288,8 +286,9 @@ check_rcpt(struct smtpd_proto *s, struct cmd_args *a)
         return false;
     }
     if (perr != SMTPD_PATH_OK) {
-        smtpd_proto__error(s, 501, "5.1.3", perr == SMTPD_PATH_TOO_LONG
-                           ? "Recipient address too long" : "Bad recipient address syntax");
+        smtpd_proto__error(s, 501, "5.1.3",
+                           perr == SMTPD_PATH_TOO_LONG ? "Recipient address too long"
+                                                       : "Bad recipient address syntax");
         return false;
     }
     err = smtpd_parse_rcpt_params(a->arg + params, a->len - params, &a->rcpt);
@@ -490,7 +489,8 @@ check_expn(struct smtpd_proto *s, struct cmd_args *a)
 static void
 proceed_help(struct smtpd_proto *s, struct cmd_args *a)
 {
-    smtpd_proto__reply(s, 214, "2.0.0", "Commands: EHLO HELO MAIL RCPT DATA BDAT "
+    smtpd_proto__reply(s, 214, "2.0.0",
+                       "Commands: EHLO HELO MAIL RCPT DATA BDAT "
                        "RSET NOOP QUIT VRFY HELP STARTTLS AUTH");
 }
 
@@ -557,8 +557,7 @@ find_command(const char *line, size_t n)
     size_t i;
 
     for (i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
-        if (strlen(commands[i].verb) == n
-            && strncasecmp(commands[i].verb, line, n) == 0)
+        if (strlen(commands[i].verb) == n && strncasecmp(commands[i].verb, line, n) == 0)
             return &commands[i];
     return NULL;
 }
@@ -597,8 +596,8 @@ smtpd_proto__command(struct smtpd_proto *s, char *line, size_t len)
 
 /* smtpd_proto__complete - the host decided (now or later) */
 void
-smtpd_proto__complete(struct smtpd_proto *s, enum smtpd_pending what,
-                      bool accepted, const struct smtpd_proto_verdict *v)
+smtpd_proto__complete(struct smtpd_proto *s, enum smtpd_pending what, bool accepted,
+                      const struct smtpd_proto_verdict *v)
 {
     switch (what) {
     case SMTPD_PENDING_MAIL:

@@ -54,28 +54,28 @@
 #include "smtpd.h"
 #include "smtpd_proto.h"
 
-#define SESSION_WRITE_HIGH (256 * 1024)
+#define SESSION_WRITE_HIGH     (256 * 1024)
 #define SESSION_CLOSE_GRACE_MS 5000
-#define READ_BUFFER_SIZE (64 * 1024)
-#define LOG_TEXT_MAX 300
+#define READ_BUFFER_SIZE       (64 * 1024)
+#define LOG_TEXT_MAX           300
 
 enum tls_state { TLS_OFF, TLS_HANDSHAKE, TLS_ON };
 enum txn_state {
-    TXN_NONE,       /* no MAIL yet */
-    TXN_BUILDING,   /* MAIL accepted: frames kept locally */
-    TXN_STREAMING,  /* cleanup knows the id; content flows */
-    TXN_WAITING     /* END sent; waiting for MP_TXN_RESULT */
+    TXN_NONE,      /* no MAIL yet */
+    TXN_BUILDING,  /* MAIL accepted: frames kept locally */
+    TXN_STREAMING, /* cleanup knows the id; content flows */
+    TXN_WAITING    /* END sent; waiting for MP_TXN_RESULT */
 };
 
 struct smtpd_session {
     union smtpd_stream io;
     uv_timer_t timer;
     uv_shutdown_t shutdown_req;
-    unsigned refs;                  /* open handles + AUTH checks in flight */
+    unsigned refs; /* open handles + AUTH checks in flight */
     struct smtpd_session *prev, *next;
     uint64_t serial;
 
-    const struct cfg *cfg;          /* pinned */
+    const struct cfg *cfg; /* pinned */
     struct smtpd_policy pol;
     struct smtpd_origin origin;
     struct smtpd_proto *proto;
@@ -86,7 +86,7 @@ struct smtpd_session {
     char local_ip[INET6_ADDRSTRLEN];
     unsigned local_port;
     char helo[SMTPD_DOMAIN_MAX + 1];
-    char auth_try[64];              /* printable user name of the AUTH in flight */
+    char auth_try[64]; /* printable user name of the AUTH in flight */
     bool authenticated;
 
     struct smtpd_tls *tls;
@@ -95,19 +95,19 @@ struct smtpd_session {
 
     enum txn_state txn;
     uint32_t txn_id;
-    bool txn_lost;                  /* cleanup connection died: answer 451 */
-    bool txn_early;                 /* cleanup refused before END */
+    bool txn_lost;  /* cleanup connection died: answer 451 */
+    bool txn_early; /* cleanup refused before END */
     int early_code;
     char early_enhanced[16];
     char early_text[SMTPD_TEXT_MAX + 1];
     unsigned txn_rcpts;
-    bool txn_told;                  /* some of its frames went to cleanup */
-    struct buf frames;              /* frames not yet sent (see stream_pending) */
-    struct buf chunk;               /* content not yet framed */
+    bool txn_told;     /* some of its frames went to cleanup */
+    struct buf frames; /* frames not yet sent (see stream_pending) */
+    struct buf chunk;  /* content not yet framed */
 
     bool reading;
-    bool peer_eof;                  /* the client half-closed; finish what it sent */
-    bool quit_seen;                 /* the client said QUIT: nothing more will come */
+    bool peer_eof;  /* the client half-closed; finish what it sent */
+    bool quit_seen; /* the client said QUIT: nothing more will come */
     bool closing;
     bool handles_closing;
     bool paused_backlog;
@@ -223,7 +223,7 @@ send_raw(struct smtpd_session *s, const char *p, size_t n)
         return;
     b = uv_buf_init((char *)p, (unsigned)n);
     done = uv_try_write(&s->io.stream, &b, 1);
-    if (done > 0) {             /* an error is left to uv_write() to report */
+    if (done > 0) { /* an error is left to uv_write() to report */
         p += done;
         n -= (size_t)done;
     }
@@ -440,7 +440,7 @@ ev_rcpt(void *ctx, const char *rcpt, const struct smtpd_rcpt_params *p,
     (void)v;
     log_command(s, "RCPT TO", rcpt);
     if (!may_relay(s, rcpt))
-        return SMTPD_REJECT;        /* engine default: 550 5.7.1 Relaying denied */
+        return SMTPD_REJECT; /* engine default: 550 5.7.1 Relaying denied */
     encode_rcpt(s, rcpt, p);
     s->txn_rcpts++;
     return SMTPD_ACCEPT;
@@ -561,7 +561,7 @@ auth_done(void *ctx, bool ok, const char *source)
     }
     s->refs--;
     if (s->refs == 0)
-        begin_close(s);     /* only reached when the handles are already gone */
+        begin_close(s); /* only reached when the handles are already gone */
 }
 
 static enum smtpd_decision
@@ -751,7 +751,7 @@ after_engine(struct smtpd_session *s)
         s->tls_state = TLS_HANDSHAKE;
     }
     if (s->peer_eof && st != SMTPD_STATE_WAIT_HOST)
-        smtpd_proto_disconnected(s->proto);     /* nothing more will come */
+        smtpd_proto_disconnected(s->proto); /* nothing more will come */
     if (smtpd_proto_is_closed(s->proto)) {
         begin_close(s);
         return;
@@ -781,8 +781,8 @@ handshake_done(struct smtpd_session *s)
 {
     s->tls_state = TLS_ON;
     if (s->pol.log_connections)
-        msg_info("%s[%" PRIu64 "]: TLS %s %s", peer_name(s), s->serial,
-                 smtpd_tls_protocol(s->tls), smtpd_tls_cipher(s->tls));
+        msg_info("%s[%" PRIu64 "]: TLS %s %s", peer_name(s), s->serial, smtpd_tls_protocol(s->tls),
+                 smtpd_tls_cipher(s->tls));
     if (s->origin.implicit_tls && smtpd_proto_state(s->proto) == SMTPD_STATE_INIT)
         smtpd_proto_start(s->proto);
     else
@@ -816,7 +816,7 @@ tls_pump(struct smtpd_session *s)
         rc = smtpd_tls_read(s->tls, plain, sizeof(plain));
         if (rc == 0)
             break;
-        if (rc < 0) {           /* close_notify or a bad record */
+        if (rc < 0) { /* close_notify or a bad record */
             smtpd_proto_disconnected(s->proto);
             begin_close(s);
             return;
@@ -824,7 +824,7 @@ tls_pump(struct smtpd_session *s)
         feed(s, plain, (size_t)rc);
     }
     if (!s->closing)
-        send_tls_output(s);     /* alerts, session tickets */
+        send_tls_output(s); /* alerts, session tickets */
 }
 
 static void
@@ -846,9 +846,9 @@ on_read(uv_stream_t *stream, ssize_t n, const uv_buf_t *b)
         begin_close(s);
         return;
     }
-    if (smtpd_proto_state(s->proto) == SMTPD_STATE_DATA
-        || smtpd_proto_state(s->proto) == SMTPD_STATE_BDAT)
-        arm_timer(s);           /* the data timeout runs from the last byte */
+    if (smtpd_proto_state(s->proto) == SMTPD_STATE_DATA ||
+        smtpd_proto_state(s->proto) == SMTPD_STATE_BDAT)
+        arm_timer(s); /* the data timeout runs from the last byte */
     if (s->tls_state == TLS_OFF) {
         feed(s, b->base, (size_t)n);
         return;
@@ -866,8 +866,8 @@ on_timer(uv_timer_t *t)
 {
     struct smtpd_session *s = t->data;
 
-    if (s->closing) {               /* the grace period of a close ran out */
-        close_handles(s);           /* cancels the shutdown request too */
+    if (s->closing) {     /* the grace period of a close ran out */
+        close_handles(s); /* cancels the shutdown request too */
         return;
     }
     if (s->txn == TXN_WAITING) {
@@ -903,8 +903,8 @@ session_free(struct smtpd_session *s)
         s->next->prev = s->prev;
     S.count--;
     if (s->pol.log_connections)
-        msg_info("%s[%" PRIu64 "]: disconnected, %" PRIu64 " message%s", peer_name(s),
-                 s->serial, s->messages, s->messages == 1 ? "" : "s");
+        msg_info("%s[%" PRIu64 "]: disconnected, %" PRIu64 " message%s", peer_name(s), s->serial,
+                 s->messages, s->messages == 1 ? "" : "s");
     smtpd_proto_free(s->proto);
     smtpd_tls_free(s->tls);
     buf_free(&s->frames);
@@ -945,7 +945,7 @@ on_shutdown(uv_shutdown_t *req, int status)
 static void
 begin_close(struct smtpd_session *s)
 {
-    if (s->refs == 0) {             /* from auth_done after the handles closed */
+    if (s->refs == 0) { /* from auth_done after the handles closed */
         session_free(s);
         return;
     }
@@ -968,8 +968,8 @@ begin_close(struct smtpd_session *s)
      * per message. Otherwise half-close first, so that a client still
      * sending does not get a reset that could swallow our last reply.
      */
-    if ((s->quit_seen || s->peer_eof) && s->tls_state != TLS_ON
-        && uv_stream_get_write_queue_size(&s->io.stream) == 0) {
+    if ((s->quit_seen || s->peer_eof) && s->tls_state != TLS_ON &&
+        uv_stream_get_write_queue_size(&s->io.stream) == 0) {
         close_handles(s);
         return;
     }
@@ -1146,7 +1146,7 @@ smtpd_session_shutdown_all(void)
         if (s->closing)
             continue;
         if (s->txn == TXN_WAITING) {
-            s->drain_after_result = true;   /* answer the message first */
+            s->drain_after_result = true; /* answer the message first */
             continue;
         }
         if (s->tls_state == TLS_HANDSHAKE) {

@@ -37,8 +37,8 @@ struct smtpd_tls_ctx {
 
 struct smtpd_tls {
     SSL *ssl;
-    BIO *rbio;      /* peer -> OpenSSL */
-    BIO *wbio;      /* OpenSSL -> peer */
+    BIO *rbio; /* peer -> OpenSSL */
+    BIO *wbio; /* OpenSSL -> peer */
 };
 
 /* smtpd_tls_error - the oldest queued OpenSSL error, as text; clears the queue */
@@ -68,9 +68,9 @@ smtpd_tls_ctx_new(const char *cert_file, const char *ca_file)
     SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
     /* Memory BIOs: partial writes are normal, buffers move between calls. */
     SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
-    if (SSL_CTX_use_certificate_chain_file(ctx, cert_file) != 1
-        || SSL_CTX_use_PrivateKey_file(ctx, cert_file, SSL_FILETYPE_PEM) != 1
-        || SSL_CTX_check_private_key(ctx) != 1)
+    if (SSL_CTX_use_certificate_chain_file(ctx, cert_file) != 1 ||
+        SSL_CTX_use_PrivateKey_file(ctx, cert_file, SSL_FILETYPE_PEM) != 1 ||
+        SSL_CTX_check_private_key(ctx) != 1)
         goto fail_ctx;
     if (ca_file && *ca_file && SSL_CTX_load_verify_locations(ctx, ca_file, NULL) != 1)
         goto fail_ctx;
@@ -111,7 +111,7 @@ smtpd_tls_new(struct smtpd_tls_ctx *t)
     /* An empty read BIO means "try again", not EOF. */
     BIO_set_mem_eof_return(tls->rbio, -1);
     BIO_set_mem_eof_return(tls->wbio, -1);
-    SSL_set_bio(tls->ssl, tls->rbio, tls->wbio);   /* the SSL now owns both */
+    SSL_set_bio(tls->ssl, tls->rbio, tls->wbio); /* the SSL now owns both */
     SSL_set_accept_state(tls->ssl);
     return tls;
 }

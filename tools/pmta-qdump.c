@@ -75,8 +75,8 @@ base64(const unsigned char *p, size_t n)
     char *out = xmalloc((n + 2) / 3 * 4 + 1), *o = out;
 
     for (size_t i = 0; i < n; i += 3) {
-        uint32_t v = (uint32_t)p[i] << 16 | (i + 1 < n ? (uint32_t)p[i + 1] << 8 : 0)
-                   | (i + 2 < n ? p[i + 2] : 0);
+        uint32_t v = (uint32_t)p[i] << 16 | (i + 1 < n ? (uint32_t)p[i + 1] << 8 : 0) |
+                     (i + 2 < n ? p[i + 2] : 0);
 
         *o++ = tab[v >> 18 & 63];
         *o++ = tab[v >> 12 & 63];
@@ -102,15 +102,12 @@ jstr(const char *s)
 static json_t *
 rcpt_json(const struct qstore_rcpt *r)
 {
-    return json_pack("{s:I, s:o, s:o, s:o, s:o, s:i, s:s, s:I, s:I, s:i, s:o}",
-                     "index", (json_int_t)r->index, "address", jstr(r->address),
-                     "queue", jstr(r->queue), "domain", jstr(r->domain),
-                     "orcpt", jstr(r->orcpt), "notify", (int)r->notify,
-                     "state", r->state == QSTORE_RCPT_DEFERRED ? "deferred" : "queued",
-                     "attempts", (json_int_t)r->attempts,
-                     "next_attempt", (json_int_t)r->next_attempt,
-                     "delay_notices", (int)r->delay_notices,
-                     "last_error", jstr(r->last_error));
+    return json_pack("{s:I, s:o, s:o, s:o, s:o, s:i, s:s, s:I, s:I, s:i, s:o}", "index",
+                     (json_int_t)r->index, "address", jstr(r->address), "queue", jstr(r->queue),
+                     "domain", jstr(r->domain), "orcpt", jstr(r->orcpt), "notify", (int)r->notify,
+                     "state", r->state == QSTORE_RCPT_DEFERRED ? "deferred" : "queued", "attempts",
+                     (json_int_t)r->attempts, "next_attempt", (json_int_t)r->next_attempt,
+                     "delay_notices", (int)r->delay_notices, "last_error", jstr(r->last_error));
 }
 
 static void
@@ -140,15 +137,16 @@ msg_json(const struct qstore_msg *m)
         json_array_append_new(rc, rcpt_json(&m->rcpt[i]));
     return json_pack("{s:s, s:I, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:i, s:s,"
                      " s:I, s:I, s:I, s:o}",
-                     "id", qid, "msgid", (json_int_t)m->msgid, "sender", jstr(e->sender),
-                     "envid", jstr(e->envid), "job", jstr(e->job_id), "vmta", jstr(e->vmta),
-                     "source", jstr(e->source), "client_ip", jstr(e->client_ip),
-                     "helo", jstr(e->client_helo), "auth_user", jstr(e->auth_user),
-                     "bounce_sender", jstr(e->bounce_sender), "flags", (int)e->flags,
-                     "ret", e->ret == QSTORE_RET_FULL ? "full"
-                          : e->ret == QSTORE_RET_HDRS ? "hdrs" : "none",
-                     "queued_at", (json_int_t)e->queued_at, "size", (json_int_t)e->size,
-                     "nrcpt", (json_int_t)e->nrcpt, "recipients", rc);
+                     "id", qid, "msgid", (json_int_t)m->msgid, "sender", jstr(e->sender), "envid",
+                     jstr(e->envid), "job", jstr(e->job_id), "vmta", jstr(e->vmta), "source",
+                     jstr(e->source), "client_ip", jstr(e->client_ip), "helo", jstr(e->client_helo),
+                     "auth_user", jstr(e->auth_user), "bounce_sender", jstr(e->bounce_sender),
+                     "flags", (int)e->flags, "ret",
+                     e->ret == QSTORE_RET_FULL   ? "full"
+                     : e->ret == QSTORE_RET_HDRS ? "hdrs"
+                                                 : "none",
+                     "queued_at", (json_int_t)e->queued_at, "size", (json_int_t)e->size, "nrcpt",
+                     (json_int_t)e->nrcpt, "recipients", rc);
 }
 
 /* dump_one - print message ID; 0 or -errno (reported) */

@@ -71,18 +71,18 @@
 #include "msg.h"
 #include "xalloc.h"
 
-#define DEFAULT_CONFIG "/etc/pmta/config"
-#define DEFAULT_RUN_DIR "/run/pmta"
+#define DEFAULT_CONFIG      "/etc/pmta/config"
+#define DEFAULT_RUN_DIR     "/run/pmta"
 #define CONTROL_SOCKET_NAME "control"
-#define PID_FILE_NAME "pmtad.pid"
-#define RESPONSE_MAX (16 * 1024 * 1024)
-#define SOCKET_TIMEOUT_S 30
-#define TABLE_WIDTH 120
-#define QUEUE_COLUMN_MAX 36
-#define ERROR_COLUMN_MIN 24
+#define PID_FILE_NAME       "pmtad.pid"
+#define RESPONSE_MAX        (16 * 1024 * 1024)
+#define SOCKET_TIMEOUT_S    30
+#define TABLE_WIDTH         120
+#define QUEUE_COLUMN_MAX    36
+#define ERROR_COLUMN_MIN    24
 
 #define EXIT_FAILED 1
-#define EXIT_USAGE 2
+#define EXIT_USAGE  2
 
 /* Command-line options; each OPT_ bit says the option was given. */
 enum option_bit {
@@ -98,17 +98,17 @@ enum option_bit {
 #define MAX_WORDS 8
 
 struct options {
-    const char *config_path;  /* -c, --config */
-    const char *socket_path;  /* --socket */
-    bool json;                /* --json */
-    bool help;                /* -h, --help */
-    bool version;             /* --version */
-    unsigned given;           /* enum option_bit: command options present */
-    const char *mode;         /* --mode=normal|backoff */
-    bool paused;              /* --paused=yes|no */
-    long long maxitems;       /* --maxitems=N */
-    const char *sort;         /* --sort=name|rcpt */
-    const char *queue;        /* --queue=PATTERN (delete, PowerMTA's spelling) */
+    const char *config_path; /* -c, --config */
+    const char *socket_path; /* --socket */
+    bool json;               /* --json */
+    bool help;               /* -h, --help */
+    bool version;            /* --version */
+    unsigned given;          /* enum option_bit: command options present */
+    const char *mode;        /* --mode=normal|backoff */
+    bool paused;             /* --paused=yes|no */
+    long long maxitems;      /* --maxitems=N */
+    const char *sort;        /* --sort=name|rcpt */
+    const char *queue;       /* --queue=PATTERN (delete, PowerMTA's spelling) */
     const char *words[MAX_WORDS];
     int nwords;
 };
@@ -123,22 +123,21 @@ typedef bool (*matched_fn)(json_t *response);
 typedef int (*print_fn)(const struct options *o, json_t *response);
 
 struct command {
-    const char *verb;         /* first word */
-    const char *object;       /* second word, or NULL */
-    unsigned allowed;         /* enum option_bit */
-    unsigned required;        /* enum option_bit */
+    const char *verb;   /* first word */
+    const char *object; /* second word, or NULL */
+    unsigned allowed;   /* enum option_bit */
+    unsigned required;  /* enum option_bit */
     enum pattern_use pattern;
-    const char *wire_name;    /* "cmd" of the request; NULL: not a socket command */
-    add_args_fn add_args;     /* NULL: no arguments */
-    matched_fn matched;       /* NULL: the command does not select queues */
+    const char *wire_name; /* "cmd" of the request; NULL: not a socket command */
+    add_args_fn add_args;  /* NULL: no arguments */
+    matched_fn matched;    /* NULL: the command does not select queues */
     print_fn print;
 };
 
 /* --- messages ------------------------------------------------------------- */
 
 /* fail - print "pmtactl: ..." on stderr; returns EXIT_FAILED */
-static int __attribute__((format(printf, 1, 2)))
-fail(const char *fmt, ...)
+static int __attribute__((format(printf, 1, 2))) fail(const char *fmt, ...)
 {
     va_list ap;
 
@@ -196,8 +195,7 @@ usage(FILE *out)
 }
 
 /* usage_error - a usage problem: the message, the usage text; returns EXIT_USAGE */
-static int __attribute__((format(printf, 1, 2)))
-usage_error(const char *fmt, ...)
+static int __attribute__((format(printf, 1, 2))) usage_error(const char *fmt, ...)
 {
     va_list ap;
 
@@ -277,8 +275,8 @@ set_command_option(struct options *o, const char *name, const char *value)
 static int
 parse_long_option(struct options *o, int argc, char **argv, int *i)
 {
-    static const char *const with_value[] = { "config", "socket", "mode", "paused",
-                                              "maxitems", "sort", "queue" };
+    static const char *const with_value[] = { "config",   "socket", "mode", "paused",
+                                              "maxitems", "sort",   "queue" };
     const char *arg = argv[*i] + 2, *eq = strchr(arg, '=');
     size_t namelen = eq ? (size_t)(eq - arg) : strlen(arg);
     char name[32];
@@ -503,8 +501,7 @@ send_all(int fd, const char *data, size_t len)
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0) {
-            fail("cannot send the request: %s",
-                 errno == EAGAIN ? "timed out" : strerror(errno));
+            fail("cannot send the request: %s", errno == EAGAIN ? "timed out" : strerror(errno));
             return -1;
         }
         data += n;
@@ -687,7 +684,10 @@ print_status(const struct options *o, json_t *response)
     json_t *st = json_object_get(response, "status");
     json_t *rc = json_object_get(st, "recipients");
     json_t *uptime = json_object_get(st, "uptime_s");
-    static const struct { const char *label, *key; bool in_rcpts; } rows[] = {
+    static const struct {
+        const char *label, *key;
+        bool in_rcpts;
+    } rows[] = {
         { "recipients queued:", "queued", true },
         { "  ready:", "ready", true },
         { "  deferred:", "deferred", true },
@@ -709,10 +709,11 @@ print_status(const struct options *o, json_t *response)
         return fail("malformed response from pmtad (no \"status\" object)");
     print_field("pid:", format_count(st, "pid", buf, sizeof(buf)));
     print_field("uptime:", json_is_integer(uptime)
-                ? format_duration(json_integer_value(uptime), buf, sizeof(buf)) : "-");
+                               ? format_duration(json_integer_value(uptime), buf, sizeof(buf))
+                               : "-");
     for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++)
-        print_field(rows[i].label, format_count(rows[i].in_rcpts ? rc : st, rows[i].key, buf,
-                                                sizeof(buf)));
+        print_field(rows[i].label,
+                    format_count(rows[i].in_rcpts ? rc : st, rows[i].key, buf, sizeof(buf)));
     return 0;
 }
 
@@ -740,7 +741,8 @@ queue_column_width(json_t *queues)
     size_t width = strlen("queue"), i;
     json_t *q;
 
-    json_array_foreach(queues, i, q) {
+    json_array_foreach(queues, i, q)
+    {
         size_t len = strlen(get_text(q, "name"));
 
         if (len > width)
@@ -789,7 +791,8 @@ print_mode_events(json_t *queues)
     size_t i, k;
     json_t *q, *ev;
 
-    json_array_foreach(queues, i, q) {
+    json_array_foreach(queues, i, q)
+    {
         json_t *events = json_object_get(q, "mode_events");
         char *name;
 
@@ -798,9 +801,11 @@ print_mode_events(json_t *queues)
         name = printable(get_text(q, "name"), SIZE_MAX);
         printf("\nmode events of %s:\n", name);
         free(name);
-        json_array_foreach(events, k, ev) {
+        json_array_foreach(events, k, ev)
+        {
             char *when = printable(get_text(ev, "time"), 40);
-            char *from = printable(get_text(ev, "from"), 10), *to = printable(get_text(ev, "to"), 10);
+            char *from = printable(get_text(ev, "from"), 10),
+                 *to = printable(get_text(ev, "to"), 10);
             char *why = printable(get_text(ev, "why"), TABLE_WIDTH);
 
             printf("  %s  %s -> %s  %s\n", when, from, to, why);
@@ -824,12 +829,12 @@ print_queues(const struct options *o, json_t *response)
     if (!json_is_array(queues))
         return fail("malformed response from pmtad (no \"queues\" array)");
     qw = queue_column_width(queues);
-    printf("%-*s %-7s %-6s %7s %7s %8s %8s %5s %8s %s\n", qw, "queue", "mode", "paused",
-           "rcpts", "ready", "deferred", "inflight", "conns", "retry-in", "last error");
-    json_array_foreach(queues, i, q)
-        print_queue_row(q, qw);
+    printf("%-*s %-7s %-6s %7s %7s %8s %8s %5s %8s %s\n", qw, "queue", "mode", "paused", "rcpts",
+           "ready", "deferred", "inflight", "conns", "retry-in", "last error");
+    json_array_foreach(queues, i, q) print_queue_row(q, qw);
     printf("%zu of %" JSON_INTEGER_FORMAT " queues\n", json_array_size(queues),
-           json_is_integer(total) ? json_integer_value(total) : (json_int_t)json_array_size(queues));
+           json_is_integer(total) ? json_integer_value(total)
+                                  : (json_int_t)json_array_size(queues));
     if (o->given & OPT_MODE_EVENTS)
         print_mode_events(queues);
     return 0;
@@ -856,22 +861,23 @@ print_groups(json_t *response, const char *key, const char *title, const char *n
 
     if (!json_is_array(groups))
         return fail("malformed response from pmtad (no \"%s\" array)", key);
-    json_array_foreach(groups, i, g)
-        sum += json_integer_value(json_object_get(g, "recipients"));
+    json_array_foreach(groups, i, g) sum += json_integer_value(json_object_get(g, "recipients"));
     printf("%-36s %6s %8s %6s %5s %7s %6s %s\n", title, "queues", "rcpts", "%rcpts", "conns",
            "backoff", "paused", "last error");
-    json_array_foreach(groups, i, g) {
+    json_array_foreach(groups, i, g)
+    {
         char nq[32], nr[32], nc[32], nb[32], np[32];
         json_int_t r = json_integer_value(json_object_get(g, "recipients"));
         char *name = printable(get_text(g, "name"), SIZE_MAX);
         char *error = printable(get_text(g, "last_error"), ERROR_COLUMN_MIN + 10);
 
         printf("%-36s %6s %8s %5.1f%% %5s %7s %6s %s\n", name,
-               format_count(g, "queues", nq, sizeof(nq)), format_count(g, "recipients", nr, sizeof(nr)),
+               format_count(g, "queues", nq, sizeof(nq)),
+               format_count(g, "recipients", nr, sizeof(nr)),
                sum ? 100.0 * (double)r / (double)sum : 0.0,
                format_count(g, "connections", nc, sizeof(nc)),
-               format_count(g, "backoff", nb, sizeof(nb)), format_count(g, "paused", np, sizeof(np)),
-               error);
+               format_count(g, "backoff", nb, sizeof(nb)),
+               format_count(g, "paused", np, sizeof(np)), error);
         free(name);
         free(error);
     }
@@ -920,9 +926,9 @@ changed_anything(json_t *response)
     json_t *changed = json_object_get(response, "changed");
     json_t *matched = json_object_get(response, "matched");
 
-    return json_array_size(queues) > 0
-           || (json_is_integer(changed) && json_integer_value(changed) > 0)
-           || (json_is_integer(matched) && json_integer_value(matched) > 0);
+    return json_array_size(queues) > 0 ||
+           (json_is_integer(changed) && json_integer_value(changed) > 0) ||
+           (json_is_integer(matched) && json_integer_value(matched) > 0);
 }
 
 /* print_changed - "queue X: WHAT" for each queue named in RESPONSE */
@@ -938,7 +944,8 @@ print_changed(json_t *response, const char *what)
                format_count(response, "matched", count, sizeof(count)), what);
         return;
     }
-    json_array_foreach(queues, i, q) {
+    json_array_foreach(queues, i, q)
+    {
         char *name = printable(json_is_string(q) ? json_string_value(q) : "?", SIZE_MAX);
 
         printf("queue %s: %s\n", name, what);
@@ -1080,8 +1087,8 @@ run_signal_command(const struct command *cmd, const struct options *o)
     if (run_dir == NULL)
         return fail("cannot read the configuration%s", reload ? "; pmtad would refuse it" : "");
     pid_path = xasprintf("%s/%s", run_dir, PID_FILE_NAME);
-    if ((pid = read_pid_file(pid_path)) > 0
-        && (rc = signal_pmtad(pid, pid_path, reload ? SIGHUP : SIGUSR1)) == 0) {
+    if ((pid = read_pid_file(pid_path)) > 0 &&
+        (rc = signal_pmtad(pid, pid_path, reload ? SIGHUP : SIGUSR1)) == 0) {
         if (o->json) {
             json_t *out = json_pack("{s:b, s:I}", "ok", 1, "pid", (json_int_t)pid);
             char *text = json_dumps(out, JSON_COMPACT);
@@ -1090,8 +1097,7 @@ run_signal_command(const struct command *cmd, const struct options *o)
             free(text);
             json_decref(out);
         } else {
-            printf("%s requested (pmtad pid %ld)\n", reload ? "reload" : "log rotation",
-                   (long)pid);
+            printf("%s requested (pmtad pid %ld)\n", reload ? "reload" : "log rotation", (long)pid);
         }
     }
     free(pid_path);
@@ -1107,16 +1113,16 @@ static const struct command commands[] = {
       PATTERN_OPTIONAL, "show-queues", add_show_queues_args, NULL, print_queues },
     { "show", "domains", OPT_MAXITEMS, 0, PATTERN_OPTIONAL, "show-domains", add_show_groups_args,
       NULL, print_domains },
-    { "show", "vmtas", OPT_MAXITEMS, 0, PATTERN_OPTIONAL, "show-vmtas", add_show_groups_args,
-      NULL, print_vmtas },
-    { "set", "queue", OPT_MODE, OPT_MODE, PATTERN_REQUIRED, "set-queue-mode",
-      add_set_mode_args, changed_anything, print_set_queue_mode },
-    { "pause", "queue", 0, 0, PATTERN_REQUIRED, "pause-queue", add_pattern_arg,
-      changed_anything, print_pause_queue },
-    { "resume", "queue", 0, 0, PATTERN_REQUIRED, "resume-queue", add_pattern_arg,
-      changed_anything, print_resume_queue },
-    { "schedule", NULL, 0, 0, PATTERN_REQUIRED, "schedule", add_pattern_arg,
-      scheduled_anything, print_schedule },
+    { "show", "vmtas", OPT_MAXITEMS, 0, PATTERN_OPTIONAL, "show-vmtas", add_show_groups_args, NULL,
+      print_vmtas },
+    { "set", "queue", OPT_MODE, OPT_MODE, PATTERN_REQUIRED, "set-queue-mode", add_set_mode_args,
+      changed_anything, print_set_queue_mode },
+    { "pause", "queue", 0, 0, PATTERN_REQUIRED, "pause-queue", add_pattern_arg, changed_anything,
+      print_pause_queue },
+    { "resume", "queue", 0, 0, PATTERN_REQUIRED, "resume-queue", add_pattern_arg, changed_anything,
+      print_resume_queue },
+    { "schedule", NULL, 0, 0, PATTERN_REQUIRED, "schedule", add_pattern_arg, scheduled_anything,
+      print_schedule },
     { "delete", NULL, OPT_DSN | OPT_QUEUE, 0, PATTERN_REQUIRED, "delete", add_delete_args,
       scheduled_anything, print_delete },
     { "show", "settings", 0, 0, PATTERN_REQUIRED, NULL, NULL, NULL, NULL },
@@ -1154,13 +1160,20 @@ static const char *
 option_name(unsigned bit)
 {
     switch (bit) {
-    case OPT_MODE: return "--mode";
-    case OPT_PAUSED: return "--paused";
-    case OPT_MAXITEMS: return "--maxitems";
-    case OPT_SORT: return "--sort";
-    case OPT_DSN: return "--dsn";
-    case OPT_QUEUE: return "--queue";
-    default: return "--mode-events";
+    case OPT_MODE:
+        return "--mode";
+    case OPT_PAUSED:
+        return "--paused";
+    case OPT_MAXITEMS:
+        return "--maxitems";
+    case OPT_SORT:
+        return "--sort";
+    case OPT_DSN:
+        return "--dsn";
+    case OPT_QUEUE:
+        return "--queue";
+    default:
+        return "--mode-events";
     }
 }
 
@@ -1180,7 +1193,7 @@ check_command_args(const struct command *cmd, const struct options *o, const cha
             return usage_error("'%s' needs %s", name, option_name(bit));
     }
     if ((o->given & OPT_QUEUE) && nargs == 0) {
-        *pattern = o->queue;        /* delete --queue=PATTERN */
+        *pattern = o->queue; /* delete --queue=PATTERN */
         return 0;
     }
     if (nargs > 1 || (nargs == 1 && cmd->pattern == PATTERN_NONE))
@@ -1239,8 +1252,8 @@ report_error(json_t *response)
  * same either way: 1 for an error or when nothing matched PATTERN.
  */
 static int
-report(const struct command *cmd, const struct options *o, const char *pattern,
-       const char *text, json_t *response)
+report(const struct command *cmd, const struct options *o, const char *pattern, const char *text,
+       json_t *response)
 {
     bool ok = json_is_true(json_object_get(response, "ok"));
     bool matched = !ok || cmd->matched == NULL || cmd->matched(response);

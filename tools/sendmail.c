@@ -53,21 +53,21 @@
 #include <unistd.h>
 
 #define DEFAULT_SOCKET "/run/pmta/pickup"
-#define HEADER_MAX (1024 * 1024)
-#define REPLY_MAX 4096
-#define ADDR_MAX 254
+#define HEADER_MAX     (1024 * 1024)
+#define REPLY_MAX      4096
+#define ADDR_MAX       254
 
 struct opts {
-    bool extract;           /* -t */
-    bool ignore_dots;       /* -i, -oi */
-    bool verbose;           /* -v */
-    bool smtp_session;      /* -bs */
-    const char *sender;     /* -f / -r */
-    const char *full_name;  /* -F */
-    const char *config;     /* -C */
-    const char *notify;     /* -N */
-    const char *ret;        /* -R */
-    const char *envid;      /* -V */
+    bool extract;          /* -t */
+    bool ignore_dots;      /* -i, -oi */
+    bool verbose;          /* -v */
+    bool smtp_session;     /* -bs */
+    const char *sender;    /* -f / -r */
+    const char *full_name; /* -F */
+    const char *config;    /* -C */
+    const char *notify;    /* -N */
+    const char *ret;       /* -R */
+    const char *envid;     /* -V */
 };
 
 struct strlist {
@@ -128,7 +128,7 @@ static void
 usage(void)
 {
     die(EX_USAGE, "usage: sendmail [-t] [-i] [-f sender] [-F name] [-v] [-C config] "
-        "[-N notify] [-R full|hdrs] [-V envid] [recipient ...] | sendmail -bs");
+                  "[-N notify] [-R full|hdrs] [-V envid] [recipient ...] | sendmail -bs");
 }
 
 /* option_arg - the value of -X: attached (-fuser) or the next argument */
@@ -171,21 +171,53 @@ parse_options(int argc, char **argv, struct opts *o)
         if (strcmp(a, "--") == 0)
             return i + 1;
         switch (a[1]) {
-        case 't': o->extract = true; break;
-        case 'i': o->ignore_dots = true; break;
-        case 'v': o->verbose = true; break;
-        case 'f': case 'r': o->sender = option_arg(argv, &i, a + 2); break;
-        case 'F': o->full_name = option_arg(argv, &i, a + 2); break;
-        case 'C': o->config = option_arg(argv, &i, a + 2); break;
-        case 'N': o->notify = option_arg(argv, &i, a + 2); break;
-        case 'R': o->ret = option_arg(argv, &i, a + 2); break;
-        case 'V': o->envid = option_arg(argv, &i, a + 2); break;
-        case 'o': parse_o(o, a + 2); break;
-        case 'b': parse_b(o, a + 2); break;
-        case 'B': case 'h': case 'L': case 'O': case 'X':
-            (void)option_arg(argv, &i, a + 2);      /* accepted, no effect */
+        case 't':
+            o->extract = true;
             break;
-        case 'm': case 'n': case 'U': case 'e': case 'd': break;
+        case 'i':
+            o->ignore_dots = true;
+            break;
+        case 'v':
+            o->verbose = true;
+            break;
+        case 'f':
+        case 'r':
+            o->sender = option_arg(argv, &i, a + 2);
+            break;
+        case 'F':
+            o->full_name = option_arg(argv, &i, a + 2);
+            break;
+        case 'C':
+            o->config = option_arg(argv, &i, a + 2);
+            break;
+        case 'N':
+            o->notify = option_arg(argv, &i, a + 2);
+            break;
+        case 'R':
+            o->ret = option_arg(argv, &i, a + 2);
+            break;
+        case 'V':
+            o->envid = option_arg(argv, &i, a + 2);
+            break;
+        case 'o':
+            parse_o(o, a + 2);
+            break;
+        case 'b':
+            parse_b(o, a + 2);
+            break;
+        case 'B':
+        case 'h':
+        case 'L':
+        case 'O':
+        case 'X':
+            (void)option_arg(argv, &i, a + 2); /* accepted, no effect */
+            break;
+        case 'm':
+        case 'n':
+        case 'U':
+        case 'e':
+        case 'd':
+            break;
         default:
             die(EX_USAGE, "unknown option %s", a);
         }
@@ -232,7 +264,7 @@ addr_from_item(struct strlist *out, const char *s, size_t n)
         s = lt + 1;
         n = (size_t)(gt - lt - 1);
     } else if ((paren = memchr(s, '(', n)) != NULL) {
-        n = (size_t)(paren - s);        /* "a@b (comment)" */
+        n = (size_t)(paren - s); /* "a@b (comment)" */
     }
     a = clean_address(s, n);
     if (a == NULL)
@@ -276,15 +308,15 @@ addr_list(struct strlist *out, const char *v)
 /* --- the message -------------------------------------------------------------------- */
 
 struct header {
-    char *text;             /* the whole field, unfolded lines joined by "\n" */
+    char *text; /* the whole field, unfolded lines joined by "\n" */
     size_t name_len;
 };
 
 struct message {
     struct header *h;
     size_t nh;
-    bool ended;             /* a lone "." or EOF already seen in the header */
-    char *first_body_line;  /* read while looking for the end of the header */
+    bool ended;            /* a lone "." or EOF already seen in the header */
+    char *first_body_line; /* read while looking for the end of the header */
     bool have_first;
 };
 
@@ -333,7 +365,7 @@ read_header(struct message *m, const struct opts *o)
     char *line;
 
     while ((line = read_line(&buf, &cap, &nl)) != NULL) {
-        if (first && strncmp(line, "From ", 5) == 0) {    /* mbox separator */
+        if (first && strncmp(line, "From ", 5) == 0) { /* mbox separator */
             first = false;
             continue;
         }
@@ -515,8 +547,8 @@ reply(struct conn *c, char *text, size_t size)
             die(EX_TEMPFAIL, "pmtad closed the connection");
         if (verbose)
             fprintf(stderr, "<<< %s\n", text);
-        if (strlen(text) < 3 || !isdigit((unsigned char)text[0])
-            || !isdigit((unsigned char)text[1]) || !isdigit((unsigned char)text[2]))
+        if (strlen(text) < 3 || !isdigit((unsigned char)text[0]) ||
+            !isdigit((unsigned char)text[1]) || !isdigit((unsigned char)text[2]))
             die(EX_PROTOCOL, "bad reply from pmtad: %s", text);
         if (text[3] != '-')
             return atoi(text);
@@ -680,7 +712,7 @@ send_message(struct conn *c, const struct message *m, const struct opts *o, cons
         if (lone_dot(m->first_body_line, o))
             goto done;
         if (m->first_body_line[0] != '\0')
-            send_line(c, "");               /* the separator the input lacked */
+            send_line(c, ""); /* the separator the input lacked */
         send_line(c, m->first_body_line);
     }
     while (!m->ended && (line = read_line(&buf, &cap, &nl)) != NULL) {
@@ -708,11 +740,14 @@ submit(const struct opts *o, struct strlist *rcpts, struct message *m, const cha
     command(c, "EHLO %s", local_host());
     expect(c, 2, EX_PROTOCOL, "EHLO");
     if (o->ret)
-        snprintf(params, sizeof(params), " RET=%s", strcasecmp(o->ret, "hdrs") == 0 ? "HDRS" : "FULL");
-    if (o->envid && strlen(o->envid) < 100 && strspn(o->envid, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.-_@") == strlen(o->envid))
+        snprintf(params, sizeof(params), " RET=%s",
+                 strcasecmp(o->ret, "hdrs") == 0 ? "HDRS" : "FULL");
+    if (o->envid && strlen(o->envid) < 100 &&
+        strspn(o->envid, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.-_@") ==
+            strlen(o->envid))
         snprintf(params + strlen(params), sizeof(params) - strlen(params), " ENVID=%s", o->envid);
-    if (o->notify && strspn(o->notify, "NEVRSUCFAILDLYnevrsucfaildly,") == strlen(o->notify)
-        && strlen(o->notify) < 64)
+    if (o->notify && strspn(o->notify, "NEVRSUCFAILDLYnevrsucfaildly,") == strlen(o->notify) &&
+        strlen(o->notify) < 64)
         snprintf(rparams, sizeof(rparams), " NOTIFY=%s", o->notify);
     command(c, "MAIL FROM:<%s>%s", sender, params);
     expect(c, 2, EX_DATAERR, "sender");
@@ -777,7 +812,7 @@ relay_session(const struct opts *o)
         }
         if (p[1].revents & (POLLIN | POLLHUP | POLLERR)) {
             if (!pump(fd, STDOUT_FILENO))
-                break;              /* smtpd closed: the session is over */
+                break; /* smtpd closed: the session is over */
         }
         if (stdin_open && (p[0].revents & (POLLIN | POLLHUP | POLLERR))) {
             if (!pump(STDIN_FILENO, fd)) {

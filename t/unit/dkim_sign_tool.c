@@ -78,12 +78,11 @@ static void
 set_xflags(struct tool *t, const char *letters, int retain)
 {
     for (; *letters; letters++) {
-        int *v = *letters == 'v' ? (retain ? &t->copts.retain_x_virtual_mta
-                                           : &t->copts.process_x_virtual_mta)
-               : *letters == 'j' ? (retain ? &t->copts.retain_x_job : &t->copts.process_x_job)
-               : *letters == 'e' ? (retain ? &t->copts.retain_x_envid
-                                           : &t->copts.process_x_envid)
-               : NULL;
+        int *v = *letters == 'v'
+                     ? (retain ? &t->copts.retain_x_virtual_mta : &t->copts.process_x_virtual_mta)
+                 : *letters == 'j' ? (retain ? &t->copts.retain_x_job : &t->copts.process_x_job)
+                 : *letters == 'e' ? (retain ? &t->copts.retain_x_envid : &t->copts.process_x_envid)
+                                   : NULL;
 
         if (v == NULL)
             usage();
@@ -120,7 +119,7 @@ static void
 set_date(struct tool *t, const char *arg)
 {
     t->copts.add_date = strcmp(arg, "override") == 0 ? CLEANUP_DATE_OVERRIDE
-                      : strcmp(arg, "yes") == 0      ? CLEANUP_DATE_YES
+                        : strcmp(arg, "yes") == 0    ? CLEANUP_DATE_YES
                                                      : CLEANUP_DATE_NO;
 }
 
@@ -132,28 +131,71 @@ parse_args(struct tool *t, int argc, char **argv)
 
     while ((c = getopt(argc, argv, "k:H:c:i:F:R:e:a:u:t:n:q:r:p:MD:x:X:J:T:L:")) != -1) {
         switch (c) {
-        case 'k': rc = rc ? rc : add_key(t, optarg); break;
-        case 'H': t->dopts.headers = optarg; break;
-        case 'c': set_canon(t, optarg); break;
-        case 'i': t->dopts.identity = optarg; break;
-        case 'F': t->dopts.fallback_identity = optarg; break;
-        case 'R': set_received(t, optarg); break;
-        case 'e': t->client.helo = optarg; break;
-        case 'a': t->client.addr = optarg; break;
-        case 'u': t->client.auth_user = optarg; break;
-        case 't': t->client.tls = optarg; break;
-        case 'n': t->client.host_name = optarg; break;
-        case 'q': t->client.queue_id = optarg; break;
-        case 'r': t->client.rcpt = optarg; break;
-        case 'p': t->client.protocol = optarg; break;
-        case 'M': t->copts.add_message_id = 1; break;
-        case 'D': set_date(t, optarg); break;
-        case 'x': set_xflags(t, optarg, 0); break;
-        case 'X': set_xflags(t, optarg, 1); break;
-        case 'J': t->copts.jobid_header = optarg; break;
-        case 'T': t->now = (time_t)strtoll(optarg, NULL, 10); break;
-        case 'L': t->limits.max_headers = strtoul(optarg, NULL, 10); break;
-        default: usage();
+        case 'k':
+            rc = rc ? rc : add_key(t, optarg);
+            break;
+        case 'H':
+            t->dopts.headers = optarg;
+            break;
+        case 'c':
+            set_canon(t, optarg);
+            break;
+        case 'i':
+            t->dopts.identity = optarg;
+            break;
+        case 'F':
+            t->dopts.fallback_identity = optarg;
+            break;
+        case 'R':
+            set_received(t, optarg);
+            break;
+        case 'e':
+            t->client.helo = optarg;
+            break;
+        case 'a':
+            t->client.addr = optarg;
+            break;
+        case 'u':
+            t->client.auth_user = optarg;
+            break;
+        case 't':
+            t->client.tls = optarg;
+            break;
+        case 'n':
+            t->client.host_name = optarg;
+            break;
+        case 'q':
+            t->client.queue_id = optarg;
+            break;
+        case 'r':
+            t->client.rcpt = optarg;
+            break;
+        case 'p':
+            t->client.protocol = optarg;
+            break;
+        case 'M':
+            t->copts.add_message_id = 1;
+            break;
+        case 'D':
+            set_date(t, optarg);
+            break;
+        case 'x':
+            set_xflags(t, optarg, 0);
+            break;
+        case 'X':
+            set_xflags(t, optarg, 1);
+            break;
+        case 'J':
+            t->copts.jobid_header = optarg;
+            break;
+        case 'T':
+            t->now = (time_t)strtoll(optarg, NULL, 10);
+            break;
+        case 'L':
+            t->limits.max_headers = strtoul(optarg, NULL, 10);
+            break;
+        default:
+            usage();
         }
     }
     if (optind != argc)

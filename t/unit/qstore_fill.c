@@ -118,14 +118,30 @@ main(int argc, char **argv)
     msg_init("qstore_fill");
     while ((c = getopt(argc, argv, "n:r:q:d:v:s:a:N")) != -1) {
         switch (c) {
-        case 'n': o.messages = strtoul(optarg, NULL, 10); break;
-        case 'r': o.rcpts = strtoul(optarg, NULL, 10); break;
-        case 'q': o.queues = strtoul(optarg, NULL, 10); break;
-        case 'd': o.prefix = optarg; break;
-        case 'v': o.vmta = optarg; break;
-        case 's': o.sender = optarg; break;
-        case 'a': o.age = strtol(optarg, NULL, 10); break;
-        case 'N': o.nosync = 1; break;
+        case 'n':
+            o.messages = strtoul(optarg, NULL, 10);
+            break;
+        case 'r':
+            o.rcpts = strtoul(optarg, NULL, 10);
+            break;
+        case 'q':
+            o.queues = strtoul(optarg, NULL, 10);
+            break;
+        case 'd':
+            o.prefix = optarg;
+            break;
+        case 'v':
+            o.vmta = optarg;
+            break;
+        case 's':
+            o.sender = optarg;
+            break;
+        case 'a':
+            o.age = strtol(optarg, NULL, 10);
+            break;
+        case 'N':
+            o.nosync = 1;
+            break;
         default:
             fprintf(stderr, "usage: qstore_fill [-n N] [-r R] [-q Q] [-d PREFIX] [-v VMTA] "
                             "[-s SENDER] [-a AGE] [-N] DIR\n");

@@ -16,8 +16,8 @@
  * --dns-timeout-ms, --ignore-pipelining, --ignore-8bitmime, --ignore-dsn,
  * --bounce-upon-no-mx, --no-bounce-upon-5xx-greeting, --mx-attempts N,
  * --8bit yes|no|auto, --smtputf8, --ret full|hdrs, --envid X, --notify LIST,
- * --orcpt, --smtp-421-means-mx-unavailable, --repeat N (run the job N times with one resolver: exercises
- * the DNS cache).
+ * --orcpt, --smtp-421-means-mx-unavailable, --repeat N (run the job N times with one resolver:
+ * exercises the DNS cache).
  *
  * Owns: everything it creates; closes every handle and checks that the loop
  * closes cleanly (so AddressSanitizer runs catch leaks).
@@ -45,7 +45,7 @@ struct tool {
     struct smtpout_job job;
     uv_loop_t *loop;
     struct smtpout_dns *dns;
-    unsigned runs_left;         /* --repeat: run the job again, same resolver */
+    unsigned runs_left; /* --repeat: run the job again, same resolver */
 };
 
 static const struct smtpout_job_callbacks job_callbacks;
@@ -76,11 +76,14 @@ add_reply(json_t *o, const struct smtpout_reply *r)
 static json_t *
 caps_json(unsigned caps)
 {
-    static const struct { unsigned bit; const char *name; } names[] = {
+    static const struct {
+        unsigned bit;
+        const char *name;
+    } names[] = {
         { SMTPOUT_CAP_PIPELINING, "PIPELINING" }, { SMTPOUT_CAP_SIZE, "SIZE" },
-        { SMTPOUT_CAP_8BITMIME, "8BITMIME" }, { SMTPOUT_CAP_SMTPUTF8, "SMTPUTF8" },
-        { SMTPOUT_CAP_STARTTLS, "STARTTLS" }, { SMTPOUT_CAP_ENHANCED, "ENHANCEDSTATUSCODES" },
-        { SMTPOUT_CAP_CHUNKING, "CHUNKING" }, { SMTPOUT_CAP_DSN, "DSN" },
+        { SMTPOUT_CAP_8BITMIME, "8BITMIME" },     { SMTPOUT_CAP_SMTPUTF8, "SMTPUTF8" },
+        { SMTPOUT_CAP_STARTTLS, "STARTTLS" },     { SMTPOUT_CAP_ENHANCED, "ENHANCEDSTATUSCODES" },
+        { SMTPOUT_CAP_CHUNKING, "CHUNKING" },     { SMTPOUT_CAP_DSN, "DSN" },
     };
     json_t *a = json_array();
     size_t i;
@@ -99,11 +102,11 @@ on_event(void *arg, const struct smtpout_event *ev)
     };
     json_t *o = json_object();
 
-    (void) arg;
+    (void)arg;
     json_object_set_new(o, "event", json_string(names[ev->type]));
     switch (ev->type) {
     case SMTPOUT_EV_RESOLVED:
-        json_object_set_new(o, "ndests", json_integer((json_int_t) ev->ndests));
+        json_object_set_new(o, "ndests", json_integer((json_int_t)ev->ndests));
         break;
     case SMTPOUT_EV_CONNECTED:
         json_object_set_new(o, "source", json_string(ev->source_ip));
@@ -121,7 +124,7 @@ on_event(void *arg, const struct smtpout_event *ev)
         json_object_set_new(o, "caps", caps_json(ev->caps));
         break;
     case SMTPOUT_EV_TRANSACTION:
-        json_object_set_new(o, "msg", json_integer((json_int_t) ev->msg_index));
+        json_object_set_new(o, "msg", json_integer((json_int_t)ev->msg_index));
         break;
     case SMTPOUT_EV_CLOSED:
         json_object_set_new(o, "mx", json_string(ev->mx_name));
@@ -140,8 +143,8 @@ on_rcpt(void *arg, size_t msg_index, size_t rcpt_index, const struct smtpout_rep
     json_t *o = json_object();
 
     json_object_set_new(o, "event", json_string("rcpt"));
-    json_object_set_new(o, "msg", json_integer((json_int_t) msg_index));
-    json_object_set_new(o, "index", json_integer((json_int_t) rcpt_index));
+    json_object_set_new(o, "msg", json_integer((json_int_t)msg_index));
+    json_object_set_new(o, "index", json_integer((json_int_t)rcpt_index));
     json_object_set_new(o, "rcpt", json_string(t->job.msgs[msg_index].rcpts[rcpt_index].addr));
     json_object_set_new(o, "mx", json_string(mx_name));
     json_object_set_new(o, "ip", json_string(dest_ip));
@@ -193,7 +196,7 @@ has_8bit(const char *p, size_t len)
     size_t i;
 
     for (i = 0; i < len; i++)
-        if ((unsigned char) p[i] >= 0x80)
+        if ((unsigned char)p[i] >= 0x80)
             return 1;
     return 0;
 }
@@ -203,10 +206,14 @@ parse_notify(const char *s)
 {
     unsigned v = 0;
 
-    if (strstr(s, "NEVER")) v |= SMTPOUT_NOTIFY_NEVER;
-    if (strstr(s, "SUCCESS")) v |= SMTPOUT_NOTIFY_SUCCESS;
-    if (strstr(s, "FAILURE")) v |= SMTPOUT_NOTIFY_FAILURE;
-    if (strstr(s, "DELAY")) v |= SMTPOUT_NOTIFY_DELAY;
+    if (strstr(s, "NEVER"))
+        v |= SMTPOUT_NOTIFY_NEVER;
+    if (strstr(s, "SUCCESS"))
+        v |= SMTPOUT_NOTIFY_SUCCESS;
+    if (strstr(s, "FAILURE"))
+        v |= SMTPOUT_NOTIFY_FAILURE;
+    if (strstr(s, "DELAY"))
+        v |= SMTPOUT_NOTIFY_DELAY;
     return v;
 }
 
@@ -214,31 +221,75 @@ static void
 usage(void)
 {
     fprintf(stderr, "usage: smtpout_tool --dns IP[:PORT] [--source IP] --helo NAME --from ADDR"
-            " --to ADDR... --message FILE... [options]\n");
+                    " --to ADDR... --message FILE... [options]\n");
     exit(2);
 }
 
 enum {
-    O_DNS = 256, O_SOURCE, O_HELO, O_FROM, O_TO, O_MESSAGE, O_DOMAIN, O_HOSTS, O_PORT,
-    O_STARTTLS, O_CONNECT_T, O_GREETING_T, O_COMMAND_T, O_DATA_T, O_DOT_T, O_DNS_T,
-    O_IGN_PIPE, O_IGN_8BIT, O_IGN_DSN, O_NO_MX, O_NO_5XX, O_ATTEMPTS, O_8BIT, O_UTF8,
-    O_RET, O_ENVID, O_NOTIFY, O_ORCPT, O_REPEAT, O_421,
+    O_DNS = 256,
+    O_SOURCE,
+    O_HELO,
+    O_FROM,
+    O_TO,
+    O_MESSAGE,
+    O_DOMAIN,
+    O_HOSTS,
+    O_PORT,
+    O_STARTTLS,
+    O_CONNECT_T,
+    O_GREETING_T,
+    O_COMMAND_T,
+    O_DATA_T,
+    O_DOT_T,
+    O_DNS_T,
+    O_IGN_PIPE,
+    O_IGN_8BIT,
+    O_IGN_DSN,
+    O_NO_MX,
+    O_NO_5XX,
+    O_ATTEMPTS,
+    O_8BIT,
+    O_UTF8,
+    O_RET,
+    O_ENVID,
+    O_NOTIFY,
+    O_ORCPT,
+    O_REPEAT,
+    O_421,
 };
 
 static const struct option options[] = {
-    { "dns", 1, 0, O_DNS }, { "source", 1, 0, O_SOURCE }, { "helo", 1, 0, O_HELO },
-    { "from", 1, 0, O_FROM }, { "to", 1, 0, O_TO }, { "message", 1, 0, O_MESSAGE },
-    { "domain", 1, 0, O_DOMAIN }, { "smtp-hosts", 1, 0, O_HOSTS }, { "port", 1, 0, O_PORT },
-    { "starttls", 1, 0, O_STARTTLS }, { "connect-timeout-ms", 1, 0, O_CONNECT_T },
-    { "greeting-timeout-ms", 1, 0, O_GREETING_T }, { "command-timeout-ms", 1, 0, O_COMMAND_T },
-    { "data-timeout-ms", 1, 0, O_DATA_T }, { "dot-timeout-ms", 1, 0, O_DOT_T },
-    { "dns-timeout-ms", 1, 0, O_DNS_T }, { "ignore-pipelining", 0, 0, O_IGN_PIPE },
-    { "ignore-8bitmime", 0, 0, O_IGN_8BIT }, { "ignore-dsn", 0, 0, O_IGN_DSN },
-    { "bounce-upon-no-mx", 0, 0, O_NO_MX }, { "no-bounce-upon-5xx-greeting", 0, 0, O_NO_5XX },
-    { "mx-attempts", 1, 0, O_ATTEMPTS }, { "8bit", 1, 0, O_8BIT }, { "smtputf8", 0, 0, O_UTF8 },
-    { "ret", 1, 0, O_RET }, { "envid", 1, 0, O_ENVID }, { "notify", 1, 0, O_NOTIFY },
-    { "orcpt", 0, 0, O_ORCPT }, { "repeat", 1, 0, O_REPEAT },
-    { "smtp-421-means-mx-unavailable", 0, 0, O_421 }, { 0, 0, 0, 0 },
+    { "dns", 1, 0, O_DNS },
+    { "source", 1, 0, O_SOURCE },
+    { "helo", 1, 0, O_HELO },
+    { "from", 1, 0, O_FROM },
+    { "to", 1, 0, O_TO },
+    { "message", 1, 0, O_MESSAGE },
+    { "domain", 1, 0, O_DOMAIN },
+    { "smtp-hosts", 1, 0, O_HOSTS },
+    { "port", 1, 0, O_PORT },
+    { "starttls", 1, 0, O_STARTTLS },
+    { "connect-timeout-ms", 1, 0, O_CONNECT_T },
+    { "greeting-timeout-ms", 1, 0, O_GREETING_T },
+    { "command-timeout-ms", 1, 0, O_COMMAND_T },
+    { "data-timeout-ms", 1, 0, O_DATA_T },
+    { "dot-timeout-ms", 1, 0, O_DOT_T },
+    { "dns-timeout-ms", 1, 0, O_DNS_T },
+    { "ignore-pipelining", 0, 0, O_IGN_PIPE },
+    { "ignore-8bitmime", 0, 0, O_IGN_8BIT },
+    { "ignore-dsn", 0, 0, O_IGN_DSN },
+    { "bounce-upon-no-mx", 0, 0, O_NO_MX },
+    { "no-bounce-upon-5xx-greeting", 0, 0, O_NO_5XX },
+    { "mx-attempts", 1, 0, O_ATTEMPTS },
+    { "8bit", 1, 0, O_8BIT },
+    { "smtputf8", 0, 0, O_UTF8 },
+    { "ret", 1, 0, O_RET },
+    { "envid", 1, 0, O_ENVID },
+    { "notify", 1, 0, O_NOTIFY },
+    { "orcpt", 0, 0, O_ORCPT },
+    { "repeat", 1, 0, O_REPEAT },
+    { "smtp-421-means-mx-unavailable", 0, 0, O_421 },
+    { 0, 0, 0, 0 },
 };
 
 int
@@ -277,19 +328,25 @@ main(int argc, char **argv)
     job->bounce_upon_5xx_greeting = 1;
     while ((opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
         switch (opt) {
-        case O_DNS: dopts.name_servers = optarg; break;
+        case O_DNS:
+            dopts.name_servers = optarg;
+            break;
         case O_SOURCE:
             memset(&source, 0, sizeof source);
-            if (inet_pton(AF_INET, optarg, &((struct sockaddr_in *) &source)->sin_addr) == 1)
+            if (inet_pton(AF_INET, optarg, &((struct sockaddr_in *)&source)->sin_addr) == 1)
                 source.ss_family = AF_INET;
-            else if (inet_pton(AF_INET6, optarg, &((struct sockaddr_in6 *) &source)->sin6_addr) == 1)
+            else if (inet_pton(AF_INET6, optarg, &((struct sockaddr_in6 *)&source)->sin6_addr) == 1)
                 source.ss_family = AF_INET6;
             else
                 usage();
             have_source = 1;
             break;
-        case O_HELO: job->session.helo_name = optarg; break;
-        case O_FROM: from = optarg; break;
+        case O_HELO:
+            job->session.helo_name = optarg;
+            break;
+        case O_FROM:
+            from = optarg;
+            break;
         case O_TO:
             t.rcpts = xreallocarray(t.rcpts, t.nrcpts + 1, sizeof *t.rcpts);
             t.rcpts[t.nrcpts++] = optarg;
@@ -298,34 +355,82 @@ main(int argc, char **argv)
             files = xreallocarray(files, nfiles + 1, sizeof *files);
             files[nfiles++] = optarg;
             break;
-        case O_DOMAIN: domain = optarg; break;
-        case O_HOSTS: hosts = optarg; break;
-        case O_PORT: job->default_port = (uint16_t) atoi(optarg); break;
-        case O_STARTTLS:
-            job->session.tls = strcmp(optarg, "no") == 0 ? SMTPOUT_TLS_OFF
-                : strcmp(optarg, "require") == 0 ? SMTPOUT_TLS_REQUIRED : SMTPOUT_TLS_OPPORTUNISTIC;
+        case O_DOMAIN:
+            domain = optarg;
             break;
-        case O_CONNECT_T: job->session.connect_timeout_ms = (unsigned) atoi(optarg); break;
-        case O_GREETING_T: job->session.greeting_timeout_ms = (unsigned) atoi(optarg); break;
-        case O_COMMAND_T: job->session.command_timeout_ms = (unsigned) atoi(optarg); break;
-        case O_DATA_T: job->session.data_send_timeout_ms = (unsigned) atoi(optarg); break;
-        case O_DOT_T: job->session.data_term_timeout_ms = (unsigned) atoi(optarg); break;
-        case O_DNS_T: dopts.timeout_ms = (unsigned) atoi(optarg); break;
-        case O_IGN_PIPE: job->session.ignore_pipelining = 1; break;
-        case O_IGN_8BIT: job->session.ignore_8bitmime = 1; break;
-        case O_IGN_DSN: job->session.ignore_dsn = 1; break;
-        case O_NO_MX: job->bounce_upon_no_mx = 1; break;
-        case O_NO_5XX: job->bounce_upon_5xx_greeting = 0; break;
-        case O_ATTEMPTS: job->mx_connection_attempts = (unsigned) atoi(optarg); break;
-        case O_8BIT: eightbit = optarg; break;
-        case O_UTF8: smtputf8 = 1; break;
-        case O_RET: ret = strcmp(optarg, "full") == 0 ? SMTPOUT_RET_FULL : SMTPOUT_RET_HDRS; break;
-        case O_ENVID: envid = optarg; break;
-        case O_NOTIFY: notify = parse_notify(optarg); break;
-        case O_ORCPT: orcpt = 1; break;
-        case O_421: job->smtp_421_means_mx_unavailable = 1; break;
-        case O_REPEAT: t.runs_left = (unsigned) atoi(optarg); break;
-        default: usage();
+        case O_HOSTS:
+            hosts = optarg;
+            break;
+        case O_PORT:
+            job->default_port = (uint16_t)atoi(optarg);
+            break;
+        case O_STARTTLS:
+            job->session.tls = strcmp(optarg, "no") == 0        ? SMTPOUT_TLS_OFF
+                               : strcmp(optarg, "require") == 0 ? SMTPOUT_TLS_REQUIRED
+                                                                : SMTPOUT_TLS_OPPORTUNISTIC;
+            break;
+        case O_CONNECT_T:
+            job->session.connect_timeout_ms = (unsigned)atoi(optarg);
+            break;
+        case O_GREETING_T:
+            job->session.greeting_timeout_ms = (unsigned)atoi(optarg);
+            break;
+        case O_COMMAND_T:
+            job->session.command_timeout_ms = (unsigned)atoi(optarg);
+            break;
+        case O_DATA_T:
+            job->session.data_send_timeout_ms = (unsigned)atoi(optarg);
+            break;
+        case O_DOT_T:
+            job->session.data_term_timeout_ms = (unsigned)atoi(optarg);
+            break;
+        case O_DNS_T:
+            dopts.timeout_ms = (unsigned)atoi(optarg);
+            break;
+        case O_IGN_PIPE:
+            job->session.ignore_pipelining = 1;
+            break;
+        case O_IGN_8BIT:
+            job->session.ignore_8bitmime = 1;
+            break;
+        case O_IGN_DSN:
+            job->session.ignore_dsn = 1;
+            break;
+        case O_NO_MX:
+            job->bounce_upon_no_mx = 1;
+            break;
+        case O_NO_5XX:
+            job->bounce_upon_5xx_greeting = 0;
+            break;
+        case O_ATTEMPTS:
+            job->mx_connection_attempts = (unsigned)atoi(optarg);
+            break;
+        case O_8BIT:
+            eightbit = optarg;
+            break;
+        case O_UTF8:
+            smtputf8 = 1;
+            break;
+        case O_RET:
+            ret = strcmp(optarg, "full") == 0 ? SMTPOUT_RET_FULL : SMTPOUT_RET_HDRS;
+            break;
+        case O_ENVID:
+            envid = optarg;
+            break;
+        case O_NOTIFY:
+            notify = parse_notify(optarg);
+            break;
+        case O_ORCPT:
+            orcpt = 1;
+            break;
+        case O_421:
+            job->smtp_421_means_mx_unavailable = 1;
+            break;
+        case O_REPEAT:
+            t.runs_left = (unsigned)atoi(optarg);
+            break;
+        default:
+            usage();
         }
     }
     if (from == NULL || t.nrcpts == 0 || nfiles == 0 || optind != argc)
@@ -359,8 +464,8 @@ main(int argc, char **argv)
         msgs[i].nrcpts = t.nrcpts;
         msgs[i].data = data[i];
         msgs[i].len = lens[i];
-        msgs[i].eight_bit = strcmp(eightbit, "yes") == 0
-            || (strcmp(eightbit, "auto") == 0 && has_8bit(data[i], lens[i]));
+        msgs[i].eight_bit = strcmp(eightbit, "yes") == 0 ||
+                            (strcmp(eightbit, "auto") == 0 && has_8bit(data[i], lens[i]));
         msgs[i].smtputf8 = smtputf8;
         msgs[i].ret = ret;
         msgs[i].envid = envid;
@@ -369,9 +474,9 @@ main(int argc, char **argv)
     job->route = route;
     job->msgs = msgs;
     job->nmsgs = nfiles;
-    job->session.source = have_source ? (struct sockaddr *) &source : NULL;
-    if (job->session.tls != SMTPOUT_TLS_OFF
-        && (job->session.ssl_ctx = smtpout_tls_client_ctx()) == NULL)
+    job->session.source = have_source ? (struct sockaddr *)&source : NULL;
+    if (job->session.tls != SMTPOUT_TLS_OFF &&
+        (job->session.ssl_ctx = smtpout_tls_client_ctx()) == NULL)
         msg_fatal("cannot create the TLS context");
 
     uv_loop_init(&loop);
@@ -379,7 +484,8 @@ main(int argc, char **argv)
     if (t.runs_left == 0)
         usage();
     if (smtpout_dns_create(&loop, &dopts, &dns) < 0)
-        msg_fatal("cannot create the resolver for \"%s\"", dopts.name_servers ? dopts.name_servers : "");
+        msg_fatal("cannot create the resolver for \"%s\"",
+                  dopts.name_servers ? dopts.name_servers : "");
     t.dns = dns;
     smtpout_job_start(&loop, dns, job, &job_callbacks, &t);
     uv_run(&loop, UV_RUN_DEFAULT);

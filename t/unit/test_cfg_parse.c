@@ -28,8 +28,8 @@ static char keyfile[256];
 static char diags[1 << 17];
 static unsigned nwarnings;
 
-static void collect(void *ctx, enum cfg_diag_level level, const char *file, unsigned line,
-                    const char *message)
+static void
+collect(void *ctx, enum cfg_diag_level level, const char *file, unsigned line, const char *message)
 {
     size_t used = strlen(diags);
     (void)ctx;
@@ -39,21 +39,24 @@ static void collect(void *ctx, enum cfg_diag_level level, const char *file, unsi
              level == CFG_DIAG_ERROR ? "error" : "warning", message);
 }
 
-static struct cfg *load_text(const char *text, unsigned *nerrors)
+static struct cfg *
+load_text(const char *text, unsigned *nerrors)
 {
     diags[0] = 0;
     nwarnings = 0;
     return cfg_load_string("t.conf", text, collect, NULL, nerrors);
 }
 
-static void assert_diag(const char *want)
+static void
+assert_diag(const char *want)
 {
     if (!strstr(diags, want))
         fail_msg("expected \"%s\" among the diagnostics:\n%s", want, diags);
 }
 
 /* expect_error - TEXT fails to load and the diagnostics contain WANT */
-static void expect_error(const char *text, const char *want)
+static void
+expect_error(const char *text, const char *want)
 {
     unsigned n = 0;
     struct cfg *c = load_text(text, &n);
@@ -65,7 +68,8 @@ static void expect_error(const char *text, const char *want)
     assert_diag(want);
 }
 
-static struct cfg *expect_ok(const char *text)
+static struct cfg *
+expect_ok(const char *text)
 {
     unsigned n = 99;
     struct cfg *c = load_text(text, &n);
@@ -75,7 +79,8 @@ static struct cfg *expect_ok(const char *text)
     return c;
 }
 
-static void write_file(const char *name, const char *text)
+static void
+write_file(const char *name, const char *text)
 {
     char path[512];
     FILE *f;
@@ -86,7 +91,8 @@ static void write_file(const char *name, const char *text)
     fclose(f);
 }
 
-static int group_setup(void **state)
+static int
+group_setup(void **state)
 {
     (void)state;
     if (!mkdtemp(tmpdir))
@@ -96,7 +102,8 @@ static int group_setup(void **state)
     return 0;
 }
 
-static int group_teardown(void **state)
+static int
+group_teardown(void **state)
 {
     char cmd[300];
     (void)state;
@@ -104,7 +111,8 @@ static int group_teardown(void **state)
     return system(cmd) == 0 ? 0 : -1;
 }
 
-static const struct cfg_value *domain_value(struct cfg *c, const char *domain, enum cfg_directive d)
+static const struct cfg_value *
+domain_value(struct cfg *c, const char *domain, enum cfg_directive d)
 {
     static struct cfg_resolved r;
     assert_int_equal(cfg_resolve_queue(c, domain, NULL, &r), 0);
@@ -113,7 +121,8 @@ static const struct cfg_value *domain_value(struct cfg *c, const char *domain, e
 
 /* --- lexing --------------------------------------------------------------------------- */
 
-static void test_comments(void **state)
+static void
+test_comments(void **state)
 {
     struct cfg *c;
     (void)state;
@@ -137,14 +146,16 @@ static void test_comments(void **state)
     cfg_free(c);
 }
 
-static void test_unterminated_comment(void **state)
+static void
+test_unterminated_comment(void **state)
 {
     (void)state;
     expect_error("host-name a.example\n<!-- never closed\nspool /x\n",
                  "t.conf:2: error: unterminated <!-- comment");
 }
 
-static void test_quoted_strings(void **state)
+static void
+test_quoted_strings(void **state)
 {
     struct cfg *c;
     uint32_t u;
@@ -165,7 +176,8 @@ static void test_quoted_strings(void **state)
     expect_error("host-name \"a\" b\n", "t.conf:1: error: too many values for 'host-name'");
 }
 
-static void test_key_equals_value(void **state)
+static void
+test_key_equals_value(void **state)
 {
     struct cfg *c;
     (void)state;
@@ -173,14 +185,16 @@ static void test_key_equals_value(void **state)
                   "auth_type = \"auth_file\"\n"
                   "auth_file=\"/etc/powermta/auth_file\"\n");
     assert_string_equal(cfg_str(c, cfg_global(c, CFG_D_AUTH_TYPE)->text), "auth_file");
-    assert_string_equal(cfg_str(c, cfg_global(c, CFG_D_AUTH_FILE)->text), "/etc/powermta/auth_file");
+    assert_string_equal(cfg_str(c, cfg_global(c, CFG_D_AUTH_FILE)->text),
+                        "/etc/powermta/auth_file");
     assert_int_equal(cfg_global(c, CFG_D_AUTH_FILE)->line, 3);
     /* both are implemented (smtpd's AUTH against the file): no warning */
     assert_int_equal(nwarnings, 0);
     cfg_free(c);
 }
 
-static void test_line_too_long(void **state)
+static void
+test_line_too_long(void **state)
 {
     size_t n = 70000;
     char *text = malloc(n + 64);
@@ -195,31 +209,38 @@ static void test_line_too_long(void **state)
 
 /* --- directives and values ------------------------------------------------------------------ */
 
-static void test_unknown_directive(void **state)
+static void
+test_unknown_directive(void **state)
 {
     (void)state;
-    expect_error("<domain *>\n  max-smpt-out 20\n</domain>\n",
-                 "t.conf:2: error: unknown directive 'max-smpt-out' (did you mean 'max-smtp-out'?)");
-    expect_error("\n\nfrobnicate-widgets yes\n", "t.conf:3: error: unknown directive 'frobnicate-widgets'\n");
+    expect_error(
+        "<domain *>\n  max-smpt-out 20\n</domain>\n",
+        "t.conf:2: error: unknown directive 'max-smpt-out' (did you mean 'max-smtp-out'?)");
+    expect_error("\n\nfrobnicate-widgets yes\n",
+                 "t.conf:3: error: unknown directive 'frobnicate-widgets'\n");
 }
 
-static void test_wrong_scope(void **state)
+static void
+test_wrong_scope(void **state)
 {
     (void)state;
     expect_error("max-smtp-out 20\n",
                  "t.conf:1: error: directive 'max-smtp-out' is not allowed at global level; "
                  "it belongs in <domain>, <virtual-mta>");
     expect_error("<source 0/0>\n  bounce-after 1d\n</source>\n",
-                 "t.conf:2: error: directive 'bounce-after' is not allowed in <source>; it belongs in <domain>");
+                 "t.conf:2: error: directive 'bounce-after' is not allowed in <source>; it belongs "
+                 "in <domain>");
 }
 
-static void test_bad_values(void **state)
+static void
+test_bad_values(void **state)
 {
     (void)state;
     expect_error("<domain *>\nuse-starttls maybe\n</domain>\n",
                  "t.conf:2: error: bad value 'maybe' for 'use-starttls' (expected yes or no)");
-    expect_error("<domain *>\nmax-smtp-out twenty\n</domain>\n",
-                 "t.conf:2: error: bad value 'twenty' for 'max-smtp-out' (expected a whole number)");
+    expect_error(
+        "<domain *>\nmax-smtp-out twenty\n</domain>\n",
+        "t.conf:2: error: bad value 'twenty' for 'max-smtp-out' (expected a whole number)");
     expect_error("<domain *>\nqueue-priority 101\n</domain>\n",
                  "t.conf:2: error: value '101' for 'queue-priority' is out of range (0..100)");
     expect_error("<domain *>\nbounce-after 99999999999999999999d\n</domain>\n",
@@ -233,7 +254,8 @@ static void test_bad_values(void **state)
     expect_error("<source 0/0>\nmax-message-size 10q\n</source>\n",
                  "t.conf:2: error: bad value '10q' for 'max-message-size' (expected a size");
     expect_error("<domain *>\ndkim-body-canon loose\n</domain>\n",
-                 "t.conf:2: error: bad value 'loose' for 'dkim-body-canon' (expected one of relaxed,simple)");
+                 "t.conf:2: error: bad value 'loose' for 'dkim-body-canon' (expected one of "
+                 "relaxed,simple)");
     expect_error("<domain *>\nmax-smtp-out\n</domain>\n",
                  "t.conf:2: error: missing value for 'max-smtp-out'");
     expect_error("<domain *>\nmax-smtp-out 20 30\n</domain>\n",
@@ -252,7 +274,8 @@ static void test_bad_values(void **state)
     expect_error("name-server 1.2.3\n", "t.conf:1: error: bad name-server '1.2.3'");
 }
 
-static void test_values_decoded(void **state)
+static void
+test_values_decoded(void **state)
 {
     struct cfg *c;
     const struct cfg_value *v;
@@ -272,7 +295,7 @@ static void test_values_decoded(void **state)
                   "</domain>\n");
     while (cfg_scope_next(c, 0, CFG_D_NAME_SERVER, &it))
         n++;
-    assert_int_equal(n, 3);                       /* repeatable: every line kept */
+    assert_int_equal(n, 3); /* repeatable: every line kept */
     v = domain_value(c, "x.org", CFG_D_RETRY_AFTER);
     assert_int_equal(v->list_len, 3);
     assert_int_equal(cfg_list(c, v)[2], 4 * 3600);
@@ -281,12 +304,14 @@ static void test_values_decoded(void **state)
     assert_int_equal(v->num2, 3600);
     assert_string_equal(cfg_str(c, v->text), "3000/hour");
     assert_int_equal(domain_value(c, "x.org", CFG_D_DKIM_SIGN)->num, 2);
-    assert_string_equal(cfg_str(c, domain_value(c, "x.org", CFG_D_SMTP_HOSTS)->text), "[192.0.2.1]:25");
+    assert_string_equal(cfg_str(c, domain_value(c, "x.org", CFG_D_SMTP_HOSTS)->text),
+                        "[192.0.2.1]:25");
     assert_int_equal(domain_value(c, "x.org", CFG_D_MAX_RCPT_PER_TRANSACTION)->num, 250);
     cfg_free(c);
 }
 
-static void test_later_line_replaces(void **state)
+static void
+test_later_line_replaces(void **state)
 {
     struct cfg *c;
     (void)state;
@@ -296,51 +321,65 @@ static void test_later_line_replaces(void **state)
     cfg_free(c);
 }
 
-static void test_not_implemented_warns_once(void **state)
+static void
+test_not_implemented_warns_once(void **state)
 {
     struct cfg *c;
     (void)state;
-    c = expect_ok("<domain a.com>\nuse-dane no\n</domain>\n<domain b.com>\nuse-dane yes\n</domain>\n");
+    c = expect_ok(
+        "<domain a.com>\nuse-dane no\n</domain>\n<domain b.com>\nuse-dane yes\n</domain>\n");
     assert_int_equal(nwarnings, 1);
     assert_diag("t.conf:2: warning: directive 'use-dane' is not implemented yet; ignored");
     cfg_free(c);
     c = expect_ok("<feedback-loop-processor>\n  anything goes here\n</feedback-loop-processor>\n");
     assert_int_equal(nwarnings, 1);
-    assert_diag("t.conf:1: warning: block <feedback-loop-processor> is not implemented yet; ignored");
+    assert_diag(
+        "t.conf:1: warning: block <feedback-loop-processor> is not implemented yet; ignored");
     cfg_free(c);
 }
 
 /* --- blocks -------------------------------------------------------------------------------- */
 
-static void test_block_errors(void **state)
+static void
+test_block_errors(void **state)
 {
     (void)state;
     expect_error("host-name a\n<domain x.com>\nmax-smtp-out 3\n",
                  "t.conf:2: error: <domain> is not closed by the end of t.conf");
-    expect_error("<virtual-mta v>\n<domain a.com>\n</virtual-mta>\n",
-                 "t.conf:3: error: mismatched </virtual-mta>: <domain> opened at t.conf:2 is not closed");
+    expect_error(
+        "<virtual-mta v>\n<domain a.com>\n</virtual-mta>\n",
+        "t.conf:3: error: mismatched </virtual-mta>: <domain> opened at t.conf:2 is not closed");
     expect_error("\n</domain>\n", "t.conf:2: error: </domain> without an open <domain>");
     expect_error("<domian x.com>\n</domian>\n", "t.conf:1: error: unknown block <domian>");
     expect_error("<domain x.com>\n<source 0/0>\n</source>\n</domain>\n",
                  "t.conf:2: error: <source> is not allowed inside <domain>");
-    expect_error("<virtual-mta>\n</virtual-mta>\n", "t.conf:1: error: <virtual-mta> needs an argument");
-    expect_error("<domain x.com\n", "t.conf:1: error: tag '<domain x.com' is missing its closing '>'");
+    expect_error("<virtual-mta>\n</virtual-mta>\n",
+                 "t.conf:1: error: <virtual-mta> needs an argument");
+    expect_error("<domain x.com\n",
+                 "t.conf:1: error: tag '<domain x.com' is missing its closing '>'");
     expect_error("<virtual-mta v1>\n</virtual-mta>\n<virtual-mta-pool v1>\n</virtual-mta-pool>\n",
                  "t.conf:3: error: <virtual-mta-pool v1> is already defined at t.conf:1");
 }
 
-static void test_patterns_and_cidrs(void **state)
+static void
+test_patterns_and_cidrs(void **state)
 {
     (void)state;
-    expect_error("<source 10.0.0.0/33>\n</source>\n", "t.conf:1: error: bad CIDR '10.0.0.0/33' in <source>");
-    expect_error("<source 10.0.0.256>\n</source>\n", "t.conf:1: error: bad CIDR '10.0.0.256' in <source>");
-    expect_error("<source {nobody}>\n</source>\n", "t.conf:1: error: unknown reserved source name '{nobody}'");
-    expect_error("<domain [10.0.0.0/40]>\n</domain>\n", "t.conf:1: error: bad CIDR '[10.0.0.0/40]' in <domain>");
+    expect_error("<source 10.0.0.0/33>\n</source>\n",
+                 "t.conf:1: error: bad CIDR '10.0.0.0/33' in <source>");
+    expect_error("<source 10.0.0.256>\n</source>\n",
+                 "t.conf:1: error: bad CIDR '10.0.0.256' in <source>");
+    expect_error("<source {nobody}>\n</source>\n",
+                 "t.conf:1: error: unknown reserved source name '{nobody}'");
+    expect_error("<domain [10.0.0.0/40]>\n</domain>\n",
+                 "t.conf:1: error: bad CIDR '[10.0.0.0/40]' in <domain>");
     expect_error("<domain a*b.com>\n</domain>\n", "t.conf:1: error: bad domain pattern 'a*b.com'");
-    expect_error("<domain a.com,,b.com>\n</domain>\n", "t.conf:1: error: empty domain pattern in <domain>");
+    expect_error("<domain a.com,,b.com>\n</domain>\n",
+                 "t.conf:1: error: empty domain pattern in <domain>");
 }
 
-static void test_macros(void **state)
+static void
+test_macros(void **state)
 {
     struct cfg *c;
     uint32_t it = 0, n = 0;
@@ -351,40 +390,48 @@ static void test_macros(void **state)
                   "<domain $brands.$tlds>\n  max-smtp-out 4\n</domain>\n");
     while (cfg_next_scope(c, CFG_S_DOMAIN, &it) != CFG_NONE)
         n++;
-    assert_int_equal(n, 6);                       /* 3 brands x 2 tlds, nested macro */
+    assert_int_equal(n, 6); /* 3 brands x 2 tlds, nested macro */
     assert_int_not_equal(cfg_find_scope(c, CFG_S_DOMAIN, "msn.fr"), CFG_NONE);
-    assert_true(c->scopes[cfg_find_scope(c, CFG_S_DOMAIN, "live.com")].flags & CFG_SCOPE_FROM_MACRO);
+    assert_true(c->scopes[cfg_find_scope(c, CFG_S_DOMAIN, "live.com")].flags &
+                CFG_SCOPE_FROM_MACRO);
     cfg_free(c);
-    expect_error("<domain yahoo.$nope>\n</domain>\n", "t.conf:1: error: unknown domain-macro '$nope'");
+    expect_error("<domain yahoo.$nope>\n</domain>\n",
+                 "t.conf:1: error: unknown domain-macro '$nope'");
     expect_error("domain-macro a x, $b\ndomain-macro b $a\n<domain $a.com>\n</domain>\n",
                  "t.conf:3: error: domain-macro loop: '$a' refers to itself");
-    expect_error("domain-macro a x\ndomain-macro a y\n", "t.conf:2: error: domain-macro 'a' defined twice");
+    expect_error("domain-macro a x\ndomain-macro a y\n",
+                 "t.conf:2: error: domain-macro 'a' defined twice");
 }
 
 /* --- pattern lists ---------------------------------------------------------------------------- */
 
-static void test_reply_patterns(void **state)
+static void
+test_reply_patterns(void **state)
 {
     struct cfg *c;
     (void)state;
     c = expect_ok("<smtp-pattern-list l>\n"
                   "  reply /^421 .* too many errors/ mode=backoff\n"
-                  "  reply /\\[TS03\\] All messages from/ mode=backoff, disable-source-ip, reenable-after=1h\n"
+                  "  reply /\\[TS03\\] All messages from/ mode=backoff, disable-source-ip, "
+                  "reenable-after=1h\n"
                   "  reply /a\\/b/ skip-mx,defer-queue\n"
                   "  reply /x/ mode=backoff,backoff-to-normal-after=30m\n"
                   "</smtp-pattern-list>\n");
     cfg_free(c);
-    expect_error("<smtp-pattern-list l>\n\n  reply /(unclosed/ mode=backoff\n</smtp-pattern-list>\n",
-                 "t.conf:3: error: bad regular expression /(unclosed/: missing closing parenthesis");
-    expect_error("<smtp-pattern-list l>\nreply /x/ mode=backoff,mode=normal\n</smtp-pattern-list>\n",
-                 "t.conf:2: error: reply action mode=backoff cannot be combined with mode=normal");
+    expect_error(
+        "<smtp-pattern-list l>\n\n  reply /(unclosed/ mode=backoff\n</smtp-pattern-list>\n",
+        "t.conf:3: error: bad regular expression /(unclosed/: missing closing parenthesis");
+    expect_error(
+        "<smtp-pattern-list l>\nreply /x/ mode=backoff,mode=normal\n</smtp-pattern-list>\n",
+        "t.conf:2: error: reply action mode=backoff cannot be combined with mode=normal");
     expect_error("<smtp-pattern-list l>\nreply /x/ skip-mx,bounce-queue\n</smtp-pattern-list>\n",
                  "t.conf:2: error: reply action skip-mx cannot be combined with bounce-queue");
     expect_error("<smtp-pattern-list l>\nreply /x/ reenable-after=1h\n</smtp-pattern-list>\n",
                  "t.conf:2: error: reply action reenable-after needs disable-source-ip");
-    expect_error("<smtp-pattern-list l>\nreply /x/ disable-source-ip,reenable-after=1h,reenable-after=2h\n"
-                 "</smtp-pattern-list>\n",
-                 "t.conf:2: error: reply action reenable-after given more than once");
+    expect_error(
+        "<smtp-pattern-list l>\nreply /x/ disable-source-ip,reenable-after=1h,reenable-after=2h\n"
+        "</smtp-pattern-list>\n",
+        "t.conf:2: error: reply action reenable-after given more than once");
     expect_error("<smtp-pattern-list l>\nreply /x/ explode\n</smtp-pattern-list>\n",
                  "t.conf:2: error: unknown reply action 'explode'");
     expect_error("<smtp-pattern-list l>\nreply /x/\n</smtp-pattern-list>\n",
@@ -393,7 +440,8 @@ static void test_reply_patterns(void **state)
                  "t.conf:2: error: reply needs /REGEX/ followed by actions");
 }
 
-static void test_other_pattern_lists(void **state)
+static void
+test_other_pattern_lists(void **state)
 {
     struct cfg *c;
     (void)state;
@@ -407,7 +455,8 @@ static void test_other_pattern_lists(void **state)
                   "</bounce-category-patterns>\n");
     cfg_free(c);
     expect_error("<pattern-list p>\nmail-from /x/ virtual-mta=ghost\n</pattern-list>\n",
-                 "t.conf:2: error: virtual-mta= 'ghost': no <virtual-mta> or <virtual-mta-pool> named 'ghost'");
+                 "t.conf:2: error: virtual-mta= 'ghost': no <virtual-mta> or <virtual-mta-pool> "
+                 "named 'ghost'");
     expect_error("<pattern-list p>\nrcpt-to /x[/ virtual-mta=v\n</pattern-list>\n",
                  "t.conf:2: error: bad regular expression /x[/");
     expect_error("<pattern-list p>\nrcpt-to /x/ launch=now\n</pattern-list>\n",
@@ -418,9 +467,11 @@ static void test_other_pattern_lists(void **state)
                  "t.conf:2: error: bad regular expression /sp(am/");
 }
 
-/* --- cross references, checked after the whole file -------------------------------------------------- */
+/* --- cross references, checked after the whole file
+ * -------------------------------------------------- */
 
-static void test_cross_references(void **state)
+static void
+test_cross_references(void **state)
 {
     struct cfg *c;
     (void)state;
@@ -431,13 +482,16 @@ static void test_cross_references(void **state)
     expect_error("<virtual-mta-pool p>\n  virtual-mta ghost\n</virtual-mta-pool>\n",
                  "t.conf:2: error: virtual-mta 'ghost': no <virtual-mta> named 'ghost' is defined");
     expect_error("<domain a.com>\n\n  smtp-pattern-list nope\n</domain>\n",
-                 "t.conf:3: error: smtp-pattern-list 'nope': no <smtp-pattern-list> named 'nope' is defined");
+                 "t.conf:3: error: smtp-pattern-list 'nope': no <smtp-pattern-list> named 'nope' "
+                 "is defined");
     expect_error("<sender s@example.com>\n  vmta txn-vmtx\n</sender>\n",
-                 "t.conf:2: error: vmta 'txn-vmtx': no <virtual-mta> or <virtual-mta-pool> named 'txn-vmtx'");
+                 "t.conf:2: error: vmta 'txn-vmtx': no <virtual-mta> or <virtual-mta-pool> named "
+                 "'txn-vmtx'");
     expect_error("<source 0/0>\n  pattern-list pl\n</source>\n",
                  "t.conf:2: error: pattern-list 'pl': no <pattern-list> named 'pl' is defined");
-    expect_error("smtp-listener 127.0.0.1:25 source=feeders\n",
-                 "t.conf:1: error: smtp-listener source= 'feeders': no <source> named 'feeders' is defined");
+    expect_error(
+        "smtp-listener 127.0.0.1:25 source=feeders\n",
+        "t.conf:1: error: smtp-listener source= 'feeders': no <source> named 'feeders' is defined");
     expect_error("<smtp-listener 127.0.0.1:465>\n  source nope\n</smtp-listener>\n",
                  "t.conf:2: error: source 'nope': no <source> named 'nope' is defined");
     expect_error("<smtp-user u>\n  source nope\n</smtp-user>\n",
@@ -448,26 +502,33 @@ static void test_cross_references(void **state)
                  "t.conf:2: error: backoff-reroute-to-virtual-mta 'v9': no <virtual-mta>");
 }
 
-static void test_dkim_key_files(void **state)
+static void
+test_dkim_key_files(void **state)
 {
     char text[1024];
     struct cfg *c;
     (void)state;
-    snprintf(text, sizeof text, "domain-key s1,example.com,%s\n<domain a.com>\n dkim-selector s\n"
-             " dkim-key-file %s\n</domain>\n", keyfile, keyfile);
+    snprintf(text, sizeof text,
+             "domain-key s1,example.com,%s\n<domain a.com>\n dkim-selector s\n"
+             " dkim-key-file %s\n</domain>\n",
+             keyfile, keyfile);
     c = expect_ok(text);
     cfg_free(c);
     expect_error("domain-key s1,example.com,/nonexistent/key.pem\n",
-                 "t.conf:1: error: cannot read DKIM key file '/nonexistent/key.pem': No such file or directory");
+                 "t.conf:1: error: cannot read DKIM key file '/nonexistent/key.pem': No such file "
+                 "or directory");
     expect_error("<domain a.com>\n dkim-key-file /nonexistent/k.pem\n</domain>\n",
                  "t.conf:2: error: cannot read DKIM key file '/nonexistent/k.pem'");
-    expect_error("domain-key s1,example.com\n",
-                 "t.conf:1: error: bad domain-key 's1,example.com' (expected SELECTOR,DOMAIN,KEYFILE)");
+    expect_error(
+        "domain-key s1,example.com\n",
+        "t.conf:1: error: bad domain-key 's1,example.com' (expected SELECTOR,DOMAIN,KEYFILE)");
 }
 
-/* --- includes ------------------------------------------------------------------------------------- */
+/* --- includes
+ * ------------------------------------------------------------------------------------- */
 
-static void test_includes(void **state)
+static void
+test_includes(void **state)
 {
     char path[512];
     unsigned n = 9;
@@ -490,11 +551,13 @@ static void test_includes(void **state)
     assert_non_null(strstr(cfg_str(c, cfg_global(c, CFG_D_HOST_NAME)->file), "sub/10-first.conf"));
     assert_non_null(cfg_global(c, CFG_D_POSTMASTER));
     assert_int_equal(domain_value(c, "a.com", CFG_D_MAX_SMTP_OUT)->num, 3);
-    assert_non_null(strstr(cfg_str(c, domain_value(c, "a.com", CFG_D_MAX_SMTP_OUT)->file), "dom.inc"));
+    assert_non_null(
+        strstr(cfg_str(c, domain_value(c, "a.com", CFG_D_MAX_SMTP_OUT)->file), "dom.inc"));
     cfg_free(c);
 }
 
-static void test_include_errors(void **state)
+static void
+test_include_errors(void **state)
 {
     char path[512], want[600];
     unsigned n = 0;
@@ -513,8 +576,9 @@ static void test_include_errors(void **state)
     snprintf(path, sizeof path, "%s/missing.conf", tmpdir);
     diags[0] = 0;
     assert_null(cfg_load(path, collect, NULL, &n));
-    snprintf(want, sizeof want, "%s/missing.conf:3: error: cannot read include file '%s/does-not-exist.conf'",
-             tmpdir, tmpdir);
+    snprintf(want, sizeof want,
+             "%s/missing.conf:3: error: cannot read include file '%s/does-not-exist.conf'", tmpdir,
+             tmpdir);
     assert_diag(want);
 
     write_file("unbalanced.inc", "<domain x.com>\n");
@@ -522,7 +586,8 @@ static void test_include_errors(void **state)
     snprintf(path, sizeof path, "%s/unbalanced.conf", tmpdir);
     diags[0] = 0;
     assert_null(cfg_load(path, collect, NULL, &n));
-    snprintf(want, sizeof want, "%s/unbalanced.inc:1: error: <domain> is not closed by the end of", tmpdir);
+    snprintf(want, sizeof want, "%s/unbalanced.inc:1: error: <domain> is not closed by the end of",
+             tmpdir);
     assert_diag(want);
 
     expect_error("<acct-file /x.csv>\n include foo.conf\n</acct-file>\n",
@@ -534,9 +599,11 @@ static void test_include_errors(void **state)
     assert_diag("cannot read configuration file '/nonexistent/pmta/config'");
 }
 
-/* --- error recovery ---------------------------------------------------------------------------------- */
+/* --- error recovery
+ * ---------------------------------------------------------------------------------- */
 
-static void test_reports_every_error(void **state)
+static void
+test_reports_every_error(void **state)
 {
     unsigned n = 0;
     (void)state;
@@ -547,9 +614,13 @@ static void test_reports_every_error(void **state)
     assert_diag("t.conf:5: error: unknown directive 'bogus'");
 }
 
-static void test_error_cap(void **state)
+static void
+test_error_cap(void **state)
 {
-    struct { char *p; size_t len; } t = { NULL, 0 };
+    struct {
+        char *p;
+        size_t len;
+    } t = { NULL, 0 };
     FILE *f = open_memstream(&t.p, &t.len);
     unsigned n = 0;
     (void)state;
@@ -564,14 +635,16 @@ static void test_error_cap(void **state)
 }
 
 /* every reply action loads without a warning (all are implemented) */
-static void test_reply_actions_load_silently(void **state)
+static void
+test_reply_actions_load_silently(void **state)
 {
     unsigned nerr = 0;
     struct cfg *c = load_text("<smtp-pattern-list l>\n"
                               "  reply /blocked/ bounce-queue\n"
                               "  reply /too many/ disable-source-ip,reenable-after=1h\n"
                               "  reply /rate limit/ mode=backoff,defer-queue\n"
-                              "</smtp-pattern-list>\n", &nerr);
+                              "</smtp-pattern-list>\n",
+                              &nerr);
 
     (void)state;
     assert_non_null(c);
@@ -581,7 +654,8 @@ static void test_reply_actions_load_silently(void **state)
 }
 
 /* the process counts take `auto` (their default): half the CPUs, at least one */
-static void test_process_counts_auto(void **state)
+static void
+test_process_counts_auto(void **state)
 {
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     int64_t want = ncpu >= 4 ? ncpu / 2 : 1;
@@ -595,8 +669,8 @@ static void test_process_counts_auto(void **state)
     assert_int_equal(cfg_process_count(c, CFG_D_SMTPD_PROCESSES), want);
     assert_int_equal(cfg_process_count(c, CFG_D_SMTP_OUT_PROCESSES), 3);
     snprintf(expect, sizeof expect, "auto (%lld)", (long long)want);
-    assert_string_equal(cfg_format_value(c, cfg_global(c, CFG_D_SMTPD_PROCESSES), shown,
-                                         sizeof shown), expect);
+    assert_string_equal(
+        cfg_format_value(c, cfg_global(c, CFG_D_SMTPD_PROCESSES), shown, sizeof shown), expect);
     cfg_free(c);
     c = load_text("smtpd-processes auto\nsmtp-out-processes 0\n", &nerr);
     assert_int_equal(nerr, 0);
@@ -607,7 +681,8 @@ static void test_process_counts_auto(void **state)
     expect_error("smtpd-processes 0\n", "out of range (1..256)");
 }
 
-int main(void)
+int
+main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_comments),

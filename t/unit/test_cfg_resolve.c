@@ -40,8 +40,8 @@ static char tmpdir[] = "/tmp/test_cfg_resolve.XXXXXX";
 static char diags[1 << 16];
 static struct cfg_resolved r;
 
-static void collect(void *ctx, enum cfg_diag_level level, const char *file, unsigned line,
-                    const char *message)
+static void
+collect(void *ctx, enum cfg_diag_level level, const char *file, unsigned line, const char *message)
 {
     size_t used = strlen(diags);
     (void)ctx;
@@ -49,7 +49,8 @@ static void collect(void *ctx, enum cfg_diag_level level, const char *file, unsi
              level == CFG_DIAG_ERROR ? "error" : "warning", message);
 }
 
-static struct cfg *load_named(const char *name, const char *text)
+static struct cfg *
+load_named(const char *name, const char *text)
 {
     unsigned n = 99;
     struct cfg *c;
@@ -61,12 +62,14 @@ static struct cfg *load_named(const char *name, const char *text)
     return c;
 }
 
-static struct cfg *load(const char *text)
+static struct cfg *
+load(const char *text)
 {
     return load_named("t.conf", text);
 }
 
-static int group_setup(void **state)
+static int
+group_setup(void **state)
 {
     static const char *const keys[] = { "dkim.key", "dkim/example.com.pem", "dkim/default.pem",
                                         "dkim/billing.pem" };
@@ -83,7 +86,8 @@ static int group_setup(void **state)
     return 0;
 }
 
-static int group_teardown(void **state)
+static int
+group_teardown(void **state)
 {
     char cmd[300];
     (void)state;
@@ -92,7 +96,8 @@ static int group_teardown(void **state)
 }
 
 /* read_replaced - FILE's text with every FROM replaced by TO (caller frees) */
-static char *read_replaced(const char *file, const char *from, const char *to)
+static char *
+read_replaced(const char *file, const char *from, const char *to)
 {
     FILE *f = fopen(file, "r");
     char *text = NULL, *out, *p, *hit;
@@ -116,14 +121,16 @@ static char *read_replaced(const char *file, const char *from, const char *to)
     return out;
 }
 
-static int64_t qnum(struct cfg *c, const char *domain, const char *vmta, enum cfg_directive d)
+static int64_t
+qnum(struct cfg *c, const char *domain, const char *vmta, enum cfg_directive d)
 {
     assert_int_equal(cfg_resolve_queue(c, domain, vmta, &r), 0);
     assert_non_null(r.v[d]);
     return r.v[d]->num;
 }
 
-static const char *qtext(struct cfg *c, const char *domain, const char *vmta, enum cfg_directive d)
+static const char *
+qtext(struct cfg *c, const char *domain, const char *vmta, enum cfg_directive d)
 {
     static char out[256];
     assert_int_equal(cfg_resolve_queue(c, domain, vmta, &r), 0);
@@ -133,7 +140,8 @@ static const char *qtext(struct cfg *c, const char *domain, const char *vmta, en
 
 /* --- domain patterns ----------------------------------------------------------------------- */
 
-static void test_domain_specificity(void **state)
+static void
+test_domain_specificity(void **state)
 {
     /* deliberately most specific first: file order must not matter */
     struct cfg *c = load("<domain example.com>\n max-smtp-out 4\n</domain>\n"
@@ -142,24 +150,27 @@ static void test_domain_specificity(void **state)
                          "<domain [*.]b.example.com>\n max-smtp-out 6\n</domain>\n"
                          "<domain *>\n max-smtp-out 2\n bounce-after 1d\n</domain>\n");
     (void)state;
-    assert_int_equal(qnum(c, "example.com", NULL, CFG_D_MAX_SMTP_OUT), 4);       /* exact */
-    assert_int_equal(qnum(c, "x.example.com", NULL, CFG_D_MAX_SMTP_OUT), 3);     /* *.parent */
-    assert_int_equal(qnum(c, "y.a.example.com", NULL, CFG_D_MAX_SMTP_OUT), 5);   /* longer suffix */
-    assert_int_equal(qnum(c, "a.example.com", NULL, CFG_D_MAX_SMTP_OUT), 3);     /* *.a: subdomains only */
-    assert_int_equal(qnum(c, "b.example.com", NULL, CFG_D_MAX_SMTP_OUT), 6);     /* [*.]: itself too */
+    assert_int_equal(qnum(c, "example.com", NULL, CFG_D_MAX_SMTP_OUT), 4);     /* exact */
+    assert_int_equal(qnum(c, "x.example.com", NULL, CFG_D_MAX_SMTP_OUT), 3);   /* *.parent */
+    assert_int_equal(qnum(c, "y.a.example.com", NULL, CFG_D_MAX_SMTP_OUT), 5); /* longer suffix */
+    assert_int_equal(qnum(c, "a.example.com", NULL, CFG_D_MAX_SMTP_OUT),
+                     3); /* *.a: subdomains only */
+    assert_int_equal(qnum(c, "b.example.com", NULL, CFG_D_MAX_SMTP_OUT), 6); /* [*.]: itself too */
     assert_int_equal(qnum(c, "z.b.example.com", NULL, CFG_D_MAX_SMTP_OUT), 6);
-    assert_int_equal(qnum(c, "other.org", NULL, CFG_D_MAX_SMTP_OUT), 2);         /* only * */
-    assert_int_equal(qnum(c, "notexample.com", NULL, CFG_D_MAX_SMTP_OUT), 2);    /* not a suffix at a dot */
+    assert_int_equal(qnum(c, "other.org", NULL, CFG_D_MAX_SMTP_OUT), 2); /* only * */
+    assert_int_equal(qnum(c, "notexample.com", NULL, CFG_D_MAX_SMTP_OUT),
+                     2); /* not a suffix at a dot */
     /* inheritance: unset in the specific block comes from the general ones, then defaults */
     assert_int_equal(qnum(c, "y.a.example.com", NULL, CFG_D_RETRY_AFTER), 0);
     assert_int_equal(cfg_list(c, r.v[CFG_D_RETRY_AFTER])[0], 3600);
     assert_int_equal(qnum(c, "example.com", NULL, CFG_D_BOUNCE_AFTER), 86400);
     assert_int_equal(qnum(c, "example.com", NULL, CFG_D_QUEUE_PRIORITY), 50);
-    assert_int_equal(r.v[CFG_D_QUEUE_PRIORITY]->file, 0);                        /* "default" */
+    assert_int_equal(r.v[CFG_D_QUEUE_PRIORITY]->file, 0); /* "default" */
     cfg_free(c);
 }
 
-static void test_domain_case_and_dot(void **state)
+static void
+test_domain_case_and_dot(void **state)
 {
     struct cfg *c = load("<domain Example.COM.>\n max-smtp-out 9\n</domain>\n"
                          "<domain a.com, B.com>\n max-smtp-out 8\n</domain>\n");
@@ -168,25 +179,27 @@ static void test_domain_case_and_dot(void **state)
     assert_int_equal(qnum(c, "EXAMPLE.com.", NULL, CFG_D_MAX_SMTP_OUT), 9);
     assert_int_equal(qnum(c, "b.com", NULL, CFG_D_MAX_SMTP_OUT), 8);
     assert_int_equal(qnum(c, "a.com", NULL, CFG_D_MAX_SMTP_OUT), 8);
-    assert_int_equal(qnum(c, "c.com", NULL, CFG_D_MAX_SMTP_OUT), 20);            /* default */
+    assert_int_equal(qnum(c, "c.com", NULL, CFG_D_MAX_SMTP_OUT), 20); /* default */
     cfg_free(c);
 }
 
-static void test_domain_cidr(void **state)
+static void
+test_domain_cidr(void **state)
 {
     struct cfg *c = load("<domain [192.0.2.0/24]>\n max-smtp-out 3\n</domain>\n"
                          "<domain [192.0.2.7]>\n max-smtp-out 4\n</domain>\n"
                          "<domain [2001:db8::/32]>\n max-smtp-out 5\n</domain>\n");
     (void)state;
     assert_int_equal(qnum(c, "[192.0.2.1]", NULL, CFG_D_MAX_SMTP_OUT), 3);
-    assert_int_equal(qnum(c, "[192.0.2.7]", NULL, CFG_D_MAX_SMTP_OUT), 4);      /* /32 beats /24 */
+    assert_int_equal(qnum(c, "[192.0.2.7]", NULL, CFG_D_MAX_SMTP_OUT), 4); /* /32 beats /24 */
     assert_int_equal(qnum(c, "[198.51.100.1]", NULL, CFG_D_MAX_SMTP_OUT), 20);
     assert_int_equal(qnum(c, "[IPv6:2001:db8::1]", NULL, CFG_D_MAX_SMTP_OUT), 5);
-    assert_int_equal(qnum(c, "192.0.2.1", NULL, CFG_D_MAX_SMTP_OUT), 20);        /* not a literal */
+    assert_int_equal(qnum(c, "192.0.2.1", NULL, CFG_D_MAX_SMTP_OUT), 20); /* not a literal */
     cfg_free(c);
 }
 
-static void test_macro_vs_explicit(void **state)
+static void
+test_macro_vs_explicit(void **state)
 {
     /* the explicit block comes first in the file and still wins over the macro */
     struct cfg *c = load("domain-macro tlds com, fr\n"
@@ -194,28 +207,31 @@ static void test_macro_vs_explicit(void **state)
                          "<domain yahoo.$tlds>\n max-smtp-out 2\n max-msg-rate 10/m\n</domain>\n");
     (void)state;
     assert_int_equal(qnum(c, "yahoo.com", NULL, CFG_D_MAX_SMTP_OUT), 9);
-    assert_int_equal(qnum(c, "yahoo.com", NULL, CFG_D_MAX_MSG_RATE), 10);        /* rest inherited */
+    assert_int_equal(qnum(c, "yahoo.com", NULL, CFG_D_MAX_MSG_RATE), 10); /* rest inherited */
     assert_int_equal(qnum(c, "yahoo.fr", NULL, CFG_D_MAX_SMTP_OUT), 2);
     cfg_free(c);
 }
 
-static void test_vmta_and_pool_nesting(void **state)
+static void
+test_vmta_and_pool_nesting(void **state)
 {
-    struct cfg *c = load("<domain gmail.com>\n max-smtp-out 10\n max-msg-rate 100/s\n bounce-after 2d\n</domain>\n"
-                         "<virtual-mta v1>\n <domain gmail.com>\n  max-smtp-out 30\n </domain>\n</virtual-mta>\n"
-                         "<virtual-mta v2>\n</virtual-mta>\n"
-                         "<virtual-mta v3>\n <domain *>\n  queue-priority 90\n </domain>\n</virtual-mta>\n"
-                         "<virtual-mta-pool p>\n virtual-mta v1\n virtual-mta v2\n"
-                         " <domain gmail.com>\n  max-smtp-out 25\n  max-msg-rate 600/m\n </domain>\n"
-                         "</virtual-mta-pool>\n");
+    struct cfg *c = load(
+        "<domain gmail.com>\n max-smtp-out 10\n max-msg-rate 100/s\n bounce-after 2d\n</domain>\n"
+        "<virtual-mta v1>\n <domain gmail.com>\n  max-smtp-out 30\n </domain>\n</virtual-mta>\n"
+        "<virtual-mta v2>\n</virtual-mta>\n"
+        "<virtual-mta v3>\n <domain *>\n  queue-priority 90\n </domain>\n</virtual-mta>\n"
+        "<virtual-mta-pool p>\n virtual-mta v1\n virtual-mta v2\n"
+        " <domain gmail.com>\n  max-smtp-out 25\n  max-msg-rate 600/m\n </domain>\n"
+        "</virtual-mta-pool>\n");
     (void)state;
     assert_int_equal(qnum(c, "gmail.com", NULL, CFG_D_MAX_SMTP_OUT), 10);
     assert_int_equal(qnum(c, "gmail.com", "{default}", CFG_D_MAX_SMTP_OUT), 10);
-    assert_int_equal(qnum(c, "gmail.com", "v1", CFG_D_MAX_SMTP_OUT), 30);        /* vmta beats pool */
-    assert_int_equal(qnum(c, "gmail.com", "v1", CFG_D_MAX_MSG_RATE), 600);       /* pool beats top level */
+    assert_int_equal(qnum(c, "gmail.com", "v1", CFG_D_MAX_SMTP_OUT), 30); /* vmta beats pool */
+    assert_int_equal(qnum(c, "gmail.com", "v1", CFG_D_MAX_MSG_RATE),
+                     600); /* pool beats top level */
     assert_int_equal(qnum(c, "gmail.com", "v1", CFG_D_BOUNCE_AFTER), 2 * 86400); /* top level */
     assert_int_equal(qnum(c, "gmail.com", "v2", CFG_D_MAX_SMTP_OUT), 25);        /* from its pool */
-    assert_int_equal(qnum(c, "gmail.com", "p", CFG_D_MAX_SMTP_OUT), 25);         /* the pool itself */
+    assert_int_equal(qnum(c, "gmail.com", "p", CFG_D_MAX_SMTP_OUT), 25); /* the pool itself */
     /* a nested <domain *> is still after every top-level block, even the exact one */
     assert_int_equal(qnum(c, "gmail.com", "v3", CFG_D_QUEUE_PRIORITY), 90);
     assert_int_equal(qnum(c, "gmail.com", "v3", CFG_D_MAX_SMTP_OUT), 10);
@@ -223,7 +239,8 @@ static void test_vmta_and_pool_nesting(void **state)
     cfg_free(c);
 }
 
-static void test_clear_with_empty_string(void **state)
+static void
+test_clear_with_empty_string(void **state)
 {
     struct cfg *c = load("<domain *>\n smtp-pattern-list l\n max-smtp-out 3\n</domain>\n"
                          "<domain a.com>\n smtp-pattern-list \"\"\n max-smtp-out \"\"\n</domain>\n"
@@ -232,27 +249,31 @@ static void test_clear_with_empty_string(void **state)
     assert_int_equal(cfg_resolve_queue(c, "b.com", NULL, &r), 0);
     assert_string_equal(cfg_str(c, r.v[CFG_D_SMTP_PATTERN_LIST]->text), "l");
     assert_int_equal(cfg_resolve_queue(c, "a.com", NULL, &r), 0);
-    assert_null(r.v[CFG_D_SMTP_PATTERN_LIST]);                    /* no default: unset */
-    assert_int_equal(r.v[CFG_D_MAX_SMTP_OUT]->num, 20);           /* back to the default */
+    assert_null(r.v[CFG_D_SMTP_PATTERN_LIST]);          /* no default: unset */
+    assert_int_equal(r.v[CFG_D_MAX_SMTP_OUT]->num, 20); /* back to the default */
     cfg_free(c);
 }
 
-static void test_backoff_fallback(void **state)
+static void
+test_backoff_fallback(void **state)
 {
-    struct cfg *c = load("<domain a.com>\n max-msg-rate 100/h\n</domain>\n"
-                         "<domain b.com>\n max-msg-rate 100/h\n backoff-max-msg-rate 10/h\n</domain>\n");
+    struct cfg *c = load(
+        "<domain a.com>\n max-msg-rate 100/h\n</domain>\n"
+        "<domain b.com>\n max-msg-rate 100/h\n backoff-max-msg-rate 10/h\n</domain>\n");
     (void)state;
     assert_int_equal(qnum(c, "a.com", NULL, CFG_D_BACKOFF_MAX_MSG_RATE), 100);
     assert_int_equal(qnum(c, "b.com", NULL, CFG_D_BACKOFF_MAX_MSG_RATE), 10);
-    assert_int_equal(qnum(c, "c.com", NULL, CFG_D_BACKOFF_MAX_MSG_RATE), 0);      /* unlimited */
+    assert_int_equal(qnum(c, "c.com", NULL, CFG_D_BACKOFF_MAX_MSG_RATE), 0); /* unlimited */
     assert_int_equal(qnum(c, "c.com", NULL, CFG_D_BACKOFF_MAX_SMTP_OUT), 20);
     assert_string_equal(qtext(c, "c.com", NULL, CFG_D_BACKOFF_RETRY_AFTER), "1h");
     cfg_free(c);
 }
 
-/* --- sources ----------------------------------------------------------------------------------- */
+/* --- sources -----------------------------------------------------------------------------------
+ */
 
-static struct sockaddr_storage addr_of(const char *text)
+static struct sockaddr_storage
+addr_of(const char *text)
 {
     struct sockaddr_storage ss;
     memset(&ss, 0, sizeof ss);
@@ -268,7 +289,8 @@ static struct sockaddr_storage addr_of(const char *text)
     return ss;
 }
 
-static int64_t snum(struct cfg *c, const char *ip, const char *name, enum cfg_directive d)
+static int64_t
+snum(struct cfg *c, const char *ip, const char *name, enum cfg_directive d)
 {
     struct sockaddr_storage ss;
     if (ip)
@@ -277,20 +299,22 @@ static int64_t snum(struct cfg *c, const char *ip, const char *name, enum cfg_di
     return r.v[d]->num;
 }
 
-static void test_sources(void **state)
+static void
+test_sources(void **state)
 {
-    struct cfg *c = load("<source 10.1.2.3>\n max-message-size 3M\n</source>\n"
-                         "<source 10.1.0.0/16>\n max-message-size 2M\n require-auth yes\n</source>\n"
-                         "<source 0/0>\n max-message-size 1M\n always-allow-relaying no\n</source>\n"
-                         "<source 10.0.0.0/8>\n always-allow-relaying yes\n</source>\n"
-                         "<source ::/0>\n max-message-size 6M\n</source>\n"
-                         "<source 2001:db8::/32>\n max-message-size 7M\n</source>\n"
-                         "<source feeders>\n max-message-size 9M\n</source>\n"
-                         "<source {auth}>\n always-allow-relaying yes\n</source>\n");
+    struct cfg *c = load(
+        "<source 10.1.2.3>\n max-message-size 3M\n</source>\n"
+        "<source 10.1.0.0/16>\n max-message-size 2M\n require-auth yes\n</source>\n"
+        "<source 0/0>\n max-message-size 1M\n always-allow-relaying no\n</source>\n"
+        "<source 10.0.0.0/8>\n always-allow-relaying yes\n</source>\n"
+        "<source ::/0>\n max-message-size 6M\n</source>\n"
+        "<source 2001:db8::/32>\n max-message-size 7M\n</source>\n"
+        "<source feeders>\n max-message-size 9M\n</source>\n"
+        "<source {auth}>\n always-allow-relaying yes\n</source>\n");
     (void)state;
-    assert_int_equal(snum(c, "10.1.2.3", NULL, CFG_D_MAX_MESSAGE_SIZE), 3 << 20);  /* /32 */
-    assert_int_equal(snum(c, "10.1.2.3", NULL, CFG_D_REQUIRE_AUTH), 1);             /* from /16 */
-    assert_int_equal(snum(c, "10.1.2.3", NULL, CFG_D_ALWAYS_ALLOW_RELAYING), 1);    /* from /8 */
+    assert_int_equal(snum(c, "10.1.2.3", NULL, CFG_D_MAX_MESSAGE_SIZE), 3 << 20); /* /32 */
+    assert_int_equal(snum(c, "10.1.2.3", NULL, CFG_D_REQUIRE_AUTH), 1);           /* from /16 */
+    assert_int_equal(snum(c, "10.1.2.3", NULL, CFG_D_ALWAYS_ALLOW_RELAYING), 1);  /* from /8 */
     assert_int_equal(snum(c, "10.1.9.9", NULL, CFG_D_MAX_MESSAGE_SIZE), 2 << 20);
     assert_int_equal(snum(c, "10.200.0.1", NULL, CFG_D_MAX_MESSAGE_SIZE), 1 << 20); /* 0/0 */
     assert_int_equal(snum(c, "10.200.0.1", NULL, CFG_D_REQUIRE_AUTH), 0);           /* default */
@@ -298,7 +322,8 @@ static void test_sources(void **state)
     assert_int_equal(snum(c, "2001:db8::5", NULL, CFG_D_MAX_MESSAGE_SIZE), 7 << 20);
     assert_int_equal(snum(c, "2001:db9::5", NULL, CFG_D_MAX_MESSAGE_SIZE), 6 << 20);
     assert_int_equal(snum(c, "::ffff:10.1.2.3", NULL, CFG_D_MAX_MESSAGE_SIZE), 3 << 20);
-    assert_int_equal(snum(c, "10.1.2.3", "feeders", CFG_D_MAX_MESSAGE_SIZE), 9 << 20); /* name last */
+    assert_int_equal(snum(c, "10.1.2.3", "feeders", CFG_D_MAX_MESSAGE_SIZE),
+                     9 << 20); /* name last */
     assert_int_equal(snum(c, "10.1.2.3", "feeders", CFG_D_REQUIRE_AUTH), 1);
     assert_int_equal(snum(c, NULL, "{auth}", CFG_D_ALWAYS_ALLOW_RELAYING), 1);
     assert_int_equal(snum(c, NULL, NULL, CFG_D_MAX_MESSAGE_SIZE), CFG_NEVER);
@@ -306,11 +331,13 @@ static void test_sources(void **state)
     cfg_free(c);
 }
 
-static void test_vmta_settings(void **state)
+static void
+test_vmta_settings(void **state)
 {
-    struct cfg *c = load("host-name global.example\nsmtp-source-host 127.0.0.2 g.example\n"
-                         "<virtual-mta v1>\n smtp-source-host 127.0.0.10 a.example\n"
-                         " smtp-source-host 127.0.0.11 b.example\n max-smtp-out 40\n</virtual-mta>\n");
+    struct cfg *c = load(
+        "host-name global.example\nsmtp-source-host 127.0.0.2 g.example\n"
+        "<virtual-mta v1>\n smtp-source-host 127.0.0.10 a.example\n"
+        " smtp-source-host 127.0.0.11 b.example\n max-smtp-out 40\n</virtual-mta>\n");
     uint32_t v, it = 0, n = 0;
     (void)state;
     assert_int_equal(cfg_resolve_vmta(c, "v1", &r), 0);
@@ -327,7 +354,8 @@ static void test_vmta_settings(void **state)
     cfg_free(c);
 }
 
-static void test_global_defaults(void **state)
+static void
+test_global_defaults(void **state)
 {
     struct cfg *c = load("total-max-smtp-out 500\n");
     char out[64];
@@ -340,7 +368,8 @@ static void test_global_defaults(void **state)
     assert_int_equal(cfg_global(c, CFG_D_QUEUE_MAP_SIZE)->num, 1LL << 30);
     assert_string_equal(cfg_str(c, cfg_global(c, CFG_D_SPOOL)->text), "/var/spool/pmta");
     assert_null(cfg_global(c, CFG_D_HOST_NAME));
-    assert_string_equal(cfg_format_value(c, cfg_global(c, CFG_D_RUN_AS_ROOT), out, sizeof out), "no");
+    assert_string_equal(cfg_format_value(c, cfg_global(c, CFG_D_RUN_AS_ROOT), out, sizeof out),
+                        "no");
     assert_int_equal(qnum(c, "x.com", NULL, CFG_D_CONNECT_TIMEOUT), 120);
     assert_int_equal(qnum(c, "x.com", NULL, CFG_D_SMTP_GREETING_TIMEOUT), 300);
     assert_int_equal(qnum(c, "x.com", NULL, CFG_D_DATA_SEND_TIMEOUT), 180);
@@ -350,12 +379,14 @@ static void test_global_defaults(void **state)
     cfg_free(c);
 }
 
-static void test_block_forms(void **state)
+static void
+test_block_forms(void **state)
 {
-    struct cfg *c = load("<source feeders>\n</source>\n"
-                         "<smtp-listener 127.0.0.1:4650>\n immediate-tls yes\n source feeders\n</smtp-listener>\n"
-                         "smtp-listener 127.0.0.1:2525\n"
-                         "<spool /var/spool/alt>\n</spool>\n");
+    struct cfg *c = load(
+        "<source feeders>\n</source>\n"
+        "<smtp-listener 127.0.0.1:4650>\n immediate-tls yes\n source feeders\n</smtp-listener>\n"
+        "smtp-listener 127.0.0.1:2525\n"
+        "<spool /var/spool/alt>\n</spool>\n");
     uint32_t it = 0, l;
     const struct cfg_value *v;
     (void)state;
@@ -370,9 +401,11 @@ static void test_block_forms(void **state)
     cfg_free(c);
 }
 
-/* --- the seed snippets ----------------------------------------------------------------------------- */
+/* --- the seed snippets
+ * ----------------------------------------------------------------------------- */
 
-static void test_seed_gmail(void **state)
+static void
+test_seed_gmail(void **state)
 {
     char key[512];
     char *text;
@@ -388,7 +421,7 @@ static void test_seed_gmail(void **state)
     assert_int_equal(r.v[CFG_D_MAX_MSG_RATE]->line, 7);
     assert_int_equal(r.v[CFG_D_MAX_RCPT_PER_TRANSACTION]->num, 100);
     assert_int_equal(r.v[CFG_D_MAX_SMTP_OUT]->num, 20);
-    assert_int_not_equal(r.v[CFG_D_MAX_SMTP_OUT]->file, 0);          /* from the file, not the default */
+    assert_int_not_equal(r.v[CFG_D_MAX_SMTP_OUT]->file, 0); /* from the file, not the default */
     assert_int_equal(cfg_list(c, r.v[CFG_D_RETRY_AFTER])[0], 600);
     assert_int_equal(r.v[CFG_D_DKIM_SIGN]->num, 1);
     assert_string_equal(cfg_str(c, r.v[CFG_D_DKIM_IDENTITY]->text), "@yourdomain.com");
@@ -402,7 +435,8 @@ static void test_seed_gmail(void **state)
     free(text);
 }
 
-static void test_seed_sender(void **state)
+static void
+test_seed_sender(void **state)
 {
     char *text = read_replaced(PMTA_SRCDIR "/conf/seed/seed-sender.conf", "\x01", "");
     struct cfg *c;
@@ -424,21 +458,25 @@ static void test_seed_sender(void **state)
     free(text);
 }
 
-static void test_seed_auth(void **state)
+static void
+test_seed_auth(void **state)
 {
     char *text = read_replaced(PMTA_SRCDIR "/conf/seed/seed-auth.conf", "\x01", "");
     struct cfg *c;
     (void)state;
     c = load_named("seed-auth.conf", text);
     assert_string_equal(cfg_str(c, cfg_global(c, CFG_D_AUTH_TYPE)->text), "auth_file");
-    assert_string_equal(cfg_str(c, cfg_global(c, CFG_D_AUTH_FILE)->text), "/etc/powermta/auth_file");
+    assert_string_equal(cfg_str(c, cfg_global(c, CFG_D_AUTH_FILE)->text),
+                        "/etc/powermta/auth_file");
     cfg_free(c);
     free(text);
 }
 
-/* --- the realistic sample ---------------------------------------------------------------------------- */
+/* --- the realistic sample
+ * ---------------------------------------------------------------------------- */
 
-static struct cfg *load_realistic(void)
+static struct cfg *
+load_realistic(void)
 {
     char dir[512];
     char *text;
@@ -450,7 +488,8 @@ static struct cfg *load_realistic(void)
     return c;
 }
 
-static void test_realistic(void **state)
+static void
+test_realistic(void **state)
 {
     struct cfg *c = load_realistic();
     uint32_t it = 0, n = 0, s;
@@ -485,9 +524,9 @@ static void test_realistic(void **state)
     assert_int_equal(qnum(c, "orange.fr", NULL, CFG_D_MAX_SMTP_OUT), 3);
     assert_int_equal(qnum(c, "cs.stanford.edu", NULL, CFG_D_QUEUE_PRIORITY), 30);
     assert_int_equal(qnum(c, "stanford.edu", NULL, CFG_D_MAX_SMTP_OUT), 2);
-    assert_int_equal(qnum(c, "edu", NULL, CFG_D_MAX_SMTP_OUT), 20);             /* *.edu: subdomains only */
+    assert_int_equal(qnum(c, "edu", NULL, CFG_D_MAX_SMTP_OUT), 20); /* *.edu: subdomains only */
     assert_int_equal(qnum(c, "irs.gov", NULL, CFG_D_REQUIRE_STARTTLS), 1);
-    assert_int_equal(qnum(c, "gov", NULL, CFG_D_REQUIRE_STARTTLS), 1);          /* [*.]gov: itself too */
+    assert_int_equal(qnum(c, "gov", NULL, CFG_D_REQUIRE_STARTTLS), 1); /* [*.]gov: itself too */
     assert_int_equal(qnum(c, "[192.0.2.9]", NULL, CFG_D_USE_STARTTLS), 0);
     assert_int_equal(qnum(c, "example.com", NULL, CFG_D_DKIM_SIGN), 0);
     assert_int_equal(qnum(c, "random.org", "vmta-txn", CFG_D_QUEUE_PRIORITY), 90);
@@ -496,12 +535,13 @@ static void test_realistic(void **state)
     /* vmtas, pools, lists, accounting, global */
     assert_int_equal(cfg_resolve_vmta(c, "vmta-bulk-1", &r), 0);
     assert_int_equal(r.v[CFG_D_VMTA_MAX_SMTP_OUT]->num, 400);
-    assert_string_equal(cfg_str(c, r.v[CFG_D_SMTP_SOURCE_HOST]->text), "127.0.0.12 bulk1.example.com");
+    assert_string_equal(cfg_str(c, r.v[CFG_D_SMTP_SOURCE_HOST]->text),
+                        "127.0.0.12 bulk1.example.com");
     s = cfg_find_scope(c, CFG_S_SMTP_PATTERN_LIST, "gmail-errors");
     it = 0, n = 0;
     while (cfg_scope_next(c, s, CFG_D_REPLY, &it))
         n++;
-    assert_int_equal(n, 5);                                   /* four lines + one included */
+    assert_int_equal(n, 5); /* four lines + one included */
     s = cfg_find_scope(c, CFG_S_ACCT_FILE, "/var/log/pmta/acct.csv");
     assert_int_equal(cfg_scope_get(c, s, CFG_D_MAX_SIZE)->num, 500LL << 20);
     assert_int_equal(cfg_scope_get(c, s, CFG_D_MOVE_INTERVAL)->num, 3600);
@@ -514,14 +554,17 @@ static void test_realistic(void **state)
     cfg_free(c);
 }
 
-/* --- snapshots --------------------------------------------------------------------------------------- */
+/* --- snapshots
+ * --------------------------------------------------------------------------------------- */
 
-static void snap_path(char *out, size_t size, const char *name)
+static void
+snap_path(char *out, size_t size, const char *name)
 {
     snprintf(out, size, "%s/%s", tmpdir, name);
 }
 
-static void test_snapshot_roundtrip(void **state)
+static void
+test_snapshot_roundtrip(void **state)
 {
     struct cfg *c = load_realistic(), *m;
     struct cfg_resolved a, b;
@@ -541,13 +584,14 @@ static void test_snapshot_roundtrip(void **state)
         assert_true((a.v[d] == NULL) == (b.v[d] == NULL));
         if (!a.v[d])
             continue;
-        assert_string_equal(cfg_format_value(c, a.v[d], x, sizeof x), cfg_format_value(m, b.v[d], y, sizeof y));
+        assert_string_equal(cfg_format_value(c, a.v[d], x, sizeof x),
+                            cfg_format_value(m, b.v[d], y, sizeof y));
         assert_int_equal(a.v[d]->line, b.v[d]->line);
     }
     assert_int_equal(qnum(m, "hotmail.com", NULL, CFG_D_MAX_SMTP_OUT), 12);
     assert_int_equal(snum(m, "10.9.9.9", NULL, CFG_D_MAX_MESSAGE_SIZE), 100 << 20);
     snap_path(x, sizeof x, "config.snap.tmp");
-    assert_int_equal(access(x, F_OK), -1);                     /* no temporary left behind */
+    assert_int_equal(access(x, F_OK), -1); /* no temporary left behind */
     cfg_free(m);
     cfg_free(c);
 }
@@ -556,9 +600,11 @@ static void test_snapshot_roundtrip(void **state)
 #define SNAP_HEADER      104
 #define SNAP_CHECKSUM_AT 96
 
-/* map_corrupted - copy the snapshot, apply EDIT at OFFSET (from the end if negative), optionally fix the checksum */
-static int map_corrupted(const char *src, long offset, const void *edit, size_t n, int fix_checksum,
-                         long truncate_to)
+/* map_corrupted - copy the snapshot, apply EDIT at OFFSET (from the end if negative), optionally
+ * fix the checksum */
+static int
+map_corrupted(const char *src, long offset, const void *edit, size_t n, int fix_checksum,
+              long truncate_to)
 {
     char path[512];
     FILE *f = fopen(src, "rb");
@@ -576,7 +622,7 @@ static int map_corrupted(const char *src, long offset, const void *edit, size_t 
     fclose(f);
     if (edit)
         memcpy(data + (offset < 0 ? len + offset : offset), edit, n);
-    if (fix_checksum) {                               /* FNV-1a 64 over the body */
+    if (fix_checksum) { /* FNV-1a 64 over the body */
         uint64_t h = 0xcbf29ce484222325ull;
         for (long i = SNAP_HEADER; i < len; i++) {
             h ^= data[i];
@@ -597,7 +643,8 @@ static int map_corrupted(const char *src, long offset, const void *edit, size_t 
     return err;
 }
 
-static void test_snapshot_corrupt(void **state)
+static void
+test_snapshot_corrupt(void **state)
 {
     struct cfg *c = load("<domain a.com>\n max-smtp-out 3\n</domain>\n");
     char path[512];
@@ -608,14 +655,15 @@ static void test_snapshot_corrupt(void **state)
     snap_path(path, sizeof path, "small.snap");
     assert_int_equal(cfg_snapshot_write(c, path), 0);
     cfg_free(c);
-    assert_int_equal(map_corrupted(path, 0, NULL, 0, 1, -1), 0);                   /* the tool itself is right */
-    assert_int_equal(map_corrupted(path, 0, "PMTACFG9", 8, 0, -1), -EPROTO);      /* magic */
-    assert_int_equal(map_corrupted(path, -3, "\xff", 1, 0, -1), -EPROTO);          /* checksum */
-    assert_int_equal(map_corrupted(path, 0, NULL, 0, 0, 50), -EPROTO);              /* truncated header */
-    assert_int_equal(map_corrupted(path, 0, NULL, 0, 0, 200), -EPROTO);             /* truncated body */
-    assert_int_equal(map_corrupted(path, 36, &huge, 4, 0, -1), -EPROTO);            /* nscopes too big */
-    assert_int_equal(map_corrupted(path, 56, &off, 8, 0, -1), -EPROTO);             /* offset into header */
-    assert_int_equal(map_corrupted(path, -1, "x", 1, 1, -1), -EPROTO);              /* string pool not NUL-ended */
+    assert_int_equal(map_corrupted(path, 0, NULL, 0, 1, -1), 0); /* the tool itself is right */
+    assert_int_equal(map_corrupted(path, 0, "PMTACFG9", 8, 0, -1), -EPROTO); /* magic */
+    assert_int_equal(map_corrupted(path, -3, "\xff", 1, 0, -1), -EPROTO);    /* checksum */
+    assert_int_equal(map_corrupted(path, 0, NULL, 0, 0, 50), -EPROTO);       /* truncated header */
+    assert_int_equal(map_corrupted(path, 0, NULL, 0, 0, 200), -EPROTO);      /* truncated body */
+    assert_int_equal(map_corrupted(path, 36, &huge, 4, 0, -1), -EPROTO);     /* nscopes too big */
+    assert_int_equal(map_corrupted(path, 56, &off, 8, 0, -1), -EPROTO); /* offset into header */
+    assert_int_equal(map_corrupted(path, -1, "x", 1, 1, -1),
+                     -EPROTO); /* string pool not NUL-ended */
     /* an in-body index out of range with a valid checksum: scope 0's name offset */
     assert_int_equal(map_corrupted(path, SNAP_HEADER + 4, &huge, 4, 1, -1), -EPROTO);
     /* a scope's value run past the end of the values array */
@@ -628,9 +676,11 @@ static void test_snapshot_corrupt(void **state)
     assert_int_equal(err, -ENOENT);
 }
 
-/* --- --show-settings data ------------------------------------------------------------------------------ */
+/* --- --show-settings data
+ * ------------------------------------------------------------------------------ */
 
-static void test_show_settings_data(void **state)
+static void
+test_show_settings_data(void **state)
 {
     struct cfg *c = load("<domain *>\n max-smtp-out 7\n</domain>\n");
     char out[64];
@@ -653,7 +703,8 @@ static void test_show_settings_data(void **state)
     cfg_free(c);
 }
 
-int main(void)
+int
+main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_domain_specificity),

@@ -14,14 +14,16 @@
 
 #include "cfg.h"
 
-static int64_t num(int (*fn)(const char *, int64_t *), const char *s)
+static int64_t
+num(int (*fn)(const char *, int64_t *), const char *s)
 {
     int64_t v = -12345;
     assert_int_equal(fn(s, &v), 0);
     return v;
 }
 
-static void test_bool(void **state)
+static void
+test_bool(void **state)
 {
     int64_t v;
     (void)state;
@@ -37,7 +39,8 @@ static void test_bool(void **state)
     assert_int_equal(cfg_parse_bool("yes ", &v), -EINVAL);
 }
 
-static void test_int(void **state)
+static void
+test_int(void **state)
 {
     int64_t v;
     (void)state;
@@ -52,7 +55,8 @@ static void test_int(void **state)
     assert_int_equal(cfg_parse_int("1 2", &v), -EINVAL);
 }
 
-static void test_size(void **state)
+static void
+test_size(void **state)
 {
     int64_t v;
     (void)state;
@@ -71,10 +75,11 @@ static void test_size(void **state)
     assert_int_equal(cfg_parse_size("M", &v), -EINVAL);
     assert_int_equal(cfg_parse_size("", &v), -EINVAL);
     assert_int_equal(cfg_parse_size("99999999t", &v), -ERANGE);
-    assert_int_equal(cfg_parse_size("8388608T", &v), -ERANGE);   /* 2^63 bytes */
+    assert_int_equal(cfg_parse_size("8388608T", &v), -ERANGE); /* 2^63 bytes */
 }
 
-static void test_interval(void **state)
+static void
+test_interval(void **state)
 {
     int64_t v;
     (void)state;
@@ -98,7 +103,8 @@ static void test_interval(void **state)
     assert_int_equal(cfg_parse_interval("9223372036854775807s1s", &v), -ERANGE);
 }
 
-static void test_interval_list(void **state)
+static void
+test_interval_list(void **state)
 {
     int64_t v[8];
     (void)state;
@@ -114,11 +120,12 @@ static void test_interval_list(void **state)
     assert_int_equal(cfg_parse_interval_list("10m, 1h", v, 8), -EINVAL);
     assert_int_equal(cfg_parse_interval_list("10m,", v, 8), -EINVAL);
     assert_int_equal(cfg_parse_interval_list("", v, 8), -EINVAL);
-    assert_int_equal(cfg_parse_interval_list("1m,2m,3m", v, 2), -EINVAL);   /* too many */
+    assert_int_equal(cfg_parse_interval_list("1m,2m,3m", v, 2), -EINVAL); /* too many */
     assert_int_equal(cfg_parse_interval_list("1m,99999999999999999w", v, 8), -ERANGE);
 }
 
-static void rate(const char *s, int64_t count, int64_t period)
+static void
+rate(const char *s, int64_t count, int64_t period)
 {
     int64_t c = -1, p = -1;
     assert_int_equal(cfg_parse_rate(s, &c, &p), 0);
@@ -126,7 +133,8 @@ static void rate(const char *s, int64_t count, int64_t period)
     assert_int_equal(p, period);
 }
 
-static void test_rate(void **state)
+static void
+test_rate(void **state)
 {
     int64_t c, p;
     (void)state;
@@ -137,7 +145,7 @@ static void test_rate(void **state)
     rate("100/15m", 100, 900);
     rate("500/h", 500, 3600);
     rate("10/m", 10, 60);
-    rate("3000/hour", 3000, 3600);        /* the seed's spelling */
+    rate("3000/hour", 3000, 3600); /* the seed's spelling */
     rate("5/minute", 5, 60);
     rate("1/second", 1, 1);
     rate("2/day", 2, 86400);
@@ -146,7 +154,7 @@ static void test_rate(void **state)
     rate("9/min", 9, 60);
     rate("4/sec", 4, 1);
     rate("4/2hr", 4, 7200);
-    assert_int_equal(cfg_parse_rate("0/h", &c, &p), -EINVAL);       /* N must be non-zero */
+    assert_int_equal(cfg_parse_rate("0/h", &c, &p), -EINVAL); /* N must be non-zero */
     assert_int_equal(cfg_parse_rate("100", &c, &p), -EINVAL);
     assert_int_equal(cfg_parse_rate("100/", &c, &p), -EINVAL);
     assert_int_equal(cfg_parse_rate("100/x", &c, &p), -EINVAL);
@@ -159,7 +167,8 @@ static void test_rate(void **state)
     assert_int_equal(cfg_parse_rate("1/999999999999999999d", &c, &p), -ERANGE);
 }
 
-static const char *fmt(enum cfg_directive d, int64_t n, int64_t n2)
+static const char *
+fmt(enum cfg_directive d, int64_t n, int64_t n2)
 {
     static char out[64];
     struct cfg_value v;
@@ -172,7 +181,8 @@ static const char *fmt(enum cfg_directive d, int64_t n, int64_t n2)
     return cfg_format_value(NULL, &v, out, sizeof out);
 }
 
-static void test_format(void **state)
+static void
+test_format(void **state)
 {
     (void)state;
     assert_string_equal(fmt(CFG_D_BOUNCE_AFTER, 4 * 86400 + 12 * 3600, 0), "4d12h");
@@ -190,7 +200,8 @@ static void test_format(void **state)
     assert_string_equal(fmt(CFG_D_DKIM_BODY_CANON, 1, 0), "simple");
 }
 
-static void test_directive_lookup(void **state)
+static void
+test_directive_lookup(void **state)
 {
     (void)state;
     assert_int_equal(cfg_directive_lookup("max-smtp-out", CFG_S_DOMAIN), CFG_D_MAX_SMTP_OUT);
@@ -208,31 +219,46 @@ static void test_directive_lookup(void **state)
     assert_null(cfg_directive_info((enum cfg_directive)CFG_D_COUNT));
 }
 
-static void test_directive_suggest(void **state)
+static void
+test_directive_suggest(void **state)
 {
     (void)state;
-    assert_string_equal(cfg_directive_suggest("max-smpt-out"), "max-smtp-out");   /* transposition */
-    assert_string_equal(cfg_directive_suggest("retry-afer"), "retry-after");      /* deletion */
+    assert_string_equal(cfg_directive_suggest("max-smpt-out"), "max-smtp-out"); /* transposition */
+    assert_string_equal(cfg_directive_suggest("retry-afer"), "retry-after");    /* deletion */
     assert_string_equal(cfg_directive_suggest("bounce-aftr"), "bounce-after");
     assert_string_equal(cfg_directive_suggest("dkim-sing"), "dkim-sign");
     assert_null(cfg_directive_suggest("completely-unknown-thing"));
-    assert_null(cfg_directive_suggest("max-smtp-out"));     /* exact: nothing to suggest */
+    assert_null(cfg_directive_suggest("max-smtp-out")); /* exact: nothing to suggest */
 }
 
 /* the defaults powermta.md documents, and the ones our extensions pick */
-static void test_directive_defaults(void **state)
+static void
+test_directive_defaults(void **state)
 {
-    static const struct { enum cfg_directive d; const char *text; } want[] = {
-        { CFG_D_MAX_SMTP_OUT, "20" }, { CFG_D_MAX_RCPT_PER_TRANSACTION, "1000" },
-        { CFG_D_RETRY_AFTER, "10m" }, { CFG_D_BOUNCE_AFTER, "4d12h" },
-        { CFG_D_BACKOFF_MAX_SMTP_OUT, "20" }, { CFG_D_BACKOFF_RETRY_AFTER, "1h" },
-        { CFG_D_QUEUE_PRIORITY, "50" }, { CFG_D_RETRY_RECIPIENTS_AFTER, "10m" },
-        { CFG_D_CONNECT_TIMEOUT, "2m" }, { CFG_D_SMTP_GREETING_TIMEOUT, "5m" },
-        { CFG_D_DATA_SEND_TIMEOUT, "3m" }, { CFG_D_TOTAL_MAX_SMTP_IN, "100" },
-        { CFG_D_TOTAL_MAX_SMTP_OUT, "1200" }, { CFG_D_HTTP_MGMT_PORT, "8080" },
-        { CFG_D_QUEUE_MAP_SIZE, "1G" }, { CFG_D_MAX_MSG_RATE, "unlimited" },
-        { CFG_D_MAX_MSG_PER_CONNECTION, "0" }, { CFG_D_MOVE_INTERVAL, "1d" },
-        { CFG_D_MAX_SIZE, "250M" }, { CFG_D_DELETE_AFTER, "8d" },
+    static const struct {
+        enum cfg_directive d;
+        const char *text;
+    } want[] = {
+        { CFG_D_MAX_SMTP_OUT, "20" },
+        { CFG_D_MAX_RCPT_PER_TRANSACTION, "1000" },
+        { CFG_D_RETRY_AFTER, "10m" },
+        { CFG_D_BOUNCE_AFTER, "4d12h" },
+        { CFG_D_BACKOFF_MAX_SMTP_OUT, "20" },
+        { CFG_D_BACKOFF_RETRY_AFTER, "1h" },
+        { CFG_D_QUEUE_PRIORITY, "50" },
+        { CFG_D_RETRY_RECIPIENTS_AFTER, "10m" },
+        { CFG_D_CONNECT_TIMEOUT, "2m" },
+        { CFG_D_SMTP_GREETING_TIMEOUT, "5m" },
+        { CFG_D_DATA_SEND_TIMEOUT, "3m" },
+        { CFG_D_TOTAL_MAX_SMTP_IN, "100" },
+        { CFG_D_TOTAL_MAX_SMTP_OUT, "1200" },
+        { CFG_D_HTTP_MGMT_PORT, "8080" },
+        { CFG_D_QUEUE_MAP_SIZE, "1G" },
+        { CFG_D_MAX_MSG_RATE, "unlimited" },
+        { CFG_D_MAX_MSG_PER_CONNECTION, "0" },
+        { CFG_D_MOVE_INTERVAL, "1d" },
+        { CFG_D_MAX_SIZE, "250M" },
+        { CFG_D_DELETE_AFTER, "8d" },
     };
     (void)state;
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
@@ -243,7 +269,8 @@ static void test_directive_defaults(void **state)
 }
 
 /* table sanity: every directive is valid somewhere, and no two ids share a name in one scope */
-static void test_directive_table(void **state)
+static void
+test_directive_table(void **state)
 {
     (void)state;
     for (int d = 0; d < CFG_D_COUNT; d++) {
@@ -258,7 +285,8 @@ static void test_directive_table(void **state)
     }
 }
 
-int main(void)
+int
+main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bool),

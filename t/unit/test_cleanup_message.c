@@ -24,7 +24,7 @@
 #include "cleanup_dkim.h"
 #include "cleanup_message.h"
 
-#define NOW ((time_t)1700000000)   /* Tue, 14 Nov 2023 22:13:20 +0000 */
+#define NOW ((time_t)1700000000) /* Tue, 14 Nov 2023 22:13:20 +0000 */
 
 static char errbuf[CLEANUP_ERRLEN];
 
@@ -34,8 +34,8 @@ parse_ok(const char *text)
 {
     struct cleanup_message *msg = NULL;
 
-    assert_int_equal(cleanup_message_parse(text, strlen(text), NULL, &msg, errbuf,
-                                           sizeof(errbuf)), 0);
+    assert_int_equal(cleanup_message_parse(text, strlen(text), NULL, &msg, errbuf, sizeof(errbuf)),
+                     0);
     assert_non_null(msg);
     return msg;
 }
@@ -110,7 +110,8 @@ test_bare_lf_and_cr_become_crlf(void **state)
     (void)state;
     msg = parse_ok("From: a@b\nSubject: x\n\tmore\n\nline1\nline2\rline3\r\n");
     out = render(msg);
-    assert_string_equal(out, "From: a@b\r\nSubject: x\r\n\tmore\r\n\r\nline1\r\nline2\r\nline3\r\n");
+    assert_string_equal(out,
+                        "From: a@b\r\nSubject: x\r\n\tmore\r\n\r\nline1\r\nline2\r\nline3\r\n");
     free(out);
     cleanup_message_free(msg);
 }
@@ -216,8 +217,9 @@ test_megabyte_header_line_refused(void **state)
     len = snprintf(in, 64, "From: a@b\r\nX-Long: ");
     memset(in + len, 'a', n);
     memcpy(in + len + n, "\r\n\r\nbody\r\n", 10);
-    assert_int_equal(cleanup_message_parse(in, (size_t)len + n + 10, NULL, &msg, errbuf,
-                                           sizeof(errbuf)), -E2BIG);
+    assert_int_equal(
+        cleanup_message_parse(in, (size_t)len + n + 10, NULL, &msg, errbuf, sizeof(errbuf)),
+        -E2BIG);
     assert_null(msg);
     assert_string_equal(errbuf, "header field longer than 102400 bytes");
     free(in);
@@ -234,12 +236,12 @@ test_folded_field_and_section_limits(void **state)
 
     (void)state;
     /* a field that grows past the limit through continuation lines */
-    assert_int_equal(cleanup_message_parse(folded, strlen(folded), &lim, &msg, errbuf,
-                                           sizeof(errbuf)), -E2BIG);
+    assert_int_equal(
+        cleanup_message_parse(folded, strlen(folded), &lim, &msg, errbuf, sizeof(errbuf)), -E2BIG);
     assert_string_equal(errbuf, "header field longer than 40 bytes");
     /* fields that are each fine but together pass the section limit */
-    assert_int_equal(cleanup_message_parse(many, strlen(many), &lim, &msg, errbuf,
-                                           sizeof(errbuf)), -E2BIG);
+    assert_int_equal(cleanup_message_parse(many, strlen(many), &lim, &msg, errbuf, sizeof(errbuf)),
+                     -E2BIG);
     assert_string_equal(errbuf, "header section longer than 100 bytes");
     assert_null(msg);
 }
@@ -330,7 +332,8 @@ test_bad_job_id_refused_but_removed(void **state)
     assert_true(msg->bad_job_id);
     assert_null(cleanup_message_find(msg, "X-Job"));
     cleanup_message_free(msg);
-    msg = parse_ok("From: a@b\r\nX-Job: ctl\x01" "char\r\n\r\n");
+    msg = parse_ok("From: a@b\r\nX-Job: ctl\x01"
+                   "char\r\n\r\n");
     cleanup_message_apply(msg, &o, NULL, NOW);
     assert_null(msg->job_id);
     assert_true(msg->bad_job_id);
@@ -351,7 +354,7 @@ test_jobid_header_from_message_id(void **state)
     msg = parse_ok("From: a@b\r\nMessage-ID: <id1@b>\r\n\r\n");
     cleanup_message_apply(msg, &o, NULL, NOW);
     assert_string_equal(msg->job_id, "<id1@b>");
-    assert_non_null(cleanup_message_find(msg, "Message-ID"));   /* not ours to strip */
+    assert_non_null(cleanup_message_find(msg, "Message-ID")); /* not ours to strip */
     cleanup_message_free(msg);
 }
 
@@ -367,16 +370,22 @@ test_empty_x_virtual_mta_passed_through(void **state)
     o.process_x_virtual_mta = 1;
     msg = parse_ok("From: a@b\r\nX-Virtual-MTA:\r\n\r\n");
     cleanup_message_apply(msg, &o, NULL, NOW);
-    assert_string_equal(msg->virtual_mta, "");   /* allow-empty-x-virtual-mta decides */
+    assert_string_equal(msg->virtual_mta, ""); /* allow-empty-x-virtual-mta decides */
     cleanup_message_free(msg);
 }
 
 /* --- Received, Message-ID, Date --------------------------------------------- */
 
 static const struct cleanup_client client = {
-    .helo = "feeder.example.net", .rdns = "feeder.example.net", .addr = "192.0.2.7",
-    .protocol = "ESMTPSA", .auth_user = "bulk(user)", .tls = "TLSv1.3 with cipher X",
-    .host_name = "mta.example.com", .queue_id = "Q123", .rcpt = "r@example.org",
+    .helo = "feeder.example.net",
+    .rdns = "feeder.example.net",
+    .addr = "192.0.2.7",
+    .protocol = "ESMTPSA",
+    .auth_user = "bulk(user)",
+    .tls = "TLSv1.3 with cipher X",
+    .host_name = "mta.example.com",
+    .queue_id = "Q123",
+    .rcpt = "r@example.org",
 };
 
 static void
@@ -392,13 +401,13 @@ test_received_added(void **state)
     cleanup_message_apply(msg, &o, &client, NOW);
     out = render(msg);
     assert_string_equal(out,
-        "Received: from feeder.example.net (feeder.example.net [192.0.2.7])\r\n"
-        "\t(using TLSv1.3 with cipher X)\r\n"
-        "\t(Authenticated sender: bulk?user?)\r\n"
-        "\tby mta.example.com (openpmta) with ESMTPSA id Q123\r\n"
-        "\tfor <r@example.org>; Tue, 14 Nov 2023 22:13:20 +0000\r\n"
-        "From: a@b\r\n\r\nb\r\n");
-    assert_int_equal(msg->qid_offset, SIZE_MAX);   /* real id given: nothing to patch */
+                        "Received: from feeder.example.net (feeder.example.net [192.0.2.7])\r\n"
+                        "\t(using TLSv1.3 with cipher X)\r\n"
+                        "\t(Authenticated sender: bulk?user?)\r\n"
+                        "\tby mta.example.com (openpmta) with ESMTPSA id Q123\r\n"
+                        "\tfor <r@example.org>; Tue, 14 Nov 2023 22:13:20 +0000\r\n"
+                        "From: a@b\r\n\r\nb\r\n");
+    assert_int_equal(msg->qid_offset, SIZE_MAX); /* real id given: nothing to patch */
     free(out);
     cleanup_message_free(msg);
 }
@@ -469,7 +478,7 @@ test_queue_id_placeholder_patched_in_place(void **state)
     cleanup_opts_default(&o);
     msg = parse_ok("From: a@b\r\n\r\n");
     cleanup_message_apply(msg, &o, &c, NOW);
-    cleanup_message_prepend(msg, "DKIM-Signature: v=1; fake");   /* shifts the offset */
+    cleanup_message_prepend(msg, "DKIM-Signature: v=1; fake"); /* shifts the offset */
     out = render(msg);
     assert_int_not_equal(msg->qid_offset, SIZE_MAX);
     assert_memory_equal(out + msg->qid_offset, CLEANUP_QID_PLACEHOLDER,
@@ -503,7 +512,8 @@ test_message_id_and_date_only_when_missing(void **state)
     assert_string_equal(value_of(msg, "Date"), "Tue, 14 Nov 2023 22:13:20 +0000");
     cleanup_message_free(msg);
 
-    msg = parse_ok("From: a@b\r\nMessage-Id: <keep@b>\r\nDate: Mon, 1 Jan 2001 00:00:00 +0000\r\n\r\n");
+    msg = parse_ok(
+        "From: a@b\r\nMessage-Id: <keep@b>\r\nDate: Mon, 1 Jan 2001 00:00:00 +0000\r\n\r\n");
     cleanup_message_apply(msg, &o, &client, NOW);
     assert_string_equal(value_of(msg, "Message-ID"), "<keep@b>");
     assert_string_equal(value_of(msg, "Date"), "Mon, 1 Jan 2001 00:00:00 +0000");
@@ -624,14 +634,15 @@ test_key_choice_by_identity(void **state)
 
     (void)state;
     assert_non_null(dk);
-    assert_int_equal(cleanup_dkim_keylist_add(dk, vmta, "v1", "vmta.example", key, errbuf,
-                                              sizeof(errbuf)), 0);
-    assert_int_equal(cleanup_dkim_keylist_add(dk, global, "s1", "Example.COM", key, errbuf,
-                                              sizeof(errbuf)), 0);
-    assert_int_equal(cleanup_dkim_keylist_add(dk, global, "s2", "sub.example.com", key, errbuf,
-                                              sizeof(errbuf)), 0);
-    assert_int_equal(cleanup_dkim_keylist_add(dk, global, "wild", "*", key, errbuf,
-                                              sizeof(errbuf)), 0);
+    assert_int_equal(
+        cleanup_dkim_keylist_add(dk, vmta, "v1", "vmta.example", key, errbuf, sizeof(errbuf)), 0);
+    assert_int_equal(
+        cleanup_dkim_keylist_add(dk, global, "s1", "Example.COM", key, errbuf, sizeof(errbuf)), 0);
+    assert_int_equal(
+        cleanup_dkim_keylist_add(dk, global, "s2", "sub.example.com", key, errbuf, sizeof(errbuf)),
+        0);
+    assert_int_equal(cleanup_dkim_keylist_add(dk, global, "wild", "*", key, errbuf, sizeof(errbuf)),
+                     0);
 
     /* the parent-domain key comes first in order, so it wins for sub.example.com */
     assert_int_equal(cleanup_dkim_choose(lists, 2, "sub.example.com", &ch), 1);
@@ -665,20 +676,22 @@ test_key_errors_are_clear(void **state)
 
     (void)state;
     assert_int_equal(cleanup_dkim_keylist_add(dk, l, "s", "example.com", "/nonexistent/k.pem",
-                                              errbuf, sizeof(errbuf)), -ENOENT);
+                                              errbuf, sizeof(errbuf)),
+                     -ENOENT);
     assert_string_equal(errbuf,
                         "cannot read DKIM key /nonexistent/k.pem: No such file or directory");
-    assert_int_equal(cleanup_dkim_keylist_add(dk, l, "s", "example.com", bad, errbuf,
-                                              sizeof(errbuf)), -EINVAL);
+    assert_int_equal(
+        cleanup_dkim_keylist_add(dk, l, "s", "example.com", bad, errbuf, sizeof(errbuf)), -EINVAL);
     assert_non_null(strstr(errbuf, "not an unencrypted private key in PEM form"));
-    assert_int_equal(cleanup_dkim_keylist_add(dk, l, "s", "example.com", pub, errbuf,
-                                              sizeof(errbuf)), -EINVAL);
-    assert_int_equal(cleanup_dkim_keylist_add(dk, l, "s", "example.com", "/", errbuf,
-                                              sizeof(errbuf)), -EINVAL);
-    assert_int_equal(cleanup_dkim_keylist_add(dk, l, "bad sel", "example.com", pub, errbuf,
-                                              sizeof(errbuf)), -EINVAL);
-    assert_int_equal(cleanup_dkim_keylist_add(dk, l, "s", "exa mple.com", pub, errbuf,
-                                              sizeof(errbuf)), -EINVAL);
+    assert_int_equal(
+        cleanup_dkim_keylist_add(dk, l, "s", "example.com", pub, errbuf, sizeof(errbuf)), -EINVAL);
+    assert_int_equal(
+        cleanup_dkim_keylist_add(dk, l, "s", "example.com", "/", errbuf, sizeof(errbuf)), -EINVAL);
+    assert_int_equal(
+        cleanup_dkim_keylist_add(dk, l, "bad sel", "example.com", pub, errbuf, sizeof(errbuf)),
+        -EINVAL);
+    assert_int_equal(
+        cleanup_dkim_keylist_add(dk, l, "s", "exa mple.com", pub, errbuf, sizeof(errbuf)), -EINVAL);
     free(bad);
     free(pub);
     cleanup_dkim_keylist_free(l);

@@ -129,7 +129,7 @@ test_ipc_partial_frame_waits(void **state)
 static void
 test_ipc_rejects_bad_headers(void **state)
 {
-    uint8_t tiny[12] = { 0, 0, 0, 5 };           /* shorter than its own header */
+    uint8_t tiny[12] = { 0, 0, 0, 5 };             /* shorter than its own header */
     uint8_t huge[12] = { 0x7f, 0xff, 0xff, 0xff }; /* past IPC_FRAME_MAX */
     uint8_t flags[12] = { 0, 0, 0, 12, 0, 1, 0, 1 };
     struct ipc_msg m;
@@ -308,7 +308,10 @@ test_msg_printable_neutralises_control_bytes(void **state)
     char out[16];
 
     (void)state;
-    msg_printable(out, sizeof(out), "a\r\nb\x01\xff" "c", 7);
+    msg_printable(out, sizeof(out),
+                  "a\r\nb\x01\xff"
+                  "c",
+                  7);
     assert_string_equal(out, "a??b??c");
     msg_printable(out, 4, "abcdef", 6);
     assert_string_equal(out, "abc");

@@ -37,26 +37,27 @@
 
 #include "qmgr_acct.h"
 
-#define NOW ((time_t)1700000000)   /* 2023-11-14 22:13:20 +0000 */
+#define NOW ((time_t)1700000000) /* 2023-11-14 22:13:20 +0000 */
 
 static char dir[128];
 static time_t fake_now;
 
-static time_t fake_clock(void *ctx)
+static time_t
+fake_clock(void *ctx)
 {
     return fake_now;
 }
 
 static const struct qmgr_acct_opts opts = { fake_clock, NULL };
 
-static void quiet(void *ctx, enum cfg_diag_level level, const char *file, unsigned line,
-                  const char *message)
-{
-}
+static void
+quiet(void *ctx, enum cfg_diag_level level, const char *file, unsigned line, const char *message)
+{}
 
 /* --- fixtures ----------------------------------------------------------------------------- */
 
-static int make_dir(void **state)
+static int
+make_dir(void **state)
 {
     snprintf(dir, sizeof dir, "/tmp/test_qmgr_acct.XXXXXX");
     assert_non_null(mkdtemp(dir));
@@ -64,7 +65,8 @@ static int make_dir(void **state)
     return 0;
 }
 
-static void remove_tree(const char *path)
+static void
+remove_tree(const char *path)
 {
     DIR *d = opendir(path);
     struct dirent *e;
@@ -86,14 +88,16 @@ static void remove_tree(const char *path)
     rmdir(path);
 }
 
-static int remove_dir(void **state)
+static int
+remove_dir(void **state)
 {
     remove_tree(dir);
     return 0;
 }
 
 /* open_acct - load TEXT (a printf format taking the directory, possibly several times) */
-static struct qmgr_acct *open_acct(struct cfg **cp, const char *fmt)
+static struct qmgr_acct *
+open_acct(struct cfg **cp, const char *fmt)
 {
     char text[4096];
     unsigned nerr = 0;
@@ -108,12 +112,14 @@ static struct qmgr_acct *open_acct(struct cfg **cp, const char *fmt)
     return a;
 }
 
-static char *path_in(const char *name)
+static char *
+path_in(const char *name)
 {
     return xasprintf("%s/%s", dir, name);
 }
 
-static char *slurp(const char *path, size_t *lenp)
+static char *
+slurp(const char *path, size_t *lenp)
 {
     FILE *f = fopen(path, "rb");
     char *data;
@@ -144,7 +150,8 @@ struct csv {
 };
 
 /* parse_csv - every record ends in CRLF; quoted fields may hold , and "" */
-static void parse_csv(const char *text, struct csv *out)
+static void
+parse_csv(const char *text, struct csv *out)
 {
     const char *p = text;
 
@@ -175,7 +182,7 @@ static void parse_csv(const char *text, struct csv *out)
                 p++;
                 continue;
             }
-            assert_int_equal(p[0], '\r');   /* CRLF only, never a bare LF */
+            assert_int_equal(p[0], '\r'); /* CRLF only, never a bare LF */
             assert_int_equal(p[1], '\n');
             p += 2;
             break;
@@ -183,14 +190,16 @@ static void parse_csv(const char *text, struct csv *out)
     }
 }
 
-static void free_csv(struct csv *c)
+static void
+free_csv(struct csv *c)
 {
     for (int r = 0; r < c->nrows; r++)
         for (int i = 0; i < c->nfields[r]; i++)
             free(c->f[r][i]);
 }
 
-static void read_csv(const char *name, struct csv *out)
+static void
+read_csv(const char *name, struct csv *out)
 {
     char *path = path_in(name), *text = slurp(path, NULL);
 
@@ -200,7 +209,8 @@ static void read_csv(const char *name, struct csv *out)
 }
 
 /* col - index of column NAME in the header row, or fail */
-static int col(const struct csv *c, const char *name)
+static int
+col(const struct csv *c, const char *name)
 {
     for (int i = 0; i < c->nfields[0]; i++)
         if (strcmp(c->f[0][i], name) == 0)
@@ -209,7 +219,8 @@ static int col(const struct csv *c, const char *name)
     return -1;
 }
 
-static const char *cell(const struct csv *c, int row, const char *name)
+static const char *
+cell(const struct csv *c, int row, const char *name)
 {
     int i = col(c, name);
 
@@ -217,7 +228,8 @@ static const char *cell(const struct csv *c, int row, const char *name)
     return c->f[row][i];
 }
 
-static struct qmgr_acct_record delivery(void)
+static struct qmgr_acct_record
+delivery(void)
 {
     struct qmgr_acct_record r = {
         .type = QMGR_ACCT_D,
@@ -245,7 +257,8 @@ static struct qmgr_acct_record delivery(void)
 
 /* --- tests -------------------------------------------------------------------------------- */
 
-static void test_header_and_record_order(void **state)
+static void
+test_header_and_record_order(void **state)
 {
     struct cfg *c;
     struct qmgr_acct *a = open_acct(&c, "<acct-file %s/acct.csv>\n</acct-file>\n");
@@ -265,12 +278,34 @@ static void test_header_and_record_order(void **state)
     read_csv("acct.csv", &csv);
     assert_int_equal(csv.nrows, 3);
     /* the documented column order: PowerMTA's sample d record first */
-    const char *expect[] = { "type", "timeLogged", "timeQueued", "orig", "rcpt", "orcpt",
-                             "dsnAction", "dsnStatus", "dsnDiag", "dsnMta", "bounceCat",
-                             "srcType", "srcMta", "dlvType", "dlvSourceIp", "dlvDestinationIp",
-                             "dlvEsmtpAvailable", "dlvSize", "vmta", "jobId", "envId", "queue",
-                             "vmtaPool", "totalSecondsQueued", "dlvTlsProtocol", "dlvTlsCipher",
-                             "rcvSmtpUser", "userString" };
+    const char *expect[] = { "type",
+                             "timeLogged",
+                             "timeQueued",
+                             "orig",
+                             "rcpt",
+                             "orcpt",
+                             "dsnAction",
+                             "dsnStatus",
+                             "dsnDiag",
+                             "dsnMta",
+                             "bounceCat",
+                             "srcType",
+                             "srcMta",
+                             "dlvType",
+                             "dlvSourceIp",
+                             "dlvDestinationIp",
+                             "dlvEsmtpAvailable",
+                             "dlvSize",
+                             "vmta",
+                             "jobId",
+                             "envId",
+                             "queue",
+                             "vmtaPool",
+                             "totalSecondsQueued",
+                             "dlvTlsProtocol",
+                             "dlvTlsCipher",
+                             "rcvSmtpUser",
+                             "userString" };
     assert_int_equal(csv.nfields[0], (int)(sizeof expect / sizeof expect[0]));
     for (size_t i = 0; i < sizeof expect / sizeof expect[0]; i++)
         assert_string_equal(csv.f[0][i], expect[i]);
@@ -278,7 +313,8 @@ static void test_header_and_record_order(void **state)
     assert_string_equal(cell(&csv, 1, "timeLogged"), "2023-11-14 22:13:20+0000");
     assert_string_equal(cell(&csv, 1, "timeQueued"), "2023-11-14 22:12:15+0000");
     assert_string_equal(cell(&csv, 1, "totalSecondsQueued"), "65");
-    assert_string_equal(cell(&csv, 1, "dlvEsmtpAvailable"), "PIPELINING,8BITMIME,ENHANCEDSTATUSCODES");
+    assert_string_equal(cell(&csv, 1, "dlvEsmtpAvailable"),
+                        "PIPELINING,8BITMIME,ENHANCEDSTATUSCODES");
     assert_string_equal(cell(&csv, 1, "dlvSize"), "41159");
     assert_string_equal(cell(&csv, 1, "queue"), "rcpt.example/vmta1");
     assert_string_equal(cell(&csv, 1, "orcpt"), "");
@@ -289,7 +325,8 @@ static void test_header_and_record_order(void **state)
     cfg_free(c);
 }
 
-static void test_hostile_values_quoted_and_neutralised(void **state)
+static void
+test_hostile_values_quoted_and_neutralised(void **state)
 {
     struct cfg *c;
     struct qmgr_acct *a = open_acct(&c, "<acct-file %s/acct.csv>\n</acct-file>\n");
@@ -304,9 +341,10 @@ static void test_hostile_values_quoted_and_neutralised(void **state)
     qmgr_acct_close(a);
 
     raw = slurp(path, NULL);
-    assert_non_null(strstr(raw, ",\"smtp;550 5.7.1 no, \"\"really\"\" d,evil,row X Y caf\xc3\xa9 ?? end\","));
+    assert_non_null(
+        strstr(raw, ",\"smtp;550 5.7.1 no, \"\"really\"\" d,evil,row X Y caf\xc3\xa9 ?? end\","));
     read_csv("acct.csv", &csv);
-    assert_int_equal(csv.nrows, 2);                       /* no extra row from the CR/LF */
+    assert_int_equal(csv.nrows, 2); /* no extra row from the CR/LF */
     assert_string_equal(cell(&csv, 1, "dsnDiag"),
                         "smtp;550 5.7.1 no, \"really\" d,evil,row X Y caf\xc3\xa9 ?? end");
     assert_string_equal(cell(&csv, 1, "rcpt"), "a\"b@x.example");
@@ -316,16 +354,17 @@ static void test_hostile_values_quoted_and_neutralised(void **state)
     cfg_free(c);
 }
 
-static void test_record_fields_selection(void **state)
+static void
+test_record_fields_selection(void **state)
 {
     struct cfg *c;
-    struct qmgr_acct *a = open_acct(&c,
-        "<acct-file %s/acct.csv>\n"
-        "  records d,bounce\n"
-        "  record-fields d timeLogged,rcpt,dsnStatus,header_Subject,header_X-Job\n"
-        "  record-fields bounce *,!dsnDiag,!userString,!rcvSmtpUser,!totalSecondsQueued,"
-        "!dlvTlsProtocol,!dlvTlsCipher,!vmtaPool\n"
-        "</acct-file>\n");
+    struct qmgr_acct *a = open_acct(
+        &c, "<acct-file %s/acct.csv>\n"
+            "  records d,bounce\n"
+            "  record-fields d timeLogged,rcpt,dsnStatus,header_Subject,header_X-Job\n"
+            "  record-fields bounce *,!dsnDiag,!userString,!rcvSmtpUser,!totalSecondsQueued,"
+            "!dlvTlsProtocol,!dlvTlsCipher,!vmtaPool\n"
+            "</acct-file>\n");
     struct qmgr_acct_record r = delivery();
     static const char hdrs[] = "From: a@b\r\nSubject: Hello,\r\n  folded \"world\"\r\n"
                                "x-job: J1\r\n\r\nSubject: body, not a header\r\n";
@@ -342,30 +381,31 @@ static void test_record_fields_selection(void **state)
     /* the union: b's fields (without the removed ones), then the headers */
     assert_string_equal(csv.f[0][csv.nfields[0] - 2], "header_Subject");
     assert_string_equal(csv.f[0][csv.nfields[0] - 1], "header_X-Job");
-    for (int i = 0; i < csv.nfields[0]; i++) {              /* neither d nor b has these */
+    for (int i = 0; i < csv.nfields[0]; i++) { /* neither d nor b has these */
         assert_string_not_equal(csv.f[0][i], "userString");
         assert_string_not_equal(csv.f[0][i], "vmtaPool");
         assert_string_not_equal(csv.f[0][i], "dsnDiag");
     }
     assert_string_equal(cell(&csv, 1, "rcpt"), "bob@rcpt.example");
     assert_string_equal(cell(&csv, 1, "dsnStatus"), "2.0.0 (success)");
-    assert_string_equal(cell(&csv, 1, "vmta"), "");        /* not selected for d */
+    assert_string_equal(cell(&csv, 1, "vmta"), ""); /* not selected for d */
     assert_string_equal(cell(&csv, 1, "header_Subject"), "Hello, folded \"world\"");
     assert_string_equal(cell(&csv, 1, "header_X-Job"), "J1");
     assert_string_equal(cell(&csv, 2, "type"), "b");
     assert_string_equal(cell(&csv, 2, "vmta"), "vmta1");
     assert_string_equal(cell(&csv, 2, "dsnMta"), "mx.rcpt.example (192.0.2.25)");
-    assert_string_equal(cell(&csv, 2, "header_Subject"), "");   /* b did not ask for it */
+    assert_string_equal(cell(&csv, 2, "header_Subject"), ""); /* b did not ask for it */
     free_csv(&csv);
     cfg_free(c);
 }
 
-static void test_records_filter_and_all_types(void **state)
+static void
+test_records_filter_and_all_types(void **state)
 {
     struct cfg *c;
-    struct qmgr_acct *a = open_acct(&c,
-        "<acct-file %s/db.csv>\n</acct-file>\n"
-        "<acct-file %s/all.csv>\n records d,b,t,tq,r\n user-string node-7\n</acct-file>\n");
+    struct qmgr_acct *a = open_acct(
+        &c, "<acct-file %s/db.csv>\n</acct-file>\n"
+            "<acct-file %s/all.csv>\n records d,b,t,tq,r\n user-string node-7\n</acct-file>\n");
     struct qmgr_acct_record r = delivery();
     struct csv csv;
 
@@ -383,7 +423,7 @@ static void test_records_filter_and_all_types(void **state)
     qmgr_acct_close(a);
 
     read_csv("db.csv", &csv);
-    assert_int_equal(csv.nrows, 1);                        /* header only: t, tq, r filtered */
+    assert_int_equal(csv.nrows, 1); /* header only: t, tq, r filtered */
     free_csv(&csv);
 
     read_csv("all.csv", &csv);
@@ -391,19 +431,20 @@ static void test_records_filter_and_all_types(void **state)
     assert_string_equal(cell(&csv, 1, "type"), "t");
     assert_string_equal(cell(&csv, 1, "dsnAction"), "delayed");
     assert_string_equal(cell(&csv, 2, "type"), "tq");
-    assert_string_equal(cell(&csv, 2, "rcpt"), "");        /* tq has no recipient */
+    assert_string_equal(cell(&csv, 2, "rcpt"), ""); /* tq has no recipient */
     assert_string_equal(cell(&csv, 2, "dsnStatus"), "4.4.1 (no answer from host)");
     assert_string_equal(cell(&csv, 2, "queue"), "rcpt.example/vmta1");
     assert_string_equal(cell(&csv, 3, "type"), "r");
     assert_string_equal(cell(&csv, 3, "rcvSourceIp"), "192.0.2.1");
-    assert_string_equal(cell(&csv, 3, "dsnStatus"), "");   /* r has no status */
+    assert_string_equal(cell(&csv, 3, "dsnStatus"), ""); /* r has no status */
     assert_string_equal(cell(&csv, 3, "userString"), "node-7");
     assert_string_equal(cell(&csv, 1, "rcvSourceIp"), "");
     free_csv(&csv);
     cfg_free(c);
 }
 
-static void test_iso_times_no(void **state)
+static void
+test_iso_times_no(void **state)
 {
     struct cfg *c;
     struct qmgr_acct *a = open_acct(&c, "<acct-file %s/acct.csv>\n iso-times no\n</acct-file>\n");
@@ -411,7 +452,7 @@ static void test_iso_times_no(void **state)
     struct csv csv;
 
     assert_int_equal(qmgr_acct_write(a, &r), 0);
-    r.time_logged = 0;                                     /* 0 = now (the clock) */
+    r.time_logged = 0; /* 0 = now (the clock) */
     fake_now = NOW + 7;
     assert_int_equal(qmgr_acct_write(a, &r), 0);
     qmgr_acct_close(a);
@@ -424,7 +465,8 @@ static void test_iso_times_no(void **state)
     cfg_free(c);
 }
 
-static int count_files(const char *sub, const char *prefix, char *first, size_t firstsize)
+static int
+count_files(const char *sub, const char *prefix, char *first, size_t firstsize)
 {
     char *p = path_in(sub);
     DIR *d = opendir(p);
@@ -442,7 +484,8 @@ static int count_files(const char *sub, const char *prefix, char *first, size_t 
     return n;
 }
 
-static void test_rotation_by_max_size(void **state)
+static void
+test_rotation_by_max_size(void **state)
 {
     struct cfg *c;
     char *old = path_in("old"), name[256], *rotated, *text;
@@ -482,7 +525,8 @@ static void test_rotation_by_max_size(void **state)
     cfg_free(c);
 }
 
-static void test_rotation_by_interval_and_delete_after(void **state)
+static void
+test_rotation_by_interval_and_delete_after(void **state)
 {
     struct cfg *c;
     char *old = path_in("old"), *stale, *keep, *other;
@@ -502,7 +546,7 @@ static void test_rotation_by_interval_and_delete_after(void **state)
             assert_int_equal(utime(*p, &ancient), 0);
     }
 
-    fake_now = 1700002799;                                  /* 22:59:59 */
+    fake_now = 1700002799; /* 22:59:59 */
     a = open_acct(&c, "<acct-file %s/acct.csv>\n move-interval 1h\n move-to %s/old\n"
                       " delete-after 8d\n</acct-file>\n");
     /* delete-after at open: only our own old rotated file goes */
@@ -513,17 +557,17 @@ static void test_rotation_by_interval_and_delete_after(void **state)
     assert_int_equal(qmgr_acct_write(a, &r), 0);
     assert_int_equal(qmgr_acct_tick(a), 0);
     assert_int_equal(count_files("old", "acct-2023-11-14", NULL, 0), 0);
-    fake_now = 1700002801;                                  /* 23:00:01: past the hour */
+    fake_now = 1700002801; /* 23:00:01: past the hour */
     assert_int_equal(qmgr_acct_tick(a), 0);
     assert_int_equal(count_files("old", "acct-2023-11-14-2300.csv", NULL, 0), 1);
     qmgr_acct_close(a);
 
     struct csv csv;
     read_csv("old/acct-2023-11-14-2300.csv", &csv);
-    assert_int_equal(csv.nrows, 2);                        /* header + the record */
+    assert_int_equal(csv.nrows, 2); /* header + the record */
     free_csv(&csv);
     read_csv("acct.csv", &csv);
-    assert_int_equal(csv.nrows, 1);                        /* the new file: header only */
+    assert_int_equal(csv.nrows, 1); /* the new file: header only */
     free_csv(&csv);
     free(stale);
     free(keep);
@@ -532,7 +576,8 @@ static void test_rotation_by_interval_and_delete_after(void **state)
     cfg_free(c);
 }
 
-static void test_buffering_flush_and_reopen(void **state)
+static void
+test_buffering_flush_and_reopen(void **state)
 {
     struct cfg *c;
     struct qmgr_acct *a = open_acct(&c, "<acct-file %s/acct.csv>\n sync yes\n</acct-file>\n");
@@ -543,15 +588,15 @@ static void test_buffering_flush_and_reopen(void **state)
 
     assert_int_equal(qmgr_acct_write(a, &r), 0);
     text = slurp(path, &len);
-    assert_int_equal(len, 0);                               /* buffered */
+    assert_int_equal(len, 0); /* buffered */
     free(text);
     fake_now = NOW + 1;
-    assert_int_equal(qmgr_acct_tick(a), 0);                 /* a second later: written */
+    assert_int_equal(qmgr_acct_tick(a), 0); /* a second later: written */
     text = slurp(path, &len);
     assert_non_null(strstr(text, "\r\nd,"));
     free(text);
     assert_int_equal(stat(path, &st), 0);
-    assert_int_equal(st.st_mode & 0777, 0640);              /* not world-readable by default */
+    assert_int_equal(st.st_mode & 0777, 0640); /* not world-readable by default */
     qmgr_acct_close(a);
     cfg_free(c);
 
@@ -582,7 +627,8 @@ static void test_buffering_flush_and_reopen(void **state)
 /* --- pipes ------------------------------------------------------------------------------- */
 
 /* process_gone - PID has been reaped (a zombie still has its /proc entry) */
-static int process_gone(pid_t pid)
+static int
+process_gone(pid_t pid)
 {
     char path[64];
 
@@ -591,17 +637,19 @@ static int process_gone(pid_t pid)
 }
 
 /* tick_until_down - drive the tick (the clock stands still) until pipe I's program is down */
-static void tick_until_down(struct qmgr_acct *a, size_t i)
+static void
+tick_until_down(struct qmgr_acct *a, size_t i)
 {
     for (int n = 0; qmgr_acct_pipe_pid(a, i) != 0; n++) {
-        assert_true(n < 500);                              /* 5 s */
+        assert_true(n < 500); /* 5 s */
         qmgr_acct_tick(a);
         usleep(10000);
     }
 }
 
 /* log capture: warnings go to a file in the test directory while a test looks at them */
-static void capture_log(void)
+static void
+capture_log(void)
 {
     char *path = path_in("log");
     int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
@@ -611,7 +659,8 @@ static void capture_log(void)
     free(path);
 }
 
-static char *captured_log(void)
+static char *
+captured_log(void)
 {
     char *path = path_in("log"), *text = slurp(path, NULL);
 
@@ -619,32 +668,35 @@ static char *captured_log(void)
     return text;
 }
 
-static void end_capture(void)
+static void
+end_capture(void)
 {
-    msg_use_fd(-1);                                        /* back to stderr */
+    msg_use_fd(-1); /* back to stderr */
 }
 
-static void test_world_readable_and_pipe_not_a_file(void **state)
+static void
+test_world_readable_and_pipe_not_a_file(void **state)
 {
     struct cfg *c;
-    struct qmgr_acct *a = open_acct(&c, "<acct-file %s/acct.csv>\n world-readable yes\n</acct-file>\n"
-                                        "<acct-file \"|/bin/cat -u\">\n move-to /nonexistent\n"
-                                        "</acct-file>\n");
+    struct qmgr_acct *a = open_acct(&c,
+                                    "<acct-file %s/acct.csv>\n world-readable yes\n</acct-file>\n"
+                                    "<acct-file \"|/bin/cat -u\">\n move-to /nonexistent\n"
+                                    "</acct-file>\n");
     char *path = path_in("acct.csv");
     struct stat st;
     pid_t pid;
 
-    assert_int_equal(qmgr_acct_nfiles(a), 1);              /* the pipe is not a file ... */
+    assert_int_equal(qmgr_acct_nfiles(a), 1); /* the pipe is not a file ... */
     assert_string_equal(qmgr_acct_path(a, 0), path);
     assert_null(qmgr_acct_path(a, 1));
-    assert_int_equal(qmgr_acct_npipes(a), 1);              /* ... but a running pipe */
+    assert_int_equal(qmgr_acct_npipes(a), 1); /* ... but a running pipe */
     assert_string_equal(qmgr_acct_pipe_name(a, 0), "|/bin/cat -u");
     assert_true((pid = qmgr_acct_pipe_pid(a, 0)) > 0);
-    assert_int_equal(qmgr_acct_rotate(a), 0);              /* move-to does not apply to it */
+    assert_int_equal(qmgr_acct_rotate(a), 0); /* move-to does not apply to it */
     assert_int_equal(stat(path, &st), 0);
     assert_int_equal(st.st_mode & 0777, 0644);
     qmgr_acct_close(a);
-    assert_true(process_gone(pid));                        /* cat saw EOF and was reaped */
+    assert_true(process_gone(pid)); /* cat saw EOF and was reaped */
     cfg_free(c);
     free(path);
 
@@ -657,12 +709,13 @@ static void test_world_readable_and_pipe_not_a_file(void **state)
     qmgr_acct_close(a);
 }
 
-static void test_pipe_gets_header_then_records(void **state)
+static void
+test_pipe_gets_header_then_records(void **state)
 {
     struct cfg *c;
-    struct qmgr_acct *a = open_acct(&c,
-        "<acct-file %s/file.csv>\n records d\n</acct-file>\n"
-        "<acct-file \"|/usr/bin/tee %s/piped.csv\">\n records d\n</acct-file>\n");
+    struct qmgr_acct *a = open_acct(
+        &c, "<acct-file %s/file.csv>\n records d\n</acct-file>\n"
+            "<acct-file \"|/usr/bin/tee %s/piped.csv\">\n records d\n</acct-file>\n");
     struct qmgr_acct_record r = delivery();
     char *file = path_in("file.csv"), *piped = path_in("piped.csv"), *ftext, *ptext;
     struct csv csv;
@@ -670,18 +723,18 @@ static void test_pipe_gets_header_then_records(void **state)
 
     assert_true(pid > 0);
     assert_int_equal(qmgr_acct_write(a, &r), 0);
-    r.type = QMGR_ACCT_B;                                   /* not selected by records d */
+    r.type = QMGR_ACCT_B; /* not selected by records d */
     assert_int_equal(qmgr_acct_write(a, &r), 0);
     r.type = QMGR_ACCT_D;
     r.rcpt = "carol@rcpt.example";
     assert_int_equal(qmgr_acct_write(a, &r), 0);
     assert_int_equal(qmgr_acct_flush(a), 0);
-    qmgr_acct_close(a);                                    /* tee gets EOF, exits, is reaped */
+    qmgr_acct_close(a); /* tee gets EOF, exits, is reaped */
     assert_true(process_gone(pid));
 
     ftext = slurp(file, NULL);
     ptext = slurp(piped, NULL);
-    assert_string_equal(ptext, ftext);                     /* exactly what a file gets */
+    assert_string_equal(ptext, ftext); /* exactly what a file gets */
     read_csv("piped.csv", &csv);
     assert_int_equal(csv.nrows, 3);
     assert_string_equal(csv.f[0][0], "type");
@@ -695,7 +748,8 @@ static void test_pipe_gets_header_then_records(void **state)
     cfg_free(c);
 }
 
-static void test_pipe_exit_detected_dropped_and_restarted(void **state)
+static void
+test_pipe_exit_detected_dropped_and_restarted(void **state)
 {
     struct cfg *c;
     struct qmgr_acct *a;
@@ -706,20 +760,20 @@ static void test_pipe_exit_detected_dropped_and_restarted(void **state)
     capture_log();
     a = open_acct(&c, "<acct-file \"|/bin/true\">\n records d\n retry-interval 1s\n</acct-file>\n");
     assert_true((first = qmgr_acct_pipe_pid(a, 0)) > 0);
-    tick_until_down(a, 0);                                 /* true exits at once */
-    assert_true(process_gone(first));                      /* reaped by the tick */
+    tick_until_down(a, 0);            /* true exits at once */
+    assert_true(process_gone(first)); /* reaped by the tick */
 
-    for (int i = 0; i < 3; i++)                            /* while it is down: dropped, no error */
+    for (int i = 0; i < 3; i++) /* while it is down: dropped, no error */
         assert_int_equal(qmgr_acct_write(a, &r), 0);
-    r.type = QMGR_ACCT_B;                                  /* not for this pipe: not counted */
+    r.type = QMGR_ACCT_B; /* not for this pipe: not counted */
     assert_int_equal(qmgr_acct_write(a, &r), 0);
     assert_int_equal(qmgr_acct_pipe_dropped(a, 0), 3);
     assert_int_equal(qmgr_acct_tick(a), 0);
-    assert_int_equal(qmgr_acct_pipe_pid(a, 0), 0);         /* retry-interval not over yet */
+    assert_int_equal(qmgr_acct_pipe_pid(a, 0), 0); /* retry-interval not over yet */
 
     fake_now += 1;
     assert_int_equal(qmgr_acct_tick(a), 0);
-    assert_true((second = qmgr_acct_pipe_pid(a, 0)) > 0);  /* started again */
+    assert_true((second = qmgr_acct_pipe_pid(a, 0)) > 0); /* started again */
     assert_int_not_equal(second, first);
     assert_int_equal(qmgr_acct_pipe_dropped(a, 0), 0);
     qmgr_acct_close(a);
@@ -734,7 +788,8 @@ static void test_pipe_exit_detected_dropped_and_restarted(void **state)
     free(log);
 }
 
-static void test_pipe_program_missing_is_retried(void **state)
+static void
+test_pipe_program_missing_is_retried(void **state)
 {
     struct cfg *c;
     struct qmgr_acct *a;
@@ -751,20 +806,21 @@ static void test_pipe_program_missing_is_retried(void **state)
     tick_until_down(a, 0);
     assert_int_equal(qmgr_acct_write(a, &r), 0);
     assert_int_equal(qmgr_acct_pipe_dropped(a, 0), 1);
-    fake_now += 300;                                       /* the default retry-interval */
+    fake_now += 300; /* the default retry-interval */
     tick_until_down(a, 0);
     qmgr_acct_close(a);
     cfg_free(c);
     log = captured_log();
     end_capture();
     assert_true(strstr(log, "cannot start /nonexistent/acct-prog: No such file or directory; "
-                            "retrying in 300 s")
-                || strstr(log, "acct-prog -x: exited with status 127; records for it are dropped "
-                               "until it is started again in 300 s"));
+                            "retrying in 300 s") ||
+                strstr(log, "acct-prog -x: exited with status 127; records for it are dropped "
+                            "until it is started again in 300 s"));
     free(log);
 }
 
-static void test_pipe_write_timeout_never_blocks(void **state)
+static void
+test_pipe_write_timeout_never_blocks(void **state)
 {
     struct cfg *c;
     struct qmgr_acct *a;
@@ -777,20 +833,20 @@ static void test_pipe_write_timeout_never_blocks(void **state)
     a = open_acct(&c, "<acct-file \"|/bin/sleep 60\">\n write-timeout 5s\n</acct-file>\n");
     assert_true((pid = qmgr_acct_pipe_pid(a, 0)) > 0);
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    for (int i = 0; i < 2000; i++)                         /* ~800 KB: far more than a pipe holds */
+    for (int i = 0; i < 2000; i++) /* ~800 KB: far more than a pipe holds */
         assert_int_equal(qmgr_acct_write(a, &r), 0);
     assert_int_equal(qmgr_acct_flush(a), 0);
     clock_gettime(CLOCK_MONOTONIC, &t1);
-    assert_true(t1.tv_sec - t0.tv_sec < 3);                /* nothing waited for the reader */
+    assert_true(t1.tv_sec - t0.tv_sec < 3); /* nothing waited for the reader */
 
     fake_now += 4;
     assert_int_equal(qmgr_acct_tick(a), 0);
-    assert_int_equal(qmgr_acct_pipe_pid(a, 0), pid);       /* still within write-timeout */
+    assert_int_equal(qmgr_acct_pipe_pid(a, 0), pid); /* still within write-timeout */
     fake_now += 2;
     assert_int_equal(qmgr_acct_tick(a), 0);
-    assert_int_equal(qmgr_acct_pipe_pid(a, 0), 0);         /* given up on */
-    assert_true(qmgr_acct_pipe_dropped(a, 0) > 1000);      /* what it never took */
-    for (int n = 0; !process_gone(pid); n++) {             /* SIGTERM'd, reaped by a tick */
+    assert_int_equal(qmgr_acct_pipe_pid(a, 0), 0);    /* given up on */
+    assert_true(qmgr_acct_pipe_dropped(a, 0) > 1000); /* what it never took */
+    for (int n = 0; !process_gone(pid); n++) {        /* SIGTERM'd, reaped by a tick */
         assert_true(n < 500);
         usleep(10000);
         qmgr_acct_tick(a);
@@ -803,7 +859,8 @@ static void test_pipe_write_timeout_never_blocks(void **state)
     free(log);
 }
 
-static void test_pipe_close_terminates_program_ignoring_eof(void **state)
+static void
+test_pipe_close_terminates_program_ignoring_eof(void **state)
 {
     struct cfg *c;
     struct qmgr_acct *a;
@@ -815,16 +872,17 @@ static void test_pipe_close_terminates_program_ignoring_eof(void **state)
     a = open_acct(&c, "<acct-file \"|/bin/sleep 60\">\n</acct-file>\n");
     assert_true((pid = qmgr_acct_pipe_pid(a, 0)) > 0);
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    qmgr_acct_close(a);                                    /* like a reload */
+    qmgr_acct_close(a); /* like a reload */
     clock_gettime(CLOCK_MONOTONIC, &t1);
     end_capture();
     ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
-    assert_true(ms >= 90 && ms < 1000);                    /* the grace time, then SIGTERM */
+    assert_true(ms >= 90 && ms < 1000); /* the grace time, then SIGTERM */
     assert_true(process_gone(pid));
     cfg_free(c);
 }
 
-static void test_unwritable_file_is_retried_not_fatal(void **state)
+static void
+test_unwritable_file_is_retried_not_fatal(void **state)
 {
     char text[1024], *sub = path_in("later"), *csv = path_in("later/acct.csv");
     unsigned nerr = 0;
@@ -862,7 +920,8 @@ static void test_unwritable_file_is_retried_not_fatal(void **state)
 
 #define T(f) cmocka_unit_test_setup_teardown(f, make_dir, remove_dir)
 
-int main(void)
+int
+main(void)
 {
     const struct CMUnitTest tests[] = {
         T(test_header_and_record_order),

@@ -21,12 +21,12 @@
 
 #include "qmgr_bouncecat.h"
 
-static void quiet(void *ctx, enum cfg_diag_level level, const char *file, unsigned line,
-                  const char *message)
-{
-}
+static void
+quiet(void *ctx, enum cfg_diag_level level, const char *file, unsigned line, const char *message)
+{}
 
-static struct cfg *load(const char *text)
+static struct cfg *
+load(const char *text)
 {
     unsigned nerr = 0;
     struct cfg *c = cfg_load_string("t.conf", text, quiet, NULL, &nerr);
@@ -43,29 +43,34 @@ struct sample {
 };
 
 static const struct sample provider_samples[] = {
-    { "5.1.1", "550-5.1.1 The email account that you tried to reach does not exist. Please try "
-               "550-5.1.1 double-checking the recipient's email address for typos or 550 5.1.1 "
-               "unnecessary spaces. https://support.google.com/mail/?p=NoSuchUser",
+    { "5.1.1",
+      "550-5.1.1 The email account that you tried to reach does not exist. Please try "
+      "550-5.1.1 double-checking the recipient's email address for typos or 550 5.1.1 "
+      "unnecessary spaces. https://support.google.com/mail/?p=NoSuchUser",
       "bad-mailbox" },
-    { "5.0.0", "554 delivery error: dd This user doesn't have a yahoo.com account "
-               "(nobody@yahoo.com) [0] - mta1003.mail.gq1.yahoo.com",
+    { "5.0.0",
+      "554 delivery error: dd This user doesn't have a yahoo.com account "
+      "(nobody@yahoo.com) [0] - mta1003.mail.gq1.yahoo.com",
       "bad-mailbox" },
-    { "5.7.1", "550 5.7.1 Service unavailable, Client host [192.0.2.7] blocked using Spamhaus. "
-               "To request removal from this list see https://www.spamhaus.org/query/ip/192.0.2.7 "
-               "(AS3130). [BN8NAM12FT003.eop-nam12.prod.protection.outlook.com]",
+    { "5.7.1",
+      "550 5.7.1 Service unavailable, Client host [192.0.2.7] blocked using Spamhaus. "
+      "To request removal from this list see https://www.spamhaus.org/query/ip/192.0.2.7 "
+      "(AS3130). [BN8NAM12FT003.eop-nam12.prod.protection.outlook.com]",
       "spam-related" },
-    { "4.2.2", "452 4.2.2 The email account that you tried to reach is over quota.", "quota-issues" },
+    { "4.2.2", "452 4.2.2 The email account that you tried to reach is over quota.",
+      "quota-issues" },
     { "5.2.2", "552 5.2.2 Mailbox full", "quota-issues" },
     { "4.4.7", "delivery time expired", "message-expired" },
     { "5.4.4", "550 5.4.4 Unable to route: no mail hosts for domain", "routing-errors" },
     { "5.7.1", "554 5.7.1 This message has been blocked because it contains a virus",
-      "spam-related" },   /* "blocked" comes first in the list, as in PowerMTA's */
+      "spam-related" }, /* "blocked" comes first in the list, as in PowerMTA's */
     { "5.7.1", "554 5.7.1 Virus found in message", "virus-related" },
     { "5.6.0", "550 5.6.0 Message content rejected", "content-related" },
     { "5.2.1", "550 5.2.1 The email account that you tried to reach is disabled.",
       "inactive-mailbox" },
-    { "5.1.1", "550 5.1.1 <x@y.example>: Recipient address rejected: User unknown in virtual "
-               "mailbox table",
+    { "5.1.1",
+      "550 5.1.1 <x@y.example>: Recipient address rejected: User unknown in virtual "
+      "mailbox table",
       "bad-mailbox" },
     { "5.1.8", "553 5.1.8 Sender address verification failed", "invalid-sender" },
     { "5.7.1", "554 5.7.1 <x@y.example>: Relay access denied", "relaying-issues" },
@@ -86,7 +91,8 @@ static const struct sample provider_samples[] = {
     { NULL, "", "other" },
 };
 
-static void test_default_categories_from_provider_replies(void **state)
+static void
+test_default_categories_from_provider_replies(void **state)
 {
     struct qmgr_bouncecat *bc = qmgr_bouncecat_new(NULL);
 
@@ -102,7 +108,8 @@ static void test_default_categories_from_provider_replies(void **state)
     qmgr_bouncecat_free(bc);
 }
 
-static void test_status_text_and_bare_replies(void **state)
+static void
+test_status_text_and_bare_replies(void **state)
 {
     struct qmgr_bouncecat *bc = qmgr_bouncecat_new(NULL);
     char text[64];
@@ -115,13 +122,15 @@ static void test_status_text_and_bare_replies(void **state)
     assert_string_equal(qmgr_bouncecat_classify(bc, "550 5.1.1 <x@y>: go away"), "bad-mailbox");
     assert_string_equal(qmgr_bouncecat_classify(bc, "550-5.4.7 go away"), "message-expired");
     assert_string_equal(qmgr_bouncecat_classify(bc, "5.1.10 go away"), "other");
-    assert_string_equal(qmgr_bouncecat_classify(bc, "550 5.1.1 <x@y>: user unknown"), "bad-mailbox");
-    assert_string_equal(qmgr_bouncecat_classify(bc, "MAILBOX FULL"), "quota-issues");  /* caseless */
+    assert_string_equal(qmgr_bouncecat_classify(bc, "550 5.1.1 <x@y>: user unknown"),
+                        "bad-mailbox");
+    assert_string_equal(qmgr_bouncecat_classify(bc, "MAILBOX FULL"), "quota-issues"); /* caseless */
     assert_string_equal(qmgr_bouncecat_classify(bc, NULL), "other");
     qmgr_bouncecat_free(bc);
 }
 
-static void test_configured_list_overrides_defaults(void **state)
+static void
+test_configured_list_overrides_defaults(void **state)
 {
     struct cfg *c = load("<bounce-category-patterns>\n"
                          "  /user unknown/ my-bad-user\n"
@@ -144,7 +153,8 @@ static void test_configured_list_overrides_defaults(void **state)
     cfg_free(c);
 }
 
-static void test_configured_catch_all_ends_search(void **state)
+static void
+test_configured_catch_all_ends_search(void **state)
 {
     struct cfg *c = load("<bounce-category-patterns>\n"
                          "  /spam/ junk\n"
@@ -158,7 +168,8 @@ static void test_configured_catch_all_ends_search(void **state)
     cfg_free(c);
 }
 
-static void test_pathological_pattern_is_bounded(void **state)
+static void
+test_pathological_pattern_is_bounded(void **state)
 {
     struct cfg *c = load("<bounce-category-patterns>\n"
                          "  /^(a+)+$/ never\n"
@@ -167,14 +178,15 @@ static void test_pathological_pattern_is_bounded(void **state)
     char text[64];
 
     memset(text, 'a', sizeof text - 2);
-    text[sizeof text - 2] = '!';    /* 2^62 ways to fail without the match limit */
+    text[sizeof text - 2] = '!'; /* 2^62 ways to fail without the match limit */
     text[sizeof text - 1] = 0;
     assert_string_equal(qmgr_bouncecat_classify(bc, text), "other");
     qmgr_bouncecat_free(bc);
     cfg_free(c);
 }
 
-int main(void)
+int
+main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_default_categories_from_provider_replies),

@@ -24,18 +24,18 @@
 
 #include "qmgr_dsn.h"
 
-#define NOW ((time_t)1700000000)   /* Tue, 14 Nov 2023 22:13:20 +0000 */
+#define NOW ((time_t)1700000000) /* Tue, 14 Nov 2023 22:13:20 +0000 */
 
-static const char original[] =
-    "From: Alice <alice@sender.example>\r\n"
-    "To: bob@rcpt.example\r\n"
-    "Subject: quarterly report\r\n"
-    "Message-ID: <orig-1@sender.example>\r\n"
-    "\r\n"
-    "Hello Bob,\r\n"
-    "the body line that must only come back with RET=FULL.\r\n";
+static const char original[] = "From: Alice <alice@sender.example>\r\n"
+                               "To: bob@rcpt.example\r\n"
+                               "Subject: quarterly report\r\n"
+                               "Message-ID: <orig-1@sender.example>\r\n"
+                               "\r\n"
+                               "Hello Bob,\r\n"
+                               "the body line that must only come back with RET=FULL.\r\n";
 
-static struct qmgr_dsn_rcpt one_rcpt(void)
+static struct qmgr_dsn_rcpt
+one_rcpt(void)
 {
     struct qmgr_dsn_rcpt r = {
         .final_rcpt = "bob@rcpt.example",
@@ -49,7 +49,8 @@ static struct qmgr_dsn_rcpt one_rcpt(void)
     return r;
 }
 
-static struct qmgr_dsn_input base_input(const struct qmgr_dsn_rcpt *rcpts, size_t n)
+static struct qmgr_dsn_input
+base_input(const struct qmgr_dsn_rcpt *rcpts, size_t n)
 {
     struct qmgr_dsn_input in = {
         .reporting_mta = "mta1.openpmta.example",
@@ -68,7 +69,8 @@ static struct qmgr_dsn_input base_input(const struct qmgr_dsn_rcpt *rcpts, size_
 }
 
 /* build - the DSN as a C string (caller frees); *FLAGS gets the result bits */
-static char *build(const struct qmgr_dsn_input *in, int *flags)
+static char *
+build(const struct qmgr_dsn_input *in, int *flags)
 {
     struct buf out = BUF_INIT;
     int rc = qmgr_dsn_build(in, &out);
@@ -79,20 +81,23 @@ static char *build(const struct qmgr_dsn_input *in, int *flags)
     return buf_detach(&out, NULL);
 }
 
-static void assert_has(const char *hay, const char *needle)
+static void
+assert_has(const char *hay, const char *needle)
 {
     if (!strstr(hay, needle))
         fail_msg("missing \"%s\" in:\n%s", needle, hay);
 }
 
-static void assert_lacks(const char *hay, const char *needle)
+static void
+assert_lacks(const char *hay, const char *needle)
 {
     if (strstr(hay, needle))
         fail_msg("unexpected \"%s\" in:\n%s", needle, hay);
 }
 
 /* boundary_of - the boundary parameter (static storage) */
-static const char *boundary_of(const char *dsn)
+static const char *
+boundary_of(const char *dsn)
 {
     static char b[128];
     const char *p = strstr(dsn, "boundary=\"");
@@ -107,7 +112,8 @@ static const char *boundary_of(const char *dsn)
 }
 
 /* assert_wellformed - CRLF only, no line over 998 octets, no NUL */
-static void assert_wellformed(const char *dsn)
+static void
+assert_wellformed(const char *dsn)
 {
     size_t col = 0;
 
@@ -121,7 +127,8 @@ static void assert_wellformed(const char *dsn)
     }
 }
 
-static void test_full_report_fields(void **state)
+static void
+test_full_report_fields(void **state)
 {
     struct qmgr_dsn_rcpt r = one_rcpt();
     struct qmgr_dsn_input in = base_input(&r, 1);
@@ -139,7 +146,8 @@ static void test_full_report_fields(void **state)
     assert_has(dsn, "@mta1.openpmta.example>\r\n");
     assert_has(dsn, "Auto-Submitted: auto-replied\r\n");
     assert_has(dsn, "MIME-Version: 1.0\r\n");
-    assert_has(dsn, "Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary=\"");
+    assert_has(dsn,
+               "Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary=\"");
     assert_has(dsn, "Content-Transfer-Encoding: 7bit\r\n");
     /* part 2 */
     assert_has(dsn, "Content-Type: message/delivery-status\r\n\r\n"
@@ -156,8 +164,9 @@ static void test_full_report_fields(void **state)
                     " rejected: User unknown\r\n"
                     "Last-Attempt-Date: Tue, 14 Nov 2023 22:13:15 +0000\r\n");
     /* part 1 names the recipient and the reply; part 3 holds the whole original */
-    assert_has(dsn, "Content-Type: text/plain; charset=us-ascii\r\n\r\nThis is the mail system at host "
-                    "mta1.openpmta.example.");
+    assert_has(dsn,
+               "Content-Type: text/plain; charset=us-ascii\r\n\r\nThis is the mail system at host "
+               "mta1.openpmta.example.");
     assert_has(dsn, "<bob@rcpt.example>: failed (5.1.1), host mx.rcpt.example said: 550 5.1.1");
     assert_has(dsn, "Content-Type: message/rfc822\r\n\r\nFrom: Alice <alice@sender.example>\r\n");
     assert_has(dsn, "the body line that must only come back with RET=FULL.\r\n");
@@ -172,7 +181,8 @@ static void test_full_report_fields(void **state)
     free(dsn);
 }
 
-static void test_ret_hdrs_returns_headers_only(void **state)
+static void
+test_ret_hdrs_returns_headers_only(void **state)
 {
     struct qmgr_dsn_rcpt r = one_rcpt();
     struct qmgr_dsn_input in = base_input(&r, 1);
@@ -189,7 +199,8 @@ static void test_ret_hdrs_returns_headers_only(void **state)
     free(dsn);
 }
 
-static void test_no_ret_returns_full_and_cap_falls_back(void **state)
+static void
+test_no_ret_returns_full_and_cap_falls_back(void **state)
 {
     struct qmgr_dsn_rcpt r = one_rcpt();
     struct qmgr_dsn_input in = base_input(&r, 1);
@@ -203,7 +214,7 @@ static void test_no_ret_returns_full_and_cap_falls_back(void **state)
     assert_has(dsn, "the body line");
     free(dsn);
 
-    in.max_return_size = 60;       /* smaller than the original: headers only */
+    in.max_return_size = 60; /* smaller than the original: headers only */
     dsn = build(&in, &flags);
     assert_int_equal(flags, QMGR_DSN_HDRS_ONLY);
     assert_has(dsn, "Content-Type: text/rfc822-headers\r\n");
@@ -211,7 +222,8 @@ static void test_no_ret_returns_full_and_cap_falls_back(void **state)
     free(dsn);
 }
 
-static void test_envid_and_orcpt_optional(void **state)
+static void
+test_envid_and_orcpt_optional(void **state)
 {
     struct qmgr_dsn_rcpt r = one_rcpt();
     struct qmgr_dsn_input in = base_input(&r, 1);
@@ -230,7 +242,8 @@ static void test_envid_and_orcpt_optional(void **state)
     assert_lacks(dsn, "Diagnostic-Code");
     assert_lacks(dsn, "Last-Attempt-Date");
     assert_lacks(dsn, "Arrival-Date");
-    assert_has(dsn, "Final-Recipient: rfc822; bob@rcpt.example\r\nAction: failed\r\nStatus: 5.1.1\r\n");
+    assert_has(dsn,
+               "Final-Recipient: rfc822; bob@rcpt.example\r\nAction: failed\r\nStatus: 5.1.1\r\n");
     free(dsn);
 
     /* an untyped ORCPT is reported as rfc822 */
@@ -242,7 +255,8 @@ static void test_envid_and_orcpt_optional(void **state)
     free(dsn);
 }
 
-static void test_delayed_report(void **state)
+static void
+test_delayed_report(void **state)
 {
     struct qmgr_dsn_rcpt r = one_rcpt();
     struct qmgr_dsn_input in = base_input(&r, 1);
@@ -260,31 +274,36 @@ static void test_delayed_report(void **state)
     free(dsn);
 }
 
-static void test_multiple_recipients_and_status_defaults(void **state)
+static void
+test_multiple_recipients_and_status_defaults(void **state)
 {
     struct qmgr_dsn_rcpt r[3] = { one_rcpt(), one_rcpt(), one_rcpt() };
     struct qmgr_dsn_input in = base_input(r, 3);
     char *dsn;
 
     r[1].final_rcpt = "dan@rcpt.example";
-    r[1].status = "5.1";           /* malformed: replaced by the action's generic code */
+    r[1].status = "5.1"; /* malformed: replaced by the action's generic code */
     r[2].final_rcpt = "eve@late.example";
     r[2].action = QMGR_DSN_DELAYED;
     r[2].status = NULL;
     dsn = build(&in, NULL);
     assert_has(dsn, "Subject: Undelivered Mail Returned to Sender\r\n");
-    assert_has(dsn, "Final-Recipient: rfc822; dan@rcpt.example\r\nAction: failed\r\nStatus: 5.0.0\r\n");
-    assert_has(dsn, "Final-Recipient: rfc822; eve@late.example\r\nAction: delayed\r\nStatus: 4.0.0\r\n");
+    assert_has(dsn,
+               "Final-Recipient: rfc822; dan@rcpt.example\r\nAction: failed\r\nStatus: 5.0.0\r\n");
+    assert_has(dsn,
+               "Final-Recipient: rfc822; eve@late.example\r\nAction: delayed\r\nStatus: 4.0.0\r\n");
     assert_has(dsn, "<dan@rcpt.example>: failed (5.0.0)");
     free(dsn);
 }
 
-static void test_hostile_diagnostic_is_neutralised(void **state)
+static void
+test_hostile_diagnostic_is_neutralised(void **state)
 {
     struct qmgr_dsn_rcpt r = one_rcpt();
     struct qmgr_dsn_input in = base_input(&r, 1);
     char hostile[3000], *dsn;
-    const char *evil = "550 no\r\nX-Injected: yes\r\n\r\n--=_openpmta_x--\r\nContent-Type: text/html\n\x01\x7f\xff done";
+    const char *evil = "550 no\r\nX-Injected: yes\r\n\r\n--=_openpmta_x--\r\nContent-Type: "
+                       "text/html\n\x01\x7f\xff done";
 
     r.diag = evil;
     r.remote_mta = "mx.example\r\nBcc: victim@example";
@@ -309,21 +328,23 @@ static void test_hostile_diagnostic_is_neutralised(void **state)
     free(dsn);
     dsn = build(&in, NULL);
     assert_wellformed(dsn);
-    const char *d = strstr(dsn, "Diagnostic-Code: smtp;\r\n AAAA");  /* folded before the long word */
+    const char *d = strstr(dsn,
+                           "Diagnostic-Code: smtp;\r\n AAAA"); /* folded before the long word */
     assert_non_null(d);
     assert_int_equal(strspn(d + 25, "A"), QMGR_DSN_DIAG_MAX);
     free(dsn);
 }
 
-static void test_8bit_original(void **state)
+static void
+test_8bit_original(void **state)
 {
-    static const char latin[] =
-        "From: =?utf-8?q?J=C3=B6rg?= <j@sender.example>\r\n"
-        "Subject: caf\xc3\xa9\r\n"
-        "Content-Type: text/plain; charset=utf-8\r\n"
-        "Content-Transfer-Encoding: 8bit\r\n"
-        "\r\n"
-        "Gr\xc3\xbc\xc3\x9f" "e\r\n";
+    static const char latin[] = "From: =?utf-8?q?J=C3=B6rg?= <j@sender.example>\r\n"
+                                "Subject: caf\xc3\xa9\r\n"
+                                "Content-Type: text/plain; charset=utf-8\r\n"
+                                "Content-Transfer-Encoding: 8bit\r\n"
+                                "\r\n"
+                                "Gr\xc3\xbc\xc3\x9f"
+                                "e\r\n";
     struct qmgr_dsn_rcpt r = one_rcpt();
     struct qmgr_dsn_input in = base_input(&r, 1);
     int flags;
@@ -335,17 +356,19 @@ static void test_8bit_original(void **state)
     assert_int_equal(flags, QMGR_DSN_8BIT);
     assert_has(dsn, "\r\nContent-Transfer-Encoding: 8bit\r\n\r\nThis is a MIME-encapsulated");
     assert_has(dsn, "Content-Type: message/rfc822\r\nContent-Transfer-Encoding: 8bit\r\n\r\n");
-    assert_has(dsn, "Gr\xc3\xbc\xc3\x9f" "e\r\n");
+    assert_has(dsn, "Gr\xc3\xbc\xc3\x9f"
+                    "e\r\n");
     free(dsn);
 
-    in.ret = QMGR_DSN_RET_HDRS;  /* 8-bit header bytes count too */
+    in.ret = QMGR_DSN_RET_HDRS; /* 8-bit header bytes count too */
     dsn = build(&in, &flags);
     assert_int_equal(flags, QMGR_DSN_8BIT | QMGR_DSN_HDRS_ONLY);
     assert_has(dsn, "Content-Type: text/rfc822-headers\r\nContent-Transfer-Encoding: 8bit\r\n");
     free(dsn);
 }
 
-static void test_bare_lf_original_normalised(void **state)
+static void
+test_bare_lf_original_normalised(void **state)
 {
     static const char lf[] = "Subject: lf\n\nline one\nline two\rline three";
     struct qmgr_dsn_rcpt r = one_rcpt();
@@ -360,7 +383,8 @@ static void test_bare_lf_original_normalised(void **state)
     free(dsn);
 }
 
-static void test_postmaster_from_and_no_original(void **state)
+static void
+test_postmaster_from_and_no_original(void **state)
 {
     struct qmgr_dsn_rcpt r = one_rcpt();
     struct qmgr_dsn_input in = base_input(&r, 1);
@@ -376,7 +400,8 @@ static void test_postmaster_from_and_no_original(void **state)
     free(dsn);
 }
 
-static void test_invalid_input_and_limit(void **state)
+static void
+test_invalid_input_and_limit(void **state)
 {
     struct qmgr_dsn_rcpt r = one_rcpt();
     struct qmgr_dsn_input in = base_input(&r, 1);
@@ -397,13 +422,14 @@ static void test_invalid_input_and_limit(void **state)
     buf_free(&out);
 
     in.reporting_mta = "mta1.openpmta.example";
-    buf_init(&out, 200);           /* a ceiling too low: nothing is appended */
+    buf_init(&out, 200); /* a ceiling too low: nothing is appended */
     assert_int_equal(qmgr_dsn_build(&in, &out), -EMSGSIZE);
     assert_int_equal(out.len, 0);
     buf_free(&out);
 }
 
-static void test_notify_decisions(void **state)
+static void
+test_notify_decisions(void **state)
 {
     /* NOTIFY=NEVER: nothing, whatever else is set */
     assert_false(qmgr_dsn_wanted(QMGR_DSN_NOTIFY_NEVER, QMGR_DSN_FAILED, true));
@@ -415,8 +441,8 @@ static void test_notify_decisions(void **state)
     assert_false(qmgr_dsn_wanted(QMGR_DSN_NOTIFY_FAILURE, QMGR_DSN_DELAYED, true));
     assert_false(qmgr_dsn_wanted(QMGR_DSN_NOTIFY_SUCCESS, QMGR_DSN_FAILED, true));
     assert_true(qmgr_dsn_wanted(QMGR_DSN_NOTIFY_SUCCESS, QMGR_DSN_DELIVERED, false));
-    assert_true(qmgr_dsn_wanted(QMGR_DSN_NOTIFY_SUCCESS | QMGR_DSN_NOTIFY_FAILURE,
-                                QMGR_DSN_RELAYED, false));
+    assert_true(qmgr_dsn_wanted(QMGR_DSN_NOTIFY_SUCCESS | QMGR_DSN_NOTIFY_FAILURE, QMGR_DSN_RELAYED,
+                                false));
     /* no NOTIFY: failures yes, delays per configuration, successes no */
     assert_true(qmgr_dsn_wanted(0, QMGR_DSN_FAILED, false));
     assert_true(qmgr_dsn_wanted(0, QMGR_DSN_DELAYED, true));
@@ -427,10 +453,12 @@ static void test_notify_decisions(void **state)
     assert_false(qmgr_dsn_should_send("", 0, QMGR_DSN_FAILED, false));
     assert_false(qmgr_dsn_should_send("<>", 0, QMGR_DSN_FAILED, false));
     assert_false(qmgr_dsn_should_send(NULL, QMGR_DSN_NOTIFY_FAILURE, QMGR_DSN_FAILED, false));
-    assert_false(qmgr_dsn_should_send("a@b.example", QMGR_DSN_NOTIFY_NEVER, QMGR_DSN_FAILED, false));
+    assert_false(
+        qmgr_dsn_should_send("a@b.example", QMGR_DSN_NOTIFY_NEVER, QMGR_DSN_FAILED, false));
 }
 
-static void test_sanitize(void **state)
+static void
+test_sanitize(void **state)
 {
     char out[16];
 
@@ -441,7 +469,8 @@ static void test_sanitize(void **state)
     assert_string_equal(qmgr_dsn_sanitize(out, sizeof out, NULL, 3), "");
 }
 
-int main(void)
+int
+main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_full_report_fields),

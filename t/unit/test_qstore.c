@@ -42,14 +42,16 @@ struct tdir {
     char env[96];
 };
 
-static void tdir_make(struct tdir *d)
+static void
+tdir_make(struct tdir *d)
 {
     snprintf(d->root, sizeof d->root, "/tmp/qstore-test-XXXXXX");
     assert_non_null(mkdtemp(d->root));
     snprintf(d->env, sizeof d->env, "%s/queue", d->root);
 }
 
-static void tdir_remove(struct tdir *d)
+static void
+tdir_remove(struct tdir *d)
 {
     char p[128];
 
@@ -61,7 +63,8 @@ static void tdir_remove(struct tdir *d)
     assert_int_equal(rmdir(d->root), 0);
 }
 
-static struct qstore *open_store(const char *dir, size_t map, unsigned flags)
+static struct qstore *
+open_store(const char *dir, size_t map, unsigned flags)
 {
     struct qstore_opts o = { .map_size = map, .flags = flags };
     struct qstore *qs = NULL;
@@ -70,7 +73,8 @@ static struct qstore *open_store(const char *dir, size_t map, unsigned flags)
     return qs;
 }
 
-static double now_ms(void)
+static double
+now_ms(void)
 {
     return (double)uv_hrtime() / 1e6;
 }
@@ -78,12 +82,14 @@ static double now_ms(void)
 /* ---- building test messages ------------------------------------------------------ */
 
 /* body_byte - deterministic content so a reader can check every byte */
-static char body_byte(uint64_t seq, size_t i)
+static char
+body_byte(uint64_t seq, size_t i)
 {
     return (char)('A' + (seq * 7 + i * 13 + i / 977) % 26);
 }
 
-static void fill_body(struct buf *b, uint64_t seq, size_t len)
+static void
+fill_body(struct buf *b, uint64_t seq, size_t len)
 {
     buf_init(b, 0);
     buf_reserve(b, len);
@@ -94,10 +100,13 @@ static void fill_body(struct buf *b, uint64_t seq, size_t len)
 }
 
 /* make_msg - message SEQ with N recipients and LEN body bytes */
-static struct qstore_newmsg *make_msg(uint64_t seq, unsigned n, size_t len)
+static struct qstore_newmsg *
+make_msg(uint64_t seq, unsigned n, size_t len)
 {
-    struct qstore_envelope e = { .flags = QSTORE_F_8BITMIME, .ret = QSTORE_RET_HDRS,
-                                 .sender = "bounces@example.org", .vmta = "pool-a" };
+    struct qstore_envelope e = { .flags = QSTORE_F_8BITMIME,
+                                 .ret = QSTORE_RET_HDRS,
+                                 .sender = "bounces@example.org",
+                                 .vmta = "pool-a" };
     struct qstore_rcpt *r = xcalloc(n, sizeof *r);
     char **addr = xcalloc(n, sizeof *addr);
     char job[32];
@@ -110,13 +119,14 @@ static struct qstore_newmsg *make_msg(uint64_t seq, unsigned n, size_t len)
         addr[i] = xasprintf("user%u.%" PRIu64 "@d%u.example", i, seq, i % 3);
         r[i].address = addr[i];
         r[i].domain = i % 3 == 0 ? "d0.example" : i % 3 == 1 ? "d1.example" : "d2.example";
-        r[i].queue = i % 3 == 0 ? "d0.example/pool-a" : i % 3 == 1 ? "d1.example/pool-a"
-                                                                   : "d2.example/pool-a";
+        r[i].queue = i % 3 == 0   ? "d0.example/pool-a"
+                     : i % 3 == 1 ? "d1.example/pool-a"
+                                  : "d2.example/pool-a";
         r[i].notify = QSTORE_NOTIFY_FAILURE;
     }
     fill_body(&body, seq, len);
     assert_int_equal(qstore_newmsg_create(&nm, &e, r, n, &body), 0);
-    assert_int_equal(body.len, 0);      /* the body was taken over */
+    assert_int_equal(body.len, 0); /* the body was taken over */
     buf_free(&body);
     for (unsigned i = 0; i < n; i++)
         free(addr[i]);
@@ -126,13 +136,14 @@ static struct qstore_newmsg *make_msg(uint64_t seq, unsigned n, size_t len)
 }
 
 /* check_msg - M is message SEQ with N recipients and LEN body bytes, all intact */
-static int check_msg(const struct qstore_msg *m, uint64_t seq, unsigned n, size_t len)
+static int
+check_msg(const struct qstore_msg *m, uint64_t seq, unsigned n, size_t len)
 {
     char job[32], addr[96];
 
     snprintf(job, sizeof job, "seq-%" PRIu64, seq);
-    if (strcmp(m->env.job_id, job) != 0 || m->env.nrcpt != n || m->nrcpt != n
-        || m->body_len != len || m->env.size != len)
+    if (strcmp(m->env.job_id, job) != 0 || m->env.nrcpt != n || m->nrcpt != n ||
+        m->body_len != len || m->env.size != len)
         return 0;
     for (unsigned i = 0; i < n; i++) {
         snprintf(addr, sizeof addr, "user%u.%" PRIu64 "@d%u.example", i, seq, i % 3);
@@ -146,12 +157,14 @@ static int check_msg(const struct qstore_msg *m, uint64_t seq, unsigned n, size_
 }
 
 /* seq shape used by the crash and group tests */
-static unsigned seq_nrcpt(uint64_t seq)
+static unsigned
+seq_nrcpt(uint64_t seq)
 {
     return 1 + (unsigned)(seq % 5);
 }
 
-static size_t seq_len(uint64_t seq)
+static size_t
+seq_len(uint64_t seq)
 {
     return seq % 7 == 3 ? QSTORE_CHUNK_MAX + 1000 + seq % 100 : 200 + (seq * 37) % 5000;
 }
@@ -159,22 +172,39 @@ static size_t seq_len(uint64_t seq)
 /* ---- record round trip ------------------------------------------------------------- */
 
 static const struct qstore_envelope full_env = {
-    .flags = QSTORE_F_8BITMIME | QSTORE_F_SMTPUTF8, .ret = QSTORE_RET_FULL,
-    .nrcpt = 3, .queued_at = 1764262603, .size = 3 * QSTORE_CHUNK_MAX - 5, .nchunks = 3,
-    .sender = "s\xc3\xa9nder@example.org", .envid = "ENV+2Did", .job_id = "job-42",
-    .vmta = "vmta-1", .source = "inbound", .client_ip = "192.0.2.7",
-    .client_helo = "helo.example", .auth_user = "alice", .bounce_sender = "b@example.org",
+    .flags = QSTORE_F_8BITMIME | QSTORE_F_SMTPUTF8,
+    .ret = QSTORE_RET_FULL,
+    .nrcpt = 3,
+    .queued_at = 1764262603,
+    .size = 3 * QSTORE_CHUNK_MAX - 5,
+    .nchunks = 3,
+    .sender = "s\xc3\xa9nder@example.org",
+    .envid = "ENV+2Did",
+    .job_id = "job-42",
+    .vmta = "vmta-1",
+    .source = "inbound",
+    .client_ip = "192.0.2.7",
+    .client_helo = "helo.example",
+    .auth_user = "alice",
+    .bounce_sender = "b@example.org",
 };
 
 static const struct qstore_rcpt full_rcpt = {
-    .state = QSTORE_RCPT_DEFERRED, .notify = QSTORE_NOTIFY_SUCCESS | QSTORE_NOTIFY_DELAY,
-    .attempts = 7, .queued_at = 1764262603, .first_attempt = 1764262610,
-    .next_attempt = 1764266210, .queue = "example.com/vmta-1", .address = "bob@example.com",
-    .orcpt = "rfc822;bob@example.com", .domain = "example.com",
+    .state = QSTORE_RCPT_DEFERRED,
+    .notify = QSTORE_NOTIFY_SUCCESS | QSTORE_NOTIFY_DELAY,
+    .attempts = 7,
+    .queued_at = 1764262603,
+    .first_attempt = 1764262610,
+    .next_attempt = 1764266210,
+    .queue = "example.com/vmta-1",
+    .address = "bob@example.com",
+    .orcpt = "rfc822;bob@example.com",
+    .domain = "example.com",
     .last_error = "451 4.7.1 try again later",
 };
 
-static void assert_env_equal(const struct qstore_envelope *a, const struct qstore_envelope *b)
+static void
+assert_env_equal(const struct qstore_envelope *a, const struct qstore_envelope *b)
 {
     assert_int_equal(a->flags, b->flags);
     assert_int_equal(a->ret, b->ret);
@@ -193,7 +223,8 @@ static void assert_env_equal(const struct qstore_envelope *a, const struct qstor
     assert_string_equal(a->bounce_sender, b->bounce_sender);
 }
 
-static void assert_rcpt_equal(const struct qstore_rcpt *a, const struct qstore_rcpt *b)
+static void
+assert_rcpt_equal(const struct qstore_rcpt *a, const struct qstore_rcpt *b)
 {
     assert_int_equal(a->state, b->state);
     assert_int_equal(a->notify, b->notify);
@@ -208,7 +239,8 @@ static void assert_rcpt_equal(const struct qstore_rcpt *a, const struct qstore_r
     assert_string_equal(a->last_error, b->last_error);
 }
 
-static void test_codec_roundtrip(void **state)
+static void
+test_codec_roundtrip(void **state)
 {
     struct buf b;
     struct qstore_envelope e;
@@ -233,7 +265,8 @@ static void test_codec_roundtrip(void **state)
     buf_free(&b);
 }
 
-static void test_codec_limits(void **state)
+static void
+test_codec_limits(void **state)
 {
     char big[QSTORE_STR_MAX + 2];
     struct qstore_rcpt r = full_rcpt, out;
@@ -248,14 +281,14 @@ static void test_codec_limits(void **state)
     assert_int_equal(qstore_rcpt_encode(&b, &r), -EMSGSIZE);
     assert_int_equal(b.len, 0);
     r.address = "a@b";
-    r.last_error = big;         /* reply text is truncated, not refused */
+    r.last_error = big; /* reply text is truncated, not refused */
     assert_int_equal(qstore_rcpt_encode(&b, &r), 0);
     assert_int_equal(qstore_rcpt_decode(b.data, b.len, &out), 0);
     assert_int_equal(strlen(out.last_error), QSTORE_ERR_MAX);
     e.flags = 0x80;
     assert_int_equal(qstore_envelope_encode(&b, &e), -EINVAL);
     e.flags = 0;
-    e.nchunks = 2;              /* does not match size */
+    e.nchunks = 2; /* does not match size */
     assert_int_equal(qstore_envelope_encode(&b, &e), -EINVAL);
     r.state = 9;
     assert_int_equal(qstore_rcpt_encode(&b, &r), -EINVAL);
@@ -266,20 +299,26 @@ static void test_codec_limits(void **state)
 
 typedef int (*decode_fn)(const void *rec, size_t len, void *out);
 
-static int dec_env(const void *rec, size_t len, void *out)
+static int
+dec_env(const void *rec, size_t len, void *out)
 {
     return qstore_envelope_decode(rec, len, out);
 }
 
-static int dec_rcpt(const void *rec, size_t len, void *out)
+static int
+dec_rcpt(const void *rec, size_t len, void *out)
 {
     return qstore_rcpt_decode(rec, len, out);
 }
 
 /* decode_copy - decode from an exact-size heap copy so ASan sees any overread */
-static int decode_copy(decode_fn fn, const char *rec, size_t len)
+static int
+decode_copy(decode_fn fn, const char *rec, size_t len)
 {
-    union { struct qstore_envelope e; struct qstore_rcpt r; } out;
+    union {
+        struct qstore_envelope e;
+        struct qstore_rcpt r;
+    } out;
     char *p = xmalloc(len ? len : 1);
     int rc;
 
@@ -290,7 +329,8 @@ static int decode_copy(decode_fn fn, const char *rec, size_t len)
 }
 
 /* check_corruptions - truncation, length flips, version, trailing bytes, bit flips */
-static void check_corruptions(decode_fn fn, const struct buf *b, size_t fixed, unsigned nstr)
+static void
+check_corruptions(decode_fn fn, const struct buf *b, size_t fixed, unsigned nstr)
 {
     char *rec = xmalloc(b->len + 1);
     size_t off = fixed;
@@ -316,7 +356,7 @@ static void check_corruptions(decode_fn fn, const struct buf *b, size_t fixed, u
     }
     assert_int_equal(off, b->len);
     assert_int_equal(decode_copy(fn, rec, b->len), 0);
-    rec[0] = 2;                         /* unknown version */
+    rec[0] = 2; /* unknown version */
     assert_int_equal(decode_copy(fn, rec, b->len), -EPROTO);
     rec[0] = 1;
     /* any single bit flip: decoded or refused, never a crash or overread */
@@ -333,7 +373,8 @@ static void check_corruptions(decode_fn fn, const struct buf *b, size_t fixed, u
     free(rec);
 }
 
-static void test_codec_corrupt(void **state)
+static void
+test_codec_corrupt(void **state)
 {
     struct buf b;
 
@@ -347,7 +388,8 @@ static void test_codec_corrupt(void **state)
     buf_free(&b);
 }
 
-static int count_cb(const struct qstore_sched *s, void *arg)
+static int
+count_cb(const struct qstore_sched *s, void *arg)
 {
     (void)s;
     (*(uint64_t *)arg)++;
@@ -355,7 +397,8 @@ static int count_cb(const struct qstore_sched *s, void *arg)
 }
 
 /* corrupt_rcpt_in_db - overwrite rcpt MSGID/0 with garbage through raw LMDB */
-static void corrupt_rcpt_in_db(const char *dir, uint64_t msgid)
+static void
+corrupt_rcpt_in_db(const char *dir, uint64_t msgid)
 {
     MDB_env *env;
     MDB_txn *txn;
@@ -375,7 +418,8 @@ static void corrupt_rcpt_in_db(const char *dir, uint64_t msgid)
     mdb_env_close(env);
 }
 
-static void test_corrupt_in_store(void **state)
+static void
+test_corrupt_in_store(void **state)
 {
     struct tdir d;
     struct qstore *qs;
@@ -411,7 +455,8 @@ static void test_corrupt_in_store(void **state)
 
 /* ---- store and read back --------------------------------------------------------- */
 
-static void test_put_read_roundtrip(void **state)
+static void
+test_put_read_roundtrip(void **state)
 {
     struct tdir d;
     struct qstore *qs;
@@ -441,7 +486,7 @@ static void test_put_read_roundtrip(void **state)
     {
         struct qstore_envelope want = full_env;
 
-        want.size = len;        /* computed on submit */
+        want.size = len; /* computed on submit */
         want.nchunks = 3;
         assert_env_equal(&m->env, &want);
     }
@@ -456,13 +501,13 @@ static void test_put_read_roundtrip(void **state)
         if (m->body[i] != body_byte(99, i))
             fail_msg("body byte %zu differs", i);
     qstore_msg_free(m);
-    assert_int_equal(qstore_read_msg(qs, id, 0, &m), 0);     /* without the body */
+    assert_int_equal(qstore_read_msg(qs, id, 0, &m), 0); /* without the body */
     assert_null(m->body);
     qstore_msg_free(m);
     assert_int_equal(qstore_read_msg(qs, id + 1, 0, &m), -ENOENT);
     assert_int_equal(qstore_info(qs, &info), 0);
-    assert_true(info.messages == 1 && info.recipients == 3 && info.chunks == 3
-                && info.next_msgid == 2);
+    assert_true(info.messages == 1 && info.recipients == 3 && info.chunks == 3 &&
+                info.next_msgid == 2);
     qstore_close(qs);
     /* ids survive a reopen and keep growing */
     qs = open_store(d.env, 64 << 20, 0);
@@ -475,7 +520,8 @@ static void test_put_read_roundtrip(void **state)
 }
 
 /* check_patched - stored body of ID: the id's text at AT, every other byte as written */
-static void check_patched(struct qstore *qs, uint64_t id, uint64_t seq, size_t len, size_t at)
+static void
+check_patched(struct qstore *qs, uint64_t id, uint64_t seq, size_t len, size_t at)
 {
     struct qstore_msg *m;
     char qid[QSTORE_QID_LEN + 1];
@@ -491,7 +537,8 @@ static void check_patched(struct qstore *qs, uint64_t id, uint64_t seq, size_t l
 }
 
 /* the queue-id patch: at the start, across a chunk boundary, at the very end */
-static void test_qid_patch(void **state)
+static void
+test_qid_patch(void **state)
 {
     const size_t len = QSTORE_CHUNK_MAX + 100;
     const size_t at[] = { 0, QSTORE_CHUNK_MAX - 7, len - QSTORE_QID_LEN };
@@ -526,7 +573,8 @@ struct acks {
     int status[256];
 };
 
-static void ack_cb(void *arg, int status, uint64_t msgid)
+static void
+ack_cb(void *arg, int status, uint64_t msgid)
 {
     struct acks *a = arg;
 
@@ -540,12 +588,14 @@ static void ack_cb(void *arg, int status, uint64_t msgid)
     a->noent += status == -ENOENT;
 }
 
-static void closed_cb(void *arg)
+static void
+closed_cb(void *arg)
 {
     *(int *)arg = 1;
 }
 
-static void close_group(uv_loop_t *loop, struct qstore_group *g)
+static void
+close_group(uv_loop_t *loop, struct qstore_group *g)
 {
     int closed = 0;
 
@@ -554,7 +604,8 @@ static void close_group(uv_loop_t *loop, struct qstore_group *g)
     assert_int_equal(closed, 1);
 }
 
-static void test_group_groups(void **state)
+static void
+test_group_groups(void **state)
 {
     struct tdir d;
     struct qstore *qs;
@@ -566,25 +617,25 @@ static void test_group_groups(void **state)
 
     (void)state;
     tdir_make(&d);
-    qs = open_store(d.env, 256 << 20, 0);     /* sync on: the real thing */
+    qs = open_store(d.env, 256 << 20, 0); /* sync on: the real thing */
     assert_int_equal(uv_loop_init(&loop), 0);
     assert_int_equal(qstore_group_new(&g, &loop, qs, NULL), 0);
     t0 = now_ms();
     for (uint64_t seq = 0; seq < 100; seq++)
-        assert_int_equal(qstore_group_submit(g, make_msg(seq, seq_nrcpt(seq), seq_len(seq)),
-                                             ack_cb, &a), 0);
+        assert_int_equal(
+            qstore_group_submit(g, make_msg(seq, seq_nrcpt(seq), seq_len(seq)), ack_cb, &a), 0);
     assert_int_equal(qstore_group_pending(g), 100);
     uv_run(&loop, UV_RUN_DEFAULT);
     assert_int_equal(a.done, 100);
     assert_int_equal(a.ok, 100);
     qstore_group_stats(g, &st);
     print_message("# group: 100 messages in %" PRIu64 " commit(s), %.1f messages/sync, "
-                  "%.2f ms in txns, %.2f ms wall\n", st.commits,
-                  st.commits ? (double)st.msgs / (double)st.commits : 0.0, st.commit_ms,
+                  "%.2f ms in txns, %.2f ms wall\n",
+                  st.commits, st.commits ? (double)st.msgs / (double)st.commits : 0.0, st.commit_ms,
                   now_ms() - t0);
     assert_true(st.commits <= 10);
     assert_true(st.msgs == 100);
-    for (unsigned i = 0; i < 100; i++) {        /* callbacks come in submission order */
+    for (unsigned i = 0; i < 100; i++) { /* callbacks come in submission order */
         struct qstore_msg *m;
 
         assert_true(a.ids[i] == i + 1);
@@ -598,7 +649,7 @@ static void test_group_groups(void **state)
 
         qstore_group_close(g, closed_cb, &closed);
         assert_int_equal(qstore_group_submit(g, late, ack_cb, &a), -ESHUTDOWN);
-        qstore_newmsg_free(late);           /* refused: still ours */
+        qstore_newmsg_free(late); /* refused: still ours */
         uv_run(&loop, UV_RUN_DEFAULT);
         assert_int_equal(closed, 1);
     }
@@ -608,9 +659,10 @@ static void test_group_groups(void **state)
 }
 
 /* a paced group keeps commits apart, except when a batch is full */
-static void test_group_paced(void **state)
+static void
+test_group_paced(void **state)
 {
-    static const struct qstore_group_opts paced = {.pace_ms = 200, .max_batch = 8};
+    static const struct qstore_group_opts paced = { .pace_ms = 200, .max_batch = 8 };
     struct tdir d;
     struct qstore *qs;
     struct qstore_group *g;
@@ -628,7 +680,7 @@ static void test_group_paced(void **state)
     uv_run(&loop, UV_RUN_DEFAULT);
     t1 = now_ms();
     assert_int_equal(a.ok, 1);
-    assert_true(t1 - t0 < 150);                 /* the first commit does not wait */
+    assert_true(t1 - t0 < 150); /* the first commit does not wait */
     qstore_group_submit(g, make_msg(2, 1, 100), ack_cb, &a);
     qstore_group_submit(g, make_msg(3, 1, 100), ack_cb, &a);
     uv_run(&loop, UV_RUN_DEFAULT);
@@ -636,7 +688,7 @@ static void test_group_paced(void **state)
     assert_int_equal(a.ok, 3);
     print_message("# paced: second commit %.0f ms after the first\n", t2 - t0);
     assert_true(t2 - t0 >= 190);
-    for (uint64_t seq = 10; seq < 18; seq++)    /* a full batch goes at once */
+    for (uint64_t seq = 10; seq < 18; seq++) /* a full batch goes at once */
         qstore_group_submit(g, make_msg(seq, 1, 100), ack_cb, &a);
     uv_run(&loop, UV_RUN_DEFAULT);
     assert_true(now_ms() - t2 < 150);
@@ -647,7 +699,8 @@ static void test_group_paced(void **state)
     tdir_remove(&d);
 }
 
-static void test_outcomes(void **state)
+static void
+test_outcomes(void **state)
 {
     struct tdir d;
     struct qstore *qs;
@@ -658,8 +711,10 @@ static void test_outcomes(void **state)
     uv_loop_t loop;
     uint64_t id, other;
     char longerr[700];
-    struct qstore_defer df = { .attempts = 2, .next_attempt = 2000000000,
-                               .first_attempt = 1900000000, .last_error = longerr };
+    struct qstore_defer df = { .attempts = 2,
+                               .next_attempt = 2000000000,
+                               .first_attempt = 1900000000,
+                               .last_error = longerr };
 
     (void)state;
     memset(longerr, 'e', sizeof longerr - 1);
@@ -703,8 +758,8 @@ static void test_outcomes(void **state)
 
     /* the last one goes: msg and body go in the same transaction */
     qstore_group_finish(g, id, 1, ack_cb, &a);
-    qstore_group_finish(g, id, 1, ack_cb, &a);      /* again: -ENOENT, batch unharmed */
-    qstore_group_defer(g, id, 1, &df, ack_cb, &a);  /* gone: -ENOENT */
+    qstore_group_finish(g, id, 1, ack_cb, &a);     /* again: -ENOENT, batch unharmed */
+    qstore_group_defer(g, id, 1, &df, ack_cb, &a); /* gone: -ENOENT */
     uv_run(&loop, UV_RUN_DEFAULT);
     assert_int_equal(a.ok, 6);
     assert_int_equal(a.noent, 2);
@@ -725,7 +780,8 @@ static void test_outcomes(void **state)
 
 /* ---- a full map ---------------------------------------------------------------------- */
 
-static void test_map_full(void **state)
+static void
+test_map_full(void **state)
 {
     struct tdir d;
     struct qstore *qs;
@@ -740,7 +796,7 @@ static void test_map_full(void **state)
 
     (void)state;
     tdir_make(&d);
-    qs = open_store(d.env, 2 << 20, QSTORE_NOSYNC);     /* 2 MiB map */
+    qs = open_store(d.env, 2 << 20, QSTORE_NOSYNC); /* 2 MiB map */
     while (n < 64) {
         nm = make_msg(n, 2, 100 * 1000);
         rc = qstore_put(qs, nm, &ids[n]);
@@ -763,7 +819,7 @@ static void test_map_full(void **state)
     assert_int_equal(qstore_delete_msg(qs, ids[1]), 0);
     assert_int_equal(uv_loop_init(&loop), 0);
     assert_int_equal(qstore_group_new(&g, &loop, qs, NULL), 0);
-    qstore_group_submit(g, make_msg(500, 1, 4 << 20), ack_cb, &a);     /* > map */
+    qstore_group_submit(g, make_msg(500, 1, 4 << 20), ack_cb, &a); /* > map */
     qstore_group_submit(g, make_msg(501, 1, 1000), ack_cb, &a);
     uv_run(&loop, UV_RUN_DEFAULT);
     assert_int_equal(a.done, 2);
@@ -797,12 +853,13 @@ struct scan_check {
     int order_ok;
 };
 
-static int scan_check_cb(const struct qstore_sched *s, void *arg)
+static int
+scan_check_cb(const struct qstore_sched *s, void *arg)
 {
     struct scan_check *c = arg;
 
-    if (c->n > 0 && (s->msgid < c->last_msgid
-                     || (s->msgid == c->last_msgid && s->index <= c->last_index)))
+    if (c->n > 0 &&
+        (s->msgid < c->last_msgid || (s->msgid == c->last_msgid && s->index <= c->last_index)))
         c->order_ok = 0;
     if (s->queue_len != strlen(s->queue) || strncmp(s->queue, "d", 1) != 0)
         c->order_ok = 0;
@@ -813,13 +870,15 @@ static int scan_check_cb(const struct qstore_sched *s, void *arg)
     return 0;
 }
 
-static int stop_cb(const struct qstore_sched *s, void *arg)
+static int
+stop_cb(const struct qstore_sched *s, void *arg)
 {
     (void)s;
     return ++*(int *)arg == 10 ? 42 : 0;
 }
 
-static void test_scan_100k(void **state)
+static void
+test_scan_100k(void **state)
 {
     enum { MSGS = 1000, RCPTS = 100, PER_TXN = 100 };
     struct tdir d;
@@ -856,7 +915,7 @@ static void test_scan_100k(void **state)
                   c.n, t_scan, t_scan * 1e6 / (double)c.n, t_fill);
     assert_int_equal(qstore_scan_msg(qs, 500, count_cb, &n, NULL), 0);
     assert_true(n == RCPTS);
-    assert_int_equal(qstore_scan(qs, stop_cb, &stop, NULL), 42);     /* callback stops it */
+    assert_int_equal(qstore_scan(qs, stop_cb, &stop, NULL), 42); /* callback stops it */
     qstore_close(qs);
     tdir_remove(&d);
 }
@@ -878,7 +937,8 @@ struct child_op {
 
 static void child_submit(struct child *c);
 
-static void child_ack(void *arg, int status, uint64_t msgid)
+static void
+child_ack(void *arg, int status, uint64_t msgid)
 {
     struct child_op *op = arg;
     struct child *c = op->c;
@@ -894,7 +954,8 @@ static void child_ack(void *arg, int status, uint64_t msgid)
     child_submit(c);
 }
 
-static void child_submit(struct child *c)
+static void
+child_submit(struct child *c)
 {
     while (c->inflight < 24) {
         struct child_op *op = xmalloc(sizeof *op);
@@ -909,14 +970,15 @@ static void child_submit(struct child *c)
 }
 
 /* child_main - open the env after fork, as LMDB requires, and commit forever */
-static void child_main(const char *dir, int fd)
+static void
+child_main(const char *dir, int fd)
 {
     struct child c = { .fd = fd };
     struct qstore *qs;
     struct qstore_opts o = { .map_size = (size_t)1 << 30 };
 
-    if (qstore_open(&qs, dir, &o) != 0 || uv_loop_init(&c.loop) != 0
-        || qstore_group_new(&c.g, &c.loop, qs, NULL) != 0)
+    if (qstore_open(&qs, dir, &o) != 0 || uv_loop_init(&c.loop) != 0 ||
+        qstore_group_new(&c.g, &c.loop, qs, NULL) != 0)
         _exit(2);
     child_submit(&c);
     uv_run(&c.loop, UV_RUN_DEFAULT);
@@ -928,7 +990,8 @@ struct acked {
     size_t n, cap;
 };
 
-static int read_acks(int fd, struct acked *a, size_t want)
+static int
+read_acks(int fd, struct acked *a, size_t want)
 {
     uint64_t rec[2];
 
@@ -956,7 +1019,8 @@ struct store_walk {
     size_t nids, cap;
 };
 
-static int collect_ids(const struct qstore_sched *s, void *arg)
+static int
+collect_ids(const struct qstore_sched *s, void *arg)
 {
     struct store_walk *w = arg;
 
@@ -972,13 +1036,15 @@ static int collect_ids(const struct qstore_sched *s, void *arg)
 }
 
 /* seq_of - the seq a stored message was built from ("seq-N" job id) */
-static uint64_t seq_of(const struct qstore_msg *m)
+static uint64_t
+seq_of(const struct qstore_msg *m)
 {
     return strtoull(m->env.job_id + 4, NULL, 10);
 }
 
 /* verify_store - every message whole, no orphans, every acknowledged one present */
-static void verify_store(const char *dir, const struct acked *a)
+static void
+verify_store(const char *dir, const struct acked *a)
 {
     struct qstore *qs = open_store(dir, (size_t)1 << 30, 0);
     struct store_walk w = { 0 };
@@ -1028,7 +1094,8 @@ static void verify_store(const char *dir, const struct acked *a)
     qstore_close(qs);
 }
 
-static void crash_round(unsigned seed)
+static void
+crash_round(unsigned seed)
 {
     struct tdir d;
     struct acked a = { 0 };
@@ -1051,14 +1118,15 @@ static void crash_round(unsigned seed)
     assert_int_equal(kill(pid, SIGKILL), 0);
     assert_int_equal(waitpid(pid, &status, 0), pid);
     assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
-    assert_int_equal(read_acks(fds[0], &a, 0), 0);  /* acks already in the pipe */
+    assert_int_equal(read_acks(fds[0], &a, 0), 0); /* acks already in the pipe */
     close(fds[0]);
     verify_store(d.env, &a);
     free(a.rec);
     tdir_remove(&d);
 }
 
-static void test_crash_kill(void **state)
+static void
+test_crash_kill(void **state)
 {
     unsigned seed = (unsigned)time(NULL) ^ (unsigned)getpid();
 
@@ -1068,21 +1136,16 @@ static void test_crash_kill(void **state)
         crash_round(seed + round * 7919);
 }
 
-int main(void)
+int
+main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_codec_roundtrip),
-        cmocka_unit_test(test_codec_limits),
-        cmocka_unit_test(test_codec_corrupt),
-        cmocka_unit_test(test_corrupt_in_store),
-        cmocka_unit_test(test_put_read_roundtrip),
-        cmocka_unit_test(test_qid_patch),
-        cmocka_unit_test(test_group_groups),
-        cmocka_unit_test(test_group_paced),
-        cmocka_unit_test(test_outcomes),
-        cmocka_unit_test(test_map_full),
-        cmocka_unit_test(test_scan_100k),
-        cmocka_unit_test(test_crash_kill),
+        cmocka_unit_test(test_codec_roundtrip),    cmocka_unit_test(test_codec_limits),
+        cmocka_unit_test(test_codec_corrupt),      cmocka_unit_test(test_corrupt_in_store),
+        cmocka_unit_test(test_put_read_roundtrip), cmocka_unit_test(test_qid_patch),
+        cmocka_unit_test(test_group_groups),       cmocka_unit_test(test_group_paced),
+        cmocka_unit_test(test_outcomes),           cmocka_unit_test(test_map_full),
+        cmocka_unit_test(test_scan_100k),          cmocka_unit_test(test_crash_kill),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -28,10 +28,10 @@
 
 struct host {
     struct smtpd_proto *s;
-    struct buf log;             /* one line per event */
-    struct buf body;            /* content of the current message */
+    struct buf log;  /* one line per event */
+    struct buf body; /* content of the current message */
     unsigned chunks;
-    bool async_data;            /* data_end does not answer at once */
+    bool async_data; /* data_end does not answer at once */
     bool async_rcpt;
     bool async_auth;
     bool refuse_data;
@@ -158,8 +158,7 @@ ev_auth(void *ctx, const char *mech, const char *user, const char *pass,
     buf_printf(&h->log, "AUTH %s %s %s\n", mech, user, pass);
     if (h->async_auth)
         return SMTPD_PENDING;
-    return strcmp(user, "alice") == 0 && strcmp(pass, "secret") == 0
-        ? SMTPD_ACCEPT : SMTPD_REJECT;
+    return strcmp(user, "alice") == 0 && strcmp(pass, "secret") == 0 ? SMTPD_ACCEPT : SMTPD_REJECT;
 }
 
 static void
@@ -200,20 +199,22 @@ test_config(struct smtpd_proto_config *cfg)
 }
 
 #define GREETING "220 mx.test ESMTP service ready\r\n"
-#define EHLO_PLAIN "250-mx.test\r\n250-PIPELINING\r\n250-SIZE 10000\r\n" \
+#define EHLO_PLAIN                                                           \
+    "250-mx.test\r\n250-PIPELINING\r\n250-SIZE 10000\r\n"                    \
     "250-STARTTLS\r\n250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n250-DSN\r\n" \
     "250-SMTPUTF8\r\n250 CHUNKING\r\n"
-#define EHLO_TLS "250-mx.test\r\n250-PIPELINING\r\n250-SIZE 10000\r\n" \
+#define EHLO_TLS                                                          \
+    "250-mx.test\r\n250-PIPELINING\r\n250-SIZE 10000\r\n"                 \
     "250-AUTH PLAIN LOGIN\r\n250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n" \
     "250-DSN\r\n250-SMTPUTF8\r\n250 CHUNKING\r\n"
-#define MAIL_OK "250 2.1.0 Sender ok\r\n"
-#define RCPT_OK "250 2.1.5 Recipient ok\r\n"
-#define GO_AHEAD "354 End data with <CR><LF>.<CR><LF>\r\n"
-#define QUEUED "250 2.0.0 Ok: queued as TEST\r\n"
-#define BYE "221 2.0.0 Bye\r\n"
-#define OK "250 2.0.0 Ok\r\n"
-#define BAD_SEQ "503 5.5.1 "
-#define ENVELOPE "EHLO c.test\r\nMAIL FROM:<a@src.test>\r\nRCPT TO:<b@dst.test>\r\n"
+#define MAIL_OK          "250 2.1.0 Sender ok\r\n"
+#define RCPT_OK          "250 2.1.5 Recipient ok\r\n"
+#define GO_AHEAD         "354 End data with <CR><LF>.<CR><LF>\r\n"
+#define QUEUED           "250 2.0.0 Ok: queued as TEST\r\n"
+#define BYE              "221 2.0.0 Bye\r\n"
+#define OK               "250 2.0.0 Ok\r\n"
+#define BAD_SEQ          "503 5.5.1 "
+#define ENVELOPE         "EHLO c.test\r\nMAIL FROM:<a@src.test>\r\nRCPT TO:<b@dst.test>\r\n"
 #define ENVELOPE_REPLIES EHLO_PLAIN MAIL_OK RCPT_OK
 
 static void
@@ -378,7 +379,8 @@ test_ehlo_policy_variants(void **state)
     cfg.allow_smtputf8 = false;
     host_open(&h, &cfg);
     expect(&h, GREETING);
-    say(&h, "EHLO c.test\r\n", "250-mx.test\r\n250-PIPELINING\r\n250-SIZE\r\n"
+    say(&h, "EHLO c.test\r\n",
+        "250-mx.test\r\n250-PIPELINING\r\n250-SIZE\r\n"
         "250-AUTH PLAIN LOGIN\r\n250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n"
         "250 DSN\r\n");
     host_close(&h);
@@ -457,10 +459,9 @@ test_full_transaction(void **state)
     say(&h, "Subject: hi\r\n\r\nbody\r\n", "");
     say(&h, ".\r\n", QUEUED);
     say(&h, "QUIT\r\n", BYE);
-    assert_string_equal(h.log.data,
-                        "EHLO c.test\nMAIL <a@src.test>\nRCPT <b@dst.test>\n"
-                        "RCPT <c@dst.test>\nBEGIN\nEND size=21 long=0 8bit=0 chunked=0 "
-                        "[Subject: hi\\r\\n\\r\\nbody\\r\\n]\nQUIT\n");
+    assert_string_equal(h.log.data, "EHLO c.test\nMAIL <a@src.test>\nRCPT <b@dst.test>\n"
+                                    "RCPT <c@dst.test>\nBEGIN\nEND size=21 long=0 8bit=0 chunked=0 "
+                                    "[Subject: hi\\r\\n\\r\\nbody\\r\\n]\nQUIT\n");
     host_close(&h);
 }
 
@@ -505,8 +506,10 @@ test_mail_params_decoded(void **state)
     (void)state;
     host_default(&h);
     say(&h, "EHLO c.test\r\n", EHLO_PLAIN);
-    say(&h, "MAIL FROM:<a@src.test> SIZE=500 BODY=8BITMIME RET=HDRS "
-        "ENVID=QQ+2B+3Dx SMTPUTF8\r\n", MAIL_OK);
+    say(&h,
+        "MAIL FROM:<a@src.test> SIZE=500 BODY=8BITMIME RET=HDRS "
+        "ENVID=QQ+2B+3Dx SMTPUTF8\r\n",
+        MAIL_OK);
     assert_true(h.mail.size_given);
     assert_int_equal(h.mail.size, 500);
     assert_int_equal(h.mail.body, SMTPD_BODY_8BITMIME);
@@ -545,8 +548,8 @@ test_mail_param_syntax(void **state)
         "MAIL FROM:<a@b.test> SIZE=12x\r\n",
         "MAIL FROM:<a@b.test> SIZE=\r\n",
         "MAIL FROM:<a@b.test> SIZE=1 SIZE=2\r\n",
-        "MAIL FROM:<a@b.test> ENVID=a+0D+0Ab\r\n",      /* CRLF inside */
-        "MAIL FROM:<a@b.test> ENVID=a+0\r\n",           /* truncated hexchar */
+        "MAIL FROM:<a@b.test> ENVID=a+0D+0Ab\r\n", /* CRLF inside */
+        "MAIL FROM:<a@b.test> ENVID=a+0\r\n",      /* truncated hexchar */
         "MAIL FROM:<a@b.test> SMTPUTF8=yes\r\n",
         "MAIL FROM:<a@b.test> =x\r\n",
         "MAIL FROM:<a@b.test> SIZE=123456789012345678901\r\n",
@@ -653,7 +656,7 @@ test_address_length_limits(void **state)
     snprintf(line, sizeof(line), "MAIL FROM:<a@%s.%s.%s.%s>\r\n", label, label, label, label);
     say(&h, line, "501 5.1.7 Sender address too long\r\n");
     snprintf(line, sizeof(line), "MAIL FROM:<a@%s.%s.%s.%.59s>\r\n", label, label, label, label);
-    say(&h, line, MAIL_OK);     /* path of exactly 256 */
+    say(&h, line, MAIL_OK); /* path of exactly 256 */
     say(&h, "RCPT TO:<b@dst.test>\r\n", RCPT_OK);
     memset(local, 'r', 65);
     local[65] = '\0';
@@ -731,7 +734,8 @@ test_rcpt_dsn_params(void **state)
     say(&h, ENVELOPE, ENVELOPE_REPLIES);
     say(&h, "RCPT TO:<c@dst.test> NOTIFY=SUCCESS,FAILURE,DELAY ORCPT=rfc822;c+2Bx+40dst.test\r\n",
         RCPT_OK);
-    assert_int_equal(h.rcpt.notify, SMTPD_NOTIFY_SUCCESS | SMTPD_NOTIFY_FAILURE | SMTPD_NOTIFY_DELAY);
+    assert_int_equal(h.rcpt.notify,
+                     SMTPD_NOTIFY_SUCCESS | SMTPD_NOTIFY_FAILURE | SMTPD_NOTIFY_DELAY);
     assert_string_equal(h.rcpt.orcpt_type, "rfc822");
     assert_string_equal(h.rcpt.orcpt, "c+x@dst.test");
     say(&h, "RCPT TO:<d@dst.test> notify=never\r\n", RCPT_OK);
@@ -1021,10 +1025,10 @@ test_data_size_overrun(void **state)
     for (i = 0; i < 10; i++)
         smtpd_proto_input(h.s, block, sizeof(block));
     expect(&h, "");
-    assert_false(log_has(&h, "ABORT"));         /* exactly 10000: fits */
+    assert_false(log_has(&h, "ABORT")); /* exactly 10000: fits */
     smtpd_proto_input(h.s, "y\r\n", 3);
     assert_true(log_has(&h, "ABORT\n"));
-    for (i = 0; i < 50; i++)                    /* keeps reading, drops it */
+    for (i = 0; i < 50; i++) /* keeps reading, drops it */
         smtpd_proto_input(h.s, block, sizeof(block));
     say(&h, ".\r\n", "552 5.3.4 Message size exceeds fixed maximum message size\r\n");
     assert_false(log_has(&h, "END"));
@@ -1043,10 +1047,10 @@ test_data_long_lines_and_8bit(void **state)
     say(&h, ENVELOPE "DATA\r\n", ENVELOPE_REPLIES GO_AHEAD);
     memset(line, 'a', 998);
     memcpy(line + 998, "\r\n", 2);
-    smtpd_proto_input(h.s, line, 1000);          /* 998: fine */
+    smtpd_proto_input(h.s, line, 1000); /* 998: fine */
     memset(line, 'b', 999);
     memcpy(line + 999, "\r\n", 2);
-    smtpd_proto_input(h.s, line, 1001);          /* 999: long */
+    smtpd_proto_input(h.s, line, 1001); /* 999: long */
     say(&h, "caf\xc3\xa9\r\n.\r\n", QUEUED);
     assert_true(log_has(&h, "END size=2008 long=1 8bit=1 chunked=0"));
     host_close(&h);
@@ -1089,11 +1093,12 @@ test_pipelined_transaction_one_input(void **state)
 
     (void)state;
     host_default(&h);
-    say(&h, "EHLO c.test\r\nMAIL FROM:<a@src.test>\r\nRCPT TO:<b@dst.test>\r\n"
+    say(&h,
+        "EHLO c.test\r\nMAIL FROM:<a@src.test>\r\nRCPT TO:<b@dst.test>\r\n"
         "RCPT TO:<x@deny.test>\r\nDATA\r\nhi\r\n.\r\nMAIL FROM:<>\r\n"
         "RCPT TO:<c@dst.test>\r\nDATA\r\n..\r\n.\r\nQUIT\r\n",
-        EHLO_PLAIN MAIL_OK RCPT_OK "550 5.7.1 Relaying denied\r\n" GO_AHEAD QUEUED
-        MAIL_OK RCPT_OK GO_AHEAD QUEUED BYE);
+        EHLO_PLAIN MAIL_OK RCPT_OK
+        "550 5.7.1 Relaying denied\r\n" GO_AHEAD QUEUED MAIL_OK RCPT_OK GO_AHEAD QUEUED BYE);
     assert_true(log_has(&h, "[hi\\r\\n]"));
     assert_true(log_has(&h, "[.\\r\\n]"));
     assert_true(smtpd_proto_is_closed(h.s));
@@ -1236,9 +1241,11 @@ test_noop_vrfy_help_expn(void **state)
     host_default(&h);
     say(&h, "NOOP\r\n", OK);
     say(&h, "NOOP anything\r\n", OK);
-    say(&h, "VRFY bob\r\n", "252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery\r\n");
+    say(&h, "VRFY bob\r\n",
+        "252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery\r\n");
     say(&h, "VRFY\r\n", "501 5.5.4 Syntax: VRFY address\r\n");
-    say(&h, "HELP\r\n", "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP "
+    say(&h, "HELP\r\n",
+        "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP "
         "QUIT VRFY HELP STARTTLS AUTH\r\n");
     say(&h, "EXPN list\r\n", "502 5.5.1 EXPN not supported\r\n");
     host_close(&h);
@@ -1289,11 +1296,11 @@ test_line_too_long(void **state)
     expect(&h, GREETING);
     memset(line, 'A', sizeof(line));
     memcpy(line, "NOOP ", 5);
-    memcpy(line + 510, "\r\n", 2);              /* exactly 512: fine */
+    memcpy(line + 510, "\r\n", 2); /* exactly 512: fine */
     smtpd_proto_input(h.s, line, 512);
     expect(&h, OK);
     line[510] = 'A';
-    memcpy(line + 511, "\r\n", 2);              /* 513: too long */
+    memcpy(line + 511, "\r\n", 2); /* 513: too long */
     smtpd_proto_input(h.s, line, 513);
     expect(&h, "500 5.5.2 Line too long\r\n");
     say(&h, "NOOP\r\n", OK);
@@ -1314,11 +1321,11 @@ test_line_too_long_partial(void **state)
     host_open(&h, &cfg);
     expect(&h, GREETING);
     memset(junk, 'A', sizeof(junk));
-    smtpd_proto_input(h.s, junk, 511);           /* could still end: wait */
+    smtpd_proto_input(h.s, junk, 511); /* could still end: wait */
     expect(&h, "");
-    smtpd_proto_input(h.s, junk, 1);             /* 512 w/o LF: can't fit */
+    smtpd_proto_input(h.s, junk, 1); /* 512 w/o LF: can't fit */
     expect(&h, "500 5.5.2 Line too long\r\n");
-    for (i = 0; i < 100; i++)                    /* the rest is skipped */
+    for (i = 0; i < 100; i++) /* the rest is skipped */
         smtpd_proto_input(h.s, junk, sizeof(junk));
     expect(&h, "");
     say(&h, "AAAA\r\nNOOP\r\n", OK);
@@ -1390,7 +1397,7 @@ test_errors_mixed_count(void **state)
     say(&h, "AUTH PLAIN\r\n", BAD_SEQ "AUTH not available\r\n");
     say(&h, "RCPT TO:<a@b.test>\r\n", BAD_SEQ "Need MAIL command\r\n");
     say(&h, "MAIL FROM:<a@b.test>\r\nRCPT TO:<x@deny.test>\r\n",
-        MAIL_OK "550 5.7.1 Relaying denied\r\n");     /* not counted */
+        MAIL_OK "550 5.7.1 Relaying denied\r\n"); /* not counted */
     say(&h, "RCPT TO:<x>\r\n", "501 5.1.3 Bad recipient address syntax\r\n");
     say(&h, "DATA\r\n", "554 5.5.1 No valid recipients\r\n");
     say(&h, "STARTTLS\r\n", BAD_SEQ "MAIL transaction in progress\r\n");
@@ -1413,7 +1420,7 @@ test_starttls_injection_discarded(void **state)
     say(&h, "STARTTLS\r\nMAIL FROM:<evil@x.test>\r\nRCPT TO:<v@dst.test>\r\n",
         "220 2.0.0 Ready to start TLS\r\n");
     assert_int_equal(smtpd_proto_state(h.s), SMTPD_STATE_TLS_HANDSHAKE);
-    say(&h, "NOOP\r\n", "");                        /* plaintext: dropped */
+    say(&h, "NOOP\r\n", ""); /* plaintext: dropped */
     assert_int_equal(smtpd_proto_discarded(h.s), 25 + 22 + 6);
     smtpd_proto_tls_started(h.s);
     assert_true(smtpd_proto_is_tls(h.s));
@@ -1436,16 +1443,18 @@ test_starttls_errors(void **state)
     host_default(&h);
     say(&h, "EHLO c.test\r\n", EHLO_PLAIN);
     say(&h, "STARTTLS now\r\n", "501 5.5.4 Syntax: STARTTLS\r\n");
-    say(&h, "MAIL FROM:<a@b.test>\r\nSTARTTLS\r\n", MAIL_OK BAD_SEQ "MAIL transaction in progress\r\n");
+    say(&h, "MAIL FROM:<a@b.test>\r\nSTARTTLS\r\n",
+        MAIL_OK BAD_SEQ "MAIL transaction in progress\r\n");
     host_close(&h);
 
     test_config(&cfg);
     cfg.offer_starttls = false;
     host_open(&h, &cfg);
     expect(&h, GREETING);
-    say(&h, "EHLO c.test\r\nSTARTTLS\r\n", "250-mx.test\r\n250-PIPELINING\r\n250-SIZE 10000\r\n"
-        "250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n250-DSN\r\n250-SMTPUTF8\r\n250 CHUNKING\r\n"
-        BAD_SEQ "STARTTLS not available\r\n");
+    say(&h, "EHLO c.test\r\nSTARTTLS\r\n",
+        "250-mx.test\r\n250-PIPELINING\r\n250-SIZE 10000\r\n"
+        "250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n250-DSN\r\n250-SMTPUTF8\r\n250 "
+        "CHUNKING\r\n" BAD_SEQ "STARTTLS not available\r\n");
     host_close(&h);
 }
 
@@ -1625,12 +1634,8 @@ static void
 test_auth_bad_base64(void **state)
 {
     static const char *const bad[] = {
-        "AUTH PLAIN abc\r\n",
-        "AUTH PLAIN ab=c\r\n",
-        "AUTH PLAIN ####\r\n",
-        "AUTH PLAIN AGFsaWNl AHNl\r\n",
-        "AUTH PLAIN A===\r\n",
-        "AUTH PLAIN AGFsaWNlAHNlY3JldA=\r\n",
+        "AUTH PLAIN abc\r\n",           "AUTH PLAIN ab=c\r\n", "AUTH PLAIN ####\r\n",
+        "AUTH PLAIN AGFsaWNl AHNl\r\n", "AUTH PLAIN A===\r\n", "AUTH PLAIN AGFsaWNlAHNlY3JldA=\r\n",
     };
     struct host h;
     size_t i;
@@ -1679,7 +1684,7 @@ test_auth_long_line_allowed(void **state)
     host_open(&h, &cfg);
     expect(&h, GREETING);
     say(&h, "EHLO c.test\r\n", EHLO_TLS);
-    memset(secret, 'p', 500);                   /* within SMTPD_CRED_MAX */
+    memset(secret, 'p', 500); /* within SMTPD_CRED_MAX */
     memcpy(secret, "\0alice\0", 7);
     snprintf(line, sizeof(line), "AUTH PLAIN %s\r\n", b64(secret, 500));
     say(&h, line, "535 5.7.8 Authentication credentials invalid\r\n");
@@ -1730,7 +1735,7 @@ test_require_tls(void **state)
     expect(&h, GREETING);
     say(&h, "EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nSTARTTLS\r\n",
         EHLO_PLAIN "530 5.7.0 Must issue a STARTTLS command first\r\n"
-        "220 2.0.0 Ready to start TLS\r\n");
+                   "220 2.0.0 Ready to start TLS\r\n");
     smtpd_proto_tls_started(h.s);
     say(&h, "EHLO c.test\r\nMAIL FROM:<a@b.test>\r\n", EHLO_TLS MAIL_OK);
     host_close(&h);
@@ -1764,12 +1769,11 @@ test_wait_for_commit_buffers_pipeline(void **state)
     (void)state;
     host_default(&h);
     h.async_data = true;
-    say(&h, ENVELOPE "DATA\r\nhi\r\n.\r\nMAIL FROM:<c@src.test>\r\n",
-        ENVELOPE_REPLIES GO_AHEAD);
+    say(&h, ENVELOPE "DATA\r\nhi\r\n.\r\nMAIL FROM:<c@src.test>\r\n", ENVELOPE_REPLIES GO_AHEAD);
     assert_int_equal(smtpd_proto_state(h.s), SMTPD_STATE_WAIT_HOST);
     say(&h, "RCPT TO:<d@dst.test>\r\nDATA\r\n", "");
     say(&h, "second\r\n.\r\nQUIT\r\n", "");
-    assert_false(log_has(&h, "MAIL <c@src.test>"));   /* not yet processed */
+    assert_false(log_has(&h, "MAIL <c@src.test>")); /* not yet processed */
     smtpd_proto_data_result(h.s, 250, "2.0.0", "Ok: queued as ONE");
     expect(&h, "250 2.0.0 Ok: queued as ONE\r\n" MAIL_OK RCPT_OK GO_AHEAD);
     assert_true(log_has(&h, "[second\\r\\n]"));
@@ -1800,7 +1804,7 @@ test_wait_held_overflow(void **state)
     assert_true(smtpd_proto_want_input(h.s));
     smtpd_proto_input(h.s, junk, sizeof(junk));
     smtpd_proto_input(h.s, junk, sizeof(junk));
-    assert_false(smtpd_proto_want_input(h.s));     /* past half: pause */
+    assert_false(smtpd_proto_want_input(h.s)); /* past half: pause */
     for (i = 0; i < 4; i++)
         smtpd_proto_input(h.s, junk, sizeof(junk));
     expect(&h, "");
@@ -1818,8 +1822,10 @@ test_async_rcpt(void **state)
     (void)state;
     host_default(&h);
     h.async_rcpt = true;
-    say(&h, "EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@dst.test>\r\n"
-        "RCPT TO:<y@dst.test>\r\nDATA\r\n", EHLO_PLAIN MAIL_OK);
+    say(&h,
+        "EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@dst.test>\r\n"
+        "RCPT TO:<y@dst.test>\r\nDATA\r\n",
+        EHLO_PLAIN MAIL_OK);
     smtpd_proto_result(h.s, 0, NULL, NULL);
     expect(&h, RCPT_OK);
     smtpd_proto_result(h.s, 550, "5.1.1", "No such user");
@@ -1855,7 +1861,7 @@ test_timeout_and_disconnect(void **state)
     say(&h, ENVELOPE "DATA\r\nx\r\n.\r\n", ENVELOPE_REPLIES GO_AHEAD);
     smtpd_proto_disconnected(h.s);
     assert_false(log_has(&h, "ABORT"));
-    smtpd_proto_data_result(h.s, 250, "2.0.0", "late");   /* ignored */
+    smtpd_proto_data_result(h.s, 250, "2.0.0", "late"); /* ignored */
     expect(&h, "");
     host_close(&h);
 
@@ -1892,8 +1898,8 @@ test_host_closes_inside_callback(void **state)
     h.s = smtpd_proto_new(&cfg, &ev, &h);
     smtpd_proto_start(h.s);
     expect(&h, GREETING);
-    say(&h, ENVELOPE "NOOP\r\n", EHLO_PLAIN MAIL_OK
-        "421 4.4.2 Timeout exceeded, closing connection\r\n");
+    say(&h, ENVELOPE "NOOP\r\n",
+        EHLO_PLAIN MAIL_OK "421 4.4.2 Timeout exceeded, closing connection\r\n");
     assert_true(smtpd_proto_is_closed(h.s));
     assert_true(log_has(&h, "ABORT\n"));
     host_close(&h);
@@ -1904,8 +1910,8 @@ test_host_closes_inside_callback(void **state)
 /* run_split - feed SCRIPT in pieces (step 0: random 1..17) and collect
    replies and events into OUT */
 static void
-run_split(const struct smtpd_proto_config *cfg, bool async_data, const char *script,
-          size_t len, size_t step, unsigned seed, struct buf *out)
+run_split(const struct smtpd_proto_config *cfg, bool async_data, const char *script, size_t len,
+          size_t step, unsigned seed, struct buf *out)
 {
     struct host h;
     size_t i = 0;
@@ -1933,21 +1939,26 @@ struct script {
     const char *p;
     size_t len;
 };
-#define SCRIPT(lit) { lit, sizeof(lit) - 1 }
+#define SCRIPT(lit)          \
+    {                        \
+        lit, sizeof(lit) - 1 \
+    }
 
 static const struct script split_scripts[] = {
     SCRIPT(ENVELOPE "RCPT TO:<x@deny.test>\r\nDATA\r\n..a\r\n.\r\nb.\r\n\r\n.\r\n"
-           "MAIL FROM:<> SIZE=10 BODY=8BITMIME\r\nRCPT TO:<q@dst.test> NOTIFY=NEVER\r\n"
-           "DATA\r\n.\r\nQUIT\r\n"),
+                    "MAIL FROM:<> SIZE=10 BODY=8BITMIME\r\nRCPT TO:<q@dst.test> NOTIFY=NEVER\r\n"
+                    "DATA\r\n.\r\nQUIT\r\n"),
     SCRIPT(ENVELOPE "BDAT 7\r\n\r\n.\r\nabBDAT 3 LAST\r\nxyzNOOP\r\nRSET\r\nQUIT\r\n"),
-    SCRIPT("EHLO c.test\r\nNO\0OP\r\nFOOBAR\r\nMAIL FROM:<a@b.test> BAD=1\r\n"
-           "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
-           "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\r\n"
-           "NOOP\r\n"),
+    SCRIPT(
+        "EHLO c.test\r\nNO\0OP\r\nFOOBAR\r\nMAIL FROM:<a@b.test> BAD=1\r\n"
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+        "\r\n"
+        "NOOP\r\n"),
     SCRIPT(ENVELOPE "DATA\r\nbare\nlf\r\n.\r\n" ENVELOPE "DATA\r\nok\r\n.\r\n"),
     SCRIPT("EHLO c.test\r\nSTARTTLS\r\nMAIL FROM:<evil@x.test>\r\n"),
     SCRIPT(ENVELOPE "DATA\r\nx\r\n.\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\n"
-           "y\r\n.\r\nQUIT\r\n"),
+                    "y\r\n.\r\nQUIT\r\n"),
 };
 
 static void
@@ -2008,9 +2019,9 @@ test_split_scripts_sane(void **state)
     buf_init(&out, 0);
     run_split(&cfg, false, split_scripts[2].p, split_scripts[2].len, 1, 0, &out);
     assert_non_null(strstr(out.data, "500 5.5.2 NUL character not allowed\r\n"
-                           "500 5.5.1 Command unrecognized\r\n"
-                           "555 5.5.4 Unsupported parameter\r\n"
-                           "500 5.5.2 Line too long\r\n" OK));
+                                     "500 5.5.1 Command unrecognized\r\n"
+                                     "555 5.5.4 Unsupported parameter\r\n"
+                                     "500 5.5.2 Line too long\r\n" OK));
     buf_free(&out);
 }
 
@@ -2020,10 +2031,29 @@ static void
 test_random_garbage_sessions(void **state)
 {
     static const char *const frags[] = {
-        "EHLO c.test\r\n", "MAIL FROM:<a@b.test>\r\n", "RCPT TO:<c@d.test>\r\n",
-        "DATA\r\n", "\r\n.\r\n", "BDAT 5\r\n", "BDAT 0 LAST\r\n", "AUTH LOGIN\r\n",
-        "AUTH PLAIN\r\n", "*\r\n", "STARTTLS\r\n", "RSET\r\n", "..", "\n", "\r",
-        "\0", "<", ">", "@", " SIZE=", "+2B", "\xff\xfe", "QUIT\r\n",
+        "EHLO c.test\r\n",
+        "MAIL FROM:<a@b.test>\r\n",
+        "RCPT TO:<c@d.test>\r\n",
+        "DATA\r\n",
+        "\r\n.\r\n",
+        "BDAT 5\r\n",
+        "BDAT 0 LAST\r\n",
+        "AUTH LOGIN\r\n",
+        "AUTH PLAIN\r\n",
+        "*\r\n",
+        "STARTTLS\r\n",
+        "RSET\r\n",
+        "..",
+        "\n",
+        "\r",
+        "\0",
+        "<",
+        ">",
+        "@",
+        " SIZE=",
+        "+2B",
+        "\xff\xfe",
+        "QUIT\r\n",
     };
     struct smtpd_proto_config cfg;
     unsigned seed = 7, round;
@@ -2088,8 +2118,8 @@ test_xtext_decode(void **state)
     assert_string_equal(out, "a+b=");
     assert_int_equal(smtpd_xtext_decode("+20", 3, out, sizeof(out)), 1);
     assert_string_equal(out, " ");
-    assert_int_equal(smtpd_xtext_decode("a+0D", 4, out, sizeof(out)), -1);   /* CR */
-    assert_int_equal(smtpd_xtext_decode("a+00", 4, out, sizeof(out)), -1);   /* NUL */
+    assert_int_equal(smtpd_xtext_decode("a+0D", 4, out, sizeof(out)), -1); /* CR */
+    assert_int_equal(smtpd_xtext_decode("a+00", 4, out, sizeof(out)), -1); /* NUL */
     assert_int_equal(smtpd_xtext_decode("a+", 2, out, sizeof(out)), -1);
     assert_int_equal(smtpd_xtext_decode("a+2", 3, out, sizeof(out)), -1);
     assert_int_equal(smtpd_xtext_decode("a=b", 3, out, sizeof(out)), -1);
@@ -2118,7 +2148,7 @@ test_parse_path_direct(void **state)
     assert_int_equal(smtpd_parse_path("<\xc3\xa9@b.c>", 8, SMTPD_PATH_UTF8_OK, out, &used),
                      SMTPD_PATH_OK);
     assert_int_equal(smtpd_parse_path("<\xed\xa0\x80@b.c>", 9, SMTPD_PATH_UTF8_OK, out, &used),
-                     SMTPD_PATH_SYNTAX);          /* surrogate */
+                     SMTPD_PATH_SYNTAX); /* surrogate */
     assert_int_equal(smtpd_parse_path("<\"a\\\x01\"@b.c>", 11, 0, out, &used), SMTPD_PATH_SYNTAX);
     assert_int_equal(smtpd_parse_path("<a@b.c.>", 8, 0, out, &used), SMTPD_PATH_SYNTAX);
 }
