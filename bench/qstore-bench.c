@@ -6,9 +6,9 @@
  * and the start-up scan qmgr does (ms to iterate N queued recipients).
  * Owns nothing but a scratch directory under /tmp, removed at the end.
  *
- * Build from the source tree after `make common/libpmtaqueue.a common/libpmtacommon.a`:
- *   cc -std=c11 -D_GNU_SOURCE -O2 -I. -Icommon -o /tmp/qstore-bench bench/qstore-bench.c \
- *      common/libpmtaqueue.a common/libpmtacommon.a -llmdb -luv
+ * Build from the source tree after `make runtime/libpmtaruntime.a util/libpmtautil.a`:
+ *   cc -std=c11 -D_GNU_SOURCE -O2 -I. -Iutil -Iconf -Iruntime -o /tmp/qstore-bench \
+ *      bench/qstore-bench.c runtime/libpmtaruntime.a util/libpmtautil.a -llmdb -luv
  * Run: /tmp/qstore-bench [-n MESSAGES] [-c CONCURRENCY] [-s BODY_BYTES] [-r RCPTS]
  *                        [-R SCAN_RECIPIENTS] [-N (nosync)]
  */

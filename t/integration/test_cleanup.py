@@ -407,6 +407,11 @@ def check_reload(tap, p, path, key):
     c = CleanupConn(path)
     c.begin(1, sender="a@example.com")
     c.rcpt(1, "x@y.test")
+    # cleanup reads a connection's frames in order: once a later transaction
+    # on it is answered, transaction 1 has begun under the old configuration
+    # (without this, the reload could overtake frames still in the socket)
+    c.message(2, "a@example.com", ["x@y.test"], simple(b"before reload"))
+    c.result(2)
     p.write_config(config_extra(key) + SMALL_SOURCE
                    + "<virtual-mta mta3>\n  smtp-source-host 127.0.0.13 mta3.test\n</virtual-mta>\n")
     mark = p.log_mark()

@@ -1,5 +1,5 @@
-"""pmtaipc - the internal frame format (common/ipc.h) and the mail-path
-messages (common/mailproto.h) for tests, stdlib only.
+"""pmtaipc - the internal frame format (util/ipc.h) and the mail-path
+messages (runtime/mailproto.h) for tests, stdlib only.
 
     from pmtaipc import CleanupConn
     c = CleanupConn(path)                 # RUNDIR/private/cleanup

@@ -1,5 +1,5 @@
 /*
- * test_common.c - unit tests for common/: buffers, the IPC frame codec and
+ * test_util.c - unit tests for util/: buffers, the IPC frame codec and
  * channels, log-line safety.
  */
 #include <errno.h>
@@ -331,7 +331,7 @@ file_text(int fd)
 static void
 test_msg_batched_lines_wait_for_flush_but_warnings_do_not(void **state)
 {
-    char path[] = "/tmp/test_common.logXXXXXX";
+    char path[] = "/tmp/test_util.logXXXXXX";
     int fd = mkstemp(path);
 
     (void)state;
@@ -376,7 +376,7 @@ main(void)
         cmocka_unit_test(test_msg_batched_lines_wait_for_flush_but_warnings_do_not),
     };
 
-    msg_init("test_common");
+    msg_init("test_util");
     msg_also_stderr(0);
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
