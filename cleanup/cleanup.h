@@ -8,7 +8,7 @@
  *                     DKIM key lists, compiled <pattern-list>s, pool turns,
  *                     a transaction's <source> settings
  *   cleanup_server.c  the private/cleanup socket: connections from smtpd,
- *                     frames (common/mailproto.h), transactions
+ *                     frames (runtime/mailproto.h), transactions
  *   cleanup_route.c   the choice of the virtual MTA (precedence, pools)
  *   cleanup_commit.c  END: header work, DKIM, queue names, envelope, the
  *                     grouped commit and the answer

@@ -4,7 +4,7 @@
  * Accepts connections on the private/cleanup socket pmtad bound and passed
  * us (several smtpd processes, and several cleanup processes may share the
  * socket: accept is non-blocking and EAGAIN means another process won).
- * On each connection the frames of common/mailproto.h build transactions,
+ * On each connection the frames of runtime/mailproto.h build transactions,
  * multiplexed by the frame id: BEGIN, RCPT*, DATA*, END, or ABORT.
  *
  *   - DATA accumulates in a buffer bounded by the source's max-message-size

@@ -9,7 +9,7 @@
  *   qmgr_sched.c    start-up rebuild, new-message catch-up scans, the wake
  *                   timers and the dispatch pass (who gets a connection)
  *   qmgr_conn.c     the qmgr socket: cleanup hints and smtp-out processes,
- *                   connections and transactions (common/mailproto.h)
+ *                   connections and transactions (runtime/mailproto.h)
  *   qmgr_rate.c     smooth rate limiters (GCRA) for max-msg-rate and
  *                   max-connect-rate
  *   qmgr_vmta.c     limits across all queues of one virtual MTA

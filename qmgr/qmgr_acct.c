@@ -865,7 +865,7 @@ open_file(struct acct_file *f, time_t now)
 
 /*
  * ignore_sigpipe - a pipe program that dies must give us EPIPE, not kill the
- * process. qmgr's worker already ignores SIGPIPE (common/worker.c); this
+ * process. qmgr's worker already ignores SIGPIPE (runtime/worker.c); this
  * covers other users of the library (tests, tools) that left it at default.
  */
 static void

@@ -1,6 +1,6 @@
 /*
  * qmgr_conn.c - the qmgr socket: cleanup's hints and the smtp-out processes,
- *               one smtp-out connection at a time (common/mailproto.h)
+ *               one smtp-out connection at a time (runtime/mailproto.h)
  *
  * Every process that connects to RUNDIR/private/qmgr is a peer; its first
  * frame says what it is: MP_OUT_HELLO (an smtp-out process) or MP_QUEUE_NEW

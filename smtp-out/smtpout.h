@@ -5,7 +5,7 @@
  *   smtpout.c         main: process-wide resources (resolver, TLS context, the
  *                     queue store) and the shutdown sequence
  *   smtpout_worker.c  the channel to qmgr: connect with back-off, parse
- *                     qmgr's frames, encode our reports (common/mailproto.h)
+ *                     qmgr's frames, encode our reports (runtime/mailproto.h)
  *   smtpout_conn.c    the connection table and each connection's life:
  *                     resolve, connect (walking the destinations), run the
  *                     transactions qmgr sends, close

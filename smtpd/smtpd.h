@@ -3,7 +3,7 @@
  *
  * NAME
  *   smtpd - inbound SMTP worker: sessions, <source> policy, TLS, AUTH, and
- *   the client side of the smtpd -> cleanup protocol (common/mailproto.h)
+ *   the client side of the smtpd -> cleanup protocol (runtime/mailproto.h)
  *
  * DESCRIPTION
  *   Modules:
