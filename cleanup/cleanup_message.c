@@ -94,10 +94,11 @@ field_name_len(const struct line *ln)
     return end;
 }
 
+/* refuse - "WHAT LIMIT UNIT" as the error ("more than 100 header fields") */
 static int
-refuse(struct parser *p, const char *fmt, size_t n)
+refuse(struct parser *p, const char *what, size_t limit, const char *unit)
 {
-    snprintf(p->err, p->errlen, fmt, n);
+    snprintf(p->err, p->errlen, "%s %zu%s", what, limit, unit);
     return -E2BIG;
 }
 
@@ -176,9 +177,9 @@ parse_header_line(struct parser *p, const struct line *ln, struct cleanup_header
 
     if (ln->len > 0 && IS_WSP(ln->p[0]) && *cur) {
         if ((*cur)->raw_len + ln->len + 2 > p->lim.max_field_bytes)
-            return refuse(p, "header field longer than %zu bytes", p->lim.max_field_bytes);
+            return refuse(p, "header field longer than", p->lim.max_field_bytes, " bytes");
         if (ln->len + 2 > p->lim.max_section_bytes - msg->head.len)
-            return refuse(p, "header section longer than %zu bytes", p->lim.max_section_bytes);
+            return refuse(p, "header section longer than", p->lim.max_section_bytes, " bytes");
         append_line(&msg->head, ln);
         (*cur)->raw_len += ln->len + 2;
         return 1;
@@ -186,12 +187,12 @@ parse_header_line(struct parser *p, const struct line *ln, struct cleanup_header
     if ((namelen = field_name_len(ln)) == 0)
         return 0;
     if (msg->nhdrs >= p->lim.max_headers)
-        return refuse(p, "more than %zu header fields", p->lim.max_headers);
+        return refuse(p, "more than", p->lim.max_headers, " header fields");
     if (ln->len + 2 > p->lim.max_field_bytes)
-        return refuse(p, "header field longer than %zu bytes", p->lim.max_field_bytes);
+        return refuse(p, "header field longer than", p->lim.max_field_bytes, " bytes");
     /* head.len never passes the limit: every append below is checked here first. */
     if (ln->len + 2 > p->lim.max_section_bytes - msg->head.len)
-        return refuse(p, "header section longer than %zu bytes", p->lim.max_section_bytes);
+        return refuse(p, "header section longer than", p->lim.max_section_bytes, " bytes");
     finish_field(msg, *cur);
     *cur = add_field_slot(msg, msg->head.len, ln->p, namelen);
     append_line(&msg->head, ln);

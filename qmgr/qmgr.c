@@ -79,16 +79,6 @@ qmgr_tick_from_wall(uint64_t unix_seconds)
     return t >= UINT32_MAX - 1 ? UINT32_MAX - 1 : (uint32_t)t;
 }
 
-uint64_t
-qmgr_wall_from_tick(uint32_t tick)
-{
-    uint64_t now_tick = qmgr_tick_now(), now_wall = qmgr_wall();
-
-    if (tick <= now_tick)
-        return now_wall;
-    return now_wall + ((uint64_t)tick - now_tick) * QMGR_TICK_MS / 1000;
-}
-
 /* qmgr_jitter - DELAY_MS scaled by a factor in [0.9, 1.1] derived from SEED */
 uint64_t
 qmgr_jitter(uint64_t delay_ms, uint64_t seed)

@@ -222,7 +222,6 @@ uint64_t qmgr_now_ns(void);
 uint64_t qmgr_wall(void); /* unix seconds */
 uint32_t qmgr_tick_now(void);
 uint32_t qmgr_tick_from_wall(uint64_t unix_seconds);
-uint64_t qmgr_wall_from_tick(uint32_t tick);
 /* qmgr_jitter - DELAY_MS +-10 %, stable for one SEED (recipients of a message stay together) */
 uint64_t qmgr_jitter(uint64_t delay_ms, uint64_t seed);
 

@@ -133,12 +133,6 @@ static const char *const type_names[QMGR_ACCT_NTYPES] = { "d", "b", "t", "tq", "
 static const char *const type_long_names[QMGR_ACCT_NTYPES] = { "delivery", "bounce", "transient",
                                                                "transient-queue", "receipt" };
 
-const char *
-qmgr_acct_type_name(enum qmgr_acct_type type)
-{
-    return (unsigned)type < QMGR_ACCT_NTYPES ? type_names[type] : "?";
-}
-
 /* --- per-file state ---------------------------------------------------------------------- */
 
 /* One column after "type": a standard field, or header HEADER of the message. */

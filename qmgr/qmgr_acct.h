@@ -167,7 +167,7 @@ int qmgr_acct_flush(struct qmgr_acct *acct);
  * when due, reaps pipe programs, notices failed ones and restarts them
  */
 int qmgr_acct_tick(struct qmgr_acct *acct);
-/* qmgr_acct_rotate - rotate every file (not pipes) now (`pmtactl rotate acct`); 0 or -errno */
+/* qmgr_acct_rotate - rotate every file (not pipes) now; 0 or -errno */
 int qmgr_acct_rotate(struct qmgr_acct *acct);
 
 /* qmgr_acct_nfiles - how many files are open (pipes are not counted) */
@@ -182,7 +182,5 @@ const char *qmgr_acct_pipe_name(const struct qmgr_acct *acct, size_t i);
 pid_t qmgr_acct_pipe_pid(const struct qmgr_acct *acct, size_t i);
 /* qmgr_acct_pipe_dropped - records for pipe I dropped since its program last went down */
 uint64_t qmgr_acct_pipe_dropped(const struct qmgr_acct *acct, size_t i);
-/* qmgr_acct_type_name - "d", "b", "t", "tq", "r" */
-const char *qmgr_acct_type_name(enum qmgr_acct_type type);
 
 #endif

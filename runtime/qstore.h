@@ -93,8 +93,8 @@
  *   cleanup  puts msg + all rcpt + all body records of a new message
  *            (qstore_group_submit), allocates the id.
  *   qmgr     deletes rcpt records (delivered/bounced, qstore_group_finish),
- *            rewrites them (deferred, qstore_group_defer), deletes messages
- *            (pmtactl delete, qstore_delete_msg). It alone changes recipients.
+ *            rewrites them (deferred, qstore_group_defer); pmtactl delete is a
+ *            finish like a bounce. It alone changes recipients.
  *   smtp-out reads only (qstore_read_msg).
  *
  * DURABILITY AND GROUPING

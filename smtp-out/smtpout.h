@@ -41,7 +41,6 @@ void out_check_stopped(void);
 void out_chan_start(void);
 /* out_chan_close - close the channel for good (shutdown) */
 void out_chan_close(void);
-int out_chan_is_open(void);
 void out_report_up(uint32_t conn, const char *mx, const char *dest_ip, const char *source_ip,
                    const char *tls, const char *esmtp);
 void out_report_rcpt(uint32_t conn, uint64_t msgid, uint32_t index, uint32_t result,

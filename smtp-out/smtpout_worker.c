@@ -305,12 +305,6 @@ out_chan_start(void)
         chan_schedule_retry();
 }
 
-int
-out_chan_is_open(void)
-{
-    return W.ch != NULL;
-}
-
 void
 out_chan_close(void)
 {

@@ -134,7 +134,6 @@ int smtpd_cleanup_send(struct buf *frames);
 void smtpd_cleanup_forget(uint32_t id);
 /* smtpd_cleanup_backlog - bytes written to cleanup but not yet taken by the kernel */
 size_t smtpd_cleanup_backlog(void);
-unsigned smtpd_cleanup_pending(void);
 void smtpd_cleanup_close(void);
 
 /* --- smtpd_auth.c -------------------------------------------------------------- */

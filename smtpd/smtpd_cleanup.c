@@ -243,12 +243,6 @@ smtpd_cleanup_backlog(void)
     return ipc_chan_backlog(C.chan);
 }
 
-unsigned
-smtpd_cleanup_pending(void)
-{
-    return C.pending;
-}
-
 /* smtpd_cleanup_close - at the end of the drain */
 void
 smtpd_cleanup_close(void)

@@ -70,14 +70,6 @@ ipc_add_u64(struct buf *out, uint64_t v)
 }
 
 void
-ipc_add_str(struct buf *out, const char *s, size_t len)
-{
-    if (memchr(s, '\0', len) != NULL)
-        msg_panic("ipc: NUL inside a string field");
-    add_field(out, IPC_F_STR, s, len);
-}
-
-void
 ipc_add_cstr(struct buf *out, const char *s)
 {
     add_field(out, IPC_F_STR, s, strlen(s));

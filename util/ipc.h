@@ -64,8 +64,6 @@ struct ipc_msg {
 size_t ipc_begin(struct buf *out, uint16_t type, uint32_t id);
 void ipc_add_u32(struct buf *out, uint32_t v);
 void ipc_add_u64(struct buf *out, uint64_t v);
-/* ipc_add_str - S must not contain NUL; LEN bytes are sent */
-void ipc_add_str(struct buf *out, const char *s, size_t len);
 void ipc_add_cstr(struct buf *out, const char *s);
 void ipc_add_bytes(struct buf *out, const void *p, size_t len);
 /* ipc_end - patch the length of the frame begun at OFFSET; -EMSGSIZE if too big */

@@ -33,7 +33,7 @@ enum msg_level { MSG_DEBUG, MSG_INFO, MSG_WARN, MSG_ERROR, MSG_FATAL, MSG_PANIC 
 
 /* msg_init - set the program name used in every line; call first in main() */
 void msg_init(const char *progname);
-/* msg_open_file - log to an already open O_APPEND descriptor (takes ownership) */
+/* msg_use_fd - log to an already open O_APPEND descriptor (takes ownership) */
 void msg_use_fd(int fd);
 /* msg_open_path - open PATH for appending; 0 or -errno */
 int msg_open_path(const char *path);

@@ -17,7 +17,7 @@ from pmtatest import Pmta, Tap, require_root
 
 def main():
     tap = Tap()
-    require_root(tap, 5)
+    require_root(tap)
     pmta_uid = pwd.getpwnam("pmta").pw_uid
     with Pmta(name="acctdirs") as p:
         good = os.path.join(p.dir, "acct", "new", "acct.csv")

@@ -43,7 +43,6 @@ from fakeout import FakeOut, OK, TEMPFAIL
 from pmtatest import Pmta, Tap, build_dir, require_root, wait_for
 from test_qmgr import fill, max_in_window, qdump, qmgr_socket
 
-PLAN = 20
 
 CONFIG = """
 smtp-out-processes 0
@@ -232,8 +231,8 @@ def mode_lines(log, queue):
 
 
 def main():
-    tap = Tap(PLAN)
-    require_root(tap, PLAN)
+    tap = Tap()
+    require_root(tap)
     answers = Answers()
     with Pmta(name="backoff") as p:
         p.write_config(CONFIG)

@@ -44,7 +44,6 @@ from fakeout import FakeOut, OK, TEMPFAIL
 from pmtatest import Pmta, Tap, build_dir, free_port, require_root, wait_for
 from test_qmgr import fill, qmgr_socket
 
-PLAN = 33
 PMTACTL = os.path.join(build_dir(), "tools", "pmtactl")
 
 
@@ -295,8 +294,8 @@ def port_taken_test(tap):
 
 
 def main():
-    tap = Tap(PLAN)
-    require_root(tap, PLAN)
+    tap = Tap()
+    require_root(tap)
     port = free_port("127.0.0.1")
     with Pmta(name="control") as p:
         p.write_config("""

@@ -52,7 +52,6 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from pmtatest import Pmta, Tap, free_port, qdump, require_root, wait_for  # noqa: E402
 from testsmtpd import TestSmtpd  # noqa: E402
 
-PLAN = 27
 RX_IP = "127.0.0.31"
 DOMAIN = "crash.test"
 N = 200             # messages per case
@@ -65,8 +64,8 @@ WINDOW = (1 + COMMIT_SLACK) * DOT_DELAY + 0.2   # in flight at a kill: arrived a
 LAG = 0.5           # the receiver logs a message when it reads the dot: it may be this far behind
 INJECTORS = 4       # SMTP client threads
 
-tap = Tap(PLAN)
-require_root(tap, PLAN)
+tap = Tap()
+require_root(tap)
 
 RUN = uuid.uuid4().hex[:8]     # this run's Message-IDs cannot be anybody else's
 

@@ -23,7 +23,6 @@ from fakeout import FakeOut, TEMPFAIL
 from pmtatest import Pmta, Tap, require_root, wait_for
 from test_qmgr import fill, qdump, qmgr_socket
 
-PLAN = 6
 
 CONFIG = """
 smtp-out-processes 0
@@ -56,8 +55,8 @@ def reports(p):
 
 
 def main():
-    tap = Tap(PLAN)
-    require_root(tap, PLAN)
+    tap = Tap()
+    require_root(tap)
     with Pmta(name="delay-dsn") as p:
         p.write_config(CONFIG)
         t_queued = time.monotonic()     # the recipients' queued_at: the clock starts here

@@ -21,9 +21,8 @@ import time
 
 from pmtatest import Tap, Pmta, SmtpRaw, free_port, make_cert, qdump, require_root, wait_for
 
-PLAN = 54
-tap = Tap(PLAN)
-require_root(tap, PLAN)
+tap = Tap()
+require_root(tap)
 
 
 class GoodClient(threading.Thread):

@@ -19,12 +19,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from pmtatest import Pmta, Tap, ROLES, pid_alive, port_is_listening, proc_status, \
     require_root, wait_for, worker_path  # noqa: E402
 
-PLAN = 41
 COUNTS = {"smtpd": 2, "cleanup": 1, "qmgr": 1, "smtp-out": 2}
 NWORKERS = sum(COUNTS.values())
 
-tap = Tap(PLAN)
-require_root(tap, PLAN)
+tap = Tap()
+require_root(tap)
 try:
     PMTA_USER = pwd.getpwnam("pmta")
 except KeyError:

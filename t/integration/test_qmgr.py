@@ -58,7 +58,6 @@ import time
 from fakeout import FakeOut, OK, TEMPFAIL
 from pmtatest import Pmta, Tap, build_dir, require_root, wait_for
 
-PLAN = 41
 FILL = os.path.join(build_dir(), "t", "unit", "qstore_fill")
 QDUMP = os.path.join(build_dir(), "tools", "pmta-qdump")
 
@@ -540,8 +539,8 @@ def run2(tap):
 
 
 def main():
-    tap = Tap(PLAN)
-    require_root(tap, PLAN)
+    tap = Tap()
+    require_root(tap)
     t0 = time.monotonic()
     try:
         run1(tap)

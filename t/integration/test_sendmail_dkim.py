@@ -49,7 +49,7 @@ def find(queue, message_id):
 
 def main():
     tap = Tap()
-    require_root(tap, 1)
+    require_root(tap)
     with Pmta(name="smdkim") as p:
         key = os.path.join(p.dir, "dkim.key")
         shutil.copy(KEY, key)

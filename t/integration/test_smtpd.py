@@ -21,9 +21,8 @@ import time
 from pmtatest import (Tap, Pmta, SmtpRaw, free_port, make_cert, qdump, message_ids,
                       require_root, sha512_crypt, tool_path, wait_for)
 
-PLAN = 45
-tap = Tap(PLAN)
-require_root(tap, PLAN)
+tap = Tap()
+require_root(tap)
 
 EX_USAGE, EX_DATAERR, EX_NOUSER, EX_UNAVAILABLE, EX_TEMPFAIL = 64, 65, 67, 69, 75
 

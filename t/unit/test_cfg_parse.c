@@ -19,6 +19,8 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include "unit.h"
+
 
 #include "cfg.h"
 #include "test_keys.h"
@@ -685,30 +687,30 @@ int
 main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_comments),
-        cmocka_unit_test(test_unterminated_comment),
-        cmocka_unit_test(test_quoted_strings),
-        cmocka_unit_test(test_key_equals_value),
-        cmocka_unit_test(test_line_too_long),
-        cmocka_unit_test(test_unknown_directive),
-        cmocka_unit_test(test_wrong_scope),
-        cmocka_unit_test(test_bad_values),
-        cmocka_unit_test(test_values_decoded),
-        cmocka_unit_test(test_later_line_replaces),
-        cmocka_unit_test(test_not_implemented_warns_once),
-        cmocka_unit_test(test_block_errors),
-        cmocka_unit_test(test_patterns_and_cidrs),
-        cmocka_unit_test(test_macros),
-        cmocka_unit_test(test_reply_patterns),
-        cmocka_unit_test(test_other_pattern_lists),
-        cmocka_unit_test(test_cross_references),
-        cmocka_unit_test(test_dkim_key_files),
-        cmocka_unit_test(test_includes),
-        cmocka_unit_test(test_include_errors),
-        cmocka_unit_test(test_reports_every_error),
-        cmocka_unit_test(test_error_cap),
-        cmocka_unit_test(test_process_counts_auto),
-        cmocka_unit_test(test_reply_actions_load_silently),
+        UNIT_TEST(test_comments),
+        UNIT_TEST(test_unterminated_comment),
+        UNIT_TEST(test_quoted_strings),
+        UNIT_TEST(test_key_equals_value),
+        UNIT_TEST(test_line_too_long),
+        UNIT_TEST(test_unknown_directive),
+        UNIT_TEST(test_wrong_scope),
+        UNIT_TEST(test_bad_values),
+        UNIT_TEST(test_values_decoded),
+        UNIT_TEST(test_later_line_replaces),
+        UNIT_TEST(test_not_implemented_warns_once),
+        UNIT_TEST(test_block_errors),
+        UNIT_TEST(test_patterns_and_cidrs),
+        UNIT_TEST(test_macros),
+        UNIT_TEST(test_reply_patterns),
+        UNIT_TEST(test_other_pattern_lists),
+        UNIT_TEST(test_cross_references),
+        UNIT_TEST(test_dkim_key_files),
+        UNIT_TEST(test_includes),
+        UNIT_TEST(test_include_errors),
+        UNIT_TEST(test_reports_every_error),
+        UNIT_TEST(test_error_cap),
+        UNIT_TEST(test_process_counts_auto),
+        UNIT_TEST(test_reply_actions_load_silently),
     };
     return cmocka_run_group_tests_name("cfg_parse", tests, group_setup, group_teardown);
 }

@@ -28,6 +28,8 @@
 #include <sys/stat.h>
 #include <cmocka.h>
 
+#include "unit.h"
+
 
 #include "cfg.h"
 #include "test_keys.h"
@@ -707,24 +709,24 @@ int
 main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_domain_specificity),
-        cmocka_unit_test(test_domain_case_and_dot),
-        cmocka_unit_test(test_domain_cidr),
-        cmocka_unit_test(test_macro_vs_explicit),
-        cmocka_unit_test(test_vmta_and_pool_nesting),
-        cmocka_unit_test(test_clear_with_empty_string),
-        cmocka_unit_test(test_backoff_fallback),
-        cmocka_unit_test(test_sources),
-        cmocka_unit_test(test_vmta_settings),
-        cmocka_unit_test(test_global_defaults),
-        cmocka_unit_test(test_block_forms),
-        cmocka_unit_test(test_seed_gmail),
-        cmocka_unit_test(test_seed_sender),
-        cmocka_unit_test(test_seed_auth),
-        cmocka_unit_test(test_realistic),
-        cmocka_unit_test(test_snapshot_roundtrip),
-        cmocka_unit_test(test_snapshot_corrupt),
-        cmocka_unit_test(test_show_settings_data),
+        UNIT_TEST(test_domain_specificity),
+        UNIT_TEST(test_domain_case_and_dot),
+        UNIT_TEST(test_domain_cidr),
+        UNIT_TEST(test_macro_vs_explicit),
+        UNIT_TEST(test_vmta_and_pool_nesting),
+        UNIT_TEST(test_clear_with_empty_string),
+        UNIT_TEST(test_backoff_fallback),
+        UNIT_TEST(test_sources),
+        UNIT_TEST(test_vmta_settings),
+        UNIT_TEST(test_global_defaults),
+        UNIT_TEST(test_block_forms),
+        UNIT_TEST(test_seed_gmail),
+        UNIT_TEST(test_seed_sender),
+        UNIT_TEST(test_seed_auth),
+        UNIT_TEST(test_realistic),
+        UNIT_TEST(test_snapshot_roundtrip),
+        UNIT_TEST(test_snapshot_corrupt),
+        UNIT_TEST(test_show_settings_data),
     };
     return cmocka_run_group_tests_name("cfg_resolve", tests, group_setup, group_teardown);
 }

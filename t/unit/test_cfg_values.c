@@ -12,6 +12,8 @@
 #include <string.h>
 #include <cmocka.h>
 
+#include "unit.h"
+
 #include "cfg.h"
 
 static int64_t
@@ -289,17 +291,17 @@ int
 main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_bool),
-        cmocka_unit_test(test_int),
-        cmocka_unit_test(test_size),
-        cmocka_unit_test(test_interval),
-        cmocka_unit_test(test_interval_list),
-        cmocka_unit_test(test_rate),
-        cmocka_unit_test(test_format),
-        cmocka_unit_test(test_directive_lookup),
-        cmocka_unit_test(test_directive_suggest),
-        cmocka_unit_test(test_directive_defaults),
-        cmocka_unit_test(test_directive_table),
+        UNIT_TEST(test_bool),
+        UNIT_TEST(test_int),
+        UNIT_TEST(test_size),
+        UNIT_TEST(test_interval),
+        UNIT_TEST(test_interval_list),
+        UNIT_TEST(test_rate),
+        UNIT_TEST(test_format),
+        UNIT_TEST(test_directive_lookup),
+        UNIT_TEST(test_directive_suggest),
+        UNIT_TEST(test_directive_defaults),
+        UNIT_TEST(test_directive_table),
     };
     return cmocka_run_group_tests_name("cfg_values", tests, NULL, NULL);
 }

@@ -17,6 +17,8 @@
 
 #include <cmocka.h>
 
+#include "unit.h"
+
 #include "buf.h"
 #include "msg.h"
 #include "xalloc.h"
@@ -702,31 +704,31 @@ int
 main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_parse_simple),
-        cmocka_unit_test(test_folded_header_unfolded_for_reading_kept_for_output),
-        cmocka_unit_test(test_bare_lf_and_cr_become_crlf),
-        cmocka_unit_test(test_body_edge_cases),
-        cmocka_unit_test(test_non_header_line_starts_body),
-        cmocka_unit_test(test_8bit_detection),
-        cmocka_unit_test(test_ten_thousand_headers_refused),
-        cmocka_unit_test(test_megabyte_header_line_refused),
-        cmocka_unit_test(test_folded_field_and_section_limits),
-        cmocka_unit_test(test_x_headers_extracted_and_removed),
-        cmocka_unit_test(test_x_headers_retained),
-        cmocka_unit_test(test_x_headers_ignored_unless_processed),
-        cmocka_unit_test(test_bad_job_id_refused_but_removed),
-        cmocka_unit_test(test_jobid_header_from_message_id),
-        cmocka_unit_test(test_empty_x_virtual_mta_passed_through),
-        cmocka_unit_test(test_received_added),
-        cmocka_unit_test(test_received_hidden_and_omitted),
-        cmocka_unit_test(test_received_peer_text_cannot_inject),
-        cmocka_unit_test(test_queue_id_placeholder_patched_in_place),
-        cmocka_unit_test(test_message_id_and_date_only_when_missing),
-        cmocka_unit_test(test_date_override),
-        cmocka_unit_test(test_address_domain_forms),
-        cmocka_unit_test(test_identity_sender_then_from_then_fallback),
-        cmocka_unit_test(test_key_choice_by_identity),
-        cmocka_unit_test(test_key_errors_are_clear),
+        UNIT_TEST(test_parse_simple),
+        UNIT_TEST(test_folded_header_unfolded_for_reading_kept_for_output),
+        UNIT_TEST(test_bare_lf_and_cr_become_crlf),
+        UNIT_TEST(test_body_edge_cases),
+        UNIT_TEST(test_non_header_line_starts_body),
+        UNIT_TEST(test_8bit_detection),
+        UNIT_TEST(test_ten_thousand_headers_refused),
+        UNIT_TEST(test_megabyte_header_line_refused),
+        UNIT_TEST(test_folded_field_and_section_limits),
+        UNIT_TEST(test_x_headers_extracted_and_removed),
+        UNIT_TEST(test_x_headers_retained),
+        UNIT_TEST(test_x_headers_ignored_unless_processed),
+        UNIT_TEST(test_bad_job_id_refused_but_removed),
+        UNIT_TEST(test_jobid_header_from_message_id),
+        UNIT_TEST(test_empty_x_virtual_mta_passed_through),
+        UNIT_TEST(test_received_added),
+        UNIT_TEST(test_received_hidden_and_omitted),
+        UNIT_TEST(test_received_peer_text_cannot_inject),
+        UNIT_TEST(test_queue_id_placeholder_patched_in_place),
+        UNIT_TEST(test_message_id_and_date_only_when_missing),
+        UNIT_TEST(test_date_override),
+        UNIT_TEST(test_address_domain_forms),
+        UNIT_TEST(test_identity_sender_then_from_then_fallback),
+        UNIT_TEST(test_key_choice_by_identity),
+        UNIT_TEST(test_key_errors_are_clear),
     };
 
     /* Dates in expected strings are UTC. */

@@ -31,6 +31,8 @@
 
 #include <cmocka.h>
 
+#include "unit.h"
+
 #include "cfg.h"
 #include "msg.h"
 #include "xalloc.h"
@@ -62,6 +64,7 @@ make_dir(void **state)
     snprintf(dir, sizeof dir, "/tmp/test_qmgr_acct.XXXXXX");
     assert_non_null(mkdtemp(dir));
     fake_now = NOW;
+    unit_arm();
     return 0;
 }
 
@@ -91,19 +94,38 @@ remove_tree(const char *path)
 static int
 remove_dir(void **state)
 {
+    unit_disarm();
     remove_tree(dir);
     return 0;
 }
 
-/* open_acct - load TEXT (a printf format taking the directory, possibly several times) */
+/* with_dir - TEMPLATE with every "%s" replaced by the test directory */
+static void
+with_dir(char *out, size_t size, const char *template)
+{
+    size_t n = 0, dlen = strlen(dir);
+
+    for (const char *t = template; *t && n + 1 < size; t++) {
+        if (t[0] == '%' && t[1] == 's' && n + dlen + 1 < size) {
+            memcpy(out + n, dir, dlen);
+            n += dlen;
+            t++;
+        } else {
+            out[n++] = *t;
+        }
+    }
+    out[n] = '\0';
+}
+
+/* open_acct - load TEXT ("%s" stands for the test directory, possibly several times) */
 static struct qmgr_acct *
-open_acct(struct cfg **cp, const char *fmt)
+open_acct(struct cfg **cp, const char *template)
 {
     char text[4096];
     unsigned nerr = 0;
     struct qmgr_acct *a = NULL;
 
-    snprintf(text, sizeof text, fmt, dir, dir, dir, dir);
+    with_dir(text, sizeof text, template);
     *cp = cfg_load_string("t.conf", text, quiet, NULL, &nerr);
     assert_non_null(*cp);
     assert_int_equal(nerr, 0);

@@ -16,6 +16,8 @@
 
 #include <cmocka.h>
 
+#include "unit.h"
+
 #include "cfg.h"
 #include "msg.h"
 
@@ -189,11 +191,11 @@ int
 main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_default_categories_from_provider_replies),
-        cmocka_unit_test(test_status_text_and_bare_replies),
-        cmocka_unit_test(test_configured_list_overrides_defaults),
-        cmocka_unit_test(test_configured_catch_all_ends_search),
-        cmocka_unit_test(test_pathological_pattern_is_bounded),
+        UNIT_TEST(test_default_categories_from_provider_replies),
+        UNIT_TEST(test_status_text_and_bare_replies),
+        UNIT_TEST(test_configured_list_overrides_defaults),
+        UNIT_TEST(test_configured_catch_all_ends_search),
+        UNIT_TEST(test_pathological_pattern_is_bounded),
     };
 
     msg_init("test_qmgr_bouncecat");

@@ -18,6 +18,8 @@
 
 #include <cmocka.h>
 
+#include "unit.h"
+
 #include "buf.h"
 #include "msg.h"
 #include "xalloc.h"
@@ -473,19 +475,19 @@ int
 main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_full_report_fields),
-        cmocka_unit_test(test_ret_hdrs_returns_headers_only),
-        cmocka_unit_test(test_no_ret_returns_full_and_cap_falls_back),
-        cmocka_unit_test(test_envid_and_orcpt_optional),
-        cmocka_unit_test(test_delayed_report),
-        cmocka_unit_test(test_multiple_recipients_and_status_defaults),
-        cmocka_unit_test(test_hostile_diagnostic_is_neutralised),
-        cmocka_unit_test(test_8bit_original),
-        cmocka_unit_test(test_bare_lf_original_normalised),
-        cmocka_unit_test(test_postmaster_from_and_no_original),
-        cmocka_unit_test(test_invalid_input_and_limit),
-        cmocka_unit_test(test_notify_decisions),
-        cmocka_unit_test(test_sanitize),
+        UNIT_TEST(test_full_report_fields),
+        UNIT_TEST(test_ret_hdrs_returns_headers_only),
+        UNIT_TEST(test_no_ret_returns_full_and_cap_falls_back),
+        UNIT_TEST(test_envid_and_orcpt_optional),
+        UNIT_TEST(test_delayed_report),
+        UNIT_TEST(test_multiple_recipients_and_status_defaults),
+        UNIT_TEST(test_hostile_diagnostic_is_neutralised),
+        UNIT_TEST(test_8bit_original),
+        UNIT_TEST(test_bare_lf_original_normalised),
+        UNIT_TEST(test_postmaster_from_and_no_original),
+        UNIT_TEST(test_invalid_input_and_limit),
+        UNIT_TEST(test_notify_decisions),
+        UNIT_TEST(test_sanitize),
     };
 
     msg_init("test_qmgr_dsn");

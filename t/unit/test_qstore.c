@@ -27,6 +27,8 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+
+#include "unit.h"
 #include <lmdb.h>
 #include <uv.h>
 
@@ -1140,12 +1142,12 @@ int
 main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_codec_roundtrip),    cmocka_unit_test(test_codec_limits),
-        cmocka_unit_test(test_codec_corrupt),      cmocka_unit_test(test_corrupt_in_store),
-        cmocka_unit_test(test_put_read_roundtrip), cmocka_unit_test(test_qid_patch),
-        cmocka_unit_test(test_group_groups),       cmocka_unit_test(test_group_paced),
-        cmocka_unit_test(test_outcomes),           cmocka_unit_test(test_map_full),
-        cmocka_unit_test(test_scan_100k),          cmocka_unit_test(test_crash_kill),
+        UNIT_TEST(test_codec_roundtrip),    UNIT_TEST(test_codec_limits),
+        UNIT_TEST(test_codec_corrupt),      UNIT_TEST(test_corrupt_in_store),
+        UNIT_TEST(test_put_read_roundtrip), UNIT_TEST(test_qid_patch),
+        UNIT_TEST(test_group_groups),       UNIT_TEST(test_group_paced),
+        UNIT_TEST(test_outcomes),           UNIT_TEST(test_map_full),
+        UNIT_TEST(test_scan_100k),          UNIT_TEST(test_crash_kill),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -13,6 +13,8 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+
+#include "unit.h"
 #include <uv.h>
 
 #include "buf.h"
@@ -362,18 +364,18 @@ int
 main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_buf_limit_refuses_growth),
-        cmocka_unit_test(test_buf_overflow_checked),
-        cmocka_unit_test(test_buf_integers_big_endian),
-        cmocka_unit_test(test_ipc_round_trip),
-        cmocka_unit_test(test_ipc_partial_frame_waits),
-        cmocka_unit_test(test_ipc_rejects_bad_headers),
-        cmocka_unit_test(test_ipc_rejects_bad_fields),
-        cmocka_unit_test(test_ipc_string_with_nul_rejected),
-        cmocka_unit_test(test_ipc_channel_delivers_frames_and_drops_garbage),
-        cmocka_unit_test(test_ipc_cork_gathers_one_turn),
-        cmocka_unit_test(test_msg_printable_neutralises_control_bytes),
-        cmocka_unit_test(test_msg_batched_lines_wait_for_flush_but_warnings_do_not),
+        UNIT_TEST(test_buf_limit_refuses_growth),
+        UNIT_TEST(test_buf_overflow_checked),
+        UNIT_TEST(test_buf_integers_big_endian),
+        UNIT_TEST(test_ipc_round_trip),
+        UNIT_TEST(test_ipc_partial_frame_waits),
+        UNIT_TEST(test_ipc_rejects_bad_headers),
+        UNIT_TEST(test_ipc_rejects_bad_fields),
+        UNIT_TEST(test_ipc_string_with_nul_rejected),
+        UNIT_TEST(test_ipc_channel_delivers_frames_and_drops_garbage),
+        UNIT_TEST(test_ipc_cork_gathers_one_turn),
+        UNIT_TEST(test_msg_printable_neutralises_control_bytes),
+        UNIT_TEST(test_msg_batched_lines_wait_for_flush_but_warnings_do_not),
     };
 
     msg_init("test_util");
