@@ -12,12 +12,15 @@
  *                   connections and transactions (runtime/mailproto.h)
  *   qmgr_rate.c     smooth rate limiters (GCRA) for max-msg-rate and
  *                   max-connect-rate
- *   qmgr_vmta.c     limits across all queues of one virtual MTA
+ *   qmgr_vmta.c     limits across all queues of one virtual MTA, and the
+ *                   source address (smtp-source-host) of each connection
  *   qmgr_backoff.c  backoff mode and the smtp-pattern-list reply actions
  *   qmgr_ctl.c      the control socket pmtactl talks to (JSON lines)
  *   qmgr_http.c     the HTTP monitor (status and queues as JSON, /metrics)
  *   qmgr_outcome.c  what a result does: durable finish/defer, bounces
  *                   (DSN), expiry, the per-attempt log line, accounting
+ *   qmgr_msg.c      queue ids, envelopes read from the queue, and mail
+ *                   qmgr queues itself (DSNs, notices)
  *
  * Memory model: a queued recipient costs one struct qrcpt (24 bytes) in one
  * table plus a share of its struct qmsg; everything else (addresses, sender,
@@ -200,7 +203,6 @@ struct qmgr_state {
     struct qconn **conn_by_id; /* id - 1 -> connection */
     uint32_t conn_cap;
     uint32_t nconn_total, nconn_up;
-    uint32_t vmta_rr_cap;
     /* queue store */
     struct qstore *qs;
     struct qstore_group *group;
@@ -312,6 +314,11 @@ void qmgr_vmta_conn_closed(struct qqueue *q);
 uint32_t qmgr_vmta_rate_room(struct qqueue *q, uint64_t now_ns, uint64_t *wait_ns);
 void qmgr_vmta_rate_take(struct qqueue *q, uint32_t n, uint64_t now_ns);
 void qmgr_vmta_free(void);
+/* qmgr_vmta_source_usable - has Q's virtual MTA a source address not disabled for Q? */
+int qmgr_vmta_source_usable(struct qqueue *q);
+/* qmgr_vmta_pick_source - the next usable "IP HOSTNAME" of Q's VMTA (round-robin), else "" and
+ * the VMTA's host-name; both strings are the caller's */
+void qmgr_vmta_pick_source(struct qqueue *q, char **source_ip, char **helo);
 
 /* qrate_allowed - units conformant now under COUNT per PERIOD_S (UINT32_MAX when unlimited) */
 uint32_t qrate_allowed(const struct qrate *r, const struct cfg_value *rate, uint64_t now_ns);
@@ -332,6 +339,11 @@ void qmgr_outcome_queue_failure(struct qqueue *q, const struct qresult *res);
 /* qmgr_outcome_config - (re)open accounting and bounce patterns for S.cfg */
 void qmgr_outcome_config(void);
 void qmgr_outcome_close(void);
+
+/* --- messages (qmgr_msg.c) ------------------------------------------------------------ */
+/* qmgr_qid - the queue id of MSGID, as every log line and reply spells it, into BUF */
+const char *qmgr_qid(char buf[QSTORE_QID_LEN + 1], uint64_t msgid);
+/* qmgr_msg_find_rcpt - recipient INDEX of M (binary search), or NULL */
 const struct qstore_rcpt *qmgr_msg_find_rcpt(const struct qstore_msg *m, uint32_t index);
 /* qmgr_read_envelope - R's message without its body, or NULL (qstore_msg_free it) */
 struct qstore_msg *qmgr_read_envelope(uint32_t r);
@@ -340,6 +352,5 @@ const char *qmgr_host_name(void);
 /* qmgr_queue_local_mail - queue BODY (a whole message) from <> to TO; warns on failure */
 struct buf;
 void qmgr_queue_local_mail(const char *to, struct buf *body, int eightbit);
-const char *qmgr_qid(char buf[QSTORE_QID_LEN + 1], uint64_t msgid);
 
 #endif

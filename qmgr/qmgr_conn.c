@@ -53,124 +53,6 @@ static int reclaim_wanted; /* a cap bound and no connection was resting */
 
 static void rest_end(struct qconn *c);
 
-/* --- source hosts (round-robin per virtual MTA) ------------------------------------------ */
-
-struct vmta_rr {
-    char *name;
-    uint32_t next;
-    struct vmta_rr *link;
-};
-static struct vmta_rr *rr_list;
-
-static uint32_t
-vmta_rr_next(const char *vmta)
-{
-    struct vmta_rr *v;
-
-    for (v = rr_list; v; v = v->link)
-        if (strcmp(v->name, vmta) == 0)
-            return v->next++;
-    v = xcalloc(1, sizeof(*v));
-    v->name = xstrdup(vmta);
-    v->link = rr_list;
-    rr_list = v;
-    return v->next++;
-}
-
-/* source_host_scope - the scope whose smtp-source-host lines apply to VMTA */
-static uint32_t
-source_host_scope(const char *vmta)
-{
-    uint32_t s = strcmp(vmta, "{default}") == 0 ? CFG_NONE
-                                                : cfg_find_scope(S.cfg, CFG_S_VMTA, vmta);
-    uint32_t it = 0;
-
-    if (s != CFG_NONE && cfg_scope_next(S.cfg, s, CFG_D_SMTP_SOURCE_HOST, &it))
-        return s;
-    return 0;
-}
-
-/* source_host - the Ith smtp-source-host value of SCOPE, or NULL */
-static const struct cfg_value *
-source_host(uint32_t scope, uint32_t i)
-{
-    const struct cfg_value *v;
-    uint32_t it = 0;
-
-    while ((v = cfg_scope_next(S.cfg, scope, CFG_D_SMTP_SOURCE_HOST, &it)) != NULL && i-- > 0)
-        ;
-    return v;
-}
-
-/* source_ip_of - the IP of an "IP HOSTNAME" value, into OUT */
-static const char *
-source_ip_of(const struct cfg_value *v, char *out, size_t size)
-{
-    const char *text = cfg_str(S.cfg, v->text);
-    size_t len = strcspn(text, " \t");
-
-    snprintf(out, size, "%.*s", (int)(len < size ? len : size - 1), text);
-    return out;
-}
-
-/*
- * usable_source - index of the first source of Q's VMTA from START (mod
- * their number, round-robin) that disable-source-ip has not disabled, -1
- * if none; N gets how many there are. O(sources), and just a count while
- * nothing is disabled.
- */
-static int
-usable_source(struct qqueue *q, uint32_t start, uint32_t *n)
-{
-    uint32_t scope = source_host_scope(q->vmta), it = 0, i;
-    int first = -1;
-    const struct cfg_value *v;
-    char ip[64];
-
-    for (*n = 0; cfg_scope_next(S.cfg, scope, CFG_D_SMTP_SOURCE_HOST, &it);)
-        (*n)++;
-    if (!qmgr_source_any_disabled(q))
-        return *n ? (int)(start % *n) : 0;
-    if (*n == 0) /* the implicit source: disabled as a whole */
-        return -1;
-    start %= *n;
-    for (it = 0, i = 0; (v = cfg_scope_next(S.cfg, scope, CFG_D_SMTP_SOURCE_HOST, &it)); i++) {
-        if (qmgr_source_disabled(q, source_ip_of(v, ip, sizeof ip)))
-            continue;
-        if (i >= start)
-            return (int)i; /* the first usable one from START on */
-        if (first < 0)
-            first = (int)i; /* else wrap around to the first usable one */
-    }
-    return first;
-}
-
-/* pick_source - the next usable "IP HOSTNAME" of VMTA (round-robin), else "" and its host-name */
-static void
-pick_source(struct qconn *c)
-{
-    static struct cfg_resolved res;
-    uint32_t n;
-    int i = usable_source(c->q, vmta_rr_next(c->q->vmta), &n);
-    const struct cfg_value *v;
-
-    if (n > 0 && i >= 0) {
-        const char *text = cfg_str(S.cfg,
-                                   source_host(source_host_scope(c->q->vmta), (uint32_t)i)->text);
-        size_t iplen = strcspn(text, " \t");
-        const char *host = text + iplen + strspn(text + iplen, " \t");
-
-        c->source_ip = xstrndup(text, iplen);
-        c->helo = xstrndup(host, strcspn(host, " \t"));
-        return;
-    }
-    c->source_ip = xstrdup("");
-    if (cfg_resolve_vmta(S.cfg, c->q->vmta, &res) < 0)
-        cfg_resolve_vmta(S.cfg, NULL, &res);
-    v = res.v[CFG_D_HOST_NAME];
-    c->helo = xstrdup(v && !(v->flags & CFG_VALUE_UNSET) ? cfg_str(S.cfg, v->text) : "");
-}
-
 /* --- connection table -------------------------------------------------------------------- */
 
 static struct qconn *
@@ -557,9 +439,7 @@ qmgr_conn_least_loaded(void)
 static int
 sources_usable(struct qqueue *q)
 {
-    uint32_t n;
-
-    if (usable_source(q, 0, &n) >= 0)
+    if (qmgr_vmta_source_usable(q))
         return 1;
     if (q->mode == QMODE_NORMAL && qmgr_queue_num(q, CFG_D_BACKOFF_UPON_ALL_SOURCES_DISABLED, 0))
         qmgr_backoff_set_mode(q, QMODE_BACKOFF,
@@ -638,7 +518,7 @@ qmgr_conn_open(struct qqueue *q)
     }
     take_msg_rate(q, c->txn_n);
     qrate_take(&q->connect_rate, qmgr_queue_setting(q, CFG_D_MAX_CONNECT_RATE), 1, qmgr_now_ns());
-    pick_source(c);
+    qmgr_vmta_pick_source(c->q, &c->source_ip, &c->helo);
     c->state = QC_BUSY;
     c->ntxn = 1;
     add_open(&buf, c);
@@ -1062,11 +942,5 @@ qmgr_conn_close_all(void)
     for (p = S.peers; p; p = next) {
         next = p->next;
         ipc_chan_close(p->ch);
-    }
-    while (rr_list) {
-        struct vmta_rr *v = rr_list;
-        rr_list = v->link;
-        free(v->name);
-        free(v);
     }
 }

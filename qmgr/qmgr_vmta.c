@@ -11,14 +11,19 @@
  *     sender a virtual MTA of its own (as the seed does): every message on the
  *     VMTA counts. When several <sender> blocks name one VMTA, the strictest
  *     limit wins.
- * Queues find their group through qmgr_vmta_of(); groups live as long as qmgr
+ * And it picks the source address of each new connection: the virtual MTA's
+ * smtp-source-host lines in turn (round-robin across all its queues),
+ * skipping addresses disable-source-ip has disabled for the queue.
+ * Queues find their group through group(); groups live as long as qmgr
  * and are re-read from each configuration generation.
  *
- * Owns: the group table and each group's counters and rate state.
+ * Owns: the group table and each group's counters, rate state and
+ * round-robin position.
  * SECURITY: none (numbers from the configuration only).
  */
 #include "config.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -33,6 +38,7 @@ struct qvmta {
     const struct cfg_value *rate; /* NULL = no limit (borrowed from S.cfg) */
     uint32_t nconn;
     struct qrate msg_rate;
+    uint32_t rr_next; /* round-robin position in the smtp-source-host list */
 };
 
 static struct qvmta **groups;
@@ -145,6 +151,111 @@ qmgr_vmta_rate_take(struct qqueue *q, uint32_t n, uint64_t now_ns)
     struct qvmta *g = group(q);
 
     qrate_take(&g->msg_rate, g->rate, n, now_ns);
+}
+
+/* --- source addresses (smtp-source-host, round-robin per virtual MTA) -------------------- */
+
+/* source_host_scope - the scope whose smtp-source-host lines apply to VMTA */
+static uint32_t
+source_host_scope(const char *vmta)
+{
+    uint32_t s = strcmp(vmta, "{default}") == 0 ? CFG_NONE
+                                                : cfg_find_scope(S.cfg, CFG_S_VMTA, vmta);
+    uint32_t it = 0;
+
+    if (s != CFG_NONE && cfg_scope_next(S.cfg, s, CFG_D_SMTP_SOURCE_HOST, &it))
+        return s;
+    return 0;
+}
+
+/* source_host - the Ith smtp-source-host value of SCOPE, or NULL */
+static const struct cfg_value *
+source_host(uint32_t scope, uint32_t i)
+{
+    const struct cfg_value *v;
+    uint32_t it = 0;
+
+    while ((v = cfg_scope_next(S.cfg, scope, CFG_D_SMTP_SOURCE_HOST, &it)) != NULL && i-- > 0)
+        ;
+    return v;
+}
+
+/* source_ip_of - the IP of an "IP HOSTNAME" value, into OUT */
+static const char *
+source_ip_of(const struct cfg_value *v, char *out, size_t size)
+{
+    const char *text = cfg_str(S.cfg, v->text);
+    size_t len = strcspn(text, " \t");
+
+    snprintf(out, size, "%.*s", (int)(len < size ? len : size - 1), text);
+    return out;
+}
+
+/*
+ * usable_source - index of the first source of Q's VMTA from START (mod
+ * their number, round-robin) that disable-source-ip has not disabled, -1
+ * if none; N gets how many there are. O(sources), and just a count while
+ * nothing is disabled.
+ */
+static int
+usable_source(struct qqueue *q, uint32_t start, uint32_t *n)
+{
+    uint32_t scope = source_host_scope(q->vmta), it = 0, i;
+    int first = -1;
+    const struct cfg_value *v;
+    char ip[64];
+
+    for (*n = 0; cfg_scope_next(S.cfg, scope, CFG_D_SMTP_SOURCE_HOST, &it);)
+        (*n)++;
+    if (!qmgr_source_any_disabled(q))
+        return *n ? (int)(start % *n) : 0;
+    if (*n == 0) /* the implicit source: disabled as a whole */
+        return -1;
+    start %= *n;
+    for (it = 0, i = 0; (v = cfg_scope_next(S.cfg, scope, CFG_D_SMTP_SOURCE_HOST, &it)); i++) {
+        if (qmgr_source_disabled(q, source_ip_of(v, ip, sizeof ip)))
+            continue;
+        if (i >= start)
+            return (int)i; /* the first usable one from START on */
+        if (first < 0)
+            first = (int)i; /* else wrap around to the first usable one */
+    }
+    return first;
+}
+
+/* qmgr_vmta_source_usable - see qmgr.h */
+int
+qmgr_vmta_source_usable(struct qqueue *q)
+{
+    uint32_t n;
+
+    return usable_source(q, 0, &n) >= 0;
+}
+
+/* qmgr_vmta_pick_source - see qmgr.h */
+void
+qmgr_vmta_pick_source(struct qqueue *q, char **source_ip, char **helo)
+{
+    static struct cfg_resolved res;
+    uint32_t n;
+    int i = usable_source(q, group(q)->rr_next++, &n);
+    const struct cfg_value *v;
+
+    if (n > 0 && i >= 0) {
+        const char *text = cfg_str(S.cfg,
+                                   source_host(source_host_scope(q->vmta), (uint32_t)i)->text);
+        size_t iplen = strcspn(text, " \t");
+        const char *host = text + iplen + strspn(text + iplen, " \t");
+
+        *source_ip = xstrndup(text, iplen);
+        *helo = xstrndup(host, strcspn(host, " \t"));
+        return;
+    }
+    *source_ip = xstrdup("");
+    if (cfg_resolve_vmta(S.cfg, q->vmta, &res) < 0)
+        cfg_resolve_vmta(S.cfg, NULL, &res);
+    v = res.v[CFG_D_HOST_NAME];
+    *helo = xstrdup(v && !(v->flags & CFG_VALUE_UNSET) ? cfg_str(S.cfg, v->text) : "");
 }
 
 void
