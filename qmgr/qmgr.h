@@ -60,8 +60,13 @@ struct qrcpt {
     uint32_t due;      /* next attempt, in ticks since start (deferred) */
     uint16_t attempts; /* saturates at 65535 */
     uint8_t state;     /* enum qrcpt_state */
-    uint8_t flags;
+    uint8_t flags;     /* QRF_* */
 };
+
+/* qrcpt.flags */
+#define QRF_BACKOFF_DEFERRED 0x01u /* deferred while its queue was in backoff */
+#define QRF_BACKOFF_TRIES    0xF0u /* deferrals in this backoff episode (saturates at 15) */
+#define QRF_BACKOFF_TRY_ONE  0x10u
 
 /* One message with pending recipients (16 bytes). */
 struct qmsg {
@@ -270,8 +275,12 @@ void qmgr_defer_push(uint32_t r, uint32_t due_tick);
 /* qmgr_defer_take_queue - remove Q's deferred recipients from the heap into *OUT (free it); how
  * many */
 uint32_t qmgr_defer_take_queue(struct qqueue *q, uint32_t **out);
-/* qmgr_defer_due_now - every deferred recipient of Q becomes due at NOW_TICK; how many */
-uint32_t qmgr_defer_due_now(struct qqueue *q, uint32_t now_tick);
+/*
+ * qmgr_defer_due_now - every deferred recipient of Q (with ONLY: only those
+ * with a flag of ONLY set) becomes due at NOW_TICK, its backoff flags
+ * cleared; how many
+ */
+uint32_t qmgr_defer_due_now(struct qqueue *q, uint32_t now_tick, uint8_t only);
 uint32_t qmgr_defer_pop_due(uint32_t now_tick);
 uint32_t qmgr_defer_next_due(void); /* tick of the earliest, or UINT32_MAX */
 void qmgr_heap_free(void);

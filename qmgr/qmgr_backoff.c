@@ -437,12 +437,36 @@ notify(struct qqueue *q, int mode, const char *why)
         send_notice(q, mode, why, cfg_str(S.cfg, w->text));
 }
 
+/*
+ * back_to_normal - Q left backoff: what was deferred during the episode is
+ * due at once and drains at the normal limits; the episode's retry mode ends
+ */
+static void
+back_to_normal(struct qqueue *q)
+{
+    uint32_t n = qmgr_defer_due_now(q, qmgr_tick_now(), QRF_BACKOFF_DEFERRED);
+
+    q->retry_until_ms = 0;
+    q->fail_count = 0;
+    q->feed_held = 0;
+    if (n > 0) {
+        msg_info("queue %s: %u recipient(s) deferred in backoff due now", q->name, n);
+        qmgr_defer_timer_update();
+    }
+}
+
 /* qmgr_backoff_set_mode - see qmgr_backoff.h */
 void
 qmgr_backoff_set_mode(struct qqueue *q, int mode, const char *why, int64_t to_normal_s)
 {
-    /* Each reply that asks for backoff restarts the way back: still being told off. */
-    if (mode == QMODE_BACKOFF)
+    /*
+     * backoff-to-normal-after counts from entering backoff: later throttling
+     * replies of the same episode do not push the end out (a receiver still
+     * throttling sends the queue back into backoff at its first reply after).
+     * A pattern's own backoff-to-normal-after= may still set a time when the
+     * episode has none.
+     */
+    if (mode == QMODE_BACKOFF && (q->mode != mode || q->backoff_until_ms == 0))
         q->backoff_until_ms = to_normal_at(q, to_normal_s);
     if (q->mode == mode)
         return;
@@ -462,6 +486,7 @@ qmgr_backoff_set_mode(struct qqueue *q, int mode, const char *why, int64_t to_no
     } else {
         untrack(q);
         q->backoff_until_ms = 0;
+        back_to_normal(q);
     }
     /* new limits: a smaller max-smtp-out closes connections as they finish (qmgr_conn.c) */
     qmgr_run_update(q);

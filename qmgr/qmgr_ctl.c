@@ -427,7 +427,7 @@ cmd_schedule(json_t *req)
         q->retry_until_ms = 0;
         q->fail_count = 0;
         q->feed_held = 0;
-        nr += qmgr_defer_due_now(q, now);
+        nr += qmgr_defer_due_now(q, now, 0);
         qmgr_run_update(q);
     }
     if (nq == 0)

@@ -348,13 +348,40 @@ qmgr_outcome_expire(uint32_t r, struct qqueue *q)
 /* --- deferral ----------------------------------------------------------------------------------
  */
 
+/*
+ * backoff_delay_ms - the wait of R, deferred while Q is in backoff: the Nth
+ * entry of backoff-retry-after for its Nth deferral in this backoff episode
+ * (the last entry repeats), never retry-after or retry-recipients-after. R is
+ * marked, so that the queue's return to normal makes it due at once.
+ */
+static uint64_t
+backoff_delay_ms(uint32_t r, struct qqueue *q)
+{
+    struct qrcpt *rc = &S.rcpt[r];
+    uint32_t tries = (rc->flags & QRF_BACKOFF_TRIES) / QRF_BACKOFF_TRY_ONE;
+
+    if (tries < 15)
+        tries++;
+    rc->flags = (uint8_t)((rc->flags & ~QRF_BACKOFF_TRIES) | tries * QRF_BACKOFF_TRY_ONE |
+                          QRF_BACKOFF_DEFERRED);
+    /* in backoff, retry-after is read as its twin backoff-retry-after */
+    return qmgr_jitter(qmgr_queue_retry_delay_ms(q, tries),
+                       S.msg[rc->msg].msgid * 31 + tries);
+}
+
+
 /* next_delay_ms - how long R waits after its ATTEMPTS-th failure */
 static uint64_t
 next_delay_ms(uint32_t r, struct qqueue *q, uint32_t attempts)
 {
-    uint64_t d = qmgr_jitter(qmgr_queue_retry_delay_ms(q, attempts),
-                             S.msg[S.rcpt[r].msg].msgid * 31 + attempts);
-    int64_t min_s = qmgr_queue_num(q, CFG_D_RETRY_RECIPIENTS_AFTER, 600);
+    uint64_t d;
+    int64_t min_s;
+
+    if (q->mode == QMODE_BACKOFF)
+        return backoff_delay_ms(r, q);
+    d = qmgr_jitter(qmgr_queue_retry_delay_ms(q, attempts),
+                    S.msg[S.rcpt[r].msg].msgid * 31 + attempts);
+    min_s = qmgr_queue_num(q, CFG_D_RETRY_RECIPIENTS_AFTER, 600);
 
     if (min_s > 0 && d < (uint64_t)min_s * 1000)
         d = (uint64_t)min_s * 1000;
@@ -427,15 +454,25 @@ defer(uint32_t r, const struct qstore_msg *m, struct qqueue *q, const struct qre
 /* --- retry mode ----------------------------------------------------------------------------------
  */
 
-/* enter_retry_mode - no new connection for Q before its retry-after delay (a failure) */
+/*
+ * enter_retry_mode - no new connection for Q before its retry-after delay (a
+ * failure); after a DNS failure (status 4.4.3: no answer, SERVFAIL, a
+ * timeout) the wait is retry-after-dns-error instead
+ */
 static void
-enter_retry_mode(struct qqueue *q, const char *why, const char *text)
+enter_retry_mode(struct qqueue *q, const char *why, const char *status, const char *text)
 {
     char shown[600];
     uint64_t delay;
+    int64_t dns_s;
 
     q->fail_count++;
-    delay = qmgr_jitter(qmgr_queue_retry_delay_ms(q, q->fail_count), q->id * 7919u + q->fail_count);
+    if (status && strcmp(status, "4.4.3") == 0 &&
+        (dns_s = qmgr_queue_num(q, CFG_D_RETRY_AFTER_DNS_ERROR, 60)) >= 0)
+        delay = qmgr_jitter((uint64_t)(dns_s > 0 ? dns_s : 1) * 1000, q->id * 7919u + q->fail_count);
+    else
+        delay = qmgr_jitter(qmgr_queue_retry_delay_ms(q, q->fail_count),
+                            q->id * 7919u + q->fail_count);
     q->retry_until_ms = qmgr_now_ms() + delay;
     msg_info("queue %s in retry mode for %.1f s after %u %s: %s", q->name, (double)delay / 1000,
              q->fail_count, why, msg_printable(shown, sizeof(shown), text, strlen(text)));
@@ -453,7 +490,7 @@ apply_reply_actions(struct qqueue *q, const struct qresult *res, struct qresult 
     unsigned act = *actions = qmgr_reply_actions(q, res);
 
     if ((act & QMGR_REPLY_DEFER_QUEUE) && !(q->feed_held && qmgr_now_ms() < q->retry_until_ms)) {
-        enter_retry_mode(q, "defer-queue reply(s)", res->text ? res->text : "");
+        enter_retry_mode(q, "defer-queue reply(s)", NULL, res->text ? res->text : "");
         q->feed_held = 1;
     }
     *changed = *res;
@@ -548,7 +585,7 @@ qmgr_outcome_queue_failure(struct qqueue *q, const struct qresult *res)
     if (qmgr_reply_actions(q, res) & QMGR_REPLY_BOUNCE_QUEUE)
         bounce_queue(q, res);
     if (res->result != MP_RESULT_PERMFAIL)
-        enter_retry_mode(q, "failed connection(s)", res->text);
+        enter_retry_mode(q, "failed connection(s)", res->enhanced, res->text);
     if (!acct_w)
         return;
     acct_fill_attempt(&a, &t, QMGR_ACCT_TQ, q, res, "4.0.0",

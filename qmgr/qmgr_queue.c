@@ -474,6 +474,15 @@ void
 qmgr_ready_arrive(struct qqueue *q, uint32_t r)
 {
     q->last_arrival_ms = qmgr_now_ms();
+    /* retry-upon-new-mail: new mail ends the wait of a queue in retry mode (the
+       failure count stays, so a new failure goes on with the retry-after list) */
+    if (q->retry_until_ms > q->last_arrival_ms && !q->feed_held &&
+        qmgr_queue_num(q, CFG_D_RETRY_UPON_NEW_MAIL, 0)) {
+        q->retry_until_ms = 0;
+        msg_info("queue %s leaves retry mode: new mail (retry-upon-new-mail)", q->name);
+        qmgr_run_update(q);
+        qmgr_dispatch_soon();
+    }
     qmgr_ready_push(q, r);
 }
 
@@ -604,16 +613,19 @@ qmgr_defer_take_queue(struct qqueue *q, uint32_t **out)
     return n;
 }
 
-/* qmgr_defer_due_now - see qmgr.h (pmtactl schedule); O(deferred recipients) */
+/* qmgr_defer_due_now - see qmgr.h (pmtactl schedule, the end of backoff); O(deferred) */
 uint32_t
-qmgr_defer_due_now(struct qqueue *q, uint32_t now_tick)
+qmgr_defer_due_now(struct qqueue *q, uint32_t now_tick, uint8_t only)
 {
     uint32_t n = 0;
 
     for (uint32_t i = 0; i < S.nheap; i++) {
         struct qrcpt *r = &S.rcpt[S.heap[i]];
 
-        if (r->queue == q->id && r->due > now_tick) {
+        if (r->queue != q->id || (only && !(r->flags & only)))
+            continue;
+        r->flags &= (uint8_t) ~(QRF_BACKOFF_DEFERRED | QRF_BACKOFF_TRIES);
+        if (r->due > now_tick) {
             r->due = now_tick;
             n++;
         }

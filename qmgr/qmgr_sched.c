@@ -167,16 +167,28 @@ qmgr_sched_catch_up_soon(void)
 /* --- deferred recipients ----------------------------------------------------------------- */
 
 /* release_due - deferred recipients whose time has come go to their queue's ready list */
+/*
+ * release_due - deferred recipients whose time has come go to the FRONT of
+ * their queue's ready list, oldest due first: they waited longest, and a
+ * retry promised after backoff-retry-after (or retry-after) must not queue
+ * again behind everything that arrived meanwhile
+ */
 static void
 release_due(void)
 {
+    static uint32_t *due;
+    static uint32_t cap;
     uint32_t now = qmgr_tick_now(), r, n = 0;
 
     while ((r = qmgr_defer_pop_due(now)) != QNIL) {
-        struct qqueue *q = S.queues[S.rcpt[r].queue];
-        qmgr_ready_push(q, r);
-        n++;
+        if (n == cap) {
+            cap = cap ? cap * 2 : 256;
+            due = xreallocarray(due, cap, sizeof *due);
+        }
+        due[n++] = r;
     }
+    for (uint32_t i = n; i-- > 0;)
+        qmgr_ready_push_front(S.queues[S.rcpt[due[i]].queue], due[i]);
     if (n)
         qmgr_dispatch_soon();
 }

@@ -43,6 +43,11 @@ The script (a JSON object; every key optional):
     starttls_inject  false; true sends a second reply in clear right after the
                   STARTTLS 220 (response injection, which clients must refuse)
     drop_in_data  false; true closes the connection after the first body line
+    throttle      {"after": N, "seconds": S, "reply": "421 4.7.28 ... Rate Limit Exceeded"}:
+                  once N messages were accepted (over all connections), every RCPT
+                  gets REPLY for S seconds (a provider's rate limit); a 421 closes
+                  the connection after it, as the providers do. Logged once:
+                  throttle_start {"after"}
 
 Owns: its listening sockets, the log, the saved messages, and the temporary
 directory holding the self-signed key (removed at exit).
@@ -81,6 +86,8 @@ class Server:
         self.concurrent = 0
         self.max_concurrent = 0
         self.rule_hits = {}     # rcpt rule index -> RCPTs it answered (rules with a count)
+        self.accepted = 0       # messages answered 250 after their data
+        self.throttle_from = None   # when the throttle window began (time.monotonic())
         self.sslctx = None
         self.tmpdir = None
         if script.get("starttls"):
@@ -189,6 +196,19 @@ class Conn(asyncio.Protocol):
             lines.append("CHUNKING")
         return ["250-" + l for l in lines[:-1]] + ["250 " + lines[-1]]
 
+    def throttled(self):
+        """The throttle's reply while its window is open, else None."""
+        t = self.script.get("throttle")
+        if not t or self.srv.accepted < t["after"]:
+            return None
+        now = time.monotonic()
+        if self.srv.throttle_from is None:
+            self.srv.throttle_from = now
+            self.srv.event("throttle_start", after=self.srv.accepted)
+        if now - self.srv.throttle_from < t["seconds"]:
+            return t.get("reply", "421 4.7.28 Rate Limit Exceeded")
+        return None
+
     def rcpt_reply(self, addr):
         local = addr.split("@")[0].lower()
         for i, rule in enumerate(self.script.get("rcpt", []) + DEFAULT_RCPT_RULES):
@@ -259,11 +279,15 @@ class Conn(asyncio.Protocol):
                 self.send(self.script.get("mail_reply", "250 2.1.0 Ok"))
             elif verb == "RCPT":
                 addr, params = split_path(arg[3:] if arg.upper().startswith("TO:") else arg)
-                reply = self.rcpt_reply(addr)
+                throttled = self.throttled()
+                reply = throttled or self.rcpt_reply(addr)
                 self.srv.event("rcpt", conn=self.id, to=addr, params=params,
                                reply=int(reply[:3]), read=read_no)
                 await self.delay("rcpt")
                 self.send(reply)
+                if throttled and reply.startswith("421"):
+                    self.transport.close()
+                    return
             elif verb == "DATA":
                 reply = self.script.get("data_reply", "354 End data with <CR><LF>.<CR><LF>")
                 self.srv.event("data_cmd", conn=self.id, read=read_no, reply=int(reply[:3]))
@@ -314,7 +338,10 @@ class Conn(asyncio.Protocol):
         self.srv.event("data", conn=self.id, size=len(data), file=path,
                        sha256=hashlib.sha256(data).hexdigest())
         await self.delay("dot")
-        self.send(self.script.get("dot_reply", "250 2.0.0 Ok: queued as %d.%d" % (self.id, nmsg)))
+        reply = self.script.get("dot_reply", "250 2.0.0 Ok: queued as %d.%d" % (self.id, nmsg))
+        if reply.startswith("2"):
+            self.srv.accepted += 1
+        self.send(reply)
         return True
 
 
