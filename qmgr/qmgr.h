@@ -67,6 +67,7 @@ struct qrcpt {
 #define QRF_BACKOFF_DEFERRED 0x01u /* deferred while its queue was in backoff */
 #define QRF_BACKOFF_TRIES    0xF0u /* deferrals in this backoff episode (saturates at 15) */
 #define QRF_BACKOFF_TRY_ONE  0x10u
+#define QRF_QUEUE_DEFERRED   0x02u /* deferred with its queue's retry mode (a failed connection) */
 
 /* One message with pending recipients (16 bytes). */
 struct qmsg {
@@ -186,6 +187,7 @@ struct qresult {
     const char *enhanced;
     const char *text;
     const char *mx, *dest_ip, *source_ip;
+    int conn_level; /* no reply of the recipient's own: its connection failed or dropped */
 };
 
 struct qmgr_state {
@@ -242,6 +244,7 @@ int64_t qmgr_queue_num(struct qqueue *q, enum cfg_directive d, int64_t dflt);
 uint64_t qmgr_queue_retry_delay_ms(struct qqueue *q, uint32_t n);
 void qmgr_queue_invalidate_settings(void);
 void qmgr_queue_set_error(struct qqueue *q, const char *text);
+void qmgr_queue_end_retry(struct qqueue *q, int keep_count);
 
 uint32_t qmgr_msg_add(uint64_t msgid, uint32_t queued_at);
 void qmgr_msg_unref(uint32_t m);

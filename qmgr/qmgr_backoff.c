@@ -446,9 +446,8 @@ back_to_normal(struct qqueue *q)
 {
     uint32_t n = qmgr_defer_due_now(q, qmgr_tick_now(), QRF_BACKOFF_DEFERRED);
 
-    q->retry_until_ms = 0;
-    q->fail_count = 0;
     q->feed_held = 0;
+    qmgr_queue_end_retry(q, 0);
     if (n > 0) {
         msg_info("queue %s: %u recipient(s) deferred in backoff due now", q->name, n);
         qmgr_defer_timer_update();

@@ -552,13 +552,16 @@ settle(struct qconn *c, uint32_t i, const struct qresult *res)
     qmgr_outcome(r, c->txn_msg, c->q, res);
 }
 
-/* settle_rest - every unanswered recipient of C's transaction gets RES */
+/* settle_rest - every unanswered recipient of C's transaction gets RES (the connection's) */
 static void
 settle_rest(struct qconn *c, const struct qresult *res)
 {
+    struct qresult conn_res = *res;
+
+    conn_res.conn_level = 1;
     for (uint32_t i = 0; i < c->txn_n && c->txn_left > 0; i++)
         if (c->txn[i] != QNIL)
-            settle(c, i, res);
+            settle(c, i, &conn_res);
     c->txn_n = 0;
 }
 
@@ -603,8 +606,7 @@ on_conn_up(struct qconn *c, struct ipc_msg *m)
             S.nconn_up++;
         c->up = 1;
         /* The queue reaches its destination again: retry mode ends. */
-        c->q->fail_count = 0;
-        c->q->retry_until_ms = 0;
+        qmgr_queue_end_retry(c->q, 0);
         rc = 0;
     }
     free(mx);
@@ -654,9 +656,10 @@ static int
 on_txn_done(struct qconn *c, struct ipc_msg *m)
 {
     uint64_t msgid;
-    struct qresult res = {
-        MP_RESULT_TEMPFAIL, 451, "4.3.0", "no result from smtp-out", NULL, NULL, NULL
-    };
+    struct qresult res = { .result = MP_RESULT_TEMPFAIL,
+                           .code = 451,
+                           .enhanced = "4.3.0",
+                           .text = "no result from smtp-out" };
 
     if (ipc_get_u64(m, &msgid) || ipc_get_end(m))
         return -EPROTO;
@@ -674,9 +677,10 @@ on_conn_idle(struct qconn *c, struct ipc_msg *m)
     if (ipc_get_end(m))
         return -EPROTO;
     if (c->txn_n > 0) {
-        struct qresult res = {
-            MP_RESULT_TEMPFAIL, 451, "4.3.0", "no result from smtp-out", NULL, NULL, NULL
-        };
+        struct qresult res = { .result = MP_RESULT_TEMPFAIL,
+                               .code = 451,
+                               .enhanced = "4.3.0",
+                               .text = "no result from smtp-out" };
         fill_result(&res, c);
         settle_rest(c, &res);
     }
@@ -727,24 +731,24 @@ on_conn_down(struct qconn *c, struct ipc_msg *m)
         free(dest);
         return -EPROTO;
     }
-    res = (struct qresult){ result,
-                            code,
-                            enh,
-                            text,
-                            *mx ? mx : (c->mx ? c->mx : ""),
-                            *dest ? dest : (c->dest_ip ? c->dest_ip : ""),
-                            c->source_ip ? c->source_ip : "" };
+    res = (struct qresult){ .result = result,
+                            .code = code,
+                            .enhanced = enh,
+                            .text = text,
+                            .mx = *mx ? mx : (c->mx ? c->mx : ""),
+                            .dest_ip = *dest ? dest : (c->dest_ip ? c->dest_ip : ""),
+                            .source_ip = c->source_ip ? c->source_ip : "" };
     if (!c->up && result != MP_RESULT_OK) {
         conn_failed_early(c, &res);
     } else {
         if (res.result == MP_RESULT_OK) {
-            res = (struct qresult){ MP_RESULT_TEMPFAIL,
-                                    451,
-                                    "4.4.2",
-                                    "connection closed before a result",
-                                    res.mx,
-                                    res.dest_ip,
-                                    res.source_ip };
+            res = (struct qresult){ .result = MP_RESULT_TEMPFAIL,
+                                    .code = 451,
+                                    .enhanced = "4.4.2",
+                                    .text = "connection closed before a result",
+                                    .mx = res.mx,
+                                    .dest_ip = res.dest_ip,
+                                    .source_ip = res.source_ip };
         }
         settle_rest(c, &res);
     }

@@ -303,7 +303,7 @@ expire(uint32_t r, const struct qstore_msg *m, struct qqueue *q, const struct qr
     const char *reason = last && last->text && *last->text ? last->text
                          : rr && *rr->last_error           ? rr->last_error
                                                            : "no delivery attempt succeeded";
-    struct qresult res = { MP_RESULT_PERMFAIL, 0, "4.4.7", text, NULL, NULL, NULL };
+    struct qresult res = { .result = MP_RESULT_PERMFAIL, .enhanced = "4.4.7", .text = text };
 
     snprintf(text, sizeof(text), "message expired: %s", reason);
     if (last) {
@@ -318,9 +318,9 @@ expire(uint32_t r, const struct qstore_msg *m, struct qqueue *q, const struct qr
 void
 qmgr_outcome_delete(uint32_t r, struct qqueue *q, int dsn)
 {
-    static const struct qresult deleted = {
-        MP_RESULT_PERMFAIL, 0, "5.0.0", "deleted by the operator (pmtactl delete)", NULL, NULL, NULL
-    };
+    static const struct qresult deleted = { .result = MP_RESULT_PERMFAIL,
+                                            .enhanced = "5.0.0",
+                                            .text = "deleted by the operator (pmtactl delete)" };
     struct qstore_msg *m = qmgr_read_envelope(r);
     const struct qstore_rcpt *rr = qmgr_msg_find_rcpt(m, S.rcpt[r].index);
 
@@ -365,8 +365,7 @@ backoff_delay_ms(uint32_t r, struct qqueue *q)
     rc->flags = (uint8_t)((rc->flags & ~QRF_BACKOFF_TRIES) | tries * QRF_BACKOFF_TRY_ONE |
                           QRF_BACKOFF_DEFERRED);
     /* in backoff, retry-after is read as its twin backoff-retry-after */
-    return qmgr_jitter(qmgr_queue_retry_delay_ms(q, tries),
-                       S.msg[rc->msg].msgid * 31 + tries);
+    return qmgr_jitter(qmgr_queue_retry_delay_ms(q, tries), S.msg[rc->msg].msgid * 31 + tries);
 }
 
 
@@ -424,6 +423,12 @@ defer(uint32_t r, const struct qstore_msg *m, struct qqueue *q, const struct qre
     struct qstore_defer d = { 0 };
     int err;
 
+    /* A recipient whose connection failed waits with its queue: it is due when the
+       queue may connect again, and at once if retry mode ends early. */
+    if (res->conn_level && q->retry_until_ms > now_ms) {
+        due_ms = q->retry_until_ms;
+        S.rcpt[r].flags |= QRF_QUEUE_DEFERRED;
+    }
     /* Never sleep past the expiry: bounce-after holds in every state. */
     if (after >= 0) {
         uint64_t exp_wall = (uint64_t)S.msg[S.rcpt[r].msg].queued_at + (uint64_t)after;
@@ -469,7 +474,8 @@ enter_retry_mode(struct qqueue *q, const char *why, const char *status, const ch
     q->fail_count++;
     if (status && strcmp(status, "4.4.3") == 0 &&
         (dns_s = qmgr_queue_num(q, CFG_D_RETRY_AFTER_DNS_ERROR, 60)) >= 0)
-        delay = qmgr_jitter((uint64_t)(dns_s > 0 ? dns_s : 1) * 1000, q->id * 7919u + q->fail_count);
+        delay = qmgr_jitter((uint64_t)(dns_s > 0 ? dns_s : 1) * 1000,
+                            q->id * 7919u + q->fail_count);
     else
         delay = qmgr_jitter(qmgr_queue_retry_delay_ms(q, q->fail_count),
                             q->id * 7919u + q->fail_count);
@@ -557,8 +563,7 @@ qmgr_outcome(uint32_t r, const struct qstore_msg *m, struct qqueue *q, const str
         finish(r, "delivery");
         acct_rcpt(QMGR_ACCT_D, m, rr, q, res, "relayed", NULL);
         q->delivered++;
-        q->fail_count = 0; /* a success resets the retry schedule */
-        q->retry_until_ms = 0;
+        qmgr_queue_end_retry(q, 0); /* a success resets the retry schedule */
         qmgr_backoff_delivered(q);
         qmgr_rcpt_free(r);
         break;

@@ -469,6 +469,28 @@ qmgr_ready_push(struct qqueue *q, uint32_t r)
         qmgr_run_update(q);
 }
 
+/*
+ * qmgr_queue_end_retry - Q may connect again now (a connection came up, a
+ * delivery, new mail with retry-upon-new-mail, the end of backoff, pmtactl
+ * schedule): its retry mode ends and the recipients that waited with it
+ * (QRF_QUEUE_DEFERRED: their connection failed) are due at once. KEEP_COUNT
+ * keeps the failure count, so that a further failure goes on down the
+ * retry-after list. Cheap when Q is not in retry mode (the hot path).
+ */
+void
+qmgr_queue_end_retry(struct qqueue *q, int keep_count)
+{
+    if (q->retry_until_ms == 0 && q->fail_count == 0)
+        return;
+    q->retry_until_ms = 0;
+    if (!keep_count)
+        q->fail_count = 0;
+    if (qmgr_defer_due_now(q, qmgr_tick_now(), QRF_QUEUE_DEFERRED) > 0)
+        qmgr_defer_timer_update();
+    qmgr_run_update(q);
+    qmgr_dispatch_soon();
+}
+
 /* qmgr_ready_arrive - a recipient of a newly scanned message: push it, and mark the queue live */
 void
 qmgr_ready_arrive(struct qqueue *q, uint32_t r)
@@ -478,10 +500,8 @@ qmgr_ready_arrive(struct qqueue *q, uint32_t r)
        failure count stays, so a new failure goes on with the retry-after list) */
     if (q->retry_until_ms > q->last_arrival_ms && !q->feed_held &&
         qmgr_queue_num(q, CFG_D_RETRY_UPON_NEW_MAIL, 0)) {
-        q->retry_until_ms = 0;
         msg_info("queue %s leaves retry mode: new mail (retry-upon-new-mail)", q->name);
-        qmgr_run_update(q);
-        qmgr_dispatch_soon();
+        qmgr_queue_end_retry(q, 1);
     }
     qmgr_ready_push(q, r);
 }
@@ -618,13 +638,16 @@ uint32_t
 qmgr_defer_due_now(struct qqueue *q, uint32_t now_tick, uint8_t only)
 {
     uint32_t n = 0;
+    uint8_t clear = only ? only : 0xFF;
 
+    if (clear & QRF_BACKOFF_DEFERRED)
+        clear |= QRF_BACKOFF_TRIES;
     for (uint32_t i = 0; i < S.nheap; i++) {
         struct qrcpt *r = &S.rcpt[S.heap[i]];
 
         if (r->queue != q->id || (only && !(r->flags & only)))
             continue;
-        r->flags &= (uint8_t) ~(QRF_BACKOFF_DEFERRED | QRF_BACKOFF_TRIES);
+        r->flags &= (uint8_t)~clear;
         if (r->due > now_tick) {
             r->due = now_tick;
             n++;

@@ -250,9 +250,12 @@ def rotate_test(tap):
         p.start()
         outs = []
         for i in range(3):
-            mark = os.path.getsize(p.log_path)
+            old_inode = os.stat(p.log_path).st_ino
             outs.append(pmtactl(p, "rotate", "log"))
-            wait_for(lambda: os.path.exists(p.log_path) and "log rotated" in p.log(), timeout=5)
+            # a new file (the old one's "log rotated" line must not count)
+            wait_for(lambda: os.path.exists(p.log_path) and
+                     os.stat(p.log_path).st_ino != old_inode and "log rotated" in p.log(),
+                     timeout=5)
             c = smtplib.SMTP("127.0.0.1", p.port, timeout=10)
             c.ehlo("rotation-%d.test" % i)
             c.quit()

@@ -23,6 +23,11 @@ run 1 (one pmtad, one queue per property, all at once):
               window above 5 over both queues
   crate.test  max-connect-rate 2/s with max-msg-per-connection 1: 8 messages,
               never more than 2 connections opened in any 1 s window, >= 1.5/s
+  dns.test    retry-after 1h, retry-after-dns-error 2s: two failed connections
+              with status 4.4.3 (DNS) are retried after 2 s each, not 1 h
+  newmail.test retry-after 1h, retry-upon-new-mail yes: after a failed connection,
+              a new message for the queue ends retry mode (a new connection);
+  nonew.test  the same without retry-upon-new-mail: no new connection
 run 3 (total-max-smtp-out 3, max-msg-per-connection 1 everywhere):
   hi.test (queue-priority 90, 12 messages), tot0/1/2.test (default 50, 8 each),
   lo.test (queue-priority 10, 8): never more than 3 connections open in all,
@@ -107,6 +112,20 @@ smtpd-processes 1
   max-connect-rate 2/s
   max-msg-per-connection 1
 </domain>
+<domain dns.test>
+  retry-after 1h
+  retry-after-dns-error 2s
+  max-smtp-out 1
+</domain>
+<domain newmail.test>
+  retry-after 1h
+  retry-upon-new-mail yes
+  max-smtp-out 1
+</domain>
+<domain nonew.test>
+  retry-after 1h
+  max-smtp-out 1
+</domain>
 <virtual-mta vg>
   max-smtp-out 2
 </virtual-mta>
@@ -181,6 +200,10 @@ QFAIL_OPENS = {"failing": {1, 2, 4}}
 def open_fail_run1(queue, n):
     if queue.startswith("qfail.test") and n in QFAIL_OPENS["failing"]:
         return (TEMPFAIL, 0, "4.4.1", "no answer from host")
+    if queue.startswith("dns.test") and n <= 2:
+        return (TEMPFAIL, 0, "4.4.3", "DNS lookup of dns.test failed (SERVFAIL)")
+    if queue.startswith(("newmail.test", "nonew.test")) and n == 1:
+        return (TEMPFAIL, 0, "4.4.1", "no answer from host")
     return None
 
 
@@ -197,7 +220,8 @@ def run1(tap):
                                   ("snb", 15, 1, ["-v", "sv", "-s", "news@sender.test"]),
                                   ("sra", 10, 1, ["-v", "sr", "-s", "promo@sender.test"]),
                                   ("srb", 10, 1, ["-v", "sr", "-s", "promo@sender.test"]),
-                                  ("crate", 8, 1, [])):
+                                  ("crate", 8, 1, []), ("dns", 1, 1, []),
+                                  ("newmail", 1, 1, []), ("nonew", 1, 1, [])):
             first, last = fill(p, "-n", str(n), "-r", str(r), "-d", name, *extra)
             queue = "%s.test/%s" % (name, extra[1] if extra else "{default}")
             for m in range(first, last + 1):
@@ -223,6 +247,17 @@ def run1(tap):
         wait_for(lambda: len(fake.results_for("sra.test/sr")) + len(fake.results_for("srb.test/sr"))
                  >= 20, timeout=15)
         wait_for(lambda: len(fake.results_for("crate.test/{default}")) >= 8, timeout=10)
+        # retry-upon-new-mail: both queues are in retry mode (1 h) after their first open;
+        # a new message for each arrives (found by the queue scan)
+        wait_for(lambda: fake.opens_for("newmail.test/{default}") and
+                 fake.opens_for("nonew.test/{default}"), timeout=10)
+        time.sleep(0.5)
+        for name in ("newmail", "nonew"):
+            first, _ = fill(p, "-n", "1", "-r", "1", "-d", name)
+            RUN1_QUEUE[first] = "%s.test/{default}" % name
+        wait_for(lambda: len(fake.opens_for("newmail.test/{default}")) >= 2, timeout=15)
+        wait_for(lambda: len(fake.opens_for("dns.test/{default}")) >= 3, timeout=10)
+        time.sleep(1)
         # the DSN: a new message appears for origin.test
         wait_for(lambda: [m for m in qdump(p) if m.get("sender") == ""], timeout=5)
         dumped = qdump(p, body=True)
@@ -320,6 +355,23 @@ def run1(tap):
            "a message added without a hint is found by the periodic scan and delivered")
     tap.ok(re.search(r"queue qfail\.test/\{default\} in retry mode", log),
            "retry mode is logged")
+
+    # retry-after-dns-error
+    do = [t for (t, _, _, _, _, _, _) in fake.opens_for("dns.test/{default}")]
+    dg = [b - a for a, b in zip(do, do[1:])]
+    tap.ok(len(dg) >= 2 and near(dg[0], 2, 0.1) and near(dg[1], 2, 0.1),
+           "retry-after-dns-error 2s: after a DNS failure (4.4.3) the next connection comes "
+           "2 s later, not after retry-after 1h", "open gaps %s" % ["%.2f" % g for g in dg])
+    # retry-upon-new-mail
+    nm = fake.opens_for("newmail.test/{default}")
+    nn = fake.opens_for("nonew.test/{default}")
+    tap.ok(len(nm) == 2 and len(nn) == 1 and
+           re.search(r"queue newmail\.test/\{default\} leaves retry mode: new mail", log),
+           "retry-upon-new-mail: new mail ends retry mode at once (and only where it is set)",
+           "newmail opens %d, nonew opens %d" % (len(nm), len(nn)))
+    nm_ok = [r for r in fake.results_for("newmail.test/{default}") if r[5] == OK]
+    tap.ok(len(nm_ok) == 2, "retry-upon-new-mail: both messages of the queue delivered",
+           "%d delivered" % len(nm_ok))
 
     # bounce-after 3s
     bt = fake.txns_for("bounce.test/{default}")
