@@ -43,7 +43,6 @@
 /* Internal ceilings (a source's max-message-size may be lower). */
 #define CLEANUP_MAX_MESSAGE ((size_t)100 << 20)
 #define CLEANUP_MAX_RCPT    100000u
-#define CLEANUP_MAX_FIELD   QSTORE_STR_MAX /* bytes of one envelope string */
 
 /* --- one configuration generation, as cleanup uses it (cleanup_conf.c) ---- */
 

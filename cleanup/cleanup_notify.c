@@ -2,7 +2,8 @@
  * cleanup_notify.c - MP_QUEUE_NEW hints from cleanup to qmgr
  *
  * After each commit cleanup tells qmgr the new message id over
- * RUNDIR/private/qmgr. It is only a hint (qmgr also scans the queue), so
+ * RUNDIR/private/qmgr, on a connection that starts with MP_QMGR_HELLO
+ * (kind MP_PEER_CLEANUP). It is only a hint (qmgr also scans the queue), so
  * this side never waits for qmgr: the connect is non-blocking and tried again
  * at most once per RETRY_MS; while qmgr is not there, or not reading (its
  * socket buffer full and MAX_PENDING writes queued), hints are dropped and
@@ -40,7 +41,8 @@ static struct {
 static int
 on_qmgr_msg(struct ipc_chan *ch, struct ipc_msg *m)
 {
-    msg_warn("unexpected message type %u from qmgr; closing the hint channel", m->type);
+    msg_warn("unexpected message %s (type %u) from qmgr; closing the hint channel",
+             mp_type_name(m->type), m->type);
     return 1;
 }
 
@@ -48,6 +50,18 @@ static void
 on_qmgr_closed(struct ipc_chan *ch, int reason)
 {
     N.ch = NULL;
+}
+
+/* send_hello - MP_QMGR_HELLO: this connection carries a cleanup process's hints */
+static void
+send_hello(void)
+{
+    struct buf out = BUF_INIT;
+    struct mp_qmgr_hello hello = { .kind = MP_PEER_CLEANUP, .pid = (uint32_t)getpid() };
+
+    (void)mp_encode_qmgr_hello(&out, 0, &hello); /* numbers only: cannot fail */
+    ipc_chan_send(N.ch, &out);
+    buf_free(&out);
 }
 
 /* try_connect - a non-blocking connect to qmgr's socket; 0 or -errno */
@@ -71,8 +85,10 @@ try_connect(void)
             close(fd);
         } else {
             err = ipc_chan_open_fd(worker_loop(), fd, on_qmgr_msg, on_qmgr_closed, NULL, &N.ch);
-            if (err == 0)
+            if (err == 0) {
                 ipc_chan_cork(N.ch); /* one write for a group commit's hints */
+                send_hello();
+            }
         }
     }
     free(path);
@@ -104,13 +120,11 @@ cleanup_notify_new(uint64_t msgid)
 {
     struct ipc_chan *ch = channel();
     struct buf out = BUF_INIT;
-    size_t off;
+    struct mp_queue_new hint = { .msgid = msgid };
 
     if (ch == NULL || ch->pending_writes >= MAX_PENDING)
         return;
-    off = ipc_begin(&out, MP_QUEUE_NEW, 0);
-    ipc_add_u64(&out, msgid);
-    ipc_end(&out, off);
+    (void)mp_encode_queue_new(&out, 0, &hint); /* numbers only: cannot fail */
     ipc_chan_send(ch, &out);
     buf_free(&out);
 }

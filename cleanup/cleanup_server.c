@@ -22,8 +22,9 @@
  * Owns: the listener, every connection (freed when its channel
  * is closed and its last transaction is done) and every transaction.
  *
- * SECURITY: this is where peer-derived bytes enter the worker. Every string
- * is length-checked (CLEANUP_MAX_FIELD) and refused if it holds CR or LF;
+ * SECURITY: this is where peer-derived bytes enter the worker. Frames are
+ * decoded by runtime/mailproto.def's decoders: every string is length-checked
+ * (MP_FIELD_MAX, at most what the queue stores) and refused if it holds CR or LF;
  * recipients are counted (CLEANUP_MAX_RCPT); message bytes are bounded before
  * they are buffered; ids are looked up, never trusted as indexes.
  */
@@ -124,7 +125,8 @@ cleanup_txn_result(struct cleanup_txn *t, unsigned code, const char *enhanced, c
                    uint64_t msgid)
 {
     struct buf out = BUF_INIT;
-    size_t off;
+    struct mp_txn_result r = { .code = code, .enhanced = enhanced, .text = text, .msgid = msgid };
+    int err;
 
     if (t->answered)
         return;
@@ -135,12 +137,20 @@ cleanup_txn_result(struct cleanup_txn *t, unsigned code, const char *enhanced, c
         cleanup.refused++;
     if (t->conn->ch == NULL)
         return;
-    off = ipc_begin(&out, MP_TXN_RESULT, t->id);
-    ipc_add_u32(&out, code);
-    ipc_add_cstr(&out, enhanced);
-    ipc_add_cstr(&out, text);
-    ipc_add_u64(&out, msgid);
-    ipc_end(&out, off);
+    if ((err = mp_encode_txn_result(&out, t->id, &r)) < 0) {
+        /* A text the protocol refuses: smtpd still needs an answer it can pass on. */
+        msg_warn("transaction %u: result text refused (%s); answering without it", t->id,
+                 strerror(-err));
+        if (code == 250)
+            r = (struct mp_txn_result){
+                .code = 250, .enhanced = "2.0.0", .text = "Ok", .msgid = msgid
+            };
+        else
+            r = (struct mp_txn_result){ .code = 451,
+                                        .enhanced = "4.3.0",
+                                        .text = "Internal error" };
+        (void)mp_encode_txn_result(&out, t->id, &r); /* short constant fields: cannot fail */
+    }
     if (ipc_chan_send(t->conn->ch, &out) < 0)
         msg_warn("cannot answer transaction %u: connection failing", t->id);
     buf_free(&out);
@@ -148,19 +158,7 @@ cleanup_txn_result(struct cleanup_txn *t, unsigned code, const char *enhanced, c
 
 /* --- decoding helpers -------------------------------------------------------------- */
 
-/* get_str - a string field of at most CLEANUP_MAX_FIELD bytes without CR/LF; copied */
-static int
-get_str(struct ipc_msg *m, char **out)
-{
-    const char *s;
-    size_t len;
-
-    if (ipc_get_str(m, &s, &len) < 0 || len > CLEANUP_MAX_FIELD || memchr(s, '\r', len) ||
-        memchr(s, '\n', len))
-        return -EPROTO;
-    *out = xstrndup(s, len);
-    return 0;
-}
+_Static_assert(MP_FIELD_MAX <= QSTORE_STR_MAX, "an envelope string the queue cannot store");
 
 /* client_sockaddr - the client IP as a sockaddr for <source CIDR> matching; NULL if none */
 static const struct sockaddr *
@@ -253,12 +251,23 @@ txn_max_size(const struct cleanup_txn *t)
 static int
 decode_begin(struct ipc_msg *m, struct cleanup_txn *t)
 {
-    if (get_str(m, &t->client_ip) || ipc_get_u32(m, &t->client_port) || get_str(m, &t->local_ip) ||
-        ipc_get_u32(m, &t->local_port) || get_str(m, &t->helo) || get_str(m, &t->source_name) ||
-        get_str(m, &t->auth_user) || get_str(m, &t->tls_protocol) || get_str(m, &t->tls_cipher) ||
-        get_str(m, &t->sender) || ipc_get_u32(m, &t->mail_flags) || get_str(m, &t->envid) ||
-        ipc_get_u64(m, &t->declared_size) || ipc_get_end(m))
+    struct mp_txn_begin b;
+
+    if (mp_decode_txn_begin(m, &b) < 0)
         return -EPROTO;
+    t->client_ip = xstrdup(b.client_ip);
+    t->client_port = b.client_port;
+    t->local_ip = xstrdup(b.local_ip);
+    t->local_port = b.local_port;
+    t->helo = xstrdup(b.helo);
+    t->source_name = xstrdup(b.listener_source);
+    t->auth_user = xstrdup(b.auth_user);
+    t->tls_protocol = xstrdup(b.tls_protocol);
+    t->tls_cipher = xstrdup(b.tls_cipher);
+    t->sender = xstrdup(b.sender);
+    t->mail_flags = b.mail_flags;
+    t->envid = xstrdup(b.envid);
+    t->declared_size = b.declared_size;
     return 0;
 }
 
@@ -309,19 +318,11 @@ static int
 on_rcpt(struct cleanup_conn *c, struct ipc_msg *m)
 {
     struct cleanup_txn *t = open_txn(c, m);
-    struct cleanup_rcpt r = { 0 };
+    struct mp_txn_rcpt r;
 
-    if (t == NULL)
+    if (t == NULL || mp_decode_txn_rcpt(m, &r) < 0)
         return -EPROTO;
-    if (get_str(m, &r.address) || get_str(m, &r.orcpt) || ipc_get_u32(m, &r.notify) ||
-        ipc_get_end(m)) {
-        free(r.address);
-        free(r.orcpt);
-        return -EPROTO;
-    }
     if (t->nrcpt >= CLEANUP_MAX_RCPT) {
-        free(r.address);
-        free(r.orcpt);
         cleanup_txn_result(t, 452, "4.5.3", "Too many recipients", 0);
         return 0;
     }
@@ -329,7 +330,9 @@ on_rcpt(struct cleanup_conn *c, struct ipc_msg *m)
         t->rcpt_cap = t->rcpt_cap ? 2 * t->rcpt_cap : 4;
         t->rcpts = xreallocarray(t->rcpts, t->rcpt_cap, sizeof(*t->rcpts));
     }
-    t->rcpts[t->nrcpt++] = r;
+    t->rcpts[t->nrcpt++] = (struct cleanup_rcpt){ .address = xstrdup(r.address),
+                                                  .orcpt = xstrdup(r.orcpt),
+                                                  .notify = r.notify };
     return 0;
 }
 
@@ -337,12 +340,11 @@ static int
 on_data(struct cleanup_conn *c, struct ipc_msg *m)
 {
     struct cleanup_txn *t = open_txn(c, m);
-    const uint8_t *p;
-    size_t len;
+    struct mp_txn_data d;
 
-    if (t == NULL || ipc_get_bytes(m, &p, &len) || ipc_get_end(m) || len > MP_CHUNK_MAX)
+    if (t == NULL || mp_decode_txn_data(m, &d) < 0)
         return -EPROTO;
-    t->received += len;
+    t->received += d.chunk_len;
     if (t->answered)
         return 0; /* refused already: swallow the rest */
     if (t->received > txn_max_size(t)) {
@@ -350,7 +352,7 @@ on_data(struct cleanup_conn *c, struct ipc_msg *m)
         cleanup_txn_result(t, 552, "5.3.4", "Message size exceeds fixed limit", 0);
         return 0;
     }
-    buf_append(&t->data, p, len);
+    buf_append(&t->data, d.chunk, d.chunk_len);
     return 0;
 }
 
@@ -358,14 +360,14 @@ static int
 on_end(struct cleanup_conn *c, struct ipc_msg *m)
 {
     struct cleanup_txn *t = open_txn(c, m);
-    uint64_t total;
+    struct mp_txn_end e;
 
-    if (t == NULL || ipc_get_u64(m, &total) || ipc_get_end(m))
+    if (t == NULL || mp_decode_txn_end(m, &e) < 0)
         return -EPROTO;
     t->ended = 1;
-    if (!t->answered && total != t->received) {
+    if (!t->answered && e.total_bytes != t->received) {
         msg_warn("connection %u: transaction %u announced %llu bytes but sent %llu", c->serial,
-                 t->id, (unsigned long long)total, (unsigned long long)t->received);
+                 t->id, (unsigned long long)e.total_bytes, (unsigned long long)t->received);
         cleanup_txn_result(t, 451, "4.3.0", "Internal error: message length mismatch", 0);
     } else if (!t->answered && t->nrcpt == 0) {
         cleanup_txn_result(t, 554, "5.5.1", "No valid recipients", 0);
@@ -382,7 +384,7 @@ on_abort(struct cleanup_conn *c, struct ipc_msg *m)
 {
     struct cleanup_txn *t = txn_find(c, m->id);
 
-    if (ipc_get_end(m))
+    if (mp_decode_txn_abort(m, NULL) < 0)
         return -EPROTO;
     if (t != NULL && !t->ended) /* an ended one is committing: let it finish */
         cleanup_txn_done(t);
@@ -417,8 +419,8 @@ on_frame(struct ipc_chan *ch, struct ipc_msg *m)
         break;
     }
     if (rc < 0)
-        msg_warn("connection %u: malformed frame (type %u, transaction %u); closing it", c->serial,
-                 m->type, m->id);
+        msg_warn("connection %u: malformed frame %s (type %u, transaction %u); closing it",
+                 c->serial, mp_type_name(m->type), m->type, m->id);
     return rc < 0;
 }
 

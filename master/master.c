@@ -13,7 +13,7 @@
  * daemon is up and exits with its verdict, so `pmtad && echo ok` means it runs.
  *
  * Signals: SIGHUP reloads; SIGUSR1 rotates the log; SIGTERM and SIGINT drain the workers
- * (IPC_SHUTDOWN, SIGKILL after the drain time) and exit 0.
+ * (CTL_SHUTDOWN, SIGKILL after the drain time) and exit 0.
  *
  * SECURITY: runs as root for its whole life (it must bind, chown and spawn
  * with setuid); it never parses network input. See master.h.

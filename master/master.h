@@ -165,7 +165,7 @@ void master_roles_free(struct master *m);
 void master_broadcast_config(struct master *m);
 /* master_rotate_log - SIGUSR1: log-file -> log-file.1 ... and every worker reopens it */
 void master_rotate_log(struct master *m);
-/* master_broadcast_log_reopen - IPC_LOG_REOPEN to every live worker */
+/* master_broadcast_log_reopen - CTL_LOG_REOPEN to every live worker */
 void master_broadcast_log_reopen(struct master *m);
 void master_broadcast_shutdown(struct master *m);
 void master_kill_all(struct master *m);

@@ -9,7 +9,7 @@
  *     4            the log (PMTA_LOG_FD), unless logging goes to syslog
  *     5...         the internal sockets its role serves (PMTA_SOCKET_FDS)
  *     then         smtpd only: the smtp-listener sockets (PMTA_LISTEN_FDS)
- * It says IPC_HELLO once it runs; a worker that dies before that is a
+ * It says CTL_HELLO once it runs; a worker that dies before that is a
  * startup failure. A dead worker is logged with its exit status or signal
  * and restarted at once, unless its role died more than MASTER_DEATHS_MAX
  * times within MASTER_DEATH_WINDOW_MS (or failed at startup that many times
@@ -39,6 +39,7 @@
 #include <unistd.h>
 
 #include "buf.h"
+#include "ctlproto.h"
 #include "msg.h"
 #include "xalloc.h"
 #include "master.h"
@@ -265,26 +266,21 @@ note_generation(struct master *m, struct master_proc *p, uint64_t generation)
     master_snapshots_prune(m);
 }
 
-/* handle_hello - str role, u32 pid, u64 generation */
+/* handle_hello - CTL_HELLO: the worker names the role and pid we started */
 static int
 handle_hello(struct master *m, struct master_proc *p, struct ipc_msg *msg)
 {
-    const char *role;
-    size_t len;
-    uint32_t pid;
-    uint64_t generation;
+    struct ctl_hello hello;
 
-    if (ipc_get_str(msg, &role, &len) < 0 || ipc_get_u32(msg, &pid) < 0 ||
-        ipc_get_u64(msg, &generation) < 0 || ipc_get_end(msg) < 0)
+    if (ctl_decode_hello(msg, &hello) < 0)
         return -EPROTO;
-    if (len != strlen(p->role->name) || memcmp(role, p->role->name, len) != 0 ||
-        (int)pid != p->pid || p->said_hello)
+    if (strcmp(hello.role, p->role->name) != 0 || (int)hello.pid != p->pid || p->said_hello)
         return -EPROTO;
     p->said_hello = 1;
     p->role->startup_failures = 0;
     msg_debug("%s (pid %d) ready with configuration generation %" PRIu64, p->role->name, p->pid,
-              generation);
-    note_generation(m, p, generation);
+              hello.generation);
+    note_generation(m, p, hello.generation);
     return 0;
 }
 
@@ -294,17 +290,16 @@ on_worker_msg(struct ipc_chan *ch, struct ipc_msg *msg)
 {
     struct master_proc *p = ch->data;
     struct master *m = master_of(p);
-    uint64_t generation;
+    struct ctl_config_ack ack;
     int err = -EPROTO;
 
     switch (msg->type) {
-    case IPC_HELLO:
+    case CTL_HELLO:
         err = handle_hello(m, p, msg);
         break;
-    case IPC_CONFIG_ACK:
-        if (ipc_get_u64(msg, &generation) == 0 && ipc_get_end(msg) == 0 &&
-            generation <= m->generation) {
-            note_generation(m, p, generation);
+    case CTL_CONFIG_ACK:
+        if (ctl_decode_config_ack(msg, &ack) == 0 && ack.generation <= m->generation) {
+            note_generation(m, p, ack.generation);
             err = 0;
         }
         break;
@@ -313,8 +308,8 @@ on_worker_msg(struct ipc_chan *ch, struct ipc_msg *msg)
     }
     if (err < 0 && !p->exited) {
         /* A worker that breaks the protocol is broken: replace it. */
-        msg_warn("%s (pid %d): malformed or unexpected message type %u; killing it", p->role->name,
-                 p->pid, msg->type);
+        msg_warn("%s (pid %d): malformed or unexpected message %s (type %u); killing it",
+                 p->role->name, p->pid, ctl_type_name(msg->type), msg->type);
         uv_process_kill(&p->process, SIGKILL);
     }
     return err < 0;
@@ -420,7 +415,7 @@ child_setup_build(struct master *m, struct master_role *role, unsigned slot, int
     add_env(cs, xasprintf("PMTA_MASTER_FD=%d", add_fd(cs, master_fd)));
     if (msg_log_fd() >= 0) {
         add_env(cs, xasprintf("PMTA_LOG_FD=%d", add_fd(cs, msg_log_fd())));
-        if (m->set.log_file) /* IPC_LOG_REOPEN opens it again after a rotation */
+        if (m->set.log_file) /* CTL_LOG_REOPEN opens it again after a rotation */
             add_env(cs, xasprintf("PMTA_LOG_PATH=%s", m->set.log_file));
     } else
         add_env(cs, xstrdup("PMTA_LOG=syslog"));
@@ -505,7 +500,7 @@ spawn_slot(struct master *m, struct master_slot *slot)
     if ((err = ipc_chan_open_fd(&m->loop, sv[0], on_worker_msg, on_worker_chan_closed, p,
                                 &p->chan)) < 0) {
         msg_error("%s (pid %d): cannot open its channel: %s", role->name, p->pid, strerror(-err));
-        p->chan = NULL; /* sv[0] now belongs to the closed handle */
+        p->chan = NULL; /* ipc_chan_open_fd closed sv[0] */
         uv_process_kill(&p->process, SIGKILL);
     }
     msg_debug("started %s (pid %d) as uid %ld", role->name, p->pid,
@@ -533,16 +528,14 @@ master_roles_start(struct master *m)
             spawn_slot(m, &m->roles[r].slots[i]);
 }
 
-/* send_config_frame - IPC_CONFIG: str snapshot path, u64 generation */
+/* send_config_frame - CTL_CONFIG: the snapshot to map */
 static void
 send_config_frame(struct master_proc *p, const char *path, uint64_t generation)
 {
     struct buf out = BUF_INIT;
-    size_t off = ipc_begin(&out, IPC_CONFIG, 0);
+    struct ctl_config config = { .path = path, .generation = generation };
 
-    ipc_add_cstr(&out, path);
-    ipc_add_u64(&out, generation);
-    if (ipc_end(&out, off) < 0 || ipc_chan_send(p->chan, &out) < 0)
+    if (ctl_encode_config(&out, 0, &config) < 0 || ipc_chan_send(p->chan, &out) < 0)
         msg_warn("%s (pid %d): cannot send the new configuration", p->role->name, p->pid);
     buf_free(&out);
 }
@@ -572,14 +565,13 @@ master_broadcast_shutdown(struct master *m)
             struct master_slot *slot = &m->roles[r].slots[i];
             struct master_proc *p = slot->proc;
             struct buf out = BUF_INIT;
-            size_t off;
+            struct ctl_shutdown shutdown = { .drain = MASTER_DRAIN_SECONDS };
 
             uv_timer_stop(&slot->restart_timer);
             if (p == NULL || p->exited)
                 continue;
-            off = ipc_begin(&out, IPC_SHUTDOWN, 0);
-            ipc_add_u32(&out, MASTER_DRAIN_SECONDS);
-            if (p->chan == NULL || ipc_end(&out, off) < 0 || ipc_chan_send(p->chan, &out) < 0)
+            if (p->chan == NULL || ctl_encode_shutdown(&out, 0, &shutdown) < 0 ||
+                ipc_chan_send(p->chan, &out) < 0)
                 uv_process_kill(&p->process, SIGTERM);
             buf_free(&out);
         }
@@ -593,12 +585,10 @@ master_broadcast_log_reopen(struct master *m)
         for (unsigned i = 0; i < m->roles[r].nslots; i++) {
             struct master_proc *p = m->roles[r].slots[i].proc;
             struct buf out = BUF_INIT;
-            size_t off;
 
             if (p == NULL || p->exited || p->chan == NULL)
                 continue;
-            off = ipc_begin(&out, IPC_LOG_REOPEN, 0);
-            if (ipc_end(&out, off) < 0 || ipc_chan_send(p->chan, &out) < 0)
+            if (ctl_encode_log_reopen(&out, 0, NULL) < 0 || ipc_chan_send(p->chan, &out) < 0)
                 msg_warn("%s (pid %d): cannot ask it to reopen the log", m->roles[r].name,
                          (int)p->process.pid);
             buf_free(&out);

@@ -3,17 +3,15 @@
  *               one smtp-out connection at a time (runtime/mailproto.h)
  *
  * Every process that connects to RUNDIR/private/qmgr is a peer; its first
- * frame says what it is: MP_OUT_HELLO (an smtp-out process) or MP_QUEUE_NEW
- * (cleanup). qmgr owns every decision about outbound connections: it opens
- * one for a queue on the least-loaded smtp-out process (MP_CONN_OPEN plus the
- * first MP_CONN_TXN), feeds it one transaction at a time while the queue has
- * ready recipients, its limits allow and max-msg-per-connection is not
- * reached, keeps it idle up to connection-idle-timeout when more work is
- * expected soon (which includes a queue that got new work within the last
- * second: a steady stream reuses its connections), and closes it. An idle connection
- * that holds a shared cap (total-max-smtp-out, the virtual MTA's) another
- * queue needs is closed for it. A connection counts against max-smtp-out
- * from MP_CONN_OPEN until its MP_CONN_DOWN.
+ * frame must be MP_QMGR_HELLO, which says what it is (cleanup or smtp-out),
+ * and from then on only that kind's frames are taken from it. qmgr owns every decision about
+ * outbound connections: it opens one for a queue on the least-loaded smtp-out process (MP_CONN_OPEN
+ * plus the first MP_CONN_TXN), feeds it one transaction at a time while the queue has ready
+ * recipients, its limits allow and max-msg-per-connection is not reached, keeps it idle up to
+ * connection-idle-timeout when more work is expected soon (which includes a queue that got new work
+ * within the last second: a steady stream reuses its connections), and closes it. An idle
+ * connection that holds a shared cap (total-max-smtp-out, the virtual MTA's) another queue needs is
+ * closed for it. A connection counts against max-smtp-out from MP_CONN_OPEN until its MP_CONN_DOWN.
  *
  * In flight: a recipient in a transaction is in exactly one connection's
  * txn[] and nowhere else, so it is never handed out twice. When an smtp-out
@@ -22,9 +20,10 @@
  *
  * Owns: S.peers, S.conn_by_id, every struct qconn and struct qpeer, the
  * listener (worker runtime), the per-vmta source-host round-robin counters.
- * SECURITY: frames from peers are parsed field by field with ipc_get_*; a
- * malformed or unexpected frame closes that peer (its in-flight recipients
- * return to the queue). Strings from peers are bounded before being kept.
+ * SECURITY: frames from peers are decoded by runtime/mailproto.def's
+ * decoders (kinds, caps, no CR/LF, nothing trailing); a malformed or
+ * unexpected frame closes that peer (its in-flight recipients return to the
+ * queue).
  */
 #include "config.h"
 
@@ -42,9 +41,10 @@
 #include "worker.h"
 #include "xalloc.h"
 
-#define PEER_STR_MAX            1024u /* longest string field we keep from a peer */
 #define DEFAULT_IDLE_TIMEOUT_MS 5000u
 #define STREAM_MS               1000u /* new work this recent makes a queue a stream */
+
+static void conn_failed_early(struct qconn *c, struct qresult *res);
 
 static struct worker_listener *listener;
 static uint32_t conn_cursor;
@@ -155,25 +155,27 @@ send_frames(struct qpeer *p, struct buf *out)
     return err;
 }
 
-static void
+/* add_open - MP_CONN_OPEN; 0, or -EMSGSIZE / -EINVAL for a name the protocol refuses */
+static int
 add_open(struct buf *out, struct qconn *c)
 {
-    size_t off = ipc_begin(out, MP_CONN_OPEN, c->id);
+    struct mp_conn_open o = { .queue = c->q->name,
+                              .domain = c->q->domain,
+                              .vmta = c->q->vmta,
+                              .source_ip = c->source_ip,
+                              .helo = c->helo,
+                              .config_generation = S.cfg->generation };
 
-    ipc_add_cstr(out, c->q->name);
-    ipc_add_cstr(out, c->q->domain);
-    ipc_add_cstr(out, c->q->vmta);
-    ipc_add_cstr(out, c->source_ip);
-    ipc_add_cstr(out, c->helo);
-    ipc_add_u64(out, S.cfg->generation);
-    ipc_end(out, off);
+    return mp_encode_conn_open(out, c->id, &o);
 }
 
+/* add_txn - MP_CONN_TXN for C's transaction (max_rcpt caps it within MP_INDEXES_MAX) */
 static void
 add_txn(struct buf *out, struct qconn *c)
 {
-    size_t off = ipc_begin(out, MP_CONN_TXN, c->id);
-    uint8_t *idx = xmalloc((size_t)c->txn_n * 4);
+    struct mp_conn_txn t = { .msgid = S.msg[c->txn_msgidx].msgid,
+                             .indexes_len = (size_t)c->txn_n * 4 };
+    uint8_t *idx = xmalloc(t.indexes_len);
 
     for (uint32_t i = 0; i < c->txn_n; i++) {
         uint32_t v = S.rcpt[c->txn[i]].index;
@@ -182,9 +184,9 @@ add_txn(struct buf *out, struct qconn *c)
         idx[4 * i + 2] = (uint8_t)(v >> 8);
         idx[4 * i + 3] = (uint8_t)v;
     }
-    ipc_add_u64(out, S.msg[c->txn_msgidx].msgid);
-    ipc_add_bytes(out, idx, (size_t)c->txn_n * 4);
-    ipc_end(out, off);
+    t.indexes = idx;
+    if (mp_encode_conn_txn(out, c->id, &t) < 0)
+        msg_panic("qmgr: a transaction of %u recipients does not fit MP_CONN_TXN", c->txn_n);
     free(idx);
 }
 
@@ -285,7 +287,7 @@ conn_close(struct qconn *c)
         return;
     c->state = QC_CLOSING;
     rest_end(c);
-    ipc_end(&out, ipc_begin(&out, MP_CONN_CLOSE, c->id));
+    (void)mp_encode_conn_close(&out, c->id, NULL); /* no fields: cannot fail */
     send_frames(c->out, &out);
 }
 
@@ -521,7 +523,23 @@ qmgr_conn_open(struct qqueue *q)
     qmgr_vmta_pick_source(c->q, &c->source_ip, &c->helo);
     c->state = QC_BUSY;
     c->ntxn = 1;
-    add_open(&buf, c);
+    if (add_open(&buf, c) < 0) {
+        struct qresult res = {
+            .result = MP_RESULT_TEMPFAIL,
+            .code = 451,
+            .enhanced = "4.3.0",
+            .text = "queue, source or host name too long to pass to smtp-out",
+            .mx = "",
+            .dest_ip = "",
+            .source_ip = "",
+        };
+
+        msg_warn("queue %s: %s", q->name, res.text);
+        buf_free(&buf);
+        conn_failed_early(c, &res);
+        conn_free(c);
+        return 1;
+    }
     add_txn(&buf, c);
     msg_debug("connection %u for %s on smtp-out %u (source %s)", c->id, q->name, out->pid,
               *c->source_ip ? c->source_ip : "any");
@@ -565,82 +583,47 @@ settle_rest(struct qconn *c, const struct qresult *res)
     c->txn_n = 0;
 }
 
-static char *
-dup_bounded(const char *s, size_t len)
-{
-    return xstrndup(s, len > PEER_STR_MAX ? PEER_STR_MAX : len);
-}
-
-static int
-get_str_bounded(struct ipc_msg *m, char **out)
-{
-    const char *s;
-    size_t len;
-
-    if (ipc_get_str(m, &s, &len) < 0)
-        return -EPROTO;
-    *out = dup_bounded(s, len);
-    return 0;
-}
-
 static int
 on_conn_up(struct qconn *c, struct ipc_msg *m)
 {
-    char *mx = NULL, *dest = NULL, *src = NULL, *tls = NULL, *esmtp = NULL;
-    int rc = -EPROTO;
+    struct mp_conn_up up;
 
-    if (get_str_bounded(m, &mx) == 0 && get_str_bounded(m, &dest) == 0 &&
-        get_str_bounded(m, &src) == 0 && get_str_bounded(m, &tls) == 0 &&
-        get_str_bounded(m, &esmtp) == 0 && ipc_get_end(m) == 0) {
-        free(c->mx);
-        free(c->dest_ip);
-        c->mx = mx;
-        c->dest_ip = dest;
-        if (*src) {
-            free(c->source_ip);
-            c->source_ip = src;
-            src = NULL;
-        }
-        mx = dest = NULL;
-        if (!c->up)
-            S.nconn_up++;
-        c->up = 1;
-        /* The queue reaches its destination again: retry mode ends. */
-        qmgr_queue_end_retry(c->q, 0);
-        rc = 0;
+    if (mp_decode_conn_up(m, &up) < 0)
+        return -EPROTO;
+    free(c->mx);
+    free(c->dest_ip);
+    c->mx = xstrdup(up.mx);
+    c->dest_ip = xstrdup(up.dest_ip);
+    if (*up.source_ip) {
+        free(c->source_ip);
+        c->source_ip = xstrdup(up.source_ip);
     }
-    free(mx);
-    free(dest);
-    free(src);
-    free(tls);
-    free(esmtp);
-    return rc;
+    if (!c->up)
+        S.nconn_up++;
+    c->up = 1;
+    /* The queue reaches its destination again: retry mode ends. */
+    qmgr_queue_end_retry(c->q, 0);
+    return 0;
 }
 
 static int
 on_rcpt_result(struct qconn *c, struct ipc_msg *m)
 {
-    uint64_t msgid;
-    uint32_t index, result, code;
-    const char *enh, *text;
-    size_t enh_len, text_len;
-    char enhanced[64], reply[QSTORE_ERR_MAX + 1];
+    struct mp_rcpt_result r;
+    char reply[QSTORE_ERR_MAX + 1];
     struct qresult res = { 0 };
 
-    if (ipc_get_u64(m, &msgid) || ipc_get_u32(m, &index) || ipc_get_u32(m, &result) ||
-        ipc_get_u32(m, &code) || ipc_get_str(m, &enh, &enh_len) ||
-        ipc_get_str(m, &text, &text_len) || ipc_get_end(m) || result > MP_RESULT_PERMFAIL)
+    if (mp_decode_rcpt_result(m, &r) < 0 || r.result > MP_RESULT_PERMFAIL)
         return -EPROTO;
-    snprintf(enhanced, sizeof(enhanced), "%.*s", (int)(enh_len > 63 ? 63 : enh_len), enh);
-    snprintf(reply, sizeof(reply), "%.*s",
-             (int)(text_len > QSTORE_ERR_MAX ? QSTORE_ERR_MAX : text_len), text);
-    if (c->txn_n == 0 || msgid != S.msg[c->txn_msgidx].msgid)
+    /* the queue keeps at most QSTORE_ERR_MAX bytes of a reply */
+    snprintf(reply, sizeof(reply), "%s", r.text);
+    if (c->txn_n == 0 || r.msgid != S.msg[c->txn_msgidx].msgid)
         return -EPROTO;
     for (uint32_t i = 0; i < c->txn_n; i++) {
-        if (c->txn[i] != QNIL && S.rcpt[c->txn[i]].index == index) {
-            res.result = result;
-            res.code = code;
-            res.enhanced = enhanced;
+        if (c->txn[i] != QNIL && S.rcpt[c->txn[i]].index == r.index) {
+            res.result = r.result;
+            res.code = r.code;
+            res.enhanced = r.enhanced;
             res.text = reply;
             fill_result(&res, c);
             settle(c, i, &res);
@@ -648,20 +631,20 @@ on_rcpt_result(struct qconn *c, struct ipc_msg *m)
         }
     }
     msg_warn("smtp-out %u: result for %" PRIu64 "/%u which connection %u does not carry",
-             c->out->pid, msgid, index, c->id);
+             c->out->pid, r.msgid, r.index, c->id);
     return 0;
 }
 
 static int
 on_txn_done(struct qconn *c, struct ipc_msg *m)
 {
-    uint64_t msgid;
+    struct mp_txn_done done;
     struct qresult res = { .result = MP_RESULT_TEMPFAIL,
                            .code = 451,
                            .enhanced = "4.3.0",
                            .text = "no result from smtp-out" };
 
-    if (ipc_get_u64(m, &msgid) || ipc_get_end(m))
+    if (mp_decode_txn_done(m, &done) < 0)
         return -EPROTO;
     fill_result(&res, c);
     settle_rest(c, &res);
@@ -674,7 +657,7 @@ on_txn_done(struct qconn *c, struct ipc_msg *m)
 static int
 on_conn_idle(struct qconn *c, struct ipc_msg *m)
 {
-    if (ipc_get_end(m))
+    if (mp_decode_conn_idle(m, NULL) < 0)
         return -EPROTO;
     if (c->txn_n > 0) {
         struct qresult res = { .result = MP_RESULT_TEMPFAIL,
@@ -718,27 +701,19 @@ conn_failed_early(struct qconn *c, struct qresult *res)
 static int
 on_conn_down(struct qconn *c, struct ipc_msg *m)
 {
-    uint32_t result, code;
-    char *enh = NULL, *text = NULL, *mx = NULL, *dest = NULL;
+    struct mp_conn_down d;
     struct qresult res = { 0 };
 
-    if (ipc_get_u32(m, &result) || ipc_get_u32(m, &code) || get_str_bounded(m, &enh) ||
-        get_str_bounded(m, &text) || get_str_bounded(m, &mx) || get_str_bounded(m, &dest) ||
-        ipc_get_end(m) || result > MP_RESULT_PERMFAIL) {
-        free(enh);
-        free(text);
-        free(mx);
-        free(dest);
+    if (mp_decode_conn_down(m, &d) < 0 || d.result > MP_RESULT_PERMFAIL)
         return -EPROTO;
-    }
-    res = (struct qresult){ .result = result,
-                            .code = code,
-                            .enhanced = enh,
-                            .text = text,
-                            .mx = *mx ? mx : (c->mx ? c->mx : ""),
-                            .dest_ip = *dest ? dest : (c->dest_ip ? c->dest_ip : ""),
+    res = (struct qresult){ .result = d.result,
+                            .code = d.code,
+                            .enhanced = d.enhanced,
+                            .text = d.text,
+                            .mx = *d.mx ? d.mx : (c->mx ? c->mx : ""),
+                            .dest_ip = *d.dest_ip ? d.dest_ip : (c->dest_ip ? c->dest_ip : ""),
                             .source_ip = c->source_ip ? c->source_ip : "" };
-    if (!c->up && result != MP_RESULT_OK) {
+    if (!c->up && d.result != MP_RESULT_OK) {
         conn_failed_early(c, &res);
     } else {
         if (res.result == MP_RESULT_OK) {
@@ -754,10 +729,6 @@ on_conn_down(struct qconn *c, struct ipc_msg *m)
     }
     msg_debug("connection %u for %s down", c->id, c->q->name);
     conn_free(c);
-    free(enh);
-    free(text);
-    free(mx);
-    free(dest);
     qmgr_dispatch_soon();
     return 0;
 }
@@ -771,8 +742,8 @@ on_out_frame(struct qpeer *p, struct ipc_msg *m)
 
     if (!c) {
         /* Not fatal for the process: its other connections carry mail. */
-        msg_warn("smtp-out %u: frame %u for unknown connection %u; ignored", p->pid, m->type,
-                 m->id);
+        msg_warn("smtp-out %u: frame %s for unknown connection %u; ignored", p->pid,
+                 mp_type_name(m->type), m->id);
         return 0;
     }
     switch (m->type) {
@@ -787,7 +758,8 @@ on_out_frame(struct qpeer *p, struct ipc_msg *m)
     case MP_CONN_DOWN:
         return on_conn_down(c, m);
     default:
-        msg_warn("smtp-out %u: unexpected frame type %u", p->pid, m->type);
+        msg_warn("smtp-out %u: unexpected frame %s (type %u)", p->pid, mp_type_name(m->type),
+                 m->type);
         return -EPROTO;
     }
 }
@@ -795,21 +767,33 @@ on_out_frame(struct qpeer *p, struct ipc_msg *m)
 static int
 on_hint(struct qpeer *p, struct ipc_msg *m)
 {
-    uint64_t msgid;
+    struct mp_queue_new hint;
 
     (void)p;
-    if (m->type != MP_QUEUE_NEW || ipc_get_u64(m, &msgid) || ipc_get_end(m))
+    if (mp_decode_queue_new(m, &hint) < 0)
         return -EPROTO;
     qmgr_sched_catch_up_soon();
     return 0;
 }
 
+/* on_hello - MP_QMGR_HELLO, the first frame of every peer: what kind it is */
 static int
 on_hello(struct qpeer *p, struct ipc_msg *m)
 {
-    if (ipc_get_u32(m, &p->pid) || ipc_get_u32(m, &p->max_conns) || ipc_get_end(m))
+    struct mp_qmgr_hello hello;
+
+    if (mp_decode_qmgr_hello(m, &hello) < 0)
+        return -EPROTO;
+    p->pid = hello.pid;
+    if (hello.kind == MP_PEER_CLEANUP) {
+        p->kind = QPEER_CLEANUP;
+        msg_debug("cleanup process %u connected", p->pid);
+        return 0;
+    }
+    if (hello.kind != MP_PEER_SMTP_OUT)
         return -EPROTO;
     p->kind = QPEER_OUT;
+    p->max_conns = hello.max_connections;
     if (p->max_conns)
         msg_info("smtp-out process %u connected (up to %u connections)", p->pid, p->max_conns);
     else
@@ -832,16 +816,14 @@ on_peer_frame(struct ipc_chan *ch, struct ipc_msg *m)
         rc = on_hint(p, m);
         break;
     default:
-        if (m->type == MP_OUT_HELLO) {
-            rc = on_hello(p, m);
-        } else {
-            p->kind = QPEER_CLEANUP;
-            rc = on_hint(p, m);
-        }
+        rc = on_hello(p, m);
     }
     if (rc < 0)
-        msg_warn("malformed or unexpected frame (type %u) from a %s peer; closing it", m->type,
-                 p->kind == QPEER_OUT ? "smtp-out" : "cleanup");
+        msg_warn("malformed or unexpected frame %s (type %u) from %s peer; closing it",
+                 mp_type_name(m->type), m->type,
+                 p->kind == QPEER_OUT       ? "an smtp-out"
+                 : p->kind == QPEER_CLEANUP ? "a cleanup"
+                                            : "a new");
     return rc < 0 ? 1 : 0;
 }
 

@@ -30,6 +30,7 @@
 #include <unistd.h>
 
 #include "buf.h"
+#include "ctlproto.h"
 #include "ipc.h"
 #include "msg.h"
 #include "xalloc.h"
@@ -262,48 +263,42 @@ static void
 send_hello(void)
 {
     struct buf out = BUF_INIT;
-    size_t off = ipc_begin(&out, IPC_HELLO, 0);
+    struct ctl_hello hello = { .role = W.role,
+                               .pid = (uint32_t)getpid(),
+                               .generation = worker_config_generation() };
 
-    ipc_add_cstr(&out, W.role);
-    ipc_add_u32(&out, (uint32_t)getpid());
-    ipc_add_u64(&out, worker_config_generation());
-    ipc_end(&out, off);
+    if (ctl_encode_hello(&out, 0, &hello) < 0)
+        msg_fatal("role name %s does not fit the hello to pmtad", W.role);
     send_frame(&out);
 }
 
-/* handle_config - IPC_CONFIG: str path, u64 generation */
+/* handle_config - CTL_CONFIG */
 static int
 handle_config(struct ipc_msg *m)
 {
-    char *path = NULL;
-    uint64_t generation;
+    struct ctl_config config;
+    struct ctl_config_ack ack;
     struct buf out = BUF_INIT;
-    size_t off;
     int err;
 
-    if (ipc_get_strdup(m, &path) < 0 || ipc_get_u64(m, &generation) < 0 || ipc_get_end(m) < 0) {
-        free(path);
+    if (ctl_decode_config(m, &config) < 0)
         return -EPROTO;
-    }
-    if ((err = map_generation(path, generation)) < 0) {
+    if ((err = map_generation(config.path, config.generation)) < 0) {
         msg_error("cannot map configuration generation %" PRIu64 " (%s): %s; keeping "
                   "generation %" PRIu64,
-                  generation, path, strerror(-err), worker_config_generation());
-        free(path);
+                  config.generation, config.path, strerror(-err), worker_config_generation());
         return 0;
     }
-    free(path);
     if (W.ops.on_config)
         W.ops.on_config(W.current->cfg, W.ops.ctx);
-    off = ipc_begin(&out, IPC_CONFIG_ACK, 0);
-    ipc_add_u64(&out, worker_config_generation());
-    ipc_end(&out, off);
+    ack.generation = worker_config_generation();
+    (void)ctl_encode_config_ack(&out, 0, &ack); /* fixed-size fields: cannot fail */
     send_frame(&out);
     msg_info("using configuration generation %" PRIu64, worker_config_generation());
     return 0;
 }
 
-/* begin_shutdown - IPC_SHUTDOWN or SIGTERM */
+/* begin_shutdown - CTL_SHUTDOWN or SIGTERM */
 static void
 begin_shutdown(unsigned drain_seconds)
 {
@@ -316,7 +311,7 @@ begin_shutdown(unsigned drain_seconds)
         worker_stop(0);
 }
 
-/* reopen_log - IPC_LOG_REOPEN: pmtad rotated the log-file; append to the new one */
+/* reopen_log - CTL_LOG_REOPEN: pmtad rotated the log-file; append to the new one */
 static void
 reopen_log(void)
 {
@@ -336,27 +331,28 @@ reopen_log(void)
 static int
 on_master_msg(struct ipc_chan *ch, struct ipc_msg *m)
 {
-    uint32_t drain;
+    struct ctl_shutdown shutdown;
 
     switch (m->type) {
-    case IPC_CONFIG:
+    case CTL_CONFIG:
         if (handle_config(m) < 0)
             break;
         return 0;
-    case IPC_SHUTDOWN:
-        if (ipc_get_u32(m, &drain) < 0 || ipc_get_end(m) < 0)
+    case CTL_SHUTDOWN:
+        if (ctl_decode_shutdown(m, &shutdown) < 0)
             break;
-        begin_shutdown(drain);
+        begin_shutdown(shutdown.drain);
         return 0;
-    case IPC_LOG_REOPEN:
-        if (ipc_get_end(m) < 0)
+    case CTL_LOG_REOPEN:
+        if (ctl_decode_log_reopen(m, NULL) < 0)
             break;
         reopen_log();
         return 0;
     default:
         break;
     }
-    msg_error("malformed or unexpected message type %u from pmtad", m->type);
+    msg_error("malformed or unexpected message %s (type %u) from pmtad", ctl_type_name(m->type),
+              m->type);
     return 1;
 }
 

@@ -14,7 +14,7 @@
  *     }
  *
  * Configuration: the runtime maps the snapshot (never the config text) and
- * holds it as the *current* configuration. On IPC_CONFIG it maps the new
+ * holds it as the *current* configuration. On CTL_CONFIG it maps the new
  * generation, makes it current, calls ops.on_config, acknowledges it to pmtad
  * and logs "using configuration generation N". Work that must finish on the
  * settings it started with (a session, a transaction) pins the configuration
@@ -22,7 +22,7 @@
  * generation is unmapped when the last holder releases it. That is the "safe
  * point" rule: new work sees the new settings, in-flight work the old ones.
  *
- * Shutdown: IPC_SHUTDOWN or SIGTERM calls ops.on_shutdown (default: stop at
+ * Shutdown: CTL_SHUTDOWN or SIGTERM calls ops.on_shutdown (default: stop at
  * once). The worker closes its own handles and calls worker_stop(); when the
  * loop is empty worker_run() returns. If pmtad's channel closes (pmtad died)
  * the worker stops too. SIGINT and SIGHUP are ignored: pmtad decides.

@@ -8,7 +8,7 @@
  * content on first use -- then connects to qmgr (smtpout_worker.c) and runs
  * the connections it orders (smtpout_conn.c).
  *
- * Shutdown (pmtad's IPC_SHUTDOWN or SIGTERM): idle connections QUIT at once,
+ * Shutdown (pmtad's CTL_SHUTDOWN or SIGTERM): idle connections QUIT at once,
  * running transactions may finish within the drain time, then whatever is
  * left is aborted. When no connection is left the channel, the resolver,
  * the TLS context and the queue are closed and the loop ends.

@@ -1,7 +1,7 @@
 /*
  * smtpout_worker.c - the channel between this smtp-out process and qmgr
  *
- * What it does: connects to RUNDIR/private/qmgr, says MP_OUT_HELLO, turns
+ * What it does: connects to RUNDIR/private/qmgr, says MP_QMGR_HELLO, turns
  * qmgr's MP_CONN_OPEN / MP_CONN_TXN / MP_CONN_CLOSE frames into calls on the
  * connection table (smtpout_conn.c), and encodes the reports going back
  * (MP_CONN_UP, MP_RCPT_RESULT, MP_TXN_DONE, MP_CONN_IDLE, MP_CONN_DOWN).
@@ -13,9 +13,9 @@
  *
  * Owns: the channel, the reconnect timer.
  *
- * SECURITY: qmgr is trusted but its frames are still parsed field by field;
- * a malformed frame closes the channel (the mail stays qmgr's). Strings are
- * bounded to STR_MAX before they are used.
+ * SECURITY: qmgr is trusted but its frames are still decoded field by field
+ * (runtime/mailproto.def: kinds, caps, no CR/LF); a malformed frame closes
+ * the channel (the mail stays qmgr's).
  */
 #include "config.h"
 
@@ -32,8 +32,11 @@
 
 #define RETRY_MIN_MS    100
 #define RETRY_MAX_MS    5000
-#define STR_MAX         1024u
 #define MAX_CONNECTIONS 0u /* advertised in HELLO; 0 = no limit of ours */
+
+_Static_assert(sizeof(((struct smtpout_reply *)0)->status) <= MP_STATUS_MAX + 1,
+               "an enhanced status MP_RCPT_RESULT cannot carry");
+_Static_assert(SMTPOUT_REPLY_TEXT_MAX <= MP_TEXT_MAX, "a reply text MP_RCPT_RESULT cannot carry");
 
 static struct {
     struct ipc_chan *ch;
@@ -70,20 +73,29 @@ chan_send(struct buf *out)
     buf_free(out);
 }
 
+/* report - send one report frame; ERR is its encoder's outcome */
+static void
+report(struct buf *out, const char *what, uint32_t conn, int err)
+{
+    if (err < 0) {
+        /* every field is bounded before it gets here: this is a bug, not the peer's doing */
+        msg_error("connection %u: cannot encode %s: %s", conn, what, strerror(-err));
+        buf_free(out);
+        return;
+    }
+    chan_send(out);
+}
+
 void
 out_report_up(uint32_t conn, const char *mx, const char *dest_ip, const char *source_ip,
               const char *tls, const char *esmtp)
 {
     struct buf out = BUF_INIT;
-    size_t off = ipc_begin(&out, MP_CONN_UP, conn);
+    struct mp_conn_up up = {
+        .mx = mx, .dest_ip = dest_ip, .source_ip = source_ip, .tls = tls, .esmtp = esmtp
+    };
 
-    ipc_add_cstr(&out, mx);
-    ipc_add_cstr(&out, dest_ip);
-    ipc_add_cstr(&out, source_ip);
-    ipc_add_cstr(&out, tls);
-    ipc_add_cstr(&out, esmtp);
-    ipc_end(&out, off);
-    chan_send(&out);
+    report(&out, "MP_CONN_UP", conn, mp_encode_conn_up(&out, conn, &up));
 }
 
 void
@@ -91,27 +103,23 @@ out_report_rcpt(uint32_t conn, uint64_t msgid, uint32_t index, uint32_t result,
                 const struct smtpout_reply *r)
 {
     struct buf out = BUF_INIT;
-    size_t off = ipc_begin(&out, MP_RCPT_RESULT, conn);
+    struct mp_rcpt_result rr = { .msgid = msgid,
+                                 .index = index,
+                                 .result = result,
+                                 .code = r->code > 0 ? (uint32_t)r->code : 0,
+                                 .enhanced = r->status,
+                                 .text = r->text };
 
-    ipc_add_u64(&out, msgid);
-    ipc_add_u32(&out, index);
-    ipc_add_u32(&out, result);
-    ipc_add_u32(&out, r->code > 0 ? (uint32_t)r->code : 0);
-    ipc_add_cstr(&out, r->status);
-    ipc_add_cstr(&out, r->text);
-    ipc_end(&out, off);
-    chan_send(&out);
+    report(&out, "MP_RCPT_RESULT", conn, mp_encode_rcpt_result(&out, conn, &rr));
 }
 
 void
 out_report_txn_done(uint32_t conn, uint64_t msgid)
 {
     struct buf out = BUF_INIT;
-    size_t off = ipc_begin(&out, MP_TXN_DONE, conn);
+    struct mp_txn_done done = { .msgid = msgid };
 
-    ipc_add_u64(&out, msgid);
-    ipc_end(&out, off);
-    chan_send(&out);
+    report(&out, "MP_TXN_DONE", conn, mp_encode_txn_done(&out, conn, &done));
 }
 
 void
@@ -119,8 +127,7 @@ out_report_idle(uint32_t conn)
 {
     struct buf out = BUF_INIT;
 
-    ipc_end(&out, ipc_begin(&out, MP_CONN_IDLE, conn));
-    chan_send(&out);
+    report(&out, "MP_CONN_IDLE", conn, mp_encode_conn_idle(&out, conn, NULL));
 }
 
 void
@@ -128,50 +135,33 @@ out_report_down(uint32_t conn, uint32_t result, const struct smtpout_reply *r, c
                 const char *dest_ip)
 {
     struct buf out = BUF_INIT;
-    size_t off = ipc_begin(&out, MP_CONN_DOWN, conn);
+    struct mp_conn_down d = { .result = result,
+                              .code = r->code > 0 ? (uint32_t)r->code : 0,
+                              .enhanced = r->status,
+                              .text = r->text,
+                              .mx = mx,
+                              .dest_ip = dest_ip };
 
-    ipc_add_u32(&out, result);
-    ipc_add_u32(&out, r->code > 0 ? (uint32_t)r->code : 0);
-    ipc_add_cstr(&out, r->status);
-    ipc_add_cstr(&out, r->text);
-    ipc_add_cstr(&out, mx);
-    ipc_add_cstr(&out, dest_ip);
-    ipc_end(&out, off);
-    chan_send(&out);
+    report(&out, "MP_CONN_DOWN", conn, mp_encode_conn_down(&out, conn, &d));
 }
 
 /* --- receiving ---------------------------------------------------------------------- */
 
-/* get_bounded - a string field copied into OUT (at most STR_MAX bytes) */
-static int
-get_bounded(struct ipc_msg *m, char out[STR_MAX + 1])
-{
-    const char *s;
-    size_t len;
-
-    if (ipc_get_str(m, &s, &len) < 0 || len > STR_MAX)
-        return -EPROTO;
-    memcpy(out, s, len);
-    out[len] = '\0';
-    return 0;
-}
-
 static int
 on_conn_open(struct ipc_msg *m)
 {
-    static char queue[STR_MAX + 1], domain[STR_MAX + 1], vmta[STR_MAX + 1], source_ip[STR_MAX + 1],
-        helo[STR_MAX + 1];
-    struct oconn_order o = { .id = m->id,
-                             .queue = queue,
-                             .domain = domain,
-                             .vmta = vmta,
-                             .source_ip = source_ip,
-                             .helo = helo };
+    struct mp_conn_open open;
+    struct oconn_order o;
 
-    if (get_bounded(m, queue) || get_bounded(m, domain) || get_bounded(m, vmta) ||
-        get_bounded(m, source_ip) || get_bounded(m, helo) || ipc_get_u64(m, &o.config_generation) ||
-        ipc_get_end(m) || m->id == 0)
+    if (mp_decode_conn_open(m, &open) < 0 || m->id == 0)
         return -EPROTO;
+    o = (struct oconn_order){ .id = m->id,
+                              .queue = open.queue,
+                              .domain = open.domain,
+                              .vmta = open.vmta,
+                              .source_ip = open.source_ip,
+                              .helo = open.helo,
+                              .config_generation = open.config_generation };
     if (oconn_open(&o) == -EEXIST) {
         msg_warn("qmgr opened connection %u twice", m->id);
         return -EPROTO;
@@ -182,21 +172,21 @@ on_conn_open(struct ipc_msg *m)
 static int
 on_conn_txn(struct ipc_msg *m)
 {
-    uint64_t msgid;
+    struct mp_conn_txn t;
     const uint8_t *p;
-    size_t len, n;
+    size_t n;
     uint32_t *idx;
     int err;
 
-    if (ipc_get_u64(m, &msgid) || ipc_get_bytes(m, &p, &len) || ipc_get_end(m) || len == 0 ||
-        len % 4 != 0)
+    if (mp_decode_conn_txn(m, &t) < 0 || t.indexes_len == 0 || t.indexes_len % 4 != 0)
         return -EPROTO;
-    n = len / 4;
+    p = t.indexes;
+    n = t.indexes_len / 4;
     idx = xreallocarray(NULL, n, sizeof *idx);
     for (size_t i = 0; i < n; i++)
         idx[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 |
                  (uint32_t)p[4 * i + 2] << 8 | p[4 * i + 3];
-    err = oconn_txn(m->id, msgid, idx, n);
+    err = oconn_txn(m->id, t.msgid, idx, n);
     free(idx);
     if (err == -ENOENT) /* it went down meanwhile; qmgr learns from MP_CONN_DOWN */
         msg_debug("transaction for connection %u which is gone", m->id);
@@ -216,14 +206,15 @@ on_qmgr_msg(struct ipc_chan *ch, struct ipc_msg *m)
         err = on_conn_txn(m);
         break;
     case MP_CONN_CLOSE:
-        if ((err = ipc_get_end(m)) == 0 && oconn_close(m->id) == -ENOENT)
+        if ((err = mp_decode_conn_close(m, NULL)) == 0 && oconn_close(m->id) == -ENOENT)
             msg_debug("close for connection %u which is gone", m->id);
         break;
     default:
         err = -EPROTO;
     }
     if (err < 0)
-        msg_warn("malformed or unexpected frame (type %u) from qmgr; reconnecting", m->type);
+        msg_warn("malformed or unexpected frame %s (type %u) from qmgr; reconnecting",
+                 mp_type_name(m->type), m->type);
     return err < 0;
 }
 
@@ -248,12 +239,11 @@ static void
 chan_hello(void)
 {
     struct buf out = BUF_INIT;
-    size_t off = ipc_begin(&out, MP_OUT_HELLO, 0);
+    struct mp_qmgr_hello hello = { .kind = MP_PEER_SMTP_OUT,
+                                   .pid = (uint32_t)getpid(),
+                                   .max_connections = MAX_CONNECTIONS };
 
-    ipc_add_u32(&out, (uint32_t)getpid());
-    ipc_add_u32(&out, MAX_CONNECTIONS);
-    ipc_end(&out, off);
-    chan_send(&out);
+    report(&out, "MP_QMGR_HELLO", 0, mp_encode_qmgr_hello(&out, 0, &hello));
 }
 
 static int

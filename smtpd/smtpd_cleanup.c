@@ -95,32 +95,28 @@ fail_all(void)
     }
 }
 
-/* on_result - MP_TXN_RESULT id  code:u32 enhanced:str text:str msgid:u64 */
+/* on_msg - MP_TXN_RESULT, the only frame cleanup sends */
 static int
 on_msg(struct ipc_chan *ch, struct ipc_msg *m)
 {
-    uint32_t code;
-    uint64_t msgid;
-    char *enhanced = NULL, *text = NULL;
+    struct mp_txn_result r;
     struct smtpd_session *s;
-    int bad;
 
     (void)ch;
     if (m->type != MP_TXN_RESULT) {
-        msg_warn("cleanup sent unexpected frame type %u; reconnecting", m->type);
+        msg_warn("cleanup sent unexpected frame %s (type %u); reconnecting", mp_type_name(m->type),
+                 m->type);
         return -1;
     }
-    bad = ipc_get_u32(m, &code) || ipc_get_strdup(m, &enhanced) || ipc_get_strdup(m, &text) ||
-          ipc_get_u64(m, &msgid) || ipc_get_end(m) || code < 200 || code > 599;
-    if (!bad && (s = take(m->id)) != NULL)
-        smtpd_session_txn_result(s, m->id, (int)code, enhanced, text, msgid);
-    else if (!bad)
-        msg_debug("cleanup result for transaction %u nobody waits for", m->id);
-    else
+    if (mp_decode_txn_result(m, &r) < 0 || r.code < 200 || r.code > 599) {
         msg_warn("malformed result from cleanup; reconnecting");
-    free(enhanced);
-    free(text);
-    return bad ? -1 : 0;
+        return -1;
+    }
+    if ((s = take(m->id)) != NULL)
+        smtpd_session_txn_result(s, m->id, (int)r.code, r.enhanced, r.text, r.msgid);
+    else
+        msg_debug("cleanup result for transaction %u nobody waits for", m->id);
+    return 0;
 }
 
 static void

@@ -300,54 +300,63 @@ txn_reset(struct smtpd_session *s)
     buf_reset(&s->chunk);
 }
 
-/* frame_end - finish a frame begun at OFF; frames are small, so failure is a bug */
+/* encoded - the outcome of encoding one of the transaction's frames; a frame
+   the protocol refuses (a field past its cap) costs the transaction a 451 */
 static void
-frame_end(struct buf *b, size_t off)
+encoded(struct smtpd_session *s, const char *what, int err)
 {
-    if (ipc_end(b, off) != 0)
-        msg_panic("smtpd: internal frame too large");
+    if (err == 0 || s->txn_lost)
+        return;
+    msg_warn("%s[%" PRIu64 "]: cannot pass the %s to cleanup: %s", peer_name(s), s->serial, what,
+             strerror(-err));
+    s->txn_lost = true;
 }
 
 /* encode_begin - MP_TXN_BEGIN for SENDER */
 static void
 encode_begin(struct smtpd_session *s, const char *sender, const struct smtpd_mail_params *p)
 {
-    uint32_t flags = 0;
-    size_t off = ipc_begin(&s->frames, MP_TXN_BEGIN, s->txn_id);
-    const char *user = smtpd_proto_auth_user(s->proto);
+    bool tls = s->tls_state == TLS_ON;
+    struct mp_txn_begin b = {
+        .client_ip = s->client_ip,
+        .client_port = s->client_port,
+        .local_ip = s->local_ip,
+        .local_port = s->local_port,
+        .helo = s->helo,
+        .listener_source = s->origin.listener_source,
+        .auth_user = smtpd_proto_auth_user(s->proto),
+        .tls_protocol = tls ? smtpd_tls_protocol(s->tls) : "",
+        .tls_cipher = tls ? smtpd_tls_cipher(s->tls) : "",
+        .sender = sender,
+        .envid = p->envid,
+        .declared_size = p->size_given ? p->size : 0,
+    };
 
-    flags |= p->body == SMTPD_BODY_8BITMIME ? MP_MAIL_8BITMIME : 0;
-    flags |= p->smtputf8 ? MP_MAIL_SMTPUTF8 : 0;
-    flags |= p->ret == SMTPD_RET_FULL ? MP_MAIL_RET_FULL : 0;
-    flags |= p->ret == SMTPD_RET_HDRS ? MP_MAIL_RET_HDRS : 0;
-    ipc_add_cstr(&s->frames, s->client_ip);
-    ipc_add_u32(&s->frames, s->client_port);
-    ipc_add_cstr(&s->frames, s->local_ip);
-    ipc_add_u32(&s->frames, s->local_port);
-    ipc_add_cstr(&s->frames, s->helo);
-    ipc_add_cstr(&s->frames, s->origin.listener_source);
-    ipc_add_cstr(&s->frames, user ? user : "");
-    ipc_add_cstr(&s->frames, s->tls_state == TLS_ON ? smtpd_tls_protocol(s->tls) : "");
-    ipc_add_cstr(&s->frames, s->tls_state == TLS_ON ? smtpd_tls_cipher(s->tls) : "");
-    ipc_add_cstr(&s->frames, sender);
-    ipc_add_u32(&s->frames, flags);
-    ipc_add_cstr(&s->frames, p->envid);
-    ipc_add_u64(&s->frames, p->size_given ? p->size : 0);
-    frame_end(&s->frames, off);
+    b.mail_flags |= p->body == SMTPD_BODY_8BITMIME ? MP_MAIL_8BITMIME : 0;
+    b.mail_flags |= p->smtputf8 ? MP_MAIL_SMTPUTF8 : 0;
+    b.mail_flags |= p->ret == SMTPD_RET_FULL ? MP_MAIL_RET_FULL : 0;
+    b.mail_flags |= p->ret == SMTPD_RET_HDRS ? MP_MAIL_RET_HDRS : 0;
+    encoded(s, "envelope", mp_encode_txn_begin(&s->frames, s->txn_id, &b));
 }
 
 /* encode_rcpt - MP_TXN_RCPT; ORCPT travels as "type;address" */
 static void
 encode_rcpt(struct smtpd_session *s, const char *rcpt, const struct smtpd_rcpt_params *p)
 {
-    size_t off = ipc_begin(&s->frames, MP_TXN_RCPT, s->txn_id);
-    char *orcpt = *p->orcpt ? xasprintf("%s;%s", p->orcpt_type, p->orcpt) : xstrdup("");
+    char *orcpt = *p->orcpt ? xasprintf("%s;%s", p->orcpt_type, p->orcpt) : NULL;
+    struct mp_txn_rcpt r = { .address = rcpt, .orcpt = orcpt, .notify = p->notify };
 
-    ipc_add_cstr(&s->frames, rcpt);
-    ipc_add_cstr(&s->frames, orcpt);
-    ipc_add_u32(&s->frames, p->notify);
-    frame_end(&s->frames, off);
+    encoded(s, "recipient", mp_encode_txn_rcpt(&s->frames, s->txn_id, &r));
     free(orcpt);
+}
+
+/* encode_end - MP_TXN_END after SIZE bytes of content */
+static void
+encode_end(struct smtpd_session *s, uint64_t size)
+{
+    struct mp_txn_end e = { .total_bytes = size };
+
+    encoded(s, "end of data", mp_encode_txn_end(&s->frames, s->txn_id, &e));
 }
 
 /* send_frames - frames of a streaming transaction; a dead connection is noted */
@@ -367,13 +376,11 @@ send_frames(struct smtpd_session *s)
 static void
 frame_chunk(struct smtpd_session *s)
 {
-    size_t off;
+    struct mp_txn_data d = { .chunk = (const uint8_t *)s->chunk.data, .chunk_len = s->chunk.len };
 
     if (s->chunk.len == 0)
         return;
-    off = ipc_begin(&s->frames, MP_TXN_DATA, s->txn_id);
-    ipc_add_bytes(&s->frames, s->chunk.data, s->chunk.len);
-    frame_end(&s->frames, off);
+    encoded(s, "content", mp_encode_txn_data(&s->frames, s->txn_id, &d));
     buf_reset(&s->chunk);
 }
 
@@ -492,13 +499,10 @@ static void
 ev_data_end(void *ctx, const struct smtpd_data_info *info)
 {
     struct smtpd_session *s = ctx;
-    size_t off;
 
     if (s->txn_early) {
         /* cleanup answered already but keeps the transaction until END */
-        off = ipc_begin(&s->frames, MP_TXN_END, s->txn_id);
-        ipc_add_u64(&s->frames, info->size);
-        frame_end(&s->frames, off);
+        encode_end(s, info->size);
         send_frames(s);
         answer_now(s, s->early_code, s->early_enhanced, s->early_text);
         return;
@@ -509,9 +513,7 @@ ev_data_end(void *ctx, const struct smtpd_data_info *info)
         return;
     }
     frame_chunk(s);
-    off = ipc_begin(&s->frames, MP_TXN_END, s->txn_id);
-    ipc_add_u64(&s->frames, info->size);
-    frame_end(&s->frames, off);
+    encode_end(s, info->size);
     send_frames(s);
     if (s->txn_lost) {
         smtpd_cleanup_forget(s->txn_id);
@@ -525,14 +527,12 @@ static void
 ev_data_abort(void *ctx)
 {
     struct smtpd_session *s = ctx;
-    size_t off;
 
     /* Only a transaction cleanup has heard of needs telling (even one it refused early). */
     if (s->txn == TXN_STREAMING && !s->txn_lost && s->txn_told) {
         buf_reset(&s->chunk);
         buf_reset(&s->frames);
-        off = ipc_begin(&s->frames, MP_TXN_ABORT, s->txn_id);
-        frame_end(&s->frames, off);
+        (void)mp_encode_txn_abort(&s->frames, s->txn_id, NULL); /* no fields: cannot fail */
         send_frames(s);
     }
     if (s->txn == TXN_STREAMING)

@@ -42,6 +42,8 @@ int buf_append_u64(struct buf *b, uint64_t v);
 /* buf_consume - drop the first N bytes (N <= len) */
 void buf_consume(struct buf *b, size_t n);
 void buf_reset(struct buf *b);
+/* buf_truncate - keep the first LEN bytes (no-op if LEN >= len) */
+void buf_truncate(struct buf *b, size_t len);
 /* buf_detach - return DATA (caller frees) and reset the buffer */
 char *buf_detach(struct buf *b, size_t *lenp);
 

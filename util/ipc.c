@@ -184,18 +184,6 @@ ipc_get_str(struct ipc_msg *m, const char **s, size_t *len)
 }
 
 int
-ipc_get_strdup(struct ipc_msg *m, char **s)
-{
-    const char *p;
-    size_t len;
-
-    if (ipc_get_str(m, &p, &len))
-        return -EPROTO;
-    *s = xstrndup(p, len);
-    return 0;
-}
-
-int
 ipc_get_bytes(struct ipc_msg *m, const uint8_t **p, size_t *len)
 {
     return get_field(m, IPC_F_BYTES, p, len);
@@ -286,8 +274,9 @@ ipc_chan_open_fd(uv_loop_t *loop, int fd, ipc_msg_cb on_msg, ipc_close_cb on_clo
                  struct ipc_chan **chp)
 {
     struct ipc_chan *ch = xcalloc(1, sizeof(*ch));
-    int err;
+    int err, pipe_has_fd = 0;
 
+    *chp = NULL;
     buf_init(&ch->in, IPC_FRAME_MAX + IPC_HEADER_SIZE + 1);
     buf_init(&ch->corked, 0);
     ch->on_msg = on_msg;
@@ -302,19 +291,25 @@ ipc_chan_open_fd(uv_loop_t *loop, int fd, ipc_msg_cb on_msg, ipc_close_cb on_clo
     ch->open_handles = 3;
     if ((err = uv_pipe_open(&ch->pipe, fd)) != 0)
         goto fail_open;
+    pipe_has_fd = 1;
     if ((err = uv_read_start((uv_stream_t *)&ch->pipe, chan_alloc, chan_read)) != 0)
         goto fail_open;
     *chp = ch;
     return 0;
 
 fail_open:
-    /* The handle is initialised: it must be closed; the close callback frees ch. */
+    /* The handles are initialised: they must be closed; the last close frees ch, and
+       closing the pipe closes FD once the pipe holds it. */
     ch->on_close = NULL;
     chan_close(ch, err);
+    if (!pipe_has_fd)
+        close(fd);
     return err;
 fail_init:
     buf_free(&ch->in);
+    buf_free(&ch->corked);
     free(ch);
+    close(fd);
     return err;
 }
 
@@ -337,7 +332,7 @@ ipc_chan_connect_path(uv_loop_t *loop, const char *path, ipc_msg_cb on_msg, ipc_
         close(fd);
         return err;
     }
-    return ipc_chan_open_fd(loop, fd, on_msg, on_close, data, chp);
+    return ipc_chan_open_fd(loop, fd, on_msg, on_close, data, chp); /* it owns fd now */
 }
 
 static void

@@ -5,7 +5,7 @@
  * using frames of this shape (all integers big-endian):
  *
  *     u32 length   whole frame including this 12-byte header
- *     u16 type     enum ipc_type
+ *     u16 type     a protocol's message type (util/ctlproto.def, runtime/mailproto.def)
  *     u16 flags    reserved, must be 0
  *     u32 id       request/session id chosen by the sender (0 if unused)
  *     payload      a sequence of fields: u8 kind, u32 len, LEN bytes
@@ -38,16 +38,9 @@
 
 enum ipc_field_kind { IPC_F_U32 = 1, IPC_F_U64 = 2, IPC_F_STR = 3, IPC_F_BYTES = 4 };
 
-/* Message types. Numbers are part of the wire format between our own processes. */
-enum ipc_type {
-    IPC_HELLO = 1,      /* worker -> pmtad: str role, u32 pid, u64 config generation */
-    IPC_CONFIG = 2,     /* pmtad -> worker: str snapshot path, u64 generation */
-    IPC_CONFIG_ACK = 3, /* worker -> pmtad: u64 generation now in use */
-    IPC_SHUTDOWN = 4,   /* pmtad -> worker: u32 drain seconds */
-    IPC_LOG_REOPEN = 5, /* pmtad -> worker: the log-file was rotated; open it again */
-    IPC_STATUS = 6,     /* worker -> pmtad: str json (status for pmtactl) */
-    IPC_TYPE_USER = 100 /* first number free for the mail path (smtpd/cleanup/qmgr) */
-};
+/* Type numbers below this are pmtad's control frames (util/ctlproto.def), from it
+   the mail path's (runtime/mailproto.def). */
+#define IPC_TYPE_USER 100
 
 /* A parsed frame. PAYLOAD points into the reader's buffer. */
 struct ipc_msg {
@@ -78,10 +71,8 @@ int ipc_end(struct buf *out, size_t offset);
 int ipc_frame_next(const uint8_t *data, size_t len, struct ipc_msg *m, size_t *used);
 int ipc_get_u32(struct ipc_msg *m, uint32_t *v);
 int ipc_get_u64(struct ipc_msg *m, uint64_t *v);
-/* ipc_get_str - borrowed pointer, not NUL-terminated; use ipc_get_strdup to copy */
+/* ipc_get_str - borrowed pointer, not NUL-terminated (ipcdef.h's decoders copy) */
 int ipc_get_str(struct ipc_msg *m, const char **s, size_t *len);
-/* ipc_get_strdup - fresh NUL-terminated copy (caller frees) */
-int ipc_get_strdup(struct ipc_msg *m, char **s);
 int ipc_get_bytes(struct ipc_msg *m, const uint8_t **p, size_t *len);
 /* ipc_get_end - -EPROTO if fields remain */
 int ipc_get_end(struct ipc_msg *m);
@@ -108,10 +99,15 @@ struct ipc_chan {
     size_t pending_writes;
 };
 
-/* ipc_chan_open_fd - wrap an open socket descriptor; 0 or -errno */
+/*
+ * ipc_chan_open_fd - wrap an open socket descriptor; 0 or -errno. FD is the
+ * channel's from the call on, whatever the outcome: closed with the channel,
+ * or at once when this fails (*CHP is then NULL). The caller never closes it.
+ */
 int ipc_chan_open_fd(uv_loop_t *loop, int fd, ipc_msg_cb on_msg, ipc_close_cb on_close, void *data,
                      struct ipc_chan **chp);
-/* ipc_chan_connect_path - blocking connect to a Unix socket path, then wrap */
+/* ipc_chan_connect_path - blocking connect to a Unix socket path, then wrap; 0 or -errno, and
+   nothing left open on failure */
 int ipc_chan_connect_path(uv_loop_t *loop, const char *path, ipc_msg_cb on_msg,
                           ipc_close_cb on_close, void *data, struct ipc_chan **chp);
 /* ipc_chan_send - send the frames in OUT (which is reset): written at once if

@@ -2,7 +2,7 @@
 
     from fakeout import FakeOut
     f = FakeOut(path, answer=lambda queue, msgid, index, n: (0, 250, "2.0.0", "ok"))
-    f.start()        # connects to RUNDIR/private/qmgr and says MP_OUT_HELLO
+    f.start()        # connects to RUNDIR/private/qmgr and says MP_QMGR_HELLO
     ...
     f.stop()         # closes the socket (qmgr sees the process go away)
 
@@ -35,19 +35,10 @@ import struct
 import threading
 import time
 
-from pmtaipc import F_BYTES, F_STR, F_U32, F_U64, HEADER, frame, parse_fields
+from pmtaipc import (HEADER, MP_PEER_SMTP_OUT, MP_RESULT_OK, MP_RESULT_PERMFAIL,
+                     MP_RESULT_TEMPFAIL, decode, encode)
 
-MP_OUT_HELLO = 107
-MP_CONN_OPEN = 108
-MP_CONN_TXN = 109
-MP_CONN_CLOSE = 110
-MP_CONN_UP = 111
-MP_RCPT_RESULT = 112
-MP_TXN_DONE = 113
-MP_CONN_IDLE = 114
-MP_CONN_DOWN = 115
-
-OK, TEMPFAIL, PERMFAIL = 0, 1, 2
+OK, TEMPFAIL, PERMFAIL = MP_RESULT_OK, MP_RESULT_TEMPFAIL, MP_RESULT_PERMFAIL
 
 
 def always_ok(queue, msgid, index, attempt):
@@ -95,7 +86,8 @@ class FakeOut:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
-        self.sock.sendall(frame(MP_OUT_HELLO, 0, [(F_U32, self.pid), (F_U32, self.max_connections)]))
+        self.sock.sendall(encode("QMGR_HELLO", 0, kind=MP_PEER_SMTP_OUT, pid=self.pid,
+                                 max_connections=self.max_connections))
         self.running = True
         self.thread = threading.Thread(target=self._loop, daemon=True)
         self.thread.start()
@@ -166,12 +158,18 @@ class FakeOut:
                     break
                 f, buf = buf[:n], buf[n:]
                 ftype, _, fid = struct.unpack_from(">HHI", f, 4)
-                self._frame(ftype, fid, parse_fields(f[HEADER:]))
+                try:
+                    name, fields = decode(ftype, f[HEADER:])
+                except ValueError as e:
+                    self.errors.append("malformed frame type %d: %s" % (ftype, e))
+                    continue
+                self._frame(fid, name, fields)
 
-    def _frame(self, ftype, cid, fields):
+    def _frame(self, cid, name, fields):
         now = time.monotonic()
-        if ftype == MP_CONN_OPEN:
-            queue, domain, vmta, src, helo, _gen = fields
+        if name == "CONN_OPEN":
+            queue, domain, vmta = fields["queue"], fields["domain"], fields["vmta"]
+            src, helo = fields["source_ip"], fields["helo"]
             with self.lock:
                 self.conns[cid] = queue
                 self.opens.append((now, cid, queue, domain, vmta, src, helo))
@@ -188,22 +186,22 @@ class FakeOut:
             if fail:
                 self._later(self.connect_delay, lambda: self._down(cid, fail))
             else:
-                self._later(self.connect_delay, lambda: self._send(frame(MP_CONN_UP, cid, [
-                    (F_STR, "mx." + domain), (F_STR, "127.0.0.2"), (F_STR, src or "127.0.0.1"),
-                    (F_STR, ""), (F_STR, "PIPELINING,8BITMIME")])))
-        elif ftype == MP_CONN_TXN:
-            msgid, raw = fields
+                self._later(self.connect_delay, lambda: self._send(encode(
+                    "CONN_UP", cid, mx="mx." + domain, dest_ip="127.0.0.2",
+                    source_ip=src or "127.0.0.1", tls="", esmtp="PIPELINING,8BITMIME")))
+        elif name == "CONN_TXN":
+            msgid, raw = fields["msgid"], fields["indexes"]
             idx = list(struct.unpack(">%dI" % (len(raw) // 4), raw))
             with self.lock:
                 queue = self.conns.get(cid, "?")
                 self.txns.append((now, cid, queue, msgid, idx))
             self._later(self.txn_delay, lambda: self._answer(cid, queue, msgid, idx))
-        elif ftype == MP_CONN_CLOSE:
+        elif name == "CONN_CLOSE":
             with self.lock:
                 self.closes.append((now, cid, self.conns.get(cid, "?")))
             self._down(cid, (OK, 221, "2.0.0", "closed"))
         else:
-            self.errors.append("unexpected frame %d" % ftype)
+            self.errors.append("unexpected frame %s" % name)
 
     def _answer(self, cid, queue, msgid, idx):
         with self.lock:
@@ -220,13 +218,13 @@ class FakeOut:
             result, code, enh, text = a
             with self.lock:
                 self.results.append((time.monotonic(), cid, queue, msgid, i, result))
-            out.append(frame(MP_RCPT_RESULT, cid, [(F_U64, msgid), (F_U32, i), (F_U32, result),
-                                                  (F_U32, code), (F_STR, enh), (F_STR, text)]))
+            out.append(encode("RCPT_RESULT", cid, msgid=msgid, index=i, result=result, code=code,
+                              enhanced=enh, text=text))
         if held:
             self._send(b"".join(out))
             return
-        out.append(frame(MP_TXN_DONE, cid, [(F_U64, msgid)]))
-        out.append(frame(MP_CONN_IDLE, cid, []))
+        out.append(encode("TXN_DONE", cid, msgid=msgid))
+        out.append(encode("CONN_IDLE", cid))
         self._send(b"".join(out))
 
     def _down(self, cid, how):
@@ -238,5 +236,5 @@ class FakeOut:
                 vmta = queue.rsplit("/", 1)[-1]
                 self.open_now_vmta[vmta] = self.open_now_vmta.get(vmta, 1) - 1
                 self.open_now_total -= 1
-        self._send(frame(MP_CONN_DOWN, cid, [(F_U32, result), (F_U32, code), (F_STR, enh),
-                                             (F_STR, text), (F_STR, ""), (F_STR, "")]))
+        self._send(encode("CONN_DOWN", cid, result=result, code=code, enhanced=enh, text=text,
+                          mx="", dest_ip=""))

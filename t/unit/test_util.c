@@ -9,6 +9,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <fcntl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -20,6 +22,8 @@
 #include "buf.h"
 #include "ipc.h"
 #include "msg.h"
+
+#define TEST_TYPE 42 /* any frame type: the codec does not care */
 
 static void
 test_buf_limit_refuses_growth(void **state)
@@ -73,7 +77,7 @@ test_buf_integers_big_endian(void **state)
 static void
 build_sample(struct buf *b)
 {
-    size_t off = ipc_begin(b, IPC_HELLO, 77);
+    size_t off = ipc_begin(b, TEST_TYPE, 77);
 
     ipc_add_cstr(b, "smtpd");
     ipc_add_u32(b, 1234);
@@ -98,7 +102,7 @@ test_ipc_round_trip(void **state)
     build_sample(&b);
     assert_int_equal(ipc_frame_next((uint8_t *)b.data, b.len, &m, &used), 1);
     assert_int_equal(used, b.len);
-    assert_int_equal(m.type, IPC_HELLO);
+    assert_int_equal(m.type, TEST_TYPE);
     assert_int_equal(m.id, 77);
     assert_int_equal(ipc_get_str(&m, &s, &len), 0);
     assert_int_equal(len, 5);
@@ -186,7 +190,7 @@ test_ipc_string_with_nul_rejected(void **state)
 
     (void)state;
     buf_init(&b, 0);
-    off = ipc_begin(&b, IPC_STATUS, 1);
+    off = ipc_begin(&b, TEST_TYPE, 1);
     ipc_add_bytes(&b, "a\0b", 3);
     ipc_end(&b, off);
     /* forge the kind byte from BYTES to STR */
@@ -240,7 +244,7 @@ test_ipc_channel_delivers_frames_and_drops_garbage(void **state)
     assert_int_equal(ipc_chan_open_fd(&loop, sv[0], probe_msg, probe_close, &probe, &ch), 0);
     buf_init(&b, 0);
     for (uint32_t i = 1; i <= 3; i++) {
-        size_t off = ipc_begin(&b, IPC_STATUS, i);
+        size_t off = ipc_begin(&b, TEST_TYPE, i);
         ipc_add_cstr(&b, "{}");
         ipc_end(&b, off);
     }
@@ -282,7 +286,7 @@ test_ipc_cork_gathers_one_turn(void **state)
     ipc_chan_cork(ch);
     buf_init(&b, 0);
     for (uint32_t i = 1; i <= 3; i++) {
-        size_t off = ipc_begin(&b, IPC_STATUS, i);
+        size_t off = ipc_begin(&b, TEST_TYPE, i);
         ipc_add_cstr(&b, "{}");
         ipc_end(&b, off);
         want += b.len;
@@ -302,6 +306,65 @@ test_ipc_cork_gathers_one_turn(void **state)
     assert_int_equal(uv_loop_close(&loop), 0);
     close(sv[1]);
     buf_free(&b);
+}
+
+/* open_fds - how many descriptors this process has open */
+static int
+open_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    int n = 0;
+
+    assert_non_null(d);
+    while (readdir(d) != NULL)
+        n++;
+    closedir(d);
+    return n;
+}
+
+static void
+test_ipc_chan_open_fd_owns_fd_on_failure(void **state)
+{
+    uv_loop_t loop;
+    uv_poll_t poll;
+    int sv[2];
+    struct ipc_chan *ch = (struct ipc_chan *)&poll;
+    struct chan_probe probe = { 0 };
+
+    (void)state;
+    assert_int_equal(uv_loop_init(&loop), 0);
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    /* a descriptor the loop watches already: libuv refuses to wrap it a second time */
+    assert_int_equal(uv_poll_init(&loop, &poll, sv[0]), 0);
+    assert_int_equal(uv_poll_start(&poll, UV_READABLE, NULL), 0);
+    assert_int_equal(ipc_chan_open_fd(&loop, sv[0], probe_msg, probe_close, &probe, &ch),
+                     UV_EEXIST);
+    assert_null(ch);
+    /* the failed call closed it: the caller has nothing left to close */
+    assert_int_equal(fcntl(sv[0], F_GETFD), -1);
+    assert_int_equal(errno, EBADF);
+    assert_false(probe.closed);
+    uv_close((uv_handle_t *)&poll, NULL);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&loop), 0);
+    close(sv[1]);
+}
+
+static void
+test_ipc_chan_connect_path_leaves_nothing_open(void **state)
+{
+    uv_loop_t loop;
+    struct ipc_chan *ch = NULL;
+    int before;
+
+    (void)state;
+    assert_int_equal(uv_loop_init(&loop), 0);
+    before = open_fds();
+    assert_int_equal(ipc_chan_connect_path(&loop, "/nonexistent/test_util.sock", probe_msg,
+                                           probe_close, NULL, &ch),
+                     -ENOENT);
+    assert_int_equal(open_fds(), before);
+    assert_int_equal(uv_loop_close(&loop), 0);
 }
 
 static void
@@ -374,6 +437,8 @@ main(void)
         UNIT_TEST(test_ipc_string_with_nul_rejected),
         UNIT_TEST(test_ipc_channel_delivers_frames_and_drops_garbage),
         UNIT_TEST(test_ipc_cork_gathers_one_turn),
+        UNIT_TEST(test_ipc_chan_open_fd_owns_fd_on_failure),
+        UNIT_TEST(test_ipc_chan_connect_path_leaves_nothing_open),
         UNIT_TEST(test_msg_printable_neutralises_control_bytes),
         UNIT_TEST(test_msg_batched_lines_wait_for_flush_but_warnings_do_not),
     };
