@@ -191,6 +191,9 @@ struct cfg *cfg_load(const char *path, cfg_diag_fn diag, void *ctx, unsigned *ne
 /* cfg_load_string - the same for text held in memory; NAME is used in messages */
 struct cfg *cfg_load_string(const char *name, const char *text, cfg_diag_fn diag, void *ctx,
                             unsigned *nerrors);
+/* cfg_load_buffer - the same for LEN bytes of any kind (NUL bytes are reported, never trusted) */
+struct cfg *cfg_load_buffer(const char *name, const char *text, size_t len, cfg_diag_fn diag,
+                            void *ctx, unsigned *nerrors);
 void cfg_free(struct cfg *c);
 
 /* cfg_snapshot_write - write C atomically (tmp + rename) to PATH; 0 or -errno */
@@ -292,6 +295,35 @@ int cfg_parse_rate(const char *s, int64_t *count, int64_t *period);
  * (reply, mail-from, rcpt-to, header, bounce-category-patterns).
  */
 char *cfg_split_regex(char *arg, char **re);
+/*
+ * smtp-hosts / route values (cfg_route.c): levels tried in order, each a set
+ * of entries of equal preference. Parsed at load (errors are file:line) and
+ * again by smtp-out from the validated text.
+ */
+#define CFG_ROUTE_NAME_MAX 255
+enum cfg_route_kind {
+    CFG_ROUTE_HOST,      /* host[:port]: A/AAAA of host */
+    CFG_ROUTE_ADDR,      /* [ip][:port] or a bare IPv4 address: that address */
+    CFG_ROUTE_LOOKUP_MX, /* lookup-mx:domain[:port]: its MX hosts */
+};
+struct cfg_route_entry {
+    enum cfg_route_kind kind;
+    char *name;                   /* host, domain, or the IP literal without [] */
+    uint16_t port;                /* 0 = default-smtp-port */
+    struct sockaddr_storage addr; /* CFG_ROUTE_ADDR: the address (port not set) */
+};
+struct cfg_route_level {
+    size_t nentries;
+    struct cfg_route_entry *entries;
+};
+struct cfg_route {
+    size_t nlevels;
+    struct cfg_route_level *levels;
+};
+/* cfg_route_parse - TEXT into *OUT (free with cfg_route_free); 0, or -EINVAL and why in ERR */
+int cfg_route_parse(const char *text, struct cfg_route **out, char *err, size_t errlen);
+void cfg_route_free(struct cfg_route *route);
+
 /* cfg_format_value - human text of V for --show-settings; returns OUT */
 char *cfg_format_value(const struct cfg *c, const struct cfg_value *v, char *out, size_t outsize);
 

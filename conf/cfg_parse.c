@@ -525,6 +525,21 @@ check_source_host(struct builder *b, char *arg)
     return 0;
 }
 
+/* check_route - smtp-hosts: cfg_route_parse is the grammar's one home */
+static int
+check_route(struct builder *b, const char *text)
+{
+    struct cfg_route *route = NULL;
+    char why[300], shown[200];
+
+    if (cfg_route_parse(text, &route, why, sizeof why) == 0) {
+        cfg_route_free(route);
+        return 0;
+    }
+    error(b, "bad smtp-hosts '%s': %s", clip(text, shown, sizeof shown), why);
+    return -1;
+}
+
 /* check_domain_key - "SELECTOR,DOMAIN|*,PEMFILE"; the key file must be readable */
 static int
 check_domain_key(struct builder *b, const char *arg)
@@ -761,6 +776,8 @@ check_structured(struct builder *b, enum cfg_directive d, char *arg, const char 
         return check_http_access(b, arg);
     case CFG_D_NAME_SERVER:
         return check_hostport(b, "name-server", text, 0);
+    case CFG_D_SMTP_HOSTS:
+        return check_route(b, text);
     case CFG_D_REPLY:
         return check_reply(b, arg);
     case CFG_D_MAIL_FROM:
@@ -1015,8 +1032,8 @@ load_file(struct builder *b, const char *path)
         return;
     }
     if ((err = read_file(path, &text, &len)) != 0) {
-        error(b, "cannot read %s '%s': %s", b->nfiles ? "include file" : "configuration file", path,
-              strerror(-err));
+        error(b, "cannot read %s '%s': %s", b->cur_file ? "include file" : "configuration file",
+              path, strerror(-err));
         free(real);
         return;
     }
@@ -1303,12 +1320,19 @@ unique_namespace(int kind)
 static void
 open_named(struct builder *b, struct frame *f, int kind, char *arg)
 {
-    char *name = xmalloc(strlen(arg) + 1);
+    char *name = xmalloc(strlen(arg) + 1), shown[200];
     uint32_t ns = unique_namespace(kind), s;
     int prev;
 
-    if (unquote(arg, name) != 0 && kind != CFG_S_MX_ROLLUP_LIST) {
-        error(b, "<%s> takes one name, not '%s'", f->tag, arg);
+    if (unquote(arg, name) != 0) {
+        if (kind != CFG_S_MX_ROLLUP_LIST) {
+            error(b, "<%s> takes one name, not '%s'", f->tag, clip(arg, shown, sizeof shown));
+            goto out;
+        }
+        strcpy(name, arg); /* not implemented: kept as written */
+    }
+    if (kind == CFG_S_ACCT_FILE && name[0] == '|' && !*trim(name + 1)) {
+        error(b, "<acct-file %s> has an empty command (expected |PROGRAM [ARGS])", name);
         goto out;
     }
     if (ns && (prev = find_named(b, ns, name)) >= 0) {
@@ -1372,16 +1396,14 @@ warn_skipped_block(struct builder *b, const char *tag)
     warning(b, "block <%s> is not implemented yet; ignored", tag);
 }
 
-/* open_tag - "<tag arg>" (LINE without the angle brackets) */
+/* open_tag - "<tag arg>": TAG is a checked tag word (lower-cased), ARG the rest */
 static void
-open_tag(struct builder *b, char *line)
+open_tag(struct builder *b, char *tag, char *arg)
 {
-    char *arg = line, *tag = next_word(&arg);
     struct frame *parent = &b->stack[b->depth];
     int kind;
 
     arg = trim(arg);
-    lowercase(tag);
     if (b->depth >= MAX_NESTING) {
         error(b, "blocks nested too deeply at <%s>", tag);
         return;
@@ -1453,11 +1475,10 @@ pop_frame(struct builder *b)
 }
 
 static void
-close_tag(struct builder *b, char *tag)
+close_tag(struct builder *b, const char *tag)
 {
     int match;
 
-    lowercase(tag);
     for (match = b->depth; match > 0 && strcmp(b->stack[match].tag, tag) != 0; match--)
         ;
     if (match == 0 || b->stack[match].file_level != b->nfiles) {
@@ -1546,6 +1567,55 @@ directive_line(struct builder *b, char *line)
     store_value(b, (enum cfg_directive)d, arg);
 }
 
+/*
+ * tag_word - the tag name at *P: letters, digits and '-' (lower-cased in
+ * place, NUL-terminated); *P moves past it. NULL when there is none or it is
+ * not followed by a blank or the end.
+ */
+static char *
+tag_word(char **p)
+{
+    char *s = *p, *word = s;
+
+    while (isalnum((unsigned char)*s) || *s == '-' || *s == '_')
+        s++;
+    if (s == word || (*s && !isspace((unsigned char)*s)))
+        return NULL;
+    if (*s)
+        *s++ = 0;
+    *p = s;
+    lowercase(word);
+    return word;
+}
+
+/* tag_line - "<tag arg>" or "</tag>" (LINE is LEN bytes, starts with '<') */
+static void
+tag_line(struct builder *b, char *line, size_t len)
+{
+    char shown[80], *p, *tag;
+    int closing = line[1] == '/';
+
+    clip(line, shown, sizeof shown);
+    if (line[len - 1] != '>') {
+        error(b, "tag '%s' is missing its closing '>'", shown);
+        return;
+    }
+    line[len - 1] = 0;
+    p = line + 1 + closing;
+    if ((tag = tag_word(&p)) == NULL) {
+        error(b, "malformed tag '%s' (expected <name ...> or </name>)", shown);
+        return;
+    }
+    if (closing && *trim(p)) {
+        error(b, "closing tag '%s' takes no argument", shown);
+        return;
+    }
+    if (closing)
+        close_tag(b, tag);
+    else
+        open_tag(b, tag, p);
+}
+
 static void
 handle_line(struct builder *b, char *line)
 {
@@ -1555,19 +1625,10 @@ handle_line(struct builder *b, char *line)
     len = strlen(line);
     if (len == 0)
         return;
-    if (line[0] == '<') {
-        if (line[len - 1] != '>') {
-            error(b, "tag '%.60s' is missing its closing '>'", line);
-            return;
-        }
-        line[len - 1] = 0;
-        if (line[1] == '/')
-            close_tag(b, trim(line + 2));
-        else
-            open_tag(b, line + 1);
-        return;
-    }
-    directive_line(b, line);
+    if (line[0] == '<')
+        tag_line(b, line, len);
+    else
+        directive_line(b, line);
 }
 
 /* line assembly state of the lexer */
@@ -1577,12 +1638,47 @@ struct lexer {
     int too_long;
 };
 
+/* utf8_valid - are the LEN bytes at S well-formed UTF-8 (no overlongs, surrogates, > U+10FFFF)? */
+static int
+utf8_valid(const unsigned char *s, size_t len)
+{
+    size_t i = 0;
+
+    while (i < len) {
+        unsigned char c = s[i];
+        size_t n;
+        unsigned lo = 0x80, hi = 0xbf;
+
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        if (c >= 0xc2 && c <= 0xdf)
+            n = 1;
+        else if (c >= 0xe0 && c <= 0xef)
+            n = 2, lo = c == 0xe0 ? 0xa0 : 0x80, hi = c == 0xed ? 0x9f : 0xbf;
+        else if (c >= 0xf0 && c <= 0xf4)
+            n = 3, lo = c == 0xf0 ? 0x90 : 0x80, hi = c == 0xf4 ? 0x8f : 0xbf;
+        else
+            return 0;
+        if (len - i <= n || s[i + 1] < lo || s[i + 1] > hi)
+            return 0;
+        for (size_t k = 2; k <= n; k++)
+            if ((s[i + k] & 0xc0) != 0x80)
+                return 0;
+        i += n + 1;
+    }
+    return 1;
+}
+
 static void
 emit_line(struct builder *b, struct lexer *lx)
 {
     b->cur_line = lx->start;
     if (lx->too_long)
         error(b, "line too long (more than %d bytes)", CFG_LINE_MAX);
+    else if (!utf8_valid((const unsigned char *)lx->line.data, lx->line.len))
+        error(b, "line is not valid UTF-8 text");
     else if (lx->line.len)
         handle_line(b, lx->line.data);
     buf_reset(&lx->line);
@@ -1839,13 +1935,24 @@ cfg_load(const char *path, cfg_diag_fn diag, void *ctx, unsigned *nerrors)
     return complete(&b, nerrors);
 }
 
-/* cfg_load_string - the same for TEXT in memory; includes are relative to NAME's directory */
+/* cfg_load_buffer - the same for LEN bytes at TEXT (any bytes); includes are relative to NAME */
 struct cfg *
-cfg_load_string(const char *name, const char *text, cfg_diag_fn diag, void *ctx, unsigned *nerrors)
+cfg_load_buffer(const char *name, const char *text, size_t len, cfg_diag_fn diag, void *ctx,
+                unsigned *nerrors)
 {
     struct builder b;
 
     builder_init(&b, diag, ctx);
-    parse_text(&b, name, text, strlen(text));
+    if (len > MAX_FILE_SIZE)
+        error(&b, "%s: configuration text larger than %u bytes", name, MAX_FILE_SIZE);
+    else
+        parse_text(&b, name, text, len);
     return complete(&b, nerrors);
+}
+
+/* cfg_load_string - the same for a NUL-terminated TEXT */
+struct cfg *
+cfg_load_string(const char *name, const char *text, cfg_diag_fn diag, void *ctx, unsigned *nerrors)
+{
+    return cfg_load_buffer(name, text, strlen(text), diag, ctx, nerrors);
 }

@@ -57,7 +57,7 @@ struct oconn {
 
     struct smtpout_session_config scfg; /* dest/mx_name set per attempt */
     struct sockaddr_storage source;
-    struct smtpout_route *route;
+    struct cfg_route *route;
     int bounce_upon_5xx_greeting;
     unsigned max_attempts;
 
@@ -217,7 +217,7 @@ conn_configure(struct oconn *c, struct smtpout_reply *r)
     if (c->max_attempts == 0)
         c->max_attempts = 10;
     if ((hosts = setting(&set, CFG_D_SMTP_HOSTS)) != NULL &&
-        smtpout_route_parse(cfg_str(c->cfg, hosts->text), &c->route, err, sizeof err) < 0) {
+        cfg_route_parse(cfg_str(c->cfg, hosts->text), &c->route, err, sizeof err) < 0) {
         snprintf(why, sizeof why, "bad smtp-hosts for %s: %s", c->domain, err);
         local_failure(r, SMTPOUT_TEMP, "4.3.5", why);
         return -1;
@@ -255,7 +255,7 @@ conn_free(struct oconn *c)
         otxn_free(t);
     }
     otxn_free(c->current);
-    smtpout_route_free(c->route);
+    cfg_route_free(c->route);
     worker_config_release(c->cfg);
     free(c->dests);
     free(c->queue);

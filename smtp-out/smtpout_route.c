@@ -1,13 +1,13 @@
 /*
- * smtpout_route.c - smtp-hosts / route parsing and destination resolution
+ * smtpout_route.c - destination resolution for smtp-hosts / route and MX
  *
- * What it does: parses PowerMTA routing overrides into levels of entries,
- * and resolves a domain (with or without a route) into the ordered list of
- * addresses a delivery attempt walks: levels in order, entries of one level
- * in random order, MX hosts in preference order, each host's addresses.
+ * What it does: resolves a domain (with or without a route, parsed by
+ * conf/cfg_route.c) into the ordered list of addresses a delivery attempt
+ * walks: levels in order, entries of one level in random order, MX hosts in
+ * preference order, each host's addresses.
  *
- * What it owns: parsed routes (smtpout_route_free) and one resolve request
- * per resolution in flight, with one item per route entry.
+ * What it owns: one resolve request per resolution in flight, with one item
+ * per route entry.
  *
  * SECURITY: route text is configuration; host names and addresses from DNS
  * arrive already bounded by smtpout_dns. Every copy here is bounded.
@@ -25,8 +25,6 @@
 
 #include "xalloc.h"
 #include "smtpout_route.h"
-
-#define LOOKUP_MX_PREFIX "lookup-mx:"
 
 /* --- small helpers ---------------------------------------------------------------- */
 
@@ -57,191 +55,6 @@ route_set_port(struct sockaddr_storage *ss, uint16_t port)
         ((struct sockaddr_in6 *)ss)->sin6_port = htons(port);
     else
         ((struct sockaddr_in *)ss)->sin_port = htons(port);
-}
-
-/* route_parse_ip - IPv4 or IPv6 literal into SS; 0 or -1 */
-static int
-route_parse_ip(const char *text, struct sockaddr_storage *ss)
-{
-    memset(ss, 0, sizeof *ss);
-    if (inet_pton(AF_INET, text, &((struct sockaddr_in *)ss)->sin_addr) == 1) {
-        ss->ss_family = AF_INET;
-        return 0;
-    }
-    if (inet_pton(AF_INET6, text, &((struct sockaddr_in6 *)ss)->sin6_addr) == 1) {
-        ss->ss_family = AF_INET6;
-        return 0;
-    }
-    return -1;
-}
-
-static void
-route_trim(char **start, char **end)
-{
-    while (*start < *end && isspace((unsigned char)**start))
-        (*start)++;
-    while (*end > *start && isspace((unsigned char)(*end)[-1]))
-        (*end)--;
-}
-
-static int
-route_valid_hostname(const char *s)
-{
-    size_t len = strlen(s), i;
-
-    if (len == 0 || len > SMTPOUT_DNS_NAME_MAX)
-        return 0;
-    for (i = 0; i < len; i++)
-        if (!(isalnum((unsigned char)s[i]) || s[i] == '-' || s[i] == '.' || s[i] == '_'))
-            return 0;
-    return 1;
-}
-
-/* route_parse_port - decimal 1..65535 */
-static int
-route_parse_port(const char *s, uint16_t *port)
-{
-    unsigned long v = 0;
-
-    if (*s == 0)
-        return -1;
-    for (; *s; s++) {
-        if (!isdigit((unsigned char)*s))
-            return -1;
-        v = v * 10 + (unsigned long)(*s - '0');
-        if (v > 65535)
-            return -1;
-    }
-    if (v == 0)
-        return -1;
-    *port = (uint16_t)v;
-    return 0;
-}
-
-/* --- parser ----------------------------------------------------------------------- */
-
-/* route_parse_entry - one entry, TEXT already trimmed and NUL-terminated */
-static int
-route_parse_entry(char *text, struct smtpout_route_entry *e, char *err, size_t errlen)
-{
-    char *colon, *close;
-    struct sockaddr_storage ss;
-
-    memset(e, 0, sizeof *e);
-    if (strncasecmp(text, LOOKUP_MX_PREFIX, strlen(LOOKUP_MX_PREFIX)) == 0) {
-        e->kind = SMTPOUT_ROUTE_LOOKUP_MX;
-        text += strlen(LOOKUP_MX_PREFIX);
-    } else if (*text == '[') {
-        e->kind = SMTPOUT_ROUTE_ADDR;
-        if ((close = strchr(text, ']')) == NULL) {
-            snprintf(err, errlen, "missing ']' in \"%s\"", text);
-            return -EINVAL;
-        }
-        *close = 0;
-        if (route_parse_ip(text + 1, &ss) < 0) {
-            snprintf(err, errlen, "bad IP address \"%s\"", text + 1);
-            return -EINVAL;
-        }
-        if (close[1] != 0 && (close[1] != ':' || route_parse_port(close + 2, &e->port) < 0)) {
-            snprintf(err, errlen, "bad port after \"[%s]\"", text + 1);
-            return -EINVAL;
-        }
-        e->name = xstrdup(text + 1);
-        return 0;
-    } else {
-        e->kind = SMTPOUT_ROUTE_HOST;
-    }
-    if ((colon = strchr(text, ':')) != NULL) {
-        *colon = 0;
-        if (route_parse_port(colon + 1, &e->port) < 0) {
-            snprintf(err, errlen, "bad port \"%s\" (IPv6 addresses need [brackets])", colon + 1);
-            return -EINVAL;
-        }
-    }
-    if (e->kind == SMTPOUT_ROUTE_HOST && route_parse_ip(text, &ss) == 0)
-        e->kind = SMTPOUT_ROUTE_ADDR; /* a bare IPv4 address needs no lookup */
-    else if (!route_valid_hostname(text)) {
-        snprintf(err, errlen, "bad host name \"%s\"", text);
-        return -EINVAL;
-    }
-    e->name = xstrdup(text);
-    return 0;
-}
-
-/* route_parse_level - entries separated by ',' in [START, END) */
-static int
-route_parse_level(char *start, char *end, struct smtpout_route_level *level, char *err,
-                  size_t errlen)
-{
-    char *p = start, *comma, *s, *e;
-    int rc;
-
-    while (p <= end) {
-        comma = memchr(p, ',', (size_t)(end - p));
-        if (comma == NULL)
-            comma = end;
-        s = p;
-        e = comma;
-        route_trim(&s, &e);
-        if (s == e) {
-            snprintf(err, errlen, "empty host entry");
-            return -EINVAL;
-        }
-        *e = 0;
-        level->entries = xreallocarray(level->entries, level->nentries + 1, sizeof *level->entries);
-        rc = route_parse_entry(s, &level->entries[level->nentries], err, errlen);
-        if (rc < 0)
-            return rc;
-        level->nentries++;
-        p = comma + 1;
-    }
-    return 0;
-}
-
-int
-smtpout_route_parse(const char *text, struct smtpout_route **out, char *err, size_t errlen)
-{
-    struct smtpout_route *route = xcalloc(1, sizeof *route);
-    char *copy = xstrdup(text), *p = copy, *end = copy + strlen(copy), *semi;
-    int rc = 0;
-
-    snprintf(err, errlen, "ok");
-    while (p <= end) {
-        semi = memchr(p, ';', (size_t)(end - p));
-        if (semi == NULL)
-            semi = end;
-        *semi = 0;
-        route->levels = xreallocarray(route->levels, route->nlevels + 1, sizeof *route->levels);
-        memset(&route->levels[route->nlevels], 0, sizeof *route->levels);
-        route->nlevels++;
-        rc = route_parse_level(p, semi, &route->levels[route->nlevels - 1], err, errlen);
-        if (rc < 0)
-            break;
-        p = semi + 1;
-    }
-    free(copy);
-    if (rc < 0) {
-        smtpout_route_free(route);
-        return rc;
-    }
-    *out = route;
-    return 0;
-}
-
-void
-smtpout_route_free(struct smtpout_route *route)
-{
-    size_t i, j;
-
-    if (route == NULL)
-        return;
-    for (i = 0; i < route->nlevels; i++) {
-        for (j = 0; j < route->levels[i].nentries; j++)
-            free(route->levels[i].entries[j].name);
-        free(route->levels[i].entries);
-    }
-    free(route->levels);
-    free(route);
 }
 
 /* --- resolution ------------------------------------------------------------------- */
@@ -438,25 +251,26 @@ route_item_done(struct route_item *item)
 /* route_start_item - launch the lookup for one entry */
 static void
 route_start_item(struct smtpout_dns *dns, struct smtpout_resolve *req, struct route_item *item,
-                 const struct smtpout_route_entry *e, int allow_implicit)
+                 const struct cfg_route_entry *e, int allow_implicit)
 {
     struct smtpout_mx_host *h;
 
     switch (e->kind) {
-    case SMTPOUT_ROUTE_LOOKUP_MX:
+    case CFG_ROUTE_LOOKUP_MX:
         smtpout_dns_mx_hosts(dns, e->name, req->family, allow_implicit, route_mx_done, item);
         return;
-    case SMTPOUT_ROUTE_HOST:
+    case CFG_ROUTE_HOST:
         item->nhosts = 1;
         item->hosts = h = xcalloc(1, sizeof *h);
         snprintf(h->name, sizeof h->name, "%s", e->name);
         smtpout_dns_addr(dns, e->name, req->family, route_host_done, item);
         return;
-    case SMTPOUT_ROUTE_ADDR:
+    case CFG_ROUTE_ADDR:
         item->nhosts = 1;
         item->hosts = h = xcalloc(1, sizeof *h);
         snprintf(h->name, sizeof h->name, "%s", e->name);
-        h->naddrs = route_parse_ip(e->name, &h->addrs[0]) == 0;
+        h->addrs[0] = e->addr;
+        h->naddrs = e->addr.ss_family != 0;
         item->status = h->addr_status = h->naddrs ? SMTPOUT_DNS_OK : SMTPOUT_DNS_NODATA;
         route_item_done(item);
         return;
@@ -468,8 +282,8 @@ smtpout_route_resolve(struct smtpout_dns *dns, const char *domain,
                       const struct smtpout_resolve_options *opts, smtpout_resolve_cb cb, void *arg)
 {
     struct smtpout_resolve *req = xcalloc(1, sizeof *req);
-    const struct smtpout_route *route = opts->route;
-    struct smtpout_route_entry self = { SMTPOUT_ROUTE_LOOKUP_MX, (char *)domain, 0 };
+    const struct cfg_route *route = opts->route;
+    struct cfg_route_entry self = { .kind = CFG_ROUTE_LOOKUP_MX, .name = (char *)domain };
     size_t i, j, k;
 
     req->cb = cb;

@@ -2,10 +2,11 @@
  * smtpout_route.h - where to deliver a domain's mail: smtp-hosts / route
  *
  * NAME
- *   smtpout_route - parse routing overrides, resolve destination lists
+ *   smtpout_route - resolve destination lists
  *
  * DESCRIPTION
- *   A route is PowerMTA's `smtp-hosts` (or deprecated `route`) value:
+ *   A route is PowerMTA's `smtp-hosts` (or deprecated `route`) value, parsed
+ *   by cfg_route_parse (conf/cfg_route.c, the grammar's one home):
  *       mx1.example.com:2525, [192.0.2.1]; lookup-mx:backup.example.com
  *   `;` separates preference levels (tried in order), `,` separates hosts of
  *   equal preference (used in random order, i.e. spread round-robin).
@@ -20,8 +21,7 @@
  *   and bounce-upon-no-mx handled by smtpout_dns.
  *
  * SECURITY
- *   The route text comes from the configuration (trusted but maybe wrong):
- *   the parser rejects malformed entries with a message rather than guessing.
+ *   The route comes from the validated configuration.
  *   Destination names come from DNS and are bounded by smtpout_dns.
  */
 #ifndef PMTA_SMTPOUT_ROUTE_H
@@ -31,36 +31,8 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "cfg.h"
 #include "smtpout_dns.h"
-
-enum smtpout_route_kind {
-    SMTPOUT_ROUTE_HOST,      /* host[:port]: A/AAAA of host */
-    SMTPOUT_ROUTE_ADDR,      /* [ip][:port]: that address */
-    SMTPOUT_ROUTE_LOOKUP_MX, /* lookup-mx:domain[:port]: its MX hosts */
-};
-
-struct smtpout_route_entry {
-    enum smtpout_route_kind kind;
-    char *name;    /* host, domain, or the IP literal without [] */
-    uint16_t port; /* 0 = default-smtp-port */
-};
-
-struct smtpout_route_level {
-    size_t nentries;
-    struct smtpout_route_entry *entries;
-};
-
-struct smtpout_route {
-    size_t nlevels;
-    struct smtpout_route_level *levels;
-};
-
-/*
- * smtpout_route_parse - parse TEXT into *OUT (caller frees with
- * smtpout_route_free). 0, or -EINVAL with a reason in ERR.
- */
-int smtpout_route_parse(const char *text, struct smtpout_route **out, char *err, size_t errlen);
-void smtpout_route_free(struct smtpout_route *route);
 
 /* One place to try, in order. */
 struct smtpout_dest {
@@ -86,11 +58,11 @@ struct smtpout_dest_list {
 };
 
 struct smtpout_resolve_options {
-    const struct smtpout_route *route; /* NULL: the domain's MX hosts */
-    uint16_t default_port;             /* 0 = 25 */
-    int family;                        /* AF_INET, AF_INET6, AF_UNSPEC */
-    int bounce_upon_no_mx;             /* no MX -> permanent (no implicit MX) */
-    size_t max_dests;                  /* 0 = no cap */
+    const struct cfg_route *route; /* NULL: the domain's MX hosts */
+    uint16_t default_port;         /* 0 = 25 */
+    int family;                    /* AF_INET, AF_INET6, AF_UNSPEC */
+    int bounce_upon_no_mx;         /* no MX -> permanent (no implicit MX) */
+    size_t max_dests;              /* 0 = no cap */
 };
 
 typedef void (*smtpout_resolve_cb)(void *arg, const struct smtpout_dest_list *list);

@@ -307,7 +307,7 @@ main(int argc, char **argv)
     int have_source = 0, smtputf8 = 0, orcpt = 0, opt;
     unsigned notify = 0;
     enum smtpout_ret ret = SMTPOUT_RET_NONE;
-    struct smtpout_route *route = NULL;
+    struct cfg_route *route = NULL;
     struct smtpout_dns *dns;
     struct smtpout_message *msgs;
     struct smtpout_rcpt *rcpts;
@@ -441,7 +441,7 @@ main(int argc, char **argv)
             usage();
         domain = at + 1;
     }
-    if (hosts && smtpout_route_parse(hosts, &route, err, sizeof err) < 0) {
+    if (hosts && cfg_route_parse(hosts, &route, err, sizeof err) < 0) {
         fprintf(stderr, "smtpout_tool: smtp-hosts: %s\n", err);
         free(t.rcpts);
         free(files);
@@ -495,7 +495,7 @@ main(int argc, char **argv)
         msg_panic("handles left open on the loop");
 
     SSL_CTX_free(job->session.ssl_ctx);
-    smtpout_route_free(route);
+    cfg_route_free(route);
     for (i = 0; i < nfiles; i++)
         free(data[i]);
     free(data);
