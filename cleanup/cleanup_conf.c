@@ -5,11 +5,13 @@
  * snapshot: the DKIM key lists (global `domain-key` lines, each
  * <virtual-mta>'s, and the seed's per-domain dkim-selector + dkim-key-file
  * pairs), every <pattern-list> entry compiled with PCRE2, and the pool
- * round-robin counters. Keys are loaded through the OpenDKIM key cache now,
- * so a missing or unreadable key is logged at (re)load, not at the first
- * message; a bad domain-key line is left out of its list (messages it would
- * have signed go out unsigned, as PowerMTA does with no matching key), a bad
- * seed key makes the domain's messages fail temporarily (451) until fixed.
+ * round-robin counters. Every entry comes parsed (typed records of the
+ * snapshot) and every key was checked by pmtad as our user before the
+ * generation was published (conf/cfg_key.c), so a key that cannot sign is a
+ * --check-config or reload error, not mail. Keys are loaded through the
+ * OpenDKIM key cache at (re)load; should one have changed on disk since the
+ * check, a bad domain-key line is left out of its list (logged), a bad seed
+ * key makes the domain's messages fail temporarily (451) until fixed.
  *
  * Owns: struct cleanup_conf and all it points to; it holds its configuration
  * generation (worker_config_hold) until the last transaction lets go.
@@ -37,50 +39,27 @@
 
 #define CALL_DEPTH_MAX 8
 
-enum pattern_result { PR_VMTA, PR_CALL, PR_OTHER };
-
 struct cleanup_pattern {
-    uint32_t scope;          /* the <pattern-list> it belongs to */
-    enum cfg_directive what; /* MAIL_FROM, RCPT_TO, HEADER */
-    char *header;            /* HEADER: the field name */
+    uint32_t scope;                    /* the <pattern-list> it belongs to */
+    enum cfg_directive what;           /* MAIL_FROM, RCPT_TO, HEADER */
+    const struct cfg_pattern_entry *e; /* the parsed line (in the pinned cfg) */
     pcre2_code *re;
-    enum pattern_result result;
-    char *arg; /* vmta name or called list */
 };
 
 /* --- domain-key lines ------------------------------------------------------- */
 
-/* trim - strip blanks around S in place */
-static char *
-trim(char *s)
-{
-    char *e;
-
-    while (isspace((unsigned char)*s))
-        s++;
-    e = s + strlen(s);
-    while (e > s && isspace((unsigned char)e[-1]))
-        *--e = '\0';
-    return s;
-}
-
-/* add_domain_key - "SEL,DOMAIN,FILE" into LIST; logs a bad key */
+/* add_domain_key - one parsed domain-key line into LIST; logs a key that cannot be used */
 static void
-add_domain_key(struct cleanup_dkim_keylist *list, const char *text)
+add_domain_key(const struct cfg *c, struct cleanup_dkim_keylist *list, const struct cfg_value *v)
 {
-    char *copy = xstrdup(text), *dom, *path, err[CLEANUP_ERRLEN];
+    char err[CLEANUP_ERRLEN];
 
-    if ((dom = strchr(copy, ',')) == NULL || (path = strchr(dom + 1, ',')) == NULL) {
-        msg_error("domain-key %s: expected SELECTOR,DOMAIN,FILE; ignored", text);
-        free(copy);
+    if (v->type != CFG_T_DOMAIN_KEY)
         return;
-    }
-    *dom++ = '\0';
-    *path++ = '\0';
-    if (cleanup_dkim_keylist_add(cleanup.dk, list, trim(copy), trim(dom), trim(path), err,
+    if (cleanup_dkim_keylist_add(cleanup.dk, list, cfg_str(c, v->key.selector),
+                                 cfg_str(c, v->key.domain), cfg_str(c, v->key.path), err,
                                  sizeof(err)) < 0)
-        msg_error("domain-key %s: %s; this key is not used", text, err);
-    free(copy);
+        msg_error("domain-key %s: %s; this key is not used", cfg_str(c, v->text), err);
 }
 
 /* scope_keys - a keylist of the domain-key lines directly in scope S */
@@ -92,7 +71,7 @@ scope_keys(const struct cfg *c, uint32_t s)
     uint32_t it = 0;
 
     while ((v = cfg_scope_next(c, s, CFG_D_DOMAIN_KEY, &it)) != NULL)
-        add_domain_key(list, cfg_str(c, v->text));
+        add_domain_key(c, list, v);
     return list;
 }
 
@@ -164,43 +143,20 @@ cleanup_conf_vmta_keys(const struct cleanup_conf *cc, const char *name)
 
 /* --- <pattern-list> ------------------------------------------------------------ */
 
-/* parse_result - "virtual-mta=X", "call-to:L" or anything else */
-static void
-parse_result(struct cleanup_pattern *p, const char *result)
-{
-    p->result = PR_OTHER;
-    if (strncasecmp(result, "virtual-mta=", 12) == 0) {
-        p->result = PR_VMTA;
-        p->arg = xstrdup(result + 12);
-    } else if (strncasecmp(result, "call-to:", 8) == 0) {
-        p->result = PR_CALL;
-        p->arg = xstrdup(result + 8);
-    }
-}
-
-/* compile_entry - one mail-from/rcpt-to/header line into P; 0 or -1 (logged) */
+/* compile_entry - the regex of pattern P; 0 or -1 (logged; pmtad compiled it already) */
 static int
-compile_entry(struct cleanup_pattern *p, const char *text)
+compile_entry(const struct cfg *c, struct cleanup_pattern *p, const struct cfg_value *v)
 {
-    char *copy = xstrdup(text), *s = trim(copy), *re, *rest;
     int code;
     PCRE2_SIZE off;
 
-    if (p->what == CFG_D_HEADER) {
-        size_t n = strcspn(s, " \t");
-
-        p->header = xstrndup(s, n);
-        s = trim(s + n);
-    }
-    if ((rest = cfg_split_regex(s, &re)) == NULL ||
-        (p->re = pcre2_compile((PCRE2_SPTR)re, PCRE2_ZERO_TERMINATED, PCRE2_CASELESS, &code, &off,
-                               NULL)) == NULL) {
-        msg_error("pattern-list entry '%s' cannot be compiled; ignored", text);
-        free(copy);
+    p->e = &v->pattern;
+    p->re = pcre2_compile((PCRE2_SPTR)cfg_str(c, p->e->regex), PCRE2_ZERO_TERMINATED,
+                          PCRE2_CASELESS, &code, &off, NULL);
+    if (p->re == NULL) {
+        msg_error("pattern-list entry '%s' cannot be compiled; ignored", cfg_str(c, v->text));
         return -1;
     }
-    parse_result(p, trim(rest));
-    free(copy);
     return 0;
 }
 
@@ -217,12 +173,8 @@ compile_patterns(struct cleanup_conf *cc)
             const struct cfg_value *v = &c->values[sc->first + i];
             struct cleanup_pattern p = { .scope = s, .what = (enum cfg_directive)v->directive };
 
-            if (p.what != CFG_D_MAIL_FROM && p.what != CFG_D_RCPT_TO && p.what != CFG_D_HEADER)
+            if (v->type != CFG_T_PATTERN || compile_entry(c, &p, v) < 0)
                 continue;
-            if (compile_entry(&p, cfg_str(c, v->text)) < 0) {
-                free(p.header);
-                continue;
-            }
             cc->patterns = xreallocarray(cc->patterns, cc->npatterns + 1, sizeof(*cc->patterns));
             cc->patterns[cc->npatterns++] = p;
         }
@@ -245,8 +197,8 @@ re_match(pcre2_code *re, const char *subject)
 
 /* entry_matches - does pattern P match this transaction? */
 static int
-entry_matches(const struct cleanup_pattern *p, const struct cleanup_txn *t,
-              const struct cleanup_message *msg)
+entry_matches(const struct cleanup_conf *cc, const struct cleanup_pattern *p,
+              const struct cleanup_txn *t, const struct cleanup_message *msg)
 {
     switch (p->what) {
     case CFG_D_MAIL_FROM:
@@ -258,7 +210,8 @@ entry_matches(const struct cleanup_pattern *p, const struct cleanup_txn *t,
         return 0;
     default:
         for (size_t i = 0; i < msg->nhdrs; i++)
-            if (!msg->hdrs[i].deleted && strcasecmp(msg->hdrs[i].name, p->header) == 0 &&
+            if (!msg->hdrs[i].deleted &&
+                strcasecmp(msg->hdrs[i].name, cfg_str(cc->cfg, p->e->header)) == 0 &&
                 re_match(p->re, msg->hdrs[i].value))
                 return 1;
         return 0;
@@ -276,11 +229,12 @@ run_list(const struct cleanup_conf *cc, uint32_t s, const struct cleanup_txn *t,
     for (size_t i = 0; i < cc->npatterns; i++) {
         const struct cleanup_pattern *p = &cc->patterns[i];
 
-        if (p->scope != s || p->result == PR_OTHER || !entry_matches(p, t, msg))
+        if (p->scope != s || p->e->result == CFG_RESULT_RECIPIENT_PRIORITY ||
+            !entry_matches(cc, p, t, msg))
             continue;
-        if (p->result == PR_VMTA)
-            return p->arg;
-        called = cfg_find_scope(cc->cfg, CFG_S_PATTERN_LIST, p->arg);
+        if (p->e->result == CFG_RESULT_VMTA)
+            return cfg_str(cc->cfg, p->e->target);
+        called = cfg_find_scope(cc->cfg, CFG_S_PATTERN_LIST, cfg_str(cc->cfg, p->e->target));
         if (depth < CALL_DEPTH_MAX && called != CFG_NONE &&
             (r = run_list(cc, called, t, msg, depth + 1)) != NULL)
             return r;
@@ -328,11 +282,8 @@ cleanup_conf_ref(struct cleanup_conf *cc)
 static void
 free_patterns(struct cleanup_conf *cc)
 {
-    for (size_t i = 0; i < cc->npatterns; i++) {
+    for (size_t i = 0; i < cc->npatterns; i++)
         pcre2_code_free(cc->patterns[i].re);
-        free(cc->patterns[i].header);
-        free(cc->patterns[i].arg);
-    }
     free(cc->patterns);
 }
 

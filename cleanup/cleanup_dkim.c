@@ -7,9 +7,9 @@
  * cleanup_dkim.h for the contract. Nothing here canonicalises or hashes by
  * hand: that is all OpenDKIM's.
  *
- * SECURITY: key files are read with a size cap and parsed by OpenSSL with a
- * password callback that refuses (an encrypted key must fail, never prompt
- * on a terminal). Error text names paths, never key bytes. The identity
+ * SECURITY: key files are read with a size cap and checked by
+ * conf/cfg_key.c (OpenSSL, a password callback that refuses: an encrypted
+ * key fails, it never prompts on a terminal). Error text names paths, never key bytes. The identity
  * comes from Sender/From (peer input); only a checked, lower-cased domain
  * name derived from it reaches OpenDKIM (as d= for `*` keys).
  */
@@ -25,20 +25,17 @@
 #include <unistd.h>
 
 #include <opendkim/dkim.h>
-#include <openssl/bio.h>
-#include <openssl/evp.h>
-#include <openssl/pem.h>
+#include <openssl/crypto.h>
 
 #include "buf.h"
+#include "cfg.h"
 #include "msg.h"
 #include "xalloc.h"
 
 #include "cleanup_dkim.h"
 
-#define KEY_FILE_MAX (64 * 1024) /* a 16384-bit RSA PEM is ~12 KB */
-#define KEY_MIN_BITS 1024        /* RFC 8301: verifiers may refuse less */
-#define DOMAIN_MAX   253
-#define SIGHDR_NAME  "DKIM-Signature"
+#define DOMAIN_MAX  253
+#define SIGHDR_NAME "DKIM-Signature"
 
 struct cleanup_dkim_key {
     char *path;
@@ -119,72 +116,6 @@ cleanup_dkim_free(struct cleanup_dkim *dk)
 
 /* --- key cache ---------------------------------------------------------- */
 
-/* refuse_password - an encrypted key is an error, not a terminal prompt */
-static int
-refuse_password(char *buf, int size, int rwflag, void *u)
-{
-    (void)buf, (void)size, (void)rwflag, (void)u;
-    return -1;
-}
-
-/* check_rsa_pem - PEM (LEN bytes) holds an RSA private key of usable size */
-static int
-check_rsa_pem(const char *path, const char *pem, size_t len, char *err, size_t errlen)
-{
-    BIO *bio = BIO_new_mem_buf(pem, (int)len);
-    EVP_PKEY *pkey = bio ? PEM_read_bio_PrivateKey(bio, NULL, refuse_password, NULL) : NULL;
-    int r = 0;
-
-    if (pkey == NULL) {
-        snprintf(err, errlen, "%s: not an unencrypted private key in PEM form", path);
-        r = -EINVAL;
-    } else if (EVP_PKEY_get_base_id(pkey) != EVP_PKEY_RSA) {
-        snprintf(err, errlen, "%s: not an RSA key (rsa-sha256 needs one)", path);
-        r = -EINVAL;
-    } else if (EVP_PKEY_get_bits(pkey) < KEY_MIN_BITS) {
-        snprintf(err, errlen, "%s: RSA key has %d bits, fewer than %d", path,
-                 EVP_PKEY_get_bits(pkey), KEY_MIN_BITS);
-        r = -EINVAL;
-    }
-    EVP_PKEY_free(pkey);
-    BIO_free(bio);
-    return r;
-}
-
-/* read_key_file - whole file at PATH (<= KEY_FILE_MAX) into *PEMP, with stat */
-static int
-read_key_file(const char *path, struct stat *st, char **pemp, char *err, size_t errlen)
-{
-    int fd, r = 0;
-    ssize_t n;
-    char *pem;
-
-    if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0 || fstat(fd, st) < 0) {
-        r = -errno;
-        snprintf(err, errlen, "cannot read DKIM key %s: %s", path, strerror(errno));
-        goto out;
-    }
-    if (!S_ISREG(st->st_mode) || st->st_size > KEY_FILE_MAX || st->st_size == 0) {
-        snprintf(err, errlen, "DKIM key %s: not a regular file of 1..%d bytes", path, KEY_FILE_MAX);
-        r = -EINVAL;
-        goto out;
-    }
-    pem = xmalloc((size_t)st->st_size + 1);
-    if ((n = read(fd, pem, (size_t)st->st_size)) != st->st_size) {
-        r = n < 0 ? -errno : -EIO;
-        snprintf(err, errlen, "cannot read DKIM key %s: %s", path,
-                 n < 0 ? strerror(errno) : "short read");
-        free(pem);
-        goto out;
-    }
-    pem[n] = '\0';
-    *pemp = pem;
-out:
-    if (fd >= 0)
-        close(fd);
-    return r;
-}
-
 static int
 same_file(const struct cleanup_dkim_key *k, const struct stat *st)
 {
@@ -210,15 +141,20 @@ cleanup_dkim_key_load(struct cleanup_dkim *dk, const char *path, int *errnop, ch
 {
     struct cleanup_dkim_key *k;
     struct stat st;
-    char *pem = NULL;
+    char *pem = NULL, why[256];
     int r;
 
     /* A stat first: an unchanged cached key costs no read and no parse. */
     if (stat(path, &st) == 0 && (k = cached_key(dk, path, &st)) != NULL)
         return k;
-    if ((r = read_key_file(path, &st, &pem, err, errlen)) == 0)
-        r = check_rsa_pem(path, pem, (size_t)st.st_size, err, errlen);
+    /* conf/cfg_key.c owns what a usable key is: pmtad checked it at load, as our user. */
+    if ((r = cfg_dkim_key_read(path, &st, &pem, why, sizeof why)) < 0)
+        snprintf(err, errlen, "cannot read DKIM key %s: %s", path, why);
+    else if ((r = cfg_dkim_key_check(pem, (size_t)st.st_size, why, sizeof why)) < 0)
+        snprintf(err, errlen, "%s: %s", path, why);
     if (r < 0) {
+        if (pem)
+            OPENSSL_cleanse(pem, (size_t)st.st_size);
         free(pem);
         if (errnop)
             *errnop = -r;

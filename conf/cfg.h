@@ -51,8 +51,17 @@ enum cfg_type {
     CFG_T_STRING, /* one word or a "quoted string" -> str */
     CFG_T_WORDS,  /* the rest of the line, kept as text -> str (checked by the directive's own
                      parser) */
-    CFG_T_ENUM    /* one word out of the directive's list -> num index, str text */
+    CFG_T_ENUM,   /* one word out of the directive's list -> num index, str text */
+    /* structured values: the rest of the line, decoded once into a typed record */
+    CFG_T_REPLY,          /* /RE/ ACTION[,ACTION...] -> struct cfg_reply */
+    CFG_T_PATTERN,        /* [HEADER] /RE/ RESULT -> struct cfg_pattern_entry */
+    CFG_T_BOUNCE_PATTERN, /* /RE/ CATEGORY -> struct cfg_bounce_pattern */
+    CFG_T_DOMAIN_KEY,     /* SELECTOR,DOMAIN,KEYFILE -> struct cfg_domain_key */
+    CFG_T_COUNT
 };
+
+/* cfg_type_takes_line - does a value of type T run to the end of the line (no quoting)? */
+#define cfg_type_takes_line(t) ((t) == CFG_T_WORDS || (t) >= CFG_T_REPLY)
 
 /* Scopes a directive may appear in (bit mask). */
 enum cfg_scope_kind {
@@ -116,6 +125,48 @@ const char *cfg_directive_suggest(const char *name);
 #define CFG_VALUE_FROM_BLOCK \
     0x4 /* synthesized from a block form (<smtp-listener>, <spool>, dkim-key-file) */
 
+/* What a matching `reply /RE/ ACTIONS` line of an <smtp-pattern-list> asks for. */
+#define CFG_REPLY_BACKOFF        0x01u /* mode=backoff */
+#define CFG_REPLY_NORMAL         0x02u /* mode=normal */
+#define CFG_REPLY_DEFER_QUEUE    0x04u /* defer-queue: the queue goes into retry mode now */
+#define CFG_REPLY_BOUNCE_RCPT    0x08u /* bounce-rcpt: a temporary failure bounces */
+#define CFG_REPLY_SKIP_MX        0x10u /* skip-mx: keep the recipient queued even after a 5xx */
+#define CFG_REPLY_DISABLE_SOURCE 0x20u /* disable-source-ip */
+#define CFG_REPLY_BOUNCE_QUEUE   0x40u /* bounce-queue: every recipient of the queue bounces */
+
+struct cfg_reply {
+    uint32_t regex;      /* string offset of RE as written between the slashes */
+    uint32_t actions;    /* CFG_REPLY_* */
+    int64_t to_normal_s; /* backoff-to-normal-after=, or -1 */
+    int64_t reenable_s;  /* reenable-after=, or -1 */
+};
+
+/* The result of a <pattern-list> line. */
+enum cfg_pattern_result {
+    CFG_RESULT_VMTA,              /* virtual-mta=NAME */
+    CFG_RESULT_CALL,              /* call-to:LIST */
+    CFG_RESULT_RECIPIENT_PRIORITY /* recipient-priority=N */
+};
+
+struct cfg_pattern_entry {
+    uint32_t regex;  /* string offset of RE */
+    uint32_t header; /* header lines: the field name; otherwise "" (offset 0) */
+    uint32_t target; /* VMTA and CALL: the name */
+    uint32_t result; /* enum cfg_pattern_result */
+    int64_t priority;
+};
+
+struct cfg_bounce_pattern {
+    uint32_t regex;    /* string offset of RE */
+    uint32_t category; /* string offset of the category name */
+};
+
+struct cfg_domain_key {
+    uint32_t selector; /* string offsets */
+    uint32_t domain;   /* "*" signs for any domain */
+    uint32_t path;
+};
+
 struct cfg_value {
     uint16_t directive; /* enum cfg_directive */
     uint8_t type;       /* enum cfg_type */
@@ -125,8 +176,16 @@ struct cfg_value {
     uint32_t text; /* string offset of the raw argument text */
     uint32_t list; /* ints-pool index of the first list element */
     uint32_t list_len;
-    int64_t num;  /* bool/int/size/interval/rate count/enum index */
-    int64_t num2; /* rate period in seconds */
+    union { /* by type; a cleared ("") or unset value has none */
+        struct {
+            int64_t num;  /* bool/int/size/interval/rate count/enum index */
+            int64_t num2; /* rate period in seconds */
+        };
+        struct cfg_reply reply;           /* CFG_T_REPLY */
+        struct cfg_pattern_entry pattern; /* CFG_T_PATTERN */
+        struct cfg_bounce_pattern bounce; /* CFG_T_BOUNCE_PATTERN */
+        struct cfg_domain_key key;        /* CFG_T_DOMAIN_KEY */
+    };
 };
 
 /* Domain pattern kinds for CFG_S_DOMAIN scopes. */
@@ -289,13 +348,6 @@ int cfg_parse_interval(const char *s, int64_t *out);
 int cfg_parse_interval_list(const char *s, int64_t *out, int max);
 int cfg_parse_rate(const char *s, int64_t *count, int64_t *period);
 /*
- * cfg_split_regex - ARG starts with "/RE/" (a '\/' inside RE does not end it):
- * NUL-terminate RE in place, point *RE at it and return what follows the
- * closing slash; NULL when ARG is not of that form. Used for pattern lines
- * (reply, mail-from, rcpt-to, header, bounce-category-patterns).
- */
-char *cfg_split_regex(char *arg, char **re);
-/*
  * smtp-hosts / route values (cfg_route.c): levels tried in order, each a set
  * of entries of equal preference. Parsed at load (errors are file:line) and
  * again by smtp-out from the validated text.
@@ -323,6 +375,30 @@ struct cfg_route {
 /* cfg_route_parse - TEXT into *OUT (free with cfg_route_free); 0, or -EINVAL and why in ERR */
 int cfg_route_parse(const char *text, struct cfg_route **out, char *err, size_t errlen);
 void cfg_route_free(struct cfg_route *route);
+
+/*
+ * DKIM keys (cfg_key.c): whether a key file can sign rsa-sha256 -- a regular
+ * file of 1..CFG_DKIM_KEY_FILE_MAX bytes holding an unencrypted RSA private
+ * key (PEM) of at least CFG_DKIM_KEY_MIN_BITS. Messages name the path and the
+ * reason, never key bytes.
+ */
+#define CFG_DKIM_KEY_FILE_MAX (64 * 1024) /* a 16384-bit RSA PEM is ~12 KB */
+#define CFG_DKIM_KEY_MIN_BITS 1024        /* RFC 8301: verifiers may refuse less */
+struct stat;
+/* cfg_dkim_key_read - PATH into *PEM (NUL-terminated, caller frees) and *ST; 0 or -errno, why */
+int cfg_dkim_key_read(const char *path, struct stat *st, char **pem, char *why, size_t whysize);
+/* cfg_dkim_key_check - LEN bytes of PEM can sign; 0, or -EINVAL and the reason in WHY */
+int cfg_dkim_key_check(const char *pem, size_t len, char *why, size_t whysize);
+/* cfg_dkim_key_check_file - read and check PATH with our privileges; 0, or <0 and a message */
+int cfg_dkim_key_check_file(const char *path, char *why, size_t whysize);
+/*
+ * cfg_check_keys - every DKIM key file C names (domain-key, dkim-key-file),
+ * read and checked with the caller's privileges; each one that cannot sign
+ * is an error at its file:line through DIAG. Returns the number of errors.
+ * pmtad runs it as the run-as-user (reload validator, --check-config) so a
+ * key root can read but the signing worker cannot is refused at load.
+ */
+unsigned cfg_check_keys(const struct cfg *c, cfg_diag_fn diag, void *ctx);
 
 /* cfg_format_value - human text of V for --show-settings; returns OUT */
 char *cfg_format_value(const struct cfg *c, const struct cfg_value *v, char *out, size_t outsize);

@@ -13,9 +13,9 @@
  *              <virtual-mta> and <virtual-mta-pool>; unimplemented PowerMTA
  *              blocks are skipped with one warning.
  *   include    glob patterns, relative to the including file, loop detection.
- *   directives looked up in cfg_directives.def, typed values, per-directive
- *              checks (regexes compiled with PCRE2, DKIM key files readable,
- *              cross references resolved once the whole file has been read).
+ *   directives looked up in cfg_directives.def, typed values; structured
+ *              values and per-directive checks are cfg_check.c's; cross
+ *              references are resolved once the whole file has been read.
  *
  * Every problem is reported as file:line through the diagnostics callback and
  * parsing goes on, so one run lists all errors (up to CFG_MAX_ERRORS).
@@ -23,7 +23,8 @@
  * SECURITY: the file is trusted operator input, but it is still bounded: line
  * length, include depth, error count, macro expansion size. Paths named in the
  * file (includes, key files) are opened with the privileges of the caller
- * (pmtad, as root) -- only readability is checked, nothing is parsed here.
+ * (pmtad, as root); the line grammar, tags and UTF-8 are checked here, so
+ * any bytes give errors, never a crash (t/unit/test_cfg_malformed).
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -44,9 +45,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#define PCRE2_CODE_UNIT_WIDTH 8
-#include <pcre2.h>
-
 #include "buf.h"
 #include "xalloc.h"
 #include "msg.h"
@@ -54,6 +52,7 @@
 #include "cfg_parse.h"
 
 #define MAX_NESTING    8
+#define VMTA_KINDS     (CFG_IN(CFG_S_VMTA) | CFG_IN(CFG_S_POOL))
 #define MAX_EXPANSIONS 4096 /* domains one <domain> tag may expand to */
 #define MAX_FILE_SIZE  (64u << 20)
 
@@ -95,7 +94,7 @@ struct strlist {
     int n, cap;
 };
 
-struct builder {
+struct cfg_builder {
     struct pscope *scopes;
     uint32_t nscopes, scap;
     int64_t *ints;
@@ -122,7 +121,7 @@ struct builder {
     unsigned cur_line;
 };
 
-static void parse_text(struct builder *b, const char *name, const char *text, size_t len);
+static void parse_text(struct cfg_builder *b, const char *name, const char *text, size_t len);
 
 /* --- diagnostics ----------------------------------------------------------------- */
 
@@ -140,7 +139,7 @@ default_diag(void *ctx, enum cfg_diag_level level, const char *file, unsigned li
 }
 
 static void
-report(struct builder *b, enum cfg_diag_level level, const char *file, unsigned line,
+report(struct cfg_builder *b, enum cfg_diag_level level, const char *file, unsigned line,
        const char *fmt, va_list ap)
 {
     char message[1024];
@@ -157,13 +156,22 @@ report(struct builder *b, enum cfg_diag_level level, const char *file, unsigned 
 
 /* current_file - name of the file being read (the pool may move, so never cache it) */
 static const char *
-current_file(struct builder *b)
+current_file(struct cfg_builder *b)
 {
     return b->cur_file ? b->strings.data + b->cur_file : NULL;
 }
 
 __attribute__((format(printf, 2, 3))) static void
-error(struct builder *b, const char *fmt, ...)
+error(struct cfg_builder *b, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    report(b, CFG_DIAG_ERROR, current_file(b), b->cur_line, fmt, ap);
+    va_end(ap);
+}
+
+void
+cfg__error(struct cfg_builder *b, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -172,7 +180,7 @@ error(struct builder *b, const char *fmt, ...)
 }
 
 __attribute__((format(printf, 4, 5))) static void
-error_at(struct builder *b, uint32_t file, unsigned line, const char *fmt, ...)
+error_at(struct cfg_builder *b, uint32_t file, unsigned line, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -181,7 +189,7 @@ error_at(struct builder *b, uint32_t file, unsigned line, const char *fmt, ...)
 }
 
 __attribute__((format(printf, 2, 3))) static void
-warning(struct builder *b, const char *fmt, ...)
+warning(struct cfg_builder *b, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -190,8 +198,8 @@ warning(struct builder *b, const char *fmt, ...)
 }
 
 /* clip - printable copy of (possibly long) offending text for a message */
-static const char *
-clip(const char *s, char *out, size_t outsize)
+const char *
+cfg__clip(const char *s, char *out, size_t outsize)
 {
     size_t i = 0;
 
@@ -206,8 +214,8 @@ clip(const char *s, char *out, size_t outsize)
 /* --- builder storage ------------------------------------------------------------- */
 
 /* intern - copy S into the string pool; its offset */
-static uint32_t
-intern(struct builder *b, const char *s)
+uint32_t
+cfg__intern(struct cfg_builder *b, const char *s)
 {
     size_t off = b->strings.len;
 
@@ -217,7 +225,7 @@ intern(struct builder *b, const char *s)
 }
 
 static uint32_t
-add_ints(struct builder *b, const int64_t *v, int n)
+add_ints(struct cfg_builder *b, const int64_t *v, int n)
 {
     uint32_t first = b->nints;
 
@@ -231,7 +239,7 @@ add_ints(struct builder *b, const int64_t *v, int n)
 }
 
 static uint32_t
-new_scope(struct builder *b, enum cfg_scope_kind kind, const char *name, uint32_t parent)
+new_scope(struct cfg_builder *b, enum cfg_scope_kind kind, const char *name, uint32_t parent)
 {
     struct pscope *ps;
 
@@ -242,7 +250,7 @@ new_scope(struct builder *b, enum cfg_scope_kind kind, const char *name, uint32_
     ps = &b->scopes[b->nscopes];
     memset(ps, 0, sizeof *ps);
     ps->s.kind = (uint16_t)kind;
-    ps->s.name = intern(b, name);
+    ps->s.name = cfg__intern(b, name);
     ps->s.parent = parent;
     ps->s.file = b->cur_file;
     ps->s.line = b->cur_line;
@@ -251,7 +259,7 @@ new_scope(struct builder *b, enum cfg_scope_kind kind, const char *name, uint32_
 
 /* scope_put - add V to scope S; a non-repeatable directive replaces its earlier line */
 static void
-scope_put(struct builder *b, uint32_t s, const struct cfg_value *v)
+scope_put(struct cfg_builder *b, uint32_t s, const struct cfg_value *v)
 {
     struct pscope *ps = &b->scopes[s];
     const struct cfg_directive_info *info = cfg_directive_info((enum cfg_directive)v->directive);
@@ -270,7 +278,7 @@ scope_put(struct builder *b, uint32_t s, const struct cfg_value *v)
 }
 
 static const struct cfg_value *
-scope_find(struct builder *b, uint32_t s, enum cfg_directive d)
+scope_find(struct cfg_builder *b, uint32_t s, enum cfg_directive d)
 {
     for (uint32_t i = 0; i < b->scopes[s].nvals; i++)
         if (b->scopes[s].vals[i].directive == d)
@@ -279,7 +287,7 @@ scope_find(struct builder *b, uint32_t s, enum cfg_directive d)
 }
 
 static int
-find_named(struct builder *b, uint32_t kinds, const char *name)
+find_named(struct cfg_builder *b, uint32_t kinds, const char *name)
 {
     for (uint32_t i = 1; i < b->nscopes; i++)
         if ((kinds & CFG_IN(b->scopes[i].s.kind)) &&
@@ -288,8 +296,8 @@ find_named(struct builder *b, uint32_t kinds, const char *name)
     return -1;
 }
 
-static void
-add_xref(struct builder *b, uint32_t kinds, const char *name, const char *what)
+void
+cfg__add_xref(struct cfg_builder *b, uint32_t kinds, const char *name, const char *what)
 {
     struct xref *x;
 
@@ -327,8 +335,8 @@ strlist_free(struct strlist *l)
 
 /* --- small text helpers ---------------------------------------------------------- */
 
-static char *
-trim(char *s)
+char *
+cfg__trim(char *s)
 {
     char *end;
 
@@ -374,8 +382,8 @@ unquote(const char *arg, char *out)
 }
 
 /* next_word - split off the first whitespace-separated word of *P (NUL-terminates it) */
-static char *
-next_word(char **p)
+char *
+cfg__next_word(char **p)
 {
     char *s = *p, *w;
 
@@ -392,341 +400,14 @@ next_word(char **p)
     return w;
 }
 
-/* cfg_split_regex - see cfg.h */
-char *
-cfg_split_regex(char *arg, char **re)
-{
-    char *p;
-
-    if (*arg != '/')
-        return NULL;
-    for (p = arg + 1; *p && *p != '/'; p++)
-        if (*p == '\\' && p[1])
-            p++;
-    if (*p != '/')
-        return NULL;
-    *p = 0;
-    *re = arg + 1;
-    return p + 1;
-}
-
-/* check_regex - compile RE with PCRE2 (case-insensitive) to report errors at load */
-static int
-check_regex(struct builder *b, const char *re)
-{
-    int code;
-    PCRE2_SIZE offset;
-    pcre2_code *compiled = pcre2_compile((PCRE2_SPTR)re, PCRE2_ZERO_TERMINATED, PCRE2_CASELESS,
-                                         &code, &offset, NULL);
-    char text[200], why[256];
-
-    if (compiled) {
-        pcre2_code_free(compiled);
-        return 0;
-    }
-    pcre2_get_error_message(code, (PCRE2_UCHAR *)why, sizeof why);
-    error(b, "bad regular expression /%s/: %s at offset %zu", clip(re, text, sizeof text), why,
-          (size_t)offset);
-    return -1;
-}
-
-/* --- per-directive checks of structured values --------------------------------------- */
-
-static int
-check_readable(struct builder *b, const char *what, const char *path)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-
-    if (fd < 0) {
-        error(b, "cannot read %s '%s': %s", what, path, strerror(errno));
-        return -1;
-    }
-    close(fd);
-    return 0;
-}
-
-/* check_hostport - "ADDR:PORT" with ADDR an address, a CIDR like 0/0, or [IPv6] */
-static int
-check_hostport(struct builder *b, const char *what, const char *text, int need_port)
-{
-    char host[128], bad[200];
-    const char *colon = strrchr(text, ':');
-    uint8_t fam, pre, addr[16];
-    int64_t port = 0;
-    size_t hlen;
-
-    if (*text == '[') {
-        const char *close = strchr(text, ']');
-        if (!close || (close[1] != 0 && close[1] != ':'))
-            goto bad;
-        hlen = (size_t)(close - text - 1);
-        if (hlen >= sizeof host)
-            goto bad;
-        memcpy(host, text + 1, hlen);
-        host[hlen] = 0;
-        colon = close[1] == ':' ? close + 1 : NULL;
-    } else if (colon && strchr(text, ':') != colon) {
-        colon = NULL; /* bare IPv6 address without a port */
-        snprintf(host, sizeof host, "%s", text);
-    } else {
-        hlen = colon ? (size_t)(colon - text) : strlen(text);
-        if (hlen >= sizeof host)
-            goto bad;
-        memcpy(host, text, hlen);
-        host[hlen] = 0;
-    }
-    if (cfg__parse_cidr(host, &fam, &pre, addr) != 0)
-        goto bad;
-    if (colon && (cfg_parse_int(colon + 1, &port) != 0 || port < 1 || port > 65535))
-        goto bad;
-    if (need_port && !colon)
-        goto bad;
-    return 0;
-bad:
-    error(b, "bad %s '%s' (expected %s)", what, clip(text, bad, sizeof bad),
-          need_port ? "IP:PORT" : "IP or IP:PORT");
-    return -1;
-}
-
-static const char *const vmta_kinds_text = "<virtual-mta> or <virtual-mta-pool>";
-#define VMTA_KINDS (CFG_IN(CFG_S_VMTA) | CFG_IN(CFG_S_POOL))
-
-static int
-check_listener(struct builder *b, char *arg)
-{
-    char *p = arg, *w = next_word(&p);
-    int rc = check_hostport(b, "smtp-listener address", w, 1);
-
-    while (rc == 0 && (w = next_word(&p)) != NULL) {
-        if (strncasecmp(w, "source=", 7) == 0 && w[7]) {
-            add_xref(b, CFG_IN(CFG_S_SOURCE), w + 7, "smtp-listener source=");
-        } else {
-            error(b, "unknown smtp-listener option '%s' (expected source=NAME)", w);
-            rc = -1;
-        }
-    }
-    return rc;
-}
-
-static int
-check_source_host(struct builder *b, char *arg)
-{
-    char *p = arg, *ip = next_word(&p), *host = next_word(&p);
-    uint8_t fam, pre, addr[16];
-
-    if (!ip || !host || next_word(&p)) {
-        error(b, "smtp-source-host needs an IP address and a host name");
-        return -1;
-    }
-    if (cfg__parse_cidr(ip, &fam, &pre, addr) != 0) {
-        error(b, "bad IP address '%s' in smtp-source-host", ip);
-        return -1;
-    }
-    return 0;
-}
-
-/* check_route - smtp-hosts: cfg_route_parse is the grammar's one home */
-static int
-check_route(struct builder *b, const char *text)
-{
-    struct cfg_route *route = NULL;
-    char why[300], shown[200];
-
-    if (cfg_route_parse(text, &route, why, sizeof why) == 0) {
-        cfg_route_free(route);
-        return 0;
-    }
-    error(b, "bad smtp-hosts '%s': %s", clip(text, shown, sizeof shown), why);
-    return -1;
-}
-
-/* check_domain_key - "SELECTOR,DOMAIN|*,PEMFILE"; the key file must be readable */
-static int
-check_domain_key(struct builder *b, const char *arg)
-{
-    char copy[PATH_MAX + 512], *parts[3], *save = NULL;
-    int n = 0;
-
-    snprintf(copy, sizeof copy, "%s", arg);
-    for (char *t = strtok_r(copy, ",", &save); t && n < 3; t = strtok_r(NULL, ",", &save))
-        parts[n++] = trim(t);
-    if (n != 3 || strtok_r(NULL, ",", &save) || !*parts[0] || !*parts[1] || !*parts[2]) {
-        error(b, "bad domain-key '%s' (expected SELECTOR,DOMAIN,KEYFILE)", arg);
-        return -1;
-    }
-    return check_readable(b, "DKIM key file", parts[2]);
-}
-
-static int
-check_http_access(struct builder *b, char *arg)
-{
-    static const char *const levels[] = { "monitor", "operator", "admin", "none", "deny-logs" };
-    char *p = arg, *cidr = next_word(&p), *level = next_word(&p), *save = NULL;
-    uint8_t fam, pre, addr[16];
-
-    if (!cidr || !level || next_word(&p) || cfg__parse_cidr(cidr, &fam, &pre, addr) != 0) {
-        error(b, "bad http-access (expected CIDR monitor|operator|admin|none)");
-        return -1;
-    }
-    for (char *t = strtok_r(level, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
-        size_t i = 0;
-        while (i < 5 && strcasecmp(t, levels[i]) != 0)
-            i++;
-        if (i == 5) {
-            error(b, "unknown http-access level '%s' (expected monitor, operator, admin or none)",
-                  t);
-            return -1;
-        }
-    }
-    return 0;
-}
-
-/* check_reply - "/REGEX/ ACTION[,ACTION...]" and the rejected action combinations */
-static int
-check_reply(struct builder *b, char *arg)
-{
-    char *re, *rest = cfg_split_regex(arg, &re), *save = NULL;
-    int backoff = 0, normal = 0, skip_mx = 0, bounce_queue = 0, disable = 0, reenable = 0;
-
-    if (!rest) {
-        error(b, "reply needs /REGEX/ followed by actions");
-        return -1;
-    }
-    if (check_regex(b, re) != 0)
-        return -1;
-    if (!*trim(rest)) {
-        error(b, "reply /%s/ has no action", re);
-        return -1;
-    }
-    for (char *t = strtok_r(rest, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
-        int64_t secs;
-        t = trim(t);
-        if (strcasecmp(t, "mode=backoff") == 0)
-            backoff = 1;
-        else if (strcasecmp(t, "mode=normal") == 0)
-            normal = 1;
-        else if (strcasecmp(t, "skip-mx") == 0)
-            skip_mx = 1;
-        else if (strcasecmp(t, "bounce-queue") == 0)
-            bounce_queue = 1;
-        else if (strcasecmp(t, "disable-source-ip") == 0)
-            disable = 1;
-        else if (strcasecmp(t, "bounce-rcpt") == 0 || strcasecmp(t, "defer-queue") == 0)
-            ;
-        else if (strncasecmp(t, "reenable-after=", 15) == 0 &&
-                 cfg_parse_interval(t + 15, &secs) == 0)
-            reenable++;
-        else if (strncasecmp(t, "backoff-to-normal-after=", 24) == 0 &&
-                 cfg_parse_interval(t + 24, &secs) == 0)
-            ;
-        else {
-            error(b, "unknown reply action '%s'", t);
-            return -1;
-        }
-    }
-    if (backoff && normal)
-        error(b, "reply action mode=backoff cannot be combined with mode=normal");
-    else if (skip_mx && bounce_queue)
-        error(b, "reply action skip-mx cannot be combined with bounce-queue");
-    else if (reenable > 1)
-        error(b, "reply action reenable-after given more than once");
-    else if (reenable && !disable)
-        error(b, "reply action reenable-after needs disable-source-ip");
-    else
-        return 0;
-    return -1;
-}
-
-/* check_pattern_entry - "[NAME] /re/ RESULT" of a <pattern-list> */
-static int
-check_pattern_entry(struct builder *b, enum cfg_directive d, char *arg)
-{
-    char *p = arg, *re, *rest, *result;
-    int64_t prio;
-
-    if (d == CFG_D_HEADER && !next_word(&p)) {
-        error(b, "header needs a header name, /REGEX/ and a result");
-        return -1;
-    }
-    while (isspace((unsigned char)*p))
-        p++;
-    if (!(rest = cfg_split_regex(p, &re)) || !(result = next_word(&rest)) || next_word(&rest)) {
-        error(b, "pattern needs /REGEX/ and one result (virtual-mta=NAME, "
-                 "recipient-priority=N or call-to:LIST)");
-        return -1;
-    }
-    if (check_regex(b, re) != 0)
-        return -1;
-    if (strncasecmp(result, "virtual-mta=", 12) == 0 && result[12])
-        add_xref(b, VMTA_KINDS, result + 12, "virtual-mta=");
-    else if (strncasecmp(result, "call-to:", 8) == 0 && result[8])
-        add_xref(b, CFG_IN(CFG_S_PATTERN_LIST), result + 8, "call-to:");
-    else if (strncasecmp(result, "recipient-priority=", 19) == 0 &&
-             cfg_parse_int(result + 19, &prio) == 0 && prio <= 100)
-        ;
-    else {
-        error(b, "unknown pattern result '%s'", result);
-        return -1;
-    }
-    return 0;
-}
-
-static int
-check_bounce_pattern(struct builder *b, char *arg)
-{
-    char *re, *rest = cfg_split_regex(arg, &re), *category;
-
-    if (!rest || !(category = next_word(&rest)) || next_word(&rest)) {
-        error(b, "bounce category pattern needs /REGEX/ and one category name");
-        return -1;
-    }
-    return check_regex(b, re);
-}
-
-static int
-check_records(struct builder *b, char *arg)
-{
-    static const char *const types[] = {
-        "d",
-        "b",
-        "t",
-        "tq",
-        "r",
-        "f",
-        "rb",
-        "rs",
-        "delivery",
-        "bounce",
-        "transient",
-        "transient-queue",
-        "receipt",
-        "feedback-loop",
-        "remote-bounce",
-        "remote-status",
-    };
-    char *save = NULL;
-
-    for (char *t = strtok_r(arg, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
-        size_t i = 0;
-        t = trim(t);
-        while (i < sizeof types / sizeof types[0] && strcasecmp(t, types[i]) != 0)
-            i++;
-        if (i == sizeof types / sizeof types[0]) {
-            error(b, "unknown accounting record type '%s' (expected d, b, t, tq, r, f, rb, rs)", t);
-            return -1;
-        }
-    }
-    return 0;
-}
-
 /* define_macro - "domain-macro NAME a, b, c" */
 static int
-define_macro(struct builder *b, char *arg)
+define_macro(struct cfg_builder *b, char *arg)
 {
-    char *p = arg, *name = next_word(&p), *save = NULL;
+    char *p = arg, *name = cfg__next_word(&p), *save = NULL;
     struct macro *m;
 
-    if (!name || !*trim(p)) {
+    if (!name || !*cfg__trim(p)) {
         error(b, "domain-macro needs a name and a list of values");
         return -1;
     }
@@ -744,83 +425,13 @@ define_macro(struct builder *b, char *arg)
     m->vals = NULL;
     m->nvals = 0;
     for (char *t = strtok_r(p, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
-        t = trim(t);
+        t = cfg__trim(t);
         if (!*t)
             continue;
         m->vals = xreallocarray(m->vals, (size_t)m->nvals + 1, sizeof *m->vals);
         m->vals[m->nvals++] = xstrdup(t);
     }
     return 0;
-}
-
-/*
- * check_structured - the directive's own parser for WORDS values and the
- * checks a type alone cannot express (cross references, readable files).
- * ARG is scratch (may be modified); TEXT the stored value.
- */
-static int
-check_structured(struct builder *b, enum cfg_directive d, char *arg, const char *text)
-{
-    int64_t n;
-
-    switch (d) {
-    case CFG_D_SMTP_LISTENER:
-        return check_listener(b, arg);
-    case CFG_D_SMTP_SOURCE_HOST:
-        return check_source_host(b, arg);
-    case CFG_D_DOMAIN_KEY:
-        return check_domain_key(b, text);
-    case CFG_D_DKIM_KEY_FILE:
-        return check_readable(b, "DKIM key file", text);
-    case CFG_D_HTTP_ACCESS:
-        return check_http_access(b, arg);
-    case CFG_D_NAME_SERVER:
-        return check_hostport(b, "name-server", text, 0);
-    case CFG_D_SMTP_HOSTS:
-        return check_route(b, text);
-    case CFG_D_REPLY:
-        return check_reply(b, arg);
-    case CFG_D_MAIL_FROM:
-    case CFG_D_RCPT_TO:
-    case CFG_D_HEADER:
-        return check_pattern_entry(b, d, arg);
-    case CFG_D_BOUNCE_CATEGORY_PATTERN:
-        return check_bounce_pattern(b, arg);
-    case CFG_D_RECORDS:
-        return check_records(b, arg);
-    case CFG_D_DOMAIN_MACRO:
-        return define_macro(b, arg);
-    case CFG_D_MAX_SIZE:
-        if (cfg_parse_size(text, &n) == 0 && n >= 0 && n < (1 << 20)) {
-            error(b, "max-size %s is below the minimum of 1M", text);
-            return -1;
-        }
-        return 0;
-    case CFG_D_SMTP_PATTERN_LIST:
-        add_xref(b, CFG_IN(CFG_S_SMTP_PATTERN_LIST), text, "smtp-pattern-list");
-        return 0;
-    case CFG_D_SOURCE_PATTERN_LIST:
-        add_xref(b, CFG_IN(CFG_S_PATTERN_LIST), text, "pattern-list");
-        return 0;
-    case CFG_D_VIRTUAL_MTA:
-        add_xref(b, CFG_IN(CFG_S_VMTA), text, "virtual-mta");
-        return 0;
-    case CFG_D_SENDER_VMTA:
-    case CFG_D_INVALID_VIRTUAL_MTA_FALLBACK:
-    case CFG_D_BACKOFF_REROUTE_TO_VIRTUAL_MTA:
-    case CFG_D_REROUTE_TO_VIRTUAL_MTA:
-        add_xref(b, VMTA_KINDS, text, cfg_directive_info(d)->name);
-        return 0;
-    case CFG_D_DEFAULT_VIRTUAL_MTA:
-        if (strcasecmp(text, "by-smtp-source-ip") != 0)
-            add_xref(b, VMTA_KINDS, text, "default-virtual-mta");
-        return 0;
-    case CFG_D_SOURCE_NAME:
-        add_xref(b, CFG_IN(CFG_S_SOURCE), text, "source");
-        return 0;
-    default:
-        return 0;
-    }
 }
 
 /* --- typed values ------------------------------------------------------------------ */
@@ -851,7 +462,7 @@ type_hint(enum cfg_type t)
  * Returns 0, -EINVAL (syntax) or -ERANGE (too large / outside the directive's range).
  */
 static int
-decode_typed(struct builder *b, enum cfg_directive d, const char *text, struct cfg_value *v)
+decode_typed(struct cfg_builder *b, enum cfg_directive d, const char *text, struct cfg_value *v)
 {
     const struct cfg_directive_info *info = cfg_directive_info(d);
     int64_t list[CFG_LIST_MAX], lo, hi;
@@ -901,13 +512,13 @@ decode_typed(struct builder *b, enum cfg_directive d, const char *text, struct c
 }
 
 static void
-bad_value(struct builder *b, enum cfg_directive d, const char *text, int rc)
+bad_value(struct cfg_builder *b, enum cfg_directive d, const char *text, int rc)
 {
     const struct cfg_directive_info *info = cfg_directive_info(d);
     char shown[200], words[160];
     int64_t lo, hi;
 
-    clip(text, shown, sizeof shown);
+    cfg__clip(text, shown, sizeof shown);
     if (rc == -ERANGE && info->type == CFG_T_INT && cfg__range(d, &lo, &hi))
         error(b, "value '%s' for '%s' is out of range (%lld..%lld)", shown, info->name,
               (long long)lo, (long long)hi);
@@ -924,7 +535,7 @@ bad_value(struct builder *b, enum cfg_directive d, const char *text, int rc)
 }
 
 static void
-warn_not_implemented(struct builder *b, enum cfg_directive d)
+warn_not_implemented(struct cfg_builder *b, enum cfg_directive d)
 {
     const char *name = cfg_directive_info(d)->name;
 
@@ -937,7 +548,7 @@ warn_not_implemented(struct builder *b, enum cfg_directive d)
 
 /* store_value - validate ARG for D and add it to every scope of the current block */
 static void
-store_value(struct builder *b, enum cfg_directive d, char *arg)
+store_value(struct cfg_builder *b, enum cfg_directive d, char *arg)
 {
     const struct cfg_directive_info *info = cfg_directive_info(d);
     struct frame *f = &b->stack[b->depth];
@@ -950,14 +561,14 @@ store_value(struct builder *b, enum cfg_directive d, char *arg)
     v.type = (uint8_t)info->type;
     v.file = b->cur_file;
     v.line = b->cur_line;
-    if (info->type == CFG_T_WORDS) {
+    if (cfg_type_takes_line(info->type)) {
         strcpy(text, arg);
         rc = *text ? 0 : -EINVAL;
     } else {
         rc = unquote(arg, text);
     }
     if (rc == -E2BIG) {
-        error(b, "too many values for '%s': '%s'", info->name, clip(arg, shown, sizeof shown));
+        error(b, "too many values for '%s': '%s'", info->name, cfg__clip(arg, shown, sizeof shown));
         goto done;
     }
     if (rc != 0 || (*text == 0 && *arg != '"')) {
@@ -972,12 +583,16 @@ store_value(struct builder *b, enum cfg_directive d, char *arg)
             goto done;
         }
         scratch = xstrdup(text);
-        if (check_structured(b, d, scratch, text) != 0)
+        if (cfg__decode_record(b, d, scratch, text, &v) != 0)
+            goto done;
+        strcpy(scratch, text);
+        if (d == CFG_D_DOMAIN_MACRO ? define_macro(b, scratch) != 0
+                                    : cfg__check_value(b, d, scratch, text) != 0)
             goto done;
     }
     if (info->status == CFG_NOT_IMPLEMENTED)
         warn_not_implemented(b, d);
-    v.text = intern(b, text);
+    v.text = cfg__intern(b, text);
     for (uint32_t i = 0; i < f->nscopes; i++)
         scope_put(b, f->scopes[i], &v);
 done:
@@ -1013,7 +628,7 @@ read_file(const char *path, char **text, size_t *len)
 
 /* load_file - parse PATH in the current block context; detects include loops */
 static void
-load_file(struct builder *b, const char *path)
+load_file(struct cfg_builder *b, const char *path)
 {
     char *real = realpath(path, NULL), *text = NULL;
     size_t len = 0;
@@ -1043,10 +658,10 @@ load_file(struct builder *b, const char *path)
     free(text);
 }
 
-static void do_include_path(struct builder *b, const char *buf, char *pattern);
+static void do_include_path(struct cfg_builder *b, const char *buf, char *pattern);
 
 static void
-do_include(struct builder *b, char *arg)
+do_include(struct cfg_builder *b, char *arg)
 {
     char pattern[PATH_MAX], *buf;
 
@@ -1066,7 +681,7 @@ do_include(struct builder *b, char *arg)
 
 /* do_include_path - include FILE (a name or glob pattern); PATTERN is scratch of PATH_MAX */
 static void
-do_include_path(struct builder *b, const char *buf, char *pattern)
+do_include_path(struct cfg_builder *b, const char *buf, char *pattern)
 {
     glob_t g;
     int rc;
@@ -1121,7 +736,7 @@ struct expansion {
 };
 
 static const struct macro *
-find_macro(struct builder *b, const char *name, size_t len)
+find_macro(struct cfg_builder *b, const char *name, size_t len)
 {
     for (int i = 0; i < b->nmacros; i++)
         if (strlen(b->macros[i].name) == len && strncmp(b->macros[i].name, name, len) == 0)
@@ -1129,12 +744,12 @@ find_macro(struct builder *b, const char *name, size_t len)
     return NULL;
 }
 
-static void expand_string(struct builder *b, struct expansion *x, const char *prefix, const char *s,
-                          struct strlist *out);
+static void expand_string(struct cfg_builder *b, struct expansion *x, const char *prefix,
+                          const char *s, struct strlist *out);
 
 /* expand_macro - every (fully expanded) value of macro NAME appended to OUT */
 static void
-expand_macro(struct builder *b, struct expansion *x, const char *name, size_t len,
+expand_macro(struct cfg_builder *b, struct expansion *x, const char *name, size_t len,
              struct strlist *out)
 {
     const struct macro *m = find_macro(b, name, len);
@@ -1158,7 +773,7 @@ expand_macro(struct builder *b, struct expansion *x, const char *name, size_t le
 
 /* expand_string - PREFIX + S with every $NAME replaced by each of its values */
 static void
-expand_string(struct builder *b, struct expansion *x, const char *prefix, const char *s,
+expand_string(struct cfg_builder *b, struct expansion *x, const char *prefix, const char *s,
               struct strlist *out)
 {
     const char *dollar = strchr(s, '$'), *end;
@@ -1200,7 +815,7 @@ valid_domain_chars(const char *s)
 
 /* add_domain_scope - one <domain PATTERN> scope; PATTERN is expanded and lowercased */
 static void
-add_domain_scope(struct builder *b, struct frame *f, char *pat, uint32_t parent, int from_macro)
+add_domain_scope(struct cfg_builder *b, struct frame *f, char *pat, uint32_t parent, int from_macro)
 {
     size_t len = strlen(pat);
     uint8_t pattern, fam = 0, pre = 0, addr[16] = { 0 };
@@ -1248,14 +863,14 @@ add_domain_scope(struct builder *b, struct frame *f, char *pat, uint32_t parent,
 
 /* open_domain - "<domain a.com, *.b.com, yahoo.$TLDS>" -> one scope per domain */
 static void
-open_domain(struct builder *b, struct frame *f, char *arg, uint32_t parent)
+open_domain(struct cfg_builder *b, struct frame *f, char *arg, uint32_t parent)
 {
     char *t, *rest = arg;
 
     while ((t = strsep(&rest, ",")) != NULL) {
         struct strlist out = { 0 };
         struct expansion x = { .depth = 0, .failed = 0 };
-        t = trim(t);
+        t = cfg__trim(t);
         if (!*t) {
             error(b, "empty domain pattern in <domain>");
             continue;
@@ -1268,7 +883,7 @@ open_domain(struct builder *b, struct frame *f, char *arg, uint32_t parent)
 }
 
 static void
-open_source(struct builder *b, struct frame *f, const char *arg)
+open_source(struct cfg_builder *b, struct frame *f, const char *arg)
 {
     uint8_t fam = 0, pre = 0, addr[16] = { 0 };
     int is_cidr = isdigit((unsigned char)arg[0]) || strchr(arg, ':') || strchr(arg, '/');
@@ -1318,7 +933,7 @@ unique_namespace(int kind)
 }
 
 static void
-open_named(struct builder *b, struct frame *f, int kind, char *arg)
+open_named(struct cfg_builder *b, struct frame *f, int kind, char *arg)
 {
     char *name = xmalloc(strlen(arg) + 1), shown[200];
     uint32_t ns = unique_namespace(kind), s;
@@ -1326,12 +941,12 @@ open_named(struct builder *b, struct frame *f, int kind, char *arg)
 
     if (unquote(arg, name) != 0) {
         if (kind != CFG_S_MX_ROLLUP_LIST) {
-            error(b, "<%s> takes one name, not '%s'", f->tag, clip(arg, shown, sizeof shown));
+            error(b, "<%s> takes one name, not '%s'", f->tag, cfg__clip(arg, shown, sizeof shown));
             goto out;
         }
         strcpy(name, arg); /* not implemented: kept as written */
     }
-    if (kind == CFG_S_ACCT_FILE && name[0] == '|' && !*trim(name + 1)) {
+    if (kind == CFG_S_ACCT_FILE && name[0] == '|' && !*cfg__trim(name + 1)) {
         error(b, "<acct-file %s> has an empty command (expected |PROGRAM [ARGS])", name);
         goto out;
     }
@@ -1340,7 +955,7 @@ open_named(struct builder *b, struct frame *f, int kind, char *arg)
               b->strings.data + b->scopes[prev].s.file, b->scopes[prev].s.line);
         goto out;
     }
-    if (kind == CFG_S_LISTENER && check_hostport(b, "smtp-listener address", name, 1) != 0)
+    if (kind == CFG_S_LISTENER && cfg__check_hostport(b, "smtp-listener address", name, 1) != 0)
         goto out;
     s = new_scope(b, (enum cfg_scope_kind)kind, name, 0);
     f->scopes = xmalloc(sizeof *f->scopes);
@@ -1374,7 +989,7 @@ needs_argument(int kind)
 }
 
 static void
-push_frame(struct builder *b, int kind, const char *tag)
+push_frame(struct cfg_builder *b, int kind, const char *tag)
 {
     struct frame *f = &b->stack[++b->depth];
 
@@ -1387,7 +1002,7 @@ push_frame(struct builder *b, int kind, const char *tag)
 }
 
 static void
-warn_skipped_block(struct builder *b, const char *tag)
+warn_skipped_block(struct cfg_builder *b, const char *tag)
 {
     for (int i = 0; i < b->warned_tags.n; i++)
         if (strcmp(b->warned_tags.v[i], tag) == 0)
@@ -1398,12 +1013,12 @@ warn_skipped_block(struct builder *b, const char *tag)
 
 /* open_tag - "<tag arg>": TAG is a checked tag word (lower-cased), ARG the rest */
 static void
-open_tag(struct builder *b, char *tag, char *arg)
+open_tag(struct cfg_builder *b, char *tag, char *arg)
 {
     struct frame *parent = &b->stack[b->depth];
     int kind;
 
-    arg = trim(arg);
+    arg = cfg__trim(arg);
     if (b->depth >= MAX_NESTING) {
         error(b, "blocks nested too deeply at <%s>", tag);
         return;
@@ -1444,7 +1059,7 @@ open_tag(struct builder *b, char *tag, char *arg)
 
 /* finish_listener - a <smtp-listener ADDR> block also lists itself as a global smtp-listener */
 static void
-finish_listener(struct builder *b, struct frame *f)
+finish_listener(struct cfg_builder *b, struct frame *f)
 {
     uint32_t s = f->scopes[0];
     const struct cfg_value *src = scope_find(b, s, CFG_D_SOURCE_NAME);
@@ -1456,13 +1071,13 @@ finish_listener(struct builder *b, struct frame *f)
                            .file = b->scopes[s].s.file,
                            .line = b->scopes[s].s.line };
 
-    v.text = intern(b, text);
+    v.text = cfg__intern(b, text);
     scope_put(b, 0, &v);
     free(text);
 }
 
 static void
-pop_frame(struct builder *b)
+pop_frame(struct cfg_builder *b)
 {
     struct frame *f = &b->stack[b->depth];
 
@@ -1475,7 +1090,7 @@ pop_frame(struct builder *b)
 }
 
 static void
-close_tag(struct builder *b, const char *tag)
+close_tag(struct cfg_builder *b, const char *tag)
 {
     int match;
 
@@ -1504,7 +1119,7 @@ include_allowed(int kind)
 }
 
 static void
-unknown_directive(struct builder *b, const char *name, int kind)
+unknown_directive(struct cfg_builder *b, const char *name, int kind)
 {
     uint32_t scopes = cfg__directive_scopes(name);
     char where[256], shown[128];
@@ -1516,7 +1131,7 @@ unknown_directive(struct builder *b, const char *name, int kind)
               cfg__scopes_text(scopes, where, sizeof where));
         return;
     }
-    clip(name, shown, sizeof shown);
+    cfg__clip(name, shown, sizeof shown);
     near = cfg_directive_suggest(name);
     if (near)
         error(b, "unknown directive '%s' (did you mean '%s'?)", shown, near);
@@ -1526,7 +1141,7 @@ unknown_directive(struct builder *b, const char *name, int kind)
 
 /* directive_line - "name value...", "name = value" or, in <bounce-category-patterns>, "/re/ cat" */
 static void
-directive_line(struct builder *b, char *line)
+directive_line(struct cfg_builder *b, char *line)
 {
     int kind = b->stack[b->depth].kind;
     char *arg = line, *name, *eq;
@@ -1548,7 +1163,7 @@ directive_line(struct builder *b, char *line)
     if (*arg)
         *arg++ = 0;
     name = line;
-    arg = trim(arg);
+    arg = cfg__trim(arg);
     lowercase(name);
     if (strcmp(name, "include") == 0) {
         if (include_allowed(kind))
@@ -1590,12 +1205,12 @@ tag_word(char **p)
 
 /* tag_line - "<tag arg>" or "</tag>" (LINE is LEN bytes, starts with '<') */
 static void
-tag_line(struct builder *b, char *line, size_t len)
+tag_line(struct cfg_builder *b, char *line, size_t len)
 {
     char shown[80], *p, *tag;
     int closing = line[1] == '/';
 
-    clip(line, shown, sizeof shown);
+    cfg__clip(line, shown, sizeof shown);
     if (line[len - 1] != '>') {
         error(b, "tag '%s' is missing its closing '>'", shown);
         return;
@@ -1606,7 +1221,7 @@ tag_line(struct builder *b, char *line, size_t len)
         error(b, "malformed tag '%s' (expected <name ...> or </name>)", shown);
         return;
     }
-    if (closing && *trim(p)) {
+    if (closing && *cfg__trim(p)) {
         error(b, "closing tag '%s' takes no argument", shown);
         return;
     }
@@ -1617,11 +1232,11 @@ tag_line(struct builder *b, char *line, size_t len)
 }
 
 static void
-handle_line(struct builder *b, char *line)
+handle_line(struct cfg_builder *b, char *line)
 {
     size_t len;
 
-    line = trim(line);
+    line = cfg__trim(line);
     len = strlen(line);
     if (len == 0)
         return;
@@ -1672,7 +1287,7 @@ utf8_valid(const unsigned char *s, size_t len)
 }
 
 static void
-emit_line(struct builder *b, struct lexer *lx)
+emit_line(struct cfg_builder *b, struct lexer *lx)
 {
     b->cur_line = lx->start;
     if (lx->too_long)
@@ -1701,7 +1316,7 @@ put_char(struct lexer *lx, char c)
  * counts inside a "quoted string".
  */
 static void
-parse_text(struct builder *b, const char *name, const char *text, size_t len)
+parse_text(struct cfg_builder *b, const char *name, const char *text, size_t len)
 {
     const char *saved_dir = b->cur_dir;
     uint32_t saved_file = b->cur_file;
@@ -1711,7 +1326,7 @@ parse_text(struct builder *b, const char *name, const char *text, size_t len)
     struct lexer lx = { .start = 1 };
 
     buf_init(&lx.line, 0);
-    b->cur_file = intern(b, name);
+    b->cur_file = cfg__intern(b, name);
     b->cur_dir = dirname(dir_copy);
     for (size_t i = 0; i < len && !b->gave_up; i++) {
         char c = text[i];
@@ -1784,13 +1399,13 @@ static void
 kinds_text(uint32_t kinds, char *out, size_t outsize)
 {
     if (kinds == VMTA_KINDS)
-        snprintf(out, outsize, "%s", vmta_kinds_text);
+        snprintf(out, outsize, "<virtual-mta> or <virtual-mta-pool>");
     else
         cfg__scopes_text(kinds, out, outsize);
 }
 
 static void
-check_xrefs(struct builder *b)
+check_xrefs(struct cfg_builder *b)
 {
     for (int i = 0; i < b->nxrefs; i++) {
         struct xref *x = &b->xrefs[i];
@@ -1805,7 +1420,7 @@ check_xrefs(struct builder *b)
 
 /* make_defaults - the built-in value of every directive (slot d of the values array) */
 static void
-make_defaults(struct builder *b)
+make_defaults(struct cfg_builder *b)
 {
     for (int d = 0; d < CFG_D_COUNT; d++) {
         const struct cfg_directive_info *info = cfg_directive_info((enum cfg_directive)d);
@@ -1817,7 +1432,7 @@ make_defaults(struct builder *b)
             v->flags = CFG_VALUE_UNSET;
             continue;
         }
-        v->text = intern(b, info->default_text);
+        v->text = cfg__intern(b, info->default_text);
         if (decode_typed(b, (enum cfg_directive)d, info->default_text, v) != 0)
             msg_panic("bad built-in default '%s' for '%s'", info->default_text, info->name);
     }
@@ -1825,7 +1440,7 @@ make_defaults(struct builder *b)
 
 /* finish - lay the per-scope value lists out as one array and hand back a struct cfg */
 static struct cfg *
-finish(struct builder *b)
+finish(struct cfg_builder *b)
 {
     struct cfg_heap *h = xcalloc(1, sizeof *h);
     struct cfg *c = xcalloc(1, sizeof *c);
@@ -1866,13 +1481,13 @@ finish(struct builder *b)
 }
 
 static void
-builder_init(struct builder *b, cfg_diag_fn diag, void *ctx)
+builder_init(struct cfg_builder *b, cfg_diag_fn diag, void *ctx)
 {
     memset(b, 0, sizeof *b);
     b->diag = diag ? diag : default_diag;
     b->ctx = ctx;
     buf_init(&b->strings, 0);
-    intern(b, ""); /* offset 0 is "" */
+    cfg__intern(b, ""); /* offset 0 is "" */
     make_defaults(b);
     b->cur_file = 0;
     new_scope(b, CFG_S_GLOBAL, "", 0);
@@ -1884,7 +1499,7 @@ builder_init(struct builder *b, cfg_diag_fn diag, void *ctx)
 }
 
 static void
-builder_free(struct builder *b)
+builder_free(struct cfg_builder *b)
 {
     for (uint32_t s = 0; s < b->nscopes; s++)
         free(b->scopes[s].vals);
@@ -1910,7 +1525,7 @@ builder_free(struct builder *b)
 }
 
 static struct cfg *
-complete(struct builder *b, unsigned *nerrors)
+complete(struct cfg_builder *b, unsigned *nerrors)
 {
     struct cfg *c = NULL;
 
@@ -1928,7 +1543,7 @@ complete(struct builder *b, unsigned *nerrors)
 struct cfg *
 cfg_load(const char *path, cfg_diag_fn diag, void *ctx, unsigned *nerrors)
 {
-    struct builder b;
+    struct cfg_builder b;
 
     builder_init(&b, diag, ctx);
     load_file(&b, path);
@@ -1940,7 +1555,7 @@ struct cfg *
 cfg_load_buffer(const char *name, const char *text, size_t len, cfg_diag_fn diag, void *ctx,
                 unsigned *nerrors)
 {
-    struct builder b;
+    struct cfg_builder b;
 
     builder_init(&b, diag, ctx);
     if (len > MAX_FILE_SIZE)

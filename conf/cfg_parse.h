@@ -42,6 +42,31 @@ int cfg__parse_cidr(const char *s, uint8_t *family, uint8_t *prefix, uint8_t add
 int cfg__cidr_contains(uint8_t family, uint8_t prefix, const uint8_t net[16], int addr_family,
                        const uint8_t *addr);
 
+/* --- the load in progress (cfg_parse.c) and the value checks (cfg_check.c) --- */
+
+struct cfg_builder;
+
+/* cfg__error - an error at the line being read */
+void cfg__error(struct cfg_builder *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* cfg__intern - copy S into the string pool; its offset */
+uint32_t cfg__intern(struct cfg_builder *b, const char *s);
+/* cfg__add_xref - NAME must denote a block of one of KINDS once the whole file is read */
+void cfg__add_xref(struct cfg_builder *b, uint32_t kinds, const char *name, const char *what);
+/* cfg__trim - S without leading and trailing blanks (in place) */
+char *cfg__trim(char *s);
+/* cfg__next_word - split off the first blank-separated word of *P (NUL-terminates it) */
+char *cfg__next_word(char **p);
+/* cfg__clip - printable, bounded copy of S for a message; returns OUT */
+const char *cfg__clip(const char *s, char *out, size_t outsize);
+/* cfg__check_hostport - "ADDR:PORT" (ADDR an address, a CIDR like 0/0, or [IPv6]); 0 or -1 */
+int cfg__check_hostport(struct cfg_builder *b, const char *what, const char *text, int need_port);
+/* cfg__decode_record - a structured type's TEXT (SCRATCH a copy to cut up) into V's record;
+ * 0, or -1 after reporting why */
+int cfg__decode_record(struct cfg_builder *b, enum cfg_directive d, char *scratch, const char *text,
+                       struct cfg_value *v);
+/* cfg__check_value - what D's type cannot express (WORDS grammars, cross references, keys) */
+int cfg__check_value(struct cfg_builder *b, enum cfg_directive d, char *arg, const char *text);
+
 /* struct cfg.owner: heap arrays after cfg_load, or a mapping after cfg_snapshot_map */
 #define CFG_OWNER_HEAP 0x50414548u
 #define CFG_OWNER_MAP  0x2050414du

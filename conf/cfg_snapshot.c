@@ -5,7 +5,8 @@
  *     struct snap_header   magic "PMTACFG1", format version, sizes, counts,
  *                          offsets of the four arrays, FNV-1a 64 of the body
  *     scopes[nscopes]      struct cfg_scope
- *     values[nvalues]      struct cfg_value (the first CFG_D_COUNT are the defaults)
+ *     values[nvalues]      struct cfg_value (the first CFG_D_COUNT are the defaults),
+ *                          structured values with their typed record (version 2)
  *     ints[nints]          int64_t
  *     strings[len]         NUL-terminated strings, offset 0 is ""
  * Each array starts on an 8-byte boundary.
@@ -39,7 +40,7 @@
 #include "cfg_parse.h"
 
 #define SNAP_MAGIC   "PMTACFG1"
-#define SNAP_VERSION 1u
+#define SNAP_VERSION 2u /* 2: typed records of structured values in struct cfg_value */
 #define SNAP_MAX     (1u << 30)
 
 struct snap_header {
@@ -187,13 +188,36 @@ scope_ok(const struct cfg *c, const struct cfg_scope *s)
            s->first <= c->nvalues && s->count <= c->nvalues - s->first;
 }
 
+/* record_ok - the string offsets and enums of a structured value's record are in range */
+static int
+record_ok(const struct cfg *c, const struct cfg_value *v)
+{
+    uint32_t n = c->strings_len;
+
+    if (v->flags & (CFG_VALUE_CLEAR | CFG_VALUE_UNSET))
+        return 1;
+    switch ((enum cfg_type)v->type) {
+    case CFG_T_REPLY:
+        return v->reply.regex < n;
+    case CFG_T_PATTERN:
+        return v->pattern.regex < n && v->pattern.header < n && v->pattern.target < n &&
+               v->pattern.result <= CFG_RESULT_RECIPIENT_PRIORITY;
+    case CFG_T_BOUNCE_PATTERN:
+        return v->bounce.regex < n && v->bounce.category < n;
+    case CFG_T_DOMAIN_KEY:
+        return v->key.selector < n && v->key.domain < n && v->key.path < n;
+    default:
+        return 1;
+    }
+}
+
 static int
 value_ok(const struct cfg *c, const struct cfg_value *v)
 {
     const struct cfg_directive_info *info = cfg_directive_info((enum cfg_directive)v->directive);
 
     return info && v->type == info->type && v->file < c->strings_len && v->text < c->strings_len &&
-           v->list <= c->nints && v->list_len <= c->nints - v->list;
+           v->list <= c->nints && v->list_len <= c->nints - v->list && record_ok(c, v);
 }
 
 /* contents_ok - every index and string offset stays inside the arrays */

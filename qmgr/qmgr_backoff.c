@@ -60,11 +60,11 @@
  * (even to an empty list) replaces it.
  */
 static const char *const builtin_replies[] = {
-    "/rate limit|rate-limit/ mode=backoff",
-    "/unusual rate of/ mode=backoff",                                 /* Gmail 4.7.28 */
-    "/\\[TS0[1-4]\\]|temporarily deferred due to/ mode=backoff",      /* Yahoo */
-    "/4\\.7\\.500 Server busy|\\(S3150\\)|\\(S3114\\)/ mode=backoff", /* Outlook */
-    "/too many (concurrent )?(smtp )?(connections|messages)/ mode=backoff",
+    "rate limit|rate-limit",
+    "unusual rate of",                                       /* Gmail 4.7.28 */
+    "\\[TS0[1-4]\\]|temporarily deferred due to",            /* Yahoo */
+    "4\\.7\\.500 Server busy|\\(S3150\\)|\\(S3114\\)",       /* Outlook */
+    "too many (concurrent )?(smtp )?(connections|messages)", /* every one: mode=backoff */
 };
 #define REPLY_TEXT_MAX    1024
 #define TO_NORMAL_TICK_MS 1000u
@@ -72,7 +72,7 @@ static const char *const builtin_replies[] = {
 struct reply_pattern {
     pcre2_code *re;
     char *source;        /* the regex as written, for the log */
-    unsigned actions;    /* QMGR_REPLY_* */
+    unsigned actions;    /* CFG_REPLY_* */
     int64_t to_normal_s; /* backoff-to-normal-after=, or -1 */
     int64_t reenable_s;  /* reenable-after=, or -1 */
 };
@@ -97,50 +97,14 @@ static struct {
 
 /* --- compiling ------------------------------------------------------------------------------ */
 
-/* parse_actions - the comma list after the regex (the config parser has vetted it) */
-static unsigned
-parse_actions(char *text, int64_t *to_normal_s, int64_t *reenable_s)
-{
-    unsigned actions = 0;
-    char *save = NULL;
-
-    *to_normal_s = *reenable_s = -1;
-    for (char *t = strtok_r(text, ", \t", &save); t; t = strtok_r(NULL, ", \t", &save)) {
-        if (strcasecmp(t, "mode=backoff") == 0)
-            actions |= QMGR_REPLY_BACKOFF;
-        else if (strcasecmp(t, "mode=normal") == 0)
-            actions |= QMGR_REPLY_NORMAL;
-        else if (strcasecmp(t, "defer-queue") == 0)
-            actions |= QMGR_REPLY_DEFER_QUEUE;
-        else if (strcasecmp(t, "bounce-rcpt") == 0)
-            actions |= QMGR_REPLY_BOUNCE_RCPT;
-        else if (strcasecmp(t, "skip-mx") == 0)
-            actions |= QMGR_REPLY_SKIP_MX;
-        else if (strcasecmp(t, "bounce-queue") == 0)
-            actions |= QMGR_REPLY_BOUNCE_QUEUE;
-        else if (strcasecmp(t, "disable-source-ip") == 0)
-            actions |= QMGR_REPLY_DISABLE_SOURCE;
-        else if (strncasecmp(t, "reenable-after=", 15) == 0 &&
-                 cfg_parse_interval(t + 15, reenable_s) != 0)
-            *reenable_s = -1;
-        else if (strncasecmp(t, "backoff-to-normal-after=", 24) == 0 &&
-                 cfg_parse_interval(t + 24, to_normal_s) != 0)
-            *to_normal_s = -1;
-    }
-    return actions;
-}
-
-/* add_reply - one "/RE/ ACTIONS" value to LIST; a regex that does not compile is skipped */
+/* add_reply - one parsed `reply` line to LIST; a regex that does not compile is skipped */
 static void
-add_reply(struct pattern_list *list, const char *value)
+add_reply(struct pattern_list *list, const char *re, const struct cfg_reply *r)
 {
-    char *copy = xstrdup(value), *re, *rest = cfg_split_regex(copy, &re);
     struct reply_pattern p = { 0 };
     PCRE2_SIZE offset;
     int code;
 
-    if (rest == NULL)
-        goto out;
     p.re = pcre2_compile((PCRE2_SPTR)re, PCRE2_ZERO_TERMINATED, PCRE2_CASELESS, &code, &offset,
                          NULL);
     if (p.re == NULL) {
@@ -148,15 +112,15 @@ add_reply(struct pattern_list *list, const char *value)
 
         pcre2_get_error_message(code, why, sizeof why);
         msg_warn("smtp-pattern-list %s: /%s/ skipped: %s", list->name, re, (const char *)why);
-        goto out;
+        return;
     }
     pcre2_jit_compile(p.re, PCRE2_JIT_COMPLETE); /* faster where JIT exists; optional */
     p.source = xstrdup(re);
-    p.actions = parse_actions(rest, &p.to_normal_s, &p.reenable_s);
+    p.actions = r->actions;
+    p.to_normal_s = r->to_normal_s;
+    p.reenable_s = r->reenable_s;
     list->pats = xreallocarray(list->pats, list->npats + 1, sizeof *list->pats);
     list->pats[list->npats++] = p;
-out:
-    free(copy);
 }
 
 static void
@@ -181,8 +145,12 @@ add_builtin_list(void)
 {
     struct pattern_list list = { xstrdup(BUILTIN_LIST_NAME), NULL, 0 };
 
+    static const struct cfg_reply backoff = { .actions = CFG_REPLY_BACKOFF,
+                                              .to_normal_s = -1,
+                                              .reenable_s = -1 };
+
     for (size_t i = 0; i < sizeof builtin_replies / sizeof builtin_replies[0]; i++)
-        add_reply(&list, builtin_replies[i]);
+        add_reply(&list, builtin_replies[i], &backoff);
     B.lists = xreallocarray(B.lists, B.nlists + 1, sizeof *B.lists);
     B.lists[B.nlists++] = list;
 }
@@ -202,7 +170,8 @@ qmgr_backoff_config(void)
         uint32_t vit = 0;
 
         while ((v = cfg_scope_next(S.cfg, s, CFG_D_REPLY, &vit)) != NULL)
-            add_reply(&list, cfg_str(S.cfg, v->text));
+            if (v->type == CFG_T_REPLY)
+                add_reply(&list, cfg_str(S.cfg, v->reply.regex), &v->reply);
         B.lists = xreallocarray(B.lists, B.nlists + 1, sizeof *B.lists);
         B.lists[B.nlists++] = list;
     }
@@ -291,13 +260,13 @@ qmgr_reply_actions(struct qqueue *q, const struct qresult *res)
     len = reply_text(text, sizeof text, res);
     if ((p = first_match(list, text, len)) == NULL)
         return 0;
-    if ((p->actions & QMGR_REPLY_DISABLE_SOURCE) && res->source_ip && *res->source_ip)
+    if ((p->actions & CFG_REPLY_DISABLE_SOURCE) && res->source_ip && *res->source_ip)
         disable_source(q, p, res->source_ip, msg_printable(shown, sizeof shown, text, len));
-    if (p->actions & (QMGR_REPLY_BACKOFF | QMGR_REPLY_NORMAL)) {
+    if (p->actions & (CFG_REPLY_BACKOFF | CFG_REPLY_NORMAL)) {
         snprintf(why, sizeof why, "reply matched /%s/ (%s)", p->source,
                  msg_printable(shown, sizeof shown, text, len));
-        qmgr_backoff_set_mode(q, p->actions & QMGR_REPLY_BACKOFF ? QMODE_BACKOFF : QMODE_NORMAL,
-                              why, p->to_normal_s);
+        qmgr_backoff_set_mode(q, p->actions & CFG_REPLY_BACKOFF ? QMODE_BACKOFF : QMODE_NORMAL, why,
+                              p->to_normal_s);
     }
     return p->actions;
 }

@@ -8,16 +8,6 @@
 
 #include "qmgr.h"
 
-/* What a matching `reply /re/ ACTIONS` line asks for. */
-#define QMGR_REPLY_BACKOFF     0x01u /* mode=backoff (done by qmgr_reply_actions) */
-#define QMGR_REPLY_NORMAL      0x02u /* mode=normal (done by qmgr_reply_actions) */
-#define QMGR_REPLY_DEFER_QUEUE 0x04u /* the queue goes into retry mode now */
-#define QMGR_REPLY_BOUNCE_RCPT 0x08u /* a temporary failure of this recipient bounces */
-#define QMGR_REPLY_SKIP_MX     0x10u /* keep the recipient queued even after a 5xx */
-#define QMGR_REPLY_DISABLE_SOURCE \
-    0x20u /* stop using the source address (done by qmgr_reply_actions) */
-#define QMGR_REPLY_BOUNCE_QUEUE 0x40u /* every recipient of the queue bounces now */
-
 /* qmgr_backoff_config - compile the smtp-pattern-lists of S.cfg (start-up and reload) */
 void qmgr_backoff_config(void);
 void qmgr_backoff_close(void);
@@ -25,7 +15,7 @@ void qmgr_backoff_close(void);
 /*
  * qmgr_reply_actions - match RES (a reply received while delivering for Q)
  * against Q's smtp-pattern-list; switch Q's mode if the matching line says
- * so; return the line's QMGR_REPLY_* bits (0: no list or no match).
+ * so; return the line's CFG_REPLY_* bits (cfg.h) (0: no list or no match).
  */
 unsigned qmgr_reply_actions(struct qqueue *q, const struct qresult *res);
 

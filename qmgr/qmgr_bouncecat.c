@@ -162,36 +162,6 @@ add_pattern(struct qmgr_bouncecat *bc, const char *re, size_t len, const char *c
     return 0;
 }
 
-/*
- * add_config_line - one "/REGEX/ category" value as the config parser stored
- * it. The regex ends at the first '/' not escaped by a backslash, the same
- * rule the parser's own check uses, so both see the same regex.
- */
-static void
-add_config_line(struct qmgr_bouncecat *bc, const char *line)
-{
-    const char *p, *cat, *end;
-    char *category;
-
-    if (line[0] != '/')
-        return;
-    for (p = line + 1; *p && *p != '/'; p++)
-        if (*p == '\\' && p[1])
-            p++;
-    if (*p != '/')
-        return;
-    for (cat = p + 1; *cat == ' ' || *cat == '\t'; cat++)
-        ;
-    for (end = cat; *end && *end != ' ' && *end != '\t'; end++)
-        ;
-    if (end == cat)
-        return;
-    category = xstrndup(cat, (size_t)(end - cat));
-    if (add_pattern(bc, line + 1, (size_t)(p - (line + 1)), category) == 0)
-        bc->nconfigured++;
-    free(category);
-}
-
 /* add_configured - every line of every <bounce-category-patterns> block, in file order */
 static void
 add_configured(struct qmgr_bouncecat *bc, const struct cfg *c)
@@ -201,8 +171,13 @@ add_configured(struct qmgr_bouncecat *bc, const struct cfg *c)
     while ((s = cfg_next_scope(c, CFG_S_BOUNCE_CATEGORY_PATTERNS, &it)) != CFG_NONE) {
         uint32_t vit = 0;
         const struct cfg_value *v;
-        while ((v = cfg_scope_next(c, s, CFG_D_BOUNCE_CATEGORY_PATTERN, &vit)) != NULL)
-            add_config_line(bc, cfg_str(c, v->text));
+        while ((v = cfg_scope_next(c, s, CFG_D_BOUNCE_CATEGORY_PATTERN, &vit)) != NULL) {
+            const char *re = cfg_str(c, v->bounce.regex);
+
+            if (v->type == CFG_T_BOUNCE_PATTERN &&
+                add_pattern(bc, re, strlen(re), cfg_str(c, v->bounce.category)) == 0)
+                bc->nconfigured++;
+        }
     }
 }
 

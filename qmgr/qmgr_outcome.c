@@ -495,16 +495,16 @@ apply_reply_actions(struct qqueue *q, const struct qresult *res, struct qresult 
 {
     unsigned act = *actions = qmgr_reply_actions(q, res);
 
-    if ((act & QMGR_REPLY_DEFER_QUEUE) && !(q->feed_held && qmgr_now_ms() < q->retry_until_ms)) {
+    if ((act & CFG_REPLY_DEFER_QUEUE) && !(q->feed_held && qmgr_now_ms() < q->retry_until_ms)) {
         enter_retry_mode(q, "defer-queue reply(s)", NULL, res->text ? res->text : "");
         q->feed_held = 1;
     }
     *changed = *res;
-    if (act & QMGR_REPLY_BOUNCE_QUEUE)
+    if (act & CFG_REPLY_BOUNCE_QUEUE)
         changed->result = MP_RESULT_PERMFAIL;
-    else if ((act & QMGR_REPLY_BOUNCE_RCPT) && res->result == MP_RESULT_TEMPFAIL)
+    else if ((act & CFG_REPLY_BOUNCE_RCPT) && res->result == MP_RESULT_TEMPFAIL)
         changed->result = MP_RESULT_PERMFAIL;
-    else if ((act & QMGR_REPLY_SKIP_MX) && res->result == MP_RESULT_PERMFAIL)
+    else if ((act & CFG_REPLY_SKIP_MX) && res->result == MP_RESULT_PERMFAIL)
         changed->result = MP_RESULT_TEMPFAIL;
     else
         return res;
@@ -554,7 +554,7 @@ qmgr_outcome(uint32_t r, const struct qstore_msg *m, struct qqueue *q, const str
     unsigned actions;
 
     res = apply_reply_actions(q, res, &changed, &actions);
-    if (actions & QMGR_REPLY_BOUNCE_QUEUE)
+    if (actions & CFG_REPLY_BOUNCE_QUEUE)
         bounce_queue(q, res);
     switch (res->result) {
     case MP_RESULT_OK:
@@ -587,7 +587,7 @@ qmgr_outcome_queue_failure(struct qqueue *q, const struct qresult *res)
     q->conn_failures++;
     qmgr_queue_set_error(q, res->text);
     /* a 421 greeting may put the queue in backoff, a 554 one bounce it */
-    if (qmgr_reply_actions(q, res) & QMGR_REPLY_BOUNCE_QUEUE)
+    if (qmgr_reply_actions(q, res) & CFG_REPLY_BOUNCE_QUEUE)
         bounce_queue(q, res);
     if (res->result != MP_RESULT_PERMFAIL)
         enter_retry_mode(q, "failed connection(s)", res->enhanced, res->text);

@@ -526,6 +526,38 @@ test_dkim_key_files(void **state)
         "t.conf:1: error: bad domain-key 's1,example.com' (expected SELECTOR,DOMAIN,KEYFILE)");
 }
 
+/* test_dkim_keys_that_cannot_sign - a key that would give 451 on every message is refused */
+static void
+test_dkim_keys_that_cannot_sign(void **state)
+{
+    static const struct {
+        enum test_bad_key kind;
+        const char *why;
+    } bad[] = {
+        { TEST_KEY_ED25519, "an Ed25519 key: ed25519-sha256 signing is not supported yet" },
+        { TEST_KEY_RSA_512, "RSA key has 512 bits, fewer than 1024" },
+        { TEST_KEY_ENCRYPTED, "encrypted private key" },
+    };
+    char path[300], text[700], want[800];
+    (void)state;
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        snprintf(path, sizeof path, "%s/bad%zu.key", tmpdir, i);
+        test_make_bad_key(path, bad[i].kind);
+        snprintf(text, sizeof text, "host-name a\ndomain-key s,example.com,%s\n", path);
+        snprintf(want, sizeof want, "t.conf:2: error: DKIM key file '%s': %s", path, bad[i].why);
+        expect_error(text, want);
+        snprintf(text, sizeof text, "<domain a.com>\n dkim-key-file %s\n</domain>\n", path);
+        snprintf(want, sizeof want, "t.conf:2: error: DKIM key file '%s': %s", path, bad[i].why);
+        expect_error(text, want);
+    }
+    snprintf(text, sizeof text, "domain-key s,example.com,%s\n", tmpdir);
+    snprintf(want, sizeof want,
+             "t.conf:1: error: cannot read DKIM key file '%s': not a regular file", tmpdir);
+    expect_error(text, want);
+    expect_error("<domain a.com>\n dkim-algorithm ed25519-sha256\n</domain>\n",
+                 "t.conf:2: error: dkim-algorithm ed25519-sha256 is not supported yet");
+}
+
 /* --- includes
  * ------------------------------------------------------------------------------------- */
 
@@ -705,6 +737,7 @@ main(void)
         UNIT_TEST(test_other_pattern_lists),
         UNIT_TEST(test_cross_references),
         UNIT_TEST(test_dkim_key_files),
+        UNIT_TEST(test_dkim_keys_that_cannot_sign),
         UNIT_TEST(test_includes),
         UNIT_TEST(test_include_errors),
         UNIT_TEST(test_reports_every_error),

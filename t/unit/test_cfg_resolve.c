@@ -598,7 +598,7 @@ test_snapshot_roundtrip(void **state)
     cfg_free(c);
 }
 
-/* the header layout of cfg_snapshot.c (format version 1) */
+/* the header layout of cfg_snapshot.c (format version 2) */
 #define SNAP_HEADER      104
 #define SNAP_CHECKSUM_AT 96
 
@@ -678,6 +678,26 @@ test_snapshot_corrupt(void **state)
     assert_int_equal(err, -ENOENT);
 }
 
+/* test_snapshot_corrupt_record - a structured value's record is checked like the rest */
+static void
+test_snapshot_corrupt_record(void **state)
+{
+    struct cfg *c = load("<smtp-pattern-list p>\n reply /x/ mode=backoff\n</smtp-pattern-list>\n");
+    char path[512];
+    uint32_t huge = 0x7fffffff;
+    /* scopes: global and the list (48 bytes each); the reply is the first value after the
+     * defaults; its record starts after the 24 bytes of common fields */
+    long at = SNAP_HEADER + 48 * 2 + (long)sizeof(struct cfg_value) * CFG_D_COUNT +
+              (long)offsetof(struct cfg_value, reply.regex);
+    (void)state;
+    assert_int_equal(c->values[CFG_D_COUNT].type, CFG_T_REPLY);
+    snap_path(path, sizeof path, "reply.snap");
+    assert_int_equal(cfg_snapshot_write(c, path), 0);
+    cfg_free(c);
+    assert_int_equal(map_corrupted(path, 0, NULL, 0, 1, -1), 0);
+    assert_int_equal(map_corrupted(path, at, &huge, 4, 1, -1), -EPROTO);
+}
+
 /* --- --show-settings data
  * ------------------------------------------------------------------------------ */
 
@@ -726,6 +746,7 @@ main(void)
         UNIT_TEST(test_realistic),
         UNIT_TEST(test_snapshot_roundtrip),
         UNIT_TEST(test_snapshot_corrupt),
+        UNIT_TEST(test_snapshot_corrupt_record),
         UNIT_TEST(test_show_settings_data),
     };
     return cmocka_run_group_tests_name("cfg_resolve", tests, group_setup, group_teardown);

@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <string.h>
 
 #include <cmocka.h>
 #include <openssl/evp.h>
@@ -26,4 +27,36 @@ test_make_key(const char *path)
     assert_int_equal(PEM_write_PrivateKey(f, key, NULL, NULL, 0, NULL, NULL), 1);
     fclose(f);
     EVP_PKEY_free(key);
+}
+
+/* write_key - KEY to PATH as PEM, encrypted with PASSPHRASE when it is not NULL */
+static void
+write_key(const char *path, EVP_PKEY *key, const char *passphrase)
+{
+    FILE *f = fopen(path, "w");
+
+    assert_non_null(key);
+    assert_non_null(f);
+    assert_int_equal(PEM_write_PrivateKey(f, key, passphrase ? EVP_aes_128_cbc() : NULL,
+                                          (const unsigned char *)passphrase,
+                                          passphrase ? (int)strlen(passphrase) : 0, NULL, NULL),
+                     1);
+    fclose(f);
+    EVP_PKEY_free(key);
+}
+
+void
+test_make_bad_key(const char *path, enum test_bad_key kind)
+{
+    switch (kind) {
+    case TEST_KEY_ED25519:
+        write_key(path, EVP_PKEY_Q_keygen(NULL, NULL, "ED25519"), NULL);
+        break;
+    case TEST_KEY_RSA_512:
+        write_key(path, EVP_RSA_gen(512), NULL);
+        break;
+    case TEST_KEY_ENCRYPTED:
+        write_key(path, EVP_RSA_gen(1024), "secret");
+        break;
+    }
 }

@@ -1,0 +1,470 @@
+/*
+ * cfg_check.c - the structured values: their grammars, typed records and checks
+ *
+ * A value whose type is structured (cfg.h: CFG_T_REPLY, CFG_T_PATTERN,
+ * CFG_T_BOUNCE_PATTERN, CFG_T_DOMAIN_KEY) is parsed here once, at load, into
+ * the typed record the snapshot carries; consumers read the record and never
+ * parse the text again. The other WORDS values (smtp-listener,
+ * smtp-source-host, http-access, records, smtp-hosts) and the checks a type
+ * alone cannot express (cross references, DKIM keys that must sign, sizes
+ * with a floor) are checked here too. Every problem is one file:line error
+ * through the builder (cfg_parse.c).
+ *
+ * Owns nothing: strings go to the builder's pool.
+ *
+ * SECURITY: the text is operator input. Regular expressions are compiled
+ * with PCRE2 only to report their errors; DKIM key files are read with a size
+ * cap and parsed by OpenSSL (cfg_key.c) with the loader's privileges.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
+
+#include "xalloc.h"
+#include "cfg.h"
+#include "cfg_parse.h"
+
+#define error      cfg__error
+#define VMTA_KINDS (CFG_IN(CFG_S_VMTA) | CFG_IN(CFG_S_POOL))
+
+/* split_regex - ARG starts with "/RE/" (a '\\/' inside RE does not end it):
+ * NUL-terminate RE in place, point *RE at it and return what follows the
+ * closing slash; NULL when ARG is not of that form */
+static char *
+split_regex(char *arg, char **re)
+{
+    char *p;
+
+    if (*arg != '/')
+        return NULL;
+    for (p = arg + 1; *p && *p != '/'; p++)
+        if (*p == '\\' && p[1])
+            p++;
+    if (*p != '/')
+        return NULL;
+    *p = 0;
+    *re = arg + 1;
+    return p + 1;
+}
+
+/* check_regex - compile RE with PCRE2 (case-insensitive) to report errors at load */
+static int
+check_regex(struct cfg_builder *b, const char *re)
+{
+    int code;
+    PCRE2_SIZE offset;
+    pcre2_code *compiled = pcre2_compile((PCRE2_SPTR)re, PCRE2_ZERO_TERMINATED, PCRE2_CASELESS,
+                                         &code, &offset, NULL);
+    char text[200], why[256];
+
+    if (compiled) {
+        pcre2_code_free(compiled);
+        return 0;
+    }
+    pcre2_get_error_message(code, (PCRE2_UCHAR *)why, sizeof why);
+    error(b, "bad regular expression /%s/: %s at offset %zu", cfg__clip(re, text, sizeof text), why,
+          (size_t)offset);
+    return -1;
+}
+
+/* --- the other WORDS values ---------------------------------------------------------- */
+
+/* check_hostport - "ADDR:PORT" with ADDR an address, a CIDR like 0/0, or [IPv6] */
+int
+cfg__check_hostport(struct cfg_builder *b, const char *what, const char *text, int need_port)
+{
+    char host[128], bad[200];
+    const char *colon = strrchr(text, ':');
+    uint8_t fam, pre, addr[16];
+    int64_t port = 0;
+    size_t hlen;
+
+    if (*text == '[') {
+        const char *close = strchr(text, ']');
+        if (!close || (close[1] != 0 && close[1] != ':'))
+            goto bad;
+        hlen = (size_t)(close - text - 1);
+        if (hlen >= sizeof host)
+            goto bad;
+        memcpy(host, text + 1, hlen);
+        host[hlen] = 0;
+        colon = close[1] == ':' ? close + 1 : NULL;
+    } else if (colon && strchr(text, ':') != colon) {
+        colon = NULL; /* bare IPv6 address without a port */
+        snprintf(host, sizeof host, "%s", text);
+    } else {
+        hlen = colon ? (size_t)(colon - text) : strlen(text);
+        if (hlen >= sizeof host)
+            goto bad;
+        memcpy(host, text, hlen);
+        host[hlen] = 0;
+    }
+    if (cfg__parse_cidr(host, &fam, &pre, addr) != 0)
+        goto bad;
+    if (colon && (cfg_parse_int(colon + 1, &port) != 0 || port < 1 || port > 65535))
+        goto bad;
+    if (need_port && !colon)
+        goto bad;
+    return 0;
+bad:
+    error(b, "bad %s '%s' (expected %s)", what, cfg__clip(text, bad, sizeof bad),
+          need_port ? "IP:PORT" : "IP or IP:PORT");
+    return -1;
+}
+
+static int
+check_listener(struct cfg_builder *b, char *arg)
+{
+    char *p = arg, *w = cfg__next_word(&p);
+    int rc = cfg__check_hostport(b, "smtp-listener address", w, 1);
+
+    while (rc == 0 && (w = cfg__next_word(&p)) != NULL) {
+        if (strncasecmp(w, "source=", 7) == 0 && w[7]) {
+            cfg__add_xref(b, CFG_IN(CFG_S_SOURCE), w + 7, "smtp-listener source=");
+        } else {
+            error(b, "unknown smtp-listener option '%s' (expected source=NAME)", w);
+            rc = -1;
+        }
+    }
+    return rc;
+}
+
+static int
+check_source_host(struct cfg_builder *b, char *arg)
+{
+    char *p = arg, *ip = cfg__next_word(&p), *host = cfg__next_word(&p);
+    uint8_t fam, pre, addr[16];
+
+    if (!ip || !host || cfg__next_word(&p)) {
+        error(b, "smtp-source-host needs an IP address and a host name");
+        return -1;
+    }
+    if (cfg__parse_cidr(ip, &fam, &pre, addr) != 0) {
+        error(b, "bad IP address '%s' in smtp-source-host", ip);
+        return -1;
+    }
+    return 0;
+}
+
+/* check_route - smtp-hosts: cfg_route_parse is the grammar's one home */
+static int
+check_route(struct cfg_builder *b, const char *text)
+{
+    struct cfg_route *route = NULL;
+    char why[300], shown[200];
+
+    if (cfg_route_parse(text, &route, why, sizeof why) == 0) {
+        cfg_route_free(route);
+        return 0;
+    }
+    error(b, "bad smtp-hosts '%s': %s", cfg__clip(text, shown, sizeof shown), why);
+    return -1;
+}
+
+static int
+check_http_access(struct cfg_builder *b, char *arg)
+{
+    static const char *const levels[] = { "monitor", "operator", "admin", "none", "deny-logs" };
+    char *p = arg, *cidr = cfg__next_word(&p), *level = cfg__next_word(&p), *save = NULL;
+    uint8_t fam, pre, addr[16];
+
+    if (!cidr || !level || cfg__next_word(&p) || cfg__parse_cidr(cidr, &fam, &pre, addr) != 0) {
+        error(b, "bad http-access (expected CIDR monitor|operator|admin|none)");
+        return -1;
+    }
+    for (char *t = strtok_r(level, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        size_t i = 0;
+        while (i < 5 && strcasecmp(t, levels[i]) != 0)
+            i++;
+        if (i == 5) {
+            error(b, "unknown http-access level '%s' (expected monitor, operator, admin or none)",
+                  t);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int
+check_records(struct cfg_builder *b, char *arg)
+{
+    static const char *const types[] = {
+        "d",
+        "b",
+        "t",
+        "tq",
+        "r",
+        "f",
+        "rb",
+        "rs",
+        "delivery",
+        "bounce",
+        "transient",
+        "transient-queue",
+        "receipt",
+        "feedback-loop",
+        "remote-bounce",
+        "remote-status",
+    };
+    char *save = NULL;
+
+    for (char *t = strtok_r(arg, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        size_t i = 0;
+        t = cfg__trim(t);
+        while (i < sizeof types / sizeof types[0] && strcasecmp(t, types[i]) != 0)
+            i++;
+        if (i == sizeof types / sizeof types[0]) {
+            error(b, "unknown accounting record type '%s' (expected d, b, t, tq, r, f, rb, rs)", t);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* --- typed records ------------------------------------------------------------------- */
+
+/* reply_action - one word of a reply line into R; 0 or -1 (unknown) */
+static int
+reply_action(struct cfg_reply *r, const char *t, int *reenable)
+{
+    static const struct {
+        const char *word;
+        uint32_t bit;
+    } words[] = {
+        { "mode=backoff", CFG_REPLY_BACKOFF },
+        { "mode=normal", CFG_REPLY_NORMAL },
+        { "defer-queue", CFG_REPLY_DEFER_QUEUE },
+        { "bounce-rcpt", CFG_REPLY_BOUNCE_RCPT },
+        { "skip-mx", CFG_REPLY_SKIP_MX },
+        { "disable-source-ip", CFG_REPLY_DISABLE_SOURCE },
+        { "bounce-queue", CFG_REPLY_BOUNCE_QUEUE },
+    };
+
+    for (size_t i = 0; i < sizeof words / sizeof words[0]; i++)
+        if (strcasecmp(t, words[i].word) == 0) {
+            r->actions |= words[i].bit;
+            return 0;
+        }
+    if (strncasecmp(t, "reenable-after=", 15) == 0 &&
+        cfg_parse_interval(t + 15, &r->reenable_s) == 0)
+        return (*reenable)++, 0;
+    if (strncasecmp(t, "backoff-to-normal-after=", 24) == 0 &&
+        cfg_parse_interval(t + 24, &r->to_normal_s) == 0)
+        return 0;
+    return -1;
+}
+
+/* decode_reply - "/REGEX/ ACTION[,ACTION...]" and the rejected action combinations */
+static int
+decode_reply(struct cfg_builder *b, char *arg, struct cfg_reply *r)
+{
+    char *re, *rest = split_regex(arg, &re), *save = NULL, shown[200];
+    int reenable = 0;
+
+    if (!rest) {
+        error(b, "reply needs /REGEX/ followed by actions");
+        return -1;
+    }
+    if (check_regex(b, re) != 0)
+        return -1;
+    if (!*cfg__trim(rest)) {
+        error(b, "reply /%s/ has no action", cfg__clip(re, shown, sizeof shown));
+        return -1;
+    }
+    r->to_normal_s = r->reenable_s = -1;
+    for (char *t = strtok_r(rest, ",", &save); t; t = strtok_r(NULL, ",", &save))
+        if (reply_action(r, cfg__trim(t), &reenable) != 0) {
+            error(b, "unknown reply action '%s'", cfg__clip(cfg__trim(t), shown, sizeof shown));
+            return -1;
+        }
+    if ((r->actions & CFG_REPLY_BACKOFF) && (r->actions & CFG_REPLY_NORMAL))
+        error(b, "reply action mode=backoff cannot be combined with mode=normal");
+    else if ((r->actions & CFG_REPLY_SKIP_MX) && (r->actions & CFG_REPLY_BOUNCE_QUEUE))
+        error(b, "reply action skip-mx cannot be combined with bounce-queue");
+    else if (reenable > 1)
+        error(b, "reply action reenable-after given more than once");
+    else if (reenable && !(r->actions & CFG_REPLY_DISABLE_SOURCE))
+        error(b, "reply action reenable-after needs disable-source-ip");
+    else {
+        r->regex = cfg__intern(b, re);
+        return 0;
+    }
+    return -1;
+}
+
+/* decode_pattern - "[NAME] /re/ RESULT" of a <pattern-list> */
+static int
+decode_pattern(struct cfg_builder *b, enum cfg_directive d, char *arg, struct cfg_pattern_entry *pt)
+{
+    char *p = arg, *header = NULL, *re, *rest, *result, shown[200];
+
+    if (d == CFG_D_HEADER && !(header = cfg__next_word(&p))) {
+        error(b, "header needs a header name, /REGEX/ and a result");
+        return -1;
+    }
+    while (isspace((unsigned char)*p))
+        p++;
+    if (!(rest = split_regex(p, &re)) || !(result = cfg__next_word(&rest)) ||
+        cfg__next_word(&rest)) {
+        error(b, "pattern needs /REGEX/ and one result (virtual-mta=NAME, "
+                 "recipient-priority=N or call-to:LIST)");
+        return -1;
+    }
+    if (check_regex(b, re) != 0)
+        return -1;
+    if (strncasecmp(result, "virtual-mta=", 12) == 0 && result[12]) {
+        pt->result = CFG_RESULT_VMTA;
+        pt->target = cfg__intern(b, result + 12);
+        cfg__add_xref(b, VMTA_KINDS, result + 12, "virtual-mta=");
+    } else if (strncasecmp(result, "call-to:", 8) == 0 && result[8]) {
+        pt->result = CFG_RESULT_CALL;
+        pt->target = cfg__intern(b, result + 8);
+        cfg__add_xref(b, CFG_IN(CFG_S_PATTERN_LIST), result + 8, "call-to:");
+    } else if (strncasecmp(result, "recipient-priority=", 19) == 0 &&
+               cfg_parse_int(result + 19, &pt->priority) == 0 && pt->priority <= 100) {
+        pt->result = CFG_RESULT_RECIPIENT_PRIORITY;
+    } else {
+        error(b, "unknown pattern result '%s'", cfg__clip(result, shown, sizeof shown));
+        return -1;
+    }
+    pt->regex = cfg__intern(b, re);
+    pt->header = header ? cfg__intern(b, header) : 0;
+    return 0;
+}
+
+static int
+decode_bounce_pattern(struct cfg_builder *b, char *arg, struct cfg_bounce_pattern *bp)
+{
+    char *re, *rest = split_regex(arg, &re), *category;
+
+    if (!rest || !(category = cfg__next_word(&rest)) || cfg__next_word(&rest)) {
+        error(b, "bounce category pattern needs /REGEX/ and one category name");
+        return -1;
+    }
+    if (check_regex(b, re) != 0)
+        return -1;
+    bp->regex = cfg__intern(b, re);
+    bp->category = cfg__intern(b, category);
+    return 0;
+}
+
+/* check_key - the DKIM key at PATH can sign (cfg_key.c says why not) */
+static int
+check_key(struct cfg_builder *b, const char *path)
+{
+    char why[PATH_MAX + 256];
+
+    if (cfg_dkim_key_check_file(path, why, sizeof why) == 0)
+        return 0;
+    error(b, "%s", why);
+    return -1;
+}
+
+/* decode_domain_key - "SELECTOR,DOMAIN|*,PEMFILE"; the key file must sign */
+static int
+decode_domain_key(struct cfg_builder *b, char *arg, const char *text, struct cfg_domain_key *k)
+{
+    char *parts[3], *save = NULL, shown[200];
+    int n = 0;
+
+    for (char *t = strtok_r(arg, ",", &save); t && n < 3; t = strtok_r(NULL, ",", &save))
+        parts[n++] = cfg__trim(t);
+    if (n != 3 || strtok_r(NULL, ",", &save) || !*parts[0] || !*parts[1] || !*parts[2]) {
+        error(b, "bad domain-key '%s' (expected SELECTOR,DOMAIN,KEYFILE)",
+              cfg__clip(text, shown, sizeof shown));
+        return -1;
+    }
+    if (check_key(b, parts[2]) != 0)
+        return -1;
+    k->selector = cfg__intern(b, parts[0]);
+    k->domain = cfg__intern(b, parts[1]);
+    k->path = cfg__intern(b, parts[2]);
+    return 0;
+}
+
+/* cfg__decode_record - see cfg_parse.h */
+int
+cfg__decode_record(struct cfg_builder *b, enum cfg_directive d, char *scratch, const char *text,
+                   struct cfg_value *v)
+{
+    switch ((enum cfg_type)v->type) {
+    case CFG_T_REPLY:
+        return decode_reply(b, scratch, &v->reply);
+    case CFG_T_PATTERN:
+        return decode_pattern(b, d, scratch, &v->pattern);
+    case CFG_T_BOUNCE_PATTERN:
+        return decode_bounce_pattern(b, scratch, &v->bounce);
+    case CFG_T_DOMAIN_KEY:
+        return decode_domain_key(b, scratch, text, &v->key);
+    default:
+        return 0;
+    }
+}
+
+/* cfg__check_value - see cfg_parse.h */
+int
+cfg__check_value(struct cfg_builder *b, enum cfg_directive d, char *arg, const char *text)
+{
+    int64_t n;
+
+    switch (d) {
+    case CFG_D_SMTP_LISTENER:
+        return check_listener(b, arg);
+    case CFG_D_SMTP_SOURCE_HOST:
+        return check_source_host(b, arg);
+    case CFG_D_DKIM_KEY_FILE:
+        return check_key(b, text);
+    case CFG_D_DKIM_ALGORITHM:
+        if (strcasecmp(text, "rsa-sha256") == 0)
+            return 0;
+        error(b, "dkim-algorithm %s is not supported yet (only rsa-sha256)", text);
+        return -1;
+    case CFG_D_HTTP_ACCESS:
+        return check_http_access(b, arg);
+    case CFG_D_NAME_SERVER:
+        return cfg__check_hostport(b, "name-server", text, 0);
+    case CFG_D_SMTP_HOSTS:
+        return check_route(b, text);
+    case CFG_D_RECORDS:
+        return check_records(b, arg);
+    case CFG_D_MAX_SIZE:
+        if (cfg_parse_size(text, &n) == 0 && n >= 0 && n < (1 << 20)) {
+            error(b, "max-size %s is below the minimum of 1M", text);
+            return -1;
+        }
+        return 0;
+    case CFG_D_SMTP_PATTERN_LIST:
+        cfg__add_xref(b, CFG_IN(CFG_S_SMTP_PATTERN_LIST), text, "smtp-pattern-list");
+        return 0;
+    case CFG_D_SOURCE_PATTERN_LIST:
+        cfg__add_xref(b, CFG_IN(CFG_S_PATTERN_LIST), text, "pattern-list");
+        return 0;
+    case CFG_D_VIRTUAL_MTA:
+        cfg__add_xref(b, CFG_IN(CFG_S_VMTA), text, "virtual-mta");
+        return 0;
+    case CFG_D_SENDER_VMTA:
+    case CFG_D_INVALID_VIRTUAL_MTA_FALLBACK:
+    case CFG_D_BACKOFF_REROUTE_TO_VIRTUAL_MTA:
+    case CFG_D_REROUTE_TO_VIRTUAL_MTA:
+        cfg__add_xref(b, VMTA_KINDS, text, cfg_directive_info(d)->name);
+        return 0;
+    case CFG_D_DEFAULT_VIRTUAL_MTA:
+        if (strcasecmp(text, "by-smtp-source-ip") != 0)
+            cfg__add_xref(b, VMTA_KINDS, text, "default-virtual-mta");
+        return 0;
+    case CFG_D_SOURCE_NAME:
+        cfg__add_xref(b, CFG_IN(CFG_S_SOURCE), text, "source");
+        return 0;
+    default:
+        return 0;
+    }
+}
