@@ -12,8 +12,12 @@
  * before the first worker starts. Without -f the parent waits until the
  * daemon is up and exits with its verdict, so `pmtad && echo ok` means it runs.
  *
- * Signals: SIGHUP reloads; SIGUSR1 rotates the log; SIGTERM and SIGINT drain the workers
- * (CTL_SHUTDOWN, SIGKILL after the drain time) and exit 0.
+ * Hidden: `pmtad --validate-reload SNAPSHOT ...` is the reload validator that
+ * the master starts (master_validate.c); --test-validator-fault FILE and
+ * --test-validator-timeout S are for the tests of that path only.
+ *
+ * Signals: SIGHUP reloads (validated in a child process); SIGUSR1 rotates the log; SIGTERM and
+ * SIGINT drain the workers (CTL_SHUTDOWN, SIGKILL after the drain time) and exit 0.
  *
  * SECURITY: runs as root for its whole life (it must bind, chown and spawn
  * with setuid); it never parses network input. See master.h.
@@ -24,6 +28,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,7 +42,7 @@
 
 #define DEFAULT_CONFIG "/etc/pmta/config"
 
-enum mode { MODE_RUN, MODE_CHECK, MODE_SHOW, MODE_VERSION, MODE_HELP };
+enum mode { MODE_RUN, MODE_CHECK, MODE_SHOW, MODE_VERSION, MODE_HELP, MODE_VALIDATE };
 
 /* usage - the --help text */
 static void
@@ -128,6 +133,7 @@ on_stop_signal(uv_signal_t *h, int sig)
 {
     struct master *m = h->data;
 
+    master_validation_stop(m);
     if (m->stopping) {
         msg_info("%s again: killing the remaining workers", master_signal_name(sig));
         master_kill_all(m);
@@ -182,10 +188,24 @@ remove_snapshots(struct master *m)
     }
 }
 
+/* self_exe - the absolute path of this binary (the reload validator runs it again) */
+static char *
+self_exe(void)
+{
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+
+    if (n <= 0)
+        msg_fatal("cannot find the pmtad binary (/proc/self/exe): %s", strerror(errno));
+    exe[n] = '\0';
+    return xstrdup(exe);
+}
+
 /* master_start - everything up to the first workers */
 static void
 master_start(struct master *m)
 {
+    m->self_exe = self_exe();
     master_resolve_user(m);
     master_prepare_directories(m);
     master_lock_spool(m);
@@ -221,13 +241,22 @@ master_finish(struct master *m)
         msg_warn("event loop closed with handles open: %s", uv_strerror(err));
     cfg_free(m->cfg);
     master_settings_free(&m->set);
+    free(m->self_exe);
     msg_info("stopped");
     return 0;
 }
 
+/* The hidden options: the validator's arguments and the test hooks of the reload path. */
+struct master_test {
+    struct master_validate_args validate;
+    int log_fd;
+    unsigned validate_timeout_s;
+    const char *validate_fault_file;
+};
+
 /* master_run - the daemon proper */
 static int
-master_run(const char *config_path, int foreground, int verbose)
+master_run(const char *config_path, int foreground, int verbose, const struct master_test *test)
 {
     static struct master master; /* static: signal and libuv callbacks reach it via data */
     struct master *m = &master;
@@ -238,9 +267,17 @@ master_run(const char *config_path, int foreground, int verbose)
     m->lock_fd = m->pid_fd = -1;
     for (int i = 0; i < MASTER_NSOCKETS; i++)
         m->sockets[i].fd = -1;
+    m->validate_timeout_s = test->validate_timeout_s ? test->validate_timeout_s
+                                                     : MASTER_VALIDATE_TIMEOUT_S;
+    m->validate_fault_file = test->validate_fault_file;
     if ((m->cfg = master_load_config(config_path, 0)) == NULL)
         return 1;
     master_settings_from_cfg(m->cfg, config_path, &m->set);
+    if (master_check_keys(m->cfg, &m->set, &(struct master_diag){ 0, 0, 0 }) != 0) {
+        fprintf(stderr, "%s: a DKIM key cannot be used by run-as-user %s; not starting\n",
+                config_path, m->set.user);
+        return 1;
+    }
     if (!foreground)
         ready_fd = daemonize_begin();
     master_start(m);
@@ -250,6 +287,65 @@ master_run(const char *config_path, int foreground, int verbose)
              master_live_workers(m), m->generation);
     uv_run(&m->loop, UV_RUN_DEFAULT);
     return master_finish(m);
+}
+
+/* parse_credentials - "UID:GID:DROP" of --credentials */
+static int
+parse_credentials(const char *s, struct master_validate_args *v)
+{
+    long uid, gid;
+    int drop, n = 0;
+
+    if (sscanf(s, "%ld:%ld:%d%n", &uid, &gid, &drop, &n) != 3 || s[n] || uid < 0 || gid < 0)
+        return -1;
+    v->uid = (uid_t)uid;
+    v->gid = (gid_t)gid;
+    v->drop_privileges = drop != 0;
+    return 0;
+}
+
+/* hidden_option - one of the options above; 0, or -1 for a bad value */
+static int
+hidden_option(int ch, const char *arg, struct master_test *t)
+{
+    char *end;
+    unsigned long n;
+
+    switch (ch) {
+    case 'R':
+        t->validate.snapshot_path = arg;
+        return 0;
+    case 'G':
+        t->validate.generation = strtoull(arg, &end, 10);
+        return *end || !*arg ? -1 : 0;
+    case 'U':
+        return parse_credentials(arg, &t->validate);
+    case 'L':
+        t->log_fd = (int)strtol(arg, &end, 10);
+        return *end || t->log_fd < 0 ? -1 : 0;
+    case 'F':
+        t->validate_fault_file = t->validate.fault_file = arg;
+        return 0;
+    case 'T':
+        n = strtoul(arg, &end, 10);
+        t->validate_timeout_s = (unsigned)n;
+        return *end || n == 0 || n > 3600 ? -1 : 0;
+    default:
+        return -1;
+    }
+}
+
+/* run_validator - pmtad --validate-reload: log where the master logs, then validate */
+static int
+run_validator(const char *config_path, struct master_test *t)
+{
+    if (t->log_fd >= 0)
+        msg_use_fd(t->log_fd);
+    else
+        msg_use_syslog();
+    msg_also_stderr(0);
+    t->validate.config_path = config_path;
+    return master_validate_main(&t->validate);
 }
 
 int
@@ -263,9 +359,17 @@ main(int argc, char **argv)
         { "show-settings", required_argument, NULL, 'S' },
         { "version", no_argument, NULL, 'V' },
         { "help", no_argument, NULL, 'h' },
+        /* hidden: the reload validator (master_validate.c) and test hooks */
+        { "validate-reload", required_argument, NULL, 'R' },
+        { "generation", required_argument, NULL, 'G' },
+        { "credentials", required_argument, NULL, 'U' },
+        { "log-fd", required_argument, NULL, 'L' },
+        { "test-validator-fault", required_argument, NULL, 'F' },
+        { "test-validator-timeout", required_argument, NULL, 'T' },
         { NULL, 0, NULL, 0 },
     };
     const char *config_path = DEFAULT_CONFIG, *queue = NULL;
+    struct master_test test = { .log_fd = -1 };
     enum mode mode = MODE_RUN;
     int foreground = 0, verbose = 0, ch;
 
@@ -294,6 +398,17 @@ main(int argc, char **argv)
         case 'h':
             mode = MODE_HELP;
             break;
+        case 'R':
+        case 'G':
+        case 'U':
+        case 'L':
+        case 'F':
+        case 'T':
+            if (ch == 'R')
+                mode = MODE_VALIDATE;
+            if (hidden_option(ch, optarg, &test) == 0)
+                break;
+            /* fall through */
         default:
             usage(stderr);
             return 1;
@@ -308,6 +423,8 @@ main(int argc, char **argv)
         return master_check_config(config_path);
     case MODE_SHOW:
         return master_show_settings(config_path, queue);
+    case MODE_VALIDATE:
+        return run_validator(config_path, &test);
     case MODE_VERSION:
         printf("pmtad (%s) %s\n", PACKAGE_NAME, PACKAGE_VERSION);
         return 0;
@@ -317,5 +434,5 @@ main(int argc, char **argv)
     case MODE_RUN:
         break;
     }
-    return master_run(config_path, foreground, verbose);
+    return master_run(config_path, foreground, verbose, &test);
 }

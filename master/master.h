@@ -12,7 +12,9 @@
  * Modules:
  *   master.c         main(), command line, daemonizing, signals, start/stop
  *   master_config.c  loading + diagnostics, --check-config, --show-settings,
- *                    settings extraction, snapshots, reload
+ *                    settings extraction, snapshots, publishing a reload
+ *   master_validate.c  a reload validated in a child process; DKIM keys
+ *                    checked as the run-as-user
  *   master_files.c   spool/run directories, spool lock, pid file
  *   master_listen.c  smtp-listener sockets and internal Unix sockets
  *   master_spawn.c   worker processes: spawn, IPC, death, throttling
@@ -34,11 +36,13 @@
 enum master_role_id { ROLE_SMTPD, ROLE_CLEANUP, ROLE_QMGR, ROLE_SMTPOUT, ROLE_COUNT };
 
 /* Restart-rate limit: more than this many deaths of one role in the window throttle it. */
-#define MASTER_DEATHS_MAX      5
-#define MASTER_DEATH_WINDOW_MS 60000
-#define MASTER_BACKOFF_MAX_S   60
+#define MASTER_DEATHS_MAX         5
+#define MASTER_DEATH_WINDOW_MS    60000
+#define MASTER_BACKOFF_MAX_S      60
+/* How long the reload validator may take before it is killed and the reload refused. */
+#define MASTER_VALIDATE_TIMEOUT_S 30
 /* How long workers get to finish in-flight work on SIGTERM before SIGKILL. */
-#define MASTER_DRAIN_SECONDS   10
+#define MASTER_DRAIN_SECONDS      10
 
 /* Settings pmtad itself needs, with relative paths already made absolute. */
 struct master_settings {
@@ -71,6 +75,25 @@ struct master_socket {
 #define MASTER_NSOCKETS 5
 
 struct master_role;
+struct validation;
+
+/* Diagnostics of one load: printed (--check-config) or logged (reload). */
+struct master_diag {
+    int to_log; /* log the diagnostics instead of printing them */
+    unsigned errors;
+    unsigned warnings;
+};
+
+/* What the validator process (pmtad --validate-reload) is told. */
+struct master_validate_args {
+    const char *config_path;
+    const char *snapshot_path; /* RUNDIR/config.GENERATION to write */
+    uint64_t generation;
+    uid_t uid; /* the workers' credentials: DKIM keys are checked as them */
+    gid_t gid;
+    int drop_privileges;
+    const char *fault_file; /* test hook, NULL unless pmtad got --test-validator-fault */
+};
 
 /* One running (or exiting) worker process. Freed when its handle and channel are both closed. */
 struct master_proc {
@@ -123,6 +146,11 @@ struct master {
     unsigned procs_allocated;      /* struct master_proc not yet freed */
     uint64_t announced_generation; /* last generation every worker acked */
     uv_signal_t sig_hup, sig_term, sig_int, sig_usr1;
+    char *self_exe;                  /* this binary: the reload validator */
+    struct validation *validation;   /* the reload being validated, or NULL */
+    int reload_again;                /* a SIGHUP came during the validation */
+    unsigned validate_timeout_s;     /* MASTER_VALIDATE_TIMEOUT_S (tests: shorter) */
+    const char *validate_fault_file; /* test hook (--test-validator-fault) */
     uv_timer_t drain_timer;
 };
 
@@ -137,10 +165,27 @@ void master_settings_from_cfg(const struct cfg *c, const char *config_path,
 void master_settings_free(struct master_settings *set);
 char *master_snapshot_path(const struct master *m, uint64_t generation);
 int master_snapshot_write(struct master *m, struct cfg *c, uint64_t generation);
+int master_write_snapshot_file(struct cfg *c, const char *path, uint64_t generation, gid_t gid);
 void master_prepare_acct_dirs(const struct master *m, const struct cfg *c);
 void master_snapshots_prune(struct master *m);
-void master_reload(struct master *m);
+/* master_publish - C (validated, mapped, generation+1) goes into force and to the workers */
+void master_publish(struct master *m, struct cfg *c);
 char *master_absolute_path(const char *path);
+
+/* master_validate.c */
+/* master_reload - SIGHUP: validate in a child; publish only what it accepted */
+void master_reload(struct master *m);
+/* master_validation_stop - at shutdown: kill a validator still running */
+void master_validation_stop(struct master *m);
+/* master_validate_main - pmtad --validate-reload: exit status 0 = valid, snapshot written */
+int master_validate_main(const struct master_validate_args *a);
+/* master_check_keys_as_user - cfg_check_keys in a child running as UID:GID; errors (0: all good) */
+unsigned master_check_keys_as_user(const struct cfg *c, uid_t uid, gid_t gid, cfg_diag_fn diag,
+                                   void *ctx);
+/* master_check_keys - the DKIM keys of C as SET's run-as-user would read them (when we are
+ * root and drop privileges); number of errors, reported through DC */
+unsigned master_check_keys(const struct cfg *c, const struct master_settings *set,
+                           struct master_diag *dc);
 
 /* master_files.c */
 void master_resolve_user(struct master *m);

@@ -4,9 +4,9 @@
  * Loads and validates the configuration text (the only place in the system
  * that parses it), prints diagnostics for --check-config, prints a queue's
  * effective settings for --show-settings, extracts what pmtad itself needs
- * (paths made absolute, user, process counts), writes the snapshots the
- * workers map, and performs a reload: parse, validate, and only then publish a
- * new snapshot generation.
+ * (paths made absolute, user, process counts), writes the first snapshot
+ * the workers map, and publishes a reload once master_validate.c's child has
+ * validated it and written its snapshot.
  *
  * Owns: the struct master_settings strings, the snapshot files RUNDIR/config.N.
  *
@@ -29,18 +29,12 @@
 #include "xalloc.h"
 #include "master.h"
 
-struct diag_counts {
-    int to_log; /* log the diagnostics instead of printing them */
-    unsigned errors;
-    unsigned warnings;
-};
-
 /* master_print_diag - print one diagnostic as "file:line: error: message" */
 void
 master_print_diag(void *ctx, enum cfg_diag_level level, const char *file, unsigned line,
                   const char *message)
 {
-    struct diag_counts *dc = ctx;
+    struct master_diag *dc = ctx;
     const char *what = level == CFG_DIAG_ERROR ? "error" : "warning";
     char where[PATH_MAX + 32];
 
@@ -64,7 +58,7 @@ master_print_diag(void *ctx, enum cfg_diag_level level, const char *file, unsign
 
 /* load_checked - cfg_load plus the checks only pmtad knows (listener syntax) */
 static struct cfg *
-load_checked(const char *path, struct diag_counts *dc)
+load_checked(const char *path, struct master_diag *dc)
 {
     unsigned nerrors = 0;
     struct cfg *c = cfg_load(path, master_print_diag, dc, &nerrors);
@@ -84,7 +78,7 @@ load_checked(const char *path, struct diag_counts *dc)
 struct cfg *
 master_load_config(const char *path, int to_log)
 {
-    struct diag_counts dc = { to_log, 0, 0 };
+    struct master_diag dc = { to_log, 0, 0 };
     struct cfg *c = load_checked(path, &dc);
 
     if (c == NULL && !to_log)
@@ -97,9 +91,18 @@ master_load_config(const char *path, int to_log)
 int
 master_check_config(const char *path)
 {
-    struct diag_counts dc = { 0, 0, 0 };
+    struct master_diag dc = { 0, 0, 0 };
     struct cfg *c = load_checked(path, &dc);
+    struct master_settings set;
 
+    if (c) { /* the keys as the signing worker will read them */
+        master_settings_from_cfg(c, path, &set);
+        if (master_check_keys(c, &set, &dc) != 0) {
+            cfg_free(c);
+            c = NULL;
+        }
+        master_settings_free(&set);
+    }
     if (c == NULL) {
         fprintf(stderr, "%s: config has %u error%s, %u warning%s\n", path, dc.errors,
                 dc.errors == 1 ? "" : "s", dc.warnings, dc.warnings == 1 ? "" : "s");
@@ -114,7 +117,7 @@ master_check_config(const char *path)
 int
 master_show_settings(const char *path, const char *queue)
 {
-    struct diag_counts dc = { 0, 0, 0 };
+    struct master_diag dc = { 0, 0, 0 };
     struct cfg *c = load_checked(path, &dc);
     char err[300];
     int rc;
@@ -218,25 +221,34 @@ master_snapshot_path(const struct master *m, uint64_t generation)
     return xasprintf("%s/config.%" PRIu64, m->set.run_dir, generation);
 }
 
-/* master_snapshot_write - publish C as GENERATION; 0 or -errno (logged) */
+/* master_write_snapshot_file - C as GENERATION to PATH, readable by root and group GID only;
+ * 0 or -errno (logged) */
 int
-master_snapshot_write(struct master *m, struct cfg *c, uint64_t generation)
+master_write_snapshot_file(struct cfg *c, const char *path, uint64_t generation, gid_t gid)
 {
-    char *path = master_snapshot_path(m, generation);
     int err;
 
     c->generation = generation;
     if ((err = cfg_snapshot_write(c, path)) < 0) {
         msg_error("cannot write configuration snapshot %s: %s", path, strerror(-err));
-        goto out;
+        return err;
     }
     /* Workers read it through their group; nobody else may (it can name secrets). */
-    if (chown(path, geteuid(), m->set.gid) < 0 || chmod(path, 0640) < 0) {
+    if (chown(path, geteuid(), gid) < 0 || chmod(path, 0640) < 0) {
         err = -errno;
         msg_error("cannot set ownership of %s: %s", path, strerror(errno));
         unlink(path);
     }
-out:
+    return err;
+}
+
+/* master_snapshot_write - publish C as GENERATION; 0 or -errno (logged) */
+int
+master_snapshot_write(struct master *m, struct cfg *c, uint64_t generation)
+{
+    char *path = master_snapshot_path(m, generation);
+    int err = master_write_snapshot_file(c, path, generation, m->set.gid);
+
     free(path);
     return err;
 }
@@ -279,26 +291,12 @@ warn_restart_needed(struct master *m, const struct cfg *c)
     master_settings_free(&now);
 }
 
-/* master_reload - SIGHUP: validate, then publish generation+1 to every worker */
+/* master_publish - C (a validated, mapped snapshot of generation+1) goes into force */
 void
-master_reload(struct master *m)
+master_publish(struct master *m, struct cfg *c)
 {
-    struct cfg *c;
-
-    if (m->stopping)
-        return;
-    msg_info("reloading configuration from %s", m->set.config_path);
-    if ((c = master_load_config(m->set.config_path, 1)) == NULL) {
-        msg_error("reload refused; keeping configuration generation %" PRIu64, m->generation);
-        return;
-    }
     warn_restart_needed(m, c);
     master_prepare_acct_dirs(m, c);
-    if (master_snapshot_write(m, c, m->generation + 1) < 0) {
-        msg_error("reload refused; keeping configuration generation %" PRIu64, m->generation);
-        cfg_free(c);
-        return;
-    }
     cfg_free(m->cfg);
     m->cfg = c;
     m->generation++;
