@@ -179,59 +179,15 @@ client_sockaddr(const char *ip, struct sockaddr_storage *ss)
     return NULL;
 }
 
-/* layer_scope - scope S's values over OUT (first line of a repeatable directive wins) */
-static void
-layer_scope(const struct cfg *c, uint32_t s, struct cfg_resolved *out)
-{
-    const struct cfg_scope *sc = s < c->nscopes ? &c->scopes[s] : NULL;
-
-    for (uint32_t i = sc ? sc->count : 0; i-- > 0;) {
-        const struct cfg_value *v;
-
-        if (sc->first + i >= c->nvalues)
-            continue;
-        v = &c->values[sc->first + i];
-        if (v->directive >= CFG_D_COUNT)
-            continue;
-        if (!(v->flags & CFG_VALUE_CLEAR))
-            out->v[v->directive] = v;
-        else if (v->directive < c->nvalues && !(c->values[v->directive].flags & CFG_VALUE_UNSET))
-            out->v[v->directive] = &c->values[v->directive];
-        else
-            out->v[v->directive] = NULL;
-    }
-}
-
-/* auth_layers - "{auth}", then the <smtp-user>'s own source, over the client's settings */
-static void
-auth_layers(const struct cfg *c, const char *user, struct cfg_resolved *out)
-{
-    uint32_t s = cfg_find_scope(c, CFG_S_SOURCE, "{auth}"), u;
-    const struct cfg_value *v;
-
-    if (s != CFG_NONE)
-        layer_scope(c, s, out);
-    if ((u = cfg_find_scope(c, CFG_S_SMTP_USER, user)) == CFG_NONE ||
-        (v = cfg_scope_get(c, u, CFG_D_SOURCE_NAME)) == NULL)
-        return;
-    if ((s = cfg_find_scope(c, CFG_S_SOURCE, cfg_str(c, v->text))) != CFG_NONE)
-        layer_scope(c, s, out);
-}
-
-/* resolve_source - T's <source> settings: CIDR blocks, the listener's source, auth */
+/* resolve_source - T's <source> settings: cfg_resolve_session, the layering smtpd used */
 static void
 resolve_source(struct cleanup_txn *t)
 {
-    const struct cfg *c = t->conf->cfg;
     struct sockaddr_storage ss;
     const struct sockaddr *sa = client_sockaddr(t->client_ip, &ss);
 
-    if (cfg_resolve_source(c, sa, t->source_name, &t->src) == -ENOENT) {
+    if (cfg_resolve_session(t->conf->cfg, sa, t->source_name, t->auth_user, &t->src) == -ENOENT)
         msg_debug("source %s is not configured; using the address blocks only", t->source_name);
-        cfg_resolve_source(c, sa, NULL, &t->src);
-    }
-    if (*t->auth_user)
-        auth_layers(c, t->auth_user, &t->src);
 }
 
 /* txn_max_size - the source's max-message-size, capped by CLEANUP_MAX_MESSAGE */

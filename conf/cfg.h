@@ -17,9 +17,10 @@
  *           one scope per domain.
  *   value   one directive line that took effect: directive id, origin
  *           (file:line), the raw text, and the typed decoding (see cfg_value).
- *   resolve a queue (domain/vmta) or an inbound connection (source) gets its
+ *   resolve a queue (domain/vmta) or an inbound session (<source>) gets its
  *           effective settings by layering every matching scope from least to
- *           most specific over the built-in defaults (cfg_resolve_*). Each
+ *           most specific over the built-in defaults (cfg_resolve_queue,
+ *           cfg_resolve_session: the only layering rules there are). Each
  *           effective value still carries where it came from, which is what
  *           `pmtad --show-settings` prints.
  *
@@ -325,13 +326,19 @@ struct cfg_resolved {
 int cfg_resolve_queue(const struct cfg *c, const char *domain, const char *vmta,
                       struct cfg_resolved *out);
 /*
- * cfg_resolve_source - effective <source> settings for a connection from ADDR
- * (may be NULL) arriving on a listener whose source= is NAME (may be NULL):
- * defaults, then every matching CIDR block by increasing prefix length (0/0
- * first), then the named source when NAME is given. 0 or -ENOENT (unknown NAME).
+ * cfg_resolve_session - the effective <source> settings of one inbound
+ * session: the one rule smtpd and cleanup both use. Layers, each over the one
+ * before: built-in defaults; every <source CIDR> block holding ADDR (may be
+ * NULL) by increasing prefix length (0/0 first); the listener's named source
+ * LISTENER (may be NULL; "{pickup}" for local submission, which relays unless
+ * its block says always-allow-relaying no); then, once USER (may be NULL) has
+ * authenticated, <source {auth}> and the source that <smtp-user USER> names.
+ * A value written as "" resets the setting to its built-in default, in every
+ * layer. Returns 0, or -ENOENT when LISTENER names no <source> (the other
+ * layers are still applied).
  */
-int cfg_resolve_source(const struct cfg *c, const struct sockaddr *addr, const char *name,
-                       struct cfg_resolved *out);
+int cfg_resolve_session(const struct cfg *c, const struct sockaddr *addr, const char *listener,
+                        const char *user, struct cfg_resolved *out);
 /* cfg_resolve_vmta - settings of a <virtual-mta> block over the global ones (smtp-source-host,
  * host-name, ...) */
 int cfg_resolve_vmta(const struct cfg *c, const char *vmta, struct cfg_resolved *out);

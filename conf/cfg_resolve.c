@@ -329,33 +329,79 @@ sockaddr_bytes(const struct sockaddr *sa, uint8_t addr[16])
     return 0;
 }
 
-int
-cfg_resolve_source(const struct cfg *c, const struct sockaddr *addr, const char *name,
-                   struct cfg_resolved *out)
+/* apply_cidr_sources - every <source CIDR> holding ADDR, by increasing prefix length */
+static void
+apply_cidr_sources(const struct cfg *c, const struct sockaddr *addr, struct cfg_resolved *out)
 {
-    uint32_t named = CFG_NONE;
+    uint8_t bytes[16];
+    int family = addr ? sockaddr_bytes(addr, bytes) : 0;
 
-    if (name && *name && (named = cfg_find_scope(c, CFG_S_SOURCE, name)) == CFG_NONE)
-        return -ENOENT;
-    if (named != CFG_NONE && c->scopes[named].pattern != CFG_PAT_NAME)
-        named = CFG_NONE;
+    /* file order within one length */
+    for (int prefix = 0; family && prefix <= 128; prefix++)
+        for (uint32_t s = 1; s < c->nscopes; s++) {
+            const struct cfg_scope *sc = &c->scopes[s];
+            if (sc->kind == CFG_S_SOURCE && sc->pattern == CFG_PAT_CIDR && sc->prefix == prefix &&
+                cfg__cidr_contains(sc->family, sc->prefix, sc->addr, family, bytes))
+                apply_scope(c, s, out);
+        }
+}
+
+/* named_source - the <source NAME> block (not a CIDR one), or CFG_NONE */
+static uint32_t
+named_source(const struct cfg *c, const char *name)
+{
+    uint32_t s = cfg_find_scope(c, CFG_S_SOURCE, name);
+
+    return s != CFG_NONE && c->scopes[s].pattern == CFG_PAT_NAME ? s : CFG_NONE;
+}
+
+/* user_source - the source named by <smtp-user USER>'s `source` (names match exactly, as AUTH
+ * compares them), or CFG_NONE */
+static uint32_t
+user_source(const struct cfg *c, const char *user)
+{
+    uint32_t it = 0, u;
+    const struct cfg_value *v;
+
+    while ((u = cfg_next_scope(c, CFG_S_SMTP_USER, &it)) != CFG_NONE)
+        if (strcmp(cfg_str(c, c->scopes[u].name), user) == 0)
+            return (v = cfg_scope_get(c, u, CFG_D_SOURCE_NAME))
+                       ? named_source(c, cfg_str(c, v->text))
+                       : CFG_NONE;
+    return CFG_NONE;
+}
+
+/* Local submission relays unless <source {pickup}> says always-allow-relaying no. */
+static const struct cfg_value pickup_relays = {
+    .directive = CFG_D_ALWAYS_ALLOW_RELAYING,
+    .type = CFG_T_BOOL,
+    .num = 1,
+};
+
+/* cfg_resolve_session - see cfg.h */
+int
+cfg_resolve_session(const struct cfg *c, const struct sockaddr *addr, const char *listener,
+                    const char *user, struct cfg_resolved *out)
+{
+    uint32_t named = CFG_NONE, s;
+    int rc = 0;
+
+    if (listener && *listener && (named = named_source(c, listener)) == CFG_NONE &&
+        cfg_find_scope(c, CFG_S_SOURCE, listener) == CFG_NONE && strcmp(listener, "{pickup}") != 0)
+        rc = -ENOENT;
     apply_defaults(c, out);
-    if (addr) {
-        uint8_t bytes[16];
-        int family = sockaddr_bytes(addr, bytes);
-        /* by increasing prefix length; file order within one length */
-        for (int prefix = 0; family && prefix <= 128; prefix++)
-            for (uint32_t s = 1; s < c->nscopes; s++) {
-                const struct cfg_scope *sc = &c->scopes[s];
-                if (sc->kind == CFG_S_SOURCE && sc->pattern == CFG_PAT_CIDR &&
-                    sc->prefix == prefix &&
-                    cfg__cidr_contains(sc->family, sc->prefix, sc->addr, family, bytes))
-                    apply_scope(c, s, out);
-            }
-    }
+    apply_cidr_sources(c, addr, out);
+    if (listener && strcmp(listener, "{pickup}") == 0)
+        out->v[CFG_D_ALWAYS_ALLOW_RELAYING] = &pickup_relays;
     if (named != CFG_NONE)
         apply_scope(c, named, out);
-    return 0;
+    if (user && *user) {
+        if ((s = named_source(c, "{auth}")) != CFG_NONE)
+            apply_scope(c, s, out);
+        if ((s = user_source(c, user)) != CFG_NONE)
+            apply_scope(c, s, out);
+    }
+    return rc;
 }
 
 int

@@ -9,7 +9,7 @@
  *   Modules:
  *     smtpd.c          main(): listeners (TCP from pmtad, the pickup socket),
  *                      accepting, the per-process connection cap, drain
- *     smtpd_policy.c   a connection's <source> settings (cfg_resolve_source,
+ *     smtpd_policy.c   a connection's <source> settings (cfg_resolve_session,
  *                      {pickup}, {auth}, relay-domain)
  *     smtpd_session.c  one connection: protocol engine + socket I/O + TLS
  *                      glue, timers, backpressure, the transaction's frames
@@ -63,9 +63,10 @@ struct smtpd_policy {
    listener with source NAME ("" = none; "{pickup}" for the pickup socket) */
 void smtpd_policy_resolve(const struct cfg *c, const struct sockaddr *addr, const char *name,
                           struct smtpd_policy *pol);
-/* smtpd_policy_layer_auth - after AUTH: layer <source {auth}> and the smtp-user's source= */
+/* smtpd_policy_layer_auth - after USER authenticated: <source {auth}> and the smtp-user's
+   source= layered too */
 void smtpd_policy_layer_auth(const struct cfg *c, const struct sockaddr *addr,
-                             const char *listener_source, const char *user_source,
+                             const char *listener_source, const char *user,
                              struct smtpd_policy *pol);
 /* smtpd_policy_relay_domain - is DOMAIN a relay-domain of C? */
 bool smtpd_policy_relay_domain(const struct cfg *c, const char *domain);

@@ -1,12 +1,12 @@
 /*
  * smtpd_policy.c - the <source> settings that govern one inbound session
  *
- * A TCP connection gets cfg_resolve_source(client address, listener's
- * source=): defaults, matching CIDR blocks by prefix length, then the named
- * source. The pickup socket (local sendmail) resolves as "{pickup}": no
- * address, relaying allowed unless a <source {pickup}> block says otherwise.
- * After AUTH, <source {auth}> and then the smtp-user's `source NAME` are
- * layered on top (each value of those blocks replaces the one before).
+ * The layering is conf's (cfg_resolve_session, the one cleanup uses for the
+ * same session): defaults, matching CIDR blocks by prefix length, the
+ * listener's source= ("{pickup}" for the local sendmail socket, which relays
+ * unless its block says no), and after AUTH <source {auth}> and the
+ * smtp-user's `source NAME`. This file turns the result into the session's
+ * policy.
  *
  * Owns: nothing; every string points into the session's pinned cfg.
  *
@@ -33,20 +33,6 @@ static int64_t
 number(const struct cfg_resolved *r, enum cfg_directive d, int64_t dflt)
 {
     return r->v[d] ? r->v[d]->num : dflt;
-}
-
-/* overlay_scope - every value written in SCOPE replaces the resolved one */
-static void
-overlay_scope(const struct cfg *c, uint32_t scope, struct cfg_resolved *r)
-{
-    const struct cfg_scope *s = &c->scopes[scope];
-
-    for (uint32_t i = 0; i < s->count; i++) {
-        const struct cfg_value *v = &c->values[s->first + i];
-
-        if (v->directive < CFG_D_COUNT && !(v->flags & CFG_VALUE_UNSET))
-            r->v[v->directive] = v;
-    }
 }
 
 /* auth_file - the seed's `auth_type = "auth_file"` + `auth_file = PATH`, source over global */
@@ -93,17 +79,17 @@ fill(const struct cfg *c, const struct cfg_resolved *r, struct smtpd_policy *pol
     pol->auth_file = auth_file(c, r);
 }
 
-/* resolve - the layers a session starts with */
+/* resolve - cfg_resolve_session, the layering cleanup uses for the same session */
 static void
-resolve(const struct cfg *c, const struct sockaddr *addr, const char *name, struct cfg_resolved *r)
+resolve(const struct cfg *c, const struct sockaddr *addr, const char *listener, const char *user,
+        struct smtpd_policy *pol)
 {
-    bool named = name && *name && strcmp(name, "{pickup}") != 0;
+    struct cfg_resolved r;
 
-    if (cfg_resolve_source(c, addr, named ? name : NULL, r) != 0) {
+    if (cfg_resolve_session(c, addr, listener, user, &r) != 0)
         /* pmtad validated source= names; a reload may still race us. */
-        msg_warn("unknown source '%s'; using the address's settings", name);
-        cfg_resolve_source(c, addr, NULL, r);
-    }
+        msg_warn("unknown source '%s'; using the address's settings", listener);
+    fill(c, &r, pol);
 }
 
 /* smtpd_policy_resolve - see smtpd.h */
@@ -111,45 +97,15 @@ void
 smtpd_policy_resolve(const struct cfg *c, const struct sockaddr *addr, const char *name,
                      struct smtpd_policy *pol)
 {
-    struct cfg_resolved r;
-    uint32_t pickup;
-
-    resolve(c, addr, name, &r);
-    if (name && strcmp(name, "{pickup}") == 0) {
-        /* Local submission: relaying is the point, unless {pickup} says no. */
-        pickup = cfg_find_scope(c, CFG_S_SOURCE, "{pickup}");
-        if (pickup != CFG_NONE)
-            overlay_scope(c, pickup, &r);
-        fill(c, &r, pol);
-        if (pickup == CFG_NONE || cfg_scope_get(c, pickup, CFG_D_ALWAYS_ALLOW_RELAYING) == NULL)
-            pol->always_allow_relaying = true;
-        return;
-    }
-    fill(c, &r, pol);
+    resolve(c, addr, name, NULL, pol);
 }
 
 /* smtpd_policy_layer_auth - see smtpd.h */
 void
 smtpd_policy_layer_auth(const struct cfg *c, const struct sockaddr *addr,
-                        const char *listener_source, const char *user_source,
-                        struct smtpd_policy *pol)
+                        const char *listener_source, const char *user, struct smtpd_policy *pol)
 {
-    struct cfg_resolved r;
-    uint32_t s;
-    bool pickup_relay = pol->always_allow_relaying;
-
-    resolve(c, addr, listener_source, &r);
-    if (listener_source && strcmp(listener_source, "{pickup}") == 0 &&
-        (s = cfg_find_scope(c, CFG_S_SOURCE, "{pickup}")) != CFG_NONE)
-        overlay_scope(c, s, &r);
-    if ((s = cfg_find_scope(c, CFG_S_SOURCE, "{auth}")) != CFG_NONE)
-        overlay_scope(c, s, &r);
-    if (user_source && *user_source &&
-        (s = cfg_find_scope(c, CFG_S_SOURCE, user_source)) != CFG_NONE)
-        overlay_scope(c, s, &r);
-    fill(c, &r, pol);
-    if (listener_source && strcmp(listener_source, "{pickup}") == 0)
-        pol->always_allow_relaying = pol->always_allow_relaying || pickup_relay;
+    resolve(c, addr, listener_source, user, pol);
 }
 
 /* smtpd_policy_relay_domain - see smtpd.h; case-insensitive exact match */

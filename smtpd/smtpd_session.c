@@ -548,10 +548,11 @@ auth_done(void *ctx, bool ok, const char *source)
     if (!s->closing && ok) {
         msg_info("%s[%" PRIu64 "]: authenticated as %s", peer_name(s), s->serial, s->auth_try);
         s->authenticated = true;
+        smtpd_proto_result(s->proto, 0, NULL, NULL); /* the user is authenticated now */
         smtpd_policy_layer_auth(s->cfg, s->have_peer ? (struct sockaddr *)&s->peer : NULL,
-                                s->origin.listener_source, source, &s->pol);
+                                s->origin.listener_source, smtpd_proto_auth_user(s->proto),
+                                &s->pol);
         smtpd_proto_set_limits(s->proto, s->pol.max_message_size, s->pol.max_rcpt);
-        smtpd_proto_result(s->proto, 0, NULL, NULL);
         after_engine(s);
     } else if (!s->closing) {
         msg_warn("%s[%" PRIu64 "]: authentication failed for %s", peer_name(s), s->serial,

@@ -32,6 +32,7 @@
 
 
 #include "cfg.h"
+#include "cfg_parse.h"
 #include "test_keys.h"
 
 #ifndef PMTA_SRCDIR
@@ -297,7 +298,7 @@ snum(struct cfg *c, const char *ip, const char *name, enum cfg_directive d)
     struct sockaddr_storage ss;
     if (ip)
         ss = addr_of(ip);
-    assert_int_equal(cfg_resolve_source(c, ip ? (struct sockaddr *)&ss : NULL, name, &r), 0);
+    assert_int_equal(cfg_resolve_session(c, ip ? (struct sockaddr *)&ss : NULL, name, NULL, &r), 0);
     return r.v[d]->num;
 }
 
@@ -329,7 +330,116 @@ test_sources(void **state)
     assert_int_equal(snum(c, "10.1.2.3", "feeders", CFG_D_REQUIRE_AUTH), 1);
     assert_int_equal(snum(c, NULL, "{auth}", CFG_D_ALWAYS_ALLOW_RELAYING), 1);
     assert_int_equal(snum(c, NULL, NULL, CFG_D_MAX_MESSAGE_SIZE), CFG_NEVER);
-    assert_int_equal(cfg_resolve_source(c, NULL, "nosuch", &r), -ENOENT);
+    assert_int_equal(cfg_resolve_session(c, NULL, "nosuch", NULL, &r), -ENOENT);
+    cfg_free(c);
+}
+
+/* other_value - a valid value of source directive D that is not its default, or NULL */
+static const char *
+other_value(enum cfg_directive d, char *buf, size_t size)
+{
+    const struct cfg_directive_info *info = cfg_directive_info(d);
+    const char *dflt = info->default_text ? info->default_text : "";
+
+    switch (info->type) {
+    case CFG_T_BOOL:
+        return strcmp(dflt, "yes") == 0 ? "no" : "yes";
+    case CFG_T_INT:
+        return strcmp(dflt, "7") == 0 ? "8" : "7";
+    case CFG_T_SIZE:
+        return "5M";
+    case CFG_T_INTERVAL:
+        return "7s";
+    case CFG_T_RATE:
+        return "7/h";
+    case CFG_T_ENUM: {
+        char word[64];
+        for (int i = 0; *cfg__enum_word(d, i, word, sizeof word); i++)
+            if (strcmp(word, dflt) != 0)
+                return snprintf(buf, size, "%s", word), buf;
+        return NULL;
+    }
+    case CFG_T_STRING:
+        return "xx"; /* names a <virtual-mta xx> and a <pattern-list xx> below */
+    default:
+        return NULL; /* WORDS: the rest of the line, "" is not a reset there */
+    }
+}
+
+/*
+ * test_source_reset_every_directive - `NAME ""` in <source {auth}> (and in
+ * the smtp-user's source) means the built-in default for every inheritable
+ * <source> directive, whatever the layers below said: the bug where smtpd
+ * gave an authenticated session no smtp-command-timeout at all
+ */
+static void
+test_source_reset_every_directive(void **state)
+{
+    struct sockaddr_storage ss = addr_of("10.0.0.1");
+    char text[2048], buf[64];
+    int checked = 0;
+    (void)state;
+    for (int d = 0; d < CFG_D_COUNT; d++) {
+        const struct cfg_directive_info *info = cfg_directive_info((enum cfg_directive)d);
+        const char *value = other_value((enum cfg_directive)d, buf, sizeof buf);
+        struct cfg *c;
+
+        if (!(info->scopes & CFG_IN(CFG_S_SOURCE)) || (info->scopes & CFG_REPEATABLE) || !value)
+            continue;
+        for (int layer = 0; layer < 2; layer++) {
+            /* layer 0: the reset is in the smtp-user's source; layer 1: in {auth} */
+            if (layer == 0)
+                snprintf(text, sizeof text,
+                         "<virtual-mta xx>\n</virtual-mta>\n<pattern-list xx>\n</pattern-list>\n"
+                         "<source 0/0>\n %s %s\n</source>\n<source lst>\n %s %s\n</source>\n"
+                         "<source usrc>\n %s \"\"\n</source>\n"
+                         "<smtp-user u>\n password p\n source usrc\n</smtp-user>\n",
+                         info->name, value, info->name, value, info->name);
+            else
+                snprintf(text, sizeof text,
+                         "<virtual-mta xx>\n</virtual-mta>\n<pattern-list xx>\n</pattern-list>\n"
+                         "<source 0/0>\n %s %s\n</source>\n<source lst>\n %s %s\n</source>\n"
+                         "<source {auth}>\n %s \"\"\n</source>\n",
+                         info->name, value, info->name, value, info->name);
+            c = load(text);
+            assert_int_equal(cfg_resolve_session(c, (struct sockaddr *)&ss, "lst", NULL, &r), 0);
+            if (r.v[d] == NULL || r.v[d]->file == 0)
+                fail_msg("%s: the <source lst> value is not in force before AUTH", info->name);
+            assert_int_equal(cfg_resolve_session(c, (struct sockaddr *)&ss, "lst", "u", &r), 0);
+            if (info->default_text == NULL && r.v[d] != NULL)
+                fail_msg("%s \"\": still set after AUTH (layer %d)", info->name, layer);
+            if (info->default_text != NULL && r.v[d] != &c->values[d])
+                fail_msg("%s \"\": not the built-in default %s after AUTH (layer %d)", info->name,
+                         info->default_text, layer);
+            cfg_free(c);
+            checked++;
+        }
+    }
+    assert_true(checked > 2 * 40);
+}
+
+/* test_session_layers - pickup relays by default; {auth} and the user's source after AUTH */
+static void
+test_session_layers(void **state)
+{
+    struct cfg *c = load("<source {auth}>\n max-message-size 2M\n</source>\n"
+                         "<source big>\n max-message-size 9M\n</source>\n"
+                         "<smtp-user U>\n password p\n source big\n</smtp-user>\n");
+    (void)state;
+    assert_int_equal(cfg_resolve_session(c, NULL, "{pickup}", NULL, &r), 0);
+    assert_int_equal(r.v[CFG_D_ALWAYS_ALLOW_RELAYING]->num, 1);
+    assert_int_equal(cfg_resolve_session(c, NULL, NULL, NULL, &r), 0);
+    assert_int_equal(r.v[CFG_D_ALWAYS_ALLOW_RELAYING]->num, 0);
+    assert_int_equal(cfg_resolve_session(c, NULL, NULL, "other", &r), 0);
+    assert_int_equal(r.v[CFG_D_MAX_MESSAGE_SIZE]->num, 2 << 20);
+    assert_int_equal(cfg_resolve_session(c, NULL, NULL, "U", &r), 0);
+    assert_int_equal(r.v[CFG_D_MAX_MESSAGE_SIZE]->num, 9 << 20);
+    assert_int_equal(cfg_resolve_session(c, NULL, NULL, "u", &r), 0); /* names match exactly */
+    assert_int_equal(r.v[CFG_D_MAX_MESSAGE_SIZE]->num, 2 << 20);
+    cfg_free(c);
+    c = load("<source {pickup}>\n always-allow-relaying no\n</source>\n");
+    assert_int_equal(cfg_resolve_session(c, NULL, "{pickup}", NULL, &r), 0);
+    assert_int_equal(r.v[CFG_D_ALWAYS_ALLOW_RELAYING]->num, 0);
     cfg_free(c);
 }
 
@@ -737,6 +847,8 @@ main(void)
         UNIT_TEST(test_clear_with_empty_string),
         UNIT_TEST(test_backoff_fallback),
         UNIT_TEST(test_sources),
+        UNIT_TEST(test_source_reset_every_directive),
+        UNIT_TEST(test_session_layers),
         UNIT_TEST(test_vmta_settings),
         UNIT_TEST(test_global_defaults),
         UNIT_TEST(test_block_forms),
