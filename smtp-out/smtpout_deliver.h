@@ -54,7 +54,7 @@ struct smtpout_job {
     struct smtpout_session_config session; /* dest and mx_name set per attempt */
     const char *domain;
     const struct cfg_route *route; /* smtp-hosts; NULL = MX lookup */
-    uint16_t default_port;             /* default-smtp-port (0 = 25) */
+    uint16_t default_port;         /* default-smtp-port (0 = 25) */
     int bounce_upon_no_mx;
     int bounce_upon_5xx_greeting;
     int smtp_421_means_mx_unavailable; /* 421 in a transaction: next MX */

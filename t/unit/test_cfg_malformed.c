@@ -6,9 +6,7 @@
  * The first case is the fuzz-found crash (`<>` made lowercase() dereference
  * NULL); the table holds its class. Every case is also loaded cut short at
  * every length, so that no prefix of a malformed line crashes either.
- *
- * Owns a temporary directory for the include cases (created in the group
- * setup, removed in the teardown).
+ * (Include loops and files are in test_cfg_parse, which has the files.)
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -27,7 +25,6 @@
 
 #include "cfg.h"
 
-static char tmpdir[] = "/tmp/test_cfg_malformed.XXXXXX";
 static char diags[1 << 16];
 
 static void
@@ -251,80 +248,14 @@ test_overlong_line(void **state)
     free(text);
 }
 
-static void
-write_file(const char *name, const char *text)
-{
-    char path[512];
-    FILE *f;
-
-    snprintf(path, sizeof path, "%s/%s", tmpdir, name);
-    f = fopen(path, "w");
-    assert_non_null(f);
-    fputs(text, f);
-    fclose(f);
-}
-
-static void
-test_include_loops_and_empty_files(void **state)
-{
-    char path[512], want[600];
-    unsigned n = 0;
-    struct cfg *c;
-
-    (void)state;
-    write_file("self.conf", "host-name a\ninclude self.conf\n");
-    write_file("ping.conf", "include pong.conf\n");
-    write_file("pong.conf", "\n\ninclude ping.conf\n");
-    write_file("empty.conf", "");
-    write_file("top.conf", "include empty.conf\nhost-name a\n");
-
-    snprintf(path, sizeof path, "%s/self.conf", tmpdir);
-    diags[0] = 0;
-    assert_null(cfg_load(path, collect, NULL, &n));
-    snprintf(want, sizeof want, "%s/self.conf:2: error: include loop", tmpdir);
-    if (!strstr(diags, want))
-        fail_msg("expected \"%s\":\n%s", want, diags);
-
-    snprintf(path, sizeof path, "%s/ping.conf", tmpdir);
-    diags[0] = 0;
-    assert_null(cfg_load(path, collect, NULL, &n));
-    snprintf(want, sizeof want, "/pong.conf:3: error: include loop");
-    if (!strstr(diags, want))
-        fail_msg("expected \"%s\":\n%s", want, diags);
-
-    /* An empty include file is no error: it just adds nothing. */
-    snprintf(path, sizeof path, "%s/top.conf", tmpdir);
-    diags[0] = 0;
-    c = cfg_load(path, collect, NULL, &n);
-    assert_non_null(c);
-    cfg_free(c);
-}
-
-static int
-setup(void **state)
-{
-    (void)state;
-    return mkdtemp(tmpdir) ? 0 : -1;
-}
-
-static int
-teardown(void **state)
-{
-    char cmd[600];
-
-    (void)state;
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    return system(cmd) == 0 ? 0 : -1;
-}
-
 int
 main(void)
 {
     const struct CMUnitTest tests[] = {
         UNIT_TEST(test_empty_tag_regression), UNIT_TEST(test_malformed_table),
         UNIT_TEST(test_every_prefix),         UNIT_TEST(test_every_byte),
-        UNIT_TEST(test_overlong_line),        UNIT_TEST(test_include_loops_and_empty_files),
+        UNIT_TEST(test_overlong_line),
     };
 
-    return cmocka_run_group_tests_name("cfg_malformed", tests, setup, teardown);
+    return cmocka_run_group_tests_name("cfg_malformed", tests, NULL, NULL);
 }

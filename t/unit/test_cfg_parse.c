@@ -606,6 +606,22 @@ test_include_errors(void **state)
     snprintf(want, sizeof want, "%s/loop-b.conf:2: error: include loop", tmpdir);
     assert_diag(want);
 
+    write_file("self.conf", "host-name a\ninclude self.conf\n");
+    snprintf(path, sizeof path, "%s/self.conf", tmpdir);
+    diags[0] = 0;
+    assert_null(cfg_load(path, collect, NULL, &n));
+    snprintf(want, sizeof want, "%s/self.conf:2: error: include loop", tmpdir);
+    assert_diag(want);
+
+    /* An empty include file is no error: it adds nothing. */
+    write_file("empty.inc", "");
+    write_file("with-empty.conf", "include empty.inc\nhost-name a\n");
+    snprintf(path, sizeof path, "%s/with-empty.conf", tmpdir);
+    diags[0] = 0;
+    c = cfg_load(path, collect, NULL, &n);
+    assert_non_null(c);
+    cfg_free(c);
+
     write_file("missing.conf", "host-name a\n\ninclude does-not-exist.conf\n");
     snprintf(path, sizeof path, "%s/missing.conf", tmpdir);
     diags[0] = 0;
