@@ -112,6 +112,7 @@ struct qqueue {
     /* connections */
     struct qconn *conns; /* every connection of this queue */
     uint32_t nconn;
+    uint32_t nrate_pending; /* connections opening for a rate-limited transaction */
     /* shaping */
     struct qrate msg_rate, connect_rate;
     uint32_t fail_count;       /* consecutive connection failures (retry mode) */
@@ -163,8 +164,9 @@ struct qconn {
     struct qpeer *out;
     struct qqueue *q;
     struct qconn *qnext, *onext;
-    int up;        /* MP_CONN_UP seen */
-    unsigned ntxn; /* transactions sent */
+    int up;           /* MP_CONN_UP seen */
+    int rate_pending; /* opened without a transaction: takes its rate share once up */
+    unsigned ntxn;    /* transactions sent */
     /* pinned at open (a reload does not change a running connection) */
     unsigned max_msg; /* 0 = no limit */
     unsigned max_rcpt;

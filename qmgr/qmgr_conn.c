@@ -113,9 +113,20 @@ unlink_conn(struct qconn **list, struct qconn *c, int by_queue)
 }
 
 /* conn_free - forget C (its transaction must be settled already) */
+/* rate_pending_end - C no longer holds a place among its queue's opening connections */
+static void
+rate_pending_end(struct qconn *c)
+{
+    if (c->rate_pending) {
+        c->rate_pending = 0;
+        c->q->nrate_pending--;
+    }
+}
+
 static void
 conn_free(struct qconn *c)
 {
+    rate_pending_end(c);
     unlink_conn(&c->q->conns, c, 1);
     c->q->nconn--;
     qmgr_vmta_conn_closed(c->q);
@@ -512,17 +523,30 @@ qmgr_conn_open(struct qqueue *q)
         return 0;
     if ((room = msg_rate_room(q)) == 0)
         return 0;
+    /*
+     * A rate-limited queue sends the transaction only when the connection is
+     * up (smtp-out then says IDLE and conn_feed takes the rate): the time from
+     * taking a rate slot to the RCPT on the wire must not include connection
+     * set-up, which varies, or the receiver would see the slots bunched.
+     * Opening connections are counted so that they never outnumber the room.
+     */
+    if (room != UINT32_MAX && (room <= q->nrate_pending || q->nready <= q->nrate_pending))
+        return 0;
     c = conn_new(q, out);
     pin_settings(c);
-    if (build_txn(c, room < c->max_rcpt ? room : c->max_rcpt) == 0) {
-        conn_free(c);
-        return 0;
+    if (room != UINT32_MAX) {
+        c->rate_pending = 1;
+        q->nrate_pending++;
+    } else {
+        if (build_txn(c, c->max_rcpt) == 0) {
+            conn_free(c);
+            return 0;
+        }
+        c->state = QC_BUSY;
+        c->ntxn = 1;
     }
-    take_msg_rate(q, c->txn_n);
     qrate_take(&q->connect_rate, qmgr_queue_setting(q, CFG_D_MAX_CONNECT_RATE), 1, qmgr_now_ns());
     qmgr_vmta_pick_source(c->q, &c->source_ip, &c->helo);
-    c->state = QC_BUSY;
-    c->ntxn = 1;
     if (add_open(&buf, c) < 0) {
         struct qresult res = {
             .result = MP_RESULT_TEMPFAIL,
@@ -540,7 +564,8 @@ qmgr_conn_open(struct qqueue *q)
         conn_free(c);
         return 1;
     }
-    add_txn(&buf, c);
+    if (c->txn_n > 0)
+        add_txn(&buf, c);
     msg_debug("connection %u for %s on smtp-out %u (source %s)", c->id, q->name, out->pid,
               *c->source_ip ? c->source_ip : "any");
     send_frames(out, &buf);
@@ -659,6 +684,7 @@ on_conn_idle(struct qconn *c, struct ipc_msg *m)
 {
     if (mp_decode_conn_idle(m, NULL) < 0)
         return -EPROTO;
+    rate_pending_end(c);
     if (c->txn_n > 0) {
         struct qresult res = { .result = MP_RESULT_TEMPFAIL,
                                .code = 451,

@@ -186,9 +186,7 @@ class FakeOut:
             if fail:
                 self._later(self.connect_delay, lambda: self._down(cid, fail))
             else:
-                self._later(self.connect_delay, lambda: self._send(encode(
-                    "CONN_UP", cid, mx="mx." + domain, dest_ip="127.0.0.2",
-                    source_ip=src or "127.0.0.1", tls="", esmtp="PIPELINING,8BITMIME")))
+                self._later(self.connect_delay, lambda: self._up(cid, domain, src))
         elif name == "CONN_TXN":
             msgid, raw = fields["msgid"], fields["indexes"]
             idx = list(struct.unpack(">%dI" % (len(raw) // 4), raw))
@@ -226,6 +224,16 @@ class FakeOut:
         out.append(encode("TXN_DONE", cid, msgid=msgid))
         out.append(encode("CONN_IDLE", cid))
         self._send(b"".join(out))
+
+    def _up(self, cid, domain, src):
+        """Connected; like smtp-out, say IDLE as well when no transaction is waiting."""
+        out = encode("CONN_UP", cid, mx="mx." + domain, dest_ip="127.0.0.2",
+                     source_ip=src or "127.0.0.1", tls="", esmtp="PIPELINING,8BITMIME")
+        with self.lock:
+            waiting = any(t[1] == cid for t in self.txns)
+        if not waiting:
+            out += encode("CONN_IDLE", cid)
+        self._send(out)
 
     def _down(self, cid, how):
         result, code, enh, text = how
