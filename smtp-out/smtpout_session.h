@@ -27,15 +27,15 @@
  *   `transaction_done` (or `closed`). Replies passed to callbacks are
  *   borrowed for the call.
  *
+ *   The protocol itself (replies, states, commands) is the I/O-free engine in
+ *   smtpout_proto.h; this is the connection, TLS, timers and the body pump
+ *   around it.
+ *
  * SECURITY
- *   The peer is hostile. Reply lines are bounded (SMTPOUT_LINE_MAX including
- *   CRLF, also while incomplete), replies to SMTPOUT_REPLY_LINES_MAX lines,
- *   each line is checked for length before any fixed offset is read
- *   (CVE-2020-8794), continuation lines must repeat the code, and text passed
- *   up is bounded and stripped of CR, LF, NUL and other control bytes.
- *   Plaintext received after the STARTTLS 220 and before the handshake is
- *   refused (response injection). With SMTPOUT_TLS_REQUIRED nothing is sent
- *   in clear after EHLO.
+ *   The peer is hostile; its bytes are read by the engine (smtpout_proto.h:
+ *   bounded lines and replies, lengths before offsets, sanitized text, no
+ *   plaintext after the STARTTLS 220). With SMTPOUT_TLS_REQUIRED nothing is
+ *   sent in clear after EHLO.
  */
 #ifndef PMTA_SMTPOUT_SESSION_H
 #define PMTA_SMTPOUT_SESSION_H
@@ -45,55 +45,7 @@
 #include <openssl/ssl.h>
 #include <uv.h>
 
-#define SMTPOUT_LINE_MAX        2048 /* one reply line including CRLF */
-#define SMTPOUT_REPLY_LINES_MAX 100  /* lines in one multi-line reply */
-#define SMTPOUT_REPLY_TEXT_MAX  512  /* text passed up, without the NUL */
-
-enum smtpout_class { SMTPOUT_OK = 0, SMTPOUT_TEMP, SMTPOUT_PERM };
-
-enum smtpout_stage {
-    SMTPOUT_STAGE_CONNECT,
-    SMTPOUT_STAGE_GREETING,
-    SMTPOUT_STAGE_EHLO,
-    SMTPOUT_STAGE_HELO,
-    SMTPOUT_STAGE_STARTTLS,
-    SMTPOUT_STAGE_TLS,
-    SMTPOUT_STAGE_RSET,
-    SMTPOUT_STAGE_MAIL,
-    SMTPOUT_STAGE_RCPT,
-    SMTPOUT_STAGE_DATA,
-    SMTPOUT_STAGE_BODY,
-    SMTPOUT_STAGE_DOT,
-    SMTPOUT_STAGE_QUIT,
-    SMTPOUT_STAGE_LOCAL, /* checks before sending */
-};
-
-const char *smtpout_stage_name(enum smtpout_stage stage);
-const char *smtpout_class_name(enum smtpout_class cls);
-
-struct smtpout_reply {
-    int code;                              /* SMTP code, or 0 when made up locally */
-    char status[12];                       /* enhanced status code, e.g. "5.1.1" */
-    char text[SMTPOUT_REPLY_TEXT_MAX + 1]; /* sanitized; "550 5.1.1 ..." */
-    enum smtpout_class cls;
-    enum smtpout_stage stage;
-};
-
-/* Peer capabilities from EHLO. */
-#define SMTPOUT_CAP_PIPELINING 0x001u
-#define SMTPOUT_CAP_SIZE       0x002u
-#define SMTPOUT_CAP_8BITMIME   0x004u
-#define SMTPOUT_CAP_SMTPUTF8   0x008u
-#define SMTPOUT_CAP_STARTTLS   0x010u
-#define SMTPOUT_CAP_ENHANCED   0x020u
-#define SMTPOUT_CAP_CHUNKING   0x040u
-#define SMTPOUT_CAP_DSN        0x080u
-
-enum smtpout_tls_policy {
-    SMTPOUT_TLS_OFF,           /* use-starttls no */
-    SMTPOUT_TLS_OPPORTUNISTIC, /* use-starttls yes: use when offered */
-    SMTPOUT_TLS_REQUIRED,      /* require-starttls yes: never send in clear */
-};
+#include "smtpout_proto.h"
 
 struct smtpout_session_config {
     const struct sockaddr *source; /* bind before connect; NULL = any */
@@ -110,32 +62,6 @@ struct smtpout_session_config {
     int ignore_pipelining;
     int ignore_8bitmime; /* don't announce BODY=8BITMIME nor refuse */
     int ignore_dsn;
-};
-
-/* DSN NOTIFY bits for smtpout_rcpt.notify (0 = leave NOTIFY out). */
-#define SMTPOUT_NOTIFY_NEVER   0x1u
-#define SMTPOUT_NOTIFY_SUCCESS 0x2u
-#define SMTPOUT_NOTIFY_FAILURE 0x4u
-#define SMTPOUT_NOTIFY_DELAY   0x8u
-
-enum smtpout_ret { SMTPOUT_RET_NONE, SMTPOUT_RET_FULL, SMTPOUT_RET_HDRS };
-
-struct smtpout_rcpt {
-    const char *addr;  /* without <> */
-    const char *orcpt; /* original recipient (xtext-encoded here) or NULL */
-    unsigned notify;
-};
-
-struct smtpout_message {
-    const char *sender; /* without <>; "" for the null sender */
-    const struct smtpout_rcpt *rcpts;
-    size_t nrcpts;
-    const char *envid; /* or NULL */
-    enum smtpout_ret ret;
-    const char *data; /* the message, LF or CRLF line ends */
-    size_t len;
-    int eight_bit; /* body has 8-bit bytes (BODY=8BITMIME) */
-    int smtputf8;  /* envelope/headers need SMTPUTF8 */
 };
 
 struct smtpout_session_callbacks {

@@ -463,27 +463,6 @@ feed(const struct buf *all, size_t (*split)(size_t i))
     buf_free(&again);
 }
 
-static size_t
-split_one(size_t i)
-{
-    (void)i;
-    return 1;
-}
-
-static size_t
-split_random(size_t i)
-{
-    (void)i;
-    return 1 + (size_t)(rand() % 97);
-}
-
-static size_t
-split_whole(size_t i)
-{
-    (void)i;
-    return SIZE_MAX;
-}
-
 static void
 test_byte_split_frames_decode_the_same(void **state)
 {
@@ -493,11 +472,11 @@ test_byte_split_frames_decode_the_same(void **state)
     (void)state;
     stream(&all, &n);
     assert_int_equal(n, NMAIL + NCTL);
-    feed(&all, split_whole);
-    feed(&all, split_one);
+    feed(&all, unit_split_whole);
+    feed(&all, unit_split_one);
     srand(15);
     for (int round = 0; round < 50; round++)
-        feed(&all, split_random);
+        feed(&all, unit_split_random);
     buf_free(&all);
 }
 

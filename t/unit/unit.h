@@ -13,6 +13,7 @@
 #define PMTA_T_UNIT_H
 
 #include <signal.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -65,5 +66,27 @@ unit_disarm_teardown(void **state)
 }
 
 #define UNIT_TEST(f) cmocka_unit_test_setup_teardown(f, unit_arm_setup, unit_disarm_teardown)
+
+/* Piece sizes for byte-split property tests: whole, one byte, 1..32 bytes (rand()). */
+static inline size_t
+unit_split_whole(size_t i)
+{
+    (void)i;
+    return (size_t)-1;
+}
+
+static inline size_t
+unit_split_one(size_t i)
+{
+    (void)i;
+    return 1;
+}
+
+static inline size_t
+unit_split_random(size_t i)
+{
+    (void)i;
+    return 1 + (size_t)(rand() % 32);
+}
 
 #endif
