@@ -220,6 +220,7 @@ master_start(struct master *m)
     master_roles_init(m);
     master_bind_listeners(m, m->cfg);
     master_bind_sockets(m);
+    master_create_anvil(m);
     m->generation = m->oldest_snapshot = m->announced_generation = 1;
     if (master_snapshot_write(m, m->cfg, m->generation) < 0)
         msg_fatal("cannot publish the configuration to the workers");
@@ -264,7 +265,7 @@ master_run(const char *config_path, int foreground, int verbose, const struct ma
 
     m->foreground = foreground;
     m->verbose = verbose;
-    m->lock_fd = m->pid_fd = -1;
+    m->lock_fd = m->pid_fd = m->anvil_fd = -1;
     for (int i = 0; i < MASTER_NSOCKETS; i++)
         m->sockets[i].fd = -1;
     m->validate_timeout_s = test->validate_timeout_s ? test->validate_timeout_s

@@ -16,7 +16,8 @@
  *   master_validate.c  a reload validated in a child process; DKIM keys
  *                    checked as the run-as-user
  *   master_files.c   spool/run directories, spool lock, pid file
- *   master_listen.c  smtp-listener sockets and internal Unix sockets
+ *   master_listen.c  smtp-listener sockets, internal Unix sockets, the
+ *                    smtpd processes' shared connection table
  *   master_spawn.c   worker processes: spawn, IPC, death, throttling
  *
  * SECURITY: pmtad is the only process that keeps root. Everything it hands a
@@ -139,6 +140,7 @@ struct master {
     struct master_listener *listeners;
     size_t nlisteners;
     struct master_socket sockets[MASTER_NSOCKETS];
+    int anvil_fd; /* the smtpd processes' connection table (runtime/anvil.h), or -1 */
     struct master_role roles[ROLE_COUNT];
     int lock_fd;
     int pid_fd;
@@ -200,6 +202,8 @@ int master_check_listeners(const struct cfg *c, cfg_diag_fn diag, void *ctx);
 void master_bind_listeners(struct master *m, const struct cfg *c);
 int master_listeners_differ(const struct master *m, const struct cfg *c);
 void master_bind_sockets(struct master *m);
+/* master_create_anvil - the connection table every smtpd process shares */
+void master_create_anvil(struct master *m);
 void master_close_sockets(struct master *m);
 
 /* master_spawn.c */

@@ -15,7 +15,12 @@
  * (mode 0666, served by smtpd): the sendmail command's way in, open to every
  * local user like Postfix's maildrop; smtpd treats it as <source {pickup}>.
  *
- * Owns: m->listeners and m->sockets (descriptors, socket nodes).
+ * The connection table (runtime/anvil.h) is created here as well: one
+ * memfd every smtpd process maps, so that total-max-smtp-in and the
+ * per-address limits hold across processes. Its size follows
+ * smtpd-processes and total-max-smtp-in at start.
+ *
+ * Owns: m->listeners, m->sockets (descriptors, socket nodes), m->anvil_fd.
  *
  * SECURITY: parses operator text (addresses); every field is checked. Socket
  * nodes under private/ are reachable only by root and the worker user;
@@ -34,6 +39,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "anvil.h"
 #include "msg.h"
 #include "xalloc.h"
 #include "master.h"
@@ -364,6 +370,22 @@ master_bind_sockets(struct master *m)
     }
 }
 
+/* master_create_anvil - see master.h; without it each smtpd counts alone (logged there) */
+void
+master_create_anvil(struct master *m)
+{
+    const struct cfg_value *total = cfg_global(m->cfg, CFG_D_TOTAL_MAX_SMTP_IN);
+    unsigned capacity = anvil_capacity_for(total ? total->num : 100);
+
+    m->anvil_fd = anvil_create(m->set.nprocs[ROLE_SMTPD], capacity);
+    if (m->anvil_fd < 0) {
+        msg_warn("cannot create the connection table: %s; each smtpd process applies "
+                 "total-max-smtp-in and the per-address limits alone",
+                 strerror(-m->anvil_fd));
+        m->anvil_fd = -1;
+    }
+}
+
 /* master_close_sockets - close every socket and remove the Unix nodes */
 void
 master_close_sockets(struct master *m)
@@ -377,6 +399,9 @@ master_close_sockets(struct master *m)
     free(m->listeners);
     m->listeners = NULL;
     m->nlisteners = 0;
+    if (m->anvil_fd >= 0)
+        close(m->anvil_fd);
+    m->anvil_fd = -1;
     for (int i = 0; i < MASTER_NSOCKETS; i++) {
         struct master_socket *s = &m->sockets[i];
 

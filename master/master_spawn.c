@@ -9,6 +9,7 @@
  *     4            the log (PMTA_LOG_FD), unless logging goes to syslog
  *     5...         the internal sockets its role serves (PMTA_SOCKET_FDS)
  *     then         smtpd only: the smtp-listener sockets (PMTA_LISTEN_FDS)
+ *                  and the shared connection table (PMTA_ANVIL_FD)
  * It says CTL_HELLO once it runs; a worker that dies before that is a
  * startup failure. A dead worker is logged with its exit status or signal
  * and restarted at once, unless its role died more than MASTER_DEATHS_MAX
@@ -21,6 +22,11 @@
  * SECURITY: decides each worker's credentials (setgid/setuid, supplementary
  * groups cleared by libuv's setgroups(0, NULL)), its environment (built from
  * scratch, not inherited) and its descriptors (everything else is CLOEXEC).
+ * Before the first worker starts, pmtad sets no_new_privs and empties its
+ * capability bounding set (both inherited by every child): a worker, and
+ * anything a worker runs (acct-file pipes), can never gain a privilege
+ * through execve, setuid bits and file capabilities included. pmtad keeps
+ * the effective capabilities it needs (bind, setuid for the next worker).
  * A worker that sends a malformed or unexpected message is disconnected
  * and killed.
  */
@@ -35,6 +41,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -420,8 +427,11 @@ child_setup_build(struct master *m, struct master_role *role, unsigned slot, int
     } else
         add_env(cs, xstrdup("PMTA_LOG=syslog"));
     add_role_sockets(m, role, cs);
-    if (role->id == ROLE_SMTPD)
+    if (role->id == ROLE_SMTPD) {
         add_listeners(m, cs);
+        if (m->anvil_fd >= 0)
+            add_env(cs, xasprintf("PMTA_ANVIL_FD=%d", add_fd(cs, m->anvil_fd)));
+    }
     add_env(cs, xasprintf("PMTA_ROLE=%s", role->name));
     add_env(cs, xasprintf("PMTA_SLOT=%u", slot));
     add_env(cs, xasprintf("PMTA_CONFIG=%s", snapshot));
@@ -450,6 +460,27 @@ child_setup_free(struct child_setup *cs)
         free(cs->env[i]);
 }
 
+/*
+ * harden_spawning - once, before the first worker: see SECURITY above. Only
+ * when workers drop privileges; with run-as-root they are meant to keep them.
+ */
+static void
+harden_spawning(const struct master *m)
+{
+    static int done;
+    int cap;
+
+    if (done || !m->set.drop_privileges)
+        return;
+    done = 1;
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+        msg_fatal("cannot set no_new_privs for the workers: %s", strerror(errno));
+    for (cap = 0; prctl(PR_CAPBSET_READ, cap, 0, 0, 0) >= 0; cap++)
+        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0)
+            msg_fatal("cannot drop capability %d from the bounding set: %s", cap, strerror(errno));
+    msg_debug("workers start with no_new_privs and an empty bounding set (%d capabilities)", cap);
+}
+
 /* spawn_slot - start the worker of SLOT; on failure count it as a startup failure */
 static void
 spawn_slot(struct master *m, struct master_slot *slot)
@@ -461,6 +492,7 @@ spawn_slot(struct master *m, struct master_slot *slot)
     struct master_proc *p;
     int sv[2], err;
 
+    harden_spawning(m);
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
         msg_error("%s: socketpair: %s", role->name, strerror(errno));
         schedule_restart(slot, throttle_delay(m, role, 1));

@@ -11,7 +11,9 @@
  * Owns: the loop, the pmtad channel, the signal handles, the mapped
  * configuration generations (reference counted), the inherited descriptors.
  *
- * SECURITY: the privilege check runs before anything else; inherited
+ * SECURITY: the privilege check runs before anything else (no root id, no
+ * supplementary group, no capability, no_new_privs set, an empty bounding
+ * set); inherited
  * descriptors are made close-on-exec so nothing a worker starts inherits them.
  * Messages from pmtad are trusted but still parsed with full length checks;
  * a malformed one closes the channel, which stops the worker.
@@ -26,7 +28,10 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/capability.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "buf.h"
@@ -90,6 +95,26 @@ env_int(const char *name)
     return (int)n;
 }
 
+/* check_capabilities - none held, none to be had again (pmtad's no_new_privs, bounding set) */
+static void
+check_capabilities(void)
+{
+    struct __user_cap_header_struct hdr = { _LINUX_CAPABILITY_VERSION_3, 0 };
+    struct __user_cap_data_struct data[_LINUX_CAPABILITY_U32S_3];
+
+    memset(data, 0, sizeof(data));
+    if (syscall(SYS_capget, &hdr, data) < 0)
+        msg_fatal("capget: %s", strerror(errno));
+    for (int i = 0; i < _LINUX_CAPABILITY_U32S_3; i++)
+        if (data[i].effective || data[i].permitted)
+            msg_fatal("expected to run without capabilities; refusing to run");
+    if (prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) != 1)
+        msg_fatal("expected no_new_privs from pmtad; refusing to run");
+    for (int cap = 0, in; (in = prctl(PR_CAPBSET_READ, cap, 0, 0, 0)) >= 0; cap++)
+        if (in == 1)
+            msg_fatal("capability %d is still in the bounding set; refusing to run", cap);
+}
+
 /* check_privileges - pmtad promised a dropped worker: hold it to that */
 static void
 check_privileges(void)
@@ -104,6 +129,7 @@ check_privileges(void)
                   (long)geteuid(), (long)getegid());
     if (getgroups(0, NULL) != 0)
         msg_fatal("supplementary groups were not cleared; refusing to run");
+    check_capabilities();
 }
 
 /* set_cloexec - inherited descriptors must not reach anything we exec */

@@ -31,8 +31,9 @@
  * msg_fatal(); pmtad logs the exit and restarts the worker.
  *
  * SECURITY: when pmtad dropped privileges (PMTA_PRIVILEGES_DROPPED), the
- * runtime refuses to run as root or with supplementary groups, before doing
- * anything else.
+ * runtime refuses to run as root, with supplementary groups, with any
+ * capability, without no_new_privs or with a non-empty capability bounding
+ * set, before doing anything else.
  */
 #ifndef PMTA_WORKER_H
 #define PMTA_WORKER_H
