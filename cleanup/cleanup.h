@@ -112,6 +112,8 @@ struct cleanup_txn {
     char *sender, *envid;
     uint32_t client_port, local_port, mail_flags;
     uint64_t declared_size;
+    uint32_t submit_uid; /* the local user on the pickup socket, MP_NO_UID if none */
+    char *submit_user;   /* its login name, "" if none */
     struct cleanup_rcpt *rcpts;
     size_t nrcpt, rcpt_cap;
     struct buf data;   /* the message; limit = max size */

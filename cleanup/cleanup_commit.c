@@ -125,6 +125,9 @@ client_info(const struct cleanup_txn *t, struct cleanup_client *c, char *tlsbuf,
     }
     if (t->nrcpt == 1)
         c->rcpt = t->rcpts[0].address;
+    c->local_submitter = t->submit_uid != MP_NO_UID;
+    c->submit_uid = t->submit_uid;
+    c->submit_user = t->submit_user;
 }
 
 /* --- steps ------------------------------------------------------------------------- */

@@ -507,11 +507,12 @@ put_clean(struct buf *b, const char *s)
     put_text(b, s, 0);
 }
 
-/* received_from - "from HELO (RDNS [ADDR])" and the TLS/auth comment lines */
+/* received_from - "from HELO (RDNS [ADDR])" and the TLS/auth comment lines; a
+   local submission has no from part (its user is named after "by") */
 static void
 received_from(struct buf *b, const struct cleanup_client *c, int hide)
 {
-    if (!hide && (c->helo || c->addr)) {
+    if (!hide && !c->local_submitter && (c->helo || c->addr)) {
         buf_append_str(b, "from ");
         put_clean(b, c->helo ? c->helo : (c->rdns ? c->rdns : "unknown"));
         buf_append_str(b, " (");
@@ -547,7 +548,17 @@ build_received(struct cleanup_message *msg, const struct cleanup_client *c, int 
     received_from(b, c, hide);
     buf_append_str(b, "by ");
     put_clean(b, c->host_name ? c->host_name : "localhost");
-    buf_append_str(b, " (openpmta) with ");
+    if (!hide && c->local_submitter) { /* as Postfix: "(Postfix, from userid 1000)" */
+        buf_printf(b, " (openpmta, from userid %lu", c->submit_uid);
+        if (c->submit_user && *c->submit_user) {
+            buf_append_str(b, " (");
+            put_clean(b, c->submit_user);
+            buf_append_str(b, ")");
+        }
+        buf_append_str(b, ")\r\n\twith ");
+    } else {
+        buf_append_str(b, " (openpmta) with ");
+    }
     put_clean(b, c->protocol ? c->protocol : "ESMTP");
     buf_append_str(b, " id ");
     qid_at = b->len;

@@ -123,6 +123,9 @@ struct cleanup_client {
     const char *host_name; /* our host-name */
     const char *queue_id;  /* NULL: CLEANUP_QID_PLACEHOLDER */
     const char *rcpt;      /* "for <rcpt>" when exactly one recipient */
+    int local_submitter;     /* from a local user on the pickup socket: */
+    unsigned long submit_uid; /* its uid (SO_PEERCRED) */
+    const char *submit_user;  /* and login name, or NULL */
 };
 
 struct cleanup_message {

@@ -102,6 +102,7 @@ txn_free(struct cleanup_txn *t)
     free(t->tls_cipher);
     free(t->sender);
     free(t->envid);
+    free(t->submit_user);
     cleanup_conf_unref(t->conf);
     free(t);
 }
@@ -224,6 +225,8 @@ decode_begin(struct ipc_msg *m, struct cleanup_txn *t)
     t->mail_flags = b.mail_flags;
     t->envid = xstrdup(b.envid);
     t->declared_size = b.declared_size;
+    t->submit_uid = b.submit_uid;
+    t->submit_user = xstrdup(b.submit_user);
     return 0;
 }
 

@@ -7,7 +7,7 @@
  * parse the text again. The other WORDS values (smtp-listener,
  * smtp-source-host, http-access, records, smtp-hosts) and the checks a type
  * alone cannot express (cross references, DKIM keys that must sign, sizes
- * with a floor) are checked here too. Every problem is one file:line error
+ * with a floor, DKIM keys others can read, user lists) are checked here too. Every problem is one file:line error
  * through the builder (cfg_parse.c).
  *
  * Owns nothing: strings go to the builder's pool.
@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define PCRE2_CODE_UNIT_WIDTH 8
@@ -357,16 +358,51 @@ decode_bounce_pattern(struct cfg_builder *b, char *arg, struct cfg_bounce_patter
     return 0;
 }
 
-/* check_key - the DKIM key at PATH can sign (cfg_key.c says why not) */
+/*
+ * check_key - the DKIM key at PATH can sign (cfg_key.c says why not), and
+ * only its owner and group may read it: a world-readable key lets every
+ * local user sign as the operator's domain (OpenDKIM refuses such keys; we
+ * warn)
+ */
 static int
 check_key(struct cfg_builder *b, const char *path)
 {
     char why[PATH_MAX + 256];
+    struct stat st;
 
-    if (cfg_dkim_key_check_file(path, why, sizeof why) == 0)
-        return 0;
-    error(b, "%s", why);
-    return -1;
+    if (cfg_dkim_key_check_file(path, why, sizeof why) != 0) {
+        error(b, "%s", why);
+        return -1;
+    }
+    if (stat(path, &st) == 0 && (st.st_mode & S_IROTH))
+        cfg__warning(b,
+                     "DKIM key file '%s' is readable by every local user (mode %04o); make it "
+                     "0640, group of the run-as-user",
+                     path, (unsigned)(st.st_mode & 07777));
+    return 0;
+}
+
+/* check_user_list - submit-users, trusted-submit-users: "name, @group ..." */
+static int
+check_user_list(struct cfg_builder *b, const char *what, char *arg)
+{
+    static const char ok[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-$";
+    char *save = NULL;
+    int n = 0;
+
+    for (char *t = strtok_r(arg, ", \t", &save); t; t = strtok_r(NULL, ", \t", &save), n++) {
+        const char *name = t[0] == '@' ? t + 1 : t;
+
+        if (*name == '\0' || strspn(name, ok) != strlen(name) || strlen(name) > 64) {
+            error(b, "%s: '%s' is neither a user name nor @group", what, t);
+            return -1;
+        }
+    }
+    if (n == 0) {
+        error(b, "%s needs user names or @groups", what);
+        return -1;
+    }
+    return 0;
 }
 
 /* decode_domain_key - "SELECTOR,DOMAIN|*,PEMFILE"; the key file must sign */
@@ -423,6 +459,9 @@ cfg__check_value(struct cfg_builder *b, enum cfg_directive d, char *arg, const c
         return check_source_host(b, arg);
     case CFG_D_DKIM_KEY_FILE:
         return check_key(b, text);
+    case CFG_D_SUBMIT_USERS:
+    case CFG_D_TRUSTED_SUBMIT_USERS:
+        return check_user_list(b, cfg_directive_info(d)->name, arg);
     case CFG_D_DKIM_ALGORITHM:
         if (strcasecmp(text, "rsa-sha256") == 0)
             return 0;

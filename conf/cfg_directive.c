@@ -54,6 +54,7 @@ static const struct {
     { CFG_D_SMTP_OUT_PROCESSES, 0, 256 }, /* 0: delivery paused (tests, queue benchmarks) */
     { CFG_D_TOTAL_MAX_SMTP_OUT, 1, 100000 },
     { CFG_D_TOTAL_MAX_SMTP_IN, 1, 100000 },
+    { CFG_D_MAX_SMTP_IN_PER_IP, 0, 100000 },
     { CFG_D_HTTP_MGMT_PORT, 0, 65535 },
     { CFG_D_DUMMY_SMTP_PORT, 1, 65535 },
     { CFG_D_DEFAULT_SMTP_PORT, 1, 65535 },

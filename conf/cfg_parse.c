@@ -188,8 +188,9 @@ error_at(struct cfg_builder *b, uint32_t file, unsigned line, const char *fmt, .
     va_end(ap);
 }
 
-__attribute__((format(printf, 2, 3))) static void
-warning(struct cfg_builder *b, const char *fmt, ...)
+/* cfg__warning - see cfg_parse.h */
+void
+cfg__warning(struct cfg_builder *b, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -543,7 +544,7 @@ warn_not_implemented(struct cfg_builder *b, enum cfg_directive d)
         if (b->warned[i] && strcmp(cfg_directive_info((enum cfg_directive)i)->name, name) == 0)
             return;
     b->warned[d] = 1;
-    warning(b, "directive '%s' is not implemented yet; ignored", name);
+    cfg__warning(b, "directive '%s' is not implemented yet; ignored", name);
 }
 
 /* store_value - validate ARG for D and add it to every scope of the current block */
@@ -702,7 +703,7 @@ do_include_path(struct cfg_builder *b, const char *buf, char *pattern)
     }
     rc = glob(pattern, GLOB_ERR, NULL, &g);
     if (rc == GLOB_NOMATCH)
-        warning(b, "include '%s' matches no file", buf);
+        cfg__warning(b, "include '%s' matches no file", buf);
     else if (rc != 0)
         error(b, "cannot read include pattern '%s'", buf);
     for (size_t i = 0; rc == 0 && i < g.gl_pathc && !b->gave_up; i++)
@@ -1008,7 +1009,7 @@ warn_skipped_block(struct cfg_builder *b, const char *tag)
         if (strcmp(b->warned_tags.v[i], tag) == 0)
             return;
     strlist_add(&b->warned_tags, tag);
-    warning(b, "block <%s> is not implemented yet; ignored", tag);
+    cfg__warning(b, "block <%s> is not implemented yet; ignored", tag);
 }
 
 /* open_tag - "<tag arg>": TAG is a checked tag word (lower-cased), ARG the rest */

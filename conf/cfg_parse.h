@@ -48,6 +48,9 @@ struct cfg_builder;
 
 /* cfg__error - an error at the line being read */
 void cfg__error(struct cfg_builder *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* cfg__warning - a warning at the line being read */
+void cfg__warning(struct cfg_builder *b, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 /* cfg__intern - copy S into the string pool; its offset */
 uint32_t cfg__intern(struct cfg_builder *b, const char *s);
 /* cfg__add_xref - NAME must denote a block of one of KINDS once the whole file is read */

@@ -308,9 +308,11 @@ mix64(uint64_t h)
     return h;
 }
 
-/* bucket_of - first entry index of K's bucket (keyed: a client cannot aim at one) */
-static size_t
-bucket_of(const struct anvil *a, const struct key *k)
+/* buckets_of - first entry indices of K's two buckets (keyed: a client
+   cannot aim at one); an address lives in either, the emptier one when it
+   comes (two choices keep buckets from filling up) */
+static void
+buckets_of(const struct anvil *a, const struct key *k, size_t first[2])
 {
     uint64_t w0, w1, h;
 
@@ -318,7 +320,8 @@ bucket_of(const struct anvil *a, const struct key *k)
     memcpy(&w1, k->addr + 8, 8);
     h = mix64(a->sh->key[0] ^ w0 ^ k->family);
     h = mix64(h ^ w1 ^ a->sh->key[1]);
-    return (size_t)(h & (a->nbuckets - 1)) * ANVIL_WAYS;
+    first[0] = (size_t)(h & (a->nbuckets - 1)) * ANVIL_WAYS;
+    first[1] = (size_t)((h >> 32) & (a->nbuckets - 1)) * ANVIL_WAYS;
 }
 
 static bool
@@ -327,35 +330,51 @@ same_key(const struct entry *e, const struct key *k)
     return e->used && e->family == k->family && memcmp(e->addr, k->addr, sizeof(e->addr)) == 0;
 }
 
-/* find - K's entry index in its bucket, or SIZE_MAX */
+/* find - K's entry index, or SIZE_MAX */
 static size_t
 find(const struct anvil *a, const struct key *k)
 {
-    size_t first = bucket_of(a, k);
+    size_t first[2];
 
-    for (size_t i = first; i < first + ANVIL_WAYS; i++)
-        if (same_key(entry_at(a, i), k))
-            return i;
+    buckets_of(a, k, first);
+    for (int b = 0; b < 2; b++)
+        for (size_t i = first[b]; i < first[b] + ANVIL_WAYS; i++)
+            if (same_key(entry_at(a, i), k))
+                return i;
     return SIZE_MAX;
 }
 
-/* take - a place for K in its bucket: free, expired, or the idle entry that
-   expires first; SIZE_MAX when every entry holds connections */
+/* is_free - an entry that holds nothing: unused, or idle with its rate state over */
+static bool
+is_free(const struct entry *e, uint64_t now_ms)
+{
+    return !e->used || (e->conns == 0 && e->tat_ms <= now_ms);
+}
+
+/* take - a place for K: a free entry in the emptier of its buckets, else the
+   idle entry whose rate state ends first; SIZE_MAX when all hold connections */
 static size_t
 take(struct anvil *a, const struct key *k, uint64_t now_ms)
 {
-    size_t first = bucket_of(a, k), best = SIZE_MAX;
+    size_t first[2], best = SIZE_MAX, free_at[2] = { SIZE_MAX, SIZE_MAX };
+    unsigned nfree[2] = { 0, 0 };
     struct entry *e;
 
-    for (size_t i = first; i < first + ANVIL_WAYS; i++) {
-        e = entry_at(a, i);
-        if (!e->used || (e->conns == 0 && e->tat_ms <= now_ms)) {
-            best = i;
-            break;
+    buckets_of(a, k, first);
+    for (int b = 0; b < 2; b++)
+        for (size_t i = first[b]; i < first[b] + ANVIL_WAYS; i++) {
+            e = entry_at(a, i);
+            if (is_free(e, now_ms)) {
+                nfree[b]++;
+                if (free_at[b] == SIZE_MAX)
+                    free_at[b] = i;
+            } else if (e->conns == 0 &&
+                       (best == SIZE_MAX || e->tat_ms < entry_at(a, best)->tat_ms)) {
+                best = i;
+            }
         }
-        if (e->conns == 0 && (best == SIZE_MAX || e->tat_ms < entry_at(a, best)->tat_ms))
-            best = i;
-    }
+    if (nfree[0] || nfree[1])
+        best = nfree[1] > nfree[0] ? free_at[1] : free_at[0];
     if (best == SIZE_MAX)
         return best;
     e = entry_at(a, best);

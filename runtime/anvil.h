@@ -32,15 +32,17 @@
  *   once if they come in a burst, then one per period/count. A connection
  *   refused for any reason does not use up rate.
  *
- *   Table: a power of two of buckets of ANVIL_WAYS entries, hashed with a
- *   random key chosen at anvil_create(). An address with no connection
- *   keeps its entry while its rate state runs; then the entry is free. When
- *   a bucket is full, the idle entry whose rate state ends first is taken
- *   (that address's rate history is lost); when every entry of the bucket
- *   holds connections the new address is admitted without a per-address
- *   count (counted in the total; anvil_untracked() says how often). Neither
- *   happens while live addresses stay well below the capacity, which is four
- *   times total-max-smtp-in at pmtad's start.
+ *   Table: a power of two of buckets of ANVIL_WAYS entries; an address may
+ *   live in either of two buckets chosen by a hash with a random key (set
+ *   at anvil_create(), so a client cannot aim at a bucket) and goes to the
+ *   emptier one. An address with no connection keeps its entry while its
+ *   rate state runs; then the entry is free. When both buckets are full,
+ *   the idle entry whose rate state ends first is taken (that address's
+ *   rate history is lost); when every entry holds connections the new
+ *   address is admitted without a per-address count (counted in the total;
+ *   anvil_untracked() says how often). Neither happens while live addresses
+ *   stay well below the capacity, which is four times total-max-smtp-in at
+ *   pmtad's start.
  *
  * DIAGNOSTICS
  *   anvil_create/attach return -errno / NULL with *err set; the rest cannot fail.

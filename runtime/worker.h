@@ -39,6 +39,7 @@
 #define PMTA_WORKER_H
 
 #include <stdint.h>
+#include <sys/socket.h>
 #include <uv.h>
 
 #include "cfg.h"
@@ -82,13 +83,24 @@ const char *worker_listen_address(int i); /* "IP:PORT" as configured */
 int worker_socket_fd(const char *name);
 
 /*
- * worker_listen - accept connections on the internal socket NAME; ACCEPTED
- * gets each new descriptor (close-on-exec, non-blocking) and owns it.
- * 0 and *OUT set, -ENOENT when pmtad gave this role no such socket, or a
- * libuv error. worker_listen_stop() closes the watcher (not the socket).
+ * worker_accept_start - accept connections on listening socket FD (not
+ * owned; NAME for logs). ACCEPTED gets each new descriptor (close-on-exec,
+ * non-blocking; it owns it) and the peer's address. Out of descriptors,
+ * each pending connection is taken with a reserve descriptor, handed to
+ * OVERLOAD (may be NULL) to write a refusal, and closed; accepting then
+ * pauses for 100 ms (see worker_listen.c). 0 and *OUT set, or a libuv error.
  */
 struct worker_listener;
+typedef void (*worker_accept_fn)(void *ctx, int fd, const struct sockaddr *peer, socklen_t len);
+typedef void (*worker_overload_fn)(void *ctx, int fd);
+int worker_accept_start(int fd, const char *name, worker_accept_fn accepted,
+                        worker_overload_fn overload, void *ctx, struct worker_listener **out);
+/*
+ * worker_listen - the same on the internal socket NAME, for callers that
+ * want the descriptor only; -ENOENT when pmtad gave this role no such socket.
+ */
 int worker_listen(const char *name, void (*accepted)(int fd), struct worker_listener **out);
+/* worker_listen_stop - close the watcher (not the socket) */
 void worker_listen_stop(struct worker_listener *l);
 /* worker_socket_path - where clients reach internal socket NAME (RUNDIR/private/NAME); caller frees
  */

@@ -12,10 +12,10 @@
  *   connections over them. A <smtp-listener IP:PORT> block may say
  *   `immediate-tls yes` (port 465 style) and `tls-certificate FILE`.
  *
- *   total-max-smtp-in is enforced per process as ceil(total / smtpd-processes):
- *   no shared counter between processes, so the global cap is exact only
- *   when connections spread evenly; a connection over the cap gets
- *   "421 4.7.0" and is closed.
+ *   Accepting is runtime/worker_listen.c's (a batch per wake-up, a reserve
+ *   descriptor for "421 4.3.2" when the process runs out of them); each new
+ *   connection goes to smtpd_admit.c, which applies total-max-smtp-in and
+ *   the per-address limits across all smtpd processes.
  *
  *   TLS: the certificate (smtp-server-tls-certificate, one PEM with chain
  *   and key) is loaded here, after privileges were dropped, so it must be
@@ -28,11 +28,14 @@
  *
  * Owns: the listener handles, the TLS contexts, the drain timer.
  *
- * SECURITY: accepts network connections; the per-process cap bounds
- * memory. Everything a peer sends is handled in smtpd_session.c.
+ * SECURITY: accepts network connections; smtpd_admit.c's limits bound
+ * memory and descriptors. Everything a peer sends is handled in
+ * smtpd_session.c.
  */
 #include "config.h"
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -43,7 +46,7 @@
 #include "smtpd.h"
 
 struct listener {
-    union smtpd_stream io;
+    struct worker_listener *watch;
     struct smtpd_origin origin;
     char *cert_file; /* the listener's own tls-certificate, or NULL */
 };
@@ -124,49 +127,36 @@ load_tls(const struct cfg *c)
     free(cert);
 }
 
-/* set_limit - total-max-smtp-in shared out over the smtpd processes */
+/* on_accepted - a new connection on listener CTX */
 static void
-set_limit(const struct cfg *c)
+on_accepted(void *ctx, int fd, const struct sockaddr *peer, socklen_t len)
 {
-    const struct cfg_value *total = cfg_global(c, CFG_D_TOTAL_MAX_SMTP_IN);
-    int64_t procs = cfg_process_count(c, CFG_D_SMTPD_PROCESSES);
-    int64_t t = total ? total->num : 100, p = procs > 0 ? procs : 1;
+    struct listener *l = ctx;
 
-    smtpd_session_set_limit(t <= 0 ? 0 : (unsigned)((t + p - 1) / p));
-}
-
-static void
-free_handle(uv_handle_t *h)
-{
-    free(h);
-}
-
-static void
-on_connection(uv_stream_t *server, int status)
-{
-    struct listener *l = server->data;
-    uv_stream_t *client;
-
-    if (status < 0 || M.stopping)
-        return;
-    client = smtpd_session_alloc();
-    if (l->origin.pickup)
-        uv_pipe_init(worker_loop(), (uv_pipe_t *)client, 0);
-    else
-        uv_tcp_init(worker_loop(), (uv_tcp_t *)client);
-    if (uv_accept(server, client) != 0) {
-        uv_close((uv_handle_t *)client, free_handle);
+    (void)len;
+    if (M.stopping) {
+        close(fd);
         return;
     }
-    if (!l->origin.pickup)
-        uv_tcp_nodelay((uv_tcp_t *)client, 1); /* replies are small and latency-bound */
+    if (!l->origin.pickup) {
+        int on = 1; /* replies are small and latency-bound */
+
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
+    }
     if (l->origin.implicit_tls && l->origin.tls == NULL) {
         msg_warn("%s: immediate-tls without a usable certificate; closing connection",
                  l->origin.listener_address);
-        uv_close((uv_handle_t *)client, free_handle);
+        close(fd);
         return;
     }
-    smtpd_session_start(client, &l->origin);
+    smtpd_admit(fd, l->origin.pickup ? NULL : peer, &l->origin);
+}
+
+static void
+on_overload(void *ctx, int fd)
+{
+    (void)ctx;
+    smtpd_admit_overload(fd);
 }
 
 /* listener_options - immediate-tls and tls-certificate of a <smtp-listener ADDRESS> block */
@@ -185,24 +175,12 @@ listener_options(const struct cfg *c, struct listener *l)
         l->cert_file = xstrdup(cfg_str(c, v->text));
 }
 
-/* open_stream - listen on a dup of inherited FD (libuv owns and closes its copy) */
+/* watch - accept on inherited FD (the runtime keeps it open) */
 static void
-open_stream(struct listener *l, int fd, const char *what)
+watch(struct listener *l, int fd, const char *what)
 {
-    int mine = dup(fd), err;
+    int err = worker_accept_start(fd, what, on_accepted, on_overload, l, &l->watch);
 
-    if (mine < 0)
-        msg_fatal("cannot use %s: dup: %m", what);
-    if (l->origin.pickup) {
-        uv_pipe_init(worker_loop(), &l->io.pipe, 0);
-        err = uv_pipe_open(&l->io.pipe, mine);
-    } else {
-        uv_tcp_init(worker_loop(), &l->io.tcp);
-        err = uv_tcp_open(&l->io.tcp, mine);
-    }
-    l->io.handle.data = l;
-    if (err == 0)
-        err = uv_listen(&l->io.stream, 1024, on_connection);
     if (err != 0)
         msg_fatal("cannot listen on %s: %s", what, uv_strerror(err));
 }
@@ -220,7 +198,7 @@ open_listeners(const struct cfg *c)
         l->origin.listener_source = worker_listen_source(i);
         l->origin.listener_address = worker_listen_address(i);
         listener_options(c, l);
-        open_stream(l, worker_listen_fd(i), l->origin.listener_address);
+        watch(l, worker_listen_fd(i), l->origin.listener_address);
     }
     if (pickup_fd >= 0) {
         struct listener *l = &M.listeners[M.nlisteners++];
@@ -228,7 +206,7 @@ open_listeners(const struct cfg *c)
         l->origin.listener_source = "{pickup}";
         l->origin.listener_address = "pickup";
         l->origin.pickup = true;
-        open_stream(l, pickup_fd, "the pickup socket");
+        watch(l, pickup_fd, "the pickup socket");
     }
     load_tls(c);
 }
@@ -237,7 +215,6 @@ static void
 on_config(const struct cfg *c, void *ctx)
 {
     (void)ctx;
-    set_limit(c);
     load_tls(c);
 }
 
@@ -250,6 +227,7 @@ finish(void)
     uv_close((uv_handle_t *)&M.drain_timer, NULL);
     smtpd_cleanup_close();
     smtpd_session_fini();
+    smtpd_admit_fini();
     worker_stop(0);
 }
 
@@ -269,7 +247,7 @@ on_shutdown(unsigned drain_seconds, void *ctx)
         return;
     M.stopping = true;
     for (int i = 0; i < M.nlisteners; i++)
-        uv_close(&M.listeners[i].io.handle, NULL);
+        worker_listen_stop(M.listeners[i].watch);
     if (smtpd_session_count() == 0) {
         finish();
         return;
@@ -311,7 +289,7 @@ main(int argc, char **argv)
     uv_timer_init(worker_loop(), &M.drain_timer);
     smtpd_session_init(worker_loop());
     smtpd_cleanup_init(worker_loop());
-    set_limit(worker_config());
+    smtpd_admit_init(worker_loop());
     open_listeners(worker_config());
     status = worker_run();
     free_all();

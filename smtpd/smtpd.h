@@ -8,7 +8,12 @@
  * DESCRIPTION
  *   Modules:
  *     smtpd.c          main(): listeners (TCP from pmtad, the pickup socket),
- *                      accepting, the per-process connection cap, drain
+ *                      TLS contexts, drain
+ *     smtpd_admit.c    who gets a session: connection limits shared by all
+ *                      smtpd processes (runtime/anvil.h), polite refusals,
+ *                      stress mode
+ *     smtpd_submit.c   local submission: the pickup client's uid
+ *                      (SO_PEERCRED), submit-users, trusted-submit-users
  *     smtpd_policy.c   a connection's <source> settings (cfg_resolve_session,
  *                      {pickup}, {auth}, relay-domain)
  *     smtpd_session.c  one connection: protocol engine + socket I/O + TLS
@@ -32,6 +37,7 @@
 #include <sys/socket.h>
 #include <uv.h>
 
+#include "anvil.h"
 #include "buf.h"
 #include "cfg.h"
 
@@ -56,7 +62,10 @@ struct smtpd_policy {
     unsigned max_rcpt;         /* 0 = unlimited */
     uint64_t command_timeout_ms;
     uint64_t data_timeout_ms;
-    const char *auth_file; /* NULL: none */
+    const char *auth_file;       /* NULL: none */
+    unsigned max_smtp_in_per_ip; /* 0 = unlimited */
+    unsigned connect_rate_count; /* max-connect-rate-per-ip: COUNT per PERIOD; 0 = unlimited */
+    unsigned connect_rate_period_s;
 };
 
 /* smtpd_policy_resolve - settings for a client at ADDR (NULL for pickup) on a
@@ -70,6 +79,30 @@ void smtpd_policy_layer_auth(const struct cfg *c, const struct sockaddr *addr,
                              struct smtpd_policy *pol);
 /* smtpd_policy_relay_domain - is DOMAIN a relay-domain of C? */
 bool smtpd_policy_relay_domain(const struct cfg *c, const char *domain);
+/* smtpd_policy_host_name - the first host-name, else the system's name */
+const char *smtpd_policy_host_name(const struct cfg *c);
+
+/* --- smtpd_submit.c ----------------------------------------------------------- */
+
+/* The local user on a pickup connection, as the kernel tells it. */
+struct smtpd_submitter {
+    bool known;     /* credentials were read */
+    uint32_t uid;
+    char user[64];  /* login name; "" when the uid has no passwd entry */
+    bool trusted;   /* root or trusted-submit-users: any envelope sender */
+};
+
+/* smtpd_submit_identify - who is on pickup connection FD under C: 0, or
+   -EPERM when submit-users excludes them (WHO filled for the refusal), or
+   -errno when the kernel would not say */
+int smtpd_submit_identify(const struct cfg *c, int fd, struct smtpd_submitter *who);
+/* smtpd_submit_sender - the envelope sender WHO gets for REQUESTED ("" is
+   <>): REQUESTED when trusted or WHO's own address, else that own address
+   (login@host-name), written to OUT */
+const char *smtpd_submit_sender(const struct cfg *c, const struct smtpd_submitter *who,
+                                const char *requested, char *out, size_t size);
+/* smtpd_submit_describe - "uid 1000 (alice)" for logs and Received */
+const char *smtpd_submit_describe(const struct smtpd_submitter *who, char *out, size_t size);
 
 /* --- smtpd_session.c --------------------------------------------------------- */
 
@@ -93,14 +126,22 @@ struct smtpd_origin {
 /* smtpd_session_init, _fini - module state on LOOP (call once each) */
 void smtpd_session_init(uv_loop_t *loop);
 void smtpd_session_fini(void);
-/* smtpd_session_alloc - zeroed memory whose start is a stream handle: init and
-   accept into it, then pass it to smtpd_session_start (which owns it) */
-void *smtpd_session_alloc(void);
-/* smtpd_session_set_limit - sessions this process serves at once (0 = no cap) */
-void smtpd_session_set_limit(unsigned limit);
-/* smtpd_session_start - take the accepted STREAM (tcp or pipe, initialised,
-   accepted); the session owns and closes it */
-void smtpd_session_start(uv_stream_t *stream, const struct smtpd_origin *origin);
+/* An admitted connection, as smtpd_admit.c hands it to a session. */
+struct smtpd_client {
+    int fd; /* accepted, non-blocking */
+    const struct smtpd_origin *origin;
+    struct sockaddr_storage peer; /* TCP only */
+    bool have_peer;
+    struct smtpd_policy pol;       /* resolved on the current configuration */
+    struct anvil_ticket ticket;    /* released when the session ends */
+    struct smtpd_submitter submitter; /* pickup only */
+};
+
+/* smtpd_session_start - a session for CL (which it takes over, the
+   descriptor and the ticket included) */
+void smtpd_session_start(struct smtpd_client *cl);
+/* smtpd_session_apply_timeouts - stress mode began: shorten running timers */
+void smtpd_session_apply_timeouts(void);
 /* smtpd_session_shutdown_all - drain: idle sessions get 421 4.3.2, sessions
    waiting for cleanup get their answer first */
 void smtpd_session_shutdown_all(void);
@@ -116,6 +157,28 @@ void smtpd_session_resume_paused(void);
 void smtpd_session_txn_result(struct smtpd_session *s, uint32_t id, int code, const char *enhanced,
                               const char *text, uint64_t msgid);
 void smtpd_session_txn_lost(struct smtpd_session *s, uint32_t id);
+
+/* --- smtpd_admit.c ------------------------------------------------------------ */
+
+/* Under stress, command and data timeouts are at most this (Postfix: 10 s). */
+#define SMTPD_STRESS_TIMEOUT_MS 10000u
+/* Stress begins at this share of total-max-smtp-in and ends below the second. */
+#define SMTPD_STRESS_ON_PERCENT  80u
+#define SMTPD_STRESS_OFF_PERCENT 60u
+
+/* smtpd_admit_init - attach the shared connection table (PMTA_ANVIL_FD),
+   start the stress check; _fini undoes it */
+void smtpd_admit_init(uv_loop_t *loop);
+void smtpd_admit_fini(void);
+/* smtpd_admit - connection FD from PEER (NULL: pickup) on ORIGIN: start a
+   session or refuse it politely; FD is taken either way */
+void smtpd_admit(int fd, const struct sockaddr *peer, const struct smtpd_origin *origin);
+/* smtpd_admit_overload - out of descriptors: FD gets "421 4.3.2" (caller closes) */
+void smtpd_admit_overload(int fd);
+/* smtpd_admit_release - the session holding TICKET is gone */
+void smtpd_admit_release(struct anvil_ticket *ticket);
+/* smtpd_admit_timeout - a timeout of MS as it applies now (capped under stress) */
+uint64_t smtpd_admit_timeout(uint64_t ms);
 
 /* --- smtpd_cleanup.c --------------------------------------------------------- */
 

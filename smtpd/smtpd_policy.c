@@ -17,6 +17,7 @@
 
 #include <strings.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "msg.h"
 #include "smtpd.h"
@@ -54,6 +55,24 @@ auth_file(const struct cfg *c, const struct cfg_resolved *r)
     return *cfg_str(c, file->text) ? cfg_str(c, file->text) : NULL;
 }
 
+/* per_ip_default - max-smtp-in-per-ip when no block sets it: unlimited for a
+   relaying source (feeders, as Postfix exempts mynetworks), else half of
+   total-max-smtp-in (as Postfix's smtpd_client_connection_count_limit) */
+static unsigned
+per_ip_default(const struct cfg *c, bool relaying)
+{
+    const struct cfg_value *total = cfg_global(c, CFG_D_TOTAL_MAX_SMTP_IN);
+    int64_t t = total ? total->num : 100;
+
+    return relaying || t <= 0 ? 0 : (unsigned)((t + 1) / 2);
+}
+
+static unsigned
+clamp_unsigned(int64_t v)
+{
+    return v <= 0 ? 0 : v > UINT32_MAX ? UINT32_MAX : (unsigned)v;
+}
+
 /* fill - turn resolved values into the session's policy */
 static void
 fill(const struct cfg *c, const struct cfg_resolved *r, struct smtpd_policy *pol)
@@ -77,6 +96,15 @@ fill(const struct cfg *c, const struct cfg_resolved *r, struct smtpd_policy *pol
     pol->command_timeout_ms = SECONDS_MS(number(r, CFG_D_SMTP_COMMAND_TIMEOUT, 600));
     pol->data_timeout_ms = SECONDS_MS(number(r, CFG_D_SMTP_DATA_TIMEOUT, 600));
     pol->auth_file = auth_file(c, r);
+    pol->max_smtp_in_per_ip = r->v[CFG_D_MAX_SMTP_IN_PER_IP]
+                                  ? clamp_unsigned(r->v[CFG_D_MAX_SMTP_IN_PER_IP]->num)
+                                  : per_ip_default(c, pol->always_allow_relaying);
+    pol->connect_rate_count = 0;
+    pol->connect_rate_period_s = 0;
+    if (r->v[CFG_D_MAX_CONNECT_RATE_PER_IP] && r->v[CFG_D_MAX_CONNECT_RATE_PER_IP]->num > 0) {
+        pol->connect_rate_count = clamp_unsigned(r->v[CFG_D_MAX_CONNECT_RATE_PER_IP]->num);
+        pol->connect_rate_period_s = clamp_unsigned(r->v[CFG_D_MAX_CONNECT_RATE_PER_IP]->num2);
+    }
 }
 
 /* resolve - cfg_resolve_session, the layering cleanup uses for the same session */
@@ -106,6 +134,20 @@ smtpd_policy_layer_auth(const struct cfg *c, const struct sockaddr *addr,
                         const char *listener_source, const char *user, struct smtpd_policy *pol)
 {
     resolve(c, addr, listener_source, user, pol);
+}
+
+/* smtpd_policy_host_name - see smtpd.h */
+const char *
+smtpd_policy_host_name(const struct cfg *c)
+{
+    static char sys[256];
+    const struct cfg_value *v = cfg_global(c, CFG_D_HOST_NAME);
+
+    if (v && !(v->flags & (CFG_VALUE_UNSET | CFG_VALUE_CLEAR)) && *cfg_str(c, v->text))
+        return cfg_str(c, v->text);
+    if (sys[0] == '\0' && gethostname(sys, sizeof(sys) - 1) != 0)
+        strcpy(sys, "localhost");
+    return sys;
 }
 
 /* smtpd_policy_relay_domain - see smtpd.h; case-insensitive exact match */

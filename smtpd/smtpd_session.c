@@ -88,6 +88,9 @@ struct smtpd_session {
     char helo[SMTPD_DOMAIN_MAX + 1];
     char auth_try[64]; /* printable user name of the AUTH in flight */
     bool authenticated;
+    struct anvil_ticket ticket;       /* our place in the connection table */
+    struct smtpd_submitter submitter; /* pickup: the local user */
+    char submitter_text[96];          /* "uid 1000 (alice)" for logs */
 
     struct smtpd_tls *tls;
     enum tls_state tls_state;
@@ -126,7 +129,6 @@ struct session_write {
 static struct {
     struct smtpd_session *head;
     unsigned count;
-    unsigned limit;
     uint64_t serial;
     bool draining;
     void (*idle_cb)(void);
@@ -270,12 +272,24 @@ flush_output(struct smtpd_session *s)
 
 /* --- timers ------------------------------------------------------------------------- */
 
+/* timeout_ms - the timer the session's state calls for; stress mode caps the
+   client's turn, never the wait for cleanup (its commit may still come) */
+static uint64_t
+timeout_ms(const struct smtpd_session *s)
+{
+    enum smtpd_state st = smtpd_proto_state(s->proto);
+
+    if (s->txn == TXN_WAITING)
+        return s->pol.data_timeout_ms;
+    if (st == SMTPD_STATE_DATA || st == SMTPD_STATE_BDAT)
+        return smtpd_admit_timeout(s->pol.data_timeout_ms);
+    return smtpd_admit_timeout(s->pol.command_timeout_ms);
+}
+
 static void
 arm_timer(struct smtpd_session *s)
 {
-    enum smtpd_state st = smtpd_proto_state(s->proto);
-    bool data = st == SMTPD_STATE_DATA || st == SMTPD_STATE_BDAT || s->txn == TXN_WAITING;
-    uint64_t ms = data ? s->pol.data_timeout_ms : s->pol.command_timeout_ms;
+    uint64_t ms = timeout_ms(s);
 
     if (s->closing)
         return;
@@ -330,6 +344,8 @@ encode_begin(struct smtpd_session *s, const char *sender, const struct smtpd_mai
         .sender = sender,
         .envid = p->envid,
         .declared_size = p->size_given ? p->size : 0,
+        .submit_uid = s->submitter.known ? s->submitter.uid : MP_NO_UID,
+        .submit_user = s->submitter.user,
     };
 
     b.mail_flags |= p->body == SMTPD_BODY_8BITMIME ? MP_MAIL_8BITMIME : 0;
@@ -417,13 +433,23 @@ ev_mail(void *ctx, const char *sender, const struct smtpd_mail_params *p,
         struct smtpd_proto_verdict *v)
 {
     struct smtpd_session *s = ctx;
+    char own[SMTPD_ADDR_MAX + 1], was[LOG_TEXT_MAX];
+    const char *use = smtpd_submit_sender(s->cfg, &s->submitter, sender, own, sizeof(own));
 
-    (void)v;
     log_command(s, "MAIL FROM", sender);
+    if (use != sender) {
+        msg_info("%s[%" PRIu64 "]: %s is not in trusted-submit-users: sender <%s> replaced by "
+                 "<%s>",
+                 peer_name(s), s->serial, s->submitter_text,
+                 printable(was, sizeof(was), sender), use);
+        *v = (struct smtpd_proto_verdict){ 250, "2.1.0",
+                                           "Sender set to your own address (not a trusted "
+                                           "submitter)" };
+    }
     txn_reset(s);
     s->txn = TXN_BUILDING;
     s->txn_id = smtpd_cleanup_next_id();
-    encode_begin(s, sender, p);
+    encode_begin(s, use, p);
     return SMTPD_ACCEPT;
 }
 
@@ -635,8 +661,9 @@ smtpd_session_txn_result(struct smtpd_session *s, uint32_t id, int code, const c
         return;
     if (code == 250) {
         s->messages++;
-        msg_info("%s[%" PRIu64 "]: queued as %020" PRIu64 " (%u recipient%s)", peer_name(s),
-                 s->serial, msgid, s->txn_rcpts, s->txn_rcpts == 1 ? "" : "s");
+        msg_info("%s[%" PRIu64 "]: queued as %020" PRIu64 " (%u recipient%s)%s%s", peer_name(s),
+                 s->serial, msgid, s->txn_rcpts, s->txn_rcpts == 1 ? "" : "s",
+                 s->submitter.known ? " from " : "", s->submitter.known ? s->submitter_text : "");
     }
     answer_now(s, code, enhanced, text);
     if (s->drain_after_result)
@@ -911,6 +938,7 @@ session_free(struct smtpd_session *s)
     buf_free(&s->frames);
     buf_free(&s->chunk);
     worker_config_release(s->cfg);
+    smtpd_admit_release(&s->ticket);
     free(s);
     if (S.count == 0 && S.idle_cb)
         S.idle_cb();
@@ -981,51 +1009,33 @@ begin_close(struct smtpd_session *s)
         close_handles(s);
 }
 
-/* fill_addresses - peer and local address text (TCP only) */
+/* sockaddr_text - IP text and port of SA */
 static void
-fill_addresses(struct smtpd_session *s)
+sockaddr_text(const struct sockaddr_storage *sa, char *ip, size_t size, unsigned *port)
 {
-    struct sockaddr_storage local;
-    int len = sizeof(s->peer);
-
-    if (s->origin.pickup)
-        return;
-    if (uv_tcp_getpeername(&s->io.tcp, (struct sockaddr *)&s->peer, &len) == 0) {
-        s->have_peer = true;
-        if (s->peer.ss_family == AF_INET6) {
-            struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&s->peer;
-            uv_ip6_name(in6, s->client_ip, sizeof(s->client_ip));
-            s->client_port = ntohs(in6->sin6_port);
-        } else {
-            struct sockaddr_in *in = (struct sockaddr_in *)&s->peer;
-            uv_ip4_name(in, s->client_ip, sizeof(s->client_ip));
-            s->client_port = ntohs(in->sin_port);
-        }
-    }
-    len = sizeof(local);
-    if (uv_tcp_getsockname(&s->io.tcp, (struct sockaddr *)&local, &len) == 0) {
-        if (local.ss_family == AF_INET6) {
-            uv_ip6_name((struct sockaddr_in6 *)&local, s->local_ip, sizeof(s->local_ip));
-            s->local_port = ntohs(((struct sockaddr_in6 *)&local)->sin6_port);
-        } else {
-            uv_ip4_name((struct sockaddr_in *)&local, s->local_ip, sizeof(s->local_ip));
-            s->local_port = ntohs(((struct sockaddr_in *)&local)->sin_port);
-        }
+    if (sa->ss_family == AF_INET6) {
+        uv_ip6_name((const struct sockaddr_in6 *)sa, ip, size);
+        *port = ntohs(((const struct sockaddr_in6 *)sa)->sin6_port);
+    } else {
+        uv_ip4_name((const struct sockaddr_in *)sa, ip, size);
+        *port = ntohs(((const struct sockaddr_in *)sa)->sin_port);
     }
 }
 
-/* host_name - the first host-name, else the system's name */
-static const char *
-host_name(const struct cfg *c)
+/* fill_addresses - peer and local address text (TCP only) */
+static void
+fill_addresses(struct smtpd_session *s, const struct smtpd_client *cl)
 {
-    static char sys[256];
-    const struct cfg_value *v = cfg_global(c, CFG_D_HOST_NAME);
+    struct sockaddr_storage local;
+    socklen_t len = sizeof(local);
 
-    if (v && !(v->flags & (CFG_VALUE_UNSET | CFG_VALUE_CLEAR)) && *cfg_str(c, v->text))
-        return cfg_str(c, v->text);
-    if (sys[0] == '\0' && gethostname(sys, sizeof(sys) - 1) != 0)
-        strcpy(sys, "localhost");
-    return sys;
+    if (!cl->have_peer)
+        return;
+    s->peer = cl->peer;
+    s->have_peer = true;
+    sockaddr_text(&s->peer, s->client_ip, sizeof(s->client_ip), &s->client_port);
+    if (getsockname(cl->fd, (struct sockaddr *)&local, &len) == 0)
+        sockaddr_text(&local, s->local_ip, sizeof(s->local_ip), &s->local_port);
 }
 
 /* has_auth_backend - is there anyone to authenticate against? */
@@ -1044,7 +1054,7 @@ make_engine(struct smtpd_session *s)
     struct smtpd_proto_config pc;
 
     smtpd_proto_config_init(&pc);
-    pc.host_name = host_name(s->cfg);
+    pc.host_name = smtpd_policy_host_name(s->cfg);
     pc.max_message_size = s->pol.max_message_size;
     pc.max_rcpt = s->pol.max_rcpt;
     pc.refuse_service = !s->pol.smtp_service;
@@ -1058,47 +1068,53 @@ make_engine(struct smtpd_session *s)
     s->proto = smtpd_proto_new(&pc, &session_events, s);
 }
 
-static void
-free_refused(uv_handle_t *h)
+/* open_stream - S's libuv stream on the client's descriptor; 0 or a libuv error */
+static int
+open_stream(struct smtpd_session *s, const struct smtpd_client *cl)
 {
-    free(h);
+    int err;
+
+    if (cl->origin->pickup) {
+        uv_pipe_init(worker_loop(), &s->io.pipe, 0);
+        err = uv_pipe_open(&s->io.pipe, cl->fd);
+    } else {
+        uv_tcp_init(worker_loop(), &s->io.tcp);
+        err = uv_tcp_open(&s->io.tcp, cl->fd);
+    }
+    s->io.handle.data = s;
+    return err;
 }
 
-/* refuse - over the connection cap: one 421 line (best effort), then close */
 static void
-refuse(uv_stream_t *stream)
+free_unstarted(uv_handle_t *h)
 {
-    static const char line[] = "421 4.7.0 Too many connections, try again later\r\n";
-    uv_buf_t b = uv_buf_init((char *)line, sizeof(line) - 1);
-
-    (void)uv_try_write(stream, &b, 1);
-    uv_close((uv_handle_t *)stream, free_refused);
-}
-
-void
-smtpd_session_set_limit(unsigned limit)
-{
-    S.limit = limit;
+    free(h->data);
 }
 
 /* smtpd_session_start - see smtpd.h */
 void
-smtpd_session_start(uv_stream_t *stream, const struct smtpd_origin *origin)
+smtpd_session_start(struct smtpd_client *cl)
 {
-    struct smtpd_session *s;
+    const struct smtpd_origin *origin = cl->origin;
+    struct smtpd_session *s = xcalloc(1, sizeof(*s));
+    int err;
 
-    if (S.limit && S.count >= S.limit) {
-        msg_warn("connection refused: %u sessions in this process (total-max-smtp-in)", S.count);
-        refuse(stream);
+    if ((err = open_stream(s, cl)) != 0) {
+        msg_warn("cannot start a session: %s", uv_strerror(err));
+        smtpd_admit_release(&cl->ticket);
+        close(cl->fd); /* the handle did not take it */
+        uv_close(&s->io.handle, free_unstarted);
         return;
     }
-    /* The stream was allocated as the first member of a zeroed session-sized block. */
-    s = (struct smtpd_session *)stream;
-    s->io.handle.data = s;
     s->serial = ++S.serial;
     s->origin = *origin;
     s->refs = 2;
     s->cfg = worker_config_hold();
+    s->pol = cl->pol; /* resolved on this same configuration */
+    s->ticket = cl->ticket;
+    s->submitter = cl->submitter;
+    if (s->submitter.known)
+        smtpd_submit_describe(&s->submitter, s->submitter_text, sizeof(s->submitter_text));
     uv_timer_init(worker_loop(), &s->timer);
     s->timer.data = s;
     s->next = S.head;
@@ -1106,11 +1122,11 @@ smtpd_session_start(uv_stream_t *stream, const struct smtpd_origin *origin)
         S.head->prev = s;
     S.head = s;
     S.count++;
-    fill_addresses(s);
-    smtpd_policy_resolve(s->cfg, s->have_peer ? (struct sockaddr *)&s->peer : NULL,
-                         origin->pickup ? "{pickup}" : origin->listener_source, &s->pol);
+    fill_addresses(s, cl);
     make_engine(s);
-    if (s->pol.log_connections)
+    if (s->submitter.known) /* every local submission names its user */
+        msg_info("%s[%" PRIu64 "]: connect from %s", peer_name(s), s->serial, s->submitter_text);
+    else if (s->pol.log_connections)
         msg_info("%s[%" PRIu64 "]: connect from %s:%u to %s%s%s", peer_name(s), s->serial,
                  s->origin.pickup ? "local" : s->client_ip, s->client_port,
                  origin->listener_address, *origin->listener_source ? " source=" : "",
@@ -1128,11 +1144,18 @@ smtpd_session_start(uv_stream_t *stream, const struct smtpd_origin *origin)
     after_engine(s);
 }
 
-/* smtpd_session_alloc - memory for a stream that may become a session */
-void *
-smtpd_session_alloc(void)
+/* smtpd_session_apply_timeouts - see smtpd.h */
+void
+smtpd_session_apply_timeouts(void)
 {
-    return xcalloc(1, sizeof(struct smtpd_session));
+    for (struct smtpd_session *s = S.head; s; s = s->next) {
+        uint64_t ms = timeout_ms(s);
+
+        if (s->closing || ms == 0 || !uv_is_active((uv_handle_t *)&s->timer))
+            continue;
+        if (uv_timer_get_due_in(&s->timer) > ms)
+            uv_timer_start(&s->timer, on_timer, ms, 0);
+    }
 }
 
 /* smtpd_session_shutdown_all - see smtpd.h */

@@ -144,12 +144,14 @@ def decode(ftype, payload):
 def begin_frame(tid, sender="", client_ip="127.0.0.1", client_port=40000,
                 local_ip="127.0.0.1", local_port=25, helo="client.test",
                 listener_source="", auth_user="", tls_protocol="", tls_cipher="",
-                mail_flags=0, envid="", declared_size=0):
+                mail_flags=0, envid="", declared_size=0, submit_uid=None, submit_user=""):
     return encode("TXN_BEGIN", tid, client_ip=client_ip, client_port=client_port,
                   local_ip=local_ip, local_port=local_port, helo=helo,
                   listener_source=listener_source, auth_user=auth_user,
                   tls_protocol=tls_protocol, tls_cipher=tls_cipher, sender=sender,
-                  mail_flags=mail_flags, envid=envid, declared_size=declared_size)
+                  mail_flags=mail_flags, envid=envid, declared_size=declared_size,
+                  submit_uid=MP_NO_UID if submit_uid is None else submit_uid,  # noqa: F821
+                  submit_user=submit_user)
 
 
 def rcpt_frame(tid, address, orcpt="", notify=0):

@@ -17,6 +17,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/stat.h>
+
 #include <cmocka.h>
 
 #include "unit.h"
@@ -515,7 +517,15 @@ test_dkim_key_files(void **state)
              " dkim-key-file %s\n</domain>\n",
              keyfile, keyfile);
     c = expect_ok(text);
+    assert_int_equal(nwarnings, 0);
     cfg_free(c);
+    /* a key every local user can read: loads, with a warning naming the mode */
+    assert_int_equal(chmod(keyfile, 0644), 0);
+    c = expect_ok(text);
+    assert_int_equal(nwarnings, 2);
+    assert_diag("is readable by every local user (mode 0644)");
+    cfg_free(c);
+    assert_int_equal(chmod(keyfile, 0600), 0);
     expect_error("domain-key s1,example.com,/nonexistent/key.pem\n",
                  "t.conf:1: error: cannot read DKIM key file '/nonexistent/key.pem': No such file "
                  "or directory");
@@ -556,6 +566,22 @@ test_dkim_keys_that_cannot_sign(void **state)
     expect_error(text, want);
     expect_error("<domain a.com>\n dkim-algorithm ed25519-sha256\n</domain>\n",
                  "t.conf:2: error: dkim-algorithm ed25519-sha256 is not supported yet");
+}
+
+/* submit-users, trusted-submit-users: names and @groups */
+static void
+test_submit_user_lists(void **state)
+{
+    struct cfg *c;
+    (void)state;
+    c = expect_ok("submit-users alice, bob @staff\ntrusted-submit-users @wheel,root\n");
+    assert_string_equal(cfg_str(c, cfg_global(c, CFG_D_SUBMIT_USERS)->text),
+                        "alice, bob @staff");
+    cfg_free(c);
+    expect_error("submit-users alice, b<ad\n",
+                 "t.conf:1: error: submit-users: 'b<ad' is neither a user name nor @group");
+    expect_error("trusted-submit-users @\n",
+                 "t.conf:1: error: trusted-submit-users: '@' is neither a user name nor @group");
 }
 
 /* --- includes
@@ -754,6 +780,7 @@ main(void)
         UNIT_TEST(test_cross_references),
         UNIT_TEST(test_dkim_key_files),
         UNIT_TEST(test_dkim_keys_that_cannot_sign),
+        UNIT_TEST(test_submit_user_lists),
         UNIT_TEST(test_includes),
         UNIT_TEST(test_include_errors),
         UNIT_TEST(test_reports_every_error),

@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <cmocka.h>
 #include <openssl/evp.h>
@@ -26,6 +27,7 @@ test_make_key(const char *path)
     assert_non_null(f);
     assert_int_equal(PEM_write_PrivateKey(f, key, NULL, NULL, 0, NULL, NULL), 1);
     fclose(f);
+    assert_int_equal(chmod(path, 0600), 0); /* as a real key: others may not read it */
     EVP_PKEY_free(key);
 }
 
@@ -42,6 +44,7 @@ write_key(const char *path, EVP_PKEY *key, const char *passphrase)
                                           passphrase ? (int)strlen(passphrase) : 0, NULL, NULL),
                      1);
     fclose(f);
+    assert_int_equal(chmod(path, 0600), 0);
     EVP_PKEY_free(key);
 }
 
