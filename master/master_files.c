@@ -189,17 +189,19 @@ write_pid(int fd, const char *path)
         msg_fatal("cannot write %s: %s", path, strerror(errno));
 }
 
-/* open_locked - open PATH and take an exclusive lock; -1 with *HOLDER when someone has it */
+/* open_locked - open PATH (MODE) and take an exclusive lock; -1 with *HOLDER when someone has it */
 static int
-open_locked(const char *path, long *holder)
+open_locked(const char *path, mode_t mode, long *holder)
 {
     struct stat st;
-    int fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
+    int fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, mode);
 
     if (fd < 0)
         msg_fatal("cannot open %s: %s", path, strerror(errno));
     if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_nlink != 1 || st.st_uid != geteuid())
         msg_fatal("refusing to use %s: not a plain file owned by us", path);
+    if ((st.st_mode & 07777) != mode && fchmod(fd, mode) < 0)
+        msg_fatal("cannot chmod %s: %s", path, strerror(errno));
     if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
         if (errno != EWOULDBLOCK)
             msg_fatal("cannot lock %s: %s", path, strerror(errno));
@@ -217,7 +219,8 @@ master_lock_spool(struct master *m)
     char *path = xasprintf("%s/.pmtad.lock", m->set.spool);
     long holder = 0;
 
-    if ((m->lock_fd = open_locked(path, &holder)) < 0)
+    /* Nothing in the spool is for other users, not even our pid. */
+    if ((m->lock_fd = open_locked(path, 0600, &holder)) < 0)
         msg_fatal("another pmtad is running on spool %s (pid %ld)", m->set.spool, holder);
     write_pid(m->lock_fd, path);
     free(path);
@@ -230,7 +233,7 @@ master_write_pid_file(struct master *m)
     char *path = xasprintf("%s/pmtad.pid", m->set.run_dir);
     long holder = 0;
 
-    if ((m->pid_fd = open_locked(path, &holder)) < 0)
+    if ((m->pid_fd = open_locked(path, 0644, &holder)) < 0)
         msg_fatal("another pmtad is using run directory %s (pid %ld)", m->set.run_dir, holder);
     write_pid(m->pid_fd, path);
     free(path);

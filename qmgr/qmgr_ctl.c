@@ -22,8 +22,10 @@
  *
  * Owns: the listening watcher and the client connections (each with its
  * bounded input buffer). JSON is built and parsed with jansson only.
- * SECURITY: only root can connect (socket mode 0600, set by pmtad), but the
- * input is still parsed defensively: a request line is at most
+ * SECURITY: only root can connect (socket mode 0600, set by pmtad), and the
+ * kernel's word on the caller (SO_PEERCRED) is checked again here, so a
+ * node whose mode an operator loosened still refuses everyone else (with a
+ * JSON error line). The input is still parsed defensively: a request line is at most
  * CTL_LINE_MAX bytes (checked on partial input too), must be a JSON object
  * with a string "cmd", and every argument is type-checked.
  */
@@ -31,6 +33,7 @@
 
 #include <errno.h>
 #include <jansson.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -618,11 +621,45 @@ on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
     }
 }
 
+/* peer_allowed - root; or pmtad's own user when pmtad did not start as root */
+static bool
+peer_allowed(int fd, uid_t *uid)
+{
+    struct ucred cred;
+    socklen_t len = sizeof(cred);
+
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
+        return false;
+    *uid = cred.uid;
+    return cred.uid == 0 || (!worker_privileges_dropped() && cred.uid == geteuid());
+}
+
+/* refuse_peer - one error line (best effort), then close */
+static void
+refuse_peer(int fd, uid_t uid)
+{
+    char line[160];
+    int n = snprintf(line, sizeof(line),
+                     "{\"ok\":false,\"error\":\"permission denied: the control socket is for "
+                     "root (uid %u)\"}\n",
+                     (unsigned)uid);
+    ssize_t w = write(fd, line, (size_t)n);
+
+    (void)w;
+    close(fd);
+    msg_warn("control socket: refused uid %u (only root may control pmtad)", (unsigned)uid);
+}
+
 static void
 accept_client(int fd)
 {
     struct ctl_client *c;
+    uid_t uid = (uid_t)-1;
 
+    if (!peer_allowed(fd, &uid)) {
+        refuse_peer(fd, uid);
+        return;
+    }
     if (nclients >= CTL_CLIENTS_MAX) {
         close(fd);
         msg_warn("control socket: %u clients already; refusing another", CTL_CLIENTS_MAX);

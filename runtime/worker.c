@@ -119,9 +119,7 @@ check_capabilities(void)
 static void
 check_privileges(void)
 {
-    const char *dropped = getenv("PMTA_PRIVILEGES_DROPPED");
-
-    if (dropped == NULL || strcmp(dropped, "1") != 0)
+    if (!worker_privileges_dropped())
         return;
     /* Any root id or leftover group means the drop failed: never run like that. */
     if (geteuid() == 0 || getuid() == 0 || getegid() == 0 || getgid() == 0)
@@ -635,6 +633,14 @@ worker_socket_path(const char *name)
     if (strcmp(name, "control") == 0)
         return xasprintf("%s/control", W.run_dir);
     return xasprintf("%s/private/%s", W.run_dir, name);
+}
+
+int
+worker_privileges_dropped(void)
+{
+    const char *dropped = getenv("PMTA_PRIVILEGES_DROPPED");
+
+    return dropped != NULL && strcmp(dropped, "1") == 0;
 }
 
 const char *

@@ -106,6 +106,9 @@ void worker_listen_stop(struct worker_listener *l);
  */
 char *worker_socket_path(const char *name);
 
+/* worker_privileges_dropped - did pmtad start us under the run-as-user (it runs as root)? */
+int worker_privileges_dropped(void);
+
 const char *worker_spool(void);
 const char *worker_run_directory(void);
 

@@ -27,8 +27,13 @@
  *   EX_USAGE bad options or no recipients; EX_DATAERR unusable address or
  *   content refused; EX_NOUSER a recipient refused (5xx); EX_TEMPFAIL 4xx
  *   or pmtad not answering (socket refuses); EX_UNAVAILABLE no pickup
- *   socket (pmtad not running) or service refused; EX_IOERR, EX_PROTOCOL,
- *   EX_NOPERM as named.
+ *   socket (pmtad not running) or service refused; EX_NOPERM the socket
+ *   cannot be opened, or submit-users leaves the caller out ("554 5.7.1");
+ *   EX_IOERR, EX_PROTOCOL as named.
+ *
+ *   pmtad knows the caller by its uid (SO_PEERCRED): unless the user is in
+ *   trusted-submit-users (root always is), -f is replaced by the user's own
+ *   address, login@host-name.
  *
  * SECURITY
  *   Not setuid: it runs as the caller and only connects to a socket.
@@ -628,6 +633,20 @@ exit_for(int code, int permanent_code)
     return code >= 500 ? permanent_code : EX_TEMPFAIL;
 }
 
+/* greet - pmtad's greeting; "554 5.7.1" means submit-users leaves us out */
+static void
+greet(struct conn *c)
+{
+    char text[REPLY_MAX];
+    int code = reply(c, text, sizeof(text));
+
+    if (code / 100 == 2)
+        return;
+    die(code == 554 && strncmp(text + 4, "5.7.1", 5) == 0 ? EX_NOPERM
+                                                          : exit_for(code, EX_UNAVAILABLE),
+        "submission refused: %s", text);
+}
+
 static void
 expect(struct conn *c, int want_class, int permanent_code, const char *what)
 {
@@ -736,7 +755,7 @@ submit(const struct opts *o, struct strlist *rcpts, struct message *m, const cha
         die(EX_OSERR, "out of memory");
     c->fd = connect_pickup(path);
     free(path);
-    expect(c, 2, EX_UNAVAILABLE, "connection");
+    greet(c);
     command(c, "EHLO %s", local_host());
     expect(c, 2, EX_PROTOCOL, "EHLO");
     if (o->ret)
