@@ -165,6 +165,8 @@ void smtpd_session_txn_lost(struct smtpd_session *s, uint32_t id);
 /* Stress begins at this share of total-max-smtp-in and ends below the second. */
 #define SMTPD_STRESS_ON_PERCENT  80u
 #define SMTPD_STRESS_OFF_PERCENT 60u
+/* total-max-smtp-in / this (at least 1) is reserved for relaying sources. */
+#define SMTPD_RESERVE_DIVISOR 10u
 
 /* smtpd_admit_init - attach the shared connection table (PMTA_ANVIL_FD),
    start the stress check; _fini undoes it */

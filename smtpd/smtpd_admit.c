@@ -12,6 +12,9 @@
  *     max-connect-rate-per-ip 421 4.7.0 Too many connection attempts from your address
  *     total-max-smtp-in       421 4.7.0 Too many connections
  *     out of descriptors      421 4.3.2 (through worker_listen.c's reserve descriptor)
+ *   A source without always-allow-relaying stops at total-max-smtp-in less
+ *   a tenth (SMTPD_RESERVE_DIVISOR, at least one): that reserve is for
+ *   relaying sources, the feeders and the operator's own clients.
  *   The limits hold across all smtpd processes. A pickup connection (the
  *   sendmail command) counts towards total-max-smtp-in only, and first
  *   learns who is calling (smtpd_submit.c): a user submit-users leaves out
@@ -205,10 +208,16 @@ identify_submitter(const struct cfg *c, int fd, struct smtpd_client *cl)
 static void
 limits(const struct cfg *c, const struct smtpd_client *cl, struct anvil_limits *lim)
 {
+    unsigned total = total_limit(c);
+
     memset(lim, 0, sizeof(*lim));
-    lim->total = total_limit(c);
+    lim->total = total;
     if (cl->origin->pickup)
         return;
+    /* The last tenth is kept for relaying sources (feeders, the operator's own
+       clients): strangers who fill the rest do not lock them out. */
+    if (!cl->pol.always_allow_relaying && total > 1)
+        lim->total = total - (total / SMTPD_RESERVE_DIVISOR ? total / SMTPD_RESERVE_DIVISOR : 1);
     lim->per_addr = cl->pol.max_smtp_in_per_ip;
     lim->rate_count = cl->pol.connect_rate_count;
     lim->rate_period_s = cl->pol.connect_rate_period_s;

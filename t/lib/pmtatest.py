@@ -215,12 +215,19 @@ class Pmta:
         env.update(extra or {})
         return env
 
-    def start(self, args=(), env=None, wait=True, timeout=15):
-        """Start pmtad -f -c CONFIG; unless WAIT is false, wait until it says it started."""
+    def start(self, args=(), env=None, wait=True, timeout=15, nofile=None):
+        """Start pmtad -f -c CONFIG; unless WAIT is false, wait until it says it started.
+        NOFILE: pmtad's (and so its workers') descriptor limit, as `ulimit -n` would set it."""
+        import resource
+
+        def limit():
+            if nofile:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
         self._out = open(self.stdout_path, "ab")
         self.proc = subprocess.Popen(self.command("-f", "-c", self.config_path, *args),
                                      stdout=self._out, stderr=subprocess.STDOUT,
-                                     env=self.env(env), cwd=self.dir)
+                                     env=self.env(env), cwd=self.dir,
+                                     preexec_fn=limit if nofile else None)
         if wait and not self.wait_log(r"pmtad\[%d\]: info: started" % self.proc.pid,
                                       timeout=timeout):
             raise RuntimeError("pmtad did not start:\n" + self.output() + self.log())
