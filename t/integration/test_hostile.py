@@ -349,7 +349,7 @@ total-max-smtp-in 60
     tap.ok(r.code() == 421 and 1.5 < time.monotonic() - start < 4, "silent client: 421 4.4.2")
     r.close()
 
-    # 19 connection flood over total-max-smtp-in (60 over 2 processes: 30 each)
+    # 19 connection flood over total-max-smtp-in (60, counted across both smtpd processes)
     socks, codes = [], []
     for _ in range(100):
         try:
