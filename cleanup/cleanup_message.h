@@ -114,16 +114,16 @@ struct cleanup_opts {
 
 /* Who handed us the message; NULL members are left out of Received. */
 struct cleanup_client {
-    const char *helo;      /* HELO/EHLO argument (peer input) */
-    const char *rdns;      /* verified reverse name, or NULL */
-    const char *addr;      /* client IP address */
-    const char *protocol;  /* "ESMTP", "ESMTPSA", "SMTP", "local" */
-    const char *auth_user; /* authenticated user (peer input) */
-    const char *tls;       /* e.g. "TLSv1.3 with cipher TLS_AES_256_GCM_SHA384" */
-    const char *host_name; /* our host-name */
-    const char *queue_id;  /* NULL: CLEANUP_QID_PLACEHOLDER */
-    const char *rcpt;      /* "for <rcpt>" when exactly one recipient */
-    int local_submitter;     /* from a local user on the pickup socket: */
+    const char *helo;         /* HELO/EHLO argument (peer input) */
+    const char *rdns;         /* verified reverse name, or NULL */
+    const char *addr;         /* client IP address */
+    const char *protocol;     /* "ESMTP", "ESMTPSA", "SMTP", "local" */
+    const char *auth_user;    /* authenticated user (peer input) */
+    const char *tls;          /* e.g. "TLSv1.3 with cipher TLS_AES_256_GCM_SHA384" */
+    const char *host_name;    /* our host-name */
+    const char *queue_id;     /* NULL: CLEANUP_QID_PLACEHOLDER */
+    const char *rcpt;         /* "for <rcpt>" when exactly one recipient */
+    int local_submitter;      /* from a local user on the pickup socket: */
     unsigned long submit_uid; /* its uid (SO_PEERCRED) */
     const char *submit_user;  /* and login name, or NULL */
 };

@@ -67,9 +67,9 @@ struct anvil;
 
 /* The limits a new connection is checked against; 0 means none. */
 struct anvil_limits {
-    unsigned total;         /* total-max-smtp-in */
-    unsigned per_addr;      /* max-smtp-in-per-ip */
-    unsigned rate_count;    /* max-connect-rate-per-ip: RATE_COUNT per RATE_PERIOD_S */
+    unsigned total;      /* total-max-smtp-in */
+    unsigned per_addr;   /* max-smtp-in-per-ip */
+    unsigned rate_count; /* max-connect-rate-per-ip: RATE_COUNT per RATE_PERIOD_S */
     unsigned rate_period_s;
 };
 

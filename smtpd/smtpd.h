@@ -86,10 +86,10 @@ const char *smtpd_policy_host_name(const struct cfg *c);
 
 /* The local user on a pickup connection, as the kernel tells it. */
 struct smtpd_submitter {
-    bool known;     /* credentials were read */
+    bool known; /* credentials were read */
     uint32_t uid;
-    char user[64];  /* login name; "" when the uid has no passwd entry */
-    bool trusted;   /* root or trusted-submit-users: any envelope sender */
+    char user[64]; /* login name; "" when the uid has no passwd entry */
+    bool trusted;  /* root or trusted-submit-users: any envelope sender */
 };
 
 /* smtpd_submit_identify - who is on pickup connection FD under C: 0, or
@@ -132,8 +132,8 @@ struct smtpd_client {
     const struct smtpd_origin *origin;
     struct sockaddr_storage peer; /* TCP only */
     bool have_peer;
-    struct smtpd_policy pol;       /* resolved on the current configuration */
-    struct anvil_ticket ticket;    /* released when the session ends */
+    struct smtpd_policy pol;          /* resolved on the current configuration */
+    struct anvil_ticket ticket;       /* released when the session ends */
     struct smtpd_submitter submitter; /* pickup only */
 };
 
@@ -161,12 +161,12 @@ void smtpd_session_txn_lost(struct smtpd_session *s, uint32_t id);
 /* --- smtpd_admit.c ------------------------------------------------------------ */
 
 /* Under stress, command and data timeouts are at most this (Postfix: 10 s). */
-#define SMTPD_STRESS_TIMEOUT_MS 10000u
+#define SMTPD_STRESS_TIMEOUT_MS  10000u
 /* Stress begins at this share of total-max-smtp-in and ends below the second. */
 #define SMTPD_STRESS_ON_PERCENT  80u
 #define SMTPD_STRESS_OFF_PERCENT 60u
 /* total-max-smtp-in / this (at least 1) is reserved for relaying sources. */
-#define SMTPD_RESERVE_DIVISOR 10u
+#define SMTPD_RESERVE_DIVISOR    10u
 
 /* smtpd_admit_init - attach the shared connection table (PMTA_ANVIL_FD),
    start the stress check; _fini undoes it */

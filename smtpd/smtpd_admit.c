@@ -114,8 +114,7 @@ set_stress(unsigned total)
     if (anvil_set_stress(A.anvil, on) != on)
         msg_warn("stress mode %s: %u of %u inbound connections in use; command and data "
                  "timeouts %s",
-                 on ? "on" : "off", total, limit,
-                 on ? "at most 10 s" : "as configured again");
+                 on ? "on" : "off", total, limit, on ? "at most 10 s" : "as configured again");
     if (on)
         smtpd_session_apply_timeouts();
 }
@@ -198,7 +197,8 @@ identify_submitter(const struct cfg *c, int fd, struct smtpd_client *cl)
         log_refusal(REFUSE_SUBMIT, who);
     } else {
         msg_warn("pickup: cannot tell who is calling: %s", strerror(-err));
-        snprintf(line, sizeof(line), "451 4.3.0 Cannot identify the local user, try again later\r\n");
+        snprintf(line, sizeof(line),
+                 "451 4.3.0 Cannot identify the local user, try again later\r\n");
     }
     refuse(fd, line);
     return false;
@@ -236,8 +236,7 @@ smtpd_admit(int fd, const struct sockaddr *peer, const struct smtpd_origin *orig
 
     cl->fd = fd;
     cl->origin = origin;
-    if (!origin->pickup && peer &&
-        (peer->sa_family == AF_INET || peer->sa_family == AF_INET6)) {
+    if (!origin->pickup && peer && (peer->sa_family == AF_INET || peer->sa_family == AF_INET6)) {
         memcpy(&cl->peer, peer,
                peer->sa_family == AF_INET ? sizeof(struct sockaddr_in)
                                           : sizeof(struct sockaddr_in6));
@@ -250,8 +249,8 @@ smtpd_admit(int fd, const struct sockaddr *peer, const struct smtpd_origin *orig
         return;
     }
     limits(c, cl, &lim);
-    v = anvil_connect(A.anvil, cl->have_peer ? (struct sockaddr *)&cl->peer : NULL, &lim,
-                      now_ms(), &cl->ticket, &total);
+    v = anvil_connect(A.anvil, cl->have_peer ? (struct sockaddr *)&cl->peer : NULL, &lim, now_ms(),
+                      &cl->ticket, &total);
     if (v != ANVIL_ADMIT) {
         enum refusal why = v == ANVIL_OVER_ADDR   ? REFUSE_ADDR
                            : v == ANVIL_OVER_RATE ? REFUSE_RATE

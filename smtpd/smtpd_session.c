@@ -440,8 +440,8 @@ ev_mail(void *ctx, const char *sender, const struct smtpd_mail_params *p,
     if (use != sender) {
         msg_info("%s[%" PRIu64 "]: %s is not in trusted-submit-users: sender <%s> replaced by "
                  "<%s>",
-                 peer_name(s), s->serial, s->submitter_text,
-                 printable(was, sizeof(was), sender), use);
+                 peer_name(s), s->serial, s->submitter_text, printable(was, sizeof(was), sender),
+                 use);
         *v = (struct smtpd_proto_verdict){ 250, "2.1.0",
                                            "Sender set to your own address (not a trusted "
                                            "submitter)" };

@@ -275,9 +275,12 @@ int
 main(void)
 {
     const struct CMUnitTest tests[] = {
-        UNIT_TEST(test_per_address_limit), UNIT_TEST(test_total_and_local),
-        UNIT_TEST(test_rate_is_gcra),      UNIT_TEST(test_ipv6_by_prefix),
-        UNIT_TEST(test_many_addresses),    UNIT_TEST(test_across_processes),
+        UNIT_TEST(test_per_address_limit),
+        UNIT_TEST(test_total_and_local),
+        UNIT_TEST(test_rate_is_gcra),
+        UNIT_TEST(test_ipv6_by_prefix),
+        UNIT_TEST(test_many_addresses),
+        UNIT_TEST(test_across_processes),
         UNIT_TEST(test_stress_flag_and_bad_input),
     };
 

@@ -575,8 +575,7 @@ test_submit_user_lists(void **state)
     struct cfg *c;
     (void)state;
     c = expect_ok("submit-users alice, bob @staff\ntrusted-submit-users @wheel,root\n");
-    assert_string_equal(cfg_str(c, cfg_global(c, CFG_D_SUBMIT_USERS)->text),
-                        "alice, bob @staff");
+    assert_string_equal(cfg_str(c, cfg_global(c, CFG_D_SUBMIT_USERS)->text), "alice, bob @staff");
     cfg_free(c);
     expect_error("submit-users alice, b<ad\n",
                  "t.conf:1: error: submit-users: 'b<ad' is neither a user name nor @group");
