@@ -83,24 +83,30 @@ def read_until_close(s, timeout):
     return (lines[-1] if lines else ""), time.monotonic()
 
 
+def config(total, sources=""):
+    """total-max-smtp-in TOTAL, 127.0.0.1 a relaying source (the feeder), then SOURCES."""
+    return """
+total-max-smtp-in %d
+<source 127.0.0.1>
+    always-allow-relaying yes
+</source>
+""" % total + sources
+
+
 def count(lines, prefix):
     return sum(1 for line in lines if line.startswith(prefix))
 
 
 # --- limits, exactly -------------------------------------------------------------------------
 with Pmta(name="test_limits") as p:
-    p.write_config("""
-total-max-smtp-in 20
-<source 127.0.0.1>
-    always-allow-relaying yes
-</source>
+    p.write_config(config(20, """
 <source 127.0.0.16/28>
     max-smtp-in-per-ip 3
 </source>
 <source 127.0.0.32/28>
     max-connect-rate-per-ip 3/30s
 </source>
-""", processes={"smtp-out": 0})
+"""), processes={"smtp-out": 0})
     p.start()
     port = p.port
 
@@ -163,15 +169,11 @@ total-max-smtp-in 20
 
 # --- a hostile load, scaled down ------------------------------------------------------------
 with Pmta(name="test_limits_load") as p:
-    p.write_config("""
-total-max-smtp-in 100
-<source 127.0.0.1>
-    always-allow-relaying yes
-</source>
+    p.write_config(config(100, """
 <source 127.0.0.64/26>
     max-smtp-in-per-ip 9
 </source>
-""", processes={"smtp-out": 0})
+"""), processes={"smtp-out": 0})
     p.start()
     p.wait_log(r"cleanup\[\d+\]: info: queue .* open", timeout=20)
     workers = sorted(p.worker_pids())
@@ -216,12 +218,7 @@ total-max-smtp-in 100
 
 # --- ulimit -n 64 ---------------------------------------------------------------------------
 with Pmta(name="test_limits_fds") as p:
-    p.write_config("""
-total-max-smtp-in 200
-<source 127.0.0.1>
-    always-allow-relaying yes
-</source>
-""", processes={"smtpd": 1, "smtp-out": 0})
+    p.write_config(config(200), processes={"smtpd": 1, "smtp-out": 0})
     p.start(nofile=64)
     workers = sorted(p.worker_pids())
     socks, lines = [], []

@@ -18,7 +18,6 @@ import pwd
 import shutil
 import socket
 import stat
-import subprocess
 import sys
 
 from pmtatest import Tap, Pmta, proc_status, require_root, wait_for

@@ -8,7 +8,6 @@ A second listener speaks implicit TLS (immediate-tls). Users: <smtp-user alice>
 and bob in an auth_file with a SHA-512-crypt hash. Messages are checked in the
 queue with tools/pmta-qdump.
 """
-import base64
 import os
 import signal
 import smtplib
@@ -18,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from pmtatest import (Tap, Pmta, SmtpRaw, free_port, make_cert, qdump, message_ids,
+from pmtatest import (Tap, Pmta, SmtpRaw, body_of, find_message, free_port, make_cert, qdump,
                       require_root, sha512_crypt, tool_path, wait_for)
 
 tap = Tap()
@@ -39,19 +38,6 @@ def ehlo_keywords(port, source=None):
     code, text = s.ehlo("client.test")
     s.quit()
     return code, text.decode().split("\n")
-
-
-def find(messages, mid):
-    for m, got in zip(messages, message_ids(messages)):
-        if got == mid:
-            return m
-    return None
-
-
-def body_of(m):
-    if m.get("body") is not None:
-        return m["body"]
-    return base64.b64decode(m.get("body_base64", "")).decode("latin-1")
 
 
 def msg(mid, extra="", body="Hello.\r\n"):
@@ -120,7 +106,7 @@ auth_file = "%s"
     code, text = s.noop()
     s.quit()
     q = qdump(p.spool, body=True)
-    m = find(q, "<t1@test>")
+    m = find_message(q, "<t1@test>")
     tap.ok(refused == {} and len(q) == before + 1, "a transaction gets 250 and one message is queued")
     tap.ok(m and sorted(r["address"] for r in m["recipients"]) == ["b@example.test", "c@other.test"]
            and m["sender"] == "a@example.test", "the queued message has both recipients and the sender", m)
@@ -165,7 +151,7 @@ auth_file = "%s"
     refused = s.sendmail("alice@example.test", ["x@elsewhere.test"], msg("<t2@test>"))
     tap.ok(refused == {}, "authenticated: relaying allowed from a non-relay source")
     s.quit()
-    m = find(qdump(p.spool, body=True), "<t2@test>")
+    m = find_message(qdump(p.spool, body=True), "<t2@test>")
     tap.ok(m and m["auth_user"] == "alice", "the queued message records auth_user alice", m)
 
     s = smtplib.SMTP("127.0.0.1", port, timeout=10, source_address=("127.0.0.2", 0))
@@ -192,7 +178,7 @@ auth_file = "%s"
                         "--auth-password", "builder", "--from", "bob@example.test", "--to",
                         "far@away.test", "--header", "Message-ID: <swaks1@test>"],
                        capture_output=True, text=True, timeout=30)
-    tap.ok(r.returncode == 0 and find(qdump(p.spool, body=True), "<swaks1@test>"),
+    tap.ok(r.returncode == 0 and find_message(qdump(p.spool, body=True), "<swaks1@test>"),
            "swaks --tls --auth: message queued", r.stdout[-800:])
 
     # --- implicit TLS listener ---------------------------------------------------------------------
@@ -208,7 +194,7 @@ auth_file = "%s"
     tap.ok(ok, "immediate-tls listener: TLS from the first byte, message accepted")
     tap.ok("starttls" not in feats and "PLAIN" in feats.get("auth", ""),
            "implicit TLS: no STARTTLS offered, AUTH offered", feats)
-    tap.ok(find(qdump(p.spool, body=True), "<tls1@test>"), "implicit-TLS message in the queue")
+    tap.ok(find_message(qdump(p.spool, body=True), "<tls1@test>"), "implicit-TLS message in the queue")
 
     # --- sendmail ------------------------------------------------------------------------------------
     env = dict(os.environ, PMTA_PICKUP_SOCKET=os.path.join(p.run_dir, "pickup"))
@@ -222,7 +208,7 @@ auth_file = "%s"
     tap.ok(oct(st.st_mode & 0o777) == "0o666", "pickup socket exists with mode 0666")
     r = sendmail(["-f", "from@example.test", "r1@example.test", "r2@other.test"],
                  "Subject: sm1\nMessage-ID: <sm1@test>\n\nline one\n.hidden dot\n")
-    m = find(qdump(p.spool, body=True), "<sm1@test>")
+    m = find_message(qdump(p.spool, body=True), "<sm1@test>")
     tap.ok(r.returncode == 0 and m and m["sender"] == "from@example.test"
            and sorted(x["address"] for x in m["recipients"]) == ["r1@example.test", "r2@other.test"],
            "sendmail -f with recipients on the command line", r.stderr)
@@ -231,7 +217,7 @@ auth_file = "%s"
     r = sendmail(["-t", "-f", "t@example.test"],
                  "To: To One <to1@example.test>, to2@example.test\nCc: cc@example.test\n"
                  "Bcc: hidden@example.test\nSubject: sm2\nMessage-ID: <sm2@test>\n\nbody\n")
-    m = find(qdump(p.spool, body=True), "<sm2@test>")
+    m = find_message(qdump(p.spool, body=True), "<sm2@test>")
     rcpts = sorted(x["address"] for x in m["recipients"]) if m else []
     tap.ok(r.returncode == 0 and rcpts == ["cc@example.test", "hidden@example.test",
                                            "to1@example.test", "to2@example.test"],
@@ -240,24 +226,24 @@ auth_file = "%s"
            "sendmail -t: the Bcc header is removed", m)
     r = sendmail(["-F", "Jane Doe", "-f", "jane@example.test", "r@example.test"],
                  "Subject: sm3\nMessage-ID: <sm3@test>\n\nhi\n")
-    m = find(qdump(p.spool, body=True), "<sm3@test>")
+    m = find_message(qdump(p.spool, body=True), "<sm3@test>")
     tap.ok(m and 'From: "Jane Doe" <jane@example.test>' in body_of(m), "sendmail -F adds From with the name",
            m and body_of(m)[:300])
     r = sendmail(["-i", "r@example.test"], "Subject: sm4\nMessage-ID: <sm4@test>\n\nbefore\n.\nafter\n")
-    m = find(qdump(p.spool, body=True), "<sm4@test>")
+    m = find_message(qdump(p.spool, body=True), "<sm4@test>")
     tap.ok(m and "\r\n.\r\nafter" in body_of(m), "sendmail -i: a lone dot is content",
            m and body_of(m))
     r = sendmail(["r@example.test"], "Subject: sm5\nMessage-ID: <sm5@test>\n\nbefore\n.\nafter\n")
-    m = find(qdump(p.spool, body=True), "<sm5@test>")
+    m = find_message(qdump(p.spool, body=True), "<sm5@test>")
     tap.ok(m and "after" not in body_of(m), "sendmail without -i: a lone dot ends the message")
     r = sendmail(["-oi", "r@example.test"], "Subject: sm6\nMessage-ID: <sm6@test>\n\n.\nend\n")
-    m = find(qdump(p.spool, body=True), "<sm6@test>")
+    m = find_message(qdump(p.spool, body=True), "<sm6@test>")
     tap.ok(m and "end" in body_of(m), "sendmail -oi works like -i")
     r = sendmail(["-bs"], "EHLO local\r\nMAIL FROM:<bs@example.test>\r\nRCPT TO:<r@example.test>\r\n"
                  "DATA\r\nMessage-ID: <bs1@test>\r\n\r\nvia -bs\r\n.\r\nQUIT\r\n")
     out = r.stdout.decode()
     tap.ok(r.returncode == 0 and out.startswith("220 ") and "250 2.0.0" in out and "221 " in out
-           and find(qdump(p.spool, body=True), "<bs1@test>"), "sendmail -bs speaks SMTP on stdin/stdout", out)
+           and find_message(qdump(p.spool, body=True), "<bs1@test>"), "sendmail -bs speaks SMTP on stdin/stdout", out)
     r = sendmail([], "Subject: x\n\nno rcpt\n")
     tap.ok(r.returncode == EX_USAGE, "sendmail: no recipients -> EX_USAGE", r.returncode)
     r = sendmail(["bad<addr>@example.test"], "x\n")
@@ -265,12 +251,12 @@ auth_file = "%s"
     cfg_env = dict(os.environ)
     cfg_env.pop("PMTA_PICKUP_SOCKET", None)
     r = sendmail(["-C", p.config_path, "r@example.test"], "Message-ID: <sm7@test>\n\nvia -C\n", env=cfg_env)
-    tap.ok(r.returncode == 0 and find(qdump(p.spool, body=True), "<sm7@test>"),
+    tap.ok(r.returncode == 0 and find_message(qdump(p.spool, body=True), "<sm7@test>"),
            "sendmail -C CONFIG finds the socket through run-directory", r.stderr)
     r = subprocess.run(["su", "nobody", "-s", "/bin/sh", "-c",
                         "PMTA_PICKUP_SOCKET=%s %s -f n@example.test r@example.test" % (env["PMTA_PICKUP_SOCKET"], sm)],
                        input=b"Message-ID: <sm8@test>\n\nfrom nobody\n", capture_output=True, timeout=30)
-    tap.ok(r.returncode == 0 and find(qdump(p.spool, body=True), "<sm8@test>"),
+    tap.ok(r.returncode == 0 and find_message(qdump(p.spool, body=True), "<sm8@test>"),
            "sendmail works for an unprivileged user (no setuid)", r.stderr)
 
     # --- drain: a session open at SIGTERM gets 421 4.3.2 ------------------------------------------

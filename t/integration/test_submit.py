@@ -9,32 +9,18 @@ root (always trusted), daemon (trusted through @daemon, its primary group),
 nobody and www-data (allowed, untrusted) and bin (not allowed). Each runs the
 real sendmail command through runuser, or speaks SMTP to the socket itself.
 """
-import base64
 import os
 import pwd
 import socket
 import subprocess
 import sys
 
-from pmtatest import Pmta, Tap, message_ids, qdump, require_root, tool_path
+from pmtatest import Pmta, Tap, body_of, find_message, qdump, require_root, tool_path
 
 tap = Tap()
 require_root(tap)
 HOST = "mta.test.example"            # host-name in pmtatest's config
 EX_NOPERM = 77
-
-
-def find(messages, mid):
-    for m, got in zip(messages, message_ids(messages)):
-        if got == mid:
-            return m
-    return None
-
-
-def body_of(m):
-    if m.get("body") is not None:
-        return m["body"]
-    return base64.b64decode(m.get("body_base64", "")).decode("latin-1")
 
 
 def received(m):
@@ -65,7 +51,7 @@ trusted-submit-users @daemon
 
     # --- root: trusted, any -f --------------------------------------------------------------
     r = sendmail("root", ["-f", "boss@example.test", "r@example.test"], "<root1@test>")
-    m = find(qdump(p.spool, body=True), "<root1@test>")
+    m = find_message(qdump(p.spool, body=True), "<root1@test>")
     tap.ok(r.returncode == 0 and m and m["sender"] == "boss@example.test",
            "root may use any -f", (r.stderr, m and m["sender"]))
     tap.ok(m and "from userid 0 (root)" in received(m) and "by %s" % HOST in received(m),
@@ -76,7 +62,7 @@ trusted-submit-users @daemon
     nobody = pwd.getpwnam("nobody")
     mark = p.log_mark()
     r = sendmail("nobody", ["-f", "ceo@operator.example", "r@example.test"], "<nobody1@test>")
-    m = find(qdump(p.spool, body=True), "<nobody1@test>")
+    m = find_message(qdump(p.spool, body=True), "<nobody1@test>")
     tap.ok(r.returncode == 0 and m and m["sender"] == "nobody@" + HOST,
            "an untrusted user's -f is replaced by login@host-name",
            (r.returncode, r.stderr, m and m["sender"]))
@@ -92,11 +78,11 @@ trusted-submit-users @daemon
 
     # its own address, in either spelling, is kept
     r = sendmail("nobody", ["r@example.test"], "<nobody2@test>")
-    m = find(qdump(p.spool, body=True), "<nobody2@test>")
+    m = find_message(qdump(p.spool, body=True), "<nobody2@test>")
     tap.ok(r.returncode == 0 and m and m["sender"] == "nobody@" + socket.gethostname(),
            "without -f (login@system name) the sender is kept", m and m["sender"])
     r = sendmail("nobody", ["-f", "nobody@" + HOST.upper(), "r@example.test"], "<nobody3@test>")
-    m = find(qdump(p.spool, body=True), "<nobody3@test>")
+    m = find_message(qdump(p.spool, body=True), "<nobody3@test>")
     tap.ok(m and m["sender"] == "nobody@" + HOST.upper(), "login@host-name itself is kept",
            m and m["sender"])
 
@@ -107,7 +93,7 @@ trusted-submit-users @daemon
                        capture_output=True, env=dict(os.environ, PMTA_PICKUP_SOCKET=socket_path),
                        timeout=30)
     out = r.stdout.decode(errors="replace")
-    m = find(qdump(p.spool, body=True), "<www1@test>")
+    m = find_message(qdump(p.spool, body=True), "<www1@test>")
     tap.ok("250 2.1.0 Sender set to your own address" in out and m
            and m["sender"] == "www-data@" + HOST,
            "an SMTP session on the socket: MAIL FROM:<> becomes www-data@host-name, and MAIL "
@@ -115,7 +101,7 @@ trusted-submit-users @daemon
 
     # --- daemon: trusted through its group ----------------------------------------------------
     r = sendmail("daemon", ["-f", "bounces@example.test", "r@example.test"], "<daemon1@test>")
-    m = find(qdump(p.spool, body=True), "<daemon1@test>")
+    m = find_message(qdump(p.spool, body=True), "<daemon1@test>")
     tap.ok(r.returncode == 0 and m and m["sender"] == "bounces@example.test",
            "a member of a trusted @group may use any -f", (r.stderr, m and m["sender"]))
 
@@ -136,12 +122,12 @@ trusted-submit-users @daemon
     p.send_signal(1)
     p.wait_log(r"smtpd\[\d+\]: info: using configuration generation 2", since=mark, count=2)
     r = sendmail("nobody", ["-f", "list@example.test", "r@example.test"], "<nobody4@test>")
-    m = find(qdump(p.spool, body=True), "<nobody4@test>")
+    m = find_message(qdump(p.spool, body=True), "<nobody4@test>")
     tap.ok(r.returncode == 0 and m and m["sender"] == "list@example.test",
            "after a reload naming nobody in trusted-submit-users, its -f is kept",
            m and m["sender"])
     r = sendmail("bin", ["r@example.test"], "<bin2@test>")
-    tap.ok(r.returncode == 0 and find(qdump(p.spool, body=True), "<bin2@test>"),
+    tap.ok(r.returncode == 0 and find_message(qdump(p.spool, body=True), "<bin2@test>"),
            "without submit-users, every user may submit again", r.stderr)
 
 sys.exit(tap.done())

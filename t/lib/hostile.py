@@ -35,6 +35,8 @@ import socket
 import threading
 import time
 
+from pmtatest import proc_status
+
 KINDS = ("idle", "drip", "flood")
 
 
@@ -265,14 +267,6 @@ def _proc_name(pid):
         return None
 
 
-def _status(pid):
-    try:
-        with open("/proc/%d/status" % pid) as f:
-            return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
-    except OSError:
-        return {}
-
-
 def _kb(text):
     try:
         return int(text.split()[0])
@@ -298,14 +292,14 @@ class Sampler(threading.Thread):
         out = [self.root]
         for entry in os.listdir("/proc"):
             if entry.isdigit():
-                st = _status(int(entry))
+                st = proc_status(int(entry))
                 if st.get("PPid") == str(self.root):
                     out.append(int(entry))
         return out
 
     def sample(self):
         for pid in self.pids():
-            st = _status(pid)
+            st = proc_status(pid)
             if not st:
                 continue
             try:

@@ -390,6 +390,22 @@ def message_ids(messages):
     return out
 
 
+def find_message(messages, mid):
+    """The message of qdump -b output whose Message-ID is MID, or None."""
+    for m, got in zip(messages, message_ids(messages)):
+        if got == mid:
+            return m
+    return None
+
+
+def body_of(m):
+    """A qdump -b message's content as text."""
+    import base64
+    if m.get("body") is not None:
+        return m["body"]
+    return base64.b64decode(m.get("body_base64", "")).decode("latin-1")
+
+
 def make_cert(directory, name="server.pem", owner="pmta", cn="mta.test.example"):
     """A self-signed certificate and its key in one PEM (as smtp-server-tls-certificate
     wants), readable by OWNER only (the workers' run-as-user)."""
