@@ -7,8 +7,9 @@
  * parse the text again. The other WORDS values (smtp-listener,
  * smtp-source-host, http-access, records, smtp-hosts) and the checks a type
  * alone cannot express (cross references, DKIM keys that must sign, sizes
- * with a floor, DKIM keys others can read, user lists) are checked here too. Every problem is one file:line error
- * through the builder (cfg_parse.c).
+ * with a floor, DKIM keys others can read, user lists) are checked here
+ * too. Every problem is one file:line error through the builder
+ * (cfg_parse.c).
  *
  * Owns nothing: strings go to the builder's pool.
  *
