@@ -13,8 +13,10 @@
  * daemon is up and exits with its verdict, so `pmtad && echo ok` means it runs.
  *
  * Hidden: `pmtad --validate-reload SNAPSHOT ...` is the reload validator that
- * the master starts (master_validate.c); --test-validator-fault FILE and
- * --test-validator-timeout S are for the tests of that path only.
+ * the master starts (master_validate.c); `pmtad --exec-worker ...` is the
+ * first step of every worker start under run-as-user (master_exec.c);
+ * --test-validator-fault FILE and --test-validator-timeout S are for the
+ * tests of that path only.
  *
  * Signals: SIGHUP reloads (validated in a child process); SIGUSR1 rotates the log; SIGTERM and
  * SIGINT drain the workers (CTL_SHUTDOWN, SIGKILL after the drain time) and exit 0.
@@ -375,6 +377,9 @@ main(int argc, char **argv)
     int foreground = 0, verbose = 0, ch;
 
     msg_init("pmtad");
+    /* pmtad's own first step of a worker start: not an option a person gives */
+    if (argc > 1 && strcmp(argv[1], "--exec-worker") == 0)
+        return master_exec_worker(argc, argv);
     while ((ch = getopt_long(argc, argv, "c:fvh", options, NULL)) != -1) {
         switch (ch) {
         case 'c':

@@ -19,6 +19,7 @@
  *   master_listen.c  smtp-listener sockets, internal Unix sockets, the
  *                    smtpd processes' shared connection table
  *   master_spawn.c   worker processes: spawn, IPC, death, throttling
+ *   master_exec.c    pmtad --exec-worker: drop every privilege, exec a worker
  *
  * SECURITY: pmtad is the only process that keeps root. Everything it hands a
  * worker (descriptors, environment, files under the run directory) is decided
@@ -221,6 +222,11 @@ void master_kill_all(struct master *m);
 int master_live_workers(const struct master *m);
 uint64_t master_min_generation_in_use(const struct master *m);
 const char *master_signal_name(int sig);
+
+/* master_exec.c */
+/* master_exec_worker - pmtad --exec-worker UID:GID PROGRAM ARGV0 (ARGV as main's);
+   returns only on failure, with the exit status */
+int master_exec_worker(int argc, char **argv);
 
 /* master.c */
 /* master_maybe_finished - stop the loop when draining and no worker is left */

@@ -19,14 +19,12 @@
  * Owns: struct master_role slots and programs, struct master_proc objects
  * (each freed once both its process handle and its channel are closed).
  *
- * SECURITY: decides each worker's credentials (setgid/setuid, supplementary
- * groups cleared by libuv's setgroups(0, NULL)), its environment (built from
+ * SECURITY: decides each worker's credentials, its environment (built from
  * scratch, not inherited) and its descriptors (everything else is CLOEXEC).
- * Before the first worker starts, pmtad sets no_new_privs and empties its
- * capability bounding set (both inherited by every child): a worker, and
- * anything a worker runs (acct-file pipes), can never gain a privilege
- * through execve, setuid bits and file capabilities included. pmtad keeps
- * the effective capabilities it needs (bind, setuid for the next worker).
+ * Under run-as-user a worker starts as `pmtad --exec-worker UID:GID PROGRAM`
+ * (master_exec.c), which sets no_new_privs, empties the capability bounding
+ * set, clears the supplementary groups and sets gid and uid before it execs
+ * the worker: no worker, nor anything a worker runs, can gain a privilege.
  * A worker that sends a malformed or unexpected message is disconnected
  * and killed.
  */
@@ -41,7 +39,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -460,27 +457,6 @@ child_setup_free(struct child_setup *cs)
         free(cs->env[i]);
 }
 
-/*
- * harden_spawning - once, before the first worker: see SECURITY above. Only
- * when workers drop privileges; with run-as-root they are meant to keep them.
- */
-static void
-harden_spawning(const struct master *m)
-{
-    static int done;
-    int cap;
-
-    if (done || !m->set.drop_privileges)
-        return;
-    done = 1;
-    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
-        msg_fatal("cannot set no_new_privs for the workers: %s", strerror(errno));
-    for (cap = 0; prctl(PR_CAPBSET_READ, cap, 0, 0, 0) >= 0; cap++)
-        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0)
-            msg_fatal("cannot drop capability %d from the bounding set: %s", cap, strerror(errno));
-    msg_debug("workers start with no_new_privs and an empty bounding set (%d capabilities)", cap);
-}
-
 /* spawn_slot - start the worker of SLOT; on failure count it as a startup failure */
 static void
 spawn_slot(struct master *m, struct master_slot *slot)
@@ -488,11 +464,11 @@ spawn_slot(struct master *m, struct master_slot *slot)
     struct master_role *role = slot->role;
     struct child_setup cs;
     uv_process_options_t opt;
-    char *args[2] = { (char *)role->name, NULL };
+    char *args[2] = { (char *)role->name, NULL }, *credentials = NULL;
+    char *trampoline[6] = { NULL, (char *)"--exec-worker", NULL, NULL, NULL, NULL };
     struct master_proc *p;
     int sv[2], err;
 
-    harden_spawning(m);
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
         msg_error("%s: socketpair: %s", role->name, strerror(errno));
         schedule_restart(slot, throttle_delay(m, role, 1));
@@ -502,15 +478,19 @@ spawn_slot(struct master *m, struct master_slot *slot)
     memset(&opt, 0, sizeof(opt));
     opt.file = role->program;
     opt.args = args;
+    if (m->set.drop_privileges) { /* through master_exec.c, which drops everything */
+        credentials = xasprintf("%lu:%lu", (unsigned long)m->set.uid, (unsigned long)m->set.gid);
+        trampoline[0] = (char *)role->name;
+        trampoline[2] = credentials;
+        trampoline[3] = role->program;
+        trampoline[4] = (char *)role->name;
+        opt.file = m->self_exe;
+        opt.args = trampoline;
+    }
     opt.env = cs.env;
     opt.exit_cb = on_worker_exit;
     opt.stdio = cs.stdio;
     opt.stdio_count = cs.nfds;
-    if (m->set.drop_privileges) {
-        opt.flags = UV_PROCESS_SETUID | UV_PROCESS_SETGID;
-        opt.uid = m->set.uid;
-        opt.gid = m->set.gid;
-    }
     p = xcalloc(1, sizeof(*p));
     p->role = role;
     p->slot = slot->index;
@@ -518,6 +498,7 @@ spawn_slot(struct master *m, struct master_slot *slot)
     p->process.data = p;
     err = uv_spawn(&m->loop, &p->process, &opt);
     child_setup_free(&cs);
+    free(credentials);
     close(sv[1]);
     if (err < 0) {
         msg_error("cannot start %s (%s): %s", role->name, role->program, uv_strerror(err));

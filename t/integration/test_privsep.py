@@ -4,7 +4,8 @@
 Starts pmtad as root and checks, through /proc and as a real second user
 (nobody, in a forked child that drops to it):
   - every worker runs as pmta with no capability at all (CapEff, CapPrm,
-    CapInh, CapAmb 0), an empty bounding set (CapBnd 0) and NoNewPrivs 1;
+    CapInh, CapAmb 0), an empty bounding set (CapBnd 0) and NoNewPrivs 1,
+    a restarted one too, while pmtad keeps its own;
   - a setuid-root program a worker starts (an acct-file pipe) runs as pmta;
   - the spool, the queue files and the DKIM key cannot be read by nobody;
     a world-readable key is warned about;
@@ -15,6 +16,7 @@ import errno
 import json
 import os
 import pwd
+import signal
 import shutil
 import socket
 import stat
@@ -134,10 +136,22 @@ domain-key s1,example.com,%s
            "every worker: uid pmta, CapEff/CapPrm/CapInh/CapAmb 0, CapBnd 0, NoNewPrivs 1",
            bad)
     master = proc_status(p.pid)
-    tap.ok(caps(master)["CapEff"] != 0 and caps(master)["CapBnd"] == 0
-           and master.get("NoNewPrivs") == "1",
-           "pmtad keeps its effective capabilities; its bounding set (inherited) is empty",
+    tap.ok(caps(master)["CapEff"] != 0 and caps(master)["CapBnd"] != 0,
+           "pmtad itself keeps its capabilities (it binds, and validates reloads as root)",
            caps(master))
+    # a worker pmtad restarts goes through the same door
+    old = p.worker_pids("smtpd")[0]
+    os.kill(old, signal.SIGKILL)
+
+    def restarted():
+        # past the --exec-worker step: the process is smtpd itself
+        pids = [x for x in p.worker_pids("smtpd") if proc_status(x).get("Name") == "smtpd"]
+        return len(pids) == 2 and [x for x in pids if x != old]
+    fresh = wait_for(restarted, timeout=15)
+    st = proc_status(fresh[-1]) if fresh else {}
+    tap.ok(fresh and not any(caps(st).values()) and st.get("NoNewPrivs") == "1"
+           and st.get("Uid", "").split()[:1] == [str(PMTA.pw_uid)],
+           "a restarted smtpd has no capability either", st)
 
     # --- a setuid program started by a worker stays unprivileged --------------------------------
     ran = wait_for(lambda: os.path.exists(proof), timeout=10)
