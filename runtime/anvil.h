@@ -22,7 +22,9 @@
  *
  *   Counts are kept per smtpd slot (PMTA_SLOT): when an smtpd process dies,
  *   the process pmtad starts in its slot clears that slot's counts at
- *   anvil_attach(), so a crash leaks no connection.
+ *   anvil_attach(), so a crash leaks no connection (until the restart, which
+ *   is immediate unless pmtad throttles a crash loop, the dead process's
+ *   connections still count: the limits err on the side of refusing).
  *
  *   Addresses: an IPv4 client counts by its address, an IPv6 client by its
  *   /64 (one site), an IPv4-mapped IPv6 address as IPv4. A connection

@@ -46,7 +46,6 @@
 
 #include "msg.h"
 #include "worker.h"
-#include "xalloc.h"
 #include "smtpd.h"
 
 #define TICK_MS 1000
@@ -75,6 +74,7 @@ static struct {
     bool stressed;  /* this process's view of the shared flag */
     uv_timer_t tick;
     bool tick_ready;
+    uint64_t untracked;              /* anvil_untracked() at the last check */
     uint64_t unlogged[REFUSE_KINDS]; /* refusals this second not yet logged */
     bool logged[REFUSE_KINDS];       /* this second's first one was logged */
 } A = { .private_fd = -1 };
@@ -135,6 +135,7 @@ log_refusal(enum refusal why, const char *client)
 static void
 on_tick(uv_timer_t *t)
 {
+    uint64_t untracked;
     bool shared;
 
     (void)t;
@@ -144,6 +145,12 @@ on_tick(uv_timer_t *t)
                      (unsigned long long)A.unlogged[i], refusals[i].why);
         A.unlogged[i] = 0;
         A.logged[i] = false;
+    }
+    if ((untracked = anvil_untracked(A.anvil)) != A.untracked) {
+        msg_warn("connection table full: %llu connection(s) admitted without a per-address "
+                 "count; restart pmtad to size the table for total-max-smtp-in",
+                 (unsigned long long)(untracked - A.untracked));
+        A.untracked = untracked;
     }
     shared = anvil_stress(A.anvil);
     if (shared != A.stressed) {
@@ -228,14 +235,12 @@ void
 smtpd_admit(int fd, const struct sockaddr *peer, const struct smtpd_origin *origin)
 {
     const struct cfg *c = worker_config();
-    struct smtpd_client *cl = xcalloc(1, sizeof(*cl));
+    struct smtpd_client client = { .fd = fd, .origin = origin }, *cl = &client;
     struct anvil_limits lim;
     enum anvil_verdict v;
     unsigned total;
-    char client[INET6_ADDRSTRLEN + 8];
+    char text[INET6_ADDRSTRLEN + 8];
 
-    cl->fd = fd;
-    cl->origin = origin;
     if (!origin->pickup && peer && (peer->sa_family == AF_INET || peer->sa_family == AF_INET6)) {
         memcpy(&cl->peer, peer,
                peer->sa_family == AF_INET ? sizeof(struct sockaddr_in)
@@ -244,10 +249,8 @@ smtpd_admit(int fd, const struct sockaddr *peer, const struct smtpd_origin *orig
     }
     smtpd_policy_resolve(c, cl->have_peer ? (struct sockaddr *)&cl->peer : NULL,
                          origin->pickup ? "{pickup}" : origin->listener_source, &cl->pol);
-    if (origin->pickup && !identify_submitter(c, fd, cl)) {
-        free(cl);
+    if (origin->pickup && !identify_submitter(c, fd, cl))
         return;
-    }
     limits(c, cl, &lim);
     v = anvil_connect(A.anvil, cl->have_peer ? (struct sockaddr *)&cl->peer : NULL, &lim, now_ms(),
                       &cl->ticket, &total);
@@ -256,16 +259,14 @@ smtpd_admit(int fd, const struct sockaddr *peer, const struct smtpd_origin *orig
                            : v == ANVIL_OVER_RATE ? REFUSE_RATE
                                                   : REFUSE_TOTAL;
 
-        address_text(cl->have_peer ? (struct sockaddr *)&cl->peer : NULL, client, sizeof(client));
-        log_refusal(why, client);
+        address_text(cl->have_peer ? (struct sockaddr *)&cl->peer : NULL, text, sizeof(text));
+        log_refusal(why, text);
         refuse(fd, refusals[why].line);
-        free(cl);
         set_stress(total);
         return;
     }
     set_stress(total);
     smtpd_session_start(cl); /* takes fd and ticket */
-    free(cl);
 }
 
 /* smtpd_admit_overload - see smtpd.h */
@@ -322,6 +323,7 @@ smtpd_admit_init(uv_loop_t *loop)
 {
     attach();
     A.stressed = anvil_stress(A.anvil);
+    A.untracked = anvil_untracked(A.anvil);
     uv_timer_init(loop, &A.tick);
     uv_timer_start(&A.tick, on_tick, TICK_MS, TICK_MS);
     uv_unref((uv_handle_t *)&A.tick);
