@@ -256,6 +256,50 @@ dkim_lists(struct work *w, const struct cfg_resolved *res,
     return 0;
 }
 
+/* own_domain - is DOM a local user's own: host-name or the system's name (as smtpd says)? */
+static int
+own_domain(const struct cfg *c, const char *dom)
+{
+    const struct cfg_value *v = cfg_global(c, CFG_D_HOST_NAME);
+    char sys[256];
+
+    if (v && !(v->flags & CFG_VALUE_UNSET) && strcasecmp(dom, cfg_str(c, v->text)) == 0)
+        return 1;
+    if (gethostname(sys, sizeof sys - 1) != 0)
+        return 0;
+    sys[sizeof sys - 1] = '\0';
+    return strcasecmp(dom, sys) == 0;
+}
+
+/*
+ * untrusted_identity - mail of a local user not in trusted-submit-users is
+ * signed only as their own: the domain the signature would claim, the From
+ * and any Sender must all be the user's own domain (host-name or the
+ * system's name, where smtpd put their envelope sender). Otherwise any
+ * local account could have mail signed for the operator's brand. Returns
+ * the reason not to sign, or NULL.
+ */
+static const char *
+untrusted_identity(const struct work *w, const struct cleanup_dkim_opts *o)
+{
+    const struct cfg *c = w->t->conf->cfg;
+    const char *fields[] = { "From", "Sender" };
+    char dom[256];
+
+    if (!(w->t->mail_flags & MP_MAIL_LOCAL_UNTRUSTED))
+        return NULL;
+    if (cleanup_dkim_identity_domain(w->msg, o, dom, sizeof dom) < 0 || !own_domain(c, dom))
+        return "the signing identity is not the local user's own domain";
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
+        const struct cleanup_header *h = cleanup_message_find(w->msg, fields[i]);
+
+        if (h && (cleanup_address_domain(h->value, dom, sizeof dom) < 0 || !own_domain(c, dom)))
+            return i == 0 ? "From is not the local user's own domain"
+                          : "Sender is not the local user's own domain";
+    }
+    return NULL;
+}
+
 static int
 step_dkim(struct work *w, struct reply *r)
 {
@@ -263,12 +307,18 @@ step_dkim(struct work *w, struct reply *r)
     struct cfg_resolved res;
     struct cleanup_dkim_opts o;
     char err[CLEANUP_ERRLEN], *sig = NULL;
+    const char *why;
     size_t n;
     int rc;
 
     if (!dkim_domain(w, &res))
         return 0;
     dkim_opts(w->t->conf->cfg, &res, &o);
+    if ((why = untrusted_identity(w, &o)) != NULL) {
+        msg_info("transaction %u: not DKIM-signed: %s (%s is not in trusted-submit-users)",
+                 w->t->id, why, *w->t->submit_user ? w->t->submit_user : "a local user");
+        return 0;
+    }
     if (dkim_lists(w, &res, lists, &n) < 0) {
         msg_error("transaction %u: the DKIM key of its domain cannot be loaded", w->t->id);
         *r = R_TEMP;

@@ -352,6 +352,7 @@ encode_begin(struct smtpd_session *s, const char *sender, const struct smtpd_mai
     b.mail_flags |= p->smtputf8 ? MP_MAIL_SMTPUTF8 : 0;
     b.mail_flags |= p->ret == SMTPD_RET_FULL ? MP_MAIL_RET_FULL : 0;
     b.mail_flags |= p->ret == SMTPD_RET_HDRS ? MP_MAIL_RET_HDRS : 0;
+    b.mail_flags |= s->submitter.known && !s->submitter.trusted ? MP_MAIL_LOCAL_UNTRUSTED : 0;
     encoded(s, "envelope", mp_encode_txn_begin(&s->frames, s->txn_id, &b));
 }
 

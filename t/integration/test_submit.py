@@ -20,6 +20,7 @@ from pmtatest import Pmta, Tap, body_of, find_message, qdump, require_root, tool
 tap = Tap()
 require_root(tap)
 HOST = "mta.test.example"            # host-name in pmtatest's config
+DKIM_KEY = os.path.join(os.environ.get("PMTA_SRCDIR", "."), "t", "data", "dkim", "test.key")
 EX_NOPERM = 77
 
 
@@ -129,5 +130,32 @@ trusted-submit-users @daemon
     r = sendmail("bin", ["r@example.test"], "<bin2@test>")
     tap.ok(r.returncode == 0 and find_message(qdump(p.spool, body=True), "<bin2@test>"),
            "without submit-users, every user may submit again", r.stderr)
+
+    # --- DKIM: an untrusted local user's mail is signed only as their own -------------------
+    p.write_config("trusted-submit-users @daemon\ndomain-key s1,*,%s\n"
+                   "<domain *>\n  dkim-sign yes\n</domain>\n" % DKIM_KEY,
+                   processes={"smtp-out": 0})
+    mark = p.log_mark()
+    p.send_signal(1)
+    p.wait_log(r"cleanup\[\d+\]: info: using configuration generation 3", since=mark)
+    cases = (("nobody", "From: CEO <ceo@operator.example>", "<dk1@test>", False,
+              "an untrusted user's From of the operator's domain is not DKIM-signed"),
+             ("nobody", "From: nobody@%s" % HOST, "<dk2@test>", True,
+              "an untrusted user's mail from their own address is signed"),
+             ("nobody", "From: nobody@%s\nSender: ceo@operator.example" % HOST, "<dk3@test>",
+              False, "... but not with a Sender of another domain"),
+             ("root", "From: CEO <ceo@operator.example>", "<dk4@test>", True,
+              "root's mail from the operator's domain is signed"),
+             ("daemon", "From: CEO <ceo@operator.example>", "<dk5@test>", True,
+              "a trusted-submit-users member's (@daemon) mail is signed"))
+    for user, header, mid, signed, name in cases:
+        r = sendmail(user, ["r@example.test"], mid, header)
+        m = find_message(qdump(p.spool, body=True), mid)
+        has_sig = bool(m) and "DKIM-Signature:" in body_of(m).split("\r\n\r\n", 1)[0]
+        tap.ok(r.returncode == 0 and m and has_sig == signed, name,
+               (r.stderr, m and body_of(m)[:400]))
+    tap.ok("not DKIM-signed: the signing identity is not the local user's own domain (nobody "
+           "is not in trusted-submit-users)" in p.log_since(mark),
+           "the unsigned message is logged with the reason", p.log_since(mark)[-600:])
 
 sys.exit(tap.done())
