@@ -176,6 +176,7 @@ struct qconn {
     uint32_t txn_msgidx;
     uint32_t *txn; /* recipient table indexes; QNIL once answered */
     uint32_t txn_n, txn_left, txn_cap;
+    int txn_sent_noted; /* its send time has paced the rates (qrate_sent) */
     /* peer facts */
     char *mx, *dest_ip, *source_ip, *helo;
     uv_timer_t idle_timer;
@@ -327,6 +328,7 @@ void qmgr_vmta_conn_opened(struct qqueue *q);
 void qmgr_vmta_conn_closed(struct qqueue *q);
 uint32_t qmgr_vmta_rate_room(struct qqueue *q, uint64_t now_ns, uint64_t *wait_ns);
 void qmgr_vmta_rate_take(struct qqueue *q, uint32_t n, uint64_t now_ns);
+void qmgr_vmta_rate_sent(struct qqueue *q, uint32_t n, uint64_t sent_ns);
 void qmgr_vmta_free(void);
 /* qmgr_vmta_source_usable - has Q's virtual MTA a source address not disabled for Q? */
 int qmgr_vmta_source_usable(struct qqueue *q);
@@ -337,6 +339,8 @@ void qmgr_vmta_pick_source(struct qqueue *q, char **source_ip, char **helo);
 /* qrate_allowed - units conformant now under COUNT per PERIOD_S (UINT32_MAX when unlimited) */
 uint32_t qrate_allowed(const struct qrate *r, const struct cfg_value *rate, uint64_t now_ns);
 void qrate_take(struct qrate *r, const struct cfg_value *rate, uint32_t n, uint64_t now_ns);
+/* qrate_sent - N units went on the wire at SENT_NS: nothing more before SENT_NS + N*T */
+void qrate_sent(struct qrate *r, const struct cfg_value *rate, uint32_t n, uint64_t sent_ns);
 /* qrate_wait_ns - how long until one unit is conformant (0 = now) */
 uint64_t qrate_wait_ns(const struct qrate *r, const struct cfg_value *rate, uint64_t now_ns);
 

@@ -245,6 +245,7 @@ build_txn(struct qconn *c, uint32_t max)
         drop_gone(c);
         if (c->txn_n > 0) {
             c->txn_left = c->txn_n;
+            c->txn_sent_noted = 0;
             return c->txn_n;
         }
     }
@@ -631,6 +632,17 @@ on_conn_up(struct qconn *c, struct ipc_msg *m)
     return 0;
 }
 
+/* note_sent - the transaction of C went on the wire at SENT_NS: pace the rates from there */
+static void
+note_sent(struct qconn *c, uint64_t sent_ns)
+{
+    if (c->txn_sent_noted || sent_ns == 0)
+        return;
+    c->txn_sent_noted = 1;
+    qrate_sent(&c->q->msg_rate, qmgr_queue_setting(c->q, CFG_D_MAX_MSG_RATE), c->txn_n, sent_ns);
+    qmgr_vmta_rate_sent(c->q, c->txn_n, sent_ns);
+}
+
 static int
 on_rcpt_result(struct qconn *c, struct ipc_msg *m)
 {
@@ -646,6 +658,7 @@ on_rcpt_result(struct qconn *c, struct ipc_msg *m)
         return -EPROTO;
     for (uint32_t i = 0; i < c->txn_n; i++) {
         if (c->txn[i] != QNIL && S.rcpt[c->txn[i]].index == r.index) {
+            note_sent(c, r.sent_ns);
             res.result = r.result;
             res.code = r.code;
             res.enhanced = r.enhanced;

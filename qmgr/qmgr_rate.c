@@ -69,6 +69,25 @@ qrate_take(struct qrate *r, const struct cfg_value *rate, uint32_t n, uint64_t n
     r->tat_ns = (r->tat_ns > now_ns ? r->tat_ns : now_ns) + t * n;
 }
 
+/*
+ * qrate_sent - N units taken earlier went on the wire at SENT_NS (reported
+ * by smtp-out): the next unit is due no earlier than SENT_NS + N*T. When a
+ * send was late (a starved process, a slow connection) this spaces what
+ * follows from the late one, instead of letting on-time sends catch up and
+ * bunch up behind it at the receiver.
+ */
+void
+qrate_sent(struct qrate *r, const struct cfg_value *rate, uint32_t n, uint64_t sent_ns)
+{
+    uint64_t t = unit_ns(rate), due;
+
+    if (t == 0 || sent_ns == 0)
+        return;
+    due = sent_ns + t * n;
+    if (due > r->tat_ns)
+        r->tat_ns = due;
+}
+
 uint64_t
 qrate_wait_ns(const struct qrate *r, const struct cfg_value *rate, uint64_t now_ns)
 {

@@ -146,6 +146,14 @@ qmgr_vmta_rate_room(struct qqueue *q, uint64_t now_ns, uint64_t *wait_ns)
 }
 
 void
+qmgr_vmta_rate_sent(struct qqueue *q, uint32_t n, uint64_t sent_ns)
+{
+    struct qvmta *g = group(q);
+
+    qrate_sent(&g->msg_rate, g->rate, n, sent_ns);
+}
+
+void
 qmgr_vmta_rate_take(struct qqueue *q, uint32_t n, uint64_t now_ns)
 {
     struct qvmta *g = group(q);

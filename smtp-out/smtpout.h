@@ -43,8 +43,9 @@ void out_chan_start(void);
 void out_chan_close(void);
 void out_report_up(uint32_t conn, const char *mx, const char *dest_ip, const char *source_ip,
                    const char *tls, const char *esmtp);
+/* out_report_rcpt - MP_RCPT_RESULT; SENT_NS: when its transaction went out (0: never) */
 void out_report_rcpt(uint32_t conn, uint64_t msgid, uint32_t index, uint32_t result,
-                     const struct smtpout_reply *r);
+                     const struct smtpout_reply *r, uint64_t sent_ns);
 void out_report_txn_done(uint32_t conn, uint64_t msgid);
 void out_report_idle(uint32_t conn);
 void out_report_down(uint32_t conn, uint32_t result, const struct smtpout_reply *r, const char *mx,
@@ -84,6 +85,7 @@ struct otxn {
     unsigned char *reported;    /* rcpts[i] has a result */
     size_t nrcpts;
     struct smtpout_message msg;
+    uint64_t sent_ns; /* when the session began sending it (uv_hrtime), 0 before */
 };
 /* otxn_new - from MP_CONN_TXN's index list (big-endian u32s) */
 struct otxn *otxn_new(uint64_t msgid, const uint32_t *indexes, size_t n);

@@ -294,7 +294,8 @@ report_gone(void *arg, uint32_t index, const struct smtpout_reply *why)
     struct oconn *c = arg;
 
     if (c->in_table)
-        out_report_rcpt(c->id, c->current->msgid, index, MP_RESULT_TEMPFAIL, why);
+        out_report_rcpt(c->id, c->current->msgid, index, MP_RESULT_TEMPFAIL, why,
+                        c->current->sent_ns);
 }
 
 /* txn_finish - the current transaction is over: TXN_DONE, then the next or IDLE */
@@ -344,6 +345,7 @@ conn_run_next(struct oconn *c)
         conn_after_txn(c);
         return;
     }
+    t->sent_ns = uv_hrtime();
     smtpout_session_send(c->session, &t->msg);
 }
 
@@ -433,7 +435,7 @@ on_rcpt_result(void *arg, size_t i, const struct smtpout_reply *r)
         return;
     t->reported[i] = 1;
     if (c->in_table)
-        out_report_rcpt(c->id, t->msgid, t->rcpt_index[i], out_result_of(r->cls), r);
+        out_report_rcpt(c->id, t->msgid, t->rcpt_index[i], out_result_of(r->cls), r, t->sent_ns);
 }
 
 static void

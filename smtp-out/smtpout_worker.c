@@ -100,7 +100,7 @@ out_report_up(uint32_t conn, const char *mx, const char *dest_ip, const char *so
 
 void
 out_report_rcpt(uint32_t conn, uint64_t msgid, uint32_t index, uint32_t result,
-                const struct smtpout_reply *r)
+                const struct smtpout_reply *r, uint64_t sent_ns)
 {
     struct buf out = BUF_INIT;
     struct mp_rcpt_result rr = { .msgid = msgid,
@@ -108,7 +108,8 @@ out_report_rcpt(uint32_t conn, uint64_t msgid, uint32_t index, uint32_t result,
                                  .result = result,
                                  .code = r->code > 0 ? (uint32_t)r->code : 0,
                                  .enhanced = r->status,
-                                 .text = r->text };
+                                 .text = r->text,
+                                 .sent_ns = sent_ns };
 
     report(&out, "MP_RCPT_RESULT", conn, mp_encode_rcpt_result(&out, conn, &rr));
 }

@@ -193,7 +193,8 @@ class FakeOut:
             with self.lock:
                 queue = self.conns.get(cid, "?")
                 self.txns.append((now, cid, queue, msgid, idx))
-            self._later(self.txn_delay, lambda: self._answer(cid, queue, msgid, idx))
+            sent_ns = time.monotonic_ns()     # CLOCK_MONOTONIC, as smtp-out's uv_hrtime()
+            self._later(self.txn_delay, lambda: self._answer(cid, queue, msgid, idx, sent_ns))
         elif name == "CONN_CLOSE":
             with self.lock:
                 self.closes.append((now, cid, self.conns.get(cid, "?")))
@@ -201,7 +202,7 @@ class FakeOut:
         else:
             self.errors.append("unexpected frame %s" % name)
 
-    def _answer(self, cid, queue, msgid, idx):
+    def _answer(self, cid, queue, msgid, idx, sent_ns=0):
         with self.lock:
             if cid not in self.conns:       # the connection went down first
                 return
@@ -217,7 +218,7 @@ class FakeOut:
             with self.lock:
                 self.results.append((time.monotonic(), cid, queue, msgid, i, result))
             out.append(encode("RCPT_RESULT", cid, msgid=msgid, index=i, result=result, code=code,
-                              enhanced=enh, text=text))
+                              enhanced=enh, text=text, sent_ns=sent_ns))
         if held:
             self._send(b"".join(out))
             return
