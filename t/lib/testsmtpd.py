@@ -14,8 +14,10 @@ It writes one JSON object per line to the log, flushed at once:
     mail        {"conn", "from", "params", "read"}
     rcpt        {"conn", "to", "params", "reply", "read"}
     data_cmd    {"conn", "read", "reply"}
-    data        {"conn", "size", "file", "sha256"}   (message saved un-stuffed)
-    drop        {"conn", "after_bytes"}               (drop_in_data)
+    data        {"conn", "size", "file", "sha256", "msgid"}   (message saved un-stuffed;
+                  msgid is the Message-ID header's value or null; file is null
+                  when the script says "save": false)
+    drop        {"conn", "after_bytes", "reset"}      (drop_in_data / reset_in_data)
     rset, quit, disconnect {"conn", "max_concurrent"}
 "read" numbers the chunks the server read on that connection: commands that
 arrive in one read share a number, which is how a test sees PIPELINING used.
@@ -24,6 +26,8 @@ The script (a JSON object; every key optional):
     hostname      "mx.test"
     greeting      "220 mx.test ESMTP"  (e.g. "421 4.3.2 busy" or "554 5.7.1 go away":
                   the connection is closed right after a non-2xx greeting)
+    silent        false; true accepts the TCP connection and never sends a byte
+                  (no greeting, no reply: the client's own timeout must end it)
     pipelining, 8bitmime, smtputf8, dsn, enhancedstatuscodes, chunking (bool)
                   advertised or not; defaults: all true but chunking
     starttls      false; true advertises STARTTLS with a self-signed
@@ -48,6 +52,10 @@ The script (a JSON object; every key optional):
                   gets REPLY for S seconds (a provider's rate limit); a 421 closes
                   the connection after it, as the providers do. Logged once:
                   throttle_start {"after"}
+    reset_in_data false; true resets it (TCP RST: SO_LINGER 0) after the first
+                  body line, as a receiver that crashes mid-DATA
+    save          true; false keeps no copy of the messages (long soak runs):
+                  the data event still carries size, sha256 and msgid
 
 Owns: its listening sockets, the log, the saved messages, and the temporary
 directory holding the self-signed key (removed at exit).
@@ -62,7 +70,9 @@ import json
 import os
 import shutil
 import signal
+import socket
 import ssl
+import struct
 import subprocess
 import sys
 import tempfile
@@ -231,6 +241,11 @@ class Conn(asyncio.Protocol):
 
     async def session(self):
         self.tls = False
+        if self.script.get("silent"):
+            self.srv.event("silent", conn=self.id)
+            while await self.readline() is not None:
+                pass        # whatever the client says, we never answer
+            return
         await self.delay("greeting")
         greeting = self.script.get("greeting", "220 %s ESMTP testsmtpd" % self.script.get("hostname", "mx.test"))
         self.send(greeting)
@@ -327,22 +342,38 @@ class Conn(asyncio.Protocol):
                 raw = raw[1:]
             body.append(raw)
             size += len(raw)
-            if self.script.get("drop_in_data"):
-                self.srv.event("drop", conn=self.id, after_bytes=size)
+            if self.script.get("drop_in_data") or self.script.get("reset_in_data"):
+                reset = bool(self.script.get("reset_in_data"))
+                self.srv.event("drop", conn=self.id, after_bytes=size, reset=reset)
+                if reset:
+                    sock = self.transport.get_extra_info("socket")
+                    if sock is not None:
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                        struct.pack("ii", 1, 0))
                 self.transport.abort()
                 return False
         data = b"".join(body)
-        path = os.path.join(self.srv.datadir, "msg-%d-%d.eml" % (self.id, nmsg))
-        with open(path, "wb") as f:
-            f.write(data)
+        path = None
+        if self.script.get("save", True):
+            path = os.path.join(self.srv.datadir, "msg-%d-%d.eml" % (self.id, nmsg))
+            with open(path, "wb") as f:
+                f.write(data)
         self.srv.event("data", conn=self.id, size=len(data), file=path,
-                       sha256=hashlib.sha256(data).hexdigest())
+                       sha256=hashlib.sha256(data).hexdigest(), msgid=message_id(data))
         await self.delay("dot")
         reply = self.script.get("dot_reply", "250 2.0.0 Ok: queued as %d.%d" % (self.id, nmsg))
         if reply.startswith("2"):
             self.srv.accepted += 1
         self.send(reply)
         return True
+
+
+def message_id(data):
+    """The Message-ID header's value in DATA (bytes), or None."""
+    for line in data.split(b"\r\n\r\n", 1)[0].split(b"\r\n"):
+        if line[:11].lower() == b"message-id:":
+            return line[11:].strip().decode("latin-1")
+    return None
 
 
 def split_path(text):
