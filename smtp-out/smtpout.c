@@ -8,10 +8,12 @@
  * content on first use -- then connects to qmgr (smtpout_worker.c) and runs
  * the connections it orders (smtpout_conn.c).
  *
- * Shutdown (pmtad's CTL_SHUTDOWN or SIGTERM): idle connections QUIT at once,
- * running transactions may finish within the drain time, then whatever is
- * left is aborted. When no connection is left the channel, the resolver,
- * the TLS context and the queue are closed and the loop ends.
+ * Shutdown (pmtad's CTL_SHUTDOWN or SIGTERM, or pmtad gone): idle connections
+ * QUIT at once, running transactions may finish within the drain time, then
+ * the qmgr channel is closed and whatever is left is aborted without a
+ * report: qmgr requeues it as from a process that died. When no connection
+ * is left the channel, the resolver, the TLS context and the queue are
+ * closed and the loop ends.
  *
  * Owns: the resolver, the SSL_CTX, the queue handle, the drain timer.
  *
@@ -124,12 +126,22 @@ out_check_stopped(void)
     worker_stop(0);
 }
 
+/*
+ * on_drain_timeout - what is still running is cut off by us, not by the
+ * receiver: close the qmgr channel first, so that qmgr puts those recipients
+ * back in their queues, due at once (a process that went away), instead of
+ * getting "session aborted" results that it would have to defer by
+ * retry-after. Then abort the connections without reports. Results already
+ * gathered this loop turn still go out with the close.
+ */
 static void
 on_drain_timeout(uv_timer_t *t)
 {
+    (void)t;
     if (oconn_count() > 0)
-        msg_info("drain time over; aborting %zu connections", oconn_count());
-    oconn_abort_running();
+        msg_info("drain time over; aborting %zu connections (their recipients stay queued)",
+                 oconn_count());
+    out_chan_close(); /* aborts every connection, unreported (oconn_abort_all) */
 }
 
 static void

@@ -69,8 +69,6 @@ int oconn_close(uint32_t id);
 void oconn_abort_all(void);
 /* oconn_shutdown - QUIT idle connections, the others after their transaction */
 void oconn_shutdown(void);
-/* oconn_abort_running - the drain time is over: abort what is left (reports follow) */
-void oconn_abort_running(void);
 size_t oconn_count(void);
 
 /* --- smtpout_txn.c: transactions ------------------------------------------------ */

@@ -711,15 +711,3 @@ oconn_shutdown(void)
     shutting_down = 1;
     each_conn(quit_when_idle);
 }
-
-static void
-abort_one(struct oconn *c)
-{
-    conn_abort(c);
-}
-
-void
-oconn_abort_running(void)
-{
-    each_conn(abort_one);
-}

@@ -223,7 +223,7 @@ static void
 on_qmgr_closed(struct ipc_chan *ch, int reason)
 {
     W.ch = NULL;
-    if (oconn_count() > 0)
+    if (oconn_count() > 0 && !W.closed_for_good)
         msg_warn("qmgr channel closed; aborting %zu connections", oconn_count());
     oconn_abort_all();
     if (W.closed_for_good || worker_stopping()) {
