@@ -67,7 +67,8 @@ int oconn_txn(uint32_t id, uint64_t msgid, const uint32_t *indexes, size_t n);
 int oconn_close(uint32_t id);
 /* oconn_abort_all - the qmgr channel is gone: drop every connection, report nothing */
 void oconn_abort_all(void);
-/* oconn_shutdown - QUIT idle connections, the others after their transaction */
+/* oconn_shutdown - QUIT idle connections, the others after their transaction; from now on
+ * no MP_CONN_DOWN is sent (the qmgr channel's end requeues what is in flight) */
 void oconn_shutdown(void);
 size_t oconn_count(void);
 

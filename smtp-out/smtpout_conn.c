@@ -12,7 +12,8 @@
  * reports MP_CONN_UP and runs the transactions qmgr sends, one at a time:
  * MP_RCPT_RESULT per recipient, MP_TXN_DONE, MP_CONN_IDLE. MP_CONN_CLOSE
  * QUITs; every connection ends with exactly one MP_CONN_DOWN (unless the
- * qmgr channel is gone) and one log line, as it began with one.
+ * qmgr channel is gone, or this process is shutting down: then the channel's
+ * end tells qmgr) and one log line, as it began with one.
  *
  * Results: failures before the connection is up carry the class of the last
  * failure (permanent only for "the domain cannot receive mail" and a 5xx
@@ -273,7 +274,14 @@ result_name(uint32_t result)
     return result == MP_RESULT_OK ? "ok" : result == MP_RESULT_PERMFAIL ? "permfail" : "tempfail";
 }
 
-/* conn_down - the connection is over: one report, one log line, free it */
+/*
+ * conn_down - the connection is over: one report, one log line, free it.
+ * Once this process is shutting down, a connection's end is not reported:
+ * it may have been cut off by the shutdown itself (not yet up, or a
+ * transaction qmgr sent as it ended), which is no failure of the receiver.
+ * qmgr learns when the channel closes, and requeues what was in flight due
+ * at once.
+ */
 static void
 conn_down(struct oconn *c, uint32_t result, const struct smtpout_reply *r)
 {
@@ -281,7 +289,7 @@ conn_down(struct oconn *c, uint32_t result, const struct smtpout_reply *r)
              c->queue, result_name(result), c->mx[0] ? c->mx : "-",
              c->dest_ip[0] ? c->dest_ip : "-", c->source_ip[0] ? c->source_ip : "-",
              c->tls[0] ? c->tls : "none", c->ntxns, r->text);
-    if (c->in_table)
+    if (c->in_table && !shutting_down)
         out_report_down(c->id, result, r, c->mx, c->dest_ip);
     conn_free(c);
 }
