@@ -1,12 +1,13 @@
 /*
  * qmgr.c - the queue manager: start-up, configuration, shutdown
  *
- * qmgr is the only process that changes recipients in the queue store. At
- * start it opens SPOOL/queue, rebuilds the schedule from it
- * (qmgr_sched.c), and serves RUNDIR/private/qmgr, where cleanup sends
- * new-message hints and the smtp-out processes take connections and
- * transactions (qmgr_conn.c). Outcomes are recorded through one group
- * committer (qmgr_outcome.c).
+ * qmgr is the only process that changes recipients in the queue store, and
+ * there is one per queue: it holds SPOOL/.qmgr.lock (waiting for a qmgr of a
+ * pmtad that died to finish). At start it opens SPOOL/queue, rebuilds the
+ * schedule from it (qmgr_sched.c), and serves RUNDIR/private/qmgr, where
+ * cleanup sends new-message hints and the smtp-out processes take
+ * connections and transactions (qmgr_conn.c). Outcomes are recorded through
+ * one group committer (qmgr_outcome.c).
  *
  * Configuration: qmgr holds the current configuration generation (queue
  * settings point into it) and switches on reload; running connections keep
@@ -24,16 +25,24 @@
  */
 #include "config.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "msg.h"
 #include "qmgr.h"
 #include "worker.h"
 #include "xalloc.h"
 
-#define DRAIN_POLL_MS 50
+#define DRAIN_POLL_MS     50
+#define QMGR_LOCK_FILE    ".qmgr.lock"
+#define QMGR_LOCK_POLL_MS 50u
+#define QMGR_LOCK_WAIT_MS 15000u /* > the orphan drain plus the runtime's force stop */
 
 struct qmgr_state S;
 
@@ -93,6 +102,40 @@ qmgr_jitter(uint64_t delay_ms, uint64_t seed)
 }
 
 /* --- the queue store ---------------------------------------------------------------------- */
+
+/*
+ * lock_queue - one qmgr per queue. The qmgr of a pmtad that died finishes
+ * its last deliveries for up to WORKER_ORPHAN_DRAIN_S (more if it hangs:
+ * then the runtime's force stop ends it), and a pmtad restarted meanwhile
+ * must not deliver its recipients a second time: wait for it, then go. The
+ * lock is held (the descriptor stays open) until this process exits.
+ */
+static void
+lock_queue(void)
+{
+    char *path = xasprintf("%s/%s", worker_spool(), QMGR_LOCK_FILE);
+    int fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+    unsigned waited_ms = 0;
+    pid_t parent = getppid();
+
+    if (fd < 0)
+        msg_fatal("cannot open %s: %s", path, strerror(errno));
+    while (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+        if (errno != EWOULDBLOCK && errno != EINTR)
+            msg_fatal("cannot lock %s: %s", path, strerror(errno));
+        if (waited_ms == 0)
+            msg_warn("another qmgr still works on this queue (%s); waiting for it to exit", path);
+        if (waited_ms >= QMGR_LOCK_WAIT_MS)
+            msg_fatal("another qmgr still holds %s after %u s", path, QMGR_LOCK_WAIT_MS / 1000);
+        if (getppid() != parent) /* our pmtad died while we waited: nobody needs us */
+            msg_fatal("pmtad went away while we waited for %s", path);
+        uv_sleep(QMGR_LOCK_POLL_MS);
+        waited_ms += QMGR_LOCK_POLL_MS;
+    }
+    if (waited_ms > 0)
+        msg_info("the other qmgr is gone after %u ms", waited_ms);
+    free(path);
+}
 
 static void
 open_queue(void)
@@ -192,6 +235,7 @@ main(int argc, char **argv)
     S.start_wall = qmgr_wall();
     S.cfg = worker_config_hold();
     S.cfg_serial = 1;
+    lock_queue();
     open_queue();
     qmgr_outcome_config();
     qmgr_sched_start();

@@ -15,12 +15,18 @@ workers of every killed pmtad went away by themselves; the longest wait of an
 acknowledged message after a kill, and the longest 250-to-delivery latency,
 stay within WAIT_MAX seconds (a retry-after penalty would be 540 s or more);
 duplicates stay within DUP_PER_KILL per kill on average (a regression that
-re-sent finished recipients would show). The seed is printed: rerun with
-`bench/soak --kills 20 --seed N` to replay the same draws.
+re-sent finished recipients would show), and each has a kill between its
+copies. The seed is printed: rerun with `bench/soak --kills 20 --seed N` to
+replay the same draws.
+
+Then one qmgr per queue: a pmtad is killed while its qmgr is stopped
+(SIGSTOP), so that it cannot exit; the restarted pmtad's qmgr must wait for
+it (SPOOL/.qmgr.lock) and take the queue only once it is gone.
 """
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import tempfile
@@ -28,7 +34,7 @@ import tempfile
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 
 from dnsmasq import dnsmasq_path  # noqa: E402
-from pmtatest import Tap, require_root  # noqa: E402
+from pmtatest import Pmta, Tap, pid_alive, require_root, wait_for  # noqa: E402
 
 KILLS = 20
 WAIT_MAX = 20.0         # seconds; generous for a loaded CI machine
@@ -80,5 +86,32 @@ tap.ok(fig["duplicated"] <= DUP_PER_KILL * KILLS,
 tap.ok(fig["duplicated_before_any_kill"] == 0,
        "every duplicate has a kill between its copies", fig.get("unexplained"))
 tap.ok(r.returncode == 0, "bench/soak exits 0")
+
+# --- one qmgr per queue: the qmgr of a killed pmtad that has not gone yet ---------------------
+# (bench/soak restarts pmtad only once the old workers are gone; an init system may not wait.)
+with Pmta(name="test_soak_lock") as p:
+    p.write_config("", processes={"smtpd": 1, "cleanup": 1, "smtp-out": 1})
+    p.start()
+    tap.ok(p.wait_workers({"smtpd": 1, "cleanup": 1, "qmgr": 1, "smtp-out": 1}) and
+           p.wait_log(r"qmgr\[\d+\]: info: schedule rebuilt", timeout=20),
+           "pmtad runs; its qmgr has the queue")
+    old = p.worker_pids("qmgr")[0]
+    others = [w for w in p.worker_pids() if w != old]
+    os.kill(old, signal.SIGSTOP)        # it cannot notice pmtad's death yet
+    p.proc.kill()
+    p.proc.wait()
+    tap.ok(wait_for(lambda: not any(pid_alive(w) for w in others), 10),
+           "the other workers of the killed pmtad went away")
+    mark = p.log_mark()
+    p.start()
+    waiting = p.wait_log(r"qmgr\[\d+\]: warning: another qmgr still works on this queue", since=mark)
+    early = p.wait_log(r"qmgr\[\d+\]: info: schedule rebuilt", since=mark, timeout=1)
+    tap.ok(waiting and not early, "the new pmtad's qmgr waits for the old one (no schedule yet)")
+    os.kill(old, signal.SIGCONT)
+    tap.ok(wait_for(lambda: not pid_alive(old), 10),
+           "the old qmgr, continued, sees its pmtad gone and exits")
+    tap.ok(p.wait_log(r"qmgr\[\d+\]: info: the other qmgr is gone after \d+ ms", since=mark) and
+           p.wait_log(r"qmgr\[\d+\]: info: schedule rebuilt", since=mark),
+           "then the new qmgr takes the queue")
 
 sys.exit(tap.done())
