@@ -386,10 +386,10 @@ on_master_closed(struct ipc_chan *ch, int reason)
 {
     W.master = NULL;
     if (!W.stopping) {
-        msg_warn("lost the channel to pmtad; exiting");
-        /* Let the worker close its own handles (no drain time), but exit 1. */
+        msg_warn("lost the channel to pmtad; exiting within %u s", WORKER_ORPHAN_DRAIN_S);
+        /* Finish what is under way (its result recorded is one duplicate less), but exit 1. */
         W.lost_master = 1;
-        begin_shutdown(0);
+        begin_shutdown(WORKER_ORPHAN_DRAIN_S);
     }
 }
 

@@ -25,7 +25,10 @@
  * Shutdown: CTL_SHUTDOWN or SIGTERM calls ops.on_shutdown (default: stop at
  * once). The worker closes its own handles and calls worker_stop(); when the
  * loop is empty worker_run() returns. If pmtad's channel closes (pmtad died)
- * the worker stops too. SIGINT and SIGHUP are ignored: pmtad decides.
+ * the worker stops too, with WORKER_ORPHAN_DRAIN_S of drain time: work that is
+ * under way (a delivery whose DATA is out, a commit, a client's transaction)
+ * may finish and be recorded rather than be done again after the restart;
+ * then it exits with status 1. SIGINT and SIGHUP are ignored: pmtad decides.
  *
  * Errors: environment problems at start (no snapshot, bad descriptors) are
  * msg_fatal(); pmtad logs the exit and restarts the worker.
@@ -43,6 +46,8 @@
 #include <uv.h>
 
 #include "cfg.h"
+
+#define WORKER_ORPHAN_DRAIN_S 2u /* drain time when pmtad is gone */
 
 struct worker_ops {
     /* The new configuration CFG is current (already mapped); pin it per session if needed. */
