@@ -26,14 +26,8 @@
 
 #include "msg.h"
 #include "qstore.h"
+#include "qstore_int.h"
 #include "xalloc.h"
-
-struct qstore {
-    MDB_env *env;
-    MDB_dbi meta, msg, body, rcpt;
-    pid_t pid; /* the process that opened the env (LMDB rule) */
-    unsigned flags;
-};
 
 struct qstore_wtxn {
     struct qstore *qs;
@@ -176,9 +170,9 @@ self_pid(void)
     return self_pid_cached;
 }
 
-/* check_owner - LMDB forbids using an env across fork(); catch it loudly */
-static void
-check_owner(const struct qstore *qs)
+/* qstore__check_owner - see qstore_int.h */
+void
+qstore__check_owner(const struct qstore *qs)
 {
     if (qs->pid != self_pid())
         msg_panic("qstore: environment used in pid %ld but opened in pid %ld", (long)getpid(),
@@ -585,7 +579,7 @@ qstore_close(struct qstore *qs)
 {
     if (qs == NULL)
         return;
-    check_owner(qs);
+    qstore__check_owner(qs);
     mdb_env_close(qs->env);
     free(qs);
 }
@@ -593,7 +587,7 @@ qstore_close(struct qstore *qs)
 int
 qstore_sync(struct qstore *qs)
 {
-    check_owner(qs);
+    qstore__check_owner(qs);
     return qs_err(mdb_env_sync(qs->env, 1));
 }
 
@@ -615,7 +609,7 @@ qstore_info(struct qstore *qs, struct qstore_info *info)
     MDB_val k = { strlen(META_NEXT_ID), META_NEXT_ID }, v;
     int rc;
 
-    check_owner(qs);
+    qstore__check_owner(qs);
     memset(info, 0, sizeof *info);
     if ((rc = qs_err(mdb_txn_begin(qs->env, NULL, MDB_RDONLY, &txn))) < 0)
         return rc;
@@ -736,7 +730,7 @@ qstore_wtxn_begin(struct qstore *qs, struct qstore_wtxn **wp)
     struct qstore_wtxn *w;
     int rc;
 
-    check_owner(qs);
+    qstore__check_owner(qs);
     if (qs->flags & QSTORE_RDONLY)
         return -EACCES;
     w = xcalloc(1, sizeof *w);
@@ -1022,6 +1016,8 @@ qstore_wtxn_commit(struct qstore_wtxn *w)
     }
     /* with sync on, this returns only after fsync: the durability point */
     rc = qs_err(mdb_txn_commit(w->txn));
+    if (rc == -EIO && qstore__disk_full(w->qs))
+        rc = -ENOSPC; /* LMDB's word for a short write */
     free(w);
     return rc;
 }
@@ -1103,7 +1099,7 @@ scan_range(struct qstore *qs, int one_msg, uint64_t msgid, qstore_sched_fn fn, v
     MDB_cursor *c;
     int rc, cbrc = 0, op = one_msg ? MDB_SET_RANGE : MDB_FIRST;
 
-    check_owner(qs);
+    qstore__check_owner(qs);
     memset(st, 0, sizeof *st);
     if ((rc = qs_err(mdb_txn_begin(qs->env, NULL, MDB_RDONLY, &txn))) < 0)
         return rc;
@@ -1248,7 +1244,7 @@ qstore_read_msg(struct qstore *qs, uint64_t msgid, unsigned what, struct qstore_
     MDB_txn *txn;
     int rc;
 
-    check_owner(qs);
+    qstore__check_owner(qs);
     m->msgid = msgid;
     buf_init(&m->recs_, 0);
     if ((rc = qs_err(mdb_txn_begin(qs->env, NULL, MDB_RDONLY, &txn))) < 0)

@@ -109,10 +109,12 @@
  *     into one write transaction and one sync, run on the libuv thread pool.
  *     One commit at a time per group; what arrives during a commit forms the
  *     next batch; an idle group commits on its next loop turn.
- *   - MDB_MAP_FULL (and a full disk) is -ENOSPC: the transaction is aborted,
- *     nothing committed is harmed, and the environment stays usable. A batch
- *     that fills the map is retried one operation per transaction, so only
- *     the operations that do not fit fail.
+ *   - MDB_MAP_FULL and a full disk (LMDB: a short write, EIO) are -ENOSPC:
+ *     the transaction is aborted, nothing committed is harmed, and the
+ *     environment stays usable. A batch that fills the map is retried one
+ *     operation per transaction, so only the operations that do not fit fail.
+ *     cleanup keeps new messages out of a reserve (SPACE below), so that
+ *     qmgr can still record deliveries in a full queue.
  *
  * ERRORS: functions return 0 or a negative errno: -ENOSPC (map or disk full),
  * -EPROTO (corrupt record or schema mismatch), -ENOENT (no such message or
@@ -244,6 +246,32 @@ int qstore_open_spool(struct qstore **qs, const struct cfg *c, const char *spool
 void qstore_close(struct qstore *qs);
 /* qstore_sync - force a sync (for QSTORE_NOSYNC users, e.g. at shutdown) */
 int qstore_sync(struct qstore *qs);
+
+/*
+ * SPACE. The queue is full when the LMDB map or the disk under it is. What a
+ * new message may take is LMDB's free pages plus what the data file may
+ * still grow by (the smaller of the map's rest and the disk space left),
+ * less a reserve kept for qmgr: recording deliveries writes pages too
+ * (copy-on-write), and a queue filled to the last page could not record the
+ * deliveries that empty it. cleanup samples this (a read transaction over
+ * the free list and a statvfs: cheap, but not per message), refuses what
+ * does not fit with 452 4.3.1, and tells smtpd (MP_QUEUE_SPACE).
+ */
+struct qstore_space {
+    uint64_t map_size;    /* queue-map-size */
+    uint64_t file_size;   /* the data file now (it never shrinks) */
+    uint64_t free_inside; /* of which free for reuse */
+    uint64_t disk_size;   /* the file system of the queue ... */
+    uint64_t disk_avail;  /* ... and what the worker user may still write on it */
+};
+/* qstore_space - sample QS's space. 0 or -errno */
+int qstore_space(struct qstore *qs, struct qstore_space *sp);
+/* qstore_space_room - the largest message (body bytes) the queue takes now, the reserve kept */
+uint64_t qstore_space_room(const struct qstore_space *sp);
+/* qstore_space_capacity - the largest message the queue could ever take (empty, reserve kept) */
+uint64_t qstore_space_capacity(const struct qstore_space *sp);
+/* qstore_space_reserve - the bytes kept for qmgr: 1/64 of the map or disk, 1 to 64 MiB */
+uint64_t qstore_space_reserve(const struct qstore_space *sp);
 
 struct qstore_info {
     uint64_t messages, recipients, chunks;

@@ -4,7 +4,8 @@
  * Covers: record round trips (every field), corrupt records (-EPROTO, never an
  * overread: run under ASan), a full map (-ENOSPC, env still usable), that the
  * group committer really groups, outcome recording, a 100,000-recipient scan
- * (timed, printed as a TAP comment), and crash safety: a child committing in
+ * (timed, printed as a TAP comment), the space figures (room, capacity,
+ * reserve; pages freed by deletions count as room), and crash safety: a child committing in
  * a loop is SIGKILLed at a random moment and every acknowledged message must
  * be whole, and no message may be partial.
  *
@@ -847,6 +848,76 @@ test_map_full(void **state)
     tdir_remove(&d);
 }
 
+/* ---- space: what the queue can still take ------------------------------------------ */
+
+static void
+test_space_arithmetic(void **state)
+{
+    const uint64_t MiB = 1 << 20;
+    struct qstore_space sp = { .map_size = 1024 * MiB,
+                               .file_size = 10 * MiB,
+                               .free_inside = 2 * MiB,
+                               .disk_size = 100 * 1024 * MiB,
+                               .disk_avail = 50 * 1024 * MiB };
+    uint64_t room;
+
+    (void)state;
+    /* the map binds: 1/64 of it is kept back */
+    assert_true(qstore_space_reserve(&sp) == 16 * MiB);
+    room = qstore_space_room(&sp);
+    assert_true(room < 2 * MiB + 1014 * MiB - 16 * MiB && room > 960 * MiB);
+    assert_true(qstore_space_capacity(&sp) < 1008 * MiB && qstore_space_capacity(&sp) > room);
+    /* the disk binds: 3 MiB left in all is less than the reserve */
+    sp.disk_avail = 1 * MiB;
+    assert_true(qstore_space_room(&sp) == 0);
+    /* a small disk: the reserve is 1 MiB at least, the capacity below the disk's size */
+    sp = (struct qstore_space){
+        .map_size = 1024 * MiB, .file_size = 1 * MiB, .disk_size = 8 * MiB, .disk_avail = 5 * MiB
+    };
+    assert_true(qstore_space_reserve(&sp) == 1 * MiB);
+    assert_true(qstore_space_capacity(&sp) < 7 * MiB && qstore_space_capacity(&sp) > 6 * MiB);
+    assert_true(qstore_space_room(&sp) < 4 * MiB && qstore_space_room(&sp) > 3 * MiB);
+}
+
+static void
+test_space_sampled(void **state)
+{
+    struct tdir d;
+    struct qstore *qs;
+    struct qstore_space before, full, after;
+    struct qstore_newmsg *nm;
+    uint64_t ids[8];
+
+    (void)state;
+    tdir_make(&d);
+    qs = open_store(d.env, 32 << 20, QSTORE_NOSYNC);
+    assert_int_equal(qstore_space(qs, &before), 0);
+    assert_true(before.map_size == 32 << 20 && before.disk_size > 0 && before.file_size > 0);
+    assert_true(qstore_space_capacity(&before) > 29 << 20);
+    for (unsigned i = 0; i < 8; i++) {
+        nm = make_msg(i, 1, 1 << 20);
+        assert_int_equal(qstore_put(qs, nm, &ids[i]), 0);
+        qstore_newmsg_free(nm);
+    }
+    /* 8 MiB stored: the room shrank by as much, the file grew */
+    assert_int_equal(qstore_space(qs, &full), 0);
+    assert_true(full.file_size >= before.file_size + (8 << 20));
+    assert_true(qstore_space_room(&full) + (7 << 20) <= qstore_space_room(&before));
+    for (unsigned i = 0; i < 8; i++)
+        assert_int_equal(qstore_delete_msg(qs, ids[i]), 0);
+    /* deleted: the file keeps its size, but its pages are free for reuse and count as room */
+    assert_int_equal(qstore_space(qs, &after), 0);
+    assert_true(after.file_size == full.file_size);
+    assert_true(after.free_inside >= 7 << 20);
+    assert_true(qstore_space_room(&after) + (1 << 20) >= qstore_space_room(&before));
+    print_message("# room %" PRIu64 " KiB empty, %" PRIu64 " KiB with 8 MiB queued, %" PRIu64
+                  " KiB after their deletion\n",
+                  qstore_space_room(&before) >> 10, qstore_space_room(&full) >> 10,
+                  qstore_space_room(&after) >> 10);
+    qstore_close(qs);
+    tdir_remove(&d);
+}
+
 /* ---- scanning 100,000 recipients ---------------------------------------------------- */
 
 struct scan_check {
@@ -1147,6 +1218,7 @@ main(void)
         UNIT_TEST(test_put_read_roundtrip), UNIT_TEST(test_qid_patch),
         UNIT_TEST(test_group_groups),       UNIT_TEST(test_group_paced),
         UNIT_TEST(test_outcomes),           UNIT_TEST(test_map_full),
+        UNIT_TEST(test_space_arithmetic),   UNIT_TEST(test_space_sampled),
         UNIT_TEST(test_scan_100k),          UNIT_TEST(test_crash_kill),
     };
 
