@@ -63,6 +63,7 @@ open_queue(const struct cfg *cfg)
         msg_fatal("cannot start the group committer: %s", uv_strerror(err));
     msg_info("queue %s open", dir);
     free(dir);
+    cleanup_space_start();
 }
 
 /* log_stats - one line when messages were stored since the last one */
@@ -110,6 +111,7 @@ static void
 all_closed(void)
 {
     cleanup_notify_close();
+    cleanup_space_stop();
     qstore_close(cleanup.qs);
     cleanup.qs = NULL;
     cleanup_conf_unref(cleanup.conf);

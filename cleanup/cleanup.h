@@ -13,6 +13,7 @@
  *   cleanup_commit.c  END: header work, DKIM, queue names, envelope, the
  *                     grouped commit and the answer
  *   cleanup_notify.c  MP_QUEUE_NEW hints to qmgr
+ *   cleanup_space.c   how much the queue can still take; MP_QUEUE_SPACE to smtpd
  *
  * Lifetimes: a transaction pins the cleanup_conf it started on (which pins
  * its configuration generation), so a reload never changes a transaction
@@ -131,6 +132,8 @@ void cleanup_server_stop_accepting(void);
 int cleanup_server_idle(void);
 /* cleanup_server_drop_unfinished - forget every transaction that has not ended */
 void cleanup_server_drop_unfinished(void);
+/* cleanup_server_broadcast - send FRAMES to every open smtpd connection */
+void cleanup_server_broadcast(const struct buf *frames);
 /* cleanup_server_close_all - close every connection once its writes are out; CB when done */
 void cleanup_server_close_all(void (*cb)(void));
 /*
@@ -166,6 +169,19 @@ uint32_t cleanup_sender_block(const struct cfg *c, const char *sender);
 
 /* cleanup_commit_txn - process an ended transaction; answers it now or after the commit */
 void cleanup_commit_txn(struct cleanup_txn *t);
+
+/* --- the queue's space (cleanup_space.c) ---------------------------------------- */
+
+/* cleanup_space_start - sample now and every second (the queue is open) */
+void cleanup_space_start(void);
+void cleanup_space_stop(void);
+/* cleanup_space_take - a message of SIZE bytes is about to be submitted: 0 if it fits (its
+ * bytes now count as used), -ENOSPC if not (answer 452 4.3.1) */
+int cleanup_space_take(size_t size);
+/* cleanup_space_full - a commit found the queue full: sample again */
+void cleanup_space_full(void);
+/* cleanup_space_hello - tell a new smtpd connection the figures (MP_QUEUE_SPACE) */
+void cleanup_space_hello(struct ipc_chan *ch);
 
 /* --- qmgr hints (cleanup_notify.c) ------------------------------------------ */
 

@@ -17,8 +17,10 @@
  *      recipient gets that one signed copy; no key matching -> unsigned;
  *   5. render, envelope and recipient records, and submission to the group
  *      committer with a patch point for the queue id in Received;
- *   6. on the commit callback: 250 2.0.0 "Ok: queued as QID" only when the
- *      commit is durable; -ENOSPC -> 452 4.3.1; anything else -> 451 4.3.0.
+ *   6. a message that does not fit in the queue's room (cleanup_space.c)
+ *      is refused 452 4.3.1 before it is submitted; on the commit callback:
+ *      250 2.0.0 "Ok: queued as QID" only when the commit is durable;
+ *      -ENOSPC -> 452 4.3.1; anything else -> 451 4.3.0.
  *      Then the log line and a MP_QUEUE_NEW hint to qmgr.
  *
  * Owns: struct pending (a submitted transaction waiting for its commit).
@@ -462,6 +464,8 @@ on_committed(void *arg, int status, uint64_t msgid)
         const struct reply *r = status == -ENOSPC ? &R_FULL : &R_TEMP;
 
         msg_warn("transaction %u not queued: %s", p->t->id, qstore_strerror(status));
+        if (status == -ENOSPC)
+            cleanup_space_full();
         cleanup_txn_result(p->t, r->code, r->enhanced, r->text, 0);
     }
     cleanup_txn_done(p->t);
@@ -473,9 +477,14 @@ on_committed(void *arg, int status, uint64_t msgid)
 static int
 submit(struct work *w, struct reply *r)
 {
-    struct pending *p = xcalloc(1, sizeof(*p));
+    struct pending *p;
     int err;
 
+    if (cleanup_space_take(w->size) < 0) {
+        *r = R_FULL; /* the rest is kept for qmgr to record deliveries */
+        return -1;
+    }
+    p = xcalloc(1, sizeof(*p));
     p->t = w->t;
     p->vmta = xstrdup(w->route.vmta);
     p->size = w->size;

@@ -444,6 +444,23 @@ accept_one(int fd)
     S.conns = c;
     S.nconns++;
     msg_debug("connection %u from smtpd", c->serial);
+    cleanup_space_hello(c->ch);
+}
+
+/* cleanup_server_broadcast - see cleanup.h */
+void
+cleanup_server_broadcast(const struct buf *frames)
+{
+    for (struct cleanup_conn *c = S.conns; c; c = c->next) {
+        struct buf copy = BUF_INIT;
+
+        if (c->ch == NULL)
+            continue;
+        buf_append(&copy, frames->data, frames->len);
+        if (ipc_chan_send(c->ch, &copy) < 0)
+            msg_debug("connection %u: cannot send it the queue's space", c->serial);
+        buf_free(&copy);
+    }
 }
 
 void

@@ -270,7 +270,8 @@ int qstore_space(struct qstore *qs, struct qstore_space *sp);
 uint64_t qstore_space_room(const struct qstore_space *sp);
 /* qstore_space_capacity - the largest message the queue could ever take (empty, reserve kept) */
 uint64_t qstore_space_capacity(const struct qstore_space *sp);
-/* qstore_space_reserve - the bytes kept for qmgr: 1/64 of the map or disk, 1 to 64 MiB */
+/* qstore_space_reserve - the bytes kept for qmgr: 1/64 of the map or disk, 256 KiB to 64 MiB,
+ * at most a quarter of it */
 uint64_t qstore_space_reserve(const struct qstore_space *sp);
 
 struct qstore_info {

@@ -22,11 +22,11 @@
 #include "qstore.h"
 #include "qstore_int.h"
 
-#define RESERVE_MIN      ((uint64_t)1 << 20)  /* 1 MiB */
-#define RESERVE_MAX      ((uint64_t)64 << 20) /* 64 MiB */
-#define RESERVE_SHARE    64                   /* 1/64 of the capacity in between */
-#define DISK_FULL_PAGES  16                   /* less than this left: the disk is full */
-#define MESSAGE_OVERHEAD ((uint64_t)16 << 10) /* records and part-used pages per message */
+#define RESERVE_MIN      ((uint64_t)256 << 10) /* 64 pages: a batch of qmgr's records */
+#define RESERVE_MAX      ((uint64_t)64 << 20)  /* 64 MiB */
+#define RESERVE_SHARE    64                    /* 1/64 of the capacity in between */
+#define DISK_FULL_PAGES  16                    /* less than this left: the disk is full */
+#define MESSAGE_OVERHEAD ((uint64_t)16 << 10)  /* records and part-used pages per message */
 
 /* free_list_pages - pages LMDB's free list holds for reuse (what mdb_stat -f sums) */
 static uint64_t
@@ -102,9 +102,10 @@ fitting(uint64_t bytes)
 uint64_t
 qstore_space_reserve(const struct qstore_space *sp)
 {
-    uint64_t r = disk_or_map(sp) / RESERVE_SHARE;
+    uint64_t cap = disk_or_map(sp), r = cap / RESERVE_SHARE;
 
-    return r < RESERVE_MIN ? RESERVE_MIN : r > RESERVE_MAX ? RESERVE_MAX : r;
+    r = r < RESERVE_MIN ? RESERVE_MIN : r > RESERVE_MAX ? RESERVE_MAX : r;
+    return r > cap / 4 ? cap / 4 : r; /* a tiny map is mostly for mail all the same */
 }
 
 uint64_t

@@ -198,6 +198,10 @@ int smtpd_cleanup_open(uint32_t id, struct smtpd_session *s);
 int smtpd_cleanup_send(struct buf *frames);
 /* smtpd_cleanup_forget - S no longer wants the answer for ID */
 void smtpd_cleanup_forget(uint32_t id);
+/* smtpd_cleanup_space - what cleanup last said the queue can take (mailproto.h,
+   MP_QUEUE_SPACE): the largest message it could ever hold and the largest it takes now;
+   false while cleanup has not said (not connected yet) */
+bool smtpd_cleanup_space(uint64_t *capacity, uint64_t *room);
 /* smtpd_cleanup_backlog - bytes written to cleanup but not yet taken by the kernel */
 size_t smtpd_cleanup_backlog(void);
 void smtpd_cleanup_close(void);

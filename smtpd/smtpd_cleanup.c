@@ -6,7 +6,8 @@
  * frames (BEGIN, RCPT..., DATA..., END or ABORT) and hand them over in as few
  * sends as they can; this module sends them, remembers which session waits
  * for which id (from DATA on, whether or not a frame went yet), and routes
- * MP_TXN_RESULT back.
+ * MP_TXN_RESULT back. It also keeps what cleanup last said about the queue's
+ * space (MP_QUEUE_SPACE), for the SIZE limit and MAIL.
  *
  * If the connection drops, every transaction on it is lost to cleanup: each
  * waiting session is told (it answers 451 4.3.0, never 250), and we reconnect
@@ -50,6 +51,8 @@ static struct {
     unsigned pending;
     bool closing;
     bool warned;
+    bool space_known; /* MP_QUEUE_SPACE heard on this connection */
+    uint64_t capacity, room;
     struct waiting *table[TABLE_SIZE];
 } C;
 
@@ -95,7 +98,26 @@ fail_all(void)
     }
 }
 
-/* on_msg - MP_TXN_RESULT, the only frame cleanup sends */
+/* on_space - MP_QUEUE_SPACE: what the queue can take now */
+static int
+on_space(struct ipc_msg *m)
+{
+    struct mp_queue_space q;
+
+    if (m->id != 0 || mp_decode_queue_space(m, &q) < 0) {
+        msg_warn("malformed queue space frame from cleanup; reconnecting");
+        return -1;
+    }
+    if (C.space_known && (C.room == 0) != (q.room == 0))
+        msg_info("cleanup says the queue %s",
+                 q.room ? "has room again" : "is full: MAIL gets 452 4.3.1");
+    C.space_known = true;
+    C.capacity = q.capacity;
+    C.room = q.room;
+    return 0;
+}
+
+/* on_msg - MP_TXN_RESULT, or MP_QUEUE_SPACE */
 static int
 on_msg(struct ipc_chan *ch, struct ipc_msg *m)
 {
@@ -103,6 +125,8 @@ on_msg(struct ipc_chan *ch, struct ipc_msg *m)
     struct smtpd_session *s;
 
     (void)ch;
+    if (m->type == MP_QUEUE_SPACE)
+        return on_space(m);
     if (m->type != MP_TXN_RESULT) {
         msg_warn("cleanup sent unexpected frame %s (type %u); reconnecting", mp_type_name(m->type),
                  m->type);
@@ -135,6 +159,7 @@ on_close(struct ipc_chan *ch, int reason)
 {
     (void)ch;
     C.chan = NULL;
+    C.space_known = false; /* the next cleanup tells us again */
     if (!C.closing)
         msg_warn("connection to cleanup lost (%s); %u transaction(s) fail with 451",
                  reason ? uv_strerror(reason) : "closed", C.pending);
@@ -229,6 +254,17 @@ void
 smtpd_cleanup_forget(uint32_t id)
 {
     (void)take(id);
+}
+
+/* smtpd_cleanup_space - see smtpd.h */
+bool
+smtpd_cleanup_space(uint64_t *capacity, uint64_t *room)
+{
+    if (!C.space_known)
+        return false;
+    *capacity = C.capacity;
+    *room = C.room;
+    return true;
 }
 
 size_t

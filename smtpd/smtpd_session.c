@@ -19,6 +19,11 @@
  * ABORT) still follows, because cleanup keeps the transaction until then,
  * and the client gets that result when its DATA ends.
  *
+ * Queue space: MAIL gets 452 4.3.1 while cleanup says the queue is full or
+ * has no room for the SIZE= declared, and SIZE (EHLO, and the 552 5.3.4
+ * limit of SIZE= and of the content) is max-message-size within the largest
+ * message the queue could ever hold (smtpd_cleanup_space).
+ *
  * Timeouts: smtp-command-timeout runs from the last reply (a client that
  * drips a command byte by byte still times out); smtp-data-timeout runs from
  * the last byte of content, and bounds the wait for cleanup's answer.
@@ -429,6 +434,35 @@ ev_helo(void *ctx, const char *name, bool esmtp)
     log_command(s, esmtp ? "EHLO" : "HELO", name);
 }
 
+/*
+ * message_size_limit - the session's max-message-size, within the largest
+ * message the queue could ever hold (cleanup's MP_QUEUE_SPACE; until cleanup
+ * has said, queue-map-size): what EHLO advertises as SIZE, and what MAIL's
+ * SIZE= may not exceed (552 5.3.4)
+ */
+static uint64_t
+message_size_limit(const struct smtpd_session *s)
+{
+    uint64_t capacity, room, max = s->pol.max_message_size;
+    const struct cfg_value *map = cfg_global(s->cfg, CFG_D_QUEUE_MAP_SIZE);
+
+    if (!smtpd_cleanup_space(&capacity, &room)) /* not heard yet: the map at most */
+        capacity = map && map->num > 0 ? (uint64_t)map->num : 0;
+    if (capacity == 0)
+        return max;
+    return max == 0 || capacity < max ? capacity : max;
+}
+
+/* queue_cannot_take - the queue is full, or has no room for the SIZE= the client declared */
+static bool
+queue_cannot_take(const struct smtpd_mail_params *p)
+{
+    uint64_t capacity, room;
+
+    return smtpd_cleanup_space(&capacity, &room) &&
+           (room == 0 || (p->size_given && p->size > room));
+}
+
 static enum smtpd_decision
 ev_mail(void *ctx, const char *sender, const struct smtpd_mail_params *p,
         struct smtpd_proto_verdict *v)
@@ -438,6 +472,10 @@ ev_mail(void *ctx, const char *sender, const struct smtpd_mail_params *p,
     const char *use = smtpd_submit_sender(s->cfg, &s->submitter, sender, own, sizeof(own));
 
     log_command(s, "MAIL FROM", sender);
+    if (queue_cannot_take(p)) {
+        *v = (struct smtpd_proto_verdict){ 452, "4.3.1", "Insufficient system storage" };
+        return SMTPD_REJECT;
+    }
     if (use != sender) {
         msg_info("%s[%" PRIu64 "]: %s is not in trusted-submit-users: sender <%s> replaced by "
                  "<%s>",
@@ -579,7 +617,7 @@ auth_done(void *ctx, bool ok, const char *source)
         smtpd_policy_layer_auth(s->cfg, s->have_peer ? (struct sockaddr *)&s->peer : NULL,
                                 s->origin.listener_source, smtpd_proto_auth_user(s->proto),
                                 &s->pol);
-        smtpd_proto_set_limits(s->proto, s->pol.max_message_size, s->pol.max_rcpt);
+        smtpd_proto_set_limits(s->proto, message_size_limit(s), s->pol.max_rcpt);
         after_engine(s);
     } else if (!s->closing) {
         msg_warn("%s[%" PRIu64 "]: authentication failed for %s", peer_name(s), s->serial,
@@ -1056,7 +1094,7 @@ make_engine(struct smtpd_session *s)
 
     smtpd_proto_config_init(&pc);
     pc.host_name = smtpd_policy_host_name(s->cfg);
-    pc.max_message_size = s->pol.max_message_size;
+    pc.max_message_size = message_size_limit(s);
     pc.max_rcpt = s->pol.max_rcpt;
     pc.refuse_service = !s->pol.smtp_service;
     pc.offer_starttls = s->pol.allow_starttls && s->origin.tls && !s->origin.implicit_tls;

@@ -9,6 +9,7 @@ read from runtime/mailproto.def at import time (the one copy of them).
     c.data(1, b"Subject: hi\\r\\n\\r\\nbody\\r\\n")   # split in MP_CHUNK_MAX pieces
     c.end(1)
     r = c.result(1)                       # Result(id, code, enhanced, text, msgid)
+    c.space                               # (capacity, room) cleanup last announced, or None
 
     encode("CONN_UP", 7, mx="mx.test", ...)   # one frame from the .def's field list
     decode(ftype, payload)                    # -> ("CONN_UP", {"mx": ..., ...})
@@ -172,6 +173,7 @@ class CleanupConn:
         self.sock.connect(path)
         self.inbuf = b""
         self.results = {}
+        self.space = None
         self.closed = False
 
     def send(self, data):
@@ -228,6 +230,9 @@ class CleanupConn:
                 return None
             ftype, fid, payload = f
             name, r = decode(ftype, payload)
+            if name == "QUEUE_SPACE":
+                self.space = (r["capacity"], r["room"])     # what the queue takes, in bytes
+                continue
             if name != "TXN_RESULT":
                 raise ValueError("unexpected frame %s" % name)
             self.results[fid] = Result(fid, r["code"], r["enhanced"], r["text"], r["msgid"])

@@ -870,13 +870,19 @@ test_space_arithmetic(void **state)
     /* the disk binds: 3 MiB left in all is less than the reserve */
     sp.disk_avail = 1 * MiB;
     assert_true(qstore_space_room(&sp) == 0);
-    /* a small disk: the reserve is 1 MiB at least, the capacity below the disk's size */
+    /* a small disk: the reserve is 256 KiB at least, the capacity below the disk's size */
     sp = (struct qstore_space){
         .map_size = 1024 * MiB, .file_size = 1 * MiB, .disk_size = 8 * MiB, .disk_avail = 5 * MiB
     };
-    assert_true(qstore_space_reserve(&sp) == 1 * MiB);
-    assert_true(qstore_space_capacity(&sp) < 7 * MiB && qstore_space_capacity(&sp) > 6 * MiB);
-    assert_true(qstore_space_room(&sp) < 4 * MiB && qstore_space_room(&sp) > 3 * MiB);
+    assert_true(qstore_space_reserve(&sp) == 256 << 10);
+    assert_true(qstore_space_capacity(&sp) < 8 * MiB && qstore_space_capacity(&sp) > 7 * MiB);
+    assert_true(qstore_space_room(&sp) < 5 * MiB && qstore_space_room(&sp) > 4 * MiB);
+    /* a tiny map: a quarter of it at most */
+    sp = (struct qstore_space){
+        .map_size = 512 << 10, .file_size = 64 << 10, .disk_size = MiB << 10, .disk_avail = MiB << 9
+    };
+    assert_true(qstore_space_reserve(&sp) == 128 << 10);
+    assert_true(qstore_space_room(&sp) > 250 << 10);
 }
 
 static void
