@@ -19,6 +19,11 @@ re-sent finished recipients would show), and each has a kill between its
 copies. The seed is printed: rerun with `bench/soak --kills 20 --seed N` to
 replay the same draws.
 
+Then the same deterministically: pmtad is killed while one delivery waits
+for the receiver's answer to the final dot and another connection for its
+greeting, both longer than the workers' 2 s drain; after the restart both
+are delivered within seconds, with no deferral and no retry mode logged.
+
 Then one qmgr per queue: a pmtad is killed while its qmgr is stopped
 (SIGSTOP), so that it cannot exit; the restarted pmtad's qmgr must wait for
 it (SPOOL/.qmgr.lock) and take the queue only once it is gone.
@@ -26,7 +31,9 @@ it (SPOOL/.qmgr.lock) and take the queue only once it is gone.
 import json
 import os
 import random
+import re
 import signal
+import smtplib
 import subprocess
 import sys
 import tempfile
@@ -34,7 +41,8 @@ import tempfile
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 
 from dnsmasq import dnsmasq_path  # noqa: E402
-from pmtatest import Pmta, Tap, pid_alive, require_root, wait_for  # noqa: E402
+from pmtatest import Pmta, Tap, free_port, pid_alive, qdump, require_root, wait_for  # noqa: E402
+from testsmtpd import TestSmtpd  # noqa: E402
 
 KILLS = 20
 WAIT_MAX = 20.0         # seconds; generous for a loaded CI machine
@@ -86,6 +94,55 @@ tap.ok(fig["duplicated"] <= DUP_PER_KILL * KILLS,
 tap.ok(fig["duplicated_before_any_kill"] == 0,
        "every duplicate has a kill between its copies", fig.get("unexplained"))
 tap.ok(r.returncode == 0, "bench/soak exits 0")
+
+# --- pmtad killed while deliveries are under way: due again at once -----------------------------
+# Deterministic cases of what the soak meets by chance. dot.test's receiver holds the final dot
+# HOLD s (longer than the 2 s the workers of a dead pmtad drain), greet.test's its greeting: the
+# one transaction is cut off mid-DATA, the other connection before it is up. Neither is a
+# failure of the receiver: with retry-after 10m both are delivered within seconds of the restart.
+HOLD = 4
+with Pmta(name="test_soak_cut") as p, \
+        TestSmtpd(["127.0.0.42:%d" % free_port("127.0.0.42")], {"delay": {"dot": HOLD}},
+                  workdir=p.dir, name="rx-dot") as rx_dot, \
+        TestSmtpd(["127.0.0.43:%d" % free_port("127.0.0.43")], {"delay": {"greeting": HOLD}},
+                  workdir=p.dir, name="rx-greet") as rx_greet:
+    p.write_config("""
+<source 127.0.0.1>
+    always-allow-relaying yes
+</source>
+<domain *>
+    retry-after 10m
+    retry-recipients-after 10m
+</domain>
+<domain dot.test>
+    smtp-hosts [%s]:%s
+</domain>
+<domain greet.test>
+    smtp-hosts [%s]:%s
+</domain>
+""" % (tuple(rx_dot.listen[0].split(":")) + tuple(rx_greet.listen[0].split(":"))), processes={"smtpd": 1, "cleanup": 1, "smtp-out": 1})
+    p.start()
+    mark = p.log_mark()
+    for domain in ("dot.test", "greet.test"):
+        s = smtplib.SMTP("127.0.0.1", p.port, timeout=20)
+        s.sendmail("s@sender.test", ["r@" + domain],
+                   "Message-ID: <cut-%s@soak.test>\r\n\r\ncut off\r\n" % domain)
+        s.quit()
+    tap.ok(wait_for(lambda: rx_dot.events("data") and rx_greet.events("connect"), 10),
+           "dot.test's receiver holds the message's final dot; greet.test's its greeting")
+    workers = p.worker_pids()
+    p.proc.kill()
+    p.proc.wait()
+    tap.ok(wait_for(lambda: not any(pid_alive(w) for w in workers), 10),
+           "pmtad killed: its workers drain and go")
+    p.start()
+    tap.ok(wait_for(lambda: len(rx_dot.events("data")) >= 2 and rx_greet.events("data"), 3 * HOLD + 10),
+           "after the restart both are delivered within seconds (retry-after is 10m)",
+           "dot.test copies %d, greet.test %d" % (len(rx_dot.events("data")),
+                                                  len(rx_greet.events("data"))))
+    bad = re.findall(r".*(?:deferred|retry mode).*", p.log_since(mark))
+    tap.ok(not bad, "no deferral and no retry mode for what our own dying processes cut off", bad[:4])
+    tap.ok(wait_for(lambda: not qdump(p.spool), 10), "the queue is empty")
 
 # --- one qmgr per queue: the qmgr of a killed pmtad that has not gone yet ---------------------
 # (bench/soak restarts pmtad only once the old workers are gone; an init system may not wait.)
