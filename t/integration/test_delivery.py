@@ -46,7 +46,6 @@ Prints TAP. Needs root (smtp-sink -u nobody, pmtad's workers), dnsmasq,
 smtp-sink, python3-dkim. Only 127.0.0.0/8 is used.
 """
 
-import csv
 import datetime
 import email
 import email.policy
@@ -64,7 +63,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from blackhole import Blackhole  # noqa: E402
 from childproc import stop_child  # noqa: E402
-from pmtatest import Pmta, Tap, qdump, require_root, wait_for  # noqa: E402
+from pmtatest import Pmta, Tap, acct_rows, qdump, require_root, wait_for  # noqa: E402
 from dnsmasq import Dnsmasq, dnsmasq_path  # noqa: E402
 from testsmtpd import TestSmtpd  # noqa: E402
 
@@ -322,14 +321,6 @@ def dsns(run):
         if failed:
             out.append((msg, failed, statuses))
     return out
-
-
-def acct_rows(path):
-    try:
-        with open(path, newline="") as f:
-            return list(csv.DictReader(f))
-    except FileNotFoundError:
-        return []
 
 
 def inject_hole(run):

@@ -32,7 +32,6 @@ case peers Receivers that fail: one accepts TCP and never says a word (silent.te
 The tmpfs is unmounted in a finally; without mount(2) (not root, or in a
 container that forbids it) case disk is skipped with the reason.
 """
-import csv
 import os
 import pwd
 import re
@@ -43,7 +42,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 
-from pmtatest import Pmta, SmtpRaw, Tap, free_port, message_ids, qdump, require_root, wait_for  # noqa: E402
+from pmtatest import (Pmta, SmtpRaw, Tap, acct_rows, free_port, message_ids, qdump,  # noqa: E402
+                      require_root, wait_for)
 from testsmtpd import TestSmtpd  # noqa: E402
 
 DISK_MB = 16
@@ -134,14 +134,6 @@ def acct_path(p):
     pw = pwd.getpwnam("pmta")
     os.chown(d, pw.pw_uid, pw.pw_gid)
     return os.path.join(d, "acct.csv")
-
-
-def acct_rows(path):
-    try:
-        with open(path, newline="") as f:
-            return list(csv.DictReader(f))
-    except OSError:
-        return []
 
 
 class Arrived:

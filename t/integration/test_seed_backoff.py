@@ -26,7 +26,6 @@ C `reply /^250 2\\.0\\.0 Ok: queued/ mode=normal` on the success reply.
 Prints TAP. Needs root, dnsmasq. Only 127.0.0.0/8 is used.
 """
 
-import csv
 import datetime
 import email
 import email.policy
@@ -40,7 +39,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 
 from dnsmasq import Dnsmasq, dnsmasq_path  # noqa: E402
-from pmtatest import Pmta, Tap, free_port, require_root, wait_for  # noqa: E402
+from pmtatest import Pmta, Tap, acct_rows, free_port, require_root, wait_for  # noqa: E402
 from testsmtpd import TestSmtpd  # noqa: E402
 
 SRCDIR = os.environ.get("PMTA_SRCDIR", os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -215,14 +214,6 @@ def run_case(tap, name, work, dns):
         tap.ok(len(trows) == len(refused) and all(REFUSAL in r["dsnDiag"] for r in trows),
                "%s: one t record with the 421 text per refusal (%d records, %d refusals)"
                % (label, len(trows), len(refused)), trows[:2])
-
-
-def acct_rows(path):
-    try:
-        with open(path, newline="") as f:
-            return list(csv.DictReader(f))
-    except FileNotFoundError:
-        return []
 
 
 def main():

@@ -406,6 +406,16 @@ def body_of(m):
     return base64.b64decode(m.get("body_base64", "")).decode("latin-1")
 
 
+def acct_rows(path):
+    """The records of an accounting CSV (<acct-file>) as dicts by its header; [] if none yet."""
+    import csv
+    try:
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+    except FileNotFoundError:
+        return []
+
+
 def make_cert(directory, name="server.pem", owner="pmta", cn="mta.test.example"):
     """A self-signed certificate and its key in one PEM (as smtp-server-tls-certificate
     wants), readable by OWNER only (the workers' run-as-user)."""
