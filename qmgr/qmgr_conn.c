@@ -43,6 +43,7 @@
 
 #define DEFAULT_IDLE_TIMEOUT_MS 5000u
 #define STREAM_MS               1000u /* new work this recent makes a queue a stream */
+#define UNREADABLE_RETRY_S      30u   /* a message the store could not read now, tried again */
 
 static void conn_failed_early(struct qconn *c, struct qresult *res);
 
@@ -221,6 +222,27 @@ drop_gone(struct qconn *c)
     c->txn_n = keep;
 }
 
+/*
+ * hold_unreadable - the store could not give us the message for a reason
+ * other than its being gone (reader table full, EIO, a damaged record): its
+ * recipients wait UNREADABLE_RETRY_S and are tried again, no attempt
+ * counted; dropping them would lose them until qmgr restarts
+ */
+static void
+hold_unreadable(struct qconn *c, int err)
+{
+    uint32_t due = qmgr_tick_now() + UNREADABLE_RETRY_S * 1000u / QMGR_TICK_MS;
+
+    msg_warn("cannot read message %" PRIu64 ": %s; its %u recipient(s) wait %u s",
+             S.msg[c->txn_msgidx].msgid, qstore_strerror(err), c->txn_n, UNREADABLE_RETRY_S);
+    for (uint32_t i = 0; i < c->txn_n; i++) {
+        c->q->ninflight--;
+        qmgr_defer_push(c->txn[i], due);
+    }
+    c->txn_n = 0;
+    qmgr_defer_timer_update();
+}
+
 /* build_txn - the next transaction of C's queue into c->txn; its recipient count */
 static uint32_t
 build_txn(struct qconn *c, uint32_t max)
@@ -237,11 +259,13 @@ build_txn(struct qconn *c, uint32_t max)
             qstore_msg_free(c->txn_msg);
         c->txn_msg = NULL;
         err = qstore_read_msg(S.qs, S.msg[c->txn_msgidx].msgid, 0, &c->txn_msg);
-        if (err < 0 && err != -ENOENT)
-            msg_warn("cannot read message %" PRIu64 ": %s", S.msg[c->txn_msgidx].msgid,
-                     qstore_strerror(err));
-        if (err < 0)
+        if (err < 0) {
             c->txn_msg = NULL;
+            if (err != -ENOENT) {
+                hold_unreadable(c, err);
+                continue;
+            }
+        }
         drop_gone(c);
         if (c->txn_n > 0) {
             c->txn_left = c->txn_n;
