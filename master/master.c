@@ -18,8 +18,8 @@
  * --test-validator-fault FILE and --test-validator-timeout S are for the
  * tests of that path only.
  *
- * Signals: SIGHUP reloads (validated in a child process); SIGUSR1 rotates the log; SIGTERM and
- * SIGINT drain the workers (CTL_SHUTDOWN, SIGKILL after the drain time) and exit 0.
+ * Signals: SIGHUP reloads (validated in a child process); SIGUSR1 rotates the log; SIGUSR2
+ * reopens it (after logrotate(8) renamed it); SIGTERM and SIGINT drain the workers (CTL_SHUTDOWN, SIGKILL after the drain time) and exit 0.
  *
  * SECURITY: runs as root for its whole life (it must bind, chown and spawn
  * with setuid); it never parses network input. See master.h.
@@ -119,6 +119,7 @@ master_maybe_finished(struct master *m)
     uv_close((uv_handle_t *)&m->sig_term, NULL);
     uv_close((uv_handle_t *)&m->sig_int, NULL);
     uv_close((uv_handle_t *)&m->sig_usr1, NULL);
+    uv_close((uv_handle_t *)&m->sig_usr2, NULL);
     uv_close((uv_handle_t *)&m->drain_timer, NULL);
     master_roles_close(m);
 }
@@ -157,7 +158,10 @@ on_reload_signal(uv_signal_t *h, int sig)
 static void
 on_rotate_signal(uv_signal_t *h, int sig)
 {
-    master_rotate_log(h->data);
+    if (sig == SIGUSR2)
+        master_reopen_log(h->data);
+    else
+        master_rotate_log(h->data);
 }
 
 /* start_signals - libuv signal handles; SIGPIPE is an error return, not a death */
@@ -169,8 +173,11 @@ start_signals(struct master *m)
     uv_signal_init(&m->loop, &m->sig_term);
     uv_signal_init(&m->loop, &m->sig_int);
     uv_signal_init(&m->loop, &m->sig_usr1);
+    uv_signal_init(&m->loop, &m->sig_usr2);
     m->sig_hup.data = m->sig_term.data = m->sig_int.data = m->sig_usr1.data = m;
+    m->sig_usr2.data = m;
     uv_signal_start(&m->sig_usr1, on_rotate_signal, SIGUSR1);
+    uv_signal_start(&m->sig_usr2, on_rotate_signal, SIGUSR2);
     uv_signal_start(&m->sig_hup, on_reload_signal, SIGHUP);
     uv_signal_start(&m->sig_term, on_stop_signal, SIGTERM);
     uv_signal_start(&m->sig_int, on_stop_signal, SIGINT);

@@ -148,7 +148,7 @@ struct master {
     int stopping;
     unsigned procs_allocated;      /* struct master_proc not yet freed */
     uint64_t announced_generation; /* last generation every worker acked */
-    uv_signal_t sig_hup, sig_term, sig_int, sig_usr1;
+    uv_signal_t sig_hup, sig_term, sig_int, sig_usr1, sig_usr2;
     char *self_exe;                  /* this binary: the reload validator */
     struct validation *validation;   /* the reload being validated, or NULL */
     int reload_again;                /* a SIGHUP came during the validation */
@@ -215,6 +215,8 @@ void master_roles_free(struct master *m);
 void master_broadcast_config(struct master *m);
 /* master_rotate_log - SIGUSR1: log-file -> log-file.1 ... and every worker reopens it */
 void master_rotate_log(struct master *m);
+/* master_reopen_log - SIGUSR2: open log-file anew (logrotate renamed it); every worker too */
+void master_reopen_log(struct master *m);
 /* master_broadcast_log_reopen - CTL_LOG_REOPEN to every live worker */
 void master_broadcast_log_reopen(struct master *m);
 void master_broadcast_shutdown(struct master *m);

@@ -275,6 +275,22 @@ rotated_name(const char *path, int n)
     return xasprintf("%s.%d", path, n);
 }
 
+/* reopen_log - open log-file (created when missing), then tell the workers; 0 or -1 (logged) */
+static int
+reopen_log(struct master *m, const char *why)
+{
+    int err;
+
+    if ((err = msg_open_path(m->set.log_file)) < 0) {
+        msg_error("%s: cannot open %s: %s", why, m->set.log_file, strerror(-err));
+        return -1;
+    }
+    fcntl(msg_log_fd(), F_SETFD, FD_CLOEXEC);
+    share_log(m, msg_log_fd());
+    master_broadcast_log_reopen(m);
+    return 0;
+}
+
 /*
  * master_rotate_log - see master.h. Keeps log-rotate old files (PATH.1 the
  * newest); 0 keeps none. The new file is created before the workers are
@@ -286,7 +302,6 @@ master_rotate_log(struct master *m)
 {
     const char *path = m->set.log_file;
     char *from, *to;
-    int err;
 
     if (path == NULL) {
         msg_info("log rotation asked for, but the log goes to syslog; nothing to do");
@@ -302,15 +317,21 @@ master_rotate_log(struct master *m)
     }
     if (m->set.log_rotate <= 0 && unlink(path) < 0 && errno != ENOENT)
         msg_warn("log rotation: cannot remove %s: %s", path, strerror(errno));
-    if ((err = msg_open_path(path)) < 0) {
-        msg_error("log rotation: cannot open %s: %s", path, strerror(-err));
+    if (reopen_log(m, "log rotation") == 0)
+        msg_info("log rotated (%d old file%s kept)", m->set.log_rotate,
+                 m->set.log_rotate == 1 ? "" : "s");
+}
+
+/* master_reopen_log - see master.h. Whoever renamed the file keeps the old ones. */
+void
+master_reopen_log(struct master *m)
+{
+    if (m->set.log_file == NULL) {
+        msg_info("log reopen asked for, but the log goes to syslog; nothing to do");
         return;
     }
-    fcntl(msg_log_fd(), F_SETFD, FD_CLOEXEC);
-    share_log(m, msg_log_fd());
-    msg_info("log rotated (%d old file%s kept)", m->set.log_rotate,
-             m->set.log_rotate == 1 ? "" : "s");
-    master_broadcast_log_reopen(m);
+    if (reopen_log(m, "log reopen") == 0)
+        msg_info("log reopened");
 }
 
 /* master_open_log - log-file PATH (appended) or syslog; warnings to stderr too in the foreground */

@@ -20,6 +20,7 @@
  *   delete [--dsn] PATTERN | delete --queue=PATTERN [--dsn]
  *   reload
  *   rotate log
+ *   reopen log
  *
  * DESCRIPTION
  *   Every command but reload is one request on RUNDIR/control (RUNDIR is the
@@ -176,6 +177,7 @@ usage(FILE *out)
             "                                       in delivery); --dsn bounces them\n"
             "  reload                               make pmtad re-read its configuration\n"
             "  rotate log                           log-file -> log-file.1 ... (log-rotate kept)\n"
+            "  reopen log                           open log-file anew (after logrotate moved it)\n"
             "\n"
             "PATTERN is DOMAIN[/VMTA] with shell wildcards (*.example.com/*); without\n"
             "/VMTA it means every virtual MTA of the domain.\n"
@@ -1072,23 +1074,40 @@ signal_pmtad(pid_t pid, const char *pid_path, int sig)
     return fail("cannot signal pmtad (pid %ld): %s", (long)pid, strerror(errno));
 }
 
+/* pmtad's signal commands: what the signal asks for, in the confirmation */
+struct signal_command {
+    const char *verb;
+    int sig;
+    const char *requested;
+};
+
+static const struct signal_command signal_commands[] = {
+    { "reload", SIGHUP, "reload" },
+    { "rotate", SIGUSR1, "log rotation" },
+    { "reopen", SIGUSR2, "log reopen" },
+};
+
 /*
  * run_signal_command - `pmtactl reload` (SIGHUP; the configuration is loaded
- * here first) and `pmtactl rotate log` (SIGUSR1): commands pmtad takes as signals
+ * here first), `rotate log` (SIGUSR1) and `reopen log` (SIGUSR2): commands
+ * pmtad takes as signals
  */
 static int
 run_signal_command(const struct command *cmd, const struct options *o)
 {
     char *run_dir = load_run_directory(o->config_path), *pid_path;
-    bool reload = strcmp(cmd->verb, "reload") == 0;
+    const struct signal_command *sc = &signal_commands[0];
     pid_t pid;
     int rc = EXIT_FAILED;
 
+    for (size_t i = 0; i < sizeof(signal_commands) / sizeof(signal_commands[0]); i++)
+        if (strcmp(cmd->verb, signal_commands[i].verb) == 0)
+            sc = &signal_commands[i];
     if (run_dir == NULL)
-        return fail("cannot read the configuration%s", reload ? "; pmtad would refuse it" : "");
+        return fail("cannot read the configuration%s",
+                    sc->sig == SIGHUP ? "; pmtad would refuse it" : "");
     pid_path = xasprintf("%s/%s", run_dir, PID_FILE_NAME);
-    if ((pid = read_pid_file(pid_path)) > 0 &&
-        (rc = signal_pmtad(pid, pid_path, reload ? SIGHUP : SIGUSR1)) == 0) {
+    if ((pid = read_pid_file(pid_path)) > 0 && (rc = signal_pmtad(pid, pid_path, sc->sig)) == 0) {
         if (o->json) {
             json_t *out = json_pack("{s:b, s:I}", "ok", 1, "pid", (json_int_t)pid);
             char *text = json_dumps(out, JSON_COMPACT);
@@ -1097,7 +1116,7 @@ run_signal_command(const struct command *cmd, const struct options *o)
             free(text);
             json_decref(out);
         } else {
-            printf("%s requested (pmtad pid %ld)\n", reload ? "reload" : "log rotation", (long)pid);
+            printf("%s requested (pmtad pid %ld)\n", sc->requested, (long)pid);
         }
     }
     free(pid_path);
@@ -1128,6 +1147,7 @@ static const struct command commands[] = {
     { "show", "settings", 0, 0, PATTERN_REQUIRED, NULL, NULL, NULL, NULL },
     { "reload", NULL, 0, 0, PATTERN_NONE, NULL, NULL, NULL, NULL },
     { "rotate", "log", 0, 0, PATTERN_NONE, NULL, NULL, NULL, NULL },
+    { "reopen", "log", 0, 0, PATTERN_NONE, NULL, NULL, NULL, NULL },
 };
 
 /* command_name - "show queues" for messages */
