@@ -19,7 +19,8 @@
  * tests of that path only.
  *
  * Signals: SIGHUP reloads (validated in a child process); SIGUSR1 rotates the log; SIGUSR2
- * reopens it (after logrotate(8) renamed it); SIGTERM and SIGINT drain the workers (CTL_SHUTDOWN, SIGKILL after the drain time) and exit 0.
+ * reopens it (after logrotate(8) renamed it); SIGTERM and SIGINT drain the workers (CTL_SHUTDOWN,
+ * SIGKILL after the drain time) and exit 0.
  *
  * SECURITY: runs as root for its whole life (it must bind, chown and spawn
  * with setuid); it never parses network input. See master.h.

@@ -17,6 +17,8 @@
  *   qmgr_backoff.c  backoff mode and the smtp-pattern-list reply actions
  *   qmgr_ctl.c      the control socket pmtactl talks to (JSON lines)
  *   qmgr_http.c     the HTTP monitor (status and queues as JSON, /metrics)
+ *   qmgr_monitor.c  the web page under /ui: its files, data and actions
+ *   qmgr_traffic.c  traffic per minute over the last hour, recent errors
  *   qmgr_outcome.c  what a result does: durable finish/defer, bounces
  *                   (DSN), expiry, the per-attempt log line, accounting
  *   qmgr_msg.c      queue ids, envelopes read from the queue, and mail
@@ -335,6 +337,11 @@ int qmgr_vmta_source_usable(struct qqueue *q);
 /* qmgr_vmta_pick_source - the next usable "IP HOSTNAME" of Q's VMTA (round-robin), else "" and
  * the VMTA's host-name; both strings are the caller's */
 void qmgr_vmta_pick_source(struct qqueue *q, char **source_ip, char **helo);
+/* qmgr_vmta_sources - the IPs of VMTA's own smtp-source-host lines into IPS (at most MAX); their
+ * number (0: it uses the implicit source) */
+uint32_t qmgr_vmta_sources(const char *vmta, char (*ips)[48], uint32_t max);
+/* qmgr_vmta_connections - open connections across VMTA's queues */
+uint32_t qmgr_vmta_connections(const char *vmta);
 
 /* qrate_allowed - units conformant now under COUNT per PERIOD_S (UINT32_MAX when unlimited) */
 uint32_t qrate_allowed(const struct qrate *r, const struct cfg_value *rate, uint64_t now_ns);

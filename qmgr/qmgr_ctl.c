@@ -482,9 +482,9 @@ cmd_delete(json_t *req)
                      (json_int_t)deleted, "inflight", (json_int_t)inflight);
 }
 
-/* dispatch - one parsed request to its command */
-static json_t *
-dispatch(json_t *req)
+/* qmgr_ctl_dispatch - see qmgr_ctl.h */
+json_t *
+qmgr_ctl_dispatch(json_t *req)
 {
     const char *cmd = json_string_value(json_object_get(req, "cmd"));
 
@@ -580,7 +580,7 @@ serve_line(struct ctl_client *c, const char *line, size_t len)
         send_reply(c, error_reply("request is not a JSON object"));
         return;
     }
-    send_reply(c, dispatch(req));
+    send_reply(c, qmgr_ctl_dispatch(req));
     json_decref(req);
 }
 

@@ -16,4 +16,11 @@ json_t *qmgr_ctl_status_json(void);
 /* qmgr_ctl_queue_json - one queue: mode, pause, counts, retry, last error, mode events */
 json_t *qmgr_ctl_queue_json(const struct qqueue *q);
 
+/*
+ * qmgr_ctl_dispatch - run one control request ({"cmd": NAME, ...}, as the
+ * control socket takes it) and return its reply ({"ok": ...}); the web
+ * monitor's actions go through here too
+ */
+json_t *qmgr_ctl_dispatch(json_t *req);
+
 #endif

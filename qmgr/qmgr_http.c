@@ -8,6 +8,8 @@
  *                                      {"data":{"total":N,"queue":[...]}}
  *     GET /queueDetail?queue=dom/vmta  {"data":{"queue":{...}}}
  *     GET /metrics                     Prometheus text format 0.0.4
+ *     /ui, /ui/...                     the web page, its data and its actions
+ *                                      (qmgr_monitor.c)
  * The JSON of a queue and of the totals is the control socket's
  * (qmgr_ctl.h), so pmtactl and the monitor never disagree.
  *
@@ -20,9 +22,9 @@
  * Owns: the MHD daemon, its epoll watcher and timer.
  * SECURITY: reachable from the network. Every request is checked against
  * http-access (first matching CIDR; no match means no access): anything
- * below `monitor` gets 403. Only GET/HEAD; bounded connections, memory and
- * time per connection; query arguments are length-checked; label values in
- * /metrics are escaped.
+ * below `monitor` gets 403. Only GET/HEAD (POST under /ui: qmgr_monitor.c); bounded connections,
+ * memory and time per connection; query arguments are length-checked; label values in /metrics are
+ * escaped.
  */
 #include "config.h"
 
@@ -41,6 +43,7 @@
 #include "msg.h"
 #include "qmgr.h"
 #include "qmgr_ctl.h"
+#include "qmgr_monitor.h"
 #include "worker.h"
 #include "xalloc.h"
 
@@ -278,12 +281,15 @@ on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *
            const char *version, const char *upload, size_t *upload_size, void **state)
 {
     const char *format;
+    enum cfg_http_level level;
 
     (void)cls, (void)version, (void)upload, (void)state;
     if (*upload_size != 0)
         return MHD_NO; /* no bodies here: drop the connection */
-    if (access_level(conn) < CFG_HTTP_MONITOR)
+    if ((level = access_level(conn)) < CFG_HTTP_MONITOR)
         return respond_error(conn, MHD_HTTP_FORBIDDEN, "access denied by http-access");
+    if (strcmp(url, "/ui") == 0 || strncmp(url, "/ui/", 4) == 0)
+        return qmgr_monitor_request(conn, url, method, level);
     if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
         return respond_error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "only GET and HEAD");
     format = arg(conn, "format");
@@ -298,7 +304,7 @@ on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *
     if (strcmp(url, "/metrics") == 0)
         return get_metrics(conn);
     return respond_error(conn, MHD_HTTP_NOT_FOUND,
-                         "no such page (/status, /queues, "
+                         "no such page (/ui, /status, /queues, "
                          "/queueDetail, /metrics)");
 }
 
@@ -367,6 +373,7 @@ qmgr_http_start(void)
     if ((err = uv_poll_init(worker_loop(), &mhd_poll, info->epoll_fd)) < 0 ||
         (err = uv_poll_start(&mhd_poll, UV_READABLE, on_mhd_ready)) < 0)
         msg_fatal("http monitor: cannot watch its descriptor: %s", uv_strerror(err));
+    qmgr_monitor_start();
     msg_info("http monitor listening on port %lld",
              (long long)cfg_global(S.cfg, CFG_D_HTTP_MGMT_PORT)->num);
 }
@@ -382,4 +389,5 @@ qmgr_http_stop(void)
     MHD_quiesce_daemon(mhd); /* hands the listening socket back: the worker closes it */
     MHD_stop_daemon(mhd);
     mhd = NULL;
+    qmgr_monitor_stop();
 }

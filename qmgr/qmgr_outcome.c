@@ -35,6 +35,7 @@
 #include "mailproto.h"
 #include "msg.h"
 #include "qmgr.h"
+#include "qmgr_traffic.h"
 #include "qmgr_acct.h"
 #include "qmgr_backoff.h"
 #include "qmgr_bouncecat.h"
@@ -291,6 +292,8 @@ bounce(uint32_t r, const struct qstore_msg *m, struct qqueue *q, const struct qr
     finish(r, "bounce");
     acct_rcpt(QMGR_ACCT_B, m, rr, q, res, "failed", cat);
     q->bounced++;
+    qmgr_traffic_count(QT_BOUNCED, qmgr_wall(), 1);
+    qmgr_traffic_error(qmgr_wall(), "bounced", q->name, res->text);
     qmgr_rcpt_free(r);
 }
 
@@ -330,6 +333,7 @@ qmgr_outcome_delete(uint32_t r, struct qqueue *q, int dsn)
     finish(r, "deletion");
     acct_rcpt(QMGR_ACCT_B, m, rr, q, &deleted, "failed", "other");
     q->bounced++;
+    qmgr_traffic_count(QT_BOUNCED, qmgr_wall(), 1);
     qmgr_rcpt_free(r);
     if (m)
         qstore_msg_free(m);
@@ -450,6 +454,8 @@ defer(uint32_t r, const struct qstore_msg *m, struct qqueue *q, const struct qre
     acct_rcpt(QMGR_ACCT_T, m, rr, q, res, "delayed",
               qmgr_bouncecat_classify_reply(bouncecat, res->enhanced, res->text));
     q->deferred_n++;
+    qmgr_traffic_count(QT_DEFERRED, qmgr_wall(), 1);
+    qmgr_traffic_error(qmgr_wall(), "deferred", q->name, res->text);
     qmgr_queue_set_error(q, res->text);
     qmgr_defer_push(r, qmgr_tick_now() +
                            (uint32_t)((due_ms - now_ms + QMGR_TICK_MS - 1) / QMGR_TICK_MS));
@@ -563,6 +569,7 @@ qmgr_outcome(uint32_t r, const struct qstore_msg *m, struct qqueue *q, const str
         finish(r, "delivery");
         acct_rcpt(QMGR_ACCT_D, m, rr, q, res, "relayed", NULL);
         q->delivered++;
+        qmgr_traffic_count(QT_DELIVERED, qmgr_wall(), 1);
         qmgr_queue_end_retry(q, 0); /* a success resets the retry schedule */
         qmgr_backoff_delivered(q);
         qmgr_rcpt_free(r);
@@ -586,6 +593,7 @@ qmgr_outcome_queue_failure(struct qqueue *q, const struct qresult *res)
 
     q->conn_failures++;
     qmgr_queue_set_error(q, res->text);
+    qmgr_traffic_error(qmgr_wall(), "connection", q->name, res->text);
     /* a 421 greeting may put the queue in backoff, a 554 one bounce it */
     if (qmgr_reply_actions(q, res) & CFG_REPLY_BOUNCE_QUEUE)
         bounce_queue(q, res);

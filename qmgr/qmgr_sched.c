@@ -30,6 +30,7 @@
 #include "mailproto.h"
 #include "msg.h"
 #include "qmgr.h"
+#include "qmgr_traffic.h"
 #include "worker.h"
 #include "xalloc.h"
 
@@ -134,6 +135,7 @@ catch_up(void)
         c.last_msg = QNIL;
     }
     if (c.added) {
+        qmgr_traffic_count(QT_RECEIVED, qmgr_wall(), c.added);
         msg_debug("%" PRIu64 " new recipients joined the schedule", c.added);
         qmgr_dispatch_soon();
     }

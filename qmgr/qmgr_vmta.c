@@ -266,6 +266,31 @@ qmgr_vmta_pick_source(struct qqueue *q, char **source_ip, char **helo)
     *helo = xstrdup(v && !(v->flags & CFG_VALUE_UNSET) ? cfg_str(S.cfg, v->text) : "");
 }
 
+/* qmgr_vmta_sources - see qmgr.h */
+uint32_t
+qmgr_vmta_sources(const char *vmta, char (*ips)[48], uint32_t max)
+{
+    uint32_t scope = source_host_scope(vmta), it = 0, n = 0;
+    const struct cfg_value *v;
+
+    if (scope == 0) /* no smtp-source-host of its own: the implicit source */
+        return 0;
+    while ((v = cfg_scope_next(S.cfg, scope, CFG_D_SMTP_SOURCE_HOST, &it)) != NULL)
+        if (n < max)
+            source_ip_of(v, ips[n++], 48);
+    return n;
+}
+
+/* qmgr_vmta_connections - see qmgr.h */
+uint32_t
+qmgr_vmta_connections(const char *vmta)
+{
+    for (uint32_t i = 0; i < ngroups; i++)
+        if (strcmp(groups[i]->name, vmta) == 0)
+            return groups[i]->nconn;
+    return 0;
+}
+
 void
 qmgr_vmta_free(void)
 {

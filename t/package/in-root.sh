@@ -130,9 +130,10 @@ check "pmtad starts under the unit's bounding set and read-only /usr and /etc" \
 check "its workers run as pmta" sh -c "
     pids=\$(pgrep -P \$(pgrep -x pmtad | head -1)) && [ -n \"\$pids\" ] &&
     ! ps -o user= -p \"\$(echo \$pids | tr ' ' ,)\" | grep -vx pmta"
-check "the web monitor answers on http-mgmt-port" bash -c "
+check "the web monitor serves its page from /usr/share/openpmta/www" bash -c "
     exec 3<>/dev/tcp/127.0.0.1/$http_port &&
-    printf 'GET /status HTTP/1.0\r\n\r\n' >&3 && head -1 <&3 | grep -q '^HTTP/1.[01] 200'"
+    printf 'GET /ui HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3 && page=\$(cat <&3) &&
+    grep -q '^HTTP/1.[01] 200' <<<\"\$page\" && grep -q '<title>openpmta monitor</title>' <<<\"\$page\""
 check "the installed sendmail submits a message" sh -c "
     printf 'Subject: deb install $token\n\nsent by the package test\n' |
     /usr/sbin/sendmail -f root@localhost someone@deb.test"
