@@ -268,6 +268,13 @@ const char *qmgr_mode_name(int mode);
 int qmgr_queue_matches(const struct qqueue *q, const char *pattern);
 /* qmgr_source_disable - stop using source IP for Q, for SECONDS (< 0: until a restart) */
 void qmgr_source_disable(struct qqueue *q, const char *ip, int64_t seconds);
+/*
+ * qmgr_source_operator - pmtactl disable/enable source: IP for every queue of
+ * the virtual MTAs VMTA matches (shell wildcards; NULL = all), for SECONDS (< 0:
+ * until enabled or a restart). ENABLE removes such an entry and IP's entries
+ * in the queues' own lists. Returns how many entries it changed.
+ */
+uint32_t qmgr_source_operator(const char *ip, const char *vmta, int64_t seconds, int enable);
 /* qmgr_source_disabled - is IP disabled for Q now? (expired entries are dropped) */
 int qmgr_source_disabled(struct qqueue *q, const char *ip);
 /* qmgr_source_any_disabled - does Q have a disabled address at all? */
@@ -363,6 +370,9 @@ void qmgr_outcome_expire(uint32_t r, struct qqueue *q);
 void qmgr_outcome_queue_failure(struct qqueue *q, const struct qresult *res);
 /* qmgr_outcome_config - (re)open accounting and bounce patterns for S.cfg */
 void qmgr_outcome_config(void);
+/* qmgr_outcome_rotate_acct - pmtactl rotate acct: every accounting file now; 0, -ENOENT (none)
+ * or -errno */
+int qmgr_outcome_rotate_acct(void);
 void qmgr_outcome_close(void);
 
 /* --- messages (qmgr_msg.c) ------------------------------------------------------------ */

@@ -16,6 +16,8 @@
  *     {"cmd":"schedule","queue":"PATTERN"}              -> {"ok":true,"queues":N,"recipients":N}
  *     {"cmd":"delete","queue":"PATTERN","dsn":false}    -> {"ok":true,"queues":N,"recipients":N,
  *                                                           "inflight":N}
+ *     list, show-jobs and delete's recipient filters: qmgr_ctl_rcpt.c;
+ *     reset-counters, disable-/enable-source, rotate-acct: qmgr_ctl_ops.c
  * and {"ok":false,"error":"..."} for anything it cannot do. PATTERN is
  * domain[/vmta] with shell wildcards; without "/vmta" every virtual MTA of
  * the domain matches. doc/pmtactl.8 is the user-facing description.
@@ -134,6 +136,7 @@ qmgr_ctl_status_json(void)
 {
     uint64_t ready = 0, deferred = 0, inflight = 0, delivered = 0, bounced = 0, deferrals = 0;
     unsigned backoff = 0, paused = 0, outs = 0;
+    json_t *st;
 
     for (uint32_t i = 0; i < S.nqueues; i++) {
         const struct qqueue *q = S.queues[i];
@@ -145,7 +148,7 @@ qmgr_ctl_status_json(void)
     }
     for (const struct qpeer *p = S.peers; p; p = p->next)
         outs += p->kind == QPEER_OUT;
-    return json_pack(
+    st = json_pack(
         "{s:I, s:I, s:{s:I, s:I, s:I, s:I}, s:I, s:I, s:I, s:I, s:I, s:I,"
         " s:I, s:I, s:I}",
         "pid", (json_int_t)getpid(), "uptime_s", (json_int_t)((qmgr_now_ms() - S.start_ms) / 1000),
@@ -155,6 +158,8 @@ qmgr_ctl_status_json(void)
         (json_int_t)backoff, "queues_paused", (json_int_t)paused, "connections_out",
         (json_int_t)S.nconn_total, "smtp_out_processes", (json_int_t)outs, "delivered",
         (json_int_t)delivered, "bounced", (json_int_t)bounced, "deferred", (json_int_t)deferrals);
+    json_object_set_new(st, "version", json_string(PACKAGE_VERSION));
+    return st;
 }
 
 static json_t *
@@ -442,51 +447,12 @@ cmd_schedule(json_t *req)
                      (json_int_t)nr);
 }
 
-/* delete_queue - every recipient of Q not in flight; counts into *DELETED, *INFLIGHT */
-static void
-delete_queue(struct qqueue *q, int dsn, uint32_t *deleted, uint32_t *inflight)
-{
-    uint32_t *deferred, n = qmgr_defer_take_queue(q, &deferred);
-
-    for (uint32_t i = 0; i < n; i++)
-        qmgr_outcome_delete(deferred[i], q, dsn);
-    free(deferred);
-    *deleted += n;
-    for (uint32_t r; (r = qmgr_ready_pop(q)) != QNIL; (*deleted)++)
-        qmgr_outcome_delete(r, q, dsn);
-    *inflight += q->ninflight;
-    qmgr_run_update(q);
-}
-
-static json_t *
-cmd_delete(json_t *req)
-{
-    const char *pattern = required_pattern(req);
-    json_t *dsn = json_object_get(req, "dsn");
-    uint32_t nq = 0, deleted = 0, inflight = 0;
-
-    if (!pattern || (dsn && !json_is_boolean(dsn)))
-        return error_reply("delete needs \"queue\" (domain[/vmta]) and optionally \"dsn\" (true to "
-                           "send bounces)");
-    for (uint32_t i = 0; i < S.nqueues; i++)
-        if (qmgr_queue_matches(S.queues[i], pattern)) {
-            nq++;
-            delete_queue(S.queues[i], json_is_true(dsn), &deleted, &inflight);
-        }
-    if (nq == 0)
-        return error_reply("no queue matches that pattern");
-    msg_info("pmtactl delete %s: %u recipient(s) deleted in %u queue(s), %u in flight left",
-             pattern, deleted, nq, inflight);
-    qmgr_defer_timer_update();
-    return json_pack("{s:b, s:I, s:I, s:I}", "ok", 1, "queues", (json_int_t)nq, "recipients",
-                     (json_int_t)deleted, "inflight", (json_int_t)inflight);
-}
-
 /* qmgr_ctl_dispatch - see qmgr_ctl.h */
 json_t *
 qmgr_ctl_dispatch(json_t *req)
 {
     const char *cmd = json_string_value(json_object_get(req, "cmd"));
+    json_t *reply;
 
     if (cmd == NULL)
         return error_reply("request needs a string \"cmd\"");
@@ -503,9 +469,13 @@ qmgr_ctl_dispatch(json_t *req)
     if (strcmp(cmd, "schedule") == 0)
         return cmd_schedule(req);
     if (strcmp(cmd, "delete") == 0)
-        return cmd_delete(req);
+        return qmgr_ctl_delete(req);
+    if ((reply = qmgr_ctl_rcpt_dispatch(cmd, req)) != NULL ||
+        (reply = qmgr_ctl_ops_dispatch(cmd, req)) != NULL)
+        return reply;
     return error_reply("unknown command (status, show-queues, show-domains, show-vmtas, "
-                       "set-queue-mode, pause-queue, resume-queue, schedule, delete)");
+                       "set-queue-mode, pause-queue, resume-queue, schedule, delete, list, "
+                       "show-jobs, reset-counters, disable-source, enable-source, rotate-acct)");
 }
 
 /* --- clients ----------------------------------------------------------------------------- */

@@ -22,5 +22,12 @@ json_t *qmgr_ctl_queue_json(const struct qqueue *q);
  * monitor's actions go through here too
  */
 json_t *qmgr_ctl_dispatch(json_t *req);
+/* qmgr_ctl_delete - "delete" with its filters (qmgr_ctl_rcpt.c) */
+json_t *qmgr_ctl_delete(json_t *req);
+/* qmgr_ctl_rcpt_dispatch - list, show-jobs (qmgr_ctl_rcpt.c); NULL: not one of them */
+json_t *qmgr_ctl_rcpt_dispatch(const char *cmd, json_t *req);
+/* qmgr_ctl_ops_dispatch - reset-counters, disable-/enable-source, rotate-acct (qmgr_ctl_ops.c);
+ * NULL: not one of them */
+json_t *qmgr_ctl_ops_dispatch(const char *cmd, json_t *req);
 
 #endif

@@ -162,6 +162,13 @@ on_acct_tick(uv_timer_t *t)
         qmgr_acct_tick(acct_w);
 }
 
+/* qmgr_outcome_rotate_acct - see qmgr.h */
+int
+qmgr_outcome_rotate_acct(void)
+{
+    return acct_w ? qmgr_acct_rotate(acct_w) : -ENOENT;
+}
+
 /* qmgr_outcome_config - (re)open accounting files and bounce patterns for the current config */
 void
 qmgr_outcome_config(void)

@@ -29,6 +29,15 @@
 #include "qmgr.h"
 #include "xalloc.h"
 
+/* Addresses the operator disabled (pmtactl disable source), for every queue of some VMTAs. */
+struct operator_disabled {
+    char ip[48];
+    char vmta[128]; /* shell pattern; "*" = every virtual MTA */
+    uint64_t until_ms;
+};
+static struct operator_disabled *op_disabled;
+static uint32_t nop_disabled;
+
 /* --- queues ------------------------------------------------------------------------- */
 
 static uint32_t
@@ -132,6 +141,9 @@ qmgr_queues_free(void)
     }
     free(S.queues);
     free(S.qhash);
+    free(op_disabled);
+    op_disabled = NULL;
+    nop_disabled = 0;
     S.queues = NULL;
     S.qhash = NULL;
     S.nqueues = S.queues_cap = S.qhash_cap = 0;
@@ -360,6 +372,67 @@ qmgr_queue_matches(const struct qqueue *q, const char *pattern)
 
 /* --- disabled source addresses (disable-source-ip) ------------------------------------- */
 
+/* operator_disabled - has the operator disabled IP (NULL: any address) for Q's virtual MTA? */
+static int
+operator_disabled(const struct qqueue *q, const char *ip)
+{
+    uint64_t now = qmgr_now_ms();
+
+    for (uint32_t i = 0; i < nop_disabled;) {
+        const struct operator_disabled *d = &op_disabled[i];
+
+        if (d->until_ms && now >= d->until_ms) {
+            msg_info("source %s enabled again for virtual MTA %s", d->ip, d->vmta);
+            op_disabled[i] = op_disabled[--nop_disabled];
+            continue;
+        }
+        if ((!ip || strcmp(d->ip, ip) == 0) && fnmatch(d->vmta, q->vmta, FNM_CASEFOLD) == 0)
+            return 1;
+        i++;
+    }
+    return 0;
+}
+
+/* qmgr_source_operator - see qmgr.h */
+uint32_t
+qmgr_source_operator(const char *ip, const char *vmta, int64_t seconds, int enable)
+{
+    const char *pattern = vmta ? vmta : "*";
+    uint32_t changed = 0, i;
+
+    if (enable) {
+        for (i = 0; i < nop_disabled;)
+            if (strcmp(op_disabled[i].ip, ip) == 0 &&
+                fnmatch(pattern, op_disabled[i].vmta, FNM_CASEFOLD) == 0)
+                op_disabled[i] = op_disabled[--nop_disabled], changed++;
+            else
+                i++;
+        for (uint32_t k = 0; k < S.nqueues; k++) {
+            struct qqueue *q = S.queues[k];
+
+            if (fnmatch(pattern, q->vmta, FNM_CASEFOLD) != 0)
+                continue;
+            for (i = 0; i < q->ndisabled;)
+                if (strcmp(q->disabled[i].ip, ip) == 0)
+                    q->disabled[i] = q->disabled[--q->ndisabled], changed++;
+                else
+                    i++;
+        }
+        return changed;
+    }
+    for (i = 0; i < nop_disabled; i++)
+        if (strcmp(op_disabled[i].ip, ip) == 0 && strcmp(op_disabled[i].vmta, pattern) == 0)
+            break;
+    if (i == nop_disabled) {
+        op_disabled = xreallocarray(op_disabled, nop_disabled + 1, sizeof *op_disabled);
+        snprintf(op_disabled[i].ip, sizeof op_disabled->ip, "%s", ip);
+        snprintf(op_disabled[i].vmta, sizeof op_disabled->vmta, "%s", pattern);
+        nop_disabled++;
+    }
+    op_disabled[i].until_ms = seconds >= 0 ? qmgr_now_ms() + (uint64_t)seconds * 1000 : 0;
+    return 1;
+}
+
 /* drop_expired - forget Q's disabled addresses whose time is over */
 static void
 drop_expired(struct qqueue *q)
@@ -400,14 +473,14 @@ qmgr_source_disabled(struct qqueue *q, const char *ip)
     for (uint32_t i = 0; i < q->ndisabled; i++)
         if (strcmp(q->disabled[i].ip, ip) == 0)
             return 1;
-    return 0;
+    return operator_disabled(q, ip);
 }
 
 int
 qmgr_source_any_disabled(struct qqueue *q)
 {
     drop_expired(q);
-    return q->ndisabled > 0;
+    return q->ndisabled > 0 || operator_disabled(q, NULL);
 }
 
 /*

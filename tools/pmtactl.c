@@ -18,6 +18,8 @@
  *   resume queue PATTERN
  *   schedule PATTERN
  *   delete [--dsn] PATTERN | delete --queue=PATTERN [--dsn]
+ *   list, show jobs/topqueues/topdomains/version/registration, disable|enable
+ *   source, reset counters, rotate acct, test config: pmtactl_cmds.c
  *   reload
  *   rotate log
  *   reopen log
@@ -33,9 +35,9 @@
  *   Options may come before or after the command words.
  *
  * DIAGNOSTICS
- *   Exit 0 on success; 1 when pmtad cannot be reached, answers an error or
- *   a malformed response, or when no queue matches PATTERN; 2 on a usage
- *   error.
+ *   Exit 0 on success; 1 when pmtad refuses or answers nonsense; 2 on a
+ *   usage error; 3 when pmtad is not running; 4 when nothing matches; 5
+ *   when the caller may not (pmtactl.h, EXIT_*).
  *
  * Owns: the connection to the control socket, the request it builds and
  * the response buffer it reads (at most RESPONSE_MAX bytes).
@@ -71,6 +73,7 @@
 #include "cfg.h"
 #include "msg.h"
 #include "xalloc.h"
+#include "pmtactl.h"
 
 #define DEFAULT_CONFIG      "/etc/pmta/config"
 #define DEFAULT_RUN_DIR     "/run/pmta"
@@ -82,63 +85,11 @@
 #define QUEUE_COLUMN_MAX    36
 #define ERROR_COLUMN_MIN    24
 
-#define EXIT_FAILED 1
-#define EXIT_USAGE  2
-
-/* Command-line options; each OPT_ bit says the option was given. */
-enum option_bit {
-    OPT_MODE = 1u << 0,
-    OPT_PAUSED = 1u << 1,
-    OPT_MAXITEMS = 1u << 2,
-    OPT_SORT = 1u << 3,
-    OPT_MODE_EVENTS = 1u << 4,
-    OPT_DSN = 1u << 5,
-    OPT_QUEUE = 1u << 6,
-};
-
-#define MAX_WORDS 8
-
-struct options {
-    const char *config_path; /* -c, --config */
-    const char *socket_path; /* --socket */
-    bool json;               /* --json */
-    bool help;               /* -h, --help */
-    bool version;            /* --version */
-    unsigned given;          /* enum option_bit: command options present */
-    const char *mode;        /* --mode=normal|backoff */
-    bool paused;             /* --paused=yes|no */
-    long long maxitems;      /* --maxitems=N */
-    const char *sort;        /* --sort=name|rcpt */
-    const char *queue;       /* --queue=PATTERN (delete, PowerMTA's spelling) */
-    const char *words[MAX_WORDS];
-    int nwords;
-};
-
-enum pattern_use { PATTERN_NONE, PATTERN_OPTIONAL, PATTERN_REQUIRED };
-
-/* add_args_fn - put the command's arguments into REQUEST (which holds "cmd") */
-typedef void (*add_args_fn)(json_t *request, const struct options *o, const char *pattern);
-/* matched_fn - did the request match any queue? */
-typedef bool (*matched_fn)(json_t *response);
-/* print_fn - the human form of a successful RESPONSE; the exit status */
-typedef int (*print_fn)(const struct options *o, json_t *response);
-
-struct command {
-    const char *verb;   /* first word */
-    const char *object; /* second word, or NULL */
-    unsigned allowed;   /* enum option_bit */
-    unsigned required;  /* enum option_bit */
-    enum pattern_use pattern;
-    const char *wire_name; /* "cmd" of the request; NULL: not a socket command */
-    add_args_fn add_args;  /* NULL: no arguments */
-    matched_fn matched;    /* NULL: the command does not select queues */
-    print_fn print;
-};
-
 /* --- messages ------------------------------------------------------------- */
 
 /* fail - print "pmtactl: ..." on stderr; returns EXIT_FAILED */
-static int __attribute__((format(printf, 1, 2))) fail(const char *fmt, ...)
+int
+fail(const char *fmt, ...)
 {
     va_list ap;
 
@@ -166,15 +117,26 @@ usage(FILE *out)
             "  show domains [--maxitems=N] [PATTERN]\n"
             "                                       queues summed by domain\n"
             "  show vmtas [--maxitems=N] [PATTERN]  queues summed by virtual MTA\n"
+            "  show topqueues | topdomains [--maxitems=N] [PATTERN]\n"
+            "                                       the same, most recipients first\n"
+            "  show jobs [--maxitems=N]             queued recipients and kbytes per job id\n"
+            "  show version | registration          versions of pmtactl and pmtad\n"
             "  show settings DOMAIN[/VMTA]          the effective settings of that queue\n"
+            "  list [--queue=P] [--jobId=ID] [--rcpt=A] [--orig=A] [--maxitems=N] [P]\n"
+            "                                       queued recipients (100 unless --maxitems)\n"
             "  set queue --mode=normal|backoff PATTERN\n"
             "                                       put queues into (or out of) backoff mode\n"
             "  pause queue PATTERN                  stop delivering from queues\n"
             "  resume queue PATTERN                 deliver from paused queues again\n"
             "  schedule PATTERN                     retry deferred recipients now\n"
-            "  delete [--dsn] PATTERN | --queue=PATTERN\n"
-            "                                       drop the queues' recipients (not those\n"
+            "  delete [--dsn] [--queue=P] [--jobId=ID] [--rcpt=A] [--orig=A] [--older-than=T] [P]\n"
+            "                                       drop the recipients that match (not those\n"
             "                                       in delivery); --dsn bounces them\n"
+            "  disable source [--reenable-after=T] IP[/VMTA] | enable source IP[/VMTA]\n"
+            "                                       stop (start) connecting from IP\n"
+            "  reset counters                       zero delivered/bounced/deferred counts\n"
+            "  rotate acct                          move the accounting files now\n"
+            "  test config                          check the configuration file\n"
             "  reload                               make pmtad re-read its configuration\n"
             "  rotate log                           log-file -> log-file.1 ... (log-rotate kept)\n"
             "  reopen log                           open log-file anew (after logrotate moved it)\n"
@@ -191,13 +153,22 @@ usage(FILE *out)
             "      --sort=name|rcpt  show queues: order (default rcpt)\n"
             "      --mode-events     show queues: also list each queue's mode changes\n"
             "      --dsn             delete: send a bounce (DSN) for each deleted recipient\n"
-            "      --queue=PATTERN   delete: the queues (PowerMTA's spelling of PATTERN)\n"
+            "      --queue=PATTERN   list, delete: the queues (PowerMTA's spelling of PATTERN)\n"
+            "      --jobId=ID        list, delete: recipients of that job (X-Job)\n"
+            "      --rcpt=ADDRESS    list, delete: recipients (shell wildcards, any case)\n"
+            "      --orig=ADDRESS    list, delete: by envelope sender (shell wildcards)\n"
+            "      --older-than=TIME delete: queued longer than TIME (1d12h, 30m, ...)\n"
+            "      --reenable-after=TIME  disable source: enable it again after TIME\n"
+            "\n"
+            "exit status: 0 done, 1 pmtad refused, 2 usage, 3 pmtad not running,\n"
+            "4 nothing matches, 5 not allowed (root only)\n"
             "  -h, --help            this text\n"
             "      --version         print the version\n");
 }
 
 /* usage_error - a usage problem: the message, the usage text; returns EXIT_USAGE */
-static int __attribute__((format(printf, 1, 2))) usage_error(const char *fmt, ...)
+int
+usage_error(const char *fmt, ...)
 {
     va_list ap;
 
@@ -257,6 +228,23 @@ set_command_option(struct options *o, const char *name, const char *value)
     } else if (strcmp(name, "queue") == 0) {
         o->queue = value;
         o->given |= OPT_QUEUE;
+    } else if (strcmp(name, "jobId") == 0 || strcmp(name, "jobid") == 0) {
+        o->job = value;
+        o->given |= OPT_JOB;
+    } else if (strcmp(name, "rcpt") == 0) {
+        o->rcpt = value;
+        o->given |= OPT_RCPT;
+    } else if (strcmp(name, "orig") == 0) {
+        o->orig = value;
+        o->given |= OPT_ORIG;
+    } else if (strcmp(name, "older-than") == 0) {
+        if (!parse_interval(value, &o->older_than))
+            return usage_error("--older-than must be a time like 2h or 1d12h, not '%s'", value);
+        o->given |= OPT_OLDER_THAN;
+    } else if (strcmp(name, "reenable-after") == 0) {
+        if (!parse_interval(value, &o->reenable_after) || o->reenable_after == 0)
+            return usage_error("--reenable-after must be a time like 30m, not '%s'", value);
+        o->given |= OPT_REENABLE_AFTER;
     } else if (strcmp(name, "maxitems") == 0) {
         if (!parse_maxitems(value, &o->maxitems))
             return usage_error("--maxitems must be a number (0 = all), not '%s'", value);
@@ -277,8 +265,10 @@ set_command_option(struct options *o, const char *name, const char *value)
 static int
 parse_long_option(struct options *o, int argc, char **argv, int *i)
 {
-    static const char *const with_value[] = { "config",   "socket", "mode", "paused",
-                                              "maxitems", "sort",   "queue" };
+    static const char *const with_value[] = { "config",        "socket", "mode",  "paused",
+                                              "maxitems",      "sort",   "queue", "jobId",
+                                              "jobid",         "rcpt",   "orig",  "older-than",
+                                              "reenable-after" };
     const char *arg = argv[*i] + 2, *eq = strchr(arg, '=');
     size_t namelen = eq ? (size_t)(eq - arg) : strlen(arg);
     char name[32];
@@ -381,7 +371,7 @@ parse_args(int argc, char **argv, struct options *o)
 /* --- configuration: where pmtad keeps its socket and pid file ---------------- */
 
 /* print_config_error - cfg_load diagnostics: errors only (warnings are pmtad's business) */
-static void
+void
 print_config_error(void *ctx, enum cfg_diag_level level, const char *file, unsigned line,
                    const char *message)
 {
@@ -411,7 +401,7 @@ absolute_path(const char *path)
 }
 
 /* load_run_directory - the absolute run-directory of CONFIG_PATH; NULL (reported) on errors */
-static char *
+char *
 load_run_directory(const char *config_path)
 {
     unsigned nerrors = 0;
@@ -463,7 +453,10 @@ set_timeouts(int fd)
     (void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 }
 
-/* connect_control - a connected socket to PATH, or -1 (reported) */
+/* why the control socket could not be reached: EXIT_NOT_RUNNING, EXIT_DENIED, else 0 */
+static int unreachable;
+
+/* connect_control - a connected socket to PATH, or -1 (reported; UNREACHABLE set) */
 static int
 connect_control(const char *path)
 {
@@ -482,13 +475,18 @@ connect_control(const char *path)
     set_timeouts(fd);
     if (connect(fd, (struct sockaddr *)&sun, sizeof(sun)) == 0)
         return fd;
-    if (errno == EACCES || errno == EPERM)
+    if (errno == EACCES || errno == EPERM) {
         fail("cannot connect to %s: %s (the control socket is root-only; run pmtactl as root)",
              path, strerror(errno));
-    else if (errno == EAGAIN)
+        unreachable = EXIT_DENIED;
+    } else if (errno == EAGAIN) {
         fail("cannot connect to %s: pmtad did not accept within %d s", path, SOCKET_TIMEOUT_S);
-    else
+    } else if (errno == ENOENT || errno == ECONNREFUSED) {
+        fail("pmtad is not running: cannot connect to %s: %s", path, strerror(errno));
+        unreachable = EXIT_NOT_RUNNING;
+    } else {
         fail("cannot connect to %s: %s (is pmtad running?)", path, strerror(errno));
+    }
     close(fd);
     return -1;
 }
@@ -613,7 +611,7 @@ decode_response(const char *text, size_t len)
  * printable - TEXT without trailing white space and with other control bytes
  * replaced by '?', cut to WIDTH bytes ("..." marks a cut); caller frees
  */
-static char *
+char *
 printable(const char *text, size_t width)
 {
     char *out = xstrdup(text);
@@ -633,7 +631,7 @@ printable(const char *text, size_t width)
 }
 
 /* get_text - string member KEY of OBJ, or "" */
-static const char *
+const char *
 get_text(json_t *obj, const char *key)
 {
     const char *s = json_string_value(json_object_get(obj, key));
@@ -642,7 +640,7 @@ get_text(json_t *obj, const char *key)
 }
 
 /* format_count - integer member KEY of OBJ as text in BUF, "-" when absent */
-static const char *
+const char *
 format_count(json_t *obj, const char *key, char *buf, size_t size)
 {
     json_t *v = json_object_get(obj, key);
@@ -655,7 +653,7 @@ format_count(json_t *obj, const char *key, char *buf, size_t size)
 }
 
 /* format_duration - S seconds as "1d2h3m4s" (leading zero units left out) */
-static const char *
+const char *
 format_duration(long long s, char *buf, size_t size)
 {
     long long d = s / 86400, h = s / 3600 % 24, m = s / 60 % 60, sec = s % 60;
@@ -680,7 +678,7 @@ print_field(const char *label, const char *value)
     printf("%-22s %s\n", label, value);
 }
 
-static int
+int
 print_status(const struct options *o, json_t *response)
 {
     json_t *st = json_object_get(response, "status");
@@ -721,7 +719,7 @@ print_status(const struct options *o, json_t *response)
 
 /* --- show queues ------------------------------------------------------------- */
 
-static void
+void
 add_show_queues_args(json_t *req, const struct options *o, const char *pattern)
 {
     if (o->given & OPT_MODE)
@@ -819,7 +817,7 @@ print_mode_events(json_t *queues)
     }
 }
 
-static int
+int
 print_queues(const struct options *o, json_t *response)
 {
     json_t *queues = json_object_get(response, "queues");
@@ -844,7 +842,7 @@ print_queues(const struct options *o, json_t *response)
 
 /* --- show domains, show vmtas --------------------------------------------------- */
 
-static void
+void
 add_show_groups_args(json_t *req, const struct options *o, const char *pattern)
 {
     if (pattern)
@@ -888,7 +886,7 @@ print_groups(json_t *response, const char *key, const char *title, const char *n
     return 0;
 }
 
-static int
+int
 print_domains(const struct options *o, json_t *response)
 {
     (void)o;
@@ -905,7 +903,7 @@ print_vmtas(const struct options *o, json_t *response)
 /* --- set queue, pause queue, resume queue, schedule ---------------------------- */
 
 /* add_pattern_arg - "queue": PATTERN */
-static void
+void
 add_pattern_arg(json_t *req, const struct options *o, const char *pattern)
 {
     (void)o;
@@ -921,7 +919,7 @@ add_set_mode_args(json_t *req, const struct options *o, const char *pattern)
 }
 
 /* changed_anything - a change response matched a queue (changed or already so) */
-static bool
+bool
 changed_anything(json_t *response)
 {
     json_t *queues = json_object_get(response, "queues");
@@ -934,7 +932,7 @@ changed_anything(json_t *response)
 }
 
 /* print_changed - "queue X: WHAT" for each queue named in RESPONSE */
-static void
+void
 print_changed(json_t *response, const char *what)
 {
     json_t *queues = json_object_get(response, "queues"), *q;
@@ -1002,29 +1000,6 @@ print_schedule(const struct options *o, json_t *response)
     return 0;
 }
 
-static void
-add_delete_args(json_t *req, const struct options *o, const char *pattern)
-{
-    add_pattern_arg(req, o, pattern);
-    json_object_set_new(req, "dsn", json_boolean(o->given & OPT_DSN));
-}
-
-static int
-print_delete(const struct options *o, json_t *response)
-{
-    char nrcpts[32], nqueues[32], inflight[32];
-
-    (void)o;
-    format_count(response, "recipients", nrcpts, sizeof(nrcpts));
-    format_count(response, "queues", nqueues, sizeof(nqueues));
-    format_count(response, "inflight", inflight, sizeof(inflight));
-    printf("%s recipient(s) deleted from %s queue(s)", nrcpts, nqueues);
-    if (strcmp(inflight, "0") != 0 && strcmp(inflight, "-") != 0)
-        printf("; %s in delivery now were left alone", inflight);
-    printf("\n");
-    return 0;
-}
-
 /* --- reload -------------------------------------------------------------------- */
 
 /*
@@ -1041,12 +1016,15 @@ read_pid_file(const char *path)
     long pid;
 
     if (fd < 0) {
-        fail("cannot open %s: %s (is pmtad running?)", path, strerror(errno));
+        fail("%s%s: %s", errno == ENOENT ? "pmtad is not running: cannot open " : "cannot open ",
+             path, strerror(errno));
+        unreachable = errno == ENOENT ? EXIT_NOT_RUNNING : errno == EACCES ? EXIT_DENIED : 0;
         return 0;
     }
     if (flock(fd, LOCK_SH | LOCK_NB) == 0) {
         close(fd);
         fail("pmtad is not running (%s is not locked: left over from an earlier run)", path);
+        unreachable = EXIT_NOT_RUNNING;
         return 0;
     }
     n = read(fd, text, sizeof(text) - 1);
@@ -1064,13 +1042,16 @@ read_pid_file(const char *path)
 static int
 signal_pmtad(pid_t pid, const char *pid_path, int sig)
 {
-    if (kill(pid, 0) < 0 && errno == ESRCH)
-        return fail("pmtad is not running (pid %ld from %s is gone)", (long)pid, pid_path);
+    if (kill(pid, 0) < 0 && errno == ESRCH) {
+        fail("pmtad is not running (pid %ld from %s is gone)", (long)pid, pid_path);
+        return EXIT_NOT_RUNNING;
+    }
     if (kill(pid, sig) == 0)
         return 0;
-    if (errno == EPERM)
-        return fail("cannot signal pmtad (pid %ld): %s (this needs root)", (long)pid,
-                    strerror(errno));
+    if (errno == EPERM) {
+        fail("cannot signal pmtad (pid %ld): %s (this needs root)", (long)pid, strerror(errno));
+        return EXIT_DENIED;
+    }
     return fail("cannot signal pmtad (pid %ld): %s", (long)pid, strerror(errno));
 }
 
@@ -1093,21 +1074,24 @@ static const struct signal_command signal_commands[] = {
  * pmtad takes as signals
  */
 static int
-run_signal_command(const struct command *cmd, const struct options *o)
+run_signal_command(const struct options *o, const char *pattern)
 {
     char *run_dir = load_run_directory(o->config_path), *pid_path;
     const struct signal_command *sc = &signal_commands[0];
     pid_t pid;
     int rc = EXIT_FAILED;
 
+    (void)pattern;
     for (size_t i = 0; i < sizeof(signal_commands) / sizeof(signal_commands[0]); i++)
-        if (strcmp(cmd->verb, signal_commands[i].verb) == 0)
+        if (strcmp(o->words[0], signal_commands[i].verb) == 0)
             sc = &signal_commands[i];
     if (run_dir == NULL)
         return fail("cannot read the configuration%s",
                     sc->sig == SIGHUP ? "; pmtad would refuse it" : "");
     pid_path = xasprintf("%s/%s", run_dir, PID_FILE_NAME);
-    if ((pid = read_pid_file(pid_path)) > 0 && (rc = signal_pmtad(pid, pid_path, sc->sig)) == 0) {
+    if ((pid = read_pid_file(pid_path)) <= 0 && unreachable)
+        rc = unreachable;
+    if (pid > 0 && (rc = signal_pmtad(pid, pid_path, sc->sig)) == 0) {
         if (o->json) {
             json_t *out = json_pack("{s:b, s:I}", "ok", 1, "pid", (json_int_t)pid);
             char *text = json_dumps(out, JSON_COMPACT);
@@ -1127,27 +1111,45 @@ run_signal_command(const struct command *cmd, const struct options *o)
 /* --- dispatch -------------------------------------------------------------------- */
 
 static const struct command commands[] = {
-    { "show", "status", 0, 0, PATTERN_NONE, "status", NULL, NULL, print_status },
+    { "show", "status", 0, 0, PATTERN_NONE, "status", NULL, NULL, print_status, NULL },
     { "show", "queues", OPT_MODE | OPT_PAUSED | OPT_MAXITEMS | OPT_SORT | OPT_MODE_EVENTS, 0,
-      PATTERN_OPTIONAL, "show-queues", add_show_queues_args, NULL, print_queues },
+      PATTERN_OPTIONAL, "show-queues", add_show_queues_args, NULL, print_queues, NULL },
+    { "show", "topqueues", OPT_MODE | OPT_PAUSED | OPT_MAXITEMS | OPT_MODE_EVENTS, 0,
+      PATTERN_OPTIONAL, "show-queues", add_top_queues_args, NULL, print_queues, NULL },
     { "show", "domains", OPT_MAXITEMS, 0, PATTERN_OPTIONAL, "show-domains", add_show_groups_args,
-      NULL, print_domains },
+      NULL, print_domains, NULL },
+    { "show", "topdomains", OPT_MAXITEMS, 0, PATTERN_OPTIONAL, "show-domains", add_show_groups_args,
+      NULL, print_domains, NULL },
     { "show", "vmtas", OPT_MAXITEMS, 0, PATTERN_OPTIONAL, "show-vmtas", add_show_groups_args, NULL,
-      print_vmtas },
+      print_vmtas, NULL },
+    { "show", "jobs", OPT_MAXITEMS, 0, PATTERN_NONE, "show-jobs", add_maxitems_arg, NULL,
+      print_jobs, NULL },
+    { "show", "version", 0, 0, PATTERN_NONE, "status", NULL, NULL, print_version, NULL },
+    { "show", "registration", 0, 0, PATTERN_NONE, NULL, NULL, NULL, NULL, run_show_registration },
+    { "list", NULL, OPT_QUEUE | OPT_JOB | OPT_RCPT | OPT_ORIG | OPT_MAXITEMS, 0, PATTERN_OPTIONAL,
+      "list", add_filter_args, listed_anything, print_list, NULL },
     { "set", "queue", OPT_MODE, OPT_MODE, PATTERN_REQUIRED, "set-queue-mode", add_set_mode_args,
-      changed_anything, print_set_queue_mode },
+      changed_anything, print_set_queue_mode, NULL },
     { "pause", "queue", 0, 0, PATTERN_REQUIRED, "pause-queue", add_pattern_arg, changed_anything,
-      print_pause_queue },
+      print_pause_queue, NULL },
     { "resume", "queue", 0, 0, PATTERN_REQUIRED, "resume-queue", add_pattern_arg, changed_anything,
-      print_resume_queue },
+      print_resume_queue, NULL },
     { "schedule", NULL, 0, 0, PATTERN_REQUIRED, "schedule", add_pattern_arg, scheduled_anything,
-      print_schedule },
-    { "delete", NULL, OPT_DSN | OPT_QUEUE, 0, PATTERN_REQUIRED, "delete", add_delete_args,
-      scheduled_anything, print_delete },
-    { "show", "settings", 0, 0, PATTERN_REQUIRED, NULL, NULL, NULL, NULL },
-    { "reload", NULL, 0, 0, PATTERN_NONE, NULL, NULL, NULL, NULL },
-    { "rotate", "log", 0, 0, PATTERN_NONE, NULL, NULL, NULL, NULL },
-    { "reopen", "log", 0, 0, PATTERN_NONE, NULL, NULL, NULL, NULL },
+      print_schedule, NULL },
+    { "delete", NULL, OPT_DSN | OPT_QUEUE | OPT_JOB | OPT_RCPT | OPT_ORIG | OPT_OLDER_THAN, 0,
+      PATTERN_OPTIONAL, "delete", add_delete_args, deleted_anything, print_delete, NULL },
+    { "disable", "source", OPT_REENABLE_AFTER, 0, PATTERN_REQUIRED, "disable-source",
+      add_source_args, NULL, print_source, NULL },
+    { "enable", "source", 0, 0, PATTERN_REQUIRED, "enable-source", add_source_args, NULL,
+      print_source, NULL },
+    { "reset", "counters", 0, 0, PATTERN_NONE, "reset-counters", NULL, NULL, print_reset, NULL },
+    { "reset", "status", 0, 0, PATTERN_NONE, "reset-counters", NULL, NULL, print_reset, NULL },
+    { "rotate", "acct", 0, 0, PATTERN_NONE, "rotate-acct", NULL, NULL, print_rotate_acct, NULL },
+    { "test", "config", 0, 0, PATTERN_NONE, NULL, NULL, NULL, NULL, run_test_config },
+    { "show", "settings", 0, 0, PATTERN_REQUIRED, NULL, NULL, NULL, NULL, run_show_settings },
+    { "reload", NULL, 0, 0, PATTERN_NONE, NULL, NULL, NULL, NULL, run_signal_command },
+    { "rotate", "log", 0, 0, PATTERN_NONE, NULL, NULL, NULL, NULL, run_signal_command },
+    { "reopen", "log", 0, 0, PATTERN_NONE, NULL, NULL, NULL, NULL, run_signal_command },
 };
 
 /* command_name - "show queues" for messages */
@@ -1192,6 +1194,16 @@ option_name(unsigned bit)
         return "--dsn";
     case OPT_QUEUE:
         return "--queue";
+    case OPT_JOB:
+        return "--jobId";
+    case OPT_RCPT:
+        return "--rcpt";
+    case OPT_ORIG:
+        return "--orig";
+    case OPT_OLDER_THAN:
+        return "--older-than";
+    case OPT_REENABLE_AFTER:
+        return "--reenable-after";
     default:
         return "--mode-events";
     }
@@ -1206,7 +1218,7 @@ check_command_args(const struct command *cmd, const struct options *o, const cha
     char name[32];
 
     command_name(cmd, name, sizeof(name));
-    for (unsigned bit = 1; bit <= OPT_QUEUE; bit <<= 1) {
+    for (unsigned bit = 1; bit <= OPT_LAST; bit <<= 1) {
         if (extra & bit)
             return usage_error("option %s does not apply to '%s'", option_name(bit), name);
         if (missing & bit)
@@ -1216,6 +1228,8 @@ check_command_args(const struct command *cmd, const struct options *o, const cha
         *pattern = o->queue; /* delete --queue=PATTERN */
         return 0;
     }
+    if (strcmp(cmd->verb, "delete") == 0 && nargs == 0 && !(o->given & OPT_JOB))
+        return usage_error("'delete' needs a queue (PATTERN or --queue=) or --jobId=");
     if (nargs > 1 || (nargs == 1 && cmd->pattern == PATTERN_NONE))
         return usage_error("'%s' takes %s", name,
                            cmd->pattern == PATTERN_NONE ? "no arguments" : "one PATTERN");
@@ -1244,32 +1258,47 @@ control_socket_path(const struct options *o)
     return path;
 }
 
-/* no_match - "no queue matches PATTERN"; EXIT_FAILED */
+/* no_match - "no queue matches PATTERN" (or "nothing matches" for filters); EXIT_NO_MATCH */
 static int
-no_match(const char *pattern)
+no_match(const struct command *cmd, const char *pattern)
 {
-    char *shown = printable(pattern, SIZE_MAX);
-    int rc = fail("no queue matches %s", shown);
+    char *shown = printable(pattern ? pattern : "", SIZE_MAX);
 
+    if (strcmp(cmd->verb, "list") == 0 || strcmp(cmd->verb, "delete") == 0)
+        fail("no queued recipient matches%s%s", pattern ? " in " : "", shown);
+    else
+        fail("no queue matches %s", shown);
     free(shown);
-    return rc;
+    return EXIT_NO_MATCH;
 }
 
-/* report_error - {"ok": false, "error": TEXT} as "pmtactl: TEXT"; EXIT_FAILED */
+/* error_status - the exit status for pmtad's refusal RESPONSE: "no ... matches" is its own */
+static int
+error_status(json_t *response)
+{
+    const char *error = json_string_value(json_object_get(response, "error"));
+
+    if (error && strncmp(error, "permission denied", 17) == 0)
+        return EXIT_DENIED;
+    return error && strncmp(error, "no queue matches", 16) == 0 ? EXIT_NO_MATCH : EXIT_FAILED;
+}
+
+/* report_error - {"ok": false, "error": TEXT} as "pmtactl: TEXT"; its exit status */
 static int
 report_error(json_t *response)
 {
     const char *error = json_string_value(json_object_get(response, "error"));
     char *shown = printable(error ? error : "request failed (no reason given)", SIZE_MAX);
-    int rc = fail("%s", shown);
 
+    fail("%s", shown);
     free(shown);
-    return rc;
+    return error_status(response);
 }
 
 /*
  * report - print RESPONSE (the raw TEXT with --json); the exit status is the
- * same either way: 1 for an error or when nothing matched PATTERN.
+ * same either way: EXIT_FAILED for a refusal, EXIT_NO_MATCH when nothing
+ * matched.
  */
 static int
 report(const struct command *cmd, const struct options *o, const char *pattern, const char *text,
@@ -1280,12 +1309,12 @@ report(const struct command *cmd, const struct options *o, const char *pattern, 
 
     if (o->json) {
         printf("%s\n", text);
-        return ok && matched ? 0 : EXIT_FAILED;
+        return !ok ? error_status(response) : matched ? 0 : EXIT_NO_MATCH;
     }
     if (!ok)
         return report_error(response);
     if (!matched)
-        return no_match(pattern);
+        return no_match(cmd, pattern);
     return cmd->print(o, response);
 }
 
@@ -1321,6 +1350,8 @@ run_socket_command(const struct command *cmd, const struct options *o, const cha
             json_decref(response);
         }
         free(text);
+    } else if (unreachable) {
+        rc = unreachable;
     }
     json_decref(request);
     free(path);
@@ -1353,9 +1384,7 @@ main(int argc, char **argv)
                            o.nwords > 1 ? o.words[1] : "");
     if ((rc = check_command_args(cmd, &o, &pattern)) != 0)
         return rc;
-    if (cmd->wire_name == NULL && cmd->object && strcmp(cmd->object, "settings") == 0)
-        return run_show_settings(&o, pattern);
-    if (cmd->wire_name == NULL)
-        return run_signal_command(cmd, &o);
+    if (cmd->local)
+        return cmd->local(&o, pattern);
     return run_socket_command(cmd, &o, pattern);
 }

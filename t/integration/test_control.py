@@ -187,13 +187,14 @@ def cli_tests(tap, p, fake):
     tap.ok(rc == 0 and "mode set to normal" in out and rc2 == 0 and "1 queue" in out2,
            "pmtactl set queue --mode=normal and schedule", out + out2)
     rc, out, err = pmtactl(p, "pause", "queue", "nosuch.test")
-    tap.ok(rc == 1 and "no queue matches" in (out + err),
-           "a pattern that matches nothing: exit 1, said so", (rc, out, err))
+    tap.ok(rc == 4 and "no queue matches" in (out + err),
+           "a pattern that matches nothing: exit 4, said so", (rc, out, err))
     rc, out, err = pmtactl(p, "frobnicate")
     tap.ok(rc == 2 and "usage" in err, "an unknown command: usage, exit 2", (rc, err))
     rc, out, err = pmtactl(p, "--socket", os.path.join(p.run_dir, "control"), "show", "status",
                            user="nobody")
-    tap.ok(rc == 1 and "root" in err, "a non-root user is told the control socket is root-only",
+    tap.ok(rc == 5 and "root" in err,
+           "a non-root user is told the control socket is root-only (exit 5)",
            (rc, err))
     # delete: gone.test is paused, so none of its 5 recipients is in delivery
     acct_before = acct_rows(p)
