@@ -137,6 +137,8 @@ usage(FILE *out)
             "  reset counters                       zero delivered/bounced/deferred counts\n"
             "  rotate acct                          move the accounting files now\n"
             "  test config                          check the configuration file\n"
+            "  resolve [--connect] DOMAIN[/VMTA]    MX answer and the hosts pmtad would try;\n"
+            "                                       --connect: their greeting and EHLO reply\n"
             "  reload                               make pmtad re-read its configuration\n"
             "  rotate log                           log-file -> log-file.1 ... (log-rotate kept)\n"
             "  reopen log                           open log-file anew (after logrotate moved it)\n"
@@ -294,6 +296,8 @@ parse_long_option(struct options *o, int argc, char **argv, int *i)
             o->given |= OPT_MODE_EVENTS;
         else if (strcmp(name, "dsn") == 0)
             o->given |= OPT_DSN;
+        else if (strcmp(name, "connect") == 0)
+            o->given |= OPT_CONNECT;
         else
             return usage_error("unknown option '%s'", argv[*i]);
         return 0;
@@ -1146,6 +1150,7 @@ static const struct command commands[] = {
     { "reset", "status", 0, 0, PATTERN_NONE, "reset-counters", NULL, NULL, print_reset, NULL },
     { "rotate", "acct", 0, 0, PATTERN_NONE, "rotate-acct", NULL, NULL, print_rotate_acct, NULL },
     { "test", "config", 0, 0, PATTERN_NONE, NULL, NULL, NULL, NULL, run_test_config },
+    { "resolve", NULL, OPT_CONNECT, 0, PATTERN_REQUIRED, NULL, NULL, NULL, NULL, run_resolve },
     { "show", "settings", 0, 0, PATTERN_REQUIRED, NULL, NULL, NULL, NULL, run_show_settings },
     { "reload", NULL, 0, 0, PATTERN_NONE, NULL, NULL, NULL, NULL, run_signal_command },
     { "rotate", "log", 0, 0, PATTERN_NONE, NULL, NULL, NULL, NULL, run_signal_command },
@@ -1204,6 +1209,8 @@ option_name(unsigned bit)
         return "--older-than";
     case OPT_REENABLE_AFTER:
         return "--reenable-after";
+    case OPT_CONNECT:
+        return "--connect";
     default:
         return "--mode-events";
     }

@@ -6,7 +6,7 @@
  * the queue tables; pmtactl_cmds.c has the commands about recipients, jobs,
  * sources, counters, files and the configuration (list, show jobs, delete's
  * filters, disable/enable source, reset counters, rotate acct, test config,
- * show version).
+ * show version); pmtactl_resolve.c has `resolve`.
  */
 #ifndef PMTA_PMTACTL_H
 #define PMTA_PMTACTL_H
@@ -39,7 +39,8 @@ enum option_bit {
     OPT_ORIG = 1u << 9,
     OPT_OLDER_THAN = 1u << 10,
     OPT_REENABLE_AFTER = 1u << 11,
-    OPT_LAST = OPT_REENABLE_AFTER,
+    OPT_CONNECT = 1u << 12,
+    OPT_LAST = OPT_CONNECT,
 };
 
 #define MAX_WORDS 8
@@ -137,5 +138,10 @@ int print_rotate_acct(const struct options *o, json_t *response);
 int print_version(const struct options *o, json_t *response);
 int run_test_config(const struct options *o, const char *pattern);
 int run_show_registration(const struct options *o, const char *pattern);
+
+/* --- pmtactl_resolve.c -------------------------------------------------------------- */
+
+/* run_resolve - resolve [--connect] DOMAIN[/VMTA]: MX answer, destinations, their greetings */
+int run_resolve(const struct options *o, const char *pattern);
 
 #endif

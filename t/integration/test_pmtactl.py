@@ -9,7 +9,8 @@ for hold.test, and 2 delivered recipients for ok.test. Then:
   delete --queue --rcpt, delete --older-than (nothing that old: exit 4), delete with no
   selector (exit 2), disable source IP/VMTA (mail for that VMTA waits) and enable source
   (it goes), reset counters, rotate acct (the file moves into move-to), test config
-  (a good and a broken file), and the exit statuses: 2 usage, 3 pmtad not running,
+  (a good and a broken file), resolve [--connect] through dnsmasq (MX answer, the hosts
+  in order, each one's greeting and EHLO reply; smtp-hosts; NXDOMAIN), and the exit statuses: 2 usage, 3 pmtad not running,
   4 nothing matches.
 """
 import glob
@@ -35,8 +36,8 @@ def ctl(p, *args, config=None):
     return r.returncode, r.stdout, r.stderr
 
 
-def ctl_json(p, *args):
-    rc, out, err = ctl(p, "--json", *args)
+def ctl_json(p, *args, config=None):
+    rc, out, err = ctl(p, "--json", *args, config=config)
     return rc, (json.loads(out) if out.strip() else {}), err
 
 
@@ -156,6 +157,43 @@ def counters_and_files(p):
            (rc, err))
 
 
+def resolve_tests(p, rx_port, rx):
+    """resolve through dnsmasq: the MX answer, the hosts to try, and with --connect the
+    greeting and EHLO reply of the receiver behind the MX host."""
+    from dnsmasq import Dnsmasq
+    with Dnsmasq(mx=[("mx.test", "mx1.mx.test", 10), ("mx.test", "mx2.mx.test", 20)],
+                 hosts=[("mx1.mx.test", "127.0.0.1"), ("mx2.mx.test", "127.0.0.7")],
+                 local=["test"]) as dns:
+        conf = os.path.join(p.dir, "resolve.conf")
+        with open(conf, "w") as f:
+            f.write("host-name resolver.test.example\nname-server %s\n"
+                    "<domain mx.test>\n  default-smtp-port %d\n</domain>\n"
+                    "<domain routed.test>\n  smtp-hosts [127.0.0.1]:%d\n</domain>\n"
+                    % (dns.server, rx_port, rx_port))
+        rc, out, err = ctl(p, "resolve", "mx.test", config=conf)
+        lines = out.splitlines()
+        tap.ok(rc == 0 and any(l.split()[:3] == ["10", "mx1.mx.test", "127.0.0.1"] for l in lines)
+               and any(l.split()[:3] == ["20", "mx2.mx.test", "127.0.0.7"] for l in lines)
+               and "1. mx1.mx.test" in out and "127.0.0.1:%d" % rx_port in out,
+               "resolve: the MX answer and the hosts in the order pmtad would try them",
+               (rc, out, err))
+        ehlos = len(rx.events("ehlo"))
+        rc, out, err = ctl(p, "resolve", "--connect", "mx.test", config=conf)
+        tap.ok(rc == 0 and "greeting" in out and "220 " in out and "EHLO" in out and
+               "250-" in out and " ms" in out,
+               "resolve --connect: each host's greeting and EHLO reply, timed", (rc, out, err))
+        names = [e["name"] for e in rx.events("ehlo")[ehlos:]]
+        tap.ok(names == ["resolver.test.example"],
+               "it said EHLO with the configured host-name, once per reachable host", names)
+        rc, doc, _ = ctl_json(p, "resolve", "routed.test", config=conf)
+        rc2, doc2, err2 = ctl_json(p, "resolve", "nosuch.test", config=conf)
+        tap.ok(rc == 0 and doc.get("smtpHosts") == "[127.0.0.1]:%d" % rx_port and
+               [d["port"] for d in doc.get("destinations", [])] == [rx_port],
+               "resolve follows smtp-hosts", doc)
+        tap.ok(rc2 == 4 and doc2.get("mxStatus") == "nxdomain" and doc2.get("routeWhy"),
+               "resolve of a domain that does not exist: NXDOMAIN, exit 4", (rc2, doc2, err2))
+
+
 def main():
     require_root(tap)
     rx_port = free_port()
@@ -195,6 +233,7 @@ def main():
         delete_tests(p)
         source_tests(p, rx)
         counters_and_files(p)
+        resolve_tests(p, rx_port, rx)
         rc, _, err = ctl(p, "frobnicate", "queue")
         tap.ok(rc == 2 and "usage" in err, "an unknown command: exit 2")
         p.stop()
