@@ -43,6 +43,7 @@
 #include "msg.h"
 #include "qmgr.h"
 #include "qmgr_ctl.h"
+#include "qmgr_http.h"
 #include "qmgr_monitor.h"
 #include "worker.h"
 #include "xalloc.h"
@@ -57,39 +58,48 @@ static uv_timer_t mhd_timer;
 
 /* --- responses -------------------------------------------------------------------------- */
 
-static enum MHD_Result
-respond(struct MHD_Connection *conn, unsigned status, const char *type, char *body, size_t len)
+/* qmgr_http_respond - see qmgr_http.h */
+enum MHD_Result
+qmgr_http_respond(struct MHD_Connection *conn, unsigned status, const char *type, const void *body,
+                  size_t len, enum MHD_ResponseMemoryMode mode)
 {
-    struct MHD_Response *r = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
+    struct MHD_Response *r = MHD_create_response_from_buffer(len, (void *)body, mode);
     enum MHD_Result rc;
 
     if (r == NULL) {
-        free(body);
+        if (mode == MHD_RESPMEM_MUST_FREE)
+            free((void *)body);
         return MHD_NO;
     }
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, type);
     MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+    MHD_add_response_header(r, "X-Content-Type-Options", "nosniff");
+    MHD_add_response_header(r, "X-Frame-Options", "DENY");
+    MHD_add_response_header(r, "Content-Security-Policy",
+                            "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'");
     rc = MHD_queue_response(conn, status, r);
     MHD_destroy_response(r);
     return rc;
 }
 
-/* respond_json - BODY (consumed) as one JSON document */
-static enum MHD_Result
-respond_json(struct MHD_Connection *conn, unsigned status, json_t *body)
+/* qmgr_http_respond_json - see qmgr_http.h */
+enum MHD_Result
+qmgr_http_respond_json(struct MHD_Connection *conn, unsigned status, json_t *body)
 {
     char *text = json_dumps(body, JSON_COMPACT);
 
     json_decref(body);
     if (text == NULL)
         return MHD_NO;
-    return respond(conn, status, "application/json", text, strlen(text));
+    return qmgr_http_respond(conn, status, "application/json", text, strlen(text),
+                             MHD_RESPMEM_MUST_FREE);
 }
 
-static enum MHD_Result
-respond_error(struct MHD_Connection *conn, unsigned status, const char *text)
+/* qmgr_http_respond_error - see qmgr_http.h */
+enum MHD_Result
+qmgr_http_respond_error(struct MHD_Connection *conn, unsigned status, const char *text)
 {
-    return respond_json(conn, status, json_pack("{s:s}", "error", text));
+    return qmgr_http_respond_json(conn, status, json_pack("{s:s}", "error", text));
 }
 
 /* arg - query argument NAME, NULL when absent or too long */
@@ -113,10 +123,10 @@ get_status(struct MHD_Connection *conn)
     json_object_set_new(status, "timeNow", json_string(qmgr_ctl_stamp(now, (uint64_t)time(NULL))));
     json_object_set_new(status, "startupTime", json_string(qmgr_ctl_stamp(started, S.start_wall)));
     json_object_set_new(status, "shuttingDown", json_boolean(S.stopping));
-    return respond_json(conn, MHD_HTTP_OK,
-                        json_pack("{s:{s:{s:s, s:s}, s:o}}", "data", "mta", "product",
-                                  PACKAGE_NAME " " PACKAGE_VERSION, "fullHostName", host, "status",
-                                  status));
+    return qmgr_http_respond_json(conn, MHD_HTTP_OK,
+                                  json_pack("{s:{s:{s:s, s:s}, s:o}}", "data", "mta", "product",
+                                            PACKAGE_NAME " " PACKAGE_VERSION, "fullHostName", host,
+                                            "status", status));
 }
 
 /* listed - does queue Q pass /queues' filters (domain[/vmta] as pmtactl takes it, mode)? */
@@ -138,7 +148,8 @@ get_queues(struct MHD_Connection *conn)
 
     if (mode && strcmp(mode, "normal") != 0 && strcmp(mode, "backoff") != 0) {
         json_decref(list);
-        return respond_error(conn, MHD_HTTP_BAD_REQUEST, "mode must be normal or backoff");
+        return qmgr_http_respond_error(conn, MHD_HTTP_BAD_REQUEST,
+                                       "mode must be normal or backoff");
     }
     for (uint32_t i = 0; i < S.nqueues; i++) {
         if (!listed(S.queues[i], pattern, mode))
@@ -147,7 +158,7 @@ get_queues(struct MHD_Connection *conn)
             json_array_append_new(list, qmgr_ctl_queue_json(S.queues[i]));
         total++;
     }
-    return respond_json(
+    return qmgr_http_respond_json(
         conn, MHD_HTTP_OK,
         json_pack("{s:{s:I, s:o}}", "data", "total", (json_int_t)total, "queue", list));
 }
@@ -159,14 +170,14 @@ get_queue_detail(struct MHD_Connection *conn)
     struct qqueue *q;
 
     if (name == NULL || strchr(name, '/') == NULL)
-        return respond_error(conn, MHD_HTTP_BAD_REQUEST, "queue=DOMAIN/VMTA is required");
+        return qmgr_http_respond_error(conn, MHD_HTTP_BAD_REQUEST, "queue=DOMAIN/VMTA is required");
     for (uint32_t i = 0; i < S.nqueues; i++)
         if (strcmp(S.queues[i]->name, name) == 0) {
             q = S.queues[i];
-            return respond_json(conn, MHD_HTTP_OK,
-                                json_pack("{s:{s:o}}", "data", "queue", qmgr_ctl_queue_json(q)));
+            return qmgr_http_respond_json(
+                conn, MHD_HTTP_OK, json_pack("{s:{s:o}}", "data", "queue", qmgr_ctl_queue_json(q)));
         }
-    return respond_error(conn, MHD_HTTP_NOT_FOUND, "no such queue");
+    return qmgr_http_respond_error(conn, MHD_HTTP_NOT_FOUND, "no such queue");
 }
 
 /* --- /metrics ------------------------------------------------------------------------------ */
@@ -254,7 +265,8 @@ get_metrics(struct MHD_Connection *conn)
     json_decref(st);
     if (b.data == NULL)
         buf_append_str(&b, "");
-    return respond(conn, MHD_HTTP_OK, "text/plain; version=0.0.4", b.data, b.len);
+    return qmgr_http_respond(conn, MHD_HTTP_OK, "text/plain; version=0.0.4", b.data, b.len,
+                             MHD_RESPMEM_MUST_FREE);
 }
 
 /* --- requests -------------------------------------------------------------------------------- */
@@ -287,14 +299,14 @@ on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *
     if (*upload_size != 0)
         return MHD_NO; /* no bodies here: drop the connection */
     if ((level = access_level(conn)) < CFG_HTTP_MONITOR)
-        return respond_error(conn, MHD_HTTP_FORBIDDEN, "access denied by http-access");
+        return qmgr_http_respond_error(conn, MHD_HTTP_FORBIDDEN, "access denied by http-access");
     if (strcmp(url, "/ui") == 0 || strncmp(url, "/ui/", 4) == 0)
         return qmgr_monitor_request(conn, url, method, level);
     if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
-        return respond_error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "only GET and HEAD");
+        return qmgr_http_respond_error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "only GET and HEAD");
     format = arg(conn, "format");
     if (format && strcmp(format, "json") != 0 && strcmp(url, "/metrics") != 0)
-        return respond_error(conn, MHD_HTTP_NOT_ACCEPTABLE, "only format=json is served");
+        return qmgr_http_respond_error(conn, MHD_HTTP_NOT_ACCEPTABLE, "only format=json is served");
     if (strcmp(url, "/status") == 0 || strcmp(url, "/") == 0)
         return get_status(conn);
     if (strcmp(url, "/queues") == 0)
@@ -303,9 +315,9 @@ on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *
         return get_queue_detail(conn);
     if (strcmp(url, "/metrics") == 0)
         return get_metrics(conn);
-    return respond_error(conn, MHD_HTTP_NOT_FOUND,
-                         "no such page (/ui, /status, /queues, "
-                         "/queueDetail, /metrics)");
+    return qmgr_http_respond_error(conn, MHD_HTTP_NOT_FOUND,
+                                   "no such page (/ui, /status, /queues, "
+                                   "/queueDetail, /metrics)");
 }
 
 /* --- the loop ----------------------------------------------------------------------------------

@@ -41,6 +41,7 @@
 #include "msg.h"
 #include "qmgr.h"
 #include "qmgr_ctl.h"
+#include "qmgr_http.h"
 #include "qmgr_monitor.h"
 #include "qmgr_traffic.h"
 #include "xalloc.h"
@@ -155,45 +156,6 @@ qmgr_monitor_stop(void)
     }
 }
 
-/* --- responses ------------------------------------------------------------------------ */
-
-static enum MHD_Result
-respond(struct MHD_Connection *conn, unsigned status, const char *type, const void *body,
-        size_t len, enum MHD_ResponseMemoryMode mode)
-{
-    struct MHD_Response *r = MHD_create_response_from_buffer(len, (void *)body, mode);
-    enum MHD_Result rc;
-
-    if (r == NULL)
-        return MHD_NO;
-    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, type);
-    MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
-    MHD_add_response_header(r, "X-Content-Type-Options", "nosniff");
-    MHD_add_response_header(r, "X-Frame-Options", "DENY");
-    MHD_add_response_header(r, "Content-Security-Policy",
-                            "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'");
-    rc = MHD_queue_response(conn, status, r);
-    MHD_destroy_response(r);
-    return rc;
-}
-
-static enum MHD_Result
-respond_json(struct MHD_Connection *conn, unsigned status, json_t *body)
-{
-    char *text = json_dumps(body, JSON_COMPACT);
-
-    json_decref(body);
-    if (text == NULL)
-        return MHD_NO;
-    return respond(conn, status, "application/json", text, strlen(text), MHD_RESPMEM_MUST_FREE);
-}
-
-static enum MHD_Result
-respond_error(struct MHD_Connection *conn, unsigned status, const char *text)
-{
-    return respond_json(conn, status, json_pack("{s:s}", "error", text));
-}
-
 /* --- GET /ui/data ----------------------------------------------------------------------- */
 
 static int
@@ -301,7 +263,7 @@ get_data(struct MHD_Connection *conn)
     json_object_set_new(data, "errors", qmgr_traffic_errors_json());
     queues_json(data);
     json_object_set_new(data, "vmtas", vmtas_json());
-    return respond_json(conn, MHD_HTTP_OK, json_pack("{s:o}", "data", data));
+    return qmgr_http_respond_json(conn, MHD_HTTP_OK, json_pack("{s:o}", "data", data));
 }
 
 /* --- session and actions ----------------------------------------------------------------- */
@@ -371,7 +333,7 @@ get_session(struct MHD_Connection *conn, enum cfg_http_level level)
 
     if (level >= CFG_HTTP_OPERATOR && host_trusted(header(conn, MHD_HTTP_HEADER_HOST)))
         json_object_set_new(data, "csrf", json_string(csrf_token));
-    return respond_json(conn, MHD_HTTP_OK, json_pack("{s:o}", "data", data));
+    return qmgr_http_respond_json(conn, MHD_HTTP_OK, json_pack("{s:o}", "data", data));
 }
 
 /* action_request - the control-socket request for ?do=...; NULL with *WHY set when malformed */
@@ -410,21 +372,22 @@ post_action(struct MHD_Connection *conn, enum cfg_http_level level)
     char who[64];
 
     if (level < CFG_HTTP_OPERATOR)
-        return respond_error(conn, MHD_HTTP_FORBIDDEN,
-                             "http-access grants this client the monitor role only");
+        return qmgr_http_respond_error(conn, MHD_HTTP_FORBIDDEN,
+                                       "http-access grants this client the monitor role only");
     if (!host_trusted(header(conn, MHD_HTTP_HEADER_HOST)) || !same_origin(conn) ||
         !token_matches(header(conn, CSRF_HEADER)))
-        return respond_error(conn, MHD_HTTP_FORBIDDEN,
-                             "cross-site request refused (reload the page for a new token)");
+        return qmgr_http_respond_error(
+            conn, MHD_HTTP_FORBIDDEN,
+            "cross-site request refused (reload the page for a new token)");
     if ((req = action_request(conn, &why)) == NULL)
-        return respond_error(conn, MHD_HTTP_BAD_REQUEST, why);
+        return qmgr_http_respond_error(conn, MHD_HTTP_BAD_REQUEST, why);
     snprintf(who, sizeof who, "%s", json_string_value(json_object_get(req, "cmd")));
     reply = qmgr_ctl_dispatch(req);
     msg_info("http monitor: %s %s by an %s client: %s", who,
              json_string_value(json_object_get(req, "queue")), role_name(level),
              json_is_true(json_object_get(reply, "ok")) ? "done" : "refused");
     json_decref(req);
-    return respond_json(
+    return qmgr_http_respond_json(
         conn, json_is_true(json_object_get(reply, "ok")) ? MHD_HTTP_OK : MHD_HTTP_CONFLICT, reply);
 }
 
@@ -439,11 +402,12 @@ qmgr_monitor_request(struct MHD_Connection *conn, const char *url, const char *m
 
     if (strcmp(url, "/ui/action") == 0) {
         if (strcmp(method, "POST") != 0)
-            return respond_error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "actions are POST only");
+            return qmgr_http_respond_error(conn, MHD_HTTP_METHOD_NOT_ALLOWED,
+                                           "actions are POST only");
         return post_action(conn, level);
     }
     if (!get)
-        return respond_error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "only GET and HEAD here");
+        return qmgr_http_respond_error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "only GET and HEAD here");
     if (strcmp(url, "/ui/data") == 0)
         return get_data(conn);
     if (strcmp(url, "/ui/session") == 0)
@@ -452,10 +416,11 @@ qmgr_monitor_request(struct MHD_Connection *conn, const char *url, const char *m
         if (strcmp(url, files[i].url) != 0 && !(i == 0 && strcmp(url, "/ui/") == 0))
             continue;
         if (files[i].data == NULL)
-            return respond_error(conn, MHD_HTTP_SERVICE_UNAVAILABLE,
-                                 "the monitor's files are not installed (see pmtad's log)");
-        return respond(conn, MHD_HTTP_OK, files[i].type, files[i].data, files[i].len,
-                       MHD_RESPMEM_PERSISTENT);
+            return qmgr_http_respond_error(
+                conn, MHD_HTTP_SERVICE_UNAVAILABLE,
+                "the monitor's files are not installed (see pmtad's log)");
+        return qmgr_http_respond(conn, MHD_HTTP_OK, files[i].type, files[i].data, files[i].len,
+                                 MHD_RESPMEM_PERSISTENT);
     }
-    return respond_error(conn, MHD_HTTP_NOT_FOUND, "no such page under /ui");
+    return qmgr_http_respond_error(conn, MHD_HTTP_NOT_FOUND, "no such page under /ui");
 }

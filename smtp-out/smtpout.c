@@ -55,20 +55,6 @@ out_ssl_ctx(void)
     return G.ssl_ctx;
 }
 
-/* name_servers - every `name-server IP[:port]` line, comma-separated ("" = none) */
-static void
-name_servers(const struct cfg *cfg, char *out, size_t outlen)
-{
-    const struct cfg_value *v;
-    uint32_t it = 0;
-    size_t used = 0;
-
-    out[0] = '\0';
-    while ((v = cfg_scope_next(cfg, 0, CFG_D_NAME_SERVER, &it)) != NULL && used < outlen)
-        used += (size_t)snprintf(out + used, outlen - used, "%s%s", used ? "," : "",
-                                 cfg_str(cfg, v->text));
-}
-
 static void
 open_resolver(const struct cfg *cfg)
 {
@@ -76,7 +62,7 @@ open_resolver(const struct cfg *cfg)
     struct smtpout_dns_options o = { .cache_max_ttl = DNS_CACHE_MAX_TTL };
     int err;
 
-    name_servers(cfg, servers, sizeof servers);
+    smtpout_name_servers(cfg, servers, sizeof servers);
     o.name_servers = servers[0] ? servers : NULL;
     if ((err = smtpout_dns_create(worker_loop(), &o, &G.dns)) < 0)
         msg_fatal("cannot start the DNS resolver (name-server %s): %s",

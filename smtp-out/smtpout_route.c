@@ -331,3 +331,17 @@ smtpout_route_cancel(struct smtpout_resolve *req)
     if (req)
         req->cancelled = 1;
 }
+
+/* smtpout_name_servers - see smtpout_route.h */
+void
+smtpout_name_servers(const struct cfg *c, char *out, size_t size)
+{
+    const struct cfg_value *v;
+    uint32_t it = 0;
+    size_t used = 0;
+
+    out[0] = '\0';
+    while ((v = cfg_scope_next(c, 0, CFG_D_NAME_SERVER, &it)) != NULL && used < size)
+        used += (size_t)snprintf(out + used, size - used, "%s%s", used ? "," : "",
+                                 cfg_str(c, v->text));
+}

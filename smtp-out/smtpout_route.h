@@ -80,6 +80,10 @@ struct smtpout_resolve *smtpout_route_resolve(struct smtpout_dns *dns, const cha
 /* smtpout_route_cancel - CB will not run; memory is reclaimed when lookups end */
 void smtpout_route_cancel(struct smtpout_resolve *req);
 
+/* smtpout_name_servers - C's `name-server IP[:port]` lines, comma-separated, into OUT ("" = none:
+ * the system's); what smtpout_dns_options.name_servers takes */
+void smtpout_name_servers(const struct cfg *c, char *out, size_t size);
+
 /* smtpout_sockaddr_str - "ip" text of ADDR into OUT (INET6_ADDRSTRLEN+) */
 const char *smtpout_sockaddr_str(const struct sockaddr *addr, char *out, size_t outlen);
 /* smtpout_sockaddr_port - port of ADDR (host order) */

@@ -53,19 +53,6 @@ struct resolve_run {
 
 /* --- configuration -------------------------------------------------------------- */
 
-static void
-name_servers(const struct cfg *c, char *out, size_t size)
-{
-    const struct cfg_value *v;
-    uint32_t it = 0;
-    size_t used = 0;
-
-    out[0] = '\0';
-    while ((v = cfg_scope_next(c, 0, CFG_D_NAME_SERVER, &it)) != NULL && used < size)
-        used += (size_t)snprintf(out + used, size - used, "%s%s", used ? "," : "",
-                                 cfg_str(c, v->text));
-}
-
 static const struct cfg_value *
 setting(const struct cfg_resolved *set, enum cfg_directive d)
 {
@@ -159,7 +146,7 @@ lookup(const struct cfg *c, const char *domain, const char *vmta, struct resolve
         json_object_set_new(run->out, "smtpHosts", json_string(cfg_str(c, v->text)));
     }
     ro.route = route;
-    name_servers(c, servers, sizeof servers);
+    smtpout_name_servers(c, servers, sizeof servers);
     dopts.name_servers = servers[0] ? servers : NULL;
     json_object_set_new(run->out, "nameServers", json_string(servers[0] ? servers : "system"));
     uv_loop_init(&loop);

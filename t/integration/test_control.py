@@ -41,7 +41,7 @@ import urllib.error
 import urllib.request
 
 from fakeout import FakeOut, OK, TEMPFAIL
-from pmtatest import Pmta, Tap, build_dir, free_port, require_root, wait_for
+from pmtatest import Pmta, Tap, build_dir, free_port, http_request, require_root, wait_for
 from test_qmgr import fill, qmgr_socket
 
 PMTACTL = os.path.join(build_dir(), "tools", "pmtactl")
@@ -74,19 +74,7 @@ def ask(p, request=None, raw=None):
 
 def http(port, path, method="GET", source=None):
     """(status, body text) of one request to the monitor, from SOURCE if given."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=10,
-                                 source_address=(source, 0) if source else None)
-    s.sendall(("%s %s HTTP/1.0\r\nHost: x\r\n\r\n" % (method, path)).encode())
-    data = b""
-    while True:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    s.close()
-    head, _, body = data.partition(b"\r\n\r\n")
-    status = int(head.split()[1]) if head else 0
-    return status, body.decode(errors="replace")
+    return http_request(port, path, method, source, {"Host": "x"})
 
 
 def answer(queue, msgid, index, attempt):

@@ -19,12 +19,11 @@ Host that is a DNS name gets 403; GET on /ui/action gets 405. After a reload tha
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
 
-from pmtatest import Pmta, Tap, build_dir, free_port, require_root, wait_for
+from pmtatest import Pmta, Tap, build_dir, free_port, http_request, require_root, wait_for
 from testsmtpd import TestSmtpd
 
 CHROMIUM = "/usr/bin/chromium"
@@ -38,26 +37,12 @@ def pmtactl(p, *args):
 
 
 def http(port, path, method="GET", source=None, headers=None):
-    """(status, parsed JSON or text) of one HTTP/1.0 request to the monitor."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=10,
-                                 source_address=(source, 0) if source else None)
-    head = {"Host": "127.0.0.1:%d" % port}
-    head.update(headers or {})
-    s.sendall(("%s %s HTTP/1.0\r\n%s\r\n" % (
-        method, path, "".join("%s: %s\r\n" % kv for kv in head.items()))).encode())
-    data = b""
-    while True:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    s.close()
-    top, _, body = data.partition(b"\r\n\r\n")
+    """(status, parsed JSON or text) of one request to the monitor."""
+    status, body = http_request(port, path, method, source, headers)
     try:
-        body = json.loads(body)
+        return status, json.loads(body)
     except ValueError:
-        body = body.decode(errors="replace")
-    return (int(top.split()[1]) if top else 0), body
+        return status, body
 
 
 def send(p, rcpts):

@@ -357,6 +357,26 @@ def require_root(tap):
 
 # --- inbound helpers (smtpd, sendmail, the queue) ---------------------------------
 
+def http_request(port, path, method="GET", source=None, headers=None):
+    """(status, body text) of one HTTP/1.0 request to 127.0.0.1:PORT (the monitor), from
+    SOURCE if given; HEADERS add to or replace "Host: 127.0.0.1:PORT"."""
+    head = {"Host": "127.0.0.1:%d" % port}
+    head.update(headers or {})
+    s = socket.create_connection(("127.0.0.1", port), timeout=10,
+                                 source_address=(source, 0) if source else None)
+    s.sendall(("%s %s HTTP/1.0\r\n%s\r\n" % (
+        method, path, "".join("%s: %s\r\n" % kv for kv in head.items()))).encode())
+    data = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    s.close()
+    top, _, body = data.partition(b"\r\n\r\n")
+    return (int(top.split()[1]) if top else 0), body.decode(errors="replace")
+
+
 def tool_path(name):
     """A program built under tools/ (pmta-qdump, sendmail)."""
     return os.path.join(build_dir(), "tools", name)
