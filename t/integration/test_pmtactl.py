@@ -228,6 +228,9 @@ def main():
                                  st.get("delivered") == 2)(
                                      ctl_json(p, "show", "status")[1].get("status", {})),
                         timeout=30), "5 recipients deferred, 2 delivered")
+        # the deferrals are committed to the queue a moment after qmgr counts them
+        wait_for(lambda: all(r["last_error"] for r in
+                             ctl_json(p, "list")[1].get("recipients", [{}])), timeout=10)
         list_tests(p)
         show_tests(p)
         delete_tests(p)
