@@ -157,6 +157,16 @@ setting_ms(const struct cfg_resolved *set, enum cfg_directive d, unsigned dflt_m
     return (unsigned)s * 1000u;
 }
 
+/* setting_text - a string setting (in the pinned configuration), or NULL when unset or "" */
+static const char *
+setting_text(const struct cfg *cfg, const struct cfg_resolved *set, enum cfg_directive d)
+{
+    const struct cfg_value *v = setting(set, d);
+    const char *t = v && !(v->flags & CFG_VALUE_CLEAR) ? cfg_str(cfg, v->text) : NULL;
+
+    return t && *t ? t : NULL;
+}
+
 /* setting_bool_text - a yes/no setting stored as text (bounce-upon-no-mx) */
 static int
 setting_bool_text(const struct cfg *cfg, const struct cfg_resolved *set, enum cfg_directive d)
@@ -213,6 +223,10 @@ conn_configure(struct oconn *c, struct smtpout_reply *r)
     c->scfg.ignore_pipelining = (int)setting_num(&set, CFG_D_IGNORE_PIPELINING, 0);
     c->scfg.ignore_8bitmime = (int)setting_num(&set, CFG_D_IGNORE_8BITMIME, 0);
     c->scfg.ignore_dsn = (int)setting_num(&set, CFG_D_IGNORE_DSN, 0);
+    c->scfg.ignore_chunking = (int)setting_num(&set, CFG_D_IGNORE_CHUNKING, 0);
+    c->scfg.auth_username = setting_text(c->cfg, &set, CFG_D_AUTH_USERNAME);
+    c->scfg.auth_password = setting_text(c->cfg, &set, CFG_D_AUTH_PASSWORD);
+    c->scfg.auth_in_clear = (int)setting_num(&set, CFG_D_USE_UNENCRYPTED_PLAIN_AUTH, 0);
     c->bounce_upon_5xx_greeting = (int)setting_num(&set, CFG_D_BOUNCE_UPON_5XX_GREETING, 1);
     c->max_attempts = (unsigned)setting_num(&set, CFG_D_MX_CONNECTION_ATTEMPTS, 10);
     if (c->max_attempts == 0)
@@ -426,8 +440,9 @@ on_ready(void *arg, unsigned caps)
 
     c->up = 1;
     esmtp_text(caps, esmtp, sizeof esmtp);
-    msg_info("connection %u %s up: mx=%s ip=%s source=%s tls=%s", c->id, c->queue, c->mx,
-             c->dest_ip, c->source_ip[0] ? c->source_ip : "-", c->tls[0] ? c->tls : "none");
+    msg_info("connection %u %s up: mx=%s ip=%s source=%s tls=%s%s", c->id, c->queue, c->mx,
+             c->dest_ip, c->source_ip[0] ? c->source_ip : "-", c->tls[0] ? c->tls : "none",
+             c->session && smtpout_session_authenticated(c->session) ? " auth=yes" : "");
     if (c->in_table)
         out_report_up(c->id, c->mx, c->dest_ip, c->source_ip, c->tls, esmtp);
     conn_after_txn(c);

@@ -5,8 +5,10 @@
  * What it does: the client side of RFC 5321 for one connection as an
  * explicit state machine (enum proto_state), without I/O: replies in,
  * commands into an output buffer, events to the host. Greeting, EHLO/HELO,
- * STARTTLS (RFC 3207), transactions with PIPELINING (RFC 2920), DSN (RFC
- * 3461), 8BITMIME, SMTPUTF8 and SIZE, RSET between transactions, QUIT.
+ * STARTTLS (RFC 3207), AUTH (RFC 4954: PLAIN, LOGIN, CRAM-MD5),
+ * transactions with PIPELINING (RFC 2920) and CHUNKING (RFC 3030: BDAT),
+ * DSN (RFC 3461), 8BITMIME, SMTPUTF8 and SIZE, RSET between transactions,
+ * QUIT.
  *
  * The reply reader is in smtpout_proto_reply.c.
  *
@@ -15,7 +17,11 @@
  *
  * SECURITY: everything fed here is hostile (see the header): lengths before
  * offsets, bounded partial lines, sanitized bounded text, no plaintext after
- * the 220 to STARTTLS, no control bytes in the addresses we send.
+ * the 220 to STARTTLS, no control bytes in the addresses we send. The AUTH
+ * credentials are secrets: they are copied once, written only into the
+ * output buffer (base64), never into a reply text or an event, and wiped
+ * with OPENSSL_cleanse when the engine is freed; a server challenge is
+ * decoded into a bounded buffer.
  */
 #include "config.h"
 
@@ -26,11 +32,16 @@
 #include <string.h>
 #include <strings.h>
 
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+
 #include "msg.h"
 #include "xalloc.h"
 #include "smtpout_proto.h"
 
-#define ADDR_MAX 1000 /* longest envelope address we send */
+#define ADDR_MAX       1000 /* longest envelope address we send */
+#define AUTH_FIELD_MAX 255  /* longest user name or password we send (RFC 4616 allows 255) */
 
 enum proto_state {
     P_CONNECTING,  /* TCP connect in progress (the host's) */
@@ -39,6 +50,7 @@ enum proto_state {
     P_HELO,        /* HELO sent after EHLO got a 5xx */
     P_STARTTLS,    /* STARTTLS sent */
     P_TLS,         /* 220 to STARTTLS: the host does the handshake */
+    P_AUTH,        /* AUTH sent (auth_step says which reply we wait for) */
     P_READY,       /* idle, between transactions */
     P_RSET,        /* RSET sent before a new transaction */
     P_TRANSACTION, /* MAIL / RCPT / DATA replies outstanding */
@@ -49,6 +61,14 @@ enum proto_state {
 };
 
 enum rcpt_state { RCPT_PENDING, RCPT_ACCEPTED, RCPT_DONE };
+
+/* Where an AUTH exchange is: the reply we wait for. */
+enum auth_step {
+    AUTH_FINAL,      /* 235 (or a failure) */
+    AUTH_LOGIN_USER, /* 334: the user name, base64 */
+    AUTH_LOGIN_PASS, /* 334: the password, base64 */
+    AUTH_CRAM_MD5,   /* 334 CHALLENGE: "user HMAC-MD5(password, challenge)", base64 */
+};
 
 struct smtpout_proto {
     struct smtpout_proto_events ev;
@@ -76,8 +96,16 @@ struct smtpout_proto {
     struct smtpout_reply mail_reply;
     struct smtpout_reply last_rcpt_reply;
     int need_rset;
-    int tls_on; /* the host's handshake succeeded */
+    int chunking; /* this transaction ends with BDAT instead of DATA */
+    int tls_on;   /* the host's handshake succeeded */
     unsigned ntransactions;
+
+    /* AUTH (secrets: wiped at free) */
+    char auth_user[AUTH_FIELD_MAX + 1];
+    char auth_pass[AUTH_FIELD_MAX + 1];
+    unsigned auth_mechs; /* offered in the last EHLO */
+    enum auth_step auth_step;
+    int authenticated;
 };
 
 /* --- the engine: helpers ------------------------------------------------------------- */
@@ -95,9 +123,12 @@ smtpout_proto_new(const struct smtpout_proto_config *cfg, const struct smtpout_p
              cfg->helo_name ? cfg->helo_name : "localhost");
     snprintf(p->mx_name, sizeof p->mx_name, "%s", cfg->mx_name ? cfg->mx_name : "");
     snprintf(p->dest_ip, sizeof p->dest_ip, "%s", cfg->dest_ip ? cfg->dest_ip : "");
+    snprintf(p->auth_user, sizeof p->auth_user, "%s", cfg->auth_username ? cfg->auth_username : "");
+    snprintf(p->auth_pass, sizeof p->auth_pass, "%s", cfg->auth_password ? cfg->auth_password : "");
     p->cfg.helo_name = p->helo_name;
     p->cfg.mx_name = p->mx_name;
     p->cfg.dest_ip = p->dest_ip;
+    p->cfg.auth_username = p->cfg.auth_password = NULL; /* only our copies */
     p->state = P_CONNECTING;
     smtpout_reader_init(&p->rd);
     buf_init(&p->out, 0);
@@ -111,7 +142,10 @@ smtpout_proto_free(struct smtpout_proto *p)
         return;
     free(p->rcpt_state);
     free(p->sent);
+    if (p->out.data) /* may hold an AUTH line not yet taken */
+        OPENSSL_cleanse(p->out.data, p->out.cap);
     buf_free(&p->out);
+    OPENSSL_cleanse(p, sizeof *p);
     free(p);
 }
 
@@ -151,6 +185,12 @@ smtpout_proto_transactions(const struct smtpout_proto *p)
     return p->ntransactions;
 }
 
+int
+smtpout_proto_authenticated(const struct smtpout_proto *p)
+{
+    return p->authenticated;
+}
+
 enum smtpout_stage
 smtpout_proto_stage(const struct smtpout_proto *p)
 {
@@ -167,6 +207,8 @@ smtpout_proto_stage(const struct smtpout_proto *p)
         return SMTPOUT_STAGE_STARTTLS;
     case P_TLS:
         return SMTPOUT_STAGE_TLS;
+    case P_AUTH:
+        return SMTPOUT_STAGE_AUTH;
     case P_RSET:
         return SMTPOUT_STAGE_RSET;
     case P_TRANSACTION:
@@ -176,7 +218,7 @@ smtpout_proto_stage(const struct smtpout_proto *p)
     case P_BODY:
         return SMTPOUT_STAGE_BODY;
     case P_DOT:
-        return SMTPOUT_STAGE_DOT;
+        return p->chunking ? SMTPOUT_STAGE_BDAT : SMTPOUT_STAGE_DOT;
     case P_QUIT:
         return SMTPOUT_STAGE_QUIT;
     default:
@@ -292,7 +334,158 @@ become_ready(struct smtpout_proto *p)
         p->ev.ready(p->ctx, p->caps);
 }
 
-/* after_ehlo - STARTTLS now, or refuse to go on in clear, or ready */
+/* --- AUTH (RFC 4954) ------------------------------------------------------------------ */
+
+/* b64_command - "PREFIX" + base64(DATA) as one command line (secrets: the copy is wiped) */
+static void
+b64_command(struct smtpout_proto *p, const char *prefix, const unsigned char *data, size_t len)
+{
+    unsigned char enc[4 * ((2 * AUTH_FIELD_MAX + 2 + 2) / 3) + 8];
+    int n = len ? EVP_EncodeBlock(enc, data, (int)len) : 0;
+
+    timer(p, SMTPOUT_WAIT_COMMAND, SMTPOUT_STAGE_AUTH);
+    buf_printf(&p->out, "%s%.*s\r\n", prefix, n, (const char *)enc);
+    OPENSSL_cleanse(enc, sizeof enc);
+}
+
+/* auth_mechanism - what to use now: 0 none, else one SMTPOUT_AUTH_* bit */
+static unsigned
+auth_mechanism(const struct smtpout_proto *p)
+{
+    int clear_ok = p->tls_on || p->cfg.auth_in_clear;
+
+    if (clear_ok && (p->auth_mechs & SMTPOUT_AUTH_PLAIN))
+        return SMTPOUT_AUTH_PLAIN;
+    if (clear_ok && (p->auth_mechs & SMTPOUT_AUTH_LOGIN))
+        return SMTPOUT_AUTH_LOGIN;
+    if (p->auth_mechs & SMTPOUT_AUTH_CRAM_MD5) /* the password never crosses the wire */
+        return SMTPOUT_AUTH_CRAM_MD5;
+    return 0;
+}
+
+/* auth_start - AUTH with the best mechanism, ready without AUTH, or a temporary failure */
+static void
+auth_start(struct smtpout_proto *p)
+{
+    unsigned mech;
+
+    if (!(p->auth_user[0] || p->auth_pass[0]) || !(p->caps & SMTPOUT_CAP_AUTH)) {
+        become_ready(p);
+        return;
+    }
+    if ((mech = auth_mechanism(p)) == 0) {
+        smtpout_proto_fail_local(p, SMTPOUT_TEMP, "4.7.11",
+                                 p->auth_mechs & (SMTPOUT_AUTH_PLAIN | SMTPOUT_AUTH_LOGIN)
+                                     ? "AUTH needs TLS: PLAIN and LOGIN are not sent in clear "
+                                       "(use-unencrypted-plain-auth)"
+                                     : "no AUTH mechanism in common (we do PLAIN, LOGIN, "
+                                       "CRAM-MD5)");
+        return;
+    }
+    p->state = P_AUTH;
+    if (mech == SMTPOUT_AUTH_PLAIN) {
+        /* RFC 4616: authzid NUL authcid NUL password, as the initial response */
+        unsigned char resp[2 * AUTH_FIELD_MAX + 2];
+        size_t ul = strlen(p->auth_user), pl = strlen(p->auth_pass);
+
+        resp[0] = 0;
+        memcpy(resp + 1, p->auth_user, ul);
+        resp[1 + ul] = 0;
+        memcpy(resp + 2 + ul, p->auth_pass, pl);
+        p->auth_step = AUTH_FINAL;
+        b64_command(p, "AUTH PLAIN ", resp, 2 + ul + pl);
+        OPENSSL_cleanse(resp, sizeof resp);
+    } else if (mech == SMTPOUT_AUTH_LOGIN) {
+        p->auth_step = AUTH_LOGIN_USER;
+        command(p, "AUTH LOGIN", SMTPOUT_STAGE_AUTH);
+    } else {
+        p->auth_step = AUTH_CRAM_MD5;
+        command(p, "AUTH CRAM-MD5", SMTPOUT_STAGE_AUTH);
+    }
+}
+
+/* cram_md5_answer - "user hex(HMAC-MD5(password, challenge))" for the 334 text R; 0 or -1 */
+static int
+cram_md5_answer(struct smtpout_proto *p, const struct smtpout_reply *r)
+{
+    const char *b64 = r->text + 3 + (r->text[3] == ' ');
+    size_t blen = strcspn(b64, " ");
+    unsigned char chal[SMTPOUT_REPLY_TEXT_MAX], mac[EVP_MAX_MD_SIZE];
+    char answer[AUTH_FIELD_MAX + 1 + 2 * EVP_MAX_MD_SIZE + 1];
+    unsigned maclen = 0;
+    int clen;
+    size_t n;
+
+    if (blen == 0 || blen % 4 != 0 || blen > sizeof chal)
+        return -1;
+    if ((clen = EVP_DecodeBlock(chal, (const unsigned char *)b64, (int)blen)) < 0)
+        return -1;
+    while (clen > 0 && blen >= 2 && b64[blen - 1] == '=') { /* DecodeBlock counts padding */
+        clen--;
+        blen--;
+    }
+    if (HMAC(EVP_md5(), p->auth_pass, (int)strlen(p->auth_pass), chal, (size_t)clen, mac,
+             &maclen) == NULL)
+        return -1;
+    n = (size_t)snprintf(answer, sizeof answer, "%s ", p->auth_user);
+    for (unsigned i = 0; i < maclen && n + 3 <= sizeof answer; i++)
+        n += (size_t)snprintf(answer + n, sizeof answer - n, "%02x", mac[i]);
+    b64_command(p, "", (const unsigned char *)answer, n);
+    OPENSSL_cleanse(answer, sizeof answer);
+    OPENSSL_cleanse(mac, sizeof mac);
+    return 0;
+}
+
+/* auth_failed - a refusal or a broken exchange: temporary, the session ends */
+static void
+auth_failed(struct smtpout_proto *p, struct smtpout_reply *r)
+{
+    r->stage = SMTPOUT_STAGE_AUTH;
+    r->cls = SMTPOUT_TEMP; /* our credentials, not the mail: no bounce */
+    if (r->status[0] == '5' || r->status[0] == '2')
+        r->status[0] = '4';
+    smtpout_proto_fail(p, r);
+}
+
+static void
+on_auth(struct smtpout_proto *p, struct smtpout_reply *r)
+{
+    const char *field;
+
+    if (r->code == 235 && p->auth_step == AUTH_FINAL) {
+        p->authenticated = 1;
+        become_ready(p);
+        return;
+    }
+    if (r->code != 334 || p->auth_step == AUTH_FINAL) {
+        if (r->code == 334) /* a challenge we did not ask for */
+            smtpout_reply_local(r, SMTPOUT_TEMP, SMTPOUT_STAGE_AUTH, "4.7.0",
+                                "unexpected AUTH challenge from %s[%s]", p->mx_name, p->dest_ip);
+        auth_failed(p, r);
+        return;
+    }
+    switch (p->auth_step) {
+    case AUTH_LOGIN_USER:
+    case AUTH_LOGIN_PASS:
+        field = p->auth_step == AUTH_LOGIN_USER ? p->auth_user : p->auth_pass;
+        p->auth_step = p->auth_step == AUTH_LOGIN_USER ? AUTH_LOGIN_PASS : AUTH_FINAL;
+        b64_command(p, "", (const unsigned char *)field, strlen(field));
+        break;
+    case AUTH_CRAM_MD5:
+        p->auth_step = AUTH_FINAL;
+        if (cram_md5_answer(p, r) < 0) {
+            smtpout_reply_local(r, SMTPOUT_TEMP, SMTPOUT_STAGE_AUTH, "4.7.0",
+                                "malformed CRAM-MD5 challenge from %s[%s]", p->mx_name, p->dest_ip);
+            auth_failed(p, r);
+        }
+        break;
+    default:
+        auth_failed(p, r);
+        break;
+    }
+}
+
+/* after_ehlo - STARTTLS now, or refuse to go on in clear, or AUTH, or ready */
 static void
 after_ehlo(struct smtpout_proto *p, int tls_active)
 {
@@ -307,7 +500,7 @@ after_ehlo(struct smtpout_proto *p, int tls_active)
                                  "TLS is required, but was not offered by the host");
         return;
     }
-    become_ready(p);
+    auth_start(p);
 }
 
 void
@@ -337,6 +530,7 @@ on_ehlo(struct smtpout_proto *p, struct smtpout_reply *r, unsigned caps, unsigne
         if (p->state == P_EHLO) {
             p->caps = caps;
             p->size_max = size_max;
+            p->auth_mechs = p->rd.auth_mechs;
         }
         after_ehlo(p, p->tls_on);
         return;
@@ -368,7 +562,7 @@ on_starttls(struct smtpout_proto *p, struct smtpout_reply *r)
         smtpout_proto_fail(p, r);
         return;
     }
-    become_ready(p); /* opportunistic: carry on in clear */
+    auth_start(p); /* opportunistic: carry on in clear */
 }
 
 /* --- transactions --------------------------------------------------------------------- */
@@ -536,12 +730,14 @@ start_mail(struct smtpout_proto *p)
     p->reply_index = 0;
     p->need_rset = 1;
     p->pipelined = (p->caps & SMTPOUT_CAP_PIPELINING) && !p->cfg.ignore_pipelining;
+    p->chunking = (p->caps & SMTPOUT_CAP_CHUNKING) && !p->cfg.ignore_chunking;
     timer(p, SMTPOUT_WAIT_COMMAND, SMTPOUT_STAGE_MAIL);
     build_mail(p, &p->out);
     if (p->pipelined) {
         for (i = 0; i < p->nsent; i++)
             build_rcpt(p, &p->out, p->sent[i]);
-        buf_append_str(&p->out, "DATA\r\n");
+        if (!p->chunking) /* BDAT waits for the RCPT replies: no body for nobody */
+            buf_append_str(&p->out, "DATA\r\n");
     }
 }
 
@@ -617,7 +813,7 @@ on_data_reply(struct smtpout_proto *p, struct smtpout_reply *r)
         }
         p->state = P_BODY;
         if (p->ev.body)
-            p->ev.body(p->ctx, p->msg);
+            p->ev.body(p->ctx, p->msg, SMTPOUT_BODY_DATA);
         return;
     }
     if (p->naccepted == 0) {
@@ -634,7 +830,30 @@ smtpout_proto_body_sent(struct smtpout_proto *p)
     if (p->state != P_BODY)
         return;
     p->state = P_DOT;
-    timer(p, SMTPOUT_WAIT_DOT, SMTPOUT_STAGE_DOT);
+    timer(p, SMTPOUT_WAIT_DOT, smtpout_proto_stage(p));
+}
+
+size_t
+smtpout_bdat_len(const char *data, size_t len)
+{
+    size_t n = len;
+
+    for (const char *nl = data; len && (nl = memchr(nl, '\n', len - (size_t)(nl - data))); nl++)
+        if (nl == data || nl[-1] != '\r')
+            n++; /* a bare LF goes out as CRLF */
+    if (len > 0 && data[len - 1] != '\n')
+        n += 2;
+    return n;
+}
+
+/* start_bdat - the RCPT replies are in and someone was accepted: BDAT n LAST and the body */
+static void
+start_bdat(struct smtpout_proto *p)
+{
+    p->state = P_BODY;
+    buf_printf(&p->out, "BDAT %zu LAST\r\n", smtpout_bdat_len(p->msg->data, p->msg->len));
+    if (p->ev.body)
+        p->ev.body(p->ctx, p->msg, SMTPOUT_BODY_BDAT);
 }
 
 /* on_transaction_reply - replies arrive in command order: MAIL, RCPT..., DATA */
@@ -649,9 +868,16 @@ on_transaction_reply(struct smtpout_proto *p, struct smtpout_reply *r)
     } else if (idx <= p->nsent) {
         r->stage = SMTPOUT_STAGE_RCPT;
         on_rcpt_reply(p, p->sent[idx - 1], r);
-    } else {
+    } else { /* with CHUNKING the state is P_BODY by now: never here */
         r->stage = SMTPOUT_STAGE_DATA;
         on_data_reply(p, r);
+        return;
+    }
+    if (p->state == P_TRANSACTION && p->chunking && p->reply_index > p->nsent) {
+        if (p->naccepted == 0)
+            end_transaction(p, refused_outcome(p));
+        else
+            start_bdat(p);
         return;
     }
     if (p->state != P_TRANSACTION || p->pipelined) {
@@ -670,7 +896,7 @@ on_transaction_reply(struct smtpout_proto *p, struct smtpout_reply *r)
 static void
 on_dot_reply(struct smtpout_proto *p, struct smtpout_reply *r)
 {
-    r->stage = SMTPOUT_STAGE_DOT;
+    r->stage = p->chunking ? SMTPOUT_STAGE_BDAT : SMTPOUT_STAGE_DOT;
     if (p->naccepted == 0) { /* the empty body after a pipelined failure */
         end_transaction(p, refused_outcome(p));
         return;
@@ -714,6 +940,9 @@ dispatch(struct smtpout_proto *p, struct smtpout_reply *r)
         break;
     case P_STARTTLS:
         on_starttls(p, r);
+        break;
+    case P_AUTH:
+        on_auth(p, r);
         break;
     case P_RSET:
         if (r->code / 100 == 2) {

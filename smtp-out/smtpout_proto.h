@@ -18,19 +18,29 @@
  *     always:      write smtpout_proto_output(p), then buf_reset() it
  *     ev.timer:    arm the timeout for that wait (none: stop the timer)
  *     ev.starttls: flush, then handshake; then smtpout_proto_tls_started(p)
- *     ev.body:     send msg->data (dot-stuffed, CRLF, then ".\r\n"), then
- *                  smtpout_proto_body_sent(p)
+ *     ev.body:     send msg->data as the mode says (DATA: dot-stuffed, CRLF,
+ *                  then ".\r\n"; BDAT: CRLF only), then smtpout_proto_body_sent(p)
  *     ev.close:    the session is over: close the connection
  *     local trouble (timeout, EOF, write or TLS error): smtpout_proto_fail()
  *     smtpout_proto_free(p);
  *
  * DESCRIPTION
- *   Greeting, EHLO (HELO after a 5xx to EHLO), STARTTLS by policy, then
- *   ready; transactions with smtpout_proto_send(): RSET before every one but
- *   the first, MAIL, RCPT..., DATA, all in one write when the server offers
- *   PIPELINING (RFC 2920) and replies accounted in command order; a refused
- *   MAIL refuses every recipient; a 354 after every RCPT failed gets an
- *   empty body. QUIT with smtpout_proto_quit(). A 421 ends the session
+ *   Greeting, EHLO (HELO after a 5xx to EHLO), STARTTLS by policy, AUTH
+ *   when configured, then ready; transactions with smtpout_proto_send():
+ *   RSET before every one but the first, MAIL, RCPT..., DATA, all in one
+ *   write when the server offers PIPELINING (RFC 2920) and replies accounted
+ *   in command order; a refused MAIL refuses every recipient; a 354 after
+ *   every RCPT failed gets an empty body. When the server offers CHUNKING
+ *   (RFC 3030, unless ignore_chunking) there is no DATA: once the RCPT
+ *   replies are in and someone was accepted, "BDAT n LAST" and the body go
+ *   in one piece, and BDAT's reply is the final one. QUIT with
+ *   smtpout_proto_quit().
+ *
+ *   AUTH: PLAIN, then LOGIN, then CRAM-MD5, as the server offers them; PLAIN
+ *   and LOGIN only over TLS unless auth_in_clear. A server that offers no
+ *   AUTH is used without it; one that offers only mechanisms we may not use
+ *   now, or refuses the credentials, ends the session as a temporary
+ *   failure (the mail waits: neither a password in clear nor a bounce). A 421 ends the session
  *   whatever was asked. Every recipient gets exactly one rcpt_result and
  *   every transaction one transaction_done, also when the session fails.
  *
@@ -53,8 +63,9 @@
  *   before the code and separator are read at fixed offsets (the
  *   CVE-2020-8794 lesson); buffers are bounded while a line is incomplete.
  *   Bytes that follow the 220 to STARTTLS before the handshake are refused
- *   (response injection). Envelope addresses with control bytes are refused
- *   before anything is sent, so no command can be injected.
+ *   (response injection). Credentials go into the output buffer only (the
+ *   host must not log AUTH exchanges) and are wiped when the engine is freed. Envelope addresses
+ * with control bytes are refused before anything is sent, so no command can be injected.
  */
 #ifndef PMTA_SMTPOUT_PROTO_H
 #define PMTA_SMTPOUT_PROTO_H
@@ -76,12 +87,14 @@ enum smtpout_stage {
     SMTPOUT_STAGE_HELO,
     SMTPOUT_STAGE_STARTTLS,
     SMTPOUT_STAGE_TLS,
+    SMTPOUT_STAGE_AUTH,
     SMTPOUT_STAGE_RSET,
     SMTPOUT_STAGE_MAIL,
     SMTPOUT_STAGE_RCPT,
     SMTPOUT_STAGE_DATA,
     SMTPOUT_STAGE_BODY,
     SMTPOUT_STAGE_DOT,
+    SMTPOUT_STAGE_BDAT, /* the reply to BDAT ... LAST (the body's end with CHUNKING) */
     SMTPOUT_STAGE_QUIT,
     SMTPOUT_STAGE_LOCAL, /* checks before sending */
 };
@@ -111,6 +124,12 @@ void smtpout_reply_local(struct smtpout_reply *r, enum smtpout_class cls, enum s
 #define SMTPOUT_CAP_ENHANCED   0x020u
 #define SMTPOUT_CAP_CHUNKING   0x040u
 #define SMTPOUT_CAP_DSN        0x080u
+#define SMTPOUT_CAP_AUTH       0x100u
+
+/* SASL mechanisms from the EHLO AUTH keyword (RFC 4954), in smtpout_reader.auth_mechs. */
+#define SMTPOUT_AUTH_PLAIN    0x1u
+#define SMTPOUT_AUTH_LOGIN    0x2u
+#define SMTPOUT_AUTH_CRAM_MD5 0x4u
 
 enum smtpout_tls_policy {
     SMTPOUT_TLS_OFF,           /* use-starttls no */
@@ -155,6 +174,7 @@ struct smtpout_reader {
     struct smtpout_reply reply;
     unsigned caps;          /* EHLO keywords on lines 2..n of this reply */
     unsigned long size_max; /* SIZE's argument, 0 if none */
+    unsigned auth_mechs;    /* SMTPOUT_AUTH_* named by AUTH (or the old AUTH=) lines */
 };
 
 enum smtpout_read {
@@ -183,7 +203,23 @@ struct smtpout_proto_config {
     int ignore_pipelining;
     int ignore_8bitmime; /* don't announce BODY=8BITMIME nor refuse */
     int ignore_dsn;
+    int ignore_chunking; /* DATA even when the peer offers CHUNKING */
+    /* AUTH (RFC 4954) after EHLO (after STARTTLS when TLS is used), attempted when a
+       user name or password is set and the peer offers AUTH (copied; wiped at free) */
+    const char *auth_username;
+    const char *auth_password;
+    int auth_in_clear; /* PLAIN and LOGIN also without TLS (use-unencrypted-plain-auth) */
 };
+
+/* How the host sends the body (ev.body). */
+enum smtpout_body_mode {
+    SMTPOUT_BODY_DATA, /* after 354: dot-stuffed, CRLF line ends, then ".\r\n" */
+    SMTPOUT_BODY_BDAT, /* after "BDAT n LAST": CRLF line ends, exactly smtpout_bdat_len() bytes */
+};
+
+/* smtpout_bdat_len - bytes DATA/LEN takes on the wire with CRLF line ends and no dot-stuffing:
+   every bare LF becomes CRLF, and a last line without a line end gets one */
+size_t smtpout_bdat_len(const char *data, size_t len);
 
 /* What the engine waits for; the host maps each to its configured timeout. */
 enum smtpout_wait {
@@ -197,7 +233,7 @@ struct smtpout_proto_events {
     void (*timer)(void *ctx, enum smtpout_wait wait, enum smtpout_stage stage);
     void (*starttls)(void *ctx);
     void (*ready)(void *ctx, unsigned caps);
-    void (*body)(void *ctx, const struct smtpout_message *m);
+    void (*body)(void *ctx, const struct smtpout_message *m, enum smtpout_body_mode mode);
     void (*rcpt_result)(void *ctx, size_t index, const struct smtpout_reply *r);
     void (*transaction_done)(void *ctx, const struct smtpout_reply *r);
     /* first of the session's last events: results of an open transaction follow */
@@ -236,5 +272,7 @@ int smtpout_proto_quitting(const struct smtpout_proto *p);
 int smtpout_proto_closed(const struct smtpout_proto *p);
 unsigned smtpout_proto_caps(const struct smtpout_proto *p);
 unsigned smtpout_proto_transactions(const struct smtpout_proto *p);
+/* smtpout_proto_authenticated - did AUTH succeed on this session? */
+int smtpout_proto_authenticated(const struct smtpout_proto *p);
 
 #endif

@@ -28,8 +28,8 @@ const char *
 smtpout_stage_name(enum smtpout_stage stage)
 {
     static const char *const names[] = {
-        "connect", "greeting", "ehlo", "helo", "starttls", "tls",  "rset",
-        "mail",    "rcpt",     "data", "body", "dot",      "quit", "local",
+        "connect", "greeting", "ehlo", "helo", "starttls", "tls",  "auth", "rset",
+        "mail",    "rcpt",     "data", "body", "dot",      "bdat", "quit", "local",
     };
     return (size_t)stage < sizeof names / sizeof names[0] ? names[stage] : "?";
 }
@@ -76,6 +76,7 @@ reader_next_reply(struct smtpout_reader *rd)
     rd->have_status = 0;
     rd->caps = 0;
     rd->size_max = 0;
+    rd->auth_mechs = 0;
 }
 
 /* reply_append_text - sanitized, bounded: nothing but printable ASCII */
@@ -119,6 +120,30 @@ reply_enhanced_status(const char *text, size_t len, int code, char *out, size_t 
     return 1;
 }
 
+/* parse_auth_mechs - the mechanisms after "AUTH " or "AUTH=" (blank-separated) */
+static void
+parse_auth_mechs(struct smtpout_reader *rd, const char *list)
+{
+    static const struct {
+        const char *name;
+        unsigned bit;
+    } mechs[] = {
+        { "PLAIN", SMTPOUT_AUTH_PLAIN },
+        { "LOGIN", SMTPOUT_AUTH_LOGIN },
+        { "CRAM-MD5", SMTPOUT_AUTH_CRAM_MD5 },
+    };
+
+    while (*list) {
+        size_t n = strcspn(list, " ");
+
+        for (size_t i = 0; i < sizeof mechs / sizeof mechs[0]; i++)
+            if (strlen(mechs[i].name) == n && strncasecmp(list, mechs[i].name, n) == 0)
+                rd->auth_mechs |= mechs[i].bit;
+        list += n;
+        list += strspn(list, " ");
+    }
+}
+
 /* parse_capability - one EHLO keyword line (already sanitized) */
 static void
 parse_capability(struct smtpout_reader *rd, const char *text)
@@ -127,10 +152,15 @@ parse_capability(struct smtpout_reader *rd, const char *text)
         const char *name;
         unsigned bit;
     } caps[] = {
-        { "PIPELINING", SMTPOUT_CAP_PIPELINING }, { "SIZE", SMTPOUT_CAP_SIZE },
-        { "8BITMIME", SMTPOUT_CAP_8BITMIME },     { "SMTPUTF8", SMTPOUT_CAP_SMTPUTF8 },
-        { "STARTTLS", SMTPOUT_CAP_STARTTLS },     { "ENHANCEDSTATUSCODES", SMTPOUT_CAP_ENHANCED },
-        { "CHUNKING", SMTPOUT_CAP_CHUNKING },     { "DSN", SMTPOUT_CAP_DSN },
+        { "PIPELINING", SMTPOUT_CAP_PIPELINING },
+        { "SIZE", SMTPOUT_CAP_SIZE },
+        { "8BITMIME", SMTPOUT_CAP_8BITMIME },
+        { "SMTPUTF8", SMTPOUT_CAP_SMTPUTF8 },
+        { "STARTTLS", SMTPOUT_CAP_STARTTLS },
+        { "ENHANCEDSTATUSCODES", SMTPOUT_CAP_ENHANCED },
+        { "CHUNKING", SMTPOUT_CAP_CHUNKING },
+        { "DSN", SMTPOUT_CAP_DSN },
+        { "AUTH", SMTPOUT_CAP_AUTH },
     };
     size_t klen = strcspn(text, " =");
     size_t i;
@@ -141,6 +171,8 @@ parse_capability(struct smtpout_reader *rd, const char *text)
         rd->caps |= caps[i].bit;
         if (caps[i].bit == SMTPOUT_CAP_SIZE && text[klen] == ' ')
             rd->size_max = strtoul(text + klen + 1, NULL, 10);
+        if (caps[i].bit == SMTPOUT_CAP_AUTH && text[klen] != '\0')
+            parse_auth_mechs(rd, text + klen + 1); /* "AUTH PLAIN" or the old "AUTH=PLAIN" */
     }
 }
 

@@ -6,7 +6,8 @@
  * a source address), the timers the engine asks for, STARTTLS with OpenSSL
  * over memory BIOs (so libuv owns the socket in both clear and TLS mode),
  * writing the engine's commands, and the message body streamed from the
- * caller's buffer with dot-stuffing and LF -> CRLF.
+ * caller's buffer with LF -> CRLF and, after DATA, dot-stuffing (after BDAT
+ * the engine counted the bytes: smtpout_bdat_len() is what body_fill sends).
  *
  * What it owns: the uv_tcp_t and uv_timer_t (freed in their close callbacks,
  * libuv's rule), the SSL object and its BIOs, the engine. The message and
@@ -24,6 +25,7 @@
 #include <string.h>
 #include <arpa/inet.h>
 
+#include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
@@ -40,6 +42,7 @@ struct session_write {
     uv_write_t req;
     struct smtpout_session *s;
     char *heap; /* owned copy (commands, TLS records) or NULL */
+    size_t len; /* of heap */
     int body;   /* part of the message body */
 };
 
@@ -72,6 +75,7 @@ struct smtpout_session {
 
     /* the body being sent */
     const struct smtpout_message *msg;
+    int bdat; /* no dot-stuffing, no final "." */
     int pumping;
     size_t body_off;
     int body_queued_all;
@@ -93,6 +97,12 @@ int
 smtpout_session_is_idle(const struct smtpout_session *s)
 {
     return !s->closing && smtpout_proto_is_idle(s->proto);
+}
+
+int
+smtpout_session_authenticated(const struct smtpout_session *s)
+{
+    return smtpout_proto_authenticated(s->proto);
 }
 
 unsigned
@@ -177,6 +187,8 @@ session_written(uv_write_t *req, int status)
     struct smtpout_session *s = w->s;
     int body = w->body;
 
+    if (w->heap && !body) /* commands may hold AUTH credentials */
+        OPENSSL_cleanse(w->heap, w->len);
     free(w->heap);
     free(w);
     if (status < 0) {
@@ -235,6 +247,8 @@ session_write(struct smtpout_session *s, const uv_buf_t *bufs, unsigned nbufs, c
     if (n == 0) {
         if (rest != small)
             free(rest);
+        if (heap && !body) /* commands may hold AUTH credentials */
+            OPENSSL_cleanse(heap, bufs[0].len);
         free(heap);
         return 1;
     }
@@ -252,6 +266,7 @@ session_write(struct smtpout_session *s, const uv_buf_t *bufs, unsigned nbufs, c
     w = xcalloc(1, sizeof *w);
     w->s = s;
     w->heap = heap;
+    w->len = heap ? (copy ? rest[0].len : bufs[0].len) : 0; /* HEAP backs one buffer */
     w->body = body;
     rc = uv_write(&w->req, (uv_stream_t *)&s->tcp, rest, n, session_written);
     if (rest != small)
@@ -325,6 +340,7 @@ flush_output(struct smtpout_session *s)
     if (s->tls_active) {
         if (tls_write(s, data, len) == 0)
             (void)tls_flush(s, 0);
+        OPENSSL_cleanse(data, len); /* may be an AUTH line */
         free(data);
         return;
     }
@@ -364,7 +380,7 @@ body_fill(struct smtpout_session *s, uv_buf_t *bufs, unsigned maxbufs)
         const char *nl;
         size_t eol;
 
-        if (d[off] == '.') { /* dot-stuffing (RFC 5321 4.5.2) */
+        if (d[off] == '.' && !s->bdat) { /* dot-stuffing (RFC 5321 4.5.2) */
             FLUSH_SEGMENT(off);
             bufs[n++] = uv_buf_init(DOT, 1);
             bytes++;
@@ -390,7 +406,8 @@ body_fill(struct smtpout_session *s, uv_buf_t *bufs, unsigned maxbufs)
     if (off == len && n + 2 <= maxbufs) {
         if (len > 0 && d[len - 1] != '\n')
             bufs[n++] = uv_buf_init(CRLF, 2);
-        bufs[n++] = uv_buf_init(DOT_CRLF, 3);
+        if (!s->bdat)
+            bufs[n++] = uv_buf_init(DOT_CRLF, 3);
         s->body_queued_all = 1;
     }
     return n;
@@ -544,12 +561,13 @@ ev_ready(void *ctx, unsigned caps)
 }
 
 static void
-ev_body(void *ctx, const struct smtpout_message *m)
+ev_body(void *ctx, const struct smtpout_message *m, enum smtpout_body_mode mode)
 {
     struct smtpout_session *s = ctx;
 
-    flush_output(s);
+    flush_output(s); /* BDAT's command line goes first */
     s->msg = m;
+    s->bdat = mode == SMTPOUT_BODY_BDAT;
     s->body_off = 0;
     s->body_queued_all = 0;
     s->pumping = 1;
@@ -761,7 +779,11 @@ smtpout_session_start(uv_loop_t *loop, const struct smtpout_session_config *cfg,
                                         .tls_available = cfg->ssl_ctx != NULL,
                                         .ignore_pipelining = cfg->ignore_pipelining,
                                         .ignore_8bitmime = cfg->ignore_8bitmime,
-                                        .ignore_dsn = cfg->ignore_dsn },
+                                        .ignore_dsn = cfg->ignore_dsn,
+                                        .ignore_chunking = cfg->ignore_chunking,
+                                        .auth_username = cfg->auth_username,
+                                        .auth_password = cfg->auth_password,
+                                        .auth_in_clear = cfg->auth_in_clear },
         &engine_events, s);
 
     uv_timer_init(loop, &s->timer);

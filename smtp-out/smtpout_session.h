@@ -62,6 +62,10 @@ struct smtpout_session_config {
     int ignore_pipelining;
     int ignore_8bitmime; /* don't announce BODY=8BITMIME nor refuse */
     int ignore_dsn;
+    int ignore_chunking;       /* DATA even when the peer offers CHUNKING (BDAT) */
+    const char *auth_username; /* auth-username / auth-password: AUTH when offered */
+    const char *auth_password;
+    int auth_in_clear; /* use-unencrypted-plain-auth */
 };
 
 struct smtpout_session_callbacks {
@@ -100,6 +104,8 @@ void smtpout_session_abort(struct smtpout_session *s);
 unsigned smtpout_session_caps(const struct smtpout_session *s);
 /* smtpout_session_is_idle - may smtpout_session_send be called now? */
 int smtpout_session_is_idle(const struct smtpout_session *s);
+/* smtpout_session_authenticated - did AUTH (auth-username) succeed? */
+int smtpout_session_authenticated(const struct smtpout_session *s);
 /* smtpout_session_transactions - transactions started on this connection */
 unsigned smtpout_session_transactions(const struct smtpout_session *s);
 

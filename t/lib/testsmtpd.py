@@ -14,9 +14,11 @@ It writes one JSON object per line to the log, flushed at once:
     mail        {"conn", "from", "params", "read"}
     rcpt        {"conn", "to", "params", "reply", "read"}
     data_cmd    {"conn", "read", "reply"}
-    data        {"conn", "size", "file", "sha256", "msgid"}   (message saved un-stuffed;
-                  msgid is the Message-ID header's value or null; file is null
-                  when the script says "save": false)
+    bdat        {"conn", "size", "last", "read"}       (one BDAT chunk, RFC 3030)
+    data        {"conn", "size", "file", "sha256", "msgid", "via"}   (message saved
+                  un-stuffed; msgid is the Message-ID header's value or null; file is
+                  null when the script says "save": false; via "data" or "bdat")
+    auth        {"conn", "mechanism", "user", "ok", "tls"}
     drop        {"conn", "after_bytes", "reset"}      (drop_in_data / reset_in_data)
     rset, quit, disconnect {"conn", "max_concurrent"}
 "read" numbers the chunks the server read on that connection: commands that
@@ -32,6 +34,12 @@ The script (a JSON object; every key optional):
                   advertised or not; defaults: all true but chunking
     starttls      false; true advertises STARTTLS with a self-signed
                   certificate made by the openssl CLI in a temporary directory
+    tls_cert, tls_key  paths: STARTTLS with this certificate chain and key instead
+                  (a test CA's, for DANE and MTA-STS)
+    auth          {"user": U, "password": P, "mechanisms": ["PLAIN", "LOGIN",
+                  "CRAM-MD5"], "tls_only": false, "require": false}: advertise AUTH
+                  (after STARTTLS only with tls_only), check the credentials (235 or
+                  "535 5.7.8"); with require, MAIL before AUTH gets "530 5.7.0"
     size          52428800; null = don't advertise SIZE
     ehlo_reply    reply to EHLO instead of the capability list (e.g. "502 5.5.1 no")
     mail_reply    "250 2.1.0 Ok"
@@ -65,7 +73,9 @@ is only logged (as JSON) and saved, never interpreted beyond the SMTP verbs.
 
 import argparse
 import asyncio
+import base64
 import hashlib
+import hmac
 import json
 import os
 import shutil
@@ -100,7 +110,10 @@ class Server:
         self.throttle_from = None   # when the throttle window began (time.monotonic())
         self.sslctx = None
         self.tmpdir = None
-        if script.get("starttls"):
+        if script.get("tls_cert"):
+            self.sslctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.sslctx.load_cert_chain(script["tls_cert"], script["tls_key"])
+        elif script.get("starttls"):
             self.sslctx = self._make_tls()
 
     def _make_tls(self):
@@ -136,11 +149,14 @@ class Conn(asyncio.Protocol):
     def __init__(self, server):
         self.srv = server
         self.script = server.script
-        self.buf = b""
+        self.buf = b""          # bytes received and not yet read
+        self.marks = []         # [(offset in buf where a read ended, its number)]
         self.reads = 0
-        self.queue = asyncio.Queue()
+        self.more = asyncio.Event()
+        self.eof = False
         self.transport = None
         self.closed = False
+        self.authed = False
 
     # --- transport side ---------------------------------------------------------
     def connection_made(self, transport):
@@ -156,19 +172,23 @@ class Conn(asyncio.Protocol):
     def data_received(self, data):
         self.reads += 1
         self.buf += data
-        if b"\n" not in data:
-            return
-        parts = self.buf.split(b"\n")
-        self.buf = parts.pop()
-        for p in parts:
-            self.queue.put_nowait((self.reads, p + b"\n"))
+        self.marks.append((len(self.buf), self.reads))
+        self.more.set()
 
     def connection_lost(self, exc):
         if not self.closed:
             self.closed = True
             self.srv.concurrent -= 1
             self.srv.event("disconnect", conn=self.id, max_concurrent=self.srv.max_concurrent)
-        self.queue.put_nowait(None)
+        self.eof = True
+        self.more.set()
+
+    def take(self, n):
+        """The first N buffered bytes and the number of the read that completed them."""
+        read_no = next(r for end, r in self.marks if end >= n)
+        out, self.buf = self.buf[:n], self.buf[n:]
+        self.marks = [(end - n, r) for end, r in self.marks if end > n]
+        return read_no, out
 
     # --- protocol side ------------------------------------------------------------
     def send(self, text):
@@ -181,8 +201,22 @@ class Conn(asyncio.Protocol):
             await asyncio.sleep(d)
 
     async def readline(self):
-        item = await self.queue.get()
-        return item
+        """(read number, line with its LF), or None at the end of the connection."""
+        while b"\n" not in self.buf:
+            if self.eof:
+                return None
+            self.more.clear()
+            await self.more.wait()
+        return self.take(self.buf.index(b"\n") + 1)
+
+    async def readexact(self, n):
+        """(read number, N bytes), or None if the connection ends first."""
+        while len(self.buf) < n:
+            if self.eof:
+                return None
+            self.more.clear()
+            await self.more.wait()
+        return self.take(n) if n else (self.reads, b"")
 
     def ehlo_lines(self):
         s = self.script
@@ -204,6 +238,9 @@ class Conn(asyncio.Protocol):
             lines.append("DSN")
         if s.get("chunking", False):
             lines.append("CHUNKING")
+        a = s.get("auth")
+        if a and (self.tls or not a.get("tls_only")):
+            lines.append("AUTH " + " ".join(a.get("mechanisms", ["PLAIN", "LOGIN"])))
         return ["250-" + l for l in lines[:-1]] + ["250 " + lines[-1]]
 
     def throttled(self):
@@ -279,13 +316,18 @@ class Conn(asyncio.Protocol):
                 else:
                     self.send("220 2.0.0 Ready to start TLS")
                 loop = asyncio.get_running_loop()
-                self.buf = b""
+                self.buf, self.marks = b"", []
                 self.transport = await loop.start_tls(self.transport, self, self.srv.sslctx,
                                                       server_side=True)
                 self.tls = True
                 sslobj = self.transport.get_extra_info("ssl_object")
                 self.srv.event("tls", conn=self.id, version=sslobj.version(),
                                cipher=sslobj.cipher()[0])
+            elif verb == "AUTH" and self.script.get("auth") and not self.authed:
+                if not await self.authenticate(arg):
+                    return
+            elif verb == "MAIL" and self.script.get("auth", {}).get("require") and not self.authed:
+                self.send("530 5.7.0 Authentication required")
             elif verb == "MAIL":
                 addr, params = split_path(arg[5:] if arg.upper().startswith("FROM:") else arg)
                 self.srv.event("mail", conn=self.id, **{"from": addr}, params=params,
@@ -312,6 +354,10 @@ class Conn(asyncio.Protocol):
                     nmsg += 1
                     if not await self.receive_body(nmsg):
                         return
+            elif verb == "BDAT" and self.script.get("chunking"):
+                nmsg += 1
+                if not await self.receive_bdat(nmsg, arg, read_no):
+                    return
             elif verb == "RSET":
                 self.srv.event("rset", conn=self.id, read=read_no)
                 await self.delay("rset")
@@ -326,6 +372,75 @@ class Conn(asyncio.Protocol):
                 return
             else:
                 self.send("500 5.5.2 Error: command not recognized")
+
+    async def authenticate(self, arg):
+        """One AUTH exchange (PLAIN, LOGIN, CRAM-MD5); False if the connection is gone."""
+        a = self.script["auth"]
+        mech, _, initial = arg.partition(" ")
+        mech = mech.upper()
+        user = password = None
+
+        async def ask(challenge):
+            self.send("334 " + base64.b64encode(challenge).decode())
+            item = await self.readline()
+            return None if item is None else item[1].strip()
+
+        if mech == "PLAIN":
+            resp = initial.encode() if initial else await ask(b"")
+            if resp is None:
+                return False
+            parts = base64.b64decode(resp).split(b"\0")
+            if len(parts) == 3:
+                user, password = parts[1].decode(), parts[2].decode()
+        elif mech == "LOGIN":
+            u = await ask(b"Username:")
+            p = u is not None and await ask(b"Password:")
+            if u is None or p is None:
+                return False
+            user, password = base64.b64decode(u).decode(), base64.b64decode(p).decode()
+        elif mech == "CRAM-MD5":
+            challenge = ("<%d.%d@%s>" % (os.getpid(), time.time_ns(),
+                                         self.script.get("hostname", "mx.test"))).encode()
+            resp = await ask(challenge)
+            if resp is None:
+                return False
+            user, _, digest = base64.b64decode(resp).decode().rpartition(" ")
+            want = hmac.new(a["password"].encode(), challenge, hashlib.md5).hexdigest()
+            password = a["password"] if hmac.compare_digest(digest, want) else None
+        else:
+            self.send("504 5.5.4 Unrecognized authentication type")
+            return True
+        ok = user == a["user"] and password == a["password"]
+        self.srv.event("auth", conn=self.id, mechanism=mech, user=user, ok=ok, tls=self.tls)
+        self.authed = ok
+        self.send("235 2.7.0 Authentication successful" if ok
+                  else "535 5.7.8 Authentication credentials invalid")
+        return True
+
+    async def receive_bdat(self, nmsg, arg, read_no):
+        """BDAT chunks up to LAST (RFC 3030), saved as one message; False if gone."""
+        chunks = []
+        while True:
+            words = arg.split()
+            size, last = int(words[0]), len(words) > 1 and words[1].upper() == "LAST"
+            item = await self.readexact(size)
+            if item is None:
+                return False
+            chunks.append(item[1])
+            self.srv.event("bdat", conn=self.id, size=size, last=last, read=read_no)
+            if last:
+                break
+            self.send("250 2.0.0 %d bytes received" % size)
+            item = await self.readline()
+            if item is None:
+                return False
+            read_no, raw = item
+            line = raw.rstrip(b"\r\n").decode("utf-8", "replace")
+            if not line.upper().startswith("BDAT "):
+                self.send("503 5.5.1 BDAT expected")
+                return True
+            arg = line[5:]
+        return await self.save_message(nmsg, b"".join(chunks), "bdat")
 
     async def receive_body(self, nmsg):
         """Read the body up to ".", un-stuff, save; False if the connection is gone."""
@@ -352,14 +467,16 @@ class Conn(asyncio.Protocol):
                                         struct.pack("ii", 1, 0))
                 self.transport.abort()
                 return False
-        data = b"".join(body)
+        return await self.save_message(nmsg, b"".join(body), "data")
+
+    async def save_message(self, nmsg, data, via):
         path = None
         if self.script.get("save", True):
             path = os.path.join(self.srv.datadir, "msg-%d-%d.eml" % (self.id, nmsg))
             with open(path, "wb") as f:
                 f.write(data)
         self.srv.event("data", conn=self.id, size=len(data), file=path,
-                       sha256=hashlib.sha256(data).hexdigest(), msgid=message_id(data))
+                       sha256=hashlib.sha256(data).hexdigest(), msgid=message_id(data), via=via)
         await self.delay("dot")
         reply = self.script.get("dot_reply", "250 2.0.0 Ok: queued as %d.%d" % (self.id, nmsg))
         if reply.startswith("2"):

@@ -197,11 +197,11 @@ ev_ready(void *ctx, unsigned caps)
 }
 
 static void
-ev_body(void *ctx, const struct smtpout_message *m)
+ev_body(void *ctx, const struct smtpout_message *m, enum smtpout_body_mode mode)
 {
     struct host *h = ctx;
 
-    buf_printf(&h->log, "body %zu\n", m->len);
+    buf_printf(&h->log, "body %zu%s\n", m->len, mode == SMTPOUT_BODY_BDAT ? " bdat" : "");
 }
 
 static void
@@ -255,11 +255,49 @@ struct script {
     const char *steps[24];
 };
 
+/* Settings some scripts need besides the TLS policy, found by the script's name. */
+static const struct script_opts {
+    const char *name;
+    const char *auth_user, *auth_pass; /* AUTH configured */
+    int auth_in_clear;
+    int ignore_chunking;
+} script_opts[] = {
+    { "AUTH PLAIN after STARTTLS", "user", "pass", 0, 0 },
+    { "AUTH LOGIN in clear when allowed", "user", "pass", 1, 0 },
+    { "AUTH PLAIN not sent in clear", "user", "pass", 0, 0 },
+    { "AUTH CRAM-MD5 in clear (RFC 2195 example)", "tim", "tanstaaftanstaaf", 0, 0 },
+    { "AUTH refused", "user", "wrong", 1, 0 },
+    { "AUTH not offered: none", "user", "pass", 0, 0 },
+    { "AUTH malformed CRAM-MD5 challenge", "user", "pass", 0, 0 },
+    { "ignore-chunking: DATA", NULL, NULL, 0, 1 },
+};
+
+static const struct script_opts *
+opts_of(const struct script *sc)
+{
+    static const struct script_opts none = { NULL, NULL, NULL, 0, 0 };
+
+    for (size_t i = 0; i < sizeof script_opts / sizeof script_opts[0]; i++)
+        if (strcmp(script_opts[i].name, sc->name) == 0)
+            return &script_opts[i];
+    return &none;
+}
+
 static void
 run(const struct script *sc, split_fn split, struct buf *log, struct buf *sent)
 {
+    const struct script_opts *o = opts_of(sc);
     struct smtpout_proto_config cfg = {
-        "client.test", "mx.y.test", "127.0.0.2", sc->tls, 1, sc->ignore_pipelining, 0, 0
+        .helo_name = "client.test",
+        .mx_name = "mx.y.test",
+        .dest_ip = "127.0.0.2",
+        .tls = sc->tls,
+        .tls_available = 1,
+        .ignore_pipelining = sc->ignore_pipelining,
+        .ignore_chunking = o->ignore_chunking,
+        .auth_username = o->auth_user,
+        .auth_password = o->auth_pass,
+        .auth_in_clear = o->auth_in_clear,
     };
     struct host h = { NULL, BUF_INIT, BUF_INIT };
     struct smtpout_reply r;
@@ -404,6 +442,71 @@ static const struct script scripts[] = {
       SMTPOUT_TLS_OFF,
       0,
       { GREET_EHLO(""), "send-bad", "S250 ok\r\n", "S250 ok\r\n", "S354 go\r\n", NULL } },
+    /* AUTH (RFC 4954) */
+    { "AUTH PLAIN after STARTTLS",
+      SMTPOUT_TLS_OPPORTUNISTIC,
+      0,
+      { GREET_EHLO("250-STARTTLS\r\n250-AUTH PLAIN LOGIN\r\n"), "S220 2.0.0 go\r\n", "tls-started",
+        "S250-mx.y.test\r\n250-AUTH LOGIN PLAIN\r\n250 PIPELINING\r\n",
+        "S235 2.7.0 Authentication successful\r\n", "send", NULL } },
+    { "AUTH LOGIN in clear when allowed",
+      SMTPOUT_TLS_OFF,
+      0,
+      { GREET_EHLO("250-AUTH=LOGIN\r\n"), "S334 VXNlcm5hbWU6\r\n", "S334 UGFzc3dvcmQ6\r\n",
+        "S235 2.7.0 ok\r\n", NULL } },
+    { "AUTH PLAIN not sent in clear",
+      SMTPOUT_TLS_OPPORTUNISTIC,
+      0,
+      { GREET_EHLO("250-AUTH PLAIN LOGIN\r\n"), NULL } },
+    { "AUTH CRAM-MD5 in clear (RFC 2195 example)",
+      SMTPOUT_TLS_OFF,
+      0,
+      { GREET_EHLO("250-AUTH LOGIN CRAM-MD5\r\n"),
+        "S334 PDE4OTYuNjk3MTcwOTUyQHBvc3RvZmZpY2UucmVzdG9uLm1jaS5uZXQ+\r\n", "S235 ok\r\n",
+        NULL } },
+    { "AUTH refused",
+      SMTPOUT_TLS_OFF,
+      0,
+      { GREET_EHLO("250-AUTH PLAIN\r\n"), "S535 5.7.8 Authentication credentials invalid\r\n",
+        NULL } },
+    { "AUTH not offered: none",
+      SMTPOUT_TLS_OFF,
+      0,
+      { GREET_EHLO("250-PIPELINING\r\n"), "send", NULL } },
+    { "AUTH malformed CRAM-MD5 challenge",
+      SMTPOUT_TLS_OFF,
+      0,
+      { GREET_EHLO("250-AUTH CRAM-MD5\r\n"), "S334 !!notbase64\r\n", NULL } },
+    /* CHUNKING (RFC 3030) */
+    { "BDAT pipelined, one refused",
+      SMTPOUT_TLS_OFF,
+      0,
+      { GREET_EHLO("250-PIPELINING\r\n250-CHUNKING\r\n"), "send",
+        "S250 2.1.0 ok\r\n250 2.1.5 ok\r\n550 5.1.1 no such user\r\n250 2.1.5 ok\r\n", "body-sent",
+        "S250 2.0.0 queued\r\n", "send",
+        "S250 2.0.0 reset\r\n250 ok\r\n250 ok\r\n250 ok\r\n250 ok\r\n", "body-sent",
+        "S554 5.6.0 refused after all\r\n", NULL } },
+    { "BDAT, every RCPT refused: no BDAT",
+      SMTPOUT_TLS_OFF,
+      0,
+      { GREET_EHLO("250-PIPELINING\r\n250-CHUNKING\r\n"), "send",
+        "S250 ok\r\n550 5.1.1 a\r\n550 5.1.1 b\r\n550 5.1.1 c\r\n", NULL } },
+    { "BDAT one command at a time",
+      SMTPOUT_TLS_OFF,
+      1,
+      { GREET_EHLO("250-PIPELINING\r\n250-CHUNKING\r\n"), "send", "S250 ok\r\n", "S250 ok\r\n",
+        "S250 ok\r\n", "S450 4.2.1 later\r\n", "body-sent", "S250 2.0.0 queued\r\n", NULL } },
+    { "ignore-chunking: DATA",
+      SMTPOUT_TLS_OFF,
+      0,
+      { GREET_EHLO("250-PIPELINING\r\n250-CHUNKING\r\n"), "send",
+        "S250 ok\r\n250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n", "body-sent", "S250 2.0.0 queued\r\n",
+        NULL } },
+    { "BDAT, a reply nobody asked for",
+      SMTPOUT_TLS_OFF,
+      0,
+      { GREET_EHLO("250-PIPELINING\r\n250-CHUNKING\r\n"), "send",
+        "S250 ok\r\n250 ok\r\n250 ok\r\n250 ok\r\n250 extra\r\n", NULL } },
 };
 
 #define NSCRIPTS (sizeof(scripts) / sizeof(scripts[0]))
@@ -569,6 +672,98 @@ test_failures_close_first_then_report(void **state)
     assert_non_null(strstr(log, "rcpt 1 0 5.1.3 perm local [invalid recipient address]\n"));
 }
 
+static void
+test_auth(void **state)
+{
+    const char *sent, *log;
+
+    (void)state;
+    /* PLAIN with its initial response, only once TLS is on; then the transaction */
+    log = script_log("AUTH PLAIN after STARTTLS", &sent);
+    assert_string_equal(sent, "EHLO client.test\r\nSTARTTLS\r\nEHLO client.test\r\n"
+                              "AUTH PLAIN AHVzZXIAcGFzcw==\r\n"
+                              "MAIL FROM:<a@x.test>\r\nRCPT TO:<b1@y.test>\r\n"
+                              "RCPT TO:<b2@y.test>\r\nRCPT TO:<b3@y.test>\r\nDATA\r\n");
+    assert_non_null(strstr(log, "timer command auth\ntimer none local\nready 101\n"));
+    /* LOGIN: user and password in answer to the two challenges */
+    log = script_log("AUTH LOGIN in clear when allowed", &sent);
+    assert_string_equal(sent, "EHLO client.test\r\nAUTH LOGIN\r\ndXNlcg==\r\ncGFzcw==\r\n");
+    assert_non_null(strstr(log, "ready 180\nstate idle=1"));
+    /* PLAIN and LOGIN are never sent in clear unless allowed: a temporary failure */
+    log = script_log("AUTH PLAIN not sent in clear", &sent);
+    assert_string_equal(sent, "EHLO client.test\r\n");
+    assert_non_null(strstr(log, "close 0 4.7.11 temp ehlo [AUTH needs TLS"));
+    /* CRAM-MD5: RFC 2195's own example exchange */
+    log = script_log("AUTH CRAM-MD5 in clear (RFC 2195 example)", &sent);
+    assert_string_equal(sent, "EHLO client.test\r\nAUTH CRAM-MD5\r\n"
+                              "dGltIGI5MTNhNjAyYzdlZGE3YTQ5NWI0ZTZlNzMzNGQzODkw\r\n");
+    assert_non_null(strstr(log, "ready 180\n"));
+    /* refused credentials: temporary (the mail waits), the session ends */
+    log = script_log("AUTH refused", &sent);
+    assert_non_null(strstr(log, "close 535 4.7.8 temp auth [535 5.7.8 Authentication "
+                                "credentials invalid]\nstate idle=0 closed=1"));
+    log = script_log("AUTH not offered: none", &sent);
+    assert_null(strstr(sent, "AUTH"));
+    assert_non_null(strstr(sent, "MAIL FROM:<a@x.test>"));
+    log = script_log("AUTH malformed CRAM-MD5 challenge", &sent);
+    assert_non_null(strstr(log, "close 0 4.7.0 temp auth [malformed CRAM-MD5 challenge"));
+}
+
+static void
+test_bdat(void **state)
+{
+    const char *sent, *log;
+
+    (void)state;
+    /* MAIL and RCPTs pipelined; BDAT and the body only after the replies */
+    log = script_log("BDAT pipelined, one refused", &sent);
+    assert_string_equal(sent, "EHLO client.test\r\n"
+                              "MAIL FROM:<a@x.test> RET=HDRS ENVID=env1\r\n"
+                              "RCPT TO:<b1@y.test>\r\n"
+                              "RCPT TO:<b2@y.test> NOTIFY=FAILURE,DELAY ORCPT=rfc822;b2@y.test\r\n"
+                              "RCPT TO:<b3@y.test>\r\n"
+                              "BDAT 18 LAST\r\n"
+                              "RSET\r\n"
+                              "MAIL FROM:<a@x.test> RET=HDRS ENVID=env1\r\n"
+                              "RCPT TO:<b1@y.test>\r\n"
+                              "RCPT TO:<b2@y.test> NOTIFY=FAILURE,DELAY ORCPT=rfc822;b2@y.test\r\n"
+                              "RCPT TO:<b3@y.test>\r\n"
+                              "BDAT 18 LAST\r\n");
+    assert_non_null(strstr(log, "rcpt 1 550 5.1.1 perm rcpt [550 5.1.1 no such user]\n"));
+    assert_non_null(strstr(log, "body 18 bdat\ntimer dot bdat\n"
+                                "rcpt 0 250 2.0.0 ok bdat [250 2.0.0 queued]\n"
+                                "rcpt 2 250 2.0.0 ok bdat [250 2.0.0 queued]\n"));
+    assert_non_null(strstr(log, "rcpt 0 554 5.6.0 perm bdat [554 5.6.0 refused after all]\n"));
+    log = script_log("BDAT, every RCPT refused: no BDAT", &sent);
+    assert_null(strstr(sent, "BDAT"));
+    assert_null(strstr(log, "body"));
+    assert_non_null(strstr(log, "done 550 5.1.1 perm rcpt [550 5.1.1 c]\nstate idle=1"));
+    log = script_log("BDAT one command at a time", &sent);
+    assert_string_equal(sent, "EHLO client.test\r\nMAIL FROM:<a@x.test> RET=HDRS ENVID=env1\r\n"
+                              "RCPT TO:<b1@y.test>\r\n"
+                              "RCPT TO:<b2@y.test> NOTIFY=FAILURE,DELAY ORCPT=rfc822;b2@y.test\r\n"
+                              "RCPT TO:<b3@y.test>\r\nBDAT 18 LAST\r\n");
+    assert_non_null(strstr(log, "rcpt 2 450 4.2.1 temp rcpt"));
+    log = script_log("ignore-chunking: DATA", &sent);
+    assert_null(strstr(sent, "BDAT"));
+    assert_non_null(strstr(log, "body 18\n"));
+    log = script_log("BDAT, a reply nobody asked for", &sent);
+    assert_non_null(strstr(log, "close 250 2.0.0 temp body [250 extra]"));
+}
+
+static void
+test_bdat_len(void **state)
+{
+    (void)state;
+    assert_int_equal(smtpout_bdat_len("", 0), 0);
+    assert_int_equal(smtpout_bdat_len("\n", 1), 2);
+    assert_int_equal(smtpout_bdat_len("a\r\n", 3), 3);
+    assert_int_equal(smtpout_bdat_len("a\nb", 3), 6);   /* a CRLF b CRLF */
+    assert_int_equal(smtpout_bdat_len("\r\n\n", 3), 4); /* CRLF CRLF */
+    assert_int_equal(smtpout_bdat_len(".x\r\n", 4), 4); /* no dot-stuffing */
+    assert_int_equal(smtpout_bdat_len("a\rb", 3), 5);   /* a bare CR stays */
+}
+
 int
 main(void)
 {
@@ -580,6 +775,9 @@ main(void)
         UNIT_TEST(test_pipelining_reply_accounting),
         UNIT_TEST(test_greeting_ehlo_starttls),
         UNIT_TEST(test_failures_close_first_then_report),
+        UNIT_TEST(test_auth),
+        UNIT_TEST(test_bdat),
+        UNIT_TEST(test_bdat_len),
     };
 
     msg_init("test_smtpout_proto");
