@@ -398,12 +398,15 @@ int cfg_dkim_key_read(const char *path, struct stat *st, char **pem, char *why, 
 int cfg_dkim_key_check(const char *pem, size_t len, char *why, size_t whysize);
 /* cfg_dkim_key_check_file - read and check PATH with our privileges; 0, or <0 and a message */
 int cfg_dkim_key_check_file(const char *path, char *why, size_t whysize);
+/* cfg_ca_file_check - PATH is a readable trust store with a PEM certificate; 0, or -1 and why */
+int cfg_ca_file_check(const char *path, char *why, size_t whysize);
 /*
- * cfg_check_keys - every DKIM key file C names (domain-key, dkim-key-file),
- * read and checked with the caller's privileges; each one that cannot sign
- * is an error at its file:line through DIAG. Returns the number of errors.
+ * cfg_check_keys - every DKIM key file C names (domain-key, dkim-key-file)
+ * and every trust store (smtp-tls-ca-file, mta-sts-ca-file), read and
+ * checked with the caller's privileges; each one that cannot be used is an
+ * error at its file:line through DIAG. Returns the number of errors.
  * pmtad runs it as the run-as-user (reload validator, --check-config) so a
- * key root can read but the signing worker cannot is refused at load.
+ * file root can read but the workers cannot is refused at load.
  */
 unsigned cfg_check_keys(const struct cfg *c, cfg_diag_fn diag, void *ctx);
 

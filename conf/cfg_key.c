@@ -1,7 +1,8 @@
 /*
- * cfg_key.c - whether a DKIM private key can sign: the one check, used at
- * load (file:line errors), by the reload validator as the run-as-user, and by
- * cleanup when it loads the key
+ * cfg_key.c - whether a DKIM private key can sign, and whether a TLS trust
+ * store (smtp-tls-ca-file, mta-sts-ca-file) holds certificates: the one
+ * check of each, used at load (file:line errors), by the reload validator as
+ * the run-as-user, and (keys) by cleanup when it loads the key
  *
  * A key can sign rsa-sha256 when its file is a regular file of 1..64 KiB that
  * the process can read, holding an unencrypted PEM private key, RSA, of at
@@ -28,6 +29,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <openssl/x509_vfy.h>
 
 #include "xalloc.h"
 #include "cfg.h"
@@ -134,6 +136,35 @@ check_one(const struct cfg *c, const struct cfg_value *v, const char *path, cfg_
     return 1;
 }
 
+/* cfg_ca_file_check - PATH is readable and holds at least one PEM certificate; 0 or -1, why */
+int
+cfg_ca_file_check(const char *path, char *why, size_t whysize)
+{
+    X509_STORE *store = X509_STORE_new();
+    int ok = store && X509_STORE_load_file(store, path) == 1 &&
+             sk_X509_OBJECT_num(X509_STORE_get0_objects(store)) > 0;
+
+    if (!ok)
+        snprintf(why, whysize, "trust store '%s' cannot be read or holds no PEM certificate%s%s",
+                 path, access(path, R_OK) < 0 ? ": " : "",
+                 access(path, R_OK) < 0 ? strerror(errno) : "");
+    X509_STORE_free(store);
+    return ok ? 0 : -1;
+}
+
+/* check_ca - report a trust store of V that the workers could not use */
+static unsigned
+check_ca(const struct cfg *c, const struct cfg_value *v, cfg_diag_fn diag, void *ctx)
+{
+    char why[600];
+    const char *path = cfg_str(c, v->text);
+
+    if (!*path || cfg_ca_file_check(path, why, sizeof why) == 0)
+        return 0;
+    diag(ctx, CFG_DIAG_ERROR, cfg_str(c, v->file), v->line, why);
+    return 1;
+}
+
 /* cfg_check_keys - see cfg.h */
 unsigned
 cfg_check_keys(const struct cfg *c, cfg_diag_fn diag, void *ctx)
@@ -149,6 +180,8 @@ cfg_check_keys(const struct cfg *c, cfg_diag_fn diag, void *ctx)
             errors += check_one(c, v, cfg_str(c, v->key.path), diag, ctx);
         else if (v->directive == CFG_D_DKIM_KEY_FILE)
             errors += check_one(c, v, cfg_str(c, v->text), diag, ctx);
+        else if (v->directive == CFG_D_SMTP_TLS_CA_FILE || v->directive == CFG_D_MTA_STS_CA_FILE)
+            errors += check_ca(c, v, diag, ctx);
     }
     return errors;
 }

@@ -4,7 +4,8 @@
  * What it does: sets up what every connection of this process shares -- one
  * DNS resolver (c-ares on the worker's libuv loop, talking only to the
  * configured `name-server`s, read at start: a reload does not change them),
- * one TLS client context, the LMDB queue opened read-only for message
+ * one TLS client context (and one per smtp-tls-ca-file trust store), the
+ * MTA-STS policy cache, the LMDB queue opened read-only for message
  * content on first use -- then connects to qmgr (smtpout_worker.c) and runs
  * the connections it orders (smtpout_conn.c).
  *
@@ -15,11 +16,13 @@
  * is left the channel, the resolver, the TLS context and the queue are
  * closed and the loop ends.
  *
- * Owns: the resolver, the SSL_CTX, the queue handle, the drain timer.
+ * Owns: the resolver, the SSL_CTXs, the MTA-STS cache, the queue handle,
+ * the drain timer.
  *
  * SECURITY: runs unprivileged (the worker runtime checks); talks to hostile
  * SMTP servers through smtpout_session, which bounds and sanitizes replies.
- * Certificates are not verified (opportunistic TLS must not stop mail).
+ * Certificates are not verified (opportunistic TLS must not stop mail)
+ * unless DANE, MTA-STS or smtp-tls-ca-file ask for it (smtpout_tlspol.h).
  */
 #include "config.h"
 
@@ -34,9 +37,17 @@
 #define DNS_CACHE_MAX_TTL 300
 #define NAME_SERVERS_MAX  1024
 
+#define CA_CTX_MAX 16 /* distinct smtp-tls-ca-file stores kept */
+
 static struct {
     struct smtpout_dns *dns;
     SSL_CTX *ssl_ctx;
+    struct {
+        char *path; /* "" for the system's default paths */
+        SSL_CTX *ctx;
+    } ca[CA_CTX_MAX];
+    size_t nca;
+    struct smtpout_sts *sts;
     struct qstore *qs;
     uv_timer_t drain;
     int draining;
@@ -53,6 +64,54 @@ SSL_CTX *
 out_ssl_ctx(void)
 {
     return G.ssl_ctx;
+}
+
+SSL_CTX *
+out_ssl_ctx_ca(const char *ca_file)
+{
+    const char *path = ca_file ? ca_file : "";
+    char err[200];
+    SSL_CTX *ctx;
+
+    for (size_t i = 0; i < G.nca; i++)
+        if (strcmp(G.ca[i].path, path) == 0)
+            return G.ca[i].ctx;
+    if ((ctx = smtpout_tls_client_ctx(path, err, sizeof err)) == NULL) {
+        /* refused by --check-config when it was unreadable then: it changed since */
+        msg_warn("cannot load the trust store %s: %s", *path ? path : "(system default)", err);
+        return NULL;
+    }
+    if (G.nca == CA_CTX_MAX) { /* more stores than we keep: forget the oldest */
+        SSL_CTX_free(G.ca[0].ctx);
+        free(G.ca[0].path);
+        memmove(&G.ca[0], &G.ca[1], sizeof G.ca[0] * (CA_CTX_MAX - 1));
+        G.nca--;
+    }
+    G.ca[G.nca].path = xstrdup(path);
+    G.ca[G.nca++].ctx = ctx;
+    return ctx;
+}
+
+struct smtpout_sts *
+out_sts(void)
+{
+    return G.sts;
+}
+
+/* open_sts - the MTA-STS cache; its HTTPS trust store is mta-sts-ca-file (read at start) */
+static void
+open_sts(const struct cfg *cfg)
+{
+    const struct cfg_value *v = cfg_global(cfg, CFG_D_MTA_STS_CA_FILE);
+    const char *ca = v && !(v->flags & (CFG_VALUE_UNSET | CFG_VALUE_CLEAR)) ? cfg_str(cfg, v->text)
+                                                                            : NULL;
+    struct smtpout_sts_options o = { .https_ctx = out_ssl_ctx_ca(ca && *ca ? ca : NULL) };
+
+    if (G.ssl_ctx == NULL || o.https_ctx == NULL) {
+        msg_warn("MTA-STS disabled: no TLS trust store for the policy fetch");
+        return;
+    }
+    G.sts = smtpout_sts_create(worker_loop(), G.dns, &o);
 }
 
 static void
@@ -102,10 +161,17 @@ out_check_stopped(void)
     uv_timer_stop(&G.drain);
     uv_close((uv_handle_t *)&G.drain, NULL);
     out_chan_close();
+    smtpout_sts_destroy(G.sts);
+    G.sts = NULL;
     smtpout_dns_destroy(G.dns);
     G.dns = NULL;
     SSL_CTX_free(G.ssl_ctx);
     G.ssl_ctx = NULL;
+    for (size_t i = 0; i < G.nca; i++) {
+        SSL_CTX_free(G.ca[i].ctx);
+        free(G.ca[i].path);
+    }
+    G.nca = 0;
     if (G.qs)
         qstore_close(G.qs);
     G.qs = NULL;
@@ -148,12 +214,14 @@ int
 main(int argc, char **argv)
 {
     static const struct worker_ops ops = { NULL, on_shutdown, NULL };
+    char err[200];
 
     worker_init(&argc, &argv, "smtp-out");
     worker_set_ops(&ops);
     open_resolver(worker_config());
-    if ((G.ssl_ctx = smtpout_tls_client_ctx()) == NULL)
-        msg_warn("no TLS client context: STARTTLS disabled");
+    if ((G.ssl_ctx = smtpout_tls_client_ctx(NULL, err, sizeof err)) == NULL)
+        msg_warn("no TLS client context: STARTTLS disabled: %s", err);
+    open_sts(worker_config());
     out_chan_start();
     return worker_run();
 }

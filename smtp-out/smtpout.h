@@ -29,10 +29,15 @@
 #include "smtpout_dns.h"
 #include "smtpout_route.h"
 #include "smtpout_session.h"
+#include "smtpout_sts.h"
 
 /* --- smtpout.c: process-wide resources ---------------------------------------- */
 struct smtpout_dns *out_dns(void);
 SSL_CTX *out_ssl_ctx(void);
+/* out_ssl_ctx_ca - a context whose trust store is CA_FILE (NULL: the system's); NULL if none */
+SSL_CTX *out_ssl_ctx_ca(const char *ca_file);
+/* out_sts - the MTA-STS policy cache, or NULL without TLS */
+struct smtpout_sts *out_sts(void);
 struct qstore *out_queue(void);
 /* out_check_stopped - during shutdown: finish when no connection is left */
 void out_check_stopped(void);

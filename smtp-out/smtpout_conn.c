@@ -41,6 +41,7 @@
 #include "mailproto.h"
 #include "msg.h"
 #include "smtpout.h"
+#include "smtpout_tlspol.h"
 #include "worker.h"
 #include "xalloc.h"
 
@@ -68,6 +69,15 @@ struct oconn {
     size_t ndests, dest_index;
     unsigned attempts;
     int tls_downgraded;
+    /* TLS policy: MTA-STS fetched beside the resolution, DANE per destination */
+    struct smtpout_tlspol_settings tlspol;
+    int use_mta_sts;
+    struct smtpout_sts_req *sts_req;
+    int sts_pending;
+    struct smtpout_sts_policy sts_policy;
+    int deciding;                       /* a TLSA lookup is out */
+    struct smtpout_tls_decision tlsdec; /* of the current attempt (the session borrows it) */
+    char verify[200];
     struct smtpout_reply last_error;
     int have_error;
 
@@ -227,6 +237,12 @@ conn_configure(struct oconn *c, struct smtpout_reply *r)
     c->scfg.auth_username = setting_text(c->cfg, &set, CFG_D_AUTH_USERNAME);
     c->scfg.auth_password = setting_text(c->cfg, &set, CFG_D_AUTH_PASSWORD);
     c->scfg.auth_in_clear = (int)setting_num(&set, CFG_D_USE_UNENCRYPTED_PLAIN_AUTH, 0);
+    c->tlspol.tls = c->scfg.tls;
+    c->tlspol.use_dane = (int)setting_num(&set, CFG_D_USE_DANE, 1) && c->scfg.ssl_ctx;
+    c->use_mta_sts = (int)setting_num(&set, CFG_D_USE_MTA_STS, 1) && c->scfg.ssl_ctx;
+    c->tlspol.sts_ctx = out_ssl_ctx_ca(setting_text(c->cfg, &set, CFG_D_SMTP_TLS_CA_FILE));
+    if (setting_text(c->cfg, &set, CFG_D_SMTP_TLS_CA_FILE))
+        c->tlspol.ca_ctx = c->tlspol.sts_ctx;
     c->bounce_upon_5xx_greeting = (int)setting_num(&set, CFG_D_BOUNCE_UPON_5XX_GREETING, 1);
     c->max_attempts = (unsigned)setting_num(&set, CFG_D_MX_CONNECTION_ATTEMPTS, 10);
     if (c->max_attempts == 0)
@@ -265,6 +281,7 @@ conn_free(struct oconn *c)
     struct otxn *t, *next;
 
     table_remove(c);
+    smtpout_sts_cancel(c->sts_req);
     for (t = c->pending; t; t = next) {
         next = t->next;
         otxn_free(t);
@@ -403,11 +420,16 @@ on_connected(void *arg, const char *source_ip, const char *dest_ip, const char *
 }
 
 static void
-on_tls(void *arg, const char *protocol, const char *cipher)
+on_tls(void *arg, const char *protocol, const char *cipher, const char *check)
 {
     struct oconn *c = arg;
+    char shown[200];
 
     snprintf(c->tls, sizeof c->tls, "%s %s", protocol, cipher);
+    snprintf(c->verify, sizeof c->verify, "%s", check ? check : "");
+    if (check && strstr(check, " failed: ")) /* only reported: MTA-STS mode testing */
+        msg_warn("connection %u %s: MTA-STS testing: %s would be refused in enforce mode: %s",
+                 c->id, c->queue, c->mx, msg_printable(shown, sizeof shown, check, strlen(check)));
 }
 
 /* esmtp_text - the capabilities as "PIPELINING,8BITMIME,..." for MP_CONN_UP */
@@ -440,8 +462,9 @@ on_ready(void *arg, unsigned caps)
 
     c->up = 1;
     esmtp_text(caps, esmtp, sizeof esmtp);
-    msg_info("connection %u %s up: mx=%s ip=%s source=%s tls=%s%s", c->id, c->queue, c->mx,
+    msg_info("connection %u %s up: mx=%s ip=%s source=%s tls=%s%s%s%s", c->id, c->queue, c->mx,
              c->dest_ip, c->source_ip[0] ? c->source_ip : "-", c->tls[0] ? c->tls : "none",
+             c->verify[0] ? " verify=" : "", c->verify,
              c->session && smtpout_session_authenticated(c->session) ? " auth=yes" : "");
     if (c->in_table)
         out_report_up(c->id, c->mx, c->dest_ip, c->source_ip, c->tls, esmtp);
@@ -499,9 +522,10 @@ closed_before_up(struct oconn *c, const struct smtpout_reply *reason)
     }
     c->last_error = *reason;
     c->have_error = 1;
-    /* A failed opportunistic handshake: the same host again, in clear. */
+    /* A failed opportunistic handshake: the same host again, in clear (never when DANE or
+       MTA-STS made TLS mandatory: the attempt's policy is REQUIRED then). */
     if (reason->stage == SMTPOUT_STAGE_TLS && !c->tls_downgraded &&
-        c->scfg.tls == SMTPOUT_TLS_OPPORTUNISTIC) {
+        c->tlsdec.tls == SMTPOUT_TLS_OPPORTUNISTIC) {
         c->tls_downgraded = 1;
     } else {
         c->tls_downgraded = 0;
@@ -547,13 +571,41 @@ conn_give_up(struct oconn *c)
     conn_down(c, MP_RESULT_TEMPFAIL, &r);
 }
 
+/* on_decided - the attempt's TLS policy is known: connect, or skip the destination */
 static void
-conn_try_next(struct oconn *c)
+on_decided(void *arg, struct smtpout_tls_decision *d)
 {
     static const struct smtpout_session_callbacks cb = {
         on_connected, on_tls, on_ready, on_rcpt_result, on_transaction_done, on_closed,
     };
+    struct oconn *c = arg;
     struct smtpout_session_config scfg = c->scfg;
+    const struct smtpout_dest *dest = &c->dests[c->dest_index];
+
+    c->deciding = 0;
+    if (c->aborting || !c->in_table) {
+        conn_give_up(c);
+        return;
+    }
+    if (d->unusable) {
+        c->last_error = d->why;
+        c->have_error = 1;
+        c->tls_downgraded = 0;
+        c->dest_index++;
+        conn_try_next(c);
+        return;
+    }
+    scfg.dest = (const struct sockaddr *)&dest->addr;
+    scfg.mx_name = dest->mx_name;
+    scfg.tls = c->tls_downgraded && d->tls == SMTPOUT_TLS_OPPORTUNISTIC ? SMTPOUT_TLS_OFF : d->tls;
+    if (scfg.tls != SMTPOUT_TLS_OFF)
+        scfg.check = d->check;
+    c->session = smtpout_session_start(worker_loop(), &scfg, &cb, c);
+}
+
+static void
+conn_try_next(struct oconn *c)
+{
     const struct smtpout_dest *dest;
 
     if (c->aborting || c->dest_index >= c->ndests || c->attempts >= c->max_attempts) {
@@ -564,12 +616,34 @@ conn_try_next(struct oconn *c)
     c->attempts++;
     snprintf(c->mx, sizeof c->mx, "%s", dest->mx_name);
     smtpout_sockaddr_str((const struct sockaddr *)&dest->addr, c->dest_ip, sizeof c->dest_ip);
-    c->tls[0] = '\0';
-    scfg.dest = (const struct sockaddr *)&dest->addr;
-    scfg.mx_name = dest->mx_name;
-    if (c->tls_downgraded)
-        scfg.tls = SMTPOUT_TLS_OFF;
-    c->session = smtpout_session_start(worker_loop(), &scfg, &cb, c);
+    c->tls[0] = c->verify[0] = '\0';
+    c->tlspol.sts = c->sts_policy.mode != SMTPOUT_STS_NONE ? &c->sts_policy : NULL;
+    c->deciding = 1;
+    smtpout_tlspol_decide(out_dns(), &c->tlspol, dest, &c->tlsdec, on_decided, c);
+}
+
+/* walk_if_ready - the destinations and the MTA-STS policy are both known: start the walk */
+static void
+walk_if_ready(struct oconn *c)
+{
+    if (c->resolving || c->sts_pending || c->ndests == 0)
+        return;
+    conn_try_next(c);
+}
+
+static void
+on_sts(void *arg, const struct smtpout_sts_policy *policy, const char *note)
+{
+    struct oconn *c = arg;
+    char shown[400];
+
+    c->sts_req = NULL;
+    c->sts_pending = 0;
+    if (policy)
+        c->sts_policy = *policy;
+    msg_debug("connection %u %s: MTA-STS: %s", c->id, c->queue,
+              msg_printable(shown, sizeof shown, note, strlen(note)));
+    walk_if_ready(c); /* (an abort cancels the request: no callback after it) */
 }
 
 static void
@@ -596,7 +670,8 @@ on_resolved(void *arg, const struct smtpout_dest_list *list)
     c->dests = xreallocarray(NULL, list->ndests, sizeof *c->dests);
     memcpy(c->dests, list->dests, list->ndests * sizeof *c->dests);
     c->ndests = list->ndests;
-    conn_try_next(c); /* never calls back synchronously */
+    if (!c->resolve_in_call)
+        walk_if_ready(c); /* never calls back synchronously */
 }
 
 static void
@@ -611,13 +686,21 @@ conn_start(struct oconn *c)
     }
     if (c->scfg.source)
         ro.family = c->scfg.source->sa_family;
+    /* MTA-STS is about MX delivery (RFC 8461): not for smtp-hosts routes */
+    if (c->use_mta_sts && c->route == NULL && out_sts()) {
+        c->sts_pending = 1;
+        c->sts_req = smtpout_sts_get(out_sts(), c->domain, on_sts, c);
+    }
     c->resolve_in_call = 1;
     c->resolving = smtpout_route_resolve(out_dns(), c->domain, &ro, on_resolved, c);
     c->resolve_in_call = 0;
     if (c->have_error == -1) { /* failed before the call returned */
         struct smtpout_reply r = c->last_error;
+        smtpout_sts_cancel(c->sts_req);
         conn_down(c, out_result_of(r.cls), &r);
+        return;
     }
+    walk_if_ready(c);
 }
 
 int
@@ -681,13 +764,22 @@ conn_abort(struct oconn *c)
     if (c->aborting)
         return;
     c->aborting = 1;
+    if (c->sts_req) {
+        smtpout_sts_cancel(c->sts_req);
+        c->sts_req = NULL;
+        c->sts_pending = 0;
+    }
     if (c->session) {
         smtpout_session_abort(c->session); /* on_closed finishes it */
     } else if (c->resolving) {
         smtpout_route_cancel(c->resolving);
         c->resolving = NULL;
+        if (!c->deciding)
+            conn_give_up(c);
+    } else if (!c->deciding) { /* between the walk's steps: waiting for nothing */
         conn_give_up(c);
     }
+    /* deciding: on_decided sees `aborting` and gives up */
 }
 
 /* each_conn - call FN on every connection in the table (FN may free it) */

@@ -149,8 +149,9 @@ on_connected(void *arg, const char *source_ip, const char *dest_ip, const char *
 }
 
 static void
-on_tls(void *arg, const char *protocol, const char *cipher)
+on_tls(void *arg, const char *protocol, const char *cipher, const char *check)
 {
+    (void)check;
     struct smtpout_event ev = { .type = SMTPOUT_EV_TLS,
                                 .tls_protocol = protocol,
                                 .tls_cipher = cipher };

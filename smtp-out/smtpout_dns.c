@@ -1,21 +1,24 @@
 /*
  * smtpout_dns.c - asynchronous DNS for smtp-out (c-ares driven by libuv)
  *
- * What it does: MX and A/AAAA lookups through one c-ares channel whose
- * sockets are watched by uv_poll_t handles and whose retransmission timeouts
- * run on one uv_timer_t; classification of outcomes into permanent and
- * temporary; a small TTL cache. See smtpout_dns.h for the contract.
+ * What it does: MX, A/AAAA, TLSA and TXT lookups through one c-ares channel
+ * whose sockets are watched by uv_poll_t handles and whose retransmission
+ * timeouts run on one uv_timer_t; every query asks for the AD bit (our own
+ * query buffer through ares_send) and every answer keeps it; classification
+ * of outcomes into permanent and temporary; a small TTL cache. See
+ * smtpout_dns.h for the contract.
  *
  * What it owns: the c-ares channel, one uv_poll_t per c-ares socket, the
  * timer, the cache, and one heap request per lookup in flight. The resolver
  * memory is freed when its last handle has closed (libuv rule: free only in
  * the close callback).
  *
- * SECURITY: answers come from the network. c-ares parses records; the TTL
- * walker below reads the answer section itself and checks every length
- * before reading. Names longer than SMTPOUT_DNS_NAME_MAX are dropped, MX and
- * address counts are capped, so a hostile server cannot make us hold more
- * than a fixed amount per lookup.
+ * SECURITY: answers come from the network. c-ares parses MX, A, AAAA and
+ * TXT records; the record walker below (TTLs, TLSA) reads the answer
+ * section itself and checks every length before reading. The AD bit is
+ * only as good as the path to the configured resolver (see the header). Names longer than
+ * SMTPOUT_DNS_NAME_MAX are dropped, MX and address counts are capped, so a hostile server cannot
+ * make us hold more than a fixed amount per lookup.
  */
 #include "config.h"
 
@@ -36,9 +39,13 @@
 #include "xalloc.h"
 #include "smtpout_dns.h"
 
-/* One raw answer: MX records or addresses, already classified. */
+#define DNS_T_TLSA 52    /* not in every arpa/nameser.h */
+#define DNS_AD     0x20u /* the AD bit in the fourth header byte */
+
+/* One raw answer: MX, address, TLSA or TXT records, already classified. */
 struct dns_answer {
     enum smtpout_dns_status status;
+    int secure; /* the reply had the AD bit */
     char why[160];
     unsigned ttl; /* seconds the answer may be cached; 0 = don't */
     size_t n;
@@ -48,6 +55,8 @@ struct dns_answer {
             char name[SMTPOUT_DNS_NAME_MAX + 1];
         } mx[SMTPOUT_DNS_MAX_MX];
         struct sockaddr_storage addr[SMTPOUT_DNS_MAX_ADDRS];
+        struct smtpout_tlsa tlsa[SMTPOUT_DNS_MAX_TLSA];
+        char txt[SMTPOUT_DNS_MAX_TXT][SMTPOUT_DNS_TXT_MAX + 1];
     } u;
 };
 
@@ -154,7 +163,19 @@ dns_status_from_ares(int status)
 static const char *
 dns_type_name(int type)
 {
-    return type == ns_t_mx ? "MX" : type == ns_t_a ? "A" : type == ns_t_aaaa ? "AAAA" : "?";
+    switch (type) {
+    case ns_t_mx:
+        return "MX";
+    case ns_t_a:
+        return "A";
+    case ns_t_aaaa:
+        return "AAAA";
+    case ns_t_txt:
+        return "TXT";
+    case DNS_T_TLSA:
+        return "TLSA";
+    }
+    return "?";
 }
 
 static void
@@ -374,41 +395,69 @@ dns_skip_name(const unsigned char **p, const unsigned char *abuf, int alen)
 }
 
 /*
+ * dns_walk_answers - call FN for every record of the answer section (owner
+ * name skipped): its type, TTL and RDATA. Returns 0, or -1 when the message
+ * does not parse (FN may have run for the records before the damage).
+ */
+static int
+dns_walk_answers(const unsigned char *abuf, int alen,
+                 void (*fn)(void *ctx, unsigned type, unsigned long ttl, const unsigned char *rd,
+                            unsigned rdlen),
+                 void *ctx)
+{
+    const unsigned char *p = abuf + 12, *end = abuf + alen;
+    unsigned qd, an, i;
+
+    if (alen < 12)
+        return -1;
+    qd = dns_get16(abuf + 4);
+    an = dns_get16(abuf + 6);
+    for (i = 0; i < qd; i++) {
+        if (dns_skip_name(&p, abuf, alen) < 0 || end - p < 4)
+            return -1;
+        p += 4;
+    }
+    for (i = 0; i < an; i++) {
+        unsigned long ttl;
+        unsigned type, rdlen;
+
+        if (dns_skip_name(&p, abuf, alen) < 0 || end - p < 10)
+            return -1;
+        type = dns_get16(p);
+        ttl = (unsigned long)p[4] << 24 | (unsigned long)p[5] << 16 | (unsigned long)p[6] << 8 |
+              p[7];
+        rdlen = dns_get16(p + 8);
+        p += 10;
+        if ((size_t)(end - p) < rdlen)
+            return -1;
+        fn(ctx, type, ttl, p, rdlen);
+        p += rdlen;
+    }
+    return 0;
+}
+
+static void
+dns_min_ttl_fn(void *ctx, unsigned type, unsigned long ttl, const unsigned char *rd, unsigned rdlen)
+{
+    unsigned *min = ctx;
+
+    (void)type;
+    (void)rd;
+    (void)rdlen;
+    if (ttl < *min)
+        *min = (unsigned)ttl;
+}
+
+/*
  * dns_answer_min_ttl - the smallest TTL in the answer section, capped at CAP;
  * 0 when the message does not parse (then nothing is cached).
  */
 static unsigned
 dns_answer_min_ttl(const unsigned char *abuf, int alen, unsigned cap)
 {
-    const unsigned char *p = abuf + 12, *end = abuf + alen;
-    unsigned qd, an, i, min = cap;
+    unsigned min = cap;
 
-    if (alen < 12)
-        return 0;
-    qd = dns_get16(abuf + 4);
-    an = dns_get16(abuf + 6);
-    for (i = 0; i < qd; i++) {
-        if (dns_skip_name(&p, abuf, alen) < 0 || end - p < 4)
-            return 0;
-        p += 4;
-    }
-    for (i = 0; i < an; i++) {
-        unsigned long ttl;
-        unsigned rdlen;
-
-        if (dns_skip_name(&p, abuf, alen) < 0 || end - p < 10)
-            return 0;
-        ttl = (unsigned long)p[4] << 24 | (unsigned long)p[5] << 16 | (unsigned long)p[6] << 8 |
-              p[7];
-        rdlen = dns_get16(p + 8);
-        p += 10;
-        if ((size_t)(end - p) < rdlen)
-            return 0;
-        p += rdlen;
-        if (ttl < min)
-            min = (unsigned)ttl;
-    }
-    return min;
+    return dns_walk_answers(abuf, alen, dns_min_ttl_fn, &min) < 0 ? 0 : min;
 }
 
 /* dns_parse_mx - MX records into ANS; a lone "MX 0 ." is a null MX */
@@ -493,29 +542,155 @@ dns_parse_a(struct dns_answer *ans, const char *name, int type, const unsigned c
     ans->ttl = ttl;
 }
 
+static void
+dns_tlsa_fn(void *ctx, unsigned type, unsigned long ttl, const unsigned char *rd, unsigned rdlen)
+{
+    struct dns_answer *ans = ctx;
+    struct smtpout_tlsa *t;
+
+    if (type != DNS_T_TLSA || rdlen < 3 || rdlen - 3 > SMTPOUT_TLSA_DATA_MAX ||
+        ans->n >= SMTPOUT_DNS_MAX_TLSA)
+        return; /* the CNAMEs of a chain, and records we cannot keep */
+    t = &ans->u.tlsa[ans->n++];
+    t->usage = rd[0];
+    t->selector = rd[1];
+    t->mtype = rd[2];
+    t->len = rdlen - 3;
+    memcpy(t->data, rd + 3, t->len);
+    if (ttl < ans->ttl)
+        ans->ttl = (unsigned)ttl;
+}
+
+/* dns_parse_tlsa - TLSA records into ANS (RFC 6698 section 2.1: three bytes, then the data) */
+static void
+dns_parse_tlsa(struct dns_answer *ans, const char *name, const unsigned char *abuf, int alen)
+{
+    ans->status = SMTPOUT_DNS_OK;
+    ans->ttl = UINT32_MAX;
+    if (dns_walk_answers(abuf, alen, dns_tlsa_fn, ans) < 0)
+        dns_answer_fail(ans, SMTPOUT_DNS_TEMPFAIL, name, DNS_T_TLSA, "malformed answer");
+    else if (ans->n == 0)
+        dns_answer_fail(ans, SMTPOUT_DNS_NODATA, name, DNS_T_TLSA, "no usable TLSA records");
+}
+
+/* dns_parse_txt - TXT records into ANS, each record's strings joined */
+static void
+dns_parse_txt(struct dns_answer *ans, const char *name, const unsigned char *abuf, int alen)
+{
+    struct ares_txt_ext *txt = NULL, *t;
+    int status = ares_parse_txt_reply_ext(abuf, alen, &txt);
+    size_t used = 0;
+
+    if (status != ARES_SUCCESS) {
+        dns_answer_fail(ans, dns_status_from_ares(status), name, ns_t_txt,
+                        status == ARES_ENODATA ? "no TXT records" : ares_strerror(status));
+        if (txt)
+            ares_free_data(txt);
+        return;
+    }
+    ans->status = SMTPOUT_DNS_OK;
+    for (t = txt; t; t = t->next) {
+        size_t len = t->length;
+
+        if (t->record_start) {
+            if (ans->n >= SMTPOUT_DNS_MAX_TXT)
+                break;
+            ans->n++;
+            used = 0;
+        } else if (ans->n == 0) {
+            continue;
+        }
+        if (len > SMTPOUT_DNS_TXT_MAX - used)
+            len = SMTPOUT_DNS_TXT_MAX - used;
+        memcpy(ans->u.txt[ans->n - 1] + used, t->txt, len);
+        used += len;
+        ans->u.txt[ans->n - 1][used] = 0;
+    }
+    ares_free_data(txt);
+    if (ans->n == 0)
+        dns_answer_fail(ans, SMTPOUT_DNS_NODATA, name, ns_t_txt, "no TXT records");
+    ans->ttl = dns_answer_min_ttl(abuf, alen, UINT32_MAX);
+}
+
 /* --- raw queries ------------------------------------------------------------------ */
+
+/*
+ * dns_reply_status - what ares_query would have said of a reply ares_send
+ * delivers as a success: NXDOMAIN, NODATA (no answer records), or success
+ */
+static int
+dns_reply_status(int status, const unsigned char *abuf, int alen)
+{
+    if (status != ARES_SUCCESS)
+        return status;
+    if (abuf == NULL || alen < 12)
+        return ARES_EBADRESP;
+    switch (abuf[3] & 0x0f) {
+    case ns_r_noerror:
+        return dns_get16(abuf + 6) == 0 ? ARES_ENODATA : ARES_SUCCESS;
+    case ns_r_nxdomain:
+        return ARES_ENOTFOUND;
+    case ns_r_servfail:
+        return ARES_ESERVFAIL;
+    case ns_r_refused:
+        return ARES_EREFUSED;
+    default:
+        return ARES_EBADRESP;
+    }
+}
 
 static void
 dns_raw_done(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
 {
     struct dns_raw_req *req = arg;
     struct dns_answer *ans = xcalloc(1, sizeof *ans);
+    int secure = status == ARES_SUCCESS && abuf && alen >= 12 && (abuf[3] & DNS_AD);
 
     (void)timeouts;
-    if (status != ARES_SUCCESS || abuf == NULL) {
+    status = dns_reply_status(status, abuf, alen);
+    if (status != ARES_SUCCESS) {
         dns_answer_fail(ans, dns_status_from_ares(status), req->name, req->type,
                         status == ARES_ENOTFOUND ? "domain not found (NXDOMAIN)"
+                        : status == ARES_ENODATA ? "no records of this type"
                                                  : ares_strerror(status));
     } else if (req->type == ns_t_mx) {
         dns_parse_mx(ans, req->name, abuf, alen);
+    } else if (req->type == DNS_T_TLSA) {
+        dns_parse_tlsa(ans, req->name, abuf, alen);
+    } else if (req->type == ns_t_txt) {
+        dns_parse_txt(ans, req->name, abuf, alen);
     } else {
         dns_parse_a(ans, req->name, req->type, abuf, alen);
     }
+    ans->secure = secure;
     if (!req->dns->destroying)
         dns_cache_put(req->dns, req->name, req->type, ans);
     req->cb(req->arg, ans);
     free(ans);
     free(req);
+}
+
+/*
+ * dns_send - REQ's query with RD and AD set (RFC 6840 5.7: a validating
+ * resolver then reports the AD bit) through ares_send; not ares_search: no
+ * search list, the name is absolute
+ */
+static void
+dns_send(struct smtpout_dns *dns, struct dns_raw_req *req)
+{
+    unsigned char *qbuf = NULL;
+    int qlen = 0, status;
+
+    status = ares_create_query(req->name, ns_c_in, req->type, 0, 1, &qbuf, &qlen, 0);
+    if (status != ARES_SUCCESS || qlen < 12) {
+        if (qbuf)
+            ares_free_string(qbuf);
+        dns_raw_done(req, status != ARES_SUCCESS ? status : ARES_EBADQUERY, 0, NULL, 0);
+        return;
+    }
+    qbuf[3] |= DNS_AD;
+    ares_send(dns->channel, qbuf, qlen, dns_raw_done, req);
+    ares_free_string(qbuf);
 }
 
 /* dns_raw_query - one query of TYPE for NAME, from the cache if possible */
@@ -551,8 +726,7 @@ dns_raw_query(struct smtpout_dns *dns, const char *name, int type, dns_raw_cb cb
     memcpy(req->name, key, len + 1);
     req->cb = cb;
     req->arg = arg;
-    /* ares_query, not ares_search: no search list, the name is absolute. */
-    ares_query(dns->channel, req->name, ns_c_in, type, dns_raw_done, req);
+    dns_send(dns, req);
     dns_update_timer(dns);
 }
 
@@ -580,8 +754,10 @@ dns_addr_finish(struct dns_addr_req *req)
         addrs[n++] = req->a.u.addr[i];
     for (i = 0; req->want_aaaa && i < req->aaaa.n && n < SMTPOUT_DNS_MAX_ADDRS; i++)
         addrs[n++] = req->aaaa.u.addr[i];
+    int secure = (!req->want_a || req->a.secure) && (!req->want_aaaa || req->aaaa.secure);
+
     if (n > 0) {
-        req->cb(req->arg, SMTPOUT_DNS_OK, "", addrs, n);
+        req->cb(req->arg, SMTPOUT_DNS_OK, secure, "", addrs, n);
     } else {
         /* No address: report the most hopeful failure (temporary beats
          * permanent: a SERVFAIL on AAAA must not turn NODATA on A into a bounce). */
@@ -591,7 +767,7 @@ dns_addr_finish(struct dns_addr_req *req)
         if (req->want_a && !smtpout_dns_permanent(req->a.status))
             worst = &req->a;
         status = worst->status;
-        req->cb(req->arg, status, worst->why, NULL, 0);
+        req->cb(req->arg, status, secure, worst->why, NULL, 0);
     }
     free(req);
 }
@@ -650,6 +826,7 @@ struct dns_mx_req {
     void *arg;
     int family;
     int allow_implicit;
+    int mx_secure; /* the MX RRset had the AD bit */
     char domain[SMTPOUT_DNS_NAME_MAX + 1];
     size_t nhosts;
     size_t pending;
@@ -697,7 +874,7 @@ dns_mx_finish(struct dns_mx_req *req)
 }
 
 static void
-dns_mx_host_addr_done(void *arg, enum smtpout_dns_status status, const char *why,
+dns_mx_host_addr_done(void *arg, enum smtpout_dns_status status, int secure, const char *why,
                       const struct sockaddr_storage *addrs, size_t naddrs)
 {
     struct dns_mx_host_req *sub = arg;
@@ -705,6 +882,7 @@ dns_mx_host_addr_done(void *arg, enum smtpout_dns_status status, const char *why
     struct smtpout_mx_host *h = &req->hosts[sub->index];
 
     (void)why;
+    h->secure = req->mx_secure && secure;
     h->addr_status = status;
     h->naddrs = naddrs;
     if (naddrs)
@@ -715,7 +893,7 @@ dns_mx_host_addr_done(void *arg, enum smtpout_dns_status status, const char *why
 
 /* dns_mx_implicit_done - the domain's own addresses, as its implicit MX */
 static void
-dns_mx_implicit_done(void *arg, enum smtpout_dns_status status, const char *why,
+dns_mx_implicit_done(void *arg, enum smtpout_dns_status status, int secure, const char *why,
                      const struct sockaddr_storage *addrs, size_t naddrs)
 {
     struct dns_mx_req *req = arg;
@@ -731,6 +909,7 @@ dns_mx_implicit_done(void *arg, enum smtpout_dns_status status, const char *why,
     h->pref = 0;
     snprintf(h->name, sizeof h->name, "%s", req->domain);
     h->addr_status = SMTPOUT_DNS_OK;
+    h->secure = req->mx_secure && secure; /* the validated denial of MX, and the addresses */
     h->naddrs = naddrs;
     memcpy(h->addrs, addrs, naddrs * sizeof *addrs);
     dns_mx_finish(req);
@@ -742,6 +921,7 @@ dns_mx_records_done(void *arg, const struct dns_answer *ans)
     struct dns_mx_req *req = arg;
     size_t i;
 
+    req->mx_secure = ans->secure;
     if (ans->status == SMTPOUT_DNS_NODATA) {
         if (!req->allow_implicit) {
             req->cb(req->arg, SMTPOUT_DNS_NOMX, ans->why, NULL, 0);
@@ -791,6 +971,60 @@ smtpout_dns_mx_hosts(struct smtpout_dns *dns, const char *domain, int family, in
     memcpy(req->domain, domain, len);
     req->domain[len] = 0;
     dns_raw_query(dns, req->domain, ns_t_mx, dns_mx_records_done, req);
+}
+
+/* --- TLSA and TXT ------------------------------------------------------------------ */
+
+struct dns_cb_req {
+    void *cb;
+    void *arg;
+};
+
+static void
+dns_tlsa_done(void *arg, const struct dns_answer *ans)
+{
+    struct dns_cb_req *req = arg;
+    smtpout_dns_tlsa_cb cb = (smtpout_dns_tlsa_cb)req->cb;
+
+    cb(req->arg, ans->status, ans->secure, ans->why,
+       ans->status == SMTPOUT_DNS_OK ? ans->u.tlsa : NULL, ans->n);
+    free(req);
+}
+
+void
+smtpout_dns_tlsa(struct smtpout_dns *dns, const char *host, unsigned port, smtpout_dns_tlsa_cb cb,
+                 void *arg)
+{
+    struct dns_cb_req *req = xcalloc(1, sizeof *req);
+    char name[SMTPOUT_DNS_NAME_MAX + 32];
+
+    req->cb = (void *)cb;
+    req->arg = arg;
+    snprintf(name, sizeof name, "_%u._tcp.%s", port, host);
+    dns_raw_query(dns, name, DNS_T_TLSA, dns_tlsa_done, req); /* too long: "invalid name" */
+}
+
+static void
+dns_txt_done(void *arg, const struct dns_answer *ans)
+{
+    struct dns_cb_req *req = arg;
+    smtpout_dns_txt_cb cb = (smtpout_dns_txt_cb)req->cb;
+    const char *txts[SMTPOUT_DNS_MAX_TXT];
+
+    for (size_t i = 0; i < ans->n && i < SMTPOUT_DNS_MAX_TXT; i++)
+        txts[i] = ans->u.txt[i];
+    cb(req->arg, ans->status, ans->why, txts, ans->status == SMTPOUT_DNS_OK ? ans->n : 0);
+    free(req);
+}
+
+void
+smtpout_dns_txt(struct smtpout_dns *dns, const char *name, smtpout_dns_txt_cb cb, void *arg)
+{
+    struct dns_cb_req *req = xcalloc(1, sizeof *req);
+
+    req->cb = (void *)cb;
+    req->arg = arg;
+    dns_raw_query(dns, name, ns_t_txt, dns_txt_done, req);
 }
 
 /* --- life cycle ------------------------------------------------------------------- */

@@ -24,6 +24,14 @@
  *   small TTL cache; the TTL is the smallest in the answer, capped by
  *   cache_max_ttl.
  *
+ *   DNSSEC: every query is sent with the AD bit set (RFC 6840 section 5.7)
+ *   and an answer is "secure" when the reply has the AD bit. We validate
+ *   nothing ourselves: the AD bit is trusted because it can only come from
+ *   the configured name servers, which must be validating resolvers on a
+ *   trusted path (localhost), as Postfix's smtp_dns_support_level=dnssec
+ *   requires. An MX host is secure when its MX RRset and its address
+ *   records were; DANE (smtpout_dns_tlsa) needs that.
+ *
  * CALLBACKS
  *   A callback may run before the lookup function returns (cache hits and
  *   immediate errors). Data passed to a callback is borrowed for the duration
@@ -45,6 +53,10 @@
 #define SMTPOUT_DNS_NAME_MAX  255 /* presentation form, without the NUL */
 #define SMTPOUT_DNS_MAX_MX    16  /* MX hosts kept per domain */
 #define SMTPOUT_DNS_MAX_ADDRS 16  /* addresses kept per host */
+#define SMTPOUT_DNS_MAX_TLSA  8   /* TLSA records kept per name */
+#define SMTPOUT_TLSA_DATA_MAX 256 /* longer association data (a whole certificate) is dropped */
+#define SMTPOUT_DNS_MAX_TXT   4   /* TXT records kept per name */
+#define SMTPOUT_DNS_TXT_MAX   512 /* bytes of one TXT record (its strings joined) */
 
 enum smtpout_dns_status {
     SMTPOUT_DNS_OK = 0,
@@ -77,12 +89,27 @@ struct smtpout_mx_host {
     int implicit; /* 1: the domain's own A/AAAA (no MX) */
     char name[SMTPOUT_DNS_NAME_MAX + 1];
     enum smtpout_dns_status addr_status; /* outcome of this host's A/AAAA lookup */
+    int secure; /* the MX RRset (implicit: none) and the addresses came DNSSEC-validated */
     size_t naddrs;
     struct sockaddr_storage addrs[SMTPOUT_DNS_MAX_ADDRS];
 };
 
-typedef void (*smtpout_dns_addr_cb)(void *arg, enum smtpout_dns_status status, const char *why,
-                                    const struct sockaddr_storage *addrs, size_t naddrs);
+/* One TLSA record (RFC 6698). */
+struct smtpout_tlsa {
+    unsigned char usage, selector, mtype;
+    size_t len;
+    unsigned char data[SMTPOUT_TLSA_DATA_MAX];
+};
+
+/* SECURE: every answer that went into the result had the AD bit */
+typedef void (*smtpout_dns_addr_cb)(void *arg, enum smtpout_dns_status status, int secure,
+                                    const char *why, const struct sockaddr_storage *addrs,
+                                    size_t naddrs);
+typedef void (*smtpout_dns_tlsa_cb)(void *arg, enum smtpout_dns_status status, int secure,
+                                    const char *why, const struct smtpout_tlsa *recs, size_t n);
+/* TXTS: each record's character-strings joined, NUL-terminated (NULs inside cut it short) */
+typedef void (*smtpout_dns_txt_cb)(void *arg, enum smtpout_dns_status status, const char *why,
+                                   const char *const *txts, size_t n);
 typedef void (*smtpout_dns_mx_hosts_cb)(void *arg, enum smtpout_dns_status status, const char *why,
                                         const struct smtpout_mx_host *hosts, size_t nhosts);
 
@@ -113,5 +140,17 @@ void smtpout_dns_addr(struct smtpout_dns *dns, const char *name, int family, smt
  */
 void smtpout_dns_mx_hosts(struct smtpout_dns *dns, const char *domain, int family,
                           int allow_implicit, smtpout_dns_mx_hosts_cb cb, void *arg);
+
+/*
+ * smtpout_dns_tlsa - the TLSA records of _PORT._tcp.HOST (RFC 7672 section
+ * 2.2), with whether the answer was secure. NODATA and NXDOMAIN come as
+ * those statuses (with SECURE saying whether the denial was validated);
+ * records with data longer than SMTPOUT_TLSA_DATA_MAX are left out.
+ */
+void smtpout_dns_tlsa(struct smtpout_dns *dns, const char *host, unsigned port,
+                      smtpout_dns_tlsa_cb cb, void *arg);
+
+/* smtpout_dns_txt - the TXT records of NAME (MTA-STS: _mta-sts.DOMAIN) */
+void smtpout_dns_txt(struct smtpout_dns *dns, const char *name, smtpout_dns_txt_cb cb, void *arg);
 
 #endif

@@ -112,12 +112,13 @@ route_mx_done(void *arg, enum smtpout_dns_status status, const char *why,
 
 /* route_host_done - A/AAAA of an smtp-hosts name: one host, preference 0 */
 static void
-route_host_done(void *arg, enum smtpout_dns_status status, const char *why,
+route_host_done(void *arg, enum smtpout_dns_status status, int secure, const char *why,
                 const struct sockaddr_storage *addrs, size_t n)
 {
     struct route_item *item = arg;
     struct smtpout_mx_host *h = item->hosts; /* preallocated, name set */
 
+    h->secure = secure;
     item->status = status;
     snprintf(item->why, sizeof item->why, "%s", why ? why : "");
     h->addr_status = status;
@@ -153,6 +154,7 @@ route_add_host(struct smtpout_resolve *req, struct smtpout_dest_list *list,
         d = &list->dests[list->ndests++];
         memset(d, 0, sizeof *d);
         snprintf(d->mx_name, sizeof d->mx_name, "%s", h->name);
+        d->secure = h->secure;
         d->addr = h->addrs[i];
         d->level = item->level;
         d->pref = h->pref;

@@ -40,6 +40,7 @@ struct smtpout_dest {
     struct sockaddr_storage addr;           /* port set */
     unsigned level;                         /* route level (0 without a route) */
     unsigned pref;                          /* MX preference within the level */
+    int secure; /* its name came DNSSEC-validated (MX and addresses): DANE applies */
 };
 
 enum smtpout_route_status {

@@ -45,7 +45,30 @@
 #include <openssl/ssl.h>
 #include <uv.h>
 
+#include "smtpout_dns.h"
 #include "smtpout_proto.h"
+
+/*
+ * How the peer's certificate is checked after STARTTLS (smtpout_conn decides
+ * by DANE, MTA-STS and smtp-tls-ca-file; the session applies it). With
+ * ENFORCE a failed check ends the connection (4.7.5) before any mail is
+ * sent; without it the outcome is only reported (MTA-STS testing mode).
+ */
+enum smtpout_verify {
+    SMTPOUT_VERIFY_NONE, /* opportunistic: any certificate */
+    SMTPOUT_VERIFY_DANE, /* RFC 7672: the TLSA records (DANE-TA(2), DANE-EE(3)) */
+    SMTPOUT_VERIFY_PKIX, /* a chain to CTX's trust store and NAME in the certificate */
+};
+
+struct smtpout_tls_check {
+    enum smtpout_verify mode;
+    int enforce;
+    const char *label;               /* "dane", "mta-sts", "smtp-tls-ca-file": for messages */
+    const char *name;                /* DANE: the TLSA base domain; PKIX: the name to find */
+    const struct smtpout_tlsa *tlsa; /* DANE: the records as found (unusable ones skipped) */
+    size_t ntlsa;
+    SSL_CTX *ctx; /* PKIX: context with the trust store (NULL: ssl_ctx and its store) */
+};
 
 struct smtpout_session_config {
     const struct sockaddr *source; /* bind before connect; NULL = any */
@@ -65,12 +88,15 @@ struct smtpout_session_config {
     int ignore_chunking;       /* DATA even when the peer offers CHUNKING (BDAT) */
     const char *auth_username; /* auth-username / auth-password: AUTH when offered */
     const char *auth_password;
-    int auth_in_clear; /* use-unencrypted-plain-auth */
+    int auth_in_clear;              /* use-unencrypted-plain-auth */
+    struct smtpout_tls_check check; /* borrowed like the strings */
 };
 
 struct smtpout_session_callbacks {
     void (*connected)(void *arg, const char *source_ip, const char *dest_ip, const char *mx_name);
-    void (*tls)(void *arg, const char *protocol, const char *cipher);
+    /* CHECK: NULL without a certificate check, else "dane", "mta-sts", ... when it passed,
+       or "LABEL failed: REASON" when it failed without ENFORCE */
+    void (*tls)(void *arg, const char *protocol, const char *cipher, const char *check);
     /* greeting, EHLO and STARTTLS are done: the session is idle */
     void (*ready)(void *arg, unsigned caps);
     void (*rcpt_result)(void *arg, size_t index, const struct smtpout_reply *r);
@@ -110,11 +136,14 @@ int smtpout_session_authenticated(const struct smtpout_session *s);
 unsigned smtpout_session_transactions(const struct smtpout_session *s);
 
 /*
- * smtpout_tls_client_ctx - an SSL_CTX for opportunistic STARTTLS: OpenSSL's
- * default protocol versions,
- * no certificate verification (an invalid certificate must not stop mail).
- * NULL on failure. Free with SSL_CTX_free.
+ * smtpout_tls_client_ctx - an SSL_CTX for STARTTLS: OpenSSL's default
+ * protocol versions, no certificate verification in the handshake (an
+ * invalid certificate must not stop opportunistic mail; checks are made
+ * after it, as smtpout_tls_check says), DANE enabled (RFC 7672: no name
+ * checks for DANE-EE). With CA_FILE (or "" for the system's default paths)
+ * the context carries that trust store for PKIX checks; NULL: none. NULL on
+ * failure (why in ERR). Free with SSL_CTX_free.
  */
-SSL_CTX *smtpout_tls_client_ctx(void);
+SSL_CTX *smtpout_tls_client_ctx(const char *ca_file, char *err, size_t errlen);
 
 #endif

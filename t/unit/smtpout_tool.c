@@ -476,7 +476,7 @@ main(int argc, char **argv)
     job->nmsgs = nfiles;
     job->session.source = have_source ? (struct sockaddr *)&source : NULL;
     if (job->session.tls != SMTPOUT_TLS_OFF &&
-        (job->session.ssl_ctx = smtpout_tls_client_ctx()) == NULL)
+        (job->session.ssl_ctx = smtpout_tls_client_ctx(NULL, err, sizeof err)) == NULL)
         msg_fatal("cannot create the TLS context");
 
     uv_loop_init(&loop);
