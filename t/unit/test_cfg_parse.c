@@ -331,14 +331,14 @@ test_not_implemented_warns_once(void **state)
     struct cfg *c;
     (void)state;
     c = expect_ok(
-        "<domain a.com>\nuse-dane no\n</domain>\n<domain b.com>\nuse-dane yes\n</domain>\n");
+        "<domain a.com>\nreuse-ssl-session no\n</domain>\n<domain b.com>\nreuse-ssl-session "
+        "yes\n</domain>\n");
     assert_int_equal(nwarnings, 1);
-    assert_diag("t.conf:2: warning: directive 'use-dane' is not implemented yet; ignored");
+    assert_diag("t.conf:2: warning: directive 'reuse-ssl-session' is not implemented yet; ignored");
     cfg_free(c);
-    c = expect_ok("<feedback-loop-processor>\n  anything goes here\n</feedback-loop-processor>\n");
+    c = expect_ok("<transmissions-api>\n  anything goes here\n</transmissions-api>\n");
     assert_int_equal(nwarnings, 1);
-    assert_diag(
-        "t.conf:1: warning: block <feedback-loop-processor> is not implemented yet; ignored");
+    assert_diag("t.conf:1: warning: block <transmissions-api> is not implemented yet; ignored");
     cfg_free(c);
 }
 

@@ -266,7 +266,7 @@ test_directive_defaults(void **state)
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
         assert_string_equal(cfg_directive_info(want[i].d)->default_text, want[i].text);
     assert_null(cfg_directive_info(CFG_D_SMTP_PATTERN_LIST)->default_text);
-    assert_int_equal(cfg_directive_info(CFG_D_USE_DANE)->status, CFG_NOT_IMPLEMENTED);
+    assert_int_equal(cfg_directive_info(CFG_D_REUSE_SSL_SESSION)->status, CFG_NOT_IMPLEMENTED);
     assert_int_equal(cfg_directive_info(CFG_D_MAX_SMTP_OUT)->status, CFG_IMPLEMENTED);
 }
 
