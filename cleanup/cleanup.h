@@ -71,9 +71,24 @@ struct cleanup_conf {
     size_t npatterns;
     unsigned *pool_turn; /* per scope index: next pool member */
     const char *host_name;
+    struct cleanup_processor *processors; /* <bounce-processor>, <feedback-loop-processor> */
+    size_t nprocessors;
+};
+
+/* A processor's address list: its recipients go to its queue (qmgr reads them there). */
+struct cleanup_processor {
+    const char *queue_domain; /* "{bounce}" or "{feedbackLoop}" */
+    struct cfg_addrlist *list;
+    time_t refreshed; /* its files were last looked at */
 };
 
 struct cleanup_conf *cleanup_conf_new(const struct cfg *cfg);
+/*
+ * cleanup_conf_processor_queue - "{bounce}" or "{feedbackLoop}" when ADDR is
+ * on a <bounce-processor> / <feedback-loop-processor> address list (the
+ * first in the file wins), else NULL
+ */
+const char *cleanup_conf_processor_queue(const struct cleanup_conf *cc, const char *addr);
 void cleanup_conf_ref(struct cleanup_conf *cc);
 void cleanup_conf_unref(struct cleanup_conf *cc);
 /* cleanup_conf_vmta_keys - the domain-key list of <virtual-mta> NAME, or NULL */

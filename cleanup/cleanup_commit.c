@@ -6,7 +6,9 @@
  *      the client's <source> (Received with a queue-id placeholder,
  *      Message-ID, Date, X-Virtual-MTA / X-Job / X-EnvID);
  *   2. the virtual MTA (cleanup_route.c); unknown -> 550 5.7.1;
- *   3. each recipient's queue "domain/vmta" (domain lower-cased);
+ *   3. each recipient's queue "domain/vmta" (domain lower-cased), or for an
+ *      address of a <bounce-processor> / <feedback-loop-processor> list
+ *      "{bounce}/vmta" / "{feedbackLoop}/vmta", where qmgr reads the report;
  *   4. DKIM: the queue settings of each distinct recipient domain are
  *      resolved (cfg_resolve_queue with the chosen virtual MTA); if any says
  *      dkim-sign yes, the message is signed ONCE with the settings of the
@@ -170,11 +172,13 @@ step_route(struct work *w, struct reply *r)
     return -1;
 }
 
-/* step_queues - each recipient's lower-cased domain and "domain/vmta" queue */
+/* step_queues - each recipient's lower-cased domain and "domain/vmta" queue; a processor's
+   address goes to its queue, "{bounce}/vmta" or "{feedbackLoop}/vmta" */
 static int
 step_queues(struct work *w, struct reply *r)
 {
     struct cleanup_txn *t = w->t;
+    const char *proc;
 
     w->domains = xcalloc(t->nrcpt, sizeof(*w->domains));
     w->queues = xcalloc(t->nrcpt, sizeof(*w->queues));
@@ -188,7 +192,8 @@ step_queues(struct work *w, struct reply *r)
         w->domains[i] = xstrdup(at + 1);
         for (char *p = w->domains[i]; *p; p++)
             *p = (char)tolower((unsigned char)*p);
-        w->queues[i] = xasprintf("%s/%s", w->domains[i], w->route.vmta);
+        proc = cleanup_conf_processor_queue(t->conf, t->rcpts[i].address);
+        w->queues[i] = xasprintf("%s/%s", proc ? proc : w->domains[i], w->route.vmta);
     }
     return 0;
 }

@@ -4,9 +4,10 @@
  * Built once per generation (at start and at every reload) from the mapped
  * snapshot: the DKIM key lists (global `domain-key` lines, each
  * <virtual-mta>'s, and the seed's per-domain dkim-selector + dkim-key-file
- * pairs), every <pattern-list> entry compiled with PCRE2, and the pool
- * round-robin counters. Every entry comes parsed (typed records of the
- * snapshot) and every key was checked by pmtad as our user before the
+ * pairs), every <pattern-list> entry compiled with PCRE2, the pool
+ * round-robin counters, and the address lists of the bounce and
+ * feedback-loop processors (whose recipients go to their own queues). Every entry comes parsed
+ * (typed records of the snapshot) and every key was checked by pmtad as our user before the
  * generation was published (conf/cfg_key.c), so a key that cannot sign is a
  * --check-config or reload error, not mail. Keys are loaded through the
  * OpenDKIM key cache at (re)load; should one have changed on disk since the
@@ -28,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
@@ -253,6 +255,47 @@ cleanup_conf_pattern_vmta(const struct cleanup_conf *cc, const char *list,
 
 /* --- lifetime --------------------------------------------------------------------- */
 
+/* --- bounce and feedback-loop processors --------------------------------------- */
+
+/* load_processors - each processor's own <address-list>, in file order */
+static void
+load_processors(struct cleanup_conf *cc)
+{
+    const struct cfg *c = cc->cfg;
+    uint32_t it = 0, l;
+
+    while ((l = cfg_next_scope(c, CFG_S_ADDRESS_LIST, &it)) != CFG_NONE) {
+        uint32_t parent = c->scopes[l].parent;
+        int kind = parent ? c->scopes[parent].kind : -1;
+
+        if (kind != CFG_S_BOUNCE_PROCESSOR && kind != CFG_S_FBL_PROCESSOR)
+            continue;
+        cc->processors = xreallocarray(cc->processors, cc->nprocessors + 1, sizeof *cc->processors);
+        cc->processors[cc->nprocessors].queue_domain = kind == CFG_S_BOUNCE_PROCESSOR
+                                                           ? "{bounce}"
+                                                           : "{feedbackLoop}";
+        cc->processors[cc->nprocessors++].list = cfg_addrlist_new(c, l);
+    }
+}
+
+const char *
+cleanup_conf_processor_queue(const struct cleanup_conf *cc, const char *addr)
+{
+    time_t now = time(NULL);
+
+    for (size_t i = 0; i < cc->nprocessors; i++) {
+        struct cleanup_processor *p = &cc->processors[i];
+
+        if (now - p->refreshed >= 2) { /* an address-file edited on disk counts soon */
+            p->refreshed = now;
+            cfg_addrlist_refresh(p->list);
+        }
+        if (cfg_addrlist_match(p->list, addr))
+            return p->queue_domain;
+    }
+    return NULL;
+}
+
 struct cleanup_conf *
 cleanup_conf_new(const struct cfg *cfg)
 {
@@ -270,6 +313,7 @@ cleanup_conf_new(const struct cfg *cfg)
     load_vmta_keys(cc);
     preload_seed_keys(cc);
     compile_patterns(cc);
+    load_processors(cc);
     return cc;
 }
 
@@ -303,6 +347,9 @@ cleanup_conf_unref(struct cleanup_conf *cc)
     }
     free(cc->seed_keys);
     free_patterns(cc);
+    for (size_t i = 0; i < cc->nprocessors; i++)
+        cfg_addrlist_free(cc->processors[i].list);
+    free(cc->processors);
     free(cc->pool_turn);
     worker_config_release(cc->cfg);
     free(cc);

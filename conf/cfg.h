@@ -82,6 +82,9 @@ enum cfg_scope_kind {
     CFG_S_SOURCE_GROUP,
     CFG_S_DOMAIN_KEY_LIST,
     CFG_S_MX_ROLLUP_LIST,
+    CFG_S_ADDRESS_LIST,     /* <address-list NAME>, or unnamed inside a processor */
+    CFG_S_BOUNCE_PROCESSOR, /* <bounce-processor> */
+    CFG_S_FBL_PROCESSOR,    /* <feedback-loop-processor> */
     CFG_S_COUNT
 };
 #define CFG_IN(kind)   (1u << (kind))
@@ -401,14 +404,40 @@ int cfg_dkim_key_check_file(const char *path, char *why, size_t whysize);
 /* cfg_ca_file_check - PATH is a readable trust store with a PEM certificate; 0, or -1 and why */
 int cfg_ca_file_check(const char *path, char *why, size_t whysize);
 /*
- * cfg_check_keys - every DKIM key file C names (domain-key, dkim-key-file)
- * and every trust store (smtp-tls-ca-file, mta-sts-ca-file), read and
- * checked with the caller's privileges; each one that cannot be used is an
- * error at its file:line through DIAG. Returns the number of errors.
- * pmtad runs it as the run-as-user (reload validator, --check-config) so a
- * file root can read but the workers cannot is refused at load.
+ * cfg_check_keys - every DKIM key file C names (domain-key, dkim-key-file),
+ * every trust store (smtp-tls-ca-file, mta-sts-ca-file), every address-file
+ * (readable) and add-to-suppression-list target (a list with an
+ * address-file we can append to), checked with the caller's privileges; each one that cannot be
+ * used is an error at its file:line through DIAG. Returns the number of errors. pmtad runs it as
+ * the run-as-user (reload validator, --check-config) so a file root can read but the workers cannot
+ * is refused at load.
  */
 unsigned cfg_check_keys(const struct cfg *c, cfg_diag_fn diag, void *ctx);
+
+/*
+ * Address lists (cfg_addrlist.c): an <address-list> block (a top-level one,
+ * or the unnamed one of a processor) as a matcher. Entries: `address`
+ * (whole address, local part, or /REGEX/), `domain`, and the lines of each
+ * `address-file` (address, local part, or "@domain"; '#' comments).
+ * Matching is case-insensitive. The list borrows C and must not outlive it.
+ */
+struct cfg_addrlist;
+/* cfg_addrlist_new - the list of scope SCOPE with its files read (unreadable ones logged) */
+struct cfg_addrlist *cfg_addrlist_new(const struct cfg *c, uint32_t scope);
+void cfg_addrlist_free(struct cfg_addrlist *l);
+const char *cfg_addrlist_name(const struct cfg_addrlist *l);
+/* cfg_addrlist_match - is ADDR (local@domain) on the list? */
+int cfg_addrlist_match(const struct cfg_addrlist *l, const char *addr);
+/* cfg_addrlist_refresh - re-read the files if one changed on disk; 1 if it did */
+int cfg_addrlist_refresh(struct cfg_addrlist *l);
+/*
+ * cfg_addrlist_append - add ADDR to the list and, unless it already matched,
+ * as one line to its first address-file (O_APPEND, fsync'd). 0, -ENOENT (no
+ * file), -EINVAL (not one address), or -errno of the write.
+ */
+int cfg_addrlist_append(struct cfg_addrlist *l, const char *addr);
+/* cfg_addrlist_size - entries held (addresses, local parts, domains, patterns) */
+size_t cfg_addrlist_size(const struct cfg_addrlist *l);
 
 /* cfg_format_value - human text of V for --show-settings; returns OUT */
 char *cfg_format_value(const struct cfg *c, const struct cfg_value *v, char *out, size_t outsize);

@@ -232,6 +232,43 @@ check_records(struct cfg_builder *b, char *arg)
     return 0;
 }
 
+static int check_plain_word(struct cfg_builder *b, const char *name, const char *text,
+                            const char *what);
+
+/* check_list_address - an <address-list> entry: /RE/, an address, or a local part */
+static int
+check_list_address(struct cfg_builder *b, char *arg)
+{
+    char *re, *rest;
+
+    if (*arg == '/') {
+        if ((rest = split_regex(arg, &re)) == NULL || *cfg__trim(rest)) {
+            error(b, "address: expected /REGEX/, an address or a local part, not '%s'", arg);
+            return -1;
+        }
+        return check_regex(b, re);
+    }
+    return check_plain_word(b, "address", arg, "an address or a local part");
+}
+
+/* check_plain_word - TEXT is one word without control bytes; WHAT is what it should be */
+static int
+check_plain_word(struct cfg_builder *b, const char *name, const char *text, const char *what)
+{
+    const char *at = strrchr(text, '@');
+    int needs_at = strstr(what, "with a domain") != NULL, is_domain = strcmp(what, "a domain") == 0;
+
+    for (const char *p = text; *p; p++)
+        if ((unsigned char)*p <= ' ' || *p == 0x7f || *p == '<' || *p == '>')
+            goto bad;
+    if (!*text || (needs_at && (!at || at == text || !at[1])) || (is_domain && at))
+        goto bad;
+    return 0;
+bad:
+    error(b, "%s: '%s' is not %s", name, text, what);
+    return -1;
+}
+
 /* --- typed records ------------------------------------------------------------------- */
 
 /* reply_action - one word of a reply line into R; 0 or -1 (unknown) */
@@ -503,6 +540,22 @@ cfg__check_value(struct cfg_builder *b, enum cfg_directive d, char *arg, const c
         return 0;
     case CFG_D_SOURCE_NAME:
         cfg__add_xref(b, CFG_IN(CFG_S_SOURCE), text, "source");
+        return 0;
+    case CFG_D_AL_ADDRESS:
+        return check_list_address(b, arg);
+    case CFG_D_AL_DOMAIN:
+    case CFG_D_BCC_UPON_DELIVERY:
+    case CFG_D_FORWARD_UNMATCHED_TO:
+    case CFG_D_FORWARD_ERRORS_TO:
+        return check_plain_word(b, cfg_directive_info(d)->name, text,
+                                d == CFG_D_AL_DOMAIN ? "a domain" : "an address with a domain");
+    case CFG_D_DOMAIN_SUPPRESSION_LISTS:
+        for (char *save = NULL, *w = strtok_r(arg, ", \t", &save); w;
+             w = strtok_r(NULL, ", \t", &save))
+            cfg__add_xref(b, CFG_IN(CFG_S_ADDRESS_LIST), w, "suppression-lists");
+        return 0;
+    case CFG_D_ADD_TO_SUPPRESSION_LIST:
+        cfg__add_xref(b, CFG_IN(CFG_S_ADDRESS_LIST), text, "add-to-suppression-list");
         return 0;
     default:
         return 0;

@@ -88,6 +88,9 @@ static const char *const kind_names[CFG_S_COUNT] = {
     [CFG_S_SOURCE_GROUP] = "source-group",
     [CFG_S_DOMAIN_KEY_LIST] = "domain-key-list",
     [CFG_S_MX_ROLLUP_LIST] = "mx-rollup-list",
+    [CFG_S_ADDRESS_LIST] = "address-list",
+    [CFG_S_BOUNCE_PROCESSOR] = "bounce-processor",
+    [CFG_S_FBL_PROCESSOR] = "feedback-loop-processor",
 };
 
 /* cfg_directive_info - static description of directive D */
@@ -198,14 +201,25 @@ const char *
 cfg__scope_kind_name(enum cfg_scope_kind kind)
 {
     static const char *const tags[CFG_S_COUNT] = {
-        "global level",       "<domain>",
-        "<source>",           "<virtual-mta>",
-        "<virtual-mta-pool>", "<smtp-pattern-list>",
-        "<pattern-list>",     "<bounce-category-patterns>",
-        "<acct-file>",        "<smtp-user>",
-        "<sender>",           "<spool>",
-        "<smtp-listener>",    "<source-group>",
-        "<domain-key-list>",  "<mx-rollup-list>",
+        "global level",
+        "<domain>",
+        "<source>",
+        "<virtual-mta>",
+        "<virtual-mta-pool>",
+        "<smtp-pattern-list>",
+        "<pattern-list>",
+        "<bounce-category-patterns>",
+        "<acct-file>",
+        "<smtp-user>",
+        "<sender>",
+        "<spool>",
+        "<smtp-listener>",
+        "<source-group>",
+        "<domain-key-list>",
+        "<mx-rollup-list>",
+        "<address-list>",
+        "<bounce-processor>",
+        "<feedback-loop-processor>",
     };
     return (unsigned)kind < CFG_S_COUNT ? tags[kind] : "?";
 }

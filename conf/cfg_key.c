@@ -1,8 +1,10 @@
 /*
- * cfg_key.c - whether a DKIM private key can sign, and whether a TLS trust
- * store (smtp-tls-ca-file, mta-sts-ca-file) holds certificates: the one
- * check of each, used at load (file:line errors), by the reload validator as
- * the run-as-user, and (keys) by cleanup when it loads the key
+ * cfg_key.c - the files the workers read, checked as they will read them:
+ * whether a DKIM private key can sign, whether a TLS trust store
+ * (smtp-tls-ca-file, mta-sts-ca-file) holds certificates, whether an
+ * address-file can be read and an add-to-suppression-list target written.
+ * Used at load (file:line errors), by the reload validator as the
+ * run-as-user, and (keys) by cleanup when it loads the key
  *
  * A key can sign rsa-sha256 when its file is a regular file of 1..64 KiB that
  * the process can read, holding an unencrypted PEM private key, RSA, of at
@@ -165,6 +167,49 @@ check_ca(const struct cfg *c, const struct cfg_value *v, cfg_diag_fn diag, void 
     return 1;
 }
 
+/* list_file - the first address-file of top-level <address-list> NAME, or NULL */
+static const struct cfg_value *
+list_file(const struct cfg *c, const char *name)
+{
+    uint32_t s = cfg_find_scope(c, CFG_S_ADDRESS_LIST, name);
+
+    return s == CFG_NONE ? NULL : cfg_scope_get(c, s, CFG_D_AL_ADDRESS_FILE);
+}
+
+/* check_append_target - add-to-suppression-list V names a list with a file we can append to */
+static unsigned
+check_append_target(const struct cfg *c, const struct cfg_value *v, cfg_diag_fn diag, void *ctx)
+{
+    const struct cfg_value *f = list_file(c, cfg_str(c, v->text));
+    char why[600];
+
+    if (f == NULL)
+        snprintf(why, sizeof why,
+                 "add-to-suppression-list %s: that <address-list> has no address-file to add to",
+                 cfg_str(c, v->text));
+    else if (access(cfg_str(c, f->text), W_OK) < 0)
+        snprintf(why, sizeof why, "add-to-suppression-list %s: cannot write %s: %s",
+                 cfg_str(c, v->text), cfg_str(c, f->text), strerror(errno));
+    else
+        return 0;
+    diag(ctx, CFG_DIAG_ERROR, cfg_str(c, v->file), v->line, why);
+    return 1;
+}
+
+/* check_readable - an address-file V that cannot be read */
+static unsigned
+check_readable(const struct cfg *c, const struct cfg_value *v, cfg_diag_fn diag, void *ctx)
+{
+    char why[600];
+    const char *path = cfg_str(c, v->text);
+
+    if (access(path, R_OK) == 0)
+        return 0;
+    snprintf(why, sizeof why, "address-file '%s' cannot be read: %s", path, strerror(errno));
+    diag(ctx, CFG_DIAG_ERROR, cfg_str(c, v->file), v->line, why);
+    return 1;
+}
+
 /* cfg_check_keys - see cfg.h */
 unsigned
 cfg_check_keys(const struct cfg *c, cfg_diag_fn diag, void *ctx)
@@ -182,6 +227,10 @@ cfg_check_keys(const struct cfg *c, cfg_diag_fn diag, void *ctx)
             errors += check_one(c, v, cfg_str(c, v->text), diag, ctx);
         else if (v->directive == CFG_D_SMTP_TLS_CA_FILE || v->directive == CFG_D_MTA_STS_CA_FILE)
             errors += check_ca(c, v, diag, ctx);
+        else if (v->directive == CFG_D_AL_ADDRESS_FILE)
+            errors += check_readable(c, v, diag, ctx);
+        else if (v->directive == CFG_D_ADD_TO_SUPPRESSION_LIST)
+            errors += check_append_target(c, v, diag, ctx);
     }
     return errors;
 }

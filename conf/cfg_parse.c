@@ -716,8 +716,7 @@ do_include_path(struct cfg_builder *b, const char *buf, char *pattern)
 
 /* PowerMTA blocks we know of but do not implement: skipped with one warning. */
 static const char *const skipped_blocks[] = {
-    "rewrite-list",   "address-list", "bounce-processor",  "feedback-loop-processor",
-    "email-patterns", "dns",          "transmissions-api", "transmissions-api-listener",
+    "rewrite-list", "email-patterns", "dns", "transmissions-api", "transmissions-api-listener",
 };
 
 static int
@@ -927,6 +926,7 @@ unique_namespace(int kind)
     case CFG_S_SOURCE_GROUP:
     case CFG_S_DOMAIN_KEY_LIST:
     case CFG_S_ACCT_FILE:
+    case CFG_S_ADDRESS_LIST: /* a processor's own list is not in the namespace (PARENT set) */
         return CFG_IN(kind);
     default:
         return 0;
@@ -934,10 +934,10 @@ unique_namespace(int kind)
 }
 
 static void
-open_named(struct cfg_builder *b, struct frame *f, int kind, char *arg)
+open_named(struct cfg_builder *b, struct frame *f, int kind, char *arg, uint32_t parent)
 {
     char *name = xmalloc(strlen(arg) + 1), shown[200];
-    uint32_t ns = unique_namespace(kind), s;
+    uint32_t ns = parent ? 0 : unique_namespace(kind), s;
     int prev;
 
     if (unquote(arg, name) != 0) {
@@ -958,7 +958,9 @@ open_named(struct cfg_builder *b, struct frame *f, int kind, char *arg)
     }
     if (kind == CFG_S_LISTENER && cfg__check_hostport(b, "smtp-listener address", name, 1) != 0)
         goto out;
-    s = new_scope(b, (enum cfg_scope_kind)kind, name, 0);
+    /* a processor's own <address-list NAME>: the name is decoration (PowerMTA's examples
+       write one), not a name other directives can refer to */
+    s = new_scope(b, (enum cfg_scope_kind)kind, parent ? "" : name, parent);
     f->scopes = xmalloc(sizeof *f->scopes);
     f->scopes[f->nscopes++] = s;
     if (kind == CFG_S_SPOOL && !scope_find(b, 0, CFG_D_SPOOL)) {
@@ -976,17 +978,29 @@ out:
 }
 
 static int
+is_processor(int kind)
+{
+    return kind == CFG_S_BOUNCE_PROCESSOR || kind == CFG_S_FBL_PROCESSOR;
+}
+
+static int
 nesting_allowed(int kind, int parent_kind)
 {
     if (parent_kind == CFG_S_GLOBAL)
         return 1;
+    if (kind == CFG_S_ADDRESS_LIST && is_processor(parent_kind))
+        return 1;
     return kind == CFG_S_DOMAIN && (parent_kind == CFG_S_VMTA || parent_kind == CFG_S_POOL);
 }
 
+/* needs_argument - a processor's own <address-list> may be unnamed (PowerMTA) */
 static int
-needs_argument(int kind)
+needs_argument(int kind, int parent_kind)
 {
-    return kind != CFG_S_BOUNCE_CATEGORY_PATTERNS && kind != CFG_S_MX_ROLLUP_LIST;
+    if (kind == CFG_S_ADDRESS_LIST)
+        return !is_processor(parent_kind);
+    return kind != CFG_S_BOUNCE_CATEGORY_PATTERNS && kind != CFG_S_MX_ROLLUP_LIST &&
+           !is_processor(kind);
 }
 
 static void
@@ -1043,7 +1057,7 @@ open_tag(struct cfg_builder *b, char *tag, char *arg)
         error(b, "<%s> is not allowed inside <%s>", tag, parent->tag);
         return;
     }
-    if (needs_argument(kind) && !*arg) {
+    if (needs_argument(kind, parent->kind) && !*arg) {
         error(b, "<%s> needs an argument", tag);
         return;
     }
@@ -1055,7 +1069,8 @@ open_tag(struct cfg_builder *b, char *tag, char *arg)
     else if (kind == CFG_S_SOURCE)
         open_source(b, &b->stack[b->depth], arg);
     else
-        open_named(b, &b->stack[b->depth], kind, arg);
+        open_named(b, &b->stack[b->depth], kind, arg,
+                   is_processor(parent->kind) && parent->nscopes ? parent->scopes[0] : 0);
 }
 
 /* finish_listener - a <smtp-listener ADDR> block also lists itself as a global smtp-listener */

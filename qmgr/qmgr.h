@@ -22,7 +22,11 @@
  *   qmgr_outcome.c  what a result does: durable finish/defer, bounces
  *                   (DSN), expiry, the per-attempt log line, accounting
  *   qmgr_msg.c      queue ids, envelopes read from the queue, and mail
- *                   qmgr queues itself (DSNs, notices)
+ *                   qmgr queues itself (DSNs, notices, copies)
+ *   qmgr_suppress.c suppression lists (<address-list>, suppression-lists)
+ *   qmgr_reportproc.c  <bounce-processor>, <feedback-loop-processor>: the
+ *                   reports received, parsed (qmgr_report_parse.c) and
+ *                   recorded (rb, rs, f)
  *
  * Memory model: a queued recipient costs one struct qrcpt (24 bytes) in one
  * table plus a share of its struct qmsg; everything else (addresses, sender,
@@ -375,6 +379,40 @@ void qmgr_outcome_config(void);
 int qmgr_outcome_rotate_acct(void);
 void qmgr_outcome_close(void);
 
+/* qmgr_outcome_suppressed - R is on suppression list LIST: bounced at once (5.7.1, "suppressed") */
+void qmgr_outcome_suppressed(uint32_t r, const struct qstore_msg *m, struct qqueue *q,
+                             const char *list);
+/* qmgr_outcome_acct - write A to the accounting files; qmgr_outcome_acct_flush - to disk now */
+struct qmgr_acct_record;
+int qmgr_outcome_acct(const struct qmgr_acct_record *a);
+int qmgr_outcome_acct_flush(void);
+/* qmgr_outcome_category - the bounce category of STATUS and TEXT (a reply or a diagnostic) */
+const char *qmgr_outcome_category(const char *status, const char *text);
+/* qmgr_outcome_finish - R is done for good (durable through the group committer): WHAT for logs */
+void qmgr_outcome_finish(uint32_t r, const char *what);
+
+/* --- suppression lists (qmgr_suppress.c) --------------------------------------------------- */
+/* qmgr_suppress_config - load every top-level <address-list> of S.cfg (start and reload) */
+void qmgr_suppress_config(void);
+void qmgr_suppress_close(void);
+/* qmgr_suppress_list - the loaded list NAME, or NULL */
+struct cfg_addrlist *qmgr_suppress_list(const char *name);
+/* qmgr_suppressed - the name of Q's suppression-lists entry ADDR is on, or NULL */
+const char *qmgr_suppressed(struct qqueue *q, const char *addr);
+/* qmgr_suppress_add - ADDR onto LIST (memory and file); WHY for the log; 0 or -errno */
+int qmgr_suppress_add(const char *list, const char *addr, const char *why);
+
+/* --- bounce and feedback-loop processors (qmgr_reportproc.c) ------------------------------ */
+/* qmgr_reportproc_config - the processors of S.cfg (start and reload) */
+void qmgr_reportproc_config(void);
+void qmgr_reportproc_close(void);
+/* qmgr_reportproc_owns - is Q a processor's queue ({bounce}/..., {feedbackLoop}/...)? */
+int qmgr_reportproc_owns(const struct qqueue *q);
+/* qmgr_reportproc_bounce_address - is ADDR on a <bounce-processor>'s list? */
+int qmgr_reportproc_bounce_address(const char *addr);
+/* qmgr_reportproc_run - process some of Q's ready recipients (the dispatch pass calls it) */
+void qmgr_reportproc_run(struct qqueue *q);
+
 /* --- messages (qmgr_msg.c) ------------------------------------------------------------ */
 /* qmgr_qid - the queue id of MSGID, as every log line and reply spells it, into BUF */
 const char *qmgr_qid(char buf[QSTORE_QID_LEN + 1], uint64_t msgid);
@@ -387,5 +425,17 @@ const char *qmgr_host_name(void);
 /* qmgr_queue_local_mail - queue BODY (a whole message) from <> to TO; warns on failure */
 struct buf;
 void qmgr_queue_local_mail(const char *to, struct buf *body, int eightbit);
+/* A message qmgr writes itself: a DSN, a bcc-upon-delivery copy, a report passed on. */
+struct qmgr_newmail {
+    const char *sender; /* NULL or "": the null sender */
+    const char *to;
+    const char *vmta;   /* NULL: {default} */
+    const char *source; /* who made it: "{bounce}", "{bcc}", "{bounce-processor}", ... */
+    const char *envid, *job_id;
+    int eightbit;
+    uint8_t notify; /* QSTORE_NOTIFY_* */
+};
+/* qmgr_queue_mail - queue BODY (taken over) as M says, through the group committer; 0 or <0 */
+int qmgr_queue_mail(const struct qmgr_newmail *m, struct buf *body);
 
 #endif

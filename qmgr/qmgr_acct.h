@@ -13,7 +13,8 @@
  *   dsnMta bounceCat srcType srcMta dlvType dlvSourceIp dlvDestinationIp
  *   dlvEsmtpAvailable dlvSize vmta jobId envId queue vmtaPool
  *   totalSecondsQueued dlvTlsProtocol dlvTlsCipher rcvSourceIp
- *   rcvDestinationIp rcvSmtpUser header_X... userString
+ *   rcvDestinationIp rcvSmtpUser dsnReportingMta format repSourceIp
+ *   feedbackType userAgent reportingMta reportedDomain header_X... userString
  * The first 22 are the order of PowerMTA's sample d record.
  *
  * Fields of each type ("*" in record-fields):
@@ -26,11 +27,19 @@
  *            dlvDestinationIp vmta queue userString
  *   r        timeLogged orig rcpt orcpt srcType srcMta rcvSourceIp
  *            rcvDestinationIp vmta jobId envId vmtaPool rcvSmtpUser userString
+ *   rb, rs   timeLogged orig rcpt orcpt dsnAction dsnStatus dsnDiag dsnMta
+ *            bounceCat srcType srcMta vmta jobId envId dsnReportingMta format
+ *            userString (orig: the address the report came to; vmta and
+ *            jobId recovered from the returned original's headers)
+ *   f        timeLogged orig rcpt srcMta dlvSourceIp vmta jobId envId format
+ *            repSourceIp feedbackType userAgent reportingMta reportedDomain
+ *            userString
  * `records` picks the types (default d,b; long names delivery, bounce,
- * transient, transient-queue, receipt accepted). `record-fields TYPE LIST`
+ * transient, transient-queue, receipt, feedback-loop, remote-bounce,
+ * remote-status accepted). `record-fields TYPE LIST`
  * (LIST: "*", names, "!name" removes, "header_X" adds header X of the
- * message; d,b,t,r only) chooses the fields of TYPE; one that only removes
- * starts from "*". Unknown names are warned about and ignored.
+ * message; d,b,t,r,f,rb,rs: for the reports, the returned original's) chooses the fields of TYPE;
+ * one that only removes starts from "*". Unknown names are warned about and ignored.
  *
  * Values: timestamps "YYYY-MM-DD HH:MM:SS+0000" (UTC) with iso-times yes
  * (default), else Unix seconds. totalSecondsQueued = timeLogged - timeQueued.
@@ -95,6 +104,9 @@ enum qmgr_acct_type {
     QMGR_ACCT_T,  /* transient failure of one recipient */
     QMGR_ACCT_TQ, /* transient queue-level failure */
     QMGR_ACCT_R,  /* received (one per accepted recipient) */
+    QMGR_ACCT_F,  /* feedback-loop report (ARF) from a <feedback-loop-processor> */
+    QMGR_ACCT_RB, /* remote bounce (a DSN, Action failed) from a <bounce-processor> */
+    QMGR_ACCT_RS, /* remote status (a DSN, delivered/relayed/delayed/expanded) */
     QMGR_ACCT_NTYPES
 };
 
@@ -135,6 +147,14 @@ struct qmgr_acct_record {
     const char *dlv_tls_protocol;
     const char *dlv_tls_cipher;
     const char *rcv_smtp_user;
+    /* reports received (f, rb, rs) */
+    const char *dsn_reporting_mta; /* rb, rs: the DSN's Reporting-MTA */
+    const char *format;            /* rb, rs: "dsn"; f: "arf" */
+    const char *rep_source_ip;     /* f: the address the report came from */
+    const char *feedback_type;     /* f: Feedback-Type (abuse, fraud, ...) */
+    const char *user_agent;        /* f: User-Agent of the report */
+    const char *reporting_mta;     /* f: Reporting-MTA */
+    const char *reported_domain;   /* f: Reported-Domain */
     const char *headers;
     size_t headers_len;
 };

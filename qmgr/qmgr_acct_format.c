@@ -34,24 +34,24 @@
 const struct field_def acct_fields[] = {
     { "timeLogged", FK_TIME_LOGGED, 0, T_ALL },
     { "timeQueued", FK_TIME_QUEUED, 0, T_DBT },
-    STR("orig", orig, T_DBT | T_R),
-    STR("rcpt", rcpt, T_DBT | T_R),
-    STR("orcpt", orcpt, T_DBT | T_R),
-    STR("dsnAction", dsn_action, T_DBT),
-    STR("dsnStatus", dsn_status, T_DBT | T_TQ),
-    STR("dsnDiag", dsn_diag, T_DBT | T_TQ),
-    STR("dsnMta", dsn_mta, T_DBT | T_TQ),
-    STR("bounceCat", bounce_cat, T_DBT),
-    STR("srcType", src_type, T_DBT | T_R),
-    STR("srcMta", src_mta, T_DBT | T_R),
+    STR("orig", orig, T_DBT | T_R | T_REP),
+    STR("rcpt", rcpt, T_DBT | T_R | T_REP),
+    STR("orcpt", orcpt, T_DBT | T_R | T_RBS),
+    STR("dsnAction", dsn_action, T_DBT | T_RBS),
+    STR("dsnStatus", dsn_status, T_DBT | T_TQ | T_RBS),
+    STR("dsnDiag", dsn_diag, T_DBT | T_TQ | T_RBS),
+    STR("dsnMta", dsn_mta, T_DBT | T_TQ | T_RBS),
+    STR("bounceCat", bounce_cat, T_DBT | T_RBS),
+    STR("srcType", src_type, T_DBT | T_R | T_RBS),
+    STR("srcMta", src_mta, T_DBT | T_R | T_REP),
     STR("dlvType", dlv_type, T_DBT | T_TQ),
-    STR("dlvSourceIp", dlv_source_ip, T_DBT | T_TQ),
+    STR("dlvSourceIp", dlv_source_ip, T_DBT | T_TQ | T_F),
     STR("dlvDestinationIp", dlv_destination_ip, T_DBT | T_TQ),
     STR("dlvEsmtpAvailable", dlv_esmtp_available, T_DBT),
     { "dlvSize", FK_SIZE, 0, T_DBT },
     STR("vmta", vmta, T_ALL),
-    STR("jobId", job_id, T_DBT | T_R),
-    STR("envId", env_id, T_DBT | T_R),
+    STR("jobId", job_id, T_DBT | T_R | T_REP),
+    STR("envId", env_id, T_DBT | T_R | T_REP),
     STR("queue", queue, T_DBT | T_TQ),
     STR("vmtaPool", vmta_pool, T_DBT | T_R),
     { "totalSecondsQueued", FK_TOTAL_SECONDS, 0, T_DBT },
@@ -60,15 +60,24 @@ const struct field_def acct_fields[] = {
     STR("rcvSourceIp", rcv_source_ip, T_R),
     STR("rcvDestinationIp", rcv_destination_ip, T_R),
     STR("rcvSmtpUser", rcv_smtp_user, T_DBT | T_R),
+    STR("dsnReportingMta", dsn_reporting_mta, T_RBS),
+    STR("format", format, T_REP),
+    STR("repSourceIp", rep_source_ip, T_F),
+    STR("feedbackType", feedback_type, T_F),
+    STR("userAgent", user_agent, T_F),
+    STR("reportingMta", reporting_mta, T_F),
+    STR("reportedDomain", reported_domain, T_F),
     { "userString", FK_USER_STRING, 0, T_ALL },
 };
 
 _Static_assert(sizeof acct_fields / sizeof acct_fields[0] == ACCT_NFIELDS,
                "ACCT_NFIELDS is the length of acct_fields");
 
-const char *const acct_type_names[QMGR_ACCT_NTYPES] = { "d", "b", "t", "tq", "r" };
-const char *const acct_type_long_names[QMGR_ACCT_NTYPES] = { "delivery", "bounce", "transient",
-                                                             "transient-queue", "receipt" };
+const char *const acct_type_names[QMGR_ACCT_NTYPES] = { "d", "b", "t", "tq", "r", "f", "rb", "rs" };
+const char *const acct_type_long_names[QMGR_ACCT_NTYPES] = {
+    "delivery", "bounce",        "transient",     "transient-queue",
+    "receipt",  "feedback-loop", "remote-bounce", "remote-status",
+};
 
 /* --- configuration ----------------------------------------------------------------------- */
 

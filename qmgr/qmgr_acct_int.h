@@ -50,8 +50,11 @@ enum field_kind {
 #define T_DBT (TB(QMGR_ACCT_D) | TB(QMGR_ACCT_B) | TB(QMGR_ACCT_T))
 #define T_TQ  TB(QMGR_ACCT_TQ)
 #define T_R   TB(QMGR_ACCT_R)
-#define T_ALL (T_DBT | T_TQ | T_R)
-#define T_MSG (T_DBT | T_R) /* types that concern a message (header_X) */
+#define T_F   TB(QMGR_ACCT_F)
+#define T_RBS (TB(QMGR_ACCT_RB) | TB(QMGR_ACCT_RS))
+#define T_REP (T_F | T_RBS) /* reports received */
+#define T_ALL (T_DBT | T_TQ | T_R | T_REP)
+#define T_MSG (T_DBT | T_R | T_REP) /* types that concern a message (header_X) */
 
 struct field_def {
     const char *name;
@@ -60,7 +63,7 @@ struct field_def {
     unsigned types; /* types whose "*" includes it */
 };
 
-#define ACCT_NFIELDS           29
+#define ACCT_NFIELDS           36
 #define ACCT_USER_STRING_FIELD (ACCT_NFIELDS - 1)
 /* Table order is the column order (see qmgr_acct.h); userString stays last. */
 extern const struct field_def acct_fields[ACCT_NFIELDS];

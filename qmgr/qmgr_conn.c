@@ -202,7 +202,8 @@ add_txn(struct buf *out, struct qconn *c)
     free(idx);
 }
 
-/* drop_gone - recipients the store no longer has (deleted meanwhile) leave the schedule */
+/* drop_gone - recipients the store no longer has (deleted meanwhile) leave the schedule;
+   those on a suppression list bounce (qmgr_suppress.c) */
 static void
 drop_gone(struct qconn *c)
 {
@@ -210,7 +211,16 @@ drop_gone(struct qconn *c)
 
     for (uint32_t i = 0; i < c->txn_n; i++) {
         uint32_t r = c->txn[i];
-        if (c->txn_msg && qmgr_msg_find_rcpt(c->txn_msg, S.rcpt[r].index)) {
+        const struct qstore_rcpt *rr = c->txn_msg ? qmgr_msg_find_rcpt(c->txn_msg, S.rcpt[r].index)
+                                                  : NULL;
+        const char *list = rr ? qmgr_suppressed(c->q, rr->address) : NULL;
+
+        if (rr && list) {
+            c->q->ninflight--;
+            qmgr_outcome_suppressed(r, c->txn_msg, c->q, list);
+            continue;
+        }
+        if (rr) {
             c->txn[keep++] = r;
             continue;
         }

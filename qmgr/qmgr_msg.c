@@ -10,6 +10,7 @@
  */
 #include "config.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
@@ -72,10 +73,10 @@ on_dsn_committed(void *arg, int status, uint64_t msgid)
 {
     (void)arg;
     if (status < 0) {
-        msg_error("cannot queue a bounce message: %s", qstore_strerror(status));
+        msg_error("cannot queue a message of our own: %s", qstore_strerror(status));
         return;
     }
-    msg_debug("bounce message %" PRIu64 " queued", msgid);
+    msg_debug("message %" PRIu64 " of our own queued", msgid);
     qmgr_sched_catch_up_soon();
 }
 
@@ -91,35 +92,50 @@ lower_domain(char *out, size_t outsize, const char *addr)
     out[i] = '\0';
 }
 
-/* qmgr_queue_local_mail - see qmgr.h (DSNs, backoff notices) */
-void
-qmgr_queue_local_mail(const char *return_path, struct buf *dsn, int eightbit)
+/* qmgr_queue_mail - see qmgr.h */
+int
+qmgr_queue_mail(const struct qmgr_newmail *m, struct buf *body)
 {
-    char domain[256], queue[300];
+    char domain[256], queue[600];
     struct qstore_envelope env = { 0 };
     struct qstore_rcpt rc = { 0 };
     struct qstore_newmsg *nm;
     int err;
 
-    lower_domain(domain, sizeof(domain), return_path);
+    lower_domain(domain, sizeof(domain), m->to);
     if (!*domain) {
-        msg_warn("no domain in return path; bounce not sent");
-        return;
+        msg_warn("no domain in %s; %s message not queued", m->to, m->source);
+        return -EINVAL;
     }
-    snprintf(queue, sizeof(queue), "%s/{default}", domain);
-    env.flags = eightbit ? QSTORE_F_8BITMIME : 0;
-    env.sender = "";
-    env.source = "{bounce}";
+    snprintf(queue, sizeof(queue), "%s/%s", domain, m->vmta && *m->vmta ? m->vmta : "{default}");
+    env.flags = m->eightbit ? QSTORE_F_8BITMIME : 0;
+    env.sender = m->sender ? m->sender : "";
+    env.source = m->source;
+    env.envid = m->envid;
+    env.job_id = m->job_id;
+    env.vmta = m->vmta;
     rc.queue = queue;
-    rc.address = return_path;
+    rc.address = m->to;
     rc.domain = domain;
-    rc.notify = QSTORE_NOTIFY_NEVER;
-    if ((err = qstore_newmsg_create(&nm, &env, &rc, 1, dsn)) < 0) {
-        msg_warn("cannot build the bounce message: %s", qstore_strerror(err));
-        return;
+    rc.notify = m->notify;
+    if ((err = qstore_newmsg_create(&nm, &env, &rc, 1, body)) < 0) {
+        msg_warn("cannot build the %s message to %s: %s", m->source, m->to, qstore_strerror(err));
+        return err;
     }
     if ((err = qstore_group_submit(S.group, nm, on_dsn_committed, NULL)) < 0) {
-        msg_warn("cannot queue the bounce message: %s", qstore_strerror(err));
+        msg_warn("cannot queue the %s message to %s: %s", m->source, m->to, qstore_strerror(err));
         qstore_newmsg_free(nm);
     }
+    return err;
+}
+
+/* qmgr_queue_local_mail - see qmgr.h (DSNs, backoff notices) */
+void
+qmgr_queue_local_mail(const char *return_path, struct buf *dsn, int eightbit)
+{
+    struct qmgr_newmail m = {
+        .to = return_path, .source = "{bounce}", .eightbit = eightbit, .notify = QSTORE_NOTIFY_NEVER
+    };
+
+    (void)qmgr_queue_mail(&m, dsn);
 }

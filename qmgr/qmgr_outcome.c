@@ -10,6 +10,8 @@
  *               retry-recipients-after, never later than the recipient's
  *               expiry; qstore_group_defer; accounting t
  * expired    -> bounce with 4.4.7 "message expired" and the last error
+ * suppressed -> bounce with 5.7.1 and the category "suppressed" (qmgr_suppress.c)
+ * bcc-upon-delivery: a delivery queues a copy to the queue's address
  * Queue-level failures (the connection never came up) put the queue in retry
  * mode and write a tq record. Every reply first meets the queue's
  * smtp-pattern-list (qmgr_backoff.c): mode changes, defer-queue, bounce-rcpt,
@@ -154,6 +156,24 @@ acct_rcpt(enum qmgr_acct_type type, const struct qstore_msg *m, const struct qst
         msg_warn("cannot write an accounting record");
 }
 
+int
+qmgr_outcome_acct(const struct qmgr_acct_record *a)
+{
+    return acct_w ? qmgr_acct_write(acct_w, a) : 0;
+}
+
+int
+qmgr_outcome_acct_flush(void)
+{
+    return acct_w ? qmgr_acct_flush(acct_w) : 0;
+}
+
+const char *
+qmgr_outcome_category(const char *status, const char *text)
+{
+    return qmgr_bouncecat_classify_reply(bouncecat, status, text);
+}
+
 static void
 on_acct_tick(uv_timer_t *t)
 {
@@ -182,6 +202,8 @@ qmgr_outcome_config(void)
         qmgr_bouncecat_free(bouncecat);
     bouncecat = qmgr_bouncecat_new(S.cfg);
     qmgr_backoff_config();
+    qmgr_suppress_config();
+    qmgr_reportproc_config();
     if (!acct_timer_on) {
         uv_timer_init(worker_loop(), &acct_timer);
         uv_timer_start(&acct_timer, on_acct_tick, 1000, 1000);
@@ -201,6 +223,8 @@ qmgr_outcome_close(void)
         qmgr_bouncecat_free(bouncecat);
     bouncecat = NULL;
     qmgr_backoff_close();
+    qmgr_suppress_close();
+    qmgr_reportproc_close();
 }
 
 /* --- durable records ------------------------------------------------------------------------ */
@@ -224,6 +248,12 @@ finish(uint32_t r, const char *what)
         msg_error("cannot queue the %s record: %s", what, qstore_strerror(err));
 }
 
+void
+qmgr_outcome_finish(uint32_t r, const char *what)
+{
+    finish(r, what);
+}
+
 /* --- bounces ---------------------------------------------------------------------------------- */
 
 /*
@@ -245,6 +275,13 @@ send_report(const struct qstore_msg *m, const struct qstore_rcpt *rr, const stru
 
     if (!qmgr_dsn_should_send(m->env.sender, rr->notify, action, action == QMGR_DSN_DELAYED))
         return;
+    if (qmgr_reportproc_bounce_address(rp)) {
+        /* it would come back to our own bounce processor: the b record already says it all */
+        char shown[300];
+        msg_debug("no %s report to %s: a <bounce-processor> address", qmgr_dsn_action_name(action),
+                  msg_printable(shown, sizeof shown, rp, strlen(rp)));
+        return;
+    }
     if (qstore_read_msg(S.qs, m->msgid, QSTORE_READ_BODY, &full) < 0)
         full = NULL;
     format_diag(diag, sizeof(diag), "", res);
@@ -286,12 +323,16 @@ send_dsn(const struct qstore_msg *m, const struct qstore_rcpt *rr, struct qqueue
     send_report(m, rr, res, QMGR_DSN_FAILED, 0);
 }
 
-/* bounce - final failure of R: DSN first, then the finish, then the records */
+/* bounce_as - final failure of R: DSN first, then the finish, then the records; CAT: the
+   bounce category (NULL: classified from the reply) */
 static void
-bounce(uint32_t r, const struct qstore_msg *m, struct qqueue *q, const struct qresult *res)
+bounce_as(uint32_t r, const struct qstore_msg *m, struct qqueue *q, const struct qresult *res,
+          const char *cat)
 {
     const struct qstore_rcpt *rr = qmgr_msg_find_rcpt(m, S.rcpt[r].index);
-    const char *cat = qmgr_bouncecat_classify_reply(bouncecat, res->enhanced, res->text);
+
+    if (cat == NULL)
+        cat = qmgr_bouncecat_classify_reply(bouncecat, res->enhanced, res->text);
 
     log_attempt("bounced", r, rr, q, res);
     if (rr)
@@ -302,6 +343,27 @@ bounce(uint32_t r, const struct qstore_msg *m, struct qqueue *q, const struct qr
     qmgr_traffic_count(QT_BOUNCED, qmgr_wall(), 1);
     qmgr_traffic_error(qmgr_wall(), "bounced", q->name, res->text);
     qmgr_rcpt_free(r);
+}
+
+static void
+bounce(uint32_t r, const struct qstore_msg *m, struct qqueue *q, const struct qresult *res)
+{
+    bounce_as(r, m, q, res, NULL);
+}
+
+/* qmgr_outcome_suppressed - see qmgr.h: PowerMTA's wording for a suppressed recipient */
+void
+qmgr_outcome_suppressed(uint32_t r, const struct qstore_msg *m, struct qqueue *q, const char *list)
+{
+    const struct qstore_rcpt *rr = qmgr_msg_find_rcpt(m, S.rcpt[r].index);
+    char text[600];
+    struct qresult res = {
+        .result = MP_RESULT_PERMFAIL, .code = 550, .enhanced = "5.7.1", .text = text
+    };
+
+    snprintf(text, sizeof text, "550 5.7.1 recipient is in suppression list \"%s\": <%s>", list,
+             rr ? rr->address : "");
+    bounce_as(r, m, q, &res, "suppressed");
 }
 
 /* expire - R is older than bounce-after: 4.4.7 with the last error as the reason */
@@ -557,6 +619,62 @@ bounce_queue(struct qqueue *q, const struct qresult *res)
     msg_info("queue %s: bounce-queue: %u more recipient(s) bounced", q->name, total);
 }
 
+/* --- bcc-upon-delivery ------------------------------------------------------------------------ */
+
+#define BCC_RECENT 4096 /* (message, queue) pairs remembered: one copy for all their recipients */
+
+static struct {
+    uint64_t msgid;
+    uint32_t queue;
+} bcc_recent[BCC_RECENT];
+static unsigned bcc_next;
+
+/*
+ * bcc_upon_delivery - R was delivered and its queue says bcc-upon-delivery
+ * ADDR: a copy of the message goes to ADDR (from the null sender, NOTIFY
+ * NEVER, through the same virtual MTA), once per message and queue however
+ * many transactions it took; never a copy of a copy
+ */
+static void
+bcc_upon_delivery(uint32_t r, const struct qstore_msg *m, struct qqueue *q)
+{
+    const struct cfg_value *v = qmgr_queue_setting(q, CFG_D_BCC_UPON_DELIVERY);
+    uint64_t msgid = S.msg[S.rcpt[r].msg].msgid;
+    struct qstore_msg *full = NULL;
+    struct buf body = BUF_INIT;
+    char qid[QSTORE_QID_LEN + 1], shown[300];
+    const char *to;
+
+    if (v == NULL || (v->flags & (CFG_VALUE_CLEAR | CFG_VALUE_UNSET)) ||
+        !*(to = cfg_str(S.cfg, v->text)))
+        return;
+    if (m && m->env.source && strcmp(m->env.source, "{bcc}") == 0)
+        return;
+    for (unsigned i = 0; i < BCC_RECENT; i++)
+        if (bcc_recent[i].msgid == msgid && bcc_recent[i].queue == q->id)
+            return;
+    bcc_recent[bcc_next].msgid = msgid;
+    bcc_recent[bcc_next].queue = q->id;
+    bcc_next = (bcc_next + 1) % BCC_RECENT;
+    if (qstore_read_msg(S.qs, msgid, QSTORE_READ_BODY, &full) < 0) {
+        msg_warn("bcc-upon-delivery: message %s is gone; no copy", qmgr_qid(qid, msgid));
+        return;
+    }
+    buf_append(&body, full->body, full->body_len);
+    struct qmgr_newmail nm = { .to = to,
+                               .vmta = q->vmta,
+                               .source = "{bcc}",
+                               .envid = *full->env.envid ? full->env.envid : NULL,
+                               .job_id = *full->env.job_id ? full->env.job_id : NULL,
+                               .eightbit = (full->env.flags & QSTORE_F_8BITMIME) != 0,
+                               .notify = QSTORE_NOTIFY_NEVER };
+    if (qmgr_queue_mail(&nm, &body) == 0)
+        msg_info("bcc-upon-delivery: a copy of %s to %s", qmgr_qid(qid, msgid),
+                 msg_printable(shown, sizeof shown, to, strlen(to)));
+    buf_free(&body);
+    qstore_msg_free(full);
+}
+
 /* --- the entry points ------------------------------------------------------------------------- */
 
 void
@@ -575,6 +693,7 @@ qmgr_outcome(uint32_t r, const struct qstore_msg *m, struct qqueue *q, const str
         log_attempt("delivered", r, rr, q, res);
         finish(r, "delivery");
         acct_rcpt(QMGR_ACCT_D, m, rr, q, res, "relayed", NULL);
+        bcc_upon_delivery(r, m, q);
         q->delivered++;
         qmgr_traffic_count(QT_DELIVERED, qmgr_wall(), 1);
         qmgr_queue_end_retry(q, 0); /* a success resets the retry schedule */

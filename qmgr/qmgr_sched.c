@@ -324,6 +324,10 @@ qmgr_take_txn(struct qqueue *q, uint32_t max, uint32_t *out)
 static void
 dispatch_queue(struct qqueue *q)
 {
+    if (qmgr_reportproc_owns(q)) { /* reports received: read here, never sent anywhere */
+        qmgr_reportproc_run(q);
+        return;
+    }
     qmgr_conn_feed_idle(q);
     while (q->nready > 0 && qmgr_conn_open(q))
         ;

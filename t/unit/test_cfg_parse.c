@@ -756,6 +756,75 @@ test_process_counts_auto(void **state)
     expect_error("smtpd-processes 0\n", "out of range (1..256)");
 }
 
+/* test_address_lists - <address-list> and the processors: nesting, names, references */
+static void
+test_address_lists(void **state)
+{
+    struct cfg *c;
+    struct cfg_addrlist *l;
+    uint32_t s, it = 0;
+    char path[512], text[2048];
+
+    (void)state;
+    snprintf(path, sizeof path, "%s/suppressed.txt", tmpdir);
+    write_file("suppressed.txt", "# comment\nFoo@Example.COM\n\n  local-only  \n@whole.test\n");
+    snprintf(text, sizeof text,
+             "<address-list s1>\n address /^bounce\\+.*@/\n address a@b.test\n"
+             " domain dom.test\n address-file %s\n</address-list>\n"
+             "<domain *>\n suppression-lists s1\n</domain>\n"
+             "<bounce-processor>\n deliver-unmatched-email no\n"
+             " add-to-suppression-list s1\n <address-list>\n  domain bounces.test\n"
+             " </address-list>\n</bounce-processor>\n"
+             "<feedback-loop-processor>\n <address-list fbl>\n  address fbl@x.test\n"
+             " </address-list>\n</feedback-loop-processor>\n",
+             path);
+    c = expect_ok(text);
+    s = cfg_find_scope(c, CFG_S_ADDRESS_LIST, "s1");
+    assert_int_not_equal(s, CFG_NONE);
+    /* a processor's own list hangs under it and is not in the top-level namespace */
+    assert_int_equal(cfg_find_scope(c, CFG_S_ADDRESS_LIST, "fbl"), CFG_NONE);
+    while ((s = cfg_next_scope(c, CFG_S_ADDRESS_LIST, &it)) != CFG_NONE)
+        if (c->scopes[s].parent)
+            assert_true(c->scopes[c->scopes[s].parent].kind == CFG_S_BOUNCE_PROCESSOR ||
+                        c->scopes[c->scopes[s].parent].kind == CFG_S_FBL_PROCESSOR);
+    /* the matcher: addresses, local parts, domains, regexes, the file's entries, any case */
+    l = cfg_addrlist_new(c, cfg_find_scope(c, CFG_S_ADDRESS_LIST, "s1"));
+    assert_true(cfg_addrlist_match(l, "A@B.test"));
+    assert_true(cfg_addrlist_match(l, "x@dom.test"));
+    assert_false(cfg_addrlist_match(l, "x@sub.dom.test"));
+    assert_true(cfg_addrlist_match(l, "bounce+123@anything.test"));
+    assert_true(cfg_addrlist_match(l, "foo@example.com"));
+    assert_true(cfg_addrlist_match(l, "LOCAL-ONLY@any.test"));
+    assert_true(cfg_addrlist_match(l, "y@whole.test"));
+    assert_false(cfg_addrlist_match(l, "nobody@example.com"));
+    /* appended: matches at once, and is in the file for the next reader */
+    assert_int_equal(cfg_addrlist_append(l, "New@Example.net"), 0);
+    assert_true(cfg_addrlist_match(l, "new@example.net"));
+    assert_int_equal(cfg_addrlist_append(l, "two\nlines@x.test"), -EINVAL);
+    cfg_addrlist_free(l);
+    l = cfg_addrlist_new(c, cfg_find_scope(c, CFG_S_ADDRESS_LIST, "s1"));
+    assert_true(cfg_addrlist_match(l, "new@example.net"));
+    cfg_addrlist_free(l);
+    cfg_free(c);
+
+    expect_error("<domain *>\n suppression-lists nosuch\n</domain>\n",
+                 "suppression-lists 'nosuch': no <address-list> named 'nosuch'");
+    expect_error("<bounce-processor>\n <address-list own>\n  domain a.test\n </address-list>\n"
+                 "</bounce-processor>\n<domain *>\n suppression-lists own\n</domain>\n",
+                 "no <address-list> named 'own'");
+    expect_error("<address-list a>\n address /un(closed/\n</address-list>\n",
+                 "bad regular expression");
+    expect_error("<address-list a>\n address two words\n</address-list>\n",
+                 "is not an address or a local part");
+    expect_error("<address-list a>\n domain a@b\n</address-list>\n", "is not a domain");
+    expect_error("<address-list>\n domain a.test\n</address-list>\n",
+                 "<address-list> needs an argument");
+    expect_error("<domain *>\n bcc-upon-delivery nodomain\n</domain>\n",
+                 "is not an address with a domain");
+    expect_error("<domain x.test>\n <address-list y>\n </address-list>\n</domain>\n",
+                 "<address-list> is not allowed inside <domain>");
+}
+
 int
 main(void)
 {
@@ -786,6 +855,7 @@ main(void)
         UNIT_TEST(test_error_cap),
         UNIT_TEST(test_process_counts_auto),
         UNIT_TEST(test_reply_actions_load_silently),
+        UNIT_TEST(test_address_lists),
     };
     return cmocka_run_group_tests_name("cfg_parse", tests, group_setup, group_teardown);
 }
