@@ -10,7 +10,9 @@
  * DSN (RFC 3461), 8BITMIME, SMTPUTF8 and SIZE, RSET between transactions,
  * QUIT.
  *
- * The reply reader is in smtpout_proto_reply.c.
+ * AUTH is in smtpout_proto_auth.c, transactions in smtpout_proto_txn.c,
+ * the reply reader in smtpout_proto_reply.c; smtpout_proto_int.h is what
+ * they share.
  *
  * Owns: the engine, its output buffer, per-transaction recipient state. The
  * message is borrowed until its transaction_done.
@@ -33,80 +35,10 @@
 #include <strings.h>
 
 #include <openssl/crypto.h>
-#include <openssl/evp.h>
-#include <openssl/hmac.h>
 
 #include "msg.h"
 #include "xalloc.h"
-#include "smtpout_proto.h"
-
-#define ADDR_MAX       1000 /* longest envelope address we send */
-#define AUTH_FIELD_MAX 255  /* longest user name or password we send (RFC 4616 allows 255) */
-
-enum proto_state {
-    P_CONNECTING,  /* TCP connect in progress (the host's) */
-    P_GREETING,    /* waiting for the 220 banner */
-    P_EHLO,        /* EHLO sent */
-    P_HELO,        /* HELO sent after EHLO got a 5xx */
-    P_STARTTLS,    /* STARTTLS sent */
-    P_TLS,         /* 220 to STARTTLS: the host does the handshake */
-    P_AUTH,        /* AUTH sent (auth_step says which reply we wait for) */
-    P_READY,       /* idle, between transactions */
-    P_RSET,        /* RSET sent before a new transaction */
-    P_TRANSACTION, /* MAIL / RCPT / DATA replies outstanding */
-    P_BODY,        /* the host sends the message body */
-    P_DOT,         /* final "." sent, waiting for its reply */
-    P_QUIT,        /* QUIT sent */
-    P_CLOSED,      /* over; ev.close was called */
-};
-
-enum rcpt_state { RCPT_PENDING, RCPT_ACCEPTED, RCPT_DONE };
-
-/* Where an AUTH exchange is: the reply we wait for. */
-enum auth_step {
-    AUTH_FINAL,      /* 235 (or a failure) */
-    AUTH_LOGIN_USER, /* 334: the user name, base64 */
-    AUTH_LOGIN_PASS, /* 334: the password, base64 */
-    AUTH_CRAM_MD5,   /* 334 CHALLENGE: "user HMAC-MD5(password, challenge)", base64 */
-};
-
-struct smtpout_proto {
-    struct smtpout_proto_events ev;
-    void *ctx;
-    char helo_name[256];
-    char mx_name[256];
-    char dest_ip[64];
-    struct smtpout_proto_config cfg;
-
-    enum proto_state state;
-    unsigned caps;
-    unsigned long size_max;
-    struct smtpout_reader rd;
-    struct buf out;
-
-    /* the current transaction */
-    const struct smtpout_message *msg;
-    unsigned char *rcpt_state; /* enum rcpt_state per recipient */
-    size_t *sent;              /* recipient index per RCPT sent, in order */
-    size_t nsent;
-    size_t naccepted;
-    size_t reply_index; /* next reply: 0 MAIL, 1..nsent RCPT, nsent+1 DATA */
-    int pipelined;
-    int mail_failed;
-    struct smtpout_reply mail_reply;
-    struct smtpout_reply last_rcpt_reply;
-    int need_rset;
-    int chunking; /* this transaction ends with BDAT instead of DATA */
-    int tls_on;   /* the host's handshake succeeded */
-    unsigned ntransactions;
-
-    /* AUTH (secrets: wiped at free) */
-    char auth_user[AUTH_FIELD_MAX + 1];
-    char auth_pass[AUTH_FIELD_MAX + 1];
-    unsigned auth_mechs; /* offered in the last EHLO */
-    enum auth_step auth_step;
-    int authenticated;
-};
+#include "smtpout_proto_int.h"
 
 /* --- the engine: helpers ------------------------------------------------------------- */
 
@@ -226,24 +158,24 @@ smtpout_proto_stage(const struct smtpout_proto *p)
     }
 }
 
-static void
-timer(struct smtpout_proto *p, enum smtpout_wait wait, enum smtpout_stage stage)
+void
+proto_timer(struct smtpout_proto *p, enum smtpout_wait wait, enum smtpout_stage stage)
 {
     if (p->ev.timer)
         p->ev.timer(p->ctx, wait, stage);
 }
 
-/* command - one command line into the output, waiting for its reply at STAGE */
-static void
-command(struct smtpout_proto *p, const char *cmd, enum smtpout_stage stage)
+/* proto_command - one command line into the output, waiting for its reply at STAGE */
+void
+proto_command(struct smtpout_proto *p, const char *cmd, enum smtpout_stage stage)
 {
-    timer(p, SMTPOUT_WAIT_COMMAND, stage);
+    proto_timer(p, SMTPOUT_WAIT_COMMAND, stage);
     buf_printf(&p->out, "%.598s\r\n", cmd);
 }
 
-/* end_transaction - back to idle; report the transaction's outcome */
-static void
-end_transaction(struct smtpout_proto *p, const struct smtpout_reply *r)
+/* proto_end_transaction - back to idle; report the transaction's outcome */
+void
+proto_end_transaction(struct smtpout_proto *p, const struct smtpout_reply *r)
 {
     struct smtpout_reply copy = *r;
 
@@ -254,15 +186,15 @@ end_transaction(struct smtpout_proto *p, const struct smtpout_reply *r)
     p->sent = NULL;
     if (p->state != P_CLOSED) {
         p->state = P_READY;
-        timer(p, SMTPOUT_WAIT_NONE, SMTPOUT_STAGE_LOCAL);
+        proto_timer(p, SMTPOUT_WAIT_NONE, SMTPOUT_STAGE_LOCAL);
     }
     if (p->ev.transaction_done)
         p->ev.transaction_done(p->ctx, &copy);
 }
 
-/* report_open - give R to every recipient without a result yet */
-static void
-report_open(struct smtpout_proto *p, const struct smtpout_reply *r)
+/* proto_report_open - give R to every recipient without a result yet */
+void
+proto_report_open(struct smtpout_proto *p, const struct smtpout_reply *r)
 {
     for (size_t i = 0; p->msg && i < p->msg->nrcpts; i++) {
         if (p->rcpt_state[i] == RCPT_DONE)
@@ -286,8 +218,8 @@ smtpout_proto_fail(struct smtpout_proto *p, const struct smtpout_reply *r)
     if (p->ev.close)
         p->ev.close(p->ctx, &copy);
     if (in_transaction) { /* accepted recipients too: their DATA never completed */
-        report_open(p, &copy);
-        end_transaction(p, &copy);
+        proto_report_open(p, &copy);
+        proto_end_transaction(p, &copy);
     }
 }
 
@@ -310,7 +242,7 @@ smtpout_proto_connected(struct smtpout_proto *p)
     if (p->state != P_CONNECTING)
         return;
     p->state = P_GREETING;
-    timer(p, SMTPOUT_WAIT_GREETING, SMTPOUT_STAGE_GREETING);
+    proto_timer(p, SMTPOUT_WAIT_GREETING, SMTPOUT_STAGE_GREETING);
 }
 
 static void
@@ -322,167 +254,16 @@ send_ehlo(struct smtpout_proto *p, const char *verb, enum proto_state next)
     p->size_max = 0;
     p->state = next;
     snprintf(cmd, sizeof cmd, "%s %s", verb, p->helo_name);
-    command(p, cmd, next == P_EHLO ? SMTPOUT_STAGE_EHLO : SMTPOUT_STAGE_HELO);
+    proto_command(p, cmd, next == P_EHLO ? SMTPOUT_STAGE_EHLO : SMTPOUT_STAGE_HELO);
 }
 
-static void
-become_ready(struct smtpout_proto *p)
+void
+proto_become_ready(struct smtpout_proto *p)
 {
     p->state = P_READY;
-    timer(p, SMTPOUT_WAIT_NONE, SMTPOUT_STAGE_LOCAL);
+    proto_timer(p, SMTPOUT_WAIT_NONE, SMTPOUT_STAGE_LOCAL);
     if (p->ev.ready)
         p->ev.ready(p->ctx, p->caps);
-}
-
-/* --- AUTH (RFC 4954) ------------------------------------------------------------------ */
-
-/* b64_command - "PREFIX" + base64(DATA) as one command line (secrets: the copy is wiped) */
-static void
-b64_command(struct smtpout_proto *p, const char *prefix, const unsigned char *data, size_t len)
-{
-    unsigned char enc[4 * ((2 * AUTH_FIELD_MAX + 2 + 2) / 3) + 8];
-    int n = len ? EVP_EncodeBlock(enc, data, (int)len) : 0;
-
-    timer(p, SMTPOUT_WAIT_COMMAND, SMTPOUT_STAGE_AUTH);
-    buf_printf(&p->out, "%s%.*s\r\n", prefix, n, (const char *)enc);
-    OPENSSL_cleanse(enc, sizeof enc);
-}
-
-/* auth_mechanism - what to use now: 0 none, else one SMTPOUT_AUTH_* bit */
-static unsigned
-auth_mechanism(const struct smtpout_proto *p)
-{
-    int clear_ok = p->tls_on || p->cfg.auth_in_clear;
-
-    if (clear_ok && (p->auth_mechs & SMTPOUT_AUTH_PLAIN))
-        return SMTPOUT_AUTH_PLAIN;
-    if (clear_ok && (p->auth_mechs & SMTPOUT_AUTH_LOGIN))
-        return SMTPOUT_AUTH_LOGIN;
-    if (p->auth_mechs & SMTPOUT_AUTH_CRAM_MD5) /* the password never crosses the wire */
-        return SMTPOUT_AUTH_CRAM_MD5;
-    return 0;
-}
-
-/* auth_start - AUTH with the best mechanism, ready without AUTH, or a temporary failure */
-static void
-auth_start(struct smtpout_proto *p)
-{
-    unsigned mech;
-
-    if (!(p->auth_user[0] || p->auth_pass[0]) || !(p->caps & SMTPOUT_CAP_AUTH)) {
-        become_ready(p);
-        return;
-    }
-    if ((mech = auth_mechanism(p)) == 0) {
-        smtpout_proto_fail_local(p, SMTPOUT_TEMP, "4.7.11",
-                                 p->auth_mechs & (SMTPOUT_AUTH_PLAIN | SMTPOUT_AUTH_LOGIN)
-                                     ? "AUTH needs TLS: PLAIN and LOGIN are not sent in clear "
-                                       "(use-unencrypted-plain-auth)"
-                                     : "no AUTH mechanism in common (we do PLAIN, LOGIN, "
-                                       "CRAM-MD5)");
-        return;
-    }
-    p->state = P_AUTH;
-    if (mech == SMTPOUT_AUTH_PLAIN) {
-        /* RFC 4616: authzid NUL authcid NUL password, as the initial response */
-        unsigned char resp[2 * AUTH_FIELD_MAX + 2];
-        size_t ul = strlen(p->auth_user), pl = strlen(p->auth_pass);
-
-        resp[0] = 0;
-        memcpy(resp + 1, p->auth_user, ul);
-        resp[1 + ul] = 0;
-        memcpy(resp + 2 + ul, p->auth_pass, pl);
-        p->auth_step = AUTH_FINAL;
-        b64_command(p, "AUTH PLAIN ", resp, 2 + ul + pl);
-        OPENSSL_cleanse(resp, sizeof resp);
-    } else if (mech == SMTPOUT_AUTH_LOGIN) {
-        p->auth_step = AUTH_LOGIN_USER;
-        command(p, "AUTH LOGIN", SMTPOUT_STAGE_AUTH);
-    } else {
-        p->auth_step = AUTH_CRAM_MD5;
-        command(p, "AUTH CRAM-MD5", SMTPOUT_STAGE_AUTH);
-    }
-}
-
-/* cram_md5_answer - "user hex(HMAC-MD5(password, challenge))" for the 334 text R; 0 or -1 */
-static int
-cram_md5_answer(struct smtpout_proto *p, const struct smtpout_reply *r)
-{
-    const char *b64 = r->text + 3 + (r->text[3] == ' ');
-    size_t blen = strcspn(b64, " ");
-    unsigned char chal[SMTPOUT_REPLY_TEXT_MAX], mac[EVP_MAX_MD_SIZE];
-    char answer[AUTH_FIELD_MAX + 1 + 2 * EVP_MAX_MD_SIZE + 1];
-    unsigned maclen = 0;
-    int clen;
-    size_t n;
-
-    if (blen == 0 || blen % 4 != 0 || blen > sizeof chal)
-        return -1;
-    if ((clen = EVP_DecodeBlock(chal, (const unsigned char *)b64, (int)blen)) < 0)
-        return -1;
-    while (clen > 0 && blen >= 2 && b64[blen - 1] == '=') { /* DecodeBlock counts padding */
-        clen--;
-        blen--;
-    }
-    if (HMAC(EVP_md5(), p->auth_pass, (int)strlen(p->auth_pass), chal, (size_t)clen, mac,
-             &maclen) == NULL)
-        return -1;
-    n = (size_t)snprintf(answer, sizeof answer, "%s ", p->auth_user);
-    for (unsigned i = 0; i < maclen && n + 3 <= sizeof answer; i++)
-        n += (size_t)snprintf(answer + n, sizeof answer - n, "%02x", mac[i]);
-    b64_command(p, "", (const unsigned char *)answer, n);
-    OPENSSL_cleanse(answer, sizeof answer);
-    OPENSSL_cleanse(mac, sizeof mac);
-    return 0;
-}
-
-/* auth_failed - a refusal or a broken exchange: temporary, the session ends */
-static void
-auth_failed(struct smtpout_proto *p, struct smtpout_reply *r)
-{
-    r->stage = SMTPOUT_STAGE_AUTH;
-    r->cls = SMTPOUT_TEMP; /* our credentials, not the mail: no bounce */
-    if (r->status[0] == '5' || r->status[0] == '2')
-        r->status[0] = '4';
-    smtpout_proto_fail(p, r);
-}
-
-static void
-on_auth(struct smtpout_proto *p, struct smtpout_reply *r)
-{
-    const char *field;
-
-    if (r->code == 235 && p->auth_step == AUTH_FINAL) {
-        p->authenticated = 1;
-        become_ready(p);
-        return;
-    }
-    if (r->code != 334 || p->auth_step == AUTH_FINAL) {
-        if (r->code == 334) /* a challenge we did not ask for */
-            smtpout_reply_local(r, SMTPOUT_TEMP, SMTPOUT_STAGE_AUTH, "4.7.0",
-                                "unexpected AUTH challenge from %s[%s]", p->mx_name, p->dest_ip);
-        auth_failed(p, r);
-        return;
-    }
-    switch (p->auth_step) {
-    case AUTH_LOGIN_USER:
-    case AUTH_LOGIN_PASS:
-        field = p->auth_step == AUTH_LOGIN_USER ? p->auth_user : p->auth_pass;
-        p->auth_step = p->auth_step == AUTH_LOGIN_USER ? AUTH_LOGIN_PASS : AUTH_FINAL;
-        b64_command(p, "", (const unsigned char *)field, strlen(field));
-        break;
-    case AUTH_CRAM_MD5:
-        p->auth_step = AUTH_FINAL;
-        if (cram_md5_answer(p, r) < 0) {
-            smtpout_reply_local(r, SMTPOUT_TEMP, SMTPOUT_STAGE_AUTH, "4.7.0",
-                                "malformed CRAM-MD5 challenge from %s[%s]", p->mx_name, p->dest_ip);
-            auth_failed(p, r);
-        }
-        break;
-    default:
-        auth_failed(p, r);
-        break;
-    }
 }
 
 /* after_ehlo - STARTTLS now, or refuse to go on in clear, or AUTH, or ready */
@@ -492,7 +273,7 @@ after_ehlo(struct smtpout_proto *p, int tls_active)
     if (!tls_active && p->cfg.tls != SMTPOUT_TLS_OFF && p->cfg.tls_available &&
         (p->caps & SMTPOUT_CAP_STARTTLS)) {
         p->state = P_STARTTLS;
-        command(p, "STARTTLS", SMTPOUT_STAGE_STARTTLS);
+        proto_command(p, "STARTTLS", SMTPOUT_STAGE_STARTTLS);
         return;
     }
     if (!tls_active && p->cfg.tls == SMTPOUT_TLS_REQUIRED) {
@@ -500,7 +281,7 @@ after_ehlo(struct smtpout_proto *p, int tls_active)
                                  "TLS is required, but was not offered by the host");
         return;
     }
-    auth_start(p);
+    proto_auth_start(p);
 }
 
 void
@@ -548,7 +329,7 @@ on_starttls(struct smtpout_proto *p, struct smtpout_reply *r)
 {
     if (r->code == 220) {
         p->state = P_TLS;
-        timer(p, SMTPOUT_WAIT_COMMAND, SMTPOUT_STAGE_TLS);
+        proto_timer(p, SMTPOUT_WAIT_COMMAND, SMTPOUT_STAGE_TLS);
         if (p->ev.starttls)
             p->ev.starttls(p->ctx);
         return;
@@ -562,347 +343,7 @@ on_starttls(struct smtpout_proto *p, struct smtpout_reply *r)
         smtpout_proto_fail(p, r);
         return;
     }
-    auth_start(p); /* opportunistic: carry on in clear */
-}
-
-/* --- transactions --------------------------------------------------------------------- */
-
-/* addr_ok - nothing that could end or forge a command line */
-static int
-addr_ok(const char *a)
-{
-    size_t len = strlen(a), i;
-
-    if (len > ADDR_MAX)
-        return 0;
-    for (i = 0; i < len; i++)
-        if ((unsigned char)a[i] < 0x20 || a[i] == 0x7f)
-            return 0;
-    return 1;
-}
-
-/* xtext_append - RFC 3461 xtext: "+", "=" and non-printables as +HH */
-static void
-xtext_append(struct buf *b, const char *s)
-{
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c < 33 || c > 126 || c == '+' || c == '=')
-            buf_printf(b, "+%02X", c);
-        else
-            buf_append(b, s, 1);
-    }
-}
-
-static int
-dsn_ok(const struct smtpout_proto *p)
-{
-    return (p->caps & SMTPOUT_CAP_DSN) && !p->cfg.ignore_dsn;
-}
-
-static void
-build_mail(struct smtpout_proto *p, struct buf *b)
-{
-    const struct smtpout_message *m = p->msg;
-
-    buf_printf(b, "MAIL FROM:<%s>", m->sender);
-    if (p->caps & SMTPOUT_CAP_SIZE)
-        buf_printf(b, " SIZE=%zu", m->len);
-    if (m->eight_bit && (p->caps & SMTPOUT_CAP_8BITMIME) && !p->cfg.ignore_8bitmime)
-        buf_append_str(b, " BODY=8BITMIME");
-    if (m->smtputf8)
-        buf_append_str(b, " SMTPUTF8");
-    if (dsn_ok(p)) {
-        if (m->ret != SMTPOUT_RET_NONE)
-            buf_append_str(b, m->ret == SMTPOUT_RET_FULL ? " RET=FULL" : " RET=HDRS");
-        if (m->envid && *m->envid) {
-            buf_append_str(b, " ENVID=");
-            xtext_append(b, m->envid);
-        }
-    }
-    buf_append_str(b, "\r\n");
-}
-
-static void
-build_rcpt(struct smtpout_proto *p, struct buf *b, size_t idx)
-{
-    const struct smtpout_rcpt *r = &p->msg->rcpts[idx];
-
-    buf_printf(b, "RCPT TO:<%s>", r->addr);
-    if (dsn_ok(p)) {
-        if (r->notify & SMTPOUT_NOTIFY_NEVER) {
-            buf_append_str(b, " NOTIFY=NEVER");
-        } else if (r->notify) {
-            const char *sep = " NOTIFY=";
-            if (r->notify & SMTPOUT_NOTIFY_SUCCESS) {
-                buf_printf(b, "%sSUCCESS", sep);
-                sep = ",";
-            }
-            if (r->notify & SMTPOUT_NOTIFY_FAILURE) {
-                buf_printf(b, "%sFAILURE", sep);
-                sep = ",";
-            }
-            if (r->notify & SMTPOUT_NOTIFY_DELAY)
-                buf_printf(b, "%sDELAY", sep);
-        }
-        if (r->orcpt && *r->orcpt) {
-            buf_append_str(b, " ORCPT=rfc822;");
-            xtext_append(b, r->orcpt);
-        }
-    }
-    buf_append_str(b, "\r\n");
-}
-
-/* send_next - without PIPELINING: the command after reply REPLY_INDEX-1 */
-static void
-send_next(struct smtpout_proto *p)
-{
-    timer(p, SMTPOUT_WAIT_COMMAND, smtpout_proto_stage(p));
-    if (p->reply_index <= p->nsent)
-        build_rcpt(p, &p->out, p->sent[p->reply_index - 1]);
-    else
-        buf_append_str(&p->out, "DATA\r\n");
-}
-
-/*
- * local_checks - refuse what the peer cannot take before sending anything:
- * 8-bit data without 8BITMIME would be corrupted, UTF-8 addresses without
- * SMTPUTF8 cannot be expressed, a message over SIZE would be refused after
- * we sent it all. 0 = go on; otherwise the transaction is over.
- */
-static int
-local_checks(struct smtpout_proto *p)
-{
-    const struct smtpout_message *m = p->msg;
-    struct smtpout_reply r;
-
-    if (!addr_ok(m->sender))
-        smtpout_reply_local(&r, SMTPOUT_PERM, SMTPOUT_STAGE_LOCAL, "5.1.7",
-                            "invalid sender address");
-    else if (m->eight_bit && !(p->caps & SMTPOUT_CAP_8BITMIME) && !p->cfg.ignore_8bitmime)
-        smtpout_reply_local(&r, SMTPOUT_PERM, SMTPOUT_STAGE_LOCAL, "5.6.3",
-                            "5.6.3 message has 8-bit content but 8-bit data not accepted by "
-                            "peer %s[%s] (no 8BITMIME)",
-                            p->mx_name, p->dest_ip);
-    else if (m->smtputf8 && !(p->caps & SMTPOUT_CAP_SMTPUTF8))
-        smtpout_reply_local(&r, SMTPOUT_PERM, SMTPOUT_STAGE_LOCAL, "5.6.7",
-                            "5.6.7 message needs SMTPUTF8 but peer %s[%s] does not support it",
-                            p->mx_name, p->dest_ip);
-    else if ((p->caps & SMTPOUT_CAP_SIZE) && p->size_max && m->len > p->size_max)
-        smtpout_reply_local(&r, SMTPOUT_PERM, SMTPOUT_STAGE_LOCAL, "5.3.4",
-                            "5.3.4 message size %zu exceeds the limit %lu of peer %s[%s]", m->len,
-                            p->size_max, p->mx_name, p->dest_ip);
-    else
-        return 0;
-    report_open(p, &r);
-    end_transaction(p, &r);
-    return -1;
-}
-
-/* start_mail - MAIL, then RCPTs and DATA (all at once if pipelining) */
-static void
-start_mail(struct smtpout_proto *p)
-{
-    struct smtpout_reply bad;
-    size_t i;
-
-    if (local_checks(p) < 0)
-        return;
-    smtpout_reply_local(&bad, SMTPOUT_PERM, SMTPOUT_STAGE_LOCAL, "5.1.3",
-                        "invalid recipient address");
-    p->nsent = 0;
-    for (i = 0; i < p->msg->nrcpts; i++) {
-        if (addr_ok(p->msg->rcpts[i].addr)) {
-            p->sent[p->nsent++] = i;
-            continue;
-        }
-        p->rcpt_state[i] = RCPT_DONE;
-        if (p->ev.rcpt_result)
-            p->ev.rcpt_result(p->ctx, i, &bad);
-    }
-    if (p->state == P_CLOSED)
-        return;
-    if (p->nsent == 0) {
-        end_transaction(p, &bad);
-        return;
-    }
-    p->state = P_TRANSACTION;
-    p->reply_index = 0;
-    p->need_rset = 1;
-    p->pipelined = (p->caps & SMTPOUT_CAP_PIPELINING) && !p->cfg.ignore_pipelining;
-    p->chunking = (p->caps & SMTPOUT_CAP_CHUNKING) && !p->cfg.ignore_chunking;
-    timer(p, SMTPOUT_WAIT_COMMAND, SMTPOUT_STAGE_MAIL);
-    build_mail(p, &p->out);
-    if (p->pipelined) {
-        for (i = 0; i < p->nsent; i++)
-            build_rcpt(p, &p->out, p->sent[i]);
-        if (!p->chunking) /* BDAT waits for the RCPT replies: no body for nobody */
-            buf_append_str(&p->out, "DATA\r\n");
-    }
-}
-
-int
-smtpout_proto_send(struct smtpout_proto *p, const struct smtpout_message *m)
-{
-    if (p->state != P_READY || p->msg != NULL)
-        return -EBUSY;
-    p->msg = m;
-    p->rcpt_state = xcalloc(m->nrcpts ? m->nrcpts : 1, 1);
-    p->sent = xcalloc(m->nrcpts ? m->nrcpts : 1, sizeof *p->sent);
-    p->naccepted = 0;
-    p->mail_failed = 0;
-    p->ntransactions++;
-    if (p->need_rset) {
-        p->state = P_RSET;
-        command(p, "RSET", SMTPOUT_STAGE_RSET);
-        return 0;
-    }
-    start_mail(p);
-    return 0;
-}
-
-/* on_mail_reply - a refused MAIL refuses every recipient */
-static void
-on_mail_reply(struct smtpout_proto *p, struct smtpout_reply *r)
-{
-    if (r->code / 100 == 2)
-        return;
-    p->mail_failed = 1;
-    p->mail_reply = *r;
-    report_open(p, r);
-    /* Without pipelining nothing else is outstanding; with it, we still read
-     * the RCPT and DATA replies (and answer a 354 with an empty body). */
-    if (!p->pipelined)
-        end_transaction(p, r);
-}
-
-static void
-on_rcpt_reply(struct smtpout_proto *p, size_t idx, struct smtpout_reply *r)
-{
-    if (p->mail_failed)
-        return;
-    p->last_rcpt_reply = *r;
-    if (r->code / 100 == 2) {
-        p->rcpt_state[idx] = RCPT_ACCEPTED; /* result comes with the final "." */
-        p->naccepted++;
-        return;
-    }
-    p->rcpt_state[idx] = RCPT_DONE;
-    if (p->ev.rcpt_result)
-        p->ev.rcpt_result(p->ctx, idx, r);
-}
-
-/* refused_outcome - the transaction's outcome when nobody was accepted */
-static const struct smtpout_reply *
-refused_outcome(const struct smtpout_proto *p)
-{
-    return p->mail_failed ? &p->mail_reply : &p->last_rcpt_reply;
-}
-
-static void
-on_data_reply(struct smtpout_proto *p, struct smtpout_reply *r)
-{
-    if (r->code == 354) {
-        if (p->naccepted == 0) {
-            /* Pipelined and nobody accepted, yet the peer wants data: send
-             * an empty message (RFC 2920 section 3.1) and ignore its reply. */
-            p->state = P_DOT;
-            timer(p, SMTPOUT_WAIT_DOT, SMTPOUT_STAGE_DOT);
-            buf_append_str(&p->out, ".\r\n");
-            return;
-        }
-        p->state = P_BODY;
-        if (p->ev.body)
-            p->ev.body(p->ctx, p->msg, SMTPOUT_BODY_DATA);
-        return;
-    }
-    if (p->naccepted == 0) {
-        end_transaction(p, refused_outcome(p));
-        return;
-    }
-    report_open(p, r);
-    end_transaction(p, r);
-}
-
-void
-smtpout_proto_body_sent(struct smtpout_proto *p)
-{
-    if (p->state != P_BODY)
-        return;
-    p->state = P_DOT;
-    timer(p, SMTPOUT_WAIT_DOT, smtpout_proto_stage(p));
-}
-
-size_t
-smtpout_bdat_len(const char *data, size_t len)
-{
-    size_t n = len;
-
-    for (const char *nl = data; len && (nl = memchr(nl, '\n', len - (size_t)(nl - data))); nl++)
-        if (nl == data || nl[-1] != '\r')
-            n++; /* a bare LF goes out as CRLF */
-    if (len > 0 && data[len - 1] != '\n')
-        n += 2;
-    return n;
-}
-
-/* start_bdat - the RCPT replies are in and someone was accepted: BDAT n LAST and the body */
-static void
-start_bdat(struct smtpout_proto *p)
-{
-    p->state = P_BODY;
-    buf_printf(&p->out, "BDAT %zu LAST\r\n", smtpout_bdat_len(p->msg->data, p->msg->len));
-    if (p->ev.body)
-        p->ev.body(p->ctx, p->msg, SMTPOUT_BODY_BDAT);
-}
-
-/* on_transaction_reply - replies arrive in command order: MAIL, RCPT..., DATA */
-static void
-on_transaction_reply(struct smtpout_proto *p, struct smtpout_reply *r)
-{
-    size_t idx = p->reply_index++;
-
-    if (idx == 0) {
-        r->stage = SMTPOUT_STAGE_MAIL;
-        on_mail_reply(p, r);
-    } else if (idx <= p->nsent) {
-        r->stage = SMTPOUT_STAGE_RCPT;
-        on_rcpt_reply(p, p->sent[idx - 1], r);
-    } else { /* with CHUNKING the state is P_BODY by now: never here */
-        r->stage = SMTPOUT_STAGE_DATA;
-        on_data_reply(p, r);
-        return;
-    }
-    if (p->state == P_TRANSACTION && p->chunking && p->reply_index > p->nsent) {
-        if (p->naccepted == 0)
-            end_transaction(p, refused_outcome(p));
-        else
-            start_bdat(p);
-        return;
-    }
-    if (p->state != P_TRANSACTION || p->pipelined) {
-        if (p->state == P_TRANSACTION)
-            timer(p, SMTPOUT_WAIT_COMMAND, smtpout_proto_stage(p));
-        return;
-    }
-    /* Without pipelining: DATA only when someone was accepted. */
-    if (p->reply_index > p->nsent && p->naccepted == 0) {
-        end_transaction(p, &p->last_rcpt_reply);
-        return;
-    }
-    send_next(p);
-}
-
-static void
-on_dot_reply(struct smtpout_proto *p, struct smtpout_reply *r)
-{
-    r->stage = p->chunking ? SMTPOUT_STAGE_BDAT : SMTPOUT_STAGE_DOT;
-    if (p->naccepted == 0) { /* the empty body after a pipelined failure */
-        end_transaction(p, refused_outcome(p));
-        return;
-    }
-    report_open(p, r);
-    end_transaction(p, r);
+    proto_auth_start(p); /* opportunistic: carry on in clear */
 }
 
 void
@@ -915,7 +356,7 @@ smtpout_proto_quit(struct smtpout_proto *p)
         return;
     }
     p->state = P_QUIT;
-    command(p, "QUIT", SMTPOUT_STAGE_QUIT);
+    proto_command(p, "QUIT", SMTPOUT_STAGE_QUIT);
 }
 
 /* --- replies --------------------------------------------------------------------------- */
@@ -942,12 +383,12 @@ dispatch(struct smtpout_proto *p, struct smtpout_reply *r)
         on_starttls(p, r);
         break;
     case P_AUTH:
-        on_auth(p, r);
+        proto_on_auth(p, r);
         break;
     case P_RSET:
         if (r->code / 100 == 2) {
             p->need_rset = 0;
-            start_mail(p);
+            proto_start_mail(p);
         } else {
             r->stage = SMTPOUT_STAGE_RSET;
             r->cls = SMTPOUT_TEMP; /* the connection is bad, not the mail */
@@ -955,10 +396,10 @@ dispatch(struct smtpout_proto *p, struct smtpout_reply *r)
         }
         break;
     case P_TRANSACTION:
-        on_transaction_reply(p, r);
+        proto_on_transaction_reply(p, r);
         break;
     case P_DOT:
-        on_dot_reply(p, r);
+        proto_on_dot_reply(p, r);
         break;
     case P_QUIT:
         r->cls = SMTPOUT_OK;

@@ -28,7 +28,6 @@
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
-#include <openssl/x509v3.h>
 
 #include "buf.h"
 #include "msg.h"
@@ -469,64 +468,16 @@ session_body_pump(struct smtpout_session *s)
 static void tls_continue(struct smtpout_session *s);
 
 
-/* tls_check_setup - prepare the certificate check of s->cfg.check; 0 or -1 */
-static int
-tls_check_setup(struct smtpout_session *s)
-{
-    const struct smtpout_tls_check *ck = &s->cfg.check;
-
-    switch (ck->mode) {
-    case SMTPOUT_VERIFY_DANE:
-        if (SSL_dane_enable(s->ssl, ck->name) <= 0)
-            return -1;
-        for (size_t i = 0; i < ck->ntlsa; i++) {
-            const struct smtpout_tlsa *t = &ck->tlsa[i];
-            /* RFC 7672 3.1.3: PKIX-TA(0) and PKIX-EE(1) are unusable for SMTP */
-            if ((t->usage == 2 || t->usage == 3) &&
-                SSL_dane_tlsa_add(s->ssl, t->usage, t->selector, t->mtype, t->data, t->len) > 0)
-                s->dane_usable++;
-        }
-        return 0;
-    case SMTPOUT_VERIFY_PKIX:
-        SSL_set_hostflags(s->ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
-        return SSL_set1_host(s->ssl, ck->name) == 1 ? 0 : -1;
-    default:
-        return 0;
-    }
-}
-
-/*
- * tls_check_done - after the handshake: the check's verdict. 0 to go on
- * (passed, or not enforced); -1 when the session was failed.
- */
+/* tls_check_done - after the handshake: the check's verdict; 0 to go on, -1 when failed */
 static int
 tls_check_done(struct smtpout_session *s)
 {
-    const struct smtpout_tls_check *ck = &s->cfg.check;
-    long vr;
-    char what[400];
+    char why[400];
 
-    s->check_text[0] = '\0';
-    if (ck->mode == SMTPOUT_VERIFY_NONE)
+    if (smtpout_tls_check_verdict(s->ssl, &s->cfg.check, s->dane_usable, s->check_text,
+                                  sizeof s->check_text, why, sizeof why) == 0)
         return 0;
-    if (ck->mode == SMTPOUT_VERIFY_DANE && s->dane_usable == 0) {
-        /* RFC 7672 2.2: TLSA records, none usable: encrypt, without authentication */
-        snprintf(s->check_text, sizeof s->check_text, "%s: no usable TLSA records, encrypted only",
-                 ck->label);
-        return 0;
-    }
-    vr = SSL_get_verify_result(s->ssl);
-    if (vr == X509_V_OK) {
-        snprintf(s->check_text, sizeof s->check_text, "%s", ck->label);
-        return 0;
-    }
-    snprintf(s->check_text, sizeof s->check_text, "%s failed: %s", ck->label,
-             X509_verify_cert_error_string(vr));
-    if (!ck->enforce)
-        return 0;
-    snprintf(what, sizeof what, "TLS certificate of %s not verified (%s): %s", ck->name, ck->label,
-             X509_verify_cert_error_string(vr));
-    session_fail_local(s, SMTPOUT_TEMP, "4.7.5", what);
+    session_fail_local(s, SMTPOUT_TEMP, "4.7.5", why);
     return -1;
 }
 
@@ -553,7 +504,7 @@ tls_start(struct smtpout_session *s)
     /* SNI only for names: RFC 6066 forbids IP literals there. */
     if (inet_pton(AF_INET, s->mx_name, &a4) != 1 && inet_pton(AF_INET6, s->mx_name, &a6) != 1)
         SSL_set_tlsext_host_name(s->ssl, s->mx_name);
-    if (tls_check_setup(s) < 0) {
+    if (smtpout_tls_check_setup(s->ssl, &s->cfg.check, &s->dane_usable) < 0) {
         session_fail_local(s, SMTPOUT_TEMP, "4.7.5", "cannot set up the TLS certificate check");
         return;
     }
@@ -906,35 +857,4 @@ smtpout_session_abort(struct smtpout_session *s)
     if (s->closing)
         return;
     session_fail_local(s, SMTPOUT_TEMP, "4.4.2", "session aborted by the client");
-}
-
-SSL_CTX *
-smtpout_tls_client_ctx(const char *ca_file, char *err, size_t errlen)
-{
-    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
-    unsigned long e;
-
-    if (ctx == NULL)
-        goto fail;
-    /* Opportunistic TLS: an unverifiable certificate still beats clear text
-     * (RFC 7435); require-starttls is about privacy, not authentication.
-     * Checks (DANE, MTA-STS) run after the handshake: tls_check_done(). */
-    SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
-    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
-    if (SSL_CTX_dane_enable(ctx) <= 0)
-        goto fail;
-    SSL_CTX_dane_set_flags(ctx, DANE_FLAG_NO_DANE_EE_NAMECHECKS); /* RFC 7672 3.1.1 */
-    if (ca_file && *ca_file && SSL_CTX_load_verify_locations(ctx, ca_file, NULL) != 1)
-        goto fail;
-    if (ca_file && !*ca_file && SSL_CTX_set_default_verify_paths(ctx) != 1)
-        goto fail;
-    return ctx;
-
-fail:
-    e = ERR_get_error();
-    snprintf(err, errlen, "%s", e ? ERR_reason_error_string(e) : "cannot create a TLS context");
-    if (err[0] == '\0' || strcmp(err, "(null)") == 0)
-        snprintf(err, errlen, "cannot create a TLS context");
-    SSL_CTX_free(ctx);
-    return NULL;
 }

@@ -47,28 +47,7 @@
 
 #include "smtpout_dns.h"
 #include "smtpout_proto.h"
-
-/*
- * How the peer's certificate is checked after STARTTLS (smtpout_conn decides
- * by DANE, MTA-STS and smtp-tls-ca-file; the session applies it). With
- * ENFORCE a failed check ends the connection (4.7.5) before any mail is
- * sent; without it the outcome is only reported (MTA-STS testing mode).
- */
-enum smtpout_verify {
-    SMTPOUT_VERIFY_NONE, /* opportunistic: any certificate */
-    SMTPOUT_VERIFY_DANE, /* RFC 7672: the TLSA records (DANE-TA(2), DANE-EE(3)) */
-    SMTPOUT_VERIFY_PKIX, /* a chain to CTX's trust store and NAME in the certificate */
-};
-
-struct smtpout_tls_check {
-    enum smtpout_verify mode;
-    int enforce;
-    const char *label;               /* "dane", "mta-sts", "smtp-tls-ca-file": for messages */
-    const char *name;                /* DANE: the TLSA base domain; PKIX: the name to find */
-    const struct smtpout_tlsa *tlsa; /* DANE: the records as found (unusable ones skipped) */
-    size_t ntlsa;
-    SSL_CTX *ctx; /* PKIX: context with the trust store (NULL: ssl_ctx and its store) */
-};
+#include "smtpout_tls.h"
 
 struct smtpout_session_config {
     const struct sockaddr *source; /* bind before connect; NULL = any */
@@ -134,16 +113,5 @@ int smtpout_session_is_idle(const struct smtpout_session *s);
 int smtpout_session_authenticated(const struct smtpout_session *s);
 /* smtpout_session_transactions - transactions started on this connection */
 unsigned smtpout_session_transactions(const struct smtpout_session *s);
-
-/*
- * smtpout_tls_client_ctx - an SSL_CTX for STARTTLS: OpenSSL's default
- * protocol versions, no certificate verification in the handshake (an
- * invalid certificate must not stop opportunistic mail; checks are made
- * after it, as smtpout_tls_check says), DANE enabled (RFC 7672: no name
- * checks for DANE-EE). With CA_FILE (or "" for the system's default paths)
- * the context carries that trust store for PKIX checks; NULL: none. NULL on
- * failure (why in ERR). Free with SSL_CTX_free.
- */
-SSL_CTX *smtpout_tls_client_ctx(const char *ca_file, char *err, size_t errlen);
 
 #endif
