@@ -384,6 +384,7 @@ fill_envelope(struct work *w, struct qstore_envelope *e)
     e->client_helo = t->helo;
     e->auth_user = t->auth_user;
     e->bounce_sender = bs ? cfg_str(c, bs->text) : "";
+    e->local_ip = t->local_ip;
 }
 
 /* step_newmsg - render and encode; the message text moves into W->nm */

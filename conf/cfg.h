@@ -118,6 +118,18 @@ int cfg_directive_lookup(const char *name, enum cfg_scope_kind kind);
 /* cfg_directive_suggest - nearest known directive name to NAME, or NULL */
 const char *cfg_directive_suggest(const char *name);
 
+/* `type` of a <domain>: how its queue delivers (the directive's enum order) */
+enum cfg_delivery_type {
+    CFG_TYPE_SMTP = 0,
+    CFG_TYPE_PIPE,
+    CFG_TYPE_FILE,
+    CFG_TYPE_DISCARD,
+    CFG_TYPE_HTTP,
+};
+/* cfg_delivery_type_name - "smtp", "pipe", "file", "discard", "http-delivery" ("smtp" if unknown)
+ */
+const char *cfg_delivery_type_name(int type);
+
 /* --- values and scopes (the snapshot's records) ---------------------------- */
 
 #define CFG_NEVER (-1) /* interval 'never', size 'unlimited' */

@@ -321,3 +321,11 @@ cfg__range(enum cfg_directive d, int64_t *min, int64_t *max)
         }
     return 0;
 }
+
+const char *
+cfg_delivery_type_name(int type)
+{
+    static const char *const names[] = { "smtp", "pipe", "file", "discard", "http-delivery" };
+
+    return type >= 0 && (size_t)type < sizeof names / sizeof names[0] ? names[type] : names[0];
+}

@@ -20,7 +20,8 @@
  *   qmgr_monitor.c  the web page under /ui: its files, data and actions
  *   qmgr_traffic.c  traffic per minute over the last hour, recent errors
  *   qmgr_outcome.c  what a result does: durable finish/defer, bounces
- *                   (DSN), expiry, the per-attempt log line, accounting
+ *                   (DSN), expiry, the per-attempt log line
+ *   qmgr_records.c  the accounting records (d, b, t, tq, r) and the writer
  *   qmgr_msg.c      queue ids, envelopes read from the queue, and mail
  *                   qmgr queues itself (DSNs, notices, copies)
  *   qmgr_suppress.c suppression lists (<address-list>, suppression-lists)
@@ -185,6 +186,7 @@ struct qconn {
     int txn_sent_noted; /* its send time has paced the rates (qrate_sent) */
     /* peer facts */
     char *mx, *dest_ip, *source_ip, *helo;
+    char *tls, *esmtp; /* MP_CONN_UP's: "TLSv1.3 CIPHER" or "", the extensions offered */
     uv_timer_t idle_timer;
     int idle_timer_on;
 };
@@ -196,7 +198,9 @@ struct qresult {
     const char *enhanced;
     const char *text;
     const char *mx, *dest_ip, *source_ip;
-    int conn_level; /* no reply of the recipient's own: its connection failed or dropped */
+    const char *tls;   /* "TLSv1.3 CIPHER" of the connection, or NULL/"" */
+    const char *esmtp; /* extensions the receiver offered ("PIPELINING,8BITMIME"), or NULL */
+    int conn_level;    /* no reply of the recipient's own: its connection failed or dropped */
 };
 
 struct qmgr_state {
@@ -253,6 +257,10 @@ int64_t qmgr_queue_num(struct qqueue *q, enum cfg_directive d, int64_t dflt);
 uint64_t qmgr_queue_retry_delay_ms(struct qqueue *q, uint32_t n);
 void qmgr_queue_invalidate_settings(void);
 void qmgr_queue_set_error(struct qqueue *q, const char *text);
+/* qmgr_queue_type - Q's delivery type (`type`), enum cfg_delivery_type */
+int qmgr_queue_type(struct qqueue *q);
+/* qmgr_queue_type_name - Q's delivery type (`type`): "smtp", "discard", "pipe", "file", ... */
+const char *qmgr_queue_type_name(struct qqueue *q);
 void qmgr_queue_end_retry(struct qqueue *q, int keep_count);
 
 uint32_t qmgr_msg_add(uint64_t msgid, uint32_t queued_at);
@@ -368,7 +376,7 @@ void qmgr_outcome(uint32_t r, const struct qstore_msg *m, struct qqueue *q,
                   const struct qresult *res);
 /* qmgr_outcome_delete - the operator deletes R (pmtactl delete): b record, a DSN only if DSN */
 void qmgr_outcome_delete(uint32_t r, struct qqueue *q, int dsn);
-/* qmgr_outcome_expire - bounce R as expired (4.4.7) outside any connection */
+/* qmgr_outcome_expire - bounce R as expired (5.4.7, message-expired) outside any connection */
 void qmgr_outcome_expire(uint32_t r, struct qqueue *q);
 /* qmgr_outcome_queue_failure - a connection-level failure of Q (tq record, retry mode) */
 void qmgr_outcome_queue_failure(struct qqueue *q, const struct qresult *res);
@@ -412,6 +420,21 @@ int qmgr_reportproc_owns(const struct qqueue *q);
 int qmgr_reportproc_bounce_address(const char *addr);
 /* qmgr_reportproc_run - process some of Q's ready recipients (the dispatch pass calls it) */
 void qmgr_reportproc_run(struct qqueue *q);
+
+/* --- accounting records (qmgr_records.c) ------------------------------------------------ */
+enum qmgr_acct_type;
+/* qmgr_records_attempt - the d, b or t record of RR (of M; either may be NULL) in Q */
+void qmgr_records_attempt(enum qmgr_acct_type type, const struct qstore_msg *m,
+                          const struct qstore_rcpt *rr, struct qqueue *q, const struct qresult *res,
+                          const char *action, const char *cat);
+/* qmgr_records_queue_failure - the tq record of a failed connection of Q */
+void qmgr_records_queue_failure(struct qqueue *q, const struct qresult *res);
+/* qmgr_records_received_start - after the rebuild: r records of messages above the stored mark */
+void qmgr_records_received_start(uint64_t next_msgid);
+/* qmgr_records_received - r records of every message id below BELOW not yet written */
+void qmgr_records_received(uint64_t below);
+void qmgr_records_config(void);
+void qmgr_records_close(void);
 
 /* --- messages (qmgr_msg.c) ------------------------------------------------------------ */
 /* qmgr_qid - the queue id of MSGID, as every log line and reply spells it, into BUF */

@@ -162,6 +162,25 @@ qmgr_acct_close(struct qmgr_acct *acct)
     free(acct);
 }
 
+bool
+qmgr_acct_takes(const struct qmgr_acct *acct, enum qmgr_acct_type type)
+{
+    for (size_t i = 0; acct && i < acct->nfiles; i++)
+        if (acct->files[i].types & TB(type))
+            return true;
+    return false;
+}
+
+bool
+qmgr_acct_wants_headers(const struct qmgr_acct *acct, enum qmgr_acct_type type)
+{
+    for (size_t i = 0; acct && i < acct->nfiles; i++)
+        for (size_t h = 0; h < acct->files[i].nheaders; h++)
+            if ((acct->files[i].types & TB(type)) && acct->files[i].header_on[type][h])
+                return true;
+    return false;
+}
+
 int
 qmgr_acct_write(struct qmgr_acct *acct, const struct qmgr_acct_record *r)
 {

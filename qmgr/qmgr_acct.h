@@ -12,21 +12,24 @@
  *   type timeLogged timeQueued orig rcpt orcpt dsnAction dsnStatus dsnDiag
  *   dsnMta bounceCat srcType srcMta dlvType dlvSourceIp dlvDestinationIp
  *   dlvEsmtpAvailable dlvSize vmta jobId envId queue vmtaPool
- *   totalSecondsQueued dlvTlsProtocol dlvTlsCipher rcvSourceIp
- *   rcvDestinationIp rcvSmtpUser dsnReportingMta format repSourceIp
- *   feedbackType userAgent reportingMta reportedDomain header_X... userString
- * The first 22 are the order of PowerMTA's sample d record.
+ *   totalSecondsQueued timeFirstAttempt dlvTlsProtocol dlvTlsCipher
+ *   rcvSourceIp rcvDestinationIp rcvSmtpUser dsnReportingMta format
+ *   repSourceIp feedbackType userAgent reportingMta reportedDomain
+ *   header_X... userString
+ * The first 22 are the order of PowerMTA's sample d record; readers should
+ * go by the header line (PowerMTA's own order depends on record-fields).
  *
  * Fields of each type ("*" in record-fields):
  *   d, b, t  timeLogged timeQueued orig rcpt orcpt dsnAction dsnStatus dsnDiag
  *            dsnMta bounceCat srcType srcMta dlvType dlvSourceIp
  *            dlvDestinationIp dlvEsmtpAvailable dlvSize vmta jobId envId queue
- *            vmtaPool totalSecondsQueued dlvTlsProtocol dlvTlsCipher
- *            rcvSmtpUser userString
+ *            vmtaPool totalSecondsQueued timeFirstAttempt dlvTlsProtocol
+ *            dlvTlsCipher rcvSmtpUser header_X userString
  *   tq       timeLogged dsnStatus dsnDiag dsnMta dlvType dlvSourceIp
  *            dlvDestinationIp vmta queue userString
  *   r        timeLogged orig rcpt orcpt srcType srcMta rcvSourceIp
- *            rcvDestinationIp vmta jobId envId vmtaPool rcvSmtpUser userString
+ *            rcvDestinationIp vmta jobId envId vmtaPool rcvSmtpUser header_X
+ *            userString
  *   rb, rs   timeLogged orig rcpt orcpt dsnAction dsnStatus dsnDiag dsnMta
  *            bounceCat srcType srcMta vmta jobId envId dsnReportingMta format
  *            userString (orig: the address the report came to; vmta and
@@ -90,6 +93,7 @@
 #ifndef PMTA_QMGR_ACCT_H
 #define PMTA_QMGR_ACCT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <time.h>
@@ -122,7 +126,8 @@ struct qmgr_acct_record {
     enum qmgr_acct_type type;
     time_t time_logged;
     time_t time_queued;
-    const char *orig; /* MAIL FROM */
+    time_t time_first_attempt; /* 0: empty */
+    const char *orig;          /* MAIL FROM */
     const char *rcpt;
     const char *orcpt;
     const char *dsn_action; /* relayed / delivered / failed / delayed */
@@ -180,6 +185,10 @@ void qmgr_acct_close(struct qmgr_acct *acct);
 
 /* qmgr_acct_write - append R to every file that takes its type; 0 or the first -errno */
 int qmgr_acct_write(struct qmgr_acct *acct, const struct qmgr_acct_record *r);
+/* qmgr_acct_takes - does any output take records of TYPE? (skip building ones nobody wants) */
+bool qmgr_acct_takes(const struct qmgr_acct *acct, enum qmgr_acct_type type);
+/* qmgr_acct_wants_headers - does any output of TYPE have header_X columns? (then pass HEADERS) */
+bool qmgr_acct_wants_headers(const struct qmgr_acct *acct, enum qmgr_acct_type type);
 /* qmgr_acct_flush - write every buffered record now (fsync with `sync yes`); 0 or -errno */
 int qmgr_acct_flush(struct qmgr_acct *acct);
 /*

@@ -55,6 +55,7 @@ const struct field_def acct_fields[] = {
     STR("queue", queue, T_DBT | T_TQ),
     STR("vmtaPool", vmta_pool, T_DBT | T_R),
     { "totalSecondsQueued", FK_TOTAL_SECONDS, 0, T_DBT },
+    { "timeFirstAttempt", FK_TIME_FIRST_ATTEMPT, 0, T_DBT },
     STR("dlvTlsProtocol", dlv_tls_protocol, T_DBT),
     STR("dlvTlsCipher", dlv_tls_cipher, T_DBT),
     STR("rcvSourceIp", rcv_source_ip, T_R),
@@ -505,6 +506,10 @@ append_field(const struct acct_file *f, struct buf *b, const struct field_def *f
     case FK_TIME_QUEUED:
         if (r->time_queued)
             append_time(f, b, r->time_queued);
+        break;
+    case FK_TIME_FIRST_ATTEMPT:
+        if (r->time_first_attempt)
+            append_time(f, b, r->time_first_attempt);
         break;
     case FK_SIZE:
         if (r->dlv_size >= 0)

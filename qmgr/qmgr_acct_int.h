@@ -41,6 +41,7 @@ enum field_kind {
     FK_STR, /* const char * member of the record */
     FK_TIME_LOGGED,
     FK_TIME_QUEUED,
+    FK_TIME_FIRST_ATTEMPT,
     FK_SIZE,
     FK_TOTAL_SECONDS,
     FK_USER_STRING /* from the acct-file's user-string directive */
@@ -63,7 +64,7 @@ struct field_def {
     unsigned types; /* types whose "*" includes it */
 };
 
-#define ACCT_NFIELDS           36
+#define ACCT_NFIELDS           37
 #define ACCT_USER_STRING_FIELD (ACCT_NFIELDS - 1)
 /* Table order is the column order (see qmgr_acct.h); userString stays last. */
 extern const struct field_def acct_fields[ACCT_NFIELDS];

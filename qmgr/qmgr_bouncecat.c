@@ -47,6 +47,11 @@ static const char *const default_patterns[][2] = {
     { "unsolicited", "spam-related" },
     { "\\b(open)?RBL\\b", "spam-related" },
     { "realtime blackhole", "spam-related" },
+    /* throttling: a receiver pacing the sender is a policy, not a full mailbox (below) */
+    { "rate[ -]limit|\\brate of\\b|too many (messages|connections|concurrent|recipients)|"
+      "throttl|temporarily deferred|unexpected volume|receiving mail at a rate|"
+      "exceeded the (message |connection )?rate",
+      "policy-related" },
     /* virus-related */
     { "\\bvirus\\b", "virus-related" },
     /* content-related */
@@ -80,6 +85,7 @@ static const char *const default_patterns[][2] = {
       "bad|invalid|unknown|illegal|unavailable)",
       "bad-mailbox" },
     { "(user|mailbox|recipient|address|account)\\b.{0,40}\\bdoes(n't| not) exist", "bad-mailbox" },
+    { "recipient address rejected: access denied", "bad-mailbox" }, /* Microsoft 365 (DBEB) */
     { "no mailbox here by that name", "bad-mailbox" },
     { "not our customer", "bad-mailbox" },
     { "no longer (valid|available)", "bad-mailbox" },
@@ -118,10 +124,14 @@ static const char *const default_patterns[][2] = {
     { "^(\\d{3}[ -])?[45]\\.3\\.5\\b", "bad-configuration" },
     { "^(\\d{3}[ -])?[45]\\.4\\.1\\b", "no-answer-from-host" },
     { "^(\\d{3}[ -])?[45]\\.4\\.2\\b", "bad-connection" },
+    { "^(\\d{3}[ -])?[45]\\.4\\.3\\b", "routing-errors" },
     { "^(\\d{3}[ -])?[45]\\.4\\.4\\b", "routing-errors" },
     { "^(\\d{3}[ -])?[45]\\.4\\.6\\b", "routing-errors" },
     { "^(\\d{3}[ -])?[45]\\.4\\.7\\b", "message-expired" },
     { "^(\\d{3}[ -])?[45]\\.7\\.1\\b", "policy-related" },
+    { "^(\\d{3}[ -])?[45]\\.2\\.2\\b", "quota-issues" },
+    { "^(\\d{3}[ -])?[45]\\.2\\.1\\b", "inactive-mailbox" },
+    { "^(\\d{3}[ -])?[45]\\.7\\.\\d{1,3}\\b", "policy-related" },
     { "", "other" },
 };
 
@@ -246,6 +256,15 @@ qmgr_bouncecat_classify_reply(struct qmgr_bouncecat *bc, const char *status, con
 
     return qmgr_bouncecat_classify(bc,
                                    qmgr_bouncecat_status_text(text, sizeof text, status, reply));
+}
+
+const char *
+qmgr_bouncecat_classify_result(struct qmgr_bouncecat *bc, unsigned code, const char *status,
+                               const char *text)
+{
+    /* Our own reason ("connect to ...: connection refused") is no receiver's
+       policy: only its status code says what kind of failure it was. */
+    return qmgr_bouncecat_classify_reply(bc, status, code ? text : NULL);
 }
 
 size_t

@@ -57,6 +57,15 @@ const char *qmgr_bouncecat_classify(struct qmgr_bouncecat *bc, const char *statu
 const char *qmgr_bouncecat_classify_reply(struct qmgr_bouncecat *bc, const char *status,
                                           const char *reply);
 
+/*
+ * qmgr_bouncecat_classify_result - a result's category: a reply (CODE != 0)
+ * as qmgr_bouncecat_classify_reply(); a result we made up ourselves (CODE 0:
+ * connection refused, timeouts, DNS) by STATUS alone, so that the words of
+ * our own reasons ("refused") cannot pass for a receiver's policy
+ */
+const char *qmgr_bouncecat_classify_result(struct qmgr_bouncecat *bc, unsigned code,
+                                           const char *status, const char *text);
+
 /* qmgr_bouncecat_status_text - "STATUS REPLY" into OUT (size OUTSIZE, truncated); returns OUT */
 char *qmgr_bouncecat_status_text(char *out, size_t outsize, const char *status, const char *reply);
 

@@ -100,6 +100,8 @@ idle_timer_closed(uv_handle_t *h)
     free(c->dest_ip);
     free(c->source_ip);
     free(c->helo);
+    free(c->tls);
+    free(c->esmtp);
     free(c);
 }
 
@@ -616,6 +618,8 @@ fill_result(struct qresult *res, struct qconn *c)
     res->mx = c->mx ? c->mx : "";
     res->dest_ip = c->dest_ip ? c->dest_ip : "";
     res->source_ip = c->source_ip ? c->source_ip : "";
+    res->tls = c->tls;
+    res->esmtp = c->esmtp;
 }
 
 /* settle - recipient slot I of C's transaction gets RES */
@@ -654,6 +658,10 @@ on_conn_up(struct qconn *c, struct ipc_msg *m)
     free(c->dest_ip);
     c->mx = xstrdup(up.mx);
     c->dest_ip = xstrdup(up.dest_ip);
+    free(c->tls);
+    free(c->esmtp);
+    c->tls = xstrdup(up.tls);
+    c->esmtp = xstrdup(up.esmtp);
     if (*up.source_ip) {
         free(c->source_ip);
         c->source_ip = xstrdup(up.source_ip);
@@ -785,7 +793,9 @@ on_conn_down(struct qconn *c, struct ipc_msg *m)
                             .text = d.text,
                             .mx = *d.mx ? d.mx : (c->mx ? c->mx : ""),
                             .dest_ip = *d.dest_ip ? d.dest_ip : (c->dest_ip ? c->dest_ip : ""),
-                            .source_ip = c->source_ip ? c->source_ip : "" };
+                            .source_ip = c->source_ip ? c->source_ip : "",
+                            .tls = c->tls,
+                            .esmtp = c->esmtp };
     if (!c->up && d.result != MP_RESULT_OK) {
         conn_failed_early(c, &res);
     } else {

@@ -117,4 +117,27 @@ const char *qmgr_dsn_action_name(enum qmgr_dsn_action action);
  */
 char *qmgr_dsn_sanitize(char *out, size_t outsize, const char *text, size_t max);
 
+/*
+ * qmgr_dsn_status_text - the RFC 3463 text of enhanced status STATUS in lower
+ * case ("5.1.1" -> "bad destination mailbox address"); any 2.x.x is
+ * "success", an unknown detail reads as its subject's X.Y.0 text, anything
+ * that is not a status as "other undefined status". Never NULL.
+ * (qmgr_dsn_status.c)
+ */
+const char *qmgr_dsn_status_text(const char *status);
+/*
+ * qmgr_dsn_status_field - "STATUS (TEXT)" as PowerMTA's dsnStatus reads,
+ * FALLBACK standing in for a STATUS that is not one; returns OUT
+ */
+char *qmgr_dsn_status_field(char *out, size_t size, const char *status, const char *fallback);
+/*
+ * qmgr_dsn_diag_text - the diagnostic of a result without its type ("smtp;"
+ * goes before it): the remote reply as received, its CODE first ("550 5.1.1
+ * user unknown"); when no reply came (CODE 0) our own reason as an SMTP-style
+ * line marked as ours, "451 4.4.1 [internal] connect to mx[1.2.3.4]:25:
+ * connection refused" (code 250, 451 or 554 by STATUS's class). Returns OUT.
+ */
+char *qmgr_dsn_diag_text(char *out, size_t size, unsigned code, const char *status,
+                         const char *text);
+
 #endif

@@ -9,7 +9,8 @@
  *               entry repeats) with +-10 % jitter, at least
  *               retry-recipients-after, never later than the recipient's
  *               expiry; qstore_group_defer; accounting t
- * expired    -> bounce with 4.4.7 "message expired" and the last error
+ * expired    -> bounce with 5.4.7 "message expired" and the last error
+ *               (category message-expired)
  * suppressed -> bounce with 5.7.1 and the category "suppressed" (qmgr_suppress.c)
  * bcc-upon-delivery: a delivery queues a copy to the queue's address
  * Queue-level failures (the connection never came up) put the queue in retry
@@ -21,7 +22,7 @@
  *   delivered|deferred|bounced QID/INDEX to=RCPT queue=Q mx=MX ip=DEST
  *       src=SOURCE status=ENHANCED reply=TEXT
  *
- * Owns: the accounting writer and the bounce classifier (rebuilt on reload).
+ * Owns: the bounce classifier (rebuilt on reload). Records: qmgr_records.c.
  * SECURITY: reply text, addresses and host names are peer-controlled; they
  * reach the log only through msg_printable() and the DSN / accounting file
  * only through their writers, which sanitise every field.
@@ -45,10 +46,10 @@
 #include "worker.h"
 #include "xalloc.h"
 
-static struct qmgr_acct *acct_w;
+/* the status of an expiry: permanent (the DSN says "failed"), RFC 3463 X.4.7 */
+#define EXPIRED_STATUS "5.4.7"
+
 static struct qmgr_bouncecat *bouncecat;
-static uv_timer_t acct_timer;
-static int acct_timer_on;
 
 /* log_attempt - the one main-log line of an attempt */
 static void
@@ -69,104 +70,7 @@ log_attempt(const char *what, uint32_t r, const struct qstore_rcpt *rr, struct q
                            res->text ? strlen(res->text) : 0));
 }
 
-/* --- accounting --------------------------------------------------------------------------- */
-
-/*
- * format_diag - "PREFIX250 2.0.0 Ok" for a result. smtp-out passes the
- * remote reply line verbatim, code included; qmgr's own reasons (expiry, a
- * lost smtp-out) carry no code. Prefix the code only when the text lacks it.
- */
-static void
-format_diag(char *out, size_t size, const char *prefix, const struct qresult *res)
-{
-    const char *text = res->text ? res->text : "";
-    char code[8];
-    size_t n = (size_t)snprintf(code, sizeof(code), "%u", res->code);
-
-    if (strncmp(text, code, n) == 0 && (text[n] == ' ' || text[n] == '-' || text[n] == '\0'))
-        snprintf(out, size, "%s%s", prefix, text);
-    else
-        snprintf(out, size, "%s%u %s", prefix, res->code, text);
-}
-
-/* Text an accounting record points into while it is written. */
-struct acct_text {
-    char status[96], diag[QSTORE_ERR_MAX + 32], mta[600];
-};
-
-/*
- * acct_fill_attempt - what every record of a delivery attempt carries (d, b,
- * t, tq): status "ENHANCED (WORD)" (DEFAULT_STATUS when the reply had no
- * enhanced code), the diagnostic, the remote MTA and the delivery addresses.
- */
-static void
-acct_fill_attempt(struct qmgr_acct_record *a, struct acct_text *t, enum qmgr_acct_type type,
-                  struct qqueue *q, const struct qresult *res, const char *default_status,
-                  const char *word)
-{
-    snprintf(t->status, sizeof(t->status), "%s (%s)",
-             res->enhanced && *res->enhanced ? res->enhanced : default_status, word);
-    format_diag(t->diag, sizeof(t->diag), "smtp;", res);
-    snprintf(t->mta, sizeof(t->mta), "%s (%s)", res->mx ? res->mx : "",
-             res->dest_ip ? res->dest_ip : "");
-    a->type = type;
-    a->dsn_status = t->status;
-    a->dsn_diag = t->diag;
-    a->dsn_mta = t->mta;
-    a->dlv_type = "smtp";
-    a->dlv_source_ip = res->source_ip;
-    a->dlv_destination_ip = res->dest_ip;
-    a->vmta = q->vmta;
-    a->queue = q->name;
-    a->dlv_size = -1;
-}
-
-static void
-acct_rcpt(enum qmgr_acct_type type, const struct qstore_msg *m, const struct qstore_rcpt *rr,
-          struct qqueue *q, const struct qresult *res, const char *action, const char *cat)
-{
-    struct qmgr_acct_record a = { 0 };
-    struct acct_text t;
-    char srcmta[600];
-
-    if (!acct_w)
-        return;
-    acct_fill_attempt(&a, &t, type, q, res, res->result == MP_RESULT_OK ? "2.0.0" : "4.0.0",
-                      type == QMGR_ACCT_D ? "success"
-                      : cat               ? cat
-                                          : "transient failure");
-    a.dsn_action = action;
-    a.bounce_cat = cat;
-    if (m) {
-        snprintf(srcmta, sizeof(srcmta), "%s (%s)", m->env.client_helo, m->env.client_ip);
-        a.time_queued = (time_t)m->env.queued_at;
-        a.orig = m->env.sender;
-        a.src_type = "smtp";
-        a.src_mta = srcmta;
-        a.dlv_size = (int64_t)m->env.size;
-        a.job_id = m->env.job_id;
-        a.env_id = m->env.envid;
-        a.rcv_smtp_user = m->env.auth_user;
-    }
-    if (rr) {
-        a.rcpt = rr->address;
-        a.orcpt = rr->orcpt;
-    }
-    if (acct_w && qmgr_acct_write(acct_w, &a) < 0)
-        msg_warn("cannot write an accounting record");
-}
-
-int
-qmgr_outcome_acct(const struct qmgr_acct_record *a)
-{
-    return acct_w ? qmgr_acct_write(acct_w, a) : 0;
-}
-
-int
-qmgr_outcome_acct_flush(void)
-{
-    return acct_w ? qmgr_acct_flush(acct_w) : 0;
-}
+/* --- configuration ------------------------------------------------------------------------- */
 
 const char *
 qmgr_outcome_category(const char *status, const char *text)
@@ -174,57 +78,38 @@ qmgr_outcome_category(const char *status, const char *text)
     return qmgr_bouncecat_classify_reply(bouncecat, status, text);
 }
 
-static void
-on_acct_tick(uv_timer_t *t)
-{
-    (void)t;
-    if (acct_w)
-        qmgr_acct_tick(acct_w);
-}
-
-/* qmgr_outcome_rotate_acct - see qmgr.h */
-int
-qmgr_outcome_rotate_acct(void)
-{
-    return acct_w ? qmgr_acct_rotate(acct_w) : -ENOENT;
-}
-
-/* qmgr_outcome_config - (re)open accounting files and bounce patterns for the current config */
+/* qmgr_outcome_config - (re)open accounting and bounce patterns for the current config */
 void
 qmgr_outcome_config(void)
 {
-    if (acct_w)
-        qmgr_acct_close(acct_w);
-    acct_w = NULL;
-    if (qmgr_acct_open(&acct_w, S.cfg, NULL) < 0)
-        acct_w = NULL;
+    qmgr_records_config();
     if (bouncecat)
         qmgr_bouncecat_free(bouncecat);
     bouncecat = qmgr_bouncecat_new(S.cfg);
     qmgr_backoff_config();
     qmgr_suppress_config();
     qmgr_reportproc_config();
-    if (!acct_timer_on) {
-        uv_timer_init(worker_loop(), &acct_timer);
-        uv_timer_start(&acct_timer, on_acct_tick, 1000, 1000);
-        acct_timer_on = 1;
-    }
 }
 
 void
 qmgr_outcome_close(void)
 {
-    if (acct_timer_on)
-        uv_close((uv_handle_t *)&acct_timer, NULL);
-    acct_timer_on = 0;
-    qmgr_acct_close(acct_w);
-    acct_w = NULL;
+    qmgr_records_close();
     if (bouncecat)
         qmgr_bouncecat_free(bouncecat);
     bouncecat = NULL;
     qmgr_backoff_close();
     qmgr_suppress_close();
     qmgr_reportproc_close();
+}
+
+/* category - the bounce category of RES (expiry is always message-expired) */
+static const char *
+category(const struct qresult *res)
+{
+    if (res->enhanced && strcmp(res->enhanced, EXPIRED_STATUS) == 0)
+        return "message-expired";
+    return qmgr_bouncecat_classify_result(bouncecat, res->code, res->enhanced, res->text);
 }
 
 /* --- durable records ------------------------------------------------------------------------ */
@@ -269,7 +154,7 @@ send_report(const struct qstore_msg *m, const struct qstore_rcpt *rr, const stru
     struct qmgr_dsn_rcpt dr = { 0 };
     struct qmgr_dsn_input in = { 0 };
     const char *rp = *m->env.bounce_sender ? m->env.bounce_sender : m->env.sender;
-    char qid[QSTORE_QID_LEN + 1], diag[QSTORE_ERR_MAX + 16];
+    char qid[QSTORE_QID_LEN + 1], diag[QSTORE_ERR_MAX + 48];
     struct buf out = BUF_INIT;
     int rc;
 
@@ -284,7 +169,11 @@ send_report(const struct qstore_msg *m, const struct qstore_rcpt *rr, const stru
     }
     if (qstore_read_msg(S.qs, m->msgid, QSTORE_READ_BODY, &full) < 0)
         full = NULL;
-    format_diag(diag, sizeof(diag), "", res);
+    qmgr_dsn_diag_text(diag, sizeof diag, res->code,
+                       res->enhanced && *res->enhanced ? res->enhanced
+                       : action == QMGR_DSN_FAILED     ? "5.0.0"
+                                                       : "4.0.0",
+                       res->text);
     dr.final_rcpt = rr->address;
     dr.orcpt = rr->orcpt;
     dr.action = action;
@@ -332,13 +221,13 @@ bounce_as(uint32_t r, const struct qstore_msg *m, struct qqueue *q, const struct
     const struct qstore_rcpt *rr = qmgr_msg_find_rcpt(m, S.rcpt[r].index);
 
     if (cat == NULL)
-        cat = qmgr_bouncecat_classify_reply(bouncecat, res->enhanced, res->text);
+        cat = category(res);
 
     log_attempt("bounced", r, rr, q, res);
     if (rr)
         send_dsn(m, rr, q, res);
     finish(r, "bounce");
-    acct_rcpt(QMGR_ACCT_B, m, rr, q, res, "failed", cat);
+    qmgr_records_attempt(QMGR_ACCT_B, m, rr, q, res, "failed", cat);
     q->bounced++;
     qmgr_traffic_count(QT_BOUNCED, qmgr_wall(), 1);
     qmgr_traffic_error(qmgr_wall(), "bounced", q->name, res->text);
@@ -366,7 +255,7 @@ qmgr_outcome_suppressed(uint32_t r, const struct qstore_msg *m, struct qqueue *q
     bounce_as(r, m, q, &res, "suppressed");
 }
 
-/* expire - R is older than bounce-after: 4.4.7 with the last error as the reason */
+/* expire - R is older than bounce-after: 5.4.7 (failed) with the last error as the reason */
 static void
 expire(uint32_t r, const struct qstore_msg *m, struct qqueue *q, const struct qresult *last)
 {
@@ -375,11 +264,11 @@ expire(uint32_t r, const struct qstore_msg *m, struct qqueue *q, const struct qr
     const char *reason = last && last->text && *last->text ? last->text
                          : rr && *rr->last_error           ? rr->last_error
                                                            : "no delivery attempt succeeded";
-    struct qresult res = { .result = MP_RESULT_PERMFAIL, .enhanced = "4.4.7", .text = text };
+    struct qresult res = { .result = MP_RESULT_PERMFAIL, .enhanced = EXPIRED_STATUS, .text = text };
 
-    snprintf(text, sizeof(text), "message expired: %s", reason);
+    /* our own verdict (code 0), the last error quoted as its reason */
+    snprintf(text, sizeof(text), "message expired, not delivered within bounce-after: %s", reason);
     if (last) {
-        res.code = last->code;
         res.mx = last->mx;
         res.dest_ip = last->dest_ip;
         res.source_ip = last->source_ip;
@@ -400,7 +289,7 @@ qmgr_outcome_delete(uint32_t r, struct qqueue *q, int dsn)
     if (dsn && rr)
         send_dsn(m, rr, q, &deleted);
     finish(r, "deletion");
-    acct_rcpt(QMGR_ACCT_B, m, rr, q, &deleted, "failed", "other");
+    qmgr_records_attempt(QMGR_ACCT_B, m, rr, q, &deleted, "failed", "other");
     q->bounced++;
     qmgr_traffic_count(QT_BOUNCED, qmgr_wall(), 1);
     qmgr_rcpt_free(r);
@@ -520,8 +409,7 @@ defer(uint32_t r, const struct qstore_msg *m, struct qqueue *q, const struct qre
                                   on_committed, (void *)"deferral")) < 0)
         msg_error("cannot queue a deferral: %s", qstore_strerror(err));
     log_attempt("deferred", r, rr, q, res);
-    acct_rcpt(QMGR_ACCT_T, m, rr, q, res, "delayed",
-              qmgr_bouncecat_classify_reply(bouncecat, res->enhanced, res->text));
+    qmgr_records_attempt(QMGR_ACCT_T, m, rr, q, res, "delayed", category(res));
     q->deferred_n++;
     qmgr_traffic_count(QT_DEFERRED, qmgr_wall(), 1);
     qmgr_traffic_error(qmgr_wall(), "deferred", q->name, res->text);
@@ -692,7 +580,7 @@ qmgr_outcome(uint32_t r, const struct qstore_msg *m, struct qqueue *q, const str
         rr = qmgr_msg_find_rcpt(m, S.rcpt[r].index);
         log_attempt("delivered", r, rr, q, res);
         finish(r, "delivery");
-        acct_rcpt(QMGR_ACCT_D, m, rr, q, res, "relayed", NULL);
+        qmgr_records_attempt(QMGR_ACCT_D, m, rr, q, res, "relayed", NULL);
         bcc_upon_delivery(r, m, q);
         q->delivered++;
         qmgr_traffic_count(QT_DELIVERED, qmgr_wall(), 1);
@@ -714,9 +602,6 @@ qmgr_outcome(uint32_t r, const struct qstore_msg *m, struct qqueue *q, const str
 void
 qmgr_outcome_queue_failure(struct qqueue *q, const struct qresult *res)
 {
-    struct qmgr_acct_record a = { 0 };
-    struct acct_text t;
-
     q->conn_failures++;
     qmgr_queue_set_error(q, res->text);
     qmgr_traffic_error(qmgr_wall(), "connection", q->name, res->text);
@@ -725,10 +610,5 @@ qmgr_outcome_queue_failure(struct qqueue *q, const struct qresult *res)
         bounce_queue(q, res);
     if (res->result != MP_RESULT_PERMFAIL)
         enter_retry_mode(q, "failed connection(s)", res->enhanced, res->text);
-    if (!acct_w)
-        return;
-    acct_fill_attempt(&a, &t, QMGR_ACCT_TQ, q, res, "4.0.0",
-                      res->result == MP_RESULT_PERMFAIL ? "permanent failure"
-                                                        : "transient failure");
-    qmgr_acct_write(acct_w, &a);
+    qmgr_records_queue_failure(q, res);
 }

@@ -158,6 +158,18 @@ qmgr_queue_set_error(struct qqueue *q, const char *text)
 
 /* --- settings --------------------------------------------------------------------- */
 
+int
+qmgr_queue_type(struct qqueue *q)
+{
+    return (int)qmgr_queue_num(q, CFG_D_TYPE, CFG_TYPE_SMTP);
+}
+
+const char *
+qmgr_queue_type_name(struct qqueue *q)
+{
+    return cfg_delivery_type_name(qmgr_queue_type(q));
+}
+
 /* refresh_settings - resolve Q against the current configuration if it changed */
 static void
 refresh_settings(struct qqueue *q)

@@ -105,6 +105,7 @@ qmgr_sched_rebuild(void)
     /* Ids allocated before the scan's snapshot are all in it (one writer at
      * a time allocates them in commit order). */
     S.scanned_below = info.next_msgid > c.last_msgid + 1 ? info.next_msgid : c.last_msgid + 1;
+    qmgr_records_received_start(S.scanned_below);
     msg_info("schedule rebuilt: %" PRIu64 " recipients in %u queues in %.0f ms"
              " (%" PRIu64 " corrupt records skipped)",
              c.added, S.nqueues, (double)(uv_hrtime() - t0) / 1e6, st.corrupt);
@@ -134,6 +135,7 @@ catch_up(void)
             msg_warn("cannot scan message %" PRIu64 ": %s", S.scanned_below, qstore_strerror(err));
         c.last_msg = QNIL;
     }
+    qmgr_records_received(S.scanned_below); /* r records, once per message */
     if (c.added) {
         qmgr_traffic_count(QT_RECEIVED, qmgr_wall(), c.added);
         msg_debug("%" PRIu64 " new recipients joined the schedule", c.added);

@@ -15,6 +15,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -331,8 +332,10 @@ wr_strs(struct buf *out, const char *const *strs, size_t n, size_t start)
 int
 qstore_envelope_encode(struct buf *out, const struct qstore_envelope *e)
 {
-    const char *strs[] = { e->sender,    e->envid,       e->job_id,    e->vmta,         e->source,
-                           e->client_ip, e->client_helo, e->auth_user, e->bounce_sender };
+    const char *strs[] = {
+        e->sender,    e->envid,       e->job_id,    e->vmta,          e->source,
+        e->client_ip, e->client_helo, e->auth_user, e->bounce_sender, e->local_ip
+    };
     size_t start = out->len;
 
     if (e->flags & ~QSTORE_F_ALL || e->ret > QSTORE_RET_HDRS || chunks_for(e->size) != e->nchunks)
@@ -352,8 +355,9 @@ int
 qstore_envelope_decode(const void *rec, size_t len, struct qstore_envelope *e)
 {
     struct rd r = { rec, (const uint8_t *)rec + len, 0 };
+    uint8_t version = rd_u8(&r);
 
-    if (rd_u8(&r) != QSTORE_ENV_VERSION)
+    if (version != 1 && version != QSTORE_ENV_VERSION)
         return -EPROTO;
     e->flags = rd_u8(&r);
     e->ret = rd_u8(&r);
@@ -372,6 +376,7 @@ qstore_envelope_decode(const void *rec, size_t len, struct qstore_envelope *e)
     e->client_helo = rd_str(&r, QSTORE_STR_MAX, NULL);
     e->auth_user = rd_str(&r, QSTORE_STR_MAX, NULL);
     e->bounce_sender = rd_str(&r, QSTORE_STR_MAX, NULL);
+    e->local_ip = version >= 2 ? rd_str(&r, QSTORE_STR_MAX, NULL) : "";
     /* a body needs chunks and no chunk is empty */
     if (!r.bad && chunks_for(e->size) != e->nchunks)
         return -EPROTO;
@@ -624,6 +629,51 @@ qstore_info(struct qstore *qs, struct qstore_info *info)
         info->map_used = (ei.me_last_pgno + 1) * (size_t)es.ms_psize;
     }
     return 0;
+}
+
+/* mark_key - the meta key of mark NAME ("mark:NAME") into BUF; its length, 0 if too long */
+static size_t
+mark_key(char *buf, size_t size, const char *name)
+{
+    int n = snprintf(buf, size, "mark:%s", name);
+
+    return n > 0 && (size_t)n < size && *name ? (size_t)n : 0;
+}
+
+int
+qstore_get_mark(struct qstore *qs, const char *name, uint64_t *value)
+{
+    char key[64];
+    MDB_val k = { mark_key(key, sizeof key, name), key }, v;
+    MDB_txn *txn;
+    int rc;
+
+    check_owner(qs);
+    if (k.mv_size == 0)
+        return -EINVAL;
+    if ((rc = qs_err(mdb_txn_begin(qs->env, NULL, MDB_RDONLY, &txn))) < 0)
+        return rc;
+    rc = mdb_get(txn, qs->meta, &k, &v);
+    if (rc == 0 && v.mv_size == 8)
+        *value = get_be64(v.mv_data);
+    mdb_txn_abort(txn);
+    return rc == MDB_NOTFOUND ? -ENOENT : rc != 0 ? qs_err(rc) : v.mv_size == 8 ? 0 : -EPROTO;
+}
+
+int
+qstore_wtxn_set_mark(struct qstore_wtxn *w, const char *name, uint64_t value)
+{
+    char key[64];
+    uint8_t be[8];
+    MDB_val k = { mark_key(key, sizeof key, name), key }, v = { sizeof be, be };
+    int rc;
+
+    if (k.mv_size == 0)
+        return -EINVAL;
+    put_be64(be, value);
+    if ((rc = qs_err(mdb_put(w->txn, w->qs->meta, &k, &v, 0))) < 0 && rc != -EINVAL)
+        w->failed = rc;
+    return rc;
 }
 
 /* ---- new messages ----------------------------------------------------------------- */

@@ -23,6 +23,8 @@
  * NAMED DATABASES (all integers big-endian, so keys sort numerically)
  *   meta  "schema"      -> u32 schema version (QSTORE_SCHEMA_VERSION)
  *         "next-msgid"  -> u64 next message id to hand out (starts at 1)
+ *         "mark:NAME"   -> u64 a reader's progress mark (qstore_wtxn_set_mark;
+ *                          qmgr's "received": r records written below it)
  *   msg   msgid u64                 -> envelope record      (one per message)
  *   body  msgid u64 | chunk u32     -> raw content bytes, <= QSTORE_CHUNK_MAX
  *                                      each; chunks 0..nchunks-1, no gaps
@@ -50,8 +52,8 @@
  *   as the record's memory is. Limits: QSTORE_STR_MAX bytes of text per field
  *   (QSTORE_ERR_MAX for last_error, which is truncated on write, not refused).
  *
- * ENVELOPE RECORD (msg), version 1
- *   off  0 u8  version (1)
+ * ENVELOPE RECORD (msg), version 2 (version 1 records, without local_ip, are still read)
+ *   off  0 u8  version (2)
  *        1 u8  flags   QSTORE_F_8BITMIME | QSTORE_F_SMTPUTF8; other bits -> corrupt
  *        2 u8  ret     QSTORE_RET_{NONE,FULL,HDRS}
  *        3 u8  delay_notices   delay DSNs sent so far (0 in older records)
@@ -61,7 +63,8 @@
  *       24 u32 nchunks     body chunks
  *       28 str sender (no <>; "" = null sender), envid, job_id, vmta (virtual
  *          MTA or pool name, "" = default), source (<source> name), client_ip,
- *          client_helo, auth_user, bounce_sender (return path of our DSNs)
+ *          client_helo, auth_user, bounce_sender (return path of our DSNs),
+ *          local_ip (where it was received; not in version 1 records)
  *       record length must end exactly after the last string.
  *
  * RECIPIENT RECORD (rcpt), version 1 -- the schedule fields come first so the
@@ -131,7 +134,7 @@
 #include "buf.h"
 
 #define QSTORE_SCHEMA_VERSION 1u
-#define QSTORE_ENV_VERSION    1u /* envelope record version */
+#define QSTORE_ENV_VERSION    2u /* envelope record version written (1 is still read) */
 #define QSTORE_RCPT_VERSION   1u /* recipient record version */
 #define QSTORE_CHUNK_MAX      (256u * 1024u)
 #define QSTORE_STR_MAX        1024u /* text bytes per string field */
@@ -175,6 +178,7 @@ struct qstore_envelope {
     const char *client_helo;
     const char *auth_user;
     const char *bounce_sender;
+    const char *local_ip; /* where it was received ("" for version 1 records) */
 };
 
 struct qstore_rcpt {
@@ -339,6 +343,13 @@ int qstore_wtxn_defer(struct qstore_wtxn *w, uint64_t msgid, uint32_t index,
                       const struct qstore_defer *d);
 /* qstore_wtxn_delete_msg - remove a message and all its records. 0, -ENOENT, -errno */
 int qstore_wtxn_delete_msg(struct qstore_wtxn *w, uint64_t msgid);
+/*
+ * qstore_wtxn_set_mark - set progress mark NAME (at most 58 bytes) to VALUE
+ * in meta; 0, -EINVAL (bad name), -errno. qstore_get_mark reads it: 0,
+ * -ENOENT (never set), -errno.
+ */
+int qstore_wtxn_set_mark(struct qstore_wtxn *w, const char *name, uint64_t value);
+int qstore_get_mark(struct qstore *qs, const char *name, uint64_t *value);
 /* qstore_wtxn_failed - nonzero (-errno) once the transaction must be aborted */
 int qstore_wtxn_failed(const struct qstore_wtxn *w);
 /* qstore_wtxn_commit - commit (and sync unless QSTORE_NOSYNC); frees W. 0 or -errno */

@@ -14,6 +14,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -21,7 +22,7 @@
 #include "qstore_group.h"
 #include "xalloc.h"
 
-enum op_kind { OP_PUT, OP_FINISH, OP_DEFER };
+enum op_kind { OP_PUT, OP_FINISH, OP_DEFER, OP_MARK };
 
 struct group_op {
     struct group_op *next;
@@ -30,6 +31,7 @@ struct group_op {
     uint64_t msgid;
     uint32_t index;
     struct qstore_defer defer; /* OP_DEFER; last_error owned */
+    char mark[64];             /* OP_MARK: the mark's name; msgid is its value */
     int status;
     qstore_group_cb cb;
     void *arg;
@@ -73,6 +75,8 @@ apply_op(struct qstore_wtxn *w, struct group_op *op)
         return qstore_wtxn_finish(w, op->msgid, op->index);
     case OP_DEFER:
         return qstore_wtxn_defer(w, op->msgid, op->index, &op->defer);
+    case OP_MARK:
+        return qstore_wtxn_set_mark(w, op->mark, op->msgid);
     }
     return -EINVAL;
 }
@@ -389,6 +393,23 @@ qstore_group_defer(struct qstore_group *g, uint64_t msgid, uint32_t index,
     op->defer = *d;
     /* the commit runs later, on another thread: keep our own bounded copy */
     op->defer.last_error = xstrndup(d->last_error ? d->last_error : "", QSTORE_ERR_MAX);
+    enqueue(g, op);
+    return 0;
+}
+
+int
+qstore_group_mark(struct qstore_group *g, const char *name, uint64_t value, qstore_group_cb cb,
+                  void *arg)
+{
+    struct group_op *op;
+
+    if (g->closing)
+        return -ESHUTDOWN;
+    if (strlen(name) >= sizeof op->mark)
+        return -EINVAL;
+    op = new_op(OP_MARK, cb, arg);
+    snprintf(op->mark, sizeof op->mark, "%s", name);
+    op->msgid = value;
     enqueue(g, op);
     return 0;
 }

@@ -85,6 +85,9 @@ int qstore_group_finish(struct qstore_group *g, uint64_t msgid, uint32_t index, 
 /* qstore_group_defer - recipient deferred; D (and its string) is copied */
 int qstore_group_defer(struct qstore_group *g, uint64_t msgid, uint32_t index,
                        const struct qstore_defer *d, qstore_group_cb cb, void *arg);
+/* qstore_group_mark - set progress mark NAME to VALUE (qstore_wtxn_set_mark) with the next batch */
+int qstore_group_mark(struct qstore_group *g, const char *name, uint64_t value, qstore_group_cb cb,
+                      void *arg);
 /* qstore_group_flush - start a commit now instead of waiting for the window */
 void qstore_group_flush(struct qstore_group *g);
 /* qstore_group_pending - ops not yet completed (queued or committing) */

@@ -135,13 +135,14 @@ msg_json(const struct qstore_msg *m)
     qstore_qid_format(qid, m->msgid);
     for (size_t i = 0; i < m->nrcpt; i++)
         json_array_append_new(rc, rcpt_json(&m->rcpt[i]));
-    return json_pack("{s:s, s:I, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:i, s:s,"
+    return json_pack("{s:s, s:I, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:i, s:s,"
                      " s:I, s:I, s:I, s:o}",
                      "id", qid, "msgid", (json_int_t)m->msgid, "sender", jstr(e->sender), "envid",
                      jstr(e->envid), "job", jstr(e->job_id), "vmta", jstr(e->vmta), "source",
-                     jstr(e->source), "client_ip", jstr(e->client_ip), "helo", jstr(e->client_helo),
-                     "auth_user", jstr(e->auth_user), "bounce_sender", jstr(e->bounce_sender),
-                     "flags", (int)e->flags, "ret",
+                     jstr(e->source), "client_ip", jstr(e->client_ip), "local_ip",
+                     jstr(e->local_ip), "helo", jstr(e->client_helo), "auth_user",
+                     jstr(e->auth_user), "bounce_sender", jstr(e->bounce_sender), "flags",
+                     (int)e->flags, "ret",
                      e->ret == QSTORE_RET_FULL   ? "full"
                      : e->ret == QSTORE_RET_HDRS ? "hdrs"
                                                  : "none",

@@ -324,6 +324,7 @@ test_header_and_record_order(void **state)
                              "queue",
                              "vmtaPool",
                              "totalSecondsQueued",
+                             "timeFirstAttempt",
                              "dlvTlsProtocol",
                              "dlvTlsCipher",
                              "rcvSmtpUser",

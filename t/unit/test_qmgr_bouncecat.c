@@ -93,6 +93,120 @@ static const struct sample provider_samples[] = {
     { NULL, "", "other" },
 };
 
+/*
+ * Replies the big providers send (their published texts), with the category
+ * an operator files them under. Throttling is a policy of the receiver's,
+ * never quota-issues (which is a full mailbox).
+ */
+static const struct sample big_provider_replies[] = {
+    /* Gmail */
+    { "5.1.1",
+      "550-5.1.1 The email account that you tried to reach does not exist. Please try "
+      "550-5.1.1 double-checking the recipient's email address for typos or 550 5.1.1 "
+      "unnecessary spaces. For more information, go to 550 5.1.1 "
+      "https://support.google.com/mail/?p=NoSuchUser",
+      "bad-mailbox" },
+    { "4.2.2",
+      "452-4.2.2 The recipient's inbox is out of storage space. Please direct the "
+      "452-4.2.2 recipient to 452 4.2.2 https://support.google.com/mail/?p=OverQuotaTemp",
+      "quota-issues" },
+    { "4.2.1",
+      "450-4.2.1 The user you are trying to contact is receiving mail at a rate that "
+      "450-4.2.1 prevents additional messages from being delivered. Please resend your "
+      "450 4.2.1 message at a later time.",
+      "policy-related" },
+    { "4.7.28",
+      "421-4.7.28 Gmail has detected an unusual rate of unsolicited mail originating from "
+      "421-4.7.28 your SPF domain. To protect our users from spam, mail sent from your "
+      "421 4.7.28 domain has been temporarily rate limited.",
+      "spam-related" },
+    { "4.7.0", "421-4.7.0 Try again later, closing connection. (EHLO)", "policy-related" },
+    { "5.7.26",
+      "550-5.7.26 This mail has been blocked because the sender is unauthenticated. "
+      "550-5.7.26 Gmail requires all senders to authenticate with either SPF or DKIM.",
+      "spam-related" },
+    { "5.7.1",
+      "550-5.7.1 Our system has detected that this message is likely unsolicited mail. "
+      "550-5.7.1 To reduce the amount of spam sent to Gmail, this message has been blocked.",
+      "spam-related" },
+    { "5.2.1", "550 5.2.1 The email account that you tried to reach is disabled.",
+      "inactive-mailbox" },
+    /* Yahoo */
+    { "4.7.0",
+      "421 4.7.0 [TSS04] Messages from 192.0.2.7 temporarily deferred due to unexpected "
+      "volume or user complaints - 4.16.55.1; see https://postmaster.yahooinc.com/error-codes",
+      "policy-related" },
+    { "5.0.0",
+      "554 delivery error: dd This user doesn't have a yahoo.com account "
+      "(nobody@yahoo.com) [0] - mta1003.mail.gq1.yahoo.com",
+      "bad-mailbox" },
+    { "5.7.9",
+      "554 5.7.9 Message not accepted for policy reasons.  See "
+      "https://postmaster.yahooinc.com/error-codes",
+      "policy-related" },
+    { "5.7.1",
+      "553 5.7.1 [BL21] Connections will not be accepted from 192.0.2.7, because the ip is "
+      "in Spamhaus's list; see https://postmaster.yahooinc.com/error-codes",
+      "spam-related" },
+    { "4.7.1", "421 4.7.1 [TS03] All messages from 192.0.2.7 will be permanently deferred",
+      "policy-related" },
+    /* Outlook / Microsoft 365 */
+    { "4.7.650",
+      "451 4.7.650 The mail server [192.0.2.7] has been temporarily rate limited due to IP "
+      "reputation. For e-mail delivery information, see https://postmaster.live.com (S775)",
+      "policy-related" },
+    { "5.5.0", "550 5.5.0 Requested action not taken: mailbox unavailable (S2017062302).",
+      "bad-mailbox" },
+    { "5.7.1",
+      "550 5.7.1 Unfortunately, messages from [192.0.2.7] weren't sent. Please contact your "
+      "Internet service provider since part of their network is on our block list (S3150).",
+      "spam-related" },
+    { "5.4.1", "550 5.4.1 Recipient address rejected: Access denied. AS(201806281)",
+      "bad-mailbox" },
+    { "4.7.500", "451 4.7.500 Server busy. Please try again later from [192.0.2.7]. (AS780)",
+      "policy-related" },
+    /* generic throttles */
+    { "4.7.0", "421 4.7.0 Too many concurrent SMTP connections; please try again later.",
+      "policy-related" },
+    { "4.3.2", "452 4.3.2 Rate limit exceeded, try again later", "policy-related" },
+};
+
+/* Results we made up (code 0): the status decides, never our own words. */
+static const struct sample local_results[] = {
+    { "4.4.1", "4.4.1 connect to mx.example[192.0.2.1]:25: connection refused",
+      "no-answer-from-host" },
+    { "4.4.1", "timeout connecting to mx.example[192.0.2.1] after 120 s", "no-answer-from-host" },
+    { "4.4.2", "lost connection with mx.example[192.0.2.1] while in data: connection closed",
+      "bad-connection" },
+    { "4.4.3", "DNS lookup of example.com timed out (rejected by policy)", "routing-errors" },
+    { "5.1.2", "domain example.invalid does not exist (denied)", "bad-domain" },
+    { "5.4.7", "message expired: 550 5.7.1 denied by policy", "message-expired" },
+};
+
+static void
+test_big_provider_replies(void **state)
+{
+    struct qmgr_bouncecat *bc = qmgr_bouncecat_new(NULL);
+
+    (void)state;
+    for (size_t i = 0; i < sizeof big_provider_replies / sizeof big_provider_replies[0]; i++) {
+        const struct sample *s = &big_provider_replies[i];
+        const char *got = qmgr_bouncecat_classify_result(bc, 421, s->status, s->reply);
+        if (strcmp(got, s->category) != 0)
+            fail_msg("reply %zu \"%s\": got %s, want %s", i, s->reply, got, s->category);
+    }
+    for (size_t i = 0; i < sizeof local_results / sizeof local_results[0]; i++) {
+        const struct sample *s = &local_results[i];
+        const char *got = qmgr_bouncecat_classify_result(bc, 0, s->status, s->reply);
+        if (strcmp(got, s->category) != 0)
+            fail_msg("local result %zu \"%s\": got %s, want %s", i, s->reply, got, s->category);
+    }
+    /* the same words in a receiver's reply are its policy */
+    assert_string_equal(qmgr_bouncecat_classify_result(bc, 554, "5.7.0", "554 5.7.0 refused"),
+                        "policy-related");
+    qmgr_bouncecat_free(bc);
+}
+
 static void
 test_default_categories_from_provider_replies(void **state)
 {
@@ -193,6 +307,7 @@ main(void)
     const struct CMUnitTest tests[] = {
         UNIT_TEST(test_default_categories_from_provider_replies),
         UNIT_TEST(test_status_text_and_bare_replies),
+        UNIT_TEST(test_big_provider_replies),
         UNIT_TEST(test_configured_list_overrides_defaults),
         UNIT_TEST(test_configured_catch_all_ends_search),
         UNIT_TEST(test_pathological_pattern_is_bounded),

@@ -471,6 +471,44 @@ test_sanitize(void **state)
     assert_string_equal(qmgr_dsn_sanitize(out, sizeof out, NULL, 3), "");
 }
 
+static void
+test_status_and_diag_text(void **state)
+{
+    char out[300];
+
+    (void)state;
+    assert_string_equal(qmgr_dsn_status_text("5.1.1"), "bad destination mailbox address");
+    assert_string_equal(qmgr_dsn_status_text("4.4.1"), "no answer from host");
+    assert_string_equal(qmgr_dsn_status_text("5.4.7"), "delivery time expired");
+    assert_string_equal(qmgr_dsn_status_text("4.2.0"), "other or undefined mailbox status");
+    assert_string_equal(qmgr_dsn_status_text("4.2.99"), "other or undefined mailbox status");
+    assert_string_equal(qmgr_dsn_status_text("5.7.26"), "multiple authentication checks failed");
+    assert_string_equal(qmgr_dsn_status_text("2.0.0"), "success");
+    assert_string_equal(qmgr_dsn_status_text("2.6.0"), "success");
+    assert_string_equal(qmgr_dsn_status_text("5.9.0"), "other undefined status");
+    assert_string_equal(qmgr_dsn_status_text("x"), "other undefined status");
+    assert_string_equal(qmgr_dsn_status_text(NULL), "other undefined status");
+    assert_string_equal(qmgr_dsn_status_field(out, sizeof out, "5.1.1", "5.0.0"),
+                        "5.1.1 (bad destination mailbox address)");
+    assert_string_equal(qmgr_dsn_status_field(out, sizeof out, "", "4.0.0"),
+                        "4.0.0 (other undefined status)");
+    assert_string_equal(qmgr_dsn_status_field(out, sizeof out, "5.1.1x", "5.0.0"),
+                        "5.0.0 (other undefined status)");
+    /* a reply: as received, code first */
+    assert_string_equal(qmgr_dsn_diag_text(out, sizeof out, 550, "5.1.1", "550 5.1.1 no such user"),
+                        "550 5.1.1 no such user");
+    assert_string_equal(qmgr_dsn_diag_text(out, sizeof out, 550, "5.1.1", "no such user"),
+                        "550 no such user");
+    /* no reply: ours, marked, never "0 ..." */
+    assert_string_equal(qmgr_dsn_diag_text(out, sizeof out, 0, "4.4.1",
+                                           "4.4.1 connect to mx[192.0.2.1]:25: refused"),
+                        "451 4.4.1 [internal] connect to mx[192.0.2.1]:25: refused");
+    assert_string_equal(qmgr_dsn_diag_text(out, sizeof out, 0, "5.4.7", "message expired"),
+                        "554 5.4.7 [internal] message expired");
+    assert_string_equal(qmgr_dsn_diag_text(out, sizeof out, 0, NULL, NULL),
+                        "451 4.0.0 [internal] ");
+}
+
 int
 main(void)
 {
@@ -488,6 +526,7 @@ main(void)
         UNIT_TEST(test_invalid_input_and_limit),
         UNIT_TEST(test_notify_decisions),
         UNIT_TEST(test_sanitize),
+        UNIT_TEST(test_status_and_diag_text),
     };
 
     msg_init("test_qmgr_dsn");

@@ -187,6 +187,7 @@ static const struct qstore_envelope full_env = {
     .vmta = "vmta-1",
     .source = "inbound",
     .client_ip = "192.0.2.7",
+    .local_ip = "192.0.2.25",
     .client_helo = "helo.example",
     .auth_user = "alice",
     .bounce_sender = "b@example.org",
@@ -255,6 +256,13 @@ test_codec_roundtrip(void **state)
     assert_int_equal(qstore_envelope_encode(&b, &full_env), 0);
     assert_int_equal(qstore_envelope_decode(b.data, b.len, &e), 0);
     assert_env_equal(&e, &full_env);
+    assert_string_equal(e.local_ip, "192.0.2.25");
+    /* a version 1 record (before local_ip) still reads, with local_ip "" */
+    b.data[0] = 1;
+    b.len -= 2 + strlen(full_env.local_ip) + 1;
+    assert_int_equal(qstore_envelope_decode(b.data, b.len, &e), 0);
+    assert_string_equal(e.local_ip, "");
+    assert_string_equal(e.bounce_sender, full_env.bounce_sender);
     buf_reset(&b);
     assert_int_equal(qstore_rcpt_encode(&b, &full_rcpt), 0);
     assert_int_equal(qstore_rcpt_decode(b.data, b.len, &r), 0);
@@ -336,6 +344,7 @@ static void
 check_corruptions(decode_fn fn, const struct buf *b, size_t fixed, unsigned nstr)
 {
     char *rec = xmalloc(b->len + 1);
+    uint8_t version = (uint8_t)b->data[0];
     size_t off = fixed;
 
     memcpy(rec, b->data, b->len);
@@ -359,9 +368,9 @@ check_corruptions(decode_fn fn, const struct buf *b, size_t fixed, unsigned nstr
     }
     assert_int_equal(off, b->len);
     assert_int_equal(decode_copy(fn, rec, b->len), 0);
-    rec[0] = 2; /* unknown version */
+    rec[0] = 3; /* unknown version */
     assert_int_equal(decode_copy(fn, rec, b->len), -EPROTO);
-    rec[0] = 1;
+    rec[0] = (char)version;
     /* any single bit flip: decoded or refused, never a crash or overread */
     for (size_t i = 0; i < b->len; i++) {
         for (int bit = 0; bit < 8; bit++) {
@@ -384,7 +393,7 @@ test_codec_corrupt(void **state)
     (void)state;
     buf_init(&b, 0);
     assert_int_equal(qstore_envelope_encode(&b, &full_env), 0);
-    check_corruptions(dec_env, &b, 28, 9);
+    check_corruptions(dec_env, &b, 28, 10);
     buf_reset(&b);
     assert_int_equal(qstore_rcpt_encode(&b, &full_rcpt), 0);
     check_corruptions(dec_rcpt, &b, 32, 5);
