@@ -122,6 +122,7 @@ master_maybe_finished(struct master *m)
     uv_close((uv_handle_t *)&m->sig_usr1, NULL);
     uv_close((uv_handle_t *)&m->sig_usr2, NULL);
     uv_close((uv_handle_t *)&m->drain_timer, NULL);
+    uv_close((uv_handle_t *)&m->log_timer, NULL);
     master_roles_close(m);
 }
 
@@ -184,6 +185,7 @@ start_signals(struct master *m)
     uv_signal_start(&m->sig_int, on_stop_signal, SIGINT);
     uv_timer_init(&m->loop, &m->drain_timer);
     m->drain_timer.data = m;
+    master_log_auto_start(m);
 }
 
 /* remove_snapshots - at exit no worker maps any of them */

@@ -57,8 +57,10 @@ struct master_settings {
     uid_t uid;           /* worker credentials (our own when not dropping) */
     gid_t gid;
     unsigned nprocs[ROLE_COUNT];
-    int http_port;  /* http-mgmt-port; 0: no monitor */
-    int log_rotate; /* log-rotate: old log files kept */
+    int http_port;         /* http-mgmt-port; 0: no monitor */
+    int log_rotate;        /* log-rotate: old log files kept */
+    int log_auto_rotation; /* log-auto-rotation: rotate at local midnight */
+    int64_t log_max_size;  /* log-max-size: rotate past this many bytes; <= 0 never */
 };
 
 struct master_listener {
@@ -155,6 +157,8 @@ struct master {
     unsigned validate_timeout_s;     /* MASTER_VALIDATE_TIMEOUT_S (tests: shorter) */
     const char *validate_fault_file; /* test hook (--test-validator-fault) */
     uv_timer_t drain_timer;
+    uv_timer_t log_timer; /* log-auto-rotation / log-max-size checks */
+    time_t next_log_midnight;
 };
 
 /* master_config.c */
@@ -166,6 +170,8 @@ struct cfg *master_load_config(const char *path, int to_log);
 void master_settings_from_cfg(const struct cfg *c, const char *config_path,
                               struct master_settings *set);
 void master_settings_free(struct master_settings *set);
+/* master_log_auto_start - check every few seconds whether the log is due for rotation */
+void master_log_auto_start(struct master *m);
 char *master_snapshot_path(const struct master *m, uint64_t generation);
 int master_snapshot_write(struct master *m, struct cfg *c, uint64_t generation);
 int master_write_snapshot_file(struct cfg *c, const char *path, uint64_t generation, gid_t gid);

@@ -201,6 +201,8 @@ master_settings_from_cfg(const struct cfg *c, const char *config_path, struct ma
     set->nprocs[ROLE_SMTPOUT] = process_count(c, CFG_D_SMTP_OUT_PROCESSES, 0);
     set->http_port = (int)cfg_global(c, CFG_D_HTTP_MGMT_PORT)->num;
     set->log_rotate = (int)cfg_global(c, CFG_D_LOG_ROTATE)->num;
+    set->log_auto_rotation = cfg_global(c, CFG_D_LOG_AUTO_ROTATION)->num != 0;
+    set->log_max_size = cfg_global(c, CFG_D_LOG_MAX_SIZE)->num;
 }
 
 void

@@ -354,3 +354,56 @@ master_open_log(struct master *m)
     msg_also_stderr(m->foreground);
     msg_set_verbose(m->verbose);
 }
+
+/* --- automatic rotation (log-auto-rotation, log-max-size) ------------------------------ */
+
+#define LOG_CHECK_MS 5000 /* how often the size and the clock are looked at */
+
+/* next_midnight - the next local midnight after NOW */
+static time_t
+next_midnight(time_t now)
+{
+    struct tm tm;
+
+    localtime_r(&now, &tm);
+    tm.tm_hour = tm.tm_min = tm.tm_sec = 0;
+    tm.tm_mday++;
+    tm.tm_isdst = -1;
+    return mktime(&tm);
+}
+
+/*
+ * on_log_check - rotate when midnight has passed (log-auto-rotation) or the
+ * file has grown past log-max-size; log-rotate 0 means no rotation at all.
+ * The settings are read on every check, so a reload takes effect at once.
+ */
+static void
+on_log_check(uv_timer_t *t)
+{
+    struct master *m = t->data;
+    time_t now = time(NULL);
+    struct stat st;
+    const char *why = NULL;
+
+    if (m->stopping || !m->set.log_file || m->set.log_rotate <= 0)
+        return;
+    if (m->set.log_auto_rotation && m->next_log_midnight && now >= m->next_log_midnight)
+        why = "midnight (log-auto-rotation)";
+    else if (m->set.log_max_size > 0 && stat(m->set.log_file, &st) == 0 &&
+             st.st_size >= m->set.log_max_size)
+        why = "size (log-max-size)";
+    m->next_log_midnight = next_midnight(now);
+    if (why) {
+        msg_info("rotating the log: %s", why);
+        master_rotate_log(m);
+    }
+}
+
+void
+master_log_auto_start(struct master *m)
+{
+    uv_timer_init(&m->loop, &m->log_timer);
+    m->log_timer.data = m;
+    m->next_log_midnight = next_midnight(time(NULL));
+    uv_timer_start(&m->log_timer, on_log_check, LOG_CHECK_MS, LOG_CHECK_MS);
+}

@@ -209,6 +209,7 @@ add_txn(struct buf *out, struct qconn *c)
 static void
 drop_gone(struct qconn *c)
 {
+    char qid[QSTORE_QID_LEN + 1];
     uint32_t keep = 0;
 
     for (uint32_t i = 0; i < c->txn_n; i++) {
@@ -226,8 +227,8 @@ drop_gone(struct qconn *c)
             c->txn[keep++] = r;
             continue;
         }
-        msg_warn("recipient %" PRIu64 "/%u is no longer in the queue; forgetting it",
-                 S.msg[S.rcpt[r].msg].msgid, S.rcpt[r].index);
+        msg_warn("recipient %s/%u is no longer in the queue; forgetting it",
+                 qmgr_qid(qid, S.msg[S.rcpt[r].msg].msgid), S.rcpt[r].index);
         c->q->ninflight--;
         qmgr_rcpt_free(r);
     }
@@ -244,9 +245,11 @@ static void
 hold_unreadable(struct qconn *c, int err)
 {
     uint32_t due = qmgr_tick_now() + UNREADABLE_RETRY_S * 1000u / QMGR_TICK_MS;
+    char qid[QSTORE_QID_LEN + 1];
 
-    msg_warn("cannot read message %" PRIu64 ": %s; its %u recipient(s) wait %u s",
-             S.msg[c->txn_msgidx].msgid, qstore_strerror(err), c->txn_n, UNREADABLE_RETRY_S);
+    msg_warn("cannot read message %s: %s; its %u recipient(s) wait %u s",
+             qmgr_qid(qid, S.msg[c->txn_msgidx].msgid), qstore_strerror(err), c->txn_n,
+             UNREADABLE_RETRY_S);
     for (uint32_t i = 0; i < c->txn_n; i++) {
         c->q->ninflight--;
         qmgr_defer_push(c->txn[i], due);
@@ -689,7 +692,7 @@ static int
 on_rcpt_result(struct qconn *c, struct ipc_msg *m)
 {
     struct mp_rcpt_result r;
-    char reply[QSTORE_ERR_MAX + 1];
+    char reply[QSTORE_ERR_MAX + 1], qid[QSTORE_QID_LEN + 1];
     struct qresult res = { 0 };
 
     if (mp_decode_rcpt_result(m, &r) < 0 || r.result > MP_RESULT_PERMFAIL)
@@ -710,8 +713,8 @@ on_rcpt_result(struct qconn *c, struct ipc_msg *m)
             return 0;
         }
     }
-    msg_warn("smtp-out %u: result for %" PRIu64 "/%u which connection %u does not carry",
-             c->out->pid, r.msgid, r.index, c->id);
+    msg_warn("smtp-out %u: result for %s/%u which connection %u does not carry", c->out->pid,
+             qmgr_qid(qid, r.msgid), r.index, c->id);
     return 0;
 }
 

@@ -71,12 +71,14 @@ qmgr_read_envelope(uint32_t r)
 static void
 on_dsn_committed(void *arg, int status, uint64_t msgid)
 {
+    char qid[QSTORE_QID_LEN + 1];
+
     (void)arg;
     if (status < 0) {
         msg_error("cannot queue a message of our own: %s", qstore_strerror(status));
         return;
     }
-    msg_debug("message %" PRIu64 " of our own queued", msgid);
+    msg_debug("message %s of our own queued", qmgr_qid(qid, msgid));
     qmgr_sched_catch_up_soon();
 }
 

@@ -118,10 +118,11 @@ static void
 on_committed(void *arg, int status, uint64_t msgid)
 {
     const char *what = arg;
+    char qid[QSTORE_QID_LEN + 1];
 
     if (status < 0 && status != -ENOENT)
-        msg_error("cannot record the %s of a recipient of message %" PRIu64 ": %s", what, msgid,
-                  qstore_strerror(status));
+        msg_error("cannot record the %s of a recipient of message %s: %s", what,
+                  qmgr_qid(qid, msgid), qstore_strerror(status));
 }
 
 static void

@@ -219,12 +219,12 @@ write_received(uint64_t msgid)
     struct qstore_msg *m = NULL, *hdr_owner = NULL;
     struct qmgr_acct_record a = { .type = QMGR_ACCT_R, .dlv_size = -1 };
     struct record_text t;
-    char queue_vmta[QSTORE_STR_MAX + 1];
+    char queue_vmta[QSTORE_STR_MAX + 1], qid[QSTORE_QID_LEN + 1];
     int err = qstore_read_msg(S.qs, msgid, 0, &m);
 
     if (err < 0) {
         if (err != -ENOENT)
-            msg_warn("cannot read message %" PRIu64 " for its r records: %s", msgid,
+            msg_warn("cannot read message %s for its r records: %s", qmgr_qid(qid, msgid),
                      qstore_strerror(err));
         return;
     }

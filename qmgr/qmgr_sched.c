@@ -118,6 +118,7 @@ qmgr_sched_rebuild(void)
 static void
 catch_up(void)
 {
+    char qid[QSTORE_QID_LEN + 1];
     struct qstore_info info;
     struct scan_ctx c;
     int err;
@@ -132,7 +133,8 @@ catch_up(void)
     for (; S.scanned_below < info.next_msgid; S.scanned_below++) {
         err = qstore_scan_msg(S.qs, S.scanned_below, add_sched, &c, NULL);
         if (err < 0 && err != -ENOENT)
-            msg_warn("cannot scan message %" PRIu64 ": %s", S.scanned_below, qstore_strerror(err));
+            msg_warn("cannot scan message %s: %s", qmgr_qid(qid, S.scanned_below),
+                     qstore_strerror(err));
         c.last_msg = QNIL;
     }
     qmgr_records_received(S.scanned_below); /* r records, once per message */

@@ -755,16 +755,6 @@ qstore_newmsg_patch_qid(struct qstore_newmsg *nm, size_t offset)
     return 0;
 }
 
-void
-qstore_qid_format(char out[QSTORE_QID_LEN + 1], uint64_t msgid)
-{
-    static const char hex[] = "0123456789ABCDEF";
-
-    for (int i = QSTORE_QID_LEN - 1; i >= 0; i--, msgid >>= 4)
-        out[i] = hex[msgid & 0xf];
-    out[QSTORE_QID_LEN] = '\0';
-}
-
 size_t
 qstore_newmsg_size(const struct qstore_newmsg *nm)
 {

@@ -58,6 +58,8 @@ struct oconn {
     const struct cfg *cfg; /* pinned until the connection is freed */
 
     struct smtpout_session_config scfg; /* dest/mx_name set per attempt */
+    char log_tag[SMTPOUT_DNS_NAME_MAX + 64];
+    int log_connections; /* log-connections: every attempt and why it failed */
     struct sockaddr_storage source;
     struct cfg_route *route;
     int bounce_upon_5xx_greeting;
@@ -243,6 +245,13 @@ conn_configure(struct oconn *c, struct smtpout_reply *r)
     c->tlspol.sts_ctx = out_ssl_ctx_ca(setting_text(c->cfg, &set, CFG_D_SMTP_TLS_CA_FILE));
     if (setting_text(c->cfg, &set, CFG_D_SMTP_TLS_CA_FILE))
         c->tlspol.ca_ctx = c->tlspol.sts_ctx;
+    c->scfg.log = (setting_num(&set, CFG_D_LOG_COMMANDS, 0) ? SMTPOUT_LOG_COMMANDS : 0) |
+                  (setting_num(&set, CFG_D_LOG_DATA, 0) ? SMTPOUT_LOG_DATA : 0) |
+                  (setting_num(&set, CFG_D_LOG_TRANSFER_FAILURES, 0) ? SMTPOUT_LOG_TRANSFER_FAILURES
+                                                                     : 0);
+    snprintf(c->log_tag, sizeof c->log_tag, "connection %u %s", c->id, c->queue);
+    c->scfg.log_tag = c->log_tag;
+    c->log_connections = (int)setting_num(&set, CFG_D_LOG_CONNECTIONS, 0);
     c->bounce_upon_5xx_greeting = (int)setting_num(&set, CFG_D_BOUNCE_UPON_5XX_GREETING, 1);
     c->max_attempts = (unsigned)setting_num(&set, CFG_D_MX_CONNECTION_ATTEMPTS, 10);
     if (c->max_attempts == 0)
@@ -522,6 +531,9 @@ closed_before_up(struct oconn *c, const struct smtpout_reply *reason)
     }
     c->last_error = *reason;
     c->have_error = 1;
+    if (c->log_connections)
+        msg_info("connection %u %s: attempt %u to %s[%s] failed: %s", c->id, c->queue, c->attempts,
+                 c->mx, c->dest_ip, reason->text);
     /* A failed opportunistic handshake: the same host again, in clear (never when DANE or
        MTA-STS made TLS mandatory: the attempt's policy is REQUIRED then). */
     if (reason->stage == SMTPOUT_STAGE_TLS && !c->tls_downgraded &&
@@ -600,6 +612,12 @@ on_decided(void *arg, struct smtpout_tls_decision *d)
     scfg.tls = c->tls_downgraded && d->tls == SMTPOUT_TLS_OPPORTUNISTIC ? SMTPOUT_TLS_OFF : d->tls;
     if (scfg.tls != SMTPOUT_TLS_OFF)
         scfg.check = d->check;
+    if (c->log_connections)
+        msg_info("connection %u %s: attempt %u: connecting to %s[%s]:%u from %s%s", c->id, c->queue,
+                 c->attempts, c->mx, c->dest_ip,
+                 smtpout_sockaddr_port((const struct sockaddr *)&dest->addr),
+                 c->source_ip[0] ? c->source_ip : "any address",
+                 scfg.tls == SMTPOUT_TLS_OFF && c->tls_downgraded ? " (again without TLS)" : "");
     c->session = smtpout_session_start(worker_loop(), &scfg, &cb, c);
 }
 

@@ -365,6 +365,8 @@ smtpout_proto_quit(struct smtpout_proto *p)
 static void
 dispatch(struct smtpout_proto *p, struct smtpout_reply *r)
 {
+    if (p->ev.reply)
+        p->ev.reply(p->ctx, r);
     /* 421: the peer is going away, whatever we asked (RFC 5321 3.8). */
     if (r->code == 421 && p->state != P_QUIT) {
         r->stage = smtpout_proto_stage(p);

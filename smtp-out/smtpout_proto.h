@@ -238,6 +238,8 @@ struct smtpout_proto_events {
     void (*transaction_done)(void *ctx, const struct smtpout_reply *r);
     /* first of the session's last events: results of an open transaction follow */
     void (*close)(void *ctx, const struct smtpout_reply *reason);
+    /* every complete reply, before the engine acts on it (transcripts); may be NULL */
+    void (*reply)(void *ctx, const struct smtpout_reply *r);
 };
 
 struct smtpout_proto;

@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <arpa/inet.h>
 
 #include <openssl/crypto.h>
@@ -37,6 +38,9 @@
 #define BODY_BATCH_BYTES (256 * 1024) /* message bytes per body write */
 #define BODY_BATCH_BUFS  1024         /* iovecs per body write */
 #define TLS_STAGE_BYTES  (64 * 1024)  /* plaintext per SSL_write of the body */
+#define LOG_LINE_MAX     600          /* bytes of one transcript line logged */
+#define LOG_DATA_MAX     (256 * 1024) /* message bytes logged per transaction (log-data) */
+#define KEPT_LINES_MAX   200          /* transcript lines kept for log-transfer-failures */
 
 struct session_write {
     uv_write_t req;
@@ -62,6 +66,9 @@ struct smtpout_session {
     char mx_name[256];
     char helo_name[256];
     char dest_ip[INET6_ADDRSTRLEN];
+    char log_tag[300];
+    struct buf kept; /* log-transfer-failures: this transaction's lines, NUL-separated */
+    unsigned nkept;
 
     int closing; /* handles closing; `closed` comes next */
     enum smtpout_stage timer_stage;
@@ -121,6 +128,80 @@ session_fail_local(struct smtpout_session *s, enum smtpout_class cls, const char
     smtpout_proto_fail_local(s->proto, cls, status, what);
 }
 
+/* --- transcripts ------------------------------------------------------------------- */
+
+/* transcript - one line of the conversation: logged now, or kept until the transaction fails */
+static void
+transcript(struct smtpout_session *s, const char *dir, const char *line, size_t len)
+{
+    char text[LOG_LINE_MAX];
+
+    if (!(s->cfg.log & (SMTPOUT_LOG_COMMANDS | SMTPOUT_LOG_TRANSFER_FAILURES)))
+        return;
+    if (len >= 5 && strncasecmp(line, "AUTH ", 5) == 0) /* credentials never reach the log */
+        len = 4 + strcspn(line + 4, " ") + (line[4 + strcspn(line + 4, " ")] == ' ');
+    msg_printable(text, sizeof text, line, len);
+    if (s->cfg.log & SMTPOUT_LOG_COMMANDS) {
+        msg_info("%s: %s %s", s->log_tag, dir, text);
+    } else if (s->nkept < KEPT_LINES_MAX) {
+        buf_printf(&s->kept, "%s %s", dir, text);
+        buf_append(&s->kept, "", 1);
+        s->nkept++;
+    }
+}
+
+/* transcript_lines - every line of DATA (the commands just written) */
+static void
+transcript_lines(struct smtpout_session *s, const char *dir, const char *data, size_t len)
+{
+    const char *p = data, *end = data + len;
+
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        size_t n = nl ? (size_t)(nl - p) : (size_t)(end - p);
+
+        transcript(s, dir, p, n && p[n - 1] == '\r' ? n - 1 : n);
+        p = nl ? nl + 1 : end;
+    }
+}
+
+/* transcript_failed - the transaction failed: write the lines kept for it */
+static void
+transcript_failed(struct smtpout_session *s, const struct smtpout_reply *r)
+{
+    const char *p = s->kept.data;
+
+    if (s->nkept == 0 || r->cls == SMTPOUT_OK)
+        return;
+    msg_info("%s: transfer failed (%s): transcript follows", s->log_tag, r->text);
+    for (unsigned i = 0; i < s->nkept; i++, p += strlen(p) + 1)
+        msg_info("%s: %s", s->log_tag, p);
+    buf_reset(&s->kept);
+    s->nkept = 0;
+}
+
+/* transcript_data - log-data: the message as it goes out (before dot-stuffing), bounded */
+static void
+transcript_data(struct smtpout_session *s, const struct smtpout_message *m)
+{
+    size_t len = m->len < LOG_DATA_MAX ? m->len : LOG_DATA_MAX;
+    const char *p = m->data, *end = m->data + len;
+    char text[LOG_LINE_MAX];
+
+    if (!(s->cfg.log & SMTPOUT_LOG_DATA))
+        return;
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        size_t n = nl ? (size_t)(nl - p) : (size_t)(end - p);
+
+        msg_info("%s: > | %s", s->log_tag,
+                 msg_printable(text, sizeof text, p, n && p[n - 1] == '\r' ? n - 1 : n));
+        p = nl ? nl + 1 : end;
+    }
+    if (m->len > len)
+        msg_info("%s: > | ... (%zu more bytes not logged)", s->log_tag, m->len - len);
+}
+
 /* --- timers ----------------------------------------------------------------------- */
 
 static void
@@ -177,6 +258,7 @@ session_handle_closed(uv_handle_t *handle)
     if (s->ssl)
         SSL_free(s->ssl);
     smtpout_proto_free(s->proto);
+    buf_free(&s->kept);
     free(s);
 }
 
@@ -335,6 +417,7 @@ flush_output(struct smtpout_session *s)
     if (len == 0)
         return;
     data = buf_detach(out, NULL);
+    transcript_lines(s, ">", data, len);
     if (s->closing) {
         free(data);
         return;
@@ -590,6 +673,7 @@ ev_body(void *ctx, const struct smtpout_message *m, enum smtpout_body_mode mode)
     struct smtpout_session *s = ctx;
 
     flush_output(s); /* BDAT's command line goes first */
+    transcript_data(s, m);
     s->msg = m;
     s->bdat = mode == SMTPOUT_BODY_BDAT;
     s->body_off = 0;
@@ -614,8 +698,15 @@ ev_transaction_done(void *ctx, const struct smtpout_reply *r)
 
     s->msg = NULL;
     s->pumping = 0;
+    transcript_failed(s, r);
     if (s->cb.transaction_done)
         s->cb.transaction_done(s->arg, r);
+}
+
+static void
+ev_reply(void *ctx, const struct smtpout_reply *r)
+{
+    transcript(ctx, "<", r->text, strlen(r->text));
 }
 
 /* ev_close - close the handles; `closed` runs once both are closed */
@@ -641,6 +732,7 @@ static const struct smtpout_proto_events engine_events = {
     .body = ev_body,
     .rcpt_result = ev_rcpt_result,
     .transaction_done = ev_transaction_done,
+    .reply = ev_reply,
     .close = ev_close,
 };
 
@@ -795,6 +887,9 @@ smtpout_session_start(uv_loop_t *loop, const struct smtpout_session_config *cfg,
               s->dest_ip, sizeof s->dest_ip);
     if (s->mx_name[0] == 0)
         snprintf(s->mx_name, sizeof s->mx_name, "%s", s->dest_ip);
+    snprintf(s->log_tag, sizeof s->log_tag, "%s", cfg->log_tag ? cfg->log_tag : s->mx_name);
+    s->cfg.log_tag = s->log_tag;
+    buf_init(&s->kept, 0);
     s->proto = smtpout_proto_new(
         &(struct smtpout_proto_config){ .helo_name = s->helo_name,
                                         .mx_name = s->mx_name,
@@ -837,6 +932,8 @@ smtpout_session_send(struct smtpout_session *s, const struct smtpout_message *m)
 
     if (s->closing)
         return -EBUSY;
+    buf_reset(&s->kept); /* log-transfer-failures keeps one transaction's lines */
+    s->nkept = 0;
     rc = smtpout_proto_send(s->proto, m);
     flush_output(s);
     return rc;

@@ -31,6 +31,15 @@
  *   smtpout_proto.h; this is the connection, TLS, timers and the body pump
  *   around it.
  *
+ * TRANSCRIPTS
+ *   With SMTPOUT_LOG_COMMANDS every command ("TAG: > MAIL FROM:<...>") and
+ *   every reply ("TAG: < 250 2.1.0 Ok") goes to the log as it happens; with
+ *   SMTPOUT_LOG_DATA the message lines too ("TAG: > | line", at most
+ *   LOG_DATA_MAX bytes a message). With SMTPOUT_LOG_TRANSFER_FAILURES the
+ *   lines of the current transaction are kept (bounded) and logged only when
+ *   it fails. Replies are the engine's sanitized text; commands and data pass
+ *   msg_printable(); an AUTH command's argument is never logged.
+ *
  * SECURITY
  *   The peer is hostile; its bytes are read by the engine (smtpout_proto.h:
  *   bounded lines and replies, lengths before offsets, sanitized text, no
@@ -48,6 +57,13 @@
 #include "smtpout_dns.h"
 #include "smtpout_proto.h"
 #include "smtpout_tls.h"
+
+/* What a session writes to the log (the <domain>'s log-* directives). */
+#define SMTPOUT_LOG_COMMANDS 0x1u /* log-commands: every command and reply */
+#define SMTPOUT_LOG_DATA     0x2u /* log-data: the message as sent, too */
+#define SMTPOUT_LOG_TRANSFER_FAILURES                     \
+    0x4u /* log-transfer-failures: a failed transaction's \
+            transcript, once it failed */
 
 struct smtpout_session_config {
     const struct sockaddr *source; /* bind before connect; NULL = any */
@@ -69,6 +85,8 @@ struct smtpout_session_config {
     const char *auth_password;
     int auth_in_clear;              /* use-unencrypted-plain-auth */
     struct smtpout_tls_check check; /* borrowed like the strings */
+    unsigned log;        /* SMTPOUT_LOG_* */
+    const char *log_tag; /* starts every transcript line, e.g. "connection 7 example.com/v1" */
 };
 
 struct smtpout_session_callbacks {

@@ -54,6 +54,7 @@
 #include "ipc.h"
 #include "mailproto.h"
 #include "msg.h"
+#include "qstore.h"
 #include "worker.h"
 #include "xalloc.h"
 #include "smtpd.h"
@@ -699,9 +700,12 @@ smtpd_session_txn_result(struct smtpd_session *s, uint32_t id, int code, const c
     if (s->txn != TXN_WAITING)
         return;
     if (code == 250) {
+        char qid[QSTORE_QID_LEN + 1];
+
         s->messages++;
-        msg_info("%s[%" PRIu64 "]: queued as %020" PRIu64 " (%u recipient%s)%s%s", peer_name(s),
-                 s->serial, msgid, s->txn_rcpts, s->txn_rcpts == 1 ? "" : "s",
+        qstore_qid_format(qid, msgid); /* the id the 250 reply, cleanup and qmgr show */
+        msg_info("%s[%" PRIu64 "]: queued as %s (%u recipient%s)%s%s", peer_name(s), s->serial,
+                 qid, s->txn_rcpts, s->txn_rcpts == 1 ? "" : "s",
                  s->submitter.known ? " from " : "", s->submitter.known ? s->submitter_text : "");
     }
     answer_now(s, code, enhanced, text);

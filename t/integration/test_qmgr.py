@@ -376,16 +376,18 @@ def run1(tap):
     # bounce-after 3s
     bt = fake.txns_for("bounce.test/{default}")
     bounced = re.search(r"bounced \w+/0 to=u0\.0@bounce\.test queue=bounce\.test/\{default\} "
-                        r".*status=4\.4\.7 reply=message expired: try later", log)
+                        r".*status=5\.4\.7 reply=message expired, not delivered within "
+                        r"bounce-after: try later", log)
     tap.ok(bounced and len(bt) >= 1, "bounce-after 3s: the failing recipient bounces as expired "
-           "(4.4.7, with the last error)", "%d attempts" % len(bt))
+           "(5.4.7, with the last error)", "%d attempts" % len(bt))
     dsn = [m for m in dumped if m.get("sender") == ""]
     dsn_ok = False
     if dsn:
         m = dsn[0]
         text = json.dumps(m)
         dsn_ok = ("sender@origin.test" in text and "origin.test/{default}" in text
-                  and "multipart/report" in text and "4.4.7" in text)
+                  and "multipart/report" in text and "Action: failed" in text
+                  and "Status: 5.4.7" in text and "4.4.7" not in text)
     tap.ok(dsn_ok, "the DSN is queued from <> to the sender, in origin.test/{default}",
            json.dumps(dsn)[:2000])
     tap.ok(not [m for m in dumped if m.get("msgid") in range(ids["bounce"][0], ids["bounce"][1] + 1)],

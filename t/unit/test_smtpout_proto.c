@@ -226,7 +226,7 @@ ev_close(void *ctx, const struct smtpout_reply *r)
 }
 
 static const struct smtpout_proto_events events = {
-    ev_timer, ev_starttls, ev_ready, ev_body, ev_rcpt_result, ev_transaction_done, ev_close,
+    ev_timer, ev_starttls, ev_ready, ev_body, ev_rcpt_result, ev_transaction_done, ev_close, NULL,
 };
 
 static const struct smtpout_rcpt rcpts[] = {
