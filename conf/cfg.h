@@ -130,6 +130,24 @@ enum cfg_delivery_type {
  */
 const char *cfg_delivery_type_name(int type);
 
+/* http-delivery-url (cfg_url.c): scheme://host[:port][/path], http or https only */
+struct cfg_http_url {
+    int https;
+    char host[256]; /* a name, an IPv4 address, or an IPv6 address without its brackets */
+    unsigned port;  /* 80 or 443 when not given */
+};
+/* cfg_http_url_parse - URL into *OUT; 0, or -EINVAL and why in ERR */
+int cfg_http_url_parse(const char *url, struct cfg_http_url *out, char *err, size_t errlen);
+/*
+ * cfg_command_split - a pipe's `command` as argv words: the value may be one
+ * quoted string (PowerMTA's form, \" and \\ inside), then words split on
+ * blanks with double quotes grouping and a backslash taking the next
+ * character. NULL when a quote is unbalanced or there is no word. Free with
+ * cfg_command_free.
+ */
+char **cfg_command_split(const char *text);
+void cfg_command_free(char **words);
+
 /* --- values and scopes (the snapshot's records) ---------------------------- */
 
 #define CFG_NEVER (-1) /* interval 'never', size 'unlimited' */

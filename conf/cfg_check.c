@@ -557,6 +557,29 @@ cfg__check_value(struct cfg_builder *b, enum cfg_directive d, char *arg, const c
     case CFG_D_ADD_TO_SUPPRESSION_LIST:
         cfg__add_xref(b, CFG_IN(CFG_S_ADDRESS_LIST), text, "add-to-suppression-list");
         return 0;
+    case CFG_D_HTTP_DELIVERY_URL: {
+        struct cfg_http_url u;
+        char why[400];
+        if (cfg_http_url_parse(text, &u, why, sizeof why) == 0)
+            return 0;
+        error(b, "http-delivery-url: %s", why);
+        return -1;
+    }
+    case CFG_D_COMMAND: {
+        char **words = cfg_command_split(text);
+        if (words && words[0][0] == '/') {
+            cfg_command_free(words);
+            return 0;
+        }
+        cfg_command_free(words);
+        error(b, "command must be a program's absolute path and its arguments (balanced quotes)");
+        return -1;
+    }
+    case CFG_D_FILE_DESTINATION:
+        if (text[0] == '/')
+            return 0;
+        error(b, "file-destination must be an absolute path");
+        return -1;
     default:
         return 0;
     }

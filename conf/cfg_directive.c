@@ -37,6 +37,7 @@ static const struct {
     { CFG_D_ADD_DATE_HEADER, "no|yes|override" },
     { CFG_D_DSN_RETURN_DEFAULT, "headers|full|system" },
     { CFG_D_TYPE, "smtp|pipe|file|discard|http-delivery" },
+    { CFG_D_FILE_FORMAT, "newfile-plain|newfile-pickup|append-mbox" },
     { CFG_D_DSN_FORMAT, "standard|plain-text" },
     { CFG_D_DKIM_SIGN, "no|yes|if-x-dkim-options-present" },
     { CFG_D_DKIM_ALGORITHM, "rsa-sha256|ed25519-sha256" },

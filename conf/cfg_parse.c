@@ -1540,6 +1540,62 @@ builder_free(struct cfg_builder *b)
     strlist_free(&b->warned_tags);
 }
 
+/* error_file - an error at FILE:LINE of the finished configuration (its own string pool) */
+__attribute__((format(printf, 4, 5))) static void
+error_file(struct cfg_builder *b, const char *file, unsigned line, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    report(b, CFG_DIAG_ERROR, file, line, fmt, ap);
+    va_end(ap);
+}
+
+/*
+ * check_delivery_types - a <domain> whose `type` is pipe, file or
+ * http-delivery must see what that type needs (command, file-destination,
+ * http-delivery-url) where it applies: an error at the type line, never mail
+ * left waiting for a setting that will not come. Returns the errors found.
+ */
+static unsigned
+check_delivery_types(struct cfg_builder *b, const struct cfg *c)
+{
+    static const struct {
+        int type;
+        enum cfg_directive needs;
+    } needs[] = { { CFG_TYPE_PIPE, CFG_D_COMMAND },
+                  { CFG_TYPE_FILE, CFG_D_FILE_DESTINATION },
+                  { CFG_TYPE_HTTP, CFG_D_HTTP_DELIVERY_URL } };
+    unsigned errors = 0;
+    uint32_t it = 0, s;
+    struct cfg_resolved res;
+
+    while ((s = cfg_next_scope(c, CFG_S_DOMAIN, &it)) != CFG_NONE) {
+        const struct cfg_value *t = cfg_scope_get(c, s, CFG_D_TYPE), *v;
+        const struct cfg_scope *sc = &c->scopes[s];
+        const char *name = c->scopes[s].pattern == CFG_PAT_ALL ? "any.invalid"
+                                                               : cfg_str(c, sc->name);
+        const char *vmta = sc->parent && c->scopes[sc->parent].kind == CFG_S_VMTA
+                               ? cfg_str(c, c->scopes[sc->parent].name)
+                               : NULL;
+
+        if (!t || (t->flags & CFG_VALUE_CLEAR) || cfg_resolve_queue(c, name, vmta, &res) < 0)
+            continue;
+        for (size_t i = 0; i < sizeof needs / sizeof needs[0]; i++) {
+            if (t->num != needs[i].type)
+                continue;
+            v = res.v[needs[i].needs];
+            if (v && !(v->flags & (CFG_VALUE_UNSET | CFG_VALUE_CLEAR)))
+                continue;
+            error_file(b, cfg_str(c, t->file), t->line,
+                       "type %s needs %s (none applies to <domain %s>)",
+                       cfg_delivery_type_name((int)t->num),
+                       cfg_directive_info(needs[i].needs)->name, cfg_str(c, sc->name));
+            errors++;
+        }
+    }
+    return errors;
+}
+
 static struct cfg *
 complete(struct cfg_builder *b, unsigned *nerrors)
 {
@@ -1547,10 +1603,12 @@ complete(struct cfg_builder *b, unsigned *nerrors)
 
     if (!b->gave_up)
         check_xrefs(b);
+    if (b->errors == 0 && (c = finish(b)) != NULL && check_delivery_types(b, c) > 0) {
+        cfg_free(c);
+        c = NULL;
+    }
     if (nerrors)
         *nerrors = b->errors;
-    if (b->errors == 0)
-        c = finish(b);
     builder_free(b);
     return c;
 }

@@ -201,6 +201,7 @@ struct qresult {
     const char *tls;   /* "TLSv1.3 CIPHER" of the connection, or NULL/"" */
     const char *esmtp; /* extensions the receiver offered ("PIPELINING,8BITMIME"), or NULL */
     int conn_level;    /* no reply of the recipient's own: its connection failed or dropped */
+    int no_dsn;        /* a bounce that only records (discard-as-bounce): no DSN */
 };
 
 struct qmgr_state {
@@ -380,6 +381,12 @@ void qmgr_outcome_delete(uint32_t r, struct qqueue *q, int dsn);
 void qmgr_outcome_expire(uint32_t r, struct qqueue *q);
 /* qmgr_outcome_queue_failure - a connection-level failure of Q (tq record, retry mode) */
 void qmgr_outcome_queue_failure(struct qqueue *q, const struct qresult *res);
+/*
+ * qmgr_outcome_discard - `type discard`: Q's ready recipients are finished
+ * without a connection (d records, or b records without a DSN with
+ * discard-as-bounce), a batch per call; more remain when Q->nready > 0
+ */
+void qmgr_outcome_discard(struct qqueue *q);
 /* qmgr_outcome_config - (re)open accounting and bounce patterns for S.cfg */
 void qmgr_outcome_config(void);
 /* qmgr_outcome_rotate_acct - pmtactl rotate acct: every accounting file now; 0, -ENOENT (none)

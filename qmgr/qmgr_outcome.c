@@ -225,7 +225,7 @@ bounce_as(uint32_t r, const struct qstore_msg *m, struct qqueue *q, const struct
         cat = category(res);
 
     log_attempt("bounced", r, rr, q, res);
-    if (rr)
+    if (rr && !res->no_dsn)
         send_dsn(m, rr, q, res);
     finish(r, "bounce");
     qmgr_records_attempt(QMGR_ACCT_B, m, rr, q, res, "failed", cat);
@@ -581,7 +581,13 @@ qmgr_outcome(uint32_t r, const struct qstore_msg *m, struct qqueue *q, const str
         rr = qmgr_msg_find_rcpt(m, S.rcpt[r].index);
         log_attempt("delivered", r, rr, q, res);
         finish(r, "delivery");
-        qmgr_records_attempt(QMGR_ACCT_D, m, rr, q, res, "relayed", NULL);
+        /* passed to another MTA (smtp, http-delivery), or delivered here (pipe, file, discard) */
+        qmgr_records_attempt(QMGR_ACCT_D, m, rr, q, res,
+                             qmgr_queue_type(q) == CFG_TYPE_SMTP ||
+                                     qmgr_queue_type(q) == CFG_TYPE_HTTP
+                                 ? "relayed"
+                                 : "delivered",
+                             NULL);
         bcc_upon_delivery(r, m, q);
         q->delivered++;
         qmgr_traffic_count(QT_DELIVERED, qmgr_wall(), 1);
@@ -612,4 +618,45 @@ qmgr_outcome_queue_failure(struct qqueue *q, const struct qresult *res)
     if (res->result != MP_RESULT_PERMFAIL)
         enter_retry_mode(q, "failed connection(s)", res->enhanced, res->text);
     qmgr_records_queue_failure(q, res);
+}
+
+/* --- type discard ------------------------------------------------------------------------------
+ */
+
+#define DISCARD_BATCH 1000 /* recipients finished per dispatch pass: the loop stays responsive */
+
+void
+qmgr_outcome_discard(struct qqueue *q)
+{
+    static const struct qresult discarded = { .result = MP_RESULT_OK,
+                                              .enhanced = "2.0.0",
+                                              .text = "discarded (type discard)" };
+    static const struct qresult as_bounce = {
+        .result = MP_RESULT_PERMFAIL,
+        .enhanced = "5.0.0",
+        .text = "discarded as a bounce (type discard, discard-as-bounce)",
+        .no_dsn = 1,
+    };
+    const struct qresult *res = qmgr_queue_num(q, CFG_D_DISCARD_AS_BOUNCE, 0) ? &as_bounce
+                                                                              : &discarded;
+    uint32_t batch[256], n, done = 0;
+
+    if (q->paused)
+        return;
+    while (done < DISCARD_BATCH && (n = qmgr_take_txn(q, 256, batch)) > 0) {
+        struct qstore_msg *m = NULL;
+
+        if (qstore_read_msg(S.qs, S.msg[S.rcpt[batch[0]].msg].msgid, 0, &m) < 0)
+            m = NULL;
+        for (uint32_t i = 0; i < n; i++) {
+            q->ninflight--;
+            qmgr_outcome(batch[i], m, q, res);
+        }
+        if (m)
+            qstore_msg_free(m);
+        done += n;
+    }
+    qmgr_run_update(q);
+    if (q->nready > 0)
+        qmgr_dispatch_soon();
 }

@@ -332,6 +332,10 @@ dispatch_queue(struct qqueue *q)
         qmgr_reportproc_run(q);
         return;
     }
+    if (qmgr_queue_type(q) == CFG_TYPE_DISCARD) { /* a qmgr decision: no connection at all */
+        qmgr_outcome_discard(q);
+        return;
+    }
     qmgr_conn_feed_idle(q);
     while (q->nready > 0 && qmgr_conn_open(q))
         ;

@@ -31,6 +31,7 @@
 
 #include "msg.h"
 #include "smtpout.h"
+#include "smtpout_http.h"
 #include "worker.h"
 #include "xalloc.h"
 
@@ -172,6 +173,7 @@ out_check_stopped(void)
         free(G.ca[i].path);
     }
     G.nca = 0;
+    smtpout_http_shutdown();
     if (G.qs)
         qstore_close(G.qs);
     G.qs = NULL;

@@ -42,6 +42,7 @@
 #include "msg.h"
 #include "smtpout.h"
 #include "smtpout_tlspol.h"
+#include "smtpout_local.h"
 #include "worker.h"
 #include "xalloc.h"
 
@@ -84,7 +85,9 @@ struct oconn {
     int have_error;
 
     struct smtpout_session *session;
-    int up; /* MP_CONN_UP sent */
+    int type;                    /* the queue's `type` (enum cfg_delivery_type) */
+    struct smtpout_local *local; /* pipe, file, http-delivery: instead of a session */
+    int up;                      /* MP_CONN_UP sent */
     int close_requested;
     int aborting;
     unsigned ntxns;
@@ -222,6 +225,16 @@ conn_configure(struct oconn *c, struct smtpout_reply *r)
         local_failure(r, SMTPOUT_TEMP, "4.3.5", "unknown virtual-mta in the configuration");
         return -1;
     }
+    snprintf(c->log_tag, sizeof c->log_tag, "connection %u %s", c->id, c->queue);
+    c->type = (int)setting_num(&set, CFG_D_TYPE, CFG_TYPE_SMTP);
+    if (c->type == CFG_TYPE_DISCARD) { /* qmgr discards these itself: a reload raced us */
+        local_failure(r, SMTPOUT_TEMP, "4.3.5", "the queue's type is discard now");
+        return -1;
+    }
+    if (c->type != CFG_TYPE_SMTP) {
+        c->local = smtpout_local_new(worker_loop(), c->type, c->cfg, &set, c->log_tag, r);
+        return c->local ? 0 : -1;
+    }
     c->scfg.helo_name = c->helo;
     c->scfg.tls = tls_policy(&set);
     c->scfg.ssl_ctx = out_ssl_ctx();
@@ -249,7 +262,6 @@ conn_configure(struct oconn *c, struct smtpout_reply *r)
                   (setting_num(&set, CFG_D_LOG_DATA, 0) ? SMTPOUT_LOG_DATA : 0) |
                   (setting_num(&set, CFG_D_LOG_TRANSFER_FAILURES, 0) ? SMTPOUT_LOG_TRANSFER_FAILURES
                                                                      : 0);
-    snprintf(c->log_tag, sizeof c->log_tag, "connection %u %s", c->id, c->queue);
     c->scfg.log_tag = c->log_tag;
     c->log_connections = (int)setting_num(&set, CFG_D_LOG_CONNECTIONS, 0);
     c->bounce_upon_5xx_greeting = (int)setting_num(&set, CFG_D_BOUNCE_UPON_5XX_GREETING, 1);
@@ -296,6 +308,7 @@ conn_free(struct oconn *c)
         otxn_free(t);
     }
     otxn_free(c->current);
+    smtpout_local_free(c->local);
     cfg_route_free(c->route);
     worker_config_release(c->cfg);
     free(c->dests);
@@ -358,14 +371,37 @@ txn_finish(struct oconn *c)
     otxn_free(t);
 }
 
+/* conn_idle - may a transaction start now? */
+static int
+conn_idle(const struct oconn *c)
+{
+    if (c->local)
+        return c->up && !smtpout_local_busy(c->local);
+    return c->session != NULL && smtpout_session_is_idle(c->session);
+}
+
+/* conn_quit - QUIT the session; a local channel just ends */
+static void
+conn_quit(struct oconn *c)
+{
+    struct smtpout_reply r;
+
+    if (c->local) {
+        local_failure(&r, SMTPOUT_OK, "2.0.0", "closed");
+        conn_down(c, MP_RESULT_OK, &r);
+        return;
+    }
+    smtpout_session_quit(c->session);
+}
+
 /* conn_after_txn - the session is idle: run what is pending, quit, or say IDLE */
 static void
 conn_after_txn(struct oconn *c)
 {
-    if (c->session == NULL || !smtpout_session_is_idle(c->session))
+    if (!conn_idle(c))
         return; /* closing: `closed` follows */
     if (c->close_requested || c->aborting || shutting_down) {
-        smtpout_session_quit(c->session);
+        conn_quit(c);
         return;
     }
     if (c->pending) {
@@ -374,6 +410,26 @@ conn_after_txn(struct oconn *c)
     }
     if (c->in_table)
         out_report_idle(c->id);
+}
+
+static void on_rcpt_result(void *arg, size_t i, const struct smtpout_reply *r);
+
+static void
+on_local_rcpt(void *arg, size_t i, const struct smtpout_reply *r)
+{
+    on_rcpt_result(arg, i, r);
+}
+
+/* on_local_done - the local channel's transaction is over */
+static void
+on_local_done(void *arg)
+{
+    struct oconn *c = arg;
+
+    if (c->current == NULL)
+        return;
+    txn_finish(c);
+    conn_after_txn(c);
 }
 
 /* conn_run_next - start the first pending transaction (the session is idle) */
@@ -394,6 +450,12 @@ conn_run_next(struct oconn *c)
         return;
     }
     t->sent_ns = uv_hrtime();
+    if (c->local) {
+        static const struct smtpout_local_callbacks cb = { on_local_rcpt, on_local_done };
+        struct smtpout_local_msg lm = { &t->msg, t->msgid, t->rcpt_index };
+        smtpout_local_send(c->local, &lm, &cb, c);
+        return;
+    }
     smtpout_session_send(c->session, &t->msg);
 }
 
@@ -411,8 +473,7 @@ oconn_txn(uint32_t id, uint64_t msgid, const uint32_t *indexes, size_t n)
     else
         c->pending = t;
     c->pending_tail = t;
-    if (c->up && c->current == NULL && c->session && smtpout_session_is_idle(c->session) &&
-        !c->close_requested)
+    if (c->up && c->current == NULL && conn_idle(c) && !c->close_requested)
         conn_run_next(c);
     return 0;
 }
@@ -750,8 +811,18 @@ oconn_open(const struct oconn_order *o)
         free(c->helo);
         c->helo = xstrdup(host);
     }
-    if (conn_configure(c, &r) < 0 || conn_source(c, &r) < 0) {
+    if (conn_configure(c, &r) < 0 || (!c->local && conn_source(c, &r) < 0)) {
         conn_down(c, MP_RESULT_TEMPFAIL, &r);
+        return 0;
+    }
+    if (c->local) { /* nothing to resolve or connect: ready for qmgr's transactions now */
+        c->up = 1;
+        snprintf(c->mx, sizeof c->mx, "%s", smtpout_local_peer(c->local));
+        msg_info("connection %u %s up: %s delivery", c->id, c->queue,
+                 cfg_delivery_type_name(c->type));
+        if (c->in_table)
+            out_report_up(c->id, c->mx, "", "", "", "");
+        conn_after_txn(c);
         return 0;
     }
     conn_start(c);
@@ -768,8 +839,8 @@ oconn_close(uint32_t id)
     if (c == NULL)
         return -ENOENT;
     c->close_requested = 1;
-    if (c->up && c->current == NULL && c->session)
-        smtpout_session_quit(c->session);
+    if (c->up && c->current == NULL && (c->session || (c->local && conn_idle(c))))
+        conn_quit(c);
     else if (!c->up)
         conn_abort(c);
     return 0;
@@ -787,7 +858,12 @@ conn_abort(struct oconn *c)
         c->sts_req = NULL;
         c->sts_pending = 0;
     }
-    if (c->session) {
+    if (c->local) {
+        if (smtpout_local_busy(c->local))
+            smtpout_local_abort(c->local); /* on_local_done, then conn_after_txn ends it */
+        else
+            conn_quit(c);
+    } else if (c->session) {
         smtpout_session_abort(c->session); /* on_closed finishes it */
     } else if (c->resolving) {
         smtpout_route_cancel(c->resolving);
@@ -833,8 +909,8 @@ quit_when_idle(struct oconn *c)
 {
     if (!c->up)
         conn_abort(c);
-    else if (c->current == NULL && c->session && smtpout_session_is_idle(c->session))
-        smtpout_session_quit(c->session);
+    else if (c->current == NULL && conn_idle(c))
+        conn_quit(c);
     /* busy: conn_after_txn QUITs when its transaction is over */
 }
 
