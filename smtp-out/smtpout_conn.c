@@ -87,6 +87,8 @@ struct oconn {
     struct smtpout_session *session;
     int type;                    /* the queue's `type` (enum cfg_delivery_type) */
     struct smtpout_local *local; /* pipe, file, http-delivery: instead of a session */
+    uv_timer_t kick;             /* local: says IDLE on the next turn unless a txn came */
+    int kick_on;
     int up;                      /* MP_CONN_UP sent */
     int close_requested;
     int aborting;
@@ -297,6 +299,12 @@ conn_source(struct oconn *c, struct smtpout_reply *r)
 /* --- freeing and reporting ------------------------------------------------------------------ */
 
 static void
+kick_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static void
 conn_free(struct oconn *c)
 {
     struct otxn *t, *next;
@@ -316,8 +324,11 @@ conn_free(struct oconn *c)
     free(c->domain);
     free(c->vmta);
     free(c->helo);
-    free(c);
     nconns--;
+    if (c->kick_on) /* the timer's memory is C's: free C once it is closed */
+        uv_close((uv_handle_t *)&c->kick, kick_closed);
+    else
+        free(c);
     out_check_stopped();
 }
 
@@ -782,6 +793,15 @@ conn_start(struct oconn *c)
     walk_if_ready(c);
 }
 
+static void
+on_kick(uv_timer_t *t)
+{
+    struct oconn *c = t->data;
+
+    if (c->current == NULL)
+        conn_after_txn(c);
+}
+
 int
 oconn_open(const struct oconn_order *o)
 {
@@ -822,7 +842,11 @@ oconn_open(const struct oconn_order *o)
                  cfg_delivery_type_name(c->type));
         if (c->in_table)
             out_report_up(c->id, c->mx, "", "", "", "");
-        conn_after_txn(c);
+        /* qmgr's first transaction is usually the next frame: IDLE only if none came */
+        uv_timer_init(worker_loop(), &c->kick);
+        c->kick.data = c;
+        c->kick_on = 1;
+        uv_timer_start(&c->kick, on_kick, 0, 0);
         return 0;
     }
     conn_start(c);

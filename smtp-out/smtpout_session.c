@@ -69,6 +69,7 @@ struct smtpout_session {
     char log_tag[300];
     struct buf kept; /* log-transfer-failures: this transaction's lines, NUL-separated */
     unsigned nkept;
+    int txn_failed; /* a recipient of this transaction failed */
 
     int closing; /* handles closing; `closed` comes next */
     enum smtpout_stage timer_stage;
@@ -171,9 +172,10 @@ transcript_failed(struct smtpout_session *s, const struct smtpout_reply *r)
 {
     const char *p = s->kept.data;
 
-    if (s->nkept == 0 || r->cls == SMTPOUT_OK)
+    if (s->nkept == 0 || (r->cls == SMTPOUT_OK && !s->txn_failed))
         return;
-    msg_info("%s: transfer failed (%s): transcript follows", s->log_tag, r->text);
+    msg_info("%s: transfer failed (%s): transcript follows", s->log_tag,
+             r->cls == SMTPOUT_OK ? "a recipient was refused" : r->text);
     for (unsigned i = 0; i < s->nkept; i++, p += strlen(p) + 1)
         msg_info("%s: %s", s->log_tag, p);
     buf_reset(&s->kept);
@@ -687,6 +689,8 @@ ev_rcpt_result(void *ctx, size_t index, const struct smtpout_reply *r)
 {
     struct smtpout_session *s = ctx;
 
+    if (r->cls != SMTPOUT_OK)
+        s->txn_failed = 1;
     if (s->cb.rcpt_result)
         s->cb.rcpt_result(s->arg, index, r);
 }
@@ -934,6 +938,7 @@ smtpout_session_send(struct smtpout_session *s, const struct smtpout_message *m)
         return -EBUSY;
     buf_reset(&s->kept); /* log-transfer-failures keeps one transaction's lines */
     s->nkept = 0;
+    s->txn_failed = 0;
     rc = smtpout_proto_send(s->proto, m);
     flush_output(s);
     return rc;
