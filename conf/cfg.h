@@ -92,8 +92,10 @@ enum cfg_scope_kind {
 #define CFG_REPEATABLE (1u << 31)
 
 enum cfg_status {
-    CFG_IMPLEMENTED,    /* takes effect */
-    CFG_NOT_IMPLEMENTED /* accepted with a warning naming it; no effect yet */
+    CFG_IMPLEMENTED,     /* takes effect */
+    CFG_NOT_IMPLEMENTED, /* accepted with a warning naming it; no effect yet */
+    CFG_REFUSED          /* not implemented, and ignoring it would change where mail goes
+                            (or where personal data goes): an error at load */
 };
 
 #define CFG_DIRECTIVE(id, name, type, scopes, dflt, status) CFG_D_##id,

@@ -593,6 +593,13 @@ store_value(struct cfg_builder *b, enum cfg_directive d, char *arg)
     }
     if (info->status == CFG_NOT_IMPLEMENTED)
         warn_not_implemented(b, d);
+    if (info->status == CFG_REFUSED) {
+        error(b,
+              "directive '%s' is not implemented, and ignoring it would change where mail "
+              "goes; remove it (PowerMTA honours it, openpmta cannot yet)",
+              info->name);
+        goto done;
+    }
     v.text = cfg__intern(b, text);
     for (uint32_t i = 0; i < f->nscopes; i++)
         scope_put(b, f->scopes[i], &v);

@@ -74,8 +74,13 @@ def main():
         texts = man.get(name, [])
         if len(texts) > 1:  # one name, several meanings: pick the entry for this scope
             texts = [t for t in texts if re.search(r"\bin " + re.escape(scope) + r"\b", t)]
-        says_noti = any("not implemented" in t for t in texts)
+        says_noti = any("not implemented (warning)" in t for t in texts)
+        says_refused = any("not implemented (error)" in t for t in texts)
         is_noti = status in ("NOTI", "CFG_NOT_IMPLEMENTED")
+        is_refused = status in ("REFU", "CFG_REFUSED")
+        if texts and says_refused != is_refused:
+            wrong.append(name)
+            continue
         if texts and says_noti != is_noti:
             wrong.append(name)
     check(not wrong, "pmta-config.5 says 'not implemented' exactly where the parser does"

@@ -340,6 +340,12 @@ test_not_implemented_warns_once(void **state)
     assert_int_equal(nwarnings, 1);
     assert_diag("t.conf:1: warning: block <transmissions-api> is not implemented yet; ignored");
     cfg_free(c);
+    /* one that would change where mail goes is refused, with its line */
+    expect_error("<domain a.com>\n  max-smtp-out 2\n  queue-to other\n</domain>\n",
+                 "t.conf:3: error: directive 'queue-to' is not implemented, and ignoring it "
+                 "would change where mail goes");
+    expect_error("<source 1.2.3.4>\n  bcc audit@example.com\n</source>\n",
+                 "t.conf:2: error: directive 'bcc' is not implemented");
 }
 
 /* --- blocks -------------------------------------------------------------------------------- */
