@@ -110,6 +110,31 @@ user-string-ignored-here no
   smtp-hosts [%(closed_ip)s]:%(closed_port)d
   bounce-after 4s
 </domain>
+<domain greet.fid>
+  smtp-hosts [%(rx_ip)s]:%(slow_port)d
+  smtp-greeting-timeout 1s
+  retry-after 1h
+</domain>
+<domain dot.fid>
+  smtp-hosts [%(rx_ip)s]:%(dot_port)d
+  smtp-data-termination-timeout 1s
+  retry-after 1h
+</domain>
+<domain nodsn.fid>
+  smtp-hosts [%(rx_ip)s]:%(rx_port)d
+  ignore-dsn yes
+</domain>
+<domain g554.fid>
+  smtp-hosts [%(rx_ip)s]:%(g554_port)d
+  bounce-upon-5xx-greeting no
+  retry-after 1h
+</domain>
+<domain attempts.fid>
+  smtp-hosts [%(closed_ip)s]:%(closed_port)d, [%(closed_ip)s]:%(closed_port2)d
+  mx-connection-attempts 1
+  log-connections yes
+  retry-after 1h
+</domain>
 <domain discard.fid>
   type discard
 </domain>
@@ -209,6 +234,10 @@ def main():
                    {"starttls": True, "rcpt": [["bad", "550 5.1.1 <bad>: no such user here"]]},
                    work, "rx")
     rx_port = int(rx.listen[0].split(":")[1])
+    extra = {name: TestSmtpd(["%s:%d" % (RX_IP, free_port(RX_IP))], script, work, name)
+             for name, script in (("slow", {"delay": {"greeting": 4}}),
+                                  ("dot", {"delay": {"dot": 4}}),
+                                  ("g554", {"greeting": "554 5.7.1 go away"}))}
     dns = Dnsmasq(local=["fid"])
     http_port = free_port(HTTP_IP)
     hook = http.server.ThreadingHTTPServer((HTTP_IP, http_port), Hook)
@@ -225,12 +254,18 @@ def main():
     pmta = None
     try:
         rx.start()
+        for e in extra.values():
+            e.start()
         dns.start()
         pmta = Pmta(name="fidelity")
         acct = os.path.join(pmta.spool, "acct.csv")
         pmta.write_config(CONFIG % {"dns": dns.server, "acct": acct, "rx_ip": RX_IP,
                                     "rx_port": rx_port, "closed_ip": CLOSED_IP,
-                                    "closed_port": closed_port(CLOSED_IP), "program": program,
+                                    "closed_port": closed_port(CLOSED_IP),
+                                    "closed_port2": closed_port(CLOSED_IP), "program": program,
+                                    "slow_port": int(extra["slow"].listen[0].split(":")[1]),
+                                    "dot_port": int(extra["dot"].listen[0].split(":")[1]),
+                                    "g554_port": int(extra["g554"].listen[0].split(":")[1]),
                                     "files": files, "http_ip": HTTP_IP,
                                     "http_port": http_port})
         pmta.start()
@@ -243,6 +278,8 @@ def main():
             pmta.close()
         hook.shutdown()
         rx.stop()
+        for e in extra.values():
+            e.stop()
         dns.stop()
         if not os.environ.get("PMTA_KEEP"):
             shutil.rmtree(work, ignore_errors=True)
@@ -267,7 +304,9 @@ def run(tap, pmta, rx, acct, out, files):
     tap.ok(code == 250 and qid and re.search("[A-F]", qid.group(1)),
            "the 250 reply names the hex queue id", text)
     qid = qid.group(1) if qid else "?"
-    accepted = {"ok1@tls.fid", "bad1@tls.fid", "ok2@fail.fid", "bad2@fail.fid",
+    for dom in ("greet", "dot", "nodsn", "g554", "attempts"):
+        send(port, ["u@%s.fid" % dom], message("u@%s.fid" % dom, dom))
+    accepted = {"u@greet.fid", "u@dot.fid", "u@nodsn.fid", "u@g554.fid", "u@attempts.fid","ok1@tls.fid", "bad1@tls.fid", "ok2@fail.fid", "bad2@fail.fid",
                 "gone@refused.fid", "a@discard.fid", "b@bdiscard.fid", "okp@pipe.fid",
                 "tmpp@pipe.fid", "nouserp@pipe.fid", "slowp@pipe.fid", "okf@file.fid",
                 "okm@mbox.fid", "okh@http.fid", "tmph@http.fid", "badh@http.fid"}
@@ -278,6 +317,8 @@ def run(tap, pmta, rx, acct, out, files):
 
     # everything we wait for: the expiry bounce is the slowest (bounce-after 4s)
     wait_for(lambda: rows_of("b", "gone@refused.fid") and rows_of("t", "slowp@pipe.fid")
+             and rows_of("t", "u@greet.fid") and rows_of("t", "u@dot.fid")
+             and rows_of("t", "u@g554.fid") and rows_of("t", "u@attempts.fid")
              and rows_of("d", "okh@http.fid") and rows_of("t", "tmph@http.fid"), timeout=40)
     time.sleep(1.5)  # the accounting buffer's one second
     header, rows = read_acct(acct)
@@ -359,6 +400,26 @@ def run(tap, pmta, rx, acct, out, files):
     tap.ok("HTTP 503" in t.get("tmph@http.fid", {}).get("dsnDiag", "")
            and "HTTP 400" in b.get("badh@http.fid", {}).get("dsnDiag", ""),
            "type http-delivery: 503 deferred, 400 bounced")
+
+    # --- settings that exist to change what a connection does ---
+    tap.ok("after 1 s" in t.get("u@greet.fid", {}).get("dsnDiag", ""),
+           "smtp-greeting-timeout 1s: the greeting wait ends after 1 s", t.get("u@greet.fid"))
+    tap.ok("after 1 s" in t.get("u@dot.fid", {}).get("dsnDiag", "")
+           and "dot" in t.get("u@dot.fid", {}).get("dsnDiag", ""),
+           "smtp-data-termination-timeout 1s: the wait for the reply to '.' ends after 1 s",
+           t.get("u@dot.fid"))
+    params = {e["to"]: e.get("params", "") for e in rx.events("rcpt")}
+    tap.ok("NOTIFY" not in str(params.get("u@nodsn.fid", "?"))
+           and "NOTIFY" in str(params.get("ok1@tls.fid", "")),
+           "ignore-dsn: no NOTIFY/ORCPT sent to a receiver that offers DSN (sent where not set)",
+           params)
+    tap.ok(t.get("u@g554.fid", {}).get("dsnStatus", "").startswith("4.")
+           and "u@g554.fid" not in b,
+           "bounce-upon-5xx-greeting no: a 554 greeting defers instead of bouncing",
+           t.get("u@g554.fid"))
+    atag = r"connection \d+ attempts\.fid/\{default\}: attempt"
+    tap.ok(re.search(atag + r" 1: connecting", log) and not re.search(atag + r" 2:", log),
+           "mx-connection-attempts 1: one attempt although two hosts are listed")
 
     # --- accounting: every column of every record type ---
     for rtype, ref in (("d", REF_DBT), ("tq", REF_TQ), ("r", REF_R)):
