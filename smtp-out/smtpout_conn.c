@@ -89,7 +89,7 @@ struct oconn {
     struct smtpout_local *local; /* pipe, file, http-delivery: instead of a session */
     uv_timer_t kick;             /* local: says IDLE on the next turn unless a txn came */
     int kick_on;
-    int up;                      /* MP_CONN_UP sent */
+    int up; /* MP_CONN_UP sent */
     int close_requested;
     int aborting;
     unsigned ntxns;
