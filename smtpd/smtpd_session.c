@@ -704,9 +704,9 @@ smtpd_session_txn_result(struct smtpd_session *s, uint32_t id, int code, const c
 
         s->messages++;
         qstore_qid_format(qid, msgid); /* the id the 250 reply, cleanup and qmgr show */
-        msg_info("%s[%" PRIu64 "]: queued as %s (%u recipient%s)%s%s", peer_name(s), s->serial,
-                 qid, s->txn_rcpts, s->txn_rcpts == 1 ? "" : "s",
-                 s->submitter.known ? " from " : "", s->submitter.known ? s->submitter_text : "");
+        msg_info("%s[%" PRIu64 "]: queued as %s (%u recipient%s)%s%s", peer_name(s), s->serial, qid,
+                 s->txn_rcpts, s->txn_rcpts == 1 ? "" : "s", s->submitter.known ? " from " : "",
+                 s->submitter.known ? s->submitter_text : "");
     }
     answer_now(s, code, enhanced, text);
     if (s->drain_after_result)
