@@ -648,7 +648,7 @@ qstore_get_mark(struct qstore *qs, const char *name, uint64_t *value)
     MDB_txn *txn;
     int rc;
 
-    check_owner(qs);
+    qstore__check_owner(qs);
     if (k.mv_size == 0)
         return -EINVAL;
     if ((rc = qs_err(mdb_txn_begin(qs->env, NULL, MDB_RDONLY, &txn))) < 0)
