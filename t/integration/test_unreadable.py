@@ -67,8 +67,8 @@ def main():
         p.start()
         fake = FakeOut(os.path.join(p.run_dir, "private", "qmgr")).start()
         wait_for(lambda: fake.delivered(), timeout=10)
-        hold = p.wait_log(r"cannot read message %d: .*; its 1 recipient\(s\) wait 30 s" % first,
-                          timeout=10)
+        hold = p.wait_log(r"cannot read message %020X: .*; its 1 recipient\(s\) wait 30 s"
+                          % first, timeout=10)  # the queue id as every log line spells it
         delivered = {msgid for (_, _, _, msgid, _, _) in fake.results}
         tap.ok(delivered == {last}, "the readable message is delivered, the damaged one is not",
                delivered)
