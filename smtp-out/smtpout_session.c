@@ -139,8 +139,15 @@ transcript(struct smtpout_session *s, const char *dir, const char *line, size_t 
 
     if (!(s->cfg.log & (SMTPOUT_LOG_COMMANDS | SMTPOUT_LOG_TRANSFER_FAILURES)))
         return;
-    if (len >= 5 && strncasecmp(line, "AUTH ", 5) == 0) /* credentials never reach the log */
-        len = 4 + strcspn(line + 4, " ") + (line[4 + strcspn(line + 4, " ")] == ' ');
+    /* credentials never reach the log: AUTH's argument, and every line sent while the
+       exchange runs (AUTH LOGIN's and CRAM-MD5's answers) */
+    if (*dir == '>' && smtpout_proto_stage(s->proto) == SMTPOUT_STAGE_AUTH &&
+        !(len >= 5 && strncasecmp(line, "AUTH ", 5) == 0)) {
+        line = "(credentials not logged)";
+        len = strlen(line);
+    } else if (*dir == '>' && len >= 5 && strncasecmp(line, "AUTH ", 5) == 0) {
+        len = 5 + strcspn(line + 5, " ");
+    }
     msg_printable(text, sizeof text, line, len);
     if (s->cfg.log & SMTPOUT_LOG_COMMANDS) {
         msg_info("%s: %s %s", s->log_tag, dir, text);

@@ -135,6 +135,12 @@ user-string-ignored-here no
   log-connections yes
   retry-after 1h
 </domain>
+<domain auth.fid>
+  smtp-hosts [%(rx_ip)s]:%(auth_port)d
+  auth-username alice
+  auth-password S3cret-pw
+  log-commands yes
+</domain>
 <domain discard.fid>
   type discard
 </domain>
@@ -237,7 +243,11 @@ def main():
     extra = {name: TestSmtpd(["%s:%d" % (RX_IP, free_port(RX_IP))], script, work, name)
              for name, script in (("slow", {"delay": {"greeting": 4}}),
                                   ("dot", {"delay": {"dot": 4}}),
-                                  ("g554", {"greeting": "554 5.7.1 go away"}))}
+                                  ("g554", {"greeting": "554 5.7.1 go away"}),
+                                  ("auth", {"starttls": True,
+                                            "auth": {"user": "alice", "password": "S3cret-pw",
+                                                     "mechanisms": ["LOGIN"],
+                                                     "require": True}}))}
     dns = Dnsmasq(local=["fid"])
     http_port = free_port(HTTP_IP)
     hook = http.server.ThreadingHTTPServer((HTTP_IP, http_port), Hook)
@@ -266,6 +276,7 @@ def main():
                                     "slow_port": int(extra["slow"].listen[0].split(":")[1]),
                                     "dot_port": int(extra["dot"].listen[0].split(":")[1]),
                                     "g554_port": int(extra["g554"].listen[0].split(":")[1]),
+                                    "auth_port": int(extra["auth"].listen[0].split(":")[1]),
                                     "files": files, "http_ip": HTTP_IP,
                                     "http_port": http_port})
         pmta.start()
@@ -304,9 +315,9 @@ def run(tap, pmta, rx, acct, out, files):
     tap.ok(code == 250 and qid and re.search("[A-F]", qid.group(1)),
            "the 250 reply names the hex queue id", text)
     qid = qid.group(1) if qid else "?"
-    for dom in ("greet", "dot", "nodsn", "g554", "attempts"):
+    for dom in ("greet", "dot", "nodsn", "g554", "attempts", "auth"):
         send(port, ["u@%s.fid" % dom], message("u@%s.fid" % dom, dom))
-    accepted = {"u@greet.fid", "u@dot.fid", "u@nodsn.fid", "u@g554.fid", "u@attempts.fid","ok1@tls.fid", "bad1@tls.fid", "ok2@fail.fid", "bad2@fail.fid",
+    accepted = {"u@auth.fid", "u@greet.fid", "u@dot.fid", "u@nodsn.fid", "u@g554.fid", "u@attempts.fid","ok1@tls.fid", "bad1@tls.fid", "ok2@fail.fid", "bad2@fail.fid",
                 "gone@refused.fid", "a@discard.fid", "b@bdiscard.fid", "okp@pipe.fid",
                 "tmpp@pipe.fid", "nouserp@pipe.fid", "slowp@pipe.fid", "okf@file.fid",
                 "okm@mbox.fid", "okh@http.fid", "tmph@http.fid", "badh@http.fid"}
@@ -319,6 +330,7 @@ def run(tap, pmta, rx, acct, out, files):
     wait_for(lambda: rows_of("b", "gone@refused.fid") and rows_of("t", "slowp@pipe.fid")
              and rows_of("t", "u@greet.fid") and rows_of("t", "u@dot.fid")
              and rows_of("t", "u@g554.fid") and rows_of("t", "u@attempts.fid")
+             and rows_of("d", "u@auth.fid")
              and rows_of("d", "okh@http.fid") and rows_of("t", "tmph@http.fid"), timeout=40)
     time.sleep(1.5)  # the accounting buffer's one second
     header, rows = read_acct(acct)
@@ -342,6 +354,14 @@ def run(tap, pmta, rx, acct, out, files):
            and re.search(ftag + r": > RCPT TO:<bad2@fail\.fid>", log)
            and not re.search(ftag + r": > \|", log),
            "log-transfer-failures: the failed transaction's transcript, only then")
+    import base64
+    secret = [b"S3cret-pw", base64.b64encode(b"S3cret-pw"), base64.b64encode(b"alice"),
+              base64.b64encode(b"\0alice\0S3cret-pw")]
+    atag = r"connection \d+ auth\.fid/\{default\}"
+    tap.ok(re.search(atag + r": > AUTH LOGIN", log)
+           and re.search(atag + r": > \(credentials not logged\)", log)
+           and not [x for x in secret if x.decode() in log],
+           "log-commands never writes credentials (AUTH LOGIN's answers masked)")
     tap.ok(not re.search(r"connection \d+ refused\.fid\S*: [<>] ", log),
            "no transcript where no log-* directive asks for one")
 
