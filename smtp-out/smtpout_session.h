@@ -85,7 +85,7 @@ struct smtpout_session_config {
     const char *auth_password;
     int auth_in_clear;              /* use-unencrypted-plain-auth */
     struct smtpout_tls_check check; /* borrowed like the strings */
-    unsigned log;        /* SMTPOUT_LOG_* */
+    unsigned log;                   /* SMTPOUT_LOG_* */
     const char *log_tag; /* starts every transcript line, e.g. "connection 7 example.com/v1" */
 };
 
