@@ -181,6 +181,7 @@ on_group_closed(void *arg)
     qmgr_queues_free();
     qmgr_vmta_free();
     qmgr_heap_free();
+    qmgr_jobs_free();
     free(S.conn_by_id);
     S.conn_by_id = NULL;
     worker_config_release(S.cfg);

@@ -24,6 +24,8 @@
  *   qmgr_records.c  the accounting records (d, b, t, tq, r) and the writer
  *   qmgr_msg.c      queue ids, envelopes read from the queue, and mail
  *                   qmgr queues itself (DSNs, notices, copies)
+ *   qmgr_jobs.c     paused jobs (pmtactl pause/resume job): their recipients held
+ *   qmgr_trace.c    pmtactl trace: the next attempt of a queue, its transcript relayed
  *   qmgr_suppress.c suppression lists (<address-list>, suppression-lists)
  *   qmgr_reportproc.c  <bounce-processor>, <feedback-loop-processor>: the
  *                   reports received, parsed (qmgr_report_parse.c) and
@@ -75,6 +77,8 @@ struct qrcpt {
 #define QRF_BACKOFF_TRIES    0xF0u /* deferrals in this backoff episode (saturates at 15) */
 #define QRF_BACKOFF_TRY_ONE  0x10u
 #define QRF_QUEUE_DEFERRED   0x02u /* deferred with its queue's retry mode (a failed connection) */
+#define QRF_JOB_HELD         0x04u /* its job is paused (qmgr_jobs.c): deferred until resumed */
+#define QMGR_DUE_HELD        (UINT32_MAX - 1u) /* the due tick of a held recipient: never */
 
 /* One message with pending recipients (16 bytes). */
 struct qmsg {
@@ -339,6 +343,18 @@ struct qpeer *qmgr_conn_least_loaded(void);
 /* --- control socket (qmgr_ctl.c) ------------------------------------------------------ */
 void qmgr_ctl_listen(void);
 void qmgr_ctl_stop(void);
+
+/* --- pmtactl trace (qmgr_trace.c) ---------------------------------------------------------- */
+/* (the request and the client's end: qmgr_ctl.h) */
+struct buf;
+/* qmgr_trace_attach - C is about to be opened or fed: a waiting trace of its queue takes this
+ * attempt (MP_CONN_TRACE appended to OUT, which must already hold MP_CONN_OPEN when new) */
+void qmgr_trace_attach(struct qconn *c, struct buf *out);
+/* qmgr_trace_line - MP_TRACE_LINE of C: relayed to its traces; 0 or -EPROTO */
+int qmgr_trace_line(struct qconn *c, struct ipc_msg *m);
+/* qmgr_trace_end - C's traced attempt is over (WHY): the last line, the traces forgotten */
+void qmgr_trace_end(struct qconn *c, const char *why);
+
 /* --- HTTP monitor (qmgr_http.c) -------------------------------------------------------- */
 void qmgr_http_start(void);
 void qmgr_http_stop(void);
@@ -405,6 +421,22 @@ int qmgr_outcome_acct_flush(void);
 const char *qmgr_outcome_category(const char *status, const char *text);
 /* qmgr_outcome_finish - R is done for good (durable through the group committer): WHAT for logs */
 void qmgr_outcome_finish(uint32_t r, const char *what);
+
+/* --- paused jobs (qmgr_jobs.c) ------------------------------------------------------------- */
+/* qmgr_job_is_paused - is JOB (an X-Job id; NULL or "" none) paused? */
+int qmgr_job_is_paused(const char *job);
+/* qmgr_job_pause - pause JOB: 1, 0 when it already was, -1 when too many jobs are paused */
+int qmgr_job_pause(const char *job);
+/*
+ * qmgr_job_hold - the transaction RCPTS[0..N) of M (taken in flight from Q's
+ * ready list) belongs to a paused job: its recipients are held (deferred with
+ * QRF_JOB_HELD, never due) and 1 returned; 0 when M's job is not paused
+ */
+int qmgr_job_hold(struct qqueue *q, const struct qstore_msg *m, const uint32_t *rcpts, uint32_t n);
+/* qmgr_job_resume - JOB's held recipients back to the front of their ready lists, in queue
+ * order; how many, or -1 when JOB was not paused */
+int64_t qmgr_job_resume(const char *job);
+void qmgr_jobs_free(void);
 
 /* --- suppression lists (qmgr_suppress.c) --------------------------------------------------- */
 /* qmgr_suppress_config - load every top-level <address-list> of S.cfg (start and reload) */

@@ -139,6 +139,7 @@ conn_free(struct qconn *c)
     if (c->up)
         S.nconn_up--;
     S.conn_by_id[c->id - 1] = NULL;
+    qmgr_trace_end(c, "connection closed");
     rest_end(c);
     if (c->txn_msg)
         qstore_msg_free(c->txn_msg);
@@ -282,6 +283,8 @@ build_txn(struct qconn *c, uint32_t max)
             }
         }
         drop_gone(c);
+        if (c->txn_n > 0 && qmgr_job_hold(q, c->txn_msg, c->txn, c->txn_n))
+            c->txn_n = 0; /* its job is paused (qmgr_jobs.c) */
         if (c->txn_n > 0) {
             c->txn_left = c->txn_n;
             c->txn_sent_noted = 0;
@@ -453,6 +456,7 @@ conn_feed(struct qconn *c)
     rest_end(c);
     c->state = QC_BUSY;
     c->ntxn++;
+    qmgr_trace_attach(c, &out);
     add_txn(&out, c);
     send_frames(c->out, &out);
 }
@@ -604,6 +608,7 @@ qmgr_conn_open(struct qqueue *q)
         conn_free(c);
         return 1;
     }
+    qmgr_trace_attach(c, &buf); /* pmtactl trace: this attempt, from its first step */
     if (c->txn_n > 0)
         add_txn(&buf, c);
     msg_debug("connection %u for %s on smtp-out %u (source %s)", c->id, q->name, out->pid,
@@ -734,6 +739,7 @@ on_txn_done(struct qconn *c, struct ipc_msg *m)
     if (c->txn_msg)
         qstore_msg_free(c->txn_msg);
     c->txn_msg = NULL;
+    qmgr_trace_end(c, "transaction done");
     return 0;
 }
 
@@ -843,6 +849,8 @@ on_out_frame(struct qpeer *p, struct ipc_msg *m)
         return on_conn_idle(c, m);
     case MP_CONN_DOWN:
         return on_conn_down(c, m);
+    case MP_TRACE_LINE:
+        return qmgr_trace_line(c, m);
     default:
         msg_warn("smtp-out %u: unexpected frame %s (type %u)", p->pid, mp_type_name(m->type),
                  m->type);

@@ -16,7 +16,9 @@
  *     {"cmd":"schedule","queue":"PATTERN"}              -> {"ok":true,"queues":N,"recipients":N}
  *     {"cmd":"delete","queue":"PATTERN","dsn":false}    -> {"ok":true,"queues":N,"recipients":N,
  *                                                           "inflight":N}
- *     list, show-jobs and delete's recipient filters: qmgr_ctl_rcpt.c;
+ *     {"cmd":"trace","queue":"PATTERN","data":false}   -> {"ok":true,...} then live lines
+ *                                                          (qmgr_trace.c)
+ *     list, show-jobs, pause-/resume-job and delete's recipient filters: qmgr_ctl_rcpt.c;
  *     reset-counters, disable-/enable-source, rotate-acct: qmgr_ctl_ops.c
  * and {"ok":false,"error":"..."} for anything it cannot do. PATTERN is
  * domain[/vmta] with shell wildcards; without "/vmta" every virtual MTA of
@@ -473,9 +475,12 @@ qmgr_ctl_dispatch(json_t *req)
     if ((reply = qmgr_ctl_rcpt_dispatch(cmd, req)) != NULL ||
         (reply = qmgr_ctl_ops_dispatch(cmd, req)) != NULL)
         return reply;
+    if (strcmp(cmd, "trace") == 0)
+        return error_reply("trace streams its lines: only on the control socket");
     return error_reply("unknown command (status, show-queues, show-domains, show-vmtas, "
                        "set-queue-mode, pause-queue, resume-queue, schedule, delete, list, "
-                       "show-jobs, reset-counters, disable-source, enable-source, rotate-acct)");
+                       "show-jobs, pause-job, resume-job, trace, reset-counters, "
+                       "disable-source, enable-source, rotate-acct)");
 }
 
 /* --- clients ----------------------------------------------------------------------------- */
@@ -502,6 +507,7 @@ client_close(struct ctl_client *c)
     if (*pp)
         *pp = c->next;
     nclients--;
+    qmgr_trace_client_gone(c);
     uv_close((uv_handle_t *)&c->pipe, on_client_closed);
 }
 
@@ -538,6 +544,17 @@ send_reply(struct ctl_client *c, json_t *reply)
     }
 }
 
+/* qmgr_ctl_client_send - see qmgr_ctl.h */
+void
+qmgr_ctl_client_send(struct ctl_client *c, json_t *reply)
+{
+    if (c->closing) {
+        json_decref(reply);
+        return;
+    }
+    send_reply(c, reply);
+}
+
 /* serve_line - one request of LEN bytes at LINE */
 static void
 serve_line(struct ctl_client *c, const char *line, size_t len)
@@ -550,7 +567,11 @@ serve_line(struct ctl_client *c, const char *line, size_t len)
         send_reply(c, error_reply("request is not a JSON object"));
         return;
     }
-    send_reply(c, qmgr_ctl_dispatch(req));
+    if (json_is_string(json_object_get(req, "cmd")) &&
+        strcmp(json_string_value(json_object_get(req, "cmd")), "trace") == 0)
+        send_reply(c, qmgr_trace_request(c, req)); /* the lines follow as the attempt runs */
+    else
+        send_reply(c, qmgr_ctl_dispatch(req));
     json_decref(req);
 }
 

@@ -24,10 +24,22 @@ json_t *qmgr_ctl_queue_json(const struct qqueue *q);
 json_t *qmgr_ctl_dispatch(json_t *req);
 /* qmgr_ctl_delete - "delete" with its filters (qmgr_ctl_rcpt.c) */
 json_t *qmgr_ctl_delete(json_t *req);
-/* qmgr_ctl_rcpt_dispatch - list, show-jobs (qmgr_ctl_rcpt.c); NULL: not one of them */
+/* qmgr_ctl_rcpt_dispatch - list, show-jobs, pause-job, resume-job (qmgr_ctl_rcpt.c); NULL: not
+ * one of them */
 json_t *qmgr_ctl_rcpt_dispatch(const char *cmd, json_t *req);
 /* qmgr_ctl_ops_dispatch - reset-counters, disable-/enable-source, rotate-acct (qmgr_ctl_ops.c);
  * NULL: not one of them */
 json_t *qmgr_ctl_ops_dispatch(const char *cmd, json_t *req);
+
+/* A client of the control socket (qmgr_ctl.c owns it). */
+struct ctl_client;
+/* qmgr_ctl_client_send - one more line (REPLY, consumed) to CLIENT: a trace's live lines */
+void qmgr_ctl_client_send(struct ctl_client *client, json_t *reply);
+
+/* qmgr_trace_request - {"cmd":"trace",...} of CLIENT: its first reply; the trace lines follow
+ * (qmgr_trace.c) */
+json_t *qmgr_trace_request(struct ctl_client *client, json_t *req);
+/* qmgr_trace_client_gone - CLIENT closed: its traces are forgotten */
+void qmgr_trace_client_gone(struct ctl_client *client);
 
 #endif

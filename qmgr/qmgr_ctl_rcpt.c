@@ -7,7 +7,10 @@
  *     {"cmd":"delete", FILTER, "dsn":false}
  *         -> {"ok":true,"queues":N,"recipients":N,"inflight":N}
  *     {"cmd":"show-jobs", "maxitems":20}
- *         -> {"ok":true,"total":N,"jobs":[{jobId,recipients,kbytes,queues}]}
+ *         -> {"ok":true,"total":N,"jobs":[{jobId,recipients,kbytes,paused}]}
+ *     {"cmd":"pause-job"|"resume-job", "jobId":ID}
+ *         -> {"ok":true,"jobId":ID,"changed":0|1,"recipients":N}
+ *            (pause: the job's queued recipients; resume: those released; qmgr_jobs.c)
  * FILTER is any of "queue" (domain[/vmta] pattern), "jobId" (exact),
  * "rcpt" and "orig" (addresses; shell wildcards, case-insensitive) and
  * "older_than" (seconds since the message was queued); delete needs
@@ -156,23 +159,32 @@ state_name(uint8_t state)
     return state == QR_READY ? "ready" : state == QR_DEFERRED ? "deferred" : "inflight";
 }
 
+/* rcpt_state_name - "held" for a recipient of a paused job, else its state */
+static const char *
+rcpt_state_name(uint32_t r)
+{
+    if (S.rcpt[r].state == QR_DEFERRED && (S.rcpt[r].flags & QRF_JOB_HELD))
+        return "held";
+    return state_name(S.rcpt[r].state);
+}
+
 static json_t *
 rcpt_json(uint32_t r, const struct qstore_msg *m, const struct qstore_rcpt *rr)
 {
     char qid[QSTORE_QID_LEN + 1], queued[32], next[32];
 
-    return json_pack(
-        "{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:I, s:s, s:s, s:s}", "queue",
-        S.queues[S.rcpt[r].queue]->name, "rcpt", rr && rr->address ? rr->address : "", "orig",
-        m && m->env.sender ? m->env.sender : "", "jobId", m && m->env.job_id ? m->env.job_id : "",
-        "envId", m && m->env.envid ? m->env.envid : "", "msgid",
-        qmgr_qid(qid, S.msg[S.rcpt[r].msg].msgid), "state", state_name(S.rcpt[r].state), "attempts",
-        (json_int_t)S.rcpt[r].attempts, "queued",
-        qmgr_ctl_stamp(queued, S.msg[S.rcpt[r].msg].queued_at), "next_attempt",
-        rr && rr->next_attempt && S.rcpt[r].state == QR_DEFERRED
-            ? qmgr_ctl_stamp(next, rr->next_attempt)
-            : "",
-        "last_error", rr && rr->last_error ? rr->last_error : "");
+    return json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:I, s:s, s:s, s:s}", "queue",
+                     S.queues[S.rcpt[r].queue]->name, "rcpt", rr && rr->address ? rr->address : "",
+                     "orig", m && m->env.sender ? m->env.sender : "", "jobId",
+                     m && m->env.job_id ? m->env.job_id : "", "envId",
+                     m && m->env.envid ? m->env.envid : "", "msgid",
+                     qmgr_qid(qid, S.msg[S.rcpt[r].msg].msgid), "state", rcpt_state_name(r),
+                     "attempts", (json_int_t)S.rcpt[r].attempts, "queued",
+                     qmgr_ctl_stamp(queued, S.msg[S.rcpt[r].msg].queued_at), "next_attempt",
+                     rr && rr->next_attempt && !strcmp(rcpt_state_name(r), "deferred")
+                         ? qmgr_ctl_stamp(next, rr->next_attempt)
+                         : "",
+                     "last_error", rr && rr->last_error ? rr->last_error : "");
 }
 
 /* cmd_list - recipients in the queue that pass the filter, in table order */
@@ -332,13 +344,56 @@ cmd_show_jobs(json_t *req)
     list = json_array();
     for (size_t i = 0; i < njobs; i++) {
         if (max == 0 || i < (size_t)max)
-            json_array_append_new(list, json_pack("{s:s, s:I, s:I}", "jobId", jobs[i].id,
+            json_array_append_new(list, json_pack("{s:s, s:I, s:I, s:b}", "jobId", jobs[i].id,
                                                   "recipients", (json_int_t)jobs[i].rcpts, "kbytes",
-                                                  (json_int_t)(jobs[i].bytes / 1024)));
+                                                  (json_int_t)(jobs[i].bytes / 1024), "paused",
+                                                  qmgr_job_is_paused(jobs[i].id)));
         free(jobs[i].id);
     }
     free(jobs);
     return json_pack("{s:b, s:I, s:o}", "ok", 1, "total", (json_int_t)njobs, "jobs", list);
+}
+
+/* --- pause job, resume job ------------------------------------------------------------ */
+
+/* job_recipients - how many queued recipients carry job id JOB (reads their envelopes) */
+static uint64_t
+job_recipients(const char *job)
+{
+    struct rcpt_filter f = { .job = job, .older_than = -1 };
+    struct env_cache c = { 0 };
+    const struct qstore_rcpt *rr;
+    uint64_t n = 0;
+
+    for (uint32_t r = 0; r < S.nrcpt_cap; r++)
+        n += S.rcpt[r].state != QR_FREE && matches(&f, r, &c, &rr);
+    env_cache_free(&c);
+    return n;
+}
+
+/* cmd_job - pause-job (PAUSE 1) or resume-job */
+static json_t *
+cmd_job(json_t *req, int pause)
+{
+    const char *job;
+    int64_t changed, n;
+
+    if (string_arg(req, "jobId", &job) < 0 || job == NULL)
+        return error_reply("pause-job/resume-job need \"jobId\" (a non-empty string under 512 "
+                           "bytes)");
+    if (pause) {
+        if ((n = (int64_t)job_recipients(job)) == 0)
+            return error_reply("no queued recipient has that job id");
+        if ((changed = qmgr_job_pause(job)) < 0)
+            return error_reply("too many jobs paused (1024); resume one first");
+    } else {
+        if ((n = qmgr_job_resume(job)) < 0 && job_recipients(job) == 0)
+            return error_reply("no queued recipient has that job id, and it is not paused");
+        changed = n >= 0;
+        n = n < 0 ? 0 : n;
+    }
+    return json_pack("{s:b, s:s, s:I, s:I}", "ok", 1, "jobId", job, "changed", (json_int_t)changed,
+                     "recipients", (json_int_t)n);
 }
 
 /* qmgr_ctl_rcpt_dispatch - see qmgr_ctl.h */
@@ -349,5 +404,7 @@ qmgr_ctl_rcpt_dispatch(const char *cmd, json_t *req)
         return cmd_list(req);
     if (strcmp(cmd, "show-jobs") == 0)
         return cmd_show_jobs(req);
+    if (strcmp(cmd, "pause-job") == 0 || strcmp(cmd, "resume-job") == 0)
+        return cmd_job(req, cmd[0] == 'p');
     return NULL;
 }

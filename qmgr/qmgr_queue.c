@@ -730,7 +730,7 @@ qmgr_defer_due_now(struct qqueue *q, uint32_t now_tick, uint8_t only)
     for (uint32_t i = 0; i < S.nheap; i++) {
         struct qrcpt *r = &S.rcpt[S.heap[i]];
 
-        if (r->queue != q->id || (only && !(r->flags & only)))
+        if (r->queue != q->id || (only && !(r->flags & only)) || (r->flags & QRF_JOB_HELD))
             continue;
         r->flags &= (uint8_t)~clear;
         if (r->due > now_tick) {

@@ -55,6 +55,8 @@ void out_report_txn_done(uint32_t conn, uint64_t msgid);
 void out_report_idle(uint32_t conn);
 void out_report_down(uint32_t conn, uint32_t result, const struct smtpout_reply *r, const char *mx,
                      const char *dest_ip);
+/* out_report_trace - MP_TRACE_LINE of a traced connection: KIND and sanitized TEXT at AT_NS */
+void out_report_trace(uint32_t conn, uint64_t at_ns, const char *kind, const char *text);
 /* out_result_of - MP_RESULT_* of a reply class */
 uint32_t out_result_of(enum smtpout_class cls);
 
@@ -68,6 +70,9 @@ struct oconn_order { /* MP_CONN_OPEN's fields (borrowed) */
 int oconn_open(const struct oconn_order *o);
 /* oconn_txn - queue one transaction on connection ID; -ENOENT if unknown */
 int oconn_txn(uint32_t id, uint64_t msgid, const uint32_t *indexes, size_t n);
+/* oconn_trace - MP_CONN_TRACE: report connection ID's conversation until its next transaction is
+ * done (FLAGS MP_TRACE_*); -ENOENT if unknown */
+int oconn_trace(uint32_t id, uint32_t flags);
 /* oconn_close - QUIT connection ID once it is idle; -ENOENT if unknown */
 int oconn_close(uint32_t id);
 /* oconn_abort_all - the qmgr channel is gone: drop every connection, report nothing */

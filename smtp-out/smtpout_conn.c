@@ -23,6 +23,12 @@
  * A 421 inside a transaction is a temporary result for the recipients it
  * hit whatever smtp-421-means-mx-unavailable says: qmgr owns the retry.
  *
+ * Trace (pmtactl trace, MP_CONN_TRACE): a traced connection reports what it
+ * does as MP_TRACE_LINEs - where it stands when the trace begins, each
+ * attempt, the TLS parameters, the session's commands and replies (masked
+ * and sanitized by the session), each recipient's result - until its next
+ * transaction is done or it goes down.
+ *
  * Owns: every struct oconn (the table), their sessions, pending and current
  * transactions, destination lists, routes and configuration holds.
  *
@@ -33,6 +39,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -99,6 +106,7 @@ struct oconn {
     char mx[SMTPOUT_DNS_NAME_MAX + 1];
     char dest_ip[INET6_ADDRSTRLEN];
     char tls[128];
+    unsigned trace; /* SMTPOUT_TRACE_*: pmtactl trace watches until the transaction is done */
 };
 
 static struct oconn *table[TABLE_SIZE];
@@ -332,6 +340,40 @@ conn_free(struct oconn *c)
     out_check_stopped();
 }
 
+/* --- trace (pmtactl trace) ---------------------------------------------------------------- */
+
+/* conn_trace - one MP_TRACE_LINE of a traced connection: KIND and the formatted text */
+static void __attribute__((format(printf, 3, 4)))
+conn_trace(struct oconn *c, const char *kind, const char *fmt, ...)
+{
+    char text[MP_TEXT_MAX], shown[MP_TEXT_MAX];
+    va_list ap;
+
+    if (!c->trace || !c->in_table)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof text, fmt, ap);
+    va_end(ap);
+    out_report_trace(c->id, uv_hrtime(), kind,
+                     msg_printable(shown, sizeof shown, text, strlen(text)));
+}
+
+/* on_session_trace - a line of the session's conversation */
+static void
+on_session_trace(void *arg, const char *kind, const char *text)
+{
+    conn_trace(arg, kind, "%s", text);
+}
+
+/* conn_trace_stop - the traced attempt is over */
+static void
+conn_trace_stop(struct oconn *c)
+{
+    c->trace = 0;
+    if (c->session)
+        smtpout_session_trace(c->session, 0);
+}
+
 static const char *
 result_name(uint32_t result)
 {
@@ -349,6 +391,7 @@ result_name(uint32_t result)
 static void
 conn_down(struct oconn *c, uint32_t result, const struct smtpout_reply *r)
 {
+    conn_trace(c, "*", "connection down (%s): %s", result_name(result), r->text);
     msg_info("connection %u %s down (%s): mx=%s ip=%s source=%s tls=%s transactions=%u: %s", c->id,
              c->queue, result_name(result), c->mx[0] ? c->mx : "-",
              c->dest_ip[0] ? c->dest_ip : "-", c->source_ip[0] ? c->source_ip : "-",
@@ -508,6 +551,8 @@ on_tls(void *arg, const char *protocol, const char *cipher, const char *check)
 
     snprintf(c->tls, sizeof c->tls, "%s %s", protocol, cipher);
     snprintf(c->verify, sizeof c->verify, "%s", check ? check : "");
+    conn_trace(c, "*", "TLS established: protocol %s, cipher %s, certificate %s", protocol, cipher,
+               check ? check : "not verified (opportunistic TLS)");
     if (check && strstr(check, " failed: ")) /* only reported: MTA-STS mode testing */
         msg_warn("connection %u %s: MTA-STS testing: %s would be refused in enforce mode: %s",
                  c->id, c->queue, c->mx, msg_printable(shown, sizeof shown, check, strlen(check)));
@@ -561,6 +606,11 @@ on_rcpt_result(void *arg, size_t i, const struct smtpout_reply *r)
     if (t == NULL || i >= t->nrcpts || t->reported[i])
         return;
     t->reported[i] = 1;
+    conn_trace(c, "*", "recipient %s: %s: %s", t->rcpts[i].addr,
+               r->cls == SMTPOUT_OK     ? "delivered"
+               : r->cls == SMTPOUT_PERM ? "bounced"
+                                        : "deferred",
+               r->text);
     if (c->in_table)
         out_report_rcpt(c->id, t->msgid, t->rcpt_index[i], out_result_of(r->cls), r, t->sent_ns);
 }
@@ -575,6 +625,8 @@ on_transaction_done(void *arg, const struct smtpout_reply *r)
         return;
     for (size_t i = 0; i < t->nrcpts; i++) /* the session promises one each; be sure */
         on_rcpt_result(c, i, r);
+    conn_trace(c, "*", "transaction done: %s", r->text);
+    conn_trace_stop(c);
     txn_finish(c);
     conn_after_txn(c);
 }
@@ -603,6 +655,8 @@ closed_before_up(struct oconn *c, const struct smtpout_reply *reason)
     }
     c->last_error = *reason;
     c->have_error = 1;
+    conn_trace(c, "*", "attempt %u to %s[%s] failed: %s", c->attempts, c->mx, c->dest_ip,
+               reason->text);
     if (c->log_connections)
         msg_info("connection %u %s: attempt %u to %s[%s] failed: %s", c->id, c->queue, c->attempts,
                  c->mx, c->dest_ip, reason->text);
@@ -660,7 +714,8 @@ static void
 on_decided(void *arg, struct smtpout_tls_decision *d)
 {
     static const struct smtpout_session_callbacks cb = {
-        on_connected, on_tls, on_ready, on_rcpt_result, on_transaction_done, on_closed,
+        on_connected,        on_tls,    on_ready,         on_rcpt_result,
+        on_transaction_done, on_closed, on_session_trace,
     };
     struct oconn *c = arg;
     struct smtpout_session_config scfg = c->scfg;
@@ -690,7 +745,13 @@ on_decided(void *arg, struct smtpout_tls_decision *d)
                  smtpout_sockaddr_port((const struct sockaddr *)&dest->addr),
                  c->source_ip[0] ? c->source_ip : "any address",
                  scfg.tls == SMTPOUT_TLS_OFF && c->tls_downgraded ? " (again without TLS)" : "");
+    conn_trace(c, "*", "attempt %u: connecting to %s[%s]:%u from %s%s", c->attempts, c->mx,
+               c->dest_ip, smtpout_sockaddr_port((const struct sockaddr *)&dest->addr),
+               c->source_ip[0] ? c->source_ip : "any address",
+               scfg.tls == SMTPOUT_TLS_OFF && c->tls_downgraded ? " (again without TLS)" : "");
     c->session = smtpout_session_start(worker_loop(), &scfg, &cb, c);
+    if (c->trace)
+        smtpout_session_trace(c->session, c->trace);
 }
 
 static void
@@ -760,6 +821,8 @@ on_resolved(void *arg, const struct smtpout_dest_list *list)
     c->dests = xreallocarray(NULL, list->ndests, sizeof *c->dests);
     memcpy(c->dests, list->dests, list->ndests * sizeof *c->dests);
     c->ndests = list->ndests;
+    conn_trace(c, "*", "%s resolved: %zu destination(s), first %s", c->domain, c->ndests,
+               c->ndests ? c->dests[0].mx_name : "-");
     if (!c->resolve_in_call)
         walk_if_ready(c); /* never calls back synchronously */
 }
@@ -850,6 +913,42 @@ oconn_open(const struct oconn_order *o)
         return 0;
     }
     conn_start(c);
+    return 0;
+}
+
+/* conn_trace_state - where C stands as a trace begins */
+static void
+conn_trace_state(struct oconn *c)
+{
+    if (c->local)
+        conn_trace(c, "*", "connection %u for %s: %s delivery (no SMTP transcript)", c->id,
+                   c->queue, cfg_delivery_type_name(c->type));
+    else if (c->up)
+        conn_trace(c, "*",
+                   "connection %u for %s: next transaction on the open connection to %s[%s] from "
+                   "%s, TLS %s%s%s",
+                   c->id, c->queue, c->mx, c->dest_ip, c->source_ip[0] ? c->source_ip : "-",
+                   c->tls[0] ? c->tls : "none", c->verify[0] ? ", certificate " : "", c->verify);
+    else if (c->session || c->deciding)
+        conn_trace(c, "*", "connection %u for %s: attempt %u: connecting to %s[%s] from %s", c->id,
+                   c->queue, c->attempts, c->mx, c->dest_ip,
+                   c->source_ip[0] ? c->source_ip : "any address");
+    else
+        conn_trace(c, "*", "connection %u for %s: resolving %s (source %s)", c->id, c->queue,
+                   c->domain, c->source_ip[0] ? c->source_ip : "any address");
+}
+
+int
+oconn_trace(uint32_t id, uint32_t flags)
+{
+    struct oconn *c = table_find(id);
+
+    if (c == NULL)
+        return -ENOENT;
+    c->trace = SMTPOUT_TRACE_ON | (flags & MP_TRACE_DATA ? SMTPOUT_TRACE_DATA : 0);
+    if (c->session)
+        smtpout_session_trace(c->session, c->trace);
+    conn_trace_state(c);
     return 0;
 }
 

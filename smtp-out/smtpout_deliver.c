@@ -247,7 +247,7 @@ static void
 deliver_try_next(struct smtpout_delivery *d)
 {
     static const struct smtpout_session_callbacks session_cb = {
-        on_connected, on_tls, on_ready, on_rcpt_result, on_transaction_done, on_closed,
+        on_connected, on_tls, on_ready, on_rcpt_result, on_transaction_done, on_closed, NULL,
     };
     unsigned max_attempts = d->job->mx_connection_attempts ? d->job->mx_connection_attempts : 10;
     struct smtpout_session_config cfg = d->job->session;

@@ -70,6 +70,7 @@ struct smtpout_session {
     struct buf kept; /* log-transfer-failures: this transaction's lines, NUL-separated */
     unsigned nkept;
     int txn_failed; /* a recipient of this transaction failed */
+    unsigned trace; /* SMTPOUT_TRACE_*: pmtactl trace is watching */
 
     int closing; /* handles closing; `closed` comes next */
     enum smtpout_stage timer_stage;
@@ -115,6 +116,12 @@ smtpout_session_authenticated(const struct smtpout_session *s)
     return smtpout_proto_authenticated(s->proto);
 }
 
+void
+smtpout_session_trace(struct smtpout_session *s, unsigned flags)
+{
+    s->trace = s->cb.trace ? flags : 0;
+}
+
 unsigned
 smtpout_session_transactions(const struct smtpout_session *s)
 {
@@ -137,7 +144,7 @@ transcript(struct smtpout_session *s, const char *dir, const char *line, size_t 
 {
     char text[LOG_LINE_MAX];
 
-    if (!(s->cfg.log & (SMTPOUT_LOG_COMMANDS | SMTPOUT_LOG_TRANSFER_FAILURES)))
+    if (!(s->cfg.log & (SMTPOUT_LOG_COMMANDS | SMTPOUT_LOG_TRANSFER_FAILURES)) && !s->trace)
         return;
     /* credentials never reach the log: AUTH's argument, and every line sent while the
        exchange runs (AUTH LOGIN's and CRAM-MD5's answers) */
@@ -149,9 +156,11 @@ transcript(struct smtpout_session *s, const char *dir, const char *line, size_t 
         len = 5 + strcspn(line + 5, " ");
     }
     msg_printable(text, sizeof text, line, len);
+    if (s->trace)
+        s->cb.trace(s->arg, dir, text);
     if (s->cfg.log & SMTPOUT_LOG_COMMANDS) {
         msg_info("%s: %s %s", s->log_tag, dir, text);
-    } else if (s->nkept < KEPT_LINES_MAX) {
+    } else if ((s->cfg.log & SMTPOUT_LOG_TRANSFER_FAILURES) && s->nkept < KEPT_LINES_MAX) {
         buf_printf(&s->kept, "%s %s", dir, text);
         buf_append(&s->kept, "", 1);
         s->nkept++;
@@ -197,18 +206,31 @@ transcript_data(struct smtpout_session *s, const struct smtpout_message *m)
     const char *p = m->data, *end = m->data + len;
     char text[LOG_LINE_MAX];
 
-    if (!(s->cfg.log & SMTPOUT_LOG_DATA))
+    if (s->trace && !(s->trace & SMTPOUT_TRACE_DATA)) {
+        snprintf(text, sizeof text, "message data: %zu bytes (not shown; --log-data shows them)",
+                 m->len);
+        s->cb.trace(s->arg, "*", text);
+    }
+    if (!(s->cfg.log & SMTPOUT_LOG_DATA) && !(s->trace & SMTPOUT_TRACE_DATA))
         return;
     while (p < end) {
         const char *nl = memchr(p, '\n', (size_t)(end - p));
         size_t n = nl ? (size_t)(nl - p) : (size_t)(end - p);
 
-        msg_info("%s: > | %s", s->log_tag,
-                 msg_printable(text, sizeof text, p, n && p[n - 1] == '\r' ? n - 1 : n));
+        msg_printable(text, sizeof text, p, n && p[n - 1] == '\r' ? n - 1 : n);
+        if (s->cfg.log & SMTPOUT_LOG_DATA)
+            msg_info("%s: > | %s", s->log_tag, text);
+        if (s->trace & SMTPOUT_TRACE_DATA)
+            s->cb.trace(s->arg, "|", text);
         p = nl ? nl + 1 : end;
     }
-    if (m->len > len)
-        msg_info("%s: > | ... (%zu more bytes not logged)", s->log_tag, m->len - len);
+    if (m->len > len) {
+        snprintf(text, sizeof text, "... (%zu more bytes not shown)", m->len - len);
+        if (s->cfg.log & SMTPOUT_LOG_DATA)
+            msg_info("%s: > | %s", s->log_tag, text);
+        if (s->trace & SMTPOUT_TRACE_DATA)
+            s->cb.trace(s->arg, "|", text);
+    }
 }
 
 /* --- timers ----------------------------------------------------------------------- */

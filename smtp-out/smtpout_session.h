@@ -40,6 +40,11 @@
  *   it fails. Replies are the engine's sanitized text; commands and data pass
  *   msg_printable(); an AUTH command's argument is never logged.
  *
+ *   smtpout_session_trace() (pmtactl trace) passes the same lines, masked
+ *   and sanitized the same way, to the `trace` callback as they happen,
+ *   whatever the log-* settings; the message lines only with
+ *   SMTPOUT_TRACE_DATA (otherwise one line says how many bytes went out).
+ *
  * SECURITY
  *   The peer is hostile; its bytes are read by the engine (smtpout_proto.h:
  *   bounded lines and replies, lengths before offsets, sanitized text, no
@@ -64,6 +69,10 @@
 #define SMTPOUT_LOG_TRANSFER_FAILURES                     \
     0x4u /* log-transfer-failures: a failed transaction's \
             transcript, once it failed */
+
+/* What a traced session passes to `trace` (smtpout_session_trace). */
+#define SMTPOUT_TRACE_ON   0x1u /* commands, replies */
+#define SMTPOUT_TRACE_DATA 0x2u /* the message lines too */
 
 struct smtpout_session_config {
     const struct sockaddr *source; /* bind before connect; NULL = any */
@@ -102,6 +111,9 @@ struct smtpout_session_callbacks {
     void (*transaction_done)(void *arg, const struct smtpout_reply *r);
     /* last callback; the session is freed after it returns */
     void (*closed)(void *arg, const struct smtpout_reply *reason);
+    /* a traced line (smtpout_session_trace): KIND ">" sent, "<" received, "|" message data,
+       "*" a note; TEXT sanitized; may be NULL */
+    void (*trace)(void *arg, const char *kind, const char *text);
 };
 
 struct smtpout_session;
@@ -129,6 +141,9 @@ unsigned smtpout_session_caps(const struct smtpout_session *s);
 int smtpout_session_is_idle(const struct smtpout_session *s);
 /* smtpout_session_authenticated - did AUTH (auth-username) succeed? */
 int smtpout_session_authenticated(const struct smtpout_session *s);
+/* smtpout_session_trace - pass the conversation to `trace` from now on (FLAGS SMTPOUT_TRACE_*;
+ * 0 stops it) */
+void smtpout_session_trace(struct smtpout_session *s, unsigned flags);
 /* smtpout_session_transactions - transactions started on this connection */
 unsigned smtpout_session_transactions(const struct smtpout_session *s);
 

@@ -146,6 +146,15 @@ out_report_down(uint32_t conn, uint32_t result, const struct smtpout_reply *r, c
     report(&out, "MP_CONN_DOWN", conn, mp_encode_conn_down(&out, conn, &d));
 }
 
+void
+out_report_trace(uint32_t conn, uint64_t at_ns, const char *kind, const char *text)
+{
+    struct buf out = BUF_INIT;
+    struct mp_trace_line t = { .at_ns = at_ns, .kind = kind, .text = text };
+
+    report(&out, "MP_TRACE_LINE", conn, mp_encode_trace_line(&out, conn, &t));
+}
+
 /* --- receiving ---------------------------------------------------------------------- */
 
 static int
@@ -210,6 +219,13 @@ on_qmgr_msg(struct ipc_chan *ch, struct ipc_msg *m)
         if ((err = mp_decode_conn_close(m, NULL)) == 0 && oconn_close(m->id) == -ENOENT)
             msg_debug("close for connection %u which is gone", m->id);
         break;
+    case MP_CONN_TRACE: {
+        struct mp_conn_trace t;
+
+        if ((err = mp_decode_conn_trace(m, &t)) == 0 && oconn_trace(m->id, t.flags) == -ENOENT)
+            msg_debug("trace for connection %u which is gone", m->id);
+        break;
+    }
     default:
         err = -EPROTO;
     }

@@ -2,17 +2,18 @@
  * pmtactl.h - what pmtactl's files share: the command line, the command
  *             table's types, exit statuses and the printing helpers
  *
- * pmtactl.c parses the command line, talks to the control socket and prints
- * the queue tables; pmtactl_cmds.c has the commands about recipients, jobs,
- * sources, counters, files and the configuration (list, show jobs, delete's
- * filters, disable/enable source, reset counters, rotate acct, test config,
- * show version); pmtactl_resolve.c has `resolve`.
+ * pmtactl.c has main and the command table; pmtactl_args.c the command
+ * line; pmtactl_client.c the control socket, the run-directory and the
+ * signal commands; pmtactl_tables.c the queue tables; pmtactl_cmds.c the
+ * commands about recipients, jobs, sources, counters, files and the
+ * configuration; pmtactl_trace.c `trace`; pmtactl_resolve.c `resolve`.
  */
 #ifndef PMTA_PMTACTL_H
 #define PMTA_PMTACTL_H
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdio.h>
 
 #include <jansson.h>
 
@@ -24,6 +25,9 @@
 #define EXIT_NOT_RUNNING 3 /* pmtad is not running (no socket, nobody listening, stale pid) */
 #define EXIT_NO_MATCH    4 /* no queue, job or recipient matches what was asked for */
 #define EXIT_DENIED      5 /* not allowed: the control socket and signals need root */
+
+#define DEFAULT_CONFIG      "/etc/pmta/config"
+#define CONTROL_SOCKET_NAME "control"
 
 /* Command-line options; each OPT_ bit says the option was given. */
 enum option_bit {
@@ -40,7 +44,8 @@ enum option_bit {
     OPT_OLDER_THAN = 1u << 10,
     OPT_REENABLE_AFTER = 1u << 11,
     OPT_CONNECT = 1u << 12,
-    OPT_LAST = OPT_CONNECT,
+    OPT_LOG_DATA = 1u << 13,
+    OPT_LAST = OPT_LOG_DATA,
 };
 
 #define MAX_WORDS 8
@@ -87,15 +92,56 @@ struct command {
     add_args_fn add_args;  /* NULL: no arguments */
     matched_fn matched;    /* NULL: the command does not select anything */
     print_fn print;
-    local_fn local; /* set for commands that are not socket requests */
+    local_fn local;       /* set for commands that are not socket requests */
+    const char *arg_name; /* what the argument is, for messages; NULL: a queue PATTERN */
 };
 
-/* --- pmtactl.c ---------------------------------------------------------------- */
+/* --- pmtactl.c -------------------------------------------------------------------- */
+
+/* error_status - the exit status of pmtad's refusal RESPONSE ("no ... matches" is its own) */
+int error_status(json_t *response);
+/* report_error - {"ok": false, "error": TEXT} as "pmtactl: TEXT"; its exit status */
+int report_error(json_t *response);
+
+/* --- pmtactl_args.c ------------------------------------------------------------ */
 
 /* fail - "pmtactl: ..." on stderr; EXIT_FAILED */
 int fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* usage_error - the message and the usage text on stderr; EXIT_USAGE */
 int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* usage - the --help text on OUT */
+void usage(FILE *out);
+/* parse_args - options anywhere, words in order, into *O; 0 or EXIT_USAGE (reported) */
+int parse_args(int argc, char **argv, struct options *o);
+
+/* --- pmtactl_client.c ------------------------------------------------------------- */
+
+/* print_config_error - cfg_load diagnostics (errors) on stderr; CTX is the config path */
+void print_config_error(void *ctx, enum cfg_diag_level level, const char *file, unsigned line,
+                        const char *message);
+/* load_run_directory - the absolute run-directory of CONFIG_PATH; NULL (reported) */
+char *load_run_directory(const char *config_path);
+/* control_socket_path - --socket, else RUNDIR/control of the configuration; NULL (reported) */
+char *control_socket_path(const struct options *o);
+/* control_unreachable - why the last control_connect failed: EXIT_NOT_RUNNING, EXIT_DENIED or 0 */
+int control_unreachable(void);
+/* control_connect - a socket connected to PATH (SOCKET_TIMEOUT_S on every call), or -1
+ * (reported) */
+int control_connect(const char *path);
+/* control_send - LEN bytes of DATA to FD; 0, or -1 (reported) */
+int control_send(int fd, const char *data, size_t len);
+/* control_receive_line - the next response line without its newline, in fresh memory; NULL
+ * (reported) on errors, a timeout or an over-long line */
+char *control_receive_line(int fd, size_t *len);
+/* control_exchange - REQUEST on PATH, the raw response line; NULL (reported) */
+char *control_exchange(const char *path, json_t *request, size_t *len);
+/* control_decode - the response object with a boolean "ok"; NULL (reported) otherwise */
+json_t *control_decode(const char *text, size_t len);
+/* run_signal_command - reload (SIGHUP), rotate log (SIGUSR1), reopen log (SIGUSR2) */
+int run_signal_command(const struct options *o, const char *pattern);
+
+/* --- pmtactl_tables.c ------------------------------------------------------------- */
+
 /* printable - TEXT with control bytes as '?', cut to WIDTH ("..."); caller frees */
 char *printable(const char *text, size_t width);
 /* get_text - string member KEY of OBJ, or "" */
@@ -104,11 +150,6 @@ const char *get_text(json_t *obj, const char *key);
 const char *format_count(json_t *obj, const char *key, char *buf, size_t size);
 /* format_duration - S seconds as "1d2h3m4s" */
 const char *format_duration(long long s, char *buf, size_t size);
-/* print_config_error - cfg_load diagnostics (errors) on stderr; CTX is the config path */
-void print_config_error(void *ctx, enum cfg_diag_level level, const char *file, unsigned line,
-                        const char *message);
-/* load_run_directory - the absolute run-directory of CONFIG_PATH; NULL (reported) */
-char *load_run_directory(const char *config_path);
 void add_pattern_arg(json_t *req, const struct options *o, const char *pattern);
 void add_show_queues_args(json_t *req, const struct options *o, const char *pattern);
 void add_show_groups_args(json_t *req, const struct options *o, const char *pattern);
@@ -117,6 +158,13 @@ void print_changed(json_t *response, const char *what);
 int print_status(const struct options *o, json_t *response);
 int print_queues(const struct options *o, json_t *response);
 int print_domains(const struct options *o, json_t *response);
+int print_vmtas(const struct options *o, json_t *response);
+void add_set_mode_args(json_t *req, const struct options *o, const char *pattern);
+int print_set_queue_mode(const struct options *o, json_t *response);
+int print_pause_queue(const struct options *o, json_t *response);
+int print_resume_queue(const struct options *o, json_t *response);
+bool scheduled_anything(json_t *response);
+int print_schedule(const struct options *o, json_t *response);
 
 /* --- pmtactl_cmds.c --------------------------------------------------------------- */
 
@@ -131,6 +179,9 @@ bool listed_anything(json_t *response);
 bool deleted_anything(json_t *response);
 int print_list(const struct options *o, json_t *response);
 int print_jobs(const struct options *o, json_t *response);
+void add_job_arg(json_t *req, const struct options *o, const char *job);
+int print_pause_job(const struct options *o, json_t *response);
+int print_resume_job(const struct options *o, json_t *response);
 int print_delete(const struct options *o, json_t *response);
 int print_source(const struct options *o, json_t *response);
 int print_reset(const struct options *o, json_t *response);
@@ -138,6 +189,13 @@ int print_rotate_acct(const struct options *o, json_t *response);
 int print_version(const struct options *o, json_t *response);
 int run_test_config(const struct options *o, const char *pattern);
 int run_show_registration(const struct options *o, const char *pattern);
+/* run_show_settings - show settings DOMAIN[/VMTA], from the configuration file */
+int run_show_settings(const struct options *o, const char *queue);
+
+/* --- pmtactl_trace.c ---------------------------------------------------------------- */
+
+/* run_trace - trace [--log-data] DOMAIN[/VMTA]: the next delivery attempt's transcript, live */
+int run_trace(const struct options *o, const char *pattern);
 
 /* --- pmtactl_resolve.c -------------------------------------------------------------- */
 

@@ -26,6 +26,28 @@
 #include "cfg.h"
 #include "pmtactl.h"
 
+
+/*
+ * run_show_settings - `pmtactl show settings DOMAIN[/VMTA]`: read from the
+ * configuration file itself (what pmtad runs is that file once reloaded),
+ * the same lines as pmtad --show-settings
+ */
+int
+run_show_settings(const struct options *o, const char *queue)
+{
+    unsigned nerrors = 0;
+    struct cfg *c = cfg_load(o->config_path, print_config_error, (void *)o->config_path, &nerrors);
+    char err[300];
+    int rc;
+
+    if (c == NULL)
+        return fail("%s: cannot load the configuration (%u error%s)", o->config_path, nerrors,
+                    nerrors == 1 ? "" : "s");
+    rc = cfg_show_settings(c, queue, stdout, err, sizeof err);
+    cfg_free(c);
+    return rc < 0 ? fail("show settings %s: %s", queue, err) : 0;
+}
+
 /* --- arguments ------------------------------------------------------------------ */
 
 /* parse_interval - see pmtactl.h (PowerMTA's TIME-INTERVAL: units w d h m s, combinable) */
@@ -200,16 +222,57 @@ print_jobs(const struct options *o, json_t *response)
     (void)o;
     if (!json_is_array(jobs))
         return fail("malformed response from pmtad (no \"jobs\" array)");
-    printf("%-40s %8s %10s\n", "job-id", "#rcpt", "kbytes");
+    printf("%-40s %8s %10s %s\n", "job-id", "#rcpt", "kbytes", "paused");
     json_array_foreach(jobs, i, j)
     {
         print_cell(get_text(j, "jobId"), 40);
-        printf("%8s %10s\n", format_count(j, "recipients", n, sizeof n),
-               format_count(j, "kbytes", kb, sizeof kb));
+        printf("%8s %10s %s\n", format_count(j, "recipients", n, sizeof n),
+               format_count(j, "kbytes", kb, sizeof kb),
+               json_is_true(json_object_get(j, "paused")) ? "yes" : "no");
     }
     printf("%zu of %" JSON_INTEGER_FORMAT " jobs shown.\n", json_array_size(jobs),
            json_integer_value(json_object_get(response, "total")));
     return 0;
+}
+
+/* --- pause job, resume job --------------------------------------------------------- */
+
+/* add_job_arg - "jobId": the job id given as the command's argument */
+void
+add_job_arg(json_t *req, const struct options *o, const char *job)
+{
+    (void)o;
+    json_object_set_new(req, "jobId", json_string(job));
+}
+
+/* print_job_change - "job ID: WHAT (N recipients)", or that nothing changed */
+static int
+print_job_change(json_t *response, const char *what, const char *already, const char *count)
+{
+    char *job = printable(get_text(response, "jobId"), 120);
+    char n[32];
+
+    format_count(response, "recipients", n, sizeof n);
+    if (json_integer_value(json_object_get(response, "changed")) > 0)
+        printf("job %s: %s (%s recipient(s) %s)\n", job, what, n, count);
+    else
+        printf("no change: job %s %s\n", job, already);
+    free(job);
+    return 0;
+}
+
+int
+print_pause_job(const struct options *o, json_t *response)
+{
+    (void)o;
+    return print_job_change(response, "paused", "was already paused", "queued");
+}
+
+int
+print_resume_job(const struct options *o, json_t *response)
+{
+    (void)o;
+    return print_job_change(response, "resumed", "was not paused", "ready again");
 }
 
 int

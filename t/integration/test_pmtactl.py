@@ -82,7 +82,7 @@ def list_tests(p):
 def show_tests(p):
     rc, out, _ = ctl(p, "show", "jobs")
     lines = out.splitlines()
-    tap.ok(rc == 0 and lines[0].split() == ["job-id", "#rcpt", "kbytes"] and
+    tap.ok(rc == 0 and lines[0].split() == ["job-id", "#rcpt", "kbytes", "paused"] and
            lines[1].split()[:2] == ["A", "3"] and lines[2].split()[:2] == ["B", "2"] and
            "2 of 2 jobs shown." in out, "show jobs: job-id #rcpt kbytes, most first", out)
     rc, out, _ = ctl(p, "show", "topqueues")
