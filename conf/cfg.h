@@ -85,6 +85,7 @@ enum cfg_scope_kind {
     CFG_S_ADDRESS_LIST,     /* <address-list NAME>, or unnamed inside a processor */
     CFG_S_BOUNCE_PROCESSOR, /* <bounce-processor> */
     CFG_S_FBL_PROCESSOR,    /* <feedback-loop-processor> */
+    CFG_S_ACCT_WEBHOOK,     /* <acct-webhook URL> (ext): accounting records POSTed as JSON */
     CFG_S_COUNT
 };
 #define CFG_IN(kind)   (1u << (kind))

@@ -44,6 +44,7 @@ static const struct {
     { CFG_D_DKIM_BODY_CANON, "relaxed|simple" },
     { CFG_D_DKIM_HEADERS_CANON, "relaxed|simple" },
     { CFG_D_AUTHENTICATION_METHOD, "password|system|certificate" },
+    { CFG_D_ACCT_FORMAT, "csv|json" },
 };
 
 static const struct {
@@ -51,6 +52,7 @@ static const struct {
     int64_t min, max;
 } ranges[] = {
     { CFG_D_SMTPD_PROCESSES, 1, 256 },
+    { CFG_D_MAX_BATCH_RECORDS, 1, 10000 },
     { CFG_D_CLEANUP_PROCESSES, 1, 256 },
     { CFG_D_SMTP_OUT_PROCESSES, 0, 256 }, /* 0: delivery paused (tests, queue benchmarks) */
     { CFG_D_TOTAL_MAX_SMTP_OUT, 1, 100000 },
@@ -92,6 +94,7 @@ static const char *const kind_names[CFG_S_COUNT] = {
     [CFG_S_ADDRESS_LIST] = "address-list",
     [CFG_S_BOUNCE_PROCESSOR] = "bounce-processor",
     [CFG_S_FBL_PROCESSOR] = "feedback-loop-processor",
+    [CFG_S_ACCT_WEBHOOK] = "acct-webhook",
 };
 
 /* cfg_directive_info - static description of directive D */
@@ -221,6 +224,7 @@ cfg__scope_kind_name(enum cfg_scope_kind kind)
         "<address-list>",
         "<bounce-processor>",
         "<feedback-loop-processor>",
+        "<acct-webhook>",
     };
     return (unsigned)kind < CFG_S_COUNT ? tags[kind] : "?";
 }

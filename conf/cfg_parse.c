@@ -933,6 +933,7 @@ unique_namespace(int kind)
     case CFG_S_SOURCE_GROUP:
     case CFG_S_DOMAIN_KEY_LIST:
     case CFG_S_ACCT_FILE:
+    case CFG_S_ACCT_WEBHOOK:
     case CFG_S_ADDRESS_LIST: /* a processor's own list is not in the namespace (PARENT set) */
         return CFG_IN(kind);
     default:
@@ -956,6 +957,11 @@ open_named(struct cfg_builder *b, struct frame *f, int kind, char *arg, uint32_t
     }
     if (kind == CFG_S_ACCT_FILE && name[0] == '|' && !*cfg__trim(name + 1)) {
         error(b, "<acct-file %s> has an empty command (expected |PROGRAM [ARGS])", name);
+        goto out;
+    }
+    if (kind == CFG_S_ACCT_WEBHOOK && strncasecmp(name, "http://", 7) != 0 &&
+        strncasecmp(name, "https://", 8) != 0) {
+        error(b, "<acct-webhook %s> needs an http:// or https:// URL", name);
         goto out;
     }
     if (ns && (prev = find_named(b, ns, name)) >= 0) {

@@ -22,6 +22,7 @@
  *   qmgr_outcome.c  what a result does: durable finish/defer, bounces
  *                   (DSN), expiry, the per-attempt log line
  *   qmgr_records.c  the accounting records (d, b, t, tq, r) and the writer
+ *   qmgr_webhook.c  <acct-webhook>: the records' backlog POSTed in batches
  *   qmgr_msg.c      queue ids, envelopes read from the queue, and mail
  *                   qmgr queues itself (DSNs, notices, copies)
  *   qmgr_jobs.c     paused jobs (pmtactl pause/resume job): their recipients held
@@ -474,6 +475,13 @@ void qmgr_records_received_start(uint64_t next_msgid);
 void qmgr_records_received(uint64_t below);
 void qmgr_records_config(void);
 void qmgr_records_close(void);
+
+/* --- <acct-webhook> senders (qmgr_webhook.c) ------------------------------------------------ */
+struct qmgr_acct;
+/* qmgr_webhook_start - send the backlog of every webhook of A (open) from its saved offset */
+void qmgr_webhook_start(struct qmgr_acct *a);
+/* qmgr_webhook_stop - stop sending (a batch in flight goes again next time); FOR_GOOD at exit */
+void qmgr_webhook_stop(int for_good);
 
 /* --- messages (qmgr_msg.c) ------------------------------------------------------------ */
 /* qmgr_qid - the queue id of MSGID, as every log line and reply spells it, into BUF */

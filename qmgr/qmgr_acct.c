@@ -72,6 +72,7 @@ free_file(struct acct_file *f, time_t now)
     free(f->ext);
     free(f->move_to);
     free(f->user_string);
+    free(f->url);
 }
 
 /* flush_out - write pending data of a file or a pipe; 0 or the file's -errno */
@@ -84,24 +85,72 @@ flush_out(struct acct_file *f, time_t now)
     return 0;
 }
 
-/* nth_output - the Ith file (WANT_PIPE false) or pipe (true), or NULL */
+enum output_kind { OUT_FILE, OUT_PIPE, OUT_WEBHOOK };
+
+static enum output_kind
+kind_of(const struct acct_file *f)
+{
+    return f->is_pipe ? OUT_PIPE : f->is_webhook ? OUT_WEBHOOK : OUT_FILE;
+}
+
+/* nth_output - the Ith output of KIND, or NULL */
 static struct acct_file *
-nth_output(const struct qmgr_acct *acct, size_t i, bool want_pipe)
+nth_output(const struct qmgr_acct *acct, size_t i, enum output_kind kind)
 {
     for (size_t k = 0; k < acct->nfiles; k++)
-        if (acct->files[k].is_pipe == want_pipe && i-- == 0)
+        if (kind_of(&acct->files[k]) == kind && i-- == 0)
             return &acct->files[k];
     return NULL;
 }
 
 static size_t
-count_outputs(const struct qmgr_acct *acct, bool want_pipe)
+count_outputs(const struct qmgr_acct *acct, enum output_kind kind)
 {
     size_t n = 0;
 
     for (size_t k = 0; k < acct->nfiles; k++)
-        n += acct->files[k].is_pipe == want_pipe;
+        n += kind_of(&acct->files[k]) == kind;
     return n;
+}
+
+/* backlog_path - DIR/acct-webhook-HASH.jsonl: the same file for the same URL across restarts */
+static char *
+backlog_path(const char *dir, const char *url)
+{
+    uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a */
+
+    for (const unsigned char *p = (const unsigned char *)url; *p; p++)
+        h = (h ^ *p) * 0x100000001b3ull;
+    return xasprintf("%s/acct-webhook-%016llx.jsonl", dir && *dir ? dir : ".",
+                     (unsigned long long)h);
+}
+
+/* open_webhooks - the backlog of every <acct-webhook URL> of C, in DIR */
+static void
+open_webhooks(struct qmgr_acct *a, const struct cfg *c, const char *dir)
+{
+    uint32_t it = 0, s;
+    int rc;
+
+    while (c && (s = cfg_next_scope(c, CFG_S_ACCT_WEBHOOK, &it)) != CFG_NONE) {
+        const char *url = cfg_str(c, c->scopes[s].name);
+        struct acct_file *f;
+
+        a->files = xreallocarray(a->files, a->nfiles + 1, sizeof *a->files);
+        f = &a->files[a->nfiles++];
+        memset(f, 0, sizeof *f);
+        f->fd = -1;
+        f->url = xstrdup(url);
+        f->path = backlog_path(dir, url);
+        acct_load_file_config(f, c, s);
+        if ((rc = acct_open_file(f, now_of(a))) != 0) {
+            msg_warn("acct-webhook %s: backlog %s not writable now (%s); records for it are "
+                     "dropped until it opens",
+                     f->url, f->path, strerror(-rc));
+            f->fd = -1;
+            f->retry_rotate_at = now_of(a) + RETRY_SECONDS;
+        }
+    }
 }
 
 /* --- the API ---------------------------------------------------------------------------- */
@@ -147,6 +196,7 @@ qmgr_acct_open(struct qmgr_acct **out, const struct cfg *c, const struct qmgr_ac
             f->retry_rotate_at = now_of(a) + RETRY_SECONDS;
         }
     }
+    open_webhooks(a, c, opts ? opts->backlog_dir : NULL);
     *out = a;
     return 0;
 }
@@ -200,7 +250,15 @@ qmgr_acct_write(struct qmgr_acct *acct, const struct qmgr_acct_record *r)
         }
         if (before == 0)
             f->pending_since = now;
-        acct_format_record(f, &f->pending, r, logged);
+        if (f->json)
+            acct_format_json(f, &f->pending, r, logged);
+        else
+            acct_format_record(f, &f->pending, r, logged);
+        if (f->is_webhook && f->size + (int64_t)(f->pending.len - before) > f->backlog_max) {
+            f->pending.len = before; /* the backlog is full: the newest records are dropped */
+            f->dropped_full++;
+            continue;
+        }
         f->size += (int64_t)(f->pending.len - before);
         frc = 0;
         if (f->pending.len >= FLUSH_BYTES || now - f->pending_since >= FLUSH_SECONDS)
@@ -237,6 +295,14 @@ qmgr_acct_tick(struct qmgr_acct *acct)
             acct_tick_pipe(f, now);
             continue;
         }
+        if (f->is_webhook && f->dropped_full > f->dropped_warned && now - f->full_warned_at >= 60) {
+            msg_warn("acct-webhook %s: backlog %s full (backlog-max-size %lld bytes): %llu "
+                     "record(s) dropped",
+                     f->url, f->path, (long long)f->backlog_max,
+                     (unsigned long long)(f->dropped_full - f->dropped_warned));
+            f->dropped_warned = f->dropped_full;
+            f->full_warned_at = now;
+        }
         frc = acct_tick_file(f, now);
         if (frc != 0 && rc == 0)
             rc = frc;
@@ -252,8 +318,8 @@ qmgr_acct_rotate(struct qmgr_acct *acct)
 
     for (size_t i = 0; i < acct->nfiles; i++) {
         struct acct_file *f = &acct->files[i];
-        if (f->is_pipe)
-            continue; /* a pipe has nothing to rotate */
+        if (f->is_pipe || f->is_webhook)
+            continue; /* a pipe has nothing to rotate, a backlog empties itself */
         if ((frc = acct_rotate_file(f, f->move_to ? f->move_to : f->own_dir, now)) != 0 && rc == 0)
             rc = frc;
     }
@@ -263,13 +329,13 @@ qmgr_acct_rotate(struct qmgr_acct *acct)
 size_t
 qmgr_acct_nfiles(const struct qmgr_acct *acct)
 {
-    return count_outputs(acct, false);
+    return count_outputs(acct, OUT_FILE);
 }
 
 const char *
 qmgr_acct_path(const struct qmgr_acct *acct, size_t i)
 {
-    const struct acct_file *f = nth_output(acct, i, false);
+    const struct acct_file *f = nth_output(acct, i, OUT_FILE);
 
     return f ? f->path : NULL;
 }
@@ -277,13 +343,13 @@ qmgr_acct_path(const struct qmgr_acct *acct, size_t i)
 size_t
 qmgr_acct_npipes(const struct qmgr_acct *acct)
 {
-    return count_outputs(acct, true);
+    return count_outputs(acct, OUT_PIPE);
 }
 
 const char *
 qmgr_acct_pipe_name(const struct qmgr_acct *acct, size_t i)
 {
-    const struct acct_file *f = nth_output(acct, i, true);
+    const struct acct_file *f = nth_output(acct, i, OUT_PIPE);
 
     return f ? f->path : NULL;
 }
@@ -291,7 +357,7 @@ qmgr_acct_pipe_name(const struct qmgr_acct *acct, size_t i)
 pid_t
 qmgr_acct_pipe_pid(const struct qmgr_acct *acct, size_t i)
 {
-    const struct acct_file *f = nth_output(acct, i, true);
+    const struct acct_file *f = nth_output(acct, i, OUT_PIPE);
 
     return f && f->fd >= 0 ? f->pid : 0;
 }
@@ -299,7 +365,50 @@ qmgr_acct_pipe_pid(const struct qmgr_acct *acct, size_t i)
 uint64_t
 qmgr_acct_pipe_dropped(const struct qmgr_acct *acct, size_t i)
 {
-    const struct acct_file *f = nth_output(acct, i, true);
+    const struct acct_file *f = nth_output(acct, i, OUT_PIPE);
 
     return f ? f->dropped : 0;
+}
+
+/* --- <acct-webhook URL>: what qmgr's sender needs ------------------------------------------ */
+
+size_t
+qmgr_acct_nwebhooks(const struct qmgr_acct *acct)
+{
+    return acct ? count_outputs(acct, OUT_WEBHOOK) : 0;
+}
+
+int
+qmgr_acct_webhook(const struct qmgr_acct *acct, size_t i, struct qmgr_acct_webhook_info *out)
+{
+    const struct acct_file *f = nth_output(acct, i, OUT_WEBHOOK);
+
+    if (f == NULL)
+        return -ENOENT;
+    *out = (struct qmgr_acct_webhook_info){ .url = f->url,
+                                            .backlog = f->path,
+                                            .batch_records = f->batch_records,
+                                            .retry_interval_s = f->retry_interval,
+                                            .timeout_s = f->write_timeout,
+                                            .written =
+                                                f->fd >= 0 ? f->size - (int64_t)f->pending.len : 0,
+                                            .dropped = f->dropped_full };
+    return 0;
+}
+
+int
+qmgr_acct_webhook_truncate(struct qmgr_acct *acct, size_t i, int64_t acked)
+{
+    struct acct_file *f = nth_output(acct, i, OUT_WEBHOOK);
+
+    if (f == NULL || f->fd < 0)
+        return -ENOENT;
+    if (f->pending.len > 0 || f->size != acked)
+        return -EBUSY; /* records came in meanwhile: they must go first */
+    if (ftruncate(f->fd, 0) != 0)
+        return -errno;
+    if (f->sync)
+        (void)fsync(f->fd);
+    f->size = 0;
+    return 0;
 }

@@ -168,6 +168,7 @@ struct qmgr_acct_record {
 struct qmgr_acct_opts {
     time_t (*clock)(void *ctx); /* NULL: time() */
     void *clock_ctx;
+    const char *backlog_dir; /* where <acct-webhook> backlogs live (qmgr: the spool); NULL "." */
 };
 
 /*
@@ -198,6 +199,31 @@ int qmgr_acct_flush(struct qmgr_acct *acct);
 int qmgr_acct_tick(struct qmgr_acct *acct);
 /* qmgr_acct_rotate - rotate every file (not pipes) now; 0 or -errno */
 int qmgr_acct_rotate(struct qmgr_acct *acct);
+
+/*
+ * <acct-webhook URL> (ext): the writer appends the records as JSON lines to
+ * the webhook's backlog file, BACKLOG_DIR/acct-webhook-HASH.jsonl (HASH of
+ * the URL, so a restart finds it), buffered and flushed as a file's records
+ * are; a record that would take the backlog past backlog-max-size is dropped
+ * (counted, a warning a minute). qmgr's sender (qmgr_webhook.c) reads the
+ * backlog, POSTs it in batches, and empties it through
+ * qmgr_acct_webhook_truncate once every written byte was acknowledged.
+ */
+struct qmgr_acct_webhook_info {
+    const char *url, *backlog;
+    int64_t batch_records;    /* max-batch-records */
+    int64_t retry_interval_s; /* retry-interval: the longest wait between attempts */
+    int64_t timeout_s;        /* write-timeout: one request */
+    int64_t written;          /* bytes of the backlog on disk now */
+    uint64_t dropped;         /* records dropped since the open: the backlog was full */
+};
+/* qmgr_acct_nwebhooks - how many <acct-webhook> blocks there are */
+size_t qmgr_acct_nwebhooks(const struct qmgr_acct *acct);
+/* qmgr_acct_webhook - what webhook I is (strings valid while ACCT is open); 0 or -ENOENT */
+int qmgr_acct_webhook(const struct qmgr_acct *acct, size_t i, struct qmgr_acct_webhook_info *out);
+/* qmgr_acct_webhook_truncate - the first ACKED bytes of webhook I's backlog were acknowledged and
+ * nothing else is in it or pending: empty it. 0, -EBUSY (more came), -ENOENT or -errno */
+int qmgr_acct_webhook_truncate(struct qmgr_acct *acct, size_t i, int64_t acked);
 
 /* qmgr_acct_nfiles - how many files are open (pipes are not counted) */
 size_t qmgr_acct_nfiles(const struct qmgr_acct *acct);

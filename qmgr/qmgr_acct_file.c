@@ -192,6 +192,8 @@ existing_file_stale(struct acct_file *f, time_t now)
     }
     first = xmalloc(hlen + 1);
     stale = pread(fd, first, hlen, 0) != (ssize_t)hlen || memcmp(first, f->header_line, hlen) != 0;
+    if (f->json) /* no header line: a file of JSON lines starts with '{' */
+        stale = pread(fd, first, 1, 0) != 1 || first[0] != '{';
     if (stale)
         msg_info("acct-file %s: columns differ from the existing file's; starting a new file",
                  f->path);

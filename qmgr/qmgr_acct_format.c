@@ -253,6 +253,8 @@ build_columns(struct acct_file *f)
     }
     buf_append_str(&line, "\r\n");
     f->header_line = buf_detach(&line, NULL);
+    if (f->json) /* one object per line, each naming its fields: no header line */
+        f->header_line[0] = '\0';
 }
 
 /* split_path - own directory, stem and extension of PATH */
@@ -337,12 +339,23 @@ acct_load_file_config(struct acct_file *f, const struct cfg *c, uint32_t s)
     f->sync = scope_num(c, s, CFG_D_SYNC, 0) != 0;
     f->world_readable = scope_num(c, s, CFG_D_WORLD_READABLE, 0) != 0;
     f->types = parse_records(f->path, scope_text(c, s, CFG_D_RECORDS));
+    f->is_webhook = c->scopes[s].kind == CFG_S_ACCT_WEBHOOK;
+    f->json = f->is_webhook || scope_num(c, s, CFG_D_ACCT_FORMAT, 0) == 1;
     for (int t = 0; t < QMGR_ACCT_NTYPES; t++)
         select_default_fields(f, t);
     while ((v = cfg_scope_next(c, s, CFG_D_RECORD_FIELDS, &it)) != NULL)
         apply_record_fields(f, cfg_str(c, v->text));
     build_columns(f);
     f->is_pipe = f->path[0] == '|';
+    if (f->is_webhook) { /* the backlog file is named by qmgr (acct_webhook_open) */
+        free(f->move_to);
+        f->move_to = NULL;
+        f->retry_interval = scope_num(c, s, CFG_D_RETRY_INTERVAL, 300);
+        f->write_timeout = scope_num(c, s, CFG_D_WRITE_TIMEOUT, 60);
+        f->backlog_max = scope_num(c, s, CFG_D_BACKLOG_MAX_SIZE, 64 << 20);
+        f->batch_records = scope_num(c, s, CFG_D_MAX_BATCH_RECORDS, 100);
+        return;
+    }
     if (f->is_pipe) { /* a pipe has no rotation: move-to & co. do not apply */
         free(f->move_to);
         f->move_to = NULL;
@@ -388,12 +401,13 @@ utf8_len(const unsigned char *p, size_t n)
 }
 
 /*
- * append_value - VALUE (LEN bytes) as one CSV field. Control bytes become a
+ * append_value - VALUE (LEN bytes) as one field: control bytes become a
  * space (a run of them one space), invalid UTF-8 '?', at most
- * QMGR_ACCT_VALUE_MAX bytes; quoted when it holds ',' or '"'.
+ * QMGR_ACCT_VALUE_MAX bytes; with CSV quoted when it holds ',' or '"'
+ * (quotes doubled), else as it is (JSON: jansson escapes it)
  */
 static void
-append_value(struct buf *b, const char *value, size_t len)
+append_value(struct buf *b, const char *value, size_t len, bool csv)
 {
     const unsigned char *p = (const unsigned char *)value;
     struct buf clean = BUF_INIT;
@@ -416,9 +430,9 @@ append_value(struct buf *b, const char *value, size_t len)
             i++;
             continue;
         }
-        quote = quote || p[i] == ',' || p[i] == '"';
+        quote = csv && (quote || p[i] == ',' || p[i] == '"');
         buf_append(&clean, p + i, n);
-        if (p[i] == '"')
+        if (csv && p[i] == '"')
             buf_append_str(&clean, "\""); /* RFC 4180: a quote inside is doubled */
         i += n;
     }
@@ -432,10 +446,10 @@ append_value(struct buf *b, const char *value, size_t len)
 }
 
 static void
-append_str(struct buf *b, const char *s)
+append_str(struct buf *b, const char *s, bool csv)
 {
     if (s)
-        append_value(b, s, strlen(s));
+        append_value(b, s, strlen(s), csv);
 }
 
 static void
@@ -494,11 +508,11 @@ header_value(const char *hdrs, size_t len, const char *name, struct buf *out)
 
 static void
 append_field(const struct acct_file *f, struct buf *b, const struct field_def *fd,
-             const struct qmgr_acct_record *r, time_t logged)
+             const struct qmgr_acct_record *r, time_t logged, bool csv)
 {
     switch (fd->kind) {
     case FK_STR:
-        append_str(b, *(const char *const *)(const void *)((const char *)r + fd->off));
+        append_str(b, *(const char *const *)(const void *)((const char *)r + fd->off), csv);
         break;
     case FK_TIME_LOGGED:
         append_time(f, b, logged);
@@ -521,9 +535,29 @@ append_field(const struct acct_file *f, struct buf *b, const struct field_def *f
                        (long long)(logged > r->time_queued ? logged - r->time_queued : 0));
         break;
     case FK_USER_STRING:
-        append_str(b, f->user_string);
+        append_str(b, f->user_string, csv);
         break;
     }
+}
+
+/* acct_field_text - see qmgr_acct_int.h */
+void
+acct_field_text(const struct acct_file *f, struct buf *b, int field,
+                const struct qmgr_acct_record *r, time_t logged)
+{
+    append_field(f, b, &acct_fields[field], r, logged, false);
+}
+
+/* acct_header_text - see qmgr_acct_int.h */
+void
+acct_header_text(const struct acct_file *f, struct buf *b, int header,
+                 const struct qmgr_acct_record *r, bool csv)
+{
+    struct buf v = BUF_INIT;
+
+    if (r->headers && header_value(r->headers, r->headers_len, f->headers[header], &v) && v.len)
+        append_value(b, v.data, v.len, csv);
+    buf_free(&v);
 }
 
 /* acct_format_record - the CSV line of R for file F into B */
@@ -537,12 +571,9 @@ acct_format_record(const struct acct_file *f, struct buf *b, const struct qmgr_a
         buf_append_str(b, ",");
         if (col->field >= 0) {
             if (f->field_on[r->type][col->field])
-                append_field(f, b, &acct_fields[col->field], r, logged);
-        } else if (f->header_on[r->type][col->header] && r->headers) {
-            struct buf v = BUF_INIT;
-            if (header_value(r->headers, r->headers_len, f->headers[col->header], &v) && v.len)
-                append_value(b, v.data, v.len);
-            buf_free(&v);
+                append_field(f, b, &acct_fields[col->field], r, logged, true);
+        } else if (f->header_on[r->type][col->header]) {
+            acct_header_text(f, b, col->header, r, true);
         }
     }
     buf_append_str(b, "\r\n");

@@ -1,9 +1,10 @@
 /*
  * qmgr_acct_int.h - what the accounting writer's files share (not an API)
  *
- * The accounting writer (qmgr_acct.h is its API) is four files, one concern
+ * The accounting writer (qmgr_acct.h is its API) is five files, one concern
  * each: qmgr_acct_format.c (the field table, an <acct-file> block's
- * settings, and turning a record into one CSV line), qmgr_acct_file.c
+ * settings, and turning a record into one CSV line), qmgr_acct_json.c (one
+ * JSON line instead), qmgr_acct_file.c
  * (files on disk: open, flush, rotation, delete-after), qmgr_acct_pipe.c
  * (<acct-file |command>: the program, its pipe, restarts) and qmgr_acct.c
  * (the API over all outputs). This header holds the state they share: one
@@ -119,6 +120,16 @@ struct acct_file {
     size_t header_left;     /* bytes of the header line still at the front of pending */
     bool mid_line;          /* the program got part of a line (drops keep its rest) */
     uint64_t dropped;       /* records that never reached a program since it went down */
+
+    bool json; /* format json (qmgr_acct_json.c): no header line, one object per line */
+    /* <acct-webhook URL>: PATH is its backlog file (JSON lines) qmgr's sender reads */
+    bool is_webhook;
+    char *url;
+    int64_t backlog_max;     /* backlog-max-size: bytes the backlog may hold */
+    int64_t batch_records;   /* max-batch-records: records per POST */
+    uint64_t dropped_full;   /* records dropped because the backlog was full */
+    uint64_t dropped_warned; /* ... of them already logged */
+    time_t full_warned_at;
 };
 
 struct qmgr_acct {
@@ -134,6 +145,18 @@ void acct_load_file_config(struct acct_file *f, const struct cfg *c, uint32_t s)
 /* acct_format_record - R as one CSV line of F's columns, appended to B */
 void acct_format_record(const struct acct_file *f, struct buf *b, const struct qmgr_acct_record *r,
                         time_t now);
+/* acct_field_text - the text of standard field FIELD of R (cleaned, never quoted), appended to B */
+void acct_field_text(const struct acct_file *f, struct buf *b, int field,
+                     const struct qmgr_acct_record *r, time_t logged);
+/* acct_header_text - the value of F's header column HEADER in R's headers (CSV: quoted as
+ * needed), appended to B; nothing when R has no such header */
+void acct_header_text(const struct acct_file *f, struct buf *b, int header,
+                      const struct qmgr_acct_record *r, bool csv);
+
+/* --- qmgr_acct_json.c ------------------------------------------------------------------ */
+/* acct_format_json - R as one JSON object (and "\n") of F's columns, appended to B */
+void acct_format_json(const struct acct_file *f, struct buf *b, const struct qmgr_acct_record *r,
+                      time_t logged);
 
 /* --- qmgr_acct_file.c ------------------------------------------------------------------ */
 int acct_flush_file(struct acct_file *f);

@@ -348,11 +348,16 @@ qmgr_outcome_rotate_acct(void)
 void
 qmgr_records_config(void)
 {
+    struct qmgr_acct_opts opts = { .backlog_dir = worker_spool() };
+
+    qmgr_webhook_stop(0); /* a batch in flight is sent again by the next sender */
     if (acct_w)
         qmgr_acct_close(acct_w);
     acct_w = NULL;
-    if (qmgr_acct_open(&acct_w, S.cfg, NULL) < 0)
+    if (qmgr_acct_open(&acct_w, S.cfg, &opts) < 0)
         acct_w = NULL;
+    if (acct_w)
+        qmgr_webhook_start(acct_w);
     if (!acct_timer_on) {
         uv_timer_init(worker_loop(), &acct_timer);
         uv_timer_start(&acct_timer, on_acct_tick, 1000, 1000);
@@ -366,6 +371,7 @@ qmgr_records_close(void)
     if (acct_timer_on)
         uv_close((uv_handle_t *)&acct_timer, NULL);
     acct_timer_on = 0;
+    qmgr_webhook_stop(1);
     qmgr_acct_close(acct_w); /* flushes: the records below received_written are out */
     acct_w = NULL;
     if (!mark_pending && received_written > received_marked && S.group)

@@ -127,8 +127,8 @@ qmgr_trace_request(struct ctl_client *client, json_t *req)
     traces = t;
     ntraces++;
     msg_info("pmtactl trace %s: waiting for the next delivery attempt", pattern);
-    return json_pack("{s:b, s:o, s:o, s:b}", "ok", 1, "queues", names, "paused", paused,
-                     "waiting", 1);
+    return json_pack("{s:b, s:o, s:o, s:b}", "ok", 1, "queues", names, "paused", paused, "waiting",
+                     1);
 }
 
 /* qmgr_trace_attach - see qmgr.h */

@@ -10,13 +10,11 @@
  * libuv (curl_multi_socket_action), so no thread and no blocking call is
  * added. A parser of our own would be one more network parser to fuzz.
  *
- * One curl multi handle per process (G below), created on first use: its
- * socket callback keeps one uv_poll_t per socket curl watches, its timer
- * callback one uv_timer_t. Each request is an easy handle whose private
- * pointer is its channel; the channel has at most one request at a time.
+ * The multi handle and its libuv glue are runtime/uvcurl.c (qmgr's
+ * <acct-webhook> uses the same). Each request is an easy handle; a channel
+ * has at most one request at a time.
  *
- * Owns: G (the multi handle, the timer, the polls), each channel's easy
- * handle, request body and header list.
+ * Owns: each channel's easy handle, request body and header list.
  * SECURITY: the response body is never read (CURLOPT_WRITEFUNCTION drops
  * it); only the status code and curl's error text become a reply, bounded
  * and sanitized by smtpout_reply_local. The request body is built by
@@ -35,6 +33,7 @@
 
 #include "msg.h"
 #include "smtpout_http.h"
+#include "uvcurl.h"
 #include "xalloc.h"
 
 #define HEADERS_MAX 200 /* header fields passed in "headers" */
@@ -45,130 +44,15 @@ struct smtpout_http {
     long connect_timeout_ms, timeout_ms;
     smtpout_http_result_fn fn;
     void *arg;
-    CURL *easy; /* the running request, or NULL */
-    char *body;
-    struct curl_slist *headers;
-    char error[CURL_ERROR_SIZE];
+    struct uvcurl_post req; /* the running request (req.easy NULL: none) */
 };
 
-static struct {
-    uv_loop_t *loop;
-    CURLM *multi;
-    uv_timer_t timer;
-    int running;
-} G;
-
-struct poll_ctx {
-    uv_poll_t poll;
-    curl_socket_t fd;
-};
-
-/* --- the libuv side of the multi handle --------------------------------------------------- */
-
-static void check_done(void);
-
-static void
-on_poll(uv_poll_t *h, int status, int events)
-{
-    struct poll_ctx *p = h->data;
-    int flags = 0, running;
-
-    if (status < 0)
-        flags = CURL_CSELECT_ERR;
-    if (events & UV_READABLE)
-        flags |= CURL_CSELECT_IN;
-    if (events & UV_WRITABLE)
-        flags |= CURL_CSELECT_OUT;
-    curl_multi_socket_action(G.multi, p->fd, flags, &running);
-    check_done();
-}
-
-static void
-on_timer(uv_timer_t *t)
-{
-    int running;
-
-    (void)t;
-    curl_multi_socket_action(G.multi, CURL_SOCKET_TIMEOUT, 0, &running);
-    check_done();
-}
-
-static int
-timer_cb(CURLM *multi, long timeout_ms, void *userp)
-{
-    (void)multi;
-    (void)userp;
-    if (timeout_ms < 0)
-        uv_timer_stop(&G.timer);
-    else
-        uv_timer_start(&G.timer, on_timer, (uint64_t)timeout_ms, 0);
-    return 0;
-}
-
-static void
-poll_closed(uv_handle_t *h)
-{
-    free(h->data);
-}
-
-static int
-socket_cb(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
-{
-    struct poll_ctx *p = socketp;
-    int events = 0;
-
-    (void)easy;
-    (void)userp;
-    if (what == CURL_POLL_REMOVE) {
-        if (p) {
-            uv_poll_stop(&p->poll);
-            uv_close((uv_handle_t *)&p->poll, poll_closed);
-            curl_multi_assign(G.multi, s, NULL);
-        }
-        return 0;
-    }
-    if (!p) {
-        p = xcalloc(1, sizeof *p);
-        p->fd = s;
-        if (uv_poll_init_socket(G.loop, &p->poll, s) < 0) {
-            free(p);
-            return -1;
-        }
-        p->poll.data = p;
-        curl_multi_assign(G.multi, s, p);
-    }
-    if (what & CURL_POLL_IN)
-        events |= UV_READABLE;
-    if (what & CURL_POLL_OUT)
-        events |= UV_WRITABLE;
-    uv_poll_start(&p->poll, events, on_poll);
-    return 0;
-}
-
-static int
-multi_init(uv_loop_t *loop)
-{
-    if (G.multi)
-        return 0;
-    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK || (G.multi = curl_multi_init()) == NULL)
-        return -1;
-    G.loop = loop;
-    uv_timer_init(loop, &G.timer);
-    curl_multi_setopt(G.multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
-    curl_multi_setopt(G.multi, CURLMOPT_TIMERFUNCTION, timer_cb);
-    return 0;
-}
+static uv_loop_t *http_loop;
 
 void
 smtpout_http_shutdown(void)
 {
-    if (!G.multi)
-        return;
-    curl_multi_cleanup(G.multi); /* REMOVE callbacks close the polls */
-    G.multi = NULL;
-    uv_timer_stop(&G.timer);
-    uv_close((uv_handle_t *)&G.timer, NULL);
-    curl_global_cleanup();
+    uvcurl_shutdown();
 }
 
 /* --- results --------------------------------------------------------------------------------- */
@@ -193,54 +77,30 @@ smtpout_http_status(struct smtpout_reply *r, long status, const char *errtext, c
                             status, url);
 }
 
-/* request_end - forget H's request (the result has been taken) */
+/* request_end - forget H's request (the result has been taken, or it is cancelled) */
 static void
 request_end(struct smtpout_http *h)
 {
-    if (h->easy) {
-        curl_multi_remove_handle(G.multi, h->easy);
-        curl_easy_cleanup(h->easy);
-    }
-    h->easy = NULL;
-    curl_slist_free_all(h->headers);
-    h->headers = NULL;
-    free(h->body);
-    h->body = NULL;
+    uvcurl_post_end(&h->req);
 }
 
-/* check_done - every finished request gives its channel a result */
+/* on_done - H's request is over: its result */
 static void
-check_done(void)
+on_done(CURL *easy, CURLcode result, void *arg)
 {
-    CURLMsg *m;
-    int left;
+    struct smtpout_http *h = arg;
+    struct smtpout_reply r;
+    long status = 0;
 
-    while ((m = curl_multi_info_read(G.multi, &left)) != NULL) {
-        struct smtpout_http *h = NULL;
-        struct smtpout_reply r;
-        long status = 0;
-
-        if (m->msg != CURLMSG_DONE)
-            continue;
-        curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&h);
-        if (m->data.result == CURLE_OK)
-            curl_easy_getinfo(m->easy_handle, CURLINFO_RESPONSE_CODE, &status);
-        smtpout_http_status(&r, status, h->error[0] ? h->error : curl_easy_strerror(m->data.result),
-                            h->url);
-        request_end(h);
-        h->fn(h->arg, &r);
-    }
+    if (result == CURLE_OK)
+        curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
+    smtpout_http_status(&r, status, h->req.error[0] ? h->req.error : curl_easy_strerror(result),
+                        h->url);
+    request_end(h);
+    h->fn(h->arg, &r);
 }
 
 /* --- the request --------------------------------------------------------------------------- */
-
-static size_t
-drop_body(char *p, size_t size, size_t n, void *arg)
-{
-    (void)p;
-    (void)arg;
-    return size * n; /* the response body is not read */
-}
 
 /* header_array - the header fields of the message as [{"Name": "value"}, ...], unfolded */
 static json_t *
@@ -319,40 +179,19 @@ int
 smtpout_http_start(struct smtpout_http *h, const struct smtpout_message *m, size_t i,
                    struct smtpout_reply *r)
 {
-    CURLMcode mc;
+    char *body;
 
-    if (h->easy)
+    if (h->req.easy)
         msg_panic("smtpout_http_start: a request is running");
-    if ((h->body = build_body(m, i)) == NULL) {
+    if ((body = build_body(m, i)) == NULL) {
         smtpout_reply_local(r, SMTPOUT_TEMP, SMTPOUT_STAGE_LOCAL, "4.3.0",
                             "cannot build the JSON request (an address that is not UTF-8?)");
         return 1;
     }
-    if ((h->easy = curl_easy_init()) == NULL) {
-        request_end(h);
-        smtpout_reply_local(r, SMTPOUT_TEMP, SMTPOUT_STAGE_LOCAL, "4.3.0", "out of memory");
-        return 1;
-    }
-    h->error[0] = '\0';
-    h->headers = curl_slist_append(NULL, "Content-Type: application/json");
-    h->headers = curl_slist_append(h->headers, "Expect:");
-    curl_easy_setopt(h->easy, CURLOPT_URL, h->url);
-    curl_easy_setopt(h->easy, CURLOPT_PRIVATE, (char *)h);
-    curl_easy_setopt(h->easy, CURLOPT_POSTFIELDS, h->body);
-    curl_easy_setopt(h->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(h->body));
-    curl_easy_setopt(h->easy, CURLOPT_HTTPHEADER, h->headers);
-    curl_easy_setopt(h->easy, CURLOPT_WRITEFUNCTION, drop_body);
-    curl_easy_setopt(h->easy, CURLOPT_ERRORBUFFER, h->error);
-    curl_easy_setopt(h->easy, CURLOPT_CONNECTTIMEOUT_MS, h->connect_timeout_ms);
-    curl_easy_setopt(h->easy, CURLOPT_TIMEOUT_MS, h->timeout_ms);
-    curl_easy_setopt(h->easy, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(h->easy, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(h->easy, CURLOPT_FOLLOWLOCATION, 0L);
-    curl_easy_setopt(h->easy, CURLOPT_USERAGENT, "openpmta http-delivery");
-    if ((mc = curl_multi_add_handle(G.multi, h->easy)) != CURLM_OK) {
-        smtpout_reply_local(r, SMTPOUT_TEMP, SMTPOUT_STAGE_LOCAL, "4.3.0", "cannot start: %s",
-                            curl_multi_strerror(mc));
-        request_end(h);
+    if (uvcurl_post_json(http_loop, &h->req, h->url, body, h->connect_timeout_ms, h->timeout_ms,
+                         "openpmta http-delivery", on_done, h) < 0) {
+        smtpout_reply_local(r, SMTPOUT_TEMP, SMTPOUT_STAGE_LOCAL, "4.3.0",
+                            "cannot start an HTTP request (libcurl)");
         return 1;
     }
     return 0;
@@ -363,7 +202,7 @@ smtpout_http_cancel(struct smtpout_http *h)
 {
     struct smtpout_reply r;
 
-    if (!h || !h->easy)
+    if (!h || !h->req.easy)
         return;
     request_end(h);
     smtpout_reply_local(&r, SMTPOUT_TEMP, SMTPOUT_STAGE_LOCAL, "4.3.0", "POST to %s aborted",
@@ -402,10 +241,7 @@ smtpout_http_new(uv_loop_t *loop, const struct cfg *c, const struct cfg_resolved
         snprintf(why, whysize, "http-delivery-url: %s", err);
         goto fail;
     }
-    if (multi_init(loop) < 0) {
-        snprintf(why, whysize, "cannot initialise libcurl");
-        goto fail;
-    }
+    http_loop = loop;
     h->connect_timeout_ms = setting_ms(set, CFG_D_CONNECT_TIMEOUT, 120000);
     h->timeout_ms = h->connect_timeout_ms + setting_ms(set, CFG_D_DATA_SEND_TIMEOUT, 180000);
     h->fn = fn;

@@ -239,7 +239,8 @@ error:
     return NULL;
 }
 
-/* control_exchange - send REQUEST on PATH, return the raw response line; NULL (reported) on failure */
+/* control_exchange - send REQUEST on PATH, return the raw response line; NULL (reported) on failure
+ */
 char *
 control_exchange(const char *path, json_t *request, size_t *len)
 {
@@ -388,4 +389,3 @@ run_signal_command(const struct options *o, const char *pattern)
     free(run_dir);
     return rc;
 }
-

@@ -23,9 +23,9 @@
 #include "xalloc.h"
 #include "pmtactl.h"
 
-#define TABLE_WIDTH        120
-#define QUEUE_COLUMN_MAX   36
-#define ERROR_COLUMN_MIN   24
+#define TABLE_WIDTH      120
+#define QUEUE_COLUMN_MAX 36
+#define ERROR_COLUMN_MIN 24
 
 /* --- printing helpers -------------------------------------------------------- */
 
@@ -421,4 +421,3 @@ print_schedule(const struct options *o, json_t *response)
            format_count(response, "recipients", nrcpts, sizeof(nrcpts)));
     return 0;
 }
-

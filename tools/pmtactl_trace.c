@@ -121,7 +121,8 @@ print_trace_line(json_t *line)
 static void
 print_start(json_t *response, const struct options *o)
 {
-    json_t *queues = json_object_get(response, "queues"), *paused = json_object_get(response, "paused"), *q;
+    json_t *queues = json_object_get(response, "queues"),
+           *paused = json_object_get(response, "paused"), *q;
     size_t i;
 
     fprintf(stderr, "tracing the next delivery attempt of");
@@ -132,11 +133,11 @@ print_start(json_t *response, const struct options *o)
         fprintf(stderr, "%s %s", i ? "," : "", name);
         free(name);
     }
-    fprintf(stderr, "%s (Ctrl-C to stop)\n",
-            o->given & OPT_LOG_DATA ? ", message data shown" : "");
+    fprintf(stderr, "%s (Ctrl-C to stop)\n", o->given & OPT_LOG_DATA ? ", message data shown" : "");
     if (json_array_size(paused) > 0)
-        fprintf(stderr, "note: %zu of these queues are paused; the attempt waits for "
-                        "`pmtactl resume queue`\n",
+        fprintf(stderr,
+                "note: %zu of these queues are paused; the attempt waits for "
+                "`pmtactl resume queue`\n",
                 json_array_size(paused));
     fflush(stderr);
 }

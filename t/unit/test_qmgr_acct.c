@@ -50,7 +50,7 @@ fake_clock(void *ctx)
     return fake_now;
 }
 
-static const struct qmgr_acct_opts opts = { fake_clock, NULL };
+static const struct qmgr_acct_opts opts = { fake_clock, NULL, NULL };
 
 static void
 quiet(void *ctx, enum cfg_diag_level level, const char *file, unsigned line, const char *message)
