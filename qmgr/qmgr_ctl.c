@@ -54,6 +54,7 @@
 
 #define CTL_LINE_MAX    65536u
 #define CTL_CLIENTS_MAX 64u
+#define CTL_BACKLOG_MAX (8u * 1024 * 1024) /* bytes written to a client it has not read yet */
 
 struct ctl_client {
     uv_pipe_t pipe;
@@ -550,6 +551,13 @@ qmgr_ctl_client_send(struct ctl_client *c, json_t *reply)
 {
     if (c->closing) {
         json_decref(reply);
+        return;
+    }
+    if (uv_stream_get_write_queue_size((uv_stream_t *)&c->pipe) > CTL_BACKLOG_MAX) {
+        /* a client that does not read its trace: qmgr's memory is not its buffer */
+        msg_warn("control socket: a client left %u bytes unread; closing it", CTL_BACKLOG_MAX);
+        json_decref(reply);
+        client_close(c);
         return;
     }
     send_reply(c, reply);

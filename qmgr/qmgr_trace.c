@@ -79,8 +79,11 @@ trace_free(struct trace *t)
 static void
 send_line(struct trace *t, uint64_t at_ns, const char *kind, const char *text)
 {
-    qmgr_ctl_client_send(t->client, json_pack("{s:{s:f, s:s, s:s}}", "trace", "ms",
-                                              elapsed_ms(t, at_ns), "kind", kind, "text", text));
+    json_t *line = json_pack("{s:{s:f, s:s, s:s}}", "trace", "ms", elapsed_ms(t, at_ns), "kind",
+                             kind, "text", text);
+
+    if (line) /* NULL: not UTF-8 (smtp-out sends ASCII; a broken peer's line is dropped) */
+        qmgr_ctl_client_send(t->client, line);
 }
 
 /* qmgr_trace_request - see qmgr.h */
