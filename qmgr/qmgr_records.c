@@ -267,8 +267,13 @@ qmgr_records_received_start(uint64_t next_msgid)
     uint64_t mark;
     int err = qstore_get_mark(S.qs, RECEIVED_MARK, &mark);
 
-    if (err == -ENOENT) /* the first start with this store: what is queued was received before */
-        mark = next_msgid;
+    /*
+     * No mark yet: nothing has recorded receipts for this store, so every
+     * message in it gets its r records (on a new spool cleanup may well have
+     * committed mail before qmgr's first scan; skipping those would lose them).
+     */
+    if (err == -ENOENT)
+        mark = 0;
     else if (err < 0) {
         msg_warn("cannot read the queue's received mark: %s", qstore_strerror(err));
         mark = next_msgid;
