@@ -236,6 +236,9 @@ main(int argc, char **argv)
     S.cfg = worker_config_hold();
     S.cfg_serial = 1;
     lock_queue();
+    qlim_init(&S.lim_total, QLIM_GLOBAL, QLIM_LEASE, QLIM_CONNS, "total-max-smtp-out");
+    qmgr_limit_set_value(&S.lim_total, cfg_global(S.cfg, CFG_D_TOTAL_MAX_SMTP_OUT), NULL);
+    qlim_set_wake_hook(qmgr_dispatch_soon);
     open_queue();
     qmgr_outcome_config();
     qmgr_sched_start();

@@ -10,8 +10,9 @@
  *                   timers and the dispatch pass (who gets a connection)
  *   qmgr_conn.c     the qmgr socket: cleanup hints and smtp-out processes,
  *                   connections and transactions (runtime/mailproto.h)
- *   qmgr_rate.c     smooth rate limiters (GCRA) for max-msg-rate and
- *                   max-connect-rate
+ *   qmgr_limit.c    every limit on sending behind one interface (rates as
+ *                   GCRA, connections as leases, caps as quotas), with a
+ *                   backend vtable a shared (cluster) store can fill
  *   qmgr_vmta.c     limits across all queues of one virtual MTA, and the
  *                   source address (smtp-source-host) of each connection
  *   qmgr_backoff.c  backoff mode and the smtp-pattern-list reply actions
@@ -51,6 +52,7 @@
 #include "ipc.h"
 #include "qstore.h"
 #include "qstore_group.h"
+#include "qmgr_limit.h"
 
 #define QNIL             UINT32_MAX
 #define QMGR_TICK_MS     10u /* resolution of in-memory due times */
@@ -81,11 +83,6 @@ struct qmsg {
     uint64_t msgid;
     uint32_t queued_at; /* unix seconds */
     uint32_t live;      /* recipients still in memory; 0 = slot free */
-};
-
-/* Smooth rate limiter (qmgr_rate.c). */
-struct qrate {
-    uint64_t tat_ns; /* theoretical arrival time of the next unit */
 };
 
 enum qqueue_mode { QMODE_NORMAL = 0, QMODE_BACKOFF = 1 };
@@ -120,8 +117,12 @@ struct qqueue {
     struct qconn *conns; /* every connection of this queue */
     uint32_t nconn;
     uint32_t nrate_pending; /* connections opening for a rate-limited transaction */
-    /* shaping */
-    struct qrate msg_rate, connect_rate;
+    /* shaping: limiters configured by qmgr_queue_limits() */
+    struct qlim lim_msg;       /* max-msg-rate (backoff-max-msg-rate), recipients */
+    struct qlim lim_connect;   /* max-connect-rate (backoff-), new connections */
+    struct qlim lim_conns;     /* max-smtp-out (backoff-), connections */
+    uint64_t lim_serial;       /* S.cfg_serial the limiters were set for */
+    int lim_mode;              /* and the mode */
     uint32_t fail_count;       /* consecutive connection failures (retry mode) */
     uint64_t retry_until_ms;   /* no new connection before this (monotonic ms) */
     int mode;                  /* enum qqueue_mode (qmgr_backoff.c) */
@@ -165,6 +166,9 @@ struct qpeer {
 
 enum qconn_state { QC_OPENING, QC_BUSY, QC_IDLE, QC_CLOSING };
 
+/* leases a connection holds: its queue's, its virtual MTA's, the global one */
+#define QCONN_LEASES 4
+
 struct qconn {
     uint32_t id;
     enum qconn_state state;
@@ -173,7 +177,9 @@ struct qconn {
     struct qconn *qnext, *onext;
     int up;           /* MP_CONN_UP seen */
     int rate_pending; /* opened without a transaction: takes its rate share once up */
-    unsigned ntxn;    /* transactions sent */
+    struct qlim *leases[QCONN_LEASES]; /* released when the connection is freed */
+    unsigned nleases;
+    unsigned ntxn; /* transactions sent */
     /* pinned at open (a reload does not change a running connection) */
     unsigned max_msg; /* 0 = no limit */
     unsigned max_rcpt;
@@ -183,7 +189,7 @@ struct qconn {
     uint32_t txn_msgidx;
     uint32_t *txn; /* recipient table indexes; QNIL once answered */
     uint32_t txn_n, txn_left, txn_cap;
-    int txn_sent_noted; /* its send time has paced the rates (qrate_sent) */
+    int txn_sent_noted; /* its send time has paced the rates (qlim_sent) */
     /* peer facts */
     char *mx, *dest_ip, *source_ip, *helo;
     char *tls, *esmtp; /* MP_CONN_UP's: "TLSv1.3 CIPHER" or "", the extensions offered */
@@ -224,6 +230,7 @@ struct qmgr_state {
     struct qconn **conn_by_id; /* id - 1 -> connection */
     uint32_t conn_cap;
     uint32_t nconn_total, nconn_up;
+    struct qlim lim_total; /* total-max-smtp-out */
     /* queue store */
     struct qstore *qs;
     struct qstore_group *group;
@@ -257,6 +264,16 @@ int64_t qmgr_queue_num(struct qqueue *q, enum cfg_directive d, int64_t dflt);
 /* qmgr_queue_retry_delay_ms - the retry-after list's entry for the Nth (1-based) failure */
 uint64_t qmgr_queue_retry_delay_ms(struct qqueue *q, uint32_t n);
 void qmgr_queue_invalidate_settings(void);
+/* qmgr_limit_set_value - L from a rate or count value V, its reason "NAME VALUE[ SUFFIX]" */
+void qmgr_limit_set_value(struct qlim *l, const struct cfg_value *v, const char *suffix);
+/* qmgr_queue_limits - Q's limiters set for the current configuration and mode (cheap if so) */
+void qmgr_queue_limits_refresh(struct qqueue *q);
+static inline void
+qmgr_queue_limits(struct qqueue *q)
+{
+    if (q->lim_serial != S.cfg_serial || q->lim_mode != q->mode)
+        qmgr_queue_limits_refresh(q);
+}
 void qmgr_queue_set_error(struct qqueue *q, const char *text);
 /* qmgr_queue_type - Q's delivery type (`type`), enum cfg_delivery_type */
 int qmgr_queue_type(struct qqueue *q);
@@ -343,14 +360,12 @@ void qmgr_ctl_stop(void);
 void qmgr_http_start(void);
 void qmgr_http_stop(void);
 
-/* --- rates (qmgr_rate.c) ------------------------------------------------------------ */
-/* qmgr_vmta.c: <virtual-mta> max-smtp-out and <sender> max-conn / max-msg-rate */
-int qmgr_vmta_conn_room(struct qqueue *q);
-void qmgr_vmta_conn_opened(struct qqueue *q);
-void qmgr_vmta_conn_closed(struct qqueue *q);
-uint32_t qmgr_vmta_rate_room(struct qqueue *q, uint64_t now_ns, uint64_t *wait_ns);
-void qmgr_vmta_rate_take(struct qqueue *q, uint32_t n, uint64_t now_ns);
-void qmgr_vmta_rate_sent(struct qqueue *q, uint32_t n, uint64_t sent_ns);
+/* --- virtual MTAs (qmgr_vmta.c) ----------------------------------------------------- */
+/* qmgr_vmta_conn_limit - the connections of Q's virtual MTA (<virtual-mta> max-smtp-out,
+ * <sender> max-conn) */
+struct qlim *qmgr_vmta_conn_limit(struct qqueue *q);
+/* qmgr_vmta_msg_limit - the message rate of Q's virtual MTA (<sender> max-msg-rate) */
+struct qlim *qmgr_vmta_msg_limit(struct qqueue *q);
 void qmgr_vmta_free(void);
 /* qmgr_vmta_source_usable - has Q's virtual MTA a source address not disabled for Q? */
 int qmgr_vmta_source_usable(struct qqueue *q);
@@ -362,14 +377,6 @@ void qmgr_vmta_pick_source(struct qqueue *q, char **source_ip, char **helo);
 uint32_t qmgr_vmta_sources(const char *vmta, char (*ips)[48], uint32_t max);
 /* qmgr_vmta_connections - open connections across VMTA's queues */
 uint32_t qmgr_vmta_connections(const char *vmta);
-
-/* qrate_allowed - units conformant now under COUNT per PERIOD_S (UINT32_MAX when unlimited) */
-uint32_t qrate_allowed(const struct qrate *r, const struct cfg_value *rate, uint64_t now_ns);
-void qrate_take(struct qrate *r, const struct cfg_value *rate, uint32_t n, uint64_t now_ns);
-/* qrate_sent - N units went on the wire at SENT_NS: nothing more before SENT_NS + N*T */
-void qrate_sent(struct qrate *r, const struct cfg_value *rate, uint32_t n, uint64_t sent_ns);
-/* qrate_wait_ns - how long until one unit is conformant (0 = now) */
-uint64_t qrate_wait_ns(const struct qrate *r, const struct cfg_value *rate, uint64_t now_ns);
 
 /* --- outcomes (qmgr_outcome.c) -------------------------------------------------------- */
 /* qmgr_outcome - record RES for recipient R; M is its message read from the queue (may be NULL) */

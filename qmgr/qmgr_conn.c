@@ -18,8 +18,13 @@
  * process goes away, its in-flight recipients go back to the front of their
  * queue (they may have been delivered: that is the one duplicate allowed).
  *
- * Owns: S.peers, S.conn_by_id, every struct qconn and struct qpeer, the
- * listener (worker runtime), the per-vmta source-host round-robin counters.
+ * Limits go through qmgr_limit.h: a connection holds one lease of its queue's
+ * max-smtp-out, of total-max-smtp-out and of its virtual MTA's limit from
+ * MP_CONN_OPEN until its MP_CONN_DOWN; each transaction takes its recipients
+ * from the queue's and the virtual MTA's message rates.
+ *
+ * Owns: S.peers, S.conn_by_id, every struct qconn and struct qpeer (and the
+ * leases a connection holds), the listener (worker runtime).
  * SECURITY: frames from peers are decoded by runtime/mailproto.def's
  * decoders (kinds, caps, no CR/LF, nothing trailing); a malformed or
  * unexpected frame closes that peer (its in-flight recipients return to the
@@ -80,7 +85,6 @@ conn_new(struct qqueue *q, struct qpeer *out)
     c->qnext = q->conns;
     q->conns = c;
     q->nconn++;
-    qmgr_vmta_conn_opened(q);
     c->onext = out->conns;
     out->conns = c;
     out->nconns++;
@@ -132,7 +136,8 @@ conn_free(struct qconn *c)
     rate_pending_end(c);
     unlink_conn(&c->q->conns, c, 1);
     c->q->nconn--;
-    qmgr_vmta_conn_closed(c->q);
+    while (c->nleases > 0)
+        qlim_release(c->leases[--c->nleases]);
     unlink_conn(&c->out->conns, c, 0);
     c->out->nconns--;
     S.nconn_total--;
@@ -291,29 +296,47 @@ build_txn(struct qconn *c, uint32_t max)
     return 0;
 }
 
-/* msg_rate_room - recipients the queue's max-msg-rate allows now (0: arms the wake timer) */
+/* wake_for - Q waits for limiter L: look at Q again when L will have room (if time tells) */
+static void
+wake_for(struct qqueue *q, struct qlim *l, uint64_t now_ns)
+{
+    uint64_t wait = qlim_wait_ns(l, now_ns);
+
+    if (wait != QLIM_WAIT_UNKNOWN)
+        qmgr_queue_wake_at(q, qmgr_now_ms() + wait / 1000000 + 1);
+}
+
+/* msg_limits - the recipient rates a transaction of Q passes, into LIMS; how many */
+static size_t
+msg_limits(struct qqueue *q, struct qlim **lims)
+{
+    qmgr_queue_limits(q);
+    lims[0] = &q->lim_msg;
+    lims[1] = qmgr_vmta_msg_limit(q);
+    return 2;
+}
+
+/* msg_rate_room - recipients Q's message rates allow now (0: arms the wake timer) */
 static uint32_t
 msg_rate_room(struct qqueue *q)
 {
-    const struct cfg_value *rate = qmgr_queue_setting(q, CFG_D_MAX_MSG_RATE);
-    uint64_t now = qmgr_now_ns(), vmta_wait;
-    uint32_t n = qrate_allowed(&q->msg_rate, rate, now);
-    uint32_t vmta_n = qmgr_vmta_rate_room(q, now, &vmta_wait);
+    struct qlim *lims[2], *binding;
+    size_t n = msg_limits(q, lims);
+    uint64_t now = qmgr_now_ns();
+    uint32_t room = qlim_room_all(lims, n, now, &binding);
 
-    if (n == 0)
-        qmgr_queue_wake_at(q, qmgr_now_ms() + qrate_wait_ns(&q->msg_rate, rate, now) / 1000000 + 1);
-    else if (vmta_n == 0)
-        qmgr_queue_wake_at(q, qmgr_now_ms() + vmta_wait / 1000000 + 1);
-    return n < vmta_n ? n : vmta_n;
+    if (room == 0)
+        wake_for(q, binding, now);
+    return room;
 }
 
 static void
 take_msg_rate(struct qqueue *q, uint32_t n)
 {
-    uint64_t now = qmgr_now_ns();
+    struct qlim *lims[2];
+    size_t nlims = msg_limits(q, lims);
 
-    qrate_take(&q->msg_rate, qmgr_queue_setting(q, CFG_D_MAX_MSG_RATE), n, now);
-    qmgr_vmta_rate_take(q, n, now);
+    qlim_take_all(lims, nlims, n, qmgr_now_ns());
 }
 
 /* --- closing and idling ---------------------------------------------------------------------- */
@@ -421,11 +444,11 @@ conn_rest(struct qconn *c)
 static int
 over_limit(struct qqueue *q)
 {
-    int64_t max_out = qmgr_queue_num(q, CFG_D_MAX_SMTP_OUT, 20);
-
     if (q->feed_held && qmgr_now_ms() >= q->retry_until_ms)
         q->feed_held = 0;
-    return q->feed_held || q->paused || q->nconn > (uint64_t)(max_out > 0 ? max_out : 1);
+    qmgr_queue_limits(q);
+    return q->feed_held || q->paused ||
+           (qlim_limited(&q->lim_conns) && q->nconn > (uint64_t)q->lim_conns.count);
 }
 
 /* conn_feed - give idle connection C its next transaction, or let it rest or close */
@@ -502,24 +525,28 @@ sources_usable(struct qqueue *q)
     return 0;
 }
 
-/* open_allowed - may Q open one more connection now? (arms its wake timer when time will tell) */
+/*
+ * open_allowed - may Q open one more connection now? (arms its wake timer
+ * when time will tell; a connection closing calls qmgr_dispatch_soon())
+ */
 static int
 open_allowed(struct qqueue *q)
 {
-    const struct cfg_value *total = cfg_global(S.cfg, CFG_D_TOTAL_MAX_SMTP_OUT);
-    const struct cfg_value *crate = qmgr_queue_setting(q, CFG_D_MAX_CONNECT_RATE);
-    int64_t max_out = qmgr_queue_num(q, CFG_D_MAX_SMTP_OUT, 20);
     uint64_t now_ms = qmgr_now_ms(), now_ns = qmgr_now_ns();
+    struct qlim *vmta_conns = qmgr_vmta_conn_limit(q);
 
-    if (S.stopping || q->paused || q->nconn >= (uint64_t)(max_out > 0 ? max_out : 1))
+    if (S.stopping || q->paused)
         return 0;
-    if (total && total->num > 0 && S.nconn_total >= (uint64_t)total->num) {
+    qmgr_queue_limits(q);
+    if (qlim_room(&q->lim_conns, now_ns) == 0)
+        return 0;
+    if (qlim_room(&S.lim_total, now_ns) == 0) {
         reclaim_idle(q, NULL);
         return 0;
     }
-    if (!qmgr_vmta_conn_room(q)) {
+    if (qlim_room(vmta_conns, now_ns) == 0) {
         reclaim_idle(q, q->vg);
-        return 0; /* a connection of this VMTA closing calls qmgr_dispatch_soon() */
+        return 0;
     }
     if (now_ms < q->retry_until_ms) {
         qmgr_queue_wake_at(q, q->retry_until_ms);
@@ -527,12 +554,32 @@ open_allowed(struct qqueue *q)
     }
     if (!sources_usable(q))
         return 0;
-    if (qrate_allowed(&q->connect_rate, crate, now_ns) == 0) {
-        qmgr_queue_wake_at(q,
-                           now_ms + qrate_wait_ns(&q->connect_rate, crate, now_ns) / 1000000 + 1);
+    if (qlim_room(&q->lim_connect, now_ns) == 0) {
+        wake_for(q, &q->lim_connect, now_ns);
         return 0;
     }
     return 1;
+}
+
+/* lease - C holds one lease of L from now on; 0 when L has none left */
+static int
+lease(struct qconn *c, struct qlim *l)
+{
+    if (c->nleases >= QCONN_LEASES)
+        msg_panic("qmgr: a connection holds more than %d leases", QCONN_LEASES);
+    if (!qlim_acquire(l))
+        return 0;
+    c->leases[c->nleases++] = l;
+    return 1;
+}
+
+/* lease_all - the leases connection C of Q holds while it lives; 0 when one is refused */
+static int
+lease_all(struct qconn *c)
+{
+    struct qqueue *q = c->q;
+
+    return lease(c, &q->lim_conns) && lease(c, &S.lim_total) && lease(c, qmgr_vmta_conn_limit(q));
 }
 
 /* pin_settings - what the connection keeps for its lifetime (a reload does not change it) */
@@ -570,11 +617,15 @@ qmgr_conn_open(struct qqueue *q)
      * set-up, which varies, or the receiver would see the slots bunched.
      * Opening connections are counted so that they never outnumber the room.
      */
-    if (room != UINT32_MAX && (room <= q->nrate_pending || q->nready <= q->nrate_pending))
+    if (room != QLIM_UNLIMITED && (room <= q->nrate_pending || q->nready <= q->nrate_pending))
         return 0;
     c = conn_new(q, out);
     pin_settings(c);
-    if (room != UINT32_MAX) {
+    if (!lease_all(c)) {
+        conn_free(c);
+        return 0;
+    }
+    if (room != QLIM_UNLIMITED) {
         c->rate_pending = 1;
         q->nrate_pending++;
     } else {
@@ -582,10 +633,11 @@ qmgr_conn_open(struct qqueue *q)
             conn_free(c);
             return 0;
         }
+        take_msg_rate(q, c->txn_n);
         c->state = QC_BUSY;
         c->ntxn = 1;
     }
-    qrate_take(&q->connect_rate, qmgr_queue_setting(q, CFG_D_MAX_CONNECT_RATE), 1, qmgr_now_ns());
+    qlim_take(&q->lim_connect, 1, qmgr_now_ns());
     qmgr_vmta_pick_source(c->q, &c->source_ip, &c->helo);
     if (add_open(&buf, c) < 0) {
         struct qresult res = {
@@ -681,11 +733,13 @@ on_conn_up(struct qconn *c, struct ipc_msg *m)
 static void
 note_sent(struct qconn *c, uint64_t sent_ns)
 {
+    struct qlim *lims[2];
+
     if (c->txn_sent_noted || sent_ns == 0)
         return;
     c->txn_sent_noted = 1;
-    qrate_sent(&c->q->msg_rate, qmgr_queue_setting(c->q, CFG_D_MAX_MSG_RATE), c->txn_n, sent_ns);
-    qmgr_vmta_rate_sent(c->q, c->txn_n, sent_ns);
+    msg_limits(c->q, lims);
+    qlim_sent_all(lims, 2, c->txn_n, sent_ns);
 }
 
 static int

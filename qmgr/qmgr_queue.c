@@ -88,6 +88,9 @@ queue_create(const char *name, size_t len)
     q->ready_head = q->ready_tail = QNIL;
     q->run_prio = -1;
     q->plist = -1;
+    qlim_init(&q->lim_msg, QLIM_QUEUE, QLIM_RATE, QLIM_MSGS, q->name);
+    qlim_init(&q->lim_connect, QLIM_QUEUE, QLIM_RATE, QLIM_CONNS, q->name);
+    qlim_init(&q->lim_conns, QLIM_QUEUE, QLIM_LEASE, QLIM_CONNS, q->name);
     if (S.nqueues == S.queues_cap) {
         S.queues_cap = S.queues_cap ? S.queues_cap * 2 : 256;
         S.queues = xreallocarray(S.queues, S.queues_cap, sizeof(*S.queues));
@@ -130,6 +133,9 @@ qmgr_queues_free(void)
         struct qqueue *q = S.queues[i];
         if (q->wake)
             uv_close((uv_handle_t *)q->wake, wake_closed);
+        qlim_fini(&q->lim_msg);
+        qlim_fini(&q->lim_connect);
+        qlim_fini(&q->lim_conns);
         free(q->name);
         free(q->domain);
         free(q->vmta);
@@ -191,10 +197,48 @@ refresh_settings(struct qqueue *q)
         q->priority = 100;
 }
 
+/* qmgr_limit_set_value - limiter L set from value V (a rate or a count); BASIS names it */
+void
+qmgr_limit_set_value(struct qlim *l, const struct cfg_value *v, const char *suffix)
+{
+    char text[48], basis[QLIM_BASIS_MAX];
+
+    if (v == NULL || (v->flags & CFG_VALUE_UNSET) || v->num <= 0 ||
+        (v->type == CFG_T_RATE && v->num2 <= 0)) {
+        qlim_set(l, 0, 0, NULL);
+        return;
+    }
+    snprintf(basis, sizeof basis, "%s %s%s%s", cfg_directive_info(v->directive)->name,
+             cfg_format_value(S.cfg, v, text, sizeof text), suffix ? " " : "",
+             suffix ? suffix : "");
+    qlim_set(l, v->num, v->type == CFG_T_RATE ? v->num2 : 0, basis);
+}
+
+/*
+ * qmgr_queue_limits_refresh - Q's limiters for the current configuration
+ * and mode: in backoff each backoff-X twin (qmgr_queue_setting picks it),
+ * and max-smtp-out 0 still allows one connection
+ */
+void
+qmgr_queue_limits_refresh(struct qqueue *q)
+{
+    const struct cfg_value *out = qmgr_queue_setting(q, CFG_D_MAX_SMTP_OUT);
+
+    qmgr_limit_set_value(&q->lim_msg, qmgr_queue_setting(q, CFG_D_MAX_MSG_RATE), NULL);
+    qmgr_limit_set_value(&q->lim_connect, qmgr_queue_setting(q, CFG_D_MAX_CONNECT_RATE), NULL);
+    if (out && out->num > 0)
+        qmgr_limit_set_value(&q->lim_conns, out, NULL);
+    else
+        qlim_set(&q->lim_conns, out ? 1 : 20, 0, out ? "max-smtp-out 0 (one)" : "max-smtp-out 20");
+    q->lim_serial = S.cfg_serial;
+    q->lim_mode = q->mode;
+}
+
 void
 qmgr_queue_invalidate_settings(void)
 {
     S.cfg_serial++;
+    qmgr_limit_set_value(&S.lim_total, cfg_global(S.cfg, CFG_D_TOTAL_MAX_SMTP_OUT), NULL);
     for (uint32_t i = 0; i < S.nqueues; i++) {
         refresh_settings(S.queues[i]);
         qmgr_run_update(S.queues[i]);

@@ -344,9 +344,6 @@ dispatch_queue(struct qqueue *q)
 static void
 dispatch_all(void)
 {
-    const struct cfg_value *total = cfg_global(S.cfg, CFG_D_TOTAL_MAX_SMTP_OUT);
-    uint32_t cap = total && total->num > 0 ? (uint32_t)total->num : 1200;
-
     if (S.stopping)
         return;
     for (int prio = QMGR_PRIO_LEVELS - 1; prio >= 0; prio--) {
@@ -360,7 +357,7 @@ dispatch_all(void)
         /* The global cap binds: lower priorities wait for a free slot. Only a
            level with work stops the walk: empty ones above it must not, or
            with the cap bound no queue would ever reach reclaim_idle(). */
-        if (had_work && S.nconn_total >= cap)
+        if (had_work && qlim_room(&S.lim_total, 0) == 0)
             break;
     }
 }

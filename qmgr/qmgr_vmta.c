@@ -17,7 +17,7 @@
  * Queues find their group through group(); groups live as long as qmgr
  * and are re-read from each configuration generation.
  *
- * Owns: the group table and each group's counters, rate state and
+ * Owns: the group table and each group's limiters (qmgr_limit.h) and
  * round-robin position.
  * SECURITY: none (numbers from the configuration only).
  */
@@ -33,12 +33,10 @@
 
 struct qvmta {
     char *name;
-    uint64_t serial;              /* S.cfg_serial the limits were read for */
-    int64_t max_conn;             /* 0 = no limit */
-    const struct cfg_value *rate; /* NULL = no limit (borrowed from S.cfg) */
-    uint32_t nconn;
-    struct qrate msg_rate;
-    uint32_t rr_next; /* round-robin position in the smtp-source-host list */
+    uint64_t serial;   /* S.cfg_serial the limits were read for */
+    struct qlim conns; /* connections of all its queues */
+    struct qlim msgs;  /* recipients of all its queues */
+    uint32_t rr_next;  /* round-robin position in the smtp-source-host list */
 };
 
 static struct qvmta **groups;
@@ -70,19 +68,38 @@ read_limits(struct qvmta *g)
 {
     const struct cfg *c = S.cfg;
     uint32_t it = 0, s = cfg_find_scope(c, CFG_S_VMTA, g->name);
-    const struct cfg_value *v;
+    const struct cfg_value *v, *rate = NULL;
+    const char *conn_from = "max-smtp-out", *rate_from = NULL;
+    int64_t max_conn = 0;
+    char basis[QLIM_BASIS_MAX], text[48];
 
-    g->max_conn = 0;
-    g->rate = NULL;
     if (s != CFG_NONE && (v = cfg_scope_get(c, s, CFG_D_VMTA_MAX_SMTP_OUT)) != NULL)
-        g->max_conn = v->num;
+        max_conn = v->num;
     while ((s = cfg_next_scope(c, CFG_S_SENDER, &it)) != CFG_NONE) {
+        const struct cfg_value *r;
+
         v = cfg_scope_get(c, s, CFG_D_SENDER_VMTA);
         if (!v || strcmp(cfg_str(c, v->text), g->name) != 0)
             continue;
-        if ((v = cfg_scope_get(c, s, CFG_D_SENDER_MAX_CONN)) != NULL)
-            g->max_conn = stricter_count(g->max_conn, v->num);
-        g->rate = stricter_rate(g->rate, cfg_scope_get(c, s, CFG_D_SENDER_MAX_MSG_RATE));
+        if ((v = cfg_scope_get(c, s, CFG_D_SENDER_MAX_CONN)) != NULL &&
+            stricter_count(max_conn, v->num) != max_conn) {
+            max_conn = v->num;
+            conn_from = "max-conn";
+        }
+        r = stricter_rate(rate, cfg_scope_get(c, s, CFG_D_SENDER_MAX_MSG_RATE));
+        if (r != rate)
+            rate_from = cfg_str(c, c->scopes[s].name);
+        rate = r;
+    }
+    snprintf(basis, sizeof basis, "%s %lld of virtual-mta %s", conn_from, (long long)max_conn,
+             g->name);
+    qlim_set(&g->conns, max_conn, 0, basis);
+    if (rate) {
+        snprintf(basis, sizeof basis, "max-msg-rate %s of <sender %s>",
+                 cfg_format_value(c, rate, text, sizeof text), rate_from);
+        qlim_set(&g->msgs, rate->num, rate->num2, basis);
+    } else {
+        qlim_set(&g->msgs, 0, 0, NULL);
     }
     g->serial = S.cfg_serial;
 }
@@ -100,6 +117,8 @@ group(struct qqueue *q)
         if (g == NULL) {
             g = xcalloc(1, sizeof(*g));
             g->name = xstrdup(q->vmta);
+            qlim_init(&g->conns, QLIM_VMTA, QLIM_LEASE, QLIM_CONNS, g->name);
+            qlim_init(&g->msgs, QLIM_VMTA, QLIM_RATE, QLIM_MSGS, g->name);
             groups = xreallocarray(groups, ngroups + 1, sizeof(*groups));
             groups[ngroups++] = g;
         }
@@ -110,55 +129,18 @@ group(struct qqueue *q)
     return g;
 }
 
-/* qmgr_vmta_conn_room - may Q's virtual MTA open one more connection? */
-int
-qmgr_vmta_conn_room(struct qqueue *q)
+/* qmgr_vmta_conn_limit - see qmgr.h */
+struct qlim *
+qmgr_vmta_conn_limit(struct qqueue *q)
 {
-    struct qvmta *g = group(q);
-
-    return g->max_conn <= 0 || g->nconn < (uint64_t)g->max_conn;
+    return &group(q)->conns;
 }
 
-void
-qmgr_vmta_conn_opened(struct qqueue *q)
+/* qmgr_vmta_msg_limit - see qmgr.h */
+struct qlim *
+qmgr_vmta_msg_limit(struct qqueue *q)
 {
-    group(q)->nconn++;
-}
-
-void
-qmgr_vmta_conn_closed(struct qqueue *q)
-{
-    struct qvmta *g = group(q);
-
-    if (g->nconn > 0)
-        g->nconn--;
-}
-
-/* qmgr_vmta_rate_room - recipients the VMTA-wide rate allows now; *WAIT_NS when 0 */
-uint32_t
-qmgr_vmta_rate_room(struct qqueue *q, uint64_t now_ns, uint64_t *wait_ns)
-{
-    struct qvmta *g = group(q);
-    uint32_t n = qrate_allowed(&g->msg_rate, g->rate, now_ns);
-
-    *wait_ns = n ? 0 : qrate_wait_ns(&g->msg_rate, g->rate, now_ns);
-    return n;
-}
-
-void
-qmgr_vmta_rate_sent(struct qqueue *q, uint32_t n, uint64_t sent_ns)
-{
-    struct qvmta *g = group(q);
-
-    qrate_sent(&g->msg_rate, g->rate, n, sent_ns);
-}
-
-void
-qmgr_vmta_rate_take(struct qqueue *q, uint32_t n, uint64_t now_ns)
-{
-    struct qvmta *g = group(q);
-
-    qrate_take(&g->msg_rate, g->rate, n, now_ns);
+    return &group(q)->msgs;
 }
 
 /* --- source addresses (smtp-source-host, round-robin per virtual MTA) -------------------- */
@@ -287,7 +269,7 @@ qmgr_vmta_connections(const char *vmta)
 {
     for (uint32_t i = 0; i < ngroups; i++)
         if (strcmp(groups[i]->name, vmta) == 0)
-            return groups[i]->nconn;
+            return qlim_held(&groups[i]->conns);
     return 0;
 }
 
@@ -295,6 +277,8 @@ void
 qmgr_vmta_free(void)
 {
     for (uint32_t i = 0; i < ngroups; i++) {
+        qlim_fini(&groups[i]->conns);
+        qlim_fini(&groups[i]->msgs);
         free(groups[i]->name);
         free(groups[i]);
     }
