@@ -2,7 +2,7 @@
  * cfg_check.c - the structured values: their grammars, typed records and checks
  *
  * A value whose type is structured (cfg.h: CFG_T_REPLY, CFG_T_PATTERN,
- * CFG_T_BOUNCE_PATTERN, CFG_T_DOMAIN_KEY) is parsed here once, at load, into
+ * CFG_T_BOUNCE_PATTERN, CFG_T_DOMAIN_KEY, CFG_T_SOURCE_LIMIT) is parsed here once, at load, into
  * the typed record the snapshot carries; consumers read the record and never
  * parse the text again. The other WORDS values (smtp-listener,
  * smtp-source-host, http-access, records, smtp-hosts) and the checks a type
@@ -465,6 +465,53 @@ decode_domain_key(struct cfg_builder *b, char *arg, const char *text, struct cfg
     return 0;
 }
 
+/*
+ * decode_source_limit - "CIDR LIMIT" of a source-ip-max-* line D: the
+ * addresses, and the LIMIT as D reads it (a count for source-ip-max-smtp-out,
+ * a data volume rate for -data-volume-rate, a rate otherwise)
+ */
+static int
+decode_source_limit(struct cfg_builder *b, enum cfg_directive d, char *arg,
+                    struct cfg_source_limit *l)
+{
+    const char *name = cfg_directive_info(d)->name, *what;
+    char *save = NULL, *cidr = strtok_r(arg, " \t", &save), *limit = strtok_r(NULL, " \t", &save);
+    char shown[200];
+    int rc;
+
+    if (!cidr || !limit || strtok_r(NULL, " \t", &save)) {
+        error(b,
+              "bad value for '%s' (expected a CIDR and a limit, such as 0/0 10/s, "
+              "127.0.0.0/8 4 or 10.1.0.0/16 50M/h)",
+              name);
+        return -1;
+    }
+    if (cfg__parse_cidr(cidr, &l->family, &l->prefix, l->addr) != 0) {
+        error(b, "bad CIDR '%s' for '%s'", cfg__clip(cidr, shown, sizeof shown), name);
+        return -1;
+    }
+    switch (d) {
+    case CFG_D_SOURCE_IP_MAX_SMTP_OUT:
+        what = "a whole number";
+        l->period = 0;
+        rc = cfg_parse_int(limit, &l->limit);
+        break;
+    case CFG_D_SOURCE_IP_MAX_DATA_VOLUME_RATE:
+        what = "a data volume rate such as 50M/h";
+        rc = cfg_parse_volume_rate(limit, &l->limit, &l->period);
+        break;
+    default:
+        what = "a rate such as 10/s";
+        rc = cfg_parse_rate(limit, &l->limit, &l->period);
+    }
+    if (rc != 0) {
+        error(b, "bad limit '%s' for '%s' (expected %s)", cfg__clip(limit, shown, sizeof shown),
+              name, what);
+        return -1;
+    }
+    return 0;
+}
+
 /* cfg__decode_record - see cfg_parse.h */
 int
 cfg__decode_record(struct cfg_builder *b, enum cfg_directive d, char *scratch, const char *text,
@@ -479,6 +526,8 @@ cfg__decode_record(struct cfg_builder *b, enum cfg_directive d, char *scratch, c
         return decode_bounce_pattern(b, scratch, &v->bounce);
     case CFG_T_DOMAIN_KEY:
         return decode_domain_key(b, scratch, text, &v->key);
+    case CFG_T_SOURCE_LIMIT:
+        return decode_source_limit(b, d, scratch, &v->source);
     default:
         return 0;
     }

@@ -453,6 +453,8 @@ type_hint(enum cfg_type t)
         return "a list of time intervals such as 10m,1h,4h";
     case CFG_T_RATE:
         return "a rate such as 100/h, 83/5s or unlimited";
+    case CFG_T_VOLUME_RATE:
+        return "a data volume rate such as 100M/h, 512k/5s or unlimited";
     default:
         return "a value";
     }
@@ -490,6 +492,9 @@ decode_typed(struct cfg_builder *b, enum cfg_directive d, const char *text, stru
         break;
     case CFG_T_RATE:
         rc = cfg_parse_rate(text, &v->num, &v->num2);
+        break;
+    case CFG_T_VOLUME_RATE:
+        rc = cfg_parse_volume_rate(text, &v->num, &v->num2);
         break;
     case CFG_T_INTERVAL_LIST:
         rc = cfg_parse_interval_list(text, list, CFG_LIST_MAX);

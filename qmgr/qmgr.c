@@ -180,6 +180,7 @@ on_group_closed(void *arg)
     S.qs = NULL;
     qmgr_queues_free();
     qmgr_vmta_free();
+    qmgr_source_free();
     qmgr_heap_free();
     free(S.conn_by_id);
     S.conn_by_id = NULL;

@@ -15,6 +15,7 @@
  *                   backend vtable a shared (cluster) store can fill
  *   qmgr_vmta.c     limits across all queues of one virtual MTA, and the
  *                   source address (smtp-source-host) of each connection
+ *   qmgr_source.c   limits per source address (source-ip-max-*)
  *   qmgr_backoff.c  backoff mode and the smtp-pattern-list reply actions
  *   qmgr_ctl.c      the control socket pmtactl talks to (JSON lines)
  *   qmgr_http.c     the HTTP monitor (status and queues as JSON, /metrics)
@@ -87,6 +88,14 @@ struct qmsg {
 
 enum qqueue_mode { QMODE_NORMAL = 0, QMODE_BACKOFF = 1 };
 
+/* The source-ip-max-* limiters of one queue for one source address (qmgr_source.c);
+   NULL: no such limit. */
+enum { QSRC_MSGS, QSRC_CONNECT, QSRC_CONNS, QSRC_VOLUME, QSRC_LIMITS };
+struct qsource_limits {
+    char ip[48];
+    struct qlim *lim[QSRC_LIMITS];
+};
+
 struct qconn;
 struct qvmta;
 
@@ -121,6 +130,7 @@ struct qqueue {
     struct qlim lim_msg;       /* max-msg-rate (backoff-max-msg-rate), recipients */
     struct qlim lim_connect;   /* max-connect-rate (backoff-), new connections */
     struct qlim lim_conns;     /* max-smtp-out (backoff-), connections */
+    struct qlim lim_volume;    /* max-data-volume-rate (backoff-), message bytes */
     uint64_t lim_serial;       /* S.cfg_serial the limiters were set for */
     int lim_mode;              /* and the mode */
     uint32_t fail_count;       /* consecutive connection failures (retry mode) */
@@ -136,7 +146,11 @@ struct qqueue {
     uint32_t ndisabled;
     struct qmode_event *mode_events; /* ring of QMGR_MODE_EVENTS, allocated on first change */
     uint8_t nmode_events, mode_event_next;
-    struct qvmta *vg; /* limits across the virtual MTA's queues (qmgr_vmta.c) */
+    struct qvmta *vg;            /* limits across the virtual MTA's queues (qmgr_vmta.c) */
+    struct qsource_limits *srcl; /* per source address, for srcl_serial (qmgr_source.c) */
+    uint32_t nsrcl;
+    int srcl_any; /* has it any source-ip-max-* setting? */
+    uint64_t srcl_serial;
     /* settings cache: resolved for S.cfg_serial */
     struct cfg_resolved *res;
     uint64_t res_serial;
@@ -166,7 +180,7 @@ struct qpeer {
 
 enum qconn_state { QC_OPENING, QC_BUSY, QC_IDLE, QC_CLOSING };
 
-/* leases a connection holds: its queue's, its virtual MTA's, the global one */
+/* leases a connection holds: its queue's, the global one, its virtual MTA's, its source's */
 #define QCONN_LEASES 4
 
 struct qconn {
@@ -179,7 +193,8 @@ struct qconn {
     int rate_pending; /* opened without a transaction: takes its rate share once up */
     struct qlim *leases[QCONN_LEASES]; /* released when the connection is freed */
     unsigned nleases;
-    unsigned ntxn; /* transactions sent */
+    struct qlim *src_msgs, *src_volume; /* its source address's rates (NULL: none) */
+    unsigned ntxn;                      /* transactions sent */
     /* pinned at open (a reload does not change a running connection) */
     unsigned max_msg; /* 0 = no limit */
     unsigned max_rcpt;
@@ -369,14 +384,27 @@ struct qlim *qmgr_vmta_msg_limit(struct qqueue *q);
 void qmgr_vmta_free(void);
 /* qmgr_vmta_source_usable - has Q's virtual MTA a source address not disabled for Q? */
 int qmgr_vmta_source_usable(struct qqueue *q);
-/* qmgr_vmta_pick_source - the next usable "IP HOSTNAME" of Q's VMTA (round-robin), else "" and
- * the VMTA's host-name; both strings are the caller's */
-void qmgr_vmta_pick_source(struct qqueue *q, char **source_ip, char **helo);
+/*
+ * qmgr_vmta_pick_source - the next "IP HOSTNAME" of Q's VMTA (round-robin)
+ * that disable-source-ip left and FILTER (may be NULL) accepts, into
+ * *SOURCE_IP and *HELO (the caller's); with no smtp-source-host, "" and the
+ * VMTA's host-name. 0 when every address was refused.
+ */
+typedef int (*qmgr_source_filter)(struct qqueue *q, const char *ip, void *arg);
+int qmgr_vmta_pick_source(struct qqueue *q, qmgr_source_filter filter, void *arg, char **source_ip,
+                          char **helo);
 /* qmgr_vmta_sources - the IPs of VMTA's own smtp-source-host lines into IPS (at most MAX); their
  * number (0: it uses the implicit source) */
 uint32_t qmgr_vmta_sources(const char *vmta, char (*ips)[48], uint32_t max);
 /* qmgr_vmta_connections - open connections across VMTA's queues */
 uint32_t qmgr_vmta_connections(const char *vmta);
+
+/* --- source addresses (qmgr_source.c) ----------------------------------------------- */
+/* qmgr_source_limits - Q's source-ip-max-* limiters for source IP; NULL when it has none */
+const struct qsource_limits *qmgr_source_limits(struct qqueue *q, const char *ip);
+/* qmgr_source_limited - has Q any source-ip-max-* setting? */
+int qmgr_source_limited(struct qqueue *q);
+void qmgr_source_free(void);
 
 /* --- outcomes (qmgr_outcome.c) -------------------------------------------------------- */
 /* qmgr_outcome - record RES for recipient R; M is its message read from the queue (may be NULL) */

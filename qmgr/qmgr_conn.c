@@ -306,37 +306,67 @@ wake_for(struct qqueue *q, struct qlim *l, uint64_t now_ns)
         qmgr_queue_wake_at(q, qmgr_now_ms() + wait / 1000000 + 1);
 }
 
-/* msg_limits - the recipient rates a transaction of Q passes, into LIMS; how many */
-static size_t
-msg_limits(struct qqueue *q, struct qlim **lims)
+/*
+ * The rates a transaction passes: recipients (the queue's, its virtual
+ * MTA's, its source address's message rates) and bytes (the queue's and the
+ * source address's data volume rates, QLIM_DEBT: conformant or not).
+ */
+#define TXN_RATES   3
+#define TXN_VOLUMES 2
+struct txn_limits {
+    struct qlim *msgs[TXN_RATES];
+    struct qlim *volumes[TXN_VOLUMES];
+};
+
+/* txn_limits - the rates a transaction of Q passes on a connection from SRC_MSGS/SRC_VOLUME */
+static void
+txn_limits(struct qqueue *q, struct qlim *src_msgs, struct qlim *src_volume, struct txn_limits *t)
 {
     qmgr_queue_limits(q);
-    lims[0] = &q->lim_msg;
-    lims[1] = qmgr_vmta_msg_limit(q);
-    return 2;
+    t->msgs[0] = &q->lim_msg;
+    t->msgs[1] = qmgr_vmta_msg_limit(q);
+    t->msgs[2] = src_msgs;
+    t->volumes[0] = &q->lim_volume;
+    t->volumes[1] = src_volume;
 }
 
-/* msg_rate_room - recipients Q's message rates allow now (0: arms the wake timer) */
+/* txn_room - recipients T's rates allow now; at 0 the binding limiter to *BINDING */
 static uint32_t
-msg_rate_room(struct qqueue *q)
+txn_room(struct txn_limits *t, uint64_t now, struct qlim **binding)
 {
-    struct qlim *lims[2], *binding;
-    size_t n = msg_limits(q, lims);
-    uint64_t now = qmgr_now_ns();
-    uint32_t room = qlim_room_all(lims, n, now, &binding);
+    uint32_t room = qlim_room_all(t->msgs, TXN_RATES, now, binding);
 
-    if (room == 0)
+    if (room > 0 && qlim_room_all(t->volumes, TXN_VOLUMES, now, binding) == 0)
+        room = 0;
+    return room;
+}
+
+/* msg_rate_room - recipients C's (or with C NULL, a new connection's) rates allow now */
+static uint32_t
+msg_rate_room(struct qqueue *q, struct qconn *c)
+{
+    struct txn_limits t;
+    struct qlim *binding;
+    uint64_t now = qmgr_now_ns();
+    uint32_t room;
+
+    txn_limits(q, c ? c->src_msgs : NULL, c ? c->src_volume : NULL, &t);
+    if ((room = txn_room(&t, now, &binding)) == 0)
         wake_for(q, binding, now);
     return room;
 }
 
+/* take_txn_rates - C's transaction went: its recipients and its message's bytes */
 static void
-take_msg_rate(struct qqueue *q, uint32_t n)
+take_txn_rates(struct qconn *c)
 {
-    struct qlim *lims[2];
-    size_t nlims = msg_limits(q, lims);
+    struct txn_limits t;
+    uint64_t now = qmgr_now_ns();
 
-    qlim_take_all(lims, nlims, n, qmgr_now_ns());
+    txn_limits(c->q, c->src_msgs, c->src_volume, &t);
+    qlim_take_all(t.msgs, TXN_RATES, c->txn_n, now);
+    if (c->txn_msg)
+        qlim_take_all(t.volumes, TXN_VOLUMES, c->txn_msg->env.size, now);
 }
 
 /* --- closing and idling ---------------------------------------------------------------------- */
@@ -394,23 +424,32 @@ work_expected(struct qconn *c)
            qmgr_now_ms() - q->last_arrival_ms < STREAM_MS;
 }
 
+/* holds - does C hold a lease of L? */
+static int
+holds(const struct qconn *c, const struct qlim *l)
+{
+    for (unsigned i = 0; i < c->nleases; i++)
+        if (c->leases[i] == l)
+            return 1;
+    return 0;
+}
+
 /*
- * reclaim_idle - Q may not open a connection because of a shared cap (all
- * queues', or its virtual MTA's when VG is set): close one resting connection
- * of another queue under that cap, so that idle connections never starve a
- * queue with work. Its MP_CONN_DOWN brings the next dispatch pass. If none
- * rests yet (the connections were busy), the next one to start resting asks
- * for a dispatch pass (conn_rest): nothing else would, and Q would wait for
- * that connection's idle timeout.
+ * reclaim_idle - Q may not open a connection because of a shared cap
+ * (total-max-smtp-out, its virtual MTA's, a source address's): close one
+ * resting connection of another queue holding a lease of CAP, so that idle
+ * connections never starve a queue with work. Its MP_CONN_DOWN brings the
+ * next dispatch pass. If none rests yet (the connections were busy), the
+ * next one to start resting asks for a dispatch pass (conn_rest): nothing
+ * else would, and Q would wait for that connection's idle timeout.
  */
 static void
-reclaim_idle(const struct qqueue *q, const struct qvmta *vg)
+reclaim_idle(const struct qqueue *q, const struct qlim *cap)
 {
     for (uint32_t i = 0; nresting > 0 && i < S.conn_cap; i++) {
         struct qconn *c = S.conn_by_id[i];
 
-        if (c && c->idle_timer_on && c->state == QC_IDLE && c->q != q &&
-            (vg == NULL || c->q->vg == vg)) {
+        if (c && c->idle_timer_on && c->state == QC_IDLE && c->q != q && holds(c, cap)) {
             conn_close(c);
             return;
         }
@@ -464,7 +503,7 @@ conn_feed(struct qconn *c)
         conn_close(c);
         return;
     }
-    if (q->nready == 0 || (room = msg_rate_room(q)) == 0) {
+    if (q->nready == 0 || (room = msg_rate_room(q, c)) == 0) {
         conn_rest(c);
         return;
     }
@@ -472,7 +511,7 @@ conn_feed(struct qconn *c)
         conn_rest(c);
         return;
     }
-    take_msg_rate(q, n);
+    take_txn_rates(c);
     rest_end(c);
     c->state = QC_BUSY;
     c->ntxn++;
@@ -541,11 +580,11 @@ open_allowed(struct qqueue *q)
     if (qlim_room(&q->lim_conns, now_ns) == 0)
         return 0;
     if (qlim_room(&S.lim_total, now_ns) == 0) {
-        reclaim_idle(q, NULL);
+        reclaim_idle(q, &S.lim_total);
         return 0;
     }
     if (qlim_room(vmta_conns, now_ns) == 0) {
-        reclaim_idle(q, q->vg);
+        reclaim_idle(q, vmta_conns);
         return 0;
     }
     if (now_ms < q->retry_until_ms) {
@@ -573,13 +612,60 @@ lease(struct qconn *c, struct qlim *l)
     return 1;
 }
 
-/* lease_all - the leases connection C of Q holds while it lives; 0 when one is refused */
+/* lease_all - the leases connection C of Q from SRC holds while it lives; 0 if one is refused */
 static int
-lease_all(struct qconn *c)
+lease_all(struct qconn *c, const struct qsource_limits *src)
 {
     struct qqueue *q = c->q;
 
-    return lease(c, &q->lim_conns) && lease(c, &S.lim_total) && lease(c, qmgr_vmta_conn_limit(q));
+    return lease(c, &q->lim_conns) && lease(c, &S.lim_total) && lease(c, qmgr_vmta_conn_limit(q)) &&
+           (!src || !src->lim[QSRC_CONNS] || lease(c, src->lim[QSRC_CONNS]));
+}
+
+/* What a source address must allow for a new connection (source_allows). */
+struct source_check {
+    uint64_t now_ns;
+    struct qlim *binding; /* the first limit that refused an address */
+};
+
+/*
+ * source_allows - may Q open a connection from source address IP now? Its
+ * connections, connect rate, message rate and data volume (source-ip-max-*)
+ * must all have room; the first limit that refuses is kept in ARG's binding
+ */
+static int
+source_allows(struct qqueue *q, const char *ip, void *arg)
+{
+    struct source_check *sc = arg;
+    const struct qsource_limits *src = qmgr_source_limits(q, ip);
+    struct qlim *binding;
+
+    if (src == NULL ||
+        qlim_room_all((struct qlim *const *)src->lim, QSRC_LIMITS, sc->now_ns, &binding) > 0)
+        return 1;
+    if (sc->binding == NULL)
+        sc->binding = binding;
+    return 0;
+}
+
+/*
+ * pick_source - the source address of Q's next connection (round-robin over
+ * those its source-ip-max-* limits allow) into C; 0 when none may open one
+ * now: Q waits for the first limit that refused (a wake timer for a rate, a
+ * reclaimed idle connection or the next connection closing for a lease)
+ */
+static int
+pick_source(struct qqueue *q, char **ip, char **helo)
+{
+    struct source_check sc = { qmgr_now_ns(), NULL };
+
+    if (qmgr_vmta_pick_source(q, qmgr_source_limited(q) ? source_allows : NULL, &sc, ip, helo))
+        return 1;
+    if (sc.binding && sc.binding->kind == QLIM_LEASE)
+        reclaim_idle(q, sc.binding);
+    else if (sc.binding)
+        wake_for(q, sc.binding, sc.now_ns);
+    return 0;
 }
 
 /* pin_settings - what the connection keeps for its lifetime (a reload does not change it) */
@@ -604,11 +690,13 @@ qmgr_conn_open(struct qqueue *q)
     struct qpeer *out;
     struct qconn *c;
     struct buf buf = BUF_INIT;
+    const struct qsource_limits *src;
+    char *ip, *helo;
     uint32_t room;
 
     if (!open_allowed(q) || (out = qmgr_conn_least_loaded()) == NULL)
         return 0;
-    if ((room = msg_rate_room(q)) == 0)
+    if ((room = msg_rate_room(q, NULL)) == 0)
         return 0;
     /*
      * A rate-limited queue sends the transaction only when the connection is
@@ -619,9 +707,17 @@ qmgr_conn_open(struct qqueue *q)
      */
     if (room != QLIM_UNLIMITED && (room <= q->nrate_pending || q->nready <= q->nrate_pending))
         return 0;
+    if (!pick_source(q, &ip, &helo))
+        return 0;
     c = conn_new(q, out);
+    c->source_ip = ip;
+    c->helo = helo;
+    if ((src = qmgr_source_limits(q, ip)) != NULL) {
+        c->src_msgs = src->lim[QSRC_MSGS];
+        c->src_volume = src->lim[QSRC_VOLUME];
+    }
     pin_settings(c);
-    if (!lease_all(c)) {
+    if (!lease_all(c, src) || (room = msg_rate_room(q, c)) == 0) {
         conn_free(c);
         return 0;
     }
@@ -633,12 +729,13 @@ qmgr_conn_open(struct qqueue *q)
             conn_free(c);
             return 0;
         }
-        take_msg_rate(q, c->txn_n);
+        take_txn_rates(c);
         c->state = QC_BUSY;
         c->ntxn = 1;
     }
     qlim_take(&q->lim_connect, 1, qmgr_now_ns());
-    qmgr_vmta_pick_source(c->q, &c->source_ip, &c->helo);
+    if (src && src->lim[QSRC_CONNECT])
+        qlim_take(src->lim[QSRC_CONNECT], 1, qmgr_now_ns());
     if (add_open(&buf, c) < 0) {
         struct qresult res = {
             .result = MP_RESULT_TEMPFAIL,
@@ -733,13 +830,13 @@ on_conn_up(struct qconn *c, struct ipc_msg *m)
 static void
 note_sent(struct qconn *c, uint64_t sent_ns)
 {
-    struct qlim *lims[2];
+    struct txn_limits t;
 
     if (c->txn_sent_noted || sent_ns == 0)
         return;
     c->txn_sent_noted = 1;
-    msg_limits(c->q, lims);
-    qlim_sent_all(lims, 2, c->txn_n, sent_ns);
+    txn_limits(c->q, c->src_msgs, c->src_volume, &t);
+    qlim_sent_all(t.msgs, TXN_RATES, c->txn_n, sent_ns);
 }
 
 static int

@@ -91,6 +91,8 @@ queue_create(const char *name, size_t len)
     qlim_init(&q->lim_msg, QLIM_QUEUE, QLIM_RATE, QLIM_MSGS, q->name);
     qlim_init(&q->lim_connect, QLIM_QUEUE, QLIM_RATE, QLIM_CONNS, q->name);
     qlim_init(&q->lim_conns, QLIM_QUEUE, QLIM_LEASE, QLIM_CONNS, q->name);
+    qlim_init(&q->lim_volume, QLIM_QUEUE, QLIM_RATE, QLIM_BYTES, q->name);
+    q->lim_volume.flags |= QLIM_DEBT;
     if (S.nqueues == S.queues_cap) {
         S.queues_cap = S.queues_cap ? S.queues_cap * 2 : 256;
         S.queues = xreallocarray(S.queues, S.queues_cap, sizeof(*S.queues));
@@ -136,6 +138,8 @@ qmgr_queues_free(void)
         qlim_fini(&q->lim_msg);
         qlim_fini(&q->lim_connect);
         qlim_fini(&q->lim_conns);
+        qlim_fini(&q->lim_volume);
+        free(q->srcl);
         free(q->name);
         free(q->domain);
         free(q->vmta);
@@ -226,6 +230,7 @@ qmgr_queue_limits_refresh(struct qqueue *q)
 
     qmgr_limit_set_value(&q->lim_msg, qmgr_queue_setting(q, CFG_D_MAX_MSG_RATE), NULL);
     qmgr_limit_set_value(&q->lim_connect, qmgr_queue_setting(q, CFG_D_MAX_CONNECT_RATE), NULL);
+    qmgr_limit_set_value(&q->lim_volume, qmgr_queue_setting(q, CFG_D_MAX_DATA_VOLUME_RATE), NULL);
     if (out && out->num > 0)
         qmgr_limit_set_value(&q->lim_conns, out, NULL);
     else
@@ -254,6 +259,8 @@ backoff_twin(enum cfg_directive d)
         return CFG_D_BACKOFF_MAX_MSG_RATE;
     case CFG_D_MAX_CONNECT_RATE:
         return CFG_D_BACKOFF_MAX_CONNECT_RATE;
+    case CFG_D_MAX_DATA_VOLUME_RATE:
+        return CFG_D_BACKOFF_MAX_DATA_VOLUME_RATE;
     case CFG_D_MAX_SMTP_OUT:
         return CFG_D_BACKOFF_MAX_SMTP_OUT;
     case CFG_D_RETRY_AFTER:

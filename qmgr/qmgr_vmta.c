@@ -183,27 +183,28 @@ source_ip_of(const struct cfg_value *v, char *out, size_t size)
 
 /*
  * usable_source - index of the first source of Q's VMTA from START (mod
- * their number, round-robin) that disable-source-ip has not disabled, -1
- * if none; N gets how many there are. O(sources), and just a count while
- * nothing is disabled.
+ * their number, round-robin) that disable-source-ip has not disabled and
+ * FILTER (may be NULL) accepts, -1 if none; N gets how many there are.
+ * O(sources), and just a count while nothing is disabled or filtered.
  */
 static int
-usable_source(struct qqueue *q, uint32_t start, uint32_t *n)
+usable_source(struct qqueue *q, uint32_t start, uint32_t *n, qmgr_source_filter filter, void *arg)
 {
     uint32_t scope = source_host_scope(q->vmta), it = 0, i;
-    int first = -1;
+    int first = -1, any_disabled = qmgr_source_any_disabled(q);
     const struct cfg_value *v;
     char ip[64];
 
     for (*n = 0; cfg_scope_next(S.cfg, scope, CFG_D_SMTP_SOURCE_HOST, &it);)
         (*n)++;
-    if (!qmgr_source_any_disabled(q))
+    if (!any_disabled && (filter == NULL || *n == 0))
         return *n ? (int)(start % *n) : 0;
     if (*n == 0) /* the implicit source: disabled as a whole */
         return -1;
     start %= *n;
     for (it = 0, i = 0; (v = cfg_scope_next(S.cfg, scope, CFG_D_SMTP_SOURCE_HOST, &it)); i++) {
-        if (qmgr_source_disabled(q, source_ip_of(v, ip, sizeof ip)))
+        source_ip_of(v, ip, sizeof ip);
+        if ((any_disabled && qmgr_source_disabled(q, ip)) || (filter && !filter(q, ip, arg)))
             continue;
         if (i >= start)
             return (int)i; /* the first usable one from START on */
@@ -219,33 +220,38 @@ qmgr_vmta_source_usable(struct qqueue *q)
 {
     uint32_t n;
 
-    return usable_source(q, 0, &n) >= 0;
+    return usable_source(q, 0, &n, NULL, NULL) >= 0;
 }
 
 /* qmgr_vmta_pick_source - see qmgr.h */
-void
-qmgr_vmta_pick_source(struct qqueue *q, char **source_ip, char **helo)
+int
+qmgr_vmta_pick_source(struct qqueue *q, qmgr_source_filter filter, void *arg, char **source_ip,
+                      char **helo)
 {
     static struct cfg_resolved res;
     uint32_t n;
-    int i = usable_source(q, group(q)->rr_next++, &n);
+    int i = usable_source(q, group(q)->rr_next, &n, filter, arg);
     const struct cfg_value *v;
 
-    if (n > 0 && i >= 0) {
+    if (n > 0 && i < 0)
+        return 0;
+    if (n > 0) {
         const char *text = cfg_str(S.cfg,
                                    source_host(source_host_scope(q->vmta), (uint32_t)i)->text);
         size_t iplen = strcspn(text, " \t");
         const char *host = text + iplen + strspn(text + iplen, " \t");
 
+        group(q)->rr_next = (uint32_t)i + 1; /* the next one starts after this one */
         *source_ip = xstrndup(text, iplen);
         *helo = xstrndup(host, strcspn(host, " \t"));
-        return;
+        return 1;
     }
     *source_ip = xstrdup("");
     if (cfg_resolve_vmta(S.cfg, q->vmta, &res) < 0)
         cfg_resolve_vmta(S.cfg, NULL, &res);
     v = res.v[CFG_D_HOST_NAME];
     *helo = xstrdup(v && !(v->flags & CFG_VALUE_UNSET) ? cfg_str(S.cfg, v->text) : "");
+    return 1;
 }
 
 /* qmgr_vmta_sources - see qmgr.h */

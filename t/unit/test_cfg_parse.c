@@ -276,6 +276,60 @@ test_bad_values(void **state)
     expect_error("http-access 127.0.0.1 superuser\n",
                  "t.conf:1: error: unknown http-access level 'superuser'");
     expect_error("name-server 1.2.3\n", "t.conf:1: error: bad name-server '1.2.3'");
+    expect_error("<domain *>\nmax-data-volume-rate 100M\n</domain>\n",
+                 "t.conf:2: error: bad value '100M' for 'max-data-volume-rate' (expected a data "
+                 "volume rate");
+    expect_error("<domain *>\nsource-ip-max-smtp-out 10.0.0.0/8\n</domain>\n",
+                 "t.conf:2: error: bad value for 'source-ip-max-smtp-out' (expected a CIDR and a "
+                 "limit");
+    expect_error("<domain *>\nsource-ip-max-smtp-out 10.0.0.0/33 4\n</domain>\n",
+                 "t.conf:2: error: bad CIDR '10.0.0.0/33' for 'source-ip-max-smtp-out'");
+    expect_error("<domain *>\nsource-ip-max-smtp-out 0/0 four\n</domain>\n",
+                 "t.conf:2: error: bad limit 'four' for 'source-ip-max-smtp-out' (expected a whole "
+                 "number)");
+    expect_error("<domain *>\nsource-ip-max-msg-rate 0/0 10\n</domain>\n",
+                 "t.conf:2: error: bad limit '10' for 'source-ip-max-msg-rate' (expected a rate");
+    expect_error("<domain *>\nsource-ip-max-msg-rate 0/0 10/s 5\n</domain>\n",
+                 "t.conf:2: error: bad value for 'source-ip-max-msg-rate'");
+    expect_error("<domain *>\nsource-ip-max-data-volume-rate ::1 lots/s\n</domain>\n",
+                 "t.conf:2: error: bad limit 'lots/s' for 'source-ip-max-data-volume-rate' "
+                 "(expected a data volume rate");
+}
+
+static void
+test_source_limits_decoded(void **state)
+{
+    struct cfg *c;
+    const struct cfg_value *v;
+    (void)state;
+    c = expect_ok("<domain *>\n"
+                  "  source-ip-max-smtp-out 10.1.0.0/16 4\n"
+                  "  source-ip-max-msg-rate 0/0 100/h\n"
+                  "  source-ip-max-connect-rate 2001:db8::/32 3/5s\n"
+                  "  source-ip-max-data-volume-rate 192.0.2.7 50M/h\n"
+                  "  max-data-volume-rate 1g/d\n"
+                  "  backoff-max-data-volume-rate 100m/d\n"
+                  "</domain>\n");
+    assert_int_equal(nwarnings, 0);
+    v = domain_value(c, "x.org", CFG_D_SOURCE_IP_MAX_SMTP_OUT);
+    assert_int_equal(v->source.limit, 4);
+    assert_int_equal(v->source.prefix, 16);
+    assert_int_equal(v->source.addr[1], 1);
+    assert_string_equal(cfg_str(c, v->text), "10.1.0.0/16 4");
+    v = domain_value(c, "x.org", CFG_D_SOURCE_IP_MAX_MSG_RATE);
+    assert_int_equal(v->source.limit, 100);
+    assert_int_equal(v->source.period, 3600);
+    assert_int_equal(v->source.prefix, 0);
+    v = domain_value(c, "x.org", CFG_D_SOURCE_IP_MAX_CONNECT_RATE);
+    assert_int_equal(v->source.limit, 3);
+    assert_int_equal(v->source.period, 5);
+    assert_int_equal(v->source.prefix, 32);
+    v = domain_value(c, "x.org", CFG_D_SOURCE_IP_MAX_DATA_VOLUME_RATE);
+    assert_int_equal(v->source.limit, 50LL << 20);
+    assert_int_equal(v->source.prefix, 32);
+    assert_int_equal(domain_value(c, "x.org", CFG_D_MAX_DATA_VOLUME_RATE)->num, 1LL << 30);
+    assert_int_equal(domain_value(c, "x.org", CFG_D_BACKOFF_MAX_DATA_VOLUME_RATE)->num2, 86400);
+    cfg_free(c);
 }
 
 static void
@@ -844,6 +898,7 @@ main(void)
         UNIT_TEST(test_wrong_scope),
         UNIT_TEST(test_bad_values),
         UNIT_TEST(test_values_decoded),
+        UNIT_TEST(test_source_limits_decoded),
         UNIT_TEST(test_later_line_replaces),
         UNIT_TEST(test_not_implemented_warns_once),
         UNIT_TEST(test_block_errors),
