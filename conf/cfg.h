@@ -60,6 +60,7 @@ enum cfg_type {
     CFG_T_BOUNCE_PATTERN, /* /RE/ CATEGORY -> struct cfg_bounce_pattern */
     CFG_T_DOMAIN_KEY,     /* SELECTOR,DOMAIN,KEYFILE -> struct cfg_domain_key */
     CFG_T_SOURCE_LIMIT,   /* CIDR LIMIT (source-ip-max-*) -> struct cfg_source_limit */
+    CFG_T_MX_ROLLUP,      /* MXNAME ROLLUP [rollup-by-ip] -> struct cfg_mx_rollup */
     CFG_T_COUNT
 };
 
@@ -205,6 +206,13 @@ struct cfg_domain_key {
     uint32_t path;
 };
 
+/* An <mx-rollup-list> line: MX host names matching PATTERN roll up into NAME. */
+struct cfg_mx_rollup {
+    uint32_t pattern; /* string offset: a host name with shell wildcards, lower case */
+    uint32_t name;    /* string offset: the rollup's name (its queue's domain part) */
+    uint32_t by_ip;   /* rollup-by-ip was given (not implemented: rolled up by name) */
+};
+
 /* A source-ip-max-* line: which local source addresses, and their limit. */
 struct cfg_source_limit {
     int64_t limit;    /* connections, units per period or bytes per period; 0: no limit */
@@ -233,6 +241,7 @@ struct cfg_value {
         struct cfg_bounce_pattern bounce; /* CFG_T_BOUNCE_PATTERN */
         struct cfg_domain_key key;        /* CFG_T_DOMAIN_KEY */
         struct cfg_source_limit source;   /* CFG_T_SOURCE_LIMIT */
+        struct cfg_mx_rollup rollup;      /* CFG_T_MX_ROLLUP */
     };
 };
 
@@ -401,6 +410,14 @@ int cfg_resolve_vmta(const struct cfg *c, const char *vmta, struct cfg_resolved 
  */
 const struct cfg_value *cfg_source_ip_limit(const struct cfg *c, const struct cfg_value *v,
                                             int family, const uint8_t *addr, uint32_t *scope);
+/*
+ * cfg_mx_rollup - the MX rollup an MX host named MX belongs to: the first
+ * <mx-rollup-list> line whose pattern matches it (shell wildcards, any case),
+ * else the first built-in entry that does (Google, Microsoft 365 / Outlook,
+ * Yahoo; cfg_rollup.c); NULL when none.
+ */
+const char *cfg_mx_rollup(const struct cfg *c, const char *mx);
+
 /* cfg_value_scope - the index of the scope holding V (a value of C), or CFG_NONE */
 uint32_t cfg_value_scope(const struct cfg *c, const struct cfg_value *v);
 /* cfg_domain_pattern - the pattern of <domain> scope S as written ("*", "[*.]a.com"), into OUT */

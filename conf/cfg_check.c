@@ -2,8 +2,9 @@
  * cfg_check.c - the structured values: their grammars, typed records and checks
  *
  * A value whose type is structured (cfg.h: CFG_T_REPLY, CFG_T_PATTERN,
- * CFG_T_BOUNCE_PATTERN, CFG_T_DOMAIN_KEY, CFG_T_SOURCE_LIMIT) is parsed here once, at load, into
- * the typed record the snapshot carries; consumers read the record and never
+ * CFG_T_BOUNCE_PATTERN, CFG_T_DOMAIN_KEY, CFG_T_SOURCE_LIMIT, CFG_T_MX_ROLLUP)
+ * is parsed here once, at load, into the typed record the snapshot carries;
+ * consumers read the record and never
  * parse the text again. The other WORDS values (smtp-listener,
  * smtp-source-host, http-access, records, smtp-hosts) and the checks a type
  * alone cannot express (cross references, DKIM keys that must sign, sizes
@@ -512,6 +513,56 @@ decode_source_limit(struct cfg_builder *b, enum cfg_directive d, char *arg,
     return 0;
 }
 
+/* host_pattern_chars - a host name with shell wildcards: letters, digits, - . _ * ? */
+static int
+host_pattern_chars(const char *s)
+{
+    if (!*s)
+        return 0;
+    for (; *s; s++)
+        if (!(isalnum((unsigned char)*s) || strchr("-._*?", *s)))
+            return 0;
+    return 1;
+}
+
+/*
+ * decode_mx_rollup - "MXNAME ROLLUP [rollup-by-ip]" of an <mx-rollup-list>:
+ * MX hosts matching MXNAME (wildcards) roll up into the queue ROLLUP
+ */
+static int
+decode_mx_rollup(struct cfg_builder *b, char *arg, struct cfg_mx_rollup *r)
+{
+    char *save = NULL, *pattern = strtok_r(arg, " \t", &save);
+    char *name = strtok_r(NULL, " \t", &save), *opt = strtok_r(NULL, " \t", &save), shown[200];
+
+    if (!pattern || !name || strtok_r(NULL, " \t", &save) ||
+        (opt && strcasecmp(opt, "rollup-by-ip") != 0)) {
+        error(b, "bad mx line (expected MXNAME ROLLUP-NAME [rollup-by-ip], such as "
+                 "mx *.google.com google.rollup)");
+        return -1;
+    }
+    if (!host_pattern_chars(pattern)) {
+        error(b, "bad MX host pattern '%s' (letters, digits, - . _ and the wildcards * ?)",
+              cfg__clip(pattern, shown, sizeof shown));
+        return -1;
+    }
+    if (!host_pattern_chars(name) || strpbrk(name, "*?") || strchr(name, '/')) {
+        error(b, "bad rollup name '%s' (a domain-like name such as google.rollup)",
+              cfg__clip(name, shown, sizeof shown));
+        return -1;
+    }
+    if (opt)
+        cfg__warning(b, "rollup-by-ip is not implemented yet; %s rolls up by MX name", name);
+    for (char *p = pattern; *p; p++)
+        *p = (char)tolower((unsigned char)*p);
+    for (char *p = name; *p; p++)
+        *p = (char)tolower((unsigned char)*p);
+    r->pattern = cfg__intern(b, pattern);
+    r->name = cfg__intern(b, name);
+    r->by_ip = opt != NULL;
+    return 0;
+}
+
 /* cfg__decode_record - see cfg_parse.h */
 int
 cfg__decode_record(struct cfg_builder *b, enum cfg_directive d, char *scratch, const char *text,
@@ -528,6 +579,8 @@ cfg__decode_record(struct cfg_builder *b, enum cfg_directive d, char *scratch, c
         return decode_domain_key(b, scratch, text, &v->key);
     case CFG_T_SOURCE_LIMIT:
         return decode_source_limit(b, d, scratch, &v->source);
+    case CFG_T_MX_ROLLUP:
+        return decode_mx_rollup(b, scratch, &v->rollup);
     default:
         return 0;
     }

@@ -953,11 +953,8 @@ open_named(struct cfg_builder *b, struct frame *f, int kind, char *arg, uint32_t
     int prev;
 
     if (unquote(arg, name) != 0) {
-        if (kind != CFG_S_MX_ROLLUP_LIST) {
-            error(b, "<%s> takes one name, not '%s'", f->tag, cfg__clip(arg, shown, sizeof shown));
-            goto out;
-        }
-        strcpy(name, arg); /* not implemented: kept as written */
+        error(b, "<%s> takes one name, not '%s'", f->tag, cfg__clip(arg, shown, sizeof shown));
+        goto out;
     }
     if (kind == CFG_S_ACCT_FILE && name[0] == '|' && !*cfg__trim(name + 1)) {
         error(b, "<acct-file %s> has an empty command (expected |PROGRAM [ARGS])", name);
@@ -1074,8 +1071,6 @@ open_tag(struct cfg_builder *b, char *tag, char *arg)
         return;
     }
     b->stack[b->depth].kind = kind;
-    if (kind == CFG_S_MX_ROLLUP_LIST)
-        warn_skipped_block(b, tag);
     if (kind == CFG_S_DOMAIN)
         open_domain(b, &b->stack[b->depth], arg, parent->nscopes ? parent->scopes[0] : 0);
     else if (kind == CFG_S_SOURCE)

@@ -209,6 +209,8 @@ record_ok(const struct cfg *c, const struct cfg_value *v)
         return v->bounce.regex < n && v->bounce.category < n;
     case CFG_T_DOMAIN_KEY:
         return v->key.selector < n && v->key.domain < n && v->key.path < n;
+    case CFG_T_MX_ROLLUP:
+        return v->rollup.pattern < n && v->rollup.name < n;
     case CFG_T_SOURCE_LIMIT:
         return (v->source.family == AF_INET && v->source.prefix <= 32) ||
                (v->source.family == AF_INET6 && v->source.prefix <= 128);

@@ -181,6 +181,7 @@ on_group_closed(void *arg)
     qmgr_queues_free();
     qmgr_vmta_free();
     qmgr_source_free();
+    qmgr_rollup_free();
     qmgr_heap_free();
     free(S.conn_by_id);
     S.conn_by_id = NULL;
@@ -217,6 +218,7 @@ on_shutdown(unsigned drain_seconds, void *ctx)
     qmgr_ctl_stop();
     qmgr_http_stop();
     qmgr_conn_close_idle_all();
+    qmgr_rollup_stop();
     drain_deadline_ms = qmgr_now_ms() + (uint64_t)drain_seconds * 1000;
     drain_stage = 1;
     uv_timer_init(worker_loop(), &drain_timer);
@@ -242,6 +244,7 @@ main(int argc, char **argv)
     qlim_set_wake_hook(qmgr_dispatch_soon);
     open_queue();
     qmgr_outcome_config();
+    qmgr_rollup_start();
     qmgr_sched_start();
     if ((err = qmgr_sched_rebuild()) < 0)
         msg_fatal("cannot rebuild the schedule: %s", qstore_strerror(err));

@@ -16,6 +16,8 @@
  *   qmgr_vmta.c     limits across all queues of one virtual MTA, and the
  *                   source address (smtp-source-host) of each connection
  *   qmgr_source.c   limits per source address (source-ip-max-*)
+ *   qmgr_rollup.c   which queue a domain's mail joins: its own, an MX rollup's
+ *                   or a queue-to target's (qmgr's MX lookups)
  *   qmgr_backoff.c  backoff mode and the smtp-pattern-list reply actions
  *   qmgr_ctl.c      the control socket pmtactl talks to (JSON lines)
  *   qmgr_http.c     the HTTP monitor (status and queues as JSON, /metrics)
@@ -98,6 +100,7 @@ struct qsource_limits {
 
 struct qconn;
 struct qvmta;
+struct qroute;
 
 /* A source address a reply told us to stop using for a queue (disable-source-ip). */
 struct qdisabled_ip {
@@ -146,7 +149,16 @@ struct qqueue {
     uint32_t ndisabled;
     struct qmode_event *mode_events; /* ring of QMGR_MODE_EVENTS, allocated on first change */
     uint8_t nmode_events, mode_event_next;
-    struct qvmta *vg;            /* limits across the virtual MTA's queues (qmgr_vmta.c) */
+    struct qvmta *vg; /* limits across the virtual MTA's queues (qmgr_vmta.c) */
+    /* destination (qmgr_rollup.c) */
+    struct qroute *route;     /* a domain queue: its domain's route; NULL until its first rcpt */
+    struct qqueue *dest;      /* where its recipients go; NULL: itself */
+    uint64_t dest_serial;     /* S.cfg_serial dest was decided for (0: decide again) */
+    uint64_t dest_until_ms;   /* and until when (the MX answer's TTL) */
+    int route_held;           /* its domain's first MX answer is awaited: no connection */
+    const char *route_domain; /* a rollup queue: the member domain its connections resolve */
+    struct qqueue **members;  /* a destination queue: the domain queues routed to it */
+    uint32_t nmembers;
     struct qsource_limits *srcl; /* per source address, for srcl_serial (qmgr_source.c) */
     uint32_t nsrcl;
     int srcl_any; /* has it any source-ip-max-* setting? */
@@ -326,6 +338,8 @@ int qmgr_source_disabled(struct qqueue *q, const char *ip);
 int qmgr_source_any_disabled(struct qqueue *q);
 /* qmgr_queue_reroute - move Q's ready and deferred recipients to its route; how many */
 uint32_t qmgr_queue_reroute(struct qqueue *q);
+/* qmgr_queue_move - move Q's ready and deferred recipients to TO (and its route); how many */
+uint32_t qmgr_queue_move(struct qqueue *q, struct qqueue *to);
 void qmgr_ready_push(struct qqueue *q, uint32_t r);
 void qmgr_ready_arrive(struct qqueue *q, uint32_t r);
 void qmgr_ready_push_front(struct qqueue *q, uint32_t r);
@@ -345,6 +359,26 @@ uint32_t qmgr_defer_pop_due(uint32_t now_tick);
 uint32_t qmgr_defer_next_due(void); /* tick of the earliest, or UINT32_MAX */
 void qmgr_heap_free(void);
 int qmgr_rcpt_expired(uint32_t r, uint64_t now_wall);
+
+/* --- destinations: MX rollups and queue-to (qmgr_rollup.c) ---------------------------- */
+struct qqueue *qmgr_rollup_dest_slow(struct qqueue *q);
+/*
+ * qmgr_rollup_dest - the queue the recipients of domain queue Q (as the
+ * store names it) join: Q, a rollup's or a queue-to target's queue. While
+ * Q's domain's first MX lookup runs, Q itself, held (no connection).
+ */
+static inline struct qqueue *
+qmgr_rollup_dest(struct qqueue *q)
+{
+    if (q->dest_serial == S.cfg_serial && qmgr_now_ms() < q->dest_until_ms)
+        return q->dest ? q->dest : q;
+    return qmgr_rollup_dest_slow(q);
+}
+/* qmgr_rollup_kind - "rollup", "queue-to", or NULL when DQ holds no other domain's mail */
+const char *qmgr_rollup_kind(const struct qqueue *dq);
+void qmgr_rollup_start(void);
+void qmgr_rollup_stop(void);
+void qmgr_rollup_free(void);
 
 /* --- scheduling (qmgr_sched.c) ---------------------------------------------------- */
 int qmgr_sched_rebuild(void);

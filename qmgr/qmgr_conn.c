@@ -178,8 +178,9 @@ send_frames(struct qpeer *p, struct buf *out)
 static int
 add_open(struct buf *out, struct qconn *c)
 {
+    /* a rollup queue resolves the MX of a member domain (qmgr_rollup.c) */
     struct mp_conn_open o = { .queue = c->q->name,
-                              .domain = c->q->domain,
+                              .domain = c->q->route_domain ? c->q->route_domain : c->q->domain,
                               .vmta = c->q->vmta,
                               .source_ip = c->source_ip,
                               .helo = c->helo,

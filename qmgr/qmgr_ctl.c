@@ -109,23 +109,52 @@ mode_events_json(const struct qqueue *q)
     return list;
 }
 
+/* members_json - the domains whose mail a rollup or queue-to queue holds */
+static json_t *
+members_json(const struct qqueue *q)
+{
+    json_t *list = json_array();
+
+    for (uint32_t i = 0; i < q->nmembers; i++)
+        json_array_append_new(list, json_string(q->members[i]->domain));
+    return list;
+}
+
 /* qmgr_ctl_queue_json - see qmgr_ctl.h */
 json_t *
 qmgr_ctl_queue_json(const struct qqueue *q)
 {
     uint64_t now = qmgr_now_ms();
     uint64_t retry_in = q->retry_until_ms > now ? (q->retry_until_ms - now + 999) / 1000 : 0;
+    const char *kind = qmgr_rollup_kind(q);
+    json_t *j;
 
-    return json_pack(
-        "{s:s, s:s, s:s, s:s, s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I,"
-        " s:s, s:o}",
-        "name", q->name, "domain", q->domain, "vmta", q->vmta, "mode", qmgr_mode_name(q->mode),
-        "paused", q->paused, "recipients", (json_int_t)(q->nready + q->ndeferred + q->ninflight),
-        "ready", (json_int_t)q->nready, "deferred", (json_int_t)q->ndeferred, "inflight",
-        (json_int_t)q->ninflight, "connections", (json_int_t)q->nconn, "retry_in_s",
-        (json_int_t)retry_in, "delivered", (json_int_t)q->delivered, "bounced",
-        (json_int_t)q->bounced, "deferred_count", (json_int_t)q->deferred_n, "last_error",
-        q->last_error ? q->last_error : "", "mode_events", mode_events_json(q));
+    j = json_pack("{s:s, s:s, s:s, s:s, s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I,"
+                  " s:s, s:o}",
+                  "name", q->name, "domain", q->domain, "vmta", q->vmta, "mode",
+                  qmgr_mode_name(q->mode), "paused", q->paused, "recipients",
+                  (json_int_t)(q->nready + q->ndeferred + q->ninflight), "ready",
+                  (json_int_t)q->nready, "deferred", (json_int_t)q->ndeferred, "inflight",
+                  (json_int_t)q->ninflight, "connections", (json_int_t)q->nconn, "retry_in_s",
+                  (json_int_t)retry_in, "delivered", (json_int_t)q->delivered, "bounced",
+                  (json_int_t)q->bounced, "deferred_count", (json_int_t)q->deferred_n, "last_error",
+                  q->last_error ? q->last_error : "", "mode_events", mode_events_json(q));
+    if (kind) {
+        json_object_set_new(j, "kind", json_string(kind));
+        json_object_set_new(j, "domains", members_json(q));
+    }
+    if (q->dest)
+        json_object_set_new(j, "joins", json_string(q->dest->name));
+    if (q->route_held)
+        json_object_set_new(j, "held", json_string("waiting for its MX records"));
+    return j;
+}
+
+/* qmgr_ctl_queue_listed - is Q worth a line? Not an empty domain queue whose mail goes elsewhere */
+int
+qmgr_ctl_queue_listed(const struct qqueue *q)
+{
+    return q->dest == NULL || q->nready + q->ndeferred + q->ninflight + q->nconn > 0;
 }
 
 /* --- commands ---------------------------------------------------------------------------- */
@@ -189,8 +218,8 @@ by_name(const void *a, const void *b)
 static int
 shown(const struct qqueue *q, const char *pattern, int mode, int paused)
 {
-    return (!pattern || qmgr_queue_matches(q, pattern)) && (mode < 0 || q->mode == mode) &&
-           (paused < 0 || (q->paused != 0) == paused);
+    return qmgr_ctl_queue_listed(q) && (!pattern || qmgr_queue_matches(q, pattern)) &&
+           (mode < 0 || q->mode == mode) && (paused < 0 || (q->paused != 0) == paused);
 }
 
 /* optional_mode - "mode" of REQ: -1 absent, 0/1, -2 invalid */
@@ -307,7 +336,8 @@ cmd_show_groups(json_t *req, int by_vmta)
         return error_reply("show-domains/show-vmtas: bad argument (maxitems >= 0, queue PATTERN)");
     }
     for (uint32_t k = 0; k < S.nqueues; k++)
-        if (!pattern || qmgr_queue_matches(S.queues[k], pattern))
+        if (qmgr_ctl_queue_listed(S.queues[k]) &&
+            (!pattern || qmgr_queue_matches(S.queues[k], pattern)))
             qs[n++] = S.queues[k];
     by_vmta_key = by_vmta;
     qsort(qs, n, sizeof *qs, by_group);

@@ -140,6 +140,7 @@ qmgr_queues_free(void)
         qlim_fini(&q->lim_conns);
         qlim_fini(&q->lim_volume);
         free(q->srcl);
+        free(q->members);
         free(q->name);
         free(q->domain);
         free(q->vmta);
@@ -568,18 +569,19 @@ qmgr_queue_route(struct qqueue *q)
     return q;
 }
 
-/* qmgr_queue_reroute - Q entered backoff: its ready and deferred recipients move on */
+/* qmgr_queue_move - see qmgr.h; O(Q's ready recipients + the deferred heap) */
 uint32_t
-qmgr_queue_reroute(struct qqueue *q)
+qmgr_queue_move(struct qqueue *q, struct qqueue *to)
 {
-    struct qqueue *to = qmgr_queue_route(q);
     uint32_t moved = 0;
 
     if (to == q)
         return 0;
+    if (!to->route_domain)
+        to->route_domain = q->route_domain; /* a rollup rerouted keeps its MX */
     for (uint32_t r; (r = qmgr_ready_pop(q)) != QNIL; moved++)
         qmgr_ready_push(to, r);
-    for (uint32_t i = 0; i < S.nheap; i++)
+    for (uint32_t i = 0; q->ndeferred > 0 && i < S.nheap; i++)
         if (S.rcpt[S.heap[i]].queue == q->id) {
             S.rcpt[S.heap[i]].queue = to->id;
             q->ndeferred--;
@@ -587,6 +589,13 @@ qmgr_queue_reroute(struct qqueue *q)
             moved++;
         }
     return moved;
+}
+
+/* qmgr_queue_reroute - Q entered backoff: its ready and deferred recipients move on */
+uint32_t
+qmgr_queue_reroute(struct qqueue *q)
+{
+    return qmgr_queue_move(q, qmgr_queue_route(q));
 }
 
 void

@@ -67,6 +67,7 @@ add_sched(const struct qstore_sched *s, void *arg)
     /* Consecutive recipients mostly share a queue: skip the hash then. */
     if (!q || strncmp(q->name, s->queue, s->queue_len) != 0 || q->name[s->queue_len] != '\0')
         q = c->last_queue = qmgr_queue_get(s->queue, s->queue_len);
+    q = qmgr_rollup_dest(q); /* its destination: its own, a rollup's, a queue-to target's */
     r = qmgr_rcpt_new(c->last_msg, s->index, q,
                       s->attempts > 65535 ? 65535 : (uint16_t)s->attempts);
     due = s->next_attempt ? qmgr_tick_from_wall(s->next_attempt) : 0;
@@ -243,13 +244,16 @@ run_remove(struct qqueue *q)
     q->run_prio = -1;
 }
 
-/* qmgr_run_update - Q is on the run list of its priority exactly when it has ready work */
+/*
+ * qmgr_run_update - Q is on the run list of its priority exactly when it has
+ * ready work and is not held for its domain's first MX answer
+ */
 void
 qmgr_run_update(struct qqueue *q)
 {
     int prio;
 
-    if (q->nready == 0) {
+    if (q->nready == 0 || q->route_held) {
         run_remove(q);
         return;
     }

@@ -755,6 +755,32 @@ queue_column_width(json_t *queues)
     return (int)(width > QUEUE_COLUMN_MAX ? QUEUE_COLUMN_MAX : width);
 }
 
+/* print_queue_domains - under a rollup or queue-to queue: the domains whose mail it holds */
+static void
+print_queue_domains(json_t *q)
+{
+    json_t *domains = json_object_get(q, "domains"), *d;
+    char *kind = printable(get_text(q, "kind"), 16);
+    size_t i, used = 0, n = json_array_size(domains);
+
+    if (json_is_array(domains) && n > 0) {
+        used = (size_t)printf("  %s of %zu domain%s:", kind, n, n == 1 ? "" : "s");
+        json_array_foreach(domains, i, d)
+        {
+            char *name = printable(json_string_value(d) ? json_string_value(d) : "", 64);
+
+            if (used + strlen(name) + 2 > TABLE_WIDTH) {
+                printf("\n   ");
+                used = 3;
+            }
+            used += (size_t)printf(" %s%s", name, i + 1 < n ? "," : "");
+            free(name);
+        }
+        printf("\n");
+    }
+    free(kind);
+}
+
 /* print_queue_row - one row of the queue table; QW is the queue column width */
 static void
 print_queue_row(json_t *q, int qw)
@@ -783,6 +809,7 @@ print_queue_row(json_t *q, int qw)
     error = printable(get_text(q, "last_error"),
                       (size_t)(room < ERROR_COLUMN_MIN ? ERROR_COLUMN_MIN : room));
     printf("%s%s\n", *error ? " " : "", error);
+    print_queue_domains(q);
     free(name);
     free(mode);
     free(error);

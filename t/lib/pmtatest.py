@@ -191,6 +191,11 @@ class Pmta:
         lines += ["%s-processes %d" % (role, n) for role, n in procs.items() if n is not None]
         if listener:
             lines.append("smtp-listener 127.0.0.1:%d" % self.port)
+        if not re.search(r"^\s*name-server\b", extra, re.M):
+            # Tests never ask the machine's resolver (qmgr looks up MX records for
+            # rollups, smtp-out for routes): a closed local port fails every lookup
+            # at once unless the test runs a DNS server of its own.
+            lines.append("name-server 127.0.0.1:1")
         return "\n".join(lines) + "\n" + extra
 
     def write_config(self, extra="", text=None, path=None, **kw):

@@ -297,6 +297,47 @@ test_bad_values(void **state)
 }
 
 static void
+test_mx_rollup_lines(void **state)
+{
+    struct cfg *c;
+    const struct cfg_value *v;
+    uint32_t s, it = 0;
+    (void)state;
+    c = expect_ok("<mx-rollup-list>\n"
+                  "  mx *.Google.TEST google.rollup\n"
+                  "  mx mx?.example.net Example.Rollup\n"
+                  "</mx-rollup-list>\n"
+                  "<domain a.test>\n  queue-to merged.test\n  disable-mx-rollup yes\n</domain>\n");
+    assert_int_equal(nwarnings, 0);
+    s = cfg_find_scope(c, CFG_S_MX_ROLLUP_LIST, "");
+    assert_int_not_equal(s, CFG_NONE);
+    v = cfg_scope_next(c, s, CFG_D_MX, &it);
+    assert_non_null(v);
+    assert_string_equal(cfg_str(c, v->rollup.pattern), "*.google.test");
+    assert_string_equal(cfg_str(c, v->rollup.name), "google.rollup");
+    v = cfg_scope_next(c, s, CFG_D_MX, &it);
+    assert_string_equal(cfg_str(c, v->rollup.name), "example.rollup");
+    assert_string_equal(cfg_str(c, domain_value(c, "a.test", CFG_D_QUEUE_TO)->text), "merged.test");
+    assert_int_equal(domain_value(c, "a.test", CFG_D_DISABLE_MX_ROLLUP)->num, 1);
+    cfg_free(c);
+    c = expect_ok("<mx-rollup-list>\n  mx *.yahoodns.net yahoo.rollup rollup-by-ip\n"
+                  "</mx-rollup-list>\n");
+    assert_int_equal(nwarnings, 1);
+    assert_diag("t.conf:2: warning: rollup-by-ip is not implemented yet; yahoo.rollup rolls up "
+                "by MX name");
+    cfg_free(c);
+    expect_error("<mx-rollup-list>\n  mx *.google.test\n</mx-rollup-list>\n",
+                 "t.conf:2: error: bad mx line (expected MXNAME ROLLUP-NAME [rollup-by-ip]");
+    expect_error("<mx-rollup-list>\n  mx *.google.test g.rollup by-ip\n</mx-rollup-list>\n",
+                 "t.conf:2: error: bad mx line");
+    expect_error("<mx-rollup-list>\n  mx mx[1].google.test g.rollup\n</mx-rollup-list>\n",
+                 "t.conf:2: error: bad MX host pattern 'mx[1].google.test'");
+    expect_error("<mx-rollup-list>\n  mx *.google.test g*.rollup\n</mx-rollup-list>\n",
+                 "t.conf:2: error: bad rollup name 'g*.rollup'");
+    expect_error("<domain a.test>\n  mx *.google.test g.rollup\n</domain>\n", "t.conf:2: error:");
+}
+
+static void
 test_source_limits_decoded(void **state)
 {
     struct cfg *c;
@@ -395,9 +436,9 @@ test_not_implemented_warns_once(void **state)
     assert_diag("t.conf:1: warning: block <transmissions-api> is not implemented yet; ignored");
     cfg_free(c);
     /* one that would change where mail goes is refused, with its line */
-    expect_error("<domain a.com>\n  max-smtp-out 2\n  queue-to other\n</domain>\n",
-                 "t.conf:3: error: directive 'queue-to' is not implemented, and ignoring it "
-                 "would change where mail goes");
+    expect_error("<domain a.com>\n  max-smtp-out 2\n  reroute-to-virtual-mta other\n</domain>\n",
+                 "t.conf:3: error: directive 'reroute-to-virtual-mta' is not implemented, and "
+                 "ignoring it would change where mail goes");
     expect_error("<source 1.2.3.4>\n  bcc audit@example.com\n</source>\n",
                  "t.conf:2: error: directive 'bcc' is not implemented");
 }
@@ -899,6 +940,7 @@ main(void)
         UNIT_TEST(test_bad_values),
         UNIT_TEST(test_values_decoded),
         UNIT_TEST(test_source_limits_decoded),
+        UNIT_TEST(test_mx_rollup_lines),
         UNIT_TEST(test_later_line_replaces),
         UNIT_TEST(test_not_implemented_warns_once),
         UNIT_TEST(test_block_errors),

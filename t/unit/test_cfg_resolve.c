@@ -318,6 +318,39 @@ test_source_ip_limits(void **state)
     cfg_free(c);
 }
 
+static void
+test_mx_rollups(void **state)
+{
+    struct cfg *c = load("<mx-rollup-list>\n"
+                         "  mx *.google.test google.rollup\n"
+                         "  mx alt?.aspmx.l.google.com google-alt.rollup\n"
+                         "</mx-rollup-list>\n"
+                         "<mx-rollup-list>\n"
+                         "  mx *.mail.example.net example.rollup\n"
+                         "</mx-rollup-list>\n");
+    (void)state;
+    /* configured lines first, in file order, any case */
+    assert_string_equal(cfg_mx_rollup(c, "MX1.Google.Test"), "google.rollup");
+    assert_string_equal(cfg_mx_rollup(c, "alt1.aspmx.l.google.com"), "google-alt.rollup");
+    assert_string_equal(cfg_mx_rollup(c, "in.mail.example.net"), "example.rollup");
+    /* then the built-in list */
+    assert_string_equal(cfg_mx_rollup(c, "aspmx.l.google.com"), "google.rollup");
+    assert_string_equal(cfg_mx_rollup(c, "smtp.google.com"), "google.rollup");
+    assert_string_equal(cfg_mx_rollup(c, "aspmx2.googlemail.com"), "google.rollup");
+    assert_string_equal(cfg_mx_rollup(c, "hotmail-com.olc.protection.outlook.com"),
+                        "outlook.rollup");
+    assert_string_equal(cfg_mx_rollup(c, "contoso-com.mail.protection.outlook.com"),
+                        "office365.rollup");
+    assert_string_equal(cfg_mx_rollup(c, "mta6.am0.yahoodns.net"), "yahoo.rollup");
+    assert_string_equal(cfg_mx_rollup(c, "mx-aol.mail.gm0.yahoodns.net"), "yahoo.rollup");
+    /* not a provider's, and not a lookalike */
+    assert_null(cfg_mx_rollup(c, "mx.example.org"));
+    assert_null(cfg_mx_rollup(c, "google.com.evil.test"));
+    assert_null(cfg_mx_rollup(c, "notgoogle.com"));
+    cfg_free(c);
+    assert_string_equal(cfg_mx_rollup(NULL, "alt4.aspmx.l.google.com"), "google.rollup");
+}
+
 /* --- sources -----------------------------------------------------------------------------------
  */
 
@@ -894,6 +927,7 @@ main(void)
         UNIT_TEST(test_clear_with_empty_string),
         UNIT_TEST(test_backoff_fallback),
         UNIT_TEST(test_source_ip_limits),
+        UNIT_TEST(test_mx_rollups),
         UNIT_TEST(test_sources),
         UNIT_TEST(test_source_reset_every_directive),
         UNIT_TEST(test_session_layers),
