@@ -18,6 +18,8 @@
  *   qmgr_source.c   limits per source address (source-ip-max-*)
  *   qmgr_rollup.c   which queue a domain's mail joins: its own, an MX rollup's
  *                   or a queue-to target's (qmgr's MX lookups)
+ *   qmgr_gate.c     what a queue passes before a connection opens or a
+ *                   transaction goes, and in words what holds it back
  *   qmgr_backoff.c  backoff mode and the smtp-pattern-list reply actions
  *   qmgr_ctl.c      the control socket pmtactl talks to (JSON lines)
  *   qmgr_http.c     the HTTP monitor (status and queues as JSON, /metrics)
@@ -392,6 +394,32 @@ void qmgr_queue_wake_at(struct qqueue *q, uint64_t at_ms);
 /* qmgr_take_txn - up to MAX recipients of one message from Q's ready list (expired ones bounce) */
 uint32_t qmgr_take_txn(struct qqueue *q, uint32_t max, uint32_t *out);
 
+/* --- the gate: limits before a connection or a transaction (qmgr_gate.c) ------------ */
+/* The rates a transaction passes: recipients (queue, virtual MTA, source address) and bytes
+   (queue, source address: QLIM_DEBT). NULL entries: no such limit. */
+#define QTXN_RATES   3
+#define QTXN_VOLUMES 2
+struct qtxn_limits {
+    struct qlim *msgs[QTXN_RATES];
+    struct qlim *volumes[QTXN_VOLUMES];
+};
+/* qmgr_gate_txn_limits - the rates a transaction of Q on a connection from SRC_* passes */
+void qmgr_gate_txn_limits(struct qqueue *q, struct qlim *src_msgs, struct qlim *src_volume,
+                          struct qtxn_limits *t);
+/* qmgr_gate_txn_room - recipients a transaction of Q on C (NULL: a new one) may carry now;
+ * at 0 Q's wake timer is armed when time will give room */
+uint32_t qmgr_gate_txn_room(struct qqueue *q, struct qconn *c);
+/* qmgr_gate_txn_take - C's transaction went: its recipients and its message's bytes */
+void qmgr_gate_txn_take(struct qconn *c);
+/* qmgr_gate_txn_sent - C's transaction went on the wire at SENT_NS (paces the rates) */
+void qmgr_gate_txn_sent(struct qconn *c, uint64_t sent_ns);
+/* qmgr_gate_open - may Q open one more connection now? 0: Q waits (timer, reclaim, backoff) */
+int qmgr_gate_open(struct qqueue *q);
+/* qmgr_gate_source - the source address (and HELO) of Q's next connection; 0 when none may */
+int qmgr_gate_source(struct qqueue *q, char **ip, char **helo);
+/* qmgr_gate_why - what holds Q back at this moment, in words, into BUF ("" when nothing) */
+const char *qmgr_gate_why(struct qqueue *q, char *buf, size_t size);
+
 /* --- connections (qmgr_conn.c) ----------------------------------------------------- */
 void qmgr_conn_listen(void);
 void qmgr_conn_stop_listening(void);
@@ -401,6 +429,8 @@ void qmgr_conn_close_idle_all(void);
 unsigned qmgr_conn_busy(void);
 void qmgr_conn_close_all(void);
 struct qpeer *qmgr_conn_least_loaded(void);
+/* qmgr_conn_reclaim_idle - close a resting connection of another queue holding a lease of CAP */
+void qmgr_conn_reclaim_idle(const struct qqueue *q, const struct qlim *cap);
 
 /* --- control socket (qmgr_ctl.c) ------------------------------------------------------ */
 void qmgr_ctl_listen(void);
@@ -427,6 +457,8 @@ int qmgr_vmta_source_usable(struct qqueue *q);
 typedef int (*qmgr_source_filter)(struct qqueue *q, const char *ip, void *arg);
 int qmgr_vmta_pick_source(struct qqueue *q, qmgr_source_filter filter, void *arg, char **source_ip,
                           char **helo);
+/* qmgr_vmta_source_any - would qmgr_vmta_pick_source find an address? (picks nothing) */
+int qmgr_vmta_source_any(struct qqueue *q, qmgr_source_filter filter, void *arg);
 /* qmgr_vmta_sources - the IPs of VMTA's own smtp-source-host lines into IPS (at most MAX); their
  * number (0: it uses the implicit source) */
 uint32_t qmgr_vmta_sources(const char *vmta, char (*ips)[48], uint32_t max);

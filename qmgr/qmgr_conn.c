@@ -42,7 +42,6 @@
 #include "mailproto.h"
 #include "msg.h"
 #include "qmgr.h"
-#include "qmgr_backoff.h"
 #include "worker.h"
 #include "xalloc.h"
 
@@ -297,79 +296,6 @@ build_txn(struct qconn *c, uint32_t max)
     return 0;
 }
 
-/* wake_for - Q waits for limiter L: look at Q again when L will have room (if time tells) */
-static void
-wake_for(struct qqueue *q, struct qlim *l, uint64_t now_ns)
-{
-    uint64_t wait = qlim_wait_ns(l, now_ns);
-
-    if (wait != QLIM_WAIT_UNKNOWN)
-        qmgr_queue_wake_at(q, qmgr_now_ms() + wait / 1000000 + 1);
-}
-
-/*
- * The rates a transaction passes: recipients (the queue's, its virtual
- * MTA's, its source address's message rates) and bytes (the queue's and the
- * source address's data volume rates, QLIM_DEBT: conformant or not).
- */
-#define TXN_RATES   3
-#define TXN_VOLUMES 2
-struct txn_limits {
-    struct qlim *msgs[TXN_RATES];
-    struct qlim *volumes[TXN_VOLUMES];
-};
-
-/* txn_limits - the rates a transaction of Q passes on a connection from SRC_MSGS/SRC_VOLUME */
-static void
-txn_limits(struct qqueue *q, struct qlim *src_msgs, struct qlim *src_volume, struct txn_limits *t)
-{
-    qmgr_queue_limits(q);
-    t->msgs[0] = &q->lim_msg;
-    t->msgs[1] = qmgr_vmta_msg_limit(q);
-    t->msgs[2] = src_msgs;
-    t->volumes[0] = &q->lim_volume;
-    t->volumes[1] = src_volume;
-}
-
-/* txn_room - recipients T's rates allow now; at 0 the binding limiter to *BINDING */
-static uint32_t
-txn_room(struct txn_limits *t, uint64_t now, struct qlim **binding)
-{
-    uint32_t room = qlim_room_all(t->msgs, TXN_RATES, now, binding);
-
-    if (room > 0 && qlim_room_all(t->volumes, TXN_VOLUMES, now, binding) == 0)
-        room = 0;
-    return room;
-}
-
-/* msg_rate_room - recipients C's (or with C NULL, a new connection's) rates allow now */
-static uint32_t
-msg_rate_room(struct qqueue *q, struct qconn *c)
-{
-    struct txn_limits t;
-    struct qlim *binding;
-    uint64_t now = qmgr_now_ns();
-    uint32_t room;
-
-    txn_limits(q, c ? c->src_msgs : NULL, c ? c->src_volume : NULL, &t);
-    if ((room = txn_room(&t, now, &binding)) == 0)
-        wake_for(q, binding, now);
-    return room;
-}
-
-/* take_txn_rates - C's transaction went: its recipients and its message's bytes */
-static void
-take_txn_rates(struct qconn *c)
-{
-    struct txn_limits t;
-    uint64_t now = qmgr_now_ns();
-
-    txn_limits(c->q, c->src_msgs, c->src_volume, &t);
-    qlim_take_all(t.msgs, TXN_RATES, c->txn_n, now);
-    if (c->txn_msg)
-        qlim_take_all(t.volumes, TXN_VOLUMES, c->txn_msg->env.size, now);
-}
-
 /* --- closing and idling ---------------------------------------------------------------------- */
 
 /* rest_end - C is no longer resting: stop its idle timer */
@@ -436,7 +362,7 @@ holds(const struct qconn *c, const struct qlim *l)
 }
 
 /*
- * reclaim_idle - Q may not open a connection because of a shared cap
+ * qmgr_conn_reclaim_idle - Q may not open a connection because of a shared cap
  * (total-max-smtp-out, its virtual MTA's, a source address's): close one
  * resting connection of another queue holding a lease of CAP, so that idle
  * connections never starve a queue with work. Its MP_CONN_DOWN brings the
@@ -444,8 +370,8 @@ holds(const struct qconn *c, const struct qlim *l)
  * next one to start resting asks for a dispatch pass (conn_rest): nothing
  * else would, and Q would wait for that connection's idle timeout.
  */
-static void
-reclaim_idle(const struct qqueue *q, const struct qlim *cap)
+void
+qmgr_conn_reclaim_idle(const struct qqueue *q, const struct qlim *cap)
 {
     for (uint32_t i = 0; nresting > 0 && i < S.conn_cap; i++) {
         struct qconn *c = S.conn_by_id[i];
@@ -504,7 +430,7 @@ conn_feed(struct qconn *c)
         conn_close(c);
         return;
     }
-    if (q->nready == 0 || (room = msg_rate_room(q, c)) == 0) {
+    if (q->nready == 0 || (room = qmgr_gate_txn_room(q, c)) == 0) {
         conn_rest(c);
         return;
     }
@@ -512,7 +438,7 @@ conn_feed(struct qconn *c)
         conn_rest(c);
         return;
     }
-    take_txn_rates(c);
+    qmgr_gate_txn_take(c);
     rest_end(c);
     c->state = QC_BUSY;
     c->ntxn++;
@@ -548,59 +474,6 @@ qmgr_conn_least_loaded(void)
     return best;
 }
 
-/*
- * sources_usable - has Q a source address disable-source-ip left it? When
- * not, backoff-upon-all-sources-disabled puts the queue in backoff.
- */
-static int
-sources_usable(struct qqueue *q)
-{
-    if (qmgr_vmta_source_usable(q))
-        return 1;
-    if (q->mode == QMODE_NORMAL && qmgr_queue_num(q, CFG_D_BACKOFF_UPON_ALL_SOURCES_DISABLED, 0))
-        qmgr_backoff_set_mode(q, QMODE_BACKOFF,
-                              "every source address disabled "
-                              "(backoff-upon-all-sources-disabled)",
-                              -1);
-    return 0;
-}
-
-/*
- * open_allowed - may Q open one more connection now? (arms its wake timer
- * when time will tell; a connection closing calls qmgr_dispatch_soon())
- */
-static int
-open_allowed(struct qqueue *q)
-{
-    uint64_t now_ms = qmgr_now_ms(), now_ns = qmgr_now_ns();
-    struct qlim *vmta_conns = qmgr_vmta_conn_limit(q);
-
-    if (S.stopping || q->paused)
-        return 0;
-    qmgr_queue_limits(q);
-    if (qlim_room(&q->lim_conns, now_ns) == 0)
-        return 0;
-    if (qlim_room(&S.lim_total, now_ns) == 0) {
-        reclaim_idle(q, &S.lim_total);
-        return 0;
-    }
-    if (qlim_room(vmta_conns, now_ns) == 0) {
-        reclaim_idle(q, vmta_conns);
-        return 0;
-    }
-    if (now_ms < q->retry_until_ms) {
-        qmgr_queue_wake_at(q, q->retry_until_ms);
-        return 0;
-    }
-    if (!sources_usable(q))
-        return 0;
-    if (qlim_room(&q->lim_connect, now_ns) == 0) {
-        wake_for(q, &q->lim_connect, now_ns);
-        return 0;
-    }
-    return 1;
-}
-
 /* lease - C holds one lease of L from now on; 0 when L has none left */
 static int
 lease(struct qconn *c, struct qlim *l)
@@ -621,52 +494,6 @@ lease_all(struct qconn *c, const struct qsource_limits *src)
 
     return lease(c, &q->lim_conns) && lease(c, &S.lim_total) && lease(c, qmgr_vmta_conn_limit(q)) &&
            (!src || !src->lim[QSRC_CONNS] || lease(c, src->lim[QSRC_CONNS]));
-}
-
-/* What a source address must allow for a new connection (source_allows). */
-struct source_check {
-    uint64_t now_ns;
-    struct qlim *binding; /* the first limit that refused an address */
-};
-
-/*
- * source_allows - may Q open a connection from source address IP now? Its
- * connections, connect rate, message rate and data volume (source-ip-max-*)
- * must all have room; the first limit that refuses is kept in ARG's binding
- */
-static int
-source_allows(struct qqueue *q, const char *ip, void *arg)
-{
-    struct source_check *sc = arg;
-    const struct qsource_limits *src = qmgr_source_limits(q, ip);
-    struct qlim *binding;
-
-    if (src == NULL ||
-        qlim_room_all((struct qlim *const *)src->lim, QSRC_LIMITS, sc->now_ns, &binding) > 0)
-        return 1;
-    if (sc->binding == NULL)
-        sc->binding = binding;
-    return 0;
-}
-
-/*
- * pick_source - the source address of Q's next connection (round-robin over
- * those its source-ip-max-* limits allow) into C; 0 when none may open one
- * now: Q waits for the first limit that refused (a wake timer for a rate, a
- * reclaimed idle connection or the next connection closing for a lease)
- */
-static int
-pick_source(struct qqueue *q, char **ip, char **helo)
-{
-    struct source_check sc = { qmgr_now_ns(), NULL };
-
-    if (qmgr_vmta_pick_source(q, qmgr_source_limited(q) ? source_allows : NULL, &sc, ip, helo))
-        return 1;
-    if (sc.binding && sc.binding->kind == QLIM_LEASE)
-        reclaim_idle(q, sc.binding);
-    else if (sc.binding)
-        wake_for(q, sc.binding, sc.now_ns);
-    return 0;
 }
 
 /* pin_settings - what the connection keeps for its lifetime (a reload does not change it) */
@@ -695,9 +522,9 @@ qmgr_conn_open(struct qqueue *q)
     char *ip, *helo;
     uint32_t room;
 
-    if (!open_allowed(q) || (out = qmgr_conn_least_loaded()) == NULL)
+    if (!qmgr_gate_open(q) || (out = qmgr_conn_least_loaded()) == NULL)
         return 0;
-    if ((room = msg_rate_room(q, NULL)) == 0)
+    if ((room = qmgr_gate_txn_room(q, NULL)) == 0)
         return 0;
     /*
      * A rate-limited queue sends the transaction only when the connection is
@@ -708,7 +535,7 @@ qmgr_conn_open(struct qqueue *q)
      */
     if (room != QLIM_UNLIMITED && (room <= q->nrate_pending || q->nready <= q->nrate_pending))
         return 0;
-    if (!pick_source(q, &ip, &helo))
+    if (!qmgr_gate_source(q, &ip, &helo))
         return 0;
     c = conn_new(q, out);
     c->source_ip = ip;
@@ -718,7 +545,7 @@ qmgr_conn_open(struct qqueue *q)
         c->src_volume = src->lim[QSRC_VOLUME];
     }
     pin_settings(c);
-    if (!lease_all(c, src) || (room = msg_rate_room(q, c)) == 0) {
+    if (!lease_all(c, src) || (room = qmgr_gate_txn_room(q, c)) == 0) {
         conn_free(c);
         return 0;
     }
@@ -730,7 +557,7 @@ qmgr_conn_open(struct qqueue *q)
             conn_free(c);
             return 0;
         }
-        take_txn_rates(c);
+        qmgr_gate_txn_take(c);
         c->state = QC_BUSY;
         c->ntxn = 1;
     }
@@ -831,13 +658,10 @@ on_conn_up(struct qconn *c, struct ipc_msg *m)
 static void
 note_sent(struct qconn *c, uint64_t sent_ns)
 {
-    struct txn_limits t;
-
     if (c->txn_sent_noted || sent_ns == 0)
         return;
     c->txn_sent_noted = 1;
-    txn_limits(c->q, c->src_msgs, c->src_volume, &t);
-    qlim_sent_all(t.msgs, TXN_RATES, c->txn_n, sent_ns);
+    qmgr_gate_txn_sent(c, sent_ns);
 }
 
 static int

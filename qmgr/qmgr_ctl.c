@@ -5,7 +5,9 @@
  * sends one JSON object per line and gets one JSON object per line back:
  *     {"cmd":"status"}                                  -> {"ok":true,"status":{...}}
  *     {"cmd":"show-queues","mode":"backoff","paused":true,"queue":"PATTERN",
- *      "maxitems":20,"sort":"rcpt"|"name"}              -> {"ok":true,"total":N,"queues":[...]}
+ *      "maxitems":20,"sort":"rcpt"|"name","all":true}   -> {"ok":true,"total":N,"queues":[...]}
+ *      (each queue with "limit": what holds it back now; "all" also lists a domain's
+ *      empty queue whose mail joins a rollup or queue-to queue: "joins")
  *     {"cmd":"show-domains"|"show-vmtas","queue":"PATTERN","maxitems":20}
  *                                                       -> {"ok":true,"total":N,"domains"|"vmtas":
  *                                                           [{name,queues,recipients,connections,
@@ -122,11 +124,12 @@ members_json(const struct qqueue *q)
 
 /* qmgr_ctl_queue_json - see qmgr_ctl.h */
 json_t *
-qmgr_ctl_queue_json(const struct qqueue *q)
+qmgr_ctl_queue_json(struct qqueue *q)
 {
     uint64_t now = qmgr_now_ms();
     uint64_t retry_in = q->retry_until_ms > now ? (q->retry_until_ms - now + 999) / 1000 : 0;
     const char *kind = qmgr_rollup_kind(q);
+    char why[QLIM_BASIS_MAX + 160];
     json_t *j;
 
     j = json_pack("{s:s, s:s, s:s, s:s, s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I,"
@@ -145,8 +148,8 @@ qmgr_ctl_queue_json(const struct qqueue *q)
     }
     if (q->dest)
         json_object_set_new(j, "joins", json_string(q->dest->name));
-    if (q->route_held)
-        json_object_set_new(j, "held", json_string("waiting for its MX records"));
+    /* what holds it back at this moment (qmgr_gate.c), "" when nothing */
+    json_object_set_new(j, "limit", json_string(qmgr_gate_why(q, why, sizeof why)));
     return j;
 }
 
@@ -243,6 +246,7 @@ cmd_show_queues(json_t *req)
 {
     json_t *pat = json_object_get(req, "queue"), *pz = json_object_get(req, "paused");
     json_t *mi = json_object_get(req, "maxitems"), *so = json_object_get(req, "sort");
+    json_t *all = json_object_get(req, "all");
     int mode = optional_mode(req), paused = pz ? json_is_true(pz) : -1;
     json_int_t max = mi ? json_integer_value(mi) : 20;
     const char *pattern = pat ? json_string_value(pat) : NULL,
@@ -252,7 +256,7 @@ cmd_show_queues(json_t *req)
     uint32_t n = 0;
 
     if (mode == -2 || (pat && !pattern) || (pz && !json_is_boolean(pz)) ||
-        (mi && !json_is_integer(mi)) || max < 0 || !sort ||
+        (all && !json_is_boolean(all)) || (mi && !json_is_integer(mi)) || max < 0 || !sort ||
         (strcmp(sort, "rcpt") != 0 && strcmp(sort, "name") != 0)) {
         free(hits);
         json_decref(list);
@@ -260,7 +264,8 @@ cmd_show_queues(json_t *req)
                            "maxitems >= 0, sort rcpt|name, queue PATTERN)");
     }
     for (uint32_t i = 0; i < S.nqueues; i++)
-        if (shown(S.queues[i], pattern, mode, paused))
+        if (shown(S.queues[i], pattern, mode, paused) ||
+            (json_is_true(all) && (!pattern || qmgr_queue_matches(S.queues[i], pattern))))
             hits[n++] = S.queues[i];
     qsort(hits, n, sizeof *hits, strcmp(sort, "name") == 0 ? by_name : by_recipients);
     for (uint32_t i = 0; i < n && (max == 0 || i < (uint32_t)max); i++)

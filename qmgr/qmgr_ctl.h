@@ -15,7 +15,7 @@ const char *qmgr_ctl_stamp(char out[32], uint64_t wall);
 json_t *qmgr_ctl_status_json(void);
 /* qmgr_ctl_queue_json - one queue: mode, pause, counts, retry, last error, mode events, and
  * for a rollup or queue-to queue its kind and member domains */
-json_t *qmgr_ctl_queue_json(const struct qqueue *q);
+json_t *qmgr_ctl_queue_json(struct qqueue *q);
 /* qmgr_ctl_queue_listed - is Q listed (not an empty domain queue whose mail joins another)? */
 int qmgr_ctl_queue_listed(const struct qqueue *q);
 

@@ -64,14 +64,14 @@
 #include "worker.h"
 #include "xalloc.h"
 
-#define HOLD_MS       2000u /* the longest the first lookup holds a domain's mail */
-#define MIN_TTL_S     60u
-#define MAX_TTL_S     3600u
-#define FAIL_TTL_S    60u
-#define NEGATIVE_TTL  300u /* no such domain, no MX: ask again after this */
-#define MAX_INFLIGHT  64u
-#define TICK_MS       250u
-#define MX_KEPT       4 /* most preferred MX names kept for a reload to match again */
+#define HOLD_MS      2000u /* the longest the first lookup holds a domain's mail */
+#define MIN_TTL_S    60u
+#define MAX_TTL_S    3600u
+#define FAIL_TTL_S   60u
+#define NEGATIVE_TTL 300u /* no such domain, no MX: ask again after this */
+#define MAX_INFLIGHT 64u
+#define TICK_MS      250u
+#define MX_KEPT      4 /* most preferred MX names kept for a reload to match again */
 
 enum route_kind { ROUTE_SELF, ROUTE_QUEUE_TO, ROUTE_BY_MX };
 
@@ -81,12 +81,12 @@ struct qroute {
     uint64_t serial;
     const char *dest; /* queue-to or rollup name (interned); "" = the domain itself */
     /* ROUTE_BY_MX: the last answer */
-    int answered;                             /* an answer (or a failure) came */
-    char *mx;                                 /* its most preferred hosts, NUL-separated */
+    int answered; /* an answer (or a failure) came */
+    char *mx;     /* its most preferred hosts, NUL-separated */
     unsigned nmx;
-    uint64_t expires_ms;                      /* ask again after this */
-    int looking;                              /* a lookup in flight or waiting */
-    uint64_t hold_until_ms;                   /* the first lookup holds the mail until then */
+    uint64_t expires_ms;    /* ask again after this */
+    int looking;            /* a lookup in flight or waiting */
+    uint64_t hold_until_ms; /* the first lookup holds the mail until then */
     /* the domain's queues (one per virtual MTA) */
     uint32_t *queues;
     uint32_t nqueues;

@@ -223,6 +223,15 @@ qmgr_vmta_source_usable(struct qqueue *q)
     return usable_source(q, 0, &n, NULL, NULL) >= 0;
 }
 
+/* qmgr_vmta_source_any - see qmgr.h */
+int
+qmgr_vmta_source_any(struct qqueue *q, qmgr_source_filter filter, void *arg)
+{
+    uint32_t n;
+
+    return usable_source(q, 0, &n, filter, arg) >= 0;
+}
+
 /* qmgr_vmta_pick_source - see qmgr.h */
 int
 qmgr_vmta_pick_source(struct qqueue *q, qmgr_source_filter filter, void *arg, char **source_ip,

@@ -424,6 +424,47 @@ load_run_directory(const char *config_path)
     return run_dir;
 }
 
+static json_t *ask_quietly(const struct options *o, json_t *request);
+static void print_queue_state(json_t *q);
+
+/*
+ * print_live_state - after `show settings`: what the running pmtad says about
+ * those queues now (a domain whose mail joins a rollup: that queue's state)
+ */
+static void
+print_live_state(const struct options *o, const char *queue)
+{
+    json_t *r = ask_quietly(o, json_pack("{s:s, s:s, s:i, s:b}", "cmd", "show-queues", "queue",
+                                         queue, "maxitems", 0, "all", 1));
+    json_t *queues = r ? json_object_get(r, "queues") : NULL, *q;
+    size_t i;
+
+    if (!json_is_array(queues)) {
+        printf("\n(pmtad does not answer: no live state)\n");
+        json_decref(r);
+        return;
+    }
+    printf("\nnow:\n");
+    if (json_array_size(queues) == 0)
+        printf("  no queue %s yet (no mail for it since pmtad started)\n", queue);
+    json_array_foreach(queues, i, q)
+    {
+        const char *joins = json_string_value(json_object_get(q, "joins"));
+        json_t *jr, *jq;
+
+        print_queue_state(q);
+        if (!joins)
+            continue;
+        jr = ask_quietly(o, json_pack("{s:s, s:s, s:i, s:b}", "cmd", "show-queues", "queue", joins,
+                                      "maxitems", 0, "all", 1));
+        jq = jr ? json_array_get(json_object_get(jr, "queues"), 0) : NULL;
+        if (jq)
+            print_queue_state(jq);
+        json_decref(jr);
+    }
+    json_decref(r);
+}
+
 /*
  * run_show_settings - `pmtactl show settings DOMAIN[/VMTA]`: read from the
  * configuration file itself (what pmtad runs is that file once reloaded),
@@ -442,7 +483,10 @@ run_show_settings(const struct options *o, const char *queue)
                     nerrors == 1 ? "" : "s");
     rc = cfg_show_settings(c, queue, stdout, err, sizeof err);
     cfg_free(c);
-    return rc < 0 ? fail("show settings %s: %s", queue, err) : 0;
+    if (rc < 0)
+        return fail("show settings %s: %s", queue, err);
+    print_live_state(o, queue);
+    return 0;
 }
 
 /* --- the control socket ------------------------------------------------------ */
@@ -781,6 +825,17 @@ print_queue_domains(json_t *q)
     free(kind);
 }
 
+/* print_queue_limit - under a queue with ready mail: what holds it back now, if anything */
+static void
+print_queue_limit(json_t *q)
+{
+    char *limit = printable(get_text(q, "limit"), TABLE_WIDTH - 14);
+
+    if (*limit)
+        printf("  held back: %s\n", limit);
+    free(limit);
+}
+
 /* print_queue_row - one row of the queue table; QW is the queue column width */
 static void
 print_queue_row(json_t *q, int qw)
@@ -810,6 +865,7 @@ print_queue_row(json_t *q, int qw)
                       (size_t)(room < ERROR_COLUMN_MIN ? ERROR_COLUMN_MIN : room));
     printf("%s%s\n", *error ? " " : "", error);
     print_queue_domains(q);
+    print_queue_limit(q);
     free(name);
     free(mode);
     free(error);
@@ -846,6 +902,48 @@ print_mode_events(json_t *queues)
             free(why);
         }
     }
+}
+
+/* print_queue_state - show settings' live part: one queue's state, what holds it back, its
+ * mode events */
+static void
+print_queue_state(json_t *q)
+{
+    char *name = printable(get_text(q, "name"), SIZE_MAX);
+    char *joins = printable(get_text(q, "joins"), SIZE_MAX);
+    char rcpts[32], ready[32], deferred[32], conns[32];
+    json_t *events = json_object_get(q, "mode_events"), *ev;
+    size_t k;
+
+    if (*joins) {
+        printf("  queue %s: its mail joins %s\n", name, joins);
+        goto out;
+    }
+    printf("  queue %s: mode %s%s, %s recipient(s) (%s ready, %s deferred), %s connection(s)\n",
+           name, get_text(q, "mode"), json_is_true(json_object_get(q, "paused")) ? ", paused" : "",
+           format_count(q, "recipients", rcpts, sizeof rcpts),
+           format_count(q, "ready", ready, sizeof ready),
+           format_count(q, "deferred", deferred, sizeof deferred),
+           format_count(q, "connections", conns, sizeof conns));
+    print_queue_domains(q);
+    if (*get_text(q, "limit"))
+        print_queue_limit(q);
+    else
+        printf("  nothing holds it back\n");
+    if (json_is_array(events) && json_array_size(events) > 0) {
+        printf("  mode events:\n");
+        json_array_foreach(events, k, ev)
+        {
+            char *why = printable(get_text(ev, "why"), TABLE_WIDTH);
+
+            printf("    %s  %s -> %s  %s\n", get_text(ev, "time"), get_text(ev, "from"),
+                   get_text(ev, "to"), why);
+            free(why);
+        }
+    }
+out:
+    free(name);
+    free(joins);
 }
 
 int
@@ -1290,6 +1388,27 @@ control_socket_path(const struct options *o)
     path = xasprintf("%s/%s", run_dir, CONTROL_SOCKET_NAME);
     free(run_dir);
     return path;
+}
+
+/* ask_quietly - REQUEST (consumed) to a running pmtad; its response, or NULL when pmtad
+ * does not run (nothing said) or failed (reported) */
+static json_t *
+ask_quietly(const struct options *o, json_t *request)
+{
+    char *path = control_socket_path(o), *text = NULL;
+    json_t *response = NULL;
+    size_t len = 0;
+
+    if (path && access(path, F_OK) == 0 && (text = exchange(path, request, &len)) != NULL)
+        response = decode_response(text, len);
+    if (response && !json_is_true(json_object_get(response, "ok"))) {
+        json_decref(response);
+        response = NULL;
+    }
+    free(text);
+    free(path);
+    json_decref(request);
+    return response;
 }
 
 /* no_match - "no queue matches PATTERN" (or "nothing matches" for filters); EXIT_NO_MATCH */
