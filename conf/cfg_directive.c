@@ -70,6 +70,7 @@ static const struct {
     { CFG_D_LOG_ROTATE, 0, 1000 },
     { CFG_D_MAX_MESSAGE_HOPS, 1, 1000 },
     { CFG_D_SENDER_MAX_CONN, 1, 100000 },
+    { CFG_D_CONNECTION_FAILURES_BEFORE_DELAY, 1, 100000 },
 };
 
 static const char *const kind_names[CFG_S_COUNT] = {

@@ -20,6 +20,7 @@
  *                   or a queue-to target's (qmgr's MX lookups)
  *   qmgr_gate.c     what a queue passes before a connection opens or a
  *                   transaction goes, and in words what holds it back
+ *   qmgr_adaptive.c adaptive concurrency and dead destinations
  *   qmgr_backoff.c  backoff mode and the smtp-pattern-list reply actions
  *   qmgr_ctl.c      the control socket pmtactl talks to (JSON lines)
  *   qmgr_http.c     the HTTP monitor (status and queues as JSON, /metrics)
@@ -132,16 +133,24 @@ struct qqueue {
     uint32_t nconn;
     uint32_t nrate_pending; /* connections opening for a rate-limited transaction */
     /* shaping: limiters configured by qmgr_queue_limits() */
-    struct qlim lim_msg;       /* max-msg-rate (backoff-max-msg-rate), recipients */
-    struct qlim lim_connect;   /* max-connect-rate (backoff-), new connections */
-    struct qlim lim_conns;     /* max-smtp-out (backoff-), connections */
-    struct qlim lim_volume;    /* max-data-volume-rate (backoff-), message bytes */
-    uint64_t lim_serial;       /* S.cfg_serial the limiters were set for */
-    int lim_mode;              /* and the mode */
-    uint32_t fail_count;       /* consecutive connection failures (retry mode) */
-    uint64_t retry_until_ms;   /* no new connection before this (monotonic ms) */
-    int mode;                  /* enum qqueue_mode (qmgr_backoff.c) */
-    uint64_t backoff_until_ms; /* back to normal at this monotonic ms; 0 = not by time */
+    struct qlim lim_msg;     /* max-msg-rate (backoff-max-msg-rate), recipients */
+    struct qlim lim_connect; /* max-connect-rate (backoff-), new connections */
+    struct qlim lim_conns;   /* max-smtp-out (backoff-), connections */
+    struct qlim lim_volume;  /* max-data-volume-rate (backoff-), message bytes */
+    uint64_t lim_serial;     /* S.cfg_serial the limiters were set for (0: set them again) */
+    int lim_mode;            /* and the mode */
+    /* adaptive concurrency (qmgr_adaptive.c) */
+    int adapt_on;               /* adaptive-concurrency yes */
+    double adapt_window;        /* connections allowed now */
+    uint32_t adapt_max;         /* max-smtp-out (or its backoff twin) */
+    uint32_t adapt_ceiling;     /* the level last refused; 0: none */
+    uint64_t adapt_probe_at_ms; /* not above ceiling - 1 before this */
+    uint32_t adapt_probe_ms;    /* the wait before the next probe */
+    uint32_t adapt_fails;       /* connection failures in a row with none up */
+    uint32_t fail_count;        /* consecutive connection failures (retry mode) */
+    uint64_t retry_until_ms;    /* no new connection before this (monotonic ms) */
+    int mode;                   /* enum qqueue_mode (qmgr_backoff.c) */
+    uint64_t backoff_until_ms;  /* back to normal at this monotonic ms; 0 = not by time */
     uint32_t mode_changes;
     int32_t plist;                 /* index of its smtp-pattern-list, -1 none (qmgr_backoff.c) */
     uint64_t plist_gen;            /* pattern generation plist was looked up for */
@@ -420,6 +429,23 @@ int qmgr_gate_source(struct qqueue *q, char **ip, char **helo);
 /* qmgr_gate_why - what holds Q back at this moment, in words, into BUF ("" when nothing) */
 const char *qmgr_gate_why(struct qqueue *q, char *buf, size_t size);
 
+/* --- adaptive concurrency (qmgr_adaptive.c) ----------------------------------------- */
+/* qmgr_adaptive_limit - Q's connections allowed of MAX (max-smtp-out), with its reason in BASIS
+ * when adaptive concurrency is on (q->adapt_on), else MAX */
+int64_t qmgr_adaptive_limit(struct qqueue *q, int64_t max, char *basis, size_t size);
+/* qmgr_adaptive_delivered - a delivery on Q (the window may grow) */
+void qmgr_adaptive_delivered(struct qqueue *q);
+/* qmgr_adaptive_conn_up - a connection of Q came up */
+void qmgr_adaptive_conn_up(struct qqueue *q);
+enum qadapt {
+    QADAPT_OFF,     /* not adaptive: the usual retry mode */
+    QADAPT_REQUEUE, /* refused while others are up: recipients back to the front */
+    QADAPT_PAUSE,   /* none up: a short pause (set), recipients back to the front */
+    QADAPT_DEAD     /* connection-failures-before-delay reached: the usual retry mode */
+};
+/* qmgr_adaptive_conn_failed - a connection of Q failed before it was up: what to do */
+enum qadapt qmgr_adaptive_conn_failed(struct qqueue *q);
+
 /* --- connections (qmgr_conn.c) ----------------------------------------------------- */
 void qmgr_conn_listen(void);
 void qmgr_conn_stop_listening(void);
@@ -488,6 +514,9 @@ void qmgr_outcome_queue_failure(struct qqueue *q, const struct qresult *res);
  * discard-as-bounce), a batch per call; more remain when Q->nready > 0
  */
 void qmgr_outcome_discard(struct qqueue *q);
+/* qmgr_outcome_queue_refused - a connection of Q refused while it has others up (adaptive
+ * concurrency): tq record and last error only */
+void qmgr_outcome_queue_refused(struct qqueue *q, const struct qresult *res);
 /* qmgr_outcome_config - (re)open accounting and bounce patterns for S.cfg */
 void qmgr_outcome_config(void);
 /* qmgr_outcome_rotate_acct - pmtactl rotate acct: every accounting file now; 0, -ENOENT (none)

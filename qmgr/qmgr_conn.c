@@ -50,6 +50,7 @@
 #define UNREADABLE_RETRY_S      30u   /* a message the store could not read now, tried again */
 
 static void conn_failed_early(struct qconn *c, struct qresult *res);
+static void return_in_flight(struct qconn *c);
 
 static struct worker_listener *listener;
 static uint32_t conn_cursor;
@@ -651,6 +652,7 @@ on_conn_up(struct qconn *c, struct ipc_msg *m)
     c->up = 1;
     /* The queue reaches its destination again: retry mode ends. */
     qmgr_queue_end_retry(c->q, 0);
+    qmgr_adaptive_conn_up(c->q);
     return 0;
 }
 
@@ -744,6 +746,16 @@ conn_failed_early(struct qconn *c, struct qresult *res)
 
     if (res->result == MP_RESULT_PERMFAIL && !bounce)
         res->result = MP_RESULT_TEMPFAIL;
+    if (!bounce) {
+        enum qadapt a = qmgr_adaptive_conn_failed(q);
+
+        if (a == QADAPT_REQUEUE || a == QADAPT_PAUSE) {
+            /* adaptive concurrency: refused while others are up, or a short pause */
+            qmgr_outcome_queue_refused(q, res);
+            return_in_flight(c);
+            return;
+        }
+    }
     qmgr_outcome_queue_failure(q, res);
     settle_rest(c, res);
     if (!bounce)

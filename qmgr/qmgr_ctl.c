@@ -148,6 +148,8 @@ qmgr_ctl_queue_json(struct qqueue *q)
     }
     if (q->dest)
         json_object_set_new(j, "joins", json_string(q->dest->name));
+    if (q->adapt_on) /* adaptive concurrency: the connections it allows now */
+        json_object_set_new(j, "concurrency_window", json_integer((json_int_t)q->adapt_window));
     /* what holds it back at this moment (qmgr_gate.c), "" when nothing */
     json_object_set_new(j, "limit", json_string(qmgr_gate_why(q, why, sizeof why)));
     return j;

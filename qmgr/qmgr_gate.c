@@ -274,8 +274,9 @@ describe(const struct qqueue *q, const struct gate *g, uint64_t now_ms, char *bu
         qlim_reason(g->lim, buf, size);
         break;
     case BLOCK_RETRY:
-        snprintf(buf, size, "retry mode: no new connection for %" PRIu64 " s (after %u failed "
-                            "connection%s)",
+        snprintf(buf, size,
+                 "retry mode: no new connection for %" PRIu64 " s (after %u failed "
+                 "connection%s)",
                  (q->retry_until_ms - now_ms + 999) / 1000, q->fail_count,
                  q->fail_count == 1 ? "" : "s");
         break;

@@ -228,13 +228,19 @@ void
 qmgr_queue_limits_refresh(struct qqueue *q)
 {
     const struct cfg_value *out = qmgr_queue_setting(q, CFG_D_MAX_SMTP_OUT);
+    char basis[QLIM_BASIS_MAX];
+    int64_t n;
 
     qmgr_limit_set_value(&q->lim_msg, qmgr_queue_setting(q, CFG_D_MAX_MSG_RATE), NULL);
     qmgr_limit_set_value(&q->lim_connect, qmgr_queue_setting(q, CFG_D_MAX_CONNECT_RATE), NULL);
     qmgr_limit_set_value(&q->lim_volume, qmgr_queue_setting(q, CFG_D_MAX_DATA_VOLUME_RATE), NULL);
-    if (out && out->num > 0)
-        qmgr_limit_set_value(&q->lim_conns, out, NULL);
-    else
+    if (out && out->num > 0) {
+        n = qmgr_adaptive_limit(q, out->num, basis, sizeof basis);
+        if (q->adapt_on)
+            qlim_set(&q->lim_conns, n, 0, basis);
+        else
+            qmgr_limit_set_value(&q->lim_conns, out, NULL);
+    } else
         qlim_set(&q->lim_conns, out ? 1 : 20, 0, out ? "max-smtp-out 0 (one)" : "max-smtp-out 20");
     q->lim_serial = S.cfg_serial;
     q->lim_mode = q->mode;
