@@ -54,6 +54,7 @@ enum cfg_type {
                           parser) */
     CFG_T_ENUM,        /* one word out of the directive's list -> num index, str text */
     CFG_T_VOLUME_RATE, /* unlimited | N[bkmgt]/[M]unit -> num bytes, num2 period seconds */
+    CFG_T_PERCENT,     /* N[.NNNN]% -> num parts per million (0..1000000) */
     /* structured values: the rest of the line, decoded once into a typed record */
     CFG_T_REPLY,          /* /RE/ ACTION[,ACTION...] -> struct cfg_reply */
     CFG_T_PATTERN,        /* [HEADER] /RE/ RESULT -> struct cfg_pattern_entry */
@@ -61,6 +62,8 @@ enum cfg_type {
     CFG_T_DOMAIN_KEY,     /* SELECTOR,DOMAIN,KEYFILE -> struct cfg_domain_key */
     CFG_T_SOURCE_LIMIT,   /* CIDR LIMIT (source-ip-max-*) -> struct cfg_source_limit */
     CFG_T_MX_ROLLUP,      /* MXNAME ROLLUP [rollup-by-ip] -> struct cfg_mx_rollup */
+    CFG_T_DAY_CAP,        /* DAY COUNT (a warm-up plan's step) -> num DAY, num2 COUNT */
+    CFG_T_DOUBLING,       /* INTERVAL until COUNT -> num seconds, num2 COUNT */
     CFG_T_COUNT
 };
 
@@ -88,6 +91,7 @@ enum cfg_scope_kind {
     CFG_S_ADDRESS_LIST,     /* <address-list NAME>, or unnamed inside a processor */
     CFG_S_BOUNCE_PROCESSOR, /* <bounce-processor> */
     CFG_S_FBL_PROCESSOR,    /* <feedback-loop-processor> */
+    CFG_S_WARMUP_PLAN,
     CFG_S_COUNT
 };
 #define CFG_IN(kind)   (1u << (kind))
@@ -437,6 +441,8 @@ int cfg_parse_rate(const char *s, int64_t *count, int64_t *period);
 /* cfg_parse_volume_rate - unlimited | 0 | N[bkmgt]/[M]unit (bytes per period); 0 or -EINVAL/-ERANGE
  */
 int cfg_parse_volume_rate(const char *s, int64_t *bytes, int64_t *period);
+/* cfg_parse_percent - N[.NNNN]% (0..100) in parts per million; 0 or -EINVAL */
+int cfg_parse_percent(const char *s, int64_t *ppm);
 /*
  * smtp-hosts / route values (cfg_route.c): levels tried in order, each a set
  * of entries of equal preference. Parsed at load (errors are file:line) and

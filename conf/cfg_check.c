@@ -682,6 +682,13 @@ cfg__check_value(struct cfg_builder *b, enum cfg_directive d, char *arg, const c
             return 0;
         error(b, "file-destination must be an absolute path");
         return -1;
+    case CFG_D_WARMUP_PLAN:
+        cfg__add_xref(b, CFG_IN(CFG_S_WARMUP_PLAN), text, "warmup-plan");
+        return 0;
+    case CFG_D_COLD_VIRTUAL_MTA:
+    case CFG_D_WARMUP_OVERFLOW_VIRTUAL_MTA:
+        cfg__add_xref(b, CFG_IN(CFG_S_VMTA), text, cfg_directive_info(d)->name);
+        return 0;
     default:
         return 0;
     }

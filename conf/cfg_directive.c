@@ -93,6 +93,7 @@ static const char *const kind_names[CFG_S_COUNT] = {
     [CFG_S_ADDRESS_LIST] = "address-list",
     [CFG_S_BOUNCE_PROCESSOR] = "bounce-processor",
     [CFG_S_FBL_PROCESSOR] = "feedback-loop-processor",
+    [CFG_S_WARMUP_PLAN] = "warmup-plan",
 };
 
 /* cfg_directive_info - static description of directive D */
@@ -222,6 +223,7 @@ cfg__scope_kind_name(enum cfg_scope_kind kind)
         "<address-list>",
         "<bounce-processor>",
         "<feedback-loop-processor>",
+        "<warmup-plan>",
     };
     return (unsigned)kind < CFG_S_COUNT ? tags[kind] : "?";
 }

@@ -273,6 +273,32 @@ cfg_parse_volume_rate(const char *s, int64_t *bytes, int64_t *period)
     return parse_period(slash + 1, period);
 }
 
+/* cfg_parse_percent - N[.NNNN]% with N.NNNN in 0..100, as parts per million */
+int
+cfg_parse_percent(const char *s, int64_t *ppm)
+{
+    int64_t whole, frac = 0, scale = 10000;
+    int err;
+
+    if ((err = read_uint(&s, &whole)) != 0)
+        return err;
+    if (*s == '.') {
+        s++;
+        if (!isdigit((unsigned char)*s))
+            return -EINVAL;
+        for (; isdigit((unsigned char)*s); s++) {
+            if (scale == 1)
+                return -EINVAL; /* more than 4 decimals */
+            scale /= 10;
+            frac += (*s - '0') * scale;
+        }
+    }
+    if (*s++ != '%' || *s != 0 || whole > 100 || (whole == 100 && frac > 0))
+        return -EINVAL;
+    *ppm = whole * 10000 + frac;
+    return 0;
+}
+
 /* parse_short_ipv4 - 1 to 4 dotted octets ("0", "10.1"); missing ones are zero */
 static int
 parse_short_ipv4(const char *s, uint8_t addr[4])
@@ -485,6 +511,25 @@ cfg_format_value(const struct cfg *c, const struct cfg_value *v, char *out, size
     case CFG_T_VOLUME_RATE:
         format_volume_rate(v->num, v->num2, out, outsize);
         break;
+    case CFG_T_PERCENT: {
+        char frac[8];
+        int n = snprintf(frac, sizeof frac, "%04lld", (long long)(v->num % 10000));
+
+        while (n > 0 && frac[n - 1] == '0')
+            frac[--n] = 0;
+        snprintf(out, outsize, "%lld%s%s%%", (long long)(v->num / 10000), n ? "." : "", frac);
+        break;
+    }
+    case CFG_T_DAY_CAP:
+        snprintf(out, outsize, "%lld %lld", (long long)v->num, (long long)v->num2);
+        break;
+    case CFG_T_DOUBLING: {
+        char every[48];
+
+        snprintf(out, outsize, "%s until %lld", format_interval(v->num, every, sizeof every),
+                 (long long)v->num2);
+        break;
+    }
     case CFG_T_ENUM:
         cfg__enum_word((enum cfg_directive)v->directive, v->num, out, outsize);
         break;

@@ -36,6 +36,7 @@
 
 #include "msg.h"
 #include "qmgr.h"
+#include "qmgr_warmup.h"
 #include "worker.h"
 #include "xalloc.h"
 
@@ -182,6 +183,7 @@ on_group_closed(void *arg)
     qmgr_vmta_free();
     qmgr_source_free();
     qmgr_rollup_free();
+    qmgr_warmup_free();
     qmgr_heap_free();
     free(S.conn_by_id);
     S.conn_by_id = NULL;
@@ -201,6 +203,7 @@ on_drain_timer(uv_timer_t *t)
         drain_stage = 3;
         uv_close((uv_handle_t *)t, NULL);
         qmgr_sched_stop();
+        qmgr_warmup_stop(); /* its last saves go into the group before it closes */
         qmgr_outcome_close();
         qstore_group_close(S.group, on_group_closed, NULL);
     }
@@ -245,6 +248,7 @@ main(int argc, char **argv)
     open_queue();
     qmgr_outcome_config();
     qmgr_rollup_start();
+    qmgr_warmup_start();
     qmgr_sched_start();
     if ((err = qmgr_sched_rebuild()) < 0)
         msg_fatal("cannot rebuild the schedule: %s", qstore_strerror(err));

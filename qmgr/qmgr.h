@@ -93,9 +93,9 @@ struct qmsg {
 
 enum qqueue_mode { QMODE_NORMAL = 0, QMODE_BACKOFF = 1 };
 
-/* The source-ip-max-* limiters of one queue for one source address (qmgr_source.c);
-   NULL: no such limit. */
-enum { QSRC_MSGS, QSRC_CONNECT, QSRC_CONNS, QSRC_VOLUME, QSRC_LIMITS };
+/* The source-ip-max-* limiters of one queue for one source address (qmgr_source.c), and its
+   warm-up cap there (qmgr_warmup.c); NULL: no such limit. */
+enum { QSRC_MSGS, QSRC_CONNECT, QSRC_CONNS, QSRC_VOLUME, QSRC_WARMUP, QSRC_LIMITS };
 struct qsource_limits {
     char ip[48];
     struct qlim *lim[QSRC_LIMITS];
@@ -217,6 +217,7 @@ struct qconn {
     struct qlim *leases[QCONN_LEASES]; /* released when the connection is freed */
     unsigned nleases;
     struct qlim *src_msgs, *src_volume; /* its source address's rates (NULL: none) */
+    struct qlim *src_warm;              /* its source address's warm-up cap (NULL: none) */
     unsigned ntxn;                      /* transactions sent */
     /* pinned at open (a reload does not change a running connection) */
     unsigned max_msg; /* 0 = no limit */
@@ -406,15 +407,14 @@ uint32_t qmgr_take_txn(struct qqueue *q, uint32_t max, uint32_t *out);
 /* --- the gate: limits before a connection or a transaction (qmgr_gate.c) ------------ */
 /* The rates a transaction passes: recipients (queue, virtual MTA, source address) and bytes
    (queue, source address: QLIM_DEBT). NULL entries: no such limit. */
-#define QTXN_RATES   3
+#define QTXN_RATES   4
 #define QTXN_VOLUMES 2
 struct qtxn_limits {
     struct qlim *msgs[QTXN_RATES];
     struct qlim *volumes[QTXN_VOLUMES];
 };
-/* qmgr_gate_txn_limits - the rates a transaction of Q on a connection from SRC_* passes */
-void qmgr_gate_txn_limits(struct qqueue *q, struct qlim *src_msgs, struct qlim *src_volume,
-                          struct qtxn_limits *t);
+/* qmgr_gate_txn_limits - the rates a transaction of Q on connection C (NULL: a new one) passes */
+void qmgr_gate_txn_limits(struct qqueue *q, const struct qconn *c, struct qtxn_limits *t);
 /* qmgr_gate_txn_room - recipients a transaction of Q on C (NULL: a new one) may carry now;
  * at 0 Q's wake timer is armed when time will give room */
 uint32_t qmgr_gate_txn_room(struct qqueue *q, struct qconn *c);
@@ -483,6 +483,8 @@ int qmgr_vmta_source_usable(struct qqueue *q);
 typedef int (*qmgr_source_filter)(struct qqueue *q, const char *ip, void *arg);
 int qmgr_vmta_pick_source(struct qqueue *q, qmgr_source_filter filter, void *arg, char **source_ip,
                           char **helo);
+/* qmgr_vmta_has_source - is IP one of virtual MTA VMTA's smtp-source-host addresses? */
+int qmgr_vmta_has_source(const char *vmta, const char *ip);
 /* qmgr_vmta_source_any - would qmgr_vmta_pick_source find an address? (picks nothing) */
 int qmgr_vmta_source_any(struct qqueue *q, qmgr_source_filter filter, void *arg);
 /* qmgr_vmta_sources - the IPs of VMTA's own smtp-source-host lines into IPS (at most MAX); their
@@ -514,6 +516,8 @@ void qmgr_outcome_queue_failure(struct qqueue *q, const struct qresult *res);
  * discard-as-bounce), a batch per call; more remain when Q->nready > 0
  */
 void qmgr_outcome_discard(struct qqueue *q);
+/* qmgr_outcome_complaint - is permanent failure RES complaint-like (spam- or policy-related)? */
+int qmgr_outcome_complaint(const struct qresult *res);
 /* qmgr_outcome_queue_refused - a connection of Q refused while it has others up (adaptive
  * concurrency): tq record and last error only */
 void qmgr_outcome_queue_refused(struct qqueue *q, const struct qresult *res);

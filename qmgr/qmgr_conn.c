@@ -42,6 +42,7 @@
 #include "mailproto.h"
 #include "msg.h"
 #include "qmgr.h"
+#include "qmgr_warmup.h"
 #include "worker.h"
 #include "xalloc.h"
 
@@ -544,6 +545,7 @@ qmgr_conn_open(struct qqueue *q)
     if ((src = qmgr_source_limits(q, ip)) != NULL) {
         c->src_msgs = src->lim[QSRC_MSGS];
         c->src_volume = src->lim[QSRC_VOLUME];
+        c->src_warm = src->lim[QSRC_WARMUP];
     }
     pin_settings(c);
     if (!lease_all(c, src) || (room = qmgr_gate_txn_room(q, c)) == 0) {
@@ -612,6 +614,9 @@ settle(struct qconn *c, uint32_t i, const struct qresult *res)
     c->txn[i] = QNIL;
     c->txn_left--;
     c->q->ninflight--;
+    if (c->src_warm) /* the warm-up plan learns how the destination took it */
+        qmgr_warmup_outcome(c->src_warm, res->result == MP_RESULT_TEMPFAIL,
+                            res->result == MP_RESULT_PERMFAIL && qmgr_outcome_complaint(res));
     qmgr_outcome(r, c->txn_msg, c->q, res);
 }
 

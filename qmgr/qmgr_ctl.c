@@ -20,6 +20,9 @@
  *                                                           "inflight":N}
  *     list, show-jobs and delete's recipient filters: qmgr_ctl_rcpt.c;
  *     reset-counters, disable-/enable-source, rotate-acct: qmgr_ctl_ops.c
+ *     {"cmd":"warmup-clock","advance":"1d"}             -> {"ok":true,"day":N}
+ *     (show-vmtas: a virtual MTA with a warm-up plan also has "warmup":[{plan, source,
+ *      destination, step, day, cap, sent, deferrals, complaints}])
  * and {"ok":false,"error":"..."} for anything it cannot do. PATTERN is
  * domain[/vmta] with shell wildcards; without "/vmta" every virtual MTA of
  * the domain matches. doc/pmtactl.8 is the user-facing description.
@@ -49,6 +52,7 @@
 #include "qmgr.h"
 #include "qmgr_backoff.h"
 #include "qmgr_ctl.h"
+#include "qmgr_warmup.h"
 #include "worker.h"
 #include "xalloc.h"
 
@@ -309,6 +313,7 @@ group_json(struct qqueue **qs, uint32_t n)
 {
     uint64_t rcpts = 0, conns = 0, backoff = 0, paused = 0;
     const char *last_error = "";
+    json_t *j, *warm = NULL;
 
     for (uint32_t i = 0; i < n; i++) {
         rcpts += qs[i]->nready + qs[i]->ndeferred + qs[i]->ninflight;
@@ -318,10 +323,15 @@ group_json(struct qqueue **qs, uint32_t n)
         if (qs[i]->last_error && *qs[i]->last_error)
             last_error = qs[i]->last_error;
     }
-    return json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:s}", "name", group_key(qs[0]), "queues",
-                     (json_int_t)n, "recipients", (json_int_t)rcpts, "connections",
-                     (json_int_t)conns, "backoff", (json_int_t)backoff, "paused",
-                     (json_int_t)paused, "last_error", last_error);
+    j = json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:s}", "name", group_key(qs[0]), "queues",
+                  (json_int_t)n, "recipients", (json_int_t)rcpts, "connections", (json_int_t)conns,
+                  "backoff", (json_int_t)backoff, "paused", (json_int_t)paused, "last_error",
+                  last_error);
+    if (by_vmta_key && json_array_size(warm = qmgr_warmup_json(qs[0]->vmta)) > 0)
+        json_object_set_new(j, "warmup", warm); /* each source address's step, cap and count */
+    else if (by_vmta_key)
+        json_decref(warm);
+    return j;
 }
 
 /* cmd_show_groups - show-domains (BY_VMTA 0) or show-vmtas: most recipients first */
@@ -484,6 +494,20 @@ cmd_schedule(json_t *req)
                      (json_int_t)nr);
 }
 
+/* cmd_warmup_clock - {"advance":"1d"}: the warm-up clock moves ahead (tests skip days) */
+static json_t *
+cmd_warmup_clock(json_t *req)
+{
+    const char *text = json_string_value(json_object_get(req, "advance"));
+    int64_t s;
+
+    if (text && *text == '+')
+        text++;
+    if (!text || cfg_parse_interval(text, &s) != 0 || s <= 0)
+        return error_reply("warmup-clock needs \"advance\": an interval such as 1d or 3600s");
+    return json_pack("{s:b, s:I}", "ok", 1, "day", (json_int_t)qmgr_warmup_advance(s));
+}
+
 /* qmgr_ctl_dispatch - see qmgr_ctl.h */
 json_t *
 qmgr_ctl_dispatch(json_t *req)
@@ -507,12 +531,15 @@ qmgr_ctl_dispatch(json_t *req)
         return cmd_schedule(req);
     if (strcmp(cmd, "delete") == 0)
         return qmgr_ctl_delete(req);
+    if (strcmp(cmd, "warmup-clock") == 0)
+        return cmd_warmup_clock(req);
     if ((reply = qmgr_ctl_rcpt_dispatch(cmd, req)) != NULL ||
         (reply = qmgr_ctl_ops_dispatch(cmd, req)) != NULL)
         return reply;
     return error_reply("unknown command (status, show-queues, show-domains, show-vmtas, "
                        "set-queue-mode, pause-queue, resume-queue, schedule, delete, list, "
-                       "show-jobs, reset-counters, disable-source, enable-source, rotate-acct)");
+                       "show-jobs, reset-counters, disable-source, enable-source, rotate-acct, "
+                       "warmup-clock)");
 }
 
 /* --- clients ----------------------------------------------------------------------------- */

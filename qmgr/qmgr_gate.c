@@ -30,6 +30,7 @@
 
 #include "qmgr.h"
 #include "qmgr_backoff.h"
+#include "qmgr_warmup.h"
 
 /* --- transactions ------------------------------------------------------------------------ */
 
@@ -45,15 +46,15 @@ wake_for(struct qqueue *q, struct qlim *l, uint64_t now_ns)
 
 /* qmgr_gate_txn_limits - see qmgr.h */
 void
-qmgr_gate_txn_limits(struct qqueue *q, struct qlim *src_msgs, struct qlim *src_volume,
-                     struct qtxn_limits *t)
+qmgr_gate_txn_limits(struct qqueue *q, const struct qconn *c, struct qtxn_limits *t)
 {
     qmgr_queue_limits(q);
     t->msgs[0] = &q->lim_msg;
     t->msgs[1] = qmgr_vmta_msg_limit(q);
-    t->msgs[2] = src_msgs;
+    t->msgs[2] = c ? c->src_msgs : NULL;
+    t->msgs[3] = c ? c->src_warm : NULL;
     t->volumes[0] = &q->lim_volume;
-    t->volumes[1] = src_volume;
+    t->volumes[1] = c ? c->src_volume : NULL;
 }
 
 /* txn_room - recipients T's rates allow now; at 0 the binding limiter to *BINDING */
@@ -76,7 +77,7 @@ qmgr_gate_txn_room(struct qqueue *q, struct qconn *c)
     uint64_t now = qmgr_now_ns();
     uint32_t room;
 
-    qmgr_gate_txn_limits(q, c ? c->src_msgs : NULL, c ? c->src_volume : NULL, &t);
+    qmgr_gate_txn_limits(q, c, &t);
     if ((room = txn_room(&t, now, &binding)) == 0)
         wake_for(q, binding, now);
     return room;
@@ -89,7 +90,7 @@ qmgr_gate_txn_take(struct qconn *c)
     struct qtxn_limits t;
     uint64_t now = qmgr_now_ns();
 
-    qmgr_gate_txn_limits(c->q, c->src_msgs, c->src_volume, &t);
+    qmgr_gate_txn_limits(c->q, c, &t);
     qlim_take_all(t.msgs, QTXN_RATES, c->txn_n, now);
     if (c->txn_msg)
         qlim_take_all(t.volumes, QTXN_VOLUMES, c->txn_msg->env.size, now);
@@ -101,7 +102,7 @@ qmgr_gate_txn_sent(struct qconn *c, uint64_t sent_ns)
 {
     struct qtxn_limits t;
 
-    qmgr_gate_txn_limits(c->q, c->src_msgs, c->src_volume, &t);
+    qmgr_gate_txn_limits(c->q, c, &t);
     qlim_sent_all(t.msgs, QTXN_RATES, c->txn_n, sent_ns);
 }
 
@@ -215,6 +216,8 @@ qmgr_gate_open(struct qqueue *q)
             qmgr_conn_reclaim_idle(q, g.lim);
         else if (g.lim->kind == QLIM_RATE)
             wake_for(q, g.lim, now_ns);
+        else if (g.lim->scope == QLIM_WARMUP)
+            qmgr_warmup_overflow(q, g.lim); /* overflow-virtual-mta, if the plan has one */
         return 0;
     case BLOCK_RETRY:
         qmgr_queue_wake_at(q, q->retry_until_ms);
@@ -249,14 +252,31 @@ qmgr_gate_source(struct qqueue *q, char **ip, char **helo)
 
 /* --- in words ---------------------------------------------------------------------------- */
 
-/* has_idle - has Q a connection waiting for its next transaction? */
+/*
+ * idle_binding - Q's connections waiting for their next transaction: 0 when
+ * there is none, 1 when one may take a transaction now, -1 when none may
+ * (the first one's binding limit in *BINDING: a rate, its address's cap)
+ */
 static int
-has_idle(const struct qqueue *q)
+idle_binding(struct qqueue *q, uint64_t now_ns, struct qlim **binding)
 {
-    for (const struct qconn *c = q->conns; c; c = c->qnext)
-        if (c->state == QC_IDLE)
+    int idle = 0;
+
+    *binding = NULL;
+    for (const struct qconn *c = q->conns; c; c = c->qnext) {
+        struct qtxn_limits t;
+        struct qlim *b;
+
+        if (c->state != QC_IDLE)
+            continue;
+        idle = -1;
+        qmgr_gate_txn_limits(q, c, &t);
+        if (txn_room(&t, now_ns, &b) > 0)
             return 1;
-    return 0;
+        if (*binding == NULL)
+            *binding = b;
+    }
+    return idle;
 }
 
 /* describe - GATE in words into BUF */
@@ -295,8 +315,9 @@ describe(const struct qqueue *q, const struct gate *g, uint64_t now_ms, char *bu
  * the order follows the scheduler's: a queue with nothing ready is not held
  * back; holds of its own (MX lookup,
  * defer-queue) first; then an idle connection waits only for the recipient
- * rates; without one the queue needs a new connection, and what refuses it
- * holds the queue back, else the rates do.
+ * rates (and its source address's limits); without one the queue needs a
+ * new connection, and what refuses it holds the queue back, else the rates
+ * do.
  */
 const char *
 qmgr_gate_why(struct qqueue *q, char *buf, size_t size)
@@ -305,7 +326,7 @@ qmgr_gate_why(struct qqueue *q, char *buf, size_t size)
     struct qtxn_limits t;
     struct qlim *binding = NULL;
     struct gate g;
-    int idle = has_idle(q);
+    int idle;
 
     buf[0] = 0;
     if (q->paused && q->nready + q->ndeferred > 0)
@@ -318,14 +339,15 @@ qmgr_gate_why(struct qqueue *q, char *buf, size_t size)
         return snprintf(buf, size, "defer-queue: no new transaction for %" PRIu64 " s",
                         (q->retry_until_ms - now_ms + 999) / 1000),
                buf;
-    qmgr_gate_txn_limits(q, NULL, NULL, &t);
-    txn_room(&t, now_ns, &binding);
+    if ((idle = idle_binding(q, now_ns, &binding)) != 0)
+        return idle > 0 || binding == NULL ? buf : qlim_reason(binding, buf, size);
     open_gate(q, now_ms, now_ns, &g);
-    if (binding && (idle || g.why == BLOCK_NONE))
-        return qlim_reason(binding, buf, size);
-    if (!idle && g.why != BLOCK_NONE)
+    if (g.why != BLOCK_NONE)
         return describe(q, &g, now_ms, buf, size);
-    if (!idle && g.why == BLOCK_NONE && qmgr_conn_least_loaded() == NULL)
+    qmgr_gate_txn_limits(q, NULL, &t);
+    if (txn_room(&t, now_ns, &binding) == 0 && binding)
+        return qlim_reason(binding, buf, size);
+    if (qmgr_conn_least_loaded() == NULL)
         return snprintf(buf, size, "no smtp-out process can take a connection"), buf;
     return buf;
 }

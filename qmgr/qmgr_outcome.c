@@ -670,3 +670,15 @@ qmgr_outcome_queue_refused(struct qqueue *q, const struct qresult *res)
     qmgr_traffic_error(qmgr_wall(), "connection", q->name, res->text);
     qmgr_records_queue_failure(q, res);
 }
+
+/*
+ * qmgr_outcome_complaint - is RES (a permanent failure) complaint-like: its
+ * bounce category spam-related or policy-related? (warm-up plans count them)
+ */
+int
+qmgr_outcome_complaint(const struct qresult *res)
+{
+    const char *cat = qmgr_bouncecat_classify_reply(bouncecat, res->enhanced, res->text);
+
+    return cat && (strcmp(cat, "spam-related") == 0 || strcmp(cat, "policy-related") == 0);
+}

@@ -31,6 +31,7 @@
 #include "msg.h"
 #include "qmgr.h"
 #include "qmgr_traffic.h"
+#include "qmgr_warmup.h"
 #include "worker.h"
 #include "xalloc.h"
 
@@ -68,6 +69,7 @@ add_sched(const struct qstore_sched *s, void *arg)
     if (!q || strncmp(q->name, s->queue, s->queue_len) != 0 || q->name[s->queue_len] != '\0')
         q = c->last_queue = qmgr_queue_get(s->queue, s->queue_len);
     q = qmgr_rollup_dest(q); /* its destination: its own, a rollup's, a queue-to target's */
+    q = qmgr_warmup_cold(q); /* or its cold virtual MTA's (max-cold-virtual-mta-msg) */
     r = qmgr_rcpt_new(c->last_msg, s->index, q,
                       s->attempts > 65535 ? 65535 : (uint16_t)s->attempts);
     due = s->next_attempt ? qmgr_tick_from_wall(s->next_attempt) : 0;

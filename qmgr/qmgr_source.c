@@ -22,6 +22,10 @@
  * generation, the limiters of each source address it used, so a message
  * costs no lookup; a connection copies the pointers it needs at open.
  *
+ * The same cache carries the address's warm-up cap for the queue's
+ * destination (qmgr_warmup.c), so that a capped address is passed over
+ * like one at its connection limit.
+ *
  * Owns: the limiter table; each queue's cache (q->srcl).
  * SECURITY: none (addresses and numbers from the configuration).
  */
@@ -33,6 +37,7 @@
 #include <string.h>
 
 #include "qmgr.h"
+#include "qmgr_warmup.h"
 #include "xalloc.h"
 
 #define KEY_MAX 1024
@@ -46,7 +51,7 @@ struct srclim {
 static struct srclim **table;
 static uint32_t table_cap, table_n;
 
-static const enum cfg_directive directives[QSRC_LIMITS] = {
+static const enum cfg_directive directives[QSRC_WARMUP] = {
     CFG_D_SOURCE_IP_MAX_MSG_RATE,
     CFG_D_SOURCE_IP_MAX_CONNECT_RATE,
     CFG_D_SOURCE_IP_MAX_SMTP_OUT,
@@ -86,9 +91,9 @@ table_grow(void)
 static struct qlim *
 limiter(const char *key, int which)
 {
-    static const enum qlim_kind kinds[QSRC_LIMITS] = { QLIM_RATE, QLIM_RATE, QLIM_LEASE,
+    static const enum qlim_kind kinds[QSRC_WARMUP] = { QLIM_RATE, QLIM_RATE, QLIM_LEASE,
                                                        QLIM_RATE };
-    static const enum qlim_unit units[QSRC_LIMITS] = { QLIM_MSGS, QLIM_CONNS, QLIM_CONNS,
+    static const enum qlim_unit units[QSRC_WARMUP] = { QLIM_MSGS, QLIM_CONNS, QLIM_CONNS,
                                                        QLIM_BYTES };
     struct srclim *e;
     uint32_t h;
@@ -138,7 +143,7 @@ resolve(struct qqueue *q, const char *ip, struct qsource_limits *l)
     snprintf(l->ip, sizeof l->ip, "%s", ip);
     if (inet_pton(family, ip, addr) != 1)
         return;
-    for (int i = 0; i < QSRC_LIMITS; i++) {
+    for (int i = 0; i < QSRC_WARMUP; i++) {
         const struct cfg_value *v = qmgr_queue_setting(q, directives[i]), *line;
         char key[KEY_MAX], block[700], basis[QLIM_BASIS_MAX];
         const char *text, *limit;
@@ -158,6 +163,7 @@ resolve(struct qqueue *q, const char *ip, struct qsource_limits *l)
         if (!qlim_limited(l->lim[i]) && i != QSRC_CONNS)
             l->lim[i] = NULL; /* a line of 0 (unlimited): nothing to ask */
     }
+    l->lim[QSRC_WARMUP] = qmgr_warmup_limit(q, ip);
 }
 
 /* refresh - Q's cache is for the current configuration */
@@ -168,8 +174,8 @@ refresh(struct qqueue *q)
         return;
     q->nsrcl = 0;
     q->srcl_serial = S.cfg_serial;
-    q->srcl_any = 0;
-    for (int i = 0; i < QSRC_LIMITS; i++)
+    q->srcl_any = qmgr_warmup_planned(q);
+    for (int i = 0; i < QSRC_WARMUP; i++)
         q->srcl_any |= qmgr_queue_setting(q, directives[i]) != NULL;
 }
 

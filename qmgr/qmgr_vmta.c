@@ -223,6 +223,20 @@ qmgr_vmta_source_usable(struct qqueue *q)
     return usable_source(q, 0, &n, NULL, NULL) >= 0;
 }
 
+/* qmgr_vmta_has_source - see qmgr.h */
+int
+qmgr_vmta_has_source(const char *vmta, const char *ip)
+{
+    uint32_t scope = source_host_scope(vmta), it = 0;
+    const struct cfg_value *v;
+    char mine[64];
+
+    while (scope != 0 && (v = cfg_scope_next(S.cfg, scope, CFG_D_SMTP_SOURCE_HOST, &it)) != NULL)
+        if (strcmp(source_ip_of(v, mine, sizeof mine), ip) == 0)
+            return 1;
+    return 0;
+}
+
 /* qmgr_vmta_source_any - see qmgr.h */
 int
 qmgr_vmta_source_any(struct qqueue *q, qmgr_source_filter filter, void *arg)

@@ -18,6 +18,7 @@
  *   resume queue PATTERN
  *   schedule PATTERN
  *   delete [--dsn] PATTERN | delete --queue=PATTERN [--dsn]
+ *   set warmup-clock INTERVAL
  *   list, show jobs/topqueues/topdomains/version/registration, disable|enable
  *   source, reset counters, rotate acct, test config: pmtactl_cmds.c
  *   reload
@@ -139,6 +140,8 @@ usage(FILE *out)
             "  test config                          check the configuration file\n"
             "  resolve [--connect] DOMAIN[/VMTA]    MX answer and the hosts pmtad would try;\n"
             "                                       --connect: their greeting and EHLO reply\n"
+            "  set warmup-clock INTERVAL            move the warm-up plans' clock ahead\n"
+            "                                       (tests: days pass at once)\n"
             "  reload                               make pmtad re-read its configuration\n"
             "  rotate log                           log-file -> log-file.1 ... (log-rotate kept)\n"
             "  reopen log                           open log-file anew (after logrotate moved it)\n"
@@ -981,6 +984,38 @@ add_show_groups_args(json_t *req, const struct options *o, const char *pattern)
 }
 
 /* print_groups - the table of show domains (KEY "domains") or show vmtas ("vmtas") */
+/* print_warmup - under a virtual MTA with a warm-up plan: each source address's step and cap */
+static void
+print_warmup(json_t *g)
+{
+    json_t *list = json_object_get(g, "warmup"), *w;
+    size_t i;
+
+    json_array_foreach(list, i, w)
+    {
+        char *plan = printable(get_text(w, "plan"), 40),
+             *src = printable(get_text(w, "source"), 48);
+        char *dest = printable(get_text(w, "destination"), 60), cap[32];
+        json_int_t c = json_integer_value(json_object_get(w, "cap"));
+
+        if (c > 0)
+            snprintf(cap, sizeof cap, "cap %" JSON_INTEGER_FORMAT, c);
+        else
+            snprintf(cap, sizeof cap, "no cap (warm)");
+        printf("  warm-up %s %s -> %s: day %" JSON_INTEGER_FORMAT ", step %" JSON_INTEGER_FORMAT
+               ", %s, %" JSON_INTEGER_FORMAT " sent today (%" JSON_INTEGER_FORMAT
+               " deferred, %" JSON_INTEGER_FORMAT " complaints)\n",
+               plan, src, dest, json_integer_value(json_object_get(w, "day")),
+               json_integer_value(json_object_get(w, "step")), cap,
+               json_integer_value(json_object_get(w, "sent")),
+               json_integer_value(json_object_get(w, "deferrals")),
+               json_integer_value(json_object_get(w, "complaints")));
+        free(plan);
+        free(src);
+        free(dest);
+    }
+}
+
 static int
 print_groups(json_t *response, const char *key, const char *title, const char *noun)
 {
@@ -1007,6 +1042,7 @@ print_groups(json_t *response, const char *key, const char *title, const char *n
                format_count(g, "connections", nc, sizeof(nc)),
                format_count(g, "backoff", nb, sizeof(nb)),
                format_count(g, "paused", np, sizeof(np)), error);
+        print_warmup(g);
         free(name);
         free(error);
     }
@@ -1239,6 +1275,23 @@ run_signal_command(const struct options *o, const char *pattern)
 
 /* --- dispatch -------------------------------------------------------------------- */
 
+/* add_clock_args - set warmup-clock INTERVAL: "advance": INTERVAL (pmtad checks it) */
+static void
+add_clock_args(json_t *req, const struct options *o, const char *interval)
+{
+    (void)o;
+    json_object_set_new(req, "advance", json_string(interval));
+}
+
+static int
+print_warmup_clock(const struct options *o, json_t *response)
+{
+    (void)o;
+    printf("warm-up clock advanced: day %" JSON_INTEGER_FORMAT " now\n",
+           json_integer_value(json_object_get(response, "day")));
+    return 0;
+}
+
 static const struct command commands[] = {
     { "show", "status", 0, 0, PATTERN_NONE, "status", NULL, NULL, print_status, NULL },
     { "show", "queues", OPT_MODE | OPT_PAUSED | OPT_MAXITEMS | OPT_SORT | OPT_MODE_EVENTS, 0,
@@ -1277,6 +1330,8 @@ static const struct command commands[] = {
     { "test", "config", 0, 0, PATTERN_NONE, NULL, NULL, NULL, NULL, run_test_config },
     { "resolve", NULL, OPT_CONNECT, 0, PATTERN_REQUIRED, NULL, NULL, NULL, NULL, run_resolve },
     { "show", "settings", 0, 0, PATTERN_REQUIRED, NULL, NULL, NULL, NULL, run_show_settings },
+    { "set", "warmup-clock", 0, 0, PATTERN_REQUIRED, "warmup-clock", add_clock_args, NULL,
+      print_warmup_clock, NULL },
     { "reload", NULL, 0, 0, PATTERN_NONE, NULL, NULL, NULL, NULL, run_signal_command },
     { "rotate", "log", 0, 0, PATTERN_NONE, NULL, NULL, NULL, NULL, run_signal_command },
     { "reopen", "log", 0, 0, PATTERN_NONE, NULL, NULL, NULL, NULL, run_signal_command },

@@ -297,6 +297,59 @@ test_bad_values(void **state)
 }
 
 static void
+test_warmup_plans(void **state)
+{
+    struct cfg *c;
+    const struct cfg_value *v;
+    uint32_t s, it = 0, n = 0;
+    (void)state;
+    c = expect_ok("<warmup-plan fresh>\n  day 1 50\n  day 3 200\n  destination gmail.rollup\n"
+                  "  destination *\n  max-deferral-rate 5%\n  overflow-virtual-mta spare\n"
+                  "</warmup-plan>\n<warmup-plan dbl>\n  day 1 100\n"
+                  "  double-every 2d until 50000\n</warmup-plan>\n"
+                  "<virtual-mta spare>\n</virtual-mta>\n"
+                  "<virtual-mta v>\n  warmup-plan fresh\n  cold-virtual-mta spare\n</virtual-mta>\n"
+                  "<domain *>\n  max-cold-virtual-mta-msg 100/d\n</domain>\n");
+    assert_int_equal(nwarnings, 0);
+    s = cfg_find_scope(c, CFG_S_WARMUP_PLAN, "fresh");
+    assert_int_not_equal(s, CFG_NONE);
+    while ((v = cfg_scope_next(c, s, CFG_D_WARMUP_DAY, &it)) != NULL)
+        n++;
+    assert_int_equal(n, 2);
+    v = cfg_scope_get(c, s, CFG_D_WARMUP_DAY);
+    assert_int_equal(v->num, 1);
+    assert_int_equal(v->num2, 50);
+    assert_int_equal(cfg_scope_get(c, s, CFG_D_WARMUP_MAX_DEFERRAL_RATE)->num, 50000);
+    v = cfg_scope_get(c, cfg_find_scope(c, CFG_S_WARMUP_PLAN, "dbl"), CFG_D_WARMUP_DOUBLE_EVERY);
+    assert_int_equal(v->num, 2 * 86400);
+    assert_int_equal(v->num2, 50000);
+    cfg_free(c);
+    expect_error("<warmup-plan a>\n  day 2 50\n</warmup-plan>\n",
+                 "t.conf:1: error: <warmup-plan a> has no 'day 1' line");
+    expect_error("<warmup-plan a>\n  destination *\n</warmup-plan>\n",
+                 "t.conf:1: error: <warmup-plan a> has no steps");
+    expect_error("<warmup-plan a>\n  day 1 5\n  day 1 6\n</warmup-plan>\n",
+                 "t.conf:3: error: <warmup-plan a>: day 1 is given twice");
+    expect_error("<warmup-plan a>\n  day 1 5\n  day 2 9\n  double-every 1d until 99\n"
+                 "</warmup-plan>\n",
+                 "t.conf:1: error: <warmup-plan a>: double-every grows from day 1 alone");
+    expect_error("<warmup-plan a>\n  day 0 5\n</warmup-plan>\n",
+                 "t.conf:2: error: bad value '0 5' for 'day' (expected a day and its cap");
+    expect_error("<warmup-plan a>\n  day 1 5\n  double-every 30m until 99\n</warmup-plan>\n",
+                 "t.conf:3: error: bad value '30m until 99' for 'double-every'");
+    expect_error("<warmup-plan a>\n  day 1 5\n  max-deferral-rate 120%\n</warmup-plan>\n",
+                 "t.conf:3: error: bad value '120%' for 'max-deferral-rate' (expected a "
+                 "percentage");
+    expect_error("<warmup-plan a>\n  day 1 5\n</warmup-plan>\n<warmup-plan a>\n  day 1 5\n"
+                 "</warmup-plan>\n",
+                 "t.conf:4: error: <warmup-plan a> is already defined at t.conf:1");
+    expect_error("<virtual-mta v>\n  warmup-plan none\n</virtual-mta>\n",
+                 "t.conf:2: error: warmup-plan 'none': no <warmup-plan> named 'none' is defined");
+    expect_error("<warmup-plan a>\n  day 1 5\n  overflow-virtual-mta nowhere\n</warmup-plan>\n",
+                 "t.conf:3: error: overflow-virtual-mta 'nowhere'");
+}
+
+static void
 test_mx_rollup_lines(void **state)
 {
     struct cfg *c;
@@ -941,6 +994,7 @@ main(void)
         UNIT_TEST(test_values_decoded),
         UNIT_TEST(test_source_limits_decoded),
         UNIT_TEST(test_mx_rollup_lines),
+        UNIT_TEST(test_warmup_plans),
         UNIT_TEST(test_later_line_replaces),
         UNIT_TEST(test_not_implemented_warns_once),
         UNIT_TEST(test_block_errors),

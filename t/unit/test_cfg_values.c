@@ -200,6 +200,30 @@ test_volume_rate(void **state)
     assert_int_equal(cfg_parse_volume_rate("99999999999999t/h", &b, &p), -ERANGE);
 }
 
+static void
+test_percent(void **state)
+{
+    int64_t ppm = -1;
+    (void)state;
+    assert_int_equal(cfg_parse_percent("10%", &ppm), 0);
+    assert_int_equal(ppm, 100000);
+    assert_int_equal(cfg_parse_percent("0.1%", &ppm), 0);
+    assert_int_equal(ppm, 1000);
+    assert_int_equal(cfg_parse_percent("0.0001%", &ppm), 0);
+    assert_int_equal(ppm, 1);
+    assert_int_equal(cfg_parse_percent("100%", &ppm), 0);
+    assert_int_equal(ppm, 1000000);
+    assert_int_equal(cfg_parse_percent("0%", &ppm), 0);
+    assert_int_equal(ppm, 0);
+    assert_int_equal(cfg_parse_percent("100.5%", &ppm), -EINVAL);
+    assert_int_equal(cfg_parse_percent("101%", &ppm), -EINVAL);
+    assert_int_equal(cfg_parse_percent("10", &ppm), -EINVAL);
+    assert_int_equal(cfg_parse_percent("0.00001%", &ppm), -EINVAL);
+    assert_int_equal(cfg_parse_percent("1.%", &ppm), -EINVAL);
+    assert_int_equal(cfg_parse_percent("-1%", &ppm), -EINVAL);
+    assert_int_equal(cfg_parse_percent("5%%", &ppm), -EINVAL);
+}
+
 static const char *
 fmt(enum cfg_directive d, int64_t n, int64_t n2)
 {
@@ -228,6 +252,10 @@ test_format(void **state)
     assert_string_equal(fmt(CFG_D_MAX_DATA_VOLUME_RATE, 100LL << 20, 3600), "100M/h");
     assert_string_equal(fmt(CFG_D_MAX_DATA_VOLUME_RATE, 512LL << 10, 5), "512K/5s");
     assert_string_equal(fmt(CFG_D_MAX_DATA_VOLUME_RATE, 0, 0), "unlimited");
+    assert_string_equal(fmt(CFG_D_WARMUP_MAX_DEFERRAL_RATE, 100000, 0), "10%");
+    assert_string_equal(fmt(CFG_D_WARMUP_MAX_COMPLAINT_RATE, 2500, 0), "0.25%");
+    assert_string_equal(fmt(CFG_D_WARMUP_DAY, 3, 200), "3 200");
+    assert_string_equal(fmt(CFG_D_WARMUP_DOUBLE_EVERY, 86400, 50000), "1d until 50000");
     assert_string_equal(fmt(CFG_D_MAX_MESSAGE_SIZE, 50LL << 20, 0), "50M");
     assert_string_equal(fmt(CFG_D_MAX_MESSAGE_SIZE, 1000, 0), "1000");
     assert_string_equal(fmt(CFG_D_MAX_MESSAGE_SIZE, CFG_NEVER, 0), "unlimited");
@@ -332,6 +360,7 @@ main(void)
         UNIT_TEST(test_interval_list),
         UNIT_TEST(test_rate),
         UNIT_TEST(test_volume_rate),
+        UNIT_TEST(test_percent),
         UNIT_TEST(test_format),
         UNIT_TEST(test_directive_lookup),
         UNIT_TEST(test_directive_suggest),
