@@ -27,6 +27,7 @@
 
 #include "msg.h"
 #include "qmgr.h"
+#include "qmgr_table.h"
 #include "xalloc.h"
 
 /* Addresses the operator disabled (pmtactl disable source), for every queue of some VMTAs. */
@@ -40,20 +41,10 @@ static uint32_t nop_disabled;
 
 /* --- queues ------------------------------------------------------------------------- */
 
-static uint32_t
-hash_name(const char *s, size_t len)
-{
-    uint32_t h = 2166136261u;
-
-    for (size_t i = 0; i < len; i++)
-        h = (h ^ (uint8_t)s[i]) * 16777619u;
-    return h;
-}
-
 static void
 qhash_insert(struct qqueue *q)
 {
-    uint32_t mask = S.qhash_cap - 1, i = hash_name(q->name, strlen(q->name)) & mask;
+    uint32_t mask = S.qhash_cap - 1, i = qtab_hash(q->name, strlen(q->name)) & mask;
 
     while (S.qhash[i] != QNIL)
         i = (i + 1) & mask;
@@ -113,7 +104,7 @@ qmgr_queue_get(const char *name, size_t len)
 
     if (S.qhash_cap) {
         mask = S.qhash_cap - 1;
-        for (i = hash_name(name, len) & mask; S.qhash[i] != QNIL; i = (i + 1) & mask) {
+        for (i = qtab_hash(name, len) & mask; S.qhash[i] != QNIL; i = (i + 1) & mask) {
             struct qqueue *q = S.queues[S.qhash[i]];
             if (strncmp(q->name, name, len) == 0 && q->name[len] == '\0')
                 return q;

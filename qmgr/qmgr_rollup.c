@@ -61,6 +61,7 @@
 #include "smtpout_route.h"
 #include "msg.h"
 #include "qmgr.h"
+#include "qmgr_table.h"
 #include "worker.h"
 #include "xalloc.h"
 
@@ -76,7 +77,8 @@
 enum route_kind { ROUTE_SELF, ROUTE_QUEUE_TO, ROUTE_BY_MX };
 
 struct qroute {
-    char *domain;
+    struct qtab_entry e;  /* first: the table's link; its key is the domain */
+    const char *domain;   /* e.key */
     enum route_kind kind; /* for the configuration of SERIAL */
     uint64_t serial;
     const char *dest; /* queue-to or rollup name (interned); "" = the domain itself */
@@ -90,14 +92,12 @@ struct qroute {
     /* the domain's queues (one per virtual MTA) */
     uint32_t *queues;
     uint32_t nqueues;
-    struct qroute *next;      /* hash chain */
     struct qroute *wait_next; /* lookups waiting to start */
 };
 
 static struct {
     struct smtpout_dns *dns;
-    struct qroute **table;
-    uint32_t cap, n;
+    struct qtab table; /* routes by domain */
     struct qroute *wait_head, *wait_tail;
     unsigned inflight;
     struct qroute **holding; /* routes whose first lookup holds mail */
@@ -134,55 +134,18 @@ intern(const char *name)
 
 /* --- the table ------------------------------------------------------------------------- */
 
-static uint32_t
-hash_domain(const char *s)
-{
-    uint32_t h = 2166136261u;
-
-    for (; *s; s++)
-        h = (h ^ (uint8_t)*s) * 16777619u;
-    return h;
-}
-
-static void
-table_grow(void)
-{
-    uint32_t cap = R.cap ? R.cap * 2 : 1024;
-    struct qroute **t = xcalloc(cap, sizeof *t);
-
-    for (uint32_t i = 0; i < R.cap; i++)
-        for (struct qroute *rt = R.table[i], *next; rt; rt = next) {
-            uint32_t h = hash_domain(rt->domain) & (cap - 1);
-
-            next = rt->next;
-            rt->next = t[h];
-            t[h] = rt;
-        }
-    free(R.table);
-    R.table = t;
-    R.cap = cap;
-}
-
 /* route_of - the route of Q's domain, created on first use; Q is one of its queues */
 static struct qroute *
 route_of(struct qqueue *q)
 {
     struct qroute *rt;
-    uint32_t h;
 
     if (q->route)
         return q->route;
-    if (R.n * 2 >= R.cap)
-        table_grow();
-    h = hash_domain(q->domain) & (R.cap - 1);
-    for (rt = R.table[h]; rt && strcmp(rt->domain, q->domain) != 0; rt = rt->next)
-        ;
-    if (rt == NULL) {
+    if ((rt = (struct qroute *)qtab_find(&R.table, q->domain)) == NULL) {
         rt = xcalloc(1, sizeof *rt);
-        rt->domain = xstrdup(q->domain);
-        rt->next = R.table[h];
-        R.table[h] = rt;
-        R.n++;
+        rt->domain = rt->e.key = xstrdup(q->domain);
+        qtab_add(&R.table, &rt->e);
     }
     rt->queues = xreallocarray(rt->queues, rt->nqueues + 1, sizeof *rt->queues);
     rt->queues[rt->nqueues++] = q->id;
@@ -523,18 +486,21 @@ qmgr_rollup_stop(void)
     uv_close((uv_handle_t *)&r_tick, NULL);
 }
 
+static void
+free_route(struct qtab_entry *e)
+{
+    struct qroute *rt = (struct qroute *)e;
+
+    free(rt->e.key);
+    free(rt->queues);
+    free(rt->mx);
+    free(rt);
+}
+
 void
 qmgr_rollup_free(void)
 {
-    for (uint32_t i = 0; i < R.cap; i++)
-        for (struct qroute *rt = R.table[i], *next; rt; rt = next) {
-            next = rt->next;
-            free(rt->domain);
-            free(rt->queues);
-            free(rt->mx);
-            free(rt);
-        }
-    free(R.table);
+    qtab_free(&R.table, free_route);
     free(R.holding);
     memset(&R, 0, sizeof R);
     for (uint32_t i = 0; i < nnames; i++)

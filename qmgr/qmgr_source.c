@@ -37,19 +37,18 @@
 #include <string.h>
 
 #include "qmgr.h"
+#include "qmgr_table.h"
 #include "qmgr_warmup.h"
 #include "xalloc.h"
 
 #define KEY_MAX 1024
 
 struct srclim {
+    struct qtab_entry e; /* first: the table's link and key */
     struct qlim lim;
-    char *key;
-    struct srclim *next; /* hash chain */
 };
 
-static struct srclim **table;
-static uint32_t table_cap, table_n;
+static struct qtab table;
 
 static const enum cfg_directive directives[QSRC_WARMUP] = {
     CFG_D_SOURCE_IP_MAX_MSG_RATE,
@@ -57,35 +56,6 @@ static const enum cfg_directive directives[QSRC_WARMUP] = {
     CFG_D_SOURCE_IP_MAX_SMTP_OUT,
     CFG_D_SOURCE_IP_MAX_DATA_VOLUME_RATE,
 };
-
-static uint32_t
-hash_key(const char *s)
-{
-    uint32_t h = 2166136261u;
-
-    for (; *s; s++)
-        h = (h ^ (uint8_t)*s) * 16777619u;
-    return h;
-}
-
-static void
-table_grow(void)
-{
-    uint32_t cap = table_cap ? table_cap * 2 : 64;
-    struct srclim **t = xcalloc(cap, sizeof *t);
-
-    for (uint32_t i = 0; i < table_cap; i++)
-        for (struct srclim *e = table[i], *next; e; e = next) {
-            uint32_t h = hash_key(e->key) & (cap - 1);
-
-            next = e->next;
-            e->next = t[h];
-            t[h] = e;
-        }
-    free(table);
-    table = t;
-    table_cap = cap;
-}
 
 /* limiter - the table's limiter for KEY, created on first use */
 static struct qlim *
@@ -95,23 +65,16 @@ limiter(const char *key, int which)
                                                        QLIM_RATE };
     static const enum qlim_unit units[QSRC_WARMUP] = { QLIM_MSGS, QLIM_CONNS, QLIM_CONNS,
                                                        QLIM_BYTES };
-    struct srclim *e;
-    uint32_t h;
+    struct srclim *e = (struct srclim *)qtab_find(&table, key);
 
-    if (table_n * 2 >= table_cap)
-        table_grow();
-    h = hash_key(key) & (table_cap - 1);
-    for (e = table[h]; e; e = e->next)
-        if (strcmp(e->key, key) == 0)
-            return &e->lim;
+    if (e)
+        return &e->lim;
     e = xcalloc(1, sizeof *e);
-    e->key = xstrdup(key);
-    qlim_init(&e->lim, QLIM_SOURCE, kinds[which], units[which], e->key);
+    e->e.key = xstrdup(key);
+    qlim_init(&e->lim, QLIM_SOURCE, kinds[which], units[which], e->e.key);
     if (which == QSRC_VOLUME)
         e->lim.flags |= QLIM_DEBT;
-    e->next = table[h];
-    table[h] = e;
-    table_n++;
+    qtab_add(&table, &e->e);
     return &e->lim;
 }
 
@@ -204,17 +167,18 @@ qmgr_source_limited(struct qqueue *q)
     return q->srcl_any;
 }
 
+static void
+free_one(struct qtab_entry *te)
+{
+    struct srclim *e = (struct srclim *)te;
+
+    qlim_fini(&e->lim);
+    free(e->e.key);
+    free(e);
+}
+
 void
 qmgr_source_free(void)
 {
-    for (uint32_t i = 0; i < table_cap; i++)
-        for (struct srclim *e = table[i], *next; e; e = next) {
-            next = e->next;
-            qlim_fini(&e->lim);
-            free(e->key);
-            free(e);
-        }
-    free(table);
-    table = NULL;
-    table_cap = table_n = 0;
+    qtab_free(&table, free_one);
 }

@@ -53,6 +53,7 @@
 
 #include "msg.h"
 #include "qmgr.h"
+#include "qmgr_table.h"
 #include "qmgr_warmup.h"
 #include "qmgr_wplan.h"
 #include "worker.h"
@@ -65,18 +66,17 @@
 #define COLD_TAG "cold" /* and "cold DESTINATION VMTA" */
 
 struct wstate {
-    char *key;
-    int cold; /* a cold virtual MTA's counter, not a plan's state */
+    struct qtab_entry e; /* first: the table's link and key */
+    const char *key;     /* e.key */
+    int cold;            /* a cold virtual MTA's counter, not a plan's state */
     struct qstore_warmup st;
     struct qlim quota;
     uint64_t period; /* seconds of its window (a day, or max-cold-virtual-mta-msg's) */
     int dirty;
-    struct wstate *next; /* hash chain */
 };
 
 static struct {
-    struct wstate **table;
-    uint32_t cap, n;
+    struct qtab table; /* states by key */
     struct qmgr_wplan *plans;
     uint32_t nplans;
     uint64_t plans_serial;
@@ -152,50 +152,33 @@ vmta_plan(const char *vmta)
 
 /* --- states ---------------------------------------------------------------------------- */
 
-static uint32_t
-hash_key(const char *s)
+/* each - the states in turn: start with *SLOT = 0 and PREV NULL */
+static struct wstate *
+each(uint32_t *slot, struct wstate *prev)
 {
-    uint32_t h = 2166136261u;
-
-    for (; *s; s++)
-        h = (h ^ (uint8_t)*s) * 16777619u;
-    return h;
+    return (struct wstate *)qtab_next(&W.table, slot, prev ? &prev->e : NULL);
 }
 
 static void
-table_grow(void)
+free_state(struct qtab_entry *te)
 {
-    uint32_t cap = W.cap ? W.cap * 2 : 256;
-    struct wstate **t = xcalloc(cap, sizeof *t);
+    struct wstate *e = (struct wstate *)te;
 
-    for (uint32_t i = 0; i < W.cap; i++)
-        for (struct wstate *e = W.table[i], *next; e; e = next) {
-            uint32_t h = hash_key(e->key) & (cap - 1);
-
-            next = e->next;
-            e->next = t[h];
-            t[h] = e;
-        }
-    free(W.table);
-    W.table = t;
-    W.cap = cap;
+    qlim_fini(&e->quota);
+    free(e->e.key);
+    free(e);
 }
 
 /* state - the state of KEY; created (step 1 from today, or ST) when absent */
 static struct wstate *
 state(const char *key, const struct qstore_warmup *st)
 {
-    struct wstate *e;
-    uint32_t h;
+    struct wstate *e = (struct wstate *)qtab_find(&W.table, key);
 
-    if (W.n * 2 >= W.cap)
-        table_grow();
-    h = hash_key(key) & (W.cap - 1);
-    for (e = W.table[h]; e; e = e->next)
-        if (strcmp(e->key, key) == 0)
-            return e;
+    if (e)
+        return e;
     e = xcalloc(1, sizeof *e);
-    e->key = xstrdup(key);
+    e->key = e->e.key = xstrdup(key);
     e->cold = strncmp(key, COLD_TAG " ", sizeof COLD_TAG) == 0;
     if (st) {
         e->st = *st;
@@ -207,9 +190,7 @@ state(const char *key, const struct qstore_warmup *st)
     e->period = DAY_S;
     qlim_init(&e->quota, QLIM_WARMUP, QLIM_QUOTA, QLIM_MSGS, e->key);
     qlim_quota_window(&e->quota, e->st.window, e->st.sent);
-    e->next = W.table[h];
-    W.table[h] = e;
-    W.n++;
+    qtab_add(&W.table, &e->e);
     return e;
 }
 
@@ -308,19 +289,19 @@ static void
 on_tick(uv_timer_t *t)
 {
     uint64_t now = now_s();
+    struct wstate *e = NULL;
     int rolled = 0;
 
     (void)t;
-    for (uint32_t i = 0; i < W.cap; i++)
-        for (struct wstate *e = W.table[i]; e; e = e->next) {
-            if (e->st.window < now / e->period) {
-                roll(e, now / e->period);
-                rolled = 1;
-            }
-            if (e->quota.used != e->st.sent)
-                e->dirty = 1;
-            save(e);
+    for (uint32_t slot = 0; (e = each(&slot, e)) != NULL;) {
+        if (e->st.window < now / e->period) {
+            roll(e, now / e->period);
+            rolled = 1;
         }
+        if (e->quota.used != e->st.sent)
+            e->dirty = 1;
+        save(e);
+    }
     if (rolled)
         qmgr_dispatch_soon(); /* new caps: mail that waited may go */
 }
@@ -343,8 +324,8 @@ qmgr_warmup_start(void)
 
     if ((err = qstore_scan_warmup(S.qs, on_loaded, NULL)) < 0)
         msg_warn("cannot read the warm-up state: %s; plans start over", qstore_strerror(err));
-    else if (W.n)
-        msg_info("warm-up state of %u source address(es) and destination(s) read", W.n);
+    else if (W.table.n)
+        msg_info("warm-up state of %u source address(es) and destination(s) read", W.table.n);
     uv_timer_init(worker_loop(), &w_tick);
     uv_timer_start(&w_tick, on_tick, TICK_MS, TICK_MS);
     W.started = 1;
@@ -354,29 +335,23 @@ qmgr_warmup_start(void)
 void
 qmgr_warmup_stop(void)
 {
+    struct wstate *e = NULL;
+
     if (!W.started)
         return;
     W.started = 0;
-    for (uint32_t i = 0; i < W.cap; i++)
-        for (struct wstate *e = W.table[i]; e; e = e->next) {
-            if (e->quota.used != e->st.sent)
-                e->dirty = 1;
-            save(e);
-        }
+    for (uint32_t slot = 0; (e = each(&slot, e)) != NULL;) {
+        if (e->quota.used != e->st.sent)
+            e->dirty = 1;
+        save(e);
+    }
     uv_close((uv_handle_t *)&w_tick, NULL);
 }
 
 void
 qmgr_warmup_free(void)
 {
-    for (uint32_t i = 0; i < W.cap; i++)
-        for (struct wstate *e = W.table[i], *next; e; e = next) {
-            next = e->next;
-            qlim_fini(&e->quota);
-            free(e->key);
-            free(e);
-        }
-    free(W.table);
+    qtab_free(&W.table, free_state);
     plans_free();
     memset(&W, 0, sizeof W);
 }
@@ -509,23 +484,23 @@ qmgr_warmup_json(const char *vmta)
     const struct qmgr_wplan *p = vmta_plan(vmta);
     json_t *list = json_array();
     char pname[128], ip[64], dest[300];
+    struct wstate *e = NULL;
 
     if (p == NULL)
         return list;
-    for (uint32_t i = 0; i < W.cap; i++)
-        for (struct wstate *e = W.table[i]; e; e = e->next) {
-            if (e->cold || strcasecmp(key_part(e->key, 1, pname, sizeof pname), p->name) != 0)
-                continue;
-            if (!qmgr_vmta_has_source(vmta, key_part(e->key, 2, ip, sizeof ip)))
-                continue;
-            json_array_append_new(
-                list, json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I}", "plan", p->name,
-                                "source", ip, "destination", key_part(e->key, 3, dest, sizeof dest),
-                                "step", (json_int_t)e->st.step, "day",
-                                (json_int_t)(qmgr_warmup_today() - e->st.start_day + 1), "cap",
-                                (json_int_t)qmgr_wplan_cap(p, e->st.step), "sent",
-                                (json_int_t)e->quota.used, "deferrals", (json_int_t)e->st.deferrals,
-                                "complaints", (json_int_t)e->st.complaints));
-        }
+    for (uint32_t slot = 0; (e = each(&slot, e)) != NULL;) {
+        if (e->cold || strcasecmp(key_part(e->key, 1, pname, sizeof pname), p->name) != 0)
+            continue;
+        if (!qmgr_vmta_has_source(vmta, key_part(e->key, 2, ip, sizeof ip)))
+            continue;
+        json_array_append_new(
+            list, json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I}", "plan", p->name,
+                            "source", ip, "destination", key_part(e->key, 3, dest, sizeof dest),
+                            "step", (json_int_t)e->st.step, "day",
+                            (json_int_t)(qmgr_warmup_today() - e->st.start_day + 1), "cap",
+                            (json_int_t)qmgr_wplan_cap(p, e->st.step), "sent",
+                            (json_int_t)e->quota.used, "deferrals", (json_int_t)e->st.deferrals,
+                            "complaints", (json_int_t)e->st.complaints));
+    }
     return list;
 }

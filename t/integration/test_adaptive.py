@@ -24,15 +24,13 @@ import csv
 import json
 import os
 import re
-import smtplib
-import subprocess
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 
-from pmtatest import Pmta, Tap, free_port, require_root, tool_path, wait_for  # noqa: E402
+from pmtatest import Pmta, Tap, free_port, require_root, send_each, wait_for  # noqa: E402
 from testsmtpd import TestSmtpd  # noqa: E402
 
 SENDER = "sender@sender.test"
@@ -62,37 +60,10 @@ def config(rx_port, dead_port, acct):
 """ % (acct, rx_port, dead_port)
 
 
-def inject(port, addresses):
-    with smtplib.SMTP("127.0.0.1", port, timeout=60) as s:
-        for i, to in enumerate(addresses):
-            s.sendmail(SENDER, [to], ("From: <%s>\r\nTo: <%s>\r\nSubject: %d\r\n\r\nhi\r\n"
-                                      % (SENDER, to, i)).encode())
-
-
-def served_concurrency(rx, since=0.0, until=1e18):
-    """The most connections served (not refused) at once within [SINCE, UNTIL]."""
-    refused = {e["conn"] for e in rx.events("refused")}
-    evs = []
-    for e in rx.events():
-        if e.get("conn") in refused:
-            continue
-        if e["event"] == "connect":
-            evs.append((e["t"], 1))
-        elif e["event"] == "disconnect":
-            evs.append((e["t"], -1))
-    n = best = 0
-    for t, d in sorted(evs):
-        n += d
-        if since <= t <= until:
-            best = max(best, n)
-    return best
-
-
 def window(p):
-    r = subprocess.run([tool_path("pmtactl"), "-c", p.config_path, "--json", "show", "queues",
-                        "ad.test"], capture_output=True, text=True, timeout=20)
+    rc, out = p.ctl("--json", "show", "queues", "ad.test")
     try:
-        q = json.loads(r.stdout)["queues"][0]
+        q = json.loads(out)["queues"][0]
         return q.get("concurrency_window"), q
     except (ValueError, KeyError, IndexError):
         return None, {}
@@ -115,11 +86,11 @@ def main():
         p.write_config(config(rx_port, dead_port, acct))
         p.start()
         first = ["a%d@ad.test" % i for i in range(FIRST)]
-        inject(p.port, first + ["x%d@dead.test" % i for i in range(2)])
+        send_each(p.port, first + ["x%d@dead.test" % i for i in range(2)])
         wait_for(lambda: len(rx.events("data")) >= FIRST * 0.75, timeout=60)
         w, q = window(p)
         t_switch = time.time()
-        served = served_concurrency(rx, until=t_switch)
+        served = rx.open_at_most(until=t_switch, served=True)
         refused = len(rx.events("refused"))
         tap.ok(served == 3, "receiver limit 3: never more than 3 connections served at once "
                "(at most %d)" % served)
@@ -130,9 +101,9 @@ def main():
         with open(limit_file, "w") as f:
             f.write("6\n")
         second = ["b%d@ad.test" % i for i in range(SECOND)]
-        inject(p.port, second)
+        send_each(p.port, second)
         done = wait_for(lambda: len(rx.events("data")) >= FIRST + SECOND, timeout=60)
-        grown = served_concurrency(rx, since=t_switch)
+        grown = rx.open_at_most(since=t_switch, served=True)
         w2, q = window(p)
         tap.ok(grown >= 5 and (w2 or 0) >= 5,
                "receiver limit 6: the queue grew again (served %d at once, window %s)"

@@ -35,8 +35,6 @@ Prints TAP; needs root and dnsmasq. Only 127.0.0.0/8 is used.
 
 import json
 import os
-import smtplib
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,7 +42,8 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 
 from dnsmasq import Dnsmasq, dnsmasq_path  # noqa: E402
-from pmtatest import Pmta, Tap, free_port, require_root, tool_path, wait_for  # noqa: E402
+from pmtatest import (Pmta, Tap, free_port, max_in_window, require_root, send_each,  # noqa: E402
+                      wait_for)
 from testsmtpd import TestSmtpd  # noqa: E402
 
 DOMAINS = ["d%02d.test" % i for i in range(1, 21)]
@@ -111,50 +110,9 @@ def _bindable(host, port):
             return False
 
 
-def inject(port, addresses):
-    with smtplib.SMTP("127.0.0.1", port, timeout=60) as s:
-        for i, to in enumerate(addresses):
-            s.sendmail(SENDER, [to], ("From: <%s>\r\nTo: <%s>\r\nSubject: %d\r\n\r\nhi %d\r\n"
-                                      % (SENDER, to, i, i)).encode())
-
-
-def concurrency(rx, since=0.0):
-    """The most connections open at once at RX from SINCE on (counting those already open)."""
-    evs = []
-    for e in rx.events():
-        if e["event"] == "connect":
-            evs.append((e["t"], 1))
-        elif e["event"] == "disconnect":
-            evs.append((e["t"], -1))
-    n = best = 0
-    for t, d in sorted(evs):
-        if t >= since:
-            best = max(best, n)  # what was open when SINCE began
-        n += d
-        if t >= since:
-            best = max(best, n)
-    return max(best, n)
-
-
-def max_window(times, width=1.0):
-    times = sorted(times)
-    best = j = 0
-    for i, t in enumerate(times):
-        while times[j] <= t - width:
-            j += 1
-        best = max(best, i - j + 1)
-    return best
-
-
-def pmtactl(p, *args):
-    r = subprocess.run([tool_path("pmtactl"), "-c", p.config_path] + list(args),
-                       capture_output=True, text=True, timeout=20)
-    return r.returncode, r.stdout + r.stderr
-
-
 def show_queues(p):
     """The queues as the control socket reports them (pmtactl show queues --json)."""
-    rc, out = pmtactl(p, "--json", "show", "queues", "--maxitems=0")
+    rc, out = p.ctl("--json", "show", "queues", "--maxitems=0")
     try:
         return json.loads(out)["queues"] if rc == 0 else []
     except ValueError:
@@ -191,11 +149,11 @@ def main():
         sent = ["u%d@%s" % (i, d) for i in range(PER_DOMAIN) for d in DOMAINS]
         others = ["o%d@own.test" % i for i in range(5)] + \
                  ["m%d@q%d.test" % (i, 1 + i % 2) for i in range(8)]
-        inject(p.port, sent + others)
+        send_each(p.port, sent + others)
         done = wait_for(lambda: len(rx_a.events("data")) >= len(sent) and
                         len(rx_b.events("data")) + len(rx_c.events("data")) >= len(others),
                         timeout=60)
-        ca = concurrency(rx_a)
+        ca = rx_a.open_at_most()
         tap.ok(ca == 4, "20 domains rolled up share max-smtp-out 4: the receiver saw at most %d "
                "connections at once (and 4)" % ca)
         rcpt_domains = {e["to"].split("@")[1] for e in rx_a.events("rcpt")}
@@ -210,7 +168,7 @@ def main():
         tap.ok(not any(n.startswith("d0") or n.startswith("d1") or n.startswith("d2")
                        for n in queues), "no queue of its own per rolled-up domain",
                sorted(queues))
-        rc, text = pmtactl(p, "show", "queues")
+        rc, text = p.ctl("show", "queues")
         tap.ok(rc == 0 and "rollup of 20 domains: d01.test," in text,
                "pmtactl show queues prints the rollup's domains", text)
         own = queues.get("own.test/{default}", {})
@@ -218,7 +176,7 @@ def main():
                "domains" not in own,
                "disable-mx-rollup: own.test (MX mx3.google.test) keeps its own queue")
         merged = queues.get("merged.test/{default}", {})
-        cc = concurrency(rx_c)
+        cc = rx_c.open_at_most()
         got = sorted(e["to"] for e in rx_c.events("rcpt"))
         tap.ok(merged.get("kind") == "queue-to" and sorted(merged.get("domains", [])) ==
                ["q1.test", "q2.test"] and cc == 1 and got == sorted(others[5:]),
@@ -229,7 +187,7 @@ def main():
         # one 421 on one domain: the whole rollup queue goes into backoff
         before = len(rx_a.events("data"))
         second = ["w%d@%s" % (i, d) for i in range(2) for d in DOMAINS]
-        inject(p.port, ["throttle@d07.test"] + second)
+        send_each(p.port, ["throttle@d07.test"] + second)
         entered = wait_for(lambda: any(e["reply"] == 421 for e in rx_a.events("rcpt")),
                            timeout=20)
         t421 = min(e["t"] for e in rx_a.events("rcpt") if e["reply"] == 421) if entered else 0
@@ -240,8 +198,8 @@ def main():
                         timeout=60)
         after = [e for e in rx_a.events("rcpt") if e["t"] >= t421 + 1.0]
         doms = {e["to"].split("@")[1] for e in after}
-        busiest = max_window([e["t"] for e in after])
-        conc = concurrency(rx_a, t421 + 1.0)
+        busiest = max_in_window([e["t"] for e in after])
+        conc = rx_a.open_at_most(t421 + 1.0)
         tap.ok(backoff and len(doms) >= 15 and busiest <= 2 and conc <= 1,
                "a 421 on d07.test put google.rollup in backoff: then %d domains' mail came over "
                "at most %d connection(s), at most %d recipients in any 1 s"

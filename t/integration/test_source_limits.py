@@ -30,15 +30,13 @@ arrives exactly once. Prints TAP; needs root. Only 127.0.0.0/8 is used.
 """
 
 import os
-import smtplib
-import subprocess
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 
-from pmtatest import Pmta, Tap, free_port, require_root, tool_path, wait_for  # noqa: E402
+from pmtatest import Pmta, Tap, free_port, max_in_window, require_root, send_each, wait_for  # noqa: E402
 from testsmtpd import TestSmtpd  # noqa: E402
 
 SENDER = "sender@sender.test"
@@ -89,39 +87,14 @@ def config(rx_port):
 """ % rx_port
 
 
-def message(to, vmta, i, size=0):
-    body = "message %d\r\n" % i
-    if size:
-        line = "x" * 78 + "\r\n"
-        body += line * (size // len(line))
-    return ("From: <%s>\r\nTo: <%s>\r\nSubject: %d\r\nX-Virtual-MTA: %s\r\n\r\n%s"
-            % (SENDER, to, i, vmta, body)).encode()
-
-
 def inject(port, plan):
     """PLAN: [(vmta, domains, per_domain, size)] -> every recipient address sent."""
     sent = []
-    with smtplib.SMTP("127.0.0.1", port, timeout=60) as s:
-        for vmta, domains, n, size in plan:
-            for i in range(n):
-                for d in domains:
-                    to = "u%d@%s" % (i, d)
-                    s.sendmail(SENDER, [to], message(to, vmta, i, size))
-                    sent.append(to)
+    for vmta, domains, n, size in plan:
+        addresses = ["u%d@%s" % (i, d) for i in range(n) for d in domains]
+        send_each(port, addresses, SENDER, vmta=vmta, size=size)
+        sent += addresses
     return sent
-
-
-def max_window(times, width=1.0, weights=None):
-    """The largest sum of WEIGHTS (1 each by default) inside any WIDTH-second window."""
-    pts = sorted(zip(times, weights or [1] * len(times)))
-    best = total = j = 0
-    for i, (t, w) in enumerate(pts):
-        total += w
-        while pts[j][0] <= t - width:
-            total -= pts[j][1]
-            j += 1
-        best = max(best, total)
-    return best
 
 
 class Receiver:
@@ -160,11 +133,6 @@ class Receiver:
         return sorted({d for _, d in self.rcpts.get(ip, [])})
 
 
-def pmtactl(p, *args):
-    return subprocess.run([tool_path("pmtactl"), "-c", p.config_path] + list(args),
-                          capture_output=True, text=True, timeout=20)
-
-
 def main():
     tap = Tap()
     require_root(tap)
@@ -192,7 +160,7 @@ def main():
         tap.ok(r.max_concurrent("127.0.0.22") > 2,
                "127.0.0.22, not under that line, held more (%d)" % r.max_concurrent("127.0.0.22"))
         t22 = [t for t, _ in r.rcpts.get("127.0.0.22", [])]
-        w22 = max_window(t22)
+        w22 = max_in_window(t22)
         span = (max(t22) - min(t22)) if len(t22) > 1 else 0
         tap.ok(t22 and w22 <= 8 and len(t22) / max(span, 0.1) >= 5,
                "source-ip-max-msg-rate 8/s: 127.0.0.22 never sent 9 recipients in 1 s "
@@ -202,14 +170,14 @@ def main():
                % (r.domains("127.0.0.21"), r.domains("127.0.0.22")))
 
         c24 = r.conn_times.get("127.0.0.24", [])
-        w24 = max_window(c24)
+        w24 = max_in_window(c24)
         tap.ok(len(c24) >= 2 * PER_DOMAIN_B and w24 <= 2,
                "source-ip-max-connect-rate 2/s: 127.0.0.24 opened %d connections for %d "
                "domains, never 3 in 1 s (worst %d)" % (len(c24), len(r.domains("127.0.0.24")),
                                                       w24))
 
         d25 = r.data.get("127.0.0.25", [])
-        bytes25 = max_window([t for t, _ in d25], weights=[s for _, s in d25])
+        bytes25 = max_in_window([t for t, _ in d25], weights=[s for _, s in d25])
         span = d25[-1][0] - d25[0][0] if len(d25) > 1 else 0
         # the first message goes at once; every later one waits for the bytes before it
         avg = sum(s for _, s in d25[:-1]) / span if span else 0
@@ -232,16 +200,15 @@ def main():
         tap.ok(len(d26) == len(vol) and 30 * 1024 <= avg <= 40 * 1024 * 1.02,
                "max-data-volume-rate 40k/s: %.1f KB/s on average (the source's line 0 "
                "lifts its own limit)" % (avg / 1024))
-        cp = pmtactl(p, "set", "queue", "--mode=backoff", "vol.test")
+        rc, out = p.ctl("set", "queue", "--mode=backoff", "vol.test")
         since, before = time.time(), len(rx.events("data"))
         vol = inject(p.port, [("v5", ["vol.test"], 6, BIG)])
         wait_for(lambda: len(rx.events("data")) >= before + len(vol), timeout=30)
         d26 = Receiver(rx, since).data.get("127.0.0.26", [])
         span = d26[-1][0] - d26[0][0] if len(d26) > 1 else 0
         avg = sum(s for _, s in d26[:-1]) / span if span else 0
-        tap.ok(cp.returncode == 0 and len(d26) == len(vol) and 7 * 1024 <= avg <= 10 * 1024 * 1.02,
-               "in backoff, backoff-max-data-volume-rate 10k/s: %.1f KB/s" % (avg / 1024),
-               cp.stdout + cp.stderr)
+        tap.ok(rc == 0 and len(d26) == len(vol) and 7 * 1024 <= avg <= 10 * 1024 * 1.02,
+               "in backoff, backoff-max-data-volume-rate 10k/s: %.1f KB/s" % (avg / 1024), out)
     return tap.done()
 
 

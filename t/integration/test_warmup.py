@@ -31,15 +31,13 @@ import csv
 import json
 import os
 import re
-import smtplib
-import subprocess
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 
-from pmtatest import Pmta, Tap, free_port, require_root, tool_path, wait_for  # noqa: E402
+from pmtatest import Pmta, Tap, free_port, require_root, send_each, wait_for  # noqa: E402
 from testsmtpd import TestSmtpd  # noqa: E402
 
 SENDER = "sender@sender.test"
@@ -96,20 +94,6 @@ def config(rx_port, acct):
 """ % (acct, rx_port)
 
 
-def inject(port, addresses, vmta):
-    with smtplib.SMTP("127.0.0.1", port, timeout=60) as s:
-        for i, to in enumerate(addresses):
-            s.sendmail(SENDER, [to], ("From: <%s>\r\nTo: <%s>\r\nSubject: %d\r\n"
-                                      "X-Virtual-MTA: %s\r\n\r\nhi\r\n"
-                                      % (SENDER, to, i, vmta)).encode())
-
-
-def pmtactl(p, *args):
-    r = subprocess.run([tool_path("pmtactl"), "-c", p.config_path] + list(args),
-                       capture_output=True, text=True, timeout=20)
-    return r.returncode, r.stdout + r.stderr
-
-
 def accepted(rx):
     """(source address, domain) of every accepted recipient, in order."""
     peer = {e["conn"]: e["peer"] for e in rx.events("connect")}
@@ -122,7 +106,7 @@ def count(rx, ip, domains):
 
 
 def warm_states(p):
-    rc, out = pmtactl(p, "--json", "show", "vmtas", "--maxitems=0")
+    rc, out = p.ctl("--json", "show", "vmtas", "--maxitems=0")
     states = {}
     try:
         for v in json.loads(out)["vmtas"]:
@@ -134,7 +118,7 @@ def warm_states(p):
 
 
 def queue(p, name):
-    rc, out = pmtactl(p, "--json", "show", "queues", "--maxitems=0", name)
+    rc, out = p.ctl("--json", "show", "queues", "--maxitems=0", name)
     try:
         return json.loads(out)["queues"][0]
     except (ValueError, KeyError, IndexError):
@@ -166,8 +150,8 @@ def main():
         p.start()
 
         # day 1: the caps hold, per destination
-        inject(p.port, ["u%d@big.test" % i for i in range(15)] +
-               ["v%d@a.test" % i for i in range(15)], "fresh")
+        send_each(p.port, ["u%d@big.test" % i for i in range(15)] +
+                  ["v%d@a.test" % i for i in range(15)], SENDER, vmta="fresh")
         wait_for(lambda: count(rx, "127.0.0.21", {"big.test"}) >= 10 and
                  count(rx, "127.0.0.21", {"a.test"}) >= 10, timeout=20)
         settle(rx)
@@ -180,7 +164,7 @@ def main():
         st = warm_states(p).get(("127.0.0.21", "big.test"), {})
         tap.ok(st.get("day") == 1 and st.get("step") == 1 and st.get("cap") == 10 and
                st.get("sent") == 10, "show vmtas: day 1, step 1, cap 10, 10 sent today", st)
-        rc, text = pmtactl(p, "show", "vmtas")
+        rc, text = p.ctl("show", "vmtas")
         tap.ok("warm-up ramp 127.0.0.21 -> big.test: day 1, step 1, cap 10, 10 sent today" in text,
                "pmtactl show vmtas prints each address's warm-up line", text)
 
@@ -194,7 +178,7 @@ def main():
                "after a restart: still 10 of 10 sent today, step 1, the 5 still wait", st)
 
         # day 2: promoted to 20
-        rc, out = pmtactl(p, "set", "warmup-clock", "1d")
+        rc, out = p.ctl("set", "warmup-clock", "1d")
         wait_for(lambda: count(rx, "127.0.0.21", {"big.test"}) >= 15, timeout=20)
         states = warm_states(p)
         st, sst = states.get(("127.0.0.21", "big.test"), {}), states.get(("127.0.0.21", "*"), {})
@@ -203,16 +187,16 @@ def main():
                st.get("day") == 2,
                "day 2: no deferrals on day 1 - promoted to step 2 (cap 20); the 5 went",
                (out, st, sst))
-        inject(p.port, ["tmp%d@big.test" % i for i in range(10)] +
-               ["tmp%d@a.test" % i for i in range(2)] + ["w%d@a.test" % i for i in range(4)],
-               "fresh")
+        send_each(p.port, ["tmp%d@big.test" % i for i in range(10)] +
+                  ["tmp%d@a.test" % i for i in range(2)] + ["w%d@a.test" % i for i in range(4)],
+                  SENDER, vmta="fresh")
         wait_for(lambda: warm_states(p).get(("127.0.0.21", "big.test"), {}).get("deferrals", 0)
                  >= 10 and warm_states(p).get(("127.0.0.21", "*"), {}).get("deferrals", 0) >= 2,
                  timeout=20)
         settle(rx)
 
         # day 3: 67 % deferred steps back, 20 % holds
-        pmtactl(p, "set", "warmup-clock", "1d")
+        p.ctl("set", "warmup-clock", "1d")
         time.sleep(1.5)
         states = warm_states(p)
         st, sst = states.get(("127.0.0.21", "big.test"), {}), states.get(("127.0.0.21", "*"), {})
@@ -227,8 +211,8 @@ def main():
                "day 3: * deferred 2 of 11 (18 %, between 10 % and 30 %) - holds at step 2", sst)
 
         # overflow to another virtual MTA, and a cold virtual MTA
-        inject(p.port, ["o%d@o.test" % i for i in range(8)], "small")
-        inject(p.port, ["c%d@c.test" % i for i in range(10)], "hot")
+        send_each(p.port, ["o%d@o.test" % i for i in range(8)], SENDER, vmta="small")
+        send_each(p.port, ["c%d@c.test" % i for i in range(10)], SENDER, vmta="hot")
         wait_for(lambda: count(rx, "127.0.0.22", {"o.test"}) + count(rx, "127.0.0.23", {"o.test"})
                  >= 8 and count(rx, "127.0.0.24", {"c.test"}) +
                  count(rx, "127.0.0.25", {"c.test"}) >= 10, timeout=30)

@@ -23,8 +23,6 @@ Prints TAP; needs root. Only 127.0.0.0/8 is used.
 import json
 import os
 import re
-import smtplib
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +30,7 @@ import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 
-from pmtatest import Pmta, Tap, free_port, require_root, tool_path, wait_for  # noqa: E402
+from pmtatest import Pmta, Tap, free_port, require_root, send_each, wait_for  # noqa: E402
 from testsmtpd import TestSmtpd  # noqa: E402
 
 SENDER = "sender@sender.test"
@@ -84,23 +82,8 @@ http-access 127.0.0.1 monitor
 """ % (http_port, rx_port, dead_port)
 
 
-def inject(port, addresses, vmta=None):
-    with smtplib.SMTP("127.0.0.1", port, timeout=60) as s:
-        for i, to in enumerate(addresses):
-            head = "From: <%s>\r\nTo: <%s>\r\nSubject: %d\r\n" % (SENDER, to, i)
-            if vmta:
-                head += "X-Virtual-MTA: %s\r\n" % vmta
-            s.sendmail(SENDER, [to], (head + "\r\nhi\r\n").encode())
-
-
-def pmtactl(p, *args):
-    r = subprocess.run([tool_path("pmtactl"), "-c", p.config_path] + list(args),
-                       capture_output=True, text=True, timeout=20)
-    return r.returncode, r.stdout + r.stderr
-
-
 def queues(p):
-    rc, out = pmtactl(p, "--json", "show", "queues", "--maxitems=0")
+    rc, out = p.ctl("--json", "show", "queues", "--maxitems=0")
     try:
         return {q["name"]: q for q in json.loads(out)["queues"]} if rc == 0 else {}
     except ValueError:
@@ -126,13 +109,13 @@ def main():
     with rx, Pmta(name="why") as p:
         p.write_config(config(rx_port, http_port, dead_port))
         p.start()
-        inject(p.port, ["throttle@rate.test"])
+        send_each(p.port, ["throttle@rate.test"])
         wait_for(lambda: any(e["reply"] == 421 for e in rx.events("rcpt")), timeout=10)
-        inject(p.port, ["r%d@rate.test" % i for i in range(5)])
-        inject(p.port, ["s%d@src.test" % i for i in range(8)], vmta="v21")
-        inject(p.port, ["c%d@cap.test" % i for i in range(8)] +
+        send_each(p.port, ["r%d@rate.test" % i for i in range(5)])
+        send_each(p.port, ["s%d@src.test" % i for i in range(8)], SENDER, vmta="v21")
+        send_each(p.port, ["c%d@cap.test" % i for i in range(8)] +
                ["d%d@dead.test" % i for i in range(2)] + ["h%d@held.test" % i for i in range(10)])
-        pmtactl(p, "pause", "queue", "held.test")
+        p.ctl("pause", "queue", "held.test")
         got = {}
 
         def all_held():
@@ -145,7 +128,7 @@ def main():
             tap.ok(matches(got.get(name, {}).get("limit"), want),
                    "show queues: %s is held back by %s" % (name, want.replace("\\", "")),
                    json.dumps(got.get(name, {}))[:500])
-        rc, text = pmtactl(p, "show", "queues")
+        rc, text = p.ctl("show", "queues")
         tap.ok(rc == 0 and "  held back: message rate limit reached (based on "
                "backoff-max-msg-rate 1/m)" in text and
                "  held back: connection limit reached (source-ip-max-smtp-out 2 for 127.0.0.21)"
@@ -155,7 +138,7 @@ def main():
                "421 4.7.0 Try again later: throttled" in events[-1]["why"],
                "the mode event names the reply that caused it", events)
 
-        rc, text = pmtactl(p, "show", "settings", "rate.test")
+        rc, text = p.ctl("show", "settings", "rate.test")
         tap.ok(rc == 0 and re.search(r"^backoff-max-msg-rate\s+1/m", text, re.M) and
                "now:" in text and "queue rate.test/{default}: mode backoff" in text and
                "held back: message rate limit reached (based on backoff-max-msg-rate 1/m)"
@@ -163,17 +146,22 @@ def main():
                                      text),
                "pmtactl show settings: the settings, then what holds the queue back now and its "
                "mode events", text)
-        rc, text = pmtactl(p, "show", "settings", "src.test/v21")
+        rc, text = p.ctl("show", "settings", "src.test/v21")
         tap.ok(rc == 0 and "held back: connection limit reached (source-ip-max-smtp-out 2 for "
                "127.0.0.21)" in text, "show settings src.test/v21 names the source limit", text)
 
         detail = {}
-        try:
+
+        def fetch_detail():
             url = "http://127.0.0.1:%d/queueDetail?queue=cap.test/%%7Bdefault%%7D" % http_port
-            with urllib.request.urlopen(url, timeout=10) as r:
-                detail = json.load(r)["data"]["queue"]
-        except (OSError, ValueError, KeyError) as e:
-            detail = {"error": repr(e)}
+            try:
+                with urllib.request.urlopen(url, timeout=10) as r:
+                    detail.update(json.load(r)["data"]["queue"])
+                return True
+            except (OSError, ValueError, KeyError) as e:
+                detail["error"] = repr(e)
+                return False
+        wait_for(fetch_detail, timeout=10, interval=0.5)
         tap.ok(detail.get("limit") == EXPECT["cap.test/{default}"],
                "the monitor's queue detail says the same", detail)
 

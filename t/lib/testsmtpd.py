@@ -626,6 +626,22 @@ class TestSmtpd:
             pass
         return out
 
+    def open_at_most(self, since=0.0, until=float("inf"), served=False):
+        """The most connections open at once between SINCE and UNTIL (those already open at
+        SINCE count), from the connect/disconnect events; SERVED leaves out the ones refused
+        by max_concurrent."""
+        refused = {e["conn"] for e in self.events("refused")} if served else set()
+        evs = sorted((e["t"], 1 if e["event"] == "connect" else -1) for e in self.events()
+                     if e["event"] in ("connect", "disconnect") and e["conn"] not in refused)
+        n = best = 0
+        for t, d in evs:
+            if since <= t <= until:
+                best = max(best, n)  # what was open just before
+            n += d
+            if since <= t <= until:
+                best = max(best, n)
+        return best if evs and evs[-1][0] >= since else max(best, n)
+
     def clear(self):
         """Forget events so far (the log is truncated in place)."""
         open(self.log_path, "w").close()
