@@ -48,16 +48,22 @@ enum cfg_type {
     CFG_T_SIZE,          /* N[bkmgt] or unlimited(-1) -> num bytes */
     CFG_T_INTERVAL,      /* 1w2d3h4m5s | never(-1) -> num seconds */
     CFG_T_INTERVAL_LIST, /* 10m,1h,4h -> ints pool (seconds) */
-    CFG_T_RATE,   /* unlimited | N/[M]unit -> num count, num2 period seconds; 0 = unlimited */
-    CFG_T_STRING, /* one word or a "quoted string" -> str */
-    CFG_T_WORDS,  /* the rest of the line, kept as text -> str (checked by the directive's own
-                     parser) */
-    CFG_T_ENUM,   /* one word out of the directive's list -> num index, str text */
+    CFG_T_RATE,        /* unlimited | N/[M]unit -> num count, num2 period seconds; 0 = unlimited */
+    CFG_T_STRING,      /* one word or a "quoted string" -> str */
+    CFG_T_WORDS,       /* the rest of the line, kept as text -> str (checked by the directive's own
+                          parser) */
+    CFG_T_ENUM,        /* one word out of the directive's list -> num index, str text */
+    CFG_T_VOLUME_RATE, /* unlimited | N[bkmgt]/[M]unit -> num bytes, num2 period seconds */
+    CFG_T_PERCENT,     /* N[.NNNN]% -> num parts per million (0..1000000) */
     /* structured values: the rest of the line, decoded once into a typed record */
     CFG_T_REPLY,          /* /RE/ ACTION[,ACTION...] -> struct cfg_reply */
     CFG_T_PATTERN,        /* [HEADER] /RE/ RESULT -> struct cfg_pattern_entry */
     CFG_T_BOUNCE_PATTERN, /* /RE/ CATEGORY -> struct cfg_bounce_pattern */
     CFG_T_DOMAIN_KEY,     /* SELECTOR,DOMAIN,KEYFILE -> struct cfg_domain_key */
+    CFG_T_SOURCE_LIMIT,   /* CIDR LIMIT (source-ip-max-*) -> struct cfg_source_limit */
+    CFG_T_MX_ROLLUP,      /* MXNAME ROLLUP [rollup-by-ip] -> struct cfg_mx_rollup */
+    CFG_T_DAY_CAP,        /* DAY COUNT (a warm-up plan's step) -> num DAY, num2 COUNT */
+    CFG_T_DOUBLING,       /* INTERVAL until COUNT -> num seconds, num2 COUNT */
     CFG_T_COUNT
 };
 
@@ -86,6 +92,7 @@ enum cfg_scope_kind {
     CFG_S_BOUNCE_PROCESSOR, /* <bounce-processor> */
     CFG_S_FBL_PROCESSOR,    /* <feedback-loop-processor> */
     CFG_S_ACCT_WEBHOOK,     /* <acct-webhook URL> (ext): accounting records POSTed as JSON */
+    CFG_S_WARMUP_PLAN,
     CFG_S_COUNT
 };
 #define CFG_IN(kind)   (1u << (kind))
@@ -204,6 +211,22 @@ struct cfg_domain_key {
     uint32_t path;
 };
 
+/* An <mx-rollup-list> line: MX host names matching PATTERN roll up into NAME. */
+struct cfg_mx_rollup {
+    uint32_t pattern; /* string offset: a host name with shell wildcards, lower case */
+    uint32_t name;    /* string offset: the rollup's name (its queue's domain part) */
+    uint32_t by_ip;   /* rollup-by-ip was given (not implemented: rolled up by name) */
+};
+
+/* A source-ip-max-* line: which local source addresses, and their limit. */
+struct cfg_source_limit {
+    int64_t limit;    /* connections, units per period or bytes per period; 0: no limit */
+    int64_t period;   /* rates: seconds; 0 for a count */
+    uint8_t family;   /* AF_INET or AF_INET6 */
+    uint8_t prefix;   /* CIDR prefix length */
+    uint8_t addr[16]; /* the network address */
+};
+
 struct cfg_value {
     uint16_t directive; /* enum cfg_directive */
     uint8_t type;       /* enum cfg_type */
@@ -222,6 +245,8 @@ struct cfg_value {
         struct cfg_pattern_entry pattern; /* CFG_T_PATTERN */
         struct cfg_bounce_pattern bounce; /* CFG_T_BOUNCE_PATTERN */
         struct cfg_domain_key key;        /* CFG_T_DOMAIN_KEY */
+        struct cfg_source_limit source;   /* CFG_T_SOURCE_LIMIT */
+        struct cfg_mx_rollup rollup;      /* CFG_T_MX_ROLLUP */
     };
 };
 
@@ -379,6 +404,30 @@ int cfg_resolve_session(const struct cfg *c, const struct sockaddr *addr, const 
  * host-name, ...) */
 int cfg_resolve_vmta(const struct cfg *c, const char *vmta, struct cfg_resolved *out);
 
+/*
+ * cfg_source_ip_limit - a source-ip-max-* setting for one source address.
+ * V is the queue's resolved value of such a directive (the first line of the
+ * most specific block that has it); every line of that directive in V's
+ * block competes, and the one whose CIDR holds ADDR (4 or 16 bytes of
+ * FAMILY) with the longest prefix wins (the first of equals). Returns it,
+ * or NULL when no CIDR holds ADDR; *SCOPE (may be NULL) gets its block.
+ * Its record (v->source) holds the limit.
+ */
+const struct cfg_value *cfg_source_ip_limit(const struct cfg *c, const struct cfg_value *v,
+                                            int family, const uint8_t *addr, uint32_t *scope);
+/*
+ * cfg_mx_rollup - the MX rollup an MX host named MX belongs to: the first
+ * <mx-rollup-list> line whose pattern matches it (shell wildcards, any case),
+ * else the first built-in entry that does (Google, Microsoft 365 / Outlook,
+ * Yahoo; cfg_rollup.c); NULL when none.
+ */
+const char *cfg_mx_rollup(const struct cfg *c, const char *mx);
+
+/* cfg_value_scope - the index of the scope holding V (a value of C), or CFG_NONE */
+uint32_t cfg_value_scope(const struct cfg *c, const struct cfg_value *v);
+/* cfg_domain_pattern - the pattern of <domain> scope S as written ("*", "[*.]a.com"), into OUT */
+const char *cfg_domain_pattern(const struct cfg *c, uint32_t s, char *out, size_t size);
+
 /* cfg_domain_match - does domain pattern scope S match DOMAIN? returns specificity+1, or 0 */
 int cfg_domain_match(const struct cfg *c, const struct cfg_scope *s, const char *domain);
 
@@ -390,6 +439,11 @@ int cfg_parse_interval(const char *s, int64_t *out);
 /* cfg_parse_interval_list - up to MAX intervals; returns the count or -EINVAL */
 int cfg_parse_interval_list(const char *s, int64_t *out, int max);
 int cfg_parse_rate(const char *s, int64_t *count, int64_t *period);
+/* cfg_parse_volume_rate - unlimited | 0 | N[bkmgt]/[M]unit (bytes per period); 0 or -EINVAL/-ERANGE
+ */
+int cfg_parse_volume_rate(const char *s, int64_t *bytes, int64_t *period);
+/* cfg_parse_percent - N[.NNNN]% (0..100) in parts per million; 0 or -EINVAL */
+int cfg_parse_percent(const char *s, int64_t *ppm);
 /*
  * smtp-hosts / route values (cfg_route.c): levels tried in order, each a set
  * of entries of equal preference. Parsed at load (errors are file:line) and

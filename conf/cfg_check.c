@@ -2,8 +2,9 @@
  * cfg_check.c - the structured values: their grammars, typed records and checks
  *
  * A value whose type is structured (cfg.h: CFG_T_REPLY, CFG_T_PATTERN,
- * CFG_T_BOUNCE_PATTERN, CFG_T_DOMAIN_KEY) is parsed here once, at load, into
- * the typed record the snapshot carries; consumers read the record and never
+ * CFG_T_BOUNCE_PATTERN, CFG_T_DOMAIN_KEY, CFG_T_SOURCE_LIMIT, CFG_T_MX_ROLLUP)
+ * is parsed here once, at load, into the typed record the snapshot carries;
+ * consumers read the record and never
  * parse the text again. The other WORDS values (smtp-listener,
  * smtp-source-host, http-access, records, smtp-hosts) and the checks a type
  * alone cannot express (cross references, DKIM keys that must sign, sizes
@@ -465,6 +466,103 @@ decode_domain_key(struct cfg_builder *b, char *arg, const char *text, struct cfg
     return 0;
 }
 
+/*
+ * decode_source_limit - "CIDR LIMIT" of a source-ip-max-* line D: the
+ * addresses, and the LIMIT as D reads it (a count for source-ip-max-smtp-out,
+ * a data volume rate for -data-volume-rate, a rate otherwise)
+ */
+static int
+decode_source_limit(struct cfg_builder *b, enum cfg_directive d, char *arg,
+                    struct cfg_source_limit *l)
+{
+    const char *name = cfg_directive_info(d)->name, *what;
+    char *save = NULL, *cidr = strtok_r(arg, " \t", &save), *limit = strtok_r(NULL, " \t", &save);
+    char shown[200];
+    int rc;
+
+    if (!cidr || !limit || strtok_r(NULL, " \t", &save)) {
+        error(b,
+              "bad value for '%s' (expected a CIDR and a limit, such as 0/0 10/s, "
+              "127.0.0.0/8 4 or 10.1.0.0/16 50M/h)",
+              name);
+        return -1;
+    }
+    if (cfg__parse_cidr(cidr, &l->family, &l->prefix, l->addr) != 0) {
+        error(b, "bad CIDR '%s' for '%s'", cfg__clip(cidr, shown, sizeof shown), name);
+        return -1;
+    }
+    switch (d) {
+    case CFG_D_SOURCE_IP_MAX_SMTP_OUT:
+        what = "a whole number";
+        l->period = 0;
+        rc = cfg_parse_int(limit, &l->limit);
+        break;
+    case CFG_D_SOURCE_IP_MAX_DATA_VOLUME_RATE:
+        what = "a data volume rate such as 50M/h";
+        rc = cfg_parse_volume_rate(limit, &l->limit, &l->period);
+        break;
+    default:
+        what = "a rate such as 10/s";
+        rc = cfg_parse_rate(limit, &l->limit, &l->period);
+    }
+    if (rc != 0) {
+        error(b, "bad limit '%s' for '%s' (expected %s)", cfg__clip(limit, shown, sizeof shown),
+              name, what);
+        return -1;
+    }
+    return 0;
+}
+
+/* host_pattern_chars - a host name with shell wildcards: letters, digits, - . _ * ? */
+static int
+host_pattern_chars(const char *s)
+{
+    if (!*s)
+        return 0;
+    for (; *s; s++)
+        if (!(isalnum((unsigned char)*s) || strchr("-._*?", *s)))
+            return 0;
+    return 1;
+}
+
+/*
+ * decode_mx_rollup - "MXNAME ROLLUP [rollup-by-ip]" of an <mx-rollup-list>:
+ * MX hosts matching MXNAME (wildcards) roll up into the queue ROLLUP
+ */
+static int
+decode_mx_rollup(struct cfg_builder *b, char *arg, struct cfg_mx_rollup *r)
+{
+    char *save = NULL, *pattern = strtok_r(arg, " \t", &save);
+    char *name = strtok_r(NULL, " \t", &save), *opt = strtok_r(NULL, " \t", &save), shown[200];
+
+    if (!pattern || !name || strtok_r(NULL, " \t", &save) ||
+        (opt && strcasecmp(opt, "rollup-by-ip") != 0)) {
+        error(b, "bad mx line (expected MXNAME ROLLUP-NAME [rollup-by-ip], such as "
+                 "mx *.google.com google.rollup)");
+        return -1;
+    }
+    if (!host_pattern_chars(pattern)) {
+        error(b, "bad MX host pattern '%s' (letters, digits, - . _ and the wildcards * ?)",
+              cfg__clip(pattern, shown, sizeof shown));
+        return -1;
+    }
+    if (!host_pattern_chars(name) || strpbrk(name, "*?") || strchr(name, '/')) {
+        error(b, "bad rollup name '%s' (a domain-like name such as google.rollup)",
+              cfg__clip(name, shown, sizeof shown));
+        return -1;
+    }
+    if (opt)
+        cfg__warning(b, "rollup-by-ip is not implemented yet; %s rolls up by MX name", name);
+    for (char *p = pattern; *p; p++)
+        *p = (char)tolower((unsigned char)*p);
+    for (char *p = name; *p; p++)
+        *p = (char)tolower((unsigned char)*p);
+    r->pattern = cfg__intern(b, pattern);
+    r->name = cfg__intern(b, name);
+    r->by_ip = opt != NULL;
+    return 0;
+}
+
 /* cfg__decode_record - see cfg_parse.h */
 int
 cfg__decode_record(struct cfg_builder *b, enum cfg_directive d, char *scratch, const char *text,
@@ -479,6 +577,10 @@ cfg__decode_record(struct cfg_builder *b, enum cfg_directive d, char *scratch, c
         return decode_bounce_pattern(b, scratch, &v->bounce);
     case CFG_T_DOMAIN_KEY:
         return decode_domain_key(b, scratch, text, &v->key);
+    case CFG_T_SOURCE_LIMIT:
+        return decode_source_limit(b, d, scratch, &v->source);
+    case CFG_T_MX_ROLLUP:
+        return decode_mx_rollup(b, scratch, &v->rollup);
     default:
         return 0;
     }
@@ -580,6 +682,13 @@ cfg__check_value(struct cfg_builder *b, enum cfg_directive d, char *arg, const c
             return 0;
         error(b, "file-destination must be an absolute path");
         return -1;
+    case CFG_D_WARMUP_PLAN:
+        cfg__add_xref(b, CFG_IN(CFG_S_WARMUP_PLAN), text, "warmup-plan");
+        return 0;
+    case CFG_D_COLD_VIRTUAL_MTA:
+    case CFG_D_WARMUP_OVERFLOW_VIRTUAL_MTA:
+        cfg__add_xref(b, CFG_IN(CFG_S_VMTA), text, cfg_directive_info(d)->name);
+        return 0;
     default:
         return 0;
     }

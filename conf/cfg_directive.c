@@ -72,6 +72,7 @@ static const struct {
     { CFG_D_LOG_ROTATE, 0, 1000 },
     { CFG_D_MAX_MESSAGE_HOPS, 1, 1000 },
     { CFG_D_SENDER_MAX_CONN, 1, 100000 },
+    { CFG_D_CONNECTION_FAILURES_BEFORE_DELAY, 1, 100000 },
 };
 
 static const char *const kind_names[CFG_S_COUNT] = {
@@ -95,6 +96,7 @@ static const char *const kind_names[CFG_S_COUNT] = {
     [CFG_S_BOUNCE_PROCESSOR] = "bounce-processor",
     [CFG_S_FBL_PROCESSOR] = "feedback-loop-processor",
     [CFG_S_ACCT_WEBHOOK] = "acct-webhook",
+    [CFG_S_WARMUP_PLAN] = "warmup-plan",
 };
 
 /* cfg_directive_info - static description of directive D */
@@ -225,6 +227,7 @@ cfg__scope_kind_name(enum cfg_scope_kind kind)
         "<bounce-processor>",
         "<feedback-loop-processor>",
         "<acct-webhook>",
+        "<warmup-plan>",
     };
     return (unsigned)kind < CFG_S_COUNT ? tags[kind] : "?";
 }

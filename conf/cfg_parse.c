@@ -453,9 +453,39 @@ type_hint(enum cfg_type t)
         return "a list of time intervals such as 10m,1h,4h";
     case CFG_T_RATE:
         return "a rate such as 100/h, 83/5s or unlimited";
+    case CFG_T_VOLUME_RATE:
+        return "a data volume rate such as 100M/h, 512k/5s or unlimited";
+    case CFG_T_PERCENT:
+        return "a percentage such as 10% or 0.3%";
+    case CFG_T_DAY_CAP:
+        return "a day and its cap, such as 3 200";
+    case CFG_T_DOUBLING:
+        return "an interval and a cap, such as 1d until 50000";
     default:
         return "a value";
     }
+}
+
+/*
+ * decode_pair - "DAY COUNT" (both >= 1, DAY at most 3650) or "INTERVAL until
+ * COUNT" (interval at least 1h: a warm-up plan counts per day) into num, num2
+ */
+static int
+decode_pair(enum cfg_type type, const char *text, struct cfg_value *v)
+{
+    char first[64], word[16], last[32], extra[2];
+
+    if (type == CFG_T_DAY_CAP)
+        return sscanf(text, "%63s %31s %1s", first, last, extra) == 2 &&
+                       cfg_parse_int(first, &v->num) == 0 && cfg_parse_int(last, &v->num2) == 0 &&
+                       v->num >= 1 && v->num <= 3650 && v->num2 >= 1
+                   ? 0
+                   : -EINVAL;
+    return sscanf(text, "%63s %15s %31s %1s", first, word, last, extra) == 3 &&
+                   strcasecmp(word, "until") == 0 && cfg_parse_interval(first, &v->num) == 0 &&
+                   v->num >= 3600 && cfg_parse_int(last, &v->num2) == 0 && v->num2 >= 1
+               ? 0
+               : -EINVAL;
 }
 
 /*
@@ -490,6 +520,16 @@ decode_typed(struct cfg_builder *b, enum cfg_directive d, const char *text, stru
         break;
     case CFG_T_RATE:
         rc = cfg_parse_rate(text, &v->num, &v->num2);
+        break;
+    case CFG_T_VOLUME_RATE:
+        rc = cfg_parse_volume_rate(text, &v->num, &v->num2);
+        break;
+    case CFG_T_PERCENT:
+        rc = cfg_parse_percent(text, &v->num);
+        break;
+    case CFG_T_DAY_CAP:
+    case CFG_T_DOUBLING:
+        rc = decode_pair(info->type, text, v);
         break;
     case CFG_T_INTERVAL_LIST:
         rc = cfg_parse_interval_list(text, list, CFG_LIST_MAX);
@@ -935,6 +975,7 @@ unique_namespace(int kind)
     case CFG_S_ACCT_FILE:
     case CFG_S_ACCT_WEBHOOK:
     case CFG_S_ADDRESS_LIST: /* a processor's own list is not in the namespace (PARENT set) */
+    case CFG_S_WARMUP_PLAN:
         return CFG_IN(kind);
     default:
         return 0;
@@ -949,11 +990,8 @@ open_named(struct cfg_builder *b, struct frame *f, int kind, char *arg, uint32_t
     int prev;
 
     if (unquote(arg, name) != 0) {
-        if (kind != CFG_S_MX_ROLLUP_LIST) {
-            error(b, "<%s> takes one name, not '%s'", f->tag, cfg__clip(arg, shown, sizeof shown));
-            goto out;
-        }
-        strcpy(name, arg); /* not implemented: kept as written */
+        error(b, "<%s> takes one name, not '%s'", f->tag, cfg__clip(arg, shown, sizeof shown));
+        goto out;
     }
     if (kind == CFG_S_ACCT_FILE && name[0] == '|' && !*cfg__trim(name + 1)) {
         error(b, "<acct-file %s> has an empty command (expected |PROGRAM [ARGS])", name);
@@ -1075,8 +1113,6 @@ open_tag(struct cfg_builder *b, char *tag, char *arg)
         return;
     }
     b->stack[b->depth].kind = kind;
-    if (kind == CFG_S_MX_ROLLUP_LIST)
-        warn_skipped_block(b, tag);
     if (kind == CFG_S_DOMAIN)
         open_domain(b, &b->stack[b->depth], arg, parent->nscopes ? parent->scopes[0] : 0);
     else if (kind == CFG_S_SOURCE)
@@ -1084,6 +1120,42 @@ open_tag(struct cfg_builder *b, char *tag, char *arg)
     else
         open_named(b, &b->stack[b->depth], kind, arg,
                    is_processor(parent->kind) && parent->nscopes ? parent->scopes[0] : 0);
+}
+
+/*
+ * finish_warmup_plan - a plan needs its steps: day lines (each day once), and
+ * double-every grows from day 1's cap
+ */
+static void
+finish_warmup_plan(struct cfg_builder *b, struct frame *f)
+{
+    struct pscope *ps = &b->scopes[f->scopes[0]];
+    const char *name = b->strings.data + ps->s.name;
+    int have_day1 = 0, ndays = 0, doubling = 0;
+
+    for (uint32_t i = 0; i < ps->nvals; i++) {
+        const struct cfg_value *v = &ps->vals[i];
+
+        if (v->directive == CFG_D_WARMUP_DOUBLE_EVERY)
+            doubling = 1;
+        if (v->directive != CFG_D_WARMUP_DAY || (v->flags & CFG_VALUE_CLEAR))
+            continue;
+        ndays++;
+        have_day1 |= v->num == 1;
+        for (uint32_t j = 0; j < i; j++)
+            if (ps->vals[j].directive == CFG_D_WARMUP_DAY && ps->vals[j].num == v->num)
+                error_at(b, v->file, v->line, "<warmup-plan %s>: day %lld is given twice", name,
+                         (long long)v->num);
+    }
+    if (ndays == 0)
+        error_at(b, ps->s.file, ps->s.line,
+                 "<warmup-plan %s> has no steps (expected day lines such as 'day 1 50')", name);
+    else if (!have_day1)
+        error_at(b, ps->s.file, ps->s.line, "<warmup-plan %s> has no 'day 1' line", name);
+    if (doubling && ndays > 1)
+        error_at(b, ps->s.file, ps->s.line,
+                 "<warmup-plan %s>: double-every grows from day 1 alone; drop the other day lines",
+                 name);
 }
 
 /* finish_listener - a <smtp-listener ADDR> block also lists itself as a global smtp-listener */
@@ -1112,6 +1184,8 @@ pop_frame(struct cfg_builder *b)
 
     if (f->kind == CFG_S_LISTENER && f->nscopes)
         finish_listener(b, f);
+    if (f->kind == CFG_S_WARMUP_PLAN && f->nscopes)
+        finish_warmup_plan(b, f);
     free(f->scopes);
     f->scopes = NULL;
     f->nscopes = 0;

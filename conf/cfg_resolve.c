@@ -419,6 +419,72 @@ cfg_resolve_vmta(const struct cfg *c, const char *vmta, struct cfg_resolved *out
     return 0;
 }
 
+/* cfg_domain_pattern - see cfg.h */
+const char *
+cfg_domain_pattern(const struct cfg *c, uint32_t s, char *out, size_t size)
+{
+    const struct cfg_scope *sc = scope_at(c, s);
+    const char *name = sc ? cfg_str(c, sc->name) : "";
+
+    switch (sc ? sc->pattern : CFG_PAT_EXACT) {
+    case CFG_PAT_ALL:
+        snprintf(out, size, "*");
+        break;
+    case CFG_PAT_SUBDOMAINS:
+        snprintf(out, size, "*.%s", name);
+        break;
+    case CFG_PAT_DOMAIN_AND_SUB:
+        snprintf(out, size, "[*.]%s", name);
+        break;
+    case CFG_PAT_CIDR:
+        snprintf(out, size, "[%s]", name);
+        break;
+    default:
+        snprintf(out, size, "%s", name);
+    }
+    return out;
+}
+
+/* cfg_value_scope - see cfg.h */
+uint32_t
+cfg_value_scope(const struct cfg *c, const struct cfg_value *v)
+{
+    uint32_t idx;
+
+    if (v < c->values || v >= c->values + c->nvalues)
+        return CFG_NONE;
+    idx = (uint32_t)(v - c->values);
+    for (uint32_t s = 0; s < c->nscopes; s++)
+        if (idx >= c->scopes[s].first && idx - c->scopes[s].first < c->scopes[s].count)
+            return s;
+    return CFG_NONE;
+}
+
+/* cfg_source_ip_limit - see cfg.h */
+const struct cfg_value *
+cfg_source_ip_limit(const struct cfg *c, const struct cfg_value *v, int family, const uint8_t *addr,
+                    uint32_t *scope)
+{
+    uint32_t s = v ? cfg_value_scope(c, v) : CFG_NONE, it = 0;
+    const struct cfg_value *w, *best = NULL;
+    int best_prefix = -1;
+
+    while (s != CFG_NONE && (w = cfg_scope_next(c, s, v->directive, &it)) != NULL) {
+        const struct cfg_source_limit *l = &w->source;
+
+        if (w->type != CFG_T_SOURCE_LIMIT || (w->flags & CFG_VALUE_CLEAR))
+            continue;
+        if (l->prefix > best_prefix &&
+            cfg__cidr_contains(l->family, l->prefix, l->addr, family, addr)) {
+            best = w;
+            best_prefix = l->prefix;
+        }
+    }
+    if (scope)
+        *scope = best ? s : CFG_NONE;
+    return best;
+}
+
 /*
  * cfg_http_access - see cfg.h. The first http-access line whose CIDR holds
  * the address decides (PowerMTA's top-down rule); no line: no access.

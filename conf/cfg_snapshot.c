@@ -6,7 +6,7 @@
  *                          offsets of the four arrays, FNV-1a 64 of the body
  *     scopes[nscopes]      struct cfg_scope
  *     values[nvalues]      struct cfg_value (the first CFG_D_COUNT are the defaults),
- *                          structured values with their typed record (version 2)
+ *                          structured values with their typed record (version 2, 3)
  *     ints[nints]          int64_t
  *     strings[len]         NUL-terminated strings, offset 0 is ""
  * Each array starts on an 8-byte boundary.
@@ -30,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -39,9 +40,11 @@
 #include "fdio.h"
 #include "cfg_parse.h"
 
-#define SNAP_MAGIC   "PMTACFG1"
-#define SNAP_VERSION 2u /* 2: typed records of structured values in struct cfg_value */
-#define SNAP_MAX     (1u << 30)
+#define SNAP_MAGIC "PMTACFG1"
+#define SNAP_VERSION                                                 \
+    3u /* 2: typed records of structured values in struct cfg_value; \
+         3: volume rates and source limits (the type numbers moved) */
+#define SNAP_MAX (1u << 30)
 
 struct snap_header {
     char magic[8];
@@ -206,6 +209,11 @@ record_ok(const struct cfg *c, const struct cfg_value *v)
         return v->bounce.regex < n && v->bounce.category < n;
     case CFG_T_DOMAIN_KEY:
         return v->key.selector < n && v->key.domain < n && v->key.path < n;
+    case CFG_T_MX_ROLLUP:
+        return v->rollup.pattern < n && v->rollup.name < n;
+    case CFG_T_SOURCE_LIMIT:
+        return (v->source.family == AF_INET && v->source.prefix <= 32) ||
+               (v->source.family == AF_INET6 && v->source.prefix <= 128);
     default:
         return 1;
     }

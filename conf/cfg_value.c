@@ -203,6 +203,24 @@ rate_unit(const char *u)
     return 0;
 }
 
+/* parse_period - "[M]unit" after the slash of a rate: M (>= 1) times the unit, in seconds */
+static int
+parse_period(const char *s, int64_t *period)
+{
+    int64_t m = 1, unit;
+    int err;
+
+    if (isdigit((unsigned char)*s)) {
+        if ((err = read_uint(&s, &m)) != 0)
+            return err;
+        if (m == 0)
+            return -EINVAL;
+    }
+    if ((unit = rate_unit(s)) == 0)
+        return -EINVAL;
+    return mul_checked(m, unit, period);
+}
+
 /*
  * cfg_parse_rate - unlimited | 0 (both: count 0 = no limit) | N/[M]unit with
  * N >= 1 and M >= 1; PERIOD gets M * unit in seconds.
@@ -210,7 +228,7 @@ rate_unit(const char *u)
 int
 cfg_parse_rate(const char *s, int64_t *count, int64_t *period)
 {
-    int64_t n, m = 1, unit;
+    int64_t n;
     int err;
 
     if (strcasecmp(s, "unlimited") == 0 || strcmp(s, "0") == 0) {
@@ -222,17 +240,62 @@ cfg_parse_rate(const char *s, int64_t *count, int64_t *period)
         return err;
     if (*s++ != '/' || n == 0)
         return -EINVAL;
-    if (isdigit((unsigned char)*s)) {
-        if ((err = read_uint(&s, &m)) != 0)
-            return err;
-        if (m == 0)
-            return -EINVAL;
-    }
-    if ((unit = rate_unit(s)) == 0)
-        return -EINVAL;
-    if ((err = mul_checked(m, unit, period)) != 0)
+    if ((err = parse_period(s, period)) != 0)
         return err;
     *count = n;
+    return 0;
+}
+
+/*
+ * cfg_parse_volume_rate - unlimited | 0 (no limit) | N[bkmgt]/[M]unit: N
+ * bytes (1024-based units, as sizes) per M units of time, N and M >= 1
+ */
+int
+cfg_parse_volume_rate(const char *s, int64_t *bytes, int64_t *period)
+{
+    const char *slash = strchr(s, '/');
+    char size[32];
+    int err;
+
+    if (strcasecmp(s, "unlimited") == 0 || strcmp(s, "0") == 0) {
+        *bytes = 0;
+        *period = 0;
+        return 0;
+    }
+    if (slash == NULL || slash == s || (size_t)(slash - s) >= sizeof size)
+        return -EINVAL;
+    memcpy(size, s, (size_t)(slash - s));
+    size[slash - s] = 0;
+    if ((err = cfg_parse_size(size, bytes)) != 0)
+        return err;
+    if (*bytes <= 0)
+        return -EINVAL;
+    return parse_period(slash + 1, period);
+}
+
+/* cfg_parse_percent - N[.NNNN]% with N.NNNN in 0..100, as parts per million */
+int
+cfg_parse_percent(const char *s, int64_t *ppm)
+{
+    int64_t whole, frac = 0, scale = 10000;
+    int err;
+
+    if ((err = read_uint(&s, &whole)) != 0)
+        return err;
+    if (*s == '.') {
+        s++;
+        if (!isdigit((unsigned char)*s))
+            return -EINVAL;
+        for (; isdigit((unsigned char)*s); s++) {
+            if (scale == 1)
+                return -EINVAL; /* more than 4 decimals */
+            scale /= 10;
+            frac += (*s - '0') * scale;
+        }
+    }
+    if (*s++ != '%' || *s != 0 || whole > 100 || (whole == 100 && frac > 0))
+        return -EINVAL;
+    *ppm = whole * 10000 + frac;
     return 0;
 }
 
@@ -356,6 +419,21 @@ format_size(int64_t bytes, char *out, size_t outsize)
     return out;
 }
 
+/* format_per - the period of a rate: "s", "m", "h", "d", or an interval such as "5s", "15m" */
+static char *
+format_per(int64_t period, char *per, size_t size)
+{
+    if (period == 1 || period == 60 || period == 3600 || period == 86400)
+        snprintf(per, size, "%s",
+                 period == 1      ? "s"
+                 : period == 60   ? "m"
+                 : period == 3600 ? "h"
+                                  : "d");
+    else
+        format_interval(period, per, size);
+    return per;
+}
+
 /* format_rate - "unlimited", "100/s", "3000/h", "83/5s", "100/15m" */
 static char *
 format_rate(int64_t count, int64_t period, char *out, size_t outsize)
@@ -364,15 +442,20 @@ format_rate(int64_t count, int64_t period, char *out, size_t outsize)
 
     if (count == 0)
         return snprintf(out, outsize, "unlimited"), out;
-    if (period == 1 || period == 60 || period == 3600 || period == 86400)
-        snprintf(per, sizeof per, "%s",
-                 period == 1      ? "s"
-                 : period == 60   ? "m"
-                 : period == 3600 ? "h"
-                                  : "d");
-    else
-        format_interval(period, per, sizeof per);
-    snprintf(out, outsize, "%lld/%s", (long long)count, per);
+    snprintf(out, outsize, "%lld/%s", (long long)count, format_per(period, per, sizeof per));
+    return out;
+}
+
+/* format_volume_rate - "unlimited", "100M/h", "512K/5s" */
+static char *
+format_volume_rate(int64_t bytes, int64_t period, char *out, size_t outsize)
+{
+    char size[32], per[32];
+
+    if (bytes == 0)
+        return snprintf(out, outsize, "unlimited"), out;
+    snprintf(out, outsize, "%s/%s", format_size(bytes, size, sizeof size),
+             format_per(period, per, sizeof per));
     return out;
 }
 
@@ -425,6 +508,28 @@ cfg_format_value(const struct cfg *c, const struct cfg_value *v, char *out, size
     case CFG_T_RATE:
         format_rate(v->num, v->num2, out, outsize);
         break;
+    case CFG_T_VOLUME_RATE:
+        format_volume_rate(v->num, v->num2, out, outsize);
+        break;
+    case CFG_T_PERCENT: {
+        char frac[8];
+        int n = snprintf(frac, sizeof frac, "%04lld", (long long)(v->num % 10000));
+
+        while (n > 0 && frac[n - 1] == '0')
+            frac[--n] = 0;
+        snprintf(out, outsize, "%lld%s%s%%", (long long)(v->num / 10000), n ? "." : "", frac);
+        break;
+    }
+    case CFG_T_DAY_CAP:
+        snprintf(out, outsize, "%lld %lld", (long long)v->num, (long long)v->num2);
+        break;
+    case CFG_T_DOUBLING: {
+        char every[48];
+
+        snprintf(out, outsize, "%s until %lld", format_interval(v->num, every, sizeof every),
+                 (long long)v->num2);
+        break;
+    }
     case CFG_T_ENUM:
         cfg__enum_word((enum cfg_directive)v->directive, v->num, out, outsize);
         break;

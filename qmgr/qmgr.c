@@ -36,6 +36,7 @@
 
 #include "msg.h"
 #include "qmgr.h"
+#include "qmgr_warmup.h"
 #include "worker.h"
 #include "xalloc.h"
 
@@ -180,6 +181,9 @@ on_group_closed(void *arg)
     S.qs = NULL;
     qmgr_queues_free();
     qmgr_vmta_free();
+    qmgr_source_free();
+    qmgr_rollup_free();
+    qmgr_warmup_free();
     qmgr_heap_free();
     qmgr_jobs_free();
     free(S.conn_by_id);
@@ -200,6 +204,7 @@ on_drain_timer(uv_timer_t *t)
         drain_stage = 3;
         uv_close((uv_handle_t *)t, NULL);
         qmgr_sched_stop();
+        qmgr_warmup_stop(); /* its last saves go into the group before it closes */
         qmgr_outcome_close();
         qstore_group_close(S.group, on_group_closed, NULL);
     }
@@ -217,6 +222,7 @@ on_shutdown(unsigned drain_seconds, void *ctx)
     qmgr_ctl_stop();
     qmgr_http_stop();
     qmgr_conn_close_idle_all();
+    qmgr_rollup_stop();
     drain_deadline_ms = qmgr_now_ms() + (uint64_t)drain_seconds * 1000;
     drain_stage = 1;
     uv_timer_init(worker_loop(), &drain_timer);
@@ -237,8 +243,13 @@ main(int argc, char **argv)
     S.cfg = worker_config_hold();
     S.cfg_serial = 1;
     lock_queue();
+    qlim_init(&S.lim_total, QLIM_GLOBAL, QLIM_LEASE, QLIM_CONNS, "total-max-smtp-out");
+    qmgr_limit_set_value(&S.lim_total, cfg_global(S.cfg, CFG_D_TOTAL_MAX_SMTP_OUT), NULL);
+    qlim_set_wake_hook(qmgr_dispatch_soon);
     open_queue();
     qmgr_outcome_config();
+    qmgr_rollup_start();
+    qmgr_warmup_start();
     qmgr_sched_start();
     if ((err = qmgr_sched_rebuild()) < 0)
         msg_fatal("cannot rebuild the schedule: %s", qstore_strerror(err));

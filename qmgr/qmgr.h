@@ -10,10 +10,17 @@
  *                   timers and the dispatch pass (who gets a connection)
  *   qmgr_conn.c     the qmgr socket: cleanup hints and smtp-out processes,
  *                   connections and transactions (runtime/mailproto.h)
- *   qmgr_rate.c     smooth rate limiters (GCRA) for max-msg-rate and
- *                   max-connect-rate
+ *   qmgr_limit.c    every limit on sending behind one interface (rates as
+ *                   GCRA, connections as leases, caps as quotas), with a
+ *                   backend vtable a shared (cluster) store can fill
  *   qmgr_vmta.c     limits across all queues of one virtual MTA, and the
  *                   source address (smtp-source-host) of each connection
+ *   qmgr_source.c   limits per source address (source-ip-max-*)
+ *   qmgr_rollup.c   which queue a domain's mail joins: its own, an MX rollup's
+ *                   or a queue-to target's (qmgr's MX lookups)
+ *   qmgr_gate.c     what a queue passes before a connection opens or a
+ *                   transaction goes, and in words what holds it back
+ *   qmgr_adaptive.c adaptive concurrency and dead destinations
  *   qmgr_backoff.c  backoff mode and the smtp-pattern-list reply actions
  *   qmgr_ctl.c      the control socket pmtactl talks to (JSON lines)
  *   qmgr_http.c     the HTTP monitor (status and queues as JSON, /metrics)
@@ -54,6 +61,7 @@
 #include "ipc.h"
 #include "qstore.h"
 #include "qstore_group.h"
+#include "qmgr_limit.h"
 
 #define QNIL             UINT32_MAX
 #define QMGR_TICK_MS     10u /* resolution of in-memory due times */
@@ -88,15 +96,19 @@ struct qmsg {
     uint32_t live;      /* recipients still in memory; 0 = slot free */
 };
 
-/* Smooth rate limiter (qmgr_rate.c). */
-struct qrate {
-    uint64_t tat_ns; /* theoretical arrival time of the next unit */
-};
-
 enum qqueue_mode { QMODE_NORMAL = 0, QMODE_BACKOFF = 1 };
+
+/* The source-ip-max-* limiters of one queue for one source address (qmgr_source.c), and its
+   warm-up cap there (qmgr_warmup.c); NULL: no such limit. */
+enum { QSRC_MSGS, QSRC_CONNECT, QSRC_CONNS, QSRC_VOLUME, QSRC_WARMUP, QSRC_LIMITS };
+struct qsource_limits {
+    char ip[48];
+    struct qlim *lim[QSRC_LIMITS];
+};
 
 struct qconn;
 struct qvmta;
+struct qroute;
 
 /* A source address a reply told us to stop using for a queue (disable-source-ip). */
 struct qdisabled_ip {
@@ -125,12 +137,25 @@ struct qqueue {
     struct qconn *conns; /* every connection of this queue */
     uint32_t nconn;
     uint32_t nrate_pending; /* connections opening for a rate-limited transaction */
-    /* shaping */
-    struct qrate msg_rate, connect_rate;
-    uint32_t fail_count;       /* consecutive connection failures (retry mode) */
-    uint64_t retry_until_ms;   /* no new connection before this (monotonic ms) */
-    int mode;                  /* enum qqueue_mode (qmgr_backoff.c) */
-    uint64_t backoff_until_ms; /* back to normal at this monotonic ms; 0 = not by time */
+    /* shaping: limiters configured by qmgr_queue_limits() */
+    struct qlim lim_msg;     /* max-msg-rate (backoff-max-msg-rate), recipients */
+    struct qlim lim_connect; /* max-connect-rate (backoff-), new connections */
+    struct qlim lim_conns;   /* max-smtp-out (backoff-), connections */
+    struct qlim lim_volume;  /* max-data-volume-rate (backoff-), message bytes */
+    uint64_t lim_serial;     /* S.cfg_serial the limiters were set for (0: set them again) */
+    int lim_mode;            /* and the mode */
+    /* adaptive concurrency (qmgr_adaptive.c) */
+    int adapt_on;               /* adaptive-concurrency yes */
+    double adapt_window;        /* connections allowed now */
+    uint32_t adapt_max;         /* max-smtp-out (or its backoff twin) */
+    uint32_t adapt_ceiling;     /* the level last refused; 0: none */
+    uint64_t adapt_probe_at_ms; /* not above ceiling - 1 before this */
+    uint32_t adapt_probe_ms;    /* the wait before the next probe */
+    uint32_t adapt_fails;       /* connection failures in a row with none up */
+    uint32_t fail_count;        /* consecutive connection failures (retry mode) */
+    uint64_t retry_until_ms;    /* no new connection before this (monotonic ms) */
+    int mode;                   /* enum qqueue_mode (qmgr_backoff.c) */
+    uint64_t backoff_until_ms;  /* back to normal at this monotonic ms; 0 = not by time */
     uint32_t mode_changes;
     int32_t plist;                 /* index of its smtp-pattern-list, -1 none (qmgr_backoff.c) */
     uint64_t plist_gen;            /* pattern generation plist was looked up for */
@@ -141,6 +166,19 @@ struct qqueue {
     struct qmode_event *mode_events; /* ring of QMGR_MODE_EVENTS, allocated on first change */
     uint8_t nmode_events, mode_event_next;
     struct qvmta *vg; /* limits across the virtual MTA's queues (qmgr_vmta.c) */
+    /* destination (qmgr_rollup.c) */
+    struct qroute *route;     /* a domain queue: its domain's route; NULL until its first rcpt */
+    struct qqueue *dest;      /* where its recipients go; NULL: itself */
+    uint64_t dest_serial;     /* S.cfg_serial dest was decided for (0: decide again) */
+    uint64_t dest_until_ms;   /* and until when (the MX answer's TTL) */
+    int route_held;           /* its domain's first MX answer is awaited: no connection */
+    const char *route_domain; /* a rollup queue: the member domain its connections resolve */
+    struct qqueue **members;  /* a destination queue: the domain queues routed to it */
+    uint32_t nmembers;
+    struct qsource_limits *srcl; /* per source address, for srcl_serial (qmgr_source.c) */
+    uint32_t nsrcl;
+    int srcl_any; /* has it any source-ip-max-* setting? */
+    uint64_t srcl_serial;
     /* settings cache: resolved for S.cfg_serial */
     struct cfg_resolved *res;
     uint64_t res_serial;
@@ -170,6 +208,9 @@ struct qpeer {
 
 enum qconn_state { QC_OPENING, QC_BUSY, QC_IDLE, QC_CLOSING };
 
+/* leases a connection holds: its queue's, the global one, its virtual MTA's, its source's */
+#define QCONN_LEASES 4
+
 struct qconn {
     uint32_t id;
     enum qconn_state state;
@@ -178,7 +219,11 @@ struct qconn {
     struct qconn *qnext, *onext;
     int up;           /* MP_CONN_UP seen */
     int rate_pending; /* opened without a transaction: takes its rate share once up */
-    unsigned ntxn;    /* transactions sent */
+    struct qlim *leases[QCONN_LEASES]; /* released when the connection is freed */
+    unsigned nleases;
+    struct qlim *src_msgs, *src_volume; /* its source address's rates (NULL: none) */
+    struct qlim *src_warm;              /* its source address's warm-up cap (NULL: none) */
+    unsigned ntxn;                      /* transactions sent */
     /* pinned at open (a reload does not change a running connection) */
     unsigned max_msg; /* 0 = no limit */
     unsigned max_rcpt;
@@ -188,7 +233,7 @@ struct qconn {
     uint32_t txn_msgidx;
     uint32_t *txn; /* recipient table indexes; QNIL once answered */
     uint32_t txn_n, txn_left, txn_cap;
-    int txn_sent_noted; /* its send time has paced the rates (qrate_sent) */
+    int txn_sent_noted; /* its send time has paced the rates (qlim_sent) */
     /* peer facts */
     char *mx, *dest_ip, *source_ip, *helo;
     char *tls, *esmtp; /* MP_CONN_UP's: "TLSv1.3 CIPHER" or "", the extensions offered */
@@ -229,6 +274,7 @@ struct qmgr_state {
     struct qconn **conn_by_id; /* id - 1 -> connection */
     uint32_t conn_cap;
     uint32_t nconn_total, nconn_up;
+    struct qlim lim_total; /* total-max-smtp-out */
     /* queue store */
     struct qstore *qs;
     struct qstore_group *group;
@@ -262,6 +308,16 @@ int64_t qmgr_queue_num(struct qqueue *q, enum cfg_directive d, int64_t dflt);
 /* qmgr_queue_retry_delay_ms - the retry-after list's entry for the Nth (1-based) failure */
 uint64_t qmgr_queue_retry_delay_ms(struct qqueue *q, uint32_t n);
 void qmgr_queue_invalidate_settings(void);
+/* qmgr_limit_set_value - L from a rate or count value V, its reason "NAME VALUE[ SUFFIX]" */
+void qmgr_limit_set_value(struct qlim *l, const struct cfg_value *v, const char *suffix);
+/* qmgr_queue_limits - Q's limiters set for the current configuration and mode (cheap if so) */
+void qmgr_queue_limits_refresh(struct qqueue *q);
+static inline void
+qmgr_queue_limits(struct qqueue *q)
+{
+    if (q->lim_serial != S.cfg_serial || q->lim_mode != q->mode)
+        qmgr_queue_limits_refresh(q);
+}
 void qmgr_queue_set_error(struct qqueue *q, const char *text);
 /* qmgr_queue_type - Q's delivery type (`type`), enum cfg_delivery_type */
 int qmgr_queue_type(struct qqueue *q);
@@ -299,6 +355,8 @@ int qmgr_source_disabled(struct qqueue *q, const char *ip);
 int qmgr_source_any_disabled(struct qqueue *q);
 /* qmgr_queue_reroute - move Q's ready and deferred recipients to its route; how many */
 uint32_t qmgr_queue_reroute(struct qqueue *q);
+/* qmgr_queue_move - move Q's ready and deferred recipients to TO (and its route); how many */
+uint32_t qmgr_queue_move(struct qqueue *q, struct qqueue *to);
 void qmgr_ready_push(struct qqueue *q, uint32_t r);
 void qmgr_ready_arrive(struct qqueue *q, uint32_t r);
 void qmgr_ready_push_front(struct qqueue *q, uint32_t r);
@@ -319,6 +377,26 @@ uint32_t qmgr_defer_next_due(void); /* tick of the earliest, or UINT32_MAX */
 void qmgr_heap_free(void);
 int qmgr_rcpt_expired(uint32_t r, uint64_t now_wall);
 
+/* --- destinations: MX rollups and queue-to (qmgr_rollup.c) ---------------------------- */
+struct qqueue *qmgr_rollup_dest_slow(struct qqueue *q);
+/*
+ * qmgr_rollup_dest - the queue the recipients of domain queue Q (as the
+ * store names it) join: Q, a rollup's or a queue-to target's queue. While
+ * Q's domain's first MX lookup runs, Q itself, held (no connection).
+ */
+static inline struct qqueue *
+qmgr_rollup_dest(struct qqueue *q)
+{
+    if (q->dest_serial == S.cfg_serial && qmgr_now_ms() < q->dest_until_ms)
+        return q->dest ? q->dest : q;
+    return qmgr_rollup_dest_slow(q);
+}
+/* qmgr_rollup_kind - "rollup", "queue-to", or NULL when DQ holds no other domain's mail */
+const char *qmgr_rollup_kind(const struct qqueue *dq);
+void qmgr_rollup_start(void);
+void qmgr_rollup_stop(void);
+void qmgr_rollup_free(void);
+
 /* --- scheduling (qmgr_sched.c) ---------------------------------------------------- */
 int qmgr_sched_rebuild(void);
 void qmgr_sched_start(void);
@@ -331,6 +409,48 @@ void qmgr_queue_wake_at(struct qqueue *q, uint64_t at_ms);
 /* qmgr_take_txn - up to MAX recipients of one message from Q's ready list (expired ones bounce) */
 uint32_t qmgr_take_txn(struct qqueue *q, uint32_t max, uint32_t *out);
 
+/* --- the gate: limits before a connection or a transaction (qmgr_gate.c) ------------ */
+/* The rates a transaction passes: recipients (queue, virtual MTA, source address) and bytes
+   (queue, source address: QLIM_DEBT). NULL entries: no such limit. */
+#define QTXN_RATES   4
+#define QTXN_VOLUMES 2
+struct qtxn_limits {
+    struct qlim *msgs[QTXN_RATES];
+    struct qlim *volumes[QTXN_VOLUMES];
+};
+/* qmgr_gate_txn_limits - the rates a transaction of Q on connection C (NULL: a new one) passes */
+void qmgr_gate_txn_limits(struct qqueue *q, const struct qconn *c, struct qtxn_limits *t);
+/* qmgr_gate_txn_room - recipients a transaction of Q on C (NULL: a new one) may carry now;
+ * at 0 Q's wake timer is armed when time will give room */
+uint32_t qmgr_gate_txn_room(struct qqueue *q, struct qconn *c);
+/* qmgr_gate_txn_take - C's transaction went: its recipients and its message's bytes */
+void qmgr_gate_txn_take(struct qconn *c);
+/* qmgr_gate_txn_sent - C's transaction went on the wire at SENT_NS (paces the rates) */
+void qmgr_gate_txn_sent(struct qconn *c, uint64_t sent_ns);
+/* qmgr_gate_open - may Q open one more connection now? 0: Q waits (timer, reclaim, backoff) */
+int qmgr_gate_open(struct qqueue *q);
+/* qmgr_gate_source - the source address (and HELO) of Q's next connection; 0 when none may */
+int qmgr_gate_source(struct qqueue *q, char **ip, char **helo);
+/* qmgr_gate_why - what holds Q back at this moment, in words, into BUF ("" when nothing) */
+const char *qmgr_gate_why(struct qqueue *q, char *buf, size_t size);
+
+/* --- adaptive concurrency (qmgr_adaptive.c) ----------------------------------------- */
+/* qmgr_adaptive_limit - Q's connections allowed of MAX (max-smtp-out), with its reason in BASIS
+ * when adaptive concurrency is on (q->adapt_on), else MAX */
+int64_t qmgr_adaptive_limit(struct qqueue *q, int64_t max, char *basis, size_t size);
+/* qmgr_adaptive_delivered - a delivery on Q (the window may grow) */
+void qmgr_adaptive_delivered(struct qqueue *q);
+/* qmgr_adaptive_conn_up - a connection of Q came up */
+void qmgr_adaptive_conn_up(struct qqueue *q);
+enum qadapt {
+    QADAPT_OFF,     /* not adaptive: the usual retry mode */
+    QADAPT_REQUEUE, /* refused while others are up: recipients back to the front */
+    QADAPT_PAUSE,   /* none up: a short pause (set), recipients back to the front */
+    QADAPT_DEAD     /* connection-failures-before-delay reached: the usual retry mode */
+};
+/* qmgr_adaptive_conn_failed - a connection of Q failed before it was up: what to do */
+enum qadapt qmgr_adaptive_conn_failed(struct qqueue *q);
+
 /* --- connections (qmgr_conn.c) ----------------------------------------------------- */
 void qmgr_conn_listen(void);
 void qmgr_conn_stop_listening(void);
@@ -340,6 +460,8 @@ void qmgr_conn_close_idle_all(void);
 unsigned qmgr_conn_busy(void);
 void qmgr_conn_close_all(void);
 struct qpeer *qmgr_conn_least_loaded(void);
+/* qmgr_conn_reclaim_idle - close a resting connection of another queue holding a lease of CAP */
+void qmgr_conn_reclaim_idle(const struct qqueue *q, const struct qlim *cap);
 
 /* --- control socket (qmgr_ctl.c) ------------------------------------------------------ */
 void qmgr_ctl_listen(void);
@@ -360,33 +482,40 @@ void qmgr_trace_end(struct qconn *c, const char *why);
 void qmgr_http_start(void);
 void qmgr_http_stop(void);
 
-/* --- rates (qmgr_rate.c) ------------------------------------------------------------ */
-/* qmgr_vmta.c: <virtual-mta> max-smtp-out and <sender> max-conn / max-msg-rate */
-int qmgr_vmta_conn_room(struct qqueue *q);
-void qmgr_vmta_conn_opened(struct qqueue *q);
-void qmgr_vmta_conn_closed(struct qqueue *q);
-uint32_t qmgr_vmta_rate_room(struct qqueue *q, uint64_t now_ns, uint64_t *wait_ns);
-void qmgr_vmta_rate_take(struct qqueue *q, uint32_t n, uint64_t now_ns);
-void qmgr_vmta_rate_sent(struct qqueue *q, uint32_t n, uint64_t sent_ns);
+/* --- virtual MTAs (qmgr_vmta.c) ----------------------------------------------------- */
+/* qmgr_vmta_conn_limit - the connections of Q's virtual MTA (<virtual-mta> max-smtp-out,
+ * <sender> max-conn) */
+struct qlim *qmgr_vmta_conn_limit(struct qqueue *q);
+/* qmgr_vmta_msg_limit - the message rate of Q's virtual MTA (<sender> max-msg-rate) */
+struct qlim *qmgr_vmta_msg_limit(struct qqueue *q);
 void qmgr_vmta_free(void);
 /* qmgr_vmta_source_usable - has Q's virtual MTA a source address not disabled for Q? */
 int qmgr_vmta_source_usable(struct qqueue *q);
-/* qmgr_vmta_pick_source - the next usable "IP HOSTNAME" of Q's VMTA (round-robin), else "" and
- * the VMTA's host-name; both strings are the caller's */
-void qmgr_vmta_pick_source(struct qqueue *q, char **source_ip, char **helo);
+/*
+ * qmgr_vmta_pick_source - the next "IP HOSTNAME" of Q's VMTA (round-robin)
+ * that disable-source-ip left and FILTER (may be NULL) accepts, into
+ * *SOURCE_IP and *HELO (the caller's); with no smtp-source-host, "" and the
+ * VMTA's host-name. 0 when every address was refused.
+ */
+typedef int (*qmgr_source_filter)(struct qqueue *q, const char *ip, void *arg);
+int qmgr_vmta_pick_source(struct qqueue *q, qmgr_source_filter filter, void *arg, char **source_ip,
+                          char **helo);
+/* qmgr_vmta_has_source - is IP one of virtual MTA VMTA's smtp-source-host addresses? */
+int qmgr_vmta_has_source(const char *vmta, const char *ip);
+/* qmgr_vmta_source_any - would qmgr_vmta_pick_source find an address? (picks nothing) */
+int qmgr_vmta_source_any(struct qqueue *q, qmgr_source_filter filter, void *arg);
 /* qmgr_vmta_sources - the IPs of VMTA's own smtp-source-host lines into IPS (at most MAX); their
  * number (0: it uses the implicit source) */
 uint32_t qmgr_vmta_sources(const char *vmta, char (*ips)[48], uint32_t max);
 /* qmgr_vmta_connections - open connections across VMTA's queues */
 uint32_t qmgr_vmta_connections(const char *vmta);
 
-/* qrate_allowed - units conformant now under COUNT per PERIOD_S (UINT32_MAX when unlimited) */
-uint32_t qrate_allowed(const struct qrate *r, const struct cfg_value *rate, uint64_t now_ns);
-void qrate_take(struct qrate *r, const struct cfg_value *rate, uint32_t n, uint64_t now_ns);
-/* qrate_sent - N units went on the wire at SENT_NS: nothing more before SENT_NS + N*T */
-void qrate_sent(struct qrate *r, const struct cfg_value *rate, uint32_t n, uint64_t sent_ns);
-/* qrate_wait_ns - how long until one unit is conformant (0 = now) */
-uint64_t qrate_wait_ns(const struct qrate *r, const struct cfg_value *rate, uint64_t now_ns);
+/* --- source addresses (qmgr_source.c) ----------------------------------------------- */
+/* qmgr_source_limits - Q's source-ip-max-* limiters for source IP; NULL when it has none */
+const struct qsource_limits *qmgr_source_limits(struct qqueue *q, const char *ip);
+/* qmgr_source_limited - has Q any source-ip-max-* setting? */
+int qmgr_source_limited(struct qqueue *q);
+void qmgr_source_free(void);
 
 /* --- outcomes (qmgr_outcome.c) -------------------------------------------------------- */
 /* qmgr_outcome - record RES for recipient R; M is its message read from the queue (may be NULL) */
@@ -404,6 +533,11 @@ void qmgr_outcome_queue_failure(struct qqueue *q, const struct qresult *res);
  * discard-as-bounce), a batch per call; more remain when Q->nready > 0
  */
 void qmgr_outcome_discard(struct qqueue *q);
+/* qmgr_outcome_complaint - is permanent failure RES complaint-like (spam- or policy-related)? */
+int qmgr_outcome_complaint(const struct qresult *res);
+/* qmgr_outcome_queue_refused - a connection of Q refused while it has others up (adaptive
+ * concurrency): tq record and last error only */
+void qmgr_outcome_queue_refused(struct qqueue *q, const struct qresult *res);
 /* qmgr_outcome_config - (re)open accounting and bounce patterns for S.cfg */
 void qmgr_outcome_config(void);
 /* qmgr_outcome_rotate_acct - pmtactl rotate acct: every accounting file now; 0, -ENOENT (none)

@@ -18,8 +18,13 @@
  * process goes away, its in-flight recipients go back to the front of their
  * queue (they may have been delivered: that is the one duplicate allowed).
  *
- * Owns: S.peers, S.conn_by_id, every struct qconn and struct qpeer, the
- * listener (worker runtime), the per-vmta source-host round-robin counters.
+ * Limits go through qmgr_limit.h: a connection holds one lease of its queue's
+ * max-smtp-out, of total-max-smtp-out and of its virtual MTA's limit from
+ * MP_CONN_OPEN until its MP_CONN_DOWN; each transaction takes its recipients
+ * from the queue's and the virtual MTA's message rates.
+ *
+ * Owns: S.peers, S.conn_by_id, every struct qconn and struct qpeer (and the
+ * leases a connection holds), the listener (worker runtime).
  * SECURITY: frames from peers are decoded by runtime/mailproto.def's
  * decoders (kinds, caps, no CR/LF, nothing trailing); a malformed or
  * unexpected frame closes that peer (its in-flight recipients return to the
@@ -37,7 +42,7 @@
 #include "mailproto.h"
 #include "msg.h"
 #include "qmgr.h"
-#include "qmgr_backoff.h"
+#include "qmgr_warmup.h"
 #include "worker.h"
 #include "xalloc.h"
 
@@ -46,6 +51,7 @@
 #define UNREADABLE_RETRY_S      30u   /* a message the store could not read now, tried again */
 
 static void conn_failed_early(struct qconn *c, struct qresult *res);
+static void return_in_flight(struct qconn *c);
 
 static struct worker_listener *listener;
 static uint32_t conn_cursor;
@@ -80,7 +86,6 @@ conn_new(struct qqueue *q, struct qpeer *out)
     c->qnext = q->conns;
     q->conns = c;
     q->nconn++;
-    qmgr_vmta_conn_opened(q);
     c->onext = out->conns;
     out->conns = c;
     out->nconns++;
@@ -132,7 +137,8 @@ conn_free(struct qconn *c)
     rate_pending_end(c);
     unlink_conn(&c->q->conns, c, 1);
     c->q->nconn--;
-    qmgr_vmta_conn_closed(c->q);
+    while (c->nleases > 0)
+        qlim_release(c->leases[--c->nleases]);
     unlink_conn(&c->out->conns, c, 0);
     c->out->nconns--;
     S.nconn_total--;
@@ -174,8 +180,9 @@ send_frames(struct qpeer *p, struct buf *out)
 static int
 add_open(struct buf *out, struct qconn *c)
 {
+    /* a rollup queue resolves the MX of a member domain (qmgr_rollup.c) */
     struct mp_conn_open o = { .queue = c->q->name,
-                              .domain = c->q->domain,
+                              .domain = c->q->route_domain ? c->q->route_domain : c->q->domain,
                               .vmta = c->q->vmta,
                               .source_ip = c->source_ip,
                               .helo = c->helo,
@@ -294,31 +301,6 @@ build_txn(struct qconn *c, uint32_t max)
     return 0;
 }
 
-/* msg_rate_room - recipients the queue's max-msg-rate allows now (0: arms the wake timer) */
-static uint32_t
-msg_rate_room(struct qqueue *q)
-{
-    const struct cfg_value *rate = qmgr_queue_setting(q, CFG_D_MAX_MSG_RATE);
-    uint64_t now = qmgr_now_ns(), vmta_wait;
-    uint32_t n = qrate_allowed(&q->msg_rate, rate, now);
-    uint32_t vmta_n = qmgr_vmta_rate_room(q, now, &vmta_wait);
-
-    if (n == 0)
-        qmgr_queue_wake_at(q, qmgr_now_ms() + qrate_wait_ns(&q->msg_rate, rate, now) / 1000000 + 1);
-    else if (vmta_n == 0)
-        qmgr_queue_wake_at(q, qmgr_now_ms() + vmta_wait / 1000000 + 1);
-    return n < vmta_n ? n : vmta_n;
-}
-
-static void
-take_msg_rate(struct qqueue *q, uint32_t n)
-{
-    uint64_t now = qmgr_now_ns();
-
-    qrate_take(&q->msg_rate, qmgr_queue_setting(q, CFG_D_MAX_MSG_RATE), n, now);
-    qmgr_vmta_rate_take(q, n, now);
-}
-
 /* --- closing and idling ---------------------------------------------------------------------- */
 
 /* rest_end - C is no longer resting: stop its idle timer */
@@ -374,23 +356,32 @@ work_expected(struct qconn *c)
            qmgr_now_ms() - q->last_arrival_ms < STREAM_MS;
 }
 
+/* holds - does C hold a lease of L? */
+static int
+holds(const struct qconn *c, const struct qlim *l)
+{
+    for (unsigned i = 0; i < c->nleases; i++)
+        if (c->leases[i] == l)
+            return 1;
+    return 0;
+}
+
 /*
- * reclaim_idle - Q may not open a connection because of a shared cap (all
- * queues', or its virtual MTA's when VG is set): close one resting connection
- * of another queue under that cap, so that idle connections never starve a
- * queue with work. Its MP_CONN_DOWN brings the next dispatch pass. If none
- * rests yet (the connections were busy), the next one to start resting asks
- * for a dispatch pass (conn_rest): nothing else would, and Q would wait for
- * that connection's idle timeout.
+ * qmgr_conn_reclaim_idle - Q may not open a connection because of a shared cap
+ * (total-max-smtp-out, its virtual MTA's, a source address's): close one
+ * resting connection of another queue holding a lease of CAP, so that idle
+ * connections never starve a queue with work. Its MP_CONN_DOWN brings the
+ * next dispatch pass. If none rests yet (the connections were busy), the
+ * next one to start resting asks for a dispatch pass (conn_rest): nothing
+ * else would, and Q would wait for that connection's idle timeout.
  */
-static void
-reclaim_idle(const struct qqueue *q, const struct qvmta *vg)
+void
+qmgr_conn_reclaim_idle(const struct qqueue *q, const struct qlim *cap)
 {
     for (uint32_t i = 0; nresting > 0 && i < S.conn_cap; i++) {
         struct qconn *c = S.conn_by_id[i];
 
-        if (c && c->idle_timer_on && c->state == QC_IDLE && c->q != q &&
-            (vg == NULL || c->q->vg == vg)) {
+        if (c && c->idle_timer_on && c->state == QC_IDLE && c->q != q && holds(c, cap)) {
             conn_close(c);
             return;
         }
@@ -424,11 +415,11 @@ conn_rest(struct qconn *c)
 static int
 over_limit(struct qqueue *q)
 {
-    int64_t max_out = qmgr_queue_num(q, CFG_D_MAX_SMTP_OUT, 20);
-
     if (q->feed_held && qmgr_now_ms() >= q->retry_until_ms)
         q->feed_held = 0;
-    return q->feed_held || q->paused || q->nconn > (uint64_t)(max_out > 0 ? max_out : 1);
+    qmgr_queue_limits(q);
+    return q->feed_held || q->paused ||
+           (qlim_limited(&q->lim_conns) && q->nconn > (uint64_t)q->lim_conns.count);
 }
 
 /* conn_feed - give idle connection C its next transaction, or let it rest or close */
@@ -444,7 +435,7 @@ conn_feed(struct qconn *c)
         conn_close(c);
         return;
     }
-    if (q->nready == 0 || (room = msg_rate_room(q)) == 0) {
+    if (q->nready == 0 || (room = qmgr_gate_txn_room(q, c)) == 0) {
         conn_rest(c);
         return;
     }
@@ -452,7 +443,7 @@ conn_feed(struct qconn *c)
         conn_rest(c);
         return;
     }
-    take_msg_rate(q, n);
+    qmgr_gate_txn_take(c);
     rest_end(c);
     c->state = QC_BUSY;
     c->ntxn++;
@@ -489,54 +480,26 @@ qmgr_conn_least_loaded(void)
     return best;
 }
 
-/*
- * sources_usable - has Q a source address disable-source-ip left it? When
- * not, backoff-upon-all-sources-disabled puts the queue in backoff.
- */
+/* lease - C holds one lease of L from now on; 0 when L has none left */
 static int
-sources_usable(struct qqueue *q)
+lease(struct qconn *c, struct qlim *l)
 {
-    if (qmgr_vmta_source_usable(q))
-        return 1;
-    if (q->mode == QMODE_NORMAL && qmgr_queue_num(q, CFG_D_BACKOFF_UPON_ALL_SOURCES_DISABLED, 0))
-        qmgr_backoff_set_mode(q, QMODE_BACKOFF,
-                              "every source address disabled "
-                              "(backoff-upon-all-sources-disabled)",
-                              -1);
-    return 0;
+    if (c->nleases >= QCONN_LEASES)
+        msg_panic("qmgr: a connection holds more than %d leases", QCONN_LEASES);
+    if (!qlim_acquire(l))
+        return 0;
+    c->leases[c->nleases++] = l;
+    return 1;
 }
 
-/* open_allowed - may Q open one more connection now? (arms its wake timer when time will tell) */
+/* lease_all - the leases connection C of Q from SRC holds while it lives; 0 if one is refused */
 static int
-open_allowed(struct qqueue *q)
+lease_all(struct qconn *c, const struct qsource_limits *src)
 {
-    const struct cfg_value *total = cfg_global(S.cfg, CFG_D_TOTAL_MAX_SMTP_OUT);
-    const struct cfg_value *crate = qmgr_queue_setting(q, CFG_D_MAX_CONNECT_RATE);
-    int64_t max_out = qmgr_queue_num(q, CFG_D_MAX_SMTP_OUT, 20);
-    uint64_t now_ms = qmgr_now_ms(), now_ns = qmgr_now_ns();
+    struct qqueue *q = c->q;
 
-    if (S.stopping || q->paused || q->nconn >= (uint64_t)(max_out > 0 ? max_out : 1))
-        return 0;
-    if (total && total->num > 0 && S.nconn_total >= (uint64_t)total->num) {
-        reclaim_idle(q, NULL);
-        return 0;
-    }
-    if (!qmgr_vmta_conn_room(q)) {
-        reclaim_idle(q, q->vg);
-        return 0; /* a connection of this VMTA closing calls qmgr_dispatch_soon() */
-    }
-    if (now_ms < q->retry_until_ms) {
-        qmgr_queue_wake_at(q, q->retry_until_ms);
-        return 0;
-    }
-    if (!sources_usable(q))
-        return 0;
-    if (qrate_allowed(&q->connect_rate, crate, now_ns) == 0) {
-        qmgr_queue_wake_at(q,
-                           now_ms + qrate_wait_ns(&q->connect_rate, crate, now_ns) / 1000000 + 1);
-        return 0;
-    }
-    return 1;
+    return lease(c, &q->lim_conns) && lease(c, &S.lim_total) && lease(c, qmgr_vmta_conn_limit(q)) &&
+           (!src || !src->lim[QSRC_CONNS] || lease(c, src->lim[QSRC_CONNS]));
 }
 
 /* pin_settings - what the connection keeps for its lifetime (a reload does not change it) */
@@ -561,11 +524,13 @@ qmgr_conn_open(struct qqueue *q)
     struct qpeer *out;
     struct qconn *c;
     struct buf buf = BUF_INIT;
+    const struct qsource_limits *src;
+    char *ip, *helo;
     uint32_t room;
 
-    if (!open_allowed(q) || (out = qmgr_conn_least_loaded()) == NULL)
+    if (!qmgr_gate_open(q) || (out = qmgr_conn_least_loaded()) == NULL)
         return 0;
-    if ((room = msg_rate_room(q)) == 0)
+    if ((room = qmgr_gate_txn_room(q, NULL)) == 0)
         return 0;
     /*
      * A rate-limited queue sends the transaction only when the connection is
@@ -574,11 +539,24 @@ qmgr_conn_open(struct qqueue *q)
      * set-up, which varies, or the receiver would see the slots bunched.
      * Opening connections are counted so that they never outnumber the room.
      */
-    if (room != UINT32_MAX && (room <= q->nrate_pending || q->nready <= q->nrate_pending))
+    if (room != QLIM_UNLIMITED && (room <= q->nrate_pending || q->nready <= q->nrate_pending))
+        return 0;
+    if (!qmgr_gate_source(q, &ip, &helo))
         return 0;
     c = conn_new(q, out);
+    c->source_ip = ip;
+    c->helo = helo;
+    if ((src = qmgr_source_limits(q, ip)) != NULL) {
+        c->src_msgs = src->lim[QSRC_MSGS];
+        c->src_volume = src->lim[QSRC_VOLUME];
+        c->src_warm = src->lim[QSRC_WARMUP];
+    }
     pin_settings(c);
-    if (room != UINT32_MAX) {
+    if (!lease_all(c, src) || (room = qmgr_gate_txn_room(q, c)) == 0) {
+        conn_free(c);
+        return 0;
+    }
+    if (room != QLIM_UNLIMITED) {
         c->rate_pending = 1;
         q->nrate_pending++;
     } else {
@@ -586,11 +564,13 @@ qmgr_conn_open(struct qqueue *q)
             conn_free(c);
             return 0;
         }
+        qmgr_gate_txn_take(c);
         c->state = QC_BUSY;
         c->ntxn = 1;
     }
-    qrate_take(&q->connect_rate, qmgr_queue_setting(q, CFG_D_MAX_CONNECT_RATE), 1, qmgr_now_ns());
-    qmgr_vmta_pick_source(c->q, &c->source_ip, &c->helo);
+    qlim_take(&q->lim_connect, 1, qmgr_now_ns());
+    if (src && src->lim[QSRC_CONNECT])
+        qlim_take(src->lim[QSRC_CONNECT], 1, qmgr_now_ns());
     if (add_open(&buf, c) < 0) {
         struct qresult res = {
             .result = MP_RESULT_TEMPFAIL,
@@ -639,6 +619,9 @@ settle(struct qconn *c, uint32_t i, const struct qresult *res)
     c->txn[i] = QNIL;
     c->txn_left--;
     c->q->ninflight--;
+    if (c->src_warm) /* the warm-up plan learns how the destination took it */
+        qmgr_warmup_outcome(c->src_warm, res->result == MP_RESULT_TEMPFAIL,
+                            res->result == MP_RESULT_PERMFAIL && qmgr_outcome_complaint(res));
     qmgr_outcome(r, c->txn_msg, c->q, res);
 }
 
@@ -679,6 +662,7 @@ on_conn_up(struct qconn *c, struct ipc_msg *m)
     c->up = 1;
     /* The queue reaches its destination again: retry mode ends. */
     qmgr_queue_end_retry(c->q, 0);
+    qmgr_adaptive_conn_up(c->q);
     return 0;
 }
 
@@ -689,8 +673,7 @@ note_sent(struct qconn *c, uint64_t sent_ns)
     if (c->txn_sent_noted || sent_ns == 0)
         return;
     c->txn_sent_noted = 1;
-    qrate_sent(&c->q->msg_rate, qmgr_queue_setting(c->q, CFG_D_MAX_MSG_RATE), c->txn_n, sent_ns);
-    qmgr_vmta_rate_sent(c->q, c->txn_n, sent_ns);
+    qmgr_gate_txn_sent(c, sent_ns);
 }
 
 static int
@@ -774,6 +757,16 @@ conn_failed_early(struct qconn *c, struct qresult *res)
 
     if (res->result == MP_RESULT_PERMFAIL && !bounce)
         res->result = MP_RESULT_TEMPFAIL;
+    if (!bounce) {
+        enum qadapt a = qmgr_adaptive_conn_failed(q);
+
+        if (a == QADAPT_REQUEUE || a == QADAPT_PAUSE) {
+            /* adaptive concurrency: refused while others are up, or a short pause */
+            qmgr_outcome_queue_refused(q, res);
+            return_in_flight(c);
+            return;
+        }
+    }
     qmgr_outcome_queue_failure(q, res);
     settle_rest(c, res);
     if (!bounce)

@@ -5,7 +5,9 @@
  * sends one JSON object per line and gets one JSON object per line back:
  *     {"cmd":"status"}                                  -> {"ok":true,"status":{...}}
  *     {"cmd":"show-queues","mode":"backoff","paused":true,"queue":"PATTERN",
- *      "maxitems":20,"sort":"rcpt"|"name"}              -> {"ok":true,"total":N,"queues":[...]}
+ *      "maxitems":20,"sort":"rcpt"|"name","all":true}   -> {"ok":true,"total":N,"queues":[...]}
+ *      (each queue with "limit": what holds it back now; "all" also lists a domain's
+ *      empty queue whose mail joins a rollup or queue-to queue: "joins")
  *     {"cmd":"show-domains"|"show-vmtas","queue":"PATTERN","maxitems":20}
  *                                                       -> {"ok":true,"total":N,"domains"|"vmtas":
  *                                                           [{name,queues,recipients,connections,
@@ -20,6 +22,9 @@
  *                                                          (qmgr_trace.c)
  *     list, show-jobs, pause-/resume-job and delete's recipient filters: qmgr_ctl_rcpt.c;
  *     reset-counters, disable-/enable-source, rotate-acct: qmgr_ctl_ops.c
+ *     {"cmd":"warmup-clock","advance":"1d"}             -> {"ok":true,"day":N}
+ *     (show-vmtas: a virtual MTA with a warm-up plan also has "warmup":[{plan, source,
+ *      destination, step, day, cap, sent, deferrals, complaints}])
  * and {"ok":false,"error":"..."} for anything it cannot do. PATTERN is
  * domain[/vmta] with shell wildcards; without "/vmta" every virtual MTA of
  * the domain matches. doc/pmtactl.8 is the user-facing description.
@@ -49,6 +54,7 @@
 #include "qmgr.h"
 #include "qmgr_backoff.h"
 #include "qmgr_ctl.h"
+#include "qmgr_warmup.h"
 #include "worker.h"
 #include "xalloc.h"
 
@@ -112,23 +118,55 @@ mode_events_json(const struct qqueue *q)
     return list;
 }
 
+/* members_json - the domains whose mail a rollup or queue-to queue holds */
+static json_t *
+members_json(const struct qqueue *q)
+{
+    json_t *list = json_array();
+
+    for (uint32_t i = 0; i < q->nmembers; i++)
+        json_array_append_new(list, json_string(q->members[i]->domain));
+    return list;
+}
+
 /* qmgr_ctl_queue_json - see qmgr_ctl.h */
 json_t *
-qmgr_ctl_queue_json(const struct qqueue *q)
+qmgr_ctl_queue_json(struct qqueue *q)
 {
     uint64_t now = qmgr_now_ms();
     uint64_t retry_in = q->retry_until_ms > now ? (q->retry_until_ms - now + 999) / 1000 : 0;
+    const char *kind = qmgr_rollup_kind(q);
+    char why[QLIM_BASIS_MAX + 160];
+    json_t *j;
 
-    return json_pack(
-        "{s:s, s:s, s:s, s:s, s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I,"
-        " s:s, s:o}",
-        "name", q->name, "domain", q->domain, "vmta", q->vmta, "mode", qmgr_mode_name(q->mode),
-        "paused", q->paused, "recipients", (json_int_t)(q->nready + q->ndeferred + q->ninflight),
-        "ready", (json_int_t)q->nready, "deferred", (json_int_t)q->ndeferred, "inflight",
-        (json_int_t)q->ninflight, "connections", (json_int_t)q->nconn, "retry_in_s",
-        (json_int_t)retry_in, "delivered", (json_int_t)q->delivered, "bounced",
-        (json_int_t)q->bounced, "deferred_count", (json_int_t)q->deferred_n, "last_error",
-        q->last_error ? q->last_error : "", "mode_events", mode_events_json(q));
+    j = json_pack("{s:s, s:s, s:s, s:s, s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I,"
+                  " s:s, s:o}",
+                  "name", q->name, "domain", q->domain, "vmta", q->vmta, "mode",
+                  qmgr_mode_name(q->mode), "paused", q->paused, "recipients",
+                  (json_int_t)(q->nready + q->ndeferred + q->ninflight), "ready",
+                  (json_int_t)q->nready, "deferred", (json_int_t)q->ndeferred, "inflight",
+                  (json_int_t)q->ninflight, "connections", (json_int_t)q->nconn, "retry_in_s",
+                  (json_int_t)retry_in, "delivered", (json_int_t)q->delivered, "bounced",
+                  (json_int_t)q->bounced, "deferred_count", (json_int_t)q->deferred_n, "last_error",
+                  q->last_error ? q->last_error : "", "mode_events", mode_events_json(q));
+    if (kind) {
+        json_object_set_new(j, "kind", json_string(kind));
+        json_object_set_new(j, "domains", members_json(q));
+    }
+    if (q->dest)
+        json_object_set_new(j, "joins", json_string(q->dest->name));
+    if (q->adapt_on) /* adaptive concurrency: the connections it allows now */
+        json_object_set_new(j, "concurrency_window", json_integer((json_int_t)q->adapt_window));
+    /* what holds it back at this moment (qmgr_gate.c), "" when nothing */
+    json_object_set_new(j, "limit", json_string(qmgr_gate_why(q, why, sizeof why)));
+    return j;
+}
+
+/* qmgr_ctl_queue_listed - is Q worth a line? Not an empty domain queue whose mail goes elsewhere */
+int
+qmgr_ctl_queue_listed(const struct qqueue *q)
+{
+    return q->dest == NULL || q->nready + q->ndeferred + q->ninflight + q->nconn > 0;
 }
 
 /* --- commands ---------------------------------------------------------------------------- */
@@ -192,8 +230,8 @@ by_name(const void *a, const void *b)
 static int
 shown(const struct qqueue *q, const char *pattern, int mode, int paused)
 {
-    return (!pattern || qmgr_queue_matches(q, pattern)) && (mode < 0 || q->mode == mode) &&
-           (paused < 0 || (q->paused != 0) == paused);
+    return qmgr_ctl_queue_listed(q) && (!pattern || qmgr_queue_matches(q, pattern)) &&
+           (mode < 0 || q->mode == mode) && (paused < 0 || (q->paused != 0) == paused);
 }
 
 /* optional_mode - "mode" of REQ: -1 absent, 0/1, -2 invalid */
@@ -217,6 +255,7 @@ cmd_show_queues(json_t *req)
 {
     json_t *pat = json_object_get(req, "queue"), *pz = json_object_get(req, "paused");
     json_t *mi = json_object_get(req, "maxitems"), *so = json_object_get(req, "sort");
+    json_t *all = json_object_get(req, "all");
     int mode = optional_mode(req), paused = pz ? json_is_true(pz) : -1;
     json_int_t max = mi ? json_integer_value(mi) : 20;
     const char *pattern = pat ? json_string_value(pat) : NULL,
@@ -226,7 +265,7 @@ cmd_show_queues(json_t *req)
     uint32_t n = 0;
 
     if (mode == -2 || (pat && !pattern) || (pz && !json_is_boolean(pz)) ||
-        (mi && !json_is_integer(mi)) || max < 0 || !sort ||
+        (all && !json_is_boolean(all)) || (mi && !json_is_integer(mi)) || max < 0 || !sort ||
         (strcmp(sort, "rcpt") != 0 && strcmp(sort, "name") != 0)) {
         free(hits);
         json_decref(list);
@@ -234,7 +273,8 @@ cmd_show_queues(json_t *req)
                            "maxitems >= 0, sort rcpt|name, queue PATTERN)");
     }
     for (uint32_t i = 0; i < S.nqueues; i++)
-        if (shown(S.queues[i], pattern, mode, paused))
+        if (shown(S.queues[i], pattern, mode, paused) ||
+            (json_is_true(all) && (!pattern || qmgr_queue_matches(S.queues[i], pattern))))
             hits[n++] = S.queues[i];
     qsort(hits, n, sizeof *hits, strcmp(sort, "name") == 0 ? by_name : by_recipients);
     for (uint32_t i = 0; i < n && (max == 0 || i < (uint32_t)max); i++)
@@ -276,6 +316,7 @@ group_json(struct qqueue **qs, uint32_t n)
 {
     uint64_t rcpts = 0, conns = 0, backoff = 0, paused = 0;
     const char *last_error = "";
+    json_t *j, *warm = NULL;
 
     for (uint32_t i = 0; i < n; i++) {
         rcpts += qs[i]->nready + qs[i]->ndeferred + qs[i]->ninflight;
@@ -285,10 +326,15 @@ group_json(struct qqueue **qs, uint32_t n)
         if (qs[i]->last_error && *qs[i]->last_error)
             last_error = qs[i]->last_error;
     }
-    return json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:s}", "name", group_key(qs[0]), "queues",
-                     (json_int_t)n, "recipients", (json_int_t)rcpts, "connections",
-                     (json_int_t)conns, "backoff", (json_int_t)backoff, "paused",
-                     (json_int_t)paused, "last_error", last_error);
+    j = json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:s}", "name", group_key(qs[0]), "queues",
+                  (json_int_t)n, "recipients", (json_int_t)rcpts, "connections", (json_int_t)conns,
+                  "backoff", (json_int_t)backoff, "paused", (json_int_t)paused, "last_error",
+                  last_error);
+    if (by_vmta_key && json_array_size(warm = qmgr_warmup_json(qs[0]->vmta)) > 0)
+        json_object_set_new(j, "warmup", warm); /* each source address's step, cap and count */
+    else if (by_vmta_key)
+        json_decref(warm);
+    return j;
 }
 
 /* cmd_show_groups - show-domains (BY_VMTA 0) or show-vmtas: most recipients first */
@@ -310,7 +356,8 @@ cmd_show_groups(json_t *req, int by_vmta)
         return error_reply("show-domains/show-vmtas: bad argument (maxitems >= 0, queue PATTERN)");
     }
     for (uint32_t k = 0; k < S.nqueues; k++)
-        if (!pattern || qmgr_queue_matches(S.queues[k], pattern))
+        if (qmgr_ctl_queue_listed(S.queues[k]) &&
+            (!pattern || qmgr_queue_matches(S.queues[k], pattern)))
             qs[n++] = S.queues[k];
     by_vmta_key = by_vmta;
     qsort(qs, n, sizeof *qs, by_group);
@@ -450,6 +497,20 @@ cmd_schedule(json_t *req)
                      (json_int_t)nr);
 }
 
+/* cmd_warmup_clock - {"advance":"1d"}: the warm-up clock moves ahead (tests skip days) */
+static json_t *
+cmd_warmup_clock(json_t *req)
+{
+    const char *text = json_string_value(json_object_get(req, "advance"));
+    int64_t s;
+
+    if (text && *text == '+')
+        text++;
+    if (!text || cfg_parse_interval(text, &s) != 0 || s <= 0)
+        return error_reply("warmup-clock needs \"advance\": an interval such as 1d or 3600s");
+    return json_pack("{s:b, s:I}", "ok", 1, "day", (json_int_t)qmgr_warmup_advance(s));
+}
+
 /* qmgr_ctl_dispatch - see qmgr_ctl.h */
 json_t *
 qmgr_ctl_dispatch(json_t *req)
@@ -473,6 +534,8 @@ qmgr_ctl_dispatch(json_t *req)
         return cmd_schedule(req);
     if (strcmp(cmd, "delete") == 0)
         return qmgr_ctl_delete(req);
+    if (strcmp(cmd, "warmup-clock") == 0)
+        return cmd_warmup_clock(req);
     if ((reply = qmgr_ctl_rcpt_dispatch(cmd, req)) != NULL ||
         (reply = qmgr_ctl_ops_dispatch(cmd, req)) != NULL)
         return reply;
@@ -481,7 +544,7 @@ qmgr_ctl_dispatch(json_t *req)
     return error_reply("unknown command (status, show-queues, show-domains, show-vmtas, "
                        "set-queue-mode, pause-queue, resume-queue, schedule, delete, list, "
                        "show-jobs, pause-job, resume-job, trace, reset-counters, "
-                       "disable-source, enable-source, rotate-acct)");
+                       "disable-source, enable-source, rotate-acct, warmup-clock)");
 }
 
 /* --- clients ----------------------------------------------------------------------------- */

@@ -13,8 +13,11 @@
 const char *qmgr_ctl_stamp(char out[32], uint64_t wall);
 /* qmgr_ctl_status_json - totals: recipients, messages, queues, connections, outcomes */
 json_t *qmgr_ctl_status_json(void);
-/* qmgr_ctl_queue_json - one queue: mode, pause, counts, retry, last error, mode events */
-json_t *qmgr_ctl_queue_json(const struct qqueue *q);
+/* qmgr_ctl_queue_json - one queue: mode, pause, counts, retry, last error, mode events, and
+ * for a rollup or queue-to queue its kind and member domains */
+json_t *qmgr_ctl_queue_json(struct qqueue *q);
+/* qmgr_ctl_queue_listed - is Q listed (not an empty domain queue whose mail joins another)? */
+int qmgr_ctl_queue_listed(const struct qqueue *q);
 
 /*
  * qmgr_ctl_dispatch - run one control request ({"cmd": NAME, ...}, as the

@@ -133,7 +133,7 @@ get_status(struct MHD_Connection *conn)
 static int
 listed(const struct qqueue *q, const char *pattern, const char *mode)
 {
-    return (!mode || strcmp(mode, qmgr_mode_name(q->mode)) == 0) &&
+    return qmgr_ctl_queue_listed(q) && (!mode || strcmp(mode, qmgr_mode_name(q->mode)) == 0) &&
            (!pattern || qmgr_queue_matches(q, pattern));
 }
 

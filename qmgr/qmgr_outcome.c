@@ -591,6 +591,7 @@ qmgr_outcome(uint32_t r, const struct qstore_msg *m, struct qqueue *q, const str
         bcc_upon_delivery(r, m, q);
         q->delivered++;
         qmgr_traffic_count(QT_DELIVERED, qmgr_wall(), 1);
+        qmgr_adaptive_delivered(q);
         qmgr_queue_end_retry(q, 0); /* a success resets the retry schedule */
         qmgr_backoff_delivered(q);
         qmgr_rcpt_free(r);
@@ -659,4 +660,25 @@ qmgr_outcome_discard(struct qqueue *q)
     qmgr_run_update(q);
     if (q->nready > 0)
         qmgr_dispatch_soon();
+}
+
+void
+qmgr_outcome_queue_refused(struct qqueue *q, const struct qresult *res)
+{
+    q->conn_failures++;
+    qmgr_queue_set_error(q, res->text);
+    qmgr_traffic_error(qmgr_wall(), "connection", q->name, res->text);
+    qmgr_records_queue_failure(q, res);
+}
+
+/*
+ * qmgr_outcome_complaint - is RES (a permanent failure) complaint-like: its
+ * bounce category spam-related or policy-related? (warm-up plans count them)
+ */
+int
+qmgr_outcome_complaint(const struct qresult *res)
+{
+    const char *cat = qmgr_bouncecat_classify_reply(bouncecat, res->enhanced, res->text);
+
+    return cat && (strcmp(cat, "spam-related") == 0 || strcmp(cat, "policy-related") == 0);
 }

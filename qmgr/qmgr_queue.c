@@ -27,6 +27,7 @@
 
 #include "msg.h"
 #include "qmgr.h"
+#include "qmgr_table.h"
 #include "xalloc.h"
 
 /* Addresses the operator disabled (pmtactl disable source), for every queue of some VMTAs. */
@@ -40,20 +41,10 @@ static uint32_t nop_disabled;
 
 /* --- queues ------------------------------------------------------------------------- */
 
-static uint32_t
-hash_name(const char *s, size_t len)
-{
-    uint32_t h = 2166136261u;
-
-    for (size_t i = 0; i < len; i++)
-        h = (h ^ (uint8_t)s[i]) * 16777619u;
-    return h;
-}
-
 static void
 qhash_insert(struct qqueue *q)
 {
-    uint32_t mask = S.qhash_cap - 1, i = hash_name(q->name, strlen(q->name)) & mask;
+    uint32_t mask = S.qhash_cap - 1, i = qtab_hash(q->name, strlen(q->name)) & mask;
 
     while (S.qhash[i] != QNIL)
         i = (i + 1) & mask;
@@ -88,6 +79,11 @@ queue_create(const char *name, size_t len)
     q->ready_head = q->ready_tail = QNIL;
     q->run_prio = -1;
     q->plist = -1;
+    qlim_init(&q->lim_msg, QLIM_QUEUE, QLIM_RATE, QLIM_MSGS, q->name);
+    qlim_init(&q->lim_connect, QLIM_QUEUE, QLIM_RATE, QLIM_CONNS, q->name);
+    qlim_init(&q->lim_conns, QLIM_QUEUE, QLIM_LEASE, QLIM_CONNS, q->name);
+    qlim_init(&q->lim_volume, QLIM_QUEUE, QLIM_RATE, QLIM_BYTES, q->name);
+    q->lim_volume.flags |= QLIM_DEBT;
     if (S.nqueues == S.queues_cap) {
         S.queues_cap = S.queues_cap ? S.queues_cap * 2 : 256;
         S.queues = xreallocarray(S.queues, S.queues_cap, sizeof(*S.queues));
@@ -108,7 +104,7 @@ qmgr_queue_get(const char *name, size_t len)
 
     if (S.qhash_cap) {
         mask = S.qhash_cap - 1;
-        for (i = hash_name(name, len) & mask; S.qhash[i] != QNIL; i = (i + 1) & mask) {
+        for (i = qtab_hash(name, len) & mask; S.qhash[i] != QNIL; i = (i + 1) & mask) {
             struct qqueue *q = S.queues[S.qhash[i]];
             if (strncmp(q->name, name, len) == 0 && q->name[len] == '\0')
                 return q;
@@ -130,6 +126,12 @@ qmgr_queues_free(void)
         struct qqueue *q = S.queues[i];
         if (q->wake)
             uv_close((uv_handle_t *)q->wake, wake_closed);
+        qlim_fini(&q->lim_msg);
+        qlim_fini(&q->lim_connect);
+        qlim_fini(&q->lim_conns);
+        qlim_fini(&q->lim_volume);
+        free(q->srcl);
+        free(q->members);
         free(q->name);
         free(q->domain);
         free(q->vmta);
@@ -191,10 +193,55 @@ refresh_settings(struct qqueue *q)
         q->priority = 100;
 }
 
+/* qmgr_limit_set_value - limiter L set from value V (a rate or a count); BASIS names it */
+void
+qmgr_limit_set_value(struct qlim *l, const struct cfg_value *v, const char *suffix)
+{
+    char text[48], basis[QLIM_BASIS_MAX];
+
+    if (v == NULL || (v->flags & CFG_VALUE_UNSET) || v->num <= 0 ||
+        (v->type == CFG_T_RATE && v->num2 <= 0)) {
+        qlim_set(l, 0, 0, NULL);
+        return;
+    }
+    snprintf(basis, sizeof basis, "%s %s%s%s", cfg_directive_info(v->directive)->name,
+             cfg_format_value(S.cfg, v, text, sizeof text), suffix ? " " : "",
+             suffix ? suffix : "");
+    qlim_set(l, v->num, v->type == CFG_T_RATE ? v->num2 : 0, basis);
+}
+
+/*
+ * qmgr_queue_limits_refresh - Q's limiters for the current configuration
+ * and mode: in backoff each backoff-X twin (qmgr_queue_setting picks it),
+ * and max-smtp-out 0 still allows one connection
+ */
+void
+qmgr_queue_limits_refresh(struct qqueue *q)
+{
+    const struct cfg_value *out = qmgr_queue_setting(q, CFG_D_MAX_SMTP_OUT);
+    char basis[QLIM_BASIS_MAX];
+    int64_t n;
+
+    qmgr_limit_set_value(&q->lim_msg, qmgr_queue_setting(q, CFG_D_MAX_MSG_RATE), NULL);
+    qmgr_limit_set_value(&q->lim_connect, qmgr_queue_setting(q, CFG_D_MAX_CONNECT_RATE), NULL);
+    qmgr_limit_set_value(&q->lim_volume, qmgr_queue_setting(q, CFG_D_MAX_DATA_VOLUME_RATE), NULL);
+    if (out && out->num > 0) {
+        n = qmgr_adaptive_limit(q, out->num, basis, sizeof basis);
+        if (q->adapt_on)
+            qlim_set(&q->lim_conns, n, 0, basis);
+        else
+            qmgr_limit_set_value(&q->lim_conns, out, NULL);
+    } else
+        qlim_set(&q->lim_conns, out ? 1 : 20, 0, out ? "max-smtp-out 0 (one)" : "max-smtp-out 20");
+    q->lim_serial = S.cfg_serial;
+    q->lim_mode = q->mode;
+}
+
 void
 qmgr_queue_invalidate_settings(void)
 {
     S.cfg_serial++;
+    qmgr_limit_set_value(&S.lim_total, cfg_global(S.cfg, CFG_D_TOTAL_MAX_SMTP_OUT), NULL);
     for (uint32_t i = 0; i < S.nqueues; i++) {
         refresh_settings(S.queues[i]);
         qmgr_run_update(S.queues[i]);
@@ -210,6 +257,8 @@ backoff_twin(enum cfg_directive d)
         return CFG_D_BACKOFF_MAX_MSG_RATE;
     case CFG_D_MAX_CONNECT_RATE:
         return CFG_D_BACKOFF_MAX_CONNECT_RATE;
+    case CFG_D_MAX_DATA_VOLUME_RATE:
+        return CFG_D_BACKOFF_MAX_DATA_VOLUME_RATE;
     case CFG_D_MAX_SMTP_OUT:
         return CFG_D_BACKOFF_MAX_SMTP_OUT;
     case CFG_D_RETRY_AFTER:
@@ -517,18 +566,19 @@ qmgr_queue_route(struct qqueue *q)
     return q;
 }
 
-/* qmgr_queue_reroute - Q entered backoff: its ready and deferred recipients move on */
+/* qmgr_queue_move - see qmgr.h; O(Q's ready recipients + the deferred heap) */
 uint32_t
-qmgr_queue_reroute(struct qqueue *q)
+qmgr_queue_move(struct qqueue *q, struct qqueue *to)
 {
-    struct qqueue *to = qmgr_queue_route(q);
     uint32_t moved = 0;
 
     if (to == q)
         return 0;
+    if (!to->route_domain)
+        to->route_domain = q->route_domain; /* a rollup rerouted keeps its MX */
     for (uint32_t r; (r = qmgr_ready_pop(q)) != QNIL; moved++)
         qmgr_ready_push(to, r);
-    for (uint32_t i = 0; i < S.nheap; i++)
+    for (uint32_t i = 0; q->ndeferred > 0 && i < S.nheap; i++)
         if (S.rcpt[S.heap[i]].queue == q->id) {
             S.rcpt[S.heap[i]].queue = to->id;
             q->ndeferred--;
@@ -536,6 +586,13 @@ qmgr_queue_reroute(struct qqueue *q)
             moved++;
         }
     return moved;
+}
+
+/* qmgr_queue_reroute - Q entered backoff: its ready and deferred recipients move on */
+uint32_t
+qmgr_queue_reroute(struct qqueue *q)
+{
+    return qmgr_queue_move(q, qmgr_queue_route(q));
 }
 
 void

@@ -31,6 +31,7 @@
 #include "msg.h"
 #include "qmgr.h"
 #include "qmgr_traffic.h"
+#include "qmgr_warmup.h"
 #include "worker.h"
 #include "xalloc.h"
 
@@ -67,6 +68,8 @@ add_sched(const struct qstore_sched *s, void *arg)
     /* Consecutive recipients mostly share a queue: skip the hash then. */
     if (!q || strncmp(q->name, s->queue, s->queue_len) != 0 || q->name[s->queue_len] != '\0')
         q = c->last_queue = qmgr_queue_get(s->queue, s->queue_len);
+    q = qmgr_rollup_dest(q); /* its destination: its own, a rollup's, a queue-to target's */
+    q = qmgr_warmup_cold(q); /* or its cold virtual MTA's (max-cold-virtual-mta-msg) */
     r = qmgr_rcpt_new(c->last_msg, s->index, q,
                       s->attempts > 65535 ? 65535 : (uint16_t)s->attempts);
     due = s->next_attempt ? qmgr_tick_from_wall(s->next_attempt) : 0;
@@ -243,13 +246,16 @@ run_remove(struct qqueue *q)
     q->run_prio = -1;
 }
 
-/* qmgr_run_update - Q is on the run list of its priority exactly when it has ready work */
+/*
+ * qmgr_run_update - Q is on the run list of its priority exactly when it has
+ * ready work and is not held for its domain's first MX answer
+ */
 void
 qmgr_run_update(struct qqueue *q)
 {
     int prio;
 
-    if (q->nready == 0) {
+    if (q->nready == 0 || q->route_held) {
         run_remove(q);
         return;
     }
@@ -344,9 +350,6 @@ dispatch_queue(struct qqueue *q)
 static void
 dispatch_all(void)
 {
-    const struct cfg_value *total = cfg_global(S.cfg, CFG_D_TOTAL_MAX_SMTP_OUT);
-    uint32_t cap = total && total->num > 0 ? (uint32_t)total->num : 1200;
-
     if (S.stopping)
         return;
     for (int prio = QMGR_PRIO_LEVELS - 1; prio >= 0; prio--) {
@@ -360,7 +363,7 @@ dispatch_all(void)
         /* The global cap binds: lower priorities wait for a free slot. Only a
            level with work stops the walk: empty ones above it must not, or
            with the cap bound no queue would ever reach reclaim_idle(). */
-        if (had_work && S.nconn_total >= cap)
+        if (had_work && qlim_room(&S.lim_total, 0) == 0)
             break;
     }
 }

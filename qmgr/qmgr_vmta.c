@@ -17,7 +17,7 @@
  * Queues find their group through group(); groups live as long as qmgr
  * and are re-read from each configuration generation.
  *
- * Owns: the group table and each group's counters, rate state and
+ * Owns: the group table and each group's limiters (qmgr_limit.h) and
  * round-robin position.
  * SECURITY: none (numbers from the configuration only).
  */
@@ -33,12 +33,10 @@
 
 struct qvmta {
     char *name;
-    uint64_t serial;              /* S.cfg_serial the limits were read for */
-    int64_t max_conn;             /* 0 = no limit */
-    const struct cfg_value *rate; /* NULL = no limit (borrowed from S.cfg) */
-    uint32_t nconn;
-    struct qrate msg_rate;
-    uint32_t rr_next; /* round-robin position in the smtp-source-host list */
+    uint64_t serial;   /* S.cfg_serial the limits were read for */
+    struct qlim conns; /* connections of all its queues */
+    struct qlim msgs;  /* recipients of all its queues */
+    uint32_t rr_next;  /* round-robin position in the smtp-source-host list */
 };
 
 static struct qvmta **groups;
@@ -70,19 +68,38 @@ read_limits(struct qvmta *g)
 {
     const struct cfg *c = S.cfg;
     uint32_t it = 0, s = cfg_find_scope(c, CFG_S_VMTA, g->name);
-    const struct cfg_value *v;
+    const struct cfg_value *v, *rate = NULL;
+    const char *conn_from = "max-smtp-out", *rate_from = NULL;
+    int64_t max_conn = 0;
+    char basis[QLIM_BASIS_MAX], text[48];
 
-    g->max_conn = 0;
-    g->rate = NULL;
     if (s != CFG_NONE && (v = cfg_scope_get(c, s, CFG_D_VMTA_MAX_SMTP_OUT)) != NULL)
-        g->max_conn = v->num;
+        max_conn = v->num;
     while ((s = cfg_next_scope(c, CFG_S_SENDER, &it)) != CFG_NONE) {
+        const struct cfg_value *r;
+
         v = cfg_scope_get(c, s, CFG_D_SENDER_VMTA);
         if (!v || strcmp(cfg_str(c, v->text), g->name) != 0)
             continue;
-        if ((v = cfg_scope_get(c, s, CFG_D_SENDER_MAX_CONN)) != NULL)
-            g->max_conn = stricter_count(g->max_conn, v->num);
-        g->rate = stricter_rate(g->rate, cfg_scope_get(c, s, CFG_D_SENDER_MAX_MSG_RATE));
+        if ((v = cfg_scope_get(c, s, CFG_D_SENDER_MAX_CONN)) != NULL &&
+            stricter_count(max_conn, v->num) != max_conn) {
+            max_conn = v->num;
+            conn_from = "max-conn";
+        }
+        r = stricter_rate(rate, cfg_scope_get(c, s, CFG_D_SENDER_MAX_MSG_RATE));
+        if (r != rate)
+            rate_from = cfg_str(c, c->scopes[s].name);
+        rate = r;
+    }
+    snprintf(basis, sizeof basis, "%s %lld of virtual-mta %s", conn_from, (long long)max_conn,
+             g->name);
+    qlim_set(&g->conns, max_conn, 0, basis);
+    if (rate) {
+        snprintf(basis, sizeof basis, "max-msg-rate %s of <sender %s>",
+                 cfg_format_value(c, rate, text, sizeof text), rate_from);
+        qlim_set(&g->msgs, rate->num, rate->num2, basis);
+    } else {
+        qlim_set(&g->msgs, 0, 0, NULL);
     }
     g->serial = S.cfg_serial;
 }
@@ -100,6 +117,8 @@ group(struct qqueue *q)
         if (g == NULL) {
             g = xcalloc(1, sizeof(*g));
             g->name = xstrdup(q->vmta);
+            qlim_init(&g->conns, QLIM_VMTA, QLIM_LEASE, QLIM_CONNS, g->name);
+            qlim_init(&g->msgs, QLIM_VMTA, QLIM_RATE, QLIM_MSGS, g->name);
             groups = xreallocarray(groups, ngroups + 1, sizeof(*groups));
             groups[ngroups++] = g;
         }
@@ -110,55 +129,18 @@ group(struct qqueue *q)
     return g;
 }
 
-/* qmgr_vmta_conn_room - may Q's virtual MTA open one more connection? */
-int
-qmgr_vmta_conn_room(struct qqueue *q)
+/* qmgr_vmta_conn_limit - see qmgr.h */
+struct qlim *
+qmgr_vmta_conn_limit(struct qqueue *q)
 {
-    struct qvmta *g = group(q);
-
-    return g->max_conn <= 0 || g->nconn < (uint64_t)g->max_conn;
+    return &group(q)->conns;
 }
 
-void
-qmgr_vmta_conn_opened(struct qqueue *q)
+/* qmgr_vmta_msg_limit - see qmgr.h */
+struct qlim *
+qmgr_vmta_msg_limit(struct qqueue *q)
 {
-    group(q)->nconn++;
-}
-
-void
-qmgr_vmta_conn_closed(struct qqueue *q)
-{
-    struct qvmta *g = group(q);
-
-    if (g->nconn > 0)
-        g->nconn--;
-}
-
-/* qmgr_vmta_rate_room - recipients the VMTA-wide rate allows now; *WAIT_NS when 0 */
-uint32_t
-qmgr_vmta_rate_room(struct qqueue *q, uint64_t now_ns, uint64_t *wait_ns)
-{
-    struct qvmta *g = group(q);
-    uint32_t n = qrate_allowed(&g->msg_rate, g->rate, now_ns);
-
-    *wait_ns = n ? 0 : qrate_wait_ns(&g->msg_rate, g->rate, now_ns);
-    return n;
-}
-
-void
-qmgr_vmta_rate_sent(struct qqueue *q, uint32_t n, uint64_t sent_ns)
-{
-    struct qvmta *g = group(q);
-
-    qrate_sent(&g->msg_rate, g->rate, n, sent_ns);
-}
-
-void
-qmgr_vmta_rate_take(struct qqueue *q, uint32_t n, uint64_t now_ns)
-{
-    struct qvmta *g = group(q);
-
-    qrate_take(&g->msg_rate, g->rate, n, now_ns);
+    return &group(q)->msgs;
 }
 
 /* --- source addresses (smtp-source-host, round-robin per virtual MTA) -------------------- */
@@ -201,27 +183,28 @@ source_ip_of(const struct cfg_value *v, char *out, size_t size)
 
 /*
  * usable_source - index of the first source of Q's VMTA from START (mod
- * their number, round-robin) that disable-source-ip has not disabled, -1
- * if none; N gets how many there are. O(sources), and just a count while
- * nothing is disabled.
+ * their number, round-robin) that disable-source-ip has not disabled and
+ * FILTER (may be NULL) accepts, -1 if none; N gets how many there are.
+ * O(sources), and just a count while nothing is disabled or filtered.
  */
 static int
-usable_source(struct qqueue *q, uint32_t start, uint32_t *n)
+usable_source(struct qqueue *q, uint32_t start, uint32_t *n, qmgr_source_filter filter, void *arg)
 {
     uint32_t scope = source_host_scope(q->vmta), it = 0, i;
-    int first = -1;
+    int first = -1, any_disabled = qmgr_source_any_disabled(q);
     const struct cfg_value *v;
     char ip[64];
 
     for (*n = 0; cfg_scope_next(S.cfg, scope, CFG_D_SMTP_SOURCE_HOST, &it);)
         (*n)++;
-    if (!qmgr_source_any_disabled(q))
+    if (!any_disabled && (filter == NULL || *n == 0))
         return *n ? (int)(start % *n) : 0;
     if (*n == 0) /* the implicit source: disabled as a whole */
         return -1;
     start %= *n;
     for (it = 0, i = 0; (v = cfg_scope_next(S.cfg, scope, CFG_D_SMTP_SOURCE_HOST, &it)); i++) {
-        if (qmgr_source_disabled(q, source_ip_of(v, ip, sizeof ip)))
+        source_ip_of(v, ip, sizeof ip);
+        if ((any_disabled && qmgr_source_disabled(q, ip)) || (filter && !filter(q, ip, arg)))
             continue;
         if (i >= start)
             return (int)i; /* the first usable one from START on */
@@ -237,33 +220,61 @@ qmgr_vmta_source_usable(struct qqueue *q)
 {
     uint32_t n;
 
-    return usable_source(q, 0, &n) >= 0;
+    return usable_source(q, 0, &n, NULL, NULL) >= 0;
+}
+
+/* qmgr_vmta_has_source - see qmgr.h */
+int
+qmgr_vmta_has_source(const char *vmta, const char *ip)
+{
+    uint32_t scope = source_host_scope(vmta), it = 0;
+    const struct cfg_value *v;
+    char mine[64];
+
+    while (scope != 0 && (v = cfg_scope_next(S.cfg, scope, CFG_D_SMTP_SOURCE_HOST, &it)) != NULL)
+        if (strcmp(source_ip_of(v, mine, sizeof mine), ip) == 0)
+            return 1;
+    return 0;
+}
+
+/* qmgr_vmta_source_any - see qmgr.h */
+int
+qmgr_vmta_source_any(struct qqueue *q, qmgr_source_filter filter, void *arg)
+{
+    uint32_t n;
+
+    return usable_source(q, 0, &n, filter, arg) >= 0;
 }
 
 /* qmgr_vmta_pick_source - see qmgr.h */
-void
-qmgr_vmta_pick_source(struct qqueue *q, char **source_ip, char **helo)
+int
+qmgr_vmta_pick_source(struct qqueue *q, qmgr_source_filter filter, void *arg, char **source_ip,
+                      char **helo)
 {
     static struct cfg_resolved res;
     uint32_t n;
-    int i = usable_source(q, group(q)->rr_next++, &n);
+    int i = usable_source(q, group(q)->rr_next, &n, filter, arg);
     const struct cfg_value *v;
 
-    if (n > 0 && i >= 0) {
+    if (n > 0 && i < 0)
+        return 0;
+    if (n > 0) {
         const char *text = cfg_str(S.cfg,
                                    source_host(source_host_scope(q->vmta), (uint32_t)i)->text);
         size_t iplen = strcspn(text, " \t");
         const char *host = text + iplen + strspn(text + iplen, " \t");
 
+        group(q)->rr_next = (uint32_t)i + 1; /* the next one starts after this one */
         *source_ip = xstrndup(text, iplen);
         *helo = xstrndup(host, strcspn(host, " \t"));
-        return;
+        return 1;
     }
     *source_ip = xstrdup("");
     if (cfg_resolve_vmta(S.cfg, q->vmta, &res) < 0)
         cfg_resolve_vmta(S.cfg, NULL, &res);
     v = res.v[CFG_D_HOST_NAME];
     *helo = xstrdup(v && !(v->flags & CFG_VALUE_UNSET) ? cfg_str(S.cfg, v->text) : "");
+    return 1;
 }
 
 /* qmgr_vmta_sources - see qmgr.h */
@@ -287,7 +298,7 @@ qmgr_vmta_connections(const char *vmta)
 {
     for (uint32_t i = 0; i < ngroups; i++)
         if (strcmp(groups[i]->name, vmta) == 0)
-            return groups[i]->nconn;
+            return qlim_held(&groups[i]->conns);
     return 0;
 }
 
@@ -295,6 +306,8 @@ void
 qmgr_vmta_free(void)
 {
     for (uint32_t i = 0; i < ngroups; i++) {
+        qlim_fini(&groups[i]->conns);
+        qlim_fini(&groups[i]->msgs);
         free(groups[i]->name);
         free(groups[i]);
     }

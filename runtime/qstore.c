@@ -30,14 +30,6 @@
 #include "qstore_int.h"
 #include "xalloc.h"
 
-struct qstore_wtxn {
-    struct qstore *qs;
-    MDB_txn *txn;
-    int failed;  /* first error that poisoned the txn, or 0 */
-    int have_id; /* next_id was read from meta */
-    uint64_t next_id;
-};
-
 struct qstore_newmsg {
     struct buf env;   /* encoded envelope record */
     struct buf rcpts; /* encoded recipient records, back to back */
@@ -58,55 +50,29 @@ struct qstore_newmsg {
 
 /* ---- big-endian helpers ----------------------------------------------------- */
 
-static void
-put_be32(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t)(v >> 24);
-    p[1] = (uint8_t)(v >> 16);
-    p[2] = (uint8_t)(v >> 8);
-    p[3] = (uint8_t)v;
-}
-
-static void
-put_be64(uint8_t *p, uint64_t v)
-{
-    put_be32(p, (uint32_t)(v >> 32));
-    put_be32(p + 4, (uint32_t)v);
-}
-
-static uint32_t
-get_be32(const uint8_t *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
-static uint64_t
-get_be64(const uint8_t *p)
-{
-    return (uint64_t)get_be32(p) << 32 | get_be32(p + 4);
-}
+/* qstore__put_be32 and its kin: qstore_int.h */
 
 /* key_msg / key_sub - the msg key and the body/rcpt key of MSGID (and N) */
 static MDB_val
 key_msg(uint8_t k[KEY_MSG_LEN], uint64_t msgid)
 {
-    put_be64(k, msgid);
+    qstore__put_be64(k, msgid);
     return (MDB_val){ .mv_size = KEY_MSG_LEN, .mv_data = k };
 }
 
 static MDB_val
 key_sub(uint8_t k[KEY_SUB_LEN], uint64_t msgid, uint32_t n)
 {
-    put_be64(k, msgid);
-    put_be32(k + 8, n);
+    qstore__put_be64(k, msgid);
+    qstore__put_be32(k + 8, n);
     return (MDB_val){ .mv_size = KEY_SUB_LEN, .mv_data = k };
 }
 
 /* ---- errors ----------------------------------------------------------------- */
 
-/* qs_err - LMDB or errno result to the -errno convention */
-static int
-qs_err(int rc)
+/* qstore__err - see qstore_int.h */
+int
+qstore__err(int rc)
 {
     switch (rc) {
     case MDB_SUCCESS:
@@ -193,7 +159,7 @@ wr_u32(struct buf *b, uint32_t v)
 {
     uint8_t p[4];
 
-    put_be32(p, v);
+    qstore__put_be32(p, v);
     buf_append(b, p, sizeof p);
 }
 
@@ -202,7 +168,7 @@ wr_u64(struct buf *b, uint64_t v)
 {
     uint8_t p[8];
 
-    put_be64(p, v);
+    qstore__put_be64(p, v);
     buf_append(b, p, sizeof p);
 }
 
@@ -260,7 +226,7 @@ rd_u32(struct rd *r)
 
     if (!rd_have(r, 4))
         return 0;
-    v = get_be32(r->p);
+    v = qstore__get_be32(r->p);
     r->p += 4;
     return v;
 }
@@ -272,7 +238,7 @@ rd_u64(struct rd *r)
 
     if (!rd_have(r, 8))
         return 0;
-    v = get_be64(r->p);
+    v = qstore__get_be64(r->p);
     r->p += 8;
     return v;
 }
@@ -455,8 +421,8 @@ sched_decode(const MDB_val *k, const MDB_val *v, struct qstore_sched *s)
     s->queue = rd_str(&r, QSTORE_STR_MAX, &s->queue_len);
     if (r.bad)
         return -EPROTO;
-    s->msgid = get_be64(k->mv_data);
-    s->index = get_be32((const uint8_t *)k->mv_data + 8);
+    s->msgid = qstore__get_be64(k->mv_data);
+    s->index = qstore__get_be32((const uint8_t *)k->mv_data + 8);
     s->state = rc.state;
     s->attempts = rc.attempts;
     s->queued_at = rc.queued_at;
@@ -477,7 +443,12 @@ open_dbis(struct qstore *qs, MDB_txn *txn)
         (rc = mdb_dbi_open(txn, "msg", fl, &qs->msg)) != 0 ||
         (rc = mdb_dbi_open(txn, "body", fl, &qs->body)) != 0 ||
         (rc = mdb_dbi_open(txn, "rcpt", fl, &qs->rcpt)) != 0)
-        return qs_err(rc);
+        return qstore__err(rc);
+    /* added later (schema 1 still): a read-only open of an older spool may lack it */
+    rc = mdb_dbi_open(txn, "warmup", fl, &qs->warmup);
+    if (rc != 0 && !(rc == MDB_NOTFOUND && (qs->flags & QSTORE_RDONLY)))
+        return qstore__err(rc);
+    qs->have_warmup = rc == 0;
     return 0;
 }
 
@@ -489,13 +460,13 @@ init_meta(struct qstore *qs, MDB_txn *txn)
     MDB_val k = { strlen(META_SCHEMA), META_SCHEMA }, v = { sizeof ver, ver };
     int rc;
 
-    put_be32(ver, QSTORE_SCHEMA_VERSION);
-    put_be64(next, 1);
+    qstore__put_be32(ver, QSTORE_SCHEMA_VERSION);
+    qstore__put_be64(next, 1);
     if ((rc = mdb_put(txn, qs->meta, &k, &v, 0)) != 0)
-        return qs_err(rc);
+        return qstore__err(rc);
     k = (MDB_val){ strlen(META_NEXT_ID), META_NEXT_ID };
     v = (MDB_val){ sizeof next, next };
-    return qs_err(mdb_put(txn, qs->meta, &k, &v, 0));
+    return qstore__err(mdb_put(txn, qs->meta, &k, &v, 0));
 }
 
 /* check_meta - initialise a fresh env or verify an existing one's schema */
@@ -508,8 +479,8 @@ check_meta(struct qstore *qs, MDB_txn *txn, const char *dir)
     if (rc == MDB_NOTFOUND && !(qs->flags & QSTORE_RDONLY))
         return init_meta(qs, txn);
     if (rc != 0)
-        return qs_err(rc);
-    if (v.mv_size != 4 || get_be32(v.mv_data) != QSTORE_SCHEMA_VERSION) {
+        return qstore__err(rc);
+    if (v.mv_size != 4 || qstore__get_be32(v.mv_data) != QSTORE_SCHEMA_VERSION) {
         msg_warn("qstore: %s: unsupported queue schema (want version %u)", dir,
                  QSTORE_SCHEMA_VERSION);
         return -EPROTO;
@@ -524,11 +495,11 @@ env_setup(struct qstore *qs, const struct qstore_opts *o)
     int rc;
 
     if ((rc = mdb_env_create(&qs->env)) != 0)
-        return qs_err(rc);
+        return qstore__err(rc);
     if ((rc = mdb_env_set_mapsize(qs->env, o->map_size ? o->map_size : (size_t)1 << 30)) != 0 ||
         (rc = mdb_env_set_maxreaders(qs->env, o->max_readers ? o->max_readers : 512)) != 0 ||
         (rc = mdb_env_set_maxdbs(qs->env, 8)) != 0)
-        return qs_err(rc);
+        return qstore__err(rc);
     return 0;
 }
 
@@ -554,17 +525,17 @@ qstore_open(struct qstore **qsp, const char *dir, const struct qstore_opts *opts
     }
     if ((rc = env_setup(qs, o)) < 0)
         goto fail_env;
-    if ((rc = qs_err(mdb_env_open(qs->env, dir, envfl, 0600))) < 0)
+    if ((rc = qstore__err(mdb_env_open(qs->env, dir, envfl, 0600))) < 0)
         goto fail_env;
     /* slots of killed processes would pin old pages and fill the map */
     if (mdb_reader_check(qs->env, &dead) == 0 && dead > 0)
         msg_info("qstore: %s: cleared %d stale reader slot(s)", dir, dead);
-    if ((rc = qs_err(
+    if ((rc = qstore__err(
              mdb_txn_begin(qs->env, NULL, o->flags & QSTORE_RDONLY ? MDB_RDONLY : 0, &txn))) < 0)
         goto fail_env;
     if ((rc = open_dbis(qs, txn)) < 0 || (rc = check_meta(qs, txn, dir)) < 0)
         goto fail_txn;
-    if ((rc = qs_err(mdb_txn_commit(txn))) < 0)
+    if ((rc = qstore__err(mdb_txn_commit(txn))) < 0)
         goto fail_env;
     *qsp = qs;
     return 0;
@@ -593,7 +564,7 @@ int
 qstore_sync(struct qstore *qs)
 {
     qstore__check_owner(qs);
-    return qs_err(mdb_env_sync(qs->env, 1));
+    return qstore__err(mdb_env_sync(qs->env, 1));
 }
 
 /* db_entries - number of records in DBI */
@@ -616,13 +587,13 @@ qstore_info(struct qstore *qs, struct qstore_info *info)
 
     qstore__check_owner(qs);
     memset(info, 0, sizeof *info);
-    if ((rc = qs_err(mdb_txn_begin(qs->env, NULL, MDB_RDONLY, &txn))) < 0)
+    if ((rc = qstore__err(mdb_txn_begin(qs->env, NULL, MDB_RDONLY, &txn))) < 0)
         return rc;
     info->messages = db_entries(txn, qs->msg);
     info->recipients = db_entries(txn, qs->rcpt);
     info->chunks = db_entries(txn, qs->body);
     if (mdb_get(txn, qs->meta, &k, &v) == 0 && v.mv_size == 8)
-        info->next_msgid = get_be64(v.mv_data);
+        info->next_msgid = qstore__get_be64(v.mv_data);
     mdb_txn_abort(txn);
     if (mdb_env_info(qs->env, &ei) == 0 && mdb_env_stat(qs->env, &es) == 0) {
         info->map_size = ei.me_mapsize;
@@ -651,13 +622,13 @@ qstore_get_mark(struct qstore *qs, const char *name, uint64_t *value)
     qstore__check_owner(qs);
     if (k.mv_size == 0)
         return -EINVAL;
-    if ((rc = qs_err(mdb_txn_begin(qs->env, NULL, MDB_RDONLY, &txn))) < 0)
+    if ((rc = qstore__err(mdb_txn_begin(qs->env, NULL, MDB_RDONLY, &txn))) < 0)
         return rc;
     rc = mdb_get(txn, qs->meta, &k, &v);
     if (rc == 0 && v.mv_size == 8)
-        *value = get_be64(v.mv_data);
+        *value = qstore__get_be64(v.mv_data);
     mdb_txn_abort(txn);
-    return rc == MDB_NOTFOUND ? -ENOENT : rc != 0 ? qs_err(rc) : v.mv_size == 8 ? 0 : -EPROTO;
+    return rc == MDB_NOTFOUND ? -ENOENT : rc != 0 ? qstore__err(rc) : v.mv_size == 8 ? 0 : -EPROTO;
 }
 
 int
@@ -670,8 +641,8 @@ qstore_wtxn_set_mark(struct qstore_wtxn *w, const char *name, uint64_t value)
 
     if (k.mv_size == 0)
         return -EINVAL;
-    put_be64(be, value);
-    if ((rc = qs_err(mdb_put(w->txn, w->qs->meta, &k, &v, 0))) < 0 && rc != -EINVAL)
+    qstore__put_be64(be, value);
+    if ((rc = qstore__err(mdb_put(w->txn, w->qs->meta, &k, &v, 0))) < 0 && rc != -EINVAL)
         w->failed = rc;
     return rc;
 }
@@ -775,7 +746,7 @@ qstore_wtxn_begin(struct qstore *qs, struct qstore_wtxn **wp)
         return -EACCES;
     w = xcalloc(1, sizeof *w);
     w->qs = qs;
-    if ((rc = qs_err(mdb_txn_begin(qs->env, NULL, 0, &w->txn))) < 0) {
+    if ((rc = qstore__err(mdb_txn_begin(qs->env, NULL, 0, &w->txn))) < 0) {
         free(w);
         return rc;
     }
@@ -783,9 +754,9 @@ qstore_wtxn_begin(struct qstore *qs, struct qstore_wtxn **wp)
     return 0;
 }
 
-/* poison - record that W can no longer commit; returns RC for chaining */
-static int
-poison(struct qstore_wtxn *w, int rc)
+/* qstore__poison - see qstore_int.h */
+int
+qstore__poison(struct qstore_wtxn *w, int rc)
 {
     if (w->failed == 0)
         w->failed = rc;
@@ -801,10 +772,10 @@ next_id(struct qstore_wtxn *w, uint64_t *idp)
 
     if (!w->have_id) {
         if ((rc = mdb_get(w->txn, w->qs->meta, &k, &v)) != 0)
-            return rc == MDB_NOTFOUND ? -EPROTO : qs_err(rc);
-        if (v.mv_size != 8 || get_be64(v.mv_data) == 0)
+            return rc == MDB_NOTFOUND ? -EPROTO : qstore__err(rc);
+        if (v.mv_size != 8 || qstore__get_be64(v.mv_data) == 0)
             return -EPROTO;
-        w->next_id = get_be64(v.mv_data);
+        w->next_id = qstore__get_be64(v.mv_data);
         w->have_id = 1;
     }
     *idp = w->next_id++;
@@ -817,7 +788,7 @@ put_append(struct qstore_wtxn *w, MDB_dbi dbi, MDB_val *k, const void *p, size_t
 {
     MDB_val v = { n, (void *)p };
 
-    return qs_err(mdb_put(w->txn, dbi, k, &v, MDB_APPEND));
+    return qstore__err(mdb_put(w->txn, dbi, k, &v, MDB_APPEND));
 }
 
 /*
@@ -838,7 +809,7 @@ put_chunk(struct qstore_wtxn *w, const struct qstore_newmsg *nm, uint64_t id, ui
 
     if (nm->qid_off == SIZE_MAX || nm->qid_off >= off + n || nm->qid_off + QSTORE_QID_LEN <= off)
         return put_append(w, w->qs->body, &k, nm->body + off, n);
-    if ((rc = qs_err(mdb_put(w->txn, w->qs->body, &k, &v, MDB_APPEND | MDB_RESERVE))) < 0)
+    if ((rc = qstore__err(mdb_put(w->txn, w->qs->body, &k, &v, MDB_APPEND | MDB_RESERVE))) < 0)
         return rc;
     memcpy(v.mv_data, nm->body + off, n);
     qstore_qid_format(qid, id);
@@ -886,7 +857,7 @@ qstore_wtxn_put(struct qstore_wtxn *w, const struct qstore_newmsg *nm, uint64_t 
         return w->failed;
     /* any failure may leave part of the message in the txn: it must not commit */
     if ((rc = next_id(w, &id)) < 0 || (rc = put_records(w, nm, id)) < 0)
-        return poison(w, rc);
+        return qstore__poison(w, rc);
     *idp = id;
     return 0;
 }
@@ -903,8 +874,8 @@ first_with_prefix(MDB_cursor *c, uint64_t msgid, MDB_val *k, MDB_val *v)
     if (rc == MDB_NOTFOUND)
         return 0;
     if (rc != 0)
-        return qs_err(rc);
-    return k->mv_size >= KEY_MSG_LEN && get_be64(k->mv_data) == msgid;
+        return qstore__err(rc);
+    return k->mv_size >= KEY_MSG_LEN && qstore__get_be64(k->mv_data) == msgid;
 }
 
 /* delete_prefix - delete every body/rcpt record of MSGID from DBI */
@@ -915,11 +886,11 @@ delete_prefix(struct qstore_wtxn *w, MDB_dbi dbi, uint64_t msgid)
     MDB_val k, v;
     int rc;
 
-    if ((rc = qs_err(mdb_cursor_open(w->txn, dbi, &c))) < 0)
+    if ((rc = qstore__err(mdb_cursor_open(w->txn, dbi, &c))) < 0)
         return rc;
     /* re-seek after each delete: simpler than LMDB's post-delete cursor rules */
     while ((rc = first_with_prefix(c, msgid, &k, &v)) == 1) {
-        if ((rc = qs_err(mdb_cursor_del(c, 0))) < 0)
+        if ((rc = qstore__err(mdb_cursor_del(c, 0))) < 0)
             break;
     }
     mdb_cursor_close(c);
@@ -934,7 +905,7 @@ has_rcpts(struct qstore_wtxn *w, uint64_t msgid)
     MDB_val k, v;
     int rc;
 
-    if ((rc = qs_err(mdb_cursor_open(w->txn, w->qs->rcpt, &c))) < 0)
+    if ((rc = qstore__err(mdb_cursor_open(w->txn, w->qs->rcpt, &c))) < 0)
         return rc;
     rc = first_with_prefix(c, msgid, &k, &v);
     mdb_cursor_close(c);
@@ -950,7 +921,7 @@ delete_msg_records(struct qstore_wtxn *w, uint64_t msgid)
     int rc = mdb_del(w->txn, w->qs->msg, &k, NULL);
 
     if (rc != 0 && rc != MDB_NOTFOUND)
-        return qs_err(rc);
+        return qstore__err(rc);
     if ((rc = delete_prefix(w, w->qs->body, msgid)) < 0)
         return rc;
     return delete_prefix(w, w->qs->rcpt, msgid);
@@ -969,11 +940,11 @@ qstore_wtxn_finish(struct qstore_wtxn *w, uint64_t msgid, uint32_t index)
     if (rc == MDB_NOTFOUND)
         return -ENOENT; /* nothing written yet: the txn is still good */
     if (rc != 0)
-        return poison(w, qs_err(rc));
+        return qstore__poison(w, qstore__err(rc));
     if ((rc = has_rcpts(w, msgid)) < 0)
-        return poison(w, rc);
+        return qstore__poison(w, rc);
     if (rc == 0 && (rc = delete_msg_records(w, msgid)) < 0)
-        return poison(w, rc);
+        return qstore__poison(w, rc);
     return 0;
 }
 
@@ -990,7 +961,7 @@ qstore_wtxn_defer(struct qstore_wtxn *w, uint64_t msgid, uint32_t index,
     if (w->failed)
         return w->failed;
     if ((rc = mdb_get(w->txn, w->qs->rcpt, &k, &v)) != 0)
-        return qs_err(rc);
+        return qstore__err(rc);
     if (qstore_rcpt_decode(v.mv_data, v.mv_size, &r) < 0)
         return -EPROTO;
     r.state = QSTORE_RCPT_DEFERRED;
@@ -1005,8 +976,8 @@ qstore_wtxn_defer(struct qstore_wtxn *w, uint64_t msgid, uint32_t index,
     buf_init(&rec, 0);
     if ((rc = qstore_rcpt_encode(&rec, &r)) == 0) {
         v = (MDB_val){ rec.len, rec.data };
-        if ((rc = qs_err(mdb_put(w->txn, w->qs->rcpt, &k, &v, 0))) < 0)
-            poison(w, rc);
+        if ((rc = qstore__err(mdb_put(w->txn, w->qs->rcpt, &k, &v, 0))) < 0)
+            qstore__poison(w, rc);
     }
     buf_free(&rec);
     return rc;
@@ -1022,9 +993,9 @@ qstore_wtxn_delete_msg(struct qstore_wtxn *w, uint64_t msgid)
     if (w->failed)
         return w->failed;
     if ((rc = mdb_get(w->txn, w->qs->msg, &k, &v)) != 0)
-        return qs_err(rc);
+        return qstore__err(rc);
     if ((rc = delete_msg_records(w, msgid)) < 0)
-        return poison(w, rc);
+        return qstore__poison(w, rc);
     return 0;
 }
 
@@ -1047,15 +1018,15 @@ qstore_wtxn_commit(struct qstore_wtxn *w)
         return rc;
     }
     if (w->have_id) {
-        put_be64(next, w->next_id);
+        qstore__put_be64(next, w->next_id);
         if ((rc = mdb_put(w->txn, w->qs->meta, &k, &v, 0)) != 0) {
             mdb_txn_abort(w->txn);
             free(w);
-            return qs_err(rc);
+            return qstore__err(rc);
         }
     }
     /* with sync on, this returns only after fsync: the durability point */
-    rc = qs_err(mdb_txn_commit(w->txn));
+    rc = qstore__err(mdb_txn_commit(w->txn));
     if (rc == -EIO && qstore__disk_full(w->qs))
         rc = -ENOSPC; /* LMDB's word for a short write */
     free(w);
@@ -1117,7 +1088,8 @@ scan_one(const MDB_val *k, const MDB_val *v, qstore_sched_fn fn, void *arg,
         st->corrupt++;
         if (k->mv_size == KEY_SUB_LEN)
             msg_warn("qstore: corrupt recipient record %" PRIu64 "/%" PRIu32 " skipped",
-                     get_be64(k->mv_data), get_be32((const uint8_t *)k->mv_data + 8));
+                     qstore__get_be64(k->mv_data),
+                     qstore__get_be32((const uint8_t *)k->mv_data + 8));
         else
             msg_warn("qstore: recipient record with a %zu-byte key skipped", k->mv_size);
         return 0;
@@ -1141,18 +1113,18 @@ scan_range(struct qstore *qs, int one_msg, uint64_t msgid, qstore_sched_fn fn, v
 
     qstore__check_owner(qs);
     memset(st, 0, sizeof *st);
-    if ((rc = qs_err(mdb_txn_begin(qs->env, NULL, MDB_RDONLY, &txn))) < 0)
+    if ((rc = qstore__err(mdb_txn_begin(qs->env, NULL, MDB_RDONLY, &txn))) < 0)
         return rc;
-    if ((rc = qs_err(mdb_cursor_open(txn, qs->rcpt, &c))) < 0)
+    if ((rc = qstore__err(mdb_cursor_open(txn, qs->rcpt, &c))) < 0)
         goto out;
     while ((rc = mdb_cursor_get(c, &k, &v, op)) == 0) {
         op = MDB_NEXT;
-        if (one_msg && (k.mv_size < KEY_MSG_LEN || get_be64(k.mv_data) != msgid))
+        if (one_msg && (k.mv_size < KEY_MSG_LEN || qstore__get_be64(k.mv_data) != msgid))
             break;
         if ((cbrc = scan_one(&k, &v, fn, arg, st)) != 0)
             break;
     }
-    rc = cbrc ? cbrc : rc == MDB_NOTFOUND ? 0 : qs_err(rc);
+    rc = cbrc ? cbrc : rc == MDB_NOTFOUND ? 0 : qstore__err(rc);
     mdb_cursor_close(c);
 out:
     mdb_txn_abort(txn);
@@ -1189,7 +1161,7 @@ copy_rcpts(struct qstore *qs, MDB_txn *txn, uint64_t msgid, struct qstore_msg *m
     size_t cap = 0;
     int rc;
 
-    if ((rc = qs_err(mdb_cursor_open(txn, qs->rcpt, &c))) < 0)
+    if ((rc = qstore__err(mdb_cursor_open(txn, qs->rcpt, &c))) < 0)
         return rc;
     for (rc = first_with_prefix(c, msgid, &k, &v); rc == 1;) {
         if (k.mv_size != KEY_SUB_LEN) {
@@ -1200,13 +1172,13 @@ copy_rcpts(struct qstore *qs, MDB_txn *txn, uint64_t msgid, struct qstore_msg *m
             cap = cap ? cap * 2 : 8;
             *refsp = xreallocarray(*refsp, cap, sizeof **refsp);
         }
-        (*refsp)[m->nrcpt++] = (struct rec_ref){ get_be32((uint8_t *)k.mv_data + 8), m->recs_.len,
-                                                 v.mv_size };
+        (*refsp)[m->nrcpt++] = (struct rec_ref){ qstore__get_be32((uint8_t *)k.mv_data + 8),
+                                                 m->recs_.len, v.mv_size };
         buf_append(&m->recs_, v.mv_data, v.mv_size);
         if ((rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) != 0)
-            rc = rc == MDB_NOTFOUND ? 0 : qs_err(rc);
+            rc = rc == MDB_NOTFOUND ? 0 : qstore__err(rc);
         else
-            rc = k.mv_size >= KEY_MSG_LEN && get_be64(k.mv_data) == msgid;
+            rc = k.mv_size >= KEY_MSG_LEN && qstore__get_be64(k.mv_data) == msgid;
     }
     mdb_cursor_close(c);
     return rc;
@@ -1227,7 +1199,7 @@ copy_body(struct qstore *qs, MDB_txn *txn, uint64_t msgid, const struct qstore_e
     for (uint32_t c = 0; c < e->nchunks; c++) {
         k = key_sub(kb, msgid, c);
         if ((rc = mdb_get(txn, qs->body, &k, &v)) != 0)
-            return rc == MDB_NOTFOUND ? -EPROTO : qs_err(rc);
+            return rc == MDB_NOTFOUND ? -EPROTO : qstore__err(rc);
         if (v.mv_size == 0 || v.mv_size > QSTORE_CHUNK_MAX || v.mv_size > e->size - m->body_len)
             return -EPROTO;
         memcpy(m->body + m->body_len, v.mv_data, v.mv_size);
@@ -1248,7 +1220,7 @@ copy_msg(struct qstore *qs, MDB_txn *txn, uint64_t msgid, unsigned what, struct 
     int rc;
 
     if ((rc = mdb_get(txn, qs->msg, &k, &v)) != 0)
-        return qs_err(rc);
+        return qstore__err(rc);
     if (qstore_envelope_decode(v.mv_data, v.mv_size, &e) < 0)
         return -EPROTO;
     buf_append(&m->recs_, v.mv_data, v.mv_size);
@@ -1287,7 +1259,7 @@ qstore_read_msg(struct qstore *qs, uint64_t msgid, unsigned what, struct qstore_
     qstore__check_owner(qs);
     m->msgid = msgid;
     buf_init(&m->recs_, 0);
-    if ((rc = qs_err(mdb_txn_begin(qs->env, NULL, MDB_RDONLY, &txn))) < 0)
+    if ((rc = qstore__err(mdb_txn_begin(qs->env, NULL, MDB_RDONLY, &txn))) < 0)
         goto fail;
     rc = copy_msg(qs, txn, msgid, what, m, &refs);
     mdb_txn_abort(txn); /* all values are copied out by now */

@@ -31,7 +31,15 @@
  *   rcpt  msgid u64 | index u32     -> recipient record    (one per pending
  *                                      recipient; index = position at
  *                                      submission, 0..nrcpt-1)
- *   A message is stored once, with N recipient records.
+ *   warmup key text (1..QSTORE_WARMUP_KEY_MAX bytes, no NUL)
+ *                                   -> warm-up state record (qmgr's daily
+ *                                      caps: one per source address and
+ *                                      destination of a warm-up plan, and
+ *                                      per cold virtual MTA; the key is
+ *                                      qmgr's, see qmgr_warmup.c)
+ *   A message is stored once, with N recipient records. The warmup database
+ *   came later without a schema change: qstore_open creates it in an older
+ *   spool, and a read-only open of a spool without it sees no state.
  *
  * MESSAGE IDS
  *   Allocated inside the write transaction that stores the message, from
@@ -80,6 +88,21 @@
  *       32 str queue  ("domain/vmta"), address, orcpt (as received, "" if
  *          none), domain (lower case), last_error
  *
+ * WARM-UP STATE RECORD (warmup), version 1, exactly 56 bytes
+ *   off  0 u8  version (1)
+ *        1 u8  reserved, 0
+ *        2 u16 reserved, 0
+ *        4 u32 step        the plan's current step (1 = its first day)
+ *        8 u64 start_day   the day the plan started (days since the epoch, UTC
+ *                          and qmgr's clock offset)
+ *       16 u64 window      the day (or counting window) the counts belong to
+ *       24 u64 sent        recipients sent in that window
+ *       32 u64 attempts    delivery outcomes in that window
+ *       40 u64 deferrals   of which temporary failures
+ *       48 u64 complaints  of which complaint-like bounces (spam/policy)
+ *   Written by qmgr alone (qstore_group_put_warmup), read once at its start
+ *   (qstore_scan_warmup). A lost update costs at most the last second's counts.
+ *
  * STATE MACHINE OF A RECIPIENT (durable states only)
  *
  *     submit ──> QUEUED ──attempt──> DEFERRED ──attempt──┐
@@ -99,6 +122,7 @@
  *            rewrites them (deferred, qstore_group_defer); pmtactl delete is a
  *            finish like a bounce. It alone changes recipients.
  *   smtp-out reads only (qstore_read_msg).
+ *   qmgr     also writes warm-up state records (qstore_group_put_warmup).
  *
  * DURABILITY AND GROUPING
  *   - A message is written in ONE transaction: after a crash at any moment it
@@ -214,6 +238,24 @@ int qstore_envelope_decode(const void *rec, size_t len, struct qstore_envelope *
 int qstore_rcpt_encode(struct buf *out, const struct qstore_rcpt *rcpt);
 /* qstore_rcpt_decode - as qstore_envelope_decode; RCPT->index is left alone */
 int qstore_rcpt_decode(const void *rec, size_t len, struct qstore_rcpt *rcpt);
+
+/* ---- warm-up state (qmgr's daily caps) --------------------------------------- */
+
+#define QSTORE_WARMUP_VERSION 1u
+#define QSTORE_WARMUP_LEN     56u
+#define QSTORE_WARMUP_KEY_MAX 512u
+
+struct qstore_warmup {
+    uint32_t step;
+    uint64_t start_day;
+    uint64_t window;
+    uint64_t sent, attempts, deferrals, complaints;
+};
+
+/* qstore_warmup_encode - append the v1 record of W to OUT; 0 */
+int qstore_warmup_encode(struct buf *out, const struct qstore_warmup *w);
+/* qstore_warmup_decode - REC (LEN bytes) into W; 0, or -EPROTO (length, version, reserved) */
+int qstore_warmup_decode(const void *rec, size_t len, struct qstore_warmup *w);
 
 /* ---- environment ---------------------------------------------------------- */
 
@@ -350,6 +392,8 @@ int qstore_wtxn_delete_msg(struct qstore_wtxn *w, uint64_t msgid);
  */
 int qstore_wtxn_set_mark(struct qstore_wtxn *w, const char *name, uint64_t value);
 int qstore_get_mark(struct qstore *qs, const char *name, uint64_t *value);
+/* qstore_wtxn_put_warmup - store warm-up state ST under KEY (replacing it). 0, -EMSGSIZE, -errno */
+int qstore_wtxn_put_warmup(struct qstore_wtxn *w, const char *key, const struct qstore_warmup *st);
 /* qstore_wtxn_failed - nonzero (-errno) once the transaction must be aborted */
 int qstore_wtxn_failed(const struct qstore_wtxn *w);
 /* qstore_wtxn_commit - commit (and sync unless QSTORE_NOSYNC); frees W. 0 or -errno */
@@ -420,6 +464,14 @@ struct qstore_msg {
 /* qstore_read_msg - copy message MSGID out. 0, -ENOENT, -EPROTO, -errno */
 int qstore_read_msg(struct qstore *qs, uint64_t msgid, unsigned what, struct qstore_msg **mp);
 void qstore_msg_free(struct qstore_msg *m);
+
+/*
+ * qstore_scan_warmup - FN(key, state, ARG) for every warm-up state record,
+ * in one read transaction; a corrupt record is logged and skipped. KEY is
+ * valid during the call only. 0, FN's nonzero value, or -errno.
+ */
+typedef int (*qstore_warmup_fn)(const char *key, const struct qstore_warmup *st, void *arg);
+int qstore_scan_warmup(struct qstore *qs, qstore_warmup_fn fn, void *arg);
 
 /* qstore_strerror - text for a qstore error code (for logs) */
 const char *qstore_strerror(int err);

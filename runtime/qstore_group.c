@@ -22,7 +22,7 @@
 #include "qstore_group.h"
 #include "xalloc.h"
 
-enum op_kind { OP_PUT, OP_FINISH, OP_DEFER, OP_MARK };
+enum op_kind { OP_PUT, OP_FINISH, OP_DEFER, OP_MARK, OP_WARMUP };
 
 struct group_op {
     struct group_op *next;
@@ -32,6 +32,8 @@ struct group_op {
     uint32_t index;
     struct qstore_defer defer; /* OP_DEFER; last_error owned */
     char mark[64];             /* OP_MARK: the mark's name; msgid is its value */
+    char *key;                 /* OP_WARMUP, owned */
+    struct qstore_warmup warmup;
     int status;
     qstore_group_cb cb;
     void *arg;
@@ -77,6 +79,8 @@ apply_op(struct qstore_wtxn *w, struct group_op *op)
         return qstore_wtxn_defer(w, op->msgid, op->index, &op->defer);
     case OP_MARK:
         return qstore_wtxn_set_mark(w, op->mark, op->msgid);
+    case OP_WARMUP:
+        return qstore_wtxn_put_warmup(w, op->key, &op->warmup);
     }
     return -EINVAL;
 }
@@ -178,6 +182,7 @@ static void
 free_op(struct group_op *op)
 {
     qstore_newmsg_free(op->nm);
+    free(op->key);
     free((char *)op->defer.last_error);
     free(op);
 }
@@ -410,6 +415,23 @@ qstore_group_mark(struct qstore_group *g, const char *name, uint64_t value, qsto
     op = new_op(OP_MARK, cb, arg);
     snprintf(op->mark, sizeof op->mark, "%s", name);
     op->msgid = value;
+    enqueue(g, op);
+    return 0;
+}
+
+int
+qstore_group_put_warmup(struct qstore_group *g, const char *key, const struct qstore_warmup *st,
+                        qstore_group_cb cb, void *arg)
+{
+    struct group_op *op;
+
+    if (g->closing)
+        return -ESHUTDOWN;
+    if (key == NULL || *key == 0 || strlen(key) > QSTORE_WARMUP_KEY_MAX)
+        return -EMSGSIZE;
+    op = new_op(OP_WARMUP, cb, arg);
+    op->key = xstrdup(key);
+    op->warmup = *st;
     enqueue(g, op);
     return 0;
 }

@@ -14,7 +14,8 @@
  *
  * cleanup uses qstore_group_submit() and answers 250 from its callback only
  * when STATUS is 0; -ENOSPC means "452 4.3.1". qmgr uses finish/defer to
- * record outcomes. See qstore.h for the schema and the durability rules.
+ * record outcomes, and put_warmup for its warm-up state. See qstore.h for the schema and the
+ * durability rules.
  *
  * Lifetime: a group belongs to one loop and one struct qstore (of this
  * process). qstore_group_close() commits whatever is pending, waits for the
@@ -88,6 +89,10 @@ int qstore_group_defer(struct qstore_group *g, uint64_t msgid, uint32_t index,
 /* qstore_group_mark - set progress mark NAME to VALUE (qstore_wtxn_set_mark) with the next batch */
 int qstore_group_mark(struct qstore_group *g, const char *name, uint64_t value, qstore_group_cb cb,
                       void *arg);
+/* qstore_group_put_warmup - store warm-up state ST under KEY (both copied); -EMSGSIZE for a bad
+ * key, -ESHUTDOWN after close */
+int qstore_group_put_warmup(struct qstore_group *g, const char *key, const struct qstore_warmup *st,
+                            qstore_group_cb cb, void *arg);
 /* qstore_group_flush - start a commit now instead of waiting for the window */
 void qstore_group_flush(struct qstore_group *g);
 /* qstore_group_pending - ops not yet completed (queued or committing) */

@@ -2,18 +2,20 @@
  * smtpout_conn.c - the connection table: one outbound connection per
  *                  MP_CONN_OPEN, from resolution to MP_CONN_DOWN
  *
- * What it does: for each connection qmgr orders it resolves the queue's
- * settings (cfg_resolve_queue on the configuration pinned for the
- * connection's life), the destinations (smtp-hosts/route or MX, through
- * smtpout_route), and walks them one session at a time until one gets past
- * greeting, EHLO and STARTTLS (up to mx-connection-attempts; a failed
- * opportunistic TLS handshake is retried once in clear on the same host; a
- * 5xx greeting ends the walk when bounce-upon-5xx-greeting). Then it
- * reports MP_CONN_UP and runs the transactions qmgr sends, one at a time:
- * MP_RCPT_RESULT per recipient, MP_TXN_DONE, MP_CONN_IDLE. MP_CONN_CLOSE
- * QUITs; every connection ends with exactly one MP_CONN_DOWN (unless the
- * qmgr channel is gone, or this process is shutting down: then the channel's
- * end tells qmgr) and one log line, as it began with one.
+ * What it does: for each connection qmgr orders it resolves the settings of
+ * the queue's destination (its name up to the '/': a domain, an MX rollup or
+ * a queue-to name; cfg_resolve_queue on the configuration pinned for the
+ * connection's life), the destinations (that smtp-hosts/route, else the MX
+ * of the domain qmgr names, through smtpout_route), and walks them one
+ * session at a time until one gets past greeting, EHLO and STARTTLS (up to
+ * mx-connection-attempts; a failed opportunistic TLS handshake is retried
+ * once in clear on the same host; a 5xx greeting ends the walk when
+ * bounce-upon-5xx-greeting). Then it reports MP_CONN_UP and runs the
+ * transactions qmgr sends, one at a time: MP_RCPT_RESULT per recipient,
+ * MP_TXN_DONE, MP_CONN_IDLE. MP_CONN_CLOSE QUITs; every connection ends with
+ * exactly one MP_CONN_DOWN (unless the qmgr channel is gone, or this process
+ * is shutting down: then the channel's end tells qmgr) and one log line, as
+ * it began with one.
  *
  * Results: failures before the connection is up carry the class of the last
  * failure (permanent only for "the domain cannot receive mail" and a 5xx
@@ -62,6 +64,7 @@ struct oconn {
     uint32_t id;
     int in_table; /* 0 once detached (qmgr channel gone) */
     char *queue, *domain, *vmta, *helo;
+    char *dest; /* the queue's destination: whose settings apply (a domain, a rollup) */
     char source_ip[INET6_ADDRSTRLEN];
     const struct cfg *cfg; /* pinned until the connection is freed */
 
@@ -231,7 +234,7 @@ conn_configure(struct oconn *c, struct smtpout_reply *r)
     const struct cfg_value *hosts;
     char err[200], why[300];
 
-    if (cfg_resolve_queue(c->cfg, c->domain, c->vmta, &set) < 0) {
+    if (cfg_resolve_queue(c->cfg, c->dest, c->vmta, &set) < 0) {
         local_failure(r, SMTPOUT_TEMP, "4.3.5", "unknown virtual-mta in the configuration");
         return -1;
     }
@@ -280,7 +283,7 @@ conn_configure(struct oconn *c, struct smtpout_reply *r)
         c->max_attempts = 10;
     if ((hosts = setting(&set, CFG_D_SMTP_HOSTS)) != NULL &&
         cfg_route_parse(cfg_str(c->cfg, hosts->text), &c->route, err, sizeof err) < 0) {
-        snprintf(why, sizeof why, "bad smtp-hosts for %s: %s", c->domain, err);
+        snprintf(why, sizeof why, "bad smtp-hosts for %s: %s", c->dest, err);
         local_failure(r, SMTPOUT_TEMP, "4.3.5", why);
         return -1;
     }
@@ -330,6 +333,7 @@ conn_free(struct oconn *c)
     free(c->dests);
     free(c->queue);
     free(c->domain);
+    free(c->dest);
     free(c->vmta);
     free(c->helo);
     nconns--;
@@ -833,7 +837,7 @@ conn_start(struct oconn *c)
     struct cfg_resolved set;
     struct smtpout_resolve_options ro = { .route = c->route, .family = AF_UNSPEC };
 
-    if (cfg_resolve_queue(c->cfg, c->domain, c->vmta, &set) == 0) {
+    if (cfg_resolve_queue(c->cfg, c->dest, c->vmta, &set) == 0) {
         ro.default_port = (uint16_t)setting_num(&set, CFG_D_DEFAULT_SMTP_PORT, 25);
         ro.bounce_upon_no_mx = setting_bool_text(c->cfg, &set, CFG_D_BOUNCE_UPON_NO_MX);
     }
@@ -877,6 +881,11 @@ oconn_open(const struct oconn_order *o)
     c->id = o->id;
     c->queue = xstrdup(o->queue);
     c->domain = xstrdup(o->domain);
+    /* the queue's name is DESTINATION/VMTA: the destination's settings (and smtp-hosts)
+       apply, the domain's MX is the route (a rollup's member domain) */
+    c->dest = strrchr(o->queue, '/') && strrchr(o->queue, '/') != o->queue
+                  ? xstrndup(o->queue, (size_t)(strrchr(o->queue, '/') - o->queue))
+                  : xstrdup(o->domain);
     c->vmta = xstrdup(o->vmta[0] ? o->vmta : "{default}");
     c->helo = xstrdup(o->helo);
     snprintf(c->source_ip, sizeof c->source_ip, "%s", o->source_ip);

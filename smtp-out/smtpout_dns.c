@@ -621,6 +621,54 @@ smtpout_dns_mx_hosts(struct smtpout_dns *dns, const char *domain, int family, in
     dns_raw_query(dns, req->domain, ns_t_mx, dns_mx_records_done, req);
 }
 
+/* --- MX records alone (qmgr's rollups) ------------------------------------------------ */
+
+struct dns_mx_only_req {
+    smtpout_dns_mx_cb cb;
+    void *arg;
+};
+
+static void
+dns_mx_only_done(void *arg, const struct dns_answer *ans)
+{
+    struct dns_mx_only_req *req = arg;
+    struct smtpout_mx mx[SMTPOUT_DNS_MAX_MX];
+    size_t n = 0;
+
+    if (ans->status == SMTPOUT_DNS_OK) {
+        for (; n < ans->n; n++) {
+            size_t len;
+
+            mx[n].pref = ans->u.mx[n].pref;
+            dns_lowercase(mx[n].name, ans->u.mx[n].name, sizeof mx[n].name);
+            if ((len = strlen(mx[n].name)) > 1 && mx[n].name[len - 1] == '.')
+                mx[n].name[len - 1] = 0;
+        }
+        /* by preference; stable, so equals keep the answer's order */
+        for (size_t i = 1; i < n; i++) {
+            struct smtpout_mx tmp = mx[i];
+            size_t j;
+
+            for (j = i; j > 0 && mx[j - 1].pref > tmp.pref; j--)
+                mx[j] = mx[j - 1];
+            mx[j] = tmp;
+        }
+    }
+    req->cb(req->arg, ans->status, ans->why, n ? mx : NULL, n,
+            ans->status == SMTPOUT_DNS_OK ? ans->ttl : 0);
+    free(req);
+}
+
+void
+smtpout_dns_mx(struct smtpout_dns *dns, const char *domain, smtpout_dns_mx_cb cb, void *arg)
+{
+    struct dns_mx_only_req *req = xcalloc(1, sizeof *req);
+
+    req->cb = cb;
+    req->arg = arg;
+    dns_raw_query(dns, domain, ns_t_mx, dns_mx_only_done, req);
+}
+
 /* --- TLSA and TXT ------------------------------------------------------------------ */
 
 struct dns_cb_req {

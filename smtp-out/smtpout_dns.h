@@ -14,7 +14,11 @@
  *   sorted by preference with a random order among equal preferences, each
  *   with its addresses; when the domain has no MX records it falls back to
  *   the domain's own A/AAAA records as one implicit MX (RFC 5321 section 5.1)
- *   unless the caller forbids it (bounce-upon-no-mx).
+ *   unless the caller forbids it (bounce-upon-no-mx). smtpout_dns_mx() is
+ *   the MX records alone, names and preferences with the answer's TTL: qmgr
+ *   (qmgr_rollup.c) links this module and runs a resolver of its own to
+ *   match a domain's MX names against its MX rollups, as pmtactl resolve
+ *   links it to show what smtp-out would do.
  *
  *   Outcomes are classified once, here: NXDOMAIN, "no MX and no implicit
  *   MX allowed" and a null MX (RFC 7505 "MX 0 .") are permanent; SERVFAIL,
@@ -140,6 +144,22 @@ void smtpout_dns_addr(struct smtpout_dns *dns, const char *name, int family, smt
  */
 void smtpout_dns_mx_hosts(struct smtpout_dns *dns, const char *domain, int family,
                           int allow_implicit, smtpout_dns_mx_hosts_cb cb, void *arg);
+
+/* One MX record. */
+struct smtpout_mx {
+    unsigned pref;
+    char name[SMTPOUT_DNS_NAME_MAX + 1]; /* lower case, no trailing dot */
+};
+typedef void (*smtpout_dns_mx_cb)(void *arg, enum smtpout_dns_status status, const char *why,
+                                  const struct smtpout_mx *mx, size_t n, unsigned ttl);
+/*
+ * smtpout_dns_mx - the MX records of DOMAIN alone (no address lookups), sorted
+ * by preference (the order among equals is the answer's); TTL is the answer's
+ * smallest (capped by cache_max_ttl when that is set), 0 for a failure.
+ * SMTPOUT_DNS_NODATA: the domain has no MX record; SMTPOUT_DNS_NULLMX: RFC 7505.
+ * qmgr asks this for MX rollups (qmgr_rollup.c), on a resolver of its own.
+ */
+void smtpout_dns_mx(struct smtpout_dns *dns, const char *domain, smtpout_dns_mx_cb cb, void *arg);
 
 /*
  * smtpout_dns_tlsa - the TLSA records of _PORT._tcp.HOST (RFC 7672 section

@@ -97,6 +97,8 @@ static const struct command commands[] = {
     { "trace", NULL, OPT_LOG_DATA, 0, PATTERN_REQUIRED, NULL, NULL, NULL, NULL, run_trace,
       "a queue DOMAIN[/VMTA]" },
     { "show", "settings", 0, 0, PATTERN_REQUIRED, NULL, NULL, NULL, NULL, run_show_settings, NULL },
+    { "set", "warmup-clock", 0, 0, PATTERN_REQUIRED, "warmup-clock", add_clock_args, NULL,
+      print_warmup_clock, NULL, "an INTERVAL" },
     { "reload", NULL, 0, 0, PATTERN_NONE, NULL, NULL, NULL, NULL, run_signal_command, NULL },
     { "rotate", "log", 0, 0, PATTERN_NONE, NULL, NULL, NULL, NULL, run_signal_command, NULL },
     { "reopen", "log", 0, 0, PATTERN_NONE, NULL, NULL, NULL, NULL, run_signal_command, NULL },

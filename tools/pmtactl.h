@@ -137,6 +137,9 @@ char *control_receive_line(int fd, size_t *len);
 char *control_exchange(const char *path, json_t *request, size_t *len);
 /* control_decode - the response object with a boolean "ok"; NULL (reported) otherwise */
 json_t *control_decode(const char *text, size_t len);
+/* control_ask_quietly - REQUEST (consumed) to a running pmtad; its response, or NULL when
+ * pmtad does not run (nothing said) or failed (reported) */
+json_t *control_ask_quietly(const struct options *o, json_t *request);
 /* run_signal_command - reload (SIGHUP), rotate log (SIGUSR1), reopen log (SIGUSR2) */
 int run_signal_command(const struct options *o, const char *pattern);
 
@@ -157,6 +160,8 @@ bool changed_anything(json_t *response);
 void print_changed(json_t *response, const char *what);
 int print_status(const struct options *o, json_t *response);
 int print_queues(const struct options *o, json_t *response);
+/* print_queue_state - one queue's live state, what holds it back, its mode events */
+void print_queue_state(json_t *q);
 int print_domains(const struct options *o, json_t *response);
 int print_vmtas(const struct options *o, json_t *response);
 void add_set_mode_args(json_t *req, const struct options *o, const char *pattern);
@@ -191,6 +196,9 @@ int run_test_config(const struct options *o, const char *pattern);
 int run_show_registration(const struct options *o, const char *pattern);
 /* run_show_settings - show settings DOMAIN[/VMTA], from the configuration file */
 int run_show_settings(const struct options *o, const char *queue);
+/* set warmup-clock INTERVAL: move the warm-up plans' clock ahead (tests) */
+void add_clock_args(json_t *req, const struct options *o, const char *interval);
+int print_warmup_clock(const struct options *o, json_t *response);
 
 /* --- pmtactl_trace.c ---------------------------------------------------------------- */
 

@@ -76,6 +76,8 @@ usage(FILE *out)
             "                                       --connect: their greeting and EHLO reply\n"
             "  trace [--log-data] DOMAIN[/VMTA]     the next delivery attempt of that queue as\n"
             "                                       its SMTP transcript, live\n"
+            "  set warmup-clock INTERVAL            move the warm-up plans' clock ahead\n"
+            "                                       (tests: days pass at once)\n"
             "  reload                               make pmtad re-read its configuration\n"
             "  rotate log                           log-file -> log-file.1 ... (log-rotate kept)\n"
             "  reopen log                           open log-file anew (after logrotate moved it)\n"

@@ -281,6 +281,26 @@ control_decode(const char *text, size_t len)
     return response;
 }
 
+/* control_ask_quietly - see pmtactl.h */
+json_t *
+control_ask_quietly(const struct options *o, json_t *request)
+{
+    char *path = control_socket_path(o), *text = NULL;
+    json_t *response = NULL;
+    size_t len = 0;
+
+    if (path && access(path, F_OK) == 0 && (text = control_exchange(path, request, &len)) != NULL)
+        response = control_decode(text, len);
+    if (response && !json_is_true(json_object_get(response, "ok"))) {
+        json_decref(response);
+        response = NULL;
+    }
+    free(text);
+    free(path);
+    json_decref(request);
+    return response;
+}
+
 
 /* --- reload -------------------------------------------------------------------- */
 

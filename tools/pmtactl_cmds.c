@@ -28,9 +28,64 @@
 
 
 /*
+ * print_live_state - after `show settings`: what the running pmtad says about
+ * those queues now (a domain whose mail joins a rollup: that queue's state)
+ */
+static void
+print_live_state(const struct options *o, const char *queue)
+{
+    json_t *r = control_ask_quietly(o, json_pack("{s:s, s:s, s:i, s:b}", "cmd", "show-queues",
+                                                 "queue", queue, "maxitems", 0, "all", 1));
+    json_t *queues = r ? json_object_get(r, "queues") : NULL, *q;
+    size_t i;
+
+    if (!json_is_array(queues)) {
+        printf("\n(pmtad does not answer: no live state)\n");
+        json_decref(r);
+        return;
+    }
+    printf("\nnow:\n");
+    if (json_array_size(queues) == 0)
+        printf("  no queue %s yet (no mail for it since pmtad started)\n", queue);
+    json_array_foreach(queues, i, q)
+    {
+        const char *joins = json_string_value(json_object_get(q, "joins"));
+        json_t *jr, *jq;
+
+        print_queue_state(q);
+        if (!joins)
+            continue;
+        jr = control_ask_quietly(o, json_pack("{s:s, s:s, s:i, s:b}", "cmd", "show-queues", "queue",
+                                              joins, "maxitems", 0, "all", 1));
+        jq = jr ? json_array_get(json_object_get(jr, "queues"), 0) : NULL;
+        if (jq)
+            print_queue_state(jq);
+        json_decref(jr);
+    }
+    json_decref(r);
+}
+
+/* add_clock_args - set warmup-clock INTERVAL: "advance": INTERVAL (pmtad checks it) */
+void
+add_clock_args(json_t *req, const struct options *o, const char *interval)
+{
+    (void)o;
+    json_object_set_new(req, "advance", json_string(interval));
+}
+
+int
+print_warmup_clock(const struct options *o, json_t *response)
+{
+    (void)o;
+    printf("warm-up clock advanced: day %" JSON_INTEGER_FORMAT " now\n",
+           json_integer_value(json_object_get(response, "day")));
+    return 0;
+}
+
+/*
  * run_show_settings - `pmtactl show settings DOMAIN[/VMTA]`: read from the
  * configuration file itself (what pmtad runs is that file once reloaded),
- * the same lines as pmtad --show-settings
+ * the same lines as pmtad --show-settings, then the queues' live state
  */
 int
 run_show_settings(const struct options *o, const char *queue)
@@ -45,7 +100,10 @@ run_show_settings(const struct options *o, const char *queue)
                     nerrors == 1 ? "" : "s");
     rc = cfg_show_settings(c, queue, stdout, err, sizeof err);
     cfg_free(c);
-    return rc < 0 ? fail("show settings %s: %s", queue, err) : 0;
+    if (rc < 0)
+        return fail("show settings %s: %s", queue, err);
+    print_live_state(o, queue);
+    return 0;
 }
 
 /* --- arguments ------------------------------------------------------------------ */

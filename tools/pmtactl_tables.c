@@ -173,6 +173,43 @@ queue_column_width(json_t *queues)
     return (int)(width > QUEUE_COLUMN_MAX ? QUEUE_COLUMN_MAX : width);
 }
 
+/* print_queue_domains - under a rollup or queue-to queue: the domains whose mail it holds */
+static void
+print_queue_domains(json_t *q)
+{
+    json_t *domains = json_object_get(q, "domains"), *d;
+    char *kind = printable(get_text(q, "kind"), 16);
+    size_t i, used = 0, n = json_array_size(domains);
+
+    if (json_is_array(domains) && n > 0) {
+        used = (size_t)printf("  %s of %zu domain%s:", kind, n, n == 1 ? "" : "s");
+        json_array_foreach(domains, i, d)
+        {
+            char *name = printable(json_string_value(d) ? json_string_value(d) : "", 64);
+
+            if (used + strlen(name) + 2 > TABLE_WIDTH) {
+                printf("\n   ");
+                used = 3;
+            }
+            used += (size_t)printf(" %s%s", name, i + 1 < n ? "," : "");
+            free(name);
+        }
+        printf("\n");
+    }
+    free(kind);
+}
+
+/* print_queue_limit - under a queue with ready mail: what holds it back now, if anything */
+static void
+print_queue_limit(json_t *q)
+{
+    char *limit = printable(get_text(q, "limit"), TABLE_WIDTH - 14);
+
+    if (*limit)
+        printf("  held back: %s\n", limit);
+    free(limit);
+}
+
 /* print_queue_row - one row of the queue table; QW is the queue column width */
 static void
 print_queue_row(json_t *q, int qw)
@@ -201,6 +238,8 @@ print_queue_row(json_t *q, int qw)
     error = printable(get_text(q, "last_error"),
                       (size_t)(room < ERROR_COLUMN_MIN ? ERROR_COLUMN_MIN : room));
     printf("%s%s\n", *error ? " " : "", error);
+    print_queue_domains(q);
+    print_queue_limit(q);
     free(name);
     free(mode);
     free(error);
@@ -239,6 +278,48 @@ print_mode_events(json_t *queues)
     }
 }
 
+/* print_queue_state - show settings' live part: one queue's state, what holds it back, its
+ * mode events */
+void
+print_queue_state(json_t *q)
+{
+    char *name = printable(get_text(q, "name"), SIZE_MAX);
+    char *joins = printable(get_text(q, "joins"), SIZE_MAX);
+    char rcpts[32], ready[32], deferred[32], conns[32];
+    json_t *events = json_object_get(q, "mode_events"), *ev;
+    size_t k;
+
+    if (*joins) {
+        printf("  queue %s: its mail joins %s\n", name, joins);
+        goto out;
+    }
+    printf("  queue %s: mode %s%s, %s recipient(s) (%s ready, %s deferred), %s connection(s)\n",
+           name, get_text(q, "mode"), json_is_true(json_object_get(q, "paused")) ? ", paused" : "",
+           format_count(q, "recipients", rcpts, sizeof rcpts),
+           format_count(q, "ready", ready, sizeof ready),
+           format_count(q, "deferred", deferred, sizeof deferred),
+           format_count(q, "connections", conns, sizeof conns));
+    print_queue_domains(q);
+    if (*get_text(q, "limit"))
+        print_queue_limit(q);
+    else
+        printf("  nothing holds it back\n");
+    if (json_is_array(events) && json_array_size(events) > 0) {
+        printf("  mode events:\n");
+        json_array_foreach(events, k, ev)
+        {
+            char *why = printable(get_text(ev, "why"), TABLE_WIDTH);
+
+            printf("    %s  %s -> %s  %s\n", get_text(ev, "time"), get_text(ev, "from"),
+                   get_text(ev, "to"), why);
+            free(why);
+        }
+    }
+out:
+    free(name);
+    free(joins);
+}
+
 int
 print_queues(const struct options *o, json_t *response)
 {
@@ -273,6 +354,38 @@ add_show_groups_args(json_t *req, const struct options *o, const char *pattern)
         json_object_set_new(req, "maxitems", json_integer(o->maxitems));
 }
 
+/* print_warmup - under a virtual MTA with a warm-up plan: each source address's step and cap */
+static void
+print_warmup(json_t *g)
+{
+    json_t *list = json_object_get(g, "warmup"), *w;
+    size_t i;
+
+    json_array_foreach(list, i, w)
+    {
+        char *plan = printable(get_text(w, "plan"), 40),
+             *src = printable(get_text(w, "source"), 48);
+        char *dest = printable(get_text(w, "destination"), 60), cap[32];
+        json_int_t c = json_integer_value(json_object_get(w, "cap"));
+
+        if (c > 0)
+            snprintf(cap, sizeof cap, "cap %" JSON_INTEGER_FORMAT, c);
+        else
+            snprintf(cap, sizeof cap, "no cap (warm)");
+        printf("  warm-up %s %s -> %s: day %" JSON_INTEGER_FORMAT ", step %" JSON_INTEGER_FORMAT
+               ", %s, %" JSON_INTEGER_FORMAT " sent today (%" JSON_INTEGER_FORMAT
+               " deferred, %" JSON_INTEGER_FORMAT " complaints)\n",
+               plan, src, dest, json_integer_value(json_object_get(w, "day")),
+               json_integer_value(json_object_get(w, "step")), cap,
+               json_integer_value(json_object_get(w, "sent")),
+               json_integer_value(json_object_get(w, "deferrals")),
+               json_integer_value(json_object_get(w, "complaints")));
+        free(plan);
+        free(src);
+        free(dest);
+    }
+}
+
 /* print_groups - the table of show domains (KEY "domains") or show vmtas ("vmtas") */
 static int
 print_groups(json_t *response, const char *key, const char *title, const char *noun)
@@ -300,6 +413,7 @@ print_groups(json_t *response, const char *key, const char *title, const char *n
                format_count(g, "connections", nc, sizeof(nc)),
                format_count(g, "backoff", nb, sizeof(nb)),
                format_count(g, "paused", np, sizeof(np)), error);
+        print_warmup(g);
         free(name);
         free(error);
     }

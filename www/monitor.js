@@ -118,8 +118,9 @@ function drawQueues(data) {
       q.paused ? "paused" : ""].join(" ") },
       td(q.name), num(q.recipients), num(q.ready), num(q.deferred), num(q.inflight),
       num(q.connections), td(q.mode, "mode"), td(q.paused ? "paused" : "running", "state"),
-      td(q.retry_in_s ? q.retry_in_s + " s" : ""), td(q.last_error, "error"), actions(q))),
-  "no queues", 11);
+      td(q.retry_in_s ? q.retry_in_s + " s" : ""), td(q.limit || "", "limit"),
+      td(q.last_error, "error"), actions(q))),
+  "no queues", 12);
 }
 
 function drawBackoff(queues) {

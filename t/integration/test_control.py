@@ -157,7 +157,7 @@ def cli_tests(tap, p, fake):
     direct = subprocess.run([os.path.join(build_dir(), "master", "pmtad"), "--show-settings",
                              "later.test", "-c", p.config_path], capture_output=True, text=True)
     tap.ok(rc == 0 and re.search(r"(?m)^retry-after\s+1h\s+\S+:\d+$", out)
-           and out == direct.stdout,
+           and out.startswith(direct.stdout) and "\nnow:\n  queue later.test/{default}" in out,
            "pmtactl show settings later.test: retry-after 1h from its file:line, the same lines "
            "as pmtad --show-settings", out[:300])
     rc, out, _ = pmtactl(p, "set", "queue", "--mode=backoff", "idle.test")

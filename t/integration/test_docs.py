@@ -24,7 +24,8 @@ SCOPE_WORDS = {"G": "global", "D": "domain", "S": "source", "V": "virtual-mta",
                "P": "virtual-mta-pool", "SPL": "smtp-pattern-list", "PL": "pattern-list",
                "AF": "acct-file", "U": "smtp-user", "SND": "sender", "SP": "spool",
                "L": "smtp-listener", "SG": "source-group", "DKL": "domain-key-list",
-               "MXR": "mx-rollup-list", "BCP": "bounce-category-patterns"}
+               "MXR": "mx-rollup-list", "BCP": "bounce-category-patterns",
+               "WP": "warmup-plan"}
 
 
 def directives():

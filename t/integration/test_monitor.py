@@ -9,7 +9,8 @@ Chromium (driven over the DevTools protocol, t/lib/cdp.py) opens /ui as an `oper
     per-minute chart adds up to them (received, delivered, deferred, bounced);
   - the top queues, the queue in backoff with its mode event and the reply that caused
     it, the recent errors (the 550 reply) and the virtual MTA's source IP are shown;
-  - a mouse click on "pause" for defer.test pauses it (pmtactl says so, and the page);
+  - a mouse click on "pause" for defer.test pauses it (pmtactl says so, and the page, whose
+    "held back by" column names the pause);
   - the page is saved as test_monitor.png in the build directory (a CI artefact).
 Then the rules of the actions, over plain HTTP: a `monitor` client (127.0.0.3) gets no
 CSRF token and 403 on POST; POST without the token, with a foreign Origin or with a
@@ -142,6 +143,10 @@ def page_tests(p, http_port, browser):
     tap.ok(browser.wait_for("(document.querySelector('#queues tr[data-queue=\"defer.test/"
                             "{default}\"] td.state') || {}).textContent === 'paused'"),
            "the page shows the queue paused")
+    tap.ok(browser.wait_for("((document.querySelector('#queues tr[data-queue=\"defer.test/"
+                            "{default}\"] td.limit') || {}).textContent || '')"
+                            ".startsWith('paused')"),
+           "the page says what holds the queue back (held back by: paused)")
     shot = os.path.join(build_dir(), "t", "integration", "test_monitor.png")
     browser.screenshot(shot)
     tap.ok(os.path.getsize(shot) > 10000, "screenshot saved: " + shot)

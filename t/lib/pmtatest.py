@@ -191,6 +191,11 @@ class Pmta:
         lines += ["%s-processes %d" % (role, n) for role, n in procs.items() if n is not None]
         if listener:
             lines.append("smtp-listener 127.0.0.1:%d" % self.port)
+        if not re.search(r"^\s*name-server\b", extra, re.M):
+            # Tests never ask the machine's resolver (qmgr looks up MX records for
+            # rollups, smtp-out for routes): a closed local port fails every lookup
+            # at once unless the test runs a DNS server of its own.
+            lines.append("name-server 127.0.0.1:1")
         return "\n".join(lines) + "\n" + extra
 
     def write_config(self, extra="", text=None, path=None, **kw):
@@ -271,6 +276,12 @@ class Pmta:
         wait_for(lambda: not any(pid_alive(pid) for pid in pids), timeout=10)
 
     # --- observing ---------------------------------------------------------
+    def ctl(self, *args):
+        """pmtactl ARGS against this instance's config: (exit status, stdout and stderr)."""
+        r = subprocess.run([tool_path("pmtactl"), "-c", self.config_path] + list(args),
+                           capture_output=True, text=True, timeout=30)
+        return r.returncode, r.stdout + r.stderr
+
     def log(self):
         try:
             with open(self.log_path, errors="replace") as f:
@@ -424,6 +435,34 @@ def body_of(m):
     if m.get("body") is not None:
         return m["body"]
     return base64.b64decode(m.get("body_base64", "")).decode("latin-1")
+
+
+def send_each(port, addresses, sender="sender@sender.test", vmta=None, size=0):
+    """One message per address over one SMTP session to 127.0.0.1:PORT (an X-Virtual-MTA
+    header when VMTA is given, about SIZE bytes of body when SIZE)."""
+    import smtplib
+    line = "x" * 78 + "\r\n"
+    with smtplib.SMTP("127.0.0.1", port, timeout=60) as s:
+        for i, to in enumerate(addresses):
+            head = "From: <%s>\r\nTo: <%s>\r\nSubject: %d\r\n" % (sender, to, i)
+            if vmta:
+                head += "X-Virtual-MTA: %s\r\n" % vmta
+            body = "message %d\r\n" % i + (line * (size // len(line)) if size else "")
+            s.sendmail(sender, [to], (head + "\r\n" + body).encode())
+
+
+def max_in_window(times, width=1.0, weights=None):
+    """The largest sum of WEIGHTS (1 each by default) of events at TIMES inside any
+    window [t - WIDTH, t] (what a receiver counts per WIDTH seconds)."""
+    pts = sorted(zip(times, weights or [1] * len(times)))
+    best = total = j = 0
+    for t, w in pts:
+        total += w
+        while pts[j][0] <= t - width:
+            total -= pts[j][1]
+            j += 1
+        best = max(best, total)
+    return best
 
 
 def acct_rows(path):

@@ -55,6 +55,11 @@ The script (a JSON object; every key optional):
     starttls_inject  false; true sends a second reply in clear right after the
                   STARTTLS 220 (response injection, which clients must refuse)
     drop_in_data  false; true closes the connection after the first body line
+    max_concurrent N: a connection above N open at once gets "421 4.3.2 Too many connections,
+                  try again later" (or over_limit_greeting) and is closed at once, as a
+                  server's connection limit does; logged as refused {"conn", "peer", "open"}.
+                  max_concurrent_file PATH: read N from PATH at each connection (a test
+                  changes it while the receiver runs); absent or unreadable: max_concurrent
     throttle      {"after": N, "seconds": S, "reply": "421 4.7.28 ... Rate Limit Exceeded"}:
                   once N messages were accepted (over all connections), every RCPT
                   gets REPLY for S seconds (a provider's rate limit); a 421 closes
@@ -276,12 +281,34 @@ class Conn(asyncio.Protocol):
             if self.transport and not self.transport.is_closing():
                 self.transport.close()
 
+    def over_limit(self):
+        """The greeting that refuses this connection (too many open at once), or None."""
+        limit = self.script.get("max_concurrent")
+        path = self.script.get("max_concurrent_file")
+        if path:
+            try:
+                with open(path) as f:
+                    limit = int(f.read().strip())
+            except (OSError, ValueError):
+                pass
+        if limit is None or self.srv.concurrent <= limit:
+            return None
+        self.srv.event("refused", conn=self.id, peer=self.transport.get_extra_info("peername")[0],
+                       open=self.srv.concurrent)
+        return self.script.get("over_limit_greeting",
+                               "421 4.3.2 Too many connections, try again later")
+
     async def session(self):
         self.tls = False
         if self.script.get("silent"):
             self.srv.event("silent", conn=self.id)
             while await self.readline() is not None:
                 pass        # whatever the client says, we never answer
+            return
+        refusal = self.over_limit()
+        if refusal:
+            self.send(refusal)
+            self.transport.close()
             return
         await self.delay("greeting")
         greeting = self.script.get("greeting", "220 %s ESMTP testsmtpd" % self.script.get("hostname", "mx.test"))
@@ -598,6 +625,22 @@ class TestSmtpd:
         except FileNotFoundError:
             pass
         return out
+
+    def open_at_most(self, since=0.0, until=float("inf"), served=False):
+        """The most connections open at once between SINCE and UNTIL (those already open at
+        SINCE count), from the connect/disconnect events; SERVED leaves out the ones refused
+        by max_concurrent."""
+        refused = {e["conn"] for e in self.events("refused")} if served else set()
+        evs = sorted((e["t"], 1 if e["event"] == "connect" else -1) for e in self.events()
+                     if e["event"] in ("connect", "disconnect") and e["conn"] not in refused)
+        n = best = 0
+        for t, d in evs:
+            if since <= t <= until:
+                best = max(best, n)  # what was open just before
+            n += d
+            if since <= t <= until:
+                best = max(best, n)
+        return best if evs and evs[-1][0] >= since else max(best, n)
 
     def clear(self):
         """Forget events so far (the log is truncated in place)."""

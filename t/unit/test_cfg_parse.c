@@ -276,6 +276,154 @@ test_bad_values(void **state)
     expect_error("http-access 127.0.0.1 superuser\n",
                  "t.conf:1: error: unknown http-access level 'superuser'");
     expect_error("name-server 1.2.3\n", "t.conf:1: error: bad name-server '1.2.3'");
+    expect_error("<domain *>\nmax-data-volume-rate 100M\n</domain>\n",
+                 "t.conf:2: error: bad value '100M' for 'max-data-volume-rate' (expected a data "
+                 "volume rate");
+    expect_error("<domain *>\nsource-ip-max-smtp-out 10.0.0.0/8\n</domain>\n",
+                 "t.conf:2: error: bad value for 'source-ip-max-smtp-out' (expected a CIDR and a "
+                 "limit");
+    expect_error("<domain *>\nsource-ip-max-smtp-out 10.0.0.0/33 4\n</domain>\n",
+                 "t.conf:2: error: bad CIDR '10.0.0.0/33' for 'source-ip-max-smtp-out'");
+    expect_error("<domain *>\nsource-ip-max-smtp-out 0/0 four\n</domain>\n",
+                 "t.conf:2: error: bad limit 'four' for 'source-ip-max-smtp-out' (expected a whole "
+                 "number)");
+    expect_error("<domain *>\nsource-ip-max-msg-rate 0/0 10\n</domain>\n",
+                 "t.conf:2: error: bad limit '10' for 'source-ip-max-msg-rate' (expected a rate");
+    expect_error("<domain *>\nsource-ip-max-msg-rate 0/0 10/s 5\n</domain>\n",
+                 "t.conf:2: error: bad value for 'source-ip-max-msg-rate'");
+    expect_error("<domain *>\nsource-ip-max-data-volume-rate ::1 lots/s\n</domain>\n",
+                 "t.conf:2: error: bad limit 'lots/s' for 'source-ip-max-data-volume-rate' "
+                 "(expected a data volume rate");
+}
+
+static void
+test_warmup_plans(void **state)
+{
+    struct cfg *c;
+    const struct cfg_value *v;
+    uint32_t s, it = 0, n = 0;
+    (void)state;
+    c = expect_ok("<warmup-plan fresh>\n  day 1 50\n  day 3 200\n  destination gmail.rollup\n"
+                  "  destination *\n  max-deferral-rate 5%\n  overflow-virtual-mta spare\n"
+                  "</warmup-plan>\n<warmup-plan dbl>\n  day 1 100\n"
+                  "  double-every 2d until 50000\n</warmup-plan>\n"
+                  "<virtual-mta spare>\n</virtual-mta>\n"
+                  "<virtual-mta v>\n  warmup-plan fresh\n  cold-virtual-mta spare\n</virtual-mta>\n"
+                  "<domain *>\n  max-cold-virtual-mta-msg 100/d\n</domain>\n");
+    assert_int_equal(nwarnings, 0);
+    s = cfg_find_scope(c, CFG_S_WARMUP_PLAN, "fresh");
+    assert_int_not_equal(s, CFG_NONE);
+    while ((v = cfg_scope_next(c, s, CFG_D_WARMUP_DAY, &it)) != NULL)
+        n++;
+    assert_int_equal(n, 2);
+    v = cfg_scope_get(c, s, CFG_D_WARMUP_DAY);
+    assert_int_equal(v->num, 1);
+    assert_int_equal(v->num2, 50);
+    assert_int_equal(cfg_scope_get(c, s, CFG_D_WARMUP_MAX_DEFERRAL_RATE)->num, 50000);
+    v = cfg_scope_get(c, cfg_find_scope(c, CFG_S_WARMUP_PLAN, "dbl"), CFG_D_WARMUP_DOUBLE_EVERY);
+    assert_int_equal(v->num, 2 * 86400);
+    assert_int_equal(v->num2, 50000);
+    cfg_free(c);
+    expect_error("<warmup-plan a>\n  day 2 50\n</warmup-plan>\n",
+                 "t.conf:1: error: <warmup-plan a> has no 'day 1' line");
+    expect_error("<warmup-plan a>\n  destination *\n</warmup-plan>\n",
+                 "t.conf:1: error: <warmup-plan a> has no steps");
+    expect_error("<warmup-plan a>\n  day 1 5\n  day 1 6\n</warmup-plan>\n",
+                 "t.conf:3: error: <warmup-plan a>: day 1 is given twice");
+    expect_error("<warmup-plan a>\n  day 1 5\n  day 2 9\n  double-every 1d until 99\n"
+                 "</warmup-plan>\n",
+                 "t.conf:1: error: <warmup-plan a>: double-every grows from day 1 alone");
+    expect_error("<warmup-plan a>\n  day 0 5\n</warmup-plan>\n",
+                 "t.conf:2: error: bad value '0 5' for 'day' (expected a day and its cap");
+    expect_error("<warmup-plan a>\n  day 1 5\n  double-every 30m until 99\n</warmup-plan>\n",
+                 "t.conf:3: error: bad value '30m until 99' for 'double-every'");
+    expect_error("<warmup-plan a>\n  day 1 5\n  max-deferral-rate 120%\n</warmup-plan>\n",
+                 "t.conf:3: error: bad value '120%' for 'max-deferral-rate' (expected a "
+                 "percentage");
+    expect_error("<warmup-plan a>\n  day 1 5\n</warmup-plan>\n<warmup-plan a>\n  day 1 5\n"
+                 "</warmup-plan>\n",
+                 "t.conf:4: error: <warmup-plan a> is already defined at t.conf:1");
+    expect_error("<virtual-mta v>\n  warmup-plan none\n</virtual-mta>\n",
+                 "t.conf:2: error: warmup-plan 'none': no <warmup-plan> named 'none' is defined");
+    expect_error("<warmup-plan a>\n  day 1 5\n  overflow-virtual-mta nowhere\n</warmup-plan>\n",
+                 "t.conf:3: error: overflow-virtual-mta 'nowhere'");
+}
+
+static void
+test_mx_rollup_lines(void **state)
+{
+    struct cfg *c;
+    const struct cfg_value *v;
+    uint32_t s, it = 0;
+    (void)state;
+    c = expect_ok("<mx-rollup-list>\n"
+                  "  mx *.Google.TEST google.rollup\n"
+                  "  mx mx?.example.net Example.Rollup\n"
+                  "</mx-rollup-list>\n"
+                  "<domain a.test>\n  queue-to merged.test\n  disable-mx-rollup yes\n</domain>\n");
+    assert_int_equal(nwarnings, 0);
+    s = cfg_find_scope(c, CFG_S_MX_ROLLUP_LIST, "");
+    assert_int_not_equal(s, CFG_NONE);
+    v = cfg_scope_next(c, s, CFG_D_MX, &it);
+    assert_non_null(v);
+    assert_string_equal(cfg_str(c, v->rollup.pattern), "*.google.test");
+    assert_string_equal(cfg_str(c, v->rollup.name), "google.rollup");
+    v = cfg_scope_next(c, s, CFG_D_MX, &it);
+    assert_string_equal(cfg_str(c, v->rollup.name), "example.rollup");
+    assert_string_equal(cfg_str(c, domain_value(c, "a.test", CFG_D_QUEUE_TO)->text), "merged.test");
+    assert_int_equal(domain_value(c, "a.test", CFG_D_DISABLE_MX_ROLLUP)->num, 1);
+    cfg_free(c);
+    c = expect_ok("<mx-rollup-list>\n  mx *.yahoodns.net yahoo.rollup rollup-by-ip\n"
+                  "</mx-rollup-list>\n");
+    assert_int_equal(nwarnings, 1);
+    assert_diag("t.conf:2: warning: rollup-by-ip is not implemented yet; yahoo.rollup rolls up "
+                "by MX name");
+    cfg_free(c);
+    expect_error("<mx-rollup-list>\n  mx *.google.test\n</mx-rollup-list>\n",
+                 "t.conf:2: error: bad mx line (expected MXNAME ROLLUP-NAME [rollup-by-ip]");
+    expect_error("<mx-rollup-list>\n  mx *.google.test g.rollup by-ip\n</mx-rollup-list>\n",
+                 "t.conf:2: error: bad mx line");
+    expect_error("<mx-rollup-list>\n  mx mx[1].google.test g.rollup\n</mx-rollup-list>\n",
+                 "t.conf:2: error: bad MX host pattern 'mx[1].google.test'");
+    expect_error("<mx-rollup-list>\n  mx *.google.test g*.rollup\n</mx-rollup-list>\n",
+                 "t.conf:2: error: bad rollup name 'g*.rollup'");
+    expect_error("<domain a.test>\n  mx *.google.test g.rollup\n</domain>\n", "t.conf:2: error:");
+}
+
+static void
+test_source_limits_decoded(void **state)
+{
+    struct cfg *c;
+    const struct cfg_value *v;
+    (void)state;
+    c = expect_ok("<domain *>\n"
+                  "  source-ip-max-smtp-out 10.1.0.0/16 4\n"
+                  "  source-ip-max-msg-rate 0/0 100/h\n"
+                  "  source-ip-max-connect-rate 2001:db8::/32 3/5s\n"
+                  "  source-ip-max-data-volume-rate 192.0.2.7 50M/h\n"
+                  "  max-data-volume-rate 1g/d\n"
+                  "  backoff-max-data-volume-rate 100m/d\n"
+                  "</domain>\n");
+    assert_int_equal(nwarnings, 0);
+    v = domain_value(c, "x.org", CFG_D_SOURCE_IP_MAX_SMTP_OUT);
+    assert_int_equal(v->source.limit, 4);
+    assert_int_equal(v->source.prefix, 16);
+    assert_int_equal(v->source.addr[1], 1);
+    assert_string_equal(cfg_str(c, v->text), "10.1.0.0/16 4");
+    v = domain_value(c, "x.org", CFG_D_SOURCE_IP_MAX_MSG_RATE);
+    assert_int_equal(v->source.limit, 100);
+    assert_int_equal(v->source.period, 3600);
+    assert_int_equal(v->source.prefix, 0);
+    v = domain_value(c, "x.org", CFG_D_SOURCE_IP_MAX_CONNECT_RATE);
+    assert_int_equal(v->source.limit, 3);
+    assert_int_equal(v->source.period, 5);
+    assert_int_equal(v->source.prefix, 32);
+    v = domain_value(c, "x.org", CFG_D_SOURCE_IP_MAX_DATA_VOLUME_RATE);
+    assert_int_equal(v->source.limit, 50LL << 20);
+    assert_int_equal(v->source.prefix, 32);
+    assert_int_equal(domain_value(c, "x.org", CFG_D_MAX_DATA_VOLUME_RATE)->num, 1LL << 30);
+    assert_int_equal(domain_value(c, "x.org", CFG_D_BACKOFF_MAX_DATA_VOLUME_RATE)->num2, 86400);
+    cfg_free(c);
 }
 
 static void
@@ -341,9 +489,9 @@ test_not_implemented_warns_once(void **state)
     assert_diag("t.conf:1: warning: block <transmissions-api> is not implemented yet; ignored");
     cfg_free(c);
     /* one that would change where mail goes is refused, with its line */
-    expect_error("<domain a.com>\n  max-smtp-out 2\n  queue-to other\n</domain>\n",
-                 "t.conf:3: error: directive 'queue-to' is not implemented, and ignoring it "
-                 "would change where mail goes");
+    expect_error("<domain a.com>\n  max-smtp-out 2\n  reroute-to-virtual-mta other\n</domain>\n",
+                 "t.conf:3: error: directive 'reroute-to-virtual-mta' is not implemented, and "
+                 "ignoring it would change where mail goes");
     expect_error("<source 1.2.3.4>\n  bcc audit@example.com\n</source>\n",
                  "t.conf:2: error: directive 'bcc' is not implemented");
 }
@@ -844,6 +992,9 @@ main(void)
         UNIT_TEST(test_wrong_scope),
         UNIT_TEST(test_bad_values),
         UNIT_TEST(test_values_decoded),
+        UNIT_TEST(test_source_limits_decoded),
+        UNIT_TEST(test_mx_rollup_lines),
+        UNIT_TEST(test_warmup_plans),
         UNIT_TEST(test_later_line_replaces),
         UNIT_TEST(test_not_implemented_warns_once),
         UNIT_TEST(test_block_errors),

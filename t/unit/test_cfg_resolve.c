@@ -272,6 +272,85 @@ test_backoff_fallback(void **state)
     cfg_free(c);
 }
 
+/* src_limit - the source-ip-max-smtp-out line for IPv4 address IP of DOMAIN's queue, or -1 */
+static int64_t
+src_limit(struct cfg *c, const char *domain, const char *ip, uint32_t *scope)
+{
+    const struct cfg_value *v;
+    uint8_t addr[4];
+
+    assert_int_equal(cfg_resolve_queue(c, domain, NULL, &r), 0);
+    assert_int_equal(inet_pton(AF_INET, ip, addr), 1);
+    v = cfg_source_ip_limit(c, r.v[CFG_D_SOURCE_IP_MAX_SMTP_OUT], AF_INET, addr, scope);
+    return v ? v->source.limit : -1;
+}
+
+static void
+test_source_ip_limits(void **state)
+{
+    struct cfg *c = load("<domain *>\n"
+                         "  source-ip-max-smtp-out 0/0 10\n"
+                         "  source-ip-max-smtp-out 10.1.0.0/16 4\n"
+                         "  source-ip-max-smtp-out 10.1.2.3 1\n"
+                         "  source-ip-max-smtp-out 10.1.0.0/16 7\n"
+                         "</domain>\n"
+                         "<domain gmail.com>\n"
+                         "  source-ip-max-smtp-out 10.0.0.0/8 2\n"
+                         "</domain>\n");
+    uint32_t star, gmail;
+    char pattern[64];
+    (void)state;
+    /* the longest prefix holding the address; the first of equal ones */
+    assert_int_equal(src_limit(c, "a.com", "192.0.2.1", &star), 10);
+    assert_int_equal(src_limit(c, "a.com", "10.1.9.9", NULL), 4);
+    assert_int_equal(src_limit(c, "a.com", "10.1.2.3", NULL), 1);
+    assert_string_equal(cfg_domain_pattern(c, star, pattern, sizeof pattern), "*");
+    assert_int_equal(cfg_value_scope(c, r.v[CFG_D_SOURCE_IP_MAX_SMTP_OUT]), star);
+    /* the most specific block that sets the directive: its lines alone */
+    assert_int_equal(src_limit(c, "gmail.com", "10.1.2.3", &gmail), 2);
+    assert_string_equal(cfg_domain_pattern(c, gmail, pattern, sizeof pattern), "gmail.com");
+    assert_int_equal(src_limit(c, "gmail.com", "192.0.2.1", &gmail), -1);
+    assert_int_equal(gmail, CFG_NONE);
+    /* no line at all */
+    cfg_free(c);
+    c = load("<domain *>\n  max-smtp-out 3\n</domain>\n");
+    assert_int_equal(src_limit(c, "a.com", "10.1.2.3", NULL), -1);
+    cfg_free(c);
+}
+
+static void
+test_mx_rollups(void **state)
+{
+    struct cfg *c = load("<mx-rollup-list>\n"
+                         "  mx *.google.test google.rollup\n"
+                         "  mx alt?.aspmx.l.google.com google-alt.rollup\n"
+                         "</mx-rollup-list>\n"
+                         "<mx-rollup-list>\n"
+                         "  mx *.mail.example.net example.rollup\n"
+                         "</mx-rollup-list>\n");
+    (void)state;
+    /* configured lines first, in file order, any case */
+    assert_string_equal(cfg_mx_rollup(c, "MX1.Google.Test"), "google.rollup");
+    assert_string_equal(cfg_mx_rollup(c, "alt1.aspmx.l.google.com"), "google-alt.rollup");
+    assert_string_equal(cfg_mx_rollup(c, "in.mail.example.net"), "example.rollup");
+    /* then the built-in list */
+    assert_string_equal(cfg_mx_rollup(c, "aspmx.l.google.com"), "google.rollup");
+    assert_string_equal(cfg_mx_rollup(c, "smtp.google.com"), "google.rollup");
+    assert_string_equal(cfg_mx_rollup(c, "aspmx2.googlemail.com"), "google.rollup");
+    assert_string_equal(cfg_mx_rollup(c, "hotmail-com.olc.protection.outlook.com"),
+                        "outlook.rollup");
+    assert_string_equal(cfg_mx_rollup(c, "contoso-com.mail.protection.outlook.com"),
+                        "office365.rollup");
+    assert_string_equal(cfg_mx_rollup(c, "mta6.am0.yahoodns.net"), "yahoo.rollup");
+    assert_string_equal(cfg_mx_rollup(c, "mx-aol.mail.gm0.yahoodns.net"), "yahoo.rollup");
+    /* not a provider's, and not a lookalike */
+    assert_null(cfg_mx_rollup(c, "mx.example.org"));
+    assert_null(cfg_mx_rollup(c, "google.com.evil.test"));
+    assert_null(cfg_mx_rollup(c, "notgoogle.com"));
+    cfg_free(c);
+    assert_string_equal(cfg_mx_rollup(NULL, "alt4.aspmx.l.google.com"), "google.rollup");
+}
+
 /* --- sources -----------------------------------------------------------------------------------
  */
 
@@ -847,6 +926,8 @@ main(void)
         UNIT_TEST(test_vmta_and_pool_nesting),
         UNIT_TEST(test_clear_with_empty_string),
         UNIT_TEST(test_backoff_fallback),
+        UNIT_TEST(test_source_ip_limits),
+        UNIT_TEST(test_mx_rollups),
         UNIT_TEST(test_sources),
         UNIT_TEST(test_source_reset_every_directive),
         UNIT_TEST(test_session_layers),

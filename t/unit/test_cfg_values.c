@@ -169,6 +169,61 @@ test_rate(void **state)
     assert_int_equal(cfg_parse_rate("1/999999999999999999d", &c, &p), -ERANGE);
 }
 
+static void
+volume(const char *s, int64_t bytes, int64_t period)
+{
+    int64_t b = -1, p = -1;
+    assert_int_equal(cfg_parse_volume_rate(s, &b, &p), 0);
+    assert_int_equal(b, bytes);
+    assert_int_equal(p, period);
+}
+
+static void
+test_volume_rate(void **state)
+{
+    int64_t b, p;
+    (void)state;
+    volume("unlimited", 0, 0);
+    volume("0", 0, 0);
+    volume("100M/h", 100LL << 20, 3600);
+    volume("512k/5s", 512LL << 10, 5);
+    volume("1g/d", 1LL << 30, 86400);
+    volume("4096/s", 4096, 1);
+    volume("10m/15min", 10LL << 20, 900);
+    assert_int_equal(cfg_parse_volume_rate("0k/h", &b, &p), -EINVAL);
+    assert_int_equal(cfg_parse_volume_rate("100M", &b, &p), -EINVAL);
+    assert_int_equal(cfg_parse_volume_rate("100M/", &b, &p), -EINVAL);
+    assert_int_equal(cfg_parse_volume_rate("/h", &b, &p), -EINVAL);
+    assert_int_equal(cfg_parse_volume_rate("100q/h", &b, &p), -EINVAL);
+    assert_int_equal(cfg_parse_volume_rate("unlimited/h", &b, &p), -EINVAL);
+    assert_int_equal(cfg_parse_volume_rate("100M/0h", &b, &p), -EINVAL);
+    assert_int_equal(cfg_parse_volume_rate("99999999999999t/h", &b, &p), -ERANGE);
+}
+
+static void
+test_percent(void **state)
+{
+    int64_t ppm = -1;
+    (void)state;
+    assert_int_equal(cfg_parse_percent("10%", &ppm), 0);
+    assert_int_equal(ppm, 100000);
+    assert_int_equal(cfg_parse_percent("0.1%", &ppm), 0);
+    assert_int_equal(ppm, 1000);
+    assert_int_equal(cfg_parse_percent("0.0001%", &ppm), 0);
+    assert_int_equal(ppm, 1);
+    assert_int_equal(cfg_parse_percent("100%", &ppm), 0);
+    assert_int_equal(ppm, 1000000);
+    assert_int_equal(cfg_parse_percent("0%", &ppm), 0);
+    assert_int_equal(ppm, 0);
+    assert_int_equal(cfg_parse_percent("100.5%", &ppm), -EINVAL);
+    assert_int_equal(cfg_parse_percent("101%", &ppm), -EINVAL);
+    assert_int_equal(cfg_parse_percent("10", &ppm), -EINVAL);
+    assert_int_equal(cfg_parse_percent("0.00001%", &ppm), -EINVAL);
+    assert_int_equal(cfg_parse_percent("1.%", &ppm), -EINVAL);
+    assert_int_equal(cfg_parse_percent("-1%", &ppm), -EINVAL);
+    assert_int_equal(cfg_parse_percent("5%%", &ppm), -EINVAL);
+}
+
 static const char *
 fmt(enum cfg_directive d, int64_t n, int64_t n2)
 {
@@ -194,6 +249,13 @@ test_format(void **state)
     assert_string_equal(fmt(CFG_D_MAX_MSG_RATE, 83, 5), "83/5s");
     assert_string_equal(fmt(CFG_D_MAX_MSG_RATE, 100, 900), "100/15m");
     assert_string_equal(fmt(CFG_D_MAX_MSG_RATE, 0, 0), "unlimited");
+    assert_string_equal(fmt(CFG_D_MAX_DATA_VOLUME_RATE, 100LL << 20, 3600), "100M/h");
+    assert_string_equal(fmt(CFG_D_MAX_DATA_VOLUME_RATE, 512LL << 10, 5), "512K/5s");
+    assert_string_equal(fmt(CFG_D_MAX_DATA_VOLUME_RATE, 0, 0), "unlimited");
+    assert_string_equal(fmt(CFG_D_WARMUP_MAX_DEFERRAL_RATE, 100000, 0), "10%");
+    assert_string_equal(fmt(CFG_D_WARMUP_MAX_COMPLAINT_RATE, 2500, 0), "0.25%");
+    assert_string_equal(fmt(CFG_D_WARMUP_DAY, 3, 200), "3 200");
+    assert_string_equal(fmt(CFG_D_WARMUP_DOUBLE_EVERY, 86400, 50000), "1d until 50000");
     assert_string_equal(fmt(CFG_D_MAX_MESSAGE_SIZE, 50LL << 20, 0), "50M");
     assert_string_equal(fmt(CFG_D_MAX_MESSAGE_SIZE, 1000, 0), "1000");
     assert_string_equal(fmt(CFG_D_MAX_MESSAGE_SIZE, CFG_NEVER, 0), "unlimited");
@@ -297,6 +359,8 @@ main(void)
         UNIT_TEST(test_interval),
         UNIT_TEST(test_interval_list),
         UNIT_TEST(test_rate),
+        UNIT_TEST(test_volume_rate),
+        UNIT_TEST(test_percent),
         UNIT_TEST(test_format),
         UNIT_TEST(test_directive_lookup),
         UNIT_TEST(test_directive_suggest),

@@ -670,6 +670,190 @@ test_group_groups(void **state)
     tdir_remove(&d);
 }
 
+/* ---- warm-up state ------------------------------------------------------------------ */
+
+static const struct qstore_warmup warm_full = {
+    .step = 7,
+    .start_day = 20426,
+    .window = 20431,
+    .sent = 0x0102030405060708ull,
+    .attempts = 123456789,
+    .deferrals = 4321,
+    .complaints = 1,
+};
+
+/* assert_warmup_equal - field by field (the struct has padding after step) */
+static void
+assert_warmup_equal(const struct qstore_warmup *a, const struct qstore_warmup *b)
+{
+    assert_int_equal(a->step, b->step);
+    assert_int_equal(a->start_day, b->start_day);
+    assert_int_equal(a->window, b->window);
+    assert_int_equal(a->sent, b->sent);
+    assert_int_equal(a->attempts, b->attempts);
+    assert_int_equal(a->deferrals, b->deferrals);
+    assert_int_equal(a->complaints, b->complaints);
+}
+
+static void
+test_warmup_codec(void **state)
+{
+    struct qstore_warmup w;
+    struct buf b = BUF_INIT;
+    uint8_t rec[QSTORE_WARMUP_LEN];
+
+    (void)state;
+    assert_int_equal(qstore_warmup_encode(&b, &warm_full), 0);
+    assert_int_equal(b.len, QSTORE_WARMUP_LEN);
+    assert_int_equal((uint8_t)b.data[0], QSTORE_WARMUP_VERSION);
+    assert_int_equal(qstore_warmup_decode(b.data, b.len, &w), 0);
+    assert_warmup_equal(&w, &warm_full);
+    /* big-endian on disk */
+    assert_int_equal((uint8_t)b.data[24], 1);
+    assert_int_equal((uint8_t)b.data[31], 8);
+    memcpy(rec, b.data, sizeof rec);
+    /* every other length, another version, a reserved byte set: -EPROTO */
+    for (size_t len = 0; len <= sizeof rec + 8; len++) {
+        uint8_t big[QSTORE_WARMUP_LEN + 8] = { 0 };
+
+        memcpy(big, rec, len < sizeof rec ? len : sizeof rec);
+        if (len != sizeof rec)
+            assert_int_equal(qstore_warmup_decode(big, len, &w), -EPROTO);
+    }
+    for (int i = 0; i < 4; i++) {
+        uint8_t bad[QSTORE_WARMUP_LEN];
+
+        memcpy(bad, rec, sizeof bad);
+        bad[i] ^= 0x40;
+        assert_int_equal(qstore_warmup_decode(bad, sizeof bad, &w), -EPROTO);
+    }
+    buf_free(&b);
+}
+
+struct warm_seen {
+    unsigned n;
+    char keys[8][64];
+    struct qstore_warmup st[8];
+};
+
+static int
+warm_collect(const char *key, const struct qstore_warmup *st, void *arg)
+{
+    struct warm_seen *s = arg;
+
+    if (s->n < 8) {
+        snprintf(s->keys[s->n], sizeof s->keys[0], "%s", key);
+        s->st[s->n] = *st;
+    }
+    s->n++;
+    return 0;
+}
+
+static void
+test_warmup_store(void **state)
+{
+    struct tdir d;
+    struct qstore *qs;
+    struct qstore_wtxn *w;
+    struct qstore_group *g;
+    struct qstore_warmup st = warm_full;
+    struct warm_seen seen = { 0 };
+    struct acks a = { 0 };
+    char long_key[QSTORE_WARMUP_KEY_MAX + 2];
+    uv_loop_t loop;
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    MDB_val k = { 5, "zzzzz" }, v = { 3, "bad" };
+
+    (void)state;
+    tdir_make(&d);
+    qs = open_store(d.env, 64 << 20, 0);
+    /* a fresh store has none */
+    assert_int_equal(qstore_scan_warmup(qs, warm_collect, &seen), 0);
+    assert_int_equal(seen.n, 0);
+    /* a write transaction, then the group committer replacing one record */
+    assert_int_equal(qstore_wtxn_begin(qs, &w), 0);
+    assert_int_equal(qstore_wtxn_put_warmup(w, "plan 127.0.0.21 gmail.rollup", &st), 0);
+    st.step = 1;
+    assert_int_equal(qstore_wtxn_put_warmup(w, "plan 127.0.0.21 *", &st), 0);
+    memset(long_key, 'k', sizeof long_key - 1);
+    long_key[sizeof long_key - 1] = 0;
+    assert_int_equal(qstore_wtxn_put_warmup(w, long_key, &st), -EMSGSIZE);
+    assert_int_equal(qstore_wtxn_put_warmup(w, "", &st), -EMSGSIZE);
+    assert_int_equal(qstore_wtxn_commit(w), 0);
+    assert_int_equal(uv_loop_init(&loop), 0);
+    assert_int_equal(qstore_group_new(&g, &loop, qs, NULL), 0);
+    st.step = 2;
+    st.sent = 99;
+    assert_int_equal(qstore_group_put_warmup(g, "plan 127.0.0.21 *", &st, ack_cb, &a), 0);
+    assert_int_equal(qstore_group_put_warmup(g, long_key, &st, ack_cb, &a), -EMSGSIZE);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(a.done, 1);
+    assert_int_equal(a.ok, 1);
+    close_group(&loop, g);
+    assert_int_equal(uv_loop_close(&loop), 0);
+    qstore_close(qs);
+
+    /* a corrupt record among them is skipped; the others survive a reopen */
+    assert_int_equal(mdb_env_create(&env), 0);
+    assert_int_equal(mdb_env_set_maxdbs(env, 8), 0);
+    assert_int_equal(mdb_env_open(env, d.env, 0, 0600), 0);
+    assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+    assert_int_equal(mdb_dbi_open(txn, "warmup", 0, &dbi), 0);
+    assert_int_equal(mdb_put(txn, dbi, &k, &v, 0), 0);
+    assert_int_equal(mdb_txn_commit(txn), 0);
+    mdb_env_close(env);
+    qs = open_store(d.env, 64 << 20, QSTORE_RDONLY);
+    assert_int_equal(qstore_scan_warmup(qs, warm_collect, &seen), 0);
+    assert_int_equal(seen.n, 2);
+    assert_string_equal(seen.keys[0], "plan 127.0.0.21 *");
+    assert_int_equal(seen.st[0].step, 2);
+    assert_int_equal(seen.st[0].sent, 99);
+    assert_string_equal(seen.keys[1], "plan 127.0.0.21 gmail.rollup");
+    assert_warmup_equal(&seen.st[1], &warm_full);
+    qstore_close(qs);
+    tdir_remove(&d);
+}
+
+/* a store made before the warmup database: created when opened for writing, empty when not */
+static void
+test_warmup_older_spool(void **state)
+{
+    struct tdir d;
+    struct qstore *qs;
+    struct qstore_wtxn *w;
+    struct warm_seen seen = { 0 };
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi dbi;
+
+    (void)state;
+    tdir_make(&d);
+    qs = open_store(d.env, 64 << 20, 0);
+    qstore_close(qs);
+    assert_int_equal(mdb_env_create(&env), 0);
+    assert_int_equal(mdb_env_set_maxdbs(env, 8), 0);
+    assert_int_equal(mdb_env_open(env, d.env, 0, 0600), 0);
+    assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+    assert_int_equal(mdb_dbi_open(txn, "warmup", 0, &dbi), 0);
+    assert_int_equal(mdb_drop(txn, dbi, 1), 0);
+    assert_int_equal(mdb_txn_commit(txn), 0);
+    mdb_env_close(env);
+    qs = open_store(d.env, 64 << 20, QSTORE_RDONLY);
+    assert_int_equal(qstore_scan_warmup(qs, warm_collect, &seen), 0);
+    assert_int_equal(seen.n, 0);
+    qstore_close(qs);
+    qs = open_store(d.env, 64 << 20, 0);
+    assert_int_equal(qstore_wtxn_begin(qs, &w), 0);
+    assert_int_equal(qstore_wtxn_put_warmup(w, "k", &warm_full), 0);
+    assert_int_equal(qstore_wtxn_commit(w), 0);
+    assert_int_equal(qstore_scan_warmup(qs, warm_collect, &seen), 0);
+    assert_int_equal(seen.n, 1);
+    qstore_close(qs);
+    tdir_remove(&d);
+}
+
 /* a paced group keeps commits apart, except when a batch is full */
 static void
 test_group_paced(void **state)
@@ -1235,6 +1419,8 @@ main(void)
         UNIT_TEST(test_outcomes),           UNIT_TEST(test_map_full),
         UNIT_TEST(test_space_arithmetic),   UNIT_TEST(test_space_sampled),
         UNIT_TEST(test_scan_100k),          UNIT_TEST(test_crash_kill),
+        UNIT_TEST(test_warmup_codec),       UNIT_TEST(test_warmup_store),
+        UNIT_TEST(test_warmup_older_spool),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
