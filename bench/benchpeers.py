@@ -182,7 +182,8 @@ class World:
         self.domains = args.domains if args.domains else (1000 if self.hot else 1)
         self.sizes = [int(s) for s in args.sizes.split(",")]
         self.cert, self.key = self.make_cert()
-        self.dkim_key = self.make_dkim_key() if self.hot else None
+        self.dkim = self.hot or getattr(args, "dkim", False)    # RSA-2048 signing on
+        self.dkim_key = self.make_dkim_key() if self.dkim else None
         mx = [("d%d.test" % n, "mx.d%d.test" % n, 10) for n in range(self.domains)]
         hosts = [("mx.d%d.test" % n, domain_ip(n)) for n in range(self.domains)]
         mx.append((DKIM_DOMAIN, "mx." + DKIM_DOMAIN, 10))      # bounces go back to the sink
@@ -433,12 +434,18 @@ class PmtadPeer(Peer):
         if w.hot:
             extra += "    allow-starttls yes\n"
         extra += "</source>\n"
+        if w.dkim:
+            extra += "domain-key %s,%s,%s\n" % (DKIM_SELECTOR, DKIM_DOMAIN, w.dkim_key)
         if w.hot:
             extra += "smtp-server-tls-certificate %s\n" % w.pem("pmta")
-            extra += "domain-key %s,%s,%s\n" % (DKIM_SELECTOR, DKIM_DOMAIN, w.dkim_key)
-            extra += ("<domain *>\n    max-smtp-out 5\n    dkim-sign yes\n"
-                      "    retry-after %ds\n    retry-recipients-after %ds\n</domain>\n"
-                      % (RETRY_S, RETRY_S))
+        if w.hot or w.dkim:
+            extra += "<domain *>\n"
+            if w.dkim:
+                extra += "    dkim-sign yes\n"
+            if w.hot:
+                extra += ("    max-smtp-out 5\n    retry-after %ds\n"
+                          "    retry-recipients-after %ds\n" % (RETRY_S, RETRY_S))
+            extra += "</domain>\n"
         self.p.write_config(extra, processes={"smtpd": None, "smtp-out": None})
         self.reaper = under_reaper(self.p.command("-f", "-c", self.p.config_path), self.log,
                                    env=self.p.env(), cwd=self.p.dir)
@@ -494,7 +501,6 @@ maillog_file = %(top)s/maillog
 """ % {"spool": spool, "data": data, "top": self.dir}
         script = ""
         if w.hot:
-            milter_port = 8891
             main += """smtpd_tls_cert_file = %(crt)s
 smtpd_tls_key_file = %(key)s
 smtpd_tls_security_level = may
@@ -504,10 +510,13 @@ initial_destination_concurrency = 5
 minimal_backoff_time = %(retry)ds
 maximal_backoff_time = %(retry)ds
 queue_run_delay = %(retry)ds
-smtpd_milters = inet:127.0.0.1:%(mp)d
+""" % {"crt": w.cert, "key": w.key, "retry": RETRY_S}
+        if w.dkim:
+            milter_port = 8891
+            main += """smtpd_milters = inet:127.0.0.1:%(mp)d
 non_smtpd_milters = inet:127.0.0.1:%(mp)d
 milter_default_action = tempfail
-""" % {"crt": w.cert, "key": w.key, "retry": RETRY_S, "mp": milter_port}
+""" % {"mp": milter_port}
             okconf = os.path.join(self.dir, "opendkim.conf")
             with open(okconf, "w") as f:
                 f.write("Mode s\nDomain %s\nSelector %s\nKeyFile %s\nSocket inet:%d@127.0.0.1\n"
@@ -541,7 +550,7 @@ class OpensmtpdPeer(Peer):
         w = self.world
         conf = os.path.join(self.dir, "smtpd.conf")
         text, listen_opts = "", ""
-        if w.hot:
+        if w.dkim:
             text += ('filter "dkim" proc-exec "/usr/libexec/opensmtpd/filter-dkimsign '
                      '-d %s -s %s -k %s -c relaxed/relaxed"\n'
                      % (DKIM_DOMAIN, DKIM_SELECTOR, w.dkim_key))
@@ -615,10 +624,10 @@ begin transports
 remote_smtp:
   driver = smtp
 """
-        if w.hot:
+        if w.dkim:
             text += ("  dkim_domain = %s\n  dkim_selector = %s\n  dkim_private_key = %s\n"
                      "  dkim_canon = relaxed\n" % (DKIM_DOMAIN, DKIM_SELECTOR, w.dkim_key))
-        else:
+        if not w.hot:
             text += "  hosts_avoid_tls = *\n"
         text += "\nbegin retry\n*  *  F,1h,%ds\n" % RETRY_S
         os.makedirs("/etc/exim4", exist_ok=True)
@@ -659,15 +668,17 @@ class HarakaPeer(Peer):
         plugins = ["relay"]
         if w.hot:
             put("tls.ini", "[main]\nkey=%s\ncert=%s\n" % (w.key, w.cert))
-            plugins = ["tls", "relay", "dkim"]
+            plugins = ["tls", "relay"]
+        else:
+            outbound += "enable_tls=false\n"
+        if w.dkim:
+            plugins.append("dkim")
             os.makedirs(os.path.join(cfg, "dkim", DKIM_DOMAIN))
             shutil.copy(w.dkim_key, os.path.join(cfg, "dkim", DKIM_DOMAIN, "private"))
             put(os.path.join("dkim", DKIM_DOMAIN, "selector"), DKIM_SELECTOR + "\n")
             put("dkim.ini", "[sign]\nenabled=true\nselector=%s\ndomain=%s\n"
                 "[canon]\nbody=relaxed\nheader=relaxed\n[verify]\nenabled=false\n"
                 % (DKIM_SELECTOR, DKIM_DOMAIN))
-        else:
-            outbound += "enable_tls=false\n"
         put("outbound.ini", outbound)
         put("plugins", "\n".join(plugins) + "\n")
         haraka = os.path.join(HARAKA_DIR, "node_modules", ".bin", "haraka")
