@@ -41,6 +41,7 @@
 #include <strings.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -555,10 +556,14 @@ src_connect(bool *pipelining)
     int one = 1;
     struct ehlo_keywords kw = { false, false };
 
+    struct timeval timeout = { 60, 0 }; /* a server that stops answering fails the session */
+
     c->fd = socket(AF_INET, SOCK_STREAM, 0);
     if (connect(c->fd, (struct sockaddr *)&src.server, sizeof src.server) < 0)
         goto fail;
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+    setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof timeout);
     if (src_reply(c, NULL) != 2)
         goto fail;
     conn_puts(c, "EHLO source.test\r\n");
@@ -614,7 +619,7 @@ src_session(void *arg)
             }
         }
         conn_puts(c, "QUIT\r\n");
-        src_reply(c, NULL);
+        conn_flush(c); /* the answer to QUIT tells nothing: no waiting for it */
         conn_close(c);
         if (atomic_load(&src.next) >= src.messages)
             return NULL;
