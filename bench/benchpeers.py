@@ -90,7 +90,8 @@ def setup():
     os.makedirs(debs, exist_ok=True)
     os.chmod(debs, 0o777)   # apt-get download drops to _apt where it can
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    run(["apt-get", "install", "-y", "--no-install-recommends"] + LIB_DEBS, env=env)
+    tools = [] if shutil.which("npm") else ["nodejs", "npm"]     # Haraka's runtime
+    run(["apt-get", "install", "-y", "--no-install-recommends"] + LIB_DEBS + tools, env=env)
     run(["apt-get", "download"] + EXTRACT_DEBS, cwd=debs)
     shutil.rmtree(EXTRACTED, ignore_errors=True)
     for f in sorted(os.listdir(debs)):
