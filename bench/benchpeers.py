@@ -426,6 +426,7 @@ class Peer:
 
 class PmtadPeer(Peer):
     name = "pmtad"
+    messages_per_commit = None      # from cleanup's stats line, after halt()
 
     def start(self):
         w = self.world
@@ -458,7 +459,12 @@ class PmtadPeer(Peer):
         for pid in tree(self.reaper.pid)[1:2]:
             os.kill(pid, signal.SIGTERM)
         wait_for(lambda: len(tree(self.reaper.pid)) <= 1, 15)
-        shutil.rmtree(self.p.dir, ignore_errors=True)
+        stats = re.findall(r"cleanup\[\d+\]: info: stats: messages=(\d+) commits=(\d+)",
+                           self.p.log())
+        if stats and int(stats[-1][1]):
+            self.messages_per_commit = int(stats[-1][0]) / int(stats[-1][1])
+        if not os.environ.get("PMTA_KEEP"):
+            shutil.rmtree(self.p.dir, ignore_errors=True)
 
     @staticmethod
     def version():
