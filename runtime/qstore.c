@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <time.h>
@@ -1098,6 +1099,24 @@ scan_one(const MDB_val *k, const MDB_val *v, qstore_sched_fn fn, void *arg,
     return fn(&s, arg);
 }
 
+/*
+ * drop_mapped_pages - a full scan reads every recipient page of the map; they stay in the page
+ * cache (the map is a shared file mapping, so nothing is lost or written), but leave this
+ * process's resident set: qmgr's memory is its schedule, not the queue it read once. The next
+ * read of a page faults it back in from the cache. LO..HI: the lowest and highest map address
+ * the scan saw (LMDB gives no map address without MDB_FIXEDMAP).
+ */
+static void
+drop_mapped_pages(uintptr_t lo, uintptr_t hi)
+{
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+
+    if (lo == 0 || hi <= lo)
+        return;
+    lo &= ~(page - 1);
+    (void)madvise((void *)lo, hi - lo, MADV_DONTNEED);
+}
+
 /* scan_range - the cursor loop; ONE_MSG limits it to MSGID's records */
 static int
 scan_range(struct qstore *qs, int one_msg, uint64_t msgid, qstore_sched_fn fn, void *arg,
@@ -1110,6 +1129,7 @@ scan_range(struct qstore *qs, int one_msg, uint64_t msgid, qstore_sched_fn fn, v
     MDB_txn *txn;
     MDB_cursor *c;
     int rc, cbrc = 0, op = one_msg ? MDB_SET_RANGE : MDB_FIRST;
+    uintptr_t lo = UINTPTR_MAX, hi = 0;
 
     qstore__check_owner(qs);
     memset(st, 0, sizeof *st);
@@ -1121,6 +1141,10 @@ scan_range(struct qstore *qs, int one_msg, uint64_t msgid, qstore_sched_fn fn, v
         op = MDB_NEXT;
         if (one_msg && (k.mv_size < KEY_MSG_LEN || qstore__get_be64(k.mv_data) != msgid))
             break;
+        if ((uintptr_t)v.mv_data < lo)
+            lo = (uintptr_t)v.mv_data;
+        if ((uintptr_t)v.mv_data + v.mv_size > hi)
+            hi = (uintptr_t)v.mv_data + v.mv_size;
         if ((cbrc = scan_one(&k, &v, fn, arg, st)) != 0)
             break;
     }
@@ -1128,6 +1152,8 @@ scan_range(struct qstore *qs, int one_msg, uint64_t msgid, qstore_sched_fn fn, v
     mdb_cursor_close(c);
 out:
     mdb_txn_abort(txn);
+    if (!one_msg)
+        drop_mapped_pages(lo == UINTPTR_MAX ? 0 : lo, hi);
     return rc;
 }
 

@@ -437,7 +437,8 @@ struct qstore_scan_stats {
  * qstore_scan - call FN for every pending recipient, in (msgid, index) order,
  * in one read transaction; no allocation per recipient. A corrupt record is
  * logged, counted and skipped so that one bad record cannot stop a rebuild.
- * qstore_scan_msg does the same for one message (a new message joining the
+ * After a full scan the pages it read leave this process's resident set (they
+ * stay in the page cache). qstore_scan_msg does the same for one message (a new message joining the
  * schedule). @return 0, FN's nonzero value, or -errno.
  */
 int qstore_scan(struct qstore *qs, qstore_sched_fn fn, void *arg, struct qstore_scan_stats *st);

@@ -111,6 +111,30 @@ content_byte(struct smtpd_proto *s, unsigned char c)
 }
 
 /*
+ * mid_line_run - the fast path of the scanner: the ordinary bytes from P[I] to the next CR or
+ * LF (or LEN) belong to the current line; count them, note 8-bit ones. One pass, so hostile
+ * content (bare LFs, no CR) stays linear. Returns the index of the CR or LF, or LEN.
+ */
+static size_t
+mid_line_run(struct smtpd_proto *s, const char *p, size_t i, size_t len)
+{
+    size_t k = i;
+    unsigned char any = 0;
+
+    while (k < len) {
+        unsigned char c = (unsigned char)p[k];
+        if (c == '\r' || c == '\n')
+            break;
+        any |= c;
+        k++;
+    }
+    s->body_line_len += k - i;
+    if (any & 0x80)
+        s->txn.info.eight_bit = true;
+    return k;
+}
+
+/*
  * smtpd_proto__data_input - scan DATA content in P[0..LEN); returns the
  * bytes used (all of them, or up to and including the final LF).
  * RUN is the start of the bytes not yet handed on; the stuffing "." and
@@ -156,10 +180,15 @@ smtpd_proto__data_input(struct smtpd_proto *s, const char *p, size_t len)
             body_fail(s, 550, "5.6.2", "Bare CR or LF in message content");
             break;
         case SMTPD_SCAN_MID:
+            i = mid_line_run(s, p, i, len);
+            if (i == len)
+                goto out;
+            c = (unsigned char)p[i];
             break;
         }
         content_byte(s, c);
     }
+out:
     emit(s, p + run, len - run);
     return len;
 }
