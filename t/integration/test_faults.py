@@ -406,9 +406,15 @@ with Pmta(name="test_faults_peers") as p:
             tap.ok(wait_for(lambda: set(sent.values()) <= arrived() and not qdump(p.spool), 30,
                             interval=0.5),
                    "peers: once the receivers work, every message is delivered; the queue is empty")
+            def d_counts():
+                rows = acct_rows(acct)
+                return {r: sum(1 for x in rows if x["type"] == "d" and x["rcpt"] == r)
+                        for r in sent}
+            # records are flushed about once a second: wait for them, then make sure none
+            # comes twice
+            wait_for(lambda: all(n >= 1 for n in d_counts().values()), 10, interval=0.25)
             time.sleep(1.5)
-            rows = acct_rows(acct)
-            d = {r: sum(1 for x in rows if x["type"] == "d" and x["rcpt"] == r) for r in sent}
+            d = d_counts()
             tap.ok(all(n == 1 for n in d.values()), "peers: then one d record per recipient", d)
         finally:
             for rx in good.values():
