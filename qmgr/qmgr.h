@@ -456,6 +456,7 @@ void qmgr_conn_listen(void);
 void qmgr_conn_stop_listening(void);
 int qmgr_conn_open(struct qqueue *q); /* 1 opened, 0 no room */
 void qmgr_conn_feed_idle(struct qqueue *q);
+void qmgr_conn_trim(struct qqueue *q); /* close resting connections over a lowered limit */
 void qmgr_conn_close_idle_all(void);
 unsigned qmgr_conn_busy(void);
 void qmgr_conn_close_all(void);

@@ -458,6 +458,8 @@ qmgr_backoff_set_mode(struct qqueue *q, int mode, const char *why, int64_t to_no
     }
     /* new limits: a smaller max-smtp-out closes connections as they finish (qmgr_conn.c) */
     qmgr_run_update(q);
+    if (mode == QMODE_BACKOFF)
+        qmgr_conn_trim(q);
     qmgr_dispatch_soon();
 }
 

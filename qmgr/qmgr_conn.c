@@ -464,6 +464,30 @@ qmgr_conn_feed_idle(struct qqueue *q)
     }
 }
 
+/*
+ * qmgr_conn_trim - Q's connection limit just fell (backoff): close its resting
+ * and opening (no transaction yet) connections beyond it now. A busy one
+ * closes when its transaction ends (conn_feed); a resting one would otherwise
+ * wait for work that backoff defers, and an opening one would connect after
+ * the switch, holding connections the limit no longer allows.
+ */
+void
+qmgr_conn_trim(struct qqueue *q)
+{
+    uint64_t open = 0;
+
+    qmgr_queue_limits(q);
+    if (!qlim_limited(&q->lim_conns))
+        return;
+    for (struct qconn *c = q->conns; c; c = c->qnext)
+        open += c->state != QC_CLOSING;
+    for (struct qconn *c = q->conns; c && open > (uint64_t)q->lim_conns.count; c = c->qnext)
+        if (c->state == QC_IDLE || c->state == QC_OPENING) {
+            conn_close(c);
+            open--;
+        }
+}
+
 /* --- opening ---------------------------------------------------------------------------------- */
 
 struct qpeer *
@@ -798,7 +822,9 @@ on_conn_down(struct qconn *c, struct ipc_msg *m)
                             .source_ip = c->source_ip ? c->source_ip : "",
                             .tls = c->tls,
                             .esmtp = c->esmtp };
-    if (!c->up && d.result != MP_RESULT_OK) {
+    if (!c->up && c->state == QC_CLOSING && c->txn_n == 0) {
+        /* closed by us before it was up (qmgr_conn_trim): not the destination's failure */
+    } else if (!c->up && d.result != MP_RESULT_OK) {
         conn_failed_early(c, &res);
     } else {
         if (res.result == MP_RESULT_OK) {
