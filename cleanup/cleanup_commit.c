@@ -145,11 +145,15 @@ step_headers(struct work *w, struct reply *r)
     struct cleanup_client c;
     char err[CLEANUP_ERRLEN], clean[CLEANUP_ERRLEN], tls[512];
 
-    if (cleanup_message_parse(t->data.data ? t->data.data : "", t->data.len, NULL, &w->msg, err,
-                              sizeof(err)) < 0) {
+    int rc;
+
+    if ((rc = cleanup_message_parse(t->data.data ? t->data.data : "", t->data.len, NULL, &w->msg,
+                                    err, sizeof(err))) < 0) {
         msg_info("transaction %u refused: %s", t->id,
                  msg_printable(clean, sizeof(clean), err, strlen(err)));
-        *r = (struct reply){ 554, "5.6.0", "Message header section too large" };
+        *r = (struct reply){ 554, "5.6.0",
+                             rc == -EILSEQ ? "NUL character in the message header"
+                                           : "Message header section too large" };
         return -1;
     }
     buf_free(&t->data);

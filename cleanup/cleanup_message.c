@@ -175,6 +175,13 @@ parse_header_line(struct parser *p, const struct line *ln, struct cleanup_header
     struct cleanup_message *msg = p->msg;
     size_t namelen;
 
+    /* A NUL has no place in a field (RFC 5322 2.2), and values are handed on as C
+       strings: OpenDKIM would read past a field it was given with one inside. */
+    if (memchr(ln->p, '\0', ln->len) != NULL &&
+        ((IS_WSP(ln->p[0]) && *cur) || field_name_len(ln))) {
+        snprintf(p->err, p->errlen, "NUL character in a header field");
+        return -EILSEQ;
+    }
     if (ln->len > 0 && IS_WSP(ln->p[0]) && *cur) {
         if ((*cur)->raw_len + ln->len + 2 > p->lim.max_field_bytes)
             return refuse(p, "header field longer than", p->lim.max_field_bytes, " bytes");

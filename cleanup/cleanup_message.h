@@ -46,7 +46,9 @@
  * DIAGNOSTICS
  *	parse() returns 0 or a negative errno-style code with a one-line reason
  *	in ERR: -E2BIG for a header section over the limits (too many fields,
- *	one field or the whole section too long), -EINVAL for bad arguments.
+ *	one field or the whole section too long), -EILSEQ for a NUL byte in a
+ *	header field (values are C strings from then on), -EINVAL for bad
+ *	arguments. A NUL in the body is kept (msg->body_nul).
  *	Nothing is allocated in proportion to input beyond the limits.
  *
  * SECURITY
@@ -153,7 +155,8 @@ void cleanup_opts_default(struct cleanup_opts *opts);
 /*
  * cleanup_message_parse - split DATA (LEN bytes) into fields and body
  * @return 0 and *MSGP (free with cleanup_message_free()); -E2BIG when the
- *	header section passes LIMITS (NULL = defaults); -EINVAL. ERR explains.
+ *	header section passes LIMITS (NULL = defaults); -EILSEQ for a NUL in a
+ *	header field; -EINVAL. ERR explains.
  */
 int cleanup_message_parse(const char *data, size_t len, const struct cleanup_limits *limits,
                           struct cleanup_message **msgp, char *err, size_t errlen);

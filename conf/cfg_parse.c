@@ -138,7 +138,7 @@ default_diag(void *ctx, enum cfg_diag_level level, const char *file, unsigned li
                 level == CFG_DIAG_ERROR ? "error" : "warning", message);
 }
 
-static void
+__attribute__((format(printf, 5, 0))) static void
 report(struct cfg_builder *b, enum cfg_diag_level level, const char *file, unsigned line,
        const char *fmt, va_list ap)
 {

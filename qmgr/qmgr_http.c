@@ -352,7 +352,7 @@ on_mhd_timer(uv_timer_t *t)
     run();
 }
 
-static void
+__attribute__((format(printf, 2, 0))) static void
 log_mhd(void *cls, const char *fmt, va_list ap)
 {
     char text[512];

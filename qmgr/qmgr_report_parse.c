@@ -150,6 +150,15 @@ set(char *dst, size_t cap, const char *value)
     dst[n] = 0;
 }
 
+/* set_lower - set(), lower-cased (Action, Feedback-Type) */
+static void
+set_lower(char *dst, size_t cap, const char *value)
+{
+    set(dst, cap, value);
+    for (; *dst; dst++)
+        *dst = (char)tolower((unsigned char)*dst);
+}
+
 /* strip_type - "rfc822; x" or "dns; x" -> "x" (when the part before ';' is a token) */
 static const char *
 strip_type(const char *v)
@@ -356,8 +365,7 @@ dsn_rcpt_field(struct qmgr_report_rcpt *rc, const struct span *name, const char 
     else if (name_is(name, "Diagnostic-Code"))
         diag_value(rc->diag, sizeof rc->diag, v);
     else if (name_is(name, "Action"))
-        for (size_t i = 0; i <= strlen(v) && i < sizeof rc->action; i++)
-            rc->action[i] = (char)tolower((unsigned char)v[i]);
+        set_lower(rc->action, sizeof rc->action, v);
     else if (name_is(name, "Status"))
         snprintf(rc->status, sizeof rc->status, "%.*s", (int)strcspn(v, " ("), v);
 }
@@ -413,8 +421,7 @@ parse_feedback_report(struct qmgr_report *r, struct span s, char *why, size_t wh
 
     while (n++ < FIELDS_MAX && next_field(&s, &name, value, sizeof value)) {
         if (name_is(&name, "Feedback-Type"))
-            for (size_t i = 0; i <= strlen(value) && i < sizeof r->feedback_type; i++)
-                r->feedback_type[i] = (char)tolower((unsigned char)value[i]);
+            set_lower(r->feedback_type, sizeof r->feedback_type, value);
         else if (name_is(&name, "User-Agent"))
             set(r->user_agent, sizeof r->user_agent, value);
         else if (name_is(&name, "Version"))

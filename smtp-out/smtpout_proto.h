@@ -147,7 +147,8 @@ enum smtpout_ret { SMTPOUT_RET_NONE, SMTPOUT_RET_FULL, SMTPOUT_RET_HDRS };
 
 struct smtpout_rcpt {
     const char *addr;  /* without <> */
-    const char *orcpt; /* original recipient (xtext-encoded here) or NULL */
+    const char *orcpt; /* ORCPT as queued, "type;address" (a bare address is rfc822), or
+                          NULL; the address is xtext-encoded here */
     unsigned notify;
 };
 

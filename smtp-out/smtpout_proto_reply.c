@@ -92,13 +92,17 @@ reply_append_text(struct smtpout_reader *rd, const char *p, size_t len)
     rd->reply.text[rd->text_len] = 0;
 }
 
-/* reply_enhanced_status - "X.Y.Z " at the start of TEXT, X matching CODE */
+/*
+ * reply_enhanced_status - "X.Y.Z " at the start of TEXT, X matching CODE.
+ * RFC 3463 classes are 2, 4 and 5 only: a 3xx never carries one (its X.0.0
+ * is 2.0.0), whatever "3.x.y" the server wrote.
+ */
 static int
 reply_enhanced_status(const char *text, size_t len, int code, char *out, size_t outlen)
 {
     size_t i = 0, part, digits;
 
-    if (len < 5 || text[0] - '0' != code / 100)
+    if (len < 5 || code / 100 == 3 || text[0] - '0' != code / 100)
         return 0;
     for (part = 0; part < 3; part++) {
         if (part > 0) {

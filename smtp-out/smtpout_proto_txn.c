@@ -50,6 +50,28 @@ xtext_append(struct buf *b, const char *s)
     }
 }
 
+/*
+ * orcpt_append - " ORCPT=type;xtext": ORCPT comes as the queue keeps it,
+ * "type;address" with the address decoded (a bare address is rfc822). The
+ * type is written once and only the address is xtext-encoded.
+ */
+static void
+orcpt_append(struct buf *b, const char *orcpt)
+{
+    const char *semi = strchr(orcpt, ';');
+    size_t tlen = semi ? (size_t)(semi - orcpt) : 0;
+
+    if (tlen == 0 || tlen > 32 ||
+        strspn(orcpt, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                      "0123456789-") != tlen) {
+        buf_append_str(b, " ORCPT=rfc822;");
+        xtext_append(b, orcpt);
+        return;
+    }
+    buf_printf(b, " ORCPT=%.*s;", (int)tlen, orcpt);
+    xtext_append(b, semi + 1);
+}
+
 static int
 dsn_ok(const struct smtpout_proto *p)
 {
@@ -101,10 +123,8 @@ build_rcpt(struct smtpout_proto *p, struct buf *b, size_t idx)
             if (r->notify & SMTPOUT_NOTIFY_DELAY)
                 buf_printf(b, "%sDELAY", sep);
         }
-        if (r->orcpt && *r->orcpt) {
-            buf_append_str(b, " ORCPT=rfc822;");
-            xtext_append(b, r->orcpt);
-        }
+        if (r->orcpt && *r->orcpt)
+            orcpt_append(b, r->orcpt);
     }
     buf_append_str(b, "\r\n");
 }

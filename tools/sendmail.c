@@ -85,7 +85,7 @@ static bool verbose;
 /* make install-sendmail looks for this to know a file is ours (upgrades need no FORCE) */
 static const char install_marker[] __attribute__((used)) = "openpmta sendmail drop-in";
 
-static void
+__attribute__((noreturn, format(printf, 2, 3))) static void
 die(int code, const char *fmt, ...)
 {
     va_list ap;
@@ -492,7 +492,7 @@ conn_put(struct conn *c, const char *p, size_t n)
     }
 }
 
-static void
+__attribute__((format(printf, 2, 3))) static void
 command(struct conn *c, const char *fmt, ...)
 {
     char line[1024];

@@ -60,7 +60,8 @@ void msg_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void msg_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void msg_fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 void msg_panic(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
-void msg_vlog(enum msg_level level, const char *fmt, va_list ap);
+void msg_vlog(enum msg_level level, const char *fmt, va_list ap)
+    __attribute__((format(printf, 2, 0)));
 
 /*
  * msg_printable - copy at most LEN bytes of untrusted TEXT into OUT (size

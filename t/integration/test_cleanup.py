@@ -303,6 +303,18 @@ def check_dkim(tap, p, s):
     tap.ok("DKIM-Signature" not in body, "no dkim-sign: unsigned")
 
 
+def check_nul_in_header(tap, p, s):
+    """fuzz-found: a NUL in a field made OpenDKIM read past it; refused now."""
+    before = len(qdump(p))
+    r = s.send("a@example.com", ["x@signed.test"],
+               b"From: <a@exa\x00mple.com>\r\nTo: <x@signed.test>\r\nSubject: nul\r\n\r\nHi.\r\n")
+    tap.ok(r and r.code == 554 and r.enhanced == "5.6.0" and "NUL" in r.text,
+           "a NUL in a header field: 554 5.6.0", r)
+    tap.ok(len(qdump(p)) == before, "the refused message is not stored")
+    r = s.send("a@example.com", ["x@signed.test"], simple(b"after nul", b"X-Bin: ok\r\n"))
+    tap.ok(r and r.code == 250, "cleanup goes on: the next message is signed and queued", r)
+
+
 def check_abort(tap, p, path):
     before = len(qdump(p))
     c = CleanupConn(path)
@@ -486,6 +498,7 @@ def main():
         check_pattern_list(tap, p, s)
         check_job(tap, p, s)
         check_dkim(tap, p, s)
+        check_nul_in_header(tap, p, s)
         check_size_limit(tap, p, s)
         check_abort(tap, p, path)
         check_malformed(tap, p, path)

@@ -10,7 +10,8 @@ Everything is injected at once and checked as it arrives, so the slow cases
 
   basic.test   127.0.0.2   byte-identical arrival apart from our headers;
                            DKIM verifies; source IP and EHLO of vmta v1/v2
-                           (127.0.0.10 / .11); bad* answered 550 -> DSN
+                           (127.0.0.10 / .11); bad* answered 550 -> DSN;
+                           a client's ORCPT and NOTIFY arrive as given
   split.test   127.0.0.2   max-rcpt-per-transaction 3: 10 rcpts -> 3+3+3+1
   rate.test    127.0.0.3   max-msg-rate 10/s: never 11 in any 1 s window
   conc.test    127.0.0.4   max-smtp-out 2 with slow replies: never 3 at once
@@ -351,6 +352,8 @@ def inject(run):
         run.send(["ok%d@rate.test" % i], message("ok%d@rate.test" % i, "rate %d" % i))
     with smtplib.SMTP("127.0.0.1", run.pmta.port, timeout=10) as s:
         s.sendmail("bulk@sender.test", ["ok-bs@basic.test"], message("ok-bs@basic.test", "bulk"))
+        s.sendmail("dsn@sender.test", ["ok-orcpt@basic.test"], message("ok-orcpt@basic.test", "orcpt"),
+                   rcpt_options=["NOTIFY=FAILURE", "ORCPT=rfc822;Orig+2BTag@basic.test"])
 
 
 def check_basic(tap, run):
@@ -385,6 +388,18 @@ def check_sender_block(tap, run):
     tap.ok(mails and mails[-1]["from"] == "bounces@sender.test" and peer == "127.0.0.11",
            "<sender bulk@sender.test>: delivered through its vmta v2 (source 127.0.0.11) "
            "with MAIL FROM bounces@sender.test", (mails[-1:] if mails else None, peer))
+
+
+def check_orcpt(tap, run):
+    """ORCPT goes on as the client gave it: its type once, the address xtext-encoded again."""
+    wait_for(lambda: [a for a in run.accepted("basic") if a[0] == "ok-orcpt@basic.test"],
+             timeout=15)
+    rcpts = [e for e in run.rx["basic"].events("rcpt") if e["to"] == "ok-orcpt@basic.test"]
+    params = rcpts[-1]["params"] if rcpts else ""
+    tap.ok("ORCPT=rfc822;Orig+2BTag@basic.test" in params and "NOTIFY=FAILURE" in params
+           and "rfc822;rfc822" not in str(params),
+           "RCPT ... ORCPT=rfc822;Orig+2BTag@basic.test NOTIFY=FAILURE reaches the receiver as given",
+           params)
 
 
 def rcpt_counts(run, domain):
@@ -721,6 +736,7 @@ def main():
         tap.ok(True, "injected %d messages through smtpd" % (108 + 2 * THROTTLED))
         check_basic(tap, run)
         check_sender_block(tap, run)
+        check_orcpt(tap, run)
         check_split(tap, run)
         check_tls(tap, run)
         check_sink(tap, run)

@@ -253,6 +253,39 @@ test_folded_field_and_section_limits(void **state)
 static const char *xmsg = "From: a@example.com\r\nX-Virtual-MTA: pool-1\r\nX-Job: job.42\r\n"
                           "X-EnvID: env-7\r\nSubject: s\r\n\r\nb\r\n";
 
+/* fuzz-found: a NUL in a field reached OpenDKIM, which read past the field (ASan) */
+static void
+test_nul_in_header_field_refused(void **state)
+{
+    static const char value[] =
+        "From: Repo\0rt <r@example.com>\r\nTo: b@example.org\r\n\r\nbody\r\n";
+    static const char folded[] = "Subject: a\r\n b\0c\r\n\r\nbody\r\n";
+    static const char body[] = "Subject: a\r\n\r\nbo\0dy\r\n";
+    static const char starts_body[] = "Subject: a\r\nnot\0 a field\r\n";
+    struct cleanup_message *msg = NULL;
+
+    (void)state;
+    assert_int_equal(
+        cleanup_message_parse(value, sizeof value - 1, NULL, &msg, errbuf, sizeof(errbuf)),
+        -EILSEQ);
+    assert_null(msg);
+    assert_string_equal(errbuf, "NUL character in a header field");
+    assert_int_equal(
+        cleanup_message_parse(folded, sizeof folded - 1, NULL, &msg, errbuf, sizeof(errbuf)),
+        -EILSEQ);
+    /* the body may hold NUL bytes, and a line with one that is no field starts the body */
+    assert_int_equal(
+        cleanup_message_parse(body, sizeof body - 1, NULL, &msg, errbuf, sizeof(errbuf)), 0);
+    assert_true(msg->body_nul);
+    cleanup_message_free(msg);
+    assert_int_equal(cleanup_message_parse(starts_body, sizeof starts_body - 1, NULL, &msg, errbuf,
+                                           sizeof(errbuf)),
+                     0);
+    assert_int_equal(msg->nhdrs, 1);
+    assert_true(msg->body_nul);
+    cleanup_message_free(msg);
+}
+
 static void
 test_x_headers_extracted_and_removed(void **state)
 {
@@ -713,6 +746,7 @@ main(void)
         UNIT_TEST(test_ten_thousand_headers_refused),
         UNIT_TEST(test_megabyte_header_line_refused),
         UNIT_TEST(test_folded_field_and_section_limits),
+        UNIT_TEST(test_nul_in_header_field_refused),
         UNIT_TEST(test_x_headers_extracted_and_removed),
         UNIT_TEST(test_x_headers_retained),
         UNIT_TEST(test_x_headers_ignored_unless_processed),

@@ -226,6 +226,38 @@ test_hostile_fields(void **state)
     buf_free(&b);
 }
 
+/* fuzz-found: an Action (or Feedback-Type) longer than its field was copied without its NUL */
+static void
+test_long_action_and_feedback_type(void **state)
+{
+    struct buf b = BUF_INIT;
+    struct qmgr_report *r;
+
+    (void)state;
+    buf_append_str(&b, "Content-Type: multipart/report; report-type=delivery-status; "
+                       "boundary=b\r\n\r\n--b\r\nContent-Type: message/delivery-status\r\n\r\n"
+                       "Reporting-MTA: dns; x\r\n\r\nFinal-Recipient: rfc822; u@x\r\n"
+                       "Action: FAILED-AND-A-GREAT-DEAL-MORE-THAN-FITS-IN-THE-FIELD\r\n"
+                       "Status: 5.0.0\r\n\r\n--b--\r\n");
+    r = parse(b.data, b.len, 0);
+    assert_int_equal(r->nrcpts, 1);
+    assert_int_equal(strlen(r->rcpts[0].action), sizeof r->rcpts[0].action - 1);
+    assert_memory_equal(r->rcpts[0].action, "failed-and-a-great-deal-more-th", 31);
+    done(r);
+    buf_reset(&b);
+    buf_append_str(&b, "Content-Type: multipart/report; report-type=feedback-report; "
+                       "boundary=b\r\n\r\n--b\r\nContent-Type: message/feedback-report\r\n\r\n"
+                       "Feedback-Type: ");
+    for (int i = 0; i < 100; i++)
+        buf_append_str(&b, "X");
+    buf_append_str(&b, "\r\nVersion: 1\r\n\r\n--b--\r\n");
+    r = parse(b.data, b.len, 0);
+    assert_int_equal(strlen(r->feedback_type), sizeof r->feedback_type - 1);
+    assert_int_equal(r->feedback_type[0], 'x');
+    done(r);
+    buf_free(&b);
+}
+
 /* test_every_cut - every prefix of every sample, LF and CRLF: no crash, no read past the end */
 static void
 test_every_cut(void **state)
@@ -273,6 +305,7 @@ main(void)
         UNIT_TEST(test_not_reports),
         UNIT_TEST(test_broken_reports),
         UNIT_TEST(test_hostile_fields),
+        UNIT_TEST(test_long_action_and_feedback_type),
         UNIT_TEST(test_every_cut),
     };
 
