@@ -467,6 +467,50 @@ def check_map_full(tap):
                p.output()[-2000:])
 
 
+def sync_calls(sync):
+    """fsync-family calls cleanup makes while 5 messages are committed, seen by strace,
+    with sync-msg-create SYNC; None when strace cannot attach."""
+    with Pmta(name="pmtacleanupsync") as p:
+        p.write_config("smtp-out-processes 0\nsync-msg-create %s\n" % sync)
+        p.start()
+        path = os.path.join(p.run_dir, "private", "cleanup")
+        if not p.wait_log(r"cleanup\[\d+\]: info: queue .* open"):
+            return None
+        pid = p.worker_pids("cleanup")[0]
+        out = os.path.join(p.dir, "strace.out")
+        tracer = subprocess.Popen(["strace", "-f", "-qq", "-o", out, "-e",
+                                   "trace=fsync,fdatasync,msync,sync_file_range", "-p", str(pid)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            # strace prints nothing when it attached (-qq): give it a moment
+            time.sleep(1.0)
+            if tracer.poll() is not None:
+                return None
+            s = Sender(path)
+            results = [s.send("a@example.com", ["x@y.test"], simple(b"sync %d" % i))
+                       for i in range(5)]
+            s.conn.close()
+        finally:
+            tracer.terminate()
+            tracer.wait(timeout=10)
+        if not all(r and r.code == 250 for r in results):
+            return None
+        with open(out) as f:
+            return len([l for l in f if re.search(r"\b(fsync|fdatasync|msync|sync_file_range)\(",
+                                                  l)])
+
+
+def check_sync(tap):
+    """sync-msg-create: commits are fsynced (yes, the default) or not (no), seen by strace."""
+    if not shutil.which("strace"):
+        tap.skip("sync-msg-create yes/no seen by strace", "strace is not installed")
+        return
+    on, off = sync_calls("yes"), sync_calls("no")
+    tap.ok(on is not None and off is not None and on >= 1 and off == 0,
+           "sync-msg-create yes: cleanup's commits call fdatasync; no: never",
+           "calls with yes: %s, with no: %s" % (on, off))
+
+
 def main():
     tap = Tap()
     require_root(tap)
@@ -496,6 +540,7 @@ def main():
         tap.ok(stopped_cleanly(p), "cleanup stopped cleanly (no sanitizer reports)",
                p.output()[-2000:])
     check_map_full(tap)
+    check_sync(tap)
     sys.exit(tap.done())
 
 
