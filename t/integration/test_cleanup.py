@@ -11,9 +11,10 @@ rcpt-to and header Subject entries, first match in file order, only through
 the <source> that names it, below X-Virtual-MTA), the listener's source= and
 its default-virtual-mta over the client address's; the seed's <sender> block; DKIM signed
 and verified by dkimpy (domain-key and the seed's dkim-selector/dkim-key-file);
-ABORT; a malformed frame closing only its connection; a full map (452 4.3.1)
-that keeps serving; 200 concurrent messages on 4 connections grouped into
-fewer commits; a reload with a transaction in flight.
+ABORT; a malformed frame closing only its connection; a full map (queue-map-size
+1m: 452 4.3.1) that keeps serving; 200 concurrent messages on 4 connections
+grouped into fewer commits; a reload with a transaction in flight;
+sync-msg-create yes/no seen as fdatasync calls or none (strace).
 
 Prints TAP. Needs root (pmtad drops privileges to the worker user).
 """
