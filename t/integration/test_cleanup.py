@@ -6,11 +6,15 @@ would, speaks the mailproto frames (t/lib/pmtaipc.py) and looks into the
 queue with tools/pmta-qdump. Covers: a 3-recipient message stored once with 3
 recipient records and the right queue names; Received with the queue id;
 Message-ID/Date per the source's flags; X-Virtual-MTA (selection, removal,
-pools in turn, unknown -> 550 5.7.1); the source's <pattern-list> (mail-from,
+pools in turn, unknown -> 550 5.7.1, or {default} with reject-invalid-virtual-mta
+no, or invalid-virtual-mta-fallback; empty with allow-empty-x-virtual-mta);
+retain-x-virtual-mta, retain-x-job, process-x-envid, jobid-header; the
+source's <pattern-list> (mail-from,
 rcpt-to and header Subject entries, first match in file order, only through
 the <source> that names it, below X-Virtual-MTA), the listener's source= and
 its default-virtual-mta over the client address's; the seed's <sender> block; DKIM signed
-and verified by dkimpy (domain-key and the seed's dkim-selector/dkim-key-file);
+and verified by dkimpy (domain-key and the seed's dkim-selector/dkim-key-file;
+dkim-headers-canon and dkim-body-canon simple vs relaxed, dkim-algorithm);
 ABORT; a malformed frame closing only its connection; a full map (queue-map-size
 1m: 452 4.3.1) that keeps serving; 200 concurrent messages on 4 connections
 grouped into fewer commits; a reload with a transaction in flight;
@@ -103,9 +107,35 @@ smtp-out-processes 0
 <source 127.0.0.2>
     default-virtual-mta ip-vmta
 </source>
+<source retain>
+    process-x-virtual-mta yes
+    retain-x-virtual-mta yes
+    process-x-job yes
+    retain-x-job yes
+    process-x-envid yes
+</source>
+<source jobhdr>
+    process-x-job yes
+    jobid-header Message-ID
+</source>
+<source lenient>
+    process-x-virtual-mta yes
+    reject-invalid-virtual-mta no
+    allow-empty-x-virtual-mta yes
+</source>
 domain-key s1,example.com,%(key)s
 <domain signed.test>
     dkim-sign yes
+</domain>
+<domain simple.test>
+    dkim-sign yes
+    dkim-headers-canon simple
+    dkim-body-canon simple
+    dkim-algorithm rsa-sha256
+</domain>
+<domain mixed.test>
+    dkim-sign yes
+    dkim-headers-canon simple
 </domain>
 <domain seed.test>
     dkim-sign yes
@@ -268,6 +298,52 @@ def check_pattern_list(tap, p, s):
            "the listener's source= wins over the client address's default-virtual-mta", q)
 
 
+def stored(p, r):
+    """(qdump record, headers) of the message of result R; (None, "") if not stored."""
+    m = find(qdump(p), r.msgid) if r and r.code == 250 else None
+    return m, headers(body_of(p, r.msgid)) if m else ""
+
+
+def check_submission_headers(tap, p, s):
+    """retain-x-virtual-mta, retain-x-job, process-x-envid, jobid-header."""
+    extra = b"X-Virtual-MTA: mta1\r\nX-Job: j-17\r\nX-EnvID: env-17\r\n"
+    m, h = stored(p, s.send("a@example.com", ["x@y.test"], simple(b"strip", extra)))
+    tap.ok(m and m["vmta"] == "mta1" and m["job"] == "j-17" and "X-Virtual-MTA" not in h
+           and "X-Job" not in h and "X-EnvID: env-17" in h and m["envid"] != "env-17",
+           "without retain-*: X-Virtual-MTA and X-Job act and are removed; X-EnvID is left "
+           "alone without process-x-envid", (m, h))
+    m, h = stored(p, s.send("a@example.com", ["x@y.test"], simple(b"retain", extra),
+                            listener_source="retain"))
+    tap.ok(m and m["vmta"] == "mta1" and m["job"] == "j-17" and "X-Virtual-MTA: mta1" in h
+           and "X-Job: j-17" in h,
+           "retain-x-virtual-mta, retain-x-job: the fields act and stay in the message", (m, h))
+    tap.ok(m and m["envid"] == "env-17" and "X-EnvID" not in h,
+           "process-x-envid: X-EnvID becomes the ENVID and is removed", (m, h))
+    m, h = stored(p, s.send("a@example.com", ["x@y.test"],
+                            simple(b"jobhdr", b"Message-ID: <job-99@example.com>\r\nX-Job: j-1\r\n"),
+                            listener_source="jobhdr"))
+    tap.ok(m and m["job"] == "<job-99@example.com>" and "X-Job" not in h
+           and "Message-ID: <job-99@example.com>" in h,
+           "jobid-header Message-ID: the job id comes from Message-ID (which stays), not X-Job",
+           (m, h))
+
+
+def check_invalid_vmta(tap, p, s):
+    """reject-invalid-virtual-mta, allow-empty-x-virtual-mta."""
+    r = s.send("a@example.com", ["x@y.test"], simple(b"lenient", b"X-Virtual-MTA: nosuch\r\n"),
+               listener_source="lenient")
+    tap.ok(queues_of(p, r) == ["y.test/{default}"],
+           "reject-invalid-virtual-mta no: an unknown X-Virtual-MTA is accepted, through "
+           "{default} (the default source refuses it: 550 5.7.1 above)", r)
+    r = s.send("a@example.com", ["x@y.test"], simple(b"empty", b"X-Virtual-MTA:\r\n"))
+    tap.ok(r and r.code == 550 and r.enhanced == "5.7.1",
+           "an empty X-Virtual-MTA is an unknown virtual MTA by default: 550 5.7.1", r)
+    r = s.send("a@example.com", ["x@y.test"], simple(b"empty", b"X-Virtual-MTA:\r\n"),
+               listener_source="lenient")
+    tap.ok(queues_of(p, r) == ["y.test/{default}"],
+           "allow-empty-x-virtual-mta yes: an empty X-Virtual-MTA means {default}", r)
+
+
 def check_job(tap, p, s):
     r = s.send("a@example.com", ["x@y.test"], simple(b"job", b"X-Job: campaign-7\r\n"),
                envid="ENV1")
@@ -302,6 +378,51 @@ def check_dkim(tap, p, s):
     r = s.send("a@example.com", ["x@y.test"], simple(b"nodkim"))
     body = body_of(p, r.msgid) if r and r.code == 250 else "x"
     tap.ok("DKIM-Signature" not in body, "no dkim-sign: unsigned")
+    check_dkim_canon(tap, p, s)
+
+
+def verifies(body):
+    try:
+        return bool(dkim.verify(body, dnsfunc=dnsfunc))
+    except Exception:
+        return False
+
+
+def check_dkim_canon(tap, p, s):
+    """dkim-headers-canon, dkim-body-canon, dkim-algorithm: the c= and a= tags, and what
+    survives a relay that re-spaces a header field or pads a body line."""
+    signed = {}
+    for domain in ("signed.test", "simple.test", "mixed.test"):
+        content = (b"From: <a@example.com>\r\nTo: <r@" + domain.encode() + b">\r\n"
+                   b"Subject: canon test\r\n\r\nline one\r\nline two\r\n")
+        r = s.send("a@example.com", ["x@" + domain], content)
+        signed[domain] = body_of(p, r.msgid).encode() if r and r.code == 250 else b""
+    tags = {d: re.search(rb"\bc=([a-z/]+);", b.replace(b"\r\n\t", b" ")) for d, b in signed.items()}
+    tags = {d: m.group(1).decode() if m else None for d, m in tags.items()}
+    tap.ok(tags == {"signed.test": "relaxed/relaxed", "simple.test": "simple/simple",
+                    "mixed.test": "simple/relaxed"}
+           and all(verifies(b) for b in signed.values())
+           and b"a=rsa-sha256;" in signed["simple.test"],
+           "dkim-headers-canon and dkim-body-canon set c= (default relaxed/relaxed), "
+           "dkim-algorithm rsa-sha256 a=, and each signature verifies", tags)
+
+    def respaced(b):
+        return b.replace(b"\r\nSubject: canon test", b"\r\nSubject:   canon  test")
+
+    def padded(b):
+        return b.replace(b"\r\nline one\r\n", b"\r\nline one   \r\n")
+    got = {d: (verifies(respaced(b)), verifies(padded(b))) for d, b in signed.items()}
+    tap.ok(got == {"signed.test": (True, True), "simple.test": (False, False),
+                   "mixed.test": (False, True)},
+           "a re-spaced Subject breaks only simple header canonicalization, a padded body line "
+           "only simple body canonicalization", got)
+    bad = p.write_config(text="<domain a.test>\n  dkim-algorithm ed25519-sha256\n</domain>\n",
+                         path=os.path.join(p.dir, "ed25519.conf"))
+    r = p.run("--check-config", "-c", bad)
+    tap.ok(r.returncode != 0 and "ed25519.conf:2: error: dkim-algorithm ed25519-sha256 is not "
+           "supported" in r.stdout + r.stderr,
+           "dkim-algorithm other than rsa-sha256 is refused at load, with file:line",
+           r.stdout + r.stderr)
 
 
 def check_abort(tap, p, path):
@@ -412,7 +533,7 @@ def check_reload(tap, p, path, key):
     # (without this, the reload could overtake frames still in the socket)
     c.message(2, "a@example.com", ["x@y.test"], simple(b"before reload"))
     c.result(2)
-    p.write_config(config_extra(key) + SMALL_SOURCE
+    p.write_config(config_extra(key) + SMALL_SOURCE + "invalid-virtual-mta-fallback mta3\n"
                    + "<virtual-mta mta3>\n  smtp-source-host 127.0.0.13 mta3.test\n</virtual-mta>\n")
     mark = p.log_mark()
     p.send_signal(signal.SIGHUP)
@@ -428,6 +549,12 @@ def check_reload(tap, p, path, key):
     m = find(qdump(p), r.msgid) if r and r.code == 250 else None
     tap.ok(m and m["recipients"][0]["queue"] == "y.test/mta3",
            "a new transaction uses the new configuration", r)
+    c.message(3, "a@example.com", ["x@y.test"], simple(b"fallback", b"X-Virtual-MTA: nosuch\r\n"))
+    r = c.result(3)
+    m = find(qdump(p), r.msgid) if r and r.code == 250 else None
+    tap.ok(m and m["recipients"][0]["queue"] == "y.test/mta3",
+           "invalid-virtual-mta-fallback mta3: an unknown X-Virtual-MTA goes through mta3 "
+           "instead of 550", r)
     c.close()
 
 
@@ -530,6 +657,8 @@ def main():
         check_vmta(tap, p, s)
         check_pattern_list(tap, p, s)
         check_job(tap, p, s)
+        check_submission_headers(tap, p, s)
+        check_invalid_vmta(tap, p, s)
         check_dkim(tap, p, s)
         check_size_limit(tap, p, s)
         check_abort(tap, p, path)
