@@ -25,6 +25,9 @@ delivery. Mail goes in over SMTP (smtplib).
                   qmgr log; log-commands/log-data/log-connections transcript;
                   log-transfer-failures only for the failed transaction;
                   log-max-size rotates the log
+  stalls, 8-bit   data-send-timeout ends a transfer a receiver stopped reading;
+                  ignore-8bitmime sends 8-bit mail to a receiver without 8BITMIME
+                  (bounced 5.6.3 without it)
   config          a type without its command / file-destination / URL, and
                   a bad http-delivery-url, are load errors with file:line
 
@@ -119,6 +122,18 @@ user-string-ignored-here no
   smtp-hosts [%(rx_ip)s]:%(dot_port)d
   smtp-data-termination-timeout 1s
   retry-after 1h
+</domain>
+<domain stall.fid>
+  smtp-hosts [%(rx_ip)s]:%(stall_port)d
+  data-send-timeout 2s
+  retry-after 1h
+</domain>
+<domain ig8.fid>
+  smtp-hosts [%(rx_ip)s]:%(no8_port)d
+  ignore-8bitmime yes
+</domain>
+<domain no8.fid>
+  smtp-hosts [%(rx_ip)s]:%(no8_port)d
 </domain>
 <domain nodsn.fid>
   smtp-hosts [%(rx_ip)s]:%(rx_port)d
@@ -243,6 +258,8 @@ def main():
     extra = {name: TestSmtpd(["%s:%d" % (RX_IP, free_port(RX_IP))], script, work, name)
              for name, script in (("slow", {"delay": {"greeting": 4}}),
                                   ("dot", {"delay": {"dot": 4}}),
+                                  ("stall", {"stall_in_data": True}),
+                                  ("no8", {"8bitmime": False}),
                                   ("g554", {"greeting": "554 5.7.1 go away"}),
                                   ("auth", {"starttls": True,
                                             "auth": {"user": "alice", "password": "S3cret-pw",
@@ -275,12 +292,14 @@ def main():
                                     "closed_port2": closed_port(CLOSED_IP), "program": program,
                                     "slow_port": int(extra["slow"].listen[0].split(":")[1]),
                                     "dot_port": int(extra["dot"].listen[0].split(":")[1]),
+                                    "stall_port": int(extra["stall"].listen[0].split(":")[1]),
+                                    "no8_port": int(extra["no8"].listen[0].split(":")[1]),
                                     "g554_port": int(extra["g554"].listen[0].split(":")[1]),
                                     "auth_port": int(extra["auth"].listen[0].split(":")[1]),
                                     "files": files, "http_ip": HTTP_IP,
                                     "http_port": http_port})
         pmta.start()
-        run(tap, pmta, rx, acct, out, files)
+        run(tap, pmta, rx, acct, out, files, extra)
         restart(tap, pmta, acct)
         config_errors(tap, work)
         rotation(tap)
@@ -297,8 +316,20 @@ def main():
     return tap.done()
 
 
-def run(tap, pmta, rx, acct, out, files):
+def send_8bit(port, to):
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as s:
+        s.sendmail(SENDER, [to], message(to, "8bit", "Content-Type: text/plain; "
+                                         "charset=latin1\r\n").replace(b"body of", b"caf\xe9 of"),
+                   mail_options=["BODY=8BITMIME"])
+
+
+def run(tap, pmta, rx, acct, out, files, extra):
     port = pmta.port
+    # past both sockets' buffers (a 4 KB receive buffer, up to 4 MB to send): writes block
+    send(port, ["u@stall.fid"], message("u@stall.fid", "stall", "X-Pad: pad\r\n")
+         + b"x" * 998 + b"\r\n" * 1 + (b"y" * 998 + b"\r\n") * 9000)
+    send_8bit(port, "u@ig8.fid")
+    send_8bit(port, "u@no8.fid")
     send(port, ["ok1@tls.fid", "bad1@tls.fid"], message("ok1@tls.fid", "tls"), envid="env-tls-1")
     send(port, ["ok2@fail.fid", "bad2@fail.fid"], message("ok2@fail.fid", "fail"))
     send(port, ["gone@refused.fid"], message("gone@refused.fid", "refused"))
@@ -317,7 +348,7 @@ def run(tap, pmta, rx, acct, out, files):
     qid = qid.group(1) if qid else "?"
     for dom in ("greet", "dot", "nodsn", "g554", "attempts", "auth"):
         send(port, ["u@%s.fid" % dom], message("u@%s.fid" % dom, dom))
-    accepted = {"u@auth.fid", "u@greet.fid", "u@dot.fid", "u@nodsn.fid", "u@g554.fid", "u@attempts.fid","ok1@tls.fid", "bad1@tls.fid", "ok2@fail.fid", "bad2@fail.fid",
+    accepted = {"u@stall.fid", "u@ig8.fid", "u@no8.fid", "u@auth.fid", "u@greet.fid", "u@dot.fid", "u@nodsn.fid", "u@g554.fid", "u@attempts.fid","ok1@tls.fid", "bad1@tls.fid", "ok2@fail.fid", "bad2@fail.fid",
                 "gone@refused.fid", "a@discard.fid", "b@bdiscard.fid", "okp@pipe.fid",
                 "tmpp@pipe.fid", "nouserp@pipe.fid", "slowp@pipe.fid", "okf@file.fid",
                 "okm@mbox.fid", "okh@http.fid", "tmph@http.fid", "badh@http.fid"}
@@ -331,7 +362,9 @@ def run(tap, pmta, rx, acct, out, files):
              and rows_of("t", "u@greet.fid") and rows_of("t", "u@dot.fid")
              and rows_of("t", "u@g554.fid") and rows_of("t", "u@attempts.fid")
              and rows_of("d", "u@auth.fid")
-             and rows_of("d", "okh@http.fid") and rows_of("t", "tmph@http.fid"), timeout=40)
+             and rows_of("d", "okh@http.fid") and rows_of("t", "tmph@http.fid")
+             and rows_of("t", "u@stall.fid") and rows_of("d", "u@ig8.fid")
+             and rows_of("b", "u@no8.fid"), timeout=40)
     time.sleep(1.5)  # the accounting buffer's one second
     header, rows = read_acct(acct)
     log = pmta.log()
@@ -428,6 +461,18 @@ def run(tap, pmta, rx, acct, out, files):
            and "dot" in t.get("u@dot.fid", {}).get("dsnDiag", ""),
            "smtp-data-termination-timeout 1s: the wait for the reply to '.' ends after 1 s",
            t.get("u@dot.fid"))
+    stalled = extra["stall"].events("stall")
+    tap.ok(stalled and "timeout sending message to" in t.get("u@stall.fid", {}).get("dsnDiag", "")
+           and "after 2 s" in t.get("u@stall.fid", {}).get("dsnDiag", ""),
+           "data-send-timeout 2s: a receiver that stops reading mid-DATA is given up on after "
+           "2 s (deferred)", (stalled, t.get("u@stall.fid")))
+    mails = {e["from"]: e for e in extra["no8"].events("mail")}
+    tap.ok(d.get("u@ig8.fid") and b.get("u@no8.fid", {}).get("dsnStatus", "").startswith("5.6.3")
+           and [e for e in extra["no8"].events("mail") if "BODY=8BITMIME" not in
+                str(e.get("params", ""))],
+           "ignore-8bitmime yes: 8-bit mail goes to a receiver without 8BITMIME (no BODY= "
+           "sent); without it the same mail bounces 5.6.3",
+           (d.get("u@ig8.fid"), b.get("u@no8.fid"), mails))
     params = {e["to"]: e.get("params", "") for e in rx.events("rcpt")}
     tap.ok("NOTIFY" not in str(params.get("u@nodsn.fid", "?"))
            and "NOTIFY" in str(params.get("ok1@tls.fid", "")),
