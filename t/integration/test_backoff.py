@@ -26,6 +26,11 @@ place of smtp-out, with the replies each case needs:
             rr.test/slow-ip, from that virtual MTA's source address
   ds.test   disable-source-ip,reenable-after=2s: after "blocked from your
             IP" the other source address of its virtual MTA carries the mail
+  re.test   disable-source-ip without reenable-after=: the domain's
+            reenable-source-ip-after 2s brings its only address back, and the
+            mail goes out
+  bc.test   max-connect-rate 100/s, backoff-max-connect-rate 2/s, one message
+            per connection: after the switch no 1 s window opens more than 2
   all.test  backoff-upon-all-sources-disabled: its only address disabled puts
             it in backoff; re-enabled after 2 s, the mail goes out
   bq.test   bounce-queue: one "550 5.7.1 ... blacklisted" bounces all 5 (4 never
@@ -54,6 +59,7 @@ smtpd-processes 1
   reply /mailbox temporarily disabled/ defer-queue
   reply /blocked from your IP/ disable-source-ip,reenable-after=2s
   reply /^550 5\.7\.1 .*blacklisted/ bounce-queue
+  reply /IP is on hold/ disable-source-ip
 </smtp-pattern-list>
 <domain bo.test>
   smtp-pattern-list isp
@@ -125,6 +131,25 @@ smtpd-processes 1
   retry-after 1s
   retry-recipients-after 1s
 </domain>
+<virtual-mta re-ip>
+  smtp-source-host 127.0.0.44 d.example.test
+</virtual-mta>
+<domain re.test>
+  smtp-pattern-list isp
+  reenable-source-ip-after 2s
+  retry-after 1s
+  retry-recipients-after 1s
+</domain>
+<domain bc.test>
+  smtp-pattern-list isp
+  max-smtp-out 4
+  max-msg-per-connection 1
+  max-connect-rate 100/s
+  backoff-max-connect-rate 2/s
+  retry-after 1s
+  backoff-retry-after 1s
+  retry-recipients-after 1s
+</domain>
 <domain bq.test>
   smtp-pattern-list isp
   max-smtp-out 1
@@ -179,9 +204,11 @@ class Answers:
     def __call__(self, queue, msgid, index, attempt):
         domain = queue.split("/")[0]
         n = self.seen[domain] = self.seen.get(domain, 0) + 1
-        if domain in ("bo.test", "bs.test", "none.test") and n <= 3:
+        if domain in ("bo.test", "bs.test", "none.test", "bc.test") and n <= 3:
             self.first_backoff_reply.setdefault(domain, time.monotonic())
             return RATE_LIMIT
+        if domain == "re.test" and n == 1:
+            return (TEMPFAIL, 421, "4.7.0", "421 4.7.0 your IP is on hold")
         if domain in ("ds.test", "all.test") and n == 1:
             return (TEMPFAIL, 421, "4.7.0", "421 4.7.0 blocked from your IP for now")
         if domain == "bq.test":
@@ -241,6 +268,8 @@ def main():
             fill(p, "-n", str(n), "-r", "1", "-d", domain)
         fill(p, "-n", "8", "-r", "1", "-d", "ds", "-v", "two-ips")
         fill(p, "-n", "2", "-r", "1", "-d", "all", "-v", "one-ip")
+        fill(p, "-n", "2", "-r", "1", "-d", "re", "-v", "re-ip")
+        fill(p, "-n", "16", "-r", "1", "-d", "bc")
         fill(p, "-n", "5", "-r", "1", "-d", "bq", "-s", "sender@bqorigin.test")
         p.start()
         fake = FakeOut(qmgr_socket(p), answer=answers, txn_delay=0.05).start()
@@ -256,6 +285,10 @@ def main():
         wait_for(lambda: len([r for r in fake.results_for("all.test/one-ip") if r[5] == OK]) >= 2,
                  timeout=10)
         wait_for(lambda: len(notices(p)) >= 4, timeout=10)
+        wait_for(lambda: len([r for r in fake.results_for("re.test/re-ip") if r[5] == OK]) >= 2,
+                 timeout=10)
+        wait_for(lambda: len([r for r in fake.results_for("bc.test/{default}") if r[5] == OK])
+                 >= 16, timeout=20)
         notes = notices(p)
         elapsed = time.monotonic() - t0
         fake.stop()
@@ -354,6 +387,25 @@ def main():
            and al_ok == 2,
            "backoff-upon-all-sources-disabled: its only address disabled puts the queue in backoff; "
            "re-enabled after 2 s, its mail goes out", (al, al_ok))
+
+    re_ok = len([r for r in fake.results_for("re.test/re-ip") if r[5] == OK])
+    tap.ok(re.search(r"queue re\.test/re-ip: source 127\.0\.0\.44 disabled for 2 s: reply "
+                     r"matched /IP is on hold/", log)
+           and re.search(r"queue re\.test/re-ip: source 127\.0\.0\.44 enabled again", log)
+           and re_ok == 2,
+           "reenable-source-ip-after 2s: an address disabled by a line without reenable-after= "
+           "comes back after 2 s and carries the mail", re_ok)
+
+    # --- backoff-max-connect-rate
+    bc = "bc.test/{default}"
+    bc_switch = answers.first_backoff_reply.get("bc.test", t0)
+    opens = [o[0] for o in fake.opens_for(bc) if o[0] >= bc_switch + 0.3]
+    bc_ok = len([r for r in fake.results_for(bc) if r[5] == OK])
+    tap.ok(mode_lines(log, bc) and len(opens) >= 8 and max_in_window(opens) <= 2 and bc_ok == 16,
+           "backoff-max-connect-rate 2/s replaces max-connect-rate 100/s: no 1 s window with "
+           "more than 2 new connections after the switch; all 16 delivered",
+           "%d connections after the switch, busiest 1 s window %d, %d delivered"
+           % (len(opens), max_in_window(opens) if opens else 0, bc_ok))
 
     # --- bounce-queue
     bq_tried = fake.results_for("bq.test/{default}")
