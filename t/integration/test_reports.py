@@ -25,6 +25,8 @@ transport for sender.test). A second testsmtpd on 127.0.0.32 is the archive
                  and the report passed on (deliver-matched-email yes)
   unmatched      a plain-text "bounce" is forwarded (forward-unmatched-to),
                  not delivered (deliver-unmatched-email no), no record
+  errors         a delivery-status report without its status part is forwarded
+                 (forward-errors-to) and passed on to its recipient, no record
   crash          qmgr stopped, a DSN received, qmgr killed (-9): the new qmgr
                  records it once and the queue ends empty
 
@@ -71,6 +73,7 @@ name-server %(dns)s
 <bounce-processor>
   deliver-unmatched-email no
   forward-unmatched-to archive@archive.test
+  forward-errors-to errors@archive.test
   add-to-suppression-list suppressed
   <address-list>
     address /^bounces(\\+.*)?@sender\\.test$/
@@ -280,6 +283,21 @@ def check_unmatched(tap, run):
            "no record")
 
 
+def check_errors(tap, run):
+    run.send("", ["bounces@sender.test"],
+             b"From: MAILER-DAEMON@broken.test\r\nTo: bounces@sender.test\r\n"
+             b"Subject: broken report\r\nMIME-Version: 1.0\r\n"
+             b"Content-Type: multipart/report; report-type=delivery-status; boundary=\"b1\"\r\n"
+             b"\r\n--b1\r\nContent-Type: text/plain\r\n\r\nIt did not work.\r\n--b1--\r\n")
+    fwd = wait_for(lambda: [a for a in run.archived() if a[0] == "errors@archive.test"
+                            and b"broken report" in a[2]], timeout=15)
+    passed = wait_for(lambda: [a for a in run.archived() if a[0] == "bounces@sender.test"
+                               and b"broken report" in a[2]], timeout=15)
+    tap.ok(fwd and passed and "not understood: multipart/report without its" in run.pmta.log(),
+           "a report that cannot be parsed: a copy to forward-errors-to, and passed on to its "
+           "recipient", [(a[0], a[1]) for a in run.archived()])
+
+
 def check_crash(tap, run):
     with open(os.path.join(SRCDIR, "t", "data", "reports", "postfix-failed.eml"), "rb") as f:
         dsn = f.read().replace(b"nouser@remote.test", b"crashuser@remote.test")
@@ -319,6 +337,7 @@ def main():
         check_suppression(tap, run)
         check_fbl(tap, run)
         check_unmatched(tap, run)
+        check_errors(tap, run)
         check_crash(tap, run)
     finally:
         run.stop()
