@@ -29,6 +29,8 @@ place of smtp-out, with the replies each case needs:
   re.test   disable-source-ip without reenable-after=: the domain's
             reenable-source-ip-after 2s brings its only address back, and the
             mail goes out
+  brt.test  retry-after 1h, backoff-retry-after 1s: the recipient deferred by
+            the reply that put the queue in backoff is retried a second later
   bc.test   max-connect-rate 100/s, backoff-max-connect-rate 2/s, one message
             per connection: after the switch no 1 s window opens more than 2
   all.test  backoff-upon-all-sources-disabled: its only address disabled puts
@@ -140,6 +142,12 @@ smtpd-processes 1
   retry-after 1s
   retry-recipients-after 1s
 </domain>
+<domain brt.test>
+  smtp-pattern-list isp
+  retry-after 1h
+  retry-recipients-after 1s
+  backoff-retry-after 1s
+</domain>
 <domain bc.test>
   smtp-pattern-list isp
   max-smtp-out 4
@@ -215,7 +223,7 @@ class Answers:
             return (2, 550, "5.7.1", "550 5.7.1 your IP is blacklisted here")
         if domain == "notice.test":
             return (TEMPFAIL, 451, "4.3.0", "451 4.3.0 keep it queued for the test")
-        if domain in ("tn.test", "td.test", "nm.test", "nt.test", "rr.test") and n == 1:
+        if domain in ("tn.test", "td.test", "nm.test", "nt.test", "rr.test", "brt.test") and n == 1:
             return RATE_LIMIT
         if domain == "seed.test" and n == 1:
             return (TEMPFAIL, 421, "", "421 Rate Limit Exceeded")
@@ -270,6 +278,7 @@ def main():
         fill(p, "-n", "2", "-r", "1", "-d", "all", "-v", "one-ip")
         fill(p, "-n", "2", "-r", "1", "-d", "re", "-v", "re-ip")
         fill(p, "-n", "16", "-r", "1", "-d", "bc")
+        fill(p, "-n", "1", "-r", "1", "-d", "brt")
         fill(p, "-n", "5", "-r", "1", "-d", "bq", "-s", "sender@bqorigin.test")
         p.start()
         fake = FakeOut(qmgr_socket(p), answer=answers, txn_delay=0.05).start()
@@ -289,6 +298,8 @@ def main():
                  timeout=10)
         wait_for(lambda: len([r for r in fake.results_for("bc.test/{default}") if r[5] == OK])
                  >= 16, timeout=20)
+        wait_for(lambda: [r for r in fake.results_for("brt.test/{default}") if r[5] == OK],
+                 timeout=10)
         notes = notices(p)
         elapsed = time.monotonic() - t0
         fake.stop()
@@ -395,6 +406,14 @@ def main():
            and re_ok == 2,
            "reenable-source-ip-after 2s: an address disabled by a line without reenable-after= "
            "comes back after 2 s and carries the mail", re_ok)
+
+    # --- backoff-retry-after
+    brt = sorted(fake.txns_for("brt.test/{default}"))
+    gap = brt[1][0] - brt[0][0] if len(brt) >= 2 else -1
+    tap.ok(len(brt) == 2 and 0.8 <= gap <= 5
+           and [r for r in fake.results_for("brt.test/{default}") if r[5] == OK],
+           "backoff-retry-after 1s replaces retry-after 1h: the recipient deferred as the queue "
+           "went into backoff is retried about a second later", "%.2f s" % gap)
 
     # --- backoff-max-connect-rate
     bc = "bc.test/{default}"

@@ -14,7 +14,8 @@ rcpt-to and header Subject entries, first match in file order, only through
 the <source> that names it, below X-Virtual-MTA), the listener's source= and
 its default-virtual-mta over the client address's; the seed's <sender> block; DKIM signed
 and verified by dkimpy (domain-key and the seed's dkim-selector/dkim-key-file;
-dkim-headers-canon and dkim-body-canon simple vs relaxed, dkim-algorithm);
+dkim-headers-canon and dkim-body-canon simple vs relaxed, dkim-algorithm,
+dkim-headers); hide-message-source;
 ABORT; a malformed frame closing only its connection; a full map (queue-map-size
 1m: 452 4.3.1) that keeps serving; 200 concurrent messages on 4 connections
 grouped into fewer commits; a reload with a transaction in flight;
@@ -35,7 +36,7 @@ import time
 
 import dkim
 
-from pmtatest import Pmta, Tap, require_root, wait_for
+from pmtatest import Pmta, Tap, count_syscalls, require_root, wait_for
 from pmtaipc import CleanupConn, frame, MP_TXN_RCPT, F_U32, F_STR
 
 BUILDDIR = os.environ.get("PMTA_BUILDDIR", os.getcwd())
@@ -118,6 +119,9 @@ smtp-out-processes 0
     process-x-job yes
     jobid-header Message-ID
 </source>
+<source hidden>
+    hide-message-source yes
+</source>
 <source lenient>
     process-x-virtual-mta yes
     reject-invalid-virtual-mta no
@@ -136,6 +140,10 @@ domain-key s1,example.com,%(key)s
 <domain mixed.test>
     dkim-sign yes
     dkim-headers-canon simple
+</domain>
+<domain hdrs.test>
+    dkim-sign yes
+    dkim-headers subject,date
 </domain>
 <domain seed.test>
     dkim-sign yes
@@ -217,6 +225,17 @@ def check_basic(tap, p, s):
     tap.ok(p.wait_log(r"cleanup\[\d+\]: info: queued %s from=<a@example.com> nrcpt=3 "
                       r"size=\d+ vmta=\{default\} dkim=unsigned" % qid),
            "one log line per message")
+
+
+def check_hidden_source(tap, p, s):
+    r = s.send("a@example.com", ["x@y.test"], simple(b"hidden"), listener_source="hidden")
+    shown = headers(body_of(p, r.msgid)) if r and r.code == 250 else ""
+    r = s.send("a@example.com", ["x@y.test"], simple(b"shown"))
+    plain = headers(body_of(p, r.msgid)) if r and r.code == 250 else ""
+    tap.ok("client.test" in plain and "127.0.0.1" in plain and shown.startswith("Received: ")
+           and "client.test" not in shown and "127.0.0.1" not in shown,
+           "hide-message-source yes: Received without the feeder's name and address",
+           (shown[:300], plain[:300]))
 
 
 def check_bare_source(tap, p, s):
@@ -416,6 +435,12 @@ def check_dkim_canon(tap, p, s):
                    "mixed.test": (False, True)},
            "a re-spaced Subject breaks only simple header canonicalization, a padded body line "
            "only simple body canonicalization", got)
+    r = s.send("a@example.com", ["x@hdrs.test"], simple(b"hdrs"))
+    body = body_of(p, r.msgid).encode() if r and r.code == 250 else b""
+    h = re.search(rb"\bh=([^;]+);", body.replace(b"\r\n\t", b""))
+    h = sorted(x.strip().lower() for x in h.group(1).decode().split(":")) if h else None
+    tap.ok(h == ["date", "from", "subject"],
+           "dkim-headers subject,date: h= signs those and From, nothing else", h)
     bad = p.write_config(text="<domain a.test>\n  dkim-algorithm ed25519-sha256\n</domain>\n",
                          path=os.path.join(p.dir, "ed25519.conf"))
     r = p.run("--check-config", "-c", bad)
@@ -596,36 +621,23 @@ def check_map_full(tap):
 
 
 def sync_calls(sync):
-    """fsync-family calls cleanup makes while 5 messages are committed, seen by strace,
-    with sync-msg-create SYNC; None when strace cannot attach."""
+    """fsync-family calls cleanup makes while 5 messages are committed, with
+    sync-msg-create SYNC; None when they cannot be counted."""
     with Pmta(name="pmtacleanupsync") as p:
         p.write_config("smtp-out-processes 0\nsync-msg-create %s\n" % sync)
         p.start()
-        path = os.path.join(p.run_dir, "private", "cleanup")
         if not p.wait_log(r"cleanup\[\d+\]: info: queue .* open"):
             return None
-        pid = p.worker_pids("cleanup")[0]
-        out = os.path.join(p.dir, "strace.out")
-        tracer = subprocess.Popen(["strace", "-f", "-qq", "-o", out, "-e",
-                                   "trace=fsync,fdatasync,msync,sync_file_range", "-p", str(pid)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            # strace prints nothing when it attached (-qq): give it a moment
-            time.sleep(1.0)
-            if tracer.poll() is not None:
-                return None
-            s = Sender(path)
-            results = [s.send("a@example.com", ["x@y.test"], simple(b"sync %d" % i))
-                       for i in range(5)]
+        results = []
+
+        def send():
+            s = Sender(os.path.join(p.run_dir, "private", "cleanup"))
+            results.extend(s.send("a@example.com", ["x@y.test"], simple(b"sync %d" % i))
+                           for i in range(5))
             s.conn.close()
-        finally:
-            tracer.terminate()
-            tracer.wait(timeout=10)
-        if not all(r and r.code == 250 for r in results):
-            return None
-        with open(out) as f:
-            return len([l for l in f if re.search(r"\b(fsync|fdatasync|msync|sync_file_range)\(",
-                                                  l)])
+        n = count_syscalls(p.worker_pids("cleanup")[0],
+                           ("fsync", "fdatasync", "msync", "sync_file_range"), send)
+        return n if all(r and r.code == 250 for r in results) else None
 
 
 def check_sync(tap):
@@ -654,6 +666,7 @@ def main():
         s = Sender(path)
         check_basic(tap, p, s)
         check_bare_source(tap, p, s)
+        check_hidden_source(tap, p, s)
         check_vmta(tap, p, s)
         check_pattern_list(tap, p, s)
         check_job(tap, p, s)

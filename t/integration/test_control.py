@@ -262,6 +262,8 @@ def rotate_test(tap):
            and exists == [True, True, False],
            "pmtactl rotate log with log-rotate 2: log, log.1 and log.2, no log.3",
            (outs, exists))
+    tap.ok(re.search(r"smtpd\[\d+\]: info: .*disconnected, 0 messages", current),
+           "log-connections yes (source): smtpd logs each connection's end", current[-600:])
     tap.ok("rotation-2.test" in current and "rotation-2.test" not in newest_old
            and "rotation-1.test" in newest_old and "smtpd[" in current and mode == 0o660,
            "after a rotation the workers write to the new file (smtpd's lines), mode 0660",

@@ -25,9 +25,12 @@ delivery. Mail goes in over SMTP (smtplib).
                   qmgr log; log-commands/log-data/log-connections transcript;
                   log-transfer-failures only for the failed transaction;
                   log-max-size rotates the log
+  client options  use-starttls no (clear), ignore-pipelining (one command per
+                  read), bounce-upon-no-mx (an A-only domain bounces)
   stalls, 8-bit   data-send-timeout ends a transfer a receiver stopped reading;
                   ignore-8bitmime sends 8-bit mail to a receiver without 8BITMIME
                   (bounced 5.6.3 without it)
+  macros          domain-macro: a <domain $macro.fid> block applies to a member
   config          a type without its command / file-destination / URL, and
                   a bad http-delivery-url, are load errors with file:line
 
@@ -84,6 +87,9 @@ user-string-ignored-here no
   always-allow-relaying yes
   process-x-job yes
 </source>
+<bounce-category-patterns>
+  /ticket-4711/ ticket-refused
+</bounce-category-patterns>
 <acct-file %(acct)s>
   records d,b,t,tq,r
   record-fields d *,header_Subject
@@ -135,6 +141,21 @@ user-string-ignored-here no
 <domain no8.fid>
   smtp-hosts [%(rx_ip)s]:%(no8_port)d
 </domain>
+<domain clear.fid>
+  smtp-hosts [%(rx_ip)s]:%(rx_port)d
+  use-starttls no
+</domain>
+<domain nopipe.fid>
+  smtp-hosts [%(rx_ip)s]:%(rx_port)d
+  ignore-pipelining yes
+</domain>
+<domain aonly.fid>
+  default-smtp-port %(rx_port)d
+  bounce-upon-no-mx yes
+</domain>
+<domain aonly2.fid>
+  default-smtp-port %(rx_port)d
+</domain>
 <domain nodsn.fid>
   smtp-hosts [%(rx_ip)s]:%(rx_port)d
   ignore-dsn yes
@@ -156,7 +177,11 @@ user-string-ignored-here no
   auth-password S3cret-pw
   log-commands yes
 </domain>
+domain-macro discards discard2, discard3
 <domain discard.fid>
+  type discard
+</domain>
+<domain $discards.fid>
   type discard
 </domain>
 <domain bdiscard.fid>
@@ -252,7 +277,8 @@ def main():
     work = tempfile.mkdtemp(prefix="test_fidelity.")
     os.chmod(work, 0o755)
     rx = TestSmtpd(["%s:%d" % (RX_IP, free_port(RX_IP))],
-                   {"starttls": True, "rcpt": [["bad", "550 5.1.1 <bad>: no such user here"]]},
+                   {"starttls": True, "rcpt": [["bad", "550 5.1.1 <bad>: no such user here"],
+                                               ["tick", "550 5.0.0 refused, see ticket-4711"]]},
                    work, "rx")
     rx_port = int(rx.listen[0].split(":")[1])
     extra = {name: TestSmtpd(["%s:%d" % (RX_IP, free_port(RX_IP))], script, work, name)
@@ -265,7 +291,7 @@ def main():
                                             "auth": {"user": "alice", "password": "S3cret-pw",
                                                      "mechanisms": ["LOGIN"],
                                                      "require": True}}))}
-    dns = Dnsmasq(local=["fid"])
+    dns = Dnsmasq(local=["fid"], hosts=[("aonly.fid", RX_IP), ("aonly2.fid", RX_IP)])
     http_port = free_port(HTTP_IP)
     hook = http.server.ThreadingHTTPServer((HTTP_IP, http_port), Hook)
     threading.Thread(target=hook.serve_forever, daemon=True).start()
@@ -316,6 +342,17 @@ def main():
     return tap.done()
 
 
+def mail_rcpt_reads(rx):
+    """{recipient: (read number of its MAIL, of its RCPT)} as the receiver logged them."""
+    out, last_mail = {}, {}
+    for e in rx.events():
+        if e["event"] == "mail":
+            last_mail[e["conn"]] = e["read"]
+        elif e["event"] == "rcpt" and e["conn"] in last_mail:
+            out[e["to"]] = (last_mail[e["conn"]], e["read"])
+    return out
+
+
 def send_8bit(port, to):
     with smtplib.SMTP("127.0.0.1", port, timeout=10) as s:
         s.sendmail(SENDER, [to], message(to, "8bit", "Content-Type: text/plain; "
@@ -325,11 +362,6 @@ def send_8bit(port, to):
 
 def run(tap, pmta, rx, acct, out, files, extra):
     port = pmta.port
-    # past both sockets' buffers (a 4 KB receive buffer, up to 4 MB to send): writes block
-    send(port, ["u@stall.fid"], message("u@stall.fid", "stall", "X-Pad: pad\r\n")
-         + b"x" * 998 + b"\r\n" * 1 + (b"y" * 998 + b"\r\n") * 9000)
-    send_8bit(port, "u@ig8.fid")
-    send_8bit(port, "u@no8.fid")
     send(port, ["ok1@tls.fid", "bad1@tls.fid"], message("ok1@tls.fid", "tls"), envid="env-tls-1")
     send(port, ["ok2@fail.fid", "bad2@fail.fid"], message("ok2@fail.fid", "fail"))
     send(port, ["gone@refused.fid"], message("gone@refused.fid", "refused"))
@@ -346,9 +378,18 @@ def run(tap, pmta, rx, acct, out, files, extra):
     tap.ok(code == 250 and qid and re.search("[A-F]", qid.group(1)),
            "the 250 reply names the hex queue id", text)
     qid = qid.group(1) if qid else "?"
+    send(port, ["m@discard3.fid"], message("m@discard3.fid", "macro"))
+    # past both sockets' buffers (a 4 KB receive buffer, up to 4 MB to send): writes block
+    send(port, ["u@stall.fid"], message("u@stall.fid", "stall", "X-Pad: pad\r\n")
+         + (b"y" * 998 + b"\r\n") * 9000)
+    send(port, ["tick@fail.fid"], message("tick@fail.fid", "tick"))
+    for dom in ("clear", "nopipe", "aonly", "aonly2"):
+        send(port, ["u@%s.fid" % dom], message("u@%s.fid" % dom, dom))
+    send_8bit(port, "u@ig8.fid")
+    send_8bit(port, "u@no8.fid")
     for dom in ("greet", "dot", "nodsn", "g554", "attempts", "auth"):
         send(port, ["u@%s.fid" % dom], message("u@%s.fid" % dom, dom))
-    accepted = {"u@stall.fid", "u@ig8.fid", "u@no8.fid", "u@auth.fid", "u@greet.fid", "u@dot.fid", "u@nodsn.fid", "u@g554.fid", "u@attempts.fid","ok1@tls.fid", "bad1@tls.fid", "ok2@fail.fid", "bad2@fail.fid",
+    accepted = {"tick@fail.fid", "u@clear.fid", "u@nopipe.fid", "u@aonly.fid", "u@aonly2.fid", "m@discard3.fid", "u@stall.fid", "u@ig8.fid", "u@no8.fid", "u@auth.fid", "u@greet.fid", "u@dot.fid", "u@nodsn.fid", "u@g554.fid", "u@attempts.fid","ok1@tls.fid", "bad1@tls.fid", "ok2@fail.fid", "bad2@fail.fid",
                 "gone@refused.fid", "a@discard.fid", "b@bdiscard.fid", "okp@pipe.fid",
                 "tmpp@pipe.fid", "nouserp@pipe.fid", "slowp@pipe.fid", "okf@file.fid",
                 "okm@mbox.fid", "okh@http.fid", "tmph@http.fid", "badh@http.fid"}
@@ -364,7 +405,9 @@ def run(tap, pmta, rx, acct, out, files, extra):
              and rows_of("d", "u@auth.fid")
              and rows_of("d", "okh@http.fid") and rows_of("t", "tmph@http.fid")
              and rows_of("t", "u@stall.fid") and rows_of("d", "u@ig8.fid")
-             and rows_of("b", "u@no8.fid"), timeout=40)
+             and rows_of("b", "u@no8.fid") and rows_of("d", "u@clear.fid")
+             and rows_of("d", "u@nopipe.fid") and rows_of("b", "u@aonly.fid")
+             and rows_of("d", "u@aonly2.fid") and rows_of("b", "tick@fail.fid"), timeout=40)
     time.sleep(1.5)  # the accounting buffer's one second
     header, rows = read_acct(acct)
     log = pmta.log()
@@ -405,6 +448,10 @@ def run(tap, pmta, rx, acct, out, files, extra):
     tap.ok(d.get("a@discard.fid", {}).get("dlvType") == "discard"
            and not [e for e in rx.events("rcpt") if "discard" in e["to"]],
            "type discard: a d record (dlvType discard), nothing sent anywhere")
+    tap.ok(d.get("m@discard3.fid", {}).get("dlvType") == "discard"
+           and d["m@discard3.fid"].get("queue") == "discard3.fid/{default}",
+           "domain-macro: <domain $discards.fid> applies to discard3.fid (type discard)",
+           d.get("m@discard3.fid"))
     bd = b.get("b@bdiscard.fid", {})
     dsn_to_sender = [e for e in rx.events("rcpt") if e["to"] == SENDER]
     tap.ok(bd.get("dlvType") == "discard" and bd.get("dsnAction") == "failed",
@@ -473,6 +520,19 @@ def run(tap, pmta, rx, acct, out, files, extra):
            "ignore-8bitmime yes: 8-bit mail goes to a receiver without 8BITMIME (no BODY= "
            "sent); without it the same mail bounces 5.6.3",
            (d.get("u@ig8.fid"), b.get("u@no8.fid"), mails))
+    tap.ok(d.get("u@clear.fid", {}).get("dlvTlsProtocol") == ""
+           and d.get("ok1@tls.fid", {}).get("dlvTlsProtocol") == "TLSv1.3",
+           "use-starttls no: delivered in clear to a receiver that offers STARTTLS",
+           d.get("u@clear.fid"))
+    reads = mail_rcpt_reads(rx)
+    tap.ok(reads.get("u@nopipe.fid") and reads["u@nopipe.fid"][0] != reads["u@nopipe.fid"][1]
+           and reads.get("ok2@fail.fid") and reads["ok2@fail.fid"][0] == reads["ok2@fail.fid"][1],
+           "ignore-pipelining: MAIL and RCPT in separate reads (in one read where not set)",
+           reads)
+    tap.ok(b.get("u@aonly.fid", {}).get("dsnStatus", "").startswith("5.")
+           and d.get("u@aonly2.fid", {}).get("dlvDestinationIp") == RX_IP,
+           "bounce-upon-no-mx yes: a domain with an A record and no MX bounces; without it the "
+           "A record is the destination", (b.get("u@aonly.fid"), d.get("u@aonly2.fid")))
     params = {e["to"]: e.get("params", "") for e in rx.events("rcpt")}
     tap.ok("NOTIFY" not in str(params.get("u@nodsn.fid", "?"))
            and "NOTIFY" in str(params.get("ok1@tls.fid", "")),
@@ -520,6 +580,9 @@ def run(tap, pmta, rx, acct, out, files, extra):
            and rb.get("dsnDiag") == "smtp;550 5.1.1 <bad>: no such user here"
            and rb.get("bounceCat") == "bad-mailbox" and rb.get("dsnAction") == "failed",
            "b record: RFC 3463 status text, the reply as diag, bad-mailbox", rb)
+    tap.ok(b.get("tick@fail.fid", {}).get("bounceCat") == "ticket-refused",
+           "<bounce-category-patterns> /ticket-4711/ ticket-refused classifies the reply; "
+           "unmatched replies keep the stock categories (bad-mailbox above)", b.get("tick@fail.fid"))
     rt = t.get("gone@refused.fid", {})
     tap.ok(rt.get("dsnStatus") == "4.4.1 (no answer from host)"
            and rt.get("dsnDiag", "").startswith("smtp;451 4.4.1 [internal] connect to ")

@@ -5,6 +5,7 @@ Sources by client address (all on loopback):
   127.0.0.1  relaying, STARTTLS      127.0.0.2  no relaying; 3 rcpts, 10k max, STARTTLS
   127.0.0.3  smtp-service no         127.0.0.4  plaintext AUTH allowed
   127.0.0.5  plaintext AUTH allowed, but require-starttls-before-auth
+  127.0.0.6  require-auth (relaying)      127.0.0.7  allow-auth no, STARTTLS
 The server certificate is issued by an intermediate CA that only
 smtp-server-tls-ca-file holds: a client that trusts the root alone verifies it
 only if smtpd sends the chain. A second listener speaks implicit TLS
@@ -122,6 +123,15 @@ auth_file = "%s"
 <source 127.0.0.5>
     allow-unencrypted-plain-auth yes
     require-starttls-before-auth yes
+    allow-starttls yes
+</source>
+<source 127.0.0.6>
+    always-allow-relaying yes
+    require-auth yes
+    allow-starttls yes
+</source>
+<source 127.0.0.7>
+    allow-auth no
     allow-starttls yes
 </source>
 <smtp-user alice>
@@ -274,6 +284,32 @@ auth_file = "%s"
                                      r"implemented" % line, p.output() + p.log()),
            "authentication-method system: warned about at load (file:line), the user's "
            "password is not accepted (535)", (code, line))
+
+    # --- require-auth, allow-auth ----------------------------------------------------------------
+    r = SmtpRaw(port, source="127.0.0.6")
+    r.reply()
+    r.cmd("EHLO client.test")
+    r.send("MAIL FROM:<a@example.test>\r\n")
+    reply = r.reply()
+    r.close()
+    tap.ok(reply[0] == 530 and "5.7.0" in reply[1][0],
+           "require-auth: MAIL before AUTH gets 530 5.7.0 (though the source may relay)", reply)
+    s = smtplib.SMTP("127.0.0.1", port, timeout=10, source_address=("127.0.0.6", 0))
+    s.starttls(context=tls_context())
+    s.ehlo("client.test")
+    s.login("alice", "wonderland")
+    refused = s.sendmail("alice@example.test", ["x@elsewhere.test"], msg("<ra1@test>"))
+    s.quit()
+    tap.ok(refused == {} and find_message(qdump(p.spool, body=True), "<ra1@test>"),
+           "require-auth: after AUTH the same source's mail is accepted")
+    s = smtplib.SMTP("127.0.0.1", port, timeout=10, source_address=("127.0.0.7", 0))
+    s.starttls(context=tls_context())
+    s.ehlo("client.test")
+    feats = dict(s.esmtp_features)
+    code, _ = s.docmd("AUTH", "PLAIN AGFsaWNlAHdvbmRlcmxhbmQ=")
+    s.quit()
+    tap.ok("auth" not in feats and code == 503,
+           "allow-auth no: no AUTH offered even after STARTTLS, and AUTH gets 503", (feats, code))
 
     # --- smtp-server-tls-ca-file: the chain goes with the certificate ---------------------------
     ctx = ssl.create_default_context(cafile=root)
