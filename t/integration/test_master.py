@@ -19,7 +19,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from pmtatest import Pmta, Tap, ROLES, pid_alive, port_is_listening, proc_status, \
     require_root, wait_for, worker_path  # noqa: E402
 
-# cleanup-processes 2 (not the default 1): the count comes from the directive
+# smtpd-processes 2, cleanup-processes 2 (not the default 1), smtp-out-processes 2: the
+# counts come from the directives
 COUNTS = {"smtpd": 2, "cleanup": 2, "qmgr": 1, "smtp-out": 2}
 PROCS = {r: n for r, n in COUNTS.items() if r != "qmgr"}
 NWORKERS = sum(COUNTS.values())
