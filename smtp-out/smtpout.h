@@ -25,6 +25,7 @@
 #include <stdint.h>
 
 #include "cfg.h"
+#include "envid.h"
 #include "qstore.h"
 #include "smtpout_dns.h"
 #include "smtpout_route.h"
@@ -95,6 +96,8 @@ struct otxn {
     size_t nrcpts;
     struct smtpout_message msg;
     uint64_t sent_ns; /* when the session began sending it (uv_hrtime), 0 before */
+    char envid[ENVID_MAX + 1]; /* the tracking ENVID msg.envid points to, or "" */
+    char *data;                /* the body with what otxn_outbound put on top, or NULL */
 };
 /* otxn_new - from MP_CONN_TXN's index list (big-endian u32s) */
 struct otxn *otxn_new(uint64_t msgid, const uint32_t *indexes, size_t n);
@@ -105,6 +108,14 @@ struct otxn *otxn_new(uint64_t msgid, const uint32_t *indexes, size_t n);
  */
 int otxn_load(struct otxn *t, struct qstore *qs,
               void (*gone)(void *arg, uint32_t index, const struct smtpout_reply *why), void *arg);
+/*
+ * otxn_outbound - what goes out beyond the queued message, for a transaction
+ * sent through VMTA: the tracking ENVID (envid.h) when TRACK (tracking-envid,
+ * SMTP only), the client gave none and the sender is not null; the
+ * "X-Virtual-MTA: VMTA" field on top when the message asks for it
+ * (add-x-virtual-mta-header). After otxn_load succeeded.
+ */
+void otxn_outbound(struct otxn *t, const char *vmta, int track);
 void otxn_free(struct otxn *t);
 
 #endif

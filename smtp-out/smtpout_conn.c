@@ -71,6 +71,7 @@ struct oconn {
     struct smtpout_session_config scfg; /* dest/mx_name set per attempt */
     char log_tag[SMTPOUT_DNS_NAME_MAX + 64];
     int log_connections; /* log-connections: every attempt and why it failed */
+    int tracking_envid;  /* tracking-envid: our ENVID when the client gave none */
     struct sockaddr_storage source;
     struct cfg_route *route;
     int bounce_upon_5xx_greeting;
@@ -262,6 +263,7 @@ conn_configure(struct oconn *c, struct smtpout_reply *r)
     c->scfg.ignore_8bitmime = (int)setting_num(&set, CFG_D_IGNORE_8BITMIME, 0);
     c->scfg.ignore_dsn = (int)setting_num(&set, CFG_D_IGNORE_DSN, 0);
     c->scfg.ignore_chunking = (int)setting_num(&set, CFG_D_IGNORE_CHUNKING, 0);
+    c->tracking_envid = (int)setting_num(&set, CFG_D_TRACKING_ENVID, 1);
     c->scfg.auth_username = setting_text(c->cfg, &set, CFG_D_AUTH_USERNAME);
     c->scfg.auth_password = setting_text(c->cfg, &set, CFG_D_AUTH_PASSWORD);
     c->scfg.auth_in_clear = (int)setting_num(&set, CFG_D_USE_UNENCRYPTED_PLAIN_AUTH, 0);
@@ -507,6 +509,7 @@ conn_run_next(struct oconn *c)
         conn_after_txn(c);
         return;
     }
+    otxn_outbound(t, c->vmta, !c->local && c->tracking_envid);
     t->sent_ns = uv_hrtime();
     if (c->local) {
         static const struct smtpout_local_callbacks cb = { on_local_rcpt, on_local_done };
