@@ -56,8 +56,11 @@ envid_track_make(char *out, size_t size, const char *qid, const char *vmta, cons
     if (!carried(job, jlen))
         jlen = 0;
     /* prefix, qid, '.', the name's length, '.', the name, '.', the job */
-    if (PREFIX_LEN + QSTORE_QID_LEN + 1 + (vlen < 10 ? 1 : vlen < 100 ? 2 : 3) + 1 + vlen + 1 +
-            jlen >
+    if (PREFIX_LEN + QSTORE_QID_LEN + 1 +
+            (vlen < 10    ? 1
+             : vlen < 100 ? 2
+                          : 3) +
+            1 + vlen + 1 + jlen >
         ENVID_MAX)
         jlen = 0;
     n = snprintf(out, size, PREFIX "%s.%zu.%s.%.*s", qid, vlen, vmta, (int)jlen, jlen ? job : "");
@@ -99,8 +102,8 @@ envid_track_parse(const char *text, size_t len, struct envid_track *t)
     /* surrounding blanks are the DSN field's, not the id's */
     while (len > 0 && (*p == ' ' || *p == '\t'))
         p++, len--;
-    while (len > 0 && (p[len - 1] == ' ' || p[len - 1] == '\t' || p[len - 1] == '\r' ||
-                       p[len - 1] == '\n'))
+    while (len > 0 &&
+           (p[len - 1] == ' ' || p[len - 1] == '\t' || p[len - 1] == '\r' || p[len - 1] == '\n'))
         len--;
     end = p + len;
     if (len > ENVID_MAX || len < PREFIX_LEN + QSTORE_QID_LEN + 1 ||

@@ -1,16 +1,18 @@
 /*
  * smtpout.h - the smtp-out worker's internal interfaces
  *
- * The worker is split in four parts:
+ * The worker is split in these parts:
  *   smtpout.c         main: process-wide resources (resolver, TLS context, the
  *                     queue store) and the shutdown sequence
  *   smtpout_worker.c  the channel to qmgr: connect with back-off, parse
  *                     qmgr's frames, encode our reports (runtime/mailproto.h)
- *   smtpout_conn.c    the connection table and each connection's life:
- *                     resolve, connect (walking the destinations), run the
- *                     transactions qmgr sends, close
+ *   smtpout_conn*.c   the connection table and each connection's life:
+ *                     settings (_cfg), resolve and connect walking the
+ *                     destinations (_walk), run the transactions qmgr sends
+ *                     (_txn), close (smtpout_conn_int.h: what they share)
  *   smtpout_txn.c     one transaction: read the message from the queue and
- *                     turn it into a struct smtpout_message
+ *                     turn it into a struct smtpout_message (with what goes
+ *                     out beyond it: the tracking ENVID, X-Virtual-MTA)
  *
  * qmgr owns every decision about connections; this worker opens exactly the
  * connections it orders and reports every recipient's result.
