@@ -168,8 +168,8 @@
 #define QSTORE_QID_LEN        20    /* hex digits of a queue id's text form */
 
 /* envelope flags */
-#define QSTORE_F_8BITMIME 0x01u
-#define QSTORE_F_SMTPUTF8 0x02u
+#define QSTORE_F_8BITMIME        0x01u
+#define QSTORE_F_SMTPUTF8        0x02u
 /* add-x-virtual-mta-header: smtp-out adds "X-Virtual-MTA: VMTA" (the one it sends through) */
 #define QSTORE_F_ADD_VMTA_HEADER 0x04u
 #define QSTORE_F_ALL             (QSTORE_F_8BITMIME | QSTORE_F_SMTPUTF8 | QSTORE_F_ADD_VMTA_HEADER)

@@ -97,7 +97,7 @@ struct otxn {
     unsigned char *reported;    /* rcpts[i] has a result */
     size_t nrcpts;
     struct smtpout_message msg;
-    uint64_t sent_ns; /* when the session began sending it (uv_hrtime), 0 before */
+    uint64_t sent_ns;          /* when the session began sending it (uv_hrtime), 0 before */
     char envid[ENVID_MAX + 1]; /* the tracking ENVID msg.envid points to, or "" */
     char *data;                /* the body with what otxn_outbound put on top, or NULL */
 };
