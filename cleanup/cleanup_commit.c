@@ -361,6 +361,9 @@ env_flags(const struct cleanup_txn *t, const struct cleanup_message *msg)
         f |= QSTORE_F_8BITMIME;
     if (t->mail_flags & MP_MAIL_SMTPUTF8)
         f |= QSTORE_F_SMTPUTF8;
+    /* PowerMTA adds the field only when the message has none (a kept X-Virtual-MTA wins) */
+    if (opt_bool(t, CFG_D_ADD_X_VIRTUAL_MTA_HEADER) && !cleanup_message_find(msg, "X-Virtual-MTA"))
+        f |= QSTORE_F_ADD_VMTA_HEADER;
     return f;
 }
 

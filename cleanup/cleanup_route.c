@@ -163,16 +163,19 @@ resolve_name(struct cleanup_conf *cc, const char *name)
     return NULL;
 }
 
-/* fallback - the name to use instead of an unknown one, or NULL to refuse */
+/*
+ * fallback - the name to use instead of an unknown one, or NULL to refuse:
+ * invalid-virtual-mta-fallback when set (PowerMTA's way to keep such mail);
+ * else {default} when the source says reject-invalid-virtual-mta no
+ */
 static const char *
 fallback(const struct cleanup_txn *t)
 {
-    const struct cfg_value *v;
+    const struct cfg_value *v = cfg_global(t->conf->cfg, CFG_D_INVALID_VIRTUAL_MTA_FALLBACK);
 
-    if (!src_bool(t, CFG_D_REJECT_INVALID_VIRTUAL_MTA))
-        return DEFAULT_VMTA;
-    v = cfg_global(t->conf->cfg, CFG_D_INVALID_VIRTUAL_MTA_FALLBACK);
-    return v ? cfg_str(t->conf->cfg, v->text) : NULL;
+    if (v && !(v->flags & (CFG_VALUE_UNSET | CFG_VALUE_CLEAR)) && *cfg_str(t->conf->cfg, v->text))
+        return cfg_str(t->conf->cfg, v->text);
+    return src_bool(t, CFG_D_REJECT_INVALID_VIRTUAL_MTA) ? NULL : DEFAULT_VMTA;
 }
 
 int

@@ -602,6 +602,15 @@ cfg__check_value(struct cfg_builder *b, enum cfg_directive d, char *arg, const c
     case CFG_D_SUBMIT_USERS:
     case CFG_D_TRUSTED_SUBMIT_USERS:
         return check_user_list(b, cfg_directive_info(d)->name, arg);
+    case CFG_D_AUTHENTICATION_METHOD:
+        /* PowerMTA's system (the host's accounts) and certificate (a client certificate)
+           are not implemented: say so at load, since such a user can never log in. */
+        if (strcasecmp(text, "password") != 0)
+            cfg__warning(b,
+                         "authentication-method %s is not implemented yet; this user cannot "
+                         "authenticate",
+                         text);
+        return 0;
     case CFG_D_DKIM_ALGORITHM:
         if (strcasecmp(text, "rsa-sha256") == 0)
             return 0;

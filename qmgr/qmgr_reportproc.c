@@ -15,10 +15,12 @@
  *   2. matched: records are written and flushed to disk - for a DSN one per
  *      recipient block, rb when its Action is failed, rs otherwise; for a
  *      report one f - with the original recipient, and the job, virtual MTA
- *      and envelope id recovered from the returned original's X-Job,
- *      X-Virtual-MTA and X-EnvID (PowerMTA's headers: they come back when
- *      retain-x-job / add-x-virtual-mta-header keep them in outgoing mail)
- *      and the DSN's Original-Envelope-Id. With add-to-suppression-list the
+ *      and envelope id: from the Original-Envelope-Id when it is our
+ *      tracking ENVID (runtime/envid.h, sent on mail whose client gave
+ *      none), else from the returned original's X-Job, X-Virtual-MTA and
+ *      X-EnvID (PowerMTA's headers: they come back when retain-x-job /
+ *      add-x-virtual-mta-header keep them in outgoing mail) and the
+ *      Original-Envelope-Id as it is. With add-to-suppression-list the
  *      recipient goes onto that list: for a DSN when it failed with the
  *      category bad-mailbox, inactive-mailbox or bad-domain, for a
  *      complaint always;
@@ -47,6 +49,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "envid.h"
 #include "msg.h"
 #include "qmgr.h"
 #include "qmgr_acct.h"
@@ -203,18 +206,28 @@ bare_addr(char *out, size_t size, const char *v)
     return out;
 }
 
-/* report_fields - what every record of report R carries */
+/*
+ * report_fields - what every record of report R carries. The job and the
+ * virtual MTA come from our tracking ENVID when the report returns one (TRK
+ * holds it; its envId stays empty: the client gave none), else from the
+ * returned original's X-Job and X-Virtual-MTA.
+ */
 static void
 report_fields(struct qmgr_acct_record *a, const struct qmgr_report *rep, const struct qstore_msg *m,
-              const struct qstore_rcpt *rr, char *srcmta, size_t size)
+              const struct qstore_rcpt *rr, char *srcmta, size_t size, struct envid_track *trk)
 {
+    int tracked = envid_track_parse(rep->envid, strlen(rep->envid), trk) == 0;
+
     snprintf(srcmta, size, "%s (%s)", m->env.client_helo, m->env.client_ip);
     a->orig = rr->address; /* PowerMTA: the address the report came to */
     a->src_type = "smtp";
     a->src_mta = srcmta;
-    a->job_id = rep->x_job[0] ? rep->x_job : NULL;
-    a->vmta = rep->x_virtual_mta[0] ? rep->x_virtual_mta : NULL;
-    a->env_id = rep->envid[0] ? rep->envid : rep->x_envid[0] ? rep->x_envid : NULL;
+    a->job_id = tracked && trk->job[0] ? trk->job : rep->x_job[0] ? rep->x_job : NULL;
+    a->vmta = tracked ? trk->vmta : rep->x_virtual_mta[0] ? rep->x_virtual_mta : NULL;
+    if (tracked)
+        a->env_id = rep->x_envid[0] ? rep->x_envid : NULL;
+    else
+        a->env_id = rep->envid[0] ? rep->envid : rep->x_envid[0] ? rep->x_envid : NULL;
     a->headers = rep->orig_headers;
     a->headers_len = rep->orig_headers_len;
 }
@@ -233,6 +246,7 @@ record_dsn(const struct processor *p, const struct qmgr_report *rep, const struc
 {
     const char *list = proc_text(p, CFG_D_ADD_TO_SUPPRESSION_LIST);
     char srcmta[600], status[64];
+    struct envid_track trk;
 
     for (size_t i = 0; i < rep->nrcpts; i++) {
         const struct qmgr_report_rcpt *rc = &rep->rcpts[i];
@@ -241,7 +255,7 @@ record_dsn(const struct processor *p, const struct qmgr_report *rep, const struc
         struct qmgr_acct_record a = { .type = failed ? QMGR_ACCT_RB : QMGR_ACCT_RS,
                                       .dlv_size = -1 };
 
-        report_fields(&a, rep, m, rr, srcmta, sizeof srcmta);
+        report_fields(&a, rep, m, rr, srcmta, sizeof srcmta, &trk);
         snprintf(status, sizeof status, "%s",
                  rc->status[0] ? rc->status
                  : failed      ? "5.0.0"
@@ -271,8 +285,9 @@ record_arf(const struct processor *p, const struct qmgr_report *rep, const struc
     const char *list = proc_text(p, CFG_D_ADD_TO_SUPPRESSION_LIST);
     char srcmta[600], rcpt[QMGR_REPORT_FIELD_MAX + 1];
     struct qmgr_acct_record a = { .type = QMGR_ACCT_F, .dlv_size = -1 };
+    struct envid_track trk;
 
-    report_fields(&a, rep, m, rr, srcmta, sizeof srcmta);
+    report_fields(&a, rep, m, rr, srcmta, sizeof srcmta, &trk);
     bare_addr(rcpt, sizeof rcpt, rep->orig_rcpt_to[0] ? rep->orig_rcpt_to : rep->orig_to);
     a.rcpt = rcpt[0] ? rcpt : NULL;
     a.src_type = NULL;

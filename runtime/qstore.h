@@ -62,7 +62,9 @@
  *
  * ENVELOPE RECORD (msg), version 2 (version 1 records, without local_ip, are still read)
  *   off  0 u8  version (2)
- *        1 u8  flags   QSTORE_F_8BITMIME | QSTORE_F_SMTPUTF8; other bits -> corrupt
+ *        1 u8  flags   QSTORE_F_8BITMIME | QSTORE_F_SMTPUTF8 | QSTORE_F_ADD_VMTA_HEADER;
+ *                      other bits -> corrupt (a record with the third bit is
+ *                      refused by versions before it)
  *        2 u8  ret     QSTORE_RET_{NONE,FULL,HDRS}
  *        3 u8  delay_notices   delay DSNs sent so far (0 in older records)
  *        4 u32 nrcpt   recipients at submission (records may be fewer later)
@@ -166,9 +168,11 @@
 #define QSTORE_QID_LEN        20    /* hex digits of a queue id's text form */
 
 /* envelope flags */
-#define QSTORE_F_8BITMIME 0x01u
-#define QSTORE_F_SMTPUTF8 0x02u
-#define QSTORE_F_ALL      (QSTORE_F_8BITMIME | QSTORE_F_SMTPUTF8)
+#define QSTORE_F_8BITMIME        0x01u
+#define QSTORE_F_SMTPUTF8        0x02u
+/* add-x-virtual-mta-header: smtp-out adds "X-Virtual-MTA: VMTA" (the one it sends through) */
+#define QSTORE_F_ADD_VMTA_HEADER 0x04u
+#define QSTORE_F_ALL             (QSTORE_F_8BITMIME | QSTORE_F_SMTPUTF8 | QSTORE_F_ADD_VMTA_HEADER)
 
 /* RET= of MAIL FROM (RFC 3461) */
 enum { QSTORE_RET_NONE = 0, QSTORE_RET_FULL = 1, QSTORE_RET_HDRS = 2 };

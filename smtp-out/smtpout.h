@@ -1,16 +1,18 @@
 /*
  * smtpout.h - the smtp-out worker's internal interfaces
  *
- * The worker is split in four parts:
+ * The worker is split in these parts:
  *   smtpout.c         main: process-wide resources (resolver, TLS context, the
  *                     queue store) and the shutdown sequence
  *   smtpout_worker.c  the channel to qmgr: connect with back-off, parse
  *                     qmgr's frames, encode our reports (runtime/mailproto.h)
- *   smtpout_conn.c    the connection table and each connection's life:
- *                     resolve, connect (walking the destinations), run the
- *                     transactions qmgr sends, close
+ *   smtpout_conn*.c   the connection table and each connection's life:
+ *                     settings (_cfg), resolve and connect walking the
+ *                     destinations (_walk), run the transactions qmgr sends
+ *                     (_txn), close (smtpout_conn_int.h: what they share)
  *   smtpout_txn.c     one transaction: read the message from the queue and
- *                     turn it into a struct smtpout_message
+ *                     turn it into a struct smtpout_message (with what goes
+ *                     out beyond it: the tracking ENVID, X-Virtual-MTA)
  *
  * qmgr owns every decision about connections; this worker opens exactly the
  * connections it orders and reports every recipient's result.
@@ -25,6 +27,7 @@
 #include <stdint.h>
 
 #include "cfg.h"
+#include "envid.h"
 #include "qstore.h"
 #include "smtpout_dns.h"
 #include "smtpout_route.h"
@@ -94,7 +97,9 @@ struct otxn {
     unsigned char *reported;    /* rcpts[i] has a result */
     size_t nrcpts;
     struct smtpout_message msg;
-    uint64_t sent_ns; /* when the session began sending it (uv_hrtime), 0 before */
+    uint64_t sent_ns;          /* when the session began sending it (uv_hrtime), 0 before */
+    char envid[ENVID_MAX + 1]; /* the tracking ENVID msg.envid points to, or "" */
+    char *data;                /* the body with what otxn_outbound put on top, or NULL */
 };
 /* otxn_new - from MP_CONN_TXN's index list (big-endian u32s) */
 struct otxn *otxn_new(uint64_t msgid, const uint32_t *indexes, size_t n);
@@ -105,6 +110,14 @@ struct otxn *otxn_new(uint64_t msgid, const uint32_t *indexes, size_t n);
  */
 int otxn_load(struct otxn *t, struct qstore *qs,
               void (*gone)(void *arg, uint32_t index, const struct smtpout_reply *why), void *arg);
+/*
+ * otxn_outbound - what goes out beyond the queued message, for a transaction
+ * sent through VMTA: the tracking ENVID (envid.h) when TRACK (tracking-envid,
+ * SMTP only), the client gave none and the sender is not null; the
+ * "X-Virtual-MTA: VMTA" field on top when the message asks for it
+ * (add-x-virtual-mta-header). After otxn_load succeeded.
+ */
+void otxn_outbound(struct otxn *t, const char *vmta, int track);
 void otxn_free(struct otxn *t);
 
 #endif

@@ -5,7 +5,9 @@
  * of the LMDB queue with qstore_read_msg() and builds the struct
  * smtpout_message the session sends: sender, recipients with their
  * ORCPT/NOTIFY, ENVID and RET (sent only when the peer offers DSN: the
- * session decides), and the 8BITMIME/SMTPUTF8 needs of the message.
+ * session decides), and the 8BITMIME/SMTPUTF8 needs of the message. What
+ * goes out beyond the queued message is added here too: our tracking ENVID
+ * (envid.h) and add-x-virtual-mta-header's field.
  *
  * A recipient qmgr asked for that is no longer in the queue (the message was
  * deleted, or the recipient finished meanwhile) is reported as a temporary
@@ -26,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "buf.h"
 #include "smtpout.h"
 #include "xalloc.h"
 
@@ -53,6 +56,7 @@ otxn_free(struct otxn *t)
     free(t->rcpts);
     free(t->rcpt_index);
     free(t->reported);
+    free(t->data);
     free(t);
 }
 
@@ -135,4 +139,25 @@ otxn_load(struct otxn *t, struct qstore *qs,
     }
     build_message(t);
     return 0;
+}
+
+/* otxn_outbound - see smtpout.h */
+void
+otxn_outbound(struct otxn *t, const char *vmta, int track)
+{
+    const struct qstore_envelope *env = &t->qm->env;
+    char qid[QSTORE_QID_LEN + 1];
+
+    if (track && t->msg.envid == NULL && *t->msg.sender) {
+        qstore_qid_format(qid, t->msgid);
+        if (envid_track_make(t->envid, sizeof t->envid, qid, vmta, env->job_id) > 0)
+            t->msg.envid = t->envid;
+    }
+    if ((env->flags & QSTORE_F_ADD_VMTA_HEADER) && t->data == NULL) {
+        struct buf b = BUF_INIT;
+
+        buf_printf(&b, "X-Virtual-MTA: %s\r\n", vmta);
+        buf_append(&b, t->msg.data, t->msg.len);
+        t->msg.data = t->data = buf_detach(&b, &t->msg.len);
+    }
 }

@@ -26,6 +26,13 @@ place of smtp-out, with the replies each case needs:
             rr.test/slow-ip, from that virtual MTA's source address
   ds.test   disable-source-ip,reenable-after=2s: after "blocked from your
             IP" the other source address of its virtual MTA carries the mail
+  re.test   disable-source-ip without reenable-after=: the domain's
+            reenable-source-ip-after 2s brings its only address back, and the
+            mail goes out
+  brt.test  retry-after 1h, backoff-retry-after 1s: the recipient deferred by
+            the reply that put the queue in backoff is retried a second later
+  bc.test   max-connect-rate 100/s, backoff-max-connect-rate 2/s, one message
+            per connection: after the switch no 1 s window opens more than 2
   all.test  backoff-upon-all-sources-disabled: its only address disabled puts
             it in backoff; re-enabled after 2 s, the mail goes out
   bq.test   bounce-queue: one "550 5.7.1 ... blacklisted" bounces all 5 (4 never
@@ -54,6 +61,7 @@ smtpd-processes 1
   reply /mailbox temporarily disabled/ defer-queue
   reply /blocked from your IP/ disable-source-ip,reenable-after=2s
   reply /^550 5\.7\.1 .*blacklisted/ bounce-queue
+  reply /IP is on hold/ disable-source-ip
 </smtp-pattern-list>
 <domain bo.test>
   smtp-pattern-list isp
@@ -125,6 +133,31 @@ smtpd-processes 1
   retry-after 1s
   retry-recipients-after 1s
 </domain>
+<virtual-mta re-ip>
+  smtp-source-host 127.0.0.44 d.example.test
+</virtual-mta>
+<domain re.test>
+  smtp-pattern-list isp
+  reenable-source-ip-after 2s
+  retry-after 1s
+  retry-recipients-after 1s
+</domain>
+<domain brt.test>
+  smtp-pattern-list isp
+  retry-after 1h
+  retry-recipients-after 1s
+  backoff-retry-after 1s
+</domain>
+<domain bc.test>
+  smtp-pattern-list isp
+  max-smtp-out 4
+  max-msg-per-connection 1
+  max-connect-rate 100/s
+  backoff-max-connect-rate 2/s
+  retry-after 1s
+  backoff-retry-after 1s
+  retry-recipients-after 1s
+</domain>
 <domain bq.test>
   smtp-pattern-list isp
   max-smtp-out 1
@@ -179,16 +212,18 @@ class Answers:
     def __call__(self, queue, msgid, index, attempt):
         domain = queue.split("/")[0]
         n = self.seen[domain] = self.seen.get(domain, 0) + 1
-        if domain in ("bo.test", "bs.test", "none.test") and n <= 3:
+        if domain in ("bo.test", "bs.test", "none.test", "bc.test") and n <= 3:
             self.first_backoff_reply.setdefault(domain, time.monotonic())
             return RATE_LIMIT
+        if domain == "re.test" and n == 1:
+            return (TEMPFAIL, 421, "4.7.0", "421 4.7.0 your IP is on hold")
         if domain in ("ds.test", "all.test") and n == 1:
             return (TEMPFAIL, 421, "4.7.0", "421 4.7.0 blocked from your IP for now")
         if domain == "bq.test":
             return (2, 550, "5.7.1", "550 5.7.1 your IP is blacklisted here")
         if domain == "notice.test":
             return (TEMPFAIL, 451, "4.3.0", "451 4.3.0 keep it queued for the test")
-        if domain in ("tn.test", "td.test", "nm.test", "nt.test", "rr.test") and n == 1:
+        if domain in ("tn.test", "td.test", "nm.test", "nt.test", "rr.test", "brt.test") and n == 1:
             return RATE_LIMIT
         if domain == "seed.test" and n == 1:
             return (TEMPFAIL, 421, "", "421 Rate Limit Exceeded")
@@ -241,6 +276,9 @@ def main():
             fill(p, "-n", str(n), "-r", "1", "-d", domain)
         fill(p, "-n", "8", "-r", "1", "-d", "ds", "-v", "two-ips")
         fill(p, "-n", "2", "-r", "1", "-d", "all", "-v", "one-ip")
+        fill(p, "-n", "2", "-r", "1", "-d", "re", "-v", "re-ip")
+        fill(p, "-n", "16", "-r", "1", "-d", "bc")
+        fill(p, "-n", "1", "-r", "1", "-d", "brt")
         fill(p, "-n", "5", "-r", "1", "-d", "bq", "-s", "sender@bqorigin.test")
         p.start()
         fake = FakeOut(qmgr_socket(p), answer=answers, txn_delay=0.05).start()
@@ -256,6 +294,12 @@ def main():
         wait_for(lambda: len([r for r in fake.results_for("all.test/one-ip") if r[5] == OK]) >= 2,
                  timeout=10)
         wait_for(lambda: len(notices(p)) >= 4, timeout=10)
+        wait_for(lambda: len([r for r in fake.results_for("re.test/re-ip") if r[5] == OK]) >= 2,
+                 timeout=10)
+        wait_for(lambda: len([r for r in fake.results_for("bc.test/{default}") if r[5] == OK])
+                 >= 16, timeout=20)
+        wait_for(lambda: [r for r in fake.results_for("brt.test/{default}") if r[5] == OK],
+                 timeout=10)
         notes = notices(p)
         elapsed = time.monotonic() - t0
         fake.stop()
@@ -354,6 +398,33 @@ def main():
            and al_ok == 2,
            "backoff-upon-all-sources-disabled: its only address disabled puts the queue in backoff; "
            "re-enabled after 2 s, its mail goes out", (al, al_ok))
+
+    re_ok = len([r for r in fake.results_for("re.test/re-ip") if r[5] == OK])
+    tap.ok(re.search(r"queue re\.test/re-ip: source 127\.0\.0\.44 disabled for 2 s: reply "
+                     r"matched /IP is on hold/", log)
+           and re.search(r"queue re\.test/re-ip: source 127\.0\.0\.44 enabled again", log)
+           and re_ok == 2,
+           "reenable-source-ip-after 2s: an address disabled by a line without reenable-after= "
+           "comes back after 2 s and carries the mail", re_ok)
+
+    # --- backoff-retry-after
+    brt = sorted(fake.txns_for("brt.test/{default}"))
+    gap = brt[1][0] - brt[0][0] if len(brt) >= 2 else -1
+    tap.ok(len(brt) == 2 and 0.8 <= gap <= 5
+           and [r for r in fake.results_for("brt.test/{default}") if r[5] == OK],
+           "backoff-retry-after 1s replaces retry-after 1h: the recipient deferred as the queue "
+           "went into backoff is retried about a second later", "%.2f s" % gap)
+
+    # --- backoff-max-connect-rate
+    bc = "bc.test/{default}"
+    bc_switch = answers.first_backoff_reply.get("bc.test", t0)
+    opens = [o[0] for o in fake.opens_for(bc) if o[0] >= bc_switch + 0.3]
+    bc_ok = len([r for r in fake.results_for(bc) if r[5] == OK])
+    tap.ok(mode_lines(log, bc) and len(opens) >= 8 and max_in_window(opens) <= 2 and bc_ok == 16,
+           "backoff-max-connect-rate 2/s replaces max-connect-rate 100/s: no 1 s window with "
+           "more than 2 new connections after the switch; all 16 delivered",
+           "%d connections after the switch, busiest 1 s window %d, %d delivered"
+           % (len(opens), max_in_window(opens) if opens else 0, bc_ok))
 
     # --- bounce-queue
     bq_tried = fake.results_for("bq.test/{default}")

@@ -6,14 +6,20 @@ would, speaks the mailproto frames (t/lib/pmtaipc.py) and looks into the
 queue with tools/pmta-qdump. Covers: a 3-recipient message stored once with 3
 recipient records and the right queue names; Received with the queue id;
 Message-ID/Date per the source's flags; X-Virtual-MTA (selection, removal,
-pools in turn, unknown -> 550 5.7.1); the source's <pattern-list> (mail-from,
+pools in turn, unknown -> 550 5.7.1, or {default} with reject-invalid-virtual-mta
+no, or invalid-virtual-mta-fallback; empty with allow-empty-x-virtual-mta);
+retain-x-virtual-mta, retain-x-job, process-x-envid, jobid-header; the
+source's <pattern-list> (mail-from,
 rcpt-to and header Subject entries, first match in file order, only through
 the <source> that names it, below X-Virtual-MTA), the listener's source= and
 its default-virtual-mta over the client address's; the seed's <sender> block; DKIM signed
-and verified by dkimpy (domain-key and the seed's dkim-selector/dkim-key-file);
-ABORT; a malformed frame closing only its connection; a full map (452 4.3.1)
-that keeps serving; 200 concurrent messages on 4 connections grouped into
-fewer commits; a reload with a transaction in flight.
+and verified by dkimpy (domain-key and the seed's dkim-selector/dkim-key-file;
+dkim-headers-canon and dkim-body-canon simple vs relaxed, dkim-algorithm,
+dkim-headers); hide-message-source;
+ABORT; a malformed frame closing only its connection; a full map (queue-map-size
+1m: 452 4.3.1) that keeps serving; 200 concurrent messages on 4 connections
+grouped into fewer commits; a reload with a transaction in flight;
+sync-msg-create yes/no seen as fdatasync calls or none (strace).
 
 Prints TAP. Needs root (pmtad drops privileges to the worker user).
 """
@@ -30,7 +36,7 @@ import time
 
 import dkim
 
-from pmtatest import Pmta, Tap, require_root, wait_for
+from pmtatest import Pmta, Tap, count_syscalls, require_root, wait_for
 from pmtaipc import CleanupConn, frame, MP_TXN_RCPT, F_U32, F_STR
 
 BUILDDIR = os.environ.get("PMTA_BUILDDIR", os.getcwd())
@@ -102,9 +108,42 @@ smtp-out-processes 0
 <source 127.0.0.2>
     default-virtual-mta ip-vmta
 </source>
+<source retain>
+    process-x-virtual-mta yes
+    retain-x-virtual-mta yes
+    process-x-job yes
+    retain-x-job yes
+    process-x-envid yes
+</source>
+<source jobhdr>
+    process-x-job yes
+    jobid-header Message-ID
+</source>
+<source hidden>
+    hide-message-source yes
+</source>
+<source lenient>
+    process-x-virtual-mta yes
+    reject-invalid-virtual-mta no
+    allow-empty-x-virtual-mta yes
+</source>
 domain-key s1,example.com,%(key)s
 <domain signed.test>
     dkim-sign yes
+</domain>
+<domain simple.test>
+    dkim-sign yes
+    dkim-headers-canon simple
+    dkim-body-canon simple
+    dkim-algorithm rsa-sha256
+</domain>
+<domain mixed.test>
+    dkim-sign yes
+    dkim-headers-canon simple
+</domain>
+<domain hdrs.test>
+    dkim-sign yes
+    dkim-headers subject,date
 </domain>
 <domain seed.test>
     dkim-sign yes
@@ -188,6 +227,17 @@ def check_basic(tap, p, s):
            "one log line per message")
 
 
+def check_hidden_source(tap, p, s):
+    r = s.send("a@example.com", ["x@y.test"], simple(b"hidden"), listener_source="hidden")
+    shown = headers(body_of(p, r.msgid)) if r and r.code == 250 else ""
+    r = s.send("a@example.com", ["x@y.test"], simple(b"shown"))
+    plain = headers(body_of(p, r.msgid)) if r and r.code == 250 else ""
+    tap.ok("client.test" in plain and "127.0.0.1" in plain and shown.startswith("Received: ")
+           and "client.test" not in shown and "127.0.0.1" not in shown,
+           "hide-message-source yes: Received without the feeder's name and address",
+           (shown[:300], plain[:300]))
+
+
 def check_bare_source(tap, p, s):
     r = s.send("a@example.com", ["x@y.test"], simple(b"bare"), listener_source="bare")
     h = headers(body_of(p, r.msgid)) if r and r.code == 250 else ""
@@ -267,6 +317,52 @@ def check_pattern_list(tap, p, s):
            "the listener's source= wins over the client address's default-virtual-mta", q)
 
 
+def stored(p, r):
+    """(qdump record, headers) of the message of result R; (None, "") if not stored."""
+    m = find(qdump(p), r.msgid) if r and r.code == 250 else None
+    return m, headers(body_of(p, r.msgid)) if m else ""
+
+
+def check_submission_headers(tap, p, s):
+    """retain-x-virtual-mta, retain-x-job, process-x-envid, jobid-header."""
+    extra = b"X-Virtual-MTA: mta1\r\nX-Job: j-17\r\nX-EnvID: env-17\r\n"
+    m, h = stored(p, s.send("a@example.com", ["x@y.test"], simple(b"strip", extra)))
+    tap.ok(m and m["vmta"] == "mta1" and m["job"] == "j-17" and "X-Virtual-MTA" not in h
+           and "X-Job" not in h and "X-EnvID: env-17" in h and m["envid"] != "env-17",
+           "without retain-*: X-Virtual-MTA and X-Job act and are removed; X-EnvID is left "
+           "alone without process-x-envid", (m, h))
+    m, h = stored(p, s.send("a@example.com", ["x@y.test"], simple(b"retain", extra),
+                            listener_source="retain"))
+    tap.ok(m and m["vmta"] == "mta1" and m["job"] == "j-17" and "X-Virtual-MTA: mta1" in h
+           and "X-Job: j-17" in h,
+           "retain-x-virtual-mta, retain-x-job: the fields act and stay in the message", (m, h))
+    tap.ok(m and m["envid"] == "env-17" and "X-EnvID" not in h,
+           "process-x-envid: X-EnvID becomes the ENVID and is removed", (m, h))
+    m, h = stored(p, s.send("a@example.com", ["x@y.test"],
+                            simple(b"jobhdr", b"Message-ID: <job-99@example.com>\r\nX-Job: j-1\r\n"),
+                            listener_source="jobhdr"))
+    tap.ok(m and m["job"] == "<job-99@example.com>" and "X-Job" not in h
+           and "Message-ID: <job-99@example.com>" in h,
+           "jobid-header Message-ID: the job id comes from Message-ID (which stays), not X-Job",
+           (m, h))
+
+
+def check_invalid_vmta(tap, p, s):
+    """reject-invalid-virtual-mta, allow-empty-x-virtual-mta."""
+    r = s.send("a@example.com", ["x@y.test"], simple(b"lenient", b"X-Virtual-MTA: nosuch\r\n"),
+               listener_source="lenient")
+    tap.ok(queues_of(p, r) == ["y.test/{default}"],
+           "reject-invalid-virtual-mta no: an unknown X-Virtual-MTA is accepted, through "
+           "{default} (the default source refuses it: 550 5.7.1 above)", r)
+    r = s.send("a@example.com", ["x@y.test"], simple(b"empty", b"X-Virtual-MTA:\r\n"))
+    tap.ok(r and r.code == 550 and r.enhanced == "5.7.1",
+           "an empty X-Virtual-MTA is an unknown virtual MTA by default: 550 5.7.1", r)
+    r = s.send("a@example.com", ["x@y.test"], simple(b"empty", b"X-Virtual-MTA:\r\n"),
+               listener_source="lenient")
+    tap.ok(queues_of(p, r) == ["y.test/{default}"],
+           "allow-empty-x-virtual-mta yes: an empty X-Virtual-MTA means {default}", r)
+
+
 def check_job(tap, p, s):
     r = s.send("a@example.com", ["x@y.test"], simple(b"job", b"X-Job: campaign-7\r\n"),
                envid="ENV1")
@@ -301,6 +397,57 @@ def check_dkim(tap, p, s):
     r = s.send("a@example.com", ["x@y.test"], simple(b"nodkim"))
     body = body_of(p, r.msgid) if r and r.code == 250 else "x"
     tap.ok("DKIM-Signature" not in body, "no dkim-sign: unsigned")
+    check_dkim_canon(tap, p, s)
+
+
+def verifies(body):
+    try:
+        return bool(dkim.verify(body, dnsfunc=dnsfunc))
+    except Exception:
+        return False
+
+
+def check_dkim_canon(tap, p, s):
+    """dkim-headers-canon, dkim-body-canon, dkim-algorithm: the c= and a= tags, and what
+    survives a relay that re-spaces a header field or pads a body line."""
+    signed = {}
+    for domain in ("signed.test", "simple.test", "mixed.test"):
+        content = (b"From: <a@example.com>\r\nTo: <r@" + domain.encode() + b">\r\n"
+                   b"Subject: canon test\r\n\r\nline one\r\nline two\r\n")
+        r = s.send("a@example.com", ["x@" + domain], content)
+        signed[domain] = body_of(p, r.msgid).encode() if r and r.code == 250 else b""
+    tags = {d: re.search(rb"\bc=([a-z/]+);", b.replace(b"\r\n\t", b" ")) for d, b in signed.items()}
+    tags = {d: m.group(1).decode() if m else None for d, m in tags.items()}
+    tap.ok(tags == {"signed.test": "relaxed/relaxed", "simple.test": "simple/simple",
+                    "mixed.test": "simple/relaxed"}
+           and all(verifies(b) for b in signed.values())
+           and b"a=rsa-sha256;" in signed["simple.test"],
+           "dkim-headers-canon and dkim-body-canon set c= (default relaxed/relaxed), "
+           "dkim-algorithm rsa-sha256 a=, and each signature verifies", tags)
+
+    def respaced(b):
+        return b.replace(b"\r\nSubject: canon test", b"\r\nSubject:   canon  test")
+
+    def padded(b):
+        return b.replace(b"\r\nline one\r\n", b"\r\nline one   \r\n")
+    got = {d: (verifies(respaced(b)), verifies(padded(b))) for d, b in signed.items()}
+    tap.ok(got == {"signed.test": (True, True), "simple.test": (False, False),
+                   "mixed.test": (False, True)},
+           "a re-spaced Subject breaks only simple header canonicalization, a padded body line "
+           "only simple body canonicalization", got)
+    r = s.send("a@example.com", ["x@hdrs.test"], simple(b"hdrs"))
+    body = body_of(p, r.msgid).encode() if r and r.code == 250 else b""
+    h = re.search(rb"\bh=([^;]+);", body.replace(b"\r\n\t", b""))
+    h = sorted(x.strip().lower() for x in h.group(1).decode().split(":")) if h else None
+    tap.ok(h == ["date", "from", "subject"],
+           "dkim-headers subject,date: h= signs those and From, nothing else", h)
+    bad = p.write_config(text="<domain a.test>\n  dkim-algorithm ed25519-sha256\n</domain>\n",
+                         path=os.path.join(p.dir, "ed25519.conf"))
+    r = p.run("--check-config", "-c", bad)
+    tap.ok(r.returncode != 0 and "ed25519.conf:2: error: dkim-algorithm ed25519-sha256 is not "
+           "supported" in r.stdout + r.stderr,
+           "dkim-algorithm other than rsa-sha256 is refused at load, with file:line",
+           r.stdout + r.stderr)
 
 
 def check_nul_in_header(tap, p, s):
@@ -423,7 +570,7 @@ def check_reload(tap, p, path, key):
     # (without this, the reload could overtake frames still in the socket)
     c.message(2, "a@example.com", ["x@y.test"], simple(b"before reload"))
     c.result(2)
-    p.write_config(config_extra(key) + SMALL_SOURCE
+    p.write_config(config_extra(key) + SMALL_SOURCE + "invalid-virtual-mta-fallback mta3\n"
                    + "<virtual-mta mta3>\n  smtp-source-host 127.0.0.13 mta3.test\n</virtual-mta>\n")
     mark = p.log_mark()
     p.send_signal(signal.SIGHUP)
@@ -439,6 +586,12 @@ def check_reload(tap, p, path, key):
     m = find(qdump(p), r.msgid) if r and r.code == 250 else None
     tap.ok(m and m["recipients"][0]["queue"] == "y.test/mta3",
            "a new transaction uses the new configuration", r)
+    c.message(3, "a@example.com", ["x@y.test"], simple(b"fallback", b"X-Virtual-MTA: nosuch\r\n"))
+    r = c.result(3)
+    m = find(qdump(p), r.msgid) if r and r.code == 250 else None
+    tap.ok(m and m["recipients"][0]["queue"] == "y.test/mta3",
+           "invalid-virtual-mta-fallback mta3: an unknown X-Virtual-MTA goes through mta3 "
+           "instead of 550", r)
     c.close()
 
 
@@ -479,6 +632,37 @@ def check_map_full(tap):
                p.output()[-2000:])
 
 
+def sync_calls(sync):
+    """fsync-family calls cleanup makes while 5 messages are committed, with
+    sync-msg-create SYNC; None when they cannot be counted."""
+    with Pmta(name="pmtacleanupsync") as p:
+        p.write_config("smtp-out-processes 0\nsync-msg-create %s\n" % sync)
+        p.start()
+        if not p.wait_log(r"cleanup\[\d+\]: info: queue .* open"):
+            return None
+        results = []
+
+        def send():
+            s = Sender(os.path.join(p.run_dir, "private", "cleanup"))
+            results.extend(s.send("a@example.com", ["x@y.test"], simple(b"sync %d" % i))
+                           for i in range(5))
+            s.conn.close()
+        n = count_syscalls(p.worker_pids("cleanup")[0],
+                           ("fsync", "fdatasync", "msync", "sync_file_range"), send)
+        return n if all(r and r.code == 250 for r in results) else None
+
+
+def check_sync(tap):
+    """sync-msg-create: commits are fsynced (yes, the default) or not (no), seen by strace."""
+    if not shutil.which("strace"):
+        tap.skip("sync-msg-create yes/no seen by strace", "strace is not installed")
+        return
+    on, off = sync_calls("yes"), sync_calls("no")
+    tap.ok(on is not None and off is not None and on >= 1 and off == 0,
+           "sync-msg-create yes: cleanup's commits call fdatasync; no: never",
+           "calls with yes: %s, with no: %s" % (on, off))
+
+
 def main():
     tap = Tap()
     require_root(tap)
@@ -494,9 +678,12 @@ def main():
         s = Sender(path)
         check_basic(tap, p, s)
         check_bare_source(tap, p, s)
+        check_hidden_source(tap, p, s)
         check_vmta(tap, p, s)
         check_pattern_list(tap, p, s)
         check_job(tap, p, s)
+        check_submission_headers(tap, p, s)
+        check_invalid_vmta(tap, p, s)
         check_dkim(tap, p, s)
         check_nul_in_header(tap, p, s)
         check_size_limit(tap, p, s)
@@ -509,6 +696,7 @@ def main():
         tap.ok(stopped_cleanly(p), "cleanup stopped cleanly (no sanitizer reports)",
                p.output()[-2000:])
     check_map_full(tap)
+    check_sync(tap)
     sys.exit(tap.done())
 
 

@@ -25,7 +25,10 @@ so what a command changes is seen in what qmgr hands out:
     POST -> 405, unknown page -> 404, format=xml -> 406
     the port already taken: pmtad still starts and accepts mail, with a warning
   log rotation: pmtactl rotate log (SIGUSR1) three times with log-rotate 2
-    keeps log.1 and log.2; the workers reopen the new file
+    keeps log.1 and log.2; the workers reopen the new file. log-auto-rotation:
+    two pmtads whose local midnight (their TZ, a POSIX offset chosen so that it
+    comes 15 s after their start) passes while they run; the default (yes)
+    rotates the log at midnight, log-auto-rotation no does not
 """
 
 import csv
@@ -259,10 +262,42 @@ def rotate_test(tap):
            and exists == [True, True, False],
            "pmtactl rotate log with log-rotate 2: log, log.1 and log.2, no log.3",
            (outs, exists))
+    tap.ok(re.search(r"smtpd\[\d+\]: info: .*disconnected, 0 messages", current),
+           "log-connections yes (source): smtpd logs each connection's end", current[-600:])
     tap.ok("rotation-2.test" in current and "rotation-2.test" not in newest_old
            and "rotation-1.test" in newest_old and "smtpd[" in current and mode == 0o660,
            "after a rotation the workers write to the new file (smtpd's lines), mode 0660",
            (current[-600:], oct(mode)))
+
+
+def tz_before_midnight(lead):
+    """A POSIX TZ whose local time is LEAD seconds before midnight now (UTC+hh:mm:ss)."""
+    now = time.time()
+    offset = int(86400 - lead - now % 86400) % 86400
+    return "TST-%02d:%02d:%02d" % (offset // 3600, offset // 60 % 60, offset % 60)
+
+
+def midnight_test(tap):
+    """log-auto-rotation: the log is rotated when local midnight passes (and not with no)."""
+    lead = 15
+    with Pmta(name="ctl-midnight") as yes, Pmta(name="ctl-nomidnight") as no:
+        yes.write_config("log-rotate 3\n")
+        no.write_config("log-rotate 3\nlog-auto-rotation no\n")
+        started = time.monotonic()
+        yes.start(env={"TZ": tz_before_midnight(lead)})
+        no.start(env={"TZ": tz_before_midnight(lead - (time.monotonic() - started))})
+        late = time.monotonic() - started > lead - 2
+        # the master looks at the clock every 5 s
+        rotated = wait_for(lambda: os.path.exists(yes.log_path + ".1"), timeout=lead + 30)
+        time.sleep(max(0, started + lead + 7 - time.monotonic()))
+        old = open(yes.log_path + ".1", errors="replace").read() if rotated else ""
+        tap.ok(not late and rotated and "rotating the log: midnight (log-auto-rotation)" in old
+               and "log rotated" in yes.log(),
+               "log-auto-rotation (default yes): the log is rotated at local midnight",
+               (late, old[-500:], yes.log()[-500:]))
+        tap.ok(not late and not os.path.exists(no.log_path + ".1")
+               and "rotating the log" not in no.log(),
+               "log-auto-rotation no: local midnight passes, the log stays", no.log()[-500:])
 
 
 def port_taken_test(tap):
@@ -325,6 +360,7 @@ http-access 127.0.0.0/8 none
            "\n".join(l for l in log.splitlines() if re.search(r"(error|panic):", l))[:500])
     port_taken_test(tap)
     rotate_test(tap)
+    midnight_test(tap)
     sys.exit(tap.done())
 
 

@@ -25,6 +25,12 @@ delivery. Mail goes in over SMTP (smtplib).
                   qmgr log; log-commands/log-data/log-connections transcript;
                   log-transfer-failures only for the failed transaction;
                   log-max-size rotates the log
+  client options  use-starttls no (clear), ignore-pipelining (one command per
+                  read), bounce-upon-no-mx (an A-only domain bounces)
+  stalls, 8-bit   data-send-timeout ends a transfer a receiver stopped reading;
+                  ignore-8bitmime sends 8-bit mail to a receiver without 8BITMIME
+                  (bounced 5.6.3 without it)
+  macros          domain-macro: a <domain $macro.fid> block applies to a member
   config          a type without its command / file-destination / URL, and
                   a bad http-delivery-url, are load errors with file:line
 
@@ -81,6 +87,9 @@ user-string-ignored-here no
   always-allow-relaying yes
   process-x-job yes
 </source>
+<bounce-category-patterns>
+  /ticket-4711/ ticket-refused
+</bounce-category-patterns>
 <acct-file %(acct)s>
   records d,b,t,tq,r
   record-fields d *,header_Subject
@@ -120,6 +129,33 @@ user-string-ignored-here no
   smtp-data-termination-timeout 1s
   retry-after 1h
 </domain>
+<domain stall.fid>
+  smtp-hosts [%(rx_ip)s]:%(stall_port)d
+  data-send-timeout 2s
+  retry-after 1h
+</domain>
+<domain ig8.fid>
+  smtp-hosts [%(rx_ip)s]:%(no8_port)d
+  ignore-8bitmime yes
+</domain>
+<domain no8.fid>
+  smtp-hosts [%(rx_ip)s]:%(no8_port)d
+</domain>
+<domain clear.fid>
+  smtp-hosts [%(rx_ip)s]:%(rx_port)d
+  use-starttls no
+</domain>
+<domain nopipe.fid>
+  smtp-hosts [%(rx_ip)s]:%(rx_port)d
+  ignore-pipelining yes
+</domain>
+<domain aonly.fid>
+  default-smtp-port %(rx_port)d
+  bounce-upon-no-mx yes
+</domain>
+<domain aonly2.fid>
+  default-smtp-port %(rx_port)d
+</domain>
 <domain nodsn.fid>
   smtp-hosts [%(rx_ip)s]:%(rx_port)d
   ignore-dsn yes
@@ -141,7 +177,11 @@ user-string-ignored-here no
   auth-password S3cret-pw
   log-commands yes
 </domain>
+domain-macro discards discard2, discard3
 <domain discard.fid>
+  type discard
+</domain>
+<domain $discards.fid>
   type discard
 </domain>
 <domain bdiscard.fid>
@@ -237,18 +277,21 @@ def main():
     work = tempfile.mkdtemp(prefix="test_fidelity.")
     os.chmod(work, 0o755)
     rx = TestSmtpd(["%s:%d" % (RX_IP, free_port(RX_IP))],
-                   {"starttls": True, "rcpt": [["bad", "550 5.1.1 <bad>: no such user here"]]},
+                   {"starttls": True, "rcpt": [["bad", "550 5.1.1 <bad>: no such user here"],
+                                               ["tick", "550 5.0.0 refused, see ticket-4711"]]},
                    work, "rx")
     rx_port = int(rx.listen[0].split(":")[1])
     extra = {name: TestSmtpd(["%s:%d" % (RX_IP, free_port(RX_IP))], script, work, name)
              for name, script in (("slow", {"delay": {"greeting": 4}}),
                                   ("dot", {"delay": {"dot": 4}}),
+                                  ("stall", {"stall_in_data": True}),
+                                  ("no8", {"8bitmime": False}),
                                   ("g554", {"greeting": "554 5.7.1 go away"}),
                                   ("auth", {"starttls": True,
                                             "auth": {"user": "alice", "password": "S3cret-pw",
                                                      "mechanisms": ["LOGIN"],
                                                      "require": True}}))}
-    dns = Dnsmasq(local=["fid"])
+    dns = Dnsmasq(local=["fid"], hosts=[("aonly.fid", RX_IP), ("aonly2.fid", RX_IP)])
     http_port = free_port(HTTP_IP)
     hook = http.server.ThreadingHTTPServer((HTTP_IP, http_port), Hook)
     threading.Thread(target=hook.serve_forever, daemon=True).start()
@@ -275,12 +318,14 @@ def main():
                                     "closed_port2": closed_port(CLOSED_IP), "program": program,
                                     "slow_port": int(extra["slow"].listen[0].split(":")[1]),
                                     "dot_port": int(extra["dot"].listen[0].split(":")[1]),
+                                    "stall_port": int(extra["stall"].listen[0].split(":")[1]),
+                                    "no8_port": int(extra["no8"].listen[0].split(":")[1]),
                                     "g554_port": int(extra["g554"].listen[0].split(":")[1]),
                                     "auth_port": int(extra["auth"].listen[0].split(":")[1]),
                                     "files": files, "http_ip": HTTP_IP,
                                     "http_port": http_port})
         pmta.start()
-        run(tap, pmta, rx, acct, out, files)
+        run(tap, pmta, rx, acct, out, files, extra)
         restart(tap, pmta, acct)
         config_errors(tap, work)
         rotation(tap)
@@ -297,7 +342,25 @@ def main():
     return tap.done()
 
 
-def run(tap, pmta, rx, acct, out, files):
+def mail_rcpt_reads(rx):
+    """{recipient: (read number of its MAIL, of its RCPT)} as the receiver logged them."""
+    out, last_mail = {}, {}
+    for e in rx.events():
+        if e["event"] == "mail":
+            last_mail[e["conn"]] = e["read"]
+        elif e["event"] == "rcpt" and e["conn"] in last_mail:
+            out[e["to"]] = (last_mail[e["conn"]], e["read"])
+    return out
+
+
+def send_8bit(port, to):
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as s:
+        s.sendmail(SENDER, [to], message(to, "8bit", "Content-Type: text/plain; "
+                                         "charset=latin1\r\n").replace(b"body of", b"caf\xe9 of"),
+                   mail_options=["BODY=8BITMIME"])
+
+
+def run(tap, pmta, rx, acct, out, files, extra):
     port = pmta.port
     send(port, ["ok1@tls.fid", "bad1@tls.fid"], message("ok1@tls.fid", "tls"), envid="env-tls-1")
     send(port, ["ok2@fail.fid", "bad2@fail.fid"], message("ok2@fail.fid", "fail"))
@@ -315,9 +378,18 @@ def run(tap, pmta, rx, acct, out, files):
     tap.ok(code == 250 and qid and re.search("[A-F]", qid.group(1)),
            "the 250 reply names the hex queue id", text)
     qid = qid.group(1) if qid else "?"
+    send(port, ["m@discard3.fid"], message("m@discard3.fid", "macro"))
+    # past both sockets' buffers (a 4 KB receive buffer, up to 4 MB to send): writes block
+    send(port, ["u@stall.fid"], message("u@stall.fid", "stall", "X-Pad: pad\r\n")
+         + (b"y" * 998 + b"\r\n") * 9000)
+    send(port, ["tick@fail.fid"], message("tick@fail.fid", "tick"))
+    for dom in ("clear", "nopipe", "aonly", "aonly2"):
+        send(port, ["u@%s.fid" % dom], message("u@%s.fid" % dom, dom))
+    send_8bit(port, "u@ig8.fid")
+    send_8bit(port, "u@no8.fid")
     for dom in ("greet", "dot", "nodsn", "g554", "attempts", "auth"):
         send(port, ["u@%s.fid" % dom], message("u@%s.fid" % dom, dom))
-    accepted = {"u@auth.fid", "u@greet.fid", "u@dot.fid", "u@nodsn.fid", "u@g554.fid", "u@attempts.fid","ok1@tls.fid", "bad1@tls.fid", "ok2@fail.fid", "bad2@fail.fid",
+    accepted = {"tick@fail.fid", "u@clear.fid", "u@nopipe.fid", "u@aonly.fid", "u@aonly2.fid", "m@discard3.fid", "u@stall.fid", "u@ig8.fid", "u@no8.fid", "u@auth.fid", "u@greet.fid", "u@dot.fid", "u@nodsn.fid", "u@g554.fid", "u@attempts.fid","ok1@tls.fid", "bad1@tls.fid", "ok2@fail.fid", "bad2@fail.fid",
                 "gone@refused.fid", "a@discard.fid", "b@bdiscard.fid", "okp@pipe.fid",
                 "tmpp@pipe.fid", "nouserp@pipe.fid", "slowp@pipe.fid", "okf@file.fid",
                 "okm@mbox.fid", "okh@http.fid", "tmph@http.fid", "badh@http.fid"}
@@ -331,7 +403,11 @@ def run(tap, pmta, rx, acct, out, files):
              and rows_of("t", "u@greet.fid") and rows_of("t", "u@dot.fid")
              and rows_of("t", "u@g554.fid") and rows_of("t", "u@attempts.fid")
              and rows_of("d", "u@auth.fid")
-             and rows_of("d", "okh@http.fid") and rows_of("t", "tmph@http.fid"), timeout=40)
+             and rows_of("d", "okh@http.fid") and rows_of("t", "tmph@http.fid")
+             and rows_of("t", "u@stall.fid") and rows_of("d", "u@ig8.fid")
+             and rows_of("b", "u@no8.fid") and rows_of("d", "u@clear.fid")
+             and rows_of("d", "u@nopipe.fid") and rows_of("b", "u@aonly.fid")
+             and rows_of("d", "u@aonly2.fid") and rows_of("b", "tick@fail.fid"), timeout=40)
     time.sleep(1.5)  # the accounting buffer's one second
     header, rows = read_acct(acct)
     log = pmta.log()
@@ -372,6 +448,10 @@ def run(tap, pmta, rx, acct, out, files):
     tap.ok(d.get("a@discard.fid", {}).get("dlvType") == "discard"
            and not [e for e in rx.events("rcpt") if "discard" in e["to"]],
            "type discard: a d record (dlvType discard), nothing sent anywhere")
+    tap.ok(d.get("m@discard3.fid", {}).get("dlvType") == "discard"
+           and d["m@discard3.fid"].get("queue") == "discard3.fid/{default}",
+           "domain-macro: <domain $discards.fid> applies to discard3.fid (type discard)",
+           d.get("m@discard3.fid"))
     bd = b.get("b@bdiscard.fid", {})
     dsn_to_sender = [e for e in rx.events("rcpt") if e["to"] == SENDER]
     tap.ok(bd.get("dlvType") == "discard" and bd.get("dsnAction") == "failed",
@@ -428,6 +508,31 @@ def run(tap, pmta, rx, acct, out, files):
            and "dot" in t.get("u@dot.fid", {}).get("dsnDiag", ""),
            "smtp-data-termination-timeout 1s: the wait for the reply to '.' ends after 1 s",
            t.get("u@dot.fid"))
+    stalled = extra["stall"].events("stall")
+    tap.ok(stalled and "timeout sending message to" in t.get("u@stall.fid", {}).get("dsnDiag", "")
+           and "after 2 s" in t.get("u@stall.fid", {}).get("dsnDiag", ""),
+           "data-send-timeout 2s: a receiver that stops reading mid-DATA is given up on after "
+           "2 s (deferred)", (stalled, t.get("u@stall.fid")))
+    mails = {e["from"]: e for e in extra["no8"].events("mail")}
+    tap.ok(d.get("u@ig8.fid") and b.get("u@no8.fid", {}).get("dsnStatus", "").startswith("5.6.3")
+           and [e for e in extra["no8"].events("mail") if "BODY=8BITMIME" not in
+                str(e.get("params", ""))],
+           "ignore-8bitmime yes: 8-bit mail goes to a receiver without 8BITMIME (no BODY= "
+           "sent); without it the same mail bounces 5.6.3",
+           (d.get("u@ig8.fid"), b.get("u@no8.fid"), mails))
+    tap.ok(d.get("u@clear.fid", {}).get("dlvTlsProtocol") == ""
+           and d.get("ok1@tls.fid", {}).get("dlvTlsProtocol") == "TLSv1.3",
+           "use-starttls no: delivered in clear to a receiver that offers STARTTLS",
+           d.get("u@clear.fid"))
+    reads = mail_rcpt_reads(rx)
+    tap.ok(reads.get("u@nopipe.fid") and reads["u@nopipe.fid"][0] != reads["u@nopipe.fid"][1]
+           and reads.get("ok2@fail.fid") and reads["ok2@fail.fid"][0] == reads["ok2@fail.fid"][1],
+           "ignore-pipelining: MAIL and RCPT in separate reads (in one read where not set)",
+           reads)
+    tap.ok(b.get("u@aonly.fid", {}).get("dsnStatus", "").startswith("5.")
+           and d.get("u@aonly2.fid", {}).get("dlvDestinationIp") == RX_IP,
+           "bounce-upon-no-mx yes: a domain with an A record and no MX bounces; without it the "
+           "A record is the destination", (b.get("u@aonly.fid"), d.get("u@aonly2.fid")))
     params = {e["to"]: e.get("params", "") for e in rx.events("rcpt")}
     tap.ok("NOTIFY" not in str(params.get("u@nodsn.fid", "?"))
            and "NOTIFY" in str(params.get("ok1@tls.fid", "")),
@@ -475,6 +580,9 @@ def run(tap, pmta, rx, acct, out, files):
            and rb.get("dsnDiag") == "smtp;550 5.1.1 <bad>: no such user here"
            and rb.get("bounceCat") == "bad-mailbox" and rb.get("dsnAction") == "failed",
            "b record: RFC 3463 status text, the reply as diag, bad-mailbox", rb)
+    tap.ok(b.get("tick@fail.fid", {}).get("bounceCat") == "ticket-refused",
+           "<bounce-category-patterns> /ticket-4711/ ticket-refused classifies the reply; "
+           "unmatched replies keep the stock categories (bad-mailbox above)", b.get("tick@fail.fid"))
     rt = t.get("gone@refused.fid", {})
     tap.ok(rt.get("dsnStatus") == "4.4.1 (no answer from host)"
            and rt.get("dsnDiag", "").startswith("smtp;451 4.4.1 [internal] connect to ")

@@ -19,7 +19,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from pmtatest import Pmta, Tap, ROLES, pid_alive, port_is_listening, proc_status, \
     require_root, wait_for, worker_path  # noqa: E402
 
-COUNTS = {"smtpd": 2, "cleanup": 1, "qmgr": 1, "smtp-out": 2}
+# smtpd-processes 2, cleanup-processes 2 (not the default 1), smtp-out-processes 2: the
+# counts come from the directives
+COUNTS = {"smtpd": 2, "cleanup": 2, "qmgr": 1, "smtp-out": 2}
+PROCS = {r: n for r, n in COUNTS.items() if r != "qmgr"}
 NWORKERS = sum(COUNTS.values())
 
 tap = Tap()
@@ -102,10 +105,11 @@ def test_show_settings(p):
 # --- a running pmtad ------------------------------------------------------------
 
 def test_startup(p):
-    p.write_config()
+    p.write_config(processes=PROCS)
     p.start()
     ok = p.wait_workers(COUNTS, timeout=15)
-    tap.ok(ok, "all four roles run (smtpd x2, cleanup, qmgr, smtp-out x2)",
+    tap.ok(ok, "all four roles run (smtpd x2, cleanup x2 as cleanup-processes says, qmgr, "
+           "smtp-out x2)",
            "found %s\n%s" % ({r: p.worker_pids(r) for r in ROLES}, p.log()))
     started = p.wait_log(r"(smtpd|cleanup|qmgr|smtp-out)\[\d+\]: info: started \(pid \d+, "
                          r"config generation 1\)", count=NWORKERS)
@@ -201,7 +205,7 @@ def test_bad_reload(p):
 
 def test_good_reload(p):
     pids = p.worker_pids()
-    p.write_config("<domain example.com>\n    max-smtp-out 3\n</domain>\n")
+    p.write_config("<domain example.com>\n    max-smtp-out 3\n</domain>\n", processes=PROCS)
     mark = p.log_mark()
     p.send_signal(signal.SIGHUP)
     acks = p.wait_log(r"(smtpd|cleanup|qmgr|smtp-out)\[\d+\]: info: using configuration "
@@ -217,7 +221,7 @@ def test_good_reload(p):
     # A listener change cannot be applied by a reload: say so.
     old_port = p.port
     p.port = p.port + 1 if p.port < 65000 else p.port - 1
-    p.write_config()
+    p.write_config(processes=PROCS)
     p.port = old_port
     mark = p.log_mark()
     p.send_signal(signal.SIGHUP)
@@ -236,6 +240,19 @@ def test_stop(p):
     tap.ok(pids and not [x for x in pids if pid_alive(x)], "... and every worker is gone")
     tap.ok(not os.path.exists(os.path.join(p.run_dir, "pmtad.pid")), "... pid file removed")
     tap.ok(re.search(r"pmtad\[%d\]: info: stopped" % p.pid, p.log()), "... and it logs 'stopped'")
+
+
+def test_run_as_root():
+    """run-as-root yes: the workers keep root (PowerMTA's default; ours is no)."""
+    with Pmta(name="pmtatest-root") as p:
+        p.write_config("run-as-root yes\n")
+        p.start()
+        p.wait_workers({"smtpd": 2, "cleanup": 1, "qmgr": 1, "smtp-out": 2}, timeout=15)
+        uids = {pid: proc_status(pid).get("Uid", "").split() for pid in p.worker_pids()}
+        tap.ok(uids and all(set(u) == {"0"} for u in uids.values())
+               and "run-as-root yes: workers keep pmtad's credentials" in p.output() + p.log(),
+               "run-as-root yes: every worker runs as root, and pmtad says so",
+               "%s\n%s" % (uids, p.log()[-1500:]))
 
 
 def test_unknown_user():
@@ -304,6 +321,7 @@ def main():
             tap.diag("exception: %r" % e)
             tap.diag(p.log()[-3000:])
             p.kill_everything()
+    test_run_as_root()
     test_unknown_user()
     test_crash_loop()
     return tap.done()

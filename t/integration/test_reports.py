@@ -25,6 +25,14 @@ transport for sender.test). A second testsmtpd on 127.0.0.32 is the archive
                  and the report passed on (deliver-matched-email yes)
   unmatched      a plain-text "bounce" is forwarded (forward-unmatched-to),
                  not delivered (deliver-unmatched-email no), no record
+  tracking       mail from a feeder that keeps no X-Job / X-Virtual-MTA and gives
+                 no ENVID: Postfix's DSN returns our tracking ENVID, and the rb
+                 record still names job and virtual MTA (not with tracking-envid no)
+  vmta header    add-x-virtual-mta-header: "X-Virtual-MTA: v1" on top of the
+                 delivered message ({default} for the default one), not with a
+                 retained field, none from a source without it
+  errors         a delivery-status report without its status part is forwarded
+                 (forward-errors-to) and passed on to its recipient, no record
   crash          qmgr stopped, a DSN received, qmgr killed (-9): the new qmgr
                  records it once and the queue ends empty
 
@@ -59,6 +67,18 @@ name-server %(dns)s
   process-x-virtual-mta yes
   retain-x-virtual-mta yes
   process-x-envid yes
+  add-x-virtual-mta-header yes
+</source>
+# a feeder as PowerMTA ships them: X-Job and X-Virtual-MTA act and are removed
+<source 127.0.0.2>
+  always-allow-relaying yes
+  process-x-job yes
+  process-x-virtual-mta yes
+</source>
+<source 127.0.0.3>
+  always-allow-relaying yes
+  process-x-virtual-mta yes
+  add-x-virtual-mta-header yes
 </source>
 <virtual-mta v1>
   smtp-source-host 127.0.0.10 v1.src.test
@@ -71,6 +91,7 @@ name-server %(dns)s
 <bounce-processor>
   deliver-unmatched-email no
   forward-unmatched-to archive@archive.test
+  forward-errors-to errors@archive.test
   add-to-suppression-list suppressed
   <address-list>
     address /^bounces(\\+.*)?@sender\\.test$/
@@ -96,6 +117,10 @@ name-server %(dns)s
 <domain remote.test>
   smtp-hosts [127.0.0.30]:2549
   bcc-upon-delivery archive@archive.test
+</domain>
+<domain untracked.test>
+  smtp-hosts [127.0.0.30]:2549
+  tracking-envid no
 </domain>
 <domain archive.test>
   smtp-hosts [127.0.0.32]:2552
@@ -138,8 +163,10 @@ class Run:
                        "User unknown"]]}, self.work, "reject")
         self.archive = TestSmtpd([ARCHIVE], {}, self.work, "archive")
         self.dns = Dnsmasq(local=["test"])
-        self.pf = postfix.PrivatePostfix(self.work, PF_LISTEN, "mx.remote.test", ["remote.test"],
+        self.pf = postfix.PrivatePostfix(self.work, PF_LISTEN, "mx.remote.test",
+                                         ["remote.test", "untracked.test"],
                                          {"remote.test": "[127.0.0.31]:2550",
+                                          "untracked.test": "[127.0.0.31]:2550",
                                           "sender.test": "[127.0.0.1]:%d" % self.pmta.port})
 
     def start(self):
@@ -161,8 +188,9 @@ class Run:
         self.reject.stop()
         self.dns.stop()
 
-    def send(self, sender, rcpts, data, mail_options=(), rcpt_options=()):
-        with smtplib.SMTP("127.0.0.1", self.pmta.port, timeout=10) as s:
+    def send(self, sender, rcpts, data, mail_options=(), rcpt_options=(), source=None):
+        with smtplib.SMTP("127.0.0.1", self.pmta.port, timeout=10,
+                          source_address=(source, 0) if source else None) as s:
             s.sendmail(sender, rcpts, data, mail_options=list(mail_options),
                        rcpt_options=list(rcpt_options))
 
@@ -280,6 +308,65 @@ def check_unmatched(tap, run):
            "no record")
 
 
+def check_errors(tap, run):
+    run.send("", ["bounces@sender.test"],
+             b"From: MAILER-DAEMON@broken.test\r\nTo: bounces@sender.test\r\n"
+             b"Subject: broken report\r\nMIME-Version: 1.0\r\n"
+             b"Content-Type: multipart/report; report-type=delivery-status; boundary=\"b1\"\r\n"
+             b"\r\n--b1\r\nContent-Type: text/plain\r\n\r\nIt did not work.\r\n--b1--\r\n")
+    fwd = wait_for(lambda: [a for a in run.archived() if a[0] == "errors@archive.test"
+                            and b"broken report" in a[2]], timeout=15)
+    passed = wait_for(lambda: [a for a in run.archived() if a[0] == "bounces@sender.test"
+                               and b"broken report" in a[2]], timeout=15)
+    tap.ok(fwd and passed and "not understood: multipart/report without its" in run.pmta.log(),
+           "a report that cannot be parsed: a copy to forward-errors-to, and passed on to its "
+           "recipient", [(a[0], a[1]) for a in run.archived()])
+
+
+def check_tracking(tap, run):
+    """No ENVID, no X-Job or X-Virtual-MTA kept: the job and the virtual MTA still come back,
+    through the tracking ENVID Postfix returns as Original-Envelope-Id."""
+    plain = ORIGINAL.replace(b"job-42", b"job-43").replace(b"spring-1", b"spring-2")
+    run.send("bounces@sender.test", ["nouser2@remote.test", "nouser3@untracked.test"], plain,
+             source="127.0.0.2")
+    rb = run.wait_rows("rb", rcpt="nouser2@remote.test")
+    r = rb[0] if rb else {}
+    tap.ok(rb and r["jobId"] == "job-43" and r["vmta"] == "v1" and r["envId"] == ""
+           and r["dsnStatus"] == "5.1.1",
+           "a DSN about mail sent without ENVID and with X-Job/X-Virtual-MTA removed: the rb "
+           "record still names job and virtual MTA (our ENVID came back), envId stays empty",
+           r or run.pmta.log()[-3000:])
+    dsn = [l for l in run.pf.log().splitlines() if "nouser2@remote.test" in l]
+    un = run.wait_rows("rb", rcpt="nouser3@untracked.test")
+    u = un[0] if un else {}
+    tap.ok(un and u["jobId"] == "" and u["vmta"] == "",
+           "tracking-envid no: the same DSN names neither (no ENVID was sent)", u or dsn[-3:])
+
+
+def check_vmta_header(tap, run):
+    """add-x-virtual-mta-header: the field names the virtual MTA the mail went out through."""
+    run.send("someone@sender.test", ["added@archive.test"],
+             b"Subject: added\r\nX-Virtual-MTA: v1\r\n\r\nx\r\n", source="127.0.0.3")
+    run.send("someone@sender.test", ["default@archive.test"], b"Subject: default\r\n\r\nx\r\n",
+             source="127.0.0.3")
+    run.send("someone@sender.test", ["none@archive.test"],
+             b"Subject: none\r\nX-Virtual-MTA: v1\r\n\r\nx\r\n", source="127.0.0.2")
+    run.send("someone@sender.test", ["kept@archive.test"],
+             b"Subject: kept\r\nX-Virtual-MTA: v1\r\n\r\nx\r\n")
+    want = ("added@archive.test", "default@archive.test", "none@archive.test", "kept@archive.test")
+    wait_for(lambda: len({a[0] for a in run.archived() if a[0] in want}) == 4, timeout=15)
+    got = {a[0]: a[2] for a in run.archived() if a[0] in want}
+    fields = {k: [l for l in v.split(b"\r\n\r\n")[0].split(b"\r\n")
+                  if l.lower().startswith(b"x-virtual-mta:")] for k, v in got.items()}
+    tap.ok(got.get("added@archive.test", b"").startswith(b"X-Virtual-MTA: v1\r\n")
+           and fields.get("added@archive.test") == [b"X-Virtual-MTA: v1"]
+           and fields.get("default@archive.test") == [b"X-Virtual-MTA: {default}"]
+           and fields.get("none@archive.test") == []
+           and fields.get("kept@archive.test") == [b"X-Virtual-MTA: v1"],
+           "add-x-virtual-mta-header: X-Virtual-MTA on top naming the virtual MTA ({default} "
+           "too); none without it; a retained field is not doubled", fields)
+
+
 def check_crash(tap, run):
     with open(os.path.join(SRCDIR, "t", "data", "reports", "postfix-failed.eml"), "rb") as f:
         dsn = f.read().replace(b"nouser@remote.test", b"crashuser@remote.test")
@@ -319,6 +406,9 @@ def main():
         check_suppression(tap, run)
         check_fbl(tap, run)
         check_unmatched(tap, run)
+        check_errors(tap, run)
+        check_tracking(tap, run)
+        check_vmta_header(tap, run)
         check_crash(tap, run)
     finally:
         run.stop()

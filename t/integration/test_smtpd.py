@@ -4,9 +4,16 @@
 Sources by client address (all on loopback):
   127.0.0.1  relaying, STARTTLS      127.0.0.2  no relaying; 3 rcpts, 10k max, STARTTLS
   127.0.0.3  smtp-service no         127.0.0.4  plaintext AUTH allowed
-A second listener speaks implicit TLS (immediate-tls). Users: <smtp-user alice>
-and bob in an auth_file with a SHA-512-crypt hash. Messages are checked in the
-queue with tools/pmta-qdump.
+  127.0.0.5  plaintext AUTH allowed, but require-starttls-before-auth
+  127.0.0.6  require-auth (relaying)      127.0.0.7  allow-auth no, STARTTLS
+The server certificate is issued by an intermediate CA that only
+smtp-server-tls-ca-file holds: a client that trusts the root alone verifies it
+only if smtpd sends the chain. A second listener speaks implicit TLS
+(immediate-tls) with a certificate of its own (the listener's tls-certificate).
+Users: <smtp-user alice> (authentication-method password), carol
+(authentication-method system: warned about at load, cannot log in) and bob in
+an auth_file with a SHA-512-crypt hash. Messages are checked in the queue with
+tools/pmta-qdump.
 """
 import os
 import re
@@ -20,6 +27,7 @@ import time
 
 from pmtatest import (Tap, Pmta, SmtpRaw, body_of, find_message, free_port, make_cert, qdump,
                       require_root, sha512_crypt, tool_path, wait_for)
+from testca import TestCA
 
 tap = Tap()
 require_root(tap)
@@ -41,13 +49,47 @@ def ehlo_keywords(port, source=None):
     return code, text.decode().split("\n")
 
 
+def chained_cert(directory):
+    """(root CA file, server PEM, CA file): the server's certificate (mta.test.example) is
+    issued by an intermediate; its PEM holds the certificate and key only, the CA file the
+    intermediate and the root (smtp-server-tls-ca-file)."""
+    ca = TestCA(os.path.join(directory, "ca"))
+    sub = ca.intermediate("openpmta test sub-CA")
+    cert, key = sub.issue("mta.test.example", ["mta.test.example"])
+    pem = os.path.join(directory, "leaf.pem")
+    cafile = os.path.join(directory, "chain.pem")
+    for path, parts in ((pem, (cert, key)), (cafile, (sub.cert, ca.cert))):
+        with open(path, "w") as out:
+            for part in parts:
+                with open(part) as f:
+                    out.write(f.read())
+    os.chmod(cafile, 0o644)
+    os.chmod(pem, 0o600)
+    try:
+        import pwd
+        pw = pwd.getpwnam("pmta")
+        os.chown(pem, pw.pw_uid, pw.pw_gid)
+    except KeyError:
+        os.chmod(pem, 0o644)
+    return ca.cert, pem, cafile
+
+
+def subject_cn(der):
+    """The CN of a DER certificate (openssl CLI)."""
+    r = subprocess.run(["openssl", "x509", "-inform", "DER", "-noout", "-subject", "-nameopt",
+                        "multiline"], input=der, capture_output=True, timeout=10)
+    m = re.search(rb"commonName\s*=\s*(\S+)", r.stdout)
+    return m.group(1).decode() if m else None
+
+
 def msg(mid, extra="", body="Hello.\r\n"):
     return ("From: a@example.test\r\nTo: b@example.test\r\nSubject: test\r\n"
             "Message-ID: %s\r\n%s\r\n%s" % (mid, extra, body))
 
 
 with Pmta(name="test_smtpd") as p:
-    pem = make_cert(p.dir)
+    root, pem, cafile = chained_cert(p.dir)
+    listener_pem = make_cert(p.dir, name="implicit.pem", cn="implicit.test.example")
     authfile = os.path.join(p.dir, "auth_file")
     with open(authfile, "w") as f:
         f.write("# user:hash\nbob:%s\n" % sha512_crypt("builder"))
@@ -55,11 +97,13 @@ with Pmta(name="test_smtpd") as p:
     tls_port = free_port()
     p.write_config("""
 smtp-server-tls-certificate %s
+smtp-server-tls-ca-file %s
 relay-domain relay.test
 auth_type = "auth_file"
 auth_file = "%s"
 <smtp-listener 127.0.0.1:%d>
     immediate-tls yes
+    tls-certificate %s
 </smtp-listener>
 <source 127.0.0.1>
     always-allow-relaying yes
@@ -76,10 +120,29 @@ auth_file = "%s"
 <source 127.0.0.4>
     allow-unencrypted-plain-auth yes
 </source>
+<source 127.0.0.5>
+    allow-unencrypted-plain-auth yes
+    require-starttls-before-auth yes
+    allow-starttls yes
+</source>
+<source 127.0.0.6>
+    always-allow-relaying yes
+    require-auth yes
+    allow-starttls yes
+</source>
+<source 127.0.0.7>
+    allow-auth no
+    allow-starttls yes
+</source>
 <smtp-user alice>
     password "wonderland"
+    authentication-method password
 </smtp-user>
-""" % (pem, authfile, tls_port), processes={"smtp-out": 0})
+<smtp-user carol>
+    password "looking-glass"
+    authentication-method system
+</smtp-user>
+""" % (pem, cafile, authfile, tls_port, listener_pem), processes={"smtp-out": 0})
     p.start()
     p.wait_log(r"cleanup\[\d+\]: info: queue .* open", timeout=20)   # before the first qdump
     port = p.port
@@ -185,17 +248,99 @@ auth_file = "%s"
     tap.ok(r.returncode == 0 and find_message(qdump(p.spool, body=True), "<swaks1@test>"),
            "swaks --tls --auth: message queued", r.stdout[-800:])
 
+    # --- require-starttls-before-auth, authentication-method ------------------------------------
+    code, kw = ehlo_keywords(port, "127.0.0.5")
+    tap.ok(not any(k.startswith("AUTH") for k in kw),
+           "require-starttls-before-auth: no AUTH offered in plaintext (though "
+           "allow-unencrypted-plain-auth yes)", kw)
+    r = SmtpRaw(port, source="127.0.0.5")
+    r.reply()
+    r.cmd("EHLO client.test")
+    r.send("AUTH PLAIN AGFsaWNlAHdvbmRlcmxhbmQ=\r\n")    # alice / wonderland
+    reply = r.reply()
+    r.close()
+    tap.ok(reply[0] == 503 and "5.5.1" in reply[1][0],
+           "require-starttls-before-auth: AUTH before STARTTLS is refused (503 5.5.1)", reply)
+    s = smtplib.SMTP("127.0.0.1", port, timeout=10, source_address=("127.0.0.5", 0))
+    s.ehlo("client.test")
+    s.starttls(context=tls_context())
+    s.ehlo("client.test")
+    s.user, s.password = "alice", "wonderland"
+    code, _ = s.auth("PLAIN", s.auth_plain)
+    s.quit()
+    tap.ok(code == 235, "require-starttls-before-auth: after STARTTLS the same AUTH gets 235")
+    s = smtplib.SMTP("127.0.0.1", port, timeout=10, source_address=("127.0.0.2", 0))
+    s.starttls(context=tls_context())
+    s.ehlo("client.test")
+    s.user, s.password = "carol", "looking-glass"
+    try:
+        code, _ = s.auth("PLAIN", s.auth_plain)
+    except smtplib.SMTPAuthenticationError as e:
+        code = e.smtp_code
+    s.quit()
+    line = [i for i, l in enumerate(open(p.config_path).read().splitlines(), 1)
+            if "authentication-method system" in l][0]
+    tap.ok(code == 535 and re.search(r"config:%d: warning: authentication-method system is not "
+                                     r"implemented" % line, p.output() + p.log()),
+           "authentication-method system: warned about at load (file:line), the user's "
+           "password is not accepted (535)", (code, line))
+
+    # --- require-auth, allow-auth ----------------------------------------------------------------
+    r = SmtpRaw(port, source="127.0.0.6")
+    r.reply()
+    r.cmd("EHLO client.test")
+    r.send("MAIL FROM:<a@example.test>\r\n")
+    reply = r.reply()
+    r.close()
+    tap.ok(reply[0] == 530 and "5.7.0" in reply[1][0],
+           "require-auth: MAIL before AUTH gets 530 5.7.0 (though the source may relay)", reply)
+    s = smtplib.SMTP("127.0.0.1", port, timeout=10, source_address=("127.0.0.6", 0))
+    s.starttls(context=tls_context())
+    s.ehlo("client.test")
+    s.login("alice", "wonderland")
+    refused = s.sendmail("alice@example.test", ["x@elsewhere.test"], msg("<ra1@test>"))
+    s.quit()
+    tap.ok(refused == {} and find_message(qdump(p.spool, body=True), "<ra1@test>"),
+           "require-auth: after AUTH the same source's mail is accepted")
+    s = smtplib.SMTP("127.0.0.1", port, timeout=10, source_address=("127.0.0.7", 0))
+    s.starttls(context=tls_context())
+    s.ehlo("client.test")
+    feats = dict(s.esmtp_features)
+    code, _ = s.docmd("AUTH", "PLAIN AGFsaWNlAHdvbmRlcmxhbmQ=")
+    s.quit()
+    tap.ok("auth" not in feats and code == 503,
+           "allow-auth no: no AUTH offered even after STARTTLS, and AUTH gets 503", (feats, code))
+
+    # --- smtp-server-tls-ca-file: the chain goes with the certificate ---------------------------
+    ctx = ssl.create_default_context(cafile=root)
+    ctx.check_hostname = False
+    try:
+        s = smtplib.SMTP("127.0.0.1", port, timeout=10)
+        s.starttls(context=ctx)
+        cn = subject_cn(s.sock.getpeercert(binary_form=True))
+        s.quit()
+        verified = None
+    except (ssl.SSLError, smtplib.SMTPException, OSError) as e:
+        cn, verified = None, repr(e)
+    tap.ok(verified is None and cn == "mta.test.example",
+           "smtp-server-tls-ca-file: STARTTLS sends the intermediate; a client trusting only "
+           "the root verifies mta.test.example", verified or cn)
+
     # --- implicit TLS listener ---------------------------------------------------------------------
     try:
         s = smtplib.SMTP_SSL("127.0.0.1", tls_port, timeout=10, context=tls_context())
+        listener_cn = subject_cn(s.sock.getpeercert(binary_form=True))
         code, _ = s.ehlo("client.test")
         feats = dict(s.esmtp_features)
         refused = s.sendmail("a@example.test", ["b@example.test"], msg("<tls1@test>"))
         s.quit()
         ok = code == 250 and refused == {}
     except (OSError, smtplib.SMTPException) as e:
-        ok, feats = False, str(e)
+        ok, feats, listener_cn = False, str(e), None
     tap.ok(ok, "immediate-tls listener: TLS from the first byte, message accepted")
+    tap.ok(listener_cn == "implicit.test.example",
+           "the listener's tls-certificate is the one it presents (not the global one)",
+           listener_cn)
     tap.ok("starttls" not in feats and "PLAIN" in feats.get("auth", ""),
            "implicit TLS: no STARTTLS offered, AUTH offered", feats)
     tap.ok(find_message(qdump(p.spool, body=True), "<tls1@test>"), "implicit-TLS message in the queue")

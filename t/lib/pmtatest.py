@@ -388,6 +388,30 @@ def http_request(port, path, method="GET", source=None, headers=None):
     return (int(top.split()[1]) if top else 0), body.decode(errors="replace")
 
 
+def count_syscalls(pid, names, during):
+    """How many of the system calls NAMES process PID (all its threads) makes while
+    DURING() runs, as strace -f sees them; None when strace is missing or cannot attach."""
+    if not shutil.which("strace"):
+        return None
+    out = tempfile.NamedTemporaryFile(prefix="strace.", delete=False)
+    out.close()
+    tracer = subprocess.Popen(["strace", "-f", "-qq", "-o", out.name, "-e",
+                               "trace=" + ",".join(names), "-p", str(pid)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.0)     # -qq: nothing says it attached; give it a moment
+        if tracer.poll() is not None:
+            return None
+        during()
+    finally:
+        tracer.terminate()
+        tracer.wait(timeout=10)
+        with open(out.name) as f:
+            text = f.read()
+        os.unlink(out.name)
+    return len(re.findall(r"\b(?:%s)\(" % "|".join(map(re.escape, names)), text))
+
+
 def tool_path(name):
     """A program built under tools/ (pmta-qdump, sendmail)."""
     return os.path.join(build_dir(), "tools", name)

@@ -2,6 +2,7 @@
 
     ca = TestCA(directory)              # makes ca.pem / ca.key
     cert, key = ca.issue("mx.dane.test", ["mx.dane.test"])
+    sub = ca.intermediate("openpmta test sub-CA")   # a TestCA whose issuer is CA
     ca.spki_sha256(cert)                # hex, for a TLSA 3 1 1 / 2 1 1 record
     TestCA.self_signed(directory, "other")  # a certificate no CA vouches for
 
@@ -51,6 +52,23 @@ class TestCA:
         self.serial += 1
         os.chmod(key, 0o644)    # testsmtpd and the HTTPS server run as root anyway
         return cert, key
+
+    def intermediate(self, name):
+        """A CA certificate signed by this CA (a TestCA sharing the directory): what
+        smtp-server-tls-ca-file must send along for a client that trusts this CA only."""
+        sub = TestCA.__new__(TestCA)
+        base = os.path.join(self.dir, "sub-%d" % self.serial)
+        sub.dir, sub.key, sub.cert, sub.serial = self.dir, base + ".key", base + ".pem", 1000
+        csr, ext = base + ".csr", base + ".ext"
+        _run(["openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+              "-nodes", "-keyout", sub.key, "-out", csr, "-subj", "/CN=" + name])
+        with open(ext, "w") as f:
+            f.write("basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n")
+        _run(["openssl", "x509", "-req", "-in", csr, "-CA", self.cert, "-CAkey", self.key,
+              "-set_serial", str(self.serial), "-days", "3", "-out", sub.cert, "-extfile", ext])
+        self.serial += 1
+        os.chmod(sub.cert, 0o644)
+        return sub
 
     def chain(self, cert):
         """CERT followed by the CA certificate (what a server sends for DANE-TA)."""

@@ -55,6 +55,10 @@ The script (a JSON object; every key optional):
     starttls_inject  false; true sends a second reply in clear right after the
                   STARTTLS 220 (response injection, which clients must refuse)
     drop_in_data  false; true closes the connection after the first body line
+    stall_in_data false; true stops reading after the first body line (its receive
+                  buffer shrunk to 4 KB), as a receiver that hangs mid-DATA: the client's
+                  writes block until its own timeout ends it; the connection is dropped
+                  after stall_seconds (60). Logged as stall {"conn", "after_bytes"}
     max_concurrent N: a connection above N open at once gets "421 4.3.2 Too many connections,
                   try again later" (or over_limit_greeting) and is closed at once, as a
                   server's connection limit does; logged as refused {"conn", "peer", "open"}.
@@ -484,6 +488,8 @@ class Conn(asyncio.Protocol):
                 raw = raw[1:]
             body.append(raw)
             size += len(raw)
+            if self.script.get("stall_in_data"):
+                return await self.stall(size)
             if self.script.get("drop_in_data") or self.script.get("reset_in_data"):
                 reset = bool(self.script.get("reset_in_data"))
                 self.srv.event("drop", conn=self.id, after_bytes=size, reset=reset)
@@ -495,6 +501,18 @@ class Conn(asyncio.Protocol):
                 self.transport.abort()
                 return False
         return await self.save_message(nmsg, b"".join(body), "data")
+
+    async def stall(self, size):
+        """Read nothing more: the peer's writes fill both socket buffers and block."""
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.transport.pause_reading()
+        self.srv.event("stall", conn=self.id, after_bytes=size)
+        # paused, the transport does not see the peer close: drop it after a while
+        await asyncio.sleep(self.script.get("stall_seconds", 60))
+        self.transport.abort()
+        return False
 
     async def save_message(self, nmsg, data, via):
         path = None
