@@ -57,22 +57,13 @@ on_tls(void *arg, const char *protocol, const char *cipher, const char *check)
 static void
 esmtp_text(unsigned caps, char *out, size_t outlen)
 {
-    static const struct {
-        unsigned bit;
-        const char *name;
-    } names[] = {
-        { SMTPOUT_CAP_PIPELINING, "PIPELINING" }, { SMTPOUT_CAP_SIZE, "SIZE" },
-        { SMTPOUT_CAP_8BITMIME, "8BITMIME" },     { SMTPOUT_CAP_SMTPUTF8, "SMTPUTF8" },
-        { SMTPOUT_CAP_STARTTLS, "STARTTLS" },     { SMTPOUT_CAP_ENHANCED, "ENHANCEDSTATUSCODES" },
-        { SMTPOUT_CAP_CHUNKING, "CHUNKING" },     { SMTPOUT_CAP_DSN, "DSN" },
-    };
     size_t used = 0;
 
     out[0] = '\0';
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
-        if ((caps & names[i].bit) && used < outlen)
+    for (unsigned bit = SMTPOUT_CAP_PIPELINING; bit <= SMTPOUT_CAP_DSN; bit <<= 1)
+        if ((caps & bit) && used < outlen)
             used += (size_t)snprintf(out + used, outlen - used, "%s%s", used ? "," : "",
-                                     names[i].name);
+                                     smtpout_cap_name(bit));
 }
 
 static void

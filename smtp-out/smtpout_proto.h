@@ -125,6 +125,8 @@ void smtpout_reply_local(struct smtpout_reply *r, enum smtpout_class cls, enum s
 #define SMTPOUT_CAP_CHUNKING   0x040u
 #define SMTPOUT_CAP_DSN        0x080u
 #define SMTPOUT_CAP_AUTH       0x100u
+/* smtpout_cap_name - the EHLO keyword of capability BIT (one SMTPOUT_CAP_*), or NULL */
+const char *smtpout_cap_name(unsigned bit);
 
 /* SASL mechanisms from the EHLO AUTH keyword (RFC 4954), in smtpout_reader.auth_mechs. */
 #define SMTPOUT_AUTH_PLAIN    0x1u

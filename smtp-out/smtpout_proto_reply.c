@@ -148,24 +148,36 @@ parse_auth_mechs(struct smtpout_reader *rd, const char *list)
     }
 }
 
+/* the EHLO keywords we act on, in SMTPOUT_CAP_* bit order */
+static const struct {
+    const char *name;
+    unsigned bit;
+} caps[] = {
+    { "PIPELINING", SMTPOUT_CAP_PIPELINING },
+    { "SIZE", SMTPOUT_CAP_SIZE },
+    { "8BITMIME", SMTPOUT_CAP_8BITMIME },
+    { "SMTPUTF8", SMTPOUT_CAP_SMTPUTF8 },
+    { "STARTTLS", SMTPOUT_CAP_STARTTLS },
+    { "ENHANCEDSTATUSCODES", SMTPOUT_CAP_ENHANCED },
+    { "CHUNKING", SMTPOUT_CAP_CHUNKING },
+    { "DSN", SMTPOUT_CAP_DSN },
+    { "AUTH", SMTPOUT_CAP_AUTH },
+};
+
+/* smtpout_cap_name - see smtpout_proto.h */
+const char *
+smtpout_cap_name(unsigned bit)
+{
+    for (size_t i = 0; i < sizeof caps / sizeof caps[0]; i++)
+        if (caps[i].bit == bit)
+            return caps[i].name;
+    return NULL;
+}
+
 /* parse_capability - one EHLO keyword line (already sanitized) */
 static void
 parse_capability(struct smtpout_reader *rd, const char *text)
 {
-    static const struct {
-        const char *name;
-        unsigned bit;
-    } caps[] = {
-        { "PIPELINING", SMTPOUT_CAP_PIPELINING },
-        { "SIZE", SMTPOUT_CAP_SIZE },
-        { "8BITMIME", SMTPOUT_CAP_8BITMIME },
-        { "SMTPUTF8", SMTPOUT_CAP_SMTPUTF8 },
-        { "STARTTLS", SMTPOUT_CAP_STARTTLS },
-        { "ENHANCEDSTATUSCODES", SMTPOUT_CAP_ENHANCED },
-        { "CHUNKING", SMTPOUT_CAP_CHUNKING },
-        { "DSN", SMTPOUT_CAP_DSN },
-        { "AUTH", SMTPOUT_CAP_AUTH },
-    };
     size_t klen = strcspn(text, " =");
     size_t i;
 

@@ -76,21 +76,11 @@ add_reply(json_t *o, const struct smtpout_reply *r)
 static json_t *
 caps_json(unsigned caps)
 {
-    static const struct {
-        unsigned bit;
-        const char *name;
-    } names[] = {
-        { SMTPOUT_CAP_PIPELINING, "PIPELINING" }, { SMTPOUT_CAP_SIZE, "SIZE" },
-        { SMTPOUT_CAP_8BITMIME, "8BITMIME" },     { SMTPOUT_CAP_SMTPUTF8, "SMTPUTF8" },
-        { SMTPOUT_CAP_STARTTLS, "STARTTLS" },     { SMTPOUT_CAP_ENHANCED, "ENHANCEDSTATUSCODES" },
-        { SMTPOUT_CAP_CHUNKING, "CHUNKING" },     { SMTPOUT_CAP_DSN, "DSN" },
-    };
     json_t *a = json_array();
-    size_t i;
 
-    for (i = 0; i < sizeof names / sizeof names[0]; i++)
-        if (caps & names[i].bit)
-            json_array_append_new(a, json_string(names[i].name));
+    for (unsigned bit = SMTPOUT_CAP_PIPELINING; bit <= SMTPOUT_CAP_DSN; bit <<= 1)
+        if (caps & bit)
+            json_array_append_new(a, json_string(smtpout_cap_name(bit)));
     return a;
 }
 
