@@ -310,7 +310,7 @@ beat(void)
                            C.node, info, ms, cl_key(k3, sizeof k3, "node:") };
 
     snprintf(ms, sizeof ms, "%" PRIu64, C.lease_ms);
-    cl_eval(CL_SCRIPT_HEARTBEAT, on_beat, NULL, 2, 4, argv);
+    cl_eval(CL_SCRIPT_HEARTBEAT, on_beat, NULL, 2, 6, argv);
     free(info);
     C.next_beat_ms = qmgr_now_ms() + (C.lease_ms / 5 < 200 ? 200 : C.lease_ms / 5);
 }
@@ -356,7 +356,7 @@ go_up(void)
         msg_info("cluster: node %s shares its limits in Redis %s", C.node, C.servers[C.server]);
     C.warned = 0;
     C.ever_up = 1;
-    cl_eval(CL_SCRIPT_NODE_UP, NULL, NULL, 2, 2, argv);
+    cl_eval(CL_SCRIPT_NODE_UP, NULL, NULL, 2, 4, argv);
     beat();
     cl_limit_up();
     cl_state_up();
@@ -727,7 +727,7 @@ qmgr_cluster_stop(void)
         const char *argv[] = { cl_key(k1, sizeof k1, "nodeleases:%s", C.node),
                                cl_key(k2, sizeof k2, "node:%s", C.node), C.node, "down" };
 
-        cl_eval(CL_SCRIPT_NODE_DOWN, NULL, NULL, 2, 2, argv);
+        cl_eval(CL_SCRIPT_NODE_DOWN, NULL, NULL, 2, 4, argv);
         if (C.ac && C.closing == NULL) {
             C.closing = C.ac;
             redisAsyncDisconnect(C.ac); /* once what is queued went out and was answered */

@@ -59,9 +59,9 @@ uint64_t cl_lease_ms(void);
 /* cl_alive - nodes alive at the last heartbeat Redis answered (this one included; >= 1) */
 uint32_t cl_alive(void);
 /*
- * cl_eval - run SCRIPT with NKEYS keys then the other ARGV[0..ARGC) (all
- * strings) in Redis; FN(reply, PRIV) follows, or never when it returns -1
- * (Redis is down)
+ * cl_eval - run SCRIPT in Redis with ARGV[0..ARGC) (all strings), the first
+ * NKEYS of them its keys; FN(reply, PRIV) follows, or never when it
+ * returns -1 (Redis is down)
  */
 int cl_eval(enum cl_script script, cl_reply_fn *fn, void *priv, int nkeys, int argc,
             const char **argv);

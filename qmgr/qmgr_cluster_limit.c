@@ -7,12 +7,12 @@
  * gone (room 0, QLIM_WAIT_UNKNOWN), and wakes the scheduler (qlim_wakeup)
  * when the answer comes.
  *
- * Rates. Redis keeps the GCRA's TAT (qmgr_cluster_lua.c) and grants a batch
- * of *slots*: T apart, starting where the cluster's TAT is (or one period's
- * worth back when the limit was idle), reserved at most CL_HORIZON_US ahead.
- * A node uses slot i from its time (on its own clock: cl_local_ns) until
- * CL_VALID_NS after it, or after the grant for a slot already past; an
- * unused slot is dropped, never saved up. So every unit goes on the wire
+ * Rates. Redis keeps the GCRA's TAT (qmgr_cluster_lua.c) and grants a batch:
+ * the units conformant now (as the local backend would), and *slots* T apart
+ * from the cluster's TAT reserved at most CL_HORIZON_US ahead. A node uses
+ * the units of now until CL_VALID_NS after it asked, and slot i from its time
+ * (on its own clock: cl_local_ns) until CL_VALID_NS after it; an unused one
+ * is dropped, never saved up. So every unit goes on the wire
  * within CL_VALID_NS of a slot no other node got, and the cluster keeps
  * the local backend's promise (no window of PERIOD above COUNT at the
  * receiver) when T carries CL_VALID_NS beside the pacing margin: T = (PERIOD
@@ -78,12 +78,13 @@ struct cl_lim {
     int dirty, pending;
     uint64_t sent_ns;  /* the request in flight went then */
     uint64_t retry_ns; /* nothing asked before */
-    /* rates: NSLOTS slots from SLOT_NS, l->unit_ns apart, granted at GOT_NS */
+    /* rates: NOW_UNITS usable from GOT_NS, and NSLOTS slots from SLOT_NS, l->unit_ns apart */
     uint64_t slot_ns, got_ns;
-    uint32_t nslots, batch;
+    uint32_t now_units, nslots, batch;
     int expired;
     uint64_t permit_until_ns; /* QLIM_DEBT */
     uint64_t charge, charging; /* units to charge, and those the request in flight carries */
+    uint64_t down_taken;       /* units sent on the share while Redis was down */
     uint64_t floor_ns;         /* the cluster's TAT should be at least this (a late send) */
     int64_t shared_tat_us;     /* the last TAT Redis told */
     /* leases */
@@ -175,6 +176,9 @@ wake_at(uint64_t at_ns)
     if (L.wake_at_ns && L.wake_at_ns <= at_ns && uv_is_active((uv_handle_t *)&L.wake))
         return;
     L.wake_at_ns = at_ns;
+    /* the timer counts from the loop's cached time, which may be behind NOW */
+    now -= (now / 1000000 > uv_now(worker_loop()) ? now / 1000000 - uv_now(worker_loop()) : 0) *
+           1000000;
     uv_timer_start(&L.wake, on_wake, at_ns > now ? (at_ns - now) / 1000000 + 1 : 0, 0);
 }
 
@@ -279,25 +283,27 @@ on_rate(redisReply *r, void *priv)
 {
     struct cl_lim *c = priv;
     struct qlim *l;
-    int64_t granted, first, now_us;
+    int64_t now_n, later, first, now_us;
     uint64_t now = qmgr_now_ns();
 
-    if (settle(c, r, 4) < 0)
+    if (settle(c, r, 5) < 0)
         return;
     l = c->l;
-    granted = num(r->element[0]);
-    first = (int64_t)strtod(r->element[1]->str ? r->element[1]->str : "0", NULL);
-    now_us = (int64_t)strtod(r->element[2]->str ? r->element[2]->str : "0", NULL);
-    c->shared_tat_us = (int64_t)strtod(r->element[3]->str ? r->element[3]->str : "0", NULL);
+    now_n = num(r->element[0]);
+    later = num(r->element[1]);
+    first = (int64_t)strtod(r->element[2]->str ? r->element[2]->str : "0", NULL);
+    now_us = (int64_t)strtod(r->element[3]->str ? r->element[3]->str : "0", NULL);
+    c->shared_tat_us = (int64_t)strtod(r->element[4]->str ? r->element[4]->str : "0", NULL);
     cl_clock_sample(now_us, c->sent_ns);
     c->charging = 0;
-    if (granted > 0 && (l->flags & QLIM_DEBT)) {
+    if (now_n > 0 && (l->flags & QLIM_DEBT)) {
         c->permit_until_ns = c->sent_ns + CL_VALID_NS;
         qlim_wakeup();
-    } else if (granted > 0) {
-        c->slot_ns = cl_local_ns(first);
+    } else if (now_n > 0 || later > 0) {
+        c->now_units = (uint32_t)now_n;
         c->got_ns = c->sent_ns;
-        c->nslots = (uint32_t)granted;
+        c->slot_ns = cl_local_ns(first);
+        c->nslots = (uint32_t)later;
         c->expired = 0;
         qlim_wakeup();
     } else if (c->batch > 0) {
@@ -342,7 +348,7 @@ request_rate(struct cl_lim *c, uint64_t now, uint32_t want)
     snprintf(charge, sizeof charge, "%" PRIu64, c->charge);
     snprintf(life, sizeof life, "%u", CL_KEY_LIFE_MS);
     c->sent_ns = now;
-    if (cl_eval(CL_SCRIPT_RATE, on_rate, c, 1, 8, argv) < 0)
+    if (cl_eval(CL_SCRIPT_RATE, on_rate, c, 1, 9, argv) < 0)
         return;
     c->pending = 1;
     c->charging = c->charge;
@@ -380,7 +386,7 @@ lease_call(struct cl_lim *c, const char *op, uint64_t n, cl_reply_fn *fn)
 
     snprintf(ns, sizeof ns, "%" PRIu64, n);
     snprintf(life, sizeof life, "%" PRIu64, cl_lease_ms() * 4);
-    return cl_eval(CL_SCRIPT_LEASE, fn, fn ? c : NULL, 2, 5, argv);
+    return cl_eval(CL_SCRIPT_LEASE, fn, fn ? c : NULL, 2, 7, argv);
 }
 
 static void
@@ -415,7 +421,7 @@ request_quota(struct cl_lim *c, uint64_t now, uint64_t want)
     snprintf(back, sizeof back, "%" PRIu64, c->give_back);
     snprintf(charge, sizeof charge, "%" PRIu64, c->charge);
     c->sent_ns = now;
-    if (cl_eval(CL_SCRIPT_QUOTA, on_quota, c, 1, 5, argv) < 0)
+    if (cl_eval(CL_SCRIPT_QUOTA, on_quota, c, 1, 6, argv) < 0)
         return;
     c->pending = 1;
     c->charging = c->charge;
@@ -460,8 +466,13 @@ want_more(struct cl_lim *c, uint64_t now)
 {
     struct qlim *l = c->l;
 
-    if (c->pending || now < c->retry_ns || !cl_up())
+    if (c->pending || !cl_up())
         return;
+    if (now < c->retry_ns) {
+        /* a timer armed from the loop's cached time may fire a little early: again then */
+        wake_at(c->retry_ns);
+        return;
+    }
     switch (l->kind) {
     case QLIM_LEASE:
         if (lease_call(c, "acquire", (uint64_t)l->count, on_lease) == 0)
@@ -482,16 +493,20 @@ want_more(struct cl_lim *c, uint64_t now)
 
 /* --- the backend ------------------------------------------------------------------------- */
 
-/* drop_expired - C's slots whose time is over go unused; the next batch is smaller */
+/* drop_expired - C's units and slots whose time is over go unused; the next batch is smaller */
 static void
 drop_expired(struct qlim *l, struct cl_lim *c, uint64_t now)
 {
-    while (c->nslots > 0 && (c->slot_ns > c->got_ns ? c->slot_ns : c->got_ns) + CL_VALID_NS < now) {
+    if (c->now_units > 0 && c->got_ns + CL_VALID_NS < now) {
+        c->now_units = 0;
+        c->expired = 1;
+    }
+    while (c->nslots > 0 && c->slot_ns + CL_VALID_NS < now) {
         c->slot_ns += l->unit_ns;
         c->nslots--;
         c->expired = 1;
     }
-    if (c->expired && c->nslots == 0 && c->batch > 1) {
+    if (c->expired && c->now_units == 0 && c->nslots == 0 && c->batch > 1) {
         c->batch /= 2;
         c->expired = 0;
     }
@@ -501,14 +516,14 @@ drop_expired(struct qlim *l, struct cl_lim *c, uint64_t now)
 static uint32_t
 local_rate_room(struct qlim *l, uint64_t now)
 {
-    uint64_t n;
+    uint64_t n, share = (uint64_t)l->count / shares();
 
     if (now < l->tat_ns)
         return 0;
     if (l->flags & QLIM_DEBT)
         return QLIM_UNLIMITED;
     n = 1 + (now - l->tat_ns) / l->unit_ns;
-    n = n > (uint64_t)l->count ? (uint64_t)l->count : n;
+    n = n > share ? (share ? share : 1) : n; /* an idle share saves up one period's worth */
     return n >= QLIM_UNLIMITED ? QLIM_UNLIMITED - 1 : (uint32_t)n;
 }
 
@@ -526,14 +541,15 @@ rate_room(struct qlim *l, struct cl_lim *c, uint64_t now)
         return 0;
     }
     drop_expired(l, c, now);
-    if (c->nslots == 0) {
+    if (c->now_units == 0 && c->nslots == 0) {
         want_more(c, now);
         return 0;
     }
-    if (now < c->slot_ns || now < l->tat_ns)
+    if (now < l->tat_ns)
         return 0;
-    n = 1 + (now - c->slot_ns) / l->unit_ns;
-    return n > c->nslots ? c->nslots : (uint32_t)n;
+    n = now < c->slot_ns || c->nslots == 0 ? 0 : 1 + (now - c->slot_ns) / l->unit_ns;
+    n = (n > c->nslots ? c->nslots : n) + c->now_units;
+    return n >= QLIM_UNLIMITED ? QLIM_UNLIMITED - 1 : (uint32_t)n;
 }
 
 static uint32_t
@@ -606,6 +622,8 @@ cl_take(struct qlim *l, uint64_t n, uint64_t now)
     if (!cl_up() || (l->flags & QLIM_DEBT)) {
         /* the local GCRA paces this node (its share, or its own bytes under a permit) */
         l->tat_ns = (l->tat_ns > now ? l->tat_ns : now) + l->unit_ns * n;
+        if (!cl_up())
+            c->down_taken += n;
         if (cl_up()) {
             c->charge += n;
             mark(c);
@@ -613,6 +631,9 @@ cl_take(struct qlim *l, uint64_t n, uint64_t now)
         return;
     }
     drop_expired(l, c, now);
+    use = n < c->now_units ? n : c->now_units;
+    c->now_units -= (uint32_t)use;
+    n -= use;
     use = n < c->nslots ? n : c->nslots;
     c->slot_ns += use * l->unit_ns;
     c->nslots -= (uint32_t)use;
@@ -620,7 +641,7 @@ cl_take(struct qlim *l, uint64_t n, uint64_t now)
         c->charge += n - use;
         mark(c);
     }
-    if (c->nslots == 0 && !c->expired && c->batch < batch_cap(l))
+    if (c->now_units == 0 && c->nslots == 0 && !c->expired && c->batch < batch_cap(l))
         c->batch = c->batch * 2 < batch_cap(l) ? c->batch * 2 : batch_cap(l);
 }
 
@@ -648,7 +669,7 @@ cl_wait_ns(struct qlim *l, uint64_t now)
         return QLIM_WAIT_UNKNOWN;
     if (!cl_up())
         return now >= l->tat_ns ? 0 : l->tat_ns - now;
-    if ((l->flags & QLIM_DEBT) ? now >= c->permit_until_ns : c->nslots == 0)
+    if ((l->flags & QLIM_DEBT) ? now >= c->permit_until_ns : c->nslots + c->now_units == 0)
         return QLIM_WAIT_UNKNOWN; /* asked: the reply wakes the scheduler */
     at = (l->flags & QLIM_DEBT) ? l->tat_ns : (c->slot_ns > l->tat_ns ? c->slot_ns : l->tat_ns);
     return at > now ? at - now : 0;
@@ -758,10 +779,18 @@ cl_limit_up(void)
     for (struct cl_lim *c = L.all; c; c = c->next) {
         struct qlim *l = c->l;
 
-        c->nslots = 0;
+        c->nslots = c->now_units = 0;
         c->permit_until_ns = c->retry_ns = 0;
         c->charge = c->charging = c->floor_ns = 0;
         c->quota_grant = c->give_back = 0;
+        if (l->kind == QLIM_RATE && c->down_taken > 0) {
+            /* what went on the share in the last period counts: no burst on the return */
+            uint64_t share = (uint64_t)l->count / shares() + 1;
+
+            c->charge = c->down_taken < share ? c->down_taken : share;
+            mark(c);
+        }
+        c->down_taken = 0;
         set_units(l);
         c->reserved = 0;
         if (l->kind == QLIM_LEASE && l->held > 0 && lease_call(c, "set", l->held, NULL) == 0)
@@ -785,7 +814,7 @@ cl_limit_down(void)
             c->fallback_cap = l->used + c->quota_grant + left / shares();
             c->quota_grant = 0;
         }
-        c->nslots = 0;
+        c->nslots = c->now_units = 0;
     }
     qlim_wakeup();
 }
@@ -826,7 +855,7 @@ cl_limit_json(struct qlim *l)
         json_object_set_new(j, "used_in_cluster", json_integer((json_int_t)c->quota_used));
         break;
     default:
-        json_object_set_new(j, "slots_in_hand", json_integer(c->nslots));
+        json_object_set_new(j, "slots_in_hand", json_integer(c->nslots + c->now_units));
         json_object_set_new(j, "batch", json_integer(c->batch));
         json_object_set_new(j, "unit_us", json_real((double)l->unit_ns / 1000.0));
     }
@@ -839,7 +868,7 @@ cl_limit_stats(uint32_t *shared, uint32_t *granted)
     *shared = *granted = 0;
     for (struct cl_lim *c = L.all; c; c = c->next) {
         (*shared)++;
-        *granted += c->nslots > 0 || c->reserved > 0 || c->quota_grant > 0;
+        *granted += c->nslots + c->now_units > 0 || c->reserved > 0 || c->quota_grant > 0;
     }
 }
 

@@ -21,9 +21,10 @@
  * reserved at most that far ahead), TAT floor (us; a late send), units to
  * charge (sent beyond the slots granted), permit ("1": data volume, one
  * conformant batch of any size, charged afterwards), key life (ms).
- * GCRA: the first slot is max(TAT, now - (burst-1)*T) and slot i is T after
- * slot i-1; slots up to now + horizon are granted and TAT moves past them.
- * Returns {granted, first slot, now, TAT} (the times as strings).
+ * GCRA as the local backend's: while TAT is due, 1 + (now - TAT) / T units
+ * (at most burst) may go now, and TAT moves to now plus their cost; then
+ * future slots, T apart from TAT, are reserved up to now + horizon.
+ * Returns {units now, slots later, first slot, now, TAT} (times as strings).
  */
 static const char rate_script[] =
     "local t = redis.call('TIME')\n"
@@ -33,18 +34,23 @@ static const char rate_script[] =
     "local tat = tonumber(redis.call('GET', KEYS[1]) or '0')\n"
     "if tat < floor then tat = floor end\n"
     "if charge > 0 then tat = math.max(tat, now) + charge * T end\n"
-    "local first = math.max(tat, now - (burst - 1) * T)\n"
-    "local grant = 0\n"
+    "local now_n, later, first = 0, 0, tat\n"
     "if want > 0 and ARGV[7] == '1' then\n"
-    "  if tat <= now then grant = 1 end\n"
-    "  first = now\n"
-    "elseif want > 0 and first <= now + horizon then\n"
-    "  grant = math.min(want, math.floor((now + horizon - first) / T) + 1)\n"
-    "  tat = first + grant * T\n"
+    "  if tat <= now then now_n = 1 end\n"
+    "elseif want > 0 then\n"
+    "  if tat <= now then\n"
+    "    now_n = math.min(want, burst, 1 + math.floor((now - tat) / T))\n"
+    "    tat = now + now_n * T\n"
+    "  end\n"
+    "  first = tat\n"
+    "  if want > now_n and tat <= now + horizon then\n"
+    "    later = math.min(want - now_n, math.floor((now + horizon - tat) / T) + 1)\n"
+    "    tat = tat + later * T\n"
+    "  end\n"
     "end\n"
     "redis.call('SET', KEYS[1], string.format('%.3f', tat), 'PX',\n"
     "           math.floor(math.max(tat - now, 0) / 1000) + tonumber(ARGV[8]))\n"
-    "return {grant, string.format('%.3f', first), string.format('%.0f', now),\n"
+    "return {now_n, later, string.format('%.3f', first), string.format('%.0f', now),\n"
     "        string.format('%.3f', tat)}\n";
 
 /*

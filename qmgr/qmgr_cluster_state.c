@@ -109,7 +109,7 @@ send_state(const char *hash, const char *field, const char *value, const char *m
     const char *argv[] = { cl_key(key, sizeof key, "%s", hash), field, value,
                            cl_state_channel(channel, sizeof channel), message };
 
-    if (cl_eval(CL_SCRIPT_STATE, NULL, NULL, 1, 4, argv) == 0)
+    if (cl_eval(CL_SCRIPT_STATE, NULL, NULL, 1, 5, argv) == 0)
         return;
     /* Redis is down: said when it is back (the latest word per field) */
     for (uint32_t i = 0; i < T.nunsent; i += 4)
