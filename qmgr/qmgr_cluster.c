@@ -72,7 +72,8 @@ static struct {
     redisAsyncContext *ac, *sub;
     redisAsyncContext *closing; /* the command connection sending its last words (stop) */
     int role_ok, subscribed;
-    int warned; /* the outage was logged */
+    int warned;      /* the outage was logged */
+    uint32_t skipped; /* replicas passed over since the last master */
     int ever_up;
     uv_timer_t timer;
     int timer_on;
@@ -349,12 +350,13 @@ go_up(void)
                            cl_key(k2, sizeof k2, "node:%s", C.node), C.node, "up" };
 
     set_state(CL_UP);
-    if (C.warned)
+    if (C.ever_up)
         msg_info("cluster: Redis %s answers again: limits and modes are shared again",
                  C.servers[C.server]);
     else
         msg_info("cluster: node %s shares its limits in Redis %s", C.node, C.servers[C.server]);
     C.warned = 0;
+    C.skipped = 0;
     C.ever_up = 1;
     cl_eval(CL_SCRIPT_NODE_UP, NULL, NULL, 2, 4, argv);
     beat();
@@ -424,9 +426,17 @@ on_role(redisAsyncContext *ac, void *reply, void *priv)
     }
     if (r->type != REDIS_REPLY_ARRAY || r->elements < 1 ||
         r->element[0]->type != REDIS_REPLY_STRING || strcmp(r->element[0]->str, "master") != 0) {
+        if (++C.skipped >= C.nservers) {
+            go_down("no redis-server is a master");
+            C.skipped = 0;
+            return;
+        }
         msg_info("cluster: Redis %s is not a master; trying the next redis-server",
                  C.servers[C.server]);
-        go_down("a replica");
+        drop();
+        set_state(CL_DOWN);
+        C.server = (C.server + 1) % C.nservers;
+        C.next_try_ms = qmgr_now_ms(); /* at once */
         return;
     }
     C.role_ok = 1;

@@ -28,6 +28,10 @@ is asserted at the receiver or in the nodes' own logs:
      plus one node's burst: 30 + 10), logs one warning, and shares again
      once Redis is back (a line on each node).
   5. every message arrives exactly once.
+Beside them, `max-msg-rate local:5/s` stays one limit per node; and a fourth
+node, given a password-protected replica first and its primary second,
+passes over the replica (not a master) and shares in the primary, while a
+wrong redis-password is refused with a warning.
 Prints TAP; needs root. Only 127.0.0.0/8 is used.
 """
 
@@ -47,6 +51,7 @@ from testsmtpd import TestSmtpd  # noqa: E402
 SENDER = "sender@sender.test"
 LEASE_S = 3
 RATE = 30
+LOCAL_RATE = 5
 CONNS = 4
 NODES = 3
 
@@ -90,7 +95,10 @@ smtp-source-host 127.0.0.3%d n%d.src.test
   max-smtp-out 2
   max-msg-per-connection 1
 </domain>
-""" % (redis.server, k, LEASE_S, dns.server, k, k, rx_port, RATE, CONNS)
+<domain loc.test>
+  max-msg-rate local:%d/s
+</domain>
+""" % (redis.server, k, LEASE_S, dns.server, k, k, rx_port, RATE, CONNS, LOCAL_RATE)
 
 
 def log_time(p, pattern, since):
@@ -154,9 +162,9 @@ rx_script = {"rcpt": [["throttle", "421 4.7.28 Our system has detected an unusua
                                    "rate limit exceeded", 1],
                       ["tmp", "450 4.2.0 Mailbox temporarily unavailable"]],
              "delay": {"dot": 0.03}}
-mx = [(d, "mx.%s" % d, 10) for d in ("gmail.test", "bo.test", "cmd.test")] + \
+mx = [(d, "mx.%s" % d, 10) for d in ("gmail.test", "bo.test", "cmd.test", "loc.test")] + \
     [("ls.test", "mx.ls.test", 10)]
-hosts = [("mx.%s" % d, "127.0.0.2") for d in ("gmail.test", "bo.test", "cmd.test")] + \
+hosts = [("mx.%s" % d, "127.0.0.2") for d in ("gmail.test", "bo.test", "cmd.test", "loc.test")] + \
     [("mx.ls.test", "127.0.0.3")]
 all_sent = []
 
@@ -194,6 +202,18 @@ with Redis() as redis, Dnsmasq(mx=mx, hosts=hosts, local=["test"]) as dns, \
     tap.ok(rc == 0 and all("node%d" % k in out for k in range(1, 4)) and "max-msg-rate 30/s" in out
            and "cluster" in out, "pmtactl show cluster lists the three nodes and the queue's "
            "shared limits", out)
+
+    # local: keeps one limit per node
+    t0 = time.time()
+    sent = inject(nodes, "loc.test", 12, "l")
+    all_sent += sent
+    delivered_all(rx, sent, 30)
+    d = Deliveries(rx, t0, "loc.test")
+    per_node = {s: max_in_window([t for t, _, src in d.rcpts if src == s], 1.0) for s in SOURCES}
+    tap.ok(all(0 < n <= LOCAL_RATE for n in per_node.values())
+           and max_in_window(d.times(), 1.0) > LOCAL_RATE,
+           "max-msg-rate local:%d/s holds on each node alone, not for the cluster" % LOCAL_RATE,
+           (per_node, max_in_window(d.times(), 1.0)))
 
     # --- 2. backoff on one node is backoff on all ---------------------------------------------
     # every node has a bo.test queue (mail it delivers), then node 1 alone meets the 421
@@ -313,5 +333,36 @@ with Redis() as redis, Dnsmasq(mx=mx, hosts=hosts, local=["test"]) as dns, \
            (missing[:10], twice[:10]))
     for p in (n1, n3):
         p.stop()
+
+# --- several redis-server lines, a password ------------------------------------------------
+with Redis(password="s3cret") as primary, Redis(password="s3cret", replica_of=primary) as replica, \
+        Pmta(name="test_cluster4") as n4, Pmta(name="test_cluster5") as n5:
+    n4.write_config("""
+<cluster>
+  redis-server %s
+  redis-server %s
+  redis-password s3cret
+  node-name node4
+</cluster>
+""" % (replica.server, primary.server))
+    n4.start()
+    tap.ok(n4.wait_log(r"cluster: Redis %s is not a master; trying the next" %
+                       re.escape(replica.server)) and
+           n4.wait_log(r"cluster: node node4 shares its limits in Redis %s" %
+                       re.escape(primary.server)),
+           "a replica listed first is passed over; the primary (password given) is used",
+           n4.log())
+    tap.ok(wait_for(lambda: "node4" in str(primary.command("HKEYS", "pmta:nodes")), 5),
+           "node4's heartbeat is in the primary (default key-prefix pmta:)",
+           primary.command("HKEYS", "pmta:nodes"))
+    n5.write_config("""
+<cluster>
+  redis-server %s
+  redis-password wrong
+</cluster>
+""" % primary.server)
+    n5.start()
+    tap.ok(n5.wait_log(r"cluster: Redis .* refuses the password"),
+           "a wrong redis-password is refused with a warning", n5.log()[-1000:])
 
 sys.exit(tap.done())

@@ -8,6 +8,8 @@
         r.start()                       # and comes back on the same port
         r.command("HGETALL", "pmta:modes")
 
+    Redis(password="pw", replica_of=primary) is a password-protected replica.
+
 Redis runs Debian's redis-server in the foreground, bound to 127.0.0.1 only, on a
 free port, in a temporary directory, with persistence off (no RDB, no AOF): each
 test starts from an empty store. It is never the machine's service: no config
@@ -41,9 +43,10 @@ def _free_port():
 
 
 class Redis:
-    def __init__(self, port=None, password=None):
+    def __init__(self, port=None, password=None, replica_of=None):
         self.port = port or _free_port()
         self.password = password
+        self.replica_of = replica_of    # another Redis: this one is its replica
         self.dir = tempfile.mkdtemp(prefix="redis-test-")
         os.chmod(self.dir, 0o755)
         self.proc = None
@@ -58,7 +61,9 @@ class Redis:
                 "--dir", self.dir, "--save", "", "--appendonly", "no", "--daemonize", "no",
                 "--logfile", self.log_path, "--databases", "1"]
         if self.password:
-            args += ["--requirepass", self.password]
+            args += ["--requirepass", self.password, "--masterauth", self.password]
+        if self.replica_of:
+            args += ["--replicaof", "127.0.0.1", str(self.replica_of.port)]
         return args
 
     def start(self, timeout=10):
