@@ -87,6 +87,7 @@ static struct {
     int64_t offset_us;
     uint64_t offset_rtt_ns, offset_at_ms;
     uint64_t round_trips;
+    uint64_t calls[CL_SCRIPTS + 1]; /* by script; the last: plain commands */
 } C;
 
 static void connect_to(const char *ip, int port);
@@ -219,7 +220,10 @@ send_argv(cl_reply_fn *fn, void *priv, int argc, const char **argv)
 int
 cl_command(cl_reply_fn *fn, void *priv, int argc, const char **argv)
 {
-    return C.state == CL_UP ? send_argv(fn, priv, argc, argv) : -1;
+    if (C.state != CL_UP)
+        return -1;
+    C.calls[CL_SCRIPTS]++;
+    return send_argv(fn, priv, argc, argv);
 }
 
 int
@@ -231,6 +235,7 @@ cl_eval(enum cl_script script, cl_reply_fn *fn, void *priv, int nkeys, int argc,
 
     if (C.state != CL_UP || argc + 3 > 16)
         return -1;
+    C.calls[script]++;
     snprintf(nk, sizeof nk, "%d", nkeys);
     v[0] = "EVAL";
     v[1] = cl_script_text[script];
@@ -320,11 +325,18 @@ json_t *
 cl_link_json(void)
 {
     static const char *const states[] = { "off", "down", "resolving", "connecting", "up" };
+    static const char *const names[CL_SCRIPTS + 1] = { "rate", "lease", "quota", "heartbeat",
+                                                       "node_up", "node_down", "state", "other" };
+    json_t *j = json_pack("{s:s, s:s, s:s, s:I, s:I, s:I}", "node", C.node, "redis",
+                          C.nservers ? C.servers[C.server] : "", "state", states[C.state], "alive",
+                          (json_int_t)cl_alive(), "round_trips", (json_int_t)C.round_trips,
+                          "lease_time_ms", (json_int_t)C.lease_ms);
+    json_t *calls = json_object();
 
-    return json_pack("{s:s, s:s, s:s, s:I, s:I, s:I}", "node", C.node, "redis",
-                     C.nservers ? C.servers[C.server] : "", "state", states[C.state], "alive",
-                     (json_int_t)cl_alive(), "round_trips", (json_int_t)C.round_trips,
-                     "lease_time_ms", (json_int_t)C.lease_ms);
+    for (int i = 0; i <= CL_SCRIPTS; i++)
+        json_object_set_new(calls, names[i], json_integer((json_int_t)C.calls[i]));
+    json_object_set_new(j, "calls", calls);
+    return j;
 }
 
 json_t *

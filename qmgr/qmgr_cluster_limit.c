@@ -653,7 +653,8 @@ cl_sent(struct qlim *l, uint64_t n, uint64_t sent_ns)
 
     if (due > l->tat_ns)
         l->tat_ns = due;
-    if (c && cl_up() && due > c->floor_ns) {
+    /* the cluster hears of it only when it went later than the TAT Redis already has */
+    if (c && cl_up() && due > c->floor_ns && due > cl_local_ns(c->shared_tat_us)) {
         c->floor_ns = due;
         mark(c);
     }
