@@ -93,6 +93,7 @@ enum cfg_scope_kind {
     CFG_S_FBL_PROCESSOR,    /* <feedback-loop-processor> */
     CFG_S_ACCT_WEBHOOK,     /* <acct-webhook URL> (ext): accounting records POSTed as JSON */
     CFG_S_WARMUP_PLAN,
+    CFG_S_CLUSTER, /* <cluster> (ext): the Redis that several hosts share limits in */
     CFG_S_COUNT
 };
 #define CFG_IN(kind)   (1u << (kind))
@@ -168,6 +169,8 @@ void cfg_command_free(char **words);
 #define CFG_VALUE_CLEAR 0x2 /* written as "": clears an inherited value back to the default */
 #define CFG_VALUE_FROM_BLOCK \
     0x4 /* synthesized from a block form (<smtp-listener>, <spool>, dkim-key-file) */
+#define CFG_VALUE_LOCAL 0x8 /* "local:" before a limit: one per host even in a <cluster> */
+#define CFG_LOCAL_PREFIX "local:"
 
 /* What a matching `reply /RE/ ACTIONS` line of an <smtp-pattern-list> asks for. */
 #define CFG_REPLY_BACKOFF        0x01u /* mode=backoff */
@@ -225,6 +228,7 @@ struct cfg_source_limit {
     uint8_t family;   /* AF_INET or AF_INET6 */
     uint8_t prefix;   /* CIDR prefix length */
     uint8_t addr[16]; /* the network address */
+    uint8_t local;    /* "local:" before the limit (one per host in a <cluster>) */
 };
 
 struct cfg_value {
@@ -339,6 +343,8 @@ const struct cfg_value *cfg_scope_next(const struct cfg *c, uint32_t scope, enum
 #define CFG_PROCESSES_AUTO (-1)
 /* cfg_allows_auto - whether directive D takes the word `auto` */
 int cfg_allows_auto(enum cfg_directive d);
+/* cfg_allows_local - whether directive D's limit may be written "local:LIMIT" (<cluster>) */
+int cfg_allows_local(enum cfg_directive d);
 /* cfg_process_count - the global *-processes D: its number, or for auto half the online CPUs (at
  * least 1) */
 int64_t cfg_process_count(const struct cfg *c, enum cfg_directive d);

@@ -491,6 +491,10 @@ decode_source_limit(struct cfg_builder *b, enum cfg_directive d, char *arg,
         error(b, "bad CIDR '%s' for '%s'", cfg__clip(cidr, shown, sizeof shown), name);
         return -1;
     }
+    if (strncasecmp(limit, CFG_LOCAL_PREFIX, strlen(CFG_LOCAL_PREFIX)) == 0) {
+        l->local = 1; /* one per host in a <cluster> */
+        limit += strlen(CFG_LOCAL_PREFIX);
+    }
     switch (d) {
     case CFG_D_SOURCE_IP_MAX_SMTP_OUT:
         what = "a whole number";
@@ -586,6 +590,49 @@ cfg__decode_record(struct cfg_builder *b, enum cfg_directive d, char *scratch, c
     }
 }
 
+/*
+ * check_redis_server - "HOST[:PORT]" of a <cluster>'s Redis: an address or a
+ * host name (resolved by qmgr off its loop), the port 6379 when not given
+ */
+static int
+check_redis_server(struct cfg_builder *b, const char *text)
+{
+    const char *colon = strrchr(text, ':');
+    char shown[200];
+    int64_t port;
+    size_t i, n;
+
+    if (*text == '[' || (colon && strchr(text, ':') != colon))
+        return cfg__check_hostport(b, "redis-server", text, 0); /* IPv6 */
+    n = colon ? (size_t)(colon - text) : strlen(text);
+    for (i = 0; i < n; i++)
+        if (!isalnum((unsigned char)text[i]) && text[i] != '.' && text[i] != '-' && text[i] != '_')
+            break;
+    if (n == 0 || n > 253 || i < n ||
+        (colon && (cfg_parse_int(colon + 1, &port) != 0 || port < 1 || port > 65535))) {
+        error(b, "bad redis-server '%s' (expected HOST:PORT, such as 127.0.0.1:6379)",
+              cfg__clip(text, shown, sizeof shown));
+        return -1;
+    }
+    return 0;
+}
+
+/* check_key_word - a part of the cluster's Redis keys: letters, digits and . _ : - { } */
+static int
+check_key_word(struct cfg_builder *b, const char *name, const char *text)
+{
+    char shown[200];
+    size_t n = strlen(text);
+
+    if (n > 0 && n <= 64 && strspn(text,
+                                   "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                   "0123456789._:-{}") == n)
+        return 0;
+    error(b, "%s '%s' must be 1 to 64 letters, digits or . _ : - { }", name,
+          cfg__clip(text, shown, sizeof shown));
+    return -1;
+}
+
 /* cfg__check_value - see cfg_parse.h */
 int
 cfg__check_value(struct cfg_builder *b, enum cfg_directive d, char *arg, const char *text)
@@ -620,6 +667,11 @@ cfg__check_value(struct cfg_builder *b, enum cfg_directive d, char *arg, const c
         return check_http_access(b, arg);
     case CFG_D_NAME_SERVER:
         return cfg__check_hostport(b, "name-server", text, 0);
+    case CFG_D_CLUSTER_REDIS_SERVER:
+        return check_redis_server(b, text);
+    case CFG_D_CLUSTER_NODE_NAME:
+    case CFG_D_CLUSTER_KEY_PREFIX:
+        return check_key_word(b, cfg_directive_info(d)->name, text);
     case CFG_D_SMTP_HOSTS:
         return check_route(b, text);
     case CFG_D_RECORDS:

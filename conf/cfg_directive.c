@@ -97,6 +97,7 @@ static const char *const kind_names[CFG_S_COUNT] = {
     [CFG_S_FBL_PROCESSOR] = "feedback-loop-processor",
     [CFG_S_ACCT_WEBHOOK] = "acct-webhook",
     [CFG_S_WARMUP_PLAN] = "warmup-plan",
+    [CFG_S_CLUSTER] = "cluster",
 };
 
 /* cfg_directive_info - static description of directive D */
@@ -228,6 +229,7 @@ cfg__scope_kind_name(enum cfg_scope_kind kind)
         "<feedback-loop-processor>",
         "<acct-webhook>",
         "<warmup-plan>",
+        "<cluster>",
     };
     return (unsigned)kind < CFG_S_COUNT ? tags[kind] : "?";
 }
@@ -298,6 +300,28 @@ int
 cfg_allows_auto(enum cfg_directive d)
 {
     return d == CFG_D_SMTPD_PROCESSES || d == CFG_D_SMTP_OUT_PROCESSES;
+}
+
+/* cfg_allows_local - see cfg.h: the limits a <cluster> shares unless written local:LIMIT */
+int
+cfg_allows_local(enum cfg_directive d)
+{
+    switch (d) {
+    case CFG_D_MAX_SMTP_OUT:
+    case CFG_D_BACKOFF_MAX_SMTP_OUT:
+    case CFG_D_MAX_MSG_RATE:
+    case CFG_D_MAX_CONNECT_RATE:
+    case CFG_D_MAX_DATA_VOLUME_RATE:
+    case CFG_D_BACKOFF_MAX_MSG_RATE:
+    case CFG_D_BACKOFF_MAX_CONNECT_RATE:
+    case CFG_D_BACKOFF_MAX_DATA_VOLUME_RATE:
+    case CFG_D_VMTA_MAX_SMTP_OUT:
+    case CFG_D_SENDER_MAX_MSG_RATE:
+    case CFG_D_SENDER_MAX_CONN:
+        return 1;
+    default:
+        return 0;
+    }
 }
 
 /*

@@ -619,6 +619,11 @@ store_value(struct cfg_builder *b, enum cfg_directive d, char *arg)
     if (*text == 0) {
         v.flags |= CFG_VALUE_CLEAR; /* "" clears an inherited value */
     } else {
+        if (cfg_allows_local(d) && strncasecmp(text, CFG_LOCAL_PREFIX, strlen(CFG_LOCAL_PREFIX)) == 0) {
+            /* "local:20/s": the same limit, kept per host in a <cluster> */
+            v.flags |= CFG_VALUE_LOCAL;
+            memmove(text, text + strlen(CFG_LOCAL_PREFIX), strlen(text + strlen(CFG_LOCAL_PREFIX)) + 1);
+        }
         if ((rc = decode_typed(b, d, text, &v)) != 0) {
             bad_value(b, d, text, rc);
             goto done;
@@ -1028,6 +1033,27 @@ out:
     free(name);
 }
 
+/* open_cluster - <cluster> takes no argument and comes once */
+static void
+open_cluster(struct cfg_builder *b, struct frame *f, const char *arg)
+{
+    uint32_t s;
+
+    if (*arg) {
+        error(b, "<cluster> takes no argument (the servers are redis-server lines inside it)");
+        return;
+    }
+    for (s = 0; s < b->nscopes; s++)
+        if (b->scopes[s].s.kind == CFG_S_CLUSTER) {
+            error(b, "<cluster> is already defined at %s:%u", b->strings.data + b->scopes[s].s.file,
+                  b->scopes[s].s.line);
+            return;
+        }
+    s = new_scope(b, CFG_S_CLUSTER, "", 0);
+    f->scopes = xmalloc(sizeof *f->scopes);
+    f->scopes[f->nscopes++] = s;
+}
+
 static int
 is_processor(int kind)
 {
@@ -1051,7 +1077,7 @@ needs_argument(int kind, int parent_kind)
     if (kind == CFG_S_ADDRESS_LIST)
         return !is_processor(parent_kind);
     return kind != CFG_S_BOUNCE_CATEGORY_PATTERNS && kind != CFG_S_MX_ROLLUP_LIST &&
-           !is_processor(kind);
+           kind != CFG_S_CLUSTER && !is_processor(kind);
 }
 
 static void
@@ -1117,6 +1143,8 @@ open_tag(struct cfg_builder *b, char *tag, char *arg)
         open_domain(b, &b->stack[b->depth], arg, parent->nscopes ? parent->scopes[0] : 0);
     else if (kind == CFG_S_SOURCE)
         open_source(b, &b->stack[b->depth], arg);
+    else if (kind == CFG_S_CLUSTER)
+        open_cluster(b, &b->stack[b->depth], arg);
     else
         open_named(b, &b->stack[b->depth], kind, arg,
                    is_processor(parent->kind) && parent->nscopes ? parent->scopes[0] : 0);
@@ -1186,6 +1214,10 @@ pop_frame(struct cfg_builder *b)
         finish_listener(b, f);
     if (f->kind == CFG_S_WARMUP_PLAN && f->nscopes)
         finish_warmup_plan(b, f);
+    if (f->kind == CFG_S_CLUSTER && f->nscopes &&
+        !scope_find(b, f->scopes[0], CFG_D_CLUSTER_REDIS_SERVER))
+        error_at(b, b->scopes[f->scopes[0]].s.file, b->scopes[f->scopes[0]].s.line,
+                 "<cluster> needs a redis-server line (HOST:PORT of the shared Redis)");
     free(f->scopes);
     f->scopes = NULL;
     f->nscopes = 0;

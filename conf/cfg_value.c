@@ -486,6 +486,16 @@ cfg_format_value(const struct cfg *c, const struct cfg_value *v, char *out, size
     out[0] = 0;
     if (v == NULL || (v->flags & CFG_VALUE_UNSET))
         return snprintf(out, outsize, "(unset)"), out;
+    if ((v->flags & CFG_VALUE_LOCAL) && outsize > sizeof CFG_LOCAL_PREFIX) {
+        /* "local:20/s" as written */
+        struct cfg_value plain = *v;
+
+        plain.flags &= (uint8_t)~CFG_VALUE_LOCAL;
+        memcpy(out, CFG_LOCAL_PREFIX, sizeof CFG_LOCAL_PREFIX - 1);
+        cfg_format_value(c, &plain, out + sizeof CFG_LOCAL_PREFIX - 1,
+                         outsize - (sizeof CFG_LOCAL_PREFIX - 1));
+        return out;
+    }
     switch ((enum cfg_type)v->type) {
     case CFG_T_BOOL:
         snprintf(out, outsize, "%s", v->num ? "yes" : "no");

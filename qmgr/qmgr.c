@@ -36,6 +36,7 @@
 
 #include "msg.h"
 #include "qmgr.h"
+#include "qmgr_cluster.h"
 #include "qmgr_warmup.h"
 #include "worker.h"
 #include "xalloc.h"
@@ -163,6 +164,7 @@ on_config(const struct cfg *cfg, void *ctx)
     (void)cfg;
     (void)ctx;
     S.cfg = worker_config_hold();
+    qmgr_cluster_config();
     qmgr_queue_invalidate_settings();
     qmgr_outcome_config();
     if (old)
@@ -179,6 +181,7 @@ on_group_closed(void *arg)
     S.group = NULL;
     qstore_close(S.qs);
     S.qs = NULL;
+    qmgr_cluster_stop();
     qmgr_queues_free();
     qmgr_vmta_free();
     qmgr_source_free();
@@ -186,6 +189,7 @@ on_group_closed(void *arg)
     qmgr_warmup_free();
     qmgr_heap_free();
     qmgr_jobs_free();
+    qmgr_cluster_free();
     free(S.conn_by_id);
     S.conn_by_id = NULL;
     worker_config_release(S.cfg);
@@ -204,6 +208,7 @@ on_drain_timer(uv_timer_t *t)
         drain_stage = 3;
         uv_close((uv_handle_t *)t, NULL);
         qmgr_sched_stop();
+        qmgr_cluster_stop(); /* this node's leases go now, not at lease-time */
         qmgr_warmup_stop(); /* its last saves go into the group before it closes */
         qmgr_outcome_close();
         qstore_group_close(S.group, on_group_closed, NULL);
@@ -246,6 +251,7 @@ main(int argc, char **argv)
     qlim_init(&S.lim_total, QLIM_GLOBAL, QLIM_LEASE, QLIM_CONNS, "total-max-smtp-out");
     qmgr_limit_set_value(&S.lim_total, cfg_global(S.cfg, CFG_D_TOTAL_MAX_SMTP_OUT), NULL);
     qlim_set_wake_hook(qmgr_dispatch_soon);
+    qmgr_cluster_config(); /* before the first limiter is set: shared ones start shared */
     open_queue();
     qmgr_outcome_config();
     qmgr_rollup_start();

@@ -301,6 +301,8 @@ uint64_t qmgr_jitter(uint64_t delay_ms, uint64_t seed);
 
 /* --- queues, recipients, messages (qmgr_queue.c) -------------------------------- */
 struct qqueue *qmgr_queue_get(const char *name, size_t len);
+/* qmgr_queue_lookup - the queue named NAME (LEN bytes), or NULL (nothing is created) */
+struct qqueue *qmgr_queue_lookup(const char *name, size_t len);
 void qmgr_queues_free(void);
 /* qmgr_queue_setting - effective value of D for Q (its backoff-X twin in backoff mode) */
 const struct cfg_value *qmgr_queue_setting(struct qqueue *q, enum cfg_directive d);

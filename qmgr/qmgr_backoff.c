@@ -46,6 +46,7 @@
 #include "msg.h"
 #include "qmgr.h"
 #include "qmgr_backoff.h"
+#include "qmgr_cluster.h"
 #include "qmgr_dsn.h"
 #include "worker.h"
 #include "xalloc.h"
@@ -436,8 +437,11 @@ qmgr_backoff_set_mode(struct qqueue *q, int mode, const char *why, int64_t to_no
      */
     if (mode == QMODE_BACKOFF && (q->mode != mode || q->backoff_until_ms == 0))
         q->backoff_until_ms = to_normal_at(q, to_normal_s);
-    if (q->mode == mode)
+    if (q->mode == mode) {
+        if (mode == QMODE_BACKOFF && q->backoff_until_ms && to_normal_s >= 0)
+            qmgr_cluster_mode_changed(q, why); /* a new end */
         return;
+    }
     msg_info("queue %s mode %s -> %s: %s", q->name, qmgr_mode_name(q->mode), qmgr_mode_name(mode),
              why);
     remember(q, mode, why);
@@ -456,6 +460,7 @@ qmgr_backoff_set_mode(struct qqueue *q, int mode, const char *why, int64_t to_no
         q->backoff_until_ms = 0;
         back_to_normal(q);
     }
+    qmgr_cluster_mode_changed(q, why); /* every node that sends Q follows */
     /* new limits: a smaller max-smtp-out closes connections as they finish (qmgr_conn.c) */
     qmgr_run_update(q);
     if (mode == QMODE_BACKOFF)

@@ -23,6 +23,9 @@
  *     list, show-jobs, pause-/resume-job and delete's recipient filters: qmgr_ctl_rcpt.c;
  *     reset-counters, disable-/enable-source, rotate-acct: qmgr_ctl_ops.c
  *     {"cmd":"warmup-clock","advance":"1d"}             -> {"ok":true,"day":N}
+ *     {"cmd":"show-cluster","queue":"PATTERN"}          -> {"ok":true,"node","redis","state",
+ *                                                           "nodes":[...],"queues":[...]}
+ *      (qmgr_cluster_state.c: the nodes' heartbeats, each queue's shared mode and limits)
  *     (show-vmtas: a virtual MTA with a warm-up plan also has "warmup":[{plan, source,
  *      destination, step, day, cap, sent, deferrals, complaints}])
  * and {"ok":false,"error":"..."} for anything it cannot do. PATTERN is
@@ -53,6 +56,7 @@
 #include "msg.h"
 #include "qmgr.h"
 #include "qmgr_backoff.h"
+#include "qmgr_cluster.h"
 #include "qmgr_ctl.h"
 #include "qmgr_warmup.h"
 #include "worker.h"
@@ -511,6 +515,22 @@ cmd_warmup_clock(json_t *req)
     return json_pack("{s:b, s:I}", "ok", 1, "day", (json_int_t)qmgr_warmup_advance(s));
 }
 
+/* cmd_show_cluster - the nodes and, with "queue", the shared state of the matching queues */
+static json_t *
+cmd_show_cluster(json_t *req)
+{
+    json_t *q = json_object_get(req, "queue");
+    json_t *reply;
+
+    if (q && !json_is_string(q))
+        return error_reply("show-cluster: \"queue\" must be a string (domain[/vmta])");
+    if (!qmgr_cluster_on())
+        return error_reply("no <cluster> in the configuration: this node shares nothing");
+    reply = qmgr_cluster_json(q ? json_string_value(q) : NULL);
+    json_object_set_new(reply, "ok", json_true());
+    return reply;
+}
+
 /* qmgr_ctl_dispatch - see qmgr_ctl.h */
 json_t *
 qmgr_ctl_dispatch(json_t *req)
@@ -536,6 +556,8 @@ qmgr_ctl_dispatch(json_t *req)
         return qmgr_ctl_delete(req);
     if (strcmp(cmd, "warmup-clock") == 0)
         return cmd_warmup_clock(req);
+    if (strcmp(cmd, "show-cluster") == 0)
+        return cmd_show_cluster(req);
     if ((reply = qmgr_ctl_rcpt_dispatch(cmd, req)) != NULL ||
         (reply = qmgr_ctl_ops_dispatch(cmd, req)) != NULL)
         return reply;
@@ -544,7 +566,7 @@ qmgr_ctl_dispatch(json_t *req)
     return error_reply("unknown command (status, show-queues, show-domains, show-vmtas, "
                        "set-queue-mode, pause-queue, resume-queue, schedule, delete, list, "
                        "show-jobs, pause-job, resume-job, trace, reset-counters, "
-                       "disable-source, enable-source, rotate-acct, warmup-clock)");
+                       "disable-source, enable-source, rotate-acct, warmup-clock, show-cluster)");
 }
 
 /* --- clients ----------------------------------------------------------------------------- */

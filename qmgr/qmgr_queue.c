@@ -27,6 +27,7 @@
 
 #include "msg.h"
 #include "qmgr.h"
+#include "qmgr_cluster.h"
 #include "qmgr_table.h"
 #include "xalloc.h"
 
@@ -93,12 +94,13 @@ queue_create(const char *name, size_t len)
         qhash_grow();
     else
         qhash_insert(q);
+    qmgr_cluster_queue_new(q); /* a mode the cluster has for it */
     return q;
 }
 
-/* qmgr_queue_get - the queue named NAME (LEN bytes), created on first use */
+/* qmgr_queue_lookup - see qmgr.h */
 struct qqueue *
-qmgr_queue_get(const char *name, size_t len)
+qmgr_queue_lookup(const char *name, size_t len)
 {
     uint32_t mask, i;
 
@@ -110,7 +112,16 @@ qmgr_queue_get(const char *name, size_t len)
                 return q;
         }
     }
-    return queue_create(name, len);
+    return NULL;
+}
+
+/* qmgr_queue_get - the queue named NAME (LEN bytes), created on first use */
+struct qqueue *
+qmgr_queue_get(const char *name, size_t len)
+{
+    struct qqueue *q = qmgr_queue_lookup(name, len);
+
+    return q ? q : queue_create(name, len);
 }
 
 static void
@@ -199,6 +210,8 @@ qmgr_limit_set_value(struct qlim *l, const struct cfg_value *v, const char *suff
 {
     char text[48], basis[QLIM_BASIS_MAX];
 
+    if (l->scope != QLIM_GLOBAL) /* total-max-smtp-out is this host's own capacity */
+        qmgr_cluster_adopt(l, v && (v->flags & CFG_VALUE_LOCAL));
     if (v == NULL || (v->flags & CFG_VALUE_UNSET) || v->num <= 0 ||
         (v->type == CFG_T_RATE && v->num2 <= 0)) {
         qlim_set(l, 0, 0, NULL);
@@ -227,12 +240,16 @@ qmgr_queue_limits_refresh(struct qqueue *q)
     qmgr_limit_set_value(&q->lim_volume, qmgr_queue_setting(q, CFG_D_MAX_DATA_VOLUME_RATE), NULL);
     if (out && out->num > 0) {
         n = qmgr_adaptive_limit(q, out->num, basis, sizeof basis);
-        if (q->adapt_on)
+        if (q->adapt_on) {
+            qmgr_cluster_adopt(&q->lim_conns, (out->flags & CFG_VALUE_LOCAL) != 0);
             qlim_set(&q->lim_conns, n, 0, basis);
+        }
         else
             qmgr_limit_set_value(&q->lim_conns, out, NULL);
-    } else
+    } else {
+        qmgr_cluster_adopt(&q->lim_conns, out && (out->flags & CFG_VALUE_LOCAL));
         qlim_set(&q->lim_conns, out ? 1 : 20, 0, out ? "max-smtp-out 0 (one)" : "max-smtp-out 20");
+    }
     q->lim_serial = S.cfg_serial;
     q->lim_mode = q->mode;
 }
@@ -461,6 +478,7 @@ qmgr_source_operator(const char *ip, const char *vmta, int64_t seconds, int enab
     const char *pattern = vmta ? vmta : "*";
     uint32_t changed = 0, i;
 
+    qmgr_cluster_source_operator(ip, vmta, seconds, enable);
     if (enable) {
         for (i = 0; i < nop_disabled;)
             if (strcmp(op_disabled[i].ip, ip) == 0 &&
@@ -525,6 +543,7 @@ qmgr_source_disable(struct qqueue *q, const char *ip, int64_t seconds)
     q->disabled[i].until_ms = until;
     if (until)
         qmgr_queue_wake_at(q, until); /* the queue may have nothing else to wake it */
+    qmgr_cluster_source_disabled(q, ip, seconds);
 }
 
 int

@@ -37,6 +37,7 @@
 #include <string.h>
 
 #include "qmgr.h"
+#include "qmgr_cluster.h"
 #include "qmgr_table.h"
 #include "qmgr_warmup.h"
 #include "xalloc.h"
@@ -122,6 +123,7 @@ resolve(struct qqueue *q, const char *ip, struct qsource_limits *l)
         snprintf(basis, sizeof basis, "%s %s for %s", cfg_directive_info(directives[i])->name,
                  limit, ip);
         l->lim[i] = limiter(key, i);
+        qmgr_cluster_adopt(l->lim[i], line->source.local);
         qlim_set(l->lim[i], line->source.limit, line->source.period, basis);
         if (!qlim_limited(l->lim[i]) && i != QSRC_CONNS)
             l->lim[i] = NULL; /* a line of 0 (unlimited): nothing to ask */

@@ -30,6 +30,7 @@
 #include "msg.h"
 #include "xalloc.h"
 #include "qmgr.h"
+#include "qmgr_cluster.h"
 
 struct qvmta {
     char *name;
@@ -71,10 +72,13 @@ read_limits(struct qvmta *g)
     const struct cfg_value *v, *rate = NULL;
     const char *conn_from = "max-smtp-out", *rate_from = NULL;
     int64_t max_conn = 0;
+    int conn_local = 0;
     char basis[QLIM_BASIS_MAX], text[48];
 
-    if (s != CFG_NONE && (v = cfg_scope_get(c, s, CFG_D_VMTA_MAX_SMTP_OUT)) != NULL)
+    if (s != CFG_NONE && (v = cfg_scope_get(c, s, CFG_D_VMTA_MAX_SMTP_OUT)) != NULL) {
         max_conn = v->num;
+        conn_local = (v->flags & CFG_VALUE_LOCAL) != 0;
+    }
     while ((s = cfg_next_scope(c, CFG_S_SENDER, &it)) != CFG_NONE) {
         const struct cfg_value *r;
 
@@ -84,6 +88,7 @@ read_limits(struct qvmta *g)
         if ((v = cfg_scope_get(c, s, CFG_D_SENDER_MAX_CONN)) != NULL &&
             stricter_count(max_conn, v->num) != max_conn) {
             max_conn = v->num;
+            conn_local = (v->flags & CFG_VALUE_LOCAL) != 0;
             conn_from = "max-conn";
         }
         r = stricter_rate(rate, cfg_scope_get(c, s, CFG_D_SENDER_MAX_MSG_RATE));
@@ -93,7 +98,9 @@ read_limits(struct qvmta *g)
     }
     snprintf(basis, sizeof basis, "%s %lld of virtual-mta %s", conn_from, (long long)max_conn,
              g->name);
+    qmgr_cluster_adopt(&g->conns, conn_local);
     qlim_set(&g->conns, max_conn, 0, basis);
+    qmgr_cluster_adopt(&g->msgs, rate && (rate->flags & CFG_VALUE_LOCAL));
     if (rate) {
         snprintf(basis, sizeof basis, "max-msg-rate %s of <sender %s>",
                  cfg_format_value(c, rate, text, sizeof text), rate_from);

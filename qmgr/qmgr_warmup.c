@@ -53,6 +53,7 @@
 
 #include "msg.h"
 #include "qmgr.h"
+#include "qmgr_cluster.h"
 #include "qmgr_table.h"
 #include "qmgr_warmup.h"
 #include "qmgr_wplan.h"
@@ -215,8 +216,10 @@ set_cap(struct wstate *e)
     char name[128];
     const struct qmgr_wplan *p = e->cold ? NULL : plan_find(key_part(e->key, 1, name, sizeof name));
 
-    if (p)
+    if (p) {
+        qmgr_cluster_adopt(&e->quota, 0); /* one daily count for the cluster */
         qlim_set(&e->quota, qmgr_wplan_cap(p, e->st.step), 0, "warm-up cap");
+    }
 }
 
 /* decide - E's day ended: promote, hold or step back from its counts (qmgr_wplan_decide) */

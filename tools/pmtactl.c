@@ -21,6 +21,7 @@
  *     pmtactl_cmds.c     list, jobs, delete, sources, counters, files, config
  *     pmtactl_trace.c    trace: a delivery attempt's transcript, live
  *     pmtactl_resolve.c  resolve: the MX answer and the hosts pmtad would try
+ *     pmtactl_cluster.c  show cluster: the nodes sharing limits, shared state
  *
  * DIAGNOSTICS
  *   Exit 0 on success; 1 when pmtad refuses or answers nonsense; 2 on a
@@ -62,6 +63,8 @@ static const struct command commands[] = {
       print_vmtas, NULL, NULL },
     { "show", "jobs", OPT_MAXITEMS, 0, PATTERN_NONE, "show-jobs", add_maxitems_arg, NULL,
       print_jobs, NULL, NULL },
+    { "show", "cluster", 0, 0, PATTERN_OPTIONAL, "show-cluster", add_pattern_arg, NULL,
+      print_cluster, NULL, NULL },
     { "show", "version", 0, 0, PATTERN_NONE, "status", NULL, NULL, print_version, NULL, NULL },
     { "show", "registration", 0, 0, PATTERN_NONE, NULL, NULL, NULL, NULL, run_show_registration,
       NULL },

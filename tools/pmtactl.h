@@ -6,7 +6,8 @@
  * line; pmtactl_client.c the control socket, the run-directory and the
  * signal commands; pmtactl_tables.c the queue tables; pmtactl_cmds.c the
  * commands about recipients, jobs, sources, counters, files and the
- * configuration; pmtactl_trace.c `trace`; pmtactl_resolve.c `resolve`.
+ * configuration; pmtactl_trace.c `trace`; pmtactl_resolve.c `resolve`;
+ * pmtactl_cluster.c `show cluster`.
  */
 #ifndef PMTA_PMTACTL_H
 #define PMTA_PMTACTL_H
@@ -164,6 +165,8 @@ int print_queues(const struct options *o, json_t *response);
 void print_queue_state(json_t *q);
 int print_domains(const struct options *o, json_t *response);
 int print_vmtas(const struct options *o, json_t *response);
+/* print_cluster - show cluster (pmtactl_cluster.c) */
+int print_cluster(const struct options *o, json_t *response);
 void add_set_mode_args(json_t *req, const struct options *o, const char *pattern);
 int print_set_queue_mode(const struct options *o, json_t *response);
 int print_pause_queue(const struct options *o, json_t *response);

@@ -53,6 +53,8 @@ usage(FILE *out)
             "  show topqueues | topdomains [--maxitems=N] [PATTERN]\n"
             "                                       the same, most recipients first\n"
             "  show jobs [--maxitems=N]             queued recipients and kbytes per job id\n"
+            "  show cluster [PATTERN]               the nodes sharing limits in Redis, and the\n"
+            "                                       shared state of the queues PATTERN matches\n"
             "  show version | registration          versions of pmtactl and pmtad\n"
             "  show settings DOMAIN[/VMTA]          the effective settings of that queue\n"
             "  list [--queue=P] [--jobId=ID] [--rcpt=A] [--orig=A] [--maxitems=N] [P]\n"

@@ -32,7 +32,7 @@ SCOPE_WORDS = {"G": "global", "D": "domain", "S": "source", "V": "virtual-mta",
                "AF": "acct-file", "U": "smtp-user", "SND": "sender", "SP": "spool",
                "L": "smtp-listener", "SG": "source-group", "DKL": "domain-key-list",
                "MXR": "mx-rollup-list", "BCP": "bounce-category-patterns",
-               "WP": "warmup-plan"}
+               "WP": "warmup-plan", "CL": "cluster"}
 # a block of the scope to put a directive in (for the load checks)
 BLOCKS = {"global": ("", ""), "domain": ("<domain x.example>\n", "</domain>\n"),
           "source": ("<source 10.0.0.0/8>\n", "</source>\n"),

@@ -25,7 +25,7 @@ SCOPE_WORDS = {"G": "global", "D": "domain", "S": "source", "V": "virtual-mta",
                "AF": "acct-file", "U": "smtp-user", "SND": "sender", "SP": "spool",
                "L": "smtp-listener", "SG": "source-group", "DKL": "domain-key-list",
                "MXR": "mx-rollup-list", "BCP": "bounce-category-patterns",
-               "WP": "warmup-plan"}
+               "WP": "warmup-plan", "CL": "cluster"}
 
 
 def directives():
