@@ -19,6 +19,7 @@ equivalent as each MTA allows; the differences are listed in PEER_NOTES).
 Security: benchmark only; loopback inside a private network namespace; runs as root.
 """
 
+import base64
 import ctypes
 import os
 import pwd
@@ -59,7 +60,7 @@ SHADOWING = ["usr/sbin/sendmail", "usr/bin/mailq", "usr/bin/newaliases", "usr/sb
              "usr/sbin/runq", "usr/sbin/makemap"]
 
 SINK_PORT = 25
-DKIM_DOMAIN, DKIM_SELECTOR = "source.test", "bench"
+DKIM_DOMAIN, DKIM_SELECTOR, DKIM_ED_SELECTOR = "source.test", "bench", "bench-ed"
 RETRY_S = 5     # every peer's retry interval for a deferred recipient, where it has one
 
 PEER_NOTES = {
@@ -184,13 +185,18 @@ class World:
         self.sizes = [int(s) for s in args.sizes.split(",")]
         self.cert, self.key = self.make_cert()
         self.dkim = self.hot or getattr(args, "dkim", False)    # RSA-2048 signing on
-        self.dkim_key = self.make_dkim_key() if self.dkim else None
+        # pmtad-dkim / pmtad-dkim2 (pmtad with DKIM forced on) need the keys in any workload
+        forced = any(n.startswith("pmtad-dkim") for n in getattr(args, "peers", "").split(","))
+        self.dkim_key = self.make_dkim_key() if self.dkim or forced else None
+        self.ed_key = self.make_ed_key() if forced else None
         mx = [("d%d.test" % n, "mx.d%d.test" % n, 10) for n in range(self.domains)]
         hosts = [("mx.d%d.test" % n, domain_ip(n)) for n in range(self.domains)]
         mx.append((DKIM_DOMAIN, "mx." + DKIM_DOMAIN, 10))      # bounces go back to the sink
         hosts.append(("mx." + DKIM_DOMAIN, "127.0.0.9"))
         txt = [("%s._domainkey.%s" % (DKIM_SELECTOR, DKIM_DOMAIN), self.dkim_txt())] \
             if self.dkim_key else []
+        if self.ed_key:
+            txt.append(("%s._domainkey.%s" % (DKIM_ED_SELECTOR, DKIM_DOMAIN), self.ed_txt()))
         self.dns = Dnsmasq(mx=mx, hosts=hosts, local=["test"], txt=txt, port=53)
         self.dns.start()
 
@@ -208,6 +214,18 @@ class World:
                        capture_output=True)
         os.chmod(key, 0o644)
         return key
+
+    def make_ed_key(self):
+        key = os.path.join(self.dir, "dkim-ed25519.key")
+        subprocess.run(["openssl", "genpkey", "-algorithm", "ED25519", "-out", key], check=True,
+                       capture_output=True)
+        os.chmod(key, 0o644)
+        return key
+
+    def ed_txt(self):
+        der = subprocess.run(["openssl", "pkey", "-in", self.ed_key, "-pubout", "-outform", "DER"],
+                             check=True, capture_output=True).stdout
+        return "v=DKIM1; k=ed25519; p=" + base64.b64encode(der[-32:]).decode()
 
     def dkim_txt(self):
         pub = subprocess.run(["openssl", "rsa", "-in", self.dkim_key, "-pubout"], check=True,
@@ -427,23 +445,31 @@ class Peer:
 class PmtadPeer(Peer):
     name = "pmtad"
     messages_per_commit = None      # from cleanup's stats line, after halt()
+    sign = None                     # None: as the workload says; "rsa"; "dual" (Ed25519 + RSA)
 
     def start(self):
         w = self.world
+        sign = self.sign or ("rsa" if w.dkim else None)
         self.p = Pmta(name="bench-pmtad")
         self.port = self.p.port
-        extra = "total-max-smtp-in 1000\n<source 127.0.0.1>\n    always-allow-relaying yes\n"
+        # the namespace's dnsmasq (pmtatest otherwise points name-server at a closed port)
+        extra = "name-server 127.0.0.1:53\ntotal-max-smtp-in 1000\n"
+        extra += "<source 127.0.0.1>\n    always-allow-relaying yes\n"
         if w.hot:
             extra += "    allow-starttls yes\n"
         extra += "</source>\n"
-        if w.dkim:
+        if sign == "dual":
+            extra += "domain-key %s,%s,%s\n" % (DKIM_ED_SELECTOR, DKIM_DOMAIN, w.ed_key)
+        if sign:
             extra += "domain-key %s,%s,%s\n" % (DKIM_SELECTOR, DKIM_DOMAIN, w.dkim_key)
         if w.hot:
             extra += "smtp-server-tls-certificate %s\n" % w.pem("pmta")
-        if w.hot or w.dkim:
+        if w.hot or sign:
             extra += "<domain *>\n"
-            if w.dkim:
+            if sign:
                 extra += "    dkim-sign yes\n"
+            if sign == "dual":
+                extra += "    dkim-algorithm ed25519-sha256, rsa-sha256\n"
             if w.hot:
                 extra += ("    max-smtp-out 5\n    retry-after %ds\n"
                           "    retry-recipients-after %ds\n" % (RETRY_S, RETRY_S))
@@ -697,8 +723,29 @@ class HarakaPeer(Peer):
         return "haraka " + HARAKA_VERSION
 
 
+class PmtadDkimPeer(PmtadPeer):
+    """pmtad with RSA-2048 signing whatever the workload: DKIM off and on in one run."""
+    name = "pmtad-dkim"
+    sign = "rsa"
+
+    @staticmethod
+    def version():
+        return "pmtad + DKIM (RSA-2048)"
+
+
+class PmtadDualPeer(PmtadPeer):
+    """pmtad signing twice, Ed25519 then RSA-2048 (dkim-algorithm ed25519-sha256, rsa-sha256)."""
+    name = "pmtad-dkim2"
+    sign = "dual"
+
+    @staticmethod
+    def version():
+        return "pmtad + DKIM (Ed25519 + RSA)"
+
+
 PEERS = {"pmtad": PmtadPeer, "postfix": PostfixPeer, "opensmtpd": OpensmtpdPeer,
-         "exim": EximPeer, "haraka": HarakaPeer}
+         "exim": EximPeer, "haraka": HarakaPeer, "pmtad-dkim": PmtadDkimPeer,
+         "pmtad-dkim2": PmtadDualPeer}
 
 
 if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "reaper":

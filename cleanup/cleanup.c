@@ -8,8 +8,9 @@
  *   1. stop accepting smtpd connections; keep serving the open ones for the
  *      drain time pmtad grants (smtpd is draining too and needs our answers);
  *   2. then forget transactions that have not ended (nothing of them is
- *      stored), close the group committer: every pending commit finishes and
- *      is answered;
+ *      stored), let the messages being signed finish their signatures and
+ *      reach the group committer, close it: every pending commit finishes
+ *      and is answered;
  *   3. close the connections once those answers are written, the qmgr hint
  *      channel, the queue, and stop.
  *
@@ -31,6 +32,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -71,6 +73,7 @@ static void
 log_stats(int force)
 {
     struct qstore_group_stats st;
+    struct cleanup_dkim_stats ds;
 
     if (cleanup.group == NULL)
         return;
@@ -78,10 +81,12 @@ log_stats(int force)
     if (!force && st.msgs == last_logged_msgs)
         return;
     last_logged_msgs = st.msgs;
+    cleanup_dkim_stats(cleanup.dk, &ds);
     msg_info("stats: messages=%" PRIu64 " commits=%" PRIu64 " max_batch=%" PRIu64 " failed=%" PRIu64
-             " refused=%" PRIu64 " commit_ms_avg=%.2f",
+             " refused=%" PRIu64 " commit_ms_avg=%.2f dkim_signatures=%" PRIu64
+             " dkim_key_reuses=%" PRIu64,
              st.msgs, st.commits, st.max_batch, st.failed, cleanup.refused,
-             st.commits ? st.commit_ms / (double)st.commits : 0.0);
+             st.commits ? st.commit_ms / (double)st.commits : 0.0, ds.signatures, ds.key_reuses);
 }
 
 static void
@@ -131,6 +136,14 @@ group_closed(void *arg)
     cleanup_server_close_all(all_closed);
 }
 
+/* signing_done - no message is being signed any more: close the group committer */
+static void
+signing_done(void)
+{
+    log_stats(1);
+    qstore_group_close(cleanup.group, group_closed, NULL);
+}
+
 /* finish - step 2 of the shutdown (see the file header) */
 static void
 finish(void)
@@ -140,8 +153,7 @@ finish(void)
     finishing = 1;
     uv_timer_stop(&drain_timer);
     cleanup_server_drop_unfinished();
-    log_stats(1);
-    qstore_group_close(cleanup.group, group_closed, NULL);
+    cleanup_commit_quiesce(signing_done);
 }
 
 void
@@ -195,9 +207,22 @@ start(void)
     cleanup_server_start();
 }
 
+/* size_thread_pool - one libuv pool thread per core for signing plus one for the group
+ * committer (at least libuv's 4); an operator's UV_THREADPOOL_SIZE stands */
+static void
+size_thread_pool(void)
+{
+    char n[16];
+    unsigned want = uv_available_parallelism() + 1;
+
+    snprintf(n, sizeof n, "%u", want < 4 ? 4 : want > 64 ? 64 : want);
+    setenv("UV_THREADPOOL_SIZE", n, 0);
+}
+
 int
 main(int argc, char **argv)
 {
+    size_thread_pool(); /* before anything starts the pool */
     worker_init(&argc, &argv, "cleanup");
     start();
     return worker_run();

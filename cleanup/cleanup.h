@@ -182,8 +182,12 @@ uint32_t cleanup_sender_block(const struct cfg *c, const char *sender);
 
 /* --- END processing (cleanup_commit.c) ------------------------------------ */
 
-/* cleanup_commit_txn - process an ended transaction; answers it now or after the commit */
+/* cleanup_commit_txn - process an ended transaction; answers it now, after its signatures
+ * (thread pool) or after the commit */
 void cleanup_commit_txn(struct cleanup_txn *t);
+/* cleanup_commit_quiesce - call CB once no message is waiting for or being signed (at once if
+ * none is): each has been submitted to the group committer or answered by then */
+void cleanup_commit_quiesce(void (*cb)(void));
 
 /* --- the queue's space (cleanup_space.c) ---------------------------------------- */
 

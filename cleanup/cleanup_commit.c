@@ -11,12 +11,16 @@
  *      "{bounce}/vmta" / "{feedbackLoop}/vmta", where qmgr reads the report;
  *   4. DKIM: the queue settings of each distinct recipient domain are
  *      resolved (cfg_resolve_queue with the chosen virtual MTA); if any says
- *      dkim-sign yes, the message is signed ONCE with the settings of the
- *      first such domain (in recipient order): its dkim-selector +
- *      dkim-key-file (the seed's spelling, used as a "*" key), then the
- *      virtual MTA's domain-key lines, then the global ones, first match on
- *      the signing identity (dkim-identity, else Sender, else From). Every
- *      recipient gets that one signed copy; no key matching -> unsigned;
+ *      dkim-sign yes, the message is signed with the settings of the first
+ *      such domain (in recipient order): for each of its dkim-algorithm
+ *      entries, its dkim-selector + dkim-key-file (the seed's spelling, used
+ *      as a "*" key), then the virtual MTA's domain-key lines, then the
+ *      global ones, first key of that type matching the signing identity
+ *      (dkim-identity, else Sender, else From). Every recipient gets that one
+ *      signed copy; no key matching -> unsigned. The signatures are made on
+ *      the libuv thread pool (at most `signing.slots` messages at once, so
+ *      a thread is always left for the group committer), and the message
+ *      carries on from step 5 on the loop thread when they are done;
  *   5. render, envelope and recipient records, and submission to the group
  *      committer with a patch point for the queue id in Received;
  *   6. a message that does not fit in the queue's room (cleanup_space.c)
@@ -25,7 +29,9 @@
  *      -ENOSPC -> 452 4.3.1; anything else -> 451 4.3.0.
  *      Then the log line and a MP_QUEUE_NEW hint to qmgr.
  *
- * Owns: struct pending (a submitted transaction waiting for its commit).
+ * Owns: struct work (a transaction being turned into a message, also while
+ * its signatures are made), the signing queue, struct pending (a submitted
+ * transaction waiting for its commit).
  *
  * SECURITY: the message and the envelope are peer input. The parser bounds
  * the header section; names chosen by headers are only lookup keys; the
@@ -43,6 +49,7 @@
 #include "cleanup.h"
 #include "mailproto.h"
 #include "msg.h"
+#include "worker.h"
 #include "xalloc.h"
 
 _Static_assert(sizeof(CLEANUP_QID_PLACEHOLDER) - 1 == QSTORE_QID_LEN,
@@ -63,6 +70,9 @@ struct pending {
 
 /* Working state while one transaction is turned into a new message. */
 struct work {
+    struct work *next_waiting; /* on the signing queue */
+    uv_work_t req;             /* signing on the thread pool */
+    struct cleanup_dkim_job *job;
     struct cleanup_txn *t;
     struct cleanup_message *msg;
     struct cleanup_route route;
@@ -72,6 +82,13 @@ struct work {
     struct buf out; /* the rendered message */
     struct qstore_newmsg *nm;
 };
+
+/* Messages waiting for, and being, signed. */
+static struct {
+    struct work *head, *tail; /* waiting for a slot, in arrival order */
+    unsigned running, slots;
+    void (*quiet_cb)(void); /* cleanup_commit_quiesce() */
+} signing;
 
 static const struct reply R_TEMP = { 451, "4.3.0", "Internal error; try again later" };
 static const struct reply R_FULL = { 452, "4.3.1", "Insufficient system storage" };
@@ -241,8 +258,15 @@ dkim_opts(const struct cfg *c, const struct cfg_resolved *res, struct cleanup_dk
     o->body_canon = res->v[CFG_D_DKIM_BODY_CANON] && res->v[CFG_D_DKIM_BODY_CANON]->num
                         ? CLEANUP_DKIM_SIMPLE
                         : CLEANUP_DKIM_RELAXED;
+    const char *algs = res_str(c, res, CFG_D_DKIM_ALGORITHM);
+    char why[200];
+    int n;
+
     if (id && strcasecmp(id, "sender-or-from") != 0)
         o->identity = id;
+    /* validated at load; a bad value cannot get here, and would mean the default */
+    n = algs ? cfg_dkim_algorithms(algs, o->algs, why, sizeof why) : 0;
+    o->nalgs = n > 0 ? (size_t)n : 0;
 }
 
 /* dkim_lists - seed key, virtual MTA keys, global keys; -1 when the seed key is bad */
@@ -311,16 +335,15 @@ untrusted_identity(const struct work *w, const struct cleanup_dkim_opts *o)
     return NULL;
 }
 
+/* step_dkim - the signatures W's message gets: 0 none (go on), 1 a job in W->job, -1 and R */
 static int
 step_dkim(struct work *w, struct reply *r)
 {
     const struct cleanup_dkim_keylist *lists[3];
     struct cfg_resolved res;
     struct cleanup_dkim_opts o;
-    char err[CLEANUP_ERRLEN], *sig = NULL;
     const char *why;
     size_t n;
-    int rc;
 
     if (!dkim_domain(w, &res))
         return 0;
@@ -335,17 +358,7 @@ step_dkim(struct work *w, struct reply *r)
         *r = R_TEMP;
         return -1;
     }
-    if ((rc = cleanup_dkim_sign(cleanup.dk, w->msg, lists, n, &o, &sig, err, sizeof(err))) < 0) {
-        msg_error("transaction %u: DKIM signing failed: %s", w->t->id, err);
-        *r = R_TEMP;
-        return -1;
-    }
-    if (rc == 0) {
-        cleanup_message_prepend(w->msg, sig);
-        free(sig);
-        w->dkim_signed = 1;
-    }
-    return 0;
+    return cleanup_dkim_prepare(cleanup.dk, w->msg, lists, n, &o, &w->job);
 }
 
 /* --- the new message ------------------------------------------------------------------ */
@@ -446,6 +459,8 @@ work_free(struct work *w)
     cleanup_message_free(w->msg);
     buf_free(&w->out);
     qstore_newmsg_free(w->nm);
+    cleanup_dkim_job_free(w->job);
+    free(w);
 }
 
 /* --- commit ------------------------------------------------------------------------------ */
@@ -513,27 +528,138 @@ submit(struct work *w, struct reply *r)
     return 0;
 }
 
+/* --- the steps in order ------------------------------------------------------------------ */
+
+/* conclude - W is done with: answer R now if it failed (RC < 0), then free it */
+static void
+conclude(struct work *w, int rc, const struct reply *r)
+{
+    struct cleanup_txn *t = w->t;
+
+    work_free(w);
+    if (rc < 0) {
+        cleanup_txn_result(t, r->code, r->enhanced, r->text, 0);
+        cleanup_txn_done(t);
+    }
+}
+
+/* after_signing - steps 5 and 6 */
+static void
+after_signing(struct work *w)
+{
+    struct reply r = R_TEMP;
+    int rc = step_newmsg(w, &r);
+
+    if (rc == 0)
+        rc = submit(w, &r);
+    conclude(w, rc, &r);
+}
+
+static void sign_next(void);
+
+/* sign_work - thread pool: the message's signatures (it reads the message, nothing else) */
+static void
+sign_work(uv_work_t *req)
+{
+    struct work *w = req->data;
+
+    cleanup_dkim_run(w->job, w->msg);
+}
+
+/* sign_done - loop thread: prepend the signatures and carry on */
+static void
+sign_done(uv_work_t *req, int status)
+{
+    struct work *w = req->data;
+    char err[CLEANUP_ERRLEN];
+    int rc;
+
+    signing.running--;
+    rc = status == 0 ? cleanup_dkim_finish(w->job, w->msg, err, sizeof err) : -EIO;
+    if (status != 0)
+        snprintf(err, sizeof err, "%s", uv_strerror(status));
+    if (rc < 0) {
+        msg_error("transaction %u: DKIM signing failed: %s", w->t->id, err);
+        conclude(w, -1, &R_TEMP);
+    } else {
+        w->dkim_signed = rc > 0;
+        after_signing(w);
+    }
+    sign_next();
+}
+
+/* sign_slots - messages signed at once: one per core, a pool thread kept for the committer */
+static unsigned
+sign_slots(void)
+{
+    const char *env = getenv("UV_THREADPOOL_SIZE");
+    unsigned pool = env && atoi(env) > 0 ? (unsigned)atoi(env) : 4; /* libuv's default */
+    unsigned cores = uv_available_parallelism();
+
+    return pool < 2 ? 1 : cores < pool - 1 ? (cores ? cores : 1) : pool - 1;
+}
+
+/* sign_next - start waiting signatures while slots are free; say when all are done */
+static void
+sign_next(void)
+{
+    void (*cb)(void);
+    int err;
+
+    if (signing.slots == 0)
+        signing.slots = sign_slots();
+    while (signing.head && signing.running < signing.slots) {
+        struct work *w = signing.head;
+
+        if ((signing.head = w->next_waiting) == NULL)
+            signing.tail = NULL;
+        w->req.data = w;
+        if ((err = uv_queue_work(worker_loop(), &w->req, sign_work, sign_done)) < 0) {
+            msg_error("transaction %u: cannot sign: %s", w->t->id, uv_strerror(err));
+            conclude(w, -1, &R_TEMP);
+            continue;
+        }
+        signing.running++;
+    }
+    if (signing.running == 0 && signing.head == NULL && (cb = signing.quiet_cb) != NULL) {
+        signing.quiet_cb = NULL;
+        cb();
+    }
+}
+
+/* cleanup_commit_quiesce - see cleanup.h */
+void
+cleanup_commit_quiesce(void (*cb)(void))
+{
+    signing.quiet_cb = cb;
+    sign_next();
+}
+
 void
 cleanup_commit_txn(struct cleanup_txn *t)
 {
-    struct work w = { .t = t };
+    struct work *w = xcalloc(1, sizeof(*w));
     struct reply r = R_TEMP;
     int rc;
 
-    rc = step_headers(&w, &r);
+    w->t = t;
+    rc = step_headers(w, &r);
     if (rc == 0)
-        rc = step_route(&w, &r);
+        rc = step_route(w, &r);
     if (rc == 0)
-        rc = step_queues(&w, &r);
+        rc = step_queues(w, &r);
     if (rc == 0)
-        rc = step_dkim(&w, &r);
-    if (rc == 0)
-        rc = step_newmsg(&w, &r);
-    if (rc == 0)
-        rc = submit(&w, &r);
-    work_free(&w);
+        rc = step_dkim(w, &r);
     if (rc < 0) {
-        cleanup_txn_result(t, r.code, r.enhanced, r.text, 0);
-        cleanup_txn_done(t);
+        conclude(w, rc, &r);
+    } else if (rc == 0) {
+        after_signing(w);
+    } else { /* a signing job: to the thread pool in arrival order */
+        if (signing.tail)
+            signing.tail->next_waiting = w;
+        else
+            signing.head = w;
+        signing.tail = w;
+        sign_next();
     }
 }

@@ -1,18 +1,22 @@
 /*
- * cleanup_dkim.c - DKIM signing with OpenDKIM: key cache, key choice, signing
+ * cleanup_dkim.c - DKIM keys: the key cache, keylists, the choice of a key by
+ * signing identity and algorithm, and the signing identity itself
  *
- * Owns: the OpenDKIM library handle (dkim_init/dkim_close), the cache of
- * loaded private keys (PEM text, freed with the cache), each keylist and
- * each per-message DKIM handle (dkim_free before returning). See
- * cleanup_dkim.h for the contract. Nothing here canonicalises or hashes by
- * hand: that is all OpenDKIM's.
+ * Owns: struct cleanup_dkim (with cleanup_dkim_sign.c, which owns its
+ * OpenDKIM library handles), the cache of loaded private keys (PEM text and
+ * the parsed EVP_PKEY, freed with the cache) and each keylist. See
+ * cleanup_dkim.h for the contract; signing is in cleanup_dkim_sign.c.
  *
- * SECURITY: key files are read with a size cap and checked by
+ * SECURITY: key files are read with a size cap and checked and parsed by
  * conf/cfg_key.c (OpenSSL, a password callback that refuses: an encrypted
- * key fails, it never prompts on a terminal). Error text names paths, never key bytes. The identity
- * comes from Sender/From (peer input); only a checked, lower-cased domain
- * name derived from it reaches OpenDKIM (as d= for `*` keys).
+ * key fails, it never prompts on a terminal). Error text names paths, never
+ * key bytes. The identity comes from Sender/From (peer input); only a
+ * checked, lower-cased domain name derived from it reaches OpenDKIM (as d=
+ * for `*` keys).
  */
+/* EVP_PKEY_get0_RSA(): OpenDKIM signs RSA through the legacy object; see key_load */
+#define OPENSSL_SUPPRESS_DEPRECATED
+
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -24,36 +28,16 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <opendkim/dkim.h>
 #include <openssl/crypto.h>
+#include <openssl/rsa.h>
 
-#include "buf.h"
 #include "cfg.h"
 #include "msg.h"
 #include "xalloc.h"
 
-#include "cleanup_dkim.h"
+#include "cleanup_dkim_impl.h"
 
-#define DOMAIN_MAX  253
-#define SIGHDR_NAME "DKIM-Signature"
-
-struct cleanup_dkim_key {
-    char *path;
-    dev_t dev;
-    ino_t ino;
-    off_t size;
-    struct timespec mtime;
-    char *pem; /* NUL-terminated PEM text for dkim_sign() */
-    struct cleanup_dkim_key *next;
-};
-
-struct cleanup_dkim {
-    DKIM_LIB *lib;
-    /* Newest first. A reloaded key gets a new entry; older ones stay valid
-     * until cleanup_dkim_free() because keylists of the old config may still
-     * point at them while transactions finish. */
-    struct cleanup_dkim_key *keys;
-};
+#define DOMAIN_MAX 253
 
 struct keylist_entry {
     char *selector;
@@ -66,26 +50,17 @@ struct cleanup_dkim_keylist {
     size_t n, cap;
 };
 
-/* --- library handle ----------------------------------------------------- */
+/* --- the cache ------------------------------------------------------------ */
 
 /* cleanup_dkim_create - see cleanup_dkim.h */
 struct cleanup_dkim *
 cleanup_dkim_create(char *err, size_t errlen)
 {
-    struct cleanup_dkim *dk;
-    unsigned int flags = DKIM_LIBFLAGS_FIXCRLF;
+    struct cleanup_dkim *dk = xcalloc(1, sizeof(*dk));
 
-    dk = xcalloc(1, sizeof(*dk));
-    if ((dk->lib = dkim_init(NULL, NULL)) == NULL) {
-        snprintf(err, errlen, "dkim_init failed");
+    /* the default header list's handle now: an OpenDKIM that cannot start fails here */
+    if (cleanup_dkim__lib(dk, NULL, err, errlen) == NULL) {
         free(dk);
-        return NULL;
-    }
-    /* Input is CRLF already; FIXCRLF makes OpenDKIM tolerate any stray LF. */
-    if (dkim_options(dk->lib, DKIM_OP_SETOPT, DKIM_OPTS_FLAGS, &flags, sizeof(flags)) !=
-        DKIM_STAT_OK) {
-        snprintf(err, errlen, "dkim_options(FLAGS) failed");
-        cleanup_dkim_free(dk);
         return NULL;
     }
     return dk;
@@ -103,15 +78,24 @@ cleanup_dkim_free(struct cleanup_dkim *dk)
         next = k->next;
         if (k->pem) {
             /* Key bytes should not linger in freed heap memory. */
-            OPENSSL_cleanse(k->pem, strlen(k->pem));
+            OPENSSL_cleanse(k->pem, k->pemlen);
             free(k->pem);
         }
+        EVP_PKEY_free(k->pkey);
         free(k->path);
         free(k);
     }
-    if (dk->lib)
-        dkim_close(dk->lib);
+    cleanup_dkim__free_libs(dk);
     free(dk);
+}
+
+/* cleanup_dkim_stats - see cleanup_dkim.h */
+void
+cleanup_dkim_stats(const struct cleanup_dkim *dk, struct cleanup_dkim_stats *st)
+{
+    st->keys_parsed = atomic_load(&dk->keys_parsed);
+    st->signatures = atomic_load(&dk->signatures);
+    st->key_reuses = atomic_load(&dk->key_reuses);
 }
 
 /* --- key cache ---------------------------------------------------------- */
@@ -142,6 +126,8 @@ cleanup_dkim_key_load(struct cleanup_dkim *dk, const char *path, int *errnop, ch
     struct cleanup_dkim_key *k;
     struct stat st;
     char *pem = NULL, why[256];
+    EVP_PKEY *pkey = NULL;
+    enum cfg_dkim_alg alg = CFG_DKIM_NONE;
     int r;
 
     /* A stat first: an unchanged cached key costs no read and no parse. */
@@ -150,16 +136,26 @@ cleanup_dkim_key_load(struct cleanup_dkim *dk, const char *path, int *errnop, ch
     /* conf/cfg_key.c owns what a usable key is: pmtad checked it at load, as our user. */
     if ((r = cfg_dkim_key_read(path, &st, &pem, why, sizeof why)) < 0)
         snprintf(err, errlen, "cannot read DKIM key %s: %s", path, why);
-    else if ((r = cfg_dkim_key_check(pem, (size_t)st.st_size, why, sizeof why)) < 0)
+    else if ((r = cfg_dkim_key_parse(pem, (size_t)st.st_size, &alg, &pkey, why, sizeof why)) < 0)
         snprintf(err, errlen, "%s: %s", path, why);
+    else if (alg == CFG_DKIM_ED25519_SHA256 && !cleanup_dkim__ed25519_ok(dk)) {
+        snprintf(err, errlen, "%s: this OpenDKIM cannot sign ed25519-sha256", path);
+        r = -EINVAL;
+    }
     if (r < 0) {
         if (pem)
             OPENSSL_cleanse(pem, (size_t)st.st_size);
         free(pem);
+        EVP_PKEY_free(pkey);
         if (errnop)
             *errnop = -r;
         return NULL;
     }
+    /* OpenDKIM signs RSA through the legacy RSA object of the key: make it now, on this thread,
+     * so signing threads only ever read it (its blinding and Montgomery state are locked). */
+    if (alg == CFG_DKIM_RSA_SHA256)
+        (void)EVP_PKEY_get0_RSA(pkey);
+    atomic_fetch_add(&dk->keys_parsed, 1);
     k = xcalloc(1, sizeof(*k));
     k->path = xstrdup(path);
     k->dev = st.st_dev;
@@ -167,9 +163,19 @@ cleanup_dkim_key_load(struct cleanup_dkim *dk, const char *path, int *errnop, ch
     k->size = st.st_size;
     k->mtime = st.st_mtim;
     k->pem = pem;
+    k->pemlen = strlen(pem);
+    k->pkey = pkey;
+    k->alg = alg;
     k->next = dk->keys;
     dk->keys = k;
     return k;
+}
+
+/* cleanup_dkim_key_alg - see cleanup_dkim.h */
+enum cfg_dkim_alg
+cleanup_dkim_key_alg(const struct cleanup_dkim_key *key)
+{
+    return key->alg;
 }
 
 /* --- keylists and key choice -------------------------------------------- */
@@ -288,7 +294,8 @@ domain_matches(const char *keydom, const char *iddom)
 /* cleanup_dkim_choose - see cleanup_dkim.h */
 int
 cleanup_dkim_choose(const struct cleanup_dkim_keylist *const *lists, size_t nlists,
-                    const char *identity_domain, struct cleanup_dkim_choice *choice)
+                    const char *identity_domain, enum cfg_dkim_alg alg,
+                    struct cleanup_dkim_choice *choice)
 {
     size_t l, i;
 
@@ -298,7 +305,7 @@ cleanup_dkim_choose(const struct cleanup_dkim_keylist *const *lists, size_t nlis
         for (i = 0; i < lists[l]->n; i++) {
             const struct keylist_entry *e = &lists[l]->v[i];
 
-            if (!domain_matches(e->domain, identity_domain))
+            if (e->key->alg != alg || !domain_matches(e->domain, identity_domain))
                 continue;
             choice->selector = e->selector;
             choice->domain = strcmp(e->domain, "*") == 0 ? identity_domain : e->domain;
@@ -482,145 +489,4 @@ cleanup_dkim_identity_domain(const struct cleanup_message *msg,
         identity_domain_of(opts->fallback_identity, out, outsize) == 0)
         return 0;
     return -ENOENT;
-}
-
-/* --- signing ------------------------------------------------------------ */
-
-/* header_list - dkim-headers as a NULL-terminated array; From always in it */
-static char **
-header_list(const char *spec)
-{
-    char *copy = xstrdup(spec ? spec : CLEANUP_DKIM_DEFAULT_HEADERS), *tok, *save = NULL;
-    char **v = xcalloc(strlen(copy) / 2 + 3, sizeof(*v));
-    size_t n = 0, i;
-    int have_from = 0;
-
-    for (tok = strtok_r(copy, ":, \t", &save); tok; tok = strtok_r(NULL, ":, \t", &save)) {
-        for (i = 0; tok[i]; i++) /* OpenDKIM compiles the list into a regex */
-            if (!isalnum((unsigned char)tok[i]) && tok[i] != '-' && tok[i] != '_')
-                break;
-        if (tok[i] != '\0')
-            continue;
-        have_from |= strcasecmp(tok, "from") == 0;
-        v[n++] = xstrdup(tok);
-    }
-    if (!have_from) /* RFC 6376 5.4: From MUST be signed */
-        v[n++] = xstrdup("from");
-    free(copy);
-    return v;
-}
-
-static void
-free_list(char **v)
-{
-    size_t i;
-
-    for (i = 0; v && v[i]; i++)
-        free(v[i]);
-    free(v);
-}
-
-static dkim_canon_t
-opendkim_canon(enum cleanup_dkim_canon c)
-{
-    return c == CLEANUP_DKIM_SIMPLE ? DKIM_CANON_SIMPLE : DKIM_CANON_RELAXED;
-}
-
-/* feed_field - cleanup_message_walk() callback: one field, then end of header */
-static int
-feed_field(void *ctx, const char *field, size_t len)
-{
-    DKIM *d = ctx;
-
-    if (field == NULL)
-        return dkim_eoh(d) == DKIM_STAT_OK ? 0 : -EIO;
-    return dkim_header(d, (u_char *)(uintptr_t)field, len) == DKIM_STAT_OK ? 0 : -EIO;
-}
-
-/* sighdr_crlf - "DKIM-Signature: " + OpenDKIM's folded value, every EOL CRLF */
-static char *
-sighdr_crlf(const u_char *val, size_t len)
-{
-    struct buf b;
-    size_t i;
-
-    buf_init(&b, 0);
-    buf_append_str(&b, SIGHDR_NAME ": ");
-    for (i = 0; i < len; i++) {
-        if (val[i] == '\r')
-            continue;
-        if (val[i] == '\n')
-            buf_append(&b, "\r", 1);
-        buf_append(&b, &val[i], 1);
-    }
-    buf_append(&b, "\r\n", 2);
-    return buf_detach(&b, NULL);
-}
-
-/* run_signer - feed MSG to D and produce the header; -EIO with ERR */
-static int
-run_signer(DKIM *d, const struct cleanup_message *msg, const char **hdrs, char **sighdrp, char *err,
-           size_t errlen)
-{
-    u_char *val = NULL;
-    size_t vlen = 0;
-    DKIM_STAT st;
-
-    if ((st = dkim_signhdrs(d, hdrs)) != DKIM_STAT_OK)
-        goto fail;
-    if (cleanup_message_walk(msg, feed_field, d) != 0) {
-        st = DKIM_STAT_INTERNAL;
-        goto fail;
-    }
-    if (msg->body.len &&
-        (st = dkim_body(d, (u_char *)msg->body.data, msg->body.len)) != DKIM_STAT_OK)
-        goto fail;
-    if ((st = dkim_eom(d, NULL)) != DKIM_STAT_OK)
-        goto fail;
-    if ((st = dkim_getsighdr_d(d, strlen(SIGHDR_NAME ": "), &val, &vlen)) != DKIM_STAT_OK)
-        goto fail;
-    *sighdrp = sighdr_crlf(val, vlen); /* VAL belongs to the handle */
-    return 0;
-fail:
-    snprintf(err, errlen, "DKIM signing failed: %s%s%s", dkim_getresultstr(st),
-             dkim_geterror(d) ? ": " : "", dkim_geterror(d) ? dkim_geterror(d) : "");
-    return -EIO;
-}
-
-/* cleanup_dkim_sign - see cleanup_dkim.h */
-int
-cleanup_dkim_sign(struct cleanup_dkim *dk, const struct cleanup_message *msg,
-                  const struct cleanup_dkim_keylist *const *lists, size_t nlists,
-                  const struct cleanup_dkim_opts *opts, char **sighdrp, char *err, size_t errlen)
-{
-    static const struct cleanup_dkim_opts defaults;
-    struct cleanup_dkim_choice ch;
-    char iddom[DOMAIN_MAX + 1];
-    char **hdrs;
-    DKIM *d;
-    DKIM_STAT st;
-    int r;
-
-    *sighdrp = NULL;
-    if (opts == NULL)
-        opts = &defaults;
-    /* RFC 6376 5.4: a signature must cover From; without one there is none. */
-    if (cleanup_message_find(msg, "From") == NULL ||
-        cleanup_dkim_identity_domain(msg, opts, iddom, sizeof(iddom)) < 0 ||
-        !cleanup_dkim_choose(lists, nlists, iddom, &ch))
-        return CLEANUP_DKIM_UNSIGNED;
-    d = dkim_sign(dk->lib, (const u_char *)(opts->id ? opts->id : "cleanup"), NULL,
-                  (dkim_sigkey_t)ch.key->pem, (const u_char *)ch.selector,
-                  (const u_char *)ch.domain, opendkim_canon(opts->header_canon),
-                  opendkim_canon(opts->body_canon), DKIM_SIGN_RSASHA256, -1, &st);
-    if (d == NULL) {
-        snprintf(err, errlen, "dkim_sign(%s, %s): %s", ch.selector, ch.domain,
-                 dkim_getresultstr(st));
-        return -EIO;
-    }
-    hdrs = header_list(opts->headers);
-    r = run_signer(d, msg, (const char **)hdrs, sighdrp, err, errlen);
-    free_list(hdrs);
-    dkim_free(d);
-    return r;
 }

@@ -13,7 +13,7 @@
  *	    reply 554 5.6.0 with err;
  *	cleanup_message_apply(msg, &source_opts, &client, now);
  *	... msg->virtual_mta, msg->job_id, msg->envid ...
- *	cleanup_dkim_sign(...)  -> cleanup_message_prepend(msg, sighdr)
+ *	cleanup_dkim_sign(...)  (prepends the DKIM-Signature fields)
  *	cleanup_message_render(msg, &out);
  *	cleanup_message_free(msg);
  *

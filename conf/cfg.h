@@ -212,6 +212,7 @@ struct cfg_domain_key {
     uint32_t selector; /* string offsets */
     uint32_t domain;   /* "*" signs for any domain */
     uint32_t path;
+    uint32_t alg; /* enum cfg_dkim_alg: the key's type, read at load */
 };
 
 /* An <mx-rollup-list> line: MX host names matching PATTERN roll up into NAME. */
@@ -242,7 +243,8 @@ struct cfg_value {
     uint32_t list_len;
     union { /* by type; a cleared ("") or unset value has none */
         struct {
-            int64_t num;  /* bool/int/size/interval/rate count/enum index */
+            int64_t num;  /* bool/int/size/interval/rate count/enum index;
+                             dkim-key-file: the key's enum cfg_dkim_alg */
             int64_t num2; /* rate period in seconds */
         };
         struct cfg_reply reply;           /* CFG_T_REPLY */
@@ -480,20 +482,54 @@ int cfg_route_parse(const char *text, struct cfg_route **out, char *err, size_t 
 void cfg_route_free(struct cfg_route *route);
 
 /*
- * DKIM keys (cfg_key.c): whether a key file can sign rsa-sha256 -- a regular
- * file of 1..CFG_DKIM_KEY_FILE_MAX bytes holding an unencrypted RSA private
- * key (PEM) of at least CFG_DKIM_KEY_MIN_BITS. Messages name the path and the
- * reason, never key bytes.
+ * DKIM keys and algorithms (cfg_key.c). A key file can sign when it is a
+ * regular file of 1..CFG_DKIM_KEY_FILE_MAX bytes holding an unencrypted PEM
+ * private key that is either RSA of at least CFG_DKIM_KEY_MIN_BITS
+ * (rsa-sha256) or Ed25519 (ed25519-sha256, RFC 8463); the key's type is its
+ * algorithm. `dkim-algorithm` lists the signatures a <domain> makes, in
+ * order (one per algorithm, each with the first matching key of that type).
+ * Messages name the path and the reason, never key bytes.
  */
 #define CFG_DKIM_KEY_FILE_MAX (64 * 1024) /* a 16384-bit RSA PEM is ~12 KB */
 #define CFG_DKIM_KEY_MIN_BITS 1024        /* RFC 8301: verifiers may refuse less */
+#define CFG_DKIM_ALG_MAX      2           /* signatures per message: one per algorithm */
+enum cfg_dkim_alg {
+    CFG_DKIM_NONE = 0,
+    CFG_DKIM_RSA_SHA256 = 1,
+    CFG_DKIM_ED25519_SHA256 = 2,
+};
 struct stat;
+struct evp_pkey_st; /* OpenSSL's EVP_PKEY */
+/* cfg_dkim_alg_name - "rsa-sha256", "ed25519-sha256" ("?" otherwise) */
+const char *cfg_dkim_alg_name(enum cfg_dkim_alg alg);
+/*
+ * cfg_dkim_algorithms - a dkim-algorithm value ("rsa-sha256",
+ * "ed25519-sha256, rsa-sha256" ...: comma or space separated, no repeats)
+ * into OUT[0..CFG_DKIM_ALG_MAX). @return the count, or -EINVAL with the
+ * offending word in WHY.
+ */
+int cfg_dkim_algorithms(const char *text, enum cfg_dkim_alg out[CFG_DKIM_ALG_MAX], char *why,
+                        size_t whysize);
 /* cfg_dkim_key_read - PATH into *PEM (NUL-terminated, caller frees) and *ST; 0 or -errno, why */
 int cfg_dkim_key_read(const char *path, struct stat *st, char **pem, char *why, size_t whysize);
-/* cfg_dkim_key_check - LEN bytes of PEM can sign; 0, or -EINVAL and the reason in WHY */
-int cfg_dkim_key_check(const char *pem, size_t len, char *why, size_t whysize);
-/* cfg_dkim_key_check_file - read and check PATH with our privileges; 0, or <0 and a message */
-int cfg_dkim_key_check_file(const char *path, char *why, size_t whysize);
+/*
+ * cfg_dkim_key_parse - LEN bytes of PEM as a key that can sign: 0 and its
+ * algorithm in *ALGP (may be NULL) and, when PKEYP is not NULL, the parsed
+ * key (caller frees with EVP_PKEY_free); or -EINVAL and the reason in WHY.
+ */
+int cfg_dkim_key_parse(const char *pem, size_t len, enum cfg_dkim_alg *algp,
+                       struct evp_pkey_st **pkeyp, char *why, size_t whysize);
+/* cfg_dkim_key_check_file - read and check PATH with our privileges; 0 and *ALGP (may be NULL),
+ * or <0 and a message */
+int cfg_dkim_key_check_file(const char *path, enum cfg_dkim_alg *algp, char *why, size_t whysize);
+/*
+ * cfg_check_dkim_algorithms - every dkim-algorithm can be honoured and every
+ * key can be used by one: an algorithm a <domain> asks for needs a key of its
+ * type somewhere in C; a <domain>'s own dkim-key-file must be of a type that
+ * domain signs with; a domain-key of a type no dkim-algorithm names would
+ * never sign. Errors at file:line through DIAG; returns their number.
+ */
+unsigned cfg_check_dkim_algorithms(const struct cfg *c, cfg_diag_fn diag, void *ctx);
 /* cfg_ca_file_check - PATH is a readable trust store with a PEM certificate; 0, or -1 and why */
 int cfg_ca_file_check(const char *path, char *why, size_t whysize);
 /*

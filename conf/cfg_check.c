@@ -398,18 +398,18 @@ decode_bounce_pattern(struct cfg_builder *b, char *arg, struct cfg_bounce_patter
 }
 
 /*
- * check_key - the DKIM key at PATH can sign (cfg_key.c says why not), and
- * only its owner and group may read it: a world-readable key lets every
- * local user sign as the operator's domain (OpenDKIM refuses such keys; we
- * warn)
+ * check_key - the DKIM key at PATH can sign (cfg_key.c says why not; its
+ * algorithm goes to *ALGP), and only its owner and group may read it: a
+ * world-readable key lets every local user sign as the operator's domain
+ * (OpenDKIM refuses such keys; we warn)
  */
 static int
-check_key(struct cfg_builder *b, const char *path)
+check_key(struct cfg_builder *b, const char *path, enum cfg_dkim_alg *algp)
 {
     char why[PATH_MAX + 256];
     struct stat st;
 
-    if (cfg_dkim_key_check_file(path, why, sizeof why) != 0) {
+    if (cfg_dkim_key_check_file(path, algp, why, sizeof why) != 0) {
         error(b, "%s", why);
         return -1;
     }
@@ -418,6 +418,18 @@ check_key(struct cfg_builder *b, const char *path)
                      "DKIM key file '%s' is readable by every local user (mode %04o); make it "
                      "0640, group of the run-as-user",
                      path, (unsigned)(st.st_mode & 07777));
+    return 0;
+}
+
+/* decode_key_file - dkim-key-file PATH: the key must sign; its algorithm goes to V->num */
+static int
+decode_key_file(struct cfg_builder *b, const char *path, struct cfg_value *v)
+{
+    enum cfg_dkim_alg alg = CFG_DKIM_NONE;
+
+    if (check_key(b, path, &alg) != 0)
+        return -1;
+    v->num = alg;
     return 0;
 }
 
@@ -449,6 +461,7 @@ static int
 decode_domain_key(struct cfg_builder *b, char *arg, const char *text, struct cfg_domain_key *k)
 {
     char *parts[3], *save = NULL, shown[200];
+    enum cfg_dkim_alg alg = CFG_DKIM_NONE;
     int n = 0;
 
     for (char *t = strtok_r(arg, ",", &save); t && n < 3; t = strtok_r(NULL, ",", &save))
@@ -458,8 +471,9 @@ decode_domain_key(struct cfg_builder *b, char *arg, const char *text, struct cfg
               cfg__clip(text, shown, sizeof shown));
         return -1;
     }
-    if (check_key(b, parts[2]) != 0)
+    if (check_key(b, parts[2], &alg) != 0)
         return -1;
+    k->alg = alg;
     k->selector = cfg__intern(b, parts[0]);
     k->domain = cfg__intern(b, parts[1]);
     k->path = cfg__intern(b, parts[2]);
@@ -572,6 +586,8 @@ int
 cfg__decode_record(struct cfg_builder *b, enum cfg_directive d, char *scratch, const char *text,
                    struct cfg_value *v)
 {
+    if (d == CFG_D_DKIM_KEY_FILE)
+        return decode_key_file(b, text, v);
     switch ((enum cfg_type)v->type) {
     case CFG_T_REPLY:
         return decode_reply(b, scratch, &v->reply);
@@ -644,8 +660,6 @@ cfg__check_value(struct cfg_builder *b, enum cfg_directive d, char *arg, const c
         return check_listener(b, arg);
     case CFG_D_SMTP_SOURCE_HOST:
         return check_source_host(b, arg);
-    case CFG_D_DKIM_KEY_FILE:
-        return check_key(b, text);
     case CFG_D_SUBMIT_USERS:
     case CFG_D_TRUSTED_SUBMIT_USERS:
         return check_user_list(b, cfg_directive_info(d)->name, arg);
@@ -658,11 +672,15 @@ cfg__check_value(struct cfg_builder *b, enum cfg_directive d, char *arg, const c
                          "authenticate",
                          text);
         return 0;
-    case CFG_D_DKIM_ALGORITHM:
-        if (strcasecmp(text, "rsa-sha256") == 0)
+    case CFG_D_DKIM_ALGORITHM: {
+        enum cfg_dkim_alg algs[CFG_DKIM_ALG_MAX];
+        char why[200];
+
+        if (cfg_dkim_algorithms(text, algs, why, sizeof why) > 0)
             return 0;
-        error(b, "dkim-algorithm %s is not supported yet (only rsa-sha256)", text);
+        error(b, "%s", why);
         return -1;
+    }
     case CFG_D_HTTP_ACCESS:
         return check_http_access(b, arg);
     case CFG_D_NAME_SERVER:

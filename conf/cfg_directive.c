@@ -40,7 +40,6 @@ static const struct {
     { CFG_D_FILE_FORMAT, "newfile-plain|newfile-pickup|append-mbox" },
     { CFG_D_DSN_FORMAT, "standard|plain-text" },
     { CFG_D_DKIM_SIGN, "no|yes|if-x-dkim-options-present" },
-    { CFG_D_DKIM_ALGORITHM, "rsa-sha256|ed25519-sha256" },
     { CFG_D_DKIM_BODY_CANON, "relaxed|simple" },
     { CFG_D_DKIM_HEADERS_CANON, "relaxed|simple" },
     { CFG_D_AUTHENTICATION_METHOD, "password|system|certificate" },

@@ -1715,6 +1715,19 @@ check_delivery_types(struct cfg_builder *b, const struct cfg *c)
     return errors;
 }
 
+/* builder_diag - a cfg_diag_fn for checks of the finished configuration: counted as ours */
+static void
+builder_diag(void *ctx, enum cfg_diag_level level, const char *file, unsigned line,
+             const char *message)
+{
+    struct cfg_builder *b = ctx;
+
+    if (level == CFG_DIAG_ERROR)
+        error_file(b, file, line, "%s", message);
+    else
+        b->diag(b->ctx, level, file, line, message);
+}
+
 static struct cfg *
 complete(struct cfg_builder *b, unsigned *nerrors)
 {
@@ -1722,7 +1735,8 @@ complete(struct cfg_builder *b, unsigned *nerrors)
 
     if (!b->gave_up)
         check_xrefs(b);
-    if (b->errors == 0 && (c = finish(b)) != NULL && check_delivery_types(b, c) > 0) {
+    if (b->errors == 0 && (c = finish(b)) != NULL &&
+        check_delivery_types(b, c) + cfg_check_dkim_algorithms(c, builder_diag, b) > 0) {
         cfg_free(c);
         c = NULL;
     }

@@ -63,8 +63,8 @@ char *cfg__next_word(char **p);
 const char *cfg__clip(const char *s, char *out, size_t outsize);
 /* cfg__check_hostport - "ADDR:PORT" (ADDR an address, a CIDR like 0/0, or [IPv6]); 0 or -1 */
 int cfg__check_hostport(struct cfg_builder *b, const char *what, const char *text, int need_port);
-/* cfg__decode_record - a structured type's TEXT (SCRATCH a copy to cut up) into V's record;
- * 0, or -1 after reporting why */
+/* cfg__decode_record - a structured type's TEXT (SCRATCH a copy to cut up) into V's record
+ * (and a dkim-key-file's key type into V->num); 0, or -1 after reporting why */
 int cfg__decode_record(struct cfg_builder *b, enum cfg_directive d, char *scratch, const char *text,
                        struct cfg_value *v);
 /* cfg__check_value - what D's type cannot express (WORDS grammars, cross references, keys) */

@@ -46,12 +46,14 @@ DATA = os.path.join(SRCDIR, "t", "data")
 
 with open(os.path.join(DATA, "dkim", "test.txt"), "rb") as f:
     TXT_RECORD = f.read().strip()
+with open(os.path.join(DATA, "dkim", "test-ed25519.txt"), "rb") as f:
+    ED_TXT_RECORD = f.read().strip()
 with open(os.path.join(SRCDIR, "conf", "seed", "seed-sender.conf")) as f:
     SEED_SENDER = f.read()
 
 
 
-def config_extra(key):
+def config_extra(key, edkey):
     # queue only: these tests inspect what cleanup stored, so nothing may be delivered
     return """
 smtp-out-processes 0
@@ -128,6 +130,7 @@ smtp-out-processes 0
     allow-empty-x-virtual-mta yes
 </source>
 domain-key s1,example.com,%(key)s
+domain-key ed,example.com,%(edkey)s
 <domain signed.test>
     dkim-sign yes
 </domain>
@@ -145,19 +148,42 @@ domain-key s1,example.com,%(key)s
     dkim-sign yes
     dkim-headers subject,date
 </domain>
+# Ed25519 and RSA, as providers recommend (the Ed25519 key comes second in
+# the file: each algorithm takes the first key of its own type)
+<domain dual.test>
+    dkim-sign yes
+    dkim-algorithm ed25519-sha256, rsa-sha256
+</domain>
 <domain seed.test>
     dkim-sign yes
     dkim-identity @brand.example
     dkim-selector wild
     dkim-key-file %(key)s
 </domain>
-""" % {"key": key} + SEED_SENDER
+""" % {"key": key, "edkey": edkey} + SEED_SENDER
+
+
+KEY_RECORDS = {
+    "s1._domainkey.example.com": TXT_RECORD,
+    "wild._domainkey.brand.example": TXT_RECORD,
+    "ed._domainkey.example.com": ED_TXT_RECORD,
+}
 
 
 def dnsfunc(name, timeout=5):
-    want = name.decode().rstrip(".")
-    return TXT_RECORD if want in ("s1._domainkey.example.com",
-                                  "wild._domainkey.brand.example") else None
+    return KEY_RECORDS.get(name.decode().rstrip("."))
+
+
+def verify_all(body):
+    """(every DKIM-Signature of BODY verifies with dkimpy, [a= of each, top first])"""
+    try:
+        d = dkim.DKIM(body)
+        sigs = [v for k, v in d.headers if k.lower() == b"dkim-signature"]
+        algs = [re.search(rb"a=([\w-]+)", v).group(1).decode() for v in sigs]
+        return bool(sigs) and all(d.verify(idx=i, dnsfunc=dnsfunc)
+                                  for i in range(len(sigs))), algs
+    except Exception as e:  # a verifier crash is a failure
+        return False, [repr(e)]
 
 
 def qdump(p, body=False):
@@ -462,6 +488,85 @@ def check_nul_in_header(tap, p, s):
     tap.ok(r and r.code == 250, "cleanup goes on: the next message is signed and queued", r)
 
 
+def check_dkim_dual(tap, p, s):
+    r = s.send("a@example.com", ["x@dual.test"], simple(b"dual"))
+    body = body_of(p, r.msgid).encode() if r and r.code == 250 else b""
+    ok, algs = verify_all(body)
+    tap.ok(algs == ["ed25519-sha256", "rsa-sha256"],
+           "dkim-algorithm ed25519-sha256, rsa-sha256: two signatures, Ed25519 on top", algs)
+    tap.ok(ok, "dkimpy verifies both (ed25519-sha256 and rsa-sha256)", body[:600])
+
+
+def check_dkim_load(tap, p, path):
+    """120 dual-signed messages on 4 connections at once: signed on the thread pool."""
+    results, lock = [], threading.Lock()
+
+    def worker(n):
+        c = CleanupConn(path)
+        for i in range(30):
+            c.message(i + 1, "a@example.com", ["r%d@dual.test" % i], simple(b"pool %d %d" % (n, i)))
+        rs = [c.result(i + 1, timeout=120) for i in range(30)]
+        c.close()
+        with lock:
+            results.extend(rs)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ok = [r for r in results if r and r.code == 250]
+    tap.ok(len(ok) == 120, "120 concurrent DKIM messages: all 250", "%d ok" % len(ok))
+    bad = [r.msgid for r in ok if verify_all(body_of(p, r.msgid).encode())
+           != (True, ["ed25519-sha256", "rsa-sha256"])]
+    tap.ok(ok and not bad, "every one carries two signatures that verify", bad[:5])
+    st = wait_for(lambda: re.findall(r"stats: messages=\d+ .* dkim_signatures=(\d+) "
+                                     r"dkim_key_reuses=(\d+)", p.log()), timeout=5)
+    last = [int(x) for x in st[-1]] if st else [0, 1]
+    tap.ok(last[0] >= 240 and last[0] == last[1],
+           "every signature used the key parsed at load (dkim_key_reuses = dkim_signatures)",
+           last)
+
+
+def check_stop_while_signing(tap):
+    """SIGTERM while messages are being signed: every 250 is stored, signed and verifies."""
+    with Pmta(name="pmtasignstop") as p:
+        key, edkey = copy_keys(p)
+        p.write_config(config_extra(key, edkey))
+        p.start()
+        path = os.path.join(p.run_dir, "private", "cleanup")
+        wait_for(lambda: os.path.exists(path)) and p.wait_log(r"queue .* open")
+        results, lock = [], threading.Lock()
+
+        def worker(n):
+            try:
+                c = CleanupConn(path)
+                for i in range(300):
+                    c.message(i + 1, "a@example.com", ["s%d@dual.test" % i],
+                              simple(b"stop %d %d" % (n, i)))
+                rs = [c.result(i + 1, timeout=60) for i in range(300)]
+            except OSError:
+                rs = []
+            with lock:
+                results.extend(rs)
+
+        threads = [threading.Thread(target=worker, args=(n,)) for n in range(2)]
+        for t in threads:
+            t.start()
+        time.sleep(0.15)
+        tap.ok(p.stop() == 0, "pmtad stops while messages are being signed")
+        for t in threads:
+            t.join()
+        ok = {r.msgid for r in results if r and r.code == 250}
+        stored = {m["msgid"] for m in qdump(p)}
+        tap.ok(ok <= stored, "every message answered 250 is in the queue (%d of %d answered)"
+               % (len(ok), len([r for r in results if r])), sorted(ok - stored)[:5])
+        bad = [m for m in sorted(ok)[:40] if not verify_all(body_of(p, m).encode())[0]]
+        tap.ok(not bad, "and its signatures verify", bad)
+        tap.ok(stopped_cleanly(p), "cleanup stopped cleanly (no sanitizer reports)",
+               p.output()[-2000:])
+
+
 def check_abort(tap, p, path):
     before = len(qdump(p))
     c = CleanupConn(path)
@@ -561,7 +666,7 @@ def stats_line(p, messages):
     return None
 
 
-def check_reload(tap, p, path, key):
+def check_reload(tap, p, path, key, edkey):
     c = CleanupConn(path)
     c.begin(1, sender="a@example.com")
     c.rcpt(1, "x@y.test")
@@ -570,7 +675,7 @@ def check_reload(tap, p, path, key):
     # (without this, the reload could overtake frames still in the socket)
     c.message(2, "a@example.com", ["x@y.test"], simple(b"before reload"))
     c.result(2)
-    p.write_config(config_extra(key) + SMALL_SOURCE + "invalid-virtual-mta-fallback mta3\n"
+    p.write_config(config_extra(key, edkey) + SMALL_SOURCE + "invalid-virtual-mta-fallback mta3\n"
                    + "<virtual-mta mta3>\n  smtp-source-host 127.0.0.13 mta3.test\n</virtual-mta>\n")
     mark = p.log_mark()
     p.send_signal(signal.SIGHUP)
@@ -663,14 +768,23 @@ def check_sync(tap):
            "calls with yes: %s, with no: %s" % (on, off))
 
 
+def copy_keys(p):
+    """The test keys into P's directory, readable by the workers: (RSA, Ed25519)."""
+    paths = []
+    for name in ("test.key", "test-ed25519.key"):
+        path = os.path.join(p.dir, name)
+        shutil.copy(os.path.join(DATA, "dkim", name), path)
+        os.chmod(path, 0o644)
+        paths.append(path)
+    return paths
+
+
 def main():
     tap = Tap()
     require_root(tap)
     with Pmta(name="pmtacleanup") as p:
-        key = os.path.join(p.dir, "dkim.key")
-        shutil.copy(os.path.join(DATA, "dkim", "test.key"), key)
-        os.chmod(key, 0o644)
-        p.write_config(config_extra(key) + SMALL_SOURCE)
+        key, edkey = copy_keys(p)
+        p.write_config(config_extra(key, edkey) + SMALL_SOURCE)
         p.start()
         path = os.path.join(p.run_dir, "private", "cleanup")
         tap.ok(wait_for(lambda: os.path.exists(path)) and
@@ -686,15 +800,18 @@ def main():
         check_invalid_vmta(tap, p, s)
         check_dkim(tap, p, s)
         check_nul_in_header(tap, p, s)
+        check_dkim_dual(tap, p, s)
+        check_dkim_load(tap, p, path)
         check_size_limit(tap, p, s)
         check_abort(tap, p, path)
         check_malformed(tap, p, path)
         check_load(tap, p, path)
-        check_reload(tap, p, path, key)
+        check_reload(tap, p, path, key, edkey)
         s.conn.close()
         tap.ok(p.stop() == 0, "pmtad stops")
         tap.ok(stopped_cleanly(p), "cleanup stopped cleanly (no sanitizer reports)",
                p.output()[-2000:])
+    check_stop_while_signing(tap)
     check_map_full(tap)
     check_sync(tap)
     sys.exit(tap.done())

@@ -40,17 +40,23 @@ KEY = os.path.join(DATA, "dkim", "test.key")
 MESSAGES = os.path.join(DATA, "messages")
 NS_FLAG = "PMTA_DKIM_TEST_IN_NAMESPACE"
 
+ED_KEY = os.path.join(DATA, "dkim", "test-ed25519.key")
+
 with open(os.path.join(DATA, "dkim", "test.txt"), "rb") as f:
     TXT_RECORD = f.read().strip()
+with open(os.path.join(DATA, "dkim", "test-ed25519.txt"), "rb") as f:
+    ED_TXT_RECORD = f.read().strip()
 
-# Every selector/domain the tests sign with; all publish the same test key.
-DNS_NAMES = [
-    "s1._domainkey.example.com",
-    "sub._domainkey.sub.example.com",
-    "net._domainkey.example.net",
-    "wild._domainkey.other.example",
-    "wild._domainkey.brand.example",
-]
+# Every selector/domain the tests sign with, and the key record it publishes.
+DNS_RECORDS = {
+    "s1._domainkey.example.com": TXT_RECORD,
+    "sub._domainkey.sub.example.com": TXT_RECORD,
+    "net._domainkey.example.net": TXT_RECORD,
+    "wild._domainkey.other.example": TXT_RECORD,
+    "wild._domainkey.brand.example": TXT_RECORD,
+    "ed._domainkey.example.com": ED_TXT_RECORD,
+}
+DNS_NAMES = list(DNS_RECORDS)
 
 
 # --- TAP ---------------------------------------------------------------------
@@ -75,10 +81,12 @@ def reexec_in_namespace():
 
 def txt_record_args():
     # A TXT string holds at most 255 bytes: split the record, as zone files do.
-    rec = TXT_RECORD.decode()
-    parts = [rec[i:i + 200] for i in range(0, len(rec), 200)]
-    quoted = ",".join(parts)   # dnsmasq takes the strings unquoted
-    return ["--txt-record=%s,%s" % (name, quoted) for name in DNS_NAMES]
+    args = []
+    for name, record in DNS_RECORDS.items():
+        rec = record.decode()
+        parts = [rec[i:i + 200] for i in range(0, len(rec), 200)]
+        args.append("--txt-record=%s,%s" % (name, ",".join(parts)))  # dnsmasq: unquoted
+    return args
 
 
 def die_with_parent():
@@ -155,13 +163,16 @@ def sign(msg, *args):
 
 
 def dnsfunc(name, timeout=5):
-    want = name.decode().rstrip(".")
-    return TXT_RECORD if want in DNS_NAMES else None
+    return DNS_RECORDS.get(name.decode().rstrip("."))
 
 
 def verify_dkimpy(msg):
+    """Every DKIM-Signature of MSG must verify (dkim.verify checks only the first)."""
     try:
-        return dkim.verify(msg, dnsfunc=dnsfunc), ""
+        d = dkim.DKIM(msg)
+        n = len([f for f in d.headers if f[0].lower() == b"dkim-signature"])
+        bad = [i for i in range(n) if not d.verify(idx=i, dnsfunc=dnsfunc)]
+        return n > 0 and not bad, "signatures %s of %d do not verify" % (bad, n) if bad else ""
     except Exception as e:  # a verifier crash is a failure, with its reason
         return False, repr(e)
 
@@ -205,10 +216,11 @@ def read_message(name):
         return f.read()
 
 
-def sig_tags(out):
-    """Tags of the first DKIM-Signature in OUT, unfolded."""
+def all_sig_tags(out):
+    """Tags of every DKIM-Signature in OUT, unfolded, top first."""
     head = out.split(b"\r\n\r\n", 1)[0].decode(errors="replace")
     fields = head.replace("\r\n\t", "").replace("\r\n ", "").split("\r\n")
+    sigs = []
     for f in fields:
         if f.lower().startswith("dkim-signature:"):
             tags = {}
@@ -216,11 +228,18 @@ def sig_tags(out):
                 if "=" in part:
                     k, v = part.split("=", 1)
                     tags[k.strip()] = "".join(v.split())
-            return tags
-    return None
+            sigs.append(tags)
+    return sigs
+
+
+def sig_tags(out):
+    """Tags of the first DKIM-Signature in OUT, unfolded."""
+    sigs = all_sig_tags(out)
+    return sigs[0] if sigs else None
 
 
 KEY_S1 = "s1,example.com," + KEY
+KEY_ED = "ed,example.com," + ED_KEY
 
 
 # --- the cases ---------------------------------------------------------------
@@ -245,6 +264,13 @@ def signing_cases():
          [KEY_S1, "net,example.net," + KEY]),
         ("simple/simple", read_message("folded.eml"), [KEY_S1, "-c", "simple/simple"]),
         ("relaxed/simple", read_message("multipart.eml"), [KEY_S1, "-c", "relaxed/simple"]),
+        ("ed25519-sha256", read_message("multipart.eml"), [KEY_ED, "-A", "ed25519-sha256"]),
+        ("ed25519-sha256 simple/simple", read_message("folded.eml"),
+         [KEY_ED, "-A", "ed25519-sha256", "-c", "simple/simple"]),
+        ("Ed25519 and RSA", read_message("8bit.eml"),
+         [KEY_ED, KEY_S1, "-A", "ed25519-sha256,rsa-sha256"]),
+        ("RSA and Ed25519, 64 at once on the thread pool", crlf,
+         [KEY_S1, KEY_ED, "-A", "rsa-sha256 ed25519-sha256", "-N", "64"]),
     ]
 
 
@@ -265,6 +291,36 @@ def test_signing(v):
         if not T.ok(rc == 0 and info.get("signed") == "yes", "%s: signed" % name, err):
             continue
         v.expect(name, out, True)
+
+
+def test_algorithms():
+    """dkim-algorithm: one signature per algorithm, each with a key of its type, in order."""
+    plain = read_message("plain.eml")
+    rc, out, info, err = sign(plain, "-k", KEY_ED, "-k", KEY_S1,
+                              "-A", "ed25519-sha256,rsa-sha256")
+    sigs = all_sig_tags(out)
+    T.ok([(t.get("a"), t.get("s")) for t in sigs] == [("ed25519-sha256", "ed"),
+                                                       ("rsa-sha256", "s1")],
+         "two signatures, the first asked on top, each with its own key", sigs)
+    rc, out, info, err = sign(plain, "-k", KEY_ED, "-k", KEY_S1)
+    sigs = all_sig_tags(out)
+    T.ok([t.get("a") for t in sigs] == ["rsa-sha256"],
+         "default rsa-sha256 skips the Ed25519 key listed first", sigs)
+    rc, out, info, err = sign(plain, "-k", KEY_S1, "-A", "ed25519-sha256,rsa-sha256")
+    sigs = all_sig_tags(out)
+    T.ok(rc == 0 and [t.get("a") for t in sigs] == ["rsa-sha256"],
+         "no Ed25519 key matching: the RSA signature alone", err)
+    rc, out, info, err = sign(plain, "-k", KEY_S1, "-A", "ed25519-sha256")
+    T.ok(rc == 0 and info.get("signed") == "no", "no key of the asked type: unsigned", err)
+
+
+def test_keys_parsed_once():
+    """A key is parsed when it is loaded, not for each message OpenDKIM signs with it."""
+    rc, out, info, err = sign(read_message("plain.eml"), "-k", KEY_S1, "-k", KEY_ED,
+                              "-A", "rsa-sha256,ed25519-sha256", "-N", "40")
+    T.ok(rc == 0 and info.get("keys-parsed") == "2" and info.get("signatures-made") == "80"
+         and info.get("key-reuses") == "80",
+         "80 signatures, 2 key parses: every signature used the parsed key", err)
 
 
 def test_sender_picks_sender_domain():
@@ -446,6 +502,8 @@ def main():
                 verify_files(v, sys.argv[2:])
                 return T.done()
             test_signing(v)
+            test_algorithms()
+            test_keys_parsed_once()
             test_sender_picks_sender_domain()
             test_tampering(v)
             test_signed_header_list()

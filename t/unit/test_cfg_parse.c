@@ -690,7 +690,11 @@ test_dkim_key_files(void **state)
         "t.conf:1: error: bad domain-key 's1,example.com' (expected SELECTOR,DOMAIN,KEYFILE)");
 }
 
-/* test_dkim_keys_that_cannot_sign - a key that would give 451 on every message is refused */
+/*
+ * test_dkim_keys_that_cannot_sign - the load-time refusal table: every key
+ * file that could not sign is an error at its file:line, in a domain-key
+ * line and in a dkim-key-file alike (never a 451 on every message later)
+ */
 static void
 test_dkim_keys_that_cannot_sign(void **state)
 {
@@ -698,9 +702,13 @@ test_dkim_keys_that_cannot_sign(void **state)
         enum test_bad_key kind;
         const char *why;
     } bad[] = {
-        { TEST_KEY_ED25519, "an Ed25519 key: ed25519-sha256 signing is not supported yet" },
+        { TEST_KEY_EC_P256, "a EC key, which cannot sign DKIM (an RSA key signs rsa-sha256, an "
+                            "Ed25519 key ed25519-sha256)" },
+        { TEST_KEY_ED448, "a ED448 key, which cannot sign DKIM" },
+        { TEST_KEY_X25519, "a X25519 key, which cannot sign DKIM" },
         { TEST_KEY_RSA_512, "RSA key has 512 bits, fewer than 1024" },
-        { TEST_KEY_ENCRYPTED, "encrypted private key" },
+        { TEST_KEY_ENCRYPTED, "encrypted private key (a key pmtad uses needs no passphrase)" },
+        { TEST_KEY_PUBLIC, "not an unencrypted private key in PEM form" },
     };
     char path[300], text[700], want[800];
     (void)state;
@@ -714,12 +722,83 @@ test_dkim_keys_that_cannot_sign(void **state)
         snprintf(want, sizeof want, "t.conf:2: error: DKIM key file '%s': %s", path, bad[i].why);
         expect_error(text, want);
     }
+    snprintf(path, sizeof path, "%s/empty.key", tmpdir);
+    test_make_bad_key(path, TEST_KEY_EMPTY);
+    snprintf(text, sizeof text, "domain-key s,example.com,%s\n", path);
+    snprintf(want, sizeof want,
+             "t.conf:1: error: cannot read DKIM key file '%s': not a regular file of 1..65536 "
+             "bytes",
+             path);
+    expect_error(text, want);
     snprintf(text, sizeof text, "domain-key s,example.com,%s\n", tmpdir);
     snprintf(want, sizeof want,
              "t.conf:1: error: cannot read DKIM key file '%s': not a regular file", tmpdir);
     expect_error(text, want);
-    expect_error("<domain a.com>\n dkim-algorithm ed25519-sha256\n</domain>\n",
-                 "t.conf:2: error: dkim-algorithm ed25519-sha256 is not supported yet");
+}
+
+/*
+ * test_dkim_algorithms - Ed25519 keys sign where dkim-algorithm asks for
+ * ed25519-sha256; a key of a type its domain does not sign with, an
+ * algorithm without a key of its type, and a key no algorithm would use are
+ * errors at file:line
+ */
+static void
+test_dkim_algorithms(void **state)
+{
+    char ed[300], text[1200], want[900];
+    struct cfg *c;
+    (void)state;
+    snprintf(ed, sizeof ed, "%s/ed25519.key", tmpdir);
+    test_make_ed25519_key(ed);
+    /* the case: an Ed25519 dkim-key-file, dkim-algorithm left at rsa-sha256 */
+    snprintf(text, sizeof text, "<domain *>\n dkim-sign yes\n dkim-key-file %s\n</domain>\n", ed);
+    snprintf(want, sizeof want,
+             "t.conf:3: error: DKIM key file '%s' is an Ed25519 key, but <domain *> signs with "
+             "dkim-algorithm rsa-sha256: add ed25519-sha256 to its dkim-algorithm",
+             ed);
+    expect_error(text, want);
+    snprintf(text, sizeof text,
+             "<domain *>\n dkim-sign yes\n dkim-algorithm ed25519-sha256\n dkim-selector e\n"
+             " dkim-key-file %s\n</domain>\n",
+             ed);
+    c = expect_ok(text);
+    cfg_free(c);
+    /* an RSA dkim-key-file where only ed25519-sha256 is asked */
+    snprintf(text, sizeof text,
+             "<domain a.com>\n dkim-algorithm ed25519-sha256\n dkim-key-file %s\n</domain>\n"
+             "domain-key e,a.com,%s\n",
+             keyfile, ed);
+    snprintf(want, sizeof want,
+             "t.conf:3: error: DKIM key file '%s' is an RSA key, but <domain a.com> signs with "
+             "dkim-algorithm ed25519-sha256",
+             keyfile);
+    expect_error(text, want);
+    /* dual signing: both keys as domain-key lines */
+    snprintf(text, sizeof text,
+             "domain-key e,example.com,%s\ndomain-key r,example.com,%s\n<domain *>\n"
+             " dkim-sign yes\n dkim-algorithm ed25519-sha256, rsa-sha256\n</domain>\n",
+             ed, keyfile);
+    c = expect_ok(text);
+    cfg_free(c);
+    /* an algorithm without a key of its type */
+    snprintf(text, sizeof text,
+             "domain-key r,example.com,%s\n<domain *>\n dkim-algorithm ed25519-sha256 "
+             "rsa-sha256\n</domain>\n",
+             keyfile);
+    expect_error(text, "t.conf:3: error: dkim-algorithm ed25519-sha256: no Ed25519 key is "
+                       "configured (domain-key or dkim-key-file)");
+    /* an Ed25519 domain-key that no dkim-algorithm would use */
+    snprintf(text, sizeof text, "host-name h\ndomain-key e,example.com,%s\n", ed);
+    snprintf(want, sizeof want,
+             "t.conf:2: error: DKIM key file '%s' is an Ed25519 key, but no <domain> has "
+             "dkim-algorithm ed25519-sha256: it would never sign",
+             ed);
+    expect_error(text, want);
+    expect_error("<domain a.com>\n dkim-algorithm rsa-sha1\n</domain>\n",
+                 "t.conf:2: error: dkim-algorithm: unknown algorithm 'rsa-sha1' (rsa-sha256, "
+                 "ed25519-sha256)");
+    expect_error("<domain a.com>\n dkim-algorithm rsa-sha256,RSA-SHA256\n</domain>\n",
+                 "t.conf:2: error: dkim-algorithm: rsa-sha256 listed twice");
 }
 
 /* submit-users, trusted-submit-users: names and @groups */
@@ -1005,6 +1084,7 @@ main(void)
         UNIT_TEST(test_cross_references),
         UNIT_TEST(test_dkim_key_files),
         UNIT_TEST(test_dkim_keys_that_cannot_sign),
+        UNIT_TEST(test_dkim_algorithms),
         UNIT_TEST(test_submit_user_lists),
         UNIT_TEST(test_includes),
         UNIT_TEST(test_include_errors),

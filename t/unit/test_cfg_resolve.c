@@ -86,6 +86,8 @@ group_setup(void **state)
         snprintf(path, sizeof path, "%s/%s", tmpdir, keys[i]);
         test_make_key(path);
     }
+    snprintf(path, sizeof path, "%s/dkim/example.com.ed25519.pem", tmpdir);
+    test_make_ed25519_key(path);
     return 0;
 }
 
@@ -697,6 +699,9 @@ test_realistic(void **state)
     assert_string_equal(qtext(c, "gmail.com", "vmta-gmail-1", CFG_D_MAX_MSG_RATE), "600/m");
     assert_string_equal(qtext(c, "googlemail.com", NULL, CFG_D_SMTP_PATTERN_LIST), "gmail-errors");
     assert_int_equal(qnum(c, "gmail.com", NULL, CFG_D_BACKOFF_MAX_SMTP_OUT), 2);
+    /* signed twice where both keys match (Ed25519 first), from <domain *> */
+    assert_string_equal(qtext(c, "gmail.com", NULL, CFG_D_DKIM_ALGORITHM),
+                        "ed25519-sha256, rsa-sha256");
     /* inherited from <domain *> */
     assert_string_equal(qtext(c, "gmail.com", NULL, CFG_D_RETRY_AFTER), "10m,20m,1h,4h");
     assert_int_equal(qnum(c, "gmail.com", NULL, CFG_D_BOUNCE_AFTER), 3 * 86400);

@@ -680,24 +680,54 @@ test_key_choice_by_identity(void **state)
                      0);
 
     /* the parent-domain key comes first in order, so it wins for sub.example.com */
-    assert_int_equal(cleanup_dkim_choose(lists, 2, "sub.example.com", &ch), 1);
+    assert_int_equal(cleanup_dkim_choose(lists, 2, "sub.example.com", CFG_DKIM_RSA_SHA256, &ch), 1);
     assert_string_equal(ch.selector, "s1");
     assert_string_equal(ch.domain, "example.com");
     /* a suffix that is not a parent does not match */
-    assert_int_equal(cleanup_dkim_choose(lists, 2, "notexample.com", &ch), 1);
+    assert_int_equal(cleanup_dkim_choose(lists, 2, "notexample.com", CFG_DKIM_RSA_SHA256, &ch), 1);
     assert_string_equal(ch.selector, "wild");
     assert_string_equal(ch.domain, "notexample.com");
     /* the virtual MTA's list is scanned before the global one */
-    assert_int_equal(cleanup_dkim_choose(lists, 2, "a.vmta.example", &ch), 1);
+    assert_int_equal(cleanup_dkim_choose(lists, 2, "a.vmta.example", CFG_DKIM_RSA_SHA256, &ch), 1);
     assert_string_equal(ch.selector, "v1");
     /* without the wildcard: no key, no signature */
-    assert_int_equal(cleanup_dkim_choose(lists, 1, "other.example", &ch), 0);
+    assert_int_equal(cleanup_dkim_choose(lists, 1, "other.example", CFG_DKIM_RSA_SHA256, &ch), 0);
     /* one file, one cache entry: every list entry shares the loaded key */
     assert_ptr_equal(cleanup_dkim_key_load(dk, key, NULL, errbuf, sizeof(errbuf)), ch.key);
+    /* no Ed25519 key at all: ed25519-sha256 finds none */
+    assert_int_equal(cleanup_dkim_choose(lists, 2, "example.com", CFG_DKIM_ED25519_SHA256, &ch), 0);
 
     free(key);
     cleanup_dkim_keylist_free(vmta);
     cleanup_dkim_keylist_free(global);
+    cleanup_dkim_free(dk);
+}
+
+/* each algorithm takes the first matching key of its own type, in list order */
+static void
+test_key_choice_by_algorithm(void **state)
+{
+    struct cleanup_dkim *dk = cleanup_dkim_create(errbuf, sizeof(errbuf));
+    struct cleanup_dkim_keylist *l = cleanup_dkim_keylist_create();
+    const struct cleanup_dkim_keylist *lists[] = { l };
+    struct cleanup_dkim_choice ch;
+    char *rsa = data_path("dkim/test.key"), *ed = data_path("dkim/test-ed25519.key");
+
+    (void)state;
+    assert_int_equal(
+        cleanup_dkim_keylist_add(dk, l, "ed", "example.com", ed, errbuf, sizeof errbuf), 0);
+    assert_int_equal(cleanup_dkim_keylist_add(dk, l, "rsa", "*", rsa, errbuf, sizeof errbuf), 0);
+    assert_int_equal(cleanup_dkim_choose(lists, 1, "example.com", CFG_DKIM_RSA_SHA256, &ch), 1);
+    assert_string_equal(ch.selector, "rsa"); /* the Ed25519 key listed first is not RSA */
+    assert_int_equal(cleanup_dkim_key_alg(ch.key), CFG_DKIM_RSA_SHA256);
+    assert_int_equal(cleanup_dkim_choose(lists, 1, "example.com", CFG_DKIM_ED25519_SHA256, &ch), 1);
+    assert_string_equal(ch.selector, "ed");
+    assert_int_equal(cleanup_dkim_key_alg(ch.key), CFG_DKIM_ED25519_SHA256);
+    assert_int_equal(cleanup_dkim_choose(lists, 1, "other.example", CFG_DKIM_ED25519_SHA256, &ch),
+                     0);
+    free(rsa);
+    free(ed);
+    cleanup_dkim_keylist_free(l);
     cleanup_dkim_free(dk);
 }
 
@@ -762,6 +792,7 @@ main(void)
         UNIT_TEST(test_address_domain_forms),
         UNIT_TEST(test_identity_sender_then_from_then_fallback),
         UNIT_TEST(test_key_choice_by_identity),
+        UNIT_TEST(test_key_choice_by_algorithm),
         UNIT_TEST(test_key_errors_are_clear),
     };
 

@@ -1,6 +1,7 @@
 /*
- * test_keys.c - test helper: throw-away RSA keys, so config tests that name
- * DKIM key files never depend on keys shipped in the tree.
+ * test_keys.c - test helper: throw-away RSA and Ed25519 keys (and key files
+ * that cannot sign), so config tests that name DKIM key files never depend
+ * on keys shipped in the tree.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -49,17 +50,51 @@ write_key(const char *path, EVP_PKEY *key, const char *passphrase)
 }
 
 void
+test_make_ed25519_key(const char *path)
+{
+    write_key(path, EVP_PKEY_Q_keygen(NULL, NULL, "ED25519"), NULL);
+}
+
+/* write_public - only KEY's public half to PATH */
+static void
+write_public(const char *path, EVP_PKEY *key)
+{
+    FILE *f = fopen(path, "w");
+
+    assert_non_null(key);
+    assert_non_null(f);
+    assert_int_equal(PEM_write_PUBKEY(f, key), 1);
+    fclose(f);
+    EVP_PKEY_free(key);
+}
+
+void
 test_make_bad_key(const char *path, enum test_bad_key kind)
 {
+    FILE *f;
+
     switch (kind) {
-    case TEST_KEY_ED25519:
-        write_key(path, EVP_PKEY_Q_keygen(NULL, NULL, "ED25519"), NULL);
+    case TEST_KEY_EC_P256:
+        write_key(path, EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256"), NULL);
+        break;
+    case TEST_KEY_ED448:
+        write_key(path, EVP_PKEY_Q_keygen(NULL, NULL, "ED448"), NULL);
+        break;
+    case TEST_KEY_X25519:
+        write_key(path, EVP_PKEY_Q_keygen(NULL, NULL, "X25519"), NULL);
         break;
     case TEST_KEY_RSA_512:
         write_key(path, EVP_RSA_gen(512), NULL);
         break;
     case TEST_KEY_ENCRYPTED:
         write_key(path, EVP_RSA_gen(1024), "secret");
+        break;
+    case TEST_KEY_PUBLIC:
+        write_public(path, EVP_RSA_gen(1024));
+        break;
+    case TEST_KEY_EMPTY:
+        assert_non_null(f = fopen(path, "w"));
+        fclose(f);
         break;
     }
 }
