@@ -467,12 +467,13 @@ def check_dkim_canon(tap, p, s):
     h = sorted(x.strip().lower() for x in h.group(1).decode().split(":")) if h else None
     tap.ok(h == ["date", "from", "subject"],
            "dkim-headers subject,date: h= signs those and From, nothing else", h)
-    bad = p.write_config(text="<domain a.test>\n  dkim-algorithm ed25519-sha256\n</domain>\n",
-                         path=os.path.join(p.dir, "ed25519.conf"))
+    bad = p.write_config(text="<domain a.test>\n  dkim-algorithm rsa-sha1\n</domain>\n",
+                         path=os.path.join(p.dir, "sha1.conf"))
     r = p.run("--check-config", "-c", bad)
-    tap.ok(r.returncode != 0 and "ed25519.conf:2: error: dkim-algorithm ed25519-sha256 is not "
-           "supported" in r.stdout + r.stderr,
-           "dkim-algorithm other than rsa-sha256 is refused at load, with file:line",
+    tap.ok(r.returncode != 0 and "sha1.conf:2: error: dkim-algorithm: unknown algorithm "
+           "'rsa-sha1'" in r.stdout + r.stderr,
+           "dkim-algorithm other than rsa-sha256 and ed25519-sha256 is refused at load,"
+           " with file:line",
            r.stdout + r.stderr)
 
 
