@@ -169,7 +169,7 @@ void cfg_command_free(char **words);
 #define CFG_VALUE_CLEAR 0x2 /* written as "": clears an inherited value back to the default */
 #define CFG_VALUE_FROM_BLOCK \
     0x4 /* synthesized from a block form (<smtp-listener>, <spool>, dkim-key-file) */
-#define CFG_VALUE_LOCAL 0x8 /* "local:" before a limit: one per host even in a <cluster> */
+#define CFG_VALUE_LOCAL  0x8 /* "local:" before a limit: one per host even in a <cluster> */
 #define CFG_LOCAL_PREFIX "local:"
 
 /* What a matching `reply /RE/ ACTIONS` line of an <smtp-pattern-list> asks for. */

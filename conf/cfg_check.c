@@ -640,9 +640,9 @@ check_key_word(struct cfg_builder *b, const char *name, const char *text)
     char shown[200];
     size_t n = strlen(text);
 
-    if (n > 0 && n <= 64 && strspn(text,
-                                   "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-                                   "0123456789._:-{}") == n)
+    if (n > 0 && n <= 64 &&
+        strspn(text, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                     "0123456789._:-{}") == n)
         return 0;
     error(b, "%s '%s' must be 1 to 64 letters, digits or . _ : - { }", name,
           cfg__clip(text, shown, sizeof shown));

@@ -619,10 +619,12 @@ store_value(struct cfg_builder *b, enum cfg_directive d, char *arg)
     if (*text == 0) {
         v.flags |= CFG_VALUE_CLEAR; /* "" clears an inherited value */
     } else {
-        if (cfg_allows_local(d) && strncasecmp(text, CFG_LOCAL_PREFIX, strlen(CFG_LOCAL_PREFIX)) == 0) {
+        if (cfg_allows_local(d) &&
+            strncasecmp(text, CFG_LOCAL_PREFIX, strlen(CFG_LOCAL_PREFIX)) == 0) {
             /* "local:20/s": the same limit, kept per host in a <cluster> */
             v.flags |= CFG_VALUE_LOCAL;
-            memmove(text, text + strlen(CFG_LOCAL_PREFIX), strlen(text + strlen(CFG_LOCAL_PREFIX)) + 1);
+            memmove(text, text + strlen(CFG_LOCAL_PREFIX),
+                    strlen(text + strlen(CFG_LOCAL_PREFIX)) + 1);
         }
         if ((rc = decode_typed(b, d, text, &v)) != 0) {
             bad_value(b, d, text, rc);

@@ -209,7 +209,7 @@ on_drain_timer(uv_timer_t *t)
         uv_close((uv_handle_t *)t, NULL);
         qmgr_sched_stop();
         qmgr_cluster_stop(); /* this node's leases go now, not at lease-time */
-        qmgr_warmup_stop(); /* its last saves go into the group before it closes */
+        qmgr_warmup_stop();  /* its last saves go into the group before it closes */
         qmgr_outcome_close();
         qstore_group_close(S.group, on_group_closed, NULL);
     }

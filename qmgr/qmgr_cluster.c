@@ -45,14 +45,14 @@
 #include "worker.h"
 #include "xalloc.h"
 
-#define CL_TICK_MS        100u
-#define CL_TIMEOUT_MS     1500u /* a command unanswered this long: Redis is gone */
-#define CL_CONNECT_MS     2000u /* connecting and registering, at most */
-#define CL_RETRY_MS       1000u /* between two attempts to reach a server */
-#define CL_CLOCK_KEEP_MS  5000u /* a clock sample is trusted this long */
-#define CL_DEFAULT_PORT   6379
-#define CL_NAME_MAX       64
-#define CL_PREFIX_MAX     64
+#define CL_TICK_MS       100u
+#define CL_TIMEOUT_MS    1500u /* a command unanswered this long: Redis is gone */
+#define CL_CONNECT_MS    2000u /* connecting and registering, at most */
+#define CL_RETRY_MS      1000u /* between two attempts to reach a server */
+#define CL_CLOCK_KEEP_MS 5000u /* a clock sample is trusted this long */
+#define CL_DEFAULT_PORT  6379
+#define CL_NAME_MAX      64
+#define CL_PREFIX_MAX    64
 
 enum cl_state { CL_OFF, CL_DOWN, CL_RESOLVING, CL_CONNECTING, CL_UP };
 
@@ -72,7 +72,7 @@ static struct {
     redisAsyncContext *ac, *sub;
     redisAsyncContext *closing; /* the command connection sending its last words (stop) */
     int role_ok, subscribed;
-    int warned;      /* the outage was logged */
+    int warned;       /* the outage was logged */
     uint32_t skipped; /* replicas passed over since the last master */
     int ever_up;
     uv_timer_t timer;
@@ -153,7 +153,8 @@ cl_clock_sample(int64_t redis_us, uint64_t sent_ns)
 {
     uint64_t now = qmgr_now_ns(), rtt = now > sent_ns ? now - sent_ns : 0;
 
-    if (C.offset_at_ms && rtt > C.offset_rtt_ns && qmgr_now_ms() - C.offset_at_ms < CL_CLOCK_KEEP_MS)
+    if (C.offset_at_ms && rtt > C.offset_rtt_ns &&
+        qmgr_now_ms() - C.offset_at_ms < CL_CLOCK_KEEP_MS)
         return;
     C.offset_us = redis_us - (int64_t)((sent_ns + rtt / 2) / 1000);
     C.offset_rtt_ns = rtt;
@@ -227,8 +228,7 @@ cl_command(cl_reply_fn *fn, void *priv, int argc, const char **argv)
 }
 
 int
-cl_eval(enum cl_script script, cl_reply_fn *fn, void *priv, int nkeys, int argc,
-        const char **argv)
+cl_eval(enum cl_script script, cl_reply_fn *fn, void *priv, int nkeys, int argc, const char **argv)
 {
     const char *v[16];
     char nk[12];
@@ -295,8 +295,9 @@ on_beat(redisReply *r, void *priv)
         json_object_set_new(node, "name", json_stringn(e[0]->str, e[0]->len));
         json_object_set_new(node, "last_heartbeat_ms", json_integer(strtoll(e[1]->str, NULL, 10)));
         json_object_set_new(node, "alive", json_boolean(e[2]->len > 0));
-        json_object_set_new(node, "self", json_boolean(e[0]->len == strlen(C.node) &&
-                                                       memcmp(e[0]->str, C.node, e[0]->len) == 0));
+        json_object_set_new(
+            node, "self",
+            json_boolean(e[0]->len == strlen(C.node) && memcmp(e[0]->str, C.node, e[0]->len) == 0));
         alive += e[2]->len > 0;
         json_array_append_new(nodes, node);
     }
@@ -312,8 +313,12 @@ beat(void)
 {
     char k1[200], k2[200], k3[200], ms[24];
     char *info = facts();
-    const char *argv[] = { cl_key(k1, sizeof k1, "node:%s", C.node), cl_key(k2, sizeof k2, "nodes"),
-                           C.node, info, ms, cl_key(k3, sizeof k3, "node:") };
+    const char *argv[] = { cl_key(k1, sizeof k1, "node:%s", C.node),
+                           cl_key(k2, sizeof k2, "nodes"),
+                           C.node,
+                           info,
+                           ms,
+                           cl_key(k3, sizeof k3, "node:") };
 
     snprintf(ms, sizeof ms, "%" PRIu64, C.lease_ms);
     cl_eval(CL_SCRIPT_HEARTBEAT, on_beat, NULL, 2, 6, argv);
@@ -325,7 +330,7 @@ json_t *
 cl_link_json(void)
 {
     static const char *const states[] = { "off", "down", "resolving", "connecting", "up" };
-    static const char *const names[CL_SCRIPTS + 1] = { "rate", "lease", "quota", "heartbeat",
+    static const char *const names[CL_SCRIPTS + 1] = { "rate",    "lease",     "quota", "heartbeat",
                                                        "node_up", "node_down", "state", "other" };
     json_t *j = json_pack("{s:s, s:s, s:s, s:I, s:I, s:I}", "node", C.node, "redis",
                           C.nservers ? C.servers[C.server] : "", "state", states[C.state], "alive",
@@ -591,8 +596,7 @@ on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
     }
     (void)req;
     split(C.server, host, sizeof host, &port);
-    if (status < 0 || res == NULL ||
-        uv_ip_name(res->ai_addr, ip, sizeof ip) != 0) {
+    if (status < 0 || res == NULL || uv_ip_name(res->ai_addr, ip, sizeof ip) != 0) {
         uv_freeaddrinfo(res);
         go_down(status < 0 ? uv_strerror(status) : "no address");
         return;

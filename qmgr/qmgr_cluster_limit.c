@@ -67,7 +67,7 @@
 #define CL_QUOTA_BATCH   16u
 #define CL_FLUSH_MS      20u
 #define CL_KEY_MAX       1200
-#define CL_KEY_LIFE_MS   600000u   /* a rate's TAT lives this long past its time */
+#define CL_KEY_LIFE_MS   600000u    /* a rate's TAT lives this long past its time */
 #define CL_QUOTA_LIFE_MS 259200000u /* a quota window's count: three days */
 
 struct cl_lim {
@@ -82,7 +82,7 @@ struct cl_lim {
     uint64_t slot_ns, got_ns;
     uint32_t now_units, nslots, batch;
     int expired;
-    uint64_t permit_until_ns; /* QLIM_DEBT */
+    uint64_t permit_until_ns;  /* QLIM_DEBT */
     uint64_t charge, charging; /* units to charge, and those the request in flight carries */
     uint64_t down_taken;       /* units sent on the share while Redis was down */
     uint64_t floor_ns;         /* the cluster's TAT should be at least this (a late send) */
@@ -239,8 +239,8 @@ set_units(struct qlim *l)
 
     if (l->kind != QLIM_RATE || l->count <= 0)
         return;
-    span = (uint64_t)(l->period_s > 0 ? l->period_s : 1) * 1000000000u +
-           QLIM_PACING_MS * 1000000u + CL_VALID_NS;
+    span = (uint64_t)(l->period_s > 0 ? l->period_s : 1) * 1000000000u + QLIM_PACING_MS * 1000000u +
+           CL_VALID_NS;
     l->unit_ns = span / (uint64_t)l->count;
     if (l->unit_ns == 0)
         l->unit_ns = 1;
@@ -336,8 +336,9 @@ request_rate(struct cl_lim *c, uint64_t now, uint32_t want)
     struct qlim *l = c->l;
     char key[CL_KEY_MAX], unit[40], burst[24], wants[24], horizon[24], floor[32], charge[24],
         life[24];
-    const char *argv[] = { key, unit, burst, wants, horizon, floor, charge,
-                           (l->flags & QLIM_DEBT) ? "1" : "0", life };
+    const char *argv[] = { key,     unit,  burst,  wants,
+                           horizon, floor, charge, (l->flags & QLIM_DEBT) ? "1" : "0",
+                           life };
 
     snprintf(key, sizeof key, "%s", c->rkey);
     snprintf(unit, sizeof unit, "%.3f", (double)l->unit_ns / 1000.0);
@@ -381,8 +382,10 @@ static int
 lease_call(struct cl_lim *c, const char *op, uint64_t n, cl_reply_fn *fn)
 {
     char k2[300], nk[200], ns[24], life[24];
-    const char *argv[] = { c->rkey, cl_key(k2, sizeof k2, "nodeleases:%s", cl_node()), cl_node(),
-                           op, ns, cl_key(nk, sizeof nk, "node:"), life };
+    const char *argv[] = { c->rkey,   cl_key(k2, sizeof k2, "nodeleases:%s", cl_node()),
+                           cl_node(), op,
+                           ns,        cl_key(nk, sizeof nk, "node:"),
+                           life };
 
     snprintf(ns, sizeof ns, "%" PRIu64, n);
     snprintf(life, sizeof life, "%" PRIu64, cl_lease_ms() * 4);
@@ -716,9 +719,10 @@ cl_set(struct qlim *l)
     c = xcalloc(1, sizeof *c);
     c->l = l;
     c->batch = 1;
-    cl_key(key, sizeof key, "%s:%c:%s:%s", l->kind == QLIM_LEASE   ? "lease"
-                                           : l->kind == QLIM_QUOTA ? "quota"
-                                                                   : "rate",
+    cl_key(key, sizeof key, "%s:%c:%s:%s",
+           l->kind == QLIM_LEASE   ? "lease"
+           : l->kind == QLIM_QUOTA ? "quota"
+                                   : "rate",
            scope_letters[l->scope % 5], kind_word(l), l->key ? l->key : "");
     c->rkey = xstrdup(key);
     c->next = L.all;
@@ -840,7 +844,8 @@ cl_limit_json(struct qlim *l)
 {
     struct cl_lim *c = l->be == &cl_backend ? data(l) : NULL;
     json_t *j = json_pack("{s:s, s:s, s:I}", "limit", l->basis, "backend",
-                          l->be == &cl_backend ? "cluster" : "local", "count", (json_int_t)l->count);
+                          l->be == &cl_backend ? "cluster" : "local", "count",
+                          (json_int_t)l->count);
 
     if (c == NULL)
         return j;

@@ -132,27 +132,25 @@ static const char heartbeat_script[] =
 
 /* NODE_UP / NODE_DOWN: KEYS[1] this node's set of lease hashes, KEYS[2] its heartbeat;
    ARGV[1] node, ARGV[2] "down" to drop the heartbeat too */
-static const char node_script[] =
-    "for _, k in ipairs(redis.call('SMEMBERS', KEYS[1])) do\n"
-    "  redis.call('HDEL', k, ARGV[1])\n"
-    "end\n"
-    "redis.call('DEL', KEYS[1])\n"
-    "if ARGV[2] == 'down' then redis.call('DEL', KEYS[2]) end\n"
-    "return 1\n";
+static const char node_script[] = "for _, k in ipairs(redis.call('SMEMBERS', KEYS[1])) do\n"
+                                  "  redis.call('HDEL', k, ARGV[1])\n"
+                                  "end\n"
+                                  "redis.call('DEL', KEYS[1])\n"
+                                  "if ARGV[2] == 'down' then redis.call('DEL', KEYS[2]) end\n"
+                                  "return 1\n";
 
 /* STATE: KEYS[1] a hash; ARGV: field, value ("" removes it), channel, message to publish */
-static const char state_script[] =
-    "if ARGV[2] == '' then\n"
-    "  redis.call('HDEL', KEYS[1], ARGV[1])\n"
-    "else\n"
-    "  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])\n"
-    "end\n"
-    "redis.call('PUBLISH', ARGV[3], ARGV[4])\n"
-    "return 1\n";
+static const char state_script[] = "if ARGV[2] == '' then\n"
+                                   "  redis.call('HDEL', KEYS[1], ARGV[1])\n"
+                                   "else\n"
+                                   "  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])\n"
+                                   "end\n"
+                                   "redis.call('PUBLISH', ARGV[3], ARGV[4])\n"
+                                   "return 1\n";
 
 const char *const cl_script_text[CL_SCRIPTS] = {
-    [CL_SCRIPT_RATE] = rate_script,           [CL_SCRIPT_LEASE] = lease_script,
-    [CL_SCRIPT_QUOTA] = quota_script,         [CL_SCRIPT_HEARTBEAT] = heartbeat_script,
-    [CL_SCRIPT_NODE_UP] = node_script,        [CL_SCRIPT_NODE_DOWN] = node_script,
+    [CL_SCRIPT_RATE] = rate_script,    [CL_SCRIPT_LEASE] = lease_script,
+    [CL_SCRIPT_QUOTA] = quota_script,  [CL_SCRIPT_HEARTBEAT] = heartbeat_script,
+    [CL_SCRIPT_NODE_UP] = node_script, [CL_SCRIPT_NODE_DOWN] = node_script,
     [CL_SCRIPT_STATE] = state_script,
 };

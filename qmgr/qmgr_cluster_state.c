@@ -57,7 +57,7 @@ struct shared {
 
 static struct {
     struct qtab modes, disabled;
-    int applying; /* a change heard from the cluster: not announced again */
+    int applying;  /* a change heard from the cluster: not announced again */
     char **unsent; /* {hash, field, value, message} while Redis was down */
     uint32_t nunsent;
     uint32_t *fresh; /* queues created since the last turn */
@@ -159,8 +159,7 @@ qmgr_cluster_mode_changed(struct qqueue *q, const char *why)
         return;
     remember(&T.modes, q->name, q->mode == QMODE_BACKOFF, until, cl_node(), why);
     announce(json_pack("{s:s, s:s, s:s, s:s, s:I}", "t", "mode", "queue", q->name, "mode",
-                       qmgr_mode_name(q->mode), "why", why ? why : "", "until",
-                       (json_int_t)until),
+                       qmgr_mode_name(q->mode), "why", why ? why : "", "until", (json_int_t)until),
              "modes", q->name, q->mode == QMODE_BACKOFF);
 }
 
@@ -409,9 +408,9 @@ queue_json(struct qqueue *q)
     json_t *limits = json_array();
 
     if (s && s->backoff) {
-        json_object_set_new(j, "shared_mode", json_pack("{s:s, s:s, s:s, s:I}", "mode", "backoff",
-                                                        "why", s->why, "node", s->node,
-                                                        "until_ms", (json_int_t)s->until_ms));
+        json_object_set_new(j, "shared_mode",
+                            json_pack("{s:s, s:s, s:s, s:I}", "mode", "backoff", "why", s->why,
+                                      "node", s->node, "until_ms", (json_int_t)s->until_ms));
     }
     if (q->mode == QMODE_BACKOFF && q->backoff_until_ms) {
         uint64_t now = qmgr_now_ms();
@@ -462,11 +461,10 @@ qmgr_cluster_json(const char *pattern)
 
             if (existing_queue(e->key) == NULL && s->backoff &&
                 fnmatch(pattern, e->key, FNM_CASEFOLD) == 0)
-                json_array_append_new(queues,
-                                      json_pack("{s:s, s:s, s:{s:s, s:s, s:s, s:I}}", "queue",
-                                                e->key, "mode", "none here", "shared_mode", "mode",
-                                                "backoff", "why", s->why, "node", s->node,
-                                                "until_ms", (json_int_t)s->until_ms));
+                json_array_append_new(
+                    queues, json_pack("{s:s, s:s, s:{s:s, s:s, s:s, s:I}}", "queue", e->key, "mode",
+                                      "none here", "shared_mode", "mode", "backoff", "why", s->why,
+                                      "node", s->node, "until_ms", (json_int_t)s->until_ms));
         }
     }
     json_object_set_new(j, "queues", queues);

@@ -243,8 +243,7 @@ qmgr_queue_limits_refresh(struct qqueue *q)
         if (q->adapt_on) {
             qmgr_cluster_adopt(&q->lim_conns, (out->flags & CFG_VALUE_LOCAL) != 0);
             qlim_set(&q->lim_conns, n, 0, basis);
-        }
-        else
+        } else
             qmgr_limit_set_value(&q->lim_conns, out, NULL);
     } else {
         qmgr_cluster_adopt(&q->lim_conns, out && (out->flags & CFG_VALUE_LOCAL));

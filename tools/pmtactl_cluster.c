@@ -45,7 +45,8 @@ print_nodes(json_t *nodes)
            "alive");
     json_array_foreach(nodes, i, n)
     {
-        char *name = printable(get_text(n, "name"), 40), *addr = printable(get_text(n, "address"), 40);
+        char *name = printable(get_text(n, "name"), 40),
+             *addr = printable(get_text(n, "address"), 40);
         char label[64], ago[32];
         json_int_t seen = now_ms - num(n, "last_heartbeat_ms");
 
@@ -92,7 +93,8 @@ print_queue(json_t *q)
     if (json_object_get(q, "backoff_ends_in_s"))
         printf(", back to normal in %" JSON_INTEGER_FORMAT " s", num(q, "backoff_ends_in_s"));
     if (shared) {
-        char *why = printable(get_text(shared, "why"), 160), *node = printable(get_text(shared, "node"), 64);
+        char *why = printable(get_text(shared, "why"), 160),
+             *node = printable(get_text(shared, "node"), 64);
 
         printf(" (cluster: backoff from node %s: %s)", node, why);
         free(why);
@@ -112,8 +114,9 @@ print_cluster(const struct options *o, json_t *response)
          *redis = printable(get_text(response, "redis"), 200);
 
     (void)o;
-    printf("cluster: node %s, Redis %s %s, %" JSON_INTEGER_FORMAT " node(s) alive, %" JSON_INTEGER_FORMAT
-           " round trips, %" JSON_INTEGER_FORMAT " shared limiters\n",
+    printf("cluster: node %s, Redis %s %s, %" JSON_INTEGER_FORMAT
+           " node(s) alive, %" JSON_INTEGER_FORMAT " round trips, %" JSON_INTEGER_FORMAT
+           " shared limiters\n",
            node, redis, get_text(response, "state"), num(response, "alive"),
            num(response, "round_trips"), num(response, "limiters_shared"));
     free(node);
