@@ -10,7 +10,7 @@
  * and may use the same names to add hosts, or other names to split them.
  * `disable-mx-rollup yes` in a <domain> opts that domain out of both.
  *
- * Owns nothing. SECURITY: MX names come from DNS (bounded by smtp-out/smtpout_dns.c);
+ * Owns nothing. SECURITY: MX names come from DNS (bounded by smtp-out/mxdns.c);
  * they are only matched with fnmatch(3).
  */
 #include <fnmatch.h>

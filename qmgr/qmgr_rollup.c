@@ -21,7 +21,7 @@
  * that puts DNS on the accept path (every 250 would wait for it), writes a
  * routing decision into the store that goes stale with the DNS, and still
  * needs re-evaluation somewhere. qmgr runs smtp-out's resolver
- * (smtp-out/smtpout_dns.c, linked in as pmtactl resolve links it) on the
+ * (smtp-out/mxdns.c, linked in as pmtactl resolve links it) on the
  * configured name servers (a change of name-server needs a restart, as for
  * smtp-out), asks it once per domain and keeps the answer for its TTL
  * (MIN_TTL_S..MAX_TTL_S):
@@ -46,7 +46,7 @@
  * Owns: the resolver, the table of domain routes (one per recipient domain,
  * shared by its virtual MTAs' queues), the lookups waiting to start, the
  * hold timer.
- * SECURITY: MX names come from DNS, bounded by smtp-out/smtpout_dns.c; they are only
+ * SECURITY: MX names come from DNS, bounded by smtp-out/mxdns.c; they are only
  * matched (fnmatch) and logged through msg_printable().
  */
 #include "config.h"
@@ -57,8 +57,8 @@
 #include <string.h>
 #include <strings.h>
 
-#include "smtpout_dns.h"
-#include "smtpout_route.h"
+#include "mxdns.h"
+#include "mxroute.h"
 #include "msg.h"
 #include "qmgr.h"
 #include "qmgr_table.h"
@@ -96,7 +96,7 @@ struct qroute {
 };
 
 static struct {
-    struct smtpout_dns *dns;
+    struct mxdns *dns;
     struct qtab table; /* routes by domain */
     struct qroute *wait_head, *wait_tail;
     unsigned inflight;
@@ -324,7 +324,7 @@ on_tick(uv_timer_t *t)
 
 /* most_preferred - keep the names of ANSWER's most preferred hosts in RT */
 static void
-most_preferred(struct qroute *rt, const struct smtpout_mx *mx, size_t n)
+most_preferred(struct qroute *rt, const struct mxdns_mx *mx, size_t n)
 {
     size_t len = 0, k;
 
@@ -340,8 +340,8 @@ most_preferred(struct qroute *rt, const struct smtpout_mx *mx, size_t n)
 }
 
 static void
-on_mx(void *arg, enum smtpout_dns_status status, const char *why, const struct smtpout_mx *mx,
-      size_t n, unsigned ttl)
+on_mx(void *arg, enum mxdns_status status, const char *why, const struct mxdns_mx *mx, size_t n,
+      unsigned ttl)
 {
     struct qroute *rt = arg;
     const char *old = rt->dest;
@@ -350,13 +350,13 @@ on_mx(void *arg, enum smtpout_dns_status status, const char *why, const struct s
 
     R.inflight--;
     rt->looking = 0;
-    if (status == SMTPOUT_DNS_CANCELLED)
+    if (status == MXDNS_CANCELLED)
         return;
     rt->answered = 1;
-    if (status == SMTPOUT_DNS_OK) {
+    if (status == MXDNS_OK) {
         most_preferred(rt, mx, n);
         ttl = ttl < MIN_TTL_S ? MIN_TTL_S : ttl > MAX_TTL_S ? MAX_TTL_S : ttl;
-    } else if (status == SMTPOUT_DNS_TEMPFAIL) {
+    } else if (status == MXDNS_TEMPFAIL) {
         ttl = FAIL_TTL_S; /* keep the hosts of an earlier answer, if any */
         msg_debug("domain %s: MX lookup failed (%s); not rolled up for now", rt->domain,
                   msg_printable(shown, sizeof shown, why, strlen(why)));
@@ -395,7 +395,7 @@ static void
 lookup_start(struct qroute *rt)
 {
     R.inflight++;
-    smtpout_dns_mx(R.dns, rt->domain, on_mx, rt);
+    mxdns_mx(R.dns, rt->domain, on_mx, rt);
 }
 
 /* ask - look RT's domain up (now, or when a slot is free); the first time its mail waits */
@@ -458,12 +458,12 @@ void
 qmgr_rollup_start(void)
 {
     char servers[1024];
-    struct smtpout_dns_options o = { .timeout_ms = 1500, .tries = 2 };
+    struct mxdns_options o = { .timeout_ms = 1500, .tries = 2 };
     int err;
 
-    smtpout_name_servers(S.cfg, servers, sizeof servers);
+    mxdns_name_servers(S.cfg, servers, sizeof servers);
     o.name_servers = servers[0] ? servers : NULL;
-    if ((err = smtpout_dns_create(worker_loop(), &o, &R.dns)) < 0) {
+    if ((err = mxdns_create(worker_loop(), &o, &R.dns)) < 0) {
         msg_warn("cannot start the DNS resolver (name-server %s): %s; no MX rollup",
                  servers[0] ? servers : "system", strerror(-err));
         R.dns = NULL;
@@ -481,7 +481,7 @@ qmgr_rollup_stop(void)
     R.started = 0;
     R.wait_head = R.wait_tail = NULL;
     if (R.dns)
-        smtpout_dns_destroy(R.dns); /* pending lookups complete with SMTPOUT_DNS_CANCELLED */
+        mxdns_destroy(R.dns); /* pending lookups complete with MXDNS_CANCELLED */
     R.dns = NULL;
     uv_close((uv_handle_t *)&r_tick, NULL);
 }

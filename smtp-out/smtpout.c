@@ -41,7 +41,7 @@
 #define CA_CTX_MAX 16 /* distinct smtp-tls-ca-file stores kept */
 
 static struct {
-    struct smtpout_dns *dns;
+    struct mxdns *dns;
     SSL_CTX *ssl_ctx;
     struct {
         char *path; /* "" for the system's default paths */
@@ -55,7 +55,7 @@ static struct {
     int finished;
 } G;
 
-struct smtpout_dns *
+struct mxdns *
 out_dns(void)
 {
     return G.dns;
@@ -119,12 +119,12 @@ static void
 open_resolver(const struct cfg *cfg)
 {
     char servers[NAME_SERVERS_MAX];
-    struct smtpout_dns_options o = { .cache_max_ttl = DNS_CACHE_MAX_TTL };
+    struct mxdns_options o = { .cache_max_ttl = DNS_CACHE_MAX_TTL };
     int err;
 
-    smtpout_name_servers(cfg, servers, sizeof servers);
+    mxdns_name_servers(cfg, servers, sizeof servers);
     o.name_servers = servers[0] ? servers : NULL;
-    if ((err = smtpout_dns_create(worker_loop(), &o, &G.dns)) < 0)
+    if ((err = mxdns_create(worker_loop(), &o, &G.dns)) < 0)
         msg_fatal("cannot start the DNS resolver (name-server %s): %s",
                   servers[0] ? servers : "system", strerror(-err));
     msg_info("resolver uses %s", servers[0] ? servers : "the system's name servers");
@@ -164,7 +164,7 @@ out_check_stopped(void)
     out_chan_close();
     smtpout_sts_destroy(G.sts);
     G.sts = NULL;
-    smtpout_dns_destroy(G.dns);
+    mxdns_destroy(G.dns);
     G.dns = NULL;
     SSL_CTX_free(G.ssl_ctx);
     G.ssl_ctx = NULL;

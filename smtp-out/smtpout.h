@@ -29,13 +29,13 @@
 #include "cfg.h"
 #include "envid.h"
 #include "qstore.h"
-#include "smtpout_dns.h"
-#include "smtpout_route.h"
+#include "mxdns.h"
+#include "mxroute.h"
 #include "smtpout_session.h"
 #include "smtpout_sts.h"
 
 /* --- smtpout.c: process-wide resources ---------------------------------------- */
-struct smtpout_dns *out_dns(void);
+struct mxdns *out_dns(void);
 SSL_CTX *out_ssl_ctx(void);
 /* out_ssl_ctx_ca - a context whose trust store is CA_FILE (NULL: the system's); NULL if none */
 SSL_CTX *out_ssl_ctx_ca(const char *ca_file);

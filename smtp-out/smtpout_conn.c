@@ -12,7 +12,7 @@
  * the queue's destination (its name up to the '/': a domain, an MX rollup or
  * a queue-to name; cfg_resolve_queue on the configuration pinned for the
  * connection's life), the destinations (that smtp-hosts/route, else the MX
- * of the domain qmgr names, through smtpout_route), and walks them one
+ * of the domain qmgr names, through mxroute), and walks them one
  * session at a time until one gets past greeting, EHLO and STARTTLS (up to
  * mx-connection-attempts; a failed opportunistic TLS handshake is retried
  * once in clear on the same host; a 5xx greeting ends the walk when
@@ -41,7 +41,7 @@
  * transactions, destination lists, routes and configuration holds.
  *
  * SECURITY: source and destination addresses come from the configuration,
- * qmgr and DNS (bounded by smtpout_dns); reply text is sanitized by the
+ * qmgr and DNS (bounded by mxdns); reply text is sanitized by the
  * session. Nothing from the peer is logged unsanitized.
  */
 #include "config.h"
@@ -353,7 +353,7 @@ conn_abort(struct oconn *c)
     } else if (c->session) {
         smtpout_session_abort(c->session); /* on_closed finishes it */
     } else if (c->resolving) {
-        smtpout_route_cancel(c->resolving);
+        mxroute_cancel(c->resolving);
         c->resolving = NULL;
         if (!c->deciding)
             conn_give_up(c);

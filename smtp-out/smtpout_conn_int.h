@@ -32,7 +32,7 @@ struct oconn {
     const struct cfg *cfg; /* pinned until the connection is freed */
 
     struct smtpout_session_config scfg; /* dest/mx_name set per attempt */
-    char log_tag[SMTPOUT_DNS_NAME_MAX + 64];
+    char log_tag[MXDNS_NAME_MAX + 64];
     int log_connections; /* log-connections: every attempt and why it failed */
     int tracking_envid;  /* tracking-envid: our ENVID when the client gave none */
     struct sockaddr_storage source;
@@ -42,9 +42,9 @@ struct oconn {
     uint16_t default_port; /* default-smtp-port */
     int bounce_upon_no_mx; /* bounce-upon-no-mx */
 
-    struct smtpout_resolve *resolving;
+    struct mxroute_req *resolving;
     int resolve_in_call; /* the resolve callback ran synchronously */
-    struct smtpout_dest *dests;
+    struct mxroute_dest *dests;
     size_t ndests, dest_index;
     unsigned attempts;
     int tls_downgraded;
@@ -72,7 +72,7 @@ struct oconn {
     struct otxn *current; /* being sent */
     struct otxn *pending, *pending_tail;
 
-    char mx[SMTPOUT_DNS_NAME_MAX + 1];
+    char mx[MXDNS_NAME_MAX + 1];
     char dest_ip[INET6_ADDRSTRLEN];
     char tls[128];
     unsigned trace; /* SMTPOUT_TRACE_*: pmtactl trace watches until the transaction is done */

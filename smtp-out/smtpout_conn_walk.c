@@ -1,7 +1,7 @@
 /*
  * smtpout_conn_walk.c - a connection's way to a session that is up: the
  * destinations (that smtp-hosts/route, else the MX of the domain qmgr names,
- * through smtpout_route) and the MTA-STS policy fetched beside them, then the
+ * through mxroute) and the MTA-STS policy fetched beside them, then the
  * destinations tried one session at a time until one gets past greeting,
  * EHLO and STARTTLS (up to mx-connection-attempts; each attempt's TLS policy
  * decided by smtpout_tlspol, DANE per destination; a failed opportunistic TLS
@@ -13,7 +13,7 @@
  * (as fields of struct oconn, smtpout_conn_int.h).
  *
  * SECURITY: destinations come from the configuration and DNS (bounded by
- * smtpout_dns); the session sanitizes the peer's text before it gets here,
+ * mxdns); the session sanitizes the peer's text before it gets here,
  * and nothing from the peer is logged unsanitized.
  */
 #include "config.h"
@@ -171,7 +171,7 @@ on_decided(void *arg, struct smtpout_tls_decision *d)
     };
     struct oconn *c = arg;
     struct smtpout_session_config scfg = c->scfg;
-    const struct smtpout_dest *dest = &c->dests[c->dest_index];
+    const struct mxroute_dest *dest = &c->dests[c->dest_index];
 
     c->deciding = 0;
     if (c->aborting || !c->in_table) {
@@ -194,11 +194,11 @@ on_decided(void *arg, struct smtpout_tls_decision *d)
     if (c->log_connections)
         msg_info("connection %u %s: attempt %u: connecting to %s[%s]:%u from %s%s", c->id, c->queue,
                  c->attempts, c->mx, c->dest_ip,
-                 smtpout_sockaddr_port((const struct sockaddr *)&dest->addr),
+                 mxroute_sockaddr_port((const struct sockaddr *)&dest->addr),
                  c->source_ip[0] ? c->source_ip : "any address",
                  scfg.tls == SMTPOUT_TLS_OFF && c->tls_downgraded ? " (again without TLS)" : "");
     conn_trace(c, "*", "attempt %u: connecting to %s[%s]:%u from %s%s", c->attempts, c->mx,
-               c->dest_ip, smtpout_sockaddr_port((const struct sockaddr *)&dest->addr),
+               c->dest_ip, mxroute_sockaddr_port((const struct sockaddr *)&dest->addr),
                c->source_ip[0] ? c->source_ip : "any address",
                scfg.tls == SMTPOUT_TLS_OFF && c->tls_downgraded ? " (again without TLS)" : "");
     c->session = smtpout_session_start(worker_loop(), &scfg, &cb, c);
@@ -209,7 +209,7 @@ on_decided(void *arg, struct smtpout_tls_decision *d)
 static void
 conn_try_next(struct oconn *c)
 {
-    const struct smtpout_dest *dest;
+    const struct mxroute_dest *dest;
 
     if (c->aborting || c->dest_index >= c->ndests || c->attempts >= c->max_attempts) {
         conn_give_up(c);
@@ -218,7 +218,7 @@ conn_try_next(struct oconn *c)
     dest = &c->dests[c->dest_index];
     c->attempts++;
     snprintf(c->mx, sizeof c->mx, "%s", dest->mx_name);
-    smtpout_sockaddr_str((const struct sockaddr *)&dest->addr, c->dest_ip, sizeof c->dest_ip);
+    mxroute_sockaddr_str((const struct sockaddr *)&dest->addr, c->dest_ip, sizeof c->dest_ip);
     c->tls[0] = c->verify[0] = '\0';
     c->tlspol.sts = c->sts_policy.mode != SMTPOUT_STS_NONE ? &c->sts_policy : NULL;
     c->deciding = 1;
@@ -250,15 +250,14 @@ on_sts(void *arg, const struct smtpout_sts_policy *policy, const char *note)
 }
 
 static void
-on_resolved(void *arg, const struct smtpout_dest_list *list)
+on_resolved(void *arg, const struct mxroute_dest_list *list)
 {
     struct oconn *c = arg;
     struct smtpout_reply r;
 
     c->resolving = NULL;
-    if (list->status != SMTPOUT_ROUTE_OK) {
-        enum smtpout_class cls = list->status == SMTPOUT_ROUTE_PERMFAIL ? SMTPOUT_PERM
-                                                                        : SMTPOUT_TEMP;
+    if (list->status != MXROUTE_OK) {
+        enum smtpout_class cls = list->status == MXROUTE_PERMFAIL ? SMTPOUT_PERM : SMTPOUT_TEMP;
         conn_local_failure(&r, cls,
                            list->status_code[0]  ? list->status_code
                            : cls == SMTPOUT_PERM ? "5.4.4"
@@ -282,10 +281,10 @@ on_resolved(void *arg, const struct smtpout_dest_list *list)
 void
 conn_start(struct oconn *c)
 {
-    struct smtpout_resolve_options ro = { .route = c->route,
-                                          .family = AF_UNSPEC,
-                                          .default_port = c->default_port,
-                                          .bounce_upon_no_mx = c->bounce_upon_no_mx };
+    struct mxroute_options ro = { .route = c->route,
+                                  .family = AF_UNSPEC,
+                                  .default_port = c->default_port,
+                                  .bounce_upon_no_mx = c->bounce_upon_no_mx };
 
     if (c->scfg.source)
         ro.family = c->scfg.source->sa_family;
@@ -295,7 +294,7 @@ conn_start(struct oconn *c)
         c->sts_req = smtpout_sts_get(out_sts(), c->domain, on_sts, c);
     }
     c->resolve_in_call = 1;
-    c->resolving = smtpout_route_resolve(out_dns(), c->domain, &ro, on_resolved, c);
+    c->resolving = mxroute_resolve(out_dns(), c->domain, &ro, on_resolved, c);
     c->resolve_in_call = 0;
     if (c->have_error == -1) { /* failed before the call returned */
         struct smtpout_reply r = c->last_error;

@@ -12,7 +12,7 @@
  * smtpout_job_start() and `done` runs from a clean stack.
  *
  * SECURITY: reply text reaching the callbacks was sanitized and bounded by
- * smtpout_session; names come bounded from smtpout_route/smtpout_dns.
+ * smtpout_session; names come bounded from mxroute/mxdns.
  */
 #include "config.h"
 
@@ -25,14 +25,14 @@
 
 struct smtpout_delivery {
     uv_loop_t *loop;
-    struct smtpout_dns *dns;
+    struct mxdns *dns;
     const struct smtpout_job *job;
     struct smtpout_job_callbacks cb;
     void *arg;
     uv_timer_t timer; /* deferred start; closed at the end */
-    struct smtpout_resolve *resolving;
+    struct mxroute_req *resolving;
 
-    struct smtpout_dest *dests;
+    struct mxroute_dest *dests;
     size_t ndests;
     size_t dest_index; /* current / next destination */
     unsigned attempts;
@@ -46,7 +46,7 @@ struct smtpout_delivery {
     int have_error;
     int aborted;
     int finishing;
-    char mx_name[SMTPOUT_DNS_NAME_MAX + 1];
+    char mx_name[MXDNS_NAME_MAX + 1];
     char dest_ip[INET6_ADDRSTRLEN];
 };
 
@@ -144,7 +144,7 @@ on_connected(void *arg, const char *source_ip, const char *dest_ip, const char *
         .type = SMTPOUT_EV_CONNECTED, .source_ip = source_ip, .dest_ip = dest_ip, .mx_name = mx_name
     };
 
-    ev.port = smtpout_sockaddr_port((struct sockaddr *)&d->dests[d->dest_index].addr);
+    ev.port = mxroute_sockaddr_port((struct sockaddr *)&d->dests[d->dest_index].addr);
     deliver_event(d, &ev);
 }
 
@@ -251,7 +251,7 @@ deliver_try_next(struct smtpout_delivery *d)
     };
     unsigned max_attempts = d->job->mx_connection_attempts ? d->job->mx_connection_attempts : 10;
     struct smtpout_session_config cfg = d->job->session;
-    const struct smtpout_dest *dest;
+    const struct mxroute_dest *dest;
     struct smtpout_event ev = { .type = SMTPOUT_EV_CONNECTING };
     struct smtpout_reply r;
 
@@ -276,8 +276,8 @@ deliver_try_next(struct smtpout_delivery *d)
     dest = &d->dests[d->dest_index];
     d->attempts++;
     snprintf(d->mx_name, sizeof d->mx_name, "%s", dest->mx_name);
-    smtpout_sockaddr_str((const struct sockaddr *)&dest->addr, d->dest_ip, sizeof d->dest_ip);
-    ev.port = smtpout_sockaddr_port((const struct sockaddr *)&dest->addr);
+    mxroute_sockaddr_str((const struct sockaddr *)&dest->addr, d->dest_ip, sizeof d->dest_ip);
+    ev.port = mxroute_sockaddr_port((const struct sockaddr *)&dest->addr);
     deliver_event(d, &ev);
     cfg.dest = (const struct sockaddr *)&dest->addr;
     cfg.mx_name = dest->mx_name;
@@ -288,16 +288,16 @@ deliver_try_next(struct smtpout_delivery *d)
 }
 
 static void
-deliver_resolved(void *arg, const struct smtpout_dest_list *list)
+deliver_resolved(void *arg, const struct mxroute_dest_list *list)
 {
     struct smtpout_delivery *d = arg;
     struct smtpout_event ev = { .type = SMTPOUT_EV_RESOLVED, .ndests = list->ndests };
     struct smtpout_reply r;
 
     d->resolving = NULL;
-    if (list->status != SMTPOUT_ROUTE_OK) {
+    if (list->status != MXROUTE_OK) {
         memset(&r, 0, sizeof r);
-        r.cls = list->status == SMTPOUT_ROUTE_PERMFAIL ? SMTPOUT_PERM : SMTPOUT_TEMP;
+        r.cls = list->status == MXROUTE_PERMFAIL ? SMTPOUT_PERM : SMTPOUT_TEMP;
         r.stage = SMTPOUT_STAGE_CONNECT;
         snprintf(r.status, sizeof r.status, "%s",
                  list->status_code[0]    ? list->status_code
@@ -322,7 +322,7 @@ deliver_start_cb(uv_timer_t *timer)
 {
     struct smtpout_delivery *d = timer->data;
     const struct sockaddr *src = d->job->session.source;
-    struct smtpout_resolve_options ro = {
+    struct mxroute_options ro = {
         .route = d->job->route,
         .default_port = d->job->default_port,
         .family = src ? src->sa_family : AF_UNSPEC,
@@ -333,11 +333,11 @@ deliver_start_cb(uv_timer_t *timer)
         deliver_try_next(d);
         return;
     }
-    d->resolving = smtpout_route_resolve(d->dns, d->job->domain, &ro, deliver_resolved, d);
+    d->resolving = mxroute_resolve(d->dns, d->job->domain, &ro, deliver_resolved, d);
 }
 
 struct smtpout_delivery *
-smtpout_job_start(uv_loop_t *loop, struct smtpout_dns *dns, const struct smtpout_job *job,
+smtpout_job_start(uv_loop_t *loop, struct mxdns *dns, const struct smtpout_job *job,
                   const struct smtpout_job_callbacks *cb, void *arg)
 {
     struct smtpout_delivery *d = xcalloc(1, sizeof *d);
@@ -366,7 +366,7 @@ smtpout_job_abort(struct smtpout_delivery *d)
     if (d->session) {
         smtpout_session_abort(d->session); /* on_closed does the rest */
     } else if (d->resolving) {
-        smtpout_route_cancel(d->resolving);
+        mxroute_cancel(d->resolving);
         d->resolving = NULL;
         deliver_try_next(d); /* fails the rest: aborted */
     }

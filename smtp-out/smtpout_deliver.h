@@ -8,7 +8,7 @@
  * DESCRIPTION
  *   A job is one or more messages (transactions) for one queue (domain /
  *   virtual MTA): the same destination, source address, HELO name and
- *   policy. smtpout_job_start() resolves the destinations (smtpout_route),
+ *   policy. smtpout_job_start() resolves the destinations (mxroute),
  *   walks them in order until a connection gets past greeting, EHLO and
  *   STARTTLS, then runs the transactions one after another on that
  *   connection (RSET in between), and QUITs.
@@ -46,8 +46,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "smtpout_dns.h"
-#include "smtpout_route.h"
+#include "mxdns.h"
+#include "mxroute.h"
 #include "smtpout_session.h"
 
 struct smtpout_job {
@@ -98,7 +98,7 @@ struct smtpout_job_callbacks {
 struct smtpout_delivery;
 
 /* smtpout_job_start - run JOB; never fails synchronously (results say why) */
-struct smtpout_delivery *smtpout_job_start(uv_loop_t *loop, struct smtpout_dns *dns,
+struct smtpout_delivery *smtpout_job_start(uv_loop_t *loop, struct mxdns *dns,
                                            const struct smtpout_job *job,
                                            const struct smtpout_job_callbacks *cb, void *arg);
 /* smtpout_job_abort - stop; recipients without a result get a temporary one */

@@ -25,7 +25,7 @@
 #include "msg.h"
 #include "xalloc.h"
 #include "smtpout_https.h"
-#include "smtpout_route.h"
+#include "mxroute.h"
 
 /* --- the reader ------------------------------------------------------------------------ */
 
@@ -205,7 +205,7 @@ smtpout_http_reader_eof(struct smtpout_http_reader *rd)
 struct smtpout_https_get {
     uv_loop_t *loop;
     SSL_CTX *ctx;
-    char host[SMTPOUT_DNS_NAME_MAX + 1];
+    char host[MXDNS_NAME_MAX + 1];
     char path[256];
     uint16_t port;
     smtpout_https_cb cb;
@@ -459,7 +459,7 @@ on_connect(uv_connect_t *req, int status)
 }
 
 static void
-on_addr(void *arg, enum smtpout_dns_status status, int secure, const char *why,
+on_addr(void *arg, enum mxdns_status status, int secure, const char *why,
         const struct sockaddr_storage *addrs, size_t naddrs)
 {
     struct smtpout_https_get *g = arg;
@@ -472,11 +472,11 @@ on_addr(void *arg, enum smtpout_dns_status status, int secure, const char *why,
         get_free_maybe(g);
         return;
     }
-    if (status != SMTPOUT_DNS_OK || naddrs == 0) {
+    if (status != MXDNS_OK || naddrs == 0) {
         get_finish(g, -EHOSTUNREACH, why);
         return;
     }
-    dest = addrs[0]; /* IPv4 first (smtpout_dns); one try: the policy is cached, a retry comes */
+    dest = addrs[0]; /* IPv4 first (mxdns); one try: the policy is cached, a retry comes */
     if (dest.ss_family == AF_INET6)
         ((struct sockaddr_in6 *)&dest)->sin6_port = htons(g->port);
     else
@@ -496,9 +496,9 @@ on_timeout(uv_timer_t *t)
 }
 
 struct smtpout_https_get *
-smtpout_https_get(uv_loop_t *loop, struct smtpout_dns *dns, SSL_CTX *ctx, const char *host,
-                  uint16_t port, const char *path, size_t max_body, unsigned timeout_ms,
-                  smtpout_https_cb cb, void *arg)
+smtpout_https_get(uv_loop_t *loop, struct mxdns *dns, SSL_CTX *ctx, const char *host, uint16_t port,
+                  const char *path, size_t max_body, unsigned timeout_ms, smtpout_https_cb cb,
+                  void *arg)
 {
     struct smtpout_https_get *g = xcalloc(1, sizeof *g);
 
@@ -515,7 +515,7 @@ smtpout_https_get(uv_loop_t *loop, struct smtpout_dns *dns, SSL_CTX *ctx, const 
     g->handles = 1;
     uv_timer_start(&g->timer, on_timeout, timeout_ms ? timeout_ms : 30000, 0);
     g->dns_pending = 1;
-    smtpout_dns_addr(dns, g->host, AF_UNSPEC, on_addr, g); /* may answer at once */
+    mxdns_addr(dns, g->host, AF_UNSPEC, on_addr, g); /* may answer at once */
     return g;
 }
 

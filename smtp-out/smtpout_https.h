@@ -8,7 +8,7 @@
  *
  * DESCRIPTION
  *   Just what RFC 8461 section 3.3 asks of a policy fetch, no more: HOST
- *   resolved through smtpout_dns (the configured name servers, like every
+ *   resolved through mxdns (the configured name servers, like every
  *   lookup of ours), TLS with SNI, the certificate verified against the
  *   context's trust store and HOST (SSL_set1_host), an HTTP/1.0 request
  *   (so no chunked encoding comes back), no redirects followed, no
@@ -39,7 +39,7 @@
 #include <uv.h>
 
 #include "buf.h"
-#include "smtpout_dns.h"
+#include "mxdns.h"
 
 #define HTTP_LINE_MAX 2048        /* one status or header line */
 #define HTTP_HEAD_MAX (16 * 1024) /* the whole header section */
@@ -78,7 +78,7 @@ struct smtpout_https_get;
 typedef void (*smtpout_https_cb)(void *arg, int err, const char *why, int status,
                                  const char *content_type, const char *body, size_t len);
 
-struct smtpout_https_get *smtpout_https_get(uv_loop_t *loop, struct smtpout_dns *dns, SSL_CTX *ctx,
+struct smtpout_https_get *smtpout_https_get(uv_loop_t *loop, struct mxdns *dns, SSL_CTX *ctx,
                                             const char *host, uint16_t port, const char *path,
                                             size_t max_body, unsigned timeout_ms,
                                             smtpout_https_cb cb, void *arg);

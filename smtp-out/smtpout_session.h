@@ -59,7 +59,7 @@
 #include <openssl/ssl.h>
 #include <uv.h>
 
-#include "smtpout_dns.h"
+#include "mxdns.h"
 #include "smtpout_proto.h"
 #include "smtpout_tls.h"
 

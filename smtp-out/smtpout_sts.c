@@ -25,14 +25,14 @@
 
 struct sts_entry {
     struct sts_entry *next;
-    char domain[SMTPOUT_DNS_NAME_MAX + 1];
+    char domain[MXDNS_NAME_MAX + 1];
     struct smtpout_sts_policy policy;
     uint64_t expires_ms;
 };
 
 struct smtpout_sts {
     uv_loop_t *loop;
-    struct smtpout_dns *dns;
+    struct mxdns *dns;
     struct smtpout_sts_options opts;
     struct sts_entry *cache;
     size_t ncache;
@@ -42,7 +42,7 @@ struct smtpout_sts {
 struct smtpout_sts_req {
     struct smtpout_sts *sts; /* NULL once the cache is gone */
     struct smtpout_sts_req *next, *prev;
-    char domain[SMTPOUT_DNS_NAME_MAX + 1];
+    char domain[MXDNS_NAME_MAX + 1];
     char id[SMTPOUT_STS_ID_MAX + 1];
     smtpout_sts_cb cb;
     void *arg;
@@ -177,12 +177,11 @@ on_fetched(void *arg, int err, const char *why, int status, const char *content_
 }
 
 static void
-on_txt(void *arg, enum smtpout_dns_status status, const char *why, const char *const *txts,
-       size_t n)
+on_txt(void *arg, enum mxdns_status status, const char *why, const char *const *txts, size_t n)
 {
     struct smtpout_sts_req *req = arg;
     struct sts_entry *e;
-    char id[SMTPOUT_STS_ID_MAX + 1], host[SMTPOUT_DNS_NAME_MAX + 16];
+    char id[SMTPOUT_STS_ID_MAX + 1], host[MXDNS_NAME_MAX + 16];
     size_t nsts = 0;
 
     req->dns_pending = 0;
@@ -197,7 +196,7 @@ on_txt(void *arg, enum smtpout_dns_status status, const char *why, const char *c
             nsts = 2; /* a malformed record counts as none (RFC 8461 3.1) */
     if (nsts != 1) {
         answer_cached(req,
-                      status == SMTPOUT_DNS_OK || smtpout_dns_permanent(status)
+                      status == MXDNS_OK || mxdns_permanent(status)
                           ? (nsts > 1 ? "no valid MTA-STS TXT record" : "no MTA-STS TXT record")
                           : why);
         return;
@@ -217,7 +216,7 @@ struct smtpout_sts_req *
 smtpout_sts_get(struct smtpout_sts *sts, const char *domain, smtpout_sts_cb cb, void *arg)
 {
     struct smtpout_sts_req *req = xcalloc(1, sizeof *req);
-    char name[SMTPOUT_DNS_NAME_MAX + 16];
+    char name[MXDNS_NAME_MAX + 16];
 
     req->sts = sts;
     snprintf(req->domain, sizeof req->domain, "%s", domain);
@@ -230,7 +229,7 @@ smtpout_sts_get(struct smtpout_sts *sts, const char *domain, smtpout_sts_cb cb, 
     req->dns_pending = 1;
     req->in_call = 1;
     snprintf(name, sizeof name, "_mta-sts.%s", domain);
-    smtpout_dns_txt(sts->dns, name, on_txt, req);
+    mxdns_txt(sts->dns, name, on_txt, req);
     req->in_call = 0;
     if (req->answered && !req->dns_pending && !req->get) {
         req_free_maybe(req);
@@ -253,7 +252,7 @@ smtpout_sts_cancel(struct smtpout_sts_req *req)
 }
 
 struct smtpout_sts *
-smtpout_sts_create(uv_loop_t *loop, struct smtpout_dns *dns, const struct smtpout_sts_options *opts)
+smtpout_sts_create(uv_loop_t *loop, struct mxdns *dns, const struct smtpout_sts_options *opts)
 {
     struct smtpout_sts *sts = xcalloc(1, sizeof *sts);
 

@@ -17,7 +17,7 @@
  *       mx: *.example.net              exactly one more leading label)
  *       max_age: 604800                (seconds, at most 31557600)
  *
- *   smtpout_sts_get(): the TXT record is looked up (through smtpout_dns,
+ *   smtpout_sts_get(): the TXT record is looked up (through mxdns,
  *   the configured name servers). A cached policy with the same id that
  *   has not expired is used as it is. Otherwise the policy is fetched
  *   (smtpout_https: HTTPS with the certificate checked against the trust
@@ -48,7 +48,7 @@
 #include <openssl/ssl.h>
 #include <uv.h>
 
-#include "smtpout_dns.h"
+#include "mxdns.h"
 
 #define SMTPOUT_STS_MX_MAX        16            /* mx lines kept */
 #define SMTPOUT_STS_ID_MAX        32            /* RFC 8461: 1*32(ALPHA / DIGIT) */
@@ -64,7 +64,7 @@ struct smtpout_sts_policy {
     unsigned long max_age;
     char id[SMTPOUT_STS_ID_MAX + 1]; /* from the TXT record it was fetched for */
     size_t nmx;
-    char mx[SMTPOUT_STS_MX_MAX][SMTPOUT_DNS_NAME_MAX + 1]; /* lower case, no final dot */
+    char mx[SMTPOUT_STS_MX_MAX][MXDNS_NAME_MAX + 1]; /* lower case, no final dot */
 };
 
 const char *smtpout_sts_mode_name(enum smtpout_sts_mode mode);
@@ -100,7 +100,7 @@ typedef void (*smtpout_sts_cb)(void *arg, const struct smtpout_sts_policy *polic
                                const char *note);
 
 /* smtpout_sts_create - the cache and fetcher of this process (the pointers are borrowed) */
-struct smtpout_sts *smtpout_sts_create(uv_loop_t *loop, struct smtpout_dns *dns,
+struct smtpout_sts *smtpout_sts_create(uv_loop_t *loop, struct mxdns *dns,
                                        const struct smtpout_sts_options *opts);
 /* smtpout_sts_destroy - drop the cache; fetches in flight end with "cancelled" callbacks */
 void smtpout_sts_destroy(struct smtpout_sts *sts);

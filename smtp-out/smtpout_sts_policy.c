@@ -49,7 +49,7 @@ mx_pattern_ok(const char *v, size_t len)
 
     if (len >= 2 && v[0] == '*' && v[1] == '.')
         i = 2;
-    if (i == len || len > SMTPOUT_DNS_NAME_MAX)
+    if (i == len || len > MXDNS_NAME_MAX)
         return 0;
     for (; i < len; i++)
         if (!isalnum((unsigned char)v[i]) && v[i] != '-' && v[i] != '.' && v[i] != '_')
@@ -206,12 +206,12 @@ smtpout_sts_txt_id(const char *txt, char *id)
 int
 smtpout_sts_mx_match(const struct smtpout_sts_policy *p, const char *mx)
 {
-    char name[SMTPOUT_DNS_NAME_MAX + 1];
+    char name[MXDNS_NAME_MAX + 1];
     size_t len = strlen(mx), i;
 
     if (len > 0 && mx[len - 1] == '.')
         len--;
-    if (len == 0 || len > SMTPOUT_DNS_NAME_MAX)
+    if (len == 0 || len > MXDNS_NAME_MAX)
         return 0;
     for (i = 0; i < len; i++)
         name[i] = (char)tolower((unsigned char)mx[i]);

@@ -27,7 +27,7 @@ smtpout_tls_check_setup(SSL *ssl, const struct smtpout_tls_check *ck, int *usabl
         if (SSL_dane_enable(ssl, ck->name) <= 0)
             return -1;
         for (size_t i = 0; i < ck->ntlsa; i++) {
-            const struct smtpout_tlsa *t = &ck->tlsa[i];
+            const struct mxdns_tlsa *t = &ck->tlsa[i];
             /* RFC 7672 3.1.3: PKIX-TA(0) and PKIX-EE(1) are unusable for SMTP */
             if ((t->usage == 2 || t->usage == 3) &&
                 SSL_dane_tlsa_add(ssl, t->usage, t->selector, t->mtype, t->data, t->len) > 0)

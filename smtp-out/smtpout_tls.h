@@ -26,7 +26,7 @@
 
 #include <openssl/ssl.h>
 
-#include "smtpout_dns.h"
+#include "mxdns.h"
 
 /*
  * How the peer's certificate is checked after STARTTLS (smtpout_conn decides
@@ -43,9 +43,9 @@ enum smtpout_verify {
 struct smtpout_tls_check {
     enum smtpout_verify mode;
     int enforce;
-    const char *label;               /* "dane", "mta-sts", "smtp-tls-ca-file": for messages */
-    const char *name;                /* DANE: the TLSA base domain; PKIX: the name to find */
-    const struct smtpout_tlsa *tlsa; /* DANE: the records as found (unusable ones skipped) */
+    const char *label;             /* "dane", "mta-sts", "smtp-tls-ca-file": for messages */
+    const char *name;              /* DANE: the TLSA base domain; PKIX: the name to find */
+    const struct mxdns_tlsa *tlsa; /* DANE: the records as found (unusable ones skipped) */
     size_t ntlsa;
     SSL_CTX *ctx; /* PKIX: context with the trust store (NULL: ssl_ctx and its store) */
 };

@@ -47,7 +47,7 @@ decide_without_dane(const struct smtpout_tlspol_settings *set, struct smtpout_tl
         int listed = smtpout_sts_mx_match(sts, d->name);
 
         if (!listed && sts->mode == SMTPOUT_STS_ENFORCE) {
-            char what[SMTPOUT_DNS_NAME_MAX + 80];
+            char what[MXDNS_NAME_MAX + 80];
 
             snprintf(what, sizeof what, "MX host %s is not in the MTA-STS policy (mode enforce)",
                      d->name);
@@ -74,15 +74,15 @@ decide_without_dane(const struct smtpout_tlspol_settings *set, struct smtpout_tl
 }
 
 static void
-on_tlsa(void *arg, enum smtpout_dns_status status, int secure, const char *why,
-        const struct smtpout_tlsa *recs, size_t n)
+on_tlsa(void *arg, enum mxdns_status status, int secure, const char *why,
+        const struct mxdns_tlsa *recs, size_t n)
 {
     struct tlsa_req *req = arg;
     struct smtpout_tls_decision *d = req->d;
 
-    if (status == SMTPOUT_DNS_OK && secure) {
+    if (status == MXDNS_OK && secure) {
         /* RFC 7672 2.2: secure TLSA records make TLS mandatory, authenticated by them */
-        n = n < SMTPOUT_DNS_MAX_TLSA ? n : SMTPOUT_DNS_MAX_TLSA;
+        n = n < MXDNS_MAX_TLSA ? n : MXDNS_MAX_TLSA;
         memcpy(d->tlsa, recs, n * sizeof *recs);
         d->check = (struct smtpout_tls_check){ .mode = SMTPOUT_VERIFY_DANE,
                                                .enforce = 1,
@@ -91,12 +91,11 @@ on_tlsa(void *arg, enum smtpout_dns_status status, int secure, const char *why,
                                                .tlsa = d->tlsa,
                                                .ntlsa = n };
         d->tls = SMTPOUT_TLS_REQUIRED;
-    } else if (status == SMTPOUT_DNS_OK || status == SMTPOUT_DNS_NODATA ||
-               status == SMTPOUT_DNS_NXDOMAIN) {
+    } else if (status == MXDNS_OK || status == MXDNS_NODATA || status == MXDNS_NXDOMAIN) {
         decide_without_dane(req->set, d); /* no TLSA, or not validated: not DANE */
     } else {
         /* RFC 7672 2.2.1: a secure name whose TLSA lookup fails is unusable */
-        char what[SMTPOUT_DNS_NAME_MAX + 300];
+        char what[MXDNS_NAME_MAX + 300];
 
         snprintf(what, sizeof what,
                  "DANE: TLSA lookup for %s failed (%s); not delivering without it", d->name, why);
@@ -107,8 +106,8 @@ on_tlsa(void *arg, enum smtpout_dns_status status, int secure, const char *why,
 }
 
 void
-smtpout_tlspol_decide(struct smtpout_dns *dns, const struct smtpout_tlspol_settings *set,
-                      const struct smtpout_dest *dest, struct smtpout_tls_decision *out,
+smtpout_tlspol_decide(struct mxdns *dns, const struct smtpout_tlspol_settings *set,
+                      const struct mxroute_dest *dest, struct smtpout_tls_decision *out,
                       smtpout_tlspol_cb cb, void *arg)
 {
     struct tlsa_req *req;
@@ -126,6 +125,6 @@ smtpout_tlspol_decide(struct smtpout_dns *dns, const struct smtpout_tlspol_setti
     req->d = out;
     req->cb = cb;
     req->arg = arg;
-    smtpout_dns_tlsa(dns, dest->mx_name,
-                     smtpout_sockaddr_port((const struct sockaddr *)&dest->addr), on_tlsa, req);
+    mxdns_tlsa(dns, dest->mx_name, mxroute_sockaddr_port((const struct sockaddr *)&dest->addr),
+               on_tlsa, req);
 }

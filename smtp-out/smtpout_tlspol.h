@@ -10,7 +10,7 @@
  *   asks here how the session must treat TLS. In order:
  *
  *   1. DANE (RFC 7672; use-dane): when the destination's name came
- *      DNSSEC-validated (smtpout_dest.secure), the TLSA records of
+ *      DNSSEC-validated (mxroute_dest.secure), the TLSA records of
  *      _PORT._tcp.HOST are looked up. A secure answer with records makes
  *      TLS mandatory and the certificate must match them (DANE-TA(2) or
  *      DANE-EE(3); when none is usable: TLS without authentication). A
@@ -33,13 +33,13 @@
  *
  * SECURITY
  *   The TLSA records are trusted only with the AD bit from the configured
- *   (validating) resolver; see smtpout_dns.h.
+ *   (validating) resolver; see mxdns.h.
  */
 #ifndef PMTA_SMTPOUT_TLSPOL_H
 #define PMTA_SMTPOUT_TLSPOL_H
 
-#include "smtpout_dns.h"
-#include "smtpout_route.h"
+#include "mxdns.h"
+#include "mxroute.h"
 #include "smtpout_session.h"
 #include "smtpout_sts.h"
 
@@ -56,15 +56,15 @@ struct smtpout_tls_decision {
     struct smtpout_tls_check check;
     int unusable;             /* do not connect: WHY says why (4.7.5) */
     struct smtpout_reply why; /* when unusable */
-    char name[SMTPOUT_DNS_NAME_MAX + 1];
-    struct smtpout_tlsa tlsa[SMTPOUT_DNS_MAX_TLSA];
+    char name[MXDNS_NAME_MAX + 1];
+    struct mxdns_tlsa tlsa[MXDNS_MAX_TLSA];
 };
 
 typedef void (*smtpout_tlspol_cb)(void *arg, struct smtpout_tls_decision *d);
 
 /* smtpout_tlspol_decide - fill OUT for DEST under SET, then CB (see above) */
-void smtpout_tlspol_decide(struct smtpout_dns *dns, const struct smtpout_tlspol_settings *set,
-                           const struct smtpout_dest *dest, struct smtpout_tls_decision *out,
+void smtpout_tlspol_decide(struct mxdns *dns, const struct smtpout_tlspol_settings *set,
+                           const struct mxroute_dest *dest, struct smtpout_tls_decision *out,
                            smtpout_tlspol_cb cb, void *arg);
 
 #endif

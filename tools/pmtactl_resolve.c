@@ -2,8 +2,8 @@
  * pmtactl_resolve.c - `pmtactl resolve [--connect] DOMAIN[/VMTA]`: where
  *                     pmtad would deliver DOMAIN's mail, and what answers there
  *
- * It uses smtp-out's own resolver and route code (smtp-out/smtpout_dns.c,
- * smtpout_route.c) with the configuration's name-server lines and the
+ * It uses smtp-out's own resolver and route code (smtp-out/mxdns.c,
+ * mxroute.c) with the configuration's name-server lines and the
  * queue's smtp-hosts, default-smtp-port and bounce-upon-no-mx, so the answer
  * is the one a delivery attempt would get: first the MX answer (preference,
  * host, addresses; or the implicit MX), then the destinations in the order
@@ -35,8 +35,8 @@
 
 #include "cfg.h"
 #include "pmtactl.h"
-#include "smtpout_dns.h"
-#include "smtpout_route.h"
+#include "mxdns.h"
+#include "mxroute.h"
 #include "xalloc.h"
 
 #define CONNECT_MAX      10
@@ -64,8 +64,8 @@ setting(const struct cfg_resolved *set, enum cfg_directive d)
 /* --- DNS ------------------------------------------------------------------------- */
 
 static void
-on_mx(void *arg, enum smtpout_dns_status status, const char *why,
-      const struct smtpout_mx_host *hosts, size_t nhosts)
+on_mx(void *arg, enum mxdns_status status, const char *why, const struct mxdns_host *hosts,
+      size_t nhosts)
 {
     struct resolve_run *run = arg;
     json_t *list = json_array();
@@ -76,39 +76,39 @@ on_mx(void *arg, enum smtpout_dns_status status, const char *why,
 
         for (size_t k = 0; k < hosts[i].naddrs; k++)
             json_array_append_new(
-                addrs, json_string(smtpout_sockaddr_str((const struct sockaddr *)&hosts[i].addrs[k],
+                addrs, json_string(mxroute_sockaddr_str((const struct sockaddr *)&hosts[i].addrs[k],
                                                         ip, sizeof ip)));
         json_array_append_new(
             list, json_pack("{s:I, s:s, s:b, s:s, s:o}", "pref", (json_int_t)hosts[i].pref, "host",
                             hosts[i].name, "implicit", hosts[i].implicit, "status",
-                            smtpout_dns_status_name(hosts[i].addr_status), "addresses", addrs));
+                            mxdns_status_name(hosts[i].addr_status), "addresses", addrs));
     }
-    json_object_set_new(run->out, "mxStatus", json_string(smtpout_dns_status_name(status)));
-    if (status != SMTPOUT_DNS_OK && why)
+    json_object_set_new(run->out, "mxStatus", json_string(mxdns_status_name(status)));
+    if (status != MXDNS_OK && why)
         json_object_set_new(run->out, "mxWhy", json_string(why));
     json_object_set_new(run->out, "mx", list);
     run->done++;
 }
 
 static void
-on_route(void *arg, const struct smtpout_dest_list *list)
+on_route(void *arg, const struct mxroute_dest_list *list)
 {
     struct resolve_run *run = arg;
     json_t *dests = json_array();
     char ip[64];
 
     for (size_t i = 0; i < list->ndests; i++) {
-        const struct smtpout_dest *d = &list->dests[i];
+        const struct mxroute_dest *d = &list->dests[i];
 
         json_array_append_new(
             dests,
             json_pack("{s:s, s:s, s:I, s:I, s:I}", "host", d->mx_name, "ip",
-                      smtpout_sockaddr_str((const struct sockaddr *)&d->addr, ip, sizeof ip),
-                      "port", (json_int_t)smtpout_sockaddr_port((const struct sockaddr *)&d->addr),
+                      mxroute_sockaddr_str((const struct sockaddr *)&d->addr, ip, sizeof ip),
+                      "port", (json_int_t)mxroute_sockaddr_port((const struct sockaddr *)&d->addr),
                       "level", (json_int_t)d->level, "pref", (json_int_t)d->pref));
     }
     json_object_set_new(run->out, "destinations", dests);
-    if (list->status != SMTPOUT_ROUTE_OK) {
+    if (list->status != MXROUTE_OK) {
         json_object_set_new(run->out, "routeStatus", json_string(list->status_code));
         json_object_set_new(run->out, "routeWhy", json_string(list->why));
         run->failed = 1;
@@ -121,12 +121,12 @@ static int
 lookup(const struct cfg *c, const char *domain, const char *vmta, struct resolve_run *run)
 {
     char servers[NAME_SERVERS_MAX];
-    struct smtpout_dns_options dopts = { .timeout_ms = 5000 };
-    struct smtpout_resolve_options ro = { .family = AF_UNSPEC, .default_port = 25 };
+    struct mxdns_options dopts = { .timeout_ms = 5000 };
+    struct mxroute_options ro = { .family = AF_UNSPEC, .default_port = 25 };
     struct cfg_route *route = NULL;
     const struct cfg_value *v;
     struct cfg_resolved set;
-    struct smtpout_dns *dns;
+    struct mxdns *dns;
     char err[200];
     uv_loop_t loop;
     int64_t b = 0;
@@ -146,20 +146,20 @@ lookup(const struct cfg *c, const char *domain, const char *vmta, struct resolve
         json_object_set_new(run->out, "smtpHosts", json_string(cfg_str(c, v->text)));
     }
     ro.route = route;
-    smtpout_name_servers(c, servers, sizeof servers);
+    mxdns_name_servers(c, servers, sizeof servers);
     dopts.name_servers = servers[0] ? servers : NULL;
     json_object_set_new(run->out, "nameServers", json_string(servers[0] ? servers : "system"));
     uv_loop_init(&loop);
-    if (smtpout_dns_create(&loop, &dopts, &dns) < 0) {
+    if (mxdns_create(&loop, &dopts, &dns) < 0) {
         uv_loop_close(&loop);
         cfg_route_free(route);
         return fail("cannot start a resolver (name-server %s)", servers[0] ? servers : "system");
     }
-    smtpout_dns_mx_hosts(dns, domain, AF_UNSPEC, !ro.bounce_upon_no_mx, on_mx, run);
-    smtpout_route_resolve(dns, domain, &ro, on_route, run);
+    mxdns_mx_hosts(dns, domain, AF_UNSPEC, !ro.bounce_upon_no_mx, on_mx, run);
+    mxroute_resolve(dns, domain, &ro, on_route, run);
     while (run->done < 2 && uv_run(&loop, UV_RUN_ONCE))
         ;
-    smtpout_dns_destroy(dns);
+    mxdns_destroy(dns);
     uv_run(&loop, UV_RUN_DEFAULT);
     uv_loop_close(&loop);
     cfg_route_free(route);

@@ -44,7 +44,7 @@ struct tool {
     size_t nrcpts;
     struct smtpout_job job;
     uv_loop_t *loop;
-    struct smtpout_dns *dns;
+    struct mxdns *dns;
     unsigned runs_left; /* --repeat: run the job again, same resolver */
 };
 
@@ -287,7 +287,7 @@ main(int argc, char **argv)
 {
     struct tool t;
     struct smtpout_job *job = &t.job;
-    struct smtpout_dns_options dopts = { .timeout_ms = 2000, .tries = 1, .cache_max_ttl = 300 };
+    struct mxdns_options dopts = { .timeout_ms = 2000, .tries = 1, .cache_max_ttl = 300 };
     const char *from = NULL, *domain = NULL, *hosts = NULL, *eightbit = "auto";
     const char **files = NULL, *envid = NULL;
     size_t nfiles = 0, i;
@@ -298,7 +298,7 @@ main(int argc, char **argv)
     unsigned notify = 0;
     enum smtpout_ret ret = SMTPOUT_RET_NONE;
     struct cfg_route *route = NULL;
-    struct smtpout_dns *dns;
+    struct mxdns *dns;
     struct smtpout_message *msgs;
     struct smtpout_rcpt *rcpts;
     uv_loop_t loop;
@@ -473,13 +473,13 @@ main(int argc, char **argv)
     t.loop = &loop;
     if (t.runs_left == 0)
         usage();
-    if (smtpout_dns_create(&loop, &dopts, &dns) < 0)
+    if (mxdns_create(&loop, &dopts, &dns) < 0)
         msg_fatal("cannot create the resolver for \"%s\"",
                   dopts.name_servers ? dopts.name_servers : "");
     t.dns = dns;
     smtpout_job_start(&loop, dns, job, &job_callbacks, &t);
     uv_run(&loop, UV_RUN_DEFAULT);
-    smtpout_dns_destroy(dns);
+    mxdns_destroy(dns);
     uv_run(&loop, UV_RUN_DEFAULT);
     if (uv_loop_close(&loop) != 0)
         msg_panic("handles left open on the loop");

@@ -1,9 +1,9 @@
 /*
- * smtpout_dns_int.h - what smtpout_dns.c and smtpout_dns_answer.c share (not
- * an API: smtpout_dns.h is the contract)
+ * mxdns_int.h - what mxdns.c and mxdns_answer.c share (not
+ * an API: mxdns.h is the contract)
  *
- * smtpout_dns.c runs the lookups (c-ares on libuv, the cache, MX hosts with
- * their addresses); smtpout_dns_answer.c turns one reply into a struct
+ * mxdns.c runs the lookups (c-ares on libuv, the cache, MX hosts with
+ * their addresses); mxdns_answer.c turns one reply into a struct
  * dns_answer, already classified. The answer reader is a pure function of
  * the reply's bytes (a fuzzing entry point).
  *
@@ -13,14 +13,14 @@
 #ifndef PMTA_SMTPOUT_DNS_INT_H
 #define PMTA_SMTPOUT_DNS_INT_H
 
-#include "smtpout_dns.h"
+#include "mxdns.h"
 
 #define DNS_T_TLSA 52    /* not in every arpa/nameser.h */
 #define DNS_AD     0x20u /* the AD bit in the fourth header byte */
 
 /* One raw answer: MX, address, TLSA or TXT records, already classified. */
 struct dns_answer {
-    enum smtpout_dns_status status;
+    enum mxdns_status status;
     int secure; /* the reply had the AD bit */
     char why[160];
     unsigned ttl; /* seconds the answer may be cached; 0 = don't */
@@ -28,11 +28,11 @@ struct dns_answer {
     union {
         struct {
             unsigned pref;
-            char name[SMTPOUT_DNS_NAME_MAX + 1];
-        } mx[SMTPOUT_DNS_MAX_MX];
-        struct sockaddr_storage addr[SMTPOUT_DNS_MAX_ADDRS];
-        struct smtpout_tlsa tlsa[SMTPOUT_DNS_MAX_TLSA];
-        char txt[SMTPOUT_DNS_MAX_TXT][SMTPOUT_DNS_TXT_MAX + 1];
+            char name[MXDNS_NAME_MAX + 1];
+        } mx[MXDNS_MAX_MX];
+        struct sockaddr_storage addr[MXDNS_MAX_ADDRS];
+        struct mxdns_tlsa tlsa[MXDNS_MAX_TLSA];
+        char txt[MXDNS_MAX_TXT][MXDNS_TXT_MAX + 1];
     } u;
 };
 
@@ -45,7 +45,7 @@ struct dns_answer {
 void dns_answer_parse(struct dns_answer *ans, const char *name, int type, int status,
                       const unsigned char *abuf, int alen);
 /* dns_answer_fail - ANS is a failure STATUS: "DNS TYPE lookup for NAME: DETAIL" */
-void dns_answer_fail(struct dns_answer *ans, enum smtpout_dns_status status, const char *name,
-                     int type, const char *detail);
+void dns_answer_fail(struct dns_answer *ans, enum mxdns_status status, const char *name, int type,
+                     const char *detail);
 
 #endif

@@ -1,5 +1,5 @@
 /*
- * smtpout_route.c - destination resolution for smtp-hosts / route and MX
+ * mxroute.c - destination resolution for smtp-hosts / route and MX
  *
  * What it does: resolves a domain (with or without a route, parsed by
  * conf/cfg_route.c) into the ordered list of addresses a delivery attempt
@@ -10,7 +10,7 @@
  * per route entry.
  *
  * SECURITY: route text is configuration; host names and addresses from DNS
- * arrive already bounded by smtpout_dns. Every copy here is bounded.
+ * arrive already bounded by mxdns. Every copy here is bounded.
  */
 #include "config.h"
 
@@ -24,12 +24,12 @@
 #include <strings.h>
 
 #include "xalloc.h"
-#include "smtpout_route.h"
+#include "mxroute.h"
 
 /* --- small helpers ---------------------------------------------------------------- */
 
 const char *
-smtpout_sockaddr_str(const struct sockaddr *addr, char *out, size_t outlen)
+mxroute_sockaddr_str(const struct sockaddr *addr, char *out, size_t outlen)
 {
     const void *src = addr->sa_family == AF_INET6
                           ? (const void *)&((const struct sockaddr_in6 *)addr)->sin6_addr
@@ -41,7 +41,7 @@ smtpout_sockaddr_str(const struct sockaddr *addr, char *out, size_t outlen)
 }
 
 unsigned
-smtpout_sockaddr_port(const struct sockaddr *addr)
+mxroute_sockaddr_port(const struct sockaddr *addr)
 {
     if (addr->sa_family == AF_INET6)
         return ntohs(((const struct sockaddr_in6 *)addr)->sin6_port);
@@ -61,20 +61,20 @@ route_set_port(struct sockaddr_storage *ss, uint16_t port)
 
 /* One lookup: a route entry, or the domain's own MX hosts. */
 struct route_item {
-    struct smtpout_resolve *req;
+    struct mxroute_req *req;
     unsigned level;
     uint16_t port;
-    enum smtpout_dns_status status;
+    enum mxdns_status status;
     char why[160];
     size_t nhosts;
-    struct smtpout_mx_host *hosts; /* heap: nhosts */
+    struct mxdns_host *hosts; /* heap: nhosts */
 };
 
-struct smtpout_resolve {
-    smtpout_resolve_cb cb;
+struct mxroute_req {
+    mxroute_cb cb;
     void *arg;
     int cancelled;
-    int returned; /* smtpout_route_resolve has returned */
+    int returned; /* mxroute_resolve has returned */
     size_t pending;
     size_t max_dests;
     uint16_t default_port;
@@ -86,8 +86,8 @@ struct smtpout_resolve {
 };
 
 static void
-route_item_store(struct route_item *item, enum smtpout_dns_status status, const char *why,
-                 const struct smtpout_mx_host *hosts, size_t n)
+route_item_store(struct route_item *item, enum mxdns_status status, const char *why,
+                 const struct mxdns_host *hosts, size_t n)
 {
     item->status = status;
     snprintf(item->why, sizeof item->why, "%s", why ? why : "");
@@ -101,8 +101,8 @@ route_item_store(struct route_item *item, enum smtpout_dns_status status, const 
 static void route_item_done(struct route_item *item);
 
 static void
-route_mx_done(void *arg, enum smtpout_dns_status status, const char *why,
-              const struct smtpout_mx_host *hosts, size_t n)
+route_mx_done(void *arg, enum mxdns_status status, const char *why, const struct mxdns_host *hosts,
+              size_t n)
 {
     struct route_item *item = arg;
 
@@ -112,11 +112,11 @@ route_mx_done(void *arg, enum smtpout_dns_status status, const char *why,
 
 /* route_host_done - A/AAAA of an smtp-hosts name: one host, preference 0 */
 static void
-route_host_done(void *arg, enum smtpout_dns_status status, int secure, const char *why,
+route_host_done(void *arg, enum mxdns_status status, int secure, const char *why,
                 const struct sockaddr_storage *addrs, size_t n)
 {
     struct route_item *item = arg;
-    struct smtpout_mx_host *h = item->hosts; /* preallocated, name set */
+    struct mxdns_host *h = item->hosts; /* preallocated, name set */
 
     h->secure = secure;
     item->status = status;
@@ -129,7 +129,7 @@ route_host_done(void *arg, enum smtpout_dns_status status, int secure, const cha
 }
 
 static uint64_t
-route_random(struct smtpout_resolve *req)
+route_random(struct mxroute_req *req)
 {
     req->rng ^= req->rng >> 12;
     req->rng ^= req->rng << 25;
@@ -138,13 +138,13 @@ route_random(struct smtpout_resolve *req)
 }
 
 static void
-route_add_host(struct smtpout_resolve *req, struct smtpout_dest_list *list,
-               const struct route_item *item, const struct smtpout_mx_host *h)
+route_add_host(struct mxroute_req *req, struct mxroute_dest_list *list,
+               const struct route_item *item, const struct mxdns_host *h)
 {
     size_t i;
 
     for (i = 0; i < h->naddrs; i++) {
-        struct smtpout_dest *d;
+        struct mxroute_dest *d;
 
         if (req->family != AF_UNSPEC && h->addrs[i].ss_family != req->family)
             continue;
@@ -164,7 +164,7 @@ route_add_host(struct smtpout_resolve *req, struct smtpout_dest_list *list,
 
 /* route_classify_failure - no destination at all: temporary or permanent? */
 static void
-route_classify_failure(struct smtpout_resolve *req, struct smtpout_dest_list *list)
+route_classify_failure(struct mxroute_req *req, struct mxroute_dest_list *list)
 {
     size_t i, j;
     int temporary = 0;
@@ -172,37 +172,37 @@ route_classify_failure(struct smtpout_resolve *req, struct smtpout_dest_list *li
 
     for (i = 0; i < req->nitems; i++) {
         const struct route_item *item = &req->items[i];
-        if (item->status == SMTPOUT_DNS_OK) {
+        if (item->status == MXDNS_OK) {
             for (j = 0; j < item->nhosts; j++)
-                if (!smtpout_dns_permanent(item->hosts[j].addr_status) &&
-                    item->hosts[j].addr_status != SMTPOUT_DNS_OK)
+                if (!mxdns_permanent(item->hosts[j].addr_status) &&
+                    item->hosts[j].addr_status != MXDNS_OK)
                     temporary = 1;
-        } else if (!smtpout_dns_permanent(item->status)) {
+        } else if (!mxdns_permanent(item->status)) {
             temporary = 1;
         }
     }
     snprintf(list->why, sizeof list->why, "%s",
              first->why[0] ? first->why : "no usable address for the destination");
     if (temporary) {
-        list->status = SMTPOUT_ROUTE_TEMPFAIL;
+        list->status = MXROUTE_TEMPFAIL;
         snprintf(list->status_code, sizeof list->status_code, "4.4.3");
         return;
     }
-    list->status = SMTPOUT_ROUTE_PERMFAIL;
-    if (req->no_route && first->status == SMTPOUT_DNS_NULLMX)
+    list->status = MXROUTE_PERMFAIL;
+    if (req->no_route && first->status == MXDNS_NULLMX)
         snprintf(list->status_code, sizeof list->status_code, "5.1.10");
-    else if (req->no_route && first->status == SMTPOUT_DNS_NXDOMAIN)
+    else if (req->no_route && first->status == MXDNS_NXDOMAIN)
         snprintf(list->status_code, sizeof list->status_code, "5.1.2");
     else
         snprintf(list->status_code, sizeof list->status_code, "5.4.4");
-    if (first->status == SMTPOUT_DNS_OK)
+    if (first->status == MXDNS_OK)
         snprintf(list->why, sizeof list->why, "no MX host of the destination has an address");
 }
 
 static void
-route_finish(struct smtpout_resolve *req)
+route_finish(struct mxroute_req *req)
 {
-    struct smtpout_dest_list list;
+    struct mxroute_dest_list list;
     size_t i, j, start, n;
     size_t *order = xreallocarray(NULL, req->nitems ? req->nitems : 1, sizeof *order);
 
@@ -227,9 +227,9 @@ route_finish(struct smtpout_resolve *req)
     }
     free(order);
     if (list.ndests > 0)
-        list.status = SMTPOUT_ROUTE_OK;
+        list.status = MXROUTE_OK;
     else if (req->cancelled)
-        list.status = SMTPOUT_ROUTE_CANCELLED;
+        list.status = MXROUTE_CANCELLED;
     else
         route_classify_failure(req, &list);
     if (!req->cancelled)
@@ -244,7 +244,7 @@ route_finish(struct smtpout_resolve *req)
 static void
 route_item_done(struct route_item *item)
 {
-    struct smtpout_resolve *req = item->req;
+    struct mxroute_req *req = item->req;
 
     if (--req->pending == 0 && req->returned)
         route_finish(req);
@@ -252,20 +252,20 @@ route_item_done(struct route_item *item)
 
 /* route_start_item - launch the lookup for one entry */
 static void
-route_start_item(struct smtpout_dns *dns, struct smtpout_resolve *req, struct route_item *item,
+route_start_item(struct mxdns *dns, struct mxroute_req *req, struct route_item *item,
                  const struct cfg_route_entry *e, int allow_implicit)
 {
-    struct smtpout_mx_host *h;
+    struct mxdns_host *h;
 
     switch (e->kind) {
     case CFG_ROUTE_LOOKUP_MX:
-        smtpout_dns_mx_hosts(dns, e->name, req->family, allow_implicit, route_mx_done, item);
+        mxdns_mx_hosts(dns, e->name, req->family, allow_implicit, route_mx_done, item);
         return;
     case CFG_ROUTE_HOST:
         item->nhosts = 1;
         item->hosts = h = xcalloc(1, sizeof *h);
         snprintf(h->name, sizeof h->name, "%s", e->name);
-        smtpout_dns_addr(dns, e->name, req->family, route_host_done, item);
+        mxdns_addr(dns, e->name, req->family, route_host_done, item);
         return;
     case CFG_ROUTE_ADDR:
         item->nhosts = 1;
@@ -273,17 +273,17 @@ route_start_item(struct smtpout_dns *dns, struct smtpout_resolve *req, struct ro
         snprintf(h->name, sizeof h->name, "%s", e->name);
         h->addrs[0] = e->addr;
         h->naddrs = e->addr.ss_family != 0;
-        item->status = h->addr_status = h->naddrs ? SMTPOUT_DNS_OK : SMTPOUT_DNS_NODATA;
+        item->status = h->addr_status = h->naddrs ? MXDNS_OK : MXDNS_NODATA;
         route_item_done(item);
         return;
     }
 }
 
-struct smtpout_resolve *
-smtpout_route_resolve(struct smtpout_dns *dns, const char *domain,
-                      const struct smtpout_resolve_options *opts, smtpout_resolve_cb cb, void *arg)
+struct mxroute_req *
+mxroute_resolve(struct mxdns *dns, const char *domain, const struct mxroute_options *opts,
+                mxroute_cb cb, void *arg)
 {
-    struct smtpout_resolve *req = xcalloc(1, sizeof *req);
+    struct mxroute_req *req = xcalloc(1, sizeof *req);
     const struct cfg_route *route = opts->route;
     struct cfg_route_entry self = { .kind = CFG_ROUTE_LOOKUP_MX, .name = (char *)domain };
     size_t i, j, k;
@@ -328,15 +328,15 @@ smtpout_route_resolve(struct smtpout_dns *dns, const char *domain,
 }
 
 void
-smtpout_route_cancel(struct smtpout_resolve *req)
+mxroute_cancel(struct mxroute_req *req)
 {
     if (req)
         req->cancelled = 1;
 }
 
-/* smtpout_name_servers - see smtpout_route.h */
+/* mxdns_name_servers - see mxroute.h */
 void
-smtpout_name_servers(const struct cfg *c, char *out, size_t size)
+mxdns_name_servers(const struct cfg *c, char *out, size_t size)
 {
     const struct cfg_value *v;
     uint32_t it = 0;

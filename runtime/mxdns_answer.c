@@ -1,8 +1,8 @@
 /*
- * smtpout_dns_answer.c - one DNS reply read into a struct dns_answer:
+ * mxdns_answer.c - one DNS reply read into a struct dns_answer:
  * classified (permanent or temporary), its records (MX, A, AAAA, TLSA, TXT)
  * copied within bounds, its smallest TTL and its AD bit (contract in
- * smtpout_dns_int.h)
+ * mxdns_int.h)
  *
  * Pure functions over the reply's bytes: no I/O, no state (the fuzzing
  * entry point for DNS answers: dns_answer_parse).
@@ -10,7 +10,7 @@
  * SECURITY: the reply comes from the network. c-ares parses MX, A, AAAA
  * and TXT records; the record walker here (TTLs, TLSA) reads the answer
  * section itself and checks every length before reading. Names longer than
- * SMTPOUT_DNS_NAME_MAX are dropped and counts capped, so a hostile server
+ * MXDNS_NAME_MAX are dropped and counts capped, so a hostile server
  * cannot make us hold more than a fixed amount per lookup.
  */
 #include "config.h"
@@ -25,24 +25,24 @@
 
 #include <ares.h>
 
-#include "smtpout_dns_int.h"
+#include "mxdns_int.h"
 
 /* dns_status_from_ares - map a c-ares result to our two-way split */
-static enum smtpout_dns_status
+static enum mxdns_status
 dns_status_from_ares(int status)
 {
     switch (status) {
     case ARES_SUCCESS:
-        return SMTPOUT_DNS_OK;
+        return MXDNS_OK;
     case ARES_ENODATA:
-        return SMTPOUT_DNS_NODATA;
+        return MXDNS_NODATA;
     case ARES_ENOTFOUND:
-        return SMTPOUT_DNS_NXDOMAIN;
+        return MXDNS_NXDOMAIN;
     case ARES_EDESTRUCTION:
     case ARES_ECANCELLED:
-        return SMTPOUT_DNS_CANCELLED;
+        return MXDNS_CANCELLED;
     default:
-        return SMTPOUT_DNS_TEMPFAIL; /* SERVFAIL, REFUSED, timeout, ... */
+        return MXDNS_TEMPFAIL; /* SERVFAIL, REFUSED, timeout, ... */
     }
 }
 
@@ -65,7 +65,7 @@ dns_type_name(int type)
 }
 
 void
-dns_answer_fail(struct dns_answer *ans, enum smtpout_dns_status status, const char *name, int type,
+dns_answer_fail(struct dns_answer *ans, enum mxdns_status status, const char *name, int type,
                 const char *detail)
 {
     ans->status = status;
@@ -177,7 +177,7 @@ dns_parse_mx(struct dns_answer *ans, const char *name, const unsigned char *abuf
             ares_free_data(mx);
         return;
     }
-    ans->status = SMTPOUT_DNS_OK;
+    ans->status = MXDNS_OK;
     for (r = mx; r; r = r->next) {
         size_t len = strlen(r->host);
 
@@ -185,7 +185,7 @@ dns_parse_mx(struct dns_answer *ans, const char *name, const unsigned char *abuf
             nullmx++; /* RFC 7505: "." as exchange */
             continue;
         }
-        if (len > SMTPOUT_DNS_NAME_MAX || ans->n >= SMTPOUT_DNS_MAX_MX)
+        if (len > MXDNS_NAME_MAX || ans->n >= MXDNS_MAX_MX)
             continue;
         ans->u.mx[ans->n].pref = r->priority;
         memcpy(ans->u.mx[ans->n].name, r->host, len + 1);
@@ -195,19 +195,18 @@ dns_parse_mx(struct dns_answer *ans, const char *name, const unsigned char *abuf
     /* A null MX must stand alone (RFC 7505 section 3); if other MX records
      * came with it, the domain is misconfigured and we use the real ones. */
     if (ans->n == 0 && nullmx > 0)
-        dns_answer_fail(ans, SMTPOUT_DNS_NULLMX, name, ns_t_mx,
-                        "null MX: domain does not accept mail");
+        dns_answer_fail(ans, MXDNS_NULLMX, name, ns_t_mx, "null MX: domain does not accept mail");
     else if (ans->n == 0)
-        dns_answer_fail(ans, SMTPOUT_DNS_NODATA, name, ns_t_mx, "no MX records");
+        dns_answer_fail(ans, MXDNS_NODATA, name, ns_t_mx, "no MX records");
     ans->ttl = dns_answer_min_ttl(abuf, alen, UINT32_MAX);
 }
 
 static void
 dns_parse_a(struct dns_answer *ans, const char *name, int type, const unsigned char *abuf, int alen)
 {
-    struct ares_addrttl v4[SMTPOUT_DNS_MAX_ADDRS];
-    struct ares_addr6ttl v6[SMTPOUT_DNS_MAX_ADDRS];
-    int n = SMTPOUT_DNS_MAX_ADDRS, status, i;
+    struct ares_addrttl v4[MXDNS_MAX_ADDRS];
+    struct ares_addr6ttl v6[MXDNS_MAX_ADDRS];
+    int n = MXDNS_MAX_ADDRS, status, i;
     unsigned ttl = UINT32_MAX;
 
     if (type == ns_t_a)
@@ -215,15 +214,14 @@ dns_parse_a(struct dns_answer *ans, const char *name, int type, const unsigned c
     else
         status = ares_parse_aaaa_reply(abuf, alen, NULL, v6, &n);
     if (status != ARES_SUCCESS || n <= 0) {
-        dns_answer_fail(ans,
-                        status == ARES_SUCCESS ? SMTPOUT_DNS_NODATA : dns_status_from_ares(status),
+        dns_answer_fail(ans, status == ARES_SUCCESS ? MXDNS_NODATA : dns_status_from_ares(status),
                         name, type,
                         status == ARES_SUCCESS || status == ARES_ENODATA ? "no address records"
                                                                          : ares_strerror(status));
         return;
     }
-    ans->status = SMTPOUT_DNS_OK;
-    for (i = 0; i < n && ans->n < SMTPOUT_DNS_MAX_ADDRS; i++) {
+    ans->status = MXDNS_OK;
+    for (i = 0; i < n && ans->n < MXDNS_MAX_ADDRS; i++) {
         struct sockaddr_storage *ss = &ans->u.addr[ans->n++];
 
         memset(ss, 0, sizeof *ss);
@@ -248,10 +246,10 @@ static void
 dns_tlsa_fn(void *ctx, unsigned type, unsigned long ttl, const unsigned char *rd, unsigned rdlen)
 {
     struct dns_answer *ans = ctx;
-    struct smtpout_tlsa *t;
+    struct mxdns_tlsa *t;
 
     if (type != DNS_T_TLSA || rdlen < 3 || rdlen - 3 > SMTPOUT_TLSA_DATA_MAX ||
-        ans->n >= SMTPOUT_DNS_MAX_TLSA)
+        ans->n >= MXDNS_MAX_TLSA)
         return; /* the CNAMEs of a chain, and records we cannot keep */
     t = &ans->u.tlsa[ans->n++];
     t->usage = rd[0];
@@ -267,12 +265,12 @@ dns_tlsa_fn(void *ctx, unsigned type, unsigned long ttl, const unsigned char *rd
 static void
 dns_parse_tlsa(struct dns_answer *ans, const char *name, const unsigned char *abuf, int alen)
 {
-    ans->status = SMTPOUT_DNS_OK;
+    ans->status = MXDNS_OK;
     ans->ttl = UINT32_MAX;
     if (dns_walk_answers(abuf, alen, dns_tlsa_fn, ans) < 0)
-        dns_answer_fail(ans, SMTPOUT_DNS_TEMPFAIL, name, DNS_T_TLSA, "malformed answer");
+        dns_answer_fail(ans, MXDNS_TEMPFAIL, name, DNS_T_TLSA, "malformed answer");
     else if (ans->n == 0)
-        dns_answer_fail(ans, SMTPOUT_DNS_NODATA, name, DNS_T_TLSA, "no usable TLSA records");
+        dns_answer_fail(ans, MXDNS_NODATA, name, DNS_T_TLSA, "no usable TLSA records");
 }
 
 /* dns_parse_txt - TXT records into ANS, each record's strings joined */
@@ -290,27 +288,27 @@ dns_parse_txt(struct dns_answer *ans, const char *name, const unsigned char *abu
             ares_free_data(txt);
         return;
     }
-    ans->status = SMTPOUT_DNS_OK;
+    ans->status = MXDNS_OK;
     for (t = txt; t; t = t->next) {
         size_t len = t->length;
 
         if (t->record_start) {
-            if (ans->n >= SMTPOUT_DNS_MAX_TXT)
+            if (ans->n >= MXDNS_MAX_TXT)
                 break;
             ans->n++;
             used = 0;
         } else if (ans->n == 0) {
             continue;
         }
-        if (len > SMTPOUT_DNS_TXT_MAX - used)
-            len = SMTPOUT_DNS_TXT_MAX - used;
+        if (len > MXDNS_TXT_MAX - used)
+            len = MXDNS_TXT_MAX - used;
         memcpy(ans->u.txt[ans->n - 1] + used, t->txt, len);
         used += len;
         ans->u.txt[ans->n - 1][used] = 0;
     }
     ares_free_data(txt);
     if (ans->n == 0)
-        dns_answer_fail(ans, SMTPOUT_DNS_NODATA, name, ns_t_txt, "no TXT records");
+        dns_answer_fail(ans, MXDNS_NODATA, name, ns_t_txt, "no TXT records");
     ans->ttl = dns_answer_min_ttl(abuf, alen, UINT32_MAX);
 }
 

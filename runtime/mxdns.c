@@ -1,11 +1,11 @@
 /*
- * smtpout_dns.c - asynchronous DNS for smtp-out (c-ares driven by libuv)
+ * mxdns.c - asynchronous DNS for delivery (c-ares driven by libuv)
  *
  * What it does: MX, A/AAAA, TLSA and TXT lookups through one c-ares channel
  * whose sockets are watched by uv_poll_t handles and whose retransmission
  * timeouts run on one uv_timer_t; every query asks for the AD bit (our own
  * query buffer through ares_send); a small TTL cache. Answers are read into
- * struct dns_answer by smtpout_dns_answer.c. See smtpout_dns.h for the
+ * struct dns_answer by mxdns_answer.c. See mxdns.h for the
  * contract.
  *
  * What it owns: the c-ares channel, one uv_poll_t per c-ares socket, the
@@ -13,10 +13,10 @@
  * memory is freed when its last handle has closed (libuv rule: free only in
  * the close callback).
  *
- * SECURITY: answers come from the network; smtpout_dns_answer.c reads them
+ * SECURITY: answers come from the network; mxdns_answer.c reads them
  * (bounded). The AD bit is only as good as the path to the configured
  * resolver (see the header). Names longer than
- * SMTPOUT_DNS_NAME_MAX are dropped, MX and address counts are capped, so a hostile server cannot
+ * MXDNS_NAME_MAX are dropped, MX and address counts are capped, so a hostile server cannot
  * make us hold more than a fixed amount per lookup.
  */
 #include "config.h"
@@ -36,7 +36,7 @@
 
 #include "msg.h"
 #include "xalloc.h"
-#include "smtpout_dns_int.h"
+#include "mxdns_int.h"
 
 typedef void (*dns_raw_cb)(void *arg, const struct dns_answer *ans);
 
@@ -44,18 +44,18 @@ struct dns_cache_entry {
     struct dns_cache_entry *next;
     int type;
     uint64_t expires_ms;
-    char name[SMTPOUT_DNS_NAME_MAX + 1];
+    char name[MXDNS_NAME_MAX + 1];
     struct dns_answer answer;
 };
 
 struct dns_poll {
     struct dns_poll *next;
-    struct smtpout_dns *dns;
+    struct mxdns *dns;
     ares_socket_t fd;
     uv_poll_t handle;
 };
 
-struct smtpout_dns {
+struct mxdns {
     uv_loop_t *loop;
     ares_channel channel;
     uv_timer_t timer;
@@ -72,25 +72,25 @@ struct smtpout_dns {
 
 /* One ares_query in flight. */
 struct dns_raw_req {
-    struct smtpout_dns *dns;
+    struct mxdns *dns;
     int type;
-    char name[SMTPOUT_DNS_NAME_MAX + 1];
+    char name[MXDNS_NAME_MAX + 1];
     dns_raw_cb cb;
     void *arg;
 };
 
-static void dns_update_timer(struct smtpout_dns *dns);
+static void dns_update_timer(struct mxdns *dns);
 
 /* --- classification --------------------------------------------------------------- */
 
 int
-smtpout_dns_permanent(enum smtpout_dns_status status)
+mxdns_permanent(enum mxdns_status status)
 {
     switch (status) {
-    case SMTPOUT_DNS_NODATA:
-    case SMTPOUT_DNS_NXDOMAIN:
-    case SMTPOUT_DNS_NULLMX:
-    case SMTPOUT_DNS_NOMX:
+    case MXDNS_NODATA:
+    case MXDNS_NXDOMAIN:
+    case MXDNS_NULLMX:
+    case MXDNS_NOMX:
         return 1;
     default:
         return 0;
@@ -98,22 +98,22 @@ smtpout_dns_permanent(enum smtpout_dns_status status)
 }
 
 const char *
-smtpout_dns_status_name(enum smtpout_dns_status status)
+mxdns_status_name(enum mxdns_status status)
 {
     switch (status) {
-    case SMTPOUT_DNS_OK:
+    case MXDNS_OK:
         return "ok";
-    case SMTPOUT_DNS_NODATA:
+    case MXDNS_NODATA:
         return "nodata";
-    case SMTPOUT_DNS_NXDOMAIN:
+    case MXDNS_NXDOMAIN:
         return "nxdomain";
-    case SMTPOUT_DNS_NULLMX:
+    case MXDNS_NULLMX:
         return "nullmx";
-    case SMTPOUT_DNS_NOMX:
+    case MXDNS_NOMX:
         return "nomx";
-    case SMTPOUT_DNS_TEMPFAIL:
+    case MXDNS_TEMPFAIL:
         return "tempfail";
-    case SMTPOUT_DNS_CANCELLED:
+    case MXDNS_CANCELLED:
         return "cancelled";
     }
     return "?";
@@ -124,7 +124,7 @@ smtpout_dns_status_name(enum smtpout_dns_status status)
 static void
 dns_handle_closed(uv_handle_t *handle)
 {
-    struct smtpout_dns *dns;
+    struct mxdns *dns;
 
     if (handle->type == UV_POLL) {
         struct dns_poll *p = handle->data;
@@ -141,7 +141,7 @@ static void
 dns_poll_cb(uv_poll_t *handle, int status, int events)
 {
     struct dns_poll *p = handle->data;
-    struct smtpout_dns *dns = p->dns;
+    struct mxdns *dns = p->dns;
     ares_socket_t rfd = ARES_SOCKET_BAD, wfd = ARES_SOCKET_BAD;
 
     /* On a poll error let c-ares read: it will see the error and retry. */
@@ -154,7 +154,7 @@ dns_poll_cb(uv_poll_t *handle, int status, int events)
 }
 
 static struct dns_poll **
-dns_poll_find(struct smtpout_dns *dns, ares_socket_t fd)
+dns_poll_find(struct mxdns *dns, ares_socket_t fd)
 {
     struct dns_poll **pp;
 
@@ -168,7 +168,7 @@ dns_poll_find(struct smtpout_dns *dns, ares_socket_t fd)
 static void
 dns_sock_state(void *data, ares_socket_t fd, int readable, int writable)
 {
-    struct smtpout_dns *dns = data;
+    struct mxdns *dns = data;
     struct dns_poll **pp = dns_poll_find(dns, fd);
     struct dns_poll *p = *pp;
     int events = (readable ? UV_READABLE : 0) | (writable ? UV_WRITABLE : 0);
@@ -186,7 +186,7 @@ dns_sock_state(void *data, ares_socket_t fd, int readable, int writable)
         p->dns = dns;
         p->fd = fd;
         if (uv_poll_init_socket(dns->loop, &p->handle, fd) != 0) {
-            msg_warn("smtpout_dns: cannot watch resolver socket %d", fd);
+            msg_warn("mxdns: cannot watch resolver socket %d", fd);
             free(p);
             return;
         }
@@ -201,7 +201,7 @@ dns_sock_state(void *data, ares_socket_t fd, int readable, int writable)
 static void
 dns_timer_cb(uv_timer_t *timer)
 {
-    struct smtpout_dns *dns = timer->data;
+    struct mxdns *dns = timer->data;
 
     ares_process_fd(dns->channel, ARES_SOCKET_BAD, ARES_SOCKET_BAD);
     dns_update_timer(dns);
@@ -209,7 +209,7 @@ dns_timer_cb(uv_timer_t *timer)
 
 /* dns_update_timer - arm the timer for c-ares' next retransmission, if any */
 static void
-dns_update_timer(struct smtpout_dns *dns)
+dns_update_timer(struct mxdns *dns)
 {
     struct timeval tv, *next;
     uint64_t ms;
@@ -239,7 +239,7 @@ dns_lowercase(char *dst, const char *src, size_t size)
 }
 
 static const struct dns_answer *
-dns_cache_get(struct smtpout_dns *dns, const char *name, int type)
+dns_cache_get(struct mxdns *dns, const char *name, int type)
 {
     struct dns_cache_entry **pp = &dns->cache, *e;
     uint64_t now = uv_now(dns->loop);
@@ -260,7 +260,7 @@ dns_cache_get(struct smtpout_dns *dns, const char *name, int type)
 
 /* dns_cache_evict_one - drop the entry that expires first */
 static void
-dns_cache_evict_one(struct smtpout_dns *dns)
+dns_cache_evict_one(struct mxdns *dns)
 {
     struct dns_cache_entry **pp, **victim = NULL, *e;
 
@@ -276,15 +276,14 @@ dns_cache_evict_one(struct smtpout_dns *dns)
 }
 
 static void
-dns_cache_put(struct smtpout_dns *dns, const char *name, int type, const struct dns_answer *ans)
+dns_cache_put(struct mxdns *dns, const char *name, int type, const struct dns_answer *ans)
 {
     struct dns_cache_entry *e;
     unsigned ttl;
 
-    if (dns->cache_max_ttl == 0 ||
-        !(ans->status == SMTPOUT_DNS_OK || smtpout_dns_permanent(ans->status)))
+    if (dns->cache_max_ttl == 0 || !(ans->status == MXDNS_OK || mxdns_permanent(ans->status)))
         return;
-    ttl = ans->status == SMTPOUT_DNS_OK ? ans->ttl : dns->cache_negative_ttl;
+    ttl = ans->status == MXDNS_OK ? ans->ttl : dns->cache_negative_ttl;
     if (ttl > dns->cache_max_ttl)
         ttl = dns->cache_max_ttl;
     if (ttl == 0)
@@ -324,7 +323,7 @@ dns_raw_done(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
  * search list, the name is absolute
  */
 static void
-dns_send(struct smtpout_dns *dns, struct dns_raw_req *req)
+dns_send(struct mxdns *dns, struct dns_raw_req *req)
 {
     unsigned char *qbuf = NULL;
     int qlen = 0, status;
@@ -343,20 +342,19 @@ dns_send(struct smtpout_dns *dns, struct dns_raw_req *req)
 
 /* dns_raw_query - one query of TYPE for NAME, from the cache if possible */
 static void
-dns_raw_query(struct smtpout_dns *dns, const char *name, int type, dns_raw_cb cb, void *arg)
+dns_raw_query(struct mxdns *dns, const char *name, int type, dns_raw_cb cb, void *arg)
 {
     struct dns_raw_req *req;
     const struct dns_answer *cached;
-    char key[SMTPOUT_DNS_NAME_MAX + 1];
+    char key[MXDNS_NAME_MAX + 1];
     size_t len = strlen(name);
 
     if (len > 0 && name[len - 1] == '.')
         len--; /* "example.com." and "example.com" are one name */
-    if (dns->destroying || len == 0 || len > SMTPOUT_DNS_NAME_MAX) {
+    if (dns->destroying || len == 0 || len > MXDNS_NAME_MAX) {
         struct dns_answer *ans = xcalloc(1, sizeof *ans);
-        dns_answer_fail(ans, dns->destroying ? SMTPOUT_DNS_CANCELLED : SMTPOUT_DNS_NXDOMAIN,
-                        "(invalid name)", type,
-                        dns->destroying ? "resolver shut down" : "invalid domain name");
+        dns_answer_fail(ans, dns->destroying ? MXDNS_CANCELLED : MXDNS_NXDOMAIN, "(invalid name)",
+                        type, dns->destroying ? "resolver shut down" : "invalid domain name");
         cb(arg, ans);
         free(ans);
         return;
@@ -381,8 +379,8 @@ dns_raw_query(struct smtpout_dns *dns, const char *name, int type, dns_raw_cb cb
 /* --- address lookups: A and AAAA combined ----------------------------------------- */
 
 struct dns_addr_req {
-    struct smtpout_dns *dns;
-    smtpout_dns_addr_cb cb;
+    struct mxdns *dns;
+    mxdns_addr_cb cb;
     void *arg;
     int pending;
     int want_a, want_aaaa;
@@ -392,27 +390,27 @@ struct dns_addr_req {
 static void
 dns_addr_finish(struct dns_addr_req *req)
 {
-    struct sockaddr_storage addrs[SMTPOUT_DNS_MAX_ADDRS];
+    struct sockaddr_storage addrs[MXDNS_MAX_ADDRS];
     const struct dns_answer *first = req->want_a ? &req->a : &req->aaaa;
     const struct dns_answer *worst;
     size_t n = 0, i;
-    enum smtpout_dns_status status;
+    enum mxdns_status status;
 
-    for (i = 0; req->want_a && i < req->a.n && n < SMTPOUT_DNS_MAX_ADDRS; i++)
+    for (i = 0; req->want_a && i < req->a.n && n < MXDNS_MAX_ADDRS; i++)
         addrs[n++] = req->a.u.addr[i];
-    for (i = 0; req->want_aaaa && i < req->aaaa.n && n < SMTPOUT_DNS_MAX_ADDRS; i++)
+    for (i = 0; req->want_aaaa && i < req->aaaa.n && n < MXDNS_MAX_ADDRS; i++)
         addrs[n++] = req->aaaa.u.addr[i];
     int secure = (!req->want_a || req->a.secure) && (!req->want_aaaa || req->aaaa.secure);
 
     if (n > 0) {
-        req->cb(req->arg, SMTPOUT_DNS_OK, secure, "", addrs, n);
+        req->cb(req->arg, MXDNS_OK, secure, "", addrs, n);
     } else {
         /* No address: report the most hopeful failure (temporary beats
          * permanent: a SERVFAIL on AAAA must not turn NODATA on A into a bounce). */
         worst = first;
-        if (req->want_a && req->want_aaaa && !smtpout_dns_permanent(req->aaaa.status))
+        if (req->want_a && req->want_aaaa && !mxdns_permanent(req->aaaa.status))
             worst = &req->aaaa;
-        if (req->want_a && !smtpout_dns_permanent(req->a.status))
+        if (req->want_a && !mxdns_permanent(req->a.status))
             worst = &req->a;
         status = worst->status;
         req->cb(req->arg, status, secure, worst->why, NULL, 0);
@@ -441,8 +439,7 @@ dns_addr_aaaa_done(void *arg, const struct dns_answer *ans)
 }
 
 void
-smtpout_dns_addr(struct smtpout_dns *dns, const char *name, int family, smtpout_dns_addr_cb cb,
-                 void *arg)
+mxdns_addr(struct mxdns *dns, const char *name, int family, mxdns_addr_cb cb, void *arg)
 {
     struct dns_addr_req *req = xcalloc(1, sizeof *req);
 
@@ -469,21 +466,21 @@ struct dns_mx_host_req {
 };
 
 struct dns_mx_req {
-    struct smtpout_dns *dns;
-    smtpout_dns_mx_hosts_cb cb;
+    struct mxdns *dns;
+    mxdns_mx_hosts_cb cb;
     void *arg;
     int family;
     int allow_implicit;
     int mx_secure; /* the MX RRset had the AD bit */
-    char domain[SMTPOUT_DNS_NAME_MAX + 1];
+    char domain[MXDNS_NAME_MAX + 1];
     size_t nhosts;
     size_t pending;
-    struct smtpout_mx_host hosts[SMTPOUT_DNS_MAX_MX];
-    struct dns_mx_host_req sub[SMTPOUT_DNS_MAX_MX];
+    struct mxdns_host hosts[MXDNS_MAX_MX];
+    struct dns_mx_host_req sub[MXDNS_MAX_MX];
 };
 
 static uint64_t
-dns_random(struct smtpout_dns *dns)
+dns_random(struct mxdns *dns)
 {
     /* xorshift64*: only for shuffling equal-preference MX hosts */
     dns->rng ^= dns->rng >> 12;
@@ -494,10 +491,10 @@ dns_random(struct smtpout_dns *dns)
 
 /* dns_mx_sort - by preference; Fisher-Yates shuffle first makes ties random */
 static void
-dns_mx_sort(struct smtpout_dns *dns, struct smtpout_mx_host *h, size_t n)
+dns_mx_sort(struct mxdns *dns, struct mxdns_host *h, size_t n)
 {
     size_t i, j;
-    struct smtpout_mx_host tmp;
+    struct mxdns_host tmp;
 
     for (i = n; i > 1; i--) {
         j = (size_t)(dns_random(dns) % i);
@@ -517,17 +514,17 @@ dns_mx_sort(struct smtpout_dns *dns, struct smtpout_mx_host *h, size_t n)
 static void
 dns_mx_finish(struct dns_mx_req *req)
 {
-    req->cb(req->arg, SMTPOUT_DNS_OK, "", req->hosts, req->nhosts);
+    req->cb(req->arg, MXDNS_OK, "", req->hosts, req->nhosts);
     free(req);
 }
 
 static void
-dns_mx_host_addr_done(void *arg, enum smtpout_dns_status status, int secure, const char *why,
+dns_mx_host_addr_done(void *arg, enum mxdns_status status, int secure, const char *why,
                       const struct sockaddr_storage *addrs, size_t naddrs)
 {
     struct dns_mx_host_req *sub = arg;
     struct dns_mx_req *req = sub->mx;
-    struct smtpout_mx_host *h = &req->hosts[sub->index];
+    struct mxdns_host *h = &req->hosts[sub->index];
 
     (void)why;
     h->secure = req->mx_secure && secure;
@@ -541,13 +538,13 @@ dns_mx_host_addr_done(void *arg, enum smtpout_dns_status status, int secure, con
 
 /* dns_mx_implicit_done - the domain's own addresses, as its implicit MX */
 static void
-dns_mx_implicit_done(void *arg, enum smtpout_dns_status status, int secure, const char *why,
+dns_mx_implicit_done(void *arg, enum mxdns_status status, int secure, const char *why,
                      const struct sockaddr_storage *addrs, size_t naddrs)
 {
     struct dns_mx_req *req = arg;
-    struct smtpout_mx_host *h = &req->hosts[0];
+    struct mxdns_host *h = &req->hosts[0];
 
-    if (status != SMTPOUT_DNS_OK) {
+    if (status != MXDNS_OK) {
         req->cb(req->arg, status, why, NULL, 0);
         free(req);
         return;
@@ -556,7 +553,7 @@ dns_mx_implicit_done(void *arg, enum smtpout_dns_status status, int secure, cons
     h->implicit = 1;
     h->pref = 0;
     snprintf(h->name, sizeof h->name, "%s", req->domain);
-    h->addr_status = SMTPOUT_DNS_OK;
+    h->addr_status = MXDNS_OK;
     h->secure = req->mx_secure && secure; /* the validated denial of MX, and the addresses */
     h->naddrs = naddrs;
     memcpy(h->addrs, addrs, naddrs * sizeof *addrs);
@@ -570,16 +567,16 @@ dns_mx_records_done(void *arg, const struct dns_answer *ans)
     size_t i;
 
     req->mx_secure = ans->secure;
-    if (ans->status == SMTPOUT_DNS_NODATA) {
+    if (ans->status == MXDNS_NODATA) {
         if (!req->allow_implicit) {
-            req->cb(req->arg, SMTPOUT_DNS_NOMX, ans->why, NULL, 0);
+            req->cb(req->arg, MXDNS_NOMX, ans->why, NULL, 0);
             free(req);
             return;
         }
-        smtpout_dns_addr(req->dns, req->domain, req->family, dns_mx_implicit_done, req);
+        mxdns_addr(req->dns, req->domain, req->family, dns_mx_implicit_done, req);
         return;
     }
-    if (ans->status != SMTPOUT_DNS_OK) {
+    if (ans->status != MXDNS_OK) {
         req->cb(req->arg, ans->status, ans->why, NULL, 0);
         free(req);
         return;
@@ -588,7 +585,7 @@ dns_mx_records_done(void *arg, const struct dns_answer *ans)
     for (i = 0; i < ans->n; i++) {
         req->hosts[i].pref = ans->u.mx[i].pref;
         memcpy(req->hosts[i].name, ans->u.mx[i].name, sizeof req->hosts[i].name);
-        req->hosts[i].addr_status = SMTPOUT_DNS_TEMPFAIL;
+        req->hosts[i].addr_status = MXDNS_TEMPFAIL;
     }
     dns_mx_sort(req->dns, req->hosts, req->nhosts);
     /* Count all lookups before starting any: answers may come synchronously. */
@@ -598,13 +595,12 @@ dns_mx_records_done(void *arg, const struct dns_answer *ans)
         req->sub[i].index = i;
     }
     for (i = 0; i < req->nhosts; i++)
-        smtpout_dns_addr(req->dns, req->hosts[i].name, req->family, dns_mx_host_addr_done,
-                         &req->sub[i]);
+        mxdns_addr(req->dns, req->hosts[i].name, req->family, dns_mx_host_addr_done, &req->sub[i]);
 }
 
 void
-smtpout_dns_mx_hosts(struct smtpout_dns *dns, const char *domain, int family, int allow_implicit,
-                     smtpout_dns_mx_hosts_cb cb, void *arg)
+mxdns_mx_hosts(struct mxdns *dns, const char *domain, int family, int allow_implicit,
+               mxdns_mx_hosts_cb cb, void *arg)
 {
     struct dns_mx_req *req = xcalloc(1, sizeof *req);
     size_t len = strlen(domain);
@@ -614,8 +610,8 @@ smtpout_dns_mx_hosts(struct smtpout_dns *dns, const char *domain, int family, in
     req->arg = arg;
     req->family = family;
     req->allow_implicit = allow_implicit;
-    if (len > SMTPOUT_DNS_NAME_MAX)
-        len = SMTPOUT_DNS_NAME_MAX;
+    if (len > MXDNS_NAME_MAX)
+        len = MXDNS_NAME_MAX;
     memcpy(req->domain, domain, len);
     req->domain[len] = 0;
     dns_raw_query(dns, req->domain, ns_t_mx, dns_mx_records_done, req);
@@ -624,7 +620,7 @@ smtpout_dns_mx_hosts(struct smtpout_dns *dns, const char *domain, int family, in
 /* --- MX records alone (qmgr's rollups) ------------------------------------------------ */
 
 struct dns_mx_only_req {
-    smtpout_dns_mx_cb cb;
+    mxdns_mx_cb cb;
     void *arg;
 };
 
@@ -632,10 +628,10 @@ static void
 dns_mx_only_done(void *arg, const struct dns_answer *ans)
 {
     struct dns_mx_only_req *req = arg;
-    struct smtpout_mx mx[SMTPOUT_DNS_MAX_MX];
+    struct mxdns_mx mx[MXDNS_MAX_MX];
     size_t n = 0;
 
-    if (ans->status == SMTPOUT_DNS_OK) {
+    if (ans->status == MXDNS_OK) {
         for (; n < ans->n; n++) {
             size_t len;
 
@@ -646,7 +642,7 @@ dns_mx_only_done(void *arg, const struct dns_answer *ans)
         }
         /* by preference; stable, so equals keep the answer's order */
         for (size_t i = 1; i < n; i++) {
-            struct smtpout_mx tmp = mx[i];
+            struct mxdns_mx tmp = mx[i];
             size_t j;
 
             for (j = i; j > 0 && mx[j - 1].pref > tmp.pref; j--)
@@ -655,12 +651,12 @@ dns_mx_only_done(void *arg, const struct dns_answer *ans)
         }
     }
     req->cb(req->arg, ans->status, ans->why, n ? mx : NULL, n,
-            ans->status == SMTPOUT_DNS_OK ? ans->ttl : 0);
+            ans->status == MXDNS_OK ? ans->ttl : 0);
     free(req);
 }
 
 void
-smtpout_dns_mx(struct smtpout_dns *dns, const char *domain, smtpout_dns_mx_cb cb, void *arg)
+mxdns_mx(struct mxdns *dns, const char *domain, mxdns_mx_cb cb, void *arg)
 {
     struct dns_mx_only_req *req = xcalloc(1, sizeof *req);
 
@@ -680,19 +676,18 @@ static void
 dns_tlsa_done(void *arg, const struct dns_answer *ans)
 {
     struct dns_cb_req *req = arg;
-    smtpout_dns_tlsa_cb cb = (smtpout_dns_tlsa_cb)req->cb;
+    mxdns_tlsa_cb cb = (mxdns_tlsa_cb)req->cb;
 
-    cb(req->arg, ans->status, ans->secure, ans->why,
-       ans->status == SMTPOUT_DNS_OK ? ans->u.tlsa : NULL, ans->n);
+    cb(req->arg, ans->status, ans->secure, ans->why, ans->status == MXDNS_OK ? ans->u.tlsa : NULL,
+       ans->n);
     free(req);
 }
 
 void
-smtpout_dns_tlsa(struct smtpout_dns *dns, const char *host, unsigned port, smtpout_dns_tlsa_cb cb,
-                 void *arg)
+mxdns_tlsa(struct mxdns *dns, const char *host, unsigned port, mxdns_tlsa_cb cb, void *arg)
 {
     struct dns_cb_req *req = xcalloc(1, sizeof *req);
-    char name[SMTPOUT_DNS_NAME_MAX + 32];
+    char name[MXDNS_NAME_MAX + 32];
 
     req->cb = (void *)cb;
     req->arg = arg;
@@ -704,17 +699,17 @@ static void
 dns_txt_done(void *arg, const struct dns_answer *ans)
 {
     struct dns_cb_req *req = arg;
-    smtpout_dns_txt_cb cb = (smtpout_dns_txt_cb)req->cb;
-    const char *txts[SMTPOUT_DNS_MAX_TXT];
+    mxdns_txt_cb cb = (mxdns_txt_cb)req->cb;
+    const char *txts[MXDNS_MAX_TXT];
 
-    for (size_t i = 0; i < ans->n && i < SMTPOUT_DNS_MAX_TXT; i++)
+    for (size_t i = 0; i < ans->n && i < MXDNS_MAX_TXT; i++)
         txts[i] = ans->u.txt[i];
-    cb(req->arg, ans->status, ans->why, txts, ans->status == SMTPOUT_DNS_OK ? ans->n : 0);
+    cb(req->arg, ans->status, ans->why, txts, ans->status == MXDNS_OK ? ans->n : 0);
     free(req);
 }
 
 void
-smtpout_dns_txt(struct smtpout_dns *dns, const char *name, smtpout_dns_txt_cb cb, void *arg)
+mxdns_txt(struct mxdns *dns, const char *name, mxdns_txt_cb cb, void *arg)
 {
     struct dns_cb_req *req = xcalloc(1, sizeof *req);
 
@@ -726,10 +721,9 @@ smtpout_dns_txt(struct smtpout_dns *dns, const char *name, smtpout_dns_txt_cb cb
 /* --- life cycle ------------------------------------------------------------------- */
 
 int
-smtpout_dns_create(uv_loop_t *loop, const struct smtpout_dns_options *opts,
-                   struct smtpout_dns **out)
+mxdns_create(uv_loop_t *loop, const struct mxdns_options *opts, struct mxdns **out)
 {
-    struct smtpout_dns *dns = xcalloc(1, sizeof *dns);
+    struct mxdns *dns = xcalloc(1, sizeof *dns);
     struct ares_options ao;
     int optmask, status;
     char lookups[] = "b"; /* DNS only: never /etc/hosts */
@@ -759,13 +753,13 @@ smtpout_dns_create(uv_loop_t *loop, const struct smtpout_dns_options *opts,
               ARES_OPT_DOMAINS;
     status = ares_init_options(&dns->channel, &ao, optmask);
     if (status != ARES_SUCCESS) {
-        msg_warn("smtpout_dns: c-ares init: %s", ares_strerror(status));
+        msg_warn("mxdns: c-ares init: %s", ares_strerror(status));
         goto fail_library;
     }
     if (opts->name_servers && *opts->name_servers) {
         status = ares_set_servers_ports_csv(dns->channel, opts->name_servers);
         if (status != ARES_SUCCESS) {
-            msg_warn("smtpout_dns: bad name server list \"%s\": %s", opts->name_servers,
+            msg_warn("mxdns: bad name server list \"%s\": %s", opts->name_servers,
                      ares_strerror(status));
             ares_destroy(dns->channel);
             ares_library_cleanup();
@@ -786,7 +780,7 @@ fail_library:
 }
 
 void
-smtpout_dns_destroy(struct smtpout_dns *dns)
+mxdns_destroy(struct mxdns *dns)
 {
     struct dns_cache_entry *e;
     struct dns_poll *p;
