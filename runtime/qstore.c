@@ -518,6 +518,8 @@ qstore_open(struct qstore **qsp, const char *dir, const struct qstore_opts *opts
     qs->flags = o->flags;
     if (o->flags & QSTORE_NOSYNC)
         envfl |= MDB_NOSYNC;
+    else if (!(o->flags & QSTORE_RDONLY))
+        envfl |= MDB_NOMETASYNC; /* one sync per commit: see DURABILITY in qstore.h */
     if (o->flags & QSTORE_RDONLY)
         envfl |= MDB_RDONLY;
     if (!(o->flags & QSTORE_RDONLY) && mkdir(dir, 0700) < 0 && errno != EEXIST) {
@@ -566,6 +568,13 @@ qstore_sync(struct qstore *qs)
 {
     qstore__check_owner(qs);
     return qstore__err(mdb_env_sync(qs->env, 1));
+}
+
+/* qstore_sync_on - see qstore.h */
+int
+qstore_sync_on(const struct qstore *qs)
+{
+    return !(qs->flags & (QSTORE_NOSYNC | QSTORE_RDONLY));
 }
 
 /* db_entries - number of records in DBI */
@@ -1006,8 +1015,10 @@ qstore_wtxn_failed(const struct qstore_wtxn *w)
     return w->failed;
 }
 
-int
-qstore_wtxn_commit(struct qstore_wtxn *w)
+/* commit_unsynced - commit W: its pages are synced, the meta page that makes them the
+ * current state is written but not synced (MDB_NOMETASYNC); frees W. 0 or -errno */
+static int
+commit_unsynced(struct qstore_wtxn *w)
 {
     uint8_t next[8];
     MDB_val k = { strlen(META_NEXT_ID), META_NEXT_ID }, v = { sizeof next, next };
@@ -1026,11 +1037,30 @@ qstore_wtxn_commit(struct qstore_wtxn *w)
             return qstore__err(rc);
         }
     }
-    /* with sync on, this returns only after fsync: the durability point */
     rc = qstore__err(mdb_txn_commit(w->txn));
     if (rc == -EIO && qstore__disk_full(w->qs))
         rc = -ENOSPC; /* LMDB's word for a short write */
     free(w);
+    return rc;
+}
+
+/* qstore_wtxn_commit_lazy - see qstore.h */
+int
+qstore_wtxn_commit_lazy(struct qstore_wtxn *w)
+{
+    return commit_unsynced(w);
+}
+
+/* qstore_wtxn_commit - see qstore.h */
+int
+qstore_wtxn_commit(struct qstore_wtxn *w)
+{
+    struct qstore *qs = w->qs;
+    int rc = commit_unsynced(w);
+
+    /* with sync on, the meta page's sync is the durability point */
+    if (rc == 0 && qstore_sync_on(qs))
+        rc = qstore_sync(qs);
     return rc;
 }
 

@@ -129,15 +129,41 @@
  * DURABILITY AND GROUPING
  *   - A message is written in ONE transaction: after a crash at any moment it
  *     is either entirely present (msg, every rcpt, every body chunk) or absent.
- *   - A submission's callback reports success only after mdb_txn_commit()
- *     returned 0 with sync on (the default): only then may cleanup let smtpd
- *     send 250. With QSTORE_NOSYNC (`sync-msg-create no`) the commit is not
- *     fsynced and a power cut may lose acknowledged mail; a process crash
- *     cannot, because the pages are in the kernel.
+ *   - How an LMDB commit reaches the disk: it writes the transaction's pages,
+ *     syncs the data file (fdatasync), and only then writes the meta page
+ *     that makes those pages the current state. Stock LMDB writes that meta
+ *     page with O_DSYNC: two device flushes per commit. A writer here opens
+ *     the environment with MDB_NOMETASYNC: the meta page is written but not
+ *     synced, one flush per commit. LMDB keeps two meta pages and recovers to
+ *     the newer valid one, so an unsynced meta page can only be lost, never
+ *     make the store inconsistent (lmdb.h: "preserves ACI but not D").
+ *   - THE DURABILITY POINT. The meta page of commit N is on the disk once
+ *     any later fdatasync of the data file has returned: commit N+1's own
+ *     data sync (in this or another process), or mdb_env_sync(). Every
+ *     commit syncs its data before it writes its meta page, so whatever meta
+ *     page the disk holds names pages that were already durable, and page
+ *     reuse never overwrites the pages of the last two commits. Hence:
+ *       qstore_wtxn_commit()       commit, then mdb_env_sync(): durable on
+ *                                  return (two flushes, as stock LMDB);
+ *       qstore_wtxn_commit_lazy()  commit only: durable once a later
+ *                                  qstore_wtxn_commit*() or qstore_sync() of
+ *                                  this store has returned 0.
+ *     A process crash cannot undo a lazy commit (the meta page is in the
+ *     kernel's page cache); a power cut or kernel crash before the next sync
+ *     can, which is why nothing is acknowledged before it.
+ *   - A submission's callback reports success only once its transaction is
+ *     durable in that sense, with sync on (the default): only then may
+ *     cleanup let smtpd send 250. With QSTORE_NOSYNC (`sync-msg-create no`)
+ *     nothing is fsynced and a power cut may lose acknowledged mail; a
+ *     process crash cannot, because the pages are in the kernel.
  *   - qstore_group batches submissions and outcomes (up to a batch size)
- *     into one write transaction and one sync, run on the libuv thread pool.
- *     One commit at a time per group; what arrives during a commit forms the
- *     next batch; an idle group commits on its next loop turn.
+ *     into one write transaction, run on the libuv thread pool, and commits
+ *     it lazily: batch N's callbacks run when the commit of batch N+1 has
+ *     returned (its data sync carried N's meta page), or, when nothing else
+ *     arrived, after an explicit sync. Under load that is one flush per
+ *     batch instead of two, at the price of one more batch of latency; a
+ *     lone message still costs two flushes. One transaction at a time per
+ *     group; what arrives during a commit forms the next batch.
  *   - MDB_MAP_FULL and a full disk (LMDB: a short write, EIO) are -ENOSPC:
  *     the transaction is aborted, nothing committed is harmed, and the
  *     environment stays usable. A batch that fills the map is retried one
@@ -294,8 +320,11 @@ int qstore_open_spool(struct qstore **qs, const struct cfg *c, const char *spool
                       char **dirp);
 /* qstore_close - close the environment; no transaction may be active */
 void qstore_close(struct qstore *qs);
-/* qstore_sync - force a sync (for QSTORE_NOSYNC users, e.g. at shutdown) */
+/* qstore_sync - fdatasync the data file (with sync on, the durability point of every lazy
+ * commit before it; see DURABILITY); 0 or -errno */
 int qstore_sync(struct qstore *qs);
+/* qstore_sync_on - 1 when commits sync (neither QSTORE_NOSYNC nor QSTORE_RDONLY) */
+int qstore_sync_on(const struct qstore *qs);
 
 /*
  * SPACE. The queue is full when the LMDB map or the disk under it is. What a
@@ -400,8 +429,11 @@ int qstore_get_mark(struct qstore *qs, const char *name, uint64_t *value);
 int qstore_wtxn_put_warmup(struct qstore_wtxn *w, const char *key, const struct qstore_warmup *st);
 /* qstore_wtxn_failed - nonzero (-errno) once the transaction must be aborted */
 int qstore_wtxn_failed(const struct qstore_wtxn *w);
-/* qstore_wtxn_commit - commit (and sync unless QSTORE_NOSYNC); frees W. 0 or -errno */
+/* qstore_wtxn_commit - commit, durable on return unless QSTORE_NOSYNC; frees W. 0 or -errno */
 int qstore_wtxn_commit(struct qstore_wtxn *w);
+/* qstore_wtxn_commit_lazy - commit; durable only once a later commit or qstore_sync() of this
+ * store returned 0 (see DURABILITY); frees W. 0 or -errno */
+int qstore_wtxn_commit_lazy(struct qstore_wtxn *w);
 /* qstore_wtxn_abort - drop everything W did; frees W */
 void qstore_wtxn_abort(struct qstore_wtxn *w);
 

@@ -1,13 +1,17 @@
 /*
  * qstore_group.c - the group committer: many queue writes, one transaction, one sync
  *
- * Owns the pending-operation list, the window timer (0 ms by default: it only
- * defers an idle group's commit to the next loop turn) and the one uv_work_t
- * of a group. Threading: a batch is detached from the pending list on the loop
- * thread, handed whole to a thread-pool thread (which alone touches it while
- * the transaction runs, begin to commit on that same thread as LMDB requires),
- * and handed back to the loop thread in the after-work callback. Nothing else
- * is shared, so no locks.
+ * Owns the pending-operation list, the limbo list (ops whose transaction is
+ * committed lazily but not yet durable: qstore.h, DURABILITY), the window
+ * timer (0 ms by default: it only defers an idle group's commit to the next
+ * loop turn) and the one uv_work_t of a group. The work is either a batch's
+ * transaction (qstore_wtxn_commit_lazy) or, when nothing else came, a bare
+ * qstore_sync(); either one, when it succeeds, makes the limbo durable, and
+ * only then do the limbo's callbacks run. Threading: a batch is detached
+ * from the pending list on the loop thread, handed whole to a thread-pool
+ * thread (which alone touches it while the transaction runs, begin to commit
+ * on that same thread as LMDB requires), and handed back to the loop thread
+ * in the after-work callback. Nothing else is shared, so no locks.
  *
  * SECURITY: not exposed to peers; it moves records encoded by qstore.c.
  */
@@ -41,9 +45,11 @@ struct group_op {
 
 struct batch {
     struct group_op *ops;
-    size_t nops;
+    size_t nops; /* 0: a bare sync for the limbo */
     /* filled in by the pool thread, read on the loop thread afterwards */
     unsigned commits, failed, fallback;
+    int synced;  /* a commit or the sync returned 0: every earlier lazy commit is durable */
+    int sync_rc; /* a bare sync's result */
     double ms;
 };
 
@@ -54,7 +60,9 @@ struct qstore_group {
     uv_work_t work;
     struct group_op *pend_head, **pend_tail;
     size_t npend;
-    struct batch batch; /* valid while busy */
+    struct group_op *limbo_head, **limbo_tail; /* committed, waiting for a sync */
+    int lazy;                                  /* sync on: commits are lazy, acks wait */
+    struct batch batch;                        /* valid while busy */
     int busy, timer_armed, closing;
     unsigned window_ms, pace_ms, max_batch;
     uint64_t last_start; /* uv_now() when the last commit began */
@@ -103,11 +111,13 @@ run_txn(struct qstore *qs, struct group_op *ops, size_t n, struct batch *b)
         if (qstore_wtxn_failed(w))
             break;
     }
-    rc = qstore_wtxn_commit(w); /* aborts by itself when poisoned */
-    if (rc == 0)
+    rc = qstore_wtxn_commit_lazy(w); /* aborts by itself when poisoned */
+    if (rc == 0) {
         b->commits++;
-    else
+        b->synced = 1; /* its data sync carried every earlier meta page */
+    } else {
         b->failed++;
+    }
     return rc;
 }
 
@@ -133,8 +143,15 @@ work_cb(uv_work_t *req)
     struct qstore_group *g = req->data;
     struct batch *b = &g->batch;
     uint64_t t0 = uv_hrtime();
-    int rc = run_txn(g->qs, b->ops, b->nops, b);
+    int rc;
 
+    if (b->nops == 0) { /* nothing new came: sync for the limbo */
+        b->sync_rc = qstore_sync(g->qs);
+        b->synced = b->sync_rc == 0;
+        b->ms = (double)(uv_hrtime() - t0) / 1e6;
+        return;
+    }
+    rc = run_txn(g->qs, b->ops, b->nops, b);
     if (rc < 0 && b->nops > 1) {
         b->fallback = 1;
         for (struct group_op *op = b->ops; op; op = op->next)
@@ -149,6 +166,7 @@ work_cb(uv_work_t *req)
 /* ---- the loop-thread side ----------------------------------------------------- */
 
 static void start_commit(struct qstore_group *g);
+static void start_sync(struct qstore_group *g);
 static void on_window(uv_timer_t *t);
 
 /* take_batch - detach up to max_batch ops / max_bytes of messages from pending */
@@ -191,6 +209,7 @@ free_op(struct group_op *op)
 static void
 account(struct qstore_group *g, const struct batch *b)
 {
+    g->st.syncs += b->nops == 0;
     g->st.commits += b->commits;
     g->st.failed += b->failed;
     g->st.fallbacks += b->fallback;
@@ -212,11 +231,11 @@ on_closed(uv_handle_t *h)
         cb(arg);
 }
 
-/* maybe_finish_close - once nothing is pending or running, close the timer */
+/* maybe_finish_close - once nothing is pending, running or waiting for a sync, close the timer */
 static void
 maybe_finish_close(struct qstore_group *g)
 {
-    if (g->closing == 1 && !g->busy && g->npend == 0) {
+    if (g->closing == 1 && !g->busy && g->npend == 0 && g->limbo_head == NULL) {
         g->closing = 2;
         uv_close((uv_handle_t *)&g->timer, on_closed);
     }
@@ -231,19 +250,79 @@ pace_wait(struct qstore_group *g)
     return g->pace_ms == 0 || g->last_start == 0 || next <= now ? 0 : next - now;
 }
 
-/* commit_after - commit the pending ops in DELAY ms; a full batch or a close cannot wait */
+/* arm - run on_window in DELAY ms (unless it is already armed) */
 static void
-commit_after(struct qstore_group *g, uint64_t delay)
+arm(struct qstore_group *g, uint64_t delay)
 {
-    if (delay == 0 || g->npend >= g->max_batch || g->closing) {
-        start_commit(g);
-    } else if (!g->timer_armed) {
+    if (!g->timer_armed) {
         g->timer_armed = 1;
         uv_timer_start(&g->timer, on_window, delay, 0);
     }
 }
 
-/* after_work_cb - back on the loop: report, then start the next batch */
+/* commit_after - commit the pending ops in DELAY ms; a full batch or a close cannot wait */
+static void
+commit_after(struct qstore_group *g, uint64_t delay)
+{
+    if (delay == 0 || g->npend >= g->max_batch || g->closing)
+        start_commit(g);
+    else
+        arm(g, delay);
+}
+
+/* complete - run the callbacks of the ops from OPS on (their statuses are final) and free them */
+static void
+complete(struct qstore_group *g, struct group_op *ops)
+{
+    for (struct group_op *op = ops, *next; op; op = next) {
+        next = op->next;
+        if (op->kind == OP_PUT && op->status == 0)
+            g->st.msgs++;
+        if (op->cb)
+            op->cb(op->arg, op->status, op->status == 0 || op->kind != OP_PUT ? op->msgid : 0);
+        free_op(op);
+    }
+}
+
+/* settle - B's ops: failed ones are final now, committed ones wait in the limbo for a sync
+ * (or are final now when commits sync by themselves) */
+static void
+settle(struct qstore_group *g, struct group_op *ops)
+{
+    struct group_op *done = NULL, **done_tail = &done;
+
+    for (struct group_op *op = ops, *next; op; op = next) {
+        next = op->next;
+        op->next = NULL;
+        if (g->lazy && op->status == 0) {
+            *g->limbo_tail = op;
+            g->limbo_tail = &op->next;
+        } else {
+            *done_tail = op;
+            done_tail = &op->next;
+        }
+    }
+    complete(g, done);
+}
+
+/* release_limbo - the limbo is durable (RC 0) or its sync failed (RC < 0): report it */
+static void
+release_limbo(struct qstore_group *g, int rc)
+{
+    struct group_op *ops = g->limbo_head;
+
+    g->limbo_head = NULL;
+    g->limbo_tail = &g->limbo_head;
+    for (struct group_op *op = ops; rc < 0 && op; op = op->next) {
+        op->status =
+            rc; /* committed, perhaps durable: cleanup answers 4xx, a retry may duplicate */
+        if (op->kind == OP_PUT)
+            op->msgid = 0;
+    }
+    complete(g, ops);
+}
+
+/* after_work_cb - back on the loop: report what is durable, then start what comes next */
 static void
 after_work_cb(uv_work_t *req, int status)
 {
@@ -254,22 +333,21 @@ after_work_cb(uv_work_t *req, int status)
         mark_all(b.ops, b.nops, -ECANCELED);
     g->busy = 0;
     account(g, &b);
-    for (struct group_op *op = b.ops, *next; op; op = next) {
-        next = op->next;
-        if (op->kind == OP_PUT && op->status == 0)
-            g->st.msgs++;
-        if (op->cb)
-            op->cb(op->arg, op->status, op->status == 0 || op->kind != OP_PUT ? op->msgid : 0);
-        free_op(op);
-    }
-    /* what arrived during the commit has waited long enough, unless paced */
-    if (!g->busy && g->npend > 0)
+    /* the limbo before this work: durable if it synced, failed if its bare sync did */
+    if (b.synced || (b.nops == 0 && b.sync_rc < 0))
+        release_limbo(g, b.synced ? 0 : b.sync_rc);
+    settle(g, b.ops);
+    if (g->busy) /* a callback started the next batch */
+        return;
+    if (g->npend > 0) /* it also carries the limbo's meta page to the disk */
         commit_after(g, pace_wait(g));
+    else if (g->limbo_head != NULL)
+        g->pace_ms && !g->closing ? arm(g, g->pace_ms) : start_sync(g);
     maybe_finish_close(g);
 }
 
 static void
-start_commit(struct qstore_group *g)
+start_work(struct qstore_group *g)
 {
     int rc;
 
@@ -277,11 +355,25 @@ start_commit(struct qstore_group *g)
         uv_timer_stop(&g->timer);
         g->timer_armed = 0;
     }
-    take_batch(g);
     g->busy = 1;
-    g->last_start = uv_now(g->loop);
     if ((rc = uv_queue_work(g->loop, &g->work, work_cb, after_work_cb)) != 0)
         msg_panic("qstore_group: uv_queue_work: %s", uv_strerror(rc));
+}
+
+static void
+start_commit(struct qstore_group *g)
+{
+    take_batch(g);
+    g->last_start = uv_now(g->loop);
+    start_work(g);
+}
+
+/* start_sync - a bare sync for the limbo (nothing new to commit) */
+static void
+start_sync(struct qstore_group *g)
+{
+    memset(&g->batch, 0, sizeof g->batch);
+    start_work(g);
 }
 
 static void
@@ -290,8 +382,12 @@ on_window(uv_timer_t *t)
     struct qstore_group *g = t->data;
 
     g->timer_armed = 0;
-    if (!g->busy && g->npend > 0)
+    if (g->busy)
+        return;
+    if (g->npend > 0)
         start_commit(g);
+    else if (g->limbo_head != NULL)
+        start_sync(g);
 }
 
 /*
@@ -311,11 +407,14 @@ enqueue(struct qstore_group *g, struct group_op *op)
         return; /* after_work_cb starts the next batch */
     if (g->npend >= g->max_batch || g->closing) {
         start_commit(g);
-    } else if (!g->timer_armed) {
+    } else {
         uint64_t pace = pace_wait(g);
 
-        g->timer_armed = 1;
-        uv_timer_start(&g->timer, on_window, pace > g->window_ms ? pace : g->window_ms, 0);
+        if (g->timer_armed && g->limbo_head != NULL && pace <= g->window_ms) {
+            uv_timer_stop(&g->timer); /* a paced group's limbo sync: the commit covers it now */
+            g->timer_armed = 0;
+        }
+        arm(g, pace > g->window_ms ? pace : g->window_ms);
     }
 }
 
@@ -348,6 +447,8 @@ qstore_group_new(struct qstore_group **gp, uv_loop_t *loop, struct qstore *qs,
     g->timer.data = g;
     g->work.data = g;
     g->pend_tail = &g->pend_head;
+    g->limbo_tail = &g->limbo_head;
+    g->lazy = qstore_sync_on(qs);
     g->window_ms = opts ? opts->window_ms : QSTORE_GROUP_WINDOW_MS;
     g->pace_ms = opts ? opts->pace_ms : 0;
     g->max_batch = opts && opts->max_batch ? opts->max_batch : QSTORE_GROUP_MAX_BATCH;
@@ -441,12 +542,18 @@ qstore_group_flush(struct qstore_group *g)
 {
     if (!g->busy && g->npend > 0)
         start_commit(g);
+    else if (!g->busy && g->limbo_head != NULL)
+        start_sync(g);
 }
 
 size_t
 qstore_group_pending(const struct qstore_group *g)
 {
-    return g->npend + (g->busy ? g->batch.nops : 0);
+    size_t n = g->npend + (g->busy ? g->batch.nops : 0);
+
+    for (const struct group_op *op = g->limbo_head; op; op = op->next)
+        n++;
+    return n;
 }
 
 void

@@ -3,7 +3,11 @@
  *
  * The group committer writes many write operations in ONE LMDB write
  * transaction with ONE sync, on the libuv thread pool (uv_queue_work), so the
- * event loop keeps serving while the disk syncs. One commit runs at a time per
+ * event loop keeps serving while the disk syncs. With sync on, a transaction
+ * is committed lazily (qstore.h, DURABILITY) and its callbacks run once the
+ * next one has committed (or, when nothing more came, once a bare sync has
+ * returned): one flush per transaction under load, never an answer before
+ * the data is durable. One commit runs at a time per
  * group; what arrives meanwhile forms the next batch (up to a batch size) and
  * is committed as soon as the running one finishes. An idle group does not
  * wait for company: it commits on the next loop turn (or after an optional
@@ -58,7 +62,8 @@ typedef void (*qstore_group_cb)(void *arg, int status, uint64_t msgid);
 typedef void (*qstore_group_close_cb)(void *arg);
 
 struct qstore_group_stats {
-    uint64_t commits;   /* transactions committed (= syncs unless nosync) */
+    uint64_t commits;   /* transactions committed (one data sync each unless nosync) */
+    uint64_t syncs;     /* bare syncs (for a limbo nothing else carried to the disk) */
     uint64_t failed;    /* transactions that failed or were aborted */
     uint64_t ops;       /* operations completed (any status) */
     uint64_t msgs;      /* messages stored */
