@@ -260,6 +260,18 @@ with Redis() as redis, Dnsmasq(mx=mx, hosts=hosts, local=["test"]) as dns, \
     tap.ok(rc == 0 and all(log_time(p, pat, m) for p, m in zip(nodes, marks)),
            "pmtactl set queue --mode=normal on node 3 ends it on all three", out)
 
+    # disable-source / enable source from one node: the others take the operator's word
+    marks = [p.log_mark() for p in nodes]
+    rc, out = n1.ctl("disable", "source", "127.0.0.31")
+    pat = r"source 127\.0\.0\.31 disabled on node node1's word \(pmtactl\)"
+    tap.ok(rc == 0 and all(log_time(p, pat, m) for p, m in zip(nodes[1:], marks[1:])),
+           "pmtactl disable source on node 1 disables it on nodes 2 and 3", out)
+    marks = [p.log_mark() for p in nodes]
+    rc, out = n1.ctl("enable", "source", "127.0.0.31")
+    pat = r"source 127\.0\.0\.31 enabled on node node1's word \(pmtactl\)"
+    tap.ok(rc == 0 and all(log_time(p, pat, m) for p, m in zip(nodes[1:], marks[1:])),
+           "pmtactl enable source on node 1 enables it on nodes 2 and 3", out)
+
     # --- 3. the leases of a dead node die with it -----------------------------------------------
     ls = ["ls2-%d@ls.test" % i for i in range(3)]
     send_each(n2.port, ls, SENDER)
