@@ -760,8 +760,8 @@ def sync_calls(sync):
 
 def check_sync(tap):
     """sync-msg-create: commits are fsynced (yes, the default) or not (no), seen by strace."""
-    if not shutil.which("strace"):
-        tap.skip("sync-msg-create yes/no seen by strace", "strace is not installed")
+    if not shutil.which("strace"):  # build-aux/install-deps installs it: a missing step
+        tap.ok(False, "sync-msg-create yes/no seen by strace", "strace is not installed")
         return
     on, off = sync_calls("yes"), sync_calls("no")
     tap.ok(on is not None and off is not None and on >= 1 and off == 0,
