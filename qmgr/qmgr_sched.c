@@ -45,12 +45,16 @@ static uint32_t defer_timer_due = UINT32_MAX;
 
 /* --- adding recipients ------------------------------------------------------------------- */
 
+#define RECEIVED_SKEW_S 5
+
 struct scan_ctx {
     uint64_t last_msgid;
     uint32_t last_msg;
     struct qqueue *last_queue;
     uint32_t now_tick;
     uint64_t added;
+    uint64_t received_since; /* rebuild: never-attempted recipients queued since then */
+    uint64_t received;       /* ... how many */
 };
 
 /* add_sched - one recipient record of the store joins the schedule */
@@ -78,6 +82,7 @@ add_sched(const struct qstore_sched *s, void *arg)
     else
         qmgr_ready_arrive(q, r);
     c->added++;
+    c->received += c->received_since && s->attempts == 0 && s->queued_at >= c->received_since;
     return 0;
 }
 
@@ -103,8 +108,14 @@ qmgr_sched_rebuild(void)
         return err;
     qmgr_rcpt_reserve(info.recipients + 1024);
     scan_ctx_init(&c);
+    /* Mail smtpd accepted while this qmgr was starting is received traffic too (the
+     * monitor's chart): never attempted and queued since shortly before our start (the
+     * workers start together; a few seconds cover their skew). */
+    c.received_since = S.start_wall > RECEIVED_SKEW_S ? S.start_wall - RECEIVED_SKEW_S : 1;
     if ((err = qstore_scan(S.qs, add_sched, &c, &st)) < 0)
         return err;
+    if (c.received)
+        qmgr_traffic_count(QT_RECEIVED, qmgr_wall(), c.received);
     /* Ids allocated before the scan's snapshot are all in it (one writer at
      * a time allocates them in commit order). */
     S.scanned_below = info.next_msgid > c.last_msgid + 1 ? info.next_msgid : c.last_msgid + 1;

@@ -111,10 +111,18 @@ def main():
         p.start()
         send_each(p.port, ["throttle@rate.test"])
         wait_for(lambda: any(e["reply"] == 421 for e in rx.events("rcpt")), timeout=10)
+        # dead.test's second message must find the queue in retry mode (after the first
+        # one's refused connection), not share a connection attempt with it
+        send_each(p.port, ["d0@dead.test"])
+        wait_for(lambda: "refused" in queues(p).get("dead.test/{default}", {})
+                 .get("last_error", ""), timeout=15, interval=0.2)
+        send_each(p.port, ["d1@dead.test"])
         send_each(p.port, ["r%d@rate.test" % i for i in range(5)])
-        send_each(p.port, ["s%d@src.test" % i for i in range(8)], SENDER, vmta="v21")
-        send_each(p.port, ["c%d@cap.test" % i for i in range(8)] +
-               ["d%d@dead.test" % i for i in range(2)] + ["h%d@held.test" % i for i in range(10)])
+        # enough behind the slow receiver (2 s a message) that the source and connection
+        # limits still hold when the slowest of the others is reached, even under ASan
+        send_each(p.port, ["s%d@src.test" % i for i in range(16)], SENDER, vmta="v21")
+        send_each(p.port, ["c%d@cap.test" % i for i in range(14)] +
+                  ["h%d@held.test" % i for i in range(10)])
         p.ctl("pause", "queue", "held.test")
         got = {}
 
@@ -167,7 +175,7 @@ def main():
 
         # a queue whose mail is all gone is held back by nothing
         wait_for(lambda: queues(p).get("cap.test/{default}", {}).get("recipients") == 0,
-                 timeout=30)
+                 timeout=60)
         q = queues(p).get("cap.test/{default}", {})
         tap.ok(q.get("recipients") == 0 and q.get("limit") == "",
                "a queue with nothing left to send: no limit named", q)
