@@ -17,6 +17,19 @@ static void (*wake_hook)(void);
 
 /* --- the local backend -------------------------------------------------------------------- */
 
+/*
+ * rate_base - where a batch taken at NOW is charged from: TAT, or, when TAT lies
+ * in the past, no earlier than NOW minus the lateness tolerance (qmgr_limit.h)
+ */
+static uint64_t
+rate_base(const struct qlim *l, uint64_t now_ns)
+{
+    uint64_t late = l->flags & QLIM_DEBT ? 0 : l->late_ns;
+    uint64_t floor = now_ns > late ? now_ns - late : 0;
+
+    return l->tat_ns > floor ? l->tat_ns : floor;
+}
+
 static uint32_t
 local_room(struct qlim *l, uint64_t now_ns)
 {
@@ -48,7 +61,7 @@ local_take(struct qlim *l, uint64_t n, uint64_t now_ns)
         l->used += n;
         return;
     }
-    l->tat_ns = (l->tat_ns > now_ns ? l->tat_ns : now_ns) + l->unit_ns * n;
+    l->tat_ns = rate_base(l, now_ns) + l->unit_ns * n;
 }
 
 static void
@@ -84,10 +97,16 @@ local_release(struct qlim *l)
 static void
 local_set(struct qlim *l)
 {
-    if (l->kind == QLIM_RATE && l->count > 0)
-        l->unit_ns = ((uint64_t)(l->period_s > 0 ? l->period_s : 1) * 1000000000u +
-                      QLIM_PACING_MS * 1000000u) /
+    uint64_t margin = QLIM_PACING_MS * 1000000ull;
+
+    if (l->kind == QLIM_RATE && l->count > 0) {
+        l->unit_ns = ((uint64_t)(l->period_s > 0 ? l->period_s : 1) * 1000000000u + margin) /
                      (uint64_t)l->count;
+        /* half of what the margin leaves after one spacing, at most QLIM_LATE_MAX_MS */
+        l->late_ns = l->unit_ns < margin ? (margin - l->unit_ns) / 2 : 0;
+        if (l->late_ns > QLIM_LATE_MAX_MS * 1000000ull)
+            l->late_ns = QLIM_LATE_MAX_MS * 1000000ull;
+    }
 }
 
 static void
