@@ -150,9 +150,12 @@ msg_json(const struct qstore_msg *m)
                      (json_int_t)e->nrcpt, "recipients", rc);
 }
 
-/* dump_one - print message ID; 0 or -errno (reported) */
+/*
+ * dump_one - print message ID; 0 or -errno (reported). With MAY_BE_GONE a message
+ * that left the queue since the scan (a running pmtad delivered it) is no error.
+ */
 static int
-dump_one(struct qstore *qs, uint64_t id, int body)
+dump_one(struct qstore *qs, uint64_t id, int body, int may_be_gone)
 {
     struct qstore_msg *m;
     json_t *o;
@@ -160,6 +163,8 @@ dump_one(struct qstore *qs, uint64_t id, int body)
     int rc;
 
     if ((rc = qstore_read_msg(qs, id, body ? QSTORE_READ_BODY : 0, &m)) < 0) {
+        if (rc == -ENOENT && may_be_gone)
+            return 0;
         fprintf(stderr, "pmta-qdump: message %" PRIu64 ": %s\n", id, qstore_strerror(rc));
         return rc;
     }
@@ -210,7 +215,7 @@ dump(const char *dir, int body, uint64_t only)
     else if ((rc = qstore_scan(qs, collect, &ids, NULL)) < 0)
         fprintf(stderr, "pmta-qdump: scan: %s\n", qstore_strerror(rc)), failed = 1;
     for (size_t i = 0; i < ids.n; i++)
-        failed |= dump_one(qs, ids.v[i], body) < 0;
+        failed |= dump_one(qs, ids.v[i], body, !only) < 0;
     free(ids.v);
     qstore_close(qs);
     return failed;
