@@ -824,6 +824,7 @@ on_conn_down(struct qconn *c, struct ipc_msg *m)
                             .esmtp = c->esmtp };
     if (!c->up && c->state == QC_CLOSING && c->txn_n == 0) {
         /* closed by us before it was up (qmgr_conn_trim): not the destination's failure */
+        msg_debug("connection %u for %s closed before it was up", c->id, c->q->name);
     } else if (!c->up && d.result != MP_RESULT_OK) {
         conn_failed_early(c, &res);
     } else {

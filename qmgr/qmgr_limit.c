@@ -24,8 +24,14 @@ static void (*wake_hook)(void);
 static uint64_t
 rate_base(const struct qlim *l, uint64_t now_ns)
 {
-    uint64_t late = l->flags & QLIM_DEBT ? 0 : l->late_ns;
-    uint64_t floor = now_ns > late ? now_ns - late : 0;
+    const uint64_t margin = QLIM_PACING_MS * 1000000ull, most = QLIM_LATE_MAX_MS * 1000000ull;
+    /* half of what the margin leaves after one spacing, at most QLIM_LATE_MAX_MS */
+    uint64_t late = (l->flags & QLIM_DEBT) || l->unit_ns >= margin ? 0 : (margin - l->unit_ns) / 2;
+    uint64_t floor;
+
+    if (late > most)
+        late = most;
+    floor = now_ns > late ? now_ns - late : 0;
 
     return l->tat_ns > floor ? l->tat_ns : floor;
 }
@@ -97,16 +103,10 @@ local_release(struct qlim *l)
 static void
 local_set(struct qlim *l)
 {
-    uint64_t margin = QLIM_PACING_MS * 1000000ull;
-
-    if (l->kind == QLIM_RATE && l->count > 0) {
-        l->unit_ns = ((uint64_t)(l->period_s > 0 ? l->period_s : 1) * 1000000000u + margin) /
+    if (l->kind == QLIM_RATE && l->count > 0)
+        l->unit_ns = ((uint64_t)(l->period_s > 0 ? l->period_s : 1) * 1000000000u +
+                      QLIM_PACING_MS * 1000000u) /
                      (uint64_t)l->count;
-        /* half of what the margin leaves after one spacing, at most QLIM_LATE_MAX_MS */
-        l->late_ns = l->unit_ns < margin ? (margin - l->unit_ns) / 2 : 0;
-        if (l->late_ns > QLIM_LATE_MAX_MS * 1000000ull)
-            l->late_ns = QLIM_LATE_MAX_MS * 1000000ull;
-    }
 }
 
 static void

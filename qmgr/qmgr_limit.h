@@ -110,7 +110,6 @@ struct qlim {
     /* the local backend's state (a shared backend may use it for its grant) */
     uint64_t unit_ns; /* RATE: the cost of one unit, pacing margin included */
     uint64_t tat_ns;  /* RATE: theoretical arrival time of the next unit */
-    uint64_t late_ns; /* RATE: the lateness tolerance L (local backend) */
     uint32_t held;    /* LEASE: leases out */
     uint64_t used;    /* QUOTA: units taken in this window */
     uint64_t window;  /* QUOTA: the window's number (the owner's: a day) */
