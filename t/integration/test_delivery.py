@@ -542,14 +542,20 @@ def check_backoff(tap, run):
            % (windows_max(after), windows_max(ctl)),
            "%d x 421, %d messages counted after the switch, %d connection(s) open at it"
            % (len(limited), len(after), len(before)))
+    # A connection qmgr was opening at the switch is closed then (qmgr_conn_trim), but its
+    # TCP handshake may already be under way: the receiver sees it connect just after the
+    # switch, with no transaction. Any other connect after the switch is qmgr's new doing.
+    trimmed = {e["conn"] for e in events if e["event"] == "connect"
+               and switched < e["t"] <= switched + settle} - set(mail)
     crowded = [e for e in events if e["event"] == "connect" and e["t"] > switched
-               and e["concurrent"] > 1]
+               and e["concurrent"] > 1 and e["conn"] not in trimmed]
     peak = peak_from(events, switched + settle)
     ctl_peak = max([e["concurrent"] for e in run.rx["nothrottle"].events("connect")] or [0])
     tap.ok(not crowded and peak <= 1 and ctl_peak > 1,
            "... and never 2 connections at once (backoff-max-smtp-out 1; the control: %d)"
-           % ctl_peak, "connects after the switch with others open %r; peak from %.0f s"
-           " after it %d" % (crowded, settle, peak))
+           % ctl_peak, "connects after the switch with others open %r (left out: %d opening"
+           " at it, closed without a transaction); peak from %.0f s after it %d"
+           % (crowded, len(trimmed), settle, peak))
     n, m = len(run.accepted("throttle")), len(run.accepted("nothrottle"))
     tap.ok(n == THROTTLED and m == THROTTLED,
            "... and every message is accepted in the end (%d + %d)" % (n, m))
