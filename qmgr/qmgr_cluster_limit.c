@@ -658,10 +658,12 @@ cl_sent(struct qlim *l, uint64_t n, uint64_t sent_ns)
         l->tat_ns = due;
     /*
      * The cluster hears of it only when it went later than the TAT Redis already
-     * has, and asked for only while it can still matter: the script resets a TAT
-     * in its past to its now, so a floor that is past when the flush reaches Redis
-     * changes nothing (at any rate above 50/s, nearly every floor). It rides on
-     * the next request instead.
+     * has. A floor still ahead of Redis's clock holds every node's next units
+     * back: flushed now. One already past when a flush would reach Redis (at a
+     * rate above 50/s, nearly all: a node sending slower than the cluster's pace
+     * passes the TAT it knows with every send) only trims the next grant's units
+     * for now, so it rides on this node's next request instead of costing a round
+     * trip every CL_FLUSH_MS.
      */
     if (c && cl_up() && due > c->floor_ns && due > cl_local_ns(c->shared_tat_us)) {
         c->floor_ns = due;
