@@ -210,6 +210,7 @@ enum qconn_state { QC_OPENING, QC_BUSY, QC_IDLE, QC_CLOSING };
 
 /* leases a connection holds: its queue's, the global one, its virtual MTA's, its source's */
 #define QCONN_LEASES 4
+#define QCONN_RAMP   4 /* ready recipients each working connection is counted on to take */
 
 struct qconn {
     uint32_t id;

@@ -541,6 +541,32 @@ pin_settings(struct qconn *c)
     c->txn = xreallocarray(NULL, c->txn_cap, sizeof(*c->txn));
 }
 
+/*
+ * ramp_allows - is Q's ready work more than its working connections will take?
+ * Each connection of Q that is opening or busy takes the next transactions as
+ * soon as its own ends (up to QCONN_RAMP of them, fewer if max-msg-per-
+ * connection ends it sooner), so another connection is opened only for the
+ * ready recipients beyond those. A domain with three messages gets one
+ * connection that carries all three, not three connection set-ups (and TLS
+ * handshakes) carrying one each; a queue of thousands still opens up to its
+ * max-smtp-out at once.
+ */
+static int
+ramp_allows(const struct qqueue *q)
+{
+    uint64_t will_take = 0;
+
+    for (const struct qconn *c = q->conns; c; c = c->qnext) {
+        unsigned left = c->max_msg == 0        ? QCONN_RAMP
+                        : c->max_msg > c->ntxn ? c->max_msg - c->ntxn
+                                               : 0;
+
+        if (c->state == QC_OPENING || c->state == QC_BUSY)
+            will_take += left < QCONN_RAMP ? left : QCONN_RAMP;
+    }
+    return (uint64_t)q->nready > will_take;
+}
+
 /* qmgr_conn_open - one more connection for Q with its first transaction; 1 if opened */
 int
 qmgr_conn_open(struct qqueue *q)
@@ -552,7 +578,7 @@ qmgr_conn_open(struct qqueue *q)
     char *ip, *helo;
     uint32_t room;
 
-    if (!qmgr_gate_open(q) || (out = qmgr_conn_least_loaded()) == NULL)
+    if (!ramp_allows(q) || !qmgr_gate_open(q) || (out = qmgr_conn_least_loaded()) == NULL)
         return 0;
     if ((room = qmgr_gate_txn_room(q, NULL)) == 0)
         return 0;

@@ -4,12 +4,16 @@
  * What it does: MX, A/AAAA, TLSA and TXT lookups through one c-ares channel
  * whose sockets are watched by uv_poll_t handles and whose retransmission
  * timeouts run on one uv_timer_t; every query asks for the AD bit (our own
- * query buffer through ares_send); a small TTL cache. Answers are read into
+ * query buffer through ares_send); a small TTL cache. At most
+ * MXDNS_INFLIGHT_MAX queries are on the wire at once; the others wait their
+ * turn in order: a thousand new domains at once must not become a thousand
+ * datagrams in one burst, which a resolver's socket buffer drops (each lost
+ * query then costs its timeout and, after the tries, a deferral). Answers are read into
  * struct dns_answer by mxdns_answer.c. See mxdns.h for the
  * contract.
  *
  * What it owns: the c-ares channel, one uv_poll_t per c-ares socket, the
- * timer, the cache, and one heap request per lookup in flight. The resolver
+ * timer, the cache, and one heap request per lookup in flight or waiting. The resolver
  * memory is freed when its last handle has closed (libuv rule: free only in
  * the close callback).
  *
@@ -68,10 +72,13 @@ struct mxdns {
     size_t cache_max_entries;
     size_t cache_count;
     struct dns_cache_entry *cache;
+    unsigned inflight;                          /* queries handed to c-ares */
+    struct dns_raw_req *waiting, **waiting_end; /* the others, oldest first */
 };
 
-/* One ares_query in flight. */
+/* One query, in flight or waiting for its turn. */
 struct dns_raw_req {
+    struct dns_raw_req *next; /* while waiting */
     struct mxdns *dns;
     int type;
     char name[MXDNS_NAME_MAX + 1];
@@ -302,19 +309,51 @@ dns_cache_put(struct mxdns *dns, const char *name, int type, const struct dns_an
 
 /* --- raw queries ------------------------------------------------------------------ */
 
+static void dns_send(struct mxdns *dns, struct dns_raw_req *req);
+
 static void
 dns_raw_done(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
 {
     struct dns_raw_req *req = arg;
+    struct mxdns *dns = req->dns;
     struct dns_answer *ans = xcalloc(1, sizeof *ans);
 
     (void)timeouts;
     dns_answer_parse(ans, req->name, req->type, status, abuf, alen);
-    if (!req->dns->destroying)
-        dns_cache_put(req->dns, req->name, req->type, ans);
+    if (!dns->destroying)
+        dns_cache_put(dns, req->name, req->type, ans);
     req->cb(req->arg, ans);
     free(ans);
     free(req);
+}
+
+/* dns_query_done - c-ares is done with a query: its answer, then the next one waiting */
+static void
+dns_query_done(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
+{
+    struct dns_raw_req *req = arg, *next;
+    struct mxdns *dns = req->dns;
+
+    dns->inflight--;
+    dns_raw_done(req, status, timeouts, abuf, alen);
+    while (!dns->destroying && dns->inflight < MXDNS_INFLIGHT_MAX && (next = dns->waiting)) {
+        if ((dns->waiting = next->next) == NULL)
+            dns->waiting_end = &dns->waiting;
+        dns_send(dns, next);
+    }
+}
+
+/* dns_cancel_waiting - the resolver shuts down: every query still waiting fails */
+static void
+dns_cancel_waiting(struct mxdns *dns)
+{
+    struct dns_raw_req *req;
+
+    while ((req = dns->waiting) != NULL) {
+        dns->waiting = req->next;
+        dns_raw_done(req, ARES_EDESTRUCTION, 0, NULL, 0);
+    }
+    dns->waiting_end = &dns->waiting;
 }
 
 /*
@@ -336,7 +375,8 @@ dns_send(struct mxdns *dns, struct dns_raw_req *req)
         return;
     }
     qbuf[3] |= DNS_AD;
-    ares_send(dns->channel, qbuf, qlen, dns_raw_done, req);
+    dns->inflight++;
+    ares_send(dns->channel, qbuf, qlen, dns_query_done, req);
     ares_free_string(qbuf);
 }
 
@@ -372,6 +412,11 @@ dns_raw_query(struct mxdns *dns, const char *name, int type, dns_raw_cb cb, void
     memcpy(req->name, key, len + 1);
     req->cb = cb;
     req->arg = arg;
+    if (dns->inflight >= MXDNS_INFLIGHT_MAX) {
+        *dns->waiting_end = req;
+        dns->waiting_end = &req->next;
+        return;
+    }
     dns_send(dns, req);
     dns_update_timer(dns);
 }
@@ -740,6 +785,7 @@ mxdns_create(uv_loop_t *loop, const struct mxdns_options *opts, struct mxdns **o
     dns->cache_max_ttl = opts->cache_max_ttl;
     dns->cache_negative_ttl = opts->cache_negative_ttl ? opts->cache_negative_ttl : 60;
     dns->cache_max_entries = opts->cache_max_entries ? opts->cache_max_entries : 256;
+    dns->waiting_end = &dns->waiting;
 
     memset(&ao, 0, sizeof ao);
     ao.sock_state_cb = dns_sock_state;
@@ -790,6 +836,7 @@ mxdns_destroy(struct mxdns *dns)
     dns->destroying = 1;
     /* Pending callbacks run now with ARES_EDESTRUCTION (-> CANCELLED). */
     ares_destroy(dns->channel);
+    dns_cancel_waiting(dns);
     ares_library_cleanup();
     while ((p = dns->polls) != NULL) { /* normally emptied by ares_destroy */
         dns->polls = p->next;

@@ -56,6 +56,7 @@
 #include <uv.h>
 
 #define MXDNS_NAME_MAX        255 /* presentation form, without the NUL */
+#define MXDNS_INFLIGHT_MAX    64  /* queries on the wire at once; more wait their turn */
 #define MXDNS_MAX_MX          16  /* MX hosts kept per domain */
 #define MXDNS_MAX_ADDRS       16  /* addresses kept per host */
 #define MXDNS_MAX_TLSA        8   /* TLSA records kept per name */

@@ -549,7 +549,10 @@ def run4(tap):
 
 def run2(tap):
     with Pmta(name="qmgr2") as p:
-        p.write_config("smtp-out-processes 0\nsmtpd-processes 1\n")
+        # one message per connection: the 5 held ones go out at once, on 5 connections
+        # (otherwise one connection would carry them in turn: qmgr_conn.c, ramp_allows)
+        p.write_config("smtp-out-processes 0\nsmtpd-processes 1\n"
+                       "<domain hold.test>\n  max-msg-per-connection 1\n</domain>\n")
         fill(p, "-n", "100", "-r", "10", "-q", "10", "-d", "rs")
         hold_first, hold_last = fill(p, "-n", "5", "-r", "1", "-d", "hold")
         p.start()
