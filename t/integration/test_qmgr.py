@@ -28,6 +28,9 @@ run 1 (one pmtad, one queue per property, all at once):
   newmail.test retry-after 1h, retry-upon-new-mail yes: after a failed connection,
               a new message for the queue ends retry mode (a new connection);
   nonew.test  the same without retry-upon-new-mail: no new connection
+  few.test    3 messages: one connection carries all three (connections ramp
+              with the work)
+  many.test   40 messages: 8 connections at once (each counted on for 4)
 run 3 (total-max-smtp-out 3, max-msg-per-connection 1 everywhere):
   hi.test (queue-priority 90, 12 messages), tot0/1/2.test (default 50, 8 each),
   lo.test (queue-priority 10, 8): never more than 3 connections open in all,
@@ -221,7 +224,8 @@ def run1(tap):
                                   ("sra", 10, 1, ["-v", "sr", "-s", "promo@sender.test"]),
                                   ("srb", 10, 1, ["-v", "sr", "-s", "promo@sender.test"]),
                                   ("crate", 8, 1, []), ("dns", 1, 1, []),
-                                  ("newmail", 1, 1, []), ("nonew", 1, 1, [])):
+                                  ("newmail", 1, 1, []), ("nonew", 1, 1, []),
+                                  ("few", 3, 1, []), ("many", 40, 1, [])):
             first, last = fill(p, "-n", str(n), "-r", str(r), "-d", name, *extra)
             queue = "%s.test/%s" % (name, extra[1] if extra else "{default}")
             for m in range(first, last + 1):
@@ -276,6 +280,16 @@ def run1(tap):
     tap.ok(fake.max_concurrent.get("conc.test/{default}") == 2 and len(conc) == 50,
            "max-smtp-out 2: 50 recipients delivered over at most 2 (and at least 2) connections",
            "max %s, %d results" % (fake.max_concurrent.get("conc.test/{default}"), len(conc)))
+
+    # connections ramp with the work (qmgr_conn.c, ramp_allows)
+    few = fake.txns_for("few.test/{default}")
+    tap.ok(len(fake.opens_for("few.test/{default}")) == 1 and len(few) == 3,
+           "3 messages to one domain: one connection carries all three",
+           "%d opens, %d transactions" % (len(fake.opens_for("few.test/{default}")), len(few)))
+    many = fake.max_concurrent.get("many.test/{default}", 0)
+    tap.ok(8 <= many <= 20 and len(fake.results_for("many.test/{default}")) == 40,
+           "40 messages to one domain: 8 connections at once (4 messages each counted on),"
+           " within max-smtp-out 20", "max %d" % many)
 
     # limits across every queue of one virtual MTA
     vg = len(fake.results_for("vga.test/vg")) + len(fake.results_for("vgb.test/vg"))
