@@ -73,8 +73,8 @@ on_query(uv_udp_t *udp, ssize_t n, const uv_buf_t *buf, const struct sockaddr *f
         return;
     assert_true(R.npend < PEND_MAX);
     p = &R.pend[R.npend++];
-    memcpy(&p->from, from, from->sa_family == AF_INET ? sizeof(struct sockaddr_in)
-                                                      : sizeof(struct sockaddr_in6));
+    memcpy(&p->from, from,
+           from->sa_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6));
     memcpy(p->q, buf->base, (size_t)n);
     p->len = (size_t)n;
     p->at = uv_now(&loop);
