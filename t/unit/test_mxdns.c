@@ -190,24 +190,38 @@ client_start(void)
     }
 }
 
+/* start - a loop, the resolver (answering or not) and a burst of lookups on it */
+static void
+start(int answers)
+{
+    assert_int_equal(uv_loop_init(&loop), 0);
+    resolver_start(answers);
+    client_start();
+}
+
+/* finish - the client's resolver is destroyed: close the rest; nothing may stay open */
+static void
+finish(void)
+{
+    resolver_stop();
+    assert_int_equal(uv_run(&loop, UV_RUN_DEFAULT), 0);
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
 /* a burst: at most MXDNS_INFLIGHT_MAX on the wire, every lookup answered, each asked once */
 static void
 test_burst_is_paced(void **state)
 {
     (void)state;
-    assert_int_equal(uv_loop_init(&loop), 0);
-    resolver_start(1);
-    client_start();
+    start(1);
     uv_run(&loop, UV_RUN_DEFAULT);
     mxdns_destroy(C.dns);
-    resolver_stop();
-    assert_int_equal(uv_run(&loop, UV_RUN_DEFAULT), 0);
+    finish();
     assert_int_equal(C.done, BURST);
     assert_int_equal(C.nxdomain, BURST);
     assert_int_equal(R.received, BURST);
     assert_true(R.most_outstanding <= MXDNS_INFLIGHT_MAX);
     assert_int_equal(R.most_outstanding, MXDNS_INFLIGHT_MAX); /* and the window is used */
-    assert_int_equal(uv_loop_close(&loop), 0);
 }
 
 /* destroyed while lookups wait their turn: each is cancelled, once */
@@ -215,17 +229,13 @@ static void
 test_destroy_cancels_waiting(void **state)
 {
     (void)state;
-    assert_int_equal(uv_loop_init(&loop), 0);
-    resolver_start(0);
-    client_start();
+    start(0);
     uv_run(&loop, UV_RUN_NOWAIT);
     mxdns_destroy(C.dns);
     assert_int_equal(C.done, BURST);
     assert_int_equal(C.cancelled, BURST);
-    resolver_stop();
-    assert_int_equal(uv_run(&loop, UV_RUN_DEFAULT), 0);
+    finish();
     assert_true(R.received <= MXDNS_INFLIGHT_MAX);
-    assert_int_equal(uv_loop_close(&loop), 0);
 }
 
 int
