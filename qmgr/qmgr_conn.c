@@ -557,12 +557,12 @@ ramp_allows(const struct qqueue *q)
     uint64_t will_take = 0;
 
     for (const struct qconn *c = q->conns; c; c = c->qnext) {
-        unsigned left = c->max_msg == 0        ? QCONN_RAMP
-                        : c->max_msg > c->ntxn ? c->max_msg - c->ntxn
-                                               : 0;
-
-        if (c->state == QC_OPENING || c->state == QC_BUSY)
-            will_take += left < QCONN_RAMP ? left : QCONN_RAMP;
+        if (c->state != QC_OPENING && c->state != QC_BUSY)
+            continue;
+        if (c->max_msg == 0 || c->max_msg >= c->ntxn + QCONN_RAMP)
+            will_take += QCONN_RAMP;
+        else if (c->max_msg > c->ntxn)
+            will_take += c->max_msg - c->ntxn;
     }
     return (uint64_t)q->nready > will_take;
 }
